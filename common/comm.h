@@ -1,0 +1,55 @@
+/* comm: the collective-communication interface every rank uses.
+ *
+ * One backend per run: MPI (host buffers; CPU runs and tests) or NCCL (device
+ * buffers). Every call is checked; a failure fills pc_err naming the rank and the
+ * operation, e.g. "rank 3: all_reduce(f32, 1024 elems) failed: ...". Counts are
+ * element counts, never bytes. */
+#ifndef PC_COMM_H
+#define PC_COMM_H
+
+#include "util.h"
+
+typedef enum { COMM_F32 = 0, COMM_F64, COMM_I32, COMM_I64, COMM_U8 } comm_dtype;
+typedef enum { COMM_SUM = 0, COMM_MAX, COMM_MIN } comm_op;
+
+typedef struct comm comm;
+
+typedef struct comm_ops {
+    const char *name;
+    int (*all_reduce)(comm *c, const void *send, void *recv, size_t count, comm_dtype t, comm_op op, pc_err *e);
+    int (*reduce)(comm *c, const void *send, void *recv, size_t count, comm_dtype t, comm_op op, int root, pc_err *e);
+    int (*broadcast)(comm *c, void *buf, size_t count, comm_dtype t, int root, pc_err *e);
+    /* recv holds size * count elements, rank r's piece at r * count */
+    int (*all_gather)(comm *c, const void *send, void *recv, size_t count, comm_dtype t, pc_err *e);
+    /* rank r contributes counts[r] elements; recv holds them at displs[r] */
+    int (*all_gatherv)(comm *c, const void *send, size_t send_count, void *recv, const size_t *counts,
+                       const size_t *displs, comm_dtype t, pc_err *e);
+    /* send holds size * count elements; rank r receives the reduced piece r */
+    int (*reduce_scatter)(comm *c, const void *send, void *recv, size_t count, comm_dtype t, comm_op op, pc_err *e);
+    int (*barrier)(comm *c, pc_err *e);
+    void (*destroy)(comm *c);
+} comm_ops;
+
+struct comm {
+    const comm_ops *ops;
+    int rank, size;
+    double timeout_s; /* watchdog: a collective taking longer fails naming the op (0 = none) */
+    void *impl;
+};
+
+/* MPI backend over MPI_COMM_WORLD (MPI must already be initialised). */
+comm *comm_mpi_create(pc_err *e);
+
+/* Convenience wrappers: dispatch through c->ops. */
+int comm_all_reduce(comm *c, const void *send, void *recv, size_t count, comm_dtype t, comm_op op, pc_err *e);
+int comm_reduce(comm *c, const void *send, void *recv, size_t count, comm_dtype t, comm_op op, int root, pc_err *e);
+int comm_broadcast(comm *c, void *buf, size_t count, comm_dtype t, int root, pc_err *e);
+int comm_all_gather(comm *c, const void *send, void *recv, size_t count, comm_dtype t, pc_err *e);
+int comm_all_gatherv(comm *c, const void *send, size_t send_count, void *recv, const size_t *counts,
+                     const size_t *displs, comm_dtype t, pc_err *e);
+int comm_reduce_scatter(comm *c, const void *send, void *recv, size_t count, comm_dtype t, comm_op op, pc_err *e);
+int comm_barrier(comm *c, pc_err *e);
+void comm_destroy(comm *c);
+size_t comm_dtype_size(comm_dtype t);
+
+#endif

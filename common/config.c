@@ -1,0 +1,2 @@
+/* placeholder: common/config.c is being written */
+typedef int pc_placeholder_config;

@@ -1,0 +1,263 @@
+/* util: errors, allocation, atomic file writes, RNG and float conversions. */
+#include "util.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <libgen.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+int pc_errorf(pc_err *e, const char *fmt, ...) {
+    if (!e) return -1;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(e->msg, sizeof e->msg, fmt, ap);
+    va_end(ap);
+    return -1;
+}
+
+int pc_error_wrap(pc_err *e, const char *fmt, ...) {
+    if (!e) return -1;
+    char prefix[512], old[sizeof e->msg];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(prefix, sizeof prefix, fmt, ap);
+    va_end(ap);
+    memcpy(old, e->msg, sizeof old);
+    size_t n = strlen(prefix);
+    if (n > sizeof e->msg - 3) n = sizeof e->msg - 3;
+    memcpy(e->msg, prefix, n);
+    memcpy(e->msg + n, ": ", 2);
+    size_t room = sizeof e->msg - n - 3, ol = strlen(old);
+    if (ol > room) ol = room;
+    memcpy(e->msg + n + 2, old, ol);
+    e->msg[n + 2 + ol] = '\0';
+    return -1;
+}
+
+static void oom(size_t n) {
+    fprintf(stderr, "projcompd: out of memory allocating %zu bytes\n", n);
+    abort();
+}
+
+void *pc_malloc(size_t n) {
+    void *p = malloc(n ? n : 1);
+    if (!p) oom(n);
+    return p;
+}
+
+void *pc_calloc(size_t count, size_t size) {
+    void *p = calloc(count ? count : 1, size ? size : 1);
+    if (!p) oom(count * size);
+    return p;
+}
+
+void *pc_realloc(void *p, size_t n) {
+    void *q = realloc(p, n ? n : 1);
+    if (!q) oom(n);
+    return q;
+}
+
+char *pc_strdup(const char *s) {
+    size_t n = strlen(s) + 1;
+    char *d = pc_malloc(n);
+    memcpy(d, s, n);
+    return d;
+}
+
+float *pc_alloc_f32(size_t n) {
+    size_t bytes = (n ? n : 1) * sizeof(float);
+    bytes = (bytes + 63) & ~(size_t)63;
+    float *p = aligned_alloc(64, bytes);
+    if (!p) oom(bytes);
+    memset(p, 0, bytes);
+    return p;
+}
+
+double pc_now(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+int pc_read_file(const char *path, char **out, size_t *len, pc_err *e) {
+    FILE *f = fopen(path, "rb");
+    if (!f) return pc_errorf(e, "%s: cannot open: %s", path, strerror(errno));
+    size_t cap = 4096, n = 0;
+    char *buf = pc_malloc(cap);
+    for (;;) {
+        if (n + 1 >= cap) buf = pc_realloc(buf, cap *= 2);
+        size_t got = fread(buf + n, 1, cap - n - 1, f);
+        n += got;
+        if (got == 0) break;
+    }
+    int bad = ferror(f);
+    fclose(f);
+    if (bad) {
+        free(buf);
+        return pc_errorf(e, "%s: read error", path);
+    }
+    buf[n] = '\0';
+    *out = buf;
+    if (len) *len = n;
+    return 0;
+}
+
+int pc_fsync_dir(const char *dir, pc_err *e) {
+    int fd = open(dir, O_RDONLY | O_DIRECTORY);
+    if (fd < 0) return pc_errorf(e, "%s: cannot open directory: %s", dir, strerror(errno));
+    int rc = fsync(fd);
+    close(fd);
+    if (rc != 0 && errno != EINVAL) return pc_errorf(e, "%s: fsync: %s", dir, strerror(errno));
+    return 0;
+}
+
+int pc_write_file_atomic(const char *path, const void *buf, size_t len, pc_err *e) {
+    char tmp[4096];
+    if (snprintf(tmp, sizeof tmp, "%s.tmp.%d", path, (int)getpid()) >= (int)sizeof tmp)
+        return pc_errorf(e, "%s: path too long", path);
+    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    if (fd < 0) return pc_errorf(e, "%s: cannot create: %s", tmp, strerror(errno));
+    const char *p = buf;
+    size_t left = len;
+    while (left > 0) {
+        ssize_t w = write(fd, p, left);
+        if (w < 0) {
+            if (errno == EINTR) continue;
+            int err = errno;
+            close(fd);
+            unlink(tmp);
+            return pc_errorf(e, "%s: write failed: %s", tmp, strerror(err));
+        }
+        p += w;
+        left -= (size_t)w;
+    }
+    if (fsync(fd) != 0) {
+        int err = errno;
+        close(fd);
+        unlink(tmp);
+        return pc_errorf(e, "%s: fsync failed: %s", tmp, strerror(err));
+    }
+    close(fd);
+    if (rename(tmp, path) != 0) {
+        int err = errno;
+        unlink(tmp);
+        return pc_errorf(e, "%s: rename failed: %s", path, strerror(err));
+    }
+    char dir[4096];
+    snprintf(dir, sizeof dir, "%s", path);
+    return pc_fsync_dir(dirname(dir), e);
+}
+
+int pc_mkdirs(const char *path, pc_err *e) {
+    char buf[4096];
+    if (snprintf(buf, sizeof buf, "%s", path) >= (int)sizeof buf)
+        return pc_errorf(e, "%s: path too long", path);
+    for (char *p = buf + 1;; p++) {
+        if (*p == '/' || *p == '\0') {
+            char c = *p;
+            *p = '\0';
+            if (mkdir(buf, 0755) != 0 && errno != EEXIST)
+                return pc_errorf(e, "%s: cannot create directory: %s", buf, strerror(errno));
+            *p = c;
+            if (c == '\0') break;
+        }
+    }
+    struct stat st;
+    if (stat(path, &st) != 0 || !S_ISDIR(st.st_mode))
+        return pc_errorf(e, "%s: not a directory", path);
+    return 0;
+}
+
+int pc_path_join(char *out, size_t n, const char *dir, const char *name) {
+    int w = snprintf(out, n, "%s/%s", dir, name);
+    return (w < 0 || (size_t)w >= n) ? -1 : 0;
+}
+
+static uint64_t splitmix64(uint64_t *x) {
+    uint64_t z = (*x += 0x9E3779B97F4A7C15ull);
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    return z ^ (z >> 31);
+}
+
+void pc_rng_seed(pc_rng *r, uint64_t seed) { r->s = seed; }
+uint64_t pc_rng_u64(pc_rng *r) { return splitmix64(&r->s); }
+double pc_rng_uniform(pc_rng *r) { return (double)(pc_rng_u64(r) >> 11) * 0x1.0p-53; }
+
+float pc_rng_normal(pc_rng *r) {
+    double u1 = pc_rng_uniform(r), u2 = pc_rng_uniform(r);
+    if (u1 < 1e-300) u1 = 1e-300;
+    return (float)(sqrt(-2.0 * log(u1)) * cos(6.283185307179586 * u2));
+}
+
+uint64_t pc_hash64(uint64_t a, uint64_t b, uint64_t c, uint64_t d) {
+    uint64_t x = a;
+    uint64_t h = splitmix64(&x);
+    x = h ^ b;
+    h = splitmix64(&x);
+    x = h ^ c;
+    h = splitmix64(&x);
+    x = h ^ d;
+    return splitmix64(&x);
+}
+
+float pc_bf16_to_f32(uint16_t h) {
+    uint32_t u = (uint32_t)h << 16;
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
+
+uint16_t pc_f32_to_bf16(float f) {
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 0x40); /* quiet NaN */
+    u += 0x7fffu + ((u >> 16) & 1u);
+    return (uint16_t)(u >> 16);
+}
+
+float pc_f16_to_f32(uint16_t h) {
+    uint32_t sign = (uint32_t)(h & 0x8000u) << 16;
+    uint32_t exp = (h >> 10) & 0x1fu, man = h & 0x3ffu, u;
+    if (exp == 0) {
+        if (man == 0) {
+            u = sign;
+        } else { /* subnormal: renormalise */
+            exp = 127 - 15 + 1;
+            while (!(man & 0x400u)) {
+                man <<= 1;
+                exp--;
+            }
+            u = sign | (exp << 23) | ((man & 0x3ffu) << 13);
+        }
+    } else if (exp == 31) {
+        u = sign | 0x7f800000u | (man << 13);
+    } else {
+        u = sign | ((exp + 127 - 15) << 23) | (man << 13);
+    }
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
+
+uint16_t pc_f32_to_f16(float f) {
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    uint16_t sign = (uint16_t)((u >> 16) & 0x8000u);
+    uint32_t a = u & 0x7fffffffu;
+    if (a > 0x7f800000u) return sign | 0x7e00u;
+    if (a >= 0x477ff000u) return sign | 0x7c00u; /* overflow -> inf */
+    if (a < 0x38800000u) {                       /* subnormal or zero */
+        float af;
+        memcpy(&af, &a, 4);
+        return sign | (uint16_t)lrintf(af * 16777216.0f); /* 2^24 */
+    }
+    uint32_t r = a + 0xfffu + ((a >> 13) & 1u) - ((127u - 15u) << 23);
+    return sign | (uint16_t)(r >> 13);
+}

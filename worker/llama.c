@@ -1,0 +1,2 @@
+/* placeholder: worker/llama.c is being written */
+typedef int pc_placeholder_llama;
