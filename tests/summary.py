@@ -1,0 +1,18 @@
+"""Print the closing line 'N passed, N failed, N skipped' from meson's testlog.json."""
+import json
+import sys
+
+counts = {"passed": 0, "failed": 0, "skipped": 0}
+with open(sys.argv[1]) as f:
+    for line in f:
+        line = line.strip()
+        if not line:
+            continue
+        result = json.loads(line)["result"]
+        if result in ("OK", "EXPECTEDFAIL"):
+            counts["passed"] += 1
+        elif result == "SKIP":
+            counts["skipped"] += 1
+        else:
+            counts["failed"] += 1
+print(f"{counts['passed']} passed, {counts['failed']} failed, {counts['skipped']} skipped")
