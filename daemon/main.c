@@ -1,0 +1,145 @@
+/* projcompd: the daemon's entry point. Parses the command line, initialises MPI,
+ * loads and validates the job config on every rank, opens the run directory and
+ * dispatches to the configured mode.
+ *
+ * Exit status: 0 success, 1 runtime failure, 2 bad command line or config. */
+#include <mpi.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "run.h"
+
+#define MAX_SETS 256
+
+static volatile sig_atomic_t g_stop_signal; /* the one thing a signal handler may touch */
+
+static void on_signal(int sig) { g_stop_signal = sig; }
+
+static void usage(FILE *f) {
+    fprintf(f,
+            "usage: projcompd --cfg JOB.yaml [--set key.sub=value]...\n"
+            "       projcompd --help | --version\n"
+            "\n"
+            "Compress a Hugging Face Llama model by Projected Compression (run.mode: compress),\n"
+            "or train the baselines (prune, pretrain) and evaluate (eval). Launch one process\n"
+            "per GPU (or per CPU rank) with mpirun or srun.\n"
+            "\n"
+            "  --cfg FILE        job config (YAML); see docs/config.md for every key\n"
+            "  --set KEY=VALUE   override one key, e.g. --set train.steps=10 (repeatable)\n"
+            "  --version         print the version\n"
+            "  --help            this text\n"
+            "\n"
+            "exit status: 0 done, 1 runtime failure, 2 bad command line or config\n");
+}
+
+typedef struct cli {
+    const char *cfg;
+    const char *sets[MAX_SETS];
+    int n_sets;
+} cli;
+
+/* Returns 0 ok, 1 exit-success (help/version), 2 usage error. */
+static int parse_cli(int argc, char **argv, cli *c, int rank) {
+    memset(c, 0, sizeof *c);
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
+            if (rank == 0) usage(stdout);
+            return 1;
+        } else if (!strcmp(a, "--version")) {
+            if (rank == 0) printf("projcompd %s\n", PC_VERSION);
+            return 1;
+        } else if (!strcmp(a, "--cfg") || !strcmp(a, "--set")) {
+            if (i + 1 >= argc) {
+                if (rank == 0) fprintf(stderr, "projcompd: %s needs a value\n", a);
+                return 2;
+            }
+            if (!strcmp(a, "--cfg")) {
+                c->cfg = argv[++i];
+            } else {
+                if (c->n_sets == MAX_SETS) {
+                    if (rank == 0) fprintf(stderr, "projcompd: more than %d --set options\n", MAX_SETS);
+                    return 2;
+                }
+                c->sets[c->n_sets++] = argv[++i];
+            }
+        } else if (!strncmp(a, "--set=", 6) && c->n_sets < MAX_SETS) {
+            c->sets[c->n_sets++] = a + 6;
+        } else if (!strncmp(a, "--cfg=", 6)) {
+            c->cfg = a + 6;
+        } else {
+            if (rank == 0) {
+                fprintf(stderr, "projcompd: unknown argument '%s'\n", a);
+                usage(stderr);
+            }
+            return 2;
+        }
+    }
+    if (!c->cfg) {
+        if (rank == 0) {
+            fprintf(stderr, "projcompd: --cfg JOB.yaml is required\n");
+            usage(stderr);
+        }
+        return 2;
+    }
+    return 0;
+}
+
+static int dispatch(run_ctx *r, pc_err *e) {
+    const char *mode = r->cfg.run.mode;
+    if (!strcmp(mode, "pretrain")) return mode_train(r, e);
+    if (!strcmp(mode, "eval")) return mode_eval(r, e);
+    return pc_errorf(e, "%s: run.mode '%s' is not available in this build", r->cfg.source, mode);
+}
+
+int main(int argc, char **argv) {
+    MPI_Init(&argc, &argv);
+    int rank = 0, world = 1;
+    MPI_Comm_rank(MPI_COMM_WORLD, &rank);
+    MPI_Comm_size(MPI_COMM_WORLD, &world);
+
+    cli c;
+    int rc = parse_cli(argc, argv, &c, rank);
+    if (rc != 0) {
+        MPI_Finalize();
+        return rc == 1 ? 0 : 2;
+    }
+
+    static run_ctx r; /* large (config tables); lives for the whole process */
+    pc_err e = {{0}};
+    r.rank = rank;
+    r.world = world;
+    r.t_start = pc_now();
+    r.stop_flag = &g_stop_signal;
+    if (config_load(&r.cfg, c.cfg, c.sets, c.n_sets, &e) != 0 || config_check_ranks(&r.cfg, world, &e) != 0) {
+        if (rank == 0) fprintf(stderr, "projcompd: error: %s\n", e.msg);
+        MPI_Finalize();
+        return 2;
+    }
+
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_signal;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGTERM, &sa, NULL);
+    sigaction(SIGUSR1, &sa, NULL);
+
+    if (run_open(&r, &e) != 0) {
+        fprintf(stderr, "projcompd: rank %d: error: %s\n", rank, e.msg);
+        MPI_Abort(MPI_COMM_WORLD, 1);
+        return 1;
+    }
+    rc = dispatch(&r, &e);
+    if (rc != 0) {
+        LOGE(&r.log, "%s", e.msg);
+        log_close(&r.log);
+        /* peers may be inside a collective: take the whole job down rather than hang */
+        MPI_Abort(MPI_COMM_WORLD, 1);
+        return 1;
+    }
+    LOGI(&r.log, "done in %.1f s", pc_now() - r.t_start);
+    run_close(&r);
+    MPI_Finalize();
+    return 0;
+}

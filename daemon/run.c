@@ -1,0 +1,70 @@
+/* run: run-directory setup, metrics.jsonl and the rank-0 progress line. */
+#include "run.h"
+
+#include <errno.h>
+#include <string.h>
+#include <unistd.h>
+
+int run_open(run_ctx *r, pc_err *e) {
+    const pc_config *c = &r->cfg;
+    snprintf(r->run_dir, sizeof r->run_dir, "%s", c->run.dir);
+    if (c->output.dir[0])
+        snprintf(r->final_dir, sizeof r->final_dir, "%s", c->output.dir);
+    else if (pc_path_join(r->final_dir, sizeof r->final_dir, r->run_dir, "final") != 0)
+        return pc_errorf(e, "run.dir '%s': path too long", r->run_dir);
+
+    r->comm = comm_mpi_create(e);
+    if (!r->comm) return -1;
+
+    /* rank 0 creates the directories; the others wait so their log files can open */
+    int ok = 1;
+    pc_err mk = {{0}};
+    if (r->rank == 0) {
+        char logs[1100];
+        snprintf(logs, sizeof logs, "%s/logs", r->run_dir);
+        ok = pc_mkdirs(logs, &mk) == 0;
+    }
+    if (comm_broadcast(r->comm, &ok, 1, COMM_I32, 0, e) != 0) return -1;
+    if (!ok) return pc_errorf(e, "run.dir: %s", r->rank == 0 ? mk.msg : "rank 0 could not create the run directory");
+
+    log_init(&r->log, r->rank);
+    if (log_open(&r->log, r->run_dir, e) != 0) return -1;
+    LOGI(&r->log, "projcompd %s: mode %s, %d rank(s), config %s, run dir %s", PC_VERSION, c->run.mode, r->world,
+         c->source, r->run_dir);
+
+    if (r->rank == 0) {
+        char path[1100];
+        snprintf(path, sizeof path, "%s/config.resolved.yaml", r->run_dir);
+        if (config_write_resolved(c, path, e) != 0) return -1;
+        snprintf(path, sizeof path, "%s/metrics.jsonl", r->run_dir);
+        r->metrics = fopen(path, "a");
+        if (!r->metrics) return pc_errorf(e, "%s: cannot open: %s", path, strerror(errno));
+    }
+    return 0;
+}
+
+void run_close(run_ctx *r) {
+    if (r->metrics) fclose(r->metrics);
+    r->metrics = NULL;
+    if (r->be) backend_destroy(r->be);
+    r->be = NULL;
+    if (r->comm) comm_destroy(r->comm);
+    r->comm = NULL;
+    log_close(&r->log);
+}
+
+void run_metrics(run_ctx *r, const char *json_line) {
+    if (!r->metrics) return;
+    fprintf(r->metrics, "%s\n", json_line);
+    fflush(r->metrics);
+}
+
+void run_progress(run_ctx *r, long step, long total, double loss, double tok_per_s, double step_s) {
+    if (r->rank != 0) return;
+    double eta = (double)(total - step) * step_s;
+    int tty = isatty(STDERR_FILENO);
+    fprintf(stderr, "%sstep %ld/%ld  loss %.4f  %.0f tok/s  %.2f s/step  ETA %02d:%02d:%02d%s", tty ? "\r" : "",
+            step, total, loss, tok_per_s, step_s, (int)(eta / 3600), (int)(eta / 60) % 60, (int)eta % 60,
+            tty && step < total ? "" : "\n");
+    fflush(stderr);
+}

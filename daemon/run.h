@@ -1,0 +1,40 @@
+/* run: the run context every daemon module receives (no global state), and the run
+ * directory layout (RUN/config.resolved.yaml, RUN/logs/, RUN/metrics.jsonl, RUN/final/). */
+#ifndef PC_RUN_H
+#define PC_RUN_H
+
+#include <signal.h>
+
+#include "backend.h"
+#include "comm.h"
+#include "config.h"
+#include "log.h"
+
+typedef struct run_ctx {
+    pc_config cfg;
+    comm *comm;
+    pc_log log;
+    backend *be;
+    int rank, world;
+    char run_dir[1024];
+    char final_dir[1024];
+    FILE *metrics;                    /* rank 0 only: RUN/metrics.jsonl */
+    volatile sig_atomic_t *stop_flag; /* set by SIGTERM/SIGUSR1 */
+    double t_start;
+} run_ctx;
+
+/* Create RUN/ and RUN/logs (rank 0 creates, all wait), open this rank's log, write
+ * config.resolved.yaml and open metrics.jsonl on rank 0. */
+int run_open(run_ctx *r, pc_err *e);
+void run_close(run_ctx *r);
+
+/* Append one JSON object line (already formatted, without newline) to metrics.jsonl. */
+void run_metrics(run_ctx *r, const char *json_line);
+/* Rank 0 progress line on stderr: step/total, loss, tokens/s, ETA. */
+void run_progress(run_ctx *r, long step, long total, double loss, double tok_per_s, double step_s);
+
+/* Modes. Each returns 0 on success, -1 with e filled. */
+int mode_train(run_ctx *r, pc_err *e); /* pretrain (and later prune/compress) */
+int mode_eval(run_ctx *r, pc_err *e);
+
+#endif
