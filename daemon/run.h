@@ -8,6 +8,8 @@
 #include "backend.h"
 #include "comm.h"
 #include "config.h"
+#include "data.h"
+#include "llama.h"
 #include "log.h"
 
 typedef struct run_ctx {
@@ -32,6 +34,20 @@ void run_close(run_ctx *r);
 void run_metrics(run_ctx *r, const char *json_line);
 /* Rank 0 progress line on stderr: step/total, loss, tokens/s, ETA. */
 void run_progress(run_ctx *r, long step, long total, double loss, double tok_per_s, double step_s);
+
+/* Backend from backend.device (auto picks CUDA when a GPU and the CUDA build exist). */
+int run_backend(run_ctx *r, pc_err *e);
+/* The model's shape: model.base's config.json, else model.config. */
+int run_model_config(const run_ctx *r, llama_config *lc, pc_err *e);
+/* Build the model for micro-batch B: weights from model.base, or random init (seed). */
+int run_model(run_ctx *r, llama_model *m, int B, pc_err *e);
+
+/* Open data.valid for the model's vocabulary. */
+int open_valid(run_ctx *r, const llama_model *m, data_set **out, pc_err *e);
+/* Mean validation loss over eval.batches micro-batches of windows, reduced over ranks. */
+int eval_valid(run_ctx *r, llama_model *m, data_set *valid, double *loss_out, pc_err *e);
+/* Log and record {"step", "val_loss", "val_ppl", "params"} in metrics.jsonl. */
+void log_eval(run_ctx *r, long step, double val_loss, int64_t n_params);
 
 /* Modes. Each returns 0 on success, -1 with e filled. */
 int mode_train(run_ctx *r, pc_err *e); /* pretrain (and later prune/compress) */

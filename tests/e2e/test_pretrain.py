@@ -1,0 +1,87 @@
+"""pretrain mode end to end: text -> projcomp-data shards -> projcompd under
+mpirun -np 1, 2 and 4 with the same global batch. The loss curves must agree within
+fp32 reduction tolerance (1e-4 relative), the same command twice must be bitwise
+identical, the loss must fall, and the saved model must load in stock transformers and
+give the validation loss projcompd reported (2e-5 relative)."""
+import json
+import os
+import random
+import sys
+
+import numpy as np
+import torch
+from transformers import LlamaForCausalLM
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+import pclib  # noqa: E402
+
+SEQ = 32
+
+
+def corpus(path):
+    rng = random.Random(7)
+    words = ["alpha", "beta", "gamma", "delta", "the", "of", "and", "model", "rank", "tensor", "shard"]
+    with open(path, "w") as f:
+        for _ in range(300):
+            f.write(" ".join(rng.choice(words) for _ in range(rng.randint(5, 25))) + ".\n\n")
+
+
+def main():
+    root = pclib.tmpdir("pc-pretrain-")
+    corpus(os.path.join(root, "c.txt"))
+    pclib.run([pclib.PROJCOMP_DATA, "--out", os.path.join(root, "data"), "--valid-fraction", "0.1",
+               os.path.join(root, "c.txt")])
+    mcfg = os.path.join(root, "model.json")
+    with open(mcfg, "w") as f:
+        json.dump({"architectures": ["LlamaForCausalLM"], "model_type": "llama", "vocab_size": 258,
+                   "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
+                   "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 8,
+                   "max_position_embeddings": 128, "rms_norm_eps": 1e-5, "rope_theta": 10000.0,
+                   "tie_word_embeddings": False}, f)
+    job = os.path.join(root, "job.yaml")
+    pclib.write_yaml(job, {
+        "run": {"dir": os.path.join(root, "unset"), "mode": "pretrain", "seed": 5},
+        "model": {"config": mcfg},
+        "data": {"train": [os.path.join(root, "data", "train-*.h5")],
+                 "valid": [os.path.join(root, "data", "valid-*.h5")], "seq_len": SEQ},
+        "train": {"steps": 12, "global_batch": 8, "micro_batch": 1, "lr": 1e-2, "warmup_steps": 2},
+        "eval": {"every_steps": 6, "batches": 6},
+        "backend": {"device": "cpu"},
+    })
+
+    curves = {}
+    for np_, tag in [(1, "np1"), (2, "np2"), (2, "np2b"), (4, "np4")]:
+        d = os.path.join(root, tag)
+        pclib.projcompd(np_, job, f"run.dir={d}")
+        curves[tag] = [m["loss"] for m in pclib.metrics(d) if "loss" in m]
+    base = np.array(curves["np1"])
+    pclib.check(len(base) == 12, f"12 steps logged ({len(base)})")
+    pclib.check(base[-1] < base[0] - 0.5, f"loss falls: {base[0]:.4f} -> {base[-1]:.4f}")
+    for tag in ["np2", "np4"]:
+        rel = np.max(np.abs(np.array(curves[tag]) - base) / np.abs(base))
+        pclib.check(rel < 1e-4, f"{tag} loss curve equals np1 within 1e-4 (max rel {rel:.2e})")
+    same = curves["np2"] == curves["np2b"]
+    pclib.check(same, "same command twice: identical loss curve")
+    a = open(os.path.join(root, "np2", "final", "model.safetensors"), "rb").read()
+    b = open(os.path.join(root, "np2b", "final", "model.safetensors"), "rb").read()
+    pclib.check(a == b, "same command twice: bitwise identical final weights")
+
+    # the output loads in transformers and gives projcompd's validation loss
+    final = os.path.join(root, "np2", "final")
+    val = [m["val_loss"] for m in pclib.metrics(os.path.join(root, "np2")) if "val_loss" in m][-1]
+    import h5py
+    toks = np.concatenate([h5py.File(os.path.join(root, "data", n))["tokens"][:].astype(np.int64)
+                           for n in sorted(os.listdir(os.path.join(root, "data"))) if n.startswith("valid")])
+    n_win = min(6, (len(toks) - 1) // SEQ)
+    m = LlamaForCausalLM.from_pretrained(final, torch_dtype=torch.float32, attn_implementation="eager").eval()
+    with torch.no_grad():
+        losses = [torch.nn.functional.cross_entropy(
+            m(torch.tensor(toks[i * SEQ:i * SEQ + SEQ])[None]).logits[0].double(),
+            torch.tensor(toks[i * SEQ + 1:i * SEQ + SEQ + 1])).item() for i in range(n_win)]
+    ref = float(np.mean(losses))
+    rel = abs(ref - val) / ref
+    pclib.check(rel < 2e-5, f"transformers loads the output: val loss {ref:.6f} vs projcompd {val:.6f} (rel {rel:.1e})")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,86 @@
+"""Shared helpers for the Python end-to-end tests: paths, running projcompd under
+mpirun, writing token shards with h5py and job files, reading metrics."""
+import json
+import os
+import subprocess
+import sys
+import tempfile
+
+BUILD = os.environ.get("PC_BUILD", os.path.join(os.path.dirname(__file__), "..", "build"))
+SRC = os.environ.get("PC_SRC", os.path.join(os.path.dirname(__file__), ".."))
+PROJCOMPD = os.path.join(BUILD, "daemon", "projcompd")
+PROJCOMP_DATA = os.path.join(BUILD, "daemon", "projcomp-data")
+
+
+def env():
+    e = dict(os.environ)
+    e.update(OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1",
+             OMPI_MCA_btl="self,vader", OMPI_MCA_rmaps_base_oversubscribe="1",
+             OPENBLAS_NUM_THREADS="1")
+    return e
+
+
+def run(args, check=True, timeout=600):
+    """Run a command; returns CompletedProcess with text stdout/stderr."""
+    p = subprocess.run(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                       env=env(), timeout=timeout)
+    if check and p.returncode != 0:
+        sys.stderr.write(p.stdout + p.stderr)
+        raise SystemExit(f"command failed ({p.returncode}): {' '.join(args)}")
+    return p
+
+
+def projcompd(np_, cfg, *sets, check=True):
+    args = ["mpirun", "--oversubscribe", "-np", str(np_), PROJCOMPD, "--cfg", cfg]
+    for s in sets:
+        args += ["--set", s]
+    return run(args, check=check)
+
+
+def write_shard(path, tokens, vocab_size, eos_id=0, tokenizer="test", dtype="uint16"):
+    import h5py
+    import numpy as np
+    with h5py.File(path, "w") as f:
+        d = f.create_dataset("tokens", data=np.asarray(tokens, dtype=dtype))
+        d.attrs["vocab_size"] = vocab_size
+        d.attrs["eos_id"] = eos_id
+        d.attrs["tokenizer"] = tokenizer
+
+
+def markov_tokens(n, vocab, seed=0):
+    """A learnable token stream: a fixed random sparse Markov chain."""
+    import numpy as np
+    rng = np.random.default_rng(seed)
+    nxt = rng.integers(0, vocab, size=(vocab, 3))
+    out = np.empty(n, dtype=np.int64)
+    t = 1
+    for i in range(n):
+        t = nxt[t, rng.integers(0, 3)]
+        out[i] = t
+    return out
+
+
+def write_yaml(path, sections):
+    """Write a two-level dict as a YAML job file."""
+    with open(path, "w") as f:
+        for sec, kv in sections.items():
+            f.write(f"{sec}:\n")
+            for k, v in kv.items():
+                if isinstance(v, (list, tuple)):
+                    v = "[" + ", ".join(str(x) for x in v) + "]"
+                f.write(f"  {k}: {v}\n")
+
+
+def metrics(run_dir):
+    with open(os.path.join(run_dir, "metrics.jsonl")) as f:
+        return [json.loads(l) for l in f if l.strip()]
+
+
+def tmpdir(prefix):
+    return tempfile.mkdtemp(prefix=prefix, dir=os.environ.get("PC_TMP"))
+
+
+def check(cond, msg):
+    if not cond:
+        raise SystemExit("FAIL: " + msg)
+    print("ok:", msg)
