@@ -1,2 +1,324 @@
-/* placeholder: common/hf_config.c is being written */
-typedef int pc_placeholder_hf_config;
+/* hf_config: read and write the config.json of a Hugging Face LlamaForCausalLM.
+ *
+ * Reading accepts what transformers writes for Llama-family models (GQA, explicit or
+ * null head_dim, llama3 rope_scaling, eos lists, tied embeddings). Writing produces a
+ * config that stock transformers loads; per-layer FFN widths that differ are written as
+ * intermediate_size = max plus "projcomp_intermediate_sizes" (narrower layers are
+ * zero-padded to the max by the writer of the weights), which reads back exactly. */
+#include "hf_config.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "json.h"
+
+void hf_config_defaults(llama_config *c) {
+    memset(c, 0, sizeof *c);
+    c->vocab_size = 256;
+    c->d_model = 64;
+    c->d_ff = 172;
+    c->n_layers = 2;
+    for (int i = 0; i < PC_MAX_LAYERS; i++) c->d_ff_layer[i] = c->d_ff;
+    c->n_heads = 4;
+    c->n_kv_heads = 4;
+    c->head_dim = 16;
+    c->max_position_embeddings = 2048;
+    c->rms_norm_eps = 1e-5;
+    c->rope_theta = 10000.0;
+    c->rope_scaling_type[0] = '\0';
+    c->tie_word_embeddings = 0;
+    c->bos_token_id = 1;
+    c->eos_token_id = 2;
+    snprintf(c->torch_dtype, sizeof c->torch_dtype, "float32");
+}
+
+/* Positive int key; absent -> error unless optional (then *out untouched, returns 1). */
+static int get_pos_int(const char *file, const json_val *root, const char *key, int optional, int *out, pc_err *e) {
+    const json_val *v = json_get(root, key);
+    if (!v || (optional && json_is_null(v))) {
+        if (optional) return 1;
+        return pc_errorf(e, "%s: key '%s' is missing", file, key);
+    }
+    int64_t x;
+    if (json_int(v, &x) != 0 || x <= 0 || x > INT32_MAX)
+        return pc_errorf(e, "%s: key '%s' must be a positive integer", file, key);
+    *out = (int)x;
+    return 0;
+}
+
+static int get_pos_num(const char *file, const json_val *root, const char *key, int optional, double *out,
+                       pc_err *e) {
+    const json_val *v = json_get(root, key);
+    if (!v || (optional && json_is_null(v))) {
+        if (optional) return 1;
+        return pc_errorf(e, "%s: key '%s' is missing", file, key);
+    }
+    double x;
+    if (json_num(v, &x) != 0 || !(x > 0) || !isfinite(x))
+        return pc_errorf(e, "%s: key '%s' must be a positive number", file, key);
+    *out = x;
+    return 0;
+}
+
+/* Token id: absent/null -> -1; an int; or a list (first element). */
+static int get_token_id(const char *file, const json_val *root, const char *key, int *out, pc_err *e) {
+    const json_val *v = json_get(root, key);
+    *out = -1;
+    if (!v || json_is_null(v)) return 0;
+    if (v->type == JSON_ARRAY) {
+        if (v->n == 0) return 0;
+        v = json_at(v, 0);
+    }
+    int64_t x;
+    if (json_int(v, &x) != 0 || x < 0 || x > INT32_MAX)
+        return pc_errorf(e, "%s: key '%s' must be a non-negative integer or a list of them", file, key);
+    *out = (int)x;
+    return 0;
+}
+
+static int parse_ff_list(const char *file, const char *key, const json_val *v, llama_config *c, pc_err *e) {
+    if (v->n != c->n_layers)
+        return pc_errorf(e, "%s: key '%s' has %d entries but num_hidden_layers is %d", file, key, v->n, c->n_layers);
+    int mx = 0;
+    for (int i = 0; i < v->n; i++) {
+        int64_t x;
+        if (json_int(&v->items[i], &x) != 0 || x <= 0 || x > INT32_MAX)
+            return pc_errorf(e, "%s: key '%s'[%d] must be a positive integer", file, key, i);
+        c->d_ff_layer[i] = (int)x;
+        mx = PC_MAX(mx, (int)x);
+    }
+    c->d_ff = mx;
+    return 0;
+}
+
+static int parse_rope_scaling(const char *file, const json_val *rs, llama_config *c, pc_err *e) {
+    c->rope_scaling_type[0] = '\0';
+    if (!rs || json_is_null(rs)) return 0;
+    if (rs->type != JSON_OBJECT) return pc_errorf(e, "%s: key 'rope_scaling' must be null or an object", file);
+    const json_val *tv = json_get(rs, "rope_type");
+    if (!tv) tv = json_get(rs, "type");
+    const char *type = json_str(tv);
+    if (!type) return pc_errorf(e, "%s: key 'rope_scaling.rope_type' must be a string", file);
+    if (strcmp(type, "default") == 0) return 0;
+    if (strcmp(type, "llama3") != 0)
+        return pc_errorf(e, "%s: key 'rope_scaling': rope type '%s' is not supported (only llama3)", file, type);
+    snprintf(c->rope_scaling_type, sizeof c->rope_scaling_type, "llama3");
+    if (get_pos_num(file, rs, "factor", 0, &c->rope_factor, e) != 0 ||
+        get_pos_num(file, rs, "low_freq_factor", 0, &c->rope_low_freq_factor, e) != 0 ||
+        get_pos_num(file, rs, "high_freq_factor", 0, &c->rope_high_freq_factor, e) != 0 ||
+        get_pos_int(file, rs, "original_max_position_embeddings", 0, &c->rope_original_max_pos, e) != 0)
+        return pc_error_wrap(e, "rope_scaling");
+    if (!(c->rope_high_freq_factor > c->rope_low_freq_factor))
+        return pc_errorf(e, "%s: key 'rope_scaling': high_freq_factor must exceed low_freq_factor", file);
+    return 0;
+}
+
+static int parse_config(const char *file, const json_val *root, llama_config *c, pc_err *e) {
+    hf_config_defaults(c);
+    if (root->type != JSON_OBJECT) return pc_errorf(e, "%s: must hold a JSON object", file);
+    const json_val *arch = json_get(root, "architectures");
+    if (arch && !json_is_null(arch)) {
+        if (arch->type != JSON_ARRAY) return pc_errorf(e, "%s: key 'architectures' must be a list", file);
+        int ok = 0;
+        for (int i = 0; i < arch->n; i++) {
+            const char *a = json_str(&arch->items[i]);
+            if (a && strcmp(a, "LlamaForCausalLM") == 0) ok = 1;
+        }
+        if (!ok) return pc_errorf(e, "%s: key 'architectures' does not contain LlamaForCausalLM", file);
+    }
+    if (get_pos_int(file, root, "hidden_size", 0, &c->d_model, e) != 0 ||
+        get_pos_int(file, root, "num_hidden_layers", 0, &c->n_layers, e) != 0 ||
+        get_pos_int(file, root, "num_attention_heads", 0, &c->n_heads, e) != 0 ||
+        get_pos_int(file, root, "vocab_size", 0, &c->vocab_size, e) != 0)
+        return -1;
+    if (c->n_layers > PC_MAX_LAYERS)
+        return pc_errorf(e, "%s: key 'num_hidden_layers' is %d, more than the supported %d", file, c->n_layers,
+                         PC_MAX_LAYERS);
+    const json_val *ff = json_get(root, "intermediate_size");
+    if (!ff) return pc_errorf(e, "%s: key 'intermediate_size' is missing", file);
+    if (ff->type == JSON_ARRAY) {
+        if (parse_ff_list(file, "intermediate_size", ff, c, e) != 0) return -1;
+    } else {
+        if (get_pos_int(file, root, "intermediate_size", 0, &c->d_ff, e) != 0)
+            return pc_errorf(e, "%s: key 'intermediate_size' must be a positive integer or a list of them", file);
+        for (int i = 0; i < PC_MAX_LAYERS; i++) c->d_ff_layer[i] = c->d_ff;
+    }
+    const json_val *ffl = json_get(root, "projcomp_intermediate_sizes");
+    if (ffl && !json_is_null(ffl)) {
+        if (ffl->type != JSON_ARRAY)
+            return pc_errorf(e, "%s: key 'projcomp_intermediate_sizes' must be a list of integers", file);
+        int declared = c->d_ff;
+        if (parse_ff_list(file, "projcomp_intermediate_sizes", ffl, c, e) != 0) return -1;
+        if (c->d_ff != declared)
+            return pc_errorf(e, "%s: key 'projcomp_intermediate_sizes' has maximum %d but intermediate_size is %d",
+                             file, c->d_ff, declared);
+    }
+    c->n_kv_heads = c->n_heads;
+    if (get_pos_int(file, root, "num_key_value_heads", 1, &c->n_kv_heads, e) < 0) return -1;
+    c->head_dim = c->d_model / c->n_heads;
+    int rc = get_pos_int(file, root, "head_dim", 1, &c->head_dim, e);
+    if (rc < 0) return -1;
+    if (rc == 1 && c->d_model % c->n_heads != 0)
+        return pc_errorf(e, "%s: key 'hidden_size' (%d) is not divisible by num_attention_heads (%d) and no head_dim is "
+                         "given",
+                         file, c->d_model, c->n_heads);
+    if (get_pos_num(file, root, "rms_norm_eps", 1, &c->rms_norm_eps, e) < 0) return -1;
+    if (get_pos_num(file, root, "rope_theta", 1, &c->rope_theta, e) < 0) return -1;
+    if (get_pos_int(file, root, "max_position_embeddings", 1, &c->max_position_embeddings, e) < 0) return -1;
+    if (parse_rope_scaling(file, json_get(root, "rope_scaling"), c, e) != 0) return -1;
+    const json_val *tie = json_get(root, "tie_word_embeddings");
+    c->tie_word_embeddings = 0;
+    if (tie && !json_is_null(tie) && json_bool(tie, &c->tie_word_embeddings) != 0)
+        return pc_errorf(e, "%s: key 'tie_word_embeddings' must be true or false", file);
+    if (get_token_id(file, root, "bos_token_id", &c->bos_token_id, e) != 0 ||
+        get_token_id(file, root, "eos_token_id", &c->eos_token_id, e) != 0)
+        return -1;
+    const json_val *dt = json_get(root, "torch_dtype");
+    if (dt && !json_is_null(dt)) {
+        const char *s = json_str(dt);
+        if (!s || (strcmp(s, "float32") != 0 && strcmp(s, "bfloat16") != 0 && strcmp(s, "float16") != 0))
+            return pc_errorf(e, "%s: key 'torch_dtype' must be \"float32\", \"bfloat16\" or \"float16\"", file);
+        snprintf(c->torch_dtype, sizeof c->torch_dtype, "%s", s);
+    }
+    const json_val *act = json_get(root, "hidden_act");
+    if (act && !json_is_null(act) && (!json_str(act) || strcmp(json_str(act), "silu") != 0))
+        return pc_errorf(e, "%s: key 'hidden_act' must be \"silu\"", file);
+    const json_val *ab = json_get(root, "attention_bias");
+    const json_val *mb = json_get(root, "mlp_bias");
+    int flag = 0;
+    if ((ab && json_bool(ab, &flag) == 0 && flag) || (mb && json_bool(mb, &flag) == 0 && flag))
+        return pc_errorf(e, "%s: key '%s' is true; biases are not supported", file,
+                         (ab && json_bool(ab, &flag) == 0 && flag) ? "attention_bias" : "mlp_bias");
+    return hf_config_validate(c, file, e);
+}
+
+int hf_config_load_file(const char *path, llama_config *c, pc_err *e) {
+    char *text;
+    size_t len;
+    if (pc_read_file(path, &text, &len, e) != 0) return -1;
+    json_val *root;
+    int rc = json_parse(text, len, &root, e);
+    free(text);
+    if (rc != 0) return pc_error_wrap(e, "%s", path);
+    rc = parse_config(path, root, c, e);
+    json_free(root);
+    return rc;
+}
+
+int hf_config_load(const char *dir, llama_config *c, pc_err *e) {
+    char path[4096];
+    if (pc_path_join(path, sizeof path, dir, "config.json") != 0) return pc_errorf(e, "%s: path too long", dir);
+    return hf_config_load_file(path, c, e);
+}
+
+int hf_config_validate(const llama_config *c, const char *what, pc_err *e) {
+    if (!what) what = "model config";
+    if (c->vocab_size <= 0) return pc_errorf(e, "%s: key 'vocab_size' must be a positive integer", what);
+    if (c->d_model <= 0) return pc_errorf(e, "%s: key 'hidden_size' must be a positive integer", what);
+    if (c->n_layers <= 0 || c->n_layers > PC_MAX_LAYERS)
+        return pc_errorf(e, "%s: key 'num_hidden_layers' must be in [1, %d]", what, PC_MAX_LAYERS);
+    if (c->n_heads <= 0) return pc_errorf(e, "%s: key 'num_attention_heads' must be a positive integer", what);
+    if (c->n_kv_heads <= 0 || c->n_heads % c->n_kv_heads != 0)
+        return pc_errorf(e, "%s: key 'num_key_value_heads' (%d) must divide num_attention_heads (%d)", what,
+                         c->n_kv_heads, c->n_heads);
+    if (c->head_dim <= 0 || c->head_dim % 2 != 0)
+        return pc_errorf(e, "%s: key 'head_dim' (%d) must be a positive even integer", what, c->head_dim);
+    int mx = 0;
+    for (int i = 0; i < c->n_layers; i++) {
+        if (c->d_ff_layer[i] <= 0)
+            return pc_errorf(e, "%s: key 'intermediate_size' of layer %d must be positive", what, i);
+        mx = PC_MAX(mx, c->d_ff_layer[i]);
+    }
+    if (mx != c->d_ff)
+        return pc_errorf(e, "%s: key 'intermediate_size' (%d) must equal the largest per-layer width (%d)", what,
+                         c->d_ff, mx);
+    if (!(c->rms_norm_eps > 0)) return pc_errorf(e, "%s: key 'rms_norm_eps' must be positive", what);
+    if (!(c->rope_theta > 0)) return pc_errorf(e, "%s: key 'rope_theta' must be positive", what);
+    if (c->max_position_embeddings <= 0)
+        return pc_errorf(e, "%s: key 'max_position_embeddings' must be a positive integer", what);
+    if (c->rope_scaling_type[0] != '\0') {
+        if (strcmp(c->rope_scaling_type, "llama3") != 0)
+            return pc_errorf(e, "%s: key 'rope_scaling': rope type '%s' is not supported (only llama3)", what,
+                             c->rope_scaling_type);
+        if (!(c->rope_factor > 0) || !(c->rope_low_freq_factor > 0) ||
+            !(c->rope_high_freq_factor > c->rope_low_freq_factor) || c->rope_original_max_pos <= 0)
+            return pc_errorf(e, "%s: key 'rope_scaling': llama3 factors are invalid", what);
+    }
+    return 0;
+}
+
+static void put_token(json_buf *b, const char *key, int id) {
+    json_buf_printf(b, "  \"%s\": ", key);
+    if (id < 0) json_buf_puts(b, "null");
+    else json_buf_printf(b, "%d", id);
+    json_buf_puts(b, ",\n");
+}
+
+int hf_config_save(const char *dir, const llama_config *c, pc_err *e) {
+    char path[4096];
+    if (pc_path_join(path, sizeof path, dir, "config.json") != 0) return pc_errorf(e, "%s: path too long", dir);
+    if (hf_config_validate(c, path, e) != 0) return -1;
+    int uneven = 0;
+    for (int i = 1; i < c->n_layers; i++)
+        if (c->d_ff_layer[i] != c->d_ff_layer[0]) uneven = 1;
+    json_buf b;
+    json_buf_init(&b);
+    json_buf_puts(&b, "{\n  \"architectures\": [\"LlamaForCausalLM\"],\n  \"model_type\": \"llama\",\n");
+    json_buf_puts(&b, "  \"attention_bias\": false,\n  \"attention_dropout\": 0.0,\n  \"mlp_bias\": false,\n");
+    json_buf_puts(&b, "  \"hidden_act\": \"silu\",\n  \"initializer_range\": 0.02,\n  \"pretraining_tp\": 1,\n");
+    json_buf_puts(&b, "  \"use_cache\": true,\n");
+    put_token(&b, "bos_token_id", c->bos_token_id);
+    put_token(&b, "eos_token_id", c->eos_token_id);
+    json_buf_printf(&b, "  \"vocab_size\": %d,\n  \"hidden_size\": %d,\n  \"intermediate_size\": %d,\n",
+                    c->vocab_size, c->d_model, c->d_ff);
+    if (uneven) {
+        json_buf_puts(&b, "  \"projcomp_intermediate_sizes\": [");
+        for (int i = 0; i < c->n_layers; i++) json_buf_printf(&b, "%s%d", i ? ", " : "", c->d_ff_layer[i]);
+        json_buf_puts(&b, "],\n");
+    }
+    json_buf_printf(&b,
+                    "  \"num_hidden_layers\": %d,\n  \"num_attention_heads\": %d,\n  \"num_key_value_heads\": %d,\n"
+                    "  \"head_dim\": %d,\n  \"max_position_embeddings\": %d,\n",
+                    c->n_layers, c->n_heads, c->n_kv_heads, c->head_dim, c->max_position_embeddings);
+    json_buf_puts(&b, "  \"rms_norm_eps\": ");
+    json_buf_num(&b, c->rms_norm_eps);
+    json_buf_puts(&b, ",\n  \"rope_theta\": ");
+    json_buf_num(&b, c->rope_theta);
+    json_buf_puts(&b, ",\n  \"rope_scaling\": ");
+    if (c->rope_scaling_type[0] == '\0') {
+        json_buf_puts(&b, "null");
+    } else {
+        json_buf_puts(&b, "{\n    \"rope_type\": ");
+        json_buf_str(&b, c->rope_scaling_type);
+        json_buf_puts(&b, ",\n    \"factor\": ");
+        json_buf_num(&b, c->rope_factor);
+        json_buf_puts(&b, ",\n    \"low_freq_factor\": ");
+        json_buf_num(&b, c->rope_low_freq_factor);
+        json_buf_puts(&b, ",\n    \"high_freq_factor\": ");
+        json_buf_num(&b, c->rope_high_freq_factor);
+        json_buf_printf(&b, ",\n    \"original_max_position_embeddings\": %d\n  }", c->rope_original_max_pos);
+    }
+    json_buf_printf(&b, ",\n  \"tie_word_embeddings\": %s,\n  \"torch_dtype\": ",
+                    c->tie_word_embeddings ? "true" : "false");
+    json_buf_str(&b, c->torch_dtype[0] ? c->torch_dtype : "float32");
+    json_buf_puts(&b, "\n}\n");
+    int rc = pc_mkdirs(dir, e);
+    if (rc == 0) rc = pc_write_file_atomic(path, b.data, b.len, e);
+    json_buf_free(&b);
+    return rc;
+}
+
+int64_t hf_config_n_params(const llama_config *c) {
+    int64_t D = c->d_model, V = c->vocab_size;
+    int64_t q = (int64_t)c->n_heads * c->head_dim, kv = (int64_t)c->n_kv_heads * c->head_dim;
+    int64_t n = V * D; /* embed_tokens */
+    for (int i = 0; i < c->n_layers; i++) {
+        n += D * q + 2 * D * kv + q * D;        /* q, k, v, o projections */
+        n += 3 * D * (int64_t)c->d_ff_layer[i]; /* gate, up, down */
+        n += 2 * D;                             /* input and post-attention RMSNorm */
+    }
+    n += D; /* final norm */
+    if (!c->tie_word_embeddings) n += V * D;
+    return n;
+}
