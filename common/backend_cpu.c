@@ -1,2 +1,481 @@
-/* placeholder: common/backend_cpu.c is being written */
-typedef int pc_placeholder_backend_cpu;
+/* backend_cpu: the fp32 CPU implementation of the backend op table (backend.h).
+ *
+ * Buffers are 64-byte aligned host memory; upload/download are memcpy. Every matrix
+ * product, including the per-head attention products QK^T and PV, is a cblas_sgemm on
+ * strided views of the activation buffers, so nothing is copied into head-major
+ * layouts. The remaining loops are simple single-threaded passes; attention
+ * recomputes its probabilities in the backward pass from the saved log-sum-exp, so the
+ * saved state is (B,H,T) instead of (B,H,T,T). */
+#include "backend.h"
+
+#include <cblas.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "util.h"
+
+typedef struct cpu_impl {
+    float *scratch; /* attention work space, 2 x (T,T) */
+    size_t scratch_n;
+} cpu_impl;
+
+static float *cpu_scratch(backend *be, size_t n)
+{
+    cpu_impl *c = be->impl;
+    if (c->scratch_n < n) {
+        free(c->scratch);
+        c->scratch = pc_alloc_f32(n);
+        c->scratch_n = n;
+    }
+    return c->scratch;
+}
+
+static void cpu_destroy(backend *be)
+{
+    cpu_impl *c = be->impl;
+    free(c->scratch);
+    free(c);
+    free(be);
+}
+
+/* ---- memory ---- */
+
+static float *cpu_alloc(backend *be, size_t n)
+{
+    (void)be;
+    return pc_alloc_f32(n ? n : 1);
+}
+
+static int32_t *cpu_alloc_i32(backend *be, size_t n)
+{
+    (void)be;
+    return pc_calloc(n ? n : 1, sizeof(int32_t));
+}
+
+static void cpu_free(backend *be, void *p)
+{
+    (void)be;
+    free(p);
+}
+
+static void cpu_zero(backend *be, float *x, size_t n)
+{
+    (void)be;
+    memset(x, 0, n * sizeof(float));
+}
+
+static void cpu_copy(backend *be, float *dst, const float *src, size_t n)
+{
+    (void)be;
+    if (dst != src) memmove(dst, src, n * sizeof(float));
+}
+
+static void cpu_upload_i32(backend *be, int32_t *dst, const int32_t *src, size_t n)
+{
+    (void)be;
+    memcpy(dst, src, n * sizeof(int32_t));
+}
+
+static void cpu_sync(backend *be) { (void)be; }
+
+/* ---- matrix products ---- */
+
+static void cpu_gemm(backend *be, int ta, int tb, int M, int N, int K, float alpha, const float *A, int lda,
+                     const float *B, int ldb, float beta, float *C, int ldc)
+{
+    (void)be;
+    cblas_sgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans, M, N, K, alpha, A,
+                lda, B, ldb, beta, C, ldc);
+}
+
+static void cpu_gemm_batched(backend *be, int ta, int tb, int M, int N, int K, float alpha, const float *A, int lda,
+                             int64_t sa, const float *B, int ldb, int64_t sb, float beta, float *C, int ldc,
+                             int64_t sc, int batch)
+{
+    for (int i = 0; i < batch; i++)
+        cpu_gemm(be, ta, tb, M, N, K, alpha, A + i * sa, lda, B + i * sb, ldb, beta, C + i * sc, ldc);
+}
+
+/* ---- embedding ---- */
+
+static void cpu_embedding_fwd(backend *be, float *out, const float *table, const int32_t *tokens, int N, int d)
+{
+    (void)be;
+    for (int n = 0; n < N; n++) // (N,) -> (N,d)
+        memcpy(out + (size_t)n * d, table + (size_t)tokens[n] * d, (size_t)d * sizeof(float));
+}
+
+static void cpu_embedding_bwd(backend *be, float *dtable, const float *dout, const int32_t *tokens, int N, int d)
+{
+    (void)be;
+    for (int n = 0; n < N; n++) {
+        float *row = dtable + (size_t)tokens[n] * d;
+        const float *g = dout + (size_t)n * d;
+        for (int i = 0; i < d; i++) row[i] += g[i];
+    }
+}
+
+/* ---- rmsnorm ---- */
+
+static void cpu_rmsnorm_fwd(backend *be, float *out, float *rstd, const float *x, const float *w, int N, int d,
+                            float eps)
+{
+    (void)be;
+    for (int n = 0; n < N; n++) { // (N,d) -> (N,d)
+        const float *xr = x + (size_t)n * d;
+        float *o = out + (size_t)n * d;
+        float ss = 0.0f;
+        for (int i = 0; i < d; i++) ss += xr[i] * xr[i];
+        float r = 1.0f / sqrtf(ss / (float)d + eps);
+        rstd[n] = r;
+        for (int i = 0; i < d; i++) o[i] = w[i] * (xr[i] * r);
+    }
+}
+
+static void cpu_rmsnorm_bwd(backend *be, float *dx, float *dw, const float *dout, const float *x, const float *w,
+                            const float *rstd, int N, int d)
+{
+    (void)be;
+    for (int n = 0; n < N; n++) {
+        const float *xr = x + (size_t)n * d;
+        const float *g = dout + (size_t)n * d;
+        float *dxr = dx + (size_t)n * d;
+        float r = rstd[n];
+        // xhat = x*r; dxhat = g*w; dx = r * (dxhat - xhat * mean(dxhat*xhat))
+        float dot = 0.0f;
+        for (int i = 0; i < d; i++) dot += g[i] * w[i] * xr[i];
+        float c = dot * r * r / (float)d;
+        for (int i = 0; i < d; i++) {
+            dxr[i] += r * (g[i] * w[i] - xr[i] * c);
+            dw[i] += g[i] * xr[i] * r;
+        }
+    }
+}
+
+/* ---- rope ---- */
+
+static void rope_apply(float *x, const float *cos_t, const float *sin_t, int B, int T, int n_heads, int hd, int ld,
+                       float sign)
+{
+    int half = hd / 2;
+    for (int b = 0; b < B; b++)
+        for (int t = 0; t < T; t++) {
+            const float *c = cos_t + (size_t)t * half;
+            const float *s = sin_t + (size_t)t * half;
+            float *row = x + ((size_t)b * T + t) * ld;
+            for (int h = 0; h < n_heads; h++) {
+                float *xh = row + (size_t)h * hd; // (hd,) pairs (i, i+half)
+                for (int i = 0; i < half; i++) {
+                    float x1 = xh[i], x2 = xh[i + half], si = sign * s[i];
+                    xh[i] = x1 * c[i] - x2 * si;
+                    xh[i + half] = x2 * c[i] + x1 * si;
+                }
+            }
+        }
+}
+
+static void cpu_rope_fwd(backend *be, float *x, const float *cos_t, const float *sin_t, int B, int T, int n_heads,
+                         int hd, int ld)
+{
+    (void)be;
+    rope_apply(x, cos_t, sin_t, B, T, n_heads, hd, ld, 1.0f);
+}
+
+static void cpu_rope_bwd(backend *be, float *dx, const float *cos_t, const float *sin_t, int B, int T, int n_heads,
+                         int hd, int ld)
+{
+    (void)be;
+    rope_apply(dx, cos_t, sin_t, B, T, n_heads, hd, ld, -1.0f);
+}
+
+/* ---- attention ---- */
+
+/* p (T,T) holds scale*QK^T on entry; on exit the causal softmax probabilities (0 above
+ * the diagonal). lse (T) receives the row log-sum-exp. */
+static void softmax_causal(float *p, float *lse, int T)
+{
+    for (int i = 0; i < T; i++) {
+        float *r = p + (size_t)i * T;
+        float mx = r[0];
+        for (int j = 1; j <= i; j++) mx = r[j] > mx ? r[j] : mx;
+        float sum = 0.0f;
+        for (int j = 0; j <= i; j++) {
+            r[j] = expf(r[j] - mx);
+            sum += r[j];
+        }
+        float inv = 1.0f / sum;
+        for (int j = 0; j <= i; j++) r[j] *= inv;
+        for (int j = i + 1; j < T; j++) r[j] = 0.0f;
+        lse[i] = mx + logf(sum);
+    }
+}
+
+static void cpu_attention_fwd(backend *be, float *out, float *lse, const float *q, const float *k, const float *v,
+                              int B, int T, int H, int KV, int hd, int ld)
+{
+    float *p = cpu_scratch(be, (size_t)T * T);
+    float scale = 1.0f / sqrtf((float)hd);
+    int group = H / KV, ldo = H * hd;
+    for (int b = 0; b < B; b++)
+        for (int h = 0; h < H; h++) {
+            int g = h / group;
+            const float *qh = q + (size_t)b * T * ld + (size_t)h * hd; // (T,hd) stride ld
+            const float *kh = k + (size_t)b * T * ld + (size_t)g * hd; // (T,hd) stride ld
+            const float *vh = v + (size_t)b * T * ld + (size_t)g * hd; // (T,hd) stride ld
+            float *oh = out + (size_t)b * T * ldo + (size_t)h * hd;    // (T,hd) stride H*hd
+            // (T,hd) x (T,hd)^T -> (T,T)
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, T, hd, scale, qh, ld, kh, ld, 0.0f, p, T);
+            softmax_causal(p, lse + ((size_t)b * H + h) * T, T);
+            // (T,T) x (T,hd) -> (T,hd)
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, T, hd, T, 1.0f, p, T, vh, ld, 0.0f, oh, ldo);
+        }
+}
+
+static void zero_strided(float *x, int rows, int cols, int ld)
+{
+    for (int r = 0; r < rows; r++) memset(x + (size_t)r * ld, 0, (size_t)cols * sizeof(float));
+}
+
+static void cpu_attention_bwd(backend *be, float *dq, float *dk, float *dv, const float *dout, const float *out,
+                              const float *lse, const float *q, const float *k, const float *v, int B, int T, int H,
+                              int KV, int hd, int ld)
+{
+    float *p = cpu_scratch(be, 2 * (size_t)T * T);
+    float *dp = p + (size_t)T * T;
+    float scale = 1.0f / sqrtf((float)hd);
+    int group = H / KV, ldo = H * hd;
+    zero_strided(dk, B * T, KV * hd, ld);
+    zero_strided(dv, B * T, KV * hd, ld);
+    for (int b = 0; b < B; b++)
+        for (int h = 0; h < H; h++) {
+            int g = h / group;
+            size_t base = (size_t)b * T * ld;
+            const float *qh = q + base + (size_t)h * hd, *kh = k + base + (size_t)g * hd;
+            const float *vh = v + base + (size_t)g * hd;
+            float *dqh = dq + base + (size_t)h * hd, *dkh = dk + base + (size_t)g * hd;
+            float *dvh = dv + base + (size_t)g * hd;
+            const float *oh = out + (size_t)b * T * ldo + (size_t)h * hd;
+            const float *doh = dout + (size_t)b * T * ldo + (size_t)h * hd;
+            const float *lh = lse + ((size_t)b * H + h) * T;
+            // recompute P (T,T) = exp(scale*QK^T - lse), causal
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, T, hd, scale, qh, ld, kh, ld, 0.0f, p, T);
+            for (int i = 0; i < T; i++) {
+                float *r = p + (size_t)i * T;
+                for (int j = 0; j <= i; j++) r[j] = expf(r[j] - lh[i]);
+                for (int j = i + 1; j < T; j++) r[j] = 0.0f;
+            }
+            // dV (T,hd) += P^T (T,T) x dO (T,hd)
+            cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, T, hd, T, 1.0f, p, T, doh, ldo, 1.0f, dvh, ld);
+            // dP (T,T) = dO (T,hd) x V^T
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, T, hd, 1.0f, doh, ldo, vh, ld, 0.0f, dp, T);
+            // dS = P * (dP - rowsum(dO*O)), written over dP
+            for (int i = 0; i < T; i++) {
+                const float *o_i = oh + (size_t)i * ldo, *do_i = doh + (size_t)i * ldo;
+                float D = 0.0f;
+                for (int c = 0; c < hd; c++) D += o_i[c] * do_i[c];
+                float *pr = p + (size_t)i * T, *dr = dp + (size_t)i * T;
+                for (int j = 0; j <= i; j++) dr[j] = pr[j] * (dr[j] - D);
+                for (int j = i + 1; j < T; j++) dr[j] = 0.0f;
+            }
+            // dQ (T,hd) = scale * dS (T,T) x K (T,hd)
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, T, hd, T, scale, dp, T, kh, ld, 0.0f, dqh, ld);
+            // dK (T,hd) += scale * dS^T x Q
+            cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, T, hd, T, scale, dp, T, qh, ld, 1.0f, dkh, ld);
+        }
+}
+
+/* ---- swiglu ---- */
+
+static void cpu_swiglu_fwd(backend *be, float *out, const float *gate, const float *up, int N, int f, int ld_in)
+{
+    (void)be;
+    for (int n = 0; n < N; n++) { // (N,f),(N,f) -> (N,f)
+        const float *g = gate + (size_t)n * ld_in, *u = up + (size_t)n * ld_in;
+        float *o = out + (size_t)n * f;
+        for (int i = 0; i < f; i++) o[i] = g[i] / (1.0f + expf(-g[i])) * u[i];
+    }
+}
+
+static void cpu_swiglu_bwd(backend *be, float *dgate, float *dup, const float *dout, const float *gate,
+                           const float *up, int N, int f, int ld_in)
+{
+    (void)be;
+    for (int n = 0; n < N; n++) {
+        const float *g = gate + (size_t)n * ld_in, *u = up + (size_t)n * ld_in, *d = dout + (size_t)n * f;
+        float *dg = dgate + (size_t)n * ld_in, *du = dup + (size_t)n * ld_in;
+        for (int i = 0; i < f; i++) {
+            float sig = 1.0f / (1.0f + expf(-g[i]));
+            float silu = g[i] * sig;
+            float gi = d[i];
+            dg[i] = gi * u[i] * sig * (1.0f + g[i] * (1.0f - sig));
+            du[i] = gi * silu;
+        }
+    }
+}
+
+/* ---- cross-entropy ---- */
+
+static double cpu_xent_fwd(backend *be, float *lse, const float *logits, const int32_t *targets, int N, int V,
+                           int64_t *n_valid)
+{
+    (void)be;
+    double total = 0.0;
+    int64_t cnt = 0;
+    for (int n = 0; n < N; n++) { // (N,V) -> (N)
+        const float *r = logits + (size_t)n * V;
+        float mx = r[0];
+        for (int j = 1; j < V; j++) mx = r[j] > mx ? r[j] : mx;
+        double sum = 0.0;
+        for (int j = 0; j < V; j++) sum += expf(r[j] - mx);
+        lse[n] = mx + (float)log(sum);
+        if (targets[n] >= 0) {
+            total += (double)lse[n] - r[targets[n]];
+            cnt++;
+        }
+    }
+    if (n_valid) *n_valid = cnt;
+    return total;
+}
+
+static void cpu_xent_bwd(backend *be, float *dlogits, const float *logits, const float *lse, const int32_t *targets,
+                         int N, int V, float scale)
+{
+    (void)be;
+    for (int n = 0; n < N; n++) {
+        const float *r = logits + (size_t)n * V;
+        float *d = dlogits + (size_t)n * V;
+        if (targets[n] < 0) {
+            memset(d, 0, (size_t)V * sizeof(float));
+            continue;
+        }
+        float l = lse[n];
+        for (int j = 0; j < V; j++) d[j] = scale * expf(r[j] - l);
+        d[targets[n]] -= scale;
+    }
+}
+
+/* ---- elementwise ---- */
+
+static void cpu_add(backend *be, float *y, const float *a, const float *b, size_t n)
+{
+    (void)be;
+    for (size_t i = 0; i < n; i++) y[i] = a[i] + b[i];
+}
+
+static void cpu_scale(backend *be, float *x, float s, size_t n)
+{
+    (void)be;
+    for (size_t i = 0; i < n; i++) x[i] *= s;
+}
+
+static void cpu_axpy(backend *be, float *y, float alpha, const float *x, size_t n)
+{
+    (void)be;
+    for (size_t i = 0; i < n; i++) y[i] += alpha * x[i];
+}
+
+static double cpu_sumsq(backend *be, const float *x, size_t n)
+{
+    (void)be;
+    double s = 0.0;
+    for (size_t i = 0; i < n; i++) s += (double)x[i] * x[i];
+    return s;
+}
+
+static void cpu_adamw(backend *be, float *p, const float *g, float *m, float *v, size_t n, float lr, float beta1,
+                      float beta2, float eps, float weight_decay, float grad_scale, int64_t step)
+{
+    (void)be;
+    double bc1 = 1.0 - pow(beta1, (double)step), bc2 = 1.0 - pow(beta2, (double)step);
+    float step_size = (float)(lr / bc1), inv_sqrt_bc2 = (float)(1.0 / sqrt(bc2));
+    float decay = 1.0f - lr * weight_decay;
+    for (size_t i = 0; i < n; i++) {
+        float gi = g[i] * grad_scale;
+        m[i] = beta1 * m[i] + (1.0f - beta1) * gi;
+        v[i] = beta2 * v[i] + (1.0f - beta2) * gi * gi;
+        float denom = sqrtf(v[i]) * inv_sqrt_bc2 + eps;
+        p[i] = p[i] * decay - step_size * m[i] / denom;
+    }
+}
+
+static const backend_ops cpu_ops = {
+    .name = "cpu",
+    .destroy = cpu_destroy,
+    .alloc = cpu_alloc,
+    .alloc_i32 = cpu_alloc_i32,
+    .free = cpu_free,
+    .zero = cpu_zero,
+    .copy = cpu_copy,
+    .upload = cpu_copy,
+    .download = cpu_copy,
+    .upload_i32 = cpu_upload_i32,
+    .sync = cpu_sync,
+    .gemm = cpu_gemm,
+    .gemm_batched = cpu_gemm_batched,
+    .embedding_fwd = cpu_embedding_fwd,
+    .embedding_bwd = cpu_embedding_bwd,
+    .rmsnorm_fwd = cpu_rmsnorm_fwd,
+    .rmsnorm_bwd = cpu_rmsnorm_bwd,
+    .rope_fwd = cpu_rope_fwd,
+    .rope_bwd = cpu_rope_bwd,
+    .attention_fwd = cpu_attention_fwd,
+    .attention_bwd = cpu_attention_bwd,
+    .swiglu_fwd = cpu_swiglu_fwd,
+    .swiglu_bwd = cpu_swiglu_bwd,
+    .xent_fwd = cpu_xent_fwd,
+    .xent_bwd = cpu_xent_bwd,
+    .add = cpu_add,
+    .scale = cpu_scale,
+    .axpy = cpu_axpy,
+    .sumsq = cpu_sumsq,
+    .adamw = cpu_adamw,
+};
+
+backend *backend_cpu_create(int threads)
+{
+    backend *be = pc_calloc(1, sizeof(*be));
+    be->ops = &cpu_ops;
+    be->impl = pc_calloc(1, sizeof(cpu_impl));
+    if (threads > 0) openblas_set_num_threads(threads);
+    be->threads = threads > 0 ? threads : openblas_get_num_threads();
+    return be;
+}
+
+void backend_destroy(backend *be)
+{
+    if (be) be->ops->destroy(be);
+}
+
+/* ---- rope tables (host) ---- */
+
+void rope_tables_host(float *cos_t, float *sin_t, int T, int hd, double theta, const char *scaling_type,
+                      double factor, double low_freq_factor, double high_freq_factor, int original_max_pos)
+{
+    int half = hd / 2;
+    float *inv_freq = pc_alloc_f32((size_t)half);
+    // float32 arithmetic in the same order as transformers' _compute_default_rope_parameters
+    for (int i = 0; i < half; i++) inv_freq[i] = 1.0f / powf((float)theta, (float)(2 * i) / (float)hd);
+    if (scaling_type && strcmp(scaling_type, "llama3") == 0) {
+        // _compute_llama3_parameters
+        float old_ctx = (float)original_max_pos;
+        float low_wl = (float)(original_max_pos / low_freq_factor);
+        float high_wl = (float)(original_max_pos / high_freq_factor);
+        for (int i = 0; i < half; i++) {
+            float f = inv_freq[i];
+            float wavelen = (float)(2.0 * M_PI) / f;
+            float fl = wavelen > low_wl ? f / (float)factor : f;
+            float smooth = (old_ctx / wavelen - (float)low_freq_factor) / (float)(high_freq_factor - low_freq_factor);
+            float smoothed = (1.0f - smooth) * fl / (float)factor + smooth * fl;
+            int medium = !(wavelen < high_wl) && !(wavelen > low_wl);
+            inv_freq[i] = medium ? smoothed : fl;
+        }
+    }
+    for (int t = 0; t < T; t++)
+        for (int i = 0; i < half; i++) {
+            float ang = inv_freq[i] * (float)t;
+            cos_t[(size_t)t * half + i] = (float)cos((double)ang);
+            sin_t[(size_t)t * half + i] = (float)sin((double)ang);
+        }
+    free(inv_freq);
+}

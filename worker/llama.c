@@ -1,2 +1,438 @@
-/* placeholder: worker/llama.c is being written */
-typedef int pc_placeholder_llama;
+/* llama: Llama forward/backward over the backend op table (see llama.h).
+ *
+ * Per layer the forward pass is
+ *   ln1 = rmsnorm(x); qkv = ln1 Wqkv^T; rope(q,k); a = attn(q,k,v); mid = x + a Wo^T
+ *   ln2 = rmsnorm(mid); gu = ln2 Wgu^T; h = silu(g)*u; x' = mid + h Wdown^T
+ * and every tensor the backward pass needs is kept per layer. The backward pass
+ * walks the layers in reverse, carrying the residual-stream gradient dres. */
+#include "llama.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* offsets of a layer's tensors inside its block of LLAMA_TENSORS_PER_LAYER */
+enum { T_LN1 = 0, T_Q, T_K, T_V, T_O, T_LN2, T_GATE, T_UP, T_DOWN };
+
+struct llama_acts {
+    /* per layer l (N = B*T) */
+    float **res;   /* L+1 x (N,d): input of layer l; res[L] is the final residual */
+    float **mid;   /* L x (N,d): residual after attention */
+    float **ln1, **ln2;     /* L x (N,d) */
+    float **rstd1, **rstd2; /* L x (N) */
+    float **qkv;   /* L x (N,(H+2KV)*hd), q and k after rope */
+    float **att;   /* L x (N,H*hd) attention output before o_proj */
+    float **lse;   /* L x (B,H,T) */
+    float **gu;    /* L x (N,2*f_l): gate | up */
+    float **h;     /* L x (N,f_l) */
+    float *lnf, *rstdf; /* (N,d), (N) */
+    float *xent_lse;    /* (N) */
+    /* backward scratch */
+    float *dres, *dln;  /* (N,d) */
+    float *datt;        /* (N,H*hd) */
+    float *dqkv;        /* (N,(H+2KV)*hd) */
+    float *dh, *dgu;    /* (N,f_max), (N,2*f_max) */
+};
+
+/* ---- tensor table ---- */
+
+static void add_tensor(llama_model *m, const char *name, int ndim, int64_t d0, int64_t d1)
+{
+    llama_tensor *t = &m->tensors[m->n_tensors++];
+    snprintf(t->name, sizeof(t->name), "%s", name);
+    t->ndim = ndim;
+    t->shape[0] = d0;
+    t->shape[1] = ndim == 2 ? d1 : 1;
+    t->numel = d0 * (ndim == 2 ? d1 : 1);
+    t->offset = m->n_params;
+    m->n_params += t->numel;
+}
+
+static void build_table(llama_model *m)
+{
+    const llama_config *c = &m->cfg;
+    int64_t d = c->d_model, V = c->vocab_size, qd = (int64_t)c->n_heads * c->head_dim,
+            kvd = (int64_t)c->n_kv_heads * c->head_dim;
+    m->tensors = pc_calloc((size_t)(3 + LLAMA_TENSORS_PER_LAYER * c->n_layers), sizeof(llama_tensor));
+    char nm[LLAMA_NAME_MAX];
+    add_tensor(m, "model.embed_tokens.weight", 2, V, d);
+    for (int i = 0; i < c->n_layers; i++) {
+        int64_t f = c->d_ff_layer[i];
+#define LNAME(s) (snprintf(nm, sizeof(nm), "model.layers.%d.%s", i, s), nm)
+        add_tensor(m, LNAME("input_layernorm.weight"), 1, d, 0);
+        add_tensor(m, LNAME("self_attn.q_proj.weight"), 2, qd, d);
+        add_tensor(m, LNAME("self_attn.k_proj.weight"), 2, kvd, d);
+        add_tensor(m, LNAME("self_attn.v_proj.weight"), 2, kvd, d);
+        add_tensor(m, LNAME("self_attn.o_proj.weight"), 2, d, qd);
+        add_tensor(m, LNAME("post_attention_layernorm.weight"), 1, d, 0);
+        add_tensor(m, LNAME("mlp.gate_proj.weight"), 2, f, d);
+        add_tensor(m, LNAME("mlp.up_proj.weight"), 2, f, d);
+        add_tensor(m, LNAME("mlp.down_proj.weight"), 2, d, f);
+#undef LNAME
+    }
+    add_tensor(m, "model.norm.weight", 1, d, 0);
+    if (!c->tie_word_embeddings) add_tensor(m, "lm_head.weight", 2, V, d);
+}
+
+static int layer_tensor(int l, int which) { return 1 + LLAMA_TENSORS_PER_LAYER * l + which; }
+static int final_norm_tensor(const llama_model *m) { return 1 + LLAMA_TENSORS_PER_LAYER * m->cfg.n_layers; }
+static int head_tensor(const llama_model *m) { return m->cfg.tie_word_embeddings ? 0 : final_norm_tensor(m) + 1; }
+
+static float *P(const llama_model *m, int i) { return m->params + m->tensors[i].offset; }
+static float *G(const llama_model *m, int i) { return m->grads + m->tensors[i].offset; }
+
+int llama_n_tensors(const llama_model *m) { return m->n_tensors; }
+const llama_tensor *llama_tensor_at(const llama_model *m, int i) { return &m->tensors[i]; }
+const char *llama_tensor_name(const llama_model *m, int i) { return m->tensors[i].name; }
+int64_t llama_tensor_offset(const llama_model *m, int i) { return m->tensors[i].offset; }
+int64_t llama_tensor_numel(const llama_model *m, int i) { return m->tensors[i].numel; }
+int llama_tensor_ndim(const llama_model *m, int i) { return m->tensors[i].ndim; }
+int64_t llama_tensor_dim(const llama_model *m, int i, int axis) { return m->tensors[i].shape[axis]; }
+
+int llama_tensor_index(const llama_model *m, const char *name)
+{
+    for (int i = 0; i < m->n_tensors; i++)
+        if (strcmp(m->tensors[i].name, name) == 0) return i;
+    return -1;
+}
+
+/* ---- init / free ---- */
+
+static int check_config(const llama_config *c, int B, int T, pc_err *e)
+{
+    if (c->vocab_size <= 0) return pc_errorf(e, "llama: vocab_size must be positive, got %d", c->vocab_size);
+    if (c->d_model <= 0) return pc_errorf(e, "llama: hidden_size must be positive, got %d", c->d_model);
+    if (c->n_layers <= 0 || c->n_layers > PC_MAX_LAYERS)
+        return pc_errorf(e, "llama: num_hidden_layers must be in [1,%d], got %d", PC_MAX_LAYERS, c->n_layers);
+    if (c->n_heads <= 0 || c->n_kv_heads <= 0 || c->n_heads % c->n_kv_heads != 0)
+        return pc_errorf(e, "llama: num_attention_heads (%d) must be a positive multiple of num_key_value_heads (%d)",
+                         c->n_heads, c->n_kv_heads);
+    if (c->head_dim <= 0 || c->head_dim % 2 != 0)
+        return pc_errorf(e, "llama: head_dim must be positive and even, got %d", c->head_dim);
+    for (int i = 0; i < c->n_layers; i++)
+        if (c->d_ff_layer[i] <= 0)
+            return pc_errorf(e, "llama: intermediate_size of layer %d must be positive, got %d", i, c->d_ff_layer[i]);
+    if (B <= 0 || T <= 0) return pc_errorf(e, "llama: micro-batch shape must be positive, got B=%d T=%d", B, T);
+    return 0;
+}
+
+static float **alloc_list(backend *be, int count, const size_t *sizes)
+{
+    float **v = pc_calloc((size_t)count, sizeof(float *));
+    for (int i = 0; i < count; i++) v[i] = be_alloc(be, sizes[i]);
+    return v;
+}
+
+static void free_list(backend *be, float **v, int count)
+{
+    if (!v) return;
+    for (int i = 0; i < count; i++) be_free(be, v[i]);
+    free(v);
+}
+
+int llama_init(llama_model *m, const llama_config *c, backend *be, int B, int T, pc_err *e)
+{
+    memset(m, 0, sizeof(*m));
+    if (check_config(c, B, T, e)) return -1;
+    m->cfg = *c;
+    m->be = be;
+    m->B = B;
+    m->T = T;
+    m->loss_scale = 1.0f;
+    build_table(m);
+    m->params = be_alloc(be, (size_t)m->n_params);
+    m->grads = be_alloc(be, (size_t)m->n_params);
+
+    int L = c->n_layers, H = c->n_heads, hd = c->head_dim;
+    size_t N = (size_t)B * T, d = (size_t)c->d_model, qd = (size_t)H * hd;
+    size_t C = qd + 2 * (size_t)c->n_kv_heads * hd, fmax = 0;
+    size_t *sz = pc_calloc((size_t)L + 1, sizeof(size_t));
+    llama_acts *a = pc_calloc(1, sizeof(*a));
+    m->act = a;
+#define LIST(field, count, expr)                                                                                      \
+    do {                                                                                                              \
+        for (int l = 0; l < (count); l++) sz[l] = (expr);                                                            \
+        a->field = alloc_list(be, (count), sz);                                                                       \
+    } while (0)
+    LIST(res, L + 1, N * d);
+    LIST(mid, L, N * d);
+    LIST(ln1, L, N * d);
+    LIST(ln2, L, N * d);
+    LIST(rstd1, L, N);
+    LIST(rstd2, L, N);
+    LIST(qkv, L, N * C);
+    LIST(att, L, N * qd);
+    LIST(lse, L, (size_t)B * H * T);
+    LIST(gu, L, N * 2 * (size_t)c->d_ff_layer[l]);
+    LIST(h, L, N * (size_t)c->d_ff_layer[l]);
+#undef LIST
+    free(sz);
+    for (int l = 0; l < L; l++) fmax = PC_MAX(fmax, (size_t)c->d_ff_layer[l]);
+    a->lnf = be_alloc(be, N * d);
+    a->rstdf = be_alloc(be, N);
+    a->xent_lse = be_alloc(be, N);
+    a->dres = be_alloc(be, N * d);
+    a->dln = be_alloc(be, N * d);
+    a->datt = be_alloc(be, N * qd);
+    a->dqkv = be_alloc(be, N * C);
+    a->dh = be_alloc(be, N * fmax);
+    a->dgu = be_alloc(be, N * 2 * fmax);
+    m->logits = be_alloc(be, N * (size_t)c->vocab_size);
+    m->tokens = be_alloc_i32(be, N);
+    m->targets = be_alloc_i32(be, N);
+
+    // rope tables (T, hd/2)
+    size_t nrope = (size_t)T * (hd / 2);
+    float *hc = pc_alloc_f32(nrope), *hs = pc_alloc_f32(nrope);
+    rope_tables_host(hc, hs, T, hd, c->rope_theta, c->rope_scaling_type, c->rope_factor, c->rope_low_freq_factor,
+                     c->rope_high_freq_factor, c->rope_original_max_pos);
+    m->rope_cos = be_alloc(be, nrope);
+    m->rope_sin = be_alloc(be, nrope);
+    be_upload(be, m->rope_cos, hc, nrope);
+    be_upload(be, m->rope_sin, hs, nrope);
+    free(hc);
+    free(hs);
+    return 0;
+}
+
+void llama_free(llama_model *m)
+{
+    if (!m->tensors) return;
+    backend *be = m->be;
+    llama_acts *a = m->act;
+    int L = m->cfg.n_layers;
+    free_list(be, a->res, L + 1);
+    free_list(be, a->mid, L);
+    free_list(be, a->ln1, L);
+    free_list(be, a->ln2, L);
+    free_list(be, a->rstd1, L);
+    free_list(be, a->rstd2, L);
+    free_list(be, a->qkv, L);
+    free_list(be, a->att, L);
+    free_list(be, a->lse, L);
+    free_list(be, a->gu, L);
+    free_list(be, a->h, L);
+    float *singles[] = {a->lnf, a->rstdf, a->xent_lse, a->dres, a->dln, a->datt, a->dqkv, a->dh, a->dgu,
+                        m->logits, m->params, m->grads, m->rope_cos, m->rope_sin};
+    for (size_t i = 0; i < PC_ARRAY_LEN(singles); i++) be_free(be, singles[i]);
+    be_free(be, m->tokens);
+    be_free(be, m->targets);
+    free(a);
+    free(m->tensors);
+    memset(m, 0, sizeof(*m));
+}
+
+void llama_zero_grad(llama_model *m) { be_zero(m->be, m->grads, (size_t)m->n_params); }
+void llama_set_loss_scale(llama_model *m, float s) { m->loss_scale = s; }
+
+/* ---- random init ---- */
+
+void llama_init_random(llama_model *m, uint64_t seed, float std)
+{
+    int64_t maxn = 0;
+    for (int i = 0; i < m->n_tensors; i++) maxn = PC_MAX(maxn, m->tensors[i].numel);
+    float *buf = pc_alloc_f32((size_t)maxn);
+    for (int i = 0; i < m->n_tensors; i++) {
+        const llama_tensor *t = &m->tensors[i];
+        if (t->ndim == 1) {
+            for (int64_t j = 0; j < t->numel; j++) buf[j] = 1.0f;
+        } else {
+            pc_rng r;
+            pc_rng_seed(&r, pc_hash64(seed, (uint64_t)i, 0x11a3a, 0));
+            for (int64_t j = 0; j < t->numel; j++) buf[j] = std * pc_rng_normal(&r);
+        }
+        be_upload(m->be, m->params + t->offset, buf, (size_t)t->numel);
+    }
+    free(buf);
+}
+
+/* ---- safetensors I/O ---- */
+
+static void shape_str(char *out, size_t n, int ndim, const int64_t *shape)
+{
+    size_t k = (size_t)snprintf(out, n, "[");
+    for (int i = 0; i < ndim && k < n; i++)
+        k += (size_t)snprintf(out + k, n - k, "%s%lld", i ? ", " : "", (long long)shape[i]);
+    if (k < n) snprintf(out + k, n - k, "]");
+}
+
+int llama_load_safetensors(llama_model *m, const char *dir_or_file, pc_err *e)
+{
+    st_model *st = NULL;
+    if (st_open(dir_or_file, &st, e)) return -1;
+    int64_t maxn = 0;
+    for (int i = 0; i < m->n_tensors; i++) maxn = PC_MAX(maxn, m->tensors[i].numel);
+    float *buf = pc_alloc_f32((size_t)maxn);
+    int rc = 0;
+    for (int i = 0; i < m->n_tensors && rc == 0; i++) {
+        const llama_tensor *t = &m->tensors[i];
+        const st_tensor *s = st_find(st, t->name);
+        char want[64], got[64];
+        shape_str(want, sizeof(want), t->ndim, t->shape);
+        if (!s) {
+            rc = pc_errorf(e, "%s: tensor %s %s is missing", dir_or_file, t->name, want);
+            break;
+        }
+        shape_str(got, sizeof(got), s->ndim, s->shape);
+        int same = s->ndim == t->ndim;
+        for (int k = 0; same && k < t->ndim; k++) same = s->shape[k] == t->shape[k];
+        if (!same) {
+            rc = pc_errorf(e, "%s: tensor %s has shape %s, expected %s", st_file_path(st, s), t->name, got, want);
+            break;
+        }
+        if (st_read_f32(st, t->name, buf, (size_t)t->numel, e)) {
+            rc = -1;
+            break;
+        }
+        for (int64_t j = 0; j < t->numel; j++)
+            if (!isfinite(buf[j])) {
+                rc = pc_errorf(e, "%s: tensor %s holds a non-finite value (%g) at element %lld", st_file_path(st, s),
+                               t->name, (double)buf[j], (long long)j);
+                break;
+            }
+        if (rc == 0) be_upload(m->be, m->params + t->offset, buf, (size_t)t->numel);
+    }
+    free(buf);
+    st_close(st);
+    return rc;
+}
+
+int llama_save_safetensors(const llama_model *m, const char *dir, st_dtype dtype, pc_err *e)
+{
+    if (pc_mkdirs(dir, e)) return -1;
+    float *host = pc_alloc_f32((size_t)m->n_params);
+    be_download(m->be, host, m->params, (size_t)m->n_params);
+    st_item *items = pc_calloc((size_t)m->n_tensors, sizeof(st_item));
+    for (int i = 0; i < m->n_tensors; i++) {
+        const llama_tensor *t = &m->tensors[i];
+        items[i].name = t->name;
+        items[i].ndim = t->ndim;
+        items[i].shape[0] = t->shape[0];
+        items[i].shape[1] = t->shape[1];
+        items[i].data = host + t->offset;
+    }
+    int rc = st_write_model(dir, items, m->n_tensors, dtype, (size_t)5 << 30, e);
+    if (rc == 0) {
+        llama_config c = m->cfg;
+        snprintf(c.torch_dtype, sizeof(c.torch_dtype), "%s",
+                 dtype == ST_BF16 ? "bfloat16" : dtype == ST_F16 ? "float16" : "float32");
+        rc = hf_config_save(dir, &c, e);
+    }
+    free(items);
+    free(host);
+    return rc;
+}
+
+/* ---- forward ---- */
+
+/* y (N,out) = x (N,in) W^T, W [out,in]; beta = 1 accumulates into y */
+static void linear_fwd(backend *be, float *y, const float *x, const float *W, int N, int in, int out, float beta)
+{
+    be_gemm(be, 0, 1, N, out, in, 1.0f, x, in, W, in, beta, y, out);
+}
+
+/* dW [out,in] += dy^T x ; dx (N,in) = dy W (beta 0) */
+static void linear_bwd(backend *be, float *dx, float *dW, const float *dy, const float *x, const float *W, int N,
+                       int in, int out)
+{
+    be_gemm(be, 1, 0, out, in, N, 1.0f, dy, out, x, in, 1.0f, dW, in);
+    if (dx) be_gemm(be, 0, 0, N, in, out, 1.0f, dy, out, W, in, 0.0f, dx, in);
+}
+
+float llama_forward(llama_model *m, const int32_t *tokens, const int32_t *targets)
+{
+    backend *be = m->be;
+    const backend_ops *op = be->ops;
+    const llama_config *c = &m->cfg;
+    llama_acts *a = m->act;
+    int B = m->B, T = m->T, N = B * T, d = c->d_model, V = c->vocab_size;
+    int H = c->n_heads, KV = c->n_kv_heads, hd = c->head_dim, qd = H * hd, C = qd + 2 * KV * hd;
+    float eps = (float)c->rms_norm_eps;
+
+    op->upload_i32(be, m->tokens, tokens, (size_t)N);
+    m->have_targets = targets != NULL;
+    if (targets) op->upload_i32(be, m->targets, targets, (size_t)N);
+
+    op->embedding_fwd(be, a->res[0], P(m, 0), m->tokens, N, d); // (N,) -> (N,d)
+    for (int l = 0; l < c->n_layers; l++) {
+        int f = c->d_ff_layer[l];
+        float *qkv = a->qkv[l];
+        op->rmsnorm_fwd(be, a->ln1[l], a->rstd1[l], a->res[l], P(m, layer_tensor(l, T_LN1)), N, d, eps);
+        linear_fwd(be, qkv, a->ln1[l], P(m, layer_tensor(l, T_Q)), N, d, C, 0.0f); // (N,d) -> (N,C)
+        op->rope_fwd(be, qkv, m->rope_cos, m->rope_sin, B, T, H, hd, C);            // q part
+        op->rope_fwd(be, qkv + qd, m->rope_cos, m->rope_sin, B, T, KV, hd, C);      // k part
+        op->attention_fwd(be, a->att[l], a->lse[l], qkv, qkv + qd, qkv + qd + KV * hd, B, T, H, KV, hd, C);
+        be_copy(be, a->mid[l], a->res[l], (size_t)N * d);
+        linear_fwd(be, a->mid[l], a->att[l], P(m, layer_tensor(l, T_O)), N, qd, d, 1.0f); // += (N,qd) -> (N,d)
+        op->rmsnorm_fwd(be, a->ln2[l], a->rstd2[l], a->mid[l], P(m, layer_tensor(l, T_LN2)), N, d, eps);
+        linear_fwd(be, a->gu[l], a->ln2[l], P(m, layer_tensor(l, T_GATE)), N, d, 2 * f, 0.0f); // (N,d) -> (N,2f)
+        op->swiglu_fwd(be, a->h[l], a->gu[l], a->gu[l] + f, N, f, 2 * f);                      // -> (N,f)
+        be_copy(be, a->res[l + 1], a->mid[l], (size_t)N * d);
+        linear_fwd(be, a->res[l + 1], a->h[l], P(m, layer_tensor(l, T_DOWN)), N, f, d, 1.0f); // += (N,f) -> (N,d)
+    }
+    op->rmsnorm_fwd(be, a->lnf, a->rstdf, a->res[c->n_layers], P(m, final_norm_tensor(m)), N, d, eps);
+    linear_fwd(be, m->logits, a->lnf, P(m, head_tensor(m)), N, d, V, 0.0f); // (N,d) -> (N,V)
+    if (!targets) {
+        m->loss = 0.0f;
+        m->n_valid = 0;
+        return 0.0f;
+    }
+    double sum = op->xent_fwd(be, a->xent_lse, m->logits, m->targets, N, V, &m->n_valid);
+    m->loss = m->n_valid > 0 ? (float)(sum / (double)m->n_valid) : NAN;
+    return m->loss;
+}
+
+/* ---- backward ---- */
+
+void llama_backward(llama_model *m)
+{
+    backend *be = m->be;
+    const backend_ops *op = be->ops;
+    const llama_config *c = &m->cfg;
+    llama_acts *a = m->act;
+    int B = m->B, T = m->T, N = B * T, d = c->d_model, V = c->vocab_size;
+    int H = c->n_heads, KV = c->n_kv_heads, hd = c->head_dim, qd = H * hd, C = qd + 2 * KV * hd;
+    if (!m->have_targets || m->n_valid == 0) return; // nothing to differentiate
+
+    float *dlogits = m->logits; // in place: (N,V)
+    op->xent_bwd(be, dlogits, m->logits, a->xent_lse, m->targets, N, V, m->loss_scale / (float)m->n_valid);
+    int hi = head_tensor(m);
+    linear_bwd(be, a->dln, G(m, hi), dlogits, a->lnf, P(m, hi), N, d, V); // (N,V) -> (N,d)
+    be_zero(be, a->dres, (size_t)N * d);
+    int fn = final_norm_tensor(m);
+    op->rmsnorm_bwd(be, a->dres, G(m, fn), a->dln, a->res[c->n_layers], P(m, fn), a->rstdf, N, d);
+
+    for (int l = c->n_layers - 1; l >= 0; l--) {
+        int f = c->d_ff_layer[l];
+        float *qkv = a->qkv[l], *dqkv = a->dqkv;
+        // MLP: res[l+1] = mid + h Wdown^T
+        int td = layer_tensor(l, T_DOWN), tg = layer_tensor(l, T_GATE);
+        linear_bwd(be, a->dh, G(m, td), a->dres, a->h[l], P(m, td), N, f, d);        // (N,d) -> (N,f)
+        op->swiglu_bwd(be, a->dgu, a->dgu + f, a->dh, a->gu[l], a->gu[l] + f, N, f, 2 * f); // -> (N,2f)
+        linear_bwd(be, a->dln, G(m, tg), a->dgu, a->ln2[l], P(m, tg), N, d, 2 * f); // (N,2f) -> (N,d)
+        int t2 = layer_tensor(l, T_LN2);
+        op->rmsnorm_bwd(be, a->dres, G(m, t2), a->dln, a->mid[l], P(m, t2), a->rstd2[l], N, d);
+        // attention: mid = res + att Wo^T
+        int to = layer_tensor(l, T_O), tq = layer_tensor(l, T_Q);
+        linear_bwd(be, a->datt, G(m, to), a->dres, a->att[l], P(m, to), N, qd, d); // (N,d) -> (N,qd)
+        op->attention_bwd(be, dqkv, dqkv + qd, dqkv + qd + KV * hd, a->datt, a->att[l], a->lse[l], qkv, qkv + qd,
+                          qkv + qd + KV * hd, B, T, H, KV, hd, C);
+        op->rope_bwd(be, dqkv, m->rope_cos, m->rope_sin, B, T, H, hd, C);
+        op->rope_bwd(be, dqkv + qd, m->rope_cos, m->rope_sin, B, T, KV, hd, C);
+        linear_bwd(be, a->dln, G(m, tq), dqkv, a->ln1[l], P(m, tq), N, d, C); // (N,C) -> (N,d)
+        int t1 = layer_tensor(l, T_LN1);
+        op->rmsnorm_bwd(be, a->dres, G(m, t1), a->dln, a->res[l], P(m, t1), a->rstd1[l], N, d);
+    }
+    op->embedding_bwd(be, G(m, 0), a->dres, m->tokens, N, d);
+}
+
+/* ---- FLOPs ---- */
+
+double llama_flops_per_token(const llama_config *c, int T)
+{
+    double d = c->d_model, qd = (double)c->n_heads * c->head_dim, kvd = (double)c->n_kv_heads * c->head_dim;
+    double n = (double)c->vocab_size * d; // head (tied or not, it is a matmul)
+    for (int i = 0; i < c->n_layers; i++) n += d * (2 * qd + 2 * kvd) + 3.0 * d * c->d_ff_layer[i];
+    return 6.0 * n + 12.0 * c->n_layers * qd * T;
+}

@@ -1,0 +1,137 @@
+/* backend: the tensor/op seam between model code and a device.
+ *
+ * Model and optimizer code is written once against the ops below; a backend supplies
+ * them for one device. The CPU backend (backend_cpu.c) keeps fp32 buffers in host
+ * memory and runs every matrix product through OpenBLAS cblas_sgemm; a CUDA backend
+ * implements the same table with device buffers.
+ *
+ * Conventions: every buffer argument is a device pointer obtained from be_alloc /
+ * be_alloc_i32 (on the CPU backend, plain host memory). Sizes are element counts.
+ * Matrices are row-major. Activations are laid out token-major: (N, C) with a row
+ * stride `ld` (elements between consecutive tokens) where an op reads a column slice
+ * of a wider buffer, e.g. the q, k, v parts of a fused (N, (H+2KV)*hd) projection.
+ * Backward ops that produce a parameter gradient ACCUMULATE into it (+=), so that
+ * gradients of several micro-batches, or of a tied weight, add up. */
+#ifndef PC_BACKEND_H
+#define PC_BACKEND_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+typedef struct backend backend;
+
+typedef struct backend_ops {
+    const char *name;
+    void (*destroy)(backend *be);
+
+    /* memory */
+    float *(*alloc)(backend *be, size_t n);
+    int32_t *(*alloc_i32)(backend *be, size_t n);
+    void (*free)(backend *be, void *p);
+    void (*zero)(backend *be, float *x, size_t n);
+    void (*copy)(backend *be, float *dst, const float *src, size_t n);
+    void (*upload)(backend *be, float *dst, const float *host_src, size_t n);
+    void (*download)(backend *be, float *host_dst, const float *src, size_t n);
+    void (*upload_i32)(backend *be, int32_t *dst, const int32_t *host_src, size_t n);
+    void (*sync)(backend *be);
+
+    /* C[M,N] = alpha * op(A) * op(B) + beta * C; op(A) is [M,K], op(B) is [K,N]. */
+    void (*gemm)(backend *be, int trans_a, int trans_b, int M, int N, int K, float alpha, const float *A, int lda,
+                 const float *B, int ldb, float beta, float *C, int ldc);
+    /* The same for batch matrices at A + i*stride_a, B + i*stride_b, C + i*stride_c. */
+    void (*gemm_batched)(backend *be, int trans_a, int trans_b, int M, int N, int K, float alpha, const float *A,
+                         int lda, int64_t stride_a, const float *B, int ldb, int64_t stride_b, float beta, float *C,
+                         int ldc, int64_t stride_c, int batch);
+
+    /* out[n,:] = table[tokens[n],:]   (N,) -> (N,d) */
+    void (*embedding_fwd)(backend *be, float *out, const float *table, const int32_t *tokens, int N, int d);
+    /* dtable[tokens[n],:] += dout[n,:] */
+    void (*embedding_bwd)(backend *be, float *dtable, const float *dout, const int32_t *tokens, int N, int d);
+
+    /* out = x * rstd * w, rstd[n] = 1/sqrt(mean(x[n]^2) + eps)   (N,d) -> (N,d), saves rstd (N) */
+    void (*rmsnorm_fwd)(backend *be, float *out, float *rstd, const float *x, const float *w, int N, int d,
+                        float eps);
+    /* dx += d(out)/dx^T dout ; dw += sum_n dout*x*rstd */
+    void (*rmsnorm_bwd)(backend *be, float *dx, float *dw, const float *dout, const float *x, const float *w,
+                        const float *rstd, int N, int d);
+
+    /* In-place rotation of n_heads heads of size hd for each of B*T tokens (row stride ld),
+     * token t at position t % T; HF rotate_half pairs (i, i + hd/2); cos/sin are (T, hd/2). */
+    void (*rope_fwd)(backend *be, float *x, const float *cos_t, const float *sin_t, int B, int T, int n_heads,
+                     int hd, int ld);
+    /* Inverse rotation of the gradient, in place. */
+    void (*rope_bwd)(backend *be, float *dx, const float *cos_t, const float *sin_t, int B, int T, int n_heads,
+                     int hd, int ld);
+
+    /* Causal grouped-query attention, scale 1/sqrt(hd). q (B,T,H,hd) row stride ld_qkv,
+     * k and v (B,T,KV,hd) row stride ld_qkv, out (B,T,H,hd) row stride H*hd; saves the
+     * softmax log-sum-exp lse (B,H,T) for the backward pass. */
+    void (*attention_fwd)(backend *be, float *out, float *lse, const float *q, const float *k, const float *v,
+                          int B, int T, int H, int KV, int hd, int ld_qkv);
+    /* dq, dk, dv (same layout as q, k, v) are overwritten. */
+    void (*attention_bwd)(backend *be, float *dq, float *dk, float *dv, const float *dout, const float *out,
+                          const float *lse, const float *q, const float *k, const float *v, int B, int T, int H,
+                          int KV, int hd, int ld_qkv);
+
+    /* out (N,f) = silu(gate) * up; gate and up (N,f) with row stride ld_in. */
+    void (*swiglu_fwd)(backend *be, float *out, const float *gate, const float *up, int N, int f, int ld_in);
+    /* dgate, dup (row stride ld_in) overwritten from dout (N,f). */
+    void (*swiglu_bwd)(backend *be, float *dgate, float *dup, const float *dout, const float *gate,
+                       const float *up, int N, int f, int ld_in);
+
+    /* Softmax cross-entropy of logits (N,V) against targets (N), targets < 0 ignored.
+     * Saves lse (N); returns the SUM of losses over valid rows and their count in *n_valid. */
+    double (*xent_fwd)(backend *be, float *lse, const float *logits, const int32_t *targets, int N, int V,
+                       int64_t *n_valid);
+    /* dlogits = scale * (softmax - onehot) on valid rows, 0 on ignored rows; dlogits may
+     * alias logits. For the gradient of the mean loss pass scale = loss_scale / n_valid. */
+    void (*xent_bwd)(backend *be, float *dlogits, const float *logits, const float *lse, const int32_t *targets,
+                     int N, int V, float scale);
+
+    /* elementwise */
+    void (*add)(backend *be, float *y, const float *a, const float *b, size_t n); /* y = a + b */
+    void (*scale)(backend *be, float *x, float s, size_t n);                      /* x *= s */
+    void (*axpy)(backend *be, float *y, float alpha, const float *x, size_t n);   /* y += alpha*x */
+    double (*sumsq)(backend *be, const float *x, size_t n);                       /* sum x^2 */
+
+    /* AdamW with decoupled weight decay on n parameters; g is multiplied by grad_scale
+     * first (clipping); step counts from 1 for bias correction.
+     * p -= lr * (m_hat / (sqrt(v_hat) + eps) + weight_decay * p) */
+    void (*adamw)(backend *be, float *p, const float *g, float *m, float *v, size_t n, float lr, float beta1,
+                  float beta2, float eps, float weight_decay, float grad_scale, int64_t step);
+} backend_ops;
+
+struct backend {
+    const backend_ops *ops;
+    void *impl; /* backend-private state */
+    int threads;
+};
+
+/* CPU backend: fp32, OpenBLAS with `threads` threads (<= 0: leave OpenBLAS's default). */
+backend *backend_cpu_create(int threads);
+void backend_destroy(backend *be);
+
+/* Llama rope tables on the host: cos_t, sin_t (T, hd/2) for positions 0..T-1, as
+ * transformers computes them (float32 inverse frequencies; rope_scaling "llama3"
+ * when scaling_type is "llama3", otherwise none). */
+void rope_tables_host(float *cos_t, float *sin_t, int T, int hd, double theta, const char *scaling_type,
+                      double factor, double low_freq_factor, double high_freq_factor, int original_max_pos);
+
+/* Thin wrappers so that call sites read as ops. */
+static inline float *be_alloc(backend *be, size_t n) { return be->ops->alloc(be, n); }
+static inline int32_t *be_alloc_i32(backend *be, size_t n) { return be->ops->alloc_i32(be, n); }
+static inline void be_free(backend *be, void *p) { be->ops->free(be, p); }
+static inline void be_zero(backend *be, float *x, size_t n) { be->ops->zero(be, x, n); }
+static inline void be_copy(backend *be, float *dst, const float *src, size_t n) { be->ops->copy(be, dst, src, n); }
+static inline void be_upload(backend *be, float *dst, const float *src, size_t n) { be->ops->upload(be, dst, src, n); }
+static inline void be_download(backend *be, float *dst, const float *src, size_t n)
+{
+    be->ops->download(be, dst, src, n);
+}
+static inline void be_gemm(backend *be, int ta, int tb, int M, int N, int K, float alpha, const float *A, int lda,
+                           const float *B, int ldb, float beta, float *C, int ldc)
+{
+    be->ops->gemm(be, ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+}
+
+#endif

@@ -1,0 +1,96 @@
+/* llama: a Llama (LlamaForCausalLM) model, forward and backward, written against the
+ * backend op table so the same code runs on any device.
+ *
+ * Parameters live in ONE contiguous f32 buffer and their gradients in another of the
+ * same size; a tensor table in Hugging Face naming order gives each tensor's name,
+ * shape and offset:
+ *   model.embed_tokens.weight [V,d]
+ *   per layer i: model.layers.i.input_layernorm.weight [d],
+ *     .self_attn.{q_proj [H*hd,d], k_proj [KV*hd,d], v_proj [KV*hd,d], o_proj [d,H*hd]}.weight,
+ *     .post_attention_layernorm.weight [d],
+ *     .mlp.{gate_proj [f_i,d], up_proj [f_i,d], down_proj [d,f_i]}.weight
+ *   model.norm.weight [d]
+ *   lm_head.weight [V,d]   (absent when tie_word_embeddings: the head uses the embedding)
+ * Because q,k,v and gate,up are adjacent, each pair/triple is used as one fused matrix.
+ * Activations are allocated for one micro-batch shape (B,T) at init. */
+#ifndef PC_LLAMA_H
+#define PC_LLAMA_H
+
+#include "backend.h"
+#include "hf_config.h"
+#include "safetensors.h"
+#include "util.h"
+
+#define LLAMA_TENSORS_PER_LAYER 9
+#define LLAMA_NAME_MAX 96
+
+typedef struct llama_tensor {
+    char name[LLAMA_NAME_MAX];
+    int ndim;         /* 1 or 2 */
+    int64_t shape[2];
+    int64_t offset;   /* into params / grads, in elements */
+    int64_t numel;
+} llama_tensor;
+
+typedef struct llama_acts llama_acts;
+
+typedef struct llama_model {
+    llama_config cfg;
+    backend *be;
+    int B, T;                 /* micro-batch shape the activations are sized for */
+    int n_tensors;
+    llama_tensor *tensors;
+    int64_t n_params;
+    float *params;            /* (n_params) device */
+    float *grads;             /* (n_params) device, accumulated by llama_backward */
+    float loss_scale;         /* backward differentiates loss_scale * mean loss (default 1) */
+    float *logits;            /* (B,T,V) device; valid after llama_forward until llama_backward */
+    float *rope_cos, *rope_sin; /* (T, hd/2) device */
+    int32_t *tokens, *targets;  /* (B,T) device */
+    int have_targets;
+    int64_t n_valid;          /* valid targets of the last forward */
+    float loss;               /* mean loss of the last forward */
+    llama_acts *act;
+} llama_model;
+
+/* Allocate params, grads and activations for micro-batch (B,T); params and grads are
+ * zeroed. Errors name the offending config field. */
+int llama_init(llama_model *m, const llama_config *c, backend *be, int B, int T, pc_err *e);
+void llama_free(llama_model *m);
+
+int llama_n_tensors(const llama_model *m);
+/* Index of the tensor with HF name `name`, or -1. */
+int llama_tensor_index(const llama_model *m, const char *name);
+const llama_tensor *llama_tensor_at(const llama_model *m, int i);
+const char *llama_tensor_name(const llama_model *m, int i);
+int64_t llama_tensor_offset(const llama_model *m, int i);
+int64_t llama_tensor_numel(const llama_model *m, int i);
+int llama_tensor_ndim(const llama_model *m, int i);
+int64_t llama_tensor_dim(const llama_model *m, int i, int axis);
+
+/* Load every parameter from a safetensors file or HF model directory (any stored dtype).
+ * Each tensor must exist with the exact shape and hold only finite values; errors name
+ * the tensor, the expected and found shapes, and the file. */
+int llama_load_safetensors(llama_model *m, const char *dir_or_file, pc_err *e);
+/* Write dir/model.safetensors (sharded when large) in `dtype` plus dir/config.json. */
+int llama_save_safetensors(const llama_model *m, const char *dir, st_dtype dtype, pc_err *e);
+
+/* normal(0, std) for matrices, ones for norm gains; a pure function of (seed, tensor). */
+void llama_init_random(llama_model *m, uint64_t seed, float std);
+
+/* Forward pass over tokens (B,T). With targets (B,T; < 0 ignored) returns the mean
+ * loss over valid targets (NAN when none is valid), otherwise 0 (logits only).
+ * Logits (B,T,V) are in m->logits afterwards. */
+float llama_forward(llama_model *m, const int32_t *tokens, const int32_t *targets);
+/* Backward of loss_scale * (mean loss of the last forward); ADDS into m->grads and
+ * overwrites m->logits with dlogits. Needs a forward with targets. */
+void llama_backward(llama_model *m);
+void llama_zero_grad(llama_model *m);
+void llama_set_loss_scale(llama_model *m, float s);
+
+/* Training FLOPs (forward + backward) per token at sequence length T: 6 x (matmul
+ * parameters, head included, embedding lookup excluded) + 12 x n_layers x H x hd x T
+ * for attention (the PaLM convention, which counts the full T x T score matrix). */
+double llama_flops_per_token(const llama_config *c, int T);
+
+#endif
