@@ -1,0 +1,208 @@
+/* importance: scores of d_model / d_ff dimensions and top-k selection (see importance.h). */
+#include "importance.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+void importance_alloc(importance_scores *s, const llama_config *c) {
+    memset(s, 0, sizeof *s);
+    s->d_model = c->d_model;
+    s->n_layers = c->n_layers;
+    s->d = pc_calloc((size_t)c->d_model, sizeof(double));
+    for (int l = 0; l < c->n_layers; l++) {
+        s->d_ff[l] = c->d_ff_layer[l];
+        s->ff[l] = pc_calloc((size_t)c->d_ff_layer[l], sizeof(double));
+    }
+}
+
+void importance_free(importance_scores *s) {
+    free(s->d);
+    for (int l = 0; l < s->n_layers; l++) free(s->ff[l]);
+    memset(s, 0, sizeof *s);
+}
+
+/* score[j] += sum_n |x[n, col0 + j]|   x: (N, ld) */
+static void add_abs_cols(double *score, const float *x, int64_t N, int ld, int col0, int ncols) {
+    for (int64_t n = 0; n < N; n++) {
+        const float *row = x + n * ld + col0;
+        for (int j = 0; j < ncols; j++) score[j] += fabsf(row[j]);
+    }
+}
+
+void importance_accumulate_activations(importance_scores *s, const llama_model *base) {
+    const llama_config *c = &base->cfg;
+    int64_t N = (int64_t)base->B * base->T;
+    for (int l = 0; l < c->n_layers; l++) {
+        const float *ln1, *ln2, *gu;
+        llama_layer_acts(base, l, &ln1, &ln2, &gu);
+        int f = c->d_ff_layer[l];
+        add_abs_cols(s->d, ln1, N, c->d_model, 0, c->d_model); /* (N,d) */
+        add_abs_cols(s->d, ln2, N, c->d_model, 0, c->d_model);
+        add_abs_cols(s->ff[l], gu, N, 2 * f, 0, f); /* gate part of (N, 2f) */
+        add_abs_cols(s->ff[l], gu, N, 2 * f, f, f); /* up part */
+    }
+}
+
+static const float *param(const llama_model *m, const char *name, int64_t *rows, int64_t *cols) {
+    int i = llama_tensor_index(m, name);
+    const llama_tensor *t = llama_tensor_at(m, i);
+    *rows = t->shape[0];
+    *cols = t->shape[1];
+    return m->params + t->offset;
+}
+
+/* score[j] += ||W[:, j]||  W: (R, C) */
+static void add_col_norms(double *score, const float *w, int64_t R, int64_t C) {
+    double *acc = pc_calloc((size_t)C, sizeof(double));
+    for (int64_t r = 0; r < R; r++)
+        for (int64_t j = 0; j < C; j++) acc[j] += (double)w[r * C + j] * w[r * C + j];
+    for (int64_t j = 0; j < C; j++) score[j] += sqrt(acc[j]);
+    free(acc);
+}
+
+/* score[r] += ||W[r, :]|| */
+static void add_row_norms(double *score, const float *w, int64_t R, int64_t C) {
+    for (int64_t r = 0; r < R; r++) {
+        double acc = 0;
+        for (int64_t j = 0; j < C; j++) acc += (double)w[r * C + j] * w[r * C + j];
+        score[r] += sqrt(acc);
+    }
+}
+
+void importance_magnitude(importance_scores *s, const llama_model *base) {
+    static const char *d_cols[] = {"self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "mlp.gate_proj",
+                                   "mlp.up_proj"};
+    static const char *d_rows[] = {"self_attn.o_proj", "mlp.down_proj"};
+    char name[LLAMA_NAME_MAX];
+    int64_t R, C;
+    for (int l = 0; l < s->n_layers; l++) {
+        for (size_t k = 0; k < PC_ARRAY_LEN(d_cols); k++) {
+            snprintf(name, sizeof name, "model.layers.%d.%s.weight", l, d_cols[k]);
+            const float *w = param(base, name, &R, &C);
+            add_col_norms(s->d, w, R, C);
+            if (k >= 3) add_row_norms(s->ff[l], w, R, C); /* gate, up: (f, d) rows are d_ff */
+        }
+        for (size_t k = 0; k < PC_ARRAY_LEN(d_rows); k++) {
+            snprintf(name, sizeof name, "model.layers.%d.%s.weight", l, d_rows[k]);
+            const float *w = param(base, name, &R, &C);
+            add_row_norms(s->d, w, R, C);
+            if (k == 1) add_col_norms(s->ff[l], w, R, C); /* down: (d, f) columns are d_ff */
+        }
+    }
+}
+
+void importance_random(importance_scores *s, uint64_t seed) {
+    pc_rng r;
+    pc_rng_seed(&r, pc_hash64(seed, 0x1a2b, 0, 0));
+    for (int j = 0; j < s->d_model; j++) s->d[j] = pc_rng_uniform(&r);
+    for (int l = 0; l < s->n_layers; l++)
+        for (int j = 0; j < s->d_ff[l]; j++) s->ff[l][j] = pc_rng_uniform(&r);
+}
+
+typedef struct scored {
+    double score;
+    int index;
+} scored;
+
+static int by_score_desc(const void *a, const void *b) {
+    const scored *x = a, *y = b;
+    if (x->score != y->score) return x->score > y->score ? -1 : 1;
+    return x->index - y->index;
+}
+
+static int by_int(const void *a, const void *b) { return *(const int *)a - *(const int *)b; }
+
+static int *top_k(const double *score, int n, int k) {
+    scored *s = pc_malloc(sizeof(scored) * (size_t)n);
+    for (int i = 0; i < n; i++) s[i] = (scored){score[i], i};
+    qsort(s, (size_t)n, sizeof *s, by_score_desc);
+    int *idx = pc_malloc(sizeof(int) * (size_t)k);
+    for (int i = 0; i < k; i++) idx[i] = s[i].index;
+    qsort(idx, (size_t)k, sizeof(int), by_int);
+    free(s);
+    return idx;
+}
+
+void importance_select(const importance_scores *s, int d_model_c, const int *d_ff_c, proj_indices *idx) {
+    memset(idx, 0, sizeof *idx);
+    idx->d_model_c = d_model_c;
+    idx->idx_d = top_k(s->d, s->d_model, d_model_c);
+    for (int l = 0; l < s->n_layers; l++) {
+        idx->d_ff_c[l] = d_ff_c[l];
+        idx->idx_ff[l] = top_k(s->ff[l], s->d_ff[l], d_ff_c[l]);
+    }
+}
+
+static void write_set(FILE *f, const char *name, const double *score, int n, const int *idx, int k) {
+    fprintf(f, "%s.scores", name);
+    for (int j = 0; j < n; j++) fprintf(f, " %.9g", score[j]);
+    fprintf(f, "\n%s.kept", name);
+    for (int j = 0; j < k; j++) fprintf(f, " %d", idx[j]);
+    fprintf(f, "\n");
+}
+
+int importance_save(const importance_scores *s, const proj_indices *idx, const char *path, pc_err *e) {
+    char *buf = NULL;
+    size_t len = 0;
+    FILE *f = open_memstream(&buf, &len);
+    if (!f) return pc_errorf(e, "%s: out of memory", path);
+    fprintf(f, "# projcompd importance: per set, the score of every base dimension and the kept indices\n");
+    write_set(f, "d_model", s->d, s->d_model, idx->idx_d, idx->d_model_c);
+    for (int l = 0; l < s->n_layers; l++) {
+        char name[32];
+        snprintf(name, sizeof name, "d_ff.%d", l);
+        write_set(f, name, s->ff[l], s->d_ff[l], idx->idx_ff[l], idx->d_ff_c[l]);
+    }
+    fclose(f);
+    int rc = pc_write_file_atomic(path, buf, len, e);
+    free(buf);
+    return rc;
+}
+
+/* Parse "<name>.kept i0 i1 ..." into a fresh array of exactly k ascending indices < n. */
+static int parse_kept(const char *text, const char *path, const char *name, int n, int k, int **out, pc_err *e) {
+    char key[48];
+    snprintf(key, sizeof key, "\n%s.kept", name);
+    const char *p = strstr(text, key);
+    if (!p) return pc_errorf(e, "%s: no line '%s.kept'", path, name);
+    p += strlen(key);
+    int *idx = pc_malloc(sizeof(int) * (size_t)(k > 0 ? k : 1));
+    int count = 0;
+    for (;;) {
+        while (*p == ' ') p++;
+        if (*p == '\n' || *p == '\0') break;
+        char *end;
+        long v = strtol(p, &end, 10);
+        if (end == p || v < 0 || v >= n || count >= k || (count > 0 && v <= idx[count - 1])) {
+            free(idx);
+            return pc_errorf(e, "%s: line '%s.kept' must hold %d ascending indices below %d", path, name, k, n);
+        }
+        idx[count++] = (int)v;
+        p = end;
+    }
+    if (count != k) {
+        free(idx);
+        return pc_errorf(e, "%s: line '%s.kept' holds %d indices, the config asks for %d", path, name, count, k);
+    }
+    *out = idx;
+    return 0;
+}
+
+int importance_load_indices(const char *path, const llama_config *base_cfg, int d_model_c, const int *d_ff_c,
+                            proj_indices *idx, pc_err *e) {
+    char *text;
+    if (pc_read_file(path, &text, NULL, e) != 0) return -1;
+    memset(idx, 0, sizeof *idx);
+    idx->d_model_c = d_model_c;
+    int rc = parse_kept(text, path, "d_model", base_cfg->d_model, d_model_c, &idx->idx_d, e);
+    for (int l = 0; rc == 0 && l < base_cfg->n_layers; l++) {
+        char name[32];
+        snprintf(name, sizeof name, "d_ff.%d", l);
+        idx->d_ff_c[l] = d_ff_c[l];
+        rc = parse_kept(text, path, name, base_cfg->d_ff_layer[l], d_ff_c[l], &idx->idx_ff[l], e);
+    }
+    free(text);
+    if (rc != 0) proj_indices_free(idx, base_cfg->n_layers);
+    return rc;
+}

@@ -1,0 +1,41 @@
+/* importance: which d_model and d_ff dimensions survive compression.
+ *
+ * Scores (METHOD.md): `activation` sums |RMSNorm output| of both pre-norms of every layer
+ * (d_model) and |gate| + |up| pre-activations per layer (d_ff) over calibration tokens;
+ * `magnitude` sums L2 norms of the d_model columns/rows and d_ff rows/columns of the
+ * weights; `random` draws scores from the seed. The kept indices are the top-k by score
+ * (ties to the lower index), in ascending order. */
+#ifndef PC_IMPORTANCE_H
+#define PC_IMPORTANCE_H
+
+#include "llama.h"
+#include "project.h"
+
+typedef struct importance_scores {
+    int d_model, n_layers;
+    int d_ff[PC_MAX_LAYERS];      /* base width of layer i */
+    double *d;                    /* (d_model) */
+    double *ff[PC_MAX_LAYERS];    /* (d_ff_layer[i]) */
+} importance_scores;
+
+void importance_alloc(importance_scores *s, const llama_config *c);
+void importance_free(importance_scores *s);
+
+/* Add the activation scores of one forward pass of `base` (already run on a batch). */
+void importance_accumulate_activations(importance_scores *s, const llama_model *base);
+/* Weight-magnitude scores from the base model's parameters. */
+void importance_magnitude(importance_scores *s, const llama_model *base);
+/* Random scores (ablation). */
+void importance_random(importance_scores *s, uint64_t seed);
+
+/* Top-k selection: idx gets d_model_c indices and d_ff_c[i] per layer. */
+void importance_select(const importance_scores *s, int d_model_c, const int *d_ff_c, proj_indices *idx);
+
+/* RUN/importance.txt: the scores and chosen indices, one line per set. */
+int importance_save(const importance_scores *s, const proj_indices *idx, const char *path, pc_err *e);
+/* Read the indices back from importance.txt (for resume and for `compress` after
+ * `importance`). */
+int importance_load_indices(const char *path, const llama_config *base_cfg, int d_model_c, const int *d_ff_c,
+                            proj_indices *idx, pc_err *e);
+
+#endif
