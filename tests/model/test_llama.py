@@ -1,0 +1,191 @@
+"""test_llama: the C Llama forward/backward against stock transformers (fp32, eager).
+
+Builds tiny random LlamaForCausalLM models (GQA, explicit head_dim, llama3 rope
+scaling, tied and untied embeddings), saves them with save_pretrained (safetensors),
+runs llama_check on the same tokens and compares with torch autograd:
+  logits: max|c - ref| <= LOGIT_TOL * max|ref|
+  loss:   |c - ref| <= LOSS_TOL * |ref|
+  every parameter gradient: max|c - ref| <= GRAD_TOL * max|ref| (per tensor)
+Also: two micro-batches of B=1 accumulate to the gradient of one B=2 batch, and the
+loader rejects a missing tensor, a wrong shape and a non-finite weight, naming it.
+"""
+import os
+import subprocess
+import sys
+import tempfile
+
+try:
+    import numpy as np
+    import torch
+    import torch.nn.functional as F
+    from safetensors.numpy import load_file, save_file
+    from transformers import LlamaConfig, LlamaForCausalLM
+except ImportError as exc:  # pragma: no cover
+    print("skip: %s" % exc)
+    sys.exit(77)
+
+LOGIT_TOL = 2e-6
+LOSS_TOL = 1e-6
+GRAD_TOL = 5e-6
+ACCUM_TOL = 1e-6
+
+BUILD = os.environ.get("PC_BUILD", "build")
+TOOL = os.path.join(BUILD, "tests", "model", "llama_check")
+
+failures = []
+
+
+def check(ok, msg):
+    print(("ok   " if ok else "FAIL ") + msg)
+    if not ok:
+        failures.append(msg)
+
+
+def make_model(d, tmp, seed):
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(
+        vocab_size=d["vocab"], hidden_size=d["hidden"], intermediate_size=d["ff"],
+        num_hidden_layers=d["layers"], num_attention_heads=d["heads"], num_key_value_heads=d["kv"],
+        head_dim=d["head_dim"], max_position_embeddings=64, rms_norm_eps=1e-5, rope_theta=d["theta"],
+        rope_scaling=d.get("rope_scaling"), tie_word_embeddings=d["tied"], initializer_range=0.1,
+        attn_implementation="eager", torch_dtype="float32")
+    model = LlamaForCausalLM(cfg).float()
+    with torch.no_grad():  # non-trivial norm gains
+        for name, p in model.named_parameters():
+            if p.dim() == 1:
+                p.copy_(1.0 + 0.2 * torch.randn_like(p))
+    path = os.path.join(tmp, d["name"])
+    model.save_pretrained(path, safe_serialization=True)
+    model.eval()
+    return model, path
+
+
+def make_tokens(V, B, T, seed, ignore):
+    g = np.random.default_rng(seed)
+    seq = g.integers(0, V, size=(B, T + 1)).astype(np.int32)
+    tokens, targets = seq[:, :T].copy(), seq[:, 1:].copy()  # targets[t] = tokens[t+1]
+    if ignore:
+        targets[0, 3] = -1
+        targets[-1, T - 1] = -1
+    return tokens, targets
+
+
+def run_tool(path, tokens, targets, tmp, micro=1, expect_ok=True):
+    B, T = tokens.shape
+    tokf = os.path.join(tmp, "tokens.i32")
+    np.concatenate([tokens.ravel(), targets.ravel()]).astype("<i4").tofile(tokf)
+    out = os.path.join(tmp, "out.safetensors")
+    if os.path.exists(out):
+        os.remove(out)
+    r = subprocess.run([TOOL, path, tokf, str(B), str(T), out, "--micro", str(micro)],
+                       capture_output=True, text=True)
+    if not expect_ok:
+        return r
+    if r.returncode != 0:
+        raise RuntimeError("llama_check failed: %s" % r.stderr)
+    return load_file(out)
+
+
+def reference(model, tokens, targets):
+    model.zero_grad()
+    logits = model(torch.from_numpy(tokens.astype(np.int64))).logits
+    V = logits.shape[-1]
+    loss = F.cross_entropy(logits.reshape(-1, V), torch.from_numpy(targets.astype(np.int64)).reshape(-1),
+                           ignore_index=-1)
+    loss.backward()
+    grads = {n: p.grad.detach().numpy().copy() for n, p in model.named_parameters()}
+    return logits.detach().numpy(), float(loss), grads
+
+
+def rel(a, b):
+    return float(np.max(np.abs(a - b)) / max(np.max(np.abs(b)), 1e-30))
+
+
+def compare(tag, out, logits, loss, grads, model):
+    r = rel(out["logits"], logits)
+    check(r <= LOGIT_TOL, "%s logits rel err %.2e <= %.0e" % (tag, r, LOGIT_TOL))
+    r = abs(float(out["loss"][0]) - loss) / abs(loss)
+    check(r <= LOSS_TOL, "%s loss %.7f vs %.7f rel err %.2e <= %.0e" % (tag, out["loss"][0], loss, r, LOSS_TOL))
+    worst, wname = 0.0, ""
+    names = [n for n, _ in model.named_parameters()]
+    for n in names:
+        key = "grad." + n
+        if key not in out:
+            check(False, "%s gradient %s missing from llama_check output" % (tag, n))
+            continue
+        if out[key].shape != grads[n].shape:
+            check(False, "%s gradient %s shape %s vs %s" % (tag, n, out[key].shape, grads[n].shape))
+            continue
+        r = rel(out[key], grads[n])
+        if r > worst:
+            worst, wname = r, n
+        if r > GRAD_TOL:
+            check(False, "%s gradient %s rel err %.2e > %.0e" % (tag, n, r, GRAD_TOL))
+    check(len([k for k in out if k.startswith("grad.")]) == len(names),
+          "%s llama_check writes exactly the %d parameter gradients" % (tag, len(names)))
+    print("     %s worst gradient rel err %.2e (%s)" % (tag, worst, wname))
+
+
+CASES = [
+    dict(name="untied_gqa", vocab=300, hidden=64, ff=96, layers=2, heads=4, kv=2, head_dim=16, theta=10000.0,
+         tied=False),
+    dict(name="tied_hd24_llama3", vocab=300, hidden=64, ff=96, layers=2, heads=4, kv=2, head_dim=24,
+         theta=500000.0, tied=True,
+         rope_scaling=dict(rope_type="llama3", factor=8.0, low_freq_factor=1.0, high_freq_factor=4.0,
+                           original_max_position_embeddings=32)),
+    dict(name="mha_untied", vocab=257, hidden=48, ff=80, layers=3, heads=3, kv=3, head_dim=16, theta=10000.0,
+         tied=False),
+]
+
+
+def main():
+    if not os.path.exists(TOOL):
+        print("llama_check not built at %s" % TOOL)
+        return 1
+    with tempfile.TemporaryDirectory() as tmp:
+        for i, case in enumerate(CASES):
+            model, path = make_model(case, tmp, seed=10 + i)
+            tokens, targets = make_tokens(case["vocab"], 2, 24, seed=i, ignore=True)
+            out = run_tool(path, tokens, targets, tmp)
+            logits, loss, grads = reference(model, tokens, targets)
+            compare(case["name"], out, logits, loss, grads, model)
+
+        # gradient accumulation: 2 micro-batches of B=1 vs one B=2 (all targets valid)
+        case = CASES[0]
+        model, path = make_model(case, tmp, seed=10)
+        tokens, targets = make_tokens(case["vocab"], 2, 24, seed=7, ignore=False)
+        one = run_tool(path, tokens, targets, tmp, micro=1)
+        two = run_tool(path, tokens, targets, tmp, micro=2)
+        worst = max(rel(two[k], one[k]) for k in one if k.startswith("grad."))
+        check(worst <= ACCUM_TOL, "accumulated 2x(B=1) grads equal B=2 grads: rel err %.2e <= %.0e"
+              % (worst, ACCUM_TOL))
+        logits, loss, grads = reference(model, tokens, targets)
+        compare("accum", two, logits, loss, grads, model)
+
+        # loader errors name the tensor
+        st = load_file(os.path.join(path, "model.safetensors"))
+        bad = dict(st)
+        bad["model.layers.1.mlp.up_proj.weight"] = np.zeros((95, 64), np.float32)
+        save_file(bad, os.path.join(path, "model.safetensors"), metadata={"format": "pt"})
+        r = run_tool(path, tokens, targets, tmp, expect_ok=False)
+        check(r.returncode != 0 and "model.layers.1.mlp.up_proj.weight" in r.stderr and "[95, 64]" in r.stderr
+              and "[96, 64]" in r.stderr, "wrong shape rejected: %s" % r.stderr.strip())
+        bad = dict(st)
+        bad["model.norm.weight"] = st["model.norm.weight"].copy()
+        bad["model.norm.weight"][5] = np.nan
+        save_file(bad, os.path.join(path, "model.safetensors"), metadata={"format": "pt"})
+        r = run_tool(path, tokens, targets, tmp, expect_ok=False)
+        check(r.returncode != 0 and "model.norm.weight" in r.stderr and "finite" in r.stderr,
+              "NaN weight rejected: %s" % r.stderr.strip())
+        bad = dict(st)
+        del bad["lm_head.weight"]
+        save_file(bad, os.path.join(path, "model.safetensors"), metadata={"format": "pt"})
+        r = run_tool(path, tokens, targets, tmp, expect_ok=False)
+        check(r.returncode != 0 and "lm_head.weight" in r.stderr and "missing" in r.stderr,
+              "missing tensor rejected: %s" % r.stderr.strip())
+    print("%d failure(s)" % len(failures))
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
