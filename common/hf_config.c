@@ -104,11 +104,20 @@ static int parse_rope_scaling(const char *file, const json_val *rs, llama_config
     if (strcmp(type, "llama3") != 0)
         return pc_errorf(e, "%s: key 'rope_scaling': rope type '%s' is not supported (only llama3)", file, type);
     snprintf(c->rope_scaling_type, sizeof c->rope_scaling_type, "llama3");
-    if (get_pos_num(file, rs, "factor", 0, &c->rope_factor, e) != 0 ||
-        get_pos_num(file, rs, "low_freq_factor", 0, &c->rope_low_freq_factor, e) != 0 ||
-        get_pos_num(file, rs, "high_freq_factor", 0, &c->rope_high_freq_factor, e) != 0 ||
-        get_pos_int(file, rs, "original_max_position_embeddings", 0, &c->rope_original_max_pos, e) != 0)
-        return pc_error_wrap(e, "rope_scaling");
+    const char *keys[4] = {"factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings"};
+    double vals[4];
+    for (int i = 0; i < 4; i++) {
+        const json_val *v = json_get(rs, keys[i]);
+        if (json_num(v, &vals[i]) != 0 || !(vals[i] > 0) || !isfinite(vals[i]))
+            return pc_errorf(e, "%s: key 'rope_scaling.%s' must be a positive number", file, keys[i]);
+    }
+    c->rope_factor = vals[0];
+    c->rope_low_freq_factor = vals[1];
+    c->rope_high_freq_factor = vals[2];
+    int64_t omax;
+    if (json_int(json_get(rs, keys[3]), &omax) != 0 || omax > INT32_MAX)
+        return pc_errorf(e, "%s: key 'rope_scaling.%s' must be a positive integer", file, keys[3]);
+    c->rope_original_max_pos = (int)omax;
     if (!(c->rope_high_freq_factor > c->rope_low_freq_factor))
         return pc_errorf(e, "%s: key 'rope_scaling': high_freq_factor must exceed low_freq_factor", file);
     return 0;
