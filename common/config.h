@@ -1,0 +1,97 @@
+/* config: the job configuration (YAML, libyaml) as one plain struct.
+ *
+ * Every key is declared once in config_keys.h (path, type, field, default, allowed
+ * values, range, which modes require it, doc line); that table drives defaults,
+ * parsing, `--set` overrides, validation, the resolved-config writer and the
+ * reference page docs/config.md. Errors name the file and line of the key
+ * ("job.yaml:7: unknown key 'train.lrr'; did you mean 'train.lr'?") or the --set
+ * option that carried the bad value. */
+#ifndef PC_CONFIG_H
+#define PC_CONFIG_H
+
+#include <stdint.h>
+#include <stdio.h>
+
+#include "util.h"
+
+#define PC_CONFIG_MAX_LAYERS 1024
+#define PC_CONFIG_MAX_GLOBS 16
+#define PC_CONFIG_MAX_KEYS 64   /* capacity of the per-key origin table below */
+#define PC_CONFIG_WHERE_LEN 256 /* "job.yaml:12" or "--set train.lr=3e-4" */
+
+typedef struct pc_config {
+    char source[1024]; /* path of the YAML file */
+    struct {
+        char dir[1024];
+        char mode[16]; /* compress|prune|pretrain|eval|importance */
+        int64_t seed;
+    } run;
+    struct {
+        char base[1024];   /* HF model directory */
+        char config[1024]; /* config.json of the model to pretrain from scratch */
+        char dtype[8];     /* bf16|f32 */
+    } model;
+    struct {
+        int d_model;                     /* 0: unset */
+        int d_ff[PC_CONFIG_MAX_LAYERS];  /* (n_d_ff,) */
+        int n_d_ff;                      /* 0 unset, 1 uniform, else one per layer */
+        char importance[16];             /* activation|magnitude|random */
+        int calibration_sequences;
+    } compress;
+    struct {
+        int enabled; /* 1 when the distill section (or a --set distill.*) is present */
+        double alpha, temperature;
+    } distill;
+    struct {
+        char train[PC_CONFIG_MAX_GLOBS][1024];
+        int n_train;
+        char valid[PC_CONFIG_MAX_GLOBS][1024];
+        int n_valid;
+        int seq_len;
+    } data;
+    struct {
+        int64_t steps;
+        int global_batch, micro_batch;
+        double lr, min_lr_ratio;
+        int warmup_steps;
+        double weight_decay, grad_clip, beta1, beta2;
+    } train;
+    struct {
+        int every_steps, keep;
+    } checkpoint;
+    struct {
+        int every_steps, batches; /* every_steps 0: only at the end */
+    } eval;
+    struct {
+        char device[8]; /* auto|cpu|cuda */
+        char comm[8];   /* auto|mpi|nccl */
+        int threads;    /* 0: automatic */
+    } backend;
+    struct {
+        char dir[1024]; /* "" means RUN/final */
+        char dtype[8];  /* bf16|f32 */
+    } output;
+    /* Where each key got its value, indexed like the key table: "" (default),
+     * "job.yaml:12" or "--set train.lr=3e-4". Used to point error messages at the key. */
+    char where[PC_CONFIG_MAX_KEYS][PC_CONFIG_WHERE_LEN];
+} pc_config;
+
+/* Defaults, then the YAML file at path, then each "--set a.b=value" (value read as a
+ * YAML scalar or flow list "[1,2]"), then validation. c is fully overwritten. */
+int config_load(pc_config *c, const char *path, const char *const *sets, int n_sets, pc_err *e);
+/* Checks that need the base model: compress.d_model <= base_d_model, the d_ff list
+ * length equals n_layers, each d_ff <= base_d_ff[layer] (base_d_ff: (n_layers,)). */
+int config_check_model(const pc_config *c, int base_d_model, const int *base_d_ff, int n_layers, pc_err *e);
+/* train.global_batch must be divisible by world_size * train.micro_batch. */
+int config_check_ranks(const pc_config *c, int world_size, pc_err *e);
+/* Write every key (after defaults and overrides) as YAML, atomically; config_load
+ * reads it back to the same values. */
+int config_write_resolved(const pc_config *c, const char *path, pc_err *e);
+/* Same text into a malloc'd NUL-terminated buffer (caller frees). */
+char *config_resolved_text(const pc_config *c);
+/* Markdown reference of every key (section, key, type, default, doc). */
+void config_print_doc(FILE *f);
+/* Per-layer d_ff: the uniform value, or the list entry for that layer; 0 when unset. */
+int config_d_ff(const pc_config *c, int layer);
+
+#endif

@@ -1,0 +1,154 @@
+/* config_keys: the one table of job-config keys. Parsing, defaults, validation, the
+ * resolved-config writer and docs/config.md are all driven from it; adding a key
+ * means adding a field to pc_config (config.h) and one row here.
+ *
+ * Included by config.c only. */
+#ifndef PC_CONFIG_KEYS_H
+#define PC_CONFIG_KEYS_H
+
+#include <stddef.h>
+
+#include "config.h"
+
+typedef enum {
+    PC_CT_INT,         /* int */
+    PC_CT_INT64,       /* int64_t */
+    PC_CT_DOUBLE,      /* double */
+    PC_CT_STRING,      /* char[size] */
+    PC_CT_ENUM,        /* char[size], one of .choices */
+    PC_CT_BOOL,        /* int 0/1 */
+    PC_CT_STRING_LIST, /* char[cap][elem_size] + int count */
+    PC_CT_INT_LIST,    /* int or per-layer list: int[cap] + int count (1 = uniform) */
+} pc_config_type;
+
+/* Range flags. */
+enum {
+    PC_K_MIN = 1 << 0,      /* value >= min (> min with PC_K_MIN_EXCL) */
+    PC_K_MAX = 1 << 1,      /* value <= max (< max with PC_K_MAX_EXCL) */
+    PC_K_MIN_EXCL = 1 << 2,
+    PC_K_MAX_EXCL = 1 << 3,
+};
+
+/* Mode bits for .required. */
+enum {
+    PC_M_COMPRESS = 1 << 0,
+    PC_M_PRUNE = 1 << 1,
+    PC_M_PRETRAIN = 1 << 2,
+    PC_M_EVAL = 1 << 3,
+    PC_M_IMPORTANCE = 1 << 4,
+};
+#define PC_CONFIG_MODES "compress|prune|pretrain|eval|importance"
+
+typedef struct pc_config_key {
+    const char *path;     /* "section.key" */
+    pc_config_type type;
+    size_t offset;        /* of the field in pc_config */
+    size_t size;          /* bytes of the field (string capacity, list storage) */
+    size_t elem_size;     /* lists: bytes per element */
+    size_t count_offset;  /* lists: offset of the int element count */
+    const char *def;      /* default, written as it would be in YAML */
+    const char *choices;  /* enum: "a|b|c" */
+    double min, max;
+    int flags;            /* PC_K_* */
+    int required;         /* PC_M_* bits: modes that need the key set */
+    const char *alt;      /* a key that satisfies the requirement instead */
+    const char *doc;
+} pc_config_key;
+
+#define PC_MEMBER_SIZE(m) sizeof(((pc_config *)0)->m)
+#define PC_AT(m) .offset = offsetof(pc_config, m), .size = PC_MEMBER_SIZE(m)
+#define PC_LIST_AT(m, n) PC_AT(m), .elem_size = PC_MEMBER_SIZE(m[0]), .count_offset = offsetof(pc_config, n)
+
+static const pc_config_key pc_config_keys[] = {
+    /* run */
+    {.path = "run.dir", .type = PC_CT_STRING, PC_AT(run.dir), .def = "run",
+     .doc = "Run directory: resolved config, logs, metrics, checkpoints and the final model live under it."},
+    {.path = "run.mode", .type = PC_CT_ENUM, PC_AT(run.mode), .def = "compress", .choices = PC_CONFIG_MODES,
+     .doc = "What to do: compress (Projected Compression), prune (hard pruning then training), "
+            "pretrain (from scratch), eval (held-out loss), importance (score channels only)."},
+    {.path = "run.seed", .type = PC_CT_INT64, PC_AT(run.seed), .def = "1234", .min = 0, .flags = PC_K_MIN,
+     .doc = "Seed of every random choice (initialisation, data order, random importance)."},
+    /* model */
+    {.path = "model.base", .type = PC_CT_STRING, PC_AT(model.base), .def = "",
+     .required = PC_M_COMPRESS | PC_M_PRUNE | PC_M_EVAL | PC_M_IMPORTANCE,
+     .doc = "Hugging Face model directory (`config.json` and `*.safetensors`) to compress, prune or evaluate."},
+    {.path = "model.config", .type = PC_CT_STRING, PC_AT(model.config), .def = "", .required = PC_M_PRETRAIN,
+     .alt = "model.base", .doc = "`config.json` describing the model to pretrain from scratch (pretrain mode)."},
+    {.path = "model.dtype", .type = PC_CT_ENUM, PC_AT(model.dtype), .def = "f32", .choices = "bf16|f32",
+     .doc = "Compute dtype of the model (bf16 keeps fp32 master copies of trainable tensors)."},
+    /* compress */
+    {.path = "compress.d_model", .type = PC_CT_INT, PC_AT(compress.d_model), .def = "0", .min = 0,
+     .flags = PC_K_MIN, .required = PC_M_COMPRESS | PC_M_PRUNE,
+     .doc = "Compressed hidden size d_model' (<= the base hidden_size; 0 = unset)."},
+    {.path = "compress.d_ff", .type = PC_CT_INT_LIST, PC_LIST_AT(compress.d_ff, compress.n_d_ff), .def = "[]",
+     .min = 1, .flags = PC_K_MIN,
+     .doc = "Compressed MLP width: one int for every layer, or a list with one entry per layer "
+            "([] = keep the base widths)."},
+    {.path = "compress.importance", .type = PC_CT_ENUM, PC_AT(compress.importance), .def = "activation",
+     .choices = "activation|magnitude|random", .doc = "How channels are ranked to initialise the projections."},
+    {.path = "compress.calibration_sequences", .type = PC_CT_INT, PC_AT(compress.calibration_sequences),
+     .def = "64", .min = 1, .flags = PC_K_MIN,
+     .doc = "Training sequences run through the base model to measure activation importance."},
+    /* distill */
+    {.path = "distill.enabled", .type = PC_CT_BOOL, PC_AT(distill.enabled), .def = "false",
+     .doc = "Distil from the base model; true as soon as the distill section (or a `--set distill.*`) is given."},
+    {.path = "distill.alpha", .type = PC_CT_DOUBLE, PC_AT(distill.alpha), .def = "0.5", .min = 0, .max = 1,
+     .flags = PC_K_MIN | PC_K_MAX, .doc = "Weight of the distillation loss; 1 - alpha weighs the token loss."},
+    {.path = "distill.temperature", .type = PC_CT_DOUBLE, PC_AT(distill.temperature), .def = "1.0", .min = 0,
+     .flags = PC_K_MIN | PC_K_MIN_EXCL, .doc = "Softmax temperature of teacher and student logits."},
+    /* data */
+    {.path = "data.train", .type = PC_CT_STRING_LIST, PC_LIST_AT(data.train, data.n_train), .def = "[]",
+     .required = PC_M_COMPRESS | PC_M_PRUNE | PC_M_PRETRAIN | PC_M_IMPORTANCE,
+     .doc = "Globs of HDF5 token shards for training (a string or a list)."},
+    {.path = "data.valid", .type = PC_CT_STRING_LIST, PC_LIST_AT(data.valid, data.n_valid), .def = "[]",
+     .required = PC_M_EVAL, .doc = "Globs of held-out HDF5 token shards for evaluation."},
+    {.path = "data.seq_len", .type = PC_CT_INT, PC_AT(data.seq_len), .def = "256", .min = 1, .flags = PC_K_MIN,
+     .doc = "Tokens per training sequence."},
+    /* train */
+    {.path = "train.steps", .type = PC_CT_INT64, PC_AT(train.steps), .def = "100", .min = 0, .flags = PC_K_MIN,
+     .doc = "Optimizer steps (0 fuses the step-0 model, which equals hard pruning)."},
+    {.path = "train.global_batch", .type = PC_CT_INT, PC_AT(train.global_batch), .def = "8", .min = 1,
+     .flags = PC_K_MIN, .doc = "Sequences per optimizer step over all ranks."},
+    {.path = "train.micro_batch", .type = PC_CT_INT, PC_AT(train.micro_batch), .def = "1", .min = 1,
+     .flags = PC_K_MIN, .doc = "Sequences per forward/backward on one rank (gradient accumulation fills the rest)."},
+    {.path = "train.lr", .type = PC_CT_DOUBLE, PC_AT(train.lr), .def = "3e-4", .min = 0,
+     .flags = PC_K_MIN | PC_K_MIN_EXCL, .doc = "Peak learning rate, reached after warmup."},
+    {.path = "train.min_lr_ratio", .type = PC_CT_DOUBLE, PC_AT(train.min_lr_ratio), .def = "0.1", .min = 0,
+     .max = 1, .flags = PC_K_MIN | PC_K_MAX, .doc = "Final learning rate of the cosine decay, as a fraction of lr."},
+    {.path = "train.warmup_steps", .type = PC_CT_INT, PC_AT(train.warmup_steps), .def = "10", .min = 0,
+     .flags = PC_K_MIN, .doc = "Linear warmup steps."},
+    {.path = "train.weight_decay", .type = PC_CT_DOUBLE, PC_AT(train.weight_decay), .def = "0.1", .min = 0,
+     .flags = PC_K_MIN, .doc = "AdamW decoupled weight decay."},
+    {.path = "train.grad_clip", .type = PC_CT_DOUBLE, PC_AT(train.grad_clip), .def = "1.0", .min = 0,
+     .flags = PC_K_MIN, .doc = "Clip the global gradient norm to this value (0 = no clipping)."},
+    {.path = "train.beta1", .type = PC_CT_DOUBLE, PC_AT(train.beta1), .def = "0.9", .min = 0, .max = 1,
+     .flags = PC_K_MIN | PC_K_MAX | PC_K_MAX_EXCL, .doc = "AdamW first-moment decay."},
+    {.path = "train.beta2", .type = PC_CT_DOUBLE, PC_AT(train.beta2), .def = "0.95", .min = 0, .max = 1,
+     .flags = PC_K_MIN | PC_K_MAX | PC_K_MAX_EXCL, .doc = "AdamW second-moment decay."},
+    /* checkpoint */
+    {.path = "checkpoint.every_steps", .type = PC_CT_INT, PC_AT(checkpoint.every_steps), .def = "100", .min = 0,
+     .flags = PC_K_MIN, .doc = "Write a checkpoint every this many steps (0 = only on a stop signal)."},
+    {.path = "checkpoint.keep", .type = PC_CT_INT, PC_AT(checkpoint.keep), .def = "2", .min = 1, .flags = PC_K_MIN,
+     .doc = "Complete checkpoints kept; older ones are deleted."},
+    /* eval */
+    {.path = "eval.every_steps", .type = PC_CT_INT, PC_AT(eval.every_steps), .def = "0", .min = 0,
+     .flags = PC_K_MIN, .doc = "Evaluate on data.valid every this many steps (0 = only at the end)."},
+    {.path = "eval.batches", .type = PC_CT_INT, PC_AT(eval.batches), .def = "8", .min = 1, .flags = PC_K_MIN,
+     .doc = "Global batches of held-out data per evaluation."},
+    /* backend */
+    {.path = "backend.device", .type = PC_CT_ENUM, PC_AT(backend.device), .def = "auto", .choices = "auto|cpu|cuda",
+     .doc = "Where tensors live: cuda when built with CUDA and a GPU is visible (auto), else cpu."},
+    {.path = "backend.comm", .type = PC_CT_ENUM, PC_AT(backend.comm), .def = "auto", .choices = "auto|mpi|nccl",
+     .doc = "Collectives: nccl with the cuda device (auto), else mpi."},
+    {.path = "backend.threads", .type = PC_CT_INT, PC_AT(backend.threads), .def = "0", .min = 0, .flags = PC_K_MIN,
+     .doc = "CPU threads per rank for BLAS and the CPU ops (0 = automatic)."},
+    /* output */
+    {.path = "output.dir", .type = PC_CT_STRING, PC_AT(output.dir), .def = "",
+     .doc = "Where the final HF model is written (\"\" = RUN/final)."},
+    {.path = "output.dtype", .type = PC_CT_ENUM, PC_AT(output.dtype), .def = "f32", .choices = "bf16|f32",
+     .doc = "dtype of the tensors in the final model.safetensors."},
+};
+
+#define PC_CONFIG_N_KEYS ((int)(sizeof pc_config_keys / sizeof pc_config_keys[0]))
+
+#endif
