@@ -62,11 +62,11 @@ int eval_valid(run_ctx *r, llama_model *m, data_set *valid, double *loss_out, pc
     return 0;
 }
 
-int open_valid(run_ctx *r, const llama_model *m, data_set **out, pc_err *e) {
+int open_valid(run_ctx *r, int vocab_size, data_set **out, pc_err *e) {
     const pc_config *c = &r->cfg;
     const char *globs[PC_CONFIG_MAX_GLOBS];
     for (int i = 0; i < c->data.n_valid; i++) globs[i] = c->data.valid[i];
-    if (data_open(globs, c->data.n_valid, m->cfg.vocab_size, c->data.seq_len + 1, out, e) != 0)
+    if (data_open(globs, c->data.n_valid, vocab_size, c->data.seq_len + 1, out, e) != 0)
         return pc_error_wrap(e, "data.valid");
     return 0;
 }
@@ -83,7 +83,7 @@ int mode_eval(run_ctx *r, pc_err *e) {
     llama_model m;
     data_set *valid = NULL;
     if (run_model(r, &m, r->cfg.train.micro_batch, e) != 0) return -1;
-    if (open_valid(r, &m, &valid, e) != 0) return -1;
+    if (open_valid(r, m.cfg.vocab_size, &valid, e) != 0) return -1;
     double loss = 0;
     int rc = eval_valid(r, &m, valid, &loss, e);
     if (rc == 0) log_eval(r, 0, loss, hf_config_n_params(&m.cfg));

@@ -8,7 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "run.h"
+#include "trainer.h"
 
 #define MAX_SETS 256
 
@@ -88,7 +88,8 @@ static int parse_cli(int argc, char **argv, cli *c, int rank) {
 
 static int dispatch(run_ctx *r, pc_err *e) {
     const char *mode = r->cfg.run.mode;
-    if (!strcmp(mode, "pretrain")) return mode_train(r, e);
+    if (!strcmp(mode, "pretrain") || !strcmp(mode, "prune") || !strcmp(mode, "compress")) return mode_train(r, e);
+    if (!strcmp(mode, "importance")) return mode_importance(r, e);
     if (!strcmp(mode, "eval")) return mode_eval(r, e);
     return pc_errorf(e, "%s: run.mode '%s' is not available in this build", r->cfg.source, mode);
 }

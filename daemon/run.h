@@ -43,7 +43,7 @@ int run_model_config(const run_ctx *r, llama_config *lc, pc_err *e);
 int run_model(run_ctx *r, llama_model *m, int B, pc_err *e);
 
 /* Open data.valid for the model's vocabulary. */
-int open_valid(run_ctx *r, const llama_model *m, data_set **out, pc_err *e);
+int open_valid(run_ctx *r, int vocab_size, data_set **out, pc_err *e);
 /* Mean validation loss over eval.batches micro-batches of windows, reduced over ranks. */
 int eval_valid(run_ctx *r, llama_model *m, data_set *valid, double *loss_out, pc_err *e);
 /* Log and record {"step", "val_loss", "val_ppl", "params"} in metrics.jsonl. */

@@ -1,34 +1,70 @@
-/* train: the data-parallel training loop (pretrain mode; prune and compress reuse it).
+/* train: the data-parallel training loop shared by pretrain, prune and compress.
  *
  * One optimizer step on R ranks with global batch G and micro-batch B:
- *   each rank runs n_micro = G / (R*B) micro-batches (samples r*G/R + m*B ...), with
- *   the loss gradient scaled by 1/(n_micro*R) so that the all-reduced SUM of gradients
- *   is the gradient of the global-batch mean loss; then global-norm clipping, the lr
- *   schedule and AdamW (no weight decay on norm gains) on every rank identically. */
+ *   the method begins the step (compress: materialise W_C); each rank runs
+ *   n_micro = G / (R*B) micro-batches (samples r*G/R + m*B ...), with the loss gradient
+ *   scaled by 1/(n_micro*R) so that the all-reduced SUM of the small model's gradients
+ *   is the gradient of the global-batch mean loss; then the method computes the global
+ *   gradient norm, and every rank applies the same clipped AdamW update. */
 #include <math.h>
 #include <string.h>
 
 #include "optim.h"
-#include "run.h"
+#include "trainer.h"
 
-typedef struct trainer {
-    llama_model m;
-    data_set *train, *valid;
-    data_loader *loader;
-    float *adam_m, *adam_v; /* (n_params,) each */
-    int32_t *batch;         /* (B, T+1) */
-    int32_t *tokens, *targets; /* (B, T) */
-} trainer;
-
-static int open_train(run_ctx *r, trainer *t, pc_err *e) {
+int trainer_open_data(run_ctx *r, trainer *t, int vocab_size, pc_err *e) {
     const pc_config *c = &r->cfg;
     const char *globs[PC_CONFIG_MAX_GLOBS];
     for (int i = 0; i < c->data.n_train; i++) globs[i] = c->data.train[i];
-    if (data_open(globs, c->data.n_train, t->m.cfg.vocab_size, c->data.seq_len + 1, &t->train, e) != 0)
+    if (data_open(globs, c->data.n_train, vocab_size, c->data.seq_len + 1, &t->train, e) != 0)
         return pc_error_wrap(e, "data.train");
-    if (c->data.n_valid > 0 && open_valid(r, &t->m, &t->valid, e) != 0) return -1;
+    if (c->data.n_valid > 0 && open_valid(r, vocab_size, &t->valid, e) != 0) return -1;
     return data_loader_create(t->train, (uint64_t)c->run.seed, c->data.seq_len, c->train.micro_batch, &t->loader, e);
 }
+
+void trainer_free(trainer *t) {
+    if (t->loader) data_loader_destroy(t->loader);
+    if (t->train) data_close(t->train);
+    if (t->valid) data_close(t->valid);
+    free(t->adam_m);
+    free(t->adam_v);
+    free(t->batch);
+    free(t->tokens);
+    free(t->targets);
+    if (t->m.tensors) llama_free(&t->m);
+    if (t->ps.params) proj_free(&t->ps);
+    if (t->idx.idx_d) proj_indices_free(&t->idx, t->base_cfg.n_layers);
+    if (t->base) st_close(t->base);
+    memset(t, 0, sizeof *t);
+}
+
+/* ---- direct training of the model's weights (pretrain, prune) ---- */
+
+static void direct_begin(run_ctx *r, trainer *t) {
+    (void)r;
+    (void)t;
+}
+
+static double direct_sumsq(run_ctx *r, trainer *t) {
+    return r->be->ops->sumsq(r->be, t->m.grads, (size_t)t->m.n_params);
+}
+
+/* AdamW on every tensor; 1-D tensors (norm gains) get no weight decay. */
+static void direct_update(run_ctx *r, trainer *t, int64_t step, float lr, float clip) {
+    const pc_config *c = &r->cfg;
+    llama_model *m = &t->m;
+    for (int i = 0; i < llama_n_tensors(m); i++) {
+        const llama_tensor *ti = llama_tensor_at(m, i);
+        float wd = ti->ndim == 1 ? 0.0f : (float)c->train.weight_decay;
+        r->be->ops->adamw(r->be, m->params + ti->offset, m->grads + ti->offset, t->adam_m + ti->offset,
+                          t->adam_v + ti->offset, (size_t)ti->numel, lr, (float)c->train.beta1,
+                          (float)c->train.beta2, 1e-8f, wd, clip, step + 1);
+    }
+}
+
+const train_method METHOD_DIRECT = {"direct", direct_begin, direct_sumsq, direct_update, direct_begin};
+
+/* ---- the loop ---- */
 
 /* Forward and backward over this rank's micro-batches of `step`; returns the sum of
  * micro-batch mean losses in *loss_sum. Gradients accumulate into t->m's grads. */
@@ -53,29 +89,25 @@ static int accumulate(run_ctx *r, trainer *t, int64_t step, int n_micro, double 
     return 0;
 }
 
-/* AdamW on every tensor; 1-D tensors (norm gains) get no weight decay. */
-static void optimizer_step(run_ctx *r, trainer *t, int64_t step, float lr, float clip_scale) {
+static int maybe_eval(run_ctx *r, trainer *t, int64_t step, int force, pc_err *e) {
     const pc_config *c = &r->cfg;
-    llama_model *m = &t->m;
-    for (int i = 0; i < llama_n_tensors(m); i++) {
-        const llama_tensor *ti = llama_tensor_at(m, i);
-        float wd = ti->ndim == 1 ? 0.0f : (float)c->train.weight_decay;
-        r->be->ops->adamw(r->be, m->params + ti->offset, m->grads + ti->offset, t->adam_m + ti->offset,
-                          t->adam_v + ti->offset, (size_t)ti->numel, lr, (float)c->train.beta1,
-                          (float)c->train.beta2, 1e-8f, wd, clip_scale, step + 1);
-    }
+    if (!t->valid) return 0;
+    if (!force && !(c->eval.every_steps > 0 && step % c->eval.every_steps == 0)) return 0;
+    double vl;
+    if (eval_valid(r, &t->m, t->valid, &vl, e) != 0) return -1;
+    log_eval(r, (long)step, vl, hf_config_n_params(&t->m.cfg));
+    return 0;
 }
 
-static void trainer_free(trainer *t) {
-    if (t->loader) data_loader_destroy(t->loader);
-    if (t->train) data_close(t->train);
-    if (t->valid) data_close(t->valid);
-    free(t->adam_m);
-    free(t->adam_v);
-    free(t->batch);
-    free(t->tokens);
-    free(t->targets);
-    llama_free(&t->m);
+static int save_final(run_ctx *r, trainer *t, pc_err *e) {
+    const pc_config *c = &r->cfg;
+    if (r->rank != 0) return 0;
+    st_dtype dt;
+    if (st_dtype_parse(c->output.dtype, &dt) != 0)
+        return pc_errorf(e, "%s: output.dtype '%s' unknown", c->source, c->output.dtype);
+    if (llama_save_safetensors(&t->m, r->final_dir, dt, e) != 0) return -1;
+    LOGI(&r->log, "wrote %s", r->final_dir);
+    return 0;
 }
 
 int mode_train(run_ctx *r, pc_err *e) {
@@ -85,36 +117,45 @@ int mode_train(run_ctx *r, pc_err *e) {
     static trainer t;
     memset(&t, 0, sizeof t);
     int rc = -1;
-    if (run_model(r, &t.m, B, e) != 0 || open_train(r, &t, e) != 0) goto out;
-    size_t n = (size_t)t.m.n_params;
-    t.adam_m = pc_alloc_f32(n);
-    t.adam_v = pc_alloc_f32(n);
+    if (!strcmp(c->run.mode, "pretrain")) {
+        if (run_model(r, &t.m, B, e) != 0 || trainer_open_data(r, &t, t.m.cfg.vocab_size, e) != 0) goto out;
+        t.method = &METHOD_DIRECT;
+    } else if (compress_setup(r, &t, e) != 0) {
+        goto out;
+    }
+    if (t.method == &METHOD_DIRECT) {
+        t.adam_m = pc_alloc_f32((size_t)t.m.n_params);
+        t.adam_v = pc_alloc_f32((size_t)t.m.n_params);
+    }
     t.batch = pc_malloc(sizeof(int32_t) * (size_t)B * (T + 1));
     t.tokens = pc_malloc(sizeof(int32_t) * (size_t)B * T);
     t.targets = pc_malloc(sizeof(int32_t) * (size_t)B * T);
-    int64_t n_params = hf_config_n_params(&t.m.cfg);
     double flops_per_token = llama_flops_per_token(&t.m.cfg, T);
-    LOGI(&r->log, "training %lld steps: global batch %d = %d rank(s) x %d micro-batch(es) x %d, seq_len %d",
+    LOGI(&r->log, "%s: %lld steps, global batch %d = %d rank(s) x %d micro-batch(es) x %d, seq_len %d", c->run.mode,
          (long long)c->train.steps, c->train.global_batch, r->world, n_micro, B, T);
 
+    t.method->begin_step(r, &t);
+    if (maybe_eval(r, &t, 0, 1, e) != 0) goto out; /* the starting point: step 0 */
     for (int64_t step = 0; step < c->train.steps; step++) {
         r->log.step = (long)step + 1;
         double t0 = pc_now(), local_loss;
+        if (step > 0) t.method->begin_step(r, &t);
         if (accumulate(r, &t, step, n_micro, &local_loss, e) != 0) goto out;
-        /* (n_params,) grads summed over ranks; the loss likewise */
-        if (comm_all_reduce(r->comm, t.m.grads, t.m.grads, n, COMM_F32, COMM_SUM, e) != 0) goto out;
+        /* (n_params,) small-model grads summed over ranks; the loss likewise */
+        if (comm_all_reduce(r->comm, t.m.grads, t.m.grads, (size_t)t.m.n_params, COMM_F32, COMM_SUM, e) != 0)
+            goto out;
         double loss;
         if (comm_all_reduce(r->comm, &local_loss, &loss, 1, COMM_F64, COMM_SUM, e) != 0) goto out;
         loss /= (double)(n_micro * r->world);
-        double gnorm = sqrt(r->be->ops->sumsq(r->be, t.m.grads, n));
-        float clip = optim_clip_scale(gnorm, c->train.grad_clip);
-        float lr = (float)optim_lr(step, c->train.steps, c->train.warmup_steps, c->train.lr, c->train.min_lr_ratio);
+        double gnorm = sqrt(t.method->grad_sumsq(r, &t));
         if (!isfinite(loss) || !isfinite(gnorm)) {
             pc_errorf(e, "step %lld: loss %g, grad norm %g: training diverged (lower train.lr?)", (long long)step + 1,
                       loss, gnorm);
             goto out;
         }
-        optimizer_step(r, &t, step, lr, clip);
+        float clip = optim_clip_scale(gnorm, c->train.grad_clip);
+        float lr = (float)optim_lr(step, c->train.steps, c->train.warmup_steps, c->train.lr, c->train.min_lr_ratio);
+        t.method->update(r, &t, step, lr, clip);
         double dt = pc_now() - t0;
         double tok_s = (double)c->train.global_batch * T / dt;
         char line[512];
@@ -122,31 +163,19 @@ int mode_train(run_ctx *r, pc_err *e) {
                  "{\"step\": %lld, \"loss\": %.8f, \"lr\": %.6e, \"grad_norm\": %.6f, \"tokens_per_s\": %.1f, "
                  "\"step_time\": %.4f, \"tokens\": %lld, \"tflops\": %.4f}",
                  (long long)step + 1, loss, lr, gnorm, tok_s, dt,
-                 (long long)(step + 1) * c->train.global_batch * T, flops_per_token * tok_s * 1e-12);
+                 (long long)(step + 1) * c->train.global_batch * T,
+                 (flops_per_token * c->train.global_batch * T + t.proj_flops) / dt * 1e-12);
         run_metrics(r, line);
         LOGI(&r->log, "loss %.4f lr %.3e grad_norm %.3f %.0f tok/s %.3f s", loss, lr, gnorm, tok_s, dt);
         run_progress(r, (long)step + 1, (long)c->train.steps, loss, tok_s, dt);
         int last = step + 1 == c->train.steps;
-        if (t.valid && (last || (c->eval.every_steps > 0 && (step + 1) % c->eval.every_steps == 0))) {
-            double vl;
-            if (eval_valid(r, &t.m, t.valid, &vl, e) != 0) goto out;
-            log_eval(r, (long)step + 1, vl, n_params);
+        if (last || (c->eval.every_steps > 0 && (step + 1) % c->eval.every_steps == 0)) {
+            t.method->finish(r, &t); /* evaluate the weights after this update */
+            if (maybe_eval(r, &t, step + 1, 1, e) != 0) goto out;
         }
     }
-    if (c->train.steps == 0 && t.valid) {
-        double vl;
-        if (eval_valid(r, &t.m, t.valid, &vl, e) != 0) goto out;
-        log_eval(r, 0, vl, n_params);
-    }
-    if (r->rank == 0) {
-        st_dtype dt;
-        if (st_dtype_parse(c->output.dtype, &dt) != 0) {
-            pc_errorf(e, "%s: output.dtype '%s' unknown", c->source, c->output.dtype);
-            goto out;
-        }
-        if (llama_save_safetensors(&t.m, r->final_dir, dt, e) != 0) goto out;
-        LOGI(&r->log, "wrote %s", r->final_dir);
-    }
+    t.method->finish(r, &t);
+    if (save_final(r, &t, e) != 0) goto out;
     rc = 0;
 out:
     trainer_free(&t);

@@ -1,0 +1,196 @@
+/* compress: set-up of the compress and prune modes (base model, importance scores and
+ * kept indices, the small model), the Projected Compression update, and the importance
+ * mode. */
+#include <math.h>
+#include <string.h>
+
+#include "trainer.h"
+
+/* ---- importance ---- */
+
+/* Activation scores over compress.calibration_sequences windows of the train data:
+ * rank r scores windows r, r+R, ...; the sums are all-reduced. */
+static int score_activation(run_ctx *r, trainer *t, importance_scores *s, pc_err *e) {
+    const pc_config *c = &r->cfg;
+    int B = c->train.micro_batch, T = c->data.seq_len;
+    llama_model base;
+    if (llama_init(&base, &t->base_cfg, r->be, B, T, e) != 0) return -1;
+    if (llama_load_safetensors(&base, c->model.base, e) != 0) {
+        llama_free(&base);
+        return -1;
+    }
+    int64_t n_seq = c->compress.calibration_sequences;
+    int64_t mine = n_seq > r->rank ? (n_seq - r->rank + r->world - 1) / r->world : 0;
+    int32_t *win = pc_malloc(sizeof(int32_t) * (size_t)(T + 1));
+    int32_t *tokens = pc_malloc(sizeof(int32_t) * (size_t)B * T); /* (B,T) */
+    int rc = 0;
+    for (int64_t j0 = 0; j0 < mine && rc == 0; j0 += B) {
+        int rows = (int)PC_MIN((int64_t)B, mine - j0);
+        for (int b = 0; b < B && rc == 0; b++) {
+            /* windows of a pseudo-step before training: step -1 */
+            int64_t w = r->rank + (j0 + PC_MIN(b, rows - 1)) * r->world;
+            int64_t off = data_sample_offset((uint64_t)c->run.seed, -1, w, data_n_tokens(t->train), T);
+            rc = data_read(t->train, off, T + 1, win, e);
+            memcpy(tokens + (size_t)b * T, win, sizeof(int32_t) * (size_t)T);
+        }
+        if (rc != 0) break;
+        llama_forward(&base, tokens, NULL);
+        if (rows == B) {
+            importance_accumulate_activations(s, &base);
+        } else { /* a short last batch: rows >= `rows` repeat the last window; score only the real ones */
+            llama_model view = base;
+            view.B = rows;
+            importance_accumulate_activations(s, &view);
+        }
+    }
+    free(win);
+    free(tokens);
+    llama_free(&base);
+    if (rc != 0) return -1;
+    if (comm_all_reduce(r->comm, s->d, s->d, (size_t)s->d_model, COMM_F64, COMM_SUM, e) != 0) return -1;
+    for (int l = 0; l < s->n_layers; l++)
+        if (comm_all_reduce(r->comm, s->ff[l], s->ff[l], (size_t)s->d_ff[l], COMM_F64, COMM_SUM, e) != 0) return -1;
+    return 0;
+}
+
+static int score_magnitude(run_ctx *r, trainer *t, importance_scores *s, pc_err *e) {
+    llama_model base;
+    if (llama_init(&base, &t->base_cfg, r->be, 1, 1, e) != 0) return -1;
+    int rc = llama_load_safetensors(&base, r->cfg.model.base, e);
+    if (rc == 0) importance_magnitude(s, &base);
+    llama_free(&base);
+    return rc;
+}
+
+/* Widths of the compressed model: compress.d_model and compress.d_ff (uniform or per layer). */
+static void target_widths(const pc_config *c, const llama_config *base, int *d_ff_c) {
+    for (int l = 0; l < base->n_layers; l++)
+        d_ff_c[l] = c->compress.n_d_ff == 0 ? base->d_ff_layer[l]
+                    : c->compress.n_d_ff == 1 ? c->compress.d_ff[0]
+                                               : c->compress.d_ff[l];
+}
+
+static int select_indices(run_ctx *r, trainer *t, pc_err *e) {
+    const pc_config *c = &r->cfg;
+    int d_ff_c[PC_MAX_LAYERS];
+    target_widths(c, &t->base_cfg, d_ff_c);
+    importance_scores s;
+    importance_alloc(&s, &t->base_cfg);
+    const char *how = c->compress.importance;
+    int rc = 0;
+    double t0 = pc_now();
+    if (!strcmp(how, "activation"))
+        rc = score_activation(r, t, &s, e);
+    else if (!strcmp(how, "magnitude"))
+        rc = score_magnitude(r, t, &s, e);
+    else
+        importance_random(&s, (uint64_t)c->run.seed);
+    if (rc == 0) {
+        importance_select(&s, c->compress.d_model, d_ff_c, &t->idx);
+        LOGI(&r->log, "importance (%s) in %.1f s: keeping %d of %d d_model dims", how, pc_now() - t0,
+             c->compress.d_model, t->base_cfg.d_model);
+        if (r->rank == 0) {
+            char path[1100];
+            snprintf(path, sizeof path, "%s/importance.txt", r->run_dir);
+            rc = importance_save(&s, &t->idx, path, e);
+        }
+    }
+    importance_free(&s);
+    return rc;
+}
+
+/* ---- set-up ---- */
+
+int compress_setup(run_ctx *r, trainer *t, pc_err *e) {
+    const pc_config *c = &r->cfg;
+    if (hf_config_load(c->model.base, &t->base_cfg, e) != 0) return -1;
+    if (hf_config_validate(&t->base_cfg, c->model.base, e) != 0) return -1;
+    if (config_check_model(c, t->base_cfg.d_model, t->base_cfg.d_ff_layer, t->base_cfg.n_layers, e) != 0) return -1;
+    if (st_open(c->model.base, &t->base, e) != 0) return -1;
+    if (!r->be && run_backend(r, e) != 0) return -1;
+    if (trainer_open_data(r, t, t->base_cfg.vocab_size, e) != 0) return -1;
+    if (select_indices(r, t, e) != 0) return -1;
+    if (!strcmp(c->run.mode, "importance")) return 0;
+
+    llama_config sc = t->base_cfg; /* the small model: same heads, narrower widths, untied */
+    sc.d_model = c->compress.d_model;
+    target_widths(c, &t->base_cfg, sc.d_ff_layer);
+    sc.d_ff = 0;
+    for (int l = 0; l < sc.n_layers; l++) sc.d_ff = PC_MAX(sc.d_ff, sc.d_ff_layer[l]);
+    sc.tie_word_embeddings = 0;
+    if (llama_init(&t->m, &sc, r->be, c->train.micro_batch, c->data.seq_len, e) != 0) return -1;
+    if (!strcmp(c->run.mode, "prune")) {
+        t->method = &METHOD_DIRECT;
+        return proj_slice_base(t->base, &t->base_cfg, &t->m, &t->idx, e);
+    }
+    t->method = &METHOD_PROJECT;
+    if (proj_init(&t->ps, r->be, t->base, &t->base_cfg, &t->m, &t->idx, e) != 0) return -1;
+    t->proj_flops = proj_flops(&t->ps);
+    LOGI(&r->log, "projections: %lld trainable parameters in %d matrices, %.3g projection FLOPs per step",
+         (long long)t->ps.n_params, t->ps.n_mats, t->proj_flops);
+    t->adam_m = pc_alloc_f32((size_t)t->ps.n_params);
+    t->adam_v = pc_alloc_f32((size_t)t->ps.n_params);
+    return 0;
+}
+
+int mode_importance(run_ctx *r, pc_err *e) {
+    static trainer t;
+    memset(&t, 0, sizeof t);
+    int rc = compress_setup(r, &t, e);
+    trainer_free(&t);
+    return rc;
+}
+
+/* ---- the Projected Compression update ---- */
+
+static void project_begin(run_ctx *r, trainer *t) {
+    (void)r;
+    proj_materialize(&t->ps, &t->m);
+}
+
+/* Norm gains are trained directly: their gradient is the small model's. */
+static double norm_sumsq(run_ctx *r, trainer *t, int i) {
+    const proj_norm *pn = &t->ps.norms[i];
+    return r->be->ops->sumsq(r->be, t->m.grads + llama_tensor_at(&t->m, pn->small_index)->offset, (size_t)pn->n);
+}
+
+static double project_sumsq(run_ctx *r, trainer *t) {
+    double s = 0;
+    int64_t gin, gout, ga;
+    for (int i = 0; i < t->ps.n_mats; i++) s += proj_grad_matrix(&t->ps, i, &t->m, &gin, &gout, &ga);
+    for (int i = 0; i < t->ps.n_norms; i++) s += norm_sumsq(r, t, i);
+    return s;
+}
+
+static void adamw(run_ctx *r, trainer *t, int64_t off, const float *g, int64_t n, float lr, float wd, float clip,
+                  int64_t step) {
+    const pc_config *c = &r->cfg;
+    r->be->ops->adamw(r->be, t->ps.params + off, g, t->adam_m + off, t->adam_v + off, (size_t)n, lr,
+                      (float)c->train.beta1, (float)c->train.beta2, 1e-8f, wd, clip, step + 1);
+}
+
+/* Second pass: recompute each matrix's gradients (never all at once) and update. */
+static void project_update(run_ctx *r, trainer *t, int64_t step, float lr, float clip) {
+    float wd = (float)r->cfg.train.weight_decay;
+    proj_set *ps = &t->ps;
+    for (int i = 0; i < ps->n_mats; i++) {
+        const proj_matrix *pm = &ps->mats[i];
+        int64_t gin, gout, ga;
+        proj_grad_matrix(ps, i, &t->m, &gin, &gout, &ga);
+        if (gin >= 0) adamw(r, t, pm->p_in, ps->grad + gin, (int64_t)pm->d_in * pm->d_in_c, lr, wd, clip, step);
+        if (gout >= 0) adamw(r, t, pm->p_out, ps->grad + gout, (int64_t)pm->d_out_c * pm->d_out, lr, wd, clip, step);
+        adamw(r, t, pm->a, ps->grad + ga, (int64_t)pm->d_out_c * pm->d_in_c, lr, wd, clip, step);
+    }
+    for (int i = 0; i < ps->n_norms; i++) {
+        const proj_norm *pn = &ps->norms[i];
+        adamw(r, t, pn->offset, t->m.grads + llama_tensor_at(&t->m, pn->small_index)->offset, pn->n, lr, 0.0f, clip,
+              step);
+    }
+}
+
+static void project_finish(run_ctx *r, trainer *t) {
+    (void)r;
+    proj_materialize(&t->ps, &t->m);
+}
+
+const train_method METHOD_PROJECT = {"project", project_begin, project_sumsq, project_update, project_finish};

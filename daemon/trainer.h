@@ -1,0 +1,60 @@
+/* trainer: state of a training run and the per-mode hooks of the shared loop.
+ *
+ * The loop (train.c) is the same for every training mode: begin the step, run this
+ * rank's micro-batches, all-reduce the small model's gradients, then let the method
+ * compute the global gradient norm and apply the clipped AdamW update.
+ *   pretrain, prune: the small model's weights are the trained parameters.
+ *   compress: P_in, P_out, A and the norm gains are; W_C is materialised each step. */
+#ifndef PC_TRAINER_H
+#define PC_TRAINER_H
+
+#include "importance.h"
+#include "project.h"
+#include "run.h"
+
+typedef struct trainer trainer;
+
+typedef struct train_method {
+    const char *name;
+    /* Before the micro-batches (compress: W_C = P_out W P_in + A). */
+    void (*begin_step)(run_ctx *r, trainer *t);
+    /* Squared global norm of the trained parameters' gradient (small grads reduced). */
+    double (*grad_sumsq)(run_ctx *r, trainer *t);
+    /* Clipped AdamW update of every trained parameter. */
+    void (*update)(run_ctx *r, trainer *t, int64_t step, float lr, float clip_scale);
+    /* After the last step, before saving (compress: materialise the final W_C). */
+    void (*finish)(run_ctx *r, trainer *t);
+} train_method;
+
+struct trainer {
+    const train_method *method;
+    llama_model m;          /* the model whose forward/backward runs (small for compress/prune) */
+    data_set *train, *valid;
+    data_loader *loader;
+    float *adam_m, *adam_v; /* optimizer moments of the trained parameters */
+    int32_t *batch;         /* (B, T+1) */
+    int32_t *tokens, *targets; /* (B, T) */
+    /* compress and prune */
+    st_model *base;
+    llama_config base_cfg;
+    proj_indices idx;
+    proj_set ps;            /* compress only */
+    double proj_flops;      /* per step */
+};
+
+/* Direct training of the model's own weights (pretrain, prune). */
+extern const train_method METHOD_DIRECT;
+/* Projected Compression. */
+extern const train_method METHOD_PROJECT;
+
+/* Open data.train (and data.valid when set) for a model of vocab_size, and the loader. */
+int trainer_open_data(run_ctx *r, trainer *t, int vocab_size, pc_err *e);
+void trainer_free(trainer *t);
+
+/* compress/prune/importance set-up: open the base, score and select indices (saved as
+ * RUN/importance.txt), shape the small model and initialise it (projections or slices). */
+int compress_setup(run_ctx *r, trainer *t, pc_err *e);
+/* run.mode: importance alone. */
+int mode_importance(run_ctx *r, pc_err *e);
+
+#endif
