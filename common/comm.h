@@ -39,6 +39,9 @@ struct comm {
 
 /* MPI backend over MPI_COMM_WORLD (MPI must already be initialised). */
 comm *comm_mpi_create(pc_err *e);
+/* Largest element count passed to one MPI call (default INT_MAX); larger counts go in
+ * pieces. Lowered only to test the piecewise paths. No effect on other backends. */
+void comm_mpi_set_max_chunk(comm *c, size_t n);
 
 /* Convenience wrappers: dispatch through c->ops. */
 int comm_all_reduce(comm *c, const void *send, void *recv, size_t count, comm_dtype t, comm_op op, pc_err *e);
@@ -51,5 +54,7 @@ int comm_reduce_scatter(comm *c, const void *send, void *recv, size_t count, com
 int comm_barrier(comm *c, pc_err *e);
 void comm_destroy(comm *c);
 size_t comm_dtype_size(comm_dtype t);
+/* "f32", "f64", "i32", "i64", "u8". */
+const char *comm_dtype_name(comm_dtype t);
 
 #endif

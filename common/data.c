@@ -354,15 +354,15 @@ struct data_loader {
     pthread_mutex_t mu;
     pthread_cond_t cv;
     int stop;
-    /* The background job: requested -> running -> done. */
-    int job_pending; /* a job was queued and not yet collected */
-    int job_done;
+    /* The prefetch job: queued (pending) -> running -> done; collected by the next get. */
+    int job_pending, job_running, job_done;
     int64_t job_step, job_first;
     int job_rc;
     pc_err job_err;
     int32_t *buf; // (micro_batch, seq_len+1)
-    int has_hint;
-    int64_t hint_step, hint_first;
+    /* A hint that arrived while the job was running: read it next. */
+    int redirect;
+    int64_t redirect_step, redirect_first;
     int64_t n_hits;
 };
 
@@ -373,10 +373,18 @@ static void *loader_main(void *arg) {
         while (!dl->stop && !(dl->job_pending && !dl->job_done)) pthread_cond_wait(&dl->cv, &dl->mu);
         if (dl->stop) break;
         int64_t step = dl->job_step, first = dl->job_first;
+        dl->job_running = 1;
         pthread_mutex_unlock(&dl->mu);
         pc_err err = {{0}};
         int rc = data_read_batch(dl->d, dl->seed, step, first, dl->seq_len, dl->micro_batch, dl->buf, &err);
         pthread_mutex_lock(&dl->mu);
+        dl->job_running = 0;
+        if (dl->redirect) {
+            dl->redirect = 0;
+            dl->job_step = dl->redirect_step;
+            dl->job_first = dl->redirect_first;
+            continue;
+        }
         dl->job_rc = rc;
         dl->job_err = err;
         dl->job_done = 1;
@@ -413,6 +421,21 @@ int data_loader_create(data_set *d, uint64_t seed, int seq_len, int micro_batch,
     return 0;
 }
 
+/* Make (step, first_sample) the prefetch target; mutex held. */
+static void loader_target(data_loader *dl, int64_t step, int64_t first_sample) {
+    if (dl->job_running) {
+        dl->redirect = 1;
+        dl->redirect_step = step;
+        dl->redirect_first = first_sample;
+        return;
+    }
+    dl->job_step = step;
+    dl->job_first = first_sample;
+    dl->job_pending = 1;
+    dl->job_done = 0;
+    pthread_cond_broadcast(&dl->cv);
+}
+
 int data_loader_get(data_loader *dl, int64_t step, int64_t first_sample, int32_t *tokens, pc_err *e) {
     size_t n = (size_t)dl->micro_batch * ((size_t)dl->seq_len + 1);
     int served = 0, rc = 0;
@@ -431,28 +454,16 @@ int data_loader_get(data_loader *dl, int64_t step, int64_t first_sample, int32_t
     pthread_mutex_unlock(&dl->mu);
     if (!served) rc = data_read_batch(dl->d, dl->seed, step, first_sample, dl->seq_len, dl->micro_batch, tokens, e);
     if (rc) return rc;
-
     pthread_mutex_lock(&dl->mu);
-    if (dl->has_hint) {
-        dl->job_step = dl->hint_step;
-        dl->job_first = dl->hint_first;
-        dl->has_hint = 0;
-    } else {
-        dl->job_step = step;
-        dl->job_first = first_sample + dl->micro_batch;
-    }
-    dl->job_pending = 1;
-    dl->job_done = 0;
-    pthread_cond_broadcast(&dl->cv);
+    loader_target(dl, step, first_sample + dl->micro_batch);
     pthread_mutex_unlock(&dl->mu);
     return 0;
 }
 
 void data_loader_hint(data_loader *dl, int64_t step, int64_t first_sample) {
     pthread_mutex_lock(&dl->mu);
-    dl->has_hint = 1;
-    dl->hint_step = step;
-    dl->hint_first = first_sample;
+    if (!(dl->job_pending && !dl->redirect && dl->job_step == step && dl->job_first == first_sample))
+        loader_target(dl, step, first_sample);
     pthread_mutex_unlock(&dl->mu);
 }
 

@@ -60,9 +60,10 @@ int data_read_batch(data_set *d, uint64_t seed, int64_t step, int64_t first_samp
                     int micro_batch, int32_t *tokens, pc_err *e);
 
 /* Loader: data_loader_get returns the requested batch (the prefetched one when it matches,
- * else a synchronous read) and starts reading the next in a background thread: the hint
- * if one was set since the last get, else (step, first_sample + micro_batch). The result
- * is identical with and without prefetch. The loader does not own d. */
+ * else a synchronous read) and starts reading (step, first_sample + micro_batch) in a
+ * background thread. data_loader_hint redirects that prefetch, e.g. to the next step's
+ * first micro-batch after the last get of a step. The result is identical with and
+ * without prefetch. The loader does not own d. */
 int data_loader_create(data_set *d, uint64_t seed, int seq_len, int micro_batch, data_loader **out, pc_err *e);
 /* tokens: (micro_batch, seq_len+1) */
 int data_loader_get(data_loader *dl, int64_t step, int64_t first_sample, int32_t *tokens, pc_err *e);

@@ -1,0 +1,307 @@
+/* test_comm: every collective of the MPI comm backend, run under mpirun -np 2 and 4.
+ *
+ * Each rank fills its inputs from a formula of (rank, index), runs the collective, and
+ * checks the result against the same formula evaluated locally for all ranks. Every
+ * check is repeated in three modes: blocking, piecewise (chunk limit of 3 elements, so
+ * counts above it go in pieces), and watchdog (non-blocking + polling). Then the error
+ * paths: a bad root, a wrong all_gatherv count, and a collective that one rank skips
+ * with timeout_s = 1, which the others must report as a timeout naming the op. */
+#include <math.h>
+#include <mpi.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "comm.h"
+
+typedef struct ctx {
+    int rank, size;
+    int n_checks, n_failed;
+    const char *mode;
+} ctx;
+
+#define CHECK(x, ...)                                                                                                 \
+    do {                                                                                                              \
+        t->n_checks++;                                                                                                \
+        if (!(x)) {                                                                                                   \
+            t->n_failed++;                                                                                            \
+            fprintf(stderr, "rank %d [%s] %s:%d: check failed: %s: ", t->rank, t->mode, __FILE__, __LINE__, #x);      \
+            fprintf(stderr, __VA_ARGS__);                                                                             \
+            fputc('\n', stderr);                                                                                      \
+        }                                                                                                             \
+    } while (0)
+
+static const comm_dtype all_types[] = {COMM_F32, COMM_F64, COMM_I32, COMM_I64, COMM_U8};
+static const comm_op all_ops[] = {COMM_SUM, COMM_MAX, COMM_MIN};
+
+/* Input element i of rank r: small integers (exact in every type), negative only where signed. */
+static double val(int r, size_t i, comm_dtype t) {
+    double v = (double)((r * 7 + (int)i * 3 + 1) % 11);
+    if (t != COMM_U8) v -= 4;
+    return v;
+}
+
+static void put(void *b, comm_dtype t, size_t i, double v) {
+    switch (t) {
+    case COMM_F32: ((float *)b)[i] = (float)v; break;
+    case COMM_F64: ((double *)b)[i] = v; break;
+    case COMM_I32: ((int32_t *)b)[i] = (int32_t)v; break;
+    case COMM_I64: ((int64_t *)b)[i] = (int64_t)v; break;
+    case COMM_U8: ((uint8_t *)b)[i] = (uint8_t)v; break;
+    }
+}
+
+static double get(const void *b, comm_dtype t, size_t i) {
+    switch (t) {
+    case COMM_F32: return ((const float *)b)[i];
+    case COMM_F64: return ((const double *)b)[i];
+    case COMM_I32: return ((const int32_t *)b)[i];
+    case COMM_I64: return (double)((const int64_t *)b)[i];
+    case COMM_U8: return ((const uint8_t *)b)[i];
+    }
+    return NAN;
+}
+
+static double reduced(int size, size_t i, comm_dtype t, comm_op op) {
+    double acc = val(0, i, t);
+    for (int r = 1; r < size; r++) {
+        double v = val(r, i, t);
+        acc = op == COMM_SUM ? acc + v : op == COMM_MAX ? fmax(acc, v) : fmin(acc, v);
+    }
+    return acc;
+}
+
+static void *alloc_filled(int r, size_t n, comm_dtype t, size_t base) {
+    void *b = calloc(n ? n : 1, comm_dtype_size(t));
+    for (size_t i = 0; i < n; i++) put(b, t, i, val(r, base + i, t));
+    return b;
+}
+
+static void check_all_reduce(ctx *t, comm *c, comm_dtype dt, comm_op op, size_t n, int in_place) {
+    pc_err e = {{0}};
+    void *send = alloc_filled(t->rank, n, dt, 0);
+    void *recv = in_place ? send : calloc(n, comm_dtype_size(dt));
+    int rc = comm_all_reduce(c, send, recv, n, dt, op, &e);
+    CHECK(rc == 0, "all_reduce %s: %s", comm_dtype_name(dt), e.msg);
+    int bad = 0;
+    for (size_t i = 0; i < n && rc == 0; i++) bad += get(recv, dt, i) != reduced(t->size, i, dt, op);
+    CHECK(bad == 0, "all_reduce(%s, op %d, n %zu, in_place %d): %d wrong elements", comm_dtype_name(dt), (int)op, n,
+          in_place, bad);
+    if (!in_place) free(recv);
+    free(send);
+}
+
+static void check_reduce(ctx *t, comm *c, comm_dtype dt, comm_op op, size_t n, int root, int in_place) {
+    pc_err e = {{0}};
+    void *send = alloc_filled(t->rank, n, dt, 0);
+    void *recv = t->rank == root ? (in_place ? send : calloc(n, comm_dtype_size(dt))) : NULL;
+    int rc = comm_reduce(c, send, recv, n, dt, op, root, &e);
+    CHECK(rc == 0, "reduce: %s", e.msg);
+    if (t->rank == root && rc == 0) {
+        int bad = 0;
+        for (size_t i = 0; i < n; i++) bad += get(recv, dt, i) != reduced(t->size, i, dt, op);
+        CHECK(bad == 0, "reduce(%s, n %zu, root %d): %d wrong elements", comm_dtype_name(dt), n, root, bad);
+    }
+    if (recv && recv != send) free(recv);
+    free(send);
+}
+
+static void check_broadcast(ctx *t, comm *c, comm_dtype dt, size_t n, int root) {
+    pc_err e = {{0}};
+    void *buf = t->rank == root ? alloc_filled(root, n, dt, 0) : calloc(n, comm_dtype_size(dt));
+    int rc = comm_broadcast(c, buf, n, dt, root, &e);
+    CHECK(rc == 0, "broadcast: %s", e.msg);
+    int bad = 0;
+    for (size_t i = 0; i < n && rc == 0; i++) bad += get(buf, dt, i) != val(root, i, dt);
+    CHECK(bad == 0, "broadcast(%s, n %zu, root %d): %d wrong elements", comm_dtype_name(dt), n, root, bad);
+    free(buf);
+}
+
+static void check_all_gather(ctx *t, comm *c, comm_dtype dt, size_t n, int in_place) {
+    pc_err e = {{0}};
+    size_t es = comm_dtype_size(dt);
+    char *recv = calloc((size_t)t->size * n + 1, es);
+    void *send = alloc_filled(t->rank, n, dt, 0);
+    if (in_place) {
+        memcpy(recv + (size_t)t->rank * n * es, send, n * es);
+        free(send);
+        send = recv + (size_t)t->rank * n * es;
+    }
+    int rc = comm_all_gather(c, send, recv, n, dt, &e);
+    CHECK(rc == 0, "all_gather: %s", e.msg);
+    int bad = 0;
+    for (int r = 0; r < t->size && rc == 0; r++)
+        for (size_t i = 0; i < n; i++) bad += get(recv, dt, (size_t)r * n + i) != val(r, i, dt);
+    CHECK(bad == 0, "all_gather(%s, n %zu, in_place %d): %d wrong elements", comm_dtype_name(dt), n, in_place, bad);
+    if (!in_place) free(send);
+    free(recv);
+}
+
+/* Uneven pieces, one of them empty, laid out with gaps and out of rank order. */
+static void check_all_gatherv(ctx *t, comm *c, comm_dtype dt, int in_place) {
+    pc_err e = {{0}};
+    size_t counts[16], displs[16], total = 0;
+    for (int r = 0; r < t->size; r++) counts[r] = r == 1 ? 0 : (size_t)(r * 5 + 2);
+    for (int r = t->size - 1; r >= 0; r--) {
+        displs[r] = total + 1; /* one-element gap before each piece */
+        total += counts[r] + 1;
+    }
+    size_t es = comm_dtype_size(dt);
+    char *recv = calloc(total + 1, es);
+    for (size_t i = 0; i < total; i++) put(recv, dt, i, 99);
+    void *send = alloc_filled(t->rank, counts[t->rank], dt, 100);
+    if (in_place) {
+        memcpy(recv + displs[t->rank] * es, send, counts[t->rank] * es);
+        free(send);
+        send = recv + displs[t->rank] * es;
+    }
+    int rc = comm_all_gatherv(c, send, counts[t->rank], recv, counts, displs, dt, &e);
+    CHECK(rc == 0, "all_gatherv: %s", e.msg);
+    int bad = 0;
+    for (int r = 0; r < t->size && rc == 0; r++) {
+        for (size_t i = 0; i < counts[r]; i++) bad += get(recv, dt, displs[r] + i) != val(r, 100 + i, dt);
+        bad += get(recv, dt, displs[r] - 1) != 99; /* gaps untouched */
+    }
+    CHECK(bad == 0, "all_gatherv(%s, in_place %d): %d wrong elements", comm_dtype_name(dt), in_place, bad);
+    if (!in_place) free(send);
+    free(recv);
+}
+
+static void check_reduce_scatter(ctx *t, comm *c, comm_dtype dt, comm_op op, size_t n) {
+    pc_err e = {{0}};
+    void *send = alloc_filled(t->rank, (size_t)t->size * n, dt, 0);
+    void *recv = calloc(n + 1, comm_dtype_size(dt));
+    int rc = comm_reduce_scatter(c, send, recv, n, dt, op, &e);
+    CHECK(rc == 0, "reduce_scatter: %s", e.msg);
+    int bad = 0;
+    for (size_t i = 0; i < n && rc == 0; i++)
+        bad += get(recv, dt, i) != reduced(t->size, (size_t)t->rank * n + i, dt, op);
+    CHECK(bad == 0, "reduce_scatter(%s, op %d, n %zu): %d wrong elements", comm_dtype_name(dt), (int)op, n, bad);
+    free(send);
+    free(recv);
+}
+
+static void run_all(ctx *t, comm *c) {
+    const size_t sizes[] = {0, 1, 7, 1000};
+    for (size_t ti = 0; ti < PC_ARRAY_LEN(all_types); ti++) {
+        comm_dtype dt = all_types[ti];
+        for (size_t si = 0; si < PC_ARRAY_LEN(sizes); si++) {
+            size_t n = sizes[si];
+            for (size_t oi = 0; oi < PC_ARRAY_LEN(all_ops); oi++) {
+                check_all_reduce(t, c, dt, all_ops[oi], n, 0);
+                check_reduce(t, c, dt, all_ops[oi], n, t->size - 1, 0);
+                check_reduce_scatter(t, c, dt, all_ops[oi], n);
+            }
+            check_all_reduce(t, c, dt, COMM_SUM, n, 1);
+            check_reduce(t, c, dt, COMM_MAX, n, 0, 1);
+            check_broadcast(t, c, dt, n, 1 % t->size);
+            check_all_gather(t, c, dt, n, 0);
+            check_all_gather(t, c, dt, n, 1);
+        }
+        check_all_gatherv(t, c, dt, 0);
+        check_all_gatherv(t, c, dt, 1);
+    }
+    pc_err e = {{0}};
+    CHECK(comm_barrier(c, &e) == 0, "barrier: %s", e.msg);
+}
+
+static void check_errors(ctx *t, comm *c) {
+    pc_err e = {{0}};
+    float x = 1;
+    CHECK(comm_reduce(c, &x, &x, 1, COMM_F32, COMM_SUM, t->size, &e) == -1, "reduce to a missing root succeeded");
+    CHECK(strstr(e.msg, "root") != NULL, "message: %s", e.msg);
+    CHECK(comm_broadcast(c, &x, 1, COMM_F32, -1, &e) == -1, "broadcast from root -1 succeeded");
+    /* Every rank lies about its count identically, so no rank enters MPI. */
+    size_t counts[16], displs[16];
+    for (int r = 0; r < t->size; r++) counts[r] = 1, displs[r] = (size_t)r;
+    float recv[16];
+    CHECK(comm_all_gatherv(c, &x, 2, recv, counts, displs, COMM_F32, &e) == -1, "all_gatherv with a wrong count");
+    char want[64];
+    snprintf(want, sizeof want, "rank %d: all_gatherv(f32", t->rank);
+    CHECK(strstr(e.msg, want) != NULL, "message: %s", e.msg);
+}
+
+/* The last rank skips an all_reduce; the others must time out, naming it. The last rank
+ * then joins late (after rank 0 tells it, over MPI_COMM_WORLD), so that the stale
+ * collective completes and every rank can finalize. */
+static void check_timeout(ctx *t) {
+    pc_err e = {{0}};
+    comm *c = comm_mpi_create(&e);
+    CHECK(c != NULL, "comm_mpi_create: %s", e.msg);
+    if (!c) return;
+    c->timeout_s = 1;
+    int last = t->size - 1;
+    int32_t v = t->rank + 1, sum = 0;
+    if (t->rank != last) {
+        double t0 = pc_now();
+        int rc = comm_all_reduce(c, &v, &sum, 1, COMM_I32, COMM_SUM, &e);
+        double dt = pc_now() - t0;
+        CHECK(rc == -1, "all_reduce with a missing rank returned %d", rc);
+        char want[128];
+        snprintf(want, sizeof want, "rank %d: all_reduce timed out after 1 s (a peer rank may have died or hung)",
+                 t->rank);
+        CHECK(strcmp(e.msg, want) == 0, "message: '%s', expected '%s'", e.msg, want);
+        CHECK(dt >= 1.0 && dt < 3.0, "timed out after %.2f s", dt);
+        rc = comm_barrier(c, &e);
+        CHECK(rc == -1 && strstr(e.msg, "earlier all_reduce timed out") != NULL, "after a timeout: rc %d '%s'", rc,
+              e.msg);
+        if (t->rank == 0) {
+            int go = 1;
+            MPI_Send(&go, 1, MPI_INT, last, 77, MPI_COMM_WORLD);
+        }
+        comm_destroy(c); /* lets the late collective finish */
+    } else {
+        int go = 0;
+        MPI_Recv(&go, 1, MPI_INT, 0, 77, MPI_COMM_WORLD, MPI_STATUS_IGNORE);
+        c->timeout_s = 10;
+        int rc = comm_all_reduce(c, &v, &sum, 1, COMM_I32, COMM_SUM, &e);
+        CHECK(rc == 0, "late all_reduce: %s", e.msg);
+        CHECK(sum == t->size * (t->size + 1) / 2, "late all_reduce sum %d", sum);
+        comm_destroy(c);
+    }
+}
+
+int main(int argc, char **argv) {
+    alarm(60); /* never hang a test run */
+    MPI_Init(&argc, &argv);
+    ctx tc = {0}, *t = &tc;
+    MPI_Comm_rank(MPI_COMM_WORLD, &t->rank);
+    MPI_Comm_size(MPI_COMM_WORLD, &t->size);
+    if (t->size > 16) {
+        fprintf(stderr, "test_comm: at most 16 ranks\n");
+        MPI_Abort(MPI_COMM_WORLD, 2);
+    }
+    pc_err e = {{0}};
+    comm *c = comm_mpi_create(&e);
+    if (!c) {
+        fprintf(stderr, "rank %d: %s\n", t->rank, e.msg);
+        MPI_Abort(MPI_COMM_WORLD, 1);
+    }
+    CHECK(c->rank == t->rank && c->size == t->size, "rank %d size %d", c->rank, c->size);
+    t->mode = "blocking";
+    run_all(t, c);
+    t->mode = "piecewise";
+    comm_mpi_set_max_chunk(c, 3);
+    run_all(t, c);
+    t->mode = "watchdog";
+    comm_mpi_set_max_chunk(c, (size_t)-1);
+    c->timeout_s = 30;
+    run_all(t, c);
+    t->mode = "watchdog+piecewise";
+    comm_mpi_set_max_chunk(c, 3);
+    run_all(t, c);
+    t->mode = "errors";
+    check_errors(t, c);
+    comm_destroy(c);
+    t->mode = "timeout";
+    check_timeout(t);
+
+    int failed = 0, checks = 0;
+    MPI_Allreduce(&t->n_failed, &failed, 1, MPI_INT, MPI_SUM, MPI_COMM_WORLD);
+    MPI_Allreduce(&t->n_checks, &checks, 1, MPI_INT, MPI_SUM, MPI_COMM_WORLD);
+    if (t->rank == 0) printf("test_comm on %d ranks: %d checks, %d failed\n", t->size, checks, failed);
+    MPI_Finalize();
+    return failed ? 1 : 0;
+}
