@@ -2,6 +2,7 @@
  * kept indices, the small model), the Projected Compression update, and the importance
  * mode. */
 #include <math.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "trainer.h"

@@ -6,6 +6,7 @@
  * predicted token divided by their count, reduced over ranks: independent of the rank
  * count up to fp32 summation order. */
 #include <math.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "run.h"

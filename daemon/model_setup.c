@@ -3,6 +3,7 @@
  * model.base's safetensors or a deterministic random init. */
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "device.h"
 #include "run.h"

@@ -7,6 +7,7 @@
  *   is the gradient of the global-batch mean loss; then the method computes the global
  *   gradient norm, and every rank applies the same clipped AdamW update. */
 #include <math.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "optim.h"

@@ -436,3 +436,10 @@ double llama_flops_per_token(const llama_config *c, int T)
     for (int i = 0; i < c->n_layers; i++) n += d * (2 * qd + 2 * kvd) + 3.0 * d * c->d_ff_layer[i];
     return 6.0 * n + 12.0 * c->n_layers * qd * T;
 }
+
+void llama_layer_acts(const llama_model *m, int l, const float **ln1, const float **ln2, const float **gu)
+{
+    *ln1 = m->act->ln1[l]; // (N,d)
+    *ln2 = m->act->ln2[l]; // (N,d)
+    *gu = m->act->gu[l];   // (N,2*f_l): gate | up
+}

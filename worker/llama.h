@@ -93,4 +93,8 @@ void llama_set_loss_scale(llama_model *m, float s);
  * for attention (the PaLM convention, which counts the full T x T score matrix). */
 double llama_flops_per_token(const llama_config *c, int T);
 
+/* Activations of layer l from the last forward (device pointers, N = B*T rows): the two
+ * pre-norm outputs ln1, ln2 (N,d) and the gate|up pre-activations gu (N, 2*f_l). */
+void llama_layer_acts(const llama_model *m, int l, const float **ln1, const float **ln2, const float **gu);
+
 #endif
