@@ -424,6 +424,67 @@ static void test_index_errors(void **state) {
     expect_open_fail(empty, "empty", "no model.safetensors");
 }
 
+/* Byte mutations of a valid file: st_open never crashes, and whatever it accepts can be
+ * read completely (every tensor lies inside the mapping). */
+static void test_fuzz_header(void **state) {
+    fixture *f = *state;
+    char p[512];
+    path_in(f, "fz.safetensors", p, sizeof p);
+    float *a = ramp(24, 0.5f);
+    st_item items[3] = {{.name = "x", .ndim = 2, .shape = {4, 3}, .data = a},
+                        {.name = "y", .ndim = 1, .shape = {8}, .data = a},
+                        {.name = "z", .ndim = 0, .data = a}};
+    pc_err e = {{0}};
+    assert_int_equal(st_write(p, items, 3, ST_BF16, &e), 0);
+    char *orig;
+    size_t len;
+    assert_int_equal(pc_read_file(p, &orig, &len, &e), 0);
+    unsigned char *buf = malloc(len);
+    pc_rng rng;
+    pc_rng_seed(&rng, 99);
+    int accepted = 0, rejected = 0;
+    for (int it = 0; it < 3000; it++) {
+        memcpy(buf, orig, len);
+        size_t n = len;
+        int k = 1 + (int)(pc_rng_u64(&rng) % 3);
+        for (int j = 0; j < k; j++) {
+            size_t pos = pc_rng_u64(&rng) % PC_MIN(len, (size_t)200);
+            static const char alphabet[] = "0123456789,[]{}\" ";
+            uint64_t r = pc_rng_u64(&rng);
+            buf[pos] = r % 4 == 0 ? (unsigned char)(r >> 8) : (unsigned char)alphabet[(r >> 8) % (sizeof alphabet - 1)];
+        }
+        if (pc_rng_u64(&rng) % 8 == 0) n -= pc_rng_u64(&rng) % n;
+        FILE *fp = fopen(p, "wb");
+        fwrite(buf, 1, n, fp);
+        fclose(fp);
+        st_model *m;
+        if (st_open(p, &m, &e) != 0) {
+            rejected++;
+            assert_true(e.msg[0] != '\0');
+            continue;
+        }
+        accepted++;
+        for (int i = 0; i < st_count(m); i++) {
+            const st_tensor *t = st_get(m, i);
+            unsigned sum = 0;
+            for (size_t b = 0; b < t->nbytes; b++) sum += t->data[b];
+            (void)sum;
+            if (t->dtype == ST_F32 || t->dtype == ST_F16 || t->dtype == ST_BF16) {
+                size_t ne = (size_t)st_numel(t);
+                float *dst = malloc(sizeof(float) * (ne + 1));
+                assert_int_equal(st_read_f32(m, t->name, dst, ne, &e), 0);
+                free(dst);
+            }
+        }
+        st_close(m);
+    }
+    assert_true(rejected > 0);
+    assert_true(accepted > 0);
+    free(buf);
+    free(orig);
+    free(a);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_roundtrip, setup, teardown),
@@ -433,6 +494,7 @@ int main(void) {
         cmocka_unit_test(test_dtype_parse),
         cmocka_unit_test_setup_teardown(test_sharded, setup, teardown),
         cmocka_unit_test_setup_teardown(test_index_errors, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_fuzz_header, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
