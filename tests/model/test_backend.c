@@ -1,0 +1,288 @@
+/* test_backend: cmocka units for the CPU backend ops and the llama tensor table.
+ *
+ * GEMM against a naive triple loop for every transpose combination with padded leading
+ * dimensions; every backward op against central finite differences of the scalar
+ * L = sum(forward(x) * R) for a fixed random R; accumulation semantics (+=) of the
+ * parameter-gradient ops; determinism of llama_init_random and the HF tensor order. */
+#include <math.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cmocka.h>
+
+#include "backend.h"
+#include "llama.h"
+
+static void fill(float *x, size_t n, uint64_t seed, float s)
+{
+    pc_rng r;
+    pc_rng_seed(&r, seed);
+    for (size_t i = 0; i < n; i++) x[i] = s * pc_rng_normal(&r);
+}
+
+static double dot(const float *a, const float *b, size_t n)
+{
+    double s = 0;
+    for (size_t i = 0; i < n; i++) s += (double)a[i] * b[i];
+    return s;
+}
+
+/* max |num - ana| <= tol * max(|ana|) */
+static void assert_close(const float *ana, const double *num, size_t n, double tol, const char *what)
+{
+    double mx = 1e-12, err = 0;
+    for (size_t i = 0; i < n; i++) {
+        mx = fmax(mx, fabs(ana[i]));
+        err = fmax(err, fabs(ana[i] - num[i]));
+    }
+    if (err > tol * mx) fail_msg("%s: gradient error %.3g > %.3g x max %.3g", what, err, tol, mx);
+}
+
+static void test_gemm(void **state)
+{
+    (void)state;
+    backend *be = backend_cpu_create(1);
+    int M = 5, N = 7, K = 3, pad = 2;
+    for (int ta = 0; ta < 2; ta++)
+        for (int tb = 0; tb < 2; tb++) {
+            int lda = (ta ? M : K) + pad, ldb = (tb ? K : N) + pad, ldc = N + pad;
+            float A[(7 + 2) * (7 + 2)], B[(7 + 2) * (7 + 2)], C[5 * 9], R[5 * 9];
+            fill(A, PC_ARRAY_LEN(A), 1, 1), fill(B, PC_ARRAY_LEN(B), 2, 1), fill(C, PC_ARRAY_LEN(C), 3, 1);
+            memcpy(R, C, sizeof(C));
+            be_gemm(be, ta, tb, M, N, K, 0.5f, A, lda, B, ldb, 2.0f, C, ldc);
+            for (int i = 0; i < M; i++)
+                for (int j = 0; j < N; j++) {
+                    double s = 0;
+                    for (int k = 0; k < K; k++)
+                        s += (double)(ta ? A[k * lda + i] : A[i * lda + k]) * (tb ? B[j * ldb + k] : B[k * ldb + j]);
+                    assert_true(fabs(C[i * ldc + j] - (0.5 * s + 2.0 * R[i * ldc + j])) < 1e-5);
+                }
+        }
+    backend_destroy(be);
+}
+
+/* numerical dL/dx for L = sum(f(x) * R), f evaluated by fwd into out (nout) */
+typedef void (*fwd_fn)(backend *be, float *x, float *out, void *ctx);
+static void numgrad(backend *be, fwd_fn f, void *ctx, float *x, size_t nx, float *out, const float *R, size_t nout,
+                    double *g)
+{
+    const float h = 1e-2f;
+    for (size_t i = 0; i < nx; i++) {
+        float x0 = x[i];
+        x[i] = x0 + h;
+        f(be, x, out, ctx);
+        double lp = dot(out, R, nout);
+        x[i] = x0 - h;
+        f(be, x, out, ctx);
+        double lm = dot(out, R, nout);
+        x[i] = x0;
+        g[i] = (lp - lm) / (2.0 * h);
+    }
+}
+
+/* ---- attention: x packs q,k,v as one (B,T,(H+2KV)*hd) buffer ---- */
+enum { AB = 2, AT = 5, AH = 4, AKV = 2, AHD = 4, AC = (AH + 2 * AKV) * AHD };
+static void attn_fwd(backend *be, float *x, float *out, void *ctx)
+{
+    float *lse = ctx;
+    be->ops->attention_fwd(be, out, lse, x, x + AH * AHD, x + (AH + AKV) * AHD, AB, AT, AH, AKV, AHD, AC);
+}
+
+static void test_attention_grad(void **state)
+{
+    (void)state;
+    backend *be = backend_cpu_create(1);
+    size_t nx = (size_t)AB * AT * AC, no = (size_t)AB * AT * AH * AHD;
+    float *x = pc_alloc_f32(nx), *out = pc_alloc_f32(no), *R = pc_alloc_f32(no), *dx = pc_alloc_f32(nx);
+    float lse[AB * AH * AT];
+    double *g = pc_calloc(nx, sizeof(double));
+    fill(x, nx, 11, 1.0f), fill(R, no, 12, 1.0f);
+    attn_fwd(be, x, out, lse);
+    // causality: the first token's output is its own v (row 0 of each head)
+    for (int h = 0; h < AH; h++)
+        for (int c = 0; c < AHD; c++)
+            assert_true(fabsf(out[h * AHD + c] - x[(AH + AKV + h / (AH / AKV)) * AHD + c]) < 1e-6f);
+    be->ops->attention_bwd(be, dx, dx + AH * AHD, dx + (AH + AKV) * AHD, R, out, lse, x, x + AH * AHD,
+                           x + (AH + AKV) * AHD, AB, AT, AH, AKV, AHD, AC);
+    numgrad(be, attn_fwd, lse, x, nx, out, R, no, g);
+    assert_close(dx, g, nx, 2e-3, "attention");
+    free(x), free(out), free(R), free(dx), free(g);
+    backend_destroy(be);
+}
+
+/* ---- rmsnorm: x packs input (N,d) then weight (d) ---- */
+enum { RN = 3, RD = 8 };
+static void rms_fwd(backend *be, float *x, float *out, void *ctx)
+{
+    be->ops->rmsnorm_fwd(be, out, ctx, x, x + RN * RD, RN, RD, 1e-5f);
+}
+
+static void test_rmsnorm_grad(void **state)
+{
+    (void)state;
+    backend *be = backend_cpu_create(1);
+    size_t nx = RN * RD + RD, no = RN * RD;
+    float x[RN * RD + RD], out[RN * RD], R[RN * RD], dx[RN * RD + RD], rstd[RN];
+    double g[RN * RD + RD];
+    fill(x, nx, 21, 1.0f), fill(R, no, 22, 1.0f);
+    rms_fwd(be, x, out, rstd);
+    for (size_t i = 0; i < nx; i++) dx[i] = 0.5f; // bwd accumulates: subtract this afterwards
+    be->ops->rmsnorm_bwd(be, dx, dx + RN * RD, R, x, x + RN * RD, rstd, RN, RD);
+    for (size_t i = 0; i < nx; i++) dx[i] -= 0.5f;
+    numgrad(be, rms_fwd, rstd, x, nx, out, R, no, g);
+    assert_close(dx, g, nx, 2e-3, "rmsnorm");
+    backend_destroy(be);
+}
+
+/* ---- swiglu: x packs (N, 2f) gate|up ---- */
+enum { SN = 3, SF = 5 };
+static void swi_fwd(backend *be, float *x, float *out, void *ctx)
+{
+    (void)ctx;
+    be->ops->swiglu_fwd(be, out, x, x + SF, SN, SF, 2 * SF);
+}
+
+static void test_swiglu_grad(void **state)
+{
+    (void)state;
+    backend *be = backend_cpu_create(1);
+    float x[SN * 2 * SF], out[SN * SF], R[SN * SF], dx[SN * 2 * SF];
+    double g[SN * 2 * SF];
+    fill(x, PC_ARRAY_LEN(x), 31, 2.0f), fill(R, PC_ARRAY_LEN(R), 32, 1.0f);
+    be->ops->swiglu_bwd(be, dx, dx + SF, R, x, x + SF, SN, SF, 2 * SF);
+    numgrad(be, swi_fwd, NULL, x, PC_ARRAY_LEN(x), out, R, PC_ARRAY_LEN(R), g);
+    assert_close(dx, g, PC_ARRAY_LEN(x), 2e-3, "swiglu");
+    backend_destroy(be);
+}
+
+/* ---- cross-entropy (mean over valid rows) ---- */
+enum { XN = 4, XV = 6 };
+static void xent_fwd(backend *be, float *x, float *out, void *ctx)
+{
+    const int32_t *tg = ctx;
+    float lse[XN];
+    int64_t nv;
+    out[0] = (float)(be->ops->xent_fwd(be, lse, x, tg, XN, XV, &nv) / (double)nv);
+}
+
+static void test_xent_grad(void **state)
+{
+    (void)state;
+    backend *be = backend_cpu_create(1);
+    int32_t tg[XN] = {1, -1, 5, 0};
+    float x[XN * XV], d[XN * XV], lse[XN], out[1], R[1] = {1.0f};
+    double g[XN * XV];
+    int64_t nv;
+    fill(x, PC_ARRAY_LEN(x), 41, 2.0f);
+    double sum = be->ops->xent_fwd(be, lse, x, tg, XN, XV, &nv);
+    assert_int_equal(nv, 3);
+    assert_true(sum > 0);
+    be->ops->xent_bwd(be, d, x, lse, tg, XN, XV, 1.0f / (float)nv);
+    for (int j = 0; j < XV; j++) assert_true(d[1 * XV + j] == 0.0f); // ignored row
+    numgrad(be, xent_fwd, tg, x, PC_ARRAY_LEN(x), out, R, 1, g);
+    assert_close(d, g, PC_ARRAY_LEN(x), 2e-3, "cross-entropy");
+    backend_destroy(be);
+}
+
+static void test_rope_inverse(void **state)
+{
+    (void)state;
+    backend *be = backend_cpu_create(1);
+    enum { B = 2, T = 6, NH = 3, HD = 8, LD = NH * HD + 5 };
+    float cs[T * HD / 2], sn[T * HD / 2], x[B * T * LD], y[B * T * LD];
+    rope_tables_host(cs, sn, T, HD, 10000.0, "llama3", 8.0, 1.0, 4.0, 4);
+    fill(x, PC_ARRAY_LEN(x), 51, 1.0f);
+    memcpy(y, x, sizeof(x));
+    be->ops->rope_fwd(be, y, cs, sn, B, T, NH, HD, LD);
+    // position 0 is the identity; other positions rotate; padding columns untouched
+    for (int c = 0; c < NH * HD; c++) assert_true(y[c] == x[c]);
+    assert_true(fabsf(y[LD + 1] - x[LD + 1]) > 1e-4f);
+    for (int t = 0; t < B * T; t++)
+        for (int c = NH * HD; c < LD; c++) assert_true(y[t * LD + c] == x[t * LD + c]);
+    // rotation preserves norms; bwd (the transpose) inverts it
+    assert_true(fabs(dot(x, x, PC_ARRAY_LEN(x)) - dot(y, y, PC_ARRAY_LEN(y))) < 1e-3);
+    be->ops->rope_bwd(be, y, cs, sn, B, T, NH, HD, LD);
+    for (size_t i = 0; i < PC_ARRAY_LEN(x); i++) assert_true(fabsf(y[i] - x[i]) < 1e-5f);
+    backend_destroy(be);
+}
+
+static void test_adamw_first_step(void **state)
+{
+    (void)state;
+    backend *be = backend_cpu_create(1);
+    float p[2] = {1.0f, -2.0f}, g[2] = {0.5f, -4.0f}, m[2] = {0}, v[2] = {0};
+    // step 1: m_hat = g, v_hat = g^2, so p -= lr*(sign(g) + wd*p) up to eps
+    be->ops->adamw(be, p, g, m, v, 2, 0.1f, 0.9f, 0.999f, 1e-8f, 0.01f, 1.0f, 1);
+    assert_true(fabsf(p[0] - (1.0f * (1 - 0.1f * 0.01f) - 0.1f)) < 1e-6f);
+    assert_true(fabsf(p[1] - (-2.0f * (1 - 0.1f * 0.01f) + 0.1f)) < 1e-6f);
+    backend_destroy(be);
+}
+
+static void test_llama_table_and_init(void **state)
+{
+    (void)state;
+    backend *be = backend_cpu_create(1);
+    llama_config c;
+    hf_config_defaults(&c);
+    c.vocab_size = 50, c.d_model = 16, c.n_layers = 2, c.n_heads = 4, c.n_kv_heads = 2, c.head_dim = 6;
+    c.d_ff = 24, c.d_ff_layer[0] = 24, c.d_ff_layer[1] = 12, c.tie_word_embeddings = 0;
+    llama_model a, b;
+    pc_err e;
+    assert_int_equal(llama_init(&a, &c, be, 1, 4, &e), 0);
+    assert_int_equal(llama_init(&b, &c, be, 2, 3, &e), 0);
+    assert_int_equal(llama_n_tensors(&a), 1 + 2 * 9 + 2);
+    assert_string_equal(llama_tensor_name(&a, 0), "model.embed_tokens.weight");
+    int i = llama_tensor_index(&a, "model.layers.1.mlp.down_proj.weight");
+    assert_int_equal(i, 1 + 9 + 8);
+    assert_int_equal(llama_tensor_dim(&a, i, 0), 16);
+    assert_int_equal(llama_tensor_dim(&a, i, 1), 12);
+    assert_int_equal(llama_tensor_dim(&a, llama_tensor_index(&a, "model.layers.0.self_attn.q_proj.weight"), 0), 24);
+    assert_int_equal(llama_tensor_index(&a, "lm_head.weight"), llama_n_tensors(&a) - 1);
+    int64_t total = 0;
+    for (int t = 0; t < llama_n_tensors(&a); t++) {
+        assert_int_equal(llama_tensor_offset(&a, t), total);
+        total += llama_tensor_numel(&a, t);
+    }
+    assert_int_equal(total, a.n_params);
+    assert_int_equal(total, hf_config_n_params(&c));
+    llama_init_random(&a, 7, 0.02f);
+    llama_init_random(&b, 7, 0.02f);
+    assert_memory_equal(a.params, b.params, (size_t)a.n_params * sizeof(float));
+    assert_true(a.params[llama_tensor_offset(&a, 1)] == 1.0f); // input_layernorm gain
+    llama_init_random(&b, 8, 0.02f);
+    assert_true(memcmp(a.params, b.params, (size_t)a.n_params * sizeof(float)) != 0);
+
+    // backward accumulates: two identical passes give twice the gradient
+    int32_t tok[4] = {1, 2, 3, 4}, tgt[4] = {2, 3, 4, -1};
+    llama_zero_grad(&a);
+    float l1 = llama_forward(&a, tok, tgt);
+    llama_backward(&a);
+    float *g1 = pc_alloc_f32((size_t)a.n_params);
+    memcpy(g1, a.grads, (size_t)a.n_params * sizeof(float));
+    float l2 = llama_forward(&a, tok, tgt);
+    llama_backward(&a);
+    assert_true(l1 == l2 && isfinite(l1));
+    for (int64_t k = 0; k < a.n_params; k++)
+        assert_true(fabsf(a.grads[k] - 2.0f * g1[k]) <= 1e-6f * fabsf(g1[k]) + 1e-12f);
+    free(g1);
+    llama_free(&b);
+    c.n_kv_heads = 3;
+    assert_int_equal(llama_init(&b, &c, be, 1, 4, &e), -1);
+    assert_non_null(strstr(e.msg, "num_key_value_heads"));
+    llama_free(&a);
+    backend_destroy(be);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_gemm),           cmocka_unit_test(test_attention_grad),
+        cmocka_unit_test(test_rmsnorm_grad),   cmocka_unit_test(test_swiglu_grad),
+        cmocka_unit_test(test_xent_grad),      cmocka_unit_test(test_rope_inverse),
+        cmocka_unit_test(test_adamw_first_step), cmocka_unit_test(test_llama_table_and_init),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
