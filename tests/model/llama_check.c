@@ -2,12 +2,13 @@
  * given tokens and write logits, loss and every parameter gradient to a safetensors
  * file, for comparison with transformers in test_llama.py.
  *
- *   llama_check MODEL_DIR TOKENS.i32 B T OUT.safetensors [--micro K] [--threads N]
+ *   llama_check MODEL_DIR TOKENS.i32 B T OUT.safetensors [--micro K] [--threads N] [--save DIR]
  *
  * TOKENS.i32 holds 2*B*T little-endian int32: tokens (B,T) then targets (B,T), -1 =
  * ignored. With --micro K the batch is split into K micro-batches of B/K rows whose
  * gradients accumulate with loss scale 1/K (the loss written is then the mean of the
- * micro-batch losses). Output tensors: "logits" (B,T,V), "loss" (1), "grad.<name>". */
+ * micro-batch losses). --save DIR writes the loaded model back out with
+ * llama_save_safetensors (f32) before running. Output tensors: "logits" (B,T,V), "loss" (1), "grad.<name>". */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -26,13 +27,15 @@ static int fail(const pc_err *e)
 int main(int argc, char **argv)
 {
     if (argc < 6) {
-        fprintf(stderr, "usage: llama_check MODEL_DIR TOKENS.i32 B T OUT.safetensors [--micro K] [--threads N]\n");
+        fprintf(stderr, "usage: llama_check MODEL_DIR TOKENS.i32 B T OUT.safetensors [--micro K] [--threads N] [--save DIR]\n");
         return 2;
     }
     const char *dir = argv[1], *tok_path = argv[2], *out_path = argv[5];
     int B = atoi(argv[3]), T = atoi(argv[4]), micro = 1, threads = 1;
+    const char *save_dir = NULL;
     for (int i = 6; i + 1 < argc; i += 2) {
         if (strcmp(argv[i], "--micro") == 0) micro = atoi(argv[i + 1]);
+        else if (strcmp(argv[i], "--save") == 0) save_dir = argv[i + 1];
         else if (strcmp(argv[i], "--threads") == 0) threads = atoi(argv[i + 1]);
     }
     pc_err e = {{0}};
@@ -60,6 +63,7 @@ int main(int argc, char **argv)
     int Bm = B / micro;
     if (llama_init(&m, &cfg, be, Bm, T, &e)) return fail(&e);
     if (llama_load_safetensors(&m, dir, &e)) return fail(&e);
+    if (save_dir && llama_save_safetensors(&m, save_dir, ST_F32, &e)) return fail(&e);
 
     size_t V = (size_t)cfg.vocab_size, per = (size_t)Bm * T;
     float *logits = pc_alloc_f32(NT * V);

@@ -7,7 +7,8 @@ runs llama_check on the same tokens and compares with torch autograd:
   loss:   |c - ref| <= LOSS_TOL * |ref|
   every parameter gradient: max|c - ref| <= GRAD_TOL * max|ref| (per tensor)
 Also: two micro-batches of B=1 accumulate to the gradient of one B=2 batch, and the
-loader rejects a missing tensor, a wrong shape and a non-finite weight, naming it.
+loader rejects a missing tensor, a wrong shape and a non-finite weight, naming it; a
+model written by llama_save_safetensors loads in transformers with identical logits.
 """
 import os
 import subprocess
@@ -70,15 +71,17 @@ def make_tokens(V, B, T, seed, ignore):
     return tokens, targets
 
 
-def run_tool(path, tokens, targets, tmp, micro=1, expect_ok=True):
+def run_tool(path, tokens, targets, tmp, micro=1, expect_ok=True, save=None):
     B, T = tokens.shape
     tokf = os.path.join(tmp, "tokens.i32")
     np.concatenate([tokens.ravel(), targets.ravel()]).astype("<i4").tofile(tokf)
     out = os.path.join(tmp, "out.safetensors")
     if os.path.exists(out):
         os.remove(out)
-    r = subprocess.run([TOOL, path, tokf, str(B), str(T), out, "--micro", str(micro)],
-                       capture_output=True, text=True)
+    args = [TOOL, path, tokf, str(B), str(T), out, "--micro", str(micro)]
+    if save:
+        args += ["--save", save]
+    r = subprocess.run(args, capture_output=True, text=True)
     if not expect_ok:
         return r
     if r.returncode != 0:
@@ -146,9 +149,16 @@ def main():
         for i, case in enumerate(CASES):
             model, path = make_model(case, tmp, seed=10 + i)
             tokens, targets = make_tokens(case["vocab"], 2, 24, seed=i, ignore=True)
-            out = run_tool(path, tokens, targets, tmp)
+            saved = os.path.join(tmp, case["name"] + "_saved")
+            out = run_tool(path, tokens, targets, tmp, save=saved)
             logits, loss, grads = reference(model, tokens, targets)
             compare(case["name"], out, logits, loss, grads, model)
+            # llama_save_safetensors output loads in stock transformers with equal logits
+            again = LlamaForCausalLM.from_pretrained(saved, attn_implementation="eager").float().eval()
+            with torch.no_grad():
+                l2 = again(torch.from_numpy(tokens.astype(np.int64))).logits.numpy()
+            check(np.array_equal(l2, logits) and again.config.tie_word_embeddings == case["tied"],
+                  "%s saved model reloads in transformers with identical logits" % case["name"])
 
         # gradient accumulation: 2 micro-batches of B=1 vs one B=2 (all targets valid)
         case = CASES[0]
