@@ -1,0 +1,291 @@
+"""HDF5 token shards against h5py, and the projcomp-data tool end to end.
+
+Shards written by h5py (uint16/uint32, attributes on /tokens or the root group, string
+attributes variable- or fixed-length) must read identically through common/data
+(driven by the data_probe helper); shards written by data_write_shard must read
+correctly in h5py; malformed shards must fail with messages naming the file; the
+sample order must match an independent NumPy-free reimplementation; projcomp-data must
+turn text into byte-level shards that h5py reads back as the expected documents.
+"""
+import os
+import subprocess
+import sys
+import tempfile
+import unittest
+
+import h5py
+import numpy as np
+
+BUILD = os.environ.get("PC_BUILD", "build")
+PROBE = os.path.join(BUILD, "tests", "data", "data_probe")
+TOOL = os.path.join(BUILD, "daemon", "projcomp-data")
+MASK = (1 << 64) - 1
+
+
+def run(*args):
+    return subprocess.run([str(a) for a in args], capture_output=True, text=True, timeout=60)
+
+
+def dump(vocab, *paths):
+    r = run(PROBE, "dump", vocab, *paths)
+    if r.returncode != 0:
+        raise AssertionError(f"data_probe dump failed: {r.stderr}")
+    lines = r.stdout.split("\n")
+    n = int(lines[0])
+    toks = [int(x) for x in lines[1].split()] if n else []
+    assert len(toks) == n
+    return np.array(toks, dtype=np.int64)
+
+
+def splitmix64(x):
+    x = (x + 0x9E3779B97F4A7C15) & MASK
+    z = x
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & MASK
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & MASK
+    return x, z ^ (z >> 31)
+
+
+def hash64(a, b, c, d):
+    _, h = splitmix64(a & MASK)
+    _, h = splitmix64(h ^ (b & MASK))
+    _, h = splitmix64(h ^ (c & MASK))
+    _, h = splitmix64(h ^ (d & MASK))
+    return h
+
+
+def sample_offset(seed, step, sample, n_tokens, seq_len):
+    h = hash64(seed, step, sample, 0x5A3D1E0F7C2B9486)
+    return (h * (n_tokens - seq_len)) >> 64
+
+
+def write_h5py(path, tokens, dtype, vocab=None, eos=0, tokenizer="bytes", on_root=False, fixed_str=False,
+               skip=()):
+    with h5py.File(path, "w") as f:
+        ds = f.create_dataset("tokens", data=np.asarray(tokens, dtype=dtype))
+        target = f if on_root else ds
+        attrs = {"vocab_size": vocab, "eos_id": eos,
+                 "tokenizer": np.bytes_(tokenizer) if fixed_str else tokenizer}
+        for k, v in attrs.items():
+            if k not in skip:
+                target.attrs[k] = v
+
+
+class Interop(unittest.TestCase):
+    def setUp(self):
+        self.tmp = tempfile.TemporaryDirectory()
+        self.dir = self.tmp.name
+
+    def tearDown(self):
+        self.tmp.cleanup()
+
+    def p(self, name):
+        return os.path.join(self.dir, name)
+
+    def expect_error(self, args, *substrings):
+        r = run(*args)
+        self.assertNotEqual(r.returncode, 0, r.stdout)
+        for s in substrings:
+            self.assertIn(s, r.stderr)
+        return r
+
+    def test_h5py_uint16_attrs_on_tokens(self):
+        rng = np.random.default_rng(1)
+        toks = rng.integers(0, 50000, size=3000)
+        write_h5py(self.p("a.h5"), toks, np.uint16, vocab=50000, eos=7)
+        np.testing.assert_array_equal(dump(50000, self.p("a.h5")), toks)
+
+    def test_h5py_uint32_attrs_on_root_fixed_string(self):
+        rng = np.random.default_rng(2)
+        toks = rng.integers(0, 128256, size=2500)
+        toks[5] = 128255
+        write_h5py(self.p("b.h5"), toks, np.uint32, vocab=128256, eos=128001, on_root=True, fixed_str=True)
+        np.testing.assert_array_equal(dump(128256, self.p("b.h5")), toks)
+
+    def test_h5py_shards_concatenate_in_sorted_order(self):
+        parts = [np.arange(i * 100, i * 100 + 100) % 1000 for i in range(3)]
+        for i, part in enumerate(parts):
+            write_h5py(self.p(f"s-{i:05d}.h5"), part, np.uint16 if i != 1 else np.uint32, vocab=1000)
+        np.testing.assert_array_equal(dump(1000, self.p("s-*.h5")), np.concatenate(parts))
+
+    def test_writer_read_by_h5py(self):
+        for vocab, dtype in ((1000, np.uint16), (65536, np.uint16), (70000, np.uint32)):
+            path = self.p(f"w{vocab}.h5")
+            r = run(PROBE, "write", path, vocab, 3, "my tokenizer", 200000)
+            self.assertEqual(r.returncode, 0, r.stderr)
+            with h5py.File(path, "r") as f:
+                ds = f["tokens"]
+                self.assertEqual(ds.dtype, dtype)
+                self.assertEqual(ds.shape, (200000,))
+                self.assertIsNotNone(ds.chunks)
+                self.assertEqual(int(ds.attrs["vocab_size"]), vocab)
+                self.assertEqual(int(ds.attrs["eos_id"]), 3)
+                tok = ds.attrs["tokenizer"]
+                self.assertEqual(tok.decode() if isinstance(tok, bytes) else tok, "my tokenizer")
+                want = (np.arange(200000, dtype=np.int64) * 7919 + 13) % vocab
+                np.testing.assert_array_equal(ds[:].astype(np.int64), want)
+            self.assertFalse(os.path.exists(path + ".tmp"))
+
+    def test_sample_order_matches_reference(self):
+        toks = np.arange(5000) % 300
+        write_h5py(self.p("s0.h5"), toks[:1800], np.uint16, vocab=300)
+        write_h5py(self.p("s1.h5"), toks[1800:], np.uint16, vocab=300)
+        seq_len, mb = 64, 4
+        for seed, step, first in ((0, 0, 0), (1234, 17, 8), (2**40 + 5, 3, 100)):
+            r = run(PROBE, "batch", 300, seed, step, first, seq_len, mb, self.p("s*.h5"))
+            self.assertEqual(r.returncode, 0, r.stderr)
+            lines = r.stdout.strip().split("\n")
+            offsets = [int(x) for x in lines[0].split()]
+            want = [sample_offset(seed, step, first + m, 5000, seq_len) for m in range(mb)]
+            self.assertEqual(offsets, want)
+            for m in range(mb):
+                row = np.array([int(x) for x in lines[1 + m].split()])
+                np.testing.assert_array_equal(row, toks[want[m]:want[m] + seq_len + 1])
+
+    def test_errors(self):
+        write_h5py(self.p("float.h5"), np.zeros(10), np.float32, vocab=256)
+        self.expect_error([PROBE, "dump", 256, self.p("float.h5")], "float.h5: /tokens has type float32")
+        with h5py.File(self.p("twod.h5"), "w") as f:
+            ds = f.create_dataset("tokens", data=np.zeros((2, 5), dtype=np.uint16))
+            ds.attrs.update({"vocab_size": 256, "eos_id": 0, "tokenizer": "bytes"})
+        self.expect_error([PROBE, "dump", 256, self.p("twod.h5")], "twod.h5: /tokens must be 1-D")
+        with h5py.File(self.p("group.h5"), "w") as f:
+            f.create_group("tokens")
+        self.expect_error([PROBE, "dump", 256, self.p("group.h5")], "group.h5: /tokens is not a dataset")
+        write_h5py(self.p("noeos.h5"), np.zeros(10), np.uint16, vocab=256, skip=("eos_id",))
+        self.expect_error([PROBE, "dump", 256, self.p("noeos.h5")], "noeos.h5: missing attribute 'eos_id'")
+        write_h5py(self.p("strvocab.h5"), np.zeros(10), np.uint16, vocab="256")
+        self.expect_error([PROBE, "dump", 256, self.p("strvocab.h5")], "strvocab.h5: attribute 'vocab_size'")
+        toks = np.arange(10)
+        toks[3] = 300
+        write_h5py(self.p("big.h5"), toks, np.uint16, vocab=256)
+        self.expect_error([PROBE, "dump", 256, self.p("big.h5")], "big.h5: token 300 at index 3 >= vocab_size 256")
+        write_h5py(self.p("v.h5"), np.zeros(10), np.uint16, vocab=50000)
+        self.expect_error([PROBE, "dump", 32000, self.p("v.h5")], "v.h5: attribute vocab_size = 50000 exceeds")
+        self.expect_error([PROBE, "dump", 256, self.p("none-*.h5")], "none-*.h5: no file matches")
+        with open(self.p("junk.h5"), "wb") as f:
+            f.write(b"\x89HDF\r\n junk")
+        self.expect_error([PROBE, "dump", 256, self.p("junk.h5")], "junk.h5: not an HDF5 file")
+        r = run(PROBE, "write", self.p("empty.h5"), 256, 0, "bytes", 0)  # an empty shard is legal
+        self.assertEqual(r.returncode, 0, r.stderr)
+        with h5py.File(self.p("empty.h5"), "r") as f:
+            self.assertEqual(f["tokens"].shape, (0,))
+        r = run(PROBE, "write", self.p("o.h5"), 256, 300, "bytes", 5)
+        self.assertNotEqual(r.returncode, 0)
+        self.assertIn("o.h5: invalid shard", r.stderr)
+        self.assertFalse(os.path.exists(self.p("o.h5")))
+
+
+class Tool(unittest.TestCase):
+    def setUp(self):
+        self.tmp = tempfile.TemporaryDirectory()
+        self.dir = self.tmp.name
+
+    def tearDown(self):
+        self.tmp.cleanup()
+
+    def p(self, name):
+        return os.path.join(self.dir, name)
+
+    def test_convert_and_inspect(self):
+        docs_a = ["First paragraph,\nstill first.", "Second \"one\"\twith tab.", "Third: caf\u00e9."]
+        docs_b = ["Fourth document is in the second file and is a bit longer than the rest of them."]
+        with open(self.p("a.txt"), "w", encoding="utf-8") as f:
+            f.write("\n\n" + "\n\n\n".join(docs_a[:2]) + "\r\n \r\n" + docs_a[2] + "\n")
+        with open(self.p("b.txt"), "w", encoding="utf-8") as f:
+            f.write(docs_b[0])
+        out = self.p("out")
+        r = run(TOOL, "--out", out, "--valid-fraction", "0.3", "--shard-tokens", "40", "--name", "demo",
+                self.p("a.txt"), self.p("b.txt"))
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertIn("4 documents", r.stdout)
+        docs = docs_a + docs_b
+        stream = []
+        for d in docs:
+            stream += list(d.encode("utf-8")) + [256]
+        self.assertIn(f"{len(stream)} tokens", r.stdout)
+
+        def read(split):
+            names = sorted(n for n in os.listdir(out) if n.startswith(f"demo-{split}-"))
+            got = []
+            for n in names:
+                with h5py.File(os.path.join(out, n), "r") as f:
+                    ds = f["tokens"]
+                    self.assertEqual(ds.dtype, np.uint16)
+                    self.assertLessEqual(ds.shape[0], 40)
+                    self.assertEqual(int(ds.attrs["vocab_size"]), 258)
+                    self.assertEqual(int(ds.attrs["eos_id"]), 256)
+                    got += ds[:].tolist()
+            return names, got
+
+        train_names, train = read("train")
+        valid_names, valid = read("valid")
+        self.assertEqual(train + valid, stream)
+        # Validation holds whole documents from the end: the last one here.
+        self.assertEqual(valid, list(docs_b[0].encode()) + [256])
+        self.assertEqual(train_names[0], "demo-train-00000.h5")
+        self.assertEqual(len(train_names), (len(train) + 39) // 40)
+
+        r = run(TOOL, "--inspect", os.path.join(out, "demo-valid-00000.h5"), os.path.join(out, train_names[0]))
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertIn("uint16", r.stdout)
+        self.assertIn("tokens", r.stdout)
+        self.assertIn("tokenizer: bytes", r.stdout)
+        self.assertIn('decoded: "Fourth document is in the second file an"', r.stdout)
+        self.assertIn('decoded: "First paragraph,\\nstill first.<eos>Second', r.stdout)
+        first_train = train[:40]
+        self.assertIn(f"documents: {first_train.count(256)} (eos count)", r.stdout)
+
+        # The same output again is refused rather than mixed with the old shards.
+        r = run(TOOL, "--out", out, "--name", "demo", self.p("a.txt"))
+        self.assertNotEqual(r.returncode, 0)
+        self.assertIn("already exists", r.stderr)
+
+    def test_single_document_is_split_inside(self):
+        with open(self.p("one.txt"), "w") as f:
+            f.write("x" * 99)
+        r = run(TOOL, "--out", self.p("o"), "--valid-fraction", "0.1", self.p("one.txt"))
+        self.assertEqual(r.returncode, 0, r.stderr)
+        with h5py.File(self.p("o/train-00000.h5")) as f:
+            n_train = f["tokens"].shape[0]
+        with h5py.File(self.p("o/valid-00000.h5")) as f:
+            n_valid = f["tokens"].shape[0]
+        self.assertEqual((n_train, n_valid), (90, 10))
+
+    def test_no_valid(self):
+        with open(self.p("t.txt"), "w") as f:
+            f.write("a\n\nb\n")
+        r = run(TOOL, "--out", self.p("o"), "--valid-fraction", "0", self.p("t.txt"))
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertEqual(sorted(os.listdir(self.p("o"))), ["train-00000.h5"])
+
+    def test_input_errors_write_nothing(self):
+        with open(self.p("ok.txt"), "w") as f:
+            f.write("fine text\n")
+        with open(self.p("blank.txt"), "w") as f:
+            f.write("\n  \n\t\n")
+        cases = [
+            ([self.p("ok.txt"), self.p("missing.txt")], "missing.txt: cannot open"),
+            ([self.p("ok.txt"), self.p("blank.txt")], "blank.txt: empty input"),
+        ]
+        for files, msg in cases:
+            r = run(TOOL, "--out", self.p("o"), *files)
+            self.assertNotEqual(r.returncode, 0)
+            self.assertIn(msg, r.stderr)
+            self.assertFalse(os.path.exists(self.p("o")))
+        r = run(TOOL, "--out", self.p("o"), "--valid-fraction", "1.5", self.p("ok.txt"))
+        self.assertNotEqual(r.returncode, 0)
+        self.assertIn("--valid-fraction", r.stderr)
+        r = run(TOOL, "--inspect", self.p("ok.txt"))
+        self.assertNotEqual(r.returncode, 0)
+        self.assertIn("ok.txt: not an HDF5 file", r.stderr)
+        r = run(TOOL, "--help")
+        self.assertEqual(r.returncode, 0)
+        self.assertIn("usage: projcomp-data", r.stdout)
+
+
+if __name__ == "__main__":
+    for exe in (PROBE, TOOL):
+        if not os.path.exists(exe):
+            print(f"missing {exe}: build first", file=sys.stderr)
+            sys.exit(1)
+    unittest.main(verbosity=2)
