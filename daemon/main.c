@@ -2,9 +2,12 @@
  * loads and validates the job config on every rank, opens the run directory and
  * dispatches to the configured mode.
  *
- * Exit status: 0 success, 1 runtime failure, 2 bad command line or config. */
+ * Exit status: 0 success, 1 runtime failure, 2 bad command line or config, 3 stopped by
+ * SIGTERM/SIGUSR1 after writing a checkpoint (rerun the same command to resume). A
+ * second SIGTERM ends the process at once (status 143). */
 #include <mpi.h>
 #include <signal.h>
+#include <unistd.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -14,7 +17,10 @@
 
 static volatile sig_atomic_t g_stop_signal; /* the one thing a signal handler may touch */
 
-static void on_signal(int sig) { g_stop_signal = sig; }
+static void on_signal(int sig) {
+    if (sig == SIGTERM && g_stop_signal == SIGTERM) _exit(128 + SIGTERM);
+    g_stop_signal = sig;
+}
 
 static void usage(FILE *f) {
     fprintf(f,
@@ -30,7 +36,8 @@ static void usage(FILE *f) {
             "  --version         print the version\n"
             "  --help            this text\n"
             "\n"
-            "exit status: 0 done, 1 runtime failure, 2 bad command line or config\n");
+            "exit status: 0 done, 1 runtime failure, 2 bad command line or config,\n"
+            "             3 stopped by SIGTERM/SIGUSR1 after a checkpoint (rerun to resume)\n");
 }
 
 typedef struct cli {
@@ -132,6 +139,11 @@ int main(int argc, char **argv) {
         return 1;
     }
     rc = dispatch(&r, &e);
+    if (rc == 1) { /* stopped by a signal, checkpoint written */
+        run_close(&r);
+        MPI_Finalize();
+        return 3;
+    }
     if (rc != 0) {
         LOGE(&r.log, "%s", e.msg);
         log_close(&r.log);

@@ -10,6 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "checkpoint.h"
 #include "optim.h"
 #include "trainer.h"
 
@@ -100,6 +101,12 @@ static int maybe_eval(run_ctx *r, trainer *t, int64_t step, int force, pc_err *e
     return 0;
 }
 
+/* All ranks agree whether a stop signal reached any of them (at a step boundary). */
+static int agree_stop(run_ctx *r, int *stop, pc_err *e) {
+    int local = *r->stop_flag != 0;
+    return comm_all_reduce(r->comm, &local, stop, 1, COMM_I32, COMM_MAX, e);
+}
+
 static int save_final(run_ctx *r, trainer *t, pc_err *e) {
     const pc_config *c = &r->cfg;
     if (r->rank != 0) return 0;
@@ -135,12 +142,15 @@ int mode_train(run_ctx *r, pc_err *e) {
     LOGI(&r->log, "%s: %lld steps, global batch %d = %d rank(s) x %d micro-batch(es) x %d, seq_len %d", c->run.mode,
          (long long)c->train.steps, c->train.global_batch, r->world, n_micro, B, T);
 
+    int64_t start = 0;
+    if (ckpt_resume(r, &t, &start, e) != 0) goto out;
+    if (start > 0) LOGI(&r->log, "resumed after step %lld", (long long)start);
     t.method->begin_step(r, &t);
-    if (maybe_eval(r, &t, 0, 1, e) != 0) goto out; /* the starting point: step 0 */
-    for (int64_t step = 0; step < c->train.steps; step++) {
+    if (start == 0 && maybe_eval(r, &t, 0, 1, e) != 0) goto out; /* the starting point: step 0 */
+    for (int64_t step = start; step < c->train.steps; step++) {
         r->log.step = (long)step + 1;
         double t0 = pc_now(), local_loss;
-        if (step > 0) t.method->begin_step(r, &t);
+        if (step > start) t.method->begin_step(r, &t);
         if (accumulate(r, &t, step, n_micro, &local_loss, e) != 0) goto out;
         /* (n_params,) small-model grads summed over ranks; the loss likewise */
         if (comm_all_reduce(r->comm, t.m.grads, t.m.grads, (size_t)t.m.n_params, COMM_F32, COMM_SUM, e) != 0)
@@ -173,6 +183,17 @@ int mode_train(run_ctx *r, pc_err *e) {
         if (last || (c->eval.every_steps > 0 && (step + 1) % c->eval.every_steps == 0)) {
             t.method->finish(r, &t); /* evaluate the weights after this update */
             if (maybe_eval(r, &t, step + 1, 1, e) != 0) goto out;
+        }
+        int stop;
+        if (agree_stop(r, &stop, e) != 0) goto out;
+        int every = c->checkpoint.every_steps;
+        if (stop || last || (every > 0 && (step + 1) % every == 0))
+            if (ckpt_save(r, &t, step + 1, e) != 0) goto out;
+        if (stop && !last) {
+            LOGW(&r->log, "stop signal: checkpoint of step %lld written; rerun the same command to resume",
+                 (long long)step + 1);
+            rc = 1;
+            goto out;
         }
     }
     t.method->finish(r, &t);
