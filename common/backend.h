@@ -105,11 +105,18 @@ struct backend {
     const backend_ops *ops;
     void *impl; /* backend-private state */
     int threads;
+    char info[128]; /* for logs, e.g. "OpenBLAS core Haswell, 2 thread(s)" */
 };
 
 /* CPU backend: fp32, OpenBLAS with `threads` threads (<= 0: leave OpenBLAS's default). */
 backend *backend_cpu_create(int threads);
 void backend_destroy(backend *be);
+/* OpenBLAS picks its kernels when the process starts, from OPENBLAS_CORETYPE or CPU
+ * detection, and detects some AVX-512 CPUs (e.g. AMD Zen 4) as Haswell, about 1.5x
+ * slower. Returns 1 and writes a better OPENBLAS_CORETYPE value into out when the CPU
+ * has AVX-512 F/BW/DQ/VL, OpenBLAS runs a core without it and OPENBLAS_CORETYPE is
+ * unset (a launcher can then set it and re-exec); 0 otherwise. */
+int backend_cpu_better_coretype(char *out, size_t n);
 
 /* Llama rope tables on the host: cos_t, sin_t (T, hd/2) for positions 0..T-1, as
  * transformers computes them (float32 inverse frequencies; rope_scaling "llama3"

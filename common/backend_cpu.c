@@ -10,8 +10,10 @@
 
 #include <cblas.h>
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #include "util.h"
 
@@ -439,7 +441,22 @@ backend *backend_cpu_create(int threads)
     be->impl = pc_calloc(1, sizeof(cpu_impl));
     if (threads > 0) openblas_set_num_threads(threads);
     be->threads = threads > 0 ? threads : openblas_get_num_threads();
+    snprintf(be->info, sizeof(be->info), "OpenBLAS core %s, %d thread(s)", openblas_get_corename(), be->threads);
     return be;
+}
+
+int backend_cpu_better_coretype(char *out, size_t n)
+{
+    if (getenv("OPENBLAS_CORETYPE")) return 0;
+    __builtin_cpu_init();
+    int avx512 = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+                 __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl");
+    const char *core = openblas_get_corename();
+    if (!avx512 || !core) return 0;
+    if (strcasecmp(core, "Haswell") != 0 && strcasecmp(core, "Zen") != 0 && strcasecmp(core, "Sandybridge") != 0)
+        return 0;
+    snprintf(out, n, "SKYLAKEX");
+    return 1;
 }
 
 void backend_destroy(backend *be)

@@ -52,6 +52,9 @@ int main(int argc, char **argv)
 
     pc_err e = {{0}};
     backend *be = backend_cpu_create(threads);
+    char core[32];
+    if (backend_cpu_better_coretype(core, sizeof(core)))
+        fprintf(stderr, "bench-model: %s; OPENBLAS_CORETYPE=%s would use this CPU's AVX-512 kernels\n", be->info, core);
     llama_model m;
     if (llama_init(&m, &c, be, B, T, &e)) {
         fprintf(stderr, "bench-model: %s\n", e.msg);
@@ -75,9 +78,9 @@ int main(int argc, char **argv)
     be->ops->sync(be);
     double dt = (pc_now() - t0) / iters;
     double flops = llama_flops_per_token(&c, T) * (double)N;
-    printf("{\"backend\": \"%s\", \"threads\": %d, \"params\": %lld, \"B\": %d, \"T\": %d, \"loss\": %.4f, "
+    printf("{\"backend\": \"%s\", \"info\": \"%s\", \"threads\": %d, \"params\": %lld, \"B\": %d, \"T\": %d, \"loss\": %.4f, "
            "\"ms_per_iter\": %.3f, \"tokens_per_s\": %.1f, \"gflops\": %.2f}\n",
-           be->ops->name, threads, (long long)m.n_params, B, T, (double)loss, dt * 1e3, (double)N / dt,
+           be->ops->name, be->info, threads, (long long)m.n_params, B, T, (double)loss, dt * 1e3, (double)N / dt,
            flops / dt * 1e-9);
     free(tok);
     llama_free(&m);
