@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # The tiny end-to-end example (CPU, 2 MPI ranks): corpus -> HDF5 shards -> a small base
-# model pretrained by projcompd -> evaluation, ending with a results table.
+# model pretrained by projcompd -> compressed to about a third of its parameters by
+# Projected Compression and by hard pruning + retraining (same indices, same tokens) ->
+# every model evaluated on the same held-out windows -> a results table and a plot.
 # Usage: bash configs/demo.sh [BUILD_DIR]   (run.sh demo calls it after setup)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -33,19 +35,32 @@ else
     step "reusing the base model in $OUT/base/final"
 fi
 
-step "evaluate the base model"
-rm -rf "$OUT/eval-base"
-$MPIRUN "$BIN/projcompd" --cfg configs/demo-eval.yaml --set run.dir="$OUT/eval-base" \
-    --set model.base="$OUT/base/final"
+for mode in compress prune; do
+    step "$mode: $(grep -E '^  (d_model|d_ff):' configs/demo-compress.yaml | tr -s ' \n' ' ')($NP ranks)"
+    rm -rf "${OUT:?}/$mode"
+    $MPIRUN "$BIN/projcompd" --cfg configs/demo-compress.yaml --set run.mode=$mode --set run.dir="$OUT/$mode"
+done
+
+for m in base compress prune; do
+    step "evaluate $m"
+    rm -rf "${OUT:?}/eval-$m"
+    $MPIRUN "$BIN/projcompd" --cfg configs/demo-eval.yaml --set run.dir="$OUT/eval-$m" \
+        --set model.base="$OUT/$m/final" >/dev/null
+done
+
+step "plot"
+"$BIN/projcomp-plot" -o "$OUT/curves.png" --title "demo: Projected Compression vs hard pruning" \
+    "$OUT/compress=projected compression" "$OUT/prune=hard prune + retrain" >/dev/null
 
 step "results"
 python3 - "$OUT" <<'PY'
 import json, math, sys
 out = sys.argv[1]
-rows = [("base", f"{out}/eval-base")]
+rows = [(m, f"{out}/eval-{m}") for m in ("base", "prune", "compress")]
 print(f"{'model':<8} {'params':>10} {'val loss':>9} {'ppl':>8}")
 for name, run in rows:
     last = [json.loads(l) for l in open(f"{run}/metrics.jsonl") if l.strip()][-1]
     print(f"{name:<8} {last['params']:>10,} {last['val_loss']:>9.4f} {math.exp(last['val_loss']):>8.3f}")
 PY
-echo "runs are in $OUT/"
+echo "loss curves: $OUT/curves.png"
+echo "fused models (standard HF Llama): $OUT/compress/final $OUT/prune/final"
