@@ -1,19 +1,250 @@
-/* checkpoint: placeholder that starts every run fresh and saves nothing; the checkpoint
- * format is being written. */
-#include "checkpoint.h"
+/* checkpoint: the trainer's state as checkpoint blocks (common/ckpt), saved and resumed.
+ *
+ * One block per trained tensor, keyed by its name, holding three arrays of the same
+ * length: "param", "adam_m", "adam_v".
+ *   pretrain, prune (METHOD_DIRECT): the tensors of the model t->m (t->m.params).
+ *   compress (METHOD_PROJECT): the tensors of the projection set t->ps (P_in, P_out, A
+ *   and the norm gains, t->ps.params).
+ * The moments share the parameters' offsets. compress and prune also store the kept
+ * indices (RUN/importance.txt) as the raw entry "importance.txt"; a resumed run uses
+ * them instead of scoring again. The manifest records mode, seed, method and a hash of
+ * the resolved config. The step is all the rest needs: the learning rate, AdamW's bias
+ * correction and the data order are functions of it. */
+#include <stdlib.h>
+#include <string.h>
 
-int ckpt_resume(run_ctx *r, trainer *t, int64_t *start_step, pc_err *e) {
+#include "checkpoint.h"
+#include "ckpt.h"
+
+/* One trained tensor of the method's flat parameter buffer. */
+typedef struct state_tensor {
+    const char *name;
+    int64_t offset, numel;
+} state_tensor;
+
+static int n_state_tensors(const trainer *t) {
+    return t->method == &METHOD_PROJECT ? t->ps.n_tensors : llama_n_tensors(&t->m);
+}
+
+static float *state_params(const trainer *t) { return t->method == &METHOD_PROJECT ? t->ps.params : t->m.params; }
+
+static state_tensor state_tensor_at(const trainer *t, int i) {
+    state_tensor s;
+    if (t->method == &METHOD_PROJECT) {
+        s.name = t->ps.tensors[i].name;
+        s.offset = t->ps.tensors[i].offset;
+        s.numel = t->ps.tensors[i].numel;
+    } else {
+        const llama_tensor *lt = llama_tensor_at(&t->m, i);
+        s.name = lt->name;
+        s.offset = lt->offset;
+        s.numel = lt->numel;
+    }
+    return s;
+}
+
+/* Rank that writes block i. Every rank holds the same replicated state, so rank 0 writes
+ * all of it; a sharded optimizer returns the block's owner here. */
+static int block_owner(const run_ctx *r, int i) {
     (void)r;
-    (void)t;
-    (void)e;
-    *start_step = 0;
+    (void)i;
     return 0;
 }
 
+static void ckpt_root(const run_ctx *r, char *out, size_t n) { snprintf(out, n, "%s/checkpoints", r->run_dir); }
+
+static int64_t max_numel(const trainer *t) {
+    int64_t mx = 1;
+    for (int i = 0; i < n_state_tensors(t); i++) mx = PC_MAX(mx, state_tensor_at(t, i).numel);
+    return mx;
+}
+
+static void block_of(const trainer *t, int i, float *stage, ckpt_block *b) {
+    state_tensor s = state_tensor_at(t, i);
+    static const char *arrays[3] = {"param", "adam_m", "adam_v"};
+    memset(b, 0, sizeof *b);
+    snprintf(b->name, sizeof b->name, "%s", s.name);
+    b->n_arrays = 3;
+    for (int k = 0; k < 3; k++) {
+        snprintf(b->arrays[k].name, sizeof b->arrays[k].name, "%s", arrays[k]);
+        b->arrays[k].data = stage + (size_t)k * (size_t)s.numel;
+        b->arrays[k].n = s.numel;
+    }
+}
+
+static void config_hash(const run_ctx *r, char *out, size_t n) {
+    char *text = config_resolved_text(&r->cfg);
+    snprintf(out, n, "%016llx", (unsigned long long)ckpt_xxh64(text, strlen(text), 0));
+    free(text);
+}
+
 int ckpt_save(run_ctx *r, trainer *t, int64_t step, pc_err *e) {
+    const pc_config *c = &r->cfg;
+    double t0 = pc_now();
+    char root[1100];
+    ckpt_root(r, root, sizeof root);
+    ckpt_writer *w;
+    if (ckpt_write_begin(&w, root, step, r->comm, &r->log, e) != 0) return -1;
+    float *stage = pc_alloc_f32((size_t)max_numel(t) * 3); /* (3, numel) host copy of one block */
+    float *params = state_params(t);
+    int64_t bytes = 0;
+    int ok = 1;
+    for (int i = 0; ok && i < n_state_tensors(t); i++) {
+        if (block_owner(r, i) != r->rank) continue;
+        state_tensor s = state_tensor_at(t, i);
+        ckpt_block b;
+        block_of(t, i, stage, &b);
+        be_download(r->be, b.arrays[0].data, params + s.offset, (size_t)s.numel);
+        be_download(r->be, b.arrays[1].data, t->adam_m + s.offset, (size_t)s.numel);
+        be_download(r->be, b.arrays[2].data, t->adam_v + s.offset, (size_t)s.numel);
+        ok = ckpt_write_block(w, &b, e) == 0;
+        bytes += 12 * s.numel;
+    }
+    free(stage);
+    if (ok && r->rank == 0 && strcmp(c->run.mode, "pretrain") != 0) { /* compress, prune: the kept indices */
+        char path[1200], *text;
+        size_t len;
+        snprintf(path, sizeof path, "%s/importance.txt", r->run_dir);
+        ok = pc_read_file(path, &text, &len, e) == 0;
+        if (ok) {
+            ok = ckpt_write_raw(w, "importance.txt", text, len, e) == 0;
+            free(text);
+        }
+    }
+    (void)ok; /* a failure is remembered by the writer; the commit below is collective */
+    ckpt_kv meta[5];
+    memset(meta, 0, sizeof meta);
+    snprintf(meta[0].key, sizeof meta[0].key, "mode");
+    snprintf(meta[0].value, sizeof meta[0].value, "%s", c->run.mode);
+    snprintf(meta[1].key, sizeof meta[1].key, "seed");
+    snprintf(meta[1].value, sizeof meta[1].value, "%lld", (long long)c->run.seed);
+    snprintf(meta[2].key, sizeof meta[2].key, "method");
+    snprintf(meta[2].value, sizeof meta[2].value, "%s", t->method->name);
+    snprintf(meta[3].key, sizeof meta[3].key, "config_hash");
+    config_hash(r, meta[3].value, sizeof meta[3].value);
+    snprintf(meta[4].key, sizeof meta[4].key, "blocks");
+    snprintf(meta[4].value, sizeof meta[4].value, "%d", n_state_tensors(t));
+    if (ckpt_write_commit(w, meta, 5, c->checkpoint.keep, e) != 0)
+        return pc_error_wrap(e, "rank %d: checkpoint of step %lld", r->rank, (long long)step);
+    LOGI(&r->log, "checkpoint of step %lld written to %s in %.2f s (%.1f MB from this rank)", (long long)step, root,
+         pc_now() - t0, (double)bytes / 1e6);
+    return 0;
+}
+
+/* Rank 0 picks the newest valid checkpoint and every rank learns its step (-1: none). */
+static int pick(run_ctx *r, int64_t *step, char *path, size_t n, pc_err *e) {
+    char root[1100];
+    ckpt_root(r, root, sizeof root);
+    int64_t got[2] = {0, -1}; /* status, step */
+    if (r->rank == 0) {
+        int f = ckpt_find(root, &r->log, &got[1], path, n, e);
+        if (f < 0) got[0] = -1;
+        if (f == 0) got[1] = -1;
+    }
+    if (comm_broadcast(r->comm, got, 2, COMM_I64, 0, e) != 0) return -1;
+    if (got[0] != 0) {
+        if (r->rank != 0) pc_errorf(e, "rank 0 could not read %s", root);
+        return -1;
+    }
+    *step = got[1];
+    if (got[1] >= 0) {
+        char dn[32];
+        ckpt_dir_name(got[1], dn, sizeof dn);
+        snprintf(path, n, "%s/%s", root, dn);
+    }
+    return 0;
+}
+
+static int check_meta(run_ctx *r, const ckpt_manifest *m, const char *path, const char *key, const char *want,
+                      pc_err *e) {
+    const char *have = ckpt_meta_get(m, key);
+    if (!have || strcmp(have, want))
+        return pc_errorf(e, "%s: checkpoint has %s '%s', this run has '%s' (use another run.dir or remove %s)", path,
+                         key, have ? have : "(none)", want, path);
     (void)r;
-    (void)t;
-    (void)step;
-    (void)e;
+    return 0;
+}
+
+int ckpt_resume(run_ctx *r, trainer *t, int64_t *start_step, pc_err *e) {
+    const pc_config *c = &r->cfg;
+    *start_step = 0;
+    int64_t step;
+    char path[1200];
+    if (pick(r, &step, path, sizeof path, e) != 0) return -1;
+    if (step < 0) return 0;
+    ckpt_manifest m;
+    if (ckpt_manifest_read(path, &m, e) != 0) return -1;
+    char seed[32], hash[32];
+    snprintf(seed, sizeof seed, "%lld", (long long)c->run.seed);
+    int rc = check_meta(r, &m, path, "mode", c->run.mode, e);
+    if (rc == 0) rc = check_meta(r, &m, path, "seed", seed, e);
+    if (rc == 0) rc = check_meta(r, &m, path, "method", t->method->name, e);
+    config_hash(r, hash, sizeof hash);
+    const char *ch = ckpt_meta_get(&m, "config_hash");
+    if (rc == 0 && r->rank == 0 && (!ch || strcmp(ch, hash)))
+        LOGW(&r->log, "%s: the resolved config differs from the one that wrote this checkpoint; resuming anyway",
+             path);
+    int n_blocks = 0;
+    for (int i = 0; i < m.n_entries; i++) n_blocks += m.entries[i].kind == CKPT_BLOCK;
+    if (rc == 0 && n_blocks != n_state_tensors(t))
+        rc = pc_errorf(e, "%s: %d blocks, this model trains %d tensors", path, n_blocks, n_state_tensors(t));
+    float *stage = rc == 0 ? pc_alloc_f32((size_t)max_numel(t) * 3) : NULL;
+    float *params = state_params(t);
+    for (int i = 0; rc == 0 && i < n_state_tensors(t); i++) {
+        state_tensor s = state_tensor_at(t, i);
+        ckpt_block b;
+        block_of(t, i, stage, &b);
+        rc = ckpt_read_block(path, &m, &b, e);
+        if (rc != 0) break;
+        be_upload(r->be, params + s.offset, b.arrays[0].data, (size_t)s.numel);
+        be_upload(r->be, t->adam_m + s.offset, b.arrays[1].data, (size_t)s.numel);
+        be_upload(r->be, t->adam_v + s.offset, b.arrays[2].data, (size_t)s.numel);
+    }
+    free(stage);
+    ckpt_manifest_free(&m);
+    /* every rank must have restored the same state before training on */
+    int bad = rc != 0, any = 0;
+    pc_err ce = {{0}};
+    if (comm_all_reduce(r->comm, &bad, &any, 1, COMM_I32, COMM_MAX, &ce) != 0) {
+        if (!bad) *e = ce;
+        return -1;
+    }
+    if (any) {
+        if (!bad) pc_errorf(e, "%s: another rank failed to restore this checkpoint (see its log)", path);
+        return -1;
+    }
+    *start_step = step;
+    LOGI(&r->log, "restored %s (step %lld)", path, (long long)step);
+    return 0;
+}
+
+int ckpt_resume_indices(run_ctx *r, trainer *t, const int *d_ff_c, int *loaded, pc_err *e) {
+    *loaded = 0;
+    int64_t step;
+    char path[1200];
+    if (pick(r, &step, path, sizeof path, e) != 0) return -1;
+    if (step < 0) return 0;
+    ckpt_manifest m;
+    if (ckpt_manifest_read(path, &m, e) != 0) return -1;
+    char *text = NULL;
+    size_t len = 0;
+    int rc = check_meta(r, &m, path, "mode", r->cfg.run.mode, e);
+    if (rc == 0) rc = ckpt_read_raw(path, &m, "importance.txt", &text, &len, e);
+    const ckpt_entry *en = ckpt_entry_find(&m, "importance.txt");
+    if (rc == 0) {
+        char file[1500];
+        snprintf(file, sizeof file, "%s/%s", path, en->file);
+        rc = importance_load_indices(file, &t->base_cfg, r->cfg.compress.d_model, d_ff_c, &t->idx, e);
+    }
+    if (rc == 0 && r->rank == 0) { /* the run directory's copy describes the state being trained */
+        char dst[1200];
+        snprintf(dst, sizeof dst, "%s/importance.txt", r->run_dir);
+        rc = pc_write_file_atomic(dst, text, len, e);
+    }
+    free(text);
+    ckpt_manifest_free(&m);
+    if (rc != 0) return pc_error_wrap(e, "resuming the kept indices");
+    LOGI(&r->log, "kept indices from %s/importance.txt (not scored again)", path);
+    *loaded = 1;
     return 0;
 }

@@ -15,5 +15,9 @@
 int ckpt_resume(run_ctx *r, trainer *t, int64_t *start_step, pc_err *e);
 /* Write the checkpoint of `step` completed steps (collective: every rank calls it). */
 int ckpt_save(run_ctx *r, trainer *t, int64_t step, pc_err *e);
+/* compress/prune set-up: when a valid checkpoint exists, load the kept indices stored in
+ * it into t->idx (*loaded = 1) instead of scoring importance again; d_ff_c holds the
+ * compressed d_ff of every layer. Collective. */
+int ckpt_resume_indices(run_ctx *r, trainer *t, const int *d_ff_c, int *loaded, pc_err *e);
 
 #endif

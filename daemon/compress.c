@@ -5,6 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "checkpoint.h"
 #include "trainer.h"
 
 /* ---- importance ---- */
@@ -75,6 +76,9 @@ static int select_indices(run_ctx *r, trainer *t, pc_err *e) {
     const pc_config *c = &r->cfg;
     int d_ff_c[PC_MAX_LAYERS];
     target_widths(c, &t->base_cfg, d_ff_c);
+    int resumed = 0; /* a checkpoint holds the indices its state was trained with */
+    if (strcmp(c->run.mode, "importance") && ckpt_resume_indices(r, t, d_ff_c, &resumed, e) != 0) return -1;
+    if (resumed) return 0;
     importance_scores s;
     importance_alloc(&s, &t->base_cfg);
     const char *how = c->compress.importance;
