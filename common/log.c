@@ -53,10 +53,10 @@ void log_close(pc_log *l) {
     l->file = NULL;
 }
 
-void log_msg(pc_log *l, log_level lv, const char *fmt, ...) {
+static void log_v(pc_log *l, log_level lv, int echo, const char *fmt, va_list ap) {
     if ((int)lv < LOG_DEBUG || lv > LOG_ERROR) lv = LOG_ERROR;
     int to_file = l->file && (lv >= LOG_INFO || l->stderr_level <= LOG_DEBUG);
-    int to_err = lv >= LOG_WARN || (lv >= l->stderr_level && (l->rank == 0 || l->all_ranks_stderr));
+    int to_err = lv >= LOG_WARN || (echo && lv >= l->stderr_level && (l->rank == 0 || l->all_ranks_stderr));
     if (!to_file && !to_err) return;
 
     struct timespec ts;
@@ -72,10 +72,7 @@ void log_msg(pc_log *l, log_level lv, const char *fmt, ...) {
     int n = snprintf(line, sizeof line, "%s.%03ldZ rank %05d %s step %s %s ", stamp, ts.tv_nsec / 1000000L,
                      l->rank, l->host[0] ? l->host : "-", step, level_names[lv]);
     if (n < 0 || n >= (int)sizeof line) n = 0;
-    va_list ap;
-    va_start(ap, fmt);
     vsnprintf(line + n, sizeof line - (size_t)n, fmt, ap);
-    va_end(ap);
     size_t len = strlen(line);
     while (len > 0 && (line[len - 1] == '\n' || line[len - 1] == '\r')) line[--len] = '\0';
     if (len + 1 < sizeof line) {
@@ -89,4 +86,18 @@ void log_msg(pc_log *l, log_level lv, const char *fmt, ...) {
         fflush(l->file);
     }
     if (to_err) fputs(line, stderr);
+}
+
+void log_msg(pc_log *l, log_level lv, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    log_v(l, lv, 1, fmt, ap);
+    va_end(ap);
+}
+
+void log_file(pc_log *l, log_level lv, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    log_v(l, lv, 0, fmt, ap);
+    va_end(ap);
 }

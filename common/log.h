@@ -23,6 +23,8 @@ void log_init(pc_log *l, int rank);
 int log_open(pc_log *l, const char *run_dir, pc_err *e);
 void log_close(pc_log *l);
 void log_msg(pc_log *l, log_level lv, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+/* Like log_msg, but below WARN only to the file (per-step lines the progress line shows). */
+void log_file(pc_log *l, log_level lv, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 
 #define LOGI(l, ...) log_msg((l), LOG_INFO, __VA_ARGS__)
 #define LOGW(l, ...) log_msg((l), LOG_WARN, __VA_ARGS__)

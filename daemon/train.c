@@ -177,7 +177,7 @@ int mode_train(run_ctx *r, pc_err *e) {
                  (long long)(step + 1) * c->train.global_batch * T,
                  (flops_per_token * c->train.global_batch * T + t.proj_flops) / dt * 1e-12);
         run_metrics(r, line);
-        LOGI(&r->log, "loss %.4f lr %.3e grad_norm %.3f %.0f tok/s %.3f s", loss, lr, gnorm, tok_s, dt);
+        log_file(&r->log, LOG_INFO, "loss %.4f lr %.3e grad_norm %.3f %.0f tok/s %.3f s", loss, lr, gnorm, tok_s, dt);
         run_progress(r, (long)step + 1, (long)c->train.steps, loss, tok_s, dt);
         int last = step + 1 == c->train.steps;
         if (last || (c->eval.every_steps > 0 && (step + 1) % c->eval.every_steps == 0)) {
