@@ -1,0 +1,652 @@
+/* plan: blocks, their owners, per-rank memory and comm of a Projected Compression run
+ * (see plan.h). Pure arithmetic on the two model shapes; allocations are proportional
+ * to the number of tensors, blocks and ranks, never to the model's parameters. */
+#include "plan.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#define ADAM_F32 12 /* bytes per trainable element: f32 value + Adam m + Adam v */
+
+/* Which width a side of a tensor has: kept (not projected), d_model or d_ff. */
+typedef enum { SIDE_KEEP = 0, SIDE_D, SIDE_FF } side_kind;
+
+/* One projected tensor of the small model before it is cut into blocks. */
+typedef struct tensor_desc {
+    char name[PLAN_NAME_MAX], base_name[PLAN_NAME_MAX];
+    int norm;                   /* 1: norm gain (1-D, trained directly) */
+    int64_t d_out, d_in;        /* base shape */
+    int64_t d_out_c, d_in_c;    /* compressed shape */
+    int p_in, p_out;            /* projections present */
+    plan_kind split;            /* PLAN_ROWS, PLAN_COLS or PLAN_WHOLE (never split) */
+    int64_t granule;            /* split ranges are multiples of this */
+    int pieces;                 /* blocks this tensor becomes */
+} tensor_desc;
+
+void plan_opts_default(plan_opts *o) {
+    memset(o, 0, sizeof *o);
+    o->micro_batch = 1;
+    o->seq_len = 2048;
+    o->base_dtype_bytes = 2;
+    o->compute_dtype_bytes = 4;
+    o->attn_tt = 1;
+    o->split_bytes = 0;
+}
+
+const char *plan_kind_name(plan_kind k) {
+    switch (k) {
+    case PLAN_WHOLE: return "whole";
+    case PLAN_ROWS: return "rows";
+    case PLAN_COLS: return "cols";
+    case PLAN_NORM: return "norm";
+    }
+    return "?";
+}
+
+/* Projection FLOPs of one step for a (d_out, d_in) -> (o, i) matrix: the formula of
+ * matrix_flops in worker/project.c (materialise in the cheaper order, the W P_in / P_out W
+ * products the gradients need, dP_out, dP_in; 2 FLOPs per multiply-add). Restricted to a
+ * row or column slice it sums to the whole matrix's count. */
+static double slice_flops(double dO, double dI, double o, double i, int pin, int pout) {
+    double f = 0;
+    if (pin && pout) {
+        double a = dO * dI * i + o * dO * i, b = o * dO * dI + o * dI * i;
+        f += a < b ? a : b;
+        f += dO * dI * i + o * dO * dI;
+        f += o * i * dO + dI * o * i;
+    } else if (pin) {
+        f += dO * dI * i + dO * dI * i; /* W P_in; dP_in = W^T G */
+    } else if (pout) {
+        f += o * dO * dI + o * dI * dO; /* P_out W; dP_out = G W^T */
+    }
+    return 2.0 * f;
+}
+
+/* ---- tensor enumeration (HF order of the small model, see worker/llama.h) ---- */
+
+static void add_matrix(tensor_desc *t, int *n, const char *name, const char *base_name, side_kind out, side_kind in,
+                       int64_t rows, int64_t cols, const llama_config *b, const llama_config *s, int layer,
+                       int64_t head_dim) {
+    tensor_desc *d = &t[(*n)++];
+    memset(d, 0, sizeof *d);
+    snprintf(d->name, sizeof d->name, "%s", name);
+    snprintf(d->base_name, sizeof d->base_name, "%s", base_name);
+    /* rows, cols: the kept sides' extents (same in base and small) */
+    d->d_out = out == SIDE_D ? b->d_model : out == SIDE_FF ? b->d_ff_layer[layer] : rows;
+    d->d_out_c = out == SIDE_D ? s->d_model : out == SIDE_FF ? s->d_ff_layer[layer] : rows;
+    d->d_in = in == SIDE_D ? b->d_model : in == SIDE_FF ? b->d_ff_layer[layer] : cols;
+    d->d_in_c = in == SIDE_D ? s->d_model : in == SIDE_FF ? s->d_ff_layer[layer] : cols;
+    d->p_in = d->d_in_c < d->d_in;
+    d->p_out = d->d_out_c < d->d_out;
+    d->split = PLAN_WHOLE;
+    d->granule = 1;
+    if (out == SIDE_KEEP && in != SIDE_KEEP) { /* input-only: rows compress independently */
+        d->split = PLAN_ROWS;
+        d->granule = head_dim > 0 ? head_dim : 1;
+    } else if (in == SIDE_KEEP && out != SIDE_KEEP) { /* output-only: columns do */
+        d->split = PLAN_COLS;
+        d->granule = head_dim;
+    }
+    d->pieces = 1;
+}
+
+static void add_norm(tensor_desc *t, int *n, const char *name, const llama_config *b, const llama_config *s) {
+    tensor_desc *d = &t[(*n)++];
+    memset(d, 0, sizeof *d);
+    snprintf(d->name, sizeof d->name, "%s", name);
+    snprintf(d->base_name, sizeof d->base_name, "%s", name);
+    d->norm = 1;
+    d->d_out = b->d_model;
+    d->d_out_c = s->d_model;
+    d->d_in = d->d_in_c = 1;
+    d->split = PLAN_WHOLE;
+    d->granule = 1;
+    d->pieces = 1;
+}
+
+static int enumerate(const llama_config *b, const llama_config *s, tensor_desc *t) {
+    int n = 0;
+    char nm[PLAN_NAME_MAX], pre[64];
+    int64_t V = b->vocab_size, hd = b->head_dim, qd = (int64_t)b->n_heads * hd, kvd = (int64_t)b->n_kv_heads * hd;
+    /* embedding E_C = E P^T + E_A: an input-side projection of [V, d] */
+    add_matrix(t, &n, "model.embed_tokens.weight", "model.embed_tokens.weight", SIDE_KEEP, SIDE_D, V, 0, b, s, 0, 0);
+    for (int l = 0; l < b->n_layers; l++) {
+        snprintf(pre, sizeof pre, "model.layers.%d.", l);
+#define NAME(suffix) (snprintf(nm, sizeof nm, "%s%s", pre, suffix), nm)
+        add_norm(t, &n, NAME("input_layernorm.weight"), b, s);
+        add_matrix(t, &n, NAME("self_attn.q_proj.weight"), nm, SIDE_KEEP, SIDE_D, qd, 0, b, s, l, hd);
+        add_matrix(t, &n, NAME("self_attn.k_proj.weight"), nm, SIDE_KEEP, SIDE_D, kvd, 0, b, s, l, hd);
+        add_matrix(t, &n, NAME("self_attn.v_proj.weight"), nm, SIDE_KEEP, SIDE_D, kvd, 0, b, s, l, hd);
+        add_matrix(t, &n, NAME("self_attn.o_proj.weight"), nm, SIDE_D, SIDE_KEEP, 0, qd, b, s, l, hd);
+        add_norm(t, &n, NAME("post_attention_layernorm.weight"), b, s);
+        add_matrix(t, &n, NAME("mlp.gate_proj.weight"), nm, SIDE_FF, SIDE_D, 0, 0, b, s, l, 0);
+        add_matrix(t, &n, NAME("mlp.up_proj.weight"), nm, SIDE_FF, SIDE_D, 0, 0, b, s, l, 0);
+        add_matrix(t, &n, NAME("mlp.down_proj.weight"), nm, SIDE_D, SIDE_FF, 0, 0, b, s, l, 0);
+#undef NAME
+    }
+    add_norm(t, &n, "model.norm.weight", b, s);
+    /* the small model is untied: a tied base's head projects the same frozen embedding */
+    add_matrix(t, &n, "lm_head.weight", b->tie_word_embeddings ? "model.embed_tokens.weight" : "lm_head.weight",
+               SIDE_KEEP, SIDE_D, V, 0, b, s, 0, 0);
+    return n;
+}
+
+/* ---- sizes of a tensor or a slice of it ---- */
+
+/* Extent of the split axis. */
+static int64_t split_extent(const tensor_desc *d) {
+    return d->split == PLAN_COLS ? d->d_in : d->d_out;
+}
+
+static int64_t shared_numel_of(const tensor_desc *d) {
+    if (d->split == PLAN_ROWS && d->p_in) return d->d_in * d->d_in_c;    /* P_in (d_in, d_in') */
+    if (d->split == PLAN_COLS && d->p_out) return d->d_out_c * d->d_out; /* P_out (d_out', d_out) */
+    return 0;
+}
+
+/* Fill the size fields of block k for range [r0, r1) of tensor d. */
+static void size_block(const tensor_desc *d, plan_block *k, int pieces, const plan_opts *o) {
+    int64_t n = k->r1 - k->r0;
+    if (d->norm) { /* gain sliced at the kept indices at init, then trained directly */
+        k->kind = PLAN_NORM;
+        k->base_rows = k->base_cols = 0;
+        k->c_rows = d->d_out_c;
+        k->c_cols = 1;
+        k->own_numel = d->d_out_c;
+        k->base_bytes = 0;
+        k->state_bytes = ADAM_F32 * k->own_numel;
+        k->scratch_bytes = 4 * k->own_numel;
+        k->flops = 0;
+        return;
+    }
+    int64_t dO = d->d_out, dI = d->d_in, oc = d->d_out_c, ic = d->d_in_c;
+    if (d->split == PLAN_ROWS) /* rows kept on the output side: slice both */
+        dO = oc = n;
+    else if (d->split == PLAN_COLS) /* columns kept on the input side */
+        dI = ic = n;
+    k->kind = pieces > 1 ? d->split : PLAN_WHOLE;
+    k->base_rows = dO;
+    k->base_cols = dI;
+    k->c_rows = oc;
+    k->c_cols = ic;
+    int64_t sh = pieces > 1 ? shared_numel_of(d) : 0;
+    if (sh > 0)
+        snprintf(k->shared, sizeof k->shared, "%s.%s", d->name, d->split == PLAN_ROWS ? "p_in" : "p_out");
+    else
+        k->shared[0] = '\0';
+    k->shared_numel = sh;
+    int64_t pin = d->p_in ? dI * ic : 0, pout = d->p_out ? oc * dO : 0;
+    /* a split block owns its A slice; its projection is the shared factor */
+    k->own_numel = oc * ic + (d->split == PLAN_ROWS && sh ? 0 : pin) + (d->split == PLAN_COLS && sh ? 0 : pout);
+    k->base_bytes = dO * dI * o->base_dtype_bytes;
+    k->state_bytes = ADAM_F32 * k->own_numel;
+    k->shared_bytes = ADAM_F32 * sh;
+    /* project.c: scratch max(W P_in, P_out W) when both sides project, plus dP_in|dP_out|dA */
+    int64_t scratch = d->p_in && d->p_out ? PC_MAX(dO * ic, oc * dI) : 0;
+    k->scratch_bytes = 4 * (scratch + pin + pout + oc * ic);
+    k->flops = slice_flops((double)dO, (double)dI, (double)oc, (double)ic, d->p_in, d->p_out);
+}
+
+/* Bytes of a tensor cut into `pieces`: per piece (own part, shared factor). */
+static void piece_bytes(const tensor_desc *d, int pieces, const plan_opts *o, int64_t *own, int64_t *shared) {
+    plan_block k;
+    memset(&k, 0, sizeof k);
+    int64_t n = split_extent(d);
+    k.r0 = 0;
+    k.r1 = pieces > 1 ? (n / d->granule + pieces - 1) / pieces * d->granule : n;
+    if (k.r1 > n) k.r1 = n;
+    size_block(d, &k, pieces, o);
+    *own = k.base_bytes + k.state_bytes;
+    *shared = k.shared_bytes;
+}
+
+static int64_t max_pieces(const tensor_desc *d) {
+    if (d->norm || d->split == PLAN_WHOLE) return 1;
+    return split_extent(d) / d->granule;
+}
+
+/* Range i of `pieces` over n elements in granules: multiples of granule, the last range
+ * takes the remainder. */
+static void piece_range(int64_t n, int64_t granule, int pieces, int i, int64_t *r0, int64_t *r1) {
+    int64_t g = n / granule;
+    *r0 = g * i / pieces * granule;
+    *r1 = i == pieces - 1 ? n : g * (i + 1) / pieces * granule;
+}
+
+/* ---- assignment ---- */
+
+static int64_t block_load(const plan_block *b) {
+    return b->base_bytes + b->state_bytes + b->shared_bytes;
+}
+
+static int cmp_size(const void *x, const void *y) {
+    const plan_block *a = *(const plan_block *const *)x, *b = *(const plan_block *const *)y;
+    int64_t la = block_load(a), lb = block_load(b);
+    if (la != lb) return la > lb ? -1 : 1;
+    int c = strcmp(a->name, b->name);
+    if (c) return c;
+    return a->r0 < b->r0 ? -1 : a->r0 > b->r0;
+}
+
+static int cmp_name_blocks(const plan *p, int i, int j) {
+    const plan_block *a = &p->blocks[i], *b = &p->blocks[j];
+    int c = strcmp(a->name, b->name);
+    if (c) return c;
+    return a->r0 < b->r0 ? -1 : a->r0 > b->r0;
+}
+
+/* Merge sort of block indices by (name, r0): qsort has no context argument in C11. */
+static void sort_by_name(const plan *p, int *idx, int *tmp, int n) {
+    if (n < 2) return;
+    int h = n / 2;
+    sort_by_name(p, idx, tmp, h);
+    sort_by_name(p, idx + h, tmp, n - h);
+    int i = 0, j = h, k = 0;
+    while (i < h && j < n) tmp[k++] = cmp_name_blocks(p, idx[i], idx[j]) <= 0 ? idx[i++] : idx[j++];
+    while (i < h) tmp[k++] = idx[i++];
+    while (j < n) tmp[k++] = idx[j++];
+    memcpy(idx, tmp, sizeof(int) * (size_t)n);
+}
+
+static int cmp_int(const void *x, const void *y) {
+    int a = *(const int *)x, b = *(const int *)y;
+    return (a > b) - (a < b);
+}
+
+/* ---- validation ---- */
+
+static int check_shapes(const llama_config *b, const llama_config *s, int world, const plan_opts *o, pc_err *e) {
+    if (world < 1) return pc_errorf(e, "plan: world size %d must be at least 1", world);
+    if (!o || o->micro_batch < 1 || o->seq_len < 1)
+        return pc_errorf(e, "plan: micro_batch (%d) and seq_len (%d) must be positive", o ? o->micro_batch : 0,
+                         o ? o->seq_len : 0);
+    if ((o->base_dtype_bytes != 2 && o->base_dtype_bytes != 4) ||
+        (o->compute_dtype_bytes != 2 && o->compute_dtype_bytes != 4))
+        return pc_errorf(e, "plan: dtype sizes must be 2 or 4 bytes (base %d, compute %d)", o->base_dtype_bytes,
+                         o->compute_dtype_bytes);
+    if (o->split_bytes < 0) return pc_errorf(e, "plan: split threshold %lld must not be negative",
+                                             (long long)o->split_bytes);
+    if (hf_config_validate(b, "plan: base model", e) != 0) return -1;
+    if (hf_config_validate(s, "plan: compressed model", e) != 0) return -1;
+    if (s->n_layers != b->n_layers || s->n_heads != b->n_heads || s->n_kv_heads != b->n_kv_heads ||
+        s->head_dim != b->head_dim || s->vocab_size != b->vocab_size)
+        return pc_errorf(e, "plan: the compressed model must keep num_hidden_layers, heads, head_dim and vocab_size "
+                            "of the base (%d layers, %d/%d heads, head_dim %d, vocab %d)",
+                         b->n_layers, b->n_heads, b->n_kv_heads, b->head_dim, b->vocab_size);
+    if (s->d_model > b->d_model)
+        return pc_errorf(e, "plan: compressed hidden_size %d exceeds the base's %d", s->d_model, b->d_model);
+    for (int l = 0; l < b->n_layers; l++)
+        if (s->d_ff_layer[l] > b->d_ff_layer[l])
+            return pc_errorf(e, "plan: compressed intermediate_size of layer %d (%d) exceeds the base's %d", l,
+                             s->d_ff_layer[l], b->d_ff_layer[l]);
+    if (s->tie_word_embeddings) return pc_errorf(e, "plan: the compressed model must be untied");
+    return 0;
+}
+
+/* ---- build ---- */
+
+/* Activation bytes of one micro-batch on one rank, mirroring what worker/llama.c keeps
+ * (N = B*T tokens, all in the compute dtype):
+ *   per layer l and token: res d' + mid d' + ln1 d' + ln2 d' + qkv (H+2KV) hd + att H hd
+ *                          + lse H + gate|up 2 f'_l + h f'_l + 2 rstd
+ *   once per token:        final residual d' + lnf d' + rstdf + xent lse + logits V
+ *                          + backward scratch: dres d' + dln d' + datt H hd
+ *                          + dqkv (H+2KV) hd + dh f'max + dgu 2 f'max
+ *   attention scores:      attn_tt ? one (T,T) f32 matrix (one head at a time) : 0. */
+static int64_t activation_bytes(const llama_config *s, const plan_opts *o) {
+    int64_t N = (int64_t)o->micro_batch * o->seq_len, d = s->d_model, H = s->n_heads, KV = s->n_kv_heads,
+            hd = s->head_dim, V = s->vocab_size, fmax = s->d_ff;
+    int64_t per_tok = 0;
+    for (int l = 0; l < s->n_layers; l++) per_tok += 4 * d + (H + 2 * KV) * hd + H * hd + H + 3 * (int64_t)s->d_ff_layer[l] + 2;
+    per_tok += 2 * d + 2 + V;
+    per_tok += 2 * d + H * hd + (H + 2 * KV) * hd + 3 * fmax;
+    int64_t tt = o->attn_tt ? (int64_t)o->seq_len * o->seq_len * 4 : 0;
+    return N * per_tok * o->compute_dtype_bytes + tt;
+}
+
+int plan_build(plan *p, const llama_config *base, const llama_config *small, int world, const plan_opts *o,
+               pc_err *e) {
+    memset(p, 0, sizeof *p);
+    if (check_shapes(base, small, world, o, e) != 0) return -1;
+    p->base = *base;
+    p->small = *small;
+    p->world = world;
+    p->opts = *o;
+
+    int cap = 3 + 9 * base->n_layers;
+    tensor_desc *t = pc_calloc((size_t)cap, sizeof *t);
+    int nt = enumerate(base, small, t);
+    p->n_tensors = nt;
+
+    /* whole-tensor sizes decide the split threshold */
+    int64_t total = 0;
+    for (int i = 0; i < nt; i++) {
+        int64_t own, sh;
+        piece_bytes(&t[i], 1, o, &own, &sh);
+        total += own + sh;
+    }
+    /* default threshold: half a rank's mean share, but never below the largest block that
+     * cannot be split (cutting below it cannot lower the largest rank load, and every
+     * extra piece replicates a shared factor) */
+    int64_t max_whole = 0;
+    for (int i = 0; i < nt; i++) {
+        if (max_pieces(&t[i]) > 1) continue;
+        int64_t own, sh;
+        piece_bytes(&t[i], 1, o, &own, &sh);
+        max_whole = PC_MAX(max_whole, own + sh);
+    }
+    p->split_bytes = o->split_bytes > 0 ? o->split_bytes : PC_MAX(total / world / 2, max_whole);
+    int n_blocks = 0;
+    for (int i = 0; i < nt; i++) {
+        int64_t own, sh, ths = p->split_bytes;
+        piece_bytes(&t[i], 1, o, &own, &sh);
+        if (world > 1 && max_pieces(&t[i]) > 1 && own + sh > ths && ths > 0) {
+            /* pieces of (own / k + replicated factor) <= threshold where the factor fits */
+            int64_t sf = shared_numel_of(&t[i]) * ADAM_F32;
+            int64_t k = sf < ths ? (own + (ths - sf) - 1) / (ths - sf) : (own + sh + ths - 1) / ths;
+            t[i].pieces = (int)PC_MAX(1, PC_MIN(k, PC_MIN(max_pieces(&t[i]), (int64_t)world)));
+        }
+        n_blocks += t[i].pieces;
+    }
+    /* fewer blocks than ranks: cut the largest splittable pieces further, while a piece's
+     * own bytes stay at least its replicated shared factor's (so replication at most
+     * doubles what a piece costs) */
+    while (n_blocks < world) {
+        int best = -1;
+        int64_t best_own = 0;
+        for (int i = 0; i < nt; i++) {
+            if (t[i].pieces >= max_pieces(&t[i])) continue;
+            int64_t own, sh, own_next, sh_next;
+            piece_bytes(&t[i], t[i].pieces, o, &own, &sh);
+            piece_bytes(&t[i], t[i].pieces + 1, o, &own_next, &sh_next);
+            if (own_next < sh_next) continue;
+            if (own > best_own) best_own = own, best = i;
+        }
+        if (best < 0) break;
+        t[best].pieces++;
+        n_blocks++;
+    }
+
+    p->n_blocks = n_blocks;
+    p->blocks = pc_calloc((size_t)n_blocks, sizeof *p->blocks);
+    int bi = 0;
+    for (int i = 0; i < nt; i++) {
+        if (t[i].pieces > 1) p->n_split++;
+        for (int j = 0; j < t[i].pieces; j++) {
+            plan_block *k = &p->blocks[bi++];
+            snprintf(k->name, sizeof k->name, "%s", t[i].name);
+            snprintf(k->base_name, sizeof k->base_name, "%s", t[i].base_name);
+            k->matrix = i;
+            if (t[i].norm) {
+                k->r0 = 0;
+                k->r1 = t[i].d_out_c;
+            } else {
+                piece_range(split_extent(&t[i]), t[i].granule, t[i].pieces, j, &k->r0, &k->r1);
+            }
+            size_block(&t[i], k, t[i].pieces, o);
+            k->owner = -1;
+            p->total_base_bytes += k->base_bytes;
+            p->total_state_bytes += k->state_bytes;
+            p->total_flops += k->flops;
+        }
+    }
+
+    /* greedy: largest first, to the least-loaded rank (bytes, then FLOPs, then id) */
+    p->ranks = pc_calloc((size_t)world, sizeof *p->ranks);
+    plan_block **order = pc_calloc((size_t)n_blocks, sizeof *order);
+    for (int i = 0; i < n_blocks; i++) order[i] = &p->blocks[i];
+    qsort(order, (size_t)n_blocks, sizeof *order, cmp_size);
+    for (int i = 0; i < n_blocks; i++) {
+        int best = 0;
+        for (int r = 1; r < world; r++) {
+            const plan_rank *a = &p->ranks[r], *b = &p->ranks[best];
+            if (a->load_bytes < b->load_bytes || (a->load_bytes == b->load_bytes && a->flops < b->flops)) best = r;
+        }
+        plan_block *k = order[i];
+        k->owner = best;
+        plan_rank *rk = &p->ranks[best];
+        rk->load_bytes += block_load(k);
+        rk->flops += k->flops;
+        rk->n_blocks++;
+        rk->base_bytes += k->base_bytes;
+        rk->state_bytes += k->state_bytes;
+        rk->scratch_bytes = PC_MAX(rk->scratch_bytes, k->scratch_bytes);
+    }
+    free(order);
+
+    /* shared factors: one replica per distinct owner rank */
+    int *owners = pc_calloc((size_t)(n_blocks > 0 ? n_blocks : 1), sizeof *owners);
+    p->shared = pc_calloc((size_t)(p->n_split > 0 ? p->n_split : 1), sizeof *p->shared);
+    for (int i = 0; i < n_blocks;) {
+        int j = i;
+        while (j < n_blocks && p->blocks[j].matrix == p->blocks[i].matrix) j++;
+        if (p->blocks[i].shared[0]) {
+            plan_shared *sf = &p->shared[p->n_shared++];
+            snprintf(sf->name, sizeof sf->name, "%s", p->blocks[i].shared);
+            sf->numel = p->blocks[i].shared_numel;
+            sf->n_blocks = j - i;
+            for (int k = i; k < j; k++) owners[k - i] = p->blocks[k].owner;
+            qsort(owners, (size_t)(j - i), sizeof *owners, cmp_int);
+            for (int k = 0; k < j - i; k++) {
+                if (k > 0 && owners[k] == owners[k - 1]) continue;
+                sf->n_ranks++;
+                p->ranks[owners[k]].shared_bytes += ADAM_F32 * sf->numel;
+                p->total_shared_bytes += ADAM_F32 * sf->numel;
+            }
+        }
+        i = j;
+    }
+
+    /* replica, activations, totals, comm */
+    p->small_numel = hf_config_n_params(small);
+    int64_t replica = p->small_numel * o->compute_dtype_bytes + p->small_numel * 4;
+    int64_t act = activation_bytes(small, o);
+    p->comm.gather_bytes = p->small_numel * o->compute_dtype_bytes;
+    p->comm.reduce_bytes = p->small_numel * o->compute_dtype_bytes;
+    double ring = world > 1 ? (double)(world - 1) / world : 0.0;
+    double *send = pc_calloc((size_t)world, sizeof *send);
+    for (int r = 0; r < world; r++) {
+        plan_rank *rk = &p->ranks[r];
+        rk->replica_bytes = replica;
+        rk->act_bytes = act;
+        rk->total_bytes = rk->base_bytes + rk->state_bytes + rk->shared_bytes + rk->replica_bytes + rk->scratch_bytes +
+                          rk->act_bytes;
+        send[r] = ring * (double)(p->comm.gather_bytes + p->comm.reduce_bytes);
+    }
+    for (int s = 0; s < p->n_shared; s++) {
+        const plan_shared *sf = &p->shared[s];
+        if (sf->n_ranks < 2) continue;
+        p->comm.n_shared_allreduce++;
+        p->comm.shared_bytes += sf->numel * 4;
+    }
+    /* ring all-reduce: each participant sends 2 (k-1)/k of the payload */
+    for (int i = 0; i < n_blocks;) {
+        int j = i;
+        while (j < n_blocks && p->blocks[j].matrix == p->blocks[i].matrix) j++;
+        const plan_block *b0 = &p->blocks[i];
+        if (b0->shared[0]) {
+            int nr = 0;
+            for (int k = i; k < j; k++) owners[k - i] = p->blocks[k].owner;
+            qsort(owners, (size_t)(j - i), sizeof *owners, cmp_int);
+            for (int k = 0; k < j - i; k++)
+                if (k == 0 || owners[k] != owners[k - 1]) owners[nr++] = owners[k];
+            if (nr > 1)
+                for (int k = 0; k < nr; k++) send[owners[k]] += 2.0 * (nr - 1) / nr * (double)(b0->shared_numel * 4);
+        }
+        i = j;
+    }
+    double mx = 0;
+    for (int r = 0; r < world; r++) mx = send[r] > mx ? send[r] : mx;
+    p->comm.per_rank_bytes = (int64_t)mx;
+    free(send);
+    free(owners);
+
+    p->by_name = pc_calloc((size_t)(n_blocks > 0 ? n_blocks : 1), sizeof *p->by_name);
+    int *tmp = pc_calloc((size_t)(n_blocks > 0 ? n_blocks : 1), sizeof *tmp);
+    for (int i = 0; i < n_blocks; i++) p->by_name[i] = i;
+    sort_by_name(p, p->by_name, tmp, n_blocks);
+    free(tmp);
+    free(t);
+    return 0;
+}
+
+void plan_free(plan *p) {
+    free(p->blocks);
+    free(p->shared);
+    free(p->ranks);
+    free(p->by_name);
+    memset(p, 0, sizeof *p);
+}
+
+int plan_block_count(const plan *p) {
+    return p->n_blocks;
+}
+
+const plan_block *plan_block_at(const plan *p, int i) {
+    return i >= 0 && i < p->n_blocks ? &p->blocks[i] : NULL;
+}
+
+int plan_block_of(const plan *p, const char *tensor, int64_t row_or_col) {
+    /* first block of `tensor` in by_name order, then its ranges */
+    int lo = 0, hi = p->n_blocks;
+    while (lo < hi) {
+        int mid = lo + (hi - lo) / 2;
+        if (strcmp(p->blocks[p->by_name[mid]].name, tensor) < 0)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    for (int i = lo; i < p->n_blocks; i++) {
+        const plan_block *b = &p->blocks[p->by_name[i]];
+        if (strcmp(b->name, tensor) != 0) break;
+        if (b->kind == PLAN_WHOLE || b->kind == PLAN_NORM) return p->by_name[i];
+        if (row_or_col >= b->r0 && row_or_col < b->r1) return p->by_name[i];
+    }
+    return -1;
+}
+
+int plan_owner_of(const plan *p, const char *tensor, int64_t row_or_col) {
+    int i = plan_block_of(p, tensor, row_or_col);
+    return i < 0 ? -1 : p->blocks[i].owner;
+}
+
+double plan_balance(const plan *p) {
+    if (p->world < 1) return 0;
+    int64_t mx = 0, sum = 0;
+    for (int r = 0; r < p->world; r++) {
+        mx = PC_MAX(mx, p->ranks[r].load_bytes);
+        sum += p->ranks[r].load_bytes;
+    }
+    return sum > 0 ? (double)mx * p->world / (double)sum : 0;
+}
+
+/* ---- output ---- */
+
+#define GIB(x) ((double)(x) / 1073741824.0)
+#define MIB(x) ((double)(x) / 1048576.0)
+
+static void write_shape(FILE *f, const char *what, const llama_config *c) {
+    int uniform = 1;
+    for (int l = 1; l < c->n_layers; l++) uniform &= c->d_ff_layer[l] == c->d_ff_layer[0];
+    fprintf(f, "# %-6s d_model %d  d_ff %d%s  layers %d  heads %d/%d  head_dim %d  vocab %d  tied %s  params %lld\n",
+            what, c->d_model, c->d_ff, uniform ? "" : " (max, per layer)", c->n_layers, c->n_heads, c->n_kv_heads,
+            c->head_dim, c->vocab_size, c->tie_word_embeddings ? "yes" : "no", (long long)hf_config_n_params(c));
+}
+
+int plan_write(const plan *p, FILE *f) {
+    const plan_opts *o = &p->opts;
+    fprintf(f, "# projcompd sharding plan v1\n");
+    write_shape(f, "base", &p->base);
+    write_shape(f, "small", &p->small);
+    fprintf(f,
+            "# world %d  micro_batch %d  seq_len %d  base_dtype %dB  compute_dtype %dB  attn_tt %d  split_above "
+            "%.3f GiB\n",
+            p->world, o->micro_batch, o->seq_len, o->base_dtype_bytes, o->compute_dtype_bytes, o->attn_tt,
+            GIB(p->split_bytes));
+    fprintf(f,
+            "# blocks %d  split_matrices %d  base %.3f GiB  state %.3f GiB  shared_replicas %.3f GiB  "
+            "projection %.3f TFLOP/step  balance %.3f\n",
+            p->n_blocks, p->n_split, GIB(p->total_base_bytes), GIB(p->total_state_bytes), GIB(p->total_shared_bytes),
+            p->total_flops / 1e12, plan_balance(p));
+    fprintf(f, "#\n# %-54s %-5s %-15s %6s %11s %11s\n", "block", "kind", "range", "owner", "MiB", "GFLOP");
+    for (int i = 0; i < p->n_blocks; i++) {
+        const plan_block *b = &p->blocks[i];
+        char range[48];
+        snprintf(range, sizeof range, "%lld:%lld", (long long)b->r0, (long long)b->r1);
+        fprintf(f, "  %-54s %-5s %-15s %6d %11.2f %11.3f\n", b->name, plan_kind_name(b->kind), range, b->owner,
+                MIB(block_load(b)), b->flops / 1e9);
+    }
+    fprintf(f, "#\n# %-6s %6s %9s %9s %9s %9s %9s %9s %9s %11s\n", "rank", "blocks", "base", "state", "shared",
+            "replica", "scratch", "act", "total", "GFLOP");
+    int64_t mx = 0, sum = 0;
+    for (int r = 0; r < p->world; r++) {
+        const plan_rank *rk = &p->ranks[r];
+        fprintf(f, "  %-6d %6d %9.3f %9.3f %9.3f %9.3f %9.3f %9.3f %9.3f %11.3f\n", r, rk->n_blocks,
+                GIB(rk->base_bytes), GIB(rk->state_bytes), GIB(rk->shared_bytes), GIB(rk->replica_bytes),
+                GIB(rk->scratch_bytes), GIB(rk->act_bytes), GIB(rk->total_bytes), rk->flops / 1e9);
+        mx = PC_MAX(mx, rk->total_bytes);
+        sum += rk->total_bytes;
+    }
+    fprintf(f, "# memory GiB per rank: max %.3f  mean %.3f\n", GIB(mx), GIB(sum) / p->world);
+    fprintf(f, "#\n# shared factors %d (gradients all-reduced among their holders)\n", p->n_shared);
+    for (int s = 0; s < p->n_shared; s++)
+        fprintf(f, "  shared %-60s %11.2f MiB  blocks %d  ranks %d\n", p->shared[s].name,
+                MIB(ADAM_F32 * p->shared[s].numel), p->shared[s].n_blocks, p->shared[s].n_ranks);
+    fprintf(f,
+            "# comm per step: all-gather W_C %.3f GiB + reduce G %.3f GiB + shared-factor all-reduce %.3f GiB (%d) ; "
+            "per-rank ring send ~ %.3f GiB\n",
+            GIB(p->comm.gather_bytes), GIB(p->comm.reduce_bytes), GIB(p->comm.shared_bytes),
+            p->comm.n_shared_allreduce, GIB(p->comm.per_rank_bytes));
+    return ferror(f) ? -1 : 0;
+}
+
+/* ---- from a job config ---- */
+
+int plan_small_config(const pc_config *c, const llama_config *base, llama_config *small, pc_err *e) {
+    if (config_check_model(c, base->d_model, base->d_ff_layer, base->n_layers, e) != 0) return -1;
+    *small = *base;
+    if (c->compress.d_model > 0) small->d_model = c->compress.d_model;
+    small->d_ff = 0;
+    for (int l = 0; l < base->n_layers; l++) {
+        int f = config_d_ff(c, l);
+        small->d_ff_layer[l] = f > 0 ? f : base->d_ff_layer[l];
+        small->d_ff = PC_MAX(small->d_ff, small->d_ff_layer[l]);
+    }
+    small->tie_word_embeddings = 0;
+    return 0;
+}
+
+void plan_opts_from_config(const pc_config *c, plan_opts *o) {
+    plan_opts_default(o);
+    o->micro_batch = c->train.micro_batch > 0 ? c->train.micro_batch : 1;
+    o->seq_len = c->data.seq_len > 0 ? c->data.seq_len : 1;
+    int cuda = !strcmp(c->backend.device, "cuda");
+    o->compute_dtype_bytes = cuda ? 2 : 4;
+    o->base_dtype_bytes = cuda && !strcmp(c->model.dtype, "bf16") ? 2 : 4;
+    o->attn_tt = cuda ? 0 : 1;
+}
+
+int plan_dry_run(const pc_config *c, int world, FILE *out, pc_err *e) {
+    llama_config *cfg = pc_malloc(2 * sizeof *cfg); /* base, small (large per-layer tables) */
+    int rc = -1;
+    if (c->model.base[0])
+        rc = hf_config_load(c->model.base, &cfg[0], e);
+    else if (c->model.config[0])
+        rc = hf_config_load_file(c->model.config, &cfg[0], e);
+    else
+        pc_errorf(e, "%s: set model.base (an HF model directory) or model.config (a config.json)", c->source);
+    if (rc == 0) rc = plan_small_config(c, &cfg[0], &cfg[1], e);
+    if (rc == 0) {
+        plan_opts o;
+        plan_opts_from_config(c, &o);
+        plan *p = pc_malloc(sizeof *p);
+        rc = plan_build(p, &cfg[0], &cfg[1], world, &o, e);
+        if (rc == 0) {
+            if (plan_write(p, out) != 0) rc = pc_errorf(e, "plan: writing the plan failed");
+            plan_free(p);
+        }
+        free(p);
+    }
+    free(cfg);
+    return rc;
+}

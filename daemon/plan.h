@@ -1,0 +1,144 @@
+/* plan: the sharding planner. Cuts every projected matrix of a Projected Compression
+ * run into blocks (the unit of ownership), assigns each block to one rank, and
+ * estimates per-rank memory and per-step communication (ARCHITECTURE.md, "Sharding").
+ *
+ * Blocks, named by the small model's HF tensor names:
+ *   whole  a matrix projected on both sides (gate/up/down), or any matrix left unsplit;
+ *   rows   a row range [r0, r1) of an input-only projected matrix (q/k/v, embedding,
+ *          lm_head): W_C[r0:r1] = W[r0:r1] P_in + A[r0:r1]; P_in is a shared factor
+ *          replicated on every owner of one of these blocks (row ranges of q/k/v are
+ *          multiples of head_dim);
+ *   cols   a column range [c0, c1) of the output-only o_proj:
+ *          W_C[:, c0:c1] = P_out W[:, c0:c1] + A[:, c0:c1]; P_out is shared;
+ *   norm   a norm gain (trained directly, no frozen base kept).
+ * A matrix is split only when it is larger than the split threshold (default: total
+ * bytes / world / 2) and never on one rank. Assignment is deterministic greedy: blocks
+ * by bytes descending (ties by name, then range), each to the least-loaded rank (bytes,
+ * then FLOPs, then rank id).
+ *
+ * Everything is computed from the two shapes alone: no weights are read, nothing is
+ * allocated in proportion to the model (a 70B plan on 512 ranks takes milliseconds). */
+#ifndef PC_PLAN_H
+#define PC_PLAN_H
+
+#include <stdint.h>
+#include <stdio.h>
+
+#include "config.h"
+#include "hf_config.h"
+#include "util.h"
+
+#define PLAN_NAME_MAX 96
+
+typedef enum plan_kind { PLAN_WHOLE = 0, PLAN_ROWS, PLAN_COLS, PLAN_NORM } plan_kind;
+
+typedef struct plan_opts {
+    int micro_batch, seq_len;  /* activations are sized for one (B,T) micro-batch */
+    int base_dtype_bytes;      /* frozen base in memory: 2 (bf16) or 4 (f32) */
+    int compute_dtype_bytes;   /* W_C replica, activations, comm: 2 (bf16, cuda) or 4 (f32, cpu) */
+    int attn_tt;               /* 1: attention materialises one (T,T) f32 score matrix at a time (cpu) */
+    int64_t split_bytes;       /* split a matrix above this many bytes; 0: total / world / 2 */
+} plan_opts;
+
+typedef struct plan_block {
+    char name[PLAN_NAME_MAX];      /* small model tensor, e.g. "model.layers.3.self_attn.q_proj.weight" */
+    char base_name[PLAN_NAME_MAX]; /* base tensor holding W (a tied head reads the embedding) */
+    plan_kind kind;
+    int matrix;                    /* index of the tensor in HF order (plan_tensor_count) */
+    int64_t r0, r1;                /* range on the split axis: rows (whole, rows, norm) or columns (cols) */
+    int64_t base_rows, base_cols;  /* shape of the frozen base slice W[.., ..] (norm: 0, 0) */
+    int64_t c_rows, c_cols;        /* shape of the compressed slice W_C[.., ..] */
+    char shared[PLAN_NAME_MAX + 8];  /* shared factor "<name>.p_in" / ".p_out", "" when none */
+    int64_t shared_numel;          /* elements of the shared factor (0 when none) */
+    int64_t own_numel;             /* trainable elements only this block holds (P/A slices, norm gain) */
+    int64_t base_bytes;            /* frozen base slice, in the base dtype */
+    int64_t state_bytes;           /* own trainable state: 3 x f32 per element (value, Adam m, v) */
+    int64_t shared_bytes;          /* replicated shared factor with its Adam state: 12 x shared_numel */
+    int64_t scratch_bytes;         /* f32 intermediates + (dP_in|dP_out|dA) of this block's update */
+    double flops;                  /* projection FLOPs per step (materialise + gradients) */
+    int owner;                     /* rank in [0, world) */
+} plan_block;
+
+/* A shared factor and the ranks that hold a replica (they all-reduce its gradient). */
+typedef struct plan_shared {
+    char name[PLAN_NAME_MAX + 8];
+    int64_t numel;
+    int n_blocks, n_ranks;
+} plan_shared;
+
+/* Per-rank memory (bytes) and work. */
+typedef struct plan_rank {
+    int n_blocks;
+    int64_t base_bytes;    /* frozen base slices */
+    int64_t state_bytes;   /* own P/A slices + Adam m, v */
+    int64_t shared_bytes;  /* shared factors held here (each once) with Adam state */
+    int64_t replica_bytes; /* all of W_C (compute dtype) + its gradient G (f32) */
+    int64_t scratch_bytes; /* largest block update's intermediates */
+    int64_t act_bytes;     /* activations of one micro-batch */
+    int64_t total_bytes;
+    int64_t load_bytes;    /* what the assignment balanced: base + state + shared, per block */
+    double flops;
+} plan_rank;
+
+typedef struct plan_comm {
+    int64_t gather_bytes;     /* all-gather of W_C, compute dtype */
+    int64_t reduce_bytes;     /* reduce of G to the owners, compute dtype */
+    int64_t shared_bytes;     /* payload of the shared-factor gradient all-reduces (f32) */
+    int n_shared_allreduce;   /* shared factors held by more than one rank */
+    int64_t per_rank_bytes;   /* ring estimate of bytes one rank sends per step (max over ranks) */
+} plan_comm;
+
+typedef struct plan {
+    llama_config base, small;
+    int world;
+    plan_opts opts;
+    int64_t split_bytes;      /* threshold used */
+    int n_tensors;            /* projected tensors of the small model (HF order) */
+    int n_blocks, n_split;    /* blocks, and matrices cut into more than one */
+    plan_block *blocks;       /* (n_blocks) in HF tensor order, ranges ascending */
+    int n_shared;
+    plan_shared *shared;      /* (n_shared) */
+    plan_rank *ranks;         /* (world) */
+    int64_t total_base_bytes, total_state_bytes, total_shared_bytes; /* shared: replicas counted per rank */
+    int64_t small_numel;      /* parameters of the compressed model */
+    double total_flops;
+    plan_comm comm;
+    int *by_name;             /* (n_blocks) block indices sorted by (name, r0) */
+} plan;
+
+/* Defaults: micro_batch 1, seq_len 2048, base bf16, compute f32, attn_tt 1, split auto. */
+void plan_opts_default(plan_opts *o);
+
+/* Build the plan for compressing `base` into `small` (same layers and heads, narrower or
+ * equal d_model and d_ff, untied) on `world` ranks. Errors name the offending field. */
+int plan_build(plan *p, const llama_config *base, const llama_config *small, int world, const plan_opts *o,
+               pc_err *e);
+void plan_free(plan *p);
+
+int plan_block_count(const plan *p);
+const plan_block *plan_block_at(const plan *p, int i);
+/* Rank owning element row_or_col (a row for rows blocks, a column for cols blocks; ignored
+ * for whole and norm blocks) of small tensor `tensor`; -1 when no block holds it. */
+int plan_owner_of(const plan *p, const char *tensor, int64_t row_or_col);
+/* Index of the block holding that element, or -1. */
+int plan_block_of(const plan *p, const char *tensor, int64_t row_or_col);
+/* "whole", "rows", "cols", "norm". */
+const char *plan_kind_name(plan_kind k);
+/* Largest rank load divided by the mean (bytes the assignment balanced). */
+double plan_balance(const plan *p);
+
+/* The human-readable plan (RUN/plan.txt): header, one line per block, per-rank memory
+ * table in GiB, shared factors, comm estimate. */
+int plan_write(const plan *p, FILE *f);
+
+/* The compressed shape a job asks for: base widths replaced by compress.d_model and
+ * compress.d_ff (uniform or per layer; unset keeps the base width), untied. */
+int plan_small_config(const pc_config *c, const llama_config *base, llama_config *small, pc_err *e);
+/* Options from a job: train.micro_batch, data.seq_len; backend.device cuda -> bf16
+ * compute and model.dtype base, otherwise f32 for both (what the CPU backend holds). */
+void plan_opts_from_config(const pc_config *c, plan_opts *o);
+/* Read model.base/config.json (or model.config) without touching weights, build the
+ * plan for `world` ranks and write it to out. */
+int plan_dry_run(const pc_config *c, int world, FILE *out, pc_err *e);
+
+#endif
