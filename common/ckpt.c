@@ -205,6 +205,7 @@ struct ckpt_writer {
     int rank, world;
     pc_log *log;
     int failed;
+    pc_err first; /* the first failure of this rank, reported by the commit */
     int n, cap;
     ckpt_entry *entries;
 };
@@ -268,32 +269,53 @@ int ckpt_write_begin(ckpt_writer **out, const char *ckpt_dir, int64_t step, comm
     return 0;
 }
 
-/* Create tmp/file, let body write it (hashing), fsync, close; on failure unlink. */
+/* Create tmp/file for writing. */
 static int open_entry(ckpt_writer *w, const char *file, char *path, size_t n, int *fd, pc_err *e) {
-    if (w->failed) return pc_errorf(e, "checkpoint of step %lld: an earlier write failed", (long long)w->step);
     snprintf(path, n, "%s/%s", w->tmp, file);
     *fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0644);
-    if (*fd < 0) {
-        w->failed = 1;
-        return pc_errorf(e, "%s: cannot create: %s", path, strerror(errno));
-    }
+    if (*fd < 0) return pc_errorf(e, "%s: cannot create: %s", path, strerror(errno));
     return 0;
 }
 
-static int close_entry(ckpt_writer *w, int fd, const char *path, int rc, pc_err *e) {
+/* fsync and close a written entry; on failure unlink it. */
+static int close_entry(int fd, const char *path, int rc, pc_err *e) {
     if (rc == 0 && fsync(fd) != 0) rc = pc_errorf(e, "%s: fsync failed: %s", path, strerror(errno));
     if (close(fd) != 0 && rc == 0) rc = pc_errorf(e, "%s: close failed: %s", path, strerror(errno));
     if (rc != 0) {
         unlink(path);
-        w->failed = 1;
     }
     return rc;
 }
 
+static int fail(ckpt_writer *w, pc_err *e) {
+    if (!w->failed) w->first = *e;
+    w->failed = 1;
+    return -1;
+}
+
+static int write_block(ckpt_writer *w, const ckpt_block *b, pc_err *e);
+static int write_raw(ckpt_writer *w, const char *name, const void *buf, size_t len, pc_err *e);
+
 int ckpt_write_block(ckpt_writer *w, const ckpt_block *b, pc_err *e) {
-    if (check_name("block", b->name, e) != 0) return w->failed = 1, -1;
+    if (w->failed) {
+        *e = w->first;
+        return -1;
+    }
+    return write_block(w, b, e) == 0 ? 0 : fail(w, e);
+}
+
+int ckpt_write_raw(ckpt_writer *w, const char *name, const void *buf, size_t len, pc_err *e) {
+    if (w->failed) {
+        *e = w->first;
+        return -1;
+    }
+    return write_raw(w, name, buf, len, e) == 0 ? 0 : fail(w, e);
+}
+
+static int write_block(ckpt_writer *w, const ckpt_block *b, pc_err *e) {
+    if (check_name("block", b->name, e) != 0) return -1;
     if (b->n_arrays < 1 || b->n_arrays > CKPT_MAX_ARRAYS)
-        return w->failed = 1, pc_errorf(e, "checkpoint: block '%s' has %d arrays", b->name, b->n_arrays);
+        return pc_errorf(e, "checkpoint: block '%s' has %d arrays", b->name, b->n_arrays);
     char file[CKPT_NAME_MAX + 24], path[2600];
     ckpt_file_name(b->name, CKPT_BLOCK, file, sizeof file);
     int fd;
@@ -317,13 +339,13 @@ int ckpt_write_block(ckpt_writer *w, const ckpt_block *b, pc_err *e) {
         rc = write_all(fd, b->arrays[i].data, sizeof(float) * (size_t)b->arrays[i].n, &h, path, e);
         size += (int64_t)sizeof(float) * b->arrays[i].n;
     }
-    if (close_entry(w, fd, path, rc, e) != 0) return -1;
-    if (add_entry(w, b->name, CKPT_BLOCK, file, size, ckpt_hash_final(&h), e) != 0) return w->failed = 1, -1;
+    if (close_entry(fd, path, rc, e) != 0) return -1;
+    if (add_entry(w, b->name, CKPT_BLOCK, file, size, ckpt_hash_final(&h), e) != 0) return -1;
     return 0;
 }
 
-int ckpt_write_raw(ckpt_writer *w, const char *name, const void *buf, size_t len, pc_err *e) {
-    if (check_name("raw file", name, e) != 0) return w->failed = 1, -1;
+static int write_raw(ckpt_writer *w, const char *name, const void *buf, size_t len, pc_err *e) {
+    if (check_name("raw file", name, e) != 0) return -1;
     char file[CKPT_NAME_MAX + 24], path[2600];
     ckpt_file_name(name, CKPT_RAW, file, sizeof file);
     int fd;
@@ -331,8 +353,8 @@ int ckpt_write_raw(ckpt_writer *w, const char *name, const void *buf, size_t len
     ckpt_hash h;
     ckpt_hash_init(&h, 0);
     int rc = write_all(fd, buf, len, &h, path, e);
-    if (close_entry(w, fd, path, rc, e) != 0) return -1;
-    if (add_entry(w, name, CKPT_RAW, file, (int64_t)len, ckpt_hash_final(&h), e) != 0) return w->failed = 1, -1;
+    if (close_entry(fd, path, rc, e) != 0) return -1;
+    if (add_entry(w, name, CKPT_RAW, file, (int64_t)len, ckpt_hash_final(&h), e) != 0) return -1;
     return 0;
 }
 
@@ -483,6 +505,7 @@ int ckpt_write_commit(ckpt_writer *w, const ckpt_kv *meta, int n_meta, int keep,
         if (!fail) *e = ce;
         any = 1;
     }
+    if (fail) *e = w->first;
     if (any) {
         if (!fail)
             pc_errorf(e, "checkpoint of step %lld: another rank failed to write its blocks (see its log)",
@@ -568,6 +591,11 @@ int ckpt_manifest_read(const char *ckpt_path, ckpt_manifest *m, pc_err *e) {
     int rc = -1, line_no = 0, ended = 0, cap_m = 0, cap_e = 0;
     char *save = NULL;
     char *p = text;
+    /* the end line's checksum covers every byte before it, as written (before tokenising) */
+    char *last_end = strstr(text, "\nend ");
+    for (char *q = last_end; q; q = strstr(q + 1, "\nend ")) last_end = q;
+    size_t end_off = last_end ? (size_t)(last_end + 1 - text) : len;
+    uint64_t end_hash = ckpt_xxh64(text, end_off, 0);
     m->version = -1;
     m->step = -1;
     while (*p) {
@@ -645,7 +673,7 @@ int ckpt_manifest_read(const char *ckpt_path, ckpt_manifest *m, pc_err *e) {
         } else if (!strcmp(kw, "end")) {
             char *n = strtok_r(NULL, " ", &save), *h = strtok_r(NULL, " ", &save);
             uint64_t want = h ? strtoull(h, NULL, 16) : 0;
-            if (!n || !h || atoi(n) != m->n_entries || want != ckpt_xxh64(text, off, 0)) {
+            if (!n || !h || atoi(n) != m->n_entries || off != end_off || want != end_hash) {
                 pc_errorf(e, "%s: manifest checksum or file count does not match its content", path);
                 goto out;
             }

@@ -1,0 +1,250 @@
+"""Checkpoint and resume of the real daemon under mpirun, on a tiny compress job (a tied
+GQA base made by transformers) and a tiny prune job.
+
+- SIGTERM to every rank mid-run: exit status 3, a checkpoint is written, no final model;
+  the same command again finishes with final weights bitwise identical to an
+  uninterrupted run on the same rank count (compress, and prune: both methods).
+- stop (SIGUSR1 through mpirun) a run started on 4 ranks, resume it on 2, and the
+  reverse: final weights equal the uninterrupted run's within 1e-5 relative.
+- kill -9 trials (checkpoint every step): one rank or every rank killed at a random
+  moment, or just after a checkpoint's temporary directory appears (inside a write);
+  after every kill `latest` names a checkpoint that verifies, and the same command
+  resumes to final weights bitwise identical to the uninterrupted run.
+Every subprocess has a hard timeout; processes left by a failed trial are killed by pid."""
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import torch
+from safetensors.numpy import load_file
+from transformers import LlamaConfig, LlamaForCausalLM
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+import pclib  # noqa: E402
+
+V, D, F, L, DC, FC, SEQ = 96, 32, 64, 2, 24, 40, 16
+STEPS = 10
+CKPT_TOOL = os.path.join(pclib.BUILD, "tests", "checkpoint", "ckpt_tool")
+TRIALS = int(os.environ.get("PC_CKPT_TRIALS", "12"))
+
+
+def children(pid):
+    """Direct children of pid (the ranks of a local mpirun)."""
+    out = []
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                with open(f"/proc/{d}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+                if int(fields[1]) == pid:
+                    out.append(int(d))
+            except (OSError, IndexError, ValueError):
+                pass
+    return out
+
+
+def start(np_, job, run_dir, *sets):
+    args = ["mpirun", "--oversubscribe", "-np", str(np_), pclib.PROJCOMPD, "--cfg", job, "--set", f"run.dir={run_dir}"]
+    for s in sets:
+        args += ["--set", s]
+    return subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=pclib.env(),
+                            start_new_session=True)
+
+
+def finish(p, timeout=120):
+    try:
+        out, _ = p.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(p.pid, signal.SIGKILL)
+        out, _ = p.communicate()
+        raise SystemExit(f"FAIL: mpirun did not finish in {timeout} s:\n{out[-3000:]}")
+    return p.returncode, out
+
+
+def ranks_of(p, np_, timeout=60):
+    t0 = time.time()
+    while time.time() - t0 < timeout:
+        kids = children(p.pid)
+        if len(kids) >= np_:
+            return kids
+        if p.poll() is not None:
+            return []
+        time.sleep(0.01)
+    return children(p.pid)
+
+
+def wait_for(pred, timeout=60, p=None):
+    t0 = time.time()
+    while time.time() - t0 < timeout:
+        if pred():
+            return True
+        if p is not None and p.poll() is not None:
+            return pred()
+        time.sleep(0.005)
+    return False
+
+
+def latest(run_dir):
+    try:
+        with open(os.path.join(run_dir, "checkpoints", "latest")) as f:
+            return f.read().strip()
+    except OSError:
+        return None
+
+
+def tool(*args):
+    return subprocess.run([CKPT_TOOL, *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                          timeout=60)
+
+
+def final(run_dir):
+    return load_file(os.path.join(run_dir, "final", "model.safetensors"))
+
+
+def bitwise(a, b):
+    return a.keys() == b.keys() and all(a[k].tobytes() == b[k].tobytes() for k in a)
+
+
+def max_rel(a, b):
+    return max(float(np.max(np.abs(a[k] - b[k])) / max(np.max(np.abs(b[k])), 1e-30)) for k in b)
+
+
+def run_ok(np_, job, run_dir, *sets):
+    rc, out = finish(start(np_, job, run_dir, *sets))
+    if rc != 0:
+        raise SystemExit(f"FAIL: run {run_dir} exited {rc}:\n{out[-3000:]}")
+    return out
+
+
+def stop_and_resume(job, root, tag, np_first, np_second, sig, to_ranks, *sets):
+    """Stop a run after its first checkpoint with `sig`, then resume it with the same command."""
+    d = os.path.join(root, tag)
+    p = start(np_first, job, d, *sets)
+    kids = ranks_of(p, np_first)
+    pclib.check(wait_for(lambda: latest(d) is not None, 60, p), f"{tag}: a first checkpoint appears")
+    if to_ranks:
+        for k in kids:
+            os.kill(k, sig)
+    else:
+        os.kill(p.pid, sig)
+    rc, out = finish(p)
+    pclib.check(rc == 3, f"{tag}: stopped run exits 3 (got {rc})")
+    pclib.check(not os.path.exists(os.path.join(d, "final")), f"{tag}: no final model after a stop")
+    got = tool("find", os.path.join(d, "checkpoints")).stdout.strip()
+    pclib.check(got.isdigit() and 0 < int(got) < STEPS, f"{tag}: stopped at step {got} of {STEPS} with a checkpoint")
+    out = run_ok(np_second, job, d, *sets)
+    pclib.check(f"resumed after step {got}" in out, f"{tag}: the same command resumes after step {got}")
+    return final(d)
+
+
+def kill_trial(job, root, ref, i, rng):
+    d = os.path.join(root, f"kill-{i}")
+    how = ["all", "one", "all-in-write", "one-in-write"][i % 4]
+    p = start(2, job, d)
+    kids = ranks_of(p, 2)
+    ck = os.path.join(d, "checkpoints")
+    if how.endswith("in-write"):
+        n_skip = rng.randint(0, 6)  # the n-th checkpoint's temporary directory
+        seen = set()
+
+        def tmp_appears():
+            try:
+                for n in os.listdir(ck):
+                    if ".tmp-" in n and n not in seen:
+                        seen.add(n)
+            except OSError:
+                pass
+            return len(seen) > n_skip
+        wait_for(tmp_appears, 60, p)
+        time.sleep(rng.uniform(0, 0.02))
+    else:
+        time.sleep(rng.uniform(0.3, 3.5))
+    victims = kids if how.startswith("all") else [rng.choice(kids)] if kids else []
+    for k in victims:
+        try:
+            os.kill(k, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    rc, _ = finish(p)
+    for k in kids:  # nothing may outlive its job
+        try:
+            os.kill(k, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    lt = latest(d)
+    if lt is not None:
+        v = tool("verify", os.path.join(ck, lt))
+        if v.returncode != 0:
+            raise SystemExit(f"FAIL: trial {i} ({how}): latest -> {lt} does not verify: {v.stdout}")
+    found = tool("find", ck).stdout.strip() if os.path.isdir(ck) else "none"
+    out = run_ok(2, job, d)
+    same = bitwise(final(d), ref)
+    state = "finished before the kill" if rc == 0 else f"killed (mpirun {rc})"
+    print(f"trial {i}: kill -9 {how}: {state}, latest {lt}, resumed from {found}: "
+          f"{'bitwise equal' if same else 'DIFFERENT'}")
+    if not same:
+        raise SystemExit(f"FAIL: trial {i}: final weights differ from the uninterrupted run\n{out[-2000:]}")
+    return rc != 0, lt
+
+
+def main():
+    root = pclib.tmpdir("pc-ckpt-")
+    torch.manual_seed(5)
+    base = LlamaForCausalLM(LlamaConfig(vocab_size=V, hidden_size=D, intermediate_size=F, num_hidden_layers=L,
+                                        num_attention_heads=4, num_key_value_heads=2, head_dim=8,
+                                        tie_word_embeddings=True, max_position_embeddings=64))
+    with torch.no_grad():
+        for p in base.parameters():
+            p.normal_(0, 0.1) if p.dim() == 2 else p.uniform_(0.5, 1.5)
+    bdir = os.path.join(root, "base")
+    base.save_pretrained(bdir, safe_serialization=True)
+    toks = pclib.markov_tokens(5000, V, seed=2)
+    pclib.write_shard(os.path.join(root, "train.h5"), toks[:4500], V)
+    pclib.write_shard(os.path.join(root, "valid.h5"), toks[4500:], V)
+    job = os.path.join(root, "job.yaml")
+    pclib.write_yaml(job, {
+        "run": {"dir": os.path.join(root, "unset"), "mode": "compress", "seed": 11},
+        "model": {"base": bdir},
+        "compress": {"d_model": DC, "d_ff": FC, "importance": "activation", "calibration_sequences": 8},
+        "data": {"train": [os.path.join(root, "train.h5")], "valid": [os.path.join(root, "valid.h5")],
+                 "seq_len": SEQ},
+        "train": {"steps": STEPS, "global_batch": 4, "micro_batch": 1, "lr": 3e-3, "warmup_steps": 2},
+        "checkpoint": {"every_steps": 1, "keep": 2},
+        "eval": {"batches": 2},
+        "backend": {"device": "cpu"},
+    })
+
+    # uninterrupted references
+    refs = {}
+    for np_, mode in [(2, "compress"), (4, "compress"), (2, "prune")]:
+        d = os.path.join(root, f"ref-{mode}-np{np_}")
+        run_ok(np_, job, d, f"run.mode={mode}")
+        refs[(mode, np_)] = final(d)
+    pclib.check(max_rel(refs[("compress", 4)], refs[("compress", 2)]) < 1e-5, "references on 2 and 4 ranks agree")
+
+    # SIGTERM to every rank, resume with the same command: bitwise
+    for mode in ["compress", "prune"]:
+        got = stop_and_resume(job, root, f"term-{mode}", 2, 2, signal.SIGTERM, True, f"run.mode={mode}")
+        pclib.check(bitwise(got, refs[(mode, 2)]), f"{mode}: SIGTERM + resume gives bitwise the uninterrupted weights")
+
+    # other rank counts: 4 -> 2 and 2 -> 4 (SIGUSR1 through mpirun, as Slurm's warning)
+    for a, b in [(4, 2), (2, 4)]:
+        got = stop_and_resume(job, root, f"np{a}to{b}", a, b, signal.SIGUSR1, False)
+        rel = max_rel(got, refs[("compress", b)])
+        pclib.check(rel < 1e-5, f"started on {a} ranks, resumed on {b}: final within 1e-5 relative ({rel:.2e})")
+
+    # kill -9 trials
+    rng = random.Random(int(os.environ.get("PC_CKPT_SEED", "1234")))
+    killed = 0
+    for i in range(TRIALS):
+        k, _ = kill_trial(job, root, refs[("compress", 2)], i, rng)
+        killed += k
+    pclib.check(killed >= TRIALS // 2, f"{killed} of {TRIALS} trials killed a running job and resumed bitwise")
+
+
+if __name__ == "__main__":
+    main()
