@@ -64,6 +64,10 @@ int st_dtype_parse(const char *s, st_dtype *out) {
 }
 
 int64_t st_numel(const st_tensor *t) {
+    /* A zero dimension first: the other dimensions may then be huge (their product is
+     * only bounded by the file size when none is zero). */
+    for (int i = 0; i < t->ndim; i++)
+        if (t->shape[i] == 0) return 0;
     int64_t n = 1;
     for (int i = 0; i < t->ndim; i++) n *= t->shape[i];
     return n;
