@@ -37,6 +37,7 @@ typedef struct pc_config {
         int n_d_ff;                      /* 0 unset, 1 uniform, else one per layer */
         char importance[16];             /* activation|magnitude|random */
         int calibration_sequences;
+        double split_mb;                 /* plan: split threshold in MB, 0 = automatic */
     } compress;
     struct {
         int enabled; /* 1 when the distill section (or a --set distill.*) is present */

@@ -89,6 +89,10 @@ static const pc_config_key pc_config_keys[] = {
     {.path = "compress.calibration_sequences", .type = PC_CT_INT, PC_AT(compress.calibration_sequences),
      .def = "64", .min = 1, .flags = PC_K_MIN,
      .doc = "Training sequences run through the base model to measure activation importance."},
+    {.path = "compress.split_mb", .type = PC_CT_DOUBLE, PC_AT(compress.split_mb), .def = "0", .min = 0,
+     .flags = PC_K_MIN,
+     .doc = "Sharding: cut a matrix into row/column blocks above this size in MB (0 = automatic: "
+            "total base size / ranks / 2)."},
     /* distill */
     {.path = "distill.enabled", .type = PC_CT_BOOL, PC_AT(distill.enabled), .def = "false",
      .doc = "Distil from the base model; true as soon as the distill section (or a `--set distill.*`) is given."},

@@ -43,11 +43,12 @@ static state_tensor state_tensor_at(const trainer *t, int i) {
     return s;
 }
 
-/* Rank that writes block i. Every rank holds the same replicated state, so rank 0 writes
- * all of it; a sharded optimizer returns the block's owner here. */
-static int block_owner(const run_ctx *r, int i) {
-    (void)r;
-    (void)i;
+/* Rank that writes state tensor i. pretrain/prune: every rank holds the same replicated
+ * state, so rank 0 writes all of it. compress: each rank holds its own blocks' tensors
+ * and writes them; a shared factor replicated on several ranks is written by its lowest
+ * holder. */
+static int block_owner(const run_ctx *r, const trainer *t, int i) {
+    if (t->method == &METHOD_PROJECT) return t->ps.tensors[i].write ? r->rank : -1;
     return 0;
 }
 
@@ -90,7 +91,7 @@ int ckpt_save(run_ctx *r, trainer *t, int64_t step, pc_err *e) {
     int64_t bytes = 0;
     int ok = 1;
     for (int i = 0; ok && i < n_state_tensors(t); i++) {
-        if (block_owner(r, i) != r->rank) continue;
+        if (block_owner(r, t, i) != r->rank) continue;
         state_tensor s = state_tensor_at(t, i);
         ckpt_block b;
         block_of(t, i, stage, &b);

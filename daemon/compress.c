@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "checkpoint.h"
+#include "plan.h"
 #include "trainer.h"
 
 /* ---- importance ---- */
@@ -106,6 +107,37 @@ static int select_indices(run_ctx *r, trainer *t, pc_err *e) {
 
 /* ---- set-up ---- */
 
+/* The sharding plan (RUN/plan.txt) and this rank's blocks of it. */
+static int proj_setup(run_ctx *r, trainer *t, pc_err *e) {
+    plan p;
+    plan_opts o;
+    plan_opts_from_config(&r->cfg, &o);
+    if (r->cfg.compress.split_mb > 0) o.split_bytes = (int64_t)(r->cfg.compress.split_mb * 1e6);
+    if (plan_build(&p, &t->base_cfg, &t->m.cfg, r->world, &o, e) != 0) return -1;
+    if (r->rank == 0) {
+        char path[1100];
+        snprintf(path, sizeof path, "%s/plan.txt", r->run_dir);
+        FILE *f = fopen(path, "w");
+        if (!f || plan_write(&p, f) != 0 || fclose(f) != 0) {
+            plan_free(&p);
+            return pc_errorf(e, "%s: cannot write the plan", path);
+        }
+    }
+    proj_spec *specs = pc_calloc((size_t)p.n_blocks, sizeof *specs);
+    for (int i = 0; i < p.n_blocks; i++) {
+        const plan_block *b = plan_block_at(&p, i);
+        static const proj_kind kinds[] = {[PLAN_WHOLE] = PROJ_WHOLE, [PLAN_ROWS] = PROJ_ROWS, [PLAN_COLS] = PROJ_COLS,
+                                          [PLAN_NORM] = PROJ_NORM};
+        specs[i] = (proj_spec){b->name, kinds[b->kind], b->r0, b->r1, b->owner};
+    }
+    int rc = proj_init(&t->ps, r->be, t->base, &t->base_cfg, &t->m, &t->idx, specs, p.n_blocks, r->rank, r->world, e);
+    LOGI(&r->log, "plan: %d blocks (%d matrices split), balance %.2f; this rank owns %lld trainable parameters",
+         p.n_blocks, p.n_split, plan_balance(&p), (long long)t->ps.n_params);
+    free(specs);
+    plan_free(&p);
+    return rc;
+}
+
 int compress_setup(run_ctx *r, trainer *t, pc_err *e) {
     const pc_config *c = &r->cfg;
     if (hf_config_load(c->model.base, &t->base_cfg, e) != 0) return -1;
@@ -129,10 +161,10 @@ int compress_setup(run_ctx *r, trainer *t, pc_err *e) {
         return proj_slice_base(t->base, &t->base_cfg, &t->m, &t->idx, e);
     }
     t->method = &METHOD_PROJECT;
-    if (proj_init(&t->ps, r->be, t->base, &t->base_cfg, &t->m, &t->idx, e) != 0) return -1;
+    if (proj_setup(r, t, e) != 0) return -1;
     t->proj_flops = proj_flops(&t->ps);
-    LOGI(&r->log, "projections: %lld trainable parameters in %d matrices, %.3g projection FLOPs per step",
-         (long long)t->ps.n_params, t->ps.n_mats, t->proj_flops);
+    LOGI(&r->log, "projections: %lld trainable parameters here, %d blocks in all, %.3g projection FLOPs per step",
+         (long long)t->ps.n_params, t->ps.n_blocks, t->proj_flops);
     t->adam_m = pc_alloc_f32((size_t)t->ps.n_params);
     t->adam_v = pc_alloc_f32((size_t)t->ps.n_params);
     return 0;
@@ -148,23 +180,29 @@ int mode_importance(run_ctx *r, pc_err *e) {
 
 /* ---- the Projected Compression update ---- */
 
-static void project_begin(run_ctx *r, trainer *t) {
-    (void)r;
+static int project_begin(run_ctx *r, trainer *t, pc_err *e) {
     proj_materialize(&t->ps, &t->m);
+    return proj_gather(&t->ps, &t->m, r->comm, e);
 }
 
-/* Norm gains are trained directly: their gradient is the small model's. */
-static double norm_sumsq(run_ctx *r, trainer *t, int i) {
-    const proj_norm *pn = &t->ps.norms[i];
-    return r->be->ops->sumsq(r->be, t->m.grads + llama_tensor_at(&t->m, pn->small_index)->offset, (size_t)pn->n);
-}
+static int project_reduce(run_ctx *r, trainer *t, pc_err *e) { return proj_reduce_grads(&t->ps, &t->m, r->comm, e); }
 
-static double project_sumsq(run_ctx *r, trainer *t) {
+/* First pass: every owned block's gradient, shared factors summed over their blocks. */
+static int project_sumsq(run_ctx *r, trainer *t, double *sumsq, pc_err *e) {
+    proj_set *ps = &t->ps;
     double s = 0;
     int64_t gin, gout, ga;
-    for (int i = 0; i < t->ps.n_mats; i++) s += proj_grad_matrix(&t->ps, i, &t->m, &gin, &gout, &ga);
-    for (int i = 0; i < t->ps.n_norms; i++) s += norm_sumsq(r, t, i);
-    return s;
+    memset(ps->shared_grad, 0, sizeof(float) * (size_t)ps->shared_grad_n);
+    for (int i = 0; i < ps->n_blocks; i++)
+        if (ps->blocks[i].owner == r->rank) s += proj_grad_block(ps, i, &t->m, 1, &gin, &gout, &ga);
+    if (r->world > 1 && ps->shared_grad_n > 0 &&
+        comm_all_reduce(r->comm, ps->shared_grad, ps->shared_grad, (size_t)ps->shared_grad_n, COMM_F32, COMM_SUM,
+                        e) != 0)
+        return -1;
+    if (r->rank == 0) s += r->be->ops->sumsq(r->be, ps->shared_grad, (size_t)ps->shared_grad_n);
+    if (r->world > 1 && comm_all_reduce(r->comm, &s, &s, 1, COMM_F64, COMM_SUM, e) != 0) return -1;
+    *sumsq = s;
+    return 0;
 }
 
 static void adamw(run_ctx *r, trainer *t, int64_t off, const float *g, int64_t n, float lr, float wd, float clip,
@@ -174,28 +212,29 @@ static void adamw(run_ctx *r, trainer *t, int64_t off, const float *g, int64_t n
                       (float)c->train.beta1, (float)c->train.beta2, 1e-8f, wd, clip, step + 1);
 }
 
-/* Second pass: recompute each matrix's gradients (never all at once) and update. */
+/* Second pass: recompute each owned block's gradients (never all at once) and update;
+ * then the shared factors this rank holds, from their all-reduced gradients. */
 static void project_update(run_ctx *r, trainer *t, int64_t step, float lr, float clip) {
     float wd = (float)r->cfg.train.weight_decay;
     proj_set *ps = &t->ps;
-    for (int i = 0; i < ps->n_mats; i++) {
-        const proj_matrix *pm = &ps->mats[i];
+    for (int i = 0; i < ps->n_blocks; i++) {
+        const proj_block *b = &ps->blocks[i];
+        if (b->owner != r->rank) continue;
         int64_t gin, gout, ga;
-        proj_grad_matrix(ps, i, &t->m, &gin, &gout, &ga);
-        if (gin >= 0) adamw(r, t, pm->p_in, ps->grad + gin, (int64_t)pm->d_in * pm->d_in_c, lr, wd, clip, step);
-        if (gout >= 0) adamw(r, t, pm->p_out, ps->grad + gout, (int64_t)pm->d_out_c * pm->d_out, lr, wd, clip, step);
-        adamw(r, t, pm->a, ps->grad + ga, (int64_t)pm->d_out_c * pm->d_in_c, lr, wd, clip, step);
+        proj_grad_block(ps, i, &t->m, 0, &gin, &gout, &ga);
+        if (b->kind == PROJ_NORM) {
+            adamw(r, t, b->a, ps->grad + ga, b->d_in_c, lr, 0.0f, clip, step);
+            continue;
+        }
+        if (gin >= 0) adamw(r, t, b->p_in, ps->grad + gin, (int64_t)b->d_in * b->d_in_c, lr, wd, clip, step);
+        if (gout >= 0) adamw(r, t, b->p_out, ps->grad + gout, (int64_t)b->d_out_c * b->d_out, lr, wd, clip, step);
+        adamw(r, t, b->a, ps->grad + ga, (int64_t)b->d_out_c * b->d_in_c, lr, wd, clip, step);
     }
-    for (int i = 0; i < ps->n_norms; i++) {
-        const proj_norm *pn = &ps->norms[i];
-        adamw(r, t, pn->offset, t->m.grads + llama_tensor_at(&t->m, pn->small_index)->offset, pn->n, lr, 0.0f, clip,
-              step);
+    for (int s = 0; s < ps->n_shared; s++) {
+        const proj_shared *sh = &ps->shared[s];
+        if (sh->param_off >= 0) adamw(r, t, sh->param_off, ps->shared_grad + sh->grad_off, sh->numel, lr, wd, clip, step);
     }
 }
 
-static void project_finish(run_ctx *r, trainer *t) {
-    (void)r;
-    proj_materialize(&t->ps, &t->m);
-}
-
-const train_method METHOD_PROJECT = {"project", project_begin, project_sumsq, project_update, project_finish};
+const train_method METHOD_PROJECT = {"project", project_begin, project_reduce, project_sumsq, project_update,
+                                     project_begin};

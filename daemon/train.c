@@ -42,13 +42,23 @@ void trainer_free(trainer *t) {
 
 /* ---- direct training of the model's weights (pretrain, prune) ---- */
 
-static void direct_begin(run_ctx *r, trainer *t) {
+static int direct_begin(run_ctx *r, trainer *t, pc_err *e) {
     (void)r;
     (void)t;
+    (void)e;
+    return 0;
 }
 
-static double direct_sumsq(run_ctx *r, trainer *t) {
-    return r->be->ops->sumsq(r->be, t->m.grads, (size_t)t->m.n_params);
+/* (n_params,) gradients summed over ranks: every rank then holds the same. */
+static int direct_reduce(run_ctx *r, trainer *t, pc_err *e) {
+    if (r->world == 1) return 0;
+    return comm_all_reduce(r->comm, t->m.grads, t->m.grads, (size_t)t->m.n_params, COMM_F32, COMM_SUM, e);
+}
+
+static int direct_sumsq(run_ctx *r, trainer *t, double *sumsq, pc_err *e) {
+    (void)e;
+    *sumsq = r->be->ops->sumsq(r->be, t->m.grads, (size_t)t->m.n_params);
+    return 0;
 }
 
 /* AdamW on every tensor; 1-D tensors (norm gains) get no weight decay. */
@@ -64,7 +74,7 @@ static void direct_update(run_ctx *r, trainer *t, int64_t step, float lr, float 
     }
 }
 
-const train_method METHOD_DIRECT = {"direct", direct_begin, direct_sumsq, direct_update, direct_begin};
+const train_method METHOD_DIRECT = {"direct", direct_begin, direct_reduce, direct_sumsq, direct_update, direct_begin};
 
 /* ---- the loop ---- */
 
@@ -145,20 +155,20 @@ int mode_train(run_ctx *r, pc_err *e) {
     int64_t start = 0;
     if (ckpt_resume(r, &t, &start, e) != 0) goto out;
     if (start > 0) LOGI(&r->log, "resumed after step %lld", (long long)start);
-    t.method->begin_step(r, &t);
+    if (t.method->begin_step(r, &t, e) != 0) goto out;
     if (start == 0 && maybe_eval(r, &t, 0, 1, e) != 0) goto out; /* the starting point: step 0 */
     for (int64_t step = start; step < c->train.steps; step++) {
         r->log.step = (long)step + 1;
         double t0 = pc_now(), local_loss;
-        if (step > start) t.method->begin_step(r, &t);
+        if (step > start && t.method->begin_step(r, &t, e) != 0) goto out;
         if (accumulate(r, &t, step, n_micro, &local_loss, e) != 0) goto out;
-        /* (n_params,) small-model grads summed over ranks; the loss likewise */
-        if (comm_all_reduce(r->comm, t.m.grads, t.m.grads, (size_t)t.m.n_params, COMM_F32, COMM_SUM, e) != 0)
-            goto out;
+        if (t.method->reduce_grads(r, &t, e) != 0) goto out;
         double loss;
         if (comm_all_reduce(r->comm, &local_loss, &loss, 1, COMM_F64, COMM_SUM, e) != 0) goto out;
         loss /= (double)(n_micro * r->world);
-        double gnorm = sqrt(t.method->grad_sumsq(r, &t));
+        double sumsq;
+        if (t.method->grad_sumsq(r, &t, &sumsq, e) != 0) goto out;
+        double gnorm = sqrt(sumsq);
         if (!isfinite(loss) || !isfinite(gnorm)) {
             pc_errorf(e, "step %lld: loss %g, grad norm %g: training diverged (lower train.lr?)", (long long)step + 1,
                       loss, gnorm);
@@ -181,7 +191,7 @@ int mode_train(run_ctx *r, pc_err *e) {
         run_progress(r, (long)step + 1, (long)c->train.steps, loss, tok_s, dt);
         int last = step + 1 == c->train.steps;
         if (last || (c->eval.every_steps > 0 && (step + 1) % c->eval.every_steps == 0)) {
-            t.method->finish(r, &t); /* evaluate the weights after this update */
+            if (t.method->finish(r, &t, e) != 0) goto out; /* evaluate the weights after this update */
             if (maybe_eval(r, &t, step + 1, 1, e) != 0) goto out;
         }
         int stop;
@@ -196,7 +206,7 @@ int mode_train(run_ctx *r, pc_err *e) {
             goto out;
         }
     }
-    t.method->finish(r, &t);
+    if (t.method->finish(r, &t, e) != 0) goto out;
     if (save_final(r, &t, e) != 0) goto out;
     rc = 0;
 out:

@@ -16,14 +16,17 @@ typedef struct trainer trainer;
 
 typedef struct train_method {
     const char *name;
-    /* Before the micro-batches (compress: W_C = P_out W P_in + A). */
-    void (*begin_step)(run_ctx *r, trainer *t);
-    /* Squared global norm of the trained parameters' gradient (small grads reduced). */
-    double (*grad_sumsq)(run_ctx *r, trainer *t);
+    /* Before the micro-batches (compress: owners materialise W_C, then all-gather). */
+    int (*begin_step)(run_ctx *r, trainer *t, pc_err *e);
+    /* Sum the small model's gradients over ranks (direct: all-reduce; compress: each
+     * block's G reduced to its owner). */
+    int (*reduce_grads)(run_ctx *r, trainer *t, pc_err *e);
+    /* Squared global norm of the trained parameters' gradient, the same on every rank. */
+    int (*grad_sumsq)(run_ctx *r, trainer *t, double *sumsq, pc_err *e);
     /* Clipped AdamW update of every trained parameter. */
     void (*update)(run_ctx *r, trainer *t, int64_t step, float lr, float clip_scale);
-    /* After the last step, before saving (compress: materialise the final W_C). */
-    void (*finish)(run_ctx *r, trainer *t);
+    /* Before eval and saving (compress: materialise and gather the current W_C). */
+    int (*finish)(run_ctx *r, trainer *t, pc_err *e);
 } train_method;
 
 struct trainer {

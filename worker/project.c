@@ -1,4 +1,4 @@
-/* project: projections of a frozen base Llama into a smaller one (see project.h). */
+/* project: blocks of projections of a frozen base Llama into a smaller one (project.h). */
 #include "project.h"
 
 #include <stdlib.h>
@@ -39,24 +39,126 @@ static const int *side_index(const proj_indices *idx, side_kind k, int layer) {
     return k == SIDE_D ? idx->idx_d : k == SIDE_FF ? idx->idx_ff[layer] : NULL;
 }
 
-/* The base tensor name holding the weight of small tensor `name` (lm_head of a tied base
- * is the embedding). */
+static int side_width(const llama_config *c, side_kind k, int layer, int kept) {
+    return k == SIDE_D ? c->d_model : k == SIDE_FF ? c->d_ff_layer[layer] : kept;
+}
+
+/* The base tensor holding the weight of small tensor `name` (lm_head of a tied base is
+ * the embedding). */
 static const char *base_name(const st_model *base, const char *name) {
     if (!strcmp(name, "lm_head.weight") && !st_find(base, name)) return "model.embed_tokens.weight";
     return name;
 }
 
-static float *load_base(proj_set *ps, const st_model *base, const char *name, int64_t rows, int64_t cols,
-                        pc_err *e) {
-    const st_tensor *t = st_find(base, name);
-    if (!t) return pc_errorf(e, "base model: tensor '%s' is missing", name), NULL;
-    if (t->ndim != 2 || t->shape[0] != rows || t->shape[1] != cols)
-        return pc_errorf(e, "%s: tensor '%s' has shape [%lld, %lld], config.json says [%lld, %lld]",
-                         st_file_path(base, t), name, (long long)(t->ndim > 0 ? t->shape[0] : 0),
-                         (long long)(t->ndim > 1 ? t->shape[1] : 0), (long long)rows, (long long)cols),
+static double block_flops(const proj_block *b) {
+    double dO = b->d_out, dI = b->d_in, o = b->d_out_c, i = b->d_in_c, f = 0;
+    int pin = b->d_in_c < b->d_in, pout = b->d_out_c < b->d_out;
+    if (pin && pout) {
+        double x = dO * dI * i + o * dO * i, y = o * dO * dI + o * dI * i;
+        f += x < y ? x : y;             /* materialise, cheaper order */
+        f += dO * dI * i + o * dO * dI; /* W P_in and P_out W for the gradients */
+        f += o * i * dO + dI * o * i;   /* dP_out, dP_in */
+    } else if (pin) {
+        f += 2 * dO * dI * i; /* W P_in; dP_in = W^T G */
+    } else if (pout) {
+        f += 2 * o * dO * dI; /* P_out W; dP_out = G W^T */
+    }
+    return 2.0 * f;
+}
+
+/* Shape the block from its spec; errors name the tensor. */
+static int shape_block(proj_block *b, const llama_config *bc, const llama_model *small, pc_err *e) {
+    const llama_tensor *st = llama_tensor_at(small, b->small_index);
+    if (st->ndim == 1) {
+        b->kind = PROJ_NORM;
+        b->d_out = b->d_out_c = 1;
+        b->d_in = bc->d_model;
+        b->d_in_c = b->ld_c = (int)st->numel;
+        b->off_c = st->offset;
+        return 0;
+    }
+    const tensor_role *role = role_of(st->name);
+    if (!role) return pc_errorf(e, "projection: no rule for tensor '%s'", st->name);
+    int layer = layer_of(st->name), O = (int)st->shape[0], I = (int)st->shape[1];
+    int D_out = side_width(bc, role->out, layer, O), D_in = side_width(bc, role->in, layer, I);
+    b->ld_c = I;
+    if (b->kind == PROJ_WHOLE || b->kind == PROJ_NORM) {
+        b->kind = PROJ_WHOLE;
+        b->d_out = D_out, b->d_in = D_in, b->d_out_c = O, b->d_in_c = I;
+        b->off_c = st->offset;
+    } else if (b->kind == PROJ_ROWS) {
+        if (role->out != SIDE_KEEP || b->r0 < 0 || b->r1 > O || b->r0 >= b->r1)
+            return pc_errorf(e, "plan: rows [%lld, %lld) of '%s' are not a valid row block", (long long)b->r0,
+                             (long long)b->r1, st->name);
+        b->d_out = b->d_out_c = (int)(b->r1 - b->r0);
+        b->d_in = D_in, b->d_in_c = I;
+        b->off_c = st->offset + b->r0 * I;
+    } else {
+        if (role->in != SIDE_KEEP || b->r0 < 0 || b->r1 > I || b->r0 >= b->r1)
+            return pc_errorf(e, "plan: columns [%lld, %lld) of '%s' are not a valid column block", (long long)b->r0,
+                             (long long)b->r1, st->name);
+        b->d_in = b->d_in_c = (int)(b->r1 - b->r0);
+        b->d_out = D_out, b->d_out_c = O;
+        b->off_c = st->offset + b->r0;
+    }
+    b->flops = block_flops(b);
+    return 0;
+}
+
+static int64_t add_tensor(proj_set *ps, const char *name, const char *suffix, int64_t numel, int ndim, int write) {
+    proj_tensor *t = &ps->tensors[ps->n_tensors++];
+    snprintf(t->name, sizeof t->name, "%s%s", name, suffix);
+    t->offset = ps->n_params;
+    t->numel = numel;
+    t->ndim = ndim;
+    t->write = write;
+    ps->n_params += numel;
+    return t->offset;
+}
+
+/* The shared factor of block b's matrix (creating it), or -1 when b's factor is its own. */
+static int shared_of(proj_set *ps, const proj_block *b, const llama_model *small, int is_in) {
+    const llama_tensor *st = llama_tensor_at(small, b->small_index);
+    int whole = b->kind == PROJ_ROWS ? b->d_out_c == st->shape[0] : b->d_in_c == st->shape[1];
+    if (b->kind == PROJ_WHOLE || b->kind == PROJ_NORM || whole) return -1;
+    char name[LLAMA_NAME_MAX + 8];
+    snprintf(name, sizeof name, "%s%s", st->name, is_in ? ".p_in" : ".p_out");
+    for (int s = 0; s < ps->n_shared; s++)
+        if (!strcmp(ps->shared[s].name, name)) return s;
+    proj_shared *sh = &ps->shared[ps->n_shared];
+    snprintf(sh->name, sizeof sh->name, "%s", name);
+    sh->rows = is_in ? b->d_in : b->d_out_c;
+    sh->cols = is_in ? b->d_in_c : b->d_out;
+    sh->numel = (int64_t)sh->rows * sh->cols;
+    sh->grad_off = ps->shared_grad_n;
+    sh->param_off = -1;
+    ps->shared_grad_n += sh->numel;
+    return ps->n_shared++;
+}
+
+/* Lowest rank owning a block of the same matrix as block i (the writer of a shared factor). */
+static int lowest_holder(const proj_set *ps, int i) {
+    int lo = ps->blocks[i].owner;
+    for (int j = 0; j < ps->n_blocks; j++)
+        if (ps->blocks[j].small_index == ps->blocks[i].small_index) lo = PC_MIN(lo, ps->blocks[j].owner);
+    return lo;
+}
+
+static float *load_slice(proj_set *ps, const st_model *base, const proj_block *b, const char *bname, pc_err *e) {
+    const st_tensor *t = st_find(base, bname);
+    int64_t R = b->kind == PROJ_ROWS ? b->r1 - b->r0 : b->d_out, C = b->kind == PROJ_COLS ? b->r1 - b->r0 : b->d_in;
+    int64_t fullR = b->kind == PROJ_ROWS ? -1 : b->d_out, fullC = b->kind == PROJ_COLS ? -1 : b->d_in;
+    if (!t) return pc_errorf(e, "base model: tensor '%s' is missing", bname), NULL;
+    if (t->ndim != 2 || (fullR >= 0 && t->shape[0] != fullR) || (fullC >= 0 && t->shape[1] != fullC))
+        return pc_errorf(e, "%s: tensor '%s' has shape [%lld, %lld], config.json implies [%lld, %lld]",
+                         st_file_path(base, t), bname, (long long)(t->ndim > 0 ? t->shape[0] : 0),
+                         (long long)(t->ndim > 1 ? t->shape[1] : 0), (long long)b->d_out, (long long)b->d_in),
                NULL;
-    float *w = pc_alloc_f32((size_t)(rows * cols));
-    if (st_read_f32(base, name, w, (size_t)(rows * cols), e) != 0) {
+    float *w = pc_alloc_f32((size_t)(R * C));
+    int rc = b->kind == PROJ_ROWS   ? st_read_rows_f32(base, bname, b->r0, R, w, e)
+             : b->kind == PROJ_COLS ? st_read_cols_f32(base, bname, b->r0, C, w, e)
+                                    : st_read_f32(base, bname, w, (size_t)(R * C), e);
+    if (rc != 0) {
         free(w);
         return NULL;
     }
@@ -64,122 +166,137 @@ static float *load_base(proj_set *ps, const st_model *base, const char *name, in
     return w;
 }
 
-static int64_t add_tensor(proj_set *ps, const char *name, const char *suffix, int64_t rows, int64_t cols, int ndim) {
-    proj_tensor *t = &ps->tensors[ps->n_tensors++];
-    snprintf(t->name, sizeof t->name, "%s%s", name, suffix);
-    t->offset = ps->n_params;
-    t->numel = rows * cols;
-    t->ndim = ndim;
-    ps->n_params += t->numel;
-    return t->offset;
-}
-
-static double matrix_flops(const proj_matrix *m) {
-    double dO = m->d_out, dI = m->d_in, o = m->d_out_c, i = m->d_in_c, f = 0;
-    int pin = m->p_in >= 0, pout = m->p_out >= 0;
-    if (pin && pout) {
-        double a = dO * dI * i + o * dO * i, b = o * dO * dI + o * dI * i;
-        f += a < b ? a : b;             /* materialise, cheaper order */
-        f += dO * dI * i + o * dO * dI; /* W P_in and P_out W for the gradients */
-        f += o * i * dO + dI * o * i;   /* dP_out, dP_in */
-    } else if (pin) {
-        f += dO * dI * i + dO * dI * i; /* W P_in; dP_in = W^T G */
-    } else if (pout) {
-        f += o * dO * dI + o * dI * dO; /* P_out W; dP_out = G W^T */
+static void build_layout(proj_set *ps) {
+    ps->order = pc_malloc(sizeof(int) * (size_t)ps->n_blocks);
+    ps->seg_count = pc_calloc((size_t)ps->world, sizeof(size_t));
+    ps->seg_off = pc_calloc((size_t)ps->world, sizeof(size_t));
+    int k = 0;
+    for (int r = 0; r < ps->world; r++)
+        for (int i = 0; i < ps->n_blocks; i++)
+            if (ps->blocks[i].owner == r) {
+                ps->order[k++] = i;
+                ps->seg_count[r] += (size_t)ps->blocks[i].d_out_c * ps->blocks[i].d_in_c;
+            }
+    for (int r = 1; r < ps->world; r++) ps->seg_off[r] = ps->seg_off[r - 1] + ps->seg_count[r - 1];
+    for (int r = 0; r < ps->world; r++) ps->seg_max = PC_MAX(ps->seg_max, ps->seg_count[r]);
+    if (ps->world > 1) {
+        ps->pack = pc_alloc_f32((size_t)ps->world * ps->seg_max);
+        ps->unpack = pc_alloc_f32((size_t)ps->world * ps->seg_max);
     }
-    return 2.0 * f;
 }
 
 int proj_init(proj_set *ps, backend *be, const st_model *base, const llama_config *base_cfg,
-              const llama_model *small, const proj_indices *idx, pc_err *e) {
+              const llama_model *small, const proj_indices *idx, const proj_spec *specs, int n_specs, int rank,
+              int world, pc_err *e) {
     memset(ps, 0, sizeof *ps);
     ps->be = be;
-    int n = llama_n_tensors(small);
-    ps->mats = pc_calloc((size_t)n, sizeof *ps->mats);
-    ps->norms = pc_calloc((size_t)n, sizeof *ps->norms);
+    ps->rank = rank;
+    ps->world = world;
+    int n = specs ? n_specs : llama_n_tensors(small);
+    ps->blocks = pc_calloc((size_t)n, sizeof *ps->blocks);
+    ps->shared = pc_calloc((size_t)n * 2, sizeof *ps->shared);
     ps->tensors = pc_calloc((size_t)n * 3, sizeof *ps->tensors);
-    const float *embed_w = NULL;
-    for (int ti = 0; ti < n; ti++) {
-        const llama_tensor *st = llama_tensor_at(small, ti);
-        if (st->ndim == 1) { /* norm gain, sliced at the kept d_model indices */
-            proj_norm *pn = &ps->norms[ps->n_norms++];
-            pn->small_index = ti;
-            pn->n = st->numel;
-            pn->offset = add_tensor(ps, st->name, "", 1, st->numel, 1);
+    ps->base_bufs = pc_calloc((size_t)n, sizeof *ps->base_bufs);
+    for (int i = 0; i < n; i++) {
+        proj_block *b = &ps->blocks[ps->n_blocks++];
+        const char *name = specs ? specs[i].name : llama_tensor_at(small, i)->name;
+        snprintf(b->name, sizeof b->name, "%s", name);
+        b->small_index = llama_tensor_index(small, name);
+        if (b->small_index < 0) return pc_errorf(e, "plan: no tensor '%s' in the compressed model", name);
+        b->kind = specs ? specs[i].kind : PROJ_WHOLE;
+        b->r0 = specs ? specs[i].r0 : 0;
+        b->r1 = specs ? specs[i].r1 : 0;
+        b->owner = specs ? specs[i].owner : 0;
+        if (b->owner < 0 || b->owner >= world) return pc_errorf(e, "plan: block '%s' has no valid owner", name);
+        if (shape_block(b, base_cfg, small, e) != 0) return -1;
+        b->p_in = b->p_out = b->a = -1;
+        b->shared = -1;
+        if (b->kind != PROJ_NORM) {
+            int s_in = b->d_in_c < b->d_in ? shared_of(ps, b, small, 1) : -1;
+            int s_out = b->d_out_c < b->d_out ? shared_of(ps, b, small, 0) : -1;
+            b->shared = s_in >= 0 ? s_in : s_out;
+        }
+    }
+    ps->shared_grad = pc_alloc_f32((size_t)ps->shared_grad_n);
+
+    /* this rank's trainable tensors and base slices */
+    for (int i = 0; i < ps->n_blocks; i++) {
+        proj_block *b = &ps->blocks[i];
+        if (b->owner != rank) continue;
+        if (b->kind == PROJ_NORM) {
+            b->a = add_tensor(ps, b->name, "", b->d_in_c, 1, 1);
             continue;
         }
-        const tensor_role *role = role_of(st->name);
-        if (!role) return pc_errorf(e, "projection: no rule for tensor '%s'", st->name);
-        int layer = layer_of(st->name);
-        proj_matrix *m = &ps->mats[ps->n_mats++];
-        snprintf(m->name, sizeof m->name, "%s", st->name);
-        m->small_index = ti;
-        m->d_out_c = (int)st->shape[0];
-        m->d_in_c = (int)st->shape[1];
-        m->d_out = role->out == SIDE_D ? base_cfg->d_model
-                   : role->out == SIDE_FF ? base_cfg->d_ff_layer[layer]
-                                          : m->d_out_c;
-        m->d_in = role->in == SIDE_D ? base_cfg->d_model : role->in == SIDE_FF ? base_cfg->d_ff_layer[layer] : m->d_in_c;
-        const char *bname = base_name(base, st->name);
-        if (!strcmp(bname, "model.embed_tokens.weight") && embed_w) {
-            m->w = embed_w; /* tied base: the head projects the same frozen embedding */
-        } else {
-            m->w = load_base(ps, base, bname, m->d_out, m->d_in, e);
-            if (!m->w) return -1;
-            if (!strcmp(bname, "model.embed_tokens.weight")) embed_w = m->w;
-        }
-        m->p_in = m->d_in_c < m->d_in ? add_tensor(ps, st->name, ".p_in", m->d_in, m->d_in_c, 2) : -1;
-        m->p_out = m->d_out_c < m->d_out ? add_tensor(ps, st->name, ".p_out", m->d_out_c, m->d_out, 2) : -1;
-        m->a = add_tensor(ps, st->name, ".a", m->d_out_c, m->d_in_c, 2);
-        m->flops = matrix_flops(m);
-        int64_t s = (int64_t)m->d_out * m->d_in_c > (int64_t)m->d_out_c * m->d_in
-                        ? (int64_t)m->d_out * m->d_in_c
-                        : (int64_t)m->d_out_c * m->d_in;
-        if (s > ps->scratch_n) ps->scratch_n = s;
-        int64_t g = (m->p_in >= 0 ? (int64_t)m->d_in * m->d_in_c : 0) +
-                    (m->p_out >= 0 ? (int64_t)m->d_out_c * m->d_out : 0) + (int64_t)m->d_out_c * m->d_in_c;
-        if (g > ps->grad_n) ps->grad_n = g;
+        b->w = load_slice(ps, base, b, base_name(base, b->name), e);
+        if (!b->w) return -1;
+        int has_in = b->d_in_c < b->d_in, has_out = b->d_out_c < b->d_out;
+        proj_shared *sh = b->shared >= 0 ? &ps->shared[b->shared] : NULL;
+        int in_shared = sh && has_in && b->kind == PROJ_ROWS, out_shared = sh && has_out && b->kind == PROJ_COLS;
+        if (sh && sh->param_off < 0)
+            sh->param_off = add_tensor(ps, b->name, in_shared ? ".p_in" : ".p_out", sh->numel, 2,
+                                       lowest_holder(ps, i) == rank);
+        if (has_in)
+            b->p_in = in_shared ? sh->param_off : add_tensor(ps, b->name, ".p_in", (int64_t)b->d_in * b->d_in_c, 2, 1);
+        if (has_out)
+            b->p_out = out_shared ? sh->param_off
+                                  : add_tensor(ps, b->name, ".p_out", (int64_t)b->d_out_c * b->d_out, 2, 1);
+        char suffix[48] = ".a";
+        if (b->kind != PROJ_WHOLE && b->shared >= 0)
+            snprintf(suffix, sizeof suffix, ".a[%lld:%lld]", (long long)b->r0, (long long)b->r1);
+        b->a = add_tensor(ps, b->name, suffix, (int64_t)b->d_out_c * b->d_in_c, 2, 1);
+        ps->scratch_n = PC_MAX(ps->scratch_n, PC_MAX((int64_t)b->d_out * b->d_in_c, (int64_t)b->d_out_c * b->d_in));
+        ps->grad_n = PC_MAX(ps->grad_n, (has_in && !in_shared ? (int64_t)b->d_in * b->d_in_c : 0) +
+                                            (has_out && !out_shared ? (int64_t)b->d_out_c * b->d_out : 0) +
+                                            (int64_t)b->d_out_c * b->d_in_c);
     }
     ps->params = pc_alloc_f32((size_t)ps->n_params);
     ps->scratch = pc_alloc_f32((size_t)ps->scratch_n);
     ps->grad = pc_alloc_f32((size_t)ps->grad_n);
 
     /* one-hot initialisation: W_C at step 0 is W[idx_out][:, idx_in]; A = 0 */
-    for (int i = 0; i < ps->n_mats; i++) {
-        proj_matrix *m = &ps->mats[i];
-        const tensor_role *role = role_of(m->name);
-        int layer = layer_of(m->name);
-        if (m->p_in >= 0) { /* P_in (d_in, d_in'): P_in[idx[j], j] = 1 */
+    float *norm = pc_alloc_f32((size_t)base_cfg->d_model);
+    for (int i = 0; i < ps->n_blocks; i++) {
+        proj_block *b = &ps->blocks[i];
+        if (b->owner != rank) continue;
+        if (b->kind == PROJ_NORM) {
+            if (st_read_f32(base, b->name, norm, (size_t)base_cfg->d_model, e) != 0) {
+                free(norm);
+                return -1;
+            }
+            for (int j = 0; j < b->d_in_c; j++) ps->params[b->a + j] = norm[idx->idx_d[j]];
+            continue;
+        }
+        const tensor_role *role = role_of(b->name);
+        int layer = layer_of(b->name);
+        if (b->p_in >= 0) { /* P_in (d_in, d_in'): P_in[idx[j], j] = 1 */
             const int *ix = side_index(idx, role->in, layer);
-            for (int j = 0; j < m->d_in_c; j++) ps->params[m->p_in + (int64_t)ix[j] * m->d_in_c + j] = 1.0f;
+            for (int j = 0; j < b->d_in_c; j++) ps->params[b->p_in + (int64_t)ix[j] * b->d_in_c + j] = 1.0f;
         }
-        if (m->p_out >= 0) { /* P_out (d_out', d_out): P_out[j, idx[j]] = 1 */
+        if (b->p_out >= 0) { /* P_out (d_out', d_out): P_out[j, idx[j]] = 1 */
             const int *ix = side_index(idx, role->out, layer);
-            for (int j = 0; j < m->d_out_c; j++) ps->params[m->p_out + (int64_t)j * m->d_out + ix[j]] = 1.0f;
+            for (int j = 0; j < b->d_out_c; j++) ps->params[b->p_out + (int64_t)j * b->d_out + ix[j]] = 1.0f;
         }
     }
-    for (int i = 0; i < ps->n_norms; i++) {
-        proj_norm *pn = &ps->norms[i];
-        const char *name = llama_tensor_at(small, pn->small_index)->name;
-        float *full = pc_alloc_f32((size_t)base_cfg->d_model);
-        if (st_read_f32(base, name, full, (size_t)base_cfg->d_model, e) != 0) {
-            free(full);
-            return -1;
-        }
-        for (int64_t j = 0; j < pn->n; j++) ps->params[pn->offset + j] = full[idx->idx_d[j]];
-        free(full);
-    }
+    free(norm);
+    build_layout(ps);
     return 0;
 }
 
 void proj_free(proj_set *ps) {
     for (int i = 0; i < ps->n_base_bufs; i++) free(ps->base_bufs[i]);
-    free(ps->mats);
-    free(ps->norms);
+    free(ps->base_bufs);
+    free(ps->blocks);
+    free(ps->shared);
     free(ps->tensors);
     free(ps->params);
+    free(ps->shared_grad);
     free(ps->scratch);
     free(ps->grad);
+    free(ps->order);
+    free(ps->seg_count);
+    free(ps->seg_off);
+    free(ps->pack);
+    free(ps->unpack);
     memset(ps, 0, sizeof *ps);
 }
 
@@ -188,82 +305,152 @@ static void gemm(proj_set *ps, int ta, int tb, int M, int N, int K, const float 
     ps->be->ops->gemm(ps->be, ta, tb, M, N, K, 1.0f, A, lda, B, ldb, beta, C, ldc);
 }
 
-/* W_C = P_out W P_in + A into out (d_out', d_in'). */
-static void materialize_one(proj_set *ps, const proj_matrix *m, float *out) {
-    const float *p_in = m->p_in >= 0 ? ps->params + m->p_in : NULL;   /* (d_in, d_in') */
-    const float *p_out = m->p_out >= 0 ? ps->params + m->p_out : NULL; /* (d_out', d_out) */
-    const float *a = ps->params + m->a;                                /* (d_out', d_in') */
-    int dO = m->d_out, dI = m->d_in, o = m->d_out_c, i = m->d_in_c;
-    memcpy(out, a, sizeof(float) * (size_t)o * i);
+/* Copy a (rows, cols) matrix between row strides. */
+static void copy_rows(float *dst, int ld_dst, const float *src, int ld_src, int rows, int cols) {
+    for (int r = 0; r < rows; r++) memcpy(dst + (size_t)r * ld_dst, src + (size_t)r * ld_src, sizeof(float) * cols);
+}
+
+/* W_C = P_out W P_in + A into out (d_out', d_in') with row stride ld. */
+static void materialize_block(proj_set *ps, const proj_block *b, float *out, int ld) {
+    const float *p_in = b->p_in >= 0 ? ps->params + b->p_in : NULL;   /* (d_in, d_in') */
+    const float *p_out = b->p_out >= 0 ? ps->params + b->p_out : NULL; /* (d_out', d_out) */
+    int dO = b->d_out, dI = b->d_in, o = b->d_out_c, i = b->d_in_c;
+    copy_rows(out, ld, ps->params + b->a, i, o, i); /* A (d_out', d_in') */
     if (p_in && p_out) {
         double cost_x = (double)dO * dI * i + (double)o * dO * i, cost_y = (double)o * dO * dI + (double)o * dI * i;
         if (cost_x <= cost_y) {
-            float *x = ps->scratch;                                   /* W P_in: (d_out, d_in') */
-            gemm(ps, 0, 0, dO, i, dI, m->w, dI, p_in, i, 0.0f, x, i);
-            gemm(ps, 0, 0, o, i, dO, p_out, dO, x, i, 1.0f, out, i); /* P_out X: (d_out', d_in') */
+            float *x = ps->scratch;                                  /* W P_in: (d_out, d_in') */
+            gemm(ps, 0, 0, dO, i, dI, b->w, dI, p_in, i, 0.0f, x, i);
+            gemm(ps, 0, 0, o, i, dO, p_out, dO, x, i, 1.0f, out, ld); /* P_out X: (d_out', d_in') */
         } else {
-            float *y = ps->scratch;                                   /* P_out W: (d_out', d_in) */
-            gemm(ps, 0, 0, o, dI, dO, p_out, dO, m->w, dI, 0.0f, y, dI);
-            gemm(ps, 0, 0, o, i, dI, y, dI, p_in, i, 1.0f, out, i);  /* Y P_in */
+            float *y = ps->scratch;                                  /* P_out W: (d_out', d_in) */
+            gemm(ps, 0, 0, o, dI, dO, p_out, dO, b->w, dI, 0.0f, y, dI);
+            gemm(ps, 0, 0, o, i, dI, y, dI, p_in, i, 1.0f, out, ld); /* Y P_in */
         }
     } else if (p_in) {
-        gemm(ps, 0, 0, dO, i, dI, m->w, dI, p_in, i, 1.0f, out, i);
+        gemm(ps, 0, 0, dO, i, dI, b->w, dI, p_in, i, 1.0f, out, ld);
     } else if (p_out) {
-        gemm(ps, 0, 0, o, dI, dO, p_out, dO, m->w, dI, 1.0f, out, i);
+        gemm(ps, 0, 0, o, dI, dO, p_out, dO, b->w, dI, 1.0f, out, ld);
     } else {
-        for (size_t k = 0; k < (size_t)o * i; k++) out[k] += m->w[k];
+        for (int r = 0; r < o; r++)
+            for (int c = 0; c < i; c++) out[(size_t)r * ld + c] += b->w[(size_t)r * dI + c];
     }
 }
 
 void proj_materialize(proj_set *ps, llama_model *small) {
-    for (int i = 0; i < ps->n_mats; i++) {
-        const proj_matrix *m = &ps->mats[i];
-        materialize_one(ps, m, small->params + llama_tensor_at(small, m->small_index)->offset);
-    }
-    for (int i = 0; i < ps->n_norms; i++) {
-        const proj_norm *pn = &ps->norms[i];
-        memcpy(small->params + llama_tensor_at(small, pn->small_index)->offset, ps->params + pn->offset,
-               sizeof(float) * (size_t)pn->n);
+    for (int i = 0; i < ps->n_blocks; i++) {
+        const proj_block *b = &ps->blocks[i];
+        if (b->owner != ps->rank) continue;
+        if (b->kind == PROJ_NORM)
+            memcpy(small->params + b->off_c, ps->params + b->a, sizeof(float) * (size_t)b->d_in_c);
+        else
+            materialize_block(ps, b, small->params + b->off_c, b->ld_c);
     }
 }
 
-double proj_grad_matrix(proj_set *ps, int idx, const llama_model *small, int64_t *gin, int64_t *gout, int64_t *ga) {
-    const proj_matrix *m = &ps->mats[idx];
-    const float *G = small->grads + llama_tensor_at(small, m->small_index)->offset; /* (d_out', d_in') */
-    const float *p_in = m->p_in >= 0 ? ps->params + m->p_in : NULL;
-    const float *p_out = m->p_out >= 0 ? ps->params + m->p_out : NULL;
-    int dO = m->d_out, dI = m->d_in, o = m->d_out_c, i = m->d_in_c;
+/* (d_out', d_in') slice of block b inside a small-model buffer <-> contiguous. */
+static void pack_block(const proj_block *b, float *dst, const float *small_buf) {
+    copy_rows(dst, b->d_in_c, small_buf + b->off_c, b->ld_c, b->d_out_c, b->d_in_c);
+}
+
+static void unpack_block(const proj_block *b, float *small_buf, const float *src) {
+    copy_rows(small_buf + b->off_c, b->ld_c, src, b->d_in_c, b->d_out_c, b->d_in_c);
+}
+
+int proj_gather(proj_set *ps, llama_model *small, comm *c, pc_err *e) {
+    if (ps->world == 1) return 0;
+    size_t pos = 0;
+    for (int k = 0; k < ps->n_blocks; k++) {
+        const proj_block *b = &ps->blocks[ps->order[k]];
+        if (b->owner != ps->rank) continue;
+        pack_block(b, ps->pack + pos, small->params);
+        pos += (size_t)b->d_out_c * b->d_in_c;
+    }
+    if (comm_all_gatherv(c, ps->pack, pos, ps->unpack, ps->seg_count, ps->seg_off, COMM_F32, e) != 0) return -1;
+    pos = 0;
+    for (int k = 0; k < ps->n_blocks; k++) {
+        const proj_block *b = &ps->blocks[ps->order[k]];
+        unpack_block(b, small->params, ps->unpack + pos);
+        pos += (size_t)b->d_out_c * b->d_in_c;
+    }
+    return 0;
+}
+
+int proj_reduce_grads(proj_set *ps, llama_model *small, comm *c, pc_err *e) {
+    if (ps->world == 1) return 0;
+    size_t pos = 0;
+    int prev = 0;
+    for (int k = 0; k < ps->n_blocks; k++) { /* rank r's blocks at r * seg_max, zero padded */
+        const proj_block *b = &ps->blocks[ps->order[k]];
+        if (b->owner != prev) pos = (size_t)b->owner * ps->seg_max;
+        prev = b->owner;
+        pack_block(b, ps->pack + pos, small->grads);
+        pos += (size_t)b->d_out_c * b->d_in_c;
+    }
+    if (comm_reduce_scatter(c, ps->pack, ps->unpack, ps->seg_max, COMM_F32, COMM_SUM, e) != 0) return -1;
+    pos = 0;
+    for (int k = 0; k < ps->n_blocks; k++) {
+        const proj_block *b = &ps->blocks[ps->order[k]];
+        if (b->owner != ps->rank) continue;
+        unpack_block(b, small->grads, ps->unpack + pos);
+        pos += (size_t)b->d_out_c * b->d_in_c;
+    }
+    return 0;
+}
+
+double proj_grad_block(proj_set *ps, int idx, const llama_model *small, int with_shared, int64_t *gin, int64_t *gout,
+                       int64_t *ga) {
+    const proj_block *b = &ps->blocks[idx];
+    const float *G = small->grads + b->off_c; /* (d_out', d_in'), row stride ld_c */
+    const float *p_in = b->p_in >= 0 ? ps->params + b->p_in : NULL;
+    const float *p_out = b->p_out >= 0 ? ps->params + b->p_out : NULL;
+    int dO = b->d_out, dI = b->d_in, o = b->d_out_c, i = b->d_in_c, ld = b->ld_c;
+    const proj_shared *sh = b->shared >= 0 ? &ps->shared[b->shared] : NULL;
     int64_t off = 0;
     *gin = *gout = -1;
-    if (p_in) { /* dP_in (d_in, d_in') = (P_out W)^T G */
-        *gin = off;
-        const float *y = m->w; /* (d_out', d_in) */
+    if (b->kind == PROJ_NORM) {
+        *ga = 0;
+        memcpy(ps->grad, G, sizeof(float) * (size_t)i);
+        return ps->be->ops->sumsq(ps->be, ps->grad, (size_t)i);
+    }
+    int in_shared = sh && b->kind == PROJ_ROWS, out_shared = sh && b->kind == PROJ_COLS;
+    if (p_in && (with_shared || !in_shared)) { /* dP_in (d_in, d_in') = (P_out W)^T G */
+        const float *y = b->w; /* (d_out', d_in) */
         if (p_out) {
-            gemm(ps, 0, 0, o, dI, dO, p_out, dO, m->w, dI, 0.0f, ps->scratch, dI);
+            gemm(ps, 0, 0, o, dI, dO, p_out, dO, b->w, dI, 0.0f, ps->scratch, dI);
             y = ps->scratch;
         }
-        gemm(ps, 1, 0, dI, i, o, y, dI, G, i, 0.0f, ps->grad + off, i);
-        off += (int64_t)dI * i;
+        if (in_shared) { /* partial of a shared factor: summed over its blocks */
+            gemm(ps, 1, 0, dI, i, o, y, dI, G, ld, 1.0f, ps->shared_grad + sh->grad_off, i);
+        } else {
+            *gin = off;
+            gemm(ps, 1, 0, dI, i, o, y, dI, G, ld, 0.0f, ps->grad + off, i);
+            off += (int64_t)dI * i;
+        }
     }
-    if (p_out) { /* dP_out (d_out', d_out) = G (W P_in)^T */
-        *gout = off;
-        const float *x = m->w; /* (d_out, d_in') */
+    if (p_out && (with_shared || !out_shared)) { /* dP_out (d_out', d_out) = G (W P_in)^T */
+        const float *x = b->w; /* (d_out, d_in') */
         if (p_in) {
-            gemm(ps, 0, 0, dO, i, dI, m->w, dI, p_in, i, 0.0f, ps->scratch, i);
+            gemm(ps, 0, 0, dO, i, dI, b->w, dI, p_in, i, 0.0f, ps->scratch, i);
             x = ps->scratch;
         }
-        gemm(ps, 0, 1, o, dO, i, G, i, x, i, 0.0f, ps->grad + off, dO);
-        off += (int64_t)o * dO;
+        if (out_shared) {
+            gemm(ps, 0, 1, o, dO, i, G, ld, x, i, 1.0f, ps->shared_grad + sh->grad_off, dO);
+        } else {
+            *gout = off;
+            gemm(ps, 0, 1, o, dO, i, G, ld, x, i, 0.0f, ps->grad + off, dO);
+            off += (int64_t)o * dO;
+        }
     }
     *ga = off; /* dA = G */
-    memcpy(ps->grad + off, G, sizeof(float) * (size_t)o * i);
+    copy_rows(ps->grad + off, i, G, ld, o, i);
     off += (int64_t)o * i;
     return ps->be->ops->sumsq(ps->be, ps->grad, (size_t)off);
 }
 
 double proj_flops(const proj_set *ps) {
     double f = 0;
-    for (int i = 0; i < ps->n_mats; i++) f += ps->mats[i].flops;
+    for (int i = 0; i < ps->n_blocks; i++) f += ps->blocks[i].flops;
     return f;
 }
 
@@ -295,8 +482,7 @@ int proj_slice_base(const st_model *base, const llama_config *base_cfg, llama_mo
         const int *ro = side_index(idx, role->out, layer), *ci = side_index(idx, role->in, layer);
         int64_t rows = st->shape[0], cols = st->shape[1];
         for (int64_t r = 0; r < rows; r++) /* (d_out', d_in') = W[idx_out][:, idx_in] */
-            for (int64_t c = 0; c < cols; c++)
-                dst[r * cols + c] = w[(ro ? ro[r] : r) * C + (ci ? ci[c] : c)];
+            for (int64_t c = 0; c < cols; c++) dst[r * cols + c] = w[(ro ? ro[r] : r) * C + (ci ? ci[c] : c)];
         free(w);
     }
     return 0;

@@ -1,58 +1,94 @@
-/* project: Projected Compression of a Llama model (METHOD.md).
+/* project: Projected Compression of a Llama model (METHOD.md), sharded by blocks.
  *
  * Every compressed matrix W_C [d_out', d_in'] of the small model is
  *     W_C = P_out W P_in + A
  * with W [d_out, d_in] the frozen base weight, P_in [d_in, d_in'] (absent when the input
  * side keeps its width), P_out [d_out', d_out] (absent when the output side keeps its
- * width) and A [d_out', d_in'] zero-initialised. The embedding is treated as an
- * input-side projection (E_C = E P^T + E_A with P_in = P^T). Norm gains are sliced at
- * the kept d_model indices and trained directly.
+ * width) and A [d_out', d_in'] zero-initialised. The embedding is an input-side
+ * projection (E_C = E P^T + E_A with P_in = P^T). Norm gains are sliced at the kept
+ * d_model indices and trained directly.
  *
- * Trainable state is one flat f32 buffer with a tensor table (names "<hf name>.p_in",
- * ".p_out", ".a", and the norm gains' own names). Gradients are never stored for the
- * whole model: proj_grad_matrix computes one matrix's (dP_in, dP_out, dA) at a time into
- * a scratch buffer, so a step runs two passes over the matrices (norm, then update). */
+ * Ownership (ARCHITECTURE.md, "Sharding"): the unit is a block, a whole matrix, a row
+ * range of an input-only projected matrix (its rows compress independently; P_in is then
+ * a shared factor), a column range of an output-only one (P_out shared), or a norm gain.
+ * Each block has one owner rank, which alone holds its frozen base slice, its P/A slices
+ * and their optimizer state; a shared factor is replicated on every rank owning a block
+ * of its matrix and its gradient is all-reduced. Every rank knows the layout of all
+ * blocks (to gather W_C and scatter G), and holds the data of its own.
+ *
+ * Gradients are never stored for the whole model: proj_grad_block computes one block's
+ * (dP_in, dP_out, dA) into a scratch buffer, so a step makes two passes over the blocks
+ * (global norm, then update) and peak extra memory is one block's intermediates. */
 #ifndef PC_PROJECT_H
 #define PC_PROJECT_H
 
 #include "backend.h"
+#include "comm.h"
 #include "llama.h"
 #include "safetensors.h"
 
+typedef enum { PROJ_WHOLE = 0, PROJ_ROWS, PROJ_COLS, PROJ_NORM } proj_kind;
+
+/* One block of the sharding plan. */
+typedef struct proj_spec {
+    const char *name; /* small-model tensor */
+    proj_kind kind;
+    int64_t r0, r1;   /* rows (PROJ_ROWS) or columns (PROJ_COLS) of the tensor; ignored otherwise */
+    int owner;
+} proj_spec;
+
 typedef struct proj_tensor {
-    char name[LLAMA_NAME_MAX + 8];
-    int64_t offset, numel; /* into proj_set.params */
+    char name[LLAMA_NAME_MAX + 32]; /* "<hf name>.p_in", ".p_out", ".a", ".a[r0:r1]", norm name */
+    int64_t offset, numel;          /* into proj_set.params */
     int ndim;
+    int write;                      /* this rank saves it (a shared factor: its lowest holder) */
 } proj_tensor;
 
-typedef struct proj_matrix {
+typedef struct proj_block {
     char name[LLAMA_NAME_MAX];
+    proj_kind kind;
+    int64_t r0, r1;
+    int owner;
     int small_index;         /* tensor index in the small model */
-    int d_out, d_in;         /* base shape */
-    int d_out_c, d_in_c;     /* compressed shape */
-    const float *w;          /* (d_out, d_in) base weight; tied bases share one buffer */
-    int64_t p_in, p_out, a;  /* offsets into params (-1: absent) */
-    double flops;            /* projection FLOPs of one step's materialise + gradient */
-} proj_matrix;
+    int d_out, d_in;         /* shape of the base slice W */
+    int d_out_c, d_in_c;     /* shape of the compressed slice W_C */
+    int ld_c;                /* row stride of W_C / G inside the small tensor */
+    int64_t off_c;           /* offset of the slice's first element in small params / grads */
+    const float *w;          /* (d_out, d_in) base slice; owner only */
+    int64_t p_in, p_out, a;  /* offsets into params (-1: absent or not held) */
+    int shared;              /* index of the shared factor of this block's matrix, or -1 */
+    double flops;            /* projection FLOPs of one step (materialise + gradient, one pass) */
+} proj_block;
 
-typedef struct proj_norm {
-    int small_index;   /* tensor index in the small model */
-    int64_t offset, n; /* into params */
-} proj_norm;
+typedef struct proj_shared {
+    char name[LLAMA_NAME_MAX + 8];
+    int64_t numel;
+    int64_t grad_off;   /* into proj_set.shared_grad (same layout on every rank) */
+    int64_t param_off;  /* into params, -1 when this rank holds no block of the matrix */
+    int rows, cols;     /* shape of the factor */
+} proj_shared;
 
 typedef struct proj_set {
     backend *be;
-    int n_mats, n_norms, n_tensors;
-    proj_matrix *mats;
-    proj_norm *norms;
-    proj_tensor *tensors;
+    int rank, world;
+    int n_blocks, n_tensors, n_shared;
+    proj_block *blocks;         /* all blocks of the plan (data only for owned ones) */
+    proj_tensor *tensors;       /* trainable tensors held by this rank */
+    proj_shared *shared;
     int64_t n_params;
-    float *params;              /* (n_params) trainable */
-    float *base_bufs[2 + PC_MAX_LAYERS * 7];
+    float *params;              /* (n_params) trainable state held here */
+    float *shared_grad;         /* (sum of shared numel) gradients of every shared factor */
+    int64_t shared_grad_n;
+    float **base_bufs;          /* frozen base slices loaded here */
     int n_base_bufs;
-    float *scratch;             /* intermediates of one matrix */
-    float *grad;                /* (dP_in | dP_out | dA) of one matrix */
+    float *scratch;             /* intermediates of one block */
+    float *grad;                /* (dP_in | dP_out | dA) of one block */
     int64_t scratch_n, grad_n;
+    /* gather / scatter layout: blocks in owner order, rank r's segment at seg_off[r] */
+    int *order;                 /* (n_blocks) */
+    size_t *seg_count, *seg_off; /* (world) */
+    size_t seg_max;
+    float *pack, *unpack;       /* (world * seg_max) */
 } proj_set;
 
 /* Kept indices: idx_d (d_model', ascending) for every layer, idx_ff[i] (d_ff'_i,
@@ -64,26 +100,33 @@ typedef struct proj_indices {
     int *idx_ff[PC_MAX_LAYERS];
 } proj_indices;
 
-/* Load the frozen base (every tensor of `base`, shaped by base_cfg) and build the
- * projections of `small` (already shaped d', f') initialised one-hot at idx, A = 0, norm
- * gains sliced. */
+/* Build the blocks of `specs` (NULL: every tensor one block owned by rank 0) for the
+ * small model `small` (shaped d', f'), load this rank's base slices from `base`, and
+ * initialise one-hot projections at idx, A = 0, norm gains sliced. */
 int proj_init(proj_set *ps, backend *be, const st_model *base, const llama_config *base_cfg,
-              const llama_model *small, const proj_indices *idx, pc_err *e);
+              const llama_model *small, const proj_indices *idx, const proj_spec *specs, int n_specs, int rank,
+              int world, pc_err *e);
 void proj_free(proj_set *ps);
 
-/* W_C of every matrix and the norm gains into small->params. */
+/* W_C of this rank's blocks (and its norm gains) into small->params. */
 void proj_materialize(proj_set *ps, llama_model *small);
+/* All-gather every block's W_C so that each rank holds the whole small model. */
+int proj_gather(proj_set *ps, llama_model *small, comm *c, pc_err *e);
+/* Sum each block's gradient G over ranks into its owner's small->grads (reduce-scatter). */
+int proj_reduce_grads(proj_set *ps, llama_model *small, comm *c, pc_err *e);
 
-/* Gradients of matrix i from G = small->grads at its tensor: writes dP_in, dP_out, dA
- * (same layout as params: offsets returned in *gin, *gout, *ga into ps->grad, -1 when
- * absent). Returns the sum of squares of the three. */
-double proj_grad_matrix(proj_set *ps, int i, const llama_model *small, int64_t *gin, int64_t *gout, int64_t *ga);
+/* Gradients of owned block i from its G: writes dP_in, dP_out, dA into ps->grad at
+ * *gin, *gout, *ga (-1 when absent). When the block's P_in/P_out is a shared factor
+ * its partial gradient is ADDED to ps->shared_grad instead (with_shared) or skipped
+ * (*gin / *gout = -1 either way). A norm block's gradient is its G, at *ga. Returns the
+ * sum of squares of what it wrote to ps->grad. */
+double proj_grad_block(proj_set *ps, int i, const llama_model *small, int with_shared, int64_t *gin, int64_t *gout,
+                       int64_t *ga);
 
-/* Total projection FLOPs of one step (materialise + gradients, one pass). */
+/* Total projection FLOPs of one step over all blocks (materialise + gradients, one pass). */
 double proj_flops(const proj_set *ps);
 
-/* Slice the base at idx (hard pruning) into small->params; used by prune mode and by
- * tests (steps 0 of compress must equal it). */
+/* Slice the base at idx (hard pruning) into small->params; prune mode and steps-0 checks. */
 int proj_slice_base(const st_model *base, const llama_config *base_cfg, llama_model *small, const proj_indices *idx,
                     pc_err *e);
 

@@ -1,10 +1,13 @@
 /* proj_check: Projected Compression gradients of one batch for comparison with PyTorch
  * autograd (test_proj_grads.py).
  *
- *   proj_check BASE_DIR TOKENS.i32 B T D_MODEL_C D_FF_C OUT.safetensors [SEED]
+ *   proj_check BASE_DIR TOKENS.i32 B T D_MODEL_C D_FF_C OUT.safetensors [SEED [split]]
  *
  * Kept indices are drawn at random from SEED; every trainable tensor (P_in, P_out, A,
  * norm gains) is then perturbed with normal noise so that no projection is one-hot.
+ * With "split", the input-only matrices are cut into two row blocks and o_proj into two
+ * column blocks (all on this one rank), so their P_in / P_out are shared factors whose
+ * gradient is summed over blocks; the output is assembled per tensor either way.
  * W_C is materialised, the small model runs forward and backward on tokens/targets
  * (TOKENS.i32: (B,T) tokens then (B,T) targets), and the output holds, for every
  * trainable tensor X, "X" (its value) and "grad.X", plus "loss", "idx.d" and
@@ -54,7 +57,23 @@ int main(int argc, char **argv) {
     backend *be = backend_cpu_create(1);
     llama_model m;
     proj_set ps;
-    if (llama_init(&m, &sc, be, B, T, &e) || proj_init(&ps, be, base, &bc, &m, &idx, &e)) return fail(&e);
+    if (llama_init(&m, &sc, be, B, T, &e)) return fail(&e);
+    int split = argc > 9 && !strcmp(argv[9], "split");
+    proj_spec *specs = pc_calloc((size_t)llama_n_tensors(&m) * 2, sizeof *specs);
+    int n_specs = 0;
+    for (int i = 0; i < llama_n_tensors(&m); i++) {
+        const llama_tensor *t = llama_tensor_at(&m, i);
+        int rows = split && t->ndim == 2 && !strstr(t->name, "mlp") && !strstr(t->name, "o_proj");
+        int cols = split && strstr(t->name, "o_proj") != NULL;
+        int64_t n = rows ? t->shape[0] : t->shape[1], cut = n / 2 - (n / 2) % 8;
+        if (rows || cols) {
+            specs[n_specs++] = (proj_spec){t->name, rows ? PROJ_ROWS : PROJ_COLS, 0, cut, 0};
+            specs[n_specs++] = (proj_spec){t->name, rows ? PROJ_ROWS : PROJ_COLS, cut, n, 0};
+        } else {
+            specs[n_specs++] = (proj_spec){t->name, t->ndim == 1 ? PROJ_NORM : PROJ_WHOLE, 0, 0, 0};
+        }
+    }
+    if (proj_init(&ps, be, base, &bc, &m, &idx, specs, n_specs, 0, 1, &e)) return fail(&e);
     pc_rng rng;
     pc_rng_seed(&rng, seed * 7919 + 1);
     for (int64_t i = 0; i < ps.n_params; i++) ps.params[i] += 0.05f * pc_rng_normal(&rng);
@@ -66,30 +85,74 @@ int main(int argc, char **argv) {
 
     /* gradients of every trainable tensor, laid out like ps.params */
     float *grads = pc_alloc_f32((size_t)ps.n_params);
-    for (int i = 0; i < ps.n_mats; i++) {
-        const proj_matrix *pm = &ps.mats[i];
+    memset(ps.shared_grad, 0, sizeof(float) * (size_t)ps.shared_grad_n);
+    for (int i = 0; i < ps.n_blocks; i++) {
+        const proj_block *pb = &ps.blocks[i];
         int64_t gin, gout, ga;
-        proj_grad_matrix(&ps, i, &m, &gin, &gout, &ga);
-        if (gin >= 0) memcpy(grads + pm->p_in, ps.grad + gin, sizeof(float) * (size_t)pm->d_in * pm->d_in_c);
-        if (gout >= 0) memcpy(grads + pm->p_out, ps.grad + gout, sizeof(float) * (size_t)pm->d_out_c * pm->d_out);
-        memcpy(grads + pm->a, ps.grad + ga, sizeof(float) * (size_t)pm->d_out_c * pm->d_in_c);
+        proj_grad_block(&ps, i, &m, 1, &gin, &gout, &ga);
+        if (gin >= 0) memcpy(grads + pb->p_in, ps.grad + gin, sizeof(float) * (size_t)pb->d_in * pb->d_in_c);
+        if (gout >= 0) memcpy(grads + pb->p_out, ps.grad + gout, sizeof(float) * (size_t)pb->d_out_c * pb->d_out);
+        memcpy(grads + pb->a, ps.grad + ga, sizeof(float) * (size_t)pb->d_out_c * pb->d_in_c);
     }
-    for (int i = 0; i < ps.n_norms; i++)
-        memcpy(grads + ps.norms[i].offset, m.grads + llama_tensor_at(&m, ps.norms[i].small_index)->offset,
-               sizeof(float) * (size_t)ps.norms[i].n);
+    for (int s = 0; s < ps.n_shared; s++)
+        memcpy(grads + ps.shared[s].param_off, ps.shared_grad + ps.shared[s].grad_off,
+               sizeof(float) * (size_t)ps.shared[s].numel);
 
-    int n_items = 2 * ps.n_tensors + 2 + bc.n_layers;
+    /* assemble per small tensor: "<name>.p_in", ".p_out", ".a" (whole) and norm gains */
+    float *vals = pc_alloc_f32((size_t)ps.n_params + (size_t)m.n_params);
+    float *gs = pc_alloc_f32((size_t)ps.n_params + (size_t)m.n_params);
+    int n_out = 0, cap = 3 * llama_n_tensors(&m);
+    proj_tensor *outs = pc_calloc((size_t)cap, sizeof *outs);
+    int64_t used = 0;
+    for (int ti = 0; ti < llama_n_tensors(&m); ti++) {
+        const llama_tensor *t = llama_tensor_at(&m, ti);
+        for (int i = 0; i < ps.n_blocks; i++) {
+            const proj_block *pb = &ps.blocks[i];
+            if (pb->small_index != ti) continue;
+            const char *sfx[3] = {".p_in", ".p_out", t->ndim == 1 ? "" : ".a"};
+            int64_t offs[3] = {pb->p_in, pb->p_out, pb->a};
+            int64_t ns[3] = {(int64_t)pb->d_in * pb->d_in_c, (int64_t)pb->d_out_c * pb->d_out, t->numel};
+            for (int k = 0; k < 3; k++) {
+                if (offs[k] < 0) continue;
+                char nm[LLAMA_NAME_MAX + 32];
+                snprintf(nm, sizeof nm, "%s%s", t->name, sfx[k]);
+                int o = 0;
+                while (o < n_out && strcmp(outs[o].name, nm)) o++;
+                if (o == n_out) { /* first block of this tensor: reserve the whole tensor */
+                    snprintf(outs[o].name, sizeof outs[o].name, "%s", nm);
+                    outs[o].offset = used;
+                    outs[o].numel = ns[k];
+                    used += ns[k];
+                    n_out++;
+                }
+                if (k < 2) { /* a factor: whole (shared ones are identical in every block) */
+                    memcpy(vals + outs[o].offset, ps.params + offs[k], sizeof(float) * (size_t)ns[k]);
+                    memcpy(gs + outs[o].offset, grads + offs[k], sizeof(float) * (size_t)ns[k]);
+                } else { /* A slice (d_out', d_in') at its place in the (O, I) tensor */
+                    int64_t base_off = pb->off_c - t->offset;
+                    for (int r = 0; r < pb->d_out_c; r++) {
+                        memcpy(vals + outs[o].offset + base_off + (int64_t)r * pb->ld_c,
+                               ps.params + offs[k] + (int64_t)r * pb->d_in_c, sizeof(float) * (size_t)pb->d_in_c);
+                        memcpy(gs + outs[o].offset + base_off + (int64_t)r * pb->ld_c,
+                               grads + offs[k] + (int64_t)r * pb->d_in_c, sizeof(float) * (size_t)pb->d_in_c);
+                    }
+                }
+            }
+        }
+    }
+
+    int n_items = 2 * n_out + 2 + bc.n_layers;
     st_item *items = pc_calloc((size_t)n_items, sizeof *items);
-    char (*names)[LLAMA_NAME_MAX + 16] = pc_calloc((size_t)n_items, sizeof *names);
+    char (*names)[LLAMA_NAME_MAX + 48] = pc_calloc((size_t)n_items, sizeof *names);
     int k = 0;
-    for (int i = 0; i < ps.n_tensors; i++) {
-        const proj_tensor *pt = &ps.tensors[i];
+    for (int i = 0; i < n_out; i++) {
+        const proj_tensor *pt = &outs[i];
         for (int g = 0; g < 2; g++, k++) {
             snprintf(names[k], sizeof names[k], "%s%s", g ? "grad." : "", pt->name);
             items[k].name = names[k];
             items[k].ndim = 1;
             items[k].shape[0] = pt->numel;
-            items[k].data = (g ? grads : ps.params) + pt->offset;
+            items[k].data = (g ? gs : vals) + pt->offset;
         }
     }
     items[k++] = (st_item){.name = "loss", .ndim = 1, .shape = {1}, .data = &loss};
@@ -103,7 +166,12 @@ int main(int argc, char **argv) {
         items[k] = (st_item){.name = names[k], .ndim = 1, .shape = {fc}, .data = f};
     }
     if (st_write(argv[7], items, k, ST_F32, &e)) return fail(&e);
-    printf("loss %.7f, %lld trainable parameters in %d tensors\n", (double)loss, (long long)ps.n_params, ps.n_tensors);
+    printf("loss %.7f, %lld trainable parameters, %d blocks, %d shared factors\n", (double)loss,
+           (long long)ps.n_params, ps.n_blocks, ps.n_shared);
+    free(outs);
+    free(vals);
+    free(gs);
+    free(specs);
     free(idx_f);
     free(names);
     free(items);

@@ -5,7 +5,9 @@ transformers, tied and untied. proj_check builds W_C = P_out W P_in + A for ever
 (embedding and head included) with perturbed projections, runs the small model forward
 and backward, and writes the gradients of every P_in, P_out, A and norm gain. The same
 W_C is built from the same tensors in torch (float64) and differentiated by autograd
-through transformers' own LlamaForCausalLM (functional_call).
+through transformers' own LlamaForCausalLM (functional_call). A third case cuts the
+input-only matrices into row blocks and o_proj into column blocks, whose P_in / P_out
+gradients are sums over blocks.
 Tolerances: loss 1e-5 relative; each gradient max|ours - ref| <= 2e-5 x max|ref|."""
 import os
 import subprocess
@@ -31,8 +33,8 @@ def base_config(tied):
                 tie_word_embeddings=tied, max_position_embeddings=64)
 
 
-def case(root, tied):
-    name = "tied" if tied else "untied"
+def case(root, tied, split=False):
+    name = ("tied" if tied else "untied") + ("-split" if split else "")
     torch.manual_seed(11 if tied else 12)
     base = LlamaForCausalLM(LlamaConfig(**base_config(tied)))
     with torch.no_grad():
@@ -48,7 +50,7 @@ def case(root, tied):
     np.concatenate([tokens.ravel(), targets.ravel()]).astype("<i4").tofile(tok_file)
     out = os.path.join(root, name + "-out.safetensors")
     pclib.run([os.path.join(pclib.BUILD, "tests", "compress", "proj_check"), bdir, tok_file, str(B), str(T),
-               str(DC), str(FC), out, "3"])
+               str(DC), str(FC), out, "3"] + (["split"] if split else []))
     dump = load_file(out)
 
     scfg = base_config(False)
@@ -100,6 +102,8 @@ def main():
     root = pclib.tmpdir("pc-proj-")
     case(root, tied=False)
     case(root, tied=True)
+    # row blocks of q/k/v/embedding/head and column blocks of o_proj: shared factors
+    case(root, tied=True, split=True)
 
 
 if __name__ == "__main__":
