@@ -17,27 +17,33 @@
 /* ---------------------------------------------------------------- wrappers */
 
 int comm_all_reduce(comm *c, const void *send, void *recv, size_t count, comm_dtype t, comm_op op, pc_err *e) {
+    c->bytes += count * comm_dtype_size(t);
     return c->ops->all_reduce(c, send, recv, count, t, op, e);
 }
 
 int comm_reduce(comm *c, const void *send, void *recv, size_t count, comm_dtype t, comm_op op, int root, pc_err *e) {
+    c->bytes += count * comm_dtype_size(t);
     return c->ops->reduce(c, send, recv, count, t, op, root, e);
 }
 
 int comm_broadcast(comm *c, void *buf, size_t count, comm_dtype t, int root, pc_err *e) {
+    c->bytes += count * comm_dtype_size(t);
     return c->ops->broadcast(c, buf, count, t, root, e);
 }
 
 int comm_all_gather(comm *c, const void *send, void *recv, size_t count, comm_dtype t, pc_err *e) {
+    c->bytes += count * (size_t)c->size * comm_dtype_size(t);
     return c->ops->all_gather(c, send, recv, count, t, e);
 }
 
 int comm_all_gatherv(comm *c, const void *send, size_t send_count, void *recv, const size_t *counts,
                      const size_t *displs, comm_dtype t, pc_err *e) {
+    for (int r = 0; r < c->size; r++) c->bytes += counts[r] * comm_dtype_size(t);
     return c->ops->all_gatherv(c, send, send_count, recv, counts, displs, t, e);
 }
 
 int comm_reduce_scatter(comm *c, const void *send, void *recv, size_t count, comm_dtype t, comm_op op, pc_err *e) {
+    c->bytes += count * (size_t)c->size * comm_dtype_size(t);
     return c->ops->reduce_scatter(c, send, recv, count, t, op, e);
 }
 

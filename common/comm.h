@@ -34,6 +34,7 @@ struct comm {
     const comm_ops *ops;
     int rank, size;
     double timeout_s; /* watchdog: a collective taking longer fails naming the op (0 = none) */
+    uint64_t bytes;   /* payload of every collective so far: the logical buffer (all ranks' data) */
     void *impl;
 };
 

@@ -11,6 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "plan.h"
 #include "trainer.h"
 
 #define MAX_SETS 256
@@ -25,6 +26,7 @@ static void on_signal(int sig) {
 static void usage(FILE *f) {
     fprintf(f,
             "usage: projcompd --cfg JOB.yaml [--set key.sub=value]...\n"
+            "       projcompd --cfg JOB.yaml --dry-run [-np N]\n"
             "       projcompd --help | --version\n"
             "\n"
             "Compress a Hugging Face Llama model by Projected Compression (run.mode: compress),\n"
@@ -33,6 +35,8 @@ static void usage(FILE *f) {
             "\n"
             "  --cfg FILE        job config (YAML); see docs/config.md for every key\n"
             "  --set KEY=VALUE   override one key, e.g. --set train.steps=10 (repeatable)\n"
+            "  --dry-run         print the sharding plan and per-rank memory for N ranks (default:\n"
+            "                    the ranks of this launch) without reading weights, and exit\n"
             "  --version         print the version\n"
             "  --help            this text\n"
             "\n"
@@ -42,6 +46,7 @@ static void usage(FILE *f) {
 
 typedef struct cli {
     const char *cfg;
+    int dry_run, dry_np;
     const char *sets[MAX_SETS];
     int n_sets;
 } cli;
@@ -71,6 +76,14 @@ static int parse_cli(int argc, char **argv, cli *c, int rank) {
                 }
                 c->sets[c->n_sets++] = argv[++i];
             }
+        } else if (!strcmp(a, "--dry-run")) {
+            c->dry_run = 1;
+        } else if (!strcmp(a, "-np") || !strcmp(a, "--np")) {
+            if (i + 1 >= argc || atoi(argv[i + 1]) <= 0) {
+                if (rank == 0) fprintf(stderr, "projcompd: %s needs a positive rank count\n", a);
+                return 2;
+            }
+            c->dry_np = atoi(argv[++i]);
         } else if (!strncmp(a, "--set=", 6) && c->n_sets < MAX_SETS) {
             c->sets[c->n_sets++] = a + 6;
         } else if (!strncmp(a, "--cfg=", 6)) {
@@ -120,6 +133,17 @@ int main(int argc, char **argv) {
     r.world = world;
     r.t_start = pc_now();
     r.stop_flag = &g_stop_signal;
+    if (c.dry_run) { /* the plan for N ranks, from config.json alone */
+        int n = c.dry_np > 0 ? c.dry_np : world;
+        rc = 0;
+        if (rank == 0 && (config_load(&r.cfg, c.cfg, c.sets, c.n_sets, &e) != 0 ||
+                          config_check_ranks(&r.cfg, n, &e) != 0 || plan_dry_run(&r.cfg, n, stdout, &e) != 0)) {
+            fprintf(stderr, "projcompd: error: %s\n", e.msg);
+            rc = 2;
+        }
+        MPI_Finalize();
+        return rc;
+    }
     if (config_load(&r.cfg, c.cfg, c.sets, c.n_sets, &e) != 0 || config_check_ranks(&r.cfg, world, &e) != 0) {
         if (rank == 0) fprintf(stderr, "projcompd: error: %s\n", e.msg);
         MPI_Finalize();

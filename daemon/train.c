@@ -160,6 +160,7 @@ int mode_train(run_ctx *r, pc_err *e) {
     for (int64_t step = start; step < c->train.steps; step++) {
         r->log.step = (long)step + 1;
         double t0 = pc_now(), local_loss;
+        uint64_t comm0 = r->comm->bytes;
         if (step > start && t.method->begin_step(r, &t, e) != 0) goto out;
         if (accumulate(r, &t, step, n_micro, &local_loss, e) != 0) goto out;
         if (t.method->reduce_grads(r, &t, e) != 0) goto out;
@@ -178,16 +179,18 @@ int mode_train(run_ctx *r, pc_err *e) {
         float lr = (float)optim_lr(step, c->train.steps, c->train.warmup_steps, c->train.lr, c->train.min_lr_ratio);
         t.method->update(r, &t, step, lr, clip);
         double dt = pc_now() - t0;
+        double comm_mb = (double)(r->comm->bytes - comm0) / 1e6;
         double tok_s = (double)c->train.global_batch * T / dt;
         char line[512];
         snprintf(line, sizeof line,
                  "{\"step\": %lld, \"loss\": %.8f, \"lr\": %.6e, \"grad_norm\": %.6f, \"tokens_per_s\": %.1f, "
-                 "\"step_time\": %.4f, \"tokens\": %lld, \"tflops\": %.4f}",
+                 "\"step_time\": %.4f, \"tokens\": %lld, \"tflops\": %.4f, \"comm_mb\": %.3f}",
                  (long long)step + 1, loss, lr, gnorm, tok_s, dt,
                  (long long)(step + 1) * c->train.global_batch * T,
-                 (flops_per_token * c->train.global_batch * T + t.proj_flops) / dt * 1e-12);
+                 (flops_per_token * c->train.global_batch * T + t.proj_flops) / dt * 1e-12, comm_mb);
         run_metrics(r, line);
-        log_file(&r->log, LOG_INFO, "loss %.4f lr %.3e grad_norm %.3f %.0f tok/s %.3f s", loss, lr, gnorm, tok_s, dt);
+        log_file(&r->log, LOG_INFO, "loss %.4f lr %.3e grad_norm %.3f %.0f tok/s %.3f s, comm %.2f MB", loss, lr,
+                 gnorm, tok_s, dt, comm_mb);
         run_progress(r, (long)step + 1, (long)c->train.steps, loss, tok_s, dt);
         int last = step + 1 == c->train.steps;
         if (last || (c->eval.every_steps > 0 && (step + 1) % c->eval.every_steps == 0)) {
