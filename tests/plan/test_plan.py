@@ -1,0 +1,237 @@
+"""Sharding plan against an independent reference.
+
+Runs plan-tool on the shape configs under configs/models (Llama-3.1-8B, Llama-3.2-1B,
+SmolLM-135M, a 70B GQA shape) and the demo model, on 1 to 512 ranks, with GPU (bf16)
+and CPU (f32) sizes, parses plan.txt, and re-derives from config.json alone: the tensor
+list, each block's base / compressed slice, its bytes (frozen base + 12 bytes per own
+trainable element + a replicated shared factor) and projection FLOPs (counted from the
+matmuls a slice needs), that the ranges tile each matrix and q/k/v/o ranges are whole
+heads, the rank table (blocks, base bytes, GFLOP, W_C replica, totals), the comm line,
+and the wall time. plan.txt of the demo on 3 ranks with forced splits must equal the stored golden file."""
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+
+SRC = os.environ.get("PC_SRC", os.path.join(os.path.dirname(__file__), "..", ".."))
+BUILD = os.environ.get("PC_BUILD", os.path.join(SRC, "build"))
+TOOL = os.environ.get("PLAN_TOOL", os.path.join(BUILD, "tests", "plan", "plan-tool"))
+HERE = os.path.dirname(os.path.abspath(__file__))
+GIB, MIB = float(1 << 30), float(1 << 20)
+
+CASES = [
+    ("configs/models/llama-3.1-8b/config.json", 2160, 6480),
+    ("configs/models/llama-3.2-1b/config.json", 1344, 5376),
+    ("configs/models/smollm-135m/config.json", 384, 1024),
+    ("configs/models/llama-70b-shape/config.json", 4320, 12960),
+    ("configs/demo-model.json", 64, 192),
+]
+WORLDS = [1, 2, 5, 8, 16, 64, 512]
+failures = []
+stats = {"split": 0, "shared": 0}
+
+
+def check(cond, msg):
+    if not cond:
+        failures.append(msg)
+
+
+def close(a, b, tol):
+    return abs(a - b) <= tol
+
+
+def tensors(cfg, dc, fc):
+    """(name, kind, d_out, d_in, d_out', d_in', split axis, granule) in HF order."""
+    d, f, V, hd = cfg["hidden_size"], cfg["intermediate_size"], cfg["vocab_size"], cfg.get("head_dim")
+    H, KV = cfg["num_attention_heads"], cfg.get("num_key_value_heads", cfg["num_attention_heads"])
+    hd = hd or d // H
+    out = [("model.embed_tokens.weight", "mat", V, d, V, dc, "rows", 1)]
+    for i in range(cfg["num_hidden_layers"]):
+        p = f"model.layers.{i}."
+        out += [(p + "input_layernorm.weight", "norm", d, 1, dc, 1, None, 1),
+                (p + "self_attn.q_proj.weight", "mat", H * hd, d, H * hd, dc, "rows", hd),
+                (p + "self_attn.k_proj.weight", "mat", KV * hd, d, KV * hd, dc, "rows", hd),
+                (p + "self_attn.v_proj.weight", "mat", KV * hd, d, KV * hd, dc, "rows", hd),
+                (p + "self_attn.o_proj.weight", "mat", d, H * hd, dc, H * hd, "cols", hd),
+                (p + "post_attention_layernorm.weight", "norm", d, 1, dc, 1, None, 1),
+                (p + "mlp.gate_proj.weight", "mat", f, d, fc, dc, None, 1),
+                (p + "mlp.up_proj.weight", "mat", f, d, fc, dc, None, 1),
+                (p + "mlp.down_proj.weight", "mat", d, f, dc, fc, None, 1)]
+    out += [("model.norm.weight", "norm", d, 1, dc, 1, None, 1),
+            ("lm_head.weight", "mat", V, d, V, dc, "rows", 1)]
+    return out, H, KV, hd
+
+
+def block_ref(t, kind, r0, r1, base_b):
+    """bytes, GFLOP and shared-factor numel of one block, from first principles."""
+    name, tk, dO, dI, oc, ic, axis, _ = t
+    if tk == "norm":
+        return 12 * oc, 0.0, 0
+    pin, pout = ic < dI, oc < dO
+    if kind == "rows":
+        dO = oc = r1 - r0
+    elif kind == "cols":
+        dI = ic = r1 - r0
+    split = kind in ("rows", "cols")
+    shared = (dI * ic if kind == "rows" and pin else 0) + (oc * dO if kind == "cols" and pout else 0)
+    own = oc * ic + (dI * ic if pin and not (kind == "rows") else 0) + (oc * dO if pout and not (kind == "cols") else 0)
+    if not split:
+        own = oc * ic + (dI * ic if pin else 0) + (oc * dO if pout else 0)
+    nbytes = dO * dI * base_b + 12 * own + 12 * shared
+    # multiply-adds of the matmuls one step runs on this slice
+    macs = 0
+    if pin and pout:
+        macs += min(dO * dI * ic + oc * dO * ic, oc * dO * dI + oc * dI * ic)  # W_C, cheaper order
+        macs += dO * dI * ic + oc * dO * dI      # W P_in and P_out W for the gradients
+        macs += oc * ic * dO + dI * oc * ic      # dP_out = G (W P_in)^T, dP_in = (P_out W)^T G
+    elif pin:
+        macs += 2 * dO * dI * ic                 # W P_in, dP_in = W^T G
+    elif pout:
+        macs += 2 * oc * dO * dI                 # P_out W, dP_out = G W^T
+    return nbytes, 2.0 * macs / 1e9, shared
+
+
+def parse(text):
+    lines = text.splitlines()
+    hdr = {}
+    for ln in lines:
+        m = re.match(r"# (base|small)\s+d_model (\d+)\s+d_ff (\d+)(?: \(max, per layer\))?\s+layers (\d+)\s+heads "
+                     r"(\d+)/(\d+)\s+head_dim (\d+)\s+vocab (\d+)\s+tied (yes|no)\s+params (\d+)$", ln)
+        if m:
+            hdr[m.group(1)] = [int(x) if x.isdigit() else x for x in m.groups()[1:]]
+    blocks = [ln.split() for ln in lines if ln.startswith("  model.") or ln.startswith("  lm_head")]
+    ranks = [ln.split() for ln in lines if re.match(r"  \d+ ", ln)]
+    world = int(re.search(r"# world (\d+)", text).group(1))
+    comm = re.search(r"all-gather W_C ([\d.]+) GiB \+ reduce G ([\d.]+) GiB", text)
+    shared = [ln.split() for ln in lines if ln.startswith("  shared ")]
+    return hdr, blocks, ranks, world, comm, shared
+
+
+def run_case(path, dc, fc, world, cpu, extra=()):
+    cfg = json.load(open(os.path.join(SRC, path)))
+    args = [TOOL, os.path.join(SRC, path), str(dc), str(fc), str(world), "2", "1024"] + (["--cpu"] if cpu else []) + list(extra)
+    t0 = time.time()
+    p = subprocess.run(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    dt = time.time() - t0
+    tag = f"{os.path.basename(os.path.dirname(path)) or path} w={world} cpu={cpu}"
+    if p.returncode != 0:
+        failures.append(f"{tag}: plan-tool failed: {p.stderr}")
+        return None
+    check(dt < 1.0, f"{tag}: took {dt:.2f} s")
+    hdr, blocks, ranks, w, comm, shared = parse(p.stdout)
+    ts, H, KV, hd = tensors(cfg, dc, fc)
+    base_b, comp_b = (4, 4) if cpu else (2, 2)
+    check(w == world, f"{tag}: world {w}")
+    check(hdr["base"][:7] == [cfg["hidden_size"], cfg["intermediate_size"], cfg["num_hidden_layers"], H, KV, hd,
+                              cfg["vocab_size"]], f"{tag}: base header {hdr.get('base')}")
+    check(hdr["small"][:2] == [dc, fc], f"{tag}: small header {hdr.get('small')}")
+    # blocks: consecutive per tensor, tiling the split axis, whole heads
+    by_owner_bytes, by_owner_n, by_owner_gf = [0.0] * world, [0] * world, [0.0] * world
+    total_base = 0
+    i = 0
+    n_split = 0
+    for t in ts:
+        name, tk, dO, dI, oc, ic, axis, gran = t
+        extent = oc if tk == "norm" else (dI if axis == "cols" else dO)
+        nxt, n = 0, 0
+        while i < len(blocks) and blocks[i][0] == name:
+            _, kind, rng, owner, mib, gf = blocks[i]
+            r0, r1 = map(int, rng.split(":"))
+            owner, mib, gf = int(owner), float(mib), float(gf)
+            check(r0 == nxt and r1 > r0, f"{tag}: {name} range {rng} after {nxt}")
+            check(0 <= owner < world, f"{tag}: {name} owner {owner}")
+            if kind in ("rows", "cols"):
+                check(kind == axis, f"{tag}: {name} split as {kind}")
+                check(r0 % gran == 0 and (r1 % gran == 0 or r1 == extent), f"{tag}: {name} {rng} not in units of {gran}")
+            else:
+                check(kind == ("norm" if tk == "norm" else "whole"), f"{tag}: {name} kind {kind}")
+            nbytes, gflop, _ = block_ref(t, kind, r0, r1, base_b)
+            check(close(mib, nbytes / MIB, 0.006), f"{tag}: {name} {rng}: {mib} MiB, reference {nbytes / MIB:.3f}")
+            check(close(gf, gflop, 0.0006 + 1e-6 * gflop), f"{tag}: {name} {rng}: {gf} GFLOP, reference {gflop:.4f}")
+            by_owner_n[owner] += 1
+            by_owner_gf[owner] += gf
+            if tk == "mat":
+                slice_el = {"rows": (r1 - r0) * dI, "cols": dO * (r1 - r0)}.get(kind, dO * dI)
+                by_owner_bytes[owner] += slice_el * base_b
+                total_base += slice_el * base_b
+            nxt, n, i = r1, n + 1, i + 1
+        check(n >= 1 and nxt == extent, f"{tag}: {name} covered up to {nxt} of {extent} in {n} block(s)")
+        n_split += n > 1
+    check(i == len(blocks), f"{tag}: {len(blocks) - i} unexpected block line(s) from '{blocks[i][0] if i < len(blocks) else ''}'")
+    check(total_base == sum(t[2] * t[3] * base_b for t in ts if t[1] == "mat"), f"{tag}: base bytes do not add up")
+    if world == 1:
+        check(n_split == 0 and not shared, f"{tag}: one rank but {n_split} split matrices")
+    # rank table
+    check(len(ranks) == world, f"{tag}: {len(ranks)} rank rows")
+    V, L = cfg["vocab_size"], cfg["num_hidden_layers"]
+    small_params = 2 * V * dc + L * (dc * H * hd * 2 + 2 * dc * KV * hd + 3 * dc * fc + 2 * dc) + dc
+    for r, row in enumerate(ranks):
+        rid, nb, base, state, sh, replica, scratch, act, total, gf = row
+        check(int(rid) == r and int(nb) == by_owner_n[r], f"{tag}: rank {r} has {nb} blocks, lines say {by_owner_n[r]}")
+        check(close(float(base), by_owner_bytes[r] / GIB, 0.0006), f"{tag}: rank {r} base {base} GiB")
+        check(close(float(gf), by_owner_gf[r], 0.0006 * (by_owner_n[r] + 1) + 1e-6 * by_owner_gf[r]),
+              f"{tag}: rank {r} {gf} GFLOP, blocks sum to {by_owner_gf[r]:.3f}")
+        check(close(float(replica), small_params * (comp_b + 4) / GIB, 0.0006), f"{tag}: rank {r} replica {replica}")
+        parts = sum(float(x) for x in (base, state, sh, replica, scratch, act))
+        check(close(float(total), parts, 0.004), f"{tag}: rank {r} total {total} != parts {parts:.3f}")
+    # shared factors: one per split matrix with a projected side, held once per owner rank
+    owners = {}
+    for b in blocks:
+        owners.setdefault(b[0], []).append(int(b[3]))
+    for sf in shared:
+        _, name, mib, _, _, nb, _, nr = sf
+        tensor, fac = name.rsplit(".", 1)
+        t = next(x for x in ts if x[0] == tensor)
+        numel = t[3] * t[5] if fac == "p_in" else t[4] * t[2]
+        check(close(float(mib), 12 * numel / MIB, 0.006), f"{tag}: shared {name} {mib} MiB")
+        check(int(nb) == len(owners[tensor]) > 1 and int(nr) == len(set(owners[tensor])),
+              f"{tag}: shared {name} blocks {nb} ranks {nr}, lines say {owners[tensor]}")
+    stats["split"] += n_split
+    stats["shared"] += len(shared)
+    check(close(float(comm.group(1)), small_params * comp_b / GIB, 0.0006), f"{tag}: all-gather {comm.group(1)}")
+    check(close(float(comm.group(2)), small_params * comp_b / GIB, 0.0006), f"{tag}: reduce {comm.group(2)}")
+    return p.stdout
+
+
+def main():
+    if not os.path.exists(TOOL):
+        print(f"SKIP: {TOOL} not built")
+        return 77
+    for path, dc, fc in CASES:
+        for world in WORLDS:
+            for cpu in (False, True):
+                run_case(path, dc, fc, world, cpu)
+    # the split path was exercised (large vocabularies on many ranks)
+    check(stats["split"] > 0 and stats["shared"] > 0, f"no plan split a matrix: {stats}")
+    # forced splits (threshold 64 KiB) go through the same reference
+    run_case("configs/demo-model.json", 64, 192, 3, True, ["--split", "65536"])
+    run_case("configs/models/smollm-135m/config.json", 384, 1024, 16, False, ["--split", "1000000"])
+    # format stability: the demo plan on 3 ranks with forced splits, byte for byte
+    golden = os.path.join(HERE, "golden", "demo-w3-cpu-split.txt")
+    args = [TOOL, os.path.join(SRC, "configs/demo-model.json"), "64", "192", "3", "4", "128", "--cpu",
+            "--split", "65536"]
+    out = subprocess.run(args, stdout=subprocess.PIPE, text=True, check=True).stdout
+    if os.environ.get("PLAN_UPDATE_GOLDEN"):
+        os.makedirs(os.path.dirname(golden), exist_ok=True)
+        open(golden, "w").write(out)
+    want = open(golden).read()
+    if out != want:
+        import difflib
+        failures.append("plan.txt format changed:\n" + "".join(difflib.unified_diff(
+            want.splitlines(True), out.splitlines(True), "golden", "plan-tool")))
+    # bad usage and bad shapes are refused with a message
+    bad = subprocess.run([TOOL, os.path.join(SRC, CASES[0][0]), "5000", "6480", "8"], stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True)
+    check(bad.returncode == 1 and "hidden_size" in bad.stderr, f"d_model 5000 > 4096 accepted: {bad.stderr}")
+    bad = subprocess.run([TOOL, "x.json", "1"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    check(bad.returncode == 2 and "usage" in bad.stderr, "bad usage accepted")
+    for f in failures[:40]:
+        print("FAIL:", f)
+    print(f"{len(failures)} failure(s) over {len(CASES) * len(WORLDS) * 2 + 2} plans; {stats}")
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
