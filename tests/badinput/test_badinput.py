@@ -1,0 +1,606 @@
+"""Bad inputs run end to end through the real projcompd (under mpirun) and projcomp-data.
+
+Each case builds a small valid set-up (a tiny Llama base written with numpy/safetensors,
+HDF5 token shards, a compress job of 2 steps), breaks one thing, runs the program and
+asserts what the user sees:
+- a non-zero exit status,
+- every expected substring in the program's output (stdout + stderr), i.e. a message
+  naming the file, key or tensor at fault,
+- no partial output: no RUN/final (nor output.dir), no temporary or half-written files
+  (*.tmp*) under the run directory, no checkpoint; for config and command-line errors,
+  no run directory at all (they are rejected before any work).
+Usage: test_badinput.py CASE   (or 'list', or 'all')."""
+import glob
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+import pclib  # noqa: E402
+
+V, D, F, L, H, KV, HD, SEQ = 64, 32, 64, 2, 4, 2, 8, 8
+
+
+# ------------------------------------------------------------------ fixture
+
+def base_config():
+    return {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "vocab_size": V, "hidden_size": D,
+            "intermediate_size": F, "num_hidden_layers": L, "num_attention_heads": H,
+            "num_key_value_heads": KV, "head_dim": HD, "max_position_embeddings": 64, "rms_norm_eps": 1e-5,
+            "rope_theta": 10000.0, "tie_word_embeddings": False, "bos_token_id": 1, "eos_token_id": 0,
+            "torch_dtype": "float32", "hidden_act": "silu"}
+
+
+def base_tensors(seed=0):
+    rng = np.random.default_rng(seed)
+    w = lambda *s: (rng.standard_normal(s) * 0.1).astype(np.float32)  # noqa: E731
+    t = {"model.embed_tokens.weight": w(V, D), "model.norm.weight": np.ones(D, np.float32),
+         "lm_head.weight": w(V, D)}
+    for i in range(L):
+        p = f"model.layers.{i}."
+        t.update({p + "self_attn.q_proj.weight": w(H * HD, D), p + "self_attn.k_proj.weight": w(KV * HD, D),
+                  p + "self_attn.v_proj.weight": w(KV * HD, D), p + "self_attn.o_proj.weight": w(D, H * HD),
+                  p + "mlp.gate_proj.weight": w(F, D), p + "mlp.up_proj.weight": w(F, D),
+                  p + "mlp.down_proj.weight": w(D, F), p + "input_layernorm.weight": np.ones(D, np.float32),
+                  p + "post_attention_layernorm.weight": np.ones(D, np.float32)})
+    return t
+
+
+def write_base(d, cfg=None, tensors=None, raw=None):
+    """An HF model directory: config.json and model.safetensors (raw bytes if given)."""
+    from safetensors.numpy import save_file
+    os.makedirs(d, exist_ok=True)
+    with open(os.path.join(d, "config.json"), "w") as f:
+        json.dump(cfg or base_config(), f, indent=1)
+    p = os.path.join(d, "model.safetensors")
+    if raw is not None:
+        open(p, "wb").write(raw)
+    else:
+        save_file(tensors if tensors is not None else base_tensors(), p, metadata={"format": "pt"})
+    return d
+
+
+def st_raw(tensors):
+    from safetensors.numpy import save
+    return save(tensors, metadata={"format": "pt"})
+
+
+class Fixture:
+    def __init__(self, name):
+        self.root = pclib.tmpdir("pc-bad-" + name + "-")
+        self.base = write_base(os.path.join(self.root, "base"))
+        toks = pclib.markov_tokens(3000, V, seed=1)
+        self.train = os.path.join(self.root, "train.h5")
+        self.valid = os.path.join(self.root, "valid.h5")
+        pclib.write_shard(self.train, toks[:2500], V)
+        pclib.write_shard(self.valid, toks[2500:], V)
+        self.run_dir = os.path.join(self.root, "run")
+        self.job = os.path.join(self.root, "job.yaml")
+        self.sections = {
+            "run": {"dir": self.run_dir, "mode": "compress", "seed": 3},
+            "model": {"base": self.base},
+            "compress": {"d_model": 16, "d_ff": 32, "importance": "magnitude", "calibration_sequences": 4},
+            "data": {"train": [self.train], "valid": [self.valid], "seq_len": SEQ},
+            "train": {"steps": 2, "global_batch": 4, "micro_batch": 2, "lr": 1e-3, "warmup_steps": 1},
+            "eval": {"batches": 2},
+            "checkpoint": {"every_steps": 1},
+            "backend": {"device": "cpu", "threads": 1},
+        }
+
+    def write_job(self):
+        pclib.write_yaml(self.job, self.sections)
+        return self.job
+
+    def line_of(self, needle):
+        """1-based line of the job file holding needle."""
+        for i, line in enumerate(open(self.job), 1):
+            if needle in line:
+                return i
+        raise SystemExit(f"fixture: '{needle}' not in {self.job}")
+
+
+# ------------------------------------------------------------------ running
+
+def run_daemon(fx, np_=1, extra=(), job=True):
+    args = ["mpirun", "--oversubscribe", "-np", str(np_), pclib.PROJCOMPD]
+    if job:
+        args += ["--cfg", fx.write_job() if not os.path.exists(fx.job) else fx.job]
+    args += list(extra)
+    p = subprocess.run(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=pclib.env(),
+                       timeout=300)
+    return p.returncode, p.stdout + p.stderr
+
+
+def run_data(args):
+    p = subprocess.run([pclib.PROJCOMP_DATA] + list(args), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                       text=True, env=pclib.env(), timeout=120)
+    return p.returncode, p.stdout + p.stderr
+
+
+def partial_files(d):
+    bad = []
+    for dirpath, dirnames, filenames in os.walk(d):
+        for n in dirnames + filenames:
+            if ".tmp" in n:
+                bad.append(os.path.join(dirpath, n))
+    return bad
+
+
+def expect_failure(rc, out, needles, fx=None, before_work=False, outputs=()):
+    """The shared assertions of every case (see the module docstring)."""
+    problems = []
+    if rc == 0:
+        problems.append("exit status 0")
+    low = out
+    for n in needles:
+        if n not in low:
+            problems.append(f"message lacks {n!r}")
+    if fx is not None:
+        final = os.path.join(fx.run_dir, "final")
+        if os.path.exists(final):
+            problems.append(f"partial output: {final} exists")
+        if glob.glob(os.path.join(fx.run_dir, "checkpoints", "step-*")):
+            problems.append("partial output: a checkpoint was written")
+        tmp = partial_files(fx.root)
+        if tmp:
+            problems.append(f"half-written files: {tmp}")
+        if before_work and os.path.exists(fx.run_dir):
+            problems.append(f"run directory {fx.run_dir} created although the input is rejected before any work")
+    for o in outputs:
+        if glob.glob(o):
+            problems.append(f"partial output: {glob.glob(o)}")
+    shown = "\n    ".join(out.strip().splitlines()[-12:])
+    if problems:
+        raise SystemExit("FAIL: " + "; ".join(problems) + f"\n  exit {rc}, output (last lines):\n    {shown}")
+    print(f"ok: exit {rc}; message: {next((l for l in out.splitlines() if needles and needles[0] in l), '?')}")
+
+
+# ------------------------------------------------------------------ cases: model files
+
+def case_st_truncated(fx):
+    p = os.path.join(fx.base, "model.safetensors")
+    data = open(p, "rb").read()
+    open(p, "wb").write(data[:len(data) - 100])
+    rc, out = run_daemon(fx)
+    expect_failure(rc, out, [p, "outside the data section"], fx)
+
+
+def case_st_header_lies(fx):
+    """The header claims a tensor ends past the end of the file."""
+    p = os.path.join(fx.base, "model.safetensors")
+    data = bytearray(open(p, "rb").read())
+    n = int.from_bytes(data[:8], "little")
+    hdr = json.loads(data[8:8 + n])
+    name = "model.layers.1.mlp.down_proj.weight"
+    b, e = hdr[name]["data_offsets"]
+    hdr[name]["data_offsets"] = [b + 1 << 20, e + 1 << 20]
+    text = json.dumps(hdr).encode()
+    text += b" " * (n - len(text)) if len(text) <= n else b""
+    out_b = (len(text)).to_bytes(8, "little") + text + bytes(data[8 + n:])
+    open(p, "wb").write(out_b)
+    rc, out = run_daemon(fx)
+    expect_failure(rc, out, [p, name, "data_offsets"], fx)
+
+
+def case_st_overlap(fx):
+    """Two tensors' data_offsets overlap."""
+    p = os.path.join(fx.base, "model.safetensors")
+    data = bytearray(open(p, "rb").read())
+    n = int.from_bytes(data[:8], "little")
+    hdr = json.loads(data[8:8 + n])
+    a, b = "model.layers.0.input_layernorm.weight", "model.layers.0.post_attention_layernorm.weight"
+    hdr[b]["data_offsets"] = list(hdr[a]["data_offsets"])
+    text = json.dumps(hdr).encode()
+    text += b" " * ((8 - len(text) % 8) % 8)
+    open(p, "wb").write(len(text).to_bytes(8, "little") + text + bytes(data[8 + n:]))
+    rc, out = run_daemon(fx)
+    expect_failure(rc, out, [p, "overlap"], fx)
+
+
+def case_st_wrong_dtype(fx):
+    t = base_tensors()
+    name = "model.layers.0.self_attn.q_proj.weight"
+    t[name] = t[name].astype(np.int64)
+    write_base(fx.base, tensors=t)
+    rc, out = run_daemon(fx)
+    expect_failure(rc, out, [name, "I64"], fx)
+
+
+def case_st_shape_mismatch(fx):
+    t = base_tensors()
+    name = "model.layers.1.mlp.up_proj.weight"
+    t[name] = t[name][:F - 8]
+    write_base(fx.base, tensors=t)
+    rc, out = run_daemon(fx)
+    expect_failure(rc, out, [name, "shape"], fx)
+
+
+def case_st_missing_tensor(fx):
+    t = base_tensors()
+    name = "model.layers.1.self_attn.v_proj.weight"
+    del t[name]
+    write_base(fx.base, tensors=t)
+    rc, out = run_daemon(fx)
+    expect_failure(rc, out, [name], fx)
+
+
+def case_st_nan_weight(fx):
+    t = base_tensors()
+    name = "model.layers.0.mlp.gate_proj.weight"
+    t[name][3, 5] = np.nan
+    write_base(fx.base, tensors=t)
+    rc, out = run_daemon(fx)
+    expect_failure(rc, out, [name, "NaN"], fx)
+
+
+def case_st_inf_weight(fx):
+    t = base_tensors()
+    name = "lm_head.weight"
+    t[name][0, 0] = np.inf
+    write_base(fx.base, tensors=t)
+    rc, out = run_daemon(fx)
+    expect_failure(rc, out, [name, "Inf"], fx)
+
+
+def case_index_missing_shard(fx):
+    """A sharded base whose index names a shard file that is not there."""
+    t = base_tensors()
+    os.remove(os.path.join(fx.base, "model.safetensors"))
+    from safetensors.numpy import save_file
+    names = sorted(t)
+    half = len(names) // 2
+    save_file({k: t[k] for k in names[:half]}, os.path.join(fx.base, "model-00001-of-00002.safetensors"))
+    idx = {"metadata": {}, "weight_map": {k: ("model-00001-of-00002.safetensors" if i < half else
+                                              "model-00002-of-00002.safetensors") for i, k in enumerate(names)}}
+    json.dump(idx, open(os.path.join(fx.base, "model.safetensors.index.json"), "w"))
+    rc, out = run_daemon(fx)
+    expect_failure(rc, out, ["model-00002-of-00002.safetensors", "does not exist"], fx)
+
+
+def case_config_json_mismatch(fx):
+    """config.json says a wider model than the weights."""
+    cfg = base_config()
+    cfg["intermediate_size"] = F * 2
+    write_base(fx.base, cfg=cfg)
+    rc, out = run_daemon(fx)
+    expect_failure(rc, out, ["model.layers.0.mlp.gate_proj.weight", "shape"], fx)
+
+
+def case_config_json_invalid(fx):
+    open(os.path.join(fx.base, "config.json"), "w").write('{"hidden_size": 32,,}')
+    rc, out = run_daemon(fx)
+    expect_failure(rc, out, [os.path.join(fx.base, "config.json")], fx)
+
+
+def case_config_json_missing_key(fx):
+    cfg = base_config()
+    del cfg["num_attention_heads"]
+    write_base(fx.base, cfg=cfg)
+    rc, out = run_daemon(fx)
+    expect_failure(rc, out, [os.path.join(fx.base, "config.json"), "num_attention_heads"], fx)
+
+
+def case_base_missing(fx):
+    missing = os.path.join(fx.root, "no-such-model")
+    fx.sections["model"]["base"] = missing
+    rc, out = run_daemon(fx)
+    expect_failure(rc, out, [missing], fx)
+
+
+def case_base_is_file(fx):
+    f = os.path.join(fx.root, "a-file")
+    open(f, "w").write("not a model\n")
+    fx.sections["model"]["base"] = f
+    rc, out = run_daemon(fx)
+    expect_failure(rc, out, [f], fx)
+
+
+def case_base_no_weights(fx):
+    os.remove(os.path.join(fx.base, "model.safetensors"))
+    rc, out = run_daemon(fx)
+    expect_failure(rc, out, [fx.base, "model.safetensors"], fx)
+
+
+def case_base_unreadable(fx):
+    """A base directory this process cannot list (skipped as root, who reads anything)."""
+    if os.geteuid() == 0:
+        # root ignores permissions: make the weights a directory instead, which no user can read as a file
+        p = os.path.join(fx.base, "model.safetensors")
+        os.remove(p)
+        os.mkdir(p)
+        rc, out = run_daemon(fx)
+        expect_failure(rc, out, [p], fx)
+        return
+    os.chmod(fx.base, 0)
+    try:
+        rc, out = run_daemon(fx)
+    finally:
+        os.chmod(fx.base, 0o755)
+    expect_failure(rc, out, [fx.base], fx)
+
+
+# ------------------------------------------------------------------ cases: data
+
+def case_tokens_out_of_range(fx):
+    toks = pclib.markov_tokens(2500, V, seed=1)
+    toks[100::37] = V + 5
+    pclib.write_shard(fx.train, toks, V)
+    rc, out = run_daemon(fx)
+    expect_failure(rc, out, [fx.train, str(V + 5)], fx)
+
+
+def case_shard_vocab_too_big(fx):
+    pclib.write_shard(fx.train, pclib.markov_tokens(2500, V, seed=1), V * 2)
+    rc, out = run_daemon(fx)
+    expect_failure(rc, out, [fx.train, "vocab_size"], fx)
+
+
+def case_empty_shard(fx):
+    pclib.write_shard(fx.train, np.zeros(0, np.uint16), V)
+    rc, out = run_daemon(fx)
+    expect_failure(rc, out, [fx.train, "0 tokens"], fx)
+
+
+def case_seq_len_too_long(fx):
+    pclib.write_shard(fx.valid, pclib.markov_tokens(40, V, seed=2), V)
+    fx.sections["data"]["seq_len"] = 48
+    rc, out = run_daemon(fx)
+    expect_failure(rc, out, [fx.valid, "seq_len"], fx)
+
+
+def case_shard_not_hdf5(fx):
+    open(fx.train, "w").write("just text\n")
+    rc, out = run_daemon(fx)
+    expect_failure(rc, out, [fx.train, "not an HDF5 file"], fx)
+
+
+def case_shard_float_tokens(fx):
+    import h5py
+    with h5py.File(fx.train, "w") as f:
+        d = f.create_dataset("tokens", data=np.ones(2500, np.float32))
+        d.attrs["vocab_size"] = V
+        d.attrs["eos_id"] = 0
+        d.attrs["tokenizer"] = "test"
+    rc, out = run_daemon(fx)
+    expect_failure(rc, out, [fx.train, "float32"], fx)
+
+
+def case_shard_missing_attr(fx):
+    import h5py
+    with h5py.File(fx.valid, "a") as f:
+        del f["tokens"].attrs["eos_id"]
+    rc, out = run_daemon(fx)
+    expect_failure(rc, out, [fx.valid, "eos_id"], fx)
+
+
+def case_train_glob_empty(fx):
+    g = os.path.join(fx.root, "nothing-*.h5")
+    fx.sections["data"]["train"] = [g]
+    rc, out = run_daemon(fx)
+    expect_failure(rc, out, [g, "no file matches"], fx)
+
+
+def case_data_dir_missing(fx):
+    g = os.path.join(fx.root, "no-such-dir", "train-*.h5")
+    fx.sections["data"]["train"] = [g]
+    rc, out = run_daemon(fx)
+    expect_failure(rc, out, [g], fx)
+
+
+# ------------------------------------------------------------------ cases: job config
+
+def config_case(fx, edit, needles_fn, np_=1, extra=()):
+    edit(fx.sections)
+    fx.write_job()
+    needles = needles_fn(fx)
+    rc, out = run_daemon(fx, np_=np_, extra=extra)
+    expect_failure(rc, out, needles, fx, before_work=True)
+
+
+def case_cfg_unknown_key(fx):
+    config_case(fx, lambda s: s["train"].update(lrr=1e-3),
+                lambda fx: [f"{fx.job}:{fx.line_of('lrr:')}", "unknown key 'train.lrr'", "train.lr"])
+
+
+def case_cfg_wrong_type(fx):
+    config_case(fx, lambda s: s["train"].update(steps="many"),
+                lambda fx: [f"{fx.job}:{fx.line_of('steps:')}", "train.steps"])
+
+
+def case_cfg_missing_required(fx):
+    config_case(fx, lambda s: s["compress"].pop("d_model"), lambda fx: ["compress.d_model", fx.job])
+
+
+def case_cfg_impossible_value(fx):
+    config_case(fx, lambda s: s["train"].update(lr=-0.5), lambda fx: [f"{fx.job}:{fx.line_of('lr: -0.5')}", "train.lr"])
+
+
+def case_cfg_d_model_too_big(fx):
+    """compress.d_model larger than the base's hidden_size: needs the base, rejected before training."""
+    fx.sections["compress"]["d_model"] = D * 2
+    fx.write_job()
+    rc, out = run_daemon(fx)
+    expect_failure(rc, out, [f"{fx.job}:{fx.line_of('d_model:')}", "compress.d_model", str(D)], fx)
+
+
+def case_cfg_d_ff_list_length(fx):
+    fx.sections["compress"]["d_ff"] = [32, 32, 32]
+    fx.write_job()
+    rc, out = run_daemon(fx)
+    expect_failure(rc, out, [f"{fx.job}:{fx.line_of('d_ff:')}", "compress.d_ff", "3 entries", f"{L} layers"], fx)
+
+
+def case_cfg_d_ff_too_big(fx):
+    fx.sections["compress"]["d_ff"] = [32, F + 1]
+    fx.write_job()
+    rc, out = run_daemon(fx)
+    expect_failure(rc, out, ["compress.d_ff", "layer 1", str(F)], fx)
+
+
+def case_cfg_batch_ranks(fx):
+    config_case(fx, lambda s: s["train"].update(global_batch=6, micro_batch=2),
+                lambda fx: [f"{fx.job}:{fx.line_of('global_batch:')}", "train.global_batch", "2 x 2"], np_=2)
+
+
+def case_cfg_micro_gt_global(fx):
+    config_case(fx, lambda s: s["train"].update(global_batch=2, micro_batch=4),
+                lambda fx: ["train.micro_batch", fx.job])
+
+
+def case_cfg_syntax_error(fx):
+    fx.write_job()
+    with open(fx.job, "a") as f:
+        f.write("train: [unclosed\n")
+    rc, out = run_daemon(fx)
+    expect_failure(rc, out, [fx.job, "YAML"], fx, before_work=True)
+
+
+def case_cfg_set_bad_value(fx):
+    config_case(fx, lambda s: None, lambda fx: ["--set train.steps=ten", "train.steps"], extra=["--set", "train.steps=ten"])
+
+
+def case_cfg_set_unknown(fx):
+    config_case(fx, lambda s: None, lambda fx: ["--set train.stepz=3", "unknown key 'train.stepz'"],
+                extra=["--set", "train.stepz=3"])
+
+
+# ------------------------------------------------------------------ cases: command line
+
+def case_cli_no_cfg(fx):
+    rc, out = run_daemon(fx, job=False)
+    expect_failure(rc, out, ["--cfg JOB.yaml is required", "usage:"], fx, before_work=True)
+
+
+def case_cli_unknown_arg(fx):
+    rc, out = run_daemon(fx, extra=["--bogus"])
+    expect_failure(rc, out, ["unknown argument '--bogus'"], fx, before_work=True)
+
+
+def case_cli_set_no_value(fx):
+    rc, out = run_daemon(fx, extra=["--set"])
+    expect_failure(rc, out, ["--set needs a value"], fx, before_work=True)
+
+
+def case_cli_cfg_missing_file(fx):
+    p = os.path.join(fx.root, "nope.yaml")
+    rc, out = run_daemon(fx, job=False, extra=["--cfg", p])
+    expect_failure(rc, out, [p, "No such file"], fx, before_work=True)
+
+
+def case_cli_exit_status(fx):
+    """Command line and config errors exit with status 2 (documented in --help)."""
+    rc, out = run_daemon(fx, extra=["--bogus"])
+    if rc != 2:
+        raise SystemExit(f"FAIL: exit status {rc} for a bad argument, --help documents 2\n{out[-600:]}")
+    print("ok: exit 2")
+
+
+# ------------------------------------------------------------------ cases: projcomp-data
+
+def data_case(fx, args, needles, out_dir=None):
+    rc, out = run_data(args)
+    outputs = [os.path.join(out_dir, "*")] if out_dir else []
+    expect_failure(rc, out, needles, outputs=outputs)
+    if out_dir and os.path.isdir(out_dir) and os.listdir(out_dir):
+        raise SystemExit(f"FAIL: {out_dir} holds {os.listdir(out_dir)} after a failed run")
+
+
+def case_data_no_args(fx):
+    data_case(fx, [], ["projcomp-data", "usage"])
+
+
+def case_data_missing_input(fx):
+    o = os.path.join(fx.root, "out")
+    p = os.path.join(fx.root, "missing.txt")
+    data_case(fx, ["--out", o, p], [p], out_dir=o)
+
+
+def case_data_empty_input(fx):
+    o = os.path.join(fx.root, "out")
+    p = os.path.join(fx.root, "empty.txt")
+    open(p, "w").close()
+    data_case(fx, ["--out", o, p], [p, "empty input"], out_dir=o)
+
+
+def case_data_bad_fraction(fx):
+    o = os.path.join(fx.root, "out")
+    p = os.path.join(fx.root, "t.txt")
+    open(p, "w").write("hello\n\nworld\n")
+    data_case(fx, ["--out", o, "--valid-fraction", "1.5", p], ["--valid-fraction 1.5"], out_dir=o)
+
+
+def case_data_bad_shard_tokens(fx):
+    o = os.path.join(fx.root, "out")
+    p = os.path.join(fx.root, "t.txt")
+    open(p, "w").write("hello\n\nworld\n")
+    data_case(fx, ["--out", o, "--shard-tokens", "-4", p], ["--shard-tokens -4"], out_dir=o)
+
+
+def case_data_no_out(fx):
+    p = os.path.join(fx.root, "t.txt")
+    open(p, "w").write("hello\n")
+    data_case(fx, [p], ["--out DIR is required"])
+
+
+def case_data_out_exists(fx):
+    """Existing shards are refused and left untouched."""
+    o = os.path.join(fx.root, "out")
+    p = os.path.join(fx.root, "t.txt")
+    open(p, "w").write("hello there\n\nworld\n" * 50)
+    rc, out = run_data(["--out", o, p])
+    if rc != 0:
+        raise SystemExit(f"FAIL: first conversion failed: {out}")
+    before = {n: os.path.getmtime(os.path.join(o, n)) for n in os.listdir(o)}
+    rc, out = run_data(["--out", o, p])
+    expect_failure(rc, out, ["already exists"])
+    after = {n: os.path.getmtime(os.path.join(o, n)) for n in os.listdir(o)}
+    if before != after:
+        raise SystemExit(f"FAIL: existing output changed: {before} -> {after}")
+
+
+def case_data_out_is_file(fx):
+    o = os.path.join(fx.root, "out-file")
+    open(o, "w").write("x")
+    p = os.path.join(fx.root, "t.txt")
+    open(p, "w").write("hello\n\nworld\n")
+    data_case(fx, ["--out", o, p], [o])
+
+
+def case_data_inspect_bad(fx):
+    p = os.path.join(fx.root, "bad.h5")
+    open(p, "w").write("not hdf5")
+    data_case(fx, ["--inspect", p], [p, "not an HDF5 file"])
+
+
+CASES = {k[5:]: v for k, v in sorted(globals().items()) if k.startswith("case_")}
+
+
+def main():
+    if len(sys.argv) != 2 or (sys.argv[1] not in CASES and sys.argv[1] not in ("list", "all")):
+        raise SystemExit(f"usage: {sys.argv[0]} CASE|list|all\ncases: {' '.join(CASES)}")
+    if sys.argv[1] == "list":
+        print("\n".join(CASES))
+        return
+    names = list(CASES) if sys.argv[1] == "all" else [sys.argv[1]]
+    failed = []
+    for name in names:
+        fx = Fixture(name)
+        try:
+            CASES[name](fx)
+        except SystemExit as ex:
+            if sys.argv[1] != "all":
+                raise
+            print(f"{name}: {ex}")
+            failed.append(name)
+        else:
+            shutil.rmtree(fx.root, ignore_errors=True)
+    if failed:
+        raise SystemExit(f"{len(failed)} case(s) failed: {' '.join(failed)}")
+
+
+if __name__ == "__main__":
+    main()
