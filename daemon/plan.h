@@ -16,6 +16,9 @@
  * by bytes descending (ties by name, then range), each to the least-loaded rank (bytes,
  * then FLOPs, then rank id).
  *
+ * A tied base's head projects the frozen embedding: owners of embedding blocks and of
+ * lm_head blocks each hold their rows of it, so it counts twice in the base bytes.
+ *
  * Everything is computed from the two shapes alone: no weights are read, nothing is
  * allocated in proportion to the model (a 70B plan on 512 ranks takes milliseconds). */
 #ifndef PC_PLAN_H
@@ -45,7 +48,8 @@ typedef struct plan_block {
     char base_name[PLAN_NAME_MAX]; /* base tensor holding W (a tied head reads the embedding) */
     plan_kind kind;
     int matrix;                    /* index of the tensor in HF order (plan_tensor_count) */
-    int64_t r0, r1;                /* range on the split axis: rows (whole, rows, norm) or columns (cols) */
+    int64_t r0, r1;                /* range on the matrix's split axis: columns for o_proj, rows otherwise
+                                    * (whole blocks span it all; norm: [0, d')) */
     int64_t base_rows, base_cols;  /* shape of the frozen base slice W[.., ..] (norm: 0, 0) */
     int64_t c_rows, c_cols;        /* shape of the compressed slice W_C[.., ..] */
     char shared[PLAN_NAME_MAX + 8];  /* shared factor "<name>.p_in" / ".p_out", "" when none */
