@@ -132,6 +132,92 @@ int ckpt_save(run_ctx *r, trainer *t, int64_t step, pc_err *e) {
     return 0;
 }
 
+/* Where the A tensor of a split matrix lies in the whole A: rows [lo, hi) of a
+ * (rows, other) matrix (input-only projected, split by rows) or columns [lo, hi) of an
+ * (other, cols) one (output-only, split by columns). */
+typedef struct a_slice {
+    char base[CKPT_NAME_MAX]; /* "<hf name>.a" */
+    int by_cols;
+    int64_t lo, hi, other;
+} a_slice;
+
+/* The slice geometry of the compress state tensor at `offset` when it is the A of a
+ * projected-on-one-side matrix (only those are split); 0 otherwise. */
+static int a_slice_of(const trainer *t, int64_t offset, a_slice *sl) {
+    if (t->method != &METHOD_PROJECT) return 0;
+    for (int i = 0; i < t->ps.n_blocks; i++) {
+        const proj_block *b = &t->ps.blocks[i];
+        if (b->owner != t->ps.rank || b->kind == PROJ_NORM || b->a != offset) continue;
+        int in_only = b->d_in_c < b->d_in && b->d_out_c == b->d_out;
+        int out_only = b->d_out_c < b->d_out && b->d_in_c == b->d_in;
+        if (!in_only && !out_only) return 0;
+        memset(sl, 0, sizeof *sl);
+        snprintf(sl->base, sizeof sl->base, "%s.a", b->name);
+        sl->by_cols = out_only;
+        sl->other = out_only ? b->d_out_c : b->d_in_c;
+        int split = b->kind == (out_only ? PROJ_COLS : PROJ_ROWS);
+        sl->lo = split ? b->r0 : 0;
+        sl->hi = split ? b->r1 : (out_only ? b->d_in_c : b->d_out_c);
+        return 1;
+    }
+    return 0;
+}
+
+/* Fill block `out` (the three arrays of slice sl) from the checkpoint's pieces of the
+ * same A: "<base>" (whole) or "<base>[a:b]", copying each overlap. */
+static int assemble(const char *path, const ckpt_manifest *m, const a_slice *sl, ckpt_block *out, pc_err *e) {
+    size_t bl = strlen(sl->base);
+    int64_t covered = 0, width = sl->hi - sl->lo;
+    for (int k = 0; k < m->n_entries; k++) {
+        const ckpt_entry *en = &m->entries[k];
+        long long a = 0, b = -1;
+        if (en->kind != CKPT_BLOCK || strncmp(en->name, sl->base, bl)) continue;
+        if (en->name[bl] == '[') {
+            char tail;
+            if (sscanf(en->name + bl, "[%lld:%lld]%c", &a, &b, &tail) != 2 || b <= a) continue;
+        } else if (en->name[bl] != '\0') {
+            continue;
+        }
+        /* the piece's element count: (b - a) * other, or the whole tensor's */
+        int64_t piece_n = b >= 0 ? (int64_t)(b - a) * sl->other : -1;
+        if (piece_n < 0) { /* whole: its extent from the file size (header is small) */
+            int64_t hdr = 8 + 8 + (int64_t)bl; /* the block file layout of common/ckpt.h */
+            for (int j = 0; j < out->n_arrays; j++) hdr += 12 + (int64_t)strlen(out->arrays[j].name);
+            piece_n = (en->size - hdr) / 12;
+            b = piece_n / sl->other;
+        }
+        int64_t lo = PC_MAX(sl->lo, (int64_t)a), hi = PC_MIN(sl->hi, (int64_t)b);
+        if (lo >= hi) continue;
+        float *buf = pc_alloc_f32((size_t)piece_n * 3);
+        ckpt_block pb = *out;
+        snprintf(pb.name, sizeof pb.name, "%s", en->name);
+        for (int j = 0; j < 3; j++) {
+            pb.arrays[j].data = buf + (size_t)j * (size_t)piece_n;
+            pb.arrays[j].n = piece_n;
+        }
+        int rc = ckpt_read_block(path, m, &pb, e);
+        for (int j = 0; rc == 0 && j < 3; j++) {
+            const float *src = pb.arrays[j].data;
+            float *dst = out->arrays[j].data;
+            if (!sl->by_cols) /* rows [lo, hi) of (rows, other): contiguous */
+                memcpy(dst + (lo - sl->lo) * sl->other, src + (lo - a) * sl->other,
+                       sizeof(float) * (size_t)((hi - lo) * sl->other));
+            else /* columns [lo, hi) of every one of the `other` rows */
+                for (int64_t row = 0; row < sl->other; row++)
+                    memcpy(dst + row * width + (lo - sl->lo), src + row * (b - a) + (lo - a),
+                           sizeof(float) * (size_t)(hi - lo));
+        }
+        free(buf);
+        if (rc != 0) return -1;
+        covered += hi - lo;
+    }
+    if (covered != width)
+        return pc_errorf(e, "%s: the pieces of '%s' cover %lld of its %s [%lld, %lld) this rank needs", path,
+                         sl->base, (long long)covered, sl->by_cols ? "columns" : "rows", (long long)sl->lo,
+                         (long long)sl->hi);
+    return 0;
+}
+
 /* Rank 0 picks the newest valid checkpoint and every rank learns its step (-1: none). */
 static int pick(run_ctx *r, int64_t *step, char *path, size_t n, pc_err *e) {
     char root[1100];
@@ -187,7 +273,7 @@ int ckpt_resume(run_ctx *r, trainer *t, int64_t *start_step, pc_err *e) {
              path);
     int n_blocks = 0;
     for (int i = 0; i < m.n_entries; i++) n_blocks += m.entries[i].kind == CKPT_BLOCK;
-    if (rc == 0 && n_blocks != n_state_tensors(t))
+    if (rc == 0 && t->method == &METHOD_DIRECT && n_blocks != n_state_tensors(t))
         rc = pc_errorf(e, "%s: %d blocks, this model trains %d tensors", path, n_blocks, n_state_tensors(t));
     float *stage = rc == 0 ? pc_alloc_f32((size_t)max_numel(t) * 3) : NULL;
     float *params = state_params(t);
@@ -195,7 +281,11 @@ int ckpt_resume(run_ctx *r, trainer *t, int64_t *start_step, pc_err *e) {
         state_tensor s = state_tensor_at(t, i);
         ckpt_block b;
         block_of(t, i, stage, &b);
-        rc = ckpt_read_block(path, &m, &b, e);
+        a_slice sl;
+        if (!ckpt_entry_find(&m, s.name) && a_slice_of(t, s.offset, &sl))
+            rc = assemble(path, &m, &sl, &b, e); /* written under another plan: other row/column ranges */
+        else
+            rc = ckpt_read_block(path, &m, &b, e);
         if (rc != 0) break;
         be_upload(r->be, params + s.offset, b.arrays[0].data, (size_t)s.numel);
         be_upload(r->be, t->adam_m + s.offset, b.arrays[1].data, (size_t)s.numel);
