@@ -56,15 +56,6 @@ static int score_activation(run_ctx *r, trainer *t, importance_scores *s, pc_err
     return 0;
 }
 
-static int score_magnitude(run_ctx *r, trainer *t, importance_scores *s, pc_err *e) {
-    llama_model base;
-    if (llama_init(&base, &t->base_cfg, r->be, 1, 1, e) != 0) return -1;
-    int rc = llama_load_safetensors(&base, r->cfg.model.base, e);
-    if (rc == 0) importance_magnitude(s, &base);
-    llama_free(&base);
-    return rc;
-}
-
 /* Widths of the compressed model: compress.d_model and compress.d_ff (uniform or per layer). */
 static void target_widths(const pc_config *c, const llama_config *base, int *d_ff_c) {
     for (int l = 0; l < base->n_layers; l++)
@@ -88,7 +79,7 @@ static int select_indices(run_ctx *r, trainer *t, pc_err *e) {
     if (!strcmp(how, "activation"))
         rc = score_activation(r, t, &s, e);
     else if (!strcmp(how, "magnitude"))
-        rc = score_magnitude(r, t, &s, e);
+        rc = importance_magnitude(&s, t->base, e);
     else
         importance_random(&s, (uint64_t)c->run.seed);
     if (rc == 0) {

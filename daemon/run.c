@@ -2,6 +2,8 @@
 #include "run.h"
 
 #include <errno.h>
+#include <stdlib.h>
+#include <sys/resource.h>
 #include <string.h>
 #include <unistd.h>
 
@@ -69,4 +71,26 @@ void run_progress(run_ctx *r, long step, long total, double loss, double tok_per
             step, total, loss, tok_per_s, step_s, (int)(eta / 3600), (int)(eta / 60) % 60, (int)eta % 60,
             tty && step < total ? "" : "\n");
     fflush(stderr);
+}
+
+int run_report_memory(run_ctx *r, pc_err *e) {
+    struct rusage ru;
+    getrusage(RUSAGE_SELF, &ru);
+    double mine = (double)ru.ru_maxrss / 1024.0; /* KiB -> MiB */
+    LOGI(&r->log, "peak resident memory %.1f MiB", mine);
+    double *all = pc_calloc((size_t)r->world, sizeof(double));
+    if (comm_all_gather(r->comm, &mine, all, 1, COMM_F64, e) != 0) {
+        free(all);
+        return -1;
+    }
+    if (r->rank == 0) {
+        char line[8192];
+        int n = snprintf(line, sizeof line, "{\"peak_rss_mib\": [");
+        for (int i = 0; i < r->world && n < (int)sizeof line - 32; i++)
+            n += snprintf(line + n, sizeof line - (size_t)n, "%s%.1f", i ? ", " : "", all[i]);
+        snprintf(line + n, sizeof line - (size_t)n, "]}");
+        run_metrics(r, line);
+    }
+    free(all);
+    return 0;
 }

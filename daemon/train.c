@@ -210,7 +210,7 @@ int mode_train(run_ctx *r, pc_err *e) {
         }
     }
     if (t.method->finish(r, &t, e) != 0) goto out;
-    if (save_final(r, &t, e) != 0) goto out;
+    if (save_final(r, &t, e) != 0 || run_report_memory(r, e) != 0) goto out;
     rc = 0;
 out:
     trainer_free(&t);

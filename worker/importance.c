@@ -44,14 +44,6 @@ void importance_accumulate_activations(importance_scores *s, const llama_model *
     }
 }
 
-static const float *param(const llama_model *m, const char *name, int64_t *rows, int64_t *cols) {
-    int i = llama_tensor_index(m, name);
-    const llama_tensor *t = llama_tensor_at(m, i);
-    *rows = t->shape[0];
-    *cols = t->shape[1];
-    return m->params + t->offset;
-}
-
 /* score[j] += ||W[:, j]||  W: (R, C) */
 static void add_col_norms(double *score, const float *w, int64_t R, int64_t C) {
     double *acc = pc_calloc((size_t)C, sizeof(double));
@@ -70,7 +62,21 @@ static void add_row_norms(double *score, const float *w, int64_t R, int64_t C) {
     }
 }
 
-void importance_magnitude(importance_scores *s, const llama_model *base) {
+/* Read one base tensor (R, C) as f32; the caller frees it. */
+static float *read_weight(const st_model *base, const char *name, int64_t *R, int64_t *C, pc_err *e) {
+    const st_tensor *t = st_find(base, name);
+    if (!t || t->ndim != 2) return pc_errorf(e, "base model: tensor '%s' is missing or not 2-D", name), NULL;
+    *R = t->shape[0];
+    *C = t->shape[1];
+    float *w = pc_alloc_f32((size_t)(*R * *C));
+    if (st_read_f32(base, name, w, (size_t)(*R * *C), e) != 0) {
+        free(w);
+        return NULL;
+    }
+    return w;
+}
+
+int importance_magnitude(importance_scores *s, const st_model *base, pc_err *e) {
     static const char *d_cols[] = {"self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "mlp.gate_proj",
                                    "mlp.up_proj"};
     static const char *d_rows[] = {"self_attn.o_proj", "mlp.down_proj"};
@@ -79,17 +85,22 @@ void importance_magnitude(importance_scores *s, const llama_model *base) {
     for (int l = 0; l < s->n_layers; l++) {
         for (size_t k = 0; k < PC_ARRAY_LEN(d_cols); k++) {
             snprintf(name, sizeof name, "model.layers.%d.%s.weight", l, d_cols[k]);
-            const float *w = param(base, name, &R, &C);
+            float *w = read_weight(base, name, &R, &C, e);
+            if (!w) return -1;
             add_col_norms(s->d, w, R, C);
             if (k >= 3) add_row_norms(s->ff[l], w, R, C); /* gate, up: (f, d) rows are d_ff */
+            free(w);
         }
         for (size_t k = 0; k < PC_ARRAY_LEN(d_rows); k++) {
             snprintf(name, sizeof name, "model.layers.%d.%s.weight", l, d_rows[k]);
-            const float *w = param(base, name, &R, &C);
+            float *w = read_weight(base, name, &R, &C, e);
+            if (!w) return -1;
             add_row_norms(s->d, w, R, C);
             if (k == 1) add_col_norms(s->ff[l], w, R, C); /* down: (d, f) columns are d_ff */
+            free(w);
         }
     }
+    return 0;
 }
 
 void importance_random(importance_scores *s, uint64_t seed) {

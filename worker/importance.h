@@ -23,8 +23,8 @@ void importance_free(importance_scores *s);
 
 /* Add the activation scores of one forward pass of `base` (already run on a batch). */
 void importance_accumulate_activations(importance_scores *s, const llama_model *base);
-/* Weight-magnitude scores from the base model's parameters. */
-void importance_magnitude(importance_scores *s, const llama_model *base);
+/* Weight-magnitude scores, reading the base tensors one at a time. */
+int importance_magnitude(importance_scores *s, const st_model *base, pc_err *e);
 /* Random scores (ablation). */
 void importance_random(importance_scores *s, uint64_t seed);
 

@@ -1,0 +1,68 @@
+"""Per-rank memory shrinks with the rank count as the plan says: a compress job run on
+1, 2 and 4 ranks records every rank's peak RSS; the drop in the median rank's RSS from
+1 to N ranks must be within 35% of the drop the plan predicts (plan.txt 'total'
+column), and every rank's RSS must shrink. Fixed per-process overhead (MPI, libraries,
+the replicated compressed model) cancels in the difference; the median leaves out
+rank 0's extra work (writing the output model)."""
+import os
+import re
+import statistics
+import sys
+
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+import pclib  # noqa: E402
+
+
+def plan_totals(run_dir):
+    """Per-rank 'total' GiB from plan.txt -> MiB."""
+    rows = []
+    for line in open(os.path.join(run_dir, "plan.txt")):
+        m = re.match(r"^\s+(\d+)\s+\d+(\s+[\d.]+){7}\s+([\d.]+)\s*$", line)
+        if m:
+            rows.append(float(line.split()[8]) * 1024)
+    return rows
+
+
+def main():
+    root = pclib.tmpdir("pc-mem-")
+    V, D, F, L = 4096, 256, 1024, 6
+    torch.manual_seed(0)
+    base = LlamaForCausalLM(LlamaConfig(vocab_size=V, hidden_size=D, intermediate_size=F, num_hidden_layers=L,
+                                        num_attention_heads=4, num_key_value_heads=2, head_dim=64,
+                                        tie_word_embeddings=False, max_position_embeddings=64))
+    bdir = os.path.join(root, "base")
+    base.save_pretrained(bdir, safe_serialization=True)
+    toks = pclib.markov_tokens(20000, V, seed=2)
+    pclib.write_shard(os.path.join(root, "train.h5"), toks, V)
+    job = os.path.join(root, "job.yaml")
+    pclib.write_yaml(job, {
+        "run": {"dir": os.path.join(root, "unset"), "mode": "compress"},
+        "model": {"base": bdir},
+        "compress": {"d_model": 128, "d_ff": 512, "importance": "magnitude"},
+        "data": {"train": [os.path.join(root, "train.h5")], "seq_len": 32},
+        "train": {"steps": 2, "global_batch": 4, "micro_batch": 1},
+        "checkpoint": {"every_steps": 0},
+        "backend": {"device": "cpu"},
+    })
+    rss, plans = {}, {}
+    for np_ in [1, 2, 4]:
+        d = os.path.join(root, f"np{np_}")
+        pclib.projcompd(np_, job, f"run.dir={d}")
+        rss[np_] = [m for m in pclib.metrics(d) if "peak_rss_mib" in m][-1]["peak_rss_mib"]
+        plans[np_] = plan_totals(d)
+        print(f"np {np_}: peak RSS per rank (MiB) {rss[np_]}; plan per rank (MiB) {[round(x, 1) for x in plans[np_]]}")
+    for np_ in [2, 4]:
+        med = statistics.median(rss[np_])
+        measured = rss[1][0] - med
+        planned = plans[1][0] - statistics.median(plans[np_])
+        pclib.check(max(rss[np_]) < rss[1][0], f"np{np_}: every rank's RSS shrinks: {rss[1][0]:.0f} -> "
+                    f"at most {max(rss[np_]):.0f} MiB")
+        pclib.check(abs(measured - planned) <= 0.35 * planned,
+                    f"np{np_}: median rank RSS drop {measured:.1f} MiB vs plan {planned:.1f} MiB")
+
+
+if __name__ == "__main__":
+    main()
