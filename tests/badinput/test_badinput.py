@@ -135,10 +135,10 @@ def expect_failure(rc, out, needles, fx=None, before_work=False, outputs=()):
     problems = []
     if rc == 0:
         problems.append("exit status 0")
-    low = out
-    for n in needles:
-        if n not in low:
-            problems.append(f"message lacks {n!r}")
+    for n in needles:  # a tuple: any one of its strings
+        alts = n if isinstance(n, tuple) else (n,)
+        if not any(a in out for a in alts):
+            problems.append(f"message lacks {' or '.join(repr(a) for a in alts)}")
     if fx is not None:
         final = os.path.join(fx.run_dir, "final")
         if os.path.exists(final):
@@ -156,7 +156,27 @@ def expect_failure(rc, out, needles, fx=None, before_work=False, outputs=()):
     shown = "\n    ".join(out.strip().splitlines()[-12:])
     if problems:
         raise SystemExit("FAIL: " + "; ".join(problems) + f"\n  exit {rc}, output (last lines):\n    {shown}")
-    print(f"ok: exit {rc}; message: {next((l for l in out.splitlines() if needles and needles[0] in l), '?')}")
+    first = needles[0] if needles and isinstance(needles[0], str) else None
+    print(f"ok: exit {rc}; message: {next((l for l in out.splitlines() if first and first in l), '?')}")
+
+
+# ------------------------------------------------------------------ control
+
+def case_control_valid(fx):
+    """The unbroken set-up runs to the end: every other case fails because of what it breaks."""
+    rc, out = run_daemon(fx)
+    if rc != 0 or not os.path.exists(os.path.join(fx.run_dir, "final", "model.safetensors")):
+        raise SystemExit(f"FAIL: the valid set-up does not run: exit {rc}\n{out[-1500:]}")
+    rc, out = run_daemon(fx, np_=2, extra=["--set", f"run.dir={fx.run_dir}-2"])
+    if rc != 0 or not os.path.exists(os.path.join(fx.run_dir + "-2", "final", "model.safetensors")):
+        raise SystemExit(f"FAIL: the valid set-up does not run on 2 ranks: exit {rc}\n{out[-1500:]}")
+    o = os.path.join(fx.root, "data-out")
+    p = os.path.join(fx.root, "t.txt")
+    open(p, "w").write("hello there\n\nworld\n" * 50)
+    rc, out = run_data(["--out", o, p])
+    if rc != 0 or not glob.glob(os.path.join(o, "train-*.h5")):
+        raise SystemExit(f"FAIL: projcomp-data on valid text: exit {rc}\n{out}")
+    print("ok: valid set-up runs on 1 and 2 ranks; projcomp-data converts valid text")
 
 
 # ------------------------------------------------------------------ cases: model files
@@ -225,7 +245,7 @@ def case_st_missing_tensor(fx):
     del t[name]
     write_base(fx.base, tensors=t)
     rc, out = run_daemon(fx)
-    expect_failure(rc, out, [name], fx)
+    expect_failure(rc, out, [name, fx.base], fx)
 
 
 def case_st_nan_weight(fx):
@@ -234,7 +254,7 @@ def case_st_nan_weight(fx):
     t[name][3, 5] = np.nan
     write_base(fx.base, tensors=t)
     rc, out = run_daemon(fx)
-    expect_failure(rc, out, [name, "NaN"], fx)
+    expect_failure(rc, out, [name, ("NaN", "non-finite", "not finite")], fx)
 
 
 def case_st_inf_weight(fx):
@@ -243,7 +263,7 @@ def case_st_inf_weight(fx):
     t[name][0, 0] = np.inf
     write_base(fx.base, tensors=t)
     rc, out = run_daemon(fx)
-    expect_failure(rc, out, [name, "Inf"], fx)
+    expect_failure(rc, out, [name, ("Inf", "inf", "non-finite", "not finite")], fx)
 
 
 def case_index_missing_shard(fx):
@@ -327,7 +347,7 @@ def case_base_unreadable(fx):
 
 def case_tokens_out_of_range(fx):
     toks = pclib.markov_tokens(2500, V, seed=1)
-    toks[100::37] = V + 5
+    toks[::3] = V + 5  # every window holds some (ids are checked when read)
     pclib.write_shard(fx.train, toks, V)
     rc, out = run_daemon(fx)
     expect_failure(rc, out, [fx.train, str(V + 5)], fx)
@@ -356,6 +376,21 @@ def case_shard_not_hdf5(fx):
     open(fx.train, "w").write("just text\n")
     rc, out = run_daemon(fx)
     expect_failure(rc, out, [fx.train, "not an HDF5 file"], fx)
+
+
+def case_np2_shard_not_hdf5(fx):
+    """Two ranks: the failure takes the whole job down (no hang) and names the file."""
+    open(fx.valid, "w").write("just text\n")
+    rc, out = run_daemon(fx, np_=2)
+    expect_failure(rc, out, [fx.valid, "not an HDF5 file"], fx)
+
+
+def case_np2_tokens_out_of_range(fx):
+    toks = pclib.markov_tokens(2500, V, seed=1)
+    toks[::3] = V + 7
+    pclib.write_shard(fx.train, toks, V)
+    rc, out = run_daemon(fx, np_=2)
+    expect_failure(rc, out, [fx.train, str(V + 7), "vocab_size"], fx)
 
 
 def case_shard_float_tokens(fx):
