@@ -141,7 +141,7 @@ def stop_and_resume(job, root, tag, np_first, np_second, sig, to_ranks, *sets):
     return final(d)
 
 
-def kill_trial(job, root, ref, i, rng):
+def kill_trial(job, root, ref, i, rng, run_s):
     d = os.path.join(root, f"kill-{i}")
     how = ["all", "one", "all-in-write", "one-in-write"][i % 4]
     p = start(2, job, d)
@@ -162,7 +162,7 @@ def kill_trial(job, root, ref, i, rng):
         wait_for(tmp_appears, 60, p)
         time.sleep(rng.uniform(0, 0.02))
     else:
-        time.sleep(rng.uniform(0.3, 3.5))
+        time.sleep(rng.uniform(0.05, 0.95) * run_s)
     victims = kids if how.startswith("all") else [rng.choice(kids)] if kids else []
     for k in victims:
         try:
@@ -220,9 +220,13 @@ def main():
 
     # uninterrupted references
     refs = {}
+    run_s = 0.0
     for np_, mode in [(2, "compress"), (4, "compress"), (2, "prune")]:
         d = os.path.join(root, f"ref-{mode}-np{np_}")
+        t0 = time.time()
         run_ok(np_, job, d, f"run.mode={mode}")
+        if (mode, np_) == ("compress", 2):
+            run_s = time.time() - t0
         refs[(mode, np_)] = final(d)
     pclib.check(max_rel(refs[("compress", 4)], refs[("compress", 2)]) < 1e-5, "references on 2 and 4 ranks agree")
 
@@ -237,11 +241,25 @@ def main():
         rel = max_rel(got, refs[("compress", b)])
         pclib.check(rel < 1e-5, f"started on {a} ranks, resumed on {b}: final within 1e-5 relative ({rel:.2e})")
 
+    # a plan that splits matrices (row and column ranges of A, shared factors): the
+    # pieces written by 4 ranks are reassembled for 2 and the reverse
+    split = "compress.split_mb=0.002"
+    run_ok(2, job, os.path.join(root, "ref-split-np2"), split)
+    ref_split = final(os.path.join(root, "ref-split-np2"))
+    pclib.check(max_rel(ref_split, refs[("compress", 2)]) < 1e-5, "split plan: same result as the unsplit one")
+    for a, b in [(4, 2), (2, 4)]:
+        got = stop_and_resume(job, root, f"split-np{a}to{b}", a, b, signal.SIGUSR1, False, split)
+        ck = os.path.join(root, f"split-np{a}to{b}", "checkpoints")
+        names = "".join(open(os.path.join(ck, n, "MANIFEST")).read() for n in os.listdir(ck) if n.startswith("step-"))
+        pclib.check(".a[" in names, f"split {a}->{b}: the checkpoint holds row/column pieces of A")
+        rel = max_rel(got, ref_split)
+        pclib.check(rel < 1e-5, f"split plan: started on {a} ranks, resumed on {b}: within 1e-5 ({rel:.2e})")
+
     # kill -9 trials
     rng = random.Random(int(os.environ.get("PC_CKPT_SEED", "1234")))
     killed = 0
     for i in range(TRIALS):
-        k, _ = kill_trial(job, root, refs[("compress", 2)], i, rng)
+        k, _ = kill_trial(job, root, refs[("compress", 2)], i, rng, run_s)
         killed += k
     pclib.check(killed >= TRIALS // 2, f"{killed} of {TRIALS} trials killed a running job and resumed bitwise")
 

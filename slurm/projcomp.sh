@@ -1,0 +1,130 @@
+#!/bin/bash
+# projcomp.sh: run projcompd on a Slurm allocation, one rank per GPU (or per task on a
+# CPU-only cluster with backend.device: cpu), resuming and requeueing across time limits.
+#
+#   sbatch slurm/projcomp.sh job.yaml [--set key.sub=value]...
+#   sbatch --nodes=4 --gpus-per-node=8 --time=24:00:00 slurm/projcomp.sh job.yaml
+#
+# Knobs: the #SBATCH lines below (override any of them on the sbatch command line) and
+# these environment variables (pass with sbatch --export=ALL,NAME=value):
+#   PROJCOMPD    the projcompd binary (default: projcompd next to this script's
+#                checkout in build/daemon/, else on PATH)
+#   RUN_DIR      the run directory (default: runs/<job name>-<job id>, kept the same
+#                across requeues of one job since the job id does not change);
+#                the job YAML's run.dir is overridden with it
+#   LAUNCHER     srun | mpirun (default: srun when available, else mpirun)
+#   LAUNCH_ARGS  extra arguments for the launcher
+#
+# Signals: Slurm sends USR1 to this batch shell 120 s before the time limit
+# (--signal=B:USR1@120) and TERM on preemption/scancel. The shell forwards USR1 to the
+# ranks; projcompd agrees on it at the next step boundary, writes a checkpoint and exits
+# with status 3. When that happens because of a signal, the job requeues itself
+# (scontrol requeue) and the same command resumes from RUN_DIR/checkpoints/latest.
+# Exit status: projcompd's (0 done; 3 stopped and requeued; other: failure).
+#SBATCH --job-name=projcomp
+#SBATCH --nodes=1
+#SBATCH --ntasks-per-node=1
+#SBATCH --gpus-per-node=1
+#SBATCH --cpus-per-task=8
+#SBATCH --time=04:00:00
+#SBATCH --signal=B:USR1@120
+#SBATCH --requeue
+#SBATCH --open-mode=append
+#SBATCH --output=projcomp-%j.out
+
+set -u
+
+if [ $# -lt 1 ]; then
+    echo "usage: sbatch slurm/projcomp.sh JOB.yaml [--set key.sub=value]..." >&2
+    exit 2
+fi
+JOB_YAML=$1
+shift
+
+SCRIPT_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+# sbatch copies the script to a spool directory: use the submit directory's checkout then
+if [ ! -x "$SCRIPT_DIR/../build/daemon/projcompd" ] && [ -n "${SLURM_SUBMIT_DIR:-}" ]; then
+    SCRIPT_DIR="$SLURM_SUBMIT_DIR/slurm"
+fi
+if [ -z "${PROJCOMPD:-}" ]; then
+    if [ -x "$SCRIPT_DIR/../build/daemon/projcompd" ]; then
+        PROJCOMPD="$SCRIPT_DIR/../build/daemon/projcompd"
+    else
+        PROJCOMPD=$(command -v projcompd || true)
+    fi
+fi
+if [ -z "$PROJCOMPD" ] || [ ! -x "$PROJCOMPD" ]; then
+    echo "projcomp.sh: projcompd not found: set PROJCOMPD=/path/to/projcompd" >&2
+    exit 2
+fi
+
+JOB_ID=${SLURM_JOB_ID:-local$$}
+RUN_DIR=${RUN_DIR:-${SLURM_SUBMIT_DIR:-$PWD}/runs/${SLURM_JOB_NAME:-projcomp}-$JOB_ID}
+mkdir -p "$RUN_DIR/logs" || { echo "projcomp.sh: cannot create $RUN_DIR" >&2; exit 1; }
+LOG="$RUN_DIR/logs/slurm-$JOB_ID.log"
+RESTARTS=${SLURM_RESTART_COUNT:-0}
+
+log() { echo "$(date -u +%Y-%m-%dT%H:%M:%SZ) projcomp.sh job $JOB_ID (restart $RESTARTS): $*" | tee -a "$LOG" >&2; }
+
+# ranks = the allocation's tasks (one per GPU when --ntasks-per-node = GPUs per node)
+NTASKS=${SLURM_NTASKS:-${SLURM_NPROCS:-1}}
+LAUNCHER=${LAUNCHER:-}
+if [ -z "$LAUNCHER" ]; then
+    if command -v srun > /dev/null 2>&1 && [ -n "${SLURM_JOB_ID:-}" ]; then LAUNCHER=srun; else LAUNCHER=mpirun; fi
+fi
+
+export OMPI_MCA_rmaps_base_oversubscribe=${OMPI_MCA_rmaps_base_oversubscribe:-1}
+if [ "$(id -u)" = 0 ]; then export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1; fi
+export OPENBLAS_NUM_THREADS=${OPENBLAS_NUM_THREADS:-${SLURM_CPUS_PER_TASK:-1}}
+
+CMD=("$PROJCOMPD" --cfg "$JOB_YAML" "$@" --set "run.dir=$RUN_DIR")
+case "$LAUNCHER" in
+    srun) LAUNCH=(srun --ntasks="$NTASKS" --kill-on-bad-exit=1 ${LAUNCH_ARGS:-}) ;;
+    mpirun) LAUNCH=(mpirun -np "$NTASKS" ${LAUNCH_ARGS:-}) ;;
+    *) echo "projcomp.sh: LAUNCHER must be srun or mpirun, not '$LAUNCHER'" >&2; exit 2 ;;
+esac
+
+SIGNALLED=""
+CHILD=""
+forward() { # $1: the signal this shell received
+    SIGNALLED=$1
+    log "received SIG$1: asking the ranks to checkpoint and stop"
+    if [ -n "$CHILD" ]; then
+        if [ "$LAUNCHER" = srun ] && [ -n "${SLURM_JOB_ID:-}" ]; then
+            scancel --signal=USR1 "$SLURM_JOB_ID" 2> /dev/null || kill -USR1 "$CHILD" 2> /dev/null
+        else
+            kill -USR1 "$CHILD" 2> /dev/null # mpirun forwards USR1 to its ranks
+        fi
+    fi
+}
+trap 'forward USR1' USR1
+trap 'forward TERM' TERM
+
+log "starting $NTASKS rank(s) with $LAUNCHER: ${CMD[*]}"
+"${LAUNCH[@]}" "${CMD[@]}" >> "$RUN_DIR/logs/projcompd-$JOB_ID.out" 2>&1 &
+CHILD=$!
+
+# `wait` returns early (status > 128) when a trapped signal arrives: wait again until
+# the launcher itself has exited. Slurm's own time limit bounds the whole job.
+while :; do
+    wait "$CHILD"
+    STATUS=$?
+    kill -0 "$CHILD" 2> /dev/null || break
+done
+if [ "$STATUS" -gt 128 ]; then # interrupted just as it exited: collect its own status
+    wait "$CHILD" 2> /dev/null
+    S2=$?
+    [ "$S2" != 127 ] && STATUS=$S2
+fi
+
+log "projcompd exited with status $STATUS"
+if [ "$STATUS" = 3 ]; then
+    if [ -n "$SIGNALLED" ] && [ -n "${SLURM_JOB_ID:-}" ]; then
+        log "stopped after a checkpoint on SIG$SIGNALLED: requeueing job $SLURM_JOB_ID to resume"
+        if scontrol requeue "$SLURM_JOB_ID"; then exit 3; fi
+        log "scontrol requeue failed: resubmit the same command to resume from $RUN_DIR"
+    else
+        log "stopped after a checkpoint: rerun the same command to resume from $RUN_DIR"
+    fi
+fi
+exit "$STATUS"

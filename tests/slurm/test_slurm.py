@@ -1,0 +1,229 @@
+"""slurm/projcomp.sh on a real one-node Slurm cluster started in a temporary directory
+(munged, slurmctld -D, slurmd -D; stopped by pid at the end). Skips (77) when Slurm or
+munge is not installed.
+
+1. `sbatch --wait slurm/projcomp.sh job.yaml` on a tiny CPU job completes with RUN/final,
+   equal bitwise to the same job run directly under mpirun.
+2. A job longer than its time limit (--time=1, --signal=B:USR1@50): the warning signal
+   reaches the batch shell, which forwards it; projcompd checkpoints and exits 3; the
+   script requeues the job, the requeued run resumes from the checkpoint and finishes
+   with final weights bitwise identical to an uninterrupted run.
+Every wait has a hard timeout."""
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+import pclib  # noqa: E402
+
+SCRIPT = os.path.join(pclib.SRC, "slurm", "projcomp.sh")
+
+
+def need(*progs):
+    for p in progs:
+        if not shutil.which(p) and not os.path.exists(os.path.join("/usr/sbin", p)):
+            print(f"skip: {p} not installed")
+            sys.exit(77)
+
+
+def prog(p):
+    return shutil.which(p) or os.path.join("/usr/sbin", p)
+
+
+class Cluster:
+    def __init__(self, root):
+        self.root = root
+        self.procs = []
+        self.host = socket.gethostname()
+        self.conf = os.path.join(root, "slurm.conf")
+        self.env = dict(pclib.env(), SLURM_CONF=self.conf)
+
+    def start(self):
+        r = self.root
+        mdir = os.path.join(r, "munge")
+        os.makedirs(mdir)
+        os.chmod(r, 0o711)
+        os.chmod(mdir, 0o711)
+        key = os.path.join(mdir, "munge.key")
+        with open(key, "wb") as f:
+            f.write(os.urandom(1024))
+        os.chmod(key, 0o600)
+        self.sock = os.path.join(mdir, "munge.socket")
+        self.munged = subprocess.Popen(
+            [prog("munged"), "--foreground", "--force", f"--socket={self.sock}", f"--key-file={key}",
+             f"--pid-file={mdir}/munged.pid", f"--log-file={mdir}/munged.log", f"--seed-file={mdir}/munged.seed"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        self.procs.append(self.munged)
+        deadline = time.time() + 20
+        while not os.path.exists(self.sock) and time.time() < deadline:
+            time.sleep(0.1)
+        for d in ["spool", "state", "log"]:
+            os.makedirs(os.path.join(r, d))
+        with open(self.conf, "w") as f:
+            f.write(f"""ClusterName=local
+SlurmctldHost={self.host}(127.0.0.1)
+SlurmUser=root
+SlurmdUser=root
+AuthType=auth/munge
+AuthInfo=socket={self.sock}
+CredType=cred/munge
+ProctrackType=proctrack/linuxproc
+TaskPlugin=task/none
+MpiDefault=none
+ReturnToService=2
+AccountingStorageType=accounting_storage/none
+JobCompType=jobcomp/filetxt
+JobCompLoc={r}/log/jobcomp.txt
+JobAcctGatherType=jobacct_gather/none
+SelectType=select/cons_tres
+SelectTypeParameters=CR_Core
+SlurmctldPort={16817 + os.getpid() % 1000}
+SlurmdPort={17818 + os.getpid() % 1000}
+SlurmctldPidFile={r}/slurmctld.pid
+SlurmdPidFile={r}/slurmd.pid
+SlurmdSpoolDir={r}/spool
+StateSaveLocation={r}/state
+SlurmctldLogFile={r}/log/slurmctld.log
+SlurmdLogFile={r}/log/slurmd.log
+SlurmctldTimeout=30
+SlurmdTimeout=30
+MinJobAge=300
+KillWait=10
+NodeName={self.host} NodeAddr=127.0.0.1 CPUs={os.cpu_count()} State=UNKNOWN
+PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP
+""")
+        for args in [[prog("slurmctld"), "-D", "-i", "-f", self.conf], [prog("slurmd"), "-D", "-f", self.conf]]:
+            self.procs.append(subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                               env=self.env, start_new_session=True))
+        deadline = time.time() + 60
+        while time.time() < deadline:
+            p = self.run(["sinfo", "-h", "-o", "%T"], check=False)
+            if p.returncode == 0 and p.stdout.strip() in ("idle", "idle*"):
+                if p.stdout.strip() == "idle":
+                    return
+            time.sleep(0.5)
+        raise SystemExit("FAIL: the Slurm node did not become idle:\n" + self.logs())
+
+    def run(self, args, check=True, timeout=60):
+        p = subprocess.run(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=self.env,
+                           timeout=timeout, cwd=self.root)
+        if check and p.returncode != 0:
+            raise SystemExit(f"FAIL: {' '.join(args)} -> {p.returncode}:\n{p.stdout}")
+        return p
+
+    def logs(self):
+        out = ""
+        for n in ["slurmctld.log", "slurmd.log"]:
+            try:
+                out += f"--- {n}\n" + open(os.path.join(self.root, "log", n)).read()[-3000:]
+            except OSError:
+                pass
+        return out
+
+    def stop(self):
+        for p in reversed(self.procs):
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        for p in reversed(self.procs):
+            try:
+                p.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait(timeout=5)
+
+
+def job_state(cl, job_id):
+    p = cl.run(["scontrol", "show", "job", job_id], check=False)
+    fields = dict(kv.split("=", 1) for kv in p.stdout.split() if "=" in kv)
+    return fields
+
+
+def main():
+    need("slurmctld", "slurmd", "sbatch", "munged", "scontrol", "sinfo")
+    root = pclib.tmpdir("pc-slurm-")
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+    V, D, F, L, SEQ = 96, 32, 64, 2, 16
+    torch.manual_seed(7)
+    base = LlamaForCausalLM(LlamaConfig(vocab_size=V, hidden_size=D, intermediate_size=F, num_hidden_layers=L,
+                                        num_attention_heads=4, num_key_value_heads=2, head_dim=8,
+                                        tie_word_embeddings=True, max_position_embeddings=64))
+    bdir = os.path.join(root, "base")
+    base.save_pretrained(bdir, safe_serialization=True)
+    toks = pclib.markov_tokens(5000, V, seed=3)
+    pclib.write_shard(os.path.join(root, "train.h5"), toks, V)
+    job = os.path.join(root, "job.yaml")
+    pclib.write_yaml(job, {
+        "run": {"dir": os.path.join(root, "unset"), "mode": "compress", "seed": 4},
+        "model": {"base": bdir},
+        "compress": {"d_model": 24, "d_ff": 40, "importance": "magnitude"},
+        "data": {"train": [os.path.join(root, "train.h5")], "seq_len": SEQ},
+        "train": {"steps": 20, "global_batch": 4, "micro_batch": 1, "lr": 1e-3, "warmup_steps": 2},
+        "checkpoint": {"every_steps": 0, "keep": 2},
+        "backend": {"device": "cpu"},
+    })
+    # the long job: about 80 s of steps on one rank, longer than its 1 minute limit
+    t0 = time.time()
+    pclib.projcompd(1, job, f"run.dir={root}/probe", "train.steps=2000")
+    per_step = (time.time() - t0) / 2000
+    long_steps = int(min(400000, max(2000, 80 / max(per_step, 1e-6))))
+    print(f"{per_step * 1e3:.2f} ms per step: the long job runs {long_steps} steps")
+    pclib.projcompd(1, job, f"run.dir={root}/ref-short")
+    ref_short = open(os.path.join(root, "ref-short", "final", "model.safetensors"), "rb").read()
+
+    cl = Cluster(os.path.join(root, "cluster"))
+    try:
+        cl.start()
+        print("ok: one-node Slurm cluster is up")
+        exports = f"ALL,PROJCOMPD={pclib.PROJCOMPD},LAUNCHER=mpirun"
+        # 1. a short job
+        run1 = os.path.join(root, "job1")
+        p = cl.run(["sbatch", "--wait", "--parsable", "--ntasks=1", "--gpus-per-node=0", "--cpus-per-task=1",
+                    f"--export={exports},RUN_DIR={run1}", f"--output={root}/job1.out", SCRIPT, job],
+                   check=False, timeout=180)
+        out1 = open(os.path.join(root, "job1.out")).read() if os.path.exists(os.path.join(root, "job1.out")) else ""
+        pclib.check(p.returncode == 0, f"sbatch --wait of a short job exits 0 ({p.returncode}) {p.stdout}{out1}")
+        final1 = os.path.join(run1, "final", "model.safetensors")
+        pclib.check(os.path.exists(final1), "the job wrote RUN/final")
+        pclib.check(open(final1, "rb").read() == ref_short, "its weights equal the same job run under mpirun")
+
+        # 2. longer than its time limit: warned, checkpointed, requeued, resumed
+        run2 = os.path.join(root, "job2")
+        p = cl.run(["sbatch", "--parsable", "--ntasks=1", "--gpus-per-node=0", "--cpus-per-task=1", "--time=1",
+                    "--signal=B:USR1@50", f"--export={exports},RUN_DIR={run2}", f"--output={root}/job2.out",
+                    SCRIPT, job, "--set", f"train.steps={long_steps}"], timeout=60)
+        job_id = p.stdout.strip().split(";")[0]
+        # the uninterrupted reference runs meanwhile (oversubscribed: two cores)
+        pclib.projcompd(1, job, f"run.dir={root}/ref-long", f"train.steps={long_steps}")
+        deadline = time.time() + 420
+        state = {}
+        while time.time() < deadline:
+            state = job_state(cl, job_id)
+            if state.get("JobState") in ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY"):
+                break
+            time.sleep(2)
+        slog = open(os.path.join(run2, "logs", f"slurm-{job_id}.log")).read()
+        print(slog)
+        pclib.check(state.get("JobState") == "COMPLETED",
+                    f"the time-limited job completed (state {state.get('JobState')}, "
+                    f"restarts {state.get('Restarts')})")
+        pclib.check(int(state.get("Restarts", "0")) >= 1 and "requeueing" in slog,
+                    f"it was warned, checkpointed and requeued ({state.get('Restarts')} restart(s))")
+        ck = os.listdir(os.path.join(run2, "checkpoints"))
+        pclib.check(any(n.startswith("step-") for n in ck), f"checkpoints were written: {sorted(ck)}")
+        final2 = open(os.path.join(run2, "final", "model.safetensors"), "rb").read()
+        ref_long = open(os.path.join(root, "ref-long", "final", "model.safetensors"), "rb").read()
+        pclib.check(final2 == ref_long, "the requeued run's final weights equal an uninterrupted run bitwise")
+    except BaseException:
+        print(cl.logs())
+        raise
+    finally:
+        cl.stop()
+
+
+if __name__ == "__main__":
+    main()
