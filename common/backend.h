@@ -88,6 +88,13 @@ typedef struct backend_ops {
     void (*xent_bwd)(backend *be, float *dlogits, const float *logits, const float *lse, const int32_t *targets,
                      int N, int V, float scale);
 
+    /* Distillation from teacher logits (N,V) on valid rows (targets >= 0): row loss
+     * (1-alpha) CE(z, y) + alpha T^2 KL(softmax(t/T) || softmax(z/T)). Overwrites the
+     * student logits z with scale * dloss/dz (0 on ignored rows); returns the SUM of row
+     * losses. dloss/dz = (1-alpha)(softmax(z) - onehot(y)) + alpha T (softmax(z/T) - softmax(t/T)). */
+    double (*distill)(backend *be, float *logits, const float *teacher, const int32_t *targets, int N, int V,
+                      float alpha, float temperature, float scale);
+
     /* elementwise */
     void (*add)(backend *be, float *y, const float *a, const float *b, size_t n); /* y = a + b */
     void (*scale)(backend *be, float *x, float s, size_t n);                      /* x *= s */

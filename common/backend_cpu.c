@@ -357,6 +357,47 @@ static void cpu_xent_bwd(backend *be, float *dlogits, const float *logits, const
     }
 }
 
+/* ---- distillation ---- */
+
+/* log-sum-exp of x/T over one row */
+static double row_lse(const float *x, int V, float T)
+{
+    float mx = x[0];
+    for (int j = 1; j < V; j++) mx = x[j] > mx ? x[j] : mx;
+    double sum = 0.0;
+    for (int j = 0; j < V; j++) sum += exp((double)(x[j] - mx) / T);
+    return (double)mx / T + log(sum);
+}
+
+static double cpu_distill(backend *be, float *logits, const float *teacher, const int32_t *targets, int N, int V,
+                          float alpha, float T, float scale)
+{
+    (void)be;
+    double total = 0.0;
+    for (int n = 0; n < N; n++) { // (N,V) student z, teacher t
+        float *z = logits + (size_t)n * V;
+        const float *t = teacher + (size_t)n * V;
+        if (targets[n] < 0) {
+            memset(z, 0, (size_t)V * sizeof(float));
+            continue;
+        }
+        double lse = row_lse(z, V, 1.0f), lse_zt = row_lse(z, V, T), lse_tt = row_lse(t, V, T);
+        double kl = 0.0;
+        for (int j = 0; j < V; j++) { // KL(p_t || p_s) at temperature T
+            double log_pt = (double)t[j] / T - lse_tt, log_ps = (double)z[j] / T - lse_zt;
+            kl += exp(log_pt) * (log_pt - log_ps);
+        }
+        total += (1.0 - alpha) * (lse - z[targets[n]]) + (double)alpha * T * T * kl;
+        for (int j = 0; j < V; j++) {
+            double ps = exp((double)z[j] - lse), ps_t = exp((double)z[j] / T - lse_zt),
+                   pt_t = exp((double)t[j] / T - lse_tt);
+            z[j] = (float)(scale * ((1.0 - alpha) * ps + (double)alpha * T * (ps_t - pt_t)));
+        }
+        z[targets[n]] -= (float)(scale * (1.0 - alpha));
+    }
+    return total;
+}
+
 /* ---- elementwise ---- */
 
 static void cpu_add(backend *be, float *y, const float *a, const float *b, size_t n)
@@ -427,6 +468,7 @@ static const backend_ops cpu_ops = {
     .swiglu_bwd = cpu_swiglu_bwd,
     .xent_fwd = cpu_xent_fwd,
     .xent_bwd = cpu_xent_bwd,
+    .distill = cpu_distill,
     .add = cpu_add,
     .scale = cpu_scale,
     .axpy = cpu_axpy,

@@ -147,6 +147,13 @@ int compress_setup(run_ctx *r, trainer *t, pc_err *e) {
     for (int l = 0; l < sc.n_layers; l++) sc.d_ff = PC_MAX(sc.d_ff, sc.d_ff_layer[l]);
     sc.tie_word_embeddings = 0;
     if (llama_init(&t->m, &sc, r->be, c->train.micro_batch, c->data.seq_len, e) != 0) return -1;
+    if (c->distill.enabled) { /* the teacher: the whole frozen base on every rank */
+        if (llama_init(&t->teacher, &t->base_cfg, r->be, c->train.micro_batch, c->data.seq_len, e) != 0) return -1;
+        t->has_teacher = 1;
+        if (llama_load_safetensors(&t->teacher, c->model.base, e) != 0) return -1;
+        LOGI(&r->log, "distillation from the base: alpha %.3g, temperature %.3g", c->distill.alpha,
+             c->distill.temperature);
+    }
     if (!strcmp(c->run.mode, "prune")) {
         t->method = &METHOD_DIRECT;
         return proj_slice_base(t->base, &t->base_cfg, &t->m, &t->idx, e);

@@ -34,6 +34,7 @@ void trainer_free(trainer *t) {
     free(t->tokens);
     free(t->targets);
     if (t->m.tensors) llama_free(&t->m);
+    if (t->has_teacher) llama_free(&t->teacher);
     if (t->ps.params) proj_free(&t->ps);
     if (t->idx.idx_d) proj_indices_free(&t->idx, t->base_cfg.n_layers);
     if (t->base) st_close(t->base);
@@ -95,7 +96,12 @@ static int accumulate(run_ctx *r, trainer *t, int64_t step, int n_micro, double 
             memcpy(t->targets + (size_t)b * T, t->batch + (size_t)b * (T + 1) + 1, sizeof(int32_t) * (size_t)T);
         }
         if (mi + 1 == n_micro) data_loader_hint(t->loader, step + 1, r->rank * per_rank);
-        *loss_sum += llama_forward(&t->m, t->tokens, t->targets);
+        float loss = llama_forward(&t->m, t->tokens, t->targets);
+        if (t->has_teacher) { /* (1-a) CE + a T^2 KL(teacher || student) */
+            llama_forward(&t->teacher, t->tokens, NULL);
+            loss = llama_distill(&t->m, t->teacher.logits, (float)c->distill.alpha, (float)c->distill.temperature);
+        }
+        *loss_sum += loss;
         llama_backward(&t->m);
     }
     return 0;
@@ -136,6 +142,10 @@ int mode_train(run_ctx *r, pc_err *e) {
     memset(&t, 0, sizeof t);
     int rc = -1;
     if (!strcmp(c->run.mode, "pretrain")) {
+        if (c->distill.enabled) {
+            pc_errorf(e, "%s: distill needs a teacher: use it with run.mode compress or prune", c->source);
+            goto out;
+        }
         if (run_model(r, &t.m, B, e) != 0 || trainer_open_data(r, &t, t.m.cfg.vocab_size, e) != 0) goto out;
         t.method = &METHOD_DIRECT;
     } else if (compress_setup(r, &t, e) != 0) {

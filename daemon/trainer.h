@@ -42,6 +42,8 @@ struct trainer {
     llama_config base_cfg;
     proj_indices idx;
     proj_set ps;            /* compress only */
+    llama_model teacher;    /* distill: the frozen base, forward only */
+    int has_teacher;
     double proj_flops;      /* per step */
 };
 

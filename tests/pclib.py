@@ -84,3 +84,29 @@ def check(cond, msg):
     if not cond:
         raise SystemExit("FAIL: " + msg)
     print("ok:", msg)
+
+
+MASK = (1 << 64) - 1
+
+
+def _splitmix64(x):
+    x = (x + 0x9E3779B97F4A7C15) & MASK
+    z = x
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & MASK
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & MASK
+    return x, z ^ (z >> 31)
+
+
+def hash64(a, b, c, d):
+    """pc_hash64 of common/util.c."""
+    _, h = _splitmix64(a & MASK)
+    _, h = _splitmix64(h ^ (b & MASK))
+    _, h = _splitmix64(h ^ (c & MASK))
+    _, h = _splitmix64(h ^ (d & MASK))
+    return h
+
+
+def sample_offset(seed, step, sample, n_tokens, seq_len):
+    """data_sample_offset of common/data.c: window start of a training sample."""
+    h = hash64(seed, step, sample, 0x5A3D1E0F7C2B9486)
+    return (h * (n_tokens - seq_len)) >> 64

@@ -396,7 +396,9 @@ void llama_backward(llama_model *m)
     if (!m->have_targets || m->n_valid == 0) return; // nothing to differentiate
 
     float *dlogits = m->logits; // in place: (N,V)
-    op->xent_bwd(be, dlogits, m->logits, a->xent_lse, m->targets, N, V, m->loss_scale / (float)m->n_valid);
+    if (!m->dlogits_ready)
+        op->xent_bwd(be, dlogits, m->logits, a->xent_lse, m->targets, N, V, m->loss_scale / (float)m->n_valid);
+    m->dlogits_ready = 0;
     int hi = head_tensor(m);
     linear_bwd(be, a->dln, G(m, hi), dlogits, a->lnf, P(m, hi), N, d, V); // (N,V) -> (N,d)
     be_zero(be, a->dres, (size_t)N * d);
@@ -442,4 +444,14 @@ void llama_layer_acts(const llama_model *m, int l, const float **ln1, const floa
     *ln1 = m->act->ln1[l]; // (N,d)
     *ln2 = m->act->ln2[l]; // (N,d)
     *gu = m->act->gu[l];   // (N,2*f_l): gate | up
+}
+
+float llama_distill(llama_model *m, const float *teacher_logits, float alpha, float temperature)
+{
+    if (!m->have_targets || m->n_valid == 0) return NAN;
+    int N = m->B * m->T;
+    double sum = m->be->ops->distill(m->be, m->logits, teacher_logits, m->targets, N, m->cfg.vocab_size, alpha,
+                                     temperature, m->loss_scale / (float)m->n_valid);
+    m->dlogits_ready = 1;
+    return (float)(sum / (double)m->n_valid);
 }

@@ -49,6 +49,7 @@ typedef struct llama_model {
     int32_t *tokens, *targets;  /* (B,T) device */
     int have_targets;
     int64_t n_valid;          /* valid targets of the last forward */
+    int dlogits_ready;        /* logits already hold dlogits (llama_distill): backward skips the xent */
     float loss;               /* mean loss of the last forward */
     llama_acts *act;
 } llama_model;
@@ -86,6 +87,10 @@ float llama_forward(llama_model *m, const int32_t *tokens, const int32_t *target
  * overwrites m->logits with dlogits. Needs a forward with targets. */
 void llama_backward(llama_model *m);
 void llama_zero_grad(llama_model *m);
+/* Replace the loss of the last forward (with targets) by the distillation loss against
+ * teacher logits (B,T,V): (1-alpha) CE + alpha T^2 KL(teacher || student) at temperature
+ * T. Returns its mean over valid targets; the next llama_backward differentiates it. */
+float llama_distill(llama_model *m, const float *teacher_logits, float alpha, float temperature);
 void llama_set_loss_scale(llama_model *m, float s);
 
 /* Training FLOPs (forward + backward) per token at sequence length T: 6 x (matmul

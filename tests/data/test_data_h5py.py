@@ -16,10 +16,12 @@ import unittest
 import h5py
 import numpy as np
 
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+import pclib  # noqa: E402
+
 BUILD = os.environ.get("PC_BUILD", "build")
 PROBE = os.path.join(BUILD, "tests", "data", "data_probe")
 TOOL = os.path.join(BUILD, "daemon", "projcomp-data")
-MASK = (1 << 64) - 1
 
 
 def run(*args):
@@ -37,25 +39,8 @@ def dump(vocab, *paths):
     return np.array(toks, dtype=np.int64)
 
 
-def splitmix64(x):
-    x = (x + 0x9E3779B97F4A7C15) & MASK
-    z = x
-    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & MASK
-    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & MASK
-    return x, z ^ (z >> 31)
-
-
-def hash64(a, b, c, d):
-    _, h = splitmix64(a & MASK)
-    _, h = splitmix64(h ^ (b & MASK))
-    _, h = splitmix64(h ^ (c & MASK))
-    _, h = splitmix64(h ^ (d & MASK))
-    return h
-
-
-def sample_offset(seed, step, sample, n_tokens, seq_len):
-    h = hash64(seed, step, sample, 0x5A3D1E0F7C2B9486)
-    return (h * (n_tokens - seq_len)) >> 64
+hash64 = pclib.hash64
+sample_offset = pclib.sample_offset
 
 
 def write_h5py(path, tokens, dtype, vocab=None, eos=0, tokenizer="bytes", on_root=False, fixed_str=False,
