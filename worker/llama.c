@@ -257,6 +257,31 @@ static void shape_str(char *out, size_t n, int ndim, const int64_t *shape)
     if (k < n) snprintf(out + k, n - k, "]");
 }
 
+/* A layer narrower than intermediate_size is stored zero-padded (gate/up rows, down
+ * columns) so that stock transformers loads it; read the real part into dst and check
+ * that the padding is zero (else the stored model is not this one). */
+static int read_padded(const st_model *st, const st_tensor *s, const llama_tensor *t, int pad_rows, float *dst,
+                       pc_err *e)
+{
+    int64_t R = s->shape[0], C = s->shape[1];
+    float *full = pc_alloc_f32((size_t)(R * C));
+    int rc = st_read_f32(st, t->name, full, (size_t)(R * C), e);
+    for (int64_t r = 0; rc == 0 && r < R; r++)
+        for (int64_t c = 0; c < C; c++) {
+            int real = r < t->shape[0] && c < t->shape[1];
+            float v = full[r * C + c];
+            if (real) {
+                dst[r * t->shape[1] + c] = v;
+            } else if (v != 0.0f) {
+                rc = pc_errorf(e, "%s: tensor %s: padding beyond the layer's width %lld must be zero",
+                               st_file_path(st, s), t->name, (long long)(pad_rows ? t->shape[0] : t->shape[1]));
+                break;
+            }
+        }
+    free(full);
+    return rc;
+}
+
 int llama_load_safetensors(llama_model *m, const char *dir_or_file, pc_err *e)
 {
     st_model *st = NULL;
@@ -277,11 +302,21 @@ int llama_load_safetensors(llama_model *m, const char *dir_or_file, pc_err *e)
         shape_str(got, sizeof(got), s->ndim, s->shape);
         int same = s->ndim == t->ndim;
         for (int k = 0; same && k < t->ndim; k++) same = s->shape[k] == t->shape[k];
-        if (!same) {
+        int64_t pad_rows = 0, pad_cols = 0; /* narrower MLP layer stored zero-padded to d_ff */
+        if (!same && s->ndim == 2 && t->ndim == 2 && strstr(t->name, ".mlp.")) {
+            if (s->shape[0] == m->cfg.d_ff && s->shape[1] == t->shape[1] && t->shape[0] < s->shape[0])
+                pad_rows = s->shape[0];
+            else if (s->shape[1] == m->cfg.d_ff && s->shape[0] == t->shape[0] && t->shape[1] < s->shape[1])
+                pad_cols = s->shape[1];
+        }
+        if (!same && !pad_rows && !pad_cols) {
             rc = pc_errorf(e, "%s: tensor %s has shape %s, expected %s", st_file_path(st, s), t->name, got, want);
             break;
         }
-        if (st_read_f32(st, t->name, buf, (size_t)t->numel, e)) {
+        if (pad_rows || pad_cols) {
+            rc = read_padded(st, s, t, pad_rows > 0, buf, e);
+            if (rc) break;
+        } else if (st_read_f32(st, t->name, buf, (size_t)t->numel, e)) {
             rc = -1;
             break;
         }
@@ -304,6 +339,8 @@ int llama_save_safetensors(const llama_model *m, const char *dir, st_dtype dtype
     float *host = pc_alloc_f32((size_t)m->n_params);
     be_download(m->be, host, m->params, (size_t)m->n_params);
     st_item *items = pc_calloc((size_t)m->n_tensors, sizeof(st_item));
+    float **padded = pc_calloc((size_t)m->n_tensors, sizeof(float *));
+    int64_t F = m->cfg.d_ff;
     for (int i = 0; i < m->n_tensors; i++) {
         const llama_tensor *t = &m->tensors[i];
         items[i].name = t->name;
@@ -311,8 +348,22 @@ int llama_save_safetensors(const llama_model *m, const char *dir, st_dtype dtype
         items[i].shape[0] = t->shape[0];
         items[i].shape[1] = t->shape[1];
         items[i].data = host + t->offset;
+        int rows = strstr(t->name, ".mlp.gate_proj") || strstr(t->name, ".mlp.up_proj");
+        int cols = strstr(t->name, ".mlp.down_proj") != NULL;
+        if ((rows && t->shape[0] < F) || (cols && t->shape[1] < F)) {
+            /* a narrower layer: zero-pad to intermediate_size (zero neurons contribute nothing) */
+            int64_t R = rows ? F : t->shape[0], C = cols ? F : t->shape[1];
+            padded[i] = pc_alloc_f32((size_t)(R * C));
+            for (int64_t r = 0; r < t->shape[0]; r++)
+                memcpy(padded[i] + r * C, host + t->offset + r * t->shape[1], sizeof(float) * (size_t)t->shape[1]);
+            items[i].shape[0] = R;
+            items[i].shape[1] = C;
+            items[i].data = padded[i];
+        }
     }
     int rc = st_write_model(dir, items, m->n_tensors, dtype, (size_t)5 << 30, e);
+    for (int i = 0; i < m->n_tensors; i++) free(padded[i]);
+    free(padded);
     if (rc == 0) {
         llama_config c = m->cfg;
         snprintf(c.torch_dtype, sizeof(c.torch_dtype), "%s",

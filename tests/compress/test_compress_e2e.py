@@ -6,7 +6,10 @@
 - a short compress run and a short prune run: the outputs load in stock transformers
   and give the validation loss projcompd reported (2e-5 relative); both start from the
   same step-0 validation loss (the hard-pruned model); training lowers the loss.
-- the untied output config has the new widths and an explicit head_dim."""
+- the untied output config has the new widths and an explicit head_dim.
+- per-layer d_ff ([56, 72]): the output stores the narrower layer zero-padded to
+  intermediate_size 72 (exact: zero neurons contribute nothing), stock transformers loads
+  it and gives projcompd's validation loss, and projcompd's eval mode reads it back."""
 import json
 import os
 import sys
@@ -114,6 +117,25 @@ def main():
         pclib.check(rel < 2e-5, f"{mode}: transformers loads the fused model: val {ref:.6f} vs ours {vals[-1]:.6f}")
     pclib.check(abs(first["compress"] - first["prune"]) < 1e-6,
                 f"compress and prune start from the same hard-pruned loss ({first['compress']:.6f})")
+
+    # per-layer widths
+    d = os.path.join(root, "perlayer")
+    pclib.projcompd(2, job, f"run.dir={d}", "train.steps=3", "compress.d_ff=[56, 72]")
+    cfg = json.load(open(os.path.join(d, "final", "config.json")))
+    pclib.check(cfg["intermediate_size"] == 72 and cfg.get("projcomp_intermediate_sizes") == [56, 72],
+                f"per-layer: config records the widths {cfg.get('projcomp_intermediate_sizes')}")
+    w = load_file(os.path.join(d, "final", "model.safetensors"))
+    g0 = w["model.layers.0.mlp.gate_proj.weight"]
+    pclib.check(g0.shape == (72, DC) and not g0[56:].any() and g0[:56].any()
+                and not w["model.layers.0.mlp.down_proj.weight"][:, 56:].any(),
+                "per-layer: layer 0 stored zero-padded from 56 to 72")
+    val = [m["val_loss"] for m in pclib.metrics(d) if "val_loss" in m][-1]
+    ref = hf_val_loss(os.path.join(d, "final"), toks[5000:], 8)
+    pclib.check(abs(ref - val) / ref < 2e-5, f"per-layer: transformers loads it: val {ref:.6f} vs ours {val:.6f}")
+    ev = os.path.join(root, "perlayer-eval")
+    pclib.projcompd(1, job, f"run.dir={ev}", "run.mode=eval", f"model.base={os.path.join(d, 'final')}")
+    back = pclib.metrics(ev)[-1]["val_loss"]
+    pclib.check(abs(back - val) / val < 2e-5, f"per-layer: projcompd eval reads it back ({back:.6f})")
 
 
 if __name__ == "__main__":
