@@ -56,6 +56,7 @@ typedef struct pc_config {
         double lr, min_lr_ratio;
         int warmup_steps;
         double weight_decay, grad_clip, beta1, beta2;
+        char on_nonfinite[8]; /* stop|skip */
     } train;
     struct {
         int every_steps, keep;

@@ -129,6 +129,10 @@ static const pc_config_key pc_config_keys[] = {
      .flags = PC_K_MIN | PC_K_MAX | PC_K_MAX_EXCL, .doc = "AdamW first-moment decay."},
     {.path = "train.beta2", .type = PC_CT_DOUBLE, PC_AT(train.beta2), .def = "0.95", .min = 0, .max = 1,
      .flags = PC_K_MIN | PC_K_MAX | PC_K_MAX_EXCL, .doc = "AdamW second-moment decay."},
+    {.path = "train.on_nonfinite", .type = PC_CT_ENUM, PC_AT(train.on_nonfinite), .def = "stop",
+     .choices = "stop|skip",
+     .doc = "A NaN/Inf loss or gradient: stop with an error (the last checkpoint stays usable) or skip that "
+            "step's update (stops after 10 in a row)."},
     /* checkpoint */
     {.path = "checkpoint.every_steps", .type = PC_CT_INT, PC_AT(checkpoint.every_steps), .def = "100", .min = 0,
      .flags = PC_K_MIN, .doc = "Write a checkpoint every this many steps (0 = only on a stop signal)."},

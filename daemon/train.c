@@ -163,6 +163,7 @@ int mode_train(run_ctx *r, pc_err *e) {
          (long long)c->train.steps, c->train.global_batch, r->world, n_micro, B, T);
 
     int64_t start = 0;
+    int skipped_in_row = 0;
     if (ckpt_resume(r, &t, &start, e) != 0) goto out;
     if (start > 0) LOGI(&r->log, "resumed after step %lld", (long long)start);
     if (t.method->begin_step(r, &t, e) != 0) goto out;
@@ -180,14 +181,21 @@ int mode_train(run_ctx *r, pc_err *e) {
         double sumsq;
         if (t.method->grad_sumsq(r, &t, &sumsq, e) != 0) goto out;
         double gnorm = sqrt(sumsq);
-        if (!isfinite(loss) || !isfinite(gnorm)) {
-            pc_errorf(e, "step %lld: loss %g, grad norm %g: training diverged (lower train.lr?)", (long long)step + 1,
-                      loss, gnorm);
-            goto out;
-        }
         float clip = optim_clip_scale(gnorm, c->train.grad_clip);
         float lr = (float)optim_lr(step, c->train.steps, c->train.warmup_steps, c->train.lr, c->train.min_lr_ratio);
-        t.method->update(r, &t, step, lr, clip);
+        if (!isfinite(loss) || !isfinite(gnorm)) {
+            if (strcmp(c->train.on_nonfinite, "skip") != 0 || ++skipped_in_row > 10) {
+                pc_errorf(e, "step %lld: loss %g, grad norm %g: training diverged (lower train.lr?); the last "
+                             "checkpoint in %s/checkpoints is intact",
+                          (long long)step + 1, loss, gnorm, r->run_dir);
+                goto out;
+            }
+            LOGW(&r->log, "step %lld: loss %g, grad norm %g: update skipped (train.on_nonfinite: skip)",
+                 (long long)step + 1, loss, gnorm);
+        } else {
+            skipped_in_row = 0;
+            t.method->update(r, &t, step, lr, clip);
+        }
         double dt = pc_now() - t0;
         double comm_mb = (double)(r->comm->bytes - comm0) / 1e6;
         double tok_s = (double)c->train.global_batch * T / dt;

@@ -1,0 +1,46 @@
+"""A NaN/Inf loss or gradient never passes silently. A pretrain job whose lr (1e30) blows
+the weights up must stop with a clear error (exit 1) naming the step, leaving the last
+checkpoint intact and no final model; with train.on_nonfinite: skip it logs each skipped
+update and still stops after 10 in a row."""
+import json
+import os
+import sys
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+import pclib  # noqa: E402
+
+
+def main():
+    root = pclib.tmpdir("pc-nan-")
+    toks = pclib.markov_tokens(4000, 64, seed=1)
+    pclib.write_shard(os.path.join(root, "train.h5"), toks, 64)
+    mcfg = os.path.join(root, "model.json")
+    with open(mcfg, "w") as f:
+        json.dump({"architectures": ["LlamaForCausalLM"], "vocab_size": 64, "hidden_size": 32,
+                   "intermediate_size": 64, "num_hidden_layers": 1, "num_attention_heads": 2,
+                   "num_key_value_heads": 2, "max_position_embeddings": 64}, f)
+    job = os.path.join(root, "job.yaml")
+    pclib.write_yaml(job, {
+        "run": {"dir": os.path.join(root, "unset"), "mode": "pretrain"},
+        "model": {"config": mcfg},
+        "data": {"train": [os.path.join(root, "train.h5")], "seq_len": 16},
+        "train": {"steps": 40, "global_batch": 2, "micro_batch": 1, "lr": 1e30, "warmup_steps": 0,
+                  "grad_clip": 0},
+        "checkpoint": {"every_steps": 1, "keep": 2},
+        "backend": {"device": "cpu"},
+    })
+    for how in ["stop", "skip"]:
+        d = os.path.join(root, how)
+        p = pclib.projcompd(1, job, f"run.dir={d}", f"train.on_nonfinite={how}", check=False)
+        out = p.stdout + p.stderr
+        pclib.check(p.returncode == 1, f"{how}: exit status 1 (got {p.returncode})")
+        pclib.check("training diverged" in out and "checkpoint" in out, f"{how}: the error says it diverged")
+        pclib.check(not os.path.exists(os.path.join(d, "final")), f"{how}: no final model written")
+        latest = open(os.path.join(d, "checkpoints", "latest")).read().strip()
+        pclib.check(os.path.isdir(os.path.join(d, "checkpoints", latest)), f"{how}: latest checkpoint {latest} intact")
+        if how == "skip":
+            pclib.check(out.count("update skipped") == 10, f"skip: 10 skipped updates logged ({out.count('update skipped')})")
+
+
+if __name__ == "__main__":
+    main()
