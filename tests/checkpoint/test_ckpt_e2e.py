@@ -47,12 +47,26 @@ def children(pid):
     return out
 
 
+LIVE = []  # launched mpiruns (own sessions), killed by process group when the test exits
+
+
+def cleanup():
+    for p in LIVE:
+        if p.poll() is None:
+            try:
+                os.killpg(p.pid, signal.SIGKILL)
+            except OSError:
+                pass
+
+
 def start(np_, job, run_dir, *sets):
     args = ["mpirun", "--oversubscribe", "-np", str(np_), pclib.PROJCOMPD, "--cfg", job, "--set", f"run.dir={run_dir}"]
     for s in sets:
         args += ["--set", s]
-    return subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=pclib.env(),
-                            start_new_session=True)
+    p = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=pclib.env(),
+                         start_new_session=True)
+    LIVE.append(p)
+    return p
 
 
 def finish(p, timeout=120):
@@ -265,4 +279,8 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    signal.signal(signal.SIGTERM, lambda *a: sys.exit(143))
+    try:
+        main()
+    finally:
+        cleanup()
