@@ -132,6 +132,7 @@ static int mpi_check(const char *dir) {
     comm_barrier(c, &e);
     CHECK(count_tmp(dir) == 0, "no temporary directory left");
     CHECK(ckpt_find(dir, NULL, &step, path, sizeof path, &e) == 1 && step == 1, "step 1 still the newest");
+    comm_barrier(c, &e); /* everyone looked before the next checkpoint starts */
 
     if (c->size > 1) { /* the same block from two ranks */
         e.msg[0] = '\0';
@@ -140,6 +141,7 @@ static int mpi_check(const char *dir) {
         if (rank == 0) CHECK(strstr(e.msg, "layer.0.weight") != NULL, "names the block: %s", e.msg);
         comm_barrier(c, &e);
         CHECK(count_tmp(dir) == 0, "no temporary directory left");
+        comm_barrier(c, &e);
     }
 
     rc = write_step(dir, 4, c, -1, 0, 1, &e);
