@@ -6,6 +6,7 @@
  * where it came from in c->where[] so later checks (model shape, rank count) can point
  * at the line that set it. Also writes the resolved config and the docs table. */
 #include "config.h"
+#include "json.h"
 
 #include <ctype.h>
 #include <errno.h>
@@ -487,6 +488,7 @@ static int apply_set(pc_config *c, const char *set, pc_err *e) {
     }
     const pc_config_key *k = &pc_config_keys[ki];
     const char *val = eq + 1;
+    if (!json_utf8_valid(val, strlen(val))) return pc_errorf(e, "%s: the value is not valid UTF-8", where);
     yaml_parser_t p;
     yaml_document_t doc;
     if (!yaml_parser_initialize(&p)) return pc_errorf(e, "%s: cannot initialise the YAML parser", where);

@@ -542,3 +542,12 @@ void json_buf_value(json_buf *b, const json_val *v) {
         break;
     }
 }
+
+int json_utf8_valid(const char *s, size_t n) {
+    for (size_t i = 0; i < n;) {
+        size_t k = utf8_len((const unsigned char *)s + i, n - i);
+        if (k == 0) return 0;
+        i += k;
+    }
+    return 1;
+}

@@ -74,4 +74,7 @@ void json_buf_int(json_buf *b, int64_t x);
 /* Serialise a parsed tree (compact). */
 void json_buf_value(json_buf *b, const json_val *v);
 
+/* 1 when s[0..n) is well-formed UTF-8 (no overlongs, surrogates or code points > U+10FFFF). */
+int json_utf8_valid(const char *s, size_t n);
+
 #endif

@@ -10,6 +10,7 @@
 
 #include <dirent.h>
 #include <errno.h>
+#include <math.h>
 #include <fcntl.h>
 #include <limits.h>
 #include <stdlib.h>
@@ -40,6 +41,7 @@ struct st_model {
     st_tensor *tensors;
     int n_tensors;
     int *by_name; /* tensor indices sorted by name */
+    char *source; /* the path given to st_open */
 };
 
 static const char *dtype_names[ST_DTYPE_COUNT] = {"F32", "F16", "BF16", "I32", "I64", "U8"};
@@ -101,6 +103,7 @@ void st_close(st_model *m) {
         free(m->files[i].path);
     }
     for (int i = 0; i < m->n_tensors; i++) free(m->tensors[i].name);
+    free(m->source);
     free(m->files);
     free(m->tensors);
     free(m->by_name);
@@ -447,6 +450,7 @@ int st_open(const char *path, st_model **out, pc_err *e) {
     struct stat sb;
     if (stat(path, &sb) != 0) return pc_errorf(e, "%s: cannot open: %s", path, strerror(errno));
     st_model *m = pc_calloc(1, sizeof(st_model));
+    m->source = pc_strdup(path);
     int rc;
     if (S_ISDIR(sb.st_mode)) {
         char single[4096], index[4096];
@@ -795,4 +799,16 @@ int st_write_model(const char *dir, const st_item *items, int n, st_dtype out_dt
     free(idx);
     free(shard_of);
     return rc;
+}
+
+const char *st_source(const st_model *m) { return m->source; }
+
+int st_check_finite(const st_model *m, const char *name, const float *data, size_t n, pc_err *e) {
+    for (size_t j = 0; j < n; j++)
+        if (!isfinite(data[j])) {
+            const st_tensor *t = st_find(m, name);
+            return pc_errorf(e, "%s: tensor %s holds a non-finite value (%g) at element %zu",
+                             t ? st_file_path(m, t) : m->source, name, (double)data[j], j);
+        }
+    return 0;
 }

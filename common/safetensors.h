@@ -39,6 +39,11 @@ size_t st_dtype_size(st_dtype t);
 const char *st_dtype_name(st_dtype t);
 /* Path of the file holding tensor t (for error messages). */
 const char *st_file_path(const st_model *m, const st_tensor *t);
+/* The path st_open was given (a file or a model directory). */
+const char *st_source(const st_model *m);
+/* Fail naming the file, tensor and element when data (n values read from tensor `name`)
+ * holds a NaN or Inf. */
+int st_check_finite(const st_model *m, const char *name, const float *data, size_t n, pc_err *e);
 
 /* Whole tensor as f32; n must equal its element count. Errors name the tensor. */
 int st_read_f32(const st_model *m, const char *name, float *dst, size_t n, pc_err *e);

@@ -106,6 +106,17 @@ static int parse_cli(int argc, char **argv, cli *c, int rank) {
     return 0;
 }
 
+/* What needs the base model's config.json (its widths, the per-layer d_ff list) is
+ * checked before any work too, so these mistakes also exit with status 2. */
+static int check_against_base(const pc_config *c, pc_err *e) {
+    if (!c->model.base[0]) return 0;
+    llama_config lc;
+    if (hf_config_load(c->model.base, &lc, e) != 0 || hf_config_validate(&lc, c->model.base, e) != 0) return -1;
+    const char *m = c->run.mode;
+    if (strcmp(m, "compress") && strcmp(m, "prune") && strcmp(m, "importance")) return 0;
+    return config_check_model(c, lc.d_model, lc.d_ff_layer, lc.n_layers, e);
+}
+
 static int dispatch(run_ctx *r, pc_err *e) {
     const char *mode = r->cfg.run.mode;
     if (!strcmp(mode, "pretrain") || !strcmp(mode, "prune") || !strcmp(mode, "compress")) return mode_train(r, e);
@@ -144,7 +155,8 @@ int main(int argc, char **argv) {
         MPI_Finalize();
         return rc;
     }
-    if (config_load(&r.cfg, c.cfg, c.sets, c.n_sets, &e) != 0 || config_check_ranks(&r.cfg, world, &e) != 0) {
+    if (config_load(&r.cfg, c.cfg, c.sets, c.n_sets, &e) != 0 || config_check_ranks(&r.cfg, world, &e) != 0 ||
+        check_against_base(&r.cfg, &e) != 0) {
         if (rank == 0) fprintf(stderr, "projcompd: error: %s\n", e.msg);
         MPI_Finalize();
         return 2;

@@ -65,11 +65,12 @@ static void add_row_norms(double *score, const float *w, int64_t R, int64_t C) {
 /* Read one base tensor (R, C) as f32; the caller frees it. */
 static float *read_weight(const st_model *base, const char *name, int64_t *R, int64_t *C, pc_err *e) {
     const st_tensor *t = st_find(base, name);
-    if (!t || t->ndim != 2) return pc_errorf(e, "base model: tensor '%s' is missing or not 2-D", name), NULL;
+    if (!t || t->ndim != 2) return pc_errorf(e, "%s: tensor '%s' is missing or not 2-D", st_source(base), name), NULL;
     *R = t->shape[0];
     *C = t->shape[1];
     float *w = pc_alloc_f32((size_t)(*R * *C));
-    if (st_read_f32(base, name, w, (size_t)(*R * *C), e) != 0) {
+    if (st_read_f32(base, name, w, (size_t)(*R * *C), e) != 0 ||
+        st_check_finite(base, name, w, (size_t)(*R * *C), e) != 0) {
         free(w);
         return NULL;
     }

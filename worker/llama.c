@@ -320,12 +320,7 @@ int llama_load_safetensors(llama_model *m, const char *dir_or_file, pc_err *e)
             rc = -1;
             break;
         }
-        for (int64_t j = 0; j < t->numel; j++)
-            if (!isfinite(buf[j])) {
-                rc = pc_errorf(e, "%s: tensor %s holds a non-finite value (%g) at element %lld", st_file_path(st, s),
-                               t->name, (double)buf[j], (long long)j);
-                break;
-            }
+        rc = st_check_finite(st, t->name, buf, (size_t)t->numel, e);
         if (rc == 0) be_upload(m->be, m->params + t->offset, buf, (size_t)t->numel);
     }
     free(buf);

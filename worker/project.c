@@ -148,7 +148,7 @@ static float *load_slice(proj_set *ps, const st_model *base, const proj_block *b
     const st_tensor *t = st_find(base, bname);
     int64_t R = b->kind == PROJ_ROWS ? b->r1 - b->r0 : b->d_out, C = b->kind == PROJ_COLS ? b->r1 - b->r0 : b->d_in;
     int64_t fullR = b->kind == PROJ_ROWS ? -1 : b->d_out, fullC = b->kind == PROJ_COLS ? -1 : b->d_in;
-    if (!t) return pc_errorf(e, "base model: tensor '%s' is missing", bname), NULL;
+    if (!t) return pc_errorf(e, "%s: tensor '%s' is missing", st_source(base), bname), NULL;
     if (t->ndim != 2 || (fullR >= 0 && t->shape[0] != fullR) || (fullC >= 0 && t->shape[1] != fullC))
         return pc_errorf(e, "%s: tensor '%s' has shape [%lld, %lld], config.json implies [%lld, %lld]",
                          st_file_path(base, t), bname, (long long)(t->ndim > 0 ? t->shape[0] : 0),
@@ -158,6 +158,7 @@ static float *load_slice(proj_set *ps, const st_model *base, const proj_block *b
     int rc = b->kind == PROJ_ROWS   ? st_read_rows_f32(base, bname, b->r0, R, w, e)
              : b->kind == PROJ_COLS ? st_read_cols_f32(base, bname, b->r0, C, w, e)
                                     : st_read_f32(base, bname, w, (size_t)(R * C), e);
+    if (rc == 0) rc = st_check_finite(base, bname, w, (size_t)(R * C), e);
     if (rc != 0) {
         free(w);
         return NULL;
@@ -259,7 +260,8 @@ int proj_init(proj_set *ps, backend *be, const st_model *base, const llama_confi
         proj_block *b = &ps->blocks[i];
         if (b->owner != rank) continue;
         if (b->kind == PROJ_NORM) {
-            if (st_read_f32(base, b->name, norm, (size_t)base_cfg->d_model, e) != 0) {
+            if (st_read_f32(base, b->name, norm, (size_t)base_cfg->d_model, e) != 0 ||
+                st_check_finite(base, b->name, norm, (size_t)base_cfg->d_model, e) != 0) {
                 free(norm);
                 return -1;
             }
@@ -462,6 +464,7 @@ int proj_slice_base(const st_model *base, const llama_config *base_cfg, llama_mo
         if (st->ndim == 1) {
             float *full = pc_alloc_f32((size_t)base_cfg->d_model);
             int rc = st_read_f32(base, st->name, full, (size_t)base_cfg->d_model, e);
+            if (rc == 0) rc = st_check_finite(base, st->name, full, (size_t)base_cfg->d_model, e);
             for (int64_t j = 0; rc == 0 && j < st->numel; j++) dst[j] = full[idx->idx_d[j]];
             free(full);
             if (rc != 0) return -1;
@@ -472,10 +475,11 @@ int proj_slice_base(const st_model *base, const llama_config *base_cfg, llama_mo
         int layer = layer_of(st->name);
         const char *bname = base_name(base, st->name);
         const st_tensor *bt = st_find(base, bname);
-        if (!bt || bt->ndim != 2) return pc_errorf(e, "base model: tensor '%s' is missing or not 2-D", bname);
+        if (!bt || bt->ndim != 2) return pc_errorf(e, "%s: tensor '%s' is missing or not 2-D", st_source(base), bname);
         int64_t R = bt->shape[0], C = bt->shape[1];
         float *w = pc_alloc_f32((size_t)(R * C));
-        if (st_read_f32(base, bname, w, (size_t)(R * C), e) != 0) {
+        if (st_read_f32(base, bname, w, (size_t)(R * C), e) != 0 ||
+            st_check_finite(base, bname, w, (size_t)(R * C), e) != 0) {
             free(w);
             return -1;
         }
