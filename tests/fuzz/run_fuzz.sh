@@ -25,7 +25,7 @@ sources_of() {
         json) echo json.c ;;
         safetensors | st_index) echo json.c safetensors.c ;;
         hf_config) echo json.c hf_config.c ;;
-        config) echo config.c ;;
+        config) echo json.c config.c ;;
         data_raw | data_gen) echo data.c ;;
         ckpt) echo log.c comm.c ckpt.c ;;
     esac
