@@ -1,0 +1,1088 @@
+/* backend_cuda: the fp32 CUDA implementation of the backend op table (backend.h).
+ *
+ * One backend drives one GPU through one stream. Matrix products map the row-major
+ * convention of backend.h onto column-major cuBLAS by computing C^T = op(B)^T op(A)^T:
+ * a row-major matrix with leading dimension ld is, unchanged in memory, its own
+ * transpose in column-major order. The other ops are plain kernels written for
+ * clarity first: row-wise ops use one block per row with warp-shuffle/shared-memory
+ * reductions; attention is a tiled flash-attention-style kernel (online softmax over
+ * key tiles held in shared memory, one warp per query row, lse saved), and its
+ * backward pass recomputes the probabilities tile by tile in two kernels (dQ per
+ * query row, dK/dV per key row summed over the query heads of its group), so no
+ * (T,T) matrix is ever stored and no atomics are needed. Reductions that return a
+ * value to the host (xent, distill, sumsq) accumulate in double and are reduced in a
+ * fixed order, so their results are deterministic. */
+#include "backend_cuda.h"
+
+#include <cublas_v2.h>
+#include <cuda_runtime.h>
+#include <math.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cuda_check.h"
+
+#define CUBLAS_CHECK(call)                                                                                     \
+    do {                                                                                                       \
+        cublasStatus_t st_ = (call);                                                                           \
+        if (st_ != CUBLAS_STATUS_SUCCESS) {                                                                    \
+            fprintf(stderr, "%s:%d: cuBLAS error %s: %s\n", __FILE__, __LINE__, #call, cublasGetStatusString(st_)); \
+            exit(EXIT_FAILURE);                                                                                \
+        }                                                                                                      \
+    } while (0)
+
+/* After a kernel launch: a bad launch configuration is reported here, not later. */
+#define LAUNCH_CHECK() CUDA_CHECK(cudaGetLastError())
+
+typedef struct cuda_impl {
+    int device;
+    int tf32;
+    char device_name[64];
+    cudaStream_t stream;
+    cublasHandle_t blas;
+    float *att_d;    /* attention backward: D = rowsum(dO*O), (B,H,T) */
+    size_t att_d_n;
+    double *red;     /* per-row / per-block double partials for host-returned reductions */
+    size_t red_n;
+    double *result;  /* (2) device result of a reduction */
+    double *result_host; /* (2) pinned */
+} cuda_impl;
+
+static cuda_impl *impl_of(backend *be) { return (cuda_impl *)be->impl; }
+
+/* Device scratch of at least n elements, grown (never shrunk) as needed. */
+static void grow_f32(cuda_impl *c, float **buf, size_t *have, size_t n)
+{
+    if (*have >= n) return;
+    CUDA_CHECK(cudaStreamSynchronize(c->stream));
+    CUDA_CHECK(cudaFree(*buf));
+    CUDA_CHECK(cudaMalloc((void **)buf, n * sizeof(float)));
+    *have = n;
+}
+
+static double *red_scratch(cuda_impl *c, size_t n)
+{
+    if (c->red_n < n) {
+        CUDA_CHECK(cudaStreamSynchronize(c->stream));
+        CUDA_CHECK(cudaFree(c->red));
+        CUDA_CHECK(cudaMalloc((void **)&c->red, n * sizeof(double)));
+        c->red_n = n;
+    }
+    return c->red;
+}
+
+static unsigned grid_for(size_t n, unsigned threads)
+{
+    size_t g = (n + threads - 1) / threads;
+    if (g > 65535u * 16u) g = 65535u * 16u; /* grid-stride loops cover the rest */
+    return g ? (unsigned)g : 1u;
+}
+
+/* ------------------------------------------------------------------ reductions */
+
+template <typename T> __device__ T warp_sum(T v)
+{
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+
+__device__ float warp_max(float v)
+{
+    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+    return v;
+}
+
+/* Sum over the block (blockDim.x a multiple of 32, at most 1024); every thread gets the
+ * result. sh holds 33 elements; safe to call repeatedly with the same sh. */
+template <typename T> __device__ T block_sum(T v, T *sh)
+{
+    const int lane = threadIdx.x & 31, wid = threadIdx.x >> 5, nw = (int)(blockDim.x >> 5);
+    v = warp_sum(v);
+    __syncthreads(); /* earlier readers of sh are done */
+    if (lane == 0) sh[wid] = v;
+    __syncthreads();
+    if (wid == 0) {
+        T t = lane < nw ? sh[lane] : (T)0;
+        t = warp_sum(t);
+        if (lane == 0) sh[32] = t;
+    }
+    __syncthreads();
+    return sh[32];
+}
+
+__device__ float block_max(float v, float *sh)
+{
+    const int lane = threadIdx.x & 31, wid = threadIdx.x >> 5, nw = (int)(blockDim.x >> 5);
+    v = warp_max(v);
+    __syncthreads();
+    if (lane == 0) sh[wid] = v;
+    __syncthreads();
+    if (wid == 0) {
+        float t = lane < nw ? sh[lane] : -INFINITY;
+        t = warp_max(t);
+        if (lane == 0) sh[32] = t;
+    }
+    __syncthreads();
+    return sh[32];
+}
+
+/* result[0] = sum of part[0..n), result[1] = sum of part2[0..n) (part2 may be NULL);
+ * one block, fixed order. */
+__global__ void k_reduce_doubles(double *result, const double *part, const double *part2, size_t n)
+{
+    __shared__ double sh[33];
+    double s = 0.0, s2 = 0.0;
+    for (size_t i = threadIdx.x; i < n; i += blockDim.x) {
+        s += part[i];
+        if (part2) s2 += part2[i];
+    }
+    s = block_sum(s, sh);
+    s2 = block_sum(s2, sh);
+    if (threadIdx.x == 0) {
+        result[0] = s;
+        result[1] = s2;
+    }
+}
+
+/* Reduce part (and part2) on the device and bring the two sums back. */
+static void reduce_to_host(cuda_impl *c, const double *part, const double *part2, size_t n, double out[2])
+{
+    k_reduce_doubles<<<1, 1024, 0, c->stream>>>(c->result, part, part2, n);
+    LAUNCH_CHECK();
+    CUDA_CHECK(cudaMemcpyAsync(c->result_host, c->result, 2 * sizeof(double), cudaMemcpyDeviceToHost, c->stream));
+    CUDA_CHECK(cudaStreamSynchronize(c->stream));
+    out[0] = c->result_host[0];
+    out[1] = c->result_host[1];
+}
+
+/* ------------------------------------------------------------------ lifecycle, memory */
+
+static void cu_destroy(backend *be)
+{
+    cuda_impl *c = impl_of(be);
+    CUDA_CHECK(cudaStreamSynchronize(c->stream));
+    CUDA_CHECK(cudaFree(c->att_d));
+    CUDA_CHECK(cudaFree(c->red));
+    CUDA_CHECK(cudaFree(c->result));
+    CUDA_CHECK(cudaFreeHost(c->result_host));
+    CUBLAS_CHECK(cublasDestroy(c->blas));
+    CUDA_CHECK(cudaStreamDestroy(c->stream));
+    free(c);
+    free(be);
+}
+
+static void *dev_alloc_zeroed(backend *be, size_t bytes)
+{
+    cuda_impl *c = impl_of(be);
+    void *p = NULL;
+    if (bytes == 0) bytes = 4;
+    cudaError_t err = cudaMalloc(&p, bytes);
+    if (err != cudaSuccess) {
+        fprintf(stderr, "backend_cuda: cudaMalloc of %zu bytes (%.2f GiB) on device %d failed: %s\n", bytes,
+                (double)bytes / (1024.0 * 1024.0 * 1024.0), c->device, cudaGetErrorString(err));
+        exit(EXIT_FAILURE);
+    }
+    CUDA_CHECK(cudaMemsetAsync(p, 0, bytes, c->stream));
+    return p;
+}
+
+static float *cu_alloc(backend *be, size_t n) { return (float *)dev_alloc_zeroed(be, n * sizeof(float)); }
+
+static int32_t *cu_alloc_i32(backend *be, size_t n) { return (int32_t *)dev_alloc_zeroed(be, n * sizeof(int32_t)); }
+
+static void cu_free(backend *be, void *p)
+{
+    if (!p) return;
+    CUDA_CHECK(cudaStreamSynchronize(impl_of(be)->stream));
+    CUDA_CHECK(cudaFree(p));
+}
+
+static void cu_zero(backend *be, float *x, size_t n)
+{
+    if (n) CUDA_CHECK(cudaMemsetAsync(x, 0, n * sizeof(float), impl_of(be)->stream));
+}
+
+static void cu_copy(backend *be, float *dst, const float *src, size_t n)
+{
+    cuda_impl *c = impl_of(be);
+    if (dst == src || n == 0) return;
+    size_t bytes = n * sizeof(float);
+    int overlap = (dst < src && dst + n > src) || (src < dst && src + n > dst);
+    if (!overlap) {
+        CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, c->stream));
+        return;
+    }
+    /* overlapping ranges (memmove semantics): through a temporary */
+    float *tmp = NULL;
+    CUDA_CHECK(cudaMalloc((void **)&tmp, bytes));
+    CUDA_CHECK(cudaMemcpyAsync(tmp, src, bytes, cudaMemcpyDeviceToDevice, c->stream));
+    CUDA_CHECK(cudaMemcpyAsync(dst, tmp, bytes, cudaMemcpyDeviceToDevice, c->stream));
+    CUDA_CHECK(cudaStreamSynchronize(c->stream));
+    CUDA_CHECK(cudaFree(tmp));
+}
+
+static void cu_upload(backend *be, float *dst, const float *host_src, size_t n)
+{
+    cuda_impl *c = impl_of(be);
+    if (n == 0) return;
+    CUDA_CHECK(cudaMemcpyAsync(dst, host_src, n * sizeof(float), cudaMemcpyHostToDevice, c->stream));
+    CUDA_CHECK(cudaStreamSynchronize(c->stream));
+}
+
+static void cu_download(backend *be, float *host_dst, const float *src, size_t n)
+{
+    cuda_impl *c = impl_of(be);
+    if (n == 0) return;
+    CUDA_CHECK(cudaMemcpyAsync(host_dst, src, n * sizeof(float), cudaMemcpyDeviceToHost, c->stream));
+    CUDA_CHECK(cudaStreamSynchronize(c->stream));
+}
+
+static void cu_upload_i32(backend *be, int32_t *dst, const int32_t *host_src, size_t n)
+{
+    cuda_impl *c = impl_of(be);
+    if (n == 0) return;
+    CUDA_CHECK(cudaMemcpyAsync(dst, host_src, n * sizeof(int32_t), cudaMemcpyHostToDevice, c->stream));
+    CUDA_CHECK(cudaStreamSynchronize(c->stream));
+}
+
+static void cu_sync(backend *be) { CUDA_CHECK(cudaStreamSynchronize(impl_of(be)->stream)); }
+
+/* ------------------------------------------------------------------ matrix products */
+
+static cublasComputeType_t compute_type(const cuda_impl *c)
+{
+    return c->tf32 ? CUBLAS_COMPUTE_32F_FAST_TF32 : CUBLAS_COMPUTE_32F;
+}
+
+/* Row-major C[M,N] = alpha op(A) op(B) + beta C  <=>  column-major C^T[N,M] = op(B)^T op(A)^T. */
+static void cu_gemm(backend *be, int ta, int tb, int M, int N, int K, float alpha, const float *A, int lda,
+                    const float *B, int ldb, float beta, float *C, int ldc)
+{
+    cuda_impl *c = impl_of(be);
+    if (M <= 0 || N <= 0) return;
+    CUBLAS_CHECK(cublasGemmEx(c->blas, tb ? CUBLAS_OP_T : CUBLAS_OP_N, ta ? CUBLAS_OP_T : CUBLAS_OP_N, N, M, K, &alpha,
+                              B, CUDA_R_32F, ldb, A, CUDA_R_32F, lda, &beta, C, CUDA_R_32F, ldc, compute_type(c),
+                              CUBLAS_GEMM_DEFAULT));
+}
+
+static void cu_gemm_batched(backend *be, int ta, int tb, int M, int N, int K, float alpha, const float *A, int lda,
+                            int64_t sa, const float *B, int ldb, int64_t sb, float beta, float *C, int ldc, int64_t sc,
+                            int batch)
+{
+    cuda_impl *c = impl_of(be);
+    if (M <= 0 || N <= 0 || batch <= 0) return;
+    CUBLAS_CHECK(cublasGemmStridedBatchedEx(c->blas, tb ? CUBLAS_OP_T : CUBLAS_OP_N, ta ? CUBLAS_OP_T : CUBLAS_OP_N,
+                                            N, M, K, &alpha, B, CUDA_R_32F, ldb, (long long)sb, A, CUDA_R_32F, lda,
+                                            (long long)sa, &beta, C, CUDA_R_32F, ldc, (long long)sc, batch,
+                                            compute_type(c), CUBLAS_GEMM_DEFAULT));
+}
+
+/* ------------------------------------------------------------------ embedding */
+
+/* (N,) -> (N,d): block n copies row tokens[n] */
+__global__ void k_embedding_fwd(float *out, const float *table, const int32_t *tokens, int d)
+{
+    const size_t n = blockIdx.x;
+    const float *src = table + (size_t)tokens[n] * d;
+    float *dst = out + n * d;
+    for (int i = threadIdx.x; i < d; i += blockDim.x) dst[i] = src[i];
+}
+
+/* dtable[tokens[n],:] += dout[n,:]; repeated tokens meet in atomicAdd */
+__global__ void k_embedding_bwd(float *dtable, const float *dout, const int32_t *tokens, int d)
+{
+    const size_t n = blockIdx.x;
+    float *dst = dtable + (size_t)tokens[n] * d;
+    const float *src = dout + n * d;
+    for (int i = threadIdx.x; i < d; i += blockDim.x) atomicAdd(dst + i, src[i]);
+}
+
+static void cu_embedding_fwd(backend *be, float *out, const float *table, const int32_t *tokens, int N, int d)
+{
+    if (N <= 0 || d <= 0) return;
+    k_embedding_fwd<<<N, 256, 0, impl_of(be)->stream>>>(out, table, tokens, d);
+    LAUNCH_CHECK();
+}
+
+static void cu_embedding_bwd(backend *be, float *dtable, const float *dout, const int32_t *tokens, int N, int d)
+{
+    if (N <= 0 || d <= 0) return;
+    k_embedding_bwd<<<N, 256, 0, impl_of(be)->stream>>>(dtable, dout, tokens, d);
+    LAUNCH_CHECK();
+}
+
+/* ------------------------------------------------------------------ rmsnorm */
+
+/* (N,d) -> (N,d), one block per row */
+__global__ void k_rmsnorm_fwd(float *out, float *rstd, const float *x, const float *w, int d, float eps)
+{
+    __shared__ float sh[33];
+    const size_t n = blockIdx.x;
+    const float *xr = x + n * d;
+    float *o = out + n * d;
+    float ss = 0.0f;
+    for (int i = threadIdx.x; i < d; i += blockDim.x) ss += xr[i] * xr[i];
+    ss = block_sum(ss, sh);
+    const float r = 1.0f / sqrtf(ss / (float)d + eps);
+    if (threadIdx.x == 0) rstd[n] = r;
+    for (int i = threadIdx.x; i < d; i += blockDim.x) o[i] = w[i] * (xr[i] * r);
+}
+
+/* dx += r * (g*w - x * r^2 * mean(g*w*x)), one block per row */
+__global__ void k_rmsnorm_bwd_dx(float *dx, const float *dout, const float *x, const float *w, const float *rstd,
+                                 int d)
+{
+    __shared__ float sh[33];
+    const size_t n = blockIdx.x;
+    const float *xr = x + n * d, *g = dout + n * d;
+    float *dxr = dx + n * d;
+    const float r = rstd[n];
+    float dot = 0.0f;
+    for (int i = threadIdx.x; i < d; i += blockDim.x) dot += g[i] * w[i] * xr[i];
+    dot = block_sum(dot, sh);
+    const float cc = dot * r * r / (float)d;
+    for (int i = threadIdx.x; i < d; i += blockDim.x) dxr[i] += r * (g[i] * w[i] - xr[i] * cc);
+}
+
+#define RMS_DW_ROWS 64
+/* dw[i] += sum_n dout[n,i] x[n,i] rstd[n]: block (column chunk, row chunk of RMS_DW_ROWS) */
+__global__ void k_rmsnorm_bwd_dw(float *dw, const float *dout, const float *x, const float *rstd, int N, int d)
+{
+    const int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= d) return;
+    const int n0 = blockIdx.y * RMS_DW_ROWS, n1 = min(N, n0 + RMS_DW_ROWS);
+    float s = 0.0f;
+    for (int n = n0; n < n1; n++) s += dout[(size_t)n * d + i] * x[(size_t)n * d + i] * rstd[n];
+    atomicAdd(dw + i, s);
+}
+
+static void cu_rmsnorm_fwd(backend *be, float *out, float *rstd, const float *x, const float *w, int N, int d,
+                           float eps)
+{
+    if (N <= 0 || d <= 0) return;
+    k_rmsnorm_fwd<<<N, 256, 0, impl_of(be)->stream>>>(out, rstd, x, w, d, eps);
+    LAUNCH_CHECK();
+}
+
+static void cu_rmsnorm_bwd(backend *be, float *dx, float *dw, const float *dout, const float *x, const float *w,
+                           const float *rstd, int N, int d)
+{
+    cudaStream_t s = impl_of(be)->stream;
+    if (N <= 0 || d <= 0) return;
+    k_rmsnorm_bwd_dx<<<N, 256, 0, s>>>(dx, dout, x, w, rstd, d);
+    LAUNCH_CHECK();
+    dim3 grid((unsigned)((d + 255) / 256), (unsigned)((N + RMS_DW_ROWS - 1) / RMS_DW_ROWS));
+    k_rmsnorm_bwd_dw<<<grid, 256, 0, s>>>(dw, dout, x, rstd, N, d);
+    LAUNCH_CHECK();
+}
+
+/* ------------------------------------------------------------------ rope */
+
+/* One thread per (token, head, pair i); token row b*T+t at stride ld, position t. */
+__global__ void k_rope(float *x, const float *cos_t, const float *sin_t, int T, int n_heads, int hd, int ld,
+                       float sign, size_t total)
+{
+    const int half = hd / 2;
+    for (size_t idx = (size_t)blockIdx.x * blockDim.x + threadIdx.x; idx < total;
+         idx += (size_t)gridDim.x * blockDim.x) {
+        const int i = (int)(idx % half);
+        const int h = (int)((idx / half) % n_heads);
+        const size_t row = idx / ((size_t)half * n_heads); /* b*T + t */
+        const int t = (int)(row % T);
+        float *xh = x + row * ld + (size_t)h * hd;
+        const float c = cos_t[(size_t)t * half + i], si = sign * sin_t[(size_t)t * half + i];
+        const float x1 = xh[i], x2 = xh[i + half];
+        xh[i] = x1 * c - x2 * si;
+        xh[i + half] = x2 * c + x1 * si;
+    }
+}
+
+static void rope_launch(backend *be, float *x, const float *cos_t, const float *sin_t, int B, int T, int n_heads,
+                        int hd, int ld, float sign)
+{
+    size_t total = (size_t)B * T * n_heads * (hd / 2);
+    if (total == 0) return;
+    k_rope<<<grid_for(total, 256), 256, 0, impl_of(be)->stream>>>(x, cos_t, sin_t, T, n_heads, hd, ld, sign, total);
+    LAUNCH_CHECK();
+}
+
+static void cu_rope_fwd(backend *be, float *x, const float *cos_t, const float *sin_t, int B, int T, int n_heads,
+                        int hd, int ld)
+{
+    rope_launch(be, x, cos_t, sin_t, B, T, n_heads, hd, ld, 1.0f);
+}
+
+static void cu_rope_bwd(backend *be, float *dx, const float *cos_t, const float *sin_t, int B, int T, int n_heads,
+                        int hd, int ld)
+{
+    rope_launch(be, dx, cos_t, sin_t, B, T, n_heads, hd, ld, -1.0f);
+}
+
+/* ------------------------------------------------------------------ attention */
+
+/* Tiling: a block of ATT_WARPS warps owns ATT_WARPS consecutive rows (one per warp);
+ * the other side of the product is walked in tiles of 32 rows held in shared memory,
+ * lane j of a warp handling row j of the tile. Each lane keeps the head_dim columns
+ * c = lane + 32*r, r < ATT_R, of its warp's accumulators. */
+#define ATT_WARPS 8
+#define ATT_TILE 32
+#define ATT_HD BACKEND_CUDA_MAX_HEAD_DIM
+#define ATT_R (ATT_HD / 32)
+
+/* Load a (ATT_TILE, hd) tile of rows r0.. of a (T, hd) head view with row stride ld
+ * into dst with row stride dst_ld; rows past T are zero. All threads of the block call it. */
+__device__ void load_tile(float *dst, int dst_ld, const float *src, int ld, int r0, int T, int hd)
+{
+    for (int idx = threadIdx.x; idx < ATT_TILE * hd; idx += blockDim.x) {
+        const int j = idx / hd, c = idx % hd;
+        dst[j * dst_ld + c] = r0 + j < T ? src[(size_t)(r0 + j) * ld + c] : 0.0f;
+    }
+}
+
+/* grid (ceil(T/ATT_WARPS), H, B), ATT_WARPS*32 threads. out (B,T,H,hd) stride H*hd, lse (B,H,T). */
+__global__ void k_attention_fwd(float *out, float *lse, const float *q, const float *k, const float *v, int T, int H,
+                                int KV, int hd, int ld, float scale)
+{
+    __shared__ float k_s[ATT_TILE * (ATT_HD + 1)]; /* padded: lane j reads row j */
+    __shared__ float v_s[ATT_TILE * ATT_HD];
+    __shared__ float q_s[ATT_WARPS * ATT_HD];
+    const int b = blockIdx.z, h = blockIdx.y, g = h / (H / KV);
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const int q0 = blockIdx.x * ATT_WARPS, i = q0 + warp; /* this warp's query row */
+    const int last = min(T - 1, q0 + ATT_WARPS - 1);     /* last query row of the block */
+    const size_t base = (size_t)b * T * ld;
+    const float *qh = q + base + (size_t)h * hd, *kh = k + base + (size_t)g * hd, *vh = v + base + (size_t)g * hd;
+
+    float *qw = q_s + warp * ATT_HD;
+    for (int c = lane; c < hd; c += 32) qw[c] = i < T ? qh[(size_t)i * ld + c] : 0.0f;
+
+    float m = -INFINITY, l = 0.0f, acc[ATT_R];
+    for (int r = 0; r < ATT_R; r++) acc[r] = 0.0f;
+
+    for (int k0 = 0; k0 <= last; k0 += ATT_TILE) {
+        __syncthreads(); /* previous tile consumed (and q_s written) */
+        load_tile(k_s, hd + 1, kh, ld, k0, T, hd);
+        load_tile(v_s, hd, vh, ld, k0, T, hd);
+        __syncthreads();
+        if (i < T && k0 <= i) { /* warp-uniform: key k0 <= i is valid, so the tile max is finite */
+            const int j = k0 + lane;
+            float s = -INFINITY;
+            if (j <= i) {
+                float dot = 0.0f;
+                for (int c = 0; c < hd; c++) dot += qw[c] * k_s[lane * (hd + 1) + c];
+                s = scale * dot;
+            }
+            const float m_new = fmaxf(m, warp_max(s));
+            const float alpha = expf(m - m_new); /* 0 on the first tile (m = -inf) */
+            const float p = j <= i ? expf(s - m_new) : 0.0f;
+            l = l * alpha + warp_sum(p);
+            for (int r = 0; r < ATT_R; r++) acc[r] *= alpha;
+            for (int jj = 0; jj < ATT_TILE; jj++) {
+                const float pj = __shfl_sync(0xffffffffu, p, jj);
+                for (int r = 0; r < ATT_R; r++) {
+                    const int c = lane + 32 * r;
+                    if (c < hd) acc[r] += pj * v_s[jj * hd + c];
+                }
+            }
+            m = m_new;
+        }
+    }
+    if (i < T) {
+        const int ldo = H * hd;
+        float *o = out + ((size_t)b * T + i) * ldo + (size_t)h * hd;
+        const float inv = 1.0f / l;
+        for (int r = 0; r < ATT_R; r++) {
+            const int c = lane + 32 * r;
+            if (c < hd) o[c] = acc[r] * inv;
+        }
+        if (lane == 0) lse[((size_t)b * H + h) * T + i] = m + logf(l);
+    }
+}
+
+/* D[b,h,t] = sum_c dO[b,t,h,c] O[b,t,h,c]: one warp per (b,t,h) row. */
+__global__ void k_attention_dsum(float *D, const float *dout, const float *out, int B, int T, int H, int hd)
+{
+    const size_t row = ((size_t)blockIdx.x * blockDim.x + threadIdx.x) >> 5; /* (b*T + t)*H + h */
+    const int lane = threadIdx.x & 31;
+    if (row >= (size_t)B * T * H) return; /* warp-uniform */
+    const float *o = out + row * hd, *g = dout + row * hd;
+    float s = 0.0f;
+    for (int c = lane; c < hd; c += 32) s += o[c] * g[c];
+    s = warp_sum(s);
+    const int h = (int)(row % H);
+    const size_t bt = row / H, b = bt / T, t = bt % T;
+    if (lane == 0) D[(b * H + h) * T + t] = s;
+}
+
+/* dQ, one warp per query row i: dq_i = scale * sum_j dS_ij k_j with
+ * P_ij = exp(scale q_i.k_j - lse_i), dS_ij = P_ij (dO_i.v_j - D_i), j <= i.
+ * grid (ceil(T/ATT_WARPS), H, B). */
+__global__ void k_attention_bwd_dq(float *dq, const float *dout, const float *lse, const float *D, const float *q,
+                                   const float *k, const float *v, int T, int H, int KV, int hd, int ld, float scale)
+{
+    __shared__ float k_s[ATT_TILE * (ATT_HD + 1)];
+    __shared__ float v_s[ATT_TILE * (ATT_HD + 1)];
+    __shared__ float q_s[ATT_WARPS * ATT_HD];
+    __shared__ float do_s[ATT_WARPS * ATT_HD];
+    const int b = blockIdx.z, h = blockIdx.y, g = h / (H / KV);
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const int q0 = blockIdx.x * ATT_WARPS, i = q0 + warp;
+    const int last = min(T - 1, q0 + ATT_WARPS - 1);
+    const size_t base = (size_t)b * T * ld;
+    const int ldo = H * hd;
+    const float *qh = q + base + (size_t)h * hd, *kh = k + base + (size_t)g * hd, *vh = v + base + (size_t)g * hd;
+    const float *doh = dout + (size_t)b * T * ldo + (size_t)h * hd;
+
+    float *qw = q_s + warp * ATT_HD, *dow = do_s + warp * ATT_HD;
+    for (int c = lane; c < hd; c += 32) {
+        qw[c] = i < T ? qh[(size_t)i * ld + c] : 0.0f;
+        dow[c] = i < T ? doh[(size_t)i * ldo + c] : 0.0f;
+    }
+    const float lse_i = i < T ? lse[((size_t)b * H + h) * T + i] : 0.0f;
+    const float D_i = i < T ? D[((size_t)b * H + h) * T + i] : 0.0f;
+
+    float acc[ATT_R];
+    for (int r = 0; r < ATT_R; r++) acc[r] = 0.0f;
+    for (int k0 = 0; k0 <= last; k0 += ATT_TILE) {
+        __syncthreads();
+        load_tile(k_s, hd + 1, kh, ld, k0, T, hd);
+        load_tile(v_s, hd + 1, vh, ld, k0, T, hd);
+        __syncthreads();
+        if (i < T && k0 <= i) {
+            const int j = k0 + lane;
+            float ds = 0.0f;
+            if (j <= i) {
+                float qk = 0.0f, dp = 0.0f;
+                for (int c = 0; c < hd; c++) {
+                    qk += qw[c] * k_s[lane * (hd + 1) + c];
+                    dp += dow[c] * v_s[lane * (hd + 1) + c];
+                }
+                const float p = expf(scale * qk - lse_i);
+                ds = p * (dp - D_i);
+            }
+            for (int jj = 0; jj < ATT_TILE; jj++) {
+                const float dsj = __shfl_sync(0xffffffffu, ds, jj);
+                for (int r = 0; r < ATT_R; r++) {
+                    const int c = lane + 32 * r;
+                    if (c < hd) acc[r] += dsj * k_s[jj * (hd + 1) + c];
+                }
+            }
+        }
+    }
+    if (i < T) {
+        float *o = dq + base + (size_t)i * ld + (size_t)h * hd;
+        for (int r = 0; r < ATT_R; r++) {
+            const int c = lane + 32 * r;
+            if (c < hd) o[c] = scale * acc[r];
+        }
+    }
+}
+
+/* dK, dV, one warp per key row j of kv head g, summed over the query heads of the group
+ * and the query rows i >= j: dv_j = sum P_ij dO_i, dk_j = scale * sum dS_ij q_i.
+ * grid (ceil(T/ATT_WARPS), KV, B). */
+__global__ void k_attention_bwd_dkv(float *dk, float *dv, const float *dout, const float *lse, const float *D,
+                                    const float *q, const float *k, const float *v, int T, int H, int KV, int hd,
+                                    int ld, float scale)
+{
+    __shared__ float q_s[ATT_TILE * (ATT_HD + 1)];
+    __shared__ float do_s[ATT_TILE * (ATT_HD + 1)];
+    __shared__ float k_s[ATT_WARPS * ATT_HD];
+    __shared__ float v_s[ATT_WARPS * ATT_HD];
+    __shared__ float lse_s[ATT_TILE], D_s[ATT_TILE];
+    const int b = blockIdx.z, g = blockIdx.y, group = H / KV;
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const int j0 = blockIdx.x * ATT_WARPS, j = j0 + warp; /* this warp's key row */
+    const size_t base = (size_t)b * T * ld;
+    const int ldo = H * hd;
+    const float *kh = k + base + (size_t)g * hd, *vh = v + base + (size_t)g * hd;
+
+    float *kw = k_s + warp * ATT_HD, *vw = v_s + warp * ATT_HD;
+    for (int c = lane; c < hd; c += 32) {
+        kw[c] = j < T ? kh[(size_t)j * ld + c] : 0.0f;
+        vw[c] = j < T ? vh[(size_t)j * ld + c] : 0.0f;
+    }
+    float dk_acc[ATT_R], dv_acc[ATT_R];
+    for (int r = 0; r < ATT_R; r++) dk_acc[r] = dv_acc[r] = 0.0f;
+
+    const int first_tile = (j0 / ATT_TILE) * ATT_TILE; /* tile holding the smallest i >= j0 */
+    for (int h = g * group; h < (g + 1) * group; h++) {
+        const float *qh = q + base + (size_t)h * hd;
+        const float *doh = dout + (size_t)b * T * ldo + (size_t)h * hd;
+        const float *lse_h = lse + ((size_t)b * H + h) * T, *D_h = D + ((size_t)b * H + h) * T;
+        for (int i0 = first_tile; i0 < T; i0 += ATT_TILE) {
+            __syncthreads();
+            load_tile(q_s, hd + 1, qh, ld, i0, T, hd);
+            load_tile(do_s, hd + 1, doh, ldo, i0, T, hd);
+            if (threadIdx.x < ATT_TILE) {
+                const int ii = i0 + threadIdx.x;
+                lse_s[threadIdx.x] = ii < T ? lse_h[ii] : 0.0f;
+                D_s[threadIdx.x] = ii < T ? D_h[ii] : 0.0f;
+            }
+            __syncthreads();
+            if (j < T && i0 + ATT_TILE - 1 >= j) { /* warp-uniform: the tile holds some i >= j */
+                const int i = i0 + lane;
+                float p = 0.0f, ds = 0.0f;
+                if (i < T && i >= j) {
+                    float qk = 0.0f, dp = 0.0f;
+                    for (int c = 0; c < hd; c++) {
+                        qk += q_s[lane * (hd + 1) + c] * kw[c];
+                        dp += do_s[lane * (hd + 1) + c] * vw[c];
+                    }
+                    p = expf(scale * qk - lse_s[lane]);
+                    ds = p * (dp - D_s[lane]);
+                }
+                for (int ii = 0; ii < ATT_TILE; ii++) {
+                    const float pi = __shfl_sync(0xffffffffu, p, ii);
+                    const float dsi = __shfl_sync(0xffffffffu, ds, ii);
+                    for (int r = 0; r < ATT_R; r++) {
+                        const int c = lane + 32 * r;
+                        if (c < hd) {
+                            dv_acc[r] += pi * do_s[ii * (hd + 1) + c];
+                            dk_acc[r] += dsi * q_s[ii * (hd + 1) + c];
+                        }
+                    }
+                }
+            }
+        }
+    }
+    if (j < T) {
+        float *dko = dk + base + (size_t)j * ld + (size_t)g * hd, *dvo = dv + base + (size_t)j * ld + (size_t)g * hd;
+        for (int r = 0; r < ATT_R; r++) {
+            const int c = lane + 32 * r;
+            if (c < hd) {
+                dko[c] = scale * dk_acc[r];
+                dvo[c] = dv_acc[r];
+            }
+        }
+    }
+}
+
+static void check_attention_shape(int H, int KV, int hd)
+{
+    if (hd <= 0 || hd > ATT_HD || KV <= 0 || H % KV != 0) {
+        fprintf(stderr, "backend_cuda: attention needs 0 < head_dim <= %d and H a multiple of KV, got hd=%d H=%d KV=%d\n",
+                ATT_HD, hd, H, KV);
+        exit(EXIT_FAILURE);
+    }
+}
+
+static void cu_attention_fwd(backend *be, float *out, float *lse, const float *q, const float *k, const float *v,
+                             int B, int T, int H, int KV, int hd, int ld)
+{
+    if (B <= 0 || T <= 0 || H <= 0) return;
+    check_attention_shape(H, KV, hd);
+    dim3 grid((unsigned)((T + ATT_WARPS - 1) / ATT_WARPS), (unsigned)H, (unsigned)B);
+    k_attention_fwd<<<grid, ATT_WARPS * 32, 0, impl_of(be)->stream>>>(out, lse, q, k, v, T, H, KV, hd, ld,
+                                                                      1.0f / sqrtf((float)hd));
+    LAUNCH_CHECK();
+}
+
+static void cu_attention_bwd(backend *be, float *dq, float *dk, float *dv, const float *dout, const float *out,
+                             const float *lse, const float *q, const float *k, const float *v, int B, int T, int H,
+                             int KV, int hd, int ld)
+{
+    cuda_impl *c = impl_of(be);
+    if (B <= 0 || T <= 0 || H <= 0) return;
+    check_attention_shape(H, KV, hd);
+    const float scale = 1.0f / sqrtf((float)hd);
+    size_t rows = (size_t)B * T * H;
+    grow_f32(c, &c->att_d, &c->att_d_n, rows);
+    k_attention_dsum<<<(unsigned)((rows * 32 + 255) / 256), 256, 0, c->stream>>>(c->att_d, dout, out, B, T, H, hd);
+    LAUNCH_CHECK();
+    dim3 gq((unsigned)((T + ATT_WARPS - 1) / ATT_WARPS), (unsigned)H, (unsigned)B);
+    k_attention_bwd_dq<<<gq, ATT_WARPS * 32, 0, c->stream>>>(dq, dout, lse, c->att_d, q, k, v, T, H, KV, hd, ld,
+                                                             scale);
+    LAUNCH_CHECK();
+    dim3 gkv((unsigned)((T + ATT_WARPS - 1) / ATT_WARPS), (unsigned)KV, (unsigned)B);
+    k_attention_bwd_dkv<<<gkv, ATT_WARPS * 32, 0, c->stream>>>(dk, dv, dout, lse, c->att_d, q, k, v, T, H, KV, hd,
+                                                               ld, scale);
+    LAUNCH_CHECK();
+}
+
+/* ------------------------------------------------------------------ swiglu */
+
+/* out (N,f) = silu(gate) * up; gate, up (N,f) stride ld_in */
+__global__ void k_swiglu_fwd(float *out, const float *gate, const float *up, int f, int ld_in, size_t total)
+{
+    for (size_t idx = (size_t)blockIdx.x * blockDim.x + threadIdx.x; idx < total;
+         idx += (size_t)gridDim.x * blockDim.x) {
+        const size_t n = idx / f, i = idx % f;
+        const float gv = gate[n * ld_in + i], uv = up[n * ld_in + i];
+        out[idx] = gv / (1.0f + expf(-gv)) * uv;
+    }
+}
+
+__global__ void k_swiglu_bwd(float *dgate, float *dup, const float *dout, const float *gate, const float *up, int f,
+                             int ld_in, size_t total)
+{
+    for (size_t idx = (size_t)blockIdx.x * blockDim.x + threadIdx.x; idx < total;
+         idx += (size_t)gridDim.x * blockDim.x) {
+        const size_t n = idx / f, i = idx % f, o = n * ld_in + i;
+        const float gv = gate[o], uv = up[o], d = dout[idx];
+        const float sig = 1.0f / (1.0f + expf(-gv));
+        dgate[o] = d * uv * sig * (1.0f + gv * (1.0f - sig));
+        dup[o] = d * gv * sig;
+    }
+}
+
+static void cu_swiglu_fwd(backend *be, float *out, const float *gate, const float *up, int N, int f, int ld_in)
+{
+    size_t total = (size_t)N * f;
+    if (N <= 0 || f <= 0) return;
+    k_swiglu_fwd<<<grid_for(total, 256), 256, 0, impl_of(be)->stream>>>(out, gate, up, f, ld_in, total);
+    LAUNCH_CHECK();
+}
+
+static void cu_swiglu_bwd(backend *be, float *dgate, float *dup, const float *dout, const float *gate,
+                          const float *up, int N, int f, int ld_in)
+{
+    size_t total = (size_t)N * f;
+    if (N <= 0 || f <= 0) return;
+    k_swiglu_bwd<<<grid_for(total, 256), 256, 0, impl_of(be)->stream>>>(dgate, dup, dout, gate, up, f, ld_in, total);
+    LAUNCH_CHECK();
+}
+
+/* ------------------------------------------------------------------ cross-entropy */
+
+/* One block per row: lse[n], and into loss[n] / valid[n] the row loss and 1 (0, 0 when ignored). */
+__global__ void k_xent_fwd(float *lse, double *loss, double *valid, const float *logits, const int32_t *targets, int V)
+{
+    __shared__ float shf[33];
+    __shared__ double shd[33];
+    const size_t n = blockIdx.x;
+    const float *r = logits + n * V;
+    float mx = -INFINITY;
+    for (int j = threadIdx.x; j < V; j += blockDim.x) mx = fmaxf(mx, r[j]);
+    mx = block_max(mx, shf);
+    double sum = 0.0;
+    for (int j = threadIdx.x; j < V; j += blockDim.x) sum += (double)expf(r[j] - mx);
+    sum = block_sum(sum, shd);
+    if (threadIdx.x == 0) {
+        const float l = mx + (float)log(sum);
+        const int32_t t = targets[n];
+        lse[n] = l;
+        loss[n] = t >= 0 ? (double)l - (double)r[t] : 0.0;
+        valid[n] = t >= 0 ? 1.0 : 0.0;
+    }
+}
+
+/* dlogits = scale * (softmax - onehot) on valid rows, 0 on ignored; in place allowed:
+ * each element is read and written by the same thread. */
+__global__ void k_xent_bwd(float *dlogits, const float *logits, const float *lse, const int32_t *targets, int V,
+                           float scale)
+{
+    const size_t n = blockIdx.x;
+    const float *r = logits + n * V;
+    float *d = dlogits + n * V;
+    const int32_t t = targets[n];
+    if (t < 0) {
+        for (int j = threadIdx.x; j < V; j += blockDim.x) d[j] = 0.0f;
+        return;
+    }
+    const float l = lse[n];
+    for (int j = threadIdx.x; j < V; j += blockDim.x) {
+        float val = scale * expf(r[j] - l);
+        if (j == t) val -= scale;
+        d[j] = val;
+    }
+}
+
+static double cu_xent_fwd(backend *be, float *lse, const float *logits, const int32_t *targets, int N, int V,
+                          int64_t *n_valid)
+{
+    cuda_impl *c = impl_of(be);
+    if (N <= 0) {
+        if (n_valid) *n_valid = 0;
+        return 0.0;
+    }
+    double *part = red_scratch(c, 2 * (size_t)N);
+    k_xent_fwd<<<N, 256, 0, c->stream>>>(lse, part, part + N, logits, targets, V);
+    LAUNCH_CHECK();
+    double res[2];
+    reduce_to_host(c, part, part + N, (size_t)N, res);
+    if (n_valid) *n_valid = (int64_t)llround(res[1]);
+    return res[0];
+}
+
+static void cu_xent_bwd(backend *be, float *dlogits, const float *logits, const float *lse, const int32_t *targets,
+                        int N, int V, float scale)
+{
+    if (N <= 0) return;
+    k_xent_bwd<<<N, 256, 0, impl_of(be)->stream>>>(dlogits, logits, lse, targets, V, scale);
+    LAUNCH_CHECK();
+}
+
+/* ------------------------------------------------------------------ distillation */
+
+/* log-sum-exp of x/T over the row, as the CPU backend computes it: float max, double
+ * sum of exp((x - max)/T). All threads get it. */
+__device__ double row_lse_dev(const float *x, int V, float T, float *shf, double *shd)
+{
+    float mx = -INFINITY;
+    for (int j = threadIdx.x; j < V; j += blockDim.x) mx = fmaxf(mx, x[j]);
+    mx = block_max(mx, shf);
+    double sum = 0.0;
+    for (int j = threadIdx.x; j < V; j += blockDim.x) sum += exp((double)(x[j] - mx) / T);
+    sum = block_sum(sum, shd);
+    return (double)mx / T + log(sum);
+}
+
+/* One block per row; see backend.h. loss[n] gets the row loss (0 on ignored rows). */
+__global__ void k_distill(double *loss, float *logits, const float *teacher, const int32_t *targets, int V,
+                          float alpha, float T, float scale)
+{
+    __shared__ float shf[33];
+    __shared__ double shd[33];
+    const size_t n = blockIdx.x;
+    float *z = logits + n * V;
+    const float *t = teacher + n * V;
+    const int32_t y = targets[n];
+    if (y < 0) {
+        for (int j = threadIdx.x; j < V; j += blockDim.x) z[j] = 0.0f;
+        if (threadIdx.x == 0) loss[n] = 0.0;
+        return;
+    }
+    const double lse = row_lse_dev(z, V, 1.0f, shf, shd);
+    const double lse_zt = row_lse_dev(z, V, T, shf, shd);
+    const double lse_tt = row_lse_dev(t, V, T, shf, shd);
+    double kl = 0.0;
+    for (int j = threadIdx.x; j < V; j += blockDim.x) {
+        const double log_pt = (double)t[j] / T - lse_tt, log_ps = (double)z[j] / T - lse_zt;
+        kl += exp(log_pt) * (log_pt - log_ps);
+    }
+    kl = block_sum(kl, shd);
+    /* every read of z[y] by thread 0 happens before the writes below (block_sum synchronises) */
+    if (threadIdx.x == 0)
+        loss[n] = (1.0 - alpha) * (lse - (double)z[y]) + (double)alpha * T * T * kl;
+    __syncthreads();
+    const float ce_grad = (float)(scale * (1.0 - alpha));
+    for (int j = threadIdx.x; j < V; j += blockDim.x) {
+        const double ps = exp((double)z[j] - lse), ps_t = exp((double)z[j] / T - lse_zt),
+                     pt_t = exp((double)t[j] / T - lse_tt);
+        float gj = (float)(scale * ((1.0 - alpha) * ps + (double)alpha * T * (ps_t - pt_t)));
+        if (j == y) gj -= ce_grad;
+        z[j] = gj;
+    }
+}
+
+static double cu_distill(backend *be, float *logits, const float *teacher, const int32_t *targets, int N, int V,
+                         float alpha, float temperature, float scale)
+{
+    cuda_impl *c = impl_of(be);
+    if (N <= 0) return 0.0;
+    double *part = red_scratch(c, (size_t)N);
+    k_distill<<<N, 256, 0, c->stream>>>(part, logits, teacher, targets, V, alpha, temperature, scale);
+    LAUNCH_CHECK();
+    double res[2];
+    reduce_to_host(c, part, NULL, (size_t)N, res);
+    return res[0];
+}
+
+/* ------------------------------------------------------------------ elementwise */
+
+__global__ void k_add(float *y, const float *a, const float *b, size_t n)
+{
+    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x)
+        y[i] = a[i] + b[i];
+}
+
+__global__ void k_scale(float *x, float s, size_t n)
+{
+    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x)
+        x[i] *= s;
+}
+
+__global__ void k_axpy(float *y, float alpha, const float *x, size_t n)
+{
+    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x)
+        y[i] += alpha * x[i];
+}
+
+/* part[block] = sum of x^2 over the block's grid-stride share, in double */
+__global__ void k_sumsq(double *part, const float *x, size_t n)
+{
+    __shared__ double sh[33];
+    double s = 0.0;
+    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x)
+        s += (double)x[i] * (double)x[i];
+    s = block_sum(s, sh);
+    if (threadIdx.x == 0) part[blockIdx.x] = s;
+}
+
+__global__ void k_adamw(float *p, const float *g, float *m, float *v, size_t n, float beta1, float beta2, float eps,
+                        float grad_scale, float step_size, float inv_sqrt_bc2, float decay)
+{
+    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
+        const float gi = g[i] * grad_scale;
+        const float mi = beta1 * m[i] + (1.0f - beta1) * gi;
+        const float vi = beta2 * v[i] + (1.0f - beta2) * gi * gi;
+        m[i] = mi;
+        v[i] = vi;
+        const float denom = sqrtf(vi) * inv_sqrt_bc2 + eps;
+        p[i] = p[i] * decay - step_size * mi / denom;
+    }
+}
+
+static void cu_add(backend *be, float *y, const float *a, const float *b, size_t n)
+{
+    if (!n) return;
+    k_add<<<grid_for(n, 256), 256, 0, impl_of(be)->stream>>>(y, a, b, n);
+    LAUNCH_CHECK();
+}
+
+static void cu_scale(backend *be, float *x, float s, size_t n)
+{
+    if (!n) return;
+    k_scale<<<grid_for(n, 256), 256, 0, impl_of(be)->stream>>>(x, s, n);
+    LAUNCH_CHECK();
+}
+
+static void cu_axpy(backend *be, float *y, float alpha, const float *x, size_t n)
+{
+    if (!n) return;
+    k_axpy<<<grid_for(n, 256), 256, 0, impl_of(be)->stream>>>(y, alpha, x, n);
+    LAUNCH_CHECK();
+}
+
+#define SUMSQ_BLOCKS 1024
+static double cu_sumsq(backend *be, const float *x, size_t n)
+{
+    cuda_impl *c = impl_of(be);
+    if (!n) return 0.0;
+    double *part = red_scratch(c, SUMSQ_BLOCKS);
+    k_sumsq<<<SUMSQ_BLOCKS, 256, 0, c->stream>>>(part, x, n);
+    LAUNCH_CHECK();
+    double res[2];
+    reduce_to_host(c, part, NULL, SUMSQ_BLOCKS, res);
+    return res[0];
+}
+
+static void cu_adamw(backend *be, float *p, const float *g, float *m, float *v, size_t n, float lr, float beta1,
+                     float beta2, float eps, float weight_decay, float grad_scale, int64_t step)
+{
+    if (!n) return;
+    /* the same float constants as the CPU backend */
+    double bc1 = 1.0 - pow(beta1, (double)step), bc2 = 1.0 - pow(beta2, (double)step);
+    float step_size = (float)(lr / bc1), inv_sqrt_bc2 = (float)(1.0 / sqrt(bc2));
+    float decay = 1.0f - lr * weight_decay;
+    k_adamw<<<grid_for(n, 256), 256, 0, impl_of(be)->stream>>>(p, g, m, v, n, beta1, beta2, eps, grad_scale,
+                                                               step_size, inv_sqrt_bc2, decay);
+    LAUNCH_CHECK();
+}
+
+/* ------------------------------------------------------------------ table, creation */
+
+static const backend_ops cuda_ops = {
+    .name = "cuda",
+    .destroy = cu_destroy,
+    .alloc = cu_alloc,
+    .alloc_i32 = cu_alloc_i32,
+    .free = cu_free,
+    .zero = cu_zero,
+    .copy = cu_copy,
+    .upload = cu_upload,
+    .download = cu_download,
+    .upload_i32 = cu_upload_i32,
+    .sync = cu_sync,
+    .gemm = cu_gemm,
+    .gemm_batched = cu_gemm_batched,
+    .embedding_fwd = cu_embedding_fwd,
+    .embedding_bwd = cu_embedding_bwd,
+    .rmsnorm_fwd = cu_rmsnorm_fwd,
+    .rmsnorm_bwd = cu_rmsnorm_bwd,
+    .rope_fwd = cu_rope_fwd,
+    .rope_bwd = cu_rope_bwd,
+    .attention_fwd = cu_attention_fwd,
+    .attention_bwd = cu_attention_bwd,
+    .swiglu_fwd = cu_swiglu_fwd,
+    .swiglu_bwd = cu_swiglu_bwd,
+    .xent_fwd = cu_xent_fwd,
+    .xent_bwd = cu_xent_bwd,
+    .distill = cu_distill,
+    .add = cu_add,
+    .scale = cu_scale,
+    .axpy = cu_axpy,
+    .sumsq = cu_sumsq,
+    .adamw = cu_adamw,
+};
+
+static void set_info(backend *be)
+{
+    cuda_impl *c = impl_of(be);
+    snprintf(be->info, sizeof(be->info), "CUDA device %d (%s), cuBLAS %s", c->device, c->device_name,
+             c->tf32 ? "TF32 tensor cores" : "fp32");
+}
+
+extern "C" int backend_cuda_set_tf32(backend *be, int on)
+{
+    if (!be || be->ops != &cuda_ops) return -1;
+    cuda_impl *c = impl_of(be);
+    c->tf32 = on != 0;
+    CUBLAS_CHECK(cublasSetMathMode(c->blas, c->tf32 ? CUBLAS_TF32_TENSOR_OP_MATH : CUBLAS_DEFAULT_MATH));
+    set_info(be);
+    return 0;
+}
+
+/* Report a failed runtime call into err and return nonzero. */
+static int create_fail(char *err, int errlen, const char *what, int device, const char *why)
+{
+    if (err && errlen > 0) snprintf(err, (size_t)errlen, "backend_cuda: %s on device %d failed: %s", what, device, why);
+    return 1;
+}
+
+extern "C" backend *backend_cuda_create(int device, char *err, int errlen)
+{
+    int n = 0;
+    cudaError_t rc = cudaGetDeviceCount(&n);
+    if (rc != cudaSuccess) {
+        cudaGetLastError();
+        create_fail(err, errlen, "cudaGetDeviceCount", device, cudaGetErrorString(rc));
+        return NULL;
+    }
+    if (device < 0 || device >= n) {
+        if (err && errlen > 0)
+            snprintf(err, (size_t)errlen, "backend_cuda: device %d does not exist (%d CUDA device(s))", device, n);
+        return NULL;
+    }
+    cudaDeviceProp prop;
+    if ((rc = cudaSetDevice(device)) != cudaSuccess || (rc = cudaGetDeviceProperties(&prop, device)) != cudaSuccess) {
+        create_fail(err, errlen, "cudaSetDevice", device, cudaGetErrorString(rc));
+        return NULL;
+    }
+    cuda_impl *c = (cuda_impl *)calloc(1, sizeof *c);
+    backend *be = (backend *)calloc(1, sizeof *be);
+    if (!c || !be) {
+        free(c);
+        free(be);
+        create_fail(err, errlen, "allocation", device, "out of host memory");
+        return NULL;
+    }
+    c->device = device;
+    snprintf(c->device_name, sizeof c->device_name, "%.63s", prop.name);
+    if ((rc = cudaStreamCreateWithFlags(&c->stream, cudaStreamNonBlocking)) != cudaSuccess) {
+        create_fail(err, errlen, "cudaStreamCreate", device, cudaGetErrorString(rc));
+        free(c);
+        free(be);
+        return NULL;
+    }
+    cublasStatus_t bs = cublasCreate(&c->blas);
+    if (bs != CUBLAS_STATUS_SUCCESS) {
+        create_fail(err, errlen, "cublasCreate", device, cublasGetStatusString(bs));
+        cudaStreamDestroy(c->stream);
+        free(c);
+        free(be);
+        return NULL;
+    }
+    CUBLAS_CHECK(cublasSetStream(c->blas, c->stream));
+    CUBLAS_CHECK(cublasSetMathMode(c->blas, CUBLAS_DEFAULT_MATH));
+    CUDA_CHECK(cudaMalloc((void **)&c->result, 2 * sizeof(double)));
+    CUDA_CHECK(cudaMallocHost((void **)&c->result_host, 2 * sizeof(double)));
+    be->ops = &cuda_ops;
+    be->impl = c;
+    be->threads = 1;
+    set_info(be);
+    return be;
+}

@@ -1,0 +1,32 @@
+/* backend_cuda: the backend op table (common/backend.h) for one CUDA GPU.
+ *
+ * Buffers are fp32 device memory (cudaMalloc, zeroed at allocation like the CPU
+ * backend's); every op runs on one stream owned by the backend, and upload, download
+ * and the ops that return a value synchronise that stream before returning. Matrix
+ * products go through cuBLAS, in plain fp32 (the default) or with TF32 tensor cores
+ * (backend_cuda_set_tf32); the info string says which. A CUDA failure is fatal: the
+ * process exits with a message naming the call, file and line, as the op table has no
+ * error channel. In a build without CUDA, backend_cuda_create returns NULL. */
+#ifndef PC_BACKEND_CUDA_H
+#define PC_BACKEND_CUDA_H
+
+#include "backend.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* Backend on CUDA device `device`; NULL with a message in err (size errlen) when the
+ * device is absent or CUDA was not built. Makes `device` current for the calling thread. */
+backend *backend_cuda_create(int device, char *err, int errlen);
+/* Matrix products with TF32 tensor cores (on != 0) or in plain fp32 (on == 0); updates
+ * be->info. Returns -1 when be is not a CUDA backend. */
+int backend_cuda_set_tf32(backend *be, int on);
+/* Largest attention head_dim the attention kernels take. */
+#define BACKEND_CUDA_MAX_HEAD_DIM 128
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif

@@ -1,0 +1,240 @@
+/* comm_nccl: the comm interface (comm.h) over NCCL for device buffers.
+ *
+ * Setup: every rank selects its device, rank 0 creates the unique id, the id travels
+ * over the MPI comm given to comm_nccl_create, and the ranks agree (an MPI all-reduce
+ * of a status flag) that all of them are ready before the collective
+ * ncclCommInitRank, so that one rank's failure does not leave the others waiting.
+ * Each collective waits for prior device work, runs on the comm's stream and
+ * synchronises it before returning (simple and correct before overlapped).
+ * all_gatherv is a group of one ncclBroadcast per rank. */
+#include "comm_nccl.h"
+
+#include <cuda_runtime.h>
+#include <nccl.h>
+#include <stdlib.h>
+#include <string.h>
+
+typedef struct nccl_impl {
+    ncclComm_t nc;
+    cudaStream_t stream;
+    int device;
+    int *barrier_buf; /* (1) device int for the barrier's all-reduce */
+} nccl_impl;
+
+static nccl_impl *nimpl(comm *c) { return c->impl; }
+
+static int nccl_type(comm_dtype t, ncclDataType_t *out) {
+    switch (t) {
+    case COMM_F32: *out = ncclFloat32; return 0;
+    case COMM_F64: *out = ncclFloat64; return 0;
+    case COMM_I32: *out = ncclInt32; return 0;
+    case COMM_I64: *out = ncclInt64; return 0;
+    case COMM_U8: *out = ncclUint8; return 0;
+    }
+    return -1;
+}
+
+static int nccl_redop(comm_op op, ncclRedOp_t *out) {
+    switch (op) {
+    case COMM_SUM: *out = ncclSum; return 0;
+    case COMM_MAX: *out = ncclMax; return 0;
+    case COMM_MIN: *out = ncclMin; return 0;
+    }
+    return -1;
+}
+
+/* Context of one collective, for messages. */
+typedef struct ncall {
+    comm *c;
+    const char *op;
+    comm_dtype t;
+    size_t count;
+    ncclDataType_t type;
+} ncall;
+
+static int ncall_begin(ncall *k, comm *c, const char *op, comm_dtype t, size_t count, pc_err *e) {
+    k->c = c;
+    k->op = op;
+    k->t = t;
+    k->count = count;
+    if (nccl_type(t, &k->type))
+        return pc_errorf(e, "rank %d: nccl %s: unknown dtype %d", c->rank, op, (int)t);
+    /* buffers may have been written on any stream of this device: wait for them */
+    cudaError_t ce = cudaSetDevice(nimpl(c)->device);
+    if (ce == cudaSuccess) ce = cudaDeviceSynchronize();
+    if (ce != cudaSuccess)
+        return pc_errorf(e, "rank %d: nccl %s(%s, %zu elems): waiting for prior device work failed: %s", c->rank, op,
+                         comm_dtype_name(t), count, cudaGetErrorString(ce));
+    return 0;
+}
+
+static int ncall_nccl_fail(const ncall *k, ncclResult_t r, pc_err *e) {
+    const char *last = ncclGetLastError(nimpl(k->c)->nc);
+    return pc_errorf(e, "rank %d: nccl %s(%s, %zu elems) failed: %s%s%s", k->c->rank, k->op, comm_dtype_name(k->t),
+                     k->count, ncclGetErrorString(r), last && *last ? ": " : "", last ? last : "");
+}
+
+/* After the NCCL call(s): check the result, then wait for the stream. */
+static int ncall_finish(const ncall *k, ncclResult_t r, pc_err *e) {
+    if (r != ncclSuccess) return ncall_nccl_fail(k, r, e);
+    cudaError_t ce = cudaStreamSynchronize(nimpl(k->c)->stream);
+    if (ce != cudaSuccess)
+        return pc_errorf(e, "rank %d: nccl %s(%s, %zu elems) failed on the device: %s", k->c->rank, k->op,
+                         comm_dtype_name(k->t), k->count, cudaGetErrorString(ce));
+    return 0;
+}
+
+static int check_op(const ncall *k, comm_op op, ncclRedOp_t *out, pc_err *e) {
+    if (nccl_redop(op, out)) return pc_errorf(e, "rank %d: nccl %s: unknown reduction %d", k->c->rank, k->op, (int)op);
+    return 0;
+}
+
+static int check_root(const ncall *k, int root, pc_err *e) {
+    if (root < 0 || root >= k->c->size)
+        return pc_errorf(e, "rank %d: nccl %s: root %d is not a rank", k->c->rank, k->op, root);
+    return 0;
+}
+
+static int nc_all_reduce(comm *c, const void *send, void *recv, size_t count, comm_dtype t, comm_op op, pc_err *e) {
+    ncall k;
+    ncclRedOp_t rop = ncclSum;
+    if (ncall_begin(&k, c, "all_reduce", t, count, e) || check_op(&k, op, &rop, e)) return -1;
+    return ncall_finish(&k, ncclAllReduce(send, recv, count, k.type, rop, nimpl(c)->nc, nimpl(c)->stream), e);
+}
+
+static int nc_reduce(comm *c, const void *send, void *recv, size_t count, comm_dtype t, comm_op op, int root,
+                     pc_err *e) {
+    ncall k;
+    ncclRedOp_t rop = ncclSum;
+    if (ncall_begin(&k, c, "reduce", t, count, e) || check_op(&k, op, &rop, e) || check_root(&k, root, e)) return -1;
+    return ncall_finish(&k, ncclReduce(send, recv, count, k.type, rop, root, nimpl(c)->nc, nimpl(c)->stream), e);
+}
+
+static int nc_broadcast(comm *c, void *buf, size_t count, comm_dtype t, int root, pc_err *e) {
+    ncall k;
+    if (ncall_begin(&k, c, "broadcast", t, count, e) || check_root(&k, root, e)) return -1;
+    return ncall_finish(&k, ncclBroadcast(buf, buf, count, k.type, root, nimpl(c)->nc, nimpl(c)->stream), e);
+}
+
+static int nc_all_gather(comm *c, const void *send, void *recv, size_t count, comm_dtype t, pc_err *e) {
+    ncall k;
+    if (ncall_begin(&k, c, "all_gather", t, count, e)) return -1;
+    return ncall_finish(&k, ncclAllGather(send, recv, count, k.type, nimpl(c)->nc, nimpl(c)->stream), e);
+}
+
+static int nc_all_gatherv(comm *c, const void *send, size_t send_count, void *recv, const size_t *counts,
+                          const size_t *displs, comm_dtype t, pc_err *e) {
+    size_t total = 0;
+    for (int q = 0; q < c->size; q++) total += counts[q];
+    ncall k;
+    if (ncall_begin(&k, c, "all_gatherv", t, total, e)) return -1;
+    if (send_count != counts[c->rank])
+        return pc_errorf(e, "rank %d: nccl all_gatherv(%s, %zu elems): send count %zu differs from counts[%d] = %zu",
+                         c->rank, comm_dtype_name(t), total, send_count, c->rank, counts[c->rank]);
+    size_t es = comm_dtype_size(t);
+    nccl_impl *n = nimpl(c);
+    ncclResult_t r = ncclGroupStart();
+    for (int q = 0; q < c->size && r == ncclSuccess; q++) {
+        if (counts[q] == 0) continue; /* the same on every rank: counts are shared */
+        char *dst = (char *)recv + displs[q] * es;
+        const void *src = q == c->rank ? send : dst;
+        r = ncclBroadcast(src, dst, counts[q], k.type, q, n->nc, n->stream);
+    }
+    ncclResult_t r_end = ncclGroupEnd();
+    return ncall_finish(&k, r != ncclSuccess ? r : r_end, e);
+}
+
+static int nc_reduce_scatter(comm *c, const void *send, void *recv, size_t count, comm_dtype t, comm_op op,
+                             pc_err *e) {
+    ncall k;
+    ncclRedOp_t rop = ncclSum;
+    if (ncall_begin(&k, c, "reduce_scatter", t, count, e) || check_op(&k, op, &rop, e)) return -1;
+    return ncall_finish(&k, ncclReduceScatter(send, recv, count, k.type, rop, nimpl(c)->nc, nimpl(c)->stream), e);
+}
+
+static int nc_barrier(comm *c, pc_err *e) {
+    ncall k;
+    if (ncall_begin(&k, c, "barrier", COMM_I32, 1, e)) return -1;
+    nccl_impl *n = nimpl(c);
+    return ncall_finish(&k, ncclAllReduce(n->barrier_buf, n->barrier_buf, 1, ncclInt32, ncclSum, n->nc, n->stream),
+                        e);
+}
+
+static void nc_destroy(comm *c) {
+    nccl_impl *n = nimpl(c);
+    cudaSetDevice(n->device);
+    cudaStreamSynchronize(n->stream);
+    ncclCommDestroy(n->nc);
+    cudaStreamDestroy(n->stream);
+    cudaFree(n->barrier_buf);
+    free(n);
+    free(c);
+}
+
+static const comm_ops nccl_ops = {
+    .name = "nccl",
+    .all_reduce = nc_all_reduce,
+    .reduce = nc_reduce,
+    .broadcast = nc_broadcast,
+    .all_gather = nc_all_gather,
+    .all_gatherv = nc_all_gatherv,
+    .reduce_scatter = nc_reduce_scatter,
+    .barrier = nc_barrier,
+    .destroy = nc_destroy,
+};
+
+/* What rank 0 sends: whether it could create the id, and the id. */
+typedef struct nccl_hello {
+    int32_t ok;
+    ncclUniqueId id;
+} nccl_hello;
+
+comm *comm_nccl_create(comm *mpi, int device, pc_err *e) {
+    int rank = mpi->rank, size = mpi->size;
+    char why[256] = "";
+    /* local readiness: device, stream, barrier buffer */
+    nccl_impl *n = pc_calloc(1, sizeof *n);
+    n->device = device;
+    cudaError_t ce = cudaSetDevice(device);
+    if (ce == cudaSuccess) ce = cudaStreamCreateWithFlags(&n->stream, cudaStreamNonBlocking);
+    if (ce == cudaSuccess) ce = cudaMalloc((void **)&n->barrier_buf, sizeof(int));
+    if (ce == cudaSuccess) ce = cudaMemset(n->barrier_buf, 0, sizeof(int));
+    if (ce != cudaSuccess) snprintf(why, sizeof why, "CUDA device %d: %s", device, cudaGetErrorString(ce));
+
+    nccl_hello hello;
+    memset(&hello, 0, sizeof hello);
+    if (rank == 0) {
+        ncclResult_t r = ncclGetUniqueId(&hello.id);
+        hello.ok = r == ncclSuccess;
+        if (r != ncclSuccess && !why[0]) snprintf(why, sizeof why, "ncclGetUniqueId: %s", ncclGetErrorString(r));
+    }
+    if (comm_broadcast(mpi, &hello, sizeof hello, COMM_U8, 0, e)) goto fail_quiet;
+    int32_t ok = why[0] == '\0' && hello.ok, all_ok = 0;
+    if (comm_all_reduce(mpi, &ok, &all_ok, 1, COMM_I32, COMM_MIN, e)) goto fail_quiet;
+    if (!all_ok) {
+        if (why[0])
+            pc_errorf(e, "rank %d: nccl create on device %d failed: %s", rank, device, why);
+        else
+            pc_errorf(e, "rank %d: nccl create on device %d: another rank failed to set up", rank, device);
+        goto fail_quiet;
+    }
+    ncclResult_t r = ncclCommInitRank(&n->nc, size, hello.id, rank);
+    if (r != ncclSuccess) {
+        pc_errorf(e, "rank %d: nccl create on device %d: ncclCommInitRank(%d ranks) failed: %s", rank, device, size,
+                  ncclGetErrorString(r));
+        goto fail_quiet;
+    }
+    comm *c = pc_calloc(1, sizeof *c);
+    c->ops = &nccl_ops;
+    c->rank = rank;
+    c->size = size;
+    c->timeout_s = 0;
+    c->impl = n;
+    return c;
+
+fail_quiet:
+    if (n->stream) cudaStreamDestroy(n->stream);
+    cudaFree(n->barrier_buf);
+    free(n);
+    return NULL;
+}

@@ -1,0 +1,26 @@
+/* cuda_none: the CUDA backend and NCCL comm entry points when the build has no CUDA:
+ * creation fails with a message saying so. */
+#include <stdio.h>
+
+#include "backend_cuda.h"
+#include "comm_nccl.h"
+
+backend *backend_cuda_create(int device, char *err, int errlen) {
+    if (err && errlen > 0)
+        snprintf(err, (size_t)errlen, "backend_cuda: device %d requested, but this build has no CUDA "
+                                      "(rebuild with nvcc and the CUDA libraries, -Dcuda=enabled)", device);
+    return NULL;
+}
+
+int backend_cuda_set_tf32(backend *be, int on) {
+    (void)be;
+    (void)on;
+    return -1;
+}
+
+comm *comm_nccl_create(comm *mpi, int device, pc_err *e) {
+    (void)mpi;
+    pc_errorf(e, "comm_nccl: device %d requested, but this build has no CUDA/NCCL (rebuild with -Dcuda=enabled)",
+              device);
+    return NULL;
+}
