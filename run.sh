@@ -13,7 +13,7 @@ VENV=${PROJCOMP_VENV:-/root/.cache/projcompd/venv}
 BUILD=${PROJCOMP_BUILD:-build}
 APT_PKGS="build-essential meson ninja-build pkg-config libopenmpi-dev openmpi-bin libyaml-dev
   libhdf5-dev hdf5-tools libopenblas-dev libcmocka-dev python3 python3-venv python3-pip
-  python3-numpy python3-torch python3-h5py gnuplot-nox slurm-wlm munge bible-kjv clang libclang-rt-14-dev"
+  python3-numpy python3-torch python3-h5py gnuplot-nox slurm-wlm munge bible-kjv valgrind clang libclang-rt-14-dev"
 PIP_PKGS="transformers==4.46.3 safetensors==0.8.0 tokenizers==0.20.3"
 
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
@@ -72,7 +72,17 @@ test)
     shift
     rc=0
     meson test -C "$BUILD" --print-errorlogs --num-processes 2 "$@" || rc=$?
-    "$VENV/bin/python" "$top/tests/summary.py" "$BUILD/meson-logs/testlog.json"
+    extra=()
+    if [ $# -eq 0 ]; then # the whole suite: also the sanitizer build and valgrind, once
+        for what in asan valgrind; do
+            s=0
+            ASAN_BUILD=build-asan VALGRIND_BUILD="$BUILD" PYTHON="$VENV/bin/python" \
+                bash "$top/tests/sanitize.sh" "$what" || s=$?
+            extra+=("sanitize-$what=$s")
+            [ $s -eq 0 ] || [ $s -eq 77 ] || rc=1
+        done
+    fi
+    "$VENV/bin/python" "$top/tests/summary.py" "$BUILD/meson-logs/testlog.json" "${extra[@]}"
     exit $rc
     ;;
 *)

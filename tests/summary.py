@@ -1,4 +1,5 @@
-"""Print the closing line 'N passed, N failed, N skipped' from meson's testlog.json."""
+"""Print the closing line 'N passed, N failed, N skipped' from meson's testlog.json,
+plus results given as NAME=STATUS arguments (0 passed, 77 skipped, else failed)."""
 import json
 import sys
 
@@ -15,4 +16,9 @@ with open(sys.argv[1]) as f:
             counts["skipped"] += 1
         else:
             counts["failed"] += 1
+for arg in sys.argv[2:]:
+    name, _, status = arg.partition("=")
+    key = "passed" if status == "0" else "skipped" if status == "77" else "failed"
+    counts[key] += 1
+    print(f"{name}: {key}")
 print(f"{counts['passed']} passed, {counts['failed']} failed, {counts['skipped']} skipped")
