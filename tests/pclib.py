@@ -110,3 +110,26 @@ def sample_offset(seed, step, sample, n_tokens, seq_len):
     """data_sample_offset of common/data.c: window start of a training sample."""
     h = hash64(seed, step, sample, 0x5A3D1E0F7C2B9486)
     return (h * (n_tokens - seq_len)) >> 64
+
+
+def tiny_base(root, seed, vocab, hidden, ff, layers, heads=4, kv=2, head_dim=16, tied=False, scale=0.1,
+              name="base", **extra):
+    """A random LlamaForCausalLM made and saved (safetensors) by stock transformers in
+    root/name; returns (directory, model). With scale > 0 the matrices are N(0, scale)
+    and the norm gains U(0.5, 1.5), larger than transformers' init so that losses and
+    gradients are far from trivial; scale 0 keeps its init."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+    torch.manual_seed(seed)
+    cfg = dict(vocab_size=vocab, hidden_size=hidden, intermediate_size=ff, num_hidden_layers=layers,
+               num_attention_heads=heads, num_key_value_heads=kv, head_dim=head_dim, tie_word_embeddings=tied,
+               max_position_embeddings=64)
+    cfg.update(extra)
+    model = LlamaForCausalLM(LlamaConfig(**cfg))
+    if scale > 0:
+        with torch.no_grad():
+            for p in model.parameters():
+                p.normal_(0, scale) if p.dim() == 2 else p.uniform_(0.5, 1.5)
+    path = os.path.join(root, name)
+    model.save_pretrained(path, safe_serialization=True)
+    return path, model

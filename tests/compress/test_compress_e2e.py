@@ -17,7 +17,7 @@ import sys
 import numpy as np
 import torch
 from safetensors.numpy import load_file
-from transformers import LlamaConfig, LlamaForCausalLM
+from transformers import LlamaForCausalLM
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 import pclib  # noqa: E402
@@ -44,15 +44,7 @@ def hf_val_loss(final, toks, n_win):
 
 def main():
     root = pclib.tmpdir("pc-compress-")
-    torch.manual_seed(3)
-    base = LlamaForCausalLM(LlamaConfig(vocab_size=V, hidden_size=D, intermediate_size=F, num_hidden_layers=L,
-                                        num_attention_heads=4, num_key_value_heads=2, head_dim=16,
-                                        tie_word_embeddings=True, max_position_embeddings=64))
-    with torch.no_grad():
-        for p in base.parameters():
-            p.normal_(0, 0.1) if p.dim() == 2 else p.uniform_(0.5, 1.5)
-    bdir = os.path.join(root, "base")
-    base.save_pretrained(bdir, safe_serialization=True)
+    bdir, base = pclib.tiny_base(root, 3, V, D, F, L, tied=True)
     sd = {k: v.numpy() for k, v in base.state_dict().items()}
     toks = pclib.markov_tokens(6000, V, seed=1)
     pclib.write_shard(os.path.join(root, "train.h5"), toks[:5000], V)

@@ -47,17 +47,9 @@ def op_case(root, alpha, T):
 
 
 def e2e(root):
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers import LlamaForCausalLM
     V, SEQ, SEED, ALPHA, T = 90, 16, 21, 0.5, 2.0
-    torch.manual_seed(8)
-    base = LlamaForCausalLM(LlamaConfig(vocab_size=V, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                                        num_attention_heads=4, num_key_value_heads=2, head_dim=16,
-                                        tie_word_embeddings=True, max_position_embeddings=64))
-    with torch.no_grad():
-        for p in base.parameters():
-            p.normal_(0, 0.1) if p.dim() == 2 else p.uniform_(0.5, 1.5)
-    bdir = os.path.join(root, "base")
-    base.save_pretrained(bdir, safe_serialization=True)
+    bdir, _ = pclib.tiny_base(root, 8, V, 64, 128, 2, tied=True)
     toks = pclib.markov_tokens(3000, V, seed=4)
     pclib.write_shard(os.path.join(root, "train.h5"), toks, V)
     job = os.path.join(root, "job.yaml")

@@ -9,8 +9,6 @@ import re
 import statistics
 import sys
 
-import torch
-from transformers import LlamaConfig, LlamaForCausalLM
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 import pclib  # noqa: E402
@@ -29,12 +27,7 @@ def plan_totals(run_dir):
 def main():
     root = pclib.tmpdir("pc-mem-")
     V, D, F, L = 4096, 256, 1024, 6
-    torch.manual_seed(0)
-    base = LlamaForCausalLM(LlamaConfig(vocab_size=V, hidden_size=D, intermediate_size=F, num_hidden_layers=L,
-                                        num_attention_heads=4, num_key_value_heads=2, head_dim=64,
-                                        tie_word_embeddings=False, max_position_embeddings=64))
-    bdir = os.path.join(root, "base")
-    base.save_pretrained(bdir, safe_serialization=True)
+    bdir, _ = pclib.tiny_base(root, 0, V, D, F, L, head_dim=64, scale=0)
     toks = pclib.markov_tokens(20000, V, seed=2)
     pclib.write_shard(os.path.join(root, "train.h5"), toks, V)
     job = os.path.join(root, "job.yaml")

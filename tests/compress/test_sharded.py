@@ -7,9 +7,7 @@ import os
 import sys
 
 import numpy as np
-import torch
 from safetensors.numpy import load_file
-from transformers import LlamaConfig, LlamaForCausalLM
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 import pclib  # noqa: E402
@@ -19,15 +17,7 @@ V, D, F, L, DC, FC, SEQ = 96, 64, 128, 2, 48, 80, 16
 
 def main():
     root = pclib.tmpdir("pc-sharded-")
-    torch.manual_seed(4)
-    base = LlamaForCausalLM(LlamaConfig(vocab_size=V, hidden_size=D, intermediate_size=F, num_hidden_layers=L,
-                                        num_attention_heads=4, num_key_value_heads=2, head_dim=16,
-                                        tie_word_embeddings=False, max_position_embeddings=64))
-    with torch.no_grad():
-        for p in base.parameters():
-            p.normal_(0, 0.1) if p.dim() == 2 else p.uniform_(0.5, 1.5)
-    bdir = os.path.join(root, "base")
-    base.save_pretrained(bdir, safe_serialization=True)
+    bdir, _ = pclib.tiny_base(root, 4, V, D, F, L)
     toks = pclib.markov_tokens(6000, V, seed=2)
     pclib.write_shard(os.path.join(root, "train.h5"), toks[:5000], V)
     pclib.write_shard(os.path.join(root, "valid.h5"), toks[5000:], V)
