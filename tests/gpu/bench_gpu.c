@@ -1,0 +1,155 @@
+/* bench_gpu: tokens/s and MFU of a Llama forward+backward on the CUDA backend.
+ *
+ * The model has the shape of Llama-3.2-1B compressed to d_model 1344 (d_ff 5376, 16
+ * layers, 32 query / 8 kv heads of 64, vocab 128256, tied embedding), random weights;
+ * each step is llama_forward with targets plus llama_backward on one (B,T) batch.
+ * FLOPs per token are llama_flops_per_token (6N + attention, PaLM convention); MFU
+ * divides the achieved FLOP/s by the peak given with -peak (default: H100 SXM dense,
+ * 494.7 TFLOP/s with TF32, 66.9 TFLOP/s plain fp32). Peak device memory is sampled
+ * with cudaMemGetInfo after every forward and backward.
+ *
+ *   bench-gpu [-B 4] [-T 2048] [-steps 10] [-warmup 2] [-tf32 1] [-peak TFLOPS]
+ *             [-layers 16] [-device 0] */
+#include <cuda_runtime.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "backend.h"
+#include "backend_cuda.h"
+#include "device.h"
+#include "llama.h"
+#include "util.h"
+
+typedef struct mem_peak {
+    size_t used, total;
+} mem_peak;
+
+static void sample_memory(mem_peak *m)
+{
+    size_t free_b = 0, total_b = 0;
+    if (cudaMemGetInfo(&free_b, &total_b) != cudaSuccess) return;
+    m->total = total_b;
+    if (total_b - free_b > m->used) m->used = total_b - free_b;
+}
+
+static int arg_int(int argc, char **argv, int *i, int *out)
+{
+    if (*i + 1 >= argc) return -1;
+    char *end = NULL;
+    long v = strtol(argv[++*i], &end, 10);
+    if (!end || *end || v < 0 || v > 1 << 30) return -1;
+    *out = (int)v;
+    return 0;
+}
+
+int main(int argc, char **argv)
+{
+    int B = 4, T = 2048, steps = 10, warmup = 2, tf32 = 1, layers = 16, device = 0;
+    double peak_tflops = 0.0;
+    for (int i = 1; i < argc; i++) {
+        int bad = 0;
+        if (!strcmp(argv[i], "-B")) bad = arg_int(argc, argv, &i, &B);
+        else if (!strcmp(argv[i], "-T")) bad = arg_int(argc, argv, &i, &T);
+        else if (!strcmp(argv[i], "-steps")) bad = arg_int(argc, argv, &i, &steps);
+        else if (!strcmp(argv[i], "-warmup")) bad = arg_int(argc, argv, &i, &warmup);
+        else if (!strcmp(argv[i], "-tf32")) bad = arg_int(argc, argv, &i, &tf32);
+        else if (!strcmp(argv[i], "-layers")) bad = arg_int(argc, argv, &i, &layers);
+        else if (!strcmp(argv[i], "-device")) bad = arg_int(argc, argv, &i, &device);
+        else if (!strcmp(argv[i], "-peak") && i + 1 < argc) peak_tflops = atof(argv[++i]);
+        else bad = 1;
+        if (bad || B < 1 || T < 1 || steps < 1 || layers < 1 || layers > PC_MAX_LAYERS) {
+            fprintf(stderr,
+                    "usage: bench-gpu [-B 4] [-T 2048] [-steps 10] [-warmup 2] [-tf32 1] [-peak TFLOPS] "
+                    "[-layers 16] [-device 0]\n");
+            return 2;
+        }
+    }
+    if (pc_cuda_device_count() == 0) {
+        printf("no CUDA device: nothing to measure\n");
+        return 77;
+    }
+    if (peak_tflops <= 0.0) peak_tflops = tf32 ? 494.7 : 66.9;
+
+    char err[256];
+    backend *be = backend_cuda_create(device, err, (int)sizeof err);
+    if (!be) {
+        fprintf(stderr, "%s\n", err);
+        return 1;
+    }
+    backend_cuda_set_tf32(be, tf32);
+
+    llama_config c;
+    hf_config_defaults(&c);
+    c.vocab_size = 128256;
+    c.d_model = 1344;
+    c.d_ff = 5376;
+    c.n_layers = layers;
+    for (int l = 0; l < layers; l++) c.d_ff_layer[l] = 5376;
+    c.n_heads = 32;
+    c.n_kv_heads = 8;
+    c.head_dim = 64;
+    c.max_position_embeddings = T > 131072 ? T : 131072;
+    c.rope_theta = 500000.0;
+    snprintf(c.rope_scaling_type, sizeof c.rope_scaling_type, "llama3");
+    c.rope_factor = 32.0;
+    c.rope_low_freq_factor = 1.0;
+    c.rope_high_freq_factor = 4.0;
+    c.rope_original_max_pos = 8192;
+    c.tie_word_embeddings = 1;
+
+    mem_peak mem = {0, 0};
+    sample_memory(&mem);
+    size_t used_before = mem.used;
+    llama_model m;
+    pc_err e;
+    if (llama_init(&m, &c, be, B, T, &e)) {
+        fprintf(stderr, "llama_init: %s\n", e.msg);
+        return 1;
+    }
+    llama_init_random(&m, 1, 0.02f);
+    size_t N = (size_t)B * T;
+    int32_t *tok = pc_malloc(N * sizeof(int32_t)), *tgt = pc_malloc(N * sizeof(int32_t));
+    pc_rng r;
+    pc_rng_seed(&r, 5);
+    for (size_t i = 0; i < N; i++) tok[i] = (int32_t)(pc_rng_u64(&r) % (uint64_t)c.vocab_size);
+    for (size_t i = 0; i < N; i++) tgt[i] = i + 1 < N ? tok[i + 1] : 0;
+
+    printf("model: d %d, d_ff %d, layers %d, heads %d/%d x %d, vocab %d, tied; %.1fM parameters\n", c.d_model,
+           c.d_ff, c.n_layers, c.n_heads, c.n_kv_heads, c.head_dim, c.vocab_size, (double)m.n_params / 1e6);
+    printf("batch: B %d x T %d = %zu tokens; %s\n", B, T, N, be->info);
+
+    double t_fwd = 0.0, t_bwd = 0.0, loss = 0.0;
+    for (int s = 0; s < warmup + steps; s++) {
+        llama_zero_grad(&m);
+        be->ops->sync(be);
+        double t0 = pc_now();
+        loss = llama_forward(&m, tok, tgt); /* returns after the loss reached the host */
+        be->ops->sync(be);
+        double t1 = pc_now();
+        sample_memory(&mem);
+        llama_backward(&m);
+        be->ops->sync(be);
+        double t2 = pc_now();
+        sample_memory(&mem);
+        if (s >= warmup) {
+            t_fwd += t1 - t0;
+            t_bwd += t2 - t1;
+        }
+    }
+    double per_step = (t_fwd + t_bwd) / steps, tok_s = (double)N / per_step;
+    double flops_tok = llama_flops_per_token(&c, T);
+    double achieved = flops_tok * tok_s;
+    printf("loss %.4f (random weights, expect ~ln(vocab) = 11.76)\n", loss);
+    printf("step %.1f ms (forward %.1f ms, backward %.1f ms) over %d steps after %d warm-up\n", 1e3 * per_step,
+           1e3 * t_fwd / steps, 1e3 * t_bwd / steps, steps, warmup);
+    printf("tokens/s %.0f; %.3f GFLOP/token; %.1f TFLOP/s; MFU %.1f%% of %.1f TFLOP/s\n", tok_s, flops_tok / 1e9,
+           achieved / 1e12, 100.0 * achieved / (peak_tflops * 1e12), peak_tflops);
+    printf("peak device memory in use %.2f GiB of %.2f GiB (%.2f GiB before the model)\n",
+           (double)mem.used / (1 << 30), (double)mem.total / (1 << 30), (double)used_before / (1 << 30));
+    llama_free(&m);
+    free(tok);
+    free(tgt);
+    backend_destroy(be);
+    return 0;
+}

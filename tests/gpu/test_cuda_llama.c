@@ -1,0 +1,188 @@
+/* test_cuda_llama: a whole Llama forward and backward on the CUDA backend against the
+ * CPU backend, same random weights and batch.
+ *
+ * Two small models (GQA, per-layer d_ff, untied head; and a tied embedding) run
+ * forward with targets (some ignored), backward, and then the distillation loss
+ * against random teacher logits and its backward. The loss must agree within 1e-5
+ * relative, the logits and every parameter's gradient within 1e-4 relative to the
+ * largest reference value of that tensor, in plain fp32 (TF32 off). Exit 77 without
+ * a GPU. */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "backend.h"
+#include "backend_cuda.h"
+#include "device.h"
+#include "llama.h"
+#include "util.h"
+
+#define TOL_LOSS 1e-5
+#define TOL_TENSOR 1e-4
+
+static int failures, checks;
+
+static void report(const char *what, double err, double tol)
+{
+    checks++;
+    int ok = err <= tol && !isnan(err);
+    if (!ok) failures++;
+    if (!ok || strstr(what, "loss") || strstr(what, "logits"))
+        printf("%-4s %-64s err %.3e (tol %.0e)\n", ok ? "ok" : "FAIL", what, err, tol);
+}
+
+static double rel_max_err(const float *ref, const float *got, size_t n)
+{
+    double mx = 0.0, diff = 0.0;
+    for (size_t i = 0; i < n; i++) {
+        if (!isfinite(got[i]) || !isfinite(ref[i])) return NAN;
+        mx = fmax(mx, fabs((double)ref[i]));
+        diff = fmax(diff, fabs((double)ref[i] - got[i]));
+    }
+    return mx > 0.0 ? diff / mx : diff;
+}
+
+/* Compare a device buffer of each model (n elements at the given pointers). */
+static void compare_buffers(const char *what, backend *bc, const float *pc, backend *bg, const float *pg, size_t n,
+                            double tol)
+{
+    float *hc = pc_alloc_f32(n), *hg = pc_alloc_f32(n);
+    be_download(bc, hc, pc, n);
+    be_download(bg, hg, pg, n);
+    report(what, rel_max_err(hc, hg, n), tol);
+    free(hc);
+    free(hg);
+}
+
+static void compare_grads(const char *tag, llama_model *mc, llama_model *mg)
+{
+    float *hc = pc_alloc_f32((size_t)mc->n_params), *hg = pc_alloc_f32((size_t)mg->n_params);
+    be_download(mc->be, hc, mc->grads, (size_t)mc->n_params);
+    be_download(mg->be, hg, mg->grads, (size_t)mg->n_params);
+    int bad_before = failures;
+    double worst = 0.0;
+    for (int i = 0; i < llama_n_tensors(mc); i++) {
+        const llama_tensor *t = llama_tensor_at(mc, i);
+        char what[160];
+        snprintf(what, sizeof what, "%s grad %s", tag, t->name);
+        double err = rel_max_err(hc + t->offset, hg + t->offset, (size_t)t->numel);
+        worst = isnan(err) ? err : fmax(worst, err);
+        report(what, err, TOL_TENSOR);
+    }
+    printf("%-4s %-64s err %.3e (tol %.0e)\n", failures == bad_before ? "ok" : "FAIL", "every gradient tensor (worst)",
+           worst, TOL_TENSOR);
+    free(hc);
+    free(hg);
+}
+
+static int run_case(const char *tag, const llama_config *cfg, int B, int T, backend *cpu, backend *gpu)
+{
+    llama_model mc, mg;
+    pc_err e;
+    if (llama_init(&mc, cfg, cpu, B, T, &e) || llama_init(&mg, cfg, gpu, B, T, &e)) {
+        fprintf(stderr, "%s: llama_init: %s\n", tag, e.msg);
+        return -1;
+    }
+    llama_init_random(&mc, 7, 0.2f);
+    llama_init_random(&mg, 7, 0.2f);
+    int N = B * T, V = cfg->vocab_size;
+    int32_t *tok = pc_malloc((size_t)N * sizeof(int32_t)), *tgt = pc_malloc((size_t)N * sizeof(int32_t));
+    pc_rng r;
+    pc_rng_seed(&r, 99);
+    for (int n = 0; n < N; n++) {
+        tok[n] = (int32_t)(pc_rng_u64(&r) % (uint64_t)V);
+        tgt[n] = n % 7 == 3 ? -1 : (int32_t)(pc_rng_u64(&r) % (uint64_t)V);
+    }
+    char what[160];
+
+    /* cross-entropy: forward, backward */
+    llama_zero_grad(&mc);
+    llama_zero_grad(&mg);
+    float lc = llama_forward(&mc, tok, tgt), lg = llama_forward(&mg, tok, tgt);
+    snprintf(what, sizeof what, "%s loss (cpu %.6f, cuda %.6f)", tag, (double)lc, (double)lg);
+    report(what, fabs((double)lc - lg) / fabs((double)lc), TOL_LOSS);
+    snprintf(what, sizeof what, "%s logits", tag);
+    compare_buffers(what, cpu, mc.logits, gpu, mg.logits, (size_t)N * V, TOL_TENSOR);
+    llama_backward(&mc);
+    llama_backward(&mg);
+    compare_grads(tag, &mc, &mg);
+
+    /* distillation against random teacher logits, accumulating onto the gradients above */
+    float *teach_h = pc_alloc_f32((size_t)N * V);
+    for (size_t i = 0; i < (size_t)N * V; i++) teach_h[i] = 2.0f * pc_rng_normal(&r);
+    float *teach_c = be_alloc(cpu, (size_t)N * V), *teach_g = be_alloc(gpu, (size_t)N * V);
+    be_upload(cpu, teach_c, teach_h, (size_t)N * V);
+    be_upload(gpu, teach_g, teach_h, (size_t)N * V);
+    llama_forward(&mc, tok, tgt);
+    llama_forward(&mg, tok, tgt);
+    float dc = llama_distill(&mc, teach_c, 0.5f, 2.0f), dg = llama_distill(&mg, teach_g, 0.5f, 2.0f);
+    snprintf(what, sizeof what, "%s distill loss (cpu %.6f, cuda %.6f)", tag, (double)dc, (double)dg);
+    report(what, fabs((double)dc - dg) / fabs((double)dc), TOL_LOSS);
+    llama_backward(&mc);
+    llama_backward(&mg);
+    snprintf(what, sizeof what, "%s +distill", tag);
+    compare_grads(what, &mc, &mg);
+
+    be_free(cpu, teach_c);
+    be_free(gpu, teach_g);
+    free(teach_h);
+    free(tok);
+    free(tgt);
+    llama_free(&mc);
+    llama_free(&mg);
+    return 0;
+}
+
+int main(void)
+{
+    if (pc_cuda_device_count() == 0) {
+        printf("no CUDA device: skipping\n");
+        return 77;
+    }
+    char err[256];
+    backend *gpu = backend_cuda_create(0, err, (int)sizeof err);
+    if (!gpu) {
+        fprintf(stderr, "%s\n", err);
+        return 1;
+    }
+    if (strstr(gpu->info, "TF32")) {
+        fprintf(stderr, "cuda backend starts with TF32 on (%s); this test needs fp32\n", gpu->info);
+        return 1;
+    }
+    backend *cpu = backend_cpu_create(1);
+    printf("cpu: %s\ncuda: %s\n", cpu->info, gpu->info);
+
+    llama_config c;
+    hf_config_defaults(&c);
+    c.vocab_size = 257;
+    c.d_model = 96;
+    c.n_layers = 3;
+    c.n_heads = 6;
+    c.n_kv_heads = 2;
+    c.head_dim = 16;
+    c.d_ff = 160;
+    c.d_ff_layer[0] = 160;
+    c.d_ff_layer[1] = 96;
+    c.d_ff_layer[2] = 128;
+    c.max_position_embeddings = 256;
+    c.tie_word_embeddings = 0;
+    int rc = run_case("untied/gqa", &c, 2, 45, cpu, gpu);
+
+    c.tie_word_embeddings = 1;
+    c.n_heads = 4;
+    c.n_kv_heads = 4;
+    c.head_dim = 64;
+    c.n_layers = 2;
+    snprintf(c.rope_scaling_type, sizeof c.rope_scaling_type, "llama3");
+    c.rope_factor = 32.0;
+    c.rope_low_freq_factor = 1.0;
+    c.rope_high_freq_factor = 4.0;
+    c.rope_original_max_pos = 64;
+    if (rc == 0) rc = run_case("tied/mha/llama3-rope", &c, 3, 70, cpu, gpu);
+
+    backend_destroy(gpu);
+    backend_destroy(cpu);
+    printf("%d of %d checks failed\n", failures, checks);
+    return rc || failures ? 1 : 0;
+}

@@ -1,0 +1,489 @@
+/* test_cuda_ops: every op of the CUDA backend against the CPU backend on random inputs.
+ *
+ * Each check runs the same op on both backends from the same host inputs and compares
+ * the results as max|cuda - cpu| / max|cpu| (relative to the largest reference value,
+ * so near-zero elements do not dominate). Tolerances: 1e-5 for the fp32 ops, 1e-3 for
+ * gemm with TF32 tensor cores, 1e-6 relative for the double sums that ops return.
+ * Strided views (a column slice of a wider buffer, as the model uses them) are checked
+ * and the elements outside the slice must be left untouched. Exit 77 without a GPU. */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "backend.h"
+#include "backend_cuda.h"
+#include "device.h"
+#include "util.h"
+
+#define TOL_F32 1e-5
+#define TOL_TF32 1e-3
+#define TOL_SUM 1e-6
+
+typedef struct ctx {
+    backend *cpu, *gpu;
+    pc_rng rng;
+    int failures, checks;
+} ctx;
+
+static float *host_randn(ctx *x, size_t n, float scale)
+{
+    float *h = pc_alloc_f32(n ? n : 1);
+    for (size_t i = 0; i < n; i++) h[i] = scale * pc_rng_normal(&x->rng);
+    return h;
+}
+
+/* A buffer of n floats on each backend, both holding host values h. */
+typedef struct pair {
+    float *c, *g;
+    size_t n;
+} pair;
+
+static pair pair_from(ctx *x, const float *h, size_t n)
+{
+    pair p = {be_alloc(x->cpu, n), be_alloc(x->gpu, n), n};
+    be_upload(x->cpu, p.c, h, n);
+    be_upload(x->gpu, p.g, h, n);
+    return p;
+}
+
+static pair pair_randn(ctx *x, size_t n, float scale)
+{
+    float *h = host_randn(x, n, scale);
+    pair p = pair_from(x, h, n);
+    free(h);
+    return p;
+}
+
+static void pair_free(ctx *x, pair *p)
+{
+    be_free(x->cpu, p->c);
+    be_free(x->gpu, p->g);
+}
+
+typedef struct ipair {
+    int32_t *c, *g;
+} ipair;
+
+static ipair ipair_from(ctx *x, const int32_t *h, size_t n)
+{
+    ipair p = {be_alloc_i32(x->cpu, n), be_alloc_i32(x->gpu, n)};
+    x->cpu->ops->upload_i32(x->cpu, p.c, h, n);
+    x->gpu->ops->upload_i32(x->gpu, p.g, h, n);
+    return p;
+}
+
+static void ipair_free(ctx *x, ipair *p)
+{
+    be_free(x->cpu, p->c);
+    be_free(x->gpu, p->g);
+}
+
+static void report(ctx *x, const char *what, double err, double tol)
+{
+    x->checks++;
+    int ok = err <= tol && !isnan(err);
+    if (!ok) x->failures++;
+    printf("%-4s %-58s err %.3e (tol %.0e)\n", ok ? "ok" : "FAIL", what, err, tol);
+}
+
+/* max|a-b| / max|a| over n host values */
+static double rel_max_err(const float *ref, const float *got, size_t n)
+{
+    double mx = 0.0, diff = 0.0;
+    for (size_t i = 0; i < n; i++) {
+        double r = ref[i], g = got[i];
+        if (!isfinite(g)) return NAN;
+        mx = fmax(mx, fabs(r));
+        diff = fmax(diff, fabs(r - g));
+    }
+    return mx > 0.0 ? diff / mx : diff;
+}
+
+static void check_pair(ctx *x, const char *what, const pair *p, double tol)
+{
+    float *hc = pc_alloc_f32(p->n), *hg = pc_alloc_f32(p->n);
+    be_download(x->cpu, hc, p->c, p->n);
+    be_download(x->gpu, hg, p->g, p->n);
+    report(x, what, rel_max_err(hc, hg, p->n), tol);
+    free(hc);
+    free(hg);
+}
+
+static void check_scalar(ctx *x, const char *what, double ref, double got, double tol)
+{
+    double err = fabs(ref - got) / fmax(fabs(ref), 1e-30);
+    if (ref == got) err = 0.0;
+    report(x, what, err, tol);
+}
+
+/* ---------------------------------------------------------------- memory */
+
+static void test_memory(ctx *x)
+{
+    size_t n = 1000;
+    float *z = be_alloc(x->gpu, n), *h = pc_alloc_f32(n);
+    be_download(x->gpu, h, z, n);
+    double nz = 0.0;
+    for (size_t i = 0; i < n; i++) nz += fabs(h[i]);
+    report(x, "alloc returns zeroed memory", nz, 0.0);
+    float *src = host_randn(x, n, 1.0f);
+    be_upload(x->gpu, z, src, n);
+    be_download(x->gpu, h, z, n);
+    report(x, "upload/download round trip", rel_max_err(src, h, n), 0.0);
+    float *w = be_alloc(x->gpu, n);
+    be_copy(x->gpu, w, z, n);
+    be_download(x->gpu, h, w, n);
+    report(x, "copy", rel_max_err(src, h, n), 0.0);
+    be_copy(x->gpu, z + 10, z, n - 10); /* overlapping, memmove semantics */
+    be_download(x->gpu, h, z, n);
+    float *want = pc_alloc_f32(n);
+    memcpy(want, src, n * sizeof(float));
+    memmove(want + 10, want, (n - 10) * sizeof(float));
+    report(x, "copy of overlapping ranges", rel_max_err(want, h, n), 0.0);
+    be_zero(x->gpu, z + 5, 20);
+    be_download(x->gpu, h, z, n);
+    memset(want + 5, 0, 20 * sizeof(float));
+    report(x, "zero of a sub-range", rel_max_err(want, h, n), 0.0);
+    int32_t ih[7] = {3, -1, 0, 7, 2147483647, -2147483647, 5}, *id = be_alloc_i32(x->gpu, 7);
+    x->gpu->ops->upload_i32(x->gpu, id, ih, 7);
+    int32_t back[7];
+    /* an int32 buffer read back through the float download: the bits must survive */
+    be_download(x->gpu, (float *)back, (const float *)id, 7);
+    report(x, "upload_i32", memcmp(ih, back, sizeof ih) == 0 ? 0.0 : 1.0, 0.0);
+    x->gpu->ops->sync(x->gpu);
+    be_free(x->gpu, id);
+    be_free(x->gpu, z);
+    be_free(x->gpu, w);
+    free(h);
+    free(src);
+    free(want);
+}
+
+/* ---------------------------------------------------------------- gemm */
+
+static void test_gemm(ctx *x, int tf32)
+{
+    backend_cuda_set_tf32(x->gpu, tf32);
+    double tol = tf32 ? TOL_TF32 : TOL_F32;
+    const int M = 37, N = 53, K = 129, pad = 3;
+    for (int ta = 0; ta < 2; ta++)
+        for (int tb = 0; tb < 2; tb++) {
+            int lda = (ta ? M : K) + pad, ldb = (tb ? K : N) + pad, ldc = N + pad;
+            pair A = pair_randn(x, (size_t)(ta ? K : M) * lda, 1.0f);
+            pair B = pair_randn(x, (size_t)(tb ? N : K) * ldb, 1.0f);
+            pair C = pair_randn(x, (size_t)M * ldc, 1.0f);
+            x->cpu->ops->gemm(x->cpu, ta, tb, M, N, K, 0.7f, A.c, lda, B.c, ldb, 0.3f, C.c, ldc);
+            x->gpu->ops->gemm(x->gpu, ta, tb, M, N, K, 0.7f, A.g, lda, B.g, ldb, 0.3f, C.g, ldc);
+            char what[96];
+            snprintf(what, sizeof what, "gemm%s ta=%d tb=%d (%dx%dx%d, padded ld, beta 0.3)", tf32 ? " tf32" : "",
+                     ta, tb, M, N, K);
+            check_pair(x, what, &C, tol);
+            pair_free(x, &A);
+            pair_free(x, &B);
+            pair_free(x, &C);
+        }
+    /* batched, with strides larger than one matrix */
+    const int batch = 5;
+    int64_t sa = (int64_t)M * K + 11, sb = (int64_t)N * K + 7, sc = (int64_t)M * N + 5;
+    for (int ta = 0; ta < 2; ta++)
+        for (int tb = 0; tb < 2; tb++) {
+            int lda = ta ? M : K, ldb = tb ? K : N;
+            pair A = pair_randn(x, (size_t)(sa * batch), 1.0f);
+            pair B = pair_randn(x, (size_t)(sb * batch), 1.0f);
+            pair C = pair_randn(x, (size_t)(sc * batch), 1.0f);
+            x->cpu->ops->gemm_batched(x->cpu, ta, tb, M, N, K, 1.0f, A.c, lda, sa, B.c, ldb, sb, 0.5f, C.c, N, sc,
+                                      batch);
+            x->gpu->ops->gemm_batched(x->gpu, ta, tb, M, N, K, 1.0f, A.g, lda, sa, B.g, ldb, sb, 0.5f, C.g, N, sc,
+                                      batch);
+            char what[96];
+            snprintf(what, sizeof what, "gemm_batched%s ta=%d tb=%d (x%d, strided)", tf32 ? " tf32" : "", ta, tb,
+                     batch);
+            check_pair(x, what, &C, tol);
+            pair_free(x, &A);
+            pair_free(x, &B);
+            pair_free(x, &C);
+        }
+    backend_cuda_set_tf32(x->gpu, 0);
+}
+
+/* ---------------------------------------------------------------- row ops */
+
+static void test_embedding(ctx *x)
+{
+    const int V = 50, d = 300, N = 77;
+    int32_t tok[77];
+    for (int n = 0; n < N; n++) tok[n] = (int32_t)(pc_rng_u64(&x->rng) % 10); /* many repeats */
+    tok[0] = V - 1;
+    ipair t = ipair_from(x, tok, N);
+    pair table = pair_randn(x, (size_t)V * d, 1.0f), out = pair_randn(x, (size_t)N * d, 1.0f);
+    x->cpu->ops->embedding_fwd(x->cpu, out.c, table.c, t.c, N, d);
+    x->gpu->ops->embedding_fwd(x->gpu, out.g, table.g, t.g, N, d);
+    check_pair(x, "embedding_fwd", &out, 0.0);
+    pair dout = pair_randn(x, (size_t)N * d, 1.0f), dtable = pair_randn(x, (size_t)V * d, 1.0f);
+    x->cpu->ops->embedding_bwd(x->cpu, dtable.c, dout.c, t.c, N, d);
+    x->gpu->ops->embedding_bwd(x->gpu, dtable.g, dout.g, t.g, N, d);
+    check_pair(x, "embedding_bwd (repeated tokens, accumulates)", &dtable, TOL_F32);
+    pair_free(x, &table);
+    pair_free(x, &out);
+    pair_free(x, &dout);
+    pair_free(x, &dtable);
+    ipair_free(x, &t);
+}
+
+static void test_rmsnorm(ctx *x)
+{
+    const int dims[] = {7, 64, 1344, 3000};
+    for (size_t k = 0; k < PC_ARRAY_LEN(dims); k++) {
+        int d = dims[k], N = 150;
+        pair xin = pair_randn(x, (size_t)N * d, 2.0f), w = pair_randn(x, (size_t)d, 1.0f);
+        pair out = pair_randn(x, (size_t)N * d, 1.0f), rstd = pair_randn(x, (size_t)N, 1.0f);
+        x->cpu->ops->rmsnorm_fwd(x->cpu, out.c, rstd.c, xin.c, w.c, N, d, 1e-5f);
+        x->gpu->ops->rmsnorm_fwd(x->gpu, out.g, rstd.g, xin.g, w.g, N, d, 1e-5f);
+        char what[96];
+        snprintf(what, sizeof what, "rmsnorm_fwd out (N=%d, d=%d)", N, d);
+        check_pair(x, what, &out, TOL_F32);
+        snprintf(what, sizeof what, "rmsnorm_fwd rstd (N=%d, d=%d)", N, d);
+        check_pair(x, what, &rstd, TOL_F32);
+        pair dout = pair_randn(x, (size_t)N * d, 1.0f), dx = pair_randn(x, (size_t)N * d, 1.0f),
+             dw = pair_randn(x, (size_t)d, 1.0f);
+        x->cpu->ops->rmsnorm_bwd(x->cpu, dx.c, dw.c, dout.c, xin.c, w.c, rstd.c, N, d);
+        x->gpu->ops->rmsnorm_bwd(x->gpu, dx.g, dw.g, dout.g, xin.g, w.g, rstd.g, N, d);
+        snprintf(what, sizeof what, "rmsnorm_bwd dx (accumulates, d=%d)", d);
+        check_pair(x, what, &dx, TOL_F32);
+        snprintf(what, sizeof what, "rmsnorm_bwd dw (accumulates, d=%d)", d);
+        check_pair(x, what, &dw, TOL_F32);
+        pair_free(x, &xin);
+        pair_free(x, &w);
+        pair_free(x, &out);
+        pair_free(x, &rstd);
+        pair_free(x, &dout);
+        pair_free(x, &dx);
+        pair_free(x, &dw);
+    }
+}
+
+static void test_rope(ctx *x)
+{
+    const int B = 2, T = 19, hd = 64, Hq = 4, Hk = 2, ld = (Hq + 2 * Hk) * hd; /* fused qkv rows */
+    float *hc = pc_alloc_f32((size_t)T * hd / 2), *hs = pc_alloc_f32((size_t)T * hd / 2);
+    rope_tables_host(hc, hs, T, hd, 500000.0, "llama3", 32.0, 1.0, 4.0, 8192);
+    pair cs = pair_from(x, hc, (size_t)T * hd / 2), sn = pair_from(x, hs, (size_t)T * hd / 2);
+    pair qkv = pair_randn(x, (size_t)B * T * ld, 1.0f);
+    x->cpu->ops->rope_fwd(x->cpu, qkv.c, cs.c, sn.c, B, T, Hq, hd, ld);
+    x->gpu->ops->rope_fwd(x->gpu, qkv.g, cs.g, sn.g, B, T, Hq, hd, ld);
+    x->cpu->ops->rope_fwd(x->cpu, qkv.c + Hq * hd, cs.c, sn.c, B, T, Hk, hd, ld);
+    x->gpu->ops->rope_fwd(x->gpu, qkv.g + Hq * hd, cs.g, sn.g, B, T, Hk, hd, ld);
+    check_pair(x, "rope_fwd (q and k slices of fused qkv; v untouched)", &qkv, TOL_F32);
+    x->cpu->ops->rope_bwd(x->cpu, qkv.c, cs.c, sn.c, B, T, Hq, hd, ld);
+    x->gpu->ops->rope_bwd(x->gpu, qkv.g, cs.g, sn.g, B, T, Hq, hd, ld);
+    check_pair(x, "rope_bwd", &qkv, TOL_F32);
+    pair_free(x, &cs);
+    pair_free(x, &sn);
+    pair_free(x, &qkv);
+    free(hc);
+    free(hs);
+}
+
+/* ---------------------------------------------------------------- attention */
+
+static void test_attention_case(ctx *x, int B, int T, int H, int KV, int hd)
+{
+    int C = (H + 2 * KV) * hd, qd = H * hd;
+    size_t nq = (size_t)B * T * C, no = (size_t)B * T * qd, nl = (size_t)B * H * T;
+    pair qkv = pair_randn(x, nq, 1.0f);
+    pair out = pair_randn(x, no, 1.0f), lse = pair_randn(x, nl, 1.0f);
+    const float *qc = qkv.c, *kc = qkv.c + qd, *vc = qkv.c + qd + KV * hd;
+    const float *qg = qkv.g, *kg = qkv.g + qd, *vg = qkv.g + qd + KV * hd;
+    x->cpu->ops->attention_fwd(x->cpu, out.c, lse.c, qc, kc, vc, B, T, H, KV, hd, C);
+    x->gpu->ops->attention_fwd(x->gpu, out.g, lse.g, qg, kg, vg, B, T, H, KV, hd, C);
+    char what[128];
+    snprintf(what, sizeof what, "attention_fwd out B=%d T=%d H=%d KV=%d hd=%d", B, T, H, KV, hd);
+    check_pair(x, what, &out, TOL_F32);
+    snprintf(what, sizeof what, "attention_fwd lse B=%d T=%d H=%d KV=%d hd=%d", B, T, H, KV, hd);
+    check_pair(x, what, &lse, TOL_F32);
+
+    /* dqkv starts random: the op must overwrite q, k and v parts entirely */
+    pair dout = pair_randn(x, no, 1.0f), dqkv = pair_randn(x, nq, 1.0f);
+    x->cpu->ops->attention_bwd(x->cpu, dqkv.c, dqkv.c + qd, dqkv.c + qd + KV * hd, dout.c, out.c, lse.c, qc, kc, vc,
+                               B, T, H, KV, hd, C);
+    x->gpu->ops->attention_bwd(x->gpu, dqkv.g, dqkv.g + qd, dqkv.g + qd + KV * hd, dout.g, out.g, lse.g, qg, kg, vg,
+                               B, T, H, KV, hd, C);
+    snprintf(what, sizeof what, "attention_bwd dq|dk|dv B=%d T=%d H=%d KV=%d hd=%d", B, T, H, KV, hd);
+    check_pair(x, what, &dqkv, TOL_F32);
+    pair_free(x, &qkv);
+    pair_free(x, &out);
+    pair_free(x, &lse);
+    pair_free(x, &dout);
+    pair_free(x, &dqkv);
+}
+
+static void test_attention(ctx *x)
+{
+    const int Ts[] = {1, 17, 128, 300}, hds[] = {16, 64, 128};
+    for (size_t i = 0; i < PC_ARRAY_LEN(Ts); i++)
+        for (size_t j = 0; j < PC_ARRAY_LEN(hds); j++) test_attention_case(x, 2, Ts[i], 4, 2, hds[j]);
+    test_attention_case(x, 1, 65, 8, 1, 32);  /* multi-query */
+    test_attention_case(x, 2, 40, 3, 3, 80);  /* multi-head, head_dim not a multiple of 32 */
+    test_attention_case(x, 1, 33, 6, 2, 2);   /* tiny heads */
+}
+
+/* ---------------------------------------------------------------- swiglu, losses */
+
+static void test_swiglu(ctx *x)
+{
+    const int N = 70, f = 333, ld = 2 * f;
+    pair gu = pair_randn(x, (size_t)N * ld, 2.0f), out = pair_randn(x, (size_t)N * f, 1.0f);
+    x->cpu->ops->swiglu_fwd(x->cpu, out.c, gu.c, gu.c + f, N, f, ld);
+    x->gpu->ops->swiglu_fwd(x->gpu, out.g, gu.g, gu.g + f, N, f, ld);
+    check_pair(x, "swiglu_fwd (gate|up of one buffer)", &out, TOL_F32);
+    pair dout = pair_randn(x, (size_t)N * f, 1.0f), dgu = pair_randn(x, (size_t)N * ld, 1.0f);
+    x->cpu->ops->swiglu_bwd(x->cpu, dgu.c, dgu.c + f, dout.c, gu.c, gu.c + f, N, f, ld);
+    x->gpu->ops->swiglu_bwd(x->gpu, dgu.g, dgu.g + f, dout.g, gu.g, gu.g + f, N, f, ld);
+    check_pair(x, "swiglu_bwd", &dgu, TOL_F32);
+    pair_free(x, &gu);
+    pair_free(x, &out);
+    pair_free(x, &dout);
+    pair_free(x, &dgu);
+}
+
+static void make_targets(ctx *x, int32_t *tg, int N, int V)
+{
+    for (int n = 0; n < N; n++) tg[n] = (int32_t)(pc_rng_u64(&x->rng) % (uint64_t)V);
+    tg[1] = -1;
+    tg[N - 1] = -100;
+    tg[0] = V - 1;
+}
+
+static void test_xent(ctx *x)
+{
+    const int N = 41, V = 5003;
+    int32_t tg[41];
+    make_targets(x, tg, N, V);
+    ipair t = ipair_from(x, tg, N);
+    pair logits = pair_randn(x, (size_t)N * V, 3.0f), lse = pair_randn(x, (size_t)N, 1.0f);
+    int64_t nv_c = -1, nv_g = -1;
+    double sc = x->cpu->ops->xent_fwd(x->cpu, lse.c, logits.c, t.c, N, V, &nv_c);
+    double sg = x->gpu->ops->xent_fwd(x->gpu, lse.g, logits.g, t.g, N, V, &nv_g);
+    check_scalar(x, "xent_fwd loss sum", sc, sg, TOL_SUM);
+    report(x, "xent_fwd valid count", (double)(nv_c != nv_g || nv_c != N - 2), 0.0);
+    check_pair(x, "xent_fwd lse", &lse, TOL_F32);
+    float scale = 1.5f / (float)nv_c;
+    pair d = pair_randn(x, (size_t)N * V, 1.0f);
+    x->cpu->ops->xent_bwd(x->cpu, d.c, logits.c, lse.c, t.c, N, V, scale);
+    x->gpu->ops->xent_bwd(x->gpu, d.g, logits.g, lse.g, t.g, N, V, scale);
+    check_pair(x, "xent_bwd (separate output, ignored rows zero)", &d, TOL_F32);
+    x->cpu->ops->xent_bwd(x->cpu, logits.c, logits.c, lse.c, t.c, N, V, scale);
+    x->gpu->ops->xent_bwd(x->gpu, logits.g, logits.g, lse.g, t.g, N, V, scale);
+    check_pair(x, "xent_bwd (in place over the logits)", &logits, TOL_F32);
+    pair_free(x, &logits);
+    pair_free(x, &lse);
+    pair_free(x, &d);
+    ipair_free(x, &t);
+}
+
+static void test_distill(ctx *x)
+{
+    const int N = 23, V = 4099;
+    int32_t tg[23];
+    make_targets(x, tg, N, V);
+    ipair t = ipair_from(x, tg, N);
+    const float alphas[] = {0.0f, 0.5f, 1.0f}, temps[] = {1.0f, 2.0f};
+    for (size_t a = 0; a < PC_ARRAY_LEN(alphas); a++)
+        for (size_t k = 0; k < PC_ARRAY_LEN(temps); k++) {
+            pair z = pair_randn(x, (size_t)N * V, 2.0f), te = pair_randn(x, (size_t)N * V, 2.0f);
+            float scale = 1.0f / (float)(N - 2);
+            double lc = x->cpu->ops->distill(x->cpu, z.c, te.c, t.c, N, V, alphas[a], temps[k], scale);
+            double lg = x->gpu->ops->distill(x->gpu, z.g, te.g, t.g, N, V, alphas[a], temps[k], scale);
+            char what[96];
+            snprintf(what, sizeof what, "distill loss sum (alpha %.1f, T %.0f)", (double)alphas[a], (double)temps[k]);
+            check_scalar(x, what, lc, lg, TOL_SUM);
+            snprintf(what, sizeof what, "distill dlogits (alpha %.1f, T %.0f)", (double)alphas[a], (double)temps[k]);
+            check_pair(x, what, &z, TOL_F32);
+            pair_free(x, &z);
+            pair_free(x, &te);
+        }
+    ipair_free(x, &t);
+}
+
+/* ---------------------------------------------------------------- elementwise, adamw */
+
+static void test_elementwise(ctx *x)
+{
+    const size_t n = 1000003;
+    pair a = pair_randn(x, n, 1.0f), b = pair_randn(x, n, 1.0f), y = pair_randn(x, n, 1.0f);
+    x->cpu->ops->add(x->cpu, y.c, a.c, b.c, n);
+    x->gpu->ops->add(x->gpu, y.g, a.g, b.g, n);
+    check_pair(x, "add", &y, TOL_F32);
+    x->cpu->ops->scale(x->cpu, y.c, -0.37f, n);
+    x->gpu->ops->scale(x->gpu, y.g, -0.37f, n);
+    check_pair(x, "scale", &y, TOL_F32);
+    x->cpu->ops->axpy(x->cpu, y.c, 2.5f, a.c, n);
+    x->gpu->ops->axpy(x->gpu, y.g, 2.5f, a.g, n);
+    check_pair(x, "axpy", &y, TOL_F32);
+    check_scalar(x, "sumsq (1e6 elements)", x->cpu->ops->sumsq(x->cpu, y.c, n), x->gpu->ops->sumsq(x->gpu, y.g, n),
+                 TOL_SUM);
+    check_scalar(x, "sumsq (3 elements)", x->cpu->ops->sumsq(x->cpu, y.c, 3), x->gpu->ops->sumsq(x->gpu, y.g, 3),
+                 TOL_SUM);
+    pair_free(x, &a);
+    pair_free(x, &b);
+    pair_free(x, &y);
+}
+
+static void test_adamw(ctx *x)
+{
+    const size_t n = 100001;
+    pair p = pair_randn(x, n, 1.0f), m = pair_randn(x, n, 0.01f);
+    float *hv = host_randn(x, n, 0.001f);
+    for (size_t i = 0; i < n; i++) hv[i] = hv[i] * hv[i]; /* second moments are >= 0 */
+    pair v = pair_from(x, hv, n);
+    free(hv);
+    for (int64_t step = 1; step <= 3; step++) {
+        pair g = pair_randn(x, n, 0.1f);
+        x->cpu->ops->adamw(x->cpu, p.c, g.c, m.c, v.c, n, 1e-3f, 0.9f, 0.95f, 1e-8f, 0.1f, 0.8f, step);
+        x->gpu->ops->adamw(x->gpu, p.g, g.g, m.g, v.g, n, 1e-3f, 0.9f, 0.95f, 1e-8f, 0.1f, 0.8f, step);
+        pair_free(x, &g);
+    }
+    check_pair(x, "adamw p after 3 steps", &p, TOL_F32);
+    check_pair(x, "adamw m after 3 steps", &m, TOL_F32);
+    check_pair(x, "adamw v after 3 steps", &v, TOL_F32);
+    pair_free(x, &p);
+    pair_free(x, &m);
+    pair_free(x, &v);
+}
+
+int main(void)
+{
+    if (pc_cuda_device_count() == 0) {
+        printf("no CUDA device: skipping\n");
+        return 77;
+    }
+    char err[256];
+    ctx x = {0};
+    x.gpu = backend_cuda_create(0, err, (int)sizeof err);
+    if (!x.gpu) {
+        fprintf(stderr, "%s\n", err);
+        return 1;
+    }
+    x.cpu = backend_cpu_create(1);
+    pc_rng_seed(&x.rng, 20240601);
+    printf("cpu: %s\ncuda: %s\n", x.cpu->info, x.gpu->info);
+
+    test_memory(&x);
+    test_gemm(&x, 0);
+    test_gemm(&x, 1);
+    test_embedding(&x);
+    test_rmsnorm(&x);
+    test_rope(&x);
+    test_attention(&x);
+    test_swiglu(&x);
+    test_xent(&x);
+    test_distill(&x);
+    test_elementwise(&x);
+    test_adamw(&x);
+
+    backend_destroy(x.gpu);
+    backend_destroy(x.cpu);
+    printf("%d of %d checks failed\n", x.failures, x.checks);
+    return x.failures ? 1 : 0;
+}

@@ -1,0 +1,274 @@
+/* test_nccl: every collective of the NCCL comm on device buffers, under mpirun.
+ *
+ * Rank r uses device r % n_devices; each collective's result is read back and checked
+ * against values computed locally from the rank-dependent inputs (exact: the inputs
+ * are small integers). Every dtype goes through all_reduce; sum, max and min through
+ * all_reduce, reduce and reduce_scatter. The error paths (bad root, send count that
+ * differs from counts[rank]) must fail naming the rank. Exit 77 without a GPU, or
+ * when there are fewer devices than ranks (NCCL needs one device per rank). */
+#include <cuda_runtime.h>
+#include <mpi.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "comm.h"
+#include "comm_nccl.h"
+#include "device.h"
+#include "util.h"
+
+static int failures, checks, rank_g;
+
+static void expect(int ok, const char *what)
+{
+    checks++;
+    if (!ok) {
+        failures++;
+        printf("rank %d: FAIL %s\n", rank_g, what);
+    }
+}
+
+static void *dev_alloc(size_t bytes)
+{
+    void *p = NULL;
+    if (cudaMalloc(&p, bytes ? bytes : 1) != cudaSuccess) {
+        fprintf(stderr, "rank %d: cudaMalloc(%zu) failed\n", rank_g, bytes);
+        exit(1);
+    }
+    return p;
+}
+
+static void h2d(void *d, const void *h, size_t bytes)
+{
+    if (cudaMemcpy(d, h, bytes, cudaMemcpyHostToDevice) != cudaSuccess) exit(1);
+}
+
+static void d2h(void *h, const void *d, size_t bytes)
+{
+    if (cudaMemcpy(h, d, bytes, cudaMemcpyDeviceToHost) != cudaSuccess) exit(1);
+}
+
+/* Value of element i contributed by rank r: small integers, exact in every dtype. */
+static double val(int r, size_t i) { return (double)((r + 1) * ((int)(i % 13) + 1) % 97); }
+
+static void store(void *buf, comm_dtype t, size_t i, double v)
+{
+    switch (t) {
+    case COMM_F32: ((float *)buf)[i] = (float)v; break;
+    case COMM_F64: ((double *)buf)[i] = v; break;
+    case COMM_I32: ((int32_t *)buf)[i] = (int32_t)v; break;
+    case COMM_I64: ((int64_t *)buf)[i] = (int64_t)v; break;
+    case COMM_U8: ((uint8_t *)buf)[i] = (uint8_t)v; break;
+    }
+}
+
+static double load(const void *buf, comm_dtype t, size_t i)
+{
+    switch (t) {
+    case COMM_F32: return ((const float *)buf)[i];
+    case COMM_F64: return ((const double *)buf)[i];
+    case COMM_I32: return ((const int32_t *)buf)[i];
+    case COMM_I64: return (double)((const int64_t *)buf)[i];
+    case COMM_U8: return ((const uint8_t *)buf)[i];
+    }
+    return 0.0;
+}
+
+static double combine(comm_op op, int size, size_t i)
+{
+    double acc = val(0, i);
+    for (int r = 1; r < size; r++) {
+        double v = val(r, i);
+        acc = op == COMM_SUM ? acc + v : op == COMM_MAX ? (v > acc ? v : acc) : (v < acc ? v : acc);
+    }
+    return acc;
+}
+
+static void test_all_reduce(comm *c, comm_dtype t, comm_op op, int in_place)
+{
+    const size_t n = 1000;
+    size_t es = comm_dtype_size(t);
+    char *h = pc_malloc(n * es);
+    for (size_t i = 0; i < n; i++) store(h, t, i, val(c->rank, i));
+    void *send = dev_alloc(n * es), *recv = in_place ? send : dev_alloc(n * es);
+    h2d(send, h, n * es);
+    pc_err e = {{0}};
+    int rc = comm_all_reduce(c, send, recv, n, t, op, &e);
+    char what[1200];
+    snprintf(what, sizeof what, "all_reduce(%s, op %d%s): %s", comm_dtype_name(t), (int)op,
+             in_place ? ", in place" : "", rc ? e.msg : "values");
+    d2h(h, recv, n * es);
+    int ok = rc == 0;
+    for (size_t i = 0; i < n && ok; i++) ok = load(h, t, i) == combine(op, c->size, i);
+    expect(ok, what);
+    cudaFree(send);
+    if (!in_place) cudaFree(recv);
+    free(h);
+}
+
+static void test_reduce(comm *c, comm_op op)
+{
+    const size_t n = 777;
+    float *h = pc_alloc_f32(n);
+    for (size_t i = 0; i < n; i++) h[i] = (float)val(c->rank, i);
+    float *send = dev_alloc(n * 4), *recv = dev_alloc(n * 4);
+    h2d(send, h, n * 4);
+    int root = c->size - 1;
+    pc_err e = {{0}};
+    int rc = comm_reduce(c, send, recv, n, COMM_F32, op, root, &e);
+    int ok = rc == 0;
+    if (c->rank == root) {
+        d2h(h, recv, n * 4);
+        for (size_t i = 0; i < n && ok; i++) ok = h[i] == (float)combine(op, c->size, i);
+    }
+    expect(ok, "reduce to the last rank");
+    cudaFree(send);
+    cudaFree(recv);
+    free(h);
+}
+
+static void test_broadcast(comm *c)
+{
+    const size_t n = 4097;
+    int64_t *h = pc_malloc(n * 8);
+    int root = c->size > 1 ? 1 : 0;
+    for (size_t i = 0; i < n; i++) h[i] = c->rank == root ? (int64_t)i * 1000003 : -1;
+    int64_t *d = dev_alloc(n * 8);
+    h2d(d, h, n * 8);
+    pc_err e = {{0}};
+    int ok = comm_broadcast(c, d, n, COMM_I64, root, &e) == 0;
+    d2h(h, d, n * 8);
+    for (size_t i = 0; i < n && ok; i++) ok = h[i] == (int64_t)i * 1000003;
+    expect(ok, "broadcast(i64)");
+    cudaFree(d);
+    free(h);
+}
+
+static void test_all_gather(comm *c, int in_place)
+{
+    const size_t n = 301;
+    size_t total = n * (size_t)c->size;
+    double *h = pc_malloc(total * 8);
+    for (size_t i = 0; i < n; i++) h[i] = val(c->rank, i) + 0.25;
+    double *recv = dev_alloc(total * 8), *send = in_place ? recv + (size_t)c->rank * n : dev_alloc(n * 8);
+    h2d(send, h, n * 8);
+    pc_err e = {{0}};
+    int ok = comm_all_gather(c, send, recv, n, COMM_F64, &e) == 0;
+    d2h(h, recv, total * 8);
+    for (int r = 0; r < c->size && ok; r++)
+        for (size_t i = 0; i < n && ok; i++) ok = h[(size_t)r * n + i] == val(r, i) + 0.25;
+    expect(ok, in_place ? "all_gather(f64, in place)" : "all_gather(f64)");
+    cudaFree(recv);
+    if (!in_place) cudaFree(send);
+    free(h);
+}
+
+static void test_all_gatherv(comm *c)
+{
+    size_t *counts = pc_calloc((size_t)c->size, sizeof(size_t)), *displs = pc_calloc((size_t)c->size, sizeof(size_t));
+    size_t total = 0;
+    for (int r = 0; r < c->size; r++) {
+        counts[r] = r == 1 ? 0 : (size_t)(100 * r + 17); /* rank 1 (if any) contributes nothing */
+        displs[r] = total + 3;                           /* gaps between pieces stay untouched */
+        total = displs[r] + counts[r];
+    }
+    int32_t *h = pc_malloc((total + 1) * 4);
+    for (size_t i = 0; i < total; i++) h[i] = -7;
+    int32_t *recv = dev_alloc(total * 4), *send = dev_alloc((counts[c->rank] + 1) * 4);
+    h2d(recv, h, total * 4);
+    for (size_t i = 0; i < counts[c->rank]; i++) h[i] = (int32_t)val(c->rank, i);
+    h2d(send, h, counts[c->rank] * 4);
+    pc_err e = {{0}};
+    int ok = comm_all_gatherv(c, send, counts[c->rank], recv, counts, displs, COMM_I32, &e) == 0;
+    d2h(h, recv, total * 4);
+    for (size_t i = 0; i < total && ok; i++) {
+        int32_t want = -7;
+        for (int r = 0; r < c->size; r++)
+            if (i >= displs[r] && i < displs[r] + counts[r]) want = (int32_t)val(r, i - displs[r]);
+        ok = h[i] == want;
+    }
+    expect(ok, "all_gatherv(i32, uneven counts, gaps)");
+    /* a send count that differs from counts[rank] fails naming the rank */
+    char want_msg[32];
+    snprintf(want_msg, sizeof want_msg, "rank %d:", c->rank);
+    int rc = comm_all_gatherv(c, send, counts[c->rank] + 1, recv, counts, displs, COMM_I32, &e);
+    expect(rc == -1 && strstr(e.msg, want_msg) && strstr(e.msg, "all_gatherv"), "all_gatherv send count mismatch fails");
+    cudaFree(recv);
+    cudaFree(send);
+    free(h);
+    free(counts);
+    free(displs);
+}
+
+static void test_reduce_scatter(comm *c, comm_op op)
+{
+    const size_t n = 513;
+    size_t total = n * (size_t)c->size;
+    float *h = pc_alloc_f32(total);
+    for (size_t i = 0; i < total; i++) h[i] = (float)val(c->rank, i);
+    float *send = dev_alloc(total * 4), *recv = dev_alloc(n * 4);
+    h2d(send, h, total * 4);
+    pc_err e = {{0}};
+    int ok = comm_reduce_scatter(c, send, recv, n, COMM_F32, op, &e) == 0;
+    d2h(h, recv, n * 4);
+    for (size_t i = 0; i < n && ok; i++) ok = h[i] == (float)combine(op, c->size, (size_t)c->rank * n + i);
+    expect(ok, "reduce_scatter(f32)");
+    cudaFree(send);
+    cudaFree(recv);
+    free(h);
+}
+
+int main(int argc, char **argv)
+{
+    int n_dev = pc_cuda_device_count();
+    MPI_Init(&argc, &argv);
+    int size = 1;
+    MPI_Comm_rank(MPI_COMM_WORLD, &rank_g);
+    MPI_Comm_size(MPI_COMM_WORLD, &size);
+    if (n_dev == 0 || n_dev < size) {
+        if (rank_g == 0) printf("%d CUDA device(s) for %d rank(s): skipping\n", n_dev, size);
+        MPI_Finalize();
+        return 77;
+    }
+    pc_err e = {{0}};
+    comm *mpi = comm_mpi_create(&e);
+    if (!mpi) {
+        fprintf(stderr, "%s\n", e.msg);
+        return 1;
+    }
+    comm *c = comm_nccl_create(mpi, rank_g % n_dev, &e);
+    if (!c) {
+        fprintf(stderr, "%s\n", e.msg);
+        return 1;
+    }
+    expect(c->rank == mpi->rank && c->size == mpi->size && strcmp(c->ops->name, "nccl") == 0, "rank, size, name");
+
+    const comm_dtype types[] = {COMM_F32, COMM_F64, COMM_I32, COMM_I64, COMM_U8};
+    const comm_op ops[] = {COMM_SUM, COMM_MAX, COMM_MIN};
+    for (size_t t = 0; t < PC_ARRAY_LEN(types); t++) test_all_reduce(c, types[t], COMM_SUM, 0);
+    for (size_t o = 0; o < PC_ARRAY_LEN(ops); o++) {
+        test_all_reduce(c, COMM_F32, ops[o], 1);
+        test_reduce(c, ops[o]);
+        test_reduce_scatter(c, ops[o]);
+    }
+    test_broadcast(c);
+    test_all_gather(c, 0);
+    test_all_gather(c, 1);
+    test_all_gatherv(c);
+    expect(comm_barrier(c, &e) == 0, "barrier");
+
+    char want_msg[32];
+    snprintf(want_msg, sizeof want_msg, "rank %d:", rank_g);
+    float *d = dev_alloc(16);
+    int rc = comm_broadcast(c, d, 4, COMM_F32, size, &e);
+    expect(rc == -1 && strstr(e.msg, want_msg) && strstr(e.msg, "broadcast"), "broadcast from a root past the ranks fails");
+    cudaFree(d);
+
+    comm_destroy(c);
+    comm_destroy(mpi);
+    int all_failures = 0;
+    MPI_Allreduce(&failures, &all_failures, 1, MPI_INT, MPI_SUM, MPI_COMM_WORLD);
+    if (rank_g == 0) printf("%d check(s) per rank, %d failure(s) over %d rank(s)\n", checks, all_failures, size);
+    MPI_Finalize();
+    return all_failures ? 1 : 0;
+}
