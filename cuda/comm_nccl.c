@@ -107,7 +107,9 @@ static int nc_reduce(comm *c, const void *send, void *recv, size_t count, comm_d
     ncall k;
     ncclRedOp_t rop = ncclSum;
     if (ncall_begin(&k, c, "reduce", t, count, e) || check_op(&k, op, &rop, e) || check_root(&k, root, e)) return -1;
-    return ncall_finish(&k, ncclReduce(send, recv, count, k.type, rop, root, nimpl(c)->nc, nimpl(c)->stream), e);
+    /* recv matters on the root only; elsewhere it may be NULL, as with MPI */
+    void *rb = c->rank != root && !recv ? (void *)send : recv;
+    return ncall_finish(&k, ncclReduce(send, rb, count, k.type, rop, root, nimpl(c)->nc, nimpl(c)->stream), e);
 }
 
 static int nc_broadcast(comm *c, void *buf, size_t count, comm_dtype t, int root, pc_err *e) {

@@ -2,8 +2,10 @@
  *
  * Each check runs the same op on both backends from the same host inputs and compares
  * the results as max|cuda - cpu| / max|cpu| (relative to the largest reference value,
- * so near-zero elements do not dominate). Tolerances: 1e-5 for the fp32 ops, 1e-3 for
- * gemm with TF32 tensor cores, 1e-6 relative for the double sums that ops return.
+ * so near-zero elements do not dominate). Tolerances: 1e-5 for the fp32 ops; 3e-3 for
+ * gemm with TF32 tensor cores (10-bit mantissa inputs: about 1e-3 per product, and
+ * coherent when the hardware truncates instead of rounding); 1e-6 relative for the
+ * double sums that ops return.
  * Strided views (a column slice of a wider buffer, as the model uses them) are checked
  * and the elements outside the slice must be left untouched. Exit 77 without a GPU. */
 #include <math.h>
@@ -17,7 +19,7 @@
 #include "util.h"
 
 #define TOL_F32 1e-5
-#define TOL_TF32 1e-3
+#define TOL_TF32 3e-3
 #define TOL_SUM 1e-6
 
 typedef struct ctx {
