@@ -242,7 +242,8 @@ int proj_init(proj_set *ps, backend *be, const st_model *base, const llama_confi
             b->p_out = out_shared ? sh->param_off
                                   : add_tensor(ps, b->name, ".p_out", (int64_t)b->d_out_c * b->d_out, 2, 1);
         char suffix[48] = ".a";
-        if (b->kind != PROJ_WHOLE && b->shared >= 0)
+        const llama_tensor *st = llama_tensor_at(small, b->small_index);
+        if ((b->kind == PROJ_ROWS && b->d_out_c < st->shape[0]) || (b->kind == PROJ_COLS && b->d_in_c < st->shape[1]))
             snprintf(suffix, sizeof suffix, ".a[%lld:%lld]", (long long)b->r0, (long long)b->r1);
         b->a = add_tensor(ps, b->name, suffix, (int64_t)b->d_out_c * b->d_in_c, 2, 1);
         ps->scratch_n = PC_MAX(ps->scratch_n, PC_MAX((int64_t)b->d_out * b->d_in_c, (int64_t)b->d_out_c * b->d_in));
