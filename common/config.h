@@ -25,6 +25,7 @@ typedef struct pc_config {
         char dir[1024];
         char mode[16]; /* compress|prune|pretrain|eval|importance */
         int64_t seed;
+        double collective_timeout; /* seconds, 0 = no watchdog */
     } run;
     struct {
         char base[1024];   /* HF model directory */

@@ -17,6 +17,7 @@ int run_open(run_ctx *r, pc_err *e) {
 
     r->comm = comm_mpi_create(e);
     if (!r->comm) return -1;
+    r->comm->timeout_s = c->run.collective_timeout;
 
     /* rank 0 creates the directories; the others wait so their log files can open */
     int ok = 1;
