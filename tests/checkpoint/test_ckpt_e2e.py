@@ -19,9 +19,7 @@ import sys
 import time
 
 import numpy as np
-import torch
 from safetensors.numpy import load_file
-from transformers import LlamaConfig, LlamaForCausalLM
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 import pclib  # noqa: E402
@@ -207,15 +205,7 @@ def kill_trial(job, root, ref, i, rng, run_s):
 
 def main():
     root = pclib.tmpdir("pc-ckpt-")
-    torch.manual_seed(5)
-    base = LlamaForCausalLM(LlamaConfig(vocab_size=V, hidden_size=D, intermediate_size=F, num_hidden_layers=L,
-                                        num_attention_heads=4, num_key_value_heads=2, head_dim=8,
-                                        tie_word_embeddings=True, max_position_embeddings=64))
-    with torch.no_grad():
-        for p in base.parameters():
-            p.normal_(0, 0.1) if p.dim() == 2 else p.uniform_(0.5, 1.5)
-    bdir = os.path.join(root, "base")
-    base.save_pretrained(bdir, safe_serialization=True)
+    bdir, _ = pclib.tiny_base(root, 5, V, D, F, L, head_dim=8, tied=True)
     toks = pclib.markov_tokens(5000, V, seed=2)
     pclib.write_shard(os.path.join(root, "train.h5"), toks[:4500], V)
     pclib.write_shard(os.path.join(root, "valid.h5"), toks[4500:], V)

@@ -146,15 +146,8 @@ def main():
     signal.signal(signal.SIGTERM, lambda *a: sys.exit(143))  # a meson timeout still stops the daemons
     need("slurmctld", "slurmd", "sbatch", "munged", "scontrol", "sinfo")
     root = pclib.tmpdir("pc-slurm-")
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
     V, D, F, L, SEQ = 96, 32, 64, 2, 16
-    torch.manual_seed(7)
-    base = LlamaForCausalLM(LlamaConfig(vocab_size=V, hidden_size=D, intermediate_size=F, num_hidden_layers=L,
-                                        num_attention_heads=4, num_key_value_heads=2, head_dim=8,
-                                        tie_word_embeddings=True, max_position_embeddings=64))
-    bdir = os.path.join(root, "base")
-    base.save_pretrained(bdir, safe_serialization=True)
+    bdir, _ = pclib.tiny_base(root, 7, V, D, F, L, head_dim=8, tied=True, scale=0)
     toks = pclib.markov_tokens(5000, V, seed=3)
     pclib.write_shard(os.path.join(root, "train.h5"), toks, V)
     job = os.path.join(root, "job.yaml")
