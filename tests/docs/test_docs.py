@@ -10,8 +10,9 @@ the header quotes the per-rank memory of that dry run ("...: X GiB max"), the pl
 checked by config-check alone (it must parse and have every key its mode requires).
 
 Links: [text](target) and [text]: target in docs/*.md and README.md, except URLs and
-pure #anchors; the target (without its #fragment) is resolved against the file's
-directory and must exist."""
+the target (without its #fragment) is resolved against the file's directory and must
+exist; a #fragment into a Markdown file (or a pure #anchor) must name one of its headings
+(GitHub's slugs: lower case, punctuation dropped, spaces to hyphens)."""
 import glob
 import os
 import re
@@ -76,6 +77,14 @@ def check_job(path):
 LINK = re.compile(r"(?<!!)\[[^\]]*\]\(([^)\s]+)(?:\s+\"[^\"]*\")?\)|^\s*\[[^\]]+\]:\s*(\S+)", re.M)
 
 
+def slugs(md_path):
+    text = re.sub(r"```.*?```", "", open(md_path).read(), flags=re.S)
+    out = set()
+    for h in re.findall(r"^#{1,6}\s+(.+?)\s*$", text, re.M):
+        out.add(re.sub(r"[^\w\- ]", "", h.strip().lower()).replace(" ", "-"))
+    return out
+
+
 def check_links(path):
     text = open(path).read()
     text = re.sub(r"```.*?```", "", text, flags=re.S)  # code blocks hold no links
@@ -83,13 +92,15 @@ def check_links(path):
     n = 0
     for m in LINK.finditer(text):
         target = m.group(1) or m.group(2)
-        if re.match(r"^[a-z][a-z0-9+.-]*:", target, re.I) or target.startswith("#"):
+        if re.match(r"^[a-z][a-z0-9+.-]*:", target, re.I):
             continue
         n += 1
-        file_part = target.split("#", 1)[0]
-        resolved = os.path.normpath(os.path.join(os.path.dirname(path), file_part))
+        file_part, _, frag = target.partition("#")
+        resolved = os.path.normpath(os.path.join(os.path.dirname(path), file_part)) if file_part else path
         if not os.path.exists(resolved):
             fail(f"{os.path.relpath(path, SRC)}: link '{target}' -> {os.path.relpath(resolved, SRC)} does not exist")
+        elif frag and resolved.endswith(".md") and frag not in slugs(resolved):
+            fail(f"{os.path.relpath(path, SRC)}: link '{target}': no heading '#{frag}' in {os.path.relpath(resolved, SRC)}")
     print(f"ok   {os.path.relpath(path, SRC)}: {n} relative link(s) checked")
 
 
