@@ -158,18 +158,8 @@ static int rm_entry(const char *path, const struct stat *st, int flag, struct FT
 static void rm_rf(const char *path) { nftw(path, rm_entry, 16, FTW_DEPTH | FTW_PHYS); }
 
 static int write_all(int fd, const void *buf, size_t len, ckpt_hash *h, const char *path, pc_err *e) {
-    const char *p = buf;
     if (h) ckpt_hash_update(h, buf, len);
-    while (len > 0) {
-        ssize_t w = write(fd, p, len > (1u << 30) ? (1u << 30) : len);
-        if (w < 0) {
-            if (errno == EINTR) continue;
-            return pc_errorf(e, "%s: write failed: %s", path, strerror(errno));
-        }
-        p += w;
-        len -= (size_t)w;
-    }
-    return 0;
+    return pc_write_all(fd, buf, len, path, e);
 }
 
 static int read_all(int fd, void *buf, size_t len, const char *path, pc_err *e) {

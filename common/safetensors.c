@@ -590,19 +590,6 @@ static int check_items(const char *path, const st_item *items, const int *idx, i
     return 0;
 }
 
-static int write_all(int fd, const void *buf, size_t len, const char *path, pc_err *e) {
-    const char *p = buf;
-    while (len > 0) {
-        ssize_t w = write(fd, p, len);
-        if (w < 0) {
-            if (errno == EINTR) continue;
-            return pc_errorf(e, "%s: write failed: %s", path, strerror(errno));
-        }
-        p += w;
-        len -= (size_t)w;
-    }
-    return 0;
-}
 
 /* Writes the complete file (header + data) of items idx[0..n) to tmp and fsyncs it. */
 static int write_file_to(const char *tmp, const st_item *items, const int *idx, int n, st_dtype dt, pc_err *e) {
@@ -631,8 +618,8 @@ static int write_file_to(const char *tmp, const st_item *items, const int *idx, 
         json_buf_free(&h);
         return pc_errorf(e, "%s: cannot create: %s", tmp, strerror(errno));
     }
-    int rc = write_all(fd, &hlen, 8, tmp, e);
-    if (rc == 0) rc = write_all(fd, h.data, h.len, tmp, e);
+    int rc = pc_write_all(fd, &hlen, 8, tmp, e);
+    if (rc == 0) rc = pc_write_all(fd, h.data, h.len, tmp, e);
     json_buf_free(&h);
     enum { CHUNK = 1 << 18 };
     uint16_t *buf = dt == ST_F32 ? NULL : pc_malloc(sizeof(uint16_t) * CHUNK);
@@ -640,14 +627,14 @@ static int write_file_to(const char *tmp, const st_item *items, const int *idx, 
         const st_item *it = &items[idx ? idx[k] : k];
         size_t numel = (size_t)item_numel(it);
         if (dt == ST_F32) {
-            rc = write_all(fd, it->data, numel * 4, tmp, e);
+            rc = pc_write_all(fd, it->data, numel * 4, tmp, e);
             continue;
         }
         for (size_t i0 = 0; i0 < numel && rc == 0; i0 += CHUNK) {
             size_t m = PC_MIN((size_t)CHUNK, numel - i0);
             for (size_t i = 0; i < m; i++)
                 buf[i] = dt == ST_BF16 ? pc_f32_to_bf16(it->data[i0 + i]) : pc_f32_to_f16(it->data[i0 + i]);
-            rc = write_all(fd, buf, m * 2, tmp, e);
+            rc = pc_write_all(fd, buf, m * 2, tmp, e);
         }
     }
     free(buf);
@@ -776,7 +763,7 @@ int st_write_model(const char *dir, const st_item *items, int n, st_dtype out_dt
                 rc = pc_errorf(e, "%s: cannot create: %s", itmp, strerror(errno));
             } else {
                 have_itmp = 1;
-                rc = write_all(fd, ix.data, ix.len, itmp, e);
+                rc = pc_write_all(fd, ix.data, ix.len, itmp, e);
                 if (rc == 0 && fsync(fd) != 0) rc = pc_errorf(e, "%s: fsync failed: %s", itmp, strerror(errno));
                 close(fd);
             }

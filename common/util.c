@@ -117,25 +117,30 @@ int pc_fsync_dir(const char *dir, pc_err *e) {
     return 0;
 }
 
+int pc_write_all(int fd, const void *buf, size_t len, const char *path, pc_err *e) {
+    const char *p = buf;
+    while (len > 0) {
+        ssize_t w = write(fd, p, len > (1u << 30) ? (1u << 30) : len);
+        if (w < 0) {
+            if (errno == EINTR) continue;
+            return pc_errorf(e, "%s: write failed: %s", path, strerror(errno));
+        }
+        p += w;
+        len -= (size_t)w;
+    }
+    return 0;
+}
+
 int pc_write_file_atomic(const char *path, const void *buf, size_t len, pc_err *e) {
     char tmp[4096];
     if (snprintf(tmp, sizeof tmp, "%s.tmp.%d", path, (int)getpid()) >= (int)sizeof tmp)
         return pc_errorf(e, "%s: path too long", path);
     int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC, 0644);
     if (fd < 0) return pc_errorf(e, "%s: cannot create: %s", tmp, strerror(errno));
-    const char *p = buf;
-    size_t left = len;
-    while (left > 0) {
-        ssize_t w = write(fd, p, left);
-        if (w < 0) {
-            if (errno == EINTR) continue;
-            int err = errno;
-            close(fd);
-            unlink(tmp);
-            return pc_errorf(e, "%s: write failed: %s", tmp, strerror(err));
-        }
-        p += w;
-        left -= (size_t)w;
+    if (pc_write_all(fd, buf, len, tmp, e) != 0) {
+        close(fd);
+        unlink(tmp);
+        return -1;
     }
     if (fsync(fd) != 0) {
         int err = errno;
