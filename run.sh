@@ -37,10 +37,11 @@ install_apt() {
 install_venv() {
     local stamp="$VENV/.projcompd-$(echo "$PIP_PKGS" | md5sum | cut -c1-12)"
     [ -f "$stamp" ] && return 0
-    say "creating Python venv $VENV ($PIP_PKGS)"
-    rm -rf "$VENV"
-    mkdir -p "$(dirname "$VENV")"
-    /usr/bin/python3 -m venv --system-site-packages "$VENV"
+    say "setting up the Python venv $VENV ($PIP_PKGS)"
+    if [ ! -x "$VENV/bin/python" ]; then # a venv in use by others is updated in place, never removed
+        mkdir -p "$(dirname "$VENV")"
+        /usr/bin/python3 -m venv --system-site-packages "$VENV"
+    fi
     "$VENV/bin/pip" install -q --disable-pip-version-check $PIP_PKGS
     "$VENV/bin/python" -c 'import torch, transformers, safetensors, numpy, h5py'
     touch "$stamp"

@@ -199,7 +199,9 @@ int data_open(const char *const *globs, int n_globs, int vocab_size, int64_t min
         if (r == GLOB_NOMATCH || (r == 0 && gl.gl_pathc == 0)) {
             rc = pc_errorf(e, "%s: no file matches", globs[g]);
         } else if (r != 0) {
-            rc = pc_errorf(e, "%s: cannot expand glob (%s)", globs[g], r == GLOB_ABORTED ? "read error" : "out of memory");
+            rc = r == GLOB_ABORTED ? pc_errorf(e, "%s: no file matches (a directory in the pattern is missing or "
+                                                  "unreadable)", globs[g])
+                                   : pc_errorf(e, "%s: cannot expand glob (out of memory)", globs[g]);
         } else {
             /* glob(3) sorts by the locale; sort bytewise so the order is the same everywhere. */
             size_t first = n_paths;
