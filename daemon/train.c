@@ -9,6 +9,7 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "checkpoint.h"
 #include "optim.h"
@@ -123,6 +124,25 @@ static int agree_stop(run_ctx *r, int *stop, pc_err *e) {
     return comm_all_reduce(r->comm, &local, stop, 1, COMM_I32, COMM_MAX, e);
 }
 
+/* The base model's tokenizer files travel with the output (the vocabulary is unchanged). */
+static int copy_tokenizer(const char *from, const char *to, pc_err *e) {
+    static const char *files[] = {"tokenizer.json",  "tokenizer_config.json", "special_tokens_map.json",
+                                  "tokenizer.model", "vocab.json",            "merges.txt",
+                                  "generation_config.json"};
+    for (size_t i = 0; i < PC_ARRAY_LEN(files); i++) {
+        char src[2048], dst[2048], *buf;
+        size_t len;
+        if (pc_path_join(src, sizeof src, from, files[i]) != 0 || pc_path_join(dst, sizeof dst, to, files[i]) != 0)
+            return pc_errorf(e, "%s: path too long", from);
+        if (access(src, F_OK) != 0) continue;
+        if (pc_read_file(src, &buf, &len, e) != 0) return -1;
+        int rc = pc_write_file_atomic(dst, buf, len, e);
+        free(buf);
+        if (rc != 0) return -1;
+    }
+    return 0;
+}
+
 static int save_final(run_ctx *r, trainer *t, pc_err *e) {
     const pc_config *c = &r->cfg;
     if (r->rank != 0) return 0;
@@ -130,6 +150,7 @@ static int save_final(run_ctx *r, trainer *t, pc_err *e) {
     if (st_dtype_parse(c->output.dtype, &dt) != 0)
         return pc_errorf(e, "%s: output.dtype '%s' unknown", c->source, c->output.dtype);
     if (llama_save_safetensors(&t->m, r->final_dir, dt, e) != 0) return -1;
+    if (c->model.base[0] && copy_tokenizer(c->model.base, r->final_dir, e) != 0) return -1;
     LOGI(&r->log, "wrote %s", r->final_dir);
     return 0;
 }

@@ -95,6 +95,14 @@ def main():
     b = load_file(os.path.join(root, "s0-activation", "final", "model.safetensors"))
     pclib.check(all(np.array_equal(a[k], b[k]) for k in b), "prune steps 0 == compress steps 0")
 
+    # the base's tokenizer files travel with the output
+    tok = '{"version": "1.0", "model": {"type": "WordLevel", "vocab": {"a": 0}, "unk_token": "a"}}'
+    with open(os.path.join(bdir, "tokenizer.json"), "w") as f:
+        f.write(tok)
+    d = os.path.join(root, "s0-tok")
+    pclib.projcompd(1, job, f"run.dir={d}")
+    pclib.check(open(os.path.join(d, "final", "tokenizer.json")).read() == tok, "tokenizer.json copied to the output")
+
     # short runs: output loads in transformers and gives projcompd's validation loss
     first = {}
     for mode in ["compress", "prune"]:
