@@ -39,6 +39,7 @@ typedef struct pc_config {
         char importance[16];             /* activation|magnitude|random */
         int calibration_sequences;
         double split_mb;                 /* plan: split threshold in MB, 0 = automatic */
+        int store_grads;                 /* keep block gradients between the two passes */
     } compress;
     struct {
         int enabled; /* 1 when the distill section (or a --set distill.*) is present */

@@ -93,6 +93,9 @@ static const pc_config_key pc_config_keys[] = {
     {.path = "compress.calibration_sequences", .type = PC_CT_INT, PC_AT(compress.calibration_sequences),
      .def = "64", .min = 1, .flags = PC_K_MIN,
      .doc = "Training sequences run through the base model to measure activation importance."},
+    {.path = "compress.store_grads", .type = PC_CT_BOOL, PC_AT(compress.store_grads), .def = "false",
+     .doc = "Keep every block's projection gradients between the norm pass and the update (memory: one "
+            "more copy of the trainable state) instead of recomputing them (more projection FLOPs)."},
     {.path = "compress.split_mb", .type = PC_CT_DOUBLE, PC_AT(compress.split_mb), .def = "0", .min = 0,
      .flags = PC_K_MIN,
      .doc = "Sharding: cut a matrix into row/column blocks above this size in MB (0 = automatic: "

@@ -165,6 +165,7 @@ int compress_setup(run_ctx *r, trainer *t, pc_err *e) {
          (long long)t->ps.n_params, t->ps.n_blocks, t->proj_flops);
     t->adam_m = pc_alloc_f32((size_t)t->ps.n_params);
     t->adam_v = pc_alloc_f32((size_t)t->ps.n_params);
+    if (c->compress.store_grads) t->stored_grads = pc_alloc_f32((size_t)t->ps.n_params);
     return 0;
 }
 
@@ -185,14 +186,27 @@ static int project_begin(run_ctx *r, trainer *t, pc_err *e) {
 
 static int project_reduce(run_ctx *r, trainer *t, pc_err *e) { return proj_reduce_grads(&t->ps, &t->m, r->comm, e); }
 
-/* First pass: every owned block's gradient, shared factors summed over their blocks. */
+/* Copy block i's gradients from ps->grad to where its parameters live in `dst`. */
+static void keep_grads(const proj_set *ps, int i, int64_t gin, int64_t gout, int64_t ga, float *dst) {
+    const proj_block *b = &ps->blocks[i];
+    int64_t n_a = b->kind == PROJ_NORM ? b->d_in_c : (int64_t)b->d_out_c * b->d_in_c;
+    if (gin >= 0) memcpy(dst + b->p_in, ps->grad + gin, sizeof(float) * (size_t)b->d_in * b->d_in_c);
+    if (gout >= 0) memcpy(dst + b->p_out, ps->grad + gout, sizeof(float) * (size_t)b->d_out_c * b->d_out);
+    memcpy(dst + b->a, ps->grad + ga, sizeof(float) * (size_t)n_a);
+}
+
+/* First pass: every owned block's gradient, shared factors summed over their blocks
+ * (kept for the update when compress.store_grads). */
 static int project_sumsq(run_ctx *r, trainer *t, double *sumsq, pc_err *e) {
     proj_set *ps = &t->ps;
     double s = 0;
     int64_t gin, gout, ga;
     memset(ps->shared_grad, 0, sizeof(float) * (size_t)ps->shared_grad_n);
-    for (int i = 0; i < ps->n_blocks; i++)
-        if (ps->blocks[i].owner == r->rank) s += proj_grad_block(ps, i, &t->m, 1, &gin, &gout, &ga);
+    for (int i = 0; i < ps->n_blocks; i++) {
+        if (ps->blocks[i].owner != r->rank) continue;
+        s += proj_grad_block(ps, i, &t->m, 1, &gin, &gout, &ga);
+        if (t->stored_grads) keep_grads(ps, i, gin, gout, ga, t->stored_grads);
+    }
     if (r->world > 1 && ps->shared_grad_n > 0 &&
         comm_all_reduce(r->comm, ps->shared_grad, ps->shared_grad, (size_t)ps->shared_grad_n, COMM_F32, COMM_SUM,
                         e) != 0)
@@ -210,8 +224,9 @@ static void adamw(run_ctx *r, trainer *t, int64_t off, const float *g, int64_t n
                       (float)c->train.beta1, (float)c->train.beta2, 1e-8f, wd, clip, step + 1);
 }
 
-/* Second pass: recompute each owned block's gradients (never all at once) and update;
- * then the shared factors this rank holds, from their all-reduced gradients. */
+/* Second pass: recompute each owned block's gradients (never all at once; or take them
+ * from compress.store_grads) and update; then the shared factors this rank holds, from
+ * their all-reduced gradients. */
 static void project_update(run_ctx *r, trainer *t, int64_t step, float lr, float clip) {
     float wd = (float)r->cfg.train.weight_decay;
     proj_set *ps = &t->ps;
@@ -219,14 +234,23 @@ static void project_update(run_ctx *r, trainer *t, int64_t step, float lr, float
         const proj_block *b = &ps->blocks[i];
         if (b->owner != r->rank) continue;
         int64_t gin, gout, ga;
-        proj_grad_block(ps, i, &t->m, 0, &gin, &gout, &ga);
+        const float *g = ps->grad; /* gradients at gin, gout, ga */
+        if (t->stored_grads) {
+            int in_shared = b->shared >= 0 && b->kind == PROJ_ROWS, out_shared = b->shared >= 0 && b->kind == PROJ_COLS;
+            g = t->stored_grads;
+            gin = b->p_in >= 0 && !in_shared ? b->p_in : -1;
+            gout = b->p_out >= 0 && !out_shared ? b->p_out : -1;
+            ga = b->a;
+        } else {
+            proj_grad_block(ps, i, &t->m, 0, &gin, &gout, &ga);
+        }
         if (b->kind == PROJ_NORM) {
-            adamw(r, t, b->a, ps->grad + ga, b->d_in_c, lr, 0.0f, clip, step);
+            adamw(r, t, b->a, g + ga, b->d_in_c, lr, 0.0f, clip, step);
             continue;
         }
-        if (gin >= 0) adamw(r, t, b->p_in, ps->grad + gin, (int64_t)b->d_in * b->d_in_c, lr, wd, clip, step);
-        if (gout >= 0) adamw(r, t, b->p_out, ps->grad + gout, (int64_t)b->d_out_c * b->d_out, lr, wd, clip, step);
-        adamw(r, t, b->a, ps->grad + ga, (int64_t)b->d_out_c * b->d_in_c, lr, wd, clip, step);
+        if (gin >= 0) adamw(r, t, b->p_in, g + gin, (int64_t)b->d_in * b->d_in_c, lr, wd, clip, step);
+        if (gout >= 0) adamw(r, t, b->p_out, g + gout, (int64_t)b->d_out_c * b->d_out, lr, wd, clip, step);
+        adamw(r, t, b->a, g + ga, (int64_t)b->d_out_c * b->d_in_c, lr, wd, clip, step);
     }
     for (int s = 0; s < ps->n_shared; s++) {
         const proj_shared *sh = &ps->shared[s];

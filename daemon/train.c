@@ -31,6 +31,7 @@ void trainer_free(trainer *t) {
     if (t->valid) data_close(t->valid);
     free(t->adam_m);
     free(t->adam_v);
+    free(t->stored_grads);
     free(t->batch);
     free(t->tokens);
     free(t->targets);

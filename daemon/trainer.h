@@ -35,6 +35,7 @@ struct trainer {
     data_set *train, *valid;
     data_loader *loader;
     float *adam_m, *adam_v; /* optimizer moments of the trained parameters */
+    float *stored_grads;    /* compress.store_grads: gradients laid out like ps.params, else NULL */
     int32_t *batch;         /* (B, T+1) */
     int32_t *tokens, *targets; /* (B, T) */
     /* compress and prune */

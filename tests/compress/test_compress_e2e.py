@@ -7,6 +7,7 @@
   and give the validation loss projcompd reported (2e-5 relative); both start from the
   same step-0 validation loss (the hard-pruned model); training lowers the loss.
 - the untied output config has the new widths and an explicit head_dim.
+- compress.store_grads (one gradient pass, more memory) gives bitwise the same result.
 - per-layer d_ff ([56, 72]): the output stores the narrower layer zero-padded to
   intermediate_size 72 (exact: zero neurons contribute nothing), stock transformers loads
   it and gives projcompd's validation loss, and projcompd's eval mode reads it back."""
@@ -115,6 +116,11 @@ def main():
         ref = hf_val_loss(os.path.join(d, "final"), toks[5000:], 4 * 2)
         rel = abs(ref - vals[-1]) / ref
         pclib.check(rel < 2e-5, f"{mode}: transformers loads the fused model: val {ref:.6f} vs ours {vals[-1]:.6f}")
+    d = os.path.join(root, "compress-stored")
+    pclib.projcompd(2, job, f"run.dir={d}", "train.steps=8", "compress.store_grads=true")
+    a = load_file(os.path.join(d, "final", "model.safetensors"))
+    b = load_file(os.path.join(root, "compress", "final", "model.safetensors"))
+    pclib.check(all(np.array_equal(a[k], b[k]) for k in b), "compress.store_grads: bitwise the same result")
     pclib.check(abs(first["compress"] - first["prune"]) < 1e-6,
                 f"compress and prune start from the same hard-pruned loss ({first['compress']:.6f})")
 
