@@ -18,9 +18,6 @@ import os
 import statistics
 import sys
 
-import torch
-from transformers import LlamaConfig, LlamaForCausalLM
-
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 import pclib  # noqa: E402
 
@@ -39,23 +36,13 @@ def proj_flops(d, f, L, dc, fc, V, H, KV, hd):
     return L * per_layer + 2 * mat(V, d, V, dc)
 
 
-def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--build", default=os.environ.get("PC_BUILD", "build"))
-    for k, v in dict(d=512, ff=1536, layers=4, dc=256, ffc=768, vocab=2048, heads=8, kv=4, hd=64, seq=256,
-                     batch=64, micro=8, steps=6, threads=2).items():
-        ap.add_argument("--" + k, type=int, default=v)
-    a = ap.parse_args()
+def make_job(a):
+    """A random base (transformers), token shards and a compress job for the shape in a."""
     pclib.BUILD = a.build
     pclib.PROJCOMPD = os.path.join(a.build, "daemon", "projcompd")
     root = pclib.tmpdir("pc-bench-")
-    torch.manual_seed(0)
-    base = LlamaForCausalLM(LlamaConfig(vocab_size=a.vocab, hidden_size=a.d, intermediate_size=a.ff,
-                                        num_hidden_layers=a.layers, num_attention_heads=a.heads,
-                                        num_key_value_heads=a.kv, head_dim=a.hd, tie_word_embeddings=False,
-                                        max_position_embeddings=a.seq))
-    bdir = os.path.join(root, "base")
-    base.save_pretrained(bdir, safe_serialization=True)
+    bdir, _ = pclib.tiny_base(root, 0, a.vocab, a.d, a.ff, a.layers, heads=a.heads, kv=a.kv, head_dim=a.hd,
+                              scale=0, max_position_embeddings=a.seq)
     toks = pclib.markov_tokens(200000, a.vocab, seed=2)
     pclib.write_shard(os.path.join(root, "train.h5"), toks, a.vocab)
     job = os.path.join(root, "job.yaml")
@@ -68,6 +55,23 @@ def main():
         "checkpoint": {"every_steps": 0},
         "backend": {"device": "cpu", "threads": a.threads},
     })
+    return root, job
+
+
+def parse(extra=None):
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--build", default=os.environ.get("PC_BUILD", "build"))
+    for k, v in dict(d=512, ff=1536, layers=4, dc=256, ffc=768, vocab=2048, heads=8, kv=4, hd=64, seq=256,
+                     batch=64, micro=8, steps=6, threads=2).items():
+        ap.add_argument("--" + k, type=int, default=v)
+    for k, v in (extra or {}).items():
+        ap.add_argument("--" + k, default=v)
+    return ap.parse_args()
+
+
+def main():
+    a = parse()
+    root, job = make_job(a)
     times = {}
     for mode, extra in [("prune", []), ("compress", []), ("compress-stored", ["compress.store_grads=true"])]:
         d = os.path.join(root, mode)
