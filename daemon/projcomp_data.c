@@ -1,8 +1,10 @@
-/* projcomp-data: make byte-level HDF5 token shards from text files, and inspect shards.
+/* projcomp-data: make HDF5 token shards from text files, and inspect shards.
  *
- * Byte-level tokenizer: token ids 0..255 are the bytes, 256 is eos, 257 is reserved for
- * bos (never written); vocab_size 258, tokenizer "bytes". Every paragraph (lines up to a
- * blank line) of every input file is one document, written as its bytes followed by eos.
+ * Byte-level tokenizer (default): token ids 0..255 are the bytes, 256 is eos, 257 is
+ * reserved for bos (never written); vocab_size 258, tokenizer "bytes". With --tokenizer,
+ * a Hugging Face tokenizer.json encodes each document instead (hf_tokenizer.h); its
+ * vocabulary size and eos id go into the shards. Every paragraph (lines up to a blank
+ * line) of every input file is one document, written as its tokens followed by eos.
  * The last documents (about --valid-fraction of the tokens) go to the validation shards.
  * All input is read and checked before anything is written; output files that already
  * exist are refused, and a failed write removes what this run wrote. */
@@ -15,13 +17,15 @@
 #include <unistd.h>
 
 #include "data.h"
+#include "hf_tokenizer.h"
 #include "util.h"
 
 enum { BYTES_VOCAB = 258, BYTES_EOS = 256, BYTES_BOS = 257 };
 
 static void usage(FILE *f) {
     fprintf(f,
-            "usage: projcomp-data --out DIR [--valid-fraction F] [--shard-tokens N] [--name PREFIX] FILE...\n"
+            "usage: projcomp-data --out DIR [--valid-fraction F] [--shard-tokens N] [--name PREFIX]\n"
+            "                     [--tokenizer tokenizer.json [--eos-token T] [--python PY]] FILE...\n"
             "       projcomp-data --inspect FILE.h5...\n"
             "\n"
             "Converts text files to byte-level HDF5 token shards (vocab_size %d: bytes 0..255,\n"
@@ -34,6 +38,12 @@ static void usage(FILE *f) {
             "                        from the end where possible (default 0.05; 0 = none)\n"
             "  --shard-tokens N      at most N tokens per shard (default 67108864)\n"
             "  --name PREFIX         prefix of the shard file names\n"
+            "  --tokenizer FILE      encode with this Hugging Face tokenizer.json instead of bytes\n"
+            "                        (runs projcomp_tokenize.py, installed beside this program)\n"
+            "  --eos-token T         the eos token of that tokenizer (default: <|endoftext|>,\n"
+            "                        </s>, <|end_of_text|> or <eos>, whichever it has)\n"
+            "  --python PY           Python with the 'tokenizers' package (default:\n"
+            "                        $PROJCOMP_PYTHON, else python3)\n"
             "  --inspect FILE.h5...  print dtype, token count, attributes, documents (eos\n"
             "                        count) and the first 64 tokens of each shard\n"
             "  --help                this text\n",
@@ -46,6 +56,11 @@ typedef struct stream {
     int64_t n, cap;
     int64_t *doc_end; /* token index just past each document's eos */
     int64_t n_docs, docs_cap;
+    hf_tokenizer *hf; /* NULL: bytes */
+    int vocab_size, eos_id;
+    const char *tokenizer; /* the shards' tokenizer attribute */
+    char *para;           /* the paragraph being collected */
+    size_t para_n, para_cap;
 } stream;
 
 static void push(stream *s, uint32_t t) {
@@ -56,13 +71,34 @@ static void push(stream *s, uint32_t t) {
     s->tok[s->n++] = t;
 }
 
-static void end_doc(stream *s) {
-    push(s, BYTES_EOS);
+static void para_add(stream *s, const char *p, size_t n) {
+    if (s->para_n + n > s->para_cap) {
+        s->para_cap = PC_MAX(2 * s->para_cap, s->para_n + n + 4096);
+        s->para = pc_realloc(s->para, s->para_cap);
+    }
+    memcpy(s->para + s->para_n, p, n);
+    s->para_n += n;
+}
+
+/* The collected paragraph as one document: its tokens, then eos. */
+static int end_doc(stream *s, pc_err *e) {
+    if (s->hf) {
+        uint32_t *ids;
+        int64_t n;
+        if (hf_tokenizer_encode(s->hf, s->para, s->para_n, &ids, &n, e) != 0) return -1;
+        for (int64_t i = 0; i < n; i++) push(s, ids[i]);
+        free(ids);
+    } else {
+        for (size_t i = 0; i < s->para_n; i++) push(s, (unsigned char)s->para[i]);
+    }
+    s->para_n = 0;
+    push(s, (uint32_t)s->eos_id);
     if (s->n_docs == s->docs_cap) {
         s->docs_cap = s->docs_cap ? 2 * s->docs_cap : 256;
         s->doc_end = pc_realloc(s->doc_end, (size_t)s->docs_cap * sizeof *s->doc_end);
     }
     s->doc_end[s->n_docs++] = s->n;
+    return 0;
 }
 
 static int is_blank(const char *line, size_t len) {
@@ -71,8 +107,8 @@ static int is_blank(const char *line, size_t len) {
     return 1;
 }
 
-/* Append the paragraphs of buf as documents; returns how many. */
-static int64_t add_text(stream *s, const char *buf, size_t len) {
+/* Append the paragraphs of buf as documents; returns how many, -1 on a tokenizer error. */
+static int64_t add_text(stream *s, const char *buf, size_t len, pc_err *e) {
     int64_t before = s->n_docs;
     int in_doc = 0;
     size_t i = 0;
@@ -82,16 +118,16 @@ static int64_t add_text(stream *s, const char *buf, size_t len) {
         size_t line_len = end - i;
         if (line_len > 0 && buf[end - 1] == '\r') line_len--; /* CRLF */
         if (is_blank(buf + i, line_len)) {
-            if (in_doc) end_doc(s);
+            if (in_doc && end_doc(s, e) != 0) return -1;
             in_doc = 0;
         } else {
-            if (in_doc) push(s, '\n');
-            for (size_t k = 0; k < line_len; k++) push(s, (unsigned char)buf[i + k]);
+            if (in_doc) para_add(s, "\n", 1);
+            para_add(s, buf + i, line_len);
             in_doc = 1;
         }
         i = end + 1;
     }
-    if (in_doc) end_doc(s);
+    if (in_doc && end_doc(s, e) != 0) return -1;
     return s->n_docs - before;
 }
 
@@ -131,14 +167,14 @@ static int check_free(const char *dir, const char *prefix, const char *split, pc
     return 0;
 }
 
-static int write_split(const char *dir, const char *prefix, const char *split, const uint32_t *tok, int64_t n,
-                       int64_t per_shard, written *w, pc_err *e) {
+static int write_split(const stream *s, const char *dir, const char *prefix, const char *split, const uint32_t *tok,
+                       int64_t n, int64_t per_shard, written *w, pc_err *e) {
     int k = 0;
     for (int64_t at = 0; at < n; at += per_shard, k++) {
         char path[4096];
         if (shard_path(path, sizeof path, dir, prefix, split, k)) return pc_errorf(e, "%s: output path too long", dir);
         int64_t len = PC_MIN(per_shard, n - at);
-        if (data_write_shard(path, tok + at, len, BYTES_VOCAB, BYTES_EOS, "bytes", e)) return -1;
+        if (data_write_shard(path, tok + at, len, s->vocab_size, s->eos_id, s->tokenizer, e)) return -1;
         w->paths = pc_realloc(w->paths, (size_t)(w->n + 1) * sizeof *w->paths);
         w->paths[w->n++] = pc_strdup(path);
     }
@@ -157,8 +193,12 @@ static void print_split(const char *split, const char *dir, const char *prefix, 
 }
 
 static int convert(const char *dir, const char *prefix, double valid_fraction, int64_t per_shard, char **files,
-                   int n_files, pc_err *e) {
+                   int n_files, hf_tokenizer *hf, pc_err *e) {
     stream s = {0};
+    s.hf = hf;
+    s.vocab_size = hf ? hf->vocab_size : BYTES_VOCAB;
+    s.eos_id = hf ? hf->eos_id : BYTES_EOS;
+    s.tokenizer = hf ? hf->name : "bytes";
     int rc = 0;
     for (int i = 0; i < n_files && rc == 0; i++) {
         char *buf = NULL;
@@ -167,7 +207,9 @@ static int convert(const char *dir, const char *prefix, double valid_fraction, i
             rc = -1;
             break;
         }
-        if (add_text(&s, buf, len) == 0) rc = pc_errorf(e, "%s: empty input (no text to make documents from)", files[i]);
+        int64_t docs = add_text(&s, buf, len, e);
+        if (docs < 0) rc = -1;
+        else if (docs == 0) rc = pc_errorf(e, "%s: empty input (no text to make documents from)", files[i]);
         free(buf);
     }
     int64_t cut = rc == 0 ? split_point(&s, valid_fraction) : 0;
@@ -175,8 +217,8 @@ static int convert(const char *dir, const char *prefix, double valid_fraction, i
     if (rc == 0 && (check_free(dir, prefix, "train", e) || check_free(dir, prefix, "valid", e))) rc = -1;
     written w = {0};
     if (rc == 0) {
-        rc = write_split(dir, prefix, "train", s.tok, cut, per_shard, &w, e);
-        if (rc == 0) rc = write_split(dir, prefix, "valid", s.tok + cut, s.n - cut, per_shard, &w, e);
+        rc = write_split(&s, dir, prefix, "train", s.tok, cut, per_shard, &w, e);
+        if (rc == 0) rc = write_split(&s, dir, prefix, "valid", s.tok + cut, s.n - cut, per_shard, &w, e);
         if (rc) {
             for (int i = 0; i < w.n; i++) unlink(w.paths[i]);
         }
@@ -184,8 +226,9 @@ static int convert(const char *dir, const char *prefix, double valid_fraction, i
     if (rc == 0) {
         int64_t valid_docs = 0;
         for (int64_t k = 0; k < s.n_docs; k++) valid_docs += s.doc_end[k] > cut;
-        printf("projcomp-data: %d file%s, %lld documents, %lld tokens (vocab_size %d, eos_id %d, tokenizer bytes)\n",
-               n_files, n_files == 1 ? "" : "s", (long long)s.n_docs, (long long)s.n, BYTES_VOCAB, BYTES_EOS);
+        printf("projcomp-data: %d file%s, %lld documents, %lld tokens (vocab_size %d, eos_id %d, tokenizer %s)\n",
+               n_files, n_files == 1 ? "" : "s", (long long)s.n_docs, (long long)s.n, s.vocab_size, s.eos_id,
+               s.tokenizer);
         print_split("train", dir, prefix, cut, per_shard);
         print_split("valid", dir, prefix, s.n - cut, per_shard);
         printf("  valid holds %lld document%s%s\n", (long long)valid_docs, valid_docs == 1 ? "" : "s",
@@ -195,6 +238,7 @@ static int convert(const char *dir, const char *prefix, double valid_fraction, i
     free(w.paths);
     free(s.tok);
     free(s.doc_end);
+    free(s.para);
     return rc;
 }
 
@@ -277,7 +321,7 @@ static int parse_i64(const char *s, int64_t *out) {
 }
 
 int main(int argc, char **argv) {
-    const char *out_dir = NULL, *prefix = "";
+    const char *out_dir = NULL, *prefix = "", *tokenizer = NULL, *eos_token = NULL, *python = NULL;
     double valid_fraction = 0.05;
     int64_t shard_tokens = (int64_t)1 << 26;
     int do_inspect = 0;
@@ -285,10 +329,12 @@ int main(int argc, char **argv) {
         {"out", required_argument, NULL, 'o'},          {"valid-fraction", required_argument, NULL, 'v'},
         {"shard-tokens", required_argument, NULL, 's'}, {"name", required_argument, NULL, 'n'},
         {"inspect", no_argument, NULL, 'i'},            {"help", no_argument, NULL, 'h'},
+        {"tokenizer", required_argument, NULL, 't'},    {"eos-token", required_argument, NULL, 'E'},
+        {"python", required_argument, NULL, 'P'},
         {NULL, 0, NULL, 0},
     };
     int c;
-    while ((c = getopt_long(argc, argv, "o:v:s:n:ih", opts, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, "o:v:s:n:iht:E:P:", opts, NULL)) != -1) {
         char *end = NULL;
         switch (c) {
         case 'o': out_dir = optarg; break;
@@ -313,6 +359,9 @@ int main(int argc, char **argv) {
             }
             break;
         case 'i': do_inspect = 1; break;
+        case 't': tokenizer = optarg; break;
+        case 'E': eos_token = optarg; break;
+        case 'P': python = optarg; break;
         case 'h': usage(stdout); return 0;
         default: usage(stderr); return 2;
         }
@@ -339,7 +388,14 @@ int main(int argc, char **argv) {
         usage(stderr);
         return 2;
     }
-    if (convert(out_dir, prefix, valid_fraction, shard_tokens, argv + optind, n_files, &e)) {
+    hf_tokenizer hf;
+    if (tokenizer && hf_tokenizer_open(&hf, python, tokenizer, eos_token, &e) != 0) {
+        fprintf(stderr, "projcomp-data: %s\n", e.msg);
+        return 1;
+    }
+    int rc = convert(out_dir, prefix, valid_fraction, shard_tokens, argv + optind, n_files, tokenizer ? &hf : NULL, &e);
+    if (tokenizer) hf_tokenizer_close(&hf);
+    if (rc) {
         fprintf(stderr, "projcomp-data: %s\n", e.msg);
         return 1;
     }

@@ -1,0 +1,27 @@
+/* hf_tokenizer: a Hugging Face tokenizer (tokenizer.json) for projcomp-data, run as a
+ * Python child process (projcomp_tokenize.py, next to the executable) over pipes. */
+#ifndef PC_HF_TOKENIZER_H
+#define PC_HF_TOKENIZER_H
+
+#include <stdint.h>
+#include <stdio.h>
+#include <sys/types.h>
+
+#include "util.h"
+
+typedef struct hf_tokenizer {
+    pid_t pid;
+    FILE *to, *from;
+    int vocab_size, eos_id;
+    char name[256]; /* recorded in the shards' tokenizer attribute */
+    const char *path;
+} hf_tokenizer;
+
+/* Start `python` (NULL: $PROJCOMP_PYTHON, else python3) on the helper script with
+ * tokenizer.json at path; eos_token may be NULL (a usual name is looked up). */
+int hf_tokenizer_open(hf_tokenizer *t, const char *python, const char *path, const char *eos_token, pc_err *e);
+/* Token ids of text[0..len) into *ids (malloc'd, *n of them); no special tokens added. */
+int hf_tokenizer_encode(hf_tokenizer *t, const char *text, size_t len, uint32_t **ids, int64_t *n, pc_err *e);
+void hf_tokenizer_close(hf_tokenizer *t);
+
+#endif

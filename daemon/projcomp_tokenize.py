@@ -1,0 +1,52 @@
+"""projcomp_tokenize: the Hugging Face tokenizer behind `projcomp-data --tokenizer`.
+
+usage: python projcomp_tokenize.py TOKENIZER.json [EOS_TOKEN]
+
+Speaks a small binary protocol on stdin/stdout with projcomp-data, which keeps the
+document splitting, the validation split and the HDF5 shard writing:
+  first it writes one line "vocab_size eos_id name\n";
+  then for each request (4-byte little-endian length + that many bytes of UTF-8 text,
+  invalid bytes replaced) it replies with a 4-byte little-endian count and as many
+  little-endian uint32 token ids (special tokens are not added); end of input ends it.
+The eos token is EOS_TOKEN, else the first of <|endoftext|>, </s>, <|end_of_text|>,
+<eos> that the vocabulary holds."""
+import os
+import struct
+import sys
+
+
+def main():
+    if len(sys.argv) not in (2, 3):
+        sys.exit(__doc__.split("\n\n")[1])
+    try:
+        from tokenizers import Tokenizer
+    except ImportError:
+        sys.exit(f"projcomp_tokenize: the Python package 'tokenizers' is not installed for {sys.executable} "
+                 "(pip install tokenizers, or point --python / PROJCOMP_PYTHON at a Python that has it)")
+    path = sys.argv[1]
+    try:
+        tok = Tokenizer.from_file(path)
+    except Exception as e:  # the library raises its own exception types
+        sys.exit(f"projcomp_tokenize: {path}: not a tokenizer.json the tokenizers library reads: {e}")
+    names = [sys.argv[2]] if len(sys.argv) == 3 and sys.argv[2] else \
+        ["<|endoftext|>", "</s>", "<|end_of_text|>", "<eos>"]
+    eos = next((tok.token_to_id(n) for n in names if tok.token_to_id(n) is not None), None)
+    if eos is None:
+        sys.exit(f"projcomp_tokenize: {path}: no eos token among {names}; name one with --eos-token")
+    vocab = tok.get_vocab_size(with_added_tokens=True)
+    out, inp = sys.stdout.buffer, sys.stdin.buffer
+    out.write(f"{vocab} {eos} {os.path.basename(os.path.dirname(os.path.abspath(path))) or path}\n".encode())
+    out.flush()
+    while True:
+        head = inp.read(4)
+        if len(head) < 4:
+            return
+        (n,) = struct.unpack("<I", head)
+        text = inp.read(n).decode("utf-8", errors="replace")
+        ids = tok.encode(text, add_special_tokens=False).ids
+        out.write(struct.pack(f"<I{len(ids)}I", len(ids), *ids))
+        out.flush()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,65 @@
+"""projcomp-data --tokenizer: shards encoded with a real Hugging Face tokenizer.json.
+
+A small BPE tokenizer is trained and saved by the `tokenizers` library; projcomp-data
+converts a text file with it; every document in the shards must equal the library's own
+encoding of that paragraph followed by eos, with vocab_size and eos_id recorded. A
+tokenizer without a known eos token is refused unless --eos-token names one."""
+import os
+import subprocess
+import sys
+
+import h5py
+import numpy as np
+from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+import pclib  # noqa: E402
+
+
+def main():
+    root = pclib.tmpdir("pc-tok-")
+    paras = [f"Paragraph {i}: the model, the rank and the shard ({i * 7}).\nA second line {i}." for i in range(40)]
+    paras.append("Unicode too: naïve café — 東京.")
+    text = os.path.join(root, "in.txt")
+    with open(text, "w") as f:
+        f.write("\n\n".join(paras) + "\n")
+    for eos, extra in [("</s>", []), ("<sep>", ["--eos-token", "<sep>"])]:
+        tok = Tokenizer(models.BPE(unk_token="<unk>"))
+        tok.pre_tokenizer = pre_tokenizers.ByteLevel()
+        tok.train([text], trainers.BpeTrainer(vocab_size=300, special_tokens=["<unk>", eos],
+                                               initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+        tj = os.path.join(root, f"tok-{eos.strip('<>/')}", "tokenizer.json")
+        os.makedirs(os.path.dirname(tj))
+        tok.save(tj)
+        out = os.path.join(root, "out-" + eos.strip("<>/"))
+        env = dict(pclib.env(), PROJCOMP_PYTHON=sys.executable)
+        p = subprocess.run([pclib.PROJCOMP_DATA, "--out", out, "--valid-fraction", "0.1", "--tokenizer", tj, *extra,
+                            text], env=env, capture_output=True, text=True)
+        pclib.check(p.returncode == 0, f"eos {eos}: converted ({p.stdout.strip().splitlines()[0] if p.stdout else p.stderr})")
+        toks, vocab, eos_id = [], None, None
+        for name in sorted(os.listdir(out)):
+            with h5py.File(os.path.join(out, name)) as f:
+                d = f["tokens"]
+                vocab, eos_id = int(d.attrs["vocab_size"]), int(d.attrs["eos_id"])
+                toks.append(d[:].astype(np.int64))
+        stream = np.concatenate([toks[0], toks[1]]) if len(toks) == 2 else toks[0]  # train, then valid
+        pclib.check(vocab == tok.get_vocab_size(with_added_tokens=True) and eos_id == tok.token_to_id(eos),
+                    f"eos {eos}: vocab_size {vocab} and eos_id {eos_id} recorded")
+        want = []
+        for para in paras:
+            want += tok.encode(para, add_special_tokens=False).ids + [eos_id]
+        pclib.check(stream.tolist() == want, f"eos {eos}: {len(want)} tokens equal the library's encoding")
+
+    # no known eos token and none named: a clear error, nothing written
+    tok = Tokenizer(models.WordLevel({"a": 0, "[UNK]": 1}, unk_token="[UNK]"))
+    tj = os.path.join(root, "noeos.json")
+    tok.save(tj)
+    out = os.path.join(root, "out-noeos")
+    p = subprocess.run([pclib.PROJCOMP_DATA, "--out", out, "--tokenizer", tj, text],
+                       env=dict(pclib.env(), PROJCOMP_PYTHON=sys.executable), capture_output=True, text=True)
+    pclib.check(p.returncode != 0 and "no eos token" in p.stderr and not os.path.exists(out),
+                f"no eos token: refused ({p.stderr.strip().splitlines()[0] if p.stderr else ''})")
+
+
+if __name__ == "__main__":
+    main()
