@@ -11,44 +11,81 @@
 
 /* ---- importance ---- */
 
-/* Activation scores over compress.calibration_sequences windows of the train data:
- * rank r scores windows r, r+R, ...; the sums are all-reduced. */
+/* The embedding rows of tokens (n,) -> h (n, d), read row by row from the base. */
+static int embed_tokens(const st_model *base, const int32_t *tokens, int64_t n, int d, float *h, pc_err *e) {
+    const char *name = "model.embed_tokens.weight";
+    for (int64_t i = 0; i < n; i++)
+        if (st_read_rows_f32(base, name, tokens[i], 1, h + i * d, e) != 0) return -1;
+    return st_check_finite(base, name, h, (size_t)(n * d), e);
+}
+
+/* Base layer l's nine tensors into layer 0 of the one-layer model m. */
+static int load_layer(const st_model *base, int l, llama_model *m, pc_err *e) {
+    for (int i = 0; i < llama_n_tensors(m); i++) {
+        const llama_tensor *t = llama_tensor_at(m, i);
+        if (strncmp(t->name, "model.layers.0.", 15) != 0) continue;
+        char name[LLAMA_NAME_MAX + 16];
+        snprintf(name, sizeof name, "model.layers.%d.%s", l, t->name + 15);
+        float *buf = pc_alloc_f32((size_t)t->numel);
+        int rc = st_read_f32(base, name, buf, (size_t)t->numel, e);
+        if (rc == 0) rc = st_check_finite(base, name, buf, (size_t)t->numel, e);
+        if (rc == 0) be_upload(m->be, m->params + t->offset, buf, (size_t)t->numel);
+        free(buf);
+        if (rc != 0) return -1;
+    }
+    return 0;
+}
+
+/* Activation scores over compress.calibration_sequences windows of the train data
+ * (pseudo-step -1 of the sampler): rank r scores windows r, r+R, ... and the sums are
+ * all-reduced. The base is streamed one decoder layer at a time: a rank holds its
+ * windows' hidden states (n, T, d) and one layer, never the whole base. */
 static int score_activation(run_ctx *r, trainer *t, importance_scores *s, pc_err *e) {
     const pc_config *c = &r->cfg;
-    int B = c->train.micro_batch, T = c->data.seq_len;
-    llama_model base;
-    if (llama_init(&base, &t->base_cfg, r->be, B, T, e) != 0) return -1;
-    if (llama_load_safetensors(&base, c->model.base, e) != 0) {
-        llama_free(&base);
-        return -1;
-    }
+    const llama_config *bc = &t->base_cfg;
+    int B = c->train.micro_batch, T = c->data.seq_len, d = bc->d_model;
     int64_t n_seq = c->compress.calibration_sequences;
     int64_t mine = n_seq > r->rank ? (n_seq - r->rank + r->world - 1) / r->world : 0;
+    int64_t n_tok = mine * T;
     int32_t *win = pc_malloc(sizeof(int32_t) * (size_t)(T + 1));
-    int32_t *tokens = pc_malloc(sizeof(int32_t) * (size_t)B * T); /* (B,T) */
+    int32_t *tokens = pc_malloc(sizeof(int32_t) * (size_t)(n_tok ? n_tok : 1)); /* (mine, T) */
+    float *h = pc_alloc_f32((size_t)(n_tok * d));                              /* (mine, T, d) */
+    float *x = be_alloc(r->be, (size_t)B * T * d), *y = be_alloc(r->be, (size_t)B * T * d); /* (B, T, d) */
     int rc = 0;
-    for (int64_t j0 = 0; j0 < mine && rc == 0; j0 += B) {
-        int rows = (int)PC_MIN((int64_t)B, mine - j0);
-        for (int b = 0; b < B && rc == 0; b++) {
-            /* windows of a pseudo-step before training: step -1 */
-            int64_t w = r->rank + (j0 + PC_MIN(b, rows - 1)) * r->world;
-            int64_t off = data_sample_offset((uint64_t)c->run.seed, -1, w, data_n_tokens(t->train), T);
-            rc = data_read(t->train, off, T + 1, win, e);
-            memcpy(tokens + (size_t)b * T, win, sizeof(int32_t) * (size_t)T);
+    for (int64_t j = 0; j < mine && rc == 0; j++) {
+        int64_t w = r->rank + j * r->world;
+        int64_t off = data_sample_offset((uint64_t)c->run.seed, -1, w, data_n_tokens(t->train), T);
+        rc = data_read(t->train, off, T + 1, win, e);
+        memcpy(tokens + j * T, win, sizeof(int32_t) * (size_t)T);
+    }
+    if (rc == 0) rc = embed_tokens(t->base, tokens, n_tok, d, h, e);
+    for (int l = 0; rc == 0 && l < bc->n_layers; l++) {
+        llama_config lc = *bc; /* one decoder layer; no vocabulary to speak of */
+        lc.n_layers = 1;
+        lc.vocab_size = 1;
+        lc.tie_word_embeddings = 0;
+        lc.d_ff = lc.d_ff_layer[0] = bc->d_ff_layer[l];
+        llama_model m;
+        memset(&m, 0, sizeof m);
+        if (llama_init(&m, &lc, r->be, B, T, e) != 0 || load_layer(t->base, l, &m, e) != 0) {
+            rc = -1;
+            if (m.tensors) llama_free(&m);
+            break;
         }
-        if (rc != 0) break;
-        llama_forward(&base, tokens, NULL);
-        if (rows == B) {
-            importance_accumulate_activations(s, &base);
-        } else { /* a short last batch: rows >= `rows` repeat the last window; score only the real ones */
-            llama_model view = base;
-            view.B = rows;
-            importance_accumulate_activations(s, &view);
+        for (int64_t j0 = 0; j0 < mine; j0 += B) {
+            int64_t rows = PC_MIN((int64_t)B, mine - j0); /* a short last batch: padded, not scored */
+            be_upload(r->be, x, h + j0 * T * d, (size_t)(rows * T * d));
+            llama_layers_forward(&m, x, y);
+            importance_accumulate_layer(s, &m, 0, l, rows);
+            be_download(r->be, h + j0 * T * d, y, (size_t)(rows * T * d));
         }
+        llama_free(&m);
     }
     free(win);
     free(tokens);
-    llama_free(&base);
+    free(h);
+    be_free(r->be, x);
+    be_free(r->be, y);
     if (rc != 0) return -1;
     if (comm_all_reduce(r->comm, s->d, s->d, (size_t)s->d_model, COMM_F64, COMM_SUM, e) != 0) return -1;
     for (int l = 0; l < s->n_layers; l++)

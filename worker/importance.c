@@ -30,18 +30,16 @@ static void add_abs_cols(double *score, const float *x, int64_t N, int ld, int c
     }
 }
 
-void importance_accumulate_activations(importance_scores *s, const llama_model *base) {
-    const llama_config *c = &base->cfg;
-    int64_t N = (int64_t)base->B * base->T;
-    for (int l = 0; l < c->n_layers; l++) {
-        const float *ln1, *ln2, *gu;
-        llama_layer_acts(base, l, &ln1, &ln2, &gu);
-        int f = c->d_ff_layer[l];
-        add_abs_cols(s->d, ln1, N, c->d_model, 0, c->d_model); /* (N,d) */
-        add_abs_cols(s->d, ln2, N, c->d_model, 0, c->d_model);
-        add_abs_cols(s->ff[l], gu, N, 2 * f, 0, f); /* gate part of (N, 2f) */
-        add_abs_cols(s->ff[l], gu, N, 2 * f, f, f); /* up part */
-    }
+void importance_accumulate_layer(importance_scores *s, const llama_model *m, int ml, int sl, int64_t rows) {
+    const llama_config *c = &m->cfg;
+    int64_t N = rows * m->T;
+    const float *ln1, *ln2, *gu;
+    llama_layer_acts(m, ml, &ln1, &ln2, &gu);
+    int f = c->d_ff_layer[ml];
+    add_abs_cols(s->d, ln1, N, c->d_model, 0, c->d_model); /* (N,d) */
+    add_abs_cols(s->d, ln2, N, c->d_model, 0, c->d_model);
+    add_abs_cols(s->ff[sl], gu, N, 2 * f, 0, f); /* gate part of (N, 2f) */
+    add_abs_cols(s->ff[sl], gu, N, 2 * f, f, f); /* up part */
 }
 
 /* score[j] += ||W[:, j]||  W: (R, C) */

@@ -21,8 +21,9 @@ typedef struct importance_scores {
 void importance_alloc(importance_scores *s, const llama_config *c);
 void importance_free(importance_scores *s);
 
-/* Add the activation scores of one forward pass of `base` (already run on a batch). */
-void importance_accumulate_activations(importance_scores *s, const llama_model *base);
+/* Add the activation scores of layer ml of model m's last forward (its first `rows`
+ * sequences) to the scores of base layer sl (the d_model scores are shared). */
+void importance_accumulate_layer(importance_scores *s, const llama_model *m, int ml, int sl, int64_t rows);
 /* Weight-magnitude scores, reading the base tensors one at a time. */
 int importance_magnitude(importance_scores *s, const st_model *base, pc_err *e);
 /* Random scores (ablation). */

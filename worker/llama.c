@@ -386,21 +386,16 @@ static void linear_bwd(backend *be, float *dx, float *dW, const float *dy, const
     if (dx) be_gemm(be, 0, 0, N, in, out, 1.0f, dy, out, W, in, 0.0f, dx, in);
 }
 
-float llama_forward(llama_model *m, const int32_t *tokens, const int32_t *targets)
+/* The decoder layers: res[0] (N,d) -> res[n_layers] (N,d), keeping every activation. */
+static void layers_fwd(llama_model *m)
 {
     backend *be = m->be;
     const backend_ops *op = be->ops;
     const llama_config *c = &m->cfg;
     llama_acts *a = m->act;
-    int B = m->B, T = m->T, N = B * T, d = c->d_model, V = c->vocab_size;
+    int B = m->B, T = m->T, N = B * T, d = c->d_model;
     int H = c->n_heads, KV = c->n_kv_heads, hd = c->head_dim, qd = H * hd, C = qd + 2 * KV * hd;
     float eps = (float)c->rms_norm_eps;
-
-    op->upload_i32(be, m->tokens, tokens, (size_t)N);
-    m->have_targets = targets != NULL;
-    if (targets) op->upload_i32(be, m->targets, targets, (size_t)N);
-
-    op->embedding_fwd(be, a->res[0], P(m, 0), m->tokens, N, d); // (N,) -> (N,d)
     for (int l = 0; l < c->n_layers; l++) {
         int f = c->d_ff_layer[l];
         float *qkv = a->qkv[l];
@@ -417,6 +412,31 @@ float llama_forward(llama_model *m, const int32_t *tokens, const int32_t *target
         be_copy(be, a->res[l + 1], a->mid[l], (size_t)N * d);
         linear_fwd(be, a->res[l + 1], a->h[l], P(m, layer_tensor(l, T_DOWN)), N, f, d, 1.0f); // += (N,f) -> (N,d)
     }
+}
+
+void llama_layers_forward(llama_model *m, const float *x, float *y)
+{
+    size_t n = (size_t)m->B * m->T * m->cfg.d_model;
+    be_copy(m->be, m->act->res[0], x, n); // (N,d)
+    layers_fwd(m);
+    be_copy(m->be, y, m->act->res[m->cfg.n_layers], n);
+}
+
+float llama_forward(llama_model *m, const int32_t *tokens, const int32_t *targets)
+{
+    backend *be = m->be;
+    const backend_ops *op = be->ops;
+    const llama_config *c = &m->cfg;
+    llama_acts *a = m->act;
+    int N = m->B * m->T, d = c->d_model, V = c->vocab_size;
+    float eps = (float)c->rms_norm_eps;
+
+    op->upload_i32(be, m->tokens, tokens, (size_t)N);
+    m->have_targets = targets != NULL;
+    if (targets) op->upload_i32(be, m->targets, targets, (size_t)N);
+
+    op->embedding_fwd(be, a->res[0], P(m, 0), m->tokens, N, d); // (N,) -> (N,d)
+    layers_fwd(m);
     op->rmsnorm_fwd(be, a->lnf, a->rstdf, a->res[c->n_layers], P(m, final_norm_tensor(m)), N, d, eps);
     linear_fwd(be, m->logits, a->lnf, P(m, head_tensor(m)), N, d, V, 0.0f); // (N,d) -> (N,V)
     if (!targets) {

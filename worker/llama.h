@@ -83,6 +83,9 @@ void llama_init_random(llama_model *m, uint64_t seed, float std);
  * loss over valid targets (NAN when none is valid), otherwise 0 (logits only).
  * Logits (B,T,V) are in m->logits afterwards. */
 float llama_forward(llama_model *m, const int32_t *tokens, const int32_t *targets);
+/* The decoder layers alone on hidden states x (B*T, d) -> y (B*T, d) (device buffers;
+ * no embedding, final norm or head), keeping the activations llama_layer_acts reads. */
+void llama_layers_forward(llama_model *m, const float *x, float *y);
 /* Backward of loss_scale * (mean loss of the last forward); ADDS into m->grads and
  * overwrites m->logits with dlogits. Needs a forward with targets. */
 void llama_backward(llama_model *m);
