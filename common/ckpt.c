@@ -420,7 +420,7 @@ static void prune(const char *dir, int64_t now, int keep, pc_log *log) {
         }
     }
     closedir(d);
-    qsort(older, (size_t)n_older, sizeof(int64_t), cmp_desc);
+    if (n_older > 0) qsort(older, (size_t)n_older, sizeof(int64_t), cmp_desc);
     for (int i = keep - 1; i < n_older; i++) {
         if (i < 0) continue;
         char dn[32];
@@ -746,7 +746,7 @@ int ckpt_find(const char *ckpt_dir, pc_log *log, int64_t *step, char *path_out, 
         steps[ns++] = s;
     }
     closedir(d);
-    qsort(steps, (size_t)ns, sizeof(int64_t), cmp_desc);
+    if (ns > 0) qsort(steps, (size_t)ns, sizeof(int64_t), cmp_desc);
     int found = 0;
     for (int i = 0; i < ns && !found; i++) {
         char dn[32], path[2600];

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # sanitize.sh: the memory-safety run of the project, meant for CI once (not a meson test).
 #  1. ASan + UBSan: configures build-asan (-Db_sanitize=address,undefined -Db_lundef=false),
-#     builds it and runs the suites with C units (safetensors, config, data, comm, model)
-#     with leak checking on; third-party leaks (Open MPI, HDF5, OpenBLAS) are suppressed by
+#     builds it and runs every suite but fuzz (own sanitized build), slurm (daemons), docs and
+#     gpu: units and the end-to-end runs of the sanitized daemon under mpirun, with leak
+#     checking on; third-party leaks (Open MPI, HDF5, OpenBLAS) are suppressed by
 #     tests/lsan.supp, and UBSan findings are fatal.
 #  2. valgrind memcheck of one end-to-end job: `mpirun -np 1 valgrind projcompd` on a tiny
 #     compress job of 2 steps (with a checkpoint per step) built from the plain build;
@@ -38,6 +39,7 @@ run_asan() {
     export UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1"
     local log="$ASAN_BUILD/sanitize-test.log"
     meson test -C "$ASAN_BUILD" --suite safetensors --suite config --suite data --suite comm --suite model \
+        --suite plan --suite checkpoint --suite e2e --suite compress --suite badinput \
         --print-errorlogs --num-processes "$(nproc)" -t 4 >"$log" 2>&1
     local rc=$?
     grep -E '^(Ok|Expected Fail|Fail|Unexpected Pass|Skipped|Timeout): ' "$log" | tr '\n' ' ' >"$ASAN_BUILD/sanitize-counts.txt"
