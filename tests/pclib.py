@@ -133,3 +133,17 @@ def tiny_base(root, seed, vocab, hidden, ff, layers, heads=4, kv=2, head_dim=16,
     path = os.path.join(root, name)
     model.save_pretrained(path, safe_serialization=True)
     return path, model
+
+
+def tiny_pretrain_inputs(root, vocab=64):
+    """A one-layer model config.json and a token shard for quick pretrain jobs; returns
+    (config path, shard path)."""
+    import json
+    shard = os.path.join(root, "train.h5")
+    write_shard(shard, markov_tokens(4000, vocab, seed=1), vocab)
+    mcfg = os.path.join(root, "model.json")
+    with open(mcfg, "w") as f:
+        json.dump({"architectures": ["LlamaForCausalLM"], "vocab_size": vocab, "hidden_size": 32,
+                   "intermediate_size": 64, "num_hidden_layers": 1, "num_attention_heads": 2,
+                   "num_key_value_heads": 2, "max_position_embeddings": 64}, f)
+    return mcfg, shard

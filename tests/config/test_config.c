@@ -11,6 +11,7 @@
 
 #include <cmocka.h>
 
+#include "testutil.h"
 #include "config.h"
 #include "config_keys.h"
 
@@ -28,17 +29,14 @@ typedef struct fixture {
 
 static int setup(void **state) {
     fixture *f = pc_calloc(1, sizeof *f);
-    snprintf(f->dir, sizeof f->dir, "/tmp/pc-test-config-XXXXXX");
-    if (!mkdtemp(f->dir)) return -1;
+    if (test_mkdtemp(f->dir, sizeof f->dir, "config") != 0) return -1;
     *state = f;
     return 0;
 }
 
 static int teardown(void **state) {
     fixture *f = *state;
-    char cmd[512];
-    snprintf(cmd, sizeof cmd, "rm -rf '%s'", f->dir);
-    if (system(cmd) != 0) return -1;
+    if (test_rmtree(f->dir) != 0) return -1;
     free(f);
     return 0;
 }

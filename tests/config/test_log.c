@@ -11,6 +11,7 @@
 
 #include <cmocka.h>
 
+#include "testutil.h"
 #include "log.h"
 
 typedef struct fixture {
@@ -20,8 +21,7 @@ typedef struct fixture {
 
 static int setup(void **state) {
     fixture *f = pc_calloc(1, sizeof *f);
-    snprintf(f->dir, sizeof f->dir, "/tmp/pc-test-log-XXXXXX");
-    if (!mkdtemp(f->dir)) return -1;
+    if (test_mkdtemp(f->dir, sizeof f->dir, "log") != 0) return -1;
     snprintf(f->run, sizeof f->run, "%s/deep/run", f->dir);
     *state = f;
     return 0;
@@ -29,9 +29,7 @@ static int setup(void **state) {
 
 static int teardown(void **state) {
     fixture *f = *state;
-    char cmd[512];
-    snprintf(cmd, sizeof cmd, "rm -rf '%s'", f->dir);
-    if (system(cmd) != 0) return -1;
+    if (test_rmtree(f->dir) != 0) return -1;
     free(f);
     return 0;
 }

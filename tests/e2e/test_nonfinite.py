@@ -2,7 +2,6 @@
 the weights up must stop with a clear error (exit 1) naming the step, leaving the last
 checkpoint intact and no final model; with train.on_nonfinite: skip it logs each skipped
 update and still stops after 10 in a row."""
-import json
 import os
 import sys
 
@@ -12,13 +11,7 @@ import pclib  # noqa: E402
 
 def main():
     root = pclib.tmpdir("pc-nan-")
-    toks = pclib.markov_tokens(4000, 64, seed=1)
-    pclib.write_shard(os.path.join(root, "train.h5"), toks, 64)
-    mcfg = os.path.join(root, "model.json")
-    with open(mcfg, "w") as f:
-        json.dump({"architectures": ["LlamaForCausalLM"], "vocab_size": 64, "hidden_size": 32,
-                   "intermediate_size": 64, "num_hidden_layers": 1, "num_attention_heads": 2,
-                   "num_key_value_heads": 2, "max_position_embeddings": 64}, f)
+    mcfg, _ = pclib.tiny_pretrain_inputs(root)
     job = os.path.join(root, "job.yaml")
     pclib.write_yaml(job, {
         "run": {"dir": os.path.join(root, "unset"), "mode": "pretrain"},

@@ -1,7 +1,6 @@
 """A hung rank does not hang the job: with run.collective_timeout 3, a pretrain job on 2
 ranks whose rank 1 is stopped (SIGSTOP) mid-run ends within seconds, non-zero, with
 rank 0 reporting the collective that timed out."""
-import json
 import os
 import signal
 import subprocess
@@ -30,13 +29,7 @@ def rank_pid(rank, cfg):
 
 def main():
     root = pclib.tmpdir("pc-watchdog-")
-    toks = pclib.markov_tokens(4000, 64, seed=1)
-    pclib.write_shard(os.path.join(root, "train.h5"), toks, 64)
-    mcfg = os.path.join(root, "model.json")
-    with open(mcfg, "w") as f:
-        json.dump({"architectures": ["LlamaForCausalLM"], "vocab_size": 64, "hidden_size": 32,
-                   "intermediate_size": 64, "num_hidden_layers": 1, "num_attention_heads": 2,
-                   "num_key_value_heads": 2, "max_position_embeddings": 64}, f)
+    mcfg, _ = pclib.tiny_pretrain_inputs(root)
     job = os.path.join(root, "job.yaml")
     run_dir = os.path.join(root, "run")
     pclib.write_yaml(job, {

@@ -13,6 +13,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "testutil.h"
 #include "json.h"
 #include "safetensors.h"
 
@@ -22,17 +23,14 @@ typedef struct fixture {
 
 static int setup(void **state) {
     fixture *f = calloc(1, sizeof *f);
-    snprintf(f->dir, sizeof f->dir, "/tmp/pc-st-test-XXXXXX");
-    if (!mkdtemp(f->dir)) return -1;
+    if (test_mkdtemp(f->dir, sizeof f->dir, "st") != 0) return -1;
     *state = f;
     return 0;
 }
 
 static int teardown(void **state) {
     fixture *f = *state;
-    char cmd[512];
-    snprintf(cmd, sizeof cmd, "rm -rf '%s'", f->dir);
-    if (system(cmd) != 0) return -1;
+    if (test_rmtree(f->dir) != 0) return -1;
     free(f);
     return 0;
 }
