@@ -147,9 +147,10 @@ static const pc_config_key pc_config_keys[] = {
      .doc = "Complete checkpoints kept; older ones are deleted."},
     /* eval */
     {.path = "eval.every_steps", .type = PC_CT_INT, PC_AT(eval.every_steps), .def = "0", .min = 0,
-     .flags = PC_K_MIN, .doc = "Evaluate on data.valid every this many steps (0 = only at the end)."},
+     .flags = PC_K_MIN, .doc = "Evaluate on data.valid every this many steps (0 = only before the first step and at the end)."},
     {.path = "eval.batches", .type = PC_CT_INT, PC_AT(eval.batches), .def = "8", .min = 1, .flags = PC_K_MIN,
-     .doc = "Global batches of held-out data per evaluation."},
+     .doc = "Held-out windows per evaluation, in units of train.micro_batch windows (split over the ranks; "
+            "fewer when data.valid holds fewer)."},
     /* backend */
     {.path = "backend.device", .type = PC_CT_ENUM, PC_AT(backend.device), .def = "auto", .choices = "auto|cpu|cuda",
      .doc = "Where tensors live: cuda when built with CUDA and a GPU is visible (auto), else cpu."},
