@@ -7,6 +7,7 @@
  * recomputes its probabilities in the backward pass from the saved log-sum-exp, so the
  * saved state is (B,H,T) instead of (B,H,T,T). */
 #include "backend.h"
+#include "vexp.h"
 
 #include <cblas.h>
 #include <math.h>
@@ -328,9 +329,7 @@ static double cpu_xent_fwd(backend *be, float *lse, const float *logits, const i
         const float *r = logits + (size_t)n * V;
         float mx = r[0];
         for (int j = 1; j < V; j++) mx = r[j] > mx ? r[j] : mx;
-        double sum = 0.0;
-        for (int j = 0; j < V; j++) sum += expf(r[j] - mx);
-        lse[n] = mx + (float)log(sum);
+        lse[n] = mx + logf(vexp_sum(r, V, mx));
         if (targets[n] >= 0) {
             total += (double)lse[n] - r[targets[n]];
             cnt++;
@@ -351,8 +350,7 @@ static void cpu_xent_bwd(backend *be, float *dlogits, const float *logits, const
             memset(d, 0, (size_t)V * sizeof(float));
             continue;
         }
-        float l = lse[n];
-        for (int j = 0; j < V; j++) d[j] = scale * expf(r[j] - l);
+        vexp_scaled(d, r, V, lse[n], scale);
         d[targets[n]] -= scale;
     }
 }
