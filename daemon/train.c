@@ -186,6 +186,7 @@ int mode_train(run_ctx *r, pc_err *e) {
 
     int64_t start = 0;
     int skipped_in_row = 0;
+    int current = 0; /* the model's weights are those of the latest update (finish ran) */
     if (ckpt_resume(r, &t, &start, e) != 0) goto out;
     if (start > 0) LOGI(&r->log, "resumed after step %lld", (long long)start);
     if (t.method->begin_step(r, &t, e) != 0) goto out;
@@ -194,7 +195,8 @@ int mode_train(run_ctx *r, pc_err *e) {
         r->log.step = (long)step + 1;
         double t0 = pc_now(), local_loss;
         uint64_t comm0 = r->comm->bytes;
-        if (step > start && t.method->begin_step(r, &t, e) != 0) goto out;
+        if (step > start && !current && t.method->begin_step(r, &t, e) != 0) goto out;
+        current = 0;
         if (accumulate(r, &t, step, n_micro, &local_loss, e) != 0) goto out;
         if (t.method->reduce_grads(r, &t, e) != 0) goto out;
         double loss;
@@ -235,6 +237,7 @@ int mode_train(run_ctx *r, pc_err *e) {
         int last = step + 1 == c->train.steps;
         if (last || (c->eval.every_steps > 0 && (step + 1) % c->eval.every_steps == 0)) {
             if (t.method->finish(r, &t, e) != 0) goto out; /* evaluate the weights after this update */
+            current = 1;
             if (maybe_eval(r, &t, step + 1, 1, e) != 0) goto out;
         }
         int stop;
@@ -249,7 +252,7 @@ int mode_train(run_ctx *r, pc_err *e) {
             goto out;
         }
     }
-    if (t.method->finish(r, &t, e) != 0) goto out;
+    if (!current && t.method->finish(r, &t, e) != 0) goto out;
     if (save_final(r, &t, e) != 0 || run_report_memory(r, e) != 0) goto out;
     rc = 0;
 out:
