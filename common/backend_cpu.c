@@ -296,7 +296,8 @@ static void cpu_swiglu_fwd(backend *be, float *out, const float *gate, const flo
     for (int n = 0; n < N; n++) { // (N,f),(N,f) -> (N,f)
         const float *g = gate + (size_t)n * ld_in, *u = up + (size_t)n * ld_in;
         float *o = out + (size_t)n * f;
-        for (int i = 0; i < f; i++) o[i] = g[i] / (1.0f + expf(-g[i])) * u[i];
+        vexp_sigmoid(o, g, f);
+        for (int i = 0; i < f; i++) o[i] *= g[i] * u[i];
     }
 }
 
@@ -304,17 +305,20 @@ static void cpu_swiglu_bwd(backend *be, float *dgate, float *dup, const float *d
                            const float *up, int N, int f, int ld_in)
 {
     (void)be;
+    float *sigs = pc_alloc_f32((size_t)f); /* (f) sigmoid of one row's gate */
     for (int n = 0; n < N; n++) {
         const float *g = gate + (size_t)n * ld_in, *u = up + (size_t)n * ld_in, *d = dout + (size_t)n * f;
         float *dg = dgate + (size_t)n * ld_in, *du = dup + (size_t)n * ld_in;
+        vexp_sigmoid(sigs, g, f);
         for (int i = 0; i < f; i++) {
-            float sig = 1.0f / (1.0f + expf(-g[i]));
+            float sig = sigs[i];
             float silu = g[i] * sig;
             float gi = d[i];
             dg[i] = gi * u[i] * sig * (1.0f + g[i] * (1.0f - sig));
             du[i] = gi * silu;
         }
     }
+    free(sigs);
 }
 
 /* ---- cross-entropy ---- */

@@ -14,3 +14,7 @@ float vexp_sum(const float *x, int n, float shift) {
 void vexp_scaled(float *out, const float *x, int n, float shift, float scale) {
     for (int j = 0; j < n; j++) out[j] = scale * expf(x[j] - shift);
 }
+
+void vexp_sigmoid(float *out, const float *x, int n) {
+    for (int j = 0; j < n; j++) out[j] = 1.0f / (1.0f + expf(-x[j]));
+}

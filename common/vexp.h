@@ -6,5 +6,7 @@
 float vexp_sum(const float *x, int n, float shift);
 /* out[j] = scale * exp(x[j] - shift); out may alias x. */
 void vexp_scaled(float *out, const float *x, int n, float shift, float scale);
+/* out[j] = 1 / (1 + exp(-x[j])). */
+void vexp_sigmoid(float *out, const float *x, int n);
 
 #endif
