@@ -25,6 +25,10 @@ int run_backend(run_ctx *r, pc_err *e) {
         return pc_errorf(e, "%s: backend.device is 'cuda' but this build has no CUDA backend yet (%d GPU(s) seen); "
                             "use backend.device: cpu",
                          r->cfg.source, gpus);
+    if (gpus > 0)
+        LOGW(&r->log, "%d GPU(s) seen, but training runs on the CPU backend: projcompd cannot select the CUDA "
+                      "backend yet",
+             gpus);
     r->be = backend_cpu_create(threads_per_rank(r));
     LOGI(&r->log, "backend %s, %d thread(s)", r->be->ops->name, r->be->threads);
     return 0;
