@@ -66,8 +66,16 @@ RESTARTS=${SLURM_RESTART_COUNT:-0}
 
 log() { echo "$(date -u +%Y-%m-%dT%H:%M:%SZ) projcomp.sh job $JOB_ID (restart $RESTARTS): $*" | tee -a "$LOG" >&2; }
 
-# ranks = the allocation's tasks (one per GPU when --ntasks-per-node = GPUs per node)
+# ranks: one per GPU of the allocation (nodes x GPUs per node) when it has GPUs, else
+# the allocation's tasks (CPU-only clusters)
 NTASKS=${SLURM_NTASKS:-${SLURM_NPROCS:-1}}
+PER_NODE=""
+GPN=${SLURM_GPUS_ON_NODE:-${SLURM_GPUS_PER_NODE:-0}}
+GPN=${GPN##*:} # "h100:8" -> 8
+if [[ "$GPN" =~ ^[0-9]+$ ]] && [ "$GPN" -gt 0 ]; then
+    PER_NODE=$GPN
+    NTASKS=$((${SLURM_JOB_NUM_NODES:-1} * GPN))
+fi
 LAUNCHER=${LAUNCHER:-}
 if [ -z "$LAUNCHER" ]; then
     if command -v srun > /dev/null 2>&1 && [ -n "${SLURM_JOB_ID:-}" ]; then LAUNCHER=srun; else LAUNCHER=mpirun; fi
@@ -79,7 +87,8 @@ export OPENBLAS_NUM_THREADS=${OPENBLAS_NUM_THREADS:-${SLURM_CPUS_PER_TASK:-1}}
 
 CMD=("$PROJCOMPD" --cfg "$JOB_YAML" "$@" --set "run.dir=$RUN_DIR")
 case "$LAUNCHER" in
-    srun) LAUNCH=(srun --ntasks="$NTASKS" --kill-on-bad-exit=1 ${LAUNCH_ARGS:-}) ;;
+    srun) LAUNCH=(srun --ntasks="$NTASKS" ${PER_NODE:+--ntasks-per-node="$PER_NODE"} --kill-on-bad-exit=1
+                  ${LAUNCH_ARGS:-}) ;;
     mpirun) LAUNCH=(mpirun -np "$NTASKS" ${LAUNCH_ARGS:-}) ;;
     *) echo "projcomp.sh: LAUNCHER must be srun or mpirun, not '$LAUNCHER'" >&2; exit 2 ;;
 esac
