@@ -55,7 +55,9 @@ def write_h5py(path, tokens, dtype, vocab=None, eos=0, tokenizer="bytes", on_roo
                 target.attrs[k] = v
 
 
-class Interop(unittest.TestCase):
+class TmpDirCase(unittest.TestCase):
+    """A test case with a fresh temporary directory; p(name) is a path inside it."""
+
     def setUp(self):
         self.tmp = tempfile.TemporaryDirectory()
         self.dir = self.tmp.name
@@ -66,6 +68,8 @@ class Interop(unittest.TestCase):
     def p(self, name):
         return os.path.join(self.dir, name)
 
+
+class Interop(TmpDirCase):
     def expect_error(self, args, *substrings):
         r = run(*args)
         self.assertNotEqual(r.returncode, 0, r.stdout)
@@ -160,17 +164,7 @@ class Interop(unittest.TestCase):
         self.assertFalse(os.path.exists(self.p("o.h5")))
 
 
-class Tool(unittest.TestCase):
-    def setUp(self):
-        self.tmp = tempfile.TemporaryDirectory()
-        self.dir = self.tmp.name
-
-    def tearDown(self):
-        self.tmp.cleanup()
-
-    def p(self, name):
-        return os.path.join(self.dir, name)
-
+class Tool(TmpDirCase):
     def test_convert_and_inspect(self):
         docs_a = ["First paragraph,\nstill first.", "Second \"one\"\twith tab.", "Third: caf\u00e9."]
         docs_b = ["Fourth document is in the second file and is a bit longer than the rest of them."]
