@@ -242,6 +242,17 @@ static int pick(run_ctx *r, int64_t *step, char *path, size_t n, pc_err *e) {
     return 0;
 }
 
+/* The newest valid checkpoint, found (and its checksums verified) once per run. */
+static int picked(run_ctx *r, trainer *t, int64_t *step, const char **path, pc_err *e) {
+    if (!t->ckpt_picked) {
+        if (pick(r, &t->ckpt_step, t->ckpt_path, sizeof t->ckpt_path, e) != 0) return -1;
+        t->ckpt_picked = 1;
+    }
+    *step = t->ckpt_step;
+    *path = t->ckpt_path;
+    return 0;
+}
+
 static int check_meta(run_ctx *r, const ckpt_manifest *m, const char *path, const char *key, const char *want,
                       pc_err *e) {
     const char *have = ckpt_meta_get(m, key);
@@ -256,8 +267,8 @@ int ckpt_resume(run_ctx *r, trainer *t, int64_t *start_step, pc_err *e) {
     const pc_config *c = &r->cfg;
     *start_step = 0;
     int64_t step;
-    char path[1200];
-    if (pick(r, &step, path, sizeof path, e) != 0) return -1;
+    const char *path;
+    if (picked(r, t, &step, &path, e) != 0) return -1;
     if (step < 0) return 0;
     ckpt_manifest m;
     if (ckpt_manifest_read(path, &m, e) != 0) return -1;
@@ -312,8 +323,8 @@ int ckpt_resume(run_ctx *r, trainer *t, int64_t *start_step, pc_err *e) {
 int ckpt_resume_indices(run_ctx *r, trainer *t, const int *d_ff_c, int *loaded, pc_err *e) {
     *loaded = 0;
     int64_t step;
-    char path[1200];
-    if (pick(r, &step, path, sizeof path, e) != 0) return -1;
+    const char *path;
+    if (picked(r, t, &step, &path, e) != 0) return -1;
     if (step < 0) return 0;
     ckpt_manifest m;
     if (ckpt_manifest_read(path, &m, e) != 0) return -1;

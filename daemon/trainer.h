@@ -46,6 +46,10 @@ struct trainer {
     llama_model teacher;    /* distill: the frozen base, forward only */
     int has_teacher;
     double proj_flops;      /* per step */
+    /* the checkpoint chosen to resume from (found and verified once per run) */
+    int ckpt_picked;
+    int64_t ckpt_step;      /* -1: none */
+    char ckpt_path[1200];
 };
 
 /* Direct training of the model's own weights (pretrain, prune). */
