@@ -93,18 +93,10 @@ static int score_activation(run_ctx *r, trainer *t, importance_scores *s, pc_err
     return 0;
 }
 
-/* Widths of the compressed model: compress.d_model and compress.d_ff (uniform or per layer). */
-static void target_widths(const pc_config *c, const llama_config *base, int *d_ff_c) {
-    for (int l = 0; l < base->n_layers; l++)
-        d_ff_c[l] = c->compress.n_d_ff == 0 ? base->d_ff_layer[l]
-                    : c->compress.n_d_ff == 1 ? c->compress.d_ff[0]
-                                               : c->compress.d_ff[l];
-}
-
-static int select_indices(run_ctx *r, trainer *t, pc_err *e) {
+/* Kept indices for compressed MLP widths d_ff_c (one per layer): from a checkpoint being
+ * resumed, else scored (RUN/importance.txt). */
+static int select_indices(run_ctx *r, trainer *t, const int *d_ff_c, pc_err *e) {
     const pc_config *c = &r->cfg;
-    int d_ff_c[PC_MAX_LAYERS];
-    target_widths(c, &t->base_cfg, d_ff_c);
     int resumed = 0; /* a checkpoint holds the indices its state was trained with */
     if (strcmp(c->run.mode, "importance") && ckpt_resume_indices(r, t, d_ff_c, &resumed, e) != 0) return -1;
     if (resumed) return 0;
@@ -170,19 +162,14 @@ int compress_setup(run_ctx *r, trainer *t, pc_err *e) {
     const pc_config *c = &r->cfg;
     if (hf_config_load(c->model.base, &t->base_cfg, e) != 0) return -1;
     if (hf_config_validate(&t->base_cfg, c->model.base, e) != 0) return -1;
-    if (config_check_model(c, t->base_cfg.d_model, t->base_cfg.d_ff_layer, t->base_cfg.n_layers, e) != 0) return -1;
+    llama_config sc; /* the small model: same heads, narrower widths, untied */
+    if (plan_small_config(c, &t->base_cfg, &sc, e) != 0) return -1;
     if (st_open(c->model.base, &t->base, e) != 0) return -1;
     if (!r->be && run_backend(r, e) != 0) return -1;
     if (trainer_open_data(r, t, t->base_cfg.vocab_size, e) != 0) return -1;
-    if (select_indices(r, t, e) != 0) return -1;
+    if (select_indices(r, t, sc.d_ff_layer, e) != 0) return -1;
     if (!strcmp(c->run.mode, "importance")) return 0;
 
-    llama_config sc = t->base_cfg; /* the small model: same heads, narrower widths, untied */
-    sc.d_model = c->compress.d_model;
-    target_widths(c, &t->base_cfg, sc.d_ff_layer);
-    sc.d_ff = 0;
-    for (int l = 0; l < sc.n_layers; l++) sc.d_ff = PC_MAX(sc.d_ff, sc.d_ff_layer[l]);
-    sc.tie_word_embeddings = 0;
     if (llama_init(&t->m, &sc, r->be, c->train.micro_batch, c->data.seq_len, e) != 0) return -1;
     if (c->distill.enabled) { /* the teacher: the whole frozen base on every rank */
         if (llama_init(&t->teacher, &t->base_cfg, r->be, c->train.micro_batch, c->data.seq_len, e) != 0) return -1;
