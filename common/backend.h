@@ -95,6 +95,10 @@ typedef struct backend_ops {
     double (*distill)(backend *be, float *logits, const float *teacher, const int32_t *targets, int N, int V,
                       float alpha, float temperature, float scale);
 
+    /* dst[r,c] = src[r,c] + beta * dst[r,c] for a (rows, cols) matrix with row strides
+     * ld_dst and ld_src; beta == 0 writes src without reading dst. */
+    void (*add2d)(backend *be, float *dst, int ld_dst, const float *src, int ld_src, int rows, int cols, float beta);
+
     /* elementwise */
     void (*add)(backend *be, float *y, const float *a, const float *b, size_t n); /* y = a + b */
     void (*scale)(backend *be, float *x, float s, size_t n);                      /* x *= s */
@@ -112,12 +116,20 @@ struct backend {
     const backend_ops *ops;
     void *impl; /* backend-private state */
     int threads;
+    int host_memory; /* buffers are host memory that host code may also read and write (CPU backend) */
     char info[128]; /* for logs, e.g. "OpenBLAS core Haswell, 2 thread(s)" */
 };
 
 /* CPU backend: fp32, OpenBLAS with `threads` threads (<= 0: leave OpenBLAS's default). */
 backend *backend_cpu_create(int threads);
 void backend_destroy(backend *be);
+/* The CPU backend's ops on guarded buffers, to test device-resident code on a machine
+ * without a GPU: every buffer is its own mapping that host code cannot read or write
+ * (PROT_NONE) except while an op that takes it runs, so a host dereference of a device
+ * buffer faults at once; an op given a pointer that is not inside one of its buffers,
+ * or an upload/download whose host side is one, aborts naming the op. host_memory is 0,
+ * results are bitwise those of the CPU backend. */
+backend *backend_guard_create(int threads);
 /* OpenBLAS picks its kernels when the process starts, from OPENBLAS_CORETYPE or CPU
  * detection, and detects some AVX-512 CPUs (e.g. AMD Zen 4) as Haswell, about 1.5x
  * slower. Returns 1 and writes a better OPENBLAS_CORETYPE value into out when the CPU

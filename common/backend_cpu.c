@@ -74,6 +74,20 @@ static void cpu_copy(backend *be, float *dst, const float *src, size_t n)
     if (dst != src) memmove(dst, src, n * sizeof(float));
 }
 
+static void cpu_add2d(backend *be, float *dst, int ld_dst, const float *src, int ld_src, int rows, int cols,
+                      float beta)
+{
+    (void)be;
+    for (int r = 0; r < rows; r++) {
+        float *d = dst + (size_t)r * ld_dst;
+        const float *s = src + (size_t)r * ld_src;
+        if (beta == 0.0f)
+            memmove(d, s, sizeof(float) * (size_t)cols);
+        else
+            for (int c = 0; c < cols; c++) d[c] = s[c] + beta * d[c];
+    }
+}
+
 static void cpu_upload_i32(backend *be, int32_t *dst, const int32_t *src, size_t n)
 {
     (void)be;
@@ -471,6 +485,7 @@ static const backend_ops cpu_ops = {
     .xent_fwd = cpu_xent_fwd,
     .xent_bwd = cpu_xent_bwd,
     .distill = cpu_distill,
+    .add2d = cpu_add2d,
     .add = cpu_add,
     .scale = cpu_scale,
     .axpy = cpu_axpy,
@@ -483,6 +498,7 @@ backend *backend_cpu_create(int threads)
     backend *be = pc_calloc(1, sizeof(*be));
     be->ops = &cpu_ops;
     be->impl = pc_calloc(1, sizeof(cpu_impl));
+    be->host_memory = 1;
     if (threads > 0) openblas_set_num_threads(threads);
     be->threads = threads > 0 ? threads : openblas_get_num_threads();
     snprintf(be->info, sizeof(be->info), "OpenBLAS core %s, %d thread(s)", openblas_get_corename(), be->threads);

@@ -889,6 +889,16 @@ __global__ void k_add(float *y, const float *a, const float *b, size_t n)
         y[i] = a[i] + b[i];
 }
 
+/* dst[r,c] = src[r,c] + beta * dst[r,c] over rows * cols elements */
+__global__ void k_add2d(float *dst, int ld_dst, const float *src, int ld_src, int rows, int cols, float beta)
+{
+    size_t n = (size_t)rows * cols;
+    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
+        size_t r = i / cols, c = i % cols;
+        dst[r * ld_dst + c] = src[r * ld_src + c] + beta * dst[r * ld_dst + c];
+    }
+}
+
 __global__ void k_scale(float *x, float s, size_t n)
 {
     for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x)
@@ -930,6 +940,20 @@ static void cu_add(backend *be, float *y, const float *a, const float *b, size_t
 {
     if (!n) return;
     k_add<<<grid_for(n, 256), 256, 0, impl_of(be)->stream>>>(y, a, b, n);
+    LAUNCH_CHECK();
+}
+
+static void cu_add2d(backend *be, float *dst, int ld_dst, const float *src, int ld_src, int rows, int cols,
+                     float beta)
+{
+    cuda_impl *c = impl_of(be);
+    if (rows <= 0 || cols <= 0) return;
+    if (beta == 0.0f) {
+        CUDA_CHECK(cudaMemcpy2DAsync(dst, sizeof(float) * (size_t)ld_dst, src, sizeof(float) * (size_t)ld_src,
+                                     sizeof(float) * (size_t)cols, (size_t)rows, cudaMemcpyDeviceToDevice, c->stream));
+        return;
+    }
+    k_add2d<<<grid_for((size_t)rows * cols, 256), 256, 0, c->stream>>>(dst, ld_dst, src, ld_src, rows, cols, beta);
     LAUNCH_CHECK();
 }
 
@@ -1002,6 +1026,7 @@ static const backend_ops cuda_ops = {
     .xent_fwd = cu_xent_fwd,
     .xent_bwd = cu_xent_bwd,
     .distill = cu_distill,
+    .add2d = cu_add2d,
     .add = cu_add,
     .scale = cu_scale,
     .axpy = cu_axpy,
