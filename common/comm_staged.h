@@ -1,0 +1,24 @@
+/* comm_staged: the comm interface (comm.h) for device buffers of a backend, staged
+ * through host memory over a comm that works on host buffers (the MPI comm).
+ *
+ * For collectives on device buffers where no device-native comm exists: a GPU run
+ * without NCCL, and the guarded CPU backend (backend_guard_create), whose buffers host
+ * code cannot touch. Each collective downloads its input into host staging buffers
+ * (grown as needed and kept between calls), runs the same collective on the host comm
+ * and uploads the result. Backends move floats, so a dtype is staged as
+ * count * size / 4 floats; a u8 count (or all_gatherv count or displacement) that is
+ * not a multiple of 4 fails naming the op. */
+#ifndef PC_COMM_STAGED_H
+#define PC_COMM_STAGED_H
+
+#include "backend.h"
+#include "comm.h"
+#include "util.h"
+
+/* Staged comm over `host` (borrowed: it must outlive the staged comm, which does not
+ * destroy it) for buffers of `be`. Same rank, size and timeout_s as host (timeout_s
+ * set on the staged comm applies to its calls); payload is counted in its own bytes,
+ * not in host's. NULL and e filled when host or be is NULL. */
+comm *comm_staged_create(comm *host, backend *be, pc_err *e);
+
+#endif
