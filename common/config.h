@@ -67,9 +67,10 @@ typedef struct pc_config {
         int every_steps, batches; /* every_steps 0: only at the end */
     } eval;
     struct {
-        char device[8]; /* auto|cpu|cuda */
-        char comm[8];   /* auto|mpi|nccl */
-        int threads;    /* 0: automatic */
+        char device[16]; /* auto|cpu|cuda|cpu-guarded */
+        char comm[8];    /* auto|mpi|nccl */
+        int threads;     /* 0: automatic */
+        int tf32;        /* CUDA matrix products on TF32 tensor cores */
     } backend;
     struct {
         char dir[1024]; /* "" means RUN/final */

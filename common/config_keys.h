@@ -152,10 +152,16 @@ static const pc_config_key pc_config_keys[] = {
      .doc = "Held-out windows per evaluation, in units of train.micro_batch windows (split over the ranks; "
             "fewer when data.valid holds fewer)."},
     /* backend */
-    {.path = "backend.device", .type = PC_CT_ENUM, PC_AT(backend.device), .def = "auto", .choices = "auto|cpu|cuda",
-     .doc = "Where tensors live: cuda when built with CUDA and a GPU is visible (auto), else cpu."},
+    {.path = "backend.device", .type = PC_CT_ENUM, PC_AT(backend.device), .def = "auto",
+     .choices = "auto|cpu|cuda|cpu-guarded",
+     .doc = "Where tensors live: cuda when built with CUDA and a GPU is visible (auto), else cpu. Each rank takes "
+            "GPU (local rank mod GPUs per node). cpu-guarded is the CPU backend with buffers host code cannot touch, "
+            "a check of the device code paths on machines without a GPU."},
     {.path = "backend.comm", .type = PC_CT_ENUM, PC_AT(backend.comm), .def = "auto", .choices = "auto|mpi|nccl",
-     .doc = "Collectives: nccl with the cuda device (auto), else mpi."},
+     .doc = "Collectives on device buffers: nccl with the cuda device (auto), else mpi (staged through host memory "
+            "when the device is not the CPU). Small host values always go over MPI."},
+    {.path = "backend.tf32", .type = PC_CT_BOOL, PC_AT(backend.tf32), .def = "true",
+     .doc = "cuda: matrix products on TF32 tensor cores (fp32 accumulation); false: plain fp32. No effect on cpu."},
     {.path = "backend.threads", .type = PC_CT_INT, PC_AT(backend.threads), .def = "0", .min = 0, .flags = PC_K_MIN,
      .doc = "CPU threads per rank for BLAS and the CPU ops (0 = automatic)."},
     /* output */

@@ -6,19 +6,26 @@
  * ncclCommInitRank, so that one rank's failure does not leave the others waiting.
  * Each collective waits for prior device work, runs on the comm's stream and
  * synchronises it before returning (simple and correct before overlapped).
- * all_gatherv is a group of one ncclBroadcast per rank. */
+ * all_gatherv is a group of one ncclBroadcast per rank.
+ *
+ * Watchdog: the wait polls the stream and NCCL's asynchronous error; when a collective
+ * has not finished after timeout_s seconds (a rank died or hangs), or NCCL reports an
+ * error, the communicator is aborted (ncclCommAbort) so that no kernel keeps spinning,
+ * and the call fails naming the rank and operation; later calls fail at once. */
 #include "comm_nccl.h"
 
 #include <cuda_runtime.h>
 #include <nccl.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 typedef struct nccl_impl {
     ncclComm_t nc;
     cudaStream_t stream;
     int device;
     int *barrier_buf; /* (1) device int for the barrier's all-reduce */
+    int aborted;      /* the watchdog aborted the communicator */
 } nccl_impl;
 
 static nccl_impl *nimpl(comm *c) { return c->impl; }
@@ -59,6 +66,9 @@ static int ncall_begin(ncall *k, comm *c, const char *op, comm_dtype t, size_t c
     k->count = count;
     if (nccl_type(t, &k->type))
         return pc_errorf(e, "rank %d: nccl %s: unknown dtype %d", c->rank, op, (int)t);
+    if (nimpl(c)->aborted)
+        return pc_errorf(e, "rank %d: nccl %s(%s, %zu elems): the communicator was aborted by an earlier failure",
+                         c->rank, op, comm_dtype_name(t), count);
     /* buffers may have been written on any stream of this device: wait for them */
     cudaError_t ce = cudaSetDevice(nimpl(c)->device);
     if (ce == cudaSuccess) ce = cudaDeviceSynchronize();
@@ -74,14 +84,43 @@ static int ncall_nccl_fail(const ncall *k, ncclResult_t r, pc_err *e) {
                      k->count, ncclGetErrorString(r), last && *last ? ": " : "", last ? last : "");
 }
 
-/* After the NCCL call(s): check the result, then wait for the stream. */
+static double now_s(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+static void abort_comm(nccl_impl *n) {
+    ncclCommAbort(n->nc);
+    n->aborted = 1;
+}
+
+/* After the NCCL call(s): check the result, then wait for the stream under the watchdog. */
 static int ncall_finish(const ncall *k, ncclResult_t r, pc_err *e) {
+    nccl_impl *n = nimpl(k->c);
     if (r != ncclSuccess) return ncall_nccl_fail(k, r, e);
-    cudaError_t ce = cudaStreamSynchronize(nimpl(k->c)->stream);
-    if (ce != cudaSuccess)
-        return pc_errorf(e, "rank %d: nccl %s(%s, %zu elems) failed on the device: %s", k->c->rank, k->op,
-                         comm_dtype_name(k->t), k->count, cudaGetErrorString(ce));
-    return 0;
+    double t0 = now_s(), timeout = k->c->timeout_s;
+    struct timespec nap = {0, 20000}; /* 20 us between polls */
+    for (;;) {
+        cudaError_t ce = cudaStreamQuery(n->stream);
+        if (ce == cudaSuccess) return 0;
+        if (ce != cudaErrorNotReady)
+            return pc_errorf(e, "rank %d: nccl %s(%s, %zu elems) failed on the device: %s", k->c->rank, k->op,
+                             comm_dtype_name(k->t), k->count, cudaGetErrorString(ce));
+        ncclResult_t async = ncclSuccess;
+        if (ncclCommGetAsyncError(n->nc, &async) == ncclSuccess && async != ncclSuccess && async != ncclInProgress) {
+            ncall_nccl_fail(k, async, e);
+            abort_comm(n);
+            return -1;
+        }
+        if (timeout > 0 && now_s() - t0 > timeout) {
+            abort_comm(n);
+            return pc_errorf(e, "rank %d: nccl %s(%s, %zu elems) did not finish in %.0f s (run.collective_timeout): "
+                                "a rank died or hangs; the communicator was aborted",
+                             k->c->rank, k->op, comm_dtype_name(k->t), k->count, timeout);
+        }
+        nanosleep(&nap, NULL);
+    }
 }
 
 static int check_op(const ncall *k, comm_op op, ncclRedOp_t *out, pc_err *e) {
@@ -165,8 +204,10 @@ static int nc_barrier(comm *c, pc_err *e) {
 static void nc_destroy(comm *c) {
     nccl_impl *n = nimpl(c);
     cudaSetDevice(n->device);
-    cudaStreamSynchronize(n->stream);
-    ncclCommDestroy(n->nc);
+    if (!n->aborted) { /* an aborted communicator is already gone, and its stream may never finish */
+        cudaStreamSynchronize(n->stream);
+        ncclCommDestroy(n->nc);
+    }
     cudaStreamDestroy(n->stream);
     cudaFree(n->barrier_buf);
     free(n);

@@ -4,8 +4,9 @@
  * rank and size the NCCL comm takes. Every collective first waits for all earlier work
  * on the device (so buffers written on any stream are complete), runs on the comm's
  * own stream, and synchronises that stream before returning: when a call returns 0 the
- * result is in place. Failures name the rank and the operation. The watchdog
- * (timeout_s) is not implemented for NCCL. In a build without CUDA,
+ * result is in place. Failures name the rank and the operation. With timeout_s > 0 a
+ * collective that has not finished in time aborts the communicator (ncclCommAbort) and
+ * fails; so does an asynchronous NCCL error. In a build without CUDA,
  * comm_nccl_create fails with a message. */
 #ifndef PC_COMM_NCCL_H
 #define PC_COMM_NCCL_H

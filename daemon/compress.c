@@ -187,9 +187,10 @@ int compress_setup(run_ctx *r, trainer *t, pc_err *e) {
     t->proj_flops = proj_flops(&t->ps);
     LOGI(&r->log, "projections: %lld trainable parameters here, %d blocks in all, %.3g projection FLOPs per step",
          (long long)t->ps.n_params, t->ps.n_blocks, t->proj_flops);
-    t->adam_m = pc_alloc_f32((size_t)t->ps.n_params);
-    t->adam_v = pc_alloc_f32((size_t)t->ps.n_params);
-    if (c->compress.store_grads) t->stored_grads = pc_alloc_f32((size_t)t->ps.n_params);
+    t->be = r->be;
+    t->adam_m = be_alloc(r->be, (size_t)t->ps.n_params);
+    t->adam_v = be_alloc(r->be, (size_t)t->ps.n_params);
+    if (c->compress.store_grads) t->stored_grads = be_alloc(r->be, (size_t)t->ps.n_params);
     return 0;
 }
 
@@ -205,18 +206,18 @@ int mode_importance(run_ctx *r, pc_err *e) {
 
 static int project_begin(run_ctx *r, trainer *t, pc_err *e) {
     proj_materialize(&t->ps, &t->m);
-    return proj_gather(&t->ps, &t->m, r->comm, e);
+    return proj_gather(&t->ps, &t->m, r->dcomm, e);
 }
 
-static int project_reduce(run_ctx *r, trainer *t, pc_err *e) { return proj_reduce_grads(&t->ps, &t->m, r->comm, e); }
+static int project_reduce(run_ctx *r, trainer *t, pc_err *e) { return proj_reduce_grads(&t->ps, &t->m, r->dcomm, e); }
 
 /* Copy block i's gradients from ps->grad to where its parameters live in `dst`. */
 static void keep_grads(const proj_set *ps, int i, int64_t gin, int64_t gout, int64_t ga, float *dst) {
     const proj_block *b = &ps->blocks[i];
     int64_t n_a = b->kind == PROJ_NORM ? b->d_in_c : (int64_t)b->d_out_c * b->d_in_c;
-    if (gin >= 0) memcpy(dst + b->p_in, ps->grad + gin, sizeof(float) * (size_t)b->d_in * b->d_in_c);
-    if (gout >= 0) memcpy(dst + b->p_out, ps->grad + gout, sizeof(float) * (size_t)b->d_out_c * b->d_out);
-    memcpy(dst + b->a, ps->grad + ga, sizeof(float) * (size_t)n_a);
+    if (gin >= 0) be_copy(ps->be, dst + b->p_in, ps->grad + gin, (size_t)b->d_in * b->d_in_c);
+    if (gout >= 0) be_copy(ps->be, dst + b->p_out, ps->grad + gout, (size_t)b->d_out_c * b->d_out);
+    be_copy(ps->be, dst + b->a, ps->grad + ga, (size_t)n_a);
 }
 
 /* First pass: every owned block's gradient, shared factors summed over their blocks
@@ -225,14 +226,14 @@ static int project_sumsq(run_ctx *r, trainer *t, double *sumsq, pc_err *e) {
     proj_set *ps = &t->ps;
     double s = 0;
     int64_t gin, gout, ga;
-    memset(ps->shared_grad, 0, sizeof(float) * (size_t)ps->shared_grad_n);
+    if (ps->shared_grad_n > 0) be_zero(r->be, ps->shared_grad, (size_t)ps->shared_grad_n);
     for (int i = 0; i < ps->n_blocks; i++) {
         if (ps->blocks[i].owner != r->rank) continue;
         s += proj_grad_block(ps, i, &t->m, 1, &gin, &gout, &ga);
         if (t->stored_grads) keep_grads(ps, i, gin, gout, ga, t->stored_grads);
     }
     if (r->world > 1 && ps->shared_grad_n > 0 &&
-        comm_all_reduce(r->comm, ps->shared_grad, ps->shared_grad, (size_t)ps->shared_grad_n, COMM_F32, COMM_SUM,
+        comm_all_reduce(r->dcomm, ps->shared_grad, ps->shared_grad, (size_t)ps->shared_grad_n, COMM_F32, COMM_SUM,
                         e) != 0)
         return -1;
     if (r->rank == 0) s += r->be->ops->sumsq(r->be, ps->shared_grad, (size_t)ps->shared_grad_n);

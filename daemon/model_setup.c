@@ -5,6 +5,9 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "backend_cuda.h"
+#include "comm_nccl.h"
+#include "comm_staged.h"
 #include "device.h"
 #include "run.h"
 
@@ -18,20 +21,71 @@ static int threads_per_rank(const run_ctx *r) {
     return t > 0 ? t : 1;
 }
 
+/* This rank's index among the ranks of its node (0 when the launcher does not say). */
+static int local_rank(void) {
+    static const char *vars[] = {"OMPI_COMM_WORLD_LOCAL_RANK", "SLURM_LOCALID", "MPI_LOCALRANKID", "LOCAL_RANK"};
+    for (size_t i = 0; i < PC_ARRAY_LEN(vars); i++) {
+        const char *v = getenv(vars[i]);
+        if (v && *v) return atoi(v);
+    }
+    return 0;
+}
+
+/* backend.device: cuda on GPU (local rank mod GPUs). */
+static int cuda_backend(run_ctx *r, int gpus, int *device, pc_err *e) {
+    if (gpus == 0)
+        return pc_errorf(e, "%s: backend.device is 'cuda' but rank %d sees no GPU (a build without CUDA, no driver, "
+                            "or CUDA_VISIBLE_DEVICES hides them)",
+                         r->cfg.source, r->rank);
+    int local = local_rank();
+    *device = local % gpus;
+    if (local >= gpus)
+        LOGW(&r->log, "local rank %d shares GPU %d: start one rank per GPU (%d here)", local, *device, gpus);
+    char err[256];
+    r->be = backend_cuda_create(*device, err, sizeof err);
+    if (!r->be) return pc_errorf(e, "rank %d: %s", r->rank, err);
+    backend_cuda_set_tf32(r->be, r->cfg.backend.tf32);
+    char name[128] = "?";
+    pc_cuda_device_name(*device, name, sizeof name);
+    LOGI(&r->log, "backend cuda on GPU %d (%s), %s", *device, name, r->be->info);
+    return 0;
+}
+
+/* r->dcomm: collectives on the backend's buffers. */
+static int device_comm(run_ctx *r, int cuda, int device, pc_err *e) {
+    const char *want = r->cfg.backend.comm;
+    if (!strcmp(want, "nccl") && !cuda)
+        return pc_errorf(e, "%s: backend.comm is 'nccl' but backend.device is not cuda", r->cfg.source);
+    if (r->be->host_memory) {
+        r->dcomm = r->comm;
+    } else if (cuda && strcmp(want, "mpi") != 0) {
+        r->dcomm = comm_nccl_create(r->comm, device, e);
+        if (r->dcomm) r->dcomm->timeout_s = r->cfg.run.collective_timeout;
+    } else {
+        r->dcomm = comm_staged_create(r->comm, r->be, e);
+    }
+    if (!r->dcomm) return -1;
+    if (r->dcomm != r->comm) LOGI(&r->log, "device collectives over %s", r->dcomm->ops->name);
+    return 0;
+}
+
 int run_backend(run_ctx *r, pc_err *e) {
     const char *dev = r->cfg.backend.device;
-    int gpus = pc_cuda_device_count();
-    if (!strcmp(dev, "cuda"))
-        return pc_errorf(e, "%s: backend.device is 'cuda' but this build has no CUDA backend yet (%d GPU(s) seen); "
-                            "use backend.device: cpu",
-                         r->cfg.source, gpus);
-    if (gpus > 0)
-        LOGW(&r->log, "%d GPU(s) seen, but training runs on the CPU backend: projcompd cannot select the CUDA "
-                      "backend yet",
-             gpus);
-    r->be = backend_cpu_create(threads_per_rank(r));
-    LOGI(&r->log, "backend %s, %d thread(s)", r->be->ops->name, r->be->threads);
-    return 0;
+    int gpus = pc_cuda_device_count(), device = -1;
+    int cuda = !strcmp(dev, "cuda") || (!strcmp(dev, "auto") && gpus > 0);
+    if (cuda) {
+        if (cuda_backend(r, gpus, &device, e) != 0) return -1;
+    } else if (!strcmp(dev, "cpu-guarded")) {
+        r->be = backend_guard_create(threads_per_rank(r));
+    } else {
+        r->be = backend_cpu_create(threads_per_rank(r));
+    }
+    if (!cuda) LOGI(&r->log, "backend %s, %s", r->be->ops->name, r->be->info);
+    return device_comm(r, cuda, device, e);
+}
+
+uint64_t run_comm_bytes(const run_ctx *r) {
+    return r->comm->bytes + (r->dcomm && r->dcomm != r->comm ? r->dcomm->bytes : 0);
 }
 
 int run_model_config(const run_ctx *r, llama_config *lc, pc_err *e) {

@@ -49,6 +49,8 @@ int run_open(run_ctx *r, pc_err *e) {
 void run_close(run_ctx *r) {
     if (r->metrics) fclose(r->metrics);
     r->metrics = NULL;
+    if (r->dcomm && r->dcomm != r->comm) comm_destroy(r->dcomm); /* before its backend (NCCL) */
+    r->dcomm = NULL;
     if (r->be) backend_destroy(r->be);
     r->be = NULL;
     if (r->comm) comm_destroy(r->comm);

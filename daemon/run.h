@@ -14,7 +14,8 @@
 
 typedef struct run_ctx {
     pc_config cfg;
-    comm *comm;
+    comm *comm;   /* MPI: host buffers (losses, flags, scores) */
+    comm *dcomm;  /* collectives on backend buffers: NCCL, the MPI comm itself (cpu), or MPI staged via host */
     pc_log log;
     backend *be;
     int rank, world;
@@ -37,8 +38,11 @@ int run_report_memory(run_ctx *r, pc_err *e);
 /* Rank 0 progress line on stderr: step/total, loss, tokens/s, ETA. */
 void run_progress(run_ctx *r, long step, long total, double loss, double tok_per_s, double step_s);
 
-/* Backend from backend.device (auto picks CUDA when a GPU and the CUDA build exist). */
+/* Backend from backend.device (auto picks CUDA when a GPU and the CUDA build exist)
+ * and r->dcomm from backend.comm. Collective. */
 int run_backend(run_ctx *r, pc_err *e);
+/* Payload bytes of every collective so far, host and device comms together. */
+uint64_t run_comm_bytes(const run_ctx *r);
 /* The model's shape: model.base's config.json, else model.config. */
 int run_model_config(const run_ctx *r, llama_config *lc, pc_err *e);
 /* Build the model for micro-batch B: weights from model.base, or random init (seed). */

@@ -29,9 +29,9 @@ void trainer_free(trainer *t) {
     if (t->loader) data_loader_destroy(t->loader);
     if (t->train) data_close(t->train);
     if (t->valid) data_close(t->valid);
-    free(t->adam_m);
-    free(t->adam_v);
-    free(t->stored_grads);
+    float *dev[] = {t->adam_m, t->adam_v, t->stored_grads}; /* buffers of t->be */
+    for (size_t i = 0; i < PC_ARRAY_LEN(dev); i++)
+        if (dev[i]) be_free(t->be, dev[i]);
     free(t->batch);
     free(t->tokens);
     free(t->targets);
@@ -55,7 +55,7 @@ static int direct_begin(run_ctx *r, trainer *t, pc_err *e) {
 /* (n_params,) gradients summed over ranks: every rank then holds the same. */
 static int direct_reduce(run_ctx *r, trainer *t, pc_err *e) {
     if (r->world == 1) return 0;
-    return comm_all_reduce(r->comm, t->m.grads, t->m.grads, (size_t)t->m.n_params, COMM_F32, COMM_SUM, e);
+    return comm_all_reduce(r->dcomm, t->m.grads, t->m.grads, (size_t)t->m.n_params, COMM_F32, COMM_SUM, e);
 }
 
 static int direct_sumsq(run_ctx *r, trainer *t, double *sumsq, pc_err *e) {
@@ -173,9 +173,10 @@ int mode_train(run_ctx *r, pc_err *e) {
     } else if (compress_setup(r, &t, e) != 0) {
         goto out;
     }
+    t.be = r->be;
     if (t.method == &METHOD_DIRECT) {
-        t.adam_m = pc_alloc_f32((size_t)t.m.n_params);
-        t.adam_v = pc_alloc_f32((size_t)t.m.n_params);
+        t.adam_m = be_alloc(r->be, (size_t)t.m.n_params);
+        t.adam_v = be_alloc(r->be, (size_t)t.m.n_params);
     }
     t.batch = pc_malloc(sizeof(int32_t) * (size_t)B * (T + 1));
     t.tokens = pc_malloc(sizeof(int32_t) * (size_t)B * T);
@@ -194,7 +195,7 @@ int mode_train(run_ctx *r, pc_err *e) {
     for (int64_t step = start; step < c->train.steps; step++) {
         r->log.step = (long)step + 1;
         double t0 = pc_now(), local_loss;
-        uint64_t comm0 = r->comm->bytes;
+        uint64_t comm0 = run_comm_bytes(r);
         if (step > start && !current && t.method->begin_step(r, &t, e) != 0) goto out;
         current = 0;
         if (accumulate(r, &t, step, n_micro, &local_loss, e) != 0) goto out;
@@ -221,7 +222,7 @@ int mode_train(run_ctx *r, pc_err *e) {
             t.method->update(r, &t, step, lr, clip);
         }
         double dt = pc_now() - t0;
-        double comm_mb = (double)(r->comm->bytes - comm0) / 1e6;
+        double comm_mb = (double)(run_comm_bytes(r) - comm0) / 1e6;
         double tok_s = (double)c->train.global_batch * T / dt;
         char line[512];
         snprintf(line, sizeof line,

@@ -31,6 +31,7 @@ typedef struct train_method {
 
 struct trainer {
     const train_method *method;
+    backend *be;            /* the run's backend: adam_m, adam_v and stored_grads are its buffers */
     llama_model m;          /* the model whose forward/backward runs (small for compress/prune) */
     data_set *train, *valid;
     data_loader *loader;

@@ -30,16 +30,35 @@ static void add_abs_cols(double *score, const float *x, int64_t N, int ld, int c
     }
 }
 
+/* A host view of n elements of device buffer p: p itself on a host-memory backend,
+ * else a download into *stage (grown as needed). */
+static const float *host_view(backend *be, const float *p, size_t n, float **stage, size_t *have) {
+    if (be->host_memory) return p;
+    if (*have < n) {
+        free(*stage);
+        *stage = pc_alloc_f32(n);
+        *have = n;
+    }
+    be_download(be, *stage, p, n);
+    return *stage;
+}
+
 void importance_accumulate_layer(importance_scores *s, const llama_model *m, int ml, int sl, int64_t rows) {
     const llama_config *c = &m->cfg;
     int64_t N = rows * m->T;
     const float *ln1, *ln2, *gu;
     llama_layer_acts(m, ml, &ln1, &ln2, &gu);
     int f = c->d_ff_layer[ml];
-    add_abs_cols(s->d, ln1, N, c->d_model, 0, c->d_model); /* (N,d) */
-    add_abs_cols(s->d, ln2, N, c->d_model, 0, c->d_model);
-    add_abs_cols(s->ff[sl], gu, N, 2 * f, 0, f); /* gate part of (N, 2f) */
-    add_abs_cols(s->ff[sl], gu, N, 2 * f, f, f); /* up part */
+    float *stage = NULL;
+    size_t have = 0;
+    add_abs_cols(s->d, host_view(m->be, ln1, (size_t)(N * c->d_model), &stage, &have), N, c->d_model, 0,
+                 c->d_model); /* (N,d) */
+    add_abs_cols(s->d, host_view(m->be, ln2, (size_t)(N * c->d_model), &stage, &have), N, c->d_model, 0,
+                 c->d_model);
+    const float *h = host_view(m->be, gu, (size_t)(N * 2 * f), &stage, &have); /* (N, 2f) */
+    add_abs_cols(s->ff[sl], h, N, 2 * f, 0, f); /* gate part */
+    add_abs_cols(s->ff[sl], h, N, 2 * f, f, f); /* up part */
+    free(stage);
 }
 
 /* score[j] += ||W[:, j]||  W: (R, C) */

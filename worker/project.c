@@ -154,17 +154,19 @@ static float *load_slice(proj_set *ps, const st_model *base, const proj_block *b
                          st_file_path(base, t), bname, (long long)(t->ndim > 0 ? t->shape[0] : 0),
                          (long long)(t->ndim > 1 ? t->shape[1] : 0), (long long)b->d_out, (long long)b->d_in),
                NULL;
-    float *w = pc_alloc_f32((size_t)(R * C));
+    float *w = pc_alloc_f32((size_t)(R * C)); /* (R, C) host copy */
     int rc = b->kind == PROJ_ROWS   ? st_read_rows_f32(base, bname, b->r0, R, w, e)
              : b->kind == PROJ_COLS ? st_read_cols_f32(base, bname, b->r0, C, w, e)
                                     : st_read_f32(base, bname, w, (size_t)(R * C), e);
     if (rc == 0) rc = st_check_finite(base, bname, w, (size_t)(R * C), e);
-    if (rc != 0) {
-        free(w);
-        return NULL;
+    float *dev = NULL;
+    if (rc == 0) {
+        dev = be_alloc(ps->be, (size_t)(R * C));
+        be_upload(ps->be, dev, w, (size_t)(R * C));
+        ps->base_bufs[ps->n_base_bufs++] = dev;
     }
-    ps->base_bufs[ps->n_base_bufs++] = w;
-    return w;
+    free(w);
+    return dev;
 }
 
 static void build_layout(proj_set *ps) {
@@ -181,9 +183,52 @@ static void build_layout(proj_set *ps) {
     for (int r = 1; r < ps->world; r++) ps->seg_off[r] = ps->seg_off[r - 1] + ps->seg_count[r - 1];
     for (int r = 0; r < ps->world; r++) ps->seg_max = PC_MAX(ps->seg_max, ps->seg_count[r]);
     if (ps->world > 1) {
-        ps->pack = pc_alloc_f32((size_t)ps->world * ps->seg_max);
-        ps->unpack = pc_alloc_f32((size_t)ps->world * ps->seg_max);
+        ps->pack = be_alloc(ps->be, (size_t)ps->world * ps->seg_max);
+        ps->unpack = be_alloc(ps->be, (size_t)ps->world * ps->seg_max);
     }
+}
+
+/* One-hot initialisation: W_C at step 0 is W[idx_out][:, idx_in]; A stays 0. Each
+ * tensor is built in a host buffer and uploaded. */
+static int init_params(proj_set *ps, const st_model *base, const llama_config *base_cfg, const proj_indices *idx,
+                       pc_err *e) {
+    int64_t most = base_cfg->d_model;
+    for (int i = 0; i < ps->n_blocks; i++) {
+        const proj_block *b = &ps->blocks[i];
+        if (b->owner == ps->rank) most = PC_MAX(most, PC_MAX((int64_t)b->d_in * b->d_in_c, (int64_t)b->d_out_c * b->d_out));
+    }
+    float *host = pc_alloc_f32((size_t)most), *norm = pc_alloc_f32((size_t)base_cfg->d_model);
+    int rc = 0;
+    for (int i = 0; rc == 0 && i < ps->n_blocks; i++) {
+        const proj_block *b = &ps->blocks[i];
+        if (b->owner != ps->rank) continue;
+        if (b->kind == PROJ_NORM) { /* gain (d') = gain[idx_d] */
+            rc = st_read_f32(base, b->name, norm, (size_t)base_cfg->d_model, e);
+            if (rc == 0) rc = st_check_finite(base, b->name, norm, (size_t)base_cfg->d_model, e);
+            for (int j = 0; rc == 0 && j < b->d_in_c; j++) host[j] = norm[idx->idx_d[j]];
+            if (rc == 0) be_upload(ps->be, ps->params + b->a, host, (size_t)b->d_in_c);
+            continue;
+        }
+        const tensor_role *role = role_of(b->name);
+        int layer = layer_of(b->name);
+        if (b->p_in >= 0) { /* P_in (d_in, d_in'): P_in[idx[j], j] = 1 */
+            const int *ix = side_index(idx, role->in, layer);
+            size_t n = (size_t)b->d_in * b->d_in_c;
+            memset(host, 0, sizeof(float) * n);
+            for (int j = 0; j < b->d_in_c; j++) host[(int64_t)ix[j] * b->d_in_c + j] = 1.0f;
+            be_upload(ps->be, ps->params + b->p_in, host, n);
+        }
+        if (b->p_out >= 0) { /* P_out (d_out', d_out): P_out[j, idx[j]] = 1 */
+            const int *ix = side_index(idx, role->out, layer);
+            size_t n = (size_t)b->d_out_c * b->d_out;
+            memset(host, 0, sizeof(float) * n);
+            for (int j = 0; j < b->d_out_c; j++) host[(int64_t)j * b->d_out + ix[j]] = 1.0f;
+            be_upload(ps->be, ps->params + b->p_out, host, n);
+        }
+    }
+    free(host);
+    free(norm);
+    return rc;
 }
 
 int proj_init(proj_set *ps, backend *be, const st_model *base, const llama_config *base_cfg,
@@ -218,7 +263,7 @@ int proj_init(proj_set *ps, backend *be, const st_model *base, const llama_confi
             b->shared = s_in >= 0 ? s_in : s_out;
         }
     }
-    ps->shared_grad = pc_alloc_f32((size_t)ps->shared_grad_n);
+    ps->shared_grad = be_alloc(be, (size_t)ps->shared_grad_n);
 
     /* this rank's trainable tensors and base slices */
     for (int i = 0; i < ps->n_blocks; i++) {
@@ -251,55 +296,26 @@ int proj_init(proj_set *ps, backend *be, const st_model *base, const llama_confi
                                             (has_out && !out_shared ? (int64_t)b->d_out_c * b->d_out : 0) +
                                             (int64_t)b->d_out_c * b->d_in_c);
     }
-    ps->params = pc_alloc_f32((size_t)ps->n_params);
-    ps->scratch = pc_alloc_f32((size_t)ps->scratch_n);
-    ps->grad = pc_alloc_f32((size_t)ps->grad_n);
-
-    /* one-hot initialisation: W_C at step 0 is W[idx_out][:, idx_in]; A = 0 */
-    float *norm = pc_alloc_f32((size_t)base_cfg->d_model);
-    for (int i = 0; i < ps->n_blocks; i++) {
-        proj_block *b = &ps->blocks[i];
-        if (b->owner != rank) continue;
-        if (b->kind == PROJ_NORM) {
-            if (st_read_f32(base, b->name, norm, (size_t)base_cfg->d_model, e) != 0 ||
-                st_check_finite(base, b->name, norm, (size_t)base_cfg->d_model, e) != 0) {
-                free(norm);
-                return -1;
-            }
-            for (int j = 0; j < b->d_in_c; j++) ps->params[b->a + j] = norm[idx->idx_d[j]];
-            continue;
-        }
-        const tensor_role *role = role_of(b->name);
-        int layer = layer_of(b->name);
-        if (b->p_in >= 0) { /* P_in (d_in, d_in'): P_in[idx[j], j] = 1 */
-            const int *ix = side_index(idx, role->in, layer);
-            for (int j = 0; j < b->d_in_c; j++) ps->params[b->p_in + (int64_t)ix[j] * b->d_in_c + j] = 1.0f;
-        }
-        if (b->p_out >= 0) { /* P_out (d_out', d_out): P_out[j, idx[j]] = 1 */
-            const int *ix = side_index(idx, role->out, layer);
-            for (int j = 0; j < b->d_out_c; j++) ps->params[b->p_out + (int64_t)j * b->d_out + ix[j]] = 1.0f;
-        }
-    }
-    free(norm);
+    ps->params = be_alloc(be, (size_t)ps->n_params); /* zeroed: A = 0 */
+    ps->scratch = be_alloc(be, (size_t)ps->scratch_n);
+    ps->grad = be_alloc(be, (size_t)ps->grad_n);
     build_layout(ps);
-    return 0;
+    return init_params(ps, base, base_cfg, idx, e);
 }
 
 void proj_free(proj_set *ps) {
-    for (int i = 0; i < ps->n_base_bufs; i++) free(ps->base_bufs[i]);
+    backend *be = ps->be;
+    for (int i = 0; i < ps->n_base_bufs; i++) be_free(be, ps->base_bufs[i]);
+    float *dev[] = {ps->params, ps->shared_grad, ps->scratch, ps->grad, ps->pack, ps->unpack};
+    for (size_t i = 0; i < PC_ARRAY_LEN(dev); i++)
+        if (dev[i]) be_free(be, dev[i]);
     free(ps->base_bufs);
     free(ps->blocks);
     free(ps->shared);
     free(ps->tensors);
-    free(ps->params);
-    free(ps->shared_grad);
-    free(ps->scratch);
-    free(ps->grad);
     free(ps->order);
     free(ps->seg_count);
     free(ps->seg_off);
-    free(ps->pack);
-    free(ps->unpack);
     memset(ps, 0, sizeof *ps);
 }
 
@@ -308,9 +324,9 @@ static void gemm(proj_set *ps, int ta, int tb, int M, int N, int K, const float 
     ps->be->ops->gemm(ps->be, ta, tb, M, N, K, 1.0f, A, lda, B, ldb, beta, C, ldc);
 }
 
-/* Copy a (rows, cols) matrix between row strides. */
-static void copy_rows(float *dst, int ld_dst, const float *src, int ld_src, int rows, int cols) {
-    for (int r = 0; r < rows; r++) memcpy(dst + (size_t)r * ld_dst, src + (size_t)r * ld_src, sizeof(float) * cols);
+/* Copy a (rows, cols) matrix between row strides (device buffers). */
+static void copy_rows(backend *be, float *dst, int ld_dst, const float *src, int ld_src, int rows, int cols) {
+    be->ops->add2d(be, dst, ld_dst, src, ld_src, rows, cols, 0.0f);
 }
 
 /* W_C = P_out W P_in + A into out (d_out', d_in') with row stride ld. */
@@ -318,7 +334,7 @@ static void materialize_block(proj_set *ps, const proj_block *b, float *out, int
     const float *p_in = b->p_in >= 0 ? ps->params + b->p_in : NULL;   /* (d_in, d_in') */
     const float *p_out = b->p_out >= 0 ? ps->params + b->p_out : NULL; /* (d_out', d_out) */
     int dO = b->d_out, dI = b->d_in, o = b->d_out_c, i = b->d_in_c;
-    copy_rows(out, ld, ps->params + b->a, i, o, i); /* A (d_out', d_in') */
+    copy_rows(ps->be, out, ld, ps->params + b->a, i, o, i); /* A (d_out', d_in') */
     if (p_in && p_out) {
         double cost_x = (double)dO * dI * i + (double)o * dO * i, cost_y = (double)o * dO * dI + (double)o * dI * i;
         if (cost_x <= cost_y) {
@@ -334,9 +350,8 @@ static void materialize_block(proj_set *ps, const proj_block *b, float *out, int
         gemm(ps, 0, 0, dO, i, dI, b->w, dI, p_in, i, 1.0f, out, ld);
     } else if (p_out) {
         gemm(ps, 0, 0, o, dI, dO, p_out, dO, b->w, dI, 1.0f, out, ld);
-    } else {
-        for (int r = 0; r < o; r++)
-            for (int c = 0; c < i; c++) out[(size_t)r * ld + c] += b->w[(size_t)r * dI + c];
+    } else { /* nothing compressed: W_C = W + A */
+        ps->be->ops->add2d(ps->be, out, ld, b->w, dI, o, i, 1.0f);
     }
 }
 
@@ -345,19 +360,19 @@ void proj_materialize(proj_set *ps, llama_model *small) {
         const proj_block *b = &ps->blocks[i];
         if (b->owner != ps->rank) continue;
         if (b->kind == PROJ_NORM)
-            memcpy(small->params + b->off_c, ps->params + b->a, sizeof(float) * (size_t)b->d_in_c);
+            be_copy(ps->be, small->params + b->off_c, ps->params + b->a, (size_t)b->d_in_c);
         else
             materialize_block(ps, b, small->params + b->off_c, b->ld_c);
     }
 }
 
 /* (d_out', d_in') slice of block b inside a small-model buffer <-> contiguous. */
-static void pack_block(const proj_block *b, float *dst, const float *small_buf) {
-    copy_rows(dst, b->d_in_c, small_buf + b->off_c, b->ld_c, b->d_out_c, b->d_in_c);
+static void pack_block(backend *be, const proj_block *b, float *dst, const float *small_buf) {
+    copy_rows(be, dst, b->d_in_c, small_buf + b->off_c, b->ld_c, b->d_out_c, b->d_in_c);
 }
 
-static void unpack_block(const proj_block *b, float *small_buf, const float *src) {
-    copy_rows(small_buf + b->off_c, b->ld_c, src, b->d_in_c, b->d_out_c, b->d_in_c);
+static void unpack_block(backend *be, const proj_block *b, float *small_buf, const float *src) {
+    copy_rows(be, small_buf + b->off_c, b->ld_c, src, b->d_in_c, b->d_out_c, b->d_in_c);
 }
 
 int proj_gather(proj_set *ps, llama_model *small, comm *c, pc_err *e) {
@@ -366,14 +381,14 @@ int proj_gather(proj_set *ps, llama_model *small, comm *c, pc_err *e) {
     for (int k = 0; k < ps->n_blocks; k++) {
         const proj_block *b = &ps->blocks[ps->order[k]];
         if (b->owner != ps->rank) continue;
-        pack_block(b, ps->pack + pos, small->params);
+        pack_block(ps->be, b, ps->pack + pos, small->params);
         pos += (size_t)b->d_out_c * b->d_in_c;
     }
     if (comm_all_gatherv(c, ps->pack, pos, ps->unpack, ps->seg_count, ps->seg_off, COMM_F32, e) != 0) return -1;
     pos = 0;
     for (int k = 0; k < ps->n_blocks; k++) {
         const proj_block *b = &ps->blocks[ps->order[k]];
-        unpack_block(b, small->params, ps->unpack + pos);
+        unpack_block(ps->be, b, small->params, ps->unpack + pos);
         pos += (size_t)b->d_out_c * b->d_in_c;
     }
     return 0;
@@ -387,7 +402,7 @@ int proj_reduce_grads(proj_set *ps, llama_model *small, comm *c, pc_err *e) {
         const proj_block *b = &ps->blocks[ps->order[k]];
         if (b->owner != prev) pos = (size_t)b->owner * ps->seg_max;
         prev = b->owner;
-        pack_block(b, ps->pack + pos, small->grads);
+        pack_block(ps->be, b, ps->pack + pos, small->grads);
         pos += (size_t)b->d_out_c * b->d_in_c;
     }
     if (comm_reduce_scatter(c, ps->pack, ps->unpack, ps->seg_max, COMM_F32, COMM_SUM, e) != 0) return -1;
@@ -395,7 +410,7 @@ int proj_reduce_grads(proj_set *ps, llama_model *small, comm *c, pc_err *e) {
     for (int k = 0; k < ps->n_blocks; k++) {
         const proj_block *b = &ps->blocks[ps->order[k]];
         if (b->owner != ps->rank) continue;
-        unpack_block(b, small->grads, ps->unpack + pos);
+        unpack_block(ps->be, b, small->grads, ps->unpack + pos);
         pos += (size_t)b->d_out_c * b->d_in_c;
     }
     return 0;
@@ -413,7 +428,7 @@ double proj_grad_block(proj_set *ps, int idx, const llama_model *small, int with
     *gin = *gout = -1;
     if (b->kind == PROJ_NORM) {
         *ga = 0;
-        memcpy(ps->grad, G, sizeof(float) * (size_t)i);
+        be_copy(ps->be, ps->grad, G, (size_t)i);
         return ps->be->ops->sumsq(ps->be, ps->grad, (size_t)i);
     }
     int in_shared = sh && b->kind == PROJ_ROWS, out_shared = sh && b->kind == PROJ_COLS;
@@ -446,7 +461,7 @@ double proj_grad_block(proj_set *ps, int idx, const llama_model *small, int with
         }
     }
     *ga = off; /* dA = G */
-    copy_rows(ps->grad + off, i, G, ld, o, i);
+    copy_rows(ps->be, ps->grad + off, i, G, ld, o, i);
     off += (int64_t)o * i;
     return ps->be->ops->sumsq(ps->be, ps->grad, (size_t)off);
 }
@@ -457,38 +472,47 @@ double proj_flops(const proj_set *ps) {
     return f;
 }
 
+/* Small tensor st sliced from the base at idx into dst (host, st->numel). */
+static int slice_tensor(const st_model *base, const llama_config *base_cfg, const llama_tensor *st,
+                        const proj_indices *idx, float *dst, pc_err *e) {
+    if (st->ndim == 1) { /* gain (d') = gain[idx_d] */
+        float *full = pc_alloc_f32((size_t)base_cfg->d_model);
+        int rc = st_read_f32(base, st->name, full, (size_t)base_cfg->d_model, e);
+        if (rc == 0) rc = st_check_finite(base, st->name, full, (size_t)base_cfg->d_model, e);
+        for (int64_t j = 0; rc == 0 && j < st->numel; j++) dst[j] = full[idx->idx_d[j]];
+        free(full);
+        return rc;
+    }
+    const tensor_role *role = role_of(st->name);
+    if (!role) return pc_errorf(e, "prune: no rule for tensor '%s'", st->name);
+    int layer = layer_of(st->name);
+    const char *bname = base_name(base, st->name);
+    const st_tensor *bt = st_find(base, bname);
+    if (!bt || bt->ndim != 2) return pc_errorf(e, "%s: tensor '%s' is missing or not 2-D", st_source(base), bname);
+    int64_t R = bt->shape[0], C = bt->shape[1];
+    float *w = pc_alloc_f32((size_t)(R * C)); /* (R, C) */
+    if (st_read_f32(base, bname, w, (size_t)(R * C), e) != 0 ||
+        st_check_finite(base, bname, w, (size_t)(R * C), e) != 0) {
+        free(w);
+        return -1;
+    }
+    const int *ro = side_index(idx, role->out, layer), *ci = side_index(idx, role->in, layer);
+    int64_t rows = st->shape[0], cols = st->shape[1];
+    for (int64_t r = 0; r < rows; r++) /* (d_out', d_in') = W[idx_out][:, idx_in] */
+        for (int64_t c = 0; c < cols; c++) dst[r * cols + c] = w[(ro ? ro[r] : r) * C + (ci ? ci[c] : c)];
+    free(w);
+    return 0;
+}
+
 int proj_slice_base(const st_model *base, const llama_config *base_cfg, llama_model *small, const proj_indices *idx,
                     pc_err *e) {
     for (int ti = 0; ti < llama_n_tensors(small); ti++) {
         const llama_tensor *st = llama_tensor_at(small, ti);
-        float *dst = small->params + st->offset;
-        if (st->ndim == 1) {
-            float *full = pc_alloc_f32((size_t)base_cfg->d_model);
-            int rc = st_read_f32(base, st->name, full, (size_t)base_cfg->d_model, e);
-            if (rc == 0) rc = st_check_finite(base, st->name, full, (size_t)base_cfg->d_model, e);
-            for (int64_t j = 0; rc == 0 && j < st->numel; j++) dst[j] = full[idx->idx_d[j]];
-            free(full);
-            if (rc != 0) return -1;
-            continue;
-        }
-        const tensor_role *role = role_of(st->name);
-        if (!role) return pc_errorf(e, "prune: no rule for tensor '%s'", st->name);
-        int layer = layer_of(st->name);
-        const char *bname = base_name(base, st->name);
-        const st_tensor *bt = st_find(base, bname);
-        if (!bt || bt->ndim != 2) return pc_errorf(e, "%s: tensor '%s' is missing or not 2-D", st_source(base), bname);
-        int64_t R = bt->shape[0], C = bt->shape[1];
-        float *w = pc_alloc_f32((size_t)(R * C));
-        if (st_read_f32(base, bname, w, (size_t)(R * C), e) != 0 ||
-            st_check_finite(base, bname, w, (size_t)(R * C), e) != 0) {
-            free(w);
-            return -1;
-        }
-        const int *ro = side_index(idx, role->out, layer), *ci = side_index(idx, role->in, layer);
-        int64_t rows = st->shape[0], cols = st->shape[1];
-        for (int64_t r = 0; r < rows; r++) /* (d_out', d_in') = W[idx_out][:, idx_in] */
-            for (int64_t c = 0; c < cols; c++) dst[r * cols + c] = w[(ro ? ro[r] : r) * C + (ci ? ci[c] : c)];
-        free(w);
+        float *dst = pc_alloc_f32((size_t)st->numel); /* host copy of the small tensor */
+        int rc = slice_tensor(base, base_cfg, st, idx, dst, e);
+        if (rc == 0) be_upload(small->be, small->params + st->offset, dst, (size_t)st->numel);
+        free(dst);
+        if (rc != 0) return -1;
     }
     return 0;
 }

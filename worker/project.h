@@ -54,7 +54,7 @@ typedef struct proj_block {
     int d_out_c, d_in_c;     /* shape of the compressed slice W_C */
     int ld_c;                /* row stride of W_C / G inside the small tensor */
     int64_t off_c;           /* offset of the slice's first element in small params / grads */
-    const float *w;          /* (d_out, d_in) base slice; owner only */
+    const float *w;          /* (d_out, d_in) base slice, device; owner only */
     int64_t p_in, p_out, a;  /* offsets into params (-1: absent or not held) */
     int shared;              /* index of the shared factor of this block's matrix, or -1 */
     double flops;            /* projection FLOPs of one step (materialise + gradient, one pass) */
@@ -76,6 +76,7 @@ typedef struct proj_set {
     proj_tensor *tensors;       /* trainable tensors held by this rank */
     proj_shared *shared;
     int64_t n_params;
+    /* every float buffer below (and the blocks' w) is a buffer of `be` (device memory) */
     float *params;              /* (n_params) trainable state held here */
     float *shared_grad;         /* (sum of shared numel) gradients of every shared factor */
     int64_t shared_grad_n;

@@ -430,6 +430,17 @@ static void test_elementwise(ctx *x)
     pair_free(x, &a);
     pair_free(x, &b);
     pair_free(x, &y);
+
+    /* add2d: a (37, 29) block between row strides 41 and 53, copy then accumulate */
+    pair dst = pair_randn(x, 37 * 41, 1.0f), src = pair_randn(x, 37 * 53, 1.0f);
+    x->cpu->ops->add2d(x->cpu, dst.c + 3, 41, src.c + 5, 53, 37, 29, 0.0f);
+    x->gpu->ops->add2d(x->gpu, dst.g + 3, 41, src.g + 5, 53, 37, 29, 0.0f);
+    check_pair(x, "add2d beta 0 (strided copy; columns outside untouched)", &dst, 0.0);
+    x->cpu->ops->add2d(x->cpu, dst.c, 41, src.c, 53, 37, 29, 1.0f);
+    x->gpu->ops->add2d(x->gpu, dst.g, 41, src.g, 53, 37, 29, 1.0f);
+    check_pair(x, "add2d beta 1 (accumulate)", &dst, TOL_F32);
+    pair_free(x, &dst);
+    pair_free(x, &src);
 }
 
 static void test_adamw(ctx *x)

@@ -1,0 +1,115 @@
+"""The daemon on a GPU against the CPU backend (skips, exit 77, without a CUDA device).
+
+- compress and prune of a tiny GQA base made by transformers, 6 steps, backend.device
+  cuda in plain fp32 (backend.tf32 false) vs cpu: every step's loss within 1e-4
+  relative, grad norms within 1e-3, the fused weights within 1e-4 of their max; with
+  TF32 the first loss within 1e-3 and the last within 1e-2.
+- store_grads + distillation and activation importance on the GPU: the same kept
+  indices (importance.txt) as on the CPU.
+- the fused model written by the GPU run loads in stock transformers and gives the
+  daemon's validation loss (2e-5 relative).
+- with two or more GPUs: the compress job on 2 ranks over NCCL, split blocks, equals the
+  1-rank GPU run within 1e-4 and names NCCL in the log."""
+import os
+import subprocess
+import sys
+
+import numpy as np
+import torch
+from safetensors.numpy import load_file
+from transformers import LlamaForCausalLM
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+import pclib  # noqa: E402
+
+V, D, F, L, DC, FC, SEQ = 128, 128, 256, 2, 96, 192, 32
+
+
+def gpus():
+    p = subprocess.run([os.path.join(pclib.BUILD, "tests", "e2e", "gpu-smoke")], stdout=subprocess.PIPE, text=True)
+    return 0 if p.returncode == 77 else p.stdout.count("device ")
+
+
+def result(d):
+    ms = pclib.metrics(d)
+    return (np.array([m["loss"] for m in ms if "loss" in m]), np.array([m["grad_norm"] for m in ms if "loss" in m]),
+            [m["val_loss"] for m in ms if "val_loss" in m], load_file(os.path.join(d, "final", "model.safetensors")))
+
+
+def close(a, b, tol_loss, tol_w, what):
+    rel = np.max(np.abs(a[0] - b[0]) / np.abs(b[0]))
+    pclib.check(rel < tol_loss, f"{what}: losses agree (max rel {rel:.2e} < {tol_loss})")
+    gn = np.max(np.abs(a[1] - b[1]) / np.abs(b[1]))
+    pclib.check(gn < 10 * tol_loss, f"{what}: grad norms agree (max rel {gn:.2e})")
+    w = max(np.max(np.abs(a[3][k] - b[3][k])) / np.max(np.abs(b[3][k])) for k in b[3])
+    pclib.check(w < tol_w, f"{what}: fused weights agree (max rel {w:.2e} < {tol_w})")
+
+
+def main():
+    n = gpus()
+    if n == 0:
+        print("no CUDA device: skipping")
+        sys.exit(77)
+    root = pclib.tmpdir("pc-gpu-daemon-")
+    bdir, _ = pclib.tiny_base(root, 5, V, D, F, L, heads=4, kv=2, head_dim=32)
+    toks = pclib.markov_tokens(12000, V, seed=3)
+    pclib.write_shard(os.path.join(root, "train.h5"), toks[:10000], V)
+    pclib.write_shard(os.path.join(root, "valid.h5"), toks[10000:], V)
+    job = os.path.join(root, "job.yaml")
+    pclib.write_yaml(job, {
+        "run": {"dir": os.path.join(root, "unset"), "mode": "compress", "seed": 3},
+        "model": {"base": bdir},
+        "compress": {"d_model": DC, "d_ff": FC, "importance": "activation", "calibration_sequences": 16},
+        "data": {"train": [os.path.join(root, "train.h5")], "valid": [os.path.join(root, "valid.h5")],
+                 "seq_len": SEQ},
+        "train": {"steps": 6, "global_batch": 8, "micro_batch": 4, "lr": 3e-3, "warmup_steps": 1},
+        "eval": {"batches": 2},
+        "checkpoint": {"every_steps": 0},
+        "backend": {"threads": 1},
+    })
+
+    def run(name, np_, *sets):
+        d = os.path.join(root, name)
+        pclib.projcompd(np_, job, f"run.dir={d}", *sets)
+        return d
+
+    for mode in ["compress", "prune"]:
+        cpu = run(f"{mode}-cpu", 1, f"run.mode={mode}", "backend.device=cpu")
+        gpu = run(f"{mode}-cuda", 1, f"run.mode={mode}", "backend.device=cuda", "backend.tf32=false")
+        pclib.check("backend cuda on GPU 0" in open(os.path.join(gpu, "logs", "rank-00000.log")).read(),
+                    f"{mode}: ran on the CUDA backend")
+        pclib.check(open(os.path.join(cpu, "importance.txt")).read() == open(os.path.join(gpu, "importance.txt")).read(),
+                    f"{mode}: activation importance keeps the same indices on GPU and CPU")
+        close(result(gpu), result(cpu), 1e-4, 1e-4, f"{mode} fp32 GPU vs CPU")
+        tf = run(f"{mode}-tf32", 1, f"run.mode={mode}", "backend.device=cuda", "backend.tf32=true")
+        a, b = result(tf), result(cpu)
+        r0, r1 = abs(a[0][0] - b[0][0]) / b[0][0], abs(a[0][-1] - b[0][-1]) / b[0][-1]
+        pclib.check(r0 < 1e-3 and r1 < 1e-2, f"{mode} TF32 GPU vs CPU: first loss rel {r0:.2e}, last {r1:.2e}")
+
+    sets = ["compress.store_grads=true", "distill.enabled=true"]
+    a = result(run("sd-cpu", 1, "backend.device=cpu", *sets))
+    b = result(run("sd-cuda", 1, "backend.device=cuda", "backend.tf32=false", *sets))
+    close(b, a, 1e-4, 1e-4, "store_grads + distill fp32 GPU vs CPU")
+
+    gpu = os.path.join(root, "compress-cuda")
+    val = result(gpu)[2][-1]
+    m = LlamaForCausalLM.from_pretrained(os.path.join(gpu, "final"), torch_dtype=torch.float32,
+                                         attn_implementation="eager").eval()
+    vt = toks[10000:]
+    with torch.no_grad():
+        ref = float(np.mean([torch.nn.functional.cross_entropy(
+            m(torch.tensor(vt[i * SEQ:i * SEQ + SEQ])[None]).logits[0].double(),
+            torch.tensor(vt[i * SEQ + 1:i * SEQ + SEQ + 1])).item() for i in range(2 * 4)]))
+    pclib.check(abs(ref - val) / ref < 2e-5, f"transformers loads the GPU output: val {ref:.6f} vs ours {val:.6f}")
+
+    if n >= 2:
+        d = run("compress-nccl-np2", 2, "backend.device=cuda", "backend.tf32=false", "compress.split_mb=0.05")
+        pclib.check("device collectives over nccl" in open(os.path.join(d, "logs", "rank-00000.log")).read(),
+                    "2 ranks: device collectives over NCCL")
+        close(result(d), result(gpu), 1e-4, 1e-4, "compress np2 NCCL vs np1 GPU")
+    else:
+        print("one GPU: the NCCL run needs two (skipped that part)")
+
+
+if __name__ == "__main__":
+    main()
