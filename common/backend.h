@@ -34,6 +34,10 @@ typedef struct backend_ops {
     void (*download)(backend *be, float *host_dst, const float *src, size_t n);
     void (*upload_i32)(backend *be, int32_t *dst, const int32_t *host_src, size_t n);
     void (*sync)(backend *be);
+    /* Most device memory in use so far, in bytes (CUDA: the device's used memory after
+     * each allocation, context and library workspaces included). NULL on backends whose
+     * buffers are host memory: the process's peak RSS says it. */
+    size_t (*mem_peak)(backend *be);
 
     /* C[M,N] = alpha * op(A) * op(B) + beta * C; op(A) is [M,K], op(B) is [K,N]. */
     void (*gemm)(backend *be, int trans_a, int trans_b, int M, int N, int K, float alpha, const float *A, int lda,
@@ -147,6 +151,7 @@ void rope_tables_host(float *cos_t, float *sin_t, int T, int hd, double theta, c
 static inline float *be_alloc(backend *be, size_t n) { return be->ops->alloc(be, n); }
 static inline int32_t *be_alloc_i32(backend *be, size_t n) { return be->ops->alloc_i32(be, n); }
 static inline void be_free(backend *be, void *p) { be->ops->free(be, p); }
+static inline size_t be_mem_peak(backend *be) { return be->ops->mem_peak ? be->ops->mem_peak(be) : 0; }
 static inline void be_zero(backend *be, float *x, size_t n) { be->ops->zero(be, x, n); }
 static inline void be_copy(backend *be, float *dst, const float *src, size_t n) { be->ops->copy(be, dst, src, n); }
 static inline void be_upload(backend *be, float *dst, const float *src, size_t n) { be->ops->upload(be, dst, src, n); }

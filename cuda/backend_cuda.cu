@@ -48,9 +48,18 @@ typedef struct cuda_impl {
     size_t red_n;
     double *result;  /* (2) device result of a reduction */
     double *result_host; /* (2) pinned */
+    size_t mem_peak;     /* most device bytes in use seen after an allocation */
 } cuda_impl;
 
 static cuda_impl *impl_of(backend *be) { return (cuda_impl *)be->impl; }
+
+/* Track the device's used memory (total - free) after an allocation. */
+static void note_usage(cuda_impl *c)
+{
+    size_t free_b = 0, total_b = 0;
+    if (cudaMemGetInfo(&free_b, &total_b) == cudaSuccess && total_b - free_b > c->mem_peak)
+        c->mem_peak = total_b - free_b;
+}
 
 /* Device scratch of at least n elements, grown (never shrunk) as needed. */
 static void grow_f32(cuda_impl *c, float **buf, size_t *have, size_t n)
@@ -59,6 +68,7 @@ static void grow_f32(cuda_impl *c, float **buf, size_t *have, size_t n)
     CUDA_CHECK(cudaStreamSynchronize(c->stream));
     CUDA_CHECK(cudaFree(*buf));
     CUDA_CHECK(cudaMalloc((void **)buf, n * sizeof(float)));
+    note_usage(c);
     *have = n;
 }
 
@@ -68,6 +78,7 @@ static double *red_scratch(cuda_impl *c, size_t n)
         CUDA_CHECK(cudaStreamSynchronize(c->stream));
         CUDA_CHECK(cudaFree(c->red));
         CUDA_CHECK(cudaMalloc((void **)&c->red, n * sizeof(double)));
+        note_usage(c);
         c->red_n = n;
     }
     return c->red;
@@ -185,7 +196,15 @@ static void *dev_alloc_zeroed(backend *be, size_t bytes)
         exit(EXIT_FAILURE);
     }
     CUDA_CHECK(cudaMemsetAsync(p, 0, bytes, c->stream));
+    note_usage(c);
     return p;
+}
+
+static size_t cu_mem_peak(backend *be)
+{
+    cuda_impl *c = impl_of(be);
+    note_usage(c);
+    return c->mem_peak;
 }
 
 static float *cu_alloc(backend *be, size_t n) { return (float *)dev_alloc_zeroed(be, n * sizeof(float)); }
@@ -1011,6 +1030,7 @@ static const backend_ops cuda_ops = {
     .download = cu_download,
     .upload_i32 = cu_upload_i32,
     .sync = cu_sync,
+    .mem_peak = cu_mem_peak,
     .gemm = cu_gemm,
     .gemm_batched = cu_gemm_batched,
     .embedding_fwd = cu_embedding_fwd,

@@ -79,18 +79,26 @@ void run_progress(run_ctx *r, long step, long total, double loss, double tok_per
 int run_report_memory(run_ctx *r, pc_err *e) {
     struct rusage ru;
     getrusage(RUSAGE_SELF, &ru);
-    double mine = (double)ru.ru_maxrss / 1024.0; /* KiB -> MiB */
-    LOGI(&r->log, "peak resident memory %.1f MiB", mine);
-    double *all = pc_calloc((size_t)r->world, sizeof(double));
-    if (comm_all_gather(r->comm, &mine, all, 1, COMM_F64, e) != 0) {
+    double mine[2] = {(double)ru.ru_maxrss / 1024.0, 0}; /* RSS KiB -> MiB, device MiB */
+    if (r->be) mine[1] = (double)be_mem_peak(r->be) / (1024.0 * 1024.0);
+    if (mine[1] > 0)
+        LOGI(&r->log, "peak resident memory %.1f MiB, peak device memory %.1f MiB", mine[0], mine[1]);
+    else
+        LOGI(&r->log, "peak resident memory %.1f MiB", mine[0]);
+    double *all = pc_calloc((size_t)r->world * 2, sizeof(double)); /* (world, 2) */
+    if (comm_all_gather(r->comm, mine, all, 2, COMM_F64, e) != 0) {
         free(all);
         return -1;
     }
     if (r->rank == 0) {
-        char line[8192];
-        int n = snprintf(line, sizeof line, "{\"peak_rss_mib\": [");
-        for (int i = 0; i < r->world && n < (int)sizeof line - 32; i++)
-            n += snprintf(line + n, sizeof line - (size_t)n, "%s%.1f", i ? ", " : "", all[i]);
+        static const char *keys[2] = {"peak_rss_mib", "peak_device_mib"};
+        char line[16384];
+        int n = 0;
+        for (int k = 0; k < 2; k++) {
+            n += snprintf(line + n, sizeof line - (size_t)n, "%s\"%s\": [", k ? "], " : "{", keys[k]);
+            for (int i = 0; i < r->world && n < (int)sizeof line - 64; i++)
+                n += snprintf(line + n, sizeof line - (size_t)n, "%s%.1f", i ? ", " : "", all[2 * i + k]);
+        }
         snprintf(line + n, sizeof line - (size_t)n, "]}");
         run_metrics(r, line);
     }

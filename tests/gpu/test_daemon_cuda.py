@@ -81,6 +81,8 @@ def main():
         pclib.check(open(os.path.join(cpu, "importance.txt")).read() == open(os.path.join(gpu, "importance.txt")).read(),
                     f"{mode}: activation importance keeps the same indices on GPU and CPU")
         close(result(gpu), result(cpu), 1e-4, 1e-4, f"{mode} fp32 GPU vs CPU")
+        peak = [m["peak_device_mib"] for m in pclib.metrics(gpu) if "peak_device_mib" in m]
+        pclib.check(len(peak) == 1 and peak[0][0] > 0, f"{mode}: peak device memory recorded ({peak} MiB)")
         tf = run(f"{mode}-tf32", 1, f"run.mode={mode}", "backend.device=cuda", "backend.tf32=true")
         a, b = result(tf), result(cpu)
         r0, r1 = abs(a[0][0] - b[0][0]) / b[0][0], abs(a[0][-1] - b[0][-1]) / b[0][-1]
