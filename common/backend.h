@@ -33,6 +33,11 @@ typedef struct backend_ops {
     void (*upload)(backend *be, float *dst, const float *host_src, size_t n);
     void (*download)(backend *be, float *host_dst, const float *src, size_t n);
     void (*upload_i32)(backend *be, int32_t *dst, const int32_t *host_src, size_t n);
+    /* bf16 storage (frozen weights): raw bf16 bit patterns, zeroed at allocation. */
+    uint16_t *(*alloc_bf16)(backend *be, size_t n);
+    void (*upload_bf16)(backend *be, uint16_t *dst, const uint16_t *host_src, size_t n);
+    /* dst = (float)src, exact, for n elements. */
+    void (*widen_bf16)(backend *be, float *dst, const uint16_t *src, size_t n);
     void (*sync)(backend *be);
     /* Most device memory in use so far, in bytes (CUDA: the device's used memory after
      * each allocation, context and library workspaces included). NULL on backends whose

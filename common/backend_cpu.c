@@ -88,6 +88,25 @@ static void cpu_add2d(backend *be, float *dst, int ld_dst, const float *src, int
     }
 }
 
+static uint16_t *cpu_alloc_bf16(backend *be, size_t n)
+{
+    (void)be;
+    return pc_calloc(n ? n : 1, sizeof(uint16_t));
+}
+
+static void cpu_upload_bf16(backend *be, uint16_t *dst, const uint16_t *src, size_t n)
+{
+    (void)be;
+    memcpy(dst, src, n * sizeof(uint16_t));
+}
+
+static void cpu_widen_bf16(backend *be, float *dst, const uint16_t *src, size_t n)
+{
+    (void)be;
+    uint32_t *d = (uint32_t *)dst; /* bf16 is the high half of an fp32 */
+    for (size_t i = 0; i < n; i++) d[i] = (uint32_t)src[i] << 16;
+}
+
 static void cpu_upload_i32(backend *be, int32_t *dst, const int32_t *src, size_t n)
 {
     (void)be;
@@ -469,6 +488,9 @@ static const backend_ops cpu_ops = {
     .upload = cpu_copy,
     .download = cpu_copy,
     .upload_i32 = cpu_upload_i32,
+    .alloc_bf16 = cpu_alloc_bf16,
+    .upload_bf16 = cpu_upload_bf16,
+    .widen_bf16 = cpu_widen_bf16,
     .sync = cpu_sync,
     .gemm = cpu_gemm,
     .gemm_batched = cpu_gemm_batched,

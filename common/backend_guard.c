@@ -212,6 +212,28 @@ static void guard_upload_i32(backend *be, int32_t *dst, const int32_t *host_src,
     call_end(&k);
 }
 
+static uint16_t *guard_alloc_bf16(backend *be, size_t n) { return guard_map(be, n * sizeof(uint16_t)); }
+
+static void guard_upload_bf16(backend *be, uint16_t *dst, const uint16_t *host_src, size_t n)
+{
+    guard_call k;
+    call_begin(&k, be, "upload_bf16");
+    call_host(&k, host_src, n * sizeof(uint16_t), "host_src");
+    call_arg(&k, dst, "dst");
+    inner(be)->ops->upload_bf16(inner(be), dst, host_src, n);
+    call_end(&k);
+}
+
+static void guard_widen_bf16(backend *be, float *dst, const uint16_t *src, size_t n)
+{
+    guard_call k;
+    call_begin(&k, be, "widen_bf16");
+    call_arg(&k, dst, "dst");
+    call_arg(&k, src, "src");
+    inner(be)->ops->widen_bf16(inner(be), dst, src, n);
+    call_end(&k);
+}
+
 static void guard_sync(backend *be) { inner(be)->ops->sync(inner(be)); }
 
 /* ---- matrix products ---- */
@@ -512,6 +534,9 @@ static const backend_ops guard_ops = {
     .upload = guard_upload,
     .download = guard_download,
     .upload_i32 = guard_upload_i32,
+    .alloc_bf16 = guard_alloc_bf16,
+    .upload_bf16 = guard_upload_bf16,
+    .widen_bf16 = guard_widen_bf16,
     .sync = guard_sync,
     .gemm = guard_gemm,
     .gemm_batched = guard_gemm_batched,

@@ -79,7 +79,9 @@ static const pc_config_key pc_config_keys[] = {
     {.path = "model.config", .type = PC_CT_STRING, PC_AT(model.config), .def = "", .required = PC_M_PRETRAIN,
      .alt = "model.base", .doc = "`config.json` describing the model to pretrain from scratch (pretrain mode)."},
     {.path = "model.dtype", .type = PC_CT_ENUM, PC_AT(model.dtype), .def = "f32", .choices = "bf16|f32",
-     .doc = "Compute dtype of the model (bf16 keeps fp32 master copies of trainable tensors)."},
+     .doc = "Storage of the frozen base slices during compress: bf16 halves their memory and is exact for a "
+            "bf16 checkpoint (rounded to nearest even otherwise); products run in fp32 (TF32 on cuda) on the "
+            "widened slice. Trained tensors and optimizer state are always fp32."},
     /* compress */
     {.path = "compress.d_model", .type = PC_CT_INT, PC_AT(compress.d_model), .def = "0", .min = 0,
      .flags = PC_K_MIN, .required = PC_M_COMPRESS | PC_M_PRUNE,

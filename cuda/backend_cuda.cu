@@ -258,6 +258,33 @@ static void cu_download(backend *be, float *host_dst, const float *src, size_t n
     CUDA_CHECK(cudaStreamSynchronize(c->stream));
 }
 
+static uint16_t *cu_alloc_bf16(backend *be, size_t n)
+{
+    return (uint16_t *)dev_alloc_zeroed(be, n * sizeof(uint16_t));
+}
+
+static void cu_upload_bf16(backend *be, uint16_t *dst, const uint16_t *host_src, size_t n)
+{
+    cuda_impl *c = impl_of(be);
+    if (n == 0) return;
+    CUDA_CHECK(cudaMemcpyAsync(dst, host_src, n * sizeof(uint16_t), cudaMemcpyHostToDevice, c->stream));
+    CUDA_CHECK(cudaStreamSynchronize(c->stream));
+}
+
+/* bf16 bits are the high half of the fp32 with the same value */
+__global__ void k_widen_bf16(float *dst, const uint16_t *src, size_t n)
+{
+    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x)
+        dst[i] = __uint_as_float((unsigned)src[i] << 16);
+}
+
+static void cu_widen_bf16(backend *be, float *dst, const uint16_t *src, size_t n)
+{
+    if (!n) return;
+    k_widen_bf16<<<grid_for(n, 256), 256, 0, impl_of(be)->stream>>>(dst, src, n);
+    LAUNCH_CHECK();
+}
+
 static void cu_upload_i32(backend *be, int32_t *dst, const int32_t *host_src, size_t n)
 {
     cuda_impl *c = impl_of(be);
@@ -1029,6 +1056,9 @@ static const backend_ops cuda_ops = {
     .upload = cu_upload,
     .download = cu_download,
     .upload_i32 = cu_upload_i32,
+    .alloc_bf16 = cu_alloc_bf16,
+    .upload_bf16 = cu_upload_bf16,
+    .widen_bf16 = cu_widen_bf16,
     .sync = cu_sync,
     .mem_peak = cu_mem_peak,
     .gemm = cu_gemm,

@@ -150,7 +150,8 @@ static int proj_setup(run_ctx *r, trainer *t, pc_err *e) {
                                           [PLAN_NORM] = PROJ_NORM};
         specs[i] = (proj_spec){b->name, kinds[b->kind], b->r0, b->r1, b->owner};
     }
-    int rc = proj_init(&t->ps, r->be, t->base, &t->base_cfg, &t->m, &t->idx, specs, p.n_blocks, r->rank, r->world, e);
+    int rc = proj_init(&t->ps, r->be, t->base, &t->base_cfg, &t->m, &t->idx, specs, p.n_blocks, r->rank, r->world,
+                       !strcmp(r->cfg.model.dtype, "bf16"), e);
     LOGI(&r->log, "plan: %d blocks (%d matrices split), balance %.2f; this rank owns %lld trainable parameters",
          p.n_blocks, p.n_split, plan_balance(&p), (long long)t->ps.n_params);
     free(specs);
@@ -187,6 +188,8 @@ int compress_setup(run_ctx *r, trainer *t, pc_err *e) {
     t->proj_flops = proj_flops(&t->ps);
     LOGI(&r->log, "projections: %lld trainable parameters here, %d blocks in all, %.3g projection FLOPs per step",
          (long long)t->ps.n_params, t->ps.n_blocks, t->proj_flops);
+    LOGI(&r->log, "frozen base slices here: %lld bytes in %s", (long long)t->ps.base_bytes,
+         t->ps.base_bf16 ? "bf16" : "f32");
     t->be = r->be;
     t->adam_m = be_alloc(r->be, (size_t)t->ps.n_params);
     t->adam_v = be_alloc(r->be, (size_t)t->ps.n_params);

@@ -181,9 +181,11 @@ static void size_block(const tensor_desc *d, plan_block *k, int pieces, const pl
     k->base_bytes = dO * dI * o->base_dtype_bytes;
     k->state_bytes = ADAM_F32 * k->own_numel;
     k->shared_bytes = ADAM_F32 * sh;
-    /* project.c: scratch max(W P_in, P_out W) when both sides project, plus dP_in|dP_out|dA */
+    /* project.c: scratch max(W P_in, P_out W) when both sides project, plus dP_in|dP_out|dA,
+     * plus the fp32 copy of a bf16 base slice in use */
     int64_t scratch = d->p_in && d->p_out ? PC_MAX(dO * ic, oc * dI) : 0;
-    k->scratch_bytes = 4 * (scratch + pin + pout + oc * ic);
+    int64_t wide = o->base_dtype_bytes == 2 ? dO * dI : 0;
+    k->scratch_bytes = 4 * (scratch + wide + pin + pout + oc * ic);
     k->flops = slice_flops((double)dO, (double)dI, (double)oc, (double)ic, d->p_in, d->p_out);
 }
 
@@ -621,9 +623,9 @@ void plan_opts_from_config(const pc_config *c, plan_opts *o) {
     o->micro_batch = c->train.micro_batch > 0 ? c->train.micro_batch : 1;
     o->seq_len = c->data.seq_len > 0 ? c->data.seq_len : 1;
     int cuda = !strcmp(c->backend.device, "cuda");
-    o->compute_dtype_bytes = cuda ? 2 : 4;
-    o->base_dtype_bytes = cuda && !strcmp(c->model.dtype, "bf16") ? 2 : 4;
-    o->attn_tt = cuda ? 0 : 1;
+    o->compute_dtype_bytes = 4; /* every backend computes in fp32 */
+    o->base_dtype_bytes = !strcmp(c->model.dtype, "bf16") ? 2 : 4;
+    o->attn_tt = cuda ? 0 : 1; /* the CUDA attention never holds a (T,T) matrix */
 }
 
 int plan_dry_run(const pc_config *c, int world, FILE *out, pc_err *e) {

@@ -38,7 +38,7 @@ typedef enum plan_kind { PLAN_WHOLE = 0, PLAN_ROWS, PLAN_COLS, PLAN_NORM } plan_
 typedef struct plan_opts {
     int micro_batch, seq_len;  /* activations are sized for one (B,T) micro-batch */
     int base_dtype_bytes;      /* frozen base in memory: 2 (bf16) or 4 (f32) */
-    int compute_dtype_bytes;   /* W_C replica, activations, comm: 2 (bf16, cuda) or 4 (f32, cpu) */
+    int compute_dtype_bytes;   /* W_C replica, activations, comm: 4 (f32, every backend); 2 models bf16 compute */
     int attn_tt;               /* 1: attention materialises one (T,T) f32 score matrix at a time (cpu) */
     int64_t split_bytes;       /* split a matrix above this many bytes; 0: total / world / 2 */
 } plan_opts;
@@ -138,8 +138,9 @@ int plan_write(const plan *p, FILE *f);
 /* The compressed shape a job asks for: base widths replaced by compress.d_model and
  * compress.d_ff (uniform or per layer; unset keeps the base width), untied. */
 int plan_small_config(const pc_config *c, const llama_config *base, llama_config *small, pc_err *e);
-/* Options from a job: train.micro_batch, data.seq_len; backend.device cuda -> bf16
- * compute and model.dtype base, otherwise f32 for both (what the CPU backend holds). */
+/* Options from a job: train.micro_batch, data.seq_len; base slices in model.dtype (bf16
+ * or f32), everything else f32 (what every backend computes in); backend.device cuda ->
+ * no (T,T) attention matrix. */
 void plan_opts_from_config(const pc_config *c, plan_opts *o);
 /* Read model.base/config.json (or model.config) without touching weights, build the
  * plan for `world` ranks and write it to out. */

@@ -144,29 +144,48 @@ static int lowest_holder(const proj_set *ps, int i) {
     return lo;
 }
 
-static float *load_slice(proj_set *ps, const st_model *base, const proj_block *b, const char *bname, pc_err *e) {
+/* Block b's base slice into device memory (b->w, or b->w16 in bf16 storage). */
+static int load_slice(proj_set *ps, const st_model *base, proj_block *b, const char *bname, pc_err *e) {
     const st_tensor *t = st_find(base, bname);
     int64_t R = b->kind == PROJ_ROWS ? b->r1 - b->r0 : b->d_out, C = b->kind == PROJ_COLS ? b->r1 - b->r0 : b->d_in;
     int64_t fullR = b->kind == PROJ_ROWS ? -1 : b->d_out, fullC = b->kind == PROJ_COLS ? -1 : b->d_in;
-    if (!t) return pc_errorf(e, "%s: tensor '%s' is missing", st_source(base), bname), NULL;
+    if (!t) return pc_errorf(e, "%s: tensor '%s' is missing", st_source(base), bname);
     if (t->ndim != 2 || (fullR >= 0 && t->shape[0] != fullR) || (fullC >= 0 && t->shape[1] != fullC))
         return pc_errorf(e, "%s: tensor '%s' has shape [%lld, %lld], config.json implies [%lld, %lld]",
                          st_file_path(base, t), bname, (long long)(t->ndim > 0 ? t->shape[0] : 0),
-                         (long long)(t->ndim > 1 ? t->shape[1] : 0), (long long)b->d_out, (long long)b->d_in),
-               NULL;
+                         (long long)(t->ndim > 1 ? t->shape[1] : 0), (long long)b->d_out, (long long)b->d_in);
     float *w = pc_alloc_f32((size_t)(R * C)); /* (R, C) host copy */
     int rc = b->kind == PROJ_ROWS   ? st_read_rows_f32(base, bname, b->r0, R, w, e)
              : b->kind == PROJ_COLS ? st_read_cols_f32(base, bname, b->r0, C, w, e)
                                     : st_read_f32(base, bname, w, (size_t)(R * C), e);
     if (rc == 0) rc = st_check_finite(base, bname, w, (size_t)(R * C), e);
-    float *dev = NULL;
-    if (rc == 0) {
-        dev = be_alloc(ps->be, (size_t)(R * C));
-        be_upload(ps->be, dev, w, (size_t)(R * C));
+    size_t n = (size_t)(R * C);
+    if (rc == 0 && ps->base_bf16) {
+        uint16_t *h = pc_malloc(n * sizeof(uint16_t)); /* (R, C) bf16, round to nearest even */
+        for (size_t i = 0; i < n; i++) h[i] = pc_f32_to_bf16(w[i]);
+        uint16_t *dev = ps->be->ops->alloc_bf16(ps->be, n);
+        ps->be->ops->upload_bf16(ps->be, dev, h, n);
+        free(h);
         ps->base_bufs[ps->n_base_bufs++] = dev;
+        b->w16 = dev;
+        ps->base_bytes += (int64_t)(n * sizeof(uint16_t));
+        ps->wide_n = PC_MAX(ps->wide_n, (int64_t)n);
+    } else if (rc == 0) {
+        float *dev = be_alloc(ps->be, n);
+        be_upload(ps->be, dev, w, n);
+        ps->base_bufs[ps->n_base_bufs++] = dev;
+        b->w = dev;
+        ps->base_bytes += (int64_t)(n * sizeof(float));
     }
     free(w);
-    return dev;
+    return rc;
+}
+
+/* Block b's base slice as fp32 (d_out, d_in): its own buffer, or widened into ps->wide. */
+static const float *slice_f32(proj_set *ps, const proj_block *b) {
+    if (!b->w16) return b->w;
+    ps->be->ops->widen_bf16(ps->be, ps->wide, b->w16, (size_t)b->d_out * b->d_in);
+    return ps->wide;
 }
 
 static void build_layout(proj_set *ps) {
@@ -233,9 +252,10 @@ static int init_params(proj_set *ps, const st_model *base, const llama_config *b
 
 int proj_init(proj_set *ps, backend *be, const st_model *base, const llama_config *base_cfg,
               const llama_model *small, const proj_indices *idx, const proj_spec *specs, int n_specs, int rank,
-              int world, pc_err *e) {
+              int world, int base_bf16, pc_err *e) {
     memset(ps, 0, sizeof *ps);
     ps->be = be;
+    ps->base_bf16 = base_bf16;
     ps->rank = rank;
     ps->world = world;
     int n = specs ? n_specs : llama_n_tensors(small);
@@ -273,8 +293,7 @@ int proj_init(proj_set *ps, backend *be, const st_model *base, const llama_confi
             b->a = add_tensor(ps, b->name, "", b->d_in_c, 1, 1);
             continue;
         }
-        b->w = load_slice(ps, base, b, base_name(base, b->name), e);
-        if (!b->w) return -1;
+        if (load_slice(ps, base, b, base_name(base, b->name), e) != 0) return -1;
         int has_in = b->d_in_c < b->d_in, has_out = b->d_out_c < b->d_out;
         proj_shared *sh = b->shared >= 0 ? &ps->shared[b->shared] : NULL;
         int in_shared = sh && has_in && b->kind == PROJ_ROWS, out_shared = sh && has_out && b->kind == PROJ_COLS;
@@ -298,6 +317,7 @@ int proj_init(proj_set *ps, backend *be, const st_model *base, const llama_confi
     }
     ps->params = be_alloc(be, (size_t)ps->n_params); /* zeroed: A = 0 */
     ps->scratch = be_alloc(be, (size_t)ps->scratch_n);
+    if (ps->wide_n > 0) ps->wide = be_alloc(be, (size_t)ps->wide_n);
     ps->grad = be_alloc(be, (size_t)ps->grad_n);
     build_layout(ps);
     return init_params(ps, base, base_cfg, idx, e);
@@ -306,7 +326,7 @@ int proj_init(proj_set *ps, backend *be, const st_model *base, const llama_confi
 void proj_free(proj_set *ps) {
     backend *be = ps->be;
     for (int i = 0; i < ps->n_base_bufs; i++) be_free(be, ps->base_bufs[i]);
-    float *dev[] = {ps->params, ps->shared_grad, ps->scratch, ps->grad, ps->pack, ps->unpack};
+    float *dev[] = {ps->params, ps->shared_grad, ps->scratch, ps->grad, ps->pack, ps->unpack, ps->wide};
     for (size_t i = 0; i < PC_ARRAY_LEN(dev); i++)
         if (dev[i]) be_free(be, dev[i]);
     free(ps->base_bufs);
@@ -334,24 +354,25 @@ static void materialize_block(proj_set *ps, const proj_block *b, float *out, int
     const float *p_in = b->p_in >= 0 ? ps->params + b->p_in : NULL;   /* (d_in, d_in') */
     const float *p_out = b->p_out >= 0 ? ps->params + b->p_out : NULL; /* (d_out', d_out) */
     int dO = b->d_out, dI = b->d_in, o = b->d_out_c, i = b->d_in_c;
+    const float *w = slice_f32(ps, b); /* (d_out, d_in) */
     copy_rows(ps->be, out, ld, ps->params + b->a, i, o, i); /* A (d_out', d_in') */
     if (p_in && p_out) {
         double cost_x = (double)dO * dI * i + (double)o * dO * i, cost_y = (double)o * dO * dI + (double)o * dI * i;
         if (cost_x <= cost_y) {
             float *x = ps->scratch;                                  /* W P_in: (d_out, d_in') */
-            gemm(ps, 0, 0, dO, i, dI, b->w, dI, p_in, i, 0.0f, x, i);
+            gemm(ps, 0, 0, dO, i, dI, w, dI, p_in, i, 0.0f, x, i);
             gemm(ps, 0, 0, o, i, dO, p_out, dO, x, i, 1.0f, out, ld); /* P_out X: (d_out', d_in') */
         } else {
             float *y = ps->scratch;                                  /* P_out W: (d_out', d_in) */
-            gemm(ps, 0, 0, o, dI, dO, p_out, dO, b->w, dI, 0.0f, y, dI);
+            gemm(ps, 0, 0, o, dI, dO, p_out, dO, w, dI, 0.0f, y, dI);
             gemm(ps, 0, 0, o, i, dI, y, dI, p_in, i, 1.0f, out, ld); /* Y P_in */
         }
     } else if (p_in) {
-        gemm(ps, 0, 0, dO, i, dI, b->w, dI, p_in, i, 1.0f, out, ld);
+        gemm(ps, 0, 0, dO, i, dI, w, dI, p_in, i, 1.0f, out, ld);
     } else if (p_out) {
-        gemm(ps, 0, 0, o, dI, dO, p_out, dO, b->w, dI, 1.0f, out, ld);
+        gemm(ps, 0, 0, o, dI, dO, p_out, dO, w, dI, 1.0f, out, ld);
     } else { /* nothing compressed: W_C = W + A */
-        ps->be->ops->add2d(ps->be, out, ld, b->w, dI, o, i, 1.0f);
+        ps->be->ops->add2d(ps->be, out, ld, w, dI, o, i, 1.0f);
     }
 }
 
@@ -426,6 +447,7 @@ double proj_grad_block(proj_set *ps, int idx, const llama_model *small, int with
     const proj_shared *sh = b->shared >= 0 ? &ps->shared[b->shared] : NULL;
     int64_t off = 0;
     *gin = *gout = -1;
+    const float *w = slice_f32(ps, b); /* (d_out, d_in); NULL for a norm block */
     if (b->kind == PROJ_NORM) {
         *ga = 0;
         be_copy(ps->be, ps->grad, G, (size_t)i);
@@ -433,9 +455,9 @@ double proj_grad_block(proj_set *ps, int idx, const llama_model *small, int with
     }
     int in_shared = sh && b->kind == PROJ_ROWS, out_shared = sh && b->kind == PROJ_COLS;
     if (p_in && (with_shared || !in_shared)) { /* dP_in (d_in, d_in') = (P_out W)^T G */
-        const float *y = b->w; /* (d_out', d_in) */
+        const float *y = w; /* (d_out', d_in) */
         if (p_out) {
-            gemm(ps, 0, 0, o, dI, dO, p_out, dO, b->w, dI, 0.0f, ps->scratch, dI);
+            gemm(ps, 0, 0, o, dI, dO, p_out, dO, w, dI, 0.0f, ps->scratch, dI);
             y = ps->scratch;
         }
         if (in_shared) { /* partial of a shared factor: summed over its blocks */
@@ -447,9 +469,9 @@ double proj_grad_block(proj_set *ps, int idx, const llama_model *small, int with
         }
     }
     if (p_out && (with_shared || !out_shared)) { /* dP_out (d_out', d_out) = G (W P_in)^T */
-        const float *x = b->w; /* (d_out, d_in') */
+        const float *x = w; /* (d_out, d_in') */
         if (p_in) {
-            gemm(ps, 0, 0, dO, i, dI, b->w, dI, p_in, i, 0.0f, ps->scratch, i);
+            gemm(ps, 0, 0, dO, i, dI, w, dI, p_in, i, 0.0f, ps->scratch, i);
             x = ps->scratch;
         }
         if (out_shared) {

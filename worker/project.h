@@ -54,7 +54,8 @@ typedef struct proj_block {
     int d_out_c, d_in_c;     /* shape of the compressed slice W_C */
     int ld_c;                /* row stride of W_C / G inside the small tensor */
     int64_t off_c;           /* offset of the slice's first element in small params / grads */
-    const float *w;          /* (d_out, d_in) base slice, device; owner only */
+    const float *w;          /* (d_out, d_in) base slice, device, fp32 storage; owner only */
+    const uint16_t *w16;     /* the same in bf16 storage (base_bf16), widened to fp32 on use */
     int64_t p_in, p_out, a;  /* offsets into params (-1: absent or not held) */
     int shared;              /* index of the shared factor of this block's matrix, or -1 */
     double flops;            /* projection FLOPs of one step (materialise + gradient, one pass) */
@@ -80,8 +81,12 @@ typedef struct proj_set {
     float *params;              /* (n_params) trainable state held here */
     float *shared_grad;         /* (sum of shared numel) gradients of every shared factor */
     int64_t shared_grad_n;
-    float **base_bufs;          /* frozen base slices loaded here */
+    void **base_bufs;           /* frozen base slices loaded here (fp32 or bf16) */
+    int64_t base_bytes;         /* their size */
     int n_base_bufs;
+    int base_bf16;              /* base slices stored in bf16 (w16), else fp32 (w) */
+    float *wide;                /* (largest base slice) fp32 copy of a bf16 slice in use */
+    int64_t wide_n;
     float *scratch;             /* intermediates of one block */
     float *grad;                /* (dP_in | dP_out | dA) of one block */
     int64_t scratch_n, grad_n;
@@ -102,11 +107,13 @@ typedef struct proj_indices {
 } proj_indices;
 
 /* Build the blocks of `specs` (NULL: every tensor one block owned by rank 0) for the
- * small model `small` (shaped d', f'), load this rank's base slices from `base`, and
+ * small model `small` (shaped d', f'), load this rank's base slices from `base` (kept in
+ * bf16 when base_bf16: half the memory, exact for a bf16 checkpoint, rounded to nearest
+ * even otherwise; every product still runs in fp32 on the widened slice), and
  * initialise one-hot projections at idx, A = 0, norm gains sliced. */
 int proj_init(proj_set *ps, backend *be, const st_model *base, const llama_config *base_cfg,
               const llama_model *small, const proj_indices *idx, const proj_spec *specs, int n_specs, int rank,
-              int world, pc_err *e);
+              int world, int base_bf16, pc_err *e);
 void proj_free(proj_set *ps);
 
 /* W_C of this rank's blocks (and its norm gains) into small->params. */

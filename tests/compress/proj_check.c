@@ -73,7 +73,7 @@ int main(int argc, char **argv) {
             specs[n_specs++] = (proj_spec){t->name, t->ndim == 1 ? PROJ_NORM : PROJ_WHOLE, 0, 0, 0};
         }
     }
-    if (proj_init(&ps, be, base, &bc, &m, &idx, specs, n_specs, 0, 1, &e)) return fail(&e);
+    if (proj_init(&ps, be, base, &bc, &m, &idx, specs, n_specs, 0, 1, 0, &e)) return fail(&e);
     pc_rng rng;
     pc_rng_seed(&rng, seed * 7919 + 1);
     for (int64_t i = 0; i < ps.n_params; i++) ps.params[i] += 0.05f * pc_rng_normal(&rng);

@@ -441,6 +441,22 @@ static void test_elementwise(ctx *x)
     check_pair(x, "add2d beta 1 (accumulate)", &dst, TOL_F32);
     pair_free(x, &dst);
     pair_free(x, &src);
+
+    /* bf16 storage widened to fp32: exact */
+    const size_t nb = 100003;
+    uint16_t *hb = pc_malloc(nb * sizeof(uint16_t));
+    for (size_t i = 0; i < nb; i++) hb[i] = pc_f32_to_bf16(3.0f * pc_rng_normal(&x->rng));
+    uint16_t *bc = x->cpu->ops->alloc_bf16(x->cpu, nb), *bg = x->gpu->ops->alloc_bf16(x->gpu, nb);
+    x->cpu->ops->upload_bf16(x->cpu, bc, hb, nb);
+    x->gpu->ops->upload_bf16(x->gpu, bg, hb, nb);
+    pair wide = pair_randn(x, nb, 1.0f);
+    x->cpu->ops->widen_bf16(x->cpu, wide.c, bc, nb);
+    x->gpu->ops->widen_bf16(x->gpu, wide.g, bg, nb);
+    check_pair(x, "widen_bf16 (exact)", &wide, 0.0);
+    pair_free(x, &wide);
+    be_free(x->cpu, bc);
+    be_free(x->gpu, bg);
+    free(hb);
 }
 
 static void test_adamw(ctx *x)

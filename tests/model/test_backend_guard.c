@@ -281,6 +281,24 @@ static void op_add2d(backend *be, outv *o)
     be_free(be, dst), be_free(be, src);
 }
 
+static void op_bf16(backend *be, outv *o)
+{
+    size_t n = 37;
+    uint16_t h[37];
+    for (size_t i = 0; i < n; i++) h[i] = pc_f32_to_bf16((float)i * 0.37f - 5.0f);
+    uint16_t *w = be->ops->alloc_bf16(be, n);
+    be->ops->upload_bf16(be, w + 2, h, n - 2);
+    float *y = dev_rand(be, n + 3, 160, 1);
+    be->ops->widen_bf16(be, y + 1, w, n);
+    out_fetch(be, o, y, n + 3);
+    float got[37];
+    be_download(be, got, y + 1, n);
+    for (size_t i = 0; i < n; i++) /* zeros where nothing was uploaded, then exactly the bf16 values */
+        if (got[i] != (i < 2 ? 0.0f : pc_bf16_to_f32(h[i - 2])))
+            fail_msg("widen_bf16: element %zu is %.9g, want %.9g", i, got[i], i < 2 ? 0.0 : pc_bf16_to_f32(h[i - 2]));
+    be_free(be, w), be_free(be, y);
+}
+
 static void op_elementwise(backend *be, outv *o)
 {
     size_t n = 33;
@@ -330,6 +348,7 @@ static const op_case op_cases[] = {
     {"xent_fwd/bwd", op_xent},
     {"distill", op_distill},
     {"add2d", op_add2d},
+    {"alloc_bf16/upload_bf16/widen_bf16", op_bf16},
     {"add/scale/axpy/sumsq", op_elementwise},
     {"adamw", op_adamw},
 };

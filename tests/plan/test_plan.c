@@ -481,10 +481,10 @@ static void test_dry_run(void **state) {
     assert_true(dt < 1.0);
     assert_non_null(strstr(buf, "# base   d_model 4096  d_ff 14336  layers 32  heads 32/8  head_dim 128  vocab 128256"));
     assert_non_null(strstr(buf, "# small  d_model 2160  d_ff 6480  layers 32"));
-    assert_non_null(strstr(buf, "# world 16  micro_batch 2  seq_len 4096  base_dtype 2B  compute_dtype 2B  attn_tt 0"));
+    assert_non_null(strstr(buf, "# world 16  micro_batch 2  seq_len 4096  base_dtype 2B  compute_dtype 4B  attn_tt 0"));
     free(buf);
 
-    /* per-layer d_ff and the CPU backend (f32 everywhere, one (T,T) score matrix) */
+    /* per-layer d_ff and the CPU backend (bf16 base slices, f32 compute, one (T,T) score matrix) */
     const char *sets[] = {"backend.device=cpu", "compress.d_ff=[6480,6400,6480,6480,6480,6480,6480,6480,6480,6480,"
                                                 "6480,6480,6480,6480,6480,6480,6480,6480,6480,6480,6480,6480,6480,"
                                                 "6480,6480,6480,6480,6480,6480,6480,6480,7000]"};
@@ -495,7 +495,7 @@ static void test_dry_run(void **state) {
     assert_int_equal(plan_dry_run(&c, 8, out, &e), 0);
     fclose(out);
     assert_non_null(strstr(buf, "# small  d_model 2160  d_ff 7000 (max, per layer)"));
-    assert_non_null(strstr(buf, "base_dtype 4B  compute_dtype 4B  attn_tt 1"));
+    assert_non_null(strstr(buf, "base_dtype 2B  compute_dtype 4B  attn_tt 1"));
     free(buf);
 
     /* a d_ff list of the wrong length is refused, naming the key */
