@@ -20,6 +20,13 @@
 
 typedef struct backend backend;
 
+/* How `gemm` treats its inputs (accumulation and output are fp32 in every mode):
+ * FP32 as they are; TF32 rounded to TF32 by the tensor cores (CUDA; the CPU computes
+ * fp32); BF16 rounded to bf16, nearest even (CUDA: bf16 tensor cores; the CPU rounds
+ * copies of the inputs and multiplies in fp32, the same arithmetic up to summation
+ * order). gemm_batched and the attention products are not affected. */
+typedef enum { MATMUL_FP32 = 0, MATMUL_TF32, MATMUL_BF16 } matmul_mode;
+
 typedef struct backend_ops {
     const char *name;
     void (*destroy)(backend *be);
@@ -44,7 +51,10 @@ typedef struct backend_ops {
      * buffers are host memory: the process's peak RSS says it. */
     size_t (*mem_peak)(backend *be);
 
-    /* C[M,N] = alpha * op(A) * op(B) + beta * C; op(A) is [M,K], op(B) is [K,N]. */
+    /* The matmul mode of later gemm calls; returns 0. */
+    int (*set_matmul)(backend *be, matmul_mode mode);
+    /* C[M,N] = alpha * op(A) * op(B) + beta * C; op(A) is [M,K], op(B) is [K,N];
+     * inputs as the matmul mode says. */
     void (*gemm)(backend *be, int trans_a, int trans_b, int M, int N, int K, float alpha, const float *A, int lda,
                  const float *B, int ldb, float beta, float *C, int ldc);
     /* The same for batch matrices at A + i*stride_a, B + i*stride_b, C + i*stride_c. */

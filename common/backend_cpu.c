@@ -21,6 +21,9 @@
 typedef struct cpu_impl {
     float *scratch; /* attention work space, 2 x (T,T) */
     size_t scratch_n;
+    matmul_mode matmul;
+    float *round_buf; /* MATMUL_BF16: bf16-rounded copies of the gemm inputs */
+    size_t round_n;
 } cpu_impl;
 
 static float *cpu_scratch(backend *be, size_t n)
@@ -38,6 +41,7 @@ static void cpu_destroy(backend *be)
 {
     cpu_impl *c = be->impl;
     free(c->scratch);
+    free(c->round_buf);
     free(c);
     free(be);
 }
@@ -117,20 +121,61 @@ static void cpu_sync(backend *be) { (void)be; }
 
 /* ---- matrix products ---- */
 
+static void cpu_set_info(backend *be)
+{
+    snprintf(be->info, sizeof(be->info), "OpenBLAS core %s, %d thread(s)%s", openblas_get_corename(), be->threads,
+             ((cpu_impl *)be->impl)->matmul == MATMUL_BF16 ? ", gemm inputs rounded to bf16" : "");
+}
+
+static int cpu_set_matmul(backend *be, matmul_mode mode)
+{
+    ((cpu_impl *)be->impl)->matmul = mode;
+    cpu_set_info(be);
+    return 0;
+}
+
+static void sgemm(int ta, int tb, int M, int N, int K, float alpha, const float *A, int lda, const float *B, int ldb,
+                  float beta, float *C, int ldc)
+{
+    cblas_sgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans, M, N, K, alpha, A,
+                lda, B, ldb, beta, C, ldc);
+}
+
+/* (rows, cols) of src (row stride ld) rounded to bf16 values into dst (row stride cols). */
+static void round_bf16(float *dst, const float *src, int rows, int cols, int ld)
+{
+    for (int r = 0; r < rows; r++)
+        for (int j = 0; j < cols; j++) dst[(size_t)r * cols + j] = pc_bf16_to_f32(pc_f32_to_bf16(src[(size_t)r * ld + j]));
+}
+
 static void cpu_gemm(backend *be, int ta, int tb, int M, int N, int K, float alpha, const float *A, int lda,
                      const float *B, int ldb, float beta, float *C, int ldc)
 {
-    (void)be;
-    cblas_sgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans, M, N, K, alpha, A,
-                lda, B, ldb, beta, C, ldc);
+    cpu_impl *c = be->impl;
+    if (c->matmul != MATMUL_BF16 || M <= 0 || N <= 0 || K <= 0) {
+        sgemm(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+        return;
+    }
+    int ra = ta ? K : M, ca = ta ? M : K, rb = tb ? N : K, cb = tb ? K : N; /* stored shapes of A and B */
+    size_t na = (size_t)ra * ca, need = na + (size_t)rb * cb;
+    if (c->round_n < need) {
+        free(c->round_buf);
+        c->round_buf = pc_alloc_f32(need);
+        c->round_n = need;
+    }
+    float *a = c->round_buf, *b = c->round_buf + na;
+    round_bf16(a, A, ra, ca, lda);
+    round_bf16(b, B, rb, cb, ldb);
+    sgemm(ta, tb, M, N, K, alpha, a, ca, b, cb, beta, C, ldc);
 }
 
 static void cpu_gemm_batched(backend *be, int ta, int tb, int M, int N, int K, float alpha, const float *A, int lda,
                              int64_t sa, const float *B, int ldb, int64_t sb, float beta, float *C, int ldc,
                              int64_t sc, int batch)
 {
+    (void)be;
     for (int i = 0; i < batch; i++)
-        cpu_gemm(be, ta, tb, M, N, K, alpha, A + i * sa, lda, B + i * sb, ldb, beta, C + i * sc, ldc);
+        sgemm(ta, tb, M, N, K, alpha, A + i * sa, lda, B + i * sb, ldb, beta, C + i * sc, ldc);
 }
 
 /* ---- embedding ---- */
@@ -492,6 +537,7 @@ static const backend_ops cpu_ops = {
     .upload_bf16 = cpu_upload_bf16,
     .widen_bf16 = cpu_widen_bf16,
     .sync = cpu_sync,
+    .set_matmul = cpu_set_matmul,
     .gemm = cpu_gemm,
     .gemm_batched = cpu_gemm_batched,
     .embedding_fwd = cpu_embedding_fwd,
@@ -523,7 +569,7 @@ backend *backend_cpu_create(int threads)
     be->host_memory = 1;
     if (threads > 0) openblas_set_num_threads(threads);
     be->threads = threads > 0 ? threads : openblas_get_num_threads();
-    snprintf(be->info, sizeof(be->info), "OpenBLAS core %s, %d thread(s)", openblas_get_corename(), be->threads);
+    cpu_set_info(be);
     return be;
 }
 

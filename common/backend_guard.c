@@ -236,6 +236,8 @@ static void guard_widen_bf16(backend *be, float *dst, const uint16_t *src, size_
 
 static void guard_sync(backend *be) { inner(be)->ops->sync(inner(be)); }
 
+static int guard_set_matmul(backend *be, matmul_mode mode) { return inner(be)->ops->set_matmul(inner(be), mode); }
+
 /* ---- matrix products ---- */
 
 static void guard_gemm(backend *be, int ta, int tb, int M, int N, int K, float alpha, const float *A, int lda,
@@ -538,6 +540,7 @@ static const backend_ops guard_ops = {
     .upload_bf16 = guard_upload_bf16,
     .widen_bf16 = guard_widen_bf16,
     .sync = guard_sync,
+    .set_matmul = guard_set_matmul,
     .gemm = guard_gemm,
     .gemm_batched = guard_gemm_batched,
     .embedding_fwd = guard_embedding_fwd,

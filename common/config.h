@@ -70,7 +70,7 @@ typedef struct pc_config {
         char device[16]; /* auto|cpu|cuda|cpu-guarded */
         char comm[8];    /* auto|mpi|nccl */
         int threads;     /* 0: automatic */
-        int tf32;        /* CUDA matrix products on TF32 tensor cores */
+        char matmul[8];  /* fp32|tf32|bf16: gemm inputs */
     } backend;
     struct {
         char dir[1024]; /* "" means RUN/final */

@@ -162,8 +162,10 @@ static const pc_config_key pc_config_keys[] = {
     {.path = "backend.comm", .type = PC_CT_ENUM, PC_AT(backend.comm), .def = "auto", .choices = "auto|mpi|nccl",
      .doc = "Collectives on device buffers: nccl with the cuda device (auto), else mpi (staged through host memory "
             "when the device is not the CPU). Small host values always go over MPI."},
-    {.path = "backend.tf32", .type = PC_CT_BOOL, PC_AT(backend.tf32), .def = "true",
-     .doc = "cuda: matrix products on TF32 tensor cores (fp32 accumulation); false: plain fp32. No effect on cpu."},
+    {.path = "backend.matmul", .type = PC_CT_ENUM, PC_AT(backend.matmul), .def = "tf32", .choices = "fp32|tf32|bf16",
+     .doc = "Inputs of the matrix products (accumulation and results are fp32 in every mode): fp32 as they are; "
+            "tf32 on TF32 tensor cores (cuda; plain fp32 on cpu); bf16 rounded to bf16 (cuda: bf16 tensor cores, "
+            "twice TF32's rate; cpu: rounded copies, for checking the numerics). Attention is fp32."},
     {.path = "backend.threads", .type = PC_CT_INT, PC_AT(backend.threads), .def = "0", .min = 0, .flags = PC_K_MIN,
      .doc = "CPU threads per rank for BLAS and the CPU ops (0 = automatic)."},
     /* output */

@@ -15,6 +15,7 @@
 #include "backend_cuda.h"
 
 #include <cublas_v2.h>
+#include <cuda_bf16.h>
 #include <cuda_runtime.h>
 #include <math.h>
 #include <stdint.h>
@@ -39,6 +40,9 @@
 typedef struct cuda_impl {
     int device;
     int tf32;
+    matmul_mode matmul;
+    uint16_t *bf_a, *bf_b; /* MATMUL_BF16: bf16 copies of the gemm inputs */
+    size_t bf_a_n, bf_b_n;
     char device_name[64];
     cudaStream_t stream;
     cublasHandle_t blas;
@@ -70,6 +74,19 @@ static void grow_f32(cuda_impl *c, float **buf, size_t *have, size_t n)
     CUDA_CHECK(cudaMalloc((void **)buf, n * sizeof(float)));
     note_usage(c);
     *have = n;
+}
+
+/* bf16 device scratch of at least n elements, grown as needed. */
+static uint16_t *grow_bf16(cuda_impl *c, uint16_t **buf, size_t *have, size_t n)
+{
+    if (*have < n) {
+        CUDA_CHECK(cudaStreamSynchronize(c->stream));
+        CUDA_CHECK(cudaFree(*buf));
+        CUDA_CHECK(cudaMalloc((void **)buf, n * sizeof(uint16_t)));
+        note_usage(c);
+        *have = n;
+    }
+    return *buf;
 }
 
 static double *red_scratch(cuda_impl *c, size_t n)
@@ -176,6 +193,8 @@ static void cu_destroy(backend *be)
     CUDA_CHECK(cudaStreamSynchronize(c->stream));
     CUDA_CHECK(cudaFree(c->att_d));
     CUDA_CHECK(cudaFree(c->red));
+    CUDA_CHECK(cudaFree(c->bf_a));
+    CUDA_CHECK(cudaFree(c->bf_b));
     CUDA_CHECK(cudaFree(c->result));
     CUDA_CHECK(cudaFreeHost(c->result_host));
     CUBLAS_CHECK(cublasDestroy(c->blas));
@@ -302,12 +321,38 @@ static cublasComputeType_t compute_type(const cuda_impl *c)
     return c->tf32 ? CUBLAS_COMPUTE_32F_FAST_TF32 : CUBLAS_COMPUTE_32F;
 }
 
+/* dst (rows, cols) contiguous = bf16(src (rows, cols), row stride ld), nearest even */
+__global__ void k_round_bf16(__nv_bfloat16 *dst, const float *src, int rows, int cols, int ld)
+{
+    size_t n = (size_t)rows * cols;
+    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x)
+        dst[i] = __float2bfloat16_rn(src[(i / cols) * ld + i % cols]);
+}
+
+static const __nv_bfloat16 *to_bf16(cuda_impl *c, uint16_t **buf, size_t *have, const float *src, int rows, int cols,
+                                    int ld)
+{
+    __nv_bfloat16 *dst = (__nv_bfloat16 *)grow_bf16(c, buf, have, (size_t)rows * cols);
+    k_round_bf16<<<grid_for((size_t)rows * cols, 256), 256, 0, c->stream>>>(dst, src, rows, cols, ld);
+    LAUNCH_CHECK();
+    return dst;
+}
+
 /* Row-major C[M,N] = alpha op(A) op(B) + beta C  <=>  column-major C^T[N,M] = op(B)^T op(A)^T. */
 static void cu_gemm(backend *be, int ta, int tb, int M, int N, int K, float alpha, const float *A, int lda,
                     const float *B, int ldb, float beta, float *C, int ldc)
 {
     cuda_impl *c = impl_of(be);
     if (M <= 0 || N <= 0) return;
+    if (c->matmul == MATMUL_BF16 && K > 0) { /* bf16 copies of the stored A and B, fp32 accumulation */
+        int ra = ta ? K : M, ca = ta ? M : K, rb = tb ? N : K, cb = tb ? K : N;
+        const __nv_bfloat16 *a = to_bf16(c, &c->bf_a, &c->bf_a_n, A, ra, ca, lda);
+        const __nv_bfloat16 *b = to_bf16(c, &c->bf_b, &c->bf_b_n, B, rb, cb, ldb);
+        CUBLAS_CHECK(cublasGemmEx(c->blas, tb ? CUBLAS_OP_T : CUBLAS_OP_N, ta ? CUBLAS_OP_T : CUBLAS_OP_N, N, M, K,
+                                  &alpha, b, CUDA_R_16BF, cb, a, CUDA_R_16BF, ca, &beta, C, CUDA_R_32F, ldc,
+                                  CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+        return;
+    }
     CUBLAS_CHECK(cublasGemmEx(c->blas, tb ? CUBLAS_OP_T : CUBLAS_OP_N, ta ? CUBLAS_OP_T : CUBLAS_OP_N, N, M, K, &alpha,
                               B, CUDA_R_32F, ldb, A, CUDA_R_32F, lda, &beta, C, CUDA_R_32F, ldc, compute_type(c),
                               CUBLAS_GEMM_DEFAULT));
@@ -1045,6 +1090,8 @@ static void cu_adamw(backend *be, float *p, const float *g, float *m, float *v, 
 
 /* ------------------------------------------------------------------ table, creation */
 
+static int cu_set_matmul(backend *be, matmul_mode mode); /* below: it sets the info string */
+
 static const backend_ops cuda_ops = {
     .name = "cuda",
     .destroy = cu_destroy,
@@ -1061,6 +1108,7 @@ static const backend_ops cuda_ops = {
     .widen_bf16 = cu_widen_bf16,
     .sync = cu_sync,
     .mem_peak = cu_mem_peak,
+    .set_matmul = cu_set_matmul,
     .gemm = cu_gemm,
     .gemm_batched = cu_gemm_batched,
     .embedding_fwd = cu_embedding_fwd,
@@ -1088,17 +1136,25 @@ static void set_info(backend *be)
 {
     cuda_impl *c = impl_of(be);
     snprintf(be->info, sizeof(be->info), "CUDA device %d (%s), cuBLAS %s", c->device, c->device_name,
-             c->tf32 ? "TF32 tensor cores" : "fp32");
+             c->matmul == MATMUL_BF16 ? "bf16 tensor cores (fp32 accumulation)"
+             : c->tf32                ? "TF32 tensor cores"
+                                      : "fp32");
+}
+
+static int cu_set_matmul(backend *be, matmul_mode mode)
+{
+    cuda_impl *c = impl_of(be);
+    c->matmul = mode;
+    c->tf32 = mode == MATMUL_TF32;
+    CUBLAS_CHECK(cublasSetMathMode(c->blas, c->tf32 ? CUBLAS_TF32_TENSOR_OP_MATH : CUBLAS_DEFAULT_MATH));
+    set_info(be);
+    return 0;
 }
 
 extern "C" int backend_cuda_set_tf32(backend *be, int on)
 {
     if (!be || be->ops != &cuda_ops) return -1;
-    cuda_impl *c = impl_of(be);
-    c->tf32 = on != 0;
-    CUBLAS_CHECK(cublasSetMathMode(c->blas, c->tf32 ? CUBLAS_TF32_TENSOR_OP_MATH : CUBLAS_DEFAULT_MATH));
-    set_info(be);
-    return 0;
+    return cu_set_matmul(be, on ? MATMUL_TF32 : MATMUL_FP32);
 }
 
 /* Report a failed runtime call into err and return nonzero. */

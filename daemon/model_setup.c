@@ -44,10 +44,6 @@ static int cuda_backend(run_ctx *r, int gpus, int *device, pc_err *e) {
     char err[256];
     r->be = backend_cuda_create(*device, err, sizeof err);
     if (!r->be) return pc_errorf(e, "rank %d: %s", r->rank, err);
-    backend_cuda_set_tf32(r->be, r->cfg.backend.tf32);
-    char name[128] = "?";
-    pc_cuda_device_name(*device, name, sizeof name);
-    LOGI(&r->log, "backend cuda on GPU %d (%s), %s", *device, name, r->be->info);
     return 0;
 }
 
@@ -80,7 +76,15 @@ int run_backend(run_ctx *r, pc_err *e) {
     } else {
         r->be = backend_cpu_create(threads_per_rank(r));
     }
-    if (!cuda) LOGI(&r->log, "backend %s, %s", r->be->ops->name, r->be->info);
+    const char *mm = r->cfg.backend.matmul;
+    r->be->ops->set_matmul(r->be, !strcmp(mm, "bf16") ? MATMUL_BF16 : !strcmp(mm, "tf32") ? MATMUL_TF32 : MATMUL_FP32);
+    if (cuda) {
+        char name[128] = "?";
+        pc_cuda_device_name(device, name, sizeof name);
+        LOGI(&r->log, "backend cuda on GPU %d (%s), %s", device, name, r->be->info);
+    } else {
+        LOGI(&r->log, "backend %s, %s", r->be->ops->name, r->be->info);
+    }
     return device_comm(r, cuda, device, e);
 }
 

@@ -12,7 +12,8 @@
    --peak) and peak memory; then compress/prune step-time ratios beside the analytic
    bound 1 + projection FLOPs / dense FLOPs (tests/compress/bench_compress.py).
 4. With --torch 1: the same compress step in PyTorch eager on the same device (fp32
-   frozen base, TF32 as --tf32), its tokens/s and peak memory, and projcompd/PyTorch.
+   frozen base and trainable tensors; --matmul tf32: TF32 matmuls, bf16: autocast to
+   bf16), its tokens/s and peak memory, and projcompd/PyTorch.
 5. Prints the commands it ran; exits 1 if any run failed.
 
 On an H100 (989.4 = dense bf16 TFLOP/s of the SXM part):
@@ -51,9 +52,11 @@ def parse():
                                                      "config.json"))
     for k in ["layers", "hidden", "ff", "heads", "kv", "hd", "vocab"]:
         ap.add_argument("--" + k, type=int, default=None, help="override of the config (default: its value)")
-    for k, v in dict(dc=1344, ffc=5376, seq=2048, micro=4, batch=8, steps=8, warmup=2, tf32=1, torch=1,
+    for k, v in dict(dc=1344, ffc=5376, seq=2048, micro=4, batch=8, steps=8, warmup=2, torch=1,
                      threads=0, timeout=3600).items():
         ap.add_argument("--" + k, type=int, default=v)
+    ap.add_argument("--matmul", default="bf16", choices=["fp32", "tf32", "bf16"],
+                    help="backend.matmul of the daemon (and the PyTorch equivalent)")
     ap.add_argument("--peak", type=float, default=989.4, help="device's dense bf16 TFLOP/s (989.4: H100 SXM)")
     ap.add_argument("--keep", default=None, help="directory for the base, shard and runs, reused between runs")
     a = ap.parse_args()
@@ -122,7 +125,7 @@ def write_job(a, root, bdir, shard):
         "data": {"train": [shard], "seq_len": a.seq},
         "train": {"steps": a.steps, "global_batch": a.batch, "micro_batch": a.micro, "warmup_steps": 1},
         "checkpoint": {"every_steps": 0, "keep": 1},
-        "backend": {"device": a.device, "tf32": "true" if a.tf32 else "false", "threads": a.threads},
+        "backend": {"device": a.device, "matmul": a.matmul, "threads": a.threads},
     })
     return job
 
@@ -189,8 +192,8 @@ def torch_compress(a, bdir, shard):
     dev = torch.device(a.device)
     cuda = dev.type == "cuda"
     if cuda:
-        torch.backends.cuda.matmul.allow_tf32 = bool(a.tf32)
-        torch.backends.cudnn.allow_tf32 = bool(a.tf32)
+        torch.backends.cuda.matmul.allow_tf32 = a.matmul == "tf32"
+        torch.backends.cudnn.allow_tf32 = a.matmul == "tf32"
         torch.cuda.reset_peak_memory_stats(dev)
     elif a.threads:
         torch.set_num_threads(a.threads)
@@ -278,7 +281,8 @@ def torch_compress(a, bdir, shard):
         loss_sum = 0.0
         for mb in range(n_micro):
             x = batch[mb * a.micro:(mb + 1) * a.micro]  # (micro, T+1)
-            logits = functional_call(small, params, (x[:, :-1],)).logits  # (micro, T, V)
+            with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=a.matmul == "bf16"):
+                logits = functional_call(small, params, (x[:, :-1],)).logits  # (micro, T, V)
             loss = F.cross_entropy(logits.float().reshape(-1, a.vocab), x[:, 1:].reshape(-1)) / n_micro
             loss.backward()
             loss_sum += loss.detach()
@@ -297,7 +301,7 @@ def torch_compress(a, bdir, shard):
         times.append(time.perf_counter() - t0)
     res = {"ok": True, "step": statistics.median(times[a.warmup:]), "n_train": n_train, "losses": losses,
            "dev": torch.cuda.max_memory_allocated(dev) / 2**20 if cuda else None,
-           "backend": f"PyTorch {torch.__version__} eager, {dev}" + (f", TF32 {bool(a.tf32)}" if cuda else "")}
+           "backend": f"PyTorch {torch.__version__} eager, {dev}" + (f", matmul {a.matmul}" if cuda else "")}
     return res
 
 
@@ -334,7 +338,7 @@ def main():
     print()
     print(f"base: d {a.hidden}, d_ff {a.ff}, {a.layers} layers, {a.heads}/{a.kv} heads x {a.hd}, vocab {a.vocab} -> "
           f"d' {a.dc}, d_ff' {a.ffc}; global batch {a.batch} x {a.seq} tokens (micro-batch {a.micro}), "
-          f"{a.steps} steps, median of the last {a.steps - a.warmup}; device {a.device}, TF32 {bool(a.tf32)}")
+          f"{a.steps} steps, median of the last {a.steps - a.warmup}; device {a.device}, matmul {a.matmul}")
     for k, v in res.items():
         if v.get("backend"):
             print(f"  {k}: {v['backend']}")

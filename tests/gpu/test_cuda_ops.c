@@ -164,9 +164,14 @@ static void test_memory(ctx *x)
 
 /* ---------------------------------------------------------------- gemm */
 
-static void test_gemm(ctx *x, int tf32)
+/* Both backends in matmul mode `mode` (the CPU emulates bf16 by rounding its inputs, and
+ * computes fp32 for tf32): bf16 products agree to fp32 summation order. */
+static void test_gemm(ctx *x, matmul_mode mode)
 {
-    backend_cuda_set_tf32(x->gpu, tf32);
+    static const char *label[] = {"", " tf32", " bf16"};
+    x->gpu->ops->set_matmul(x->gpu, mode);
+    x->cpu->ops->set_matmul(x->cpu, mode);
+    int tf32 = mode == MATMUL_TF32;
     double tol = tf32 ? TOL_TF32 : TOL_F32;
     const int M = 37, N = 53, K = 129, pad = 3;
     for (int ta = 0; ta < 2; ta++)
@@ -178,9 +183,26 @@ static void test_gemm(ctx *x, int tf32)
             x->cpu->ops->gemm(x->cpu, ta, tb, M, N, K, 0.7f, A.c, lda, B.c, ldb, 0.3f, C.c, ldc);
             x->gpu->ops->gemm(x->gpu, ta, tb, M, N, K, 0.7f, A.g, lda, B.g, ldb, 0.3f, C.g, ldc);
             char what[96];
-            snprintf(what, sizeof what, "gemm%s ta=%d tb=%d (%dx%dx%d, padded ld, beta 0.3)", tf32 ? " tf32" : "",
-                     ta, tb, M, N, K);
+            snprintf(what, sizeof what, "gemm%s ta=%d tb=%d (%dx%dx%d, padded ld, beta 0.3)", label[mode], ta, tb,
+                     M, N, K);
             check_pair(x, what, &C, tol);
+            if (mode == MATMUL_BF16 && ta == 0 && tb == 0) { /* the GPU really rounds: it differs from fp32 */
+                pair D = pair_randn(x, C.n, 0.0f);
+                x->cpu->ops->set_matmul(x->cpu, MATMUL_FP32);
+                x->cpu->ops->gemm(x->cpu, 0, 0, M, N, K, 1.0f, A.c, lda, B.c, ldb, 0.0f, D.c, ldc);
+                x->gpu->ops->gemm(x->gpu, 0, 0, M, N, K, 1.0f, A.g, lda, B.g, ldb, 0.0f, D.g, ldc);
+                x->cpu->ops->set_matmul(x->cpu, MATMUL_BF16);
+                float *r = pc_alloc_f32(D.n), *g = pc_alloc_f32(D.n);
+                be_download(x->cpu, r, D.c, D.n);
+                be_download(x->gpu, g, D.g, D.n);
+                double err = rel_max_err(r, g, D.n);
+                x->checks++;
+                if (!(err > 1e-4)) x->failures++;
+                printf("%-4s gemm bf16 differs from the fp32 product (rounded inputs): %.3e > 1e-4\n",
+                       err > 1e-4 ? "ok" : "FAIL", err);
+                free(r), free(g);
+                pair_free(x, &D);
+            }
             pair_free(x, &A);
             pair_free(x, &B);
             pair_free(x, &C);
@@ -199,14 +221,14 @@ static void test_gemm(ctx *x, int tf32)
             x->gpu->ops->gemm_batched(x->gpu, ta, tb, M, N, K, 1.0f, A.g, lda, sa, B.g, ldb, sb, 0.5f, C.g, N, sc,
                                       batch);
             char what[96];
-            snprintf(what, sizeof what, "gemm_batched%s ta=%d tb=%d (x%d, strided)", tf32 ? " tf32" : "", ta, tb,
-                     batch);
+            snprintf(what, sizeof what, "gemm_batched%s ta=%d tb=%d (x%d, strided)", label[mode], ta, tb, batch);
             check_pair(x, what, &C, tol);
             pair_free(x, &A);
             pair_free(x, &B);
             pair_free(x, &C);
         }
-    backend_cuda_set_tf32(x->gpu, 0);
+    x->gpu->ops->set_matmul(x->gpu, MATMUL_FP32);
+    x->cpu->ops->set_matmul(x->cpu, MATMUL_FP32);
 }
 
 /* ---------------------------------------------------------------- row ops */
@@ -499,8 +521,9 @@ int main(void)
     printf("cpu: %s\ncuda: %s\n", x.cpu->info, x.gpu->info);
 
     test_memory(&x);
-    test_gemm(&x, 0);
-    test_gemm(&x, 1);
+    test_gemm(&x, MATMUL_FP32);
+    test_gemm(&x, MATMUL_TF32);
+    test_gemm(&x, MATMUL_BF16);
     test_embedding(&x);
     test_rmsnorm(&x);
     test_rope(&x);

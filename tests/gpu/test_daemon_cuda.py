@@ -1,9 +1,11 @@
 """The daemon on a GPU against the CPU backend (skips, exit 77, without a CUDA device).
 
 - compress and prune of a tiny GQA base made by transformers, 6 steps, backend.device
-  cuda in plain fp32 (backend.tf32 false) vs cpu: every step's loss within 1e-4
+  cuda in plain fp32 (backend.matmul fp32) vs cpu: every step's loss within 1e-4
   relative, grad norms within 1e-3, the fused weights within 1e-4 of their max; with
-  TF32 the first loss within 1e-3 and the last within 1e-2.
+  TF32 the first loss within 1e-3 and the last within 1e-2; with bf16 products against
+  the CPU backend's bf16 emulation (the same rounded inputs): first loss within 1e-4,
+  last within 1e-2, and the GPU's bf16 run differs from its fp32 run.
 - store_grads + distillation and activation importance on the GPU: the same kept
   indices (importance.txt) as on the CPU.
 - the fused model written by the GPU run loads in stock transformers and gives the
@@ -75,7 +77,7 @@ def main():
 
     for mode in ["compress", "prune"]:
         cpu = run(f"{mode}-cpu", 1, f"run.mode={mode}", "backend.device=cpu")
-        gpu = run(f"{mode}-cuda", 1, f"run.mode={mode}", "backend.device=cuda", "backend.tf32=false")
+        gpu = run(f"{mode}-cuda", 1, f"run.mode={mode}", "backend.device=cuda", "backend.matmul=fp32")
         pclib.check("backend cuda on GPU 0" in open(os.path.join(gpu, "logs", "rank-00000.log")).read(),
                     f"{mode}: ran on the CUDA backend")
         pclib.check(open(os.path.join(cpu, "importance.txt")).read() == open(os.path.join(gpu, "importance.txt")).read(),
@@ -83,14 +85,19 @@ def main():
         close(result(gpu), result(cpu), 1e-4, 1e-4, f"{mode} fp32 GPU vs CPU")
         peak = [m["peak_device_mib"] for m in pclib.metrics(gpu) if "peak_device_mib" in m]
         pclib.check(len(peak) == 1 and peak[0][0] > 0, f"{mode}: peak device memory recorded ({peak} MiB)")
-        tf = run(f"{mode}-tf32", 1, f"run.mode={mode}", "backend.device=cuda", "backend.tf32=true")
+        tf = run(f"{mode}-tf32", 1, f"run.mode={mode}", "backend.device=cuda", "backend.matmul=tf32")
         a, b = result(tf), result(cpu)
         r0, r1 = abs(a[0][0] - b[0][0]) / b[0][0], abs(a[0][-1] - b[0][-1]) / b[0][-1]
         pclib.check(r0 < 1e-3 and r1 < 1e-2, f"{mode} TF32 GPU vs CPU: first loss rel {r0:.2e}, last {r1:.2e}")
+        g16 = result(run(f"{mode}-bf16", 1, f"run.mode={mode}", "backend.device=cuda", "backend.matmul=bf16"))
+        c16 = result(run(f"{mode}-cpu-bf16", 1, f"run.mode={mode}", "backend.device=cpu", "backend.matmul=bf16"))
+        r0, r1 = abs(g16[0][0] - c16[0][0]) / c16[0][0], abs(g16[0][-1] - c16[0][-1]) / c16[0][-1]
+        pclib.check(r0 < 1e-4 and r1 < 1e-2, f"{mode} bf16 GPU vs CPU emulation: first loss rel {r0:.2e}, last {r1:.2e}")
+        pclib.check(not np.array_equal(g16[0], result(gpu)[0]), f"{mode}: bf16 products change the GPU run")
 
     sets = ["compress.store_grads=true", "distill.enabled=true"]
     a = result(run("sd-cpu", 1, "backend.device=cpu", *sets))
-    b = result(run("sd-cuda", 1, "backend.device=cuda", "backend.tf32=false", *sets))
+    b = result(run("sd-cuda", 1, "backend.device=cuda", "backend.matmul=fp32", *sets))
     close(b, a, 1e-4, 1e-4, "store_grads + distill fp32 GPU vs CPU")
 
     gpu = os.path.join(root, "compress-cuda")
@@ -105,7 +112,7 @@ def main():
     pclib.check(abs(ref - val) / ref < 2e-5, f"transformers loads the GPU output: val {ref:.6f} vs ours {val:.6f}")
 
     if n >= 2:
-        d = run("compress-nccl-np2", 2, "backend.device=cuda", "backend.tf32=false", "compress.split_mb=0.05")
+        d = run("compress-nccl-np2", 2, "backend.device=cuda", "backend.matmul=fp32", "compress.split_mb=0.05")
         pclib.check("device collectives over nccl" in open(os.path.join(d, "logs", "rank-00000.log")).read(),
                     "2 ranks: device collectives over NCCL")
         close(result(d), result(gpu), 1e-4, 1e-4, "compress np2 NCCL vs np1 GPU")

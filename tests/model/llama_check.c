@@ -3,12 +3,13 @@
  * file, for comparison with transformers in test_llama.py.
  *
  *   llama_check MODEL_DIR TOKENS.i32 B T OUT.safetensors [--micro K] [--threads N] [--save DIR]
+ *               [--matmul fp32|bf16]
  *
  * TOKENS.i32 holds 2*B*T little-endian int32: tokens (B,T) then targets (B,T), -1 =
  * ignored. With --micro K the batch is split into K micro-batches of B/K rows whose
  * gradients accumulate with loss scale 1/K (the loss written is then the mean of the
  * micro-batch losses). --save DIR writes the loaded model back out with
- * llama_save_safetensors (f32) before running. Output tensors: "logits" (B,T,V), "loss" (1), "grad.<name>". */
+ * llama_save_safetensors (f32) before running. --matmul bf16 rounds every gemm input to bf16. Output tensors: "logits" (B,T,V), "loss" (1), "grad.<name>". */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -32,11 +33,12 @@ int main(int argc, char **argv)
     }
     const char *dir = argv[1], *tok_path = argv[2], *out_path = argv[5];
     int B = atoi(argv[3]), T = atoi(argv[4]), micro = 1, threads = 1;
-    const char *save_dir = NULL;
+    const char *save_dir = NULL, *matmul = "fp32";
     for (int i = 6; i + 1 < argc; i += 2) {
         if (strcmp(argv[i], "--micro") == 0) micro = atoi(argv[i + 1]);
         else if (strcmp(argv[i], "--save") == 0) save_dir = argv[i + 1];
         else if (strcmp(argv[i], "--threads") == 0) threads = atoi(argv[i + 1]);
+        else if (strcmp(argv[i], "--matmul") == 0) matmul = argv[i + 1];
     }
     pc_err e = {{0}};
     if (B <= 0 || T <= 0 || micro <= 0 || B % micro != 0) {
@@ -59,6 +61,7 @@ int main(int argc, char **argv)
     llama_config cfg;
     if (hf_config_load(dir, &cfg, &e)) return fail(&e);
     backend *be = backend_cpu_create(threads);
+    be->ops->set_matmul(be, strcmp(matmul, "bf16") == 0 ? MATMUL_BF16 : MATMUL_FP32);
     llama_model m;
     int Bm = B / micro;
     if (llama_init(&m, &cfg, be, Bm, T, &e)) return fail(&e);
