@@ -60,6 +60,16 @@ def markov_tokens(n, vocab, seed=0):
     return out
 
 
+def markov_shards(root, vocab, n_train, n_valid, seed):
+    """root/train.h5 and root/valid.h5: n_train then n_valid tokens of one markov_tokens
+    stream; returns (train path, valid path, the tokens)."""
+    toks = markov_tokens(n_train + n_valid, vocab, seed=seed)
+    train, valid = os.path.join(root, "train.h5"), os.path.join(root, "valid.h5")
+    write_shard(train, toks[:n_train], vocab)
+    write_shard(valid, toks[n_train:], vocab)
+    return train, valid, toks
+
+
 def write_yaml(path, sections):
     """Write a two-level dict as a YAML job file."""
     with open(path, "w") as f:

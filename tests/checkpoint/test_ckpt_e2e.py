@@ -206,9 +206,7 @@ def kill_trial(job, root, ref, i, rng, run_s):
 def main():
     root = pclib.tmpdir("pc-ckpt-")
     bdir, _ = pclib.tiny_base(root, 5, V, D, F, L, head_dim=8, tied=True)
-    toks = pclib.markov_tokens(5000, V, seed=2)
-    pclib.write_shard(os.path.join(root, "train.h5"), toks[:4500], V)
-    pclib.write_shard(os.path.join(root, "valid.h5"), toks[4500:], V)
+    pclib.markov_shards(root, V, 4500, 500, seed=2)
     job = os.path.join(root, "job.yaml")
     pclib.write_yaml(job, {
         "run": {"dir": os.path.join(root, "unset"), "mode": "compress", "seed": 11},

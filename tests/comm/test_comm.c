@@ -15,6 +15,7 @@
 #include <unistd.h>
 
 #include "comm.h"
+#include "comm_values.h"
 
 typedef struct ctx {
     int rank, size;
@@ -36,33 +37,6 @@ typedef struct ctx {
 static const comm_dtype all_types[] = {COMM_F32, COMM_F64, COMM_I32, COMM_I64, COMM_U8};
 static const comm_op all_ops[] = {COMM_SUM, COMM_MAX, COMM_MIN};
 
-/* Input element i of rank r: small integers (exact in every type), negative only where signed. */
-static double val(int r, size_t i, comm_dtype t) {
-    double v = (double)((r * 7 + (int)i * 3 + 1) % 11);
-    if (t != COMM_U8) v -= 4;
-    return v;
-}
-
-static void put(void *b, comm_dtype t, size_t i, double v) {
-    switch (t) {
-    case COMM_F32: ((float *)b)[i] = (float)v; break;
-    case COMM_F64: ((double *)b)[i] = v; break;
-    case COMM_I32: ((int32_t *)b)[i] = (int32_t)v; break;
-    case COMM_I64: ((int64_t *)b)[i] = (int64_t)v; break;
-    case COMM_U8: ((uint8_t *)b)[i] = (uint8_t)v; break;
-    }
-}
-
-static double get(const void *b, comm_dtype t, size_t i) {
-    switch (t) {
-    case COMM_F32: return ((const float *)b)[i];
-    case COMM_F64: return ((const double *)b)[i];
-    case COMM_I32: return ((const int32_t *)b)[i];
-    case COMM_I64: return (double)((const int64_t *)b)[i];
-    case COMM_U8: return ((const uint8_t *)b)[i];
-    }
-    return NAN;
-}
 
 static double reduced(int size, size_t i, comm_dtype t, comm_op op) {
     double acc = val(0, i, t);

@@ -18,6 +18,7 @@
 
 #include "backend.h"
 #include "comm.h"
+#include "comm_values.h"
 #include "comm_staged.h"
 
 typedef struct ctx {
@@ -40,32 +41,6 @@ typedef struct ctx {
         }                                                                                                             \
     } while (0)
 
-/* Input element i of rank r: small integers, exact in every type. */
-static double val(int r, size_t i, comm_dtype t) {
-    double v = (double)((r * 7 + (int)i * 3 + 1) % 11);
-    return t == COMM_U8 ? v : v - 4;
-}
-
-static void put(void *b, comm_dtype t, size_t i, double v) {
-    switch (t) {
-    case COMM_F32: ((float *)b)[i] = (float)v; break;
-    case COMM_F64: ((double *)b)[i] = v; break;
-    case COMM_I32: ((int32_t *)b)[i] = (int32_t)v; break;
-    case COMM_I64: ((int64_t *)b)[i] = (int64_t)v; break;
-    case COMM_U8: ((uint8_t *)b)[i] = (uint8_t)v; break;
-    }
-}
-
-static double get(const void *b, comm_dtype t, size_t i) {
-    switch (t) {
-    case COMM_F32: return ((const float *)b)[i];
-    case COMM_F64: return ((const double *)b)[i];
-    case COMM_I32: return ((const int32_t *)b)[i];
-    case COMM_I64: return (double)((const int64_t *)b)[i];
-    case COMM_U8: return ((const uint8_t *)b)[i];
-    }
-    return NAN;
-}
 
 /* Host buffer of n elements of t (rounded up to whole floats): rank r's inputs from
  * element `base` on, or `fill` everywhere when r < 0. */

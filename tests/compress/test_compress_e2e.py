@@ -47,9 +47,7 @@ def main():
     root = pclib.tmpdir("pc-compress-")
     bdir, base = pclib.tiny_base(root, 3, V, D, F, L, tied=True)
     sd = {k: v.numpy() for k, v in base.state_dict().items()}
-    toks = pclib.markov_tokens(6000, V, seed=1)
-    pclib.write_shard(os.path.join(root, "train.h5"), toks[:5000], V)
-    pclib.write_shard(os.path.join(root, "valid.h5"), toks[5000:], V)
+    _, _, toks = pclib.markov_shards(root, V, 5000, 1000, seed=1)
     job = os.path.join(root, "job.yaml")
     pclib.write_yaml(job, {
         "run": {"dir": os.path.join(root, "unset"), "mode": "compress", "seed": 9},

@@ -18,9 +18,7 @@ V, D, F, L, DC, FC, SEQ = 96, 64, 128, 2, 48, 80, 16
 def main():
     root = pclib.tmpdir("pc-sharded-")
     bdir, _ = pclib.tiny_base(root, 4, V, D, F, L)
-    toks = pclib.markov_tokens(6000, V, seed=2)
-    pclib.write_shard(os.path.join(root, "train.h5"), toks[:5000], V)
-    pclib.write_shard(os.path.join(root, "valid.h5"), toks[5000:], V)
+    pclib.markov_shards(root, V, 5000, 1000, seed=2)
     job = os.path.join(root, "job.yaml")
     pclib.write_yaml(job, {
         "run": {"dir": os.path.join(root, "unset"), "mode": "compress", "seed": 3},

@@ -54,9 +54,7 @@ def main():
         sys.exit(77)
     root = pclib.tmpdir("pc-gpu-daemon-")
     bdir, _ = pclib.tiny_base(root, 5, V, D, F, L, heads=4, kv=2, head_dim=32)
-    toks = pclib.markov_tokens(12000, V, seed=3)
-    pclib.write_shard(os.path.join(root, "train.h5"), toks[:10000], V)
-    pclib.write_shard(os.path.join(root, "valid.h5"), toks[10000:], V)
+    _, _, toks = pclib.markov_shards(root, V, 10000, 2000, seed=3)
     job = os.path.join(root, "job.yaml")
     pclib.write_yaml(job, {
         "run": {"dir": os.path.join(root, "unset"), "mode": "compress", "seed": 3},
