@@ -4,8 +4,10 @@
  * against values computed locally from the rank-dependent inputs (exact: the inputs
  * are small integers). Every dtype goes through all_reduce; sum, max and min through
  * all_reduce, reduce and reduce_scatter. The error paths (bad root, send count that
- * differs from counts[rank]) must fail naming the rank. Exit 77 without a GPU, or
- * when there are fewer devices than ranks (NCCL needs one device per rank). */
+ * differs from counts[rank]) must fail naming the rank. With two ranks or more, the
+ * watchdog: a collective the last rank skips fails on the others within timeout_s.
+ * Exit 77 without a GPU, or when there are fewer devices than ranks (NCCL needs one
+ * device per rank). */
 #include <cuda_runtime.h>
 #include <mpi.h>
 #include <stdio.h>
@@ -263,6 +265,23 @@ int main(int argc, char **argv)
     int rc = comm_broadcast(c, d, 4, COMM_F32, size, &e);
     expect(rc == -1 && strstr(e.msg, want_msg) && strstr(e.msg, "broadcast"), "broadcast from a root past the ranks fails");
     cudaFree(d);
+
+    /* watchdog (two ranks or more): the last rank skips an all_reduce; the others must
+     * fail within the timeout naming it, their communicator aborted, and a later call
+     * fails at once */
+    if (size >= 2) {
+        c->timeout_s = 2.0;
+        float *x = dev_alloc(sizeof(float) * 8);
+        if (rank_g != size - 1) {
+            rc = comm_all_reduce(c, x, x, 8, COMM_F32, COMM_SUM, &e);
+            expect(rc == -1 && strstr(e.msg, "all_reduce") && strstr(e.msg, "did not finish"),
+                   "a collective a rank never joins times out naming the op");
+            rc = comm_barrier(c, &e);
+            expect(rc == -1 && strstr(e.msg, "aborted"), "after the abort, calls fail at once");
+        }
+        cudaFree(x);
+        MPI_Barrier(MPI_COMM_WORLD);
+    }
 
     comm_destroy(c);
     comm_destroy(mpi);
