@@ -173,7 +173,8 @@ int compress_setup(run_ctx *r, trainer *t, pc_err *e) {
 
     if (llama_init(&t->m, &sc, r->be, c->train.micro_batch, c->data.seq_len, e) != 0) return -1;
     if (c->distill.enabled) { /* the teacher: the whole frozen base on every rank */
-        if (llama_init(&t->teacher, &t->base_cfg, r->be, c->train.micro_batch, c->data.seq_len, e) != 0) return -1;
+        if (llama_init_forward_only(&t->teacher, &t->base_cfg, r->be, c->train.micro_batch, c->data.seq_len, e) != 0)
+            return -1;
         t->has_teacher = 1;
         if (llama_load_safetensors(&t->teacher, c->model.base, e) != 0) return -1;
         LOGI(&r->log, "distillation from the base: alpha %.3g, temperature %.3g", c->distill.alpha,

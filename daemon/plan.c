@@ -295,6 +295,16 @@ static int check_shapes(const llama_config *b, const llama_config *s, int world,
  *                          + backward scratch: dres d' + dln d' + datt H hd
  *                          + dqkv (H+2KV) hd + dh f'max + dgu 2 f'max
  *   attention scores:      attn_tt ? one (T,T) f32 matrix (one head at a time) : 0. */
+/* The forward-only teacher (llama_init_forward_only): one set of layer buffers shared by
+ * every layer, lnf, rstdf, xent lse and logits; no backward scratch. */
+static int64_t teacher_activation_bytes(const llama_config *b, const plan_opts *o) {
+    int64_t N = (int64_t)o->micro_batch * o->seq_len, d = b->d_model, H = b->n_heads, KV = b->n_kv_heads,
+            hd = b->head_dim;
+    int64_t per_tok = 4 * d + (H + 2 * KV) * hd + H * hd + H + 3 * (int64_t)b->d_ff + 2 + d + 2 + b->vocab_size;
+    int64_t tt = o->attn_tt ? (int64_t)o->seq_len * o->seq_len * 4 : 0;
+    return N * per_tok * 4 + tt;
+}
+
 static int64_t activation_bytes(const llama_config *s, const plan_opts *o) {
     int64_t N = (int64_t)o->micro_batch * o->seq_len, d = s->d_model, H = s->n_heads, KV = s->n_kv_heads,
             hd = s->head_dim, V = s->vocab_size, fmax = s->d_ff;
@@ -443,6 +453,7 @@ int plan_build(plan *p, const llama_config *base, const llama_config *small, int
     p->small_numel = hf_config_n_params(small);
     int64_t replica = p->small_numel * o->compute_dtype_bytes + p->small_numel * 4;
     int64_t act = activation_bytes(small, o);
+    p->teacher_bytes = o->teacher ? hf_config_n_params(base) * 4 + teacher_activation_bytes(base, o) : 0;
     p->comm.gather_bytes = p->small_numel * o->compute_dtype_bytes;
     p->comm.reduce_bytes = p->small_numel * o->compute_dtype_bytes;
     double ring = world > 1 ? (double)(world - 1) / world : 0.0;
@@ -452,7 +463,7 @@ int plan_build(plan *p, const llama_config *base, const llama_config *small, int
         rk->replica_bytes = replica;
         rk->act_bytes = act;
         rk->total_bytes = rk->base_bytes + rk->state_bytes + rk->shared_bytes + rk->replica_bytes + rk->scratch_bytes +
-                          rk->act_bytes;
+                          rk->act_bytes + p->teacher_bytes;
         send[r] = ring * (double)(p->comm.gather_bytes + p->comm.reduce_bytes);
     }
     for (int s = 0; s < p->n_shared; s++) {
@@ -570,6 +581,9 @@ int plan_write(const plan *p, FILE *f) {
             "projection %.3f TFLOP/step  balance %.3f\n",
             p->n_blocks, p->n_split, GIB(p->total_base_bytes), GIB(p->total_state_bytes), GIB(p->total_shared_bytes),
             p->total_flops / 1e12, plan_balance(p));
+    if (p->teacher_bytes > 0)
+        fprintf(f, "# distill teacher %.3f GiB per rank (fp32 base + forward activations; in each rank's total)\n",
+                GIB(p->teacher_bytes));
     fprintf(f, "#\n# %-54s %-5s %-15s %6s %11s %11s\n", "block", "kind", "range", "owner", "MiB", "GFLOP");
     for (int i = 0; i < p->n_blocks; i++) {
         const plan_block *b = &p->blocks[i];
@@ -626,6 +640,7 @@ void plan_opts_from_config(const pc_config *c, plan_opts *o) {
     o->compute_dtype_bytes = 4; /* every backend computes in fp32 */
     o->base_dtype_bytes = !strcmp(c->model.dtype, "bf16") ? 2 : 4;
     o->attn_tt = cuda ? 0 : 1; /* the CUDA attention never holds a (T,T) matrix */
+    o->teacher = c->distill.enabled;
 }
 
 int plan_dry_run(const pc_config *c, int world, FILE *out, pc_err *e) {

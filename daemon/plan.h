@@ -41,6 +41,7 @@ typedef struct plan_opts {
     int compute_dtype_bytes;   /* W_C replica, activations, comm: 4 (f32, every backend); 2 models bf16 compute */
     int attn_tt;               /* 1: attention materialises one (T,T) f32 score matrix at a time (cpu) */
     int64_t split_bytes;       /* split a matrix above this many bytes; 0: total / world / 2 */
+    int teacher;               /* distill: every rank also holds the base as a forward-only teacher */
 } plan_opts;
 
 typedef struct plan_block {
@@ -105,6 +106,7 @@ typedef struct plan {
     plan_rank *ranks;         /* (world) */
     int64_t total_base_bytes, total_state_bytes, total_shared_bytes; /* shared: replicas counted per rank */
     int64_t small_numel;      /* parameters of the compressed model */
+    int64_t teacher_bytes;    /* per rank (in every rank's total): fp32 base + forward activations; 0 without */
     double total_flops;
     plan_comm comm;
     int *by_name;             /* (n_blocks) block indices sorted by (name, r0) */

@@ -117,21 +117,25 @@ static int check_config(const llama_config *c, int B, int T, pc_err *e)
     return 0;
 }
 
-static float **alloc_list(backend *be, int count, const size_t *sizes)
+/* count buffers of sizes[i]; forward-only: one buffer of the largest size, shared by
+ * every entry (a layer's activations are dead once the next layer has run) */
+static float **alloc_list(backend *be, int count, const size_t *sizes, int forward_only)
 {
     float **v = pc_calloc((size_t)count, sizeof(float *));
-    for (int i = 0; i < count; i++) v[i] = be_alloc(be, sizes[i]);
+    size_t most = 0;
+    for (int i = 0; i < count; i++) most = PC_MAX(most, sizes[i]);
+    for (int i = 0; i < count; i++) v[i] = forward_only ? (i ? v[0] : be_alloc(be, most)) : be_alloc(be, sizes[i]);
     return v;
 }
 
-static void free_list(backend *be, float **v, int count)
+static void free_list(backend *be, float **v, int count, int forward_only)
 {
     if (!v) return;
-    for (int i = 0; i < count; i++) be_free(be, v[i]);
+    for (int i = 0; i < (forward_only ? 1 : count); i++) be_free(be, v[i]);
     free(v);
 }
 
-int llama_init(llama_model *m, const llama_config *c, backend *be, int B, int T, pc_err *e)
+static int init(llama_model *m, const llama_config *c, backend *be, int B, int T, int forward_only, pc_err *e)
 {
     memset(m, 0, sizeof(*m));
     if (check_config(c, B, T, e)) return -1;
@@ -140,9 +144,10 @@ int llama_init(llama_model *m, const llama_config *c, backend *be, int B, int T,
     m->B = B;
     m->T = T;
     m->loss_scale = 1.0f;
+    m->forward_only = forward_only;
     build_table(m);
     m->params = be_alloc(be, (size_t)m->n_params);
-    m->grads = be_alloc(be, (size_t)m->n_params);
+    if (!forward_only) m->grads = be_alloc(be, (size_t)m->n_params);
 
     int L = c->n_layers, H = c->n_heads, hd = c->head_dim;
     size_t N = (size_t)B * T, d = (size_t)c->d_model, qd = (size_t)H * hd;
@@ -153,7 +158,7 @@ int llama_init(llama_model *m, const llama_config *c, backend *be, int B, int T,
 #define LIST(field, count, expr)                                                                                      \
     do {                                                                                                              \
         for (int l = 0; l < (count); l++) sz[l] = (expr);                                                            \
-        a->field = alloc_list(be, (count), sz);                                                                       \
+        a->field = alloc_list(be, (count), sz, forward_only);                                                         \
     } while (0)
     LIST(res, L + 1, N * d);
     LIST(mid, L, N * d);
@@ -172,12 +177,14 @@ int llama_init(llama_model *m, const llama_config *c, backend *be, int B, int T,
     a->lnf = be_alloc(be, N * d);
     a->rstdf = be_alloc(be, N);
     a->xent_lse = be_alloc(be, N);
-    a->dres = be_alloc(be, N * d);
-    a->dln = be_alloc(be, N * d);
-    a->datt = be_alloc(be, N * qd);
-    a->dqkv = be_alloc(be, N * C);
-    a->dh = be_alloc(be, N * fmax);
-    a->dgu = be_alloc(be, N * 2 * fmax);
+    if (!forward_only) { /* backward scratch */
+        a->dres = be_alloc(be, N * d);
+        a->dln = be_alloc(be, N * d);
+        a->datt = be_alloc(be, N * qd);
+        a->dqkv = be_alloc(be, N * C);
+        a->dh = be_alloc(be, N * fmax);
+        a->dgu = be_alloc(be, N * 2 * fmax);
+    }
     m->logits = be_alloc(be, N * (size_t)c->vocab_size);
     m->tokens = be_alloc_i32(be, N);
     m->targets = be_alloc_i32(be, N);
@@ -202,17 +209,9 @@ void llama_free(llama_model *m)
     backend *be = m->be;
     llama_acts *a = m->act;
     int L = m->cfg.n_layers;
-    free_list(be, a->res, L + 1);
-    free_list(be, a->mid, L);
-    free_list(be, a->ln1, L);
-    free_list(be, a->ln2, L);
-    free_list(be, a->rstd1, L);
-    free_list(be, a->rstd2, L);
-    free_list(be, a->qkv, L);
-    free_list(be, a->att, L);
-    free_list(be, a->lse, L);
-    free_list(be, a->gu, L);
-    free_list(be, a->h, L);
+    float **lists[] = {a->mid, a->ln1, a->ln2, a->rstd1, a->rstd2, a->qkv, a->att, a->lse, a->gu, a->h};
+    free_list(be, a->res, L + 1, m->forward_only);
+    for (size_t i = 0; i < PC_ARRAY_LEN(lists); i++) free_list(be, lists[i], L, m->forward_only);
     float *singles[] = {a->lnf, a->rstdf, a->xent_lse, a->dres, a->dln, a->datt, a->dqkv, a->dh, a->dgu,
                         m->logits, m->params, m->grads, m->rope_cos, m->rope_sin};
     for (size_t i = 0; i < PC_ARRAY_LEN(singles); i++) be_free(be, singles[i]);
@@ -223,7 +222,20 @@ void llama_free(llama_model *m)
     memset(m, 0, sizeof(*m));
 }
 
-void llama_zero_grad(llama_model *m) { be_zero(m->be, m->grads, (size_t)m->n_params); }
+void llama_zero_grad(llama_model *m)
+{
+    if (m->grads) be_zero(m->be, m->grads, (size_t)m->n_params);
+}
+
+int llama_init(llama_model *m, const llama_config *c, backend *be, int B, int T, pc_err *e)
+{
+    return init(m, c, be, B, T, 0, e);
+}
+
+int llama_init_forward_only(llama_model *m, const llama_config *c, backend *be, int B, int T, pc_err *e)
+{
+    return init(m, c, be, B, T, 1, e);
+}
 void llama_set_loss_scale(llama_model *m, float s) { m->loss_scale = s; }
 
 /* ---- random init ---- */
@@ -459,6 +471,10 @@ void llama_backward(llama_model *m)
     llama_acts *a = m->act;
     int B = m->B, T = m->T, N = B * T, d = c->d_model, V = c->vocab_size;
     int H = c->n_heads, KV = c->n_kv_heads, hd = c->head_dim, qd = H * hd, C = qd + 2 * KV * hd;
+    if (m->forward_only) {
+        fprintf(stderr, "llama_backward: the model was made by llama_init_forward_only\n");
+        abort();
+    }
     if (!m->have_targets || m->n_valid == 0) return; // nothing to differentiate
 
     float *dlogits = m->logits; // in place: (N,V)

@@ -50,6 +50,7 @@ typedef struct llama_model {
     int have_targets;
     int64_t n_valid;          /* valid targets of the last forward */
     int dlogits_ready;        /* logits already hold dlogits (llama_distill): backward skips the xent */
+    int forward_only;         /* llama_init_forward_only: no grads, one layer's activations */
     float loss;               /* mean loss of the last forward */
     llama_acts *act;
 } llama_model;
@@ -57,6 +58,11 @@ typedef struct llama_model {
 /* Allocate params, grads and activations for micro-batch (B,T); params and grads are
  * zeroed. Errors name the offending config field. */
 int llama_init(llama_model *m, const llama_config *c, backend *be, int B, int T, pc_err *e);
+/* A model for forward passes only (a distillation teacher): no gradient buffer and no
+ * backward scratch, and every layer's activations in one set of buffers (each layer's
+ * are dead once the next has run), so it holds params + one layer's activations +
+ * logits. llama_backward on it aborts; llama_layer_acts sees the last layer only. */
+int llama_init_forward_only(llama_model *m, const llama_config *c, backend *be, int B, int T, pc_err *e);
 void llama_free(llama_model *m);
 
 int llama_n_tensors(const llama_model *m);

@@ -3,7 +3,8 @@
  * GEMM against a naive triple loop for every transpose combination with padded leading
  * dimensions; every backward op against central finite differences of the scalar
  * L = sum(forward(x) * R) for a fixed random R; accumulation semantics (+=) of the
- * parameter-gradient ops; determinism of llama_init_random and the HF tensor order. */
+ * parameter-gradient ops; determinism of llama_init_random and the HF tensor order; a
+ * forward-only model's logits equal the full model's. */
 #include <math.h>
 #include <setjmp.h>
 #include <stdarg.h>
@@ -276,6 +277,37 @@ static void test_llama_table_and_init(void **state)
     backend_destroy(be);
 }
 
+/* A forward-only model (a teacher) gives bitwise the full model's logits and loss, with
+ * no gradient buffer. */
+static void test_llama_forward_only(void **state)
+{
+    (void)state;
+    backend *be = backend_cpu_create(1);
+    llama_config c;
+    hf_config_defaults(&c);
+    c.vocab_size = 40, c.d_model = 16, c.n_layers = 3, c.n_heads = 4, c.n_kv_heads = 2, c.head_dim = 4;
+    c.d_ff = 20, c.d_ff_layer[0] = 20, c.d_ff_layer[1] = 12, c.d_ff_layer[2] = 16, c.tie_word_embeddings = 1;
+    llama_model full, fwd;
+    pc_err e;
+    const int B = 2, T = 5, V = 40;
+    assert_int_equal(llama_init(&full, &c, be, B, T, &e), 0);
+    assert_int_equal(llama_init_forward_only(&fwd, &c, be, B, T, &e), 0);
+    assert_null(fwd.grads);
+    llama_init_random(&full, 3, 0.3f);
+    llama_init_random(&fwd, 3, 0.3f);
+    int32_t tok[10], tgt[10];
+    for (int i = 0; i < B * T; i++) tok[i] = (i * 7 + 3) % V, tgt[i] = i % 4 == 3 ? -1 : (i * 5 + 1) % V;
+    float lf = llama_forward(&full, tok, tgt), lw = llama_forward(&fwd, tok, tgt);
+    assert_true(isfinite(lf) && lf == lw);
+    assert_memory_equal(full.logits, fwd.logits, sizeof(float) * (size_t)(B * T * V));
+    llama_forward(&fwd, tok, NULL); /* logits only, again */
+    assert_memory_equal(full.logits, fwd.logits, sizeof(float) * (size_t)(B * T * V));
+    llama_zero_grad(&fwd); /* no gradients: a no-op */
+    llama_free(&fwd);
+    llama_free(&full);
+    backend_destroy(be);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -283,6 +315,7 @@ int main(void)
         cmocka_unit_test(test_rmsnorm_grad),   cmocka_unit_test(test_swiglu_grad),
         cmocka_unit_test(test_xent_grad),      cmocka_unit_test(test_rope_inverse),
         cmocka_unit_test(test_adamw_first_step), cmocka_unit_test(test_llama_table_and_init),
+        cmocka_unit_test(test_llama_forward_only),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

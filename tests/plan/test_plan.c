@@ -3,7 +3,8 @@
  * covered by exactly one block, one owner per block, byte and element sums against
  * counts derived here from the shapes, determinism, balance, no splits on one rank,
  * head-aligned q/k/v rows and o_proj columns, owner lookup, speed, the dry run from a
- * job YAML, and the error paths. */
+ * job YAML, the error paths, and the distillation teacher's bytes against what
+ * llama_init_forward_only allocates. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -14,6 +15,7 @@
 
 #include <cmocka.h>
 
+#include "llama.h"
 #include "plan.h"
 
 typedef struct model_case {
@@ -513,6 +515,59 @@ static void test_dry_run(void **state) {
     assert_int_equal(system(cmd), 0);
 }
 
+/* The distillation teacher: every rank's total grows by teacher_bytes, which is what
+ * llama_init_forward_only really allocates for the base (counted through the backend's
+ * alloc ops) less its token buffers and rope tables. */
+static size_t counted_bytes;
+static const backend_ops *cpu_ops;
+static float *count_alloc(backend *be, size_t n) {
+    counted_bytes += n * sizeof(float);
+    return cpu_ops->alloc(be, n);
+}
+static int32_t *count_alloc_i32(backend *be, size_t n) {
+    counted_bytes += n * sizeof(int32_t);
+    return cpu_ops->alloc_i32(be, n);
+}
+
+static void test_teacher(void **state) {
+    (void)state;
+    static llama_config base, small;
+    load_case(&MODELS[4], &base, &small);
+    plan_opts o;
+    plan_opts_default(&o);
+    o.micro_batch = 3, o.seq_len = 16, o.attn_tt = 0;
+    plan without, with;
+    assert_int_equal(plan_build(&without, &base, &small, 3, &o, NULL), 0);
+    o.teacher = 1;
+    assert_int_equal(plan_build(&with, &base, &small, 3, &o, NULL), 0);
+    assert_int_equal(without.teacher_bytes, 0);
+    assert_true(with.teacher_bytes > 4 * hf_config_n_params(&base));
+    for (int r = 0; r < 3; r++)
+        assert_int_equal(with.ranks[r].total_bytes - without.ranks[r].total_bytes, with.teacher_bytes);
+    char *text = plan_text(&with);
+    assert_non_null(strstr(text, "# distill teacher "));
+    free(text);
+
+    backend *be = backend_cpu_create(1);
+    cpu_ops = be->ops;
+    static backend_ops counting;
+    counting = *be->ops;
+    counting.alloc = count_alloc;
+    counting.alloc_i32 = count_alloc_i32;
+    be->ops = &counting;
+    counted_bytes = 0;
+    llama_model m;
+    pc_err e = {{0}};
+    assert_int_equal(llama_init_forward_only(&m, &base, be, o.micro_batch, o.seq_len, &e), 0);
+    size_t N = (size_t)o.micro_batch * o.seq_len, rope = 2 * (size_t)o.seq_len * (base.head_dim / 2);
+    assert_int_equal(counted_bytes - 4 * (2 * N + rope), with.teacher_bytes);
+    llama_free(&m);
+    be->ops = cpu_ops;
+    backend_destroy(be);
+    plan_free(&without);
+    plan_free(&with);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_invariants_all_models),
@@ -523,6 +578,7 @@ int main(void) {
         cmocka_unit_test(test_speed),
         cmocka_unit_test(test_errors),
         cmocka_unit_test(test_dry_run),
+        cmocka_unit_test(test_teacher),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
