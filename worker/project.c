@@ -214,7 +214,8 @@ static int init_params(proj_set *ps, const st_model *base, const llama_config *b
     int64_t most = base_cfg->d_model;
     for (int i = 0; i < ps->n_blocks; i++) {
         const proj_block *b = &ps->blocks[i];
-        if (b->owner == ps->rank) most = PC_MAX(most, PC_MAX((int64_t)b->d_in * b->d_in_c, (int64_t)b->d_out_c * b->d_out));
+        if (b->owner != ps->rank) continue;
+        most = PC_MAX(most, PC_MAX((int64_t)b->d_in * b->d_in_c, (int64_t)b->d_out_c * b->d_out));
     }
     float *host = pc_alloc_f32((size_t)most), *norm = pc_alloc_f32((size_t)base_cfg->d_model);
     int rc = 0;
