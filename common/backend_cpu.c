@@ -145,7 +145,8 @@ static void sgemm(int ta, int tb, int M, int N, int K, float alpha, const float 
 static void round_bf16(float *dst, const float *src, int rows, int cols, int ld)
 {
     for (int r = 0; r < rows; r++)
-        for (int j = 0; j < cols; j++) dst[(size_t)r * cols + j] = pc_bf16_to_f32(pc_f32_to_bf16(src[(size_t)r * ld + j]));
+        for (int j = 0; j < cols; j++)
+            dst[(size_t)r * cols + j] = pc_bf16_to_f32(pc_f32_to_bf16(src[(size_t)r * ld + j]));
 }
 
 static void cpu_gemm(backend *be, int ta, int tb, int M, int N, int K, float alpha, const float *A, int lda,
