@@ -625,6 +625,10 @@ static int validate(const pc_config *c, pc_err *e) {
     if (c->train.global_batch % c->train.micro_batch)
         return pc_errorf(e, "%s: key 'train.global_batch' (%d) must be divisible by train.micro_batch (%d)",
                          where_of(c, gb), c->train.global_batch, c->train.micro_batch);
+    int cpu_device = !strcmp(c->backend.device, "cpu") || !strcmp(c->backend.device, "cpu-guarded");
+    if (!strcmp(c->backend.comm, "nccl") && cpu_device)
+        return pc_errorf(e, "%s: key 'backend.comm' is 'nccl' but backend.device is '%s': NCCL needs the cuda device",
+                         where_of(c, key_index("backend.comm")), c->backend.device);
     return 0;
 }
 

@@ -503,6 +503,22 @@ def case_cfg_set_unknown(fx):
                 extra=["--set", "train.stepz=3"])
 
 
+def case_cfg_cuda_without_gpu(fx):
+    """backend.device cuda where no GPU is visible (skipped on a machine with one)."""
+    p = subprocess.run([os.path.join(pclib.BUILD, "tests", "e2e", "gpu-smoke")], stdout=subprocess.PIPE)
+    if p.returncode != 77:
+        print("a GPU is visible: nothing to check")
+        sys.exit(77)
+    rc, out = run_daemon(fx, extra=["--set", "backend.device=cuda"])
+    expect_failure(rc, out, ["backend.device is 'cuda'", "sees no GPU", fx.job], fx)
+
+
+def case_cfg_nccl_without_cuda(fx):
+    rc, out = run_daemon(fx, extra=["--set", "backend.comm=nccl", "--set", "backend.device=cpu"])
+    expect_failure(rc, out, ["--set backend.comm=nccl", "key 'backend.comm' is 'nccl'", "NCCL needs the cuda device"],
+                   fx, before_work=True)
+
+
 # ------------------------------------------------------------------ cases: command line
 
 def case_cli_no_cfg(fx):
