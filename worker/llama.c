@@ -236,6 +236,7 @@ int llama_init_forward_only(llama_model *m, const llama_config *c, backend *be, 
 {
     return init(m, c, be, B, T, 1, e);
 }
+
 void llama_set_loss_scale(llama_model *m, float s) { m->loss_scale = s; }
 
 /* ---- random init ---- */
