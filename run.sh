@@ -4,6 +4,7 @@
 #   bash run.sh setup   install packages (apt), the Python venv for reference tests, build
 #   bash run.sh demo    setup + the tiny end-to-end example (no GPU needed)
 #   bash run.sh test    setup + every test; ends with "N passed, N failed, N skipped"
+#   bash run.sh gpu     setup + on a GPU machine: the GPU tests and benchmarks, to runs/gpu-check/
 # Re-running is fast: installed packages, the venv and the build are reused.
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -86,8 +87,28 @@ test)
     "$VENV/bin/python" "$top/tests/summary.py" "$BUILD/meson-logs/testlog.json" "${extra[@]}"
     exit $rc
     ;;
+gpu)
+    setup
+    if "$BUILD/tests/e2e/gpu-smoke"; then :; else
+        s=$?
+        [ $s -eq 77 ] && say "no CUDA device here: nothing to run"
+        exit $s
+    fi
+    out=runs/gpu-check
+    mkdir -p "$out"
+    rc=0
+    meson test -C "$BUILD" --suite gpu --print-errorlogs 2>&1 | tee "$out/tests.txt" || rc=1
+    for mode in "-tf32 0" "-tf32 1" "-bf16 1"; do # forward+backward of the 1B-shaped compressed model
+        # shellcheck disable=SC2086
+        "$BUILD/tests/gpu/bench-gpu" -B 4 -T 2048 $mode 2>&1 | tee -a "$out/bench-gpu.txt" || rc=1
+    done
+    "$VENV/bin/python" tests/gpu/bench_compress_gpu.py --build "$BUILD" --device cuda 2>&1 |
+        tee "$out/bench-compress.txt" || rc=1
+    say "results in $out/"
+    exit $rc
+    ;;
 *)
-    sed -n '2,7p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,8p' "$0" | sed 's/^# \{0,1\}//'
     exit 2
     ;;
 esac
