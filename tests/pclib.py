@@ -70,6 +70,23 @@ def markov_shards(root, vocab, n_train, n_valid, seed):
     return train, valid, toks
 
 
+def compress_job(root, base, seed, seq_len, compress, train, **sections):
+    """root/job.yaml: a compress job of the model directory `base` on root/train.h5 and
+    root/valid.h5 (markov_shards), run.dir a placeholder (each run sets its own with
+    --set run.dir=...), the compress and train sections given, and any further sections
+    (eval, checkpoint, backend, ...). Returns its path."""
+    job = os.path.join(root, "job.yaml")
+    write_yaml(job, dict({
+        "run": {"dir": os.path.join(root, "unset"), "mode": "compress", "seed": seed},
+        "model": {"base": base},
+        "compress": compress,
+        "data": {"train": [os.path.join(root, "train.h5")], "valid": [os.path.join(root, "valid.h5")],
+                 "seq_len": seq_len},
+        "train": train,
+    }, **sections))
+    return job
+
+
 def write_yaml(path, sections):
     """Write a two-level dict as a YAML job file."""
     with open(path, "w") as f:

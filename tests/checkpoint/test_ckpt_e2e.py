@@ -207,18 +207,11 @@ def main():
     root = pclib.tmpdir("pc-ckpt-")
     bdir, _ = pclib.tiny_base(root, 5, V, D, F, L, head_dim=8, tied=True)
     pclib.markov_shards(root, V, 4500, 500, seed=2)
-    job = os.path.join(root, "job.yaml")
-    pclib.write_yaml(job, {
-        "run": {"dir": os.path.join(root, "unset"), "mode": "compress", "seed": 11},
-        "model": {"base": bdir},
-        "compress": {"d_model": DC, "d_ff": FC, "importance": "activation", "calibration_sequences": 8},
-        "data": {"train": [os.path.join(root, "train.h5")], "valid": [os.path.join(root, "valid.h5")],
-                 "seq_len": SEQ},
-        "train": {"steps": STEPS, "global_batch": 4, "micro_batch": 1, "lr": 3e-3, "warmup_steps": 2},
-        "checkpoint": {"every_steps": 1, "keep": 2},
-        "eval": {"batches": 2},
-        "backend": {"device": "cpu"},
-    })
+    job = pclib.compress_job(
+        root, bdir, 11, SEQ,
+        {"d_model": DC, "d_ff": FC, "importance": "activation", "calibration_sequences": 8},
+        {"steps": STEPS, "global_batch": 4, "micro_batch": 1, "lr": 3e-3, "warmup_steps": 2},
+        checkpoint={"every_steps": 1, "keep": 2}, eval={"batches": 2}, backend={"device": "cpu"})
 
     # uninterrupted references
     refs = {}

@@ -48,17 +48,11 @@ def main():
     bdir, base = pclib.tiny_base(root, 3, V, D, F, L, tied=True)
     sd = {k: v.numpy() for k, v in base.state_dict().items()}
     _, _, toks = pclib.markov_shards(root, V, 5000, 1000, seed=1)
-    job = os.path.join(root, "job.yaml")
-    pclib.write_yaml(job, {
-        "run": {"dir": os.path.join(root, "unset"), "mode": "compress", "seed": 9},
-        "model": {"base": bdir},
-        "compress": {"d_model": DC, "d_ff": FC, "importance": "activation", "calibration_sequences": 8},
-        "data": {"train": [os.path.join(root, "train.h5")], "valid": [os.path.join(root, "valid.h5")],
-                 "seq_len": SEQ},
-        "train": {"steps": 0, "global_batch": 4, "micro_batch": 2, "lr": 3e-3, "warmup_steps": 1},
-        "eval": {"batches": 4},
-        "backend": {"device": "cpu"},
-    })
+    job = pclib.compress_job(
+        root, bdir, 9, SEQ,
+        {"d_model": DC, "d_ff": FC, "importance": "activation", "calibration_sequences": 8},
+        {"steps": 0, "global_batch": 4, "micro_batch": 2, "lr": 3e-3, "warmup_steps": 1},
+        eval={"batches": 4}, backend={"device": "cpu"})
 
     # steps 0 == hard pruning at the saved indices, bit for bit
     for how in ["activation", "magnitude"]:

@@ -19,18 +19,11 @@ def main():
     root = pclib.tmpdir("pc-sharded-")
     bdir, _ = pclib.tiny_base(root, 4, V, D, F, L)
     pclib.markov_shards(root, V, 5000, 1000, seed=2)
-    job = os.path.join(root, "job.yaml")
-    pclib.write_yaml(job, {
-        "run": {"dir": os.path.join(root, "unset"), "mode": "compress", "seed": 3},
-        "model": {"base": bdir},
-        "compress": {"d_model": DC, "d_ff": FC, "importance": "magnitude"},
-        "data": {"train": [os.path.join(root, "train.h5")], "valid": [os.path.join(root, "valid.h5")],
-                 "seq_len": SEQ},
-        "train": {"steps": 6, "global_batch": 12, "micro_batch": 1, "lr": 3e-3, "warmup_steps": 1},
-        "eval": {"batches": 4},
-        "checkpoint": {"every_steps": 0},
-        "backend": {"device": "cpu"},
-    })
+    job = pclib.compress_job(
+        root, bdir, 3, SEQ,
+        {"d_model": DC, "d_ff": FC, "importance": "magnitude"},
+        {"steps": 6, "global_batch": 12, "micro_batch": 1, "lr": 3e-3, "warmup_steps": 1},
+        eval={"batches": 4}, checkpoint={"every_steps": 0}, backend={"device": "cpu"})
     for mode in ["compress", "prune"]:
         ref_curve, ref_w = None, None
         for np_ in [1, 2, 3, 4]:

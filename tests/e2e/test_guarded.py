@@ -51,18 +51,11 @@ def main():
     root = pclib.tmpdir("pc-guarded-")
     bdir, _ = pclib.tiny_base(root, 4, V, D, F, L)
     pclib.markov_shards(root, V, 5000, 1000, seed=2)
-    job = os.path.join(root, "job.yaml")
-    pclib.write_yaml(job, {
-        "run": {"dir": os.path.join(root, "unset"), "mode": "compress", "seed": 3},
-        "model": {"base": bdir},
-        "compress": {"d_model": DC, "d_ff": FC, "importance": "activation", "calibration_sequences": 8},
-        "data": {"train": [os.path.join(root, "train.h5")], "valid": [os.path.join(root, "valid.h5")],
-                 "seq_len": SEQ},
-        "train": {"steps": 6, "global_batch": 4, "micro_batch": 2, "lr": 3e-3, "warmup_steps": 1},
-        "eval": {"batches": 2, "every_steps": 3},
-        "checkpoint": {"every_steps": 3, "keep": 3},
-        "backend": {"threads": 1},
-    })
+    job = pclib.compress_job(
+        root, bdir, 3, SEQ,
+        {"d_model": DC, "d_ff": FC, "importance": "activation", "calibration_sequences": 8},
+        {"steps": 6, "global_batch": 4, "micro_batch": 2, "lr": 3e-3, "warmup_steps": 1},
+        eval={"batches": 2, "every_steps": 3}, checkpoint={"every_steps": 3, "keep": 3}, backend={"threads": 1})
     a, b = pair(root, job, "compress", 1)
     same(a, b, "compress np1")
     a, b = pair(root, job, "compress-store-distill", 1, "compress.store_grads=true", "distill.enabled=true")

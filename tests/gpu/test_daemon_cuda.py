@@ -88,18 +88,11 @@ def main():
     root = pclib.tmpdir("pc-gpu-daemon-")
     bdir, _ = pclib.tiny_base(root, 5, V, D, F, L, heads=4, kv=2, head_dim=32)
     _, _, toks = pclib.markov_shards(root, V, 10000, 2000, seed=3)
-    job = os.path.join(root, "job.yaml")
-    pclib.write_yaml(job, {
-        "run": {"dir": os.path.join(root, "unset"), "mode": "compress", "seed": 3},
-        "model": {"base": bdir},
-        "compress": {"d_model": DC, "d_ff": FC, "importance": "activation", "calibration_sequences": 16},
-        "data": {"train": [os.path.join(root, "train.h5")], "valid": [os.path.join(root, "valid.h5")],
-                 "seq_len": SEQ},
-        "train": {"steps": 6, "global_batch": 8, "micro_batch": 4, "lr": 3e-3, "warmup_steps": 1},
-        "eval": {"batches": 2},
-        "checkpoint": {"every_steps": 0},
-        "backend": {"threads": 1},
-    })
+    job = pclib.compress_job(
+        root, bdir, 3, SEQ,
+        {"d_model": DC, "d_ff": FC, "importance": "activation", "calibration_sequences": 16},
+        {"steps": 6, "global_batch": 8, "micro_batch": 4, "lr": 3e-3, "warmup_steps": 1},
+        eval={"batches": 2}, checkpoint={"every_steps": 0}, backend={"threads": 1})
 
     def run(name, np_, *sets):
         d = os.path.join(root, name)
