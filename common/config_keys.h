@@ -80,8 +80,8 @@ static const pc_config_key pc_config_keys[] = {
      .alt = "model.base", .doc = "`config.json` describing the model to pretrain from scratch (pretrain mode)."},
     {.path = "model.dtype", .type = PC_CT_ENUM, PC_AT(model.dtype), .def = "f32", .choices = "bf16|f32",
      .doc = "Storage of the frozen base slices during compress: bf16 halves their memory and is exact for a "
-            "bf16 checkpoint (rounded to nearest even otherwise); products run in fp32 (TF32 on cuda) on the "
-            "widened slice. Trained tensors and optimizer state are always fp32."},
+            "bf16 checkpoint (rounded to nearest even otherwise); the products use the widened fp32 slice "
+            "(backend.matmul says how). Trained tensors and optimizer state are always fp32."},
     /* compress */
     {.path = "compress.d_model", .type = PC_CT_INT, PC_AT(compress.d_model), .def = "0", .min = 0,
      .flags = PC_K_MIN, .required = PC_M_COMPRESS | PC_M_PRUNE,

@@ -295,16 +295,6 @@ static int check_shapes(const llama_config *b, const llama_config *s, int world,
  *                          + backward scratch: dres d' + dln d' + datt H hd
  *                          + dqkv (H+2KV) hd + dh f'max + dgu 2 f'max
  *   attention scores:      attn_tt ? one (T,T) f32 matrix (one head at a time) : 0. */
-/* The forward-only teacher (llama_init_forward_only): one set of layer buffers shared by
- * every layer, lnf, rstdf, xent lse and logits; no backward scratch. */
-static int64_t teacher_activation_bytes(const llama_config *b, const plan_opts *o) {
-    int64_t N = (int64_t)o->micro_batch * o->seq_len, d = b->d_model, H = b->n_heads, KV = b->n_kv_heads,
-            hd = b->head_dim;
-    int64_t per_tok = 4 * d + (H + 2 * KV) * hd + H * hd + H + 3 * (int64_t)b->d_ff + 2 + d + 2 + b->vocab_size;
-    int64_t tt = o->attn_tt ? (int64_t)o->seq_len * o->seq_len * 4 : 0;
-    return N * per_tok * 4 + tt;
-}
-
 static int64_t activation_bytes(const llama_config *s, const plan_opts *o) {
     int64_t N = (int64_t)o->micro_batch * o->seq_len, d = s->d_model, H = s->n_heads, KV = s->n_kv_heads,
             hd = s->head_dim, V = s->vocab_size, fmax = s->d_ff;
@@ -314,6 +304,18 @@ static int64_t activation_bytes(const llama_config *s, const plan_opts *o) {
     per_tok += 2 * d + H * hd + (H + 2 * KV) * hd + 3 * fmax;
     int64_t tt = o->attn_tt ? (int64_t)o->seq_len * o->seq_len * 4 : 0;
     return N * per_tok * o->compute_dtype_bytes + tt;
+}
+
+/* The forward-only teacher (llama_init_forward_only): one set of layer buffers shared by
+ * every layer, lnf, rstdf, xent lse and logits; no backward scratch. */
+static int64_t teacher_activation_bytes(const llama_config *b, const plan_opts *o) {
+    int64_t N = (int64_t)o->micro_batch * o->seq_len, d = b->d_model, H = b->n_heads, KV = b->n_kv_heads,
+            hd = b->head_dim;
+    int64_t fmax = 0;
+    for (int l = 0; l < b->n_layers; l++) fmax = PC_MAX(fmax, (int64_t)b->d_ff_layer[l]);
+    int64_t per_tok = 4 * d + (H + 2 * KV) * hd + H * hd + H + 3 * fmax + 2 + d + 2 + b->vocab_size;
+    int64_t tt = o->attn_tt ? (int64_t)o->seq_len * o->seq_len * 4 : 0;
+    return N * per_tok * 4 + tt;
 }
 
 int plan_build(plan *p, const llama_config *base, const llama_config *small, int world, const plan_opts *o,
