@@ -1,4 +1,5 @@
-/* comm_values: the per-rank test inputs of the comm tests and typed element access.
+/* comm_values: the per-rank test inputs of the comm tests and typed element access
+ * (put/get, also used by the NCCL test in tests/gpu).
  *
  * Element i of rank r is a small integer, exact in every dtype (0..10 for u8, -4..6
  * otherwise), so every reduction has one right answer whatever the order. */

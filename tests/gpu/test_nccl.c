@@ -16,6 +16,7 @@
 
 #include "comm.h"
 #include "comm_nccl.h"
+#include "comm_values.h"
 #include "device.h"
 #include "util.h"
 
@@ -51,36 +52,13 @@ static void d2h(void *h, const void *d, size_t bytes)
 }
 
 /* Value of element i contributed by rank r: small integers, exact in every dtype. */
-static double val(int r, size_t i) { return (double)((r + 1) * ((int)(i % 13) + 1) % 97); }
-
-static void store(void *buf, comm_dtype t, size_t i, double v)
-{
-    switch (t) {
-    case COMM_F32: ((float *)buf)[i] = (float)v; break;
-    case COMM_F64: ((double *)buf)[i] = v; break;
-    case COMM_I32: ((int32_t *)buf)[i] = (int32_t)v; break;
-    case COMM_I64: ((int64_t *)buf)[i] = (int64_t)v; break;
-    case COMM_U8: ((uint8_t *)buf)[i] = (uint8_t)v; break;
-    }
-}
-
-static double load(const void *buf, comm_dtype t, size_t i)
-{
-    switch (t) {
-    case COMM_F32: return ((const float *)buf)[i];
-    case COMM_F64: return ((const double *)buf)[i];
-    case COMM_I32: return ((const int32_t *)buf)[i];
-    case COMM_I64: return (double)((const int64_t *)buf)[i];
-    case COMM_U8: return ((const uint8_t *)buf)[i];
-    }
-    return 0.0;
-}
+static double input(int r, size_t i) { return (double)((r + 1) * ((int)(i % 13) + 1) % 97); }
 
 static double combine(comm_op op, int size, size_t i)
 {
-    double acc = val(0, i);
+    double acc = input(0, i);
     for (int r = 1; r < size; r++) {
-        double v = val(r, i);
+        double v = input(r, i);
         acc = op == COMM_SUM ? acc + v : op == COMM_MAX ? (v > acc ? v : acc) : (v < acc ? v : acc);
     }
     return acc;
@@ -91,7 +69,7 @@ static void test_all_reduce(comm *c, comm_dtype t, comm_op op, int in_place)
     const size_t n = 1000;
     size_t es = comm_dtype_size(t);
     char *h = pc_malloc(n * es);
-    for (size_t i = 0; i < n; i++) store(h, t, i, val(c->rank, i));
+    for (size_t i = 0; i < n; i++) put(h, t, i, input(c->rank, i));
     void *send = dev_alloc(n * es), *recv = in_place ? send : dev_alloc(n * es);
     h2d(send, h, n * es);
     pc_err e = {{0}};
@@ -101,7 +79,7 @@ static void test_all_reduce(comm *c, comm_dtype t, comm_op op, int in_place)
              in_place ? ", in place" : "", rc ? e.msg : "values");
     d2h(h, recv, n * es);
     int ok = rc == 0;
-    for (size_t i = 0; i < n && ok; i++) ok = load(h, t, i) == combine(op, c->size, i);
+    for (size_t i = 0; i < n && ok; i++) ok = get(h, t, i) == combine(op, c->size, i);
     expect(ok, what);
     cudaFree(send);
     if (!in_place) cudaFree(recv);
@@ -112,7 +90,7 @@ static void test_reduce(comm *c, comm_op op)
 {
     const size_t n = 777;
     float *h = pc_alloc_f32(n);
-    for (size_t i = 0; i < n; i++) h[i] = (float)val(c->rank, i);
+    for (size_t i = 0; i < n; i++) h[i] = (float)input(c->rank, i);
     float *send = dev_alloc(n * 4), *recv = dev_alloc(n * 4);
     h2d(send, h, n * 4);
     int root = c->size - 1;
@@ -151,14 +129,14 @@ static void test_all_gather(comm *c, int in_place)
     const size_t n = 301;
     size_t total = n * (size_t)c->size;
     double *h = pc_malloc(total * 8);
-    for (size_t i = 0; i < n; i++) h[i] = val(c->rank, i) + 0.25;
+    for (size_t i = 0; i < n; i++) h[i] = input(c->rank, i) + 0.25;
     double *recv = dev_alloc(total * 8), *send = in_place ? recv + (size_t)c->rank * n : dev_alloc(n * 8);
     h2d(send, h, n * 8);
     pc_err e = {{0}};
     int ok = comm_all_gather(c, send, recv, n, COMM_F64, &e) == 0;
     d2h(h, recv, total * 8);
     for (int r = 0; r < c->size && ok; r++)
-        for (size_t i = 0; i < n && ok; i++) ok = h[(size_t)r * n + i] == val(r, i) + 0.25;
+        for (size_t i = 0; i < n && ok; i++) ok = h[(size_t)r * n + i] == input(r, i) + 0.25;
     expect(ok, in_place ? "all_gather(f64, in place)" : "all_gather(f64)");
     cudaFree(recv);
     if (!in_place) cudaFree(send);
@@ -178,7 +156,7 @@ static void test_all_gatherv(comm *c)
     for (size_t i = 0; i < total; i++) h[i] = -7;
     int32_t *recv = dev_alloc(total * 4), *send = dev_alloc((counts[c->rank] + 1) * 4);
     h2d(recv, h, total * 4);
-    for (size_t i = 0; i < counts[c->rank]; i++) h[i] = (int32_t)val(c->rank, i);
+    for (size_t i = 0; i < counts[c->rank]; i++) h[i] = (int32_t)input(c->rank, i);
     h2d(send, h, counts[c->rank] * 4);
     pc_err e = {{0}};
     int ok = comm_all_gatherv(c, send, counts[c->rank], recv, counts, displs, COMM_I32, &e) == 0;
@@ -186,7 +164,7 @@ static void test_all_gatherv(comm *c)
     for (size_t i = 0; i < total && ok; i++) {
         int32_t want = -7;
         for (int r = 0; r < c->size; r++)
-            if (i >= displs[r] && i < displs[r] + counts[r]) want = (int32_t)val(r, i - displs[r]);
+            if (i >= displs[r] && i < displs[r] + counts[r]) want = (int32_t)input(r, i - displs[r]);
         ok = h[i] == want;
     }
     expect(ok, "all_gatherv(i32, uneven counts, gaps)");
@@ -207,7 +185,7 @@ static void test_reduce_scatter(comm *c, comm_op op)
     const size_t n = 513;
     size_t total = n * (size_t)c->size;
     float *h = pc_alloc_f32(total);
-    for (size_t i = 0; i < total; i++) h[i] = (float)val(c->rank, i);
+    for (size_t i = 0; i < total; i++) h[i] = (float)input(c->rank, i);
     float *send = dev_alloc(total * 4), *recv = dev_alloc(n * 4);
     h2d(send, h, total * 4);
     pc_err e = {{0}};
