@@ -16,9 +16,7 @@ import os
 import sys
 
 import numpy as np
-import torch
 from safetensors.numpy import load_file
-from transformers import LlamaForCausalLM
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 import pclib  # noqa: E402
@@ -33,14 +31,6 @@ def kept(path):
             k, *v = line.split()
             out[k[:-5]] = np.array([int(x) for x in v])
     return out
-
-
-def hf_val_loss(final, toks, n_win):
-    m = LlamaForCausalLM.from_pretrained(final, torch_dtype=torch.float32, attn_implementation="eager").eval()
-    with torch.no_grad():
-        return float(np.mean([torch.nn.functional.cross_entropy(
-            m(torch.tensor(toks[i * SEQ:i * SEQ + SEQ])[None]).logits[0].double(),
-            torch.tensor(toks[i * SEQ + 1:i * SEQ + SEQ + 1])).item() for i in range(n_win)]))
 
 
 def main():
@@ -105,7 +95,7 @@ def main():
         vals = [m["val_loss"] for m in ms if "val_loss" in m]
         first[mode] = vals[0]
         pclib.check(vals[-1] < vals[0], f"{mode}: val loss falls {vals[0]:.4f} -> {vals[-1]:.4f}")
-        ref = hf_val_loss(os.path.join(d, "final"), toks[5000:], 4 * 2)
+        ref = pclib.hf_val_loss(os.path.join(d, "final"), toks[5000:], SEQ, 4 * 2)
         rel = abs(ref - vals[-1]) / ref
         pclib.check(rel < 2e-5, f"{mode}: transformers loads the fused model: val {ref:.6f} vs ours {vals[-1]:.6f}")
     d = os.path.join(root, "compress-stored")
@@ -128,7 +118,7 @@ def main():
                 and not w["model.layers.0.mlp.down_proj.weight"][:, 56:].any(),
                 "per-layer: layer 0 stored zero-padded from 56 to 72")
     val = [m["val_loss"] for m in pclib.metrics(d) if "val_loss" in m][-1]
-    ref = hf_val_loss(os.path.join(d, "final"), toks[5000:], 8)
+    ref = pclib.hf_val_loss(os.path.join(d, "final"), toks[5000:], SEQ, 8)
     pclib.check(abs(ref - val) / ref < 2e-5, f"per-layer: transformers loads it: val {ref:.6f} vs ours {val:.6f}")
     ev = os.path.join(root, "perlayer-eval")
     pclib.projcompd(1, job, f"run.dir={ev}", "run.mode=eval", f"model.base={os.path.join(d, 'final')}")

@@ -9,8 +9,6 @@ import random
 import sys
 
 import numpy as np
-import torch
-from transformers import LlamaForCausalLM
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 import pclib  # noqa: E402
@@ -73,12 +71,7 @@ def main():
     toks = np.concatenate([h5py.File(os.path.join(root, "data", n))["tokens"][:].astype(np.int64)
                            for n in sorted(os.listdir(os.path.join(root, "data"))) if n.startswith("valid")])
     n_win = min(6, (len(toks) - 1) // SEQ)
-    m = LlamaForCausalLM.from_pretrained(final, torch_dtype=torch.float32, attn_implementation="eager").eval()
-    with torch.no_grad():
-        losses = [torch.nn.functional.cross_entropy(
-            m(torch.tensor(toks[i * SEQ:i * SEQ + SEQ])[None]).logits[0].double(),
-            torch.tensor(toks[i * SEQ + 1:i * SEQ + SEQ + 1])).item() for i in range(n_win)]
-    ref = float(np.mean(losses))
+    ref = pclib.hf_val_loss(final, toks, SEQ, n_win)
     rel = abs(ref - val) / ref
     pclib.check(rel < 2e-5, f"transformers loads the output: val loss {ref:.6f} vs projcompd {val:.6f} (rel {rel:.1e})")
 

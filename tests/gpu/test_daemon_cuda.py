@@ -23,9 +23,7 @@ import subprocess
 import sys
 
 import numpy as np
-import torch
 from safetensors.numpy import load_file
-from transformers import LlamaForCausalLM
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 import pclib  # noqa: E402
@@ -131,13 +129,7 @@ def main():
 
     gpu = os.path.join(root, "compress-cuda")
     val = result(gpu)[2][-1]
-    m = LlamaForCausalLM.from_pretrained(os.path.join(gpu, "final"), torch_dtype=torch.float32,
-                                         attn_implementation="eager").eval()
-    vt = toks[10000:]
-    with torch.no_grad():
-        ref = float(np.mean([torch.nn.functional.cross_entropy(
-            m(torch.tensor(vt[i * SEQ:i * SEQ + SEQ])[None]).logits[0].double(),
-            torch.tensor(vt[i * SEQ + 1:i * SEQ + SEQ + 1])).item() for i in range(2 * 4)]))
+    ref = pclib.hf_val_loss(os.path.join(gpu, "final"), toks[10000:], SEQ, 2 * 4)
     pclib.check(abs(ref - val) / ref < 2e-5, f"transformers loads the GPU output: val {ref:.6f} vs ours {val:.6f}")
 
     demo(root)
