@@ -191,7 +191,6 @@ int compress_setup(run_ctx *r, trainer *t, pc_err *e) {
          (long long)t->ps.n_params, t->ps.n_blocks, t->proj_flops);
     LOGI(&r->log, "frozen base slices here: %lld bytes in %s", (long long)t->ps.base_bytes,
          t->ps.base_bf16 ? "bf16" : "f32");
-    t->be = r->be;
     t->adam_m = be_alloc(r->be, (size_t)t->ps.n_params);
     t->adam_v = be_alloc(r->be, (size_t)t->ps.n_params);
     if (c->compress.store_grads) t->stored_grads = be_alloc(r->be, (size_t)t->ps.n_params);

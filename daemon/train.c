@@ -29,9 +29,9 @@ void trainer_free(trainer *t) {
     if (t->loader) data_loader_destroy(t->loader);
     if (t->train) data_close(t->train);
     if (t->valid) data_close(t->valid);
-    float *dev[] = {t->adam_m, t->adam_v, t->stored_grads}; /* buffers of t->be */
+    float *dev[] = {t->adam_m, t->adam_v, t->stored_grads}; /* buffers of the model's backend */
     for (size_t i = 0; i < PC_ARRAY_LEN(dev); i++)
-        if (dev[i]) be_free(t->be, dev[i]);
+        if (dev[i]) be_free(t->m.be, dev[i]);
     free(t->batch);
     free(t->tokens);
     free(t->targets);
@@ -173,7 +173,6 @@ int mode_train(run_ctx *r, pc_err *e) {
     } else if (compress_setup(r, &t, e) != 0) {
         goto out;
     }
-    t.be = r->be;
     if (t.method == &METHOD_DIRECT) {
         t.adam_m = be_alloc(r->be, (size_t)t.m.n_params);
         t.adam_v = be_alloc(r->be, (size_t)t.m.n_params);

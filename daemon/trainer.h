@@ -31,11 +31,10 @@ typedef struct train_method {
 
 struct trainer {
     const train_method *method;
-    backend *be;            /* the run's backend: adam_m, adam_v and stored_grads are its buffers */
     llama_model m;          /* the model whose forward/backward runs (small for compress/prune) */
     data_set *train, *valid;
     data_loader *loader;
-    float *adam_m, *adam_v; /* optimizer moments of the trained parameters */
+    float *adam_m, *adam_v; /* optimizer moments of the trained parameters (buffers of m.be) */
     float *stored_grads;    /* compress.store_grads: gradients laid out like ps.params, else NULL */
     int32_t *batch;         /* (B, T+1) */
     int32_t *tokens, *targets; /* (B, T) */
