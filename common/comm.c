@@ -47,6 +47,22 @@ int comm_reduce_scatter(comm *c, const void *send, void *recv, size_t count, com
     return c->ops->reduce_scatter(c, send, recv, count, t, op, e);
 }
 
+static size_t pieces_bytes(const comm_piece *p, int n, comm_dtype t) {
+    size_t b = 0;
+    for (int i = 0; i < n; i++) b += p[i].count * comm_dtype_size(t);
+    return b;
+}
+
+int comm_broadcast_group(comm *c, const comm_piece *p, int n, comm_dtype t, pc_err *e) {
+    c->bytes += pieces_bytes(p, n, t);
+    return c->ops->broadcast_group(c, p, n, t, e);
+}
+
+int comm_reduce_group(comm *c, const comm_piece *p, int n, comm_dtype t, comm_op op, pc_err *e) {
+    c->bytes += pieces_bytes(p, n, t);
+    return c->ops->reduce_group(c, p, n, t, op, e);
+}
+
 int comm_barrier(comm *c, pc_err *e) { return c->ops->barrier(c, e); }
 
 void comm_destroy(comm *c) {
@@ -144,21 +160,23 @@ static MPI_Request *nb(const call *k, MPI_Request *r) {
     return k->c->timeout_s > 0 ? r : NULL;
 }
 
-/* After an MPI call: check its return code and, if it was non-blocking, poll it
- * until done or until the watchdog fires. */
-static int call_finish(const call *k, int mpi_rc, MPI_Request *req, pc_err *e) {
-    if (mpi_rc != MPI_SUCCESS) return call_fail(k, mpi_rc, e);
-    if (!req) return 0;
+/* Wait for n started requests: MPI_Waitall without a watchdog; with one, poll them until
+ * done or until the timeout, when they are kept as stale and the comm refuses more work. */
+static int call_wait(const call *k, MPI_Request *req, int n, pc_err *e) {
+    if (k->c->timeout_s <= 0) {
+        int rc = MPI_Waitall(n, req, MPI_STATUSES_IGNORE);
+        return rc == MPI_SUCCESS ? 0 : call_fail(k, rc, e);
+    }
     long sleep_ns = 10000;
     for (int polls = 0;; polls++) {
         int done = 0;
-        int rc = MPI_Test(req, &done, MPI_STATUS_IGNORE);
+        int rc = MPI_Testall(n, req, &done, MPI_STATUSES_IGNORE);
         if (rc != MPI_SUCCESS) return call_fail(k, rc, e);
         if (done) return 0;
         if (pc_now() - k->t0 > k->c->timeout_s) {
             mpi_impl *m = impl_of(k->c);
-            m->stale = pc_realloc(m->stale, (size_t)(m->n_stale + 1) * sizeof *m->stale);
-            m->stale[m->n_stale++] = *req;
+            m->stale = pc_realloc(m->stale, (size_t)(m->n_stale + n) * sizeof *m->stale);
+            for (int i = 0; i < n; i++) m->stale[m->n_stale++] = req[i];
             m->broken_op = k->op;
             return pc_errorf(e, "rank %d: %s timed out after %g s (a peer rank may have died or hung)", k->c->rank,
                              k->op, k->c->timeout_s);
@@ -168,6 +186,12 @@ static int call_finish(const call *k, int mpi_rc, MPI_Request *req, pc_err *e) {
         nanosleep(&ts, NULL);
         if (sleep_ns < 1000000) sleep_ns *= 2;
     }
+}
+
+/* After an MPI call: check its return code and, if it was non-blocking, wait for it. */
+static int call_finish(const call *k, int mpi_rc, MPI_Request *req, pc_err *e) {
+    if (mpi_rc != MPI_SUCCESS) return call_fail(k, mpi_rc, e);
+    return req ? call_wait(k, req, 1, e) : 0;
 }
 
 static char *at(const void *base, size_t elems, comm_dtype t) { return (char *)base + elems * comm_dtype_size(t); }
@@ -325,6 +349,54 @@ static int mpi_reduce_scatter(comm *c, const void *send, void *recv, size_t coun
     return rc;
 }
 
+/* Grouped broadcast (reduce = 0) or in-place reduce to each piece's root: every piece is
+ * started non-blocking, in pieces of at most max_chunk elements, then all are waited for. */
+static int mpi_group(comm *c, const char *op, const comm_piece *p, int n, comm_dtype t, int reduce, comm_op rop,
+                     pc_err *e) {
+    mpi_impl *m = impl_of(c);
+    size_t total = 0, n_req = 0;
+    for (int i = 0; i < n; i++) {
+        total += p[i].count;
+        n_req += (p[i].count + m->max_chunk - 1) / m->max_chunk;
+    }
+    call k;
+    if (call_begin(&k, c, op, t, total, e)) return -1;
+    for (int i = 0; i < n; i++)
+        if (p[i].root < 0 || p[i].root >= c->size)
+            return pc_errorf(e, "rank %d: %s: piece %d's root %d is not a rank", c->rank, op, i, p[i].root);
+    MPI_Request *req = pc_malloc((n_req ? n_req : 1) * sizeof *req);
+    int q = 0, rc = MPI_SUCCESS;
+    for (int i = 0; i < n && rc == MPI_SUCCESS; i++) {
+        for (size_t o = 0; o < p[i].count && rc == MPI_SUCCESS; o += m->max_chunk) {
+            int cnt = (int)PC_MIN(m->max_chunk, p[i].count - o);
+            char *b = at(p[i].buf, o, t);
+            int mine = c->rank == p[i].root;
+            rc = reduce ? MPI_Ireduce(mine ? MPI_IN_PLACE : b, mine ? b : NULL, cnt, mpi_type(t), mpi_op(rop),
+                                      p[i].root, m->comm, &req[q])
+                        : MPI_Ibcast(b, cnt, mpi_type(t), p[i].root, m->comm, &req[q]);
+            if (rc == MPI_SUCCESS) q++;
+        }
+    }
+    if (rc != MPI_SUCCESS) { /* the started ones cannot be cancelled: the comm is out of step */
+        m->stale = pc_realloc(m->stale, (size_t)(m->n_stale + q) * sizeof *m->stale);
+        for (int i = 0; i < q; i++) m->stale[m->n_stale++] = req[i];
+        m->broken_op = op;
+        rc = call_fail(&k, rc, e);
+    } else {
+        rc = call_wait(&k, req, q, e);
+    }
+    free(req);
+    return rc;
+}
+
+static int mpi_broadcast_group(comm *c, const comm_piece *p, int n, comm_dtype t, pc_err *e) {
+    return mpi_group(c, "broadcast_group", p, n, t, 0, COMM_SUM, e);
+}
+
+static int mpi_reduce_group(comm *c, const comm_piece *p, int n, comm_dtype t, comm_op op, pc_err *e) {
+    return mpi_group(c, "reduce_group", p, n, t, 1, op, e);
+}
+
 static int mpi_barrier(comm *c, pc_err *e) {
     call k;
     if (call_begin(&k, c, "barrier", COMM_U8, 0, e)) return -1;
@@ -364,6 +436,8 @@ static const comm_ops mpi_ops = {
     .all_gather = mpi_all_gather,
     .all_gatherv = mpi_all_gatherv,
     .reduce_scatter = mpi_reduce_scatter,
+    .broadcast_group = mpi_broadcast_group,
+    .reduce_group = mpi_reduce_group,
     .barrier = mpi_barrier,
     .destroy = mpi_destroy,
 };

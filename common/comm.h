@@ -14,6 +14,15 @@ typedef enum { COMM_SUM = 0, COMM_MAX, COMM_MIN } comm_op;
 
 typedef struct comm comm;
 
+/* One piece of a grouped broadcast or reduce: `count` elements at `buf` on every rank,
+ * rooted at rank `root`. Every rank passes the same pieces in the same order (buf may
+ * differ between ranks). */
+typedef struct comm_piece {
+    void *buf;
+    size_t count;
+    int root;
+} comm_piece;
+
 typedef struct comm_ops {
     const char *name;
     int (*all_reduce)(comm *c, const void *send, void *recv, size_t count, comm_dtype t, comm_op op, pc_err *e);
@@ -21,11 +30,17 @@ typedef struct comm_ops {
     int (*broadcast)(comm *c, void *buf, size_t count, comm_dtype t, int root, pc_err *e);
     /* recv holds size * count elements, rank r's piece at r * count */
     int (*all_gather)(comm *c, const void *send, void *recv, size_t count, comm_dtype t, pc_err *e);
-    /* rank r contributes counts[r] elements; recv holds them at displs[r] */
+    /* rank r contributes counts[r] elements; recv holds them at displs[r]; send may be
+     * recv + displs[rank] (in place) */
     int (*all_gatherv)(comm *c, const void *send, size_t send_count, void *recv, const size_t *counts,
                        const size_t *displs, comm_dtype t, pc_err *e);
     /* send holds size * count elements; rank r receives the reduced piece r */
     int (*reduce_scatter)(comm *c, const void *send, void *recv, size_t count, comm_dtype t, comm_op op, pc_err *e);
+    /* Each piece's root copy to every rank, all pieces under one call. */
+    int (*broadcast_group)(comm *c, const comm_piece *p, int n, comm_dtype t, pc_err *e);
+    /* Each piece summed (op) over ranks into its root's buf, in place; the other ranks'
+     * bufs are left as they were. */
+    int (*reduce_group)(comm *c, const comm_piece *p, int n, comm_dtype t, comm_op op, pc_err *e);
     int (*barrier)(comm *c, pc_err *e);
     void (*destroy)(comm *c);
 } comm_ops;
@@ -52,6 +67,8 @@ int comm_all_gather(comm *c, const void *send, void *recv, size_t count, comm_dt
 int comm_all_gatherv(comm *c, const void *send, size_t send_count, void *recv, const size_t *counts,
                      const size_t *displs, comm_dtype t, pc_err *e);
 int comm_reduce_scatter(comm *c, const void *send, void *recv, size_t count, comm_dtype t, comm_op op, pc_err *e);
+int comm_broadcast_group(comm *c, const comm_piece *p, int n, comm_dtype t, pc_err *e);
+int comm_reduce_group(comm *c, const comm_piece *p, int n, comm_dtype t, comm_op op, pc_err *e);
 int comm_barrier(comm *c, pc_err *e);
 void comm_destroy(comm *c);
 size_t comm_dtype_size(comm_dtype t);

@@ -176,6 +176,44 @@ static int staged_reduce_scatter(comm *c, const void *send, void *recv, size_t c
     return 0;
 }
 
+/* Grouped broadcast (reduce = 0) or reduce: the pieces side by side in one host stage.
+ * Only the data a rank contributes is downloaded (a broadcast's root, every rank of a
+ * reduce), and only what it receives is uploaded (a broadcast's others, a reduce's root). */
+static int staged_group(comm *c, const char *op, const comm_piece *p, int n, comm_dtype t, int reduce, comm_op rop,
+                        pc_err *e) {
+    staged_impl *s = simpl(c);
+    size_t total = 0, nf;
+    for (int i = 0; i < n; i++) {
+        if (words(c, op, "a piece", p[i].count, t, &nf, e)) return -1;
+        total += nf;
+    }
+    float *buf = stage(&s->in, &s->in_n, total);
+    comm_piece *hp = pc_malloc((size_t)(n > 0 ? n : 1) * sizeof *hp);
+    size_t o = 0;
+    for (int i = 0; i < n; i++) {
+        nf = p[i].count * comm_dtype_size(t) / sizeof(float);
+        hp[i] = (comm_piece){buf + o, p[i].count, p[i].root};
+        if (reduce || c->rank == p[i].root) download(c, buf + o, p[i].buf, nf);
+        o += nf;
+    }
+    host_state hs;
+    comm *h = host_enter(c, &hs);
+    int rc = host_leave(c, &hs, reduce ? comm_reduce_group(h, hp, n, t, rop, e) : comm_broadcast_group(h, hp, n, t, e));
+    for (int i = 0; i < n && rc == 0; i++)
+        if ((c->rank == p[i].root) == reduce)
+            upload(c, p[i].buf, hp[i].buf, p[i].count * comm_dtype_size(t) / sizeof(float));
+    free(hp);
+    return rc;
+}
+
+static int staged_broadcast_group(comm *c, const comm_piece *p, int n, comm_dtype t, pc_err *e) {
+    return staged_group(c, "broadcast_group", p, n, t, 0, COMM_SUM, e);
+}
+
+static int staged_reduce_group(comm *c, const comm_piece *p, int n, comm_dtype t, comm_op op, pc_err *e) {
+    return staged_group(c, "reduce_group", p, n, t, 1, op, e);
+}
+
 static int staged_barrier(comm *c, pc_err *e) {
     host_state hs;
     comm *h = host_enter(c, &hs);
@@ -198,6 +236,8 @@ static const comm_ops staged_ops = {
     .all_gather = staged_all_gather,
     .all_gatherv = staged_all_gatherv,
     .reduce_scatter = staged_reduce_scatter,
+    .broadcast_group = staged_broadcast_group,
+    .reduce_group = staged_reduce_group,
     .barrier = staged_barrier,
     .destroy = staged_destroy,
 };

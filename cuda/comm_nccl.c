@@ -6,7 +6,8 @@
  * ncclCommInitRank, so that one rank's failure does not leave the others waiting.
  * Each collective waits for prior device work, runs on the comm's stream and
  * synchronises it before returning (simple and correct before overlapped).
- * all_gatherv is a group of one ncclBroadcast per rank.
+ * all_gatherv is a group of one ncclBroadcast per rank; broadcast_group and reduce_group
+ * are groups of one ncclBroadcast / ncclReduce (in place) per piece.
  *
  * Watchdog: the wait polls the stream and NCCL's asynchronous error; when a collective
  * has not finished after timeout_s seconds (a rank died or hangs), or NCCL reports an
@@ -193,6 +194,41 @@ static int nc_reduce_scatter(comm *c, const void *send, void *recv, size_t count
     return ncall_finish(&k, ncclReduceScatter(send, recv, count, k.type, rop, nimpl(c)->nc, nimpl(c)->stream), e);
 }
 
+/* Grouped broadcasts (reduce = 0) or in-place reduces, NCCL_GROUP_PIECES per NCCL group
+ * (the groups run in order on the comm's stream), waited for once. */
+#define NCCL_GROUP_PIECES 128
+static int nc_group(comm *c, const char *op, const comm_piece *p, int n, comm_dtype t, int reduce, comm_op cop,
+                    pc_err *e) {
+    size_t total = 0;
+    for (int i = 0; i < n; i++) total += p[i].count;
+    ncall k;
+    ncclRedOp_t rop = ncclSum;
+    if (ncall_begin(&k, c, op, t, total, e) || (reduce && check_op(&k, cop, &rop, e))) return -1;
+    for (int i = 0; i < n; i++)
+        if (check_root(&k, p[i].root, e)) return -1;
+    nccl_impl *nc = nimpl(c);
+    ncclResult_t r = ncclSuccess;
+    for (int i0 = 0; i0 < n && r == ncclSuccess; i0 += NCCL_GROUP_PIECES) {
+        r = ncclGroupStart();
+        for (int i = i0; i < n && i < i0 + NCCL_GROUP_PIECES && r == ncclSuccess; i++) {
+            if (p[i].count == 0) continue; /* the same on every rank: pieces are shared */
+            r = reduce ? ncclReduce(p[i].buf, p[i].buf, p[i].count, k.type, rop, p[i].root, nc->nc, nc->stream)
+                       : ncclBroadcast(p[i].buf, p[i].buf, p[i].count, k.type, p[i].root, nc->nc, nc->stream);
+        }
+        ncclResult_t r_end = ncclGroupEnd();
+        if (r == ncclSuccess) r = r_end;
+    }
+    return ncall_finish(&k, r, e);
+}
+
+static int nc_broadcast_group(comm *c, const comm_piece *p, int n, comm_dtype t, pc_err *e) {
+    return nc_group(c, "broadcast_group", p, n, t, 0, COMM_SUM, e);
+}
+
+static int nc_reduce_group(comm *c, const comm_piece *p, int n, comm_dtype t, comm_op op, pc_err *e) {
+    return nc_group(c, "reduce_group", p, n, t, 1, op, e);
+}
+
 static int nc_barrier(comm *c, pc_err *e) {
     ncall k;
     if (ncall_begin(&k, c, "barrier", COMM_I32, 1, e)) return -1;
@@ -222,6 +258,8 @@ static const comm_ops nccl_ops = {
     .all_gather = nc_all_gather,
     .all_gatherv = nc_all_gatherv,
     .reduce_scatter = nc_reduce_scatter,
+    .broadcast_group = nc_broadcast_group,
+    .reduce_group = nc_reduce_group,
     .barrier = nc_barrier,
     .destroy = nc_destroy,
 };

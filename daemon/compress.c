@@ -154,6 +154,9 @@ static int proj_setup(run_ctx *r, trainer *t, pc_err *e) {
                        !strcmp(r->cfg.model.dtype, "bf16"), e);
     LOGI(&r->log, "plan: %d blocks (%d matrices split), balance %.2f; this rank owns %lld trainable parameters",
          p.n_blocks, p.n_split, plan_balance(&p), (long long)t->ps.n_params);
+    if (rc == 0)
+        LOGI(&r->log, "W_C/G exchange buffer: %lld bytes here (plan: %lld)", (long long)t->ps.xchg_bytes,
+             (long long)p.ranks[r->rank].xchg_bytes);
     free(specs);
     plan_free(&p);
     return rc;

@@ -451,6 +451,13 @@ int plan_build(plan *p, const llama_config *base, const llama_config *small, int
         i = j;
     }
 
+    /* the exchange buffer (project.c): W_C and G go between ranks straight from the
+     * replica, except column blocks, whose rows are strided there: every rank packs them
+     * all */
+    int64_t xchg = 0;
+    for (int i = 0; i < n_blocks && world > 1; i++)
+        if (p->blocks[i].kind == PLAN_COLS) xchg += 4 * p->blocks[i].c_rows * p->blocks[i].c_cols;
+
     /* replica, activations, totals, comm */
     p->small_numel = hf_config_n_params(small);
     int64_t replica = p->small_numel * o->compute_dtype_bytes + p->small_numel * 4;
@@ -464,8 +471,9 @@ int plan_build(plan *p, const llama_config *base, const llama_config *small, int
         plan_rank *rk = &p->ranks[r];
         rk->replica_bytes = replica;
         rk->act_bytes = act;
-        rk->total_bytes = rk->base_bytes + rk->state_bytes + rk->shared_bytes + rk->replica_bytes + rk->scratch_bytes +
-                          rk->act_bytes + p->teacher_bytes;
+        rk->xchg_bytes = xchg;
+        rk->total_bytes = rk->base_bytes + rk->state_bytes + rk->shared_bytes + rk->replica_bytes + rk->xchg_bytes +
+                          rk->scratch_bytes + rk->act_bytes + p->teacher_bytes;
         send[r] = ring * (double)(p->comm.gather_bytes + p->comm.reduce_bytes);
     }
     for (int s = 0; s < p->n_shared; s++) {
@@ -594,14 +602,14 @@ int plan_write(const plan *p, FILE *f) {
         fprintf(f, "  %-54s %-5s %-15s %6d %11.2f %11.3f\n", b->name, plan_kind_name(b->kind), range, b->owner,
                 MIB(block_load(b)), b->flops / 1e9);
     }
-    fprintf(f, "#\n# %-6s %6s %9s %9s %9s %9s %9s %9s %9s %11s\n", "rank", "blocks", "base", "state", "shared",
-            "replica", "scratch", "act", "total", "GFLOP");
+    fprintf(f, "#\n# %-6s %6s %9s %9s %9s %9s %9s %9s %9s %9s %11s\n", "rank", "blocks", "base", "state", "shared",
+            "replica", "xchg", "scratch", "act", "total", "GFLOP");
     int64_t mx = 0, sum = 0;
     for (int r = 0; r < p->world; r++) {
         const plan_rank *rk = &p->ranks[r];
-        fprintf(f, "  %-6d %6d %9.3f %9.3f %9.3f %9.3f %9.3f %9.3f %9.3f %11.3f\n", r, rk->n_blocks,
+        fprintf(f, "  %-6d %6d %9.3f %9.3f %9.3f %9.3f %9.3f %9.3f %9.3f %9.3f %11.3f\n", r, rk->n_blocks,
                 GIB(rk->base_bytes), GIB(rk->state_bytes), GIB(rk->shared_bytes), GIB(rk->replica_bytes),
-                GIB(rk->scratch_bytes), GIB(rk->act_bytes), GIB(rk->total_bytes), rk->flops / 1e9);
+                GIB(rk->xchg_bytes), GIB(rk->scratch_bytes), GIB(rk->act_bytes), GIB(rk->total_bytes), rk->flops / 1e9);
         mx = PC_MAX(mx, rk->total_bytes);
         sum += rk->total_bytes;
     }

@@ -79,6 +79,7 @@ typedef struct plan_rank {
     int64_t shared_bytes;  /* shared factors held here (each once) with Adam state */
     int64_t replica_bytes; /* all of W_C (compute dtype) + its gradient G (f32) */
     int64_t scratch_bytes; /* largest block update's intermediates */
+    int64_t xchg_bytes;    /* W_C / G exchange buffer: f32 W_C of every column block (world > 1) */
     int64_t act_bytes;     /* activations of one micro-batch */
     int64_t total_bytes;
     int64_t load_bytes;    /* what the assignment balanced: base + state + shared, per block */

@@ -188,22 +188,18 @@ static const float *slice_f32(proj_set *ps, const proj_block *b) {
     return ps->wide;
 }
 
+/* The exchange layout: strided blocks get their place in xchg (every rank reserves all). */
 static void build_layout(proj_set *ps) {
-    ps->order = pc_malloc(sizeof(int) * (size_t)ps->n_blocks);
-    ps->seg_count = pc_calloc((size_t)ps->world, sizeof(size_t));
-    ps->seg_off = pc_calloc((size_t)ps->world, sizeof(size_t));
-    int k = 0;
-    for (int r = 0; r < ps->world; r++)
-        for (int i = 0; i < ps->n_blocks; i++)
-            if (ps->blocks[i].owner == r) {
-                ps->order[k++] = i;
-                ps->seg_count[r] += (size_t)ps->blocks[i].d_out_c * ps->blocks[i].d_in_c;
-            }
-    for (int r = 1; r < ps->world; r++) ps->seg_off[r] = ps->seg_off[r - 1] + ps->seg_count[r - 1];
-    for (int r = 0; r < ps->world; r++) ps->seg_max = PC_MAX(ps->seg_max, ps->seg_count[r]);
-    if (ps->world > 1) {
-        ps->pack = be_alloc(ps->be, (size_t)ps->world * ps->seg_max);
-        ps->unpack = be_alloc(ps->be, (size_t)ps->world * ps->seg_max);
+    int64_t n = 0;
+    for (int i = 0; i < ps->n_blocks; i++) {
+        proj_block *b = &ps->blocks[i];
+        b->xoff = b->kind != PROJ_NORM && b->ld_c != b->d_in_c ? n : -1;
+        if (b->xoff >= 0) n += (int64_t)b->d_out_c * b->d_in_c;
+    }
+    ps->pieces = pc_calloc((size_t)(ps->n_blocks > 0 ? ps->n_blocks : 1), sizeof *ps->pieces);
+    if (ps->world > 1 && n > 0) {
+        ps->xchg = be_alloc(ps->be, (size_t)n);
+        ps->xchg_bytes = (int64_t)sizeof(float) * n;
     }
 }
 
@@ -327,16 +323,14 @@ int proj_init(proj_set *ps, backend *be, const st_model *base, const llama_confi
 void proj_free(proj_set *ps) {
     backend *be = ps->be;
     for (int i = 0; i < ps->n_base_bufs; i++) be_free(be, ps->base_bufs[i]);
-    float *dev[] = {ps->params, ps->shared_grad, ps->scratch, ps->grad, ps->pack, ps->unpack, ps->wide};
+    float *dev[] = {ps->params, ps->shared_grad, ps->scratch, ps->grad, ps->xchg, ps->wide};
     for (size_t i = 0; i < PC_ARRAY_LEN(dev); i++)
         if (dev[i]) be_free(be, dev[i]);
     free(ps->base_bufs);
     free(ps->blocks);
     free(ps->shared);
     free(ps->tensors);
-    free(ps->order);
-    free(ps->seg_count);
-    free(ps->seg_off);
+    free(ps->pieces);
     memset(ps, 0, sizeof *ps);
 }
 
@@ -397,43 +391,45 @@ static void unpack_block(backend *be, const proj_block *b, float *small_buf, con
     copy_rows(be, small_buf + b->off_c, b->ld_c, src, b->d_in_c, b->d_out_c, b->d_in_c);
 }
 
+/* Block i's piece of small-model buffer buf (params or grads): in place, or its place in
+ * xchg for a strided block. */
+static float *piece_at(const proj_set *ps, const proj_block *b, float *buf) {
+    return b->xoff >= 0 ? ps->xchg + b->xoff : buf + b->off_c;
+}
+
+static void set_pieces(proj_set *ps, float *buf) {
+    for (int i = 0; i < ps->n_blocks; i++) {
+        const proj_block *b = &ps->blocks[i];
+        ps->pieces[i] = (comm_piece){piece_at(ps, b, buf), (size_t)b->d_out_c * b->d_in_c, b->owner};
+    }
+}
+
 int proj_gather(proj_set *ps, llama_model *small, comm *c, pc_err *e) {
     if (ps->world == 1) return 0;
-    size_t pos = 0;
-    for (int k = 0; k < ps->n_blocks; k++) {
-        const proj_block *b = &ps->blocks[ps->order[k]];
-        if (b->owner != ps->rank) continue;
-        pack_block(ps->be, b, ps->pack + pos, small->params);
-        pos += (size_t)b->d_out_c * b->d_in_c;
+    set_pieces(ps, small->params);
+    for (int i = 0; i < ps->n_blocks; i++) {
+        const proj_block *b = &ps->blocks[i];
+        if (b->xoff >= 0 && b->owner == ps->rank) pack_block(ps->be, b, ps->xchg + b->xoff, small->params);
     }
-    if (comm_all_gatherv(c, ps->pack, pos, ps->unpack, ps->seg_count, ps->seg_off, COMM_F32, e) != 0) return -1;
-    pos = 0;
-    for (int k = 0; k < ps->n_blocks; k++) {
-        const proj_block *b = &ps->blocks[ps->order[k]];
-        unpack_block(ps->be, b, small->params, ps->unpack + pos);
-        pos += (size_t)b->d_out_c * b->d_in_c;
+    if (comm_broadcast_group(c, ps->pieces, ps->n_blocks, COMM_F32, e) != 0) return -1;
+    for (int i = 0; i < ps->n_blocks; i++) {
+        const proj_block *b = &ps->blocks[i];
+        if (b->xoff >= 0 && b->owner != ps->rank) unpack_block(ps->be, b, small->params, ps->xchg + b->xoff);
     }
     return 0;
 }
 
 int proj_reduce_grads(proj_set *ps, llama_model *small, comm *c, pc_err *e) {
     if (ps->world == 1) return 0;
-    size_t pos = 0;
-    int prev = 0;
-    for (int k = 0; k < ps->n_blocks; k++) { /* rank r's blocks at r * seg_max, zero padded */
-        const proj_block *b = &ps->blocks[ps->order[k]];
-        if (b->owner != prev) pos = (size_t)b->owner * ps->seg_max;
-        prev = b->owner;
-        pack_block(ps->be, b, ps->pack + pos, small->grads);
-        pos += (size_t)b->d_out_c * b->d_in_c;
+    set_pieces(ps, small->grads);
+    for (int i = 0; i < ps->n_blocks; i++) {
+        const proj_block *b = &ps->blocks[i];
+        if (b->xoff >= 0) pack_block(ps->be, b, ps->xchg + b->xoff, small->grads);
     }
-    if (comm_reduce_scatter(c, ps->pack, ps->unpack, ps->seg_max, COMM_F32, COMM_SUM, e) != 0) return -1;
-    pos = 0;
-    for (int k = 0; k < ps->n_blocks; k++) {
-        const proj_block *b = &ps->blocks[ps->order[k]];
-        if (b->owner != ps->rank) continue;
-        unpack_block(ps->be, b, small->grads, ps->unpack + pos);
-        pos += (size_t)b->d_out_c * b->d_in_c;
+    if (comm_reduce_group(c, ps->pieces, ps->n_blocks, COMM_F32, COMM_SUM, e) != 0) return -1;
+    for (int i = 0; i < ps->n_blocks; i++) {
+        const proj_block *b = &ps->blocks[i];
+        if (b->xoff >= 0 && b->owner == ps->rank) unpack_block(ps->be, b, small->grads, ps->xchg + b->xoff);
     }
     return 0;
 }

@@ -57,6 +57,7 @@ typedef struct proj_block {
     const float *w;          /* (d_out, d_in) base slice, device, fp32 storage; owner only */
     const uint16_t *w16;     /* the same in bf16 storage (base_bf16), widened to fp32 on use */
     int64_t p_in, p_out, a;  /* offsets into params (-1: absent or not held) */
+    int64_t xoff;            /* offset in proj_set.xchg of a strided block (-1: contiguous) */
     int shared;              /* index of the shared factor of this block's matrix, or -1 */
     double flops;            /* projection FLOPs of one step (materialise + gradient, one pass) */
 } proj_block;
@@ -90,11 +91,12 @@ typedef struct proj_set {
     float *scratch;             /* intermediates of one block */
     float *grad;                /* (dP_in | dP_out | dA) of one block */
     int64_t scratch_n, grad_n;
-    /* gather / scatter layout: blocks in owner order, rank r's segment at seg_off[r] */
-    int *order;                 /* (n_blocks) */
-    size_t *seg_count, *seg_off; /* (world) */
-    size_t seg_max;
-    float *pack, *unpack;       /* (world * seg_max) */
+    /* W_C gather and G reduce: one piece per block, rooted at its owner, straight from / into
+     * the small model's buffers; a block whose rows are strided there (an o_proj column
+     * range) goes through its place in xchg */
+    comm_piece *pieces;         /* (n_blocks) */
+    float *xchg;                /* (every strided block's W_C, packed) world > 1 only */
+    int64_t xchg_bytes;         /* its size */
 } proj_set;
 
 /* Kept indices: idx_d (d_model', ascending) for every layer, idx_ff[i] (d_ff'_i,
@@ -118,9 +120,9 @@ void proj_free(proj_set *ps);
 
 /* W_C of this rank's blocks (and its norm gains) into small->params. */
 void proj_materialize(proj_set *ps, llama_model *small);
-/* All-gather every block's W_C so that each rank holds the whole small model. */
+/* Broadcast every block's W_C from its owner so that each rank holds the whole small model. */
 int proj_gather(proj_set *ps, llama_model *small, comm *c, pc_err *e);
-/* Sum each block's gradient G over ranks into its owner's small->grads (reduce-scatter). */
+/* Sum each block's gradient G over ranks into its owner's small->grads (grouped reduces). */
 int proj_reduce_grads(proj_set *ps, llama_model *small, comm *c, pc_err *e);
 
 /* Gradients of owned block i from its G: writes dP_in, dP_out, dA into ps->grad at

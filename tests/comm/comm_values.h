@@ -40,4 +40,34 @@ static inline double get(const void *b, comm_dtype t, size_t i) {
     return NAN;
 }
 
+/* The pieces of the grouped-collective tests over one buffer of n elements of dtype t at
+ * buf: piece k has 5k mod 13 elements (piece 0 is empty), starts 2 elements after the
+ * previous one (gaps that must stay untouched) and is rooted at rank (3k + 1) mod size. */
+#define GROUP_PIECES 7
+typedef struct group_case {
+    comm_piece p[GROUP_PIECES];
+    size_t off[GROUP_PIECES]; /* piece k's first element */
+    size_t n;                 /* the buffer's length */
+} group_case;
+
+/* The layout (g->n) for `size` ranks; the pieces point into buf when it is not NULL. */
+static inline void group_case_init(group_case *g, int size, void *buf, comm_dtype t) {
+    size_t off = 0;
+    for (int k = 0; k < GROUP_PIECES; k++) {
+        off += 2;
+        g->off[k] = off;
+        g->p[k] = (comm_piece){buf ? (char *)buf + off * comm_dtype_size(t) : NULL, (size_t)(5 * k % 13),
+                               (3 * k + 1) % size};
+        off += g->p[k].count;
+    }
+    g->n = off + 2;
+}
+
+/* The piece holding element i, or -1 in a gap. */
+static inline int group_piece_of(const group_case *g, size_t i) {
+    for (int k = 0; k < GROUP_PIECES; k++)
+        if (i >= g->off[k] && i < g->off[k] + g->p[k].count) return k;
+    return -1;
+}
+
 #endif

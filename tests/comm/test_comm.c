@@ -4,8 +4,9 @@
  * checks the result against the same formula evaluated locally for all ranks. Every
  * check is repeated in three modes: blocking, piecewise (chunk limit of 3 elements, so
  * counts above it go in pieces), and watchdog (non-blocking + polling). Then the error
- * paths: a bad root, a wrong all_gatherv count, and a collective that one rank skips
- * with timeout_s = 1, which the others must report as a timeout naming the op. */
+ * paths: a bad root (also a grouped piece's), a wrong all_gatherv count, and a
+ * collective that one rank skips with timeout_s = 1, which the others must report as a
+ * timeout naming the op. */
 #include <math.h>
 #include <mpi.h>
 #include <signal.h>
@@ -157,6 +158,33 @@ static void check_reduce_scatter(ctx *t, comm *c, comm_dtype dt, comm_op op, siz
     free(recv);
 }
 
+/* broadcast_group, then reduce_group (op) over the same pieces: each piece holds its
+ * root's values, or its sum at the root only; the gaps and the other ranks' pieces keep
+ * this rank's values. */
+static void check_groups(ctx *t, comm *c, comm_dtype dt, comm_op op) {
+    pc_err e = {{0}};
+    group_case g;
+    group_case_init(&g, t->size, NULL, dt);
+    for (int reduce = 0; reduce < 2; reduce++) {
+        void *b = alloc_filled(t->rank, g.n, dt, 0);
+        group_case_init(&g, t->size, b, dt);
+        int rc = reduce ? comm_reduce_group(c, g.p, GROUP_PIECES, dt, op, &e)
+                        : comm_broadcast_group(c, g.p, GROUP_PIECES, dt, &e);
+        CHECK(rc == 0, "%s: %s", reduce ? "reduce_group" : "broadcast_group", e.msg);
+        int bad = 0;
+        for (size_t i = 0; i < g.n && rc == 0; i++) {
+            int k = group_piece_of(&g, i);
+            double want = val(t->rank, i, dt);
+            if (k >= 0 && !reduce) want = val(g.p[k].root, i, dt);
+            if (k >= 0 && reduce && g.p[k].root == t->rank) want = reduced(t->size, i, dt, op);
+            bad += get(b, dt, i) != want;
+        }
+        CHECK(bad == 0, "%s(%s, op %d): %d wrong elements", reduce ? "reduce_group" : "broadcast_group",
+              comm_dtype_name(dt), (int)op, bad);
+        free(b);
+    }
+}
+
 static void run_all(ctx *t, comm *c) {
     const size_t sizes[] = {0, 1, 7, 1000};
     for (size_t ti = 0; ti < PC_ARRAY_LEN(all_types); ti++) {
@@ -176,6 +204,7 @@ static void run_all(ctx *t, comm *c) {
         }
         check_all_gatherv(t, c, dt, 0);
         check_all_gatherv(t, c, dt, 1);
+        for (size_t oi = 0; oi < PC_ARRAY_LEN(all_ops); oi++) check_groups(t, c, dt, all_ops[oi]);
     }
     pc_err e = {{0}};
     CHECK(comm_barrier(c, &e) == 0, "barrier: %s", e.msg);
@@ -195,6 +224,13 @@ static void check_errors(ctx *t, comm *c) {
     char want[64];
     snprintf(want, sizeof want, "rank %d: all_gatherv(f32", t->rank);
     CHECK(strstr(e.msg, want) != NULL, "message: %s", e.msg);
+    /* a piece rooted past the ranks: refused before any piece starts */
+    comm_piece p[2] = {{&x, 1, 0}, {recv, 1, t->size}};
+    CHECK(comm_broadcast_group(c, p, 2, COMM_F32, &e) == -1, "broadcast_group to a missing root succeeded");
+    snprintf(want, sizeof want, "rank %d: broadcast_group: piece 1's root %d is not a rank", t->rank, t->size);
+    CHECK(strcmp(e.msg, want) == 0, "message: %s", e.msg);
+    CHECK(comm_reduce_group(c, p, 2, COMM_F32, COMM_SUM, &e) == -1 && strstr(e.msg, "reduce_group"),
+          "reduce_group to a missing root: %s", e.msg);
 }
 
 /* The last rank skips an all_reduce; the others must time out, naming it. The last rank

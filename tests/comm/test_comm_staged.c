@@ -201,6 +201,29 @@ static void check_reduce_scatter(ctx *t, comm_dtype dt, comm_op op, size_t n) {
     free(ref_send), free(ref_recv), free(got);
 }
 
+/* broadcast_group and reduce_group over pieces of one buffer, gaps included. */
+static void check_groups(ctx *t, comm_dtype dt, comm_op op) {
+    pc_err e = {{0}};
+    group_case g, gd;
+    group_case_init(&g, t->size, NULL, dt);
+    for (int reduce = 0; reduce < 2; reduce++) {
+        void *ref = host_buf(t->rank, g.n, dt, 0, 0), *dev = dev_of(t, ref, g.n, dt);
+        group_case_init(&g, t->size, ref, dt);
+        group_case_init(&gd, t->size, dev, dt);
+        const char *what = reduce ? "reduce_group" : "broadcast_group";
+        int rc = reduce ? comm_reduce_group(t->ref, g.p, GROUP_PIECES, dt, op, &e)
+                        : comm_broadcast_group(t->ref, g.p, GROUP_PIECES, dt, &e);
+        CHECK(rc == 0, "reference %s: %s", what, e.msg);
+        rc = reduce ? comm_reduce_group(t->st, gd.p, GROUP_PIECES, dt, op, &e)
+                    : comm_broadcast_group(t->st, gd.p, GROUP_PIECES, dt, &e);
+        CHECK(rc == 0, "staged %s(%s): %s", what, comm_dtype_name(dt), e.msg);
+        void *got = host_of(t, dev, g.n, dt);
+        check_same(t, what, dt, ref, got, g.n);
+        be_free(t->be, dev);
+        free(ref), free(got);
+    }
+}
+
 static void run_all(ctx *t) {
     const comm_dtype types[] = {COMM_F32, COMM_F64, COMM_I32};
     pc_err e = {{0}};
@@ -219,6 +242,8 @@ static void run_all(ctx *t) {
         check_all_gatherv(t, dt, 2, 3);
         check_reduce_scatter(t, dt, COMM_SUM, 6);
         check_reduce_scatter(t, dt, COMM_MAX, 3);
+        check_groups(t, dt, COMM_SUM);
+        check_groups(t, dt, COMM_MIN);
     }
     /* whole floats of other dtypes */
     check_all_reduce(t, COMM_I64, COMM_SUM, 11, 0);

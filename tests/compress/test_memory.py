@@ -18,9 +18,9 @@ def plan_totals(run_dir):
     """Per-rank 'total' GiB from plan.txt -> MiB."""
     rows = []
     for line in open(os.path.join(run_dir, "plan.txt")):
-        m = re.match(r"^\s+(\d+)\s+\d+(\s+[\d.]+){7}\s+([\d.]+)\s*$", line)
+        m = re.match(r"^\s+(\d+)\s+\d+(\s+[\d.]+){8}\s+([\d.]+)\s*$", line)
         if m:
-            rows.append(float(line.split()[8]) * 1024)
+            rows.append(float(line.split()[9]) * 1024)
     return rows
 
 

@@ -4,6 +4,7 @@ mpirun -np 1, 2, 3 and 4 (the same global batch of 12) give the same loss curve
 runs on 3 and 4 ranks also force row/column splits (compress.split_mb) so that shared
 factors are all-reduced between owners; plan.txt must show them."""
 import os
+import re
 import sys
 
 import numpy as np
@@ -37,6 +38,12 @@ def main():
             if mode == "compress" and np_ >= 3:
                 plan = open(os.path.join(d, "plan.txt")).read()
                 pclib.check(" rows " in plan and " cols " in plan, f"{mode} np{np_}: plan has row and column blocks")
+            for r in range(np_ if mode == "compress" else 0):  # the exchange buffers are what the plan counts
+                log = open(os.path.join(d, "logs", f"rank-{r:05d}.log")).read()
+                m = re.search(r"W_C/G exchange buffer: (\d+) bytes here \(plan: (\d+)\)", log)
+                strided = np_ >= 3  # column blocks of o_proj exist only with forced splits
+                pclib.check(m and m.group(1) == m.group(2) and (int(m.group(1)) > 0) == strided,
+                            f"{mode} np{np_} rank {r}: exchange buffer vs plan: {m and m.groups()}")
             if ref_curve is None:
                 ref_curve, ref_w = curve, w
                 pclib.check(curve[-1] < curve[0], f"{mode}: loss falls {curve[0]:.4f} -> {curve[-1]:.4f}")

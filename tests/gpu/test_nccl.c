@@ -3,8 +3,9 @@
  * Rank r uses device r % n_devices; each collective's result is read back and checked
  * against values computed locally from the rank-dependent inputs (exact: the inputs
  * are small integers). Every dtype goes through all_reduce; sum, max and min through
- * all_reduce, reduce and reduce_scatter. The error paths (bad root, send count that
- * differs from counts[rank]) must fail naming the rank. With two ranks or more, the
+ * all_reduce, reduce, reduce_scatter and the grouped reduce (after a grouped broadcast).
+ * The error paths (bad root, send count that differs from counts[rank]) must fail
+ * naming the rank. With two ranks or more, the
  * watchdog: a collective the last rank skips fails on the others within timeout_s.
  * Exit 77 without a GPU, or when there are fewer devices than ranks (NCCL needs one
  * device per rank). */
@@ -143,7 +144,41 @@ static void test_all_gather(comm *c, int in_place)
     free(h);
 }
 
-static void test_all_gatherv(comm *c)
+/* broadcast_group, then reduce_group (op) over comm_values.h's pieces of one device
+ * buffer: a piece holds its root's values, or their combination at the root only; gaps
+ * and the other ranks' pieces keep this rank's values. */
+static void test_groups(comm *c, comm_op op)
+{
+    group_case g;
+    group_case_init(&g, c->size, NULL, COMM_F32);
+    float *h = pc_alloc_f32(g.n), *d = dev_alloc(g.n * 4);
+    group_case_init(&g, c->size, d, COMM_F32);
+    for (int reduce = 0; reduce < 2; reduce++) {
+        for (size_t i = 0; i < g.n; i++) h[i] = (float)input(c->rank, i);
+        h2d(d, h, g.n * 4);
+        pc_err e = {{0}};
+        int rc = reduce ? comm_reduce_group(c, g.p, GROUP_PIECES, COMM_F32, op, &e)
+                        : comm_broadcast_group(c, g.p, GROUP_PIECES, COMM_F32, &e);
+        d2h(h, d, g.n * 4);
+        int ok = rc == 0;
+        for (size_t i = 0; i < g.n && ok; i++) {
+            int k = group_piece_of(&g, i);
+            double want = input(c->rank, i);
+            if (k >= 0 && !reduce) want = input(g.p[k].root, i);
+            if (k >= 0 && reduce && g.p[k].root == c->rank) want = combine(op, c->size, i);
+            ok = h[i] == (float)want;
+        }
+        char what[1100];
+        snprintf(what, sizeof what, "%s(f32, op %d): %s", reduce ? "reduce_group" : "broadcast_group", (int)op,
+                 rc ? e.msg : "values");
+        expect(ok, what);
+    }
+    cudaFree(d);
+    free(h);
+}
+
+/* Uneven counts with gaps between the pieces; in place: send is recv + displs[rank]. */
+static void test_all_gatherv(comm *c, int in_place)
 {
     size_t *counts = pc_calloc((size_t)c->size, sizeof(size_t)), *displs = pc_calloc((size_t)c->size, sizeof(size_t));
     size_t total = 0;
@@ -154,7 +189,8 @@ static void test_all_gatherv(comm *c)
     }
     int32_t *h = pc_malloc((total + 1) * 4);
     for (size_t i = 0; i < total; i++) h[i] = -7;
-    int32_t *recv = dev_alloc(total * 4), *send = dev_alloc((counts[c->rank] + 1) * 4);
+    int32_t *recv = dev_alloc(total * 4);
+    int32_t *send = in_place ? recv + displs[c->rank] : dev_alloc((counts[c->rank] + 1) * 4);
     h2d(recv, h, total * 4);
     for (size_t i = 0; i < counts[c->rank]; i++) h[i] = (int32_t)input(c->rank, i);
     h2d(send, h, counts[c->rank] * 4);
@@ -167,14 +203,16 @@ static void test_all_gatherv(comm *c)
             if (i >= displs[r] && i < displs[r] + counts[r]) want = (int32_t)input(r, i - displs[r]);
         ok = h[i] == want;
     }
-    expect(ok, "all_gatherv(i32, uneven counts, gaps)");
-    /* a send count that differs from counts[rank] fails naming the rank */
-    char want_msg[32];
-    snprintf(want_msg, sizeof want_msg, "rank %d:", c->rank);
-    int rc = comm_all_gatherv(c, send, counts[c->rank] + 1, recv, counts, displs, COMM_I32, &e);
-    expect(rc == -1 && strstr(e.msg, want_msg) && strstr(e.msg, "all_gatherv"), "all_gatherv send count mismatch fails");
+    expect(ok, in_place ? "all_gatherv(i32, uneven counts, gaps, in place)" : "all_gatherv(i32, uneven counts, gaps)");
+    if (!in_place) { /* a send count that differs from counts[rank] fails naming the rank */
+        char want_msg[32];
+        snprintf(want_msg, sizeof want_msg, "rank %d:", c->rank);
+        int rc = comm_all_gatherv(c, send, counts[c->rank] + 1, recv, counts, displs, COMM_I32, &e);
+        expect(rc == -1 && strstr(e.msg, want_msg) && strstr(e.msg, "all_gatherv"),
+               "all_gatherv send count mismatch fails");
+        cudaFree(send);
+    }
     cudaFree(recv);
-    cudaFree(send);
     free(h);
     free(counts);
     free(displs);
@@ -230,11 +268,13 @@ int main(int argc, char **argv)
         test_all_reduce(c, COMM_F32, ops[o], 1);
         test_reduce(c, ops[o]);
         test_reduce_scatter(c, ops[o]);
+        test_groups(c, ops[o]);
     }
     test_broadcast(c);
     test_all_gather(c, 0);
     test_all_gather(c, 1);
-    test_all_gatherv(c);
+    test_all_gatherv(c, 0);
+    test_all_gatherv(c, 1);
     expect(comm_barrier(c, &e) == 0, "barrier");
 
     char want_msg[32];

@@ -181,8 +181,10 @@ static void check_plan(const plan *p, const llama_config *b, const llama_config 
     assert_int_equal(got_trainable, exp_trainable);
     assert_int_equal(p->total_base_bytes, exp_base_bytes);
     /* per-rank sums */
-    int64_t sb = 0, ss = 0, sh = 0, sh_exp = 0;
+    int64_t sb = 0, ss = 0, sh = 0, sh_exp = 0, strided = 0;
     int nb = 0;
+    for (int i = 0; i < p->n_blocks; i++) /* the exchange buffer: every column block's W_C, f32 */
+        if (p->blocks[i].kind == PLAN_COLS) strided += p->blocks[i].c_rows * (p->blocks[i].r1 - p->blocks[i].r0);
     for (int r = 0; r < p->world; r++) {
         sb += p->ranks[r].base_bytes;
         ss += p->ranks[r].state_bytes;
@@ -190,8 +192,9 @@ static void check_plan(const plan *p, const llama_config *b, const llama_config 
         nb += p->ranks[r].n_blocks;
         if (p->n_blocks >= p->world) assert_true(p->ranks[r].n_blocks >= 1);
         const plan_rank *rk = &p->ranks[r];
+        assert_int_equal(rk->xchg_bytes, p->world > 1 ? 4 * strided : 0);
         assert_int_equal(rk->total_bytes, rk->base_bytes + rk->state_bytes + rk->shared_bytes + rk->replica_bytes +
-                                              rk->scratch_bytes + rk->act_bytes);
+                                              rk->xchg_bytes + rk->scratch_bytes + rk->act_bytes);
     }
     for (int i = 0; i < p->n_shared; i++) {
         /* count distinct owners of the blocks carrying this factor, here */

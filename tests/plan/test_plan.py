@@ -129,6 +129,7 @@ def run_case(path, dc, fc, world, cpu, extra=()):
     check(hdr["small"][:2] == [dc, fc], f"{tag}: small header {hdr.get('small')}")
     # blocks: consecutive per tensor, tiling the split axis, whole heads
     by_owner_bytes, by_owner_n, by_owner_gf = [0.0] * world, [0] * world, [0.0] * world
+    strided = 0  # W_C elements of the column blocks, packed for the exchange
     total_base = 0
     i = 0
     n_split = 0
@@ -152,6 +153,7 @@ def run_case(path, dc, fc, world, cpu, extra=()):
             check(close(gf, gflop, 0.0006 + 1e-6 * gflop), f"{tag}: {name} {rng}: {gf} GFLOP, reference {gflop:.4f}")
             by_owner_n[owner] += 1
             by_owner_gf[owner] += gf
+            strided += oc * (r1 - r0) if kind == "cols" else 0
             if tk == "mat":
                 slice_el = {"rows": (r1 - r0) * dI, "cols": dO * (r1 - r0)}.get(kind, dO * dI)
                 by_owner_bytes[owner] += slice_el * base_b
@@ -168,13 +170,15 @@ def run_case(path, dc, fc, world, cpu, extra=()):
     V, L = cfg["vocab_size"], cfg["num_hidden_layers"]
     small_params = 2 * V * dc + L * (dc * H * hd * 2 + 2 * dc * KV * hd + 3 * dc * fc + 2 * dc) + dc
     for r, row in enumerate(ranks):
-        rid, nb, base, state, sh, replica, scratch, act, total, gf = row
+        rid, nb, base, state, sh, replica, xchg, scratch, act, total, gf = row
         check(int(rid) == r and int(nb) == by_owner_n[r], f"{tag}: rank {r} has {nb} blocks, lines say {by_owner_n[r]}")
         check(close(float(base), by_owner_bytes[r] / GIB, 0.0006), f"{tag}: rank {r} base {base} GiB")
         check(close(float(gf), by_owner_gf[r], 0.0006 * (by_owner_n[r] + 1) + 1e-6 * by_owner_gf[r]),
               f"{tag}: rank {r} {gf} GFLOP, blocks sum to {by_owner_gf[r]:.3f}")
         check(close(float(replica), small_params * (comp_b + 4) / GIB, 0.0006), f"{tag}: rank {r} replica {replica}")
-        parts = sum(float(x) for x in (base, state, sh, replica, scratch, act))
+        xchg_ref = 4 * strided if world > 1 else 0
+        check(close(float(xchg), xchg_ref / GIB, 0.0006), f"{tag}: rank {r} xchg {xchg} GiB, reference {xchg_ref / GIB:.3f}")
+        parts = sum(float(x) for x in (base, state, sh, replica, xchg, scratch, act))
         check(close(float(total), parts, 0.004), f"{tag}: rank {r} total {total} != parts {parts:.3f}")
     # shared factors: one per split matrix with a projected side, held once per owner rank
     owners = {}
