@@ -59,6 +59,7 @@ typedef struct pc_config {
         int warmup_steps;
         double weight_decay, grad_clip, beta1, beta2;
         char on_nonfinite[8]; /* stop|skip */
+        int activation_checkpointing; /* keep layer inputs only; recompute the rest in backward */
     } train;
     struct {
         int every_steps, keep;

@@ -142,6 +142,11 @@ static const pc_config_key pc_config_keys[] = {
      .choices = "stop|skip",
      .doc = "A NaN/Inf loss or gradient: stop with an error (the last checkpoint stays usable) or skip that "
             "step's update (stops after 10 in a row)."},
+    {.path = "train.activation_checkpointing", .type = PC_CT_BOOL, PC_AT(train.activation_checkpointing),
+     .def = "false",
+     .doc = "Keep only each decoder layer's input during the forward pass and recompute the layer in the "
+            "backward pass: activation memory falls from every layer's activations to the residual stream "
+            "plus one layer's, for about one more forward pass of the layers; results are unchanged."},
     /* checkpoint */
     {.path = "checkpoint.every_steps", .type = PC_CT_INT, PC_AT(checkpoint.every_steps), .def = "100", .min = 0,
      .flags = PC_K_MIN, .doc = "Write a checkpoint every this many steps (0 = only on a stop signal)."},

@@ -174,7 +174,7 @@ int compress_setup(run_ctx *r, trainer *t, pc_err *e) {
     if (select_indices(r, t, sc.d_ff_layer, e) != 0) return -1;
     if (!strcmp(c->run.mode, "importance")) return 0;
 
-    if (llama_init(&t->m, &sc, r->be, c->train.micro_batch, c->data.seq_len, e) != 0) return -1;
+    if (run_llama_init(r, &t->m, &sc, c->train.micro_batch, e) != 0) return -1;
     if (c->distill.enabled) { /* the teacher: the whole frozen base on every rank */
         if (llama_init_forward_only(&t->teacher, &t->base_cfg, r->be, c->train.micro_batch, c->data.seq_len, e) != 0)
             return -1;

@@ -99,13 +99,19 @@ int run_model_config(const run_ctx *r, llama_config *lc, pc_err *e) {
     return pc_errorf(e, "%s: set model.base (an HF model directory) or model.config (a config.json)", c->source);
 }
 
+int run_llama_init(const run_ctx *r, llama_model *m, const llama_config *lc, int B, pc_err *e) {
+    int T = r->cfg.data.seq_len;
+    return r->cfg.train.activation_checkpointing ? llama_init_recompute(m, lc, r->be, B, T, e)
+                                                 : llama_init(m, lc, r->be, B, T, e);
+}
+
 int run_model(run_ctx *r, llama_model *m, int B, pc_err *e) {
     const pc_config *c = &r->cfg;
     llama_config lc;
     if (run_model_config(r, &lc, e) != 0) return -1;
     if (hf_config_validate(&lc, c->model.base[0] ? c->model.base : c->model.config, e) != 0) return -1;
     if (!r->be && run_backend(r, e) != 0) return -1;
-    if (llama_init(m, &lc, r->be, B, c->data.seq_len, e) != 0) return -1;
+    if (run_llama_init(r, m, &lc, B, e) != 0) return -1;
     if (c->model.base[0]) {
         if (llama_load_safetensors(m, c->model.base, e) != 0) return -1;
         LOGI(&r->log, "loaded %s (%lld parameters)", c->model.base, (long long)hf_config_n_params(&lc));

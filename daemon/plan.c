@@ -287,19 +287,36 @@ static int check_shapes(const llama_config *b, const llama_config *s, int world,
 
 /* ---- build ---- */
 
+/* Floats per token of one decoder layer's activations besides its input, as
+ * worker/llama.c keeps them: mid, ln1, ln2 d' each, qkv (H+2KV) hd, att H hd, lse H,
+ * two rstd, gate|up 2f, h f. */
+static int64_t layer_floats(const llama_config *s, int64_t f) {
+    int64_t d = s->d_model, H = s->n_heads, KV = s->n_kv_heads, hd = s->head_dim;
+    return 3 * d + (H + 2 * KV) * hd + H * hd + H + 2 + 3 * f;
+}
+
+static int64_t max_d_ff(const llama_config *s) {
+    int64_t f = 0;
+    for (int l = 0; l < s->n_layers; l++) f = PC_MAX(f, (int64_t)s->d_ff_layer[l]);
+    return f;
+}
+
 /* Activation bytes of one micro-batch on one rank, mirroring what worker/llama.c keeps
  * (N = B*T tokens, all in the compute dtype):
- *   per layer l and token: res d' + mid d' + ln1 d' + ln2 d' + qkv (H+2KV) hd + att H hd
- *                          + lse H + gate|up 2 f'_l + h f'_l + 2 rstd
- *   once per token:        final residual d' + lnf d' + rstdf + xent lse + logits V
- *                          + backward scratch: dres d' + dln d' + datt H hd
- *                          + dqkv (H+2KV) hd + dh f'max + dgu 2 f'max
- *   attention scores:      attn_tt ? one (T,T) f32 matrix (one head at a time) : 0. */
+ *   layers:           every layer's input d' and layer_floats (recompute: the inputs and
+ *                     one set of layer_floats at the largest d_ff, shared by the layers)
+ *   once per token:   final residual d' + lnf d' + rstdf + xent lse + logits V
+ *                     + backward scratch: dres d' + dln d' + datt H hd
+ *                     + dqkv (H+2KV) hd + dh f'max + dgu 2 f'max
+ *   attention scores: attn_tt ? one (T,T) f32 matrix (one head at a time) : 0. */
 static int64_t activation_bytes(const llama_config *s, const plan_opts *o) {
     int64_t N = (int64_t)o->micro_batch * o->seq_len, d = s->d_model, H = s->n_heads, KV = s->n_kv_heads,
-            hd = s->head_dim, V = s->vocab_size, fmax = s->d_ff;
+            hd = s->head_dim, V = s->vocab_size, fmax = max_d_ff(s);
     int64_t per_tok = 0;
-    for (int l = 0; l < s->n_layers; l++) per_tok += 4 * d + (H + 2 * KV) * hd + H * hd + H + 3 * (int64_t)s->d_ff_layer[l] + 2;
+    if (o->recompute)
+        per_tok += s->n_layers * d + layer_floats(s, fmax);
+    else
+        for (int l = 0; l < s->n_layers; l++) per_tok += d + layer_floats(s, s->d_ff_layer[l]);
     per_tok += 2 * d + 2 + V;
     per_tok += 2 * d + H * hd + (H + 2 * KV) * hd + 3 * fmax;
     int64_t tt = o->attn_tt ? (int64_t)o->seq_len * o->seq_len * 4 : 0;
@@ -307,13 +324,10 @@ static int64_t activation_bytes(const llama_config *s, const plan_opts *o) {
 }
 
 /* The forward-only teacher (llama_init_forward_only): one set of layer buffers shared by
- * every layer, lnf, rstdf, xent lse and logits; no backward scratch. */
+ * every layer (its input included), lnf, rstdf, xent lse and logits; no backward scratch. */
 static int64_t teacher_activation_bytes(const llama_config *b, const plan_opts *o) {
-    int64_t N = (int64_t)o->micro_batch * o->seq_len, d = b->d_model, H = b->n_heads, KV = b->n_kv_heads,
-            hd = b->head_dim;
-    int64_t fmax = 0;
-    for (int l = 0; l < b->n_layers; l++) fmax = PC_MAX(fmax, (int64_t)b->d_ff_layer[l]);
-    int64_t per_tok = 4 * d + (H + 2 * KV) * hd + H * hd + H + 3 * fmax + 2 + d + 2 + b->vocab_size;
+    int64_t N = (int64_t)o->micro_batch * o->seq_len, d = b->d_model;
+    int64_t per_tok = d + layer_floats(b, max_d_ff(b)) + d + 2 + b->vocab_size;
     int64_t tt = o->attn_tt ? (int64_t)o->seq_len * o->seq_len * 4 : 0;
     return N * per_tok * 4 + tt;
 }
@@ -582,10 +596,10 @@ int plan_write(const plan *p, FILE *f) {
     write_shape(f, "base", &p->base);
     write_shape(f, "small", &p->small);
     fprintf(f,
-            "# world %d  micro_batch %d  seq_len %d  base_dtype %dB  compute_dtype %dB  attn_tt %d  split_above "
-            "%.3f GiB\n",
+            "# world %d  micro_batch %d  seq_len %d  base_dtype %dB  compute_dtype %dB  attn_tt %d  recompute %d  "
+            "split_above %.3f GiB\n",
             p->world, o->micro_batch, o->seq_len, o->base_dtype_bytes, o->compute_dtype_bytes, o->attn_tt,
-            GIB(p->split_bytes));
+            o->recompute, GIB(p->split_bytes));
     fprintf(f,
             "# blocks %d  split_matrices %d  base %.3f GiB  state %.3f GiB  shared_replicas %.3f GiB  "
             "projection %.3f TFLOP/step  balance %.3f\n",
@@ -651,6 +665,7 @@ void plan_opts_from_config(const pc_config *c, plan_opts *o) {
     o->base_dtype_bytes = !strcmp(c->model.dtype, "bf16") ? 2 : 4;
     o->attn_tt = cuda ? 0 : 1; /* the CUDA attention never holds a (T,T) matrix */
     o->teacher = c->distill.enabled;
+    o->recompute = c->train.activation_checkpointing;
 }
 
 int plan_dry_run(const pc_config *c, int world, FILE *out, pc_err *e) {

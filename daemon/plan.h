@@ -42,6 +42,7 @@ typedef struct plan_opts {
     int attn_tt;               /* 1: attention materialises one (T,T) f32 score matrix at a time (cpu) */
     int64_t split_bytes;       /* split a matrix above this many bytes; 0: total / world / 2 */
     int teacher;               /* distill: every rank also holds the base as a forward-only teacher */
+    int recompute;             /* train.activation_checkpointing: layer inputs + one layer's activations */
 } plan_opts;
 
 typedef struct plan_block {

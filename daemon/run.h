@@ -46,6 +46,9 @@ int run_backend(run_ctx *r, pc_err *e);
 uint64_t run_comm_bytes(const run_ctx *r);
 /* The model's shape: model.base's config.json, else model.config. */
 int run_model_config(const run_ctx *r, llama_config *lc, pc_err *e);
+/* llama_init of shape lc for micro-batch (B, data.seq_len) on r->be, recomputing layer
+ * activations in the backward pass when train.activation_checkpointing. */
+int run_llama_init(const run_ctx *r, llama_model *m, const llama_config *lc, int B, pc_err *e);
 /* Build the model for micro-batch B: weights from model.base, or random init (seed). */
 int run_model(run_ctx *r, llama_model *m, int B, pc_err *e);
 

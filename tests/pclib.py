@@ -117,6 +117,25 @@ def metrics(run_dir):
         return [json.loads(l) for l in f if l.strip()]
 
 
+def run_outputs(d):
+    """A finished run's loss and grad-norm curve, validation losses and output tensors."""
+    from safetensors.numpy import load_file
+    curve = [(m["step"], m["loss"], m["grad_norm"]) for m in metrics(d) if "loss" in m]
+    evals = [(m["step"], m["val_loss"]) for m in metrics(d) if "val_loss" in m]
+    return curve, evals, load_file(os.path.join(d, "final", "model.safetensors"))
+
+
+def same_outputs(a, b, what):
+    """Two runs' run_outputs are bitwise equal."""
+    import numpy as np
+    ca, ea, wa = a
+    cb, eb, wb = b
+    check(len(ca) > 0 and ca == cb, f"{what}: loss and grad-norm curves bitwise equal ({len(ca)} steps)")
+    check(ea == eb, f"{what}: validation losses bitwise equal ({len(ea)} evals)")
+    check(sorted(wa) == sorted(wb) and all(np.array_equal(wa[k], wb[k]) for k in wa),
+          f"{what}: output tensors bitwise equal ({len(wa)} tensors)")
+
+
 def tmpdir(prefix):
     return tempfile.mkdtemp(prefix=prefix, dir=os.environ.get("PC_TMP"))
 

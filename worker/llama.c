@@ -117,26 +117,29 @@ static int check_config(const llama_config *c, int B, int T, pc_err *e)
     return 0;
 }
 
-/* count buffers of sizes[i]; forward-only: one buffer of the largest size, shared by
- * every entry (a layer's activations are dead once the next layer has run) */
-static float **alloc_list(backend *be, int count, const size_t *sizes, int forward_only)
+/* count buffers of sizes[i]; shared: one buffer of the largest size for every entry (a
+ * layer's activations are dead once the next layer has run, or recomputed when needed) */
+static float **alloc_list(backend *be, int count, const size_t *sizes, int shared)
 {
     float **v = pc_calloc((size_t)count, sizeof(float *));
     size_t most = 0;
     for (int i = 0; i < count; i++) most = PC_MAX(most, sizes[i]);
-    for (int i = 0; i < count; i++) v[i] = forward_only ? (i ? v[0] : be_alloc(be, most)) : be_alloc(be, sizes[i]);
+    for (int i = 0; i < count; i++) v[i] = shared ? (i ? v[0] : be_alloc(be, most)) : be_alloc(be, sizes[i]);
     return v;
 }
 
-static void free_list(backend *be, float **v, int count, int forward_only)
+static void free_list(backend *be, float **v, int count, int shared)
 {
     if (!v) return;
-    for (int i = 0; i < (forward_only ? 1 : count); i++) be_free(be, v[i]);
+    for (int i = 0; i < (shared ? 1 : count); i++) be_free(be, v[i]);
     free(v);
 }
 
-static int init(llama_model *m, const llama_config *c, backend *be, int B, int T, int forward_only, pc_err *e)
+enum { KEEP_ALL = 0, RECOMPUTE, FORWARD_ONLY };
+
+static int init(llama_model *m, const llama_config *c, backend *be, int B, int T, int mode, pc_err *e)
 {
+    int forward_only = mode == FORWARD_ONLY, shared = mode != KEEP_ALL; /* the per-layer lists but res */
     memset(m, 0, sizeof(*m));
     if (check_config(c, B, T, e)) return -1;
     m->cfg = *c;
@@ -145,6 +148,8 @@ static int init(llama_model *m, const llama_config *c, backend *be, int B, int T
     m->T = T;
     m->loss_scale = 1.0f;
     m->forward_only = forward_only;
+    m->recompute = mode == RECOMPUTE;
+    m->acts_layer = -1;
     build_table(m);
     m->params = be_alloc(be, (size_t)m->n_params);
     if (!forward_only) m->grads = be_alloc(be, (size_t)m->n_params);
@@ -158,9 +163,10 @@ static int init(llama_model *m, const llama_config *c, backend *be, int B, int T
 #define LIST(field, count, expr)                                                                                      \
     do {                                                                                                              \
         for (int l = 0; l < (count); l++) sz[l] = (expr);                                                            \
-        a->field = alloc_list(be, (count), sz, forward_only);                                                         \
+        a->field = alloc_list(be, (count), sz, shared);                                                               \
     } while (0)
-    LIST(res, L + 1, N * d);
+    for (int l = 0; l <= L; l++) sz[l] = N * d;
+    a->res = alloc_list(be, L + 1, sz, forward_only); /* recompute: every layer's input kept */
     LIST(mid, L, N * d);
     LIST(ln1, L, N * d);
     LIST(ln2, L, N * d);
@@ -211,7 +217,7 @@ void llama_free(llama_model *m)
     int L = m->cfg.n_layers;
     float **lists[] = {a->mid, a->ln1, a->ln2, a->rstd1, a->rstd2, a->qkv, a->att, a->lse, a->gu, a->h};
     free_list(be, a->res, L + 1, m->forward_only);
-    for (size_t i = 0; i < PC_ARRAY_LEN(lists); i++) free_list(be, lists[i], L, m->forward_only);
+    for (size_t i = 0; i < PC_ARRAY_LEN(lists); i++) free_list(be, lists[i], L, m->forward_only || m->recompute);
     float *singles[] = {a->lnf, a->rstdf, a->xent_lse, a->dres, a->dln, a->datt, a->dqkv, a->dh, a->dgu,
                         m->logits, m->params, m->grads, m->rope_cos, m->rope_sin};
     for (size_t i = 0; i < PC_ARRAY_LEN(singles); i++) be_free(be, singles[i]);
@@ -229,12 +235,17 @@ void llama_zero_grad(llama_model *m)
 
 int llama_init(llama_model *m, const llama_config *c, backend *be, int B, int T, pc_err *e)
 {
-    return init(m, c, be, B, T, 0, e);
+    return init(m, c, be, B, T, KEEP_ALL, e);
+}
+
+int llama_init_recompute(llama_model *m, const llama_config *c, backend *be, int B, int T, pc_err *e)
+{
+    return init(m, c, be, B, T, RECOMPUTE, e);
 }
 
 int llama_init_forward_only(llama_model *m, const llama_config *c, backend *be, int B, int T, pc_err *e)
 {
-    return init(m, c, be, B, T, 1, e);
+    return init(m, c, be, B, T, FORWARD_ONLY, e);
 }
 
 void llama_set_loss_scale(llama_model *m, float s) { m->loss_scale = s; }
@@ -399,8 +410,10 @@ static void linear_bwd(backend *be, float *dx, float *dW, const float *dy, const
     if (dx) be_gemm(be, 0, 0, N, in, out, 1.0f, dy, out, W, in, 0.0f, dx, in);
 }
 
-/* The decoder layers: res[0] (N,d) -> res[n_layers] (N,d), keeping every activation. */
-static void layers_fwd(llama_model *m)
+/* Decoder layer l: res[l] (N,d) -> its activations and, with out, res[l+1] (N,d); a
+ * recomputation (out = 0) skips the down projection, whose output the backward never
+ * reads. */
+static void layer_fwd(llama_model *m, int l, int out)
 {
     backend *be = m->be;
     const backend_ops *op = be->ops;
@@ -409,22 +422,28 @@ static void layers_fwd(llama_model *m)
     int B = m->B, T = m->T, N = B * T, d = c->d_model;
     int H = c->n_heads, KV = c->n_kv_heads, hd = c->head_dim, qd = H * hd, C = qd + 2 * KV * hd;
     float eps = (float)c->rms_norm_eps;
-    for (int l = 0; l < c->n_layers; l++) {
-        int f = c->d_ff_layer[l];
-        float *qkv = a->qkv[l];
-        op->rmsnorm_fwd(be, a->ln1[l], a->rstd1[l], a->res[l], P(m, layer_tensor(l, T_LN1)), N, d, eps);
-        linear_fwd(be, qkv, a->ln1[l], P(m, layer_tensor(l, T_Q)), N, d, C, 0.0f); // (N,d) -> (N,C)
-        op->rope_fwd(be, qkv, m->rope_cos, m->rope_sin, B, T, H, hd, C);            // q part
-        op->rope_fwd(be, qkv + qd, m->rope_cos, m->rope_sin, B, T, KV, hd, C);      // k part
-        op->attention_fwd(be, a->att[l], a->lse[l], qkv, qkv + qd, qkv + qd + KV * hd, B, T, H, KV, hd, C);
-        be_copy(be, a->mid[l], a->res[l], (size_t)N * d);
-        linear_fwd(be, a->mid[l], a->att[l], P(m, layer_tensor(l, T_O)), N, qd, d, 1.0f); // += (N,qd) -> (N,d)
-        op->rmsnorm_fwd(be, a->ln2[l], a->rstd2[l], a->mid[l], P(m, layer_tensor(l, T_LN2)), N, d, eps);
-        linear_fwd(be, a->gu[l], a->ln2[l], P(m, layer_tensor(l, T_GATE)), N, d, 2 * f, 0.0f); // (N,d) -> (N,2f)
-        op->swiglu_fwd(be, a->h[l], a->gu[l], a->gu[l] + f, N, f, 2 * f);                      // -> (N,f)
-        be_copy(be, a->res[l + 1], a->mid[l], (size_t)N * d);
-        linear_fwd(be, a->res[l + 1], a->h[l], P(m, layer_tensor(l, T_DOWN)), N, f, d, 1.0f); // += (N,f) -> (N,d)
-    }
+    int f = c->d_ff_layer[l];
+    float *qkv = a->qkv[l];
+    op->rmsnorm_fwd(be, a->ln1[l], a->rstd1[l], a->res[l], P(m, layer_tensor(l, T_LN1)), N, d, eps);
+    linear_fwd(be, qkv, a->ln1[l], P(m, layer_tensor(l, T_Q)), N, d, C, 0.0f); // (N,d) -> (N,C)
+    op->rope_fwd(be, qkv, m->rope_cos, m->rope_sin, B, T, H, hd, C);            // q part
+    op->rope_fwd(be, qkv + qd, m->rope_cos, m->rope_sin, B, T, KV, hd, C);      // k part
+    op->attention_fwd(be, a->att[l], a->lse[l], qkv, qkv + qd, qkv + qd + KV * hd, B, T, H, KV, hd, C);
+    be_copy(be, a->mid[l], a->res[l], (size_t)N * d);
+    linear_fwd(be, a->mid[l], a->att[l], P(m, layer_tensor(l, T_O)), N, qd, d, 1.0f); // += (N,qd) -> (N,d)
+    op->rmsnorm_fwd(be, a->ln2[l], a->rstd2[l], a->mid[l], P(m, layer_tensor(l, T_LN2)), N, d, eps);
+    linear_fwd(be, a->gu[l], a->ln2[l], P(m, layer_tensor(l, T_GATE)), N, d, 2 * f, 0.0f); // (N,d) -> (N,2f)
+    op->swiglu_fwd(be, a->h[l], a->gu[l], a->gu[l] + f, N, f, 2 * f);                      // -> (N,f)
+    m->acts_layer = l;
+    if (!out) return;
+    be_copy(be, a->res[l + 1], a->mid[l], (size_t)N * d);
+    linear_fwd(be, a->res[l + 1], a->h[l], P(m, layer_tensor(l, T_DOWN)), N, f, d, 1.0f); // += (N,f) -> (N,d)
+}
+
+/* The decoder layers: res[0] (N,d) -> res[n_layers] (N,d). */
+static void layers_fwd(llama_model *m)
+{
+    for (int l = 0; l < m->cfg.n_layers; l++) layer_fwd(m, l, 1);
 }
 
 void llama_layers_forward(llama_model *m, const float *x, float *y)
@@ -489,6 +508,7 @@ void llama_backward(llama_model *m)
     op->rmsnorm_bwd(be, a->dres, G(m, fn), a->dln, a->res[c->n_layers], P(m, fn), a->rstdf, N, d);
 
     for (int l = c->n_layers - 1; l >= 0; l--) {
+        if (m->recompute && m->acts_layer != l) layer_fwd(m, l, 0); // the shared buffers hold another layer
         int f = c->d_ff_layer[l];
         float *qkv = a->qkv[l], *dqkv = a->dqkv;
         // MLP: res[l+1] = mid + h Wdown^T

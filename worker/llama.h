@@ -51,6 +51,8 @@ typedef struct llama_model {
     int64_t n_valid;          /* valid targets of the last forward */
     int dlogits_ready;        /* logits already hold dlogits (llama_distill): backward skips the xent */
     int forward_only;         /* llama_init_forward_only: no grads, one layer's activations */
+    int recompute;            /* llama_init_recompute: layer inputs kept, the rest recomputed */
+    int acts_layer;           /* the layer whose activations the shared buffers hold (-1: none) */
     float loss;               /* mean loss of the last forward */
     llama_acts *act;
 } llama_model;
@@ -63,6 +65,12 @@ int llama_init(llama_model *m, const llama_config *c, backend *be, int B, int T,
  * are dead once the next has run), so it holds params + one layer's activations +
  * logits. llama_backward on it aborts; llama_layer_acts sees the last layer only. */
 int llama_init_forward_only(llama_model *m, const llama_config *c, backend *be, int B, int T, pc_err *e);
+/* A trainable model with activation checkpointing: the forward keeps each layer's input
+ * (the residual stream, (B,T,d) per layer) and one set of the other layer activations,
+ * shared by every layer; llama_backward recomputes each layer's forward from its input
+ * before differentiating it. Same results, bit for bit, as llama_init's model, for about
+ * one more forward of the decoder layers; llama_layer_acts sees the last layer run. */
+int llama_init_recompute(llama_model *m, const llama_config *c, backend *be, int B, int T, pc_err *e);
 void llama_free(llama_model *m);
 
 int llama_n_tensors(const llama_model *m);

@@ -11,27 +11,11 @@ import shutil
 import sys
 
 import numpy as np
-from safetensors.numpy import load_file
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 import pclib  # noqa: E402
 
 V, D, F, L, DC, FC, SEQ = 96, 64, 128, 2, 48, 80, 16
-
-
-def outputs(d):
-    curve = [(m["step"], m["loss"], m["grad_norm"]) for m in pclib.metrics(d) if "loss" in m]
-    evals = [(m["step"], m["val_loss"]) for m in pclib.metrics(d) if "val_loss" in m]
-    return curve, evals, load_file(os.path.join(d, "final", "model.safetensors"))
-
-
-def same(a, b, what):
-    ca, ea, wa = a
-    cb, eb, wb = b
-    pclib.check(len(ca) > 0 and ca == cb, f"{what}: loss and grad-norm curves bitwise equal ({len(ca)} steps)")
-    pclib.check(ea == eb, f"{what}: validation losses bitwise equal ({len(ea)} evals)")
-    pclib.check(sorted(wa) == sorted(wb) and all(np.array_equal(wa[k], wb[k]) for k in wa),
-                f"{what}: output tensors bitwise equal ({len(wa)} tensors)")
 
 
 def pair(root, job, name, np_, *sets):
@@ -43,7 +27,7 @@ def pair(root, job, name, np_, *sets):
         if dev == "cpu-guarded":
             pclib.check("cpu-guarded" in open(os.path.join(d, "logs", "rank-00000.log")).read(),
                         f"{name}: the guarded backend ran")
-        out.append(outputs(d))
+        out.append(pclib.run_outputs(d))
     return out
 
 
@@ -57,17 +41,17 @@ def main():
         {"steps": 6, "global_batch": 4, "micro_batch": 2, "lr": 3e-3, "warmup_steps": 1},
         eval={"batches": 2, "every_steps": 3}, checkpoint={"every_steps": 3, "keep": 3}, backend={"threads": 1})
     a, b = pair(root, job, "compress", 1)
-    same(a, b, "compress np1")
+    pclib.same_outputs(a, b, "compress np1")
     a, b = pair(root, job, "compress-store-distill", 1, "compress.store_grads=true", "distill.enabled=true")
-    same(a, b, "compress np1 store_grads + distill")
+    pclib.same_outputs(a, b, "compress np1 store_grads + distill")
     a, b = pair(root, job, "compress-bf16-matmul", 1, "backend.matmul=bf16", "model.dtype=bf16")
-    same(a, b, "compress np1 bf16 products and bf16 base storage")
+    pclib.same_outputs(a, b, "compress np1 bf16 products and bf16 base storage")
     a, b = pair(root, job, "compress-np2-split", 2, "compress.split_mb=0.01")
     plan = open(os.path.join(root, "compress-np2-split-cpu-guarded", "plan.txt")).read()
     pclib.check(" rows " in plan and " cols " in plan, "np2 plan has row and column blocks (shared factors)")
-    same(a, b, "compress np2 with split blocks (staged comm)")
+    pclib.same_outputs(a, b, "compress np2 with split blocks (staged comm)")
     a, b = pair(root, job, "prune-np2", 2, "run.mode=prune")
-    same(a, b, "prune np2")
+    pclib.same_outputs(a, b, "prune np2")
 
     # resume: drop the last checkpoint and the output of the guarded compress run, rerun
     d = os.path.join(root, "compress-cpu-guarded")
@@ -81,8 +65,8 @@ def main():
     pclib.projcompd(1, job, f"run.dir={d}", "backend.device=cpu-guarded")
     pclib.check("resumed after step 3" in open(os.path.join(d, "logs", "rank-00000.log")).read(),
                 "guarded compress resumed from step 3")
-    ref = outputs(os.path.join(root, "compress-cpu"))
-    res = outputs(d)
+    ref = pclib.run_outputs(os.path.join(root, "compress-cpu"))
+    res = pclib.run_outputs(d)
     pclib.check(res[0] == ref[0][3:], "resumed guarded run: steps 4-6 bitwise equal the uninterrupted CPU run")
     pclib.check(all(np.array_equal(res[2][k], ref[2][k]) for k in ref[2]),
                 "resumed guarded run: output bitwise equal the uninterrupted CPU run")
@@ -99,7 +83,7 @@ def main():
         "backend": {"threads": 1},
     })
     a, b = pair(root, pjob, "pretrain", 1)
-    same(a, b, "pretrain np1")
+    pclib.same_outputs(a, b, "pretrain np1")
     ev = []
     for dev in ["cpu", "cpu-guarded"]:
         d = os.path.join(root, f"eval-{dev}")

@@ -1,8 +1,9 @@
 /* bench-model: forward+backward throughput of the Llama model on the CPU backend.
  *
  *   bench-model [d=256] [layers=4] [heads=4] [kv=2] [head_dim=64] [ff=688] [vocab=8192]
- *               [B=4] [T=128] [iters=10] [threads=1]
+ *               [B=4] [T=128] [iters=10] [threads=1] [recompute=0]
  *
+ * recompute=1 builds the model with activation checkpointing (llama_init_recompute).
  * Random weights (llama_init_random), random tokens; one untimed warm-up iteration.
  * Prints one JSON line: tokens/s, ms per iteration and achieved GFLOP/s. */
 #include <stdio.h>
@@ -16,13 +17,13 @@
 int main(int argc, char **argv)
 {
     int d = 256, layers = 4, heads = 4, kv = 2, hd = 64, ff = 688, vocab = 8192, B = 4, T = 128, iters = 10,
-        threads = 1;
+        threads = 1, recompute = 0;
     struct {
         const char *key;
         int *val;
     } opts[] = {{"d", &d},         {"layers", &layers}, {"heads", &heads}, {"kv", &kv},
                 {"head_dim", &hd}, {"ff", &ff},         {"vocab", &vocab}, {"B", &B},
-                {"T", &T},         {"iters", &iters},   {"threads", &threads}};
+                {"T", &T},         {"iters", &iters},   {"threads", &threads}, {"recompute", &recompute}};
     for (int i = 1; i < argc; i++) {
         char *eq = strchr(argv[i], '=');
         int found = 0;
@@ -56,7 +57,7 @@ int main(int argc, char **argv)
     if (backend_cpu_better_coretype(core, sizeof(core)))
         fprintf(stderr, "bench-model: %s; OPENBLAS_CORETYPE=%s would use this CPU's AVX-512 kernels\n", be->info, core);
     llama_model m;
-    if (llama_init(&m, &c, be, B, T, &e)) {
+    if ((recompute ? llama_init_recompute : llama_init)(&m, &c, be, B, T, &e)) {
         fprintf(stderr, "bench-model: %s\n", e.msg);
         return 1;
     }

@@ -4,7 +4,8 @@
  * dimensions; every backward op against central finite differences of the scalar
  * L = sum(forward(x) * R) for a fixed random R; accumulation semantics (+=) of the
  * parameter-gradient ops; determinism of llama_init_random and the HF tensor order; a
- * forward-only model's logits equal the full model's. */
+ * forward-only model's logits equal the full model's; a recomputing (activation
+ * checkpointing) model's losses and gradients equal the full model's bit for bit. */
 #include <math.h>
 #include <setjmp.h>
 #include <stdarg.h>
@@ -308,6 +309,50 @@ static void test_llama_forward_only(void **state)
     backend_destroy(be);
 }
 
+/* Activation checkpointing: over two accumulated micro-batches, with a logits-only
+ * forward between them, the recomputing model gives bitwise the full model's losses and
+ * gradients, tied and untied, with the per-layer buffers shared. */
+static void test_llama_recompute(void **state)
+{
+    (void)state;
+    backend *be = backend_cpu_create(1);
+    llama_config c;
+    hf_config_defaults(&c);
+    c.vocab_size = 40, c.d_model = 16, c.n_layers = 3, c.n_heads = 4, c.n_kv_heads = 2, c.head_dim = 4;
+    c.d_ff = 20, c.d_ff_layer[0] = 20, c.d_ff_layer[1] = 12, c.d_ff_layer[2] = 16;
+    const int B = 2, T = 5, V = 40;
+    for (int tied = 0; tied < 2; tied++) {
+        c.tie_word_embeddings = tied;
+        llama_model full, rc;
+        pc_err e;
+        assert_int_equal(llama_init(&full, &c, be, B, T, &e), 0);
+        assert_int_equal(llama_init_recompute(&rc, &c, be, B, T, &e), 0);
+        const float *ln1_0, *ln1_2, *ln2, *gu;
+        llama_layer_acts(&rc, 0, &ln1_0, &ln2, &gu);
+        llama_layer_acts(&rc, 2, &ln1_2, &ln2, &gu);
+        assert_ptr_equal(ln1_0, ln1_2); /* one set of layer buffers */
+        llama_init_random(&full, 3, 0.3f);
+        llama_init_random(&rc, 3, 0.3f);
+        llama_zero_grad(&full);
+        llama_zero_grad(&rc);
+        for (int mb = 0; mb < 2; mb++) {
+            int32_t tok[10], tgt[10];
+            for (int i = 0; i < B * T; i++)
+                tok[i] = (i * 7 + 3 + mb) % V, tgt[i] = i % 4 == 3 ? -1 : (i * 5 + 1 + 2 * mb) % V;
+            float lf = llama_forward(&full, tok, tgt), lr = llama_forward(&rc, tok, tgt);
+            assert_true(isfinite(lf) && lf == lr);
+            llama_backward(&full);
+            llama_backward(&rc);
+            for (int i = 0; i < B * T; i++) tok[i] = (i * 3 + 1) % V;
+            llama_forward(&rc, tok, NULL); /* an evaluation between micro-batches */
+        }
+        assert_memory_equal(full.grads, rc.grads, sizeof(float) * (size_t)full.n_params);
+        llama_free(&rc);
+        llama_free(&full);
+    }
+    backend_destroy(be);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -315,7 +360,7 @@ int main(void)
         cmocka_unit_test(test_rmsnorm_grad),   cmocka_unit_test(test_swiglu_grad),
         cmocka_unit_test(test_xent_grad),      cmocka_unit_test(test_rope_inverse),
         cmocka_unit_test(test_adamw_first_step), cmocka_unit_test(test_llama_table_and_init),
-        cmocka_unit_test(test_llama_forward_only),
+        cmocka_unit_test(test_llama_forward_only), cmocka_unit_test(test_llama_recompute),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -3,8 +3,8 @@
  * covered by exactly one block, one owner per block, byte and element sums against
  * counts derived here from the shapes, determinism, balance, no splits on one rank,
  * head-aligned q/k/v rows and o_proj columns, owner lookup, speed, the dry run from a
- * job YAML, the error paths, and the distillation teacher's bytes against what
- * llama_init_forward_only allocates. */
+ * job YAML, the error paths, and the distillation teacher's and the activations' bytes
+ * (with and without recomputation) against what llama_init* allocates. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -571,6 +571,54 @@ static void test_teacher(void **state) {
     plan_free(&with);
 }
 
+/* Activations: each rank's act_bytes is what llama_init (or llama_init_recompute with
+ * o.recompute) allocates for the small model, counted through the backend's alloc ops,
+ * less its parameters, gradients, token buffers and rope tables; recomputation keeps less
+ * and the total falls by the difference. */
+static void test_activations(void **state) {
+    (void)state;
+    static llama_config base, small;
+    load_case(&MODELS[4], &base, &small);
+    small.d_ff_layer[1] = small.d_ff / 2; /* uneven widths: the shared buffers take the largest */
+    plan_opts o;
+    plan_opts_default(&o);
+    o.micro_batch = 3, o.seq_len = 16, o.attn_tt = 0;
+    plan keep, rc;
+    assert_int_equal(plan_build(&keep, &base, &small, 2, &o, NULL), 0);
+    o.recompute = 1;
+    assert_int_equal(plan_build(&rc, &base, &small, 2, &o, NULL), 0);
+    assert_true(rc.ranks[0].act_bytes < keep.ranks[0].act_bytes);
+    assert_int_equal(keep.ranks[1].total_bytes - rc.ranks[1].total_bytes,
+                     keep.ranks[1].act_bytes - rc.ranks[1].act_bytes);
+    char *text = plan_text(&rc);
+    assert_non_null(strstr(text, "  recompute 1  "));
+    free(text);
+
+    backend *be = backend_cpu_create(1);
+    cpu_ops = be->ops;
+    static backend_ops counting;
+    counting = *be->ops;
+    counting.alloc = count_alloc;
+    counting.alloc_i32 = count_alloc_i32;
+    be->ops = &counting;
+    size_t N = (size_t)o.micro_batch * o.seq_len, rope = 2 * (size_t)o.seq_len * (small.head_dim / 2);
+    size_t fixed = 4 * (2 * (size_t)hf_config_n_params(&small) + 2 * N + rope);
+    for (int recompute = 0; recompute < 2; recompute++) {
+        llama_model m;
+        pc_err e = {{0}};
+        counted_bytes = 0;
+        int rcode = recompute ? llama_init_recompute(&m, &small, be, o.micro_batch, o.seq_len, &e)
+                              : llama_init(&m, &small, be, o.micro_batch, o.seq_len, &e);
+        assert_int_equal(rcode, 0);
+        assert_int_equal(counted_bytes - fixed, (recompute ? rc : keep).ranks[0].act_bytes);
+        llama_free(&m);
+    }
+    be->ops = cpu_ops;
+    backend_destroy(be);
+    plan_free(&keep);
+    plan_free(&rc);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_invariants_all_models),
@@ -582,6 +630,7 @@ int main(void) {
         cmocka_unit_test(test_errors),
         cmocka_unit_test(test_dry_run),
         cmocka_unit_test(test_teacher),
+        cmocka_unit_test(test_activations),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
