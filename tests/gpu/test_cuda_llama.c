@@ -5,8 +5,8 @@
  * forward with targets (some ignored), backward, and then the distillation loss
  * against random teacher logits and its backward. The loss must agree within 1e-5
  * relative, the logits and every parameter's gradient within 1e-4 relative to the
- * largest reference value of that tensor, in plain fp32 (TF32 off). Exit 77 without
- * a GPU. */
+ * largest reference value of that tensor, in plain fp32 (TF32 off). The first model
+ * runs again with activation checkpointing on the GPU side. Exit 77 without a GPU. */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -76,11 +76,15 @@ static void compare_grads(const char *tag, llama_model *mc, llama_model *mg)
     free(hg);
 }
 
-static int run_case(const char *tag, const llama_config *cfg, int B, int T, backend *cpu, backend *gpu)
+/* recompute: the CUDA model recomputes layer activations in the backward pass
+ * (llama_init_recompute); the CPU model keeps them all. */
+static int run_case(const char *tag, const llama_config *cfg, int B, int T, backend *cpu, backend *gpu, int recompute)
 {
     llama_model mc, mg;
     pc_err e;
-    if (llama_init(&mc, cfg, cpu, B, T, &e) || llama_init(&mg, cfg, gpu, B, T, &e)) {
+    int (*init_gpu)(llama_model *, const llama_config *, backend *, int, int, pc_err *) =
+        recompute ? llama_init_recompute : llama_init;
+    if (llama_init(&mc, cfg, cpu, B, T, &e) || init_gpu(&mg, cfg, gpu, B, T, &e)) {
         fprintf(stderr, "%s: llama_init: %s\n", tag, e.msg);
         return -1;
     }
@@ -167,7 +171,8 @@ int main(void)
     c.d_ff_layer[2] = 128;
     c.max_position_embeddings = 256;
     c.tie_word_embeddings = 0;
-    int rc = run_case("untied/gqa", &c, 2, 45, cpu, gpu);
+    int rc = run_case("untied/gqa", &c, 2, 45, cpu, gpu, 0);
+    if (rc == 0) rc = run_case("untied/gqa, cuda recomputing", &c, 2, 45, cpu, gpu, 1);
 
     c.tie_word_embeddings = 1;
     c.n_heads = 4;
@@ -179,7 +184,7 @@ int main(void)
     c.rope_low_freq_factor = 1.0;
     c.rope_high_freq_factor = 4.0;
     c.rope_original_max_pos = 64;
-    if (rc == 0) rc = run_case("tied/mha/llama3-rope", &c, 3, 70, cpu, gpu);
+    if (rc == 0) rc = run_case("tied/mha/llama3-rope", &c, 3, 70, cpu, gpu, 0);
 
     backend_destroy(gpu);
     backend_destroy(cpu);

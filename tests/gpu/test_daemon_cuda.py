@@ -8,7 +8,8 @@
   last within 1e-2, and the GPU's bf16 run differs from its fp32 run (these runs use
   magnitude importance, so that both sides keep the same indices).
 - store_grads + distillation and activation importance on the GPU: the same kept
-  indices (importance.txt) as on the CPU.
+  indices (importance.txt) as on the CPU; the same again with activation checkpointing
+  on the GPU side.
 - the fused model written by the GPU run loads in stock transformers and gives the
   daemon's validation loss (2e-5 relative).
 - with two or more GPUs: the compress job on 2 ranks over NCCL, split blocks, equals the
@@ -126,6 +127,9 @@ def main():
     a = result(run("sd-cpu", 1, "backend.device=cpu", *sets))
     b = result(run("sd-cuda", 1, "backend.device=cuda", "backend.matmul=fp32", *sets))
     close(b, a, 1e-4, 1e-4, "store_grads + distill fp32 GPU vs CPU")
+    b = result(run("sd-cuda-rc", 1, "backend.device=cuda", "backend.matmul=fp32", "train.activation_checkpointing=true",
+                   *sets))
+    close(b, a, 1e-4, 1e-4, "store_grads + distill fp32 GPU recomputing activations vs CPU keeping them")
 
     gpu = os.path.join(root, "compress-cuda")
     val = result(gpu)[2][-1]
