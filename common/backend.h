@@ -50,6 +50,9 @@ typedef struct backend_ops {
      * each allocation, context and library workspaces included). NULL on backends whose
      * buffers are host memory: the process's peak RSS says it. */
     size_t (*mem_peak)(backend *be);
+    /* The device's memory in bytes (CUDA: cudaMemGetInfo's total). NULL on backends whose
+     * buffers are host memory. */
+    size_t (*mem_total)(backend *be);
 
     /* The matmul mode of later gemm calls; returns 0. */
     int (*set_matmul)(backend *be, matmul_mode mode);
@@ -167,6 +170,7 @@ static inline float *be_alloc(backend *be, size_t n) { return be->ops->alloc(be,
 static inline int32_t *be_alloc_i32(backend *be, size_t n) { return be->ops->alloc_i32(be, n); }
 static inline void be_free(backend *be, void *p) { be->ops->free(be, p); }
 static inline size_t be_mem_peak(backend *be) { return be->ops->mem_peak ? be->ops->mem_peak(be) : 0; }
+static inline size_t be_mem_total(backend *be) { return be->ops->mem_total ? be->ops->mem_total(be) : 0; }
 static inline void be_zero(backend *be, float *x, size_t n) { be->ops->zero(be, x, n); }
 static inline void be_copy(backend *be, float *dst, const float *src, size_t n) { be->ops->copy(be, dst, src, n); }
 static inline void be_upload(backend *be, float *dst, const float *src, size_t n) { be->ops->upload(be, dst, src, n); }

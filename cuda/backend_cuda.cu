@@ -226,6 +226,14 @@ static size_t cu_mem_peak(backend *be)
     return c->mem_peak;
 }
 
+static size_t cu_mem_total(backend *be)
+{
+    (void)be;
+    size_t free_b = 0, total_b = 0;
+    CUDA_CHECK(cudaMemGetInfo(&free_b, &total_b));
+    return total_b;
+}
+
 static float *cu_alloc(backend *be, size_t n) { return (float *)dev_alloc_zeroed(be, n * sizeof(float)); }
 
 static int32_t *cu_alloc_i32(backend *be, size_t n) { return (int32_t *)dev_alloc_zeroed(be, n * sizeof(int32_t)); }
@@ -1108,6 +1116,7 @@ static const backend_ops cuda_ops = {
     .widen_bf16 = cu_widen_bf16,
     .sync = cu_sync,
     .mem_peak = cu_mem_peak,
+    .mem_total = cu_mem_total,
     .set_matmul = cu_set_matmul,
     .gemm = cu_gemm,
     .gemm_batched = cu_gemm_batched,

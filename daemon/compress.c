@@ -127,13 +127,35 @@ static int select_indices(run_ctx *r, trainer *t, const int *d_ff_c, pc_err *e) 
 
 /* ---- set-up ---- */
 
+/* The plan of this job on this run's ranks and backend. */
+static int build_plan(const run_ctx *r, const trainer *t, const llama_config *small, plan *p, pc_err *e) {
+    plan_opts o;
+    plan_opts_from_config(&r->cfg, &o);
+    o.attn_tt = strcmp(r->be->ops->name, "cuda") != 0; /* the CUDA attention never holds a (T,T) matrix */
+    return plan_build(p, &t->base_cfg, small, r->world, &o, e);
+}
+
+/* Before any weight is read: on a device of known size, the plan's total for this rank
+ * must fit (else a clear error now instead of running out of memory later). */
+static int check_fit(run_ctx *r, const trainer *t, const llama_config *small, pc_err *e) {
+    size_t capacity = be_mem_total(r->be);
+    if (capacity == 0 || !strcmp(r->cfg.run.mode, "importance")) return 0;
+    plan p;
+    if (build_plan(r, t, small, &p, e) != 0) return -1;
+    char device[160];
+    snprintf(device, sizeof device, "the %s device (%s)", r->be->ops->name, r->be->info);
+    int rc = plan_check_fit(&p, r->rank, (int64_t)capacity, device, e);
+    if (rc == 0)
+        LOGI(&r->log, "the plan needs %.1f of the device's %.1f GiB on this rank",
+             (double)p.ranks[r->rank].total_bytes / 1073741824.0, (double)capacity / 1073741824.0);
+    plan_free(&p);
+    return rc;
+}
+
 /* The sharding plan (RUN/plan.txt) and this rank's blocks of it. */
 static int proj_setup(run_ctx *r, trainer *t, pc_err *e) {
     plan p;
-    plan_opts o;
-    plan_opts_from_config(&r->cfg, &o);
-    if (r->cfg.compress.split_mb > 0) o.split_bytes = (int64_t)(r->cfg.compress.split_mb * 1e6);
-    if (plan_build(&p, &t->base_cfg, &t->m.cfg, r->world, &o, e) != 0) return -1;
+    if (build_plan(r, t, &t->m.cfg, &p, e) != 0) return -1;
     if (r->rank == 0) {
         char path[1100];
         snprintf(path, sizeof path, "%s/plan.txt", r->run_dir);
@@ -170,6 +192,7 @@ int compress_setup(run_ctx *r, trainer *t, pc_err *e) {
     if (plan_small_config(c, &t->base_cfg, &sc, e) != 0) return -1;
     if (st_open(c->model.base, &t->base, e) != 0) return -1;
     if (!r->be && run_backend(r, e) != 0) return -1;
+    if (check_fit(r, t, &sc, e) != 0) return -1;
     if (trainer_open_data(r, t, t->base_cfg.vocab_size, e) != 0) return -1;
     if (select_indices(r, t, sc.d_ff_layer, e) != 0) return -1;
     if (!strcmp(c->run.mode, "importance")) return 0;

@@ -640,6 +640,24 @@ int plan_write(const plan *p, FILE *f) {
     return ferror(f) ? -1 : 0;
 }
 
+int plan_check_fit(const plan *p, int rank, int64_t capacity, const char *device, pc_err *e) {
+    const plan_rank *rk = &p->ranks[rank];
+    if (rk->total_bytes <= capacity) return 0;
+    const plan_opts *o = &p->opts;
+    char fix[320] = "";
+    size_t n = 0;
+    if (!o->recompute) n += (size_t)snprintf(fix + n, sizeof fix - n, "train.activation_checkpointing: true, ");
+    if (o->micro_batch > 1) n += (size_t)snprintf(fix + n, sizeof fix - n, "a smaller train.micro_batch, ");
+    if (o->base_dtype_bytes > 2) n += (size_t)snprintf(fix + n, sizeof fix - n, "model.dtype: bf16, ");
+    snprintf(fix + n, sizeof fix - n, "more ranks");
+    return pc_errorf(e,
+                     "rank %d: the plan needs %.1f GiB here (activations %.1f, W_C replica + G %.1f, trainable "
+                     "state %.1f, base slices %.1f) but %s has %.1f GiB; try %s (`projcompd --cfg JOB --dry-run -np N` "
+                     "prints the plan)",
+                     rank, GIB(rk->total_bytes), GIB(rk->act_bytes), GIB(rk->replica_bytes),
+                     GIB(rk->state_bytes + rk->shared_bytes), GIB(rk->base_bytes), device, GIB(capacity), fix);
+}
+
 /* ---- from a job config ---- */
 
 int plan_small_config(const pc_config *c, const llama_config *base, llama_config *small, pc_err *e) {
@@ -666,6 +684,7 @@ void plan_opts_from_config(const pc_config *c, plan_opts *o) {
     o->attn_tt = cuda ? 0 : 1; /* the CUDA attention never holds a (T,T) matrix */
     o->teacher = c->distill.enabled;
     o->recompute = c->train.activation_checkpointing;
+    if (c->compress.split_mb > 0) o->split_bytes = (int64_t)(c->compress.split_mb * 1e6);
 }
 
 int plan_dry_run(const pc_config *c, int world, FILE *out, pc_err *e) {

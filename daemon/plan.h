@@ -135,6 +135,12 @@ const char *plan_kind_name(plan_kind k);
 /* Largest rank load divided by the mean (bytes the assignment balanced). */
 double plan_balance(const plan *p);
 
+/* 0 when rank's planned total fits `capacity` bytes of `device` memory; else -1 with a
+ * message naming the rank, the device, both sizes, the largest items and the remedies
+ * that apply (activation checkpointing, a smaller micro-batch, bf16 base slices, more
+ * ranks). */
+int plan_check_fit(const plan *p, int rank, int64_t capacity, const char *device, pc_err *e);
+
 /* The human-readable plan (RUN/plan.txt): header, one line per block, per-rank memory
  * table in GiB, shared factors, comm estimate. */
 int plan_write(const plan *p, FILE *f);
@@ -144,7 +150,7 @@ int plan_write(const plan *p, FILE *f);
 int plan_small_config(const pc_config *c, const llama_config *base, llama_config *small, pc_err *e);
 /* Options from a job: train.micro_batch, data.seq_len; base slices in model.dtype (bf16
  * or f32), everything else f32 (what every backend computes in); backend.device cuda ->
- * no (T,T) attention matrix. */
+ * no (T,T) attention matrix; train.activation_checkpointing; compress.split_mb. */
 void plan_opts_from_config(const pc_config *c, plan_opts *o);
 /* Read model.base/config.json (or model.config) without touching weights, build the
  * plan for `world` ranks and write it to out. */

@@ -619,6 +619,35 @@ static void test_activations(void **state) {
     plan_free(&rc);
 }
 
+/* plan_check_fit: a rank's total against a device's memory; the message names the rank,
+ * the device, both sizes and only the remedies that apply. */
+static void test_check_fit(void **state) {
+    (void)state;
+    static llama_config base, small;
+    load_case(&MODELS[0], &base, &small); /* Llama-3.1-8B at 2160/6480 */
+    plan_opts o;
+    plan_opts_default(&o);
+    o.micro_batch = 2, o.attn_tt = 0;
+    plan p;
+    assert_int_equal(plan_build(&p, &base, &small, 16, &o, NULL), 0);
+    int64_t need = p.ranks[3].total_bytes;
+    pc_err e = {{0}};
+    assert_int_equal(plan_check_fit(&p, 3, need, "cuda:3", &e), 0);
+    assert_int_equal(plan_check_fit(&p, 3, need - 1, "cuda:3", &e), -1);
+    char want[96];
+    snprintf(want, sizeof want, "rank 3: the plan needs %.1f GiB here", (double)need / 1073741824.0);
+    assert_non_null(strstr(e.msg, want));
+    assert_non_null(strstr(e.msg, "but cuda:3 has "));
+    assert_non_null(strstr(e.msg, "train.activation_checkpointing: true, a smaller train.micro_batch, more ranks"));
+    assert_null(strstr(e.msg, "model.dtype")); /* the base is bf16 already */
+    plan_free(&p);
+    o.recompute = 1, o.micro_batch = 1, o.base_dtype_bytes = 4;
+    assert_int_equal(plan_build(&p, &base, &small, 16, &o, NULL), 0);
+    assert_int_equal(plan_check_fit(&p, 0, 1 << 30, "cuda:0", &e), -1);
+    assert_non_null(strstr(e.msg, "try model.dtype: bf16, more ranks"));
+    plan_free(&p);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_invariants_all_models),
@@ -631,6 +660,7 @@ int main(void) {
         cmocka_unit_test(test_dry_run),
         cmocka_unit_test(test_teacher),
         cmocka_unit_test(test_activations),
+        cmocka_unit_test(test_check_fit),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
