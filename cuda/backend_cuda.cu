@@ -375,7 +375,7 @@ static void cu_gemm_batched(backend *be, int ta, int tb, int M, int N, int K, fl
     CUBLAS_CHECK(cublasGemmStridedBatchedEx(c->blas, tb ? CUBLAS_OP_T : CUBLAS_OP_N, ta ? CUBLAS_OP_T : CUBLAS_OP_N,
                                             N, M, K, &alpha, B, CUDA_R_32F, ldb, (long long)sb, A, CUDA_R_32F, lda,
                                             (long long)sa, &beta, C, CUDA_R_32F, ldc, (long long)sc, batch,
-                                            compute_type(c), CUBLAS_GEMM_DEFAULT));
+                                            CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT)); /* fp32 in every matmul mode */
 }
 
 /* ------------------------------------------------------------------ embedding */
@@ -1154,8 +1154,7 @@ static int cu_set_matmul(backend *be, matmul_mode mode)
 {
     cuda_impl *c = impl_of(be);
     c->matmul = mode;
-    c->tf32 = mode == MATMUL_TF32;
-    CUBLAS_CHECK(cublasSetMathMode(c->blas, c->tf32 ? CUBLAS_TF32_TENSOR_OP_MATH : CUBLAS_DEFAULT_MATH));
+    c->tf32 = mode == MATMUL_TF32; /* cu_gemm's compute type; the handle stays in default math */
     set_info(be);
     return 0;
 }
@@ -1190,6 +1189,14 @@ extern "C" backend *backend_cuda_create(int device, char *err, int errlen)
     cudaDeviceProp prop;
     if ((rc = cudaSetDevice(device)) != cudaSuccess || (rc = cudaGetDeviceProperties(&prop, device)) != cudaSuccess) {
         create_fail(err, errlen, "cudaSetDevice", device, cudaGetErrorString(rc));
+        return NULL;
+    }
+    if (prop.major * 10 + prop.minor < PC_GPU_ARCH) { /* its kernels would fail to launch */
+        if (err && errlen > 0)
+            snprintf(err, (size_t)errlen,
+                     "backend_cuda: device %d (%s) is sm_%d%d, older than this build's kernels (sm_%d): rebuild with "
+                     "meson configure -Dgpu_arch=sm_%d%d",
+                     device, prop.name, prop.major, prop.minor, PC_GPU_ARCH, prop.major, prop.minor);
         return NULL;
     }
     cuda_impl *c = (cuda_impl *)calloc(1, sizeof *c);

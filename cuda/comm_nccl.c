@@ -3,16 +3,21 @@
  * Setup: every rank selects its device, rank 0 creates the unique id, the id travels
  * over the MPI comm given to comm_nccl_create, and the ranks agree (an MPI all-reduce
  * of a status flag) that all of them are ready before the collective
- * ncclCommInitRank, so that one rank's failure does not leave the others waiting.
+ * ncclCommInitRankConfig, so that one rank's failure does not leave the others waiting.
+ * The communicator is non-blocking: NCCL's host-side work (initialisation, the
+ * connections set up on first use, enqueueing) returns ncclInProgress and is polled, so
+ * the watchdog covers it too.
  * Each collective waits for prior device work, runs on the comm's stream and
  * synchronises it before returning (simple and correct before overlapped).
  * all_gatherv is a group of one ncclBroadcast per rank; broadcast_group and reduce_group
  * are groups of one ncclBroadcast / ncclReduce (in place) per piece.
  *
- * Watchdog: the wait polls the stream and NCCL's asynchronous error; when a collective
- * has not finished after timeout_s seconds (a rank died or hangs), or NCCL reports an
- * error, the communicator is aborted (ncclCommAbort) so that no kernel keeps spinning,
- * and the call fails naming the rank and operation; later calls fail at once. */
+ * Watchdog: the wait polls NCCL's state, then the stream and NCCL's asynchronous error;
+ * when a collective has not finished after timeout_s seconds (a rank died or hangs), or
+ * NCCL reports any error, the communicator is aborted (ncclCommAbort) so that no kernel
+ * keeps spinning or writes buffers later, and the call fails naming the rank and
+ * operation; later calls fail at once. Initialisation is bounded by the MPI comm's
+ * timeout_s, finalisation at exit by timeout_s (60 s when unset). */
 #include "comm_nccl.h"
 
 #include <cuda_runtime.h>
@@ -51,6 +56,12 @@ static int nccl_redop(comm_op op, ncclRedOp_t *out) {
     return -1;
 }
 
+static double now_s(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
 /* Context of one collective, for messages. */
 typedef struct ncall {
     comm *c;
@@ -58,6 +69,7 @@ typedef struct ncall {
     comm_dtype t;
     size_t count;
     ncclDataType_t type;
+    double t0; /* when the call began: the watchdog's start */
 } ncall;
 
 static int ncall_begin(ncall *k, comm *c, const char *op, comm_dtype t, size_t count, pc_err *e) {
@@ -65,6 +77,7 @@ static int ncall_begin(ncall *k, comm *c, const char *op, comm_dtype t, size_t c
     k->op = op;
     k->t = t;
     k->count = count;
+    k->t0 = now_s();
     if (nccl_type(t, &k->type))
         return pc_errorf(e, "rank %d: nccl %s: unknown dtype %d", c->rank, op, (int)t);
     if (nimpl(c)->aborted)
@@ -85,41 +98,77 @@ static int ncall_nccl_fail(const ncall *k, ncclResult_t r, pc_err *e) {
                      k->count, ncclGetErrorString(r), last && *last ? ": " : "", last ? last : "");
 }
 
-static double now_s(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
 
 static void abort_comm(nccl_impl *n) {
     ncclCommAbort(n->nc);
     n->aborted = 1;
 }
 
-/* After the NCCL call(s): check the result, then wait for the stream under the watchdog. */
+static int timed_out(nccl_impl *n, const char *what, double timeout, pc_err *e) {
+    abort_comm(n);
+    return pc_errorf(e, "%s did not finish in %.0f s (run.collective_timeout): a rank died or hangs; the "
+                        "communicator was aborted",
+                     what, timeout);
+}
+
+/* The communicator is non-blocking: an NCCL call may return ncclInProgress while its
+ * host-side work (connection set-up, enqueueing) goes on. Poll its state until that ends,
+ * under the watchdog (timeout from t0; 0: none): 0 when ready; else -1, the communicator
+ * aborted and e naming `what` and why. */
+static int wait_ready(nccl_impl *n, double timeout, double t0, const char *what, pc_err *e) {
+    struct timespec nap = {0, 20000}; /* 20 us between polls */
+    for (;;) {
+        ncclResult_t st = ncclInProgress;
+        ncclResult_t q = ncclCommGetAsyncError(n->nc, &st);
+        if (q != ncclSuccess) st = q;
+        if (st == ncclSuccess) return 0;
+        if (st != ncclInProgress) {
+            const char *last = ncclGetLastError(n->nc);
+            pc_errorf(e, "%s failed: %s%s%s", what, ncclGetErrorString(st), last && *last ? ": " : "",
+                      last ? last : "");
+            abort_comm(n);
+            return -1;
+        }
+        if (timeout > 0 && now_s() - t0 > timeout) return timed_out(n, what, timeout, e);
+        nanosleep(&nap, NULL);
+    }
+}
+
+/* "rank R: nccl OP(dtype, N elems)", for messages. */
+static void ncall_what(const ncall *k, char *buf, size_t len) {
+    snprintf(buf, len, "rank %d: nccl %s(%s, %zu elems)", k->c->rank, k->op, comm_dtype_name(k->t), k->count);
+}
+
+/* After NCCL call(s) of k that returned r: wait until they are enqueued, then for the
+ * stream, both under the watchdog (from ncall_begin). Any failure aborts the communicator
+ * (work already enqueued may still be writing the buffers), and later calls fail. */
 static int ncall_finish(const ncall *k, ncclResult_t r, pc_err *e) {
     nccl_impl *n = nimpl(k->c);
-    if (r != ncclSuccess) return ncall_nccl_fail(k, r, e);
-    double t0 = now_s(), timeout = k->c->timeout_s;
+    double timeout = k->c->timeout_s;
+    char what[160];
+    ncall_what(k, what, sizeof what);
+    if (r != ncclSuccess && r != ncclInProgress) {
+        ncall_nccl_fail(k, r, e);
+        abort_comm(n);
+        return -1;
+    }
+    if (wait_ready(n, timeout, k->t0, what, e)) return -1;
     struct timespec nap = {0, 20000}; /* 20 us between polls */
     for (;;) {
         cudaError_t ce = cudaStreamQuery(n->stream);
         if (ce == cudaSuccess) return 0;
-        if (ce != cudaErrorNotReady)
-            return pc_errorf(e, "rank %d: nccl %s(%s, %zu elems) failed on the device: %s", k->c->rank, k->op,
-                             comm_dtype_name(k->t), k->count, cudaGetErrorString(ce));
+        if (ce != cudaErrorNotReady) {
+            pc_errorf(e, "%s failed on the device: %s", what, cudaGetErrorString(ce));
+            abort_comm(n);
+            return -1;
+        }
         ncclResult_t async = ncclSuccess;
         if (ncclCommGetAsyncError(n->nc, &async) == ncclSuccess && async != ncclSuccess && async != ncclInProgress) {
             ncall_nccl_fail(k, async, e);
             abort_comm(n);
             return -1;
         }
-        if (timeout > 0 && now_s() - t0 > timeout) {
-            abort_comm(n);
-            return pc_errorf(e, "rank %d: nccl %s(%s, %zu elems) did not finish in %.0f s (run.collective_timeout): "
-                                "a rank died or hangs; the communicator was aborted",
-                             k->c->rank, k->op, comm_dtype_name(k->t), k->count, timeout);
-        }
+        if (timeout > 0 && now_s() - k->t0 > timeout) return timed_out(n, what, timeout, e);
         nanosleep(&nap, NULL);
     }
 }
@@ -208,7 +257,12 @@ static int nc_group(comm *c, const char *op, const comm_piece *p, int n, comm_dt
         if (check_root(&k, p[i].root, e)) return -1;
     nccl_impl *nc = nimpl(c);
     ncclResult_t r = ncclSuccess;
-    for (int i0 = 0; i0 < n && r == ncclSuccess; i0 += NCCL_GROUP_PIECES) {
+    for (int i0 = 0; i0 < n && (r == ncclSuccess || r == ncclInProgress); i0 += NCCL_GROUP_PIECES) {
+        if (r == ncclInProgress) { /* the previous group is still being enqueued */
+            char what[160];
+            ncall_what(&k, what, sizeof what);
+            if (wait_ready(nc, c->timeout_s, k.t0, what, e)) return -1;
+        }
         r = ncclGroupStart();
         for (int i = i0; i < n && i < i0 + NCCL_GROUP_PIECES && r == ncclSuccess; i++) {
             if (p[i].count == 0) continue; /* the same on every rank: pieces are shared */
@@ -242,7 +296,12 @@ static void nc_destroy(comm *c) {
     cudaSetDevice(n->device);
     if (!n->aborted) { /* an aborted communicator is already gone, and its stream may never finish */
         cudaStreamSynchronize(n->stream);
-        ncclCommDestroy(n->nc);
+        pc_err e = {{0}};
+        ncclResult_t r = ncclCommFinalize(n->nc); /* non-blocking: flushes this rank's part */
+        if ((r != ncclSuccess && r != ncclInProgress) ||
+            wait_ready(n, c->timeout_s > 0 ? c->timeout_s : 60, now_s(), "nccl finalize", &e))
+            abort_comm(n); /* a peer that is gone cannot finalize with us */
+        if (!n->aborted) ncclCommDestroy(n->nc);
     }
     cudaStreamDestroy(n->stream);
     cudaFree(n->barrier_buf);
@@ -299,12 +358,19 @@ comm *comm_nccl_create(comm *mpi, int device, pc_err *e) {
             pc_errorf(e, "rank %d: nccl create on device %d: another rank failed to set up", rank, device);
         goto fail_quiet;
     }
-    ncclResult_t r = ncclCommInitRank(&n->nc, size, hello.id, rank);
-    if (r != ncclSuccess) {
-        pc_errorf(e, "rank %d: nccl create on device %d: ncclCommInitRank(%d ranks) failed: %s", rank, device, size,
-                  ncclGetErrorString(r));
+    /* non-blocking: initialisation (and later enqueueing) returns at once and is polled
+     * under the watchdog, so that a dead peer cannot hang this rank inside NCCL */
+    ncclConfig_t config = NCCL_CONFIG_INITIALIZER;
+    config.blocking = 0;
+    ncclResult_t r = ncclCommInitRankConfig(&n->nc, size, hello.id, rank, &config);
+    if (r != ncclSuccess && r != ncclInProgress) {
+        pc_errorf(e, "rank %d: nccl create on device %d: ncclCommInitRankConfig(%d ranks) failed: %s", rank, device,
+                  size, ncclGetErrorString(r));
         goto fail_quiet;
     }
+    char what[96];
+    snprintf(what, sizeof what, "rank %d: nccl create on device %d (%d ranks)", rank, device, size);
+    if (wait_ready(n, mpi->timeout_s, now_s(), what, e)) goto fail_quiet;
     comm *c = pc_calloc(1, sizeof *c);
     c->ops = &nccl_ops;
     c->rank = rank;

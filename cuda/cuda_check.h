@@ -1,5 +1,5 @@
-/* cuda_check: error-checking macros for CUDA runtime, cuBLAS and NCCL calls that name
- * the file and line of the failing call. */
+/* cuda_check: CUDA_CHECK, for CUDA runtime calls: a failure prints the file, line, call
+ * and CUDA's message, and exits. */
 #ifndef PC_CUDA_CHECK_H
 #define PC_CUDA_CHECK_H
 
