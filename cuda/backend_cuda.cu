@@ -34,8 +34,10 @@
         }                                                                                                      \
     } while (0)
 
-/* After a kernel launch: a bad launch configuration is reported here, not later. */
-#define LAUNCH_CHECK() CUDA_CHECK(cudaGetLastError())
+/* After a kernel launch (in an op, with its backend *be in scope): a bad launch
+ * configuration is reported here, not later; with PC_CUDA_SYNC=1 in the environment the
+ * stream is also synchronised, so that a fault inside the kernel names this line. */
+#define LAUNCH_CHECK() launch_check(impl_of(be), __FILE__, __LINE__)
 
 typedef struct cuda_impl {
     int device;
@@ -53,9 +55,20 @@ typedef struct cuda_impl {
     double *result;  /* (2) device result of a reduction */
     double *result_host; /* (2) pinned */
     size_t mem_peak;     /* most device bytes in use seen after an allocation */
+    int sync_launches;   /* PC_CUDA_SYNC=1: synchronise after every kernel (debugging) */
 } cuda_impl;
 
 static cuda_impl *impl_of(backend *be) { return (cuda_impl *)be->impl; }
+
+static void launch_check(const cuda_impl *c, const char *file, int line)
+{
+    cudaError_t err = cudaGetLastError();
+    if (err == cudaSuccess && c->sync_launches) err = cudaStreamSynchronize(c->stream);
+    if (err != cudaSuccess) {
+        fprintf(stderr, "%s:%d: CUDA error in a kernel launched here: %s\n", file, line, cudaGetErrorString(err));
+        exit(EXIT_FAILURE);
+    }
+}
 
 /* Track the device's used memory (total - free) after an allocation. */
 static void note_usage(cuda_impl *c)
@@ -178,7 +191,7 @@ __global__ void k_reduce_doubles(double *result, const double *part, const doubl
 static void reduce_to_host(cuda_impl *c, const double *part, const double *part2, size_t n, double out[2])
 {
     k_reduce_doubles<<<1, 1024, 0, c->stream>>>(c->result, part, part2, n);
-    LAUNCH_CHECK();
+    launch_check(c, __FILE__, __LINE__);
     CUDA_CHECK(cudaMemcpyAsync(c->result_host, c->result, 2 * sizeof(double), cudaMemcpyDeviceToHost, c->stream));
     CUDA_CHECK(cudaStreamSynchronize(c->stream));
     out[0] = c->result_host[0];
@@ -342,7 +355,7 @@ static const __nv_bfloat16 *to_bf16(cuda_impl *c, uint16_t **buf, size_t *have, 
 {
     __nv_bfloat16 *dst = (__nv_bfloat16 *)grow_bf16(c, buf, have, (size_t)rows * cols);
     k_round_bf16<<<grid_for((size_t)rows * cols, 256), 256, 0, c->stream>>>(dst, src, rows, cols, ld);
-    LAUNCH_CHECK();
+    launch_check(c, __FILE__, __LINE__);
     return dst;
 }
 
@@ -1208,6 +1221,8 @@ extern "C" backend *backend_cuda_create(int device, char *err, int errlen)
         return NULL;
     }
     c->device = device;
+    const char *sync = getenv("PC_CUDA_SYNC");
+    c->sync_launches = sync && !strcmp(sync, "1");
     snprintf(c->device_name, sizeof c->device_name, "%.63s", prop.name);
     if ((rc = cudaStreamCreateWithFlags(&c->stream, cudaStreamNonBlocking)) != cudaSuccess) {
         create_fail(err, errlen, "cudaStreamCreate", device, cudaGetErrorString(rc));
