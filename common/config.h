@@ -72,6 +72,7 @@ typedef struct pc_config {
         char comm[8];    /* auto|mpi|nccl */
         int threads;     /* 0: automatic */
         char matmul[8];  /* fp32|tf32|bf16: gemm inputs */
+        char attention[8]; /* fp32|bf16: attention products (cuda) */
     } backend;
     struct {
         char dir[1024]; /* "" means RUN/final */

@@ -23,6 +23,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "attention_tc.h"
 #include "cuda_check.h"
 
 #define CUBLAS_CHECK(call)                                                                                     \
@@ -56,6 +57,8 @@ typedef struct cuda_impl {
     double *result_host; /* (2) pinned */
     size_t mem_peak;     /* most device bytes in use seen after an allocation */
     int sync_launches;   /* PC_CUDA_SYNC=1: synchronise after every kernel (debugging) */
+    int attn_bf16;       /* backend_cuda_set_attention: tensor-core attention where it applies */
+    size_t smem_optin;   /* shared memory a block may opt into */
 } cuda_impl;
 
 static cuda_impl *impl_of(backend *be) { return (cuda_impl *)be->impl; }
@@ -786,6 +789,11 @@ static void cu_attention_fwd(backend *be, float *out, float *lse, const float *q
 {
     if (B <= 0 || T <= 0 || H <= 0) return;
     check_attention_shape(H, KV, hd);
+    cuda_impl *c = impl_of(be);
+    if (c->attn_bf16 && attn_tc_supported(hd, c->smem_optin)) {
+        attn_tc_fwd(c->stream, out, lse, q, k, v, B, T, H, KV, hd, ld);
+        return;
+    }
     dim3 grid((unsigned)((T + ATT_WARPS - 1) / ATT_WARPS), (unsigned)H, (unsigned)B);
     k_attention_fwd<<<grid, ATT_WARPS * 32, 0, impl_of(be)->stream>>>(out, lse, q, k, v, T, H, KV, hd, ld,
                                                                       1.0f / sqrtf((float)hd));
@@ -804,6 +812,10 @@ static void cu_attention_bwd(backend *be, float *dq, float *dk, float *dv, const
     grow_f32(c, &c->att_d, &c->att_d_n, rows);
     k_attention_dsum<<<(unsigned)((rows * 32 + 255) / 256), 256, 0, c->stream>>>(c->att_d, dout, out, B, T, H, hd);
     LAUNCH_CHECK();
+    if (c->attn_bf16 && attn_tc_supported(hd, c->smem_optin)) {
+        attn_tc_bwd(c->stream, dq, dk, dv, dout, lse, c->att_d, q, k, v, B, T, H, KV, hd, ld);
+        return;
+    }
     dim3 gq((unsigned)((T + ATT_WARPS - 1) / ATT_WARPS), (unsigned)H, (unsigned)B);
     k_attention_bwd_dq<<<gq, ATT_WARPS * 32, 0, c->stream>>>(dq, dout, lse, c->att_d, q, k, v, T, H, KV, hd, ld,
                                                              scale);
@@ -1157,10 +1169,12 @@ static const backend_ops cuda_ops = {
 static void set_info(backend *be)
 {
     cuda_impl *c = impl_of(be);
-    snprintf(be->info, sizeof(be->info), "CUDA device %d (%s), cuBLAS %s", c->device, c->device_name,
-             c->matmul == MATMUL_BF16 ? "bf16 tensor cores (fp32 accumulation)"
-             : c->tf32                ? "TF32 tensor cores"
-                                      : "fp32");
+    snprintf(be->info, sizeof(be->info), "CUDA device %d (%.40s), matmul %s, attention %s (fp32 accumulation)",
+             c->device, c->device_name,
+             c->matmul == MATMUL_BF16 ? "bf16"
+             : c->tf32                ? "TF32"
+                                      : "fp32",
+             c->attn_bf16 ? "bf16" : "fp32");
 }
 
 static int cu_set_matmul(backend *be, matmul_mode mode)
@@ -1168,6 +1182,14 @@ static int cu_set_matmul(backend *be, matmul_mode mode)
     cuda_impl *c = impl_of(be);
     c->matmul = mode;
     c->tf32 = mode == MATMUL_TF32; /* cu_gemm's compute type; the handle stays in default math */
+    set_info(be);
+    return 0;
+}
+
+extern "C" int backend_cuda_set_attention(backend *be, int bf16)
+{
+    if (!be || be->ops != &cuda_ops) return -1;
+    impl_of(be)->attn_bf16 = bf16 != 0;
     set_info(be);
     return 0;
 }
@@ -1221,6 +1243,7 @@ extern "C" backend *backend_cuda_create(int device, char *err, int errlen)
         return NULL;
     }
     c->device = device;
+    c->smem_optin = prop.sharedMemPerBlockOptin;
     const char *sync = getenv("PC_CUDA_SYNC");
     c->sync_launches = sync && !strcmp(sync, "1");
     snprintf(c->device_name, sizeof c->device_name, "%.63s", prop.name);

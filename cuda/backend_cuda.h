@@ -22,6 +22,10 @@ backend *backend_cuda_create(int device, char *err, int errlen);
 /* Matrix products with TF32 tensor cores (on != 0) or in plain fp32 (on == 0); updates
  * be->info. Returns -1 when be is not a CUDA backend. */
 int backend_cuda_set_tf32(backend *be, int on);
+/* Attention on bf16 tensor cores (bf16 != 0; attention_tc.h: head_dim a multiple of 16,
+ * other shapes stay fp32) or in fp32 (0, the default); updates be->info. Returns -1 when
+ * be is not a CUDA backend. */
+int backend_cuda_set_attention(backend *be, int bf16);
 /* Largest attention head_dim the attention kernels take. */
 #define BACKEND_CUDA_MAX_HEAD_DIM 128
 

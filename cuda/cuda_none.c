@@ -18,6 +18,12 @@ int backend_cuda_set_tf32(backend *be, int on) {
     return -1;
 }
 
+int backend_cuda_set_attention(backend *be, int bf16) {
+    (void)be;
+    (void)bf16;
+    return -1;
+}
+
 comm *comm_nccl_create(comm *mpi, int device, pc_err *e) {
     (void)mpi;
     pc_errorf(e, "comm_nccl: device %d requested, but this build has no CUDA/NCCL (rebuild with -Dcuda=enabled)",

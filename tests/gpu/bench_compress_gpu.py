@@ -13,7 +13,8 @@
    bound 1 + projection FLOPs / dense FLOPs (tests/compress/bench_compress.py).
 4. With --torch 1: the same compress step in PyTorch eager on the same device (fp32
    frozen base and trainable tensors; --matmul tf32: TF32 matmuls, bf16: autocast to
-   bf16), its tokens/s and peak memory, and projcompd/PyTorch.
+   bf16), its tokens/s and peak memory, and projcompd/PyTorch. --attention (default bf16)
+   sets the daemon's backend.attention.
 5. Prints the commands it ran; exits 1 if any run failed.
 
 On an H100 (989.4 = dense bf16 TFLOP/s of the SXM part):
@@ -57,6 +58,8 @@ def parse():
         ap.add_argument("--" + k, type=int, default=v)
     ap.add_argument("--matmul", default="bf16", choices=["fp32", "tf32", "bf16"],
                     help="backend.matmul of the daemon (and the PyTorch equivalent)")
+    ap.add_argument("--attention", default="bf16", choices=["fp32", "bf16"],
+                    help="backend.attention of the daemon (PyTorch's attention runs under the same autocast)")
     ap.add_argument("--peak", type=float, default=989.4, help="device's dense bf16 TFLOP/s (989.4: H100 SXM)")
     ap.add_argument("--keep", default=None, help="directory for the base, shard and runs, reused between runs")
     a = ap.parse_args()
@@ -125,7 +128,7 @@ def write_job(a, root, bdir, shard):
         "data": {"train": [shard], "seq_len": a.seq},
         "train": {"steps": a.steps, "global_batch": a.batch, "micro_batch": a.micro, "warmup_steps": 1},
         "checkpoint": {"every_steps": 0, "keep": 1},
-        "backend": {"device": a.device, "matmul": a.matmul, "threads": a.threads},
+        "backend": {"device": a.device, "matmul": a.matmul, "attention": a.attention, "threads": a.threads},
     })
     return job
 
@@ -338,7 +341,8 @@ def main():
     print()
     print(f"base: d {a.hidden}, d_ff {a.ff}, {a.layers} layers, {a.heads}/{a.kv} heads x {a.hd}, vocab {a.vocab} -> "
           f"d' {a.dc}, d_ff' {a.ffc}; global batch {a.batch} x {a.seq} tokens (micro-batch {a.micro}), "
-          f"{a.steps} steps, median of the last {a.steps - a.warmup}; device {a.device}, matmul {a.matmul}")
+          f"{a.steps} steps, median of the last {a.steps - a.warmup}; device {a.device}, matmul {a.matmul}, "
+          f"attention {a.attention}")
     for k, v in res.items():
         if v.get("backend"):
             print(f"  {k}: {v['backend']}")

@@ -6,10 +6,11 @@
  * FLOPs per token are llama_flops_per_token (6N + attention, PaLM convention); MFU
  * divides the achieved FLOP/s by the peak given with -peak (default: H100 SXM dense,
  * 989.4 TFLOP/s with -bf16 1 (bf16 gemm inputs, fp32 accumulation), 494.7 with TF32,
- * 66.9 plain fp32). Peak device memory is sampled
- * with cudaMemGetInfo after every forward and backward.
+ * 66.9 plain fp32). -attn 1 runs attention on bf16 tensor cores
+ * (backend_cuda_set_attention). Peak device memory is sampled with cudaMemGetInfo after
+ * every forward and backward.
  *
- *   bench-gpu [-B 4] [-T 2048] [-steps 10] [-warmup 2] [-tf32 1] [-bf16 0] [-peak TFLOPS]
+ *   bench-gpu [-B 4] [-T 2048] [-steps 10] [-warmup 2] [-tf32 1] [-bf16 0] [-attn 0] [-peak TFLOPS]
  *             [-layers 16] [-device 0] */
 #include <cuda_runtime.h>
 #include <stdio.h>
@@ -46,7 +47,7 @@ static int arg_int(int argc, char **argv, int *i, int *out)
 
 int main(int argc, char **argv)
 {
-    int B = 4, T = 2048, steps = 10, warmup = 2, tf32 = 1, bf16 = 0, layers = 16, device = 0;
+    int B = 4, T = 2048, steps = 10, warmup = 2, tf32 = 1, bf16 = 0, attn = 0, layers = 16, device = 0;
     double peak_tflops = 0.0;
     for (int i = 1; i < argc; i++) {
         int bad = 0;
@@ -56,14 +57,15 @@ int main(int argc, char **argv)
         else if (!strcmp(argv[i], "-warmup")) bad = arg_int(argc, argv, &i, &warmup);
         else if (!strcmp(argv[i], "-tf32")) bad = arg_int(argc, argv, &i, &tf32);
         else if (!strcmp(argv[i], "-bf16")) bad = arg_int(argc, argv, &i, &bf16);
+        else if (!strcmp(argv[i], "-attn")) bad = arg_int(argc, argv, &i, &attn);
         else if (!strcmp(argv[i], "-layers")) bad = arg_int(argc, argv, &i, &layers);
         else if (!strcmp(argv[i], "-device")) bad = arg_int(argc, argv, &i, &device);
         else if (!strcmp(argv[i], "-peak") && i + 1 < argc) peak_tflops = atof(argv[++i]);
         else bad = 1;
         if (bad || B < 1 || T < 1 || steps < 1 || layers < 1 || layers > PC_MAX_LAYERS) {
             fprintf(stderr,
-                    "usage: bench-gpu [-B 4] [-T 2048] [-steps 10] [-warmup 2] [-tf32 1] [-bf16 0] [-peak TFLOPS] "
-                    "[-layers 16] [-device 0]\n");
+                    "usage: bench-gpu [-B 4] [-T 2048] [-steps 10] [-warmup 2] [-tf32 1] [-bf16 0] [-attn 0] "
+                    "[-peak TFLOPS] [-layers 16] [-device 0]\n");
             return 2;
         }
     }
@@ -81,6 +83,7 @@ int main(int argc, char **argv)
     }
     backend_cuda_set_tf32(be, tf32);
     if (bf16) be->ops->set_matmul(be, MATMUL_BF16);
+    backend_cuda_set_attention(be, attn);
 
     llama_config c;
     hf_config_defaults(&c);

@@ -4,8 +4,9 @@
  * the results as max|cuda - cpu| / max|cpu| (relative to the largest reference value,
  * so near-zero elements do not dominate). Tolerances: 1e-5 for the fp32 ops; 3e-3 for
  * gemm with TF32 tensor cores (10-bit mantissa inputs: about 1e-3 per product, and
- * coherent when the hardware truncates instead of rounding); 1e-6 relative for the
- * double sums that ops return.
+ * coherent when the hardware truncates instead of rounding); 3e-2 for attention on bf16
+ * tensor cores (backend_cuda_set_attention: bf16 q, k, v, dO and probabilities) against
+ * the CPU's fp32; 1e-6 relative for the double sums that ops return.
  * Strided views (a column slice of a wider buffer, as the model uses them) are checked
  * and the elements outside the slice must be left untouched. Exit 77 without a GPU. */
 #include <math.h>
@@ -21,6 +22,7 @@
 #define TOL_F32 1e-5
 #define TOL_TF32 3e-3
 #define TOL_SUM 1e-6
+#define TOL_ATT_BF16 3e-2
 
 typedef struct ctx {
     backend *cpu, *gpu;
@@ -311,7 +313,8 @@ static void test_rope(ctx *x)
 
 /* ---------------------------------------------------------------- attention */
 
-static void test_attention_case(ctx *x, int B, int T, int H, int KV, int hd)
+/* Both backends' attention forward and backward on the same random inputs, within tol. */
+static void test_attention_case(ctx *x, int B, int T, int H, int KV, int hd, double tol)
 {
     int C = (H + 2 * KV) * hd, qd = H * hd;
     size_t nq = (size_t)B * T * C, no = (size_t)B * T * qd, nl = (size_t)B * H * T;
@@ -323,9 +326,9 @@ static void test_attention_case(ctx *x, int B, int T, int H, int KV, int hd)
     x->gpu->ops->attention_fwd(x->gpu, out.g, lse.g, qg, kg, vg, B, T, H, KV, hd, C);
     char what[128];
     snprintf(what, sizeof what, "attention_fwd out B=%d T=%d H=%d KV=%d hd=%d", B, T, H, KV, hd);
-    check_pair(x, what, &out, TOL_F32);
+    check_pair(x, what, &out, tol);
     snprintf(what, sizeof what, "attention_fwd lse B=%d T=%d H=%d KV=%d hd=%d", B, T, H, KV, hd);
-    check_pair(x, what, &lse, TOL_F32);
+    check_pair(x, what, &lse, tol);
 
     /* dqkv starts random: the op must overwrite q, k and v parts entirely */
     pair dout = pair_randn(x, no, 1.0f), dqkv = pair_randn(x, nq, 1.0f);
@@ -334,7 +337,7 @@ static void test_attention_case(ctx *x, int B, int T, int H, int KV, int hd)
     x->gpu->ops->attention_bwd(x->gpu, dqkv.g, dqkv.g + qd, dqkv.g + qd + KV * hd, dout.g, out.g, lse.g, qg, kg, vg,
                                B, T, H, KV, hd, C);
     snprintf(what, sizeof what, "attention_bwd dq|dk|dv B=%d T=%d H=%d KV=%d hd=%d", B, T, H, KV, hd);
-    check_pair(x, what, &dqkv, TOL_F32);
+    check_pair(x, what, &dqkv, tol);
     pair_free(x, &qkv);
     pair_free(x, &out);
     pair_free(x, &lse);
@@ -342,14 +345,47 @@ static void test_attention_case(ctx *x, int B, int T, int H, int KV, int hd)
     pair_free(x, &dqkv);
 }
 
+/* The shapes, in fp32 (tol TOL_F32), then with the GPU's attention on bf16 tensor cores
+ * against the CPU's fp32 (TOL_ATT_BF16: bf16 inputs and probabilities, fp32 accumulation;
+ * tiles of 64 rows, so T = 64, 65, 128 and 300 cross tile edges and the diagonal). */
 static void test_attention(ctx *x)
 {
-    const int Ts[] = {1, 17, 128, 300}, hds[] = {16, 64, 128};
-    for (size_t i = 0; i < PC_ARRAY_LEN(Ts); i++)
-        for (size_t j = 0; j < PC_ARRAY_LEN(hds); j++) test_attention_case(x, 2, Ts[i], 4, 2, hds[j]);
-    test_attention_case(x, 1, 65, 8, 1, 32);  /* multi-query */
-    test_attention_case(x, 2, 40, 3, 3, 80);  /* multi-head, head_dim not a multiple of 32 */
-    test_attention_case(x, 1, 33, 6, 2, 2);   /* tiny heads */
+    for (int bf16 = 0; bf16 < 2; bf16++) {
+        double tol = bf16 ? TOL_ATT_BF16 : TOL_F32;
+        backend_cuda_set_attention(x->gpu, bf16);
+        const int Ts[] = {1, 17, 64, 65, 128, 300}, hds[] = {16, 64, 128};
+        for (size_t i = 0; i < PC_ARRAY_LEN(Ts); i++)
+            for (size_t j = 0; j < PC_ARRAY_LEN(hds); j++) test_attention_case(x, 2, Ts[i], 4, 2, hds[j], tol);
+        test_attention_case(x, 1, 65, 8, 1, 32, tol);  /* multi-query */
+        test_attention_case(x, 2, 40, 3, 3, 80, tol);  /* multi-head, head_dim not a multiple of 32 */
+        test_attention_case(x, 1, 33, 6, 2, 2, tol);   /* tiny heads (fp32 in either mode) */
+    }
+    /* the bf16 path really ran: its output differs from the fp32 kernels' */
+    const int B = 1, T = 100, H = 2, KV = 1, hd = 64, C = (H + 2 * KV) * hd;
+    pair qkv = pair_randn(x, (size_t)B * T * C, 1.0f);
+    float *o[2], *lse = be_alloc(x->gpu, (size_t)B * H * T);
+    for (int bf16 = 0; bf16 < 2; bf16++) {
+        backend_cuda_set_attention(x->gpu, bf16);
+        o[bf16] = be_alloc(x->gpu, (size_t)B * T * H * hd);
+        x->gpu->ops->attention_fwd(x->gpu, o[bf16], lse, qkv.g, qkv.g + H * hd, qkv.g + (H + KV) * hd, B, T, H, KV,
+                                   hd, C);
+    }
+    backend_cuda_set_attention(x->gpu, 0);
+    size_t n = (size_t)B * T * H * hd;
+    float *h0 = pc_alloc_f32(n), *h1 = pc_alloc_f32(n);
+    be_download(x->gpu, h0, o[0], n);
+    be_download(x->gpu, h1, o[1], n);
+    double diff = 0.0;
+    for (size_t i = 0; i < n; i++) diff = fmax(diff, fabs((double)h0[i] - h1[i]));
+    char what[128];
+    snprintf(what, sizeof what, "attention bf16 differs from fp32 kernels (max %.1e > 1e-5)", diff);
+    report(x, what, diff > 1e-5 ? 0.0 : 1.0, 0.5); /* err 1: the bf16 path did not run */
+    free(h0);
+    free(h1);
+    be_free(x->gpu, o[0]);
+    be_free(x->gpu, o[1]);
+    be_free(x->gpu, lse);
+    pair_free(x, &qkv);
 }
 
 /* ---------------------------------------------------------------- swiglu, losses */

@@ -5,8 +5,10 @@
   relative, grad norms within 1e-3, the fused weights within 1e-4 of their max; with
   TF32 the first loss within 1e-3 and the last within 1e-2; with bf16 products against
   the CPU backend's bf16 emulation (the same rounded inputs): first loss within 1e-4,
-  last within 1e-2, and the GPU's bf16 run differs from its fp32 run (these runs use
-  magnitude importance, so that both sides keep the same indices).
+  last within 1e-2, and the GPU's bf16 run differs from its fp32 run; with attention on
+  bf16 tensor cores (backend.attention) against the CPU's fp32: first loss within 1e-2,
+  last within 2e-2 (these runs use magnitude importance, so that both sides keep the same
+  indices).
 - store_grads + distillation and activation importance on the GPU: the same kept
   indices (importance.txt) as on the CPU; the same again with activation checkpointing
   on the GPU side.
@@ -122,6 +124,11 @@ def main():
         pclib.check(r0 < 1e-4 and r1 < 1e-2, f"{mode} bf16 GPU vs CPU emulation: first loss rel {r0:.2e}, last {r1:.2e}")
         g32 = result(run(f"{mode}-fp32-mag", 1, f"run.mode={mode}", "backend.device=cuda", "backend.matmul=fp32", mag))
         pclib.check(not np.array_equal(g16[0], g32[0]), f"{mode}: bf16 products change the GPU run")
+        ga = result(run(f"{mode}-attn-bf16", 1, f"run.mode={mode}", "backend.device=cuda", "backend.matmul=fp32",
+                        "backend.attention=bf16", mag))
+        r0, r1 = abs(ga[0][0] - cpu_m[0][0]) / cpu_m[0][0], abs(ga[0][-1] - cpu_m[0][-1]) / cpu_m[0][-1]
+        pclib.check(r0 < 1e-2 and r1 < 2e-2 and not np.array_equal(ga[0], g32[0]),
+                    f"{mode} bf16 tensor-core attention vs CPU fp32: first loss rel {r0:.2e}, last {r1:.2e}")
 
     sets = ["compress.store_grads=true", "distill.enabled=true"]
     a = result(run("sd-cpu", 1, "backend.device=cpu", *sets))
