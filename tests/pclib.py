@@ -207,3 +207,19 @@ def tiny_pretrain_inputs(root, vocab=64):
                    "intermediate_size": 64, "num_hidden_layers": 1, "num_attention_heads": 2,
                    "num_key_value_heads": 2, "max_position_embeddings": 64}, f)
     return mcfg, shard
+
+
+def tiny_pretrain_job(root, seq_len, steps, backend):
+    """A pretrain job (job.yaml path) on tiny_pretrain_inputs: random init from the config,
+    the shard for training and validation, global batch 4 of micro-batches of 2."""
+    mcfg, shard = tiny_pretrain_inputs(root)
+    job = os.path.join(root, "pretrain.yaml")
+    write_yaml(job, {
+        "run": {"dir": os.path.join(root, "unset"), "mode": "pretrain", "seed": 1},
+        "model": {"config": mcfg},
+        "data": {"train": [shard], "valid": [shard], "seq_len": seq_len},
+        "train": {"steps": steps, "global_batch": 4, "micro_batch": 2, "lr": 1e-2, "warmup_steps": 1},
+        "eval": {"batches": 2},
+        "backend": backend,
+    })
+    return job

@@ -1,7 +1,9 @@
-/* testutil: helpers shared by the cmocka unit tests (a temporary directory per test). */
+/* testutil: helpers shared by the C tests (a temporary directory per test; the relative
+ * error the backend comparisons report). */
 #ifndef PC_TESTUTIL_H
 #define PC_TESTUTIL_H
 
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 
@@ -16,6 +18,18 @@ static inline int test_rmtree(const char *dir) {
     char cmd[600];
     snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
     return system(cmd) == 0 ? 0 : -1;
+}
+
+/* max|ref - got| / max|ref| over n values (max|got| when ref is all zero); NAN when either
+ * holds a non-finite value. Near-zero elements do not dominate. */
+static inline double test_rel_max_err(const float *ref, const float *got, size_t n) {
+    double mx = 0.0, diff = 0.0;
+    for (size_t i = 0; i < n; i++) {
+        if (!isfinite(got[i]) || !isfinite(ref[i])) return NAN;
+        mx = fmax(mx, fabs((double)ref[i]));
+        diff = fmax(diff, fabs((double)ref[i] - got[i]));
+    }
+    return mx > 0.0 ? diff / mx : diff;
 }
 
 #endif

@@ -72,16 +72,7 @@ def main():
                 "resumed guarded run: output bitwise equal the uninterrupted CPU run")
 
     # pretrain from a config (random init) and eval of its output
-    mcfg, shard = pclib.tiny_pretrain_inputs(root)
-    pjob = os.path.join(root, "pretrain.yaml")
-    pclib.write_yaml(pjob, {
-        "run": {"dir": os.path.join(root, "unset"), "mode": "pretrain", "seed": 1},
-        "model": {"config": mcfg},
-        "data": {"train": [shard], "valid": [shard], "seq_len": SEQ},
-        "train": {"steps": 5, "global_batch": 4, "micro_batch": 2, "lr": 1e-2, "warmup_steps": 1},
-        "eval": {"batches": 2},
-        "backend": {"threads": 1},
-    })
+    pjob = pclib.tiny_pretrain_job(root, SEQ, 5, {"threads": 1})
     a, b = pair(root, pjob, "pretrain", 1)
     pclib.same_outputs(a, b, "pretrain np1")
     ev = []

@@ -49,16 +49,7 @@ def main():
                     f"backend.device={dev}")
             pclib.same_outputs(pclib.run_outputs(ref), pclib.run_outputs(d),
                                f"{name} np{np_}: recomputing on {dev} vs keeping every activation on cpu")
-    mcfg, shard = pclib.tiny_pretrain_inputs(root)
-    pjob = os.path.join(root, "pretrain.yaml")
-    pclib.write_yaml(pjob, {
-        "run": {"dir": os.path.join(root, "unset"), "mode": "pretrain", "seed": 1},
-        "model": {"config": mcfg},
-        "data": {"train": [shard], "valid": [shard], "seq_len": SEQ},
-        "train": {"steps": 4, "global_batch": 4, "micro_batch": 2, "lr": 1e-2, "warmup_steps": 1},
-        "eval": {"batches": 2},
-        "backend": {"device": "cpu"},
-    })
+    pjob = pclib.tiny_pretrain_job(root, SEQ, 4, {"device": "cpu"})
     a = run(root, pjob, "pretrain", 1)
     b = run(root, pjob, "pretrain-rc", 1, "train.activation_checkpointing=true")
     pclib.same_outputs(pclib.run_outputs(a), pclib.run_outputs(b), "pretrain np1: recomputing vs keeping")

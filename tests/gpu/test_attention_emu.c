@@ -15,26 +15,16 @@
 
 #include "attention_emu.h"
 #include "backend.h"
+#include "testutil.h"
 #include "util.h"
 
 #define TOL 1e-2
 
 static int failures, checks;
 
-static double rel_max_err(const float *ref, const float *got, size_t n)
-{
-    double mx = 0.0, diff = 0.0;
-    for (size_t i = 0; i < n; i++) {
-        if (!isfinite(got[i]) || !isfinite(ref[i])) return NAN;
-        mx = fmax(mx, fabs((double)ref[i]));
-        diff = fmax(diff, fabs((double)ref[i] - got[i]));
-    }
-    return mx > 0.0 ? diff / mx : diff;
-}
-
 static void check(const char *what, const float *ref, const float *got, size_t n)
 {
-    double err = rel_max_err(ref, got, n);
+    double err = test_rel_max_err(ref, got, n);
     int ok = err <= TOL && err > 0.0;
     checks++;
     failures += !ok;

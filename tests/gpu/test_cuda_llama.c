@@ -16,6 +16,7 @@
 #include "backend_cuda.h"
 #include "device.h"
 #include "llama.h"
+#include "testutil.h"
 #include "util.h"
 
 #define TOL_LOSS 1e-5
@@ -32,17 +33,6 @@ static void report(const char *what, double err, double tol)
         printf("%-4s %-64s err %.3e (tol %.0e)\n", ok ? "ok" : "FAIL", what, err, tol);
 }
 
-static double rel_max_err(const float *ref, const float *got, size_t n)
-{
-    double mx = 0.0, diff = 0.0;
-    for (size_t i = 0; i < n; i++) {
-        if (!isfinite(got[i]) || !isfinite(ref[i])) return NAN;
-        mx = fmax(mx, fabs((double)ref[i]));
-        diff = fmax(diff, fabs((double)ref[i] - got[i]));
-    }
-    return mx > 0.0 ? diff / mx : diff;
-}
-
 /* Compare a device buffer of each model (n elements at the given pointers). */
 static void compare_buffers(const char *what, backend *bc, const float *pc, backend *bg, const float *pg, size_t n,
                             double tol)
@@ -50,7 +40,7 @@ static void compare_buffers(const char *what, backend *bc, const float *pc, back
     float *hc = pc_alloc_f32(n), *hg = pc_alloc_f32(n);
     be_download(bc, hc, pc, n);
     be_download(bg, hg, pg, n);
-    report(what, rel_max_err(hc, hg, n), tol);
+    report(what, test_rel_max_err(hc, hg, n), tol);
     free(hc);
     free(hg);
 }
@@ -66,7 +56,7 @@ static void compare_grads(const char *tag, llama_model *mc, llama_model *mg)
         const llama_tensor *t = llama_tensor_at(mc, i);
         char what[160];
         snprintf(what, sizeof what, "%s grad %s", tag, t->name);
-        double err = rel_max_err(hc + t->offset, hg + t->offset, (size_t)t->numel);
+        double err = test_rel_max_err(hc + t->offset, hg + t->offset, (size_t)t->numel);
         worst = isnan(err) ? err : fmax(worst, err);
         report(what, err, TOL_TENSOR);
     }

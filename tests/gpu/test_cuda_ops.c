@@ -17,6 +17,7 @@
 #include "backend.h"
 #include "backend_cuda.h"
 #include "device.h"
+#include "testutil.h"
 #include "util.h"
 
 #define TOL_F32 1e-5
@@ -91,25 +92,12 @@ static void report(ctx *x, const char *what, double err, double tol)
     printf("%-4s %-58s err %.3e (tol %.0e)\n", ok ? "ok" : "FAIL", what, err, tol);
 }
 
-/* max|a-b| / max|a| over n host values */
-static double rel_max_err(const float *ref, const float *got, size_t n)
-{
-    double mx = 0.0, diff = 0.0;
-    for (size_t i = 0; i < n; i++) {
-        double r = ref[i], g = got[i];
-        if (!isfinite(g)) return NAN;
-        mx = fmax(mx, fabs(r));
-        diff = fmax(diff, fabs(r - g));
-    }
-    return mx > 0.0 ? diff / mx : diff;
-}
-
 static void check_pair(ctx *x, const char *what, const pair *p, double tol)
 {
     float *hc = pc_alloc_f32(p->n), *hg = pc_alloc_f32(p->n);
     be_download(x->cpu, hc, p->c, p->n);
     be_download(x->gpu, hg, p->g, p->n);
-    report(x, what, rel_max_err(hc, hg, p->n), tol);
+    report(x, what, test_rel_max_err(hc, hg, p->n), tol);
     free(hc);
     free(hg);
 }
@@ -134,21 +122,21 @@ static void test_memory(ctx *x)
     float *src = host_randn(x, n, 1.0f);
     be_upload(x->gpu, z, src, n);
     be_download(x->gpu, h, z, n);
-    report(x, "upload/download round trip", rel_max_err(src, h, n), 0.0);
+    report(x, "upload/download round trip", test_rel_max_err(src, h, n), 0.0);
     float *w = be_alloc(x->gpu, n);
     be_copy(x->gpu, w, z, n);
     be_download(x->gpu, h, w, n);
-    report(x, "copy", rel_max_err(src, h, n), 0.0);
+    report(x, "copy", test_rel_max_err(src, h, n), 0.0);
     be_copy(x->gpu, z + 10, z, n - 10); /* overlapping, memmove semantics */
     be_download(x->gpu, h, z, n);
     float *want = pc_alloc_f32(n);
     memcpy(want, src, n * sizeof(float));
     memmove(want + 10, want, (n - 10) * sizeof(float));
-    report(x, "copy of overlapping ranges", rel_max_err(want, h, n), 0.0);
+    report(x, "copy of overlapping ranges", test_rel_max_err(want, h, n), 0.0);
     be_zero(x->gpu, z + 5, 20);
     be_download(x->gpu, h, z, n);
     memset(want + 5, 0, 20 * sizeof(float));
-    report(x, "zero of a sub-range", rel_max_err(want, h, n), 0.0);
+    report(x, "zero of a sub-range", test_rel_max_err(want, h, n), 0.0);
     int32_t ih[7] = {3, -1, 0, 7, 2147483647, -2147483647, 5}, *id = be_alloc_i32(x->gpu, 7);
     x->gpu->ops->upload_i32(x->gpu, id, ih, 7);
     int32_t back[7];
@@ -197,7 +185,7 @@ static void test_gemm(ctx *x, matmul_mode mode)
                 float *r = pc_alloc_f32(D.n), *g = pc_alloc_f32(D.n);
                 be_download(x->cpu, r, D.c, D.n);
                 be_download(x->gpu, g, D.g, D.n);
-                double err = rel_max_err(r, g, D.n);
+                double err = test_rel_max_err(r, g, D.n);
                 x->checks++;
                 if (!(err > 1e-4)) x->failures++;
                 printf("%-4s gemm bf16 differs from the fp32 product (rounded inputs): %.3e > 1e-4\n",

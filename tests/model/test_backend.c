@@ -278,6 +278,14 @@ static void test_llama_table_and_init(void **state)
     backend_destroy(be);
 }
 
+/* A three-layer GQA model with per-layer d_ff (vocab 40, d 16, 4/2 heads of 4), untied. */
+static void three_layer_config(llama_config *c)
+{
+    hf_config_defaults(c);
+    c->vocab_size = 40, c->d_model = 16, c->n_layers = 3, c->n_heads = 4, c->n_kv_heads = 2, c->head_dim = 4;
+    c->d_ff = 20, c->d_ff_layer[0] = 20, c->d_ff_layer[1] = 12, c->d_ff_layer[2] = 16, c->tie_word_embeddings = 0;
+}
+
 /* A forward-only model (a teacher) gives bitwise the full model's logits and loss, with
  * no gradient buffer. */
 static void test_llama_forward_only(void **state)
@@ -285,9 +293,8 @@ static void test_llama_forward_only(void **state)
     (void)state;
     backend *be = backend_cpu_create(1);
     llama_config c;
-    hf_config_defaults(&c);
-    c.vocab_size = 40, c.d_model = 16, c.n_layers = 3, c.n_heads = 4, c.n_kv_heads = 2, c.head_dim = 4;
-    c.d_ff = 20, c.d_ff_layer[0] = 20, c.d_ff_layer[1] = 12, c.d_ff_layer[2] = 16, c.tie_word_embeddings = 1;
+    three_layer_config(&c);
+    c.tie_word_embeddings = 1;
     llama_model full, fwd;
     pc_err e;
     const int B = 2, T = 5, V = 40;
@@ -317,9 +324,7 @@ static void test_llama_recompute(void **state)
     (void)state;
     backend *be = backend_cpu_create(1);
     llama_config c;
-    hf_config_defaults(&c);
-    c.vocab_size = 40, c.d_model = 16, c.n_layers = 3, c.n_heads = 4, c.n_kv_heads = 2, c.head_dim = 4;
-    c.d_ff = 20, c.d_ff_layer[0] = 20, c.d_ff_layer[1] = 12, c.d_ff_layer[2] = 16;
+    three_layer_config(&c);
     const int B = 2, T = 5, V = 40;
     for (int tied = 0; tied < 2; tied++) {
         c.tie_word_embeddings = tied;

@@ -532,6 +532,24 @@ static int32_t *count_alloc_i32(backend *be, size_t n) {
     return cpu_ops->alloc_i32(be, n);
 }
 
+/* A CPU backend whose allocations add to counted_bytes (restore with counting_end). */
+static backend *counting_begin(void) {
+    static backend_ops counting;
+    backend *be = backend_cpu_create(1);
+    cpu_ops = be->ops;
+    counting = *be->ops;
+    counting.alloc = count_alloc;
+    counting.alloc_i32 = count_alloc_i32;
+    be->ops = &counting;
+    counted_bytes = 0;
+    return be;
+}
+
+static void counting_end(backend *be) {
+    be->ops = cpu_ops;
+    backend_destroy(be);
+}
+
 static void test_teacher(void **state) {
     (void)state;
     static llama_config base, small;
@@ -551,22 +569,14 @@ static void test_teacher(void **state) {
     assert_non_null(strstr(text, "# distill teacher "));
     free(text);
 
-    backend *be = backend_cpu_create(1);
-    cpu_ops = be->ops;
-    static backend_ops counting;
-    counting = *be->ops;
-    counting.alloc = count_alloc;
-    counting.alloc_i32 = count_alloc_i32;
-    be->ops = &counting;
-    counted_bytes = 0;
+    backend *be = counting_begin();
     llama_model m;
     pc_err e = {{0}};
     assert_int_equal(llama_init_forward_only(&m, &base, be, o.micro_batch, o.seq_len, &e), 0);
     size_t N = (size_t)o.micro_batch * o.seq_len, rope = 2 * (size_t)o.seq_len * (base.head_dim / 2);
     assert_int_equal(counted_bytes - 4 * (2 * N + rope), with.teacher_bytes);
     llama_free(&m);
-    be->ops = cpu_ops;
-    backend_destroy(be);
+    counting_end(be);
     plan_free(&without);
     plan_free(&with);
 }
@@ -594,13 +604,7 @@ static void test_activations(void **state) {
     assert_non_null(strstr(text, "  recompute 1  "));
     free(text);
 
-    backend *be = backend_cpu_create(1);
-    cpu_ops = be->ops;
-    static backend_ops counting;
-    counting = *be->ops;
-    counting.alloc = count_alloc;
-    counting.alloc_i32 = count_alloc_i32;
-    be->ops = &counting;
+    backend *be = counting_begin();
     size_t N = (size_t)o.micro_batch * o.seq_len, rope = 2 * (size_t)o.seq_len * (small.head_dim / 2);
     size_t fixed = 4 * (2 * (size_t)hf_config_n_params(&small) + 2 * N + rope);
     for (int recompute = 0; recompute < 2; recompute++) {
@@ -613,8 +617,7 @@ static void test_activations(void **state) {
         assert_int_equal(counted_bytes - fixed, (recompute ? rc : keep).ranks[0].act_bytes);
         llama_free(&m);
     }
-    be->ops = cpu_ops;
-    backend_destroy(be);
+    counting_end(be);
     plan_free(&keep);
     plan_free(&rc);
 }
