@@ -23,6 +23,7 @@
 
 #include "attention_tc_kernels.cuh"
 #include "cuda_check.h"
+#include "launch.h"
 
 /* ---------------------------------------------------------------- launchers */
 
@@ -44,7 +45,7 @@ extern "C" void attn_tc_fwd(cudaStream_t s, float *out, float *lse, const float 
     const size_t bytes = atc_fwd_smem(hd);
     atc_smem((const void *)k_atc_fwd, bytes);
     dim3 grid((unsigned)((T + ATC_ROWS - 1) / ATC_ROWS), (unsigned)H, (unsigned)B);
-    k_atc_fwd<<<grid, ATC_WARPS * 32, bytes, s>>>(out, lse, q, k, v, T, H, KV, hd, ld, 1.0f / sqrtf((float)hd));
+    PC_LAUNCH(k_atc_fwd, grid, ATC_WARPS * 32, bytes, s)(out, lse, q, k, v, T, H, KV, hd, ld, 1.0f / sqrtf((float)hd));
     CUDA_CHECK(cudaGetLastError());
 }
 
@@ -57,9 +58,9 @@ extern "C" void attn_tc_bwd(cudaStream_t s, float *dq, float *dk, float *dv, con
     atc_smem((const void *)k_atc_dq, b_dq);
     atc_smem((const void *)k_atc_dkv, b_dkv);
     dim3 gq((unsigned)((T + ATC_ROWS - 1) / ATC_ROWS), (unsigned)H, (unsigned)B);
-    k_atc_dq<<<gq, ATC_WARPS * 32, b_dq, s>>>(dq, dout, lse, D, q, k, v, T, H, KV, hd, ld, scale);
+    PC_LAUNCH(k_atc_dq, gq, ATC_WARPS * 32, b_dq, s)(dq, dout, lse, D, q, k, v, T, H, KV, hd, ld, scale);
     CUDA_CHECK(cudaGetLastError());
     dim3 gkv((unsigned)((T + ATC_ROWS - 1) / ATC_ROWS), (unsigned)KV, (unsigned)B);
-    k_atc_dkv<<<gkv, ATC_WARPS * 32, b_dkv, s>>>(dk, dv, dout, lse, D, q, k, v, T, H, KV, hd, ld, scale);
+    PC_LAUNCH(k_atc_dkv, gkv, ATC_WARPS * 32, b_dkv, s)(dk, dv, dout, lse, D, q, k, v, T, H, KV, hd, ld, scale);
     CUDA_CHECK(cudaGetLastError());
 }

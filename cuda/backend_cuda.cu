@@ -25,6 +25,7 @@
 
 #include "attention_tc.h"
 #include "cuda_check.h"
+#include "launch.h"
 
 #define CUBLAS_CHECK(call)                                                                                     \
     do {                                                                                                       \
@@ -193,7 +194,7 @@ __global__ void k_reduce_doubles(double *result, const double *part, const doubl
 /* Reduce part (and part2) on the device and bring the two sums back. */
 static void reduce_to_host(cuda_impl *c, const double *part, const double *part2, size_t n, double out[2])
 {
-    k_reduce_doubles<<<1, 1024, 0, c->stream>>>(c->result, part, part2, n);
+    PC_LAUNCH(k_reduce_doubles, 1, 1024, 0, c->stream)(c->result, part, part2, n);
     launch_check(c, __FILE__, __LINE__);
     CUDA_CHECK(cudaMemcpyAsync(c->result_host, c->result, 2 * sizeof(double), cudaMemcpyDeviceToHost, c->stream));
     CUDA_CHECK(cudaStreamSynchronize(c->stream));
@@ -324,7 +325,7 @@ __global__ void k_widen_bf16(float *dst, const uint16_t *src, size_t n)
 static void cu_widen_bf16(backend *be, float *dst, const uint16_t *src, size_t n)
 {
     if (!n) return;
-    k_widen_bf16<<<grid_for(n, 256), 256, 0, impl_of(be)->stream>>>(dst, src, n);
+    PC_LAUNCH(k_widen_bf16, grid_for(n, 256), 256, 0, impl_of(be)->stream)(dst, src, n);
     LAUNCH_CHECK();
 }
 
@@ -357,7 +358,7 @@ static const __nv_bfloat16 *to_bf16(cuda_impl *c, uint16_t **buf, size_t *have, 
                                     int ld)
 {
     __nv_bfloat16 *dst = (__nv_bfloat16 *)grow_bf16(c, buf, have, (size_t)rows * cols);
-    k_round_bf16<<<grid_for((size_t)rows * cols, 256), 256, 0, c->stream>>>(dst, src, rows, cols, ld);
+    PC_LAUNCH(k_round_bf16, grid_for((size_t)rows * cols, 256), 256, 0, c->stream)(dst, src, rows, cols, ld);
     launch_check(c, __FILE__, __LINE__);
     return dst;
 }
@@ -417,14 +418,14 @@ __global__ void k_embedding_bwd(float *dtable, const float *dout, const int32_t 
 static void cu_embedding_fwd(backend *be, float *out, const float *table, const int32_t *tokens, int N, int d)
 {
     if (N <= 0 || d <= 0) return;
-    k_embedding_fwd<<<N, 256, 0, impl_of(be)->stream>>>(out, table, tokens, d);
+    PC_LAUNCH(k_embedding_fwd, N, 256, 0, impl_of(be)->stream)(out, table, tokens, d);
     LAUNCH_CHECK();
 }
 
 static void cu_embedding_bwd(backend *be, float *dtable, const float *dout, const int32_t *tokens, int N, int d)
 {
     if (N <= 0 || d <= 0) return;
-    k_embedding_bwd<<<N, 256, 0, impl_of(be)->stream>>>(dtable, dout, tokens, d);
+    PC_LAUNCH(k_embedding_bwd, N, 256, 0, impl_of(be)->stream)(dtable, dout, tokens, d);
     LAUNCH_CHECK();
 }
 
@@ -477,7 +478,7 @@ static void cu_rmsnorm_fwd(backend *be, float *out, float *rstd, const float *x,
                            float eps)
 {
     if (N <= 0 || d <= 0) return;
-    k_rmsnorm_fwd<<<N, 256, 0, impl_of(be)->stream>>>(out, rstd, x, w, d, eps);
+    PC_LAUNCH(k_rmsnorm_fwd, N, 256, 0, impl_of(be)->stream)(out, rstd, x, w, d, eps);
     LAUNCH_CHECK();
 }
 
@@ -486,10 +487,10 @@ static void cu_rmsnorm_bwd(backend *be, float *dx, float *dw, const float *dout,
 {
     cudaStream_t s = impl_of(be)->stream;
     if (N <= 0 || d <= 0) return;
-    k_rmsnorm_bwd_dx<<<N, 256, 0, s>>>(dx, dout, x, w, rstd, d);
+    PC_LAUNCH(k_rmsnorm_bwd_dx, N, 256, 0, s)(dx, dout, x, w, rstd, d);
     LAUNCH_CHECK();
     dim3 grid((unsigned)((d + 255) / 256), (unsigned)((N + RMS_DW_ROWS - 1) / RMS_DW_ROWS));
-    k_rmsnorm_bwd_dw<<<grid, 256, 0, s>>>(dw, dout, x, rstd, N, d);
+    PC_LAUNCH(k_rmsnorm_bwd_dw, grid, 256, 0, s)(dw, dout, x, rstd, N, d);
     LAUNCH_CHECK();
 }
 
@@ -519,7 +520,8 @@ static void rope_launch(backend *be, float *x, const float *cos_t, const float *
 {
     size_t total = (size_t)B * T * n_heads * (hd / 2);
     if (total == 0) return;
-    k_rope<<<grid_for(total, 256), 256, 0, impl_of(be)->stream>>>(x, cos_t, sin_t, T, n_heads, hd, ld, sign, total);
+    PC_LAUNCH(k_rope, grid_for(total, 256), 256, 0, impl_of(be)->stream)(x, cos_t, sin_t, T, n_heads, hd, ld, sign,
+                                                                         total);
     LAUNCH_CHECK();
 }
 
@@ -795,7 +797,7 @@ static void cu_attention_fwd(backend *be, float *out, float *lse, const float *q
         return;
     }
     dim3 grid((unsigned)((T + ATT_WARPS - 1) / ATT_WARPS), (unsigned)H, (unsigned)B);
-    k_attention_fwd<<<grid, ATT_WARPS * 32, 0, impl_of(be)->stream>>>(out, lse, q, k, v, T, H, KV, hd, ld,
+    PC_LAUNCH(k_attention_fwd, grid, ATT_WARPS * 32, 0, impl_of(be)->stream)(out, lse, q, k, v, T, H, KV, hd, ld,
                                                                       1.0f / sqrtf((float)hd));
     LAUNCH_CHECK();
 }
@@ -810,19 +812,20 @@ static void cu_attention_bwd(backend *be, float *dq, float *dk, float *dv, const
     const float scale = 1.0f / sqrtf((float)hd);
     size_t rows = (size_t)B * T * H;
     grow_f32(c, &c->att_d, &c->att_d_n, rows);
-    k_attention_dsum<<<(unsigned)((rows * 32 + 255) / 256), 256, 0, c->stream>>>(c->att_d, dout, out, B, T, H, hd);
+    const unsigned g_dsum = (unsigned)((rows * 32 + 255) / 256); /* a warp per (b, t, h) row */
+    PC_LAUNCH(k_attention_dsum, g_dsum, 256, 0, c->stream)(c->att_d, dout, out, B, T, H, hd);
     LAUNCH_CHECK();
     if (c->attn_bf16 && attn_tc_supported(hd, c->smem_optin)) {
         attn_tc_bwd(c->stream, dq, dk, dv, dout, lse, c->att_d, q, k, v, B, T, H, KV, hd, ld);
         return;
     }
     dim3 gq((unsigned)((T + ATT_WARPS - 1) / ATT_WARPS), (unsigned)H, (unsigned)B);
-    k_attention_bwd_dq<<<gq, ATT_WARPS * 32, 0, c->stream>>>(dq, dout, lse, c->att_d, q, k, v, T, H, KV, hd, ld,
-                                                             scale);
+    PC_LAUNCH(k_attention_bwd_dq, gq, ATT_WARPS * 32, 0, c->stream)(dq, dout, lse, c->att_d, q, k, v, T, H, KV, hd, ld,
+                                                                    scale);
     LAUNCH_CHECK();
     dim3 gkv((unsigned)((T + ATT_WARPS - 1) / ATT_WARPS), (unsigned)KV, (unsigned)B);
-    k_attention_bwd_dkv<<<gkv, ATT_WARPS * 32, 0, c->stream>>>(dk, dv, dout, lse, c->att_d, q, k, v, T, H, KV, hd,
-                                                               ld, scale);
+    PC_LAUNCH(k_attention_bwd_dkv, gkv, ATT_WARPS * 32, 0, c->stream)(dk, dv, dout, lse, c->att_d, q, k, v, T, H, KV,
+                                                                      hd, ld, scale);
     LAUNCH_CHECK();
 }
 
@@ -856,7 +859,7 @@ static void cu_swiglu_fwd(backend *be, float *out, const float *gate, const floa
 {
     size_t total = (size_t)N * f;
     if (N <= 0 || f <= 0) return;
-    k_swiglu_fwd<<<grid_for(total, 256), 256, 0, impl_of(be)->stream>>>(out, gate, up, f, ld_in, total);
+    PC_LAUNCH(k_swiglu_fwd, grid_for(total, 256), 256, 0, impl_of(be)->stream)(out, gate, up, f, ld_in, total);
     LAUNCH_CHECK();
 }
 
@@ -865,7 +868,8 @@ static void cu_swiglu_bwd(backend *be, float *dgate, float *dup, const float *do
 {
     size_t total = (size_t)N * f;
     if (N <= 0 || f <= 0) return;
-    k_swiglu_bwd<<<grid_for(total, 256), 256, 0, impl_of(be)->stream>>>(dgate, dup, dout, gate, up, f, ld_in, total);
+    PC_LAUNCH(k_swiglu_bwd, grid_for(total, 256), 256, 0, impl_of(be)->stream)(dgate, dup, dout, gate, up, f, ld_in,
+                                                                               total);
     LAUNCH_CHECK();
 }
 
@@ -923,7 +927,7 @@ static double cu_xent_fwd(backend *be, float *lse, const float *logits, const in
         return 0.0;
     }
     double *part = red_scratch(c, 2 * (size_t)N);
-    k_xent_fwd<<<N, 256, 0, c->stream>>>(lse, part, part + N, logits, targets, V);
+    PC_LAUNCH(k_xent_fwd, N, 256, 0, c->stream)(lse, part, part + N, logits, targets, V);
     LAUNCH_CHECK();
     double res[2];
     reduce_to_host(c, part, part + N, (size_t)N, res);
@@ -935,7 +939,7 @@ static void cu_xent_bwd(backend *be, float *dlogits, const float *logits, const 
                         int N, int V, float scale)
 {
     if (N <= 0) return;
-    k_xent_bwd<<<N, 256, 0, impl_of(be)->stream>>>(dlogits, logits, lse, targets, V, scale);
+    PC_LAUNCH(k_xent_bwd, N, 256, 0, impl_of(be)->stream)(dlogits, logits, lse, targets, V, scale);
     LAUNCH_CHECK();
 }
 
@@ -998,7 +1002,7 @@ static double cu_distill(backend *be, float *logits, const float *teacher, const
     cuda_impl *c = impl_of(be);
     if (N <= 0) return 0.0;
     double *part = red_scratch(c, (size_t)N);
-    k_distill<<<N, 256, 0, c->stream>>>(part, logits, teacher, targets, V, alpha, temperature, scale);
+    PC_LAUNCH(k_distill, N, 256, 0, c->stream)(part, logits, teacher, targets, V, alpha, temperature, scale);
     LAUNCH_CHECK();
     double res[2];
     reduce_to_host(c, part, NULL, (size_t)N, res);
@@ -1063,7 +1067,7 @@ __global__ void k_adamw(float *p, const float *g, float *m, float *v, size_t n, 
 static void cu_add(backend *be, float *y, const float *a, const float *b, size_t n)
 {
     if (!n) return;
-    k_add<<<grid_for(n, 256), 256, 0, impl_of(be)->stream>>>(y, a, b, n);
+    PC_LAUNCH(k_add, grid_for(n, 256), 256, 0, impl_of(be)->stream)(y, a, b, n);
     LAUNCH_CHECK();
 }
 
@@ -1077,21 +1081,22 @@ static void cu_add2d(backend *be, float *dst, int ld_dst, const float *src, int 
                                      sizeof(float) * (size_t)cols, (size_t)rows, cudaMemcpyDeviceToDevice, c->stream));
         return;
     }
-    k_add2d<<<grid_for((size_t)rows * cols, 256), 256, 0, c->stream>>>(dst, ld_dst, src, ld_src, rows, cols, beta);
+    const unsigned grid = grid_for((size_t)rows * cols, 256);
+    PC_LAUNCH(k_add2d, grid, 256, 0, c->stream)(dst, ld_dst, src, ld_src, rows, cols, beta);
     LAUNCH_CHECK();
 }
 
 static void cu_scale(backend *be, float *x, float s, size_t n)
 {
     if (!n) return;
-    k_scale<<<grid_for(n, 256), 256, 0, impl_of(be)->stream>>>(x, s, n);
+    PC_LAUNCH(k_scale, grid_for(n, 256), 256, 0, impl_of(be)->stream)(x, s, n);
     LAUNCH_CHECK();
 }
 
 static void cu_axpy(backend *be, float *y, float alpha, const float *x, size_t n)
 {
     if (!n) return;
-    k_axpy<<<grid_for(n, 256), 256, 0, impl_of(be)->stream>>>(y, alpha, x, n);
+    PC_LAUNCH(k_axpy, grid_for(n, 256), 256, 0, impl_of(be)->stream)(y, alpha, x, n);
     LAUNCH_CHECK();
 }
 
@@ -1101,7 +1106,7 @@ static double cu_sumsq(backend *be, const float *x, size_t n)
     cuda_impl *c = impl_of(be);
     if (!n) return 0.0;
     double *part = red_scratch(c, SUMSQ_BLOCKS);
-    k_sumsq<<<SUMSQ_BLOCKS, 256, 0, c->stream>>>(part, x, n);
+    PC_LAUNCH(k_sumsq, SUMSQ_BLOCKS, 256, 0, c->stream)(part, x, n);
     LAUNCH_CHECK();
     double res[2];
     reduce_to_host(c, part, NULL, SUMSQ_BLOCKS, res);
@@ -1116,8 +1121,8 @@ static void cu_adamw(backend *be, float *p, const float *g, float *m, float *v, 
     double bc1 = 1.0 - pow(beta1, (double)step), bc2 = 1.0 - pow(beta2, (double)step);
     float step_size = (float)(lr / bc1), inv_sqrt_bc2 = (float)(1.0 / sqrt(bc2));
     float decay = 1.0f - lr * weight_decay;
-    k_adamw<<<grid_for(n, 256), 256, 0, impl_of(be)->stream>>>(p, g, m, v, n, beta1, beta2, eps, grad_scale,
-                                                               step_size, inv_sqrt_bc2, decay);
+    PC_LAUNCH(k_adamw, grid_for(n, 256), 256, 0, impl_of(be)->stream)(p, g, m, v, n, beta1, beta2, eps, grad_scale,
+                                                                      step_size, inv_sqrt_bc2, decay);
     LAUNCH_CHECK();
 }
 

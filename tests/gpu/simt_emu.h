@@ -1,13 +1,17 @@
-/* simt_emu: enough of CUDA's execution model to run cuda/attention_tc_kernels.cuh on
- * the host, so that its indexing, masking, tiling, online softmax and barriers are
- * checked on machines without a GPU.
+/* simt_emu: enough of CUDA's execution model to run the kernels of cuda/ on the host, so
+ * that their indexing, masking, reductions and barriers are checked on machines without
+ * a GPU (tests/gpu/emu_include/ adds the runtime and cuBLAS calls the backend makes).
  *
- * A launch runs the blocks one after another; each block's threads are host threads
- * (std::thread) sharing one dynamic shared-memory buffer, which starts filled with NaN
- * bytes so that a read of a value nobody wrote shows up. __syncthreads and __syncwarp
- * are barriers over the block's and the warp's threads (every kernel here keeps them
- * warp- and block-uniform, as CUDA requires), and __shfl_xor_sync exchanges through a
- * per-warp array between two warp barriers.
+ * A launch runs its blocks one after another on the calling host thread, each CUDA
+ * thread of a block a fiber (ucontext) that runs until it waits at a barrier or returns.
+ * __syncthreads and __syncwarp are barriers over the block's and the warp's threads; a
+ * thread that returns early drops out of them, as an exited GPU thread does, and a block
+ * whose threads all wait at barriers that cannot open aborts naming the block. __shared__
+ * variables are function statics (one block runs at a time) and the dynamic shared
+ * memory is one buffer; both keep what the previous block left, and the dynamic buffer
+ * starts as NaN bytes, so that a read of a value nobody wrote shows up. Warp shuffles
+ * exchange through a per-warp array between two warp barriers; with one host thread,
+ * atomicAdd is a plain add.
  *
  * WMMA (nvcuda::wmma, m16n16k16) follows its documented element layouts: a row-major
  * operand's element (r, c) at ptr[r * ldm + c], a column-major one's at ptr[c * ldm + r],
@@ -20,55 +24,109 @@
 
 #define PC_SIMT_EMU 1
 
-#include <algorithm>
-#include <barrier>
-#include <cmath>
 #include <math.h>
+#include <ucontext.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cmath>
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
+#include <functional>
 #include <memory>
-#include <thread>
+#include <cstdio>
 #include <type_traits>
 #include <vector>
 
+using std::max;
 using std::min;
 
 #define __global__
 #define __device__
+#define __host__
+#define __shared__ static
 #define __align__(n) alignas(n)
 
 struct emu_dim3 {
-    unsigned x = 1, y = 1, z = 1;
+    unsigned x, y, z;
+    emu_dim3(unsigned x_ = 1, unsigned y_ = 1, unsigned z_ = 1) : x(x_), y(y_), z(z_) {}
 };
 typedef emu_dim3 dim3;
 
-/* What the threads of the running block share. */
+/* The running block: one fiber (ucontext) per CUDA thread, all on the calling host
+ * thread, switched at barriers: a fiber runs until it waits at __syncthreads or
+ * __syncwarp or returns; a barrier opens when every thread of its block (or warp) that
+ * has not returned waits at it. */
+#define EMU_STACK (64 * 1024)
+
+struct emu_fiber {
+    ucontext_t ctx;
+    std::unique_ptr<char[]> stack; /* EMU_STACK bytes */
+    int wait = 0; /* 0 running or runnable, 1 at the block barrier, 2 at its warp barrier, 3 returned */
+};
+
 struct emu_block {
-    std::unique_ptr<std::barrier<>> block_bar;
-    std::vector<std::unique_ptr<std::barrier<>>> warp_bar; /* one per warp */
-    std::vector<float> shfl;                               /* 32 per warp */
+    std::vector<emu_fiber> fibers;
+    ucontext_t sched;
+    unsigned cur = 0;
+    std::vector<double> shfl; /* 32 per warp */
     char *smem = nullptr;
 };
 
-inline thread_local emu_dim3 threadIdx, blockIdx, blockDim, gridDim;
-inline thread_local emu_block *emu_cur = nullptr;
+inline emu_dim3 threadIdx, blockIdx, blockDim, gridDim;
+inline emu_block *emu_cur = nullptr;
 
-inline void __syncthreads() { emu_cur->block_bar->arrive_and_wait(); }
+/* Park the running fiber with state w and go back to the scheduler. */
+inline void emu_park(int w)
+{
+    emu_fiber &f = emu_cur->fibers[emu_cur->cur];
+    f.wait = w;
+    swapcontext(&f.ctx, &emu_cur->sched);
+}
+inline void __syncthreads() { emu_park(1); }
 inline void __syncwarp(unsigned mask = 0xffffffffu)
 {
     (void)mask;
-    emu_cur->warp_bar[threadIdx.x >> 5]->arrive_and_wait();
+    emu_park(2);
 }
-inline float __shfl_xor_sync(unsigned mask, float v, int lane_mask)
+
+/* Lane `src` of v across the warp (every lane of the warp takes part). */
+template <typename T> inline T emu_shfl(T v, unsigned src)
 {
+    static_assert(sizeof(T) <= sizeof(double), "shuffle of a wide type");
     const unsigned w = threadIdx.x >> 5, l = threadIdx.x & 31;
-    float *slot = emu_cur->shfl.data() + 32 * w;
-    slot[l] = v;
-    __syncwarp(mask);
-    const float r = slot[l ^ (unsigned)lane_mask];
-    __syncwarp(mask);
+    double *slot = emu_cur->shfl.data() + 32 * w;
+    std::memcpy(&slot[l], &v, sizeof v);
+    __syncwarp();
+    T r;
+    std::memcpy(&r, &slot[src & 31], sizeof r);
+    __syncwarp();
     return r;
+}
+template <typename T> inline T __shfl_xor_sync(unsigned, T v, int lane_mask)
+{
+    return emu_shfl(v, (threadIdx.x & 31) ^ (unsigned)lane_mask);
+}
+template <typename T> inline T __shfl_sync(unsigned, T v, int src_lane) { return emu_shfl(v, (unsigned)src_lane); }
+template <typename T> inline T __shfl_down_sync(unsigned, T v, unsigned delta)
+{
+    const unsigned l = threadIdx.x & 31;
+    return emu_shfl(v, l + delta < 32 ? l + delta : l);
+}
+
+template <typename T> inline T atomicAdd(T *p, T v) /* one host thread: a plain add is atomic */
+{
+    const T old = *p;
+    *p = old + v;
+    return old;
+}
+
+inline float __uint_as_float(unsigned u)
+{
+    float f;
+    std::memcpy(&f, &u, 4);
+    return f;
 }
 inline char *atc_smem_base() { return emu_cur->smem; }
 
@@ -84,13 +142,8 @@ inline __nv_bfloat16 __float2bfloat16_rn(float f)
     u += 0x7fffu + ((u >> 16) & 1u);
     return __nv_bfloat16{(uint16_t)(u >> 16)};
 }
-inline float emu_to_float(__nv_bfloat16 h)
-{
-    const uint32_t u = (uint32_t)h.bits << 16;
-    float f;
-    std::memcpy(&f, &u, 4);
-    return f;
-}
+inline float __bfloat162float(__nv_bfloat16 h) { return __uint_as_float((uint32_t)h.bits << 16); }
+inline float emu_to_float(__nv_bfloat16 h) { return __bfloat162float(h); }
 inline float emu_to_float(float f) { return f; }
 
 namespace nvcuda {
@@ -150,34 +203,115 @@ inline void mma_sync(fragment<accumulator, 16, 16, 16, float> &d, const fragment
 } // namespace wmma
 } // namespace nvcuda
 
-/* Run body() as grid x threads CUDA threads with smem_bytes of dynamic shared memory. */
-template <typename F> void emu_launch(dim3 grid, unsigned threads, size_t smem_bytes, F body)
+inline const std::function<void()> *emu_body = nullptr;
+
+inline void emu_fiber_main()
 {
-    const unsigned warps = (threads + 31) / 32;
+    (*emu_body)();
+    emu_cur->fibers[emu_cur->cur].wait = 3;
+    /* returning resumes uc_link: the scheduler */
+}
+
+/* Open the barriers whose threads all wait (a warp's, or the block's); 1 when one opened. */
+inline int emu_release(emu_block &blk, unsigned threads)
+{
+    int opened = 0;
+    bool all_block = true, any_block = false;
+    for (unsigned t = 0; t < threads; t++) {
+        const int w = blk.fibers[t].wait;
+        if (w == 0 || w == 2) all_block = false;
+        any_block |= w == 1;
+    }
+    if (all_block && any_block) {
+        for (auto &f : blk.fibers)
+            if (f.wait == 1) f.wait = 0;
+        return 1;
+    }
+    for (unsigned w0 = 0; w0 < threads; w0 += 32) {
+        bool all = true, any = false;
+        for (unsigned t = w0; t < std::min(threads, w0 + 32); t++) {
+            const int w = blk.fibers[t].wait;
+            if (w == 0 || w == 1) all = false;
+            any |= w == 2;
+        }
+        if (all && any) {
+            for (unsigned t = w0; t < std::min(threads, w0 + 32); t++)
+                if (blk.fibers[t].wait == 2) blk.fibers[t].wait = 0;
+            opened = 1;
+        }
+    }
+    return opened;
+}
+
+/* Every fiber of blk at the start of the kernel (apart, as getcontext returns twice). */
+__attribute__((noinline)) inline void emu_start_fibers(emu_block &blk)
+{
+    for (auto &f : blk.fibers) {
+        getcontext(&f.ctx);
+        f.ctx.uc_stack.ss_sp = f.stack.get();
+        f.ctx.uc_stack.ss_size = EMU_STACK;
+        f.ctx.uc_link = &blk.sched;
+        makecontext(&f.ctx, emu_fiber_main, 0);
+        f.wait = 0;
+    }
+}
+
+/* Run body() as grid x threads CUDA threads with smem_bytes of dynamic shared memory. */
+inline void emu_launch(dim3 grid, unsigned threads, size_t smem_bytes, const std::function<void()> &body)
+{
+    const size_t n_blocks = (size_t)grid.x * grid.y * grid.z;
     char *smem = (char *)std::aligned_alloc(128, (smem_bytes + 127) / 128 * 128 + 128);
-    for (unsigned bz = 0; bz < grid.z; bz++)
-        for (unsigned by = 0; by < grid.y; by++)
-            for (unsigned bx = 0; bx < grid.x; bx++) {
-                emu_block blk;
-                blk.block_bar = std::make_unique<std::barrier<>>((std::ptrdiff_t)threads);
-                for (unsigned w = 0; w < warps; w++)
-                    blk.warp_bar.push_back(std::make_unique<std::barrier<>>((std::ptrdiff_t)std::min(32u, threads - 32 * w)));
-                blk.shfl.assign(32 * warps, 0.0f);
-                std::memset(smem, 0xff, smem_bytes); /* NaN in fp32 and bf16 */
-                blk.smem = smem;
-                std::vector<std::thread> ts;
-                for (unsigned t = 0; t < threads; t++)
-                    ts.emplace_back([&, t] {
-                        threadIdx = emu_dim3{t, 0, 0};
-                        blockIdx = emu_dim3{bx, by, bz};
-                        blockDim = emu_dim3{threads, 1, 1};
-                        gridDim = grid;
-                        emu_cur = &blk;
-                        body();
-                    });
-                for (auto &t : ts) t.join();
+    emu_block blk;
+    blk.fibers.resize(threads);
+    for (auto &f : blk.fibers) f.stack.reset(new char[EMU_STACK]);
+    blk.shfl.assign(32 * ((threads + 31) / 32), 0.0);
+    blk.smem = smem;
+    emu_block *saved = emu_cur;
+    emu_cur = &blk;
+    emu_body = &body;
+    blockDim = emu_dim3(threads, 1, 1);
+    gridDim = grid;
+    for (size_t i = 0; i < n_blocks; i++) {
+        blockIdx = emu_dim3((unsigned)(i % grid.x), (unsigned)(i / grid.x % grid.y),
+                            (unsigned)(i / ((size_t)grid.x * grid.y)));
+        std::memset(smem, 0xff, smem_bytes); /* NaN in fp32 and bf16 */
+        emu_start_fibers(blk);
+        for (;;) {
+            bool ran = false, live = false;
+            for (unsigned t = 0; t < threads; t++) {
+                if (blk.fibers[t].wait == 3) continue;
+                live = true;
+                if (blk.fibers[t].wait != 0) continue;
+                blk.cur = t;
+                threadIdx = emu_dim3(t, 0, 0);
+                swapcontext(&blk.sched, &blk.fibers[t].ctx);
+                ran = true;
             }
+            if (!live) break;
+            if (!ran && !emu_release(blk, threads)) {
+                std::fprintf(stderr, "simt_emu: block (%u,%u,%u) deadlocked at a barrier\n", blockIdx.x, blockIdx.y,
+                             blockIdx.z);
+                std::abort();
+            }
+        }
+    }
+    emu_cur = saved;
     std::free(smem);
 }
+
+/* PC_LAUNCH (cuda/launch.h) on the emulator: the arguments are copied into the closure,
+ * as a kernel launch copies them. */
+template <typename K> struct emu_launcher {
+    K kernel;
+    dim3 grid;
+    unsigned threads;
+    size_t smem;
+    template <typename... A> void operator()(A... args) const
+    {
+        emu_launch(grid, threads, smem, [&] { kernel(args...); });
+    }
+};
+#define PC_LAUNCH(kernel, grid_, block_, shared_bytes, stream)                                                   \
+    ((void)(stream), emu_launcher<decltype(&kernel)>{&kernel, dim3(grid_), (unsigned)(block_), (size_t)(shared_bytes)})
 
 #endif
