@@ -57,7 +57,10 @@ typedef emu_dim3 dim3;
 /* The running block: one fiber (ucontext) per CUDA thread, all on the calling host
  * thread, switched at barriers: a fiber runs until it waits at __syncthreads or
  * __syncwarp or returns; a barrier opens when every thread of its block (or warp) that
- * has not returned waits at it. */
+ * has not returned waits at it. Each round runs the threads in ascending or descending
+ * order (a fixed pseudo-random sequence), so that a thread reading what another writes
+ * without a barrier between (a race on a GPU) reads it before it is written in some
+ * rounds. */
 #define EMU_STACK (64 * 1024)
 
 struct emu_fiber {
@@ -266,6 +269,7 @@ inline void emu_launch(dim3 grid, unsigned threads, size_t smem_bytes, const std
     for (auto &f : blk.fibers) f.stack.reset(new char[EMU_STACK]);
     blk.shfl.assign(32 * ((threads + 31) / 32), 0.0);
     blk.smem = smem;
+    uint64_t order = 1; /* picks each round's thread order */
     emu_block *saved = emu_cur;
     emu_cur = &blk;
     emu_body = &body;
@@ -278,7 +282,10 @@ inline void emu_launch(dim3 grid, unsigned threads, size_t smem_bytes, const std
         emu_start_fibers(blk);
         for (;;) {
             bool ran = false, live = false;
-            for (unsigned t = 0; t < threads; t++) {
+            order = order * 6364136223846793005ull + 1442695040888963407ull; /* fixed sequence (LCG) */
+            const bool down = order >> 63;
+            for (unsigned k = 0; k < threads; k++) {
+                const unsigned t = down ? threads - 1 - k : k; /* either order: a missing barrier shows */
                 if (blk.fibers[t].wait == 3) continue;
                 live = true;
                 if (blk.fibers[t].wait != 0) continue;
