@@ -246,7 +246,11 @@ inline int emu_release(emu_block &blk, unsigned threads)
     return opened;
 }
 
-/* Every fiber of blk at the start of the kernel (apart, as getcontext returns twice). */
+/* Every fiber of blk at the start of the kernel. getcontext only fills a context that
+ * makecontext then points at emu_fiber_main: it never returns here a second time, so
+ * -Wclobbered's warning about it does not apply. */
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wclobbered"
 __attribute__((noinline)) inline void emu_start_fibers(emu_block &blk)
 {
     for (auto &f : blk.fibers) {
@@ -258,6 +262,7 @@ __attribute__((noinline)) inline void emu_start_fibers(emu_block &blk)
         f.wait = 0;
     }
 }
+#pragma GCC diagnostic pop
 
 /* Run body() as grid x threads CUDA threads with smem_bytes of dynamic shared memory. */
 inline void emu_launch(dim3 grid, unsigned threads, size_t smem_bytes, const std::function<void()> &body)
