@@ -136,6 +136,27 @@ def same_outputs(a, b, what):
           f"{what}: output tensors bitwise equal ({len(wa)} tensors)")
 
 
+def same_importance(a, b, what):
+    """Two runs' importance.txt keep the same indices, with scores within 1e-5 relative
+    (different backends sum in different orders)."""
+    import numpy as np
+
+    def read(d):
+        kept, scores = {}, {}
+        for line in open(os.path.join(d, "importance.txt")):
+            if line.startswith("#"):
+                continue
+            name, *vals = line.split()
+            (kept if name.endswith(".kept") else scores)[name] = vals
+        return kept, scores
+
+    (ka, sa), (kb, sb) = read(a), read(b)
+    check(ka == kb and len(ka) > 0, f"{what}: the same kept indices ({len(ka)} sets)")
+    rel = max(np.max(np.abs(np.array(sa[k], float) - np.array(sb[k], float)) / np.abs(np.array(sb[k], float)))
+              for k in sb)
+    check(sorted(sa) == sorted(sb) and rel < 1e-5, f"{what}: the same scores (max rel {rel:.1e})")
+
+
 def tmpdir(prefix):
     return tempfile.mkdtemp(prefix=prefix, dir=os.environ.get("PC_TMP"))
 

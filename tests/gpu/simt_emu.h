@@ -25,6 +25,7 @@
 #define PC_SIMT_EMU 1
 
 #include <math.h>
+#include <setjmp.h>
 #include <ucontext.h>
 
 #include <algorithm>
@@ -54,44 +55,51 @@ struct emu_dim3 {
 };
 typedef emu_dim3 dim3;
 
-/* The running block: one fiber (ucontext) per CUDA thread, all on the calling host
- * thread, switched at barriers: a fiber runs until it waits at __syncthreads or
- * __syncwarp or returns; a barrier opens when every thread of its block (or warp) that
+/* The running block: one fiber per CUDA thread, all on the calling host thread,
+ * switched at barriers (_setjmp/_longjmp): a fiber runs until it waits at __syncthreads
+ * or __syncwarp or returns; a barrier opens when every thread of its block (or warp) that
  * has not returned waits at it. Each round runs the threads in ascending or descending
  * order (a fixed pseudo-random sequence), so that a thread reading what another writes
  * without a barrier between (a race on a GPU) reads it before it is written in some
- * rounds. */
+ * rounds. Fibers are made once (ucontext) and kept: after its kernel body returns a fiber
+ * parks, and resuming it runs the body again for the next block or launch. */
 #define EMU_STACK (64 * 1024)
 
+enum { EMU_RUN = 0, EMU_AT_BLOCK, EMU_AT_WARP, EMU_DONE };
+
 struct emu_fiber {
-    ucontext_t ctx;
-    std::unique_ptr<char[]> stack; /* EMU_STACK bytes */
-    int wait = 0; /* 0 running or runnable, 1 at the block barrier, 2 at its warp barrier, 3 returned */
+    ucontext_t ctx;                 /* its start */
+    jmp_buf jb;                     /* where it parked */
+    bool started = false;
+    std::unique_ptr<char[]> stack;  /* EMU_STACK bytes */
+    int wait = EMU_DONE;            /* EMU_RUN, waiting at a barrier, or its body returned */
 };
 
-struct emu_block {
-    std::vector<emu_fiber> fibers;
-    ucontext_t sched;
-    unsigned cur = 0;
-    std::vector<double> shfl; /* 32 per warp */
-    char *smem = nullptr;
+/* Everything the fibers share. */
+struct emu_state {
+    std::vector<std::unique_ptr<emu_fiber>> fibers; /* grown to the largest block */
+    jmp_buf sched;                                  /* the scheduler, while a fiber runs */
+    unsigned cur = 0;                               /* the running fiber */
+    const std::function<void()> *body = nullptr;    /* the kernel of this launch */
+    std::vector<double> shfl;                       /* 32 per warp */
+    char *smem = nullptr;                           /* dynamic shared memory */
 };
 
 inline emu_dim3 threadIdx, blockIdx, blockDim, gridDim;
-inline emu_block *emu_cur = nullptr;
+inline emu_state emu;
 
 /* Park the running fiber with state w and go back to the scheduler. */
 inline void emu_park(int w)
 {
-    emu_fiber &f = emu_cur->fibers[emu_cur->cur];
+    emu_fiber &f = *emu.fibers[emu.cur];
     f.wait = w;
-    swapcontext(&f.ctx, &emu_cur->sched);
+    if (!_setjmp(f.jb)) _longjmp(emu.sched, 1);
 }
-inline void __syncthreads() { emu_park(1); }
+inline void __syncthreads() { emu_park(EMU_AT_BLOCK); }
 inline void __syncwarp(unsigned mask = 0xffffffffu)
 {
     (void)mask;
-    emu_park(2);
+    emu_park(EMU_AT_WARP);
 }
 
 /* Lane `src` of v across the warp (every lane of the warp takes part). */
@@ -99,7 +107,7 @@ template <typename T> inline T emu_shfl(T v, unsigned src)
 {
     static_assert(sizeof(T) <= sizeof(double), "shuffle of a wide type");
     const unsigned w = threadIdx.x >> 5, l = threadIdx.x & 31;
-    double *slot = emu_cur->shfl.data() + 32 * w;
+    double *slot = emu.shfl.data() + 32 * w;
     std::memcpy(&slot[l], &v, sizeof v);
     __syncwarp();
     T r;
@@ -131,7 +139,7 @@ inline float __uint_as_float(unsigned u)
     std::memcpy(&f, &u, 4);
     return f;
 }
-inline char *atc_smem_base() { return emu_cur->smem; }
+inline char *atc_smem_base() { return emu.smem; }
 
 /* bf16 as its bit pattern; conversion rounds to nearest even, as __float2bfloat16_rn. */
 struct __nv_bfloat16 {
@@ -206,61 +214,68 @@ inline void mma_sync(fragment<accumulator, 16, 16, 16, float> &d, const fragment
 } // namespace wmma
 } // namespace nvcuda
 
-inline const std::function<void()> *emu_body = nullptr;
-
-inline void emu_fiber_main()
+[[noreturn]] inline void emu_fiber_main()
 {
-    (*emu_body)();
-    emu_cur->fibers[emu_cur->cur].wait = 3;
-    /* returning resumes uc_link: the scheduler */
+    for (;;) {
+        (*emu.body)();
+        emu_park(EMU_DONE);
+    }
 }
 
-/* Open the barriers whose threads all wait (a warp's, or the block's); 1 when one opened. */
-inline int emu_release(emu_block &blk, unsigned threads)
+/* Open the barriers whose threads all wait (the block's, or a warp's); 1 when one opened. */
+inline int emu_release(unsigned threads)
 {
-    int opened = 0;
     bool all_block = true, any_block = false;
     for (unsigned t = 0; t < threads; t++) {
-        const int w = blk.fibers[t].wait;
-        if (w == 0 || w == 2) all_block = false;
-        any_block |= w == 1;
+        const int w = emu.fibers[t]->wait;
+        if (w == EMU_RUN || w == EMU_AT_WARP) all_block = false;
+        any_block |= w == EMU_AT_BLOCK;
     }
     if (all_block && any_block) {
-        for (auto &f : blk.fibers)
-            if (f.wait == 1) f.wait = 0;
+        for (unsigned t = 0; t < threads; t++)
+            if (emu.fibers[t]->wait == EMU_AT_BLOCK) emu.fibers[t]->wait = EMU_RUN;
         return 1;
     }
+    int opened = 0;
     for (unsigned w0 = 0; w0 < threads; w0 += 32) {
+        const unsigned w1 = std::min(threads, w0 + 32);
         bool all = true, any = false;
-        for (unsigned t = w0; t < std::min(threads, w0 + 32); t++) {
-            const int w = blk.fibers[t].wait;
-            if (w == 0 || w == 1) all = false;
-            any |= w == 2;
+        for (unsigned t = w0; t < w1; t++) {
+            const int w = emu.fibers[t]->wait;
+            if (w == EMU_RUN || w == EMU_AT_BLOCK) all = false;
+            any |= w == EMU_AT_WARP;
         }
         if (all && any) {
-            for (unsigned t = w0; t < std::min(threads, w0 + 32); t++)
-                if (blk.fibers[t].wait == 2) blk.fibers[t].wait = 0;
+            for (unsigned t = w0; t < w1; t++)
+                if (emu.fibers[t]->wait == EMU_AT_WARP) emu.fibers[t]->wait = EMU_RUN;
             opened = 1;
         }
     }
     return opened;
 }
 
-/* Every fiber of blk at the start of the kernel. getcontext only fills a context that
- * makecontext then points at emu_fiber_main: it never returns here a second time, so
- * -Wclobbered's warning about it does not apply. */
+/* Run fiber t until it parks: the first time from its start (setcontext), later from
+ * where it parked. -Wclobbered does not apply: nothing here changes between the _setjmp
+ * and the fiber's _longjmp back to it, and getcontext's context is only ever entered at
+ * emu_fiber_main. */
 #pragma GCC diagnostic push
 #pragma GCC diagnostic ignored "-Wclobbered"
-__attribute__((noinline)) inline void emu_start_fibers(emu_block &blk)
+__attribute__((noinline)) inline void emu_resume(unsigned t)
 {
-    for (auto &f : blk.fibers) {
+    emu_fiber &f = *emu.fibers[t];
+    emu.cur = t;
+    threadIdx = emu_dim3(t, 0, 0);
+    if (_setjmp(emu.sched)) return; /* it parked */
+    if (!f.started) {
+        f.started = true;
         getcontext(&f.ctx);
         f.ctx.uc_stack.ss_sp = f.stack.get();
         f.ctx.uc_stack.ss_size = EMU_STACK;
-        f.ctx.uc_link = &blk.sched;
+        f.ctx.uc_link = nullptr; /* emu_fiber_main never returns */
         makecontext(&f.ctx, emu_fiber_main, 0);
-        f.wait = 0;
+        setcontext(&f.ctx);
     }
+    _longjmp(f.jb, 1);
 }
 #pragma GCC diagnostic pop
 
@@ -268,46 +283,49 @@ __attribute__((noinline)) inline void emu_start_fibers(emu_block &blk)
 inline void emu_launch(dim3 grid, unsigned threads, size_t smem_bytes, const std::function<void()> &body)
 {
     const size_t n_blocks = (size_t)grid.x * grid.y * grid.z;
+    if (emu.body) {
+        std::fprintf(stderr, "simt_emu: a kernel launched from inside a kernel\n");
+        std::abort();
+    }
+    while (emu.fibers.size() < threads) {
+        emu.fibers.push_back(std::make_unique<emu_fiber>());
+        emu.fibers.back()->stack.reset(new char[EMU_STACK]);
+    }
     char *smem = (char *)std::aligned_alloc(128, (smem_bytes + 127) / 128 * 128 + 128);
-    emu_block blk;
-    blk.fibers.resize(threads);
-    for (auto &f : blk.fibers) f.stack.reset(new char[EMU_STACK]);
-    blk.shfl.assign(32 * ((threads + 31) / 32), 0.0);
-    blk.smem = smem;
-    uint64_t order = 1; /* picks each round's thread order */
-    emu_block *saved = emu_cur;
-    emu_cur = &blk;
-    emu_body = &body;
+    emu.shfl.assign(32 * ((threads + 31) / 32), 0.0);
+    emu.smem = smem;
+    emu.body = &body;
     blockDim = emu_dim3(threads, 1, 1);
     gridDim = grid;
+    uint64_t order = 1; /* picks each round's thread order */
     for (size_t i = 0; i < n_blocks; i++) {
         blockIdx = emu_dim3((unsigned)(i % grid.x), (unsigned)(i / grid.x % grid.y),
                             (unsigned)(i / ((size_t)grid.x * grid.y)));
         std::memset(smem, 0xff, smem_bytes); /* NaN in fp32 and bf16 */
-        emu_start_fibers(blk);
+        for (unsigned t = 0; t < threads; t++) emu.fibers[t]->wait = EMU_RUN;
         for (;;) {
             bool ran = false, live = false;
             order = order * 6364136223846793005ull + 1442695040888963407ull; /* fixed sequence (LCG) */
             const bool down = order >> 63;
             for (unsigned k = 0; k < threads; k++) {
                 const unsigned t = down ? threads - 1 - k : k; /* either order: a missing barrier shows */
-                if (blk.fibers[t].wait == 3) continue;
+                const int w = emu.fibers[t]->wait;
+                if (w == EMU_DONE) continue;
                 live = true;
-                if (blk.fibers[t].wait != 0) continue;
-                blk.cur = t;
-                threadIdx = emu_dim3(t, 0, 0);
-                swapcontext(&blk.sched, &blk.fibers[t].ctx);
+                if (w != EMU_RUN) continue;
+                emu_resume(t);
                 ran = true;
             }
             if (!live) break;
-            if (!ran && !emu_release(blk, threads)) {
+            if (!ran && !emu_release(threads)) {
                 std::fprintf(stderr, "simt_emu: block (%u,%u,%u) deadlocked at a barrier\n", blockIdx.x, blockIdx.y,
                              blockIdx.z);
                 std::abort();
             }
         }
     }
-    emu_cur = saved;
+    emu.body = nullptr;
+    emu.smem = nullptr;
     std::free(smem);
 }
 

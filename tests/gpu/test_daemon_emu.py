@@ -1,0 +1,82 @@
+"""The daemon on the CUDA backend's own sources, run on the host by the SIMT emulator
+(projcompd-emu: backend_cuda.cu and attention_tc.cu compiled against tests/gpu/simt_emu.h),
+against projcompd on the CPU backend. Device collectives go over MPI staged through host
+memory (the emulator has no NCCL).
+
+- compress with activation importance and prune, 1 rank, backend.device cuda in fp32
+  (backend.matmul fp32): every step's loss within 1e-4 relative, grad norms within 1e-3,
+  the fused weights within 1e-4 of their max, the same kept indices;
+- compress on 2 ranks with split blocks (shared factors, the W_C broadcasts and G reduces
+  on device buffers): the same against the CPU backend's 2-rank run;
+- attention on bf16 tensor cores (backend.attention bf16): first loss within 1e-2 of the
+  CPU's, last within 2e-2, and not equal to the fp32 run;
+- the log names the emulated device."""
+import os
+import sys
+
+import numpy as np
+from safetensors.numpy import load_file
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+import pclib  # noqa: E402
+
+V, D, F, L, DC, FC, SEQ = 96, 64, 128, 2, 48, 80, 16
+EMU = os.path.join(pclib.BUILD, "tests", "gpu", "projcompd-emu")
+
+
+def result(d):
+    ms = pclib.metrics(d)
+    return (np.array([m["loss"] for m in ms if "loss" in m]), np.array([m["grad_norm"] for m in ms if "loss" in m]),
+            load_file(os.path.join(d, "final", "model.safetensors")))
+
+
+def close(a, b, what):
+    rel = np.max(np.abs(a[0] - b[0]) / np.abs(b[0]))
+    pclib.check(rel < 1e-4, f"{what}: losses agree (max rel {rel:.2e})")
+    gn = np.max(np.abs(a[1] - b[1]) / np.abs(b[1]))
+    pclib.check(gn < 1e-3, f"{what}: grad norms agree (max rel {gn:.2e})")
+    w = max(np.max(np.abs(a[2][k] - b[2][k])) / np.max(np.abs(b[2][k])) for k in b[2])
+    pclib.check(w < 1e-4, f"{what}: fused weights agree (max rel {w:.2e})")
+
+
+def main():
+    if not os.path.exists(EMU):
+        print(f"SKIP: {EMU} not built")
+        return 77
+    root = pclib.tmpdir("pc-daemon-emu-")
+    bdir, _ = pclib.tiny_base(root, 4, V, D, F, L)
+    pclib.markov_shards(root, V, 5000, 1000, seed=2)
+    job = pclib.compress_job(
+        root, bdir, 3, SEQ,
+        {"d_model": DC, "d_ff": FC, "importance": "activation", "calibration_sequences": 8},
+        {"steps": 4, "global_batch": 4, "micro_batch": 2, "lr": 3e-3, "warmup_steps": 1},
+        eval={"batches": 2}, checkpoint={"every_steps": 0}, backend={"threads": 1})
+
+    def run(name, np_, emu, *sets):
+        d = os.path.join(root, name)
+        args = ["mpirun", "--oversubscribe", "-np", str(np_), EMU if emu else pclib.PROJCOMPD, "--cfg", job,
+                "--set", f"run.dir={d}"]
+        dev = ["backend.device=cuda", "backend.comm=mpi", "backend.matmul=fp32"] if emu else ["backend.device=cpu"]
+        for s in dev + list(sets):
+            args += ["--set", s]
+        pclib.run(args)
+        return d
+
+    for mode, np_, sets in [("compress", 1, []), ("prune", 1, ["run.mode=prune"]),
+                            ("compress-split", 2, ["compress.split_mb=0.01"])]:
+        cpu, emu = run(f"{mode}-cpu", np_, False, *sets), run(f"{mode}-emu", np_, True, *sets)
+        log = open(os.path.join(emu, "logs", "rank-00000.log")).read()
+        pclib.check("backend cuda on GPU 0 (SIMT emulator)" in log, f"{mode}: ran on the emulated CUDA backend")
+        pclib.same_importance(emu, cpu, f"{mode} emulated CUDA vs CPU")
+        close(result(emu), result(cpu), f"{mode} np{np_}: emulated CUDA vs CPU")
+        if mode == "compress":
+            ref, fp32 = result(cpu), result(emu)
+            att = result(run("compress-emu-attn-bf16", 1, True, "backend.attention=bf16"))
+            r0, r1 = abs(att[0][0] - ref[0][0]) / ref[0][0], abs(att[0][-1] - ref[0][-1]) / ref[0][-1]
+            pclib.check(r0 < 1e-2 and r1 < 2e-2 and not np.array_equal(att[0], fp32[0]),
+                        f"bf16 tensor-core attention vs CPU fp32: first loss rel {r0:.2e}, last {r1:.2e}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
