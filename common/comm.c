@@ -160,8 +160,18 @@ static MPI_Request *nb(const call *k, MPI_Request *r) {
     return k->c->timeout_s > 0 ? r : NULL;
 }
 
+/* n started requests that will not be waited for (a timeout, or a failure to start their
+ * group): kept as stale until destroy, and the comm refuses more work as its peers are out
+ * of step. */
+static void give_up(const call *k, const MPI_Request *req, int n) {
+    mpi_impl *m = impl_of(k->c);
+    m->stale = pc_realloc(m->stale, (size_t)(m->n_stale + n) * sizeof *m->stale);
+    for (int i = 0; i < n; i++) m->stale[m->n_stale++] = req[i];
+    m->broken_op = k->op;
+}
+
 /* Wait for n started requests: MPI_Waitall without a watchdog; with one, poll them until
- * done or until the timeout, when they are kept as stale and the comm refuses more work. */
+ * done or until the timeout, when they are given up. */
 static int call_wait(const call *k, MPI_Request *req, int n, pc_err *e) {
     if (k->c->timeout_s <= 0) {
         int rc = MPI_Waitall(n, req, MPI_STATUSES_IGNORE);
@@ -174,10 +184,7 @@ static int call_wait(const call *k, MPI_Request *req, int n, pc_err *e) {
         if (rc != MPI_SUCCESS) return call_fail(k, rc, e);
         if (done) return 0;
         if (pc_now() - k->t0 > k->c->timeout_s) {
-            mpi_impl *m = impl_of(k->c);
-            m->stale = pc_realloc(m->stale, (size_t)(m->n_stale + n) * sizeof *m->stale);
-            for (int i = 0; i < n; i++) m->stale[m->n_stale++] = req[i];
-            m->broken_op = k->op;
+            give_up(k, req, n);
             return pc_errorf(e, "rank %d: %s timed out after %g s (a peer rank may have died or hung)", k->c->rank,
                              k->op, k->c->timeout_s);
         }
@@ -377,10 +384,8 @@ static int mpi_group(comm *c, const char *op, const comm_piece *p, int n, comm_d
             if (rc == MPI_SUCCESS) q++;
         }
     }
-    if (rc != MPI_SUCCESS) { /* the started ones cannot be cancelled: the comm is out of step */
-        m->stale = pc_realloc(m->stale, (size_t)(m->n_stale + q) * sizeof *m->stale);
-        for (int i = 0; i < q; i++) m->stale[m->n_stale++] = req[i];
-        m->broken_op = op;
+    if (rc != MPI_SUCCESS) { /* the started ones cannot be cancelled */
+        give_up(&k, req, q);
         rc = call_fail(&k, rc, e);
     } else {
         rc = call_wait(&k, req, q, e);

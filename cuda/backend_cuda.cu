@@ -786,13 +786,17 @@ static void check_attention_shape(int H, int KV, int hd)
     }
 }
 
+/* Attention at head_dim hd goes to attention_tc.cu (backend_cuda_set_attention, and a
+ * shape and device it takes). */
+static int on_tensor_cores(const cuda_impl *c, int hd) { return c->attn_bf16 && attn_tc_supported(hd, c->smem_optin); }
+
 static void cu_attention_fwd(backend *be, float *out, float *lse, const float *q, const float *k, const float *v,
                              int B, int T, int H, int KV, int hd, int ld)
 {
     if (B <= 0 || T <= 0 || H <= 0) return;
     check_attention_shape(H, KV, hd);
     cuda_impl *c = impl_of(be);
-    if (c->attn_bf16 && attn_tc_supported(hd, c->smem_optin)) {
+    if (on_tensor_cores(c, hd)) {
         attn_tc_fwd(c->stream, out, lse, q, k, v, B, T, H, KV, hd, ld);
         return;
     }
@@ -815,7 +819,7 @@ static void cu_attention_bwd(backend *be, float *dq, float *dk, float *dv, const
     const unsigned g_dsum = (unsigned)((rows * 32 + 255) / 256); /* a warp per (b, t, h) row */
     PC_LAUNCH(k_attention_dsum, g_dsum, 256, 0, c->stream)(c->att_d, dout, out, B, T, H, hd);
     LAUNCH_CHECK();
-    if (c->attn_bf16 && attn_tc_supported(hd, c->smem_optin)) {
+    if (on_tensor_cores(c, hd)) {
         attn_tc_bwd(c->stream, dq, dk, dv, dout, lse, c->att_d, q, k, v, B, T, H, KV, hd, ld);
         return;
     }

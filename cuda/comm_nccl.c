@@ -92,16 +92,18 @@ static int ncall_begin(ncall *k, comm *c, const char *op, comm_dtype t, size_t c
     return 0;
 }
 
-static int ncall_nccl_fail(const ncall *k, ncclResult_t r, pc_err *e) {
-    const char *last = ncclGetLastError(nimpl(k->c)->nc);
-    return pc_errorf(e, "rank %d: nccl %s(%s, %zu elems) failed: %s%s%s", k->c->rank, k->op, comm_dtype_name(k->t),
-                     k->count, ncclGetErrorString(r), last && *last ? ": " : "", last ? last : "");
-}
-
-
 static void abort_comm(nccl_impl *n) {
     ncclCommAbort(n->nc);
     n->aborted = 1;
+}
+
+/* NCCL reported r for `what`: e names both (and NCCL's last message), the communicator
+ * is aborted (enqueued work may still be writing the buffers); returns -1. */
+static int failed(nccl_impl *n, const char *what, ncclResult_t r, pc_err *e) {
+    const char *last = ncclGetLastError(n->nc);
+    pc_errorf(e, "%s failed: %s%s%s", what, ncclGetErrorString(r), last && *last ? ": " : "", last ? last : "");
+    abort_comm(n);
+    return -1;
 }
 
 static int timed_out(nccl_impl *n, const char *what, double timeout, pc_err *e) {
@@ -122,13 +124,7 @@ static int wait_ready(nccl_impl *n, double timeout, double t0, const char *what,
         ncclResult_t q = ncclCommGetAsyncError(n->nc, &st);
         if (q != ncclSuccess) st = q;
         if (st == ncclSuccess) return 0;
-        if (st != ncclInProgress) {
-            const char *last = ncclGetLastError(n->nc);
-            pc_errorf(e, "%s failed: %s%s%s", what, ncclGetErrorString(st), last && *last ? ": " : "",
-                      last ? last : "");
-            abort_comm(n);
-            return -1;
-        }
+        if (st != ncclInProgress) return failed(n, what, st, e);
         if (timeout > 0 && now_s() - t0 > timeout) return timed_out(n, what, timeout, e);
         nanosleep(&nap, NULL);
     }
@@ -141,17 +137,13 @@ static void ncall_what(const ncall *k, char *buf, size_t len) {
 
 /* After NCCL call(s) of k that returned r: wait until they are enqueued, then for the
  * stream, both under the watchdog (from ncall_begin). Any failure aborts the communicator
- * (work already enqueued may still be writing the buffers), and later calls fail. */
+ * (see failed), and later calls fail. */
 static int ncall_finish(const ncall *k, ncclResult_t r, pc_err *e) {
     nccl_impl *n = nimpl(k->c);
     double timeout = k->c->timeout_s;
     char what[160];
     ncall_what(k, what, sizeof what);
-    if (r != ncclSuccess && r != ncclInProgress) {
-        ncall_nccl_fail(k, r, e);
-        abort_comm(n);
-        return -1;
-    }
+    if (r != ncclSuccess && r != ncclInProgress) return failed(n, what, r, e);
     if (wait_ready(n, timeout, k->t0, what, e)) return -1;
     struct timespec nap = {0, 20000}; /* 20 us between polls */
     for (;;) {
@@ -163,11 +155,8 @@ static int ncall_finish(const ncall *k, ncclResult_t r, pc_err *e) {
             return -1;
         }
         ncclResult_t async = ncclSuccess;
-        if (ncclCommGetAsyncError(n->nc, &async) == ncclSuccess && async != ncclSuccess && async != ncclInProgress) {
-            ncall_nccl_fail(k, async, e);
-            abort_comm(n);
-            return -1;
-        }
+        if (ncclCommGetAsyncError(n->nc, &async) == ncclSuccess && async != ncclSuccess && async != ncclInProgress)
+            return failed(n, what, async, e);
         if (timeout > 0 && now_s() - k->t0 > timeout) return timed_out(n, what, timeout, e);
         nanosleep(&nap, NULL);
     }

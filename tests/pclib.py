@@ -125,6 +125,27 @@ def run_outputs(d):
     return curve, evals, load_file(os.path.join(d, "final", "model.safetensors"))
 
 
+def run_arrays(d):
+    """A finished run's losses and grad norms (arrays), validation losses and output tensors."""
+    import numpy as np
+    from safetensors.numpy import load_file
+    ms = metrics(d)
+    return (np.array([m["loss"] for m in ms if "loss" in m]), np.array([m["grad_norm"] for m in ms if "loss" in m]),
+            [m["val_loss"] for m in ms if "val_loss" in m], load_file(os.path.join(d, "final", "model.safetensors")))
+
+
+def close_runs(a, b, tol_loss, tol_w, what):
+    """run_arrays a against the reference b: every loss within tol_loss relative, grad norms
+    within 10 x tol_loss, every output tensor within tol_w of its largest element."""
+    import numpy as np
+    rel = np.max(np.abs(a[0] - b[0]) / np.abs(b[0]))
+    check(rel < tol_loss, f"{what}: losses agree (max rel {rel:.2e} < {tol_loss})")
+    gn = np.max(np.abs(a[1] - b[1]) / np.abs(b[1]))
+    check(gn < 10 * tol_loss, f"{what}: grad norms agree (max rel {gn:.2e})")
+    w = max(np.max(np.abs(a[3][k] - b[3][k])) / np.max(np.abs(b[3][k])) for k in b[3])
+    check(w < tol_w, f"{what}: fused weights agree (max rel {w:.2e} < {tol_w})")
+
+
 def same_outputs(a, b, what):
     """Two runs' run_outputs are bitwise equal."""
     import numpy as np

@@ -26,7 +26,6 @@ import subprocess
 import sys
 
 import numpy as np
-from safetensors.numpy import load_file
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 import pclib  # noqa: E402
@@ -37,21 +36,6 @@ V, D, F, L, DC, FC, SEQ = 128, 128, 256, 2, 96, 192, 32
 def gpus():
     p = subprocess.run([os.path.join(pclib.BUILD, "tests", "e2e", "gpu-smoke")], stdout=subprocess.PIPE, text=True)
     return 0 if p.returncode == 77 else p.stdout.count("device ")
-
-
-def result(d):
-    ms = pclib.metrics(d)
-    return (np.array([m["loss"] for m in ms if "loss" in m]), np.array([m["grad_norm"] for m in ms if "loss" in m]),
-            [m["val_loss"] for m in ms if "val_loss" in m], load_file(os.path.join(d, "final", "model.safetensors")))
-
-
-def close(a, b, tol_loss, tol_w, what):
-    rel = np.max(np.abs(a[0] - b[0]) / np.abs(b[0]))
-    pclib.check(rel < tol_loss, f"{what}: losses agree (max rel {rel:.2e} < {tol_loss})")
-    gn = np.max(np.abs(a[1] - b[1]) / np.abs(b[1]))
-    pclib.check(gn < 10 * tol_loss, f"{what}: grad norms agree (max rel {gn:.2e})")
-    w = max(np.max(np.abs(a[3][k] - b[3][k])) / np.max(np.abs(b[3][k])) for k in b[3])
-    pclib.check(w < tol_w, f"{what}: fused weights agree (max rel {w:.2e} < {tol_w})")
 
 
 def demo(root):
@@ -106,39 +90,39 @@ def main():
         pclib.check("backend cuda on GPU 0" in open(os.path.join(gpu, "logs", "rank-00000.log")).read(),
                     f"{mode}: ran on the CUDA backend")
         pclib.same_importance(gpu, cpu, f"{mode}: activation importance on GPU and CPU")
-        close(result(gpu), result(cpu), 1e-4, 1e-4, f"{mode} fp32 GPU vs CPU")
+        pclib.close_runs(pclib.run_arrays(gpu), pclib.run_arrays(cpu), 1e-4, 1e-4, f"{mode} fp32 GPU vs CPU")
         peak = [m["peak_device_mib"] for m in pclib.metrics(gpu) if "peak_device_mib" in m]
         pclib.check(len(peak) == 1 and peak[0][0] > 0, f"{mode}: peak device memory recorded ({peak} MiB)")
         # lower-precision products can reorder near-tied activation scores: the same
         # (magnitude) indices on both sides, so that only the arithmetic differs
         mag = "compress.importance=magnitude"
-        cpu_m = result(run(f"{mode}-cpu-mag", 1, f"run.mode={mode}", "backend.device=cpu", mag))
+        cpu_m = pclib.run_arrays(run(f"{mode}-cpu-mag", 1, f"run.mode={mode}", "backend.device=cpu", mag))
         tf = run(f"{mode}-tf32", 1, f"run.mode={mode}", "backend.device=cuda", "backend.matmul=tf32", mag)
-        a, b = result(tf), cpu_m
+        a, b = pclib.run_arrays(tf), cpu_m
         r0, r1 = abs(a[0][0] - b[0][0]) / b[0][0], abs(a[0][-1] - b[0][-1]) / b[0][-1]
         pclib.check(r0 < 1e-3 and r1 < 1e-2, f"{mode} TF32 GPU vs CPU: first loss rel {r0:.2e}, last {r1:.2e}")
-        g16 = result(run(f"{mode}-bf16", 1, f"run.mode={mode}", "backend.device=cuda", "backend.matmul=bf16", mag))
-        c16 = result(run(f"{mode}-cpu-bf16", 1, f"run.mode={mode}", "backend.device=cpu", "backend.matmul=bf16", mag))
+        g16 = pclib.run_arrays(run(f"{mode}-bf16", 1, f"run.mode={mode}", "backend.device=cuda", "backend.matmul=bf16", mag))
+        c16 = pclib.run_arrays(run(f"{mode}-cpu-bf16", 1, f"run.mode={mode}", "backend.device=cpu", "backend.matmul=bf16", mag))
         r0, r1 = abs(g16[0][0] - c16[0][0]) / c16[0][0], abs(g16[0][-1] - c16[0][-1]) / c16[0][-1]
         pclib.check(r0 < 1e-4 and r1 < 1e-2, f"{mode} bf16 GPU vs CPU emulation: first loss rel {r0:.2e}, last {r1:.2e}")
-        g32 = result(run(f"{mode}-fp32-mag", 1, f"run.mode={mode}", "backend.device=cuda", "backend.matmul=fp32", mag))
+        g32 = pclib.run_arrays(run(f"{mode}-fp32-mag", 1, f"run.mode={mode}", "backend.device=cuda", "backend.matmul=fp32", mag))
         pclib.check(not np.array_equal(g16[0], g32[0]), f"{mode}: bf16 products change the GPU run")
-        ga = result(run(f"{mode}-attn-bf16", 1, f"run.mode={mode}", "backend.device=cuda", "backend.matmul=fp32",
+        ga = pclib.run_arrays(run(f"{mode}-attn-bf16", 1, f"run.mode={mode}", "backend.device=cuda", "backend.matmul=fp32",
                         "backend.attention=bf16", mag))
         r0, r1 = abs(ga[0][0] - cpu_m[0][0]) / cpu_m[0][0], abs(ga[0][-1] - cpu_m[0][-1]) / cpu_m[0][-1]
         pclib.check(r0 < 1e-2 and r1 < 2e-2 and not np.array_equal(ga[0], g32[0]),
                     f"{mode} bf16 tensor-core attention vs CPU fp32: first loss rel {r0:.2e}, last {r1:.2e}")
 
     sets = ["compress.store_grads=true", "distill.enabled=true"]
-    a = result(run("sd-cpu", 1, "backend.device=cpu", *sets))
-    b = result(run("sd-cuda", 1, "backend.device=cuda", "backend.matmul=fp32", *sets))
-    close(b, a, 1e-4, 1e-4, "store_grads + distill fp32 GPU vs CPU")
-    b = result(run("sd-cuda-rc", 1, "backend.device=cuda", "backend.matmul=fp32", "train.activation_checkpointing=true",
+    a = pclib.run_arrays(run("sd-cpu", 1, "backend.device=cpu", *sets))
+    b = pclib.run_arrays(run("sd-cuda", 1, "backend.device=cuda", "backend.matmul=fp32", *sets))
+    pclib.close_runs(b, a, 1e-4, 1e-4, "store_grads + distill fp32 GPU vs CPU")
+    b = pclib.run_arrays(run("sd-cuda-rc", 1, "backend.device=cuda", "backend.matmul=fp32", "train.activation_checkpointing=true",
                    *sets))
-    close(b, a, 1e-4, 1e-4, "store_grads + distill fp32 GPU recomputing activations vs CPU keeping them")
+    pclib.close_runs(b, a, 1e-4, 1e-4, "store_grads + distill fp32 GPU recomputing activations vs CPU keeping them")
 
     gpu = os.path.join(root, "compress-cuda")
-    val = result(gpu)[2][-1]
+    val = pclib.run_arrays(gpu)[2][-1]
     ref = pclib.hf_val_loss(os.path.join(gpu, "final"), toks[10000:], SEQ, 2 * 4)
     pclib.check(abs(ref - val) / ref < 2e-5, f"transformers loads the GPU output: val {ref:.6f} vs ours {val:.6f}")
 
@@ -148,7 +132,7 @@ def main():
         d = run("compress-nccl-np2", 2, "backend.device=cuda", "backend.matmul=fp32", "compress.split_mb=0.05")
         pclib.check("device collectives over nccl" in open(os.path.join(d, "logs", "rank-00000.log")).read(),
                     "2 ranks: device collectives over NCCL")
-        close(result(d), result(gpu), 1e-4, 1e-4, "compress np2 NCCL vs np1 GPU")
+        pclib.close_runs(pclib.run_arrays(d), pclib.run_arrays(gpu), 1e-4, 1e-4, "compress np2 NCCL vs np1 GPU")
     else:
         print("one GPU: the NCCL run needs two (skipped that part)")
 

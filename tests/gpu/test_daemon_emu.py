@@ -15,28 +15,12 @@ import os
 import sys
 
 import numpy as np
-from safetensors.numpy import load_file
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 import pclib  # noqa: E402
 
 V, D, F, L, DC, FC, SEQ = 96, 64, 128, 2, 48, 80, 16
 EMU = os.path.join(pclib.BUILD, "tests", "gpu", "projcompd-emu")
-
-
-def result(d):
-    ms = pclib.metrics(d)
-    return (np.array([m["loss"] for m in ms if "loss" in m]), np.array([m["grad_norm"] for m in ms if "loss" in m]),
-            load_file(os.path.join(d, "final", "model.safetensors")))
-
-
-def close(a, b, what):
-    rel = np.max(np.abs(a[0] - b[0]) / np.abs(b[0]))
-    pclib.check(rel < 1e-4, f"{what}: losses agree (max rel {rel:.2e})")
-    gn = np.max(np.abs(a[1] - b[1]) / np.abs(b[1]))
-    pclib.check(gn < 1e-3, f"{what}: grad norms agree (max rel {gn:.2e})")
-    w = max(np.max(np.abs(a[2][k] - b[2][k])) / np.max(np.abs(b[2][k])) for k in b[2])
-    pclib.check(w < 1e-4, f"{what}: fused weights agree (max rel {w:.2e})")
 
 
 def main():
@@ -68,10 +52,11 @@ def main():
         log = open(os.path.join(emu, "logs", "rank-00000.log")).read()
         pclib.check("backend cuda on GPU 0 (SIMT emulator)" in log, f"{mode}: ran on the emulated CUDA backend")
         pclib.same_importance(emu, cpu, f"{mode} emulated CUDA vs CPU")
-        close(result(emu), result(cpu), f"{mode} np{np_}: emulated CUDA vs CPU")
+        pclib.close_runs(pclib.run_arrays(emu), pclib.run_arrays(cpu), 1e-4, 1e-4,
+                         f"{mode} np{np_}: emulated CUDA vs CPU")
         if mode == "compress":
-            ref, fp32 = result(cpu), result(emu)
-            att = result(run("compress-emu-attn-bf16", 1, True, "backend.attention=bf16"))
+            ref, fp32 = pclib.run_arrays(cpu), pclib.run_arrays(emu)
+            att = pclib.run_arrays(run("compress-emu-attn-bf16", 1, True, "backend.attention=bf16"))
             r0, r1 = abs(att[0][0] - ref[0][0]) / ref[0][0], abs(att[0][-1] - ref[0][-1]) / ref[0][-1]
             pclib.check(r0 < 1e-2 and r1 < 2e-2 and not np.array_equal(att[0], fp32[0]),
                         f"bf16 tensor-core attention vs CPU fp32: first loss rel {r0:.2e}, last {r1:.2e}")
