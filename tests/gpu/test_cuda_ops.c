@@ -342,7 +342,7 @@ static void test_attention(ctx *x)
         double tol = bf16 ? TOL_ATT_BF16 : TOL_F32;
         backend_cuda_set_attention(x->gpu, bf16);
 #ifdef PC_TEST_EMU /* the emulator runs a thread switch per barrier and shuffle: fewer long sequences */
-        const int Ts[] = {1, 17, 65, 128}, hds[] = {16, 64, 128};
+        const int Ts[] = {1, 17, 64, 65, 130}, hds[] = {16, 64, 128};
 #else
         const int Ts[] = {1, 17, 64, 65, 128, 300}, hds[] = {16, 64, 128};
 #endif
