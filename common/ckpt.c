@@ -790,7 +790,8 @@ int ckpt_read_block(const char *ckpt_path, const ckpt_manifest *m, ckpt_block *b
     if (rc == 0) rc = read_all(fd, name, hdr[0], path, e);
     if (rc == 0) {
         name[hdr[0]] = '\0';
-        if (strcmp(name, b->name)) rc = pc_errorf(e, "%s: holds block '%s', expected '%s'", path, name, b->name);
+        if (strlen(name) != hdr[0]) rc = pc_errorf(e, "%s: the block name holds a NUL byte", path);
+        else if (strcmp(name, b->name)) rc = pc_errorf(e, "%s: holds block '%s', expected '%s'", path, name, b->name);
         ckpt_hash_update(&h, magic, 8);
         ckpt_hash_update(&h, hdr, sizeof hdr);
         ckpt_hash_update(&h, name, hdr[0]);
@@ -805,7 +806,9 @@ int ckpt_read_block(const char *ckpt_path, const ckpt_manifest *m, ckpt_block *b
         if (rc == 0) rc = read_all(fd, &cnt, 8, path, e);
         if (rc != 0) break;
         an[nl] = '\0';
-        if (strcmp(an, b->arrays[i].name) || cnt != b->arrays[i].n)
+        if (strlen(an) != nl)
+            rc = pc_errorf(e, "%s: array %d's name holds a NUL byte", path, i);
+        else if (strcmp(an, b->arrays[i].name) || cnt != b->arrays[i].n)
             rc = pc_errorf(e, "%s: array %d is '%s' of %lld elements, expected '%s' of %lld", path, i, an,
                            (long long)cnt, b->arrays[i].name, (long long)b->arrays[i].n);
         ckpt_hash_update(&h, &nl, 4);

@@ -73,7 +73,8 @@ static char *fill_placeholders(const char *text, const char *dir) {
 }
 
 /* The shape a block file declares (magic, name, array names and counts), as a caller
- * that knows it would ask; 0 when the header cannot be parsed or is implausible. */
+ * that knows it would ask; 0 when the header cannot be parsed or is implausible (a name
+ * holding a NUL byte is no C string a caller could pass). */
 static int block_shape(const char *path, ckpt_block *b, float **bufs) {
     char *t = NULL;
     size_t len = 0;
@@ -86,7 +87,7 @@ static int block_shape(const char *path, ckpt_block *b, float **bufs) {
     memcpy(&nl, p + 8, 4);
     memcpy(&na, p + 12, 4);
     p += 16;
-    if (na > CKPT_MAX_ARRAYS || nl >= CKPT_NAME_MAX || (size_t)(end - p) < nl) goto out;
+    if (na > CKPT_MAX_ARRAYS || nl >= CKPT_NAME_MAX || (size_t)(end - p) < nl || memchr(p, 0, nl)) goto out;
     memset(b, 0, sizeof *b);
     memcpy(b->name, p, nl);
     p += nl;
@@ -97,7 +98,7 @@ static int block_shape(const char *path, ckpt_block *b, float **bufs) {
         if ((size_t)(end - p) < 4) goto out;
         memcpy(&an, p, 4);
         p += 4;
-        if (an >= sizeof b->arrays[i].name || (size_t)(end - p) < an + 8) goto out;
+        if (an >= sizeof b->arrays[i].name || (size_t)(end - p) < an + 8 || memchr(p, 0, an)) goto out;
         memcpy(b->arrays[i].name, p, an);
         p += an;
         memcpy(&cnt, p, 8);
