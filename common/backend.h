@@ -40,11 +40,16 @@ typedef struct backend_ops {
     void (*upload)(backend *be, float *dst, const float *host_src, size_t n);
     void (*download)(backend *be, float *host_dst, const float *src, size_t n);
     void (*upload_i32)(backend *be, int32_t *dst, const int32_t *host_src, size_t n);
+    /* `bytes` bytes of any type between host and device (staging for the comm). */
+    void (*upload_raw)(backend *be, void *dst, const void *host_src, size_t bytes);
+    void (*download_raw)(backend *be, void *host_dst, const void *src, size_t bytes);
     /* bf16 storage (frozen weights): raw bf16 bit patterns, zeroed at allocation. */
     uint16_t *(*alloc_bf16)(backend *be, size_t n);
     void (*upload_bf16)(backend *be, uint16_t *dst, const uint16_t *host_src, size_t n);
     /* dst = (float)src, exact, for n elements. */
     void (*widen_bf16)(backend *be, float *dst, const uint16_t *src, size_t n);
+    /* dst = bf16(src), nearest even, for n elements. */
+    void (*round_bf16)(backend *be, uint16_t *dst, const float *src, size_t n);
     void (*sync)(backend *be);
     /* Most device memory in use so far, in bytes (CUDA: the device's used memory after
      * each allocation, context and library workspaces included). NULL on backends whose
@@ -60,6 +65,10 @@ typedef struct backend_ops {
      * inputs as the matmul mode says. */
     void (*gemm)(backend *be, int trans_a, int trans_b, int M, int N, int K, float alpha, const float *A, int lda,
                  const float *B, int ldb, float beta, float *C, int ldc);
+    /* The same with B given in bf16 (a weight's bf16 copy) and A rounded to bf16:
+     * MATMUL_BF16's arithmetic, whatever the matmul mode. */
+    void (*gemm_w16)(backend *be, int trans_a, int trans_b, int M, int N, int K, float alpha, const float *A, int lda,
+                     const uint16_t *B, int ldb, float beta, float *C, int ldc);
     /* The same for batch matrices at A + i*stride_a, B + i*stride_b, C + i*stride_c. */
     void (*gemm_batched)(backend *be, int trans_a, int trans_b, int M, int N, int K, float alpha, const float *A,
                          int lda, int64_t stride_a, const float *B, int ldb, int64_t stride_b, float beta, float *C,

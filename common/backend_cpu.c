@@ -111,10 +111,23 @@ static void cpu_widen_bf16(backend *be, float *dst, const uint16_t *src, size_t 
     for (size_t i = 0; i < n; i++) d[i] = (uint32_t)src[i] << 16;
 }
 
+static void cpu_round_bf16(backend *be, uint16_t *dst, const float *src, size_t n)
+{
+    (void)be;
+    for (size_t i = 0; i < n; i++) dst[i] = pc_f32_to_bf16(src[i]);
+}
+
 static void cpu_upload_i32(backend *be, int32_t *dst, const int32_t *src, size_t n)
 {
     (void)be;
     memcpy(dst, src, n * sizeof(int32_t));
+}
+
+/* host memory both sides: upload and download are the same copy */
+static void cpu_copy_raw(backend *be, void *dst, const void *src, size_t bytes)
+{
+    (void)be;
+    if (bytes) memcpy(dst, src, bytes);
 }
 
 static void cpu_sync(backend *be) { (void)be; }
@@ -149,6 +162,17 @@ static void round_bf16(float *dst, const float *src, int rows, int cols, int ld)
             dst[(size_t)r * cols + j] = pc_bf16_to_f32(pc_f32_to_bf16(src[(size_t)r * ld + j]));
 }
 
+/* round_buf with room for n floats */
+static float *round_space(cpu_impl *c, size_t n)
+{
+    if (c->round_n < n) {
+        free(c->round_buf);
+        c->round_buf = pc_alloc_f32(n);
+        c->round_n = n;
+    }
+    return c->round_buf;
+}
+
 static void cpu_gemm(backend *be, int ta, int tb, int M, int N, int K, float alpha, const float *A, int lda,
                      const float *B, int ldb, float beta, float *C, int ldc)
 {
@@ -158,16 +182,28 @@ static void cpu_gemm(backend *be, int ta, int tb, int M, int N, int K, float alp
         return;
     }
     int ra = ta ? K : M, ca = ta ? M : K, rb = tb ? N : K, cb = tb ? K : N; /* stored shapes of A and B */
-    size_t na = (size_t)ra * ca, need = na + (size_t)rb * cb;
-    if (c->round_n < need) {
-        free(c->round_buf);
-        c->round_buf = pc_alloc_f32(need);
-        c->round_n = need;
-    }
-    float *a = c->round_buf, *b = c->round_buf + na;
+    size_t na = (size_t)ra * ca;
+    float *a = round_space(c, na + (size_t)rb * cb), *b = a + na;
     round_bf16(a, A, ra, ca, lda);
     round_bf16(b, B, rb, cb, ldb);
     sgemm(ta, tb, M, N, K, alpha, a, ca, b, cb, beta, C, ldc);
+}
+
+/* B's bf16 values widened, A rounded: the same products as cpu_gemm in MATMUL_BF16 on
+ * the widened B, bit for bit. */
+static void cpu_gemm_w16(backend *be, int ta, int tb, int M, int N, int K, float alpha, const float *A, int lda,
+                         const uint16_t *B, int ldb, float beta, float *C, int ldc)
+{
+    if (M <= 0 || N <= 0) return;
+    int ra = ta ? K : M, ca = ta ? M : K, rb = tb ? N : K, cb = tb ? K : N; /* stored shapes of A and B */
+    size_t na = K > 0 ? (size_t)ra * ca : 0;
+    float *a = round_space(be->impl, na + (K > 0 ? (size_t)rb * cb : 0) + 1), *b = a + na;
+    if (K > 0) {
+        round_bf16(a, A, ra, ca, lda);
+        for (int r = 0; r < rb; r++)
+            for (int j = 0; j < cb; j++) b[(size_t)r * cb + j] = pc_bf16_to_f32(B[(size_t)r * ldb + j]);
+    }
+    sgemm(ta, tb, M, N, K, alpha, a, K > 0 ? ca : lda, b, K > 0 ? cb : ldb, beta, C, ldc);
 }
 
 static void cpu_gemm_batched(backend *be, int ta, int tb, int M, int N, int K, float alpha, const float *A, int lda,
@@ -534,12 +570,16 @@ static const backend_ops cpu_ops = {
     .upload = cpu_copy,
     .download = cpu_copy,
     .upload_i32 = cpu_upload_i32,
+    .upload_raw = cpu_copy_raw,
+    .download_raw = cpu_copy_raw,
     .alloc_bf16 = cpu_alloc_bf16,
     .upload_bf16 = cpu_upload_bf16,
     .widen_bf16 = cpu_widen_bf16,
+    .round_bf16 = cpu_round_bf16,
     .sync = cpu_sync,
     .set_matmul = cpu_set_matmul,
     .gemm = cpu_gemm,
+    .gemm_w16 = cpu_gemm_w16,
     .gemm_batched = cpu_gemm_batched,
     .embedding_fwd = cpu_embedding_fwd,
     .embedding_bwd = cpu_embedding_bwd,

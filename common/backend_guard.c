@@ -212,6 +212,26 @@ static void guard_upload_i32(backend *be, int32_t *dst, const int32_t *host_src,
     call_end(&k);
 }
 
+static void guard_upload_raw(backend *be, void *dst, const void *host_src, size_t bytes)
+{
+    guard_call k;
+    call_begin(&k, be, "upload_raw");
+    call_host(&k, host_src, bytes, "host_src");
+    call_arg(&k, dst, "dst");
+    inner(be)->ops->upload_raw(inner(be), dst, host_src, bytes);
+    call_end(&k);
+}
+
+static void guard_download_raw(backend *be, void *host_dst, const void *src, size_t bytes)
+{
+    guard_call k;
+    call_begin(&k, be, "download_raw");
+    call_host(&k, host_dst, bytes, "host_dst");
+    call_arg(&k, src, "src");
+    inner(be)->ops->download_raw(inner(be), host_dst, src, bytes);
+    call_end(&k);
+}
+
 static uint16_t *guard_alloc_bf16(backend *be, size_t n) { return guard_map(be, n * sizeof(uint16_t)); }
 
 static void guard_upload_bf16(backend *be, uint16_t *dst, const uint16_t *host_src, size_t n)
@@ -234,6 +254,16 @@ static void guard_widen_bf16(backend *be, float *dst, const uint16_t *src, size_
     call_end(&k);
 }
 
+static void guard_round_bf16(backend *be, uint16_t *dst, const float *src, size_t n)
+{
+    guard_call k;
+    call_begin(&k, be, "round_bf16");
+    call_arg(&k, dst, "dst");
+    call_arg(&k, src, "src");
+    inner(be)->ops->round_bf16(inner(be), dst, src, n);
+    call_end(&k);
+}
+
 static void guard_sync(backend *be) { inner(be)->ops->sync(inner(be)); }
 
 static int guard_set_matmul(backend *be, matmul_mode mode) { return inner(be)->ops->set_matmul(inner(be), mode); }
@@ -249,6 +279,18 @@ static void guard_gemm(backend *be, int ta, int tb, int M, int N, int K, float a
     call_arg(&k, B, "B");
     call_arg(&k, C, "C");
     inner(be)->ops->gemm(inner(be), ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+    call_end(&k);
+}
+
+static void guard_gemm_w16(backend *be, int ta, int tb, int M, int N, int K, float alpha, const float *A, int lda,
+                           const uint16_t *B, int ldb, float beta, float *C, int ldc)
+{
+    guard_call k;
+    call_begin(&k, be, "gemm_w16");
+    call_arg(&k, A, "A");
+    call_arg(&k, B, "B");
+    call_arg(&k, C, "C");
+    inner(be)->ops->gemm_w16(inner(be), ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
     call_end(&k);
 }
 
@@ -536,12 +578,16 @@ static const backend_ops guard_ops = {
     .upload = guard_upload,
     .download = guard_download,
     .upload_i32 = guard_upload_i32,
+    .upload_raw = guard_upload_raw,
+    .download_raw = guard_download_raw,
     .alloc_bf16 = guard_alloc_bf16,
     .upload_bf16 = guard_upload_bf16,
     .widen_bf16 = guard_widen_bf16,
+    .round_bf16 = guard_round_bf16,
     .sync = guard_sync,
     .set_matmul = guard_set_matmul,
     .gemm = guard_gemm,
+    .gemm_w16 = guard_gemm_w16,
     .gemm_batched = guard_gemm_batched,
     .embedding_fwd = guard_embedding_fwd,
     .embedding_bwd = guard_embedding_bwd,

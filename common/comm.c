@@ -16,12 +16,23 @@
 
 /* ---------------------------------------------------------------- wrappers */
 
+/* 0 when dtype t can be reduced; else -1 and e naming the rank and op (count: the call's
+ * element count, as the backends' messages give it). bf16 copies are only moved: a sum
+ * in bf16 would round at every step, so reductions run in f32. */
+static int check_reducible(const comm *c, const char *op, comm_dtype t, size_t count, pc_err *e) {
+    if (t != COMM_BF16) return 0;
+    return pc_errorf(e, "rank %d: %s(%s, %zu elems): bf16 is moved, never reduced (reduce in f32)", c->rank, op,
+                     comm_dtype_name(t), count);
+}
+
 int comm_all_reduce(comm *c, const void *send, void *recv, size_t count, comm_dtype t, comm_op op, pc_err *e) {
+    if (check_reducible(c, "all_reduce", t, count, e)) return -1;
     c->bytes += count * comm_dtype_size(t);
     return c->ops->all_reduce(c, send, recv, count, t, op, e);
 }
 
 int comm_reduce(comm *c, const void *send, void *recv, size_t count, comm_dtype t, comm_op op, int root, pc_err *e) {
+    if (check_reducible(c, "reduce", t, count, e)) return -1;
     c->bytes += count * comm_dtype_size(t);
     return c->ops->reduce(c, send, recv, count, t, op, root, e);
 }
@@ -43,23 +54,26 @@ int comm_all_gatherv(comm *c, const void *send, size_t send_count, void *recv, c
 }
 
 int comm_reduce_scatter(comm *c, const void *send, void *recv, size_t count, comm_dtype t, comm_op op, pc_err *e) {
+    if (check_reducible(c, "reduce_scatter", t, count, e)) return -1;
     c->bytes += count * (size_t)c->size * comm_dtype_size(t);
     return c->ops->reduce_scatter(c, send, recv, count, t, op, e);
 }
 
-static size_t pieces_bytes(const comm_piece *p, int n, comm_dtype t) {
-    size_t b = 0;
-    for (int i = 0; i < n; i++) b += p[i].count * comm_dtype_size(t);
-    return b;
+static size_t pieces_count(const comm_piece *p, int n) {
+    size_t count = 0;
+    for (int i = 0; i < n; i++) count += p[i].count;
+    return count;
 }
 
 int comm_broadcast_group(comm *c, const comm_piece *p, int n, comm_dtype t, pc_err *e) {
-    c->bytes += pieces_bytes(p, n, t);
+    c->bytes += pieces_count(p, n) * comm_dtype_size(t);
     return c->ops->broadcast_group(c, p, n, t, e);
 }
 
 int comm_reduce_group(comm *c, const comm_piece *p, int n, comm_dtype t, comm_op op, pc_err *e) {
-    c->bytes += pieces_bytes(p, n, t);
+    size_t count = pieces_count(p, n);
+    if (check_reducible(c, "reduce_group", t, count, e)) return -1;
+    c->bytes += count * comm_dtype_size(t);
     return c->ops->reduce_group(c, p, n, t, op, e);
 }
 
@@ -76,6 +90,7 @@ size_t comm_dtype_size(comm_dtype t) {
     case COMM_I32: return 4;
     case COMM_I64: return 8;
     case COMM_U8: return 1;
+    case COMM_BF16: return 2;
     }
     return 0;
 }
@@ -87,6 +102,7 @@ const char *comm_dtype_name(comm_dtype t) {
     case COMM_I32: return "i32";
     case COMM_I64: return "i64";
     case COMM_U8: return "u8";
+    case COMM_BF16: return "bf16";
     }
     return "?";
 }
@@ -110,6 +126,7 @@ static MPI_Datatype mpi_type(comm_dtype t) {
     case COMM_I32: return MPI_INT32_T;
     case COMM_I64: return MPI_INT64_T;
     case COMM_U8: return MPI_UINT8_T;
+    case COMM_BF16: return MPI_UINT16_T; /* bit patterns, moved only: the wrappers refuse reductions */
     }
     return MPI_DATATYPE_NULL;
 }

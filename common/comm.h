@@ -9,7 +9,14 @@
 
 #include "util.h"
 
-typedef enum { COMM_F32 = 0, COMM_F64, COMM_I32, COMM_I64, COMM_U8 } comm_dtype;
+typedef enum {
+    COMM_F32 = 0,
+    COMM_F64,
+    COMM_I32,
+    COMM_I64,
+    COMM_U8,
+    COMM_BF16, /* bf16 bit patterns: broadcast / gather only */
+} comm_dtype;
 typedef enum { COMM_SUM = 0, COMM_MAX, COMM_MIN } comm_op;
 
 typedef struct comm comm;
@@ -59,7 +66,9 @@ comm *comm_mpi_create(pc_err *e);
  * pieces. Lowered only to test the piecewise paths. No effect on other backends. */
 void comm_mpi_set_max_chunk(comm *c, size_t n);
 
-/* Convenience wrappers: dispatch through c->ops. */
+/* Convenience wrappers: dispatch through c->ops. The reductions (all_reduce, reduce,
+ * reduce_scatter, reduce_group) refuse COMM_BF16, counting no bytes: bf16 copies are
+ * moved, never reduced (reduce in f32). */
 int comm_all_reduce(comm *c, const void *send, void *recv, size_t count, comm_dtype t, comm_op op, pc_err *e);
 int comm_reduce(comm *c, const void *send, void *recv, size_t count, comm_dtype t, comm_op op, int root, pc_err *e);
 int comm_broadcast(comm *c, void *buf, size_t count, comm_dtype t, int root, pc_err *e);
@@ -72,7 +81,7 @@ int comm_reduce_group(comm *c, const comm_piece *p, int n, comm_dtype t, comm_op
 int comm_barrier(comm *c, pc_err *e);
 void comm_destroy(comm *c);
 size_t comm_dtype_size(comm_dtype t);
-/* "f32", "f64", "i32", "i64", "u8". */
+/* "f32", "f64", "i32", "i64", "u8", "bf16". */
 const char *comm_dtype_name(comm_dtype t);
 
 #endif

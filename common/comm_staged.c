@@ -2,10 +2,12 @@
  *
  * Every op downloads its device input into a host staging buffer, runs the host comm's
  * collective in place on it where the collective allows (so one buffer suffices), and
- * uploads the result. The payload is counted by the comm_* wrappers on the staged comm
- * itself; the host comm's bytes and timeout_s are saved before each inner call and
- * restored after it, so the payload is counted once and the staged comm's watchdog
- * setting governs. Errors of the inner call pass through unchanged. */
+ * uploads the result. Staging is in bytes, through the backend's raw upload/download,
+ * so any element count of any dtype works (7 u8, 3 bf16). The payload is counted by the
+ * comm_* wrappers on the staged comm itself; the host comm's bytes and timeout_s are
+ * saved before each inner call and restored after it, so the payload is counted once
+ * and the staged comm's watchdog setting governs. Errors of the inner call pass through
+ * unchanged. */
 #include "comm_staged.h"
 
 #include <stdlib.h>
@@ -14,45 +16,39 @@
 typedef struct staged_impl {
     comm *host;
     backend *be;
-    float *in, *out; /* host staging buffers */
-    size_t in_n, out_n; /* their capacities in floats */
+    char *in, *out;         /* host staging buffers */
+    size_t in_cap, out_cap; /* their capacities in bytes */
 } staged_impl;
 
 static staged_impl *simpl(comm *c) { return c->impl; }
 
-/* Host staging buffer *buf grown to at least n floats. */
-static float *stage(float **buf, size_t *cap, size_t n) {
-    if (*cap < n) {
+/* Host staging buffer *buf grown to at least `bytes` bytes. */
+static char *stage(char **buf, size_t *cap, size_t bytes) {
+    if (*cap < bytes) {
         free(*buf);
-        *buf = pc_malloc(n * sizeof(float));
-        *cap = n;
+        *buf = pc_malloc(bytes);
+        *cap = bytes;
     }
     return *buf;
 }
 
-/* Floats that carry `count` elements of t, for op; -1 when that is not whole floats. */
-static int words(comm *c, const char *op, const char *what, size_t count, comm_dtype t, size_t *out, pc_err *e) {
-    size_t es = comm_dtype_size(t);
-    if (es == 0) return pc_errorf(e, "rank %d: %s: unknown dtype %d", c->rank, op, (int)t);
-    if (count * es % sizeof(float) != 0)
-        return pc_errorf(e,
-                         "rank %d: %s(%s, %zu elems) on the staged comm: %s of %zu bytes is not a multiple of 4 bytes "
-                         "(device buffers are staged as floats)",
-                         c->rank, op, comm_dtype_name(t), count, what, count * es);
-    *out = count * es / sizeof(float);
+/* *es = bytes per element of t; -1 and e naming op when t is not a known dtype. */
+static int elem_size(comm *c, const char *op, comm_dtype t, size_t *es, pc_err *e) {
+    *es = comm_dtype_size(t);
+    if (*es == 0) return pc_errorf(e, "rank %d: %s: unknown dtype %d", c->rank, op, (int)t);
     return 0;
 }
 
-static float *dev_at(const void *base, size_t floats) { return (float *)base + floats; }
+static char *dev_at(void *base, size_t bytes) { return (char *)base + bytes; }
 
-static void download(comm *c, float *host, const void *dev, size_t n) {
+static void download(comm *c, void *host, const void *dev, size_t bytes) {
     backend *be = simpl(c)->be;
-    if (n) be->ops->download(be, host, dev, n);
+    if (bytes) be->ops->download_raw(be, host, dev, bytes);
 }
 
-static void upload(comm *c, void *dev, const float *host, size_t n) {
+static void upload(comm *c, void *dev, const void *host, size_t bytes) {
     backend *be = simpl(c)->be;
-    if (n) be->ops->upload(be, dev, host, n);
+    if (bytes) be->ops->upload_raw(be, dev, host, bytes);
 }
 
 /* Saved host-comm state around an inner call. */
@@ -79,100 +75,97 @@ static int host_leave(comm *c, const host_state *s, int rc) {
 static int staged_all_reduce(comm *c, const void *send, void *recv, size_t count, comm_dtype t, comm_op op,
                              pc_err *e) {
     staged_impl *s = simpl(c);
-    size_t nf;
-    if (words(c, "all_reduce", "the buffer", count, t, &nf, e)) return -1;
-    float *buf = stage(&s->in, &s->in_n, nf);
-    download(c, buf, send, nf);
+    size_t es;
+    if (elem_size(c, "all_reduce", t, &es, e)) return -1;
+    size_t nb = count * es;
+    char *buf = stage(&s->in, &s->in_cap, nb);
+    download(c, buf, send, nb);
     host_state hs;
     comm *h = host_enter(c, &hs);
     if (host_leave(c, &hs, comm_all_reduce(h, buf, buf, count, t, op, e))) return -1;
-    upload(c, recv, buf, nf);
+    upload(c, recv, buf, nb);
     return 0;
 }
 
 static int staged_reduce(comm *c, const void *send, void *recv, size_t count, comm_dtype t, comm_op op, int root,
                          pc_err *e) {
     staged_impl *s = simpl(c);
-    size_t nf;
-    if (words(c, "reduce", "the buffer", count, t, &nf, e)) return -1;
-    float *buf = stage(&s->in, &s->in_n, nf);
-    download(c, buf, send, nf);
+    size_t es;
+    if (elem_size(c, "reduce", t, &es, e)) return -1;
+    size_t nb = count * es;
+    char *buf = stage(&s->in, &s->in_cap, nb);
+    download(c, buf, send, nb);
     int is_root = c->rank == root;
     host_state hs;
     comm *h = host_enter(c, &hs);
     if (host_leave(c, &hs, comm_reduce(h, buf, is_root ? buf : NULL, count, t, op, root, e))) return -1;
-    if (is_root) upload(c, recv, buf, nf);
+    if (is_root) upload(c, recv, buf, nb);
     return 0;
 }
 
 static int staged_broadcast(comm *c, void *dev_buf, size_t count, comm_dtype t, int root, pc_err *e) {
     staged_impl *s = simpl(c);
-    size_t nf;
-    if (words(c, "broadcast", "the buffer", count, t, &nf, e)) return -1;
-    float *buf = stage(&s->in, &s->in_n, nf);
-    if (c->rank == root) download(c, buf, dev_buf, nf);
+    size_t es;
+    if (elem_size(c, "broadcast", t, &es, e)) return -1;
+    size_t nb = count * es;
+    char *buf = stage(&s->in, &s->in_cap, nb);
+    if (c->rank == root) download(c, buf, dev_buf, nb);
     host_state hs;
     comm *h = host_enter(c, &hs);
     if (host_leave(c, &hs, comm_broadcast(h, buf, count, t, root, e))) return -1;
-    if (c->rank != root) upload(c, dev_buf, buf, nf);
+    if (c->rank != root) upload(c, dev_buf, buf, nb);
     return 0;
 }
 
 static int staged_all_gather(comm *c, const void *send, void *recv, size_t count, comm_dtype t, pc_err *e) {
     staged_impl *s = simpl(c);
-    size_t nf;
-    if (words(c, "all_gather", "one rank's piece", count, t, &nf, e)) return -1;
+    size_t es;
+    if (elem_size(c, "all_gather", t, &es, e)) return -1;
+    size_t piece = count * es; /* one rank's piece, bytes */
     // recv (size, count): this rank's piece goes to its place, the gather runs in place
-    float *buf = stage(&s->in, &s->in_n, (size_t)c->size * nf);
-    float *own = buf + (size_t)c->rank * nf;
-    download(c, own, send, nf);
+    char *buf = stage(&s->in, &s->in_cap, (size_t)c->size * piece);
+    char *own = buf + (size_t)c->rank * piece;
+    download(c, own, send, piece);
     host_state hs;
     comm *h = host_enter(c, &hs);
     if (host_leave(c, &hs, comm_all_gather(h, own, buf, count, t, e))) return -1;
-    upload(c, recv, buf, (size_t)c->size * nf);
+    upload(c, recv, buf, (size_t)c->size * piece);
     return 0;
 }
 
 static int staged_all_gatherv(comm *c, const void *send, size_t send_count, void *recv, const size_t *counts,
                               const size_t *displs, comm_dtype t, pc_err *e) {
     staged_impl *s = simpl(c);
-    size_t nf_send, extent = 0;
-    if (words(c, "all_gatherv", "the send count", send_count, t, &nf_send, e)) return -1;
-    for (int q = 0; q < c->size; q++) {
-        size_t nf_q, off_q;
-        if (words(c, "all_gatherv", "a rank's count", counts[q], t, &nf_q, e) ||
-            words(c, "all_gatherv", "a rank's displacement", displs[q], t, &off_q, e))
-            return -1;
-        extent = PC_MAX(extent, off_q + nf_q);
-    }
-    size_t own_off = displs[c->rank] * comm_dtype_size(t) / sizeof(float);
-    extent = PC_MAX(extent, own_off + nf_send);
-    // recv holds rank q's counts[q] elements at displs[q]; gather in place in the stage
-    float *buf = stage(&s->in, &s->in_n, extent);
-    download(c, buf + own_off, send, nf_send);
+    size_t es;
+    if (elem_size(c, "all_gatherv", t, &es, e)) return -1;
+    // recv holds rank q's counts[q] elements at displs[q]; gather in place in the stage,
+    // which spans recv up to the end of its last piece (bytes)
+    size_t own_off = displs[c->rank] * es, extent = own_off + send_count * es;
+    for (int q = 0; q < c->size; q++) extent = PC_MAX(extent, (displs[q] + counts[q]) * es);
+    char *buf = stage(&s->in, &s->in_cap, extent);
+    download(c, buf + own_off, send, send_count * es);
     host_state hs;
     comm *h = host_enter(c, &hs);
     if (host_leave(c, &hs, comm_all_gatherv(h, buf + own_off, send_count, buf, counts, displs, t, e))) return -1;
-    for (int q = 0; q < c->size; q++) {
-        size_t off = displs[q] * comm_dtype_size(t) / sizeof(float);
-        upload(c, dev_at(recv, off), buf + off, counts[q] * comm_dtype_size(t) / sizeof(float));
-    }
+    // only the pieces: the gaps between them on the device stay as they were
+    for (int q = 0; q < c->size; q++) upload(c, dev_at(recv, displs[q] * es), buf + displs[q] * es, counts[q] * es);
     return 0;
 }
 
 static int staged_reduce_scatter(comm *c, const void *send, void *recv, size_t count, comm_dtype t, comm_op op,
                                  pc_err *e) {
     staged_impl *s = simpl(c);
-    size_t nf;
-    if (words(c, "reduce_scatter", "one rank's piece", count, t, &nf, e)) return -1;
+    size_t es;
+    if (elem_size(c, "reduce_scatter", t, &es, e)) return -1;
+    size_t piece = count * es; /* one rank's piece, bytes */
     // send (size, count) -> recv (count)
-    float *in = stage(&s->in, &s->in_n, (size_t)c->size * nf);
-    float *out = stage(&s->out, &s->out_n, nf);
-    download(c, in, send, (size_t)c->size * nf);
+    char *in = stage(&s->in, &s->in_cap, (size_t)c->size * piece);
+    char *out = stage(&s->out, &s->out_cap, piece);
+    download(c, in, send, (size_t)c->size * piece);
     host_state hs;
     comm *h = host_enter(c, &hs);
     if (host_leave(c, &hs, comm_reduce_scatter(h, in, out, count, t, op, e))) return -1;
-    upload(c, recv, out, nf);
+    upload(c, recv, out, piece);
     return 0;
 }
 
@@ -182,26 +175,22 @@ static int staged_reduce_scatter(comm *c, const void *send, void *recv, size_t c
 static int staged_group(comm *c, const char *op, const comm_piece *p, int n, comm_dtype t, int reduce, comm_op rop,
                         pc_err *e) {
     staged_impl *s = simpl(c);
-    size_t total = 0, nf;
-    for (int i = 0; i < n; i++) {
-        if (words(c, op, "a piece", p[i].count, t, &nf, e)) return -1;
-        total += nf;
-    }
-    float *buf = stage(&s->in, &s->in_n, total);
+    size_t es, total = 0; /* bytes of all pieces */
+    if (elem_size(c, op, t, &es, e)) return -1;
+    for (int i = 0; i < n; i++) total += p[i].count * es;
+    char *buf = stage(&s->in, &s->in_cap, total);
     comm_piece *hp = pc_malloc((size_t)(n > 0 ? n : 1) * sizeof *hp);
-    size_t o = 0;
+    size_t o = 0; /* piece i's offset in the stage, bytes */
     for (int i = 0; i < n; i++) {
-        nf = p[i].count * comm_dtype_size(t) / sizeof(float);
         hp[i] = (comm_piece){buf + o, p[i].count, p[i].root};
-        if (reduce || c->rank == p[i].root) download(c, buf + o, p[i].buf, nf);
-        o += nf;
+        if (reduce || c->rank == p[i].root) download(c, buf + o, p[i].buf, p[i].count * es);
+        o += p[i].count * es;
     }
     host_state hs;
     comm *h = host_enter(c, &hs);
     int rc = host_leave(c, &hs, reduce ? comm_reduce_group(h, hp, n, t, rop, e) : comm_broadcast_group(h, hp, n, t, e));
     for (int i = 0; i < n && rc == 0; i++)
-        if ((c->rank == p[i].root) == reduce)
-            upload(c, p[i].buf, hp[i].buf, p[i].count * comm_dtype_size(t) / sizeof(float));
+        if ((c->rank == p[i].root) == reduce) upload(c, p[i].buf, hp[i].buf, p[i].count * es);
     free(hp);
     return rc;
 }

@@ -5,9 +5,8 @@
  * without NCCL, and the guarded CPU backend (backend_guard_create), whose buffers host
  * code cannot touch. Each collective downloads its input into host staging buffers
  * (grown as needed and kept between calls), runs the same collective on the host comm
- * and uploads the result. Backends move floats, so a dtype is staged as
- * count * size / 4 floats; a u8 count (or all_gatherv count or displacement) that is
- * not a multiple of 4 fails naming the op. */
+ * and uploads the result. Staging moves bytes (the backend's raw upload/download), so
+ * any element count of any dtype works, bf16 included. */
 #ifndef PC_COMM_STAGED_H
 #define PC_COMM_STAGED_H
 

@@ -286,20 +286,33 @@ static void cu_copy(backend *be, float *dst, const float *src, size_t n)
     CUDA_CHECK(cudaFree(tmp));
 }
 
-static void cu_upload(backend *be, float *dst, const float *host_src, size_t n)
+/* `bytes` between host and device on the stream, complete on return */
+static void copy_sync(backend *be, void *dst, const void *src, size_t bytes, cudaMemcpyKind kind)
 {
     cuda_impl *c = impl_of(be);
-    if (n == 0) return;
-    CUDA_CHECK(cudaMemcpyAsync(dst, host_src, n * sizeof(float), cudaMemcpyHostToDevice, c->stream));
+    if (bytes == 0) return;
+    CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, kind, c->stream));
     CUDA_CHECK(cudaStreamSynchronize(c->stream));
+}
+
+static void cu_upload_raw(backend *be, void *dst, const void *host_src, size_t bytes)
+{
+    copy_sync(be, dst, host_src, bytes, cudaMemcpyHostToDevice);
+}
+
+static void cu_download_raw(backend *be, void *host_dst, const void *src, size_t bytes)
+{
+    copy_sync(be, host_dst, src, bytes, cudaMemcpyDeviceToHost);
+}
+
+static void cu_upload(backend *be, float *dst, const float *host_src, size_t n)
+{
+    cu_upload_raw(be, dst, host_src, n * sizeof(float));
 }
 
 static void cu_download(backend *be, float *host_dst, const float *src, size_t n)
 {
-    cuda_impl *c = impl_of(be);
-    if (n == 0) return;
-    CUDA_CHECK(cudaMemcpyAsync(host_dst, src, n * sizeof(float), cudaMemcpyDeviceToHost, c->stream));
-    CUDA_CHECK(cudaStreamSynchronize(c->stream));
+    cu_download_raw(be, host_dst, src, n * sizeof(float));
 }
 
 static uint16_t *cu_alloc_bf16(backend *be, size_t n)
@@ -309,10 +322,7 @@ static uint16_t *cu_alloc_bf16(backend *be, size_t n)
 
 static void cu_upload_bf16(backend *be, uint16_t *dst, const uint16_t *host_src, size_t n)
 {
-    cuda_impl *c = impl_of(be);
-    if (n == 0) return;
-    CUDA_CHECK(cudaMemcpyAsync(dst, host_src, n * sizeof(uint16_t), cudaMemcpyHostToDevice, c->stream));
-    CUDA_CHECK(cudaStreamSynchronize(c->stream));
+    cu_upload_raw(be, dst, host_src, n * sizeof(uint16_t));
 }
 
 /* bf16 bits are the high half of the fp32 with the same value */
@@ -331,10 +341,7 @@ static void cu_widen_bf16(backend *be, float *dst, const uint16_t *src, size_t n
 
 static void cu_upload_i32(backend *be, int32_t *dst, const int32_t *host_src, size_t n)
 {
-    cuda_impl *c = impl_of(be);
-    if (n == 0) return;
-    CUDA_CHECK(cudaMemcpyAsync(dst, host_src, n * sizeof(int32_t), cudaMemcpyHostToDevice, c->stream));
-    CUDA_CHECK(cudaStreamSynchronize(c->stream));
+    cu_upload_raw(be, dst, host_src, n * sizeof(int32_t));
 }
 
 static void cu_sync(backend *be) { CUDA_CHECK(cudaStreamSynchronize(impl_of(be)->stream)); }
@@ -347,20 +354,40 @@ static cublasComputeType_t compute_type(const cuda_impl *c)
 }
 
 /* dst (rows, cols) contiguous = bf16(src (rows, cols), row stride ld), nearest even */
-__global__ void k_round_bf16(__nv_bfloat16 *dst, const float *src, int rows, int cols, int ld)
+__global__ void k_round_bf16(__nv_bfloat16 *dst, const float *src, size_t rows, size_t cols, size_t ld)
 {
-    size_t n = (size_t)rows * cols;
+    size_t n = rows * cols;
     for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x)
         dst[i] = __float2bfloat16_rn(src[(i / cols) * ld + i % cols]);
+}
+
+static void round_into(cuda_impl *c, __nv_bfloat16 *dst, const float *src, size_t rows, size_t cols, size_t ld)
+{
+    if (rows * cols == 0) return;
+    PC_LAUNCH(k_round_bf16, grid_for(rows * cols, 256), 256, 0, c->stream)(dst, src, rows, cols, ld);
+    launch_check(c, __FILE__, __LINE__);
 }
 
 static const __nv_bfloat16 *to_bf16(cuda_impl *c, uint16_t **buf, size_t *have, const float *src, int rows, int cols,
                                     int ld)
 {
     __nv_bfloat16 *dst = (__nv_bfloat16 *)grow_bf16(c, buf, have, (size_t)rows * cols);
-    PC_LAUNCH(k_round_bf16, grid_for((size_t)rows * cols, 256), 256, 0, c->stream)(dst, src, rows, cols, ld);
-    launch_check(c, __FILE__, __LINE__);
+    round_into(c, dst, src, (size_t)rows, (size_t)cols, (size_t)ld);
     return dst;
+}
+
+static void cu_round_bf16(backend *be, uint16_t *dst, const float *src, size_t n)
+{
+    round_into(impl_of(be), (__nv_bfloat16 *)dst, src, 1, n, n);
+}
+
+/* cu_gemm's product on bf16 operands (leading dimensions of their stored layouts), fp32 accumulation */
+static void gemm_bf16(cuda_impl *c, int ta, int tb, int M, int N, int K, float alpha, const __nv_bfloat16 *a, int lda,
+                      const __nv_bfloat16 *b, int ldb, float beta, float *C, int ldc)
+{
+    CUBLAS_CHECK(cublasGemmEx(c->blas, tb ? CUBLAS_OP_T : CUBLAS_OP_N, ta ? CUBLAS_OP_T : CUBLAS_OP_N, N, M, K, &alpha,
+                              b, CUDA_R_16BF, ldb, a, CUDA_R_16BF, lda, &beta, C, CUDA_R_32F, ldc, CUBLAS_COMPUTE_32F,
+                              CUBLAS_GEMM_DEFAULT));
 }
 
 /* Row-major C[M,N] = alpha op(A) op(B) + beta C  <=>  column-major C^T[N,M] = op(B)^T op(A)^T. */
@@ -373,14 +400,23 @@ static void cu_gemm(backend *be, int ta, int tb, int M, int N, int K, float alph
         int ra = ta ? K : M, ca = ta ? M : K, rb = tb ? N : K, cb = tb ? K : N;
         const __nv_bfloat16 *a = to_bf16(c, &c->bf_a, &c->bf_a_n, A, ra, ca, lda);
         const __nv_bfloat16 *b = to_bf16(c, &c->bf_b, &c->bf_b_n, B, rb, cb, ldb);
-        CUBLAS_CHECK(cublasGemmEx(c->blas, tb ? CUBLAS_OP_T : CUBLAS_OP_N, ta ? CUBLAS_OP_T : CUBLAS_OP_N, N, M, K,
-                                  &alpha, b, CUDA_R_16BF, cb, a, CUDA_R_16BF, ca, &beta, C, CUDA_R_32F, ldc,
-                                  CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+        gemm_bf16(c, ta, tb, M, N, K, alpha, a, ca, b, cb, beta, C, ldc);
         return;
     }
     CUBLAS_CHECK(cublasGemmEx(c->blas, tb ? CUBLAS_OP_T : CUBLAS_OP_N, ta ? CUBLAS_OP_T : CUBLAS_OP_N, N, M, K, &alpha,
                               B, CUDA_R_32F, ldb, A, CUDA_R_32F, lda, &beta, C, CUDA_R_32F, ldc, compute_type(c),
                               CUBLAS_GEMM_DEFAULT));
+}
+
+/* The weight B is already bf16: only A is rounded. */
+static void cu_gemm_w16(backend *be, int ta, int tb, int M, int N, int K, float alpha, const float *A, int lda,
+                        const uint16_t *B, int ldb, float beta, float *C, int ldc)
+{
+    cuda_impl *c = impl_of(be);
+    if (M <= 0 || N <= 0) return;
+    int ra = ta ? K : M, ca = ta ? M : K;
+    const __nv_bfloat16 *a = K > 0 ? to_bf16(c, &c->bf_a, &c->bf_a_n, A, ra, ca, lda) : NULL;
+    gemm_bf16(c, ta, tb, M, N, K, alpha, a, K > 0 ? ca : lda, (const __nv_bfloat16 *)B, ldb, beta, C, ldc);
 }
 
 static void cu_gemm_batched(backend *be, int ta, int tb, int M, int N, int K, float alpha, const float *A, int lda,
@@ -1145,14 +1181,18 @@ static const backend_ops cuda_ops = {
     .upload = cu_upload,
     .download = cu_download,
     .upload_i32 = cu_upload_i32,
+    .upload_raw = cu_upload_raw,
+    .download_raw = cu_download_raw,
     .alloc_bf16 = cu_alloc_bf16,
     .upload_bf16 = cu_upload_bf16,
     .widen_bf16 = cu_widen_bf16,
+    .round_bf16 = cu_round_bf16,
     .sync = cu_sync,
     .mem_peak = cu_mem_peak,
     .mem_total = cu_mem_total,
     .set_matmul = cu_set_matmul,
     .gemm = cu_gemm,
+    .gemm_w16 = cu_gemm_w16,
     .gemm_batched = cu_gemm_batched,
     .embedding_fwd = cu_embedding_fwd,
     .embedding_bwd = cu_embedding_bwd,

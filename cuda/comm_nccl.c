@@ -43,6 +43,7 @@ static int nccl_type(comm_dtype t, ncclDataType_t *out) {
     case COMM_I32: *out = ncclInt32; return 0;
     case COMM_I64: *out = ncclInt64; return 0;
     case COMM_U8: *out = ncclUint8; return 0;
+    case COMM_BF16: *out = ncclBfloat16; return 0; /* moved only: the comm_* wrappers refuse reductions */
     }
     return -1;
 }

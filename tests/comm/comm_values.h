@@ -1,8 +1,12 @@
 /* comm_values: the per-rank test inputs of the comm tests and typed element access
  * (put/get, also used by the NCCL test in tests/gpu).
  *
- * Element i of rank r is a small integer, exact in every dtype (0..10 for u8, -4..6
- * otherwise), so every reduction has one right answer whatever the order. */
+ * Element i of rank r is a small integer, exact in every reducible dtype (0..10 for u8,
+ * -4..6 otherwise), so every reduction has one right answer whatever the order. bf16
+ * is moved, never reduced: its elements are 16-bit patterns, handled as the integers
+ * 0..65535 (put/get neither round nor convert them), distinct for every rank < 16 and
+ * element < 4096 and spread over both bytes and all exponents, NaN patterns included, so
+ * that a misplaced, truncated or converted element shows. */
 #ifndef PC_TESTS_COMM_VALUES_H
 #define PC_TESTS_COMM_VALUES_H
 
@@ -12,7 +16,13 @@
 
 #include "comm.h"
 
+/* Whether the comm may reduce dtype t (the comm_* wrappers refuse bf16). */
+static inline int reducible(comm_dtype t) { return t != COMM_BF16; }
+
 static inline double val(int r, size_t i, comm_dtype t) {
+    /* bf16: the rank in the top 4 bits, the element (mod 4096) scrambled by an odd
+     * multiplier (a bijection mod 4096) in the low 12 */
+    if (t == COMM_BF16) return (double)((((unsigned)r & 15u) << 12) | (((unsigned)i * 2531u) & 0xfffu));
     double v = (double)((r * 7 + (int)i * 3 + 1) % 11);
     return t == COMM_U8 ? v : v - 4;
 }
@@ -25,6 +35,7 @@ static inline void put(void *b, comm_dtype t, size_t i, double v) {
     case COMM_I32: ((int32_t *)b)[i] = (int32_t)v; break;
     case COMM_I64: ((int64_t *)b)[i] = (int64_t)v; break;
     case COMM_U8: ((uint8_t *)b)[i] = (uint8_t)v; break;
+    case COMM_BF16: ((uint16_t *)b)[i] = (uint16_t)v; break; /* v: the bit pattern */
     }
 }
 
@@ -36,6 +47,7 @@ static inline double get(const void *b, comm_dtype t, size_t i) {
     case COMM_I32: return ((const int32_t *)b)[i];
     case COMM_I64: return (double)((const int64_t *)b)[i];
     case COMM_U8: return ((const uint8_t *)b)[i];
+    case COMM_BF16: return ((const uint16_t *)b)[i]; /* the bit pattern */
     }
     return NAN;
 }

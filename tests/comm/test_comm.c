@@ -6,7 +6,9 @@
  * counts above it go in pieces), and watchdog (non-blocking + polling). Then the error
  * paths: a bad root (also a grouped piece's), a wrong all_gatherv count, and a
  * collective that one rank skips with timeout_s = 1, which the others must report as a
- * timeout naming the op. */
+ * timeout naming the op. bf16 (moved, never reduced) goes through every collective
+ * that moves data, with distinct bit patterns checked exactly; its reductions must be
+ * refused on every rank before any MPI call, naming the op, counting no bytes. */
 #include <math.h>
 #include <mpi.h>
 #include <signal.h>
@@ -35,7 +37,8 @@ typedef struct ctx {
         }                                                                                                             \
     } while (0)
 
-static const comm_dtype all_types[] = {COMM_F32, COMM_F64, COMM_I32, COMM_I64, COMM_U8};
+/* Every dtype; the reductions take the reducible() ones (all but bf16). */
+static const comm_dtype all_types[] = {COMM_F32, COMM_F64, COMM_I32, COMM_I64, COMM_U8, COMM_BF16};
 static const comm_op all_ops[] = {COMM_SUM, COMM_MAX, COMM_MIN};
 
 
@@ -158,14 +161,14 @@ static void check_reduce_scatter(ctx *t, comm *c, comm_dtype dt, comm_op op, siz
     free(recv);
 }
 
-/* broadcast_group, then reduce_group (op) over the same pieces: each piece holds its
- * root's values, or its sum at the root only; the gaps and the other ranks' pieces keep
- * this rank's values. */
+/* broadcast_group, then (for a reducible dtype) reduce_group (op) over the same pieces:
+ * each piece holds its root's values, or its sum at the root only; the gaps and the
+ * other ranks' pieces keep this rank's values. */
 static void check_groups(ctx *t, comm *c, comm_dtype dt, comm_op op) {
     pc_err e = {{0}};
     group_case g;
     group_case_init(&g, t->size, NULL, dt);
-    for (int reduce = 0; reduce < 2; reduce++) {
+    for (int reduce = 0; reduce < 1 + reducible(dt); reduce++) {
         void *b = alloc_filled(t->rank, g.n, dt, 0);
         group_case_init(&g, t->size, b, dt);
         int rc = reduce ? comm_reduce_group(c, g.p, GROUP_PIECES, dt, op, &e)
@@ -191,13 +194,15 @@ static void run_all(ctx *t, comm *c) {
         comm_dtype dt = all_types[ti];
         for (size_t si = 0; si < PC_ARRAY_LEN(sizes); si++) {
             size_t n = sizes[si];
-            for (size_t oi = 0; oi < PC_ARRAY_LEN(all_ops); oi++) {
+            for (size_t oi = 0; oi < PC_ARRAY_LEN(all_ops) && reducible(dt); oi++) {
                 check_all_reduce(t, c, dt, all_ops[oi], n, 0);
                 check_reduce(t, c, dt, all_ops[oi], n, t->size - 1, 0);
                 check_reduce_scatter(t, c, dt, all_ops[oi], n);
             }
-            check_all_reduce(t, c, dt, COMM_SUM, n, 1);
-            check_reduce(t, c, dt, COMM_MAX, n, 0, 1);
+            if (reducible(dt)) {
+                check_all_reduce(t, c, dt, COMM_SUM, n, 1);
+                check_reduce(t, c, dt, COMM_MAX, n, 0, 1);
+            }
             check_broadcast(t, c, dt, n, 1 % t->size);
             check_all_gather(t, c, dt, n, 0);
             check_all_gather(t, c, dt, n, 1);
@@ -205,6 +210,7 @@ static void run_all(ctx *t, comm *c) {
         check_all_gatherv(t, c, dt, 0);
         check_all_gatherv(t, c, dt, 1);
         for (size_t oi = 0; oi < PC_ARRAY_LEN(all_ops); oi++) check_groups(t, c, dt, all_ops[oi]);
+        check_broadcast(t, c, dt, 5, 0); /* another root */
     }
     pc_err e = {{0}};
     CHECK(comm_barrier(c, &e) == 0, "barrier: %s", e.msg);
@@ -231,6 +237,40 @@ static void check_errors(ctx *t, comm *c) {
     CHECK(strcmp(e.msg, want) == 0, "message: %s", e.msg);
     CHECK(comm_reduce_group(c, p, 2, COMM_F32, COMM_SUM, &e) == -1 && strstr(e.msg, "reduce_group"),
           "reduce_group to a missing root: %s", e.msg);
+}
+
+/* Every reduction of bf16 fails on every rank before reaching MPI (so no rank waits
+ * for another), with a message naming the rank, op, dtype and count, and counts no
+ * bytes; bf16 moves count 2 bytes an element, and the comm stays usable. */
+static void check_bf16_refused(ctx *t, comm *c) {
+    uint16_t buf[12 * 16] = {0}; /* (size, 12) for reduce_scatter */
+    comm_piece p[2] = {{buf, 5, 0}, {buf + 5, 7, t->size - 1}};
+    const char *ops[] = {"all_reduce", "reduce", "reduce_scatter", "reduce_group"};
+    for (int k = 0; k < 4; k++) {
+        pc_err e = {{0}};
+        uint64_t bytes = c->bytes;
+        int rc = k == 0   ? comm_all_reduce(c, buf, buf, 12, COMM_BF16, COMM_SUM, &e)
+                 : k == 1 ? comm_reduce(c, buf, buf, 12, COMM_BF16, COMM_MAX, 0, &e)
+                 : k == 2 ? comm_reduce_scatter(c, buf, buf, 12, COMM_BF16, COMM_SUM, &e)
+                          : comm_reduce_group(c, p, 2, COMM_BF16, COMM_MIN, &e);
+        char want[160];
+        snprintf(want, sizeof want, "rank %d: %s(bf16, 12 elems): bf16 is moved, never reduced (reduce in f32)",
+                 t->rank, ops[k]);
+        CHECK(rc == -1 && strcmp(e.msg, want) == 0, "bf16 %s: rc %d, message '%s', expected '%s'", ops[k], rc, e.msg,
+              want);
+        CHECK(c->bytes == bytes, "refused bf16 %s counted %llu bytes", ops[k],
+              (unsigned long long)(c->bytes - bytes));
+    }
+    pc_err e = {{0}};
+    uint64_t bytes = c->bytes;
+    for (size_t i = 0; i < 12; i++) buf[i] = t->rank == 0 ? (uint16_t)val(0, i, COMM_BF16) : 0;
+    int rc = comm_broadcast(c, buf, 12, COMM_BF16, 0, &e);
+    CHECK(rc == 0, "bf16 broadcast after the refusals: %s", e.msg);
+    int bad = 0;
+    for (size_t i = 0; i < 12 && rc == 0; i++) bad += buf[i] != (uint16_t)val(0, i, COMM_BF16);
+    CHECK(bad == 0, "bf16 broadcast after the refusals: %d wrong elements", bad);
+    CHECK(c->bytes - bytes == 24, "bf16 broadcast of 12 elems counted %llu bytes",
+          (unsigned long long)(c->bytes - bytes));
 }
 
 /* The last rank skips an all_reduce; the others must time out, naming it. The last rank
@@ -274,7 +314,7 @@ static void check_timeout(ctx *t) {
 }
 
 int main(int argc, char **argv) {
-    alarm(60); /* never hang a test run */
+    alarm(110); /* never hang a test run (the watchdog+piecewise mode alone takes ~40 s on 2 cores) */
     MPI_Init(&argc, &argv);
     ctx tc = {0}, *t = &tc;
     MPI_Comm_rank(MPI_COMM_WORLD, &t->rank);
@@ -304,6 +344,8 @@ int main(int argc, char **argv) {
     run_all(t, c);
     t->mode = "errors";
     check_errors(t, c);
+    t->mode = "bf16 refused";
+    check_bf16_refused(t, c);
     comm_destroy(c);
     t->mode = "timeout";
     check_timeout(t);

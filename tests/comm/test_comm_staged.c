@@ -6,9 +6,12 @@
  * staged comm over a second MPI comm. The downloaded results must equal the reference
  * byte for byte (including untouched gaps of all_gatherv's receive buffer), the staged
  * comm's bytes counter must equal the reference comm's while the borrowed host comm's
- * stays 0, and its timeout_s must be restored. Then the failures: a u8 count that is
- * not whole floats fails on every rank naming the op, and an inner error (a bad root)
- * passes through. */
+ * stays 0, and its timeout_s must be restored. The moves are also checked against the
+ * inputs themselves (comm_values.h), and every device buffer carries sentinel bytes
+ * after its elements that no op may touch. Counts are any number of bytes: odd u8
+ * counts and displacements, and bf16 (moved only) through broadcast, broadcast_group,
+ * all_gather and all_gatherv. Then the failures: a reduction of bf16 is refused on every
+ * rank naming the op, counting no bytes, and an inner error (a bad root) passes through. */
 #include <math.h>
 #include <mpi.h>
 #include <stdio.h>
@@ -42,22 +45,32 @@ typedef struct ctx {
     } while (0)
 
 
-/* Host buffer of n elements of t (rounded up to whole floats): rank r's inputs from
- * element `base` on, or `fill` everywhere when r < 0. */
+/* Host buffer of n elements of t: rank r's inputs from element `base` on, or `fill`
+ * everywhere when r < 0. */
 static void *host_buf(int r, size_t n, comm_dtype t, size_t base, double fill) {
-    size_t bytes = (n * comm_dtype_size(t) + 3) / 4 * 4;
-    void *b = calloc(bytes ? bytes : 4, 1);
+    void *b = calloc(n ? n : 1, comm_dtype_size(t));
     for (size_t i = 0; i < n; i++) put(b, t, i, r < 0 ? fill : val(r, base + i, t));
     return b;
 }
 
-static size_t nfloats(size_t n, comm_dtype t) { return (n * comm_dtype_size(t) + 3) / 4; }
+/* Every device buffer of the tests has TAIL sentinel bytes after its elements: an op
+ * that writes past its count changes them (the guarded backend maps whole pages, so it
+ * would not fault). */
+#define TAIL 8
+#define TAIL_BYTE 0xa5
 
-/* Device copy of host buffer h of n elements of t. */
+static void upload_bytes(ctx *t, void *dev, const void *h, size_t bytes) {
+    if (bytes) t->be->ops->upload_raw(t->be, dev, h, bytes);
+}
+
+/* Device copy of host buffer h of n elements of t, then the sentinel tail. */
 static void *dev_of(ctx *t, const void *h, size_t n, comm_dtype dt) {
-    size_t nf = nfloats(n, dt);
-    float *d = be_alloc(t->be, nf ? nf : 1);
-    if (nf) be_upload(t->be, d, h, nf);
+    size_t bytes = n * comm_dtype_size(dt);
+    char *d = (char *)be_alloc(t->be, (bytes + TAIL + 3) / 4);
+    unsigned char tail[TAIL];
+    memset(tail, TAIL_BYTE, TAIL);
+    upload_bytes(t, d, h, bytes);
+    upload_bytes(t, d + bytes, tail, TAIL);
     return d;
 }
 
@@ -69,11 +82,15 @@ static void *dev_fill(ctx *t, size_t n, comm_dtype dt, double fill) {
     return d;
 }
 
-/* Host copy of device buffer d of n elements of t. */
+/* Host copy of device buffer d of n elements of t (from dev_of); checks its tail. */
 static void *host_of(ctx *t, const void *d, size_t n, comm_dtype dt) {
-    size_t nf = nfloats(n, dt);
-    float *h = calloc(nf ? nf : 1, sizeof(float));
-    if (nf) be_download(t->be, h, d, nf);
+    size_t bytes = n * comm_dtype_size(dt);
+    unsigned char *h = calloc(bytes + TAIL, 1);
+    t->be->ops->download_raw(t->be, h, d, bytes + TAIL);
+    int bad = 0;
+    for (size_t k = 0; k < TAIL; k++) bad += h[bytes + k] != TAIL_BYTE;
+    CHECK(bad == 0, "%d of the %d bytes after a %s buffer of %zu elements were written", bad, TAIL,
+          comm_dtype_name(dt), n);
     return h;
 }
 
@@ -137,6 +154,10 @@ static void check_broadcast(ctx *t, comm_dtype dt, size_t n, int root) {
     CHECK(rc == 0, "staged broadcast(%s, root %d): %s", comm_dtype_name(dt), root, e.msg);
     void *got = host_of(t, dev, n, dt);
     check_same(t, "broadcast", dt, ref, got, n);
+    int bad = 0; /* the reference itself: the root's inputs everywhere */
+    for (size_t i = 0; i < n; i++) bad += get(got, dt, i) != val(root, i, dt);
+    CHECK(bad == 0, "broadcast(%s, n %zu, root %d): %d elements are not the root's", comm_dtype_name(dt), n, root,
+          bad);
     be_free(t->be, dev);
     free(ref), free(got);
 }
@@ -150,7 +171,7 @@ static void check_all_gather(ctx *t, comm_dtype dt, size_t n, int in_place) {
     void *recv = dev_fill(t, total, dt, 2), *send;
     if (in_place) { // this rank's piece already in place in recv (size, n)
         send = (char *)recv + (size_t)t->rank * n * comm_dtype_size(dt);
-        be_upload(t->be, send, ref_send, nfloats(n, dt));
+        upload_bytes(t, send, ref_send, n * comm_dtype_size(dt));
     } else {
         send = dev_of(t, ref_send, n, dt);
     }
@@ -158,6 +179,9 @@ static void check_all_gather(ctx *t, comm_dtype dt, size_t n, int in_place) {
     CHECK(rc == 0, "staged all_gather(%s): %s", comm_dtype_name(dt), e.msg);
     void *got = host_of(t, recv, total, dt);
     check_same(t, in_place ? "all_gather in place" : "all_gather", dt, ref_recv, got, total);
+    int bad = 0; /* the reference itself: rank r's inputs in piece r */
+    for (size_t i = 0; i < total; i++) bad += get(got, dt, i) != val((int)(i / n), i % n, dt);
+    CHECK(bad == 0, "all_gather(%s, n %zu): %d elements are not their rank's", comm_dtype_name(dt), n, bad);
     if (!in_place) be_free(t->be, send);
     be_free(t->be, recv);
     free(ref_send), free(ref_recv), free(got);
@@ -181,7 +205,13 @@ static void check_all_gatherv(ctx *t, comm_dtype dt, size_t extra, size_t gap) {
     CHECK(rc == 0, "staged all_gatherv(%s): %s", comm_dtype_name(dt), e.msg);
     void *got = host_of(t, recv, total, dt);
     check_same(t, "all_gatherv", dt, ref_recv, got, total);
-    CHECK(get(got, dt, 0) == (gap ? 3 : val(0, 0, dt)), "all_gatherv gap %g", get(got, dt, 0));
+    int bad = 0; /* the reference itself: rank r's inputs at displs[r], the gaps kept (3) */
+    for (size_t i = 0, r = 0; i < total; i++) {
+        while (i >= displs[r] + counts[r]) r++;
+        bad += get(got, dt, i) != (i < displs[r] ? 3 : val((int)r, i - displs[r], dt));
+    }
+    CHECK(bad == 0, "all_gatherv(%s, gap %zu): %d elements are not their rank's or the gap's", comm_dtype_name(dt),
+          gap, bad);
     be_free(t->be, send), be_free(t->be, recv);
     free(ref_send), free(ref_recv), free(got);
 }
@@ -201,12 +231,13 @@ static void check_reduce_scatter(ctx *t, comm_dtype dt, comm_op op, size_t n) {
     free(ref_send), free(ref_recv), free(got);
 }
 
-/* broadcast_group and reduce_group over pieces of one buffer, gaps included. */
+/* broadcast_group and (for a reducible dtype) reduce_group over pieces of one buffer,
+ * gaps included. */
 static void check_groups(ctx *t, comm_dtype dt, comm_op op) {
     pc_err e = {{0}};
     group_case g, gd;
     group_case_init(&g, t->size, NULL, dt);
-    for (int reduce = 0; reduce < 2; reduce++) {
+    for (int reduce = 0; reduce < 1 + reducible(dt); reduce++) {
         void *ref = host_buf(t->rank, g.n, dt, 0, 0), *dev = dev_of(t, ref, g.n, dt);
         group_case_init(&g, t->size, ref, dt);
         group_case_init(&gd, t->size, dev, dt);
@@ -219,6 +250,12 @@ static void check_groups(ctx *t, comm_dtype dt, comm_op op) {
         CHECK(rc == 0, "staged %s(%s): %s", what, comm_dtype_name(dt), e.msg);
         void *got = host_of(t, dev, g.n, dt);
         check_same(t, what, dt, ref, got, g.n);
+        int bad = 0; /* broadcast: each piece its root's inputs, the rest this rank's */
+        for (size_t i = 0; i < g.n && !reduce; i++) {
+            int k = group_piece_of(&g, i);
+            bad += get(got, dt, i) != val(k >= 0 ? g.p[k].root : t->rank, i, dt);
+        }
+        CHECK(bad == 0, "broadcast_group(%s): %d elements are not their piece's root's", comm_dtype_name(dt), bad);
         be_free(t->be, dev);
         free(ref), free(got);
     }
@@ -245,36 +282,68 @@ static void run_all(ctx *t) {
         check_groups(t, dt, COMM_SUM);
         check_groups(t, dt, COMM_MIN);
     }
-    /* whole floats of other dtypes */
     check_all_reduce(t, COMM_I64, COMM_SUM, 11, 0);
+    /* u8: counts and displacements that are not whole 4-byte words */
     check_all_reduce(t, COMM_U8, COMM_MAX, 12, 0);
-    check_all_gather(t, COMM_U8, 8, 0);
+    check_all_reduce(t, COMM_U8, COMM_SUM, 7, 0);
+    check_all_reduce(t, COMM_U8, COMM_SUM, 5, 1);
+    check_reduce(t, COMM_U8, 3, t->size - 1);
     check_broadcast(t, COMM_U8, 4, 0);
+    check_broadcast(t, COMM_U8, 3, 0);
+    check_all_gather(t, COMM_U8, 8, 0);
+    check_all_gather(t, COMM_U8, 5, 1);
+    check_all_gatherv(t, COMM_U8, 0, 1);
+    check_all_gatherv(t, COMM_U8, 2, 3);
+    check_reduce_scatter(t, COMM_U8, COMM_SUM, 3);
+    check_groups(t, COMM_U8, COMM_MAX);
+    /* bf16 bit patterns, moved only: odd counts (3 elems = 6 bytes) included */
+    check_broadcast(t, COMM_BF16, 17, t->size - 1);
+    check_broadcast(t, COMM_BF16, 3, 0);
+    check_all_gather(t, COMM_BF16, 3, 0);
+    check_all_gather(t, COMM_BF16, 3, 1);
+    check_all_gatherv(t, COMM_BF16, 0, 1);
+    check_all_gatherv(t, COMM_BF16, 2, 3);
+    check_groups(t, COMM_BF16, COMM_SUM);
     check_all_reduce(t, COMM_F32, COMM_SUM, 0, 0);
     CHECK(comm_barrier(t->st, &e) == 0, "staged barrier: %s", e.msg);
     CHECK(comm_barrier(t->ref, &e) == 0, "reference barrier: %s", e.msg);
 }
 
+/* Every reduction of bf16 is refused on every rank by the comm_* wrappers, naming the
+ * op and the dtype, with no bytes counted on the staged or the host comm and the device
+ * buffer untouched. */
+static void check_bf16_refused(ctx *t) {
+    const size_t n = 12; /* elems; reduce_scatter sends (size, n) */
+    void *h = host_buf(t->rank, (size_t)t->size * n, COMM_BF16, 0, 0);
+    char *dev = dev_of(t, h, (size_t)t->size * n, COMM_BF16);
+    comm_piece p[2] = {{dev, 5, 0}, {dev + 5 * comm_dtype_size(COMM_BF16), 7, t->size - 1}};
+    const char *ops[] = {"all_reduce", "reduce", "reduce_scatter", "reduce_group"};
+    for (int k = 0; k < 4; k++) {
+        pc_err e = {{0}};
+        uint64_t st_bytes = t->st->bytes;
+        int rc = k == 0   ? comm_all_reduce(t->st, dev, dev, n, COMM_BF16, COMM_SUM, &e)
+                 : k == 1 ? comm_reduce(t->st, dev, dev, n, COMM_BF16, COMM_SUM, 0, &e)
+                 : k == 2 ? comm_reduce_scatter(t->st, dev, dev, n, COMM_BF16, COMM_MAX, &e)
+                          : comm_reduce_group(t->st, p, 2, COMM_BF16, COMM_SUM, &e);
+        char want[64];
+        snprintf(want, sizeof want, "rank %d: %s(bf16, ", t->rank, ops[k]);
+        CHECK(rc == -1 && strstr(e.msg, want) && strstr(e.msg, "never reduced"), "bf16 %s: rc %d, %s", ops[k], rc,
+              e.msg);
+        CHECK(t->st->bytes == st_bytes && t->host->bytes == 0, "refused bf16 %s: staged bytes +%llu, host bytes %llu",
+              ops[k], (unsigned long long)(t->st->bytes - st_bytes), (unsigned long long)t->host->bytes);
+    }
+    void *got = host_of(t, dev, (size_t)t->size * n, COMM_BF16);
+    check_same(t, "refused bf16 reductions", COMM_BF16, h, got, (size_t)t->size * n);
+    be_free(t->be, dev);
+    free(h), free(got);
+}
+
 static void check_failures(ctx *t) {
     pc_err e = {{0}};
+    check_bf16_refused(t);
     void *dev = be_alloc(t->be, 8);
-    int rc = comm_all_reduce(t->st, dev, dev, 7, COMM_U8, COMM_SUM, &e);
-    CHECK(rc == -1, "u8 all_reduce of 7 elements returned %d", rc);
-    CHECK(strstr(e.msg, "all_reduce") && strstr(e.msg, "u8") && strstr(e.msg, "multiple of 4"), "message: %s",
-          e.msg);
-    e.msg[0] = '\0';
-    rc = comm_broadcast(t->st, dev, 3, COMM_U8, 0, &e);
-    CHECK(rc == -1 && strstr(e.msg, "broadcast"), "u8 broadcast of 3: rc %d, %s", rc, e.msg);
-    size_t counts[16], displs[16];
-    for (int r = 0; r < t->size; r++) counts[r] = 4, displs[r] = 4 * (size_t)r;
-    displs[t->size - 1] += 1; /* a displacement that is not whole floats */
-    e.msg[0] = '\0';
-    rc = comm_all_gatherv(t->st, dev, 4, dev, counts, displs, COMM_U8, &e);
-    CHECK(rc == -1 && strstr(e.msg, "all_gatherv") && strstr(e.msg, "displacement"), "u8 all_gatherv: rc %d, %s",
-          rc, e.msg);
     /* an inner error passes through */
-    e.msg[0] = '\0';
-    rc = comm_reduce(t->st, dev, dev, 2, COMM_F32, COMM_SUM, t->size + 5, &e);
+    int rc = comm_reduce(t->st, dev, dev, 2, COMM_F32, COMM_SUM, t->size + 5, &e);
     CHECK(rc == -1 && strstr(e.msg, "is not a rank"), "reduce to a bad root: rc %d, %s", rc, e.msg);
     be_free(t->be, dev);
     /* the comm still works after the failures */

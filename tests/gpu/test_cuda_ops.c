@@ -176,6 +176,19 @@ static void test_gemm(ctx *x, matmul_mode mode)
             snprintf(what, sizeof what, "gemm%s ta=%d tb=%d (%dx%dx%d, padded ld, beta 0.3)", label[mode], ta, tb,
                      M, N, K);
             check_pair(x, what, &C, tol);
+            if (mode == MATMUL_BF16) { /* the same products with B given as its bf16 copy */
+                uint16_t *bc = x->cpu->ops->alloc_bf16(x->cpu, B.n), *bg = x->gpu->ops->alloc_bf16(x->gpu, B.n);
+                x->cpu->ops->round_bf16(x->cpu, bc, B.c, B.n);
+                x->gpu->ops->round_bf16(x->gpu, bg, B.g, B.n);
+                pair W = pair_randn(x, C.n, 1.0f);
+                x->cpu->ops->gemm_w16(x->cpu, ta, tb, M, N, K, 0.7f, A.c, lda, bc, ldb, 0.3f, W.c, ldc);
+                x->gpu->ops->gemm_w16(x->gpu, ta, tb, M, N, K, 0.7f, A.g, lda, bg, ldb, 0.3f, W.g, ldc);
+                snprintf(what, sizeof what, "gemm_w16 ta=%d tb=%d (B in bf16)", ta, tb);
+                check_pair(x, what, &W, tol);
+                pair_free(x, &W);
+                be_free(x->cpu, bc);
+                be_free(x->gpu, bg);
+            }
             if (mode == MATMUL_BF16 && ta == 0 && tb == 0) { /* the GPU really rounds: it differs from fp32 */
                 pair D = pair_randn(x, C.n, 0.0f);
                 x->cpu->ops->set_matmul(x->cpu, MATMUL_FP32);
@@ -503,7 +516,24 @@ static void test_elementwise(ctx *x)
     x->cpu->ops->widen_bf16(x->cpu, wide.c, bc, nb);
     x->gpu->ops->widen_bf16(x->gpu, wide.g, bg, nb);
     check_pair(x, "widen_bf16 (exact)", &wide, 0.0);
+    /* fp32 rounded to bf16 (nearest even) and widened back: the same bits on both */
+    pair f = pair_randn(x, nb, 3.0f);
+    x->cpu->ops->round_bf16(x->cpu, bc, f.c, nb);
+    x->gpu->ops->round_bf16(x->gpu, bg, f.g, nb);
+    x->cpu->ops->widen_bf16(x->cpu, wide.c, bc, nb);
+    x->gpu->ops->widen_bf16(x->gpu, wide.g, bg, nb);
+    check_pair(x, "round_bf16 (nearest even)", &wide, 0.0);
+    pair_free(x, &f);
     pair_free(x, &wide);
+    /* raw transfers: an odd number of bytes there and back, the next byte untouched */
+    unsigned char out[8] = {1, 2, 3, 4, 5, 6, 7, 8}, fill[8] = {0}, back[8] = {0};
+    x->gpu->ops->upload_raw(x->gpu, bg, fill, 8);
+    x->gpu->ops->upload_raw(x->gpu, bg, out, 7);
+    x->gpu->ops->download_raw(x->gpu, back, bg, 8);
+    x->checks++;
+    int raw_ok = memcmp(back, out, 7) == 0 && back[7] == 0;
+    if (!raw_ok) x->failures++;
+    printf("%-4s upload_raw/download_raw (7 bytes)\n", raw_ok ? "ok" : "FAIL");
     be_free(x->cpu, bc);
     be_free(x->gpu, bg);
     free(hb);

@@ -299,6 +299,27 @@ static void op_bf16(backend *be, outv *o)
     be_free(be, w), be_free(be, y);
 }
 
+/* round_bf16 into a bf16 buffer at an offset, gemm_w16 reading it, and raw transfers of
+ * an odd number of bytes */
+static void op_bf16_weights(backend *be, outv *o)
+{
+    int M = 5, N = 7, K = 3, ld = N + 2;
+    float *A = dev_rand(be, (size_t)(M * K), 170, 1), *B = dev_rand(be, (size_t)(K * ld), 171, 1);
+    float *C = dev_rand(be, (size_t)(M * N), 172, 1), *y = dev_rand(be, (size_t)(K * ld), 173, 1);
+    uint16_t *w = be->ops->alloc_bf16(be, (size_t)(K * ld) + 1);
+    be->ops->round_bf16(be, w + 1, B, (size_t)(K * ld));
+    be->ops->widen_bf16(be, y, w + 1, (size_t)(K * ld));
+    out_fetch(be, o, y, (size_t)(K * ld));
+    be->ops->gemm_w16(be, 0, 0, M, N, K, 0.5f, A, K, w + 1, ld, 2.0f, C, N); /* (M,K) x (K,N) */
+    out_fetch(be, o, C, (size_t)(M * N));
+    unsigned char bytes[7] = {1, 2, 3, 4, 5, 6, 7}, back[7] = {0};
+    be->ops->upload_raw(be, (char *)y + 1, bytes, sizeof bytes);
+    be->ops->download_raw(be, back, (char *)y + 1, sizeof back);
+    if (memcmp(bytes, back, sizeof back) != 0) fail_msg("upload_raw/download_raw: 7 bytes came back different");
+    out_fetch(be, o, y, 3);
+    be_free(be, A), be_free(be, B), be_free(be, C), be_free(be, y), be_free(be, w);
+}
+
 static void op_elementwise(backend *be, outv *o)
 {
     size_t n = 33;
@@ -349,6 +370,7 @@ static const op_case op_cases[] = {
     {"distill", op_distill},
     {"add2d", op_add2d},
     {"alloc_bf16/upload_bf16/widen_bf16", op_bf16},
+    {"round_bf16/gemm_w16/upload_raw/download_raw", op_bf16_weights},
     {"add/scale/axpy/sumsq", op_elementwise},
     {"adamw", op_adamw},
 };
