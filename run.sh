@@ -98,7 +98,7 @@ gpu)
     mkdir -p "$out"
     rc=0
     meson test -C "$BUILD" --suite gpu --print-errorlogs 2>&1 | tee "$out/tests.txt" || rc=1
-    for mode in "-tf32 0" "-tf32 1" "-bf16 1" "-bf16 1 -attn 1"; do # fwd+bwd of the 1B-shaped compressed model
+    for mode in "-tf32 0" "-tf32 1" "-bf16 1 -w16 0" "-bf16 1" "-bf16 1 -attn 1"; do # fwd+bwd, 1B-shaped compressed model
         # shellcheck disable=SC2086
         "$BUILD/tests/gpu/bench-gpu" -B 4 -T 2048 $mode 2>&1 | tee -a "$out/bench-gpu.txt" || rc=1
     done

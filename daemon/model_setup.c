@@ -102,8 +102,10 @@ int run_model_config(const run_ctx *r, llama_config *lc, pc_err *e) {
 
 int run_llama_init(const run_ctx *r, llama_model *m, const llama_config *lc, int B, pc_err *e) {
     int T = r->cfg.data.seq_len;
-    return r->cfg.train.activation_checkpointing ? llama_init_recompute(m, lc, r->be, B, T, e)
-                                                 : llama_init(m, lc, r->be, B, T, e);
+    int rc = r->cfg.train.activation_checkpointing ? llama_init_recompute(m, lc, r->be, B, T, e)
+                                                   : llama_init(m, lc, r->be, B, T, e);
+    if (rc == 0 && !strcmp(r->cfg.backend.matmul, "bf16")) llama_use_bf16_weights(m); /* GEMMs read bf16 weights */
+    return rc;
 }
 
 int run_model(run_ctx *r, llama_model *m, int B, pc_err *e) {
@@ -121,5 +123,6 @@ int run_model(run_ctx *r, llama_model *m, int B, pc_err *e) {
         LOGI(&r->log, "random init from %s (%lld parameters, seed %lld)", c->model.config,
              (long long)hf_config_n_params(&lc), (long long)c->run.seed);
     }
+    llama_refresh_w16(m);
     return 0;
 }

@@ -470,14 +470,14 @@ int plan_build(plan *p, const llama_config *base, const llama_config *small, int
      * all */
     int64_t xchg = 0;
     for (int i = 0; i < n_blocks && world > 1; i++)
-        if (p->blocks[i].kind == PLAN_COLS) xchg += 4 * p->blocks[i].c_rows * p->blocks[i].c_cols;
+        if (p->blocks[i].kind == PLAN_COLS) xchg += (o->weights_bf16 ? 6 : 4) * p->blocks[i].c_rows * p->blocks[i].c_cols;
 
     /* replica, activations, totals, comm */
     p->small_numel = hf_config_n_params(small);
-    int64_t replica = p->small_numel * o->compute_dtype_bytes + p->small_numel * 4;
+    int64_t replica = p->small_numel * (o->compute_dtype_bytes + 4 + (o->weights_bf16 ? 2 : 0));
     int64_t act = activation_bytes(small, o);
     p->teacher_bytes = o->teacher ? hf_config_n_params(base) * 4 + teacher_activation_bytes(base, o) : 0;
-    p->comm.gather_bytes = p->small_numel * o->compute_dtype_bytes;
+    p->comm.gather_bytes = p->small_numel * (o->weights_bf16 ? 2 : o->compute_dtype_bytes);
     p->comm.reduce_bytes = p->small_numel * o->compute_dtype_bytes;
     double ring = world > 1 ? (double)(world - 1) / world : 0.0;
     double *send = pc_calloc((size_t)world, sizeof *send);
@@ -597,9 +597,9 @@ int plan_write(const plan *p, FILE *f) {
     write_shape(f, "small", &p->small);
     fprintf(f,
             "# world %d  micro_batch %d  seq_len %d  base_dtype %dB  compute_dtype %dB  attn_tt %d  recompute %d  "
-            "split_above %.3f GiB\n",
+            "weights_bf16 %d  split_above %.3f GiB\n",
             p->world, o->micro_batch, o->seq_len, o->base_dtype_bytes, o->compute_dtype_bytes, o->attn_tt,
-            o->recompute, GIB(p->split_bytes));
+            o->recompute, o->weights_bf16, GIB(p->split_bytes));
     fprintf(f,
             "# blocks %d  split_matrices %d  base %.3f GiB  state %.3f GiB  shared_replicas %.3f GiB  "
             "projection %.3f TFLOP/step  balance %.3f\n",
@@ -684,6 +684,7 @@ void plan_opts_from_config(const pc_config *c, plan_opts *o) {
     o->attn_tt = cuda ? 0 : 1; /* the CUDA attention never holds a (T,T) matrix */
     o->teacher = c->distill.enabled;
     o->recompute = c->train.activation_checkpointing;
+    o->weights_bf16 = !strcmp(c->backend.matmul, "bf16");
     if (c->compress.split_mb > 0) o->split_bytes = (int64_t)(c->compress.split_mb * 1e6);
 }
 

@@ -43,6 +43,7 @@ typedef struct plan_opts {
     int64_t split_bytes;       /* split a matrix above this many bytes; 0: total / world / 2 */
     int teacher;               /* distill: every rank also holds the base as a forward-only teacher */
     int recompute;             /* train.activation_checkpointing: layer inputs + one layer's activations */
+    int weights_bf16;          /* backend.matmul bf16: a bf16 copy of W_C beside it, gathered in bf16 */
 } plan_opts;
 
 typedef struct plan_block {
@@ -78,9 +79,9 @@ typedef struct plan_rank {
     int64_t base_bytes;    /* frozen base slices */
     int64_t state_bytes;   /* own P/A slices + Adam m, v */
     int64_t shared_bytes;  /* shared factors held here (each once) with Adam state */
-    int64_t replica_bytes; /* all of W_C (compute dtype) + its gradient G (f32) */
+    int64_t replica_bytes; /* all of W_C (compute dtype) + its gradient G (f32) + its bf16 copy (weights_bf16) */
     int64_t scratch_bytes; /* largest block update's intermediates */
-    int64_t xchg_bytes;    /* W_C / G exchange buffer: f32 W_C of every column block (world > 1) */
+    int64_t xchg_bytes;    /* W_C / G exchange buffer: f32 (+ bf16) W_C of every column block (world > 1) */
     int64_t act_bytes;     /* activations of one micro-batch */
     int64_t total_bytes;
     int64_t load_bytes;    /* what the assignment balanced: base + state + shared, per block */
@@ -88,7 +89,7 @@ typedef struct plan_rank {
 } plan_rank;
 
 typedef struct plan_comm {
-    int64_t gather_bytes;     /* all-gather of W_C, compute dtype */
+    int64_t gather_bytes;     /* all-gather of W_C, compute dtype (bf16 with weights_bf16) */
     int64_t reduce_bytes;     /* reduce of G to the owners, compute dtype */
     int64_t shared_bytes;     /* payload of the shared-factor gradient all-reduces (f32) */
     int n_shared_allreduce;   /* shared factors held by more than one rank */

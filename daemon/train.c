@@ -45,10 +45,12 @@ void trainer_free(trainer *t) {
 
 /* ---- direct training of the model's weights (pretrain, prune) ---- */
 
+/* The weights the products read: the bf16 copy of the fp32 weights, after an update or a
+ * resume (nothing without a copy). */
 static int direct_begin(run_ctx *r, trainer *t, pc_err *e) {
     (void)r;
-    (void)t;
     (void)e;
+    llama_refresh_w16(&t->m);
     return 0;
 }
 

@@ -221,11 +221,22 @@ void llama_free(llama_model *m)
     float *singles[] = {a->lnf, a->rstdf, a->xent_lse, a->dres, a->dln, a->datt, a->dqkv, a->dh, a->dgu,
                         m->logits, m->params, m->grads, m->rope_cos, m->rope_sin};
     for (size_t i = 0; i < PC_ARRAY_LEN(singles); i++) be_free(be, singles[i]);
+    if (m->w16) be_free(be, m->w16);
     be_free(be, m->tokens);
     be_free(be, m->targets);
     free(a);
     free(m->tensors);
     memset(m, 0, sizeof(*m));
+}
+
+void llama_use_bf16_weights(llama_model *m)
+{
+    if (!m->w16) m->w16 = m->be->ops->alloc_bf16(m->be, (size_t)m->n_params);
+}
+
+void llama_refresh_w16(llama_model *m)
+{
+    if (m->w16) m->be->ops->round_bf16(m->be, m->w16, m->params, (size_t)m->n_params);
 }
 
 void llama_zero_grad(llama_model *m)
@@ -396,18 +407,30 @@ int llama_save_safetensors(const llama_model *m, const char *dir, st_dtype dtype
 
 /* ---- forward ---- */
 
-/* y (N,out) = x (N,in) W^T, W [out,in]; beta = 1 accumulates into y */
-static void linear_fwd(backend *be, float *y, const float *x, const float *W, int N, int in, int out, float beta)
+/* C (M,N) = A (M,K) op(W) + beta C, W = tensor ti [out,in] (tb = 1: op(W) = W^T, K = in,
+ * N = out; tb = 0: K = out, N = in); from its bf16 copy when the model has one */
+static void weight_gemm(const llama_model *m, int ti, int tb, int M, int N, int K, const float *A, float beta, float *C)
 {
-    be_gemm(be, 0, 1, N, out, in, 1.0f, x, in, W, in, beta, y, out);
+    const llama_tensor *t = &m->tensors[ti];
+    int ld = (int)t->shape[1];
+    if (m->w16)
+        m->be->ops->gemm_w16(m->be, 0, tb, M, N, K, 1.0f, A, K, m->w16 + t->offset, ld, beta, C, N);
+    else
+        be_gemm(m->be, 0, tb, M, N, K, 1.0f, A, K, P(m, ti), ld, beta, C, N);
 }
 
-/* dW [out,in] += dy^T x ; dx (N,in) = dy W (beta 0) */
-static void linear_bwd(backend *be, float *dx, float *dW, const float *dy, const float *x, const float *W, int N,
+/* y (N,out) = x (N,in) W^T, W = tensor ti [out,in]; beta = 1 accumulates into y */
+static void linear_fwd(const llama_model *m, float *y, const float *x, int ti, int N, int in, int out, float beta)
+{
+    weight_gemm(m, ti, 1, N, out, in, x, beta, y);
+}
+
+/* dW [out,in] += dy^T x ; dx (N,in) = dy W (beta 0), W = tensor ti */
+static void linear_bwd(const llama_model *m, float *dx, float *dW, const float *dy, const float *x, int ti, int N,
                        int in, int out)
 {
-    be_gemm(be, 1, 0, out, in, N, 1.0f, dy, out, x, in, 1.0f, dW, in);
-    if (dx) be_gemm(be, 0, 0, N, in, out, 1.0f, dy, out, W, in, 0.0f, dx, in);
+    be_gemm(m->be, 1, 0, out, in, N, 1.0f, dy, out, x, in, 1.0f, dW, in);
+    if (dx) weight_gemm(m, ti, 0, N, in, out, dy, 0.0f, dx);
 }
 
 /* Decoder layer l: res[l] (N,d) -> its activations and, with out, res[l+1] (N,d); a
@@ -425,19 +448,19 @@ static void layer_fwd(llama_model *m, int l, int out)
     int f = c->d_ff_layer[l];
     float *qkv = a->qkv[l];
     op->rmsnorm_fwd(be, a->ln1[l], a->rstd1[l], a->res[l], P(m, layer_tensor(l, T_LN1)), N, d, eps);
-    linear_fwd(be, qkv, a->ln1[l], P(m, layer_tensor(l, T_Q)), N, d, C, 0.0f); // (N,d) -> (N,C)
+    linear_fwd(m, qkv, a->ln1[l], layer_tensor(l, T_Q), N, d, C, 0.0f); // (N,d) -> (N,C)
     op->rope_fwd(be, qkv, m->rope_cos, m->rope_sin, B, T, H, hd, C);            // q part
     op->rope_fwd(be, qkv + qd, m->rope_cos, m->rope_sin, B, T, KV, hd, C);      // k part
     op->attention_fwd(be, a->att[l], a->lse[l], qkv, qkv + qd, qkv + qd + KV * hd, B, T, H, KV, hd, C);
     be_copy(be, a->mid[l], a->res[l], (size_t)N * d);
-    linear_fwd(be, a->mid[l], a->att[l], P(m, layer_tensor(l, T_O)), N, qd, d, 1.0f); // += (N,qd) -> (N,d)
+    linear_fwd(m, a->mid[l], a->att[l], layer_tensor(l, T_O), N, qd, d, 1.0f); // += (N,qd) -> (N,d)
     op->rmsnorm_fwd(be, a->ln2[l], a->rstd2[l], a->mid[l], P(m, layer_tensor(l, T_LN2)), N, d, eps);
-    linear_fwd(be, a->gu[l], a->ln2[l], P(m, layer_tensor(l, T_GATE)), N, d, 2 * f, 0.0f); // (N,d) -> (N,2f)
+    linear_fwd(m, a->gu[l], a->ln2[l], layer_tensor(l, T_GATE), N, d, 2 * f, 0.0f); // (N,d) -> (N,2f)
     op->swiglu_fwd(be, a->h[l], a->gu[l], a->gu[l] + f, N, f, 2 * f);                      // -> (N,f)
     m->acts_layer = l;
     if (!out) return;
     be_copy(be, a->res[l + 1], a->mid[l], (size_t)N * d);
-    linear_fwd(be, a->res[l + 1], a->h[l], P(m, layer_tensor(l, T_DOWN)), N, f, d, 1.0f); // += (N,f) -> (N,d)
+    linear_fwd(m, a->res[l + 1], a->h[l], layer_tensor(l, T_DOWN), N, f, d, 1.0f); // += (N,f) -> (N,d)
 }
 
 /* The decoder layers: res[0] (N,d) -> res[n_layers] (N,d). */
@@ -470,7 +493,7 @@ float llama_forward(llama_model *m, const int32_t *tokens, const int32_t *target
     op->embedding_fwd(be, a->res[0], P(m, 0), m->tokens, N, d); // (N,) -> (N,d)
     layers_fwd(m);
     op->rmsnorm_fwd(be, a->lnf, a->rstdf, a->res[c->n_layers], P(m, final_norm_tensor(m)), N, d, eps);
-    linear_fwd(be, m->logits, a->lnf, P(m, head_tensor(m)), N, d, V, 0.0f); // (N,d) -> (N,V)
+    linear_fwd(m, m->logits, a->lnf, head_tensor(m), N, d, V, 0.0f); // (N,d) -> (N,V)
     if (!targets) {
         m->loss = 0.0f;
         m->n_valid = 0;
@@ -502,7 +525,7 @@ void llama_backward(llama_model *m)
         op->xent_bwd(be, dlogits, m->logits, a->xent_lse, m->targets, N, V, m->loss_scale / (float)m->n_valid);
     m->dlogits_ready = 0;
     int hi = head_tensor(m);
-    linear_bwd(be, a->dln, G(m, hi), dlogits, a->lnf, P(m, hi), N, d, V); // (N,V) -> (N,d)
+    linear_bwd(m, a->dln, G(m, hi), dlogits, a->lnf, hi, N, d, V); // (N,V) -> (N,d)
     be_zero(be, a->dres, (size_t)N * d);
     int fn = final_norm_tensor(m);
     op->rmsnorm_bwd(be, a->dres, G(m, fn), a->dln, a->res[c->n_layers], P(m, fn), a->rstdf, N, d);
@@ -513,19 +536,19 @@ void llama_backward(llama_model *m)
         float *qkv = a->qkv[l], *dqkv = a->dqkv;
         // MLP: res[l+1] = mid + h Wdown^T
         int td = layer_tensor(l, T_DOWN), tg = layer_tensor(l, T_GATE);
-        linear_bwd(be, a->dh, G(m, td), a->dres, a->h[l], P(m, td), N, f, d);        // (N,d) -> (N,f)
+        linear_bwd(m, a->dh, G(m, td), a->dres, a->h[l], td, N, f, d);        // (N,d) -> (N,f)
         op->swiglu_bwd(be, a->dgu, a->dgu + f, a->dh, a->gu[l], a->gu[l] + f, N, f, 2 * f); // -> (N,2f)
-        linear_bwd(be, a->dln, G(m, tg), a->dgu, a->ln2[l], P(m, tg), N, d, 2 * f); // (N,2f) -> (N,d)
+        linear_bwd(m, a->dln, G(m, tg), a->dgu, a->ln2[l], tg, N, d, 2 * f); // (N,2f) -> (N,d)
         int t2 = layer_tensor(l, T_LN2);
         op->rmsnorm_bwd(be, a->dres, G(m, t2), a->dln, a->mid[l], P(m, t2), a->rstd2[l], N, d);
         // attention: mid = res + att Wo^T
         int to = layer_tensor(l, T_O), tq = layer_tensor(l, T_Q);
-        linear_bwd(be, a->datt, G(m, to), a->dres, a->att[l], P(m, to), N, qd, d); // (N,d) -> (N,qd)
+        linear_bwd(m, a->datt, G(m, to), a->dres, a->att[l], to, N, qd, d); // (N,d) -> (N,qd)
         op->attention_bwd(be, dqkv, dqkv + qd, dqkv + qd + KV * hd, a->datt, a->att[l], a->lse[l], qkv, qkv + qd,
                           qkv + qd + KV * hd, B, T, H, KV, hd, C);
         op->rope_bwd(be, dqkv, m->rope_cos, m->rope_sin, B, T, H, hd, C);
         op->rope_bwd(be, dqkv + qd, m->rope_cos, m->rope_sin, B, T, KV, hd, C);
-        linear_bwd(be, a->dln, G(m, tq), dqkv, a->ln1[l], P(m, tq), N, d, C); // (N,C) -> (N,d)
+        linear_bwd(m, a->dln, G(m, tq), dqkv, a->ln1[l], tq, N, d, C); // (N,C) -> (N,d)
         int t1 = layer_tensor(l, T_LN1);
         op->rmsnorm_bwd(be, a->dres, G(m, t1), a->dln, a->res[l], P(m, t1), a->rstd1[l], N, d);
     }

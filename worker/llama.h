@@ -43,6 +43,7 @@ typedef struct llama_model {
     int64_t n_params;
     float *params;            /* (n_params) device */
     float *grads;             /* (n_params) device, accumulated by llama_backward */
+    uint16_t *w16;            /* (n_params) device, bf16 copy of params for the weight GEMMs, or NULL */
     float loss_scale;         /* backward differentiates loss_scale * mean loss (default 1) */
     float *logits;            /* (B,T,V) device; valid after llama_forward until llama_backward */
     float *rope_cos, *rope_sin; /* (T, hd/2) device */
@@ -72,6 +73,13 @@ int llama_init_forward_only(llama_model *m, const llama_config *c, backend *be, 
  * one more forward of the decoder layers; llama_layer_acts sees the last layer run. */
 int llama_init_recompute(llama_model *m, const llama_config *c, backend *be, int B, int T, pc_err *e);
 void llama_free(llama_model *m);
+/* Give the model a bf16 copy of its parameters (w16, zeroed), which every weight product
+ * then reads through gemm_w16 (MATMUL_BF16's arithmetic) instead of rounding params on
+ * each product; embedding lookups and norm gains keep reading params. Whoever changes
+ * params calls llama_refresh_w16 before the next forward. */
+void llama_use_bf16_weights(llama_model *m);
+/* w16 = bf16(params), nearest even; nothing without a copy. */
+void llama_refresh_w16(llama_model *m);
 
 int llama_n_tensors(const llama_model *m);
 /* Index of the tensor with HF name `name`, or -1. */

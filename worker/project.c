@@ -189,7 +189,7 @@ static const float *slice_f32(proj_set *ps, const proj_block *b) {
 }
 
 /* The exchange layout: strided blocks get their place in xchg (every rank reserves all). */
-static void build_layout(proj_set *ps) {
+static void build_layout(proj_set *ps, const llama_model *small) {
     int64_t n = 0;
     for (int i = 0; i < ps->n_blocks; i++) {
         proj_block *b = &ps->blocks[i];
@@ -200,6 +200,10 @@ static void build_layout(proj_set *ps) {
     if (ps->world > 1 && n > 0) {
         ps->xchg = be_alloc(ps->be, (size_t)n);
         ps->xchg_bytes = (int64_t)sizeof(float) * n;
+        if (small->w16) {
+            ps->xchg16 = ps->be->ops->alloc_bf16(ps->be, (size_t)n);
+            ps->xchg_bytes += (int64_t)sizeof(uint16_t) * n;
+        }
     }
 }
 
@@ -316,7 +320,7 @@ int proj_init(proj_set *ps, backend *be, const st_model *base, const llama_confi
     ps->scratch = be_alloc(be, (size_t)ps->scratch_n);
     if (ps->wide_n > 0) ps->wide = be_alloc(be, (size_t)ps->wide_n);
     ps->grad = be_alloc(be, (size_t)ps->grad_n);
-    build_layout(ps);
+    build_layout(ps, small);
     return init_params(ps, base, base_cfg, idx, e);
 }
 
@@ -326,6 +330,7 @@ void proj_free(proj_set *ps) {
     float *dev[] = {ps->params, ps->shared_grad, ps->scratch, ps->grad, ps->xchg, ps->wide};
     for (size_t i = 0; i < PC_ARRAY_LEN(dev); i++)
         if (dev[i]) be_free(be, dev[i]);
+    if (ps->xchg16) be_free(be, ps->xchg16);
     free(ps->base_bufs);
     free(ps->blocks);
     free(ps->shared);
@@ -404,7 +409,39 @@ static void set_pieces(proj_set *ps, float *buf) {
     }
 }
 
+/* proj_gather in bf16: owners round their blocks into their pieces of w16 (a strided
+ * block: packed, into xchg16), the pieces are broadcast, and every rank widens them
+ * into params; then w16 = bf16(params), exact, fills the strided blocks' rows. */
+static int gather_bf16(proj_set *ps, llama_model *small, comm *c, pc_err *e) {
+    backend *be = ps->be;
+    for (int i = 0; i < ps->n_blocks; i++) {
+        const proj_block *b = &ps->blocks[i];
+        size_t n = (size_t)b->d_out_c * b->d_in_c;
+        int strided = b->xoff >= 0;
+        uint16_t *piece = strided ? ps->xchg16 + b->xoff : small->w16 + b->off_c;
+        if (b->owner == ps->rank) {
+            if (strided) pack_block(be, b, ps->xchg + b->xoff, small->params);
+            be->ops->round_bf16(be, piece, strided ? ps->xchg + b->xoff : small->params + b->off_c, n);
+        }
+        ps->pieces[i] = (comm_piece){piece, n, b->owner};
+    }
+    if (ps->world > 1 && comm_broadcast_group(c, ps->pieces, ps->n_blocks, COMM_BF16, e) != 0) return -1;
+    for (int i = 0; i < ps->n_blocks; i++) {
+        const proj_block *b = &ps->blocks[i];
+        size_t n = (size_t)b->d_out_c * b->d_in_c;
+        if (b->xoff >= 0) {
+            be->ops->widen_bf16(be, ps->xchg + b->xoff, ps->xchg16 + b->xoff, n);
+            unpack_block(be, b, small->params, ps->xchg + b->xoff);
+        } else {
+            be->ops->widen_bf16(be, small->params + b->off_c, small->w16 + b->off_c, n);
+        }
+    }
+    llama_refresh_w16(small);
+    return 0;
+}
+
 int proj_gather(proj_set *ps, llama_model *small, comm *c, pc_err *e) {
+    if (small->w16) return gather_bf16(ps, small, c, e);
     if (ps->world == 1) return 0;
     set_pieces(ps, small->params);
     for (int i = 0; i < ps->n_blocks; i++) {

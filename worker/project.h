@@ -96,7 +96,8 @@ typedef struct proj_set {
      * range) goes through its place in xchg */
     comm_piece *pieces;         /* (n_blocks) */
     float *xchg;                /* (every strided block's W_C, packed) world > 1 only */
-    int64_t xchg_bytes;         /* its size */
+    uint16_t *xchg16;           /* the same in bf16, when the small model has a bf16 copy (w16) */
+    int64_t xchg_bytes;         /* the size of both */
 } proj_set;
 
 /* Kept indices: idx_d (d_model', ascending) for every layer, idx_ff[i] (d_ff'_i,
@@ -120,7 +121,10 @@ void proj_free(proj_set *ps);
 
 /* W_C of this rank's blocks (and its norm gains) into small->params. */
 void proj_materialize(proj_set *ps, llama_model *small);
-/* Broadcast every block's W_C from its owner so that each rank holds the whole small model. */
+/* Broadcast every block's W_C from its owner so that each rank holds the whole small model.
+ * When the small model has a bf16 copy (llama_use_bf16_weights), W_C goes over the wire in
+ * bf16 (half the bytes) and every rank, the owner too, ends with params = widened w16:
+ * the same model on every rank and at any world size. */
 int proj_gather(proj_set *ps, llama_model *small, comm *c, pc_err *e);
 /* Sum each block's gradient G over ranks into its owner's small->grads (grouped reduces). */
 int proj_reduce_grads(proj_set *ps, llama_model *small, comm *c, pc_err *e);

@@ -6,12 +6,14 @@
  * FLOPs per token are llama_flops_per_token (6N + attention, PaLM convention); MFU
  * divides the achieved FLOP/s by the peak given with -peak (default: H100 SXM dense,
  * 989.4 TFLOP/s with -bf16 1 (bf16 gemm inputs, fp32 accumulation), 494.7 with TF32,
- * 66.9 plain fp32). -attn 1 runs attention on bf16 tensor cores
+ * 66.9 plain fp32). With -bf16 1 the products read the model's bf16 weight copy, as the
+ * daemon's do (llama_use_bf16_weights); -w16 0 rounds the weights on every product
+ * instead, for comparison. -attn 1 runs attention on bf16 tensor cores
  * (backend_cuda_set_attention). Peak device memory is sampled with cudaMemGetInfo after
  * every forward and backward.
  *
- *   bench-gpu [-B 4] [-T 2048] [-steps 10] [-warmup 2] [-tf32 1] [-bf16 0] [-attn 0] [-peak TFLOPS]
- *             [-layers 16] [-device 0] */
+ *   bench-gpu [-B 4] [-T 2048] [-steps 10] [-warmup 2] [-tf32 1] [-bf16 0] [-w16 1] [-attn 0]
+ *             [-peak TFLOPS] [-layers 16] [-device 0] */
 #include <cuda_runtime.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -47,7 +49,7 @@ static int arg_int(int argc, char **argv, int *i, int *out)
 
 int main(int argc, char **argv)
 {
-    int B = 4, T = 2048, steps = 10, warmup = 2, tf32 = 1, bf16 = 0, attn = 0, layers = 16, device = 0;
+    int B = 4, T = 2048, steps = 10, warmup = 2, tf32 = 1, bf16 = 0, w16 = 1, attn = 0, layers = 16, device = 0;
     double peak_tflops = 0.0;
     for (int i = 1; i < argc; i++) {
         int bad = 0;
@@ -57,6 +59,7 @@ int main(int argc, char **argv)
         else if (!strcmp(argv[i], "-warmup")) bad = arg_int(argc, argv, &i, &warmup);
         else if (!strcmp(argv[i], "-tf32")) bad = arg_int(argc, argv, &i, &tf32);
         else if (!strcmp(argv[i], "-bf16")) bad = arg_int(argc, argv, &i, &bf16);
+        else if (!strcmp(argv[i], "-w16")) bad = arg_int(argc, argv, &i, &w16);
         else if (!strcmp(argv[i], "-attn")) bad = arg_int(argc, argv, &i, &attn);
         else if (!strcmp(argv[i], "-layers")) bad = arg_int(argc, argv, &i, &layers);
         else if (!strcmp(argv[i], "-device")) bad = arg_int(argc, argv, &i, &device);
@@ -64,7 +67,7 @@ int main(int argc, char **argv)
         else bad = 1;
         if (bad || B < 1 || T < 1 || steps < 1 || layers < 1 || layers > PC_MAX_LAYERS) {
             fprintf(stderr,
-                    "usage: bench-gpu [-B 4] [-T 2048] [-steps 10] [-warmup 2] [-tf32 1] [-bf16 0] [-attn 0] "
+                    "usage: bench-gpu [-B 4] [-T 2048] [-steps 10] [-warmup 2] [-tf32 1] [-bf16 0] [-w16 1] [-attn 0] "
                     "[-peak TFLOPS] [-layers 16] [-device 0]\n");
             return 2;
         }
@@ -114,6 +117,10 @@ int main(int argc, char **argv)
         return 1;
     }
     llama_init_random(&m, 1, 0.02f);
+    if (bf16 && w16) {
+        llama_use_bf16_weights(&m);
+        llama_refresh_w16(&m);
+    }
     size_t N = (size_t)B * T;
     int32_t *tok = pc_malloc(N * sizeof(int32_t)), *tgt = pc_malloc(N * sizeof(int32_t));
     pc_rng r;
@@ -123,7 +130,8 @@ int main(int argc, char **argv)
 
     printf("model: d %d, d_ff %d, layers %d, heads %d/%d x %d, vocab %d, tied; %.1fM parameters\n", c.d_model,
            c.d_ff, c.n_layers, c.n_heads, c.n_kv_heads, c.head_dim, c.vocab_size, (double)m.n_params / 1e6);
-    printf("batch: B %d x T %d = %zu tokens; %s\n", B, T, N, be->info);
+    printf("batch: B %d x T %d = %zu tokens; %s%s\n", B, T, N, be->info,
+           m.w16 ? "; products read a bf16 weight copy" : "");
 
     double t_fwd = 0.0, t_bwd = 0.0, loss = 0.0;
     for (int s = 0; s < warmup + steps; s++) {

@@ -3,13 +3,15 @@
  * file, for comparison with transformers in test_llama.py.
  *
  *   llama_check MODEL_DIR TOKENS.i32 B T OUT.safetensors [--micro K] [--threads N] [--save DIR]
- *               [--matmul fp32|bf16]
+ *               [--matmul fp32|bf16|bf16w]
  *
  * TOKENS.i32 holds 2*B*T little-endian int32: tokens (B,T) then targets (B,T), -1 =
  * ignored. With --micro K the batch is split into K micro-batches of B/K rows whose
  * gradients accumulate with loss scale 1/K (the loss written is then the mean of the
  * micro-batch losses). --save DIR writes the loaded model back out with
- * llama_save_safetensors (f32) before running. --matmul bf16 rounds every gemm input to bf16. Output tensors: "logits" (B,T,V), "loss" (1), "grad.<name>". */
+ * llama_save_safetensors (f32) before running. --matmul bf16 rounds every gemm input to
+ * bf16; bf16w does the same with the weights read from the model's bf16 copy
+ * (llama_use_bf16_weights). Output tensors: "logits" (B,T,V), "loss" (1), "grad.<name>". */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -61,11 +63,16 @@ int main(int argc, char **argv)
     llama_config cfg;
     if (hf_config_load(dir, &cfg, &e)) return fail(&e);
     backend *be = backend_cpu_create(threads);
-    be->ops->set_matmul(be, strcmp(matmul, "bf16") == 0 ? MATMUL_BF16 : MATMUL_FP32);
+    int w16 = strcmp(matmul, "bf16w") == 0; /* bf16 products reading the model's bf16 weight copy */
+    be->ops->set_matmul(be, w16 || strcmp(matmul, "bf16") == 0 ? MATMUL_BF16 : MATMUL_FP32);
     llama_model m;
     int Bm = B / micro;
     if (llama_init(&m, &cfg, be, Bm, T, &e)) return fail(&e);
     if (llama_load_safetensors(&m, dir, &e)) return fail(&e);
+    if (w16) {
+        llama_use_bf16_weights(&m);
+        llama_refresh_w16(&m);
+    }
     if (save_dir && llama_save_safetensors(&m, save_dir, ST_F32, &e)) return fail(&e);
 
     size_t V = (size_t)cfg.vocab_size, per = (size_t)Bm * T;

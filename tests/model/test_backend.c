@@ -5,7 +5,8 @@
  * L = sum(forward(x) * R) for a fixed random R; accumulation semantics (+=) of the
  * parameter-gradient ops; determinism of llama_init_random and the HF tensor order; a
  * forward-only model's logits equal the full model's; a recomputing (activation
- * checkpointing) model's losses and gradients equal the full model's bit for bit. */
+ * checkpointing) model's losses and gradients equal the full model's bit for bit; the
+ * bf16 weight ops and a model with a bf16 weight copy against rounding per product. */
 #include <math.h>
 #include <setjmp.h>
 #include <stdarg.h>
@@ -63,6 +64,38 @@ static void test_gemm(void **state)
                     assert_true(fabs(C[i * ldc + j] - (0.5 * s + 2.0 * R[i * ldc + j])) < 1e-5);
                 }
         }
+    backend_destroy(be);
+}
+
+/* round_bf16: nearest even at the ties, exact on bf16 values; gemm_w16 gives, bit for bit,
+ * gemm's MATMUL_BF16 products on the widened bf16 B, for every transpose combination
+ * with padded leading dimensions (and K = 0: C = beta C). */
+static void test_bf16_weights_ops(void **state)
+{
+    (void)state;
+    backend *be = backend_cpu_create(1);
+    const float x[] = {1.0f, 1.00390625f, 1.01171875f, -2.5f, 65504.0f, 0.0f};
+    const uint16_t want[] = {0x3F80, 0x3F80, 0x3F82, 0xC020, 0x4780, 0x0000};
+    uint16_t got[6];
+    be->ops->round_bf16(be, got, x, 6);
+    assert_memory_equal(got, want, sizeof want); /* 1 + 2^-8 ties to 1, 1 + 3 x 2^-8 to 1 + 2^-6 */
+    int M = 5, N = 7, K = 3, pad = 2;
+    for (int k = 0; k <= K; k += K)
+        for (int ta = 0; ta < 2; ta++)
+            for (int tb = 0; tb < 2; tb++) {
+                int lda = (ta ? M : K) + pad, ldb = (tb ? K : N) + pad, ldc = N + pad;
+                float A[9 * 9], B[9 * 9], C1[5 * 9], C2[5 * 9];
+                uint16_t B16[9 * 9];
+                fill(A, PC_ARRAY_LEN(A), 1, 1), fill(B, PC_ARRAY_LEN(B), 2, 1), fill(C1, PC_ARRAY_LEN(C1), 3, 1);
+                be->ops->round_bf16(be, B16, B, PC_ARRAY_LEN(B));
+                be->ops->widen_bf16(be, B, B16, PC_ARRAY_LEN(B));
+                memcpy(C2, C1, sizeof C1);
+                be->ops->set_matmul(be, MATMUL_BF16);
+                be_gemm(be, ta, tb, M, N, k, 0.5f, A, lda, B, ldb, 2.0f, C1, ldc);
+                be->ops->set_matmul(be, MATMUL_FP32); /* gemm_w16 does not depend on the mode */
+                be->ops->gemm_w16(be, ta, tb, M, N, k, 0.5f, A, lda, B16, ldb, 2.0f, C2, ldc);
+                assert_memory_equal(C1, C2, sizeof C1);
+            }
     backend_destroy(be);
 }
 
@@ -358,6 +391,48 @@ static void test_llama_recompute(void **state)
     backend_destroy(be);
 }
 
+/* A model with a bf16 weight copy: the products read the copy, not params (a change to
+ * params shows only after llama_refresh_w16), and its losses and gradients are bitwise
+ * those of rounding every product's inputs (MATMUL_BF16), tied and untied. */
+static void test_llama_bf16_weights(void **state)
+{
+    (void)state;
+    backend *be = backend_cpu_create(1);
+    be->ops->set_matmul(be, MATMUL_BF16);
+    llama_config c;
+    three_layer_config(&c);
+    const int B = 2, T = 5, V = 40;
+    int32_t tok[10], tgt[10];
+    for (int i = 0; i < B * T; i++) tok[i] = (i * 7 + 3) % V, tgt[i] = i % 4 == 3 ? -1 : (i * 5 + 1) % V;
+    for (int tied = 0; tied < 2; tied++) {
+        c.tie_word_embeddings = tied;
+        llama_model ref, w;
+        pc_err e;
+        assert_int_equal(llama_init(&ref, &c, be, B, T, &e), 0);
+        assert_int_equal(llama_init(&w, &c, be, B, T, &e), 0);
+        llama_use_bf16_weights(&w);
+        assert_non_null(w.w16);
+        llama_init_random(&ref, 3, 0.3f);
+        llama_init_random(&w, 3, 0.3f);
+        llama_refresh_w16(&w);
+        llama_zero_grad(&ref);
+        llama_zero_grad(&w);
+        float lr = llama_forward(&ref, tok, tgt), lw = llama_forward(&w, tok, tgt);
+        assert_true(isfinite(lr) && lr == lw);
+        llama_backward(&ref);
+        llama_backward(&w);
+        assert_memory_equal(ref.grads, w.grads, sizeof(float) * (size_t)ref.n_params);
+        const llama_tensor *q = llama_tensor_at(&w, llama_tensor_index(&w, "model.layers.1.self_attn.q_proj.weight"));
+        for (int64_t i = 0; i < q->numel; i++) w.params[q->offset + i] *= 2.0f;
+        assert_true(llama_forward(&w, tok, tgt) == lw); /* the copy is stale: the products do not see it */
+        llama_refresh_w16(&w);
+        assert_true(llama_forward(&w, tok, tgt) != lw);
+        llama_free(&w);
+        llama_free(&ref);
+    }
+    backend_destroy(be);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -366,6 +441,7 @@ int main(void)
         cmocka_unit_test(test_xent_grad),      cmocka_unit_test(test_rope_inverse),
         cmocka_unit_test(test_adamw_first_step), cmocka_unit_test(test_llama_table_and_init),
         cmocka_unit_test(test_llama_forward_only), cmocka_unit_test(test_llama_recompute),
+        cmocka_unit_test(test_bf16_weights_ops),  cmocka_unit_test(test_llama_bf16_weights),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

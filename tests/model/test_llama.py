@@ -205,6 +205,13 @@ def main():
             w32 = max(rel(out16["grad." + n], grads[n]) for n in grads)
             check(w16 < w32 / 2, "%s bf16 gradients: %.2e from the bf16 reference, %.2e from fp32"
                   % (case["name"], w16, w32))
+            # the same products from the model's bf16 weight copy (llama_use_bf16_weights):
+            # the same reference, and on the CPU the very same numbers
+            out16w = run_tool(path, tokens, targets, tmp, matmul="bf16w")
+            compare(case["name"] + " bf16 weight copy", out16w, l16, loss16, g16, model, 1e-3, 1e-4, 1e-2)
+            check(all(np.array_equal(out16w[k], out16[k]) for k in out16),
+                  "%s bf16 weight copy: logits, loss and gradients bitwise those of rounding per product"
+                  % case["name"])
 
         # gradient accumulation: 2 micro-batches of B=1 vs one B=2 (all targets valid)
         case = CASES[0]

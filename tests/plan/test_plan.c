@@ -531,6 +531,10 @@ static int32_t *count_alloc_i32(backend *be, size_t n) {
     counted_bytes += n * sizeof(int32_t);
     return cpu_ops->alloc_i32(be, n);
 }
+static uint16_t *count_alloc_bf16(backend *be, size_t n) {
+    counted_bytes += n * sizeof(uint16_t);
+    return cpu_ops->alloc_bf16(be, n);
+}
 
 /* A CPU backend whose allocations add to counted_bytes (restore with counting_end). */
 static backend *counting_begin(void) {
@@ -540,6 +544,7 @@ static backend *counting_begin(void) {
     counting = *be->ops;
     counting.alloc = count_alloc;
     counting.alloc_i32 = count_alloc_i32;
+    counting.alloc_bf16 = count_alloc_bf16;
     be->ops = &counting;
     counted_bytes = 0;
     return be;
@@ -622,6 +627,52 @@ static void test_activations(void **state) {
     plan_free(&rc);
 }
 
+/* backend.matmul bf16 (weights_bf16): every rank's replica holds a bf16 copy of W_C beside
+ * it, exactly what llama_use_bf16_weights allocates; the exchange buffer a bf16 copy of
+ * the column blocks; W_C is gathered in bf16, half the f32 payload; nothing else moves. */
+static void test_weights_bf16(void **state) {
+    (void)state;
+    static llama_config base, small;
+    load_case(&MODELS[0], &base, &small); /* Llama-3.1-8B at 2160/6480 */
+    plan_opts o;
+    plan_opts_default(&o);
+    o.micro_batch = 2, o.attn_tt = 0, o.split_bytes = 8 << 20; /* o_proj in column blocks */
+    plan f, h;
+    assert_int_equal(plan_build(&f, &base, &small, 16, &o, NULL), 0);
+    o.weights_bf16 = 1;
+    assert_int_equal(plan_build(&h, &base, &small, 16, &o, NULL), 0);
+    int64_t strided = 0;
+    for (int r = 0; r < 16; r++) {
+        const plan_rank *a = &f.ranks[r], *b = &h.ranks[r];
+        assert_int_equal(b->replica_bytes - a->replica_bytes, 2 * h.small_numel);
+        assert_int_equal(2 * b->xchg_bytes, 3 * a->xchg_bytes); /* f32 + bf16 */
+        assert_int_equal(b->total_bytes - a->total_bytes,
+                         (b->replica_bytes - a->replica_bytes) + (b->xchg_bytes - a->xchg_bytes));
+        assert_int_equal(b->act_bytes, a->act_bytes);
+        strided += a->xchg_bytes;
+    }
+    assert_true(strided > 0);
+    assert_int_equal(2 * h.comm.gather_bytes, f.comm.gather_bytes);
+    assert_int_equal(h.comm.reduce_bytes, f.comm.reduce_bytes);
+    char *text = plan_text(&h);
+    assert_non_null(strstr(text, "  weights_bf16 1  "));
+    free(text);
+    plan_free(&f);
+    plan_free(&h);
+
+    static llama_config tb, ts;
+    load_case(&MODELS[4], &tb, &ts);
+    backend *be = counting_begin();
+    llama_model m;
+    pc_err e = {{0}};
+    assert_int_equal(llama_init(&m, &ts, be, 1, 8, &e), 0);
+    counted_bytes = 0;
+    llama_use_bf16_weights(&m);
+    assert_int_equal(counted_bytes, 2 * (size_t)hf_config_n_params(&ts));
+    llama_free(&m);
+    counting_end(be);
+}
+
 /* plan_check_fit: a rank's total against a device's memory; the message names the rank,
  * the device, both sizes and only the remedies that apply. */
 static void test_check_fit(void **state) {
@@ -664,6 +715,7 @@ int main(void) {
         cmocka_unit_test(test_teacher),
         cmocka_unit_test(test_activations),
         cmocka_unit_test(test_check_fit),
+        cmocka_unit_test(test_weights_bf16),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
