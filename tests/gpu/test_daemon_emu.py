@@ -1,15 +1,18 @@
 """The daemon on the CUDA backend's own sources, run on the host by the SIMT emulator
 (projcompd-emu: backend_cuda.cu and attention_tc.cu compiled against tests/gpu/simt_emu.h),
-against projcompd on the CPU backend. Device collectives go over MPI staged through host
-memory (the emulator has no NCCL).
+against projcompd on the CPU backend. On 2 ranks the device collectives go over the NCCL
+comm (cuda/comm_nccl.c) on NCCL's API emulated with MPI (nccl_emu.c).
 
 - compress with activation importance and prune, 1 rank, backend.device cuda in fp32
   (backend.matmul fp32): every step's loss within 1e-4 relative, grad norms within 1e-3,
   the fused weights within 1e-4 of their max, the same kept indices;
 - compress on 2 ranks with split blocks (shared factors, the W_C broadcasts and G reduces
-  on device buffers): the same against the CPU backend's 2-rank run;
+  on device buffers, over NCCL): the same against the CPU backend's 2-rank run;
 - attention on bf16 tensor cores (backend.attention bf16): first loss within 1e-2 of the
   CPU's, last within 2e-2, and not equal to the fp32 run;
+- backend.matmul bf16 on 2 ranks with split blocks (W_C rounded on the device and sent in
+  bf16, the products reading the bf16 weight copy): losses within 1e-3 of the CPU's bf16
+  run (rounding flips feed back, tests/compress/test_bf16_weights.py);
 - the log names the emulated device."""
 import os
 import sys
@@ -46,11 +49,14 @@ def main():
         pclib.run(args)
         return d
 
+    nccl = "backend.comm=nccl"
     for mode, np_, sets in [("compress", 1, []), ("prune", 1, ["run.mode=prune"]),
                             ("compress-split", 2, ["compress.split_mb=0.01"])]:
-        cpu, emu = run(f"{mode}-cpu", np_, False, *sets), run(f"{mode}-emu", np_, True, *sets)
+        cpu, emu = run(f"{mode}-cpu", np_, False, *sets), run(f"{mode}-emu", np_, True, *sets, nccl)
         log = open(os.path.join(emu, "logs", "rank-00000.log")).read()
         pclib.check("backend cuda on GPU 0 (SIMT emulator)" in log, f"{mode}: ran on the emulated CUDA backend")
+        if np_ > 1:
+            pclib.check("device collectives over nccl" in log, f"{mode}: device collectives over the NCCL comm")
         pclib.same_importance(emu, cpu, f"{mode} emulated CUDA vs CPU")
         pclib.close_runs(pclib.run_arrays(emu), pclib.run_arrays(cpu), 1e-4, 1e-4,
                          f"{mode} np{np_}: emulated CUDA vs CPU")
@@ -60,6 +66,15 @@ def main():
             r0, r1 = abs(att[0][0] - ref[0][0]) / ref[0][0], abs(att[0][-1] - ref[0][-1]) / ref[0][-1]
             pclib.check(r0 < 1e-2 and r1 < 2e-2 and not np.array_equal(att[0], fp32[0]),
                         f"bf16 tensor-core attention vs CPU fp32: first loss rel {r0:.2e}, last {r1:.2e}")
+    # backend.matmul bf16: W_C rounded on the device, broadcast in bf16 over the NCCL comm,
+    # the products reading the bf16 weight copy; against the CPU backend's bf16 run
+    sets = ["compress.split_mb=0.01", "backend.matmul=bf16"]
+    a = pclib.run_arrays(run("bf16-emu", 2, True, *sets, nccl))
+    b = pclib.run_arrays(run("bf16-cpu", 2, False, *sets))
+    f32 = pclib.run_arrays(os.path.join(root, "compress-split-emu"))
+    rel = np.max(np.abs(a[0] - b[0]) / np.abs(b[0]))
+    pclib.check(rel < 1e-3 and not np.array_equal(a[0], f32[0]),
+                f"bf16 weights np2: emulated CUDA vs CPU losses max rel {rel:.2e} < 1e-3 (and not the fp32 run's)")
     return 0
 
 

@@ -2,13 +2,17 @@
  *
  * Rank r uses device r % n_devices; each collective's result is read back and checked
  * against values computed locally from the rank-dependent inputs (exact: the inputs
- * are small integers). Every dtype goes through all_reduce; sum, max and min through
- * all_reduce, reduce, reduce_scatter and the grouped reduce (after a grouped broadcast).
- * The error paths (bad root, send count that differs from counts[rank]) must fail
- * naming the rank. With two ranks or more, the
+ * are small integers). Every reducible dtype goes through all_reduce; sum, max and min
+ * through all_reduce, reduce, reduce_scatter and the grouped reduce (after a grouped
+ * broadcast). Every dtype, bf16 (moved, never reduced) included, goes through broadcast,
+ * all_gather, all_gatherv and broadcast_group with comm_values.h's inputs (for bf16
+ * distinct bit patterns), checked exactly; bf16 reductions must be refused naming the
+ * op, counting no bytes. The error paths (bad root, send count that differs from
+ * counts[rank]) must fail naming the rank. With two ranks or more, the
  * watchdog: a collective the last rank skips fails on the others within timeout_s.
  * Exit 77 without a GPU, or when there are fewer devices than ranks (NCCL needs one
- * device per rank). */
+ * device per rank). Built with -DPC_TEST_EMU against nccl_emu.c (NCCL over MPI on host
+ * memory), every rank uses the one emulated device and the watchdog check is left out. */
 #include <cuda_runtime.h>
 #include <mpi.h>
 #include <stdio.h>
@@ -218,6 +222,139 @@ static void test_all_gatherv(comm *c, int in_place)
     free(displs);
 }
 
+/* ---- moves of any dtype, comm_values.h's inputs (rank r's element i: val(r, i, t)) */
+
+static void *dev_copy(const void *h, size_t bytes)
+{
+    void *d = dev_alloc(bytes);
+    h2d(d, h, bytes);
+    return d;
+}
+
+static void expect_moved(int rc, const pc_err *e, int bad, const char *op, comm_dtype t)
+{
+    char what[1200];
+    snprintf(what, sizeof what, "%s(%s): %s", op, comm_dtype_name(t), rc ? e->msg : bad ? "wrong values" : "values");
+    expect(rc == 0 && bad == 0, what);
+}
+
+/* An odd count broadcast from the last rank. */
+static void test_broadcast_dt(comm *c, comm_dtype t)
+{
+    const size_t n = 1001;
+    size_t es = comm_dtype_size(t);
+    int root = c->size - 1;
+    char *h = pc_malloc(n * es);
+    for (size_t i = 0; i < n; i++) put(h, t, i, val(c->rank, i, t));
+    void *d = dev_copy(h, n * es);
+    pc_err e = {{0}};
+    int rc = comm_broadcast(c, d, n, t, root, &e), bad = 0;
+    d2h(h, d, n * es);
+    for (size_t i = 0; i < n && rc == 0; i++) bad += get(h, t, i) != val(root, i, t);
+    expect_moved(rc, &e, bad, "broadcast", t);
+    cudaFree(d);
+    free(h);
+}
+
+/* An odd count per rank into recv (size, n); in place: send is this rank's piece of recv. */
+static void test_all_gather_dt(comm *c, comm_dtype t, int in_place)
+{
+    const size_t n = 301;
+    size_t es = comm_dtype_size(t), total = n * (size_t)c->size, mine = (size_t)c->rank * n * es;
+    char *h = pc_malloc(total * es);
+    for (size_t i = 0; i < total; i++) put(h, t, i, 0);
+    for (size_t i = 0; i < n; i++) put(h + mine, t, i, val(c->rank, i, t));
+    char *recv = dev_copy(h, total * es);
+    void *send = in_place ? recv + mine : dev_copy(h + mine, n * es);
+    pc_err e = {{0}};
+    int rc = comm_all_gather(c, send, recv, n, t, &e), bad = 0;
+    d2h(h, recv, total * es);
+    for (size_t i = 0; i < total && rc == 0; i++) bad += get(h, t, i) != val((int)(i / n), i % n, t);
+    expect_moved(rc, &e, bad, in_place ? "all_gather in place" : "all_gather", t);
+    if (!in_place) cudaFree(send);
+    cudaFree(recv);
+    free(h);
+}
+
+/* Uneven odd counts (rank 1, if any, contributes nothing) with gaps of 3 elements
+ * between the pieces, which keep their fill (7). */
+static void test_all_gatherv_dt(comm *c, comm_dtype t)
+{
+    size_t *counts = pc_calloc((size_t)c->size, sizeof(size_t)), *displs = pc_calloc((size_t)c->size, sizeof(size_t));
+    size_t total = 0, es = comm_dtype_size(t);
+    for (int r = 0; r < c->size; r++) {
+        counts[r] = r == 1 ? 0 : (size_t)(50 * r + 13);
+        displs[r] = total + 3;
+        total = displs[r] + counts[r];
+    }
+    char *h = pc_malloc((total + 1) * es);
+    for (size_t i = 0; i < total; i++) put(h, t, i, 7);
+    char *recv = dev_copy(h, total * es);
+    for (size_t i = 0; i < counts[c->rank]; i++) put(h, t, i, val(c->rank, i, t));
+    void *send = dev_copy(h, (counts[c->rank] + 1) * es);
+    pc_err e = {{0}};
+    int rc = comm_all_gatherv(c, send, counts[c->rank], recv, counts, displs, t, &e), bad = 0;
+    d2h(h, recv, total * es);
+    for (size_t i = 0; i < total && rc == 0; i++) {
+        double want = 7;
+        for (int r = 0; r < c->size; r++)
+            if (i >= displs[r] && i < displs[r] + counts[r]) want = val(r, i - displs[r], t);
+        bad += get(h, t, i) != want;
+    }
+    expect_moved(rc, &e, bad, "all_gatherv", t);
+    cudaFree(send);
+    cudaFree(recv);
+    free(h);
+    free(counts);
+    free(displs);
+}
+
+/* comm_values.h's pieces of one buffer: each holds its root's inputs after the
+ * broadcast, the gaps this rank's. */
+static void test_broadcast_group_dt(comm *c, comm_dtype t)
+{
+    size_t es = comm_dtype_size(t);
+    group_case g;
+    group_case_init(&g, c->size, NULL, t);
+    char *h = pc_malloc(g.n * es);
+    for (size_t i = 0; i < g.n; i++) put(h, t, i, val(c->rank, i, t));
+    void *d = dev_copy(h, g.n * es);
+    group_case_init(&g, c->size, d, t);
+    pc_err e = {{0}};
+    int rc = comm_broadcast_group(c, g.p, GROUP_PIECES, t, &e), bad = 0;
+    d2h(h, d, g.n * es);
+    for (size_t i = 0; i < g.n && rc == 0; i++) {
+        int k = group_piece_of(&g, i);
+        bad += get(h, t, i) != val(k >= 0 ? g.p[k].root : c->rank, i, t);
+    }
+    expect_moved(rc, &e, bad, "broadcast_group", t);
+    cudaFree(d);
+    free(h);
+}
+
+/* Every reduction of bf16 fails on every rank before NCCL, naming the op, and counts
+ * no bytes. */
+static void test_bf16_refused(comm *c)
+{
+    const size_t n = 12; /* elems; reduce_scatter sends (size, n) */
+    char *d = dev_alloc(n * (size_t)c->size * 2);
+    comm_piece p[2] = {{d, 5, 0}, {d + 5 * comm_dtype_size(COMM_BF16), 7, c->size - 1}};
+    const char *ops[] = {"all_reduce", "reduce", "reduce_scatter", "reduce_group"};
+    for (int k = 0; k < 4; k++) {
+        pc_err e = {{0}};
+        uint64_t bytes = c->bytes;
+        int rc = k == 0   ? comm_all_reduce(c, d, d, n, COMM_BF16, COMM_SUM, &e)
+                 : k == 1 ? comm_reduce(c, d, d, n, COMM_BF16, COMM_SUM, 0, &e)
+                 : k == 2 ? comm_reduce_scatter(c, d, d, n, COMM_BF16, COMM_MAX, &e)
+                          : comm_reduce_group(c, p, 2, COMM_BF16, COMM_SUM, &e);
+        char want[64], what[1200];
+        snprintf(want, sizeof want, "rank %d: %s(bf16, ", c->rank, ops[k]);
+        snprintf(what, sizeof what, "bf16 %s refused, no bytes counted: rc %d, %s", ops[k], rc, e.msg);
+        expect(rc == -1 && strstr(e.msg, want) && strstr(e.msg, "never reduced") && c->bytes == bytes, what);
+    }
+    cudaFree(d);
+}
+
 static void test_reduce_scatter(comm *c, comm_op op)
 {
     const size_t n = 513;
@@ -243,7 +380,12 @@ int main(int argc, char **argv)
     int size = 1;
     MPI_Comm_rank(MPI_COMM_WORLD, &rank_g);
     MPI_Comm_size(MPI_COMM_WORLD, &size);
-    if (n_dev == 0 || n_dev < size) {
+#ifdef PC_TEST_EMU
+    int shared_device = 1; /* NCCL over MPI on host memory (nccl_emu.c): ranks share the emulated device */
+#else
+    int shared_device = 0;
+#endif
+    if (n_dev == 0 || (n_dev < size && !shared_device)) {
         if (rank_g == 0) printf("%d CUDA device(s) for %d rank(s): skipping\n", n_dev, size);
         MPI_Finalize();
         return 77;
@@ -261,9 +403,17 @@ int main(int argc, char **argv)
     }
     expect(c->rank == mpi->rank && c->size == mpi->size && strcmp(c->ops->name, "nccl") == 0, "rank, size, name");
 
-    const comm_dtype types[] = {COMM_F32, COMM_F64, COMM_I32, COMM_I64, COMM_U8};
+    const comm_dtype types[] = {COMM_F32, COMM_F64, COMM_I32, COMM_I64, COMM_U8, COMM_BF16};
     const comm_op ops[] = {COMM_SUM, COMM_MAX, COMM_MIN};
-    for (size_t t = 0; t < PC_ARRAY_LEN(types); t++) test_all_reduce(c, types[t], COMM_SUM, 0);
+    for (size_t t = 0; t < PC_ARRAY_LEN(types); t++) {
+        if (reducible(types[t])) test_all_reduce(c, types[t], COMM_SUM, 0);
+        test_broadcast_dt(c, types[t]);
+        test_all_gather_dt(c, types[t], 0);
+        test_all_gather_dt(c, types[t], 1);
+        test_all_gatherv_dt(c, types[t]);
+        test_broadcast_group_dt(c, types[t]);
+    }
+    test_bf16_refused(c);
     for (size_t o = 0; o < PC_ARRAY_LEN(ops); o++) {
         test_all_reduce(c, COMM_F32, ops[o], 1);
         test_reduce(c, ops[o]);
@@ -287,7 +437,7 @@ int main(int argc, char **argv)
     /* watchdog (two ranks or more): the last rank skips an all_reduce; the others must
      * fail within the timeout naming it, their communicator aborted, and a later call
      * fails at once */
-    if (size >= 2) {
+    if (size >= 2 && !shared_device) { /* the emulator's collectives block in MPI: no watchdog to test */
         c->timeout_s = 2.0;
         float *x = dev_alloc(sizeof(float) * 8);
         if (rank_g != size - 1) {
