@@ -77,6 +77,16 @@ int comm_reduce_group(comm *c, const comm_piece *p, int n, comm_dtype t, comm_op
     return c->ops->reduce_group(c, p, n, t, op, e);
 }
 
+int comm_reduce_group_start(comm *c, const comm_piece *p, int n, comm_dtype t, comm_op op, pc_err *e) {
+    if (!c->ops->reduce_group_start) return comm_reduce_group(c, p, n, t, op, e);
+    size_t count = pieces_count(p, n);
+    if (check_reducible(c, "reduce_group", t, count, e)) return -1;
+    c->bytes += count * comm_dtype_size(t);
+    return c->ops->reduce_group_start(c, p, n, t, op, e);
+}
+
+int comm_wait(comm *c, pc_err *e) { return c->ops->wait ? c->ops->wait(c, e) : 0; }
+
 int comm_barrier(comm *c, pc_err *e) { return c->ops->barrier(c, e); }
 
 void comm_destroy(comm *c) {
@@ -115,6 +125,10 @@ typedef struct mpi_impl {
     const char *broken_op;  /* set once a collective timed out */
     MPI_Request *stale;     /* timed-out requests, still pending */
     int n_stale;
+    MPI_Request *started;   /* requests of reduce groups started and not yet waited for */
+    int n_started;
+    size_t started_count;   /* their elements, for messages */
+    comm_dtype started_t;
 } mpi_impl;
 
 static mpi_impl *impl_of(comm *c) { return c->impl; }
@@ -375,39 +389,84 @@ static int mpi_reduce_scatter(comm *c, const void *send, void *recv, size_t coun
 
 /* Grouped broadcast (reduce = 0) or in-place reduce to each piece's root: every piece is
  * started non-blocking, in pieces of at most max_chunk elements, then all are waited for. */
-static int mpi_group(comm *c, const char *op, const comm_piece *p, int n, comm_dtype t, int reduce, comm_op rop,
-                     pc_err *e) {
+/* Post one non-blocking broadcast (reduce = 0) or in-place reduce per piece (in chunks
+ * of max_chunk) into req from req[*q] on (room for every chunk); 0, or -1 with the
+ * posted ones given up and e naming k. */
+static int post_group(const call *k, const comm_piece *p, int n, int reduce, comm_op rop, MPI_Request *req, int *q,
+                      pc_err *e) {
+    comm *c = k->c;
     mpi_impl *m = impl_of(c);
-    size_t total = 0, n_req = 0;
-    for (int i = 0; i < n; i++) {
-        total += p[i].count;
-        n_req += (p[i].count + m->max_chunk - 1) / m->max_chunk;
-    }
-    call k;
-    if (call_begin(&k, c, op, t, total, e)) return -1;
     for (int i = 0; i < n; i++)
         if (p[i].root < 0 || p[i].root >= c->size)
-            return pc_errorf(e, "rank %d: %s: piece %d's root %d is not a rank", c->rank, op, i, p[i].root);
-    MPI_Request *req = pc_malloc((n_req ? n_req : 1) * sizeof *req);
-    int q = 0, rc = MPI_SUCCESS;
+            return pc_errorf(e, "rank %d: %s: piece %d's root %d is not a rank", c->rank, k->op, i, p[i].root);
+    int rc = MPI_SUCCESS;
     for (int i = 0; i < n && rc == MPI_SUCCESS; i++) {
         for (size_t o = 0; o < p[i].count && rc == MPI_SUCCESS; o += m->max_chunk) {
             int cnt = (int)PC_MIN(m->max_chunk, p[i].count - o);
-            char *b = at(p[i].buf, o, t);
+            char *b = at(p[i].buf, o, k->t);
             int mine = c->rank == p[i].root;
-            rc = reduce ? MPI_Ireduce(mine ? MPI_IN_PLACE : b, mine ? b : NULL, cnt, mpi_type(t), mpi_op(rop),
-                                      p[i].root, m->comm, &req[q])
-                        : MPI_Ibcast(b, cnt, mpi_type(t), p[i].root, m->comm, &req[q]);
-            if (rc == MPI_SUCCESS) q++;
+            rc = reduce ? MPI_Ireduce(mine ? MPI_IN_PLACE : b, mine ? b : NULL, cnt, mpi_type(k->t), mpi_op(rop),
+                                      p[i].root, m->comm, &req[*q])
+                        : MPI_Ibcast(b, cnt, mpi_type(k->t), p[i].root, m->comm, &req[*q]);
+            if (rc == MPI_SUCCESS) (*q)++;
         }
     }
-    if (rc != MPI_SUCCESS) { /* the started ones cannot be cancelled */
-        give_up(&k, req, q);
-        rc = call_fail(&k, rc, e);
-    } else {
-        rc = call_wait(&k, req, q, e);
+    if (rc == MPI_SUCCESS) return 0;
+    give_up(k, req, *q); /* the started ones cannot be cancelled */
+    return call_fail(k, rc, e);
+}
+
+/* Requests a group of pieces takes (one per chunk), and their elements in *total. */
+static size_t group_requests(const mpi_impl *m, const comm_piece *p, int n, size_t *total) {
+    size_t n_req = 0;
+    *total = 0;
+    for (int i = 0; i < n; i++) {
+        *total += p[i].count;
+        n_req += (p[i].count + m->max_chunk - 1) / m->max_chunk;
     }
+    return n_req;
+}
+
+static int mpi_group(comm *c, const char *op, const comm_piece *p, int n, comm_dtype t, int reduce, comm_op rop,
+                     pc_err *e) {
+    size_t total, n_req = group_requests(impl_of(c), p, n, &total);
+    call k;
+    if (call_begin(&k, c, op, t, total, e)) return -1;
+    MPI_Request *req = pc_malloc((n_req ? n_req : 1) * sizeof *req);
+    int q = 0, rc = post_group(&k, p, n, reduce, rop, req, &q, e);
+    if (rc == 0) rc = call_wait(&k, req, q, e);
     free(req);
+    return rc;
+}
+
+/* reduce_group posted and left running: its requests join the started ones. */
+static int mpi_reduce_group_start(comm *c, const comm_piece *p, int n, comm_dtype t, comm_op op, pc_err *e) {
+    mpi_impl *m = impl_of(c);
+    size_t total, n_req = group_requests(m, p, n, &total);
+    call k;
+    if (call_begin(&k, c, "reduce_group", t, total, e)) return -1;
+    m->started = pc_realloc(m->started, ((size_t)m->n_started + n_req + 1) * sizeof *m->started);
+    int q = m->n_started;
+    if (post_group(&k, p, n, 1, op, m->started, &q, e)) {
+        m->n_started = 0; /* given up, all of them */
+        return -1;
+    }
+    m->n_started = q;
+    m->started_count += total;
+    m->started_t = t;
+    return 0;
+}
+
+/* Every started reduce group, under the watchdog from now. */
+static int mpi_wait(comm *c, pc_err *e) {
+    mpi_impl *m = impl_of(c);
+    if (m->n_started == 0) return 0;
+    call k;
+    int rc = call_begin(&k, c, "reduce_group", m->started_t, m->started_count, e);
+    if (rc == 0) rc = call_wait(&k, m->started, m->n_started, e);
+    else give_up(&k, m->started, m->n_started);
+    m->n_started = 0;
+    m->started_count = 0;
     return rc;
 }
 
@@ -429,6 +488,11 @@ static int mpi_barrier(comm *c, pc_err *e) {
 
 static void mpi_destroy(comm *c) {
     mpi_impl *m = impl_of(c);
+    if (m->n_started > 0) { /* started and never waited for (a failed step): treated as timed out */
+        call k = {c, "reduce_group", m->started_t, m->started_count, pc_now()};
+        give_up(&k, m->started, m->n_started);
+        m->n_started = 0;
+    }
     /* Give timed-out collectives a bounded chance to complete (a late peer) before freeing. */
     double t0 = pc_now(), limit = c->timeout_s > 0 ? c->timeout_s : 1.0;
     int pending = m->n_stale;
@@ -446,6 +510,7 @@ static void mpi_destroy(comm *c) {
     }
     MPI_Comm_free(&m->comm);
     free(m->stale);
+    free(m->started);
     free(m);
     free(c);
 }
@@ -460,6 +525,8 @@ static const comm_ops mpi_ops = {
     .reduce_scatter = mpi_reduce_scatter,
     .broadcast_group = mpi_broadcast_group,
     .reduce_group = mpi_reduce_group,
+    .reduce_group_start = mpi_reduce_group_start,
+    .wait = mpi_wait,
     .barrier = mpi_barrier,
     .destroy = mpi_destroy,
 };

@@ -48,6 +48,12 @@ typedef struct comm_ops {
     /* Each piece summed (op) over ranks into its root's buf, in place; the other ranks'
      * bufs are left as they were. */
     int (*reduce_group)(comm *c, const comm_piece *p, int n, comm_dtype t, comm_op op, pc_err *e);
+    /* reduce_group started and left running, so that work can go on meanwhile: the pieces'
+     * buffers are the comm's until `wait`. Every rank starts the same groups in the same
+     * order. NULL: the wrapper runs reduce_group at once. */
+    int (*reduce_group_start)(comm *c, const comm_piece *p, int n, comm_dtype t, comm_op op, pc_err *e);
+    /* Complete every started group; the watchdog counts from this call. NULL: nothing runs late. */
+    int (*wait)(comm *c, pc_err *e);
     int (*barrier)(comm *c, pc_err *e);
     void (*destroy)(comm *c);
 } comm_ops;
@@ -67,8 +73,8 @@ comm *comm_mpi_create(pc_err *e);
 void comm_mpi_set_max_chunk(comm *c, size_t n);
 
 /* Convenience wrappers: dispatch through c->ops. The reductions (all_reduce, reduce,
- * reduce_scatter, reduce_group) refuse COMM_BF16, counting no bytes: bf16 copies are
- * moved, never reduced (reduce in f32). */
+ * reduce_scatter, reduce_group, reduce_group_start) refuse COMM_BF16, counting no bytes:
+ * bf16 copies are moved, never reduced (reduce in f32). */
 int comm_all_reduce(comm *c, const void *send, void *recv, size_t count, comm_dtype t, comm_op op, pc_err *e);
 int comm_reduce(comm *c, const void *send, void *recv, size_t count, comm_dtype t, comm_op op, int root, pc_err *e);
 int comm_broadcast(comm *c, void *buf, size_t count, comm_dtype t, int root, pc_err *e);
@@ -78,6 +84,8 @@ int comm_all_gatherv(comm *c, const void *send, size_t send_count, void *recv, c
 int comm_reduce_scatter(comm *c, const void *send, void *recv, size_t count, comm_dtype t, comm_op op, pc_err *e);
 int comm_broadcast_group(comm *c, const comm_piece *p, int n, comm_dtype t, pc_err *e);
 int comm_reduce_group(comm *c, const comm_piece *p, int n, comm_dtype t, comm_op op, pc_err *e);
+int comm_reduce_group_start(comm *c, const comm_piece *p, int n, comm_dtype t, comm_op op, pc_err *e);
+int comm_wait(comm *c, pc_err *e);
 int comm_barrier(comm *c, pc_err *e);
 void comm_destroy(comm *c);
 size_t comm_dtype_size(comm_dtype t);

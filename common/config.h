@@ -73,6 +73,7 @@ typedef struct pc_config {
         int threads;     /* 0: automatic */
         char matmul[8];  /* fp32|tf32|bf16: gemm inputs */
         char attention[8]; /* fp32|bf16: attention products (cuda) */
+        int overlap_comm;  /* start each stage's G reduce during the backward */
     } backend;
     struct {
         char dir[1024]; /* "" means RUN/final */

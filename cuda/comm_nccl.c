@@ -8,7 +8,9 @@
  * connections set up on first use, enqueueing) returns ncclInProgress and is polled, so
  * the watchdog covers it too.
  * Each collective waits for prior device work, runs on the comm's stream and
- * synchronises it before returning (simple and correct before overlapped).
+ * synchronises it before returning, except reduce_group_start: its groups are enqueued
+ * and left running while the caller goes on (the backward of the next layers), until
+ * `wait` or the next collective, which waits for them under the watchdog first.
  * all_gatherv is a group of one ncclBroadcast per rank; broadcast_group and reduce_group
  * are groups of one ncclBroadcast / ncclReduce (in place) per piece.
  *
@@ -26,12 +28,24 @@
 #include <string.h>
 #include <time.h>
 
+/* Context of one collective, for messages. */
+typedef struct ncall {
+    comm *c;
+    const char *op;
+    comm_dtype t;
+    size_t count;
+    ncclDataType_t type;
+    double t0; /* when the call began: the watchdog's start */
+} ncall;
+
 typedef struct nccl_impl {
     ncclComm_t nc;
     cudaStream_t stream;
     int device;
     int *barrier_buf; /* (1) device int for the barrier's all-reduce */
     int aborted;      /* the watchdog aborted the communicator */
+    int started;      /* reduce groups started (nc_reduce_group_start) and not waited for */
+    ncall started_k;  /* what they were, for messages */
 } nccl_impl;
 
 static nccl_impl *nimpl(comm *c) { return c->impl; }
@@ -63,15 +77,8 @@ static double now_s(void) {
     return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
 
-/* Context of one collective, for messages. */
-typedef struct ncall {
-    comm *c;
-    const char *op;
-    comm_dtype t;
-    size_t count;
-    ncclDataType_t type;
-    double t0; /* when the call began: the watchdog's start */
-} ncall;
+
+static int stream_done(const ncall *k, double t0, pc_err *e);
 
 static int ncall_begin(ncall *k, comm *c, const char *op, comm_dtype t, size_t count, pc_err *e) {
     k->c = c;
@@ -84,6 +91,8 @@ static int ncall_begin(ncall *k, comm *c, const char *op, comm_dtype t, size_t c
     if (nimpl(c)->aborted)
         return pc_errorf(e, "rank %d: nccl %s(%s, %zu elems): the communicator was aborted by an earlier failure",
                          c->rank, op, comm_dtype_name(t), count);
+    /* a started reduce group first, under the watchdog: the device-wide wait below has none */
+    if (nimpl(c)->started && stream_done(&nimpl(c)->started_k, now_s(), e)) return -1;
     /* buffers may have been written on any stream of this device: wait for them */
     cudaError_t ce = cudaSetDevice(nimpl(c)->device);
     if (ce == cudaSuccess) ce = cudaDeviceSynchronize();
@@ -136,16 +145,24 @@ static void ncall_what(const ncall *k, char *buf, size_t len) {
     snprintf(buf, len, "rank %d: nccl %s(%s, %zu elems)", k->c->rank, k->op, comm_dtype_name(k->t), k->count);
 }
 
-/* After NCCL call(s) of k that returned r: wait until they are enqueued, then for the
- * stream, both under the watchdog (from ncall_begin). Any failure aborts the communicator
- * (see failed), and later calls fail. */
-static int ncall_finish(const ncall *k, ncclResult_t r, pc_err *e) {
+/* After NCCL call(s) of k that returned r: wait until they are enqueued, under the
+ * watchdog (from ncall_begin). Any failure aborts the communicator (see failed), and
+ * later calls fail. */
+static int ncall_enqueued(const ncall *k, ncclResult_t r, pc_err *e) {
+    nccl_impl *n = nimpl(k->c);
+    char what[160];
+    ncall_what(k, what, sizeof what);
+    if (r != ncclSuccess && r != ncclInProgress) return failed(n, what, r, e);
+    return wait_ready(n, k->c->timeout_s, k->t0, what, e);
+}
+
+/* Wait for the comm's stream, polling it and NCCL's asynchronous error under the
+ * watchdog (timeout from t0). */
+static int stream_done(const ncall *k, double t0, pc_err *e) {
     nccl_impl *n = nimpl(k->c);
     double timeout = k->c->timeout_s;
     char what[160];
     ncall_what(k, what, sizeof what);
-    if (r != ncclSuccess && r != ncclInProgress) return failed(n, what, r, e);
-    if (wait_ready(n, timeout, k->t0, what, e)) return -1;
     struct timespec nap = {0, 20000}; /* 20 us between polls */
     for (;;) {
         cudaError_t ce = cudaStreamQuery(n->stream);
@@ -158,9 +175,14 @@ static int ncall_finish(const ncall *k, ncclResult_t r, pc_err *e) {
         ncclResult_t async = ncclSuccess;
         if (ncclCommGetAsyncError(n->nc, &async) == ncclSuccess && async != ncclSuccess && async != ncclInProgress)
             return failed(n, what, async, e);
-        if (timeout > 0 && now_s() - k->t0 > timeout) return timed_out(n, what, timeout, e);
+        if (timeout > 0 && now_s() - t0 > timeout) return timed_out(n, what, timeout, e);
         nanosleep(&nap, NULL);
     }
+}
+
+/* Both, for a call that completes before it returns. */
+static int ncall_finish(const ncall *k, ncclResult_t r, pc_err *e) {
+    return ncall_enqueued(k, r, e) || stream_done(k, k->t0, e) ? -1 : 0;
 }
 
 static int check_op(const ncall *k, comm_op op, ncclRedOp_t *out, pc_err *e) {
@@ -234,43 +256,63 @@ static int nc_reduce_scatter(comm *c, const void *send, void *recv, size_t count
 }
 
 /* Grouped broadcasts (reduce = 0) or in-place reduces, NCCL_GROUP_PIECES per NCCL group
- * (the groups run in order on the comm's stream), waited for once. */
+ * (the groups run in order on the comm's stream), enqueued; k describes them. */
 #define NCCL_GROUP_PIECES 128
-static int nc_group(comm *c, const char *op, const comm_piece *p, int n, comm_dtype t, int reduce, comm_op cop,
-                    pc_err *e) {
+static int nc_group_enqueue(ncall *k, comm *c, const char *op, const comm_piece *p, int n, comm_dtype t, int reduce,
+                            comm_op cop, pc_err *e) {
     size_t total = 0;
     for (int i = 0; i < n; i++) total += p[i].count;
-    ncall k;
     ncclRedOp_t rop = ncclSum;
-    if (ncall_begin(&k, c, op, t, total, e) || (reduce && check_op(&k, cop, &rop, e))) return -1;
+    if (ncall_begin(k, c, op, t, total, e) || (reduce && check_op(k, cop, &rop, e))) return -1;
     for (int i = 0; i < n; i++)
-        if (check_root(&k, p[i].root, e)) return -1;
+        if (check_root(k, p[i].root, e)) return -1;
     nccl_impl *nc = nimpl(c);
     ncclResult_t r = ncclSuccess;
     for (int i0 = 0; i0 < n && (r == ncclSuccess || r == ncclInProgress); i0 += NCCL_GROUP_PIECES) {
         if (r == ncclInProgress) { /* the previous group is still being enqueued */
             char what[160];
-            ncall_what(&k, what, sizeof what);
-            if (wait_ready(nc, c->timeout_s, k.t0, what, e)) return -1;
+            ncall_what(k, what, sizeof what);
+            if (wait_ready(nc, c->timeout_s, k->t0, what, e)) return -1;
         }
         r = ncclGroupStart();
         for (int i = i0; i < n && i < i0 + NCCL_GROUP_PIECES && r == ncclSuccess; i++) {
             if (p[i].count == 0) continue; /* the same on every rank: pieces are shared */
-            r = reduce ? ncclReduce(p[i].buf, p[i].buf, p[i].count, k.type, rop, p[i].root, nc->nc, nc->stream)
-                       : ncclBroadcast(p[i].buf, p[i].buf, p[i].count, k.type, p[i].root, nc->nc, nc->stream);
+            r = reduce ? ncclReduce(p[i].buf, p[i].buf, p[i].count, k->type, rop, p[i].root, nc->nc, nc->stream)
+                       : ncclBroadcast(p[i].buf, p[i].buf, p[i].count, k->type, p[i].root, nc->nc, nc->stream);
         }
         ncclResult_t r_end = ncclGroupEnd();
         if (r == ncclSuccess) r = r_end;
     }
-    return ncall_finish(&k, r, e);
+    return ncall_enqueued(k, r, e);
 }
 
 static int nc_broadcast_group(comm *c, const comm_piece *p, int n, comm_dtype t, pc_err *e) {
-    return nc_group(c, "broadcast_group", p, n, t, 0, COMM_SUM, e);
+    ncall k;
+    return nc_group_enqueue(&k, c, "broadcast_group", p, n, t, 0, COMM_SUM, e) || stream_done(&k, k.t0, e) ? -1 : 0;
 }
 
 static int nc_reduce_group(comm *c, const comm_piece *p, int n, comm_dtype t, comm_op op, pc_err *e) {
-    return nc_group(c, "reduce_group", p, n, t, 1, op, e);
+    ncall k;
+    return nc_group_enqueue(&k, c, "reduce_group", p, n, t, 1, op, e) || stream_done(&k, k.t0, e) ? -1 : 0;
+}
+
+/* Enqueued on the comm's stream and left running while the compute stream goes on; the
+ * next collective's ncall_begin, or nc_wait, waits for it. */
+static int nc_reduce_group_start(comm *c, const comm_piece *p, int n, comm_dtype t, comm_op op, pc_err *e) {
+    nccl_impl *nc = nimpl(c);
+    ncall k;
+    if (nc_group_enqueue(&k, c, "reduce_group", p, n, t, 1, op, e)) return -1;
+    k.count += nc->started ? nc->started_k.count : 0;
+    nc->started_k = k;
+    nc->started = 1;
+    return 0;
+}
+
+static int nc_wait(comm *c, pc_err *e) {
+    nccl_impl *nc = nimpl(c);
+    if (!nc->started) return 0;
+    nc->started = 0;
+    return stream_done(&nc->started_k, now_s(), e);
 }
 
 static int nc_barrier(comm *c, pc_err *e) {
@@ -309,6 +351,8 @@ static const comm_ops nccl_ops = {
     .reduce_scatter = nc_reduce_scatter,
     .broadcast_group = nc_broadcast_group,
     .reduce_group = nc_reduce_group,
+    .reduce_group_start = nc_reduce_group_start,
+    .wait = nc_wait,
     .barrier = nc_barrier,
     .destroy = nc_destroy,
 };

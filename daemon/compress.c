@@ -238,7 +238,22 @@ static int project_begin(run_ctx *r, trainer *t, pc_err *e) {
     return proj_gather(&t->ps, &t->m, r->dcomm, e);
 }
 
-static int project_reduce(run_ctx *r, trainer *t, pc_err *e) { return proj_reduce_grads(&t->ps, &t->m, r->dcomm, e); }
+/* G to the owners: what on_grads started during the backward, and the rest. */
+static int project_reduce(run_ctx *r, trainer *t, pc_err *e) {
+    if (t->overlap.failed) {
+        t->overlap.failed = 0;
+        *e = t->overlap.err;
+        return -1;
+    }
+    return proj_reduce_finish(&t->ps, &t->m, r->dcomm, e);
+}
+
+/* llama_grads_hook: the blocks whose G is final at `stage` start their reduce. */
+static void project_on_grads(void *ctx, int stage) {
+    trainer *t = ctx;
+    if (!t->overlap.failed && proj_reduce_start(&t->ps, &t->m, t->overlap.r->dcomm, stage, &t->overlap.err) != 0)
+        t->overlap.failed = 1;
+}
 
 /* Copy block i's gradients from ps->grad to where its parameters live in `dst`. */
 static void keep_grads(const proj_set *ps, int i, int64_t gin, int64_t gout, int64_t ga, float *dst) {
@@ -313,4 +328,4 @@ static void project_update(run_ctx *r, trainer *t, int64_t step, float lr, float
 }
 
 const train_method METHOD_PROJECT = {"project", project_begin, project_reduce, project_sumsq, project_update,
-                                     project_begin};
+                                     project_begin, project_on_grads};

@@ -79,7 +79,8 @@ static void direct_update(run_ctx *r, trainer *t, int64_t step, float lr, float 
     }
 }
 
-const train_method METHOD_DIRECT = {"direct", direct_begin, direct_reduce, direct_sumsq, direct_update, direct_begin};
+const train_method METHOD_DIRECT = {"direct", direct_begin, direct_reduce, direct_sumsq, direct_update, direct_begin,
+                                    NULL};
 
 /* ---- the loop ---- */
 
@@ -106,7 +107,13 @@ static int accumulate(run_ctx *r, trainer *t, int64_t step, int n_micro, double 
             loss = llama_distill(&t->m, t->teacher.logits, (float)c->distill.alpha, (float)c->distill.temperature);
         }
         *loss_sum += loss;
+        if (mi + 1 == n_micro && t->method->on_grads && r->world > 1 && c->backend.overlap_comm) {
+            t->overlap.r = r; /* the gradients are final in this backward: reduce them as they come */
+            t->m.on_grads = t->method->on_grads;
+            t->m.on_grads_ctx = t;
+        }
         llama_backward(&t->m);
+        t->m.on_grads = NULL;
     }
     return 0;
 }

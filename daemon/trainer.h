@@ -27,6 +27,9 @@ typedef struct train_method {
     void (*update)(run_ctx *r, trainer *t, int64_t step, float lr, float clip_scale);
     /* Before eval and saving (compress: materialise and gather the current W_C). */
     int (*finish)(run_ctx *r, trainer *t, pc_err *e);
+    /* Set as the model's llama_grads_hook for the step's last backward, to start
+     * reduce_grads' work as gradients become final (backend.overlap_comm); NULL: none. */
+    llama_grads_hook on_grads;
 } train_method;
 
 struct trainer {
@@ -46,6 +49,11 @@ struct trainer {
     llama_model teacher;    /* distill: the frozen base, forward only */
     int has_teacher;
     double proj_flops;      /* per step */
+    struct {                /* the method's on_grads, called from inside llama_backward */
+        run_ctx *r;
+        int failed;         /* a start failed: reduce_grads reports err */
+        pc_err err;
+    } overlap;
     /* the checkpoint chosen to resume from (found and verified once per run) */
     int ckpt_picked;
     int64_t ckpt_step;      /* -1: none */

@@ -239,6 +239,19 @@ void llama_refresh_w16(llama_model *m)
     if (m->w16) m->be->ops->round_bf16(m->be, m->w16, m->params, (size_t)m->n_params);
 }
 
+int llama_grad_stage(const llama_model *m, int i)
+{
+    int L = m->cfg.n_layers;
+    if (i == 0) return L + 1;
+    if (i >= final_norm_tensor(m)) return 0;
+    return 1 + (L - 1 - (i - 1) / LLAMA_TENSORS_PER_LAYER);
+}
+
+static void grads_done(const llama_model *m, int stage)
+{
+    if (m->on_grads) m->on_grads(m->on_grads_ctx, stage);
+}
+
 void llama_zero_grad(llama_model *m)
 {
     if (m->grads) be_zero(m->be, m->grads, (size_t)m->n_params);
@@ -529,6 +542,7 @@ void llama_backward(llama_model *m)
     be_zero(be, a->dres, (size_t)N * d);
     int fn = final_norm_tensor(m);
     op->rmsnorm_bwd(be, a->dres, G(m, fn), a->dln, a->res[c->n_layers], P(m, fn), a->rstdf, N, d);
+    grads_done(m, 0);
 
     for (int l = c->n_layers - 1; l >= 0; l--) {
         if (m->recompute && m->acts_layer != l) layer_fwd(m, l, 0); // the shared buffers hold another layer
@@ -551,8 +565,10 @@ void llama_backward(llama_model *m)
         linear_bwd(m, a->dln, G(m, tq), dqkv, a->ln1[l], tq, N, d, C); // (N,C) -> (N,d)
         int t1 = layer_tensor(l, T_LN1);
         op->rmsnorm_bwd(be, a->dres, G(m, t1), a->dln, a->res[l], P(m, t1), a->rstd1[l], N, d);
+        grads_done(m, 1 + (c->n_layers - 1 - l));
     }
     op->embedding_bwd(be, G(m, 0), a->dres, m->tokens, N, d);
+    grads_done(m, c->n_layers + 1);
 }
 
 /* ---- FLOPs ---- */

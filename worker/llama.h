@@ -34,6 +34,10 @@ typedef struct llama_tensor {
 
 typedef struct llama_acts llama_acts;
 
+/* Called by llama_backward as soon as a stage of parameter gradients is final for this
+ * backward (llama_grad_stage), stages in increasing order. */
+typedef void (*llama_grads_hook)(void *ctx, int stage);
+
 typedef struct llama_model {
     llama_config cfg;
     backend *be;
@@ -55,6 +59,8 @@ typedef struct llama_model {
     int recompute;            /* llama_init_recompute: layer inputs kept, the rest recomputed */
     int acts_layer;           /* the layer whose activations the shared buffers hold (-1: none) */
     float loss;               /* mean loss of the last forward */
+    llama_grads_hook on_grads; /* NULL: none */
+    void *on_grads_ctx;
     llama_acts *act;
 } llama_model;
 
@@ -112,6 +118,10 @@ void llama_layers_forward(llama_model *m, const float *x, float *y);
  * overwrites m->logits with dlogits. Needs a forward with targets. */
 void llama_backward(llama_model *m);
 void llama_zero_grad(llama_model *m);
+/* The stage at which llama_backward finishes tensor i's gradient: 0 the head and the final
+ * norm, 1 + (n_layers - 1 - l) layer l's tensors, n_layers + 1 the embedding (and a tied
+ * head, which accumulates into it). */
+int llama_grad_stage(const llama_model *m, int i);
 /* Replace the loss of the last forward (with targets) by the distillation loss against
  * teacher logits (B,T,V): (1-alpha) CE + alpha T^2 KL(teacher || student) at temperature
  * T. Returns its mean over valid targets; the next llama_backward differentiates it. */

@@ -270,6 +270,7 @@ int proj_init(proj_set *ps, backend *be, const st_model *base, const llama_confi
         snprintf(b->name, sizeof b->name, "%s", name);
         b->small_index = llama_tensor_index(small, name);
         if (b->small_index < 0) return pc_errorf(e, "plan: no tensor '%s' in the compressed model", name);
+        b->stage = llama_grad_stage(small, b->small_index);
         b->kind = specs ? specs[i].kind : PROJ_WHOLE;
         b->r0 = specs ? specs[i].r0 : 0;
         b->r1 = specs ? specs[i].r1 : 0;
@@ -321,6 +322,7 @@ int proj_init(proj_set *ps, backend *be, const st_model *base, const llama_confi
     if (ps->wide_n > 0) ps->wide = be_alloc(be, (size_t)ps->wide_n);
     ps->grad = be_alloc(be, (size_t)ps->grad_n);
     build_layout(ps, small);
+    ps->n_stages = small->cfg.n_layers + 2;
     return init_params(ps, base, base_cfg, idx, e);
 }
 
@@ -456,14 +458,31 @@ int proj_gather(proj_set *ps, llama_model *small, comm *c, pc_err *e) {
     return 0;
 }
 
-int proj_reduce_grads(proj_set *ps, llama_model *small, comm *c, pc_err *e) {
-    if (ps->world == 1) return 0;
-    set_pieces(ps, small->grads);
+/* Start the G reduce of the blocks of stages next_stage .. last (strided ones packed into
+ * xchg first), as one group. */
+static int reduce_stages(proj_set *ps, llama_model *small, comm *c, int last, pc_err *e) {
+    int n = 0, first = ps->next_stage;
+    if (last < first) return 0;
+    ps->next_stage = last + 1;
     for (int i = 0; i < ps->n_blocks; i++) {
         const proj_block *b = &ps->blocks[i];
+        if (b->stage < first || b->stage > last) continue;
         if (b->xoff >= 0) pack_block(ps->be, b, ps->xchg + b->xoff, small->grads);
+        ps->pieces[n++] = (comm_piece){piece_at(ps, b, small->grads), (size_t)b->d_out_c * b->d_in_c, b->owner};
     }
-    if (comm_reduce_group(c, ps->pieces, ps->n_blocks, COMM_F32, COMM_SUM, e) != 0) return -1;
+    return comm_reduce_group_start(c, ps->pieces, n, COMM_F32, COMM_SUM, e);
+}
+
+int proj_reduce_start(proj_set *ps, llama_model *small, comm *c, int stage, pc_err *e) {
+    if (ps->world == 1) return 0;
+    return reduce_stages(ps, small, c, PC_MIN(stage, ps->n_stages - 1), e);
+}
+
+int proj_reduce_finish(proj_set *ps, llama_model *small, comm *c, pc_err *e) {
+    if (ps->world == 1) return 0;
+    int rc = reduce_stages(ps, small, c, ps->n_stages - 1, e);
+    ps->next_stage = 0; /* the next step starts over */
+    if (rc != 0 || comm_wait(c, e) != 0) return -1;
     for (int i = 0; i < ps->n_blocks; i++) {
         const proj_block *b = &ps->blocks[i];
         if (b->xoff >= 0 && b->owner == ps->rank) unpack_block(ps->be, b, small->grads, ps->xchg + b->xoff);

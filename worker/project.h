@@ -50,6 +50,7 @@ typedef struct proj_block {
     int64_t r0, r1;
     int owner;
     int small_index;         /* tensor index in the small model */
+    int stage;               /* when the backward finishes its G (llama_grad_stage) */
     int d_out, d_in;         /* shape of the base slice W */
     int d_out_c, d_in_c;     /* shape of the compressed slice W_C */
     int ld_c;                /* row stride of W_C / G inside the small tensor */
@@ -98,6 +99,8 @@ typedef struct proj_set {
     float *xchg;                /* (every strided block's W_C, packed) world > 1 only */
     uint16_t *xchg16;           /* the same in bf16, when the small model has a bf16 copy (w16) */
     int64_t xchg_bytes;         /* the size of both */
+    int next_stage;             /* G reduce: stages below this one are started */
+    int n_stages;               /* llama_grad_stage's stages, 0 .. n_stages - 1 */
 } proj_set;
 
 /* Kept indices: idx_d (d_model', ascending) for every layer, idx_ff[i] (d_ff'_i,
@@ -126,8 +129,14 @@ void proj_materialize(proj_set *ps, llama_model *small);
  * bf16 (half the bytes) and every rank, the owner too, ends with params = widened w16:
  * the same model on every rank and at any world size. */
 int proj_gather(proj_set *ps, llama_model *small, comm *c, pc_err *e);
-/* Sum each block's gradient G over ranks into its owner's small->grads (grouped reduces). */
-int proj_reduce_grads(proj_set *ps, llama_model *small, comm *c, pc_err *e);
+/* Sum each block's gradient G over ranks into its owner's small->grads (grouped reduces,
+ * in place), in up to n_stages parts so that it can overlap the backward:
+ * proj_reduce_start starts the reduce of every block whose G is final at `stage`
+ * (llama_grad_stage) and of earlier stages not yet started (a llama_grads_hook calls
+ * it); proj_reduce_finish starts the rest (all of it, without starts), waits for all and
+ * unpacks the owners' strided blocks. */
+int proj_reduce_start(proj_set *ps, llama_model *small, comm *c, int stage, pc_err *e);
+int proj_reduce_finish(proj_set *ps, llama_model *small, comm *c, pc_err *e);
 
 /* Gradients of owned block i from its G: writes dP_in, dP_out, dA into ps->grad at
  * *gin, *gout, *ga (-1 when absent). When the block's P_in/P_out is a shared factor

@@ -168,11 +168,16 @@ static void check_groups(ctx *t, comm *c, comm_dtype dt, comm_op op) {
     pc_err e = {{0}};
     group_case g;
     group_case_init(&g, t->size, NULL, dt);
-    for (int reduce = 0; reduce < 1 + reducible(dt); reduce++) {
+    /* broadcast; reduce; reduce started in two parts, both in flight, then waited for */
+    for (int mode = 0; mode < (reducible(dt) ? 3 : 1); mode++) {
+        int reduce = mode > 0, half = GROUP_PIECES / 2;
         void *b = alloc_filled(t->rank, g.n, dt, 0);
         group_case_init(&g, t->size, b, dt);
-        int rc = reduce ? comm_reduce_group(c, g.p, GROUP_PIECES, dt, op, &e)
-                        : comm_broadcast_group(c, g.p, GROUP_PIECES, dt, &e);
+        int rc = mode == 0 ? comm_broadcast_group(c, g.p, GROUP_PIECES, dt, &e)
+                 : mode == 1 ? comm_reduce_group(c, g.p, GROUP_PIECES, dt, op, &e)
+                             : comm_reduce_group_start(c, g.p, half, dt, op, &e);
+        if (mode == 2 && rc == 0) rc = comm_reduce_group_start(c, g.p + half, GROUP_PIECES - half, dt, op, &e);
+        if (mode == 2 && rc == 0) rc = comm_wait(c, &e);
         CHECK(rc == 0, "%s: %s", reduce ? "reduce_group" : "broadcast_group", e.msg);
         int bad = 0;
         for (size_t i = 0; i < g.n && rc == 0; i++) {

@@ -2,7 +2,9 @@
 mpirun -np 1, 2, 3 and 4 (the same global batch of 12) give the same loss curve
 (1e-4 relative) and the same fused weights (max |diff| <= 1e-4 x max |w|). The compress
 runs on 3 and 4 ranks also force row/column splits (compress.split_mb) so that shared
-factors are all-reduced between owners; plan.txt must show them."""
+factors are all-reduced between owners; plan.txt must show them. Those runs reduce G
+during the backward (backend.overlap_comm, the default); with it off, after the backward,
+they give bitwise the same results and move the same bytes."""
 import os
 import re
 import sys
@@ -48,6 +50,12 @@ def main():
                 ref_curve, ref_w = curve, w
                 pclib.check(curve[-1] < curve[0], f"{mode}: loss falls {curve[0]:.4f} -> {curve[-1]:.4f}")
                 continue
+            if mode == "compress" and np_ >= 3:  # G reduced after the backward, not during it: the same numbers
+                late = os.path.join(root, f"{mode}-np{np_}-no-overlap")
+                pclib.projcompd(np_, job, *sets, f"run.dir={late}", "backend.overlap_comm=false")
+                pclib.same_outputs(pclib.run_outputs(late), pclib.run_outputs(d), f"{mode} np{np_} overlap off vs on")
+                moved = [[m["comm_mb"] for m in pclib.metrics(x) if "loss" in m] for x in (late, d)]
+                pclib.check(moved[0] == moved[1], f"{mode} np{np_} overlap off vs on: the same bytes moved")
             rel = np.max(np.abs(curve - ref_curve) / np.abs(ref_curve))
             pclib.check(rel < 1e-4, f"{mode} np{np_}: loss curve equals np1 (max rel {rel:.2e})")
             worst = max(np.max(np.abs(w[k] - ref_w[k])) / np.max(np.abs(ref_w[k])) for k in ref_w)

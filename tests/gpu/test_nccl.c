@@ -157,12 +157,17 @@ static void test_groups(comm *c, comm_op op)
     group_case_init(&g, c->size, NULL, COMM_F32);
     float *h = pc_alloc_f32(g.n), *d = dev_alloc(g.n * 4);
     group_case_init(&g, c->size, d, COMM_F32);
-    for (int reduce = 0; reduce < 2; reduce++) {
+    /* broadcast; reduce; reduce started in two parts, both in flight, then waited for */
+    for (int mode = 0; mode < 3; mode++) {
+        int reduce = mode > 0, half = GROUP_PIECES / 2;
         for (size_t i = 0; i < g.n; i++) h[i] = (float)input(c->rank, i);
         h2d(d, h, g.n * 4);
         pc_err e = {{0}};
-        int rc = reduce ? comm_reduce_group(c, g.p, GROUP_PIECES, COMM_F32, op, &e)
-                        : comm_broadcast_group(c, g.p, GROUP_PIECES, COMM_F32, &e);
+        int rc = mode == 0 ? comm_broadcast_group(c, g.p, GROUP_PIECES, COMM_F32, &e)
+                 : mode == 1 ? comm_reduce_group(c, g.p, GROUP_PIECES, COMM_F32, op, &e)
+                             : comm_reduce_group_start(c, g.p, half, COMM_F32, op, &e);
+        if (mode == 2 && rc == 0) rc = comm_reduce_group_start(c, g.p + half, GROUP_PIECES - half, COMM_F32, op, &e);
+        if (mode == 2 && rc == 0) rc = comm_wait(c, &e);
         d2h(h, d, g.n * 4);
         int ok = rc == 0;
         for (size_t i = 0; i < g.n && ok; i++) {
@@ -173,8 +178,8 @@ static void test_groups(comm *c, comm_op op)
             ok = h[i] == (float)want;
         }
         char what[1100];
-        snprintf(what, sizeof what, "%s(f32, op %d): %s", reduce ? "reduce_group" : "broadcast_group", (int)op,
-                 rc ? e.msg : "values");
+        snprintf(what, sizeof what, "%s(f32, op %d)%s: %s", reduce ? "reduce_group" : "broadcast_group", (int)op,
+                 mode == 2 ? " started" : "", rc ? e.msg : "values");
         expect(ok, what);
     }
     cudaFree(d);

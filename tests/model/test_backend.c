@@ -6,7 +6,8 @@
  * parameter-gradient ops; determinism of llama_init_random and the HF tensor order; a
  * forward-only model's logits equal the full model's; a recomputing (activation
  * checkpointing) model's losses and gradients equal the full model's bit for bit; the
- * bf16 weight ops and a model with a bf16 weight copy against rounding per product. */
+ * bf16 weight ops and a model with a bf16 weight copy against rounding per product; the
+ * backward's gradient stages (llama_grads_hook). */
 #include <math.h>
 #include <setjmp.h>
 #include <stdarg.h>
@@ -433,6 +434,66 @@ static void test_llama_bf16_weights(void **state)
     backend_destroy(be);
 }
 
+/* llama_grads_hook: stages 0 .. n_layers + 1 in order, once each per backward, and at
+ * each stage every tensor of that stage (llama_grad_stage) already holds its final
+ * gradient, tied and untied. */
+typedef struct hook_log {
+    llama_model *m;
+    int n, stages[16];
+    float *snap[16]; /* grads at each call */
+} hook_log;
+
+static void record_stage(void *ctx, int stage)
+{
+    hook_log *h = ctx;
+    assert_true(h->n < 16);
+    h->stages[h->n] = stage;
+    h->snap[h->n] = pc_alloc_f32((size_t)h->m->n_params);
+    memcpy(h->snap[h->n], h->m->grads, sizeof(float) * (size_t)h->m->n_params);
+    h->n++;
+}
+
+static void test_llama_grad_stages(void **state)
+{
+    (void)state;
+    backend *be = backend_cpu_create(1);
+    llama_config c;
+    three_layer_config(&c);
+    const int B = 2, T = 5, V = 40, L = c.n_layers;
+    for (int tied = 0; tied < 2; tied++) {
+        c.tie_word_embeddings = tied;
+        llama_model m;
+        pc_err e;
+        assert_int_equal(llama_init(&m, &c, be, B, T, &e), 0);
+        llama_init_random(&m, 3, 0.3f);
+        assert_int_equal(llama_grad_stage(&m, llama_tensor_index(&m, "model.norm.weight")), 0);
+        assert_int_equal(llama_grad_stage(&m, llama_tensor_index(&m, "model.layers.2.mlp.up_proj.weight")), 1);
+        assert_int_equal(llama_grad_stage(&m, llama_tensor_index(&m, "model.layers.0.input_layernorm.weight")), L);
+        assert_int_equal(llama_grad_stage(&m, 0), L + 1);
+        int32_t tok[10], tgt[10];
+        for (int i = 0; i < B * T; i++) tok[i] = (i * 7 + 3) % V, tgt[i] = (i * 5 + 1) % V;
+        hook_log h = {.m = &m};
+        llama_zero_grad(&m);
+        llama_forward(&m, tok, tgt);
+        m.on_grads = record_stage;
+        m.on_grads_ctx = &h;
+        llama_backward(&m);
+        assert_int_equal(h.n, L + 2);
+        for (int k = 0; k < h.n; k++) {
+            assert_int_equal(h.stages[k], k);
+            for (int i = 0; i < llama_n_tensors(&m); i++) {
+                const llama_tensor *t = llama_tensor_at(&m, i);
+                int done = llama_grad_stage(&m, i) <= k;
+                int same = memcmp(h.snap[k] + t->offset, m.grads + t->offset, sizeof(float) * (size_t)t->numel) == 0;
+                if (done && !same) fail_msg("stage %d: %s's gradient is not final yet", k, t->name);
+            }
+            free(h.snap[k]);
+        }
+        llama_free(&m);
+    }
+    backend_destroy(be);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -442,6 +503,7 @@ int main(void)
         cmocka_unit_test(test_adamw_first_step), cmocka_unit_test(test_llama_table_and_init),
         cmocka_unit_test(test_llama_forward_only), cmocka_unit_test(test_llama_recompute),
         cmocka_unit_test(test_bf16_weights_ops),  cmocka_unit_test(test_llama_bf16_weights),
+        cmocka_unit_test(test_llama_grad_stages),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
