@@ -1,6 +1,6 @@
 /* nccl_emu: NCCL over MPI on host memory, so that cuda/comm_nccl.c runs on every machine:
  * in projcompd-emu (the daemon on the emulated CUDA backend, whose device buffers are host
- * memory) and in test_nccl under mpirun (suite emu). Also the C runtime calls of
+ * memory) and in test_nccl under mpirun (suite emu). Also the host-memory calls of
  * emu_c/cuda_runtime.h.
  *
  * A communicator is a duplicate of MPI_COMM_WORLD (ncclCommInitRankConfig is collective,
@@ -23,21 +23,7 @@
 #include "cuda_runtime.h"
 #include "nccl.h"
 
-/* ---------------------------------------------------------------- runtime (host memory) */
-
-const char *cudaGetErrorString(cudaError_t e) {
-    switch (e) {
-    case cudaSuccess: return "no error";
-    case cudaErrorInvalidValue: return "invalid argument";
-    case cudaErrorMemoryAllocation: return "out of memory";
-    case cudaErrorInvalidDevice: return "invalid device ordinal";
-    case cudaErrorNotReady: return "device not ready";
-    }
-    return "unknown error";
-}
-
-cudaError_t cudaSetDevice(int device) { return device == 0 ? cudaSuccess : cudaErrorInvalidDevice; }
-cudaError_t cudaDeviceSynchronize(void) { return cudaSuccess; }
+/* ---------------------------------------------------------------- runtime: host memory */
 
 cudaError_t cudaMalloc(void **p, size_t bytes) {
     *p = malloc(bytes ? bytes : 1);
@@ -59,16 +45,6 @@ cudaError_t cudaMemcpy(void *dst, const void *src, size_t bytes, cudaMemcpyKind 
     memmove(dst, src, bytes);
     return cudaSuccess;
 }
-
-static int stream_name;
-cudaError_t cudaStreamCreateWithFlags(cudaStream_t *s, unsigned flags) {
-    (void)flags;
-    *s = (cudaStream_t)&stream_name;
-    return cudaSuccess;
-}
-cudaError_t cudaStreamDestroy(cudaStream_t s) { return s ? cudaSuccess : cudaErrorInvalidValue; }
-cudaError_t cudaStreamSynchronize(cudaStream_t s) { return s ? cudaSuccess : cudaErrorInvalidValue; }
-cudaError_t cudaStreamQuery(cudaStream_t s) { return s ? cudaSuccess : cudaErrorInvalidValue; }
 
 /* ---------------------------------------------------------------- NCCL */
 

@@ -9,26 +9,9 @@
 
 #include <cstdio>
 
-typedef enum cudaError {
-    cudaSuccess = 0,
-    cudaErrorInvalidValue = 1,
-    cudaErrorMemoryAllocation = 2,
-    cudaErrorInvalidDevice = 101,
-    cudaErrorNotReady = 600,
-} cudaError_t;
-
-typedef enum cudaMemcpyKind {
-    cudaMemcpyHostToHost = 0,
-    cudaMemcpyHostToDevice = 1,
-    cudaMemcpyDeviceToHost = 2,
-    cudaMemcpyDeviceToDevice = 3,
-    cudaMemcpyDefault = 4,
-} cudaMemcpyKind;
+#include "../emu_c/cuda_runtime_common.h"
 
 enum cudaFuncAttribute { cudaFuncAttributeMaxDynamicSharedMemorySize = 8 };
-
-typedef struct emu_stream *cudaStream_t;
-#define cudaStreamNonBlocking 0x01
 
 struct cudaDeviceProp {
     char name[256];
@@ -41,24 +24,12 @@ struct cudaDeviceProp {
 
 inline std::atomic<size_t> emu_allocated{0};
 
-inline const char *cudaGetErrorString(cudaError_t e)
-{
-    switch (e) {
-    case cudaSuccess: return "no error";
-    case cudaErrorInvalidValue: return "invalid argument";
-    case cudaErrorMemoryAllocation: return "out of memory";
-    case cudaErrorInvalidDevice: return "invalid device ordinal";
-    case cudaErrorNotReady: return "device not ready";
-    }
-    return "unknown error";
-}
 inline cudaError_t cudaGetLastError() { return cudaSuccess; }
 inline cudaError_t cudaGetDeviceCount(int *n)
 {
     *n = 1;
     return cudaSuccess;
 }
-inline cudaError_t cudaSetDevice(int d) { return d == 0 ? cudaSuccess : cudaErrorInvalidDevice; }
 inline cudaError_t cudaGetDeviceProperties(cudaDeviceProp *p, int d)
 {
     if (d != 0) return cudaErrorInvalidDevice;
@@ -122,17 +93,6 @@ inline cudaError_t cudaMemsetAsync(void *p, int v, size_t bytes, cudaStream_t = 
     return cudaSuccess;
 }
 inline cudaError_t cudaMemset(void *p, int v, size_t bytes) { return cudaMemsetAsync(p, v, bytes); }
-inline cudaError_t cudaStreamCreateWithFlags(cudaStream_t *s, unsigned)
-{
-    static char name;
-    *s = (cudaStream_t)&name;
-    return cudaSuccess;
-}
-inline cudaError_t cudaStreamCreate(cudaStream_t *s) { return cudaStreamCreateWithFlags(s, 0); }
-inline cudaError_t cudaStreamDestroy(cudaStream_t) { return cudaSuccess; }
-inline cudaError_t cudaStreamSynchronize(cudaStream_t) { return cudaSuccess; }
-inline cudaError_t cudaStreamQuery(cudaStream_t) { return cudaSuccess; }
-inline cudaError_t cudaDeviceSynchronize() { return cudaSuccess; }
 inline cudaError_t cudaFuncSetAttribute(const void *, cudaFuncAttribute, int value)
 {
     return value >= 0 && (size_t)value <= EMU_SMEM_OPTIN ? cudaSuccess : cudaErrorInvalidValue;
