@@ -10,10 +10,12 @@
   2 x (compressed parameters) bytes fewer than the same run in fp32, and every rank's
   exchange buffer (f32 + bf16 column blocks) is what plan.txt says;
 - prune on 1 and 2 ranks (fp32 weights, bf16 copy refreshed each step) agree the same way;
+- both resumed from a step-3 checkpoint end bitwise as the uninterrupted run;
 - every bf16 run stays close to its fp32 run (losses within 2e-2 relative) without
   equalling it."""
 import os
 import re
+import shutil
 import sys
 
 import numpy as np
@@ -56,6 +58,23 @@ def main():
             rel = np.max(np.abs(a[0] - f[0]) / np.abs(f[0]))
             pclib.check(0 < rel < 2e-2, f"{mode} np{np_}: bf16 losses near fp32 but not equal (max rel {rel:.2e})")
             pclib.check(a[0][-1] < a[0][0], f"{mode} np{np_}: bf16 loss falls {a[0][0]:.4f} -> {a[0][-1]:.4f}")
+        # resumed from the checkpoint of step 3: the bf16 copy is rebuilt from what was saved
+        # (compress: the projections; prune: the fp32 weights) and the run ends bitwise as
+        # the uninterrupted one
+        n = ranks[1]
+        sets = [f"run.mode={mode}", "checkpoint.every_steps=3"] + ([split] if mode == "compress" else [])
+        d = run(root, job, f"{mode}-np{n}-resumed", n, bf16, *sets)
+        ck = os.path.join(d, "checkpoints")
+        shutil.rmtree(os.path.join(ck, "step-0000006"))
+        shutil.rmtree(os.path.join(d, "final"))
+        with open(os.path.join(ck, "latest"), "w") as f:
+            f.write("step-0000003")
+        pclib.projcompd(n, job, f"run.dir={d}", bf16, *sets)
+        log = open(os.path.join(d, "logs", "rank-00000.log")).read()
+        pclib.check("resumed after step 3" in log, f"{mode} np{n} bf16: resumed after step 3")
+        (cr, _, wr), (cu, _, wu) = pclib.run_outputs(d), pclib.run_outputs(runs[n])
+        pclib.check(cr[-3:] == cu[-3:] and all(np.array_equal(wr[k], wu[k]) for k in wu),
+                    f"{mode} np{n} bf16 resumed: steps 4-6 and the output bitwise those of the uninterrupted run")
         one, many = pclib.run_arrays(runs[1]), pclib.run_arrays(runs[ranks[1]])
         rel = np.max(np.abs(many[0] - one[0]) / np.abs(one[0]))
         pclib.check(rel < 1e-3, f"{mode} bf16 np{ranks[1]} vs np1: losses agree (max rel {rel:.2e} < 1e-3)")
