@@ -77,12 +77,18 @@ int comm_reduce_group(comm *c, const comm_piece *p, int n, comm_dtype t, comm_op
     return c->ops->reduce_group(c, p, n, t, op, e);
 }
 
+int comm_broadcast_group_start(comm *c, const comm_piece *p, int n, comm_dtype t, pc_err *e) {
+    if (!c->ops->group_start) return comm_broadcast_group(c, p, n, t, e);
+    c->bytes += pieces_count(p, n) * comm_dtype_size(t);
+    return c->ops->group_start(c, p, n, t, 0, COMM_SUM, e);
+}
+
 int comm_reduce_group_start(comm *c, const comm_piece *p, int n, comm_dtype t, comm_op op, pc_err *e) {
-    if (!c->ops->reduce_group_start) return comm_reduce_group(c, p, n, t, op, e);
+    if (!c->ops->group_start) return comm_reduce_group(c, p, n, t, op, e);
     size_t count = pieces_count(p, n);
     if (check_reducible(c, "reduce_group", t, count, e)) return -1;
     c->bytes += count * comm_dtype_size(t);
-    return c->ops->reduce_group_start(c, p, n, t, op, e);
+    return c->ops->group_start(c, p, n, t, 1, op, e);
 }
 
 int comm_wait(comm *c, pc_err *e) { return c->ops->wait ? c->ops->wait(c, e) : 0; }
@@ -125,9 +131,10 @@ typedef struct mpi_impl {
     const char *broken_op;  /* set once a collective timed out */
     MPI_Request *stale;     /* timed-out requests, still pending */
     int n_stale;
-    MPI_Request *started;   /* requests of reduce groups started and not yet waited for */
+    MPI_Request *started;   /* requests of groups started and not yet waited for */
     int n_started;
     size_t started_count;   /* their elements, for messages */
+    const char *started_op; /* the last one's op and dtype, for messages */
     comm_dtype started_t;
 } mpi_impl;
 
@@ -439,30 +446,31 @@ static int mpi_group(comm *c, const char *op, const comm_piece *p, int n, comm_d
     return rc;
 }
 
-/* reduce_group posted and left running: its requests join the started ones. */
-static int mpi_reduce_group_start(comm *c, const comm_piece *p, int n, comm_dtype t, comm_op op, pc_err *e) {
+/* A group posted and left running: its requests join the started ones. */
+static int mpi_group_start(comm *c, const comm_piece *p, int n, comm_dtype t, int reduce, comm_op op, pc_err *e) {
     mpi_impl *m = impl_of(c);
     size_t total, n_req = group_requests(m, p, n, &total);
     call k;
-    if (call_begin(&k, c, "reduce_group", t, total, e)) return -1;
+    if (call_begin(&k, c, reduce ? "reduce_group" : "broadcast_group", t, total, e)) return -1;
     m->started = pc_realloc(m->started, ((size_t)m->n_started + n_req + 1) * sizeof *m->started);
     int q = m->n_started;
-    if (post_group(&k, p, n, 1, op, m->started, &q, e)) {
+    if (post_group(&k, p, n, reduce, op, m->started, &q, e)) {
         m->n_started = 0; /* given up, all of them */
         return -1;
     }
     m->n_started = q;
     m->started_count += total;
+    m->started_op = k.op;
     m->started_t = t;
     return 0;
 }
 
-/* Every started reduce group, under the watchdog from now. */
+/* Every started group, under the watchdog from now (named after the last one). */
 static int mpi_wait(comm *c, pc_err *e) {
     mpi_impl *m = impl_of(c);
     if (m->n_started == 0) return 0;
     call k;
-    int rc = call_begin(&k, c, "reduce_group", m->started_t, m->started_count, e);
+    int rc = call_begin(&k, c, m->started_op, m->started_t, m->started_count, e);
     if (rc == 0) rc = call_wait(&k, m->started, m->n_started, e);
     else give_up(&k, m->started, m->n_started);
     m->n_started = 0;
@@ -489,7 +497,7 @@ static int mpi_barrier(comm *c, pc_err *e) {
 static void mpi_destroy(comm *c) {
     mpi_impl *m = impl_of(c);
     if (m->n_started > 0) { /* started and never waited for (a failed step): treated as timed out */
-        call k = {c, "reduce_group", m->started_t, m->started_count, pc_now()};
+        call k = {c, m->started_op, m->started_t, m->started_count, pc_now()};
         give_up(&k, m->started, m->n_started);
         m->n_started = 0;
     }
@@ -525,7 +533,7 @@ static const comm_ops mpi_ops = {
     .reduce_scatter = mpi_reduce_scatter,
     .broadcast_group = mpi_broadcast_group,
     .reduce_group = mpi_reduce_group,
-    .reduce_group_start = mpi_reduce_group_start,
+    .group_start = mpi_group_start,
     .wait = mpi_wait,
     .barrier = mpi_barrier,
     .destroy = mpi_destroy,

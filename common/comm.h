@@ -48,10 +48,10 @@ typedef struct comm_ops {
     /* Each piece summed (op) over ranks into its root's buf, in place; the other ranks'
      * bufs are left as they were. */
     int (*reduce_group)(comm *c, const comm_piece *p, int n, comm_dtype t, comm_op op, pc_err *e);
-    /* reduce_group started and left running, so that work can go on meanwhile: the pieces'
-     * buffers are the comm's until `wait`. Every rank starts the same groups in the same
-     * order. NULL: the wrapper runs reduce_group at once. */
-    int (*reduce_group_start)(comm *c, const comm_piece *p, int n, comm_dtype t, comm_op op, pc_err *e);
+    /* broadcast_group (reduce = 0) or reduce_group (op) started and left running, so that
+     * work can go on meanwhile: the pieces' buffers are the comm's until `wait`. Every rank
+     * starts the same groups in the same order. NULL: the wrappers run the group at once. */
+    int (*group_start)(comm *c, const comm_piece *p, int n, comm_dtype t, int reduce, comm_op op, pc_err *e);
     /* Complete every started group; the watchdog counts from this call. NULL: nothing runs late. */
     int (*wait)(comm *c, pc_err *e);
     int (*barrier)(comm *c, pc_err *e);
@@ -84,6 +84,7 @@ int comm_all_gatherv(comm *c, const void *send, size_t send_count, void *recv, c
 int comm_reduce_scatter(comm *c, const void *send, void *recv, size_t count, comm_dtype t, comm_op op, pc_err *e);
 int comm_broadcast_group(comm *c, const comm_piece *p, int n, comm_dtype t, pc_err *e);
 int comm_reduce_group(comm *c, const comm_piece *p, int n, comm_dtype t, comm_op op, pc_err *e);
+int comm_broadcast_group_start(comm *c, const comm_piece *p, int n, comm_dtype t, pc_err *e);
 int comm_reduce_group_start(comm *c, const comm_piece *p, int n, comm_dtype t, comm_op op, pc_err *e);
 int comm_wait(comm *c, pc_err *e);
 int comm_barrier(comm *c, pc_err *e);

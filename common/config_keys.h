@@ -179,10 +179,10 @@ static const pc_config_key pc_config_keys[] = {
             "accumulation and softmax (cuda, head_dim a multiple of 16 up to 128; other shapes and the cpu stay "
             "fp32)."},
     {.path = "backend.overlap_comm", .type = PC_CT_BOOL, PC_AT(backend.overlap_comm), .def = "true",
-     .doc = "Compress on several ranks: start reducing each layer's gradient G to its owners as soon as the "
-            "backward pass has produced it (the last micro-batch of a step), so that the reduce runs while the "
-            "backward goes on through the earlier layers; false reduces everything after the backward. The "
-            "results are the same either way."},
+     .doc = "Compress on several ranks: overlap the W_C gather with the step's first forward pass (each layer's "
+            "W_C moves while the previous layer computes) and the G reduce with its last backward pass (each "
+            "layer's G is reduced to its owners while the earlier layers are differentiated); false runs both "
+            "between the passes. The results are the same either way."},
     {.path = "backend.threads", .type = PC_CT_INT, PC_AT(backend.threads), .def = "0", .min = 0, .flags = PC_K_MIN,
      .doc = "CPU threads per rank for BLAS and the CPU ops (0 = automatic)."},
     /* output */

@@ -8,9 +8,9 @@
  * connections set up on first use, enqueueing) returns ncclInProgress and is polled, so
  * the watchdog covers it too.
  * Each collective waits for prior device work, runs on the comm's stream and
- * synchronises it before returning, except reduce_group_start: its groups are enqueued
- * and left running while the caller goes on (the backward of the next layers), until
- * `wait` or the next collective, which waits for them under the watchdog first.
+ * synchronises it before returning, except group_start: its groups are enqueued and left
+ * running while the caller goes on (the next layers' forward or backward), until `wait`
+ * or the next collective, which waits for them under the watchdog first.
  * all_gatherv is a group of one ncclBroadcast per rank; broadcast_group and reduce_group
  * are groups of one ncclBroadcast / ncclReduce (in place) per piece.
  *
@@ -44,7 +44,7 @@ typedef struct nccl_impl {
     int device;
     int *barrier_buf; /* (1) device int for the barrier's all-reduce */
     int aborted;      /* the watchdog aborted the communicator */
-    int started;      /* reduce groups started (nc_reduce_group_start) and not waited for */
+    int started;      /* groups started (nc_group_start) and not waited for */
     ncall started_k;  /* what they were, for messages */
 } nccl_impl;
 
@@ -91,7 +91,7 @@ static int ncall_begin(ncall *k, comm *c, const char *op, comm_dtype t, size_t c
     if (nimpl(c)->aborted)
         return pc_errorf(e, "rank %d: nccl %s(%s, %zu elems): the communicator was aborted by an earlier failure",
                          c->rank, op, comm_dtype_name(t), count);
-    /* a started reduce group first, under the watchdog: the device-wide wait below has none */
+    /* started groups first, under the watchdog: the device-wide wait below has none */
     if (nimpl(c)->started && stream_done(&nimpl(c)->started_k, now_s(), e)) return -1;
     /* buffers may have been written on any stream of this device: wait for them */
     cudaError_t ce = cudaSetDevice(nimpl(c)->device);
@@ -298,10 +298,10 @@ static int nc_reduce_group(comm *c, const comm_piece *p, int n, comm_dtype t, co
 
 /* Enqueued on the comm's stream and left running while the compute stream goes on; the
  * next collective's ncall_begin, or nc_wait, waits for it. */
-static int nc_reduce_group_start(comm *c, const comm_piece *p, int n, comm_dtype t, comm_op op, pc_err *e) {
+static int nc_group_start(comm *c, const comm_piece *p, int n, comm_dtype t, int reduce, comm_op op, pc_err *e) {
     nccl_impl *nc = nimpl(c);
     ncall k;
-    if (nc_group_enqueue(&k, c, "reduce_group", p, n, t, 1, op, e)) return -1;
+    if (nc_group_enqueue(&k, c, reduce ? "reduce_group" : "broadcast_group", p, n, t, reduce, op, e)) return -1;
     k.count += nc->started ? nc->started_k.count : 0;
     nc->started_k = k;
     nc->started = 1;
@@ -351,7 +351,7 @@ static const comm_ops nccl_ops = {
     .reduce_scatter = nc_reduce_scatter,
     .broadcast_group = nc_broadcast_group,
     .reduce_group = nc_reduce_group,
-    .reduce_group_start = nc_reduce_group_start,
+    .group_start = nc_group_start,
     .wait = nc_wait,
     .barrier = nc_barrier,
     .destroy = nc_destroy,

@@ -233,22 +233,32 @@ int mode_importance(run_ctx *r, pc_err *e) {
 
 /* ---- the Projected Compression update ---- */
 
+/* llama_stage_hook for the forward: the W_C of forward stage `stage` is needed now. */
+static void project_on_weights(void *ctx, int stage) {
+    trainer *t = ctx;
+    if (!t->overlap.failed && proj_gather_stage(&t->ps, &t->m, t->overlap.r->dcomm, stage, &t->overlap.err) != 0)
+        t->overlap.failed = 1;
+}
+
+/* W_C materialised by the owners and gathered; with t->overlap.gather, only begun: the
+ * next forward completes it stage by stage (project_on_weights). */
 static int project_begin(run_ctx *r, trainer *t, pc_err *e) {
     proj_materialize(&t->ps, &t->m);
-    return proj_gather(&t->ps, &t->m, r->dcomm, e);
+    if (!t->overlap.gather) return proj_gather(&t->ps, &t->m, r->dcomm, e);
+    t->overlap.r = r;
+    t->m.on_weights = project_on_weights;
+    t->m.on_weights_ctx = t;
+    return proj_gather_begin(&t->ps, &t->m, r->dcomm, e);
 }
+
 
 /* G to the owners: what on_grads started during the backward, and the rest. */
 static int project_reduce(run_ctx *r, trainer *t, pc_err *e) {
-    if (t->overlap.failed) {
-        t->overlap.failed = 0;
-        *e = t->overlap.err;
-        return -1;
-    }
+    if (trainer_overlap_result(t, e) != 0) return -1;
     return proj_reduce_finish(&t->ps, &t->m, r->dcomm, e);
 }
 
-/* llama_grads_hook: the blocks whose G is final at `stage` start their reduce. */
+/* llama_stage_hook: the blocks whose G is final at `stage` start their reduce. */
 static void project_on_grads(void *ctx, int stage) {
     trainer *t = ctx;
     if (!t->overlap.failed && proj_reduce_start(&t->ps, &t->m, t->overlap.r->dcomm, stage, &t->overlap.err) != 0)

@@ -84,6 +84,13 @@ const train_method METHOD_DIRECT = {"direct", direct_begin, direct_reduce, direc
 
 /* ---- the loop ---- */
 
+int trainer_overlap_result(trainer *t, pc_err *e) {
+    if (!t->overlap.failed) return 0;
+    t->overlap.failed = 0;
+    *e = t->overlap.err;
+    return -1;
+}
+
 /* Forward and backward over this rank's micro-batches of `step`; returns the sum of
  * micro-batch mean losses in *loss_sum. Gradients accumulate into t->m's grads. */
 static int accumulate(run_ctx *r, trainer *t, int64_t step, int n_micro, double *loss_sum, pc_err *e) {
@@ -102,6 +109,10 @@ static int accumulate(run_ctx *r, trainer *t, int64_t step, int n_micro, double 
         }
         if (mi + 1 == n_micro) data_loader_hint(t->loader, step + 1, r->rank * per_rank);
         float loss = llama_forward(&t->m, t->tokens, t->targets);
+        if (t->m.on_weights) { /* this forward completed the W_C gather the step began */
+            t->m.on_weights = NULL;
+            if (trainer_overlap_result(t, e) != 0) return -1;
+        }
         if (t->has_teacher) { /* (1-a) CE + a T^2 KL(teacher || student) */
             llama_forward(&t->teacher, t->tokens, NULL);
             loss = llama_distill(&t->m, t->teacher.logits, (float)c->distill.alpha, (float)c->distill.temperature);
@@ -204,7 +215,12 @@ int mode_train(run_ctx *r, pc_err *e) {
         r->log.step = (long)step + 1;
         double t0 = pc_now(), local_loss;
         uint64_t comm0 = run_comm_bytes(r);
-        if (step > start && !current && t.method->begin_step(r, &t, e) != 0) goto out;
+        if (step > start && !current) { /* the gather may go on during the first forward */
+            t.overlap.gather = r->world > 1 && c->backend.overlap_comm;
+            int brc = t.method->begin_step(r, &t, e);
+            t.overlap.gather = 0;
+            if (brc != 0) goto out;
+        }
         current = 0;
         if (accumulate(r, &t, step, n_micro, &local_loss, e) != 0) goto out;
         if (t.method->reduce_grads(r, &t, e) != 0) goto out;

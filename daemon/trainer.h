@@ -27,9 +27,9 @@ typedef struct train_method {
     void (*update)(run_ctx *r, trainer *t, int64_t step, float lr, float clip_scale);
     /* Before eval and saving (compress: materialise and gather the current W_C). */
     int (*finish)(run_ctx *r, trainer *t, pc_err *e);
-    /* Set as the model's llama_grads_hook for the step's last backward, to start
+    /* Set as the model's llama_stage_hook for the step's last backward, to start
      * reduce_grads' work as gradients become final (backend.overlap_comm); NULL: none. */
-    llama_grads_hook on_grads;
+    llama_stage_hook on_grads;
 } train_method;
 
 struct trainer {
@@ -49,9 +49,10 @@ struct trainer {
     llama_model teacher;    /* distill: the frozen base, forward only */
     int has_teacher;
     double proj_flops;      /* per step */
-    struct {                /* the method's on_grads, called from inside llama_backward */
+    struct {                /* backend.overlap_comm: the model's hooks, called from inside its passes */
+        int gather;         /* begin_step only begins the W_C gather: the first forward completes it */
         run_ctx *r;
-        int failed;         /* a start failed: reduce_grads reports err */
+        int failed;         /* a hook's comm call failed: accumulate or reduce_grads reports err */
         pc_err err;
     } overlap;
     /* the checkpoint chosen to resume from (found and verified once per run) */
@@ -74,5 +75,8 @@ void trainer_free(trainer *t);
 int compress_setup(run_ctx *r, trainer *t, pc_err *e);
 /* run.mode: importance alone. */
 int mode_importance(run_ctx *r, pc_err *e);
+
+/* 0, or -1 with e what a comm call inside one of the model's hooks reported (then cleared). */
+int trainer_overlap_result(trainer *t, pc_err *e);
 
 #endif

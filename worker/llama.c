@@ -239,6 +239,12 @@ void llama_refresh_w16(llama_model *m)
     if (m->w16) m->be->ops->round_bf16(m->be, m->w16, m->params, (size_t)m->n_params);
 }
 
+void llama_refresh_w16_tensor(llama_model *m, int i)
+{
+    const llama_tensor *t = &m->tensors[i];
+    if (m->w16) m->be->ops->round_bf16(m->be, m->w16 + t->offset, m->params + t->offset, (size_t)t->numel);
+}
+
 int llama_grad_stage(const llama_model *m, int i)
 {
     int L = m->cfg.n_layers;
@@ -250,6 +256,12 @@ int llama_grad_stage(const llama_model *m, int i)
 static void grads_done(const llama_model *m, int stage)
 {
     if (m->on_grads) m->on_grads(m->on_grads_ctx, stage);
+}
+
+/* forward order: 0 the embedding, 1 + l layer l, n_layers + 1 the final norm and head */
+static void weights_needed(const llama_model *m, int fwd_stage)
+{
+    if (m->on_weights) m->on_weights(m->on_weights_ctx, fwd_stage);
 }
 
 void llama_zero_grad(llama_model *m)
@@ -479,7 +491,10 @@ static void layer_fwd(llama_model *m, int l, int out)
 /* The decoder layers: res[0] (N,d) -> res[n_layers] (N,d). */
 static void layers_fwd(llama_model *m)
 {
-    for (int l = 0; l < m->cfg.n_layers; l++) layer_fwd(m, l, 1);
+    for (int l = 0; l < m->cfg.n_layers; l++) {
+        weights_needed(m, 1 + l);
+        layer_fwd(m, l, 1);
+    }
 }
 
 void llama_layers_forward(llama_model *m, const float *x, float *y)
@@ -503,8 +518,10 @@ float llama_forward(llama_model *m, const int32_t *tokens, const int32_t *target
     m->have_targets = targets != NULL;
     if (targets) op->upload_i32(be, m->targets, targets, (size_t)N);
 
+    weights_needed(m, 0);
     op->embedding_fwd(be, a->res[0], P(m, 0), m->tokens, N, d); // (N,) -> (N,d)
     layers_fwd(m);
+    weights_needed(m, c->n_layers + 1);
     op->rmsnorm_fwd(be, a->lnf, a->rstdf, a->res[c->n_layers], P(m, final_norm_tensor(m)), N, d, eps);
     linear_fwd(m, m->logits, a->lnf, head_tensor(m), N, d, V, 0.0f); // (N,d) -> (N,V)
     if (!targets) {

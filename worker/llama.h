@@ -34,9 +34,9 @@ typedef struct llama_tensor {
 
 typedef struct llama_acts llama_acts;
 
-/* Called by llama_backward as soon as a stage of parameter gradients is final for this
- * backward (llama_grad_stage), stages in increasing order. */
-typedef void (*llama_grads_hook)(void *ctx, int stage);
+/* A stage of the model's tensors (llama_grad_stage) reached by llama_forward (on_weights)
+ * or llama_backward (on_grads); see those fields. */
+typedef void (*llama_stage_hook)(void *ctx, int stage);
 
 typedef struct llama_model {
     llama_config cfg;
@@ -59,8 +59,12 @@ typedef struct llama_model {
     int recompute;            /* llama_init_recompute: layer inputs kept, the rest recomputed */
     int acts_layer;           /* the layer whose activations the shared buffers hold (-1: none) */
     float loss;               /* mean loss of the last forward */
-    llama_grads_hook on_grads; /* NULL: none */
-    void *on_grads_ctx;
+    /* NULL: none. on_grads(ctx, stage): llama_backward has made the gradients of that
+     * stage final, stages in increasing order. on_weights(ctx, n_layers + 1 - stage):
+     * llama_forward is about to read that stage's weights for the first time, the
+     * embedding first (called with 0), then layer l (1 + l), the final norm and head. */
+    llama_stage_hook on_grads, on_weights;
+    void *on_grads_ctx, *on_weights_ctx;
     llama_acts *act;
 } llama_model;
 
@@ -86,6 +90,8 @@ void llama_free(llama_model *m);
 void llama_use_bf16_weights(llama_model *m);
 /* w16 = bf16(params), nearest even; nothing without a copy. */
 void llama_refresh_w16(llama_model *m);
+/* The same for tensor i only. */
+void llama_refresh_w16_tensor(llama_model *m, int i);
 
 int llama_n_tensors(const llama_model *m);
 /* Index of the tensor with HF name `name`, or -1. */

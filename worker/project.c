@@ -193,7 +193,7 @@ static void build_layout(proj_set *ps, const llama_model *small) {
     int64_t n = 0;
     for (int i = 0; i < ps->n_blocks; i++) {
         proj_block *b = &ps->blocks[i];
-        b->xoff = b->kind != PROJ_NORM && b->ld_c != b->d_in_c ? n : -1;
+        b->xoff = ps->world > 1 && b->kind != PROJ_NORM && b->ld_c != b->d_in_c ? n : -1;
         if (b->xoff >= 0) n += (int64_t)b->d_out_c * b->d_in_c;
     }
     ps->pieces = pc_calloc((size_t)(ps->n_blocks > 0 ? ps->n_blocks : 1), sizeof *ps->pieces);
@@ -404,58 +404,90 @@ static float *piece_at(const proj_set *ps, const proj_block *b, float *buf) {
     return b->xoff >= 0 ? ps->xchg + b->xoff : buf + b->off_c;
 }
 
-static void set_pieces(proj_set *ps, float *buf) {
-    for (int i = 0; i < ps->n_blocks; i++) {
-        const proj_block *b = &ps->blocks[i];
-        ps->pieces[i] = (comm_piece){piece_at(ps, b, buf), (size_t)b->d_out_c * b->d_in_c, b->owner};
-    }
+/* Forward order of the stages (llama_forward's on_weights): the embedding first. */
+static int fwd_stage(const proj_set *ps, const proj_block *b) { return ps->n_stages - 1 - b->stage; }
+
+/* Block b's piece of the W_C broadcast: its place in params (f32) or w16 (bf16), or in
+ * xchg / xchg16 for a strided block. */
+static void *gather_piece(const proj_set *ps, const proj_block *b, const llama_model *small) {
+    if (small->w16) return b->xoff >= 0 ? (void *)(ps->xchg16 + b->xoff) : (void *)(small->w16 + b->off_c);
+    return piece_at(ps, b, small->params);
 }
 
-/* proj_gather in bf16: owners round their blocks into their pieces of w16 (a strided
- * block: packed, into xchg16), the pieces are broadcast, and every rank widens them
- * into params; then w16 = bf16(params), exact, fills the strided blocks' rows. */
-static int gather_bf16(proj_set *ps, llama_model *small, comm *c, pc_err *e) {
+/* Owners make their pieces: bf16, W_C rounded into them; f32, strided blocks packed. */
+static void gather_prepare(proj_set *ps, llama_model *small) {
     backend *be = ps->be;
     for (int i = 0; i < ps->n_blocks; i++) {
         const proj_block *b = &ps->blocks[i];
-        size_t n = (size_t)b->d_out_c * b->d_in_c;
-        int strided = b->xoff >= 0;
-        uint16_t *piece = strided ? ps->xchg16 + b->xoff : small->w16 + b->off_c;
-        if (b->owner == ps->rank) {
-            if (strided) pack_block(be, b, ps->xchg + b->xoff, small->params);
-            be->ops->round_bf16(be, piece, strided ? ps->xchg + b->xoff : small->params + b->off_c, n);
+        if (b->owner != ps->rank) continue;
+        if (b->xoff >= 0) pack_block(be, b, ps->xchg + b->xoff, small->params);
+        if (small->w16) {
+            const float *wc = b->xoff >= 0 ? ps->xchg + b->xoff : small->params + b->off_c;
+            be->ops->round_bf16(be, gather_piece(ps, b, small), wc, (size_t)b->d_out_c * b->d_in_c);
         }
-        ps->pieces[i] = (comm_piece){piece, n, b->owner};
     }
-    if (ps->world > 1 && comm_broadcast_group(c, ps->pieces, ps->n_blocks, COMM_BF16, e) != 0) return -1;
+}
+
+/* Start the broadcast of the blocks of forward stages first .. last, as one group. */
+static int gather_start(proj_set *ps, llama_model *small, comm *c, int first, int last, pc_err *e) {
+    int n = 0;
     for (int i = 0; i < ps->n_blocks; i++) {
         const proj_block *b = &ps->blocks[i];
+        int s = fwd_stage(ps, b);
+        if (s >= first && s <= last)
+            ps->pieces[n++] = (comm_piece){gather_piece(ps, b, small), (size_t)b->d_out_c * b->d_in_c, b->owner};
+    }
+    ps->gather_started = last + 1;
+    if (ps->world == 1 || n == 0) return 0;
+    return comm_broadcast_group_start(c, ps->pieces, n, small->w16 ? COMM_BF16 : COMM_F32, e);
+}
+
+/* The blocks of forward stages first .. last have arrived: a strided one is unpacked into
+ * params; in bf16 every piece is widened into params (the owners' too: every rank then
+ * holds the same values), and a strided block's tensor gets its bf16 rows back from them
+ * (exact) once its last block is in. */
+static void gather_land(proj_set *ps, llama_model *small, int first, int last) {
+    backend *be = ps->be;
+    for (int i = 0; i < ps->n_blocks; i++) {
+        const proj_block *b = &ps->blocks[i];
+        int s = fwd_stage(ps, b);
+        if (s < first || s > last) continue;
         size_t n = (size_t)b->d_out_c * b->d_in_c;
-        if (b->xoff >= 0) {
+        if (!small->w16) {
+            if (b->xoff >= 0 && b->owner != ps->rank) unpack_block(be, b, small->params, ps->xchg + b->xoff);
+        } else if (b->xoff < 0) {
+            be->ops->widen_bf16(be, small->params + b->off_c, small->w16 + b->off_c, n);
+        } else {
             be->ops->widen_bf16(be, ps->xchg + b->xoff, ps->xchg16 + b->xoff, n);
             unpack_block(be, b, small->params, ps->xchg + b->xoff);
-        } else {
-            be->ops->widen_bf16(be, small->params + b->off_c, small->w16 + b->off_c, n);
+            if (i + 1 == ps->n_blocks || ps->blocks[i + 1].small_index != b->small_index)
+                llama_refresh_w16_tensor(small, b->small_index);
         }
     }
-    llama_refresh_w16(small);
-    return 0;
+    ps->gather_landed = last + 1;
 }
 
 int proj_gather(proj_set *ps, llama_model *small, comm *c, pc_err *e) {
-    if (small->w16) return gather_bf16(ps, small, c, e);
-    if (ps->world == 1) return 0;
-    set_pieces(ps, small->params);
-    for (int i = 0; i < ps->n_blocks; i++) {
-        const proj_block *b = &ps->blocks[i];
-        if (b->xoff >= 0 && b->owner == ps->rank) pack_block(ps->be, b, ps->xchg + b->xoff, small->params);
-    }
-    if (comm_broadcast_group(c, ps->pieces, ps->n_blocks, COMM_F32, e) != 0) return -1;
-    for (int i = 0; i < ps->n_blocks; i++) {
-        const proj_block *b = &ps->blocks[i];
-        if (b->xoff >= 0 && b->owner != ps->rank) unpack_block(ps->be, b, small->params, ps->xchg + b->xoff);
-    }
+    gather_prepare(ps, small);
+    if (gather_start(ps, small, c, 0, ps->n_stages - 1, e) != 0 || comm_wait(c, e) != 0) return -1;
+    gather_land(ps, small, 0, ps->n_stages - 1);
     return 0;
+}
+
+int proj_gather_begin(proj_set *ps, llama_model *small, comm *c, pc_err *e) {
+    gather_prepare(ps, small);
+    ps->gather_landed = 0;
+    return gather_start(ps, small, c, 0, 0, e);
+}
+
+int proj_gather_stage(proj_set *ps, llama_model *small, comm *c, int stage, pc_err *e) {
+    int last = ps->n_stages - 1;
+    stage = PC_MIN(stage, last);
+    if (stage < ps->gather_landed) return 0;
+    if (ps->gather_started <= stage && gather_start(ps, small, c, ps->gather_started, stage, e) != 0) return -1;
+    if (comm_wait(c, e) != 0) return -1;
+    gather_land(ps, small, ps->gather_landed, stage);
+    return stage < last ? gather_start(ps, small, c, stage + 1, stage + 1, e) : 0;
 }
 
 /* Start the G reduce of the blocks of stages next_stage .. last (strided ones packed into

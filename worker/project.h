@@ -100,6 +100,7 @@ typedef struct proj_set {
     uint16_t *xchg16;           /* the same in bf16, when the small model has a bf16 copy (w16) */
     int64_t xchg_bytes;         /* the size of both */
     int next_stage;             /* G reduce: stages below this one are started */
+    int gather_started, gather_landed; /* W_C broadcast in forward stages: below these, started / landed */
     int n_stages;               /* llama_grad_stage's stages, 0 .. n_stages - 1 */
 } proj_set;
 
@@ -129,10 +130,17 @@ void proj_materialize(proj_set *ps, llama_model *small);
  * bf16 (half the bytes) and every rank, the owner too, ends with params = widened w16:
  * the same model on every rank and at any world size. */
 int proj_gather(proj_set *ps, llama_model *small, comm *c, pc_err *e);
+/* The same in forward stages, to overlap it with the forward (llama_forward's on_weights,
+ * the embedding first): proj_gather_begin makes the owners' pieces and starts stage 0;
+ * proj_gather_stage(s), called before the forward reads stage s, completes the stages
+ * up to s (starting any not yet started) and starts stage s + 1, which then moves while
+ * stage s computes. Every stage has landed once stage n_stages - 1 has. */
+int proj_gather_begin(proj_set *ps, llama_model *small, comm *c, pc_err *e);
+int proj_gather_stage(proj_set *ps, llama_model *small, comm *c, int stage, pc_err *e);
 /* Sum each block's gradient G over ranks into its owner's small->grads (grouped reduces,
  * in place), in up to n_stages parts so that it can overlap the backward:
  * proj_reduce_start starts the reduce of every block whose G is final at `stage`
- * (llama_grad_stage) and of earlier stages not yet started (a llama_grads_hook calls
+ * (llama_grad_stage) and of earlier stages not yet started (a llama_stage_hook calls
  * it); proj_reduce_finish starts the rest (all of it, without starts), waits for all and
  * unpacks the owners' strided blocks. */
 int proj_reduce_start(proj_set *ps, llama_model *small, comm *c, int stage, pc_err *e);

@@ -7,7 +7,7 @@
  * forward-only model's logits equal the full model's; a recomputing (activation
  * checkpointing) model's losses and gradients equal the full model's bit for bit; the
  * bf16 weight ops and a model with a bf16 weight copy against rounding per product; the
- * backward's gradient stages (llama_grads_hook). */
+ * backward's gradient stages and the forward's weight stages (llama_stage_hook). */
 #include <math.h>
 #include <setjmp.h>
 #include <stdarg.h>
@@ -434,7 +434,7 @@ static void test_llama_bf16_weights(void **state)
     backend_destroy(be);
 }
 
-/* llama_grads_hook: stages 0 .. n_layers + 1 in order, once each per backward, and at
+/* llama_stage_hook: stages 0 .. n_layers + 1 in order, once each per backward, and at
  * each stage every tensor of that stage (llama_grad_stage) already holds its final
  * gradient, tied and untied. */
 typedef struct hook_log {
@@ -494,6 +494,53 @@ static void test_llama_grad_stages(void **state)
     backend_destroy(be);
 }
 
+/* on_weights: a model whose weights arrive only when llama_forward announces their stage
+ * (NaN until then) computes exactly the loss of one that had them all along. */
+typedef struct late_weights {
+    llama_model *from, *to;
+    int next; /* the stage expected next */
+} late_weights;
+
+static void deliver_stage(void *ctx, int fwd_stage)
+{
+    late_weights *w = ctx;
+    assert_int_equal(fwd_stage, w->next++);
+    for (int i = 0; i < llama_n_tensors(w->to); i++) {
+        const llama_tensor *t = llama_tensor_at(w->to, i);
+        if (w->to->cfg.n_layers + 1 - llama_grad_stage(w->to, i) == fwd_stage)
+            memcpy(w->to->params + t->offset, w->from->params + t->offset, sizeof(float) * (size_t)t->numel);
+    }
+}
+
+static void test_llama_weight_stages(void **state)
+{
+    (void)state;
+    backend *be = backend_cpu_create(1);
+    llama_config c;
+    three_layer_config(&c);
+    const int B = 2, T = 5, V = 40;
+    for (int tied = 0; tied < 2; tied++) {
+        c.tie_word_embeddings = tied;
+        llama_model a, b;
+        pc_err e;
+        assert_int_equal(llama_init(&a, &c, be, B, T, &e), 0);
+        assert_int_equal(llama_init(&b, &c, be, B, T, &e), 0);
+        llama_init_random(&a, 3, 0.3f);
+        for (int64_t i = 0; i < b.n_params; i++) b.params[i] = NAN;
+        int32_t tok[10], tgt[10];
+        for (int i = 0; i < B * T; i++) tok[i] = (i * 7 + 3) % V, tgt[i] = (i * 5 + 1) % V;
+        late_weights w = {&a, &b, 0};
+        b.on_weights = deliver_stage;
+        b.on_weights_ctx = &w;
+        float la = llama_forward(&a, tok, tgt), lb = llama_forward(&b, tok, tgt);
+        assert_int_equal(w.next, c.n_layers + 2);
+        assert_true(isfinite(la) && la == lb);
+        llama_free(&b);
+        llama_free(&a);
+    }
+    backend_destroy(be);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -503,7 +550,7 @@ int main(void)
         cmocka_unit_test(test_adamw_first_step), cmocka_unit_test(test_llama_table_and_init),
         cmocka_unit_test(test_llama_forward_only), cmocka_unit_test(test_llama_recompute),
         cmocka_unit_test(test_bf16_weights_ops),  cmocka_unit_test(test_llama_bf16_weights),
-        cmocka_unit_test(test_llama_grad_stages),
+        cmocka_unit_test(test_llama_grad_stages), cmocka_unit_test(test_llama_weight_stages),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
