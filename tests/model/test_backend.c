@@ -320,30 +320,46 @@ static void three_layer_config(llama_config *c)
     c->d_ff = 20, c->d_ff_layer[0] = 20, c->d_ff_layer[1] = 12, c->d_ff_layer[2] = 16, c->tie_word_embeddings = 0;
 }
 
+enum { TB = 2, TT = 5, TV = 40 }; /* micro-batch and vocabulary of the three-layer model */
+
+/* Tokens and targets (TB*TT) of micro-batch mb: every 4th target ignored when `ignore`. */
+static void tiny_batch(int32_t *tok, int32_t *tgt, int mb, int ignore)
+{
+    for (int i = 0; i < TB * TT; i++)
+        tok[i] = (i * 7 + 3 + mb) % TV, tgt[i] = ignore && i % 4 == 3 ? -1 : (i * 5 + 1 + 2 * mb) % TV;
+}
+
+/* The three-layer model, tied or not, made by init (llama_init or a variant), random
+ * weights of seed 3, zero gradients. */
+typedef int (*init_fn)(llama_model *m, const llama_config *c, backend *be, int B, int T, pc_err *e);
+static void tiny_model(llama_model *m, backend *be, int tied, init_fn init)
+{
+    llama_config c;
+    three_layer_config(&c);
+    c.tie_word_embeddings = tied;
+    pc_err e;
+    assert_int_equal(init(m, &c, be, TB, TT, &e), 0);
+    llama_init_random(m, 3, 0.3f);
+    llama_zero_grad(m);
+}
+
 /* A forward-only model (a teacher) gives bitwise the full model's logits and loss, with
  * no gradient buffer. */
 static void test_llama_forward_only(void **state)
 {
     (void)state;
     backend *be = backend_cpu_create(1);
-    llama_config c;
-    three_layer_config(&c);
-    c.tie_word_embeddings = 1;
     llama_model full, fwd;
-    pc_err e;
-    const int B = 2, T = 5, V = 40;
-    assert_int_equal(llama_init(&full, &c, be, B, T, &e), 0);
-    assert_int_equal(llama_init_forward_only(&fwd, &c, be, B, T, &e), 0);
+    tiny_model(&full, be, 1, llama_init);
+    tiny_model(&fwd, be, 1, llama_init_forward_only);
     assert_null(fwd.grads);
-    llama_init_random(&full, 3, 0.3f);
-    llama_init_random(&fwd, 3, 0.3f);
-    int32_t tok[10], tgt[10];
-    for (int i = 0; i < B * T; i++) tok[i] = (i * 7 + 3) % V, tgt[i] = i % 4 == 3 ? -1 : (i * 5 + 1) % V;
+    int32_t tok[TB * TT], tgt[TB * TT];
+    tiny_batch(tok, tgt, 0, 1);
     float lf = llama_forward(&full, tok, tgt), lw = llama_forward(&fwd, tok, tgt);
     assert_true(isfinite(lf) && lf == lw);
-    assert_memory_equal(full.logits, fwd.logits, sizeof(float) * (size_t)(B * T * V));
+    assert_memory_equal(full.logits, fwd.logits, sizeof(float) * (size_t)(TB * TT * TV));
     llama_forward(&fwd, tok, NULL); /* logits only, again */
-    assert_memory_equal(full.logits, fwd.logits, sizeof(float) * (size_t)(B * T * V));
+    assert_memory_equal(full.logits, fwd.logits, sizeof(float) * (size_t)(TB * TT * TV));
     llama_zero_grad(&fwd); /* no gradients: a no-op */
     llama_free(&fwd);
     llama_free(&full);
@@ -357,32 +373,22 @@ static void test_llama_recompute(void **state)
 {
     (void)state;
     backend *be = backend_cpu_create(1);
-    llama_config c;
-    three_layer_config(&c);
-    const int B = 2, T = 5, V = 40;
     for (int tied = 0; tied < 2; tied++) {
-        c.tie_word_embeddings = tied;
         llama_model full, rc;
-        pc_err e;
-        assert_int_equal(llama_init(&full, &c, be, B, T, &e), 0);
-        assert_int_equal(llama_init_recompute(&rc, &c, be, B, T, &e), 0);
+        tiny_model(&full, be, tied, llama_init);
+        tiny_model(&rc, be, tied, llama_init_recompute);
         const float *ln1_0, *ln1_2, *ln2, *gu;
         llama_layer_acts(&rc, 0, &ln1_0, &ln2, &gu);
         llama_layer_acts(&rc, 2, &ln1_2, &ln2, &gu);
         assert_ptr_equal(ln1_0, ln1_2); /* one set of layer buffers */
-        llama_init_random(&full, 3, 0.3f);
-        llama_init_random(&rc, 3, 0.3f);
-        llama_zero_grad(&full);
-        llama_zero_grad(&rc);
         for (int mb = 0; mb < 2; mb++) {
-            int32_t tok[10], tgt[10];
-            for (int i = 0; i < B * T; i++)
-                tok[i] = (i * 7 + 3 + mb) % V, tgt[i] = i % 4 == 3 ? -1 : (i * 5 + 1 + 2 * mb) % V;
+            int32_t tok[TB * TT], tgt[TB * TT];
+            tiny_batch(tok, tgt, mb, 1);
             float lf = llama_forward(&full, tok, tgt), lr = llama_forward(&rc, tok, tgt);
             assert_true(isfinite(lf) && lf == lr);
             llama_backward(&full);
             llama_backward(&rc);
-            for (int i = 0; i < B * T; i++) tok[i] = (i * 3 + 1) % V;
+            for (int i = 0; i < TB * TT; i++) tok[i] = (i * 3 + 1) % TV;
             llama_forward(&rc, tok, NULL); /* an evaluation between micro-batches */
         }
         assert_memory_equal(full.grads, rc.grads, sizeof(float) * (size_t)full.n_params);
@@ -400,24 +406,15 @@ static void test_llama_bf16_weights(void **state)
     (void)state;
     backend *be = backend_cpu_create(1);
     be->ops->set_matmul(be, MATMUL_BF16);
-    llama_config c;
-    three_layer_config(&c);
-    const int B = 2, T = 5, V = 40;
-    int32_t tok[10], tgt[10];
-    for (int i = 0; i < B * T; i++) tok[i] = (i * 7 + 3) % V, tgt[i] = i % 4 == 3 ? -1 : (i * 5 + 1) % V;
+    int32_t tok[TB * TT], tgt[TB * TT];
+    tiny_batch(tok, tgt, 0, 1);
     for (int tied = 0; tied < 2; tied++) {
-        c.tie_word_embeddings = tied;
         llama_model ref, w;
-        pc_err e;
-        assert_int_equal(llama_init(&ref, &c, be, B, T, &e), 0);
-        assert_int_equal(llama_init(&w, &c, be, B, T, &e), 0);
+        tiny_model(&ref, be, tied, llama_init);
+        tiny_model(&w, be, tied, llama_init);
         llama_use_bf16_weights(&w);
         assert_non_null(w.w16);
-        llama_init_random(&ref, 3, 0.3f);
-        llama_init_random(&w, 3, 0.3f);
         llama_refresh_w16(&w);
-        llama_zero_grad(&ref);
-        llama_zero_grad(&w);
         float lr = llama_forward(&ref, tok, tgt), lw = llama_forward(&w, tok, tgt);
         assert_true(isfinite(lr) && lr == lw);
         llama_backward(&ref);
@@ -457,23 +454,17 @@ static void test_llama_grad_stages(void **state)
 {
     (void)state;
     backend *be = backend_cpu_create(1);
-    llama_config c;
-    three_layer_config(&c);
-    const int B = 2, T = 5, V = 40, L = c.n_layers;
     for (int tied = 0; tied < 2; tied++) {
-        c.tie_word_embeddings = tied;
         llama_model m;
-        pc_err e;
-        assert_int_equal(llama_init(&m, &c, be, B, T, &e), 0);
-        llama_init_random(&m, 3, 0.3f);
+        tiny_model(&m, be, tied, llama_init);
+        int L = m.cfg.n_layers;
         assert_int_equal(llama_grad_stage(&m, llama_tensor_index(&m, "model.norm.weight")), 0);
         assert_int_equal(llama_grad_stage(&m, llama_tensor_index(&m, "model.layers.2.mlp.up_proj.weight")), 1);
         assert_int_equal(llama_grad_stage(&m, llama_tensor_index(&m, "model.layers.0.input_layernorm.weight")), L);
         assert_int_equal(llama_grad_stage(&m, 0), L + 1);
-        int32_t tok[10], tgt[10];
-        for (int i = 0; i < B * T; i++) tok[i] = (i * 7 + 3) % V, tgt[i] = (i * 5 + 1) % V;
+        int32_t tok[TB * TT], tgt[TB * TT];
+        tiny_batch(tok, tgt, 0, 0);
         hook_log h = {.m = &m};
-        llama_zero_grad(&m);
         llama_forward(&m, tok, tgt);
         m.on_grads = record_stage;
         m.on_grads_ctx = &h;
@@ -516,24 +507,18 @@ static void test_llama_weight_stages(void **state)
 {
     (void)state;
     backend *be = backend_cpu_create(1);
-    llama_config c;
-    three_layer_config(&c);
-    const int B = 2, T = 5, V = 40;
     for (int tied = 0; tied < 2; tied++) {
-        c.tie_word_embeddings = tied;
         llama_model a, b;
-        pc_err e;
-        assert_int_equal(llama_init(&a, &c, be, B, T, &e), 0);
-        assert_int_equal(llama_init(&b, &c, be, B, T, &e), 0);
-        llama_init_random(&a, 3, 0.3f);
+        tiny_model(&a, be, tied, llama_init);
+        tiny_model(&b, be, tied, llama_init);
         for (int64_t i = 0; i < b.n_params; i++) b.params[i] = NAN;
-        int32_t tok[10], tgt[10];
-        for (int i = 0; i < B * T; i++) tok[i] = (i * 7 + 3) % V, tgt[i] = (i * 5 + 1) % V;
+        int32_t tok[TB * TT], tgt[TB * TT];
+        tiny_batch(tok, tgt, 0, 0);
         late_weights w = {&a, &b, 0};
         b.on_weights = deliver_stage;
         b.on_weights_ctx = &w;
         float la = llama_forward(&a, tok, tgt), lb = llama_forward(&b, tok, tgt);
-        assert_int_equal(w.next, c.n_layers + 2);
+        assert_int_equal(w.next, a.cfg.n_layers + 2);
         assert_true(isfinite(la) && la == lb);
         llama_free(&b);
         llama_free(&a);
