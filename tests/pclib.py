@@ -37,6 +37,13 @@ def projcompd(np_, cfg, *sets, check=True):
     return run(args, check=check)
 
 
+def run_job(root, job, name, np_, *sets):
+    """projcompd on np_ ranks with run.dir root/name (and the given --set values); the dir."""
+    d = os.path.join(root, name)
+    projcompd(np_, job, f"run.dir={d}", *sets)
+    return d
+
+
 def write_shard(path, tokens, vocab_size, eos_id=0, tokenizer="test", dtype="uint16"):
     import h5py
     import numpy as np

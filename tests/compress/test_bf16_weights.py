@@ -26,12 +26,6 @@ import pclib  # noqa: E402
 V, D, F, L, DC, FC, SEQ = 96, 64, 128, 2, 48, 80, 16
 
 
-def run(root, job, name, np_, *sets):
-    d = os.path.join(root, name)
-    pclib.projcompd(np_, job, f"run.dir={d}", *sets)
-    return d
-
-
 def comm_mb(d):
     return np.array([m["comm_mb"] for m in pclib.metrics(d) if "loss" in m])
 
@@ -52,8 +46,8 @@ def main():
         runs = {}
         for np_ in ranks:
             sets = [f"run.mode={mode}"] + ([split] if mode == "compress" and np_ > 1 else [])
-            runs[np_] = run(root, job, f"{mode}-np{np_}", np_, bf16, *sets)
-            runs[np_, "f32"] = run(root, job, f"{mode}-np{np_}-f32", np_, "backend.matmul=fp32", *sets)
+            runs[np_] = pclib.run_job(root, job, f"{mode}-np{np_}", np_, bf16, *sets)
+            runs[np_, "f32"] = pclib.run_job(root, job, f"{mode}-np{np_}-f32", np_, "backend.matmul=fp32", *sets)
             a, f = pclib.run_arrays(runs[np_]), pclib.run_arrays(runs[np_, "f32"])
             rel = np.max(np.abs(a[0] - f[0]) / np.abs(f[0]))
             pclib.check(0 < rel < 2e-2, f"{mode} np{np_}: bf16 losses near fp32 but not equal (max rel {rel:.2e})")
@@ -63,7 +57,7 @@ def main():
         # the uninterrupted one
         n = ranks[1]
         sets = [f"run.mode={mode}", "checkpoint.every_steps=3"] + ([split] if mode == "compress" else [])
-        d = run(root, job, f"{mode}-np{n}-resumed", n, bf16, *sets)
+        d = pclib.run_job(root, job, f"{mode}-np{n}-resumed", n, bf16, *sets)
         ck = os.path.join(d, "checkpoints")
         shutil.rmtree(os.path.join(ck, "step-0000006"))
         shutil.rmtree(os.path.join(d, "final"))
@@ -80,7 +74,7 @@ def main():
         pclib.check(rel < 1e-3, f"{mode} bf16 np{ranks[1]} vs np1: losses agree (max rel {rel:.2e} < 1e-3)")
         if mode == "prune":
             continue
-        first = [pclib.run_arrays(run(root, job, f"{mode}-np{n}-1step", n, bf16, "train.steps=1",
+        first = [pclib.run_arrays(pclib.run_job(root, job, f"{mode}-np{n}-1step", n, bf16, "train.steps=1",
                                       *([split] if n > 1 else [])))[3] for n in ranks]
         a, b = ({k: t.astype(np.float32).view(np.uint32) >> 16 for k, t in f.items()} for f in first)
         n_all = sum(t.size for t in a.values())

@@ -15,12 +15,6 @@ import pclib  # noqa: E402
 V, D, F, L, DC, FC, SEQ = 96, 64, 128, 3, 48, 80, 16
 
 
-def run(root, job, name, np_, *sets):
-    d = os.path.join(root, name)
-    pclib.projcompd(np_, job, f"run.dir={d}", *sets)
-    return d
-
-
 def plan_act_mib(d):
     """Rank 0's activation column of plan.txt, in MiB."""
     for line in open(os.path.join(d, "plan.txt")):
@@ -44,15 +38,15 @@ def main():
         ("prune", 1, ["run.mode=prune"]),
     ]
     for name, np_, sets in cases:
-        ref = run(root, job, name, np_, *sets)
+        ref = pclib.run_job(root, job, name, np_, *sets)
         for dev in ["cpu", "cpu-guarded"]:
-            d = run(root, job, f"{name}-rc-{dev}", np_, *sets, "train.activation_checkpointing=true",
+            d = pclib.run_job(root, job, f"{name}-rc-{dev}", np_, *sets, "train.activation_checkpointing=true",
                     f"backend.device={dev}")
             pclib.same_outputs(pclib.run_outputs(ref), pclib.run_outputs(d),
                                f"{name} np{np_}: recomputing on {dev} vs keeping every activation on cpu")
     pjob = pclib.tiny_pretrain_job(root, SEQ, 4, {"device": "cpu"})
-    a = run(root, pjob, "pretrain", 1)
-    b = run(root, pjob, "pretrain-rc", 1, "train.activation_checkpointing=true")
+    a = pclib.run_job(root, pjob, "pretrain", 1)
+    b = pclib.run_job(root, pjob, "pretrain-rc", 1, "train.activation_checkpointing=true")
     pclib.same_outputs(pclib.run_outputs(a), pclib.run_outputs(b), "pretrain np1: recomputing vs keeping")
 
     # memory: 12 layers, 8 x 256 tokens per micro-batch, so that activations dominate
@@ -69,7 +63,7 @@ def main():
         backend={"device": "cpu"})
     rss, act = {}, {}
     for rc in ["false", "true"]:
-        d = run(big, mjob, f"mem-{rc}", 1, f"train.activation_checkpointing={rc}")
+        d = pclib.run_job(big, mjob, f"mem-{rc}", 1, f"train.activation_checkpointing={rc}")
         rss[rc] = [m for m in pclib.metrics(d) if "peak_rss_mib" in m][-1]["peak_rss_mib"][0]
         act[rc] = plan_act_mib(d)
         print(f"activation_checkpointing {rc}: plan activations {act[rc]:.1f} MiB, peak RSS {rss[rc]:.1f} MiB")
