@@ -77,7 +77,6 @@ static double now_s(void) {
     return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
 
-
 static int stream_done(const ncall *k, double t0, pc_err *e);
 
 static int ncall_begin(ncall *k, comm *c, const char *op, comm_dtype t, size_t count, pc_err *e) {
@@ -92,7 +91,10 @@ static int ncall_begin(ncall *k, comm *c, const char *op, comm_dtype t, size_t c
         return pc_errorf(e, "rank %d: nccl %s(%s, %zu elems): the communicator was aborted by an earlier failure",
                          c->rank, op, comm_dtype_name(t), count);
     /* started groups first, under the watchdog: the device-wide wait below has none */
-    if (nimpl(c)->started && stream_done(&nimpl(c)->started_k, now_s(), e)) return -1;
+    if (nimpl(c)->started) {
+        if (stream_done(&nimpl(c)->started_k, now_s(), e)) return -1;
+        nimpl(c)->started = 0;
+    }
     /* buffers may have been written on any stream of this device: wait for them */
     cudaError_t ce = cudaSetDevice(nimpl(c)->device);
     if (ce == cudaSuccess) ce = cudaDeviceSynchronize();
@@ -302,8 +304,7 @@ static int nc_group_start(comm *c, const comm_piece *p, int n, comm_dtype t, int
     nccl_impl *nc = nimpl(c);
     ncall k;
     if (nc_group_enqueue(&k, c, reduce ? "reduce_group" : "broadcast_group", p, n, t, reduce, op, e)) return -1;
-    k.count += nc->started ? nc->started_k.count : 0;
-    nc->started_k = k;
+    nc->started_k = k; /* the earlier ones were waited for in ncall_begin */
     nc->started = 1;
     return 0;
 }
