@@ -394,18 +394,18 @@ static int mpi_reduce_scatter(comm *c, const void *send, void *recv, size_t coun
     return rc;
 }
 
-/* Grouped broadcast (reduce = 0) or in-place reduce to each piece's root: every piece is
- * started non-blocking, in pieces of at most max_chunk elements, then all are waited for. */
-/* Post one non-blocking broadcast (reduce = 0) or in-place reduce per piece (in chunks
- * of max_chunk) into req from req[*q] on (room for every chunk); 0, or -1 with the
- * posted ones given up and e naming k. */
+/* Post one non-blocking broadcast (reduce = 0) or in-place reduce to its root per piece
+ * (in chunks of max_chunk) into req from req[*q] on (room for every chunk); 0, or -1
+ * with req[0 .. *q) given up (the started ones cannot be cancelled) and e naming k. */
 static int post_group(const call *k, const comm_piece *p, int n, int reduce, comm_op rop, MPI_Request *req, int *q,
                       pc_err *e) {
     comm *c = k->c;
     mpi_impl *m = impl_of(c);
     for (int i = 0; i < n; i++)
-        if (p[i].root < 0 || p[i].root >= c->size)
+        if (p[i].root < 0 || p[i].root >= c->size) {
+            if (*q > 0) give_up(k, req, *q);
             return pc_errorf(e, "rank %d: %s: piece %d's root %d is not a rank", c->rank, k->op, i, p[i].root);
+        }
     int rc = MPI_SUCCESS;
     for (int i = 0; i < n && rc == MPI_SUCCESS; i++) {
         for (size_t o = 0; o < p[i].count && rc == MPI_SUCCESS; o += m->max_chunk) {
@@ -419,7 +419,7 @@ static int post_group(const call *k, const comm_piece *p, int n, int reduce, com
         }
     }
     if (rc == MPI_SUCCESS) return 0;
-    give_up(k, req, *q); /* the started ones cannot be cancelled */
+    give_up(k, req, *q);
     return call_fail(k, rc, e);
 }
 
@@ -434,6 +434,8 @@ static size_t group_requests(const mpi_impl *m, const comm_piece *p, int n, size
     return n_req;
 }
 
+/* Grouped broadcast (reduce = 0) or in-place reduce to each piece's root: every piece is
+ * started non-blocking, then all are waited for. */
 static int mpi_group(comm *c, const char *op, const comm_piece *p, int n, comm_dtype t, int reduce, comm_op rop,
                      pc_err *e) {
     size_t total, n_req = group_requests(impl_of(c), p, n, &total);
