@@ -487,7 +487,7 @@ int proj_gather_stage(proj_set *ps, llama_model *small, comm *c, int stage, pc_e
     if (ps->gather_started <= stage && gather_start(ps, small, c, ps->gather_started, stage, e) != 0) return -1;
     if (comm_wait(c, e) != 0) return -1;
     gather_land(ps, small, ps->gather_landed, stage);
-    return stage < last ? gather_start(ps, small, c, stage + 1, stage + 1, e) : 0;
+    return stage < last && ps->gather_started == stage + 1 ? gather_start(ps, small, c, stage + 1, stage + 1, e) : 0;
 }
 
 /* Start the G reduce of the blocks of stages next_stage .. last (strided ones packed into
