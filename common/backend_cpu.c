@@ -196,14 +196,11 @@ static void cpu_gemm_w16(backend *be, int ta, int tb, int M, int N, int K, float
 {
     if (M <= 0 || N <= 0) return;
     int ra = ta ? K : M, ca = ta ? M : K, rb = tb ? N : K, cb = tb ? K : N; /* stored shapes of A and B */
-    size_t na = K > 0 ? (size_t)ra * ca : 0;
-    float *a = round_space(be->impl, na + (K > 0 ? (size_t)rb * cb : 0) + 1), *b = a + na;
-    if (K > 0) {
-        round_bf16(a, A, ra, ca, lda);
-        for (int r = 0; r < rb; r++)
-            for (int j = 0; j < cb; j++) b[(size_t)r * cb + j] = pc_bf16_to_f32(B[(size_t)r * ldb + j]);
-    }
-    sgemm(ta, tb, M, N, K, alpha, a, K > 0 ? ca : lda, b, K > 0 ? cb : ldb, beta, C, ldc);
+    size_t na = (size_t)ra * ca;
+    float *a = round_space(be->impl, na + (size_t)rb * cb + 1), *b = a + na;
+    round_bf16(a, A, ra, ca, lda);
+    for (int r = 0; r < rb; r++) cpu_widen_bf16(be, b + (size_t)r * cb, B + (size_t)r * ldb, (size_t)cb);
+    sgemm(ta, tb, M, N, K, alpha, a, PC_MAX(ca, 1), b, PC_MAX(cb, 1), beta, C, ldc); /* K = 0: C = beta C */
 }
 
 static void cpu_gemm_batched(backend *be, int ta, int tb, int M, int N, int K, float alpha, const float *A, int lda,
