@@ -94,6 +94,18 @@ def compress_job(root, base, seed, seq_len, compress, train, **sections):
     return job
 
 
+def sharded_job(root, **sections):
+    """The compress job of the multi-rank tests: a tiny untied base (vocab 96, d 64, d_ff
+    128, 2 layers) to 48/80 by magnitude, 6 steps of global batch 12 at seq_len 16 on the
+    CPU, no checkpoints (sections given here override or add, e.g. output)."""
+    bdir, _ = tiny_base(root, 4, 96, 64, 128, 2)
+    markov_shards(root, 96, 5000, 1000, seed=2)
+    return compress_job(
+        root, bdir, 3, 16, {"d_model": 48, "d_ff": 80, "importance": "magnitude"},
+        {"steps": 6, "global_batch": 12, "micro_batch": 1, "lr": 3e-3, "warmup_steps": 1},
+        **dict({"eval": {"batches": 4}, "checkpoint": {"every_steps": 0}, "backend": {"device": "cpu"}}, **sections))
+
+
 def write_yaml(path, sections):
     """Write a two-level dict as a YAML job file."""
     with open(path, "w") as f:

@@ -23,8 +23,6 @@ import numpy as np
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 import pclib  # noqa: E402
 
-V, D, F, L, DC, FC, SEQ = 96, 64, 128, 2, 48, 80, 16
-
 
 def comm_mb(d):
     return np.array([m["comm_mb"] for m in pclib.metrics(d) if "loss" in m])
@@ -32,14 +30,7 @@ def comm_mb(d):
 
 def main():
     root = pclib.tmpdir("pc-bf16w-")
-    bdir, _ = pclib.tiny_base(root, 4, V, D, F, L)
-    pclib.markov_shards(root, V, 5000, 1000, seed=2)
-    job = pclib.compress_job(
-        root, bdir, 3, SEQ,
-        {"d_model": DC, "d_ff": FC, "importance": "magnitude"},
-        {"steps": 6, "global_batch": 12, "micro_batch": 1, "lr": 3e-3, "warmup_steps": 1},
-        eval={"batches": 4}, checkpoint={"every_steps": 0}, backend={"device": "cpu"},
-        output={"dtype": "f32"})
+    job = pclib.sharded_job(root, output={"dtype": "f32"})
     bf16, split = "backend.matmul=bf16", "compress.split_mb=0.01"  # split: every matrix above 10 kB in blocks
     for mode in ["compress", "prune"]:
         ranks = [1, 3] if mode == "compress" else [1, 2]

@@ -15,18 +15,10 @@ from safetensors.numpy import load_file
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 import pclib  # noqa: E402
 
-V, D, F, L, DC, FC, SEQ = 96, 64, 128, 2, 48, 80, 16
-
 
 def main():
     root = pclib.tmpdir("pc-sharded-")
-    bdir, _ = pclib.tiny_base(root, 4, V, D, F, L)
-    pclib.markov_shards(root, V, 5000, 1000, seed=2)
-    job = pclib.compress_job(
-        root, bdir, 3, SEQ,
-        {"d_model": DC, "d_ff": FC, "importance": "magnitude"},
-        {"steps": 6, "global_batch": 12, "micro_batch": 1, "lr": 3e-3, "warmup_steps": 1},
-        eval={"batches": 4}, checkpoint={"every_steps": 0}, backend={"device": "cpu"})
+    job = pclib.sharded_job(root)
     for mode in ["compress", "prune"]:
         ref_curve, ref_w = None, None
         for np_ in [1, 2, 3, 4]:
