@@ -211,6 +211,7 @@ int compress_setup(run_ctx *r, trainer *t, pc_err *e) {
         return proj_slice_base(t->base, &t->base_cfg, &t->m, &t->idx, e);
     }
     t->method = &METHOD_PROJECT;
+    t->overlap.r = r; /* for the model's hooks (backend.overlap_comm) */
     if (proj_setup(r, t, e) != 0) return -1;
     t->proj_flops = proj_flops(&t->ps);
     LOGI(&r->log, "projections: %lld trainable parameters here, %d blocks in all, %.3g projection FLOPs per step",
@@ -245,7 +246,6 @@ static void project_on_weights(void *ctx, int stage) {
 static int project_begin(run_ctx *r, trainer *t, pc_err *e) {
     proj_materialize(&t->ps, &t->m);
     if (!t->overlap.gather) return proj_gather(&t->ps, &t->m, r->dcomm, e);
-    t->overlap.r = r;
     t->m.on_weights = project_on_weights;
     t->m.on_weights_ctx = t;
     return proj_gather_begin(&t->ps, &t->m, r->dcomm, e);

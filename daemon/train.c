@@ -119,8 +119,7 @@ static int accumulate(run_ctx *r, trainer *t, int64_t step, int n_micro, double 
         }
         *loss_sum += loss;
         if (mi + 1 == n_micro && t->method->on_grads && r->world > 1 && c->backend.overlap_comm) {
-            t->overlap.r = r; /* the gradients are final in this backward: reduce them as they come */
-            t->m.on_grads = t->method->on_grads;
+            t->m.on_grads = t->method->on_grads; /* the gradients are final in this backward */
             t->m.on_grads_ctx = t;
         }
         llama_backward(&t->m);

@@ -51,7 +51,7 @@ struct trainer {
     double proj_flops;      /* per step */
     struct {                /* backend.overlap_comm: the model's hooks, called from inside its passes */
         int gather;         /* begin_step only begins the W_C gather: the first forward completes it */
-        run_ctx *r;
+        run_ctx *r;         /* set with the method that has hooks */
         int failed;         /* a hook's comm call failed: accumulate or reduce_grads reports err */
         pc_err err;
     } overlap;
