@@ -18,7 +18,20 @@
  * for matrix_a (M x K), matrix_b (K x N) and the accumulator alike. Every lane keeps the
  * whole 16 x 16 fragment and multiplies it in fp32 (the real fragment is spread over the
  * lanes, which no correct kernel can observe); store_matrix_sync is written by lane 0,
- * and a kernel must __syncwarp before other lanes read what it stored, as on a GPU. */
+ * and a kernel must __syncwarp before other lanes read what it stored, as on a GPU.
+ *
+ * What a GPU refuses, the emulator refuses too, so that a launch or an access that only a
+ * small test shape gets right fails here and not on the first GPU run:
+ *  - launch configurations: 1..1024 threads a block, gridDim.x 1..2^31-1, gridDim.y and
+ *    .z 1..65535, dynamic shared memory above 48 KiB only for a kernel whose
+ *    cudaFuncAttributeMaxDynamicSharedMemorySize allows it (the launch fails with
+ *    cudaErrorInvalidConfiguration / cudaErrorInvalidValue, which cudaGetLastError
+ *    returns once, and is not run);
+ *  - WMMA loads and stores: a 256-bit aligned pointer, ldm a multiple of 16 bytes;
+ *  - device memory (emu_include/cuda_runtime.h): every buffer lies between red zones,
+ *    checked after every kernel and cuBLAS call and at cudaFree (a write outside its
+ *    buffer aborts naming the kernel; a read there reads a huge negative number), and
+ *    copies, memsets and cuBLAS operands must lie inside one live buffer. */
 #ifndef PC_SIMT_EMU_H
 #define PC_SIMT_EMU_H
 
@@ -35,6 +48,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <functional>
+#include <map>
 #include <memory>
 #include <cstdio>
 #include <type_traits>
@@ -48,6 +62,65 @@ using std::min;
 #define __host__
 #define __shared__ static
 #define __align__(n) alignas(n)
+
+/* ---------------------------------------------------------------- device memory */
+
+/* A live buffer of cudaMalloc or cudaMallocHost: `bytes` at its key, with EMU_RED bytes of
+ * `red` on both sides that nothing may write. The red bytes (0xf0..0xfe) differ between
+ * buffers and read as huge negative numbers in fp32 and bf16 (a NaN would be written back
+ * unchanged by a kernel that reads one past its input and writes one past its output). */
+#define EMU_RED 256
+struct emu_buf {
+    size_t bytes;
+    unsigned char red; /* the red zones' byte */
+};
+inline std::map<uintptr_t, emu_buf> emu_bufs;
+
+[[noreturn]] inline void emu_fail(const char *what)
+{
+    std::fprintf(stderr, "simt_emu: %s\n", what);
+    std::abort();
+}
+
+/* Abort naming `after` when a red zone of a live buffer was written. */
+inline void emu_check_red(const char *after)
+{
+    for (const auto &kv : emu_bufs) {
+        const unsigned char *p = (const unsigned char *)kv.first;
+        for (long long i = -EMU_RED; i < EMU_RED; i++) {
+            const long long at = i < 0 ? i : (long long)kv.second.bytes + i;
+            if (p[at] == kv.second.red) continue;
+            char msg[256];
+            std::snprintf(msg, sizeof msg, "%s wrote outside a device buffer of %zu bytes (at byte %lld of it)", after,
+                          kv.second.bytes, at);
+            emu_fail(msg);
+        }
+    }
+}
+
+/* Abort unless [p, p + bytes) lies inside one live buffer. */
+inline void emu_check_range(const void *p, size_t bytes, const char *what)
+{
+    const uintptr_t a = (uintptr_t)p;
+    auto it = emu_bufs.upper_bound(a);
+    if (it != emu_bufs.begin()) {
+        --it;
+        if (a >= it->first && a - it->first <= it->second.bytes && bytes <= it->second.bytes - (a - it->first))
+            return;
+    }
+    char msg[256];
+    if (it != emu_bufs.end() && a >= it->first && a - it->first <= it->second.bytes)
+        std::snprintf(msg, sizeof msg, "%s: %zu bytes at byte %zu of a device buffer of %zu bytes run past its end",
+                      what, bytes, (size_t)(a - it->first), it->second.bytes);
+    else
+        std::snprintf(msg, sizeof msg, "%s: %p is not in a live device buffer", what, p);
+    emu_fail(msg);
+}
+
+/* The error of the last failed launch, which cudaGetLastError returns once (0: none). */
+inline int emu_launch_error = 0;
+/* cudaFuncAttributeMaxDynamicSharedMemorySize of each kernel that set it. */
+inline std::map<const void *, size_t> emu_smem_optin;
 
 struct emu_dim3 {
     unsigned x, y, z;
@@ -170,9 +243,23 @@ template <typename Use, int M, int N, int K, typename T, typename Layout = void>
     float x[16][16];
 };
 
+/* WMMA's pointer and stride rules: mptr 256-bit aligned, ldm a multiple of 16 bytes. */
+inline void emu_wmma_check(const void *p, unsigned ldm, size_t elem, const char *op)
+{
+    char msg[160];
+    if ((uintptr_t)p % 32 != 0)
+        std::snprintf(msg, sizeof msg, "wmma::%s: pointer %p is not 256-bit aligned", op, p);
+    else if (ldm * elem % 16 != 0)
+        std::snprintf(msg, sizeof msg, "wmma::%s: ldm %u is not a multiple of %zu elements", op, ldm, 16 / elem);
+    else
+        return;
+    emu_fail(msg);
+}
+
 template <typename Use, typename T, typename L>
 inline void load_matrix_sync(fragment<Use, 16, 16, 16, T, L> &f, const T *p, unsigned ldm)
 {
+    emu_wmma_check(p, ldm, sizeof(T), "load_matrix_sync");
     for (int r = 0; r < 16; r++)
         for (int c = 0; c < 16; c++)
             f.x[r][c] = emu_to_float(std::is_same<L, row_major>::value ? p[r * ldm + c] : p[c * ldm + r]);
@@ -180,12 +267,14 @@ inline void load_matrix_sync(fragment<Use, 16, 16, 16, T, L> &f, const T *p, uns
 
 inline void load_matrix_sync(fragment<accumulator, 16, 16, 16, float> &f, const float *p, unsigned ldm, layout_t l)
 {
+    emu_wmma_check(p, ldm, sizeof(float), "load_matrix_sync");
     for (int r = 0; r < 16; r++)
         for (int c = 0; c < 16; c++) f.x[r][c] = l == mem_row_major ? p[r * ldm + c] : p[c * ldm + r];
 }
 
 inline void store_matrix_sync(float *p, const fragment<accumulator, 16, 16, 16, float> &f, unsigned ldm, layout_t l)
 {
+    emu_wmma_check(p, ldm, sizeof(float), "store_matrix_sync");
     if ((threadIdx.x & 31) != 0) return;
     for (int r = 0; r < 16; r++)
         for (int c = 0; c < 16; c++) (l == mem_row_major ? p[r * ldm + c] : p[c * ldm + r]) = f.x[r][c];
@@ -279,13 +368,37 @@ __attribute__((noinline)) inline void emu_resume(unsigned t)
 }
 #pragma GCC diagnostic pop
 
+/* 0 when a GPU would launch kernel `name` (entry point `func`) as grid x threads with
+ * smem_bytes of dynamic shared memory; else says why on stderr and returns the
+ * launch's error (cudaErrorInvalidConfiguration 9, cudaErrorInvalidValue 1). */
+inline int emu_launch_refused(const char *name, const void *func, dim3 grid, unsigned threads, size_t smem_bytes)
+{
+    const char *why = nullptr;
+    int err = 9;
+    if (threads < 1 || threads > 1024)
+        why = "threads per block outside 1..1024";
+    else if (grid.x < 1 || grid.x > 0x7fffffffu || grid.y < 1 || grid.y > 65535 || grid.z < 1 || grid.z > 65535)
+        why = "grid outside 1..2^31-1 x 1..65535 x 1..65535";
+    else if (smem_bytes > 48 * 1024) {
+        auto it = emu_smem_optin.find(func);
+        if (it == emu_smem_optin.end() || smem_bytes > it->second)
+            why = "dynamic shared memory above 48 KiB beyond the kernel's MaxDynamicSharedMemorySize", err = 1;
+    }
+    if (!why) return 0;
+    std::fprintf(stderr, "simt_emu: launch of %s refused: %s (grid %u x %u x %u, %u threads, %zu bytes shared)\n",
+                 name, why, grid.x, grid.y, grid.z, threads, smem_bytes);
+    return err;
+}
+
 /* Run body() as grid x threads CUDA threads with smem_bytes of dynamic shared memory. */
-inline void emu_launch(dim3 grid, unsigned threads, size_t smem_bytes, const std::function<void()> &body)
+inline void emu_launch(const char *name, const void *func, dim3 grid, unsigned threads, size_t smem_bytes,
+                       const std::function<void()> &body)
 {
     const size_t n_blocks = (size_t)grid.x * grid.y * grid.z;
-    if (emu.body) {
-        std::fprintf(stderr, "simt_emu: a kernel launched from inside a kernel\n");
-        std::abort();
+    if (emu.body) emu_fail("a kernel launched from inside a kernel");
+    if (int err = emu_launch_refused(name, func, grid, threads, smem_bytes)) {
+        emu_launch_error = err;
+        return;
     }
     while (emu.fibers.size() < threads) {
         emu.fibers.push_back(std::make_unique<emu_fiber>());
@@ -327,21 +440,24 @@ inline void emu_launch(dim3 grid, unsigned threads, size_t smem_bytes, const std
     emu.body = nullptr;
     emu.smem = nullptr;
     std::free(smem);
+    emu_check_red(name);
 }
 
 /* PC_LAUNCH (cuda/launch.h) on the emulator: the arguments are copied into the closure,
  * as a kernel launch copies them. */
 template <typename K> struct emu_launcher {
     K kernel;
+    const char *name;
     dim3 grid;
     unsigned threads;
     size_t smem;
     template <typename... A> void operator()(A... args) const
     {
-        emu_launch(grid, threads, smem, [&] { kernel(args...); });
+        emu_launch(name, (const void *)kernel, grid, threads, smem, [&] { kernel(args...); });
     }
 };
 #define PC_LAUNCH(kernel, grid_, block_, shared_bytes, stream)                                                   \
-    ((void)(stream), emu_launcher<decltype(&kernel)>{&kernel, dim3(grid_), (unsigned)(block_), (size_t)(shared_bytes)})
+    ((void)(stream),                                                                                             \
+     emu_launcher<decltype(&kernel)>{&kernel, #kernel, dim3(grid_), (unsigned)(block_), (size_t)(shared_bytes)})
 
 #endif

@@ -45,16 +45,34 @@ inline float emu_blas_at(const void *x, cudaDataType t, cublasOperation_t op, lo
     return v;
 }
 
+/* Abort unless every matrix of a batched operand (rows x cols, column-major, leading
+ * dimension ld, stride elements apart, elem bytes each) lies inside one device buffer. */
+inline void emu_gemm_operand(const void *x, int rows, int cols, int ld, long long stride, int batch, size_t elem,
+                             const char *what)
+{
+    if (rows == 0 || cols == 0 || batch == 0) return;
+    for (int q = 0; q < batch; q++)
+        emu_check_range((const char *)x + (size_t)(q * stride) * elem, ((size_t)(cols - 1) * ld + rows) * elem, what);
+}
+
 inline cublasStatus_t cublasGemmStridedBatchedEx(cublasHandle_t, cublasOperation_t ta, cublasOperation_t tb, int m,
                                                  int n, int k, const void *alpha, const void *A, cudaDataType at,
                                                  int lda, long long sa, const void *B, cudaDataType bt, int ldb,
                                                  long long sb, const void *beta, void *C, cudaDataType ct, int ldc,
                                                  long long sc, int batch, cublasComputeType_t compute, cublasGemmAlgo_t)
 {
-    if (ct != CUDA_R_32F || m < 0 || n < 0 || k < 0) return CUBLAS_STATUS_INVALID_VALUE;
+    /* stored (column-major) shapes: A is ra x ca, B rb x cb, C m x n */
+    const int ra = ta == CUBLAS_OP_N ? m : k, ca = ta == CUBLAS_OP_N ? k : m;
+    const int rb = tb == CUBLAS_OP_N ? k : n, cb = tb == CUBLAS_OP_N ? n : k;
+    if (ct != CUDA_R_32F || m < 0 || n < 0 || k < 0 || batch < 0 || lda < std::max(1, ra) || ldb < std::max(1, rb) ||
+        ldc < std::max(1, m))
+        return CUBLAS_STATUS_INVALID_VALUE;
     const float al = *(const float *)alpha, be = *(const float *)beta;
     const int tf32 = compute == CUBLAS_COMPUTE_32F_FAST_TF32;
     const size_t ea = at == CUDA_R_16BF ? 2 : 4, eb = bt == CUDA_R_16BF ? 2 : 4;
+    emu_gemm_operand(A, ra, ca, lda, sa, batch, ea, "cuBLAS GEMM operand A");
+    emu_gemm_operand(B, rb, cb, ldb, sb, batch, eb, "cuBLAS GEMM operand B");
+    emu_gemm_operand(C, m, n, ldc, sc, batch, 4, "cuBLAS GEMM operand C");
     for (int q = 0; q < batch; q++) {
         const char *a = (const char *)A + (size_t)(q * sa) * ea, *b = (const char *)B + (size_t)(q * sb) * eb;
         float *c = (float *)C + q * sc;
@@ -67,6 +85,7 @@ inline cublasStatus_t cublasGemmStridedBatchedEx(cublasHandle_t, cublasOperation
                 *out = be == 0.0f ? al * s : al * s + be * *out;
             }
     }
+    emu_check_red("a cuBLAS GEMM");
     return CUBLAS_STATUS_SUCCESS;
 }
 

@@ -24,7 +24,12 @@ struct cudaDeviceProp {
 
 inline std::atomic<size_t> emu_allocated{0};
 
-inline cudaError_t cudaGetLastError() { return cudaSuccess; }
+inline cudaError_t cudaGetLastError()
+{
+    const int e = emu_launch_error;
+    emu_launch_error = 0;
+    return (cudaError_t)e;
+}
 inline cudaError_t cudaGetDeviceCount(int *n)
 {
     *n = 1;
@@ -47,32 +52,41 @@ inline cudaError_t cudaMemGetInfo(size_t *free_b, size_t *total_b)
     return cudaSuccess;
 }
 
-/* Device buffers: host memory with a header holding the size (for the usage count), and
- * garbage bytes (NaN) until written, as cudaMalloc's memory is undefined. */
+/* Device buffers (simt_emu.h, "device memory"): host memory holding garbage (NaN bytes)
+ * until written, as cudaMalloc's memory is undefined, 256-byte aligned, between red
+ * zones; pinned host buffers are made the same way. Not thread-safe: one host thread
+ * drives the emulated device. */
 inline cudaError_t cudaMalloc(void **p, size_t bytes)
 {
-    char *b = (char *)std::aligned_alloc(256, (bytes + 256 + 255) / 256 * 256);
+    static unsigned n_made;
+    char *b = (char *)std::aligned_alloc(256, EMU_RED + (bytes + EMU_RED + 255) / 256 * 256);
     if (!b) return cudaErrorMemoryAllocation;
-    std::memcpy(b, &bytes, sizeof bytes);
-    std::memset(b + 256, 0xff, bytes);
+    const unsigned char red = (unsigned char)(0xf0 + n_made++ % 15);
+    std::memset(b, red, EMU_RED);
+    std::memset(b + EMU_RED, 0xff, bytes);
+    std::memset(b + EMU_RED + bytes, red, EMU_RED);
+    emu_bufs[(uintptr_t)(b + EMU_RED)] = emu_buf{bytes, red};
     emu_allocated += bytes;
-    *p = b + 256;
-    return cudaSuccess;
-}
-inline cudaError_t cudaFree(void *p)
-{
-    if (!p) return cudaSuccess;
-    char *b = (char *)p - 256;
-    size_t bytes;
-    std::memcpy(&bytes, b, sizeof bytes);
-    emu_allocated -= bytes;
-    std::free(b);
+    *p = b + EMU_RED;
     return cudaSuccess;
 }
 inline cudaError_t cudaMallocHost(void **p, size_t bytes) { return cudaMalloc(p, bytes); }
-inline cudaError_t cudaFreeHost(void *p) { return cudaFree(p); }
-inline cudaError_t cudaMemcpy(void *dst, const void *src, size_t bytes, cudaMemcpyKind)
+inline cudaError_t cudaFree(void *p)
 {
+    if (!p) return cudaSuccess;
+    auto it = emu_bufs.find((uintptr_t)p);
+    if (it == emu_bufs.end()) return cudaErrorInvalidValue;
+    emu_check_red("device work before this cudaFree");
+    emu_allocated -= it->second.bytes;
+    emu_bufs.erase(it);
+    std::free((char *)p - EMU_RED);
+    return cudaSuccess;
+}
+inline cudaError_t cudaFreeHost(void *p) { return cudaFree(p); }
+inline cudaError_t cudaMemcpy(void *dst, const void *src, size_t bytes, cudaMemcpyKind k)
+{
+    if (k == cudaMemcpyHostToDevice || k == cudaMemcpyDeviceToDevice) emu_check_range(dst, bytes, "cudaMemcpy dst");
+    if (k == cudaMemcpyDeviceToHost || k == cudaMemcpyDeviceToDevice) emu_check_range(src, bytes, "cudaMemcpy src");
     if (bytes) std::memmove(dst, src, bytes);
     return cudaSuccess;
 }
@@ -81,21 +95,30 @@ inline cudaError_t cudaMemcpyAsync(void *dst, const void *src, size_t bytes, cud
     return cudaMemcpy(dst, src, bytes, k);
 }
 inline cudaError_t cudaMemcpy2DAsync(void *dst, size_t dpitch, const void *src, size_t spitch, size_t width,
-                                     size_t height, cudaMemcpyKind, cudaStream_t = nullptr)
+                                     size_t height, cudaMemcpyKind k, cudaStream_t = nullptr)
 {
     if (width > dpitch || width > spitch) return cudaErrorInvalidValue;
+    if (height && width) {
+        if (k == cudaMemcpyHostToDevice || k == cudaMemcpyDeviceToDevice)
+            emu_check_range(dst, (height - 1) * dpitch + width, "cudaMemcpy2DAsync dst");
+        if (k == cudaMemcpyDeviceToHost || k == cudaMemcpyDeviceToDevice)
+            emu_check_range(src, (height - 1) * spitch + width, "cudaMemcpy2DAsync src");
+    }
     for (size_t r = 0; r < height; r++) std::memmove((char *)dst + r * dpitch, (const char *)src + r * spitch, width);
     return cudaSuccess;
 }
 inline cudaError_t cudaMemsetAsync(void *p, int v, size_t bytes, cudaStream_t = nullptr)
 {
+    emu_check_range(p, bytes, "cudaMemset");
     if (bytes) std::memset(p, v, bytes);
     return cudaSuccess;
 }
 inline cudaError_t cudaMemset(void *p, int v, size_t bytes) { return cudaMemsetAsync(p, v, bytes); }
-inline cudaError_t cudaFuncSetAttribute(const void *, cudaFuncAttribute, int value)
+inline cudaError_t cudaFuncSetAttribute(const void *func, cudaFuncAttribute, int value)
 {
-    return value >= 0 && (size_t)value <= EMU_SMEM_OPTIN ? cudaSuccess : cudaErrorInvalidValue;
+    if (value < 0 || (size_t)value > EMU_SMEM_OPTIN) return cudaErrorInvalidValue;
+    emu_smem_optin[func] = (size_t)value;
+    return cudaSuccess;
 }
 
 #endif

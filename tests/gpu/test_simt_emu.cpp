@@ -1,0 +1,192 @@
+/* test_simt_emu: the emulator refuses what a GPU refuses (simt_emu.h, "What a GPU
+ * refuses"), so that the emu suite can fail where a GPU would: launches outside CUDA's
+ * limits fail through cudaGetLastError and do not run; dynamic shared memory above 48 KiB
+ * needs the kernel's attribute; writes outside a device buffer, copies and cuBLAS operands
+ * past one, and misaligned WMMA operands abort (checked in a child process, by its signal
+ * and message); a read past a buffer reads a huge negative number, not a plausible value.
+ * Also that correct uses of the same calls pass. */
+#include "cuda_runtime.h"
+#include "cublas_v2.h"
+#include "launch.h"
+
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <csignal>
+#include <string>
+
+static int failures, checks;
+
+static void check(bool ok, const char *what)
+{
+    checks++;
+    if (!ok) failures++;
+    std::printf("%s %s\n", ok ? "ok  " : "FAIL", what);
+}
+
+/* Run f in a child; true when it aborted and its stderr holds `needle`. */
+template <typename F> static bool aborts_with(F f, const char *needle)
+{
+    int fds[2];
+    if (pipe(fds) != 0) return false;
+    std::fflush(stdout);
+    const pid_t pid = fork();
+    if (pid == 0) {
+        dup2(fds[1], 2);
+        close(fds[0]);
+        f();
+        _exit(0);
+    }
+    close(fds[1]);
+    std::string err;
+    char buf[512];
+    for (ssize_t n; (n = read(fds[0], buf, sizeof buf)) > 0;) err.append(buf, (size_t)n);
+    close(fds[0]);
+    int status = 0;
+    waitpid(pid, &status, 0);
+    return WIFSIGNALED(status) && WTERMSIG(status) == SIGABRT && err.find(needle) != std::string::npos;
+}
+
+__global__ void k_mark(int *flag)
+{
+    if (threadIdx.x == 0 && blockIdx.x == 0 && blockIdx.y == 0 && blockIdx.z == 0) *flag += 1;
+}
+
+/* y[i] = x[i] for i < n + extra: extra > 0 reads and writes past both buffers */
+__global__ void k_copy(float *y, const float *x, int n, int extra)
+{
+    const int i = (int)(blockIdx.x * blockDim.x + threadIdx.x);
+    if (i < n + extra) y[i] = x[i];
+}
+
+/* one 16x16x16 bf16 product from p (row-major, ldm) into out (16 x 16) */
+__global__ void k_wmma(float *out, const __nv_bfloat16 *p, unsigned ldm)
+{
+    nvcuda::wmma::fragment<nvcuda::wmma::matrix_a, 16, 16, 16, __nv_bfloat16, nvcuda::wmma::row_major> a;
+    nvcuda::wmma::fragment<nvcuda::wmma::matrix_b, 16, 16, 16, __nv_bfloat16, nvcuda::wmma::col_major> b;
+    nvcuda::wmma::fragment<nvcuda::wmma::accumulator, 16, 16, 16, float> c;
+    nvcuda::wmma::fill_fragment(c, 0.0f);
+    nvcuda::wmma::load_matrix_sync(a, p, ldm);
+    nvcuda::wmma::load_matrix_sync(b, p, ldm);
+    nvcuda::wmma::mma_sync(c, a, b, c);
+    nvcuda::wmma::store_matrix_sync(out, c, 16, nvcuda::wmma::mem_row_major);
+}
+
+static void launch_limits()
+{
+    int *flag;
+    cudaMalloc((void **)&flag, sizeof *flag);
+    *flag = 0;
+    cudaGetLastError();
+    PC_LAUNCH(k_mark, 1, 1024, 0, nullptr)(flag);
+    check(cudaGetLastError() == cudaSuccess && *flag == 1, "1024 threads a block launch");
+    PC_LAUNCH(k_mark, 1, 1025, 0, nullptr)(flag);
+    check(cudaGetLastError() == cudaErrorInvalidConfiguration && *flag == 1, "1025 threads: refused, not run");
+    check(cudaGetLastError() == cudaSuccess, "the launch error is returned once");
+    PC_LAUNCH(k_mark, dim3(1, 65535, 1), 32, 0, nullptr)(flag);
+    check(cudaGetLastError() == cudaSuccess && *flag == 2, "gridDim.y 65535 launches");
+    PC_LAUNCH(k_mark, dim3(1, 1, 65536), 32, 0, nullptr)(flag);
+    check(cudaGetLastError() == cudaErrorInvalidConfiguration && *flag == 2, "gridDim.z 65536: refused");
+    PC_LAUNCH(k_mark, 1, 32, 48 * 1024, nullptr)(flag);
+    check(cudaGetLastError() == cudaSuccess && *flag == 3, "48 KiB of dynamic shared memory launches");
+    PC_LAUNCH(k_mark, 1, 32, 64 * 1024, nullptr)(flag);
+    check(cudaGetLastError() == cudaErrorInvalidValue && *flag == 3, "64 KiB without the attribute: refused");
+    check(cudaFuncSetAttribute((const void *)k_mark, cudaFuncAttributeMaxDynamicSharedMemorySize, 64 * 1024) ==
+              cudaSuccess,
+          "the attribute is set");
+    PC_LAUNCH(k_mark, 1, 32, 64 * 1024, nullptr)(flag);
+    check(cudaGetLastError() == cudaSuccess && *flag == 4, "64 KiB with the attribute launches");
+    PC_LAUNCH(k_mark, 1, 32, 64 * 1024 + 1, nullptr)(flag);
+    check(cudaGetLastError() == cudaErrorInvalidValue && *flag == 4, "one byte above the attribute: refused");
+    cudaFree(flag);
+}
+
+static void memory()
+{
+    const int n = 100;
+    float *x, *y;
+    cudaMalloc((void **)&x, n * sizeof(float));
+    cudaMalloc((void **)&y, (n + 1) * sizeof(float));
+    for (int i = 0; i < n; i++) x[i] = (float)i;
+    PC_LAUNCH(k_copy, 1, 128, 0, nullptr)(y, x, n, 0);
+    check(y[n - 1] == (float)(n - 1), "a copy inside its buffers runs");
+    PC_LAUNCH(k_copy, 1, 128, 0, nullptr)(y, x, n, 1); /* y has room for n + 1: only x is read past */
+    check(y[n] < -1e29f, "a read one past a buffer reads a huge negative number");
+    y[n] = 1.0f;
+    check(aborts_with([&] { PC_LAUNCH(k_copy, 1, 128, 0, nullptr)(x, y, n, 1); }, "k_copy wrote outside a device "
+                                                                                    "buffer of 400 bytes"),
+          "a kernel writing one past its buffer aborts, naming the kernel");
+    check(aborts_with(
+              [&] {
+                  x[-1] = 0.0f;
+                  cudaFree(x);
+              },
+              "wrote outside a device buffer of 400 bytes (at byte -4 of it)"),
+          "a write before a buffer aborts at cudaFree");
+    float host[n + 1] = {};
+    check(cudaMemcpy(x, host, n * sizeof(float), cudaMemcpyHostToDevice) == cudaSuccess, "a copy of the whole buffer");
+    check(aborts_with([&] { cudaMemcpy(x, host, (n + 1) * sizeof(float), cudaMemcpyHostToDevice); },
+                      "cudaMemcpy dst: 404 bytes at byte 0 of a device buffer of 400 bytes run past its end"),
+          "a copy past a buffer aborts");
+    check(aborts_with([&] { cudaMemcpy(host, host + 1, sizeof(float), cudaMemcpyDeviceToHost); },
+                      "is not in a live device buffer"),
+          "a device-to-host copy from host memory aborts");
+    check(aborts_with([&] { cudaMemset(y + 50, 0, 52 * sizeof(float)); }, "cudaMemset"), "a memset past a buffer aborts");
+    int not_device = 0;
+    check(cudaFree(&not_device) == cudaErrorInvalidValue, "cudaFree of a pointer it did not make fails");
+    cudaFree(x);
+    cudaFree(y);
+}
+
+static void wmma()
+{
+    __nv_bfloat16 *p;
+    float *out;
+    cudaMalloc((void **)&p, 16 * 24 * sizeof *p + 64);
+    cudaMalloc((void **)&out, 256 * sizeof(float));
+    for (int i = 0; i < 16 * 24 + 32; i++) p[i] = __float2bfloat16_rn(1.0f);
+    PC_LAUNCH(k_wmma, 1, 32, 0, nullptr)(out, p, 24);
+    check(out[0] == 16.0f && out[255] == 16.0f, "WMMA with an aligned pointer and ldm 24 bf16");
+    check(aborts_with([&] { PC_LAUNCH(k_wmma, 1, 32, 0, nullptr)(out, p, 20); }, "ldm 20 is not a multiple of 8"),
+          "WMMA with ldm 20 bf16 aborts");
+    check(aborts_with([&] { PC_LAUNCH(k_wmma, 1, 32, 0, nullptr)(out, p + 8, 24); }, "is not 256-bit aligned"),
+          "WMMA with a 16-byte aligned pointer aborts");
+    cudaFree(p);
+    cudaFree(out);
+}
+
+static void cublas()
+{
+    cublasHandle_t h;
+    cublasCreate(&h);
+    float *a, *b, *c;
+    const int m = 4, n = 3, k = 5;
+    cudaMalloc((void **)&a, m * k * sizeof(float));
+    cudaMalloc((void **)&b, k * n * sizeof(float));
+    cudaMalloc((void **)&c, m * n * sizeof(float));
+    for (int i = 0; i < m * k; i++) a[i] = 1.0f;
+    for (int i = 0; i < k * n; i++) b[i] = 2.0f;
+    const float one = 1.0f, zero = 0.0f;
+    auto gemm = [&](int lda, const float *bb) {
+        return cublasGemmEx(h, CUBLAS_OP_N, CUBLAS_OP_N, m, n, k, &one, a, CUDA_R_32F, lda, bb, CUDA_R_32F, k, &zero,
+                            c, CUDA_R_32F, m, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
+    };
+    check(gemm(m, b) == CUBLAS_STATUS_SUCCESS && c[m * n - 1] == 10.0f, "a GEMM inside its operands");
+    check(gemm(m - 1, b) == CUBLAS_STATUS_INVALID_VALUE, "lda below the operand's rows: CUBLAS_STATUS_INVALID_VALUE");
+    check(aborts_with([&] { gemm(m, b + 1); }, "cuBLAS GEMM operand B: 60 bytes at byte 4"),
+          "an operand running past its buffer aborts");
+    cudaFree(a);
+    cudaFree(b);
+    cudaFree(c);
+    cublasDestroy(h);
+}
+
+int main()
+{
+    launch_limits();
+    memory();
+    wmma();
+    cublas();
+    std::printf("%d checks, %d failed\n", checks, failures);
+    return failures ? 1 : 0;
+}
