@@ -45,8 +45,9 @@ typedef struct cuda_impl {
     int device;
     int tf32;
     matmul_mode matmul;
-    uint16_t *bf_a, *bf_b; /* MATMUL_BF16: bf16 copies of the gemm inputs */
+    uint16_t *bf_a, *bf_b; /* MATMUL_BF16: bf16 copies of (blocks of) the gemm inputs */
     size_t bf_a_n, bf_b_n;
+    size_t bf_cap;         /* elements a block may hold (BACKEND_CUDA_BF16_BLOCK) */
     char device_name[64];
     cudaStream_t stream;
     cublasHandle_t blas;
@@ -82,40 +83,45 @@ static void note_usage(cuda_impl *c)
         c->mem_peak = total_b - free_b;
 }
 
-/* Device scratch of at least n elements, grown (never shrunk) as needed. */
-static void grow_f32(cuda_impl *c, float **buf, size_t *have, size_t n)
+/* cudaMalloc of `bytes` for `what`; a failure exits naming the size and the device. */
+static void *dev_malloc(cuda_impl *c, size_t bytes, const char *what)
 {
-    if (*have >= n) return;
-    CUDA_CHECK(cudaStreamSynchronize(c->stream));
-    CUDA_CHECK(cudaFree(*buf));
-    CUDA_CHECK(cudaMalloc((void **)buf, n * sizeof(float)));
+    void *p = NULL;
+    cudaError_t err = cudaMalloc(&p, bytes);
+    if (err != cudaSuccess) {
+        fprintf(stderr, "backend_cuda: cudaMalloc of %zu bytes (%.2f GiB) for %s on device %d failed: %s\n", bytes,
+                (double)bytes / (1024.0 * 1024.0 * 1024.0), what, c->device, cudaGetErrorString(err));
+        exit(EXIT_FAILURE);
+    }
     note_usage(c);
-    *have = n;
+    return p;
 }
 
-/* bf16 device scratch of at least n elements, grown as needed. */
-static uint16_t *grow_bf16(cuda_impl *c, uint16_t **buf, size_t *have, size_t n)
+/* *buf: device scratch of at least n elements of `elem` bytes, grown (never shrunk) as needed. */
+static void *grow(cuda_impl *c, void **buf, size_t *have, size_t n, size_t elem, const char *what)
 {
     if (*have < n) {
         CUDA_CHECK(cudaStreamSynchronize(c->stream));
         CUDA_CHECK(cudaFree(*buf));
-        CUDA_CHECK(cudaMalloc((void **)buf, n * sizeof(uint16_t)));
-        note_usage(c);
+        *buf = dev_malloc(c, n * elem, what);
         *have = n;
     }
     return *buf;
 }
 
+static void grow_f32(cuda_impl *c, float **buf, size_t *have, size_t n)
+{
+    grow(c, (void **)buf, have, n, sizeof(float), "fp32 scratch");
+}
+
+static uint16_t *grow_bf16(cuda_impl *c, uint16_t **buf, size_t *have, size_t n)
+{
+    return (uint16_t *)grow(c, (void **)buf, have, n, sizeof(uint16_t), "the bf16 copy of a matrix product's operand");
+}
+
 static double *red_scratch(cuda_impl *c, size_t n)
 {
-    if (c->red_n < n) {
-        CUDA_CHECK(cudaStreamSynchronize(c->stream));
-        CUDA_CHECK(cudaFree(c->red));
-        CUDA_CHECK(cudaMalloc((void **)&c->red, n * sizeof(double)));
-        note_usage(c);
-        c->red_n = n;
-    }
-    return c->red;
+    return (double *)grow(c, (void **)&c->red, &c->red_n, n, sizeof(double), "reduction scratch");
 }
 
 static unsigned grid_for(size_t n, unsigned threads)
@@ -223,16 +229,9 @@ static void cu_destroy(backend *be)
 static void *dev_alloc_zeroed(backend *be, size_t bytes)
 {
     cuda_impl *c = impl_of(be);
-    void *p = NULL;
     if (bytes == 0) bytes = 4;
-    cudaError_t err = cudaMalloc(&p, bytes);
-    if (err != cudaSuccess) {
-        fprintf(stderr, "backend_cuda: cudaMalloc of %zu bytes (%.2f GiB) on device %d failed: %s\n", bytes,
-                (double)bytes / (1024.0 * 1024.0 * 1024.0), c->device, cudaGetErrorString(err));
-        exit(EXIT_FAILURE);
-    }
+    void *p = dev_malloc(c, bytes, "a buffer");
     CUDA_CHECK(cudaMemsetAsync(p, 0, bytes, c->stream));
-    note_usage(c);
     return p;
 }
 
@@ -358,7 +357,7 @@ __global__ void k_round_bf16(__nv_bfloat16 *dst, const float *src, size_t rows, 
 {
     size_t n = rows * cols;
     for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x)
-        dst[i] = __float2bfloat16_rn(src[(i / cols) * ld + i % cols]);
+        dst[i] = __float2bfloat16_rn(src[ld == cols ? i : (i / cols) * ld + i % cols]); /* contiguous: no division */
 }
 
 static void round_into(cuda_impl *c, __nv_bfloat16 *dst, const float *src, size_t rows, size_t cols, size_t ld)
@@ -376,6 +375,17 @@ static const __nv_bfloat16 *to_bf16(cuda_impl *c, uint16_t **buf, size_t *have, 
     return dst;
 }
 
+/* Rows of op(A) (or columns of op(B)), each of K elements, to round per block so that a
+ * block holds at most cap elements: all `total` when they fit, else a multiple of 64 when
+ * at least 64 fit, else as many as fit (at least one). */
+static int bf16_block(int total, int K, size_t cap)
+{
+    if ((size_t)total * K <= cap) return total;
+    size_t b = cap / (size_t)K;
+    if (b >= 64) b -= b % 64;
+    return b ? (int)b : 1;
+}
+
 static void cu_round_bf16(backend *be, uint16_t *dst, const float *src, size_t n)
 {
     round_into(impl_of(be), (__nv_bfloat16 *)dst, src, 1, n, n);
@@ -390,17 +400,48 @@ static void gemm_bf16(cuda_impl *c, int ta, int tb, int M, int N, int K, float a
                               CUBLAS_GEMM_DEFAULT));
 }
 
+/* op(B)'s columns n0 .. n0+n (fp32, stored (K, N) or, tb, (N, K)) rounded into bf_b;
+ * *ld: the copy's leading dimension. */
+static const __nv_bfloat16 *b_block_bf16(cuda_impl *c, int tb, int K, const float *B, int ldb, int n0, int n, int *ld)
+{
+    *ld = tb ? K : n;
+    return tb ? to_bf16(c, &c->bf_b, &c->bf_b_n, B + (size_t)n0 * ldb, n, K, ldb)
+              : to_bf16(c, &c->bf_b, &c->bf_b_n, B + n0, K, n, ldb);
+}
+
+/* C[M,N] = alpha op(A) op(B) + beta C on bf16 tensor cores (K > 0): op(A) rounded into
+ * bf_a in blocks of rows, op(B) either given in bf16 (b16, leading dimension ldb) or
+ * rounded from B into bf_b in blocks of columns. A block holds at most c->bf_cap
+ * elements, so the scratch stays bounded whatever the operands' size (dlogits (N, V),
+ * an embedding-sized base slice); every dot product is whole (K is never split). */
+static void gemm_bf16_blocks(cuda_impl *c, int ta, int tb, int M, int N, int K, float alpha, const float *A, int lda,
+                             const float *B, const __nv_bfloat16 *b16, int ldb, float beta, float *C, int ldc)
+{
+    const int mb = bf16_block(M, K, c->bf_cap), nb = b16 ? N : bf16_block(N, K, c->bf_cap);
+    int ldb16 = ldb;
+    if (!b16) /* fits whole: rounded once for every row block */
+        if (nb == N) b16 = b_block_bf16(c, tb, K, B, ldb, 0, N, &ldb16);
+    for (int m0 = 0; m0 < M; m0 += mb) {
+        const int m = M - m0 < mb ? M - m0 : mb;
+        /* op(A) rows m0 .. m0+m: stored rows (ta = 0: (m, K)) or columns (ta = 1: (K, m)) */
+        const __nv_bfloat16 *a = ta ? to_bf16(c, &c->bf_a, &c->bf_a_n, A + m0, K, m, lda)
+                                    : to_bf16(c, &c->bf_a, &c->bf_a_n, A + (size_t)m0 * lda, m, K, lda);
+        for (int n0 = 0; n0 < N; n0 += nb) {
+            const int n = N - n0 < nb ? N - n0 : nb;
+            const __nv_bfloat16 *b = nb == N ? b16 : b_block_bf16(c, tb, K, B, ldb, n0, n, &ldb16);
+            gemm_bf16(c, ta, tb, m, n, K, alpha, a, ta ? m : K, b, ldb16, beta, C + (size_t)m0 * ldc + n0, ldc);
+        }
+    }
+}
+
 /* Row-major C[M,N] = alpha op(A) op(B) + beta C  <=>  column-major C^T[N,M] = op(B)^T op(A)^T. */
 static void cu_gemm(backend *be, int ta, int tb, int M, int N, int K, float alpha, const float *A, int lda,
                     const float *B, int ldb, float beta, float *C, int ldc)
 {
     cuda_impl *c = impl_of(be);
     if (M <= 0 || N <= 0) return;
-    if (c->matmul == MATMUL_BF16 && K > 0) { /* bf16 copies of the stored A and B, fp32 accumulation */
-        int ra = ta ? K : M, ca = ta ? M : K, rb = tb ? N : K, cb = tb ? K : N;
-        const __nv_bfloat16 *a = to_bf16(c, &c->bf_a, &c->bf_a_n, A, ra, ca, lda);
-        const __nv_bfloat16 *b = to_bf16(c, &c->bf_b, &c->bf_b_n, B, rb, cb, ldb);
-        gemm_bf16(c, ta, tb, M, N, K, alpha, a, ca, b, cb, beta, C, ldc);
+    if (c->matmul == MATMUL_BF16 && K > 0) { /* bf16 copies of A and B, fp32 accumulation */
+        gemm_bf16_blocks(c, ta, tb, M, N, K, alpha, A, lda, B, NULL, ldb, beta, C, ldc);
         return;
     }
     CUBLAS_CHECK(cublasGemmEx(c->blas, tb ? CUBLAS_OP_T : CUBLAS_OP_N, ta ? CUBLAS_OP_T : CUBLAS_OP_N, N, M, K, &alpha,
@@ -414,9 +455,10 @@ static void cu_gemm_w16(backend *be, int ta, int tb, int M, int N, int K, float 
 {
     cuda_impl *c = impl_of(be);
     if (M <= 0 || N <= 0) return;
-    int ra = ta ? K : M, ca = ta ? M : K;
-    const __nv_bfloat16 *a = K > 0 ? to_bf16(c, &c->bf_a, &c->bf_a_n, A, ra, ca, lda) : NULL;
-    gemm_bf16(c, ta, tb, M, N, K, alpha, a, K > 0 ? ca : lda, (const __nv_bfloat16 *)B, ldb, beta, C, ldc);
+    if (K > 0)
+        gemm_bf16_blocks(c, ta, tb, M, N, K, alpha, A, lda, NULL, (const __nv_bfloat16 *)B, ldb, beta, C, ldc);
+    else /* C = beta C */
+        gemm_bf16(c, ta, tb, M, N, K, alpha, NULL, lda, (const __nv_bfloat16 *)B, ldb, beta, C, ldc);
 }
 
 static void cu_gemm_batched(backend *be, int ta, int tb, int M, int N, int K, float alpha, const float *A, int lda,
@@ -834,6 +876,7 @@ static void cu_attention_fwd(backend *be, float *out, float *lse, const float *q
     cuda_impl *c = impl_of(be);
     if (on_tensor_cores(c, hd)) {
         attn_tc_fwd(c->stream, out, lse, q, k, v, B, T, H, KV, hd, ld);
+        launch_check(c, __FILE__, __LINE__); /* PC_CUDA_SYNC names this call */
         return;
     }
     dim3 grid((unsigned)((T + ATT_WARPS - 1) / ATT_WARPS), (unsigned)H, (unsigned)B);
@@ -857,6 +900,7 @@ static void cu_attention_bwd(backend *be, float *dq, float *dk, float *dv, const
     LAUNCH_CHECK();
     if (on_tensor_cores(c, hd)) {
         attn_tc_bwd(c->stream, dq, dk, dv, dout, lse, c->att_d, q, k, v, B, T, H, KV, hd, ld);
+        launch_check(c, __FILE__, __LINE__);
         return;
     }
     dim3 gq((unsigned)((T + ATT_WARPS - 1) / ATT_WARPS), (unsigned)H, (unsigned)B);
@@ -1243,6 +1287,13 @@ extern "C" int backend_cuda_set_attention(backend *be, int bf16)
     return 0;
 }
 
+extern "C" int backend_cuda_set_bf16_block(backend *be, size_t elems)
+{
+    if (!be || be->ops != &cuda_ops) return -1;
+    impl_of(be)->bf_cap = elems ? elems : 1;
+    return 0;
+}
+
 extern "C" int backend_cuda_set_tf32(backend *be, int on)
 {
     if (!be || be->ops != &cuda_ops) return -1;
@@ -1293,6 +1344,7 @@ extern "C" backend *backend_cuda_create(int device, char *err, int errlen)
     }
     c->device = device;
     c->smem_optin = prop.sharedMemPerBlockOptin;
+    c->bf_cap = BACKEND_CUDA_BF16_BLOCK;
     const char *sync = getenv("PC_CUDA_SYNC");
     c->sync_launches = sync && !strcmp(sync, "1");
     snprintf(c->device_name, sizeof c->device_name, "%.63s", prop.name);

@@ -26,6 +26,14 @@ int backend_cuda_set_tf32(backend *be, int on);
  * other shapes stay fp32) or in fp32 (0, the default); updates be->info. Returns -1 when
  * be is not a CUDA backend. */
 int backend_cuda_set_attention(backend *be, int bf16);
+/* With bf16 matrix products (set_matmul MATMUL_BF16) the fp32 operands of a product are
+ * rounded into two scratch buffers of at most this many bf16 elements each (128 MiB): a
+ * larger operand is rounded and multiplied in blocks of rows of the product (A) or of
+ * columns (B), whole dot products each. */
+#define BACKEND_CUDA_BF16_BLOCK ((size_t)1 << 26)
+/* Set that bound (elements; tests make it small to exercise the blocks). Returns -1 when
+ * be is not a CUDA backend. */
+int backend_cuda_set_bf16_block(backend *be, size_t elems);
 /* Largest attention head_dim the attention kernels take. */
 #define BACKEND_CUDA_MAX_HEAD_DIM 128
 

@@ -3,6 +3,8 @@
  * to the number of tensors, blocks and ranks, never to the model's parameters. */
 #include "plan.h"
 
+#include "backend_cuda.h"
+
 #include <stdlib.h>
 #include <string.h>
 
@@ -323,6 +325,22 @@ static int64_t activation_bytes(const llama_config *s, const plan_opts *o) {
     return N * per_tok * o->compute_dtype_bytes + tt;
 }
 
+/* The two bf16 operand copies of the CUDA backend's bf16 products (backend_cuda.h), each
+ * as large as the largest operand up to gemm_bf16_block elements: the model's operands are
+ * N rows of at most max(V, 2 f', (H + 2 KV) hd, d') columns (activations, dlogits), the
+ * projections' at most a base slice. */
+static int64_t gemm_bf16_bytes(const plan *p, const plan_opts *o) {
+    if (o->gemm_bf16_block <= 0) return 0;
+    const llama_config *s = &p->small;
+    int64_t N = (int64_t)o->micro_batch * o->seq_len;
+    int64_t widest = PC_MAX(PC_MAX((int64_t)s->vocab_size, 2 * max_d_ff(s)),
+                            PC_MAX((int64_t)(s->n_heads + 2 * s->n_kv_heads) * s->head_dim, (int64_t)s->d_model));
+    int64_t largest = N * widest;
+    for (int i = 0; i < p->n_blocks; i++)
+        largest = PC_MAX(largest, p->blocks[i].base_rows * p->blocks[i].base_cols);
+    return 2 * 2 * PC_MIN(largest, o->gemm_bf16_block);
+}
+
 /* The forward-only teacher (llama_init_forward_only): one set of layer buffers shared by
  * every layer (its input included), lnf, rstdf, xent lse and logits; no backward scratch. */
 static int64_t teacher_activation_bytes(const llama_config *b, const plan_opts *o) {
@@ -475,7 +493,7 @@ int plan_build(plan *p, const llama_config *base, const llama_config *small, int
     /* replica, activations, totals, comm */
     p->small_numel = hf_config_n_params(small);
     int64_t replica = p->small_numel * (o->compute_dtype_bytes + 4 + (o->weights_bf16 ? 2 : 0));
-    int64_t act = activation_bytes(small, o);
+    int64_t act = activation_bytes(small, o), gemm16 = gemm_bf16_bytes(p, o);
     p->teacher_bytes = o->teacher ? hf_config_n_params(base) * 4 + teacher_activation_bytes(base, o) : 0;
     p->comm.gather_bytes = p->small_numel * (o->weights_bf16 ? 2 : o->compute_dtype_bytes);
     p->comm.reduce_bytes = p->small_numel * o->compute_dtype_bytes;
@@ -486,6 +504,7 @@ int plan_build(plan *p, const llama_config *base, const llama_config *small, int
         rk->replica_bytes = replica;
         rk->act_bytes = act;
         rk->xchg_bytes = xchg;
+        rk->scratch_bytes += gemm16;
         rk->total_bytes = rk->base_bytes + rk->state_bytes + rk->shared_bytes + rk->replica_bytes + rk->xchg_bytes +
                           rk->scratch_bytes + rk->act_bytes + p->teacher_bytes;
         send[r] = ring * (double)(p->comm.gather_bytes + p->comm.reduce_bytes);
@@ -685,6 +704,7 @@ void plan_opts_from_config(const pc_config *c, plan_opts *o) {
     o->teacher = c->distill.enabled;
     o->recompute = c->train.activation_checkpointing;
     o->weights_bf16 = !strcmp(c->backend.matmul, "bf16");
+    o->gemm_bf16_block = cuda && o->weights_bf16 ? (int64_t)BACKEND_CUDA_BF16_BLOCK : 0;
     if (c->compress.split_mb > 0) o->split_bytes = (int64_t)(c->compress.split_mb * 1e6);
 }
 

@@ -44,6 +44,8 @@ typedef struct plan_opts {
     int teacher;               /* distill: every rank also holds the base as a forward-only teacher */
     int recompute;             /* train.activation_checkpointing: layer inputs + one layer's activations */
     int weights_bf16;          /* backend.matmul bf16: a bf16 copy of W_C beside it, gathered in bf16 */
+    int64_t gemm_bf16_block;   /* bf16 products on cuda: each of the two bf16 operand copies holds at most
+                                * this many elements (BACKEND_CUDA_BF16_BLOCK); 0: none (cpu, fp32, tf32) */
 } plan_opts;
 
 typedef struct plan_block {
@@ -80,7 +82,7 @@ typedef struct plan_rank {
     int64_t state_bytes;   /* own P/A slices + Adam m, v */
     int64_t shared_bytes;  /* shared factors held here (each once) with Adam state */
     int64_t replica_bytes; /* all of W_C (compute dtype) + its gradient G (f32) + its bf16 copy (weights_bf16) */
-    int64_t scratch_bytes; /* largest block update's intermediates */
+    int64_t scratch_bytes; /* largest block update's intermediates + the bf16 operand copies (gemm_bf16_block) */
     int64_t xchg_bytes;    /* W_C / G exchange buffer: f32 (+ bf16) W_C of every column block (world > 1) */
     int64_t act_bytes;     /* activations of one micro-batch */
     int64_t total_bytes;

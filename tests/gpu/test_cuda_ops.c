@@ -234,6 +234,59 @@ static void test_gemm(ctx *x, matmul_mode mode)
     x->cpu->ops->set_matmul(x->cpu, MATMUL_FP32);
 }
 
+/* bf16 products whose operands exceed the scratch bound (backend_cuda_set_bf16_block) run
+ * in blocks of rows of A and columns of B: the same result as the whole product (each dot
+ * product is whole; on a GPU cuBLAS may pick another kernel per block shape: TOL_F32).
+ * Bounds below 64 rows, 64-row multiples, and a bound below one row's K. */
+static void test_gemm_bf16_blocks(ctx *x)
+{
+    static const struct {
+        int M, N, K;
+        size_t cap;
+    } cases[] = {{200, 150, 33, 100 * 33}, {37, 53, 129, 5 * 129}, {7, 5, 129, 64}};
+    x->gpu->ops->set_matmul(x->gpu, MATMUL_BF16);
+    for (size_t t = 0; t < sizeof cases / sizeof *cases; t++)
+        for (int ta = 0; ta < 2; ta++)
+            for (int tb = 0; tb < 2; tb++)
+                for (int w16 = 0; w16 < 2; w16++) {
+                    const int M = cases[t].M, N = cases[t].N, K = cases[t].K, pad = 2;
+                    const int lda = (ta ? M : K) + pad, ldb = (tb ? K : N) + pad, ldc = N + pad;
+                    const size_t na = (size_t)(ta ? K : M) * lda, nb = (size_t)(tb ? N : K) * ldb,
+                                 nc = (size_t)M * ldc;
+                    pair A = pair_randn(x, na, 1.0f), B = pair_randn(x, nb, 1.0f), C = pair_randn(x, nc, 1.0f);
+                    uint16_t *b16 = x->gpu->ops->alloc_bf16(x->gpu, nb);
+                    x->gpu->ops->round_bf16(x->gpu, b16, B.g, nb);
+                    float *out[2];
+                    for (int blocked = 0; blocked < 2; blocked++) {
+                        backend_cuda_set_bf16_block(x->gpu, blocked ? cases[t].cap : BACKEND_CUDA_BF16_BLOCK);
+                        out[blocked] = be_alloc(x->gpu, nc);
+                        be_copy(x->gpu, out[blocked], C.g, nc);
+                        if (w16)
+                            x->gpu->ops->gemm_w16(x->gpu, ta, tb, M, N, K, 0.7f, A.g, lda, b16, ldb, 0.3f,
+                                                  out[blocked], ldc);
+                        else
+                            x->gpu->ops->gemm(x->gpu, ta, tb, M, N, K, 0.7f, A.g, lda, B.g, ldb, 0.3f, out[blocked],
+                                              ldc);
+                    }
+                    float *h0 = pc_alloc_f32(nc), *h1 = pc_alloc_f32(nc);
+                    be_download(x->gpu, h0, out[0], nc);
+                    be_download(x->gpu, h1, out[1], nc);
+                    char what[112];
+                    snprintf(what, sizeof what, "%s bf16 in blocks of <= %zu elements ta=%d tb=%d (%dx%dx%d)",
+                             w16 ? "gemm_w16" : "gemm", cases[t].cap, ta, tb, M, N, K);
+                    report(x, what, test_rel_max_err(h0, h1, nc), TOL_F32);
+                    free(h0), free(h1);
+                    be_free(x->gpu, out[0]);
+                    be_free(x->gpu, out[1]);
+                    be_free(x->gpu, b16);
+                    pair_free(x, &A);
+                    pair_free(x, &B);
+                    pair_free(x, &C);
+                }
+    backend_cuda_set_bf16_block(x->gpu, BACKEND_CUDA_BF16_BLOCK);
+    x->gpu->ops->set_matmul(x->gpu, MATMUL_FP32);
+}
+
 /* ---------------------------------------------------------------- row ops */
 
 static void test_embedding(ctx *x)
@@ -582,6 +635,7 @@ int main(void)
     test_gemm(&x, MATMUL_FP32);
     test_gemm(&x, MATMUL_TF32);
     test_gemm(&x, MATMUL_BF16);
+    test_gemm_bf16_blocks(&x);
     test_embedding(&x);
     test_rmsnorm(&x);
     test_rope(&x);

@@ -15,6 +15,7 @@
 
 #include <cmocka.h>
 
+#include "backend_cuda.h"
 #include "llama.h"
 #include "plan.h"
 
@@ -657,11 +658,34 @@ static void test_weights_bf16(void **state) {
     char *text = plan_text(&h);
     assert_non_null(strstr(text, "  weights_bf16 1  "));
     free(text);
+    /* on cuda the two bf16 operand copies: the 8B's dlogits (4096 x 128256) exceed the
+     * block bound, so each copy holds exactly BACKEND_CUDA_BF16_BLOCK elements */
+    plan g;
+    o.gemm_bf16_block = (int64_t)BACKEND_CUDA_BF16_BLOCK;
+    assert_int_equal(plan_build(&g, &base, &small, 16, &o, NULL), 0);
+    for (int r = 0; r < 16; r++) {
+        assert_int_equal(g.ranks[r].scratch_bytes - h.ranks[r].scratch_bytes, 2 * 2 * (int64_t)BACKEND_CUDA_BF16_BLOCK);
+        assert_int_equal(g.ranks[r].total_bytes - h.ranks[r].total_bytes, 2 * 2 * (int64_t)BACKEND_CUDA_BF16_BLOCK);
+    }
+    plan_free(&g);
     plan_free(&f);
     plan_free(&h);
 
     static llama_config tb, ts;
     load_case(&MODELS[4], &tb, &ts);
+    /* a bound above every operand: the copies are as large as the largest operand, at
+     * least the dlogits (N, V) and the embedding's base slice (V, d) */
+    o.split_bytes = 0, o.micro_batch = 3, o.seq_len = 16;
+    o.gemm_bf16_block = 0;
+    assert_int_equal(plan_build(&f, &tb, &ts, 2, &o, NULL), 0);
+    o.gemm_bf16_block = (int64_t)1 << 40;
+    assert_int_equal(plan_build(&g, &tb, &ts, 2, &o, NULL), 0);
+    int64_t copies = g.ranks[0].scratch_bytes - f.ranks[0].scratch_bytes;
+    assert_true(copies >= 4 * (int64_t)48 * ts.vocab_size && copies >= 4 * (int64_t)tb.vocab_size * tb.d_model);
+    assert_true(copies < 4 * ((int64_t)1 << 40));
+    assert_int_equal(g.ranks[1].scratch_bytes - f.ranks[1].scratch_bytes, copies);
+    plan_free(&f);
+    plan_free(&g);
     backend *be = counting_begin();
     llama_model m;
     pc_err e = {{0}};
