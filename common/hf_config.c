@@ -1,7 +1,8 @@
 /* hf_config: read and write the config.json of a Hugging Face LlamaForCausalLM.
  *
  * Reading accepts what transformers writes for Llama-family models (GQA, explicit or
- * null head_dim, llama3 rope_scaling, eos lists, tied embeddings). Writing produces a
+ * null head_dim, llama3 rope_scaling, eos lists, tied embeddings), in transformers 5's
+ * spelling too (rope_parameters, dtype). Writing produces a
  * config that stock transformers loads; per-layer FFN widths that differ are written as
  * intermediate_size = max plus "projcomp_intermediate_sizes" (narrower layers are
  * zero-padded to the max by the writer of the weights), which reads back exactly. */
@@ -92,34 +93,67 @@ static int parse_ff_list(const char *file, const char *key, const json_val *v, l
     return 0;
 }
 
-static int parse_rope_scaling(const char *file, const json_val *rs, llama_config *c, pc_err *e) {
+/* A RoPE scaling object rs found at `key` (rope_scaling, or transformers 5's
+ * rope_parameters): rope_type (or type) default or llama3, with llama3's factors. */
+static int parse_rope_scaling(const char *file, const char *key, const json_val *rs, llama_config *c, pc_err *e) {
     c->rope_scaling_type[0] = '\0';
     if (!rs || json_is_null(rs)) return 0;
-    if (rs->type != JSON_OBJECT) return pc_errorf(e, "%s: key 'rope_scaling' must be null or an object", file);
+    if (rs->type != JSON_OBJECT) return pc_errorf(e, "%s: key '%s' must be null or an object", file, key);
     const json_val *tv = json_get(rs, "rope_type");
     if (!tv) tv = json_get(rs, "type");
     const char *type = json_str(tv);
-    if (!type) return pc_errorf(e, "%s: key 'rope_scaling.rope_type' must be a string", file);
+    if (!type) return pc_errorf(e, "%s: key '%s.rope_type' must be a string", file, key);
     if (strcmp(type, "default") == 0) return 0;
     if (strcmp(type, "llama3") != 0)
-        return pc_errorf(e, "%s: key 'rope_scaling': rope type '%s' is not supported (only llama3)", file, type);
+        return pc_errorf(e, "%s: key '%s': rope type '%s' is not supported (only default and llama3)", file, key,
+                         type);
     snprintf(c->rope_scaling_type, sizeof c->rope_scaling_type, "llama3");
     const char *keys[4] = {"factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings"};
     double vals[4];
     for (int i = 0; i < 4; i++) {
         const json_val *v = json_get(rs, keys[i]);
         if (json_num(v, &vals[i]) != 0 || !(vals[i] > 0) || !isfinite(vals[i]))
-            return pc_errorf(e, "%s: key 'rope_scaling.%s' must be a positive number", file, keys[i]);
+            return pc_errorf(e, "%s: key '%s.%s' must be a positive number", file, key, keys[i]);
     }
     c->rope_factor = vals[0];
     c->rope_low_freq_factor = vals[1];
     c->rope_high_freq_factor = vals[2];
     int64_t omax;
     if (json_int(json_get(rs, keys[3]), &omax) != 0 || omax > INT32_MAX)
-        return pc_errorf(e, "%s: key 'rope_scaling.%s' must be a positive integer", file, keys[3]);
+        return pc_errorf(e, "%s: key '%s.%s' must be a positive integer", file, key, keys[3]);
     c->rope_original_max_pos = (int)omax;
     if (!(c->rope_high_freq_factor > c->rope_low_freq_factor))
-        return pc_errorf(e, "%s: key 'rope_scaling': high_freq_factor must exceed low_freq_factor", file);
+        return pc_errorf(e, "%s: key '%s': high_freq_factor must exceed low_freq_factor", file, key);
+    return 0;
+}
+
+/* RoPE: older files have rope_theta and rope_scaling at the top; transformers 5 writes one
+ * object, rope_parameters {rope_type, rope_theta, the scaling's own keys}. Either is
+ * read; a file with both must agree on theta and on the scaling type. */
+static int parse_rope(const char *file, const json_val *root, llama_config *c, pc_err *e) {
+    if (get_pos_num(file, root, "rope_theta", 1, &c->rope_theta, e) < 0) return -1;
+    if (parse_rope_scaling(file, "rope_scaling", json_get(root, "rope_scaling"), c, e) != 0) return -1;
+    const json_val *rp = json_get(root, "rope_parameters");
+    if (!rp || json_is_null(rp)) return 0;
+    if (rp->type != JSON_OBJECT) return pc_errorf(e, "%s: key 'rope_parameters' must be null or an object", file);
+    double legacy_theta = c->rope_theta;
+    int legacy_theta_given = json_get(root, "rope_theta") && !json_is_null(json_get(root, "rope_theta"));
+    char legacy_type[sizeof c->rope_scaling_type];
+    memcpy(legacy_type, c->rope_scaling_type, sizeof legacy_type);
+    const json_val *rs = json_get(root, "rope_scaling");
+    int legacy_scaling_given = rs && !json_is_null(rs);
+    double theta;
+    if (json_num(json_get(rp, "rope_theta"), &theta) != 0 || !(theta > 0) || !isfinite(theta))
+        return pc_errorf(e, "%s: key 'rope_parameters.rope_theta' must be a positive number", file);
+    if (parse_rope_scaling(file, "rope_parameters", rp, c, e) != 0) return -1;
+    if (legacy_theta_given && legacy_theta != theta)
+        return pc_errorf(e, "%s: keys 'rope_theta' (%g) and 'rope_parameters.rope_theta' (%g) disagree", file,
+                         legacy_theta, theta);
+    if (legacy_scaling_given && strcmp(legacy_type, c->rope_scaling_type) != 0)
+        return pc_errorf(e, "%s: keys 'rope_scaling' (%s) and 'rope_parameters' (%s) disagree on the rope type", file,
+                         legacy_type[0] ? legacy_type : "default",
+                         c->rope_scaling_type[0] ? c->rope_scaling_type : "default");
+    c->rope_theta = theta;
     return 0;
 }
 
@@ -173,9 +207,8 @@ static int parse_config(const char *file, const json_val *root, llama_config *c,
                          "given",
                          file, c->d_model, c->n_heads);
     if (get_pos_num(file, root, "rms_norm_eps", 1, &c->rms_norm_eps, e) < 0) return -1;
-    if (get_pos_num(file, root, "rope_theta", 1, &c->rope_theta, e) < 0) return -1;
     if (get_pos_int(file, root, "max_position_embeddings", 1, &c->max_position_embeddings, e) < 0) return -1;
-    if (parse_rope_scaling(file, json_get(root, "rope_scaling"), c, e) != 0) return -1;
+    if (parse_rope(file, root, c, e) != 0) return -1;
     const json_val *tie = json_get(root, "tie_word_embeddings");
     c->tie_word_embeddings = 0;
     if (tie && !json_is_null(tie) && json_bool(tie, &c->tie_word_embeddings) != 0)
@@ -183,11 +216,17 @@ static int parse_config(const char *file, const json_val *root, llama_config *c,
     if (get_token_id(file, root, "bos_token_id", &c->bos_token_id, e) != 0 ||
         get_token_id(file, root, "eos_token_id", &c->eos_token_id, e) != 0)
         return -1;
-    const json_val *dt = json_get(root, "torch_dtype");
-    if (dt && !json_is_null(dt)) {
+    /* the stored dtype: torch_dtype, or dtype (transformers 5); both must agree */
+    const char *dkeys[2] = {"torch_dtype", "dtype"};
+    for (int k = 0; k < 2; k++) {
+        const json_val *dt = json_get(root, dkeys[k]);
+        if (!dt || json_is_null(dt)) continue;
         const char *s = json_str(dt);
         if (!s || (strcmp(s, "float32") != 0 && strcmp(s, "bfloat16") != 0 && strcmp(s, "float16") != 0))
-            return pc_errorf(e, "%s: key 'torch_dtype' must be \"float32\", \"bfloat16\" or \"float16\"", file);
+            return pc_errorf(e, "%s: key '%s' must be \"float32\", \"bfloat16\" or \"float16\"", file, dkeys[k]);
+        if (k == 1 && json_get(root, dkeys[0]) && !json_is_null(json_get(root, dkeys[0])) &&
+            strcmp(s, c->torch_dtype) != 0)
+            return pc_errorf(e, "%s: keys 'torch_dtype' (%s) and 'dtype' (%s) disagree", file, c->torch_dtype, s);
         snprintf(c->torch_dtype, sizeof c->torch_dtype, "%s", s);
     }
     const json_val *act = json_get(root, "hidden_act");
@@ -248,7 +287,7 @@ int hf_config_validate(const llama_config *c, const char *what, pc_err *e) {
         return pc_errorf(e, "%s: key 'max_position_embeddings' must be a positive integer", what);
     if (c->rope_scaling_type[0] != '\0') {
         if (strcmp(c->rope_scaling_type, "llama3") != 0)
-            return pc_errorf(e, "%s: key 'rope_scaling': rope type '%s' is not supported (only llama3)", what,
+            return pc_errorf(e, "%s: key 'rope_scaling': rope type '%s' is not supported (only default and llama3)", what,
                              c->rope_scaling_type);
         if (!(c->rope_factor > 0) || !(c->rope_low_freq_factor > 0) ||
             !(c->rope_high_freq_factor > c->rope_low_freq_factor) || c->rope_original_max_pos <= 0)

@@ -132,6 +132,58 @@ static void test_variants(void **state) {
     assert_string_equal(c.rope_scaling_type, "llama3");
 }
 
+/* transformers 5 writes RoPE as rope_parameters and the dtype as dtype: read as the
+ * older spelling is (the same config), and a file holding both must agree. */
+static void test_transformers5(void **state) {
+    (void)state;
+    static llama_config old, v5;
+    pc_err e = {{0}};
+    put_config("{" BASE ",\"rope_theta\":500000.0,\"rope_scaling\":{\"factor\":32.0,\"high_freq_factor\":4.0,"
+               "\"low_freq_factor\":1.0,\"original_max_position_embeddings\":8192,\"rope_type\":\"llama3\"},"
+               "\"torch_dtype\":\"bfloat16\"}");
+    assert_int_equal(hf_config_load(g_dir, &old, &e), 0);
+    put_config("{" BASE ",\"rope_parameters\":{\"factor\":32.0,\"high_freq_factor\":4.0,\"low_freq_factor\":1.0,"
+               "\"original_max_position_embeddings\":8192,\"rope_theta\":500000.0,\"rope_type\":\"llama3\"},"
+               "\"dtype\":\"bfloat16\"}");
+    assert_int_equal(hf_config_load(g_dir, &v5, &e), 0);
+    assert_memory_equal(&old, &v5, sizeof old);
+    assert_true(v5.rope_theta == 500000.0 && v5.rope_factor == 32.0 && v5.rope_original_max_pos == 8192);
+    /* default RoPE at another theta; both spellings, agreeing */
+    put_config("{" BASE ",\"rope_theta\":123.0,\"rope_scaling\":null,\"rope_parameters\":{\"rope_theta\":123.0,"
+               "\"rope_type\":\"default\"},\"torch_dtype\":\"float32\",\"dtype\":\"float32\"}");
+    assert_int_equal(hf_config_load(g_dir, &v5, &e), 0);
+    assert_true(v5.rope_theta == 123.0);
+    assert_int_equal(v5.rope_scaling_type[0], '\0');
+    load_fail("{" BASE ",\"rope_theta\":10000.0,\"rope_parameters\":{\"rope_theta\":500000.0,\"rope_type\":"
+              "\"default\"}}",
+              "'rope_theta' (10000)", "'rope_parameters.rope_theta' (500000) disagree");
+    load_fail("{" BASE ",\"rope_scaling\":{\"rope_type\":\"llama3\",\"factor\":8,\"low_freq_factor\":1,"
+              "\"high_freq_factor\":4,\"original_max_position_embeddings\":8192},\"rope_parameters\":{\"rope_theta\":"
+              "10000.0,\"rope_type\":\"default\"}}",
+              "'rope_scaling' (llama3)", "'rope_parameters' (default) disagree");
+    load_fail("{" BASE ",\"rope_parameters\":{\"rope_type\":\"default\"}}", "'rope_parameters.rope_theta'", NULL);
+    load_fail("{" BASE ",\"rope_parameters\":{\"rope_theta\":1e4,\"rope_type\":\"yarn\"}}", "'rope_parameters'",
+              "'yarn'");
+    load_fail("{" BASE ",\"rope_parameters\":{\"rope_theta\":1e4,\"rope_type\":\"llama3\",\"factor\":8}}",
+              "'rope_parameters.low_freq_factor'", NULL);
+    load_fail("{" BASE ",\"rope_parameters\":[1]}", "'rope_parameters'", "object");
+    load_fail("{" BASE ",\"torch_dtype\":\"float32\",\"dtype\":\"bfloat16\"}", "'torch_dtype' (float32)",
+              "'dtype' (bfloat16) disagree");
+    load_fail("{" BASE ",\"dtype\":\"int8\"}", "'dtype'", NULL);
+
+    /* Llama-3.2-1B's config.json as its repository has it, and as transformers 5.17
+     * re-saves it (data/llama-3.2-1b-transformers5.json): the same config */
+    const char *src = getenv("PC_SRC");
+    char path[1024];
+    snprintf(path, sizeof path, "%s/configs/models/llama-3.2-1b/config.json", src ? src : ".");
+    assert_int_equal(hf_config_load_file(path, &old, &e), 0);
+    snprintf(path, sizeof path, "%s/tests/safetensors/data/llama-3.2-1b-transformers5.json", src ? src : ".");
+    assert_int_equal(hf_config_load_file(path, &v5, &e), 0);
+    assert_memory_equal(&old, &v5, sizeof old);
+    assert_true(v5.rope_theta == 500000.0);
+    assert_string_equal(v5.rope_scaling_type, "llama3");
+}
+
 static void test_errors(void **state) {
     (void)state;
     load_fail("{\"hidden_size\":0}", "'hidden_size'", "positive integer");
@@ -186,7 +238,8 @@ static void test_n_params(void **state) {
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_minimal_and_defaults), cmocka_unit_test(test_full), cmocka_unit_test(test_variants),
-        cmocka_unit_test(test_errors),               cmocka_unit_test(test_n_params),
+        cmocka_unit_test(test_transformers5),        cmocka_unit_test(test_errors),
+        cmocka_unit_test(test_n_params),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
