@@ -5,6 +5,9 @@
 #   bash run.sh demo    setup + the tiny end-to-end example (no GPU needed)
 #   bash run.sh test    setup + every test; ends with "N passed, N failed, N skipped"
 #   bash run.sh gpu     setup + on a GPU machine: the GPU tests and benchmarks, to runs/gpu-check/
+#   bash run.sh gpu-kit setup + gpu-kit.tar.xz: the same for a GPU machine without these
+#                       packages or a network (tests/gpu/kit.sh: carry it there, then
+#                       `bash tests/gpu/kit.sh run`)
 # Re-running is fast: installed packages, the venv and the build are reused.
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -89,26 +92,14 @@ test)
     ;;
 gpu)
     setup
-    if "$BUILD/tests/e2e/gpu-smoke"; then :; else
-        s=$?
-        [ $s -eq 77 ] && say "no CUDA device here: nothing to run"
-        exit $s
-    fi
-    out=runs/gpu-check
-    mkdir -p "$out"
-    rc=0
-    meson test -C "$BUILD" --suite gpu --print-errorlogs 2>&1 | tee "$out/tests.txt" || rc=1
-    for mode in "-tf32 0" "-tf32 1" "-bf16 1 -w16 0" "-bf16 1" "-bf16 1 -attn 1"; do # fwd+bwd, 1B-shaped compressed model
-        # shellcheck disable=SC2086
-        "$BUILD/tests/gpu/bench-gpu" -B 4 -T 2048 $mode 2>&1 | tee -a "$out/bench-gpu.txt" || rc=1
-    done
-    "$VENV/bin/python" tests/gpu/bench_compress_gpu.py --build "$BUILD" --device cuda 2>&1 |
-        tee "$out/bench-compress.txt" || rc=1
-    say "results in $out/"
-    exit $rc
+    PYTHON="$VENV/bin/python" exec bash "$top/tests/gpu/kit.sh" build "$BUILD" tests bench compress
+    ;;
+gpu-kit)
+    setup
+    exec bash "$top/tests/gpu/kit.sh" pack "$BUILD"
     ;;
 *)
-    sed -n '2,8p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//'
     exit 2
     ;;
 esac

@@ -1,0 +1,198 @@
+#!/usr/bin/env bash
+# kit.sh: the GPU checks (suite gpu and the GPU benchmarks) on a machine that has a GPU,
+# its driver and the CUDA libraries but none of the project's other packages and no
+# network to install them.
+#
+#   bash tests/gpu/kit.sh pack [BUILD]   here, after `bash run.sh setup` (BUILD: build):
+#       gpu-kit.tar.xz at the repository root (git-ignored; $PCKIT_TAR names another
+#       path), holding the programs the GPU checks run (each behind a wrapper that gives
+#       it the kit's libraries) and every shared library they load beyond glibc, the C++
+#       runtime and CUDA's own (cudart, cuBLAS, NCCL): Open MPI and PMIx with their plugins
+#       (relocated through OPAL_PREFIX and PMIX_INSTALL_PREFIX), HDF5, libyaml, OpenBLAS
+#       and theirs.
+#   bash tests/gpu/kit.sh run [PART...]   there, from the repository root with
+#       gpu-kit.tar.xz beside it: unpacks the kit, finds CUDA's libraries and runs the
+#       parts (default all, in this order; each fits one 10-minute call): check (the kit
+#       on a 2-rank CPU compress job; needs no GPU), tests (the gpu suite), bench
+#       (bench-gpu in run.sh gpu's modes), compress (bench_compress_gpu.py). Logs in $OUT
+#       (or runs/gpu-check). Python parts use the machine's python3 (numpy, torch,
+#       transformers, safetensors, h5py), or $PYTHON.
+#   bash tests/gpu/kit.sh build BUILD [PART...]   the same parts on a build tree, on a
+#       machine that has the packages (run.sh gpu).
+#   bash tests/gpu/kit.sh exec CMD...   CMD in the kit's environment (its mpirun first on
+#       PATH, PC_BUILD its build tree), e.g. another benchmark shape:
+#       bash tests/gpu/kit.sh exec sh -c '$PC_BUILD/tests/gpu/bench-gpu -B 8 -T 4096 -bf16 1' 
+set -uo pipefail
+cd "$(dirname "$0")/../.."
+top=$(pwd)
+KIT_TAR=${PCKIT_TAR:-$top/gpu-kit.tar.xz}
+OMPI_LIBDIR=/usr/lib/x86_64-linux-gnu/openmpi
+PMIX_DIR=/usr/lib/x86_64-linux-gnu/pmix2
+# the programs of the GPU checks, by their place in the build tree
+PROGRAMS="daemon/projcompd daemon/projcomp-data tests/e2e/gpu-smoke tests/gpu/test_cuda_ops
+  tests/gpu/test_cuda_llama tests/gpu/test_nccl tests/gpu/bench-gpu"
+
+say() { printf '[kit] %s\n' "$*" >&2; }
+
+# Shared libraries the machine provides, never packed: glibc's, the C++ runtime (the
+# machine's is as new or newer), the driver's and CUDA's.
+system_lib() {
+    case "$1" in
+    linux-vdso* | ld-linux* | libc.so* | libm.so* | libmvec.so* | libpthread.so* | libdl.so* | librt.so* | \
+        libresolv.so* | libutil.so* | libstdc++.so* | libgcc_s.so* | libcuda.so* | libcudart.so* | \
+        libcublas.so* | libcublasLt.so* | libnccl.so*) return 0 ;;
+    esac
+    return 1
+}
+
+# A wrapper at $1 that runs $1.bin with the kit's libraries first (PCKIT_LD, set by run).
+wrap() {
+    cat >"$1" <<'EOF'
+#!/bin/sh
+LD_LIBRARY_PATH="$PCKIT_LD${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" exec "$0.bin" "$@"
+EOF
+    chmod +x "$1"
+}
+
+pack() {
+    local build=${1:-build} stage
+    for p in $PROGRAMS; do
+        [ -x "$build/$p" ] || { say "$build/$p is missing: build with CUDA first (bash run.sh setup)"; return 1; }
+    done
+    stage=$(mktemp -d)/gpu-kit
+    mkdir -p "$stage/lib" "$stage/usr/bin"
+    local objs=()
+    for p in $PROGRAMS; do
+        mkdir -p "$stage/build/$(dirname "$p")"
+        cp "$build/$p" "$stage/build/$p.bin"
+        wrap "$stage/build/$p"
+        objs+=("$build/$p")
+    done
+    # Open MPI (mpirun = orterun, orted), its plugins and help texts, and PMIx's
+    for b in orterun orted; do
+        cp "/usr/bin/$b" "$stage/usr/bin/$b.bin"
+        wrap "$stage/usr/bin/$b"
+        objs+=("/usr/bin/$b")
+    done
+    ln -s orterun "$stage/usr/bin/mpirun"
+    ln -s orterun.bin "$stage/usr/bin/mpirun.bin"
+    mkdir -p "$stage$OMPI_LIBDIR/lib" "$stage/usr/share"
+    cp -a "$OMPI_LIBDIR/lib/openmpi3" "$stage$OMPI_LIBDIR/lib/"
+    cp -a /usr/share/openmpi "$stage/usr/share/"
+    mkdir -p "$stage$PMIX_DIR/lib"
+    cp -a "$PMIX_DIR/lib/pmix" "$stage$PMIX_DIR/lib/"
+    [ -d "$PMIX_DIR/share" ] && cp -a "$PMIX_DIR/share" "$stage$PMIX_DIR/"
+    # every library those load, transitively (ldd resolves the closure), but the machine's
+    local plugins=("$OMPI_LIBDIR"/lib/openmpi3/mca_{btl_self,btl_vader,btl_tcp,pml_ob1,bml_r2,coll_*,ess_*,pmix_ext3x,plm_*,odls_*,oob_tcp,rml_*,routed_*,grpcomm_*,errmgr_*,iof_*,state_*,schizo_*,rmaps_*,ras_*,filem_*,osc_sm,osc_pt2pt,op_avx,patcher_overwrite,pstat_linux,reachable_*,rcache_grdma,allocator_*,mpool_hugepage,shmem_*,vprotocol_*}.so "$PMIX_DIR"/lib/pmix/*.so)
+    local n=0
+    while read -r name path; do
+        system_lib "$name" && continue
+        [ -f "$path" ] || { say "cannot find $name (needed by the kit)"; return 1; }
+        cp -L "$path" "$stage/lib/$name"
+        n=$((n + 1))
+    done < <(for o in "${objs[@]}" "${plugins[@]}"; do [ -e "$o" ] && ldd "$o"; done |
+        awk '$2 == "=>" && $3 ~ /^\// {print $1, $3}' | sort -u)
+    ln -s "$(basename "$(readlink -f "$PMIX_DIR/lib/libpmix.so.2")")" "$stage/lib/libpmix.so" 2>/dev/null || true
+    tar -C "$(dirname "$stage")" -cJf "$KIT_TAR" gpu-kit
+    rm -rf "$(dirname "$stage")"
+    say "$KIT_TAR: ${#objs[@]} programs, $n libraries, $(du -h "$KIT_TAR" | cut -f1)"
+}
+
+# The directories holding CUDA's libraries on this machine (toolkit, or Python wheels).
+cuda_dirs() {
+    local d dirs=()
+    for lib in libcudart.so.13 libcublas.so.13 libcublasLt.so.13 libnccl.so.2; do
+        d=$(ldconfig -p 2>/dev/null | awk -v l="$lib" '$1 == l {print $NF; exit}')
+        [ -n "$d" ] || d=$(find /usr/local /opt /usr/lib -name "$lib" 2>/dev/null | head -n 1)
+        [ -n "$d" ] && dirs+=("$(dirname "$d")")
+    done
+    printf '%s\n' "${dirs[@]}" | awk '!seen[$0]++' | paste -sd: -
+}
+
+# step LOG SECONDS CMD...: CMD under a time limit, its output to LOG too; a failure sets rc.
+step() {
+    local log=$1 limit=$2
+    shift 2
+    timeout "$limit" "$@" 2>&1 | tee -a "$log"
+    local s=${PIPESTATUS[0]}
+    [ "$s" -eq 0 ] || { echo "FAIL ($s): $*" | tee -a "$log"; rc=1; }
+}
+
+# Unpack the kit (once: into $PCKIT_DIR, default /tmp/pckit) and set up its environment:
+# the kit's libraries for its programs, CUDA's found on this machine, Open MPI and PMIx
+# relocated into it, PC_BUILD pointing at its build tree.
+kit_env() {
+    [ -f "$KIT_TAR" ] || { say "$KIT_TAR is missing: bash tests/gpu/kit.sh pack, then carry it"; return 1; }
+    local dir=${PCKIT_DIR:-/tmp/pckit}
+    if [ ! -f "$dir/.unpacked" ] || [ "$KIT_TAR" -nt "$dir/.unpacked" ]; then
+        rm -rf "$dir" && mkdir -p "$dir" && tar -C "$dir" -xJf "$KIT_TAR" && touch "$dir/.unpacked" || return 1
+    fi
+    kit=$dir/gpu-kit
+    export PCKIT_LD="$kit/lib:$(cuda_dirs)"
+    export OPAL_PREFIX=$kit/usr PMIX_INSTALL_PREFIX=$kit$PMIX_DIR PATH=$kit/usr/bin:$PATH
+    export OMPI_MCA_mca_base_component_show_load_errors=0 OMPI_MCA_pml=ob1 OMPI_MCA_btl=self,vader
+    export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_rmaps_base_oversubscribe=1
+    export PC_BUILD=$kit/build PC_SRC=$top PYTHONUNBUFFERED=1 OPENBLAS_NUM_THREADS=1
+}
+
+# The parts of `run`, each within one 10-minute call of a lent machine.
+part_check() { # the kit itself: MPI, HDF5, YAML and BLAS on a 2-rank CPU compress job
+    step "$out/kit-check.txt" 300 "$py" tests/gpu/kit_check.py
+}
+part_tests() { # the gpu suite, as tests/gpu/meson.build runs it
+    step "$out/tests.txt" 300 "$PC_BUILD/tests/gpu/test_cuda_ops"
+    step "$out/tests.txt" 300 "$PC_BUILD/tests/gpu/test_cuda_llama"
+    for np in 1 2; do # 2 ranks skip without two devices
+        step "$out/tests.txt" 120 mpirun -np $np "$PC_BUILD/tests/gpu/test_nccl"
+    done
+    step "$out/tests.txt" 900 "$py" tests/gpu/test_daemon_cuda.py
+}
+part_bench() { # run.sh gpu's bench-gpu modes: fwd+bwd of the 1B-shaped compressed model
+    for mode in "-tf32 0" "-tf32 1" "-bf16 1 -w16 0" "-bf16 1" "-bf16 1 -attn 1"; do
+        # shellcheck disable=SC2086
+        step "$out/bench-gpu.txt" 300 "$PC_BUILD/tests/gpu/bench-gpu" -B 4 -T 2048 $mode
+    done
+}
+part_compress() { # compress vs prune vs the bound vs PyTorch eager (docs/benchmarks.md)
+    step "$out/bench-compress.txt" 900 "$py" tests/gpu/bench_compress_gpu.py --build "$PC_BUILD" --device cuda
+}
+
+# run_parts PART...: the parts on the programs under $PC_BUILD (the kit's or a build's).
+run_parts() {
+    local out rc=0 parts=("$@")
+    [ ${#parts[@]} -gt 0 ] || parts=(check tests bench compress)
+    for p in "${parts[@]}"; do
+        case "$p" in check | tests | bench | compress) ;; *) say "unknown part '$p'"; return 2 ;; esac
+    done
+    out=${OUT:-$top/runs/gpu-check}
+    mkdir -p "$out"
+    local py=${PYTHON:-python3}
+    say "programs in $PC_BUILD; logs in $out; parts: ${parts[*]}"
+    for p in "${parts[@]}"; do
+        if [ "$p" != check ] && [ ! -f "$out/.gpu" ]; then
+            "$PC_BUILD/tests/e2e/gpu-smoke" 2>&1 | tee "$out/gpu-smoke.txt"
+            local s=${PIPESTATUS[0]}
+            [ "$s" -eq 77 ] && { say "no CUDA device here"; return 77; }
+            [ "$s" -eq 0 ] || return 1
+            touch "$out/.gpu"
+        fi
+        "part_$p"
+        [ "$p" = check ] && [ $rc -ne 0 ] && { say "the programs do not run here (see $out/kit-check.txt)"; return 1; }
+    done
+    grep -h '^FAIL' "$out"/*.txt
+    return $rc
+}
+
+case "${1:-}" in
+pack) pack "${2:-build}" ;;
+run) shift; kit_env && say "kit in $kit; CUDA libraries: ${PCKIT_LD#*:}" && run_parts "$@" ;;
+build)
+    [ -n "${2:-}" ] && [ -x "$2/daemon/projcompd" ] || { say "usage: kit.sh build BUILD [PART...]"; exit 2; }
+    PC_BUILD=$(cd "$2" && pwd) PC_SRC=$top
+    export PC_BUILD PC_SRC PYTHONUNBUFFERED=1 OPENBLAS_NUM_THREADS=1
+    shift 2
+    run_parts "$@"
+    ;;
+exec) shift; kit_env && exec "$@" ;;
+*) sed -n '2,24p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
+esac
