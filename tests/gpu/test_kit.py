@@ -6,8 +6,8 @@ libevent, libhdf5, libsz, libaec, libyaml and libcmocka are covered by empty one
 There the build's own projcompd cannot even load (checked), while the kit's, under the
 kit's relocated mpirun, runs the job to the end with the losses, validation loss and
 fused weights of the same job run by the build outside, bit for bit (the same programs
-and OpenBLAS). Skips (77) when not root, without unshare, or in a build without CUDA
-(the kit packs the GPU programs)."""
+and OpenBLAS). Skips (77) when not root, where private mount namespaces are refused, or
+in a build without CUDA (the kit packs the GPU programs)."""
 import os
 import shutil
 import subprocess
@@ -35,8 +35,10 @@ for b in orterun orted; do [ -e /usr/bin/$b ] && mount --bind /dev/null "$(readl
 
 def main():
     kit_sh = os.path.join(pclib.SRC, "tests", "gpu", "kit.sh")
-    if os.geteuid() != 0 or not shutil.which("unshare"):
-        print("kit: needs root and unshare: skipping")
+    probe = "d=$(mktemp -d) && mount --bind \"$d\" /tmp && umount /tmp"
+    if os.geteuid() != 0 or not shutil.which("unshare") or subprocess.run(
+            ["unshare", "-m", "sh", "-c", probe], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL).returncode:
+        print("kit: needs root and private mount namespaces (unshare -m, mount --bind): skipping")
         sys.exit(77)
     if not os.path.exists(os.path.join(pclib.BUILD, "tests", "gpu", "test_cuda_ops")):
         print("kit: a build without CUDA: skipping")
