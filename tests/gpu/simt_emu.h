@@ -28,6 +28,9 @@
  *    cudaErrorInvalidConfiguration / cudaErrorInvalidValue, which cudaGetLastError
  *    returns once, and is not run);
  *  - WMMA loads and stores: a 256-bit aligned pointer, ldm a multiple of 16 bytes;
+ *  - streams: a kernel, copy, memset or cuBLAS call put on a stream runs when that
+ *    stream or the device is synchronized, not before (emu_streams.cpp), so that a host
+ *    read or another stream's work that does not wait for it sees the old contents;
  *  - device memory (emu_include/cuda_runtime.h): every buffer lies between red zones,
  *    checked after every kernel and cuBLAS call and at cudaFree (a write outside its
  *    buffer aborts naming the kernel; a read there reads a huge negative number), and
@@ -47,6 +50,7 @@
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
+#include <deque>
 #include <functional>
 #include <map>
 #include <memory>
@@ -115,6 +119,40 @@ inline void emu_check_range(const void *p, size_t bytes, const char *what)
     else
         std::snprintf(msg, sizeof msg, "%s: %p is not in a live device buffer", what, p);
     emu_fail(msg);
+}
+
+/* ---------------------------------------------------------------- streams */
+
+/* A stream: its work, in order, not yet run (emu_streams.cpp runs it when the stream or
+ * the device is synchronized: as late as CUDA allows, so that a read of a result before
+ * the wait that orders it reads what was there before). */
+struct emu_stream {
+    std::deque<std::function<void()>> work;
+};
+inline std::vector<emu_stream *> emu_stream_list; /* live streams, in creation order */
+
+/* Put f on stream s (the null stream runs it at once). */
+inline void emu_put(emu_stream *s, std::function<void()> f)
+{
+    if (!s) {
+        f();
+        return;
+    }
+    s->work.push_back(std::move(f));
+}
+
+/* Run stream s's work (all streams' when s is NULL). */
+inline void emu_run_stream(emu_stream *s)
+{
+    if (!s) {
+        for (emu_stream *t : emu_stream_list) emu_run_stream(t);
+        return;
+    }
+    while (!s->work.empty()) {
+        std::function<void()> f = std::move(s->work.front());
+        s->work.pop_front();
+        f();
+    }
 }
 
 /* The error of the last failed launch, which cudaGetLastError returns once (0: none). */
@@ -391,15 +429,11 @@ inline int emu_launch_refused(const char *name, const void *func, dim3 grid, uns
 }
 
 /* Run body() as grid x threads CUDA threads with smem_bytes of dynamic shared memory. */
-inline void emu_launch(const char *name, const void *func, dim3 grid, unsigned threads, size_t smem_bytes,
+inline void emu_launch(const char *name, dim3 grid, unsigned threads, size_t smem_bytes,
                        const std::function<void()> &body)
 {
     const size_t n_blocks = (size_t)grid.x * grid.y * grid.z;
     if (emu.body) emu_fail("a kernel launched from inside a kernel");
-    if (int err = emu_launch_refused(name, func, grid, threads, smem_bytes)) {
-        emu_launch_error = err;
-        return;
-    }
     while (emu.fibers.size() < threads) {
         emu.fibers.push_back(std::make_unique<emu_fiber>());
         emu.fibers.back()->stack.reset(new char[EMU_STACK]);
@@ -443,21 +477,28 @@ inline void emu_launch(const char *name, const void *func, dim3 grid, unsigned t
     emu_check_red(name);
 }
 
-/* PC_LAUNCH (cuda/launch.h) on the emulator: the arguments are copied into the closure,
- * as a kernel launch copies them. */
+/* PC_LAUNCH (cuda/launch.h) on the emulator: a launch GPU would refuse fails now (through
+ * cudaGetLastError); else the kernel, with its arguments copied into the closure as a
+ * launch copies them, is put on the stream. */
 template <typename K> struct emu_launcher {
     K kernel;
     const char *name;
     dim3 grid;
     unsigned threads;
     size_t smem;
+    emu_stream *stream;
     template <typename... A> void operator()(A... args) const
     {
-        emu_launch(name, (const void *)kernel, grid, threads, smem, [&] { kernel(args...); });
+        if (int err = emu_launch_refused(name, (const void *)kernel, grid, threads, smem)) {
+            emu_launch_error = err;
+            return;
+        }
+        const emu_launcher l = *this;
+        emu_put(stream, [l, args...] { emu_launch(l.name, l.grid, l.threads, l.smem, [&] { l.kernel(args...); }); });
     }
 };
-#define PC_LAUNCH(kernel, grid_, block_, shared_bytes, stream)                                                   \
-    ((void)(stream),                                                                                             \
-     emu_launcher<decltype(&kernel)>{&kernel, #kernel, dim3(grid_), (unsigned)(block_), (size_t)(shared_bytes)})
+#define PC_LAUNCH(kernel, grid_, block_, shared_bytes, stream_)                                                  \
+    (emu_launcher<decltype(&kernel)>{&kernel, #kernel, dim3(grid_), (unsigned)(block_), (size_t)(shared_bytes),     \
+                                     (emu_stream *)(stream_)})
 
 #endif

@@ -3,8 +3,9 @@
  * limits fail through cudaGetLastError and do not run; dynamic shared memory above 48 KiB
  * needs the kernel's attribute; writes outside a device buffer, copies and cuBLAS operands
  * past one, and misaligned WMMA operands abort (checked in a child process, by its signal
- * and message); a read past a buffer reads a huge negative number, not a plausible value.
- * Also that correct uses of the same calls pass. */
+ * and message); a read past a buffer reads a huge negative number, not a plausible value;
+ * work put on a stream runs when it is synchronized, not before. Also that correct uses
+ * of the same calls pass. */
 #include "cuda_runtime.h"
 #include "cublas_v2.h"
 #include "launch.h"
@@ -181,12 +182,64 @@ static void cublas()
     cublasDestroy(h);
 }
 
+/* Work on a stream runs when the stream (or device) is synchronized, not before; copies
+ * from and into pageable host memory follow CUDA's rules. */
+static void streams()
+{
+    cudaStream_t s;
+    int *flag, *pinned;
+    cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking);
+    cudaMalloc((void **)&flag, sizeof *flag);
+    cudaMallocHost((void **)&pinned, sizeof *pinned);
+    *flag = 0;
+    PC_LAUNCH(k_mark, 1, 32, 0, s)(flag);
+    check(cudaGetLastError() == cudaSuccess && *flag == 0, "a kernel on a stream has not run at the launch");
+    cudaStreamSynchronize(s);
+    check(*flag == 1, "it has run after cudaStreamSynchronize");
+    PC_LAUNCH(k_mark, 1, 32, 0, s)(flag);
+    *pinned = -1;
+    cudaMemcpyAsync(pinned, flag, sizeof *flag, cudaMemcpyDeviceToHost, s);
+    check(*pinned == -1, "a copy into pinned memory has not run at the call");
+    check(cudaStreamQuery(s) == cudaSuccess && *pinned == 2, "cudaStreamQuery runs the stream: kernel, then copy");
+    int host = -1;
+    PC_LAUNCH(k_mark, 1, 32, 0, s)(flag);
+    cudaMemcpyAsync(&host, flag, sizeof host, cudaMemcpyDeviceToHost, s);
+    check(host == 3, "a copy into pageable memory waits for the stream's earlier work");
+    host = 40;
+    cudaMemcpyAsync(flag, &host, sizeof host, cudaMemcpyHostToDevice, s);
+    host = 50;
+    cudaDeviceSynchronize();
+    check(*flag == 40, "a copy from pageable memory reads it at the call");
+    PC_LAUNCH(k_mark, 1, 32, 0, s)(flag);
+    int *gone = flag;
+    cudaMemcpyAsync(pinned, gone, sizeof *pinned, cudaMemcpyDeviceToHost, s);
+    cudaFree(flag);
+    check(*pinned == 41, "cudaFree runs the pending work first");
+    cublasHandle_t h;
+    cublasCreate(&h);
+    cublasSetStream(h, s);
+    float *a;
+    cudaMalloc((void **)&a, 3 * sizeof(float));
+    a[0] = 2.0f, a[1] = 3.0f, a[2] = 0.0f;
+    const float one = 1.0f, zero = 0.0f;
+    cublasGemmEx(h, CUBLAS_OP_N, CUBLAS_OP_N, 1, 1, 1, &one, a, CUDA_R_32F, 1, a + 1, CUDA_R_32F, 1, &zero, a + 2,
+                 CUDA_R_32F, 1, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
+    check(a[2] == 0.0f, "a cuBLAS product on a stream has not run at the call");
+    cudaStreamSynchronize(s);
+    check(a[2] == 6.0f, "it has run after cudaStreamSynchronize");
+    cublasDestroy(h);
+    cudaFree(a);
+    cudaFreeHost(pinned);
+    cudaStreamDestroy(s);
+}
+
 int main()
 {
     launch_limits();
     memory();
     wmma();
     cublas();
+    streams();
     std::printf("%d checks, %d failed\n", checks, failures);
     return failures ? 1 : 0;
 }

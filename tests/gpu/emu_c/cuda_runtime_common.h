@@ -1,5 +1,5 @@
 /* The part of the emulated CUDA runtime that C and C++ share: error codes, copy kinds,
- * streams (names: every call completes before it returns) and the one device, 0.
+ * streams (deferred work, emu_streams.cpp) and the one device, 0.
  * Included by emu_c/cuda_runtime.h (C: cuda/comm_nccl.c, test_nccl.c) and
  * emu_include/cuda_runtime.h (C++: the CUDA backend's sources). */
 #ifndef PC_EMU_CUDA_RUNTIME_COMMON_H
@@ -38,29 +38,29 @@ static inline const char *cudaGetErrorString(cudaError_t e)
     return "unknown error";
 }
 static inline cudaError_t cudaSetDevice(int d) { return d == 0 ? cudaSuccess : cudaErrorInvalidDevice; }
-static inline cudaError_t cudaDeviceSynchronize(void) { return cudaSuccess; }
+
+/* Streams (tests/gpu/emu_streams.cpp): work put on a stream runs in order, as late as
+ * CUDA allows: when that stream or the device is synchronized (also at cudaStreamQuery,
+ * which then answers cudaSuccess, and at cudaFree); work on the null stream runs at once. */
+#ifdef __cplusplus
+extern "C" {
+#endif
+cudaError_t emu_stream_create(cudaStream_t *s);
+cudaError_t emu_stream_destroy(cudaStream_t s);
+cudaError_t emu_stream_sync(cudaStream_t s);
+cudaError_t emu_device_sync(void);
+#ifdef __cplusplus
+}
+#endif
+static inline cudaError_t cudaDeviceSynchronize(void) { return emu_device_sync(); }
 static inline cudaError_t cudaStreamCreateWithFlags(cudaStream_t *s, unsigned flags)
 {
-    static char name;
     (void)flags;
-    *s = (cudaStream_t)&name;
-    return cudaSuccess;
+    return emu_stream_create(s);
 }
-static inline cudaError_t cudaStreamCreate(cudaStream_t *s) { return cudaStreamCreateWithFlags(s, 0); }
-static inline cudaError_t cudaStreamDestroy(cudaStream_t s)
-{
-    (void)s;
-    return cudaSuccess;
-}
-static inline cudaError_t cudaStreamSynchronize(cudaStream_t s)
-{
-    (void)s;
-    return cudaSuccess;
-}
-static inline cudaError_t cudaStreamQuery(cudaStream_t s)
-{
-    (void)s;
-    return cudaSuccess;
-}
+static inline cudaError_t cudaStreamCreate(cudaStream_t *s) { return emu_stream_create(s); }
+static inline cudaError_t cudaStreamDestroy(cudaStream_t s) { return emu_stream_destroy(s); }
+static inline cudaError_t cudaStreamSynchronize(cudaStream_t s) { return emu_stream_sync(s); }
+static inline cudaError_t cudaStreamQuery(cudaStream_t s) { return emu_stream_sync(s); }
 
 #endif

@@ -13,6 +13,9 @@ typedef enum { CUBLAS_DEFAULT_MATH = 0, CUBLAS_TF32_TENSOR_OP_MATH = 3 } cublasM
 typedef enum { CUBLAS_COMPUTE_32F = 68, CUBLAS_COMPUTE_32F_FAST_TF32 = 77 } cublasComputeType_t;
 typedef enum { CUBLAS_GEMM_DEFAULT = -1 } cublasGemmAlgo_t;
 typedef enum { CUDA_R_32F = 0, CUDA_R_16BF = 14 } cudaDataType;
+struct emu_cublas {
+    cudaStream_t stream; /* cublasSetStream: where the products go */
+};
 typedef struct emu_cublas *cublasHandle_t;
 
 inline const char *cublasGetStatusString(cublasStatus_t s)
@@ -21,12 +24,19 @@ inline const char *cublasGetStatusString(cublasStatus_t s)
 }
 inline cublasStatus_t cublasCreate(cublasHandle_t *h)
 {
-    static char name;
-    *h = (cublasHandle_t)&name;
+    *h = new emu_cublas{nullptr};
     return CUBLAS_STATUS_SUCCESS;
 }
-inline cublasStatus_t cublasDestroy(cublasHandle_t) { return CUBLAS_STATUS_SUCCESS; }
-inline cublasStatus_t cublasSetStream(cublasHandle_t, cudaStream_t) { return CUBLAS_STATUS_SUCCESS; }
+inline cublasStatus_t cublasDestroy(cublasHandle_t h)
+{
+    delete h;
+    return CUBLAS_STATUS_SUCCESS;
+}
+inline cublasStatus_t cublasSetStream(cublasHandle_t h, cudaStream_t s)
+{
+    h->stream = s;
+    return CUBLAS_STATUS_SUCCESS;
+}
 inline cublasStatus_t cublasSetMathMode(cublasHandle_t, cublasMath_t) { return CUBLAS_STATUS_SUCCESS; }
 
 /* Element (i, j) of op(X) for column-major X (leading dimension ld), as float. */
@@ -55,7 +65,7 @@ inline void emu_gemm_operand(const void *x, int rows, int cols, int ld, long lon
         emu_check_range((const char *)x + (size_t)(q * stride) * elem, ((size_t)(cols - 1) * ld + rows) * elem, what);
 }
 
-inline cublasStatus_t cublasGemmStridedBatchedEx(cublasHandle_t, cublasOperation_t ta, cublasOperation_t tb, int m,
+inline cublasStatus_t cublasGemmStridedBatchedEx(cublasHandle_t h, cublasOperation_t ta, cublasOperation_t tb, int m,
                                                  int n, int k, const void *alpha, const void *A, cudaDataType at,
                                                  int lda, long long sa, const void *B, cudaDataType bt, int ldb,
                                                  long long sb, const void *beta, void *C, cudaDataType ct, int ldc,
@@ -73,19 +83,21 @@ inline cublasStatus_t cublasGemmStridedBatchedEx(cublasHandle_t, cublasOperation
     emu_gemm_operand(A, ra, ca, lda, sa, batch, ea, "cuBLAS GEMM operand A");
     emu_gemm_operand(B, rb, cb, ldb, sb, batch, eb, "cuBLAS GEMM operand B");
     emu_gemm_operand(C, m, n, ldc, sc, batch, 4, "cuBLAS GEMM operand C");
-    for (int q = 0; q < batch; q++) {
-        const char *a = (const char *)A + (size_t)(q * sa) * ea, *b = (const char *)B + (size_t)(q * sb) * eb;
-        float *c = (float *)C + q * sc;
-        for (int j = 0; j < n; j++)
-            for (int i = 0; i < m; i++) {
-                float s = 0.0f;
-                for (int l = 0; l < k; l++)
-                    s += emu_blas_at(a, at, ta, i, l, lda, tf32) * emu_blas_at(b, bt, tb, l, j, ldb, tf32);
-                float *out = c + i + (size_t)j * ldc;
-                *out = be == 0.0f ? al * s : al * s + be * *out;
-            }
-    }
-    emu_check_red("a cuBLAS GEMM");
+    emu_put(h->stream, [=] { /* alpha and beta were read at the call (host pointer mode) */
+        for (int q = 0; q < batch; q++) {
+            const char *a = (const char *)A + (size_t)(q * sa) * ea, *b = (const char *)B + (size_t)(q * sb) * eb;
+            float *c = (float *)C + q * sc;
+            for (int j = 0; j < n; j++)
+                for (int i = 0; i < m; i++) {
+                    float s = 0.0f;
+                    for (int l = 0; l < k; l++)
+                        s += emu_blas_at(a, at, ta, i, l, lda, tf32) * emu_blas_at(b, bt, tb, l, j, ldb, tf32);
+                    float *out = c + i + (size_t)j * ldc;
+                    *out = be == 0.0f ? al * s : al * s + be * *out;
+                }
+        }
+        emu_check_red("a cuBLAS GEMM");
+    });
     return CUBLAS_STATUS_SUCCESS;
 }
 

@@ -1,7 +1,10 @@
 /* cuda_runtime.h for the host emulator: the runtime calls cuda/ makes, on host memory.
  * One device ("SIMT emulator", compute capability 9.0, 80 GiB, 227 KB of opt-in shared
- * memory per block); streams are names, and every call completes before it returns, so
- * synchronisation is a no-op. Kernel launches go through simt_emu.h. */
+ * memory per block). Asynchronous calls go on their stream and run when it is
+ * synchronized (emu_streams.cpp), as CUDA allows: a copy from pageable host memory reads
+ * it at the call, one into pageable host memory waits for the stream first, and pinned
+ * memory (cudaMallocHost) is read or written when the copy runs. Kernel launches go
+ * through simt_emu.h. */
 #ifndef PC_EMU_CUDA_RUNTIME_H
 #define PC_EMU_CUDA_RUNTIME_H
 
@@ -76,6 +79,7 @@ inline cudaError_t cudaFree(void *p)
     if (!p) return cudaSuccess;
     auto it = emu_bufs.find((uintptr_t)p);
     if (it == emu_bufs.end()) return cudaErrorInvalidValue;
+    emu_run_stream(nullptr); /* cudaFree waits for the device */
     emu_check_red("device work before this cudaFree");
     emu_allocated -= it->second.bytes;
     emu_bufs.erase(it);
@@ -83,19 +87,41 @@ inline cudaError_t cudaFree(void *p)
     return cudaSuccess;
 }
 inline cudaError_t cudaFreeHost(void *p) { return cudaFree(p); }
-inline cudaError_t cudaMemcpy(void *dst, const void *src, size_t bytes, cudaMemcpyKind k)
+/* Whether p is memory of cudaMalloc / cudaMallocHost (else pageable host memory). */
+inline bool emu_registered(const void *p)
+{
+    auto it = emu_bufs.upper_bound((uintptr_t)p);
+    return it != emu_bufs.begin() && (uintptr_t)p - (--it)->first <= it->second.bytes;
+}
+inline void emu_copy_check(void *dst, const void *src, size_t bytes, cudaMemcpyKind k)
 {
     if (k == cudaMemcpyHostToDevice || k == cudaMemcpyDeviceToDevice) emu_check_range(dst, bytes, "cudaMemcpy dst");
     if (k == cudaMemcpyDeviceToHost || k == cudaMemcpyDeviceToDevice) emu_check_range(src, bytes, "cudaMemcpy src");
+}
+/* Synchronous: runs at once (the non-blocking streams' pending work is not waited for). */
+inline cudaError_t cudaMemcpy(void *dst, const void *src, size_t bytes, cudaMemcpyKind k)
+{
+    emu_copy_check(dst, src, bytes, k);
     if (bytes) std::memmove(dst, src, bytes);
     return cudaSuccess;
 }
-inline cudaError_t cudaMemcpyAsync(void *dst, const void *src, size_t bytes, cudaMemcpyKind k, cudaStream_t = nullptr)
+inline cudaError_t cudaMemcpyAsync(void *dst, const void *src, size_t bytes, cudaMemcpyKind k, cudaStream_t s = nullptr)
 {
-    return cudaMemcpy(dst, src, bytes, k);
+    emu_copy_check(dst, src, bytes, k);
+    if (!bytes) return cudaSuccess;
+    if (k == cudaMemcpyDeviceToHost && !emu_registered(dst)) { /* into pageable memory: complete on return */
+        emu_run_stream(s);
+        std::memmove(dst, src, bytes);
+    } else if (k == cudaMemcpyHostToDevice && !emu_registered(src)) { /* from pageable memory: read now */
+        auto copy = std::make_shared<std::vector<char>>((const char *)src, (const char *)src + bytes);
+        emu_put(s, [dst, copy] { std::memcpy(dst, copy->data(), copy->size()); });
+    } else {
+        emu_put(s, [dst, src, bytes] { std::memmove(dst, src, bytes); });
+    }
+    return cudaSuccess;
 }
 inline cudaError_t cudaMemcpy2DAsync(void *dst, size_t dpitch, const void *src, size_t spitch, size_t width,
-                                     size_t height, cudaMemcpyKind k, cudaStream_t = nullptr)
+                                     size_t height, cudaMemcpyKind k, cudaStream_t s = nullptr)
 {
     if (width > dpitch || width > spitch) return cudaErrorInvalidValue;
     if (height && width) {
@@ -104,13 +130,17 @@ inline cudaError_t cudaMemcpy2DAsync(void *dst, size_t dpitch, const void *src, 
         if (k == cudaMemcpyDeviceToHost || k == cudaMemcpyDeviceToDevice)
             emu_check_range(src, (height - 1) * spitch + width, "cudaMemcpy2DAsync src");
     }
-    for (size_t r = 0; r < height; r++) std::memmove((char *)dst + r * dpitch, (const char *)src + r * spitch, width);
+    if (k != cudaMemcpyDeviceToDevice) return cudaErrorInvalidValue; /* the only kind cuda/ uses */
+    emu_put(s, [=] {
+        for (size_t r = 0; r < height; r++)
+            std::memmove((char *)dst + r * dpitch, (const char *)src + r * spitch, width);
+    });
     return cudaSuccess;
 }
-inline cudaError_t cudaMemsetAsync(void *p, int v, size_t bytes, cudaStream_t = nullptr)
+inline cudaError_t cudaMemsetAsync(void *p, int v, size_t bytes, cudaStream_t s = nullptr)
 {
     emu_check_range(p, bytes, "cudaMemset");
-    if (bytes) std::memset(p, v, bytes);
+    if (bytes) emu_put(s, [=] { std::memset(p, v, bytes); });
     return cudaSuccess;
 }
 inline cudaError_t cudaMemset(void *p, int v, size_t bytes) { return cudaMemsetAsync(p, v, bytes); }

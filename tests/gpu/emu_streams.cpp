@@ -1,0 +1,36 @@
+/* emu_streams: the streams of the emulated CUDA runtime (emu_c/cuda_runtime_common.h),
+ * for C (cuda/comm_nccl.c) and C++ (the backend's sources) alike. A stream holds the work
+ * put on it (simt_emu.h, emu_put: kernels, copies, memsets, cuBLAS products) and runs it,
+ * in order, only when it is synchronized: cudaStreamSynchronize and cudaStreamQuery (which
+ * then answers cudaSuccess), or cudaDeviceSynchronize and cudaFree for every stream. */
+#include "cuda_runtime.h"
+
+#include <algorithm>
+
+extern "C" cudaError_t emu_stream_create(cudaStream_t *s)
+{
+    *s = new emu_stream;
+    emu_stream_list.push_back(*s);
+    return cudaSuccess;
+}
+
+extern "C" cudaError_t emu_stream_destroy(cudaStream_t s)
+{
+    if (!s) return cudaErrorInvalidValue;
+    emu_run_stream(s); /* work already put on it still completes */
+    emu_stream_list.erase(std::find(emu_stream_list.begin(), emu_stream_list.end(), s));
+    delete s;
+    return cudaSuccess;
+}
+
+extern "C" cudaError_t emu_stream_sync(cudaStream_t s)
+{
+    if (s) emu_run_stream(s); /* the null stream's work ran when it was put */
+    return cudaSuccess;
+}
+
+extern "C" cudaError_t emu_device_sync(void)
+{
+    emu_run_stream(nullptr);
+    return cudaSuccess;
+}
