@@ -5,8 +5,12 @@
  *
  * A communicator is a duplicate of MPI_COMM_WORLD (ncclCommInitRankConfig is collective,
  * as NCCL's is; nranks and rank must be MPI's). Each collective is the matching blocking
- * MPI collective; inside ncclGroupStart/End the calls are queued and run in order at the
- * outermost ncclGroupEnd, which every rank reaches with the same queue, as NCCL requires.
+ * MPI collective, put on the call's stream (emu_streams.cpp): it runs when that stream or
+ * the device is synchronized, so that reading its result without waiting for it reads the
+ * old contents, as on a GPU. Inside ncclGroupStart/End the calls are queued and put on
+ * their streams, in order, at the outermost ncclGroupEnd, which every rank reaches with
+ * the same queue, as NCCL requires; every rank synchronizes at the same points of the
+ * program, so the MPI collectives meet.
  * A non-blocking communicator (config.blocking = 0) answers ncclInProgress from init and
  * from each enqueueing call, then reports ncclInProgress once more from
  * ncclCommGetAsyncError before ncclSuccess, so the caller's polling runs. In-place forms
@@ -51,6 +55,7 @@ cudaError_t cudaMemcpy(void *dst, const void *src, size_t bytes, cudaMemcpyKind 
 struct ncclComm {
     MPI_Comm mpi;
     int rank, size, blocking;
+    int aborted;    /* ncclCommAbort: its collectives still on a stream are dropped */
     int polls;      /* ncclInProgress answers left before ncclSuccess */
     char last[160]; /* ncclGetLastError */
 };
@@ -66,6 +71,7 @@ typedef struct emu_op {
     ncclRedOp_t red;
     int root;
     ncclComm_t comm;
+    cudaStream_t stream;
 } emu_op;
 
 static emu_op *queue;
@@ -126,12 +132,22 @@ static void *scratch_copy(const void *src, size_t n) {
     return p;
 }
 
-static ncclResult_t run_op(const emu_op *o) {
+static int is_reduction(const emu_op *o) {
+    return o->kind == OP_ALL_REDUCE || o->kind == OP_REDUCE || o->kind == OP_REDUCE_SCATTER;
+}
+
+/* What NCCL refuses at the call (or the emulator cannot do). */
+static ncclResult_t check_op(const emu_op *o) {
+    if (mpi_type(o->type, is_reduction(o)) == MPI_DATATYPE_NULL)
+        return fail(o->comm, ncclInvalidArgument, "the emulator cannot reduce this type");
+    if (o->count > INT_MAX) return fail(o->comm, ncclInvalidArgument, "count above INT_MAX");
+    return ncclSuccess;
+}
+
+/* The collective itself (checked by check_op); an MPI failure is fatal (MPI's default). */
+static void run_op(const emu_op *o) {
     ncclComm_t c = o->comm;
-    int reduce = o->kind == OP_ALL_REDUCE || o->kind == OP_REDUCE || o->kind == OP_REDUCE_SCATTER;
-    MPI_Datatype t = mpi_type(o->type, reduce);
-    if (t == MPI_DATATYPE_NULL) return fail(c, ncclInvalidArgument, "the emulator cannot reduce this type");
-    if (o->count > INT_MAX) return fail(c, ncclInvalidArgument, "count above INT_MAX");
+    MPI_Datatype t = mpi_type(o->type, is_reduction(o));
     int n = (int)o->count, rc = MPI_SUCCESS;
     size_t es = type_size(o->type), bytes = o->count * es;
     MPI_Op op = mpi_op(o->red);
@@ -157,13 +173,31 @@ static ncclResult_t run_op(const emu_op *o) {
         break;
     case OP_REDUCE_SCATTER: {
         void *in = scratch_copy(o->send, bytes * (size_t)c->size); /* the in-place recv lies inside send */
-        if (!in) return fail(c, ncclSystemError, "out of host memory");
+        if (!in) {
+            fprintf(stderr, "nccl_emu: out of host memory\n");
+            abort();
+        }
         rc = MPI_Reduce_scatter_block(in, o->recv, n, t, op, c->mpi);
         free(in);
         break;
     }
     }
-    return rc == MPI_SUCCESS ? ncclSuccess : fail(c, ncclSystemError, "an MPI collective failed");
+    if (rc != MPI_SUCCESS) MPI_Abort(MPI_COMM_WORLD, 1);
+}
+
+static void run_deferred(void *op) {
+    if (!((emu_op *)op)->comm->aborted) run_op(op);
+    free(op);
+}
+
+/* Put o on its stream: it runs when the stream (or the device) is synchronized, as a
+ * collective on a GPU completes some time after the call (emu_streams.cpp). */
+static ncclResult_t put_op(const emu_op *o) {
+    emu_op *copy = malloc(sizeof *copy);
+    if (!copy) return fail(o->comm, ncclSystemError, "out of host memory");
+    *copy = *o;
+    emu_stream_put(o->stream, run_deferred, copy);
+    return ncclSuccess;
 }
 
 /* Work accepted: ncclInProgress on a non-blocking communicator (polled once more). */
@@ -176,8 +210,10 @@ static ncclResult_t accepted(ncclComm_t c) {
 static ncclResult_t enqueue(emu_op o) {
     if (!o.comm) return ncclInvalidArgument;
     if (o.comm->polls > 0) return fail(o.comm, ncclInvalidUsage, "a call before the previous one was enqueued");
+    ncclResult_t r = check_op(&o);
+    if (r != ncclSuccess) return r;
     if (group_depth == 0) {
-        ncclResult_t r = run_op(&o);
+        r = put_op(&o);
         return r == ncclSuccess ? accepted(o.comm) : r;
     }
     if (n_queue == cap_queue) {
@@ -198,7 +234,7 @@ ncclResult_t ncclGroupEnd(void) {
     if (group_depth == 0) return ncclInvalidUsage;
     if (--group_depth > 0) return ncclSuccess;
     ncclResult_t r = ncclSuccess;
-    for (int i = 0; i < n_queue && r == ncclSuccess; i++) r = run_op(&queue[i]);
+    for (int i = 0; i < n_queue && r == ncclSuccess; i++) r = put_op(&queue[i]);
     ncclComm_t c = n_queue > 0 ? queue[0].comm : NULL;
     n_queue = 0;
     return r == ncclSuccess && c ? accepted(c) : r;
@@ -256,8 +292,13 @@ static void comm_free(ncclComm_t comm) {
     free(comm);
 }
 
+/* The communicator's collectives still on a stream never run: it is kept (not freed) for
+ * them to see that it was aborted. */
 ncclResult_t ncclCommAbort(ncclComm_t comm) {
-    if (comm) comm_free(comm);
+    if (comm && !comm->aborted) {
+        comm->aborted = 1;
+        MPI_Comm_free(&comm->mpi);
+    }
     return ncclSuccess;
 }
 
@@ -270,30 +311,25 @@ ncclResult_t ncclCommDestroy(ncclComm_t comm) {
 
 ncclResult_t ncclAllReduce(const void *send, void *recv, size_t count, ncclDataType_t t, ncclRedOp_t op,
                            ncclComm_t comm, cudaStream_t s) {
-    (void)s;
-    return enqueue((emu_op){OP_ALL_REDUCE, send, recv, count, t, op, 0, comm});
+    return enqueue((emu_op){OP_ALL_REDUCE, send, recv, count, t, op, 0, comm, s});
 }
 
 ncclResult_t ncclReduce(const void *send, void *recv, size_t count, ncclDataType_t t, ncclRedOp_t op, int root,
                         ncclComm_t comm, cudaStream_t s) {
-    (void)s;
-    return enqueue((emu_op){OP_REDUCE, send, recv, count, t, op, root, comm});
+    return enqueue((emu_op){OP_REDUCE, send, recv, count, t, op, root, comm, s});
 }
 
 ncclResult_t ncclBroadcast(const void *send, void *recv, size_t count, ncclDataType_t t, int root, ncclComm_t comm,
                            cudaStream_t s) {
-    (void)s;
-    return enqueue((emu_op){OP_BROADCAST, send, recv, count, t, ncclSum, root, comm});
+    return enqueue((emu_op){OP_BROADCAST, send, recv, count, t, ncclSum, root, comm, s});
 }
 
 ncclResult_t ncclAllGather(const void *send, void *recv, size_t count, ncclDataType_t t, ncclComm_t comm,
                            cudaStream_t s) {
-    (void)s;
-    return enqueue((emu_op){OP_ALL_GATHER, send, recv, count, t, ncclSum, 0, comm});
+    return enqueue((emu_op){OP_ALL_GATHER, send, recv, count, t, ncclSum, 0, comm, s});
 }
 
 ncclResult_t ncclReduceScatter(const void *send, void *recv, size_t count, ncclDataType_t t, ncclRedOp_t op,
                                ncclComm_t comm, cudaStream_t s) {
-    (void)s;
-    return enqueue((emu_op){OP_REDUCE_SCATTER, send, recv, count, t, op, 0, comm});
+    return enqueue((emu_op){OP_REDUCE_SCATTER, send, recv, count, t, op, 0, comm, s});
 }

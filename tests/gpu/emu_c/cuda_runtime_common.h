@@ -49,6 +49,8 @@ cudaError_t emu_stream_create(cudaStream_t *s);
 cudaError_t emu_stream_destroy(cudaStream_t s);
 cudaError_t emu_stream_sync(cudaStream_t s);
 cudaError_t emu_device_sync(void);
+/* Put run(ctx) on stream s (the null stream: run it now). */
+void emu_stream_put(cudaStream_t s, void (*run)(void *), void *ctx);
 #ifdef __cplusplus
 }
 #endif
