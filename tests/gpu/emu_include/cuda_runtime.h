@@ -110,7 +110,7 @@ inline cudaError_t cudaMemcpyAsync(void *dst, const void *src, size_t bytes, cud
     emu_copy_check(dst, src, bytes, k);
     if (!bytes) return cudaSuccess;
     if (k == cudaMemcpyDeviceToHost && !emu_registered(dst)) { /* into pageable memory: complete on return */
-        emu_run_stream(s);
+        if (s) emu_run_stream(s);
         std::memmove(dst, src, bytes);
     } else if (k == cudaMemcpyHostToDevice && !emu_registered(src)) { /* from pageable memory: read now */
         auto copy = std::make_shared<std::vector<char>>((const char *)src, (const char *)src + bytes);
