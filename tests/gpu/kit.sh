@@ -131,6 +131,7 @@ kit_env() {
     export PCKIT_LD="$kit/lib:$(cuda_dirs)"
     export OPAL_PREFIX=$kit/usr PMIX_INSTALL_PREFIX=$kit$PMIX_DIR PATH=$kit/usr/bin:$PATH
     export OMPI_MCA_mca_base_component_show_load_errors=0 OMPI_MCA_pml=ob1 OMPI_MCA_btl=self,vader
+    export OMPI_MCA_oob_tcp_if_include=lo # one node: mpirun reaches its ranks over loopback, whatever else is up
     export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_rmaps_base_oversubscribe=1
     export PC_BUILD=$kit/build PC_SRC=$top PYTHONUNBUFFERED=1 OPENBLAS_NUM_THREADS=1
 }
