@@ -92,7 +92,6 @@ pack() {
         n=$((n + 1))
     done < <(for o in "${objs[@]}" "${plugins[@]}"; do [ -e "$o" ] && ldd "$o"; done |
         awk '$2 == "=>" && $3 ~ /^\// {print $1, $3}' | sort -u)
-    ln -s "$(basename "$(readlink -f "$PMIX_DIR/lib/libpmix.so.2")")" "$stage/lib/libpmix.so" 2>/dev/null || true
     tar -C "$(dirname "$stage")" -cJf "$KIT_TAR" gpu-kit
     rm -rf "$(dirname "$stage")"
     say "$KIT_TAR: ${#objs[@]} programs, $n libraries, $(du -h "$KIT_TAR" | cut -f1)"
@@ -125,7 +124,14 @@ kit_env() {
     [ -f "$KIT_TAR" ] || { say "$KIT_TAR is missing: bash tests/gpu/kit.sh pack, then carry it"; return 1; }
     local dir=${PCKIT_DIR:-/tmp/pckit}
     if [ ! -f "$dir/.unpacked" ] || [ "$KIT_TAR" -nt "$dir/.unpacked" ]; then
-        rm -rf "$dir" && mkdir -p "$dir" && tar -C "$dir" -xJf "$KIT_TAR" && touch "$dir/.unpacked" || return 1
+        rm -rf "$dir" && mkdir -p "$dir" || return 1
+        if command -v xz >/dev/null; then
+            tar -C "$dir" -xJf "$KIT_TAR" || return 1
+        else # python's tarfile reads xz too
+            "${PYTHON:-python3}" -c 'import sys, tarfile; tarfile.open(sys.argv[1]).extractall(sys.argv[2])' \
+                "$KIT_TAR" "$dir" || return 1
+        fi
+        touch "$dir/.unpacked"
     fi
     kit=$dir/gpu-kit
     export PCKIT_LD="$kit/lib:$(cuda_dirs)"
