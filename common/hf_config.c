@@ -2,8 +2,8 @@
  *
  * Reading accepts what transformers writes for Llama-family models (GQA, explicit or
  * null head_dim, llama3 rope_scaling, eos lists, tied embeddings), in transformers 5's
- * spelling too (rope_parameters, dtype). Writing produces a
- * config that stock transformers loads; per-layer FFN widths that differ are written as
+ * spelling too (rope_parameters, dtype). Writing produces a config that stock
+ * transformers (4 and 5) loads; per-layer FFN widths that differ are written as
  * intermediate_size = max plus "projcomp_intermediate_sizes" (narrower layers are
  * zero-padded to the max by the writer of the weights), which reads back exactly. */
 #include "hf_config.h"
@@ -287,8 +287,8 @@ int hf_config_validate(const llama_config *c, const char *what, pc_err *e) {
         return pc_errorf(e, "%s: key 'max_position_embeddings' must be a positive integer", what);
     if (c->rope_scaling_type[0] != '\0') {
         if (strcmp(c->rope_scaling_type, "llama3") != 0)
-            return pc_errorf(e, "%s: key 'rope_scaling': rope type '%s' is not supported (only default and llama3)", what,
-                             c->rope_scaling_type);
+            return pc_errorf(e, "%s: key 'rope_scaling': rope type '%s' is not supported (only default and llama3)",
+                             what, c->rope_scaling_type);
         if (!(c->rope_factor > 0) || !(c->rope_low_freq_factor > 0) ||
             !(c->rope_high_freq_factor > c->rope_low_freq_factor) || c->rope_original_max_pos <= 0)
             return pc_errorf(e, "%s: key 'rope_scaling': llama3 factors are invalid", what);
