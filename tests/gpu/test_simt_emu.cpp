@@ -132,7 +132,8 @@ static void memory()
     check(aborts_with([&] { cudaMemcpy(host, host + 1, sizeof(float), cudaMemcpyDeviceToHost); },
                       "is not in a live device buffer"),
           "a device-to-host copy from host memory aborts");
-    check(aborts_with([&] { cudaMemset(y + 50, 0, 52 * sizeof(float)); }, "cudaMemset"), "a memset past a buffer aborts");
+    check(aborts_with([&] { cudaMemset(y + 50, 0, 52 * sizeof(float)); }, "cudaMemset"),
+          "a memset past a buffer aborts");
     int not_device = 0;
     check(cudaFree(&not_device) == cudaErrorInvalidValue, "cudaFree of a pointer it did not make fails");
     cudaFree(x);
