@@ -83,7 +83,14 @@ pack() {
     cp -a "$PMIX_DIR/lib/pmix" "$stage$PMIX_DIR/lib/"
     [ -d "$PMIX_DIR/share" ] && cp -a "$PMIX_DIR/share" "$stage$PMIX_DIR/"
     # every library those load, transitively (ldd resolves the closure), but the machine's
-    local plugins=("$OMPI_LIBDIR"/lib/openmpi3/mca_{btl_self,btl_vader,btl_tcp,pml_ob1,bml_r2,coll_*,ess_*,pmix_ext3x,plm_*,odls_*,oob_tcp,rml_*,routed_*,grpcomm_*,errmgr_*,iof_*,state_*,schizo_*,rmaps_*,ras_*,filem_*,osc_sm,osc_pt2pt,op_avx,patcher_overwrite,pstat_linux,reachable_*,rcache_grdma,allocator_*,mpool_hugepage,shmem_*,vprotocol_*}.so "$PMIX_DIR"/lib/pmix/*.so)
+    # (of the plugins, those a one-node run over shared memory loads: the others, UCX, OFI,
+    # InfiniBand, fail to load without their libraries and are skipped)
+    local plugins=("$OMPI_LIBDIR"/lib/openmpi3/mca_{btl_self,btl_vader,btl_tcp,pml_ob1,bml_r2,coll_*,ess_*}.so
+        "$OMPI_LIBDIR"/lib/openmpi3/mca_{pmix_ext3x,plm_*,odls_*,oob_tcp,rml_*,routed_*,grpcomm_*,errmgr_*}.so
+        "$OMPI_LIBDIR"/lib/openmpi3/mca_{iof_*,state_*,schizo_*,rmaps_*,ras_*,filem_*,osc_sm,osc_pt2pt}.so
+        "$OMPI_LIBDIR"/lib/openmpi3/mca_{op_avx,patcher_overwrite,pstat_linux,reachable_*,rcache_grdma}.so
+        "$OMPI_LIBDIR"/lib/openmpi3/mca_{allocator_*,mpool_hugepage,shmem_*,vprotocol_*}.so
+        "$PMIX_DIR"/lib/pmix/*.so)
     local n=0
     while read -r name path; do
         system_lib "$name" && continue
