@@ -129,12 +129,13 @@ step() {
     esac
 }
 
-# Unpack the kit (once: into $PCKIT_DIR, default /tmp/pckit) and set up its environment:
+# Unpack the kit (once: into $PCKIT_DIR, default .gpu-kit/ in the repository, git-ignored,
+# where programs may run even when /tmp is mounted noexec) and set up its environment:
 # the kit's libraries for its programs, CUDA's found on this machine, Open MPI and PMIx
 # relocated into it, PC_BUILD pointing at its build tree.
 kit_env() {
     [ -f "$KIT_TAR" ] || { say "$KIT_TAR is missing: bash tests/gpu/kit.sh pack, then carry it"; return 1; }
-    local dir=${PCKIT_DIR:-/tmp/pckit}
+    local dir=${PCKIT_DIR:-$top/.gpu-kit}
     if [ ! -f "$dir/.unpacked" ] || [ "$KIT_TAR" -nt "$dir/.unpacked" ]; then
         rm -rf "$dir" && mkdir -p "$dir" || return 1
         if command -v xz >/dev/null; then
