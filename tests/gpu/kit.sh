@@ -91,6 +91,10 @@ pack() {
         "$OMPI_LIBDIR"/lib/openmpi3/mca_{op_avx,patcher_overwrite,pstat_linux,reachable_*,rcache_grdma}.so
         "$OMPI_LIBDIR"/lib/openmpi3/mca_{allocator_*,mpool_hugepage,shmem_*,vprotocol_*}.so
         "$PMIX_DIR"/lib/pmix/*.so)
+    local missing
+    missing=$(for o in "${objs[@]}" "${plugins[@]}"; do [ -e "$o" ] && ldd "$o" | sed "s|^|$o: |"; done |
+        grep 'not found')
+    [ -z "$missing" ] || { say "libraries not found here, so not packed:"; echo "$missing" >&2; return 1; }
     local n=0
     while read -r name path; do
         system_lib "$name" && continue
