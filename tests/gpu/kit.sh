@@ -91,18 +91,16 @@ pack() {
         "$OMPI_LIBDIR"/lib/openmpi3/mca_{op_avx,patcher_overwrite,pstat_linux,reachable_*,rcache_grdma}.so
         "$OMPI_LIBDIR"/lib/openmpi3/mca_{allocator_*,mpool_hugepage,shmem_*,vprotocol_*}.so
         "$PMIX_DIR"/lib/pmix/*.so)
-    local missing
-    missing=$(for o in "${objs[@]}" "${plugins[@]}"; do [ -e "$o" ] && ldd "$o" | sed "s|^|$o: |"; done |
-        grep 'not found')
+    local deps missing n=0 # deps: "OBJECT: ldd line" for every object
+    deps=$(for o in "${objs[@]}" "${plugins[@]}"; do [ -e "$o" ] && ldd "$o" | sed "s|^|$o: |"; done)
+    missing=$(grep 'not found' <<<"$deps")
     [ -z "$missing" ] || { say "libraries not found here, so not packed:"; echo "$missing" >&2; return 1; }
-    local n=0
     while read -r name path; do
         system_lib "$name" && continue
         [ -f "$path" ] || { say "cannot find $name (needed by the kit)"; return 1; }
         cp -L "$path" "$stage/lib/$name"
         n=$((n + 1))
-    done < <(for o in "${objs[@]}" "${plugins[@]}"; do [ -e "$o" ] && ldd "$o"; done |
-        awk '$2 == "=>" && $3 ~ /^\// {print $1, $3}' | sort -u)
+    done < <(awk '$3 == "=>" && $4 ~ /^\// {print $2, $4}' <<<"$deps" | sort -u)
     tar -C "$(dirname "$stage")" -cJf "$KIT_TAR" gpu-kit
     rm -rf "$(dirname "$stage")"
     say "$KIT_TAR: ${#objs[@]} programs, $n libraries, $(du -h "$KIT_TAR" | cut -f1)"
