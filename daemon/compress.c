@@ -5,7 +5,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "backend_cuda.h"
 #include "checkpoint.h"
 #include "plan.h"
 #include "trainer.h"
@@ -132,9 +131,7 @@ static int select_indices(run_ctx *r, trainer *t, const int *d_ff_c, pc_err *e) 
 static int build_plan(const run_ctx *r, const trainer *t, const llama_config *small, plan *p, pc_err *e) {
     plan_opts o;
     plan_opts_from_config(&r->cfg, &o);
-    const int cuda = !strcmp(r->be->ops->name, "cuda");
-    o.attn_tt = !cuda; /* the CUDA attention never holds a (T,T) matrix */
-    o.gemm_bf16_block = cuda && o.weights_bf16 ? (int64_t)BACKEND_CUDA_BF16_BLOCK : 0;
+    plan_opts_set_device(&o, !strcmp(r->be->ops->name, "cuda")); /* the backend in use, as `auto` resolved it */
     return plan_build(p, &t->base_cfg, small, r->world, &o, e);
 }
 

@@ -693,18 +693,21 @@ int plan_small_config(const pc_config *c, const llama_config *base, llama_config
     return 0;
 }
 
+void plan_opts_set_device(plan_opts *o, int cuda) {
+    o->attn_tt = !cuda; /* the CUDA attention never holds a (T,T) matrix */
+    o->gemm_bf16_block = cuda && o->weights_bf16 ? (int64_t)BACKEND_CUDA_BF16_BLOCK : 0;
+}
+
 void plan_opts_from_config(const pc_config *c, plan_opts *o) {
     plan_opts_default(o);
     o->micro_batch = c->train.micro_batch > 0 ? c->train.micro_batch : 1;
     o->seq_len = c->data.seq_len > 0 ? c->data.seq_len : 1;
-    int cuda = !strcmp(c->backend.device, "cuda");
     o->compute_dtype_bytes = 4; /* every backend computes in fp32 */
     o->base_dtype_bytes = !strcmp(c->model.dtype, "bf16") ? 2 : 4;
-    o->attn_tt = cuda ? 0 : 1; /* the CUDA attention never holds a (T,T) matrix */
     o->teacher = c->distill.enabled;
     o->recompute = c->train.activation_checkpointing;
     o->weights_bf16 = !strcmp(c->backend.matmul, "bf16");
-    o->gemm_bf16_block = cuda && o->weights_bf16 ? (int64_t)BACKEND_CUDA_BF16_BLOCK : 0;
+    plan_opts_set_device(o, !strcmp(c->backend.device, "cuda"));
     if (c->compress.split_mb > 0) o->split_bytes = (int64_t)(c->compress.split_mb * 1e6);
 }
 

@@ -152,9 +152,13 @@ int plan_write(const plan *p, FILE *f);
  * compress.d_ff (uniform or per layer; unset keeps the base width), untied. */
 int plan_small_config(const pc_config *c, const llama_config *base, llama_config *small, pc_err *e);
 /* Options from a job: train.micro_batch, data.seq_len; base slices in model.dtype (bf16
- * or f32), everything else f32 (what every backend computes in); backend.device cuda ->
- * no (T,T) attention matrix; train.activation_checkpointing; compress.split_mb. */
+ * or f32), everything else f32 (what every backend computes in); backend.device as by
+ * plan_opts_set_device; train.activation_checkpointing; compress.split_mb. */
 void plan_opts_from_config(const pc_config *c, plan_opts *o);
+/* What the device changes (after weights_bf16 is set): on cuda (cuda != 0) no (T,T)
+ * attention matrix, and with bf16 products the two bf16 operand copies of at most
+ * BACKEND_CUDA_BF16_BLOCK elements; on the cpu, the (T,T) matrix and no copies. */
+void plan_opts_set_device(plan_opts *o, int cuda);
 /* Read model.base/config.json (or model.config) without touching weights, build the
  * plan for `world` ranks and write it to out. */
 int plan_dry_run(const pc_config *c, int world, FILE *out, pc_err *e);
