@@ -93,21 +93,27 @@ inline bool emu_registered(const void *p)
     auto it = emu_bufs.upper_bound((uintptr_t)p);
     return it != emu_bufs.begin() && (uintptr_t)p - (--it)->first <= it->second.bytes;
 }
-inline void emu_copy_check(void *dst, const void *src, size_t bytes, cudaMemcpyKind k)
+/* The device sides of a copy of kind k (dst_bytes at dst, src_bytes at src) lie inside
+ * live buffers; `what` names the call. */
+inline void emu_copy_check(void *dst, size_t dst_bytes, const void *src, size_t src_bytes, cudaMemcpyKind k,
+                           const char *what)
 {
-    if (k == cudaMemcpyHostToDevice || k == cudaMemcpyDeviceToDevice) emu_check_range(dst, bytes, "cudaMemcpy dst");
-    if (k == cudaMemcpyDeviceToHost || k == cudaMemcpyDeviceToDevice) emu_check_range(src, bytes, "cudaMemcpy src");
+    char name[64];
+    std::snprintf(name, sizeof name, "%s dst", what);
+    if (k == cudaMemcpyHostToDevice || k == cudaMemcpyDeviceToDevice) emu_check_range(dst, dst_bytes, name);
+    std::snprintf(name, sizeof name, "%s src", what);
+    if (k == cudaMemcpyDeviceToHost || k == cudaMemcpyDeviceToDevice) emu_check_range(src, src_bytes, name);
 }
 /* Synchronous: runs at once (the non-blocking streams' pending work is not waited for). */
 inline cudaError_t cudaMemcpy(void *dst, const void *src, size_t bytes, cudaMemcpyKind k)
 {
-    emu_copy_check(dst, src, bytes, k);
+    emu_copy_check(dst, bytes, src, bytes, k, "cudaMemcpy");
     if (bytes) std::memmove(dst, src, bytes);
     return cudaSuccess;
 }
 inline cudaError_t cudaMemcpyAsync(void *dst, const void *src, size_t bytes, cudaMemcpyKind k, cudaStream_t s = nullptr)
 {
-    emu_copy_check(dst, src, bytes, k);
+    emu_copy_check(dst, bytes, src, bytes, k, "cudaMemcpy");
     if (!bytes) return cudaSuccess;
     if (k == cudaMemcpyDeviceToHost && !emu_registered(dst)) { /* into pageable memory: complete on return */
         if (s) emu_run_stream(s);
@@ -124,12 +130,8 @@ inline cudaError_t cudaMemcpy2DAsync(void *dst, size_t dpitch, const void *src, 
                                      size_t height, cudaMemcpyKind k, cudaStream_t s = nullptr)
 {
     if (width > dpitch || width > spitch) return cudaErrorInvalidValue;
-    if (height && width) {
-        if (k == cudaMemcpyHostToDevice || k == cudaMemcpyDeviceToDevice)
-            emu_check_range(dst, (height - 1) * dpitch + width, "cudaMemcpy2DAsync dst");
-        if (k == cudaMemcpyDeviceToHost || k == cudaMemcpyDeviceToDevice)
-            emu_check_range(src, (height - 1) * spitch + width, "cudaMemcpy2DAsync src");
-    }
+    if (height && width)
+        emu_copy_check(dst, (height - 1) * dpitch + width, src, (height - 1) * spitch + width, k, "cudaMemcpy2DAsync");
     if (k != cudaMemcpyDeviceToDevice) return cudaErrorInvalidValue; /* the only kind cuda/ uses */
     emu_put(s, [=] {
         for (size_t r = 0; r < height; r++)
