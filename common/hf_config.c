@@ -131,17 +131,16 @@ static int parse_rope_scaling(const char *file, const char *key, const json_val 
  * object, rope_parameters {rope_type, rope_theta, the scaling's own keys}. Either is
  * read; a file with both must agree on theta and on the scaling type. */
 static int parse_rope(const char *file, const json_val *root, llama_config *c, pc_err *e) {
+    const json_val *th = json_get(root, "rope_theta"), *rs = json_get(root, "rope_scaling");
     if (get_pos_num(file, root, "rope_theta", 1, &c->rope_theta, e) < 0) return -1;
-    if (parse_rope_scaling(file, "rope_scaling", json_get(root, "rope_scaling"), c, e) != 0) return -1;
+    if (parse_rope_scaling(file, "rope_scaling", rs, c, e) != 0) return -1;
     const json_val *rp = json_get(root, "rope_parameters");
     if (!rp || json_is_null(rp)) return 0;
     if (rp->type != JSON_OBJECT) return pc_errorf(e, "%s: key 'rope_parameters' must be null or an object", file);
     double legacy_theta = c->rope_theta;
-    int legacy_theta_given = json_get(root, "rope_theta") && !json_is_null(json_get(root, "rope_theta"));
+    int legacy_theta_given = th && !json_is_null(th), legacy_scaling_given = rs && !json_is_null(rs);
     char legacy_type[sizeof c->rope_scaling_type];
     memcpy(legacy_type, c->rope_scaling_type, sizeof legacy_type);
-    const json_val *rs = json_get(root, "rope_scaling");
-    int legacy_scaling_given = rs && !json_is_null(rs);
     double theta;
     if (json_num(json_get(rp, "rope_theta"), &theta) != 0 || !(theta > 0) || !isfinite(theta))
         return pc_errorf(e, "%s: key 'rope_parameters.rope_theta' must be a positive number", file);
