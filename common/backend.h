@@ -50,6 +50,8 @@ typedef struct backend_ops {
     void (*widen_bf16)(backend *be, float *dst, const uint16_t *src, size_t n);
     /* dst = bf16(src), nearest even, for n elements. */
     void (*round_bf16)(backend *be, uint16_t *dst, const float *src, size_t n);
+    /* The same for a (rows, cols) matrix with row strides ld_dst and ld_src. */
+    void (*round_bf16_2d)(backend *be, uint16_t *dst, int ld_dst, const float *src, int ld_src, int rows, int cols);
     void (*sync)(backend *be);
     /* Most device memory in use so far, in bytes (CUDA: the device's used memory after
      * each allocation, context and library workspaces included). NULL on backends whose

@@ -117,6 +117,12 @@ static void cpu_round_bf16(backend *be, uint16_t *dst, const float *src, size_t 
     for (size_t i = 0; i < n; i++) dst[i] = pc_f32_to_bf16(src[i]);
 }
 
+static void cpu_round_bf16_2d(backend *be, uint16_t *dst, int ld_dst, const float *src, int ld_src, int rows, int cols)
+{
+    for (int r = 0; r < rows; r++)
+        cpu_round_bf16(be, dst + (size_t)r * ld_dst, src + (size_t)r * ld_src, (size_t)cols);
+}
+
 static void cpu_upload_i32(backend *be, int32_t *dst, const int32_t *src, size_t n)
 {
     (void)be;
@@ -573,6 +579,7 @@ static const backend_ops cpu_ops = {
     .upload_bf16 = cpu_upload_bf16,
     .widen_bf16 = cpu_widen_bf16,
     .round_bf16 = cpu_round_bf16,
+    .round_bf16_2d = cpu_round_bf16_2d,
     .sync = cpu_sync,
     .set_matmul = cpu_set_matmul,
     .gemm = cpu_gemm,

@@ -264,6 +264,17 @@ static void guard_round_bf16(backend *be, uint16_t *dst, const float *src, size_
     call_end(&k);
 }
 
+static void guard_round_bf16_2d(backend *be, uint16_t *dst, int ld_dst, const float *src, int ld_src, int rows,
+                                int cols)
+{
+    guard_call k;
+    call_begin(&k, be, "round_bf16_2d");
+    call_arg(&k, dst, "dst");
+    call_arg(&k, src, "src");
+    inner(be)->ops->round_bf16_2d(inner(be), dst, ld_dst, src, ld_src, rows, cols);
+    call_end(&k);
+}
+
 static void guard_sync(backend *be) { inner(be)->ops->sync(inner(be)); }
 
 static int guard_set_matmul(backend *be, matmul_mode mode) { return inner(be)->ops->set_matmul(inner(be), mode); }
@@ -584,6 +595,7 @@ static const backend_ops guard_ops = {
     .upload_bf16 = guard_upload_bf16,
     .widen_bf16 = guard_widen_bf16,
     .round_bf16 = guard_round_bf16,
+    .round_bf16_2d = guard_round_bf16_2d,
     .sync = guard_sync,
     .set_matmul = guard_set_matmul,
     .gemm = guard_gemm,

@@ -352,19 +352,29 @@ static cublasComputeType_t compute_type(const cuda_impl *c)
     return c->tf32 ? CUBLAS_COMPUTE_32F_FAST_TF32 : CUBLAS_COMPUTE_32F;
 }
 
-/* dst (rows, cols) contiguous = bf16(src (rows, cols), row stride ld), nearest even */
-__global__ void k_round_bf16(__nv_bfloat16 *dst, const float *src, size_t rows, size_t cols, size_t ld)
+/* dst (rows, cols) row stride ld_dst = bf16(src (rows, cols), row stride ld), nearest even */
+__global__ void k_round_bf16(__nv_bfloat16 *dst, size_t ld_dst, const float *src, size_t rows, size_t cols, size_t ld)
 {
     size_t n = rows * cols;
-    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x)
-        dst[i] = __float2bfloat16_rn(src[ld == cols ? i : (i / cols) * ld + i % cols]); /* contiguous: no division */
+    int dense = ld == cols && ld_dst == cols; /* contiguous: no division */
+    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
+        size_t r = dense ? 0 : i / cols, col = dense ? i : i % cols;
+        dst[r * ld_dst + col] = __float2bfloat16_rn(src[r * ld + col]);
+    }
 }
 
-static void round_into(cuda_impl *c, __nv_bfloat16 *dst, const float *src, size_t rows, size_t cols, size_t ld)
+static void round_strided(cuda_impl *c, __nv_bfloat16 *dst, size_t ld_dst, const float *src, size_t rows,
+                          size_t cols, size_t ld)
 {
     if (rows * cols == 0) return;
-    PC_LAUNCH(k_round_bf16, grid_for(rows * cols, 256), 256, 0, c->stream)(dst, src, rows, cols, ld);
+    PC_LAUNCH(k_round_bf16, grid_for(rows * cols, 256), 256, 0, c->stream)(dst, ld_dst, src, rows, cols, ld);
     launch_check(c, __FILE__, __LINE__);
+}
+
+/* into a contiguous (rows, cols) */
+static void round_into(cuda_impl *c, __nv_bfloat16 *dst, const float *src, size_t rows, size_t cols, size_t ld)
+{
+    round_strided(c, dst, cols, src, rows, cols, ld);
 }
 
 static const __nv_bfloat16 *to_bf16(cuda_impl *c, uint16_t **buf, size_t *have, const float *src, int rows, int cols,
@@ -389,6 +399,11 @@ static int bf16_block(int total, int K, size_t cap)
 static void cu_round_bf16(backend *be, uint16_t *dst, const float *src, size_t n)
 {
     round_into(impl_of(be), (__nv_bfloat16 *)dst, src, 1, n, n);
+}
+
+static void cu_round_bf16_2d(backend *be, uint16_t *dst, int ld_dst, const float *src, int ld_src, int rows, int cols)
+{
+    round_strided(impl_of(be), (__nv_bfloat16 *)dst, (size_t)ld_dst, src, (size_t)rows, (size_t)cols, (size_t)ld_src);
 }
 
 /* cu_gemm's product on bf16 operands (leading dimensions of their stored layouts), fp32 accumulation */
@@ -1231,6 +1246,7 @@ static const backend_ops cuda_ops = {
     .upload_bf16 = cu_upload_bf16,
     .widen_bf16 = cu_widen_bf16,
     .round_bf16 = cu_round_bf16,
+    .round_bf16_2d = cu_round_bf16_2d,
     .sync = cu_sync,
     .mem_peak = cu_mem_peak,
     .mem_total = cu_mem_total,

@@ -211,6 +211,7 @@ int compress_setup(run_ctx *r, trainer *t, pc_err *e) {
         return proj_slice_base(t->base, &t->base_cfg, &t->m, &t->idx, e);
     }
     t->method = &METHOD_PROJECT;
+    if (t->m.w16) llama_bf16_only(&t->m); /* W_C arrives rounded: fp32 only for lookups and norm gains */
     t->overlap.r = r; /* for the model's hooks (backend.overlap_comm) */
     if (proj_setup(r, t, e) != 0) return -1;
     t->proj_flops = proj_flops(&t->ps);

@@ -45,7 +45,7 @@ static void add_tensor(llama_model *m, const char *name, int ndim, int64_t d0, i
     t->shape[0] = d0;
     t->shape[1] = ndim == 2 ? d1 : 1;
     t->numel = d0 * (ndim == 2 ? d1 : 1);
-    t->offset = m->n_params;
+    t->offset = t->poff = m->n_params;
     m->n_params += t->numel;
 }
 
@@ -79,7 +79,22 @@ static int layer_tensor(int l, int which) { return 1 + LLAMA_TENSORS_PER_LAYER *
 static int final_norm_tensor(const llama_model *m) { return 1 + LLAMA_TENSORS_PER_LAYER * m->cfg.n_layers; }
 static int head_tensor(const llama_model *m) { return m->cfg.tie_word_embeddings ? 0 : final_norm_tensor(m) + 1; }
 
-static float *P(const llama_model *m, int i) { return m->params + m->tensors[i].offset; }
+/* Tensor i's fp32 values; aborts where the model holds none (llama_bf16_only), which is
+ * where they are never read: a model with w16 reads its matrices through weight_gemm. */
+static float *P(const llama_model *m, int i)
+{
+    float *p = llama_param(m, i);
+    if (!p) {
+        fprintf(stderr, "llama: %s has no fp32 values in this model (llama_bf16_only)\n", m->tensors[i].name);
+        abort();
+    }
+    return p;
+}
+
+float *llama_param(const llama_model *m, int i)
+{
+    return m->tensors[i].poff >= 0 ? m->params + m->tensors[i].poff : NULL;
+}
 static float *G(const llama_model *m, int i) { return m->grads + m->tensors[i].offset; }
 
 int llama_n_tensors(const llama_model *m) { return m->n_tensors; }
@@ -151,6 +166,7 @@ static int init(llama_model *m, const llama_config *c, backend *be, int B, int T
     m->recompute = mode == RECOMPUTE;
     m->acts_layer = -1;
     build_table(m);
+    m->n_params_f32 = m->n_params;
     m->params = be_alloc(be, (size_t)m->n_params);
     if (!forward_only) m->grads = be_alloc(be, (size_t)m->n_params);
 
@@ -236,14 +252,32 @@ void llama_use_bf16_weights(llama_model *m)
 
 void llama_refresh_w16(llama_model *m)
 {
-    if (m->w16) m->be->ops->round_bf16(m->be, m->w16, m->params, (size_t)m->n_params);
+    if (!m->w16) return;
+    if (m->n_params_f32 == m->n_params) { /* every tensor, one call */
+        m->be->ops->round_bf16(m->be, m->w16, m->params, (size_t)m->n_params);
+        return;
+    }
+    for (int i = 0; i < m->n_tensors; i++) {
+        const llama_tensor *t = &m->tensors[i];
+        if (t->poff >= 0) m->be->ops->round_bf16(m->be, m->w16 + t->offset, m->params + t->poff, (size_t)t->numel);
+    }
 }
 
-void llama_refresh_w16_tensor(llama_model *m, int i)
+void llama_bf16_only(llama_model *m)
 {
-    const llama_tensor *t = &m->tensors[i];
-    if (m->w16) m->be->ops->round_bf16(m->be, m->w16 + t->offset, m->params + t->offset, (size_t)t->numel);
+    llama_use_bf16_weights(m);
+    if (m->n_params_f32 != m->n_params) return;
+    be_free(m->be, m->params); /* zeroes only: nothing is lost */
+    m->n_params_f32 = 0;
+    for (int i = 0; i < m->n_tensors; i++) {
+        llama_tensor *t = &m->tensors[i];
+        int f32 = i == 0 || t->ndim == 1; /* the embedding (lookups) and the norm gains */
+        t->poff = f32 ? m->n_params_f32 : -1;
+        if (f32) m->n_params_f32 += t->numel;
+    }
+    m->params = be_alloc(m->be, (size_t)m->n_params_f32);
 }
+
 
 int llama_grad_stage(const llama_model *m, int i)
 {
@@ -302,7 +336,7 @@ void llama_init_random(llama_model *m, uint64_t seed, float std)
             pc_rng_seed(&r, pc_hash64(seed, (uint64_t)i, 0x11a3a, 0));
             for (int64_t j = 0; j < t->numel; j++) buf[j] = std * pc_rng_normal(&r);
         }
-        be_upload(m->be, m->params + t->offset, buf, (size_t)t->numel);
+        be_upload(m->be, P(m, i), buf, (size_t)t->numel);
     }
     free(buf);
 }
@@ -381,18 +415,42 @@ int llama_load_safetensors(llama_model *m, const char *dir_or_file, pc_err *e)
             break;
         }
         rc = st_check_finite(st, t->name, buf, (size_t)t->numel, e);
-        if (rc == 0) be_upload(m->be, m->params + t->offset, buf, (size_t)t->numel);
+        if (rc == 0) be_upload(m->be, P(m, i), buf, (size_t)t->numel);
     }
     free(buf);
     st_close(st);
     return rc;
 }
 
+/* Every tensor's values into host (n_params): fp32 where the model holds them, else its
+ * bf16 copy widened (exact). */
+static void download_values(const llama_model *m, float *host)
+{
+    if (m->n_params_f32 == m->n_params) {
+        be_download(m->be, host, m->params, (size_t)m->n_params);
+        return;
+    }
+    int64_t maxn = 0;
+    for (int i = 0; i < m->n_tensors; i++) maxn = PC_MAX(maxn, m->tensors[i].numel);
+    uint16_t *h16 = pc_malloc(sizeof(uint16_t) * (size_t)maxn); /* one tensor's bf16 */
+    for (int i = 0; i < m->n_tensors; i++) {
+        const llama_tensor *t = &m->tensors[i];
+        float *dst = host + t->offset;
+        if (t->poff >= 0) {
+            be_download(m->be, dst, m->params + t->poff, (size_t)t->numel);
+            continue;
+        }
+        m->be->ops->download_raw(m->be, h16, m->w16 + t->offset, sizeof(uint16_t) * (size_t)t->numel);
+        for (int64_t j = 0; j < t->numel; j++) dst[j] = pc_bf16_to_f32(h16[j]);
+    }
+    free(h16);
+}
+
 int llama_save_safetensors(const llama_model *m, const char *dir, st_dtype dtype, pc_err *e)
 {
     if (pc_mkdirs(dir, e)) return -1;
-    float *host = pc_alloc_f32((size_t)m->n_params);
-    be_download(m->be, host, m->params, (size_t)m->n_params);
+    float *host = pc_alloc_f32((size_t)m->n_params); /* every tensor at its offset */
+    download_values(m, host);
     st_item *items = pc_calloc((size_t)m->n_tensors, sizeof(st_item));
     float **padded = pc_calloc((size_t)m->n_tensors, sizeof(float *));
     int64_t F = m->cfg.d_ff;

@@ -28,8 +28,9 @@ typedef struct llama_tensor {
     char name[LLAMA_NAME_MAX];
     int ndim;         /* 1 or 2 */
     int64_t shape[2];
-    int64_t offset;   /* into params / grads, in elements */
+    int64_t offset;   /* into grads and w16 (and params unless llama_bf16_only), in elements */
     int64_t numel;
+    int64_t poff;     /* into params; -1 when the model holds no fp32 copy of it (llama_bf16_only) */
 } llama_tensor;
 
 typedef struct llama_acts llama_acts;
@@ -45,7 +46,8 @@ typedef struct llama_model {
     int n_tensors;
     llama_tensor *tensors;
     int64_t n_params;
-    float *params;            /* (n_params) device */
+    float *params;            /* (n_params_f32) device, tensor i at tensors[i].poff */
+    int64_t n_params_f32;     /* n_params, or fewer after llama_bf16_only */
     float *grads;             /* (n_params) device, accumulated by llama_backward */
     uint16_t *w16;            /* (n_params) device, bf16 copy of params for the weight GEMMs, or NULL */
     float loss_scale;         /* backward differentiates loss_scale * mean loss (default 1) */
@@ -88,10 +90,17 @@ void llama_free(llama_model *m);
  * each product; embedding lookups and norm gains keep reading params. Whoever changes
  * params calls llama_refresh_w16 before the next forward. */
 void llama_use_bf16_weights(llama_model *m);
-/* w16 = bf16(params), nearest even; nothing without a copy. */
+/* w16 = bf16(params), nearest even, for every tensor held in fp32; nothing without a copy. */
 void llama_refresh_w16(llama_model *m);
-/* The same for tensor i only. */
-void llama_refresh_w16_tensor(llama_model *m, int i);
+/* A model whose matrices live only in bf16 (a compressed model whose values arrive
+ * rounded): gives it the bf16 copy and keeps fp32 values (params) only for the tensors
+ * read in fp32, the embedding (lookups) and the norm gains; the other matrices' values
+ * are w16's. Saves 4 bytes per matrix parameter. Call right after init, before any
+ * values are set (params is zeroed); llama_load_safetensors and llama_init_random then
+ * abort, llama_save_safetensors widens w16. */
+void llama_bf16_only(llama_model *m);
+/* Tensor i's fp32 values in params, or NULL when the model holds none (llama_bf16_only). */
+float *llama_param(const llama_model *m, int i);
 
 int llama_n_tensors(const llama_model *m);
 /* Index of the tensor with HF name `name`, or -1. */

@@ -255,6 +255,9 @@ int proj_init(proj_set *ps, backend *be, const st_model *base, const llama_confi
               const llama_model *small, const proj_indices *idx, const proj_spec *specs, int n_specs, int rank,
               int world, int base_bf16, pc_err *e) {
     memset(ps, 0, sizeof *ps);
+    if (small->w16 && small->n_params_f32 == small->n_params)
+        return pc_errorf(e, "proj_init: a small model with a bf16 copy keeps its matrices in bf16 only "
+                            "(llama_bf16_only)");
     ps->be = be;
     ps->base_bf16 = base_bf16;
     ps->rank = rank;
@@ -378,14 +381,42 @@ static void materialize_block(proj_set *ps, const proj_block *b, float *out, int
     }
 }
 
+/* Block b's first element in the small model's fp32 values, or NULL where it holds none. */
+static float *f32_at(const proj_block *b, const llama_model *small) {
+    float *p = llama_param(small, b->small_index);
+    return p ? p + (b->off_c - llama_tensor_offset(small, b->small_index)) : NULL;
+}
+
+/* Block b's piece of the W_C broadcast in bf16: its place in w16, or in xchg16 for a
+ * strided block; *ld its row stride. */
+static uint16_t *piece16(const proj_set *ps, const proj_block *b, const llama_model *small, int *ld) {
+    *ld = b->xoff >= 0 ? b->d_in_c : b->ld_c;
+    return b->xoff >= 0 ? ps->xchg16 + b->xoff : small->w16 + b->off_c;
+}
+
 void proj_materialize(proj_set *ps, llama_model *small) {
     for (int i = 0; i < ps->n_blocks; i++) {
         const proj_block *b = &ps->blocks[i];
         if (b->owner != ps->rank) continue;
+        /* W_C in fp32 (d_out', d_in') with row stride ld: where the model holds fp32 values,
+         * else (bf16 only) packed into xchg for a strided block, or staged in G's place */
+        float *out = f32_at(b, small);
+        int ld = b->ld_c;
+        if (!out && b->xoff >= 0) {
+            out = ps->xchg + b->xoff;
+            ld = b->d_in_c;
+        } else if (!out) {
+            out = small->grads + b->off_c;
+        }
         if (b->kind == PROJ_NORM)
-            be_copy(ps->be, small->params + b->off_c, ps->params + b->a, (size_t)b->d_in_c);
+            be_copy(ps->be, out, ps->params + b->a, (size_t)b->d_in_c);
         else
-            materialize_block(ps, b, small->params + b->off_c, b->ld_c);
+            materialize_block(ps, b, out, ld);
+        if (small->w16) { /* rounded into its piece now: the staging is reused by the next block */
+            int ld16;
+            uint16_t *dst = piece16(ps, b, small, &ld16);
+            ps->be->ops->round_bf16_2d(ps->be, dst, ld16, out, ld, b->d_out_c, b->d_in_c);
+        }
     }
 }
 
@@ -407,24 +438,21 @@ static float *piece_at(const proj_set *ps, const proj_block *b, float *buf) {
 /* Forward order of the stages (llama_forward's on_weights): the embedding first. */
 static int fwd_stage(const proj_set *ps, const proj_block *b) { return ps->n_stages - 1 - b->stage; }
 
-/* Block b's piece of the W_C broadcast: its place in params (f32) or w16 (bf16), or in
- * xchg / xchg16 for a strided block. */
+/* Block b's piece of the W_C broadcast: in bf16 (piece16), or its place in params (f32),
+ * or in xchg for a strided block. */
 static void *gather_piece(const proj_set *ps, const proj_block *b, const llama_model *small) {
-    if (small->w16) return b->xoff >= 0 ? (void *)(ps->xchg16 + b->xoff) : (void *)(small->w16 + b->off_c);
+    int ld;
+    if (small->w16) return piece16(ps, b, small, &ld);
     return piece_at(ps, b, small->params);
 }
 
-/* Owners make their pieces: bf16, W_C rounded into them; f32, strided blocks packed. */
+/* Owners make their pieces: f32, strided blocks packed (bf16 pieces are made by
+ * proj_materialize). */
 static void gather_prepare(proj_set *ps, llama_model *small) {
-    backend *be = ps->be;
+    if (small->w16) return;
     for (int i = 0; i < ps->n_blocks; i++) {
         const proj_block *b = &ps->blocks[i];
-        if (b->owner != ps->rank) continue;
-        if (b->xoff >= 0) pack_block(be, b, ps->xchg + b->xoff, small->params);
-        if (small->w16) {
-            const float *wc = b->xoff >= 0 ? ps->xchg + b->xoff : small->params + b->off_c;
-            be->ops->round_bf16(be, gather_piece(ps, b, small), wc, (size_t)b->d_out_c * b->d_in_c);
-        }
+        if (b->owner == ps->rank && b->xoff >= 0) pack_block(ps->be, b, ps->xchg + b->xoff, small->params);
     }
 }
 
@@ -443,9 +471,9 @@ static int gather_start(proj_set *ps, llama_model *small, comm *c, int first, in
 }
 
 /* The blocks of forward stages first .. last have arrived: a strided one is unpacked into
- * params; in bf16 every piece is widened into params (the owners' too: every rank then
- * holds the same values), and a strided block's tensor gets its bf16 rows back from them
- * (exact) once its last block is in. */
+ * params; in bf16 a strided one is unpacked into w16 (widened and rounded again: exact)
+ * and a piece of a tensor the model also holds in fp32 (the embedding, norm gains; never
+ * strided) is widened into params, on the owners too: every rank then holds the same values. */
 static void gather_land(proj_set *ps, llama_model *small, int first, int last) {
     backend *be = ps->be;
     for (int i = 0; i < ps->n_blocks; i++) {
@@ -456,12 +484,12 @@ static void gather_land(proj_set *ps, llama_model *small, int first, int last) {
         if (!small->w16) {
             if (b->xoff >= 0 && b->owner != ps->rank) unpack_block(be, b, small->params, ps->xchg + b->xoff);
         } else if (b->xoff < 0) {
-            be->ops->widen_bf16(be, small->params + b->off_c, small->w16 + b->off_c, n);
+            float *f32 = f32_at(b, small);
+            if (f32) be->ops->widen_bf16(be, f32, small->w16 + b->off_c, n);
         } else {
             be->ops->widen_bf16(be, ps->xchg + b->xoff, ps->xchg16 + b->xoff, n);
-            unpack_block(be, b, small->params, ps->xchg + b->xoff);
-            if (i + 1 == ps->n_blocks || ps->blocks[i + 1].small_index != b->small_index)
-                llama_refresh_w16_tensor(small, b->small_index);
+            be->ops->round_bf16_2d(be, small->w16 + b->off_c, b->ld_c, ps->xchg + b->xoff, b->d_in_c, b->d_out_c,
+                                   b->d_in_c);
         }
     }
     ps->gather_landed = last + 1;

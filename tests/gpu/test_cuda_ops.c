@@ -576,6 +576,12 @@ static void test_elementwise(ctx *x)
     x->cpu->ops->widen_bf16(x->cpu, wide.c, bc, nb);
     x->gpu->ops->widen_bf16(x->gpu, wide.g, bg, nb);
     check_pair(x, "round_bf16 (nearest even)", &wide, 0.0);
+    /* a (37, 29) block between row strides 53 and 41: columns outside it untouched */
+    x->cpu->ops->round_bf16_2d(x->cpu, bc + 3, 41, f.c + 5, 53, 37, 29);
+    x->gpu->ops->round_bf16_2d(x->gpu, bg + 3, 41, f.g + 5, 53, 37, 29);
+    x->cpu->ops->widen_bf16(x->cpu, wide.c, bc, nb);
+    x->gpu->ops->widen_bf16(x->gpu, wide.g, bg, nb);
+    check_pair(x, "round_bf16_2d (strided)", &wide, 0.0);
     pair_free(x, &f);
     pair_free(x, &wide);
     /* raw transfers: an odd number of bytes there and back, the next byte untouched */

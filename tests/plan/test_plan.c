@@ -628,9 +628,10 @@ static void test_activations(void **state) {
     plan_free(&rc);
 }
 
-/* backend.matmul bf16 (weights_bf16): every rank's replica holds a bf16 copy of W_C beside
- * it, exactly what llama_use_bf16_weights allocates; the exchange buffer a bf16 copy of
- * the column blocks; W_C is gathered in bf16, half the f32 payload; nothing else moves. */
+/* backend.matmul bf16 (weights_bf16): every rank's replica holds W_C in bf16 and in fp32
+ * only its embedding and norm gains, exactly what llama_use_bf16_weights and
+ * llama_bf16_only allocate and free; the exchange buffer a bf16 copy of the column blocks;
+ * W_C is gathered in bf16, half the f32 payload; nothing else moves. */
 static void test_weights_bf16(void **state) {
     (void)state;
     static llama_config base, small;
@@ -645,7 +646,9 @@ static void test_weights_bf16(void **state) {
     int64_t strided = 0;
     for (int r = 0; r < 16; r++) {
         const plan_rank *a = &f.ranks[r], *b = &h.ranks[r];
-        assert_int_equal(b->replica_bytes - a->replica_bytes, 2 * h.small_numel);
+        assert_int_equal(b->replica_bytes - a->replica_bytes,
+                         2 * h.small_numel - 4 * (h.small_numel - hf_config_n_embed_norm_params(&small)));
+        assert_true(b->replica_bytes < a->replica_bytes * 5 / 6); /* 8B: fp32 8, bf16 6.4 bytes per parameter */
         assert_int_equal(2 * b->xchg_bytes, 3 * a->xchg_bytes); /* f32 + bf16 */
         assert_int_equal(b->total_bytes - a->total_bytes,
                          (b->replica_bytes - a->replica_bytes) + (b->xchg_bytes - a->xchg_bytes));
@@ -693,6 +696,11 @@ static void test_weights_bf16(void **state) {
     counted_bytes = 0;
     llama_use_bf16_weights(&m);
     assert_int_equal(counted_bytes, 2 * (size_t)hf_config_n_params(&ts));
+    counted_bytes = 0; /* llama_bf16_only frees the fp32 params (n_params) for these */
+    llama_bf16_only(&m);
+    assert_int_equal(counted_bytes, 4 * (size_t)hf_config_n_embed_norm_params(&ts));
+    assert_int_equal(m.n_params_f32, hf_config_n_embed_norm_params(&ts));
+    assert_int_equal(m.n_params, hf_config_n_params(&ts));
     llama_free(&m);
     counting_end(be);
 }
