@@ -197,7 +197,8 @@ int compress_setup(run_ctx *r, trainer *t, pc_err *e) {
     if (select_indices(r, t, sc.d_ff_layer, e) != 0) return -1;
     if (!strcmp(c->run.mode, "importance")) return 0;
 
-    if (run_llama_init(r, &t->m, &sc, c->train.micro_batch, e) != 0) return -1;
+    int projected = strcmp(c->run.mode, "prune") != 0; /* prune trains the weights themselves */
+    if (run_llama_init(r, &t->m, &sc, c->train.micro_batch, projected, e) != 0) return -1;
     if (c->distill.enabled) { /* the teacher: the whole frozen base on every rank */
         if (llama_init_forward_only(&t->teacher, &t->base_cfg, r->be, c->train.micro_batch, c->data.seq_len, e) != 0)
             return -1;
@@ -211,7 +212,6 @@ int compress_setup(run_ctx *r, trainer *t, pc_err *e) {
         return proj_slice_base(t->base, &t->base_cfg, &t->m, &t->idx, e);
     }
     t->method = &METHOD_PROJECT;
-    if (t->m.w16) llama_bf16_only(&t->m); /* W_C arrives rounded: fp32 only for lookups and norm gains */
     t->overlap.r = r; /* for the model's hooks (backend.overlap_comm) */
     if (proj_setup(r, t, e) != 0) return -1;
     t->proj_flops = proj_flops(&t->ps);

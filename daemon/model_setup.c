@@ -100,12 +100,11 @@ int run_model_config(const run_ctx *r, llama_config *lc, pc_err *e) {
     return pc_errorf(e, "%s: set model.base (an HF model directory) or model.config (a config.json)", c->source);
 }
 
-int run_llama_init(const run_ctx *r, llama_model *m, const llama_config *lc, int B, pc_err *e) {
-    int T = r->cfg.data.seq_len;
-    int rc = r->cfg.train.activation_checkpointing ? llama_init_recompute(m, lc, r->be, B, T, e)
-                                                   : llama_init(m, lc, r->be, B, T, e);
-    if (rc == 0 && !strcmp(r->cfg.backend.matmul, "bf16")) llama_use_bf16_weights(m); /* GEMMs read bf16 weights */
-    return rc;
+int run_llama_init(const run_ctx *r, llama_model *m, const llama_config *lc, int B, int projected, pc_err *e) {
+    int flags = r->cfg.train.activation_checkpointing ? LLAMA_RECOMPUTE : 0;
+    if (!strcmp(r->cfg.backend.matmul, "bf16")) /* GEMMs read bf16 weights */
+        flags |= projected ? LLAMA_BF16_ONLY : LLAMA_BF16_WEIGHTS;
+    return llama_init_flags(m, lc, r->be, B, r->cfg.data.seq_len, flags, e);
 }
 
 int run_model(run_ctx *r, llama_model *m, int B, pc_err *e) {
@@ -114,7 +113,7 @@ int run_model(run_ctx *r, llama_model *m, int B, pc_err *e) {
     if (run_model_config(r, &lc, e) != 0) return -1;
     if (hf_config_validate(&lc, c->model.base[0] ? c->model.base : c->model.config, e) != 0) return -1;
     if (!r->be && run_backend(r, e) != 0) return -1;
-    if (run_llama_init(r, m, &lc, B, e) != 0) return -1;
+    if (run_llama_init(r, m, &lc, B, 0, e) != 0) return -1;
     if (c->model.base[0]) {
         if (llama_load_safetensors(m, c->model.base, e) != 0) return -1;
         LOGI(&r->log, "loaded %s (%lld parameters)", c->model.base, (long long)hf_config_n_params(&lc));

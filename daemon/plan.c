@@ -493,7 +493,7 @@ int plan_build(plan *p, const llama_config *base, const llama_config *small, int
     /* replica, activations, totals, comm */
     p->small_numel = hf_config_n_params(small);
     /* the replica: W_C (compute dtype) and G (f32); with bf16 weights W_C is its bf16 copy
-     * and only the embedding and norm gains are also held in fp32 (llama_bf16_only) */
+     * and only the embedding and norm gains are also held in fp32 (LLAMA_BF16_ONLY) */
     int64_t wc_numel = o->weights_bf16 ? hf_config_n_embed_norm_params(small) : p->small_numel;
     int64_t replica = wc_numel * o->compute_dtype_bytes + p->small_numel * (4 + (o->weights_bf16 ? 2 : 0));
     int64_t act = activation_bytes(small, o), gemm16 = gemm_bf16_bytes(p, o);

@@ -79,13 +79,13 @@ static int layer_tensor(int l, int which) { return 1 + LLAMA_TENSORS_PER_LAYER *
 static int final_norm_tensor(const llama_model *m) { return 1 + LLAMA_TENSORS_PER_LAYER * m->cfg.n_layers; }
 static int head_tensor(const llama_model *m) { return m->cfg.tie_word_embeddings ? 0 : final_norm_tensor(m) + 1; }
 
-/* Tensor i's fp32 values; aborts where the model holds none (llama_bf16_only), which is
+/* Tensor i's fp32 values; aborts where the model holds none (LLAMA_BF16_ONLY), which is
  * where they are never read: a model with w16 reads its matrices through weight_gemm. */
 static float *P(const llama_model *m, int i)
 {
     float *p = llama_param(m, i);
     if (!p) {
-        fprintf(stderr, "llama: %s has no fp32 values in this model (llama_bf16_only)\n", m->tensors[i].name);
+        fprintf(stderr, "llama: %s has no fp32 values in this model (LLAMA_BF16_ONLY)\n", m->tensors[i].name);
         abort();
     }
     return p;
@@ -152,7 +152,20 @@ static void free_list(backend *be, float **v, int count, int shared)
 
 enum { KEEP_ALL = 0, RECOMPUTE, FORWARD_ONLY };
 
-static int init(llama_model *m, const llama_config *c, backend *be, int B, int T, int mode, pc_err *e)
+/* params: every tensor, or (bf16_only) the embedding (lookups) and the norm gains */
+static void alloc_params(llama_model *m, int bf16_only)
+{
+    m->n_params_f32 = 0;
+    for (int i = 0; i < m->n_tensors; i++) {
+        llama_tensor *t = &m->tensors[i];
+        int f32 = !bf16_only || i == 0 || t->ndim == 1;
+        t->poff = f32 ? m->n_params_f32 : -1;
+        if (f32) m->n_params_f32 += t->numel;
+    }
+    m->params = be_alloc(m->be, (size_t)m->n_params_f32);
+}
+
+static int init(llama_model *m, const llama_config *c, backend *be, int B, int T, int mode, int flags, pc_err *e)
 {
     int forward_only = mode == FORWARD_ONLY, shared = mode != KEEP_ALL; /* the per-layer lists but res */
     memset(m, 0, sizeof(*m));
@@ -166,8 +179,8 @@ static int init(llama_model *m, const llama_config *c, backend *be, int B, int T
     m->recompute = mode == RECOMPUTE;
     m->acts_layer = -1;
     build_table(m);
-    m->n_params_f32 = m->n_params;
-    m->params = be_alloc(be, (size_t)m->n_params);
+    alloc_params(m, flags & LLAMA_BF16_ONLY);
+    if (flags & (LLAMA_BF16_WEIGHTS | LLAMA_BF16_ONLY)) llama_use_bf16_weights(m);
     if (!forward_only) m->grads = be_alloc(be, (size_t)m->n_params);
 
     int L = c->n_layers, H = c->n_heads, hd = c->head_dim;
@@ -263,21 +276,6 @@ void llama_refresh_w16(llama_model *m)
     }
 }
 
-void llama_bf16_only(llama_model *m)
-{
-    llama_use_bf16_weights(m);
-    if (m->n_params_f32 != m->n_params) return;
-    be_free(m->be, m->params); /* zeroes only: nothing is lost */
-    m->n_params_f32 = 0;
-    for (int i = 0; i < m->n_tensors; i++) {
-        llama_tensor *t = &m->tensors[i];
-        int f32 = i == 0 || t->ndim == 1; /* the embedding (lookups) and the norm gains */
-        t->poff = f32 ? m->n_params_f32 : -1;
-        if (f32) m->n_params_f32 += t->numel;
-    }
-    m->params = be_alloc(m->be, (size_t)m->n_params_f32);
-}
-
 
 int llama_grad_stage(const llama_model *m, int i)
 {
@@ -305,17 +303,22 @@ void llama_zero_grad(llama_model *m)
 
 int llama_init(llama_model *m, const llama_config *c, backend *be, int B, int T, pc_err *e)
 {
-    return init(m, c, be, B, T, KEEP_ALL, e);
+    return init(m, c, be, B, T, KEEP_ALL, 0, e);
 }
 
 int llama_init_recompute(llama_model *m, const llama_config *c, backend *be, int B, int T, pc_err *e)
 {
-    return init(m, c, be, B, T, RECOMPUTE, e);
+    return init(m, c, be, B, T, RECOMPUTE, 0, e);
+}
+
+int llama_init_flags(llama_model *m, const llama_config *c, backend *be, int B, int T, int flags, pc_err *e)
+{
+    return init(m, c, be, B, T, flags & LLAMA_RECOMPUTE ? RECOMPUTE : KEEP_ALL, flags, e);
 }
 
 int llama_init_forward_only(llama_model *m, const llama_config *c, backend *be, int B, int T, pc_err *e)
 {
-    return init(m, c, be, B, T, FORWARD_ONLY, e);
+    return init(m, c, be, B, T, FORWARD_ONLY, 0, e);
 }
 
 void llama_set_loss_scale(llama_model *m, float s) { m->loss_scale = s; }

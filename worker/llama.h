@@ -28,9 +28,9 @@ typedef struct llama_tensor {
     char name[LLAMA_NAME_MAX];
     int ndim;         /* 1 or 2 */
     int64_t shape[2];
-    int64_t offset;   /* into grads and w16 (and params unless llama_bf16_only), in elements */
+    int64_t offset;   /* into grads and w16 (and params unless LLAMA_BF16_ONLY), in elements */
     int64_t numel;
-    int64_t poff;     /* into params; -1 when the model holds no fp32 copy of it (llama_bf16_only) */
+    int64_t poff;     /* into params; -1 when the model holds no fp32 copy of it (LLAMA_BF16_ONLY) */
 } llama_tensor;
 
 typedef struct llama_acts llama_acts;
@@ -47,7 +47,7 @@ typedef struct llama_model {
     llama_tensor *tensors;
     int64_t n_params;
     float *params;            /* (n_params_f32) device, tensor i at tensors[i].poff */
-    int64_t n_params_f32;     /* n_params, or fewer after llama_bf16_only */
+    int64_t n_params_f32;     /* n_params, or fewer with LLAMA_BF16_ONLY */
     float *grads;             /* (n_params) device, accumulated by llama_backward */
     uint16_t *w16;            /* (n_params) device, bf16 copy of params for the weight GEMMs, or NULL */
     float loss_scale;         /* backward differentiates loss_scale * mean loss (default 1) */
@@ -84,6 +84,15 @@ int llama_init_forward_only(llama_model *m, const llama_config *c, backend *be, 
  * before differentiating it. Same results, bit for bit, as llama_init's model, for about
  * one more forward of the decoder layers; llama_layer_acts sees the last layer run. */
 int llama_init_recompute(llama_model *m, const llama_config *c, backend *be, int B, int T, pc_err *e);
+/* llama_init (or, with LLAMA_RECOMPUTE, llama_init_recompute) with, by flags:
+ * LLAMA_BF16_WEIGHTS, the bf16 copy (llama_use_bf16_weights); LLAMA_BF16_ONLY, the bf16
+ * copy and fp32 values (params) only for the tensors read in fp32, the embedding
+ * (lookups) and the norm gains, for a model whose matrices arrive rounded to bf16 (a
+ * compressed model in bf16): 4 bytes per matrix parameter less, and the matrices' values
+ * are w16's. llama_load_safetensors and llama_init_random then abort; llama_save_safetensors
+ * widens w16. */
+enum { LLAMA_RECOMPUTE = 1, LLAMA_BF16_WEIGHTS = 2, LLAMA_BF16_ONLY = 4 };
+int llama_init_flags(llama_model *m, const llama_config *c, backend *be, int B, int T, int flags, pc_err *e);
 void llama_free(llama_model *m);
 /* Give the model a bf16 copy of its parameters (w16, zeroed), which every weight product
  * then reads through gemm_w16 (MATMUL_BF16's arithmetic) instead of rounding params on
@@ -92,14 +101,7 @@ void llama_free(llama_model *m);
 void llama_use_bf16_weights(llama_model *m);
 /* w16 = bf16(params), nearest even, for every tensor held in fp32; nothing without a copy. */
 void llama_refresh_w16(llama_model *m);
-/* A model whose matrices live only in bf16 (a compressed model whose values arrive
- * rounded): gives it the bf16 copy and keeps fp32 values (params) only for the tensors
- * read in fp32, the embedding (lookups) and the norm gains; the other matrices' values
- * are w16's. Saves 4 bytes per matrix parameter. Call right after init, before any
- * values are set (params is zeroed); llama_load_safetensors and llama_init_random then
- * abort, llama_save_safetensors widens w16. */
-void llama_bf16_only(llama_model *m);
-/* Tensor i's fp32 values in params, or NULL when the model holds none (llama_bf16_only). */
+/* Tensor i's fp32 values in params, or NULL when the model holds none (LLAMA_BF16_ONLY). */
 float *llama_param(const llama_model *m, int i);
 
 int llama_n_tensors(const llama_model *m);

@@ -257,7 +257,7 @@ int proj_init(proj_set *ps, backend *be, const st_model *base, const llama_confi
     memset(ps, 0, sizeof *ps);
     if (small->w16 && small->n_params_f32 == small->n_params)
         return pc_errorf(e, "proj_init: a small model with a bf16 copy keeps its matrices in bf16 only "
-                            "(llama_bf16_only)");
+                            "(LLAMA_BF16_ONLY)");
     ps->be = be;
     ps->base_bf16 = base_bf16;
     ps->rank = rank;

@@ -629,8 +629,8 @@ static void test_activations(void **state) {
 }
 
 /* backend.matmul bf16 (weights_bf16): every rank's replica holds W_C in bf16 and in fp32
- * only its embedding and norm gains, exactly what llama_use_bf16_weights and
- * llama_bf16_only allocate and free; the exchange buffer a bf16 copy of the column blocks;
+ * only its embedding and norm gains, exactly what LLAMA_BF16_ONLY allocates less and
+ * more than a plain model; the exchange buffer a bf16 copy of the column blocks;
  * W_C is gathered in bf16, half the f32 payload; nothing else moves. */
 static void test_weights_bf16(void **state) {
     (void)state;
@@ -693,12 +693,15 @@ static void test_weights_bf16(void **state) {
     llama_model m;
     pc_err e = {{0}};
     assert_int_equal(llama_init(&m, &ts, be, 1, 8, &e), 0);
+    size_t plain = counted_bytes;
     counted_bytes = 0;
     llama_use_bf16_weights(&m);
     assert_int_equal(counted_bytes, 2 * (size_t)hf_config_n_params(&ts));
-    counted_bytes = 0; /* llama_bf16_only frees the fp32 params (n_params) for these */
-    llama_bf16_only(&m);
-    assert_int_equal(counted_bytes, 4 * (size_t)hf_config_n_embed_norm_params(&ts));
+    llama_free(&m);
+    counted_bytes = 0; /* never more than this at any time: nothing is freed on the way */
+    assert_int_equal(llama_init_flags(&m, &ts, be, 1, 8, LLAMA_BF16_ONLY, &e), 0);
+    assert_int_equal(counted_bytes - plain, 2 * (size_t)hf_config_n_params(&ts) -
+                                                4 * (size_t)(hf_config_n_params(&ts) - hf_config_n_embed_norm_params(&ts)));
     assert_int_equal(m.n_params_f32, hf_config_n_embed_norm_params(&ts));
     assert_int_equal(m.n_params, hf_config_n_params(&ts));
     llama_free(&m);
