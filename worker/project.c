@@ -211,11 +211,12 @@ static void build_layout(proj_set *ps, const llama_model *small) {
  * tensor is built in a host buffer and uploaded. */
 static int init_params(proj_set *ps, const st_model *base, const llama_config *base_cfg, const proj_indices *idx,
                        pc_err *e) {
-    int64_t most = base_cfg->d_model;
+    int64_t most = base_cfg->d_model; /* the largest factor built here (never a side kept whole: (V, V)) */
     for (int i = 0; i < ps->n_blocks; i++) {
         const proj_block *b = &ps->blocks[i];
         if (b->owner != ps->rank) continue;
-        most = PC_MAX(most, PC_MAX((int64_t)b->d_in * b->d_in_c, (int64_t)b->d_out_c * b->d_out));
+        if (b->p_in >= 0) most = PC_MAX(most, (int64_t)b->d_in * b->d_in_c);
+        if (b->p_out >= 0) most = PC_MAX(most, (int64_t)b->d_out_c * b->d_out);
     }
     float *host = pc_alloc_f32((size_t)most), *norm = pc_alloc_f32((size_t)base_cfg->d_model);
     int rc = 0;
