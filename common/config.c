@@ -625,6 +625,10 @@ static int validate(const pc_config *c, pc_err *e) {
     if (c->train.global_batch % c->train.micro_batch)
         return pc_errorf(e, "%s: key 'train.global_batch' (%d) must be divisible by train.micro_batch (%d)",
                          where_of(c, gb), c->train.global_batch, c->train.micro_batch);
+    if (c->train.logits_chunk > 0 && c->distill.enabled)
+        return pc_errorf(e, "%s: key 'train.logits_chunk' (%d) does not apply with distillation (distill.enabled): "
+                            "the distillation loss reads whole logits; set it to 0",
+                         where_of(c, key_index("train.logits_chunk")), c->train.logits_chunk);
     int cpu_device = !strcmp(c->backend.device, "cpu") || !strcmp(c->backend.device, "cpu-guarded");
     if (!strcmp(c->backend.comm, "nccl") && cpu_device)
         return pc_errorf(e, "%s: key 'backend.comm' is 'nccl' but backend.device is '%s': NCCL needs the cuda device",

@@ -60,6 +60,7 @@ typedef struct pc_config {
         double weight_decay, grad_clip, beta1, beta2;
         char on_nonfinite[8]; /* stop|skip */
         int activation_checkpointing; /* keep layer inputs only; recompute the rest in backward */
+        int logits_chunk;             /* tokens per pass of the output head and loss (0: all at once) */
     } train;
     struct {
         int every_steps, keep;

@@ -44,7 +44,7 @@ int eval_valid(run_ctx *r, llama_model *m, data_set *valid, double *loss_out, pc
             valid_rows++;
         }
         if (rc != 0) break;
-        double mean = llama_forward(m, tokens, targets);
+        double mean = llama_loss(m, tokens, targets);
         sums[0] += mean * (double)(valid_rows * T);
         sums[1] += (double)(valid_rows * T);
     }

@@ -101,10 +101,10 @@ int run_model_config(const run_ctx *r, llama_config *lc, pc_err *e) {
 }
 
 int run_llama_init(const run_ctx *r, llama_model *m, const llama_config *lc, int B, int projected, pc_err *e) {
-    int flags = r->cfg.train.activation_checkpointing ? LLAMA_RECOMPUTE : 0;
+    llama_opts o = {.recompute = r->cfg.train.activation_checkpointing, .logits_chunk = r->cfg.train.logits_chunk};
     if (!strcmp(r->cfg.backend.matmul, "bf16")) /* GEMMs read bf16 weights */
-        flags |= projected ? LLAMA_BF16_ONLY : LLAMA_BF16_WEIGHTS;
-    return llama_init_flags(m, lc, r->be, B, r->cfg.data.seq_len, flags, e);
+        o.weights = projected ? LLAMA_BF16_ONLY : LLAMA_BF16_WEIGHTS;
+    return llama_init_opts(m, lc, r->be, B, r->cfg.data.seq_len, &o, e);
 }
 
 int run_model(run_ctx *r, llama_model *m, int B, pc_err *e) {

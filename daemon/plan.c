@@ -311,6 +311,12 @@ static int64_t max_d_ff(const llama_config *s) {
  *                     + backward scratch: dres d' + dln d' + datt H hd
  *                     + dqkv (H+2KV) hd + dh f'max + dgu 2 f'max
  *   attention scores: attn_tt ? one (T,T) f32 matrix (one head at a time) : 0. */
+/* Rows of the logits held at a time: the micro-batch's tokens, or train.logits_chunk. */
+static int64_t logits_rows(const plan_opts *o) {
+    int64_t N = (int64_t)o->micro_batch * o->seq_len;
+    return o->logits_chunk > 0 ? PC_MIN(N, (int64_t)o->logits_chunk) : N;
+}
+
 static int64_t activation_bytes(const llama_config *s, const plan_opts *o) {
     int64_t N = (int64_t)o->micro_batch * o->seq_len, d = s->d_model, H = s->n_heads, KV = s->n_kv_heads,
             hd = s->head_dim, V = s->vocab_size, fmax = max_d_ff(s);
@@ -319,23 +325,23 @@ static int64_t activation_bytes(const llama_config *s, const plan_opts *o) {
         per_tok += s->n_layers * d + layer_floats(s, fmax);
     else
         for (int l = 0; l < s->n_layers; l++) per_tok += d + layer_floats(s, s->d_ff_layer[l]);
-    per_tok += 2 * d + 2 + V;
+    per_tok += 2 * d + 2;
     per_tok += 2 * d + H * hd + (H + 2 * KV) * hd + 3 * fmax;
     int64_t tt = o->attn_tt ? (int64_t)o->seq_len * o->seq_len * 4 : 0;
-    return N * per_tok * o->compute_dtype_bytes + tt;
+    return (N * per_tok + logits_rows(o) * V) * o->compute_dtype_bytes + tt;
 }
 
 /* The two bf16 operand copies of the CUDA backend's bf16 products (backend_cuda.h), each
  * as large as the largest operand up to gemm_bf16_block elements: the model's operands are
- * N rows of at most max(V, 2 f', (H + 2 KV) hd, d') columns (activations, dlogits), the
- * projections' at most a base slice. */
+ * N rows of at most max(2 f', (H + 2 KV) hd, d') columns (activations) and the dlogits
+ * (logits_rows, V), the projections' at most a base slice. */
 static int64_t gemm_bf16_bytes(const plan *p, const plan_opts *o) {
     if (o->gemm_bf16_block <= 0) return 0;
     const llama_config *s = &p->small;
     int64_t N = (int64_t)o->micro_batch * o->seq_len;
-    int64_t widest = PC_MAX(PC_MAX((int64_t)s->vocab_size, 2 * max_d_ff(s)),
+    int64_t widest = PC_MAX(2 * max_d_ff(s),
                             PC_MAX((int64_t)(s->n_heads + 2 * s->n_kv_heads) * s->head_dim, (int64_t)s->d_model));
-    int64_t largest = N * widest;
+    int64_t largest = PC_MAX(N * widest, logits_rows(o) * s->vocab_size);
     for (int i = 0; i < p->n_blocks; i++)
         largest = PC_MAX(largest, p->blocks[i].base_rows * p->blocks[i].base_cols);
     return 2 * 2 * PC_MIN(largest, o->gemm_bf16_block);
@@ -619,9 +625,9 @@ int plan_write(const plan *p, FILE *f) {
     write_shape(f, "small", &p->small);
     fprintf(f,
             "# world %d  micro_batch %d  seq_len %d  base_dtype %dB  compute_dtype %dB  attn_tt %d  recompute %d  "
-            "weights_bf16 %d  split_above %.3f GiB\n",
+            "logits_chunk %d  weights_bf16 %d  split_above %.3f GiB\n",
             p->world, o->micro_batch, o->seq_len, o->base_dtype_bytes, o->compute_dtype_bytes, o->attn_tt,
-            o->recompute, o->weights_bf16, GIB(p->split_bytes));
+            o->recompute, o->logits_chunk, o->weights_bf16, GIB(p->split_bytes));
     fprintf(f,
             "# blocks %d  split_matrices %d  base %.3f GiB  state %.3f GiB  shared_replicas %.3f GiB  "
             "projection %.3f TFLOP/step  balance %.3f\n",
@@ -670,6 +676,8 @@ int plan_check_fit(const plan *p, int rank, int64_t capacity, const char *device
     size_t n = 0;
     if (!o->recompute) n += (size_t)snprintf(fix + n, sizeof fix - n, "train.activation_checkpointing: true, ");
     if (o->micro_batch > 1) n += (size_t)snprintf(fix + n, sizeof fix - n, "a smaller train.micro_batch, ");
+    if (!o->teacher && logits_rows(o) > o->seq_len)
+        n += (size_t)snprintf(fix + n, sizeof fix - n, "train.logits_chunk: %d, ", o->seq_len);
     if (o->base_dtype_bytes > 2) n += (size_t)snprintf(fix + n, sizeof fix - n, "model.dtype: bf16, ");
     snprintf(fix + n, sizeof fix - n, "more ranks");
     return pc_errorf(e,
@@ -709,6 +717,7 @@ void plan_opts_from_config(const pc_config *c, plan_opts *o) {
     o->base_dtype_bytes = !strcmp(c->model.dtype, "bf16") ? 2 : 4;
     o->teacher = c->distill.enabled;
     o->recompute = c->train.activation_checkpointing;
+    o->logits_chunk = c->train.logits_chunk;
     o->weights_bf16 = !strcmp(c->backend.matmul, "bf16");
     plan_opts_set_device(o, !strcmp(c->backend.device, "cuda"));
     if (c->compress.split_mb > 0) o->split_bytes = (int64_t)(c->compress.split_mb * 1e6);

@@ -43,6 +43,7 @@ typedef struct plan_opts {
     int64_t split_bytes;       /* split a matrix above this many bytes; 0: total / world / 2 */
     int teacher;               /* distill: every rank also holds the base as a forward-only teacher */
     int recompute;             /* train.activation_checkpointing: layer inputs + one layer's activations */
+    int logits_chunk;          /* train.logits_chunk: (chunk, V) logits instead of (B*T, V); 0: whole */
     int weights_bf16;          /* backend.matmul bf16: a bf16 copy of W_C beside it, gathered in bf16 */
     int64_t gemm_bf16_block;   /* bf16 products on cuda: each of the two bf16 operand copies holds at most
                                 * this many elements (BACKEND_CUDA_BF16_BLOCK); 0: none (cpu, fp32, tf32) */

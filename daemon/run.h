@@ -47,10 +47,11 @@ uint64_t run_comm_bytes(const run_ctx *r);
 /* The model's shape: model.base's config.json, else model.config. */
 int run_model_config(const run_ctx *r, llama_config *lc, pc_err *e);
 /* llama_init of shape lc for micro-batch (B, data.seq_len) on r->be, recomputing layer
- * activations in the backward pass when train.activation_checkpointing, with the bf16
- * copy of the weights when backend.matmul is bf16; `projected`: the matrices' values
+ * activations in the backward pass when train.activation_checkpointing, the head in
+ * train.logits_chunk tokens at a time, with the bf16 copy of the weights when
+ * backend.matmul is bf16; `projected`: the matrices' values
  * arrive from the projections, rounded to bf16 in that mode, so they are kept in bf16
- * only (LLAMA_BF16_ONLY). */
+ * only (llama_opts.weights LLAMA_BF16_ONLY). */
 int run_llama_init(const run_ctx *r, llama_model *m, const llama_config *lc, int B, int projected, pc_err *e);
 /* Build the model for micro-batch B: weights from model.base, or random init (seed). */
 int run_model(run_ctx *r, llama_model *m, int B, pc_err *e);

@@ -165,7 +165,8 @@ static void alloc_params(llama_model *m, int bf16_only)
     m->params = be_alloc(m->be, (size_t)m->n_params_f32);
 }
 
-static int init(llama_model *m, const llama_config *c, backend *be, int B, int T, int mode, int flags, pc_err *e)
+static int init(llama_model *m, const llama_config *c, backend *be, int B, int T, int mode, const llama_opts *o,
+                pc_err *e)
 {
     int forward_only = mode == FORWARD_ONLY, shared = mode != KEEP_ALL; /* the per-layer lists but res */
     memset(m, 0, sizeof(*m));
@@ -178,9 +179,11 @@ static int init(llama_model *m, const llama_config *c, backend *be, int B, int T
     m->forward_only = forward_only;
     m->recompute = mode == RECOMPUTE;
     m->acts_layer = -1;
+    if (o->logits_chunk < 0) return pc_errorf(e, "llama: logits_chunk must be >= 0, got %d", o->logits_chunk);
+    m->logits_chunk = o->logits_chunk < B * T && !forward_only ? o->logits_chunk : 0;
     build_table(m);
-    alloc_params(m, flags & LLAMA_BF16_ONLY);
-    if (flags & (LLAMA_BF16_WEIGHTS | LLAMA_BF16_ONLY)) llama_use_bf16_weights(m);
+    alloc_params(m, o->weights == LLAMA_BF16_ONLY);
+    if (o->weights != LLAMA_F32) llama_use_bf16_weights(m);
     if (!forward_only) m->grads = be_alloc(be, (size_t)m->n_params);
 
     int L = c->n_layers, H = c->n_heads, hd = c->head_dim;
@@ -220,7 +223,7 @@ static int init(llama_model *m, const llama_config *c, backend *be, int B, int T
         a->dh = be_alloc(be, N * fmax);
         a->dgu = be_alloc(be, N * 2 * fmax);
     }
-    m->logits = be_alloc(be, N * (size_t)c->vocab_size);
+    m->logits = be_alloc(be, (m->logits_chunk ? (size_t)m->logits_chunk : N) * (size_t)c->vocab_size);
     m->tokens = be_alloc_i32(be, N);
     m->targets = be_alloc_i32(be, N);
 
@@ -301,24 +304,27 @@ void llama_zero_grad(llama_model *m)
     if (m->grads) be_zero(m->be, m->grads, (size_t)m->n_params);
 }
 
+static const llama_opts PLAIN;
+
 int llama_init(llama_model *m, const llama_config *c, backend *be, int B, int T, pc_err *e)
 {
-    return init(m, c, be, B, T, KEEP_ALL, 0, e);
+    return init(m, c, be, B, T, KEEP_ALL, &PLAIN, e);
 }
 
 int llama_init_recompute(llama_model *m, const llama_config *c, backend *be, int B, int T, pc_err *e)
 {
-    return init(m, c, be, B, T, RECOMPUTE, 0, e);
+    return init(m, c, be, B, T, RECOMPUTE, &PLAIN, e);
 }
 
-int llama_init_flags(llama_model *m, const llama_config *c, backend *be, int B, int T, int flags, pc_err *e)
+int llama_init_opts(llama_model *m, const llama_config *c, backend *be, int B, int T, const llama_opts *o,
+                    pc_err *e)
 {
-    return init(m, c, be, B, T, flags & LLAMA_RECOMPUTE ? RECOMPUTE : KEEP_ALL, flags, e);
+    return init(m, c, be, B, T, o->recompute ? RECOMPUTE : KEEP_ALL, o, e);
 }
 
 int llama_init_forward_only(llama_model *m, const llama_config *c, backend *be, int B, int T, pc_err *e)
 {
-    return init(m, c, be, B, T, FORWARD_ONLY, 0, e);
+    return init(m, c, be, B, T, FORWARD_ONLY, &PLAIN, e);
 }
 
 void llama_set_loss_scale(llama_model *m, float s) { m->loss_scale = s; }
@@ -566,7 +572,37 @@ void llama_layers_forward(llama_model *m, const float *x, float *y)
     be_copy(m->be, y, m->act->res[m->cfg.n_layers], n);
 }
 
-float llama_forward(llama_model *m, const int32_t *tokens, const int32_t *targets)
+/* The head and the loss logits_chunk tokens at a time, over targets (host, (N,)) already
+ * uploaded: each chunk's logits (n,V), their loss, and with grad (a backward follows)
+ * at once their dlogits, into the head's gradient and the final norm's input gradient
+ * dln (N,d); the sum of the valid rows' losses. */
+static double head_chunks(llama_model *m, const int32_t *targets, int grad)
+{
+    const backend_ops *op = m->be->ops;
+    llama_acts *a = m->act;
+    int N = m->B * m->T, d = m->cfg.d_model, V = m->cfg.vocab_size, hi = head_tensor(m);
+    int64_t valid = 0; /* the scale of every chunk's dlogits needs the micro-batch's count first */
+    for (int i = 0; i < N; i++) valid += targets[i] >= 0;
+    grad = grad && valid > 0;
+    double sum = 0.0;
+    m->n_valid = 0;
+    for (int r0 = 0; r0 < N; r0 += m->logits_chunk) {
+        int n = PC_MIN(m->logits_chunk, N - r0);
+        const float *x = a->lnf + (size_t)r0 * d; // (n,d)
+        int64_t nv;
+        linear_fwd(m, m->logits, x, hi, n, d, V, 0.0f); // (n,d) -> (n,V)
+        sum += op->xent_fwd(m->be, a->xent_lse + r0, m->logits, m->targets + r0, n, V, &nv);
+        m->n_valid += nv;
+        if (!grad) continue;
+        op->xent_bwd(m->be, m->logits, m->logits, a->xent_lse + r0, m->targets + r0, n, V,
+                     m->loss_scale / (float)valid);
+        linear_bwd(m, a->dln + (size_t)r0 * d, G(m, hi), m->logits, x, hi, n, d, V); // (n,V) -> (n,d)
+    }
+    m->head_done = grad;
+    return sum;
+}
+
+static float forward(llama_model *m, const int32_t *tokens, const int32_t *targets, int grad)
 {
     backend *be = m->be;
     const backend_ops *op = be->ops;
@@ -584,15 +620,27 @@ float llama_forward(llama_model *m, const int32_t *tokens, const int32_t *target
     layers_fwd(m);
     weights_needed(m, c->n_layers + 1);
     op->rmsnorm_fwd(be, a->lnf, a->rstdf, a->res[c->n_layers], P(m, final_norm_tensor(m)), N, d, eps);
-    linear_fwd(m, m->logits, a->lnf, head_tensor(m), N, d, V, 0.0f); // (N,d) -> (N,V)
+    m->head_done = 0;
+    if (!m->logits_chunk) linear_fwd(m, m->logits, a->lnf, head_tensor(m), N, d, V, 0.0f); // (N,d) -> (N,V)
     if (!targets) {
         m->loss = 0.0f;
         m->n_valid = 0;
         return 0.0f;
     }
-    double sum = op->xent_fwd(be, a->xent_lse, m->logits, m->targets, N, V, &m->n_valid);
+    double sum = m->logits_chunk ? head_chunks(m, targets, grad)
+                                 : op->xent_fwd(be, a->xent_lse, m->logits, m->targets, N, V, &m->n_valid);
     m->loss = m->n_valid > 0 ? (float)(sum / (double)m->n_valid) : NAN;
     return m->loss;
+}
+
+float llama_forward(llama_model *m, const int32_t *tokens, const int32_t *targets)
+{
+    return forward(m, tokens, targets, 1);
+}
+
+float llama_loss(llama_model *m, const int32_t *tokens, const int32_t *targets)
+{
+    return forward(m, tokens, targets, 0);
 }
 
 /* ---- backward ---- */
@@ -611,12 +659,19 @@ void llama_backward(llama_model *m)
     }
     if (!m->have_targets || m->n_valid == 0) return; // nothing to differentiate
 
-    float *dlogits = m->logits; // in place: (N,V)
-    if (!m->dlogits_ready)
-        op->xent_bwd(be, dlogits, m->logits, a->xent_lse, m->targets, N, V, m->loss_scale / (float)m->n_valid);
-    m->dlogits_ready = 0;
-    int hi = head_tensor(m);
-    linear_bwd(m, a->dln, G(m, hi), dlogits, a->lnf, hi, N, d, V); // (N,V) -> (N,d)
+    if (m->logits_chunk && !m->head_done) {
+        fprintf(stderr, "llama_backward: with logits_chunk the forward differentiates the head: llama_forward "
+                        "(not llama_loss) must come first\n");
+        abort();
+    }
+    if (!m->logits_chunk) {
+        float *dlogits = m->logits; // in place: (N,V)
+        if (!m->dlogits_ready)
+            op->xent_bwd(be, dlogits, m->logits, a->xent_lse, m->targets, N, V, m->loss_scale / (float)m->n_valid);
+        int hi = head_tensor(m);
+        linear_bwd(m, a->dln, G(m, hi), dlogits, a->lnf, hi, N, d, V); // (N,V) -> (N,d)
+    }
+    m->dlogits_ready = m->head_done = 0;
     be_zero(be, a->dres, (size_t)N * d);
     int fn = final_norm_tensor(m);
     op->rmsnorm_bwd(be, a->dres, G(m, fn), a->dln, a->res[c->n_layers], P(m, fn), a->rstdf, N, d);
@@ -669,6 +724,10 @@ void llama_layer_acts(const llama_model *m, int l, const float **ln1, const floa
 float llama_distill(llama_model *m, const float *teacher_logits, float alpha, float temperature)
 {
     if (!m->have_targets || m->n_valid == 0) return NAN;
+    if (m->logits_chunk) {
+        fprintf(stderr, "llama_distill: the model holds a chunk of its logits only (logits_chunk)\n");
+        abort();
+    }
     int N = m->B * m->T;
     double sum = m->be->ops->distill(m->be, m->logits, teacher_logits, m->targets, N, m->cfg.vocab_size, alpha,
                                      temperature, m->loss_scale / (float)m->n_valid);

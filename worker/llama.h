@@ -51,12 +51,19 @@ typedef struct llama_model {
     float *grads;             /* (n_params) device, accumulated by llama_backward */
     uint16_t *w16;            /* (n_params) device, bf16 copy of params for the weight GEMMs, or NULL */
     float loss_scale;         /* backward differentiates loss_scale * mean loss (default 1) */
-    float *logits;            /* (B,T,V) device; valid after llama_forward until llama_backward */
+    float *logits;            /* (B,T,V) device, or (logits_chunk,V); valid after llama_forward until llama_backward */
     float *rope_cos, *rope_sin; /* (T, hd/2) device */
     int32_t *tokens, *targets;  /* (B,T) device */
     int have_targets;
     int64_t n_valid;          /* valid targets of the last forward */
     int dlogits_ready;        /* logits already hold dlogits (llama_distill): backward skips the xent */
+    /* > 0 and below B*T: the head and the loss take this many tokens at a time, so that
+     * only (logits_chunk, V) logits exist: llama_forward with targets then also
+     * differentiates the head, chunk by chunk (dlogits -> the head's gradient and the final
+     * norm's input gradient), which llama_backward continues from; loss_scale must be set
+     * before the forward, and llama_distill is not available */
+    int logits_chunk;
+    int head_done;            /* llama_forward differentiated the head (logits_chunk) */
     int forward_only;         /* llama_init_forward_only: no grads, one layer's activations */
     int recompute;            /* llama_init_recompute: layer inputs kept, the rest recomputed */
     int acts_layer;           /* the layer whose activations the shared buffers hold (-1: none) */
@@ -84,15 +91,22 @@ int llama_init_forward_only(llama_model *m, const llama_config *c, backend *be, 
  * before differentiating it. Same results, bit for bit, as llama_init's model, for about
  * one more forward of the decoder layers; llama_layer_acts sees the last layer run. */
 int llama_init_recompute(llama_model *m, const llama_config *c, backend *be, int B, int T, pc_err *e);
-/* llama_init (or, with LLAMA_RECOMPUTE, llama_init_recompute) with, by flags:
- * LLAMA_BF16_WEIGHTS, the bf16 copy (llama_use_bf16_weights); LLAMA_BF16_ONLY, the bf16
- * copy and fp32 values (params) only for the tensors read in fp32, the embedding
- * (lookups) and the norm gains, for a model whose matrices arrive rounded to bf16 (a
- * compressed model in bf16): 4 bytes per matrix parameter less, and the matrices' values
- * are w16's. llama_load_safetensors and llama_init_random then abort; llama_save_safetensors
- * widens w16. */
-enum { LLAMA_RECOMPUTE = 1, LLAMA_BF16_WEIGHTS = 2, LLAMA_BF16_ONLY = 4 };
-int llama_init_flags(llama_model *m, const llama_config *c, backend *be, int B, int T, int flags, pc_err *e);
+/* Options of llama_init_opts (zero: llama_init's model). */
+enum { LLAMA_F32 = 0, LLAMA_BF16_WEIGHTS, LLAMA_BF16_ONLY };
+typedef struct llama_opts {
+    int recompute;    /* llama_init_recompute's activation checkpointing */
+    /* LLAMA_BF16_WEIGHTS: the bf16 copy (llama_use_bf16_weights). LLAMA_BF16_ONLY: the bf16
+     * copy, and fp32 values (params) only for the tensors read in fp32, the embedding
+     * (lookups) and the norm gains, for a model whose matrices arrive rounded to bf16 (a
+     * compressed model in bf16): 4 bytes per matrix parameter less, and the matrices'
+     * values are w16's; llama_load_safetensors and llama_init_random then abort, and
+     * llama_save_safetensors widens w16. */
+    int weights;
+    /* > 0: the head and the loss take this many tokens at a time (see logits_chunk). */
+    int logits_chunk;
+} llama_opts;
+int llama_init_opts(llama_model *m, const llama_config *c, backend *be, int B, int T, const llama_opts *o,
+                    pc_err *e);
 void llama_free(llama_model *m);
 /* Give the model a bf16 copy of its parameters (w16, zeroed), which every weight product
  * then reads through gemm_w16 (MATMUL_BF16's arithmetic) instead of rounding params on
@@ -126,8 +140,12 @@ void llama_init_random(llama_model *m, uint64_t seed, float std);
 
 /* Forward pass over tokens (B,T). With targets (B,T; < 0 ignored) returns the mean
  * loss over valid targets (NAN when none is valid), otherwise 0 (logits only).
- * Logits (B,T,V) are in m->logits afterwards. */
+ * Logits (B,T,V) are in m->logits afterwards, except with logits_chunk, where the head
+ * runs only with targets (and differentiates itself for the next llama_backward). */
 float llama_forward(llama_model *m, const int32_t *tokens, const int32_t *targets);
+/* The mean loss over valid targets (B,T) alone, for evaluation: llama_forward without any
+ * gradient work (with logits_chunk, the head in chunks and no backward may follow). */
+float llama_loss(llama_model *m, const int32_t *tokens, const int32_t *targets);
 /* The decoder layers alone on hidden states x (B*T, d) -> y (B*T, d) (device buffers;
  * no embedding, final norm or head), keeping the activations llama_layer_acts reads. */
 void llama_layers_forward(llama_model *m, const float *x, float *y);

@@ -519,6 +519,12 @@ def case_cfg_nccl_without_cuda(fx):
                    fx, before_work=True)
 
 
+def case_cfg_logits_chunk_with_distill(fx):
+    rc, out = run_daemon(fx, extra=["--set", "train.logits_chunk=8", "--set", "distill.alpha=0.5"])
+    expect_failure(rc, out, ["--set train.logits_chunk=8", "key 'train.logits_chunk' (8)", "distill.enabled",
+                             "set it to 0"], fx, before_work=True)
+
+
 # ------------------------------------------------------------------ cases: command line
 
 def case_cli_no_cfg(fx):

@@ -3,7 +3,7 @@
  * file, for comparison with transformers in test_llama.py.
  *
  *   llama_check MODEL_DIR TOKENS.i32 B T OUT.safetensors [--micro K] [--threads N] [--save DIR]
- *               [--matmul fp32|bf16|bf16w]
+ *               [--matmul fp32|bf16|bf16w] [--logits-chunk N]
  *
  * TOKENS.i32 holds 2*B*T little-endian int32: tokens (B,T) then targets (B,T), -1 =
  * ignored. With --micro K the batch is split into K micro-batches of B/K rows whose
@@ -11,7 +11,9 @@
  * micro-batch losses). --save DIR writes the loaded model back out with
  * llama_save_safetensors (f32) before running. --matmul bf16 rounds every gemm input to
  * bf16; bf16w does the same with the weights read from the model's bf16 copy
- * (llama_use_bf16_weights). Output tensors: "logits" (B,T,V), "loss" (1), "grad.<name>". */
+ * (llama_use_bf16_weights). --logits-chunk N runs the head and loss N tokens at a time
+ * (llama_opts.logits_chunk; no "logits" output then: they are never whole). Output
+ * tensors: "logits" (B,T,V), "loss" (1), "grad.<name>". */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -34,13 +36,14 @@ int main(int argc, char **argv)
         return 2;
     }
     const char *dir = argv[1], *tok_path = argv[2], *out_path = argv[5];
-    int B = atoi(argv[3]), T = atoi(argv[4]), micro = 1, threads = 1;
+    int B = atoi(argv[3]), T = atoi(argv[4]), micro = 1, threads = 1, chunk = 0;
     const char *save_dir = NULL, *matmul = "fp32";
     for (int i = 6; i + 1 < argc; i += 2) {
         if (strcmp(argv[i], "--micro") == 0) micro = atoi(argv[i + 1]);
         else if (strcmp(argv[i], "--save") == 0) save_dir = argv[i + 1];
         else if (strcmp(argv[i], "--threads") == 0) threads = atoi(argv[i + 1]);
         else if (strcmp(argv[i], "--matmul") == 0) matmul = argv[i + 1];
+        else if (strcmp(argv[i], "--logits-chunk") == 0) chunk = atoi(argv[i + 1]);
     }
     pc_err e = {{0}};
     if (B <= 0 || T <= 0 || micro <= 0 || B % micro != 0) {
@@ -67,7 +70,8 @@ int main(int argc, char **argv)
     be->ops->set_matmul(be, w16 || strcmp(matmul, "bf16") == 0 ? MATMUL_BF16 : MATMUL_FP32);
     llama_model m;
     int Bm = B / micro;
-    if (llama_init(&m, &cfg, be, Bm, T, &e)) return fail(&e);
+    llama_opts opts = {.logits_chunk = chunk};
+    if (llama_init_opts(&m, &cfg, be, Bm, T, &opts, &e)) return fail(&e);
     if (llama_load_safetensors(&m, dir, &e)) return fail(&e);
     if (w16) {
         llama_use_bf16_weights(&m);
@@ -82,7 +86,7 @@ int main(int argc, char **argv)
     llama_set_loss_scale(&m, 1.0f / (float)micro);
     for (int k = 0; k < micro; k++) {
         loss += llama_forward(&m, tokens + k * per, targets + k * per);
-        be_download(be, logits + k * per * V, m.logits, per * V); // (Bm,T,V)
+        if (!m.logits_chunk) be_download(be, logits + k * per * V, m.logits, per * V); // (Bm,T,V)
         llama_backward(&m);
     }
     float loss_f = (float)(loss / micro);
@@ -104,7 +108,8 @@ int main(int argc, char **argv)
         it->shape[1] = t->shape[1];
         it->data = grads + t->offset;
     }
-    if (st_write(out_path, items, n_items, ST_F32, &e)) return fail(&e);
+    int skip = m.logits_chunk ? 1 : 0; /* no whole logits to write */
+    if (st_write(out_path, items + skip, n_items - skip, ST_F32, &e)) return fail(&e);
     printf("loss %.7f n_params %lld\n", (double)loss_f, (long long)m.n_params);
 
     free(names);

@@ -366,6 +366,66 @@ static void test_llama_forward_only(void **state)
     backend_destroy(be);
 }
 
+/* train.logits_chunk: the head and loss in chunks of 3 and 4 of the 10 tokens (the last
+ * chunk short), also with activation checkpointing, tied and untied: over two
+ * accumulated micro-batches (one with ignored targets, one with none valid in a chunk),
+ * with an evaluation (llama_loss) between them that leaves the gradients alone, the
+ * losses and gradients are the whole-head model's to fp32 rounding, and the chunked
+ * model holds (chunk, V) logits; a chunk of B*T or more is the whole head, bitwise. */
+static void test_llama_logits_chunk(void **state)
+{
+    (void)state;
+    backend *be = backend_cpu_create(1);
+    llama_config c;
+    three_layer_config(&c);
+    int chunks[] = {3, 4, TB * TT, 100};
+    for (int tied = 0; tied < 2; tied++)
+        for (size_t k = 0; k < PC_ARRAY_LEN(chunks); k++)
+            for (int recompute = 0; recompute < 2; recompute++) {
+                llama_model full, ck;
+                tiny_model(&full, be, tied, llama_init);
+                c.tie_word_embeddings = tied;
+                llama_opts o = {.recompute = recompute, .logits_chunk = chunks[k]};
+                pc_err e;
+                assert_int_equal(llama_init_opts(&ck, &c, be, TB, TT, &o, &e), 0);
+                llama_init_random(&ck, 3, 0.3f);
+                llama_zero_grad(&ck);
+                int whole = chunks[k] >= TB * TT;
+                assert_int_equal(ck.logits_chunk, whole ? 0 : chunks[k]);
+                llama_set_loss_scale(&full, 0.5f);
+                llama_set_loss_scale(&ck, 0.5f);
+                for (int mb = 0; mb < 2; mb++) {
+                    int32_t tok[TB * TT], tgt[TB * TT];
+                    tiny_batch(tok, tgt, mb, 1);
+                    if (mb == 1)
+                        for (int i = 0; i < 4; i++) tgt[i] = -1; /* chunk 0 (3 or 4 rows) has no valid target */
+                    float lf = llama_forward(&full, tok, tgt), lc = llama_forward(&ck, tok, tgt);
+                    assert_true(isfinite(lf) && fabsf(lc - lf) <= 1e-6f * fabsf(lf));
+                    if (whole) assert_true(lc == lf);
+                    llama_backward(&full);
+                    llama_backward(&ck);
+                    if (mb == 1) break;
+                    float *g = pc_alloc_f32((size_t)ck.n_params);
+                    memcpy(g, ck.grads, sizeof(float) * (size_t)ck.n_params);
+                    for (int i = 0; i < TB * TT; i++) tok[i] = (i * 3 + 1) % TV;
+                    float le = llama_loss(&ck, tok, tgt), lfe = llama_loss(&full, tok, tgt);
+                    assert_true(isfinite(le) && fabsf(le - lfe) <= 1e-6f * fabsf(lfe));
+                    assert_memory_equal(g, ck.grads, sizeof(float) * (size_t)ck.n_params); /* an evaluation */
+                    free(g);
+                }
+                double worst = 0, scale = 0;
+                for (int64_t i = 0; i < full.n_params; i++) {
+                    worst = fmax(worst, fabs((double)ck.grads[i] - full.grads[i]));
+                    scale = fmax(scale, fabs((double)full.grads[i]));
+                }
+                assert_true(scale > 0 && worst <= 1e-5 * scale);
+                if (whole) assert_memory_equal(full.grads, ck.grads, sizeof(float) * (size_t)full.n_params);
+                llama_free(&ck);
+                llama_free(&full);
+            }
+    backend_destroy(be);
+}
+
 /* Activation checkpointing: over two accumulated micro-batches, with a logits-only
  * forward between them, the recomputing model gives bitwise the full model's losses and
  * gradients, tied and untied, with the per-layer buffers shared. */
@@ -534,6 +594,7 @@ int main(void)
         cmocka_unit_test(test_xent_grad),      cmocka_unit_test(test_rope_inverse),
         cmocka_unit_test(test_adamw_first_step), cmocka_unit_test(test_llama_table_and_init),
         cmocka_unit_test(test_llama_forward_only), cmocka_unit_test(test_llama_recompute),
+        cmocka_unit_test(test_llama_logits_chunk),
         cmocka_unit_test(test_bf16_weights_ops),  cmocka_unit_test(test_llama_bf16_weights),
         cmocka_unit_test(test_llama_grad_stages), cmocka_unit_test(test_llama_weight_stages),
     };

@@ -610,20 +610,43 @@ static void test_activations(void **state) {
     assert_non_null(strstr(text, "  recompute 1  "));
     free(text);
 
+    /* train.logits_chunk: (chunk, V) logits instead of (N, V); a chunk of N or more is whole */
+    plan chunked[3];
+    int chunks[3] = {7, 48, 1000};
+    for (int k = 0; k < 3; k++) {
+        o.logits_chunk = chunks[k];
+        assert_int_equal(plan_build(&chunked[k], &base, &small, 2, &o, NULL), 0);
+        int64_t rows = PC_MIN(chunks[k], o.micro_batch * o.seq_len);
+        assert_int_equal(rc.ranks[0].act_bytes - chunked[k].ranks[0].act_bytes,
+                         4 * (int64_t)(o.micro_batch * o.seq_len - rows) * small.vocab_size);
+    }
+    text = plan_text(&chunked[0]);
+    assert_non_null(strstr(text, "  logits_chunk 7  "));
+    free(text);
+
+    /* what llama_init allocates: the plan's activations exactly */
     backend *be = counting_begin();
     size_t N = (size_t)o.micro_batch * o.seq_len, rope = 2 * (size_t)o.seq_len * (small.head_dim / 2);
     size_t fixed = 4 * (2 * (size_t)hf_config_n_params(&small) + 2 * N + rope);
-    for (int recompute = 0; recompute < 2; recompute++) {
-        llama_model m;
-        pc_err e = {{0}};
-        counted_bytes = 0;
-        int rcode = recompute ? llama_init_recompute(&m, &small, be, o.micro_batch, o.seq_len, &e)
-                              : llama_init(&m, &small, be, o.micro_batch, o.seq_len, &e);
-        assert_int_equal(rcode, 0);
-        assert_int_equal(counted_bytes - fixed, (recompute ? rc : keep).ranks[0].act_bytes);
-        llama_free(&m);
-    }
+    for (int recompute = 0; recompute < 2; recompute++)
+        for (int k = -1; k < 3; k++) {
+            llama_model m;
+            pc_err e = {{0}};
+            counted_bytes = 0;
+            llama_opts lo = {.recompute = recompute, .logits_chunk = k < 0 ? 0 : chunks[k]};
+            assert_int_equal(llama_init_opts(&m, &small, be, o.micro_batch, o.seq_len, &lo, &e), 0);
+            const plan *want = k >= 0 && recompute ? &chunked[k] : recompute ? &rc : &keep;
+            if (k >= 0 && !recompute) { /* keep-all with a chunk: keep's act less the logits saved */
+                int64_t rows = PC_MIN(chunks[k], (int)N);
+                assert_int_equal(counted_bytes - fixed,
+                                 keep.ranks[0].act_bytes - 4 * ((int64_t)N - rows) * small.vocab_size);
+            } else {
+                assert_int_equal(counted_bytes - fixed, want->ranks[0].act_bytes);
+            }
+            llama_free(&m);
+        }
     counting_end(be);
+    for (int k = 0; k < 3; k++) plan_free(&chunked[k]);
     plan_free(&keep);
     plan_free(&rc);
 }
@@ -699,7 +722,8 @@ static void test_weights_bf16(void **state) {
     assert_int_equal(counted_bytes, 2 * (size_t)hf_config_n_params(&ts));
     llama_free(&m);
     counted_bytes = 0; /* never more than this at any time: nothing is freed on the way */
-    assert_int_equal(llama_init_flags(&m, &ts, be, 1, 8, LLAMA_BF16_ONLY, &e), 0);
+    llama_opts lean = {.weights = LLAMA_BF16_ONLY};
+    assert_int_equal(llama_init_opts(&m, &ts, be, 1, 8, &lean, &e), 0);
     assert_int_equal(counted_bytes - plain, 2 * (size_t)hf_config_n_params(&ts) -
                                                 4 * (size_t)(hf_config_n_params(&ts) - hf_config_n_embed_norm_params(&ts)));
     assert_int_equal(m.n_params_f32, hf_config_n_embed_norm_params(&ts));
@@ -727,10 +751,16 @@ static void test_check_fit(void **state) {
     snprintf(want, sizeof want, "rank 3: the plan needs %.1f GiB here", (double)need / 1073741824.0);
     assert_non_null(strstr(e.msg, want));
     assert_non_null(strstr(e.msg, "but cuda:3 has "));
-    assert_non_null(strstr(e.msg, "train.activation_checkpointing: true, a smaller train.micro_batch, more ranks"));
+    assert_non_null(strstr(e.msg, "train.activation_checkpointing: true, a smaller train.micro_batch, "
+                                  "train.logits_chunk: 2048, more ranks"));
     assert_null(strstr(e.msg, "model.dtype")); /* the base is bf16 already */
     plan_free(&p);
-    o.recompute = 1, o.micro_batch = 1, o.base_dtype_bytes = 4;
+    o.logits_chunk = 2048; /* chunked already: not suggested again */
+    assert_int_equal(plan_build(&p, &base, &small, 16, &o, NULL), 0);
+    assert_int_equal(plan_check_fit(&p, 3, 1 << 30, "cuda:3", &e), -1);
+    assert_non_null(strstr(e.msg, "a smaller train.micro_batch, more ranks"));
+    plan_free(&p);
+    o.recompute = 1, o.micro_batch = 1, o.base_dtype_bytes = 4, o.logits_chunk = 0;
     assert_int_equal(plan_build(&p, &base, &small, 16, &o, NULL), 0);
     assert_int_equal(plan_check_fit(&p, 0, 1 << 30, "cuda:0", &e), -1);
     assert_non_null(strstr(e.msg, "try model.dtype: bf16, more ranks"));
