@@ -1,7 +1,14 @@
 """Shared helpers for the Python end-to-end tests: paths, running projcompd under
-mpirun, writing token shards with h5py and job files, reading metrics."""
+mpirun, writing token shards with h5py and job files, reading metrics.
+
+Directories made by tmpdir are removed when the test exits, unless a check or a command
+failed or an exception escaped (then they are kept, and named, for a look) or
+PC_KEEP_TMP is set (a test that fails by its own exit status loses them: rerun it with
+PC_KEEP_TMP=1)."""
+import atexit
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -25,6 +32,8 @@ def run(args, check=True, timeout=600):
     p = subprocess.run(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                        env=env(), timeout=timeout)
     if check and p.returncode != 0:
+        global _failed
+        _failed = True
         sys.stderr.write(p.stdout + p.stderr)
         raise SystemExit(f"command failed ({p.returncode}): {' '.join(args)}")
     return p
@@ -197,12 +206,39 @@ def same_importance(a, b, what):
     check(sorted(sa) == sorted(sb) and rel < 1e-5, f"{what}: the same scores (max rel {rel:.1e})")
 
 
+_tmpdirs = []
+_failed = False
+
+
+def _cleanup():
+    if _failed or os.environ.get("PC_KEEP_TMP"):
+        for d in _tmpdirs:
+            print(f"kept {d}")
+        return
+    for d in _tmpdirs:
+        shutil.rmtree(d, ignore_errors=True)
+
+
+def _excepthook(kind, value, tb, _default=sys.excepthook):
+    global _failed
+    _failed = True
+    _default(kind, value, tb)
+
+
+atexit.register(_cleanup)
+sys.excepthook = _excepthook
+
+
 def tmpdir(prefix):
-    return tempfile.mkdtemp(prefix=prefix, dir=os.environ.get("PC_TMP"))
+    d = tempfile.mkdtemp(prefix=prefix, dir=os.environ.get("PC_TMP"))
+    _tmpdirs.append(d)
+    return d
 
 
 def check(cond, msg):
+    global _failed
     if not cond:
+        _failed = True
         raise SystemExit("FAIL: " + msg)
     print("ok:", msg)
 
