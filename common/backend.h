@@ -78,6 +78,8 @@ typedef struct backend_ops {
 
     /* out[n,:] = table[tokens[n],:]   (N,) -> (N,d) */
     void (*embedding_fwd)(backend *be, float *out, const float *table, const int32_t *tokens, int N, int d);
+    /* The same from a table in bf16 (a weight's bf16 copy), widened: exact. */
+    void (*embedding_fwd_w16)(backend *be, float *out, const uint16_t *table, const int32_t *tokens, int N, int d);
     /* dtable[tokens[n],:] += dout[n,:] */
     void (*embedding_bwd)(backend *be, float *dtable, const float *dout, const int32_t *tokens, int N, int d);
 

@@ -227,6 +227,13 @@ static void cpu_embedding_fwd(backend *be, float *out, const float *table, const
         memcpy(out + (size_t)n * d, table + (size_t)tokens[n] * d, (size_t)d * sizeof(float));
 }
 
+static void cpu_embedding_fwd_w16(backend *be, float *out, const uint16_t *table, const int32_t *tokens, int N,
+                                  int d)
+{
+    for (int n = 0; n < N; n++) // (N,) -> (N,d)
+        cpu_widen_bf16(be, out + (size_t)n * d, table + (size_t)tokens[n] * d, (size_t)d);
+}
+
 static void cpu_embedding_bwd(backend *be, float *dtable, const float *dout, const int32_t *tokens, int N, int d)
 {
     (void)be;
@@ -586,6 +593,7 @@ static const backend_ops cpu_ops = {
     .gemm_w16 = cpu_gemm_w16,
     .gemm_batched = cpu_gemm_batched,
     .embedding_fwd = cpu_embedding_fwd,
+    .embedding_fwd_w16 = cpu_embedding_fwd_w16,
     .embedding_bwd = cpu_embedding_bwd,
     .rmsnorm_fwd = cpu_rmsnorm_fwd,
     .rmsnorm_bwd = cpu_rmsnorm_bwd,

@@ -331,6 +331,18 @@ static void guard_embedding_fwd(backend *be, float *out, const float *table, con
     call_end(&k);
 }
 
+static void guard_embedding_fwd_w16(backend *be, float *out, const uint16_t *table, const int32_t *tokens, int N,
+                                    int d)
+{
+    guard_call k;
+    call_begin(&k, be, "embedding_fwd_w16");
+    call_arg(&k, out, "out");
+    call_arg(&k, table, "table");
+    call_arg(&k, tokens, "tokens");
+    inner(be)->ops->embedding_fwd_w16(inner(be), out, table, tokens, N, d);
+    call_end(&k);
+}
+
 static void guard_embedding_bwd(backend *be, float *dtable, const float *dout, const int32_t *tokens, int N, int d)
 {
     guard_call k;
@@ -602,6 +614,7 @@ static const backend_ops guard_ops = {
     .gemm_w16 = guard_gemm_w16,
     .gemm_batched = guard_gemm_batched,
     .embedding_fwd = guard_embedding_fwd,
+    .embedding_fwd_w16 = guard_embedding_fwd_w16,
     .embedding_bwd = guard_embedding_bwd,
     .rmsnorm_fwd = guard_rmsnorm_fwd,
     .rmsnorm_bwd = guard_rmsnorm_bwd,

@@ -180,8 +180,8 @@ static const pc_config_key pc_config_keys[] = {
             "tf32 on TF32 tensor cores (cuda; plain fp32 on cpu); bf16 rounded to bf16 (cuda: bf16 tensor cores, "
             "twice TF32's rate; cpu: rounded copies, for checking the numerics). With bf16 the trained model keeps a "
             "bf16 copy of its weights (2 bytes per parameter) that the products read; compress gathers W_C in bf16 "
-            "(half the bytes) and keeps the compressed matrices in bf16 only (fp32 just for the embedding and norm "
-            "gains: about 4 bytes per parameter less per rank), and the model evaluated and saved holds those bf16 "
+            "(half the bytes) and keeps the compressed matrices in bf16 only (fp32 just for the norm gains: 4 bytes "
+            "per parameter less per rank), and the model evaluated and saved holds those bf16 "
             "values. Attention: backend.attention."},
     {.path = "backend.attention", .type = PC_CT_ENUM, PC_AT(backend.attention), .def = "fp32", .choices = "fp32|bf16",
      .doc = "Attention products: fp32, or bf16 inputs (q, k, v, dO and the probabilities) on tensor cores with fp32 "

@@ -370,6 +370,4 @@ int64_t hf_config_n_params(const llama_config *c) {
     return n;
 }
 
-int64_t hf_config_n_embed_norm_params(const llama_config *c) {
-    return ((int64_t)c->vocab_size + 2 * (int64_t)c->n_layers + 1) * c->d_model;
-}
+int64_t hf_config_n_norm_params(const llama_config *c) { return (2 * (int64_t)c->n_layers + 1) * c->d_model; }

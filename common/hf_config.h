@@ -42,7 +42,7 @@ int hf_config_save(const char *dir, const llama_config *c, pc_err *e);
 int hf_config_validate(const llama_config *c, const char *what, pc_err *e);
 /* Parameter count of the model (embedding, layers, norms, head if untied). */
 int64_t hf_config_n_params(const llama_config *c);
-/* Of those, the embedding's and the norm gains' (read by lookups and elementwise). */
-int64_t hf_config_n_embed_norm_params(const llama_config *c);
+/* Of those, the norm gains'. */
+int64_t hf_config_n_norm_params(const llama_config *c);
 
 #endif

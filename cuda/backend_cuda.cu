@@ -499,6 +499,15 @@ __global__ void k_embedding_fwd(float *out, const float *table, const int32_t *t
     for (int i = threadIdx.x; i < d; i += blockDim.x) dst[i] = src[i];
 }
 
+/* the same from a bf16 table, widened (bf16 bits are the high half of the fp32) */
+__global__ void k_embedding_fwd_w16(float *out, const uint16_t *table, const int32_t *tokens, int d)
+{
+    const size_t n = blockIdx.x;
+    const uint16_t *src = table + (size_t)tokens[n] * d;
+    float *dst = out + n * d;
+    for (int i = threadIdx.x; i < d; i += blockDim.x) dst[i] = __uint_as_float((unsigned)src[i] << 16);
+}
+
 /* dtable[tokens[n],:] += dout[n,:]; repeated tokens meet in atomicAdd */
 __global__ void k_embedding_bwd(float *dtable, const float *dout, const int32_t *tokens, int d)
 {
@@ -512,6 +521,13 @@ static void cu_embedding_fwd(backend *be, float *out, const float *table, const 
 {
     if (N <= 0 || d <= 0) return;
     PC_LAUNCH(k_embedding_fwd, N, 256, 0, impl_of(be)->stream)(out, table, tokens, d);
+    LAUNCH_CHECK();
+}
+
+static void cu_embedding_fwd_w16(backend *be, float *out, const uint16_t *table, const int32_t *tokens, int N, int d)
+{
+    if (N <= 0 || d <= 0) return;
+    PC_LAUNCH(k_embedding_fwd_w16, N, 256, 0, impl_of(be)->stream)(out, table, tokens, d);
     LAUNCH_CHECK();
 }
 
@@ -1255,6 +1271,7 @@ static const backend_ops cuda_ops = {
     .gemm_w16 = cu_gemm_w16,
     .gemm_batched = cu_gemm_batched,
     .embedding_fwd = cu_embedding_fwd,
+    .embedding_fwd_w16 = cu_embedding_fwd_w16,
     .embedding_bwd = cu_embedding_bwd,
     .rmsnorm_fwd = cu_rmsnorm_fwd,
     .rmsnorm_bwd = cu_rmsnorm_bwd,

@@ -54,9 +54,11 @@ static int block_owner(const run_ctx *r, const trainer *t, int i) {
 
 static void ckpt_root(const run_ctx *r, char *out, size_t n) { snprintf(out, n, "%s/checkpoints", r->run_dir); }
 
-static int64_t max_numel(const trainer *t) {
+/* The largest state tensor, of those `rank` writes (-1: of all). */
+static int64_t max_numel(const run_ctx *r, const trainer *t, int rank) {
     int64_t mx = 1;
-    for (int i = 0; i < n_state_tensors(t); i++) mx = PC_MAX(mx, state_tensor_at(t, i).numel);
+    for (int i = 0; i < n_state_tensors(t); i++)
+        if (rank < 0 || block_owner(r, t, i) == rank) mx = PC_MAX(mx, state_tensor_at(t, i).numel);
     return mx;
 }
 
@@ -86,7 +88,7 @@ int ckpt_save(run_ctx *r, trainer *t, int64_t step, pc_err *e) {
     ckpt_root(r, root, sizeof root);
     ckpt_writer *w;
     if (ckpt_write_begin(&w, root, step, r->comm, &r->log, e) != 0) return -1;
-    float *stage = pc_alloc_f32((size_t)max_numel(t) * 3); /* (3, numel) host copy of one block */
+    float *stage = pc_alloc_f32((size_t)max_numel(r, t, r->rank) * 3); /* (3, numel) host copy of one block */
     float *params = state_params(t);
     int64_t bytes = 0;
     int ok = 1;
@@ -286,7 +288,7 @@ int ckpt_resume(run_ctx *r, trainer *t, int64_t *start_step, pc_err *e) {
     for (int i = 0; i < m.n_entries; i++) n_blocks += m.entries[i].kind == CKPT_BLOCK;
     if (rc == 0 && t->method == &METHOD_DIRECT && n_blocks != n_state_tensors(t))
         rc = pc_errorf(e, "%s: %d blocks, this model trains %d tensors", path, n_blocks, n_state_tensors(t));
-    float *stage = rc == 0 ? pc_alloc_f32((size_t)max_numel(t) * 3) : NULL;
+    float *stage = rc == 0 ? pc_alloc_f32((size_t)max_numel(r, t, -1) * 3) : NULL;
     float *params = state_params(t);
     for (int i = 0; rc == 0 && i < n_state_tensors(t); i++) {
         state_tensor s = state_tensor_at(t, i);

@@ -29,7 +29,7 @@ static int load_layer(const st_model *base, int l, llama_model *m, pc_err *e) {
         float *buf = pc_alloc_f32((size_t)t->numel);
         int rc = st_read_f32(base, name, buf, (size_t)t->numel, e);
         if (rc == 0) rc = st_check_finite(base, name, buf, (size_t)t->numel, e);
-        if (rc == 0) be_upload(m->be, m->params + t->offset, buf, (size_t)t->numel);
+        if (rc == 0) be_upload(m->be, llama_param(m, i), buf, (size_t)t->numel);
         free(buf);
         if (rc != 0) return -1;
     }
@@ -67,7 +67,7 @@ static int score_activation(run_ctx *r, trainer *t, importance_scores *s, pc_err
         lc.d_ff = lc.d_ff_layer[0] = bc->d_ff_layer[l];
         llama_model m;
         memset(&m, 0, sizeof m);
-        if (llama_init(&m, &lc, r->be, B, T, e) != 0 || load_layer(t->base, l, &m, e) != 0) {
+        if (llama_init_forward_only(&m, &lc, r->be, B, T, e) != 0 || load_layer(t->base, l, &m, e) != 0) {
             rc = -1;
             if (m.tensors) llama_free(&m);
             break;
@@ -176,9 +176,12 @@ static int proj_setup(run_ctx *r, trainer *t, pc_err *e) {
                        !strcmp(r->cfg.model.dtype, "bf16"), e);
     LOGI(&r->log, "plan: %d blocks (%d matrices split), balance %.2f; this rank owns %lld trainable parameters",
          p.n_blocks, p.n_split, plan_balance(&p), (long long)t->ps.n_params);
-    if (rc == 0)
+    if (rc == 0) {
         LOGI(&r->log, "W_C/G exchange buffer: %lld bytes here (plan: %lld)", (long long)t->ps.xchg_bytes,
              (long long)p.ranks[r->rank].xchg_bytes);
+        LOGI(&r->log, "projection work buffers: %lld bytes here (plan: %lld)", (long long)proj_scratch_bytes(&t->ps),
+             (long long)(p.ranks[r->rank].scratch_bytes - p.gemm_bf16_bytes));
+    }
     free(specs);
     plan_free(&p);
     return rc;

@@ -107,13 +107,16 @@ int run_llama_init(const run_ctx *r, llama_model *m, const llama_config *lc, int
     return llama_init_opts(m, lc, r->be, B, r->cfg.data.seq_len, &o, e);
 }
 
-int run_model(run_ctx *r, llama_model *m, int B, pc_err *e) {
+int run_model(run_ctx *r, llama_model *m, int B, int trainable, pc_err *e) {
     const pc_config *c = &r->cfg;
     llama_config lc;
     if (run_model_config(r, &lc, e) != 0) return -1;
     if (hf_config_validate(&lc, c->model.base[0] ? c->model.base : c->model.config, e) != 0) return -1;
     if (!r->be && run_backend(r, e) != 0) return -1;
-    if (run_llama_init(r, m, &lc, B, 0, e) != 0) return -1;
+    if (trainable ? run_llama_init(r, m, &lc, B, 0, e) != 0
+                  : llama_init_forward_only(m, &lc, r->be, B, c->data.seq_len, e) != 0)
+        return -1;
+    if (!trainable && !strcmp(c->backend.matmul, "bf16")) llama_use_bf16_weights(m); /* as the trained model */
     if (c->model.base[0]) {
         if (llama_load_safetensors(m, c->model.base, e) != 0) return -1;
         LOGI(&r->log, "loaded %s (%lld parameters)", c->model.base, (long long)hf_config_n_params(&lc));

@@ -157,6 +157,8 @@ static void size_block(const tensor_desc *d, plan_block *k, int pieces, const pl
         k->own_numel = d->d_out_c;
         k->base_bytes = 0;
         k->state_bytes = ADAM_F32 * k->own_numel;
+        k->work[0] = k->work[1] = 0;
+        k->work[2] = k->own_numel; /* the gain's gradient */
         k->scratch_bytes = 4 * k->own_numel;
         k->flops = 0;
         return;
@@ -183,11 +185,13 @@ static void size_block(const tensor_desc *d, plan_block *k, int pieces, const pl
     k->base_bytes = dO * dI * o->base_dtype_bytes;
     k->state_bytes = ADAM_F32 * k->own_numel;
     k->shared_bytes = ADAM_F32 * sh;
-    /* project.c: scratch max(W P_in, P_out W) when both sides project, plus dP_in|dP_out|dA,
-     * plus the fp32 copy of a bf16 base slice in use */
-    int64_t scratch = d->p_in && d->p_out ? PC_MAX(dO * ic, oc * dI) : 0;
-    int64_t wide = o->base_dtype_bytes == 2 ? dO * dI : 0;
-    k->scratch_bytes = 4 * (scratch + wide + pin + pout + oc * ic);
+    /* project.c: scratch max(W P_in, P_out W) when both sides project, the fp32 copy of a
+     * bf16 base slice in use, dP_in|dP_out|dA (a shared factor's part goes to its own
+     * gradient: what the block owns) */
+    k->work[0] = d->p_in && d->p_out ? PC_MAX(dO * ic, oc * dI) : 0;
+    k->work[1] = o->base_dtype_bytes == 2 ? dO * dI : 0;
+    k->work[2] = k->own_numel;
+    k->scratch_bytes = 4 * (k->work[0] + k->work[1] + k->work[2]);
     k->flops = slice_flops((double)dO, (double)dI, (double)oc, (double)ic, d->p_in, d->p_out);
 }
 
@@ -446,6 +450,7 @@ int plan_build(plan *p, const llama_config *base, const llama_config *small, int
     /* greedy: largest first, to the least-loaded rank (bytes, then FLOPs, then id) */
     p->ranks = pc_calloc((size_t)world, sizeof *p->ranks);
     plan_block **order = pc_calloc((size_t)n_blocks, sizeof *order);
+    int64_t(*work)[3] = pc_calloc((size_t)world, sizeof *work); /* per rank: the largest of each */
     for (int i = 0; i < n_blocks; i++) order[i] = &p->blocks[i];
     qsort(order, (size_t)n_blocks, sizeof *order, cmp_size);
     for (int i = 0; i < n_blocks; i++) {
@@ -462,7 +467,7 @@ int plan_build(plan *p, const llama_config *base, const llama_config *small, int
         rk->n_blocks++;
         rk->base_bytes += k->base_bytes;
         rk->state_bytes += k->state_bytes;
-        rk->scratch_bytes = PC_MAX(rk->scratch_bytes, k->scratch_bytes);
+        for (int w = 0; w < 3; w++) work[best][w] = PC_MAX(work[best][w], k->work[w]);
     }
     free(order);
 
@@ -489,6 +494,13 @@ int plan_build(plan *p, const llama_config *base, const llama_config *small, int
         i = j;
     }
 
+    /* every rank's scratch: its work buffers and the gradients of every shared factor
+     * (project.c sums each over all ranks) */
+    int64_t shared_grads = 0;
+    for (int s = 0; s < p->n_shared; s++) shared_grads += p->shared[s].numel;
+    for (int r = 0; r < world; r++) p->ranks[r].scratch_bytes = 4 * (work[r][0] + work[r][1] + work[r][2] + shared_grads);
+    free(work);
+
     /* the exchange buffer (project.c): W_C and G go between ranks straight from the
      * replica, except column blocks, whose rows are strided there: every rank packs them
      * all */
@@ -499,10 +511,10 @@ int plan_build(plan *p, const llama_config *base, const llama_config *small, int
     /* replica, activations, totals, comm */
     p->small_numel = hf_config_n_params(small);
     /* the replica: W_C (compute dtype) and G (f32); with bf16 weights W_C is its bf16 copy
-     * and only the embedding and norm gains are also held in fp32 (LLAMA_BF16_ONLY) */
-    int64_t wc_numel = o->weights_bf16 ? hf_config_n_embed_norm_params(small) : p->small_numel;
+     * and only the norm gains are also held in fp32 (LLAMA_BF16_ONLY) */
+    int64_t wc_numel = o->weights_bf16 ? hf_config_n_norm_params(small) : p->small_numel;
     int64_t replica = wc_numel * o->compute_dtype_bytes + p->small_numel * (4 + (o->weights_bf16 ? 2 : 0));
-    int64_t act = activation_bytes(small, o), gemm16 = gemm_bf16_bytes(p, o);
+    int64_t act = activation_bytes(small, o), gemm16 = p->gemm_bf16_bytes = gemm_bf16_bytes(p, o);
     p->teacher_bytes = o->teacher ? hf_config_n_params(base) * 4 + teacher_activation_bytes(base, o) : 0;
     p->comm.gather_bytes = p->small_numel * (o->weights_bf16 ? 2 : o->compute_dtype_bytes);
     p->comm.reduce_bytes = p->small_numel * o->compute_dtype_bytes;

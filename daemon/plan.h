@@ -65,6 +65,10 @@ typedef struct plan_block {
     int64_t state_bytes;           /* own trainable state: 3 x f32 per element (value, Adam m, v) */
     int64_t shared_bytes;          /* replicated shared factor with its Adam state: 12 x shared_numel */
     int64_t scratch_bytes;         /* f32 intermediates + (dP_in|dP_out|dA) of this block's update */
+    /* project.c's work buffers for this block, in f32 elements: intermediates (both sides
+     * projected), the fp32 copy of a bf16 base slice, its gradients; a rank allocates the
+     * largest of each over its blocks */
+    int64_t work[3];
     double flops;                  /* projection FLOPs per step (materialise + gradients) */
     int owner;                     /* rank in [0, world) */
 } plan_block;
@@ -83,7 +87,8 @@ typedef struct plan_rank {
     int64_t state_bytes;   /* own P/A slices + Adam m, v */
     int64_t shared_bytes;  /* shared factors held here (each once) with Adam state */
     int64_t replica_bytes; /* all of W_C (compute dtype) + its gradient G (f32) + its bf16 copy (weights_bf16) */
-    int64_t scratch_bytes; /* largest block update's intermediates + the bf16 operand copies (gemm_bf16_block) */
+    int64_t scratch_bytes; /* projection work buffers (the largest block's of each kind), every shared factor's
+                            * gradient, the bf16 operand copies (gemm_bf16_block) */
     int64_t xchg_bytes;    /* W_C / G exchange buffer: f32 (+ bf16) W_C of every column block (world > 1) */
     int64_t act_bytes;     /* activations of one micro-batch */
     int64_t total_bytes;
@@ -113,6 +118,7 @@ typedef struct plan {
     int64_t total_base_bytes, total_state_bytes, total_shared_bytes; /* shared: replicas counted per rank */
     int64_t small_numel;      /* parameters of the compressed model */
     int64_t teacher_bytes;    /* per rank (in every rank's total): fp32 base + forward activations; 0 without */
+    int64_t gemm_bf16_bytes;  /* per rank (in every rank's scratch): the CUDA backend's bf16 operand copies */
     double total_flops;
     plan_comm comm;
     int *by_name;             /* (n_blocks) block indices sorted by (name, r0) */

@@ -53,8 +53,10 @@ int run_model_config(const run_ctx *r, llama_config *lc, pc_err *e);
  * arrive from the projections, rounded to bf16 in that mode, so they are kept in bf16
  * only (llama_opts.weights LLAMA_BF16_ONLY). */
 int run_llama_init(const run_ctx *r, llama_model *m, const llama_config *lc, int B, int projected, pc_err *e);
-/* Build the model for micro-batch B: weights from model.base, or random init (seed). */
-int run_model(run_ctx *r, llama_model *m, int B, pc_err *e);
+/* Build the model for micro-batch B: weights from model.base, or random init (seed);
+ * trainable (run_llama_init), or for forward passes only (evaluation: no gradients, one
+ * layer's activations). */
+int run_model(run_ctx *r, llama_model *m, int B, int trainable, pc_err *e);
 
 /* Open data.valid for the model's vocabulary. */
 int open_valid(run_ctx *r, int vocab_size, data_set **out, pc_err *e);

@@ -152,13 +152,13 @@ static void free_list(backend *be, float **v, int count, int shared)
 
 enum { KEEP_ALL = 0, RECOMPUTE, FORWARD_ONLY };
 
-/* params: every tensor, or (bf16_only) the embedding (lookups) and the norm gains */
+/* params: every tensor, or (bf16_only) the norm gains */
 static void alloc_params(llama_model *m, int bf16_only)
 {
     m->n_params_f32 = 0;
     for (int i = 0; i < m->n_tensors; i++) {
         llama_tensor *t = &m->tensors[i];
-        int f32 = !bf16_only || i == 0 || t->ndim == 1;
+        int f32 = !bf16_only || t->ndim == 1;
         t->poff = f32 ? m->n_params_f32 : -1;
         if (f32) m->n_params_f32 += t->numel;
     }
@@ -616,7 +616,10 @@ static float forward(llama_model *m, const int32_t *tokens, const int32_t *targe
     if (targets) op->upload_i32(be, m->targets, targets, (size_t)N);
 
     weights_needed(m, 0);
-    op->embedding_fwd(be, a->res[0], P(m, 0), m->tokens, N, d); // (N,) -> (N,d)
+    if (m->tensors[0].poff >= 0)
+        op->embedding_fwd(be, a->res[0], P(m, 0), m->tokens, N, d); // (N,) -> (N,d)
+    else /* LLAMA_BF16_ONLY: the rows of the bf16 copy, widened */
+        op->embedding_fwd_w16(be, a->res[0], m->w16, m->tokens, N, d);
     layers_fwd(m);
     weights_needed(m, c->n_layers + 1);
     op->rmsnorm_fwd(be, a->lnf, a->rstdf, a->res[c->n_layers], P(m, final_norm_tensor(m)), N, d, eps);

@@ -297,6 +297,7 @@ int proj_init(proj_set *ps, backend *be, const st_model *base, const llama_confi
         if (b->owner != rank) continue;
         if (b->kind == PROJ_NORM) {
             b->a = add_tensor(ps, b->name, "", b->d_in_c, 1, 1);
+            ps->grad_n = PC_MAX(ps->grad_n, (int64_t)b->d_in_c); /* its gradient is G, copied */
             continue;
         }
         if (load_slice(ps, base, b, base_name(base, b->name), e) != 0) return -1;
@@ -316,7 +317,8 @@ int proj_init(proj_set *ps, backend *be, const st_model *base, const llama_confi
         if ((b->kind == PROJ_ROWS && b->d_out_c < st->shape[0]) || (b->kind == PROJ_COLS && b->d_in_c < st->shape[1]))
             snprintf(suffix, sizeof suffix, ".a[%lld:%lld]", (long long)b->r0, (long long)b->r1);
         b->a = add_tensor(ps, b->name, suffix, (int64_t)b->d_out_c * b->d_in_c, 2, 1);
-        ps->scratch_n = PC_MAX(ps->scratch_n, PC_MAX((int64_t)b->d_out * b->d_in_c, (int64_t)b->d_out_c * b->d_in));
+        if (has_in && has_out) /* W P_in or P_out W; one-sided blocks need none (an embedding's: (V, d)) */
+            ps->scratch_n = PC_MAX(ps->scratch_n, PC_MAX((int64_t)b->d_out * b->d_in_c, (int64_t)b->d_out_c * b->d_in));
         ps->grad_n = PC_MAX(ps->grad_n, (has_in && !in_shared ? (int64_t)b->d_in * b->d_in_c : 0) +
                                             (has_out && !out_shared ? (int64_t)b->d_out_c * b->d_out : 0) +
                                             (int64_t)b->d_out_c * b->d_in_c);
@@ -600,6 +602,10 @@ double proj_grad_block(proj_set *ps, int idx, const llama_model *small, int with
     copy_rows(ps->be, ps->grad + off, i, G, ld, o, i);
     off += (int64_t)o * i;
     return ps->be->ops->sumsq(ps->be, ps->grad, (size_t)off);
+}
+
+int64_t proj_scratch_bytes(const proj_set *ps) {
+    return (int64_t)sizeof(float) * (ps->scratch_n + ps->wide_n + ps->grad_n + ps->shared_grad_n);
 }
 
 double proj_flops(const proj_set *ps) {

@@ -89,8 +89,8 @@ typedef struct proj_set {
     int base_bf16;              /* base slices stored in bf16 (w16), else fp32 (w) */
     float *wide;                /* (largest base slice) fp32 copy of a bf16 slice in use */
     int64_t wide_n;
-    float *scratch;             /* intermediates of one block */
-    float *grad;                /* (dP_in | dP_out | dA) of one block */
+    float *scratch;             /* intermediates of one block projected on both sides */
+    float *grad;                /* (dP_in | dP_out | dA) of one block, or a norm block's gain gradient */
     int64_t scratch_n, grad_n;
     /* W_C gather and G reduce: one piece per block, rooted at its owner, straight from / into
      * the small model's buffers; a block whose rows are strided there (an o_proj column
@@ -156,6 +156,10 @@ double proj_grad_block(proj_set *ps, int i, const llama_model *small, int with_s
 
 /* Total projection FLOPs of one step over all blocks (materialise + gradients, one pass). */
 double proj_flops(const proj_set *ps);
+/* Bytes of this rank's projection work buffers: intermediates, the widened base slice,
+ * one block's gradients and every shared factor's gradient (plan.txt's scratch column
+ * less the CUDA backend's bf16 operand copies). */
+int64_t proj_scratch_bytes(const proj_set *ps);
 
 /* Slice the base at idx (hard pruning) into small->params; prune mode and steps-0 checks. */
 int proj_slice_base(const st_model *base, const llama_config *base_cfg, llama_model *small, const proj_indices *idx,

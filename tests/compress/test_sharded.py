@@ -4,7 +4,10 @@ mpirun -np 1, 2, 3 and 4 (the same global batch of 12) give the same loss curve
 runs on 3 and 4 ranks also force row/column splits (compress.split_mb) so that shared
 factors are all-reduced between owners; plan.txt must show them. Those runs reduce G
 during the backward (backend.overlap_comm, the default); with it off, after the backward,
-they give bitwise the same results and move the same bytes."""
+they give bitwise the same results and move the same bytes. On every compress rank the
+projection work buffers and the exchange buffer are what plan.txt counts, also for a
+one-layer model on 10 ranks on the guarded backend, where some ranks own norm gains only
+(whose gradient still passes through the work buffer)."""
 import os
 import re
 import sys
@@ -14,6 +17,18 @@ from safetensors.numpy import load_file
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 import pclib  # noqa: E402
+
+
+def check_buffers(d, np_, strided, what):
+    """Every rank's logged exchange buffer and projection work buffers equal the plan's."""
+    for r in range(np_):
+        log = open(os.path.join(d, "logs", f"rank-{r:05d}.log")).read()
+        m = re.search(r"W_C/G exchange buffer: (\d+) bytes here \(plan: (\d+)\)", log)
+        pclib.check(m and m.group(1) == m.group(2) and (int(m.group(1)) > 0) == strided,
+                    f"{what} rank {r}: exchange buffer vs plan: {m and m.groups()}")
+        m = re.search(r"projection work buffers: (\d+) bytes here \(plan: (\d+)\)", log)
+        pclib.check(m and m.group(1) == m.group(2) and int(m.group(1)) > 0,
+                    f"{what} rank {r}: projection work buffers vs plan: {m and m.groups()}")
 
 
 def main():
@@ -32,12 +47,8 @@ def main():
             if mode == "compress" and np_ >= 3:
                 plan = open(os.path.join(d, "plan.txt")).read()
                 pclib.check(" rows " in plan and " cols " in plan, f"{mode} np{np_}: plan has row and column blocks")
-            for r in range(np_ if mode == "compress" else 0):  # the exchange buffers are what the plan counts
-                log = open(os.path.join(d, "logs", f"rank-{r:05d}.log")).read()
-                m = re.search(r"W_C/G exchange buffer: (\d+) bytes here \(plan: (\d+)\)", log)
-                strided = np_ >= 3  # column blocks of o_proj exist only with forced splits
-                pclib.check(m and m.group(1) == m.group(2) and (int(m.group(1)) > 0) == strided,
-                            f"{mode} np{np_} rank {r}: exchange buffer vs plan: {m and m.groups()}")
+            if mode == "compress":  # column blocks of o_proj exist only with forced splits
+                check_buffers(d, np_, np_ >= 3, f"{mode} np{np_}")
             if ref_curve is None:
                 ref_curve, ref_w = curve, w
                 pclib.check(curve[-1] < curve[0], f"{mode}: loss falls {curve[0]:.4f} -> {curve[-1]:.4f}")
@@ -52,6 +63,24 @@ def main():
             pclib.check(rel < 1e-4, f"{mode} np{np_}: loss curve equals np1 (max rel {rel:.2e})")
             worst = max(np.max(np.abs(w[k] - ref_w[k])) / np.max(np.abs(ref_w[k])) for k in ref_w)
             pclib.check(worst < 1e-4, f"{mode} np{np_}: fused weights equal np1 (max rel {worst:.2e})")
+
+    # one layer: 9 matrix blocks and 3 norm gains, so on 10 ranks some own gains only
+    one = os.path.join(root, "one-layer")
+    os.makedirs(one)
+    bdir, _ = pclib.tiny_base(one, 4, 96, 64, 128, 1)
+    pclib.markov_shards(one, 96, 5000, 1000, seed=2)
+    job1 = pclib.compress_job(one, bdir, 3, 16, {"d_model": 48, "d_ff": 80, "importance": "magnitude"},
+                              {"steps": 2, "global_batch": 10, "micro_batch": 1}, checkpoint={"every_steps": 0},
+                              backend={"device": "cpu-guarded"})
+    d1 = pclib.run_job(one, job1, "np1", 1)
+    d10 = pclib.run_job(one, job1, "np10", 10)
+    plan = open(os.path.join(d10, "plan.txt")).read()
+    owners = {int(line.split()[3]) for line in plan.splitlines()
+              if line.startswith("  model.") and " norm " not in line}
+    pclib.check(len(owners) < 10, f"np10: {10 - len(owners)} rank(s) own norm gains only")
+    check_buffers(d10, 10, False, "one layer np10")
+    a, b = pclib.run_arrays(d10), pclib.run_arrays(d1)
+    pclib.close_runs(a, b, 1e-4, 1e-4, "one layer np10 (guarded) vs np1")
 
 
 if __name__ == "__main__":

@@ -300,6 +300,14 @@ static void test_embedding(ctx *x)
     x->cpu->ops->embedding_fwd(x->cpu, out.c, table.c, t.c, N, d);
     x->gpu->ops->embedding_fwd(x->gpu, out.g, table.g, t.g, N, d);
     check_pair(x, "embedding_fwd", &out, 0.0);
+    uint16_t *tc = x->cpu->ops->alloc_bf16(x->cpu, table.n), *tg = x->gpu->ops->alloc_bf16(x->gpu, table.n);
+    x->cpu->ops->round_bf16(x->cpu, tc, table.c, table.n);
+    x->gpu->ops->round_bf16(x->gpu, tg, table.g, table.n);
+    x->cpu->ops->embedding_fwd_w16(x->cpu, out.c, tc, t.c, N, d);
+    x->gpu->ops->embedding_fwd_w16(x->gpu, out.g, tg, t.g, N, d);
+    check_pair(x, "embedding_fwd_w16 (bf16 table, exact)", &out, 0.0);
+    be_free(x->cpu, tc);
+    be_free(x->gpu, tg);
     pair dout = pair_randn(x, (size_t)N * d, 1.0f), dtable = pair_randn(x, (size_t)V * d, 1.0f);
     x->cpu->ops->embedding_bwd(x->cpu, dtable.c, dout.c, t.c, N, d);
     x->gpu->ops->embedding_bwd(x->gpu, dtable.g, dout.g, t.g, N, d);

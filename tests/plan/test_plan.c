@@ -652,7 +652,7 @@ static void test_activations(void **state) {
 }
 
 /* backend.matmul bf16 (weights_bf16): every rank's replica holds W_C in bf16 and in fp32
- * only its embedding and norm gains, exactly what LLAMA_BF16_ONLY allocates less and
+ * only its norm gains, exactly what LLAMA_BF16_ONLY allocates less and
  * more than a plain model; the exchange buffer a bf16 copy of the column blocks;
  * W_C is gathered in bf16, half the f32 payload; nothing else moves. */
 static void test_weights_bf16(void **state) {
@@ -670,7 +670,7 @@ static void test_weights_bf16(void **state) {
     for (int r = 0; r < 16; r++) {
         const plan_rank *a = &f.ranks[r], *b = &h.ranks[r];
         assert_int_equal(b->replica_bytes - a->replica_bytes,
-                         2 * h.small_numel - 4 * (h.small_numel - hf_config_n_embed_norm_params(&small)));
+                         2 * h.small_numel - 4 * (h.small_numel - hf_config_n_norm_params(&small)));
         assert_true(b->replica_bytes < a->replica_bytes * 5 / 6); /* 8B: fp32 8, bf16 6.4 bytes per parameter */
         assert_int_equal(2 * b->xchg_bytes, 3 * a->xchg_bytes); /* f32 + bf16 */
         assert_int_equal(b->total_bytes - a->total_bytes,
@@ -725,8 +725,8 @@ static void test_weights_bf16(void **state) {
     llama_opts lean = {.weights = LLAMA_BF16_ONLY};
     assert_int_equal(llama_init_opts(&m, &ts, be, 1, 8, &lean, &e), 0);
     assert_int_equal(counted_bytes - plain, 2 * (size_t)hf_config_n_params(&ts) -
-                                                4 * (size_t)(hf_config_n_params(&ts) - hf_config_n_embed_norm_params(&ts)));
-    assert_int_equal(m.n_params_f32, hf_config_n_embed_norm_params(&ts));
+                                                4 * (size_t)(hf_config_n_params(&ts) - hf_config_n_norm_params(&ts)));
+    assert_int_equal(m.n_params_f32, hf_config_n_norm_params(&ts));
     assert_int_equal(m.n_params, hf_config_n_params(&ts));
     llama_free(&m);
     counting_end(be);
