@@ -307,20 +307,22 @@ static int64_t max_d_ff(const llama_config *s) {
     return f;
 }
 
-/* Activation bytes of one micro-batch on one rank, mirroring what worker/llama.c keeps
- * (N = B*T tokens, all in the compute dtype):
- *   layers:           every layer's input d' and layer_floats (recompute: the inputs and
- *                     one set of layer_floats at the largest d_ff, shared by the layers)
- *   once per token:   final residual d' + lnf d' + rstdf + xent lse + logits V
- *                     + backward scratch: dres d' + dln d' + datt H hd
- *                     + dqkv (H+2KV) hd + dh f'max + dgu 2 f'max
- *   attention scores: attn_tt ? one (T,T) f32 matrix (one head at a time) : 0. */
 /* Rows of the logits held at a time: the micro-batch's tokens, or train.logits_chunk. */
 static int64_t logits_rows(const plan_opts *o) {
     int64_t N = (int64_t)o->micro_batch * o->seq_len;
     return o->logits_chunk > 0 ? PC_MIN(N, (int64_t)o->logits_chunk) : N;
 }
 
+/* Activation bytes of one micro-batch on one rank, mirroring what worker/llama.c keeps
+ * (N = B*T tokens, all in the compute dtype):
+ *   layers:           every layer's input d' and layer_floats (recompute: the inputs and
+ *                     one set of layer_floats at the largest d_ff, shared by the layers)
+ *   once per token:   final residual d' + lnf d' + rstdf + xent lse
+ *                     + logits V (logits_rows of them: train.logits_chunk)
+ *                     + backward scratch: dres d' + dln d' + datt H hd
+ *                     + dqkv (H+2KV) hd + dh f'max + dgu 2 f'max
+ *   attention scores: attn_tt ? the CPU backward's two (T,T) f32 matrices (P and dP, one head at a
+ *   time; the forward needs one) : 0. */
 static int64_t activation_bytes(const llama_config *s, const plan_opts *o) {
     int64_t N = (int64_t)o->micro_batch * o->seq_len, d = s->d_model, H = s->n_heads, KV = s->n_kv_heads,
             hd = s->head_dim, V = s->vocab_size, fmax = max_d_ff(s);
@@ -331,7 +333,7 @@ static int64_t activation_bytes(const llama_config *s, const plan_opts *o) {
         for (int l = 0; l < s->n_layers; l++) per_tok += d + layer_floats(s, s->d_ff_layer[l]);
     per_tok += 2 * d + 2;
     per_tok += 2 * d + H * hd + (H + 2 * KV) * hd + 3 * fmax;
-    int64_t tt = o->attn_tt ? (int64_t)o->seq_len * o->seq_len * 4 : 0;
+    int64_t tt = o->attn_tt ? 2 * (int64_t)o->seq_len * o->seq_len * 4 : 0;
     return (N * per_tok + logits_rows(o) * V) * o->compute_dtype_bytes + tt;
 }
 

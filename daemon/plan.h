@@ -39,7 +39,7 @@ typedef struct plan_opts {
     int micro_batch, seq_len;  /* activations are sized for one (B,T) micro-batch */
     int base_dtype_bytes;      /* frozen base in memory: 2 (bf16) or 4 (f32) */
     int compute_dtype_bytes;   /* W_C replica, activations, comm: 4 (f32, every backend); 2 models bf16 compute */
-    int attn_tt;               /* 1: attention materialises one (T,T) f32 score matrix at a time (cpu) */
+    int attn_tt;               /* 1: attention materialises (T,T) f32 score matrices, one head at a time (cpu) */
     int64_t split_bytes;       /* split a matrix above this many bytes; 0: total / world / 2 */
     int teacher;               /* distill: every rank also holds the base as a forward-only teacher */
     int recompute;             /* train.activation_checkpointing: layer inputs + one layer's activations */
