@@ -18,6 +18,7 @@ typedef struct staged_impl {
     backend *be;
     char *in, *out;         /* host staging buffers */
     size_t in_cap, out_cap; /* their capacities in bytes */
+    size_t chunk;           /* all_reduce, reduce, broadcast and groups stage at most this many bytes at a time */
 } staged_impl;
 
 static staged_impl *simpl(comm *c) { return c->impl; }
@@ -72,49 +73,47 @@ static int host_leave(comm *c, const host_state *s, int rc) {
     return rc;
 }
 
-static int staged_all_reduce(comm *c, const void *send, void *recv, size_t count, comm_dtype t, comm_op op,
-                             pc_err *e) {
+/* Bytes staged at a time: the chunk in whole elements of es bytes, at least one. */
+static size_t chunk_bytes(const staged_impl *s, size_t es) { return s->chunk >= es ? s->chunk / es * es : es; }
+
+/* all_reduce (root < 0), reduce or broadcast (bcast) of count elements in parts of at
+ * most one chunk: each part downloaded where this rank contributes, run on the host comm
+ * and uploaded where it receives (at least one part, so an empty call still meets the
+ * other ranks). */
+static int staged_parts(comm *c, const char *op, const void *send, void *recv, size_t count, comm_dtype t,
+                        comm_op rop, int root, int bcast, pc_err *e) {
     staged_impl *s = simpl(c);
     size_t es;
-    if (elem_size(c, "all_reduce", t, &es, e)) return -1;
-    size_t nb = count * es;
-    char *buf = stage(&s->in, &s->in_cap, nb);
-    download(c, buf, send, nb);
+    if (elem_size(c, op, t, &es, e)) return -1;
+    size_t per = chunk_bytes(s, es) / es, off = 0;
+    char *buf = stage(&s->in, &s->in_cap, PC_MIN(count, per) * es);
+    int gives = !bcast || c->rank == root, gets = root < 0 || (c->rank == root) != bcast, rc = 0;
     host_state hs;
     comm *h = host_enter(c, &hs);
-    if (host_leave(c, &hs, comm_all_reduce(h, buf, buf, count, t, op, e))) return -1;
-    upload(c, recv, buf, nb);
-    return 0;
+    do {
+        size_t m = PC_MIN(per, count - off);
+        if (gives) download(c, buf, (const char *)send + off * es, m * es);
+        rc = bcast ? comm_broadcast(h, buf, m, t, root, e)
+             : root < 0 ? comm_all_reduce(h, buf, buf, m, t, rop, e)
+                        : comm_reduce(h, buf, c->rank == root ? buf : NULL, m, t, rop, root, e);
+        if (rc == 0 && gets) upload(c, (char *)recv + off * es, buf, m * es);
+        off += m;
+    } while (rc == 0 && off < count);
+    return host_leave(c, &hs, rc) ? -1 : 0;
+}
+
+static int staged_all_reduce(comm *c, const void *send, void *recv, size_t count, comm_dtype t, comm_op op,
+                             pc_err *e) {
+    return staged_parts(c, "all_reduce", send, recv, count, t, op, -1, 0, e);
 }
 
 static int staged_reduce(comm *c, const void *send, void *recv, size_t count, comm_dtype t, comm_op op, int root,
                          pc_err *e) {
-    staged_impl *s = simpl(c);
-    size_t es;
-    if (elem_size(c, "reduce", t, &es, e)) return -1;
-    size_t nb = count * es;
-    char *buf = stage(&s->in, &s->in_cap, nb);
-    download(c, buf, send, nb);
-    int is_root = c->rank == root;
-    host_state hs;
-    comm *h = host_enter(c, &hs);
-    if (host_leave(c, &hs, comm_reduce(h, buf, is_root ? buf : NULL, count, t, op, root, e))) return -1;
-    if (is_root) upload(c, recv, buf, nb);
-    return 0;
+    return staged_parts(c, "reduce", send, recv, count, t, op, root, 0, e);
 }
 
 static int staged_broadcast(comm *c, void *dev_buf, size_t count, comm_dtype t, int root, pc_err *e) {
-    staged_impl *s = simpl(c);
-    size_t es;
-    if (elem_size(c, "broadcast", t, &es, e)) return -1;
-    size_t nb = count * es;
-    char *buf = stage(&s->in, &s->in_cap, nb);
-    if (c->rank == root) download(c, buf, dev_buf, nb);
-    host_state hs;
-    comm *h = host_enter(c, &hs);
-    if (host_leave(c, &hs, comm_broadcast(h, buf, count, t, root, e))) return -1;
-    if (c->rank != root) upload(c, dev_buf, buf, nb);
-    return 0;
+    return staged_parts(c, "broadcast", dev_buf, dev_buf, count, t, COMM_SUM, root, 1, e);
 }
 
 static int staged_all_gather(comm *c, const void *send, void *recv, size_t count, comm_dtype t, pc_err *e) {
@@ -169,30 +168,51 @@ static int staged_reduce_scatter(comm *c, const void *send, void *recv, size_t c
     return 0;
 }
 
-/* Grouped broadcast (reduce = 0) or reduce: the pieces side by side in one host stage.
- * Only the data a rank contributes is downloaded (a broadcast's root, every rank of a
- * reduce), and only what it receives is uploaded (a broadcast's others, a reduce's root). */
+/* One part of a group: pieces hp (in the stage) of device pieces dev, run on the host
+ * comm; what this rank receives is uploaded. */
+static int group_part(comm *c, comm *h, const comm_piece *hp, void *const *dev, int k, size_t es, comm_dtype t,
+                      int reduce, comm_op rop, pc_err *e) {
+    int rc = reduce ? comm_reduce_group(h, hp, k, t, rop, e) : comm_broadcast_group(h, hp, k, t, e);
+    for (int i = 0; i < k && rc == 0; i++)
+        if ((c->rank == hp[i].root) == reduce) upload(c, dev[i], hp[i].buf, hp[i].count * es);
+    return rc;
+}
+
+/* Grouped broadcast (reduce = 0) or reduce: the pieces side by side in the host stage, in
+ * parts of at most one chunk (a piece larger than the room left is cut), each part one
+ * group on the host comm; every rank cuts the same way. Only the data a rank contributes
+ * is downloaded (a broadcast's root, every rank of a reduce), and only what it receives
+ * is uploaded (a broadcast's others, a reduce's root). */
 static int staged_group(comm *c, const char *op, const comm_piece *p, int n, comm_dtype t, int reduce, comm_op rop,
                         pc_err *e) {
     staged_impl *s = simpl(c);
     size_t es, total = 0; /* bytes of all pieces */
     if (elem_size(c, op, t, &es, e)) return -1;
     for (int i = 0; i < n; i++) total += p[i].count * es;
-    char *buf = stage(&s->in, &s->in_cap, total);
-    comm_piece *hp = pc_malloc((size_t)(n > 0 ? n : 1) * sizeof *hp);
-    size_t o = 0; /* piece i's offset in the stage, bytes */
-    for (int i = 0; i < n; i++) {
-        hp[i] = (comm_piece){buf + o, p[i].count, p[i].root};
-        if (reduce || c->rank == p[i].root) download(c, buf + o, p[i].buf, p[i].count * es);
-        o += p[i].count * es;
-    }
+    size_t cap = chunk_bytes(s, es), used = 0; /* bytes of the part being filled */
+    char *buf = stage(&s->in, &s->in_cap, PC_MIN(total, cap));
+    comm_piece *hp = pc_malloc((size_t)(n > 0 ? n : 1) * sizeof *hp); /* a part holds at most one cut of each piece */
+    void **dev = pc_malloc((size_t)(n > 0 ? n : 1) * sizeof *dev);
+    int k = 0, parts = 0, rc = 0;
     host_state hs;
     comm *h = host_enter(c, &hs);
-    int rc = host_leave(c, &hs, reduce ? comm_reduce_group(h, hp, n, t, rop, e) : comm_broadcast_group(h, hp, n, t, e));
     for (int i = 0; i < n && rc == 0; i++)
-        if ((c->rank == p[i].root) == reduce) upload(c, p[i].buf, hp[i].buf, p[i].count * es);
+        for (size_t off = 0; off < p[i].count && rc == 0;) {
+            if (used == cap) { /* the part is full */
+                rc = group_part(c, h, hp, dev, k, es, t, reduce, rop, e);
+                parts++, k = 0, used = 0;
+                continue;
+            }
+            size_t m = PC_MIN(p[i].count - off, (cap - used) / es);
+            hp[k] = (comm_piece){buf + used, m, p[i].root};
+            dev[k] = (char *)p[i].buf + off * es;
+            if (reduce || c->rank == p[i].root) download(c, buf + used, dev[k], m * es);
+            k++, used += m * es, off += m;
+        }
+    if (rc == 0 && (k > 0 || parts == 0)) rc = group_part(c, h, hp, dev, k, es, t, reduce, rop, e);
     free(hp);
-    return rc;
+    free(dev);
+    return host_leave(c, &hs, rc);
 }
 
 static int staged_broadcast_group(comm *c, const comm_piece *p, int n, comm_dtype t, pc_err *e) {
@@ -231,6 +251,8 @@ static const comm_ops staged_ops = {
     .destroy = staged_destroy,
 };
 
+void comm_staged_set_chunk(comm *c, size_t bytes) { simpl(c)->chunk = bytes; }
+
 comm *comm_staged_create(comm *host, backend *be, pc_err *e) {
     if (!host || !be) {
         pc_errorf(e, "comm_staged_create: %s is NULL", host ? "the backend" : "the host comm");
@@ -240,6 +262,7 @@ comm *comm_staged_create(comm *host, backend *be, pc_err *e) {
     staged_impl *s = pc_calloc(1, sizeof *s);
     s->host = host;
     s->be = be;
+    s->chunk = COMM_STAGED_CHUNK;
     c->ops = &staged_ops;
     c->impl = s;
     c->rank = host->rank;
