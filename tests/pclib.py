@@ -140,6 +140,20 @@ def hf_val_loss(model_dir, toks, seq, n_win):
             torch.tensor(toks[i * seq + 1:i * seq + seq + 1])).item() for i in range(n_win)]))
 
 
+PLAN_COLUMNS = ["base", "state", "shared", "replica", "xchg", "scratch", "act", "total"]
+
+
+def plan_table(run_dir):
+    """plan.txt's rank table: one dict per rank, each PLAN_COLUMNS entry in MiB."""
+    rows = []
+    for line in open(os.path.join(run_dir, "plan.txt")):
+        f = line.split()
+        if len(f) == 3 + len(PLAN_COLUMNS) and line.startswith("  ") and f[0].isdigit():
+            rows.append({k: float(v) * 1024 for k, v in zip(PLAN_COLUMNS, f[2:-1])})
+    check(len(rows) > 0, f"{run_dir}/plan.txt has a rank table")
+    return rows
+
+
 def metrics(run_dir):
     with open(os.path.join(run_dir, "metrics.jsonl")) as f:
         return [json.loads(l) for l in f if l.strip()]

@@ -6,23 +6,12 @@ the replicated compressed model) cancels in the difference; the median leaves ou
 rank 0's extra work (writing the output model). With a 32768 vocabulary the peak RSS
 stays within the plan's total plus 400 MiB (no host buffer of V x V)."""
 import os
-import re
 import statistics
 import sys
 
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 import pclib  # noqa: E402
-
-
-def plan_totals(run_dir):
-    """Per-rank 'total' GiB from plan.txt -> MiB."""
-    rows = []
-    for line in open(os.path.join(run_dir, "plan.txt")):
-        m = re.match(r"^\s+(\d+)\s+\d+(\s+[\d.]+){8}\s+([\d.]+)\s*$", line)
-        if m:
-            rows.append(float(line.split()[9]) * 1024)
-    return rows
 
 
 def main():
@@ -49,7 +38,7 @@ def main():
         d = os.path.join(root, f"np{np_}")
         pclib.projcompd(np_, job, f"run.dir={d}")
         rss[np_] = [m for m in pclib.metrics(d) if "peak_rss_mib" in m][-1]["peak_rss_mib"]
-        plans[np_] = plan_totals(d)
+        plans[np_] = [r["total"] for r in pclib.plan_table(d)]
         print(f"np {np_}: peak RSS per rank (MiB) {rss[np_]}; plan per rank (MiB) {[round(x, 1) for x in plans[np_]]}")
     for np_ in [2, 4]:
         med = statistics.median(rss[np_])
@@ -74,7 +63,7 @@ def main():
                               backend={"device": "cpu"})
     d = pclib.run_job(big, vjob, "np1", 1)
     peak = [m for m in pclib.metrics(d) if "peak_rss_mib" in m][-1]["peak_rss_mib"][0]
-    total = plan_totals(d)[0]
+    total = pclib.plan_table(d)[0]["total"]
     pclib.check(peak < total + 400, f"vocab {V}: peak RSS {peak:.0f} MiB within the plan's {total:.0f} MiB + 400")
 
 

@@ -9,7 +9,6 @@ falls by the logits not held (exactly: plan-unit), and on a shape where the logi
 dominate the measured peak RSS falls by what the plan predicts (within 35%; not under a
 sanitizer)."""
 import os
-import re
 import sys
 
 import numpy as np
@@ -18,14 +17,6 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 import pclib  # noqa: E402
 
 V, D, F, L, DC, FC, SEQ, MB = 96, 64, 128, 2, 48, 80, 16, 2
-
-
-def plan_act_mib(d):
-    """Rank 0's activation column of plan.txt, in MiB."""
-    for line in open(os.path.join(d, "plan.txt")):
-        if re.match(r"^\s+0\s+\d+\s", line):
-            return float(line.split()[8]) * 1024
-    raise SystemExit(f"FAIL: no rank 0 row in {d}/plan.txt")
 
 
 def close_evals(a, b, what):
@@ -81,7 +72,7 @@ def main():
     for chunk in [0, 256]:
         d = pclib.run_job(big, mjob, f"mem-{chunk}", 1, f"train.logits_chunk={chunk}")
         rss[chunk] = [m for m in pclib.metrics(d) if "peak_rss_mib" in m][-1]["peak_rss_mib"][0]
-        act[chunk] = plan_act_mib(d)
+        act[chunk] = pclib.plan_table(d)[0]["act"]
         print(f"logits_chunk {chunk}: plan activations {act[chunk]:.1f} MiB, peak RSS {rss[chunk]:.1f} MiB")
     planned, measured = act[0] - act[256], rss[0] - rss[256]
     pclib.check(planned > 0.5 * act[0], f"plan: chunks of 256 keep {act[256]:.1f} of {act[0]:.1f} MiB")

@@ -6,21 +6,12 @@ plan.txt's activation column shrinks, and on a shape where activations dominate 
 measured peak RSS falls by what the plan predicts (within 35%; not under a sanitizer,
 whose shadow memory and quarantine are in the RSS)."""
 import os
-import re
 import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 import pclib  # noqa: E402
 
 V, D, F, L, DC, FC, SEQ = 96, 64, 128, 3, 48, 80, 16
-
-
-def plan_act_mib(d):
-    """Rank 0's activation column of plan.txt, in MiB."""
-    for line in open(os.path.join(d, "plan.txt")):
-        if re.match(r"^\s+0\s+\d+\s", line):
-            return float(line.split()[8]) * 1024
-    raise SystemExit(f"FAIL: no rank 0 row in {d}/plan.txt")
 
 
 def main():
@@ -65,7 +56,7 @@ def main():
     for rc in ["false", "true"]:
         d = pclib.run_job(big, mjob, f"mem-{rc}", 1, f"train.activation_checkpointing={rc}")
         rss[rc] = [m for m in pclib.metrics(d) if "peak_rss_mib" in m][-1]["peak_rss_mib"][0]
-        act[rc] = plan_act_mib(d)
+        act[rc] = pclib.plan_table(d)[0]["act"]
         print(f"activation_checkpointing {rc}: plan activations {act[rc]:.1f} MiB, peak RSS {rss[rc]:.1f} MiB")
     planned, measured = act["false"] - act["true"], rss["false"] - rss["true"]
     pclib.check(planned > 0.5 * act["false"], f"plan: recomputing keeps {act['true']:.1f} of {act['false']:.1f} MiB")
