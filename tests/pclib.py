@@ -115,6 +115,18 @@ def sharded_job(root, **sections):
         **dict({"eval": {"batches": 4}, "checkpoint": {"every_steps": 0}, "backend": {"device": "cpu"}}, **sections))
 
 
+def two_way_job(root, layers, micro_batch=2, seq_len=16):
+    """The job of the tests that run one compress two ways (a memory option on and off): a
+    tiny untied base (vocab 96, d 64, d_ff 128, `layers` layers) to 48/80 by magnitude, 4
+    steps of global batch 4, lr 3e-3, evaluated every 2 steps, on the CPU, no checkpoints."""
+    bdir, _ = tiny_base(root, 4, 96, 64, 128, layers)
+    markov_shards(root, 96, 5000, 1000, seed=2)
+    return compress_job(
+        root, bdir, 3, seq_len, {"d_model": 48, "d_ff": 80, "importance": "magnitude"},
+        {"steps": 4, "global_batch": 4, "micro_batch": micro_batch, "lr": 3e-3, "warmup_steps": 1},
+        eval={"batches": 2, "every_steps": 2}, checkpoint={"every_steps": 0}, backend={"device": "cpu"})
+
+
 def write_yaml(path, sections):
     """Write a two-level dict as a YAML job file."""
     with open(path, "w") as f:

@@ -16,7 +16,7 @@ import numpy as np
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 import pclib  # noqa: E402
 
-V, D, F, L, DC, FC, SEQ, MB = 96, 64, 128, 2, 48, 80, 16, 2
+SEQ, MB = 16, 2
 
 
 def close_evals(a, b, what):
@@ -27,13 +27,7 @@ def close_evals(a, b, what):
 
 def main():
     root = pclib.tmpdir("pc-logits-chunk-")
-    bdir, _ = pclib.tiny_base(root, 4, V, D, F, L)
-    pclib.markov_shards(root, V, 5000, 1000, seed=2)
-    job = pclib.compress_job(
-        root, bdir, 3, SEQ,
-        {"d_model": DC, "d_ff": FC, "importance": "magnitude"},
-        {"steps": 4, "global_batch": 4, "micro_batch": MB, "lr": 3e-3, "warmup_steps": 1},
-        eval={"batches": 2, "every_steps": 2}, checkpoint={"every_steps": 0}, backend={"device": "cpu"})
+    job = pclib.two_way_job(root, 2, MB, SEQ)
     pjob = pclib.tiny_pretrain_job(root, SEQ, 4, {"device": "cpu"})
     cases = [
         ("compress-np2-split", job, 2, ["compress.split_mb=0.01"]),

@@ -11,18 +11,12 @@ import sys
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 import pclib  # noqa: E402
 
-V, D, F, L, DC, FC, SEQ = 96, 64, 128, 3, 48, 80, 16
+V, SEQ = 96, 16
 
 
 def main():
     root = pclib.tmpdir("pc-recompute-")
-    bdir, _ = pclib.tiny_base(root, 4, V, D, F, L)
-    pclib.markov_shards(root, V, 5000, 1000, seed=2)
-    job = pclib.compress_job(
-        root, bdir, 3, SEQ,
-        {"d_model": DC, "d_ff": FC, "importance": "magnitude"},
-        {"steps": 4, "global_batch": 4, "micro_batch": 2, "lr": 3e-3, "warmup_steps": 1},
-        eval={"batches": 2, "every_steps": 2}, checkpoint={"every_steps": 0}, backend={"device": "cpu"})
+    job = pclib.two_way_job(root, 3, 2, SEQ)
     cases = [
         ("compress-store-distill", 1, ["compress.store_grads=true", "distill.enabled=true"]),
         ("compress-np2-split", 2, ["compress.split_mb=0.01"]),
