@@ -80,7 +80,8 @@ static int final_norm_tensor(const llama_model *m) { return 1 + LLAMA_TENSORS_PE
 static int head_tensor(const llama_model *m) { return m->cfg.tie_word_embeddings ? 0 : final_norm_tensor(m) + 1; }
 
 /* Tensor i's fp32 values; aborts where the model holds none (LLAMA_BF16_ONLY), which is
- * where they are never read: a model with w16 reads its matrices through weight_gemm. */
+ * where they are never read: such a model reads its matrices through weight_gemm and its
+ * embedding rows through embedding_fwd_w16. */
 static float *P(const llama_model *m, int i)
 {
     float *p = llama_param(m, i);

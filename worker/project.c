@@ -475,8 +475,8 @@ static int gather_start(proj_set *ps, llama_model *small, comm *c, int first, in
 
 /* The blocks of forward stages first .. last have arrived: a strided one is unpacked into
  * params; in bf16 a strided one is unpacked into w16 (widened and rounded again: exact)
- * and a piece of a tensor the model also holds in fp32 (the embedding, norm gains; never
- * strided) is widened into params, on the owners too: every rank then holds the same values. */
+ * and a piece of a tensor the model also holds in fp32 (a norm gain; never strided) is
+ * widened into params, on the owners too: every rank then holds the same values. */
 static void gather_land(proj_set *ps, llama_model *small, int first, int last) {
     backend *be = ps->be;
     for (int i = 0; i < ps->n_blocks; i++) {

@@ -123,12 +123,16 @@ int proj_init(proj_set *ps, backend *be, const st_model *base, const llama_confi
               int world, int base_bf16, pc_err *e);
 void proj_free(proj_set *ps);
 
-/* W_C of this rank's blocks (and its norm gains) into small->params. */
+/* W_C of this rank's blocks (and its norm gains) into small->params. A small model with
+ * a bf16 copy must hold its matrices in bf16 only (LLAMA_BF16_ONLY, proj_init refuses
+ * others): each block's W_C is then made in fp32 in G's place in small->grads (dead
+ * between an update and the next backward, which zeroes it; so G is clobbered) or, for
+ * a strided block, in xchg, and rounded at once into its bf16 piece (w16 or xchg16). */
 void proj_materialize(proj_set *ps, llama_model *small);
 /* Broadcast every block's W_C from its owner so that each rank holds the whole small model.
- * When the small model has a bf16 copy (llama_use_bf16_weights), W_C goes over the wire in
- * bf16 (half the bytes) and every rank, the owner too, ends with params = widened w16:
- * the same model on every rank and at any world size. */
+ * When the small model is bf16 only, W_C goes over the wire in bf16 (half the bytes) into
+ * every rank's w16, and the norm gains are widened into params on every rank, the owner
+ * too: the same model on every rank and at any world size. */
 int proj_gather(proj_set *ps, llama_model *small, comm *c, pc_err *e);
 /* The same in forward stages, to overlap it with the forward (llama_forward's on_weights,
  * the embedding first): proj_gather_begin makes the owners' pieces and starts stage 0;
