@@ -59,7 +59,7 @@ run_valgrind() {
     fi
     ninja -C "$VALGRIND_BUILD" >/dev/null || return 1
     local job
-    job=$(PC_BUILD="$src/$VALGRIND_BUILD" "$PYTHON" -c '
+    job=$(PC_KEEP_TMP=1 PC_BUILD="$src/$VALGRIND_BUILD" "$PYTHON" -c '
 import sys; sys.path.insert(0, "tests/badinput"); sys.path.insert(0, "tests")
 import test_badinput as t
 fx = t.Fixture("valgrind")
