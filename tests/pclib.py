@@ -239,7 +239,7 @@ _failed = False
 def _cleanup():
     if _failed or os.environ.get("PC_KEEP_TMP"):
         for d in _tmpdirs:
-            print(f"kept {d}")
+            print(f"kept {d}", file=sys.stderr)
         return
     for d in _tmpdirs:
         shutil.rmtree(d, ignore_errors=True)
