@@ -159,7 +159,6 @@ static void size_block(const tensor_desc *d, plan_block *k, int pieces, const pl
         k->state_bytes = ADAM_F32 * k->own_numel;
         k->work[0] = k->work[1] = 0;
         k->work[2] = k->own_numel; /* the gain's gradient */
-        k->scratch_bytes = 4 * k->own_numel;
         k->flops = 0;
         return;
     }
@@ -191,7 +190,6 @@ static void size_block(const tensor_desc *d, plan_block *k, int pieces, const pl
     k->work[0] = d->p_in && d->p_out ? PC_MAX(dO * ic, oc * dI) : 0;
     k->work[1] = o->base_dtype_bytes == 2 ? dO * dI : 0;
     k->work[2] = k->own_numel;
-    k->scratch_bytes = 4 * (k->work[0] + k->work[1] + k->work[2]);
     k->flops = slice_flops((double)dO, (double)dI, (double)oc, (double)ic, d->p_in, d->p_out);
 }
 

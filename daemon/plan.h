@@ -64,7 +64,6 @@ typedef struct plan_block {
     int64_t base_bytes;            /* frozen base slice, in the base dtype */
     int64_t state_bytes;           /* own trainable state: 3 x f32 per element (value, Adam m, v) */
     int64_t shared_bytes;          /* replicated shared factor with its Adam state: 12 x shared_numel */
-    int64_t scratch_bytes;         /* f32 intermediates + (dP_in|dP_out|dA) of this block's update */
     /* project.c's work buffers for this block, in f32 elements: intermediates (both sides
      * projected), the fp32 copy of a bf16 base slice, its gradients; a rank allocates the
      * largest of each over its blocks */

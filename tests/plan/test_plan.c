@@ -610,43 +610,37 @@ static void test_activations(void **state) {
     assert_non_null(strstr(text, "  recompute 1  "));
     free(text);
 
-    /* train.logits_chunk: (chunk, V) logits instead of (N, V); a chunk of N or more is whole */
-    plan chunked[3];
-    int chunks[3] = {7, 48, 1000};
-    for (int k = 0; k < 3; k++) {
-        o.logits_chunk = chunks[k];
-        assert_int_equal(plan_build(&chunked[k], &base, &small, 2, &o, NULL), 0);
-        int64_t rows = PC_MIN(chunks[k], o.micro_batch * o.seq_len);
-        assert_int_equal(rc.ranks[0].act_bytes - chunked[k].ranks[0].act_bytes,
-                         4 * (int64_t)(o.micro_batch * o.seq_len - rows) * small.vocab_size);
-    }
-    text = plan_text(&chunked[0]);
-    assert_non_null(strstr(text, "  logits_chunk 7  "));
-    free(text);
-
-    /* what llama_init allocates: the plan's activations exactly */
+    /* train.logits_chunk: (chunk, V) logits instead of (N, V); a chunk of N or more is
+     * whole. And what llama_init allocates is the plan's activations exactly, for every
+     * pair of (recompute, chunk). */
+    int64_t N = (int64_t)o.micro_batch * o.seq_len;
+    size_t rope = 2 * (size_t)o.seq_len * (small.head_dim / 2);
+    size_t fixed = 4 * (2 * (size_t)hf_config_n_params(&small) + 2 * (size_t)N + rope);
+    int chunks[] = {0, 7, 48, 1000};
     backend *be = counting_begin();
-    size_t N = (size_t)o.micro_batch * o.seq_len, rope = 2 * (size_t)o.seq_len * (small.head_dim / 2);
-    size_t fixed = 4 * (2 * (size_t)hf_config_n_params(&small) + 2 * N + rope);
     for (int recompute = 0; recompute < 2; recompute++)
-        for (int k = -1; k < 3; k++) {
+        for (size_t k = 0; k < PC_ARRAY_LEN(chunks); k++) {
+            plan want;
+            o.recompute = recompute, o.logits_chunk = chunks[k];
+            assert_int_equal(plan_build(&want, &base, &small, 2, &o, NULL), 0);
+            int64_t rows = chunks[k] ? PC_MIN(chunks[k], N) : N;
+            assert_int_equal((recompute ? rc : keep).ranks[0].act_bytes - want.ranks[0].act_bytes,
+                             4 * (N - rows) * small.vocab_size);
+            if (chunks[k] == 7) {
+                text = plan_text(&want);
+                assert_non_null(strstr(text, "  logits_chunk 7  "));
+                free(text);
+            }
             llama_model m;
             pc_err e = {{0}};
             counted_bytes = 0;
-            llama_opts lo = {.recompute = recompute, .logits_chunk = k < 0 ? 0 : chunks[k]};
+            llama_opts lo = {.recompute = recompute, .logits_chunk = chunks[k]};
             assert_int_equal(llama_init_opts(&m, &small, be, o.micro_batch, o.seq_len, &lo, &e), 0);
-            const plan *want = k >= 0 && recompute ? &chunked[k] : recompute ? &rc : &keep;
-            if (k >= 0 && !recompute) { /* keep-all with a chunk: keep's act less the logits saved */
-                int64_t rows = PC_MIN(chunks[k], (int)N);
-                assert_int_equal(counted_bytes - fixed,
-                                 keep.ranks[0].act_bytes - 4 * ((int64_t)N - rows) * small.vocab_size);
-            } else {
-                assert_int_equal(counted_bytes - fixed, want->ranks[0].act_bytes);
-            }
+            assert_int_equal(counted_bytes - fixed, want.ranks[0].act_bytes);
             llama_free(&m);
+            plan_free(&want);
         }
     counting_end(be);
-    for (int k = 0; k < 3; k++) plan_free(&chunked[k]);
     plan_free(&keep);
     plan_free(&rc);
 }
