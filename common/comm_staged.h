@@ -5,8 +5,9 @@
  * without NCCL, and the guarded CPU backend (backend_guard_create), whose buffers host
  * code cannot touch. Each collective downloads its input into host staging buffers
  * (grown as needed, up to COMM_STAGED_CHUNK for the collectives that run in parts, and
- * kept between calls), runs the same collective on the host comm and uploads the result. Staging moves bytes (the backend's raw upload/download), so
- * any element count of any dtype works, bf16 included. */
+ * kept between calls), runs the same collective on the host comm and uploads the result.
+ * Staging moves bytes (the backend's raw upload/download), so any element count of any
+ * dtype works, bf16 included. */
 #ifndef PC_COMM_STAGED_H
 #define PC_COMM_STAGED_H
 

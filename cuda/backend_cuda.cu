@@ -325,10 +325,12 @@ static void cu_upload_bf16(backend *be, uint16_t *dst, const uint16_t *host_src,
 }
 
 /* bf16 bits are the high half of the fp32 with the same value */
+__device__ float widen1(uint16_t b) { return __uint_as_float((unsigned)b << 16); }
+
 __global__ void k_widen_bf16(float *dst, const uint16_t *src, size_t n)
 {
     for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x)
-        dst[i] = __uint_as_float((unsigned)src[i] << 16);
+        dst[i] = widen1(src[i]);
 }
 
 static void cu_widen_bf16(backend *be, float *dst, const uint16_t *src, size_t n)
@@ -499,13 +501,13 @@ __global__ void k_embedding_fwd(float *out, const float *table, const int32_t *t
     for (int i = threadIdx.x; i < d; i += blockDim.x) dst[i] = src[i];
 }
 
-/* the same from a bf16 table, widened (bf16 bits are the high half of the fp32) */
+/* the same from a bf16 table, widened */
 __global__ void k_embedding_fwd_w16(float *out, const uint16_t *table, const int32_t *tokens, int d)
 {
     const size_t n = blockIdx.x;
     const uint16_t *src = table + (size_t)tokens[n] * d;
     float *dst = out + n * d;
-    for (int i = threadIdx.x; i < d; i += blockDim.x) dst[i] = __uint_as_float((unsigned)src[i] << 16);
+    for (int i = threadIdx.x; i < d; i += blockDim.x) dst[i] = widen1(src[i]);
 }
 
 /* dtable[tokens[n],:] += dout[n,:]; repeated tokens meet in atomicAdd */

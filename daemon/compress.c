@@ -200,8 +200,8 @@ int compress_setup(run_ctx *r, trainer *t, pc_err *e) {
     if (select_indices(r, t, sc.d_ff_layer, e) != 0) return -1;
     if (!strcmp(c->run.mode, "importance")) return 0;
 
-    int projected = strcmp(c->run.mode, "prune") != 0; /* prune trains the weights themselves */
-    if (run_llama_init(r, &t->m, &sc, c->train.micro_batch, projected, e) != 0) return -1;
+    run_model_use use = strcmp(c->run.mode, "prune") ? RUN_PROJECTED : RUN_TRAINED; /* prune trains the weights */
+    if (run_llama_init(r, &t->m, &sc, c->train.micro_batch, use, e) != 0) return -1;
     if (c->distill.enabled) { /* the teacher: the whole frozen base on every rank */
         if (llama_init_forward_only(&t->teacher, &t->base_cfg, r->be, c->train.micro_batch, c->data.seq_len, e) != 0)
             return -1;

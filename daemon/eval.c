@@ -83,7 +83,7 @@ void log_eval(run_ctx *r, long step, double val_loss, int64_t n_params) {
 int mode_eval(run_ctx *r, pc_err *e) {
     llama_model m;
     data_set *valid = NULL;
-    if (run_model(r, &m, r->cfg.train.micro_batch, 0, e) != 0) return -1;
+    if (run_model(r, &m, r->cfg.train.micro_batch, RUN_EVALUATED, e) != 0) return -1;
     if (open_valid(r, m.cfg.vocab_size, &valid, e) != 0) return -1;
     double loss = 0;
     int rc = eval_valid(r, &m, valid, &loss, e);

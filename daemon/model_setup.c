@@ -100,23 +100,22 @@ int run_model_config(const run_ctx *r, llama_config *lc, pc_err *e) {
     return pc_errorf(e, "%s: set model.base (an HF model directory) or model.config (a config.json)", c->source);
 }
 
-int run_llama_init(const run_ctx *r, llama_model *m, const llama_config *lc, int B, int projected, pc_err *e) {
-    llama_opts o = {.recompute = r->cfg.train.activation_checkpointing, .logits_chunk = r->cfg.train.logits_chunk};
+int run_llama_init(const run_ctx *r, llama_model *m, const llama_config *lc, int B, run_model_use use, pc_err *e) {
+    llama_opts o = {.forward_only = use == RUN_EVALUATED,
+                    .recompute = r->cfg.train.activation_checkpointing,
+                    .logits_chunk = r->cfg.train.logits_chunk};
     if (!strcmp(r->cfg.backend.matmul, "bf16")) /* GEMMs read bf16 weights */
-        o.weights = projected ? LLAMA_BF16_ONLY : LLAMA_BF16_WEIGHTS;
+        o.weights = use == RUN_PROJECTED ? LLAMA_BF16_ONLY : LLAMA_BF16_WEIGHTS;
     return llama_init_opts(m, lc, r->be, B, r->cfg.data.seq_len, &o, e);
 }
 
-int run_model(run_ctx *r, llama_model *m, int B, int trainable, pc_err *e) {
+int run_model(run_ctx *r, llama_model *m, int B, run_model_use use, pc_err *e) {
     const pc_config *c = &r->cfg;
     llama_config lc;
     if (run_model_config(r, &lc, e) != 0) return -1;
     if (hf_config_validate(&lc, c->model.base[0] ? c->model.base : c->model.config, e) != 0) return -1;
     if (!r->be && run_backend(r, e) != 0) return -1;
-    if (trainable ? run_llama_init(r, m, &lc, B, 0, e) != 0
-                  : llama_init_forward_only(m, &lc, r->be, B, c->data.seq_len, e) != 0)
-        return -1;
-    if (!trainable && !strcmp(c->backend.matmul, "bf16")) llama_use_bf16_weights(m); /* as the trained model */
+    if (run_llama_init(r, m, &lc, B, use, e) != 0) return -1;
     if (c->model.base[0]) {
         if (llama_load_safetensors(m, c->model.base, e) != 0) return -1;
         LOGI(&r->log, "loaded %s (%lld parameters)", c->model.base, (long long)hf_config_n_params(&lc));

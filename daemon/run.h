@@ -46,17 +46,19 @@ int run_backend(run_ctx *r, pc_err *e);
 uint64_t run_comm_bytes(const run_ctx *r);
 /* The model's shape: model.base's config.json, else model.config. */
 int run_model_config(const run_ctx *r, llama_config *lc, pc_err *e);
-/* llama_init of shape lc for micro-batch (B, data.seq_len) on r->be, recomputing layer
- * activations in the backward pass when train.activation_checkpointing, the head in
- * train.logits_chunk tokens at a time, with the bf16 copy of the weights when
- * backend.matmul is bf16; `projected`: the matrices' values
- * arrive from the projections, rounded to bf16 in that mode, so they are kept in bf16
- * only (llama_opts.weights LLAMA_BF16_ONLY). */
-int run_llama_init(const run_ctx *r, llama_model *m, const llama_config *lc, int B, int projected, pc_err *e);
-/* Build the model for micro-batch B: weights from model.base, or random init (seed);
- * trainable (run_llama_init), or for forward passes only (evaluation: no gradients, one
- * layer's activations). */
-int run_model(run_ctx *r, llama_model *m, int B, int trainable, pc_err *e);
+/* What a model is made for: training its weights; training through the projections
+ * (its matrices' values arrive from them, rounded to bf16 with backend.matmul bf16, so
+ * they are kept in bf16 only: LLAMA_BF16_ONLY); forward passes only (evaluation: no
+ * gradients, one layer's activations). */
+typedef enum { RUN_TRAINED = 0, RUN_PROJECTED, RUN_EVALUATED } run_model_use;
+/* llama_init of shape lc for micro-batch (B, data.seq_len) on r->be for `use`: a trained
+ * model recomputes layer activations in the backward pass when
+ * train.activation_checkpointing and takes the head in train.logits_chunk tokens at a
+ * time; every model has the bf16 copy of its weights when backend.matmul is bf16. */
+int run_llama_init(const run_ctx *r, llama_model *m, const llama_config *lc, int B, run_model_use use, pc_err *e);
+/* Build the model for micro-batch B and `use` (not RUN_PROJECTED): weights from
+ * model.base, or random init (seed). */
+int run_model(run_ctx *r, llama_model *m, int B, run_model_use use, pc_err *e);
 
 /* Open data.valid for the model's vocabulary. */
 int open_valid(run_ctx *r, int vocab_size, data_set **out, pc_err *e);

@@ -187,7 +187,7 @@ int mode_train(run_ctx *r, pc_err *e) {
             pc_errorf(e, "%s: distill needs a teacher: use it with run.mode compress or prune", c->source);
             goto out;
         }
-        if (run_model(r, &t.m, B, 1, e) != 0 || trainer_open_data(r, &t, t.m.cfg.vocab_size, e) != 0) goto out;
+        if (run_model(r, &t.m, B, RUN_TRAINED, e) != 0 || trainer_open_data(r, &t, t.m.cfg.vocab_size, e) != 0) goto out;
         t.method = &METHOD_DIRECT;
     } else if (compress_setup(r, &t, e) != 0) {
         goto out;

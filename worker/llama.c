@@ -320,7 +320,7 @@ int llama_init_recompute(llama_model *m, const llama_config *c, backend *be, int
 int llama_init_opts(llama_model *m, const llama_config *c, backend *be, int B, int T, const llama_opts *o,
                     pc_err *e)
 {
-    return init(m, c, be, B, T, o->recompute ? RECOMPUTE : KEEP_ALL, o, e);
+    return init(m, c, be, B, T, o->forward_only ? FORWARD_ONLY : o->recompute ? RECOMPUTE : KEEP_ALL, o, e);
 }
 
 int llama_init_forward_only(llama_model *m, const llama_config *c, backend *be, int B, int T, pc_err *e)

@@ -94,6 +94,7 @@ int llama_init_recompute(llama_model *m, const llama_config *c, backend *be, int
 /* Options of llama_init_opts (zero: llama_init's model). */
 enum { LLAMA_F32 = 0, LLAMA_BF16_WEIGHTS, LLAMA_BF16_ONLY };
 typedef struct llama_opts {
+    int forward_only; /* llama_init_forward_only's model (recompute and logits_chunk do not apply) */
     int recompute;    /* llama_init_recompute's activation checkpointing */
     /* LLAMA_BF16_WEIGHTS: the bf16 copy (llama_use_bf16_weights). LLAMA_BF16_ONLY: the bf16
      * copy, and fp32 values (params) only for the norm gains, for a model whose matrices
