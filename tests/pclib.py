@@ -32,10 +32,8 @@ def run(args, check=True, timeout=600):
     p = subprocess.run(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                        env=env(), timeout=timeout)
     if check and p.returncode != 0:
-        global _failed
-        _failed = True
         sys.stderr.write(p.stdout + p.stderr)
-        raise SystemExit(f"command failed ({p.returncode}): {' '.join(args)}")
+        fail(f"command failed ({p.returncode}): {' '.join(args)}")
     return p
 
 
@@ -261,11 +259,16 @@ def tmpdir(prefix):
     return d
 
 
-def check(cond, msg):
+def fail(msg):
+    """End the test with msg; its directories are kept."""
     global _failed
+    _failed = True
+    raise SystemExit(msg)
+
+
+def check(cond, msg):
     if not cond:
-        _failed = True
-        raise SystemExit("FAIL: " + msg)
+        fail("FAIL: " + msg)
     print("ok:", msg)
 
 

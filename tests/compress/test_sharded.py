@@ -67,13 +67,10 @@ def main():
     # one layer: 9 matrix blocks and 3 norm gains, so on 10 ranks some own gains only
     one = os.path.join(root, "one-layer")
     os.makedirs(one)
-    bdir, _ = pclib.tiny_base(one, 4, 96, 64, 128, 1)
-    pclib.markov_shards(one, 96, 5000, 1000, seed=2)
-    job1 = pclib.compress_job(one, bdir, 3, 16, {"d_model": 48, "d_ff": 80, "importance": "magnitude"},
-                              {"steps": 2, "global_batch": 10, "micro_batch": 1}, checkpoint={"every_steps": 0},
-                              backend={"device": "cpu-guarded"})
-    d1 = pclib.run_job(one, job1, "np1", 1)
-    d10 = pclib.run_job(one, job1, "np10", 10)
+    job1 = pclib.two_way_job(one, 1, micro_batch=1)
+    sets = ["train.steps=2", "train.global_batch=10", "backend.device=cpu-guarded"]
+    d1 = pclib.run_job(one, job1, "np1", 1, *sets)
+    d10 = pclib.run_job(one, job1, "np10", 10, *sets)
     plan = open(os.path.join(d10, "plan.txt")).read()
     owners = {int(line.split()[3]) for line in plan.splitlines()
               if line.startswith("  model.") and " norm " not in line}

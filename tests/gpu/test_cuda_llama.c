@@ -68,6 +68,32 @@ static void compare_grads(const char *tag, llama_model *mc, llama_model *mg)
     free(hg);
 }
 
+/* Distillation against random teacher logits (N, V), accumulating onto both models'
+ * gradients: loss and gradients compared. */
+static void check_distill(const char *tag, llama_model *mc, llama_model *mg, const int32_t *tok, const int32_t *tgt,
+                          pc_rng *r)
+{
+    size_t n = (size_t)mc->B * mc->T * mc->cfg.vocab_size;
+    char what[160];
+    float *teach_h = pc_alloc_f32(n);
+    for (size_t i = 0; i < n; i++) teach_h[i] = 2.0f * pc_rng_normal(r);
+    float *teach_c = be_alloc(mc->be, n), *teach_g = be_alloc(mg->be, n);
+    be_upload(mc->be, teach_c, teach_h, n);
+    be_upload(mg->be, teach_g, teach_h, n);
+    llama_forward(mc, tok, tgt);
+    llama_forward(mg, tok, tgt);
+    float dc = llama_distill(mc, teach_c, 0.5f, 2.0f), dg = llama_distill(mg, teach_g, 0.5f, 2.0f);
+    snprintf(what, sizeof what, "%s distill loss (cpu %.6f, cuda %.6f)", tag, (double)dc, (double)dg);
+    report(what, fabs((double)dc - dg) / fabs((double)dc), TOL_LOSS);
+    llama_backward(mc);
+    llama_backward(mg);
+    snprintf(what, sizeof what, "%s +distill", tag);
+    compare_grads(what, mc, mg);
+    be_free(mc->be, teach_c);
+    be_free(mg->be, teach_g);
+    free(teach_h);
+}
+
 /* go: the CUDA model's options (activation checkpointing, logits in chunks); the CPU
  * model keeps every activation and the whole logits. */
 static int run_case(const char *tag, const llama_config *cfg, int B, int T, backend *cpu, backend *gpu,
@@ -102,33 +128,7 @@ static int run_case(const char *tag, const llama_config *cfg, int B, int T, back
     llama_backward(&mc);
     llama_backward(&mg);
     compare_grads(tag, &mc, &mg);
-    if (mg.logits_chunk) {
-        free(tok);
-        free(tgt);
-        llama_free(&mc);
-        llama_free(&mg);
-        return 0;
-    }
-
-    /* distillation against random teacher logits, accumulating onto the gradients above */
-    float *teach_h = pc_alloc_f32((size_t)N * V);
-    for (size_t i = 0; i < (size_t)N * V; i++) teach_h[i] = 2.0f * pc_rng_normal(&r);
-    float *teach_c = be_alloc(cpu, (size_t)N * V), *teach_g = be_alloc(gpu, (size_t)N * V);
-    be_upload(cpu, teach_c, teach_h, (size_t)N * V);
-    be_upload(gpu, teach_g, teach_h, (size_t)N * V);
-    llama_forward(&mc, tok, tgt);
-    llama_forward(&mg, tok, tgt);
-    float dc = llama_distill(&mc, teach_c, 0.5f, 2.0f), dg = llama_distill(&mg, teach_g, 0.5f, 2.0f);
-    snprintf(what, sizeof what, "%s distill loss (cpu %.6f, cuda %.6f)", tag, (double)dc, (double)dg);
-    report(what, fabs((double)dc - dg) / fabs((double)dc), TOL_LOSS);
-    llama_backward(&mc);
-    llama_backward(&mg);
-    snprintf(what, sizeof what, "%s +distill", tag);
-    compare_grads(what, &mc, &mg);
-
-    be_free(cpu, teach_c);
-    be_free(gpu, teach_g);
-    free(teach_h);
+    if (!mg.logits_chunk) check_distill(tag, &mc, &mg, tok, tgt, &r); /* it needs whole logits */
     free(tok);
     free(tgt);
     llama_free(&mc);
