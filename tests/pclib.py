@@ -125,6 +125,17 @@ def two_way_job(root, layers, micro_batch=2, seq_len=16):
         eval={"batches": 2, "every_steps": 2}, checkpoint={"every_steps": 0}, backend={"device": "cpu"})
 
 
+def memory_job(root, vocab, hidden, ff, layers, hidden_c, ff_c, seq_len, batch):
+    """A one-step compress job on the CPU for measuring peak RSS: a base made by
+    transformers' own init (scale 0) of the given shape to (hidden_c, ff_c) by magnitude,
+    one micro-batch of `batch` x seq_len tokens, no checkpoints."""
+    bdir, _ = tiny_base(root, 5, vocab, hidden, ff, layers, scale=0)
+    markov_shards(root, vocab, 20000, 1000, seed=3)
+    return compress_job(root, bdir, 3, seq_len, {"d_model": hidden_c, "d_ff": ff_c, "importance": "magnitude"},
+                        {"steps": 1, "global_batch": batch, "micro_batch": batch}, checkpoint={"every_steps": 0},
+                        backend={"device": "cpu"})
+
+
 def write_yaml(path, sections):
     """Write a two-level dict as a YAML job file."""
     with open(path, "w") as f:
@@ -167,6 +178,11 @@ def plan_table(run_dir):
 def metrics(run_dir):
     with open(os.path.join(run_dir, "metrics.jsonl")) as f:
         return [json.loads(l) for l in f if l.strip()]
+
+
+def peak_rss(run_dir):
+    """Every rank's peak RSS (MiB) as the run recorded it last."""
+    return [m for m in metrics(run_dir) if "peak_rss_mib" in m][-1]["peak_rss_mib"]
 
 
 def run_outputs(d):

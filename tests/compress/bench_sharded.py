@@ -35,7 +35,7 @@ def main():
             steps = [m for m in ms if "step_time" in m][1:]
             t = statistics.median(m["step_time"] for m in steps)
             comm = statistics.median(m["comm_mb"] for m in steps)
-            rss = [m for m in ms if "peak_rss_mib" in m][-1]["peak_rss_mib"]
+            rss = pclib.peak_rss(d)
             print(f"np {np_} {' '.join(sets)}: step {t:.3f} s, comm {comm:.2f} MB/step = "
                   f"{comm / (n_c * 4 / 1e6):.2f} x compressed model (f32), peak RSS per rank (MiB) {rss}")
 

@@ -37,7 +37,7 @@ def main():
     for np_ in [1, 2, 4]:
         d = os.path.join(root, f"np{np_}")
         pclib.projcompd(np_, job, f"run.dir={d}")
-        rss[np_] = [m for m in pclib.metrics(d) if "peak_rss_mib" in m][-1]["peak_rss_mib"]
+        rss[np_] = pclib.peak_rss(d)
         plans[np_] = [r["total"] for r in pclib.plan_table(d)]
         print(f"np {np_}: peak RSS per rank (MiB) {rss[np_]}; plan per rank (MiB) {[round(x, 1) for x in plans[np_]]}")
     for np_ in [2, 4]:
@@ -56,13 +56,9 @@ def main():
     big = os.path.join(root, "vocab")
     os.makedirs(big)
     V = 32768
-    bdir, _ = pclib.tiny_base(big, 5, V, 64, 128, 2, scale=0)
-    pclib.markov_shards(big, V, 20000, 1000, seed=3)
-    vjob = pclib.compress_job(big, bdir, 3, 64, {"d_model": 48, "d_ff": 96, "importance": "magnitude"},
-                              {"steps": 1, "global_batch": 2, "micro_batch": 2}, checkpoint={"every_steps": 0},
-                              backend={"device": "cpu"})
+    vjob = pclib.memory_job(big, V, 64, 128, 2, 48, 96, 64, 2)
     d = pclib.run_job(big, vjob, "np1", 1)
-    peak = [m for m in pclib.metrics(d) if "peak_rss_mib" in m][-1]["peak_rss_mib"][0]
+    peak = pclib.peak_rss(d)[0]
     total = pclib.plan_table(d)[0]["total"]
     pclib.check(peak < total + 400, f"vocab {V}: peak RSS {peak:.0f} MiB within the plan's {total:.0f} MiB + 400")
 

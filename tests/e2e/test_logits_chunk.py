@@ -55,17 +55,11 @@ def main():
         return
     big = os.path.join(root, "big")
     os.makedirs(big)
-    BV = 32768
-    bdir, _ = pclib.tiny_base(big, 5, BV, 64, 128, 2, scale=0)
-    pclib.markov_shards(big, BV, 20000, 1000, seed=3)
-    mjob = pclib.compress_job(
-        big, bdir, 3, 256, {"d_model": 48, "d_ff": 96, "importance": "magnitude"},
-        {"steps": 1, "global_batch": 4, "micro_batch": 4}, checkpoint={"every_steps": 0},
-        backend={"device": "cpu"})
+    mjob = pclib.memory_job(big, 32768, 64, 128, 2, 48, 96, 256, 4)
     rss, act = {}, {}
     for chunk in [0, 256]:
         d = pclib.run_job(big, mjob, f"mem-{chunk}", 1, f"train.logits_chunk={chunk}")
-        rss[chunk] = [m for m in pclib.metrics(d) if "peak_rss_mib" in m][-1]["peak_rss_mib"][0]
+        rss[chunk] = pclib.peak_rss(d)[0]
         act[chunk] = pclib.plan_table(d)[0]["act"]
         print(f"logits_chunk {chunk}: plan activations {act[chunk]:.1f} MiB, peak RSS {rss[chunk]:.1f} MiB")
     planned, measured = act[0] - act[256], rss[0] - rss[256]

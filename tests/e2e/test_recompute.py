@@ -40,16 +40,11 @@ def main():
         return
     big = os.path.join(root, "big")
     os.makedirs(big)
-    bdir, _ = pclib.tiny_base(big, 5, V, 128, 256, 12, scale=0)
-    pclib.markov_shards(big, V, 20000, 1000, seed=3)
-    mjob = pclib.compress_job(
-        big, bdir, 3, 256, {"d_model": 96, "d_ff": 192, "importance": "magnitude"},
-        {"steps": 1, "global_batch": 8, "micro_batch": 8}, checkpoint={"every_steps": 0},
-        backend={"device": "cpu"})
+    mjob = pclib.memory_job(big, V, 128, 256, 12, 96, 192, 256, 8)
     rss, act = {}, {}
     for rc in ["false", "true"]:
         d = pclib.run_job(big, mjob, f"mem-{rc}", 1, f"train.activation_checkpointing={rc}")
-        rss[rc] = [m for m in pclib.metrics(d) if "peak_rss_mib" in m][-1]["peak_rss_mib"][0]
+        rss[rc] = pclib.peak_rss(d)[0]
         act[rc] = pclib.plan_table(d)[0]["act"]
         print(f"activation_checkpointing {rc}: plan activations {act[rc]:.1f} MiB, peak RSS {rss[rc]:.1f} MiB")
     planned, measured = act["false"] - act["true"], rss["false"] - rss["true"]
