@@ -509,9 +509,11 @@ static int write_str_attr(hid_t obj, const char *name, const char *v) {
     return rc;
 }
 
-/* Build the HDF5 file at tmp; HDF5 lock held. */
-static int write_h5(const char *tmp, const char *path, const uint32_t *tokens, int64_t n, int vocab_size, int eos_id,
-                    const char *tokenizer, pc_err *e) {
+enum { WRITE_PIECE = 1 << 20 }; /* tokens per H5Dwrite: a multiple of the chunk size */
+
+/* Build the HDF5 file at tmp from fill's pieces, checking every token; HDF5 lock held. */
+static int write_h5(const char *tmp, const char *path, int64_t n, data_fill_fn fill, void *ctx, int vocab_size,
+                    int eos_id, const char *tokenizer, pc_err *e) {
     hid_t f = H5Fcreate(tmp, H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT);
     if (f < 0) return pc_errorf(e, "%s: cannot create %s", path, tmp);
     hsize_t dims = (hsize_t)n, chunk = (hsize_t)PC_MIN(n, (int64_t)1 << 16);
@@ -522,10 +524,28 @@ static int write_h5(const char *tmp, const char *path, const uint32_t *tokens, i
     hid_t ds = H5Dcreate2(f, "tokens", ftype, sp, H5P_DEFAULT, dcpl, H5P_DEFAULT);
     int rc = 0;
     if (ds < 0) rc = pc_errorf(e, "%s: cannot create dataset /tokens", path);
-    else if (n > 0 && H5Dwrite(ds, H5T_NATIVE_UINT32, H5S_ALL, H5S_ALL, H5P_DEFAULT, tokens) < 0)
-        rc = pc_errorf(e, "%s: cannot write %lld tokens (disk full?)", path, (long long)n);
-    else if (write_int_attr(ds, "vocab_size", vocab_size) || write_int_attr(ds, "eos_id", eos_id) ||
-             write_str_attr(ds, "tokenizer", tokenizer))
+    uint32_t *piece = n > 0 ? pc_malloc(sizeof(uint32_t) * (size_t)PC_MIN(n, (int64_t)WRITE_PIECE)) : NULL;
+    for (int64_t at = 0; rc == 0 && at < n; at += WRITE_PIECE) {
+        hsize_t off = (hsize_t)at, len = (hsize_t)PC_MIN((int64_t)WRITE_PIECE, n - at);
+        if (fill(ctx, at, (int64_t)len, piece, e) != 0) {
+            rc = -1;
+            break;
+        }
+        for (hsize_t i = 0; i < len && rc == 0; i++)
+            if (piece[i] >= (uint32_t)vocab_size)
+                rc = pc_errorf(e, "%s: token %u at index %lld >= vocab_size %d", path, piece[i], (long long)(at + i),
+                               vocab_size);
+        if (rc) break;
+        hid_t mem = H5Screate_simple(1, &len, NULL);
+        if (H5Sselect_hyperslab(sp, H5S_SELECT_SET, &off, NULL, &len, NULL) < 0 ||
+            H5Dwrite(ds, H5T_NATIVE_UINT32, mem, sp, H5P_DEFAULT, piece) < 0)
+            rc = pc_errorf(e, "%s: cannot write tokens %lld..%lld of %lld (disk full?)", path, (long long)at,
+                           (long long)(at + (int64_t)len), (long long)n);
+        H5Sclose(mem);
+    }
+    free(piece);
+    if (rc == 0 && (write_int_attr(ds, "vocab_size", vocab_size) || write_int_attr(ds, "eos_id", eos_id) ||
+                    write_str_attr(ds, "tokenizer", tokenizer)))
         rc = pc_errorf(e, "%s: cannot write the attributes of /tokens", path);
     if (ds >= 0) H5Dclose(ds);
     H5Pclose(dcpl);
@@ -535,21 +555,29 @@ static int write_h5(const char *tmp, const char *path, const uint32_t *tokens, i
     return rc;
 }
 
+/* data_fill_fn of an array in memory (data_write_shard). */
+static int fill_from_array(void *ctx, int64_t at, int64_t n, uint32_t *dst, pc_err *e) {
+    (void)e;
+    memcpy(dst, (const uint32_t *)ctx + at, sizeof(uint32_t) * (size_t)n);
+    return 0;
+}
+
 int data_write_shard(const char *path, const uint32_t *tokens, int64_t n, int vocab_size, int eos_id,
                      const char *tokenizer, pc_err *e) {
+    return data_write_shard_fill(path, n, fill_from_array, (void *)tokens, vocab_size, eos_id, tokenizer, e);
+}
+
+int data_write_shard_fill(const char *path, int64_t n, data_fill_fn fill, void *ctx, int vocab_size, int eos_id,
+                          const char *tokenizer, pc_err *e) {
     if (vocab_size <= 0 || eos_id < 0 || eos_id >= vocab_size || n < 0)
         return pc_errorf(e, "%s: invalid shard (vocab_size %d, eos_id %d, %lld tokens)", path, vocab_size, eos_id,
                          (long long)n);
-    for (int64_t i = 0; i < n; i++)
-        if (tokens[i] >= (uint32_t)vocab_size)
-            return pc_errorf(e, "%s: token %u at index %lld >= vocab_size %d", path, tokens[i], (long long)i,
-                             vocab_size);
     size_t len = strlen(path);
     char *tmp = pc_malloc(len + 5);
     memcpy(tmp, path, len);
     memcpy(tmp + len, ".tmp", 5);
     hdf5_lock();
-    int rc = write_h5(tmp, path, tokens, n, vocab_size, eos_id, tokenizer ? tokenizer : "", e);
+    int rc = write_h5(tmp, path, n, fill, ctx, vocab_size, eos_id, tokenizer ? tokenizer : "", e);
     hdf5_unlock();
     if (rc == 0) {
         int fd = open(tmp, O_RDONLY);

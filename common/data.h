@@ -73,8 +73,16 @@ int64_t data_loader_n_prefetch_hits(const data_loader *dl);
 void data_loader_destroy(data_loader *dl);
 
 /* Write a shard: uint16 when vocab_size <= 65536, else uint32; chunked; written to
- * path.tmp, fsync'd, then renamed. Every token must be < vocab_size. */
+ * path.tmp, fsync'd, then renamed (path.tmp is removed on any error: nothing is left
+ * half-written). Every token must be < vocab_size. */
 int data_write_shard(const char *path, const uint32_t *tokens, int64_t n, int vocab_size, int eos_id,
                      const char *tokenizer, pc_err *e);
+/* The same for n tokens that fill(ctx, at, len, dst, e) produces, in order, a piece of at
+ * most 2^20 at a time into dst (tokens [at, at + len)): one piece of memory for a shard
+ * of any size. fill returns 0, or -1 with e set; it runs under the HDF5 lock, so it
+ * must not call into this file. */
+typedef int (*data_fill_fn)(void *ctx, int64_t at, int64_t len, uint32_t *dst, pc_err *e);
+int data_write_shard_fill(const char *path, int64_t n, data_fill_fn fill, void *ctx, int vocab_size, int eos_id,
+                          const char *tokenizer, pc_err *e);
 
 #endif

@@ -6,8 +6,9 @@
  * vocabulary size and eos id go into the shards. Every paragraph (lines up to a blank
  * line) of every input file is one document, written as its tokens followed by eos.
  * The last documents (about --valid-fraction of the tokens) go to the validation shards.
- * All input is read and checked before anything is written; output files that already
- * exist are refused, and a failed write removes what this run wrote. */
+ * Memory does not grow with the corpus (see convert). All input is read and checked
+ * before any shard is written; output files that already exist are refused before any
+ * input is read, and a failure removes what this run wrote, the directories it made too. */
 #include <errno.h>
 #include <getopt.h>
 #include <math.h>
@@ -31,7 +32,8 @@ static void usage(FILE *f) {
             "Converts text files to byte-level HDF5 token shards (vocab_size %d: bytes 0..255,\n"
             "eos %d, %d reserved for bos; tokenizer \"bytes\"). Each paragraph, i.e. lines up to a\n"
             "blank line, is one document followed by eos. Writes DIR/[PREFIX-]train-00000.h5 ...\n"
-            "and DIR/[PREFIX-]valid-00000.h5 ...\n"
+            "and DIR/[PREFIX-]valid-00000.h5 ..., spooling the tokens in DIR first (4 bytes each,\n"
+            "freed when it ends), so memory does not grow with the input.\n"
             "\n"
             "  --out DIR             output directory (created if missing)\n"
             "  --valid-fraction F    share of tokens held out for validation, whole documents\n"
@@ -50,25 +52,73 @@ static void usage(FILE *f) {
             BYTES_VOCAB, BYTES_EOS, BYTES_BOS);
 }
 
-/* Growable token stream. */
+/* ---------------------------------------------------------------- convert
+ *
+ * Two passes, so that memory is one paragraph and one write piece however large the
+ * corpus: pass 1 tokenizes every file into two spool files in the output directory (the
+ * token stream, and where each document ends); pass 2 picks the validation cut from the
+ * document ends and writes the shards from the token spool. The spool files are unlinked
+ * as soon as they are made: the kernel frees them however the program ends. They take 4
+ * bytes per token and 8 per document of disk until then. */
+
+/* An unlinked temporary file in dir. */
+static FILE *spool_open(const char *dir, pc_err *e) {
+    char path[4200];
+    if (snprintf(path, sizeof path, "%s/.projcomp-data-XXXXXX", dir) >= (int)sizeof path) {
+        pc_errorf(e, "%s: output path too long", dir);
+        return NULL;
+    }
+    int fd = mkstemp(path);
+    FILE *f = fd >= 0 ? fdopen(fd, "w+b") : NULL;
+    if (!f) {
+        pc_errorf(e, "%s: cannot create a spool file: %s", dir, strerror(errno));
+        if (fd >= 0) close(fd);
+    }
+    if (fd >= 0) unlink(path);
+    return f;
+}
+
+/* Items [at, at + n) of `size` bytes of a spool (flushed) into dst. */
+static int spool_read(FILE *f, const char *dir, int64_t at, int64_t n, size_t size, void *dst, pc_err *e) {
+    char *p = dst;
+    size_t left = (size_t)n * size;
+    off_t off = (off_t)at * (off_t)size;
+    while (left > 0) {
+        ssize_t got = pread(fileno(f), p, left, off);
+        if (got < 0 && errno == EINTR) continue;
+        if (got <= 0) return pc_errorf(e, "%s: cannot read a spool file back: %s", dir, got ? strerror(errno) : "short");
+        p += got;
+        left -= (size_t)got;
+        off += got;
+    }
+    return 0;
+}
+
+/* The token stream of pass 1. */
 typedef struct stream {
-    uint32_t *tok;
-    int64_t n, cap;
-    int64_t *doc_end; /* token index just past each document's eos */
-    int64_t n_docs, docs_cap;
-    hf_tokenizer *hf; /* NULL: bytes */
+    const char *dir;
+    FILE *tok;            /* spool: (n) uint32 tokens */
+    FILE *ends;           /* spool: (n_docs) int64, the token index just past each document's eos */
+    int64_t n, n_docs;
+    uint32_t buf[4096];   /* tokens not yet in the spool */
+    int n_buf;
+    int failed;           /* a spool write failed (reported at the end of the file) */
+    hf_tokenizer *hf;     /* NULL: bytes */
     int vocab_size, eos_id;
     const char *tokenizer; /* the shards' tokenizer attribute */
     char *para;           /* the paragraph being collected */
     size_t para_n, para_cap;
 } stream;
 
+static void flush_tokens(stream *s) {
+    if (s->n_buf && fwrite(s->buf, sizeof *s->buf, (size_t)s->n_buf, s->tok) != (size_t)s->n_buf) s->failed = 1;
+    s->n_buf = 0;
+}
+
 static void push(stream *s, uint32_t t) {
-    if (s->n == s->cap) {
-        s->cap = s->cap ? 2 * s->cap : 4096;
-        s->tok = pc_realloc(s->tok, (size_t)s->cap * sizeof *s->tok);
-    }
-    s->tok[s->n++] = t;
+    if (s->n_buf == (int)PC_ARRAY_LEN(s->buf)) flush_tokens(s);
+    s->buf[s->n_buf++] = t;
+    s->n++;
 }
 
 static void para_add(stream *s, const char *p, size_t n) {
@@ -93,11 +143,8 @@ static int end_doc(stream *s, pc_err *e) {
     }
     s->para_n = 0;
     push(s, (uint32_t)s->eos_id);
-    if (s->n_docs == s->docs_cap) {
-        s->docs_cap = s->docs_cap ? 2 * s->docs_cap : 256;
-        s->doc_end = pc_realloc(s->doc_end, (size_t)s->docs_cap * sizeof *s->doc_end);
-    }
-    s->doc_end[s->n_docs++] = s->n;
+    if (fwrite(&s->n, sizeof s->n, 1, s->ends) != 1) s->failed = 1;
+    s->n_docs++;
     return 0;
 }
 
@@ -107,41 +154,66 @@ static int is_blank(const char *line, size_t len) {
     return 1;
 }
 
-/* Append the paragraphs of buf as documents; returns how many, -1 on a tokenizer error. */
-static int64_t add_text(stream *s, const char *buf, size_t len, pc_err *e) {
+/* Append the paragraphs of a file as documents, a line at a time; returns how many, or
+ * -1 (e set) on a read, tokenizer or spool error. */
+static int64_t add_file(stream *s, const char *path, pc_err *e) {
+    FILE *in = fopen(path, "rb");
+    if (!in) return pc_errorf(e, "%s: cannot open: %s", path, strerror(errno));
     int64_t before = s->n_docs;
-    int in_doc = 0;
-    size_t i = 0;
-    while (i < len) {
-        const char *nl = memchr(buf + i, '\n', len - i);
-        size_t end = nl ? (size_t)(nl - buf) : len;
-        size_t line_len = end - i;
-        if (line_len > 0 && buf[end - 1] == '\r') line_len--; /* CRLF */
-        if (is_blank(buf + i, line_len)) {
-            if (in_doc && end_doc(s, e) != 0) return -1;
+    int in_doc = 0, rc = 0;
+    char *line = NULL;
+    size_t cap = 0;
+    ssize_t got;
+    while (rc == 0 && (got = getline(&line, &cap, in)) >= 0) {
+        size_t len = (size_t)got;
+        if (len > 0 && line[len - 1] == '\n') len--;
+        if (len > 0 && line[len - 1] == '\r') len--; /* CRLF */
+        if (is_blank(line, len)) {
+            if (in_doc) rc = end_doc(s, e);
             in_doc = 0;
         } else {
             if (in_doc) para_add(s, "\n", 1);
-            para_add(s, buf + i, line_len);
+            para_add(s, line, len);
             in_doc = 1;
         }
-        i = end + 1;
     }
-    if (in_doc && end_doc(s, e) != 0) return -1;
-    return s->n_docs - before;
+    if (rc == 0 && ferror(in)) rc = pc_errorf(e, "%s: read error: %s", path, strerror(errno));
+    if (rc == 0 && in_doc) rc = end_doc(s, e);
+    free(line);
+    fclose(in);
+    flush_tokens(s);
+    if (rc == 0 && (s->failed || fflush(s->tok) != 0 || fflush(s->ends) != 0))
+        rc = pc_errorf(e, "%s: cannot write the spool files (disk full?): %s", s->dir, strerror(errno));
+    return rc ? -1 : s->n_docs - before;
 }
 
-/* Token index where validation starts: a document boundary near the target when there
- * are at least two documents, else the target itself. Both sides are non-empty. */
-static int64_t split_point(const stream *s, double valid_fraction) {
-    if (valid_fraction <= 0) return s->n;
+/* Where validation starts (*cut, a token index) and how many documents it holds. The cut
+ * is the document boundary nearest the target when there are at least two documents,
+ * else the target itself; both sides are then non-empty. */
+static int split_point(stream *s, double valid_fraction, int64_t *cut, int64_t *valid_docs, pc_err *e) {
+    *cut = s->n;
+    *valid_docs = 0;
+    if (valid_fraction <= 0) return 0;
     int64_t n_valid = (int64_t)ceil(valid_fraction * (double)s->n);
     int64_t target = PC_MIN(PC_MAX(s->n - n_valid, 1), s->n - 1);
-    if (s->n_docs < 2) return target;
-    int64_t best = s->doc_end[0];
-    for (int64_t k = 0; k + 1 < s->n_docs; k++) /* doc_end[n_docs-1] == n: never the cut */
-        if (llabs(s->doc_end[k] - target) < llabs(best - target)) best = s->doc_end[k];
-    return best;
+    if (s->n_docs < 2) {
+        *cut = target;
+        *valid_docs = s->n_docs;
+        return 0;
+    }
+    enum { BLOCK = 8192 };
+    int64_t *ends = pc_malloc(BLOCK * sizeof *ends), best = -1, best_k = 0;
+    int rc = 0;
+    for (int64_t k0 = 0; rc == 0 && k0 + 1 < s->n_docs; k0 += BLOCK) { /* the last end is n: never the cut */
+        int64_t len = PC_MIN((int64_t)BLOCK, s->n_docs - 1 - k0);
+        rc = spool_read(s->ends, s->dir, k0, len, sizeof *ends, ends, e);
+        for (int64_t k = 0; rc == 0 && k < len; k++)
+            if (best < 0 || llabs(ends[k] - target) < llabs(best - target)) best = ends[k], best_k = k0 + k;
+    }
+    free(ends);
+    *cut = best;
+    *valid_docs = s->n_docs - 1 - best_k;
+    return rc;
 }
 
 typedef struct written {
@@ -167,14 +239,29 @@ static int check_free(const char *dir, const char *prefix, const char *split, pc
     return 0;
 }
 
-static int write_split(const stream *s, const char *dir, const char *prefix, const char *split, const uint32_t *tok,
-                       int64_t n, int64_t per_shard, written *w, pc_err *e) {
+/* data_fill_fn of a shard: tokens [first + at, first + at + len) of the token spool. */
+typedef struct shard_src {
+    stream *s;
+    int64_t first;
+} shard_src;
+
+static int fill_from_spool(void *ctx, int64_t at, int64_t len, uint32_t *dst, pc_err *e) {
+    const shard_src *src = ctx;
+    return spool_read(src->s->tok, src->s->dir, src->first + at, len, sizeof *dst, dst, e);
+}
+
+/* Tokens [first, first + n) of the stream as the split's shards. */
+static int write_split(stream *s, const char *prefix, const char *split, int64_t first, int64_t n, int64_t per_shard,
+                       written *w, pc_err *e) {
     int k = 0;
     for (int64_t at = 0; at < n; at += per_shard, k++) {
         char path[4096];
-        if (shard_path(path, sizeof path, dir, prefix, split, k)) return pc_errorf(e, "%s: output path too long", dir);
-        int64_t len = PC_MIN(per_shard, n - at);
-        if (data_write_shard(path, tok + at, len, s->vocab_size, s->eos_id, s->tokenizer, e)) return -1;
+        if (shard_path(path, sizeof path, s->dir, prefix, split, k))
+            return pc_errorf(e, "%s: output path too long", s->dir);
+        shard_src src = {s, first + at};
+        if (data_write_shard_fill(path, PC_MIN(per_shard, n - at), fill_from_spool, &src, s->vocab_size, s->eos_id,
+                                  s->tokenizer, e))
+            return -1;
         w->paths = pc_realloc(w->paths, (size_t)(w->n + 1) * sizeof *w->paths);
         w->paths[w->n++] = pc_strdup(path);
     }
@@ -192,40 +279,58 @@ static void print_split(const char *split, const char *dir, const char *prefix, 
            first, k > 1 ? " .. " : "", k > 1 ? last : "");
 }
 
+/* The longest leading part of path that exists (all of it when it does). */
+static void existing_part(const char *path, char *out, size_t n) {
+    snprintf(out, n, "%s", path);
+    while (*out && access(out, F_OK) != 0) {
+        char *slash = strrchr(out, '/');
+        if (!slash) *out = '\0';
+        else if (slash == out) slash[1] = '\0';
+        else *slash = '\0';
+    }
+}
+
+/* Remove the directories of path below `kept` (what existing_part found before they were
+ * made), deepest first; stops at one that is not empty. */
+static void remove_made_dirs(const char *path, const char *kept) {
+    char p[4096];
+    snprintf(p, sizeof p, "%s", path);
+    while (strlen(p) > strlen(kept) && rmdir(p) == 0) {
+        char *slash = strrchr(p, '/');
+        if (!slash) break;
+        *slash = '\0';
+    }
+}
+
 static int convert(const char *dir, const char *prefix, double valid_fraction, int64_t per_shard, char **files,
                    int n_files, hf_tokenizer *hf, pc_err *e) {
-    stream s = {0};
-    s.hf = hf;
+    for (int i = 0; i < n_files; i++) /* before anything is made or read */
+        if (access(files[i], R_OK) != 0) return pc_errorf(e, "%s: cannot open: %s", files[i], strerror(errno));
+    char kept[4096];
+    existing_part(dir, kept, sizeof kept);
+    stream s = {.dir = dir, .hf = hf};
     s.vocab_size = hf ? hf->vocab_size : BYTES_VOCAB;
     s.eos_id = hf ? hf->eos_id : BYTES_EOS;
     s.tokenizer = hf ? hf->name : "bytes";
-    int rc = 0;
+    int rc = pc_mkdirs(dir, e);
+    if (rc == 0 && (check_free(dir, prefix, "train", e) || check_free(dir, prefix, "valid", e))) rc = -1;
+    if (rc == 0 && (!(s.tok = spool_open(dir, e)) || !(s.ends = spool_open(dir, e)))) rc = -1;
     for (int i = 0; i < n_files && rc == 0; i++) {
-        char *buf = NULL;
-        size_t len = 0;
-        if (pc_read_file(files[i], &buf, &len, e)) {
-            rc = -1;
-            break;
-        }
-        int64_t docs = add_text(&s, buf, len, e);
+        int64_t docs = add_file(&s, files[i], e);
         if (docs < 0) rc = -1;
         else if (docs == 0) rc = pc_errorf(e, "%s: empty input (no text to make documents from)", files[i]);
-        free(buf);
     }
-    int64_t cut = rc == 0 ? split_point(&s, valid_fraction) : 0;
-    if (rc == 0 && pc_mkdirs(dir, e)) rc = -1;
-    if (rc == 0 && (check_free(dir, prefix, "train", e) || check_free(dir, prefix, "valid", e))) rc = -1;
+    int64_t cut = 0, valid_docs = 0;
+    if (rc == 0) rc = split_point(&s, valid_fraction, &cut, &valid_docs, e);
     written w = {0};
     if (rc == 0) {
-        rc = write_split(&s, dir, prefix, "train", s.tok, cut, per_shard, &w, e);
-        if (rc == 0) rc = write_split(&s, dir, prefix, "valid", s.tok + cut, s.n - cut, per_shard, &w, e);
+        rc = write_split(&s, prefix, "train", 0, cut, per_shard, &w, e);
+        if (rc == 0) rc = write_split(&s, prefix, "valid", cut, s.n - cut, per_shard, &w, e);
         if (rc) {
             for (int i = 0; i < w.n; i++) unlink(w.paths[i]);
         }
     }
     if (rc == 0) {
-        int64_t valid_docs = 0;
-        for (int64_t k = 0; k < s.n_docs; k++) valid_docs += s.doc_end[k] > cut;
         printf("projcomp-data: %d file%s, %lld documents, %lld tokens (vocab_size %d, eos_id %d, tokenizer %s)\n",
                n_files, n_files == 1 ? "" : "s", (long long)s.n_docs, (long long)s.n, s.vocab_size, s.eos_id,
                s.tokenizer);
@@ -236,9 +341,10 @@ static int convert(const char *dir, const char *prefix, double valid_fraction, i
     }
     for (int i = 0; i < w.n; i++) free(w.paths[i]);
     free(w.paths);
-    free(s.tok);
-    free(s.doc_end);
+    if (s.tok) fclose(s.tok);
+    if (s.ends) fclose(s.ends);
     free(s.para);
+    if (rc) remove_made_dirs(dir, kept);
     return rc;
 }
 

@@ -180,6 +180,28 @@ def metrics(run_dir):
         return [json.loads(l) for l in f if l.strip()]
 
 
+# Runs argv[2:] and writes its peak RSS (KiB) to argv[1]. A fresh small process forks the
+# command, because a child's peak RSS counts the process it was forked from: a test's
+# own memory would hide the command's.
+_RSS_SHIM = """import os, sys
+pid = os.fork()
+if pid == 0:
+    os.execv(sys.argv[2], sys.argv[2:])
+_, status, usage = os.wait4(pid, 0)
+open(sys.argv[1], "w").write(str(usage.ru_maxrss))
+sys.exit(os.waitstatus_to_exitcode(status))
+"""
+
+
+def run_peak_rss(args, timeout=300):
+    """Run a command; its CompletedProcess (text output) and its peak RSS in MiB."""
+    with tempfile.NamedTemporaryFile() as rss:
+        p = subprocess.run([sys.executable, "-c", _RSS_SHIM, rss.name, *[str(a) for a in args]], capture_output=True,
+                           text=True, timeout=timeout)
+        with open(rss.name) as f:
+            return p, int(f.read() or 0) / 1024
+
+
 def peak_rss(run_dir):
     """Every rank's peak RSS (MiB) as the run recorded it last."""
     return [m for m in metrics(run_dir) if "peak_rss_mib" in m][-1]["peak_rss_mib"]

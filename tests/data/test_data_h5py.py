@@ -237,6 +237,34 @@ class Tool(TmpDirCase):
         self.assertEqual(r.returncode, 0, r.stderr)
         self.assertEqual(sorted(os.listdir(self.p("o"))), ["train-00000.h5"])
 
+    def test_memory_does_not_grow_with_corpus(self):
+        # 40 MB of text, 40 M tokens: holding them would take 160 MB. The tool streams
+        # them through its spool, so its peak RSS is a few MB above the HDF5 library's.
+        n_docs, width = 400_000, 99
+        body = np.frombuffer((b"the quick brown fox jumps over the lazy dog. " * 3)[:width - 9], dtype=np.uint8)
+        docs = np.empty((n_docs, width), dtype=np.uint8)
+        docs[:, 9:] = body
+        docs[:, :8] = np.frombuffer(b"".join(b"%08d" % i for i in range(n_docs)), dtype=np.uint8).reshape(-1, 8)
+        docs[:, 8] = ord(" ")
+        with open(self.p("big.txt"), "wb") as f:
+            f.write(b"".join(row.tobytes() + b"\n\n" for row in docs))
+        out = self.p("big")
+        r, rss_mib = pclib.run_peak_rss([TOOL, "--out", out, "--shard-tokens", "3000000", self.p("big.txt")])
+        self.assertEqual(r.returncode, 0, r.stderr)
+        # every document is its bytes then eos; the last 5% of them are validation
+        want = np.concatenate([docs.astype(np.uint16), np.full((n_docs, 1), 256, np.uint16)], axis=1).ravel()
+        names = sorted(os.listdir(out))
+        self.assertEqual(names, [f"train-{k:05d}.h5" for k in range(13)] + ["valid-00000.h5"])  # no spool left
+        got = []
+        for n in names:
+            with h5py.File(os.path.join(out, n), "r") as f:
+                got.append(f["tokens"][:])
+        got = np.concatenate(got)
+        self.assertTrue(np.array_equal(got, want), "tokens differ from the documents")
+        self.assertIn(f"valid holds {n_docs // 20} documents", r.stdout)
+        print(f"projcomp-data on {want.size} tokens: peak RSS {rss_mib:.1f} MiB", file=sys.stderr)
+        self.assertLess(rss_mib, 48, "projcomp-data's memory grows with the corpus")
+
     def test_input_errors_write_nothing(self):
         with open(self.p("ok.txt"), "w") as f:
             f.write("fine text\n")
@@ -245,12 +273,18 @@ class Tool(TmpDirCase):
         cases = [
             ([self.p("ok.txt"), self.p("missing.txt")], "missing.txt: cannot open"),
             ([self.p("ok.txt"), self.p("blank.txt")], "blank.txt: empty input"),
+            ([self.p("ok.txt"), self.p(".")], ": read error: Is a directory"),
         ]
         for files, msg in cases:
-            r = run(TOOL, "--out", self.p("o"), *files)
-            self.assertNotEqual(r.returncode, 0)
-            self.assertIn(msg, r.stderr)
-            self.assertFalse(os.path.exists(self.p("o")))
+            for out, made in ((self.p("o"), self.p("o")), (self.p("a/b/o"), self.p("a"))):
+                r = run(TOOL, "--out", out, *files)
+                self.assertNotEqual(r.returncode, 0)
+                self.assertIn(msg, r.stderr)
+                self.assertFalse(os.path.exists(made), f"{made} left behind")
+        os.mkdir(self.p("o"))  # a directory that was there stays, empty
+        r = run(TOOL, "--out", self.p("o"), self.p("ok.txt"), self.p("blank.txt"))
+        self.assertIn("blank.txt: empty input", r.stderr)
+        self.assertEqual(os.listdir(self.p("o")), [])
         r = run(TOOL, "--out", self.p("o"), "--valid-fraction", "1.5", self.p("ok.txt"))
         self.assertNotEqual(r.returncode, 0)
         self.assertIn("--valid-fraction", r.stderr)
