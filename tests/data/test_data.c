@@ -329,6 +329,43 @@ static void test_error_token_out_of_range(void **state) {
     assert_int_not_equal(access(fpath(f, "w.h5"), F_OK), 0);
 }
 
+/* data_fill_fn: token i is i % 251, except at *(int64_t *)ctx, where the fill fails
+ * (bad < 0) or writes 300 (an out-of-range token, bad = ~index). */
+static int fill_pattern(void *ctx, int64_t at, int64_t len, uint32_t *dst, pc_err *e) {
+    int64_t bad = *(const int64_t *)ctx;
+    if (bad >= 0 && bad >= at && bad < at + len) return pc_errorf(e, "fill failed at %lld", (long long)bad);
+    for (int64_t i = 0; i < len; i++) dst[i] = (at + i) == ~bad ? 300u : (uint32_t)((at + i) % 251);
+    return 0;
+}
+
+/* A shard written in pieces reads back whole; a fill error or a bad token in a later piece
+ * leaves neither the shard nor its temporary file, and names the token's index. */
+static void test_write_in_pieces(void **state) {
+    fixture *f = *state;
+    const int64_t n = ((int64_t)1 << 21) + 7; /* three pieces, the last short */
+    const char *p = fpath(f, "pieces.h5");
+    char tmp[4200];
+    snprintf(tmp, sizeof tmp, "%s.tmp", p);
+    pc_err e = {{0}};
+    int64_t fail_at[] = {((int64_t)1 << 20) + 3, ~(((int64_t)1 << 21) + 2)};
+    for (int k = 0; k < 2; k++) {
+        assert_int_equal(data_write_shard_fill(p, n, fill_pattern, &fail_at[k], 256, 0, "bytes", &e), -1);
+        assert_non_null(strstr(e.msg, k == 0 ? "fill failed at 1048579" : "pieces.h5: token 300 at index 2097154"));
+        assert_int_not_equal(access(p, F_OK), 0);
+        assert_int_not_equal(access(tmp, F_OK), 0);
+    }
+    int64_t none = n;
+    assert_int_equal(data_write_shard_fill(p, n, fill_pattern, &none, 256, 0, "bytes", &e), 0);
+    data_set *d = open1(p, 256, 0);
+    assert_int_equal(data_n_tokens(d), n);
+    int32_t *buf = pc_malloc(sizeof(int32_t) * (size_t)n);
+    assert_int_equal(data_read(d, 0, n, buf, &e), 0);
+    for (int64_t i = 0; i < n; i++)
+        if (buf[i] != (int32_t)(i % 251)) fail_msg("token %lld: %d", (long long)i, buf[i]);
+    free(buf);
+    data_close(d);
+}
+
 static void test_error_missing_tokens(void **state) {
     fixture *f = *state;
     raw_shard r = good_raw();
@@ -430,6 +467,7 @@ int main(void) {
         cmocka_unit_test_setup_teardown(test_error_too_short, setup, teardown),
         cmocka_unit_test_setup_teardown(test_error_glob_no_match, setup, teardown),
         cmocka_unit_test_setup_teardown(test_error_not_hdf5, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_write_in_pieces, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
