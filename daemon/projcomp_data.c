@@ -4,7 +4,8 @@
  * reserved for bos (never written); vocab_size 258, tokenizer "bytes". With --tokenizer,
  * a Hugging Face tokenizer.json encodes each document instead (hf_tokenizer.h); its
  * vocabulary size and eos id go into the shards. Every paragraph (lines up to a blank
- * line) of every input file is one document, written as its tokens followed by eos.
+ * line) of every input file is one document, written as its tokens followed by eos; with
+ * --jsonl, every line is a JSON object and its "text" member (--field) is one document.
  * The last documents (about --valid-fraction of the tokens) go to the validation shards.
  * Memory does not grow with the corpus (see convert). All input is read and checked
  * before any shard is written; output files that already exist are refused before any
@@ -19,6 +20,7 @@
 
 #include "data.h"
 #include "hf_tokenizer.h"
+#include "json.h"
 #include "util.h"
 
 enum { BYTES_VOCAB = 258, BYTES_EOS = 256, BYTES_BOS = 257 };
@@ -26,7 +28,8 @@ enum { BYTES_VOCAB = 258, BYTES_EOS = 256, BYTES_BOS = 257 };
 static void usage(FILE *f) {
     fprintf(f,
             "usage: projcomp-data --out DIR [--valid-fraction F] [--shard-tokens N] [--name PREFIX]\n"
-            "                     [--tokenizer tokenizer.json [--eos-token T] [--python PY]] FILE...\n"
+            "                     [--jsonl [--field NAME]] [--tokenizer tokenizer.json [--eos-token T]\n"
+            "                     [--python PY]] FILE...\n"
             "       projcomp-data --inspect FILE.h5...\n"
             "\n"
             "Converts text files to byte-level HDF5 token shards (vocab_size %d: bytes 0..255,\n"
@@ -40,6 +43,9 @@ static void usage(FILE *f) {
             "                        from the end where possible (default 0.05; 0 = none)\n"
             "  --shard-tokens N      at most N tokens per shard (default 67108864)\n"
             "  --name PREFIX         prefix of the shard file names\n"
+            "  --jsonl               inputs are JSON Lines: each line an object whose \"text\"\n"
+            "                        member is one document (instead of paragraphs)\n"
+            "  --field NAME          with --jsonl, the member that holds the text\n"
             "  --tokenizer FILE      encode with this Hugging Face tokenizer.json instead of bytes\n"
             "                        (runs projcomp_tokenize.py, installed beside this program)\n"
             "  --eos-token T         the eos token of that tokenizer (default: <|endoftext|>,\n"
@@ -104,6 +110,7 @@ typedef struct stream {
     int n_buf;
     int failed;           /* a spool write failed (reported at the end of the file) */
     hf_tokenizer *hf;     /* NULL: bytes */
+    const char *field;    /* JSON Lines input: each line's string member of this name is a document */
     int vocab_size, eos_id;
     const char *tokenizer; /* the shards' tokenizer attribute */
     char *para;           /* the paragraph being collected */
@@ -154,21 +161,43 @@ static int is_blank(const char *line, size_t len) {
     return 1;
 }
 
-/* Append the paragraphs of a file as documents, a line at a time; returns how many, or
- * -1 (e set) on a read, tokenizer or spool error. */
+/* One JSON Lines record (line `lineno` of path): its string member s->field is a document
+ * (skipped when empty). */
+static int add_record(stream *s, const char *path, int64_t lineno, const char *line, size_t len, pc_err *e) {
+    json_val *root;
+    if (json_parse(line, len, &root, e) != 0) return pc_error_wrap(e, "%s:%lld: not a JSON line", path, (long long)lineno);
+    const json_val *v = json_get(root, s->field);
+    int rc = 0;
+    if (root->type != JSON_OBJECT) rc = pc_errorf(e, "%s:%lld: not a JSON object", path, (long long)lineno);
+    else if (!v || v->type != JSON_STRING)
+        rc = pc_errorf(e, "%s:%lld: no string member \"%s\"%s%s", path, (long long)lineno, s->field,
+                       v ? "; it is a " : " (--field names another)", v ? json_type_name(v->type) : "");
+    else if (v->str_len > 0) {
+        para_add(s, v->str, v->str_len);
+        rc = end_doc(s, e);
+    }
+    json_free(root);
+    return rc;
+}
+
+/* Append the documents of a file, a line at a time (paragraphs of text, or JSON Lines
+ * records); returns how many, or -1 (e set) on a read, parse, tokenizer or spool error. */
 static int64_t add_file(stream *s, const char *path, pc_err *e) {
     FILE *in = fopen(path, "rb");
     if (!in) return pc_errorf(e, "%s: cannot open: %s", path, strerror(errno));
-    int64_t before = s->n_docs;
+    int64_t before = s->n_docs, lineno = 0;
     int in_doc = 0, rc = 0;
     char *line = NULL;
     size_t cap = 0;
     ssize_t got;
     while (rc == 0 && (got = getline(&line, &cap, in)) >= 0) {
         size_t len = (size_t)got;
+        lineno++;
         if (len > 0 && line[len - 1] == '\n') len--;
         if (len > 0 && line[len - 1] == '\r') len--; /* CRLF */
-        if (is_blank(line, len)) {
+        if (s->field) {
+            if (!is_blank(line, len)) rc = add_record(s, path, lineno, line, len, e);
+        } else if (is_blank(line, len)) {
             if (in_doc) rc = end_doc(s, e);
             in_doc = 0;
         } else {
@@ -303,12 +332,12 @@ static void remove_made_dirs(const char *path, const char *kept) {
 }
 
 static int convert(const char *dir, const char *prefix, double valid_fraction, int64_t per_shard, char **files,
-                   int n_files, hf_tokenizer *hf, pc_err *e) {
+                   int n_files, hf_tokenizer *hf, const char *field, pc_err *e) {
     for (int i = 0; i < n_files; i++) /* before anything is made or read */
         if (access(files[i], R_OK) != 0) return pc_errorf(e, "%s: cannot open: %s", files[i], strerror(errno));
     char kept[4096];
     existing_part(dir, kept, sizeof kept);
-    stream s = {.dir = dir, .hf = hf};
+    stream s = {.dir = dir, .hf = hf, .field = field};
     s.vocab_size = hf ? hf->vocab_size : BYTES_VOCAB;
     s.eos_id = hf ? hf->eos_id : BYTES_EOS;
     s.tokenizer = hf ? hf->name : "bytes";
@@ -427,20 +456,21 @@ static int parse_i64(const char *s, int64_t *out) {
 }
 
 int main(int argc, char **argv) {
-    const char *out_dir = NULL, *prefix = "", *tokenizer = NULL, *eos_token = NULL, *python = NULL;
+    const char *out_dir = NULL, *prefix = "", *tokenizer = NULL, *eos_token = NULL, *python = NULL, *field = NULL;
     double valid_fraction = 0.05;
     int64_t shard_tokens = (int64_t)1 << 26;
-    int do_inspect = 0;
+    int do_inspect = 0, jsonl = 0;
     static const struct option opts[] = {
         {"out", required_argument, NULL, 'o'},          {"valid-fraction", required_argument, NULL, 'v'},
         {"shard-tokens", required_argument, NULL, 's'}, {"name", required_argument, NULL, 'n'},
         {"inspect", no_argument, NULL, 'i'},            {"help", no_argument, NULL, 'h'},
         {"tokenizer", required_argument, NULL, 't'},    {"eos-token", required_argument, NULL, 'E'},
-        {"python", required_argument, NULL, 'P'},
+        {"python", required_argument, NULL, 'P'},     {"jsonl", no_argument, NULL, 'j'},
+        {"field", required_argument, NULL, 'f'},
         {NULL, 0, NULL, 0},
     };
     int c;
-    while ((c = getopt_long(argc, argv, "o:v:s:n:iht:E:P:", opts, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, "o:v:s:n:iht:E:P:jf:", opts, NULL)) != -1) {
         char *end = NULL;
         switch (c) {
         case 'o': out_dir = optarg; break;
@@ -468,6 +498,8 @@ int main(int argc, char **argv) {
         case 't': tokenizer = optarg; break;
         case 'E': eos_token = optarg; break;
         case 'P': python = optarg; break;
+        case 'j': jsonl = 1; break;
+        case 'f': field = optarg; break;
         case 'h': usage(stdout); return 0;
         default: usage(stderr); return 2;
         }
@@ -489,6 +521,10 @@ int main(int argc, char **argv) {
         }
         return failed;
     }
+    if (field && !jsonl) {
+        fprintf(stderr, "projcomp-data: --field %s: only with --jsonl\n", field);
+        return 2;
+    }
     if (!out_dir) {
         fprintf(stderr, "projcomp-data: --out DIR is required\n");
         usage(stderr);
@@ -499,7 +535,8 @@ int main(int argc, char **argv) {
         fprintf(stderr, "projcomp-data: %s\n", e.msg);
         return 1;
     }
-    int rc = convert(out_dir, prefix, valid_fraction, shard_tokens, argv + optind, n_files, tokenizer ? &hf : NULL, &e);
+    int rc = convert(out_dir, prefix, valid_fraction, shard_tokens, argv + optind, n_files, tokenizer ? &hf : NULL,
+                     jsonl ? (field ? field : "text") : NULL, &e);
     if (tokenizer) hf_tokenizer_close(&hf);
     if (rc) {
         fprintf(stderr, "projcomp-data: %s\n", e.msg);

@@ -237,6 +237,45 @@ class Tool(TmpDirCase):
         self.assertEqual(r.returncode, 0, r.stderr)
         self.assertEqual(sorted(os.listdir(self.p("o"))), ["train-00000.h5"])
 
+    def test_jsonl(self):
+        import json
+        recs = [{"text": "one line", "id": 1}, {"id": 2, "text": "two\nlines\n\nand a blank one"},
+                {"text": ""}, {"text": "caf\u00e9 \u6771\u4eac \U0001F600 \"quoted\" \\ tab\t"},
+                {"text": "x" * 70000}]
+        with open(self.p("a.jsonl"), "w", encoding="utf-8") as f:
+            f.write(json.dumps(recs[0]) + "\n\n  \n" + json.dumps(recs[1], ensure_ascii=False) + "\r\n")
+            f.write("\n".join(json.dumps(r) for r in recs[2:]))  # no final newline
+        with open(self.p("b.jsonl"), "w") as f:
+            f.write(json.dumps({"body": "other field", "text": 3}) + "\n")
+        r = run(TOOL, "--out", self.p("o"), "--jsonl", "--valid-fraction", "0", self.p("a.jsonl"))
+        self.assertEqual(r.returncode, 0, r.stderr)
+        want = []
+        for rec in recs:
+            if rec["text"]:  # an empty text is no document
+                want += list(rec["text"].encode("utf-8")) + [256]
+        self.assertIn("4 documents", r.stdout)
+        with h5py.File(self.p("o/train-00000.h5")) as f:
+            self.assertEqual(f["tokens"][:].tolist(), want)
+        r = run(TOOL, "--out", self.p("o2"), "--jsonl", "--field", "body", "--valid-fraction", "0", self.p("b.jsonl"))
+        self.assertEqual(r.returncode, 0, r.stderr)
+        with h5py.File(self.p("o2/train-00000.h5")) as f:
+            self.assertEqual(f["tokens"][:].tolist(), list(b"other field") + [256])
+        # bad records name the file and line, and leave nothing behind
+        with open(self.p("bad.jsonl"), "w") as f:
+            f.write('{"text": "fine"}\n{"text": "cut\n')
+        with open(self.p("arr.jsonl"), "w") as f:
+            f.write('["text"]\n')
+        cases = [(["--jsonl", self.p("b.jsonl")], 'b.jsonl:1: no string member "text"; it is a number'),
+                 (["--jsonl", "--field", "title", self.p("b.jsonl")], 'b.jsonl:1: no string member "title" (--field'),
+                 (["--jsonl", self.p("bad.jsonl")], "bad.jsonl:2: not a JSON line"),
+                 (["--jsonl", self.p("arr.jsonl")], "arr.jsonl:1: not a JSON object"),
+                 (["--field", "text", self.p("b.jsonl")], "--field text: only with --jsonl")]
+        for args, msg in cases:
+            r = run(TOOL, "--out", self.p("bad"), *args)
+            self.assertNotEqual(r.returncode, 0)
+            self.assertIn(msg, r.stderr)
+            self.assertFalse(os.path.exists(self.p("bad")))
+
     def test_memory_does_not_grow_with_corpus(self):
         # 40 MB of text, 40 M tokens: holding them would take 160 MB. The tool streams
         # them through its spool, so its peak RSS is a few MB above the HDF5 library's.
