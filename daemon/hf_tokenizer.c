@@ -59,19 +59,31 @@ int hf_tokenizer_open(hf_tokenizer *t, const char *python, const char *path, con
     return 0;
 }
 
-int hf_tokenizer_encode(hf_tokenizer *t, const char *text, size_t len, uint32_t **ids, int64_t *n, pc_err *e) {
-    uint32_t hdr = (uint32_t)len, count;
-    if (len > UINT32_MAX || fwrite(&hdr, 4, 1, t->to) != 1 || fwrite(text, 1, len, t->to) != len ||
-        fflush(t->to) != 0)
-        return pc_errorf(e, "%s: the tokenizer helper stopped reading", t->path);
-    if (fread(&count, 4, 1, t->from) != 1) return pc_errorf(e, "%s: the tokenizer helper stopped answering", t->path);
-    uint32_t *buf = pc_malloc(sizeof(uint32_t) * (count ? count : 1));
-    if (fread(buf, 4, count, t->from) != count) {
-        free(buf);
-        return pc_errorf(e, "%s: short answer from the tokenizer helper", t->path);
+/* fread of n items of size bytes, or -1. */
+static int read_all(hf_tokenizer *t, void *dst, size_t size, size_t n) { return fread(dst, size, n, t->from) == n ? 0 : -1; }
+
+int hf_tokenizer_encode_batch(hf_tokenizer *t, const char *text, const int64_t *off, int k, uint32_t **ids,
+                              int64_t *ids_cap, int64_t *counts, pc_err *e) {
+    uint32_t hdr = (uint32_t)k;
+    int bad = fwrite(&hdr, 4, 1, t->to) != 1;
+    for (int j = 0; j < k && !bad; j++) {
+        size_t len = (size_t)(off[j + 1] - off[j]);
+        hdr = (uint32_t)len;
+        bad = len > UINT32_MAX || fwrite(&hdr, 4, 1, t->to) != 1 || fwrite(text + off[j], 1, len, t->to) != len;
     }
-    *ids = buf;
-    *n = count;
+    if (bad || fflush(t->to) != 0) return pc_errorf(e, "%s: the tokenizer helper stopped reading", t->path);
+    int64_t n = 0;
+    for (int j = 0; j < k; j++) {
+        uint32_t count;
+        if (read_all(t, &count, 4, 1)) return pc_errorf(e, "%s: the tokenizer helper stopped answering", t->path);
+        if (n + count > *ids_cap) {
+            *ids_cap = PC_MAX(2 * *ids_cap, n + count);
+            *ids = pc_realloc(*ids, sizeof(uint32_t) * (size_t)*ids_cap);
+        }
+        if (read_all(t, *ids + n, 4, count)) return pc_errorf(e, "%s: short answer from the tokenizer helper", t->path);
+        counts[j] = count;
+        n += count;
+    }
     return 0;
 }
 

@@ -20,8 +20,12 @@ typedef struct hf_tokenizer {
 /* Start `python` (NULL: $PROJCOMP_PYTHON, else python3) on the helper script with
  * tokenizer.json at path; eos_token may be NULL (a usual name is looked up). */
 int hf_tokenizer_open(hf_tokenizer *t, const char *python, const char *path, const char *eos_token, pc_err *e);
-/* Token ids of text[0..len) into *ids (malloc'd, *n of them); no special tokens added. */
-int hf_tokenizer_encode(hf_tokenizer *t, const char *text, size_t len, uint32_t **ids, int64_t *n, pc_err *e);
+/* Token ids of k documents at once (the helper encodes a batch in parallel; no special
+ * tokens added): document j is text[off[j], off[j+1]) (off: k + 1 entries); its counts[j]
+ * ids land in *ids after those of the documents before it. *ids (*ids_cap entries,
+ * malloc'd or NULL) grows as needed and is the caller's to free. */
+int hf_tokenizer_encode_batch(hf_tokenizer *t, const char *text, const int64_t *off, int k, uint32_t **ids,
+                              int64_t *ids_cap, int64_t *counts, pc_err *e);
 void hf_tokenizer_close(hf_tokenizer *t);
 
 #endif

@@ -100,6 +100,8 @@ static int spool_read(FILE *f, const char *dir, int64_t at, int64_t n, size_t si
     return 0;
 }
 
+enum { BATCH_DOCS = 4096, BATCH_BYTES = 1 << 20 }; /* a batch for the tokenizer: at most so many documents or bytes */
+
 /* The token stream of pass 1. */
 typedef struct stream {
     const char *dir;
@@ -113,8 +115,14 @@ typedef struct stream {
     const char *field;    /* JSON Lines input: each line's string member of this name is a document */
     int vocab_size, eos_id;
     const char *tokenizer; /* the shards' tokenizer attribute */
-    char *para;           /* the paragraph being collected */
+    char *para;           /* the paragraph being collected (--tokenizer: after the batch's) */
     size_t para_n, para_cap;
+    /* --tokenizer: documents wait in para and are encoded a batch at a time */
+    int batch_n;                    /* documents waiting */
+    int64_t off[BATCH_DOCS + 1];    /* document j is para[off[j], off[j+1]) */
+    int64_t counts[BATCH_DOCS];     /* its token count, once encoded */
+    uint32_t *ids;                  /* the batch's tokens */
+    int64_t ids_cap;
 } stream;
 
 static void flush_tokens(stream *s) {
@@ -137,21 +145,38 @@ static void para_add(stream *s, const char *p, size_t n) {
     s->para_n += n;
 }
 
-/* The collected paragraph as one document: its tokens, then eos. */
-static int end_doc(stream *s, pc_err *e) {
-    if (s->hf) {
-        uint32_t *ids;
-        int64_t n;
-        if (hf_tokenizer_encode(s->hf, s->para, s->para_n, &ids, &n, e) != 0) return -1;
-        for (int64_t i = 0; i < n; i++) push(s, ids[i]);
-        free(ids);
-    } else {
-        for (size_t i = 0; i < s->para_n; i++) push(s, (unsigned char)s->para[i]);
-    }
-    s->para_n = 0;
+/* A document's tokens are in: its eos, and its end. */
+static void doc_done(stream *s) {
     push(s, (uint32_t)s->eos_id);
     if (fwrite(&s->n, sizeof s->n, 1, s->ends) != 1) s->failed = 1;
     s->n_docs++;
+}
+
+/* The documents waiting in para (--tokenizer), encoded together, into the stream. */
+static int flush_batch(stream *s, pc_err *e) {
+    if (s->batch_n == 0) return 0;
+    if (hf_tokenizer_encode_batch(s->hf, s->para, s->off, s->batch_n, &s->ids, &s->ids_cap, s->counts, e) != 0)
+        return -1;
+    const uint32_t *id = s->ids;
+    for (int j = 0; j < s->batch_n; id += s->counts[j++]) {
+        for (int64_t i = 0; i < s->counts[j]; i++) push(s, id[i]);
+        doc_done(s);
+    }
+    s->batch_n = 0;
+    s->para_n = 0;
+    return 0;
+}
+
+/* The collected paragraph as one document: its tokens, then eos (with --tokenizer, when
+ * its batch is full or the file ends). */
+static int end_doc(stream *s, pc_err *e) {
+    if (s->hf) {
+        s->off[++s->batch_n] = (int64_t)s->para_n;
+        return s->batch_n == BATCH_DOCS || s->para_n >= BATCH_BYTES ? flush_batch(s, e) : 0;
+    }
+    for (size_t i = 0; i < s->para_n; i++) push(s, (unsigned char)s->para[i]);
+    s->para_n = 0;
+    doc_done(s);
     return 0;
 }
 
@@ -208,6 +233,7 @@ static int64_t add_file(stream *s, const char *path, pc_err *e) {
     }
     if (rc == 0 && ferror(in)) rc = pc_errorf(e, "%s: read error: %s", path, strerror(errno));
     if (rc == 0 && in_doc) rc = end_doc(s, e);
+    if (rc == 0) rc = flush_batch(s, e);
     free(line);
     fclose(in);
     flush_tokens(s);
@@ -373,6 +399,7 @@ static int convert(const char *dir, const char *prefix, double valid_fraction, i
     if (s.tok) fclose(s.tok);
     if (s.ends) fclose(s.ends);
     free(s.para);
+    free(s.ids);
     if (rc) remove_made_dirs(dir, kept);
     return rc;
 }

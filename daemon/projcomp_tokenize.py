@@ -5,11 +5,15 @@ usage: python projcomp_tokenize.py TOKENIZER.json [EOS_TOKEN]
 Speaks a small binary protocol on stdin/stdout with projcomp-data, which keeps the
 document splitting, the validation split and the HDF5 shard writing:
   first it writes one line "vocab_size eos_id name\n";
-  then for each request (4-byte little-endian length + that many bytes of UTF-8 text,
-  invalid bytes replaced) it replies with a 4-byte little-endian count and as many
-  little-endian uint32 token ids (special tokens are not added); end of input ends it.
+  then for each request, a batch of documents (a 4-byte little-endian count, then for
+  each document a 4-byte little-endian length and that many bytes of UTF-8 text,
+  invalid bytes replaced), it encodes them together (in parallel, the library's
+  encode_batch) and replies, for each document in order, with a 4-byte little-endian
+  count and as many little-endian uint32 token ids (special tokens are not added); end
+  of input ends it.
 The eos token is EOS_TOKEN, else the first of <|endoftext|>, </s>, <|end_of_text|>,
 <eos> that the vocabulary holds."""
+import array
 import os
 import struct
 import sys
@@ -37,14 +41,22 @@ def main():
     out, inp = sys.stdout.buffer, sys.stdin.buffer
     out.write(f"{vocab} {eos} {os.path.basename(os.path.dirname(os.path.abspath(path))) or path}\n".encode())
     out.flush()
+    u32 = "I" if array.array("I").itemsize == 4 else "L"
     while True:
         head = inp.read(4)
         if len(head) < 4:
             return
-        (n,) = struct.unpack("<I", head)
-        text = inp.read(n).decode("utf-8", errors="replace")
-        ids = tok.encode(text, add_special_tokens=False).ids
-        out.write(struct.pack(f"<I{len(ids)}I", len(ids), *ids))
+        texts = []
+        for _ in range(struct.unpack("<I", head)[0]):
+            (n,) = struct.unpack("<I", inp.read(4))
+            texts.append(inp.read(n).decode("utf-8", errors="replace"))
+        reply = []
+        for enc in tok.encode_batch(texts, add_special_tokens=False):
+            ids = array.array(u32, enc.ids)
+            if sys.byteorder == "big":
+                ids.byteswap()
+            reply += [struct.pack("<I", len(ids)), ids.tobytes()]
+        out.write(b"".join(reply))
         out.flush()
 
 

@@ -18,23 +18,29 @@ import pclib  # noqa: E402
 
 def main():
     root = pclib.tmpdir("pc-tok-")
-    paras = [f"Paragraph {i}: the model, the rank and the shard ({i * 7}).\nA second line {i}." for i in range(40)]
+    paras = [f"Paragraph {i}: the model, the rank and the shard ({i * 7}).\nA second line {i}." for i in range(9000)]
     paras.append("Unicode too: naïve café — 東京.")
+    sample = os.path.join(root, "sample.txt")  # what the tokenizers learn from
+    with open(sample, "w") as f:
+        f.write("\n\n".join(paras[:200] + paras[-1:]) + "\n")
+    # 9000 documents and one of 1.1 MB: the helper gets several batches, ended by the
+    # document count, the byte count and the end of the file
+    paras.insert(5000, " ".join(f"w{i % 97}" for i in range(360_000)))
     text = os.path.join(root, "in.txt")
     with open(text, "w") as f:
         f.write("\n\n".join(paras) + "\n")
     for eos, extra in [("</s>", []), ("<sep>", ["--eos-token", "<sep>"])]:
         tok = Tokenizer(models.BPE(unk_token="<unk>"))
         tok.pre_tokenizer = pre_tokenizers.ByteLevel()
-        tok.train([text], trainers.BpeTrainer(vocab_size=300, special_tokens=["<unk>", eos],
-                                               initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+        tok.train([sample], trainers.BpeTrainer(vocab_size=300, special_tokens=["<unk>", eos],
+                                                 initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
         tj = os.path.join(root, f"tok-{eos.strip('<>/')}", "tokenizer.json")
         os.makedirs(os.path.dirname(tj))
         tok.save(tj)
         out = os.path.join(root, "out-" + eos.strip("<>/"))
         env = dict(pclib.env(), PROJCOMP_PYTHON=sys.executable)
         p = subprocess.run([pclib.PROJCOMP_DATA, "--out", out, "--valid-fraction", "0.1", "--tokenizer", tj, *extra,
-                            text], env=env, capture_output=True, text=True)
+                            text], env=env, capture_output=True, text=True, timeout=120)
         pclib.check(p.returncode == 0, f"eos {eos}: converted ({p.stdout.strip().splitlines()[0] if p.stdout else p.stderr})")
         toks, vocab, eos_id = [], None, None
         for name in sorted(os.listdir(out)):
@@ -45,10 +51,11 @@ def main():
         stream = np.concatenate([toks[0], toks[1]]) if len(toks) == 2 else toks[0]  # train, then valid
         pclib.check(vocab == tok.get_vocab_size(with_added_tokens=True) and eos_id == tok.token_to_id(eos),
                     f"eos {eos}: vocab_size {vocab} and eos_id {eos_id} recorded")
-        want = []
-        for para in paras:
-            want += tok.encode(para, add_special_tokens=False).ids + [eos_id]
-        pclib.check(stream.tolist() == want, f"eos {eos}: {len(want)} tokens equal the library's encoding")
+        # the reference: each paragraph encoded alone, then eos
+        want = np.concatenate([np.array(tok.encode(para, add_special_tokens=False).ids + [eos_id], dtype=np.int64)
+                               for para in paras])
+        pclib.check(stream.shape == want.shape and np.array_equal(stream, want),
+                    f"eos {eos}: {len(want)} tokens of {len(paras)} documents equal the library's encoding")
 
     # no known eos token and none named: a clear error, nothing written
     tok = Tokenizer(models.WordLevel({"a": 0, "[UNK]": 1}, unk_token="[UNK]"))
@@ -56,7 +63,8 @@ def main():
     tok.save(tj)
     out = os.path.join(root, "out-noeos")
     p = subprocess.run([pclib.PROJCOMP_DATA, "--out", out, "--tokenizer", tj, text],
-                       env=dict(pclib.env(), PROJCOMP_PYTHON=sys.executable), capture_output=True, text=True)
+                       env=dict(pclib.env(), PROJCOMP_PYTHON=sys.executable), capture_output=True, text=True,
+                       timeout=120)
     pclib.check(p.returncode != 0 and "no eos token" in p.stderr and not os.path.exists(out),
                 f"no eos token: refused ({p.stderr.strip().splitlines()[0] if p.stderr else ''})")
 
