@@ -89,6 +89,13 @@ int comm_reduce_group_start(comm *c, const comm_piece *p, int n, comm_dtype t, c
 int comm_wait(comm *c, pc_err *e);
 int comm_barrier(comm *c, pc_err *e);
 void comm_destroy(comm *c);
+/* This rank's place on its node (collective): the ranks whose node names are equal share a
+ * node; *local is this rank's index among them, in rank order, and *local_size their
+ * count; name (NULL or COMM_NODE_NAME_MAX bytes) receives this rank's node name. The
+ * node name is $PROJCOMP_NODE when set (for containers that give each rank its own host
+ * name), else the host name. Launchers need not say anything. */
+#define COMM_NODE_NAME_MAX 256
+int comm_node_ranks(comm *c, int *local, int *local_size, char *name, pc_err *e);
 size_t comm_dtype_size(comm_dtype t);
 /* "f32", "f64", "i32", "i64", "u8", "bf16". */
 const char *comm_dtype_name(comm_dtype t);

@@ -13,22 +13,9 @@
 
 static int threads_per_rank(const run_ctx *r) {
     if (r->cfg.backend.threads > 0) return r->cfg.backend.threads;
-    const char *local = getenv("OMPI_COMM_WORLD_LOCAL_SIZE");
-    if (!local) local = getenv("SLURM_NTASKS_PER_NODE");
-    int per_node = local ? atoi(local) : 1;
     long cores = sysconf(_SC_NPROCESSORS_ONLN);
-    int t = (int)(cores / (per_node > 0 ? per_node : 1));
+    int t = (int)(cores / (r->local_size > 0 ? r->local_size : 1)); /* the node's cores shared by its ranks */
     return t > 0 ? t : 1;
-}
-
-/* This rank's index among the ranks of its node (0 when the launcher does not say). */
-static int local_rank(void) {
-    static const char *vars[] = {"OMPI_COMM_WORLD_LOCAL_RANK", "SLURM_LOCALID", "MPI_LOCALRANKID", "LOCAL_RANK"};
-    for (size_t i = 0; i < PC_ARRAY_LEN(vars); i++) {
-        const char *v = getenv(vars[i]);
-        if (v && *v) return atoi(v);
-    }
-    return 0;
 }
 
 /* backend.device: cuda on GPU (local rank mod GPUs). */
@@ -37,7 +24,7 @@ static int cuda_backend(run_ctx *r, int gpus, int *device, pc_err *e) {
         return pc_errorf(e, "%s: backend.device is 'cuda' but rank %d sees no GPU (a build without CUDA, no driver, "
                             "or CUDA_VISIBLE_DEVICES hides them)",
                          r->cfg.source, r->rank);
-    int local = local_rank();
+    int local = r->local_rank;
     *device = local % gpus;
     if (local >= gpus)
         LOGW(&r->log, "local rank %d shares GPU %d: start one rank per GPU (%d here)", local, *device, gpus);

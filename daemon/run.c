@@ -34,6 +34,9 @@ int run_open(run_ctx *r, pc_err *e) {
     if (log_open(&r->log, r->run_dir, e) != 0) return -1;
     LOGI(&r->log, "projcompd %s: mode %s, %d rank(s), config %s, run dir %s", PC_VERSION, c->run.mode, r->world,
          c->source, r->run_dir);
+    char node[COMM_NODE_NAME_MAX];
+    if (comm_node_ranks(r->comm, &r->local_rank, &r->local_size, node, e) != 0) return -1;
+    LOGI(&r->log, "node %s: local rank %d of %d", node, r->local_rank, r->local_size);
 
     if (r->rank == 0) {
         char path[1100];

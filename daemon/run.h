@@ -19,6 +19,7 @@ typedef struct run_ctx {
     pc_log log;
     backend *be;
     int rank, world;
+    int local_rank, local_size; /* this rank's index among the ranks of its node, and their count */
     char run_dir[1024];
     char final_dir[1024];
     FILE *metrics;                    /* rank 0 only: RUN/metrics.jsonl */

@@ -8,7 +8,8 @@
  * collective that one rank skips with timeout_s = 1, which the others must report as a
  * timeout naming the op. bf16 (moved, never reduced) goes through every collective
  * that moves data, with distinct bit patterns checked exactly; its reductions must be
- * refused on every rank before any MPI call, naming the op, counting no bytes. */
+ * refused on every rank before any MPI call, naming the op, counting no bytes. And
+ * comm_node_ranks on one host and on two named nodes. */
 #include <math.h>
 #include <mpi.h>
 #include <signal.h>
@@ -318,6 +319,23 @@ static void check_timeout(ctx *t) {
     }
 }
 
+/* comm_node_ranks: every rank of this test runs on one host, so local = rank of size;
+ * with PROJCOMP_NODE naming two nodes by rank parity, local counts the lower ranks of the
+ * same parity, and each node's size is its share. */
+static void check_node_ranks(ctx *t, comm *c) {
+    pc_err e = {{0}};
+    int local = -1, n = -1;
+    char name[COMM_NODE_NAME_MAX];
+    unsetenv("PROJCOMP_NODE");
+    CHECK(comm_node_ranks(c, &local, &n, name, &e) == 0, "%s", e.msg);
+    CHECK(local == t->rank && n == t->size, "one host: local %d of %d", local, n);
+    setenv("PROJCOMP_NODE", t->rank % 2 ? "node-odd" : "node-even", 1);
+    CHECK(comm_node_ranks(c, &local, &n, name, &e) == 0, "%s", e.msg);
+    CHECK(local == t->rank / 2 && n == (t->size + 1 - t->rank % 2) / 2, "two nodes: local %d of %d", local, n);
+    CHECK(strcmp(name, t->rank % 2 ? "node-odd" : "node-even") == 0, "node name '%s'", name);
+    unsetenv("PROJCOMP_NODE");
+}
+
 int main(int argc, char **argv) {
     alarm(110); /* never hang a test run (the watchdog+piecewise mode alone takes ~40 s on 2 cores) */
     MPI_Init(&argc, &argv);
@@ -347,6 +365,8 @@ int main(int argc, char **argv) {
     t->mode = "watchdog+piecewise";
     comm_mpi_set_max_chunk(c, 3);
     run_all(t, c);
+    t->mode = "node ranks";
+    check_node_ranks(t, c);
     t->mode = "errors";
     check_errors(t, c);
     t->mode = "bf16 refused";

@@ -7,7 +7,8 @@ during the backward (backend.overlap_comm, the default); with it off, after the 
 they give bitwise the same results and move the same bytes. On every compress rank the
 projection work buffers and the exchange buffer are what plan.txt counts, also for a
 one-layer model on 10 ranks on the guarded backend, where some ranks own norm gains only
-(whose gradient still passes through the work buffer)."""
+(whose gradient still passes through the work buffer). Every rank logs its local rank
+on this one host."""
 import os
 import re
 import sys
@@ -20,7 +21,8 @@ import pclib  # noqa: E402
 
 
 def check_buffers(d, np_, strided, what):
-    """Every rank's logged exchange buffer and projection work buffers equal the plan's."""
+    """Every rank's logged exchange buffer and projection work buffers equal the plan's, and
+    every rank found its place on this host."""
     for r in range(np_):
         log = open(os.path.join(d, "logs", f"rank-{r:05d}.log")).read()
         m = re.search(r"W_C/G exchange buffer: (\d+) bytes here \(plan: (\d+)\)", log)
@@ -29,6 +31,8 @@ def check_buffers(d, np_, strided, what):
         m = re.search(r"projection work buffers: (\d+) bytes here \(plan: (\d+)\)", log)
         pclib.check(m and m.group(1) == m.group(2) and int(m.group(1)) > 0,
                     f"{what} rank {r}: projection work buffers vs plan: {m and m.groups()}")
+        m = re.search(r"node \S+: local rank (\d+) of (\d+)", log)  # one host: local rank = rank
+        pclib.check(m and (int(m.group(1)), int(m.group(2))) == (r, np_), f"{what} rank {r}: {m and m.group(0)}")
 
 
 def main():
