@@ -116,56 +116,94 @@ static int staged_broadcast(comm *c, void *dev_buf, size_t count, comm_dtype t, 
     return staged_parts(c, "broadcast", dev_buf, dev_buf, count, t, COMM_SUM, root, 1, e);
 }
 
+/* Elements per rank in one part of a collective that stages all ranks' pieces at once:
+ * size x that fits a chunk (at least one). */
+static size_t per_rank_part(comm *c, size_t es) {
+    size_t per = chunk_bytes(simpl(c), es) / es / (size_t)c->size;
+    return per > 0 ? per : 1;
+}
+
+/* In parts of [off, off + m) of every rank's piece: the stage holds (size, m), this
+ * rank's part in its row; gathered in place and each row uploaded to its piece. */
 static int staged_all_gather(comm *c, const void *send, void *recv, size_t count, comm_dtype t, pc_err *e) {
     staged_impl *s = simpl(c);
     size_t es;
     if (elem_size(c, "all_gather", t, &es, e)) return -1;
-    size_t piece = count * es; /* one rank's piece, bytes */
-    // recv (size, count): this rank's piece goes to its place, the gather runs in place
-    char *buf = stage(&s->in, &s->in_cap, (size_t)c->size * piece);
-    char *own = buf + (size_t)c->rank * piece;
-    download(c, own, send, piece);
+    size_t per = per_rank_part(c, es), off = 0;
+    char *buf = stage(&s->in, &s->in_cap, (size_t)c->size * PC_MIN(count, per) * es);
+    int rc = 0;
     host_state hs;
     comm *h = host_enter(c, &hs);
-    if (host_leave(c, &hs, comm_all_gather(h, own, buf, count, t, e))) return -1;
-    upload(c, recv, buf, (size_t)c->size * piece);
-    return 0;
+    do {
+        size_t m = PC_MIN(per, count - off);
+        char *own = buf + (size_t)c->rank * m * es;
+        download(c, own, (const char *)send + off * es, m * es);
+        rc = comm_all_gather(h, own, buf, m, t, e);
+        for (int q = 0; q < c->size && rc == 0; q++)
+            upload(c, dev_at(recv, ((size_t)q * count + off) * es), buf + (size_t)q * m * es, m * es);
+        off += m;
+    } while (rc == 0 && off < count);
+    return host_leave(c, &hs, rc);
 }
 
+/* Copy n bytes between device buffers through the stage, a chunk at a time. */
+static void copy_via_stage(comm *c, void *dst, const void *src, size_t n) {
+    staged_impl *s = simpl(c);
+    size_t part = chunk_bytes(s, 1);
+    char *buf = stage(&s->in, &s->in_cap, PC_MIN(n, part));
+    for (size_t off = 0; off < n; off += part) {
+        size_t m = PC_MIN(part, n - off);
+        download(c, buf, (const char *)src + off, m);
+        upload(c, (char *)dst + off, buf, m);
+    }
+}
+
+static int staged_group(comm *c, const char *op, const comm_piece *p, int n, comm_dtype t, int reduce, comm_op rop,
+                        pc_err *e);
+
+/* A grouped broadcast of every rank's piece, rooted at it: this rank's is read from send,
+ * the others land in recv at their displs (the gaps stay as they were), in parts like
+ * any group; then this rank's own piece is copied into recv unless it is there already. */
 static int staged_all_gatherv(comm *c, const void *send, size_t send_count, void *recv, const size_t *counts,
                               const size_t *displs, comm_dtype t, pc_err *e) {
-    staged_impl *s = simpl(c);
-    size_t es;
+    size_t es, total = 0;
     if (elem_size(c, "all_gatherv", t, &es, e)) return -1;
-    // recv holds rank q's counts[q] elements at displs[q]; gather in place in the stage,
-    // which spans recv up to the end of its last piece (bytes)
-    size_t own_off = displs[c->rank] * es, extent = own_off + send_count * es;
-    for (int q = 0; q < c->size; q++) extent = PC_MAX(extent, (displs[q] + counts[q]) * es);
-    char *buf = stage(&s->in, &s->in_cap, extent);
-    download(c, buf + own_off, send, send_count * es);
-    host_state hs;
-    comm *h = host_enter(c, &hs);
-    if (host_leave(c, &hs, comm_all_gatherv(h, buf + own_off, send_count, buf, counts, displs, t, e))) return -1;
-    // only the pieces: the gaps between them on the device stay as they were
-    for (int q = 0; q < c->size; q++) upload(c, dev_at(recv, displs[q] * es), buf + displs[q] * es, counts[q] * es);
-    return 0;
+    for (int q = 0; q < c->size; q++) total += counts[q];
+    if (send_count != counts[c->rank])
+        return pc_errorf(e, "rank %d: all_gatherv(%s, %zu elems): send count %zu differs from counts[%d] = %zu",
+                         c->rank, comm_dtype_name(t), total, send_count, c->rank, counts[c->rank]);
+    comm_piece *p = pc_malloc((size_t)c->size * sizeof *p);
+    for (int q = 0; q < c->size; q++)
+        p[q] = (comm_piece){q == c->rank ? (void *)send : dev_at(recv, displs[q] * es), counts[q], q};
+    int rc = staged_group(c, "all_gatherv", p, c->size, t, 0, COMM_SUM, e);
+    free(p);
+    char *own = dev_at(recv, displs[c->rank] * es);
+    if (rc == 0 && (const void *)own != send) copy_via_stage(c, own, send, send_count * es);
+    return rc;
 }
 
+/* In parts of [off, off + m) of every rank's piece: the stage holds the (size, m) parts
+ * of send, reduced and scattered into m elements of recv. */
 static int staged_reduce_scatter(comm *c, const void *send, void *recv, size_t count, comm_dtype t, comm_op op,
                                  pc_err *e) {
     staged_impl *s = simpl(c);
     size_t es;
     if (elem_size(c, "reduce_scatter", t, &es, e)) return -1;
-    size_t piece = count * es; /* one rank's piece, bytes */
-    // send (size, count) -> recv (count)
-    char *in = stage(&s->in, &s->in_cap, (size_t)c->size * piece);
-    char *out = stage(&s->out, &s->out_cap, piece);
-    download(c, in, send, (size_t)c->size * piece);
+    size_t per = per_rank_part(c, es), off = 0;
+    char *in = stage(&s->in, &s->in_cap, (size_t)c->size * PC_MIN(count, per) * es);
+    char *out = stage(&s->out, &s->out_cap, PC_MIN(count, per) * es);
+    int rc = 0;
     host_state hs;
     comm *h = host_enter(c, &hs);
-    if (host_leave(c, &hs, comm_reduce_scatter(h, in, out, count, t, op, e))) return -1;
-    upload(c, recv, out, piece);
-    return 0;
+    do {
+        size_t m = PC_MIN(per, count - off);
+        for (int q = 0; q < c->size; q++)
+            download(c, in + (size_t)q * m * es, (const char *)send + ((size_t)q * count + off) * es, m * es);
+        rc = comm_reduce_scatter(h, in, out, m, t, op, e);
+        if (rc == 0) upload(c, dev_at(recv, off * es), out, m * es);
+        off += m;
+    } while (rc == 0 && off < count);
+    return host_leave(c, &hs, rc);
 }
 
 /* One part of a group: pieces hp (in the stage) of device pieces dev, run on the host
@@ -251,7 +289,16 @@ static const comm_ops staged_ops = {
     .destroy = staged_destroy,
 };
 
-void comm_staged_set_chunk(comm *c, size_t bytes) { simpl(c)->chunk = bytes; }
+void comm_staged_set_chunk(comm *c, size_t bytes) {
+    staged_impl *s = simpl(c);
+    s->chunk = bytes;
+    free(s->in);
+    free(s->out);
+    s->in = s->out = NULL;
+    s->in_cap = s->out_cap = 0;
+}
+
+size_t comm_staged_held(comm *c) { return simpl(c)->in_cap + simpl(c)->out_cap; }
 
 comm *comm_staged_create(comm *host, backend *be, pc_err *e) {
     if (!host || !be) {

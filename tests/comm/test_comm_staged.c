@@ -389,14 +389,18 @@ int main(int argc, char **argv) {
           (unsigned long long)t->st->bytes, (unsigned long long)t->ref->bytes);
     CHECK(t->host->bytes == 0, "host bytes %llu", (unsigned long long)t->host->bytes);
 
-    /* in parts: staging of 12 and of 8 bytes cuts every buffer and group piece (1 to 12
-     * elements a part, a group piece across parts); the same bytes and results */
+    /* in parts: staging of 12, 8 and 1 bytes cuts every buffer and group piece (1 to 12
+     * elements a part, a group piece across parts); the same bytes and results, and the
+     * staging never holds more than the parts need */
     size_t chunks[] = {12, 8, 1};
     for (size_t k = 0; k < PC_ARRAY_LEN(chunks); k++) {
         comm_staged_set_chunk(t->st, chunks[k]);
         run_all(t);
         CHECK(t->st->bytes == t->ref->bytes, "parts of %zu bytes: staged bytes %llu, MPI comm bytes %llu", chunks[k],
               (unsigned long long)t->st->bytes, (unsigned long long)t->ref->bytes);
+        size_t bound = 2 * PC_MAX(chunks[k], (size_t)t->size * 8); /* two buffers, each max(chunk, ranks x 8) */
+        CHECK(comm_staged_held(t->st) <= bound, "parts of %zu bytes: %zu bytes staged, more than %zu", chunks[k],
+              comm_staged_held(t->st), bound);
     }
     comm_staged_set_chunk(t->st, COMM_STAGED_CHUNK);
 
