@@ -81,7 +81,10 @@ static const pc_config_key pc_config_keys[] = {
     {.path = "model.dtype", .type = PC_CT_ENUM, PC_AT(model.dtype), .def = "f32", .choices = "bf16|f32",
      .doc = "Storage of the frozen base slices during compress: bf16 halves their memory and is exact for a "
             "bf16 checkpoint (rounded to nearest even otherwise); the products use the widened fp32 slice "
-            "(backend.matmul says how). Trained tensors and optimizer state are always fp32."},
+            "(backend.matmul says how). Trained tensors and optimizer state are always fp32. With distill, "
+            "bf16 also keeps the teacher's matrices in bf16 only (2 bytes per base parameter less per rank: "
+            "16 GB for an 8B base) and its products take bf16 operands with fp32 accumulation, as a bf16 "
+            "model runs; f32 keeps an fp32 teacher."},
     /* compress */
     {.path = "compress.d_model", .type = PC_CT_INT, PC_AT(compress.d_model), .def = "0", .min = 0,
      .flags = PC_K_MIN, .required = PC_M_COMPRESS | PC_M_PRUNE,
@@ -104,7 +107,8 @@ static const pc_config_key pc_config_keys[] = {
             "total base size / ranks / 2)."},
     /* distill */
     {.path = "distill.enabled", .type = PC_CT_BOOL, PC_AT(distill.enabled), .def = "false",
-     .doc = "Distil from the base model; true as soon as the distill section (or a `--set distill.*`) is given."},
+     .doc = "Distil from the base model, held whole on every rank as a forward-only teacher (in bf16 with "
+            "model.dtype bf16); true as soon as the distill section (or a `--set distill.*`) is given."},
     {.path = "distill.alpha", .type = PC_CT_DOUBLE, PC_AT(distill.alpha), .def = "0.5", .min = 0, .max = 1,
      .flags = PC_K_MIN | PC_K_MAX, .doc = "Weight of the distillation loss; 1 - alpha weighs the token loss."},
     {.path = "distill.temperature", .type = PC_CT_DOUBLE, PC_AT(distill.temperature), .def = "1.0", .min = 0,

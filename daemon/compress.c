@@ -202,13 +202,14 @@ int compress_setup(run_ctx *r, trainer *t, pc_err *e) {
 
     run_model_use use = strcmp(c->run.mode, "prune") ? RUN_PROJECTED : RUN_TRAINED; /* prune trains the weights */
     if (run_llama_init(r, &t->m, &sc, c->train.micro_batch, use, e) != 0) return -1;
-    if (c->distill.enabled) { /* the teacher: the whole frozen base on every rank */
-        if (llama_init_forward_only(&t->teacher, &t->base_cfg, r->be, c->train.micro_batch, c->data.seq_len, e) != 0)
+    if (c->distill.enabled) { /* the teacher: the whole frozen base on every rank (bf16 with model.dtype bf16) */
+        llama_opts to = {.forward_only = 1, .weights = !strcmp(c->model.dtype, "bf16") ? LLAMA_BF16_ONLY : LLAMA_F32};
+        if (llama_init_opts(&t->teacher, &t->base_cfg, r->be, c->train.micro_batch, c->data.seq_len, &to, e) != 0)
             return -1;
         t->has_teacher = 1;
         if (llama_load_safetensors(&t->teacher, c->model.base, e) != 0) return -1;
-        LOGI(&r->log, "distillation from the base: alpha %.3g, temperature %.3g", c->distill.alpha,
-             c->distill.temperature);
+        LOGI(&r->log, "distillation from the base (%s weights): alpha %.3g, temperature %.3g",
+             to.weights == LLAMA_BF16_ONLY ? "bf16" : "fp32", c->distill.alpha, c->distill.temperature);
     }
     if (!strcmp(c->run.mode, "prune")) {
         t->method = &METHOD_DIRECT;

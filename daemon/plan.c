@@ -338,7 +338,8 @@ static int64_t activation_bytes(const llama_config *s, const plan_opts *o) {
 /* The two bf16 operand copies of the CUDA backend's bf16 products (backend_cuda.h), each
  * as large as the largest operand up to gemm_bf16_block elements: the model's operands are
  * N rows of at most max(2 f', (H + 2 KV) hd, d') columns (activations) and the dlogits
- * (logits_rows, V), the projections' at most a base slice. */
+ * (logits_rows, V), the projections' at most a base slice, a bf16 teacher's N rows of at
+ * most max(f, H hd, d). */
 static int64_t gemm_bf16_bytes(const plan *p, const plan_opts *o) {
     if (o->gemm_bf16_block <= 0) return 0;
     const llama_config *s = &p->small;
@@ -346,9 +347,21 @@ static int64_t gemm_bf16_bytes(const plan *p, const plan_opts *o) {
     int64_t widest = PC_MAX(2 * max_d_ff(s),
                             PC_MAX((int64_t)(s->n_heads + 2 * s->n_kv_heads) * s->head_dim, (int64_t)s->d_model));
     int64_t largest = PC_MAX(N * widest, logits_rows(o) * s->vocab_size);
+    if (o->teacher && o->base_dtype_bytes == 2) { /* a bf16 teacher's inputs: (N, d), (N, H hd), (N, f) */
+        const llama_config *b = &p->base;
+        largest = PC_MAX(largest, N * PC_MAX(max_d_ff(b), PC_MAX((int64_t)b->n_heads * b->head_dim,
+                                                                 (int64_t)b->d_model)));
+    }
     for (int i = 0; i < p->n_blocks; i++)
         largest = PC_MAX(largest, p->blocks[i].base_rows * p->blocks[i].base_cols);
     return 2 * 2 * PC_MIN(largest, o->gemm_bf16_block);
+}
+
+/* The teacher's weights: fp32, or with a bf16 base (base_dtype_bytes 2) its matrices in
+ * bf16 only and its norm gains in fp32 (LLAMA_BF16_ONLY). */
+static int64_t teacher_weight_bytes(const llama_config *b, const plan_opts *o) {
+    if (o->base_dtype_bytes != 2) return hf_config_n_params(b) * 4;
+    return hf_config_n_params(b) * 2 + hf_config_n_norm_params(b) * 4;
 }
 
 /* The forward-only teacher (llama_init_forward_only): one set of layer buffers shared by
@@ -515,7 +528,7 @@ int plan_build(plan *p, const llama_config *base, const llama_config *small, int
     int64_t wc_numel = o->weights_bf16 ? hf_config_n_norm_params(small) : p->small_numel;
     int64_t replica = wc_numel * o->compute_dtype_bytes + p->small_numel * (4 + (o->weights_bf16 ? 2 : 0));
     int64_t act = activation_bytes(small, o), gemm16 = p->gemm_bf16_bytes = gemm_bf16_bytes(p, o);
-    p->teacher_bytes = o->teacher ? hf_config_n_params(base) * 4 + teacher_activation_bytes(base, o) : 0;
+    p->teacher_bytes = o->teacher ? teacher_weight_bytes(base, o) + teacher_activation_bytes(base, o) : 0;
     p->comm.gather_bytes = p->small_numel * (o->weights_bf16 ? 2 : o->compute_dtype_bytes);
     p->comm.reduce_bytes = p->small_numel * o->compute_dtype_bytes;
     double ring = world > 1 ? (double)(world - 1) / world : 0.0;
@@ -646,8 +659,8 @@ int plan_write(const plan *p, FILE *f) {
             p->n_blocks, p->n_split, GIB(p->total_base_bytes), GIB(p->total_state_bytes), GIB(p->total_shared_bytes),
             p->total_flops / 1e12, plan_balance(p));
     if (p->teacher_bytes > 0)
-        fprintf(f, "# distill teacher %.3f GiB per rank (fp32 base + forward activations; in each rank's total)\n",
-                GIB(p->teacher_bytes));
+        fprintf(f, "# distill teacher %.3f GiB per rank (%s base + forward activations; in each rank's total)\n",
+                GIB(p->teacher_bytes), o->base_dtype_bytes == 2 ? "bf16" : "fp32");
     fprintf(f, "#\n# %-54s %-5s %-15s %6s %11s %11s\n", "block", "kind", "range", "owner", "MiB", "GFLOP");
     for (int i = 0; i < p->n_blocks; i++) {
         const plan_block *b = &p->blocks[i];
@@ -718,7 +731,8 @@ int plan_small_config(const pc_config *c, const llama_config *base, llama_config
 
 void plan_opts_set_device(plan_opts *o, int cuda) {
     o->attn_tt = !cuda; /* the CUDA attention never holds a (T,T) matrix */
-    o->gemm_bf16_block = cuda && o->weights_bf16 ? (int64_t)BACKEND_CUDA_BF16_BLOCK : 0;
+    int bf16_products = o->weights_bf16 || (o->teacher && o->base_dtype_bytes == 2); /* a bf16 teacher's too */
+    o->gemm_bf16_block = cuda && bf16_products ? (int64_t)BACKEND_CUDA_BF16_BLOCK : 0;
 }
 
 void plan_opts_from_config(const pc_config *c, plan_opts *o) {

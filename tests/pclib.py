@@ -236,6 +236,41 @@ def close_runs(a, b, tol_loss, tol_w, what):
     check(w < tol_w, f"{what}: fused weights agree (max rel {w:.2e} < {tol_w})")
 
 
+def bf16_products():
+    """A context in which every torch.nn.functional.linear (so every nn.Linear) takes its
+    operands rounded to bf16 with fp32 accumulation, forward and backward (the backward's
+    products from rounded operands too): what backend.matmul bf16 computes. Attention
+    products stay fp32, as in projcompd."""
+    import contextlib
+    import torch
+    import torch.nn.functional as F
+
+    def r(t):
+        return t.bfloat16().float()
+
+    class Bf16Linear(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x, w):
+            ctx.save_for_backward(x, w)
+            return r(x) @ r(w).t()
+
+        @staticmethod
+        def backward(ctx, g):
+            x, w = ctx.saved_tensors
+            g2, x2 = g.reshape(-1, g.shape[-1]), x.reshape(-1, x.shape[-1])
+            return r(g) @ r(w), r(g2).t() @ r(x2)
+
+    @contextlib.contextmanager
+    def patched():
+        plain = F.linear
+        F.linear = lambda x, w, b=None: Bf16Linear.apply(x, w) if b is None else Bf16Linear.apply(x, w) + b
+        try:
+            yield
+        finally:
+            F.linear = plain
+    return patched()
+
+
 def same_outputs(a, b, what):
     """Two runs' run_outputs are bitwise equal."""
     import numpy as np

@@ -386,6 +386,21 @@ static int read_padded(const st_model *st, const st_tensor *s, const llama_tenso
     return rc;
 }
 
+/* Tensor i's values from host fp32: into params, or (held in bf16 only) rounded to
+ * nearest even into w16, exact for values that came from bf16. */
+static void upload_values(llama_model *m, int i, const float *host)
+{
+    const llama_tensor *t = &m->tensors[i];
+    if (t->poff >= 0) {
+        be_upload(m->be, m->params + t->poff, host, (size_t)t->numel);
+        return;
+    }
+    uint16_t *h16 = pc_malloc(sizeof(uint16_t) * (size_t)t->numel);
+    for (int64_t j = 0; j < t->numel; j++) h16[j] = pc_f32_to_bf16(host[j]);
+    m->be->ops->upload_bf16(m->be, m->w16 + t->offset, h16, (size_t)t->numel);
+    free(h16);
+}
+
 int llama_load_safetensors(llama_model *m, const char *dir_or_file, pc_err *e)
 {
     st_model *st = NULL;
@@ -425,7 +440,7 @@ int llama_load_safetensors(llama_model *m, const char *dir_or_file, pc_err *e)
             break;
         }
         rc = st_check_finite(st, t->name, buf, (size_t)t->numel, e);
-        if (rc == 0) be_upload(m->be, P(m, i), buf, (size_t)t->numel);
+        if (rc == 0) upload_values(m, i, buf);
     }
     free(buf);
     st_close(st);

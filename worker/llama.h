@@ -98,10 +98,10 @@ typedef struct llama_opts {
     int recompute;    /* llama_init_recompute's activation checkpointing */
     /* LLAMA_BF16_WEIGHTS: the bf16 copy (llama_use_bf16_weights). LLAMA_BF16_ONLY: the bf16
      * copy, and fp32 values (params) only for the norm gains, for a model whose matrices
-     * arrive rounded to bf16 (a compressed model in bf16): 4 bytes per matrix parameter
-     * less; the matrices' values are w16's (the embedding lookups widen its rows),
-     * llama_load_safetensors and llama_init_random then abort, and llama_save_safetensors
-     * widens w16. */
+     * arrive rounded to bf16 (a compressed model in bf16, a bf16 distillation teacher): 4
+     * bytes per matrix parameter less; the matrices' values are w16's (the embedding
+     * lookups widen its rows), llama_load_safetensors rounds them into w16 (exact for a
+     * bf16 checkpoint), llama_init_random aborts, and llama_save_safetensors widens w16. */
     int weights;
     /* > 0: the head and the loss take this many tokens at a time (see logits_chunk). */
     int logits_chunk;

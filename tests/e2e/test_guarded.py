@@ -4,7 +4,8 @@ whose ops reject host pointers, and must give bitwise the plain CPU backend's lo
 and output. Covers compress (activation importance; store_grads and distillation; on
 2 ranks with split blocks, so projections, gathers, reduce-scatters and shared-factor
 all-reduces run on device buffers through the staged MPI comm), prune on 2 ranks,
-pretrain, eval, bf16 products (backend.matmul) with bf16 base storage, and a resume
+pretrain, eval, bf16 products (backend.matmul) with bf16 base storage and a bf16
+distillation teacher, and a resume
 from a checkpoint written and read through the device."""
 import os
 import shutil
@@ -44,8 +45,8 @@ def main():
     pclib.same_outputs(a, b, "compress np1")
     a, b = pair(root, job, "compress-store-distill", 1, "compress.store_grads=true", "distill.enabled=true")
     pclib.same_outputs(a, b, "compress np1 store_grads + distill")
-    a, b = pair(root, job, "compress-bf16-matmul", 1, "backend.matmul=bf16", "model.dtype=bf16")
-    pclib.same_outputs(a, b, "compress np1 bf16 products and bf16 base storage")
+    a, b = pair(root, job, "compress-bf16-matmul", 1, "backend.matmul=bf16", "model.dtype=bf16", "distill.enabled=true")
+    pclib.same_outputs(a, b, "compress np1 bf16 products, bf16 base storage and a bf16 teacher")
     a, b = pair(root, job, "compress-np2-split", 2, "compress.split_mb=0.01")
     plan = open(os.path.join(root, "compress-np2-split-cpu-guarded", "plan.txt")).read()
     pclib.check(" rows " in plan and " cols " in plan, "np2 plan has row and column blocks (shared factors)")

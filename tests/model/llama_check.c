@@ -3,7 +3,7 @@
  * file, for comparison with transformers in test_llama.py.
  *
  *   llama_check MODEL_DIR TOKENS.i32 B T OUT.safetensors [--micro K] [--threads N] [--save DIR]
- *               [--matmul fp32|bf16|bf16w] [--logits-chunk N]
+ *               [--matmul fp32|bf16|bf16w|bf16only] [--logits-chunk N]
  *
  * TOKENS.i32 holds 2*B*T little-endian int32: tokens (B,T) then targets (B,T), -1 =
  * ignored. With --micro K the batch is split into K micro-batches of B/K rows whose
@@ -11,9 +11,11 @@
  * micro-batch losses). --save DIR writes the loaded model back out with
  * llama_save_safetensors (f32) before running. --matmul bf16 rounds every gemm input to
  * bf16; bf16w does the same with the weights read from the model's bf16 copy
- * (llama_use_bf16_weights). --logits-chunk N runs the head and loss N tokens at a time
- * (llama_opts.logits_chunk; no "logits" output then: they are never whole). Output
- * tensors: "logits" (B,T,V), "loss" (1), "grad.<name>". */
+ * (llama_use_bf16_weights); bf16only loads a forward-only model that holds its matrices
+ * in bf16 only (LLAMA_BF16_ONLY, a bf16 distillation teacher) and writes no gradients.
+ * --logits-chunk N runs the head and loss N tokens at a time (llama_opts.logits_chunk;
+ * no "logits" output then: they are never whole). Output tensors: "logits" (B,T,V),
+ * "loss" (1), "grad.<name>". */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -67,10 +69,11 @@ int main(int argc, char **argv)
     if (hf_config_load(dir, &cfg, &e)) return fail(&e);
     backend *be = backend_cpu_create(threads);
     int w16 = strcmp(matmul, "bf16w") == 0; /* bf16 products reading the model's bf16 weight copy */
-    be->ops->set_matmul(be, w16 || strcmp(matmul, "bf16") == 0 ? MATMUL_BF16 : MATMUL_FP32);
+    int only16 = strcmp(matmul, "bf16only") == 0; /* forward only, matrices in bf16 only */
+    be->ops->set_matmul(be, w16 || only16 || strcmp(matmul, "bf16") == 0 ? MATMUL_BF16 : MATMUL_FP32);
     llama_model m;
     int Bm = B / micro;
-    llama_opts opts = {.logits_chunk = chunk};
+    llama_opts opts = {.logits_chunk = chunk, .forward_only = only16, .weights = only16 ? LLAMA_BF16_ONLY : LLAMA_F32};
     if (llama_init_opts(&m, &cfg, be, Bm, T, &opts, &e)) return fail(&e);
     if (llama_load_safetensors(&m, dir, &e)) return fail(&e);
     if (w16) {
@@ -87,18 +90,18 @@ int main(int argc, char **argv)
     for (int k = 0; k < micro; k++) {
         loss += llama_forward(&m, tokens + k * per, targets + k * per);
         if (!m.logits_chunk) be_download(be, logits + k * per * V, m.logits, per * V); // (Bm,T,V)
-        llama_backward(&m);
+        if (!only16) llama_backward(&m);
     }
     float loss_f = (float)(loss / micro);
 
     float *grads = pc_alloc_f32((size_t)m.n_params);
-    be_download(be, grads, m.grads, (size_t)m.n_params);
-    int n_items = 2 + m.n_tensors;
+    if (!only16) be_download(be, grads, m.grads, (size_t)m.n_params);
+    int n_items = 2 + (only16 ? 0 : m.n_tensors);
     st_item *items = pc_calloc((size_t)n_items, sizeof(st_item));
     char (*names)[LLAMA_NAME_MAX + 8] = pc_calloc((size_t)m.n_tensors, sizeof(*names));
     items[0] = (st_item){.name = "logits", .ndim = 3, .shape = {B, T, (int64_t)V}, .data = logits};
     items[1] = (st_item){.name = "loss", .ndim = 1, .shape = {1}, .data = &loss_f};
-    for (int i = 0; i < m.n_tensors; i++) {
+    for (int i = 0; i < n_items - 2; i++) {
         const llama_tensor *t = llama_tensor_at(&m, i);
         snprintf(names[i], sizeof(names[i]), "grad.%s", t->name);
         st_item *it = &items[2 + i];

@@ -10,6 +10,7 @@ Also: two micro-batches of B=1 accumulate to the gradient of one B=2 batch, and 
 loader rejects a missing tensor, a wrong shape and a non-finite weight, naming it; a
 model written by llama_save_safetensors loads in transformers with identical logits.
 """
+import copy
 import os
 import subprocess
 import sys
@@ -24,6 +25,9 @@ try:
 except ImportError as exc:  # pragma: no cover
     print("skip: %s" % exc)
     sys.exit(77)
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+import pclib  # noqa: E402
 
 LOGIT_TOL = 2e-6
 LOSS_TOL = 1e-6
@@ -101,34 +105,11 @@ def reference(model, tokens, targets):
     return logits.detach().numpy(), float(loss), grads
 
 
-def bf16(t):
-    return t.bfloat16().float()
-
-
-class Bf16Linear(torch.autograd.Function):
-    """y = x W^T with x and W rounded to bf16 (fp32 accumulation), and the backward
-    products likewise from rounded operands: what backend.matmul bf16 computes."""
-
-    @staticmethod
-    def forward(ctx, x, w):
-        ctx.save_for_backward(x, w)
-        return bf16(x) @ bf16(w).t()
-
-    @staticmethod
-    def backward(ctx, g):
-        x, w = ctx.saved_tensors
-        g2, x2 = g.reshape(-1, g.shape[-1]), x.reshape(-1, x.shape[-1])
-        return bf16(g) @ bf16(w), bf16(g2).t() @ bf16(x2)
-
-
 def reference_bf16(model, tokens, targets):
-    """reference() with every nn.Linear computed as Bf16Linear (attention products stay fp32)."""
-    plain = F.linear
-    F.linear = lambda x, w, b=None: Bf16Linear.apply(x, w) if b is None else Bf16Linear.apply(x, w) + b
-    try:
+    """reference() with every nn.Linear computed from bf16-rounded operands (attention
+    products stay fp32)."""
+    with pclib.bf16_products():
         return reference(model, tokens, targets)
-    finally:
-        F.linear = plain
 
 
 def rel(a, b):
@@ -219,6 +200,26 @@ def main():
             check(all(np.array_equal(out16w[k], out16[k]) for k in out16),
                   "%s bf16 weight copy: logits, loss and gradients bitwise those of rounding per product"
                   % case["name"])
+            # a bf16 checkpoint in a model that holds its matrices in bf16 only (the bf16
+            # distillation teacher): the bf16 products of the bf16 weight copy, bit for bit,
+            # and the bf16 reference of the model with its weights rounded to bf16 (logits
+            # within 1e-2: the boundary flips above, which here reach 4e-3 in two cases)
+            path16 = path + "_bf16"
+            copy.deepcopy(model).to(torch.bfloat16).save_pretrained(path16, safe_serialization=True)
+            rounded = copy.deepcopy(model)
+            with torch.no_grad():
+                for p in rounded.parameters():
+                    p.copy_(p.bfloat16().float())
+            lr16, lossr16, _ = reference_bf16(rounded, tokens, targets)
+            only = run_tool(path16, tokens, targets, tmp, matmul="bf16only")
+            copy16 = run_tool(path16, tokens, targets, tmp, matmul="bf16w")
+            check(sorted(only) == ["logits", "loss"] and all(np.array_equal(only[k], copy16[k]) for k in only),
+                  "%s bf16 checkpoint, matrices in bf16 only: logits and loss bitwise those of the bf16 weight copy"
+                  % case["name"])
+            r = rel(only["logits"], lr16)
+            check(r <= 1e-2 and abs(float(only["loss"][0]) - lossr16) <= 1e-4 * abs(lossr16),
+                  "%s bf16 checkpoint, matrices in bf16 only: logits within %.1e of the bf16 reference, loss %.6f vs %.6f"
+                  % (case["name"], r, float(only["loss"][0]), lossr16))
 
         # gradient accumulation: 2 micro-batches of B=1 vs one B=2 (all targets valid)
         case = CASES[0]

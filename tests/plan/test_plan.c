@@ -521,7 +521,8 @@ static void test_dry_run(void **state) {
 
 /* The distillation teacher: every rank's total grows by teacher_bytes, which is what
  * llama_init_forward_only really allocates for the base (counted through the backend's
- * alloc ops) less its token buffers and rope tables. */
+ * alloc ops) less its token buffers and rope tables; in fp32, and in bf16 only (a bf16
+ * base, model.dtype bf16). */
 static size_t counted_bytes;
 static const backend_ops *cpu_ops;
 static float *count_alloc(backend *be, size_t n) {
@@ -562,7 +563,7 @@ static void test_teacher(void **state) {
     load_case(&MODELS[4], &base, &small);
     plan_opts o;
     plan_opts_default(&o);
-    o.micro_batch = 3, o.seq_len = 16, o.attn_tt = 0;
+    o.micro_batch = 3, o.seq_len = 16, o.attn_tt = 0, o.base_dtype_bytes = 4;
     plan without, with;
     assert_int_equal(plan_build(&without, &base, &small, 3, &o, NULL), 0);
     o.teacher = 1;
@@ -582,9 +583,24 @@ static void test_teacher(void **state) {
     size_t N = (size_t)o.micro_batch * o.seq_len, rope = 2 * (size_t)o.seq_len * (base.head_dim / 2);
     assert_int_equal(counted_bytes - 4 * (2 * N + rope), with.teacher_bytes);
     llama_free(&m);
+
+    /* with a bf16 base the teacher holds its matrices in bf16 only: the same count */
+    plan with16;
+    o.base_dtype_bytes = 2;
+    assert_int_equal(plan_build(&with16, &base, &small, 3, &o, NULL), 0);
+    text = plan_text(&with16);
+    assert_non_null(strstr(text, "(bf16 base + forward activations"));
+    free(text);
+    counted_bytes = 0;
+    llama_opts to = {.forward_only = 1, .weights = LLAMA_BF16_ONLY};
+    assert_int_equal(llama_init_opts(&m, &base, be, o.micro_batch, o.seq_len, &to, &e), 0);
+    assert_int_equal(counted_bytes - 4 * (2 * N + rope), with16.teacher_bytes);
+    assert_true(with16.teacher_bytes < with.teacher_bytes - hf_config_n_params(&base)); /* 2 bytes a matrix weight less */
+    llama_free(&m);
     counting_end(be);
     plan_free(&without);
     plan_free(&with);
+    plan_free(&with16);
 }
 
 /* Activations: each rank's act_bytes is what llama_init (or llama_init_recompute with
