@@ -91,8 +91,8 @@ int run_llama_init(const run_ctx *r, llama_model *m, const llama_config *lc, int
     llama_opts o = {.forward_only = use == RUN_EVALUATED,
                     .recompute = r->cfg.train.activation_checkpointing,
                     .logits_chunk = r->cfg.train.logits_chunk};
-    if (!strcmp(r->cfg.backend.matmul, "bf16")) /* GEMMs read bf16 weights */
-        o.weights = use == RUN_PROJECTED ? LLAMA_BF16_ONLY : LLAMA_BF16_WEIGHTS;
+    if (!strcmp(r->cfg.backend.matmul, "bf16")) /* GEMMs read bf16 weights; trained ones keep fp32 values */
+        o.weights = use == RUN_TRAINED ? LLAMA_BF16_WEIGHTS : LLAMA_BF16_ONLY;
     return llama_init_opts(m, lc, r->be, B, r->cfg.data.seq_len, &o, e);
 }
 

@@ -50,12 +50,14 @@ int run_model_config(const run_ctx *r, llama_config *lc, pc_err *e);
 /* What a model is made for: training its weights; training through the projections
  * (its matrices' values arrive from them, rounded to bf16 with backend.matmul bf16, so
  * they are kept in bf16 only: LLAMA_BF16_ONLY); forward passes only (evaluation: no
- * gradients, one layer's activations). */
+ * gradients, one layer's activations, and with backend.matmul bf16 the matrices in bf16
+ * only as well, loaded rounded: the values its products read). */
 typedef enum { RUN_TRAINED = 0, RUN_PROJECTED, RUN_EVALUATED } run_model_use;
 /* llama_init of shape lc for micro-batch (B, data.seq_len) on r->be for `use`: a trained
  * model recomputes layer activations in the backward pass when
  * train.activation_checkpointing and takes the head in train.logits_chunk tokens at a
- * time; every model has the bf16 copy of its weights when backend.matmul is bf16. */
+ * time; every model has the bf16 copy of its weights when backend.matmul is bf16 (only
+ * that copy of its matrices, unless its weights are trained). */
 int run_llama_init(const run_ctx *r, llama_model *m, const llama_config *lc, int B, run_model_use use, pc_err *e);
 /* Build the model for micro-batch B and `use` (not RUN_PROJECTED): weights from
  * model.base, or random init (seed). */
