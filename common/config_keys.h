@@ -186,7 +186,8 @@ static const pc_config_key pc_config_keys[] = {
             "bf16 copy of its weights (2 bytes per parameter) that the products read; compress gathers W_C in bf16 "
             "(half the bytes) and keeps the compressed matrices in bf16 only (fp32 just for the norm gains: 4 bytes "
             "per parameter less per rank), and the model evaluated and saved holds those bf16 "
-            "values. Attention: backend.attention."},
+            "values. run.mode eval holds the model's matrices in bf16 only as well (embedding rows included, "
+            "rounded to nearest even when the checkpoint is not bf16). Attention: backend.attention."},
     {.path = "backend.attention", .type = PC_CT_ENUM, PC_AT(backend.attention), .def = "fp32", .choices = "fp32|bf16",
      .doc = "Attention products: fp32, or bf16 inputs (q, k, v, dO and the probabilities) on tensor cores with fp32 "
             "accumulation and softmax (cuda, head_dim a multiple of 16 up to 128; other shapes and the cpu stay "
