@@ -60,12 +60,12 @@ static void usage(FILE *f) {
 
 /* ---------------------------------------------------------------- convert
  *
- * Two passes, so that memory is one paragraph and one write piece however large the
- * corpus: pass 1 tokenizes every file into two spool files in the output directory (the
- * token stream, and where each document ends); pass 2 picks the validation cut from the
- * document ends and writes the shards from the token spool. The spool files are unlinked
- * as soon as they are made: the kernel frees them however the program ends. They take 4
- * bytes per token and 8 per document of disk until then. */
+ * Two passes, so that memory is one paragraph (with --tokenizer, a batch of them) and one
+ * write piece however large the corpus: pass 1 tokenizes every file into two spool files
+ * in the output directory (the token stream, and where each document ends); pass 2 picks
+ * the validation cut from the document ends and writes the shards from the token spool.
+ * The spool files are unlinked as soon as they are made: the kernel frees them however
+ * the program ends. They take 4 bytes per token and 8 per document of disk until then. */
 
 /* An unlinked temporary file in dir. */
 static FILE *spool_open(const char *dir, pc_err *e) {
