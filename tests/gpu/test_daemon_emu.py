@@ -13,6 +13,7 @@ comm (cuda/comm_nccl.c) on NCCL's API emulated with MPI (nccl_emu.c).
 - backend.matmul bf16 on 2 ranks with split blocks (W_C rounded on the device and sent in
   bf16, the products reading the bf16 weight copy): losses within 1e-3 of the CPU's bf16
   run (rounding flips feed back, tests/compress/test_bf16_weights.py);
+- distillation from a bf16 teacher (model.dtype bf16): losses within 1e-3 of the CPU's;
 - the log names the emulated device."""
 import os
 import sys
@@ -75,6 +76,14 @@ def main():
     rel = np.max(np.abs(a[0] - b[0]) / np.abs(b[0]))
     pclib.check(rel < 1e-3 and not np.array_equal(a[0], f32[0]),
                 f"bf16 weights np2: emulated CUDA vs CPU losses max rel {rel:.2e} < 1e-3 (and not the fp32 run's)")
+    # distillation from a bf16 teacher (model.dtype bf16: matrices loaded rounded into the
+    # bf16 copy only, products from bf16 operands) beside an fp32 student
+    sets = ["distill.enabled=true", "model.dtype=bf16"]
+    d = run("distill-bf16-emu", 1, True, *sets)
+    a, b = pclib.run_arrays(d), pclib.run_arrays(run("distill-bf16-cpu", 1, False, *sets))
+    rel = np.max(np.abs(a[0] - b[0]) / np.abs(b[0]))
+    pclib.check(rel < 1e-3 and "distillation from the base (bf16 weights)" in open(os.path.join(d, "logs",
+                "rank-00000.log")).read(), f"bf16 teacher: emulated CUDA vs CPU losses max rel {rel:.2e} < 1e-3")
     return 0
 
 
