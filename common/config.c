@@ -629,6 +629,9 @@ static int validate(const pc_config *c, pc_err *e) {
         return pc_errorf(e, "%s: key 'train.logits_chunk' (%d) does not apply with distillation (distill.enabled): "
                             "the distillation loss reads whole logits; set it to 0",
                          where_of(c, key_index("train.logits_chunk")), c->train.logits_chunk);
+    if (c->distill.enabled && !strcmp(c->run.mode, "pretrain"))
+        return pc_errorf(e, "%s: distill needs a teacher: use it with run.mode compress or prune (pretrain has none)",
+                         where_of(c, key_index("distill.enabled")));
     int cpu_device = !strcmp(c->backend.device, "cpu") || !strcmp(c->backend.device, "cpu-guarded");
     if (!strcmp(c->backend.comm, "nccl") && cpu_device)
         return pc_errorf(e, "%s: key 'backend.comm' is 'nccl' but backend.device is '%s': NCCL needs the cuda device",

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The tiny end-to-end example (CPU, 2 MPI ranks): corpus -> HDF5 shards -> a small base
-# model pretrained by projcompd -> compressed to about a third of its parameters by
+# model pretrained by projcompd -> compressed to about 12% of its parameters by
 # Projected Compression and by hard pruning + retraining (same indices, same tokens) ->
 # every model evaluated on the same held-out windows -> a results table and a plot.
 # Usage: bash configs/demo.sh [BUILD_DIR]   (run.sh demo calls it after setup)

@@ -182,11 +182,7 @@ int mode_train(run_ctx *r, pc_err *e) {
     static trainer t;
     memset(&t, 0, sizeof t);
     int rc = -1;
-    if (!strcmp(c->run.mode, "pretrain")) {
-        if (c->distill.enabled) {
-            pc_errorf(e, "%s: distill needs a teacher: use it with run.mode compress or prune", c->source);
-            goto out;
-        }
+    if (!strcmp(c->run.mode, "pretrain")) { /* no distill: the config refuses it (no teacher) */
         if (run_model(r, &t.m, B, RUN_TRAINED, e) != 0 || trainer_open_data(r, &t, t.m.cfg.vocab_size, e) != 0) goto out;
         t.method = &METHOD_DIRECT;
     } else if (compress_setup(r, &t, e) != 0) {

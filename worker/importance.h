@@ -1,6 +1,6 @@
 /* importance: which d_model and d_ff dimensions survive compression.
  *
- * Scores (METHOD.md): `activation` sums |RMSNorm output| of both pre-norms of every layer
+ * Scores (docs/guide.md, Concepts): `activation` sums |RMSNorm output| of both pre-norms of every layer
  * (d_model) and |gate| + |up| pre-activations per layer (d_ff) over calibration tokens;
  * `magnitude` sums L2 norms of the d_model columns/rows and d_ff rows/columns of the
  * weights; `random` draws scores from the seed. The kept indices are the top-k by score

@@ -1,4 +1,4 @@
-/* project: Projected Compression of a Llama model (METHOD.md), sharded by blocks.
+/* project: Projected Compression of a Llama model (docs/guide.md, Concepts), sharded by blocks.
  *
  * Every compressed matrix W_C [d_out', d_in'] of the small model is
  *     W_C = P_out W P_in + A

@@ -525,6 +525,12 @@ def case_cfg_logits_chunk_with_distill(fx):
                              "set it to 0"], fx, before_work=True)
 
 
+def case_cfg_distill_in_pretrain(fx):
+    rc, out = run_daemon(fx, extra=["--set", "run.mode=pretrain", "--set", "distill.alpha=0.5"])
+    expect_failure(rc, out, ["--set distill.alpha=0.5", "distill needs a teacher", "pretrain has none"], fx,
+                   before_work=True)
+
+
 # ------------------------------------------------------------------ cases: command line
 
 def case_cli_no_cfg(fx):

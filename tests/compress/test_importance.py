@@ -5,8 +5,8 @@ short last batch) streams the base one layer at a time; its importance.txt score
 equal sums of |input_layernorm| + |post_attention_layernorm| outputs (d_model) and
 |gate_proj| + |up_proj| outputs (d_ff, per layer) that forward hooks on stock
 transformers collect over the same windows (the sampler re-implemented in pclib,
-pseudo-step -1): max |diff| <= 1e-4 x max |ref|. magnitude: the L2-norm sums of
-METHOD.md computed with NumPy, same tolerance. The kept indices are the top-k."""
+pseudo-step -1): max |diff| <= 1e-4 x max |ref|. magnitude: the L2-norm sums
+(docs/guide.md, Concepts) computed with NumPy, same tolerance. The kept indices are the top-k."""
 import os
 import sys
 
