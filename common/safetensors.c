@@ -582,7 +582,8 @@ static int check_items(const char *path, const st_item *items, const int *idx, i
             return pc_errorf(e, "%s: tensor '%s': ndim %d outside [0, %d]", path, it->name, it->ndim, ST_MAX_DIMS);
         for (int d = 0; d < it->ndim; d++)
             if (it->shape[d] < 0) return pc_errorf(e, "%s: tensor '%s': negative shape", path, it->name);
-        if (item_numel(it) > 0 && !it->data) return pc_errorf(e, "%s: tensor '%s': no data", path, it->name);
+        if (item_numel(it) > 0 && !it->data && !it->fill)
+            return pc_errorf(e, "%s: tensor '%s': no data", path, it->name);
         for (int j = 0; j < k; j++)
             if (strcmp(items[idx ? idx[j] : j].name, it->name) == 0)
                 return pc_errorf(e, "%s: tensor '%s' given twice", path, it->name);
@@ -623,21 +624,32 @@ static int write_file_to(const char *tmp, const st_item *items, const int *idx, 
     json_buf_free(&h);
     enum { CHUNK = 1 << 18 };
     uint16_t *buf = dt == ST_F32 ? NULL : pc_malloc(sizeof(uint16_t) * CHUNK);
+    float *filled = NULL; /* (CHUNK) a filled item's piece */
     for (int k = 0; k < n && rc == 0; k++) {
         const st_item *it = &items[idx ? idx[k] : k];
         size_t numel = (size_t)item_numel(it);
-        if (dt == ST_F32) {
+        if (dt == ST_F32 && it->data) {
             rc = pc_write_all(fd, it->data, numel * 4, tmp, e);
             continue;
         }
         for (size_t i0 = 0; i0 < numel && rc == 0; i0 += CHUNK) {
             size_t m = PC_MIN((size_t)CHUNK, numel - i0);
-            for (size_t i = 0; i < m; i++)
-                buf[i] = dt == ST_BF16 ? pc_f32_to_bf16(it->data[i0 + i]) : pc_f32_to_f16(it->data[i0 + i]);
+            const float *src = it->data ? it->data + i0 : NULL;
+            if (!src) {
+                if (!filled) filled = pc_malloc(sizeof(float) * CHUNK);
+                if ((rc = it->fill(it->ctx, (int64_t)i0, (int64_t)m, filled, e)) != 0) break;
+                src = filled;
+            }
+            if (dt == ST_F32) {
+                rc = pc_write_all(fd, src, m * 4, tmp, e);
+                continue;
+            }
+            for (size_t i = 0; i < m; i++) buf[i] = dt == ST_BF16 ? pc_f32_to_bf16(src[i]) : pc_f32_to_f16(src[i]);
             rc = pc_write_all(fd, buf, m * 2, tmp, e);
         }
     }
     free(buf);
+    free(filled);
     if (rc == 0 && fsync(fd) != 0) rc = pc_errorf(e, "%s: fsync failed: %s", tmp, strerror(errno));
     if (close(fd) != 0 && rc == 0) rc = pc_errorf(e, "%s: close failed: %s", tmp, strerror(errno));
     if (rc != 0) unlink(tmp);

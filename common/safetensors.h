@@ -53,11 +53,16 @@ int st_read_rows_f32(const st_model *m, const char *name, int64_t row0, int64_t 
 int st_read_cols_f32(const st_model *m, const char *name, int64_t col0, int64_t ncols, float *dst, pc_err *e);
 
 /* One tensor to write: f32 data converted to out_dtype on write. */
+/* A tensor to write: its values in data, or (data NULL) produced by fill(ctx, at, n, dst,
+ * e), which writes elements [at, at + n) (row-major) to dst, a piece at a time, and
+ * returns 0 or -1 with e set: a tensor then never needs to be whole in host memory. */
 typedef struct st_item {
     const char *name;
     int ndim;
     int64_t shape[ST_MAX_DIMS];
     const float *data;
+    int (*fill)(void *ctx, int64_t at, int64_t n, float *dst, pc_err *e);
+    void *ctx;
 } st_item;
 
 /* Write one file atomically (temp name, fsync, rename). metadata may be NULL

@@ -447,61 +447,82 @@ int llama_load_safetensors(llama_model *m, const char *dir_or_file, pc_err *e)
     return rc;
 }
 
-/* Every tensor's values into host (n_params): fp32 where the model holds them, else its
- * bf16 copy widened (exact). */
-static void download_values(const llama_model *m, float *host)
+/* Saving streams each tensor from the device a piece at a time (st_item.fill), so the
+ * host never holds the model: save_src is one tensor as saved, (R, C) with the tensor's
+ * (rows, cols) in its top-left corner and zeros elsewhere (a narrower MLP layer padded to
+ * intermediate_size), its values fp32 where the model holds them, else widened from its
+ * bf16 copy (exact). */
+typedef struct save_scratch {
+    uint16_t *h16;
+    int64_t cap;
+} save_scratch;
+
+typedef struct save_src {
+    const llama_model *m;
+    int i;
+    int64_t R, C;
+    save_scratch *s;
+} save_src;
+
+/* Elements [a, a + n) of tensor i (flat, in the tensor's own layout) into dst. */
+static void tensor_values(const llama_model *m, int i, int64_t a, int64_t n, float *dst, save_scratch *s)
 {
-    if (m->n_params_f32 == m->n_params) {
-        be_download(m->be, host, m->params, (size_t)m->n_params);
+    const llama_tensor *t = &m->tensors[i];
+    if (t->poff >= 0) {
+        be_download(m->be, dst, m->params + t->poff + a, (size_t)n);
         return;
     }
-    int64_t maxn = 0;
-    for (int i = 0; i < m->n_tensors; i++) maxn = PC_MAX(maxn, m->tensors[i].numel);
-    uint16_t *h16 = pc_malloc(sizeof(uint16_t) * (size_t)maxn); /* one tensor's bf16 */
-    for (int i = 0; i < m->n_tensors; i++) {
-        const llama_tensor *t = &m->tensors[i];
-        float *dst = host + t->offset;
-        if (t->poff >= 0) {
-            be_download(m->be, dst, m->params + t->poff, (size_t)t->numel);
-            continue;
-        }
-        m->be->ops->download_raw(m->be, h16, m->w16 + t->offset, sizeof(uint16_t) * (size_t)t->numel);
-        for (int64_t j = 0; j < t->numel; j++) dst[j] = pc_bf16_to_f32(h16[j]);
+    if (s->cap < n) {
+        free(s->h16);
+        s->h16 = pc_malloc(sizeof(uint16_t) * (size_t)n);
+        s->cap = n;
     }
-    free(h16);
+    m->be->ops->download_raw(m->be, s->h16, m->w16 + t->offset + a, sizeof(uint16_t) * (size_t)n);
+    for (int64_t j = 0; j < n; j++) dst[j] = pc_bf16_to_f32(s->h16[j]);
+}
+
+/* st_item fill: elements [at, at + n) of the saved (R, C) tensor, a row segment at a time. */
+static int save_fill(void *ctx, int64_t at, int64_t n, float *dst, pc_err *e)
+{
+    (void)e;
+    const save_src *src = ctx;
+    const llama_tensor *t = &src->m->tensors[src->i];
+    if (src->R * src->C == t->numel) { /* not padded: the tensor's own layout */
+        tensor_values(src->m, src->i, at, n, dst, src->s);
+        return 0;
+    }
+    int64_t rows = t->shape[0], cols = t->shape[1];
+    for (int64_t pos = at; pos < at + n;) {
+        int64_t r = pos / src->C, c = pos % src->C, seg = PC_MIN(src->C - c, at + n - pos);
+        int64_t real = r < rows && c < cols ? PC_MIN(seg, cols - c) : 0; /* the rest of the segment is padding */
+        if (real > 0) tensor_values(src->m, src->i, r * cols + c, real, dst + (pos - at), src->s);
+        memset(dst + (pos - at) + real, 0, sizeof(float) * (size_t)(seg - real));
+        pos += seg;
+    }
+    return 0;
 }
 
 int llama_save_safetensors(const llama_model *m, const char *dir, st_dtype dtype, pc_err *e)
 {
     if (pc_mkdirs(dir, e)) return -1;
-    float *host = pc_alloc_f32((size_t)m->n_params); /* every tensor at its offset */
-    download_values(m, host);
     st_item *items = pc_calloc((size_t)m->n_tensors, sizeof(st_item));
-    float **padded = pc_calloc((size_t)m->n_tensors, sizeof(float *));
+    save_src *srcs = pc_calloc((size_t)m->n_tensors, sizeof(save_src));
+    save_scratch scratch = {0};
     int64_t F = m->cfg.d_ff;
     for (int i = 0; i < m->n_tensors; i++) {
         const llama_tensor *t = &m->tensors[i];
-        items[i].name = t->name;
-        items[i].ndim = t->ndim;
-        items[i].shape[0] = t->shape[0];
-        items[i].shape[1] = t->shape[1];
-        items[i].data = host + t->offset;
         int rows = strstr(t->name, ".mlp.gate_proj") || strstr(t->name, ".mlp.up_proj");
         int cols = strstr(t->name, ".mlp.down_proj") != NULL;
-        if ((rows && t->shape[0] < F) || (cols && t->shape[1] < F)) {
-            /* a narrower layer: zero-pad to intermediate_size (zero neurons contribute nothing) */
-            int64_t R = rows ? F : t->shape[0], C = cols ? F : t->shape[1];
-            padded[i] = pc_alloc_f32((size_t)(R * C));
-            for (int64_t r = 0; r < t->shape[0]; r++)
-                memcpy(padded[i] + r * C, host + t->offset + r * t->shape[1], sizeof(float) * (size_t)t->shape[1]);
-            items[i].shape[0] = R;
-            items[i].shape[1] = C;
-            items[i].data = padded[i];
-        }
+        /* a narrower layer: zero-padded to intermediate_size (zero neurons contribute nothing) */
+        int64_t R = rows && t->shape[0] < F ? F : t->shape[0];
+        int64_t C = t->ndim < 2 ? 1 : cols && t->shape[1] < F ? F : t->shape[1];
+        srcs[i] = (save_src){m, i, R, C, &scratch};
+        items[i] = (st_item){.name = t->name, .ndim = t->ndim, .shape = {R, t->ndim < 2 ? 0 : C},
+                             .fill = save_fill, .ctx = &srcs[i]};
     }
     int rc = st_write_model(dir, items, m->n_tensors, dtype, (size_t)5 << 30, e);
-    for (int i = 0; i < m->n_tensors; i++) free(padded[i]);
-    free(padded);
+    free(srcs);
+    free(scratch.h16);
     if (rc == 0) {
         llama_config c = m->cfg;
         snprintf(c.torch_dtype, sizeof(c.torch_dtype), "%s",
@@ -509,7 +530,6 @@ int llama_save_safetensors(const llama_model *m, const char *dir, st_dtype dtype
         rc = hf_config_save(dir, &c, e);
     }
     free(items);
-    free(host);
     return rc;
 }
 

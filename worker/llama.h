@@ -133,7 +133,8 @@ int64_t llama_tensor_dim(const llama_model *m, int i, int axis);
  * Each tensor must exist with the exact shape and hold only finite values; errors name
  * the tensor, the expected and found shapes, and the file. */
 int llama_load_safetensors(llama_model *m, const char *dir_or_file, pc_err *e);
-/* Write dir/model.safetensors (sharded when large) in `dtype` plus dir/config.json. */
+/* Write dir/model.safetensors (sharded when large) in `dtype` plus dir/config.json. The
+ * tensors stream from the backend a piece at a time: the host never holds the model. */
 int llama_save_safetensors(const llama_model *m, const char *dir, st_dtype dtype, pc_err *e);
 
 /* normal(0, std) for matrices, ones for norm gains; a pure function of (seed, tensor). */

@@ -3,13 +3,14 @@
  * file, for comparison with transformers in test_llama.py.
  *
  *   llama_check MODEL_DIR TOKENS.i32 B T OUT.safetensors [--micro K] [--threads N] [--save DIR]
- *               [--matmul fp32|bf16|bf16w|bf16only] [--logits-chunk N]
+ *               [--matmul fp32|bf16|bf16w|bf16only] [--logits-chunk N] [--no-run]
  *
  * TOKENS.i32 holds 2*B*T little-endian int32: tokens (B,T) then targets (B,T), -1 =
  * ignored. With --micro K the batch is split into K micro-batches of B/K rows whose
  * gradients accumulate with loss scale 1/K (the loss written is then the mean of the
  * micro-batch losses). --save DIR writes the loaded model back out with
- * llama_save_safetensors (f32) before running. --matmul bf16 rounds every gemm input to
+ * llama_save_safetensors (f32) before running and prints the save's peak RSS over the RSS
+ * before it; --no-run stops after loading (and saving), writing nothing else. --matmul bf16 rounds every gemm input to
  * bf16; bf16w does the same with the weights read from the model's bf16 copy
  * (llama_use_bf16_weights); bf16only loads a forward-only model that holds its matrices
  * in bf16 only (LLAMA_BF16_ONLY, a bf16 distillation teacher) and writes no gradients.
@@ -25,6 +26,18 @@
 #include "llama.h"
 #include "safetensors.h"
 
+/* A "Vm...:" line of /proc/self/status, in MiB (-1 if absent). */
+static double proc_status_mib(const char *key)
+{
+    FILE *f = fopen("/proc/self/status", "r");
+    char line[256];
+    double kib = -1;
+    while (f && fgets(line, sizeof line, f))
+        if (strncmp(line, key, strlen(key)) == 0) kib = atof(line + strlen(key));
+    if (f) fclose(f);
+    return kib < 0 ? -1 : kib / 1024.0;
+}
+
 static int fail(const pc_err *e)
 {
     fprintf(stderr, "llama_check: %s\n", e->msg);
@@ -38,9 +51,14 @@ int main(int argc, char **argv)
         return 2;
     }
     const char *dir = argv[1], *tok_path = argv[2], *out_path = argv[5];
-    int B = atoi(argv[3]), T = atoi(argv[4]), micro = 1, threads = 1, chunk = 0;
+    int B = atoi(argv[3]), T = atoi(argv[4]), micro = 1, threads = 1, chunk = 0, no_run = 0;
     const char *save_dir = NULL, *matmul = "fp32";
-    for (int i = 6; i + 1 < argc; i += 2) {
+    for (int i = 6; i < argc; i += 2) {
+        if (strcmp(argv[i], "--no-run") == 0) {
+            no_run = 1, i--; /* takes no value */
+            continue;
+        }
+        if (i + 1 >= argc) break;
         if (strcmp(argv[i], "--micro") == 0) micro = atoi(argv[i + 1]);
         else if (strcmp(argv[i], "--save") == 0) save_dir = argv[i + 1];
         else if (strcmp(argv[i], "--threads") == 0) threads = atoi(argv[i + 1]);
@@ -80,7 +98,21 @@ int main(int argc, char **argv)
         llama_use_bf16_weights(&m);
         llama_refresh_w16(&m);
     }
-    if (save_dir && llama_save_safetensors(&m, save_dir, ST_F32, &e)) return fail(&e);
+    if (save_dir) {
+        /* the save's own memory: the peak RSS reset (clear_refs 5) before it, read after it */
+        FILE *cr = fopen("/proc/self/clear_refs", "w");
+        int reset = cr && fputs("5", cr) >= 0;
+        if (cr && fclose(cr) != 0) reset = 0;
+        double before = proc_status_mib("VmRSS:");
+        if (llama_save_safetensors(&m, save_dir, ST_F32, &e)) return fail(&e);
+        if (reset) printf("save peak RSS %.1f MiB over %.1f MiB before\n", proc_status_mib("VmHWM:") - before, before);
+    }
+    if (no_run) {
+        llama_free(&m);
+        backend_destroy(be);
+        free(tokens);
+        return 0;
+    }
 
     size_t V = (size_t)cfg.vocab_size, per = (size_t)Bm * T;
     float *logits = pc_alloc_f32(NT * V);
