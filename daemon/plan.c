@@ -703,14 +703,19 @@ int plan_check_fit(const plan *p, int rank, int64_t capacity, const char *device
     if (o->micro_batch > 1) n += (size_t)snprintf(fix + n, sizeof fix - n, "a smaller train.micro_batch, ");
     if (!o->teacher && logits_rows(o) > o->seq_len)
         n += (size_t)snprintf(fix + n, sizeof fix - n, "train.logits_chunk: %d, ", o->seq_len);
-    if (o->base_dtype_bytes > 2) n += (size_t)snprintf(fix + n, sizeof fix - n, "model.dtype: bf16, ");
+    if (o->base_dtype_bytes > 2)
+        n += (size_t)snprintf(fix + n, sizeof fix - n, "model.dtype: bf16%s, ", o->teacher ? " (the teacher too)" : "");
+    if (!o->weights_bf16) n += (size_t)snprintf(fix + n, sizeof fix - n, "backend.matmul: bf16, ");
     snprintf(fix + n, sizeof fix - n, "more ranks");
+    char teacher[64] = "";
+    if (p->teacher_bytes > 0) snprintf(teacher, sizeof teacher, ", distillation teacher %.1f", GIB(p->teacher_bytes));
     return pc_errorf(e,
                      "rank %d: the plan needs %.1f GiB here (activations %.1f, W_C replica + G %.1f, trainable "
-                     "state %.1f, base slices %.1f) but %s has %.1f GiB; try %s (`projcompd --cfg JOB --dry-run -np N` "
-                     "prints the plan)",
+                     "state %.1f, base slices %.1f%s) but %s has %.1f GiB; try %s (`projcompd --cfg JOB --dry-run "
+                     "-np N` prints the plan)",
                      rank, GIB(rk->total_bytes), GIB(rk->act_bytes), GIB(rk->replica_bytes),
-                     GIB(rk->state_bytes + rk->shared_bytes), GIB(rk->base_bytes), device, GIB(capacity), fix);
+                     GIB(rk->state_bytes + rk->shared_bytes), GIB(rk->base_bytes), teacher, device, GIB(capacity),
+                     fix);
 }
 
 /* ---- from a job config ---- */

@@ -762,10 +762,11 @@ static void test_check_fit(void **state) {
     assert_non_null(strstr(e.msg, want));
     assert_non_null(strstr(e.msg, "but cuda:3 has "));
     assert_non_null(strstr(e.msg, "train.activation_checkpointing: true, a smaller train.micro_batch, "
-                                  "train.logits_chunk: 2048, more ranks"));
+                                  "train.logits_chunk: 2048, backend.matmul: bf16, more ranks"));
     assert_null(strstr(e.msg, "model.dtype")); /* the base is bf16 already */
+    assert_null(strstr(e.msg, "teacher"));
     plan_free(&p);
-    o.logits_chunk = 2048; /* chunked already: not suggested again */
+    o.logits_chunk = 2048, o.weights_bf16 = 1; /* chunked and bf16 already: not suggested again */
     assert_int_equal(plan_build(&p, &base, &small, 16, &o, NULL), 0);
     assert_int_equal(plan_check_fit(&p, 3, 1 << 30, "cuda:3", &e), -1);
     assert_non_null(strstr(e.msg, "a smaller train.micro_batch, more ranks"));
@@ -774,6 +775,13 @@ static void test_check_fit(void **state) {
     assert_int_equal(plan_build(&p, &base, &small, 16, &o, NULL), 0);
     assert_int_equal(plan_check_fit(&p, 0, 1 << 30, "cuda:0", &e), -1);
     assert_non_null(strstr(e.msg, "try model.dtype: bf16, more ranks"));
+    plan_free(&p);
+    o.teacher = 1; /* a teacher: in the breakdown, and model.dtype bf16 halves it too */
+    assert_int_equal(plan_build(&p, &base, &small, 16, &o, NULL), 0);
+    assert_int_equal(plan_check_fit(&p, 0, 1 << 30, "cuda:0", &e), -1);
+    snprintf(want, sizeof want, ", distillation teacher %.1f) but", (double)p.teacher_bytes / 1073741824.0);
+    assert_non_null(strstr(e.msg, want));
+    assert_non_null(strstr(e.msg, "try model.dtype: bf16 (the teacher too), more ranks"));
     plan_free(&p);
 }
 
