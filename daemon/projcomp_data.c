@@ -9,9 +9,11 @@
  * The last documents (about --valid-fraction of the tokens) go to the validation shards.
  * Memory does not grow with the corpus (see convert). All input is read and checked
  * before any shard is written; output files that already exist are refused before any
- * input is read, and a failure removes what this run wrote, the directories it made too. */
+ * input is read; the shards appear together at the end (written as .partial, then
+ * renamed), and a failure removes what this run wrote, the directories it made too. */
 #include <errno.h>
 #include <getopt.h>
+#include <glob.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -305,22 +307,79 @@ static int fill_from_spool(void *ctx, int64_t at, int64_t len, uint32_t *dst, pc
     return spool_read(src->s->tok, src->s->dir, src->first + at, len, sizeof *dst, dst, e);
 }
 
-/* Tokens [first, first + n) of the stream as the split's shards. */
+/* The path as a glob matching exactly itself. */
+static char *glob_escape(const char *path) {
+    char *g = pc_malloc(2 * strlen(path) + 1), *o = g;
+    for (const char *p = path; *p; p++) {
+        if (strchr("*?[]\\", *p)) *o++ = '\\';
+        *o++ = *p;
+    }
+    *o = '\0';
+    return g;
+}
+
+/* A shard is written as <its name>.partial and renamed to its name once every shard of
+ * the run is written (publish): a run that is killed leaves only .partial files, which the
+ * job globs (*.h5) do not match and a rerun replaces. */
+#define PARTIAL ".partial"
+
+static void partial_path(char *out, size_t n, const char *path) { snprintf(out, n, "%s" PARTIAL, path); }
+
+/* Tokens [first, first + n) of the stream as the split's shards (.partial). */
 static int write_split(stream *s, const char *prefix, const char *split, int64_t first, int64_t n, int64_t per_shard,
                        written *w, pc_err *e) {
     int k = 0;
     for (int64_t at = 0; at < n; at += per_shard, k++) {
-        char path[4096];
+        char path[4096], part[4200];
         if (shard_path(path, sizeof path, s->dir, prefix, split, k))
             return pc_errorf(e, "%s: output path too long", s->dir);
-        shard_src src = {s, first + at};
-        if (data_write_shard_fill(path, PC_MIN(per_shard, n - at), fill_from_spool, &src, s->vocab_size, s->eos_id,
-                                  s->tokenizer, e))
-            return -1;
+        partial_path(part, sizeof part, path);
         w->paths = pc_realloc(w->paths, (size_t)(w->n + 1) * sizeof *w->paths);
         w->paths[w->n++] = pc_strdup(path);
+        shard_src src = {s, first + at};
+        if (data_write_shard_fill(part, PC_MIN(per_shard, n - at), fill_from_spool, &src, s->vocab_size, s->eos_id,
+                                  s->tokenizer, e))
+            return -1;
     }
     return 0;
+}
+
+/* Every shard of the run under its name, then the directory synced; on failure none is. */
+static int publish(const written *w, const char *dir, pc_err *e) {
+    int i = 0, rc = 0;
+    for (; i < w->n && rc == 0; i++) {
+        char part[4200];
+        partial_path(part, sizeof part, w->paths[i]);
+        if (rename(part, w->paths[i]) != 0) rc = pc_errorf(e, "%s: cannot rename %s: %s", w->paths[i], part, strerror(errno));
+    }
+    if (rc == 0) return pc_fsync_dir(dir, e);
+    for (int j = 0; j + 1 < i; j++) unlink(w->paths[j]); /* the ones renamed before the failure */
+    return rc;
+}
+
+/* Remove what a run wrote (shards and .partial files) after a failure. */
+static void unwrite(const written *w) {
+    for (int i = 0; i < w->n; i++) {
+        char part[4200];
+        partial_path(part, sizeof part, w->paths[i]);
+        unlink(part);
+    }
+}
+
+/* .partial shards of this prefix left by a run that was killed: replaced by this one. */
+static void remove_stale_partials(const char *dir, const char *prefix, const char *split) {
+    char path[4096], pattern[4300];
+    if (shard_path(path, sizeof path, dir, prefix, split, 0)) return;
+    char *num = strstr(path + strlen(dir), "00000.h5"); /* the shard number in the name */
+    if (!num) return;
+    *num = '\0';
+    char *g = glob_escape(path);
+    snprintf(pattern, sizeof pattern, "%s[0-9][0-9][0-9][0-9][0-9].h5" PARTIAL, g);
+    free(g);
+    glob_t gl;
+    if (glob(pattern, 0, NULL, &gl) == 0)
+        for (size_t i = 0; i < gl.gl_pathc; i++) unlink(gl.gl_pathv[i]);
+    globfree(&gl);
 }
 
 static void print_split(const char *split, const char *dir, const char *prefix, int64_t n, int64_t per_shard) {
@@ -379,11 +438,12 @@ static int convert(const char *dir, const char *prefix, double valid_fraction, i
     if (rc == 0) rc = split_point(&s, valid_fraction, &cut, &valid_docs, e);
     written w = {0};
     if (rc == 0) {
+        remove_stale_partials(dir, prefix, "train");
+        remove_stale_partials(dir, prefix, "valid");
         rc = write_split(&s, prefix, "train", 0, cut, per_shard, &w, e);
         if (rc == 0) rc = write_split(&s, prefix, "valid", cut, s.n - cut, per_shard, &w, e);
-        if (rc) {
-            for (int i = 0; i < w.n; i++) unlink(w.paths[i]);
-        }
+        if (rc == 0) rc = publish(&w, dir, e);
+        if (rc) unwrite(&w);
     }
     if (rc == 0) {
         printf("projcomp-data: %d file%s, %lld documents, %lld tokens (vocab_size %d, eos_id %d, tokenizer %s)\n",
@@ -420,17 +480,6 @@ static void print_decoded(const int32_t *t, int64_t n, int eos_id) {
         else printf("\\x%02x", v);
     }
     puts("\"");
-}
-
-/* The path as a glob matching exactly itself. */
-static char *glob_escape(const char *path) {
-    char *g = pc_malloc(2 * strlen(path) + 1), *o = g;
-    for (const char *p = path; *p; p++) {
-        if (strchr("*?[]\\", *p)) *o++ = '\\';
-        *o++ = *p;
-    }
-    *o = '\0';
-    return g;
 }
 
 static int inspect(const char *path, pc_err *e) {

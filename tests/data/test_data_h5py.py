@@ -304,6 +304,36 @@ class Tool(TmpDirCase):
         print(f"projcomp-data on {want.size} tokens: peak RSS {rss_mib:.1f} MiB", file=sys.stderr)
         self.assertLess(rss_mib, 48, "projcomp-data's memory grows with the corpus")
 
+    def test_all_or_no_shards(self):
+        # shards are written as .partial and renamed together at the end: a failure while
+        # writing the third leaves no shard at all, and what a killed run leaves (.partial
+        # files) does not stop a rerun, which replaces it
+        with open(self.p("t.txt"), "w") as f:
+            f.write("\n\n".join(f"document {i} " + "x" * 50 for i in range(40)) + "\n")
+        out = self.p("o")
+        os.makedirs(os.path.join(out, "train-00002.h5.partial.tmp"))  # shard 2 cannot be created
+        r = run(TOOL, "--out", out, "--shard-tokens", "500", "--valid-fraction", "0.1", self.p("t.txt"))
+        self.assertNotEqual(r.returncode, 0)
+        self.assertIn("train-00002.h5.partial", r.stderr)
+        self.assertEqual(os.listdir(out), ["train-00002.h5.partial.tmp"])
+        os.rmdir(os.path.join(out, "train-00002.h5.partial.tmp"))
+        for name in ["train-00000.h5.partial", "train-00009.h5.partial", "valid-00000.h5.partial"]:
+            with open(os.path.join(out, name), "w") as f:
+                f.write("left by a killed run")
+        r = run(TOOL, "--out", out, "--shard-tokens", "500", "--valid-fraction", "0.1", self.p("t.txt"))
+        self.assertEqual(r.returncode, 0, r.stderr)
+        names = sorted(os.listdir(out))
+        self.assertEqual(names, [f"train-{k:05d}.h5" for k in range(len(names) - 1)] + ["valid-00000.h5"])
+        got = []
+        for n in names:
+            with h5py.File(os.path.join(out, n), "r") as f:
+                got += f["tokens"][:].tolist()
+        with open(self.p("t.txt"), "rb") as f:
+            want = []
+            for d in f.read().decode().rstrip("\n").split("\n\n"):
+                want += list(d.encode()) + [256]
+        self.assertEqual(got, want)
+
     def test_input_errors_write_nothing(self):
         with open(self.p("ok.txt"), "w") as f:
             f.write("fine text\n")
