@@ -26,7 +26,7 @@ static void on_signal(int sig) {
 static void usage(FILE *f) {
     fprintf(f,
             "usage: projcompd --cfg JOB.yaml [--set key.sub=value]...\n"
-            "       projcompd --cfg JOB.yaml --dry-run [-np N]\n"
+            "       projcompd --cfg JOB.yaml --dry-run [-np N] [--device-gib G]\n"
             "       projcompd --help | --version\n"
             "\n"
             "Compress a Hugging Face Llama model by Projected Compression (run.mode: compress),\n"
@@ -37,6 +37,8 @@ static void usage(FILE *f) {
             "  --set KEY=VALUE   override one key, e.g. --set train.steps=10 (repeatable)\n"
             "  --dry-run         print the sharding plan and per-rank memory for N ranks (default:\n"
             "                    the ranks of this launch) without reading weights, and exit\n"
+            "  --device-gib G    with --dry-run: check the largest rank against a device of G GiB\n"
+            "                    (exit status 1 and what to change when it does not fit)\n"
             "  --version         print the version\n"
             "  --help            this text\n"
             "\n"
@@ -47,6 +49,7 @@ static void usage(FILE *f) {
 typedef struct cli {
     const char *cfg;
     int dry_run, dry_np;
+    double device_gib;
     const char *sets[MAX_SETS];
     int n_sets;
 } cli;
@@ -84,6 +87,14 @@ static int parse_cli(int argc, char **argv, cli *c, int rank) {
                 return 2;
             }
             c->dry_np = atoi(argv[++i]);
+        } else if (!strcmp(a, "--device-gib")) {
+            char *end = NULL;
+            c->device_gib = i + 1 < argc ? strtod(argv[i + 1], &end) : 0;
+            if (i + 1 >= argc || end == argv[i + 1] || *end || !(c->device_gib > 0)) {
+                if (rank == 0) fprintf(stderr, "projcompd: --device-gib needs a positive number of GiB\n");
+                return 2;
+            }
+            i++;
         } else if (!strncmp(a, "--set=", 6) && c->n_sets < MAX_SETS) {
             c->sets[c->n_sets++] = a + 6;
         } else if (!strncmp(a, "--cfg=", 6)) {
@@ -145,12 +156,16 @@ int main(int argc, char **argv) {
     r.t_start = pc_now();
     r.stop_flag = &g_stop_signal;
     if (c.dry_run) { /* the plan for N ranks, from config.json alone */
-        int n = c.dry_np > 0 ? c.dry_np : world;
+        int n = c.dry_np > 0 ? c.dry_np : world, fits = 1;
         rc = 0;
         if (rank == 0 && (config_load(&r.cfg, c.cfg, c.sets, c.n_sets, &e) != 0 ||
-                          config_check_ranks(&r.cfg, n, &e) != 0 || plan_dry_run(&r.cfg, n, stdout, &e) != 0)) {
+                          config_check_ranks(&r.cfg, n, &e) != 0 ||
+                          plan_dry_run(&r.cfg, n, c.device_gib, stdout, &fits, &e) != 0)) {
             fprintf(stderr, "projcompd: error: %s\n", e.msg);
             rc = 2;
+        } else if (rank == 0 && !fits) {
+            fprintf(stderr, "projcompd: %s\n", e.msg);
+            rc = 1;
         }
         MPI_Finalize();
         return rc;

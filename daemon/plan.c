@@ -754,7 +754,7 @@ void plan_opts_from_config(const pc_config *c, plan_opts *o) {
     if (c->compress.split_mb > 0) o->split_bytes = (int64_t)(c->compress.split_mb * 1e6);
 }
 
-int plan_dry_run(const pc_config *c, int world, FILE *out, pc_err *e) {
+int plan_dry_run(const pc_config *c, int world, double device_gib, FILE *out, int *fits, pc_err *e) {
     llama_config *cfg = pc_malloc(2 * sizeof *cfg); /* base, small (large per-layer tables) */
     int rc = -1;
     if (c->model.base[0])
@@ -771,6 +771,17 @@ int plan_dry_run(const pc_config *c, int world, FILE *out, pc_err *e) {
         rc = plan_build(p, &cfg[0], &cfg[1], world, &o, e);
         if (rc == 0) {
             if (plan_write(p, out) != 0) rc = pc_errorf(e, "plan: writing the plan failed");
+            if (rc == 0 && device_gib > 0) { /* the largest rank against a device of that size */
+                int worst = 0;
+                for (int r = 1; r < world; r++)
+                    if (p->ranks[r].total_bytes > p->ranks[worst].total_bytes) worst = r;
+                char device[64];
+                snprintf(device, sizeof device, "a %g GiB device", device_gib);
+                *fits = plan_check_fit(p, worst, (int64_t)(device_gib * 1073741824.0), device, e) == 0;
+                if (*fits)
+                    fprintf(out, "# fits %s: the largest rank (%d) needs %.1f GiB\n", device, worst,
+                            GIB(p->ranks[worst].total_bytes));
+            }
             plan_free(p);
         }
         free(p);

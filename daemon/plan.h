@@ -166,7 +166,9 @@ void plan_opts_from_config(const pc_config *c, plan_opts *o);
  * BACKEND_CUDA_BF16_BLOCK elements; on the cpu, the (T,T) matrix and no copies. */
 void plan_opts_set_device(plan_opts *o, int cuda);
 /* Read model.base/config.json (or model.config) without touching weights, build the
- * plan for `world` ranks and write it to out. */
-int plan_dry_run(const pc_config *c, int world, FILE *out, pc_err *e);
+ * plan for `world` ranks and write it to out. With device_gib > 0 also check the largest
+ * rank against a device of that size: *fits = 1 (and a "# fits" line), or 0 with e
+ * holding plan_check_fit's message (its remedies). */
+int plan_dry_run(const pc_config *c, int world, double device_gib, FILE *out, int *fits, pc_err *e);
 
 #endif

@@ -548,6 +548,24 @@ def case_cli_set_no_value(fx):
     expect_failure(rc, out, ["--set needs a value"], fx, before_work=True)
 
 
+def case_cli_device_gib_bad(fx):
+    rc, out = run_daemon(fx, extra=["--dry-run", "--device-gib", "0"])
+    expect_failure(rc, out, ["--device-gib needs a positive number of GiB"], fx, before_work=True)
+    if rc != 2:
+        raise SystemExit(f"FAIL: exit {rc}, expected 2 (a command-line error)")
+
+
+def case_cli_dry_run_does_not_fit(fx):
+    """--dry-run --device-gib: exit 1 and the plan's remedies when the largest rank does not fit."""
+    rc, out = run_daemon(fx, extra=["--dry-run", "-np", "2", "--device-gib", "1e-5"])  # 10 KiB
+    expect_failure(rc, out, ["the plan needs", "but a 1e-05 GiB device has", "; try "], fx, before_work=True)
+    if rc != 1:
+        raise SystemExit(f"FAIL: exit {rc}, expected 1 (does not fit)\n{out[-800:]}")
+    rc, out = run_daemon(fx, extra=["--dry-run", "-np", "2", "--device-gib", "100"])
+    if rc != 0 or "# fits a 100 GiB device: the largest rank" not in out:
+        raise SystemExit(f"FAIL: a 100 GiB device: exit {rc}\n{out[-800:]}")
+
+
 def case_cli_cfg_missing_file(fx):
     p = os.path.join(fx.root, "nope.yaml")
     rc, out = run_daemon(fx, job=False, extra=["--cfg", p])

@@ -479,7 +479,7 @@ static void test_dry_run(void **state) {
     size_t len = 0;
     FILE *out = open_memstream(&buf, &len);
     double t0 = pc_now();
-    rc = plan_dry_run(&c, 16, out, &e);
+    rc = plan_dry_run(&c, 16, 0, out, NULL, &e);
     double dt = pc_now() - t0;
     fclose(out);
     if (rc != 0) fprintf(stderr, "%s\n", e.msg);
@@ -488,6 +488,25 @@ static void test_dry_run(void **state) {
     assert_non_null(strstr(buf, "# base   d_model 4096  d_ff 14336  layers 32  heads 32/8  head_dim 128  vocab 128256"));
     assert_non_null(strstr(buf, "# small  d_model 2160  d_ff 6480  layers 32"));
     assert_non_null(strstr(buf, "# world 16  micro_batch 2  seq_len 4096  base_dtype 2B  compute_dtype 4B  attn_tt 0"));
+    /* the largest rank in GiB, as the table prints it, against devices just above and below */
+    const char *max = strstr(buf, "# memory GiB per rank: max ");
+    assert_non_null(max);
+    double largest = atof(max + strlen("# memory GiB per rank: max "));
+    free(buf);
+    int fits = -1;
+    out = open_memstream(&buf, &len);
+    assert_int_equal(plan_dry_run(&c, 16, largest + 0.01, out, &fits, &e), 0);
+    fclose(out);
+    assert_int_equal(fits, 1);
+    assert_non_null(strstr(buf, "GiB device: the largest rank ("));
+    free(buf);
+    out = open_memstream(&buf, &len);
+    assert_int_equal(plan_dry_run(&c, 16, largest - 0.01, out, &fits, &e), 0);
+    fclose(out);
+    assert_int_equal(fits, 0);
+    assert_null(strstr(buf, "# fits"));
+    assert_non_null(strstr(e.msg, "GiB device has "));
+    assert_non_null(strstr(e.msg, "; try train.activation_checkpointing: true"));
     free(buf);
 
     /* per-layer d_ff and the CPU backend (bf16 base slices, f32 compute, one (T,T) score matrix) */
@@ -498,7 +517,7 @@ static void test_dry_run(void **state) {
     if (rc != 0) fprintf(stderr, "%s\n", e.msg);
     assert_int_equal(rc, 0);
     out = open_memstream(&buf, &len);
-    assert_int_equal(plan_dry_run(&c, 8, out, &e), 0);
+    assert_int_equal(plan_dry_run(&c, 8, 0, out, NULL, &e), 0);
     fclose(out);
     assert_non_null(strstr(buf, "# small  d_model 2160  d_ff 7000 (max, per layer)"));
     assert_non_null(strstr(buf, "base_dtype 2B  compute_dtype 4B  attn_tt 1"));
@@ -509,7 +528,7 @@ static void test_dry_run(void **state) {
     rc = config_load(&c, yaml, bad, 1, &e);
     if (rc == 0) {
         out = open_memstream(&buf, &len);
-        rc = plan_dry_run(&c, 8, out, &e);
+        rc = plan_dry_run(&c, 8, 0, out, NULL, &e);
         fclose(out);
         free(buf);
     }
