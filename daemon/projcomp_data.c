@@ -48,6 +48,8 @@ static void usage(FILE *f) {
             "  --jsonl               inputs are JSON Lines: each line an object whose \"text\"\n"
             "                        member is one document (instead of paragraphs)\n"
             "  --field NAME          with --jsonl, the member that holds the text\n"
+            "  FILE                  a text (or --jsonl) file; - reads standard input, so a compressed\n"
+            "                        corpus can be piped: zstdcat c.jsonl.zst | projcomp-data ... -\n"
             "  --tokenizer FILE      encode with this Hugging Face tokenizer.json instead of bytes\n"
             "                        (runs projcomp_tokenize.py, installed beside this program)\n"
             "  --eos-token T         the eos token of that tokenizer (default: <|endoftext|>,\n"
@@ -210,7 +212,9 @@ static int add_record(stream *s, const char *path, int64_t lineno, const char *l
 /* Append the documents of a file, a line at a time (paragraphs of text, or JSON Lines
  * records); returns how many, or -1 (e set) on a read, parse, tokenizer or spool error. */
 static int64_t add_file(stream *s, const char *path, pc_err *e) {
-    FILE *in = fopen(path, "rb");
+    int std_in = !strcmp(path, "-");
+    FILE *in = std_in ? stdin : fopen(path, "rb");
+    if (std_in) path = "(stdin)";
     if (!in) return pc_errorf(e, "%s: cannot open: %s", path, strerror(errno));
     int64_t before = s->n_docs, lineno = 0;
     int in_doc = 0, rc = 0;
@@ -237,7 +241,7 @@ static int64_t add_file(stream *s, const char *path, pc_err *e) {
     if (rc == 0 && in_doc) rc = end_doc(s, e);
     if (rc == 0) rc = flush_batch(s, e);
     free(line);
-    fclose(in);
+    if (!std_in) fclose(in);
     flush_tokens(s);
     if (rc == 0 && (s->failed || fflush(s->tok) != 0 || fflush(s->ends) != 0))
         rc = pc_errorf(e, "%s: cannot write the spool files (disk full?): %s", s->dir, strerror(errno));
@@ -418,8 +422,14 @@ static void remove_made_dirs(const char *path, const char *kept) {
 
 static int convert(const char *dir, const char *prefix, double valid_fraction, int64_t per_shard, char **files,
                    int n_files, hf_tokenizer *hf, const char *field, pc_err *e) {
-    for (int i = 0; i < n_files; i++) /* before anything is made or read */
+    int n_stdin = 0;
+    for (int i = 0; i < n_files; i++) { /* before anything is made or read */
+        if (!strcmp(files[i], "-")) {
+            if (++n_stdin > 1) return pc_errorf(e, "-: standard input can be read once only");
+            continue;
+        }
         if (access(files[i], R_OK) != 0) return pc_errorf(e, "%s: cannot open: %s", files[i], strerror(errno));
+    }
     char kept[4096];
     existing_part(dir, kept, sizeof kept);
     stream s = {.dir = dir, .hf = hf, .field = field};

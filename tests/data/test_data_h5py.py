@@ -256,6 +256,17 @@ class Tool(TmpDirCase):
         self.assertIn("4 documents", r.stdout)
         with h5py.File(self.p("o/train-00000.h5")) as f:
             self.assertEqual(f["tokens"][:].tolist(), want)
+        # the same records from standard input (how a compressed corpus is piped in)
+        with open(self.p("a.jsonl"), "rb") as f:
+            r = subprocess.run([TOOL, "--out", self.p("o-stdin"), "--jsonl", "--valid-fraction", "0", "-"], stdin=f,
+                               capture_output=True, text=True, timeout=60)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        with h5py.File(self.p("o-stdin/train-00000.h5")) as f:
+            self.assertEqual(f["tokens"][:].tolist(), want)
+        r = run(TOOL, "--out", self.p("o-twice"), "-", "-")
+        self.assertNotEqual(r.returncode, 0)
+        self.assertIn("standard input can be read once only", r.stderr)
+        self.assertFalse(os.path.exists(self.p("o-twice")))
         r = run(TOOL, "--out", self.p("o2"), "--jsonl", "--field", "body", "--valid-fraction", "0", self.p("b.jsonl"))
         self.assertEqual(r.returncode, 0, r.stderr)
         with h5py.File(self.p("o2/train-00000.h5")) as f:
