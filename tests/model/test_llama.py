@@ -268,8 +268,11 @@ def main():
         r = subprocess.run([TOOL, bpath, tokf, "1", "8", os.path.join(tmp, "unused.st"), "--no-run", "--save",
                             os.path.join(tmp, "big_saved")], capture_output=True, text=True)
         m = re.search(r"save peak RSS (-?[0-9.]+) MiB over ([0-9.]+) MiB before", r.stdout)
-        check(r.returncode == 0 and m and float(m.group(1)) < 0.1 * n_mib,
-              "saving a %.0f MiB model raises the RSS by %s MiB (%s)" % (n_mib, m and m.group(1), r.stderr.strip()))
+        sanitizer = os.environ.get("PC_SANITIZER")  # tests/sanitize.sh: RSS also holds the shadow and quarantine
+        check(r.returncode == 0 and m and (sanitizer or float(m.group(1)) < 0.1 * n_mib),
+              "saving a %.0f MiB model raises the RSS by %s MiB%s (%s)" % (
+                  n_mib, m and m.group(1), " (not checked under %s)" % sanitizer if sanitizer else "",
+                  r.stderr.strip()))
         saved = load_file(os.path.join(tmp, "big_saved", "model.safetensors"))
         orig = load_file(os.path.join(bpath, "model.safetensors"))
         check(sorted(saved) == sorted(orig) and all(np.array_equal(saved[k], orig[k]) for k in orig),
