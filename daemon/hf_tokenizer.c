@@ -59,8 +59,10 @@ int hf_tokenizer_open(hf_tokenizer *t, const char *python, const char *path, con
     return 0;
 }
 
-/* fread of n items of size bytes, or -1. */
-static int read_all(hf_tokenizer *t, void *dst, size_t size, size_t n) { return fread(dst, size, n, t->from) == n ? 0 : -1; }
+/* fread of n items of size bytes (none: nothing read), or -1. */
+static int read_all(hf_tokenizer *t, void *dst, size_t size, size_t n) {
+    return n == 0 || fread(dst, size, n, t->from) == n ? 0 : -1;
+}
 
 int hf_tokenizer_encode_batch(hf_tokenizer *t, const char *text, const int64_t *off, int k, uint32_t **ids,
                               int64_t *ids_cap, int64_t *counts, pc_err *e) {

@@ -354,14 +354,16 @@ static int publish(const written *w, const char *dir, pc_err *e) {
     for (; i < w->n && rc == 0; i++) {
         char part[4200];
         partial_path(part, sizeof part, w->paths[i]);
-        if (rename(part, w->paths[i]) != 0) rc = pc_errorf(e, "%s: cannot rename %s: %s", w->paths[i], part, strerror(errno));
+        if (rename(part, w->paths[i]) != 0)
+            rc = pc_errorf(e, "%s: cannot rename %s: %s", w->paths[i], part, strerror(errno));
     }
     if (rc == 0) return pc_fsync_dir(dir, e);
     for (int j = 0; j + 1 < i; j++) unlink(w->paths[j]); /* the ones renamed before the failure */
     return rc;
 }
 
-/* Remove what a run wrote (shards and .partial files) after a failure. */
+/* Remove the .partial files a run wrote, after a failure (publish removes the shards it
+ * had renamed). */
 static void unwrite(const written *w) {
     for (int i = 0; i < w->n; i++) {
         char part[4200];
@@ -374,9 +376,7 @@ static void unwrite(const written *w) {
 static void remove_stale_partials(const char *dir, const char *prefix, const char *split) {
     char path[4096], pattern[4300];
     if (shard_path(path, sizeof path, dir, prefix, split, 0)) return;
-    char *num = strstr(path + strlen(dir), "00000.h5"); /* the shard number in the name */
-    if (!num) return;
-    *num = '\0';
+    path[strlen(path) - strlen("00000.h5")] = '\0'; /* the name up to the shard number */
     char *g = glob_escape(path);
     snprintf(pattern, sizeof pattern, "%s[0-9][0-9][0-9][0-9][0-9].h5" PARTIAL, g);
     free(g);

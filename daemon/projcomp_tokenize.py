@@ -41,7 +41,7 @@ def main():
     out, inp = sys.stdout.buffer, sys.stdin.buffer
     out.write(f"{vocab} {eos} {os.path.basename(os.path.dirname(os.path.abspath(path))) or path}\n".encode())
     out.flush()
-    u32 = "I" if array.array("I").itemsize == 4 else "L"
+    u32 = next(c for c in "IL" if array.array(c).itemsize == 4)  # uint32 on every platform
     while True:
         head = inp.read(4)
         if len(head) < 4:
