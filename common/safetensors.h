@@ -52,10 +52,10 @@ int st_read_rows_f32(const st_model *m, const char *name, int64_t row0, int64_t 
 /* Columns [col0, col0+ncols) of a 2-D tensor [R, C] -> dst [R, ncols]. */
 int st_read_cols_f32(const st_model *m, const char *name, int64_t col0, int64_t ncols, float *dst, pc_err *e);
 
-/* One tensor to write: f32 data converted to out_dtype on write. */
-/* A tensor to write: its values in data, or (data NULL) produced by fill(ctx, at, n, dst,
- * e), which writes elements [at, at + n) (row-major) to dst, a piece at a time, and
- * returns 0 or -1 with e set: a tensor then never needs to be whole in host memory. */
+/* A tensor to write, f32 values converted to out_dtype on write: its values in data, or
+ * (data NULL) produced by fill(ctx, at, n, dst, e), which writes elements [at, at + n)
+ * (row-major) to dst, a piece at a time, and returns 0 or -1 with e set: a tensor then
+ * never needs to be whole in host memory. */
 typedef struct st_item {
     const char *name;
     int ndim;
