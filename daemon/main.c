@@ -107,6 +107,10 @@ static int parse_cli(int argc, char **argv, cli *c, int rank) {
             return 2;
         }
     }
+    if (c->device_gib > 0 && !c->dry_run) {
+        if (rank == 0) fprintf(stderr, "projcompd: --device-gib goes with --dry-run\n");
+        return 2;
+    }
     if (!c->cfg) {
         if (rank == 0) {
             fprintf(stderr, "projcompd: --cfg JOB.yaml is required\n");
