@@ -179,8 +179,8 @@ def run_daemon(a, job, root, mode, extra, commands):
 
 def torch_compress(a, bdir, shard):
     """The compress step in PyTorch eager: frozen fp32 base W, trainable P_in/P_out/A per
-    matrix (docs/guide.md, Concepts), W_C = P_out W P_in + A materialised once per step inside autograd,
-    micro-batches of the small LlamaForCausalLM (functional_call with the W_C) accumulate
+    matrix (docs/guide.md, Concepts), W_C = P_out W P_in + A materialised once per step
+    inside autograd, micro-batches of the small LlamaForCausalLM (functional_call with the W_C) accumulate
     dL/dW_C, one backward through the materialisation, clip 1.0, AdamW."""
     import h5py
     import numpy as np
