@@ -90,8 +90,8 @@ static int parse_cli(int argc, char **argv, cli *c, int rank) {
         } else if (!strcmp(a, "--device-gib")) {
             char *end = NULL;
             c->device_gib = i + 1 < argc ? strtod(argv[i + 1], &end) : 0;
-            if (i + 1 >= argc || end == argv[i + 1] || *end || !(c->device_gib > 0)) {
-                if (rank == 0) fprintf(stderr, "projcompd: --device-gib needs a positive number of GiB\n");
+            if (i + 1 >= argc || end == argv[i + 1] || *end || !(c->device_gib > 0 && c->device_gib < 1e9)) {
+                if (rank == 0) fprintf(stderr, "projcompd: --device-gib needs a positive number of GiB (below 1e9)\n");
                 return 2;
             }
             i++;

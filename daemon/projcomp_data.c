@@ -255,6 +255,9 @@ static int split_point(stream *s, double valid_fraction, int64_t *cut, int64_t *
     *cut = s->n;
     *valid_docs = 0;
     if (valid_fraction <= 0) return 0;
+    if (s->n < 2)
+        return pc_errorf(e, "the input holds %lld token(s): too few for a validation split (--valid-fraction 0 keeps "
+                            "them for training)", (long long)s->n);
     int64_t n_valid = (int64_t)ceil(valid_fraction * (double)s->n);
     int64_t target = PC_MIN(PC_MAX(s->n - n_valid, 1), s->n - 1);
     if (s->n_docs < 2) {
@@ -357,9 +360,10 @@ static int publish(const written *w, const char *dir, pc_err *e) {
         if (rename(part, w->paths[i]) != 0)
             rc = pc_errorf(e, "%s: cannot rename %s: %s", w->paths[i], part, strerror(errno));
     }
-    if (rc == 0) return pc_fsync_dir(dir, e);
-    for (int j = 0; j + 1 < i; j++) unlink(w->paths[j]); /* the ones renamed before the failure */
-    return rc;
+    if (rc == 0 && pc_fsync_dir(dir, e) == 0) return 0;
+    int renamed = rc == 0 ? i : i - 1; /* all of them, or those before the failed rename */
+    for (int j = 0; j < renamed; j++) unlink(w->paths[j]);
+    return -1;
 }
 
 /* Remove the .partial files a run wrote, after a failure (publish removes the shards it
@@ -380,10 +384,13 @@ static void remove_stale_partials(const char *dir, const char *prefix, const cha
     char *g = glob_escape(path);
     snprintf(pattern, sizeof pattern, "%s[0-9][0-9][0-9][0-9][0-9].h5" PARTIAL, g);
     free(g);
-    glob_t gl;
-    if (glob(pattern, 0, NULL, &gl) == 0)
-        for (size_t i = 0; i < gl.gl_pathc; i++) unlink(gl.gl_pathv[i]);
-    globfree(&gl);
+    for (int tmp = 0; tmp < 2; tmp++) { /* NAME.h5.partial, and a killed write's NAME.h5.partial.tmp */
+        glob_t gl;
+        if (glob(pattern, 0, NULL, &gl) == 0)
+            for (size_t i = 0; i < gl.gl_pathc; i++) unlink(gl.gl_pathv[i]);
+        globfree(&gl);
+        strncat(pattern, ".tmp", sizeof pattern - strlen(pattern) - 1);
+    }
 }
 
 static void print_split(const char *split, const char *dir, const char *prefix, int64_t n, int64_t per_shard) {
@@ -409,11 +416,12 @@ static void existing_part(const char *path, char *out, size_t n) {
 }
 
 /* Remove the directories of path below `kept` (what existing_part found before they were
- * made), deepest first; stops at one that is not empty. */
+ * made), deepest first (one that was never made is passed over); stops at one that is not
+ * empty. */
 static void remove_made_dirs(const char *path, const char *kept) {
     char p[4096];
     snprintf(p, sizeof p, "%s", path);
-    while (strlen(p) > strlen(kept) && rmdir(p) == 0) {
+    while (strlen(p) > strlen(kept) && (rmdir(p) == 0 || errno == ENOENT || errno == ENAMETOOLONG)) {
         char *slash = strrchr(p, '/');
         if (!slash) break;
         *slash = '\0';

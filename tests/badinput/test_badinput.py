@@ -553,6 +553,9 @@ def case_cli_device_gib_bad(fx):
     expect_failure(rc, out, ["--device-gib needs a positive number of GiB"], fx, before_work=True)
     if rc != 2:
         raise SystemExit(f"FAIL: exit {rc}, expected 2 (a command-line error)")
+    for bad in ["inf", "nan", "1e300"]:
+        rc, out = run_daemon(fx, extra=["--dry-run", "--device-gib", bad])
+        expect_failure(rc, out, ["--device-gib needs a positive number of GiB"], fx, before_work=True)
     rc, out = run_daemon(fx, extra=["--device-gib", "80"])  # not a dry run: nothing would use it
     expect_failure(rc, out, ["--device-gib goes with --dry-run"], fx, before_work=True)
 

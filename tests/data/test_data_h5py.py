@@ -363,6 +363,11 @@ class Tool(TmpDirCase):
                 self.assertNotEqual(r.returncode, 0)
                 self.assertIn(msg, r.stderr)
                 self.assertFalse(os.path.exists(made), f"{made} left behind")
+        # a directory that cannot be made: the ones made before it are removed too
+        r = run(TOOL, "--out", self.p("newd/" + "A" * 300), self.p("ok.txt"))
+        self.assertNotEqual(r.returncode, 0)
+        self.assertIn("cannot create directory", r.stderr)
+        self.assertFalse(os.path.exists(self.p("newd")), "newd left behind")
         os.mkdir(self.p("o"))  # a directory that was there stays, empty
         r = run(TOOL, "--out", self.p("o"), self.p("ok.txt"), self.p("blank.txt"))
         self.assertIn("blank.txt: empty input", r.stderr)

@@ -57,6 +57,26 @@ def main():
         pclib.check(stream.shape == want.shape and np.array_equal(stream, want),
                     f"eos {eos}: {len(want)} tokens of {len(paras)} documents equal the library's encoding")
 
+    # a document that encodes to no token: with eos, one token in all, too few to split
+    # off validation: refused, nothing written; without a validation split it converts
+    tok = Tokenizer(models.WordLevel({"a": 0, "[UNK]": 1, "</s>": 2}, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tj = os.path.join(root, "ws.json")
+    tok.save(tj)
+    blank = os.path.join(root, "blank.jsonl")
+    with open(blank, "w") as f:
+        f.write('{"text": "   "}\n')
+    env = dict(pclib.env(), PROJCOMP_PYTHON=sys.executable)
+    out = os.path.join(root, "out-ws")
+    p = subprocess.run([pclib.PROJCOMP_DATA, "--out", out, "--jsonl", "--tokenizer", tj, blank], env=env,
+                       capture_output=True, text=True, timeout=120)
+    pclib.check(p.returncode != 0 and "too few for a validation split" in p.stderr and not os.path.exists(out),
+                f"one token in all: refused ({p.stderr.strip()})")
+    p = subprocess.run([pclib.PROJCOMP_DATA, "--out", out, "--jsonl", "--valid-fraction", "0", "--tokenizer", tj,
+                        blank], env=env, capture_output=True, text=True, timeout=120)
+    pclib.check(p.returncode == 0 and os.listdir(out) == ["train-00000.h5"],
+                f"one token in all, no validation split: converted ({p.stderr.strip()})")
+
     # no known eos token and none named: a clear error, nothing written
     tok = Tokenizer(models.WordLevel({"a": 0, "[UNK]": 1}, unk_token="[UNK]"))
     tj = os.path.join(root, "noeos.json")
