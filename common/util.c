@@ -131,6 +131,22 @@ int pc_write_all(int fd, const void *buf, size_t len, const char *path, pc_err *
     return 0;
 }
 
+int pc_pread_all(int fd, void *buf, size_t len, int64_t off, const char *path, pc_err *e) {
+    char *p = buf;
+    while (len > 0) {
+        ssize_t r = pread(fd, p, len > (1u << 30) ? (1u << 30) : len, (off_t)off);
+        if (r < 0) {
+            if (errno == EINTR) continue;
+            return pc_errorf(e, "%s: read failed: %s", path, strerror(errno));
+        }
+        if (r == 0) return pc_errorf(e, "%s: truncated (ends early)", path);
+        p += r;
+        off += r;
+        len -= (size_t)r;
+    }
+    return 0;
+}
+
 int pc_write_file_atomic(const char *path, const void *buf, size_t len, pc_err *e) {
     char tmp[4096];
     if (snprintf(tmp, sizeof tmp, "%s.tmp.%d", path, (int)getpid()) >= (int)sizeof tmp)

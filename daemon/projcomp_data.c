@@ -90,18 +90,9 @@ static FILE *spool_open(const char *dir, pc_err *e) {
 
 /* Items [at, at + n) of `size` bytes of a spool (flushed) into dst. */
 static int spool_read(FILE *f, const char *dir, int64_t at, int64_t n, size_t size, void *dst, pc_err *e) {
-    char *p = dst;
-    size_t left = (size_t)n * size;
-    off_t off = (off_t)at * (off_t)size;
-    while (left > 0) {
-        ssize_t got = pread(fileno(f), p, left, off);
-        if (got < 0 && errno == EINTR) continue;
-        if (got <= 0) return pc_errorf(e, "%s: cannot read a spool file back: %s", dir, got ? strerror(errno) : "short");
-        p += got;
-        left -= (size_t)got;
-        off += got;
-    }
-    return 0;
+    char what[4200];
+    snprintf(what, sizeof what, "%s (a spool file)", dir);
+    return pc_pread_all(fileno(f), dst, (size_t)n * size, at * (int64_t)size, what, e);
 }
 
 enum { BATCH_DOCS = 4096, BATCH_BYTES = 1 << 20 }; /* a batch for the tokenizer: at most so many documents or bytes */
