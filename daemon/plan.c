@@ -335,6 +335,10 @@ static int64_t activation_bytes(const llama_config *s, const plan_opts *o) {
     return (N * per_tok + logits_rows(o) * V) * o->compute_dtype_bytes + tt;
 }
 
+/* A distillation teacher held in bf16 (a bf16 base, model.dtype bf16): its matrices in
+ * bf16 only, its products from bf16 operands. */
+static int bf16_teacher(const plan_opts *o) { return o->teacher && o->base_dtype_bytes == 2; }
+
 /* The two bf16 operand copies of the CUDA backend's bf16 products (backend_cuda.h), each
  * as large as the largest operand up to gemm_bf16_block elements: the model's operands are
  * N rows of at most max(2 f', (H + 2 KV) hd, d') columns (activations) and the dlogits
@@ -347,7 +351,7 @@ static int64_t gemm_bf16_bytes(const plan *p, const plan_opts *o) {
     int64_t widest = PC_MAX(2 * max_d_ff(s),
                             PC_MAX((int64_t)(s->n_heads + 2 * s->n_kv_heads) * s->head_dim, (int64_t)s->d_model));
     int64_t largest = PC_MAX(N * widest, logits_rows(o) * s->vocab_size);
-    if (o->teacher && o->base_dtype_bytes == 2) { /* a bf16 teacher's inputs: (N, d), (N, H hd), (N, f) */
+    if (bf16_teacher(o)) { /* its inputs: (N, d), (N, H hd), (N, f) */
         const llama_config *b = &p->base;
         largest = PC_MAX(largest, N * PC_MAX(max_d_ff(b), PC_MAX((int64_t)b->n_heads * b->head_dim,
                                                                  (int64_t)b->d_model)));
@@ -357,10 +361,10 @@ static int64_t gemm_bf16_bytes(const plan *p, const plan_opts *o) {
     return 2 * 2 * PC_MIN(largest, o->gemm_bf16_block);
 }
 
-/* The teacher's weights: fp32, or with a bf16 base (base_dtype_bytes 2) its matrices in
- * bf16 only and its norm gains in fp32 (LLAMA_BF16_ONLY). */
+/* The teacher's weights: fp32, or (bf16_teacher) its matrices in bf16 only and its norm
+ * gains in fp32 (LLAMA_BF16_ONLY). */
 static int64_t teacher_weight_bytes(const llama_config *b, const plan_opts *o) {
-    if (o->base_dtype_bytes != 2) return hf_config_n_params(b) * 4;
+    if (!bf16_teacher(o)) return hf_config_n_params(b) * 4;
     return hf_config_n_params(b) * 2 + hf_config_n_norm_params(b) * 4;
 }
 
@@ -660,7 +664,7 @@ int plan_write(const plan *p, FILE *f) {
             p->total_flops / 1e12, plan_balance(p));
     if (p->teacher_bytes > 0)
         fprintf(f, "# distill teacher %.3f GiB per rank (%s base + forward activations; in each rank's total)\n",
-                GIB(p->teacher_bytes), o->base_dtype_bytes == 2 ? "bf16" : "fp32");
+                GIB(p->teacher_bytes), bf16_teacher(o) ? "bf16" : "fp32");
     fprintf(f, "#\n# %-54s %-5s %-15s %6s %11s %11s\n", "block", "kind", "range", "owner", "MiB", "GFLOP");
     for (int i = 0; i < p->n_blocks; i++) {
         const plan_block *b = &p->blocks[i];
@@ -736,8 +740,7 @@ int plan_small_config(const pc_config *c, const llama_config *base, llama_config
 
 void plan_opts_set_device(plan_opts *o, int cuda) {
     o->attn_tt = !cuda; /* the CUDA attention never holds a (T,T) matrix */
-    int bf16_products = o->weights_bf16 || (o->teacher && o->base_dtype_bytes == 2); /* a bf16 teacher's too */
-    o->gemm_bf16_block = cuda && bf16_products ? (int64_t)BACKEND_CUDA_BF16_BLOCK : 0;
+    o->gemm_bf16_block = cuda && (o->weights_bf16 || bf16_teacher(o)) ? (int64_t)BACKEND_CUDA_BF16_BLOCK : 0;
 }
 
 void plan_opts_from_config(const pc_config *c, plan_opts *o) {
