@@ -147,15 +147,17 @@ def write_yaml(path, sections):
                 f.write(f"  {k}: {v}\n")
 
 
-def hf_val_loss(model_dir, toks, seq, n_win):
+def hf_val_loss(model_dir, toks, seq, n_win, bf16=False):
     """Mean cross-entropy that stock transformers computes for the HF model in model_dir on
     n_win consecutive windows of seq tokens (targets shifted by one) of toks: the
-    reference for projcompd's val_loss."""
+    reference for projcompd's val_loss; with bf16, its products from bf16 operands
+    (bf16_products)."""
+    import contextlib
     import numpy as np
     import torch
     from transformers import LlamaForCausalLM
     m = LlamaForCausalLM.from_pretrained(model_dir, torch_dtype=torch.float32, attn_implementation="eager").eval()
-    with torch.no_grad():
+    with torch.no_grad(), bf16_products() if bf16 else contextlib.nullcontext():
         return float(np.mean([torch.nn.functional.cross_entropy(
             m(torch.tensor(toks[i * seq:i * seq + seq])[None]).logits[0].double(),
             torch.tensor(toks[i * seq + 1:i * seq + seq + 1])).item() for i in range(n_win)]))

@@ -10,6 +10,7 @@ step read (the sampler re-implemented in pclib), to 2e-5 relative. Again from a 
 in bf16 with model.dtype bf16, where the teacher holds its matrices in bf16 only and its
 products take bf16 operands: against the formula with such a teacher, to 2e-6, and
 closer to it than to the fp32 teacher's."""
+import contextlib
 import os
 import sys
 
@@ -58,10 +59,7 @@ def formula(student, teacher, toks, seed, seq, alpha, T, teacher_bf16=False):
             off = pclib.sample_offset(seed, 0, sample, len(toks), seq)
             w = torch.tensor(toks[off:off + seq + 1])
             z = student(w[None, :-1]).logits[0].double()
-            if teacher_bf16:
-                with pclib.bf16_products():
-                    t = teacher(w[None, :-1]).logits[0].double()
-            else:
+            with pclib.bf16_products() if teacher_bf16 else contextlib.nullcontext():
                 t = teacher(w[None, :-1]).logits[0].double()
             ce = torch.nn.functional.cross_entropy(z, w[1:])
             kl = (torch.softmax(t / T, -1) * (torch.log_softmax(t / T, -1) - torch.log_softmax(z / T, -1))).sum(-1)

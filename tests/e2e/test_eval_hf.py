@@ -10,7 +10,6 @@ import os
 import sys
 import zlib
 
-import numpy as np
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -18,22 +17,6 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 import pclib  # noqa: E402
 
 SEQ, WINDOWS, VOCAB = 24, 8, 301
-
-
-def hf_loss(model_dir, tokens, bf16=False):
-    m = LlamaForCausalLM.from_pretrained(model_dir, torch_dtype=torch.float32, attn_implementation="eager")
-    m.eval()
-    losses = []
-    with torch.no_grad():
-        for i in range(WINDOWS):
-            w = torch.tensor(tokens[i * SEQ:i * SEQ + SEQ + 1], dtype=torch.long)[None]
-            if bf16:
-                with pclib.bf16_products():
-                    logits = m(w[:, :-1]).logits.double()
-            else:
-                logits = m(w[:, :-1]).logits.double()
-            losses.append(torch.nn.functional.cross_entropy(logits[0], w[0, 1:]).item())
-    return float(np.mean(losses))
 
 
 def case(root, name, tied, dtype, shard):
@@ -69,14 +52,14 @@ def case(root, name, tied, dtype, shard):
     })
     pclib.projcompd(2, job)
     ours = pclib.metrics(run_dir)[-1]["val_loss"]
-    ref = hf_loss(mdir, tokens)
+    ref = pclib.hf_val_loss(mdir, tokens, SEQ, WINDOWS)
     rel = abs(ours - ref) / abs(ref)
     pclib.check(rel < 2e-5, f"{name}: projcompd val_loss {ours:.7f} vs transformers {ref:.7f} (rel {rel:.2e})")
     if dtype == torch.bfloat16:  # bf16 products from a model that holds its matrices in bf16 only
         d16 = run_dir + "-matmul-bf16"
         pclib.projcompd(2, job, f"run.dir={d16}", "backend.matmul=bf16")
         ours16 = pclib.metrics(d16)[-1]["val_loss"]
-        ref16 = hf_loss(mdir, tokens, bf16=True)
+        ref16 = pclib.hf_val_loss(mdir, tokens, SEQ, WINDOWS, bf16=True)
         rel16 = abs(ours16 - ref16) / abs(ref16)
         pclib.check(rel16 < 1e-4 and ours16 != ours,
                     f"{name} backend.matmul bf16: val_loss {ours16:.7f} vs transformers with bf16 products "
