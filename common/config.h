@@ -40,6 +40,7 @@ typedef struct pc_config {
         int calibration_sequences;
         double split_mb;                 /* plan: split threshold in MB, 0 = automatic */
         int store_grads;                 /* keep block gradients between the two passes */
+        int shard_grads;                 /* G reduced to its owners after every backward, never held whole */
     } compress;
     struct {
         int enabled; /* 1 when the distill section (or a --set distill.*) is present */

@@ -101,6 +101,11 @@ static const pc_config_key pc_config_keys[] = {
     {.path = "compress.store_grads", .type = PC_CT_BOOL, PC_AT(compress.store_grads), .def = "false",
      .doc = "Keep every block's projection gradients between the norm pass and the update (memory: one "
             "more copy of the trainable state) instead of recomputing them (more projection FLOPs)."},
+    {.path = "compress.shard_grads", .type = PC_CT_BOOL, PC_AT(compress.shard_grads), .def = "false",
+     .doc = "Shard G, the compressed model's gradient: each backward sends every layer's G to the ranks that "
+            "own its blocks as soon as that layer is done, so a rank holds two layers' G and its own blocks' "
+            "sums instead of all of G (memory: 4 bytes per compressed parameter less; comm: G is reduced "
+            "once per micro-batch instead of once per step). Compress mode only."},
     {.path = "compress.split_mb", .type = PC_CT_DOUBLE, PC_AT(compress.split_mb), .def = "0", .min = 0,
      .flags = PC_K_MIN,
      .doc = "Sharding: cut a matrix into row/column blocks above this size in MB (0 = automatic: "

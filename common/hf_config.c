@@ -356,18 +356,27 @@ int hf_config_save(const char *dir, const llama_config *c, pc_err *e) {
     return rc;
 }
 
+/* Decoder layer i's parameters. */
+static int64_t layer_params(const llama_config *c, int i) {
+    int64_t D = c->d_model, q = (int64_t)c->n_heads * c->head_dim, kv = (int64_t)c->n_kv_heads * c->head_dim;
+    return D * q + 2 * D * kv + q * D  /* q, k, v, o projections */
+           + 3 * D * c->d_ff_layer[i]  /* gate, up, down */
+           + 2 * D;                    /* input and post-attention RMSNorm */
+}
+
 int64_t hf_config_n_params(const llama_config *c) {
     int64_t D = c->d_model, V = c->vocab_size;
-    int64_t q = (int64_t)c->n_heads * c->head_dim, kv = (int64_t)c->n_kv_heads * c->head_dim;
     int64_t n = V * D; /* embed_tokens */
-    for (int i = 0; i < c->n_layers; i++) {
-        n += D * q + 2 * D * kv + q * D;        /* q, k, v, o projections */
-        n += 3 * D * (int64_t)c->d_ff_layer[i]; /* gate, up, down */
-        n += 2 * D;                             /* input and post-attention RMSNorm */
-    }
+    for (int i = 0; i < c->n_layers; i++) n += layer_params(c, i);
     n += D; /* final norm */
     if (!c->tie_word_embeddings) n += V * D;
     return n;
+}
+
+int64_t hf_config_max_stage_params(const llama_config *c) {
+    int64_t most = (int64_t)c->vocab_size * c->d_model + c->d_model; /* the head and the final norm */
+    for (int i = 0; i < c->n_layers; i++) most = PC_MAX(most, layer_params(c, i));
+    return most;
 }
 
 int64_t hf_config_n_norm_params(const llama_config *c) { return (2 * (int64_t)c->n_layers + 1) * c->d_model; }

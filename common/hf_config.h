@@ -44,5 +44,8 @@ int hf_config_validate(const llama_config *c, const char *what, pc_err *e);
 int64_t hf_config_n_params(const llama_config *c);
 /* Of those, the norm gains'. */
 int64_t hf_config_n_norm_params(const llama_config *c);
+/* The most parameters of one stage of the backward of an untied model (llama_grad_stage):
+ * the head with the final norm, one decoder layer, or the embedding (never the most). */
+int64_t hf_config_max_stage_params(const llama_config *c);
 
 #endif

@@ -182,6 +182,14 @@ static int proj_setup(run_ctx *r, trainer *t, pc_err *e) {
         LOGI(&r->log, "projection work buffers: %lld bytes here (plan: %lld)", (long long)proj_scratch_bytes(&t->ps),
              (long long)(p.ranks[r->rank].scratch_bytes - p.gemm_bf16_bytes));
     }
+    if (rc == 0 && r->cfg.compress.shard_grads) { /* the model holds two stage windows of G (grad_windows) */
+        proj_shard_grads(&t->ps);
+        t->reduce_per_backward = 1;
+        LOGI(&r->log, "sharded G: the owned blocks' sums %lld bytes here (plan: %lld), stage windows 2 x %lld bytes "
+             "(plan: 2 x %lld)", (long long)(t->ps.gacc_n * (int64_t)sizeof(float)),
+             (long long)p.ranks[r->rank].gsum_bytes, (long long)(t->m.gwin_n * (int64_t)sizeof(float)),
+             (long long)p.gwin_bytes);
+    }
     free(specs);
     plan_free(&p);
     return rc;
@@ -212,6 +220,8 @@ int compress_setup(run_ctx *r, trainer *t, pc_err *e) {
              to.weights == LLAMA_BF16_ONLY ? "bf16" : "fp32", c->distill.alpha, c->distill.temperature);
     }
     if (!strcmp(c->run.mode, "prune")) {
+        if (c->compress.shard_grads)
+            LOGW(&r->log, "compress.shard_grads applies to run.mode compress: prune all-reduces whole gradients");
         t->method = &METHOD_DIRECT;
         return proj_slice_base(t->base, &t->base_cfg, &t->m, &t->idx, e);
     }

@@ -90,7 +90,8 @@ int run_model_config(const run_ctx *r, llama_config *lc, pc_err *e) {
 int run_llama_init(const run_ctx *r, llama_model *m, const llama_config *lc, int B, run_model_use use, pc_err *e) {
     llama_opts o = {.forward_only = use == RUN_EVALUATED,
                     .recompute = r->cfg.train.activation_checkpointing,
-                    .logits_chunk = r->cfg.train.logits_chunk};
+                    .logits_chunk = r->cfg.train.logits_chunk,
+                    .grad_windows = use == RUN_PROJECTED && r->cfg.compress.shard_grads};
     if (!strcmp(r->cfg.backend.matmul, "bf16")) /* GEMMs read bf16 weights; trained ones keep fp32 values */
         o.weights = use == RUN_TRAINED ? LLAMA_BF16_WEIGHTS : LLAMA_BF16_ONLY;
     return llama_init_opts(m, lc, r->be, B, r->cfg.data.seq_len, &o, e);

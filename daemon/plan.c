@@ -528,18 +528,24 @@ int plan_build(plan *p, const llama_config *base, const llama_config *small, int
     /* replica, activations, totals, comm */
     p->small_numel = hf_config_n_params(small);
     /* the replica: W_C (compute dtype) and G (f32); with bf16 weights W_C is its bf16 copy
-     * and only the norm gains are also held in fp32 (LLAMA_BF16_ONLY) */
+     * and only the norm gains are also held in fp32 (LLAMA_BF16_ONLY); with shard_grads G
+     * is two windows of the largest stage, and each rank adds the sums of its own blocks */
     int64_t wc_numel = o->weights_bf16 ? hf_config_n_norm_params(small) : p->small_numel;
-    int64_t replica = wc_numel * o->compute_dtype_bytes + p->small_numel * (4 + (o->weights_bf16 ? 2 : 0));
+    p->gwin_bytes = o->shard_grads ? 4 * hf_config_max_stage_params(small) : 0;
+    int64_t replica = wc_numel * o->compute_dtype_bytes + p->small_numel * (o->weights_bf16 ? 2 : 0) +
+                      (o->shard_grads ? 2 * p->gwin_bytes : 4 * p->small_numel);
+    for (int i = 0; i < n_blocks && o->shard_grads; i++)
+        p->ranks[p->blocks[i].owner].gsum_bytes += 4 * p->blocks[i].c_rows * p->blocks[i].c_cols;
+    int backwards = p->backwards = o->global_batch > 0 ? PC_MAX(1, o->global_batch / (world * o->micro_batch)) : 1;
     int64_t act = activation_bytes(small, o), gemm16 = p->gemm_bf16_bytes = gemm_bf16_bytes(p, o);
     p->teacher_bytes = o->teacher ? teacher_weight_bytes(base, o) + teacher_activation_bytes(base, o) : 0;
     p->comm.gather_bytes = p->small_numel * (o->weights_bf16 ? 2 : o->compute_dtype_bytes);
-    p->comm.reduce_bytes = p->small_numel * o->compute_dtype_bytes;
+    p->comm.reduce_bytes = p->small_numel * o->compute_dtype_bytes * (o->shard_grads ? backwards : 1);
     double ring = world > 1 ? (double)(world - 1) / world : 0.0;
     double *send = pc_calloc((size_t)world, sizeof *send);
     for (int r = 0; r < world; r++) {
         plan_rank *rk = &p->ranks[r];
-        rk->replica_bytes = replica;
+        rk->replica_bytes = replica + rk->gsum_bytes;
         rk->act_bytes = act;
         rk->xchg_bytes = xchg;
         rk->scratch_bytes += gemm16;
@@ -662,6 +668,10 @@ int plan_write(const plan *p, FILE *f) {
             "projection %.3f TFLOP/step  balance %.3f\n",
             p->n_blocks, p->n_split, GIB(p->total_base_bytes), GIB(p->total_state_bytes), GIB(p->total_shared_bytes),
             p->total_flops / 1e12, plan_balance(p));
+    if (o->shard_grads)
+        fprintf(f, "# G sharded: two stage windows of %.3f GiB in each replica, the owned blocks' sums in each rank's; "
+                   "reduced after each of %d backwards per step\n",
+                GIB(p->gwin_bytes), p->backwards);
     if (p->teacher_bytes > 0)
         fprintf(f, "# distill teacher %.3f GiB per rank (%s base + forward activations; in each rank's total)\n",
                 GIB(p->teacher_bytes), bf16_teacher(o) ? "bf16" : "fp32");
@@ -710,6 +720,7 @@ int plan_check_fit(const plan *p, int rank, int64_t capacity, const char *device
     if (o->base_dtype_bytes > 2)
         n += (size_t)snprintf(fix + n, sizeof fix - n, "model.dtype: bf16%s, ", o->teacher ? " (the teacher too)" : "");
     if (!o->weights_bf16) n += (size_t)snprintf(fix + n, sizeof fix - n, "backend.matmul: bf16, ");
+    if (!o->shard_grads) n += (size_t)snprintf(fix + n, sizeof fix - n, "compress.shard_grads: true, ");
     snprintf(fix + n, sizeof fix - n, "more ranks");
     char teacher[64] = "";
     if (p->teacher_bytes > 0) snprintf(teacher, sizeof teacher, ", distillation teacher %.1f", GIB(p->teacher_bytes));
@@ -753,6 +764,8 @@ void plan_opts_from_config(const pc_config *c, plan_opts *o) {
     o->recompute = c->train.activation_checkpointing;
     o->logits_chunk = c->train.logits_chunk;
     o->weights_bf16 = !strcmp(c->backend.matmul, "bf16");
+    o->shard_grads = c->compress.shard_grads && !strcmp(c->run.mode, "compress"); /* prune ignores it */
+    o->global_batch = c->train.global_batch;
     plan_opts_set_device(o, !strcmp(c->backend.device, "cuda"));
     if (c->compress.split_mb > 0) o->split_bytes = (int64_t)(c->compress.split_mb * 1e6);
 }

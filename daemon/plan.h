@@ -47,6 +47,9 @@ typedef struct plan_opts {
     int weights_bf16;          /* backend.matmul bf16: a bf16 copy of W_C beside it, gathered in bf16 */
     int64_t gemm_bf16_block;   /* bf16 products on cuda: each of the two bf16 operand copies holds at most
                                 * this many elements (BACKEND_CUDA_BF16_BLOCK); 0: none (cpu, fp32, tf32) */
+    int shard_grads;           /* compress.shard_grads: two stages' G + the owned blocks' sums, reduced
+                                * after every backward */
+    int global_batch;          /* train.global_batch: backwards per step (with shard_grads); 0: one */
 } plan_opts;
 
 typedef struct plan_block {
@@ -85,7 +88,9 @@ typedef struct plan_rank {
     int64_t base_bytes;    /* frozen base slices */
     int64_t state_bytes;   /* own P/A slices + Adam m, v */
     int64_t shared_bytes;  /* shared factors held here (each once) with Adam state */
-    int64_t replica_bytes; /* all of W_C (compute dtype) + its gradient G (f32) + its bf16 copy (weights_bf16) */
+    int64_t replica_bytes; /* all of W_C (compute dtype) + its gradient G (f32) + its bf16 copy (weights_bf16);
+                            * with shard_grads G is two stage windows + gsum_bytes */
+    int64_t gsum_bytes;    /* shard_grads: the sums of G of the blocks owned here (f32) */
     int64_t scratch_bytes; /* projection work buffers (the largest block's of each kind), every shared factor's
                             * gradient, the bf16 operand copies (gemm_bf16_block) */
     int64_t xchg_bytes;    /* W_C / G exchange buffer: f32 (+ bf16) W_C of every column block (world > 1) */
@@ -97,7 +102,7 @@ typedef struct plan_rank {
 
 typedef struct plan_comm {
     int64_t gather_bytes;     /* all-gather of W_C, compute dtype (bf16 with weights_bf16) */
-    int64_t reduce_bytes;     /* reduce of G to the owners, compute dtype */
+    int64_t reduce_bytes;     /* reduce of G to the owners, compute dtype (once per backward with shard_grads) */
     int64_t shared_bytes;     /* payload of the shared-factor gradient all-reduces (f32) */
     int n_shared_allreduce;   /* shared factors held by more than one rank */
     int64_t per_rank_bytes;   /* ring estimate of bytes one rank sends per step (max over ranks) */
@@ -118,6 +123,8 @@ typedef struct plan {
     int64_t small_numel;      /* parameters of the compressed model */
     int64_t teacher_bytes;    /* per rank (in every rank's total): fp32 base + forward activations; 0 without */
     int64_t gemm_bf16_bytes;  /* per rank (in every rank's scratch): the CUDA backend's bf16 operand copies */
+    int64_t gwin_bytes;       /* shard_grads: one of the two stage windows of G (f32; in every replica) */
+    int backwards;            /* backwards per step (global_batch / (world x micro_batch)) */
     double total_flops;
     plan_comm comm;
     int *by_name;             /* (n_blocks) block indices sorted by (name, r0) */

@@ -57,7 +57,8 @@ typedef enum { RUN_TRAINED = 0, RUN_PROJECTED, RUN_EVALUATED } run_model_use;
  * model recomputes layer activations in the backward pass when
  * train.activation_checkpointing and takes the head in train.logits_chunk tokens at a
  * time; every model has the bf16 copy of its weights when backend.matmul is bf16 (only
- * that copy of its matrices, unless its weights are trained). */
+ * that copy of its matrices, unless its weights are trained); a projected model keeps
+ * two stages' gradients only (grad_windows) when compress.shard_grads. */
 int run_llama_init(const run_ctx *r, llama_model *m, const llama_config *lc, int B, run_model_use use, pc_err *e);
 /* Build the model for micro-batch B and `use` (not RUN_PROJECTED): weights from
  * model.base, or random init (seed). */

@@ -118,12 +118,14 @@ static int accumulate(run_ctx *r, trainer *t, int64_t step, int n_micro, double 
             loss = llama_distill(&t->m, t->teacher.logits, (float)c->distill.alpha, (float)c->distill.temperature);
         }
         *loss_sum += loss;
-        if (mi + 1 == n_micro && t->method->on_grads && r->world > 1 && c->backend.overlap_comm) {
-            t->m.on_grads = t->method->on_grads; /* the gradients are final in this backward */
+        int last = mi + 1 == n_micro; /* the gradients are final in this backward */
+        if (t->method->on_grads && (t->reduce_per_backward || (last && r->world > 1 && c->backend.overlap_comm))) {
+            t->m.on_grads = t->method->on_grads;
             t->m.on_grads_ctx = t;
         }
         llama_backward(&t->m);
         t->m.on_grads = NULL;
+        if (t->reduce_per_backward && t->method->reduce_grads(r, t, e) != 0) return -1;
     }
     return 0;
 }
@@ -218,7 +220,7 @@ int mode_train(run_ctx *r, pc_err *e) {
         }
         current = 0;
         if (accumulate(r, &t, step, n_micro, &local_loss, e) != 0) goto out;
-        if (t.method->reduce_grads(r, &t, e) != 0) goto out;
+        if (!t.reduce_per_backward && t.method->reduce_grads(r, &t, e) != 0) goto out;
         double loss;
         if (comm_all_reduce(r->comm, &local_loss, &loss, 1, COMM_F64, COMM_SUM, e) != 0) goto out;
         loss /= (double)(n_micro * r->world);

@@ -19,7 +19,8 @@ typedef struct train_method {
     /* Before the micro-batches (compress: owners materialise W_C, then all-gather). */
     int (*begin_step)(run_ctx *r, trainer *t, pc_err *e);
     /* Sum the small model's gradients over ranks (direct: all-reduce; compress: each
-     * block's G reduced to its owner). */
+     * block's G reduced to its owner), once per step or, with reduce_per_backward, after
+     * every backward. */
     int (*reduce_grads)(run_ctx *r, trainer *t, pc_err *e);
     /* Squared global norm of the trained parameters' gradient, the same on every rank. */
     int (*grad_sumsq)(run_ctx *r, trainer *t, double *sumsq, pc_err *e);
@@ -27,8 +28,9 @@ typedef struct train_method {
     void (*update)(run_ctx *r, trainer *t, int64_t step, float lr, float clip_scale);
     /* Before eval and saving (compress: materialise and gather the current W_C). */
     int (*finish)(run_ctx *r, trainer *t, pc_err *e);
-    /* Set as the model's llama_stage_hook for the step's last backward, to start
-     * reduce_grads' work as gradients become final (backend.overlap_comm); NULL: none. */
+    /* Set as the model's llama_stage_hook for the step's last backward (every backward
+     * with reduce_per_backward), to start reduce_grads' work as gradients become final
+     * (backend.overlap_comm); NULL: none. */
     llama_stage_hook on_grads;
 } train_method;
 
@@ -49,6 +51,7 @@ struct trainer {
     llama_model teacher;    /* distill: the frozen base, forward only */
     int has_teacher;
     double proj_flops;      /* per step */
+    int reduce_per_backward; /* compress.shard_grads: reduce_grads after every backward, on_grads on each */
     struct {                /* backend.overlap_comm: the model's hooks, called from inside its passes */
         int gather;         /* begin_step only begins the W_C gather: the first forward completes it */
         run_ctx *r;         /* set with the method that has hooks */

@@ -96,7 +96,7 @@ float *llama_param(const llama_model *m, int i)
 {
     return m->tensors[i].poff >= 0 ? m->params + m->tensors[i].poff : NULL;
 }
-static float *G(const llama_model *m, int i) { return m->grads + m->tensors[i].offset; }
+static float *G(const llama_model *m, int i) { return llama_grad(m, i); }
 
 int llama_n_tensors(const llama_model *m) { return m->n_tensors; }
 const llama_tensor *llama_tensor_at(const llama_model *m, int i) { return &m->tensors[i]; }
@@ -153,6 +153,28 @@ static void free_list(backend *be, float **v, int count, int shared)
 
 enum { KEEP_ALL = 0, RECOMPUTE, FORWARD_ONLY };
 
+/* Each stage's span of the flat layout (its tensors are adjacent: the embedding, one
+ * layer's, the final norm and head) and two windows of the largest (opts.grad_windows). */
+static void grad_windows(llama_model *m)
+{
+    int S = m->cfg.n_layers + 2;
+    m->gstage_first = pc_calloc((size_t)S, sizeof(int64_t));
+    m->gstage_n = pc_calloc((size_t)S, sizeof(int64_t));
+    for (int s = 0; s < S; s++) m->gstage_first[s] = -1;
+    for (int i = 0; i < m->n_tensors; i++) {
+        int s = llama_grad_stage(m, i);
+        const llama_tensor *t = &m->tensors[i];
+        if (m->gstage_first[s] < 0) m->gstage_first[s] = t->offset;
+        if (t->offset != m->gstage_first[s] + m->gstage_n[s]) {
+            fprintf(stderr, "llama: tensor %s is not adjacent to the rest of its stage\n", t->name);
+            abort();
+        }
+        m->gstage_n[s] += t->numel;
+    }
+    for (int s = 0; s < S; s++) m->gwin_n = PC_MAX(m->gwin_n, m->gstage_n[s]);
+    m->gwin = be_alloc(m->be, (size_t)(2 * m->gwin_n));
+}
+
 /* params: every tensor, or (bf16_only) the norm gains */
 static void alloc_params(llama_model *m, int bf16_only)
 {
@@ -172,6 +194,8 @@ static int init(llama_model *m, const llama_config *c, backend *be, int B, int T
     int forward_only = mode == FORWARD_ONLY, shared = mode != KEEP_ALL; /* the per-layer lists but res */
     memset(m, 0, sizeof(*m));
     if (check_config(c, B, T, e)) return -1;
+    if (o->grad_windows && c->tie_word_embeddings)
+        return pc_errorf(e, "llama: gradient windows need an untied head (a tied one spans two stages)");
     m->cfg = *c;
     m->be = be;
     m->B = B;
@@ -185,7 +209,10 @@ static int init(llama_model *m, const llama_config *c, backend *be, int B, int T
     build_table(m);
     alloc_params(m, o->weights == LLAMA_BF16_ONLY);
     if (o->weights != LLAMA_F32) llama_use_bf16_weights(m);
-    if (!forward_only) m->grads = be_alloc(be, (size_t)m->n_params);
+    if (!forward_only && o->grad_windows)
+        grad_windows(m);
+    else if (!forward_only)
+        m->grads = be_alloc(be, (size_t)m->n_params);
 
     int L = c->n_layers, H = c->n_heads, hd = c->head_dim;
     size_t N = (size_t)B * T, d = (size_t)c->d_model, qd = (size_t)H * hd;
@@ -252,13 +279,15 @@ void llama_free(llama_model *m)
     free_list(be, a->res, L + 1, m->forward_only);
     for (size_t i = 0; i < PC_ARRAY_LEN(lists); i++) free_list(be, lists[i], L, m->forward_only || m->recompute);
     float *singles[] = {a->lnf, a->rstdf, a->xent_lse, a->dres, a->dln, a->datt, a->dqkv, a->dh, a->dgu,
-                        m->logits, m->params, m->grads, m->rope_cos, m->rope_sin};
+                        m->logits, m->params, m->grads, m->gwin, m->rope_cos, m->rope_sin};
     for (size_t i = 0; i < PC_ARRAY_LEN(singles); i++) be_free(be, singles[i]);
     if (m->w16) be_free(be, m->w16);
     be_free(be, m->tokens);
     be_free(be, m->targets);
     free(a);
     free(m->tensors);
+    free(m->gstage_first);
+    free(m->gstage_n);
     memset(m, 0, sizeof(*m));
 }
 
@@ -303,6 +332,20 @@ static void weights_needed(const llama_model *m, int fwd_stage)
 void llama_zero_grad(llama_model *m)
 {
     if (m->grads) be_zero(m->be, m->grads, (size_t)m->n_params);
+    if (m->gwin) be_zero(m->be, m->gwin, (size_t)(2 * m->gwin_n));
+}
+
+float *llama_grad(const llama_model *m, int i)
+{
+    const llama_tensor *t = &m->tensors[i];
+    if (!m->gwin) return m->grads + t->offset;
+    int s = llama_grad_stage(m, i);
+    return m->gwin + (s & 1) * m->gwin_n + (t->offset - m->gstage_first[s]);
+}
+
+void llama_zero_grad_stage(llama_model *m, int s)
+{
+    if (m->gwin) be_zero(m->be, m->gwin + (s & 1) * m->gwin_n, (size_t)m->gstage_n[s]);
 }
 
 static const llama_opts PLAIN;

@@ -48,7 +48,12 @@ typedef struct llama_model {
     int64_t n_params;
     float *params;            /* (n_params_f32) device, tensor i at tensors[i].poff */
     int64_t n_params_f32;     /* n_params, or fewer with LLAMA_BF16_ONLY */
-    float *grads;             /* (n_params) device, accumulated by llama_backward */
+    float *grads;             /* (n_params) device, accumulated by llama_backward; NULL with grad_windows */
+    /* grad_windows: two buffers of the largest stage (gwin (2, gwin_n)); stage s's gradients
+     * are in window s % 2 at gstage_first[s]'s offset from its start, gstage_n[s] of them */
+    float *gwin;
+    int64_t gwin_n;
+    int64_t *gstage_first, *gstage_n; /* (n_layers + 2) */
     uint16_t *w16;            /* (n_params) device, bf16 copy of params for the weight GEMMs, or NULL */
     float loss_scale;         /* backward differentiates loss_scale * mean loss (default 1) */
     float *logits;            /* (B,T,V) device, or (logits_chunk,V); valid after llama_forward until llama_backward */
@@ -105,6 +110,12 @@ typedef struct llama_opts {
     int weights;
     /* > 0: the head and the loss take this many tokens at a time (see logits_chunk). */
     int logits_chunk;
+    /* No whole gradient: llama_backward writes the gradients of stage s (llama_grad_stage)
+     * into window s % 2 of two windows the size of the largest stage, so the model holds
+     * two stages' gradients instead of n_params. Whoever sets it must take each stage's
+     * gradients out in on_grads and zero its window (llama_zero_grad_stage) before stage
+     * s + 2 begins; llama_zero_grad zeroes both. Needs an untied model. */
+    int grad_windows;
 } llama_opts;
 int llama_init_opts(llama_model *m, const llama_config *c, backend *be, int B, int T, const llama_opts *o,
                     pc_err *e);
@@ -155,6 +166,11 @@ void llama_layers_forward(llama_model *m, const float *x, float *y);
  * overwrites m->logits with dlogits. Needs a forward with targets. */
 void llama_backward(llama_model *m);
 void llama_zero_grad(llama_model *m);
+/* Tensor i's gradient: in grads, or with grad_windows in its stage's window (valid from
+ * that stage's backward to the window's zeroing). */
+float *llama_grad(const llama_model *m, int i);
+/* Zero the window that holds stage s's gradients (grad_windows). */
+void llama_zero_grad_stage(llama_model *m, int s);
 /* The stage at which llama_backward finishes tensor i's gradient: 0 the head and the final
  * norm, 1 + (n_layers - 1 - l) layer l's tensors, n_layers + 1 the embedding (and a tied
  * head, which accumulates into it). */

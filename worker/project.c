@@ -194,6 +194,7 @@ static void build_layout(proj_set *ps, const llama_model *small) {
     for (int i = 0; i < ps->n_blocks; i++) {
         proj_block *b = &ps->blocks[i];
         b->xoff = ps->world > 1 && b->kind != PROJ_NORM && b->ld_c != b->d_in_c ? n : -1;
+        b->goff = -1;
         if (b->xoff >= 0) n += (int64_t)b->d_out_c * b->d_in_c;
     }
     ps->pieces = pc_calloc((size_t)(ps->n_blocks > 0 ? ps->n_blocks : 1), sizeof *ps->pieces);
@@ -335,7 +336,7 @@ int proj_init(proj_set *ps, backend *be, const st_model *base, const llama_confi
 void proj_free(proj_set *ps) {
     backend *be = ps->be;
     for (int i = 0; i < ps->n_base_bufs; i++) be_free(be, ps->base_bufs[i]);
-    float *dev[] = {ps->params, ps->shared_grad, ps->scratch, ps->grad, ps->xchg, ps->wide};
+    float *dev[] = {ps->params, ps->shared_grad, ps->scratch, ps->grad, ps->xchg, ps->wide, ps->gacc};
     for (size_t i = 0; i < PC_ARRAY_LEN(dev); i++)
         if (dev[i]) be_free(be, dev[i]);
     if (ps->xchg16) be_free(be, ps->xchg16);
@@ -402,10 +403,14 @@ void proj_materialize(proj_set *ps, llama_model *small) {
         const proj_block *b = &ps->blocks[i];
         if (b->owner != ps->rank) continue;
         /* W_C in fp32 (d_out', d_in') with row stride ld: where the model holds fp32 values,
-         * else (bf16 only) packed into xchg for a strided block, or staged in G's place */
+         * else (bf16 only) staged in G's place: packed in gacc (sharded G), packed into xchg
+         * for a strided block, or in the small model's G */
         float *out = f32_at(b, small);
         int ld = b->ld_c;
-        if (!out && b->xoff >= 0) {
+        if (!out && ps->shard) {
+            out = ps->gacc + b->goff;
+            ld = b->d_in_c;
+        } else if (!out && b->xoff >= 0) {
             out = ps->xchg + b->xoff;
             ld = b->d_in_c;
         } else if (!out) {
@@ -421,15 +426,23 @@ void proj_materialize(proj_set *ps, llama_model *small) {
             ps->be->ops->round_bf16_2d(ps->be, dst, ld16, out, ld, b->d_out_c, b->d_in_c);
         }
     }
+    if (ps->shard) be_zero(ps->be, ps->gacc, (size_t)ps->gacc_n); /* the step's sums start here */
 }
 
-/* (d_out', d_in') slice of block b inside a small-model buffer <-> contiguous. */
-static void pack_block(backend *be, const proj_block *b, float *dst, const float *small_buf) {
-    copy_rows(be, dst, b->d_in_c, small_buf + b->off_c, b->ld_c, b->d_out_c, b->d_in_c);
+/* (d_out', d_in') slice of block b, first element `at` with row stride ld_c (inside a
+ * small-model buffer) <-> contiguous. */
+static void pack_block(backend *be, const proj_block *b, float *dst, const float *at) {
+    copy_rows(be, dst, b->d_in_c, at, b->ld_c, b->d_out_c, b->d_in_c);
 }
 
-static void unpack_block(backend *be, const proj_block *b, float *small_buf, const float *src) {
-    copy_rows(be, small_buf + b->off_c, b->ld_c, src, b->d_in_c, b->d_out_c, b->d_in_c);
+static void unpack_block(backend *be, const proj_block *b, float *at, const float *src) {
+    copy_rows(be, at, b->ld_c, src, b->d_in_c, b->d_out_c, b->d_in_c);
+}
+
+/* Block b's first element of G where the backward leaves it (grads, or its stage's
+ * window), row stride ld_c. */
+static float *g_first(const proj_block *b, const llama_model *small) {
+    return llama_grad(small, b->small_index) + (b->off_c - llama_tensor_offset(small, b->small_index));
 }
 
 /* Block i's piece of small-model buffer buf (params or grads): in place, or its place in
@@ -455,7 +468,7 @@ static void gather_prepare(proj_set *ps, llama_model *small) {
     if (small->w16) return;
     for (int i = 0; i < ps->n_blocks; i++) {
         const proj_block *b = &ps->blocks[i];
-        if (b->owner == ps->rank && b->xoff >= 0) pack_block(ps->be, b, ps->xchg + b->xoff, small->params);
+        if (b->owner == ps->rank && b->xoff >= 0) pack_block(ps->be, b, ps->xchg + b->xoff, small->params + b->off_c);
     }
 }
 
@@ -485,7 +498,7 @@ static void gather_land(proj_set *ps, llama_model *small, int first, int last) {
         if (s < first || s > last) continue;
         size_t n = (size_t)b->d_out_c * b->d_in_c;
         if (!small->w16) {
-            if (b->xoff >= 0 && b->owner != ps->rank) unpack_block(be, b, small->params, ps->xchg + b->xoff);
+            if (b->xoff >= 0 && b->owner != ps->rank) unpack_block(be, b, small->params + b->off_c, ps->xchg + b->xoff);
         } else if (b->xoff < 0) {
             float *f32 = f32_at(b, small);
             if (f32) be->ops->widen_bf16(be, f32, small->w16 + b->off_c, n);
@@ -530,25 +543,92 @@ static int reduce_stages(proj_set *ps, llama_model *small, comm *c, int last, pc
     for (int i = 0; i < ps->n_blocks; i++) {
         const proj_block *b = &ps->blocks[i];
         if (b->stage < first || b->stage > last) continue;
-        if (b->xoff >= 0) pack_block(ps->be, b, ps->xchg + b->xoff, small->grads);
+        if (b->xoff >= 0) pack_block(ps->be, b, ps->xchg + b->xoff, g_first(b, small));
         ps->pieces[n++] = (comm_piece){piece_at(ps, b, small->grads), (size_t)b->d_out_c * b->d_in_c, b->owner};
     }
     return comm_reduce_group_start(c, ps->pieces, n, COMM_F32, COMM_SUM, e);
 }
 
+/* Sharded G: block b's piece of its stage's reduce: in the window, or packed in xchg for a
+ * strided block; *ld its row stride. */
+static float *shard_piece(const proj_set *ps, const proj_block *b, const llama_model *small, int *ld) {
+    *ld = b->xoff >= 0 ? b->d_in_c : b->ld_c;
+    return b->xoff >= 0 ? ps->xchg + b->xoff : g_first(b, small);
+}
+
+/* Sharded G: wait for the stage in flight; its owners copy their sums into gacc, and its
+ * window is zeroed for the stage after next. */
+static int shard_land(proj_set *ps, llama_model *small, comm *c, pc_err *e) {
+    int s = ps->inflight, ld;
+    if (s < 0) return 0;
+    ps->inflight = -1;
+    if (ps->world > 1 && comm_wait(c, e) != 0) return -1;
+    for (int i = 0; i < ps->n_blocks; i++) {
+        const proj_block *b = &ps->blocks[i];
+        if (b->stage != s || b->owner != ps->rank) continue;
+        const float *p = shard_piece(ps, b, small, &ld);
+        copy_rows(ps->be, ps->gacc + b->goff, b->d_in_c, p, ld, b->d_out_c, b->d_in_c);
+    }
+    llama_zero_grad_stage(small, s);
+    return 0;
+}
+
+/* Sharded G: stages next_stage .. last in turn: land the one in flight, then the owners
+ * add their sums so far into their pieces and the stage's reduce starts. */
+static int shard_stages(proj_set *ps, llama_model *small, comm *c, int last, pc_err *e) {
+    for (int s = ps->next_stage; s <= last; s++) {
+        if (shard_land(ps, small, c, e) != 0) return -1;
+        int n = 0, ld;
+        for (int i = 0; i < ps->n_blocks; i++) {
+            const proj_block *b = &ps->blocks[i];
+            if (b->stage != s) continue;
+            if (b->xoff >= 0) pack_block(ps->be, b, ps->xchg + b->xoff, g_first(b, small));
+            float *p = shard_piece(ps, b, small, &ld);
+            if (b->owner == ps->rank) /* p += the sum of the step's earlier backwards */
+                ps->be->ops->add2d(ps->be, p, ld, ps->gacc + b->goff, b->d_in_c, b->d_out_c, b->d_in_c, 1.0f);
+            ps->pieces[n++] = (comm_piece){p, (size_t)b->d_out_c * b->d_in_c, b->owner};
+        }
+        ps->inflight = s;
+        ps->next_stage = s + 1;
+        if (ps->world > 1 && n > 0 && comm_reduce_group_start(c, ps->pieces, n, COMM_F32, COMM_SUM, e) != 0)
+            return -1;
+    }
+    return 0;
+}
+
+void proj_shard_grads(proj_set *ps) {
+    int64_t n = 0;
+    for (int i = 0; i < ps->n_blocks; i++) {
+        proj_block *b = &ps->blocks[i];
+        b->goff = b->owner == ps->rank ? n : -1;
+        if (b->goff >= 0) n += (int64_t)b->d_out_c * b->d_in_c;
+    }
+    ps->shard = 1;
+    ps->inflight = -1;
+    ps->gacc_n = n;
+    ps->gacc = be_alloc(ps->be, (size_t)(n > 0 ? n : 1));
+}
+
 int proj_reduce_start(proj_set *ps, llama_model *small, comm *c, int stage, pc_err *e) {
+    if (ps->shard) return shard_stages(ps, small, c, PC_MIN(stage, ps->n_stages - 1), e);
     if (ps->world == 1) return 0;
     return reduce_stages(ps, small, c, PC_MIN(stage, ps->n_stages - 1), e);
 }
 
 int proj_reduce_finish(proj_set *ps, llama_model *small, comm *c, pc_err *e) {
+    if (ps->shard) {
+        int rc = shard_stages(ps, small, c, ps->n_stages - 1, e);
+        if (rc == 0) rc = shard_land(ps, small, c, e);
+        ps->next_stage = 0; /* the next backward starts over */
+        return rc;
+    }
     if (ps->world == 1) return 0;
     int rc = reduce_stages(ps, small, c, ps->n_stages - 1, e);
     ps->next_stage = 0; /* the next step starts over */
     if (rc != 0 || comm_wait(c, e) != 0) return -1;
     for (int i = 0; i < ps->n_blocks; i++) {
         const proj_block *b = &ps->blocks[i];
-        if (b->xoff >= 0 && b->owner == ps->rank) unpack_block(ps->be, b, small->grads, ps->xchg + b->xoff);
+        if (b->xoff >= 0 && b->owner == ps->rank) unpack_block(ps->be, b, g_first(b, small), ps->xchg + b->xoff);
     }
     return 0;
 }
@@ -556,10 +636,11 @@ int proj_reduce_finish(proj_set *ps, llama_model *small, comm *c, pc_err *e) {
 double proj_grad_block(proj_set *ps, int idx, const llama_model *small, int with_shared, int64_t *gin, int64_t *gout,
                        int64_t *ga) {
     const proj_block *b = &ps->blocks[idx];
-    const float *G = small->grads + b->off_c; /* (d_out', d_in'), row stride ld_c */
+    /* G (d_out', d_in'): packed in gacc (sharded), else in the small model's, row stride ld_c */
+    const float *G = ps->shard ? ps->gacc + b->goff : small->grads + b->off_c;
     const float *p_in = b->p_in >= 0 ? ps->params + b->p_in : NULL;
     const float *p_out = b->p_out >= 0 ? ps->params + b->p_out : NULL;
-    int dO = b->d_out, dI = b->d_in, o = b->d_out_c, i = b->d_in_c, ld = b->ld_c;
+    int dO = b->d_out, dI = b->d_in, o = b->d_out_c, i = b->d_in_c, ld = ps->shard ? b->d_in_c : b->ld_c;
     const proj_shared *sh = b->shared >= 0 ? &ps->shared[b->shared] : NULL;
     int64_t off = 0;
     *gin = *gout = -1;

@@ -59,6 +59,7 @@ typedef struct proj_block {
     const uint16_t *w16;     /* the same in bf16 storage (base_bf16), widened to fp32 on use */
     int64_t p_in, p_out, a;  /* offsets into params (-1: absent or not held) */
     int64_t xoff;            /* offset in proj_set.xchg of a strided block (-1: contiguous) */
+    int64_t goff;            /* offset of its G in proj_set.gacc (sharded G, owned blocks), else -1 */
     int shared;              /* index of the shared factor of this block's matrix, or -1 */
     double flops;            /* projection FLOPs of one step (materialise + gradient, one pass) */
 } proj_block;
@@ -99,6 +100,14 @@ typedef struct proj_set {
     float *xchg;                /* (every strided block's W_C, packed) world > 1 only */
     uint16_t *xchg16;           /* the same in bf16, when the small model has a bf16 copy (w16) */
     int64_t xchg_bytes;         /* the size of both */
+    /* sharded G (proj_shard_grads): the small model keeps only two stages' gradients
+     * (llama_opts.grad_windows); each backward's G goes to the owners stage by stage, and
+     * they sum it over the step's backwards into gacc: every owned block's G, packed
+     * (d_out' x d_in' at its goff) */
+    int shard;
+    float *gacc;
+    int64_t gacc_n;
+    int inflight;               /* sharded G: the stage whose reduce is under way, -1: none */
     int next_stage;             /* G reduce: stages below this one are started */
     int gather_started, gather_landed; /* W_C broadcast in forward stages: below these, started / landed */
     int n_stages;               /* llama_grad_stage's stages, 0 .. n_stages - 1 */
@@ -146,9 +155,19 @@ int proj_gather_stage(proj_set *ps, llama_model *small, comm *c, int stage, pc_e
  * proj_reduce_start starts the reduce of every block whose G is final at `stage`
  * (llama_grad_stage) and of earlier stages not yet started (a llama_stage_hook calls
  * it); proj_reduce_finish starts the rest (all of it, without starts), waits for all and
- * unpacks the owners' strided blocks. */
+ * unpacks the owners' strided blocks.
+ * Sharded G: the same two calls after every backward (start from on_grads on every
+ * backward, finish after it), stage by stage: when stage s's G is final, the reduce of
+ * stage s - 1 is waited for, its owners copy their sum into gacc and its window is
+ * zeroed for stage s + 1; then the owners add gacc into their pieces of stage s (the sum
+ * so far over the step's backwards) and its reduce starts, to run beside stage s + 1's
+ * backward. The finish also takes the stages a backward without targets never reached. */
 int proj_reduce_start(proj_set *ps, llama_model *small, comm *c, int stage, pc_err *e);
 int proj_reduce_finish(proj_set *ps, llama_model *small, comm *c, pc_err *e);
+
+/* Shard G (compress.shard_grads) for a small model made with llama_opts.grad_windows:
+ * gacc for the owned blocks (zeroed by proj_materialize, the start of every step). */
+void proj_shard_grads(proj_set *ps);
 
 /* Gradients of owned block i from its G: writes dP_in, dP_out, dA into ps->grad at
  * *gin, *gout, *ga (-1 when absent). When the block's P_in/P_out is a shared factor
