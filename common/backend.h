@@ -54,8 +54,9 @@ typedef struct backend_ops {
     void (*round_bf16_2d)(backend *be, uint16_t *dst, int ld_dst, const float *src, int ld_src, int rows, int cols);
     void (*sync)(backend *be);
     /* Most device memory in use so far, in bytes (CUDA: the device's used memory after
-     * each allocation, context and library workspaces included). NULL on backends whose
-     * buffers are host memory: the process's peak RSS says it. */
+     * each allocation, context and library workspaces included; cpu-guarded: its
+     * buffers' pages). NULL on the CPU backend, whose buffers are host memory: the
+     * process's peak RSS says it. */
     size_t (*mem_peak)(backend *be);
     /* The device's memory in bytes (CUDA: cudaMemGetInfo's total). NULL on backends whose
      * buffers are host memory. */

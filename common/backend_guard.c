@@ -30,6 +30,7 @@ typedef struct guard_impl {
     guard_region *regions; /* sorted by base */
     size_t n_regions, cap_regions;
     size_t page;
+    size_t live, peak;    /* bytes of the buffers' pages now, and at most (mem_peak) */
 } guard_impl;
 
 /* Regions opened by one op call, closed again when it returns. */
@@ -144,10 +145,16 @@ static void *guard_map(backend *be, size_t bytes)
     memmove(g->regions + i + 1, g->regions + i, (g->n_regions - i) * sizeof *g->regions);
     g->regions[i] = (guard_region){.base = p, .usable = usable};
     g->n_regions++;
+    g->live += usable;
+    g->peak = PC_MAX(g->peak, g->live);
     return p; /* anonymous mappings are zero-filled */
 }
 
 static float *guard_alloc(backend *be, size_t n) { return guard_map(be, n * sizeof(float)); }
+
+/* The most bytes of buffer pages held at once (guard pages not counted): what a device
+ * would have held. */
+static size_t guard_mem_peak(backend *be) { return gimpl(be)->peak; }
 
 static int32_t *guard_alloc_i32(backend *be, size_t n) { return guard_map(be, n * sizeof(int32_t)); }
 
@@ -159,6 +166,7 @@ static void guard_free(backend *be, void *p)
     if (i == g->n_regions || g->regions[i].base != (char *)p)
         guard_die("free", "pointer %p is not the start of a device buffer", p);
     munmap(g->regions[i].base, g->regions[i].usable + g->page);
+    g->live -= g->regions[i].usable;
     memmove(g->regions + i, g->regions + i + 1, (g->n_regions - i - 1) * sizeof *g->regions);
     g->n_regions--;
 }
@@ -594,6 +602,7 @@ static const backend_ops guard_ops = {
     .name = "cpu-guarded",
     .destroy = guard_destroy,
     .alloc = guard_alloc,
+    .mem_peak = guard_mem_peak,
     .alloc_i32 = guard_alloc_i32,
     .free = guard_free,
     .zero = guard_zero,

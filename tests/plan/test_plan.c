@@ -684,6 +684,67 @@ static void test_activations(void **state) {
  * only its norm gains, exactly what LLAMA_BF16_ONLY allocates less and
  * more than a plain model; the exchange buffer a bf16 copy of the column blocks;
  * W_C is gathered in bf16, half the f32 payload; nothing else moves. */
+/* shard_grads: G leaves every replica but two windows of its largest stage (what a
+ * model with grad_windows allocates), each rank adds its own blocks' sums (together all
+ * of G), and G is reduced once per backward. */
+static void test_shard_grads(void **state) {
+    (void)state;
+    static llama_config base, small;
+    load_case(&MODELS[0], &base, &small); /* Llama-3.1-8B at 2160/6480 */
+    plan_opts o;
+    plan_opts_default(&o);
+    o.micro_batch = 2, o.attn_tt = 0, o.split_bytes = 8 << 20, o.global_batch = 512;
+    plan f, h;
+    assert_int_equal(plan_build(&f, &base, &small, 16, &o, NULL), 0);
+    o.shard_grads = 1;
+    assert_int_equal(plan_build(&h, &base, &small, 16, &o, NULL), 0);
+    int64_t head = 4 * ((int64_t)small.vocab_size * small.d_model + small.d_model); /* the largest stage */
+    assert_int_equal(h.gwin_bytes, head);
+    int64_t sums = 0;
+    for (int r = 0; r < 16; r++) {
+        const plan_rank *a = &f.ranks[r], *b = &h.ranks[r];
+        assert_int_equal(a->gsum_bytes, 0);
+        assert_true(b->gsum_bytes > 0);
+        assert_int_equal(b->replica_bytes - a->replica_bytes, 2 * head + b->gsum_bytes - 4 * h.small_numel);
+        assert_int_equal(b->total_bytes - a->total_bytes, b->replica_bytes - a->replica_bytes);
+        sums += b->gsum_bytes;
+    }
+    assert_int_equal(sums, 4 * h.small_numel);
+    assert_int_equal(h.backwards, 512 / (16 * 2));
+    assert_int_equal(h.comm.reduce_bytes, 16 * f.comm.reduce_bytes);
+    assert_int_equal(h.comm.gather_bytes, f.comm.gather_bytes);
+    char *text = plan_text(&h);
+    assert_non_null(strstr(text, "# G sharded: two stage windows of "));
+    assert_non_null(strstr(text, "reduced after each of 16 backwards per step"));
+    free(text);
+    text = plan_text(&f);
+    assert_null(strstr(text, "G sharded"));
+    free(text);
+    plan_free(&f);
+    plan_free(&h);
+
+    /* the windows are what the model allocates instead of its whole gradient */
+    static llama_config tb, ts;
+    load_case(&MODELS[4], &tb, &ts);
+    o.split_bytes = 0, o.micro_batch = 1, o.seq_len = 8;
+    assert_int_equal(plan_build(&h, &tb, &ts, 2, &o, NULL), 0);
+    backend *be = counting_begin();
+    llama_model m;
+    pc_err e = {{0}};
+    assert_int_equal(llama_init(&m, &ts, be, 1, 8, &e), 0);
+    size_t whole = counted_bytes;
+    llama_free(&m);
+    counted_bytes = 0;
+    llama_opts win = {.grad_windows = 1};
+    assert_int_equal(llama_init_opts(&m, &ts, be, 1, 8, &win, &e), 0);
+    assert_null(m.grads);
+    assert_int_equal(whole - counted_bytes, 4 * (size_t)hf_config_n_params(&ts) - 2 * (size_t)h.gwin_bytes);
+    assert_int_equal(4 * m.gwin_n, h.gwin_bytes);
+    llama_free(&m);
+    counting_end(be);
+    plan_free(&h);
+}
+
 static void test_weights_bf16(void **state) {
     (void)state;
     static llama_config base, small;
@@ -781,26 +842,29 @@ static void test_check_fit(void **state) {
     assert_non_null(strstr(e.msg, want));
     assert_non_null(strstr(e.msg, "but cuda:3 has "));
     assert_non_null(strstr(e.msg, "train.activation_checkpointing: true, a smaller train.micro_batch, "
-                                  "train.logits_chunk: 2048, backend.matmul: bf16, more ranks"));
+                                  "train.logits_chunk: 2048, backend.matmul: bf16, compress.shard_grads: true, "
+                                  "more ranks"));
     assert_null(strstr(e.msg, "model.dtype")); /* the base is bf16 already */
     assert_null(strstr(e.msg, "teacher"));
     plan_free(&p);
-    o.logits_chunk = 2048, o.weights_bf16 = 1; /* chunked and bf16 already: not suggested again */
+    o.logits_chunk = 2048, o.weights_bf16 = 1, o.shard_grads = 1; /* all three already: not suggested again */
     assert_int_equal(plan_build(&p, &base, &small, 16, &o, NULL), 0);
     assert_int_equal(plan_check_fit(&p, 3, 1 << 30, "cuda:3", &e), -1);
     assert_non_null(strstr(e.msg, "a smaller train.micro_batch, more ranks"));
+    o.shard_grads = 0;
     plan_free(&p);
     o.recompute = 1, o.micro_batch = 1, o.base_dtype_bytes = 4, o.logits_chunk = 0;
     assert_int_equal(plan_build(&p, &base, &small, 16, &o, NULL), 0);
     assert_int_equal(plan_check_fit(&p, 0, 1 << 30, "cuda:0", &e), -1);
-    assert_non_null(strstr(e.msg, "try model.dtype: bf16, more ranks"));
+    assert_non_null(strstr(e.msg, "try model.dtype: bf16, compress.shard_grads: true, more ranks"));
     plan_free(&p);
     o.teacher = 1; /* a teacher: in the breakdown, and model.dtype bf16 halves it too */
     assert_int_equal(plan_build(&p, &base, &small, 16, &o, NULL), 0);
     assert_int_equal(plan_check_fit(&p, 0, 1 << 30, "cuda:0", &e), -1);
     snprintf(want, sizeof want, ", distillation teacher %.1f) but", (double)p.teacher_bytes / 1073741824.0);
     assert_non_null(strstr(e.msg, want));
-    assert_non_null(strstr(e.msg, "try model.dtype: bf16 (the teacher too), more ranks"));
+    assert_non_null(
+        strstr(e.msg, "try model.dtype: bf16 (the teacher too), compress.shard_grads: true, more ranks"));
     plan_free(&p);
 }
 
@@ -818,6 +882,7 @@ int main(void) {
         cmocka_unit_test(test_activations),
         cmocka_unit_test(test_check_fit),
         cmocka_unit_test(test_weights_bf16),
+        cmocka_unit_test(test_shard_grads),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
