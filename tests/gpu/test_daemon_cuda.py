@@ -15,8 +15,10 @@
   backend's emulation of its bf16 products: first loss within 1e-4, last within 1e-2.
 - the fused model written by the GPU run loads in stock transformers and gives the
   daemon's validation loss (2e-5 relative).
+- compress.shard_grads on the GPU (2 backwards per step, G through the stage windows)
+  equals the whole-G GPU run: losses within 1e-5, fused weights within 1e-4.
 - with two or more GPUs: the compress job on 2 ranks over NCCL, split blocks, equals the
-  1-rank GPU run within 1e-4 and names NCCL in the log.
+  1-rank GPU run within 1e-4 and names NCCL in the log, with the whole G and sharded.
 - the demo: configs/demo-compress.yaml on a base of the demo model's shape
   (configs/demo-model.json, random, made by transformers), 60 steps on the GPU with
   bf16 products: the first loss (a forward at the initial weights) equals the CPU
@@ -131,6 +133,8 @@ def main():
     val = pclib.run_arrays(gpu)[2][-1]
     ref = pclib.hf_val_loss(os.path.join(gpu, "final"), toks[10000:], SEQ, 2 * 4)
     pclib.check(abs(ref - val) / ref < 2e-5, f"transformers loads the GPU output: val {ref:.6f} vs ours {val:.6f}")
+    shard = run("compress-cuda-shard", 1, "backend.device=cuda", "backend.matmul=fp32", "compress.shard_grads=true")
+    pclib.close_runs(pclib.run_arrays(shard), pclib.run_arrays(gpu), 1e-5, 1e-4, "sharded G vs whole G on the GPU")
 
     demo(root)
 
@@ -139,6 +143,9 @@ def main():
         pclib.check("device collectives over nccl" in open(os.path.join(d, "logs", "rank-00000.log")).read(),
                     "2 ranks: device collectives over NCCL")
         pclib.close_runs(pclib.run_arrays(d), pclib.run_arrays(gpu), 1e-4, 1e-4, "compress np2 NCCL vs np1 GPU")
+        d = run("compress-nccl-np2-shard", 2, "backend.device=cuda", "backend.matmul=fp32", "compress.split_mb=0.05",
+                "compress.shard_grads=true")
+        pclib.close_runs(pclib.run_arrays(d), pclib.run_arrays(gpu), 1e-4, 1e-4, "sharded G np2 NCCL vs np1 GPU")
     else:
         print("one GPU: the NCCL run needs two (skipped that part)")
 

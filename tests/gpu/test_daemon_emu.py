@@ -12,7 +12,9 @@ comm (cuda/comm_nccl.c) on NCCL's API emulated with MPI (nccl_emu.c).
   CPU's, last within 2e-2, and not equal to the fp32 run;
 - backend.matmul bf16 on 2 ranks with split blocks (W_C rounded on the device and sent in
   bf16, the products reading the bf16 weight copy): losses within 1e-3 of the CPU's bf16
-  run (rounding flips feed back, tests/compress/test_bf16_weights.py);
+  run (rounding flips feed back, tests/compress/test_bf16_weights.py); the same with
+  compress.shard_grads (bf16 W_C staged in the owned sums, G through the model's stage
+  windows and per-stage reduces over the NCCL comm) against the CPU's sharded run;
 - distillation from a bf16 teacher (model.dtype bf16): losses within 1e-3 of the CPU's;
 - the log names the emulated device."""
 import os
@@ -76,6 +78,11 @@ def main():
     rel = np.max(np.abs(a[0] - b[0]) / np.abs(b[0]))
     pclib.check(rel < 1e-3 and not np.array_equal(a[0], f32[0]),
                 f"bf16 weights np2: emulated CUDA vs CPU losses max rel {rel:.2e} < 1e-3 (and not the fp32 run's)")
+    sets.append("compress.shard_grads=true")
+    a = pclib.run_arrays(run("shard-bf16-emu", 2, True, *sets, nccl))
+    b = pclib.run_arrays(run("shard-bf16-cpu", 2, False, *sets))
+    rel = np.max(np.abs(a[0] - b[0]) / np.abs(b[0]))
+    pclib.check(rel < 1e-3, f"sharded G, bf16 weights np2: emulated CUDA vs CPU losses max rel {rel:.2e} < 1e-3")
     # distillation from a bf16 teacher (model.dtype bf16: matrices loaded rounded into the
     # bf16 copy only, products from bf16 operands) beside an fp32 student
     sets = ["distill.enabled=true", "model.dtype=bf16"]
