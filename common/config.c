@@ -632,6 +632,9 @@ static int validate(const pc_config *c, pc_err *e) {
     if (c->distill.enabled && !strcmp(c->run.mode, "pretrain"))
         return pc_errorf(e, "%s: distill needs a teacher: use it with run.mode compress or prune (pretrain has none)",
                          where_of(c, key_index("distill.enabled")));
+    if (c->eval.stream_layers && strcmp(c->run.mode, "eval"))
+        return pc_errorf(e, "%s: key 'eval.stream_layers' applies to run.mode eval only (not %s)",
+                         where_of(c, key_index("eval.stream_layers")), c->run.mode);
     int cpu_device = !strcmp(c->backend.device, "cpu") || !strcmp(c->backend.device, "cpu-guarded");
     if (!strcmp(c->backend.comm, "nccl") && cpu_device)
         return pc_errorf(e, "%s: key 'backend.comm' is 'nccl' but backend.device is '%s': NCCL needs the cuda device",

@@ -68,6 +68,7 @@ typedef struct pc_config {
     } checkpoint;
     struct {
         int every_steps, batches; /* every_steps 0: only at the end */
+        int stream_layers;        /* run.mode eval: model.base one decoder layer at a time */
     } eval;
     struct {
         char device[16]; /* auto|cpu|cuda|cpu-guarded */

@@ -175,6 +175,11 @@ static const pc_config_key pc_config_keys[] = {
     {.path = "eval.batches", .type = PC_CT_INT, PC_AT(eval.batches), .def = "8", .min = 1, .flags = PC_K_MIN,
      .doc = "Held-out windows per evaluation, in units of train.micro_batch windows (split over the ranks; "
             "fewer when data.valid holds fewer)."},
+    {.path = "eval.stream_layers", .type = PC_CT_BOOL, PC_AT(eval.stream_layers), .def = "false",
+     .doc = "run.mode eval only: run model.base one decoder layer at a time over the rank's windows, reading each "
+            "layer's weights as it is needed, so that a model larger than the device can be evaluated (the "
+            "device holds one layer and the head; the host the windows' hidden states, windows / ranks x "
+            "seq_len x d_model floats). The same val_loss, bit for bit."},
     /* backend */
     {.path = "backend.device", .type = PC_CT_ENUM, PC_AT(backend.device), .def = "auto",
      .choices = "auto|cpu|cuda|cpu-guarded",

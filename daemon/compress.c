@@ -7,32 +7,15 @@
 
 #include "checkpoint.h"
 #include "plan.h"
+#include "stream.h"
 #include "trainer.h"
 
 /* ---- importance ---- */
 
-/* The embedding rows of tokens (n,) -> h (n, d), read row by row from the base. */
-static int embed_tokens(const st_model *base, const int32_t *tokens, int64_t n, int d, float *h, pc_err *e) {
-    const char *name = "model.embed_tokens.weight";
-    for (int64_t i = 0; i < n; i++)
-        if (st_read_rows_f32(base, name, tokens[i], 1, h + i * d, e) != 0) return -1;
-    return st_check_finite(base, name, h, (size_t)(n * d), e);
-}
-
-/* Base layer l's nine tensors into layer 0 of the one-layer model m. */
-static int load_layer(const st_model *base, int l, llama_model *m, pc_err *e) {
-    for (int i = 0; i < llama_n_tensors(m); i++) {
-        const llama_tensor *t = llama_tensor_at(m, i);
-        if (strncmp(t->name, "model.layers.0.", 15) != 0) continue;
-        char name[LLAMA_NAME_MAX + 16];
-        snprintf(name, sizeof name, "model.layers.%d.%s", l, t->name + 15);
-        float *buf = pc_alloc_f32((size_t)t->numel);
-        int rc = st_read_f32(base, name, buf, (size_t)t->numel, e);
-        if (rc == 0) rc = st_check_finite(base, name, buf, (size_t)t->numel, e);
-        if (rc == 0) be_upload(m->be, llama_param(m, i), buf, (size_t)t->numel);
-        free(buf);
-        if (rc != 0) return -1;
-    }
+/* stream_layer_fn: a layer's activations into the scores. */
+static int score_layer(void *ctx, const llama_model *m, int l, int64_t rows, pc_err *e) {
+    (void)e;
+    importance_accumulate_layer(ctx, m, 0, l, rows);
     return 0;
 }
 
@@ -50,7 +33,6 @@ static int score_activation(run_ctx *r, trainer *t, importance_scores *s, pc_err
     int32_t *win = pc_malloc(sizeof(int32_t) * (size_t)(T + 1));
     int32_t *tokens = pc_malloc(sizeof(int32_t) * (size_t)(n_tok ? n_tok : 1)); /* (mine, T) */
     float *h = pc_alloc_f32((size_t)(n_tok * d));                              /* (mine, T, d) */
-    float *x = be_alloc(r->be, (size_t)B * T * d), *y = be_alloc(r->be, (size_t)B * T * d); /* (B, T, d) */
     int rc = 0;
     for (int64_t j = 0; j < mine && rc == 0; j++) {
         int64_t w = r->rank + j * r->world;
@@ -58,34 +40,11 @@ static int score_activation(run_ctx *r, trainer *t, importance_scores *s, pc_err
         rc = data_read(t->train, off, T + 1, win, e);
         memcpy(tokens + j * T, win, sizeof(int32_t) * (size_t)T);
     }
-    if (rc == 0) rc = embed_tokens(t->base, tokens, n_tok, d, h, e);
-    for (int l = 0; rc == 0 && l < bc->n_layers; l++) {
-        llama_config lc = *bc; /* one decoder layer; no vocabulary to speak of */
-        lc.n_layers = 1;
-        lc.vocab_size = 1;
-        lc.tie_word_embeddings = 0;
-        lc.d_ff = lc.d_ff_layer[0] = bc->d_ff_layer[l];
-        llama_model m;
-        memset(&m, 0, sizeof m);
-        if (llama_init_forward_only(&m, &lc, r->be, B, T, e) != 0 || load_layer(t->base, l, &m, e) != 0) {
-            rc = -1;
-            if (m.tensors) llama_free(&m);
-            break;
-        }
-        for (int64_t j0 = 0; j0 < mine; j0 += B) {
-            int64_t rows = PC_MIN((int64_t)B, mine - j0); /* a short last batch: padded, not scored */
-            be_upload(r->be, x, h + j0 * T * d, (size_t)(rows * T * d));
-            llama_layers_forward(&m, x, y);
-            importance_accumulate_layer(s, &m, 0, l, rows);
-            be_download(r->be, h + j0 * T * d, y, (size_t)(rows * T * d));
-        }
-        llama_free(&m);
-    }
+    if (rc == 0) rc = stream_embed(t->base, tokens, n_tok, d, 0, h, e);
+    if (rc == 0) rc = stream_layers(r, t->base, bc, LLAMA_F32, h, mine, B, T, score_layer, s, e);
     free(win);
     free(tokens);
     free(h);
-    be_free(r->be, x);
-    be_free(r->be, y);
     if (rc != 0) return -1;
     if (comm_all_reduce(r->comm, s->d, s->d, (size_t)s->d_model, COMM_F64, COMM_SUM, e) != 0) return -1;
     for (int l = 0; l < s->n_layers; l++)
@@ -189,6 +148,11 @@ static int proj_setup(run_ctx *r, trainer *t, pc_err *e) {
              "(plan: 2 x %lld)", (long long)(t->ps.gacc_n * (int64_t)sizeof(float)),
              (long long)p.ranks[r->rank].gsum_bytes, (long long)(t->m.gwin_n * (int64_t)sizeof(float)),
              (long long)p.gwin_bytes);
+        int64_t held = (t->ps.gacc_n + 2 * t->m.gwin_n) * (int64_t)sizeof(float),
+                whole = t->m.n_params * (int64_t)sizeof(float);
+        if (held >= whole)
+            LOGW(&r->log, "compress.shard_grads holds %.1f MiB of G here, no less than the whole G's %.1f MiB: it "
+                 "saves memory only on more ranks", (double)held / 1048576.0, (double)whole / 1048576.0);
     }
     free(specs);
     plan_free(&p);

@@ -34,7 +34,7 @@ void run_close(run_ctx *r);
 
 /* Append one JSON object line (already formatted, without newline) to metrics.jsonl. */
 void run_metrics(run_ctx *r, const char *json_line);
-/* Log this rank's peak RSS and peak device memory (0 on the CPU backends); rank 0 records
+/* Log this rank's peak RSS and peak device memory (0 on the CPU backend); rank 0 records
  * every rank's in metrics.jsonl as {"peak_rss_mib": [...], "peak_device_mib": [...]} (collective). */
 int run_report_memory(run_ctx *r, pc_err *e);
 /* Rank 0 progress line on stderr: step/total, loss, tokens/s, ETA. */

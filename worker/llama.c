@@ -412,7 +412,7 @@ static int read_padded(const st_model *st, const st_tensor *s, const llama_tenso
 {
     int64_t R = s->shape[0], C = s->shape[1];
     float *full = pc_alloc_f32((size_t)(R * C));
-    int rc = st_read_f32(st, t->name, full, (size_t)(R * C), e);
+    int rc = st_read_f32(st, s->name, full, (size_t)(R * C), e);
     for (int64_t r = 0; rc == 0 && r < R; r++)
         for (int64_t c = 0; c < C; c++) {
             int real = r < t->shape[0] && c < t->shape[1];
@@ -421,7 +421,7 @@ static int read_padded(const st_model *st, const st_tensor *s, const llama_tenso
                 dst[r * t->shape[1] + c] = v;
             } else if (v != 0.0f) {
                 rc = pc_errorf(e, "%s: tensor %s: padding beyond the layer's width %lld must be zero",
-                               st_file_path(st, s), t->name, (long long)(pad_rows ? t->shape[0] : t->shape[1]));
+                               st_file_path(st, s), s->name, (long long)(pad_rows ? t->shape[0] : t->shape[1]));
                 break;
             }
         }
@@ -444,6 +444,35 @@ static void upload_values(llama_model *m, int i, const float *host)
     free(h16);
 }
 
+int llama_load_tensor(llama_model *m, int i, const st_model *st, const char *name, float *buf, pc_err *e)
+{
+    const llama_tensor *t = &m->tensors[i];
+    const st_tensor *s = st_find(st, name);
+    char want[64], got[64];
+    shape_str(want, sizeof(want), t->ndim, t->shape);
+    if (!s) return pc_errorf(e, "%s: tensor %s %s is missing", st_source(st), name, want);
+    shape_str(got, sizeof(got), s->ndim, s->shape);
+    int same = s->ndim == t->ndim;
+    for (int k = 0; same && k < t->ndim; k++) same = s->shape[k] == t->shape[k];
+    int64_t pad_rows = 0, pad_cols = 0; /* narrower MLP layer stored zero-padded to d_ff */
+    if (!same && s->ndim == 2 && t->ndim == 2 && strstr(t->name, ".mlp.")) {
+        if (s->shape[0] == m->cfg.d_ff && s->shape[1] == t->shape[1] && t->shape[0] < s->shape[0])
+            pad_rows = s->shape[0];
+        else if (s->shape[1] == m->cfg.d_ff && s->shape[0] == t->shape[0] && t->shape[1] < s->shape[1])
+            pad_cols = s->shape[1];
+    }
+    if (!same && !pad_rows && !pad_cols)
+        return pc_errorf(e, "%s: tensor %s has shape %s, expected %s", st_file_path(st, s), name, got, want);
+    if (pad_rows || pad_cols) {
+        if (read_padded(st, s, t, pad_rows > 0, buf, e)) return -1;
+    } else if (st_read_f32(st, name, buf, (size_t)t->numel, e)) {
+        return -1;
+    }
+    if (st_check_finite(st, name, buf, (size_t)t->numel, e)) return -1;
+    upload_values(m, i, buf);
+    return 0;
+}
+
 int llama_load_safetensors(llama_model *m, const char *dir_or_file, pc_err *e)
 {
     st_model *st = NULL;
@@ -452,39 +481,7 @@ int llama_load_safetensors(llama_model *m, const char *dir_or_file, pc_err *e)
     for (int i = 0; i < m->n_tensors; i++) maxn = PC_MAX(maxn, m->tensors[i].numel);
     float *buf = pc_alloc_f32((size_t)maxn);
     int rc = 0;
-    for (int i = 0; i < m->n_tensors && rc == 0; i++) {
-        const llama_tensor *t = &m->tensors[i];
-        const st_tensor *s = st_find(st, t->name);
-        char want[64], got[64];
-        shape_str(want, sizeof(want), t->ndim, t->shape);
-        if (!s) {
-            rc = pc_errorf(e, "%s: tensor %s %s is missing", dir_or_file, t->name, want);
-            break;
-        }
-        shape_str(got, sizeof(got), s->ndim, s->shape);
-        int same = s->ndim == t->ndim;
-        for (int k = 0; same && k < t->ndim; k++) same = s->shape[k] == t->shape[k];
-        int64_t pad_rows = 0, pad_cols = 0; /* narrower MLP layer stored zero-padded to d_ff */
-        if (!same && s->ndim == 2 && t->ndim == 2 && strstr(t->name, ".mlp.")) {
-            if (s->shape[0] == m->cfg.d_ff && s->shape[1] == t->shape[1] && t->shape[0] < s->shape[0])
-                pad_rows = s->shape[0];
-            else if (s->shape[1] == m->cfg.d_ff && s->shape[0] == t->shape[0] && t->shape[1] < s->shape[1])
-                pad_cols = s->shape[1];
-        }
-        if (!same && !pad_rows && !pad_cols) {
-            rc = pc_errorf(e, "%s: tensor %s has shape %s, expected %s", st_file_path(st, s), t->name, got, want);
-            break;
-        }
-        if (pad_rows || pad_cols) {
-            rc = read_padded(st, s, t, pad_rows > 0, buf, e);
-            if (rc) break;
-        } else if (st_read_f32(st, t->name, buf, (size_t)t->numel, e)) {
-            rc = -1;
-            break;
-        }
-        rc = st_check_finite(st, t->name, buf, (size_t)t->numel, e);
-        if (rc == 0) upload_values(m, i, buf);
-    }
+    for (int i = 0; i < m->n_tensors && rc == 0; i++) rc = llama_load_tensor(m, i, st, m->tensors[i].name, buf, e);
     free(buf);
     st_close(st);
     return rc;
@@ -681,14 +678,14 @@ static double head_chunks(llama_model *m, const int32_t *targets, int grad)
     return sum;
 }
 
+static float forward_tail(llama_model *m, const int32_t *targets, int grad);
+
 static float forward(llama_model *m, const int32_t *tokens, const int32_t *targets, int grad)
 {
     backend *be = m->be;
     const backend_ops *op = be->ops;
-    const llama_config *c = &m->cfg;
     llama_acts *a = m->act;
-    int N = m->B * m->T, d = c->d_model, V = c->vocab_size;
-    float eps = (float)c->rms_norm_eps;
+    int N = m->B * m->T, d = m->cfg.d_model;
 
     op->upload_i32(be, m->tokens, tokens, (size_t)N);
     m->have_targets = targets != NULL;
@@ -700,6 +697,19 @@ static float forward(llama_model *m, const int32_t *tokens, const int32_t *targe
     else /* LLAMA_BF16_ONLY: the rows of the bf16 copy, widened */
         op->embedding_fwd_w16(be, a->res[0], m->w16, m->tokens, N, d);
     layers_fwd(m);
+    return forward_tail(m, targets, grad);
+}
+
+/* The final norm, the head and (with targets, already uploaded) the loss, on the last
+ * decoder layer's output res[n_layers]. */
+static float forward_tail(llama_model *m, const int32_t *targets, int grad)
+{
+    backend *be = m->be;
+    const backend_ops *op = be->ops;
+    const llama_config *c = &m->cfg;
+    llama_acts *a = m->act;
+    int N = m->B * m->T, d = c->d_model, V = c->vocab_size;
+    float eps = (float)c->rms_norm_eps;
     weights_needed(m, c->n_layers + 1);
     op->rmsnorm_fwd(be, a->lnf, a->rstdf, a->res[c->n_layers], P(m, final_norm_tensor(m)), N, d, eps);
     m->head_done = 0;
@@ -723,6 +733,14 @@ float llama_forward(llama_model *m, const int32_t *tokens, const int32_t *target
 float llama_loss(llama_model *m, const int32_t *tokens, const int32_t *targets)
 {
     return forward(m, tokens, targets, 0);
+}
+
+float llama_loss_hidden(llama_model *m, const float *x, const int32_t *targets)
+{
+    m->have_targets = 1;
+    m->be->ops->upload_i32(m->be, m->targets, targets, (size_t)m->B * m->T);
+    be_copy(m->be, m->act->res[m->cfg.n_layers], x, (size_t)m->B * m->T * m->cfg.d_model); // (N,d)
+    return forward_tail(m, targets, 0);
 }
 
 /* ---- backward ---- */

@@ -140,6 +140,11 @@ int64_t llama_tensor_numel(const llama_model *m, int i);
 int llama_tensor_ndim(const llama_model *m, int i);
 int64_t llama_tensor_dim(const llama_model *m, int i, int axis);
 
+/* Tensor i from tensor `name` of st: the same shape, or a narrower MLP matrix stored
+ * zero-padded to cfg.d_ff (the padding must be zero); read as fp32 into buf (the
+ * tensor's numel at least), checked finite, and uploaded (rounded into the bf16 copy
+ * where the model holds no fp32 values). Errors name the file and the tensor. */
+int llama_load_tensor(llama_model *m, int i, const st_model *st, const char *name, float *buf, pc_err *e);
 /* Load every parameter from a safetensors file or HF model directory (any stored dtype).
  * Each tensor must exist with the exact shape and hold only finite values; errors name
  * the tensor, the expected and found shapes, and the file. */
@@ -159,6 +164,10 @@ float llama_forward(llama_model *m, const int32_t *tokens, const int32_t *target
 /* The mean loss over valid targets (B,T) alone, for evaluation: llama_forward without any
  * gradient work (with logits_chunk, the head in chunks and no backward may follow). */
 float llama_loss(llama_model *m, const int32_t *tokens, const int32_t *targets);
+/* llama_loss from the last decoder layer's output x (B*T, d) (device): the final norm,
+ * the head and the mean loss over valid targets (B,T) (host); the embedding and the
+ * decoder layers are not used. */
+float llama_loss_hidden(llama_model *m, const float *x, const int32_t *targets);
 /* The decoder layers alone on hidden states x (B*T, d) -> y (B*T, d) (device buffers;
  * no embedding, final norm or head), keeping the activations llama_layer_acts reads. */
 void llama_layers_forward(llama_model *m, const float *x, float *y);

@@ -531,6 +531,11 @@ def case_cfg_distill_in_pretrain(fx):
                    before_work=True)
 
 
+def case_cfg_stream_layers_in_compress(fx):
+    rc, out = run_daemon(fx, extra=["--set", "eval.stream_layers=true"])
+    expect_failure(rc, out, ["--set eval.stream_layers=true", "applies to run.mode eval only"], fx, before_work=True)
+
+
 # ------------------------------------------------------------------ cases: command line
 
 def case_cli_no_cfg(fx):

@@ -37,13 +37,18 @@ def comm_mb(d):
 
 
 def check_logs(d, np_, what):
-    """Every rank's owned sums and stage windows equal the plan's."""
+    """Every rank's owned sums and stage windows equal the plan's; a rank warns exactly
+    when they are no smaller than the whole G (4 bytes per compressed parameter)."""
+    n_small = sum(t.size for t in pclib.run_outputs(d)[2].values())
     for r in range(np_):
         log = open(os.path.join(d, "logs", f"rank-{r:05d}.log")).read()
         m = re.search(r"sharded G: the owned blocks' sums (\d+) bytes here \(plan: (\d+)\), stage windows "
                       r"2 x (\d+) bytes \(plan: 2 x (\d+)\)", log)
         pclib.check(m and m.group(1) == m.group(2) and m.group(3) == m.group(4) and int(m.group(3)) > 0,
                     f"{what} rank {r}: owned sums and windows vs plan: {m and m.groups()}")
+        more = int(m.group(1)) + 2 * int(m.group(3)) >= 4 * n_small
+        warned = "it saves memory only on more ranks" in log
+        pclib.check(warned == more, f"{what} rank {r}: warns that sharding saves nothing here: {warned}")
 
 
 def equal_cases(root, job):
@@ -107,6 +112,8 @@ def memory(root):
     for name, sets in [("whole", []), ("shard", [SHARD])]:
         d = pclib.run_job(mem, job, name, 4, "train.steps=2", "train.global_batch=4", "backend.device=cpu-guarded",
                           *sets)
+        if sets:
+            check_logs(d, 4, "24 layers np4")
         last = [m for m in pclib.metrics(d) if "peak_rss_mib" in m][-1]
         dev[name], rss[name] = last["peak_device_mib"], last["peak_rss_mib"]
         plans[name] = [r["total"] for r in pclib.plan_table(d)]

@@ -1,0 +1,64 @@
+/* stream: a base model run one decoder layer at a time (stream.h). */
+#include "stream.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+int stream_embed(const st_model *base, const int32_t *tokens, int64_t n, int d, int bf16, float *h, pc_err *e) {
+    const char *name = "model.embed_tokens.weight";
+    for (int64_t i = 0; i < n; i++)
+        if (st_read_rows_f32(base, name, tokens[i], 1, h + i * d, e) != 0) return -1;
+    if (st_check_finite(base, name, h, (size_t)(n * d), e) != 0) return -1;
+    for (int64_t j = 0; bf16 && j < n * d; j++) h[j] = pc_bf16_to_f32(pc_f32_to_bf16(h[j]));
+    return 0;
+}
+
+/* Base layer l's tensors into layer 0 of the one-layer model m; buf holds the largest. */
+static int load_layer(const st_model *base, int l, llama_model *m, float *buf, pc_err *e) {
+    for (int i = 0; i < llama_n_tensors(m); i++) {
+        const char *name = llama_tensor_name(m, i);
+        if (strncmp(name, "model.layers.0.", 15) != 0) continue;
+        char full[LLAMA_NAME_MAX + 16];
+        snprintf(full, sizeof full, "model.layers.%d.%s", l, name + 15);
+        if (llama_load_tensor(m, i, base, full, buf, e) != 0) return -1;
+    }
+    return 0;
+}
+
+int stream_layers(run_ctx *r, const st_model *base, const llama_config *bc, int weights, float *h, int64_t n_seq,
+                  int B, int T, stream_layer_fn fn, void *ctx, pc_err *e) {
+    int d = bc->d_model;
+    size_t n = (size_t)B * T * d;
+    float *x = be_alloc(r->be, n), *y = be_alloc(r->be, n); /* (B, T, d) */
+    int rc = 0;
+    for (int l = 0; rc == 0 && l < bc->n_layers; l++) {
+        llama_config lc = *bc; /* one decoder layer; no vocabulary to speak of */
+        lc.n_layers = 1;
+        lc.vocab_size = 1;
+        lc.tie_word_embeddings = 0;
+        lc.d_ff_layer[0] = bc->d_ff_layer[l]; /* d_ff stays the widest: a narrower layer is stored padded to it */
+        llama_opts o = {.forward_only = 1, .weights = weights};
+        llama_model m;
+        memset(&m, 0, sizeof m);
+        if (llama_init_opts(&m, &lc, r->be, B, T, &o, e) != 0) {
+            rc = -1;
+            break;
+        }
+        int64_t most = 0;
+        for (int i = 0; i < llama_n_tensors(&m); i++) most = PC_MAX(most, llama_tensor_numel(&m, i));
+        float *buf = pc_alloc_f32((size_t)most);
+        rc = load_layer(base, l, &m, buf, e);
+        free(buf);
+        for (int64_t j0 = 0; rc == 0 && j0 < n_seq; j0 += B) {
+            int64_t rows = PC_MIN((int64_t)B, n_seq - j0); /* a short last batch: padded */
+            be_upload(r->be, x, h + j0 * T * d, (size_t)(rows * T * d));
+            llama_layers_forward(&m, x, y);
+            if (fn) rc = fn(ctx, &m, l, rows, e);
+            be_download(r->be, h + j0 * T * d, y, (size_t)(rows * T * d));
+        }
+        llama_free(&m);
+    }
+    be_free(r->be, x);
+    be_free(r->be, y);
+    return rc;
+}
