@@ -162,21 +162,6 @@ static int write_all(int fd, const void *buf, size_t len, ckpt_hash *h, const ch
     return pc_write_all(fd, buf, len, path, e);
 }
 
-static int read_all(int fd, void *buf, size_t len, const char *path, pc_err *e) {
-    char *p = buf;
-    while (len > 0) {
-        ssize_t r = read(fd, p, len > (1u << 30) ? (1u << 30) : len);
-        if (r < 0) {
-            if (errno == EINTR) continue;
-            return pc_errorf(e, "%s: read failed: %s", path, strerror(errno));
-        }
-        if (r == 0) return pc_errorf(e, "%s: truncated (ends early)", path);
-        p += r;
-        len -= (size_t)r;
-    }
-    return 0;
-}
-
 static void warn(pc_log *log, const char *fmt, const char *a, const char *b) {
     if (log)
         LOGW(log, fmt, a, b);
@@ -708,7 +693,7 @@ static int verify_entry(const char *ckpt_path, const ckpt_entry *en, pc_err *e) 
     int rc = 0;
     while (left > 0 && rc == 0) {
         size_t k = (size_t)PC_MIN((int64_t)cap, left);
-        rc = read_all(fd, buf, k, path, e);
+        rc = pc_read_all(fd, buf, k, path, e);
         ckpt_hash_update(&h, buf, k);
         left -= (int64_t)k;
     }
@@ -783,11 +768,11 @@ int ckpt_read_block(const char *ckpt_path, const ckpt_manifest *m, ckpt_block *b
     char magic[8], name[CKPT_NAME_MAX], an[64];
     uint32_t hdr[2];
     int64_t size = 0;
-    int rc = read_all(fd, magic, 8, path, e);
-    if (rc == 0) rc = read_all(fd, hdr, sizeof hdr, path, e);
+    int rc = pc_read_all(fd, magic, 8, path, e);
+    if (rc == 0) rc = pc_read_all(fd, hdr, sizeof hdr, path, e);
     if (rc == 0 && (memcmp(magic, BLOCK_MAGIC, 8) || hdr[0] >= sizeof name || (int)hdr[1] != b->n_arrays))
         rc = pc_errorf(e, "%s: not a block file of %d arrays", path, b->n_arrays);
-    if (rc == 0) rc = read_all(fd, name, hdr[0], path, e);
+    if (rc == 0) rc = pc_read_all(fd, name, hdr[0], path, e);
     if (rc == 0) {
         name[hdr[0]] = '\0';
         if (strlen(name) != hdr[0]) rc = pc_errorf(e, "%s: the block name holds a NUL byte", path);
@@ -800,10 +785,10 @@ int ckpt_read_block(const char *ckpt_path, const ckpt_manifest *m, ckpt_block *b
     for (int i = 0; rc == 0 && i < b->n_arrays; i++) {
         uint32_t nl;
         int64_t cnt;
-        rc = read_all(fd, &nl, 4, path, e);
+        rc = pc_read_all(fd, &nl, 4, path, e);
         if (rc == 0 && nl >= sizeof an) rc = pc_errorf(e, "%s: bad array header", path);
-        if (rc == 0) rc = read_all(fd, an, nl, path, e);
-        if (rc == 0) rc = read_all(fd, &cnt, 8, path, e);
+        if (rc == 0) rc = pc_read_all(fd, an, nl, path, e);
+        if (rc == 0) rc = pc_read_all(fd, &cnt, 8, path, e);
         if (rc != 0) break;
         an[nl] = '\0';
         if (strlen(an) != nl)
@@ -818,7 +803,7 @@ int ckpt_read_block(const char *ckpt_path, const ckpt_manifest *m, ckpt_block *b
     }
     for (int i = 0; rc == 0 && i < b->n_arrays; i++) {
         size_t bytes = sizeof(float) * (size_t)b->arrays[i].n;
-        rc = read_all(fd, b->arrays[i].data, bytes, path, e);
+        rc = pc_read_all(fd, b->arrays[i].data, bytes, path, e);
         if (rc == 0) ckpt_hash_update(&h, b->arrays[i].data, bytes);
         size += (int64_t)bytes;
     }

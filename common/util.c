@@ -131,20 +131,31 @@ int pc_write_all(int fd, const void *buf, size_t len, const char *path, pc_err *
     return 0;
 }
 
-int pc_pread_all(int fd, void *buf, size_t len, int64_t off, const char *path, pc_err *e) {
+/* pc_read_all (off < 0: from the file position) and pc_pread_all (at off). */
+static int read_exactly(int fd, void *buf, size_t len, int64_t off, const char *path, pc_err *e) {
     char *p = buf;
     while (len > 0) {
-        ssize_t r = pread(fd, p, len > (1u << 30) ? (1u << 30) : len, (off_t)off);
+        size_t n = len > (1u << 30) ? (1u << 30) : len;
+        ssize_t r = off < 0 ? read(fd, p, n) : pread(fd, p, n, (off_t)off);
         if (r < 0) {
             if (errno == EINTR) continue;
             return pc_errorf(e, "%s: read failed: %s", path, strerror(errno));
         }
         if (r == 0) return pc_errorf(e, "%s: truncated (ends early)", path);
         p += r;
-        off += r;
+        if (off >= 0) off += r;
         len -= (size_t)r;
     }
     return 0;
+}
+
+int pc_read_all(int fd, void *buf, size_t len, const char *path, pc_err *e) {
+    return read_exactly(fd, buf, len, -1, path, e);
+}
+
+int pc_pread_all(int fd, void *buf, size_t len, int64_t off, const char *path, pc_err *e) {
+    if (off < 0) return pc_errorf(e, "%s: read at negative offset %lld", path, (long long)off);
+    return read_exactly(fd, buf, len, off, path, e);
 }
 
 int pc_write_file_atomic(const char *path, const void *buf, size_t len, pc_err *e) {

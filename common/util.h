@@ -33,8 +33,10 @@ double pc_now(void);
 int pc_read_file(const char *path, char **out, size_t *len, pc_err *e);
 /* Write all len bytes to fd (retrying short writes and EINTR); errors name path. */
 int pc_write_all(int fd, const void *buf, size_t len, const char *path, pc_err *e);
-/* Read exactly len bytes at offset off of fd (retrying short reads and EINTR); errors,
- * a file that ends early included, name path. */
+/* Read exactly len bytes from fd's position (pc_read_all) or at offset off >= 0
+ * (pc_pread_all), retrying short reads and EINTR; errors, a file that ends early
+ * included, name path. */
+int pc_read_all(int fd, void *buf, size_t len, const char *path, pc_err *e);
 int pc_pread_all(int fd, void *buf, size_t len, int64_t off, const char *path, pc_err *e);
 /* Write buf to path atomically: path.tmp, fsync, rename, fsync of the directory. */
 int pc_write_file_atomic(const char *path, const void *buf, size_t len, pc_err *e);

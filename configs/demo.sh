@@ -59,7 +59,7 @@ out = sys.argv[1]
 rows = [(m, f"{out}/eval-{m}") for m in ("base", "prune", "compress")]
 print(f"{'model':<8} {'params':>10} {'val loss':>9} {'ppl':>8}")
 for name, run in rows:
-    last = [json.loads(l) for l in open(f"{run}/metrics.jsonl") if l.strip()][-1]
+    last = [m for m in map(json.loads, filter(str.strip, open(f"{run}/metrics.jsonl"))) if "val_loss" in m][-1]
     print(f"{name:<8} {last['params']:>10,} {last['val_loss']:>9.4f} {math.exp(last['val_loss']):>8.3f}")
 PY
 echo "loss curves: $OUT/curves.png"

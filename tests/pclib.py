@@ -204,6 +204,11 @@ def run_peak_rss(args, timeout=300):
             return p, int(f.read() or 0) / 1024
 
 
+def last_val_loss(run_dir):
+    """The run's last validation loss in metrics.jsonl."""
+    return [m["val_loss"] for m in metrics(run_dir) if "val_loss" in m][-1]
+
+
 def peak_rss(run_dir):
     """Every rank's peak RSS (MiB) as the run recorded it last."""
     return [m for m in metrics(run_dir) if "peak_rss_mib" in m][-1]["peak_rss_mib"]

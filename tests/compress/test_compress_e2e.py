@@ -122,7 +122,7 @@ def main():
     pclib.check(abs(ref - val) / ref < 2e-5, f"per-layer: transformers loads it: val {ref:.6f} vs ours {val:.6f}")
     ev = os.path.join(root, "perlayer-eval")
     pclib.projcompd(1, job, f"run.dir={ev}", "run.mode=eval", f"model.base={os.path.join(d, 'final')}")
-    back = pclib.metrics(ev)[-1]["val_loss"]
+    back = pclib.last_val_loss(ev)
     pclib.check(abs(back - val) / val < 2e-5, f"per-layer: projcompd eval reads it back ({back:.6f})")
 
 

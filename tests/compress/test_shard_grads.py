@@ -6,7 +6,8 @@ blocks stage by stage after every backward, so no rank holds the whole of it.
   tensors, and moves the same bytes: on 1 rank, on 2, on 3 with row and column blocks
   (strided pieces packed), in fp32 and with bf16 weights (W_C staged in the owned sums),
   with activation checkpointing and the head in chunks (the head's gradient is made in
-  the forward), and with distillation.
+  the forward), with distillation, and with stored block gradients and the collectives
+  of the whole-G run outside the passes.
 - Several backwards per step (12 / ranks): the first step's grad norm is the same to
   1e-6 relative (the same G summed in another order), the loss curves and fused weights
   agree to 1e-5 / 1e-4 (fp32) and 1e-3 / 1e-2 (bf16, where a W_C element at a rounding tie
@@ -56,7 +57,8 @@ def equal_cases(root, job):
     split, bf16 = "compress.split_mb=0.01", "backend.matmul=bf16"
     cases = [(1, []), (2, []), (3, [split]), (2, [bf16]), (3, [split, bf16]),
              (2, ["train.activation_checkpointing=true", "train.logits_chunk=8"]),
-             (2, ["distill.alpha=0.5", "distill.temperature=2"])]
+             (2, ["distill.alpha=0.5", "distill.temperature=2"]),
+             (3, [split, "compress.store_grads=true", "backend.overlap_comm=false"])]
     for i, (np_, sets) in enumerate(cases):
         sets = sets + [f"train.global_batch={np_}"]
         what = f"np{np_} {' '.join(sets)}"

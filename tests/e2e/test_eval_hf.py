@@ -51,14 +51,14 @@ def case(root, name, tied, dtype, shard):
         "backend": {"device": "cpu"},
     })
     pclib.projcompd(2, job)
-    ours = pclib.metrics(run_dir)[-1]["val_loss"]
+    ours = pclib.last_val_loss(run_dir)
     ref = pclib.hf_val_loss(mdir, tokens, SEQ, WINDOWS)
     rel = abs(ours - ref) / abs(ref)
     pclib.check(rel < 2e-5, f"{name}: projcompd val_loss {ours:.7f} vs transformers {ref:.7f} (rel {rel:.2e})")
     if dtype == torch.bfloat16:  # bf16 products from a model that holds its matrices in bf16 only
         d16 = run_dir + "-matmul-bf16"
         pclib.projcompd(2, job, f"run.dir={d16}", "backend.matmul=bf16")
-        ours16 = pclib.metrics(d16)[-1]["val_loss"]
+        ours16 = pclib.last_val_loss(d16)
         ref16 = pclib.hf_val_loss(mdir, tokens, SEQ, WINDOWS, bf16=True)
         rel16 = abs(ours16 - ref16) / abs(ref16)
         pclib.check(rel16 < 1e-4 and ours16 != ours,

@@ -28,10 +28,6 @@ def eval_job(root, name, base, valid):
     return job
 
 
-def val_loss(d):
-    return [m["val_loss"] for m in pclib.metrics(d) if "val_loss" in m][-1]
-
-
 def compressed_output(root, base):
     """A compress run's fused output with per-layer MLP widths (96, 64, 80 of 128)."""
     job = pclib.compress_job(root, base, 3, SEQ, {"d_model": 48, "d_ff": [96, 64, 80], "importance": "magnitude"},
@@ -56,13 +52,13 @@ def main():
                 whole = pclib.run_job(root, job, f"{name}-{np_}-{mm}-whole".replace(" ", "-"), np_, *sets)
                 streamed = pclib.run_job(root, job, f"{name}-{np_}-{mm}-streamed".replace(" ", "-"), np_, *sets,
                                          "eval.stream_layers=true")
-                a, b = val_loss(whole), val_loss(streamed)
+                a, b = pclib.last_val_loss(whole), pclib.last_val_loss(streamed)
                 pclib.check(a == b, f"{what}: streamed val_loss {b:.8f} equals the whole model's {a:.8f}")
                 log = open(os.path.join(streamed, "logs", "rank-00000.log")).read()
                 pclib.check("one decoder layer at a time" in log, f"{what}: the log says it streamed")
         # data_eval_offset(w) = w * SEQ: the windows are consecutive from the shard's start
         ref = pclib.hf_val_loss(model, toks[len(toks) - 2000:], SEQ, BATCHES * MB)
-        got = val_loss(os.path.join(root, f"{name}-1-fp32-streamed".replace(" ", "-")))
+        got = pclib.last_val_loss(os.path.join(root, f"{name}-1-fp32-streamed".replace(" ", "-")))
         pclib.check(abs(got - ref) / ref < 2e-5, f"{name}: streamed val_loss {got:.6f} vs transformers {ref:.6f}")
 
     # memory: one layer at a time
