@@ -120,12 +120,13 @@ static int eval_streamed(run_ctx *r, const st_model *base, const llama_config *l
     int rc = 0;
     for (int64_t bi = 0; bi < n_batches && rc == 0; bi++)
         rc = read_batch(r, valid, bi, mine, buf, tokens + bi * bt, targets + bi * bt, &real[bi], e);
-    if (rc == 0) rc = stream_embed(base, tokens, (int64_t)n_tok, d, weights == LLAMA_BF16_ONLY, h, e);
-    if (rc == 0) rc = stream_layers(r, base, lc, weights, h, n_batches * B, B, T, NULL, NULL, e);
+    int run = rc == 0 && n_batches > 0; /* a rank without windows reads nothing */
+    if (run) rc = stream_embed(base, tokens, (int64_t)n_tok, d, weights == LLAMA_BF16_ONLY, h, e);
+    if (run && rc == 0) rc = stream_layers(r, base, lc, weights, h, n_batches * B, B, T, NULL, NULL, e);
     llama_model tm;
     memset(&tm, 0, sizeof tm);
-    if (rc == 0) rc = tail_model(r, base, lc, weights, &tm, e);
-    float *x = rc == 0 ? be_alloc(r->be, bt * (size_t)d) : NULL; /* (B, T, d) */
+    if (run && rc == 0) rc = tail_model(r, base, lc, weights, &tm, e);
+    float *x = run && rc == 0 ? be_alloc(r->be, bt * (size_t)d) : NULL; /* (B, T, d) */
     for (int64_t bi = 0; bi < n_batches && rc == 0; bi++) {
         be_upload(r->be, x, h + bi * bt * (size_t)d, bt * (size_t)d);
         double mean = llama_loss_hidden(&tm, x, targets + bi * bt);

@@ -3,7 +3,8 @@
 - The same val_loss (to the 8 decimals metrics.jsonl prints) as the whole-model eval, on
   1 and 2 ranks, with fp32 and bf16 products, for an untied GQA base, a tied base and a
   compressed output whose MLP widths differ per layer (narrower layers stored padded);
-  and within 2e-5 of stock transformers' loss on the same windows.
+  and within 2e-5 of stock transformers' loss on the same windows; also where a rank has
+  no window.
 - Memory, on the guarded backend (its peak of buffers): an 8-layer base streamed holds
   less than the whole-model eval by at least 6 of its 8 layers' weights."""
 import os
@@ -60,6 +61,13 @@ def main():
         ref = pclib.hf_val_loss(model, toks[len(toks) - 2000:], SEQ, BATCHES * MB)
         got = pclib.last_val_loss(os.path.join(root, f"{name}-1-fp32-streamed".replace(" ", "-")))
         pclib.check(abs(got - ref) / ref < 2e-5, f"{name}: streamed val_loss {got:.6f} vs transformers {ref:.6f}")
+
+    # one window on 2 ranks: rank 1 has none, reads nothing and still joins the sums
+    job = eval_job(root, "one-window", untied, valid)
+    sets = ["train.global_batch=2", "train.micro_batch=1", "eval.batches=1"]
+    a = pclib.last_val_loss(pclib.run_job(root, job, "one-window-whole", 2, *sets))
+    b = pclib.last_val_loss(pclib.run_job(root, job, "one-window-streamed", 2, *sets, "eval.stream_layers=true"))
+    pclib.check(a == b, f"one window on 2 ranks: streamed val_loss {b:.8f} equals the whole model's {a:.8f}")
 
     # memory: one layer at a time
     big, _ = pclib.tiny_base(root, 6, 96, 256, 1024, 8, heads=4, kv=2, head_dim=64, name="big")
