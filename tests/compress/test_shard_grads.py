@@ -139,7 +139,7 @@ def plan_fit():
     here = os.path.dirname(os.path.abspath(__file__))
     top = os.path.dirname(os.path.dirname(here))
     cmd = [os.path.join(pclib.BUILD, "daemon", "projcompd"), "--cfg", os.path.join(top, "configs", "llama-3.1-8b.yaml"),
-           "--set", f"model.base={os.path.join(top, 'configs', 'models', 'llama-70b-shape')}",
+           "--set", f"model.base={os.path.join(top, 'configs', 'models', 'llama-3.1-70b')}",
            "--set", "compress.d_model=4096", "--set", "compress.d_ff=14336", "--set", "backend.matmul=bf16",
            "--set", "train.activation_checkpointing=true", "--dry-run", "-np", "128", "--device-gib", "80"]
     whole = subprocess.run(cmd, capture_output=True, text=True)

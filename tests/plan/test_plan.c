@@ -28,7 +28,7 @@ static const model_case MODELS[] = {
     {"llama-3.1-8b", 2160, 6480},
     {"llama-3.2-1b", 1344, 5376},
     {"smollm-135m", 384, 1024},
-    {"llama-70b-shape", 4320, 12960},
+    {"llama-3.1-70b", 4320, 12960},
     {NULL, 64, 192},
 };
 static const int WORLDS[] = {1, 2, 3, 8, 16, 64, 512};

@@ -25,7 +25,7 @@ CASES = [
     ("configs/models/llama-3.1-8b/config.json", 2160, 6480),
     ("configs/models/llama-3.2-1b/config.json", 1344, 5376),
     ("configs/models/smollm-135m/config.json", 384, 1024),
-    ("configs/models/llama-70b-shape/config.json", 4320, 12960),
+    ("configs/models/llama-3.1-70b/config.json", 4320, 12960),
     ("configs/demo-model.json", 64, 192),
 ]
 WORLDS = [1, 2, 5, 8, 16, 64, 512]
