@@ -108,7 +108,7 @@ static int eval_streamed(run_ctx *r, const st_model *base, const llama_config *l
                          double *loss_out, pc_err *e) {
     const pc_config *c = &r->cfg;
     int B = c->train.micro_batch, T = c->data.seq_len, d = lc->d_model;
-    int weights = !strcmp(c->backend.matmul, "bf16") ? LLAMA_BF16_ONLY : LLAMA_F32; /* as run_llama_init's */
+    int weights = run_model_weights(r, RUN_EVALUATED);
     int64_t mine, n_batches = my_windows(r, valid, &mine);
     size_t bt = (size_t)B * T, n_tok = (size_t)n_batches * bt;
     int32_t *buf = pc_malloc(sizeof(int32_t) * (size_t)(T + 1));

@@ -87,13 +87,17 @@ int run_model_config(const run_ctx *r, llama_config *lc, pc_err *e) {
     return pc_errorf(e, "%s: set model.base (an HF model directory) or model.config (a config.json)", c->source);
 }
 
+int run_model_weights(const run_ctx *r, run_model_use use) {
+    if (strcmp(r->cfg.backend.matmul, "bf16")) return LLAMA_F32;
+    return use == RUN_TRAINED ? LLAMA_BF16_WEIGHTS : LLAMA_BF16_ONLY; /* trained weights keep fp32 values */
+}
+
 int run_llama_init(const run_ctx *r, llama_model *m, const llama_config *lc, int B, run_model_use use, pc_err *e) {
     llama_opts o = {.forward_only = use == RUN_EVALUATED,
                     .recompute = r->cfg.train.activation_checkpointing,
                     .logits_chunk = r->cfg.train.logits_chunk,
-                    .grad_windows = use == RUN_PROJECTED && r->cfg.compress.shard_grads};
-    if (!strcmp(r->cfg.backend.matmul, "bf16")) /* GEMMs read bf16 weights; trained ones keep fp32 values */
-        o.weights = use == RUN_TRAINED ? LLAMA_BF16_WEIGHTS : LLAMA_BF16_ONLY;
+                    .grad_windows = use == RUN_PROJECTED && r->cfg.compress.shard_grads,
+                    .weights = run_model_weights(r, use)};
     return llama_init_opts(m, lc, r->be, B, r->cfg.data.seq_len, &o, e);
 }
 

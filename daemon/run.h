@@ -60,6 +60,9 @@ typedef enum { RUN_TRAINED = 0, RUN_PROJECTED, RUN_EVALUATED } run_model_use;
  * that copy of its matrices, unless its weights are trained); a projected model keeps
  * two stages' gradients only (grad_windows) when compress.shard_grads. */
 int run_llama_init(const run_ctx *r, llama_model *m, const llama_config *lc, int B, run_model_use use, pc_err *e);
+/* llama_opts.weights of a model made for `use` (run_llama_init's): LLAMA_F32 unless
+ * backend.matmul is bf16. */
+int run_model_weights(const run_ctx *r, run_model_use use);
 /* Build the model for micro-batch B and `use` (not RUN_PROJECTED): weights from
  * model.base, or random init (seed). */
 int run_model(run_ctx *r, llama_model *m, int B, run_model_use use, pc_err *e);
