@@ -209,9 +209,20 @@ def last_val_loss(run_dir):
     return [m["val_loss"] for m in metrics(run_dir) if "val_loss" in m][-1]
 
 
+def memory_record(run_dir):
+    """The run's last memory record: {"peak_rss_mib": [...], "peak_device_mib": [...]}, a value per rank."""
+    return [m for m in metrics(run_dir) if "peak_rss_mib" in m][-1]
+
+
 def peak_rss(run_dir):
     """Every rank's peak RSS (MiB) as the run recorded it last."""
-    return [m for m in metrics(run_dir) if "peak_rss_mib" in m][-1]["peak_rss_mib"]
+    return memory_record(run_dir)["peak_rss_mib"]
+
+
+def comm_mb(run_dir):
+    """Each training step's comm_mb (array)."""
+    import numpy as np
+    return np.array([m["comm_mb"] for m in metrics(run_dir) if "loss" in m])
 
 
 def run_outputs(d):

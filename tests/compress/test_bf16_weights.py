@@ -24,10 +24,6 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 import pclib  # noqa: E402
 
 
-def comm_mb(d):
-    return np.array([m["comm_mb"] for m in pclib.metrics(d) if "loss" in m])
-
-
 def main():
     root = pclib.tmpdir("pc-bf16w-")
     job = pclib.sharded_job(root, output={"dtype": "f32"})
@@ -78,7 +74,7 @@ def main():
         pclib.check(not bad, f"compress np1: every fused tensor holds bf16 values only ({len(w)} tensors; {bad[:2]})")
         n_small = sum(t.size for t in w.values())
         for np_ in ranks:
-            saved = comm_mb(runs[np_, "f32"])[1:] - comm_mb(runs[np_])[1:]
+            saved = pclib.comm_mb(runs[np_, "f32"])[1:] - pclib.comm_mb(runs[np_])[1:]
             want = 2 * n_small / 1e6 if np_ > 1 else 0.0
             pclib.check(np.all(np.abs(saved - want) < 2e-3),
                         f"compress np{np_}: bf16 W_C moves {want:.3f} MB less per step (measured {saved})")

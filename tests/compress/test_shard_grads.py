@@ -33,10 +33,6 @@ import pclib  # noqa: E402
 SHARD = "compress.shard_grads=true"
 
 
-def comm_mb(d):
-    return np.array([m["comm_mb"] for m in pclib.metrics(d) if "loss" in m])
-
-
 def check_logs(d, np_, what):
     """Every rank's owned sums and stage windows equal the plan's; a rank warns exactly
     when they are no smaller than the whole G (4 bytes per compressed parameter)."""
@@ -65,7 +61,7 @@ def equal_cases(root, job):
         a = pclib.run_job(root, job, f"eq{i}", np_, *sets)
         b = pclib.run_job(root, job, f"eq{i}-shard", np_, *sets, SHARD)
         pclib.same_outputs(pclib.run_outputs(b), pclib.run_outputs(a), f"{what}: sharded G")
-        pclib.check(np.array_equal(comm_mb(a), comm_mb(b)), f"{what}: sharded G moves the same bytes")
+        pclib.check(np.array_equal(pclib.comm_mb(a), pclib.comm_mb(b)), f"{what}: sharded G moves the same bytes")
         check_logs(b, np_, what)
 
 
@@ -80,7 +76,7 @@ def several_backwards(root, job):
         rel = abs(rb[1][0] - ra[1][0]) / ra[1][0]
         pclib.check(rel < 1e-6, f"{what}: step 1 grad norm {rb[1][0]:.7g} vs {ra[1][0]:.7g} (rel {rel:.1e})")
         pclib.close_runs(rb, ra, *tol, what)
-        extra = comm_mb(b) - comm_mb(a)
+        extra = pclib.comm_mb(b) - pclib.comm_mb(a)
         n_small = sum(t.size for t in ra[3].values())  # G's elements, f32 on the wire
         want = (12 // np_ - 1) * 4 * n_small / 1e6 if np_ > 1 else 0.0
         pclib.check(np.all(np.abs(extra - want) <= 2e-3 * (12 // np_)),
@@ -116,7 +112,7 @@ def memory(root):
                           *sets)
         if sets:
             check_logs(d, 4, "24 layers np4")
-        last = [m for m in pclib.metrics(d) if "peak_rss_mib" in m][-1]
+        last = pclib.memory_record(d)
         dev[name], rss[name] = last["peak_device_mib"], last["peak_rss_mib"]
         plans[name] = [r["total"] for r in pclib.plan_table(d)]
         print(f"{name}: peak buffers per rank (MiB) {dev[name]}, peak RSS {rss[name]}; plan per rank (MiB) "

@@ -76,7 +76,7 @@ def main():
     for mode in ["false", "true"]:
         d = pclib.run_job(root, job, f"big-{mode}", 1, "train.global_batch=3", "backend.device=cpu-guarded",
                           f"eval.stream_layers={mode}")
-        peak[mode] = [m for m in pclib.metrics(d) if "peak_device_mib" in m][-1]["peak_device_mib"][0]
+        peak[mode] = pclib.memory_record(d)["peak_device_mib"][0]
     layer_mib = 4 * (256 * 256 * 2 + 2 * 256 * 128 + 3 * 256 * 1024 + 2 * 256) / 2**20
     pclib.check(peak["false"] - peak["true"] >= 6 * layer_mib,
                 f"8 layers: streamed peak of buffers {peak['true']:.1f} MiB vs whole {peak['false']:.1f} MiB "
