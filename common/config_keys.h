@@ -166,7 +166,7 @@ static const pc_config_key pc_config_keys[] = {
             "distill (its loss reads all of the teacher's logits)."},
     /* checkpoint */
     {.path = "checkpoint.every_steps", .type = PC_CT_INT, PC_AT(checkpoint.every_steps), .def = "100", .min = 0,
-     .flags = PC_K_MIN, .doc = "Write a checkpoint every this many steps (0 = only on a stop signal)."},
+     .flags = PC_K_MIN, .doc = "Write a checkpoint every this many steps, and always after the last step and on a stop signal (0: only those)."},
     {.path = "checkpoint.keep", .type = PC_CT_INT, PC_AT(checkpoint.keep), .def = "2", .min = 1, .flags = PC_K_MIN,
      .doc = "Complete checkpoints kept; older ones are deleted."},
     /* eval */
