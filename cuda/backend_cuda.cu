@@ -26,6 +26,7 @@
 #include "attention_tc.h"
 #include "cuda_check.h"
 #include "launch.h"
+#include "prof.h"
 
 #define CUBLAS_CHECK(call)                                                                                     \
     do {                                                                                                       \
@@ -40,6 +41,14 @@
  * configuration is reported here, not later; with PC_CUDA_SYNC=1 in the environment the
  * stream is also synchronised, so that a fault inside the kernel names this line. */
 #define LAUNCH_CHECK() launch_check(impl_of(be), __FILE__, __LINE__)
+
+/* A profiled region (prof.h; nothing happens unless profiling): the work put on the
+ * stream of cuda_impl *c between PROF_BEGIN and PROF_END counts as `name`, with its
+ * FLOPs and bytes of memory traffic (what the op must read and write at least). One
+ * region per scope, not nested. */
+#define PROF_BEGIN(c, name, flops, bytes) \
+    const int prof_slot_ = prof_begin((c)->prof, (c)->stream, name, (double)(flops), (double)(bytes))
+#define PROF_END(c) prof_end((c)->prof, (c)->stream, prof_slot_)
 
 typedef struct cuda_impl {
     int device;
@@ -61,6 +70,8 @@ typedef struct cuda_impl {
     int sync_launches;   /* PC_CUDA_SYNC=1: synchronise after every kernel (debugging) */
     int attn_bf16;       /* backend_cuda_set_attention: tensor-core attention where it applies */
     size_t smem_optin;   /* shared memory a block may opt into */
+    cu_prof *prof;       /* backend_cuda_profile; NULL: not profiling */
+    int prof_at_exit;    /* PC_CUDA_PROFILE=1: report on stderr at destroy */
 } cuda_impl;
 
 static cuda_impl *impl_of(backend *be) { return (cuda_impl *)be->impl; }
@@ -214,6 +225,8 @@ static void cu_destroy(backend *be)
 {
     cuda_impl *c = impl_of(be);
     CUDA_CHECK(cudaStreamSynchronize(c->stream));
+    if (c->prof_at_exit) backend_cuda_profile_report(be, stderr, 0.0);
+    prof_destroy(c->prof);
     CUDA_CHECK(cudaFree(c->att_d));
     CUDA_CHECK(cudaFree(c->red));
     CUDA_CHECK(cudaFree(c->bf_a));
@@ -263,7 +276,11 @@ static void cu_free(backend *be, void *p)
 
 static void cu_zero(backend *be, float *x, size_t n)
 {
-    if (n) CUDA_CHECK(cudaMemsetAsync(x, 0, n * sizeof(float), impl_of(be)->stream));
+    cuda_impl *c = impl_of(be);
+    if (!n) return;
+    PROF_BEGIN(c, "zero", 0, 4 * n);
+    CUDA_CHECK(cudaMemsetAsync(x, 0, n * sizeof(float), c->stream));
+    PROF_END(c);
 }
 
 static void cu_copy(backend *be, float *dst, const float *src, size_t n)
@@ -273,7 +290,9 @@ static void cu_copy(backend *be, float *dst, const float *src, size_t n)
     size_t bytes = n * sizeof(float);
     int overlap = (dst < src && dst + n > src) || (src < dst && src + n > dst);
     if (!overlap) {
+        PROF_BEGIN(c, "copy", 0, 2 * bytes);
         CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, c->stream));
+        PROF_END(c);
         return;
     }
     /* overlapping ranges (memmove semantics): through a temporary */
@@ -290,7 +309,9 @@ static void copy_sync(backend *be, void *dst, const void *src, size_t bytes, cud
 {
     cuda_impl *c = impl_of(be);
     if (bytes == 0) return;
+    PROF_BEGIN(c, kind == cudaMemcpyHostToDevice ? "upload (host to device)" : "download (device to host)", 0, bytes);
     CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, kind, c->stream));
+    PROF_END(c);
     CUDA_CHECK(cudaStreamSynchronize(c->stream));
 }
 
@@ -335,9 +356,12 @@ __global__ void k_widen_bf16(float *dst, const uint16_t *src, size_t n)
 
 static void cu_widen_bf16(backend *be, float *dst, const uint16_t *src, size_t n)
 {
+    cuda_impl *c = impl_of(be);
     if (!n) return;
-    PC_LAUNCH(k_widen_bf16, grid_for(n, 256), 256, 0, impl_of(be)->stream)(dst, src, n);
+    PROF_BEGIN(c, "widen_bf16", 0, 6 * n);
+    PC_LAUNCH(k_widen_bf16, grid_for(n, 256), 256, 0, c->stream)(dst, src, n);
     LAUNCH_CHECK();
+    PROF_END(c);
 }
 
 static void cu_upload_i32(backend *be, int32_t *dst, const int32_t *host_src, size_t n)
@@ -365,25 +389,28 @@ __global__ void k_round_bf16(__nv_bfloat16 *dst, size_t ld_dst, const float *src
     }
 }
 
-static void round_strided(cuda_impl *c, __nv_bfloat16 *dst, size_t ld_dst, const float *src, size_t rows,
-                          size_t cols, size_t ld)
+static void round_strided(cuda_impl *c, const char *region, __nv_bfloat16 *dst, size_t ld_dst, const float *src,
+                          size_t rows, size_t cols, size_t ld)
 {
     if (rows * cols == 0) return;
+    PROF_BEGIN(c, region, 0, 6 * rows * cols);
     PC_LAUNCH(k_round_bf16, grid_for(rows * cols, 256), 256, 0, c->stream)(dst, ld_dst, src, rows, cols, ld);
     launch_check(c, __FILE__, __LINE__);
+    PROF_END(c);
 }
 
 /* into a contiguous (rows, cols) */
-static void round_into(cuda_impl *c, __nv_bfloat16 *dst, const float *src, size_t rows, size_t cols, size_t ld)
+static void round_into(cuda_impl *c, const char *region, __nv_bfloat16 *dst, const float *src, size_t rows,
+                       size_t cols, size_t ld)
 {
-    round_strided(c, dst, cols, src, rows, cols, ld);
+    round_strided(c, region, dst, cols, src, rows, cols, ld);
 }
 
 static const __nv_bfloat16 *to_bf16(cuda_impl *c, uint16_t **buf, size_t *have, const float *src, int rows, int cols,
                                     int ld)
 {
     __nv_bfloat16 *dst = (__nv_bfloat16 *)grow_bf16(c, buf, have, (size_t)rows * cols);
-    round_into(c, dst, src, (size_t)rows, (size_t)cols, (size_t)ld);
+    round_into(c, "gemm operand to bf16", dst, src, (size_t)rows, (size_t)cols, (size_t)ld);
     return dst;
 }
 
@@ -400,21 +427,24 @@ static int bf16_block(int total, int K, size_t cap)
 
 static void cu_round_bf16(backend *be, uint16_t *dst, const float *src, size_t n)
 {
-    round_into(impl_of(be), (__nv_bfloat16 *)dst, src, 1, n, n);
+    round_into(impl_of(be), "round_bf16", (__nv_bfloat16 *)dst, src, 1, n, n);
 }
 
 static void cu_round_bf16_2d(backend *be, uint16_t *dst, int ld_dst, const float *src, int ld_src, int rows, int cols)
 {
-    round_strided(impl_of(be), (__nv_bfloat16 *)dst, (size_t)ld_dst, src, (size_t)rows, (size_t)cols, (size_t)ld_src);
+    round_strided(impl_of(be), "round_bf16", (__nv_bfloat16 *)dst, (size_t)ld_dst, src, (size_t)rows, (size_t)cols,
+                  (size_t)ld_src);
 }
 
 /* cu_gemm's product on bf16 operands (leading dimensions of their stored layouts), fp32 accumulation */
 static void gemm_bf16(cuda_impl *c, int ta, int tb, int M, int N, int K, float alpha, const __nv_bfloat16 *a, int lda,
                       const __nv_bfloat16 *b, int ldb, float beta, float *C, int ldc)
 {
+    PROF_BEGIN(c, "gemm bf16", 2.0 * M * N * K, 0);
     CUBLAS_CHECK(cublasGemmEx(c->blas, tb ? CUBLAS_OP_T : CUBLAS_OP_N, ta ? CUBLAS_OP_T : CUBLAS_OP_N, N, M, K, &alpha,
                               b, CUDA_R_16BF, ldb, a, CUDA_R_16BF, lda, &beta, C, CUDA_R_32F, ldc, CUBLAS_COMPUTE_32F,
                               CUBLAS_GEMM_DEFAULT));
+    PROF_END(c);
 }
 
 /* op(B)'s columns n0 .. n0+n (fp32, stored (K, N) or, tb, (N, K)) rounded into bf_b;
@@ -461,9 +491,11 @@ static void cu_gemm(backend *be, int ta, int tb, int M, int N, int K, float alph
         gemm_bf16_blocks(c, ta, tb, M, N, K, alpha, A, lda, B, NULL, ldb, beta, C, ldc);
         return;
     }
+    PROF_BEGIN(c, c->tf32 ? "gemm tf32" : "gemm fp32", 2.0 * M * N * K, 0);
     CUBLAS_CHECK(cublasGemmEx(c->blas, tb ? CUBLAS_OP_T : CUBLAS_OP_N, ta ? CUBLAS_OP_T : CUBLAS_OP_N, N, M, K, &alpha,
                               B, CUDA_R_32F, ldb, A, CUDA_R_32F, lda, &beta, C, CUDA_R_32F, ldc, compute_type(c),
                               CUBLAS_GEMM_DEFAULT));
+    PROF_END(c);
 }
 
 /* The weight B is already bf16: only A is rounded. */
@@ -484,10 +516,12 @@ static void cu_gemm_batched(backend *be, int ta, int tb, int M, int N, int K, fl
 {
     cuda_impl *c = impl_of(be);
     if (M <= 0 || N <= 0 || batch <= 0) return;
+    PROF_BEGIN(c, "gemm_batched fp32", 2.0 * M * N * K * batch, 0);
     CUBLAS_CHECK(cublasGemmStridedBatchedEx(c->blas, tb ? CUBLAS_OP_T : CUBLAS_OP_N, ta ? CUBLAS_OP_T : CUBLAS_OP_N,
                                             N, M, K, &alpha, B, CUDA_R_32F, ldb, (long long)sb, A, CUDA_R_32F, lda,
                                             (long long)sa, &beta, C, CUDA_R_32F, ldc, (long long)sc, batch,
                                             CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT)); /* fp32 in every matmul mode */
+    PROF_END(c);
 }
 
 /* ------------------------------------------------------------------ embedding */
@@ -521,23 +555,32 @@ __global__ void k_embedding_bwd(float *dtable, const float *dout, const int32_t 
 
 static void cu_embedding_fwd(backend *be, float *out, const float *table, const int32_t *tokens, int N, int d)
 {
+    cuda_impl *c = impl_of(be);
     if (N <= 0 || d <= 0) return;
-    PC_LAUNCH(k_embedding_fwd, N, 256, 0, impl_of(be)->stream)(out, table, tokens, d);
+    PROF_BEGIN(c, "embedding_fwd", 0, 8.0 * N * d);
+    PC_LAUNCH(k_embedding_fwd, N, 256, 0, c->stream)(out, table, tokens, d);
     LAUNCH_CHECK();
+    PROF_END(c);
 }
 
 static void cu_embedding_fwd_w16(backend *be, float *out, const uint16_t *table, const int32_t *tokens, int N, int d)
 {
+    cuda_impl *c = impl_of(be);
     if (N <= 0 || d <= 0) return;
-    PC_LAUNCH(k_embedding_fwd_w16, N, 256, 0, impl_of(be)->stream)(out, table, tokens, d);
+    PROF_BEGIN(c, "embedding_fwd", 0, 6.0 * N * d);
+    PC_LAUNCH(k_embedding_fwd_w16, N, 256, 0, c->stream)(out, table, tokens, d);
     LAUNCH_CHECK();
+    PROF_END(c);
 }
 
 static void cu_embedding_bwd(backend *be, float *dtable, const float *dout, const int32_t *tokens, int N, int d)
 {
+    cuda_impl *c = impl_of(be);
     if (N <= 0 || d <= 0) return;
-    PC_LAUNCH(k_embedding_bwd, N, 256, 0, impl_of(be)->stream)(dtable, dout, tokens, d);
+    PROF_BEGIN(c, "embedding_bwd", 0, 12.0 * N * d);
+    PC_LAUNCH(k_embedding_bwd, N, 256, 0, c->stream)(dtable, dout, tokens, d);
     LAUNCH_CHECK();
+    PROF_END(c);
 }
 
 /* ------------------------------------------------------------------ rmsnorm */
@@ -588,21 +631,27 @@ __global__ void k_rmsnorm_bwd_dw(float *dw, const float *dout, const float *x, c
 static void cu_rmsnorm_fwd(backend *be, float *out, float *rstd, const float *x, const float *w, int N, int d,
                            float eps)
 {
+    cuda_impl *c = impl_of(be);
     if (N <= 0 || d <= 0) return;
-    PC_LAUNCH(k_rmsnorm_fwd, N, 256, 0, impl_of(be)->stream)(out, rstd, x, w, d, eps);
+    PROF_BEGIN(c, "rmsnorm_fwd", 0, 8.0 * N * d); /* x in, out */
+    PC_LAUNCH(k_rmsnorm_fwd, N, 256, 0, c->stream)(out, rstd, x, w, d, eps);
     LAUNCH_CHECK();
+    PROF_END(c);
 }
 
 static void cu_rmsnorm_bwd(backend *be, float *dx, float *dw, const float *dout, const float *x, const float *w,
                            const float *rstd, int N, int d)
 {
-    cudaStream_t s = impl_of(be)->stream;
+    cuda_impl *c = impl_of(be);
+    cudaStream_t s = c->stream;
     if (N <= 0 || d <= 0) return;
+    PROF_BEGIN(c, "rmsnorm_bwd", 0, 16.0 * N * d); /* dout and x in, dx added to */
     PC_LAUNCH(k_rmsnorm_bwd_dx, N, 256, 0, s)(dx, dout, x, w, rstd, d);
     LAUNCH_CHECK();
     dim3 grid((unsigned)((d + 255) / 256), (unsigned)((N + RMS_DW_ROWS - 1) / RMS_DW_ROWS));
     PC_LAUNCH(k_rmsnorm_bwd_dw, grid, 256, 0, s)(dw, dout, x, rstd, N, d);
     LAUNCH_CHECK();
+    PROF_END(c);
 }
 
 /* ------------------------------------------------------------------ rope */
@@ -629,11 +678,13 @@ __global__ void k_rope(float *x, const float *cos_t, const float *sin_t, int T, 
 static void rope_launch(backend *be, float *x, const float *cos_t, const float *sin_t, int B, int T, int n_heads,
                         int hd, int ld, float sign)
 {
+    cuda_impl *c = impl_of(be);
     size_t total = (size_t)B * T * n_heads * (hd / 2);
     if (total == 0) return;
-    PC_LAUNCH(k_rope, grid_for(total, 256), 256, 0, impl_of(be)->stream)(x, cos_t, sin_t, T, n_heads, hd, ld, sign,
-                                                                         total);
+    PROF_BEGIN(c, sign > 0 ? "rope_fwd" : "rope_bwd", 0, 16.0 * total); /* a pair read and written */
+    PC_LAUNCH(k_rope, grid_for(total, 256), 256, 0, c->stream)(x, cos_t, sin_t, T, n_heads, hd, ld, sign, total);
     LAUNCH_CHECK();
+    PROF_END(c);
 }
 
 static void cu_rope_fwd(backend *be, float *x, const float *cos_t, const float *sin_t, int B, int T, int n_heads,
@@ -901,21 +952,28 @@ static void check_attention_shape(int H, int KV, int hd)
  * shape and device it takes). */
 static int on_tensor_cores(const cuda_impl *c, int hd) { return c->attn_bf16 && attn_tc_supported(hd, c->smem_optin); }
 
+/* FLOPs of causal attention's forward products, S = QK^T and O = PV over the T(T+1)/2
+ * (query, key) pairs of each head: 2 products x 2 FLOPs x hd per pair */
+static double attention_flops(int B, int T, int H, int hd) { return 2.0 * B * H * hd * (double)T * (T + 1); }
+
 static void cu_attention_fwd(backend *be, float *out, float *lse, const float *q, const float *k, const float *v,
                              int B, int T, int H, int KV, int hd, int ld)
 {
     if (B <= 0 || T <= 0 || H <= 0) return;
     check_attention_shape(H, KV, hd);
     cuda_impl *c = impl_of(be);
-    if (on_tensor_cores(c, hd)) {
+    const int tc = on_tensor_cores(c, hd);
+    PROF_BEGIN(c, tc ? "attention_fwd bf16" : "attention_fwd fp32", attention_flops(B, T, H, hd), 0);
+    if (tc) {
         attn_tc_fwd(c->stream, out, lse, q, k, v, B, T, H, KV, hd, ld);
         launch_check(c, __FILE__, __LINE__); /* PC_CUDA_SYNC names this call */
-        return;
-    }
-    dim3 grid((unsigned)((T + ATT_WARPS - 1) / ATT_WARPS), (unsigned)H, (unsigned)B);
-    PC_LAUNCH(k_attention_fwd, grid, ATT_WARPS * 32, 0, impl_of(be)->stream)(out, lse, q, k, v, T, H, KV, hd, ld,
+    } else {
+        dim3 grid((unsigned)((T + ATT_WARPS - 1) / ATT_WARPS), (unsigned)H, (unsigned)B);
+        PC_LAUNCH(k_attention_fwd, grid, ATT_WARPS * 32, 0, c->stream)(out, lse, q, k, v, T, H, KV, hd, ld,
                                                                       1.0f / sqrtf((float)hd));
-    LAUNCH_CHECK();
+        LAUNCH_CHECK();
+    }
+    PROF_END(c);
 }
 
 static void cu_attention_bwd(backend *be, float *dq, float *dk, float *dv, const float *dout, const float *out,
@@ -929,21 +987,25 @@ static void cu_attention_bwd(backend *be, float *dq, float *dk, float *dv, const
     size_t rows = (size_t)B * T * H;
     grow_f32(c, &c->att_d, &c->att_d_n, rows);
     const unsigned g_dsum = (unsigned)((rows * 32 + 255) / 256); /* a warp per (b, t, h) row */
+    const int tc = on_tensor_cores(c, hd);
+    /* FLOPs: the 5 products of a flash backward (S recomputed, dV, dP, dQ, dK), 2.5 forwards */
+    PROF_BEGIN(c, tc ? "attention_bwd bf16" : "attention_bwd fp32", 2.5 * attention_flops(B, T, H, hd), 0);
     PC_LAUNCH(k_attention_dsum, g_dsum, 256, 0, c->stream)(c->att_d, dout, out, B, T, H, hd);
     LAUNCH_CHECK();
-    if (on_tensor_cores(c, hd)) {
+    if (tc) {
         attn_tc_bwd(c->stream, dq, dk, dv, dout, lse, c->att_d, q, k, v, B, T, H, KV, hd, ld);
         launch_check(c, __FILE__, __LINE__);
-        return;
+    } else {
+        dim3 gq((unsigned)((T + ATT_WARPS - 1) / ATT_WARPS), (unsigned)H, (unsigned)B);
+        PC_LAUNCH(k_attention_bwd_dq, gq, ATT_WARPS * 32, 0, c->stream)(dq, dout, lse, c->att_d, q, k, v, T, H, KV, hd,
+                                                                        ld, scale);
+        LAUNCH_CHECK();
+        dim3 gkv((unsigned)((T + ATT_WARPS - 1) / ATT_WARPS), (unsigned)KV, (unsigned)B);
+        PC_LAUNCH(k_attention_bwd_dkv, gkv, ATT_WARPS * 32, 0, c->stream)(dk, dv, dout, lse, c->att_d, q, k, v, T, H,
+                                                                          KV, hd, ld, scale);
+        LAUNCH_CHECK();
     }
-    dim3 gq((unsigned)((T + ATT_WARPS - 1) / ATT_WARPS), (unsigned)H, (unsigned)B);
-    PC_LAUNCH(k_attention_bwd_dq, gq, ATT_WARPS * 32, 0, c->stream)(dq, dout, lse, c->att_d, q, k, v, T, H, KV, hd, ld,
-                                                                    scale);
-    LAUNCH_CHECK();
-    dim3 gkv((unsigned)((T + ATT_WARPS - 1) / ATT_WARPS), (unsigned)KV, (unsigned)B);
-    PC_LAUNCH(k_attention_bwd_dkv, gkv, ATT_WARPS * 32, 0, c->stream)(dk, dv, dout, lse, c->att_d, q, k, v, T, H, KV,
-                                                                      hd, ld, scale);
-    LAUNCH_CHECK();
+    PROF_END(c);
 }
 
 /* ------------------------------------------------------------------ swiglu */
@@ -974,20 +1036,25 @@ __global__ void k_swiglu_bwd(float *dgate, float *dup, const float *dout, const 
 
 static void cu_swiglu_fwd(backend *be, float *out, const float *gate, const float *up, int N, int f, int ld_in)
 {
+    cuda_impl *c = impl_of(be);
     size_t total = (size_t)N * f;
     if (N <= 0 || f <= 0) return;
-    PC_LAUNCH(k_swiglu_fwd, grid_for(total, 256), 256, 0, impl_of(be)->stream)(out, gate, up, f, ld_in, total);
+    PROF_BEGIN(c, "swiglu_fwd", 0, 12 * total); /* gate, up in; out */
+    PC_LAUNCH(k_swiglu_fwd, grid_for(total, 256), 256, 0, c->stream)(out, gate, up, f, ld_in, total);
     LAUNCH_CHECK();
+    PROF_END(c);
 }
 
 static void cu_swiglu_bwd(backend *be, float *dgate, float *dup, const float *dout, const float *gate,
                           const float *up, int N, int f, int ld_in)
 {
+    cuda_impl *c = impl_of(be);
     size_t total = (size_t)N * f;
     if (N <= 0 || f <= 0) return;
-    PC_LAUNCH(k_swiglu_bwd, grid_for(total, 256), 256, 0, impl_of(be)->stream)(dgate, dup, dout, gate, up, f, ld_in,
-                                                                               total);
+    PROF_BEGIN(c, "swiglu_bwd", 0, 20 * total); /* dout, gate, up in; dgate, dup */
+    PC_LAUNCH(k_swiglu_bwd, grid_for(total, 256), 256, 0, c->stream)(dgate, dup, dout, gate, up, f, ld_in, total);
     LAUNCH_CHECK();
+    PROF_END(c);
 }
 
 /* ------------------------------------------------------------------ cross-entropy */
@@ -1044,8 +1111,10 @@ static double cu_xent_fwd(backend *be, float *lse, const float *logits, const in
         return 0.0;
     }
     double *part = red_scratch(c, 2 * (size_t)N);
+    PROF_BEGIN(c, "xent_fwd", 0, 4.0 * N * V); /* the logits */
     PC_LAUNCH(k_xent_fwd, N, 256, 0, c->stream)(lse, part, part + N, logits, targets, V);
     LAUNCH_CHECK();
+    PROF_END(c);
     double res[2];
     reduce_to_host(c, part, part + N, (size_t)N, res);
     if (n_valid) *n_valid = (int64_t)llround(res[1]);
@@ -1055,9 +1124,12 @@ static double cu_xent_fwd(backend *be, float *lse, const float *logits, const in
 static void cu_xent_bwd(backend *be, float *dlogits, const float *logits, const float *lse, const int32_t *targets,
                         int N, int V, float scale)
 {
+    cuda_impl *c = impl_of(be);
     if (N <= 0) return;
-    PC_LAUNCH(k_xent_bwd, N, 256, 0, impl_of(be)->stream)(dlogits, logits, lse, targets, V, scale);
+    PROF_BEGIN(c, "xent_bwd", 0, 8.0 * N * V); /* logits in, dlogits */
+    PC_LAUNCH(k_xent_bwd, N, 256, 0, c->stream)(dlogits, logits, lse, targets, V, scale);
     LAUNCH_CHECK();
+    PROF_END(c);
 }
 
 /* ------------------------------------------------------------------ distillation */
@@ -1119,8 +1191,10 @@ static double cu_distill(backend *be, float *logits, const float *teacher, const
     cuda_impl *c = impl_of(be);
     if (N <= 0) return 0.0;
     double *part = red_scratch(c, (size_t)N);
+    PROF_BEGIN(c, "distill", 0, 12.0 * N * V); /* student and teacher logits in, student's gradient */
     PC_LAUNCH(k_distill, N, 256, 0, c->stream)(part, logits, teacher, targets, V, alpha, temperature, scale);
     LAUNCH_CHECK();
+    PROF_END(c);
     double res[2];
     reduce_to_host(c, part, NULL, (size_t)N, res);
     return res[0];
@@ -1183,9 +1257,12 @@ __global__ void k_adamw(float *p, const float *g, float *m, float *v, size_t n, 
 
 static void cu_add(backend *be, float *y, const float *a, const float *b, size_t n)
 {
+    cuda_impl *c = impl_of(be);
     if (!n) return;
-    PC_LAUNCH(k_add, grid_for(n, 256), 256, 0, impl_of(be)->stream)(y, a, b, n);
+    PROF_BEGIN(c, "add", 0, 12 * n);
+    PC_LAUNCH(k_add, grid_for(n, 256), 256, 0, c->stream)(y, a, b, n);
     LAUNCH_CHECK();
+    PROF_END(c);
 }
 
 static void cu_add2d(backend *be, float *dst, int ld_dst, const float *src, int ld_src, int rows, int cols,
@@ -1193,28 +1270,36 @@ static void cu_add2d(backend *be, float *dst, int ld_dst, const float *src, int 
 {
     cuda_impl *c = impl_of(be);
     if (rows <= 0 || cols <= 0) return;
+    PROF_BEGIN(c, "add2d", 0, (beta == 0.0f ? 8.0 : 12.0) * rows * cols);
     if (beta == 0.0f) {
         CUDA_CHECK(cudaMemcpy2DAsync(dst, sizeof(float) * (size_t)ld_dst, src, sizeof(float) * (size_t)ld_src,
                                      sizeof(float) * (size_t)cols, (size_t)rows, cudaMemcpyDeviceToDevice, c->stream));
-        return;
+    } else {
+        const unsigned grid = grid_for((size_t)rows * cols, 256);
+        PC_LAUNCH(k_add2d, grid, 256, 0, c->stream)(dst, ld_dst, src, ld_src, rows, cols, beta);
+        LAUNCH_CHECK();
     }
-    const unsigned grid = grid_for((size_t)rows * cols, 256);
-    PC_LAUNCH(k_add2d, grid, 256, 0, c->stream)(dst, ld_dst, src, ld_src, rows, cols, beta);
-    LAUNCH_CHECK();
+    PROF_END(c);
 }
 
 static void cu_scale(backend *be, float *x, float s, size_t n)
 {
+    cuda_impl *c = impl_of(be);
     if (!n) return;
-    PC_LAUNCH(k_scale, grid_for(n, 256), 256, 0, impl_of(be)->stream)(x, s, n);
+    PROF_BEGIN(c, "scale", 0, 8 * n);
+    PC_LAUNCH(k_scale, grid_for(n, 256), 256, 0, c->stream)(x, s, n);
     LAUNCH_CHECK();
+    PROF_END(c);
 }
 
 static void cu_axpy(backend *be, float *y, float alpha, const float *x, size_t n)
 {
+    cuda_impl *c = impl_of(be);
     if (!n) return;
-    PC_LAUNCH(k_axpy, grid_for(n, 256), 256, 0, impl_of(be)->stream)(y, alpha, x, n);
+    PROF_BEGIN(c, "axpy", 0, 12 * n);
+    PC_LAUNCH(k_axpy, grid_for(n, 256), 256, 0, c->stream)(y, alpha, x, n);
     LAUNCH_CHECK();
+    PROF_END(c);
 }
 
 #define SUMSQ_BLOCKS 1024
@@ -1223,8 +1308,10 @@ static double cu_sumsq(backend *be, const float *x, size_t n)
     cuda_impl *c = impl_of(be);
     if (!n) return 0.0;
     double *part = red_scratch(c, SUMSQ_BLOCKS);
+    PROF_BEGIN(c, "sumsq", 0, 4 * n);
     PC_LAUNCH(k_sumsq, SUMSQ_BLOCKS, 256, 0, c->stream)(part, x, n);
     LAUNCH_CHECK();
+    PROF_END(c);
     double res[2];
     reduce_to_host(c, part, NULL, SUMSQ_BLOCKS, res);
     return res[0];
@@ -1233,14 +1320,17 @@ static double cu_sumsq(backend *be, const float *x, size_t n)
 static void cu_adamw(backend *be, float *p, const float *g, float *m, float *v, size_t n, float lr, float beta1,
                      float beta2, float eps, float weight_decay, float grad_scale, int64_t step)
 {
+    cuda_impl *c = impl_of(be);
     if (!n) return;
     /* the same float constants as the CPU backend */
     double bc1 = 1.0 - pow(beta1, (double)step), bc2 = 1.0 - pow(beta2, (double)step);
     float step_size = (float)(lr / bc1), inv_sqrt_bc2 = (float)(1.0 / sqrt(bc2));
     float decay = 1.0f - lr * weight_decay;
-    PC_LAUNCH(k_adamw, grid_for(n, 256), 256, 0, impl_of(be)->stream)(p, g, m, v, n, beta1, beta2, eps, grad_scale,
-                                                                      step_size, inv_sqrt_bc2, decay);
+    PROF_BEGIN(c, "adamw", 0, 28 * n); /* p, m, v read and written, g read */
+    PC_LAUNCH(k_adamw, grid_for(n, 256), 256, 0, c->stream)(p, g, m, v, n, beta1, beta2, eps, grad_scale, step_size,
+                                                            inv_sqrt_bc2, decay);
     LAUNCH_CHECK();
+    PROF_END(c);
 }
 
 /* ------------------------------------------------------------------ table, creation */
@@ -1329,6 +1419,26 @@ extern "C" int backend_cuda_set_bf16_block(backend *be, size_t elems)
     return 0;
 }
 
+extern "C" int backend_cuda_profile(backend *be, int on)
+{
+    if (!be || be->ops != &cuda_ops) return -1;
+    cuda_impl *c = impl_of(be);
+    if (on && c->prof) prof_reset(c->prof);
+    if (on && !c->prof) c->prof = prof_create();
+    if (!on) {
+        prof_destroy(c->prof);
+        c->prof = NULL;
+    }
+    return 0;
+}
+
+extern "C" void backend_cuda_profile_report(backend *be, FILE *f, double wall_s)
+{
+    if (!be || be->ops != &cuda_ops || !impl_of(be)->prof) return;
+    fprintf(f, "%s\n", be->info);
+    prof_report(impl_of(be)->prof, f, wall_s);
+}
+
 extern "C" int backend_cuda_set_tf32(backend *be, int on)
 {
     if (!be || be->ops != &cuda_ops) return -1;
@@ -1380,8 +1490,9 @@ extern "C" backend *backend_cuda_create(int device, char *err, int errlen)
     c->device = device;
     c->smem_optin = prop.sharedMemPerBlockOptin;
     c->bf_cap = BACKEND_CUDA_BF16_BLOCK;
-    const char *sync = getenv("PC_CUDA_SYNC");
+    const char *sync = getenv("PC_CUDA_SYNC"), *prof = getenv("PC_CUDA_PROFILE");
     c->sync_launches = sync && !strcmp(sync, "1");
+    c->prof_at_exit = prof && !strcmp(prof, "1");
     snprintf(c->device_name, sizeof c->device_name, "%.63s", prop.name);
     if ((rc = cudaStreamCreateWithFlags(&c->stream, cudaStreamNonBlocking)) != cudaSuccess) {
         create_fail(err, errlen, "cudaStreamCreate", device, cudaGetErrorString(rc));
@@ -1405,5 +1516,6 @@ extern "C" backend *backend_cuda_create(int device, char *err, int errlen)
     be->impl = c;
     be->threads = 1;
     set_info(be);
+    if (c->prof_at_exit) backend_cuda_profile(be, 1);
     return be;
 }

@@ -10,6 +10,8 @@
 #ifndef PC_BACKEND_CUDA_H
 #define PC_BACKEND_CUDA_H
 
+#include <stdio.h>
+
 #include "backend.h"
 
 #ifdef __cplusplus
@@ -34,6 +36,14 @@ int backend_cuda_set_attention(backend *be, int bf16);
 /* Set that bound (elements; tests make it small to exercise the blocks). Returns -1 when
  * be is not a CUDA backend. */
 int backend_cuda_set_bf16_block(backend *be, size_t elems);
+/* Profiling (cuda/prof.h): on != 0 starts timing every op's device work with CUDA events
+ * (forgetting what was timed before), 0 stops. PC_CUDA_PROFILE=1 in the environment
+ * starts it at creation and prints the report on stderr when the backend is destroyed.
+ * Returns -1 when be is not a CUDA backend. */
+int backend_cuda_profile(backend *be, int on);
+/* The profile so far, a table sorted by device time (prof_report); wall_s > 0 sets the
+ * ops' total against that wall time. Nothing when not profiling. */
+void backend_cuda_profile_report(backend *be, FILE *f, double wall_s);
 /* Largest attention head_dim the attention kernels take. */
 #define BACKEND_CUDA_MAX_HEAD_DIM 128
 

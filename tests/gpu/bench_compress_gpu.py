@@ -312,6 +312,18 @@ def fmt(x, spec, none="n/a"):
     return none if not x else format(x, spec)
 
 
+def row(a, dense, proj, mode, label, r):
+    """The table's line of one run's result r."""
+    if not r.get("ok"):
+        why = "out of memory" if "out of memory" in r.get("error", "").lower() else "FAILED"
+        return f"{label:<26} {why:>9}   peak dev MiB {fmt(r.get('dev'), '.0f')}"
+    tf = r.get("tflops", (dense + proj) / r["step"] / 1e12 if mode == "torch" else None)
+    mfu = dense / r["step"] / 1e12 / a.peak
+    return (f"{label:<26} {r['step']:>9.4f} {a.batch * a.seq / r['step']:>10.0f} {fmt(tf, '8.3f'):>8} {mfu:>7.2%} "
+            f"{fmt(r.get('dev'), '.0f'):>13} {fmt(r.get('rss'), '.0f'):>13} "
+            f"{r['losses'][0]:>7.4f}/{r['losses'][-1]:.4f}")
+
+
 def main():
     a = parse()
     pclib.BUILD = a.build
@@ -323,11 +335,11 @@ def main():
     dense = dense_flops(a)
     proj = proj_flops(a.hidden, a.ff, a.layers, a.dc, a.ffc, a.vocab, a.heads, a.kv, a.hd)
     bound = 1 + proj / dense
-    tokens = a.batch * a.seq
 
     res = {}
-    for mode, _, extra in RUNS:
+    for mode, label, extra in RUNS:
         res[mode] = run_daemon(a, job, root, mode, extra, commands)
+        print("done:", row(a, dense, proj, mode, label, res[mode]), flush=True)  # kept if a later run is cut off
     if a.torch:
         commands.append(f"(in this process) PyTorch eager compress step on {a.device}, {a.steps} steps")
         try:
@@ -337,6 +349,7 @@ def main():
             peak = torch.cuda.max_memory_allocated() / 2**20 if a.device == "cuda" else None
             res["torch"] = {"ok": False, "dev": peak, "error": f"{type(ex).__name__}: {str(ex)[:300]}"}
             sys.stderr.write(f"PyTorch run failed: {res['torch']['error']}\n")
+        print("done:", row(a, dense, proj, "torch", "PyTorch eager compress", res["torch"]), flush=True)
 
     print()
     print(f"base: d {a.hidden}, d_ff {a.ff}, {a.layers} layers, {a.heads}/{a.kv} heads x {a.hd}, vocab {a.vocab} -> "
@@ -357,16 +370,7 @@ def main():
     print("-" * len(hdr))
     rows = [(mode, label) for mode, label, _ in RUNS] + ([("torch", "PyTorch eager compress")] if a.torch else [])
     for mode, label in rows:
-        r = res[mode]
-        if not r.get("ok"):
-            why = "out of memory" if "out of memory" in r.get("error", "").lower() else "FAILED"
-            print(f"{label:<26} {why:>9}   peak dev MiB {fmt(r.get('dev'), '.0f')}")
-            continue
-        tf = r.get("tflops", (dense + proj) / r["step"] / 1e12 if mode == "torch" else None)
-        mfu = dense / r["step"] / 1e12 / a.peak
-        print(f"{label:<26} {r['step']:>9.4f} {tokens / r['step']:>10.0f} {fmt(tf, '8.3f'):>8} {mfu:>7.2%} "
-              f"{fmt(r.get('dev'), '.0f'):>13} {fmt(r.get('rss'), '.0f'):>13} "
-              f"{r['losses'][0]:>7.4f}/{r['losses'][-1]:.4f}")
+        print(row(a, dense, proj, mode, label, res[mode]))
     print()
     print(f"analytic bound 1 + proj/dense = 1 + {proj:.4g}/{dense:.4g} = {bound:.4f}")
     if res["prune"]["ok"]:

@@ -10,11 +10,17 @@
  * daemon's do (llama_use_bf16_weights); -w16 0 rounds the weights on every product
  * instead, for comparison. -attn 1 runs attention on bf16 tensor cores
  * (backend_cuda_set_attention). Peak device memory is sampled with cudaMemGetInfo after
- * every forward and backward.
+ * every forward and backward. -prof N runs N more steps after the timed ones with the
+ * backend's op profiler on (backend_cuda_profile: CUDA events around each op) and prints
+ * where their device time went, op by op, with each op's TFLOP/s or GB/s; the timed steps
+ * above are not profiled.
+ *
+ * -layers, -d, -ff and -vocab change the shape (tests run it tiny).
  *
  *   bench-gpu [-B 4] [-T 2048] [-steps 10] [-warmup 2] [-tf32 1] [-bf16 0] [-w16 1] [-attn 0]
- *             [-peak TFLOPS] [-layers 16] [-device 0] */
+ *             [-peak TFLOPS] [-layers 16] [-device 0] [-prof 0] [-d 1344] [-ff 5376] [-vocab 128256] */
 #include <cuda_runtime.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -50,6 +56,7 @@ static int arg_int(int argc, char **argv, int *i, int *out)
 int main(int argc, char **argv)
 {
     int B = 4, T = 2048, steps = 10, warmup = 2, tf32 = 1, bf16 = 0, w16 = 1, attn = 0, layers = 16, device = 0;
+    int prof_steps = 0, d_model = 1344, d_ff = 5376, vocab = 128256;
     double peak_tflops = 0.0;
     for (int i = 1; i < argc; i++) {
         int bad = 0;
@@ -63,12 +70,17 @@ int main(int argc, char **argv)
         else if (!strcmp(argv[i], "-attn")) bad = arg_int(argc, argv, &i, &attn);
         else if (!strcmp(argv[i], "-layers")) bad = arg_int(argc, argv, &i, &layers);
         else if (!strcmp(argv[i], "-device")) bad = arg_int(argc, argv, &i, &device);
+        else if (!strcmp(argv[i], "-prof")) bad = arg_int(argc, argv, &i, &prof_steps);
+        else if (!strcmp(argv[i], "-d")) bad = arg_int(argc, argv, &i, &d_model);
+        else if (!strcmp(argv[i], "-ff")) bad = arg_int(argc, argv, &i, &d_ff);
+        else if (!strcmp(argv[i], "-vocab")) bad = arg_int(argc, argv, &i, &vocab);
         else if (!strcmp(argv[i], "-peak") && i + 1 < argc) peak_tflops = atof(argv[++i]);
         else bad = 1;
-        if (bad || B < 1 || T < 1 || steps < 1 || layers < 1 || layers > PC_MAX_LAYERS) {
+        if (bad || B < 1 || T < 1 || steps < 1 || layers < 1 || layers > PC_MAX_LAYERS || d_model < 1 || d_ff < 1 ||
+            vocab < 2) {
             fprintf(stderr,
                     "usage: bench-gpu [-B 4] [-T 2048] [-steps 10] [-warmup 2] [-tf32 1] [-bf16 0] [-w16 1] [-attn 0] "
-                    "[-peak TFLOPS] [-layers 16] [-device 0]\n");
+                    "[-peak TFLOPS] [-layers 16] [-device 0] [-prof 0] [-d 1344] [-ff 5376] [-vocab 128256]\n");
             return 2;
         }
     }
@@ -90,11 +102,11 @@ int main(int argc, char **argv)
 
     llama_config c;
     hf_config_defaults(&c);
-    c.vocab_size = 128256;
-    c.d_model = 1344;
-    c.d_ff = 5376;
+    c.vocab_size = vocab;
+    c.d_model = d_model;
+    c.d_ff = d_ff;
     c.n_layers = layers;
-    for (int l = 0; l < layers; l++) c.d_ff_layer[l] = 5376;
+    for (int l = 0; l < layers; l++) c.d_ff_layer[l] = d_ff;
     c.n_heads = 32;
     c.n_kv_heads = 8;
     c.head_dim = 64;
@@ -133,8 +145,9 @@ int main(int argc, char **argv)
     printf("batch: B %d x T %d = %zu tokens; %s%s\n", B, T, N, be->info,
            m.w16 ? "; products read a bf16 weight copy" : "");
 
-    double t_fwd = 0.0, t_bwd = 0.0, loss = 0.0;
-    for (int s = 0; s < warmup + steps; s++) {
+    double t_fwd = 0.0, t_bwd = 0.0, t_prof = 0.0, loss = 0.0;
+    for (int s = 0; s < warmup + steps + prof_steps; s++) {
+        if (s == warmup + steps) backend_cuda_profile(be, 1);
         llama_zero_grad(&m);
         be->ops->sync(be);
         double t0 = pc_now();
@@ -146,7 +159,9 @@ int main(int argc, char **argv)
         be->ops->sync(be);
         double t2 = pc_now();
         sample_memory(&mem);
-        if (s >= warmup) {
+        if (s >= warmup + steps)
+            t_prof += t2 - t0;
+        else if (s >= warmup) {
             t_fwd += t1 - t0;
             t_bwd += t2 - t1;
         }
@@ -154,13 +169,18 @@ int main(int argc, char **argv)
     double per_step = (t_fwd + t_bwd) / steps, tok_s = (double)N / per_step;
     double flops_tok = llama_flops_per_token(&c, T);
     double achieved = flops_tok * tok_s;
-    printf("loss %.4f (random weights, expect ~ln(vocab) = 11.76)\n", loss);
+    printf("loss %.4f (random weights, expect about ln(vocab) = %.2f)\n", loss, log((double)c.vocab_size));
     printf("step %.1f ms (forward %.1f ms, backward %.1f ms) over %d steps after %d warm-up\n", 1e3 * per_step,
            1e3 * t_fwd / steps, 1e3 * t_bwd / steps, steps, warmup);
     printf("tokens/s %.0f; %.3f GFLOP/token; %.1f TFLOP/s; MFU %.1f%% of %.1f TFLOP/s\n", tok_s, flops_tok / 1e9,
            achieved / 1e12, 100.0 * achieved / (peak_tflops * 1e12), peak_tflops);
     printf("peak device memory in use %.2f GiB of %.2f GiB (%.2f GiB before the model)\n",
            (double)mem.used / (1 << 30), (double)mem.total / (1 << 30), (double)used_before / (1 << 30));
+    if (prof_steps > 0) {
+        printf("\nop profile of %d more step(s), %.1f ms per step with the profiler's events:\n", prof_steps,
+               1e3 * t_prof / prof_steps);
+        backend_cuda_profile_report(be, stdout, t_prof);
+    }
     llama_free(&m);
     free(tok);
     free(tgt);

@@ -3,10 +3,12 @@
  * holds the work put on it (simt_emu.h, emu_put: kernels, copies, memsets, cuBLAS
  * products; emu_stream_put: nccl_emu.c's collectives) and runs it, in order, only when it
  * is synchronized: cudaStreamSynchronize and cudaStreamQuery (which then answers
- * cudaSuccess), or cudaDeviceSynchronize and cudaFree for every stream. */
+ * cudaSuccess), or cudaDeviceSynchronize and cudaFree for every stream; an event's
+ * stream also when the event is waited for. */
 #include "cuda_runtime.h"
 
 #include <algorithm>
+#include <chrono>
 
 extern "C" cudaError_t emu_stream_create(cudaStream_t *s)
 {
@@ -39,5 +41,55 @@ extern "C" void emu_stream_put(cudaStream_t s, void (*run)(void *), void *ctx)
 extern "C" cudaError_t emu_device_sync(void)
 {
     emu_run_stream(nullptr);
+    return cudaSuccess;
+}
+
+extern "C" cudaError_t emu_mem_info(size_t *free_b, size_t *total_b) { return cudaMemGetInfo(free_b, total_b); }
+
+struct emu_event {
+    emu_stream *stream = nullptr; /* recorded on it, not yet completed */
+    bool done = false;
+    double ms = 0.0; /* host clock when it completed */
+};
+
+extern "C" cudaError_t emu_event_create(cudaEvent_t *e)
+{
+    *e = new emu_event;
+    return cudaSuccess;
+}
+
+extern "C" cudaError_t emu_event_sync(cudaEvent_t e)
+{
+    if (!e) return cudaErrorInvalidValue;
+    if (!e->done && e->stream) emu_run_stream(e->stream);
+    return cudaSuccess;
+}
+
+extern "C" cudaError_t emu_event_destroy(cudaEvent_t e)
+{
+    if (!e) return cudaErrorInvalidValue;
+    emu_event_sync(e); /* its stream's pending work still refers to it */
+    delete e;
+    return cudaSuccess;
+}
+
+extern "C" cudaError_t emu_event_record(cudaEvent_t e, cudaStream_t s)
+{
+    if (!e) return cudaErrorInvalidValue;
+    e->stream = s;
+    e->done = false;
+    emu_put(s, [e] {
+        e->ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now().time_since_epoch()).count();
+        e->done = true;
+        e->stream = nullptr;
+    });
+    return cudaSuccess;
+}
+
+extern "C" cudaError_t emu_event_elapsed(float *ms, cudaEvent_t start, cudaEvent_t end)
+{
+    if (!start || !end) return cudaErrorInvalidValue;
+    if (!start->done || !end->done) return cudaErrorNotReady;
+    *ms = (float)(end->ms - start->ms);
     return cudaSuccess;
 }

@@ -10,14 +10,20 @@
 #       runtime and CUDA's own (cudart, cuBLAS, NCCL): Open MPI and PMIx with their plugins
 #       (relocated through OPAL_PREFIX and PMIX_INSTALL_PREFIX), HDF5, libyaml, OpenBLAS
 #       and theirs.
-#   bash tests/gpu/kit.sh run [PART...]   there, from the repository root with
-#       gpu-kit.tar.xz beside it: unpacks the kit, finds CUDA's libraries and runs the
-#       parts (default all, in this order; each fits one 10-minute call): check (the kit
-#       on a 2-rank CPU compress job; needs no GPU), tests (the gpu suite), bench
-#       (bench-gpu in run.sh gpu's modes), compress (bench_compress_gpu.py). Logs in $OUT
-#       (or runs/gpu-check). Python parts use the machine's python3 (numpy, torch,
-#       transformers, safetensors, h5py), or $PYTHON.
-#   bash tests/gpu/kit.sh build BUILD [PART...]   the same parts on a build tree, on a
+#   bash tests/gpu/kit.sh run [--budget SECONDS] [PART...]   there, from the repository
+#       root with gpu-kit.tar.xz beside it: unpacks the kit, finds CUDA's libraries and
+#       runs the parts in the order given (default check tests bench compress; each fits
+#       one 10-minute call): check (the kit on a 2-rank CPU compress job; needs no GPU),
+#       tests (kernels, then daemon), kernels (every op, the Llama forward/backward and the
+#       NCCL comm against the CPU backend), daemon (projcompd on the GPU against the CPU
+#       backend and transformers), bench (bench-gpu in run.sh gpu's modes), compress
+#       (bench_compress_gpu.py). With --budget the parts share SECONDS: each step gets
+#       what is left, and what would get under 20 s is not started (marked BUDGET), so a
+#       lease's one call ends in time with every result so far, e.g. a first GPU call:
+#       bash tests/gpu/kit.sh run --budget 480 kernels bench compress daemon
+#       Logs in $OUT (or runs/gpu-check). Python parts use the machine's python3 (numpy,
+#       torch, transformers, safetensors, h5py), or $PYTHON.
+#   bash tests/gpu/kit.sh build BUILD [--budget SECONDS] [PART...]   the same parts on a build tree, on a
 #       machine that has the packages (run.sh gpu).
 #   bash tests/gpu/kit.sh exec CMD...   CMD in the kit's environment (its mpirun first on
 #       PATH, PC_BUILD its build tree), e.g. another benchmark shape:
@@ -119,15 +125,34 @@ cuda_dirs() {
 
 # step LOG SECONDS CMD...: CMD under a time limit, its output to LOG too; a failure sets
 # rc (77 is a skip, as in the test suite).
+# With a budget (run's --budget, deadline > 0) a step gets at most the time left before the
+# deadline; one that would get less than STEP_MIN seconds ($PCKIT_STEP_MIN, default 20) is
+# not started (BUDGET), and one that the deadline cuts short is marked CUT; both leave rc
+# non-zero (unchecked is not passed). failed: set by a step that ran and failed.
+STEP_MIN=${PCKIT_STEP_MIN:-20}
+deadline=0
+failed=0
 step() {
-    local log=$1 limit=$2
+    local log=$1 limit=$2 cut=0
     shift 2
+    if [ "$deadline" -gt 0 ]; then
+        local left=$((deadline - $(date +%s)))
+        if [ "$left" -lt "$STEP_MIN" ]; then
+            echo "BUDGET (${left} s left, not started): $*" | tee -a "$log"
+            rc=1
+            return
+        fi
+        [ "$left" -lt "$limit" ] && { limit=$left; cut=1; }
+    fi
     timeout "$limit" "$@" 2>&1 | tee -a "$log"
     local s=${PIPESTATUS[0]}
     case $s in
     0) ;;
     77) echo "SKIP: $*" | tee -a "$log" ;;
-    *) echo "FAIL ($s): $*" | tee -a "$log"; rc=1 ;;
+    124) if [ $cut -eq 1 ]; then echo "CUT (the budget's deadline, after $limit s): $*" | tee -a "$log"
+         else echo "FAIL (timed out after $limit s): $*" | tee -a "$log"; failed=1; fi
+         rc=1 ;;
+    *) echo "FAIL ($s): $*" | tee -a "$log"; rc=1; failed=1 ;;
     esac
 }
 
@@ -161,16 +186,22 @@ kit_env() {
 part_check() { # the kit itself: MPI, HDF5, YAML and BLAS on a 2-rank CPU compress job
     step "$out/kit-check.txt" 300 "$py" tests/gpu/kit_check.py
 }
-part_tests() { # the gpu suite, as tests/gpu/meson.build runs it
+part_kernels() { # the gpu suite's programs: every op, the Llama fwd/bwd, the NCCL comm
     step "$out/tests.txt" 300 "$PC_BUILD/tests/gpu/test_cuda_ops"
     step "$out/tests.txt" 300 "$PC_BUILD/tests/gpu/test_cuda_llama"
     for np in 1 2; do # 2 ranks skip without two devices
         step "$out/tests.txt" 120 mpirun -np $np "$PC_BUILD/tests/gpu/test_nccl"
     done
+}
+part_daemon() { # the gpu suite's daemon runs against the CPU backend and transformers
     step "$out/tests.txt" 540 "$py" tests/gpu/test_daemon_cuda.py
 }
-part_bench() { # run.sh gpu's bench-gpu modes: fwd+bwd of the 1B-shaped compressed model
-    for mode in "-tf32 0" "-tf32 1" "-bf16 1 -w16 0" "-bf16 1" "-bf16 1 -attn 1"; do
+part_tests() { # the whole gpu suite, as tests/gpu/meson.build runs it
+    part_kernels
+    part_daemon
+}
+part_bench() { # run.sh gpu's bench-gpu modes, bf16 first with an op profile of two more steps
+    for mode in "-bf16 1 -attn 1 -prof 2" "-bf16 1" "-tf32 1" "-bf16 1 -w16 0" "-tf32 0"; do
         # shellcheck disable=SC2086
         step "$out/bench-gpu.txt" 300 "$PC_BUILD/tests/gpu/bench-gpu" -B 4 -T 2048 $mode
     done
@@ -181,10 +212,16 @@ part_compress() { # compress vs prune vs the bound vs PyTorch eager (docs/benchm
 
 # run_parts PART...: the parts on the programs under $PC_BUILD (the kit's or a build's).
 run_parts() {
-    local out rc=0 parts=("$@")
+    local out rc=0 parts
+    if [ "${1:-}" = --budget ]; then
+        [[ "${2:-}" =~ ^[0-9]+$ ]] || { say "--budget takes a number of seconds"; return 2; }
+        deadline=$(($(date +%s) + $2))
+        shift 2
+    fi
+    parts=("$@")
     [ ${#parts[@]} -gt 0 ] || parts=(check tests bench compress)
     for p in "${parts[@]}"; do
-        case "$p" in check | tests | bench | compress) ;; *) say "unknown part '$p'"; return 2 ;; esac
+        case "$p" in check | tests | kernels | daemon | bench | compress) ;; *) say "unknown part '$p'"; return 2 ;; esac
     done
     out=${OUT:-$top/runs/gpu-check}
     mkdir -p "$out"
@@ -199,9 +236,9 @@ run_parts() {
             touch "$out/.gpu"
         fi
         "part_$p"
-        [ "$p" = check ] && [ $rc -ne 0 ] && { say "the programs do not run here (see $out/kit-check.txt)"; return 1; }
+        [ "$p" = check ] && [ $failed -ne 0 ] && { say "the programs do not run here (see $out/kit-check.txt)"; return 1; }
     done
-    grep -h '^FAIL' "$out"/*.txt
+    grep -hE '^(FAIL|CUT|BUDGET)' "$out"/*.txt
     return $rc
 }
 
@@ -216,5 +253,5 @@ build)
     run_parts "$@"
     ;;
 exec) shift; kit_env && exec "$@" ;;
-*) sed -n '2,24p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
+*) sed -n '2,30p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
 esac

@@ -628,6 +628,94 @@ static void test_adamw(ctx *x)
     pair_free(x, &v);
 }
 
+/* ---------------------------------------------------------------- profiler */
+
+/* Calls and milliseconds of region `name` in a backend_cuda_profile_report table (-1
+ * calls: no such line). */
+static long profiled(const char *table, const char *name, double *ms)
+{
+    size_t n = strlen(name);
+    for (const char *l = table; l && *l; l = strchr(l, '\n') ? strchr(l, '\n') + 1 : NULL) {
+        long calls;
+        if (!strncmp(l, name, n) && l[n] == ' ' && sscanf(l + 28, "%ld %lf", &calls, ms) == 2) return calls;
+    }
+    return -1;
+}
+
+static char *profile_table(backend *be)
+{
+    char *buf = NULL;
+    size_t len = 0;
+    FILE *f = open_memstream(&buf, &len);
+    backend_cuda_profile_report(be, f, 1.0);
+    fclose(f);
+    return buf;
+}
+
+/* backend_cuda_profile: each op's device work counted under its region with the calls
+ * made (a bf16 product in blocks: a cuBLAS product per row block, and one rounding per
+ * row block of A plus one of the whole B), times that are read only after their events
+ * completed (the emulator refuses an early read), results bitwise those of the same ops
+ * unprofiled, and no report once it is off. */
+static void test_profile(ctx *x)
+{
+    const int M = 128, N = 64, K = 32, d = 64; /* C (M,N) normed as (M*N/d, d) */
+    float *hA = host_randn(x, (size_t)M * K, 1.0f), *hB = host_randn(x, (size_t)K * N, 1.0f);
+    float *hw = host_randn(x, (size_t)d, 1.0f), *out[2][2];
+    backend *g = x->gpu;
+    float *A = be_alloc(g, (size_t)M * K), *B = be_alloc(g, (size_t)K * N), *w = be_alloc(g, (size_t)d);
+    float *rstd = be_alloc(g, (size_t)M * N / d), *C = be_alloc(g, (size_t)M * N), *D = be_alloc(g, (size_t)M * N);
+    be_upload(g, A, hA, (size_t)M * K);
+    be_upload(g, B, hB, (size_t)K * N);
+    be_upload(g, w, hw, (size_t)d);
+    char *table = NULL;
+    for (int on = 0; on < 2; on++) {
+        backend_cuda_profile(g, on);
+        g->ops->gemm(g, 0, 0, M, N, K, 1.0f, A, K, B, N, 0.0f, C, N); /* fp32 */
+        out[on][0] = pc_alloc_f32((size_t)M * N);
+        be_download(g, out[on][0], C, (size_t)M * N);
+        g->ops->set_matmul(g, MATMUL_BF16);
+        backend_cuda_set_bf16_block(g, (size_t)64 * K); /* 2 blocks of 64 rows of A; B whole */
+        g->ops->gemm(g, 0, 0, M, N, K, 1.0f, A, K, B, N, 0.0f, C, N);
+        backend_cuda_set_bf16_block(g, BACKEND_CUDA_BF16_BLOCK);
+        g->ops->set_matmul(g, MATMUL_FP32);
+        for (int i = 0; i < 2; i++) g->ops->rmsnorm_fwd(g, D, rstd, C, w, M * N / d, d, 1e-5f);
+        out[on][1] = pc_alloc_f32((size_t)M * N);
+        be_download(g, out[on][1], D, (size_t)M * N);
+        if (on) table = profile_table(g);
+    }
+    printf("%s", table);
+    static const struct {
+        const char *name;
+        long calls;
+    } want[] = {{"gemm fp32", 1}, {"gemm bf16", 2}, {"gemm operand to bf16", 3}, {"rmsnorm_fwd", 2}};
+    for (size_t i = 0; i < PC_ARRAY_LEN(want); i++) {
+        double ms = -1.0;
+        long calls = profiled(table, want[i].name, &ms);
+        char what[96];
+        snprintf(what, sizeof what, "profile: %s, %ld calls (want %ld), %.4f ms", want[i].name, calls, want[i].calls,
+                 ms);
+        report(x, what, calls == want[i].calls && ms >= 0.0 ? 0.0 : 1.0, 0.0);
+    }
+    const char *all = strstr(table, "\nall regions ");
+    double total = 0.0;
+    report(x, "profile: the regions' total time is positive",
+           all && sscanf(all + 1 + 28, "%lf", &total) == 1 && total > 0.0 ? 0.0 : 1.0, 0.0);
+    report(x, "profile: results bitwise those of the unprofiled ops",
+           memcmp(out[0][0], out[1][0], sizeof(float) * M * N) || memcmp(out[0][1], out[1][1], sizeof(float) * M * N)
+               ? 1.0
+               : 0.0,
+           0.0);
+    free(table);
+    backend_cuda_profile(g, 0);
+    table = profile_table(g);
+    report(x, "profile: off reports nothing", table && *table ? 1.0 : 0.0, 0.0);
+    free(table);
+    for (int on = 0; on < 2; on++) free(out[on][0]), free(out[on][1]);
+    free(hA), free(hB), free(hw);
+    be_free(g, A), be_free(g, B), be_free(g, w), be_free(g, rstd), be_free(g, C), be_free(g, D);
+}
+
 int main(void)
 {
     if (pc_cuda_device_count() == 0) {
@@ -659,6 +747,7 @@ int main(void)
     test_distill(&x);
     test_elementwise(&x);
     test_adamw(&x);
+    test_profile(&x);
 
     backend_destroy(x.gpu);
     backend_destroy(x.cpu);

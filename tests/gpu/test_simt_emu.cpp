@@ -4,8 +4,8 @@
  * needs the kernel's attribute; writes outside a device buffer, copies and cuBLAS operands
  * past one, and misaligned WMMA operands abort (checked in a child process, by its signal
  * and message); a read past a buffer reads a huge negative number, not a plausible value;
- * work put on a stream runs when it is synchronized, not before. Also that correct uses
- * of the same calls pass. */
+ * work put on a stream runs when it is synchronized, not before, and its events complete
+ * with it. Also that correct uses of the same calls pass. */
 #include "cuda_runtime.h"
 #include "cublas_v2.h"
 #include "launch.h"
@@ -234,6 +234,35 @@ static void streams()
     cudaStreamDestroy(s);
 }
 
+/* Events complete in stream order when their stream runs: the time between two is
+ * refused (cudaErrorNotReady, as CUDA answers) until both completed, and waiting for
+ * the later event runs the work before it. */
+static void events()
+{
+    cudaStream_t s;
+    cudaEvent_t a, b;
+    int *flag;
+    cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking);
+    cudaEventCreate(&a);
+    cudaEventCreate(&b);
+    cudaMalloc((void **)&flag, sizeof *flag);
+    *flag = 0;
+    cudaEventRecord(a, s);
+    PC_LAUNCH(k_mark, 1, 32, 0, s)(flag);
+    cudaEventRecord(b, s);
+    float ms = -1.0f;
+    check(cudaEventElapsedTime(&ms, a, b) == cudaErrorNotReady && ms == -1.0f,
+          "the time between events not yet completed is refused");
+    check(cudaEventSynchronize(b) == cudaSuccess && *flag == 1, "waiting for an event runs the work before it");
+    check(cudaEventElapsedTime(&ms, a, b) == cudaSuccess && ms >= 0.0f, "then the time between them is read");
+    cudaEventRecord(a, s);
+    check(cudaEventElapsedTime(&ms, a, b) == cudaErrorNotReady, "an event recorded again is pending again");
+    cudaEventDestroy(a); /* runs its stream first: the pending record must not outlive it */
+    cudaEventDestroy(b);
+    cudaFree(flag);
+    cudaStreamDestroy(s);
+}
+
 int main()
 {
     launch_limits();
@@ -241,6 +270,7 @@ int main()
     wmma();
     cublas();
     streams();
+    events();
     std::printf("%d checks, %d failed\n", checks, failures);
     return failures ? 1 : 0;
 }

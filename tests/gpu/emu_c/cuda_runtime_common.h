@@ -51,9 +51,26 @@ cudaError_t emu_stream_sync(cudaStream_t s);
 cudaError_t emu_device_sync(void);
 /* Put run(ctx) on stream s (the null stream: run it now). */
 void emu_stream_put(cudaStream_t s, void (*run)(void *), void *ctx);
+/* Events: recording one puts "take the host clock" on the stream, so it completes when
+ * the work before it has run; the elapsed time between two needs both completed
+ * (cudaErrorNotReady otherwise, as CUDA answers), so a read without a wait fails. */
+typedef struct emu_event *cudaEvent_t;
+cudaError_t emu_event_create(cudaEvent_t *e);
+cudaError_t emu_event_destroy(cudaEvent_t e);
+cudaError_t emu_event_record(cudaEvent_t e, cudaStream_t s);
+cudaError_t emu_event_sync(cudaEvent_t e);
+cudaError_t emu_event_elapsed(float *ms, cudaEvent_t start, cudaEvent_t end);
 #ifdef __cplusplus
 }
 #endif
+static inline cudaError_t cudaEventCreate(cudaEvent_t *e) { return emu_event_create(e); }
+static inline cudaError_t cudaEventDestroy(cudaEvent_t e) { return emu_event_destroy(e); }
+static inline cudaError_t cudaEventRecord(cudaEvent_t e, cudaStream_t s) { return emu_event_record(e, s); }
+static inline cudaError_t cudaEventSynchronize(cudaEvent_t e) { return emu_event_sync(e); }
+static inline cudaError_t cudaEventElapsedTime(float *ms, cudaEvent_t start, cudaEvent_t end)
+{
+    return emu_event_elapsed(ms, start, end);
+}
 static inline cudaError_t cudaDeviceSynchronize(void) { return emu_device_sync(); }
 static inline cudaError_t cudaStreamCreateWithFlags(cudaStream_t *s, unsigned flags)
 {

@@ -1,0 +1,58 @@
+"""bench-gpu on the SIMT emulator (bench-gpu-emu: bench_gpu.c linked against the CUDA
+backend's sources built for the host), so that the benchmark a GPU lease runs first has
+run before it gets there: one decoder layer of its model (32/8 heads of 64) made tiny
+(d 128, d_ff 256, vocab 512: the emulated cuBLAS is a host loop), B 1 x T 16, bf16
+products and tensor-core attention, one timed step and one profiled step.
+- it exits 0 and prints its tokens/s, MFU and peak memory lines;
+- its loss is a random model's: finite and within 0.1 of ln(vocab) (weights of std 0.02
+  give nearly uniform logits; the op-by-op correctness is test_cuda_llama's);
+- the op profile (-prof 1) has a region for each op a bf16 step runs, with the calls one
+  step makes: per layer a fused qkv, o, gate/up and down product forward, and for each
+  a weight gradient and an input gradient backward, plus the head's forward, gradient
+  and input gradient: 3 + 4 x 3 = 15 cuBLAS products in bf16; two RMSNorms per layer and
+  the final one forward and backward, the attention forward and backward on tensor cores,
+  the loss forward and backward; the regions' total and its share of the wall time."""
+import math
+import re
+import subprocess
+import sys
+
+
+def main():
+    exe = sys.argv[1]
+    vocab = 512
+    args = [exe, "-B", "1", "-T", "16", "-layers", "1", "-d", "128", "-ff", "256", "-vocab", str(vocab), "-steps", "1",
+            "-warmup", "1", "-bf16", "1", "-attn", "1", "-prof", "1"]
+    p = subprocess.run(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=500)
+    print(p.stdout)
+    fails = []
+
+    def check(ok, what):
+        print(("ok   " if ok else "FAIL ") + what)
+        if not ok:
+            fails.append(what)
+
+    check(p.returncode == 0, f"bench-gpu exits 0 (got {p.returncode})")
+    for line in ["tokens/s", "MFU", "peak device memory in use", "op profile of 1 more step(s)"]:
+        check(line in p.stdout, f"it prints '{line}'")
+    m = re.search(r"^loss ([0-9.]+)", p.stdout, re.M)
+    check(m is not None and abs(float(m.group(1)) - math.log(vocab)) < 0.1,
+          f"loss {m.group(1) if m else '?'} is ln({vocab}) = {math.log(vocab):.4f} within 0.1")
+    calls = {}
+    for line in p.stdout.splitlines():
+        r = re.match(r"^(\S.{0,27}?)\s+(\d+)\s+([0-9.]+)\s+([0-9.]+)%", line)
+        if r:
+            calls[r.group(1).strip()] = int(r.group(2))
+    want = {"gemm bf16": 15, "rmsnorm_fwd": 3, "rmsnorm_bwd": 3, "attention_fwd bf16": 1, "attention_bwd bf16": 1,
+            "xent_fwd": 1, "xent_bwd": 1, "swiglu_fwd": 1, "swiglu_bwd": 1, "rope_fwd": 2, "rope_bwd": 2}
+    for name, n in want.items():
+        check(calls.get(name) == n, f"profile: {name}: {calls.get(name)} calls (want {n})")
+    check(calls.get("gemm operand to bf16", 0) >= 15,
+          f"profile: each bf16 product rounds its fp32 operand(s) ({calls.get('gemm operand to bf16')} roundings)")
+    check(re.search(r"^all regions\s+[0-9.]+\s+\([0-9.]+% of [0-9.]+ ms wall\)", p.stdout, re.M) is not None,
+          "profile: the regions' total against the profiled step's wall time")
+    sys.exit(1 if fails else 0)
+
+
+if __name__ == "__main__":
+    main()
