@@ -16,7 +16,10 @@ comm (cuda/comm_nccl.c) on NCCL's API emulated with MPI (nccl_emu.c).
   compress.shard_grads (bf16 W_C staged in the owned sums, G through the model's stage
   windows and per-stage reduces over the NCCL comm) against the CPU's sharded run;
 - distillation from a bf16 teacher (model.dtype bf16): losses within 1e-3 of the CPU's;
-- the log names the emulated device."""
+- the log names the emulated device;
+- PC_CUDA_PROFILE=1: the prune run again prints the op profile on stderr at exit (the
+  products, the optimizer, the loss), with the unprofiled run's losses and grad norms,
+  bit for bit."""
 import os
 import sys
 
@@ -42,14 +45,16 @@ def main():
         {"steps": 4, "global_batch": 4, "micro_batch": 2, "lr": 3e-3, "warmup_steps": 1},
         eval={"batches": 2}, checkpoint={"every_steps": 0}, backend={"threads": 1})
 
-    def run(name, np_, emu, *sets):
+    def run(name, np_, emu, *sets, out=None):
         d = os.path.join(root, name)
         args = ["mpirun", "--oversubscribe", "-np", str(np_), EMU if emu else pclib.PROJCOMPD, "--cfg", job,
                 "--set", f"run.dir={d}"]
         dev = ["backend.device=cuda", "backend.comm=mpi", "backend.matmul=fp32"] if emu else ["backend.device=cpu"]
         for s in dev + list(sets):
             args += ["--set", s]
-        pclib.run(args)
+        p = pclib.run(args)
+        if out is not None:
+            out.append(p.stderr)
         return d
 
     nccl = "backend.comm=nccl"
@@ -69,6 +74,16 @@ def main():
             r0, r1 = abs(att[0][0] - ref[0][0]) / ref[0][0], abs(att[0][-1] - ref[0][-1]) / ref[0][-1]
             pclib.check(r0 < 1e-2 and r1 < 2e-2 and not np.array_equal(att[0], fp32[0]),
                         f"bf16 tensor-core attention vs CPU fp32: first loss rel {r0:.2e}, last {r1:.2e}")
+    # the op profiler through the environment: a table on stderr, the run unchanged
+    err = []
+    os.environ["PC_CUDA_PROFILE"] = "1"
+    prof = pclib.run_arrays(run("prune-emu-profiled", 1, True, "run.mode=prune", out=err))
+    del os.environ["PC_CUDA_PROFILE"]
+    plain = pclib.run_arrays(os.path.join(root, "prune-emu"))
+    pclib.check(all(w in err[0] for w in ["region (device time)", "gemm fp32", "adamw", "xent_fwd", "all regions"]),
+                "PC_CUDA_PROFILE=1: the rank prints its op profile at exit:\n" + err[0][-1500:])
+    pclib.check(np.array_equal(prof[0], plain[0]) and np.array_equal(prof[1], plain[1]),
+                "PC_CUDA_PROFILE=1: the same losses and grad norms as unprofiled, bit for bit")
     # backend.matmul bf16: W_C rounded on the device, broadcast in bf16 over the NCCL comm,
     # the products reading the bf16 weight copy; against the CPU backend's bf16 run
     sets = ["compress.split_mb=0.01", "backend.matmul=bf16"]
