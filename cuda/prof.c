@@ -88,19 +88,6 @@ void prof_reset(cu_prof *p)
     p->n_regions = 0;
 }
 
-double prof_ms(cu_prof *p, const char *name, long *calls)
-{
-    if (calls) *calls = 0;
-    if (!p) return 0.0;
-    harvest(p);
-    for (int i = 0; i < p->n_regions; i++)
-        if (!strcmp(p->r[i].name, name)) {
-            if (calls) *calls = p->r[i].calls;
-            return p->r[i].ms;
-        }
-    return 0.0;
-}
-
 static int by_time(const void *a, const void *b)
 {
     double x = ((const prof_region *)a)->ms, y = ((const prof_region *)b)->ms;

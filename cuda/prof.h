@@ -32,8 +32,6 @@ void prof_reset(cu_prof *p);
  * call, TFLOP/s and GB/s where FLOPs and bytes were stated; with wall_s > 0 also the
  * regions' total against that wall time (the rest: host work and gaps between ops). */
 void prof_report(cu_prof *p, FILE *f, double wall_s);
-/* Total milliseconds and calls of region `name` so far (tests). */
-double prof_ms(cu_prof *p, const char *name, long *calls);
 
 #ifdef __cplusplus
 }
