@@ -130,19 +130,21 @@ cuda_dirs() {
 # not started (BUDGET), and one that the deadline cuts short is marked CUT; both leave rc
 # non-zero (unchecked is not passed). failed: set by a step that ran and failed.
 STEP_MIN=${PCKIT_STEP_MIN:-20}
-deadline=0
+deadline=0 # milliseconds since the epoch; whole seconds would let a step that the
+           # deadline just cut see a second left and start the next one
 failed=0
+now_ms() { local t=${EPOCHREALTIME:-$(date +%s.%N)} f; t=${t/,/.}; f=${t#*.}000; echo $((${t%.*} * 1000 + 10#${f:0:3})); }
 step() {
     local log=$1 limit=$2 cut=0
     shift 2
     if [ "$deadline" -gt 0 ]; then
-        local left=$((deadline - $(date +%s)))
-        if [ "$left" -lt "$STEP_MIN" ]; then
-            echo "BUDGET (${left} s left, not started): $*" | tee -a "$log"
+        local left=$((deadline - $(now_ms)))
+        if [ "$left" -lt $((STEP_MIN * 1000)) ]; then
+            echo "BUDGET ($((left < 0 ? 0 : left / 1000)) s left, not started): $*" | tee -a "$log"
             rc=1
             return
         fi
-        [ "$left" -lt "$limit" ] && { limit=$left; cut=1; }
+        [ "$left" -lt $((limit * 1000)) ] && { limit=$((left / 1000)); cut=1; }
     fi
     timeout "$limit" "$@" 2>&1 | tee -a "$log"
     local s=${PIPESTATUS[0]}
@@ -215,7 +217,7 @@ run_parts() {
     local out rc=0 parts
     if [ "${1:-}" = --budget ]; then
         [[ "${2:-}" =~ ^[0-9]+$ ]] || { say "--budget takes a number of seconds"; return 2; }
-        deadline=$(($(date +%s) + $2))
+        deadline=$(($(now_ms) + $2 * 1000))
         shift 2
     fi
     parts=("$@")
