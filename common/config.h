@@ -65,6 +65,7 @@ typedef struct pc_config {
     } train;
     struct {
         int every_steps, keep;
+        int at_end; /* write one after the last step */
     } checkpoint;
     struct {
         int every_steps, batches; /* every_steps 0: only at the end */

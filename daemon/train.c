@@ -265,8 +265,8 @@ int mode_train(run_ctx *r, pc_err *e) {
         int stop;
         if (agree_stop(r, &stop, e) != 0) goto out;
         int every = c->checkpoint.every_steps;
-        if (stop || last || (every > 0 && (step + 1) % every == 0))
-            if (ckpt_save(r, &t, step + 1, e) != 0) goto out;
+        int save = last ? c->checkpoint.at_end : stop || (every > 0 && (step + 1) % every == 0);
+        if (save && ckpt_save(r, &t, step + 1, e) != 0) goto out;
         if (stop && !last) {
             LOGW(&r->log, "stop signal: checkpoint of step %lld written; rerun the same command to resume",
                  (long long)step + 1);

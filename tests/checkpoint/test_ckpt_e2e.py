@@ -10,6 +10,8 @@ GQA base made by transformers) and a tiny prune job.
   moment, or just after a checkpoint's temporary directory appears (inside a write);
   after every kill `latest` names a checkpoint that verifies, and the same command
   resumes to final weights bitwise identical to the uninterrupted run.
+- checkpoint.at_end false: the periodic checkpoints only, none after the last step, and
+  the same final weights.
 Every subprocess has a hard timeout; processes left by a failed trial are killed by pid."""
 import os
 import random
@@ -224,6 +226,21 @@ def main():
             run_s = time.time() - t0
         refs[(mode, np_)] = final(d)
     pclib.check(max_rel(refs[("compress", 4)], refs[("compress", 2)]) < 1e-5, "references on 2 and 4 ranks agree")
+    last = f"step-{STEPS:07d}"
+    pclib.check(latest(os.path.join(root, "ref-compress-np2")) == last, f"a checkpoint after the last step ({last})")
+
+    # checkpoint.at_end false: the periodic ones only, none after the last step even
+    # where every_steps falls on it; the same weights
+    d = os.path.join(root, "no-end")
+    run_ok(2, job, d, "checkpoint.at_end=false", "checkpoint.every_steps=4", "checkpoint.keep=5")
+    names = sorted(n for n in os.listdir(os.path.join(d, "checkpoints")) if n.startswith("step-"))
+    pclib.check(names == ["step-0000004", "step-0000008"] and latest(d) == "step-0000008",
+                f"at_end false, every 4 of {STEPS} steps: checkpoints {names}, latest {latest(d)}")
+    pclib.check(bitwise(final(d), refs[("compress", 2)]), "at_end false: the uninterrupted run's final weights")
+    d = os.path.join(root, "no-end-5")
+    run_ok(2, job, d, "checkpoint.at_end=false", "checkpoint.every_steps=5", "checkpoint.keep=5")
+    names = sorted(n for n in os.listdir(os.path.join(d, "checkpoints")) if n.startswith("step-"))
+    pclib.check(names == ["step-0000005"], f"at_end false, every 5 of {STEPS} steps: checkpoints {names}")
 
     # SIGTERM to every rank, resume with the same command: bitwise
     for mode in ["compress", "prune"]:

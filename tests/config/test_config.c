@@ -98,6 +98,7 @@ static void test_defaults(void **state) {
     assert_true(c->train.beta2 == 0.95);
     assert_int_equal(c->checkpoint.every_steps, 100);
     assert_int_equal(c->checkpoint.keep, 2);
+    assert_int_equal(c->checkpoint.at_end, 1);
     assert_int_equal(c->eval.every_steps, 0);
     assert_int_equal(c->eval.batches, 8);
     assert_string_equal(c->backend.device, "auto");
@@ -147,7 +148,7 @@ static void test_values_and_lists(void **state) {
         "  grad_clip: .5\n"
         "  beta1: 0\n"
         "  beta2: 0.999\n"
-        "checkpoint: {every_steps: 0, keep: 5}\n"
+        "checkpoint: {every_steps: 0, keep: 5, at_end: false}\n"
         "eval: {every_steps: 50, batches: 2}\n"
         "backend: {device: cpu, comm: mpi, threads: 2}\n"
         "output: {dir: out, dtype: bf16}\n";
@@ -178,6 +179,7 @@ static void test_values_and_lists(void **state) {
     assert_true(c->train.grad_clip == 0.5);
     assert_true(c->train.beta2 == 0.999);
     assert_int_equal(c->checkpoint.keep, 5);
+    assert_int_equal(c->checkpoint.at_end, 0);
     assert_int_equal(c->eval.every_steps, 50);
     assert_string_equal(c->backend.comm, "mpi");
     assert_int_equal(c->backend.threads, 2);

@@ -6,7 +6,7 @@
    init in fp32, saved in bf16 safetensors) and a random token shard.
 2. Runs projcompd on one rank: compress (two-pass, memory-efficient), compress with
    compress.store_grads, and prune (the plain small model: the dense baseline), same
-   batch and steps, no validation data, no periodic checkpoints.
+   batch and steps, no validation data, no checkpoints.
 3. Prints per run the median step time (the first --warmup steps skipped), tokens/s,
    the daemon's achieved TFLOP/s, MFU (dense FLOPs of the compressed model per second /
    --peak) and peak memory; then compress/prune step-time ratios beside the analytic
@@ -127,7 +127,7 @@ def write_job(a, root, bdir, shard):
         "compress": {"d_model": a.dc, "d_ff": a.ffc, "importance": "magnitude"},
         "data": {"train": [shard], "seq_len": a.seq},
         "train": {"steps": a.steps, "global_batch": a.batch, "micro_batch": a.micro, "warmup_steps": 1},
-        "checkpoint": {"every_steps": 0, "keep": 1},
+        "checkpoint": {"every_steps": 0, "keep": 1, "at_end": False},  # none: 39 GB at the default shape
         "backend": {"device": a.device, "matmul": a.matmul, "attention": a.attention, "threads": a.threads},
     })
     return job
@@ -173,7 +173,6 @@ def run_daemon(a, job, root, mode, extra, commands):
     res["backend"] = m.group(1).strip() if m else "?"
     m = re.search(r"([0-9.e+]+) projection FLOPs per step", log)
     res["daemon_proj_flops"] = float(m.group(1)) if m else None
-    shutil.rmtree(os.path.join(d, "checkpoints"), ignore_errors=True)  # the final-step checkpoint: not needed
     return res
 
 
