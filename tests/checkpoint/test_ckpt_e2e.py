@@ -110,6 +110,11 @@ def latest(run_dir):
         return None
 
 
+def checkpoints(run_dir):
+    """Names of the complete checkpoints in run_dir, oldest first."""
+    return sorted(n for n in os.listdir(os.path.join(run_dir, "checkpoints")) if n.startswith("step-"))
+
+
 def tool(*args):
     return subprocess.run([CKPT_TOOL, *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                           timeout=60)
@@ -233,13 +238,13 @@ def main():
     # where every_steps falls on it; the same weights
     d = os.path.join(root, "no-end")
     run_ok(2, job, d, "checkpoint.at_end=false", "checkpoint.every_steps=4", "checkpoint.keep=5")
-    names = sorted(n for n in os.listdir(os.path.join(d, "checkpoints")) if n.startswith("step-"))
+    names = checkpoints(d)
     pclib.check(names == ["step-0000004", "step-0000008"] and latest(d) == "step-0000008",
                 f"at_end false, every 4 of {STEPS} steps: checkpoints {names}, latest {latest(d)}")
     pclib.check(bitwise(final(d), refs[("compress", 2)]), "at_end false: the uninterrupted run's final weights")
     d = os.path.join(root, "no-end-5")
     run_ok(2, job, d, "checkpoint.at_end=false", "checkpoint.every_steps=5", "checkpoint.keep=5")
-    names = sorted(n for n in os.listdir(os.path.join(d, "checkpoints")) if n.startswith("step-"))
+    names = checkpoints(d)
     pclib.check(names == ["step-0000005"], f"at_end false, every 5 of {STEPS} steps: checkpoints {names}")
 
     # SIGTERM to every rank, resume with the same command: bitwise
@@ -261,8 +266,8 @@ def main():
     pclib.check(max_rel(ref_split, refs[("compress", 2)]) < 1e-5, "split plan: same result as the unsplit one")
     for a, b in [(4, 2), (2, 4)]:
         got = stop_and_resume(job, root, f"split-np{a}to{b}", a, b, signal.SIGUSR1, False, split)
-        ck = os.path.join(root, f"split-np{a}to{b}", "checkpoints")
-        names = "".join(open(os.path.join(ck, n, "MANIFEST")).read() for n in os.listdir(ck) if n.startswith("step-"))
+        d = os.path.join(root, f"split-np{a}to{b}")
+        names = "".join(open(os.path.join(d, "checkpoints", n, "MANIFEST")).read() for n in checkpoints(d))
         pclib.check(".a[" in names, f"split {a}->{b}: the checkpoint holds row/column pieces of A")
         rel = max_rel(got, ref_split)
         pclib.check(rel < 1e-5, f"split plan: started on {a} ranks, resumed on {b}: within 1e-5 ({rel:.2e})")
