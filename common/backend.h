@@ -72,6 +72,10 @@ typedef struct backend_ops {
      * MATMUL_BF16's arithmetic, whatever the matmul mode. */
     void (*gemm_w16)(backend *be, int trans_a, int trans_b, int M, int N, int K, float alpha, const float *A, int lda,
                      const uint16_t *B, int ldb, float beta, float *C, int ldc);
+    /* The same with A and B both given in bf16 (operands rounded once for several
+     * products): MATMUL_BF16's arithmetic, whatever the matmul mode. */
+    void (*gemm_16)(backend *be, int trans_a, int trans_b, int M, int N, int K, float alpha, const uint16_t *A,
+                    int lda, const uint16_t *B, int ldb, float beta, float *C, int ldc);
     /* The same for batch matrices at A + i*stride_a, B + i*stride_b, C + i*stride_c. */
     void (*gemm_batched)(backend *be, int trans_a, int trans_b, int M, int N, int K, float alpha, const float *A,
                          int lda, int64_t stride_a, const float *B, int ldb, int64_t stride_b, float beta, float *C,
@@ -123,6 +127,12 @@ typedef struct backend_ops {
      * alias logits. For the gradient of the mean loss pass scale = loss_scale / n_valid. */
     void (*xent_bwd)(backend *be, float *dlogits, const float *logits, const float *lse, const int32_t *targets,
                      int N, int V, float scale);
+
+    /* xent_bwd's dlogits rounded to bf16 (nearest even) and written over the logits:
+     * row n's V values at (uint16_t *)logits + 2*n*V, the first half of its own fp32 row
+     * (a bf16 matrix with row stride 2V for gemm_16), so no second (N,V) buffer exists. */
+    void (*xent_bwd_16)(backend *be, float *logits, const float *lse, const int32_t *targets, int N, int V,
+                        float scale);
 
     /* Distillation from teacher logits (N,V) on valid rows (targets >= 0): row loss
      * (1-alpha) CE(z, y) + alpha T^2 KL(softmax(t/T) || softmax(z/T)). Overwrites the

@@ -195,18 +195,39 @@ static void cpu_gemm(backend *be, int ta, int tb, int M, int N, int K, float alp
     sgemm(ta, tb, M, N, K, alpha, a, ca, b, cb, beta, C, ldc);
 }
 
-/* B's bf16 values widened, A rounded: the same products as cpu_gemm in MATMUL_BF16 on
- * the widened B, bit for bit. */
-static void cpu_gemm_w16(backend *be, int ta, int tb, int M, int N, int K, float alpha, const float *A, int lda,
-                         const uint16_t *B, int ldb, float beta, float *C, int ldc)
+/* (rows, cols) of bf16 src (row stride ld) widened into dst (row stride cols). */
+static void widen_rows(backend *be, float *dst, const uint16_t *src, int rows, int cols, int ld)
+{
+    for (int r = 0; r < rows; r++) cpu_widen_bf16(be, dst + (size_t)r * cols, src + (size_t)r * ld, (size_t)cols);
+}
+
+/* A bf16 product on fp32 copies: B's bf16 values widened, A's either widened (A16) or
+ * rounded (A): the same products as cpu_gemm in MATMUL_BF16 on those values, bit for bit. */
+static void gemm_widened(backend *be, int ta, int tb, int M, int N, int K, float alpha, const float *A,
+                         const uint16_t *A16, int lda, const uint16_t *B, int ldb, float beta, float *C, int ldc)
 {
     if (M <= 0 || N <= 0) return;
     int ra = ta ? K : M, ca = ta ? M : K, rb = tb ? N : K, cb = tb ? K : N; /* stored shapes of A and B */
     size_t na = (size_t)ra * ca;
     float *a = round_space(be->impl, na + (size_t)rb * cb + 1), *b = a + na;
-    round_bf16(a, A, ra, ca, lda);
-    for (int r = 0; r < rb; r++) cpu_widen_bf16(be, b + (size_t)r * cb, B + (size_t)r * ldb, (size_t)cb);
+    if (A16)
+        widen_rows(be, a, A16, ra, ca, lda);
+    else
+        round_bf16(a, A, ra, ca, lda);
+    widen_rows(be, b, B, rb, cb, ldb);
     sgemm(ta, tb, M, N, K, alpha, a, PC_MAX(ca, 1), b, PC_MAX(cb, 1), beta, C, ldc); /* K = 0: C = beta C */
+}
+
+static void cpu_gemm_w16(backend *be, int ta, int tb, int M, int N, int K, float alpha, const float *A, int lda,
+                         const uint16_t *B, int ldb, float beta, float *C, int ldc)
+{
+    gemm_widened(be, ta, tb, M, N, K, alpha, A, NULL, lda, B, ldb, beta, C, ldc);
+}
+
+static void cpu_gemm_16(backend *be, int ta, int tb, int M, int N, int K, float alpha, const uint16_t *A, int lda,
+                        const uint16_t *B, int ldb, float beta, float *C, int ldc)
+{
+    gemm_widened(be, ta, tb, M, N, K, alpha, NULL, A, lda, B, ldb, beta, C, ldc);
 }
 
 static void cpu_gemm_batched(backend *be, int ta, int tb, int M, int N, int K, float alpha, const float *A, int lda,
@@ -484,6 +505,27 @@ static void cpu_xent_bwd(backend *be, float *dlogits, const float *logits, const
     }
 }
 
+/* cpu_xent_bwd in place, then each row's values rounded into the first half of its own
+ * bytes, in order, a piece at a time through local copies: a piece's bf16 cover fp32
+ * elements below the piece's end, all read by then. */
+static void cpu_xent_bwd_16(backend *be, float *logits, const float *lse, const int32_t *targets, int N, int V,
+                            float scale)
+{
+    cpu_xent_bwd(be, logits, logits, lse, targets, N, V, scale);
+    enum { PIECE = 64 };
+    float f[PIECE];
+    uint16_t h[PIECE];
+    for (int n = 0; n < N; n++) {
+        char *row = (char *)(logits + (size_t)n * V);
+        for (int j0 = 0; j0 < V; j0 += PIECE) {
+            int k = PC_MIN(PIECE, V - j0);
+            memcpy(f, row + 4 * (size_t)j0, sizeof(float) * (size_t)k);
+            for (int j = 0; j < k; j++) h[j] = pc_f32_to_bf16(f[j]);
+            memcpy(row + 2 * (size_t)j0, h, sizeof(uint16_t) * (size_t)k);
+        }
+    }
+}
+
 /* ---- distillation ---- */
 
 /* log-sum-exp of x/T over one row */
@@ -591,6 +633,7 @@ static const backend_ops cpu_ops = {
     .set_matmul = cpu_set_matmul,
     .gemm = cpu_gemm,
     .gemm_w16 = cpu_gemm_w16,
+    .gemm_16 = cpu_gemm_16,
     .gemm_batched = cpu_gemm_batched,
     .embedding_fwd = cpu_embedding_fwd,
     .embedding_fwd_w16 = cpu_embedding_fwd_w16,
@@ -605,6 +648,7 @@ static const backend_ops cpu_ops = {
     .swiglu_bwd = cpu_swiglu_bwd,
     .xent_fwd = cpu_xent_fwd,
     .xent_bwd = cpu_xent_bwd,
+    .xent_bwd_16 = cpu_xent_bwd_16,
     .distill = cpu_distill,
     .add2d = cpu_add2d,
     .add = cpu_add,

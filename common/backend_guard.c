@@ -313,6 +313,18 @@ static void guard_gemm_w16(backend *be, int ta, int tb, int M, int N, int K, flo
     call_end(&k);
 }
 
+static void guard_gemm_16(backend *be, int ta, int tb, int M, int N, int K, float alpha, const uint16_t *A, int lda,
+                          const uint16_t *B, int ldb, float beta, float *C, int ldc)
+{
+    guard_call k;
+    call_begin(&k, be, "gemm_16");
+    call_arg(&k, A, "A");
+    call_arg(&k, B, "B");
+    call_arg(&k, C, "C");
+    inner(be)->ops->gemm_16(inner(be), ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+    call_end(&k);
+}
+
 static void guard_gemm_batched(backend *be, int ta, int tb, int M, int N, int K, float alpha, const float *A,
                                int lda, int64_t sa, const float *B, int ldb, int64_t sb, float beta, float *C, int ldc,
                                int64_t sc, int batch)
@@ -509,6 +521,18 @@ static void guard_xent_bwd(backend *be, float *dlogits, const float *logits, con
     call_end(&k);
 }
 
+static void guard_xent_bwd_16(backend *be, float *logits, const float *lse, const int32_t *targets, int N, int V,
+                              float scale)
+{
+    guard_call k;
+    call_begin(&k, be, "xent_bwd_16");
+    call_arg(&k, logits, "logits");
+    call_arg(&k, lse, "lse");
+    call_arg(&k, targets, "targets");
+    inner(be)->ops->xent_bwd_16(inner(be), logits, lse, targets, N, V, scale);
+    call_end(&k);
+}
+
 static double guard_distill(backend *be, float *logits, const float *teacher, const int32_t *targets, int N, int V,
                             float alpha, float temperature, float scale)
 {
@@ -621,6 +645,7 @@ static const backend_ops guard_ops = {
     .set_matmul = guard_set_matmul,
     .gemm = guard_gemm,
     .gemm_w16 = guard_gemm_w16,
+    .gemm_16 = guard_gemm_16,
     .gemm_batched = guard_gemm_batched,
     .embedding_fwd = guard_embedding_fwd,
     .embedding_fwd_w16 = guard_embedding_fwd_w16,
@@ -635,6 +660,7 @@ static const backend_ops guard_ops = {
     .swiglu_bwd = guard_swiglu_bwd,
     .xent_fwd = guard_xent_fwd,
     .xent_bwd = guard_xent_bwd,
+    .xent_bwd_16 = guard_xent_bwd_16,
     .distill = guard_distill,
     .add2d = guard_add2d,
     .add = guard_add,

@@ -510,6 +510,15 @@ static void cu_gemm_w16(backend *be, int ta, int tb, int M, int N, int K, float 
         gemm_bf16(c, ta, tb, M, N, K, alpha, NULL, lda, (const __nv_bfloat16 *)B, ldb, beta, C, ldc);
 }
 
+/* Both operands already bf16: one cuBLAS product, no rounding. */
+static void cu_gemm_16(backend *be, int ta, int tb, int M, int N, int K, float alpha, const uint16_t *A, int lda,
+                       const uint16_t *B, int ldb, float beta, float *C, int ldc)
+{
+    if (M <= 0 || N <= 0) return;
+    gemm_bf16(impl_of(be), ta, tb, M, N, K, alpha, (const __nv_bfloat16 *)A, lda, (const __nv_bfloat16 *)B, ldb, beta,
+              C, ldc);
+}
+
 static void cu_gemm_batched(backend *be, int ta, int tb, int M, int N, int K, float alpha, const float *A, int lda,
                             int64_t sa, const float *B, int ldb, int64_t sb, float beta, float *C, int ldc, int64_t sc,
                             int batch)
@@ -1102,6 +1111,36 @@ __global__ void k_xent_bwd(float *dlogits, const float *logits, const float *lse
     }
 }
 
+/* xent_bwd's values in bf16 over the logits: row n's at (bf16 *)(logits + n V), the first
+ * half of its own bytes. The block walks the row in tiles of XENT16_PER x blockDim.x
+ * elements, in order: each thread reads its elements of the tile into registers, the block
+ * waits, then writes them. Tile k's writes (bytes 2 j0 .. 2 (j0 + tile)) cover fp32
+ * elements below j0 + tile / 2, read by the block before the barrier; later tiles read
+ * bytes from 4 (j0 + tile) on, which no write reaches. */
+#define XENT16_PER 8
+__global__ void k_xent_bwd_16(float *logits, const float *lse, const int32_t *targets, int V, float scale)
+{
+    const size_t n = blockIdx.x;
+    const float *r = logits + n * V;
+    __nv_bfloat16 *d = (__nv_bfloat16 *)(logits + n * V);
+    const int32_t t = targets[n];
+    const float l = t >= 0 ? lse[n] : 0.0f;
+    const int tile = XENT16_PER * (int)blockDim.x;
+    for (int j0 = 0; j0 < V; j0 += tile) {
+        float v[XENT16_PER];
+        for (int k = 0; k < XENT16_PER; k++) {
+            const int j = j0 + k * (int)blockDim.x + (int)threadIdx.x;
+            v[k] = 0.0f;
+            if (j < V && t >= 0) v[k] = scale * expf(r[j] - l) - (j == t ? scale : 0.0f);
+        }
+        __syncthreads();
+        for (int k = 0; k < XENT16_PER; k++) {
+            const int j = j0 + k * (int)blockDim.x + (int)threadIdx.x;
+            if (j < V) d[j] = __float2bfloat16_rn(v[k]);
+        }
+    }
+}
+
 static double cu_xent_fwd(backend *be, float *lse, const float *logits, const int32_t *targets, int N, int V,
                           int64_t *n_valid)
 {
@@ -1128,6 +1167,17 @@ static void cu_xent_bwd(backend *be, float *dlogits, const float *logits, const 
     if (N <= 0) return;
     PROF_BEGIN(c, "xent_bwd", 0, 8.0 * N * V); /* logits in, dlogits */
     PC_LAUNCH(k_xent_bwd, N, 256, 0, c->stream)(dlogits, logits, lse, targets, V, scale);
+    LAUNCH_CHECK();
+    PROF_END(c);
+}
+
+static void cu_xent_bwd_16(backend *be, float *logits, const float *lse, const int32_t *targets, int N, int V,
+                           float scale)
+{
+    cuda_impl *c = impl_of(be);
+    if (N <= 0) return;
+    PROF_BEGIN(c, "xent_bwd_16", 0, 6.0 * N * V); /* logits in, bf16 dlogits */
+    PC_LAUNCH(k_xent_bwd_16, N, 256, 0, c->stream)(logits, lse, targets, V, scale);
     LAUNCH_CHECK();
     PROF_END(c);
 }
@@ -1361,6 +1411,7 @@ static const backend_ops cuda_ops = {
     .set_matmul = cu_set_matmul,
     .gemm = cu_gemm,
     .gemm_w16 = cu_gemm_w16,
+    .gemm_16 = cu_gemm_16,
     .gemm_batched = cu_gemm_batched,
     .embedding_fwd = cu_embedding_fwd,
     .embedding_fwd_w16 = cu_embedding_fwd_w16,
@@ -1375,6 +1426,7 @@ static const backend_ops cuda_ops = {
     .swiglu_bwd = cu_swiglu_bwd,
     .xent_fwd = cu_xent_fwd,
     .xent_bwd = cu_xent_bwd,
+    .xent_bwd_16 = cu_xent_bwd_16,
     .distill = cu_distill,
     .add2d = cu_add2d,
     .add = cu_add,

@@ -33,6 +33,10 @@ struct llama_acts {
     float *datt;        /* (N,H*hd) */
     float *dqkv;        /* (N,(H+2KV)*hd) */
     float *dh, *dgu;    /* (N,f_max), (N,2*f_max) */
+    /* with a bf16 weight copy (and a backward): a product's output gradient and input, each
+     * rounded to bf16 once for both backward products (bf16_scratch); NULL otherwise */
+    uint16_t *dy16; /* (N, max(C, d, 2 f_max)): the widest layer product's outputs */
+    uint16_t *x16;  /* (N, max(d, H*hd, f_max)): the widest layer product's inputs */
 };
 
 /* ---- tensor table ---- */
@@ -208,7 +212,6 @@ static int init(llama_model *m, const llama_config *c, backend *be, int B, int T
     m->logits_chunk = o->logits_chunk < B * T && !forward_only ? o->logits_chunk : 0;
     build_table(m);
     alloc_params(m, o->weights == LLAMA_BF16_ONLY);
-    if (o->weights != LLAMA_F32) llama_use_bf16_weights(m);
     if (!forward_only && o->grad_windows)
         grad_windows(m);
     else if (!forward_only)
@@ -254,6 +257,7 @@ static int init(llama_model *m, const llama_config *c, backend *be, int B, int T
     m->logits = be_alloc(be, (m->logits_chunk ? (size_t)m->logits_chunk : N) * (size_t)c->vocab_size);
     m->tokens = be_alloc_i32(be, N);
     m->targets = be_alloc_i32(be, N);
+    if (o->weights != LLAMA_F32) llama_use_bf16_weights(m);
 
     // rope tables (T, hd/2)
     size_t nrope = (size_t)T * (hd / 2);
@@ -282,6 +286,8 @@ void llama_free(llama_model *m)
                         m->logits, m->params, m->grads, m->gwin, m->rope_cos, m->rope_sin};
     for (size_t i = 0; i < PC_ARRAY_LEN(singles); i++) be_free(be, singles[i]);
     if (m->w16) be_free(be, m->w16);
+    if (a->dy16) be_free(be, a->dy16);
+    if (a->x16) be_free(be, a->x16);
     be_free(be, m->tokens);
     be_free(be, m->targets);
     free(a);
@@ -291,9 +297,23 @@ void llama_free(llama_model *m)
     memset(m, 0, sizeof(*m));
 }
 
+/* A trainable model's dy16 and x16 (llama_acts). */
+static void bf16_scratch(llama_model *m)
+{
+    const llama_config *c = &m->cfg;
+    llama_acts *a = m->act;
+    if (m->forward_only || a->dy16) return;
+    size_t N = (size_t)m->B * m->T, d = (size_t)c->d_model, qd = (size_t)c->n_heads * c->head_dim;
+    size_t C = qd + 2 * (size_t)c->n_kv_heads * c->head_dim, fmax = 0;
+    for (int l = 0; l < c->n_layers; l++) fmax = PC_MAX(fmax, (size_t)c->d_ff_layer[l]);
+    a->dy16 = m->be->ops->alloc_bf16(m->be, N * PC_MAX(PC_MAX(C, d), 2 * fmax));
+    a->x16 = m->be->ops->alloc_bf16(m->be, N * PC_MAX(PC_MAX(d, qd), fmax));
+}
+
 void llama_use_bf16_weights(llama_model *m)
 {
     if (!m->w16) m->w16 = m->be->ops->alloc_bf16(m->be, (size_t)m->n_params);
+    bf16_scratch(m);
 }
 
 void llama_refresh_w16(llama_model *m)
@@ -593,12 +613,58 @@ static void linear_fwd(const llama_model *m, float *y, const float *x, int ti, i
     weight_gemm(m, ti, 1, N, out, in, x, beta, y);
 }
 
-/* dW [out,in] += dy^T x ; dx (N,in) = dy W (beta 0), W = tensor ti */
-static void linear_bwd(const llama_model *m, float *dx, float *dW, const float *dy, const float *x, int ti, int N,
-                       int in, int out)
+/* dW [out,in] += dy^T x ; dx (N,in) = dy W (beta 0), W = tensor ti; each product takes
+ * its operands as they are (a bf16 product rounds its own) */
+static void linear_bwd_each(const llama_model *m, float *dx, float *dW, const float *dy, const float *x, int ti, int N,
+                            int in, int out)
 {
     be_gemm(m->be, 1, 0, out, in, N, 1.0f, dy, out, x, in, 1.0f, dW, in);
     if (dx) weight_gemm(m, ti, 0, N, in, out, dy, 0.0f, dx);
+}
+
+/* The same with the bf16 weight copy from dy already in bf16 (N,out) with row stride ld_dy:
+ * x (N,in) rounded once into x16, both products on bf16 operands (MATMUL_BF16's arithmetic,
+ * what linear_bwd_each computes with a bf16 weight copy, bit for bit). */
+static void linear_bwd_16(const llama_model *m, float *dx, float *dW, const uint16_t *dy, int ld_dy, const float *x,
+                          int ti, int N, int in, int out)
+{
+    const backend_ops *op = m->be->ops;
+    const llama_tensor *t = &m->tensors[ti];
+    uint16_t *x16 = m->act->x16;
+    op->round_bf16(m->be, x16, x, (size_t)N * in);                                     // (N,in)
+    op->gemm_16(m->be, 1, 0, out, in, N, 1.0f, dy, ld_dy, x16, in, 1.0f, dW, in);      // (out,N)(N,in)
+    if (dx) op->gemm_16(m->be, 0, 0, N, in, out, 1.0f, dy, ld_dy, m->w16 + t->offset, (int)t->shape[1], 0.0f, dx, in);
+}
+
+/* dW [out,in] += dy^T x ; dx (N,in) = dy W (beta 0), W = tensor ti of a decoder layer; with
+ * a bf16 weight copy dy is rounded once (into dy16) for both products */
+static void linear_bwd(const llama_model *m, float *dx, float *dW, const float *dy, const float *x, int ti, int N,
+                       int in, int out)
+{
+    if (!m->act->dy16) {
+        linear_bwd_each(m, dx, dW, dy, x, ti, N, in, out);
+        return;
+    }
+    m->be->ops->round_bf16(m->be, m->act->dy16, dy, (size_t)N * out); // (N,out)
+    linear_bwd_16(m, dx, dW, m->act->dy16, out, x, ti, N, in, out);
+}
+
+/* The head's backward over n rows of logits (n,V) (m->logits) from their inputs x (n,d):
+ * dlogits = scale * (softmax - onehot) over the logits (xent_bwd), into the head's
+ * gradient and dx (n,d). With a bf16 weight copy the dlogits are written in bf16 over the
+ * logits (xent_bwd_16), so they are rounded once and never stored in fp32. */
+static void head_bwd(llama_model *m, float *dx, const float *x, const float *lse, const int32_t *targets, int n,
+                     float scale)
+{
+    const backend_ops *op = m->be->ops;
+    int d = m->cfg.d_model, V = m->cfg.vocab_size, hi = head_tensor(m);
+    if (m->act->dy16) {
+        op->xent_bwd_16(m->be, m->logits, lse, targets, n, V, scale);
+        linear_bwd_16(m, dx, G(m, hi), (const uint16_t *)m->logits, 2 * V, x, hi, n, d, V); // (n,V) -> (n,d)
+    } else {
+        op->xent_bwd(m->be, m->logits, m->logits, lse, targets, n, V, scale);
+        linear_bwd_each(m, dx, G(m, hi), m->logits, x, hi, n, d, V); // (n,V) -> (n,d)
+    }
 }
 
 /* Decoder layer l: res[l] (N,d) -> its activations and, with out, res[l+1] (N,d); a
@@ -669,10 +735,8 @@ static double head_chunks(llama_model *m, const int32_t *targets, int grad)
         linear_fwd(m, m->logits, x, hi, n, d, V, 0.0f); // (n,d) -> (n,V)
         sum += op->xent_fwd(m->be, a->xent_lse + r0, m->logits, m->targets + r0, n, V, &nv);
         m->n_valid += nv;
-        if (!grad) continue;
-        op->xent_bwd(m->be, m->logits, m->logits, a->xent_lse + r0, m->targets + r0, n, V,
-                     m->loss_scale / (float)valid);
-        linear_bwd(m, a->dln + (size_t)r0 * d, G(m, hi), m->logits, x, hi, n, d, V); // (n,V) -> (n,d)
+        if (grad)
+            head_bwd(m, a->dln + (size_t)r0 * d, x, a->xent_lse + r0, m->targets + r0, n, m->loss_scale / (float)valid);
     }
     m->head_done = grad;
     return sum;
@@ -764,12 +828,12 @@ void llama_backward(llama_model *m)
                         "(not llama_loss) must come first\n");
         abort();
     }
-    if (!m->logits_chunk) {
-        float *dlogits = m->logits; // in place: (N,V)
-        if (!m->dlogits_ready)
-            op->xent_bwd(be, dlogits, m->logits, a->xent_lse, m->targets, N, V, m->loss_scale / (float)m->n_valid);
+    if (m->logits_chunk) { /* the forward differentiated the head */
+    } else if (m->dlogits_ready) { /* llama_distill left fp32 dlogits (N,V) in the logits */
         int hi = head_tensor(m);
-        linear_bwd(m, a->dln, G(m, hi), dlogits, a->lnf, hi, N, d, V); // (N,V) -> (N,d)
+        linear_bwd_each(m, a->dln, G(m, hi), m->logits, a->lnf, hi, N, d, V); // (N,V) -> (N,d)
+    } else {
+        head_bwd(m, a->dln, a->lnf, a->xent_lse, m->targets, N, m->loss_scale / (float)m->n_valid);
     }
     m->dlogits_ready = m->head_done = 0;
     be_zero(be, a->dres, (size_t)N * d);

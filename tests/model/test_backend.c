@@ -69,8 +69,9 @@ static void test_gemm(void **state)
 }
 
 /* round_bf16: nearest even at the ties, exact on bf16 values; gemm_w16 gives, bit for bit,
- * gemm's MATMUL_BF16 products on the widened bf16 B, for every transpose combination
- * with padded leading dimensions (and K = 0: C = beta C). */
+ * gemm's MATMUL_BF16 products on the widened bf16 B, and gemm_16 those on the widened A
+ * and B, for every transpose combination with padded leading dimensions (and K = 0:
+ * C = beta C). */
 static void test_bf16_weights_ops(void **state)
 {
     (void)state;
@@ -85,16 +86,25 @@ static void test_bf16_weights_ops(void **state)
         for (int ta = 0; ta < 2; ta++)
             for (int tb = 0; tb < 2; tb++) {
                 int lda = (ta ? M : K) + pad, ldb = (tb ? K : N) + pad, ldc = N + pad;
-                float A[9 * 9], B[9 * 9], C1[5 * 9], C2[5 * 9];
-                uint16_t B16[9 * 9];
+                float A[9 * 9], B[9 * 9], C1[5 * 9], C2[5 * 9], C3[5 * 9], Aw[9 * 9];
+                uint16_t A16[9 * 9], B16[9 * 9];
                 fill(A, PC_ARRAY_LEN(A), 1, 1), fill(B, PC_ARRAY_LEN(B), 2, 1), fill(C1, PC_ARRAY_LEN(C1), 3, 1);
                 be->ops->round_bf16(be, B16, B, PC_ARRAY_LEN(B));
                 be->ops->widen_bf16(be, B, B16, PC_ARRAY_LEN(B));
+                be->ops->round_bf16(be, A16, A, PC_ARRAY_LEN(A));
+                be->ops->widen_bf16(be, Aw, A16, PC_ARRAY_LEN(A));
                 memcpy(C2, C1, sizeof C1);
+                memcpy(C3, C1, sizeof C1);
                 be->ops->set_matmul(be, MATMUL_BF16);
                 be_gemm(be, ta, tb, M, N, k, 0.5f, A, lda, B, ldb, 2.0f, C1, ldc);
-                be->ops->set_matmul(be, MATMUL_FP32); /* gemm_w16 does not depend on the mode */
+                be->ops->set_matmul(be, MATMUL_FP32); /* gemm_w16 and gemm_16 do not depend on the mode */
                 be->ops->gemm_w16(be, ta, tb, M, N, k, 0.5f, A, lda, B16, ldb, 2.0f, C2, ldc);
+                be->ops->gemm_16(be, ta, tb, M, N, k, 0.5f, A16, lda, B16, ldb, 2.0f, C3, ldc);
+                assert_memory_equal(C1, C2, sizeof C1);
+                assert_memory_equal(C1, C3, sizeof C1);
+                /* which is the fp32 product of the widened values */
+                fill(C2, PC_ARRAY_LEN(C2), 3, 1);
+                be_gemm(be, ta, tb, M, N, k, 0.5f, Aw, lda, B, ldb, 2.0f, C2, ldc);
                 assert_memory_equal(C1, C2, sizeof C1);
             }
     backend_destroy(be);
@@ -220,6 +230,14 @@ static void test_xent_grad(void **state)
     for (int j = 0; j < XV; j++) assert_true(d[1 * XV + j] == 0.0f); // ignored row
     numgrad(be, xent_fwd, tg, x, PC_ARRAY_LEN(x), out, R, 1, g);
     assert_close(d, g, PC_ARRAY_LEN(x), 2e-3, "cross-entropy");
+    /* xent_bwd_16: the same values rounded to bf16, row n in the first half of its own
+     * bytes (row stride 2V bf16), over the logits */
+    float y[XN * XV];
+    memcpy(y, x, sizeof x);
+    be->ops->xent_bwd_16(be, y, lse, tg, XN, XV, 1.0f / (float)nv);
+    const uint16_t *y16 = (const uint16_t *)y;
+    for (int n = 0; n < XN; n++)
+        for (int j = 0; j < XV; j++) assert_int_equal(y16[2 * n * XV + j], pc_f32_to_bf16(d[n * XV + j]));
     backend_destroy(be);
 }
 

@@ -255,6 +255,10 @@ static void op_xent(backend *be, outv *o)
     out_fetch(be, o, dl, (size_t)(N * V));
     be->ops->xent_bwd(be, logits, logits, lse, tgt, N, V, 0.5f); /* dlogits aliases logits */
     out_fetch(be, o, logits, (size_t)(N * V));
+    float *l16 = dev_rand(be, (size_t)(N * V), 113, 3); /* bf16 dlogits over the logits */
+    be->ops->xent_bwd_16(be, l16, lse, tgt, N, V, 0.5f);
+    out_fetch(be, o, l16, (size_t)(N * V));
+    be_free(be, l16);
     be_free(be, logits), be_free(be, lse), be_free(be, tgt), be_free(be, dl);
 }
 
@@ -299,8 +303,8 @@ static void op_bf16(backend *be, outv *o)
     be_free(be, w), be_free(be, y);
 }
 
-/* round_bf16 into a bf16 buffer at an offset, gemm_w16 reading it, and raw transfers of
- * an odd number of bytes */
+/* round_bf16 into a bf16 buffer at an offset, gemm_w16 and gemm_16 reading it, and raw
+ * transfers of an odd number of bytes */
 static void op_bf16_weights(backend *be, outv *o)
 {
     int M = 5, N = 7, K = 3, ld = N + 2;
@@ -312,6 +316,11 @@ static void op_bf16_weights(backend *be, outv *o)
     out_fetch(be, o, y, (size_t)(K * ld));
     be->ops->gemm_w16(be, 0, 0, M, N, K, 0.5f, A, K, w + 1, ld, 2.0f, C, N); /* (M,K) x (K,N) */
     out_fetch(be, o, C, (size_t)(M * N));
+    uint16_t *a16 = be->ops->alloc_bf16(be, (size_t)(M * K));
+    be->ops->round_bf16(be, a16, A, (size_t)(M * K));
+    be->ops->gemm_16(be, 0, 0, M, N, K, 0.5f, a16, K, w + 1, ld, 2.0f, C, N); /* (M,K) x (K,N) */
+    out_fetch(be, o, C, (size_t)(M * N));
+    be_free(be, a16);
     unsigned char bytes[7] = {1, 2, 3, 4, 5, 6, 7}, back[7] = {0};
     be->ops->upload_raw(be, (char *)y + 1, bytes, sizeof bytes);
     be->ops->download_raw(be, back, (char *)y + 1, sizeof back);
@@ -366,11 +375,11 @@ static const op_case op_cases[] = {
     {"rope_fwd/bwd", op_rope},
     {"attention_fwd/bwd", op_attention},
     {"swiglu_fwd/bwd", op_swiglu},
-    {"xent_fwd/bwd", op_xent},
+    {"xent_fwd/bwd/bwd_16", op_xent},
     {"distill", op_distill},
     {"add2d", op_add2d},
     {"alloc_bf16/upload_bf16/widen_bf16", op_bf16},
-    {"round_bf16/gemm_w16/upload_raw/download_raw", op_bf16_weights},
+    {"round_bf16/gemm_w16/gemm_16/upload_raw/download_raw", op_bf16_weights},
     {"add/scale/axpy/sumsq", op_elementwise},
     {"adamw", op_adamw},
 };
