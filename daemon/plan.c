@@ -320,7 +320,10 @@ static int64_t logits_rows(const plan_opts *o) {
  *                     + backward scratch: dres d' + dln d' + datt H hd
  *                     + dqkv (H+2KV) hd + dh f'max + dgu 2 f'max
  *   attention scores: attn_tt ? the CPU backward's two (T,T) f32 matrices (P and dP, one head at a
- *   time; the forward needs one) : 0. */
+ *   time; the forward needs one) : 0
+ *   weights_bf16:     the backward's bf16 operands, rounded once for a product's two
+ *                     backward products: its output gradient max((H+2KV) hd, d', 2 f'max)
+ *                     and its input max(d', H hd, f'max) per token, 2 bytes each. */
 static int64_t activation_bytes(const llama_config *s, const plan_opts *o) {
     int64_t N = (int64_t)o->micro_batch * o->seq_len, d = s->d_model, H = s->n_heads, KV = s->n_kv_heads,
             hd = s->head_dim, V = s->vocab_size, fmax = max_d_ff(s);
@@ -332,7 +335,9 @@ static int64_t activation_bytes(const llama_config *s, const plan_opts *o) {
     per_tok += 2 * d + 2;
     per_tok += 2 * d + H * hd + (H + 2 * KV) * hd + 3 * fmax;
     int64_t tt = o->attn_tt ? 2 * (int64_t)o->seq_len * o->seq_len * 4 : 0;
-    return (N * per_tok + logits_rows(o) * V) * o->compute_dtype_bytes + tt;
+    int64_t ops16 = o->weights_bf16 ? PC_MAX(PC_MAX((H + 2 * KV) * hd, d), 2 * fmax) + PC_MAX(PC_MAX(d, H * hd), fmax)
+                                    : 0;
+    return (N * per_tok + logits_rows(o) * V) * o->compute_dtype_bytes + tt + 2 * N * ops16;
 }
 
 /* A distillation teacher held in bf16 (a bf16 base, model.dtype bf16): its matrices in

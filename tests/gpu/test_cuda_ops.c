@@ -185,9 +185,19 @@ static void test_gemm(ctx *x, matmul_mode mode)
                 x->gpu->ops->gemm_w16(x->gpu, ta, tb, M, N, K, 0.7f, A.g, lda, bg, ldb, 0.3f, W.g, ldc);
                 snprintf(what, sizeof what, "gemm_w16 ta=%d tb=%d (B in bf16)", ta, tb);
                 check_pair(x, what, &W, tol);
+                /* and with A given in bf16 too */
+                uint16_t *ac = x->cpu->ops->alloc_bf16(x->cpu, A.n), *ag = x->gpu->ops->alloc_bf16(x->gpu, A.n);
+                x->cpu->ops->round_bf16(x->cpu, ac, A.c, A.n);
+                x->gpu->ops->round_bf16(x->gpu, ag, A.g, A.n);
+                x->cpu->ops->gemm_16(x->cpu, ta, tb, M, N, K, 0.7f, ac, lda, bc, ldb, 0.3f, W.c, ldc);
+                x->gpu->ops->gemm_16(x->gpu, ta, tb, M, N, K, 0.7f, ag, lda, bg, ldb, 0.3f, W.g, ldc);
+                snprintf(what, sizeof what, "gemm_16 ta=%d tb=%d (A and B in bf16)", ta, tb);
+                check_pair(x, what, &W, tol);
                 pair_free(x, &W);
                 be_free(x->cpu, bc);
                 be_free(x->gpu, bg);
+                be_free(x->cpu, ac);
+                be_free(x->gpu, ag);
             }
             if (mode == MATMUL_BF16 && ta == 0 && tb == 0) { /* the GPU really rounds: it differs from fp32 */
                 pair D = pair_randn(x, C.n, 0.0f);
@@ -481,6 +491,33 @@ static void make_targets(ctx *x, int32_t *tg, int N, int V)
     tg[0] = V - 1;
 }
 
+/* xent_bwd_16 on copies of the logits on each backend: the bf16 values, row n at bf16
+ * offset 2 n V of the buffer, within a bf16 rounding (2^-8 of the largest) of the CPU's
+ * fp32 dlogits d. */
+static void check_xent_bwd_16(ctx *x, const pair *logits, const pair *lse, const ipair *t, const pair *d, int N, int V,
+                              float scale)
+{
+    size_t n = (size_t)N * V;
+    float *want = pc_alloc_f32(n), *got = pc_alloc_f32(n);
+    uint16_t *h16 = pc_malloc(sizeof(float) * n);
+    be_download(x->cpu, want, d->c, n);
+    for (int side = 0; side < 2; side++) {
+        backend *be = side ? x->gpu : x->cpu;
+        float *buf = be_alloc(be, n);
+        be_copy(be, buf, side ? logits->g : logits->c, n);
+        be->ops->xent_bwd_16(be, buf, side ? lse->g : lse->c, side ? t->g : t->c, N, V, scale);
+        be->ops->download_raw(be, h16, buf, sizeof(float) * n);
+        for (size_t r = 0; r < (size_t)N; r++)
+            for (size_t j = 0; j < (size_t)V; j++) got[r * V + j] = pc_bf16_to_f32(h16[2 * r * V + j]);
+        report(x, side ? "xent_bwd_16 gpu (bf16 over the logits, stride 2V)" : "xent_bwd_16 cpu (bf16, stride 2V)",
+               test_rel_max_err(want, got, n), 4e-3);
+        be_free(be, buf);
+    }
+    free(want);
+    free(got);
+    free(h16);
+}
+
 static void test_xent(ctx *x)
 {
     const int N = 41, V = 5003;
@@ -499,6 +536,7 @@ static void test_xent(ctx *x)
     x->cpu->ops->xent_bwd(x->cpu, d.c, logits.c, lse.c, t.c, N, V, scale);
     x->gpu->ops->xent_bwd(x->gpu, d.g, logits.g, lse.g, t.g, N, V, scale);
     check_pair(x, "xent_bwd (separate output, ignored rows zero)", &d, TOL_F32);
+    check_xent_bwd_16(x, &logits, &lse, &t, &d, N, V, scale);
     x->cpu->ops->xent_bwd(x->cpu, logits.c, logits.c, lse.c, t.c, N, V, scale);
     x->gpu->ops->xent_bwd(x->gpu, logits.g, logits.g, lse.g, t.g, N, V, scale);
     check_pair(x, "xent_bwd (in place over the logits)", &logits, TOL_F32);

@@ -763,9 +763,10 @@ static void test_weights_bf16(void **state) {
                          2 * h.small_numel - 4 * (h.small_numel - hf_config_n_norm_params(&small)));
         assert_true(b->replica_bytes < a->replica_bytes * 5 / 6); /* 8B: fp32 8, bf16 6.4 bytes per parameter */
         assert_int_equal(2 * b->xchg_bytes, 3 * a->xchg_bytes); /* f32 + bf16 */
-        assert_int_equal(b->total_bytes - a->total_bytes,
-                         (b->replica_bytes - a->replica_bytes) + (b->xchg_bytes - a->xchg_bytes));
-        assert_int_equal(b->act_bytes, a->act_bytes);
+        assert_true(b->act_bytes > a->act_bytes); /* the backward's bf16 operands (below) */
+        assert_int_equal(b->total_bytes - a->total_bytes, (b->replica_bytes - a->replica_bytes) +
+                                                              (b->xchg_bytes - a->xchg_bytes) +
+                                                              (b->act_bytes - a->act_bytes));
         strided += a->xchg_bytes;
     }
     assert_true(strided > 0);
@@ -802,6 +803,16 @@ static void test_weights_bf16(void **state) {
     assert_int_equal(g.ranks[1].scratch_bytes - f.ranks[1].scratch_bytes, copies);
     plan_free(&f);
     plan_free(&g);
+    /* the model's bf16 copy, and for a trainable model the backward's bf16 operands: what
+     * the plan's activations count more with weights_bf16, exactly */
+    o.micro_batch = 1, o.seq_len = 8, o.weights_bf16 = 0;
+    assert_int_equal(plan_build(&f, &tb, &ts, 2, &o, NULL), 0);
+    o.weights_bf16 = 1;
+    assert_int_equal(plan_build(&g, &tb, &ts, 2, &o, NULL), 0);
+    size_t ops16 = (size_t)(g.ranks[0].act_bytes - f.ranks[0].act_bytes);
+    assert_true(ops16 > 0);
+    plan_free(&f);
+    plan_free(&g);
     backend *be = counting_begin();
     llama_model m;
     pc_err e = {{0}};
@@ -809,12 +820,22 @@ static void test_weights_bf16(void **state) {
     size_t plain = counted_bytes;
     counted_bytes = 0;
     llama_use_bf16_weights(&m);
-    assert_int_equal(counted_bytes, 2 * (size_t)hf_config_n_params(&ts));
+    assert_int_equal(counted_bytes, 2 * (size_t)hf_config_n_params(&ts) + ops16);
+    llama_free(&m);
+    counted_bytes = 0; /* a forward-only model: the copy alone */
+    llama_opts fwd = {.forward_only = 1, .weights = LLAMA_BF16_WEIGHTS};
+    assert_int_equal(llama_init_opts(&m, &ts, be, 1, 8, &fwd, &e), 0);
+    size_t fwd_bytes = counted_bytes;
+    llama_free(&m);
+    counted_bytes = 0;
+    fwd.weights = LLAMA_F32;
+    assert_int_equal(llama_init_opts(&m, &ts, be, 1, 8, &fwd, &e), 0);
+    assert_int_equal(fwd_bytes - counted_bytes, 2 * (size_t)hf_config_n_params(&ts));
     llama_free(&m);
     counted_bytes = 0; /* never more than this at any time: nothing is freed on the way */
     llama_opts lean = {.weights = LLAMA_BF16_ONLY};
     assert_int_equal(llama_init_opts(&m, &ts, be, 1, 8, &lean, &e), 0);
-    assert_int_equal(counted_bytes - plain, 2 * (size_t)hf_config_n_params(&ts) -
+    assert_int_equal(counted_bytes - plain, 2 * (size_t)hf_config_n_params(&ts) + ops16 -
                                                 4 * (size_t)(hf_config_n_params(&ts) - hf_config_n_norm_params(&ts)));
     assert_int_equal(m.n_params_f32, hf_config_n_norm_params(&ts));
     assert_int_equal(m.n_params, hf_config_n_params(&ts));
