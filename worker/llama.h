@@ -123,7 +123,12 @@ void llama_free(llama_model *m);
 /* Give the model a bf16 copy of its parameters (w16, zeroed), which every weight product
  * then reads through gemm_w16 (MATMUL_BF16's arithmetic) instead of rounding params on
  * each product; embedding lookups and norm gains keep reading params. Whoever changes
- * params calls llama_refresh_w16 before the next forward. */
+ * params calls llama_refresh_w16 before the next forward. A trainable model also gets
+ * two bf16 buffers for its backward, (N, widest layer output) and (N, widest layer
+ * input): each product's output gradient and input are rounded once for its two backward
+ * products (gemm_16), and the head's dlogits are written in bf16 over the logits
+ * (xent_bwd_16); every product of the model then has MATMUL_BF16's arithmetic whatever
+ * the backend's matmul mode, with the same results as rounding each product's inputs. */
 void llama_use_bf16_weights(llama_model *m);
 /* w16 = bf16(params), nearest even, for every tensor held in fp32; nothing without a copy. */
 void llama_refresh_w16(llama_model *m);
