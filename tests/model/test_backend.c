@@ -476,9 +476,18 @@ static void test_llama_recompute(void **state)
     backend_destroy(be);
 }
 
+/* llama_init's model with the head in chunks of 5 tokens, and with recomputation */
+static int init_chunked(llama_model *m, const llama_config *c, backend *be, int B, int T, pc_err *e)
+{
+    llama_opts o = {.logits_chunk = 5};
+    return llama_init_opts(m, c, be, B, T, &o, e);
+}
+
 /* A model with a bf16 weight copy: the products read the copy, not params (a change to
- * params shows only after llama_refresh_w16), and its losses and gradients are bitwise
- * those of rounding every product's inputs (MATMUL_BF16), tied and untied. */
+ * params shows only after llama_refresh_w16), and its losses and gradients (the backward
+ * on operands rounded once, the dlogits written in bf16 by the loss) are bitwise those
+ * of rounding every product's inputs (MATMUL_BF16), tied and untied, with the head whole,
+ * in chunks, and with recomputation. */
 static void test_llama_bf16_weights(void **state)
 {
     (void)state;
@@ -486,10 +495,12 @@ static void test_llama_bf16_weights(void **state)
     be->ops->set_matmul(be, MATMUL_BF16);
     int32_t tok[TB * TT], tgt[TB * TT];
     tiny_batch(tok, tgt, 0, 1);
-    for (int tied = 0; tied < 2; tied++) {
+    init_fn inits[] = {llama_init, init_chunked, llama_init_recompute};
+    for (int k = 0; k < 6; k++) {
+        int tied = k % 2;
         llama_model ref, w;
-        tiny_model(&ref, be, tied, llama_init);
-        tiny_model(&w, be, tied, llama_init);
+        tiny_model(&ref, be, tied, inits[k / 2]);
+        tiny_model(&w, be, tied, inits[k / 2]);
         llama_use_bf16_weights(&w);
         assert_non_null(w.w16);
         llama_refresh_w16(&w);
