@@ -1068,19 +1068,29 @@ static void cu_swiglu_bwd(backend *be, float *dgate, float *dup, const float *do
 
 /* ------------------------------------------------------------------ cross-entropy */
 
-/* One block per row: lse[n], and into loss[n] / valid[n] the row loss and 1 (0, 0 when ignored). */
+/* One block per row: lse[n], and into loss[n] / valid[n] the row loss and 1 (0, 0 when
+ * ignored). The row is read once: each thread keeps the running max m of its elements and
+ * the sum of exp(x - m) (rescaled by exp(m_old - m) when the max grows); the block's max
+ * then rescales the threads' sums into one. */
 __global__ void k_xent_fwd(float *lse, double *loss, double *valid, const float *logits, const int32_t *targets, int V)
 {
     __shared__ float shf[33];
     __shared__ double shd[33];
     const size_t n = blockIdx.x;
     const float *r = logits + n * V;
-    float mx = -INFINITY;
-    for (int j = threadIdx.x; j < V; j += blockDim.x) mx = fmaxf(mx, r[j]);
-    mx = block_max(mx, shf);
-    double sum = 0.0;
-    for (int j = threadIdx.x; j < V; j += blockDim.x) sum += (double)expf(r[j] - mx);
-    sum = block_sum(sum, shd);
+    float m = -INFINITY;
+    double s = 0.0;
+    for (int j = threadIdx.x; j < V; j += blockDim.x) {
+        const float x = r[j];
+        if (x > m) {
+            s = s * exp((double)m - (double)x) + 1.0;
+            m = x;
+        } else if (m > -INFINITY) {
+            s += (double)expf(x - m);
+        }
+    }
+    const float mx = block_max(m, shf);
+    const double sum = block_sum(m > -INFINITY ? s * exp((double)m - (double)mx) : 0.0, shd);
     if (threadIdx.x == 0) {
         const float l = mx + (float)log(sum);
         const int32_t t = targets[n];
