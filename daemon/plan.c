@@ -157,7 +157,7 @@ static void size_block(const tensor_desc *d, plan_block *k, int pieces, const pl
         k->own_numel = d->d_out_c;
         k->base_bytes = 0;
         k->state_bytes = ADAM_F32 * k->own_numel;
-        k->work[0] = k->work[1] = 0;
+        k->work[0] = k->work[1] = k->work[3] = 0;
         k->work[2] = k->own_numel; /* the gain's gradient */
         k->flops = 0;
         return;
@@ -186,10 +186,15 @@ static void size_block(const tensor_desc *d, plan_block *k, int pieces, const pl
     k->shared_bytes = ADAM_F32 * sh;
     /* project.c: scratch max(W P_in, P_out W) when both sides project, the fp32 copy of a
      * bf16 base slice in use, dP_in|dP_out|dA (a shared factor's part goes to its own
-     * gradient: what the block owns) */
+     * gradient: what the block owns); a bf16 slice with bf16 weights goes into the products
+     * as stored, and its fp32 right-hand operand (P_in (d_in, d_in'), or with P_in only G
+     * (d_out, d_in') too) is rounded into a bf16 copy instead (a slice projected on neither
+     * side is still widened) */
+    int bf16_base = o->base_dtype_bytes == 2, products16 = bf16_base && o->weights_bf16;
     k->work[0] = d->p_in && d->p_out ? PC_MAX(dO * ic, oc * dI) : 0;
-    k->work[1] = o->base_dtype_bytes == 2 ? dO * dI : 0;
+    k->work[1] = bf16_base && !(products16 && (d->p_in || d->p_out)) ? dO * dI : 0;
     k->work[2] = k->own_numel;
+    k->work[3] = products16 && d->p_in ? (ic * (d->p_out ? dI : PC_MAX(dI, dO)) + 1) / 2 : 0;
     k->flops = slice_flops((double)dO, (double)dI, (double)oc, (double)ic, d->p_in, d->p_out);
 }
 
@@ -472,7 +477,7 @@ int plan_build(plan *p, const llama_config *base, const llama_config *small, int
     /* greedy: largest first, to the least-loaded rank (bytes, then FLOPs, then id) */
     p->ranks = pc_calloc((size_t)world, sizeof *p->ranks);
     plan_block **order = pc_calloc((size_t)n_blocks, sizeof *order);
-    int64_t(*work)[3] = pc_calloc((size_t)world, sizeof *work); /* per rank: the largest of each */
+    int64_t(*work)[PLAN_WORK_BUFS] = pc_calloc((size_t)world, sizeof *work); /* per rank: the largest of each */
     for (int i = 0; i < n_blocks; i++) order[i] = &p->blocks[i];
     qsort(order, (size_t)n_blocks, sizeof *order, cmp_size);
     for (int i = 0; i < n_blocks; i++) {
@@ -489,7 +494,7 @@ int plan_build(plan *p, const llama_config *base, const llama_config *small, int
         rk->n_blocks++;
         rk->base_bytes += k->base_bytes;
         rk->state_bytes += k->state_bytes;
-        for (int w = 0; w < 3; w++) work[best][w] = PC_MAX(work[best][w], k->work[w]);
+        for (int w = 0; w < PLAN_WORK_BUFS; w++) work[best][w] = PC_MAX(work[best][w], k->work[w]);
     }
     free(order);
 
@@ -520,7 +525,11 @@ int plan_build(plan *p, const llama_config *base, const llama_config *small, int
      * (project.c sums each over all ranks) */
     int64_t shared_grads = 0;
     for (int s = 0; s < p->n_shared; s++) shared_grads += p->shared[s].numel;
-    for (int r = 0; r < world; r++) p->ranks[r].scratch_bytes = 4 * (work[r][0] + work[r][1] + work[r][2] + shared_grads);
+    for (int r = 0; r < world; r++) {
+        int64_t words = shared_grads;
+        for (int w = 0; w < PLAN_WORK_BUFS; w++) words += work[r][w];
+        p->ranks[r].scratch_bytes = 4 * words;
+    }
     free(work);
 
     /* the exchange buffer (project.c): W_C and G go between ranks straight from the

@@ -52,6 +52,8 @@ typedef struct plan_opts {
     int global_batch;          /* train.global_batch: backwards per step (with shard_grads); 0: one */
 } plan_opts;
 
+enum { PLAN_WORK_BUFS = 4 };
+
 typedef struct plan_block {
     char name[PLAN_NAME_MAX];      /* small model tensor, e.g. "model.layers.3.self_attn.q_proj.weight" */
     char base_name[PLAN_NAME_MAX]; /* base tensor holding W (a tied head reads the embedding) */
@@ -68,9 +70,10 @@ typedef struct plan_block {
     int64_t state_bytes;           /* own trainable state: 3 x f32 per element (value, Adam m, v) */
     int64_t shared_bytes;          /* replicated shared factor with its Adam state: 12 x shared_numel */
     /* project.c's work buffers for this block, in f32 elements: intermediates (both sides
-     * projected), the fp32 copy of a bf16 base slice, its gradients; a rank allocates the
-     * largest of each over its blocks */
-    int64_t work[3];
+     * projected), the fp32 copy of a bf16 base slice, its gradients, and with a bf16 base
+     * and bf16 weights the bf16 copy of the operand the slice meets (in whole f32 words); a
+     * rank allocates the largest of each over its blocks */
+    int64_t work[PLAN_WORK_BUFS];
     double flops;                  /* projection FLOPs per step (materialise + gradients) */
     int owner;                     /* rank in [0, world) */
 } plan_block;

@@ -169,7 +169,6 @@ static int load_slice(proj_set *ps, const st_model *base, proj_block *b, const c
         ps->base_bufs[ps->n_base_bufs++] = dev;
         b->w16 = dev;
         ps->base_bytes += (int64_t)(n * sizeof(uint16_t));
-        ps->wide_n = PC_MAX(ps->wide_n, (int64_t)n);
     } else if (rc == 0) {
         float *dev = be_alloc(ps->be, n);
         be_upload(ps->be, dev, w, n);
@@ -262,6 +261,7 @@ int proj_init(proj_set *ps, backend *be, const st_model *base, const llama_confi
                             "(LLAMA_BF16_ONLY)");
     ps->be = be;
     ps->base_bf16 = base_bf16;
+    ps->products16 = base_bf16 && small->w16;
     ps->rank = rank;
     ps->world = world;
     int n = specs ? n_specs : llama_n_tensors(small);
@@ -318,6 +318,10 @@ int proj_init(proj_set *ps, backend *be, const st_model *base, const llama_confi
         if ((b->kind == PROJ_ROWS && b->d_out_c < st->shape[0]) || (b->kind == PROJ_COLS && b->d_in_c < st->shape[1]))
             snprintf(suffix, sizeof suffix, ".a[%lld:%lld]", (long long)b->r0, (long long)b->r1);
         b->a = add_tensor(ps, b->name, suffix, (int64_t)b->d_out_c * b->d_in_c, 2, 1);
+        if (ps->products16 && has_in) /* the rounded P_in (d_in, d_in'), or (P_in only) G (d_out, d_in') */
+            ps->b16_n = PC_MAX(ps->b16_n, (int64_t)b->d_in_c * (has_out ? b->d_in : PC_MAX(b->d_in, b->d_out)));
+        else if (ps->base_bf16 && !(ps->products16 && has_out)) /* the widened slice */
+            ps->wide_n = PC_MAX(ps->wide_n, (int64_t)b->d_out * b->d_in);
         if (has_in && has_out) /* W P_in or P_out W; one-sided blocks need none (an embedding's: (V, d)) */
             ps->scratch_n = PC_MAX(ps->scratch_n, PC_MAX((int64_t)b->d_out * b->d_in_c, (int64_t)b->d_out_c * b->d_in));
         ps->grad_n = PC_MAX(ps->grad_n, (has_in && !in_shared ? (int64_t)b->d_in * b->d_in_c : 0) +
@@ -327,6 +331,8 @@ int proj_init(proj_set *ps, backend *be, const st_model *base, const llama_confi
     ps->params = be_alloc(be, (size_t)ps->n_params); /* zeroed: A = 0 */
     ps->scratch = be_alloc(be, (size_t)ps->scratch_n);
     if (ps->wide_n > 0) ps->wide = be_alloc(be, (size_t)ps->wide_n);
+    ps->b16_n += ps->b16_n % 2; /* whole fp32 words, as the plan counts it */
+    if (ps->b16_n > 0) ps->b16 = be->ops->alloc_bf16(be, (size_t)ps->b16_n);
     ps->grad = be_alloc(be, (size_t)ps->grad_n);
     build_layout(ps, small);
     ps->n_stages = small->cfg.n_layers + 2;
@@ -340,6 +346,7 @@ void proj_free(proj_set *ps) {
     for (size_t i = 0; i < PC_ARRAY_LEN(dev); i++)
         if (dev[i]) be_free(be, dev[i]);
     if (ps->xchg16) be_free(be, ps->xchg16);
+    if (ps->b16) be_free(be, ps->b16);
     free(ps->base_bufs);
     free(ps->blocks);
     free(ps->shared);
@@ -353,6 +360,29 @@ static void gemm(proj_set *ps, int ta, int tb, int M, int N, int K, const float 
     ps->be->ops->gemm(ps->be, ta, tb, M, N, K, 1.0f, A, lda, B, ldb, beta, C, ldc);
 }
 
+/* C (M,N) = op(W) op(B) + beta C, W block b's base slice (d_out, d_in): the fp32 slice w,
+ * or with products16 its bf16 as stored and B rounded into b16 (what gemm computes in
+ * MATMUL_BF16 on the widened slice, bit for bit on the CPU). */
+static void w_gemm(proj_set *ps, const proj_block *b, const float *w, int ta, int tb, int M, int N, int K,
+                   const float *B, int ldb, float beta, float *C, int ldc) {
+    if (!ps->products16) {
+        gemm(ps, ta, tb, M, N, K, w, b->d_in, B, ldb, beta, C, ldc);
+        return;
+    }
+    int rb = tb ? N : K, cb = tb ? K : N; /* B's stored shape */
+    ps->be->ops->round_bf16_2d(ps->be, ps->b16, cb, B, ldb, rb, cb);
+    ps->be->ops->gemm_16(ps->be, ta, tb, M, N, K, 1.0f, b->w16, b->d_in, ps->b16, cb, beta, C, ldc);
+}
+
+/* C (M,N) = op(A) op(W) + beta C, the same with W on the right (gemm_w16 rounds A). */
+static void gemm_w(proj_set *ps, const proj_block *b, const float *w, int ta, int tb, int M, int N, int K,
+                   const float *A, int lda, float beta, float *C, int ldc) {
+    if (!ps->products16)
+        gemm(ps, ta, tb, M, N, K, A, lda, w, b->d_in, beta, C, ldc);
+    else
+        ps->be->ops->gemm_w16(ps->be, ta, tb, M, N, K, 1.0f, A, lda, b->w16, b->d_in, beta, C, ldc);
+}
+
 /* Copy a (rows, cols) matrix between row strides (device buffers). */
 static void copy_rows(backend *be, float *dst, int ld_dst, const float *src, int ld_src, int rows, int cols) {
     be->ops->add2d(be, dst, ld_dst, src, ld_src, rows, cols, 0.0f);
@@ -363,23 +393,24 @@ static void materialize_block(proj_set *ps, const proj_block *b, float *out, int
     const float *p_in = b->p_in >= 0 ? ps->params + b->p_in : NULL;   /* (d_in, d_in') */
     const float *p_out = b->p_out >= 0 ? ps->params + b->p_out : NULL; /* (d_out', d_out) */
     int dO = b->d_out, dI = b->d_in, o = b->d_out_c, i = b->d_in_c;
-    const float *w = slice_f32(ps, b); /* (d_out, d_in) */
+    /* (d_out, d_in) fp32, or NULL: the products read the bf16 slice (products16) */
+    const float *w = ps->products16 && (p_in || p_out) ? NULL : slice_f32(ps, b);
     copy_rows(ps->be, out, ld, ps->params + b->a, i, o, i); /* A (d_out', d_in') */
     if (p_in && p_out) {
         double cost_x = (double)dO * dI * i + (double)o * dO * i, cost_y = (double)o * dO * dI + (double)o * dI * i;
         if (cost_x <= cost_y) {
             float *x = ps->scratch;                                  /* W P_in: (d_out, d_in') */
-            gemm(ps, 0, 0, dO, i, dI, w, dI, p_in, i, 0.0f, x, i);
+            w_gemm(ps, b, w, 0, 0, dO, i, dI, p_in, i, 0.0f, x, i);
             gemm(ps, 0, 0, o, i, dO, p_out, dO, x, i, 1.0f, out, ld); /* P_out X: (d_out', d_in') */
         } else {
             float *y = ps->scratch;                                  /* P_out W: (d_out', d_in) */
-            gemm(ps, 0, 0, o, dI, dO, p_out, dO, w, dI, 0.0f, y, dI);
+            gemm_w(ps, b, w, 0, 0, o, dI, dO, p_out, dO, 0.0f, y, dI);
             gemm(ps, 0, 0, o, i, dI, y, dI, p_in, i, 1.0f, out, ld); /* Y P_in */
         }
     } else if (p_in) {
-        gemm(ps, 0, 0, dO, i, dI, w, dI, p_in, i, 1.0f, out, ld);
+        w_gemm(ps, b, w, 0, 0, dO, i, dI, p_in, i, 1.0f, out, ld);
     } else if (p_out) {
-        gemm(ps, 0, 0, o, dI, dO, p_out, dO, w, dI, 1.0f, out, ld);
+        gemm_w(ps, b, w, 0, 0, o, dI, dO, p_out, dO, 1.0f, out, ld);
     } else { /* nothing compressed: W_C = W + A */
         ps->be->ops->add2d(ps->be, out, ld, w, dI, o, i, 1.0f);
     }
@@ -644,7 +675,8 @@ double proj_grad_block(proj_set *ps, int idx, const llama_model *small, int with
     const proj_shared *sh = b->shared >= 0 ? &ps->shared[b->shared] : NULL;
     int64_t off = 0;
     *gin = *gout = -1;
-    const float *w = slice_f32(ps, b); /* (d_out, d_in); NULL for a norm block */
+    /* (d_out, d_in) fp32; NULL for a norm block, or where the products read the bf16 slice */
+    const float *w = b->kind == PROJ_NORM || ps->products16 ? NULL : slice_f32(ps, b);
     if (b->kind == PROJ_NORM) {
         *ga = 0;
         be_copy(ps->be, ps->grad, G, (size_t)i);
@@ -652,30 +684,30 @@ double proj_grad_block(proj_set *ps, int idx, const llama_model *small, int with
     }
     int in_shared = sh && b->kind == PROJ_ROWS, out_shared = sh && b->kind == PROJ_COLS;
     if (p_in && (with_shared || !in_shared)) { /* dP_in (d_in, d_in') = (P_out W)^T G */
-        const float *y = w; /* (d_out', d_in) */
+        float *dst = in_shared ? ps->shared_grad + sh->grad_off : ps->grad + off;
+        float beta = in_shared ? 1.0f : 0.0f; /* a shared factor's partial: summed over its blocks */
         if (p_out) {
-            gemm(ps, 0, 0, o, dI, dO, p_out, dO, w, dI, 0.0f, ps->scratch, dI);
-            y = ps->scratch;
-        }
-        if (in_shared) { /* partial of a shared factor: summed over its blocks */
-            gemm(ps, 1, 0, dI, i, o, y, dI, G, ld, 1.0f, ps->shared_grad + sh->grad_off, i);
+            gemm_w(ps, b, w, 0, 0, o, dI, dO, p_out, dO, 0.0f, ps->scratch, dI); /* Y = P_out W (d_out', d_in) */
+            gemm(ps, 1, 0, dI, i, o, ps->scratch, dI, G, ld, beta, dst, i);
         } else {
+            w_gemm(ps, b, w, 1, 0, dI, i, o, G, ld, beta, dst, i); /* W^T G */
+        }
+        if (!in_shared) {
             *gin = off;
-            gemm(ps, 1, 0, dI, i, o, y, dI, G, ld, 0.0f, ps->grad + off, i);
             off += (int64_t)dI * i;
         }
     }
     if (p_out && (with_shared || !out_shared)) { /* dP_out (d_out', d_out) = G (W P_in)^T */
-        const float *x = w; /* (d_out, d_in') */
+        float *dst = out_shared ? ps->shared_grad + sh->grad_off : ps->grad + off;
+        float beta = out_shared ? 1.0f : 0.0f;
         if (p_in) {
-            gemm(ps, 0, 0, dO, i, dI, w, dI, p_in, i, 0.0f, ps->scratch, i);
-            x = ps->scratch;
-        }
-        if (out_shared) {
-            gemm(ps, 0, 1, o, dO, i, G, ld, x, i, 1.0f, ps->shared_grad + sh->grad_off, dO);
+            w_gemm(ps, b, w, 0, 0, dO, i, dI, p_in, i, 0.0f, ps->scratch, i); /* X = W P_in (d_out, d_in') */
+            gemm(ps, 0, 1, o, dO, i, G, ld, ps->scratch, i, beta, dst, dO);
         } else {
+            gemm_w(ps, b, w, 0, 1, o, dO, i, G, ld, beta, dst, dO); /* G W^T */
+        }
+        if (!out_shared) {
             *gout = off;
-            gemm(ps, 0, 1, o, dO, i, G, ld, x, i, 0.0f, ps->grad + off, dO);
             off += (int64_t)o * dO;
         }
     }
@@ -686,7 +718,8 @@ double proj_grad_block(proj_set *ps, int idx, const llama_model *small, int with
 }
 
 int64_t proj_scratch_bytes(const proj_set *ps) {
-    return (int64_t)sizeof(float) * (ps->scratch_n + ps->wide_n + ps->grad_n + ps->shared_grad_n);
+    return (int64_t)sizeof(float) * (ps->scratch_n + ps->wide_n + ps->grad_n + ps->shared_grad_n) +
+           (int64_t)sizeof(uint16_t) * ps->b16_n;
 }
 
 double proj_flops(const proj_set *ps) {

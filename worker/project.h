@@ -88,7 +88,14 @@ typedef struct proj_set {
     int64_t base_bytes;         /* their size */
     int n_base_bufs;
     int base_bf16;              /* base slices stored in bf16 (w16), else fp32 (w) */
-    float *wide;                /* (largest base slice) fp32 copy of a bf16 slice in use */
+    /* base_bf16 and a small model with a bf16 copy (its products bf16): a slice goes into
+     * the projection products as stored (gemm_w16, gemm_16), never widened; the fp32
+     * operand it is multiplied by on its right (P_in, or G) is rounded into b16 */
+    int products16;
+    uint16_t *b16;              /* (largest such operand, even count) its bf16 copy */
+    int64_t b16_n;
+    float *wide;                /* (largest base slice) fp32 copy of a bf16 slice in use (not with
+                                 * products16, except for a block projected on neither side) */
     int64_t wide_n;
     float *scratch;             /* intermediates of one block projected on both sides */
     float *grad;                /* (dP_in | dP_out | dA) of one block, or a norm block's gain gradient */
@@ -125,7 +132,8 @@ typedef struct proj_indices {
 /* Build the blocks of `specs` (NULL: every tensor one block owned by rank 0) for the
  * small model `small` (shaped d', f'), load this rank's base slices from `base` (kept in
  * bf16 when base_bf16: half the memory, exact for a bf16 checkpoint, rounded to nearest
- * even otherwise; every product still runs in fp32 on the widened slice), and
+ * even otherwise; the products take the widened slice, or with a small model that has a
+ * bf16 copy the bf16 slice itself: MATMUL_BF16's arithmetic, the same values), and
  * initialise one-hot projections at idx, A = 0, norm gains sliced. */
 int proj_init(proj_set *ps, backend *be, const st_model *base, const llama_config *base_cfg,
               const llama_model *small, const proj_indices *idx, const proj_spec *specs, int n_specs, int rank,
@@ -179,8 +187,8 @@ double proj_grad_block(proj_set *ps, int i, const llama_model *small, int with_s
 
 /* Total projection FLOPs of one step over all blocks (materialise + gradients, one pass). */
 double proj_flops(const proj_set *ps);
-/* Bytes of this rank's projection work buffers: intermediates, the widened base slice,
- * one block's gradients and every shared factor's gradient (plan.txt's scratch column
+/* Bytes of this rank's projection work buffers: intermediates, the widened base slice
+ * or (products16) the bf16 copy of the operand a bf16 slice meets, one block's gradients and every shared factor's gradient (plan.txt's scratch column
  * less the CUDA backend's bf16 operand copies). */
 int64_t proj_scratch_bytes(const proj_set *ps);
 

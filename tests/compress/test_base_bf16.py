@@ -4,6 +4,13 @@
   bitwise the losses, grad norms and output of model.dtype f32 (the widened slice is
   exact), on 1 rank, on 2 ranks with split blocks, and on the guarded backend; the base
   slices held take exactly half the bytes.
+- With backend.matmul bf16 the bf16 slices go into the projection products as stored
+  (not widened; the fp32 operand a slice meets rounded once): still bitwise the f32
+  storage's run (whose products round the slice to the same values), on 1 rank, on the
+  guarded backend, on 2 ranks with split blocks, and with d_model kept (matrices projected
+  on neither side, whose slice is still widened for W + A); every rank's projection work
+  buffers are what plan.txt counts, and less than with fp32 products (a bf16 copy of P_in
+  or G instead of the widened slice).
 - A base saved in f32: bf16 storage rounds it, so the run differs from f32 storage, but
   stays close (first loss within 1e-3 relative, last within 1e-2)."""
 import os
@@ -30,6 +37,17 @@ def run(root, job, name, np_, *sets):
         held += int(re.search(r"frozen base slices here: (\d+) bytes", log).group(1))
     return ([(m["loss"], m["grad_norm"]) for m in ms if "loss" in m],
             load_file(os.path.join(d, "final", "model.safetensors")), held)
+
+
+def work_buffers(d, np_):
+    """Every rank's logged projection work buffers, checked against the plan's."""
+    here = []
+    for r in range(np_):
+        log = open(os.path.join(d, "logs", f"rank-{r:05d}.log")).read()
+        m = re.search(r"projection work buffers: (\d+) bytes here \(plan: (\d+)\)", log)
+        pclib.check(m is not None and m.group(1) == m.group(2), f"{d} rank {r}: work buffers vs plan {m and m.groups()}")
+        here.append(int(m.group(1)))
+    return here
 
 
 def same(a, b, what):
@@ -64,6 +82,22 @@ def main():
     b = run(root, job, "bf16-np2", 2, "model.dtype=bf16", "compress.split_mb=0.01")
     same(b, a, "np2 split blocks, bf16 vs f32 storage")
     pclib.check(b[2] * 2 == a[2], f"np2 base slices held: {b[2]} bytes in bf16, {a[2]} in f32")
+
+    mm = "backend.matmul=bf16"  # the products take the bf16 slices as stored
+    ref = run(root, job, "f32-mm", 1, "model.dtype=f32", mm)
+    same(run(root, job, "bf16-mm", 1, "model.dtype=bf16", mm), ref, "bf16 products, bf16 vs f32 storage")
+    same(run(root, job, "bf16-mm-guarded", 1, "model.dtype=bf16", mm, "backend.device=cpu-guarded"), ref,
+         "bf16 products, bf16 storage on the guarded backend vs f32 storage")
+    a = run(root, job, "f32-mm-np2", 2, "model.dtype=f32", "compress.split_mb=0.01", mm)
+    b = run(root, job, "bf16-mm-np2", 2, "model.dtype=bf16", "compress.split_mb=0.01", mm)
+    same(b, a, "bf16 products, np2 split blocks, bf16 vs f32 storage")
+    w16, w32 = work_buffers(os.path.join(root, "bf16-mm-np2"), 2), work_buffers(os.path.join(root, "bf16-np2"), 2)
+    pclib.check(all(x < y for x, y in zip(w16, w32)),
+                f"np2 work buffers with bf16 products {w16} < with fp32 products {w32} (no widened slice)")
+    a = run(root, job, "f32-mm-wide", 2, "model.dtype=f32", "compress.split_mb=0.01", mm, f"compress.d_model={D}")
+    b = run(root, job, "bf16-mm-wide", 2, "model.dtype=bf16", "compress.split_mb=0.01", mm, f"compress.d_model={D}")
+    same(b, a, "bf16 products, d_model kept (W + A blocks), bf16 vs f32 storage")
+    work_buffers(os.path.join(root, "bf16-mm-wide"), 2)
 
     a = run(root, job, "f32-base-f32", 1, "model.dtype=f32", f"model.base={fdir}")
     b = run(root, job, "f32-base-bf16", 1, "model.dtype=bf16", f"model.base={fdir}")

@@ -764,9 +764,14 @@ static void test_weights_bf16(void **state) {
         assert_true(b->replica_bytes < a->replica_bytes * 5 / 6); /* 8B: fp32 8, bf16 6.4 bytes per parameter */
         assert_int_equal(2 * b->xchg_bytes, 3 * a->xchg_bytes); /* f32 + bf16 */
         assert_true(b->act_bytes > a->act_bytes); /* the backward's bf16 operands (below) */
+        /* a bf16 base's slices go into the products as stored: a bf16 copy of the operand
+         * they meet instead of the widened slice (compress-base-bf16 checks it against
+         * what each rank allocates) */
+        assert_true(b->scratch_bytes < a->scratch_bytes);
         assert_int_equal(b->total_bytes - a->total_bytes, (b->replica_bytes - a->replica_bytes) +
                                                               (b->xchg_bytes - a->xchg_bytes) +
-                                                              (b->act_bytes - a->act_bytes));
+                                                              (b->act_bytes - a->act_bytes) +
+                                                              (b->scratch_bytes - a->scratch_bytes));
         strided += a->xchg_bytes;
     }
     assert_true(strided > 0);
