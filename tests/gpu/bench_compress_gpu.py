@@ -11,10 +11,12 @@
    the daemon's achieved TFLOP/s, MFU (dense FLOPs of the compressed model per second /
    --peak) and peak memory; then compress/prune step-time ratios beside the analytic
    bound 1 + projection FLOPs / dense FLOPs (tests/compress/bench_compress.py).
-4. With --torch 1: the same compress step in PyTorch eager on the same device (fp32
-   frozen base and trainable tensors; --matmul tf32: TF32 matmuls, bf16: autocast to
-   bf16), its tokens/s and peak memory, and projcompd/PyTorch. --attention (default bf16)
-   sets the daemon's backend.attention.
+4. With --torch 1: the same compress step in PyTorch eager on the same device (the frozen
+   base in --dtype, fp32 trainable tensors; --matmul tf32: TF32 matmuls, bf16: autocast to
+   bf16, the projections' products included, as the daemon's follow backend.matmul), its
+   tokens/s and peak memory, and projcompd/PyTorch. --attention (default bf16) sets the
+   daemon's backend.attention; --dtype (default bf16, exact: the base is saved in bf16)
+   its model.dtype.
 5. Prints the commands it ran; exits 1 if any run failed.
 
 On an H100 (989.4 = dense bf16 TFLOP/s of the SXM part):
@@ -58,6 +60,8 @@ def parse():
         ap.add_argument("--" + k, type=int, default=v)
     ap.add_argument("--matmul", default="bf16", choices=["fp32", "tf32", "bf16"],
                     help="backend.matmul of the daemon (and the PyTorch equivalent)")
+    ap.add_argument("--dtype", default="bf16", choices=["f32", "bf16"],
+                    help="model.dtype of the daemon: the frozen base held in bf16 (the PyTorch side likewise) or f32")
     ap.add_argument("--attention", default="bf16", choices=["fp32", "bf16"],
                     help="backend.attention of the daemon (PyTorch's attention runs under the same autocast)")
     ap.add_argument("--peak", type=float, default=989.4, help="device's dense bf16 TFLOP/s (989.4: H100 SXM)")
@@ -123,7 +127,7 @@ def write_job(a, root, bdir, shard):
     job = os.path.join(root, "job.yaml")
     pclib.write_yaml(job, {
         "run": {"dir": os.path.join(root, "runs", "unset"), "mode": "compress"},
-        "model": {"base": bdir, "dtype": "f32"},
+        "model": {"base": bdir, "dtype": a.dtype},
         "compress": {"d_model": a.dc, "d_ff": a.ffc, "importance": "magnitude"},
         "data": {"train": [shard], "seq_len": a.seq},
         "train": {"steps": a.steps, "global_batch": a.batch, "micro_batch": a.micro, "warmup_steps": 1},
@@ -203,7 +207,8 @@ def torch_compress(a, bdir, shard):
 
     W = {}
     for f in sorted(glob.glob(os.path.join(bdir, "*.safetensors"))):
-        W.update({k: v.to(dev, torch.float32) for k, v in load_file(f).items()})
+        dtype = torch.bfloat16 if a.dtype == "bf16" else torch.float32
+        W.update({k: v.to(dev, dtype) for k, v in load_file(f).items()})
     E = W["model.embed_tokens.weight"]  # (V, d)
     head = W.get("lm_head.weight", E)  # tied base: the same frozen E, its own projections
 
@@ -224,7 +229,7 @@ def torch_compress(a, bdir, shard):
     # name in the small model -> (W, P_in or None, P_out or None, A)
     spec = {"model.embed_tokens.weight": (E, p_in(a.hidden, keep_d), None, zeros(a.vocab, a.dc)),
             "lm_head.weight": (head, p_in(a.hidden, keep_d), None, zeros(a.vocab, a.dc))}
-    norms = {"model.norm.weight": W["model.norm.weight"][keep_d.to(dev)].clone().requires_grad_()}
+    norms = {"model.norm.weight": W["model.norm.weight"][keep_d.to(dev)].float().requires_grad_()}
     qd, kvd = a.heads * a.hd, a.kv * a.hd
     for i in range(a.layers):
         pre = f"model.layers.{i}."
@@ -239,11 +244,12 @@ def torch_compress(a, bdir, shard):
         spec[pre + "mlp.down_proj.weight"] = (W[pre + "mlp.down_proj.weight"], p_in(a.ff, keep_f),
                                               p_out(keep_d, a.hidden), zeros(a.dc, a.ffc))
         for n in ["input_layernorm", "post_attention_layernorm"]:
-            norms[pre + n + ".weight"] = W[pre + n + ".weight"][keep_d.to(dev)].clone().requires_grad_()
+            norms[pre + n + ".weight"] = W[pre + n + ".weight"][keep_d.to(dev)].float().requires_grad_()
     trainable = [t for s in spec.values() for t in s[1:] if t is not None] + list(norms.values())
     n_train = sum(t.numel() for t in trainable)
 
     def materialise(w, pi, po, A):  # (d_out, d_in) -> (d_out', d_in'), the cheaper order
+        w = w if a.matmul == "bf16" else w.float()  # a bf16 base: autocast's bf16 products take it as it is
         if pi is not None and po is not None:
             o, dO = po.shape
             dI, i = pi.shape
@@ -277,7 +283,8 @@ def torch_compress(a, bdir, shard):
         starts = rng.integers(0, len(toks) - a.seq - 1, size=a.batch)
         batch = torch.from_numpy(np.stack([toks[o:o + a.seq + 1] for o in starts])).to(dev)  # (batch, T+1)
         opt.zero_grad(set_to_none=True)
-        wc = {n: materialise(*s_) for n, s_ in spec.items()}  # inside autograd
+        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=a.matmul == "bf16"):
+            wc = {n: materialise(*s_) for n, s_ in spec.items()}  # inside autograd
         leaves = {n: w.detach().requires_grad_() for n, w in wc.items()}  # dL/dW_C accumulates here
         params = dict(leaves, **norms)
         loss_sum = 0.0
