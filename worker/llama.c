@@ -828,12 +828,12 @@ void llama_backward(llama_model *m)
                         "(not llama_loss) must come first\n");
         abort();
     }
-    if (m->logits_chunk) { /* the forward differentiated the head */
-    } else if (m->dlogits_ready) { /* llama_distill left fp32 dlogits (N,V) in the logits */
+    if (!m->logits_chunk) { /* (with chunks the forward differentiated the head) */
         int hi = head_tensor(m);
-        linear_bwd_each(m, a->dln, G(m, hi), m->logits, a->lnf, hi, N, d, V); // (N,V) -> (N,d)
-    } else {
-        head_bwd(m, a->dln, a->lnf, a->xent_lse, m->targets, N, m->loss_scale / (float)m->n_valid);
+        if (m->dlogits_ready) /* llama_distill left fp32 dlogits (N,V) in the logits */
+            linear_bwd_each(m, a->dln, G(m, hi), m->logits, a->lnf, hi, N, d, V); // (N,V) -> (N,d)
+        else
+            head_bwd(m, a->dln, a->lnf, a->xent_lse, m->targets, N, m->loss_scale / (float)m->n_valid);
     }
     m->dlogits_ready = m->head_done = 0;
     be_zero(be, a->dres, (size_t)N * d);
