@@ -80,8 +80,8 @@ static const pc_config_key pc_config_keys[] = {
      .alt = "model.base", .doc = "`config.json` describing the model to pretrain from scratch (pretrain mode)."},
     {.path = "model.dtype", .type = PC_CT_ENUM, PC_AT(model.dtype), .def = "f32", .choices = "bf16|f32",
      .doc = "Storage of the frozen base slices during compress: bf16 halves their memory and is exact for a "
-            "bf16 checkpoint (rounded to nearest even otherwise); the products use the widened fp32 slice "
-            "(backend.matmul says how). Trained tensors and optimizer state are always fp32. With distill, "
+            "bf16 checkpoint (rounded to nearest even otherwise); fp32 and tf32 products use the widened "
+            "slice, bf16 products (backend.matmul: bf16) the bf16 slice as stored. Trained tensors and optimizer state are always fp32. With distill, "
             "bf16 also keeps the teacher's matrices in bf16 only (2 bytes per base parameter less per rank: "
             "16 GB for an 8B base) and its products take bf16 operands with fp32 accumulation, as a bf16 "
             "model runs; f32 keeps an fp32 teacher."},
