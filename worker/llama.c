@@ -192,6 +192,14 @@ static void alloc_params(llama_model *m, int bf16_only)
     m->params = be_alloc(m->be, (size_t)m->n_params_f32);
 }
 
+/* The widest layer's d_ff (the layers' widths may differ). */
+static size_t max_d_ff(const llama_config *c)
+{
+    size_t f = 0;
+    for (int l = 0; l < c->n_layers; l++) f = PC_MAX(f, (size_t)c->d_ff_layer[l]);
+    return f;
+}
+
 static int init(llama_model *m, const llama_config *c, backend *be, int B, int T, int mode, const llama_opts *o,
                 pc_err *e)
 {
@@ -219,7 +227,7 @@ static int init(llama_model *m, const llama_config *c, backend *be, int B, int T
 
     int L = c->n_layers, H = c->n_heads, hd = c->head_dim;
     size_t N = (size_t)B * T, d = (size_t)c->d_model, qd = (size_t)H * hd;
-    size_t C = qd + 2 * (size_t)c->n_kv_heads * hd, fmax = 0;
+    size_t C = qd + 2 * (size_t)c->n_kv_heads * hd, fmax = max_d_ff(c);
     size_t *sz = pc_calloc((size_t)L + 1, sizeof(size_t));
     llama_acts *a = pc_calloc(1, sizeof(*a));
     m->act = a;
@@ -242,7 +250,6 @@ static int init(llama_model *m, const llama_config *c, backend *be, int B, int T
     LIST(h, L, N * (size_t)c->d_ff_layer[l]);
 #undef LIST
     free(sz);
-    for (int l = 0; l < L; l++) fmax = PC_MAX(fmax, (size_t)c->d_ff_layer[l]);
     a->lnf = be_alloc(be, N * d);
     a->rstdf = be_alloc(be, N);
     a->xent_lse = be_alloc(be, N);
@@ -304,8 +311,7 @@ static void bf16_scratch(llama_model *m)
     llama_acts *a = m->act;
     if (m->forward_only || a->dy16) return;
     size_t N = (size_t)m->B * m->T, d = (size_t)c->d_model, qd = (size_t)c->n_heads * c->head_dim;
-    size_t C = qd + 2 * (size_t)c->n_kv_heads * c->head_dim, fmax = 0;
-    for (int l = 0; l < c->n_layers; l++) fmax = PC_MAX(fmax, (size_t)c->d_ff_layer[l]);
+    size_t C = qd + 2 * (size_t)c->n_kv_heads * c->head_dim, fmax = max_d_ff(c);
     a->dy16 = m->be->ops->alloc_bf16(m->be, N * PC_MAX(PC_MAX(C, d), 2 * fmax));
     a->x16 = m->be->ops->alloc_bf16(m->be, N * PC_MAX(PC_MAX(d, qd), fmax));
 }
