@@ -1100,6 +1100,12 @@ __global__ void k_xent_fwd(float *lse, double *loss, double *valid, const float 
     }
 }
 
+/* One element of dlogits: scale * (softmax - onehot), x the logit, l its row's lse. */
+__device__ float xent_grad(float x, float l, float scale, bool target)
+{
+    return scale * expf(x - l) - (target ? scale : 0.0f);
+}
+
 /* dlogits = scale * (softmax - onehot) on valid rows, 0 on ignored; in place allowed:
  * each element is read and written by the same thread. */
 __global__ void k_xent_bwd(float *dlogits, const float *logits, const float *lse, const int32_t *targets, int V,
@@ -1114,11 +1120,7 @@ __global__ void k_xent_bwd(float *dlogits, const float *logits, const float *lse
         return;
     }
     const float l = lse[n];
-    for (int j = threadIdx.x; j < V; j += blockDim.x) {
-        float val = scale * expf(r[j] - l);
-        if (j == t) val -= scale;
-        d[j] = val;
-    }
+    for (int j = threadIdx.x; j < V; j += blockDim.x) d[j] = xent_grad(r[j], l, scale, j == t);
 }
 
 /* xent_bwd's values in bf16 over the logits: row n's at (bf16 *)(logits + n V), the first
@@ -1141,7 +1143,7 @@ __global__ void k_xent_bwd_16(float *logits, const float *lse, const int32_t *ta
         for (int k = 0; k < XENT16_PER; k++) {
             const int j = j0 + k * (int)blockDim.x + (int)threadIdx.x;
             v[k] = 0.0f;
-            if (j < V && t >= 0) v[k] = scale * expf(r[j] - l) - (j == t ? scale : 0.0f);
+            if (j < V && t >= 0) v[k] = xent_grad(r[j], l, scale, j == t);
         }
         __syncthreads();
         for (int k = 0; k < XENT16_PER; k++) {
