@@ -91,6 +91,10 @@ typedef struct backend_ops {
     /* out = x * rstd * w, rstd[n] = 1/sqrt(mean(x[n]^2) + eps)   (N,d) -> (N,d), saves rstd (N) */
     void (*rmsnorm_fwd)(backend *be, float *out, float *rstd, const float *x, const float *w, int N, int d,
                         float eps);
+    /* The same with out rounded to bf16 (nearest even): the bf16 input of the products
+     * that read it, stored without an fp32 copy; bitwise bf16(rmsnorm_fwd's out). */
+    void (*rmsnorm_fwd_16)(backend *be, uint16_t *out, float *rstd, const float *x, const float *w, int N, int d,
+                           float eps);
     /* dx += d(out)/dx^T dout ; dw += sum_n dout*x*rstd */
     void (*rmsnorm_bwd)(backend *be, float *dx, float *dw, const float *dout, const float *x, const float *w,
                         const float *rstd, int N, int d);
@@ -115,6 +119,8 @@ typedef struct backend_ops {
 
     /* out (N,f) = silu(gate) * up; gate and up (N,f) with row stride ld_in. */
     void (*swiglu_fwd)(backend *be, float *out, const float *gate, const float *up, int N, int f, int ld_in);
+    /* The same with out rounded to bf16 (nearest even): bitwise bf16(swiglu_fwd's out). */
+    void (*swiglu_fwd_16)(backend *be, uint16_t *out, const float *gate, const float *up, int N, int f, int ld_in);
     /* dgate, dup (row stride ld_in) overwritten from dout (N,f). */
     void (*swiglu_bwd)(backend *be, float *dgate, float *dup, const float *dout, const float *gate,
                        const float *up, int N, int f, int ld_in);

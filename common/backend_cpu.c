@@ -267,19 +267,33 @@ static void cpu_embedding_bwd(backend *be, float *dtable, const float *dout, con
 
 /* ---- rmsnorm ---- */
 
+/* One row: o (d) = w * x * rstd; returns rstd. */
+static float rmsnorm_row(float *o, const float *xr, const float *w, int d, float eps)
+{
+    float ss = 0.0f;
+    for (int i = 0; i < d; i++) ss += xr[i] * xr[i];
+    float r = 1.0f / sqrtf(ss / (float)d + eps);
+    for (int i = 0; i < d; i++) o[i] = w[i] * (xr[i] * r);
+    return r;
+}
+
 static void cpu_rmsnorm_fwd(backend *be, float *out, float *rstd, const float *x, const float *w, int N, int d,
                             float eps)
 {
     (void)be;
-    for (int n = 0; n < N; n++) { // (N,d) -> (N,d)
-        const float *xr = x + (size_t)n * d;
-        float *o = out + (size_t)n * d;
-        float ss = 0.0f;
-        for (int i = 0; i < d; i++) ss += xr[i] * xr[i];
-        float r = 1.0f / sqrtf(ss / (float)d + eps);
-        rstd[n] = r;
-        for (int i = 0; i < d; i++) o[i] = w[i] * (xr[i] * r);
+    for (int n = 0; n < N; n++) // (N,d) -> (N,d)
+        rstd[n] = rmsnorm_row(out + (size_t)n * d, x + (size_t)n * d, w, d, eps);
+}
+
+static void cpu_rmsnorm_fwd_16(backend *be, uint16_t *out, float *rstd, const float *x, const float *w, int N, int d,
+                               float eps)
+{
+    float *row = pc_alloc_f32((size_t)d); /* (d) one row in fp32, then rounded */
+    for (int n = 0; n < N; n++) { // (N,d) -> (N,d) bf16
+        rstd[n] = rmsnorm_row(row, x + (size_t)n * d, w, d, eps);
+        cpu_round_bf16(be, out + (size_t)n * d, row, (size_t)d);
     }
+    free(row);
 }
 
 static void cpu_rmsnorm_bwd(backend *be, float *dx, float *dw, const float *dout, const float *x, const float *w,
@@ -436,15 +450,28 @@ static void cpu_attention_bwd(backend *be, float *dq, float *dk, float *dv, cons
 
 /* ---- swiglu ---- */
 
+/* One row: o (f) = silu(g) * u. */
+static void swiglu_row(float *o, const float *g, const float *u, int f)
+{
+    vexp_sigmoid(o, g, f);
+    for (int i = 0; i < f; i++) o[i] *= g[i] * u[i];
+}
+
 static void cpu_swiglu_fwd(backend *be, float *out, const float *gate, const float *up, int N, int f, int ld_in)
 {
     (void)be;
-    for (int n = 0; n < N; n++) { // (N,f),(N,f) -> (N,f)
-        const float *g = gate + (size_t)n * ld_in, *u = up + (size_t)n * ld_in;
-        float *o = out + (size_t)n * f;
-        vexp_sigmoid(o, g, f);
-        for (int i = 0; i < f; i++) o[i] *= g[i] * u[i];
+    for (int n = 0; n < N; n++) // (N,f),(N,f) -> (N,f)
+        swiglu_row(out + (size_t)n * f, gate + (size_t)n * ld_in, up + (size_t)n * ld_in, f);
+}
+
+static void cpu_swiglu_fwd_16(backend *be, uint16_t *out, const float *gate, const float *up, int N, int f, int ld_in)
+{
+    float *row = pc_alloc_f32((size_t)f); /* (f) one row in fp32, then rounded */
+    for (int n = 0; n < N; n++) { // (N,f),(N,f) -> (N,f) bf16
+        swiglu_row(row, gate + (size_t)n * ld_in, up + (size_t)n * ld_in, f);
+        cpu_round_bf16(be, out + (size_t)n * f, row, (size_t)f);
     }
+    free(row);
 }
 
 static void cpu_swiglu_bwd(backend *be, float *dgate, float *dup, const float *dout, const float *gate,
@@ -639,12 +666,14 @@ static const backend_ops cpu_ops = {
     .embedding_fwd_w16 = cpu_embedding_fwd_w16,
     .embedding_bwd = cpu_embedding_bwd,
     .rmsnorm_fwd = cpu_rmsnorm_fwd,
+    .rmsnorm_fwd_16 = cpu_rmsnorm_fwd_16,
     .rmsnorm_bwd = cpu_rmsnorm_bwd,
     .rope_fwd = cpu_rope_fwd,
     .rope_bwd = cpu_rope_bwd,
     .attention_fwd = cpu_attention_fwd,
     .attention_bwd = cpu_attention_bwd,
     .swiglu_fwd = cpu_swiglu_fwd,
+    .swiglu_fwd_16 = cpu_swiglu_fwd_16,
     .swiglu_bwd = cpu_swiglu_bwd,
     .xent_fwd = cpu_xent_fwd,
     .xent_bwd = cpu_xent_bwd,

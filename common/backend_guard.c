@@ -389,6 +389,19 @@ static void guard_rmsnorm_fwd(backend *be, float *out, float *rstd, const float 
     call_end(&k);
 }
 
+static void guard_rmsnorm_fwd_16(backend *be, uint16_t *out, float *rstd, const float *x, const float *w, int N, int d,
+                                 float eps)
+{
+    guard_call k;
+    call_begin(&k, be, "rmsnorm_fwd_16");
+    call_arg(&k, out, "out");
+    call_arg(&k, rstd, "rstd");
+    call_arg(&k, x, "x");
+    call_arg(&k, w, "w");
+    inner(be)->ops->rmsnorm_fwd_16(inner(be), out, rstd, x, w, N, d, eps);
+    call_end(&k);
+}
+
 static void guard_rmsnorm_bwd(backend *be, float *dx, float *dw, const float *dout, const float *x, const float *w,
                               const float *rstd, int N, int d)
 {
@@ -475,6 +488,17 @@ static void guard_swiglu_fwd(backend *be, float *out, const float *gate, const f
     call_arg(&k, gate, "gate");
     call_arg(&k, up, "up");
     inner(be)->ops->swiglu_fwd(inner(be), out, gate, up, N, f, ld_in);
+    call_end(&k);
+}
+
+static void guard_swiglu_fwd_16(backend *be, uint16_t *out, const float *gate, const float *up, int N, int f, int ld_in)
+{
+    guard_call k;
+    call_begin(&k, be, "swiglu_fwd_16");
+    call_arg(&k, out, "out");
+    call_arg(&k, gate, "gate");
+    call_arg(&k, up, "up");
+    inner(be)->ops->swiglu_fwd_16(inner(be), out, gate, up, N, f, ld_in);
     call_end(&k);
 }
 
@@ -651,12 +675,14 @@ static const backend_ops guard_ops = {
     .embedding_fwd_w16 = guard_embedding_fwd_w16,
     .embedding_bwd = guard_embedding_bwd,
     .rmsnorm_fwd = guard_rmsnorm_fwd,
+    .rmsnorm_fwd_16 = guard_rmsnorm_fwd_16,
     .rmsnorm_bwd = guard_rmsnorm_bwd,
     .rope_fwd = guard_rope_fwd,
     .rope_bwd = guard_rope_bwd,
     .attention_fwd = guard_attention_fwd,
     .attention_bwd = guard_attention_bwd,
     .swiglu_fwd = guard_swiglu_fwd,
+    .swiglu_fwd_16 = guard_swiglu_fwd_16,
     .swiglu_bwd = guard_swiglu_bwd,
     .xent_fwd = guard_xent_fwd,
     .xent_bwd = guard_xent_bwd,

@@ -142,6 +142,10 @@ static unsigned grid_for(size_t n, unsigned threads)
     return g ? (unsigned)g : 1u;
 }
 
+/* An op's output element in fp32, or rounded to bf16 (nearest even: round_bf16's rounding). */
+__device__ inline void store_out(float *p, float v) { *p = v; }
+__device__ inline void store_out(__nv_bfloat16 *p, float v) { *p = __float2bfloat16_rn(v); }
+
 /* ------------------------------------------------------------------ reductions */
 
 template <typename T> __device__ T warp_sum(T v)
@@ -594,19 +598,20 @@ static void cu_embedding_bwd(backend *be, float *dtable, const float *dout, cons
 
 /* ------------------------------------------------------------------ rmsnorm */
 
-/* (N,d) -> (N,d), one block per row */
-__global__ void k_rmsnorm_fwd(float *out, float *rstd, const float *x, const float *w, int d, float eps)
+/* (N,d) -> (N,d) of OutT (float or bf16), one block per row */
+template <typename OutT>
+__global__ void k_rmsnorm_fwd(OutT *out, float *rstd, const float *x, const float *w, int d, float eps)
 {
     __shared__ float sh[33];
     const size_t n = blockIdx.x;
     const float *xr = x + n * d;
-    float *o = out + n * d;
+    OutT *o = out + n * d;
     float ss = 0.0f;
     for (int i = threadIdx.x; i < d; i += blockDim.x) ss += xr[i] * xr[i];
     ss = block_sum(ss, sh);
     const float r = 1.0f / sqrtf(ss / (float)d + eps);
     if (threadIdx.x == 0) rstd[n] = r;
-    for (int i = threadIdx.x; i < d; i += blockDim.x) o[i] = w[i] * (xr[i] * r);
+    for (int i = threadIdx.x; i < d; i += blockDim.x) store_out(o + i, w[i] * (xr[i] * r));
 }
 
 /* dx += r * (g*w - x * r^2 * mean(g*w*x)), one block per row */
@@ -643,7 +648,18 @@ static void cu_rmsnorm_fwd(backend *be, float *out, float *rstd, const float *x,
     cuda_impl *c = impl_of(be);
     if (N <= 0 || d <= 0) return;
     PROF_BEGIN(c, "rmsnorm_fwd", 0, 8.0 * N * d); /* x in, out */
-    PC_LAUNCH(k_rmsnorm_fwd, N, 256, 0, c->stream)(out, rstd, x, w, d, eps);
+    PC_LAUNCH(k_rmsnorm_fwd<float>, N, 256, 0, c->stream)(out, rstd, x, w, d, eps);
+    LAUNCH_CHECK();
+    PROF_END(c);
+}
+
+static void cu_rmsnorm_fwd_16(backend *be, uint16_t *out, float *rstd, const float *x, const float *w, int N, int d,
+                              float eps)
+{
+    cuda_impl *c = impl_of(be);
+    if (N <= 0 || d <= 0) return;
+    PROF_BEGIN(c, "rmsnorm_fwd_16", 0, 6.0 * N * d); /* x in, bf16 out */
+    PC_LAUNCH(k_rmsnorm_fwd<__nv_bfloat16>, N, 256, 0, c->stream)((__nv_bfloat16 *)out, rstd, x, w, d, eps);
     LAUNCH_CHECK();
     PROF_END(c);
 }
@@ -1019,14 +1035,15 @@ static void cu_attention_bwd(backend *be, float *dq, float *dk, float *dv, const
 
 /* ------------------------------------------------------------------ swiglu */
 
-/* out (N,f) = silu(gate) * up; gate, up (N,f) stride ld_in */
-__global__ void k_swiglu_fwd(float *out, const float *gate, const float *up, int f, int ld_in, size_t total)
+/* out (N,f) of OutT (float or bf16) = silu(gate) * up; gate, up (N,f) stride ld_in */
+template <typename OutT>
+__global__ void k_swiglu_fwd(OutT *out, const float *gate, const float *up, int f, int ld_in, size_t total)
 {
     for (size_t idx = (size_t)blockIdx.x * blockDim.x + threadIdx.x; idx < total;
          idx += (size_t)gridDim.x * blockDim.x) {
         const size_t n = idx / f, i = idx % f;
         const float gv = gate[n * ld_in + i], uv = up[n * ld_in + i];
-        out[idx] = gv / (1.0f + expf(-gv)) * uv;
+        store_out(out + idx, gv / (1.0f + expf(-gv)) * uv);
     }
 }
 
@@ -1049,7 +1066,19 @@ static void cu_swiglu_fwd(backend *be, float *out, const float *gate, const floa
     size_t total = (size_t)N * f;
     if (N <= 0 || f <= 0) return;
     PROF_BEGIN(c, "swiglu_fwd", 0, 12 * total); /* gate, up in; out */
-    PC_LAUNCH(k_swiglu_fwd, grid_for(total, 256), 256, 0, c->stream)(out, gate, up, f, ld_in, total);
+    PC_LAUNCH(k_swiglu_fwd<float>, grid_for(total, 256), 256, 0, c->stream)(out, gate, up, f, ld_in, total);
+    LAUNCH_CHECK();
+    PROF_END(c);
+}
+
+static void cu_swiglu_fwd_16(backend *be, uint16_t *out, const float *gate, const float *up, int N, int f, int ld_in)
+{
+    cuda_impl *c = impl_of(be);
+    size_t total = (size_t)N * f;
+    if (N <= 0 || f <= 0) return;
+    PROF_BEGIN(c, "swiglu_fwd_16", 0, 10 * total); /* gate, up in; bf16 out */
+    PC_LAUNCH(k_swiglu_fwd<__nv_bfloat16>, grid_for(total, 256), 256, 0, c->stream)((__nv_bfloat16 *)out, gate, up, f,
+                                                                                    ld_in, total);
     LAUNCH_CHECK();
     PROF_END(c);
 }
@@ -1429,12 +1458,14 @@ static const backend_ops cuda_ops = {
     .embedding_fwd_w16 = cu_embedding_fwd_w16,
     .embedding_bwd = cu_embedding_bwd,
     .rmsnorm_fwd = cu_rmsnorm_fwd,
+    .rmsnorm_fwd_16 = cu_rmsnorm_fwd_16,
     .rmsnorm_bwd = cu_rmsnorm_bwd,
     .rope_fwd = cu_rope_fwd,
     .rope_bwd = cu_rope_bwd,
     .attention_fwd = cu_attention_fwd,
     .attention_bwd = cu_attention_bwd,
     .swiglu_fwd = cu_swiglu_fwd,
+    .swiglu_fwd_16 = cu_swiglu_fwd_16,
     .swiglu_bwd = cu_swiglu_bwd,
     .xent_fwd = cu_xent_fwd,
     .xent_bwd = cu_xent_bwd,

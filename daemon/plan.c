@@ -326,23 +326,31 @@ static int64_t logits_rows(const plan_opts *o) {
  *                     + dqkv (H+2KV) hd + dh f'max + dgu 2 f'max
  *   attention scores: attn_tt ? the CPU backward's two (T,T) f32 matrices (P and dP, one head at a
  *   time; the forward needs one) : 0
- *   weights_bf16:     the backward's bf16 operands, rounded once for a product's two
- *                     backward products: its output gradient max((H+2KV) hd, d', 2 f'max)
- *                     and its input max(d', H hd, f'max) per token, 2 bytes each. */
+ *   weights_bf16:     the product inputs ln1, ln2 (d' each), h (f) and lnf (d') in bf16
+ *                     only (a buffer of n values holds ceil(n/2) floats), and the
+ *                     backward's bf16 operands: a product's output gradient, rounded once
+ *                     for its two backward products, max((H+2KV) hd, d', 2 f'max), and
+ *                     the one fp32 product input, att, H hd per token, 2 bytes each. */
 static int64_t activation_bytes(const llama_config *s, const plan_opts *o) {
     int64_t N = (int64_t)o->micro_batch * o->seq_len, d = s->d_model, H = s->n_heads, KV = s->n_kv_heads,
             hd = s->head_dim, V = s->vocab_size, fmax = max_d_ff(s);
-    int64_t per_tok = 0;
-    if (o->recompute)
-        per_tok += s->n_layers * d + layer_floats(s, fmax);
-    else
-        for (int l = 0; l < s->n_layers; l++) per_tok += d + layer_floats(s, s->d_ff_layer[l]);
-    per_tok += 2 * d + 2;
+    int in16 = o->weights_bf16;
+    int64_t per_tok = 0, in16_bytes = 0; /* in16: ln1, ln2, h, lnf leave per_tok for in16_bytes */
+#define IN16(width) (4 * ((N * (width) + 1) / 2)) /* bytes of an (N, width) bf16 buffer */
+    int n_sets = o->recompute ? 1 : s->n_layers; /* recompute: one set, at the largest d_ff */
+    for (int l = 0; l < n_sets; l++) {
+        int64_t f = o->recompute ? fmax : s->d_ff_layer[l];
+        per_tok += layer_floats(s, f) - (in16 ? 2 * d + f : 0);
+        if (in16) in16_bytes += 2 * IN16(d) + IN16(f);
+    }
+    per_tok += s->n_layers * d;        /* each layer's input */
+    per_tok += 2 * d + 2 - (in16 ? d : 0); /* final residual, lnf, rstdf, xent lse */
+    if (in16) in16_bytes += IN16(d);
+#undef IN16
     per_tok += 2 * d + H * hd + (H + 2 * KV) * hd + 3 * fmax;
     int64_t tt = o->attn_tt ? 2 * (int64_t)o->seq_len * o->seq_len * 4 : 0;
-    int64_t ops16 = o->weights_bf16 ? PC_MAX(PC_MAX((H + 2 * KV) * hd, d), 2 * fmax) + PC_MAX(PC_MAX(d, H * hd), fmax)
-                                    : 0;
-    return (N * per_tok + logits_rows(o) * V) * o->compute_dtype_bytes + tt + 2 * N * ops16;
+    int64_t ops16 = in16 ? PC_MAX(PC_MAX((H + 2 * KV) * hd, d), 2 * fmax) + H * hd : 0;
+    return (N * per_tok + logits_rows(o) * V) * o->compute_dtype_bytes + tt + 2 * N * ops16 + in16_bytes;
 }
 
 /* A distillation teacher held in bf16 (a bf16 base, model.dtype bf16): its matrices in

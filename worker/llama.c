@@ -4,7 +4,12 @@
  *   ln1 = rmsnorm(x); qkv = ln1 Wqkv^T; rope(q,k); a = attn(q,k,v); mid = x + a Wo^T
  *   ln2 = rmsnorm(mid); gu = ln2 Wgu^T; h = silu(g)*u; x' = mid + h Wdown^T
  * and every tensor the backward pass needs is kept per layer. The backward pass
- * walks the layers in reverse, carrying the residual-stream gradient dres. */
+ * walks the layers in reverse, carrying the residual-stream gradient dres.
+ *
+ * ln1, ln2, h and the final norm's lnf are read only as inputs of weight products. A
+ * trainable model with a bf16 weight copy, whose products all take bf16 operands, keeps
+ * them in bf16 only (in16): each is rounded once, where it is made, and stored at half
+ * the size, with the same results bit for bit as rounding it for every product. */
 #include "llama.h"
 
 #include <math.h>
@@ -19,6 +24,9 @@ struct llama_acts {
     /* per layer l (N = B*T) */
     float **res;   /* L+1 x (N,d): input of layer l; res[L] is the final residual */
     float **mid;   /* L x (N,d): residual after attention */
+    /* in16: ln1, ln2, h and lnf hold bf16 values (N rows of the same widths) in buffers of
+     * half the size, read through act_in; else fp32 */
+    int in16;
     float **ln1, **ln2;     /* L x (N,d) */
     float **rstd1, **rstd2; /* L x (N) */
     float **qkv;   /* L x (N,(H+2KV)*hd), q and k after rope */
@@ -36,8 +44,23 @@ struct llama_acts {
     /* with a bf16 weight copy (and a backward): a product's output gradient and input, each
      * rounded to bf16 once for both backward products (bf16_scratch); NULL otherwise */
     uint16_t *dy16; /* (N, max(C, d, 2 f_max)): the widest layer product's outputs */
-    uint16_t *x16;  /* (N, max(d, H*hd, f_max)): the widest layer product's inputs */
+    uint16_t *x16;  /* (N, H*hd): the one fp32 product input, att (o_proj's) */
 };
+
+/* A weight product's input activation (N, in): fp32 (f32), or bf16 (b16); one is set. */
+typedef struct act_in {
+    const float *f32;
+    const uint16_t *b16;
+} act_in;
+
+static act_in f32_in(const float *x) { return (act_in){x, NULL}; }
+
+/* ln1, ln2, h or lnf (buf) from row r of width `in` on: bf16 when the model keeps them so */
+static act_in prod_in(const llama_acts *a, const float *buf, size_t r, int in)
+{
+    if (a->in16) return (act_in){NULL, (const uint16_t *)buf + r * in};
+    return f32_in(buf + r * in);
+}
 
 /* ---- tensor table ---- */
 
@@ -157,6 +180,37 @@ static void free_list(backend *be, float **v, int count, int shared)
 
 enum { KEEP_ALL = 0, RECOMPUTE, FORWARD_ONLY };
 
+/* Each layer's ln1, ln2 (N,d), h (N,f_l) (one set shared by the layers without KEEP_ALL)
+ * and lnf (N,d): fp32, or (in16) bf16 values in buffers of half as many floats. */
+static void prod_inputs(llama_model *m, int in16)
+{
+    const llama_config *c = &m->cfg;
+    llama_acts *a = m->act;
+    int L = c->n_layers, shared = m->forward_only || m->recompute;
+    size_t N = (size_t)m->B * m->T, d = (size_t)c->d_model, per = in16 ? 2 : 1; /* values per float */
+    size_t *sz = pc_calloc((size_t)L, sizeof(size_t));
+    for (int l = 0; l < L; l++) sz[l] = (N * d + per - 1) / per;
+    a->ln1 = alloc_list(m->be, L, sz, shared);
+    a->ln2 = alloc_list(m->be, L, sz, shared);
+    for (int l = 0; l < L; l++) sz[l] = (N * (size_t)c->d_ff_layer[l] + per - 1) / per;
+    a->h = alloc_list(m->be, L, sz, shared);
+    a->lnf = be_alloc(m->be, (N * d + per - 1) / per);
+    a->in16 = in16;
+    free(sz);
+}
+
+static void free_prod_inputs(llama_model *m)
+{
+    llama_acts *a = m->act;
+    int L = m->cfg.n_layers, shared = m->forward_only || m->recompute;
+    free_list(m->be, a->ln1, L, shared);
+    free_list(m->be, a->ln2, L, shared);
+    free_list(m->be, a->h, L, shared);
+    be_free(m->be, a->lnf);
+    a->ln1 = a->ln2 = a->h = NULL;
+    a->lnf = NULL;
+}
+
 /* Each stage's span of the flat layout (its tensors are adjacent: the embedding, one
  * layer's, the final norm and head) and two windows of the largest (opts.grad_windows). */
 static void grad_windows(llama_model *m)
@@ -239,18 +293,15 @@ static int init(llama_model *m, const llama_config *c, backend *be, int B, int T
     for (int l = 0; l <= L; l++) sz[l] = N * d;
     a->res = alloc_list(be, L + 1, sz, forward_only); /* recompute: every layer's input kept */
     LIST(mid, L, N * d);
-    LIST(ln1, L, N * d);
-    LIST(ln2, L, N * d);
     LIST(rstd1, L, N);
     LIST(rstd2, L, N);
     LIST(qkv, L, N * C);
     LIST(att, L, N * qd);
     LIST(lse, L, (size_t)B * H * T);
     LIST(gu, L, N * 2 * (size_t)c->d_ff_layer[l]);
-    LIST(h, L, N * (size_t)c->d_ff_layer[l]);
 #undef LIST
     free(sz);
-    a->lnf = be_alloc(be, N * d);
+    prod_inputs(m, !forward_only && o->weights != LLAMA_F32);
     a->rstdf = be_alloc(be, N);
     a->xent_lse = be_alloc(be, N);
     if (!forward_only) { /* backward scratch */
@@ -286,10 +337,11 @@ void llama_free(llama_model *m)
     backend *be = m->be;
     llama_acts *a = m->act;
     int L = m->cfg.n_layers;
-    float **lists[] = {a->mid, a->ln1, a->ln2, a->rstd1, a->rstd2, a->qkv, a->att, a->lse, a->gu, a->h};
+    float **lists[] = {a->mid, a->rstd1, a->rstd2, a->qkv, a->att, a->lse, a->gu};
     free_list(be, a->res, L + 1, m->forward_only);
     for (size_t i = 0; i < PC_ARRAY_LEN(lists); i++) free_list(be, lists[i], L, m->forward_only || m->recompute);
-    float *singles[] = {a->lnf, a->rstdf, a->xent_lse, a->dres, a->dln, a->datt, a->dqkv, a->dh, a->dgu,
+    free_prod_inputs(m);
+    float *singles[] = {a->rstdf, a->xent_lse, a->dres, a->dln, a->datt, a->dqkv, a->dh, a->dgu,
                         m->logits, m->params, m->grads, m->gwin, m->rope_cos, m->rope_sin};
     for (size_t i = 0; i < PC_ARRAY_LEN(singles); i++) be_free(be, singles[i]);
     if (m->w16) be_free(be, m->w16);
@@ -304,7 +356,7 @@ void llama_free(llama_model *m)
     memset(m, 0, sizeof(*m));
 }
 
-/* A trainable model's dy16 and x16 (llama_acts). */
+/* A trainable model's dy16 and x16, and its product inputs in bf16 (llama_acts). */
 static void bf16_scratch(llama_model *m)
 {
     const llama_config *c = &m->cfg;
@@ -313,7 +365,11 @@ static void bf16_scratch(llama_model *m)
     size_t N = (size_t)m->B * m->T, d = (size_t)c->d_model, qd = (size_t)c->n_heads * c->head_dim;
     size_t C = qd + 2 * (size_t)c->n_kv_heads * c->head_dim, fmax = max_d_ff(c);
     a->dy16 = m->be->ops->alloc_bf16(m->be, N * PC_MAX(PC_MAX(C, d), 2 * fmax));
-    a->x16 = m->be->ops->alloc_bf16(m->be, N * PC_MAX(PC_MAX(d, qd), fmax));
+    a->x16 = m->be->ops->alloc_bf16(m->be, N * qd);
+    if (!a->in16) { /* made in fp32 (llama_init): what they hold is dead until the next forward */
+        free_prod_inputs(m);
+        prod_inputs(m, 1);
+    }
 }
 
 void llama_use_bf16_weights(llama_model *m)
@@ -614,38 +670,61 @@ static void weight_gemm(const llama_model *m, int ti, int tb, int M, int N, int 
 }
 
 /* y (N,out) = x (N,in) W^T, W = tensor ti [out,in]; beta = 1 accumulates into y */
-static void linear_fwd(const llama_model *m, float *y, const float *x, int ti, int N, int in, int out, float beta)
+static void linear_fwd(const llama_model *m, float *y, act_in x, int ti, int N, int in, int out, float beta)
 {
-    weight_gemm(m, ti, 1, N, out, in, x, beta, y);
+    const llama_tensor *t = &m->tensors[ti];
+    if (x.b16) /* in16: both operands in bf16 already */
+        m->be->ops->gemm_16(m->be, 0, 1, N, out, in, 1.0f, x.b16, in, m->w16 + t->offset, in, beta, y, out);
+    else
+        weight_gemm(m, ti, 1, N, out, in, x.f32, beta, y);
+}
+
+/* A product input (ln1, ln2, lnf) (N,d) = rmsnorm(x (N,d)) with gain tensor ti; rstd (N) */
+static void norm_in(llama_model *m, float *out, float *rstd, const float *x, int ti)
+{
+    const backend_ops *op = m->be->ops;
+    int N = m->B * m->T, d = m->cfg.d_model;
+    float eps = (float)m->cfg.rms_norm_eps;
+    if (m->act->in16)
+        op->rmsnorm_fwd_16(m->be, (uint16_t *)out, rstd, x, P(m, ti), N, d, eps);
+    else
+        op->rmsnorm_fwd(m->be, out, rstd, x, P(m, ti), N, d, eps);
 }
 
 /* dW [out,in] += dy^T x ; dx (N,in) = dy W (beta 0), W = tensor ti; each product takes
  * its operands as they are (a bf16 product rounds its own) */
-static void linear_bwd_each(const llama_model *m, float *dx, float *dW, const float *dy, const float *x, int ti, int N,
+static void linear_bwd_each(const llama_model *m, float *dx, float *dW, const float *dy, act_in x, int ti, int N,
                             int in, int out)
 {
-    be_gemm(m->be, 1, 0, out, in, N, 1.0f, dy, out, x, in, 1.0f, dW, in);
+    if (x.b16) /* in16: dy rounded, x as stored */
+        m->be->ops->gemm_w16(m->be, 1, 0, out, in, N, 1.0f, dy, out, x.b16, in, 1.0f, dW, in);
+    else
+        be_gemm(m->be, 1, 0, out, in, N, 1.0f, dy, out, x.f32, in, 1.0f, dW, in);
     if (dx) weight_gemm(m, ti, 0, N, in, out, dy, 0.0f, dx);
 }
 
 /* The same with the bf16 weight copy from dy already in bf16 (N,out) with row stride ld_dy:
- * x (N,in) rounded once into x16, both products on bf16 operands (MATMUL_BF16's arithmetic,
- * what linear_bwd_each computes with a bf16 weight copy, bit for bit). */
-static void linear_bwd_16(const llama_model *m, float *dx, float *dW, const uint16_t *dy, int ld_dy, const float *x,
-                          int ti, int N, int in, int out)
+ * x (N,in) taken as stored in bf16, or rounded once into x16, both products on bf16
+ * operands (MATMUL_BF16's arithmetic, what linear_bwd_each computes with a bf16 weight
+ * copy, bit for bit). */
+static void linear_bwd_16(const llama_model *m, float *dx, float *dW, const uint16_t *dy, int ld_dy, act_in x, int ti,
+                          int N, int in, int out)
 {
     const backend_ops *op = m->be->ops;
     const llama_tensor *t = &m->tensors[ti];
-    uint16_t *x16 = m->act->x16;
-    op->round_bf16(m->be, x16, x, (size_t)N * in);                                     // (N,in)
-    op->gemm_16(m->be, 1, 0, out, in, N, 1.0f, dy, ld_dy, x16, in, 1.0f, dW, in);      // (out,N)(N,in)
+    const uint16_t *x16 = x.b16;
+    if (!x16) {
+        op->round_bf16(m->be, m->act->x16, x.f32, (size_t)N * in); // (N,in)
+        x16 = m->act->x16;
+    }
+    op->gemm_16(m->be, 1, 0, out, in, N, 1.0f, dy, ld_dy, x16, in, 1.0f, dW, in); // (out,N)(N,in)
     if (dx) op->gemm_16(m->be, 0, 0, N, in, out, 1.0f, dy, ld_dy, m->w16 + t->offset, (int)t->shape[1], 0.0f, dx, in);
 }
 
 /* dW [out,in] += dy^T x ; dx (N,in) = dy W (beta 0), W = tensor ti of a decoder layer; with
  * a bf16 weight copy dy is rounded once (into dy16) for both products */
-static void linear_bwd(const llama_model *m, float *dx, float *dW, const float *dy, const float *x, int ti, int N,
-                       int in, int out)
+static void linear_bwd(const llama_model *m, float *dx, float *dW, const float *dy, act_in x, int ti, int N, int in,
+                       int out)
 {
     if (!m->act->dy16) {
         linear_bwd_each(m, dx, dW, dy, x, ti, N, in, out);
@@ -659,7 +738,7 @@ static void linear_bwd(const llama_model *m, float *dx, float *dW, const float *
  * dlogits = scale * (softmax - onehot) over the logits (xent_bwd), into the head's
  * gradient and dx (n,d). With a bf16 weight copy the dlogits are written in bf16 over the
  * logits (xent_bwd_16), so they are rounded once and never stored in fp32. */
-static void head_bwd(llama_model *m, float *dx, const float *x, const float *lse, const int32_t *targets, int n,
+static void head_bwd(llama_model *m, float *dx, act_in x, const float *lse, const int32_t *targets, int n,
                      float scale)
 {
     const backend_ops *op = m->be->ops;
@@ -684,23 +763,25 @@ static void layer_fwd(llama_model *m, int l, int out)
     llama_acts *a = m->act;
     int B = m->B, T = m->T, N = B * T, d = c->d_model;
     int H = c->n_heads, KV = c->n_kv_heads, hd = c->head_dim, qd = H * hd, C = qd + 2 * KV * hd;
-    float eps = (float)c->rms_norm_eps;
     int f = c->d_ff_layer[l];
     float *qkv = a->qkv[l];
-    op->rmsnorm_fwd(be, a->ln1[l], a->rstd1[l], a->res[l], P(m, layer_tensor(l, T_LN1)), N, d, eps);
-    linear_fwd(m, qkv, a->ln1[l], layer_tensor(l, T_Q), N, d, C, 0.0f); // (N,d) -> (N,C)
+    norm_in(m, a->ln1[l], a->rstd1[l], a->res[l], layer_tensor(l, T_LN1));
+    linear_fwd(m, qkv, prod_in(a, a->ln1[l], 0, d), layer_tensor(l, T_Q), N, d, C, 0.0f); // (N,d) -> (N,C)
     op->rope_fwd(be, qkv, m->rope_cos, m->rope_sin, B, T, H, hd, C);            // q part
     op->rope_fwd(be, qkv + qd, m->rope_cos, m->rope_sin, B, T, KV, hd, C);      // k part
     op->attention_fwd(be, a->att[l], a->lse[l], qkv, qkv + qd, qkv + qd + KV * hd, B, T, H, KV, hd, C);
     be_copy(be, a->mid[l], a->res[l], (size_t)N * d);
-    linear_fwd(m, a->mid[l], a->att[l], layer_tensor(l, T_O), N, qd, d, 1.0f); // += (N,qd) -> (N,d)
-    op->rmsnorm_fwd(be, a->ln2[l], a->rstd2[l], a->mid[l], P(m, layer_tensor(l, T_LN2)), N, d, eps);
-    linear_fwd(m, a->gu[l], a->ln2[l], layer_tensor(l, T_GATE), N, d, 2 * f, 0.0f); // (N,d) -> (N,2f)
-    op->swiglu_fwd(be, a->h[l], a->gu[l], a->gu[l] + f, N, f, 2 * f);                      // -> (N,f)
+    linear_fwd(m, a->mid[l], f32_in(a->att[l]), layer_tensor(l, T_O), N, qd, d, 1.0f); // += (N,qd) -> (N,d)
+    norm_in(m, a->ln2[l], a->rstd2[l], a->mid[l], layer_tensor(l, T_LN2));
+    linear_fwd(m, a->gu[l], prod_in(a, a->ln2[l], 0, d), layer_tensor(l, T_GATE), N, d, 2 * f, 0.0f); // -> (N,2f)
+    if (a->in16) // -> (N,f)
+        op->swiglu_fwd_16(be, (uint16_t *)a->h[l], a->gu[l], a->gu[l] + f, N, f, 2 * f);
+    else
+        op->swiglu_fwd(be, a->h[l], a->gu[l], a->gu[l] + f, N, f, 2 * f);
     m->acts_layer = l;
     if (!out) return;
     be_copy(be, a->res[l + 1], a->mid[l], (size_t)N * d);
-    linear_fwd(m, a->res[l + 1], a->h[l], layer_tensor(l, T_DOWN), N, f, d, 1.0f); // += (N,f) -> (N,d)
+    linear_fwd(m, a->res[l + 1], prod_in(a, a->h[l], 0, f), layer_tensor(l, T_DOWN), N, f, d, 1.0f); // += -> (N,d)
 }
 
 /* The decoder layers: res[0] (N,d) -> res[n_layers] (N,d). */
@@ -736,7 +817,7 @@ static double head_chunks(llama_model *m, const int32_t *targets, int grad)
     m->n_valid = 0;
     for (int r0 = 0; r0 < N; r0 += m->logits_chunk) {
         int n = PC_MIN(m->logits_chunk, N - r0);
-        const float *x = a->lnf + (size_t)r0 * d; // (n,d)
+        act_in x = prod_in(a, a->lnf, (size_t)r0, d); // (n,d)
         int64_t nv;
         linear_fwd(m, m->logits, x, hi, n, d, V, 0.0f); // (n,d) -> (n,V)
         sum += op->xent_fwd(m->be, a->xent_lse + r0, m->logits, m->targets + r0, n, V, &nv);
@@ -779,11 +860,10 @@ static float forward_tail(llama_model *m, const int32_t *targets, int grad)
     const llama_config *c = &m->cfg;
     llama_acts *a = m->act;
     int N = m->B * m->T, d = c->d_model, V = c->vocab_size;
-    float eps = (float)c->rms_norm_eps;
     weights_needed(m, c->n_layers + 1);
-    op->rmsnorm_fwd(be, a->lnf, a->rstdf, a->res[c->n_layers], P(m, final_norm_tensor(m)), N, d, eps);
+    norm_in(m, a->lnf, a->rstdf, a->res[c->n_layers], final_norm_tensor(m));
     m->head_done = 0;
-    if (!m->logits_chunk) linear_fwd(m, m->logits, a->lnf, head_tensor(m), N, d, V, 0.0f); // (N,d) -> (N,V)
+    if (!m->logits_chunk) linear_fwd(m, m->logits, prod_in(a, a->lnf, 0, d), head_tensor(m), N, d, V, 0.0f); // -> (N,V)
     if (!targets) {
         m->loss = 0.0f;
         m->n_valid = 0;
@@ -837,9 +917,9 @@ void llama_backward(llama_model *m)
     if (!m->logits_chunk) { /* (with chunks the forward differentiated the head) */
         int hi = head_tensor(m);
         if (m->dlogits_ready) /* llama_distill left fp32 dlogits (N,V) in the logits */
-            linear_bwd_each(m, a->dln, G(m, hi), m->logits, a->lnf, hi, N, d, V); // (N,V) -> (N,d)
+            linear_bwd_each(m, a->dln, G(m, hi), m->logits, prod_in(a, a->lnf, 0, d), hi, N, d, V); // -> (N,d)
         else
-            head_bwd(m, a->dln, a->lnf, a->xent_lse, m->targets, N, m->loss_scale / (float)m->n_valid);
+            head_bwd(m, a->dln, prod_in(a, a->lnf, 0, d), a->xent_lse, m->targets, N, m->loss_scale / (float)m->n_valid);
     }
     m->dlogits_ready = m->head_done = 0;
     be_zero(be, a->dres, (size_t)N * d);
@@ -853,19 +933,19 @@ void llama_backward(llama_model *m)
         float *qkv = a->qkv[l], *dqkv = a->dqkv;
         // MLP: res[l+1] = mid + h Wdown^T
         int td = layer_tensor(l, T_DOWN), tg = layer_tensor(l, T_GATE);
-        linear_bwd(m, a->dh, G(m, td), a->dres, a->h[l], td, N, f, d);        // (N,d) -> (N,f)
+        linear_bwd(m, a->dh, G(m, td), a->dres, prod_in(a, a->h[l], 0, f), td, N, f, d); // (N,d) -> (N,f)
         op->swiglu_bwd(be, a->dgu, a->dgu + f, a->dh, a->gu[l], a->gu[l] + f, N, f, 2 * f); // -> (N,2f)
-        linear_bwd(m, a->dln, G(m, tg), a->dgu, a->ln2[l], tg, N, d, 2 * f); // (N,2f) -> (N,d)
+        linear_bwd(m, a->dln, G(m, tg), a->dgu, prod_in(a, a->ln2[l], 0, d), tg, N, d, 2 * f); // (N,2f) -> (N,d)
         int t2 = layer_tensor(l, T_LN2);
         op->rmsnorm_bwd(be, a->dres, G(m, t2), a->dln, a->mid[l], P(m, t2), a->rstd2[l], N, d);
         // attention: mid = res + att Wo^T
         int to = layer_tensor(l, T_O), tq = layer_tensor(l, T_Q);
-        linear_bwd(m, a->datt, G(m, to), a->dres, a->att[l], to, N, qd, d); // (N,d) -> (N,qd)
+        linear_bwd(m, a->datt, G(m, to), a->dres, f32_in(a->att[l]), to, N, qd, d); // (N,d) -> (N,qd)
         op->attention_bwd(be, dqkv, dqkv + qd, dqkv + qd + KV * hd, a->datt, a->att[l], a->lse[l], qkv, qkv + qd,
                           qkv + qd + KV * hd, B, T, H, KV, hd, C);
         op->rope_bwd(be, dqkv, m->rope_cos, m->rope_sin, B, T, H, hd, C);
         op->rope_bwd(be, dqkv + qd, m->rope_cos, m->rope_sin, B, T, KV, hd, C);
-        linear_bwd(m, a->dln, G(m, tq), dqkv, a->ln1[l], tq, N, d, C); // (N,C) -> (N,d)
+        linear_bwd(m, a->dln, G(m, tq), dqkv, prod_in(a, a->ln1[l], 0, d), tq, N, d, C); // (N,C) -> (N,d)
         int t1 = layer_tensor(l, T_LN1);
         op->rmsnorm_bwd(be, a->dres, G(m, t1), a->dln, a->res[l], P(m, t1), a->rstd1[l], N, d);
         grads_done(m, 1 + (c->n_layers - 1 - l));
@@ -886,6 +966,11 @@ double llama_flops_per_token(const llama_config *c, int T)
 
 void llama_layer_acts(const llama_model *m, int l, const float **ln1, const float **ln2, const float **gu)
 {
+    if (m->act->in16) {
+        fprintf(stderr, "llama_layer_acts: the model keeps ln1 and ln2 in bf16 only (a trainable model with a bf16 "
+                        "weight copy)\n");
+        abort();
+    }
     *ln1 = m->act->ln1[l]; // (N,d)
     *ln2 = m->act->ln2[l]; // (N,d)
     *gu = m->act->gu[l];   // (N,2*f_l): gate | up

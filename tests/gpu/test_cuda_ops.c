@@ -329,6 +329,30 @@ static void test_embedding(ctx *x)
     ipair_free(x, &t);
 }
 
+/* A bf16 output o16 of the GPU's *_fwd_16 op (n values) against the outputs of the fp32
+ * op in out: bitwise the GPU's own fp32 values rounded by its round_bf16, and within a
+ * bf16 rounding (2^-8 of the largest) of the CPU's. */
+static void check_fwd_16(ctx *x, const char *what, const uint16_t *o16, const pair *out)
+{
+    size_t n = out->n, differ = 0;
+    uint16_t *got = pc_malloc(2 * n), *want = pc_malloc(2 * n);
+    uint16_t *r16 = x->gpu->ops->alloc_bf16(x->gpu, n);
+    x->gpu->ops->round_bf16(x->gpu, r16, out->g, n);
+    x->gpu->ops->download_raw(x->gpu, want, r16, 2 * n);
+    x->gpu->ops->download_raw(x->gpu, got, o16, 2 * n);
+    for (size_t i = 0; i < n; i++) differ += got[i] != want[i];
+    char line[128];
+    snprintf(line, sizeof line, "%s bf16 == round_bf16(fp32 op) (values differing)", what);
+    report(x, line, (double)differ, 0.0);
+    float *ref = pc_alloc_f32(n), *wide = pc_alloc_f32(n);
+    be_download(x->cpu, ref, out->c, n);
+    for (size_t i = 0; i < n; i++) wide[i] = pc_bf16_to_f32(got[i]);
+    snprintf(line, sizeof line, "%s bf16 vs the CPU's fp32", what);
+    report(x, line, test_rel_max_err(ref, wide, n), 4e-3);
+    be_free(x->gpu, r16);
+    free(got), free(want), free(ref), free(wide);
+}
+
 static void test_rmsnorm(ctx *x)
 {
     const int dims[] = {7, 64, 1344, 3000};
@@ -343,6 +367,15 @@ static void test_rmsnorm(ctx *x)
         check_pair(x, what, &out, TOL_F32);
         snprintf(what, sizeof what, "rmsnorm_fwd rstd (N=%d, d=%d)", N, d);
         check_pair(x, what, &rstd, TOL_F32);
+        uint16_t *o16 = x->gpu->ops->alloc_bf16(x->gpu, (size_t)N * d);
+        float *rstd16 = be_alloc(x->gpu, (size_t)N);
+        x->gpu->ops->rmsnorm_fwd_16(x->gpu, o16, rstd16, xin.g, w.g, N, d, 1e-5f);
+        snprintf(what, sizeof what, "rmsnorm_fwd_16 (d=%d)", d);
+        check_fwd_16(x, what, o16, &out);
+        pair r16 = {rstd.c, rstd16, (size_t)N};
+        snprintf(what, sizeof what, "rmsnorm_fwd_16 rstd (d=%d)", d);
+        check_pair(x, what, &r16, TOL_F32);
+        be_free(x->gpu, o16), be_free(x->gpu, rstd16);
         pair dout = pair_randn(x, (size_t)N * d, 1.0f), dx = pair_randn(x, (size_t)N * d, 1.0f),
              dw = pair_randn(x, (size_t)d, 1.0f);
         x->cpu->ops->rmsnorm_bwd(x->cpu, dx.c, dw.c, dout.c, xin.c, w.c, rstd.c, N, d);
@@ -473,6 +506,10 @@ static void test_swiglu(ctx *x)
     x->cpu->ops->swiglu_fwd(x->cpu, out.c, gu.c, gu.c + f, N, f, ld);
     x->gpu->ops->swiglu_fwd(x->gpu, out.g, gu.g, gu.g + f, N, f, ld);
     check_pair(x, "swiglu_fwd (gate|up of one buffer)", &out, TOL_F32);
+    uint16_t *o16 = x->gpu->ops->alloc_bf16(x->gpu, (size_t)N * f);
+    x->gpu->ops->swiglu_fwd_16(x->gpu, o16, gu.g, gu.g + f, N, f, ld);
+    check_fwd_16(x, "swiglu_fwd_16", o16, &out);
+    be_free(x->gpu, o16);
     pair dout = pair_randn(x, (size_t)N * f, 1.0f), dgu = pair_randn(x, (size_t)N * ld, 1.0f);
     x->cpu->ops->swiglu_bwd(x->cpu, dgu.c, dgu.c + f, dout.c, gu.c, gu.c + f, N, f, ld);
     x->gpu->ops->swiglu_bwd(x->gpu, dgu.g, dgu.g + f, dout.g, gu.g, gu.g + f, N, f, ld);

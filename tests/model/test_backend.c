@@ -71,7 +71,8 @@ static void test_gemm(void **state)
 /* round_bf16: nearest even at the ties, exact on bf16 values; gemm_w16 gives, bit for bit,
  * gemm's MATMUL_BF16 products on the widened bf16 B, and gemm_16 those on the widened A
  * and B, for every transpose combination with padded leading dimensions (and K = 0:
- * C = beta C). */
+ * C = beta C); rmsnorm_fwd_16 and swiglu_fwd_16 write the rounded outputs of the fp32
+ * ops. */
 static void test_bf16_weights_ops(void **state)
 {
     (void)state;
@@ -107,6 +108,22 @@ static void test_bf16_weights_ops(void **state)
                 be_gemm(be, ta, tb, M, N, k, 0.5f, Aw, lda, B, ldb, 2.0f, C2, ldc);
                 assert_memory_equal(C1, C2, sizeof C1);
             }
+    /* rmsnorm_fwd_16 and swiglu_fwd_16: bitwise bf16 of the fp32 ops' outputs (and the same rstd) */
+    enum { RN = 3, RD = 37, RLD = 2 * RD + 1 };
+    float xs[RN * RLD], w[RD], out[RN * RD], wide[RN * RD], r1[RN], r2[RN];
+    uint16_t o16[RN * RD], want16[RN * RD];
+    fill(xs, PC_ARRAY_LEN(xs), 4, 3), fill(w, RD, 5, 1);
+    be->ops->rmsnorm_fwd(be, out, r1, xs, w, RN, RD, 1e-5f);
+    be->ops->rmsnorm_fwd_16(be, o16, r2, xs, w, RN, RD, 1e-5f);
+    be->ops->round_bf16(be, want16, out, PC_ARRAY_LEN(out));
+    assert_memory_equal(o16, want16, sizeof o16);
+    assert_memory_equal(r1, r2, sizeof r1);
+    be->ops->widen_bf16(be, wide, o16, PC_ARRAY_LEN(wide));
+    for (size_t i = 0; i < PC_ARRAY_LEN(out); i++) assert_true(fabsf(wide[i] - out[i]) <= fabsf(out[i]) * 0x1p-8f);
+    be->ops->swiglu_fwd(be, out, xs, xs + RD, RN, RD, RLD); /* gate | up in rows of RLD */
+    be->ops->swiglu_fwd_16(be, o16, xs, xs + RD, RN, RD, RLD);
+    be->ops->round_bf16(be, want16, out, PC_ARRAY_LEN(out));
+    assert_memory_equal(o16, want16, sizeof o16);
     backend_destroy(be);
 }
 
@@ -483,11 +500,19 @@ static int init_chunked(llama_model *m, const llama_config *c, backend *be, int 
     return llama_init_opts(m, c, be, B, T, &o, e);
 }
 
+static int init_w16(llama_model *m, const llama_config *c, backend *be, int B, int T, pc_err *e)
+{
+    llama_opts o = {.weights = LLAMA_BF16_WEIGHTS};
+    return llama_init_opts(m, c, be, B, T, &o, e);
+}
+
 /* A model with a bf16 weight copy: the products read the copy, not params (a change to
  * params shows only after llama_refresh_w16), and its losses and gradients (the backward
- * on operands rounded once, the dlogits written in bf16 by the loss) are bitwise those
- * of rounding every product's inputs (MATMUL_BF16), tied and untied, with the head whole,
- * in chunks, and with recomputation. */
+ * on operands rounded once, the dlogits written in bf16 by the loss, the product inputs
+ * ln1, ln2, h, lnf kept in bf16 only) are bitwise those of rounding every product's
+ * inputs (MATMUL_BF16), tied and untied, with the head whole, in chunks, with
+ * recomputation, with the copy made at init (LLAMA_BF16_WEIGHTS) and with a
+ * distillation loss (fp32 dlogits). */
 static void test_llama_bf16_weights(void **state)
 {
     (void)state;
@@ -495,12 +520,13 @@ static void test_llama_bf16_weights(void **state)
     be->ops->set_matmul(be, MATMUL_BF16);
     int32_t tok[TB * TT], tgt[TB * TT];
     tiny_batch(tok, tgt, 0, 1);
-    init_fn inits[] = {llama_init, init_chunked, llama_init_recompute};
-    for (int k = 0; k < 6; k++) {
+    init_fn ref_inits[] = {llama_init, init_chunked, llama_init_recompute, llama_init};
+    init_fn w_inits[] = {llama_init, init_chunked, llama_init_recompute, init_w16};
+    for (int k = 0; k < 8; k++) {
         int tied = k % 2;
         llama_model ref, w;
-        tiny_model(&ref, be, tied, inits[k / 2]);
-        tiny_model(&w, be, tied, inits[k / 2]);
+        tiny_model(&ref, be, tied, ref_inits[k / 2]);
+        tiny_model(&w, be, tied, w_inits[k / 2]);
         llama_use_bf16_weights(&w);
         assert_non_null(w.w16);
         llama_refresh_w16(&w);
@@ -509,6 +535,19 @@ static void test_llama_bf16_weights(void **state)
         llama_backward(&ref);
         llama_backward(&w);
         assert_memory_equal(ref.grads, w.grads, sizeof(float) * (size_t)ref.n_params);
+        if (!ref.logits_chunk) { /* distillation from the logits of another model */
+            llama_model t;
+            tiny_model(&t, be, 1 - tied, llama_init_forward_only);
+            llama_forward(&t, tok, NULL);
+            llama_forward(&ref, tok, tgt);
+            llama_forward(&w, tok, tgt);
+            float dr = llama_distill(&ref, t.logits, 0.5f, 2.0f), dw = llama_distill(&w, t.logits, 0.5f, 2.0f);
+            assert_true(isfinite(dr) && dr == dw);
+            llama_backward(&ref);
+            llama_backward(&w);
+            assert_memory_equal(ref.grads, w.grads, sizeof(float) * (size_t)ref.n_params);
+            llama_free(&t);
+        }
         const llama_tensor *q = llama_tensor_at(&w, llama_tensor_index(&w, "model.layers.1.self_attn.q_proj.weight"));
         for (int64_t i = 0; i < q->numel; i++) w.params[q->offset + i] *= 2.0f;
         assert_true(llama_forward(&w, tok, tgt) == lw); /* the copy is stale: the products do not see it */

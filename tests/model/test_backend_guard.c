@@ -177,6 +177,15 @@ static void op_embedding(backend *be, outv *o)
     be_free(be, table), be_free(be, out), be_free(be, tok), be_free(be, dtable), be_free(be, dout);
 }
 
+/* n bf16 values of device buffer p, widened, into o */
+static void out_fetch16(backend *be, outv *o, const uint16_t *p, size_t n)
+{
+    float *wide = be_alloc(be, n);
+    be->ops->widen_bf16(be, wide, p, n);
+    out_fetch(be, o, wide, n);
+    be_free(be, wide);
+}
+
 static void op_rmsnorm(backend *be, outv *o)
 {
     int N = 5, d = 12;
@@ -190,6 +199,11 @@ static void op_rmsnorm(backend *be, outv *o)
     be->ops->rmsnorm_bwd(be, dx, dw, dout, x, w, rstd, N, d);
     out_fetch(be, o, dx, (size_t)(N * d));
     out_fetch(be, o, dw, (size_t)d);
+    uint16_t *o16 = be->ops->alloc_bf16(be, (size_t)(N * d) + 1);
+    be->ops->rmsnorm_fwd_16(be, o16 + 1, rstd, dout, w, N, d, 1e-5f); // (N,d) -> (N,d) bf16 at an offset
+    out_fetch16(be, o, o16, (size_t)(N * d) + 1);
+    out_fetch(be, o, rstd, (size_t)N);
+    be_free(be, o16);
     be_free(be, x), be_free(be, w), be_free(be, out), be_free(be, rstd);
     be_free(be, dx), be_free(be, dw), be_free(be, dout);
 }
@@ -237,6 +251,10 @@ static void op_swiglu(backend *be, outv *o)
     float *dout = dev_rand(be, (size_t)(N * f), 101, 1), *dgu = dev_rand(be, (size_t)(N * ld), 102, 1);
     be->ops->swiglu_bwd(be, dgu, dgu + f, dout, gu, gu + f, N, f, ld);
     out_fetch(be, o, dgu, (size_t)(N * ld));
+    uint16_t *o16 = be->ops->alloc_bf16(be, (size_t)(N * f));
+    be->ops->swiglu_fwd_16(be, o16, gu, gu + f, N, f, ld); // -> (N,f) bf16
+    out_fetch16(be, o, o16, (size_t)(N * f));
+    be_free(be, o16);
     be_free(be, gu), be_free(be, out), be_free(be, dout), be_free(be, dgu);
 }
 
@@ -371,10 +389,10 @@ static const op_case op_cases[] = {
     {"gemm", op_gemm},
     {"gemm_batched", op_gemm_batched},
     {"embedding_fwd/bwd", op_embedding},
-    {"rmsnorm_fwd/bwd", op_rmsnorm},
+    {"rmsnorm_fwd/bwd/fwd_16", op_rmsnorm},
     {"rope_fwd/bwd", op_rope},
     {"attention_fwd/bwd", op_attention},
-    {"swiglu_fwd/bwd", op_swiglu},
+    {"swiglu_fwd/bwd/fwd_16", op_swiglu},
     {"xent_fwd/bwd/bwd_16", op_xent},
     {"distill", op_distill},
     {"add2d", op_add2d},

@@ -763,7 +763,7 @@ static void test_weights_bf16(void **state) {
                          2 * h.small_numel - 4 * (h.small_numel - hf_config_n_norm_params(&small)));
         assert_true(b->replica_bytes < a->replica_bytes * 5 / 6); /* 8B: fp32 8, bf16 6.4 bytes per parameter */
         assert_int_equal(2 * b->xchg_bytes, 3 * a->xchg_bytes); /* f32 + bf16 */
-        assert_true(b->act_bytes > a->act_bytes); /* the backward's bf16 operands (below) */
+        assert_true(b->act_bytes < a->act_bytes); /* ln1, ln2, h, lnf in bf16 only (below) */
         /* a bf16 base's slices go into the products as stored: a bf16 copy of the operand
          * they meet instead of the widened slice (compress-base-bf16 checks it against
          * what each rank allocates) */
@@ -808,25 +808,37 @@ static void test_weights_bf16(void **state) {
     assert_int_equal(g.ranks[1].scratch_bytes - f.ranks[1].scratch_bytes, copies);
     plan_free(&f);
     plan_free(&g);
-    /* the model's bf16 copy, and for a trainable model the backward's bf16 operands: what
-     * the plan's activations count more with weights_bf16, exactly */
-    o.micro_batch = 1, o.seq_len = 8, o.weights_bf16 = 0;
-    assert_int_equal(plan_build(&f, &tb, &ts, 2, &o, NULL), 0);
-    o.weights_bf16 = 1;
-    assert_int_equal(plan_build(&g, &tb, &ts, 2, &o, NULL), 0);
-    size_t ops16 = (size_t)(g.ranks[0].act_bytes - f.ranks[0].act_bytes);
-    assert_true(ops16 > 0);
-    plan_free(&f);
-    plan_free(&g);
+    /* the model's bf16 copy, and for a trainable model its product inputs in bf16 only and
+     * the backward's bf16 operands: what the plan's activations count more (or less) with
+     * weights_bf16, exactly, with every layer's activations and with recomputation, over an
+     * odd number of values (7 tokens, a layer of odd d_ff: the bf16 buffers round up to
+     * whole floats) */
+    ts.d_ff_layer[1] -= 1;
     backend *be = counting_begin();
     llama_model m;
     pc_err e = {{0}};
-    assert_int_equal(llama_init(&m, &ts, be, 1, 8, &e), 0);
-    size_t plain = counted_bytes;
-    counted_bytes = 0;
-    llama_use_bf16_weights(&m);
-    assert_int_equal(counted_bytes, 2 * (size_t)hf_config_n_params(&ts) + ops16);
-    llama_free(&m);
+    size_t plain = 0;
+    for (int rc = 0; rc < 2; rc++) {
+        o.micro_batch = 1, o.seq_len = 7, o.weights_bf16 = 0, o.recompute = rc;
+        assert_int_equal(plan_build(&f, &tb, &ts, 2, &o, NULL), 0);
+        o.weights_bf16 = 1;
+        assert_int_equal(plan_build(&g, &tb, &ts, 2, &o, NULL), 0);
+        int64_t act16 = g.ranks[0].act_bytes - f.ranks[0].act_bytes;
+        plan_free(&f);
+        plan_free(&g);
+        llama_opts lo = {.recompute = rc};
+        counted_bytes = 0;
+        assert_int_equal(llama_init_opts(&m, &ts, be, 1, 7, &lo, &e), 0);
+        size_t f32_bytes = counted_bytes;
+        if (!rc) plain = f32_bytes;
+        llama_free(&m);
+        lo.weights = LLAMA_BF16_WEIGHTS;
+        counted_bytes = 0;
+        assert_int_equal(llama_init_opts(&m, &ts, be, 1, 7, &lo, &e), 0);
+        assert_int_equal((int64_t)counted_bytes - (int64_t)f32_bytes, 2 * hf_config_n_params(&ts) + act16);
+        llama_free(&m);
+    }
+    o.recompute = 0;
     counted_bytes = 0; /* a forward-only model: the copy alone */
     llama_opts fwd = {.forward_only = 1, .weights = LLAMA_BF16_WEIGHTS};
     assert_int_equal(llama_init_opts(&m, &ts, be, 1, 8, &fwd, &e), 0);
@@ -839,9 +851,16 @@ static void test_weights_bf16(void **state) {
     llama_free(&m);
     counted_bytes = 0; /* never more than this at any time: nothing is freed on the way */
     llama_opts lean = {.weights = LLAMA_BF16_ONLY};
-    assert_int_equal(llama_init_opts(&m, &ts, be, 1, 8, &lean, &e), 0);
-    assert_int_equal(counted_bytes - plain, 2 * (size_t)hf_config_n_params(&ts) + ops16 -
-                                                4 * (size_t)(hf_config_n_params(&ts) - hf_config_n_norm_params(&ts)));
+    assert_int_equal(llama_init_opts(&m, &ts, be, 1, 7, &lean, &e), 0);
+    o.seq_len = 7, o.weights_bf16 = 0;
+    assert_int_equal(plan_build(&f, &tb, &ts, 2, &o, NULL), 0);
+    o.weights_bf16 = 1;
+    assert_int_equal(plan_build(&g, &tb, &ts, 2, &o, NULL), 0);
+    assert_int_equal((int64_t)counted_bytes - (int64_t)plain,
+                     2 * hf_config_n_params(&ts) + (g.ranks[0].act_bytes - f.ranks[0].act_bytes) -
+                         4 * (hf_config_n_params(&ts) - hf_config_n_norm_params(&ts)));
+    plan_free(&f);
+    plan_free(&g);
     assert_int_equal(m.n_params_f32, hf_config_n_norm_params(&ts));
     assert_int_equal(m.n_params, hf_config_n_params(&ts));
     llama_free(&m);
