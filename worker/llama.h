@@ -123,12 +123,15 @@ void llama_free(llama_model *m);
 /* Give the model a bf16 copy of its parameters (w16, zeroed), which every weight product
  * then reads through gemm_w16 (MATMUL_BF16's arithmetic) instead of rounding params on
  * each product; embedding lookups and norm gains keep reading params. Whoever changes
- * params calls llama_refresh_w16 before the next forward. A trainable model also gets
- * two bf16 buffers for its backward, (N, widest layer output) and (N, widest layer
- * input): each product's output gradient and input are rounded once for its two backward
- * products (gemm_16), and the head's dlogits are written in bf16 over the logits
- * (xent_bwd_16); every product of the model then has MATMUL_BF16's arithmetic whatever
- * the backend's matmul mode, with the same results as rounding each product's inputs. */
+ * params calls llama_refresh_w16 before the next forward. A trainable model also keeps
+ * the activations read only by products (ln1, ln2, h, lnf) in bf16 only, written rounded
+ * by rmsnorm_fwd_16 and swiglu_fwd_16 at half the memory (their fp32 buffers, if
+ * llama_init made them, are replaced), and gets two bf16 buffers for its backward,
+ * (N, widest layer output) and (N, H*hd): each product's output gradient, and the
+ * attention output, are rounded once for its two backward products (gemm_16), and the
+ * head's dlogits are written in bf16 over the logits (xent_bwd_16); every product of the
+ * model then has MATMUL_BF16's arithmetic whatever the backend's matmul mode, with the
+ * same results as rounding each product's inputs. */
 void llama_use_bf16_weights(llama_model *m);
 /* w16 = bf16(params), nearest even, for every tensor held in fp32; nothing without a copy. */
 void llama_refresh_w16(llama_model *m);
@@ -201,7 +204,8 @@ void llama_set_loss_scale(llama_model *m, float s);
 double llama_flops_per_token(const llama_config *c, int T);
 
 /* Activations of layer l from the last forward (device pointers, N = B*T rows): the two
- * pre-norm outputs ln1, ln2 (N,d) and the gate|up pre-activations gu (N, 2*f_l). */
+ * pre-norm outputs ln1, ln2 (N,d) and the gate|up pre-activations gu (N, 2*f_l). Aborts
+ * on a trainable model with a bf16 weight copy, which keeps ln1 and ln2 in bf16 only. */
 void llama_layer_acts(const llama_model *m, int l, const float **ln1, const float **ln2, const float **gu);
 
 #endif
