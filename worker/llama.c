@@ -916,10 +916,11 @@ void llama_backward(llama_model *m)
     }
     if (!m->logits_chunk) { /* (with chunks the forward differentiated the head) */
         int hi = head_tensor(m);
+        act_in lnf = prod_in(a, a->lnf, 0, d); // (N,d)
         if (m->dlogits_ready) /* llama_distill left fp32 dlogits (N,V) in the logits */
-            linear_bwd_each(m, a->dln, G(m, hi), m->logits, prod_in(a, a->lnf, 0, d), hi, N, d, V); // -> (N,d)
+            linear_bwd_each(m, a->dln, G(m, hi), m->logits, lnf, hi, N, d, V); // (N,V) -> (N,d)
         else
-            head_bwd(m, a->dln, prod_in(a, a->lnf, 0, d), a->xent_lse, m->targets, N, m->loss_scale / (float)m->n_valid);
+            head_bwd(m, a->dln, lnf, a->xent_lse, m->targets, N, m->loss_scale / (float)m->n_valid);
     }
     m->dlogits_ready = m->head_done = 0;
     be_zero(be, a->dres, (size_t)N * d);
