@@ -146,6 +146,10 @@ typedef struct backend_ops {
      * losses. dloss/dz = (1-alpha)(softmax(z) - onehot(y)) + alpha T (softmax(z/T) - softmax(t/T)). */
     double (*distill)(backend *be, float *logits, const float *teacher, const int32_t *targets, int N, int V,
                       float alpha, float temperature, float scale);
+    /* The same with scale * dloss/dz rounded to bf16 (nearest even) and written over the
+     * logits as xent_bwd_16 writes its dlogits: row n at (uint16_t *)logits + 2*n*V. */
+    double (*distill_16)(backend *be, float *logits, const float *teacher, const int32_t *targets, int N, int V,
+                         float alpha, float temperature, float scale);
 
     /* dst[r,c] = src[r,c] + beta * dst[r,c] for a (rows, cols) matrix with row strides
      * ld_dst and ld_src; beta == 0 writes src without reading dst. */

@@ -532,13 +532,11 @@ static void cpu_xent_bwd(backend *be, float *dlogits, const float *logits, const
     }
 }
 
-/* cpu_xent_bwd in place, then each row's values rounded into the first half of its own
- * bytes, in order, a piece at a time through local copies: a piece's bf16 cover fp32
- * elements below the piece's end, all read by then. */
-static void cpu_xent_bwd_16(backend *be, float *logits, const float *lse, const int32_t *targets, int N, int V,
-                            float scale)
+/* Each row of x (N,V) rounded to bf16 into the first half of its own bytes (a bf16 matrix
+ * of row stride 2V), in order, a piece at a time through local copies: a piece's bf16
+ * cover fp32 elements below the piece's end, all read by then. */
+static void rows_to_bf16_in_place(float *logits, int N, int V)
 {
-    cpu_xent_bwd(be, logits, logits, lse, targets, N, V, scale);
     enum { PIECE = 64 };
     float f[PIECE];
     uint16_t h[PIECE];
@@ -551,6 +549,13 @@ static void cpu_xent_bwd_16(backend *be, float *logits, const float *lse, const 
             memcpy(row + 2 * (size_t)j0, h, sizeof(uint16_t) * (size_t)k);
         }
     }
+}
+
+static void cpu_xent_bwd_16(backend *be, float *logits, const float *lse, const int32_t *targets, int N, int V,
+                            float scale)
+{
+    cpu_xent_bwd(be, logits, logits, lse, targets, N, V, scale);
+    rows_to_bf16_in_place(logits, N, V);
 }
 
 /* ---- distillation ---- */
@@ -591,6 +596,14 @@ static double cpu_distill(backend *be, float *logits, const float *teacher, cons
         }
         z[targets[n]] -= (float)(scale * (1.0 - alpha));
     }
+    return total;
+}
+
+static double cpu_distill_16(backend *be, float *logits, const float *teacher, const int32_t *targets, int N, int V,
+                             float alpha, float T, float scale)
+{
+    double total = cpu_distill(be, logits, teacher, targets, N, V, alpha, T, scale);
+    rows_to_bf16_in_place(logits, N, V);
     return total;
 }
 
@@ -679,6 +692,7 @@ static const backend_ops cpu_ops = {
     .xent_bwd = cpu_xent_bwd,
     .xent_bwd_16 = cpu_xent_bwd_16,
     .distill = cpu_distill,
+    .distill_16 = cpu_distill_16,
     .add2d = cpu_add2d,
     .add = cpu_add,
     .scale = cpu_scale,

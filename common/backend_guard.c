@@ -570,6 +570,19 @@ static double guard_distill(backend *be, float *logits, const float *teacher, co
     return r;
 }
 
+static double guard_distill_16(backend *be, float *logits, const float *teacher, const int32_t *targets, int N, int V,
+                               float alpha, float temperature, float scale)
+{
+    guard_call k;
+    call_begin(&k, be, "distill_16");
+    call_arg(&k, logits, "logits");
+    call_arg(&k, teacher, "teacher");
+    call_arg(&k, targets, "targets");
+    double r = inner(be)->ops->distill_16(inner(be), logits, teacher, targets, N, V, alpha, temperature, scale);
+    call_end(&k);
+    return r;
+}
+
 /* ---- strided and elementwise ---- */
 
 static void guard_add2d(backend *be, float *dst, int ld_dst, const float *src, int ld_src, int rows, int cols,
@@ -688,6 +701,7 @@ static const backend_ops guard_ops = {
     .xent_bwd = guard_xent_bwd,
     .xent_bwd_16 = guard_xent_bwd_16,
     .distill = guard_distill,
+    .distill_16 = guard_distill_16,
     .add2d = guard_add2d,
     .add = guard_add,
     .scale = guard_scale,

@@ -1152,34 +1152,40 @@ __global__ void k_xent_bwd(float *dlogits, const float *logits, const float *lse
     for (int j = threadIdx.x; j < V; j += blockDim.x) d[j] = xent_grad(r[j], l, scale, j == t);
 }
 
-/* xent_bwd's values in bf16 over the logits: row n's at (bf16 *)(logits + n V), the first
- * half of its own bytes. The block walks the row in tiles of XENT16_PER x blockDim.x
- * elements, in order: each thread reads its elements of the tile into registers, the block
- * waits, then writes them. Tile k's writes (bytes 2 j0 .. 2 (j0 + tile)) cover fp32
- * elements below j0 + tile / 2, read by the block before the barrier; later tiles read
- * bytes from 4 (j0 + tile) on, which no write reaches. */
-#define XENT16_PER 8
+/* A row's values g(j), j < V, computed from the row's fp32 values and written over them as
+ * OutT (bf16: row n's at (bf16 *)(row), the first half of its own bytes). The block walks
+ * the row in tiles of ROW_TILE_PER x blockDim.x elements, in order: each thread computes
+ * its elements of the tile into registers, the block waits, then writes them. Tile k's
+ * writes (bytes 2 j0 .. 2 (j0 + tile) in bf16) cover fp32 elements below j0 + tile / 2,
+ * read by the block before the barrier; later tiles read bytes from 4 (j0 + tile) on,
+ * which no write reaches. Every thread of the block must call it. */
+#define ROW_TILE_PER 8
+template <typename OutT, typename G> __device__ void write_row_tiled(float *row, int V, G g)
+{
+    OutT *d = (OutT *)row;
+    const int tile = ROW_TILE_PER * (int)blockDim.x;
+    for (int j0 = 0; j0 < V; j0 += tile) {
+        float v[ROW_TILE_PER];
+        for (int k = 0; k < ROW_TILE_PER; k++) {
+            const int j = j0 + k * (int)blockDim.x + (int)threadIdx.x;
+            v[k] = j < V ? g(j) : 0.0f;
+        }
+        __syncthreads();
+        for (int k = 0; k < ROW_TILE_PER; k++) {
+            const int j = j0 + k * (int)blockDim.x + (int)threadIdx.x;
+            if (j < V) store_out(d + j, v[k]);
+        }
+    }
+}
+
+/* xent_bwd's values in bf16 over the logits (write_row_tiled). */
 __global__ void k_xent_bwd_16(float *logits, const float *lse, const int32_t *targets, int V, float scale)
 {
     const size_t n = blockIdx.x;
-    const float *r = logits + n * V;
-    __nv_bfloat16 *d = (__nv_bfloat16 *)(logits + n * V);
+    float *r = logits + n * V;
     const int32_t t = targets[n];
     const float l = t >= 0 ? lse[n] : 0.0f;
-    const int tile = XENT16_PER * (int)blockDim.x;
-    for (int j0 = 0; j0 < V; j0 += tile) {
-        float v[XENT16_PER];
-        for (int k = 0; k < XENT16_PER; k++) {
-            const int j = j0 + k * (int)blockDim.x + (int)threadIdx.x;
-            v[k] = 0.0f;
-            if (j < V && t >= 0) v[k] = xent_grad(r[j], l, scale, j == t);
-        }
-        __syncthreads();
-        for (int k = 0; k < XENT16_PER; k++) {
-            const int j = j0 + k * (int)blockDim.x + (int)threadIdx.x;
-            if (j < V) d[j] = __float2bfloat16_rn(v[k]);
-        }
-    }
+    write_row_tiled<__nv_bfloat16>(r, V, [&](int j) { return t >= 0 ? xent_grad(r[j], l, scale, j == t) : 0.0f; });
 }
 
 static double cu_xent_fwd(backend *be, float *lse, const float *logits, const int32_t *targets, int N, int V,
@@ -1238,7 +1244,9 @@ __device__ double row_lse_dev(const float *x, int V, float T, float *shf, double
     return (double)mx / T + log(sum);
 }
 
-/* One block per row; see backend.h. loss[n] gets the row loss (0 on ignored rows). */
+/* One block per row; see backend.h. loss[n] gets the row loss (0 on ignored rows); the
+ * gradient is written over the row as OutT (float, or bf16 as write_row_tiled says). */
+template <typename OutT>
 __global__ void k_distill(double *loss, float *logits, const float *teacher, const int32_t *targets, int V,
                           float alpha, float T, float scale)
 {
@@ -1249,7 +1257,7 @@ __global__ void k_distill(double *loss, float *logits, const float *teacher, con
     const float *t = teacher + n * V;
     const int32_t y = targets[n];
     if (y < 0) {
-        for (int j = threadIdx.x; j < V; j += blockDim.x) z[j] = 0.0f;
+        for (int j = threadIdx.x; j < V; j += blockDim.x) store_out((OutT *)z + j, 0.0f);
         if (threadIdx.x == 0) loss[n] = 0.0;
         return;
     }
@@ -1267,28 +1275,45 @@ __global__ void k_distill(double *loss, float *logits, const float *teacher, con
         loss[n] = (1.0 - alpha) * (lse - (double)z[y]) + (double)alpha * T * T * kl;
     __syncthreads();
     const float ce_grad = (float)(scale * (1.0 - alpha));
-    for (int j = threadIdx.x; j < V; j += blockDim.x) {
+    write_row_tiled<OutT>(z, V, [&](int j) {
         const double ps = exp((double)z[j] - lse), ps_t = exp((double)z[j] / T - lse_zt),
                      pt_t = exp((double)t[j] / T - lse_tt);
         float gj = (float)(scale * ((1.0 - alpha) * ps + (double)alpha * T * (ps_t - pt_t)));
-        if (j == y) gj -= ce_grad;
-        z[j] = gj;
-    }
+        return j == y ? gj - ce_grad : gj;
+    });
 }
 
-static double cu_distill(backend *be, float *logits, const float *teacher, const int32_t *targets, int N, int V,
-                         float alpha, float temperature, float scale)
+/* k_distill<OutT> over N rows; the sum of the row losses. */
+template <typename OutT>
+static double distill_rows(backend *be, const char *region, double bytes_per_elem, float *logits,
+                           const float *teacher, const int32_t *targets, int N, int V, float alpha, float temperature,
+                           float scale)
 {
     cuda_impl *c = impl_of(be);
     if (N <= 0) return 0.0;
     double *part = red_scratch(c, (size_t)N);
-    PROF_BEGIN(c, "distill", 0, 12.0 * N * V); /* student and teacher logits in, student's gradient */
-    PC_LAUNCH(k_distill, N, 256, 0, c->stream)(part, logits, teacher, targets, V, alpha, temperature, scale);
+    PROF_BEGIN(c, region, 0, bytes_per_elem * N * V);
+    PC_LAUNCH(k_distill<OutT>, N, 256, 0, c->stream)(part, logits, teacher, targets, V, alpha, temperature, scale);
     LAUNCH_CHECK();
     PROF_END(c);
     double res[2];
     reduce_to_host(c, part, NULL, (size_t)N, res);
     return res[0];
+}
+
+static double cu_distill(backend *be, float *logits, const float *teacher, const int32_t *targets, int N, int V,
+                         float alpha, float temperature, float scale)
+{
+    /* student and teacher logits in, student's gradient */
+    return distill_rows<float>(be, "distill", 12.0, logits, teacher, targets, N, V, alpha, temperature, scale);
+}
+
+static double cu_distill_16(backend *be, float *logits, const float *teacher, const int32_t *targets, int N, int V,
+                            float alpha, float temperature, float scale)
+{
+    /* student and teacher logits in, student's gradient in bf16 */
+    return distill_rows<__nv_bfloat16>(be, "distill_16", 10.0, logits, teacher, targets, N, V, alpha, temperature,
+                                       scale);
 }
 
 /* ------------------------------------------------------------------ elementwise */
@@ -1471,6 +1496,7 @@ static const backend_ops cuda_ops = {
     .xent_bwd = cu_xent_bwd,
     .xent_bwd_16 = cu_xent_bwd_16,
     .distill = cu_distill,
+    .distill_16 = cu_distill_16,
     .add2d = cu_add2d,
     .add = cu_add,
     .scale = cu_scale,

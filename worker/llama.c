@@ -693,13 +693,10 @@ static void norm_in(llama_model *m, float *out, float *rstd, const float *x, int
 
 /* dW [out,in] += dy^T x ; dx (N,in) = dy W (beta 0), W = tensor ti; each product takes
  * its operands as they are (a bf16 product rounds its own) */
-static void linear_bwd_each(const llama_model *m, float *dx, float *dW, const float *dy, act_in x, int ti, int N,
+static void linear_bwd_each(const llama_model *m, float *dx, float *dW, const float *dy, const float *x, int ti, int N,
                             int in, int out)
 {
-    if (x.b16) /* in16: dy rounded, x as stored */
-        m->be->ops->gemm_w16(m->be, 1, 0, out, in, N, 1.0f, dy, out, x.b16, in, 1.0f, dW, in);
-    else
-        be_gemm(m->be, 1, 0, out, in, N, 1.0f, dy, out, x.f32, in, 1.0f, dW, in);
+    be_gemm(m->be, 1, 0, out, in, N, 1.0f, dy, out, x, in, 1.0f, dW, in);
     if (dx) weight_gemm(m, ti, 0, N, in, out, dy, 0.0f, dx);
 }
 
@@ -726,8 +723,8 @@ static void linear_bwd_16(const llama_model *m, float *dx, float *dW, const uint
 static void linear_bwd(const llama_model *m, float *dx, float *dW, const float *dy, act_in x, int ti, int N, int in,
                        int out)
 {
-    if (!m->act->dy16) {
-        linear_bwd_each(m, dx, dW, dy, x, ti, N, in, out);
+    if (!m->act->dy16) { /* and so x in fp32 */
+        linear_bwd_each(m, dx, dW, dy, x.f32, ti, N, in, out);
         return;
     }
     m->be->ops->round_bf16(m->be, m->act->dy16, dy, (size_t)N * out); // (N,out)
@@ -748,7 +745,7 @@ static void head_bwd(llama_model *m, float *dx, act_in x, const float *lse, cons
         linear_bwd_16(m, dx, G(m, hi), (const uint16_t *)m->logits, 2 * V, x, hi, n, d, V); // (n,V) -> (n,d)
     } else {
         op->xent_bwd(m->be, m->logits, m->logits, lse, targets, n, V, scale);
-        linear_bwd_each(m, dx, G(m, hi), m->logits, x, hi, n, d, V); // (n,V) -> (n,d)
+        linear_bwd_each(m, dx, G(m, hi), m->logits, x.f32, hi, n, d, V); // (n,V) -> (n,d)
     }
 }
 
@@ -917,8 +914,10 @@ void llama_backward(llama_model *m)
     if (!m->logits_chunk) { /* (with chunks the forward differentiated the head) */
         int hi = head_tensor(m);
         act_in lnf = prod_in(a, a->lnf, 0, d); // (N,d)
-        if (m->dlogits_ready) /* llama_distill left fp32 dlogits (N,V) in the logits */
-            linear_bwd_each(m, a->dln, G(m, hi), m->logits, lnf, hi, N, d, V); // (N,V) -> (N,d)
+        if (m->dlogits_ready && a->dy16) /* llama_distill left bf16 dlogits (N,V), row stride 2V */
+            linear_bwd_16(m, a->dln, G(m, hi), (const uint16_t *)m->logits, 2 * V, lnf, hi, N, d, V); // -> (N,d)
+        else if (m->dlogits_ready) /* fp32 dlogits (N,V) */
+            linear_bwd_each(m, a->dln, G(m, hi), m->logits, lnf.f32, hi, N, d, V); // (N,V) -> (N,d)
         else
             head_bwd(m, a->dln, lnf, a->xent_lse, m->targets, N, m->loss_scale / (float)m->n_valid);
     }
@@ -985,8 +984,12 @@ float llama_distill(llama_model *m, const float *teacher_logits, float alpha, fl
         abort();
     }
     int N = m->B * m->T;
-    double sum = m->be->ops->distill(m->be, m->logits, teacher_logits, m->targets, N, m->cfg.vocab_size, alpha,
-                                     temperature, m->loss_scale / (float)m->n_valid);
+    /* with the backward's bf16 operands the dlogits are written in bf16 over the logits (as
+     * head_bwd's xent_bwd_16 writes them), rounded once */
+    double (*distill)(backend *, float *, const float *, const int32_t *, int, int, float, float, float) =
+        m->act->dy16 ? m->be->ops->distill_16 : m->be->ops->distill;
+    double sum = distill(m->be, m->logits, teacher_logits, m->targets, N, m->cfg.vocab_size, alpha, temperature,
+                         m->loss_scale / (float)m->n_valid);
     m->dlogits_ready = 1;
     return (float)(sum / (double)m->n_valid);
 }

@@ -129,7 +129,7 @@ void llama_free(llama_model *m);
  * llama_init made them, are replaced), and gets two bf16 buffers for its backward,
  * (N, widest layer output) and (N, H*hd): each product's output gradient, and the
  * attention output, are rounded once for its two backward products (gemm_16), and the
- * head's dlogits are written in bf16 over the logits (xent_bwd_16); every product of the
+ * head's dlogits are written in bf16 over the logits (xent_bwd_16, distill_16); every product of the
  * model then has MATMUL_BF16's arithmetic whatever the backend's matmul mode, with the
  * same results as rounding each product's inputs. */
 void llama_use_bf16_weights(llama_model *m);
@@ -194,7 +194,9 @@ void llama_zero_grad_stage(llama_model *m, int s);
 int llama_grad_stage(const llama_model *m, int i);
 /* Replace the loss of the last forward (with targets) by the distillation loss against
  * teacher logits (B,T,V): (1-alpha) CE + alpha T^2 KL(teacher || student) at temperature
- * T. Returns its mean over valid targets; the next llama_backward differentiates it. */
+ * T. Returns its mean over valid targets; the next llama_backward differentiates it. The
+ * gradient is left in the logits: fp32, or in bf16 (distill_16) on a trainable model with
+ * a bf16 weight copy. */
 float llama_distill(llama_model *m, const float *teacher_logits, float alpha, float temperature);
 void llama_set_loss_scale(llama_model *m, float s);
 

@@ -329,17 +329,18 @@ static void test_embedding(ctx *x)
     ipair_free(x, &t);
 }
 
-/* A bf16 output o16 of the GPU's *_fwd_16 op (n values) against the outputs of the fp32
- * op in out: bitwise the GPU's own fp32 values rounded by its round_bf16, and within a
- * bf16 rounding (2^-8 of the largest) of the CPU's. */
-static void check_fwd_16(ctx *x, const char *what, const uint16_t *o16, const pair *out)
+/* A bf16 output o16 (rows, n / rows) with row stride ld16 of the GPU's *_16 op against
+ * the outputs of the fp32 op in out (n values): bitwise the GPU's own fp32 values rounded
+ * by its round_bf16, and within a bf16 rounding (2^-8 of the largest) of the CPU's. */
+static void check_out16(ctx *x, const char *what, const void *o16, size_t rows, size_t ld16, const pair *out)
 {
-    size_t n = out->n, differ = 0;
-    uint16_t *got = pc_malloc(2 * n), *want = pc_malloc(2 * n);
+    size_t n = out->n, cols = n / rows, differ = 0;
+    uint16_t *got = pc_malloc(2 * n), *want = pc_malloc(2 * n), *all = pc_malloc(2 * rows * ld16);
     uint16_t *r16 = x->gpu->ops->alloc_bf16(x->gpu, n);
     x->gpu->ops->round_bf16(x->gpu, r16, out->g, n);
     x->gpu->ops->download_raw(x->gpu, want, r16, 2 * n);
-    x->gpu->ops->download_raw(x->gpu, got, o16, 2 * n);
+    x->gpu->ops->download_raw(x->gpu, all, o16, 2 * ((rows - 1) * ld16 + cols));
+    for (size_t r = 0; r < rows; r++) memcpy(got + r * cols, all + r * ld16, 2 * cols);
     for (size_t i = 0; i < n; i++) differ += got[i] != want[i];
     char line[128];
     snprintf(line, sizeof line, "%s bf16 == round_bf16(fp32 op) (values differing)", what);
@@ -350,7 +351,7 @@ static void check_fwd_16(ctx *x, const char *what, const uint16_t *o16, const pa
     snprintf(line, sizeof line, "%s bf16 vs the CPU's fp32", what);
     report(x, line, test_rel_max_err(ref, wide, n), 4e-3);
     be_free(x->gpu, r16);
-    free(got), free(want), free(ref), free(wide);
+    free(got), free(want), free(all), free(ref), free(wide);
 }
 
 static void test_rmsnorm(ctx *x)
@@ -371,7 +372,7 @@ static void test_rmsnorm(ctx *x)
         float *rstd16 = be_alloc(x->gpu, (size_t)N);
         x->gpu->ops->rmsnorm_fwd_16(x->gpu, o16, rstd16, xin.g, w.g, N, d, 1e-5f);
         snprintf(what, sizeof what, "rmsnorm_fwd_16 (d=%d)", d);
-        check_fwd_16(x, what, o16, &out);
+        check_out16(x, what, o16, 1, out.n, &out);
         pair r16 = {rstd.c, rstd16, (size_t)N};
         snprintf(what, sizeof what, "rmsnorm_fwd_16 rstd (d=%d)", d);
         check_pair(x, what, &r16, TOL_F32);
@@ -508,7 +509,7 @@ static void test_swiglu(ctx *x)
     check_pair(x, "swiglu_fwd (gate|up of one buffer)", &out, TOL_F32);
     uint16_t *o16 = x->gpu->ops->alloc_bf16(x->gpu, (size_t)N * f);
     x->gpu->ops->swiglu_fwd_16(x->gpu, o16, gu.g, gu.g + f, N, f, ld);
-    check_fwd_16(x, "swiglu_fwd_16", o16, &out);
+    check_out16(x, "swiglu_fwd_16", o16, 1, out.n, &out);
     be_free(x->gpu, o16);
     pair dout = pair_randn(x, (size_t)N * f, 1.0f), dgu = pair_randn(x, (size_t)N * ld, 1.0f);
     x->cpu->ops->swiglu_bwd(x->cpu, dgu.c, dgu.c + f, dout.c, gu.c, gu.c + f, N, f, ld);
@@ -593,14 +594,23 @@ static void test_distill(ctx *x)
     for (size_t a = 0; a < PC_ARRAY_LEN(alphas); a++)
         for (size_t k = 0; k < PC_ARRAY_LEN(temps); k++) {
             pair z = pair_randn(x, (size_t)N * V, 2.0f), te = pair_randn(x, (size_t)N * V, 2.0f);
-            float scale = 1.0f / (float)(N - 2);
+            float scale = 1.0f / (float)(N - 2), *z16 = be_alloc(x->gpu, (size_t)N * V);
+            be_copy(x->gpu, z16, z.g, (size_t)N * V);
             double lc = x->cpu->ops->distill(x->cpu, z.c, te.c, t.c, N, V, alphas[a], temps[k], scale);
             double lg = x->gpu->ops->distill(x->gpu, z.g, te.g, t.g, N, V, alphas[a], temps[k], scale);
+            double l16 = x->gpu->ops->distill_16(x->gpu, z16, te.g, t.g, N, V, alphas[a], temps[k], scale);
             char what[96];
             snprintf(what, sizeof what, "distill loss sum (alpha %.1f, T %.0f)", (double)alphas[a], (double)temps[k]);
             check_scalar(x, what, lc, lg, TOL_SUM);
             snprintf(what, sizeof what, "distill dlogits (alpha %.1f, T %.0f)", (double)alphas[a], (double)temps[k]);
             check_pair(x, what, &z, TOL_F32);
+            snprintf(what, sizeof what, "distill_16 loss sum == distill's (alpha %.1f, T %.0f)", (double)alphas[a],
+                     (double)temps[k]);
+            check_scalar(x, what, lg, l16, 0.0);
+            snprintf(what, sizeof what, "distill_16 (alpha %.1f, T %.0f, stride 2V)", (double)alphas[a],
+                     (double)temps[k]);
+            check_out16(x, what, z16, (size_t)N, 2 * (size_t)V, &z);
+            be_free(x->gpu, z16);
             pair_free(x, &z);
             pair_free(x, &te);
         }

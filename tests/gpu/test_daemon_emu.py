@@ -15,7 +15,9 @@ comm (cuda/comm_nccl.c) on NCCL's API emulated with MPI (nccl_emu.c).
   run (rounding flips feed back, tests/compress/test_bf16_weights.py); the same with
   compress.shard_grads (bf16 W_C staged in the owned sums, G through the model's stage
   windows and per-stage reduces over the NCCL comm) against the CPU's sharded run;
-- distillation from a bf16 teacher (model.dtype bf16): losses within 1e-3 of the CPU's;
+- distillation from a bf16 teacher (model.dtype bf16): losses within 1e-3 of the CPU's,
+  with an fp32 student and with bf16 products (the student's dlogits written in bf16 by
+  distill_16);
 - the log names the emulated device;
 - PC_CUDA_PROFILE=1: the prune run again prints the op profile on stderr at exit (the
   products, the optimizer, the loss), with the unprofiled run's losses and grad norms,
@@ -106,6 +108,11 @@ def main():
     rel = np.max(np.abs(a[0] - b[0]) / np.abs(b[0]))
     pclib.check(rel < 1e-3 and "distillation from the base (bf16 weights)" in open(os.path.join(d, "logs",
                 "rank-00000.log")).read(), f"bf16 teacher: emulated CUDA vs CPU losses max rel {rel:.2e} < 1e-3")
+    sets += ["backend.matmul=bf16"]
+    a, b = pclib.run_arrays(run("distill-mm16-emu", 1, True, *sets)), pclib.run_arrays(run("distill-mm16-cpu", 1,
+                                                                                           False, *sets))
+    rel = np.max(np.abs(a[0] - b[0]) / np.abs(b[0]))
+    pclib.check(rel < 1e-3, f"bf16 teacher, bf16 products: emulated CUDA vs CPU losses max rel {rel:.2e} < 1e-3")
     return 0
 
 

@@ -71,8 +71,8 @@ static void test_gemm(void **state)
 /* round_bf16: nearest even at the ties, exact on bf16 values; gemm_w16 gives, bit for bit,
  * gemm's MATMUL_BF16 products on the widened bf16 B, and gemm_16 those on the widened A
  * and B, for every transpose combination with padded leading dimensions (and K = 0:
- * C = beta C); rmsnorm_fwd_16 and swiglu_fwd_16 write the rounded outputs of the fp32
- * ops. */
+ * C = beta C); rmsnorm_fwd_16, swiglu_fwd_16 and distill_16 write the rounded outputs of
+ * the fp32 ops. */
 static void test_bf16_weights_ops(void **state)
 {
     (void)state;
@@ -124,6 +124,20 @@ static void test_bf16_weights_ops(void **state)
     be->ops->swiglu_fwd_16(be, o16, xs, xs + RD, RN, RD, RLD);
     be->ops->round_bf16(be, want16, out, PC_ARRAY_LEN(out));
     assert_memory_equal(o16, want16, sizeof o16);
+    /* distill_16: distill's gradient rounded, row n at bf16 offset 2 n V, the same loss */
+    enum { DN = 4, DV = 37 };
+    float z[DN * DV], z16[DN * DV], teach[DN * DV];
+    const int32_t tg[DN] = {3, -1, 36, 0};
+    fill(z, DN * DV, 6, 2), fill(teach, DN * DV, 7, 2);
+    memcpy(z16, z, sizeof z);
+    double l32 = be->ops->distill(be, z, teach, tg, DN, DV, 0.4f, 2.0f, 0.25f);
+    double l16 = be->ops->distill_16(be, z16, teach, tg, DN, DV, 0.4f, 2.0f, 0.25f);
+    assert_true(isfinite(l32) && l32 == l16);
+    for (int n = 0; n < DN; n++) {
+        uint16_t want_row[DV];
+        be->ops->round_bf16(be, want_row, z + n * DV, DV);
+        assert_memory_equal((const uint16_t *)z16 + 2 * n * DV, want_row, sizeof want_row);
+    }
     backend_destroy(be);
 }
 

@@ -287,6 +287,10 @@ static void op_distill(backend *be, outv *o)
     int32_t *tgt = dev_tokens(be, N, 122, V, 1);
     out_ret(o, be->ops->distill(be, z, t, tgt, N, V, 0.6f, 2.0f, 0.3f)); // z (N,V) overwritten by its gradient
     out_fetch(be, o, z, (size_t)(N * V));
+    float *z16 = dev_rand(be, (size_t)(N * V), 123, 2); /* bf16 gradient over the logits */
+    out_ret(o, be->ops->distill_16(be, z16, t, tgt, N, V, 0.6f, 2.0f, 0.3f));
+    out_fetch(be, o, z16, (size_t)(N * V));
+    be_free(be, z16);
     be_free(be, z), be_free(be, t), be_free(be, tgt);
 }
 
@@ -394,7 +398,7 @@ static const op_case op_cases[] = {
     {"attention_fwd/bwd", op_attention},
     {"swiglu_fwd/bwd/fwd_16", op_swiglu},
     {"xent_fwd/bwd/bwd_16", op_xent},
-    {"distill", op_distill},
+    {"distill/distill_16", op_distill},
     {"add2d", op_add2d},
     {"alloc_bf16/upload_bf16/widen_bf16", op_bf16},
     {"round_bf16/gemm_w16/gemm_16/upload_raw/download_raw", op_bf16_weights},
