@@ -1540,6 +1540,12 @@ extern "C" int backend_cuda_set_bf16_block(backend *be, size_t elems)
     return 0;
 }
 
+extern "C" size_t backend_cuda_bf16_copies_bytes(backend *be)
+{
+    if (!be || be->ops != &cuda_ops) return 0;
+    return sizeof(uint16_t) * (impl_of(be)->bf_a_n + impl_of(be)->bf_b_n);
+}
+
 extern "C" int backend_cuda_profile(backend *be, int on)
 {
     if (!be || be->ops != &cuda_ops) return -1;

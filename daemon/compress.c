@@ -96,7 +96,7 @@ static int build_plan(const run_ctx *r, const trainer *t, const llama_config *sm
 
 /* Before any weight is read: on a device of known size, the plan's total for this rank
  * must fit (else a clear error now instead of running out of memory later). */
-static int check_fit(run_ctx *r, const trainer *t, const llama_config *small, pc_err *e) {
+static int check_fit(run_ctx *r, trainer *t, const llama_config *small, pc_err *e) {
     size_t capacity = be_mem_total(r->be);
     if (capacity == 0 || !strcmp(r->cfg.run.mode, "importance")) return 0;
     plan p;
@@ -104,6 +104,8 @@ static int check_fit(run_ctx *r, const trainer *t, const llama_config *small, pc
     char device[160];
     snprintf(device, sizeof device, "the %s device (%s)", r->be->ops->name, r->be->info);
     int rc = plan_check_fit(&p, r->rank, (int64_t)capacity, device, e);
+    t->has_plan = 1;
+    t->plan_copies16 = p.gemm_bf16_bytes;
     if (rc == 0)
         LOGI(&r->log, "the plan needs %.1f of the device's %.1f GiB on this rank",
              (double)p.ranks[r->rank].total_bytes / 1073741824.0, (double)capacity / 1073741824.0);

@@ -357,23 +357,38 @@ static int64_t activation_bytes(const llama_config *s, const plan_opts *o) {
  * bf16 only, its products from bf16 operands. */
 static int bf16_teacher(const plan_opts *o) { return o->teacher && o->base_dtype_bytes == 2; }
 
+/* The widest input of a model's products: max(d, H hd, f). */
+static int64_t widest_input(const llama_config *c) {
+    return PC_MAX(max_d_ff(c), PC_MAX((int64_t)c->n_heads * c->head_dim, (int64_t)c->d_model));
+}
+
+/* The largest decoder-layer matrix as the model multiplies it: q|k|v ((H + 2 KV) hd, d) or
+ * gate|up (2 f, d) (o_proj and down_proj are no larger). */
+static int64_t widest_layer_matrix(const llama_config *c) {
+    return (int64_t)c->d_model * PC_MAX((int64_t)(c->n_heads + 2 * c->n_kv_heads) * c->head_dim, 2 * max_d_ff(c));
+}
+
 /* The two bf16 operand copies of the CUDA backend's bf16 products (backend_cuda.h), each
- * as large as the largest operand up to gemm_bf16_block elements: the model's operands are
- * N rows of at most max(2 f', (H + 2 KV) hd, d') columns (activations) and the dlogits
- * (logits_rows, V), the projections' at most a base slice, a bf16 teacher's N rows of at
- * most max(f, H hd, d). */
+ * as large as the largest operand rounded into it over the run (they only grow), up to
+ * gemm_bf16_block elements:
+ *   the trained model (weights_bf16): only the attention output (N, H hd) (the other
+ *     product inputs are stored in bf16, the output gradients rounded by the model, the
+ *     dlogits written in bf16);
+ *   the projections: at most a base slice;
+ *   a teacher with bf16 products: its inputs, N rows of at most max(f, H hd, d), and when
+ *     it is held in fp32 (an fp32 base) its matrices too, up to the head (V, d);
+ *   activation importance with bf16 products: the base layer run in fp32 (stream.h), its
+ *     inputs and its matrices. */
 static int64_t gemm_bf16_bytes(const plan *p, const plan_opts *o) {
     if (o->gemm_bf16_block <= 0) return 0;
-    const llama_config *s = &p->small;
+    const llama_config *s = &p->small, *b = &p->base;
     int64_t N = (int64_t)o->micro_batch * o->seq_len;
-    int64_t widest = PC_MAX(2 * max_d_ff(s),
-                            PC_MAX((int64_t)(s->n_heads + 2 * s->n_kv_heads) * s->head_dim, (int64_t)s->d_model));
-    int64_t largest = PC_MAX(N * widest, logits_rows(o) * s->vocab_size);
-    if (bf16_teacher(o)) { /* its inputs: (N, d), (N, H hd), (N, f) */
-        const llama_config *b = &p->base;
-        largest = PC_MAX(largest, N * PC_MAX(max_d_ff(b), PC_MAX((int64_t)b->n_heads * b->head_dim,
-                                                                 (int64_t)b->d_model)));
-    }
+    int64_t largest = o->weights_bf16 ? N * s->n_heads * s->head_dim : 0;
+    if (bf16_teacher(o) || (o->teacher && o->weights_bf16)) largest = PC_MAX(largest, N * widest_input(b));
+    if (o->teacher && o->weights_bf16 && !bf16_teacher(o))
+        largest = PC_MAX(largest, PC_MAX((int64_t)b->vocab_size * b->d_model, widest_layer_matrix(b)));
+    if (o->importance_act && o->weights_bf16)
+        largest = PC_MAX(largest, PC_MAX(N * widest_input(b), widest_layer_matrix(b)));
     for (int i = 0; i < p->n_blocks; i++)
         largest = PC_MAX(largest, p->blocks[i].base_rows * p->blocks[i].base_cols);
     return 2 * 2 * PC_MIN(largest, o->gemm_bf16_block);
@@ -783,6 +798,7 @@ void plan_opts_from_config(const pc_config *c, plan_opts *o) {
     o->compute_dtype_bytes = 4; /* every backend computes in fp32 */
     o->base_dtype_bytes = !strcmp(c->model.dtype, "bf16") ? 2 : 4;
     o->teacher = c->distill.enabled;
+    o->importance_act = !strcmp(c->compress.importance, "activation");
     o->recompute = c->train.activation_checkpointing;
     o->logits_chunk = c->train.logits_chunk;
     o->weights_bf16 = !strcmp(c->backend.matmul, "bf16");

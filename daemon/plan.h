@@ -42,6 +42,8 @@ typedef struct plan_opts {
     int attn_tt;               /* 1: attention materialises (T,T) f32 score matrices, one head at a time (cpu) */
     int64_t split_bytes;       /* split a matrix above this many bytes; 0: total / world / 2 */
     int teacher;               /* distill: every rank also holds the base as a forward-only teacher */
+    int importance_act;        /* compress.importance activation: the base streamed a layer at a time
+                                * (fp32 weights) before training */
     int recompute;             /* train.activation_checkpointing: layer inputs + one layer's activations */
     int logits_chunk;          /* train.logits_chunk: (chunk, V) logits instead of (B*T, V); 0: whole */
     int weights_bf16;          /* backend.matmul bf16: a bf16 copy of W_C beside it, gathered in bf16 */

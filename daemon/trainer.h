@@ -51,6 +51,8 @@ struct trainer {
     llama_model teacher;    /* distill: the frozen base, forward only */
     int has_teacher;
     double proj_flops;      /* per step */
+    int has_plan;           /* the plan was checked against the device (check_fit): */
+    int64_t plan_copies16;  /* its CUDA bf16 operand copies on this rank, bytes */
     int reduce_per_backward; /* compress.shard_grads: reduce_grads after every backward, on_grads on each */
     struct {                /* backend.overlap_comm: the model's hooks, called from inside its passes */
         int gather;         /* begin_step only begins the W_C gather: the first forward completes it */

@@ -18,11 +18,14 @@ comm (cuda/comm_nccl.c) on NCCL's API emulated with MPI (nccl_emu.c).
 - distillation from a bf16 teacher (model.dtype bf16): losses within 1e-3 of the CPU's,
   with an fp32 student and with bf16 products (the student's dlogits written in bf16 by
   distill_16);
+- the CUDA backend's bf16 operand copies at the end of each bf16 run, on every rank:
+  used (non-zero) and within what the plan counts for them;
 - the log names the emulated device;
 - PC_CUDA_PROFILE=1: the prune run again prints the op profile on stderr at exit (the
   products, the optimizer, the loss), with the unprofiled run's losses and grad norms,
   bit for bit."""
 import os
+import re
 import sys
 
 import numpy as np
@@ -60,6 +63,15 @@ def main():
         return d
 
     nccl = "backend.comm=nccl"
+
+    def copies_within_plan(d, np_):
+        for rank in range(np_):
+            log = open(os.path.join(d, "logs", f"rank-{rank:05d}.log")).read()
+            m = re.search(r"bf16 operand copies: (\d+) bytes here \(plan: (\d+)\)", log)
+            pclib.check(m is not None and 0 < int(m.group(1)) <= int(m.group(2)),
+                        f"{os.path.basename(d)} rank {rank}: bf16 operand copies "
+                        f"{m.group(0) if m else 'not logged'} (used, within the plan)")
+
     for mode, np_, sets in [("compress", 1, []), ("prune", 1, ["run.mode=prune"]),
                             ("compress-split", 2, ["compress.split_mb=0.01"])]:
         cpu, emu = run(f"{mode}-cpu", np_, False, *sets), run(f"{mode}-emu", np_, True, *sets, nccl)
@@ -90,6 +102,7 @@ def main():
     # the products reading the bf16 weight copy; against the CPU backend's bf16 run
     sets = ["compress.split_mb=0.01", "backend.matmul=bf16"]
     a = pclib.run_arrays(run("bf16-emu", 2, True, *sets, nccl))
+    copies_within_plan(os.path.join(root, "bf16-emu"), 2)
     b = pclib.run_arrays(run("bf16-cpu", 2, False, *sets))
     f32 = pclib.run_arrays(os.path.join(root, "compress-split-emu"))
     rel = np.max(np.abs(a[0] - b[0]) / np.abs(b[0]))
@@ -97,6 +110,7 @@ def main():
                 f"bf16 weights np2: emulated CUDA vs CPU losses max rel {rel:.2e} < 1e-3 (and not the fp32 run's)")
     sets.append("compress.shard_grads=true")
     a = pclib.run_arrays(run("shard-bf16-emu", 2, True, *sets, nccl))
+    copies_within_plan(os.path.join(root, "shard-bf16-emu"), 2)
     b = pclib.run_arrays(run("shard-bf16-cpu", 2, False, *sets))
     rel = np.max(np.abs(a[0] - b[0]) / np.abs(b[0]))
     pclib.check(rel < 1e-3, f"sharded G, bf16 weights np2: emulated CUDA vs CPU losses max rel {rel:.2e} < 1e-3")
@@ -111,6 +125,7 @@ def main():
     sets += ["backend.matmul=bf16"]
     a, b = pclib.run_arrays(run("distill-mm16-emu", 1, True, *sets)), pclib.run_arrays(run("distill-mm16-cpu", 1,
                                                                                            False, *sets))
+    copies_within_plan(os.path.join(root, "distill-mm16-emu"), 1)
     rel = np.max(np.abs(a[0] - b[0]) / np.abs(b[0]))
     pclib.check(rel < 1e-3, f"bf16 teacher, bf16 products: emulated CUDA vs CPU losses max rel {rel:.2e} < 1e-3")
     return 0

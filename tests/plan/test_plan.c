@@ -780,14 +780,18 @@ static void test_weights_bf16(void **state) {
     char *text = plan_text(&h);
     assert_non_null(strstr(text, "  weights_bf16 1  "));
     free(text);
-    /* on cuda the two bf16 operand copies: the 8B's dlogits (4096 x 128256) exceed the
-     * block bound, so each copy holds exactly BACKEND_CUDA_BF16_BLOCK elements */
+    /* on cuda the two bf16 operand copies, each as large as the largest operand rounded
+     * into it: the 8B's largest fp32 base slice (its MLP matrices are whole here), above
+     * the attention output (2 x 2048 tokens, 32 heads of 128) and below the block bound */
     plan g;
     o.gemm_bf16_block = (int64_t)BACKEND_CUDA_BF16_BLOCK;
     assert_int_equal(plan_build(&g, &base, &small, 16, &o, NULL), 0);
+    int64_t slice = 0, att = (int64_t)2 * 2048 * 32 * 128;
+    for (int i = 0; i < g.n_blocks; i++) slice = PC_MAX(slice, g.blocks[i].base_rows * g.blocks[i].base_cols);
+    assert_true(slice == (int64_t)14336 * 4096 && att < slice && slice < (int64_t)BACKEND_CUDA_BF16_BLOCK);
     for (int r = 0; r < 16; r++) {
-        assert_int_equal(g.ranks[r].scratch_bytes - h.ranks[r].scratch_bytes, 2 * 2 * (int64_t)BACKEND_CUDA_BF16_BLOCK);
-        assert_int_equal(g.ranks[r].total_bytes - h.ranks[r].total_bytes, 2 * 2 * (int64_t)BACKEND_CUDA_BF16_BLOCK);
+        assert_int_equal(g.ranks[r].scratch_bytes - h.ranks[r].scratch_bytes, 2 * 2 * slice);
+        assert_int_equal(g.ranks[r].total_bytes - h.ranks[r].total_bytes, 2 * 2 * slice);
     }
     plan_free(&g);
     plan_free(&f);
@@ -795,19 +799,46 @@ static void test_weights_bf16(void **state) {
 
     static llama_config tb, ts;
     load_case(&MODELS[4], &tb, &ts);
-    /* a bound above every operand: the copies are as large as the largest operand, at
-     * least the dlogits (N, V) and the embedding's base slice (V, d) */
-    o.split_bytes = 0, o.micro_batch = 3, o.seq_len = 16;
-    o.gemm_bf16_block = 0;
-    assert_int_equal(plan_build(&f, &tb, &ts, 2, &o, NULL), 0);
-    o.gemm_bf16_block = (int64_t)1 << 40;
-    assert_int_equal(plan_build(&g, &tb, &ts, 2, &o, NULL), 0);
-    int64_t copies = g.ranks[0].scratch_bytes - f.ranks[0].scratch_bytes;
-    assert_true(copies >= 4 * (int64_t)48 * ts.vocab_size && copies >= 4 * (int64_t)tb.vocab_size * tb.d_model);
-    assert_true(copies < 4 * ((int64_t)1 << 40));
-    assert_int_equal(g.ranks[1].scratch_bytes - f.ranks[1].scratch_bytes, copies);
-    plan_free(&f);
-    plan_free(&g);
+    /* a bound above every operand: the copies are as large as the largest operand, the
+     * largest base slice (whole matrices here) with 3 x 16 tokens, the attention output
+     * (N, H hd) with 64 x 64 (the dlogits (N, V), larger, are never rounded there) */
+    o.split_bytes = 0;
+    for (int big = 0; big < 2; big++) {
+        o.micro_batch = big ? 64 : 3, o.seq_len = big ? 64 : 16, o.gemm_bf16_block = 0;
+        assert_int_equal(plan_build(&f, &tb, &ts, 2, &o, NULL), 0);
+        o.gemm_bf16_block = (int64_t)1 << 40;
+        assert_int_equal(plan_build(&g, &tb, &ts, 2, &o, NULL), 0);
+        int64_t N = (int64_t)o.micro_batch * o.seq_len, whole = 0;
+        for (int i = 0; i < g.n_blocks; i++) whole = PC_MAX(whole, g.blocks[i].base_rows * g.blocks[i].base_cols);
+        assert_int_equal(whole, (int64_t)tb.d_model * PC_MAX(tb.vocab_size, tb.d_ff));
+        int64_t att = N * ts.n_heads * ts.head_dim, copies = g.ranks[0].scratch_bytes - f.ranks[0].scratch_bytes;
+        assert_true(big ? att > whole : att < whole);
+        assert_true(!big || (int64_t)N * ts.vocab_size > att); /* the dlogits: larger, not counted */
+        assert_int_equal(copies, 4 * PC_MAX(att, whole));
+        assert_int_equal(g.ranks[1].scratch_bytes - f.ranks[1].scratch_bytes, copies);
+        plan_free(&f);
+        plan_free(&g);
+    }
+    /* before training, activation importance runs the base's layers in fp32 under bf16
+     * products, and an fp32 teacher runs in fp32 too: their matrices are rounded, the
+     * widest a fused gate|up (2 f, d) of the base, or the teacher's head (V, d) */
+    o.micro_batch = 3, o.seq_len = 16;
+    int64_t fused = (int64_t)tb.d_model * PC_MAX(2 * tb.d_ff, (tb.n_heads + 2 * tb.n_kv_heads) * tb.head_dim);
+    int64_t head = (int64_t)tb.vocab_size * tb.d_model;
+    for (int k = 0; k < 3; k++) { /* importance; fp32 teacher; bf16 teacher (its inputs only) */
+        o.importance_act = k == 0, o.teacher = k > 0, o.base_dtype_bytes = k == 2 ? 2 : 4, o.gemm_bf16_block = 0;
+        assert_int_equal(plan_build(&f, &tb, &ts, 2, &o, NULL), 0);
+        o.gemm_bf16_block = (int64_t)1 << 40;
+        assert_int_equal(plan_build(&g, &tb, &ts, 2, &o, NULL), 0);
+        int64_t whole = 0;
+        for (int i = 0; i < g.n_blocks; i++) whole = PC_MAX(whole, g.blocks[i].base_rows * g.blocks[i].base_cols);
+        int64_t want = k == 0 ? fused : k == 1 ? PC_MAX(fused, head) : whole;
+        assert_true(want >= whole && (k == 2 || want > whole));
+        assert_int_equal(g.ranks[0].scratch_bytes - f.ranks[0].scratch_bytes, 4 * want);
+        plan_free(&f);
+        plan_free(&g);
+    }
+    o.importance_act = 0, o.teacher = 0, o.base_dtype_bytes = 2;
     /* the model's bf16 copy, and for a trainable model its product inputs in bf16 only and
      * the backward's bf16 operands: what the plan's activations count more (or less) with
      * weights_bf16, exactly, with every layer's activations and with recomputation, over an
