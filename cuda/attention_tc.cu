@@ -21,6 +21,8 @@
  * dS = P (dO.v - D). */
 #include "attention_tc.h"
 
+#include <stdint.h>
+
 #include "attention_tc_kernels.cuh"
 #include "cuda_check.h"
 #include "launch.h"
@@ -31,6 +33,11 @@ extern "C" int attn_tc_supported(int hd, size_t smem_optin)
 {
     return hd > 0 && hd <= ATC_HD_MAX && hd % 16 == 0 && atc_dkv_smem(hd) <= smem_optin &&
            atc_dq_smem(hd) <= smem_optin && atc_fwd_smem(hd) <= smem_optin;
+}
+
+extern "C" int attn_tc_aligned(size_t ld, const float *q, const float *k, const float *v, const float *dout)
+{
+    return ld % 4 == 0 && ((uintptr_t)q | (uintptr_t)k | (uintptr_t)v | (uintptr_t)dout) % 16 == 0;
 }
 
 /* Opt a kernel into `bytes` of dynamic shared memory (beyond the default 48 KB). */

@@ -14,6 +14,9 @@ extern "C" {
 /* Whether the kernels take head_dim hd on a device with smem_optin bytes of shared memory
  * per block (cudaDeviceProp.sharedMemPerBlockOptin): hd a multiple of 16, at most 128. */
 int attn_tc_supported(int hd, size_t smem_optin);
+/* Whether q, k, v (row stride ld floats) and dout (row stride H*hd, or NULL) allow the
+ * kernels' 16-byte loads: each pointer 16-byte aligned, ld a multiple of 4. */
+int attn_tc_aligned(size_t ld, const float *q, const float *k, const float *v, const float *dout);
 /* out (B,T,H,hd) row stride H*hd, lse (B,H,T) from q (B,T,H,hd), k, v (B,T,KV,hd), rows
  * of stride ld; queued on stream s. */
 void attn_tc_fwd(cudaStream_t s, float *out, float *lse, const float *q, const float *k, const float *v, int B, int T,

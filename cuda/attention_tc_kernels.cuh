@@ -26,13 +26,55 @@ typedef wmma::fragment<wmma::matrix_b, 16, 16, 16, bf16, wmma::col_major> frag_b
 typedef wmma::fragment<wmma::accumulator, 16, 16, 16, float> frag_c;
 
 
-/* rows x hd of a (T, hd) head view (row stride ld) from row r0 into a bf16 tile of row
- * stride dst_ld; rows at or past T are zero. All threads of the block take part. */
-__device__ void atc_load(bf16 *dst, int dst_ld, const float *src, size_t ld, int r0, int rows, int T, int hd)
+#ifndef PC_SIMT_EMU
+/* 16 bytes at p (16-byte aligned: attn_tc_aligned). */
+__device__ __forceinline__ float4 atc_ld4(const float *p) { return *(const float4 *)p; }
+#define ATC_UNROLL _Pragma("unroll")
+#else
+#define atc_ld4 emu_ld4
+#define ATC_UNROLL
+#endif
+
+/* A tile to load: rows of a (T, hd) head view at src (row stride ld) into a bf16 tile at
+ * dst; src NULL: none. */
+struct atc_src {
+    bf16 *dst;
+    const float *src;
+    size_t ld;
+};
+
+/* rows x hd of one or two head views (a, b) from row r0 into bf16 tiles of row stride
+ * dst_ld; rows at or past T are zero. All threads of the block take part, each issuing its
+ * ATC_LOAD_BATCH 16-byte loads of both tiles before it converts and stores any, so that
+ * the loads are in flight together (one after another, each would wait out the memory's
+ * latency). hd is a multiple of 4, the sources and their ld 16-byte aligned. */
+#define ATC_LOAD_BATCH 8
+__device__ void atc_load(atc_src a, atc_src b, int dst_ld, int r0, int rows, int T, int hd)
 {
-    for (int idx = threadIdx.x; idx < rows * hd; idx += blockDim.x) {
-        const int r = idx / hd, c = idx % hd;
-        dst[r * dst_ld + c] = __float2bfloat16_rn(r0 + r < T ? src[(size_t)(r0 + r) * ld + c] : 0.0f);
+    const atc_src t[2] = {a, b};
+    const int vpr = hd >> 2, n = rows * vpr; /* 4-float vectors per row, in a tile */
+    for (int v0 = 0; v0 < n; v0 += ATC_LOAD_BATCH * (int)blockDim.x) {
+        float4 x[2][ATC_LOAD_BATCH];
+        ATC_UNROLL
+        for (int u = 0; u < 2 * ATC_LOAD_BATCH; u++) {
+            const int j = u / ATC_LOAD_BATCH, idx = v0 + (u % ATC_LOAD_BATCH) * (int)blockDim.x + (int)threadIdx.x;
+            const int r = idx / vpr;
+            x[j][u % ATC_LOAD_BATCH] = t[j].src && idx < n && r0 + r < T
+                                           ? atc_ld4(t[j].src + (size_t)(r0 + r) * t[j].ld + (idx - r * vpr) * 4)
+                                           : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+        }
+        ATC_UNROLL
+        for (int u = 0; u < 2 * ATC_LOAD_BATCH; u++) {
+            const int j = u / ATC_LOAD_BATCH, idx = v0 + (u % ATC_LOAD_BATCH) * (int)blockDim.x + (int)threadIdx.x;
+            const int r = idx / vpr;
+            if (!t[j].src || idx >= n) continue;
+            const float4 v = x[j][u % ATC_LOAD_BATCH];
+            bf16 *d = t[j].dst + r * dst_ld + (idx - r * vpr) * 4;
+            d[0] = __float2bfloat16_rn(v.x);
+            d[1] = __float2bfloat16_rn(v.y);
+            d[2] = __float2bfloat16_rn(v.z);
+            d[3] = __float2bfloat16_rn(v.w);
+        }
     }
 }
 
@@ -104,11 +146,12 @@ __global__ void k_atc_fwd(float *out, float *lse, const float *q, const float *k
 
     const int b = blockIdx.z, h = blockIdx.y, g = h / (H / KV);
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-    const int q0 = blockIdx.x * ATC_ROWS, last = min(T - 1, q0 + ATC_ROWS - 1);
+    /* the longest rows (most key tiles) first, so that the short ones fill the last wave */
+    const int q0 = (gridDim.x - 1 - blockIdx.x) * ATC_ROWS, last = min(T - 1, q0 + ATC_ROWS - 1);
     const size_t base = (size_t)b * T * ld;
     const float *qh = q + base + (size_t)h * hd, *kh = k + base + (size_t)g * hd, *vh = v + base + (size_t)g * hd;
 
-    atc_load(Qs, ldh, qh, ld, q0, ATC_ROWS, T, hd);
+    atc_load({Qs, qh, (size_t)ld}, {}, ldh, q0, ATC_ROWS, T, hd);
     for (int idx = threadIdx.x; idx < ATC_ROWS * ldo; idx += blockDim.x) Os[idx] = 0.0f;
 
     /* lane owns half (c_half) of row r_w of its warp's 16 rows */
@@ -119,8 +162,7 @@ __global__ void k_atc_fwd(float *out, float *lse, const float *q, const float *k
 
     for (int k0 = 0; k0 <= last; k0 += ATC_TILE) {
         __syncthreads(); /* the previous tiles are consumed; Q and O are written */
-        atc_load(Ks, ldh, kh, ld, k0, ATC_TILE, T, hd);
-        atc_load(Vs, ldh, vh, ld, k0, ATC_TILE, T, hd);
+        atc_load({Ks, kh, (size_t)ld}, {Vs, vh, (size_t)ld}, ldh, k0, ATC_TILE, T, hd);
         __syncthreads();
         if (k0 > q0 + warp * 16 + 15) continue; /* warp-uniform: every key of the tile is after the warp's rows */
         atc_mma(S_w, lds, Qs + warp * 16 * ldh, ldh, Ks, ldh, 1, hd, ATC_TILE / 16, 0); /* S = Q K^T (16, 64) */
@@ -209,14 +251,14 @@ __global__ void k_atc_dq(float *dq, const float *dout, const float *lse, const f
 
     const int b = blockIdx.z, h = blockIdx.y, g = h / (H / KV);
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-    const int q0 = blockIdx.x * ATC_ROWS, last = min(T - 1, q0 + ATC_ROWS - 1);
+    /* the longest rows (most key tiles) first, so that the short ones fill the last wave */
+    const int q0 = (gridDim.x - 1 - blockIdx.x) * ATC_ROWS, last = min(T - 1, q0 + ATC_ROWS - 1);
     const size_t base = (size_t)b * T * ld;
     const int ld_out = H * hd;
     const float *qh = q + base + (size_t)h * hd, *kh = k + base + (size_t)g * hd, *vh = v + base + (size_t)g * hd;
     const float *doh = dout + (size_t)b * T * ld_out + (size_t)h * hd;
 
-    atc_load(Qs, ldh, qh, ld, q0, ATC_ROWS, T, hd);
-    atc_load(dOs, ldh, doh, ld_out, q0, ATC_ROWS, T, hd);
+    atc_load({Qs, qh, (size_t)ld}, {dOs, doh, (size_t)ld_out}, ldh, q0, ATC_ROWS, T, hd);
     for (int idx = threadIdx.x; idx < ATC_ROWS * ldo; idx += blockDim.x) dQs[idx] = 0.0f;
     for (int r = threadIdx.x; r < ATC_ROWS; r += blockDim.x) {
         const int i = q0 + r;
@@ -226,8 +268,7 @@ __global__ void k_atc_dq(float *dq, const float *dout, const float *lse, const f
     const int w0 = warp * 16;
     for (int k0 = 0; k0 <= last; k0 += ATC_TILE) {
         __syncthreads();
-        atc_load(Ks, ldh, kh, ld, k0, ATC_TILE, T, hd);
-        atc_load(Vs, ldh, vh, ld, k0, ATC_TILE, T, hd);
+        atc_load({Ks, kh, (size_t)ld}, {Vs, vh, (size_t)ld}, ldh, k0, ATC_TILE, T, hd);
         __syncthreads();
         if (k0 > q0 + w0 + 15) continue; /* warp-uniform */
         atc_mma(Ss + w0 * lds, lds, Qs + w0 * ldh, ldh, Ks, ldh, 1, hd, ATC_TILE / 16, 0);   /* S = Q K^T */
@@ -280,8 +321,7 @@ __global__ void k_atc_dkv(float *dk, float *dv, const float *dout, const float *
     const int ld_out = H * hd;
     const float *kh = k + base + (size_t)g * hd, *vh = v + base + (size_t)g * hd;
 
-    atc_load(Ks, ldh, kh, ld, k0, ATC_ROWS, T, hd);
-    atc_load(Vs, ldh, vh, ld, k0, ATC_ROWS, T, hd);
+    atc_load({Ks, kh, (size_t)ld}, {Vs, vh, (size_t)ld}, ldh, k0, ATC_ROWS, T, hd);
     for (int idx = threadIdx.x; idx < ATC_ROWS * ldo; idx += blockDim.x) dKs[idx] = dVs[idx] = 0.0f;
     const int w0 = warp * 16;
     for (int h = g * group; h < (g + 1) * group; h++) {
@@ -289,8 +329,7 @@ __global__ void k_atc_dkv(float *dk, float *dv, const float *dout, const float *
         const float *doh = dout + (size_t)b * T * ld_out + (size_t)h * hd;
         for (int i0 = k0; i0 < T; i0 += ATC_TILE) { /* query tiles at or after the key tile (aligned: 64 = 64) */
             __syncthreads();
-            atc_load(Qs, ldh, qh, ld, i0, ATC_TILE, T, hd);
-            atc_load(dOs, ldh, doh, ld_out, i0, ATC_TILE, T, hd);
+            atc_load({Qs, qh, (size_t)ld}, {dOs, doh, (size_t)ld_out}, ldh, i0, ATC_TILE, T, hd);
             for (int r = threadIdx.x; r < ATC_TILE; r += blockDim.x) {
                 const int i = i0 + r;
                 lse_s[r] = i < T ? lse[((size_t)b * H + h) * T + i] : 0.0f;

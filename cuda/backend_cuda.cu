@@ -973,9 +973,13 @@ static void check_attention_shape(int H, int KV, int hd)
     }
 }
 
-/* Attention at head_dim hd goes to attention_tc.cu (backend_cuda_set_attention, and a
- * shape and device it takes). */
-static int on_tensor_cores(const cuda_impl *c, int hd) { return c->attn_bf16 && attn_tc_supported(hd, c->smem_optin); }
+/* Attention goes to attention_tc.cu (backend_cuda_set_attention, and a shape, device and
+ * alignment it takes: q, k, v rows of stride ld, dout or NULL). */
+static int on_tensor_cores(const cuda_impl *c, int hd, int ld, const float *q, const float *k, const float *v,
+                           const float *dout)
+{
+    return c->attn_bf16 && attn_tc_supported(hd, c->smem_optin) && attn_tc_aligned((size_t)ld, q, k, v, dout);
+}
 
 /* FLOPs of causal attention's forward products, S = QK^T and O = PV over the T(T+1)/2
  * (query, key) pairs of each head: 2 products x 2 FLOPs x hd per pair */
@@ -987,7 +991,7 @@ static void cu_attention_fwd(backend *be, float *out, float *lse, const float *q
     if (B <= 0 || T <= 0 || H <= 0) return;
     check_attention_shape(H, KV, hd);
     cuda_impl *c = impl_of(be);
-    const int tc = on_tensor_cores(c, hd);
+    const int tc = on_tensor_cores(c, hd, ld, q, k, v, NULL);
     PROF_BEGIN(c, tc ? "attention_fwd bf16" : "attention_fwd fp32", attention_flops(B, T, H, hd), 0);
     if (tc) {
         attn_tc_fwd(c->stream, out, lse, q, k, v, B, T, H, KV, hd, ld);
@@ -1012,7 +1016,7 @@ static void cu_attention_bwd(backend *be, float *dq, float *dk, float *dv, const
     size_t rows = (size_t)B * T * H;
     grow_f32(c, &c->att_d, &c->att_d_n, rows);
     const unsigned g_dsum = (unsigned)((rows * 32 + 255) / 256); /* a warp per (b, t, h) row */
-    const int tc = on_tensor_cores(c, hd);
+    const int tc = on_tensor_cores(c, hd, ld, q, k, v, dout);
     /* FLOPs: the 5 products of a flash backward (S recomputed, dV, dP, dQ, dK), 2.5 forwards */
     PROF_BEGIN(c, tc ? "attention_bwd bf16" : "attention_bwd fp32", 2.5 * attention_flops(B, T, H, hd), 0);
     PC_LAUNCH(k_attention_dsum, g_dsum, 256, 0, c->stream)(c->att_d, dout, out, B, T, H, hd);

@@ -252,6 +252,24 @@ inline float __uint_as_float(unsigned u)
 }
 inline char *atc_smem_base() { return emu.smem; }
 
+/* CUDA's 16-byte vector, and a 16-byte load, which a GPU refuses from an address that is
+ * not 16-byte aligned. */
+struct alignas(16) float4 {
+    float x, y, z, w;
+};
+inline float4 make_float4(float x, float y, float z, float w) { return float4{x, y, z, w}; }
+inline float4 emu_ld4(const float *p)
+{
+    if ((uintptr_t)p % 16 != 0) {
+        char msg[96];
+        std::snprintf(msg, sizeof msg, "16-byte load from %p, not 16-byte aligned", (const void *)p);
+        emu_fail(msg);
+    }
+    float4 r;
+    std::memcpy(&r, p, sizeof r);
+    return r;
+}
+
 /* bf16 as its bit pattern; conversion rounds to nearest even, as __float2bfloat16_rn. */
 struct __nv_bfloat16 {
     uint16_t bits;

@@ -2,7 +2,7 @@
  * refuses"), so that the emu suite can fail where a GPU would: launches outside CUDA's
  * limits fail through cudaGetLastError and do not run; dynamic shared memory above 48 KiB
  * needs the kernel's attribute; writes outside a device buffer, copies and cuBLAS operands
- * past one, and misaligned WMMA operands abort (checked in a child process, by its signal
+ * past one, misaligned WMMA operands and 16-byte loads abort (checked in a child process, by its signal
  * and message); a read past a buffer reads a huge negative number, not a plausible value;
  * work put on a stream runs when it is synchronized, not before, and its events complete
  * with it. Also that correct uses of the same calls pass. */
@@ -157,6 +157,27 @@ static void wmma()
     cudaFree(out);
 }
 
+/* out[0] = sum of the 4 floats at x + offset, by a 16-byte load */
+__global__ void k_ld4(float *out, const float *x, int offset)
+{
+    const float4 v = emu_ld4(x + offset);
+    out[0] = v.x + v.y + v.z + v.w;
+}
+
+static void vector_loads()
+{
+    float *x, *out;
+    cudaMalloc((void **)&x, 8 * sizeof *x);
+    cudaMalloc((void **)&out, sizeof *out);
+    for (int i = 0; i < 8; i++) x[i] = (float)i;
+    PC_LAUNCH(k_ld4, 1, 1, 0, nullptr)(out, x, 4);
+    check(out[0] == 4.0f + 5.0f + 6.0f + 7.0f, "16-byte load from a 16-byte aligned address");
+    check(aborts_with([&] { PC_LAUNCH(k_ld4, 1, 1, 0, nullptr)(out, x, 2); }, "not 16-byte aligned"),
+          "16-byte load from an 8-byte aligned address aborts");
+    cudaFree(x);
+    cudaFree(out);
+}
+
 static void cublas()
 {
     cublasHandle_t h;
@@ -268,6 +289,7 @@ int main()
     launch_limits();
     memory();
     wmma();
+    vector_loads();
     cublas();
     streams();
     events();
