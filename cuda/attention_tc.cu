@@ -1,6 +1,6 @@
-/* attention_tc: causal GQA attention on bf16 tensor cores (WMMA m16n16k16, fp32
- * accumulation), flash style: no (T,T) matrix is ever held, only one 64 x 64 tile of
- * scores per block in shared memory.
+/* attention_tc: causal GQA attention on bf16 tensor cores (mma.sync m16n8k16, fp32
+ * accumulation), flash style: no (T,T) matrix is ever held; scores, probabilities and
+ * accumulators live in registers.
  *
  * The backend uses it when backend.attention is bf16 (backend_cuda.cu); the products
  * QK^T, PV, dO V^T, dS K, P^T dO and dS^T Q take bf16-rounded inputs (q, k, v, dO and the
@@ -9,10 +9,13 @@
  * stride ld, token-major (b*T + t); out (B,T,H,hd) with row stride H*hd; lse (B,H,T).
  *
  * Blocks of ATC_WARPS warps; each warp owns 16 rows of the block's 64 (query rows in the
- * forward pass and dQ, key rows in dK/dV), so a warp's scores, probabilities and
- * accumulators are private to it and only the shared K/V (or Q/dO) tiles need block
- * barriers. Accumulators live in shared memory as fp32 (WMMA fragments have no row
- * layout one could rescale in registers) and pass through fragments for each product.
+ * forward pass and dQ, key rows in dK/dV). The block loads the shared 64-row tiles it walks
+ * over (K and V, or Q and dO) from fp32 into bf16 shared memory, row-major for a product's
+ * right operand read as B = Y^T and transposed where it is read as B = Y; a warp keeps its
+ * own rows' operands and its accumulators in the fragments PTX documents for mma.m16n8k16,
+ * whose accumulator layout is that of an A operand's halves, so a tile's scores become
+ * the A operand of the next product (P V, dS K, P^T dO, dS^T Q) in registers, and the
+ * online softmax rescales the output accumulator in place.
  * Forward (per (b, h, query tile)): for each key tile up to the diagonal, S = Q K^T,
  * online softmax (running max m and sum l per row, O rescaled by exp(m_old - m_new)),
  * O += P V; at the end out = O / l, lse = m + log l. Backward, as the fp32 kernels: dQ per
@@ -22,6 +25,8 @@
 #include "attention_tc.h"
 
 #include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
 
 #include "attention_tc_kernels.cuh"
 #include "cuda_check.h"
@@ -46,28 +51,58 @@ static void atc_smem(const void *kernel, size_t bytes)
     CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)bytes));
 }
 
+/* The kernels are compiled for each head_dim (the fragments live in registers, sized at
+ * compile time): F<hd>(args...) for hd = 16, 32, ..., ATC_HD_MAX. */
+#define ATC_DISPATCH(F, hd, ...)                                                                            \
+    switch (hd) {                                                                                          \
+    case 16: F<16>(__VA_ARGS__); break;                                                                    \
+    case 32: F<32>(__VA_ARGS__); break;                                                                    \
+    case 48: F<48>(__VA_ARGS__); break;                                                                    \
+    case 64: F<64>(__VA_ARGS__); break;                                                                    \
+    case 80: F<80>(__VA_ARGS__); break;                                                                    \
+    case 96: F<96>(__VA_ARGS__); break;                                                                    \
+    case 112: F<112>(__VA_ARGS__); break;                                                                  \
+    case 128: F<128>(__VA_ARGS__); break;                                                                  \
+    default: fprintf(stderr, "attention_tc: head_dim %d is not a multiple of 16 up to %d\n", hd, ATC_HD_MAX); \
+             abort();                                                                                      \
+    }
+
+template <int HD>
+static void atc_fwd(cudaStream_t s, float *out, float *lse, const float *q, const float *k, const float *v, int B,
+                    int T, int H, int KV, int ld)
+{
+    const size_t bytes = atc_fwd_smem(HD);
+    atc_smem((const void *)k_atc_fwd<HD>, bytes);
+    dim3 grid((unsigned)((T + ATC_ROWS - 1) / ATC_ROWS), (unsigned)H, (unsigned)B);
+    PC_LAUNCH(k_atc_fwd<HD>, grid, ATC_WARPS * 32, bytes, s)(out, lse, q, k, v, T, H, KV, ld, 1.0f / sqrtf((float)HD));
+    CUDA_CHECK(cudaGetLastError());
+}
+
+template <int HD>
+static void atc_bwd(cudaStream_t s, float *dq, float *dk, float *dv, const float *dout, const float *lse,
+                    const float *D, const float *q, const float *k, const float *v, int B, int T, int H, int KV, int ld)
+{
+    const float scale = 1.0f / sqrtf((float)HD);
+    const size_t b_dq = atc_dq_smem(HD), b_dkv = atc_dkv_smem(HD);
+    atc_smem((const void *)k_atc_dq<HD>, b_dq);
+    atc_smem((const void *)k_atc_dkv<HD>, b_dkv);
+    dim3 gq((unsigned)((T + ATC_ROWS - 1) / ATC_ROWS), (unsigned)H, (unsigned)B);
+    PC_LAUNCH(k_atc_dq<HD>, gq, ATC_WARPS * 32, b_dq, s)(dq, dout, lse, D, q, k, v, T, H, KV, ld, scale);
+    CUDA_CHECK(cudaGetLastError());
+    dim3 gkv((unsigned)((T + ATC_ROWS - 1) / ATC_ROWS), (unsigned)KV, (unsigned)B);
+    PC_LAUNCH(k_atc_dkv<HD>, gkv, ATC_WARPS * 32, b_dkv, s)(dk, dv, dout, lse, D, q, k, v, T, H, KV, ld, scale);
+    CUDA_CHECK(cudaGetLastError());
+}
+
 extern "C" void attn_tc_fwd(cudaStream_t s, float *out, float *lse, const float *q, const float *k, const float *v,
                             int B, int T, int H, int KV, int hd, int ld)
 {
-    const size_t bytes = atc_fwd_smem(hd);
-    atc_smem((const void *)k_atc_fwd, bytes);
-    dim3 grid((unsigned)((T + ATC_ROWS - 1) / ATC_ROWS), (unsigned)H, (unsigned)B);
-    PC_LAUNCH(k_atc_fwd, grid, ATC_WARPS * 32, bytes, s)(out, lse, q, k, v, T, H, KV, hd, ld, 1.0f / sqrtf((float)hd));
-    CUDA_CHECK(cudaGetLastError());
+    ATC_DISPATCH(atc_fwd, hd, s, out, lse, q, k, v, B, T, H, KV, ld)
 }
 
 extern "C" void attn_tc_bwd(cudaStream_t s, float *dq, float *dk, float *dv, const float *dout, const float *lse,
                             const float *D, const float *q, const float *k, const float *v, int B, int T, int H, int KV,
                             int hd, int ld)
 {
-    const float scale = 1.0f / sqrtf((float)hd);
-    const size_t b_dq = atc_dq_smem(hd), b_dkv = atc_dkv_smem(hd);
-    atc_smem((const void *)k_atc_dq, b_dq);
-    atc_smem((const void *)k_atc_dkv, b_dkv);
-    dim3 gq((unsigned)((T + ATC_ROWS - 1) / ATC_ROWS), (unsigned)H, (unsigned)B);
-    PC_LAUNCH(k_atc_dq, gq, ATC_WARPS * 32, b_dq, s)(dq, dout, lse, D, q, k, v, T, H, KV, hd, ld, scale);
-    CUDA_CHECK(cudaGetLastError());
-    dim3 gkv((unsigned)((T + ATC_ROWS - 1) / ATC_ROWS), (unsigned)KV, (unsigned)B);
-    PC_LAUNCH(k_atc_dkv, gkv, ATC_WARPS * 32, b_dkv, s)(dk, dv, dout, lse, D, q, k, v, T, H, KV, hd, ld, scale);
-    CUDA_CHECK(cudaGetLastError());
+    ATC_DISPATCH(atc_bwd, hd, s, dq, dk, dv, dout, lse, D, q, k, v, B, T, H, KV, ld)
 }

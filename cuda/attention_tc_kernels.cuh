@@ -7,49 +7,66 @@
 
 #ifndef PC_SIMT_EMU
 #include <cuda_bf16.h>
-#include <mma.h>
 #endif
-
-using namespace nvcuda;
+#include <stdint.h>
 
 #define ATC_WARPS 4
-#define ATC_ROWS (16 * ATC_WARPS) /* rows of a block's own tile */
+#define ATC_ROWS (16 * ATC_WARPS) /* rows of a block's own tile, 16 a warp */
 #define ATC_TILE 64               /* rows of the tiles walked over */
+#define ATC_NT (ATC_TILE / 8)     /* 16 x 8 products across a tile's rows */
 #define ATC_HD_MAX 128
-#define ATC_PAD_H 8 /* bf16 row padding (WMMA: ldm a multiple of 8 for 16-bit types) */
-#define ATC_PAD_F 4 /* fp32 row padding (a multiple of 4) */
+#define ATC_PAD 8 /* bf16 row padding: a fragment's 32-bit loads (8 rows x 4) fall in 32 banks */
 
 typedef __nv_bfloat16 bf16;
-typedef wmma::fragment<wmma::matrix_a, 16, 16, 16, bf16, wmma::row_major> frag_a;
-typedef wmma::fragment<wmma::matrix_b, 16, 16, 16, bf16, wmma::row_major> frag_b_row;
-typedef wmma::fragment<wmma::matrix_b, 16, 16, 16, bf16, wmma::col_major> frag_b_col;
-typedef wmma::fragment<wmma::accumulator, 16, 16, 16, float> frag_c;
-
+typedef uint32_t u32;
 
 #ifndef PC_SIMT_EMU
 /* 16 bytes at p (16-byte aligned: attn_tc_aligned). */
 __device__ __forceinline__ float4 atc_ld4(const float *p) { return *(const float4 *)p; }
+/* d (16 x 8 fp32) += a (16 x 16 bf16) b (16 x 8 bf16), in the fragments PTX documents for
+ * mma.m16n8k16 (tests/gpu/simt_emu.h, emu_mma_16816, spells them out). */
+__device__ __forceinline__ void atc_mma(float d[4], const u32 a[4], const u32 b[2])
+{
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+                 "{%0,%1,%2,%3};\n"
+                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+}
+/* lo and hi rounded to bf16, lo in the low half */
+__device__ __forceinline__ u32 atc_pack(float lo, float hi)
+{
+    __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
+    return *reinterpret_cast<u32 *>(&v);
+}
 #define ATC_UNROLL _Pragma("unroll")
 #else
 #define atc_ld4 emu_ld4
+#define atc_mma emu_mma_16816
+inline u32 atc_pack(float lo, float hi)
+{
+    return (u32)__float2bfloat16_rn(lo).bits | (u32)__float2bfloat16_rn(hi).bits << 16;
+}
 #define ATC_UNROLL
 #endif
 
-/* A tile to load: rows of a (T, hd) head view at src (row stride ld) into a bf16 tile at
- * dst; src NULL: none. */
+/* ---------------------------------------------------------------- tiles and fragments */
+
+/* A tile to load: rows of a (T, hd) head view at src (row stride ld), into a bf16 tile at
+ * dst (row-major) and/or its transpose at dst_t; src NULL: none. */
 struct atc_src {
-    bf16 *dst;
+    bf16 *dst, *dst_t;
     const float *src;
     size_t ld;
 };
 
 /* rows x hd of one or two head views (a, b) from row r0 into bf16 tiles of row stride
- * dst_ld; rows at or past T are zero. All threads of the block take part, each issuing its
- * ATC_LOAD_BATCH 16-byte loads of both tiles before it converts and stores any, so that
- * the loads are in flight together (one after another, each would wait out the memory's
- * latency). hd is a multiple of 4, the sources and their ld 16-byte aligned. */
+ * dst_ld (dst) and transposes of row stride t_ld (dst_t: hd rows of `rows`); rows at or
+ * past T are zero. All threads of the block take part, each issuing its ATC_LOAD_BATCH
+ * 16-byte loads of both tiles before it converts and stores any, so that the loads are in
+ * flight together (one after another, each would wait out the memory's latency). hd is a
+ * multiple of 4, the sources and their ld 16-byte aligned. */
 #define ATC_LOAD_BATCH 8
-__device__ void atc_load(atc_src a, atc_src b, int dst_ld, int r0, int rows, int T, int hd)
+__device__ void atc_load(atc_src a, atc_src b, int dst_ld, int t_ld, int r0, int rows, int T, int hd)
 {
     const atc_src t[2] = {a, b};
     const int vpr = hd >> 2, n = rows * vpr; /* 4-float vectors per row, in a tile */
@@ -66,45 +83,101 @@ __device__ void atc_load(atc_src a, atc_src b, int dst_ld, int r0, int rows, int
         ATC_UNROLL
         for (int u = 0; u < 2 * ATC_LOAD_BATCH; u++) {
             const int j = u / ATC_LOAD_BATCH, idx = v0 + (u % ATC_LOAD_BATCH) * (int)blockDim.x + (int)threadIdx.x;
-            const int r = idx / vpr;
+            const int r = idx / vpr, c = (idx - r * vpr) * 4;
             if (!t[j].src || idx >= n) continue;
             const float4 v = x[j][u % ATC_LOAD_BATCH];
-            bf16 *d = t[j].dst + r * dst_ld + (idx - r * vpr) * 4;
-            d[0] = __float2bfloat16_rn(v.x);
-            d[1] = __float2bfloat16_rn(v.y);
-            d[2] = __float2bfloat16_rn(v.z);
-            d[3] = __float2bfloat16_rn(v.w);
+            const bf16 e[4] = {__float2bfloat16_rn(v.x), __float2bfloat16_rn(v.y), __float2bfloat16_rn(v.z),
+                               __float2bfloat16_rn(v.w)};
+            for (int q = 0; q < 4; q++) {
+                if (t[j].dst) t[j].dst[r * dst_ld + c + q] = e[q];
+                if (t[j].dst_t) t[j].dst_t[(c + q) * t_ld + r] = e[q];
+            }
         }
     }
 }
 
-/* One warp: C (16 x 16*n_out, fp32, row stride ldc, in shared memory) = or += A (16 x K,
- * bf16 row-major, lda) times B, where B (K x 16*n_out) is row-major at b (ldb) when
- * !b_trans, or is the transpose of a row-major (16*n_out x K) matrix at b (ldb) when
- * b_trans. K is a multiple of 16. */
-__device__ void atc_mma(float *C, int ldc, const bf16 *A, int lda, const bf16 *B, int ldb, int b_trans, int K,
-                        int n_out, int accumulate)
+/* 32 bits (two bf16) of a tile at p (4-byte aligned: an even column of an even stride) */
+#ifndef PC_SIMT_EMU
+__device__ __forceinline__ u32 atc_u32(const bf16 *p) { return *reinterpret_cast<const u32 *>(p); }
+#else
+inline u32 atc_u32(const bf16 *p) { return emu_ld_u32(p); }
+#endif
+
+/* The A fragment (16 x 16) of the warp's lane at rows r0.., columns k0.. of a row-major
+ * bf16 tile X (row stride ld). */
+__device__ __forceinline__ void atc_frag_a(u32 a[4], const bf16 *X, int ld, int r0, int k0)
 {
-    for (int n = 0; n < n_out; n++) {
-        frag_c acc;
-        if (accumulate)
-            wmma::load_matrix_sync(acc, C + n * 16, ldc, wmma::mem_row_major);
-        else
-            wmma::fill_fragment(acc, 0.0f);
-        for (int kk = 0; kk < K; kk += 16) {
-            frag_a a;
-            wmma::load_matrix_sync(a, A + kk, lda);
-            if (b_trans) { /* element (k, n') of B at b[(16n + n') * ldb + k] */
-                frag_b_col b;
-                wmma::load_matrix_sync(b, B + (size_t)n * 16 * ldb + kk, ldb);
-                wmma::mma_sync(acc, a, b, acc);
-            } else { /* element (k, n') at b[k * ldb + 16n + n'] */
-                frag_b_row b;
-                wmma::load_matrix_sync(b, B + (size_t)kk * ldb + n * 16, ldb);
-                wmma::mma_sync(acc, a, b, acc);
-            }
+    const int g = (threadIdx.x & 31) >> 2, t = threadIdx.x & 3;
+    const bf16 *p = X + (r0 + g) * ld + k0 + 2 * t;
+    a[0] = atc_u32(p);
+    a[1] = atc_u32(p + 8 * ld);
+    a[2] = atc_u32(p + 8);
+    a[3] = atc_u32(p + 8 * ld + 8);
+}
+
+/* A fragments of 16 rows from r0 and KT x 16 columns of X. */
+template <int KT> __device__ __forceinline__ void atc_frags_a(u32 a[KT][4], const bf16 *X, int ld, int r0)
+{
+    ATC_UNROLL
+    for (int kk = 0; kk < KT; kk++) atc_frag_a(a[kk], X, ld, r0, 16 * kk);
+}
+
+/* c (16 x 8 NT, as NT C fragments) += A Y^T: A (16 x 16 KT) in fragments a[kk], Y a
+ * row-major bf16 tile (row stride ld) of at least 8 NT rows and 16 KT columns, so that
+ * B(k, n) = Y[n][k]. */
+template <int KT, int NT> __device__ __forceinline__ void atc_mma_abt(float c[NT][4], const u32 a[KT][4], const bf16 *Y, int ld)
+{
+    const int g = (threadIdx.x & 31) >> 2, t = threadIdx.x & 3;
+    ATC_UNROLL
+    for (int n = 0; n < NT; n++) {
+        const bf16 *p = Y + (8 * n + g) * ld + 2 * t;
+        ATC_UNROLL
+        for (int kk = 0; kk < KT; kk++) {
+            const u32 b[2] = {atc_u32(p + 16 * kk), atc_u32(p + 16 * kk + 8)};
+            atc_mma(c[n], a[kk], b);
         }
-        wmma::store_matrix_sync(C + n * 16, acc, ldc, wmma::mem_row_major);
+    }
+}
+
+/* The A fragments (16 x 16 each, rounded to bf16) of a 16 x 8 NT matrix held as C
+ * fragments: an accumulator's layout is that of A's two halves, so P and dS go from one
+ * product into the next without leaving the registers. */
+template <int NT> __device__ __forceinline__ void atc_c_to_a(u32 a[NT / 2][4], const float c[NT][4])
+{
+    ATC_UNROLL
+    for (int kk = 0; kk < NT / 2; kk++) {
+        a[kk][0] = atc_pack(c[2 * kk][0], c[2 * kk][1]);
+        a[kk][1] = atc_pack(c[2 * kk][2], c[2 * kk][3]);
+        a[kk][2] = atc_pack(c[2 * kk + 1][0], c[2 * kk + 1][1]);
+        a[kk][3] = atc_pack(c[2 * kk + 1][2], c[2 * kk + 1][3]);
+    }
+}
+
+template <int NT> __device__ __forceinline__ void atc_zero(float c[NT][4])
+{
+    ATC_UNROLL
+    for (int n = 0; n < NT; n++) c[n][0] = c[n][1] = c[n][2] = c[n][3] = 0.0f;
+}
+
+/* Element i of C fragment n of the warp's lane: row (0..15) and column (0..8 NT-1). */
+__device__ __forceinline__ int atc_c_row(int i) { return (int)((threadIdx.x & 31) >> 2) + 8 * (i >> 1); }
+__device__ __forceinline__ int atc_c_col(int n, int i) { return 8 * n + 2 * (int)(threadIdx.x & 3) + (i & 1); }
+
+/* Row-major (rows, hd) fp32 output from C fragments c[n] (16 x hd) of the warp's rows
+ * row0.. (times mul[r] for the lane's two rows r = 0, 1), skipping rows at or past T. */
+template <int DT> __device__ __forceinline__ void atc_store(float *out, size_t ld, const float c[DT][4], int row0,
+                                                            int T, const float mul[2])
+{
+    ATC_UNROLL
+    for (int r = 0; r < 2; r++) {
+        const int i = row0 + atc_c_row(2 * r);
+        if (i >= T) continue;
+        float *o = out + (size_t)i * ld;
+        ATC_UNROLL
+        for (int n = 0; n < DT; n++) {
+            o[atc_c_col(n, 0)] = c[n][2 * r] * mul[r];
+            o[atc_c_col(n, 1)] = c[n][2 * r + 1] * mul[r];
+        }
     }
 }
 
@@ -117,9 +190,7 @@ __device__ char *atc_smem_base()
 }
 #endif
 
-/* Shared-memory carve-up: the next n elements of type T, 128-byte aligned (WMMA needs
- * 256-bit aligned tile pointers; every tile offset used inside a region is a multiple of
- * 32 bytes). */
+/* Shared-memory carve-up: the next n elements of type T, 128-byte aligned. */
 template <typename T> __device__ T *atc_take(char *&p, size_t n)
 {
     T *r = (T *)p;
@@ -128,241 +199,234 @@ template <typename T> __device__ T *atc_take(char *&p, size_t n)
 }
 
 static inline size_t atc_bytes(size_t n, size_t size) { return (n * size + 127) / 128 * 128; }
+/* a row-major (64, hd) bf16 tile; its transpose (hd, 64) */
+static inline size_t atc_tile_bytes(int hd) { return atc_bytes((size_t)ATC_TILE * (hd + ATC_PAD), 2); }
+static inline size_t atc_tile_t_bytes(int hd) { return atc_bytes((size_t)hd * (ATC_TILE + ATC_PAD), 2); }
 
 /* ---------------------------------------------------------------- forward */
 
-/* grid (ceil(T/64), H, B), ATC_WARPS*32 threads, atc_fwd_smem(hd) bytes of shared memory. */
+/* grid (ceil(T/64), H, B), ATC_WARPS*32 threads, atc_fwd_smem(HD) bytes of shared memory. */
+template <int HD>
 __global__ void k_atc_fwd(float *out, float *lse, const float *q, const float *k, const float *v, int T, int H, int KV,
-                          int hd, int ld, float scale)
+                          int ld, float scale)
 {
-    const int ldh = hd + ATC_PAD_H, lds = ATC_TILE + ATC_PAD_F, ldp = ATC_TILE + ATC_PAD_H, ldo = hd + ATC_PAD_F;
+    constexpr int KT = HD / 16, DT = HD / 8, ldh = HD + ATC_PAD, ldt = ATC_TILE + ATC_PAD;
     char *p = atc_smem_base();
-    bf16 *Qs = atc_take<bf16>(p, (size_t)ATC_ROWS * ldh);   /* (64, hd) */
-    bf16 *Ks = atc_take<bf16>(p, (size_t)ATC_TILE * ldh);   /* (64, hd) */
-    bf16 *Vs = atc_take<bf16>(p, (size_t)ATC_TILE * ldh);   /* (64, hd) */
-    float *Ss = atc_take<float>(p, (size_t)ATC_ROWS * lds); /* (64, 64) scores */
-    bf16 *Ps = atc_take<bf16>(p, (size_t)ATC_ROWS * ldp);   /* (64, 64) probabilities */
-    float *Os = atc_take<float>(p, (size_t)ATC_ROWS * ldo); /* (64, hd) accumulator */
+    bf16 *Ks = atc_take<bf16>(p, (size_t)ATC_TILE * ldh); /* (64 keys, HD); first the block's Q */
+    bf16 *Vt = atc_take<bf16>(p, (size_t)HD * ldt);       /* (HD, 64 keys): V transposed */
 
-    const int b = blockIdx.z, h = blockIdx.y, g = h / (H / KV);
-    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const int b = blockIdx.z, h = blockIdx.y, g = h / (H / KV), warp = threadIdx.x >> 5;
     /* the longest rows (most key tiles) first, so that the short ones fill the last wave */
-    const int q0 = (gridDim.x - 1 - blockIdx.x) * ATC_ROWS, last = min(T - 1, q0 + ATC_ROWS - 1);
+    const int q0 = (gridDim.x - 1 - blockIdx.x) * ATC_ROWS, w0 = q0 + 16 * warp, last = min(T - 1, q0 + ATC_ROWS - 1);
     const size_t base = (size_t)b * T * ld;
-    const float *qh = q + base + (size_t)h * hd, *kh = k + base + (size_t)g * hd, *vh = v + base + (size_t)g * hd;
+    const float *qh = q + base + (size_t)h * HD, *kh = k + base + (size_t)g * HD, *vh = v + base + (size_t)g * HD;
 
-    atc_load({Qs, qh, (size_t)ld}, {}, ldh, q0, ATC_ROWS, T, hd);
-    for (int idx = threadIdx.x; idx < ATC_ROWS * ldo; idx += blockDim.x) Os[idx] = 0.0f;
+    atc_load({Ks, nullptr, qh, (size_t)ld}, {}, ldh, ldt, q0, ATC_ROWS, T, HD);
+    __syncthreads();
+    u32 qa[KT][4]; /* the warp's 16 query rows, the A operand of S = Q K^T */
+    atc_frags_a<KT>(qa, Ks, ldh, 16 * warp);
 
-    /* lane owns half (c_half) of row r_w of its warp's 16 rows */
-    const int r_w = lane >> 1, half = lane & 1, row = warp * 16 + r_w, i = q0 + row;
-    float m = -INFINITY, l = 0.0f;
-    float *S_w = Ss + warp * 16 * lds, *O_w = Os + warp * 16 * ldo;
-    bf16 *P_w = Ps + warp * 16 * ldp;
-
+    float o[DT][4], s[ATC_NT][4];
+    atc_zero<DT>(o);
+    float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f}; /* the lane's rows w0 + atc_c_row(0 | 2) */
     for (int k0 = 0; k0 <= last; k0 += ATC_TILE) {
-        __syncthreads(); /* the previous tiles are consumed; Q and O are written */
-        atc_load({Ks, kh, (size_t)ld}, {Vs, vh, (size_t)ld}, ldh, k0, ATC_TILE, T, hd);
+        __syncthreads(); /* Q's fragments are read; the previous tiles are consumed */
+        atc_load({Ks, nullptr, kh, (size_t)ld}, {nullptr, Vt, vh, (size_t)ld}, ldh, ldt, k0, ATC_TILE, T, HD);
         __syncthreads();
-        if (k0 > q0 + warp * 16 + 15) continue; /* warp-uniform: every key of the tile is after the warp's rows */
-        atc_mma(S_w, lds, Qs + warp * 16 * ldh, ldh, Ks, ldh, 1, hd, ATC_TILE / 16, 0); /* S = Q K^T (16, 64) */
-        __syncwarp();
-        /* online softmax over this lane's 32 columns and its partner's */
-        float mx = -INFINITY;
-        for (int c = half * 32; c < half * 32 + 32; c++) {
-            const int j = k0 + c;
-            const float s = j <= i && j < T ? scale * S_w[r_w * lds + c] : -INFINITY;
-            S_w[r_w * lds + c] = s;
-            mx = fmaxf(mx, s);
+        if (k0 > w0 + 15) continue; /* warp-uniform: every key of the tile is after the warp's rows */
+        atc_zero<ATC_NT>(s);
+        atc_mma_abt<KT, ATC_NT>(s, qa, Ks, ldh); /* S = Q K^T (16, 64) */
+        /* online softmax: the row max over the tile (the lane's 16 columns, then its quad's) */
+        float mx[2] = {-INFINITY, -INFINITY};
+        ATC_UNROLL
+        for (int n = 0; n < ATC_NT; n++)
+            ATC_UNROLL
+            for (int i = 0; i < 4; i++) {
+                const int qi = w0 + atc_c_row(i), j = k0 + atc_c_col(n, i);
+                s[n][i] = j <= qi && j < T ? scale * s[n][i] : -INFINITY;
+                mx[i >> 1] = fmaxf(mx[i >> 1], s[n][i]);
+            }
+        float alpha[2];
+        ATC_UNROLL
+        for (int r = 0; r < 2; r++) {
+            mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 1));
+            mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 2));
+            const float m_new = fmaxf(m[r], mx[r]); /* finite: key 0 <= every row lies in the first tile */
+            alpha[r] = expf(m[r] - m_new);
+            m[r] = m_new;
+            l[r] *= alpha[r]; /* the lane's part of the row sum; the quad's are added at the end */
         }
-        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
-        const float m_new = fmaxf(m, mx); /* finite: key 0 <= i lies in the first tile */
-        const float alpha = expf(m - m_new);
-        float sum = 0.0f;
-        for (int c = half * 32; c < half * 32 + 32; c++) {
-            const float e = expf(S_w[r_w * lds + c] - m_new); /* 0 where masked */
-            P_w[r_w * ldp + c] = __float2bfloat16_rn(e);
-            sum += e;
+        ATC_UNROLL
+        for (int n = 0; n < ATC_NT; n++)
+            ATC_UNROLL
+            for (int i = 0; i < 4; i++) {
+                s[n][i] = expf(s[n][i] - m[i >> 1]); /* 0 where masked */
+                l[i >> 1] += s[n][i];
+            }
+        ATC_UNROLL
+        for (int n = 0; n < DT; n++) {
+            o[n][0] *= alpha[0], o[n][1] *= alpha[0];
+            o[n][2] *= alpha[1], o[n][3] *= alpha[1];
         }
-        sum += __shfl_xor_sync(0xffffffffu, sum, 1);
-        l = l * alpha + sum;
-        m = m_new;
-        for (int c = half * (hd / 2); c < (half + 1) * (hd / 2); c++) O_w[r_w * ldo + c] *= alpha;
-        __syncwarp();
-        atc_mma(O_w, ldo, P_w, ldp, Vs, ldh, 0, ATC_TILE, hd / 16, 1); /* O += P V (16, hd) */
-        __syncwarp();
+        u32 pa[ATC_NT / 2][4];
+        atc_c_to_a<ATC_NT>(pa, s);
+        atc_mma_abt<ATC_NT / 2, DT>(o, pa, Vt, ldt); /* O += P V (16, HD) */
     }
-    if (i < T) {
-        const int ld_out = H * hd;
-        float *o = out + ((size_t)b * T + i) * ld_out + (size_t)h * hd;
-        const float inv = 1.0f / l;
-        for (int c = half * (hd / 2); c < (half + 1) * (hd / 2); c++) o[c] = O_w[r_w * ldo + c] * inv;
-        if (half == 0) lse[((size_t)b * H + h) * T + i] = m + logf(l);
+    float inv[2];
+    ATC_UNROLL
+    for (int r = 0; r < 2; r++) {
+        l[r] += __shfl_xor_sync(0xffffffffu, l[r], 1);
+        l[r] += __shfl_xor_sync(0xffffffffu, l[r], 2);
+        inv[r] = 1.0f / l[r];
+        const int i = w0 + atc_c_row(2 * r);
+        if (i < T && (threadIdx.x & 3) == 0) lse[((size_t)b * H + h) * T + i] = m[r] + logf(l[r]);
     }
+    atc_store<DT>(out + (size_t)b * T * H * HD + (size_t)h * HD, (size_t)H * HD, o, w0, T, inv);
 }
 
-static inline size_t atc_fwd_smem(int hd)
-{
-    const size_t ldh = hd + ATC_PAD_H, lds = ATC_TILE + ATC_PAD_F, ldp = ATC_TILE + ATC_PAD_H, ldo = hd + ATC_PAD_F;
-    return atc_bytes(ATC_ROWS * ldh, 2) + 2 * atc_bytes(ATC_TILE * ldh, 2) + atc_bytes(ATC_ROWS * lds, 4) +
-           atc_bytes(ATC_ROWS * ldp, 2) + atc_bytes(ATC_ROWS * ldo, 4);
-}
+static inline size_t atc_fwd_smem(int hd) { return atc_tile_bytes(hd) + atc_tile_t_bytes(hd); }
 
 /* ---------------------------------------------------------------- backward */
 
-/* P and dS of one warp's 16 x 64 block from its S and dP (fp32, row stride lds), for
- * rows `rows0 + r` and columns `cols0 + c`; valid where the key (row or column, as
- * key_is_row says) is at or before the query and both are before T. lse_of/D_of give
- * the query's lse and D. P and dS are written as bf16 (row stride ldp). */
-__device__ void atc_p_ds(const float *S, const float *dP, int lds, bf16 *P, bf16 *dS, int ldp, int rows0, int cols0,
-                         int key_is_row, const float *lse_q, const float *D_q, int q_base, int T, float scale)
-{
-    const int lane = threadIdx.x & 31, r = lane >> 1, half = lane & 1;
-    for (int c = half * 32; c < half * 32 + 32; c++) {
-        const int key = key_is_row ? rows0 + r : cols0 + c, query = key_is_row ? cols0 + c : rows0 + r;
-        float pv = 0.0f, dsv = 0.0f;
-        if (key <= query && query < T && key < T) {
-            const int qi = query - q_base; /* into lse_q / D_q */
-            pv = expf(scale * S[r * lds + c] - lse_q[qi]);
-            dsv = pv * (dP[r * lds + c] - D_q[qi]);
-        }
-        P[r * ldp + c] = __float2bfloat16_rn(pv);
-        dS[r * ldp + c] = __float2bfloat16_rn(dsv);
-    }
-}
-
-/* dQ: grid (ceil(T/64), H, B), ATC_WARPS*32 threads, atc_dq_smem(hd) bytes. dq rows of
+/* dQ: grid (ceil(T/64), H, B), ATC_WARPS*32 threads, atc_dq_smem(HD) bytes. dq rows of
  * stride ld, like q. */
+template <int HD>
 __global__ void k_atc_dq(float *dq, const float *dout, const float *lse, const float *D, const float *q,
-                         const float *k, const float *v, int T, int H, int KV, int hd, int ld, float scale)
+                         const float *k, const float *v, int T, int H, int KV, int ld, float scale)
 {
-    const int ldh = hd + ATC_PAD_H, lds = ATC_TILE + ATC_PAD_F, ldp = ATC_TILE + ATC_PAD_H, ldo = hd + ATC_PAD_F;
+    constexpr int KT = HD / 16, DT = HD / 8, ldh = HD + ATC_PAD, ldt = ATC_TILE + ATC_PAD;
     char *p = atc_smem_base();
-    bf16 *Qs = atc_take<bf16>(p, (size_t)ATC_ROWS * ldh);    /* (64, hd) */
-    bf16 *dOs = atc_take<bf16>(p, (size_t)ATC_ROWS * ldh);   /* (64, hd) */
-    bf16 *Ks = atc_take<bf16>(p, (size_t)ATC_TILE * ldh);    /* (64, hd) */
-    bf16 *Vs = atc_take<bf16>(p, (size_t)ATC_TILE * ldh);    /* (64, hd) */
-    float *Ss = atc_take<float>(p, (size_t)ATC_ROWS * lds);  /* (64, 64) */
-    float *dPs = atc_take<float>(p, (size_t)ATC_ROWS * lds); /* (64, 64) */
-    bf16 *Ps = atc_take<bf16>(p, (size_t)ATC_ROWS * ldp);    /* (64, 64), unused here but by atc_p_ds */
-    bf16 *dSs = atc_take<bf16>(p, (size_t)ATC_ROWS * ldp);   /* (64, 64) */
-    float *dQs = atc_take<float>(p, (size_t)ATC_ROWS * ldo); /* (64, hd) accumulator */
-    float *lse_s = atc_take<float>(p, ATC_ROWS), *D_s = atc_take<float>(p, ATC_ROWS);
+    bf16 *Ks = atc_take<bf16>(p, (size_t)ATC_TILE * ldh); /* (64 keys, HD); first the block's Q */
+    bf16 *Vs = atc_take<bf16>(p, (size_t)ATC_TILE * ldh); /* (64 keys, HD); first the block's dO */
+    bf16 *Kt = atc_take<bf16>(p, (size_t)HD * ldt);       /* (HD, 64 keys): K transposed */
 
-    const int b = blockIdx.z, h = blockIdx.y, g = h / (H / KV);
-    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-    /* the longest rows (most key tiles) first, so that the short ones fill the last wave */
-    const int q0 = (gridDim.x - 1 - blockIdx.x) * ATC_ROWS, last = min(T - 1, q0 + ATC_ROWS - 1);
+    const int b = blockIdx.z, h = blockIdx.y, g = h / (H / KV), warp = threadIdx.x >> 5;
+    const int q0 = (gridDim.x - 1 - blockIdx.x) * ATC_ROWS, w0 = q0 + 16 * warp, last = min(T - 1, q0 + ATC_ROWS - 1);
     const size_t base = (size_t)b * T * ld;
-    const int ld_out = H * hd;
-    const float *qh = q + base + (size_t)h * hd, *kh = k + base + (size_t)g * hd, *vh = v + base + (size_t)g * hd;
-    const float *doh = dout + (size_t)b * T * ld_out + (size_t)h * hd;
+    const float *qh = q + base + (size_t)h * HD, *kh = k + base + (size_t)g * HD, *vh = v + base + (size_t)g * HD;
+    const float *doh = dout + (size_t)b * T * H * HD + (size_t)h * HD;
 
-    atc_load({Qs, qh, (size_t)ld}, {dOs, doh, (size_t)ld_out}, ldh, q0, ATC_ROWS, T, hd);
-    for (int idx = threadIdx.x; idx < ATC_ROWS * ldo; idx += blockDim.x) dQs[idx] = 0.0f;
-    for (int r = threadIdx.x; r < ATC_ROWS; r += blockDim.x) {
-        const int i = q0 + r;
-        lse_s[r] = i < T ? lse[((size_t)b * H + h) * T + i] : 0.0f;
-        D_s[r] = i < T ? D[((size_t)b * H + h) * T + i] : 0.0f;
+    atc_load({Ks, nullptr, qh, (size_t)ld}, {Vs, nullptr, doh, (size_t)H * HD}, ldh, ldt, q0, ATC_ROWS, T, HD);
+    __syncthreads();
+    u32 qa[KT][4], da[KT][4]; /* the warp's rows of Q and dO, A operands of S and dP */
+    atc_frags_a<KT>(qa, Ks, ldh, 16 * warp);
+    atc_frags_a<KT>(da, Vs, ldh, 16 * warp);
+    float lse_r[2], D_r[2]; /* of the lane's two rows */
+    ATC_UNROLL
+    for (int r = 0; r < 2; r++) {
+        const int i = w0 + atc_c_row(2 * r);
+        lse_r[r] = i < T ? lse[((size_t)b * H + h) * T + i] : 0.0f;
+        D_r[r] = i < T ? D[((size_t)b * H + h) * T + i] : 0.0f;
     }
-    const int w0 = warp * 16;
+
+    float acc[DT][4], s[ATC_NT][4], dp[ATC_NT][4];
+    atc_zero<DT>(acc);
     for (int k0 = 0; k0 <= last; k0 += ATC_TILE) {
         __syncthreads();
-        atc_load({Ks, kh, (size_t)ld}, {Vs, vh, (size_t)ld}, ldh, k0, ATC_TILE, T, hd);
+        atc_load({Ks, Kt, kh, (size_t)ld}, {Vs, nullptr, vh, (size_t)ld}, ldh, ldt, k0, ATC_TILE, T, HD);
         __syncthreads();
-        if (k0 > q0 + w0 + 15) continue; /* warp-uniform */
-        atc_mma(Ss + w0 * lds, lds, Qs + w0 * ldh, ldh, Ks, ldh, 1, hd, ATC_TILE / 16, 0);   /* S = Q K^T */
-        atc_mma(dPs + w0 * lds, lds, dOs + w0 * ldh, ldh, Vs, ldh, 1, hd, ATC_TILE / 16, 0); /* dP = dO V^T */
-        __syncwarp();
-        atc_p_ds(Ss + w0 * lds, dPs + w0 * lds, lds, Ps + w0 * ldp, dSs + w0 * ldp, ldp, q0 + w0, k0, 0, lse_s, D_s,
-                 q0, T, scale);
-        __syncwarp();
-        atc_mma(dQs + w0 * ldo, ldo, dSs + w0 * ldp, ldp, Ks, ldh, 0, ATC_TILE, hd / 16, 1); /* dQ += dS K */
-        __syncwarp();
+        if (k0 > w0 + 15) continue; /* warp-uniform */
+        atc_zero<ATC_NT>(s);
+        atc_mma_abt<KT, ATC_NT>(s, qa, Ks, ldh); /* S = Q K^T */
+        atc_zero<ATC_NT>(dp);
+        atc_mma_abt<KT, ATC_NT>(dp, da, Vs, ldh); /* dP = dO V^T */
+        ATC_UNROLL
+        for (int n = 0; n < ATC_NT; n++)
+            ATC_UNROLL
+            for (int i = 0; i < 4; i++) {
+                const int r = i >> 1, qi = w0 + atc_c_row(i), j = k0 + atc_c_col(n, i);
+                const float pv = j <= qi && qi < T && j < T ? expf(scale * s[n][i] - lse_r[r]) : 0.0f;
+                s[n][i] = pv * (dp[n][i] - D_r[r]); /* dS */
+            }
+        u32 dsa[ATC_NT / 2][4];
+        atc_c_to_a<ATC_NT>(dsa, s);
+        atc_mma_abt<ATC_NT / 2, DT>(acc, dsa, Kt, ldt); /* dQ += dS K */
     }
-    const int r_w = lane >> 1, half = lane & 1, i = q0 + w0 + r_w;
-    if (i < T) {
-        float *o = dq + base + (size_t)i * ld + (size_t)h * hd;
-        for (int c = half * (hd / 2); c < (half + 1) * (hd / 2); c++) o[c] = scale * dQs[(w0 + r_w) * ldo + c];
-    }
+    const float mul[2] = {scale, scale};
+    atc_store<DT>(dq + base + (size_t)h * HD, (size_t)ld, acc, w0, T, mul);
 }
 
-static inline size_t atc_dq_smem(int hd)
-{
-    const size_t ldh = hd + ATC_PAD_H, lds = ATC_TILE + ATC_PAD_F, ldp = ATC_TILE + ATC_PAD_H, ldo = hd + ATC_PAD_F;
-    return 2 * atc_bytes(ATC_ROWS * ldh, 2) + 2 * atc_bytes(ATC_TILE * ldh, 2) + 2 * atc_bytes(ATC_ROWS * lds, 4) +
-           2 * atc_bytes(ATC_ROWS * ldp, 2) + atc_bytes(ATC_ROWS * ldo, 4) + 2 * atc_bytes(ATC_ROWS, 4);
-}
+static inline size_t atc_dq_smem(int hd) { return 2 * atc_tile_bytes(hd) + atc_tile_t_bytes(hd); }
 
-/* dK, dV: grid (ceil(T/64), KV, B), ATC_WARPS*32 threads, atc_dkv_smem(hd) bytes; each
+/* dK, dV: grid (ceil(T/64), KV, B), ATC_WARPS*32 threads, atc_dkv_smem(HD) bytes; each
  * warp owns 16 key rows and sums over the group's query heads and the query rows at or
  * after them. dk, dv rows of stride ld, like k and v. */
+template <int HD>
 __global__ void k_atc_dkv(float *dk, float *dv, const float *dout, const float *lse, const float *D, const float *q,
-                          const float *k, const float *v, int T, int H, int KV, int hd, int ld, float scale)
+                          const float *k, const float *v, int T, int H, int KV, int ld, float scale)
 {
-    const int ldh = hd + ATC_PAD_H, lds = ATC_TILE + ATC_PAD_F, ldp = ATC_TILE + ATC_PAD_H, ldo = hd + ATC_PAD_F;
+    constexpr int KT = HD / 16, DT = HD / 8, ldh = HD + ATC_PAD, ldt = ATC_TILE + ATC_PAD;
     char *p = atc_smem_base();
-    bf16 *Ks = atc_take<bf16>(p, (size_t)ATC_ROWS * ldh);     /* (64 keys, hd) */
-    bf16 *Vs = atc_take<bf16>(p, (size_t)ATC_ROWS * ldh);     /* (64 keys, hd) */
-    bf16 *Qs = atc_take<bf16>(p, (size_t)ATC_TILE * ldh);     /* (64 queries, hd) */
-    bf16 *dOs = atc_take<bf16>(p, (size_t)ATC_TILE * ldh);    /* (64 queries, hd) */
-    float *St = atc_take<float>(p, (size_t)ATC_ROWS * lds);   /* (64 keys, 64 queries) = (Q K^T)^T */
-    float *dPt = atc_take<float>(p, (size_t)ATC_ROWS * lds);  /* (64 keys, 64 queries) = (dO V^T)^T */
-    bf16 *Pt = atc_take<bf16>(p, (size_t)ATC_ROWS * ldp);     /* (64, 64) */
-    bf16 *dSt = atc_take<bf16>(p, (size_t)ATC_ROWS * ldp);    /* (64, 64) */
-    float *dKs = atc_take<float>(p, (size_t)ATC_ROWS * ldo);  /* (64 keys, hd) accumulator */
-    float *dVs = atc_take<float>(p, (size_t)ATC_ROWS * ldo);  /* (64 keys, hd) accumulator */
+    bf16 *Ks = atc_take<bf16>(p, (size_t)ATC_ROWS * ldh);  /* (64 keys, HD): the block's own */
+    bf16 *Vs = atc_take<bf16>(p, (size_t)ATC_ROWS * ldh);  /* (64 keys, HD) */
+    bf16 *Qs = atc_take<bf16>(p, (size_t)ATC_TILE * ldh);  /* (64 queries, HD) */
+    bf16 *dOs = atc_take<bf16>(p, (size_t)ATC_TILE * ldh); /* (64 queries, HD) */
+    bf16 *Qt = atc_take<bf16>(p, (size_t)HD * ldt);        /* (HD, 64 queries) */
+    bf16 *dOt = atc_take<bf16>(p, (size_t)HD * ldt);       /* (HD, 64 queries) */
     float *lse_s = atc_take<float>(p, ATC_TILE), *D_s = atc_take<float>(p, ATC_TILE);
 
-    const int b = blockIdx.z, g = blockIdx.y, group = H / KV;
-    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-    const int k0 = blockIdx.x * ATC_ROWS;
+    const int b = blockIdx.z, g = blockIdx.y, group = H / KV, warp = threadIdx.x >> 5;
+    const int k0 = blockIdx.x * ATC_ROWS, w0 = k0 + 16 * warp;
     const size_t base = (size_t)b * T * ld;
-    const int ld_out = H * hd;
-    const float *kh = k + base + (size_t)g * hd, *vh = v + base + (size_t)g * hd;
+    const float *kh = k + base + (size_t)g * HD, *vh = v + base + (size_t)g * HD;
 
-    atc_load({Ks, kh, (size_t)ld}, {Vs, vh, (size_t)ld}, ldh, k0, ATC_ROWS, T, hd);
-    for (int idx = threadIdx.x; idx < ATC_ROWS * ldo; idx += blockDim.x) dKs[idx] = dVs[idx] = 0.0f;
-    const int w0 = warp * 16;
+    atc_load({Ks, nullptr, kh, (size_t)ld}, {Vs, nullptr, vh, (size_t)ld}, ldh, ldt, k0, ATC_ROWS, T, HD);
+    float dk_acc[DT][4], dv_acc[DT][4], st[ATC_NT][4], dpt[ATC_NT][4];
+    atc_zero<DT>(dk_acc);
+    atc_zero<DT>(dv_acc);
     for (int h = g * group; h < (g + 1) * group; h++) {
-        const float *qh = q + base + (size_t)h * hd;
-        const float *doh = dout + (size_t)b * T * ld_out + (size_t)h * hd;
+        const float *qh = q + base + (size_t)h * HD;
+        const float *doh = dout + (size_t)b * T * H * HD + (size_t)h * HD;
         for (int i0 = k0; i0 < T; i0 += ATC_TILE) { /* query tiles at or after the key tile (aligned: 64 = 64) */
             __syncthreads();
-            atc_load({Qs, qh, (size_t)ld}, {dOs, doh, (size_t)ld_out}, ldh, i0, ATC_TILE, T, hd);
+            atc_load({Qs, Qt, qh, (size_t)ld}, {dOs, dOt, doh, (size_t)H * HD}, ldh, ldt, i0, ATC_TILE, T, HD);
             for (int r = threadIdx.x; r < ATC_TILE; r += blockDim.x) {
                 const int i = i0 + r;
                 lse_s[r] = i < T ? lse[((size_t)b * H + h) * T + i] : 0.0f;
                 D_s[r] = i < T ? D[((size_t)b * H + h) * T + i] : 0.0f;
             }
             __syncthreads();
-            if (i0 + ATC_TILE - 1 < k0 + w0) continue; /* warp-uniform: every query is before the warp's keys */
-            atc_mma(St + w0 * lds, lds, Ks + w0 * ldh, ldh, Qs, ldh, 1, hd, ATC_TILE / 16, 0);   /* K Q^T */
-            atc_mma(dPt + w0 * lds, lds, Vs + w0 * ldh, ldh, dOs, ldh, 1, hd, ATC_TILE / 16, 0); /* V dO^T */
-            __syncwarp();
-            atc_p_ds(St + w0 * lds, dPt + w0 * lds, lds, Pt + w0 * ldp, dSt + w0 * ldp, ldp, k0 + w0, i0, 1, lse_s,
-                     D_s, i0, T, scale);
-            __syncwarp();
-            atc_mma(dVs + w0 * ldo, ldo, Pt + w0 * ldp, ldp, dOs, ldh, 0, ATC_TILE, hd / 16, 1); /* dV += P^T dO */
-            atc_mma(dKs + w0 * ldo, ldo, dSt + w0 * ldp, ldp, Qs, ldh, 0, ATC_TILE, hd / 16, 1); /* dK += dS^T Q */
-            __syncwarp();
+            if (i0 + ATC_TILE - 1 < w0) continue; /* warp-uniform: every query is before the warp's keys */
+            {
+                u32 ka[KT][4];
+                atc_frags_a<KT>(ka, Ks, ldh, 16 * warp);
+                atc_zero<ATC_NT>(st);
+                atc_mma_abt<KT, ATC_NT>(st, ka, Qs, ldh); /* S^T = K Q^T (16 keys, 64 queries) */
+            }
+            {
+                u32 va[KT][4];
+                atc_frags_a<KT>(va, Vs, ldh, 16 * warp);
+                atc_zero<ATC_NT>(dpt);
+                atc_mma_abt<KT, ATC_NT>(dpt, va, dOs, ldh); /* dP^T = V dO^T */
+            }
+            ATC_UNROLL
+            for (int n = 0; n < ATC_NT; n++)
+                ATC_UNROLL
+                for (int i = 0; i < 4; i++) {
+                    const int key = w0 + atc_c_row(i), c = atc_c_col(n, i), query = i0 + c;
+                    float pv = 0.0f, dsv = 0.0f;
+                    if (key <= query && query < T && key < T) {
+                        pv = expf(scale * st[n][i] - lse_s[c]);
+                        dsv = pv * (dpt[n][i] - D_s[c]);
+                    }
+                    st[n][i] = pv;
+                    dpt[n][i] = dsv;
+                }
+            u32 fa[ATC_NT / 2][4];
+            atc_c_to_a<ATC_NT>(fa, st);
+            atc_mma_abt<ATC_NT / 2, DT>(dv_acc, fa, dOt, ldt); /* dV += P^T dO */
+            atc_c_to_a<ATC_NT>(fa, dpt);
+            atc_mma_abt<ATC_NT / 2, DT>(dk_acc, fa, Qt, ldt); /* dK += dS^T Q */
         }
     }
-    const int r_w = lane >> 1, half = lane & 1, j = k0 + w0 + r_w;
-    if (j < T) {
-        float *dko = dk + base + (size_t)j * ld + (size_t)g * hd, *dvo = dv + base + (size_t)j * ld + (size_t)g * hd;
-        for (int c = half * (hd / 2); c < (half + 1) * (hd / 2); c++) {
-            dko[c] = scale * dKs[(w0 + r_w) * ldo + c];
-            dvo[c] = dVs[(w0 + r_w) * ldo + c];
-        }
-    }
+    const float mul_k[2] = {scale, scale}, mul_v[2] = {1.0f, 1.0f};
+    atc_store<DT>(dk + base + (size_t)g * HD, (size_t)ld, dk_acc, w0, T, mul_k);
+    atc_store<DT>(dv + base + (size_t)g * HD, (size_t)ld, dv_acc, w0, T, mul_v);
 }
 
 static inline size_t atc_dkv_smem(int hd)
 {
-    const size_t ldh = hd + ATC_PAD_H, lds = ATC_TILE + ATC_PAD_F, ldp = ATC_TILE + ATC_PAD_H, ldo = hd + ATC_PAD_F;
-    return 2 * atc_bytes(ATC_ROWS * ldh, 2) + 2 * atc_bytes(ATC_TILE * ldh, 2) + 2 * atc_bytes(ATC_ROWS * lds, 4) +
-           2 * atc_bytes(ATC_ROWS * ldp, 2) + 2 * atc_bytes(ATC_ROWS * ldo, 4) + 2 * atc_bytes(ATC_TILE, 4);
+    return 4 * atc_tile_bytes(hd) + 2 * atc_tile_t_bytes(hd) + 2 * atc_bytes(ATC_TILE, 4);
 }
 
 #endif

@@ -13,12 +13,9 @@
  * exchange through a per-warp array between two warp barriers; with one host thread,
  * atomicAdd is a plain add.
  *
- * WMMA (nvcuda::wmma, m16n16k16) follows its documented element layouts: a row-major
- * operand's element (r, c) at ptr[r * ldm + c], a column-major one's at ptr[c * ldm + r],
- * for matrix_a (M x K), matrix_b (K x N) and the accumulator alike. Every lane keeps the
- * whole 16 x 16 fragment and multiplies it in fp32 (the real fragment is spread over the
- * lanes, which no correct kernel can observe); store_matrix_sync is written by lane 0,
- * and a kernel must __syncwarp before other lanes read what it stored, as on a GPU.
+ * mma.sync (m16n8k16, bf16 in, fp32 accumulation: emu_mma_16816) takes each lane's
+ * fragment registers in the layout PTX documents and exchanges them through a per-warp
+ * array between two warp barriers, as the tensor core gathers them from the lanes.
  *
  * What a GPU refuses, the emulator refuses too, so that a launch or an access that only a
  * small test shape gets right fails here and not on the first GPU run:
@@ -27,7 +24,8 @@
  *    cudaFuncAttributeMaxDynamicSharedMemorySize allows it (the launch fails with
  *    cudaErrorInvalidConfiguration / cudaErrorInvalidValue, which cudaGetLastError
  *    returns once, and is not run);
- *  - WMMA loads and stores: a 256-bit aligned pointer, ldm a multiple of 16 bytes;
+ *  - vector loads: 16 bytes (emu_ld4) from a 16-byte aligned address, 32 bits
+ *    (emu_ld_u32) from a 4-byte aligned one;
  *  - streams: a kernel, copy, memset or cuBLAS call put on a stream runs when that
  *    stream or the device is synchronized, not before (emu_streams.cpp), so that a host
  *    read or another stream's work that does not wait for it sees the old contents;
@@ -63,6 +61,7 @@ using std::min;
 
 #define __global__
 #define __device__
+#define __forceinline__ inline
 #define __host__
 #define __shared__ static
 #define __align__(n) alignas(n)
@@ -193,6 +192,7 @@ struct emu_state {
     unsigned cur = 0;                               /* the running fiber */
     const std::function<void()> *body = nullptr;    /* the kernel of this launch */
     std::vector<double> shfl;                       /* 32 per warp */
+    std::vector<uint32_t> mma;                      /* EMU_MMA_WORDS per lane (emu_mma_16816) */
     char *smem = nullptr;                           /* dynamic shared memory */
 };
 
@@ -269,6 +269,53 @@ inline float4 emu_ld4(const float *p)
     std::memcpy(&r, p, sizeof r);
     return r;
 }
+/* 32 bits at p (two bf16 of a shared-memory tile), which a GPU refuses from an address
+ * that is not 4-byte aligned. */
+inline uint32_t emu_ld_u32(const void *p)
+{
+    if ((uintptr_t)p % 4 != 0) {
+        char msg[96];
+        std::snprintf(msg, sizeof msg, "32-bit load from %p, not 4-byte aligned", p);
+        emu_fail(msg);
+    }
+    uint32_t r;
+    std::memcpy(&r, p, sizeof r);
+    return r;
+}
+
+/* mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 (PTX): d (16 x 8, fp32) += a (16 x 16,
+ * bf16) times b (16 x 8, bf16), each held across the warp in the fragments PTX documents,
+ * with g = lane / 4 and t = lane % 4: a's registers hold (row, col) = (g, 2t..2t+1),
+ * (g + 8, 2t..), (g, 2t + 8..), (g + 8, 2t + 8..), the lower column in the low half; b's
+ * (k, n) = (2t..2t+1, g), (2t + 8.., g); d's (g, 2t), (g, 2t + 1), (g + 8, 2t), (g + 8,
+ * 2t + 1). Every lane of the warp takes part; each lane's operands go through the warp's
+ * slots, as through the tensor core. Sums in fp32, k ascending. */
+#define EMU_MMA_WORDS 6
+inline float emu_bf16_half(uint32_t w, int hi) { return __uint_as_float((hi ? w >> 16 : w & 0xffffu) << 16); }
+inline void emu_mma_16816(float d[4], const uint32_t a[4], const uint32_t b[2])
+{
+    const unsigned w = threadIdx.x >> 5, l = threadIdx.x & 31, g = l >> 2, t = l & 3;
+    uint32_t *slot = emu.mma.data() + (size_t)32 * EMU_MMA_WORDS * w;
+    std::memcpy(slot + EMU_MMA_WORDS * l, a, 4 * sizeof *a);
+    std::memcpy(slot + EMU_MMA_WORDS * l + 4, b, 2 * sizeof *b);
+    __syncwarp();
+    float out[4];
+    for (int i = 0; i < 4; i++) {
+        const unsigned row = g + 8 * (i >> 1), col = 2 * t + (i & 1);
+        float s = d[i];
+        for (unsigned k = 0; k < 16; k++) {
+            /* a (row, k): lane 4 (row % 8) + (k % 8) / 2, register (row >= 8) + 2 (k >= 8) */
+            const uint32_t *la = slot + EMU_MMA_WORDS * (4 * (row & 7) + ((k & 7) >> 1));
+            const float av = emu_bf16_half(la[(row >= 8) + 2 * (k >= 8)], (int)(k & 1));
+            /* b (k, col): lane 4 col + (k % 8) / 2, register k >= 8 */
+            const uint32_t *lb = slot + EMU_MMA_WORDS * (4 * col + ((k & 7) >> 1)) + 4;
+            s += av * emu_bf16_half(lb[k >= 8], (int)(k & 1));
+        }
+        out[i] = s;
+    }
+    __syncwarp(); /* every lane has read the slots before any lane's next product writes them */
+    std::memcpy(d, out, sizeof out);
+}
 
 /* bf16 as its bit pattern; conversion rounds to nearest even, as __float2bfloat16_rn. */
 struct __nv_bfloat16 {
@@ -286,78 +333,6 @@ inline float __bfloat162float(__nv_bfloat16 h) { return __uint_as_float((uint32_
 inline float emu_to_float(__nv_bfloat16 h) { return __bfloat162float(h); }
 inline float emu_to_float(float f) { return f; }
 
-namespace nvcuda {
-namespace wmma {
-struct matrix_a {};
-struct matrix_b {};
-struct accumulator {};
-struct row_major {};
-struct col_major {};
-enum layout_t { mem_row_major, mem_col_major };
-
-template <typename Use, int M, int N, int K, typename T, typename Layout = void> struct fragment {
-    float x[16][16];
-};
-
-/* WMMA's pointer and stride rules: mptr 256-bit aligned, ldm a multiple of 16 bytes. */
-inline void emu_wmma_check(const void *p, unsigned ldm, size_t elem, const char *op)
-{
-    char msg[160];
-    if ((uintptr_t)p % 32 != 0)
-        std::snprintf(msg, sizeof msg, "wmma::%s: pointer %p is not 256-bit aligned", op, p);
-    else if (ldm * elem % 16 != 0)
-        std::snprintf(msg, sizeof msg, "wmma::%s: ldm %u is not a multiple of %zu elements", op, ldm, 16 / elem);
-    else
-        return;
-    emu_fail(msg);
-}
-
-template <typename Use, typename T, typename L>
-inline void load_matrix_sync(fragment<Use, 16, 16, 16, T, L> &f, const T *p, unsigned ldm)
-{
-    emu_wmma_check(p, ldm, sizeof(T), "load_matrix_sync");
-    for (int r = 0; r < 16; r++)
-        for (int c = 0; c < 16; c++)
-            f.x[r][c] = emu_to_float(std::is_same<L, row_major>::value ? p[r * ldm + c] : p[c * ldm + r]);
-}
-
-inline void load_matrix_sync(fragment<accumulator, 16, 16, 16, float> &f, const float *p, unsigned ldm, layout_t l)
-{
-    emu_wmma_check(p, ldm, sizeof(float), "load_matrix_sync");
-    for (int r = 0; r < 16; r++)
-        for (int c = 0; c < 16; c++) f.x[r][c] = l == mem_row_major ? p[r * ldm + c] : p[c * ldm + r];
-}
-
-inline void store_matrix_sync(float *p, const fragment<accumulator, 16, 16, 16, float> &f, unsigned ldm, layout_t l)
-{
-    emu_wmma_check(p, ldm, sizeof(float), "store_matrix_sync");
-    if ((threadIdx.x & 31) != 0) return;
-    for (int r = 0; r < 16; r++)
-        for (int c = 0; c < 16; c++) (l == mem_row_major ? p[r * ldm + c] : p[c * ldm + r]) = f.x[r][c];
-}
-
-template <typename Use, typename T, typename L> inline void fill_fragment(fragment<Use, 16, 16, 16, T, L> &f, float v)
-{
-    for (int r = 0; r < 16; r++)
-        for (int c = 0; c < 16; c++) f.x[r][c] = v;
-}
-
-template <typename TA, typename LA, typename TB, typename LB>
-inline void mma_sync(fragment<accumulator, 16, 16, 16, float> &d, const fragment<matrix_a, 16, 16, 16, TA, LA> &a,
-                     const fragment<matrix_b, 16, 16, 16, TB, LB> &b,
-                     const fragment<accumulator, 16, 16, 16, float> &c)
-{
-    float out[16][16];
-    for (int i = 0; i < 16; i++)
-        for (int j = 0; j < 16; j++) {
-            float s = c.x[i][j];
-            for (int k = 0; k < 16; k++) s += a.x[i][k] * b.x[k][j];
-            out[i][j] = s;
-        }
-    std::memcpy(d.x, out, sizeof out);
-}
-} // namespace wmma
-} // namespace nvcuda
 
 [[noreturn]] inline void emu_fiber_main()
 {
@@ -458,6 +433,7 @@ inline void emu_launch(const char *name, dim3 grid, unsigned threads, size_t sme
     }
     char *smem = (char *)std::aligned_alloc(128, (smem_bytes + 127) / 128 * 128 + 128);
     emu.shfl.assign(32 * ((threads + 31) / 32), 0.0);
+    emu.mma.assign(32 * EMU_MMA_WORDS * ((threads + 31) / 32), 0u);
     emu.smem = smem;
     emu.body = &body;
     blockDim = emu_dim3(threads, 1, 1);

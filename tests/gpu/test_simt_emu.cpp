@@ -2,7 +2,8 @@
  * refuses"), so that the emu suite can fail where a GPU would: launches outside CUDA's
  * limits fail through cudaGetLastError and do not run; dynamic shared memory above 48 KiB
  * needs the kernel's attribute; writes outside a device buffer, copies and cuBLAS operands
- * past one, misaligned WMMA operands and 16-byte loads abort (checked in a child process, by its signal
+ * past one, and misaligned 16-byte and 32-bit loads abort; mma.sync's emulation follows
+ * the fragment layout PTX documents (checked in a child process, by its signal
  * and message); a read past a buffer reads a huge negative number, not a plausible value;
  * work put on a stream runs when it is synchronized, not before, and its events complete
  * with it. Also that correct uses of the same calls pass. */
@@ -58,19 +59,6 @@ __global__ void k_copy(float *y, const float *x, int n, int extra)
 {
     const int i = (int)(blockIdx.x * blockDim.x + threadIdx.x);
     if (i < n + extra) y[i] = x[i];
-}
-
-/* one 16x16x16 bf16 product from p (row-major, ldm) into out (16 x 16) */
-__global__ void k_wmma(float *out, const __nv_bfloat16 *p, unsigned ldm)
-{
-    nvcuda::wmma::fragment<nvcuda::wmma::matrix_a, 16, 16, 16, __nv_bfloat16, nvcuda::wmma::row_major> a;
-    nvcuda::wmma::fragment<nvcuda::wmma::matrix_b, 16, 16, 16, __nv_bfloat16, nvcuda::wmma::col_major> b;
-    nvcuda::wmma::fragment<nvcuda::wmma::accumulator, 16, 16, 16, float> c;
-    nvcuda::wmma::fill_fragment(c, 0.0f);
-    nvcuda::wmma::load_matrix_sync(a, p, ldm);
-    nvcuda::wmma::load_matrix_sync(b, p, ldm);
-    nvcuda::wmma::mma_sync(c, a, b, c);
-    nvcuda::wmma::store_matrix_sync(out, c, 16, nvcuda::wmma::mem_row_major);
 }
 
 static void launch_limits()
@@ -140,28 +128,55 @@ static void memory()
     cudaFree(y);
 }
 
-static void wmma()
-{
-    __nv_bfloat16 *p;
-    float *out;
-    cudaMalloc((void **)&p, 16 * 24 * sizeof *p + 64);
-    cudaMalloc((void **)&out, 256 * sizeof(float));
-    for (int i = 0; i < 16 * 24 + 32; i++) p[i] = __float2bfloat16_rn(1.0f);
-    PC_LAUNCH(k_wmma, 1, 32, 0, nullptr)(out, p, 24);
-    check(out[0] == 16.0f && out[255] == 16.0f, "WMMA with an aligned pointer and ldm 24 bf16");
-    check(aborts_with([&] { PC_LAUNCH(k_wmma, 1, 32, 0, nullptr)(out, p, 20); }, "ldm 20 is not a multiple of 8"),
-          "WMMA with ldm 20 bf16 aborts");
-    check(aborts_with([&] { PC_LAUNCH(k_wmma, 1, 32, 0, nullptr)(out, p + 8, 24); }, "is not 256-bit aligned"),
-          "WMMA with a 16-byte aligned pointer aborts");
-    cudaFree(p);
-    cudaFree(out);
-}
-
 /* out[0] = sum of the 4 floats at x + offset, by a 16-byte load */
 __global__ void k_ld4(float *out, const float *x, int offset)
 {
     const float4 v = emu_ld4(x + offset);
     out[0] = v.x + v.y + v.z + v.w;
+}
+
+/* One m16n8k16 product of A (16 x 16) and B (16 x 8), both in row-major device memory,
+ * into D (16 x 8), each lane building its fragments element by element from the PTX
+ * ISA's formulas (a_i at row g + 8 ((i / 2) % 2), column 2t + i % 2 + 8 (i / 4); b_i at
+ * row 2t + i % 2 + 8 (i / 2), column g; d_i at row g + 8 (i / 2), column 2t + i % 2). */
+__global__ void k_mma(float *d, const __nv_bfloat16 *a, const __nv_bfloat16 *b)
+{
+    const unsigned lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+    uint32_t af[4] = {}, bf[2] = {};
+    for (unsigned i = 0; i < 8; i++) {
+        const unsigned row = g + 8 * ((i / 2) % 2), col = 2 * t + i % 2 + 8 * (i / 4);
+        af[i / 2] |= (uint32_t)a[row * 16 + col].bits << (16 * (i % 2));
+    }
+    for (unsigned i = 0; i < 4; i++) {
+        const unsigned row = 2 * t + i % 2 + 8 * (i / 2), col = g;
+        bf[i / 2] |= (uint32_t)b[row * 8 + col].bits << (16 * (i % 2));
+    }
+    float acc[4] = {1.0f, 1.0f, 1.0f, 1.0f}; /* C = 1 everywhere */
+    emu_mma_16816(acc, af, bf);
+    for (unsigned i = 0; i < 4; i++) d[(g + 8 * (i / 2)) * 8 + 2 * t + i % 2] = acc[i];
+}
+
+static void mma()
+{
+    __nv_bfloat16 *a, *b;
+    float *d;
+    cudaMalloc((void **)&a, 256 * sizeof *a);
+    cudaMalloc((void **)&b, 128 * sizeof *b);
+    cudaMalloc((void **)&d, 128 * sizeof *d);
+    for (int i = 0; i < 256; i++) a[i] = __float2bfloat16_rn((float)((i * 7) % 13) - 6.0f); /* small integers: exact */
+    for (int i = 0; i < 128; i++) b[i] = __float2bfloat16_rn((float)((i * 5) % 11) - 5.0f);
+    PC_LAUNCH(k_mma, 1, 32, 0, nullptr)(d, a, b);
+    int bad = 0;
+    for (int r = 0; r < 16; r++)
+        for (int c = 0; c < 8; c++) {
+            float s = 1.0f;
+            for (int k = 0; k < 16; k++) s += __bfloat162float(a[r * 16 + k]) * __bfloat162float(b[k * 8 + c]);
+            bad += d[r * 8 + c] != s;
+        }
+    check(bad == 0, "mma m16n8k16: D = A B + C from fragments in the PTX ISA's layout");
+    cudaFree(a);
+    cudaFree(b);
+    cudaFree(d);
 }
 
 static void vector_loads()
@@ -174,6 +189,9 @@ static void vector_loads()
     check(out[0] == 4.0f + 5.0f + 6.0f + 7.0f, "16-byte load from a 16-byte aligned address");
     check(aborts_with([&] { PC_LAUNCH(k_ld4, 1, 1, 0, nullptr)(out, x, 2); }, "not 16-byte aligned"),
           "16-byte load from an 8-byte aligned address aborts");
+    const __nv_bfloat16 *h = (const __nv_bfloat16 *)x;
+    check(emu_ld_u32(h + 2) == ((const uint32_t *)x)[1], "32-bit load from a 4-byte aligned address");
+    check(aborts_with([&] { emu_ld_u32(h + 1); }, "not 4-byte aligned"), "32-bit load from a 2-byte aligned address aborts");
     cudaFree(x);
     cudaFree(out);
 }
@@ -288,8 +306,8 @@ int main()
 {
     launch_limits();
     memory();
-    wmma();
     vector_loads();
+    mma();
     cublas();
     streams();
     events();
