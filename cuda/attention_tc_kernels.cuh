@@ -203,6 +203,26 @@ static inline size_t atc_bytes(size_t n, size_t size) { return (n * size + 127) 
 static inline size_t atc_tile_bytes(int hd) { return atc_bytes((size_t)ATC_TILE * (hd + ATC_PAD), 2); }
 static inline size_t atc_tile_t_bytes(int hd) { return atc_bytes((size_t)hd * (ATC_TILE + ATC_PAD), 2); }
 
+/* Where a query-tile block (grid (ceil(T/64), H, B)) works: batch b, head h, first row
+ * q0 (the longest rows, most key tiles, first, so that the short ones fill the last
+ * wave), the warp's first row w0 and its 16-row offset in the block, the block's last
+ * row, and the head views of q, k and v (rows of stride ld). */
+struct atc_qtile {
+    int b, h, q0, w0, wr, last;
+    const float *qh, *kh, *vh;
+};
+__device__ atc_qtile atc_qtile_of(const float *q, const float *k, const float *v, int T, int H, int KV, int ld, int hd)
+{
+    atc_qtile r;
+    r.b = blockIdx.z, r.h = blockIdx.y;
+    r.q0 = (gridDim.x - 1 - blockIdx.x) * ATC_ROWS, r.wr = 16 * (int)(threadIdx.x >> 5), r.w0 = r.q0 + r.wr;
+    r.last = min(T - 1, r.q0 + ATC_ROWS - 1);
+    const size_t base = (size_t)r.b * T * ld;
+    const int g = r.h / (H / KV);
+    r.qh = q + base + (size_t)r.h * hd, r.kh = k + base + (size_t)g * hd, r.vh = v + base + (size_t)g * hd;
+    return r;
+}
+
 /* ---------------------------------------------------------------- forward */
 
 /* grid (ceil(T/64), H, B), ATC_WARPS*32 threads, atc_fwd_smem(HD) bytes of shared memory. */
@@ -215,23 +235,20 @@ __global__ void k_atc_fwd(float *out, float *lse, const float *q, const float *k
     bf16 *Ks = atc_take<bf16>(p, (size_t)ATC_TILE * ldh); /* (64 keys, HD); first the block's Q */
     bf16 *Vt = atc_take<bf16>(p, (size_t)HD * ldt);       /* (HD, 64 keys): V transposed */
 
-    const int b = blockIdx.z, h = blockIdx.y, g = h / (H / KV), warp = threadIdx.x >> 5;
-    /* the longest rows (most key tiles) first, so that the short ones fill the last wave */
-    const int q0 = (gridDim.x - 1 - blockIdx.x) * ATC_ROWS, w0 = q0 + 16 * warp, last = min(T - 1, q0 + ATC_ROWS - 1);
-    const size_t base = (size_t)b * T * ld;
-    const float *qh = q + base + (size_t)h * HD, *kh = k + base + (size_t)g * HD, *vh = v + base + (size_t)g * HD;
+    const atc_qtile at = atc_qtile_of(q, k, v, T, H, KV, ld, HD);
+    const int b = at.b, h = at.h, w0 = at.w0;
 
-    atc_load({Ks, nullptr, qh, (size_t)ld}, {}, ldh, ldt, q0, ATC_ROWS, T, HD);
+    atc_load({Ks, nullptr, at.qh, (size_t)ld}, {}, ldh, ldt, at.q0, ATC_ROWS, T, HD);
     __syncthreads();
     u32 qa[KT][4]; /* the warp's 16 query rows, the A operand of S = Q K^T */
-    atc_frags_a<KT>(qa, Ks, ldh, 16 * warp);
+    atc_frags_a<KT>(qa, Ks, ldh, at.wr);
 
     float o[DT][4], s[ATC_NT][4];
     atc_zero<DT>(o);
     float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f}; /* the lane's rows w0 + atc_c_row(0 | 2) */
-    for (int k0 = 0; k0 <= last; k0 += ATC_TILE) {
+    for (int k0 = 0; k0 <= at.last; k0 += ATC_TILE) {
         __syncthreads(); /* Q's fragments are read; the previous tiles are consumed */
-        atc_load({Ks, nullptr, kh, (size_t)ld}, {nullptr, Vt, vh, (size_t)ld}, ldh, ldt, k0, ATC_TILE, T, HD);
+        atc_load({Ks, nullptr, at.kh, (size_t)ld}, {nullptr, Vt, at.vh, (size_t)ld}, ldh, ldt, k0, ATC_TILE, T, HD);
         __syncthreads();
         if (k0 > w0 + 15) continue; /* warp-uniform: every key of the tile is after the warp's rows */
         atc_zero<ATC_NT>(s);
@@ -300,17 +317,15 @@ __global__ void k_atc_dq(float *dq, const float *dout, const float *lse, const f
     bf16 *Vs = atc_take<bf16>(p, (size_t)ATC_TILE * ldh); /* (64 keys, HD); first the block's dO */
     bf16 *Kt = atc_take<bf16>(p, (size_t)HD * ldt);       /* (HD, 64 keys): K transposed */
 
-    const int b = blockIdx.z, h = blockIdx.y, g = h / (H / KV), warp = threadIdx.x >> 5;
-    const int q0 = (gridDim.x - 1 - blockIdx.x) * ATC_ROWS, w0 = q0 + 16 * warp, last = min(T - 1, q0 + ATC_ROWS - 1);
-    const size_t base = (size_t)b * T * ld;
-    const float *qh = q + base + (size_t)h * HD, *kh = k + base + (size_t)g * HD, *vh = v + base + (size_t)g * HD;
+    const atc_qtile at = atc_qtile_of(q, k, v, T, H, KV, ld, HD);
+    const int b = at.b, h = at.h, w0 = at.w0;
     const float *doh = dout + (size_t)b * T * H * HD + (size_t)h * HD;
 
-    atc_load({Ks, nullptr, qh, (size_t)ld}, {Vs, nullptr, doh, (size_t)H * HD}, ldh, ldt, q0, ATC_ROWS, T, HD);
+    atc_load({Ks, nullptr, at.qh, (size_t)ld}, {Vs, nullptr, doh, (size_t)H * HD}, ldh, ldt, at.q0, ATC_ROWS, T, HD);
     __syncthreads();
     u32 qa[KT][4], da[KT][4]; /* the warp's rows of Q and dO, A operands of S and dP */
-    atc_frags_a<KT>(qa, Ks, ldh, 16 * warp);
-    atc_frags_a<KT>(da, Vs, ldh, 16 * warp);
+    atc_frags_a<KT>(qa, Ks, ldh, at.wr);
+    atc_frags_a<KT>(da, Vs, ldh, at.wr);
     float lse_r[2], D_r[2]; /* of the lane's two rows */
     ATC_UNROLL
     for (int r = 0; r < 2; r++) {
@@ -321,9 +336,9 @@ __global__ void k_atc_dq(float *dq, const float *dout, const float *lse, const f
 
     float acc[DT][4], s[ATC_NT][4], dp[ATC_NT][4];
     atc_zero<DT>(acc);
-    for (int k0 = 0; k0 <= last; k0 += ATC_TILE) {
+    for (int k0 = 0; k0 <= at.last; k0 += ATC_TILE) {
         __syncthreads();
-        atc_load({Ks, Kt, kh, (size_t)ld}, {Vs, nullptr, vh, (size_t)ld}, ldh, ldt, k0, ATC_TILE, T, HD);
+        atc_load({Ks, Kt, at.kh, (size_t)ld}, {Vs, nullptr, at.vh, (size_t)ld}, ldh, ldt, k0, ATC_TILE, T, HD);
         __syncthreads();
         if (k0 > w0 + 15) continue; /* warp-uniform */
         atc_zero<ATC_NT>(s);
@@ -343,7 +358,7 @@ __global__ void k_atc_dq(float *dq, const float *dout, const float *lse, const f
         atc_mma_abt<ATC_NT / 2, DT>(acc, dsa, Kt, ldt); /* dQ += dS K */
     }
     const float mul[2] = {scale, scale};
-    atc_store<DT>(dq + base + (size_t)h * HD, (size_t)ld, acc, w0, T, mul);
+    atc_store<DT>(dq + (size_t)b * T * ld + (size_t)h * HD, (size_t)ld, acc, w0, T, mul);
 }
 
 static inline size_t atc_dq_smem(int hd) { return 2 * atc_tile_bytes(hd) + atc_tile_t_bytes(hd); }
