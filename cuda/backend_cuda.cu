@@ -642,26 +642,29 @@ __global__ void k_rmsnorm_bwd_dw(float *dw, const float *dout, const float *x, c
     atomicAdd(dw + i, s);
 }
 
-static void cu_rmsnorm_fwd(backend *be, float *out, float *rstd, const float *x, const float *w, int N, int d,
-                           float eps)
+/* rmsnorm_fwd's and rmsnorm_fwd_16's launch: out (N, d) in OutT; bytes_per_elem for the profile */
+template <typename OutT>
+static void rmsnorm_rows(backend *be, const char *region, double bytes_per_elem, OutT *out, float *rstd, const float *x,
+                         const float *w, int N, int d, float eps)
 {
     cuda_impl *c = impl_of(be);
     if (N <= 0 || d <= 0) return;
-    PROF_BEGIN(c, "rmsnorm_fwd", 0, 8.0 * N * d); /* x in, out */
-    PC_LAUNCH(k_rmsnorm_fwd<float>, N, 256, 0, c->stream)(out, rstd, x, w, d, eps);
+    PROF_BEGIN(c, region, 0, bytes_per_elem * N * d);
+    PC_LAUNCH(k_rmsnorm_fwd<OutT>, N, 256, 0, c->stream)(out, rstd, x, w, d, eps);
     LAUNCH_CHECK();
     PROF_END(c);
+}
+
+static void cu_rmsnorm_fwd(backend *be, float *out, float *rstd, const float *x, const float *w, int N, int d,
+                           float eps)
+{
+    rmsnorm_rows<float>(be, "rmsnorm_fwd", 8.0, out, rstd, x, w, N, d, eps); /* x in, out */
 }
 
 static void cu_rmsnorm_fwd_16(backend *be, uint16_t *out, float *rstd, const float *x, const float *w, int N, int d,
                               float eps)
 {
-    cuda_impl *c = impl_of(be);
-    if (N <= 0 || d <= 0) return;
-    PROF_BEGIN(c, "rmsnorm_fwd_16", 0, 6.0 * N * d); /* x in, bf16 out */
-    PC_LAUNCH(k_rmsnorm_fwd<__nv_bfloat16>, N, 256, 0, c->stream)((__nv_bfloat16 *)out, rstd, x, w, d, eps);
-    LAUNCH_CHECK();
-    PROF_END(c);
+    rmsnorm_rows<__nv_bfloat16>(be, "rmsnorm_fwd_16", 6.0, (__nv_bfloat16 *)out, rstd, x, w, N, d, eps); /* bf16 out */
 }
 
 static void cu_rmsnorm_bwd(backend *be, float *dx, float *dw, const float *dout, const float *x, const float *w,
@@ -1064,27 +1067,28 @@ __global__ void k_swiglu_bwd(float *dgate, float *dup, const float *dout, const 
     }
 }
 
-static void cu_swiglu_fwd(backend *be, float *out, const float *gate, const float *up, int N, int f, int ld_in)
+/* swiglu_fwd's and swiglu_fwd_16's launch: out (N, f) in OutT; bytes_per_elem for the profile */
+template <typename OutT>
+static void swiglu_rows(backend *be, const char *region, double bytes_per_elem, OutT *out, const float *gate,
+                        const float *up, int N, int f, int ld_in)
 {
     cuda_impl *c = impl_of(be);
     size_t total = (size_t)N * f;
     if (N <= 0 || f <= 0) return;
-    PROF_BEGIN(c, "swiglu_fwd", 0, 12 * total); /* gate, up in; out */
-    PC_LAUNCH(k_swiglu_fwd<float>, grid_for(total, 256), 256, 0, c->stream)(out, gate, up, f, ld_in, total);
+    PROF_BEGIN(c, region, 0, bytes_per_elem * total);
+    PC_LAUNCH(k_swiglu_fwd<OutT>, grid_for(total, 256), 256, 0, c->stream)(out, gate, up, f, ld_in, total);
     LAUNCH_CHECK();
     PROF_END(c);
 }
 
+static void cu_swiglu_fwd(backend *be, float *out, const float *gate, const float *up, int N, int f, int ld_in)
+{
+    swiglu_rows<float>(be, "swiglu_fwd", 12.0, out, gate, up, N, f, ld_in); /* gate, up in; out */
+}
+
 static void cu_swiglu_fwd_16(backend *be, uint16_t *out, const float *gate, const float *up, int N, int f, int ld_in)
 {
-    cuda_impl *c = impl_of(be);
-    size_t total = (size_t)N * f;
-    if (N <= 0 || f <= 0) return;
-    PROF_BEGIN(c, "swiglu_fwd_16", 0, 10 * total); /* gate, up in; bf16 out */
-    PC_LAUNCH(k_swiglu_fwd<__nv_bfloat16>, grid_for(total, 256), 256, 0, c->stream)((__nv_bfloat16 *)out, gate, up, f,
-                                                                                    ld_in, total);
-    LAUNCH_CHECK();
-    PROF_END(c);
+    swiglu_rows<__nv_bfloat16>(be, "swiglu_fwd_16", 10.0, (__nv_bfloat16 *)out, gate, up, N, f, ld_in); /* bf16 out */
 }
 
 static void cu_swiglu_bwd(backend *be, float *dgate, float *dup, const float *dout, const float *gate,
