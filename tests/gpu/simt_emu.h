@@ -252,36 +252,27 @@ inline float __uint_as_float(unsigned u)
 }
 inline char *atc_smem_base() { return emu.smem; }
 
-/* CUDA's 16-byte vector, and a 16-byte load, which a GPU refuses from an address that is
- * not 16-byte aligned. */
+/* CUDA's 16-byte vector. */
 struct alignas(16) float4 {
     float x, y, z, w;
 };
 inline float4 make_float4(float x, float y, float z, float w) { return float4{x, y, z, w}; }
-inline float4 emu_ld4(const float *p)
+
+/* A T-sized load at p, which a GPU refuses from an address not aligned to its size:
+ * 16 bytes (emu_ld4, a float4) or 32 bits (emu_ld_u32, two bf16 of a shared tile). */
+template <typename T> inline T emu_ld_aligned(const void *p)
 {
-    if ((uintptr_t)p % 16 != 0) {
+    if ((uintptr_t)p % sizeof(T) != 0) {
         char msg[96];
-        std::snprintf(msg, sizeof msg, "16-byte load from %p, not 16-byte aligned", (const void *)p);
+        std::snprintf(msg, sizeof msg, "%zu-byte load from %p, not %zu-byte aligned", sizeof(T), p, sizeof(T));
         emu_fail(msg);
     }
-    float4 r;
+    T r;
     std::memcpy(&r, p, sizeof r);
     return r;
 }
-/* 32 bits at p (two bf16 of a shared-memory tile), which a GPU refuses from an address
- * that is not 4-byte aligned. */
-inline uint32_t emu_ld_u32(const void *p)
-{
-    if ((uintptr_t)p % 4 != 0) {
-        char msg[96];
-        std::snprintf(msg, sizeof msg, "32-bit load from %p, not 4-byte aligned", p);
-        emu_fail(msg);
-    }
-    uint32_t r;
-    std::memcpy(&r, p, sizeof r);
-    return r;
-}
+inline float4 emu_ld4(const float *p) { return emu_ld_aligned<float4>(p); }
+inline uint32_t emu_ld_u32(const void *p) { return emu_ld_aligned<uint32_t>(p); }
 
 /* mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 (PTX): d (16 x 8, fp32) += a (16 x 16,
  * bf16) times b (16 x 8, bf16), each held across the warp in the fragments PTX documents,

@@ -2,11 +2,11 @@
  * refuses"), so that the emu suite can fail where a GPU would: launches outside CUDA's
  * limits fail through cudaGetLastError and do not run; dynamic shared memory above 48 KiB
  * needs the kernel's attribute; writes outside a device buffer, copies and cuBLAS operands
- * past one, and misaligned 16-byte and 32-bit loads abort; mma.sync's emulation follows
- * the fragment layout PTX documents (checked in a child process, by its signal
- * and message); a read past a buffer reads a huge negative number, not a plausible value;
- * work put on a stream runs when it is synchronized, not before, and its events complete
- * with it. Also that correct uses of the same calls pass. */
+ * past one, and misaligned 16-byte and 32-bit loads abort (checked in a child process, by
+ * its signal and message); a read past a buffer reads a huge negative number, not a
+ * plausible value; work put on a stream runs when it is synchronized, not before, and its
+ * events complete with it. Also that correct uses of the same calls pass, and that
+ * mma.sync's emulation follows the fragment layout PTX documents. */
 #include "cuda_runtime.h"
 #include "cublas_v2.h"
 #include "launch.h"
