@@ -274,6 +274,22 @@ template <typename T> inline T emu_ld_aligned(const void *p)
 inline float4 emu_ld4(const float *p) { return emu_ld_aligned<float4>(p); }
 inline uint32_t emu_ld_u32(const void *p) { return emu_ld_aligned<uint32_t>(p); }
 
+/* bf16 as its bit pattern; conversion rounds to nearest even, as __float2bfloat16_rn. */
+struct __nv_bfloat16 {
+    uint16_t bits;
+};
+inline __nv_bfloat16 __float2bfloat16_rn(float f)
+{
+    uint32_t u;
+    std::memcpy(&u, &f, 4);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return __nv_bfloat16{(uint16_t)((u >> 16) | 0x40)}; /* NaN stays NaN */
+    u += 0x7fffu + ((u >> 16) & 1u);
+    return __nv_bfloat16{(uint16_t)(u >> 16)};
+}
+inline float __bfloat162float(__nv_bfloat16 h) { return __uint_as_float((uint32_t)h.bits << 16); }
+inline float emu_to_float(__nv_bfloat16 h) { return __bfloat162float(h); }
+inline float emu_to_float(float f) { return f; }
+
 /* mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 (PTX): d (16 x 8, fp32) += a (16 x 16,
  * bf16) times b (16 x 8, bf16), each held across the warp in the fragments PTX documents,
  * with g = lane / 4 and t = lane % 4: a's registers hold (row, col) = (g, 2t..2t+1),
@@ -282,7 +298,8 @@ inline uint32_t emu_ld_u32(const void *p) { return emu_ld_aligned<uint32_t>(p); 
  * 2t + 1). Every lane of the warp takes part; each lane's operands go through the warp's
  * slots, as through the tensor core. Sums in fp32, k ascending. */
 #define EMU_MMA_WORDS 6
-inline float emu_bf16_half(uint32_t w, int hi) { return __uint_as_float((hi ? w >> 16 : w & 0xffffu) << 16); }
+/* the bf16 in the low (hi 0) or high half of a register */
+inline float emu_bf16_half(uint32_t w, int hi) { return __bfloat162float(__nv_bfloat16{(uint16_t)(hi ? w >> 16 : w)}); }
 inline void emu_mma_16816(float d[4], const uint32_t a[4], const uint32_t b[2])
 {
     const unsigned w = threadIdx.x >> 5, l = threadIdx.x & 31, g = l >> 2, t = l & 3;
@@ -307,22 +324,6 @@ inline void emu_mma_16816(float d[4], const uint32_t a[4], const uint32_t b[2])
     __syncwarp(); /* every lane has read the slots before any lane's next product writes them */
     std::memcpy(d, out, sizeof out);
 }
-
-/* bf16 as its bit pattern; conversion rounds to nearest even, as __float2bfloat16_rn. */
-struct __nv_bfloat16 {
-    uint16_t bits;
-};
-inline __nv_bfloat16 __float2bfloat16_rn(float f)
-{
-    uint32_t u;
-    std::memcpy(&u, &f, 4);
-    if ((u & 0x7fffffffu) > 0x7f800000u) return __nv_bfloat16{(uint16_t)((u >> 16) | 0x40)}; /* NaN stays NaN */
-    u += 0x7fffu + ((u >> 16) & 1u);
-    return __nv_bfloat16{(uint16_t)(u >> 16)};
-}
-inline float __bfloat162float(__nv_bfloat16 h) { return __uint_as_float((uint32_t)h.bits << 16); }
-inline float emu_to_float(__nv_bfloat16 h) { return __bfloat162float(h); }
-inline float emu_to_float(float f) { return f; }
 
 
 [[noreturn]] inline void emu_fiber_main()

@@ -745,6 +745,13 @@ static void test_shard_grads(void **state) {
     plan_free(&h);
 }
 
+/* The largest base slice of a plan's blocks, in elements. */
+static int64_t largest_slice(const plan *p) {
+    int64_t m = 0;
+    for (int i = 0; i < p->n_blocks; i++) m = PC_MAX(m, p->blocks[i].base_rows * p->blocks[i].base_cols);
+    return m;
+}
+
 static void test_weights_bf16(void **state) {
     (void)state;
     static llama_config base, small;
@@ -786,8 +793,7 @@ static void test_weights_bf16(void **state) {
     plan g;
     o.gemm_bf16_block = (int64_t)BACKEND_CUDA_BF16_BLOCK;
     assert_int_equal(plan_build(&g, &base, &small, 16, &o, NULL), 0);
-    int64_t slice = 0, att = (int64_t)2 * 2048 * 32 * 128;
-    for (int i = 0; i < g.n_blocks; i++) slice = PC_MAX(slice, g.blocks[i].base_rows * g.blocks[i].base_cols);
+    int64_t slice = largest_slice(&g), att = (int64_t)2 * 2048 * 32 * 128;
     assert_true(slice == (int64_t)14336 * 4096 && att < slice && slice < (int64_t)BACKEND_CUDA_BF16_BLOCK);
     for (int r = 0; r < 16; r++) {
         assert_int_equal(g.ranks[r].scratch_bytes - h.ranks[r].scratch_bytes, 2 * 2 * slice);
@@ -808,8 +814,7 @@ static void test_weights_bf16(void **state) {
         assert_int_equal(plan_build(&f, &tb, &ts, 2, &o, NULL), 0);
         o.gemm_bf16_block = (int64_t)1 << 40;
         assert_int_equal(plan_build(&g, &tb, &ts, 2, &o, NULL), 0);
-        int64_t N = (int64_t)o.micro_batch * o.seq_len, whole = 0;
-        for (int i = 0; i < g.n_blocks; i++) whole = PC_MAX(whole, g.blocks[i].base_rows * g.blocks[i].base_cols);
+        int64_t N = (int64_t)o.micro_batch * o.seq_len, whole = largest_slice(&g);
         assert_int_equal(whole, (int64_t)tb.d_model * PC_MAX(tb.vocab_size, tb.d_ff));
         int64_t att = N * ts.n_heads * ts.head_dim, copies = g.ranks[0].scratch_bytes - f.ranks[0].scratch_bytes;
         assert_true(big ? att > whole : att < whole);
@@ -830,8 +835,7 @@ static void test_weights_bf16(void **state) {
         assert_int_equal(plan_build(&f, &tb, &ts, 2, &o, NULL), 0);
         o.gemm_bf16_block = (int64_t)1 << 40;
         assert_int_equal(plan_build(&g, &tb, &ts, 2, &o, NULL), 0);
-        int64_t whole = 0;
-        for (int i = 0; i < g.n_blocks; i++) whole = PC_MAX(whole, g.blocks[i].base_rows * g.blocks[i].base_cols);
+        int64_t whole = largest_slice(&g);
         int64_t want = k == 0 ? fused : k == 1 ? PC_MAX(fused, head) : whole;
         assert_true(want >= whole && (k == 2 || want > whole));
         assert_int_equal(g.ranks[0].scratch_bytes - f.ranks[0].scratch_bytes, 4 * want);
