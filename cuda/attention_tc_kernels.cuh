@@ -15,7 +15,7 @@
 #define ATC_TILE 64               /* rows of the tiles walked over */
 #define ATC_NT (ATC_TILE / 8)     /* 16 x 8 products across a tile's rows */
 #define ATC_HD_MAX 128
-#define ATC_PAD 8 /* bf16 row padding: a fragment's 32-bit loads (8 rows x 4) fall in 32 banks */
+#define ATC_PAD 8 /* bf16 row padding: the 8 rows of an ldmatrix matrix (16 bytes each) fall in 32 banks */
 
 typedef __nv_bfloat16 bf16;
 typedef uint32_t u32;
@@ -32,41 +32,61 @@ __device__ __forceinline__ void atc_mma(float d[4], const u32 a[4], const u32 b[
                  : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
                  : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
 }
+/* Four 8 x 8 bf16 matrices from shared memory, lanes 8i..8i+7 pointing at matrix i's
+ * rows (16 bytes each, 16-byte aligned), into r[i] in the fragment layout (TRANS 1: of
+ * the transposed matrices), by ldmatrix.m8n8.x4 (tests/gpu/simt_emu.h, emu_ldmatrix_x4,
+ * spells the layout out). */
+template <int TRANS> __device__ __forceinline__ void atc_ldsm4(u32 r[4], const bf16 *p)
+{
+    const u32 a = (u32)__cvta_generic_to_shared(p);
+    if (TRANS)
+        asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                     : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                     : "r"(a));
+    else
+        asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                     : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                     : "r"(a));
+}
 /* lo and hi rounded to bf16, lo in the low half */
 __device__ __forceinline__ u32 atc_pack(float lo, float hi)
 {
     __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
     return *reinterpret_cast<u32 *>(&v);
 }
+/* Four bf16 (two packed pairs) at p, 8-byte aligned. */
+__device__ __forceinline__ void atc_st8(bf16 *p, u32 lo, u32 hi) { *reinterpret_cast<uint2 *>(p) = make_uint2(lo, hi); }
 #define ATC_UNROLL _Pragma("unroll")
 #else
 #define atc_ld4 emu_ld4
 #define atc_mma emu_mma_16816
+template <int TRANS> inline void atc_ldsm4(u32 r[4], const bf16 *p) { emu_ldmatrix_x4(r, p, TRANS); }
 inline u32 atc_pack(float lo, float hi)
 {
     return (u32)__float2bfloat16_rn(lo).bits | (u32)__float2bfloat16_rn(hi).bits << 16;
 }
+inline void atc_st8(bf16 *p, u32 lo, u32 hi) { emu_st_aligned<uint64_t>(p, (uint64_t)hi << 32 | lo); }
 #define ATC_UNROLL
 #endif
 
 /* ---------------------------------------------------------------- tiles and fragments */
 
-/* A tile to load: rows of a (T, hd) head view at src (row stride ld), into a bf16 tile at
- * dst (row-major) and/or its transpose at dst_t; src NULL: none. */
+/* A tile to load: rows of a (T, hd) head view at src (row stride ld) into a row-major
+ * bf16 tile at dst; src NULL: none. */
 struct atc_src {
-    bf16 *dst, *dst_t;
+    bf16 *dst;
     const float *src;
     size_t ld;
 };
 
 /* rows x hd of one or two head views (a, b) from row r0 into bf16 tiles of row stride
- * dst_ld (dst) and transposes of row stride t_ld (dst_t: hd rows of `rows`); rows at or
- * past T are zero. All threads of the block take part, each issuing its ATC_LOAD_BATCH
- * 16-byte loads of both tiles before it converts and stores any, so that the loads are in
- * flight together (one after another, each would wait out the memory's latency). hd is a
- * multiple of 4, the sources and their ld 16-byte aligned. */
+ * dst_ld; rows at or past T are zero. All threads of the block take part, each issuing
+ * its ATC_LOAD_BATCH 16-byte loads of both tiles before it converts and stores any, so
+ * that the loads are in flight together (one after another, each would wait out the
+ * memory's latency); each 4 values go out as one 8-byte store. hd is a multiple of 4, the
+ * sources and their ld 16-byte aligned. */
 #define ATC_LOAD_BATCH 8
-__device__ void atc_load(atc_src a, atc_src b, int dst_ld, int t_ld, int r0, int rows, int T, int hd)
+__device__ void atc_load(atc_src a, atc_src b, int dst_ld, int r0, int rows, int T, int hd)
 {
     const atc_src t[2] = {a, b};
     const int vpr = hd >> 2, n = rows * vpr; /* 4-float vectors per row, in a tile */
@@ -83,36 +103,21 @@ __device__ void atc_load(atc_src a, atc_src b, int dst_ld, int t_ld, int r0, int
         ATC_UNROLL
         for (int u = 0; u < 2 * ATC_LOAD_BATCH; u++) {
             const int j = u / ATC_LOAD_BATCH, idx = v0 + (u % ATC_LOAD_BATCH) * (int)blockDim.x + (int)threadIdx.x;
-            const int r = idx / vpr, c = (idx - r * vpr) * 4;
+            const int r = idx / vpr;
             if (!t[j].src || idx >= n) continue;
             const float4 v = x[j][u % ATC_LOAD_BATCH];
-            const bf16 e[4] = {__float2bfloat16_rn(v.x), __float2bfloat16_rn(v.y), __float2bfloat16_rn(v.z),
-                               __float2bfloat16_rn(v.w)};
-            for (int q = 0; q < 4; q++) {
-                if (t[j].dst) t[j].dst[r * dst_ld + c + q] = e[q];
-                if (t[j].dst_t) t[j].dst_t[(c + q) * t_ld + r] = e[q];
-            }
+            atc_st8(t[j].dst + r * dst_ld + (idx - r * vpr) * 4, atc_pack(v.x, v.y), atc_pack(v.z, v.w));
         }
     }
 }
 
-/* 32 bits (two bf16) of a tile at p (4-byte aligned: an even column of an even stride) */
-#ifndef PC_SIMT_EMU
-__device__ __forceinline__ u32 atc_u32(const bf16 *p) { return *reinterpret_cast<const u32 *>(p); }
-#else
-inline u32 atc_u32(const bf16 *p) { return emu_ld_u32(p); }
-#endif
-
 /* The A fragment (16 x 16) of the warp's lane at rows r0.., columns k0.. of a row-major
- * bf16 tile X (row stride ld). */
+ * bf16 tile X (row stride ld): lane l points at row r0 + l % 16, column k0 + 8 (l / 16),
+ * so that the four matrices are a's registers (rows +0/+8, columns +0/+8). */
 __device__ __forceinline__ void atc_frag_a(u32 a[4], const bf16 *X, int ld, int r0, int k0)
 {
-    const int g = (threadIdx.x & 31) >> 2, t = threadIdx.x & 3;
-    const bf16 *p = X + (r0 + g) * ld + k0 + 2 * t;
-    a[0] = atc_u32(p);
-    a[1] = atc_u32(p + 8 * ld);
-    a[2] = atc_u32(p + 8);
-    a[3] = atc_u32(p + 8 * ld + 8);
+    const int l = threadIdx.x & 31;
+    atc_ldsm4<0>(a, X + (r0 + (l & 15)) * ld + k0 + 8 * (l >> 4));
 }
 
 /* A fragments of 16 rows from r0 and KT x 16 columns of X. */
@@ -122,19 +127,42 @@ template <int KT> __device__ __forceinline__ void atc_frags_a(u32 a[KT][4], cons
     for (int kk = 0; kk < KT; kk++) atc_frag_a(a[kk], X, ld, r0, 16 * kk);
 }
 
-/* c (16 x 8 NT, as NT C fragments) += A Y^T: A (16 x 16 KT) in fragments a[kk], Y a
- * row-major bf16 tile (row stride ld) of at least 8 NT rows and 16 KT columns, so that
- * B(k, n) = Y[n][k]. */
+/* c (16 x 8 NT, as NT C fragments, NT even) += A Y^T: A (16 x 16 KT) in fragments a[kk],
+ * Y a row-major bf16 tile (row stride ld) of at least 8 NT rows and 16 KT columns, so
+ * that B(k, n) = Y[n][k]. One ldmatrix takes the B fragments of two column blocks n,
+ * n + 1: lane l points at Y's row 8 n + l % 8 + 8 (l / 16), column 16 kk + 8 (l / 8 % 2). */
 template <int KT, int NT> __device__ __forceinline__ void atc_mma_abt(float c[NT][4], const u32 a[KT][4], const bf16 *Y, int ld)
 {
-    const int g = (threadIdx.x & 31) >> 2, t = threadIdx.x & 3;
+    const int l = threadIdx.x & 31;
     ATC_UNROLL
-    for (int n = 0; n < NT; n++) {
-        const bf16 *p = Y + (8 * n + g) * ld + 2 * t;
+    for (int n = 0; n < NT; n += 2) {
+        const bf16 *p = Y + (8 * n + (l & 7) + 8 * (l >> 4)) * ld + 8 * ((l >> 3) & 1);
         ATC_UNROLL
         for (int kk = 0; kk < KT; kk++) {
-            const u32 b[2] = {atc_u32(p + 16 * kk), atc_u32(p + 16 * kk + 8)};
+            u32 b[4]; /* B fragments of blocks n (b[0..1]) and n + 1 (b[2..3]) */
+            atc_ldsm4<0>(b, p + 16 * kk);
             atc_mma(c[n], a[kk], b);
+            atc_mma(c[n + 1], a[kk], b + 2);
+        }
+    }
+}
+
+/* c (16 x 8 NT, NT even) += A Y: A (16 x 16 KT) in fragments a[kk], Y a row-major bf16
+ * tile (row stride ld) of at least 16 KT rows and 8 NT columns, so that B(k, n) =
+ * Y[k][n], taken transposed by ldmatrix.trans: lane l points at Y's row 16 kk + l % 16,
+ * column 8 n + 8 (l / 16). */
+template <int KT, int NT> __device__ __forceinline__ void atc_mma_ab(float c[NT][4], const u32 a[KT][4], const bf16 *Y, int ld)
+{
+    const int l = threadIdx.x & 31;
+    ATC_UNROLL
+    for (int n = 0; n < NT; n += 2) {
+        const bf16 *p = Y + (l & 15) * ld + 8 * n + 8 * (l >> 4);
+        ATC_UNROLL
+        for (int kk = 0; kk < KT; kk++) {
+            u32 b[4];
+            atc_ldsm4<1>(b, p + 16 * kk * ld);
+            atc_mma(c[n], a[kk], b);
+            atc_mma(c[n + 1], a[kk], b + 2);
         }
     }
 }
@@ -199,9 +227,8 @@ template <typename T> __device__ T *atc_take(char *&p, size_t n)
 }
 
 static inline size_t atc_bytes(size_t n, size_t size) { return (n * size + 127) / 128 * 128; }
-/* a row-major (64, hd) bf16 tile; its transpose (hd, 64) */
+/* a row-major (64, hd) bf16 tile */
 static inline size_t atc_tile_bytes(int hd) { return atc_bytes((size_t)ATC_TILE * (hd + ATC_PAD), 2); }
-static inline size_t atc_tile_t_bytes(int hd) { return atc_bytes((size_t)hd * (ATC_TILE + ATC_PAD), 2); }
 
 /* Where a query-tile block (grid (ceil(T/64), H, B)) works: batch b, head h, first row
  * q0 (the longest rows, most key tiles, first, so that the short ones fill the last
@@ -230,15 +257,15 @@ template <int HD>
 __global__ void k_atc_fwd(float *out, float *lse, const float *q, const float *k, const float *v, int T, int H, int KV,
                           int ld, float scale)
 {
-    constexpr int KT = HD / 16, DT = HD / 8, ldh = HD + ATC_PAD, ldt = ATC_TILE + ATC_PAD;
+    constexpr int KT = HD / 16, DT = HD / 8, ldh = HD + ATC_PAD;
     char *p = atc_smem_base();
     bf16 *Ks = atc_take<bf16>(p, (size_t)ATC_TILE * ldh); /* (64 keys, HD); first the block's Q */
-    bf16 *Vt = atc_take<bf16>(p, (size_t)HD * ldt);       /* (HD, 64 keys): V transposed */
+    bf16 *Vs = atc_take<bf16>(p, (size_t)ATC_TILE * ldh); /* (64 keys, HD) */
 
     const atc_qtile at = atc_qtile_of(q, k, v, T, H, KV, ld, HD);
     const int b = at.b, h = at.h, w0 = at.w0;
 
-    atc_load({Ks, nullptr, at.qh, (size_t)ld}, {}, ldh, ldt, at.q0, ATC_ROWS, T, HD);
+    atc_load({Ks, at.qh, (size_t)ld}, {}, ldh, at.q0, ATC_ROWS, T, HD);
     __syncthreads();
     u32 qa[KT][4]; /* the warp's 16 query rows, the A operand of S = Q K^T */
     atc_frags_a<KT>(qa, Ks, ldh, at.wr);
@@ -248,7 +275,7 @@ __global__ void k_atc_fwd(float *out, float *lse, const float *q, const float *k
     float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f}; /* the lane's rows w0 + atc_c_row(0 | 2) */
     for (int k0 = 0; k0 <= at.last; k0 += ATC_TILE) {
         __syncthreads(); /* Q's fragments are read; the previous tiles are consumed */
-        atc_load({Ks, nullptr, at.kh, (size_t)ld}, {nullptr, Vt, at.vh, (size_t)ld}, ldh, ldt, k0, ATC_TILE, T, HD);
+        atc_load({Ks, at.kh, (size_t)ld}, {Vs, at.vh, (size_t)ld}, ldh, k0, ATC_TILE, T, HD);
         __syncthreads();
         if (k0 > w0 + 15) continue; /* warp-uniform: every key of the tile is after the warp's rows */
         atc_zero<ATC_NT>(s);
@@ -287,7 +314,7 @@ __global__ void k_atc_fwd(float *out, float *lse, const float *q, const float *k
         }
         u32 pa[ATC_NT / 2][4];
         atc_c_to_a<ATC_NT>(pa, s);
-        atc_mma_abt<ATC_NT / 2, DT>(o, pa, Vt, ldt); /* O += P V (16, HD) */
+        atc_mma_ab<ATC_NT / 2, DT>(o, pa, Vs, ldh); /* O += P V (16, HD) */
     }
     float inv[2];
     ATC_UNROLL
@@ -301,7 +328,7 @@ __global__ void k_atc_fwd(float *out, float *lse, const float *q, const float *k
     atc_store<DT>(out + (size_t)b * T * H * HD + (size_t)h * HD, (size_t)H * HD, o, w0, T, inv);
 }
 
-static inline size_t atc_fwd_smem(int hd) { return atc_tile_bytes(hd) + atc_tile_t_bytes(hd); }
+static inline size_t atc_fwd_smem(int hd) { return 2 * atc_tile_bytes(hd); }
 
 /* ---------------------------------------------------------------- backward */
 
@@ -311,17 +338,16 @@ template <int HD>
 __global__ void k_atc_dq(float *dq, const float *dout, const float *lse, const float *D, const float *q,
                          const float *k, const float *v, int T, int H, int KV, int ld, float scale)
 {
-    constexpr int KT = HD / 16, DT = HD / 8, ldh = HD + ATC_PAD, ldt = ATC_TILE + ATC_PAD;
+    constexpr int KT = HD / 16, DT = HD / 8, ldh = HD + ATC_PAD;
     char *p = atc_smem_base();
     bf16 *Ks = atc_take<bf16>(p, (size_t)ATC_TILE * ldh); /* (64 keys, HD); first the block's Q */
     bf16 *Vs = atc_take<bf16>(p, (size_t)ATC_TILE * ldh); /* (64 keys, HD); first the block's dO */
-    bf16 *Kt = atc_take<bf16>(p, (size_t)HD * ldt);       /* (HD, 64 keys): K transposed */
 
     const atc_qtile at = atc_qtile_of(q, k, v, T, H, KV, ld, HD);
     const int b = at.b, h = at.h, w0 = at.w0;
     const float *doh = dout + (size_t)b * T * H * HD + (size_t)h * HD;
 
-    atc_load({Ks, nullptr, at.qh, (size_t)ld}, {Vs, nullptr, doh, (size_t)H * HD}, ldh, ldt, at.q0, ATC_ROWS, T, HD);
+    atc_load({Ks, at.qh, (size_t)ld}, {Vs, doh, (size_t)H * HD}, ldh, at.q0, ATC_ROWS, T, HD);
     __syncthreads();
     u32 qa[KT][4], da[KT][4]; /* the warp's rows of Q and dO, A operands of S and dP */
     atc_frags_a<KT>(qa, Ks, ldh, at.wr);
@@ -338,7 +364,7 @@ __global__ void k_atc_dq(float *dq, const float *dout, const float *lse, const f
     atc_zero<DT>(acc);
     for (int k0 = 0; k0 <= at.last; k0 += ATC_TILE) {
         __syncthreads();
-        atc_load({Ks, Kt, at.kh, (size_t)ld}, {Vs, nullptr, at.vh, (size_t)ld}, ldh, ldt, k0, ATC_TILE, T, HD);
+        atc_load({Ks, at.kh, (size_t)ld}, {Vs, at.vh, (size_t)ld}, ldh, k0, ATC_TILE, T, HD);
         __syncthreads();
         if (k0 > w0 + 15) continue; /* warp-uniform */
         atc_zero<ATC_NT>(s);
@@ -355,13 +381,13 @@ __global__ void k_atc_dq(float *dq, const float *dout, const float *lse, const f
             }
         u32 dsa[ATC_NT / 2][4];
         atc_c_to_a<ATC_NT>(dsa, s);
-        atc_mma_abt<ATC_NT / 2, DT>(acc, dsa, Kt, ldt); /* dQ += dS K */
+        atc_mma_ab<ATC_NT / 2, DT>(acc, dsa, Ks, ldh); /* dQ += dS K */
     }
     const float mul[2] = {scale, scale};
     atc_store<DT>(dq + (size_t)b * T * ld + (size_t)h * HD, (size_t)ld, acc, w0, T, mul);
 }
 
-static inline size_t atc_dq_smem(int hd) { return 2 * atc_tile_bytes(hd) + atc_tile_t_bytes(hd); }
+static inline size_t atc_dq_smem(int hd) { return 2 * atc_tile_bytes(hd); }
 
 /* dK, dV: grid (ceil(T/64), KV, B), ATC_WARPS*32 threads, atc_dkv_smem(HD) bytes; each
  * warp owns 16 key rows and sums over the group's query heads and the query rows at or
@@ -370,14 +396,12 @@ template <int HD>
 __global__ void k_atc_dkv(float *dk, float *dv, const float *dout, const float *lse, const float *D, const float *q,
                           const float *k, const float *v, int T, int H, int KV, int ld, float scale)
 {
-    constexpr int KT = HD / 16, DT = HD / 8, ldh = HD + ATC_PAD, ldt = ATC_TILE + ATC_PAD;
+    constexpr int KT = HD / 16, DT = HD / 8, ldh = HD + ATC_PAD;
     char *p = atc_smem_base();
     bf16 *Ks = atc_take<bf16>(p, (size_t)ATC_ROWS * ldh);  /* (64 keys, HD): the block's own */
     bf16 *Vs = atc_take<bf16>(p, (size_t)ATC_ROWS * ldh);  /* (64 keys, HD) */
     bf16 *Qs = atc_take<bf16>(p, (size_t)ATC_TILE * ldh);  /* (64 queries, HD) */
     bf16 *dOs = atc_take<bf16>(p, (size_t)ATC_TILE * ldh); /* (64 queries, HD) */
-    bf16 *Qt = atc_take<bf16>(p, (size_t)HD * ldt);        /* (HD, 64 queries) */
-    bf16 *dOt = atc_take<bf16>(p, (size_t)HD * ldt);       /* (HD, 64 queries) */
     float *lse_s = atc_take<float>(p, ATC_TILE), *D_s = atc_take<float>(p, ATC_TILE);
 
     const int b = blockIdx.z, g = blockIdx.y, group = H / KV, warp = threadIdx.x >> 5;
@@ -385,7 +409,7 @@ __global__ void k_atc_dkv(float *dk, float *dv, const float *dout, const float *
     const size_t base = (size_t)b * T * ld;
     const float *kh = k + base + (size_t)g * HD, *vh = v + base + (size_t)g * HD;
 
-    atc_load({Ks, nullptr, kh, (size_t)ld}, {Vs, nullptr, vh, (size_t)ld}, ldh, ldt, k0, ATC_ROWS, T, HD);
+    atc_load({Ks, kh, (size_t)ld}, {Vs, vh, (size_t)ld}, ldh, k0, ATC_ROWS, T, HD);
     float dk_acc[DT][4], dv_acc[DT][4], st[ATC_NT][4], dpt[ATC_NT][4];
     atc_zero<DT>(dk_acc);
     atc_zero<DT>(dv_acc);
@@ -394,7 +418,7 @@ __global__ void k_atc_dkv(float *dk, float *dv, const float *dout, const float *
         const float *doh = dout + (size_t)b * T * H * HD + (size_t)h * HD;
         for (int i0 = k0; i0 < T; i0 += ATC_TILE) { /* query tiles at or after the key tile (aligned: 64 = 64) */
             __syncthreads();
-            atc_load({Qs, Qt, qh, (size_t)ld}, {dOs, dOt, doh, (size_t)H * HD}, ldh, ldt, i0, ATC_TILE, T, HD);
+            atc_load({Qs, qh, (size_t)ld}, {dOs, doh, (size_t)H * HD}, ldh, i0, ATC_TILE, T, HD);
             for (int r = threadIdx.x; r < ATC_TILE; r += blockDim.x) {
                 const int i = i0 + r;
                 lse_s[r] = i < T ? lse[((size_t)b * H + h) * T + i] : 0.0f;
@@ -429,9 +453,9 @@ __global__ void k_atc_dkv(float *dk, float *dv, const float *dout, const float *
                 }
             u32 fa[ATC_NT / 2][4];
             atc_c_to_a<ATC_NT>(fa, st);
-            atc_mma_abt<ATC_NT / 2, DT>(dv_acc, fa, dOt, ldt); /* dV += P^T dO */
+            atc_mma_ab<ATC_NT / 2, DT>(dv_acc, fa, dOs, ldh); /* dV += P^T dO */
             atc_c_to_a<ATC_NT>(fa, dpt);
-            atc_mma_abt<ATC_NT / 2, DT>(dk_acc, fa, Qt, ldt); /* dK += dS^T Q */
+            atc_mma_ab<ATC_NT / 2, DT>(dk_acc, fa, Qs, ldh); /* dK += dS^T Q */
         }
     }
     const float mul_k[2] = {scale, scale}, mul_v[2] = {1.0f, 1.0f};
@@ -441,7 +465,7 @@ __global__ void k_atc_dkv(float *dk, float *dv, const float *dout, const float *
 
 static inline size_t atc_dkv_smem(int hd)
 {
-    return 4 * atc_tile_bytes(hd) + 2 * atc_tile_t_bytes(hd) + 2 * atc_bytes(ATC_TILE, 4);
+    return 4 * atc_tile_bytes(hd) + 2 * atc_bytes(ATC_TILE, 4);
 }
 
 #endif

@@ -15,7 +15,9 @@
  *
  * mma.sync (m16n8k16, bf16 in, fp32 accumulation: emu_mma_16816) takes each lane's
  * fragment registers in the layout PTX documents and exchanges them through a per-warp
- * array between two warp barriers, as the tensor core gathers them from the lanes.
+ * array between two warp barriers, as the tensor core gathers them from the lanes;
+ * ldmatrix (m8n8.x4, plain and .trans: emu_ldmatrix_x4) gathers the rows whose
+ * addresses the lanes give the same way.
  *
  * What a GPU refuses, the emulator refuses too, so that a launch or an access that only a
  * small test shape gets right fails here and not on the first GPU run:
@@ -24,8 +26,8 @@
  *    cudaFuncAttributeMaxDynamicSharedMemorySize allows it (the launch fails with
  *    cudaErrorInvalidConfiguration / cudaErrorInvalidValue, which cudaGetLastError
  *    returns once, and is not run);
- *  - vector loads: 16 bytes (emu_ld4) from a 16-byte aligned address, 32 bits
- *    (emu_ld_u32) from a 4-byte aligned one;
+ *  - vector loads and stores aligned to their size (emu_ld4: 16 bytes, emu_st_aligned),
+ *    and ldmatrix rows 16-byte aligned inside the block's dynamic shared memory;
  *  - streams: a kernel, copy, memset or cuBLAS call put on a stream runs when that
  *    stream or the device is synchronized, not before (emu_streams.cpp), so that a host
  *    read or another stream's work that does not wait for it sees the old contents;
@@ -193,7 +195,9 @@ struct emu_state {
     const std::function<void()> *body = nullptr;    /* the kernel of this launch */
     std::vector<double> shfl;                       /* 32 per warp */
     std::vector<uint32_t> mma;                      /* EMU_MMA_WORDS per lane (emu_mma_16816) */
+    std::vector<const char *> ldsm;                 /* 32 row addresses per warp (emu_ldmatrix_x4) */
     char *smem = nullptr;                           /* dynamic shared memory */
+    size_t smem_bytes = 0;
 };
 
 inline emu_dim3 threadIdx, blockIdx, blockDim, gridDim;
@@ -258,21 +262,30 @@ struct alignas(16) float4 {
 };
 inline float4 make_float4(float x, float y, float z, float w) { return float4{x, y, z, w}; }
 
-/* A T-sized load at p, which a GPU refuses from an address not aligned to its size:
- * 16 bytes (emu_ld4, a float4) or 32 bits (emu_ld_u32, two bf16 of a shared tile). */
+/* Refuses, as a GPU does, an n-byte access (op: "load from", "store to") at p not aligned
+ * to n. */
+inline void emu_aligned(const void *p, size_t n, const char *op)
+{
+    if ((uintptr_t)p % n == 0) return;
+    char msg[96];
+    std::snprintf(msg, sizeof msg, "%zu-byte %s %p, not %zu-byte aligned", n, op, p, n);
+    emu_fail(msg);
+}
+/* A T-sized load at p (emu_ld4: 16 bytes, a float4) and a T-sized store (emu_st_aligned:
+ * the kernels' 8-byte stores of four bf16). */
 template <typename T> inline T emu_ld_aligned(const void *p)
 {
-    if ((uintptr_t)p % sizeof(T) != 0) {
-        char msg[96];
-        std::snprintf(msg, sizeof msg, "%zu-byte load from %p, not %zu-byte aligned", sizeof(T), p, sizeof(T));
-        emu_fail(msg);
-    }
+    emu_aligned(p, sizeof(T), "load from");
     T r;
     std::memcpy(&r, p, sizeof r);
     return r;
 }
 inline float4 emu_ld4(const float *p) { return emu_ld_aligned<float4>(p); }
-inline uint32_t emu_ld_u32(const void *p) { return emu_ld_aligned<uint32_t>(p); }
+template <typename T> inline void emu_st_aligned(void *p, T v)
+{
+    emu_aligned(p, sizeof(T), "store to");
+    std::memcpy(p, &v, sizeof v);
+}
 
 /* bf16 as its bit pattern; conversion rounds to nearest even, as __float2bfloat16_rn. */
 struct __nv_bfloat16 {
@@ -323,6 +336,36 @@ inline void emu_mma_16816(float d[4], const uint32_t a[4], const uint32_t b[2])
     }
     __syncwarp(); /* every lane has read the slots before any lane's next product writes them */
     std::memcpy(d, out, sizeof out);
+}
+
+/* ldmatrix.sync.aligned.m8n8.x4{.trans}.shared.b16 (PTX): four 8 x 8 matrices of 16-bit
+ * elements from shared memory, lanes 8i..8i+7 giving the addresses of matrix i's rows 0..7
+ * (16 bytes each, 16-byte aligned); r[i] of lane l holds matrix i's (row, col) = (l / 4,
+ * 2 (l % 4)) and (l / 4, 2 (l % 4) + 1), the lower column in the low half; .trans (trans
+ * 1) the transposed matrix's: (2 (l % 4), l / 4) and (2 (l % 4) + 1, l / 4). Every lane of
+ * the warp takes part; the addresses go through the warp's slots. */
+inline void emu_ldmatrix_x4(uint32_t r[4], const void *p, int trans)
+{
+    const char *row = (const char *)p;
+    emu_aligned(row, 16, "ldmatrix row at");
+    if (row < emu.smem || row + 16 > emu.smem + emu.smem_bytes) {
+        char msg[96];
+        std::snprintf(msg, sizeof msg, "ldmatrix row at %p, not in the block's dynamic shared memory", p);
+        emu_fail(msg);
+    }
+    const unsigned w = threadIdx.x >> 5, l = threadIdx.x & 31;
+    const char **slot = emu.ldsm.data() + 32 * w;
+    slot[l] = row;
+    __syncwarp();
+    for (unsigned i = 0; i < 4; i++) {
+        uint16_t h[2];
+        for (unsigned e = 0; e < 2; e++) {
+            const unsigned rr = trans ? 2 * (l & 3) + e : l >> 2, cc = trans ? l >> 2 : 2 * (l & 3) + e;
+            std::memcpy(&h[e], slot[8 * i + rr] + 2 * cc, 2);
+        }
+        r[i] = (uint32_t)h[0] | (uint32_t)h[1] << 16;
+    }
+    __syncwarp(); /* every lane has read the slots before any lane's next load writes them */
 }
 
 
@@ -426,7 +469,9 @@ inline void emu_launch(const char *name, dim3 grid, unsigned threads, size_t sme
     char *smem = (char *)std::aligned_alloc(128, (smem_bytes + 127) / 128 * 128 + 128);
     emu.shfl.assign(32 * ((threads + 31) / 32), 0.0);
     emu.mma.assign(32 * EMU_MMA_WORDS * ((threads + 31) / 32), 0u);
+    emu.ldsm.assign(32 * ((threads + 31) / 32), nullptr);
     emu.smem = smem;
+    emu.smem_bytes = smem_bytes;
     emu.body = &body;
     blockDim = emu_dim3(threads, 1, 1);
     gridDim = grid;
@@ -459,6 +504,7 @@ inline void emu_launch(const char *name, dim3 grid, unsigned threads, size_t sme
     }
     emu.body = nullptr;
     emu.smem = nullptr;
+    emu.smem_bytes = 0;
     std::free(smem);
     emu_check_red(name);
 }

@@ -2,14 +2,17 @@
  * refuses"), so that the emu suite can fail where a GPU would: launches outside CUDA's
  * limits fail through cudaGetLastError and do not run; dynamic shared memory above 48 KiB
  * needs the kernel's attribute; writes outside a device buffer, copies and cuBLAS operands
- * past one, and misaligned 16-byte and 32-bit loads abort (checked in a child process, by
- * its signal and message); a read past a buffer reads a huge negative number, not a
- * plausible value; work put on a stream runs when it is synchronized, not before, and its
- * events complete with it. Also that correct uses of the same calls pass, and that
- * mma.sync's emulation follows the fragment layout PTX documents. */
+ * past one, misaligned 16-byte loads and 8-byte stores, and ldmatrix rows misaligned or
+ * outside shared memory abort (checked in a child process, by its signal and message); a
+ * read past a buffer reads a huge negative number, not a plausible value; work put on a
+ * stream runs when it is synchronized, not before, and its events complete with it. Also
+ * that correct uses of the same calls pass, that mma.sync's and ldmatrix's emulations
+ * follow the layouts PTX documents, and that the tensor-core attention's fragment
+ * products (cuda/attention_tc_kernels.cuh) are A Y^T and A Y. */
 #include "cuda_runtime.h"
 #include "cublas_v2.h"
 #include "launch.h"
+#include "attention_tc_kernels.cuh"
 
 #include <sys/wait.h>
 #include <unistd.h>
@@ -179,6 +182,104 @@ static void mma()
     cudaFree(d);
 }
 
+/* ldmatrix.x4 (trans 0 or 1) of a 16 x 16 tile in shared memory (row stride 24, element
+ * (r, c) = 32 r + c as bits), lane l pointing at row l % 16, column 8 (l / 16) + shift:
+ * out[4 l + i] = the lane's register i. from_global: the rows are in global memory. */
+__global__ void k_ldsm(uint32_t *out, int trans, int shift, const __nv_bfloat16 *global, int from_global)
+{
+    __nv_bfloat16 *X = (__nv_bfloat16 *)atc_smem_base();
+    for (unsigned i = threadIdx.x; i < 16 * 24; i += blockDim.x) X[i].bits = (uint16_t)(i / 24 * 32 + i % 24);
+    __syncthreads();
+    const unsigned l = threadIdx.x & 31;
+    uint32_t r[4];
+    emu_ldmatrix_x4(r, (from_global ? global : X) + (l & 15) * 24 + 8 * (l >> 4) + shift, trans);
+    for (int i = 0; i < 4; i++) out[4 * l + i] = r[i];
+}
+
+/* The PTX ISA's ldmatrix: matrix i is the one whose rows lanes 8i..8i+7 point at (here
+ * rows 8 (i % 2).., columns 8 (i / 2)..); lane l's register i holds its elements (l / 4,
+ * 2 (l % 4)) and (l / 4, 2 (l % 4) + 1), the first in the low half; with .trans those of
+ * the transpose, (2 (l % 4), l / 4) and (2 (l % 4) + 1, l / 4). Misaligned rows and rows
+ * outside shared memory abort. */
+static void ldmatrix()
+{
+    uint32_t *out;
+    __nv_bfloat16 *g;
+    cudaMalloc((void **)&out, 128 * sizeof *out);
+    cudaMalloc((void **)&g, 16 * 24 * sizeof *g);
+    for (int trans = 0; trans < 2; trans++) {
+        PC_LAUNCH(k_ldsm, 1, 32, 16 * 24 * 2, nullptr)(out, trans, 0, g, 0);
+        int bad = 0;
+        for (unsigned l = 0; l < 32; l++)
+            for (unsigned i = 0; i < 4; i++)
+                for (unsigned e = 0; e < 2; e++) {
+                    const unsigned row = trans ? 2 * (l % 4) + e : l / 4, col = trans ? l / 4 : 2 * (l % 4) + e;
+                    const unsigned want = (8 * (i % 2) + row) * 32 + 8 * (i / 2) + col;
+                    bad += (out[4 * l + i] >> (16 * e) & 0xffffu) != want;
+                }
+        check(bad == 0, trans ? "ldmatrix.x4.trans: the transposed matrices in the PTX ISA's fragment layout"
+                              : "ldmatrix.x4: the matrices in the PTX ISA's fragment layout");
+    }
+    check(aborts_with([&] { PC_LAUNCH(k_ldsm, 1, 32, 16 * 24 * 2, nullptr)(out, 0, 4, g, 0); }, "not 16-byte aligned"),
+          "ldmatrix rows 8-byte aligned abort");
+    check(aborts_with([&] { PC_LAUNCH(k_ldsm, 1, 32, 16 * 24 * 2, nullptr)(out, 0, 0, g, 1); },
+                      "not in the block's dynamic shared memory"),
+          "ldmatrix rows in global memory abort");
+    cudaFree(out);
+    cudaFree(g);
+}
+
+/* d1 = A Y^T and d2 = A Y (16 x 16 each, fp32, row-major) through the tensor-core
+ * attention's helpers: A's fragment (atc_frags_a), then atc_mma_abt and atc_mma_ab
+ * reading Y, both from row-major bf16 tiles in shared memory padded as the kernels pad. */
+__global__ void k_frag_products(float *d1, float *d2, const __nv_bfloat16 *a, const __nv_bfloat16 *y)
+{
+    const int ld = 16 + ATC_PAD;
+    bf16 *As = (bf16 *)atc_smem_base(), *Ys = As + 16 * ld;
+    for (unsigned i = threadIdx.x; i < 256; i += blockDim.x) As[i / 16 * ld + i % 16] = a[i], Ys[i / 16 * ld + i % 16] = y[i];
+    __syncthreads();
+    u32 af[1][4];
+    atc_frags_a<1>(af, As, ld, 0);
+    float c1[2][4], c2[2][4];
+    atc_zero<2>(c1);
+    atc_zero<2>(c2);
+    atc_mma_abt<1, 2>(c1, af, Ys, ld);
+    atc_mma_ab<1, 2>(c2, af, Ys, ld);
+    const float one[2] = {1.0f, 1.0f};
+    atc_store<2>(d1, 16, c1, 0, 16, one);
+    atc_store<2>(d2, 16, c2, 0, 16, one);
+}
+
+static void frag_products()
+{
+    __nv_bfloat16 *a, *y;
+    float *d1, *d2;
+    cudaMalloc((void **)&a, 256 * sizeof *a);
+    cudaMalloc((void **)&y, 256 * sizeof *y);
+    cudaMalloc((void **)&d1, 256 * sizeof *d1);
+    cudaMalloc((void **)&d2, 256 * sizeof *d2);
+    for (int i = 0; i < 256; i++) a[i] = __float2bfloat16_rn((float)((i * 7) % 13) - 6.0f); /* small integers: exact */
+    for (int i = 0; i < 256; i++) y[i] = __float2bfloat16_rn((float)((i * 5) % 11) - 5.0f);
+    PC_LAUNCH(k_frag_products, 1, 32, 2 * 16 * (16 + ATC_PAD) * 2, nullptr)(d1, d2, a, y);
+    int bad1 = 0, bad2 = 0;
+    for (int r = 0; r < 16; r++)
+        for (int c = 0; c < 16; c++) {
+            float s1 = 0.0f, s2 = 0.0f;
+            for (int k = 0; k < 16; k++) {
+                s1 += __bfloat162float(a[r * 16 + k]) * __bfloat162float(y[c * 16 + k]);
+                s2 += __bfloat162float(a[r * 16 + k]) * __bfloat162float(y[k * 16 + c]);
+            }
+            bad1 += d1[r * 16 + c] != s1;
+            bad2 += d2[r * 16 + c] != s2;
+        }
+    check(bad1 == 0, "atc_mma_abt: A Y^T from ldmatrix fragments");
+    check(bad2 == 0, "atc_mma_ab: A Y from ldmatrix.trans fragments");
+    cudaFree(a);
+    cudaFree(y);
+    cudaFree(d1);
+    cudaFree(d2);
+}
+
 static void vector_loads()
 {
     float *x, *out;
@@ -189,9 +290,10 @@ static void vector_loads()
     check(out[0] == 4.0f + 5.0f + 6.0f + 7.0f, "16-byte load from a 16-byte aligned address");
     check(aborts_with([&] { PC_LAUNCH(k_ld4, 1, 1, 0, nullptr)(out, x, 2); }, "not 16-byte aligned"),
           "16-byte load from an 8-byte aligned address aborts");
-    const __nv_bfloat16 *h = (const __nv_bfloat16 *)x;
-    check(emu_ld_u32(h + 2) == ((const uint32_t *)x)[1], "32-bit load from a 4-byte aligned address");
-    check(aborts_with([&] { emu_ld_u32(h + 1); }, "not 4-byte aligned"), "32-bit load from a 2-byte aligned address aborts");
+    emu_st_aligned<uint64_t>(x + 2, 0x4080000040400000ull); /* 3.0f, 4.0f */
+    check(x[2] == 3.0f && x[3] == 4.0f, "8-byte store to an 8-byte aligned address");
+    check(aborts_with([&] { emu_st_aligned<uint64_t>(x + 1, 0); }, "not 8-byte aligned"),
+          "8-byte store to a 4-byte aligned address aborts");
     cudaFree(x);
     cudaFree(out);
 }
@@ -308,6 +410,8 @@ int main()
     memory();
     vector_loads();
     mma();
+    ldmatrix();
+    frag_products();
     cublas();
     streams();
     events();
