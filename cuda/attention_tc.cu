@@ -7,6 +7,9 @@
  * probabilities P and dS) and accumulate in fp32; the softmax, lse, its running max and
  * sum, and D = rowsum(dO o O) are fp32. Layouts are those of backend.h: q, k, v rows of
  * stride ld, token-major (b*T + t); out (B,T,H,hd) with row stride H*hd; lse (B,H,T).
+ * Each call first rounds q, k, v (and dO) once into unpadded bf16 copies in the caller's
+ * scratch (k_atc_to_bf16), which the kernels' tiles are copied from: half the bytes of
+ * the fp32 tensors, and no block converts what the others convert too.
  *
  * Blocks of ATC_WARPS warps; each warp owns 16 rows of the block's 64 (query rows in the
  * forward pass and dQ, key rows in dK/dV). The block loads the shared 64-row tiles it walks
@@ -40,9 +43,42 @@ extern "C" int attn_tc_supported(int hd, size_t smem_optin)
            atc_dq_smem(hd) <= smem_optin && atc_fwd_smem(hd) <= smem_optin;
 }
 
-extern "C" int attn_tc_aligned(size_t ld, const float *q, const float *k, const float *v, const float *dout)
+extern "C" size_t attn_tc_scratch_bytes(int B, int T, int H, int KV, int hd)
 {
-    return ld % 4 == 0 && ((uintptr_t)q | (uintptr_t)k | (uintptr_t)v | (uintptr_t)dout) % 16 == 0;
+    return (size_t)B * T * (2 * H + 2 * KV) * hd * sizeof(bf16);
+}
+
+/* The bf16 copies in the scratch (unpadded rows, token-major): q and dout (N, H hd), k and
+ * v (N, KV hd), N = B T; each a multiple of 16 values, so every copy is 32-byte aligned. */
+struct atc_copies {
+    bf16 *q, *k, *v, *dout;
+};
+static atc_copies atc_copies_in(void *scratch, int B, int T, int H, int KV, int hd)
+{
+    const size_t nq = (size_t)B * T * H * hd, nkv = (size_t)B * T * KV * hd;
+    bf16 *p = (bf16 *)scratch;
+    return atc_copies{p, p + nq, p + nq + nkv, p + nq + 2 * nkv};
+}
+
+/* dst (rows, w) bf16 from src (rows of stride ld floats), on stream s. */
+static void atc_to_bf16(cudaStream_t s, bf16 *dst, const float *src, size_t ld, size_t rows, int w)
+{
+    const size_t groups = rows * (size_t)(w / 4);
+    const unsigned grid = (unsigned)((groups + 255) / 256 < 4096 ? (groups + 255) / 256 : 4096);
+    if (ld % 4 == 0 && (uintptr_t)src % 16 == 0)
+        PC_LAUNCH(k_atc_to_bf16<true>, grid, 256, 0, s)(dst, src, ld, rows, w);
+    else
+        PC_LAUNCH(k_atc_to_bf16<false>, grid, 256, 0, s)(dst, src, ld, rows, w);
+    CUDA_CHECK(cudaGetLastError());
+}
+
+/* q, k, v (rows of stride ld) into their copies. */
+static void atc_qkv_to_bf16(cudaStream_t s, const atc_copies &c, const float *q, const float *k, const float *v,
+                            size_t rows, int H, int KV, int hd, size_t ld)
+{
+    atc_to_bf16(s, c.q, q, ld, rows, H * hd);
+    atc_to_bf16(s, c.k, k, ld, rows, KV * hd);
+    atc_to_bf16(s, c.v, v, ld, rows, KV * hd);
 }
 
 /* Opt a kernel into `bytes` of dynamic shared memory (beyond the default 48 KB). */
@@ -68,41 +104,47 @@ static void atc_smem(const void *kernel, size_t bytes)
     }
 
 template <int HD>
-static void atc_fwd(cudaStream_t s, float *out, float *lse, const float *q, const float *k, const float *v, int B,
-                    int T, int H, int KV, int ld)
+static void atc_fwd(cudaStream_t s, float *out, float *lse, const atc_copies &c, int B, int T, int H, int KV)
 {
     const size_t bytes = atc_fwd_smem(HD);
     atc_smem((const void *)k_atc_fwd<HD>, bytes);
     dim3 grid((unsigned)((T + ATC_ROWS - 1) / ATC_ROWS), (unsigned)H, (unsigned)B);
-    PC_LAUNCH(k_atc_fwd<HD>, grid, ATC_WARPS * 32, bytes, s)(out, lse, q, k, v, T, H, KV, ld, 1.0f / sqrtf((float)HD));
+    PC_LAUNCH(k_atc_fwd<HD>, grid, ATC_WARPS * 32, bytes, s)(out, lse, c.q, c.k, c.v, T, H, KV,
+                                                            1.0f / sqrtf((float)HD));
     CUDA_CHECK(cudaGetLastError());
 }
 
 template <int HD>
-static void atc_bwd(cudaStream_t s, float *dq, float *dk, float *dv, const float *dout, const float *lse,
-                    const float *D, const float *q, const float *k, const float *v, int B, int T, int H, int KV, int ld)
+static void atc_bwd(cudaStream_t s, float *dq, float *dk, float *dv, size_t ld, const float *lse, const float *D,
+                    const atc_copies &c, int B, int T, int H, int KV)
 {
     const float scale = 1.0f / sqrtf((float)HD);
     const size_t b_dq = atc_dq_smem(HD), b_dkv = atc_dkv_smem(HD);
     atc_smem((const void *)k_atc_dq<HD>, b_dq);
     atc_smem((const void *)k_atc_dkv<HD>, b_dkv);
     dim3 gq((unsigned)((T + ATC_ROWS - 1) / ATC_ROWS), (unsigned)H, (unsigned)B);
-    PC_LAUNCH(k_atc_dq<HD>, gq, ATC_WARPS * 32, b_dq, s)(dq, dout, lse, D, q, k, v, T, H, KV, ld, scale);
+    PC_LAUNCH(k_atc_dq<HD>, gq, ATC_WARPS * 32, b_dq, s)(dq, ld, c.dout, lse, D, c.q, c.k, c.v, T, H, KV, scale);
     CUDA_CHECK(cudaGetLastError());
     dim3 gkv((unsigned)((T + ATC_ROWS - 1) / ATC_ROWS), (unsigned)KV, (unsigned)B);
-    PC_LAUNCH(k_atc_dkv<HD>, gkv, ATC_WARPS * 32, b_dkv, s)(dk, dv, dout, lse, D, q, k, v, T, H, KV, ld, scale);
+    PC_LAUNCH(k_atc_dkv<HD>, gkv, ATC_WARPS * 32, b_dkv, s)(dk, dv, ld, c.dout, lse, D, c.q, c.k, c.v, T, H, KV,
+                                                            scale);
     CUDA_CHECK(cudaGetLastError());
 }
 
-extern "C" void attn_tc_fwd(cudaStream_t s, float *out, float *lse, const float *q, const float *k, const float *v,
-                            int B, int T, int H, int KV, int hd, int ld)
+extern "C" void attn_tc_fwd(cudaStream_t s, void *scratch, float *out, float *lse, const float *q, const float *k,
+                            const float *v, int B, int T, int H, int KV, int hd, int ld)
 {
-    ATC_DISPATCH(atc_fwd, hd, s, out, lse, q, k, v, B, T, H, KV, ld)
+    const atc_copies c = atc_copies_in(scratch, B, T, H, KV, hd);
+    atc_qkv_to_bf16(s, c, q, k, v, (size_t)B * T, H, KV, hd, (size_t)ld);
+    ATC_DISPATCH(atc_fwd, hd, s, out, lse, c, B, T, H, KV)
 }
 
-extern "C" void attn_tc_bwd(cudaStream_t s, float *dq, float *dk, float *dv, const float *dout, const float *lse,
-                            const float *D, const float *q, const float *k, const float *v, int B, int T, int H, int KV,
-                            int hd, int ld)
+extern "C" void attn_tc_bwd(cudaStream_t s, void *scratch, float *dq, float *dk, float *dv, const float *dout,
+                            const float *lse, const float *D, const float *q, const float *k, const float *v, int B,
+                            int T, int H, int KV, int hd, int ld)
 {
-    ATC_DISPATCH(atc_bwd, hd, s, dq, dk, dv, dout, lse, D, q, k, v, B, T, H, KV, ld)
+    const atc_copies c = atc_copies_in(scratch, B, T, H, KV, hd);
+    atc_qkv_to_bf16(s, c, q, k, v, (size_t)B * T, H, KV, hd, (size_t)ld);
+    atc_to_bf16(s, c.dout, dout, (size_t)H * hd, (size_t)B * T, H * hd);
+    ATC_DISPATCH(atc_bwd, hd, s, dq, dk, dv, (size_t)ld, lse, D, c, B, T, H, KV)
 }

@@ -15,14 +15,17 @@
 #define ATC_TILE 64               /* rows of the tiles walked over */
 #define ATC_NT (ATC_TILE / 8)     /* 16 x 8 products across a tile's rows */
 #define ATC_HD_MAX 128
+#define ATC_LOG2E 1.44269504088896340736f /* exp(x) = exp2(x log2 e): the softmax in base 2, scale folded in */
+#define ATC_LN2 0.69314718055994530942f
 #define ATC_PAD 8 /* bf16 row padding: the 8 rows of an ldmatrix matrix (16 bytes each) fall in 32 banks */
 
 typedef __nv_bfloat16 bf16;
 typedef uint32_t u32;
 
 #ifndef PC_SIMT_EMU
-/* 16 bytes at p (16-byte aligned: attn_tc_aligned). */
-__device__ __forceinline__ float4 atc_ld4(const float *p) { return *(const float4 *)p; }
+/* 16 bytes at p, 16-byte aligned: from global memory (atc_ld16) or into shared memory (atc_st16). */
+__device__ __forceinline__ uint4 atc_ld16(const void *p) { return *(const uint4 *)p; }
+__device__ __forceinline__ void atc_st16(void *p, uint4 v) { *(uint4 *)p = v; }
 /* d (16 x 8 fp32) += a (16 x 16 bf16) b (16 x 8 bf16), in the fragments PTX documents for
  * mma.m16n8k16 (tests/gpu/simt_emu.h, emu_mma_16816, spells them out). */
 __device__ __forceinline__ void atc_mma(float d[4], const u32 a[4], const u32 b[2])
@@ -56,9 +59,12 @@ __device__ __forceinline__ u32 atc_pack(float lo, float hi)
 }
 /* Four bf16 (two packed pairs) at p, 8-byte aligned. */
 __device__ __forceinline__ void atc_st8(bf16 *p, u32 lo, u32 hi) { *reinterpret_cast<uint2 *>(p) = make_uint2(lo, hi); }
+/* 16 bytes at p, 16-byte aligned (attn_tc_to_bf16's sources where they allow it). */
+__device__ __forceinline__ float4 atc_ld4(const float *p) { return *(const float4 *)p; }
 #define ATC_UNROLL _Pragma("unroll")
 #else
-#define atc_ld4 emu_ld4
+inline uint4 atc_ld16(const void *p) { return emu_ld_aligned<uint4>(p); }
+inline void atc_st16(void *p, uint4 v) { emu_st_aligned<uint4>(p, v); }
 #define atc_mma emu_mma_16816
 template <int TRANS> inline void atc_ldsm4(u32 r[4], const bf16 *p) { emu_ldmatrix_x4(r, p, TRANS); }
 inline u32 atc_pack(float lo, float hi)
@@ -66,47 +72,67 @@ inline u32 atc_pack(float lo, float hi)
     return (u32)__float2bfloat16_rn(lo).bits | (u32)__float2bfloat16_rn(hi).bits << 16;
 }
 inline void atc_st8(bf16 *p, u32 lo, u32 hi) { emu_st_aligned<uint64_t>(p, (uint64_t)hi << 32 | lo); }
+#define atc_ld4 emu_ld4
 #define ATC_UNROLL
 #endif
 
 /* ---------------------------------------------------------------- tiles and fragments */
 
-/* A tile to load: rows of a (T, hd) head view at src (row stride ld) into a row-major
- * bf16 tile at dst; src NULL: none. */
+/* ---------------------------------------------------------------- bf16 operands */
+
+/* dst (rows, w) row-major bf16 from src (rows of stride ld floats), w a multiple of 4,
+ * rounded to nearest even: the one rounding of q, k, v and dO that the kernels read, done
+ * once per call rather than by every block that reads a tile. VEC: src 16-byte aligned
+ * and ld a multiple of 4 (16-byte loads); else scalar loads. Grid-stride over 4-value
+ * groups. */
+template <bool VEC> __global__ void k_atc_to_bf16(bf16 *dst, const float *src, size_t ld, size_t rows, int w)
+{
+    const int g = w >> 2; /* 4-value groups per row */
+    const size_t n = rows * (size_t)g;
+    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
+        const size_t r = i / (size_t)g;
+        const int c = (int)(i - r * (size_t)g) * 4;
+        const float *p = src + r * ld + c;
+        const float4 v = VEC ? atc_ld4(p) : make_float4(p[0], p[1], p[2], p[3]);
+        atc_st8(dst + r * (size_t)w + c, atc_pack(v.x, v.y), atc_pack(v.z, v.w));
+    }
+}
+
+/* ---------------------------------------------------------------- tiles and fragments */
+
+/* A tile to load: rows of a (T, hd) bf16 head view at src (row stride ld) into a
+ * row-major bf16 tile at dst; src NULL: none. */
 struct atc_src {
     bf16 *dst;
-    const float *src;
-    size_t ld;
+    const bf16 *src;
+    int ld;
 };
 
 /* rows x hd of one or two head views (a, b) from row r0 into bf16 tiles of row stride
  * dst_ld; rows at or past T are zero. All threads of the block take part, each issuing
- * its ATC_LOAD_BATCH 16-byte loads of both tiles before it converts and stores any, so
- * that the loads are in flight together (one after another, each would wait out the
- * memory's latency); each 4 values go out as one 8-byte store. hd is a multiple of 4, the
- * sources and their ld 16-byte aligned. */
-#define ATC_LOAD_BATCH 8
+ * its ATC_LOAD_BATCH 16-byte loads of both tiles before it stores any, so that the loads
+ * are in flight together (one after another, each would wait out the memory's latency).
+ * hd is a multiple of 8; the sources, their ld and dst_ld keep 16-byte alignment. */
+#define ATC_LOAD_BATCH 4
 __device__ void atc_load(atc_src a, atc_src b, int dst_ld, int r0, int rows, int T, int hd)
 {
     const atc_src t[2] = {a, b};
-    const int vpr = hd >> 2, n = rows * vpr; /* 4-float vectors per row, in a tile */
+    const int vpr = hd >> 3, n = rows * vpr; /* 8-value vectors per row, in a tile */
     for (int v0 = 0; v0 < n; v0 += ATC_LOAD_BATCH * (int)blockDim.x) {
-        float4 x[2][ATC_LOAD_BATCH];
+        uint4 x[2][ATC_LOAD_BATCH];
         ATC_UNROLL
         for (int u = 0; u < 2 * ATC_LOAD_BATCH; u++) {
             const int j = u / ATC_LOAD_BATCH, idx = v0 + (u % ATC_LOAD_BATCH) * (int)blockDim.x + (int)threadIdx.x;
             const int r = idx / vpr;
             x[j][u % ATC_LOAD_BATCH] = t[j].src && idx < n && r0 + r < T
-                                           ? atc_ld4(t[j].src + (size_t)(r0 + r) * t[j].ld + (idx - r * vpr) * 4)
-                                           : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+                                           ? atc_ld16(t[j].src + (size_t)(r0 + r) * t[j].ld + (idx - r * vpr) * 8)
+                                           : make_uint4(0u, 0u, 0u, 0u);
         }
         ATC_UNROLL
         for (int u = 0; u < 2 * ATC_LOAD_BATCH; u++) {
             const int j = u / ATC_LOAD_BATCH, idx = v0 + (u % ATC_LOAD_BATCH) * (int)blockDim.x + (int)threadIdx.x;
             const int r = idx / vpr;
-            if (!t[j].src || idx >= n) continue;
-            const float4 v = x[j][u % ATC_LOAD_BATCH];
-            atc_st8(t[j].dst + r * dst_ld + (idx - r * vpr) * 4, atc_pack(v.x, v.y), atc_pack(v.z, v.w));
+            if (t[j].src && idx < n) atc_st16(t[j].dst + r * dst_ld + (idx - r * vpr) * 8, x[j][u % ATC_LOAD_BATCH]);
         }
     }
 }
@@ -233,39 +259,42 @@ static inline size_t atc_tile_bytes(int hd) { return atc_bytes((size_t)ATC_TILE 
 /* Where a query-tile block (grid (ceil(T/64), H, B)) works: batch b, head h, first row
  * q0 (the longest rows, most key tiles, first, so that the short ones fill the last
  * wave), the warp's first row w0 and its 16-row offset in the block, the block's last
- * row, and the head views of q, k and v (rows of stride ld). */
+ * row, and the head views of the bf16 q (rows of H hd), k and v (rows of KV hd). */
 struct atc_qtile {
     int b, h, q0, w0, wr, last;
-    const float *qh, *kh, *vh;
+    const bf16 *qh, *kh, *vh;
 };
-__device__ atc_qtile atc_qtile_of(const float *q, const float *k, const float *v, int T, int H, int KV, int ld, int hd)
+__device__ atc_qtile atc_qtile_of(const bf16 *q, const bf16 *k, const bf16 *v, int T, int H, int KV, int hd)
 {
     atc_qtile r;
     r.b = blockIdx.z, r.h = blockIdx.y;
     r.q0 = (gridDim.x - 1 - blockIdx.x) * ATC_ROWS, r.wr = 16 * (int)(threadIdx.x >> 5), r.w0 = r.q0 + r.wr;
     r.last = min(T - 1, r.q0 + ATC_ROWS - 1);
-    const size_t base = (size_t)r.b * T * ld;
+    const size_t tok = (size_t)r.b * T; /* the batch's first token */
     const int g = r.h / (H / KV);
-    r.qh = q + base + (size_t)r.h * hd, r.kh = k + base + (size_t)g * hd, r.vh = v + base + (size_t)g * hd;
+    r.qh = q + tok * H * hd + (size_t)r.h * hd;
+    r.kh = k + tok * KV * hd + (size_t)g * hd, r.vh = v + tok * KV * hd + (size_t)g * hd;
     return r;
 }
 
 /* ---------------------------------------------------------------- forward */
 
-/* grid (ceil(T/64), H, B), ATC_WARPS*32 threads, atc_fwd_smem(HD) bytes of shared memory. */
+/* grid (ceil(T/64), H, B), ATC_WARPS*32 threads, atc_fwd_smem(HD) bytes of shared memory;
+ * q, k, v the bf16 copies (atc_src's layout: (B,T,H,HD) and (B,T,KV,HD), rows unpadded). */
 template <int HD>
-__global__ void k_atc_fwd(float *out, float *lse, const float *q, const float *k, const float *v, int T, int H, int KV,
-                          int ld, float scale)
+__global__ void k_atc_fwd(float *out, float *lse, const bf16 *q, const bf16 *k, const bf16 *v, int T, int H, int KV,
+                          float scale)
 {
     constexpr int KT = HD / 16, DT = HD / 8, ldh = HD + ATC_PAD;
+    const float scale2 = scale * ATC_LOG2E; /* scores in base 2: exp(scale s) = exp2(scale2 s) */
     char *p = atc_smem_base();
     bf16 *Ks = atc_take<bf16>(p, (size_t)ATC_TILE * ldh); /* (64 keys, HD); first the block's Q */
     bf16 *Vs = atc_take<bf16>(p, (size_t)ATC_TILE * ldh); /* (64 keys, HD) */
 
-    const atc_qtile at = atc_qtile_of(q, k, v, T, H, KV, ld, HD);
+    const atc_qtile at = atc_qtile_of(q, k, v, T, H, KV, HD);
     const int b = at.b, h = at.h, w0 = at.w0;
 
-    atc_load({Ks, at.qh, (size_t)ld}, {}, ldh, at.q0, ATC_ROWS, T, HD);
+    atc_load({Ks, at.qh, H * HD}, {}, ldh, at.q0, ATC_ROWS, T, HD);
     __syncthreads();
     u32 qa[KT][4]; /* the warp's 16 query rows, the A operand of S = Q K^T */
     atc_frags_a<KT>(qa, Ks, ldh, at.wr);
@@ -275,7 +304,7 @@ __global__ void k_atc_fwd(float *out, float *lse, const float *q, const float *k
     float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f}; /* the lane's rows w0 + atc_c_row(0 | 2) */
     for (int k0 = 0; k0 <= at.last; k0 += ATC_TILE) {
         __syncthreads(); /* Q's fragments are read; the previous tiles are consumed */
-        atc_load({Ks, at.kh, (size_t)ld}, {Vs, at.vh, (size_t)ld}, ldh, k0, ATC_TILE, T, HD);
+        atc_load({Ks, at.kh, KV * HD}, {Vs, at.vh, KV * HD}, ldh, k0, ATC_TILE, T, HD);
         __syncthreads();
         if (k0 > w0 + 15) continue; /* warp-uniform: every key of the tile is after the warp's rows */
         atc_zero<ATC_NT>(s);
@@ -287,7 +316,7 @@ __global__ void k_atc_fwd(float *out, float *lse, const float *q, const float *k
             ATC_UNROLL
             for (int i = 0; i < 4; i++) {
                 const int qi = w0 + atc_c_row(i), j = k0 + atc_c_col(n, i);
-                s[n][i] = j <= qi && j < T ? scale * s[n][i] : -INFINITY;
+                s[n][i] = j <= qi && j < T ? scale2 * s[n][i] : -INFINITY; /* log2 e scale s */
                 mx[i >> 1] = fmaxf(mx[i >> 1], s[n][i]);
             }
         float alpha[2];
@@ -296,7 +325,7 @@ __global__ void k_atc_fwd(float *out, float *lse, const float *q, const float *k
             mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 1));
             mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 2));
             const float m_new = fmaxf(m[r], mx[r]); /* finite: key 0 <= every row lies in the first tile */
-            alpha[r] = expf(m[r] - m_new);
+            alpha[r] = exp2f(m[r] - m_new);
             m[r] = m_new;
             l[r] *= alpha[r]; /* the lane's part of the row sum; the quad's are added at the end */
         }
@@ -304,7 +333,7 @@ __global__ void k_atc_fwd(float *out, float *lse, const float *q, const float *k
         for (int n = 0; n < ATC_NT; n++)
             ATC_UNROLL
             for (int i = 0; i < 4; i++) {
-                s[n][i] = expf(s[n][i] - m[i >> 1]); /* 0 where masked */
+                s[n][i] = exp2f(s[n][i] - m[i >> 1]); /* 0 where masked */
                 l[i >> 1] += s[n][i];
             }
         ATC_UNROLL
@@ -323,7 +352,7 @@ __global__ void k_atc_fwd(float *out, float *lse, const float *q, const float *k
         l[r] += __shfl_xor_sync(0xffffffffu, l[r], 2);
         inv[r] = 1.0f / l[r];
         const int i = w0 + atc_c_row(2 * r);
-        if (i < T && (threadIdx.x & 3) == 0) lse[((size_t)b * H + h) * T + i] = m[r] + logf(l[r]);
+        if (i < T && (threadIdx.x & 3) == 0) lse[((size_t)b * H + h) * T + i] = (m[r] + log2f(l[r])) * ATC_LN2;
     }
     atc_store<DT>(out + (size_t)b * T * H * HD + (size_t)h * HD, (size_t)H * HD, o, w0, T, inv);
 }
@@ -333,21 +362,22 @@ static inline size_t atc_fwd_smem(int hd) { return 2 * atc_tile_bytes(hd); }
 /* ---------------------------------------------------------------- backward */
 
 /* dQ: grid (ceil(T/64), H, B), ATC_WARPS*32 threads, atc_dq_smem(HD) bytes. dq rows of
- * stride ld, like q. */
+ * stride ld (fp32); dout, q, k, v the bf16 copies (dout as q). */
 template <int HD>
-__global__ void k_atc_dq(float *dq, const float *dout, const float *lse, const float *D, const float *q,
-                         const float *k, const float *v, int T, int H, int KV, int ld, float scale)
+__global__ void k_atc_dq(float *dq, size_t ld, const bf16 *dout, const float *lse, const float *D, const bf16 *q,
+                         const bf16 *k, const bf16 *v, int T, int H, int KV, float scale)
 {
     constexpr int KT = HD / 16, DT = HD / 8, ldh = HD + ATC_PAD;
+    const float scale2 = scale * ATC_LOG2E; /* scores in base 2: exp(scale s) = exp2(scale2 s) */
     char *p = atc_smem_base();
     bf16 *Ks = atc_take<bf16>(p, (size_t)ATC_TILE * ldh); /* (64 keys, HD); first the block's Q */
     bf16 *Vs = atc_take<bf16>(p, (size_t)ATC_TILE * ldh); /* (64 keys, HD); first the block's dO */
 
-    const atc_qtile at = atc_qtile_of(q, k, v, T, H, KV, ld, HD);
+    const atc_qtile at = atc_qtile_of(q, k, v, T, H, KV, HD);
     const int b = at.b, h = at.h, w0 = at.w0;
-    const float *doh = dout + (size_t)b * T * H * HD + (size_t)h * HD;
+    const bf16 *doh = dout + (size_t)b * T * H * HD + (size_t)h * HD;
 
-    atc_load({Ks, at.qh, (size_t)ld}, {Vs, doh, (size_t)H * HD}, ldh, at.q0, ATC_ROWS, T, HD);
+    atc_load({Ks, at.qh, H * HD}, {Vs, doh, H * HD}, ldh, at.q0, ATC_ROWS, T, HD);
     __syncthreads();
     u32 qa[KT][4], da[KT][4]; /* the warp's rows of Q and dO, A operands of S and dP */
     atc_frags_a<KT>(qa, Ks, ldh, at.wr);
@@ -356,7 +386,7 @@ __global__ void k_atc_dq(float *dq, const float *dout, const float *lse, const f
     ATC_UNROLL
     for (int r = 0; r < 2; r++) {
         const int i = w0 + atc_c_row(2 * r);
-        lse_r[r] = i < T ? lse[((size_t)b * H + h) * T + i] : 0.0f;
+        lse_r[r] = i < T ? lse[((size_t)b * H + h) * T + i] * ATC_LOG2E : 0.0f; /* in base 2 */
         D_r[r] = i < T ? D[((size_t)b * H + h) * T + i] : 0.0f;
     }
 
@@ -364,7 +394,7 @@ __global__ void k_atc_dq(float *dq, const float *dout, const float *lse, const f
     atc_zero<DT>(acc);
     for (int k0 = 0; k0 <= at.last; k0 += ATC_TILE) {
         __syncthreads();
-        atc_load({Ks, at.kh, (size_t)ld}, {Vs, at.vh, (size_t)ld}, ldh, k0, ATC_TILE, T, HD);
+        atc_load({Ks, at.kh, KV * HD}, {Vs, at.vh, KV * HD}, ldh, k0, ATC_TILE, T, HD);
         __syncthreads();
         if (k0 > w0 + 15) continue; /* warp-uniform */
         atc_zero<ATC_NT>(s);
@@ -376,7 +406,7 @@ __global__ void k_atc_dq(float *dq, const float *dout, const float *lse, const f
             ATC_UNROLL
             for (int i = 0; i < 4; i++) {
                 const int r = i >> 1, qi = w0 + atc_c_row(i), j = k0 + atc_c_col(n, i);
-                const float pv = j <= qi && qi < T && j < T ? expf(scale * s[n][i] - lse_r[r]) : 0.0f;
+                const float pv = j <= qi && qi < T && j < T ? exp2f(scale2 * s[n][i] - lse_r[r]) : 0.0f;
                 s[n][i] = pv * (dp[n][i] - D_r[r]); /* dS */
             }
         u32 dsa[ATC_NT / 2][4];
@@ -384,19 +414,20 @@ __global__ void k_atc_dq(float *dq, const float *dout, const float *lse, const f
         atc_mma_ab<ATC_NT / 2, DT>(acc, dsa, Ks, ldh); /* dQ += dS K */
     }
     const float mul[2] = {scale, scale};
-    atc_store<DT>(dq + (size_t)b * T * ld + (size_t)h * HD, (size_t)ld, acc, w0, T, mul);
+    atc_store<DT>(dq + (size_t)b * T * ld + (size_t)h * HD, ld, acc, w0, T, mul);
 }
 
 static inline size_t atc_dq_smem(int hd) { return 2 * atc_tile_bytes(hd); }
 
 /* dK, dV: grid (ceil(T/64), KV, B), ATC_WARPS*32 threads, atc_dkv_smem(HD) bytes; each
  * warp owns 16 key rows and sums over the group's query heads and the query rows at or
- * after them. dk, dv rows of stride ld, like k and v. */
+ * after them. dk, dv rows of stride ld (fp32); dout, q, k, v the bf16 copies. */
 template <int HD>
-__global__ void k_atc_dkv(float *dk, float *dv, const float *dout, const float *lse, const float *D, const float *q,
-                          const float *k, const float *v, int T, int H, int KV, int ld, float scale)
+__global__ void k_atc_dkv(float *dk, float *dv, size_t ld, const bf16 *dout, const float *lse, const float *D,
+                          const bf16 *q, const bf16 *k, const bf16 *v, int T, int H, int KV, float scale)
 {
     constexpr int KT = HD / 16, DT = HD / 8, ldh = HD + ATC_PAD;
+    const float scale2 = scale * ATC_LOG2E; /* scores in base 2: exp(scale s) = exp2(scale2 s) */
     char *p = atc_smem_base();
     bf16 *Ks = atc_take<bf16>(p, (size_t)ATC_ROWS * ldh);  /* (64 keys, HD): the block's own */
     bf16 *Vs = atc_take<bf16>(p, (size_t)ATC_ROWS * ldh);  /* (64 keys, HD) */
@@ -406,22 +437,21 @@ __global__ void k_atc_dkv(float *dk, float *dv, const float *dout, const float *
 
     const int b = blockIdx.z, g = blockIdx.y, group = H / KV, warp = threadIdx.x >> 5;
     const int k0 = blockIdx.x * ATC_ROWS, w0 = k0 + 16 * warp;
-    const size_t base = (size_t)b * T * ld;
-    const float *kh = k + base + (size_t)g * HD, *vh = v + base + (size_t)g * HD;
+    const size_t tok = (size_t)b * T; /* the batch's first token */
+    const bf16 *kh = k + tok * KV * HD + (size_t)g * HD, *vh = v + tok * KV * HD + (size_t)g * HD;
 
-    atc_load({Ks, kh, (size_t)ld}, {Vs, vh, (size_t)ld}, ldh, k0, ATC_ROWS, T, HD);
+    atc_load({Ks, kh, KV * HD}, {Vs, vh, KV * HD}, ldh, k0, ATC_ROWS, T, HD);
     float dk_acc[DT][4], dv_acc[DT][4], st[ATC_NT][4], dpt[ATC_NT][4];
     atc_zero<DT>(dk_acc);
     atc_zero<DT>(dv_acc);
     for (int h = g * group; h < (g + 1) * group; h++) {
-        const float *qh = q + base + (size_t)h * HD;
-        const float *doh = dout + (size_t)b * T * H * HD + (size_t)h * HD;
+        const bf16 *qh = q + tok * H * HD + (size_t)h * HD, *doh = dout + tok * H * HD + (size_t)h * HD;
         for (int i0 = k0; i0 < T; i0 += ATC_TILE) { /* query tiles at or after the key tile (aligned: 64 = 64) */
             __syncthreads();
-            atc_load({Qs, qh, (size_t)ld}, {dOs, doh, (size_t)H * HD}, ldh, i0, ATC_TILE, T, HD);
+            atc_load({Qs, qh, H * HD}, {dOs, doh, H * HD}, ldh, i0, ATC_TILE, T, HD);
             for (int r = threadIdx.x; r < ATC_TILE; r += blockDim.x) {
                 const int i = i0 + r;
-                lse_s[r] = i < T ? lse[((size_t)b * H + h) * T + i] : 0.0f;
+                lse_s[r] = i < T ? lse[((size_t)b * H + h) * T + i] * ATC_LOG2E : 0.0f; /* in base 2 */
                 D_s[r] = i < T ? D[((size_t)b * H + h) * T + i] : 0.0f;
             }
             __syncthreads();
@@ -445,7 +475,7 @@ __global__ void k_atc_dkv(float *dk, float *dv, const float *dout, const float *
                     const int key = w0 + atc_c_row(i), c = atc_c_col(n, i), query = i0 + c;
                     float pv = 0.0f, dsv = 0.0f;
                     if (key <= query && query < T && key < T) {
-                        pv = expf(scale * st[n][i] - lse_s[c]);
+                        pv = exp2f(scale2 * st[n][i] - lse_s[c]);
                         dsv = pv * (dpt[n][i] - D_s[c]);
                     }
                     st[n][i] = pv;
@@ -459,8 +489,8 @@ __global__ void k_atc_dkv(float *dk, float *dv, const float *dout, const float *
         }
     }
     const float mul_k[2] = {scale, scale}, mul_v[2] = {1.0f, 1.0f};
-    atc_store<DT>(dk + base + (size_t)g * HD, (size_t)ld, dk_acc, w0, T, mul_k);
-    atc_store<DT>(dv + base + (size_t)g * HD, (size_t)ld, dv_acc, w0, T, mul_v);
+    atc_store<DT>(dk + tok * ld + (size_t)g * HD, ld, dk_acc, w0, T, mul_k);
+    atc_store<DT>(dv + tok * ld + (size_t)g * HD, ld, dv_acc, w0, T, mul_v);
 }
 
 static inline size_t atc_dkv_smem(int hd)

@@ -62,6 +62,8 @@ typedef struct cuda_impl {
     cublasHandle_t blas;
     float *att_d;    /* attention backward: D = rowsum(dO*O), (B,H,T) */
     size_t att_d_n;
+    void *att16;     /* attention on tensor cores: the bf16 copies of q, k, v, dO (attn_tc_scratch_bytes) */
+    size_t att16_n;
     double *red;     /* per-row / per-block double partials for host-returned reductions */
     size_t red_n;
     double *result;  /* (2) device result of a reduction */
@@ -232,6 +234,7 @@ static void cu_destroy(backend *be)
     if (c->prof_at_exit) backend_cuda_profile_report(be, stderr, 0.0);
     prof_destroy(c->prof);
     CUDA_CHECK(cudaFree(c->att_d));
+    CUDA_CHECK(cudaFree(c->att16));
     CUDA_CHECK(cudaFree(c->red));
     CUDA_CHECK(cudaFree(c->bf_a));
     CUDA_CHECK(cudaFree(c->bf_b));
@@ -976,12 +979,15 @@ static void check_attention_shape(int H, int KV, int hd)
     }
 }
 
-/* Attention goes to attention_tc.cu (backend_cuda_set_attention, and a shape, device and
- * alignment it takes: q, k, v rows of stride ld, dout or NULL). */
-static int on_tensor_cores(const cuda_impl *c, int hd, int ld, const float *q, const float *k, const float *v,
-                           const float *dout)
+/* Attention goes to attention_tc.cu (backend_cuda_set_attention, and a head_dim and device
+ * it takes). */
+static int on_tensor_cores(const cuda_impl *c, int hd) { return c->attn_bf16 && attn_tc_supported(hd, c->smem_optin); }
+
+/* attention_tc's scratch for a call of this shape. */
+static void *att16_scratch(cuda_impl *c, int B, int T, int H, int KV, int hd)
 {
-    return c->attn_bf16 && attn_tc_supported(hd, c->smem_optin) && attn_tc_aligned((size_t)ld, q, k, v, dout);
+    return grow(c, &c->att16, &c->att16_n, attn_tc_scratch_bytes(B, T, H, KV, hd), 1,
+                "the bf16 copies of attention's q, k, v and dO");
 }
 
 /* FLOPs of causal attention's forward products, S = QK^T and O = PV over the T(T+1)/2
@@ -994,10 +1000,10 @@ static void cu_attention_fwd(backend *be, float *out, float *lse, const float *q
     if (B <= 0 || T <= 0 || H <= 0) return;
     check_attention_shape(H, KV, hd);
     cuda_impl *c = impl_of(be);
-    const int tc = on_tensor_cores(c, hd, ld, q, k, v, NULL);
+    const int tc = on_tensor_cores(c, hd);
     PROF_BEGIN(c, tc ? "attention_fwd bf16" : "attention_fwd fp32", attention_flops(B, T, H, hd), 0);
     if (tc) {
-        attn_tc_fwd(c->stream, out, lse, q, k, v, B, T, H, KV, hd, ld);
+        attn_tc_fwd(c->stream, att16_scratch(c, B, T, H, KV, hd), out, lse, q, k, v, B, T, H, KV, hd, ld);
         launch_check(c, __FILE__, __LINE__); /* PC_CUDA_SYNC names this call */
     } else {
         dim3 grid((unsigned)((T + ATT_WARPS - 1) / ATT_WARPS), (unsigned)H, (unsigned)B);
@@ -1019,13 +1025,14 @@ static void cu_attention_bwd(backend *be, float *dq, float *dk, float *dv, const
     size_t rows = (size_t)B * T * H;
     grow_f32(c, &c->att_d, &c->att_d_n, rows);
     const unsigned g_dsum = (unsigned)((rows * 32 + 255) / 256); /* a warp per (b, t, h) row */
-    const int tc = on_tensor_cores(c, hd, ld, q, k, v, dout);
+    const int tc = on_tensor_cores(c, hd);
     /* FLOPs: the 5 products of a flash backward (S recomputed, dV, dP, dQ, dK), 2.5 forwards */
     PROF_BEGIN(c, tc ? "attention_bwd bf16" : "attention_bwd fp32", 2.5 * attention_flops(B, T, H, hd), 0);
     PC_LAUNCH(k_attention_dsum, g_dsum, 256, 0, c->stream)(c->att_d, dout, out, B, T, H, hd);
     LAUNCH_CHECK();
     if (tc) {
-        attn_tc_bwd(c->stream, dq, dk, dv, dout, lse, c->att_d, q, k, v, B, T, H, KV, hd, ld);
+        attn_tc_bwd(c->stream, att16_scratch(c, B, T, H, KV, hd), dq, dk, dv, dout, lse, c->att_d, q, k, v, B, T, H,
+                    KV, hd, ld);
         launch_check(c, __FILE__, __LINE__);
     } else {
         dim3 gq((unsigned)((T + ATT_WARPS - 1) / ATT_WARPS), (unsigned)H, (unsigned)B);
@@ -1552,6 +1559,12 @@ extern "C" size_t backend_cuda_bf16_copies_bytes(backend *be)
 {
     if (!be || be->ops != &cuda_ops) return 0;
     return sizeof(uint16_t) * (impl_of(be)->bf_a_n + impl_of(be)->bf_b_n);
+}
+
+extern "C" size_t backend_cuda_attention_copies_bytes(backend *be)
+{
+    if (!be || be->ops != &cuda_ops) return 0;
+    return impl_of(be)->att16_n;
 }
 
 extern "C" int backend_cuda_profile(backend *be, int on)

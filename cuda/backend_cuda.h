@@ -39,6 +39,9 @@ int backend_cuda_set_bf16_block(backend *be, size_t elems);
 /* Bytes the two bf16 operand copies hold now: each grows to the largest operand rounded
  * into it so far, up to the bound above. 0 when be is not a CUDA backend. */
 size_t backend_cuda_bf16_copies_bytes(backend *be);
+/* Bytes of attention's bf16 copies of q, k, v and dO (backend.attention bf16; they only
+ * grow, to the largest call's). */
+size_t backend_cuda_attention_copies_bytes(backend *be);
 /* Profiling (cuda/prof.h): on != 0 starts timing every op's device work with CUDA events
  * (forgetting what was timed before), 0 stops. PC_CUDA_PROFILE=1 in the environment
  * starts it at creation and prints the report on stderr when the backend is destroyed.

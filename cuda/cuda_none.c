@@ -29,6 +29,11 @@ size_t backend_cuda_bf16_copies_bytes(backend *be) {
     return 0;
 }
 
+size_t backend_cuda_attention_copies_bytes(backend *be) {
+    (void)be;
+    return 0;
+}
+
 comm *comm_nccl_create(comm *mpi, int device, pc_err *e) {
     (void)mpi;
     pc_errorf(e, "comm_nccl: device %d requested, but this build has no CUDA/NCCL (rebuild with -Dcuda=enabled)",

@@ -106,6 +106,7 @@ static int check_fit(run_ctx *r, trainer *t, const llama_config *small, pc_err *
     int rc = plan_check_fit(&p, r->rank, (int64_t)capacity, device, e);
     t->has_plan = 1;
     t->plan_copies16 = p.gemm_bf16_bytes;
+    t->plan_attn16 = p.attn_copies_bytes;
     if (rc == 0)
         LOGI(&r->log, "the plan needs %.1f of the device's %.1f GiB on this rank",
              (double)p.ranks[r->rank].total_bytes / 1073741824.0, (double)capacity / 1073741824.0);

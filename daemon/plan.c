@@ -394,6 +394,15 @@ static int64_t gemm_bf16_bytes(const plan *p, const plan_opts *o) {
     return 2 * 2 * PC_MIN(largest, o->gemm_bf16_block);
 }
 
+/* Attention on bf16 tensor cores (attention_tc.h, attn_tc_scratch_bytes): bf16 copies of
+ * one micro-batch's q, k, v and dO, N (2 H + 2 KV) hd values; a teacher and the streamed
+ * base share the trained model's heads. */
+static int64_t attn_copies_bytes(const plan *p, const plan_opts *o) {
+    if (!o->attn_copies) return 0;
+    const llama_config *s = &p->small;
+    return (int64_t)o->micro_batch * o->seq_len * (2 * s->n_heads + 2 * s->n_kv_heads) * s->head_dim * 2;
+}
+
 /* The teacher's weights: fp32, or (bf16_teacher) its matrices in bf16 only and its norm
  * gains in fp32 (LLAMA_BF16_ONLY). */
 static int64_t teacher_weight_bytes(const llama_config *b, const plan_opts *o) {
@@ -575,6 +584,7 @@ int plan_build(plan *p, const llama_config *base, const llama_config *small, int
         p->ranks[p->blocks[i].owner].gsum_bytes += 4 * p->blocks[i].c_rows * p->blocks[i].c_cols;
     int backwards = p->backwards = o->global_batch > 0 ? PC_MAX(1, o->global_batch / (world * o->micro_batch)) : 1;
     int64_t act = activation_bytes(small, o), gemm16 = p->gemm_bf16_bytes = gemm_bf16_bytes(p, o);
+    int64_t att16 = p->attn_copies_bytes = attn_copies_bytes(p, o);
     p->teacher_bytes = o->teacher ? teacher_weight_bytes(base, o) + teacher_activation_bytes(base, o) : 0;
     p->comm.gather_bytes = p->small_numel * (o->weights_bf16 ? 2 : o->compute_dtype_bytes);
     p->comm.reduce_bytes = p->small_numel * o->compute_dtype_bytes * (o->shard_grads ? backwards : 1);
@@ -585,7 +595,7 @@ int plan_build(plan *p, const llama_config *base, const llama_config *small, int
         rk->replica_bytes = replica + rk->gsum_bytes;
         rk->act_bytes = act;
         rk->xchg_bytes = xchg;
-        rk->scratch_bytes += gemm16;
+        rk->scratch_bytes += gemm16 + att16;
         rk->total_bytes = rk->base_bytes + rk->state_bytes + rk->shared_bytes + rk->replica_bytes + rk->xchg_bytes +
                           rk->scratch_bytes + rk->act_bytes + p->teacher_bytes;
         send[r] = ring * (double)(p->comm.gather_bytes + p->comm.reduce_bytes);
@@ -788,6 +798,7 @@ int plan_small_config(const pc_config *c, const llama_config *base, llama_config
 
 void plan_opts_set_device(plan_opts *o, int cuda) {
     o->attn_tt = !cuda; /* the CUDA attention never holds a (T,T) matrix */
+    o->attn_copies = cuda && o->attn_bf16;
     o->gemm_bf16_block = cuda && (o->weights_bf16 || bf16_teacher(o)) ? (int64_t)BACKEND_CUDA_BF16_BLOCK : 0;
 }
 
@@ -802,6 +813,7 @@ void plan_opts_from_config(const pc_config *c, plan_opts *o) {
     o->recompute = c->train.activation_checkpointing;
     o->logits_chunk = c->train.logits_chunk;
     o->weights_bf16 = !strcmp(c->backend.matmul, "bf16");
+    o->attn_bf16 = !strcmp(c->backend.attention, "bf16");
     o->shard_grads = c->compress.shard_grads && !strcmp(c->run.mode, "compress"); /* prune ignores it */
     o->global_batch = c->train.global_batch;
     plan_opts_set_device(o, !strcmp(c->backend.device, "cuda"));

@@ -49,6 +49,8 @@ typedef struct plan_opts {
     int weights_bf16;          /* backend.matmul bf16: a bf16 copy of W_C beside it, gathered in bf16 */
     int64_t gemm_bf16_block;   /* bf16 products on cuda: each of the two bf16 operand copies holds at most
                                 * this many elements (BACKEND_CUDA_BF16_BLOCK); 0: none (cpu, fp32, tf32) */
+    int attn_bf16;             /* backend.attention bf16 */
+    int attn_copies;           /* attn_bf16 on cuda: attention's bf16 copies of q, k, v, dO in scratch */
     int shard_grads;           /* compress.shard_grads: two stages' G + the owned blocks' sums, reduced
                                 * after every backward */
     int global_batch;          /* train.global_batch: backwards per step (with shard_grads); 0: one */
@@ -128,6 +130,7 @@ typedef struct plan {
     int64_t small_numel;      /* parameters of the compressed model */
     int64_t teacher_bytes;    /* per rank (in every rank's total): fp32 base + forward activations; 0 without */
     int64_t gemm_bf16_bytes;  /* per rank (in every rank's scratch): the CUDA backend's bf16 operand copies */
+    int64_t attn_copies_bytes; /* per rank (in every rank's scratch): attention's bf16 copies (attention_tc.h) */
     int64_t gwin_bytes;       /* shard_grads: one of the two stage windows of G (f32; in every replica) */
     int backwards;            /* backwards per step (global_batch / (world x micro_batch)) */
     double total_flops;
@@ -173,9 +176,10 @@ int plan_small_config(const pc_config *c, const llama_config *base, llama_config
  * or f32), everything else f32 (what every backend computes in); backend.device as by
  * plan_opts_set_device; train.activation_checkpointing; compress.split_mb. */
 void plan_opts_from_config(const pc_config *c, plan_opts *o);
-/* What the device changes (after weights_bf16 is set): on cuda (cuda != 0) no (T,T)
- * attention matrix, and with bf16 products the two bf16 operand copies of at most
- * BACKEND_CUDA_BF16_BLOCK elements; on the cpu, the (T,T) matrix and no copies. */
+/* What the device changes (after weights_bf16 and attn_bf16 are set): on cuda (cuda != 0)
+ * no (T,T) attention matrix, with bf16 products the two bf16 operand copies of at most
+ * BACKEND_CUDA_BF16_BLOCK elements, and with bf16 attention its bf16 copies of q, k, v
+ * and dO; on the cpu, the (T,T) matrix and no copies. */
 void plan_opts_set_device(plan_opts *o, int cuda);
 /* Read model.base/config.json (or model.config) without touching weights, build the
  * plan for `world` ranks and write it to out. With device_gib > 0 also check the largest

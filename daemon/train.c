@@ -276,9 +276,12 @@ int mode_train(run_ctx *r, pc_err *e) {
         }
     }
     if (!current && t.method->finish(r, &t, e) != 0) goto out;
-    if (t.has_plan && !strcmp(r->be->ops->name, "cuda"))
+    if (t.has_plan && !strcmp(r->be->ops->name, "cuda")) {
         LOGI(&r->log, "bf16 operand copies: %zu bytes here (plan: %lld)", backend_cuda_bf16_copies_bytes(r->be),
              (long long)t.plan_copies16);
+        LOGI(&r->log, "attention bf16 copies: %zu bytes here (plan: %lld)",
+             backend_cuda_attention_copies_bytes(r->be), (long long)t.plan_attn16);
+    }
     if (save_final(r, &t, e) != 0 || run_report_memory(r, e) != 0) goto out;
     rc = 0;
 out:

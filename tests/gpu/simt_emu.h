@@ -256,11 +256,15 @@ inline float __uint_as_float(unsigned u)
 }
 inline char *atc_smem_base() { return emu.smem; }
 
-/* CUDA's 16-byte vector. */
+/* CUDA's 16-byte vectors. */
 struct alignas(16) float4 {
     float x, y, z, w;
 };
 inline float4 make_float4(float x, float y, float z, float w) { return float4{x, y, z, w}; }
+struct alignas(16) uint4 {
+    unsigned x, y, z, w;
+};
+inline uint4 make_uint4(unsigned x, unsigned y, unsigned z, unsigned w) { return uint4{x, y, z, w}; }
 
 /* Refuses, as a GPU does, an n-byte access (op: "load from", "store to") at p not aligned
  * to n. */
@@ -271,8 +275,7 @@ inline void emu_aligned(const void *p, size_t n, const char *op)
     std::snprintf(msg, sizeof msg, "%zu-byte %s %p, not %zu-byte aligned", n, op, p, n);
     emu_fail(msg);
 }
-/* A T-sized load at p (emu_ld4: 16 bytes, a float4) and a T-sized store (emu_st_aligned:
- * the kernels' 8-byte stores of four bf16). */
+/* A T-sized load at p (emu_ld4: 16 bytes, a float4) and a T-sized store (emu_st_aligned). */
 template <typename T> inline T emu_ld_aligned(const void *p)
 {
     emu_aligned(p, sizeof(T), "load from");

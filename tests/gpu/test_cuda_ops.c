@@ -419,10 +419,12 @@ static void test_rope(ctx *x)
 
 /* ---------------------------------------------------------------- attention */
 
-/* Both backends' attention forward and backward on the same random inputs, within tol. */
-static void test_attention_case(ctx *x, int B, int T, int H, int KV, int hd, double tol)
+/* Both backends' attention forward and backward on the same random inputs, within tol;
+ * q, k, v (and dq, dk, dv) rows of stride (H + 2 KV) hd + pad (pad 1: rows not 16-byte
+ * aligned). */
+static void test_attention_case(ctx *x, int B, int T, int H, int KV, int hd, int pad, double tol)
 {
-    int C = (H + 2 * KV) * hd, qd = H * hd;
+    int C = (H + 2 * KV) * hd + pad, qd = H * hd;
     size_t nq = (size_t)B * T * C, no = (size_t)B * T * qd, nl = (size_t)B * H * T;
     pair qkv = pair_randn(x, nq, 1.0f);
     pair out = pair_randn(x, no, 1.0f), lse = pair_randn(x, nl, 1.0f);
@@ -431,9 +433,9 @@ static void test_attention_case(ctx *x, int B, int T, int H, int KV, int hd, dou
     x->cpu->ops->attention_fwd(x->cpu, out.c, lse.c, qc, kc, vc, B, T, H, KV, hd, C);
     x->gpu->ops->attention_fwd(x->gpu, out.g, lse.g, qg, kg, vg, B, T, H, KV, hd, C);
     char what[128];
-    snprintf(what, sizeof what, "attention_fwd out B=%d T=%d H=%d KV=%d hd=%d", B, T, H, KV, hd);
+    snprintf(what, sizeof what, "attention_fwd out B=%d T=%d H=%d KV=%d hd=%d pad=%d", B, T, H, KV, hd, pad);
     check_pair(x, what, &out, tol);
-    snprintf(what, sizeof what, "attention_fwd lse B=%d T=%d H=%d KV=%d hd=%d", B, T, H, KV, hd);
+    snprintf(what, sizeof what, "attention_fwd lse B=%d T=%d H=%d KV=%d hd=%d pad=%d", B, T, H, KV, hd, pad);
     check_pair(x, what, &lse, tol);
 
     /* dqkv starts random: the op must overwrite q, k and v parts entirely */
@@ -442,7 +444,7 @@ static void test_attention_case(ctx *x, int B, int T, int H, int KV, int hd, dou
                                B, T, H, KV, hd, C);
     x->gpu->ops->attention_bwd(x->gpu, dqkv.g, dqkv.g + qd, dqkv.g + qd + KV * hd, dout.g, out.g, lse.g, qg, kg, vg,
                                B, T, H, KV, hd, C);
-    snprintf(what, sizeof what, "attention_bwd dq|dk|dv B=%d T=%d H=%d KV=%d hd=%d", B, T, H, KV, hd);
+    snprintf(what, sizeof what, "attention_bwd dq|dk|dv B=%d T=%d H=%d KV=%d hd=%d pad=%d", B, T, H, KV, hd, pad);
     check_pair(x, what, &dqkv, tol);
     pair_free(x, &qkv);
     pair_free(x, &out);
@@ -465,10 +467,11 @@ static void test_attention(ctx *x)
         const int Ts[] = {1, 17, 64, 65, 128, 300}, hds[] = {16, 64, 128};
 #endif
         for (size_t i = 0; i < PC_ARRAY_LEN(Ts); i++)
-            for (size_t j = 0; j < PC_ARRAY_LEN(hds); j++) test_attention_case(x, 2, Ts[i], 4, 2, hds[j], tol);
-        test_attention_case(x, 1, 65, 8, 1, 32, tol);  /* multi-query */
-        test_attention_case(x, 2, 40, 3, 3, 80, tol);  /* multi-head, head_dim not a multiple of 32 */
-        test_attention_case(x, 1, 33, 6, 2, 2, tol);   /* tiny heads (fp32 in either mode) */
+            for (size_t j = 0; j < PC_ARRAY_LEN(hds); j++) test_attention_case(x, 2, Ts[i], 4, 2, hds[j], 0, tol);
+        test_attention_case(x, 1, 65, 8, 1, 32, 0, tol);  /* multi-query */
+        test_attention_case(x, 2, 40, 3, 3, 80, 0, tol);  /* multi-head, head_dim not a multiple of 32 */
+        test_attention_case(x, 2, 70, 4, 2, 64, 1, tol);  /* rows not 16-byte aligned */
+        test_attention_case(x, 1, 33, 6, 2, 2, 0, tol);   /* tiny heads (fp32 in either mode) */
     }
     /* the bf16 path really ran: its output differs from the fp32 kernels' */
     const int B = 1, T = 100, H = 2, KV = 1, hd = 64, C = (H + 2 * KV) * hd;

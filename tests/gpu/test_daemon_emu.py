@@ -9,7 +9,8 @@ comm (cuda/comm_nccl.c) on NCCL's API emulated with MPI (nccl_emu.c).
 - compress on 2 ranks with split blocks (shared factors, the W_C broadcasts and G reduces
   on device buffers, over NCCL): the same against the CPU backend's 2-rank run;
 - attention on bf16 tensor cores (backend.attention bf16): first loss within 1e-2 of the
-  CPU's, last within 2e-2, and not equal to the fp32 run;
+  CPU's, last within 2e-2, and not equal to the fp32 run; its bf16 copies of q, k, v and
+  dO as large as the plan counts them;
 - backend.matmul bf16 on 2 ranks with split blocks (W_C rounded on the device and sent in
   bf16, the products reading the bf16 weight copy): losses within 1e-3 of the CPU's bf16
   run (rounding flips feed back, tests/compress/test_bf16_weights.py); the same with
@@ -64,13 +65,16 @@ def main():
 
     nccl = "backend.comm=nccl"
 
-    def copies_within_plan(d, np_):
+    def logged_vs_plan(d, np_, what="bf16 operand copies", exact=False):
+        """what's bytes at the end of the run on each rank: used, and within (exact: equal
+        to) what the plan counts for them"""
         for rank in range(np_):
             log = open(os.path.join(d, "logs", f"rank-{rank:05d}.log")).read()
-            m = re.search(r"bf16 operand copies: (\d+) bytes here \(plan: (\d+)\)", log)
-            pclib.check(m is not None and 0 < int(m.group(1)) <= int(m.group(2)),
-                        f"{os.path.basename(d)} rank {rank}: bf16 operand copies "
-                        f"{m.group(0) if m else 'not logged'} (used, within the plan)")
+            m = re.search(what + r": (\d+) bytes here \(plan: (\d+)\)", log)
+            used, plan = (int(m.group(1)), int(m.group(2))) if m else (0, 0)
+            pclib.check(m is not None and 0 < used and (used == plan if exact else used <= plan),
+                        f"{os.path.basename(d)} rank {rank}: {m.group(0) if m else what + ' not logged'} "
+                        f"(used, {'as planned' if exact else 'within the plan'})")
 
     for mode, np_, sets in [("compress", 1, []), ("prune", 1, ["run.mode=prune"]),
                             ("compress-split", 2, ["compress.split_mb=0.01"])]:
@@ -88,6 +92,7 @@ def main():
             r0, r1 = abs(att[0][0] - ref[0][0]) / ref[0][0], abs(att[0][-1] - ref[0][-1]) / ref[0][-1]
             pclib.check(r0 < 1e-2 and r1 < 2e-2 and not np.array_equal(att[0], fp32[0]),
                         f"bf16 tensor-core attention vs CPU fp32: first loss rel {r0:.2e}, last {r1:.2e}")
+            logged_vs_plan(os.path.join(root, "compress-emu-attn-bf16"), 1, "attention bf16 copies", exact=True)
     # the op profiler through the environment: a table on stderr, the run unchanged
     err = []
     os.environ["PC_CUDA_PROFILE"] = "1"
@@ -102,7 +107,7 @@ def main():
     # the products reading the bf16 weight copy; against the CPU backend's bf16 run
     sets = ["compress.split_mb=0.01", "backend.matmul=bf16"]
     a = pclib.run_arrays(run("bf16-emu", 2, True, *sets, nccl))
-    copies_within_plan(os.path.join(root, "bf16-emu"), 2)
+    logged_vs_plan(os.path.join(root, "bf16-emu"), 2)
     b = pclib.run_arrays(run("bf16-cpu", 2, False, *sets))
     f32 = pclib.run_arrays(os.path.join(root, "compress-split-emu"))
     rel = np.max(np.abs(a[0] - b[0]) / np.abs(b[0]))
@@ -110,7 +115,7 @@ def main():
                 f"bf16 weights np2: emulated CUDA vs CPU losses max rel {rel:.2e} < 1e-3 (and not the fp32 run's)")
     sets.append("compress.shard_grads=true")
     a = pclib.run_arrays(run("shard-bf16-emu", 2, True, *sets, nccl))
-    copies_within_plan(os.path.join(root, "shard-bf16-emu"), 2)
+    logged_vs_plan(os.path.join(root, "shard-bf16-emu"), 2)
     b = pclib.run_arrays(run("shard-bf16-cpu", 2, False, *sets))
     rel = np.max(np.abs(a[0] - b[0]) / np.abs(b[0]))
     pclib.check(rel < 1e-3, f"sharded G, bf16 weights np2: emulated CUDA vs CPU losses max rel {rel:.2e} < 1e-3")
@@ -125,7 +130,7 @@ def main():
     sets += ["backend.matmul=bf16"]
     a, b = pclib.run_arrays(run("distill-mm16-emu", 1, True, *sets)), pclib.run_arrays(run("distill-mm16-cpu", 1,
                                                                                            False, *sets))
-    copies_within_plan(os.path.join(root, "distill-mm16-emu"), 1)
+    logged_vs_plan(os.path.join(root, "distill-mm16-emu"), 1)
     rel = np.max(np.abs(a[0] - b[0]) / np.abs(b[0]))
     pclib.check(rel < 1e-3, f"bf16 teacher, bf16 products: emulated CUDA vs CPU losses max rel {rel:.2e} < 1e-3")
     return 0

@@ -904,6 +904,36 @@ static void test_weights_bf16(void **state) {
 
 /* plan_check_fit: a rank's total against a device's memory; the message names the rank,
  * the device, both sizes and only the remedies that apply. */
+/* backend.attention bf16 on cuda: every rank's scratch holds attention's bf16 copies of
+ * one micro-batch's q, k, v and dO (2 bytes x N (2 H + 2 KV) hd); on the cpu, or with fp32
+ * attention, none. */
+static void test_attention_copies(void **state) {
+    (void)state;
+    static llama_config base, small;
+    load_case(&MODELS[0], &base, &small); /* Llama-3.1-8B at 2160/6480: 32/8 heads of 128 */
+    plan_opts o;
+    plan_opts_default(&o);
+    o.micro_batch = 2, o.seq_len = 4096;
+    plan none, some;
+    for (int cuda = 0; cuda < 2; cuda++) {
+        o.attn_bf16 = 0;
+        plan_opts_set_device(&o, cuda);
+        assert_int_equal(plan_build(&none, &base, &small, 4, &o, NULL), 0);
+        o.attn_bf16 = 1;
+        plan_opts_set_device(&o, cuda);
+        assert_int_equal(plan_build(&some, &base, &small, 4, &o, NULL), 0);
+        int64_t want = cuda ? (int64_t)2 * 2 * 4096 * (2 * 32 + 2 * 8) * 128 : 0;
+        assert_int_equal(none.attn_copies_bytes, 0);
+        assert_int_equal(some.attn_copies_bytes, want);
+        for (int r = 0; r < 4; r++) {
+            assert_int_equal(some.ranks[r].scratch_bytes - none.ranks[r].scratch_bytes, want);
+            assert_int_equal(some.ranks[r].total_bytes - none.ranks[r].total_bytes, want);
+        }
+        plan_free(&none);
+        plan_free(&some);
+    }
+}
+
 static void test_check_fit(void **state) {
     (void)state;
     static llama_config base, small;
@@ -962,6 +992,7 @@ int main(void) {
         cmocka_unit_test(test_activations),
         cmocka_unit_test(test_check_fit),
         cmocka_unit_test(test_weights_bf16),
+        cmocka_unit_test(test_attention_copies),
         cmocka_unit_test(test_shard_grads),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
