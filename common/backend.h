@@ -124,6 +124,9 @@ typedef struct backend_ops {
     /* dgate, dup (row stride ld_in) overwritten from dout (N,f). */
     void (*swiglu_bwd)(backend *be, float *dgate, float *dup, const float *dout, const float *gate,
                        const float *up, int N, int f, int ld_in);
+    /* The same with dgate, dup rounded to bf16 (nearest even): bitwise bf16(swiglu_bwd's). */
+    void (*swiglu_bwd_16)(backend *be, uint16_t *dgate, uint16_t *dup, const float *dout, const float *gate,
+                          const float *up, int N, int f, int ld_in);
 
     /* Softmax cross-entropy of logits (N,V) against targets (N), targets < 0 ignored.
      * Saves lse (N); returns the SUM of losses over valid rows and their count in *n_valid. */

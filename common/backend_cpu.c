@@ -474,24 +474,42 @@ static void cpu_swiglu_fwd_16(backend *be, uint16_t *out, const float *gate, con
     free(row);
 }
 
+/* One row's gradients dg, du (f) from d (f) and the row's g, u; sigs (f) scratch. */
+static void swiglu_bwd_row(float *dg, float *du, const float *d, const float *g, const float *u, float *sigs, int f)
+{
+    vexp_sigmoid(sigs, g, f);
+    for (int i = 0; i < f; i++) {
+        float sig = sigs[i];
+        float silu = g[i] * sig;
+        float gi = d[i];
+        dg[i] = gi * u[i] * sig * (1.0f + g[i] * (1.0f - sig));
+        du[i] = gi * silu;
+    }
+}
+
 static void cpu_swiglu_bwd(backend *be, float *dgate, float *dup, const float *dout, const float *gate,
                            const float *up, int N, int f, int ld_in)
 {
     (void)be;
     float *sigs = pc_alloc_f32((size_t)f); /* (f) sigmoid of one row's gate */
     for (int n = 0; n < N; n++) {
-        const float *g = gate + (size_t)n * ld_in, *u = up + (size_t)n * ld_in, *d = dout + (size_t)n * f;
-        float *dg = dgate + (size_t)n * ld_in, *du = dup + (size_t)n * ld_in;
-        vexp_sigmoid(sigs, g, f);
-        for (int i = 0; i < f; i++) {
-            float sig = sigs[i];
-            float silu = g[i] * sig;
-            float gi = d[i];
-            dg[i] = gi * u[i] * sig * (1.0f + g[i] * (1.0f - sig));
-            du[i] = gi * silu;
-        }
+        const size_t o = (size_t)n * ld_in;
+        swiglu_bwd_row(dgate + o, dup + o, dout + (size_t)n * f, gate + o, up + o, sigs, f);
     }
     free(sigs);
+}
+
+static void cpu_swiglu_bwd_16(backend *be, uint16_t *dgate, uint16_t *dup, const float *dout, const float *gate,
+                              const float *up, int N, int f, int ld_in)
+{
+    float *rows = pc_alloc_f32(3 * (size_t)f); /* (3, f): one row's dgate, dup in fp32, then the sigmoids */
+    for (int n = 0; n < N; n++) {
+        const size_t o = (size_t)n * ld_in;
+        swiglu_bwd_row(rows, rows + f, dout + (size_t)n * f, gate + o, up + o, rows + 2 * f, f);
+        cpu_round_bf16(be, dgate + o, rows, (size_t)f);
+        cpu_round_bf16(be, dup + o, rows + f, (size_t)f);
+    }
+    free(rows);
 }
 
 /* ---- cross-entropy ---- */
@@ -688,6 +706,7 @@ static const backend_ops cpu_ops = {
     .swiglu_fwd = cpu_swiglu_fwd,
     .swiglu_fwd_16 = cpu_swiglu_fwd_16,
     .swiglu_bwd = cpu_swiglu_bwd,
+    .swiglu_bwd_16 = cpu_swiglu_bwd_16,
     .xent_fwd = cpu_xent_fwd,
     .xent_bwd = cpu_xent_bwd,
     .xent_bwd_16 = cpu_xent_bwd_16,

@@ -516,6 +516,20 @@ static void guard_swiglu_bwd(backend *be, float *dgate, float *dup, const float 
     call_end(&k);
 }
 
+static void guard_swiglu_bwd_16(backend *be, uint16_t *dgate, uint16_t *dup, const float *dout, const float *gate,
+                                const float *up, int N, int f, int ld_in)
+{
+    guard_call k;
+    call_begin(&k, be, "swiglu_bwd_16");
+    call_arg(&k, dgate, "dgate");
+    call_arg(&k, dup, "dup");
+    call_arg(&k, dout, "dout");
+    call_arg(&k, gate, "gate");
+    call_arg(&k, up, "up");
+    inner(be)->ops->swiglu_bwd_16(inner(be), dgate, dup, dout, gate, up, N, f, ld_in);
+    call_end(&k);
+}
+
 /* ---- cross-entropy and distillation ---- */
 
 static double guard_xent_fwd(backend *be, float *lse, const float *logits, const int32_t *targets, int N, int V,
@@ -697,6 +711,7 @@ static const backend_ops guard_ops = {
     .swiglu_fwd = guard_swiglu_fwd,
     .swiglu_fwd_16 = guard_swiglu_fwd_16,
     .swiglu_bwd = guard_swiglu_bwd,
+    .swiglu_bwd_16 = guard_swiglu_bwd_16,
     .xent_fwd = guard_xent_fwd,
     .xent_bwd = guard_xent_bwd,
     .xent_bwd_16 = guard_xent_bwd_16,

@@ -1061,7 +1061,9 @@ __global__ void k_swiglu_fwd(OutT *out, const float *gate, const float *up, int 
     }
 }
 
-__global__ void k_swiglu_bwd(float *dgate, float *dup, const float *dout, const float *gate, const float *up, int f,
+/* dgate, dup of OutT (float or bf16), row stride ld_in, from dout (N,f) */
+template <typename OutT>
+__global__ void k_swiglu_bwd(OutT *dgate, OutT *dup, const float *dout, const float *gate, const float *up, int f,
                              int ld_in, size_t total)
 {
     for (size_t idx = (size_t)blockIdx.x * blockDim.x + threadIdx.x; idx < total;
@@ -1069,8 +1071,8 @@ __global__ void k_swiglu_bwd(float *dgate, float *dup, const float *dout, const 
         const size_t n = idx / f, i = idx % f, o = n * ld_in + i;
         const float gv = gate[o], uv = up[o], d = dout[idx];
         const float sig = 1.0f / (1.0f + expf(-gv));
-        dgate[o] = d * uv * sig * (1.0f + gv * (1.0f - sig));
-        dup[o] = d * gv * sig;
+        store_out(dgate + o, d * uv * sig * (1.0f + gv * (1.0f - sig)));
+        store_out(dup + o, d * gv * sig);
     }
 }
 
@@ -1098,16 +1100,32 @@ static void cu_swiglu_fwd_16(backend *be, uint16_t *out, const float *gate, cons
     swiglu_rows<__nv_bfloat16>(be, "swiglu_fwd_16", 10.0, (__nv_bfloat16 *)out, gate, up, N, f, ld_in); /* bf16 out */
 }
 
-static void cu_swiglu_bwd(backend *be, float *dgate, float *dup, const float *dout, const float *gate,
-                          const float *up, int N, int f, int ld_in)
+/* swiglu_bwd's and swiglu_bwd_16's launch: dgate, dup in OutT; bytes_per_elem for the profile */
+template <typename OutT>
+static void swiglu_bwd_rows(backend *be, const char *region, double bytes_per_elem, OutT *dgate, OutT *dup,
+                            const float *dout, const float *gate, const float *up, int N, int f, int ld_in)
 {
     cuda_impl *c = impl_of(be);
     size_t total = (size_t)N * f;
     if (N <= 0 || f <= 0) return;
-    PROF_BEGIN(c, "swiglu_bwd", 0, 20 * total); /* dout, gate, up in; dgate, dup */
-    PC_LAUNCH(k_swiglu_bwd, grid_for(total, 256), 256, 0, c->stream)(dgate, dup, dout, gate, up, f, ld_in, total);
+    PROF_BEGIN(c, region, 0, bytes_per_elem * total);
+    PC_LAUNCH(k_swiglu_bwd<OutT>, grid_for(total, 256), 256, 0, c->stream)(dgate, dup, dout, gate, up, f, ld_in,
+                                                                           total);
     LAUNCH_CHECK();
     PROF_END(c);
+}
+
+static void cu_swiglu_bwd(backend *be, float *dgate, float *dup, const float *dout, const float *gate,
+                          const float *up, int N, int f, int ld_in)
+{
+    swiglu_bwd_rows<float>(be, "swiglu_bwd", 20.0, dgate, dup, dout, gate, up, N, f, ld_in); /* dout, gate, up in */
+}
+
+static void cu_swiglu_bwd_16(backend *be, uint16_t *dgate, uint16_t *dup, const float *dout, const float *gate,
+                             const float *up, int N, int f, int ld_in)
+{
+    swiglu_bwd_rows<__nv_bfloat16>(be, "swiglu_bwd_16", 16.0, (__nv_bfloat16 *)dgate, (__nv_bfloat16 *)dup, dout,
+                                   gate, up, N, f, ld_in); /* bf16 out */
 }
 
 /* ------------------------------------------------------------------ cross-entropy */
@@ -1507,6 +1525,7 @@ static const backend_ops cuda_ops = {
     .swiglu_fwd = cu_swiglu_fwd,
     .swiglu_fwd_16 = cu_swiglu_fwd_16,
     .swiglu_bwd = cu_swiglu_bwd,
+    .swiglu_bwd_16 = cu_swiglu_bwd_16,
     .xent_fwd = cu_xent_fwd,
     .xent_bwd = cu_xent_bwd,
     .xent_bwd_16 = cu_xent_bwd_16,

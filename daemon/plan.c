@@ -330,7 +330,8 @@ static int64_t logits_rows(const plan_opts *o) {
  *                     only (a buffer of n values holds ceil(n/2) floats), and the
  *                     backward's bf16 operands: a product's output gradient, rounded once
  *                     for its two backward products, max((H+2KV) hd, d', 2 f'max), and
- *                     the one fp32 product input, att, H hd per token, 2 bytes each. */
+ *                     the one fp32 product input, att, H hd per token, 2 bytes each; no
+ *                     fp32 dgu (swiglu_bwd_16 writes it in bf16 among those operands). */
 static int64_t activation_bytes(const llama_config *s, const plan_opts *o) {
     int64_t N = (int64_t)o->micro_batch * o->seq_len, d = s->d_model, H = s->n_heads, KV = s->n_kv_heads,
             hd = s->head_dim, V = s->vocab_size, fmax = max_d_ff(s);
@@ -347,7 +348,7 @@ static int64_t activation_bytes(const llama_config *s, const plan_opts *o) {
     per_tok += 2 * d + 2 - (in16 ? d : 0); /* final residual, lnf, rstdf, xent lse */
     if (in16) in16_bytes += IN16(d);
 #undef IN16
-    per_tok += 2 * d + H * hd + (H + 2 * KV) * hd + 3 * fmax;
+    per_tok += 2 * d + H * hd + (H + 2 * KV) * hd + (in16 ? 1 : 3) * fmax;
     int64_t tt = o->attn_tt ? 2 * (int64_t)o->seq_len * o->seq_len * 4 : 0;
     int64_t ops16 = in16 ? PC_MAX(PC_MAX((H + 2 * KV) * hd, d), 2 * fmax) + H * hd : 0;
     return (N * per_tok + logits_rows(o) * V) * o->compute_dtype_bytes + tt + 2 * N * ops16 + in16_bytes;

@@ -40,7 +40,7 @@ struct llama_acts {
     float *dres, *dln;  /* (N,d) */
     float *datt;        /* (N,H*hd) */
     float *dqkv;        /* (N,(H+2KV)*hd) */
-    float *dh, *dgu;    /* (N,f_max), (N,2*f_max) */
+    float *dh, *dgu;    /* (N,f_max), (N,2*f_max); dgu NULL with dy16 (the gradient goes there in bf16) */
     /* with a bf16 weight copy (and a backward): a product's output gradient and input, each
      * rounded to bf16 once for both backward products (bf16_scratch); NULL otherwise */
     uint16_t *dy16; /* (N, max(C, d, 2 f_max)): the widest layer product's outputs */
@@ -310,7 +310,7 @@ static int init(llama_model *m, const llama_config *c, backend *be, int B, int T
         a->datt = be_alloc(be, N * qd);
         a->dqkv = be_alloc(be, N * C);
         a->dh = be_alloc(be, N * fmax);
-        a->dgu = be_alloc(be, N * 2 * fmax);
+        if (o->weights == LLAMA_F32) a->dgu = be_alloc(be, N * 2 * fmax); /* else in bf16, in dy16 */
     }
     m->logits = be_alloc(be, (m->logits_chunk ? (size_t)m->logits_chunk : N) * (size_t)c->vocab_size);
     m->tokens = be_alloc_i32(be, N);
@@ -366,6 +366,8 @@ static void bf16_scratch(llama_model *m)
     size_t C = qd + 2 * (size_t)c->n_kv_heads * c->head_dim, fmax = max_d_ff(c);
     a->dy16 = m->be->ops->alloc_bf16(m->be, N * PC_MAX(PC_MAX(C, d), 2 * fmax));
     a->x16 = m->be->ops->alloc_bf16(m->be, N * qd);
+    be_free(m->be, a->dgu); /* made in fp32: the gate|up gradient goes to dy16 in bf16 (swiglu_bwd_16) */
+    a->dgu = NULL;
     if (!a->in16) { /* made in fp32 (llama_init): what they hold is dead until the next forward */
         free_prod_inputs(m);
         prod_inputs(m, 1);
@@ -934,8 +936,13 @@ void llama_backward(llama_model *m)
         // MLP: res[l+1] = mid + h Wdown^T
         int td = layer_tensor(l, T_DOWN), tg = layer_tensor(l, T_GATE);
         linear_bwd(m, a->dh, G(m, td), a->dres, prod_in(a, a->h[l], 0, f), td, N, f, d); // (N,d) -> (N,f)
-        op->swiglu_bwd(be, a->dgu, a->dgu + f, a->dh, a->gu[l], a->gu[l] + f, N, f, 2 * f); // -> (N,2f)
-        linear_bwd(m, a->dln, G(m, tg), a->dgu, prod_in(a, a->ln2[l], 0, d), tg, N, d, 2 * f); // (N,2f) -> (N,d)
+        if (a->dy16) { // the gate|up gradient only meets products: written in bf16 at once (N,2f)
+            op->swiglu_bwd_16(be, a->dy16, a->dy16 + f, a->dh, a->gu[l], a->gu[l] + f, N, f, 2 * f);
+            linear_bwd_16(m, a->dln, G(m, tg), a->dy16, 2 * f, prod_in(a, a->ln2[l], 0, d), tg, N, d, 2 * f);
+        } else {
+            op->swiglu_bwd(be, a->dgu, a->dgu + f, a->dh, a->gu[l], a->gu[l] + f, N, f, 2 * f); // -> (N,2f)
+            linear_bwd(m, a->dln, G(m, tg), a->dgu, prod_in(a, a->ln2[l], 0, d), tg, N, d, 2 * f); // (N,2f) -> (N,d)
+        }
         int t2 = layer_tensor(l, T_LN2);
         op->rmsnorm_bwd(be, a->dres, G(m, t2), a->dln, a->mid[l], P(m, t2), a->rstd2[l], N, d);
         // attention: mid = res + att Wo^T

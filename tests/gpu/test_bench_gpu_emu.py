@@ -13,9 +13,10 @@ products and tensor-core attention, one timed step and one profiled step.
   layer and the final one) and the SwiGLU write their outputs, read only by products, in
   bf16 (rmsnorm_fwd_16, swiglu_fwd_16), so of the forward products' inputs only the
   attention output is rounded (gemm operand to bf16: 1); each backward product's
-  operands are rounded once for both its products (round_bf16: a layer product's output
-  gradient, 4, and the attention output: 5), the head's dlogits written in bf16 by the
-  loss's backward (xent_bwd_16), never rounded on their own; the RMSNorms backward, the
+  operands are rounded once for both its products (round_bf16: the output gradients of
+  down, o and qkv, 3, and the attention output: 4), the gate|up gradient written in bf16
+  by the SwiGLU backward (swiglu_bwd_16) and the head's dlogits by the loss's backward
+  (xent_bwd_16), neither rounded on its own; the RMSNorms backward, the
   attention forward and backward on tensor cores, the loss forward; the regions' total
   and its share of the wall time."""
 import math
@@ -51,7 +52,8 @@ def main():
             calls[r.group(1).strip()] = int(r.group(2))
     want = {"gemm bf16": 15, "rmsnorm_fwd_16": 3, "rmsnorm_fwd": None, "rmsnorm_bwd": 3, "attention_fwd bf16": 1,
             "attention_bwd bf16": 1, "xent_fwd": 1, "xent_bwd_16": 1, "xent_bwd": None, "gemm operand to bf16": 1,
-            "round_bf16": 5, "swiglu_fwd_16": 1, "swiglu_fwd": None, "swiglu_bwd": 1, "rope_fwd": 2, "rope_bwd": 2}
+            "round_bf16": 4, "swiglu_fwd_16": 1, "swiglu_fwd": None, "swiglu_bwd_16": 1, "swiglu_bwd": None,
+            "rope_fwd": 2, "rope_bwd": 2}
     for name, n in want.items():
         check(calls.get(name) == n, f"profile: {name}: {calls.get(name)} calls (want {n})")
     check(re.search(r"^all regions\s+[0-9.]+\s+\([0-9.]+% of [0-9.]+ ms wall\)", p.stdout, re.M) is not None,

@@ -518,6 +518,10 @@ static void test_swiglu(ctx *x)
     x->cpu->ops->swiglu_bwd(x->cpu, dgu.c, dgu.c + f, dout.c, gu.c, gu.c + f, N, f, ld);
     x->gpu->ops->swiglu_bwd(x->gpu, dgu.g, dgu.g + f, dout.g, gu.g, gu.g + f, N, f, ld);
     check_pair(x, "swiglu_bwd", &dgu, TOL_F32);
+    uint16_t *d16 = x->gpu->ops->alloc_bf16(x->gpu, dgu.n); /* (N, 2f): dgate | dup as in dgu */
+    x->gpu->ops->swiglu_bwd_16(x->gpu, d16, d16 + f, dout.g, gu.g, gu.g + f, N, f, ld);
+    check_out16(x, "swiglu_bwd_16", d16, 1, dgu.n, &dgu);
+    be_free(x->gpu, d16);
     pair_free(x, &gu);
     pair_free(x, &out);
     pair_free(x, &dout);

@@ -71,8 +71,8 @@ static void test_gemm(void **state)
 /* round_bf16: nearest even at the ties, exact on bf16 values; gemm_w16 gives, bit for bit,
  * gemm's MATMUL_BF16 products on the widened bf16 B, and gemm_16 those on the widened A
  * and B, for every transpose combination with padded leading dimensions (and K = 0:
- * C = beta C); rmsnorm_fwd_16, swiglu_fwd_16 and distill_16 write the rounded outputs of
- * the fp32 ops. */
+ * C = beta C); rmsnorm_fwd_16, swiglu_fwd_16, swiglu_bwd_16 and distill_16 write the
+ * rounded outputs of the fp32 ops. */
 static void test_bf16_weights_ops(void **state)
 {
     (void)state;
@@ -124,6 +124,15 @@ static void test_bf16_weights_ops(void **state)
     be->ops->swiglu_fwd_16(be, o16, xs, xs + RD, RN, RD, RLD);
     be->ops->round_bf16(be, want16, out, PC_ARRAY_LEN(out));
     assert_memory_equal(o16, want16, sizeof o16);
+    /* swiglu_bwd_16: bitwise bf16 of swiglu_bwd's dgate | dup, in rows of RLD like gate | up */
+    float dgu[RN * RLD];
+    uint16_t d16[RN * RLD], dwant16[RN * RLD];
+    fill(dgu, PC_ARRAY_LEN(dgu), 8, 1);
+    be->ops->round_bf16(be, d16, dgu, PC_ARRAY_LEN(dgu)); /* the column between the rows' halves: untouched */
+    be->ops->swiglu_bwd(be, dgu, dgu + RD, out, xs, xs + RD, RN, RD, RLD);
+    be->ops->swiglu_bwd_16(be, d16, d16 + RD, out, xs, xs + RD, RN, RD, RLD);
+    be->ops->round_bf16(be, dwant16, dgu, PC_ARRAY_LEN(dgu));
+    assert_memory_equal(d16, dwant16, sizeof d16);
     /* distill_16: distill's gradient rounded, row n at bf16 offset 2 n V, the same loss */
     enum { DN = 4, DV = 37 };
     float z[DN * DV], z16[DN * DV], teach[DN * DV];

@@ -255,6 +255,10 @@ static void op_swiglu(backend *be, outv *o)
     be->ops->swiglu_fwd_16(be, o16, gu, gu + f, N, f, ld); // -> (N,f) bf16
     out_fetch16(be, o, o16, (size_t)(N * f));
     be_free(be, o16);
+    uint16_t *d16 = be->ops->alloc_bf16(be, (size_t)(N * ld));
+    be->ops->swiglu_bwd_16(be, d16, d16 + f, dout, gu, gu + f, N, f, ld); // -> (N,2f) bf16
+    out_fetch16(be, o, d16, (size_t)(N * ld));
+    be_free(be, d16);
     be_free(be, gu), be_free(be, out), be_free(be, dout), be_free(be, dgu);
 }
 
@@ -396,7 +400,7 @@ static const op_case op_cases[] = {
     {"rmsnorm_fwd/bwd/fwd_16", op_rmsnorm},
     {"rope_fwd/bwd", op_rope},
     {"attention_fwd/bwd", op_attention},
-    {"swiglu_fwd/bwd/fwd_16", op_swiglu},
+    {"swiglu_fwd/bwd/fwd_16/bwd_16", op_swiglu},
     {"xent_fwd/bwd/bwd_16", op_xent},
     {"distill/distill_16", op_distill},
     {"add2d", op_add2d},
