@@ -13,10 +13,11 @@
  *
  * Blocks of ATC_WARPS warps; each warp owns 16 rows of the block's 64 (query rows in the
  * forward pass and dQ, key rows in dK/dV). The block loads the shared 64-row tiles it walks
- * over (K and V, or Q and dO) from fp32 into row-major bf16 shared memory, whence ldmatrix
- * takes the fragments of a product's right operand, read as B = Y^T or (.trans) as B = Y;
- * a warp keeps its own rows' operands and its accumulators in the fragments PTX documents for mma.m16n8k16,
- * whose accumulator layout is that of an A operand's halves, so a tile's scores become
+ * over (K and V, or Q and dO) into row-major bf16 shared memory, two of each, the next by
+ * cp.async while the warps work on the current one; ldmatrix takes the fragments of a
+ * product's right operand from there, read as B = Y^T or (.trans) as B = Y. A warp keeps
+ * its own rows' operands and its accumulators in the fragments PTX documents for
+ * mma.m16n8k16, whose accumulator layout is that of an A operand's halves, so a tile's scores become
  * the A operand of the next product (P V, dS K, P^T dO, dS^T Q) in registers, and the
  * online softmax rescales the output accumulator in place.
  * Forward (per (b, h, query tile)): for each key tile up to the diagonal, S = Q K^T,

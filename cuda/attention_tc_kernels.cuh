@@ -23,9 +23,19 @@ typedef __nv_bfloat16 bf16;
 typedef uint32_t u32;
 
 #ifndef PC_SIMT_EMU
-/* 16 bytes at p, 16-byte aligned: from global memory (atc_ld16) or into shared memory (atc_st16). */
-__device__ __forceinline__ uint4 atc_ld16(const void *p) { return *(const uint4 *)p; }
-__device__ __forceinline__ void atc_st16(void *p, uint4 v) { *(uint4 *)p = v; }
+/* 16 bytes of zeros into shared memory at p, 16-byte aligned. */
+__device__ __forceinline__ void atc_zero16(void *p) { *(uint4 *)p = make_uint4(0u, 0u, 0u, 0u); }
+/* cp.async (tests/gpu/simt_emu.h): 16 bytes from global src to shared dst, both 16-byte
+ * aligned, in flight until the thread waits for its group (atc_cp_wait). */
+__device__ __forceinline__ void atc_cp16(void *dst, const void *src)
+{
+    const u32 d = (u32)__cvta_generic_to_shared(dst);
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(d), "l"(src));
+}
+/* The thread's copies issued since the last commit become a group. */
+__device__ __forceinline__ void atc_cp_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+/* Wait until at most N of the thread's newest groups are in flight. */
+template <int N> __device__ __forceinline__ void atc_cp_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory"); }
 /* d (16 x 8 fp32) += a (16 x 16 bf16) b (16 x 8 bf16), in the fragments PTX documents for
  * mma.m16n8k16 (tests/gpu/simt_emu.h, emu_mma_16816, spells them out). */
 __device__ __forceinline__ void atc_mma(float d[4], const u32 a[4], const u32 b[2])
@@ -63,8 +73,10 @@ __device__ __forceinline__ void atc_st8(bf16 *p, u32 lo, u32 hi) { *reinterpret_
 __device__ __forceinline__ float4 atc_ld4(const float *p) { return *(const float4 *)p; }
 #define ATC_UNROLL _Pragma("unroll")
 #else
-inline uint4 atc_ld16(const void *p) { return emu_ld_aligned<uint4>(p); }
-inline void atc_st16(void *p, uint4 v) { emu_st_aligned<uint4>(p, v); }
+inline void atc_zero16(void *p) { emu_st_aligned<uint4>(p, make_uint4(0u, 0u, 0u, 0u)); }
+#define atc_cp16 emu_cp_async16
+#define atc_cp_commit emu_cp_commit
+template <int N> inline void atc_cp_wait() { emu_cp_wait(N); }
 #define atc_mma emu_mma_16816
 template <int TRANS> inline void atc_ldsm4(u32 r[4], const bf16 *p) { emu_ldmatrix_x4(r, p, TRANS); }
 inline u32 atc_pack(float lo, float hi)
@@ -75,8 +87,6 @@ inline void atc_st8(bf16 *p, u32 lo, u32 hi) { emu_st_aligned<uint64_t>(p, (uint
 #define atc_ld4 emu_ld4
 #define ATC_UNROLL
 #endif
-
-/* ---------------------------------------------------------------- tiles and fragments */
 
 /* ---------------------------------------------------------------- bf16 operands */
 
@@ -100,41 +110,44 @@ template <bool VEC> __global__ void k_atc_to_bf16(bf16 *dst, const float *src, s
 
 /* ---------------------------------------------------------------- tiles and fragments */
 
+/* Two buffers of a kind (a tile and the one loading beside it), picked by a runtime index
+ * with a select, so that no array of pointers goes to local memory. */
+template <typename T> struct atc_two {
+    T *b0, *b1;
+    __device__ T *operator[](int i) const { return i ? b1 : b0; }
+};
+
 /* A tile to load: rows of a (T, hd) bf16 head view at src (row stride ld) into a
- * row-major bf16 tile at dst; src NULL: none. */
+ * row-major bf16 tile at dst; src NULL: none. The kernels keep two of each tile they walk
+ * over and load the next while they work on the other (cp.async, two groups in flight). */
 struct atc_src {
     bf16 *dst;
     const bf16 *src;
     int ld;
 };
 
-/* rows x hd of one or two head views (a, b) from row r0 into bf16 tiles of row stride
- * dst_ld; rows at or past T are zero. All threads of the block take part, each issuing
- * its ATC_LOAD_BATCH 16-byte loads of both tiles before it stores any, so that the loads
- * are in flight together (one after another, each would wait out the memory's latency).
- * hd is a multiple of 8; the sources, their ld and dst_ld keep 16-byte alignment. */
-#define ATC_LOAD_BATCH 4
+/* Issues the copies of rows x hd of one or two head views (a, b) from row r0 into bf16
+ * tiles of row stride dst_ld (16-byte cp.async copies, all threads of the block taking
+ * part) and commits them as one group of each thread's; rows at or past T are zero
+ * (stored at once). The tiles are the block's to read once every thread has waited for
+ * the group (atc_cp_wait) and passed a barrier after it. hd is a multiple of 8; the
+ * sources, their ld and dst_ld keep 16-byte alignment. */
 __device__ void atc_load(atc_src a, atc_src b, int dst_ld, int r0, int rows, int T, int hd)
 {
-    const atc_src t[2] = {a, b};
     const int vpr = hd >> 3, n = rows * vpr; /* 8-value vectors per row, in a tile */
-    for (int v0 = 0; v0 < n; v0 += ATC_LOAD_BATCH * (int)blockDim.x) {
-        uint4 x[2][ATC_LOAD_BATCH];
-        ATC_UNROLL
-        for (int u = 0; u < 2 * ATC_LOAD_BATCH; u++) {
-            const int j = u / ATC_LOAD_BATCH, idx = v0 + (u % ATC_LOAD_BATCH) * (int)blockDim.x + (int)threadIdx.x;
-            const int r = idx / vpr;
-            x[j][u % ATC_LOAD_BATCH] = t[j].src && idx < n && r0 + r < T
-                                           ? atc_ld16(t[j].src + (size_t)(r0 + r) * t[j].ld + (idx - r * vpr) * 8)
-                                           : make_uint4(0u, 0u, 0u, 0u);
-        }
-        ATC_UNROLL
-        for (int u = 0; u < 2 * ATC_LOAD_BATCH; u++) {
-            const int j = u / ATC_LOAD_BATCH, idx = v0 + (u % ATC_LOAD_BATCH) * (int)blockDim.x + (int)threadIdx.x;
-            const int r = idx / vpr;
-            if (t[j].src && idx < n) atc_st16(t[j].dst + r * dst_ld + (idx - r * vpr) * 8, x[j][u % ATC_LOAD_BATCH]);
+    for (int j = 0; j < 2; j++) {
+        const atc_src t = j ? b : a;
+        if (!t.src) continue;
+        for (int idx = (int)threadIdx.x; idx < n; idx += (int)blockDim.x) {
+            const int r = idx / vpr, c = (idx - r * vpr) * 8;
+            bf16 *d = t.dst + r * dst_ld + c;
+            if (r0 + r < T)
+                atc_cp16(d, t.src + (size_t)(r0 + r) * t.ld + c);
+            else
+                atc_zero16(d);
         }
     }
+    atc_cp_commit();
 }
 
 /* The A fragment (16 x 16) of the warp's lane at rows r0.., columns k0.. of a row-major
@@ -277,7 +290,91 @@ __device__ atc_qtile atc_qtile_of(const bf16 *q, const bf16 *k, const bf16 *v, i
     return r;
 }
 
+/* A query-tile block's walk over the key tiles (forward, dQ), two K and two V tiles in
+ * shared memory (Ks, Vs), the next loading while the warps work on the other. First the
+ * block's own rows of q (and of own_b, dO, when not NULL) go into Ks[1] (Vs[1]) beside key
+ * tile 0, and frags(Ks[1], Vs[1]) takes the warp's fragments of them; then tile(k0, K, V)
+ * runs for each key tile from k0 by the warps whose rows reach it (warp-uniform). */
+template <typename Frags, typename Tile>
+__device__ __forceinline__ void atc_walk_keys(const atc_qtile &at, const bf16 *own_b, atc_two<bf16> Ks,
+                                              atc_two<bf16> Vs, int T, int H, int KV, int hd, Frags frags, Tile tile)
+{
+    const int ldh = hd + ATC_PAD;
+    atc_load({Ks[1], at.qh, H * hd}, {Vs[1], own_b, H * hd}, ldh, at.q0, ATC_ROWS, T, hd);
+    atc_load({Ks[0], at.kh, KV * hd}, {Vs[0], at.vh, KV * hd}, ldh, 0, ATC_TILE, T, hd); /* key tile 0 */
+    atc_cp_wait<1>();
+    __syncthreads(); /* the block's rows have landed */
+    frags(Ks[1], Vs[1]);
+    __syncthreads(); /* and are read before key tile 1 goes where they were */
+    for (int k0 = 0, cur = 0; k0 <= at.last; k0 += ATC_TILE, cur ^= 1) {
+        if (k0 + ATC_TILE <= at.last) /* the next key tile, while this one is worked on */
+            atc_load({Ks[cur ^ 1], at.kh, KV * hd}, {Vs[cur ^ 1], at.vh, KV * hd}, ldh, k0 + ATC_TILE, ATC_TILE, T, hd);
+        else
+            atc_cp_commit(); /* an empty group, so that the wait below is the same */
+        atc_cp_wait<1>();
+        __syncthreads(); /* this tile's copies, every thread's, have landed */
+        if (k0 <= at.w0 + 15) tile(k0, Ks[cur], Vs[cur]); /* else every key is after the warp's rows */
+        __syncthreads(); /* the tile is consumed before the next load goes there */
+    }
+}
+
+/* Two tiles of (64, hd) bf16 rows from the shared memory at p. */
+__device__ atc_two<bf16> atc_take_tiles(char *&p, int hd)
+{
+    bf16 *t0 = atc_take<bf16>(p, (size_t)ATC_TILE * (hd + ATC_PAD));
+    return {t0, atc_take<bf16>(p, (size_t)ATC_TILE * (hd + ATC_PAD))};
+}
+
 /* ---------------------------------------------------------------- forward */
+
+/* One key tile (keys k0.., K and V in the row-major tiles Ks, Vs) of the forward for the
+ * warp's 16 query rows from w0: S = Q K^T (into s), the online softmax's running max m
+ * and sum l of the lane's two rows (base 2, scale2 = scale log2 e), O (o) rescaled and
+ * O += P V. */
+template <int HD>
+__device__ __forceinline__ void atc_fwd_tile(float o[HD / 8][4], float s[ATC_NT][4], float m[2], float l[2],
+                                             const u32 qa[HD / 16][4], const bf16 *Ks, const bf16 *Vs, int k0, int w0,
+                                             int T, float scale2)
+{
+    constexpr int KT = HD / 16, DT = HD / 8, ldh = HD + ATC_PAD;
+    atc_zero<ATC_NT>(s);
+    atc_mma_abt<KT, ATC_NT>(s, qa, Ks, ldh); /* S = Q K^T (16, 64) */
+    /* online softmax: the row max over the tile (the lane's 16 columns, then its quad's) */
+    float mx[2] = {-INFINITY, -INFINITY};
+    ATC_UNROLL
+    for (int n = 0; n < ATC_NT; n++)
+        ATC_UNROLL
+        for (int i = 0; i < 4; i++) {
+            const int qi = w0 + atc_c_row(i), j = k0 + atc_c_col(n, i);
+            s[n][i] = j <= qi && j < T ? scale2 * s[n][i] : -INFINITY; /* log2 e scale s */
+            mx[i >> 1] = fmaxf(mx[i >> 1], s[n][i]);
+        }
+    float alpha[2];
+    ATC_UNROLL
+    for (int r = 0; r < 2; r++) {
+        mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 1));
+        mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 2));
+        const float m_new = fmaxf(m[r], mx[r]); /* finite: key 0 <= every row lies in the first tile */
+        alpha[r] = exp2f(m[r] - m_new);
+        m[r] = m_new;
+        l[r] *= alpha[r]; /* the lane's part of the row sum; the quad's are added at the end */
+    }
+    ATC_UNROLL
+    for (int n = 0; n < ATC_NT; n++)
+        ATC_UNROLL
+        for (int i = 0; i < 4; i++) {
+            s[n][i] = exp2f(s[n][i] - m[i >> 1]); /* 0 where masked */
+            l[i >> 1] += s[n][i];
+        }
+    ATC_UNROLL
+    for (int n = 0; n < DT; n++) {
+        o[n][0] *= alpha[0], o[n][1] *= alpha[0];
+        o[n][2] *= alpha[1], o[n][3] *= alpha[1];
+    }
+    u32 pa[ATC_NT / 2][4];
+    atc_c_to_a<ATC_NT>(pa, s);
+    atc_mma_ab<ATC_NT / 2, DT>(o, pa, Vs, ldh); /* O += P V (16, HD) */
+}
 
 /* grid (ceil(T/64), H, B), ATC_WARPS*32 threads, atc_fwd_smem(HD) bytes of shared memory;
  * q, k, v the bf16 copies (atc_src's layout: (B,T,H,HD) and (B,T,KV,HD), rows unpadded). */
@@ -288,63 +385,17 @@ __global__ void k_atc_fwd(float *out, float *lse, const bf16 *q, const bf16 *k, 
     constexpr int KT = HD / 16, DT = HD / 8, ldh = HD + ATC_PAD;
     const float scale2 = scale * ATC_LOG2E; /* scores in base 2: exp(scale s) = exp2(scale2 s) */
     char *p = atc_smem_base();
-    bf16 *Ks = atc_take<bf16>(p, (size_t)ATC_TILE * ldh); /* (64 keys, HD); first the block's Q */
-    bf16 *Vs = atc_take<bf16>(p, (size_t)ATC_TILE * ldh); /* (64 keys, HD) */
-
+    const atc_two<bf16> Ks = atc_take_tiles(p, HD), Vs = atc_take_tiles(p, HD); /* (64 keys, HD) each */
     const atc_qtile at = atc_qtile_of(q, k, v, T, H, KV, HD);
     const int b = at.b, h = at.h, w0 = at.w0;
 
-    atc_load({Ks, at.qh, H * HD}, {}, ldh, at.q0, ATC_ROWS, T, HD);
-    __syncthreads();
     u32 qa[KT][4]; /* the warp's 16 query rows, the A operand of S = Q K^T */
-    atc_frags_a<KT>(qa, Ks, ldh, at.wr);
-
     float o[DT][4], s[ATC_NT][4];
     atc_zero<DT>(o);
     float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f}; /* the lane's rows w0 + atc_c_row(0 | 2) */
-    for (int k0 = 0; k0 <= at.last; k0 += ATC_TILE) {
-        __syncthreads(); /* Q's fragments are read; the previous tiles are consumed */
-        atc_load({Ks, at.kh, KV * HD}, {Vs, at.vh, KV * HD}, ldh, k0, ATC_TILE, T, HD);
-        __syncthreads();
-        if (k0 > w0 + 15) continue; /* warp-uniform: every key of the tile is after the warp's rows */
-        atc_zero<ATC_NT>(s);
-        atc_mma_abt<KT, ATC_NT>(s, qa, Ks, ldh); /* S = Q K^T (16, 64) */
-        /* online softmax: the row max over the tile (the lane's 16 columns, then its quad's) */
-        float mx[2] = {-INFINITY, -INFINITY};
-        ATC_UNROLL
-        for (int n = 0; n < ATC_NT; n++)
-            ATC_UNROLL
-            for (int i = 0; i < 4; i++) {
-                const int qi = w0 + atc_c_row(i), j = k0 + atc_c_col(n, i);
-                s[n][i] = j <= qi && j < T ? scale2 * s[n][i] : -INFINITY; /* log2 e scale s */
-                mx[i >> 1] = fmaxf(mx[i >> 1], s[n][i]);
-            }
-        float alpha[2];
-        ATC_UNROLL
-        for (int r = 0; r < 2; r++) {
-            mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 1));
-            mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 2));
-            const float m_new = fmaxf(m[r], mx[r]); /* finite: key 0 <= every row lies in the first tile */
-            alpha[r] = exp2f(m[r] - m_new);
-            m[r] = m_new;
-            l[r] *= alpha[r]; /* the lane's part of the row sum; the quad's are added at the end */
-        }
-        ATC_UNROLL
-        for (int n = 0; n < ATC_NT; n++)
-            ATC_UNROLL
-            for (int i = 0; i < 4; i++) {
-                s[n][i] = exp2f(s[n][i] - m[i >> 1]); /* 0 where masked */
-                l[i >> 1] += s[n][i];
-            }
-        ATC_UNROLL
-        for (int n = 0; n < DT; n++) {
-            o[n][0] *= alpha[0], o[n][1] *= alpha[0];
-            o[n][2] *= alpha[1], o[n][3] *= alpha[1];
-        }
-        u32 pa[ATC_NT / 2][4];
-        atc_c_to_a<ATC_NT>(pa, s);
-        atc_mma_ab<ATC_NT / 2, DT>(o, pa, Vs, ldh); /* O += P V (16, HD) */
-    }
+    atc_walk_keys(
+        at, nullptr, Ks, Vs, T, H, KV, HD, [&](const bf16 *Q, const bf16 *) { atc_frags_a<KT>(qa, Q, ldh, at.wr); },
+        [&](int k0, const bf16 *K, const bf16 *V) { atc_fwd_tile<HD>(o, s, m, l, qa, K, V, k0, w0, T, scale2); });
     float inv[2];
     ATC_UNROLL
     for (int r = 0; r < 2; r++) {
@@ -357,7 +408,7 @@ __global__ void k_atc_fwd(float *out, float *lse, const bf16 *q, const bf16 *k, 
     atc_store<DT>(out + (size_t)b * T * H * HD + (size_t)h * HD, (size_t)H * HD, o, w0, T, inv);
 }
 
-static inline size_t atc_fwd_smem(int hd) { return 2 * atc_tile_bytes(hd); }
+static inline size_t atc_fwd_smem(int hd) { return 4 * atc_tile_bytes(hd); }
 
 /* ---------------------------------------------------------------- backward */
 
@@ -370,18 +421,9 @@ __global__ void k_atc_dq(float *dq, size_t ld, const bf16 *dout, const float *ls
     constexpr int KT = HD / 16, DT = HD / 8, ldh = HD + ATC_PAD;
     const float scale2 = scale * ATC_LOG2E; /* scores in base 2: exp(scale s) = exp2(scale2 s) */
     char *p = atc_smem_base();
-    bf16 *Ks = atc_take<bf16>(p, (size_t)ATC_TILE * ldh); /* (64 keys, HD); first the block's Q */
-    bf16 *Vs = atc_take<bf16>(p, (size_t)ATC_TILE * ldh); /* (64 keys, HD); first the block's dO */
-
+    const atc_two<bf16> Ks = atc_take_tiles(p, HD), Vs = atc_take_tiles(p, HD); /* (64 keys, HD) each */
     const atc_qtile at = atc_qtile_of(q, k, v, T, H, KV, HD);
     const int b = at.b, h = at.h, w0 = at.w0;
-    const bf16 *doh = dout + (size_t)b * T * H * HD + (size_t)h * HD;
-
-    atc_load({Ks, at.qh, H * HD}, {Vs, doh, H * HD}, ldh, at.q0, ATC_ROWS, T, HD);
-    __syncthreads();
-    u32 qa[KT][4], da[KT][4]; /* the warp's rows of Q and dO, A operands of S and dP */
-    atc_frags_a<KT>(qa, Ks, ldh, at.wr);
-    atc_frags_a<KT>(da, Vs, ldh, at.wr);
     float lse_r[2], D_r[2]; /* of the lane's two rows */
     ATC_UNROLL
     for (int r = 0; r < 2; r++) {
@@ -390,17 +432,18 @@ __global__ void k_atc_dq(float *dq, size_t ld, const bf16 *dout, const float *ls
         D_r[r] = i < T ? D[((size_t)b * H + h) * T + i] : 0.0f;
     }
 
+    u32 qa[KT][4], da[KT][4]; /* the warp's rows of Q and dO, A operands of S and dP */
     float acc[DT][4], s[ATC_NT][4], dp[ATC_NT][4];
     atc_zero<DT>(acc);
-    for (int k0 = 0; k0 <= at.last; k0 += ATC_TILE) {
-        __syncthreads();
-        atc_load({Ks, at.kh, KV * HD}, {Vs, at.vh, KV * HD}, ldh, k0, ATC_TILE, T, HD);
-        __syncthreads();
-        if (k0 > w0 + 15) continue; /* warp-uniform */
+    auto frags = [&](const bf16 *Q, const bf16 *dO) {
+        atc_frags_a<KT>(qa, Q, ldh, at.wr);
+        atc_frags_a<KT>(da, dO, ldh, at.wr);
+    };
+    auto tile = [&](int k0, const bf16 *K, const bf16 *V) {
         atc_zero<ATC_NT>(s);
-        atc_mma_abt<KT, ATC_NT>(s, qa, Ks, ldh); /* S = Q K^T */
+        atc_mma_abt<KT, ATC_NT>(s, qa, K, ldh); /* S = Q K^T */
         atc_zero<ATC_NT>(dp);
-        atc_mma_abt<KT, ATC_NT>(dp, da, Vs, ldh); /* dP = dO V^T */
+        atc_mma_abt<KT, ATC_NT>(dp, da, V, ldh); /* dP = dO V^T */
         ATC_UNROLL
         for (int n = 0; n < ATC_NT; n++)
             ATC_UNROLL
@@ -411,13 +454,14 @@ __global__ void k_atc_dq(float *dq, size_t ld, const bf16 *dout, const float *ls
             }
         u32 dsa[ATC_NT / 2][4];
         atc_c_to_a<ATC_NT>(dsa, s);
-        atc_mma_ab<ATC_NT / 2, DT>(acc, dsa, Ks, ldh); /* dQ += dS K */
-    }
+        atc_mma_ab<ATC_NT / 2, DT>(acc, dsa, K, ldh); /* dQ += dS K */
+    };
+    atc_walk_keys(at, dout + (size_t)b * T * H * HD + (size_t)h * HD, Ks, Vs, T, H, KV, HD, frags, tile);
     const float mul[2] = {scale, scale};
     atc_store<DT>(dq + (size_t)b * T * ld + (size_t)h * HD, ld, acc, w0, T, mul);
 }
 
-static inline size_t atc_dq_smem(int hd) { return 2 * atc_tile_bytes(hd); }
+static inline size_t atc_dq_smem(int hd) { return 4 * atc_tile_bytes(hd); }
 
 /* dK, dV: grid (ceil(T/64), KV, B), ATC_WARPS*32 threads, atc_dkv_smem(HD) bytes; each
  * warp owns 16 key rows and sums over the group's query heads and the query rows at or
@@ -429,44 +473,60 @@ __global__ void k_atc_dkv(float *dk, float *dv, size_t ld, const bf16 *dout, con
     constexpr int KT = HD / 16, DT = HD / 8, ldh = HD + ATC_PAD;
     const float scale2 = scale * ATC_LOG2E; /* scores in base 2: exp(scale s) = exp2(scale2 s) */
     char *p = atc_smem_base();
-    bf16 *Ks = atc_take<bf16>(p, (size_t)ATC_ROWS * ldh);  /* (64 keys, HD): the block's own */
-    bf16 *Vs = atc_take<bf16>(p, (size_t)ATC_ROWS * ldh);  /* (64 keys, HD) */
-    bf16 *Qs = atc_take<bf16>(p, (size_t)ATC_TILE * ldh);  /* (64 queries, HD) */
-    bf16 *dOs = atc_take<bf16>(p, (size_t)ATC_TILE * ldh); /* (64 queries, HD) */
-    float *lse_s = atc_take<float>(p, ATC_TILE), *D_s = atc_take<float>(p, ATC_TILE);
+    bf16 *Ks = atc_take<bf16>(p, (size_t)ATC_ROWS * ldh); /* (64 keys, HD): the block's own */
+    bf16 *Vs = atc_take<bf16>(p, (size_t)ATC_ROWS * ldh); /* (64 keys, HD) */
+    const atc_two<bf16> Qs = atc_take_tiles(p, HD), dOs = atc_take_tiles(p, HD); /* (64 queries, HD) each */
+    float *ld0 = atc_take<float>(p, 2 * ATC_TILE), *ld1 = atc_take<float>(p, 2 * ATC_TILE);
+    const atc_two<float> lseD = {ld0, ld1}; /* (2, 64) each: the query tile's lse (base 2) and D */
 
     const int b = blockIdx.z, g = blockIdx.y, group = H / KV, warp = threadIdx.x >> 5;
     const int k0 = blockIdx.x * ATC_ROWS, w0 = k0 + 16 * warp;
     const size_t tok = (size_t)b * T; /* the batch's first token */
     const bf16 *kh = k + tok * KV * HD + (size_t)g * HD, *vh = v + tok * KV * HD + (size_t)g * HD;
+    /* the query tiles at or after the key tile (aligned: 64 = 64), of each head of the
+     * group in turn: tile t is head g group + t / nq, rows i0(t) */
+    const int nq = (T - k0 + ATC_TILE - 1) / ATC_TILE, n_tiles = group * nq;
+    auto head = [&](int t) { return g * group + t / nq; };
+    auto i0_of = [&](int t) { return k0 + (t % nq) * ATC_TILE; };
+    /* query tile t into buffer j: Q and dO copied, lse (base 2) and D stored at once */
+    auto load_tile = [&](int t, int j) {
+        const int h = head(t), i0 = i0_of(t);
+        atc_load({Qs[j], q + tok * H * HD + (size_t)h * HD, H * HD}, {dOs[j], dout + tok * H * HD + (size_t)h * HD, H * HD},
+                 ldh, i0, ATC_TILE, T, HD);
+        for (int r = threadIdx.x; r < ATC_TILE; r += blockDim.x) {
+            const int i = i0 + r;
+            lseD[j][r] = i < T ? lse[((size_t)b * H + h) * T + i] * ATC_LOG2E : 0.0f;
+            lseD[j][ATC_TILE + r] = i < T ? D[((size_t)b * H + h) * T + i] : 0.0f;
+        }
+    };
 
     atc_load({Ks, kh, KV * HD}, {Vs, vh, KV * HD}, ldh, k0, ATC_ROWS, T, HD);
+    load_tile(0, 0);
     float dk_acc[DT][4], dv_acc[DT][4], st[ATC_NT][4], dpt[ATC_NT][4];
     atc_zero<DT>(dk_acc);
     atc_zero<DT>(dv_acc);
-    for (int h = g * group; h < (g + 1) * group; h++) {
-        const bf16 *qh = q + tok * H * HD + (size_t)h * HD, *doh = dout + tok * H * HD + (size_t)h * HD;
-        for (int i0 = k0; i0 < T; i0 += ATC_TILE) { /* query tiles at or after the key tile (aligned: 64 = 64) */
-            __syncthreads();
-            atc_load({Qs, qh, H * HD}, {dOs, doh, H * HD}, ldh, i0, ATC_TILE, T, HD);
-            for (int r = threadIdx.x; r < ATC_TILE; r += blockDim.x) {
-                const int i = i0 + r;
-                lse_s[r] = i < T ? lse[((size_t)b * H + h) * T + i] * ATC_LOG2E : 0.0f; /* in base 2 */
-                D_s[r] = i < T ? D[((size_t)b * H + h) * T + i] : 0.0f;
-            }
-            __syncthreads();
-            if (i0 + ATC_TILE - 1 < w0) continue; /* warp-uniform: every query is before the warp's keys */
+    for (int t = 0, cur = 0; t < n_tiles; t++, cur ^= 1) {
+        if (t + 1 < n_tiles) /* the next query tile, while this one is worked on */
+            load_tile(t + 1, cur ^ 1);
+        else
+            atc_cp_commit(); /* an empty group, so that the wait below is the same */
+        atc_cp_wait<1>(); /* K and V (the first group) and this tile */
+        __syncthreads();
+        const int i0 = i0_of(t);
+        if (i0 + ATC_TILE - 1 >= w0) { /* warp-uniform: else every query is before the warp's keys */
+            const bf16 *Q = Qs[cur], *dO = dOs[cur];
+            const float *ls = lseD[cur], *Ds = lseD[cur] + ATC_TILE;
             {
                 u32 ka[KT][4];
                 atc_frags_a<KT>(ka, Ks, ldh, 16 * warp);
                 atc_zero<ATC_NT>(st);
-                atc_mma_abt<KT, ATC_NT>(st, ka, Qs, ldh); /* S^T = K Q^T (16 keys, 64 queries) */
+                atc_mma_abt<KT, ATC_NT>(st, ka, Q, ldh); /* S^T = K Q^T (16 keys, 64 queries) */
             }
             {
                 u32 va[KT][4];
                 atc_frags_a<KT>(va, Vs, ldh, 16 * warp);
                 atc_zero<ATC_NT>(dpt);
-                atc_mma_abt<KT, ATC_NT>(dpt, va, dOs, ldh); /* dP^T = V dO^T */
+                atc_mma_abt<KT, ATC_NT>(dpt, va, dO, ldh); /* dP^T = V dO^T */
             }
             ATC_UNROLL
             for (int n = 0; n < ATC_NT; n++)
@@ -475,18 +535,19 @@ __global__ void k_atc_dkv(float *dk, float *dv, size_t ld, const bf16 *dout, con
                     const int key = w0 + atc_c_row(i), c = atc_c_col(n, i), query = i0 + c;
                     float pv = 0.0f, dsv = 0.0f;
                     if (key <= query && query < T && key < T) {
-                        pv = exp2f(scale2 * st[n][i] - lse_s[c]);
-                        dsv = pv * (dpt[n][i] - D_s[c]);
+                        pv = exp2f(scale2 * st[n][i] - ls[c]);
+                        dsv = pv * (dpt[n][i] - Ds[c]);
                     }
                     st[n][i] = pv;
                     dpt[n][i] = dsv;
                 }
             u32 fa[ATC_NT / 2][4];
             atc_c_to_a<ATC_NT>(fa, st);
-            atc_mma_ab<ATC_NT / 2, DT>(dv_acc, fa, dOs, ldh); /* dV += P^T dO */
+            atc_mma_ab<ATC_NT / 2, DT>(dv_acc, fa, dO, ldh); /* dV += P^T dO */
             atc_c_to_a<ATC_NT>(fa, dpt);
-            atc_mma_ab<ATC_NT / 2, DT>(dk_acc, fa, Qs, ldh); /* dK += dS^T Q */
+            atc_mma_ab<ATC_NT / 2, DT>(dk_acc, fa, Q, ldh); /* dK += dS^T Q */
         }
+        __syncthreads(); /* the tile is consumed before the next load goes there */
     }
     const float mul_k[2] = {scale, scale}, mul_v[2] = {1.0f, 1.0f};
     atc_store<DT>(dk + tok * ld + (size_t)g * HD, ld, dk_acc, w0, T, mul_k);
@@ -495,7 +556,7 @@ __global__ void k_atc_dkv(float *dk, float *dv, size_t ld, const bf16 *dout, con
 
 static inline size_t atc_dkv_smem(int hd)
 {
-    return 4 * atc_tile_bytes(hd) + 2 * atc_bytes(ATC_TILE, 4);
+    return 6 * atc_tile_bytes(hd) + 2 * atc_bytes(2 * ATC_TILE, 4);
 }
 
 #endif

@@ -17,7 +17,11 @@
  * fragment registers in the layout PTX documents and exchanges them through a per-warp
  * array between two warp barriers, as the tensor core gathers them from the lanes;
  * ldmatrix (m8n8.x4, plain and .trans: emu_ldmatrix_x4) gathers the rows whose
- * addresses the lanes give the same way.
+ * addresses the lanes give the same way. cp.async (16 bytes, global to shared:
+ * emu_cp_async16, emu_cp_commit, emu_cp_wait) fills its destination with NaN bytes when
+ * issued and copies only when the thread waits for its group, so that a tile read before
+ * its copies are waited for and made visible by a barrier, or written while others still
+ * read it, shows up as NaN.
  *
  * What a GPU refuses, the emulator refuses too, so that a launch or an access that only a
  * small test shape gets right fails here and not on the first GPU run:
@@ -173,7 +177,10 @@ typedef emu_dim3 dim3;
  * has not returned waits at it. Each round runs the threads in ascending or descending
  * order (a fixed pseudo-random sequence), so that a thread reading what another writes
  * without a barrier between (a race on a GPU) reads it before it is written in some
- * rounds. Fibers are made once (ucontext) and kept: after its kernel body returns a fiber
+ * rounds; and now and then one warp is held back for some rounds while the others go on
+ * through their warp barriers up to the next block barrier, as warps drift apart on a
+ * GPU, so that a warp still reading what the others overwrite without a block barrier
+ * between reads the new contents. Fibers are made once (ucontext) and kept: after its kernel body returns a fiber
  * parks, and resuming it runs the body again for the next block or launch. */
 #define EMU_STACK (64 * 1024)
 
@@ -196,6 +203,10 @@ struct emu_state {
     std::vector<double> shfl;                       /* 32 per warp */
     std::vector<uint32_t> mma;                      /* EMU_MMA_WORDS per lane (emu_mma_16816) */
     std::vector<const char *> ldsm;                 /* 32 row addresses per warp (emu_ldmatrix_x4) */
+    /* per thread: its cp.async copies (dst, src) of 16 bytes not yet committed, and its
+     * committed groups, oldest first (emu_cp_async16) */
+    std::vector<std::vector<std::pair<char *, const char *>>> cp_open;
+    std::vector<std::deque<std::vector<std::pair<char *, const char *>>>> cp_groups;
     char *smem = nullptr;                           /* dynamic shared memory */
     size_t smem_bytes = 0;
 };
@@ -371,6 +382,33 @@ inline void emu_ldmatrix_x4(uint32_t r[4], const void *p, int trans)
     __syncwarp(); /* every lane has read the slots before any lane's next load writes them */
 }
 
+/* cp.async.cg.shared.global (16 bytes): dst in the block's dynamic shared memory and src
+ * both 16-byte aligned. dst holds NaN bytes until the thread waits for the group. */
+inline void emu_cp_async16(void *dst, const void *src)
+{
+    char *d = (char *)dst;
+    emu_aligned(d, 16, "cp.async to");
+    emu_aligned(src, 16, "cp.async from");
+    if (d < emu.smem || d + 16 > emu.smem + emu.smem_bytes) emu_fail("cp.async to outside the block's dynamic shared memory");
+    std::memset(d, 0xff, 16);
+    emu.cp_open[threadIdx.x].emplace_back(d, (const char *)src);
+}
+/* cp.async.commit_group: the thread's copies issued since its last commit become a group. */
+inline void emu_cp_commit()
+{
+    emu.cp_groups[threadIdx.x].push_back(std::move(emu.cp_open[threadIdx.x]));
+    emu.cp_open[threadIdx.x].clear();
+}
+/* cp.async.wait_group n: the thread's groups but the newest n are done (copied now). */
+inline void emu_cp_wait(unsigned n)
+{
+    auto &g = emu.cp_groups[threadIdx.x];
+    while (g.size() > n) {
+        for (auto &c : g.front()) std::memcpy(c.first, c.second, 16);
+        g.pop_front();
+    }
+}
+
 
 [[noreturn]] inline void emu_fiber_main()
 {
@@ -473,6 +511,8 @@ inline void emu_launch(const char *name, dim3 grid, unsigned threads, size_t sme
     emu.shfl.assign(32 * ((threads + 31) / 32), 0.0);
     emu.mma.assign(32 * EMU_MMA_WORDS * ((threads + 31) / 32), 0u);
     emu.ldsm.assign(32 * ((threads + 31) / 32), nullptr);
+    emu.cp_open.assign(threads, {});
+    emu.cp_groups.assign(threads, {});
     emu.smem = smem;
     emu.smem_bytes = smem_bytes;
     emu.body = &body;
@@ -483,22 +523,39 @@ inline void emu_launch(const char *name, dim3 grid, unsigned threads, size_t sme
         blockIdx = emu_dim3((unsigned)(i % grid.x), (unsigned)(i / grid.x % grid.y),
                             (unsigned)(i / ((size_t)grid.x * grid.y)));
         std::memset(smem, 0xff, smem_bytes); /* NaN in fp32 and bf16 */
-        for (unsigned t = 0; t < threads; t++) emu.fibers[t]->wait = EMU_RUN;
+        for (unsigned t = 0; t < threads; t++) {
+            emu.fibers[t]->wait = EMU_RUN;
+            emu.cp_open[t].clear(); /* a copy never waited for is lost with its block */
+            emu.cp_groups[t].clear();
+        }
+        const unsigned n_warps = (threads + 31) / 32;
+        int slow = -1, slow_rounds = 0; /* the warp held back, for so many more rounds */
         for (;;) {
-            bool ran = false, live = false;
+            bool ran = false, live = false, held = false;
             order = order * 6364136223846793005ull + 1442695040888963407ull; /* fixed sequence (LCG) */
             const bool down = order >> 63;
+            if (slow < 0 && n_warps > 1 && (order >> 40) % 8 == 0)
+                slow = (int)((order >> 8) % n_warps), slow_rounds = 1 + (int)((order >> 24) % 32);
             for (unsigned k = 0; k < threads; k++) {
                 const unsigned t = down ? threads - 1 - k : k; /* either order: a missing barrier shows */
                 const int w = emu.fibers[t]->wait;
                 if (w == EMU_DONE) continue;
                 live = true;
                 if (w != EMU_RUN) continue;
+                if ((int)(t >> 5) == slow) {
+                    held = true;
+                    continue;
+                }
                 emu_resume(t);
                 ran = true;
             }
             if (!live) break;
+            if (slow >= 0 && --slow_rounds == 0) slow = -1;
             if (!ran && !emu_release(threads)) {
+                if (held) { /* the others wait for it: it goes on */
+                    slow = -1;
+                    continue;
+                }
                 std::fprintf(stderr, "simt_emu: block (%u,%u,%u) deadlocked at a barrier\n", blockIdx.x, blockIdx.y,
                              blockIdx.z);
                 std::abort();

@@ -2,8 +2,10 @@
  * refuses"), so that the emu suite can fail where a GPU would: launches outside CUDA's
  * limits fail through cudaGetLastError and do not run; dynamic shared memory above 48 KiB
  * needs the kernel's attribute; writes outside a device buffer, copies and cuBLAS operands
- * past one, misaligned 16-byte loads and 8-byte stores, and ldmatrix rows misaligned or
- * outside shared memory abort (checked in a child process, by its signal and message); a
+ * past one, misaligned 16-byte loads and 8-byte stores, ldmatrix rows and cp.async copies
+ * misaligned or outside shared memory abort (checked in a child process, by its signal and
+ * message); cp.async's destination is undefined until waited for; a warp that falls
+ * behind the others reads what they write past a missing block barrier; a
  * read past a buffer reads a huge negative number, not a plausible value; work put on a
  * stream runs when it is synchronized, not before, and its events complete with it. Also
  * that correct uses of the same calls pass, that mma.sync's and ldmatrix's emulations
@@ -280,6 +282,72 @@ static void frag_products()
     cudaFree(d2);
 }
 
+/* cp.async of 16 bytes (4 floats) from x into shared memory: what the thread reads there
+ * before waiting for the group (out[0]) and after (out[1]), as sums. Misaligned
+ * addresses and destinations outside shared memory abort (offsets in floats). */
+__global__ void k_cp_async(float *out, const float *x, int src_off, int dst_off, int to_global)
+{
+    float *sm = (float *)atc_smem_base();
+    emu_cp_async16(to_global ? out + 4 : sm + dst_off, x + src_off);
+    emu_cp_commit();
+    out[0] = sm[0] + sm[1] + sm[2] + sm[3];
+    emu_cp_wait(0);
+    out[1] = sm[0] + sm[1] + sm[2] + sm[3];
+}
+
+static void cp_async()
+{
+    float *x, *out;
+    cudaMalloc((void **)&x, 8 * sizeof *x);
+    cudaMalloc((void **)&out, 8 * sizeof *out);
+    for (int i = 0; i < 8; i++) x[i] = (float)i;
+    PC_LAUNCH(k_cp_async, 1, 1, 64, nullptr)(out, x, 4, 0, 0);
+    check(std::isnan(out[0]) && out[1] == 4.0f + 5.0f + 6.0f + 7.0f,
+          "cp.async: the destination is undefined (NaN) until the group is waited for, then the copy");
+    check(aborts_with([&] { PC_LAUNCH(k_cp_async, 1, 1, 64, nullptr)(out, x, 2, 0, 0); }, "not 16-byte aligned"),
+          "cp.async from an 8-byte aligned address aborts");
+    check(aborts_with([&] { PC_LAUNCH(k_cp_async, 1, 1, 64, nullptr)(out, x, 0, 2, 0); }, "not 16-byte aligned"),
+          "cp.async to an 8-byte aligned address aborts");
+    check(aborts_with([&] { PC_LAUNCH(k_cp_async, 1, 1, 64, nullptr)(out, x, 0, 0, 1); },
+                      "outside the block's dynamic shared memory"),
+          "cp.async to global memory aborts");
+    cudaFree(x);
+    cudaFree(out);
+}
+
+/* Rounds of: every thread writes its round into its slot of shared memory, a block
+ * barrier, then reads 8 other warps' slots with a warp barrier after each read, and (with
+ * barrier 1) a block barrier before the next round's writes. Without that barrier a warp
+ * that falls behind reads a slot already overwritten: *bad counts such reads. */
+__global__ void k_drift(int *bad, int barrier)
+{
+    int *slot = (int *)atc_smem_base();
+    const unsigned n = blockDim.x;
+    for (int r = 0; r < 64; r++) {
+        slot[threadIdx.x] = r;
+        __syncthreads();
+        for (unsigned j = 1; j <= 8; j++) {
+            if (slot[(threadIdx.x + 32 * j) % n] != r) atomicAdd(bad, 1);
+            __syncwarp();
+        }
+        if (barrier) __syncthreads();
+    }
+}
+
+static void warp_drift()
+{
+    int *bad;
+    cudaMalloc((void **)&bad, sizeof *bad);
+    for (int barrier = 0; barrier < 2; barrier++) {
+        *bad = 0;
+        PC_LAUNCH(k_drift, 1, 256, 256 * sizeof(int), nullptr)(bad, barrier);
+        check(barrier ? *bad == 0 : *bad > 0,
+              barrier ? "warps that read before a block barrier all read the round's values"
+                      : "a warp held back reads what the others overwrote past a missing block barrier");
+    }
+    cudaFree(bad);
+}
+
 static void vector_loads()
 {
     float *x, *out;
@@ -412,6 +480,8 @@ int main()
     mma();
     ldmatrix();
     frag_products();
+    cp_async();
+    warp_drift();
     cublas();
     streams();
     events();
