@@ -25,6 +25,7 @@
 
 #include "attention_tc.h"
 #include "cuda_check.h"
+#include "fastdiv.h"
 #include "launch.h"
 #include "prof.h"
 
@@ -385,13 +386,15 @@ static cublasComputeType_t compute_type(const cuda_impl *c)
     return c->tf32 ? CUBLAS_COMPUTE_32F_FAST_TF32 : CUBLAS_COMPUTE_32F;
 }
 
-/* dst (rows, cols) row stride ld_dst = bf16(src (rows, cols), row stride ld), nearest even */
-__global__ void k_round_bf16(__nv_bfloat16 *dst, size_t ld_dst, const float *src, size_t rows, size_t cols, size_t ld)
+/* dst (rows, cols) row stride ld_dst = bf16(src (rows, cols), row stride ld), nearest even;
+ * fc divides by cols (any divisor when dense) */
+__global__ void k_round_bf16(__nv_bfloat16 *dst, size_t ld_dst, const float *src, size_t rows, size_t cols, size_t ld,
+                             fastdiv fc)
 {
     size_t n = rows * cols;
     int dense = ld == cols && ld_dst == cols; /* contiguous: no division */
     for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
-        size_t r = dense ? 0 : i / cols, col = dense ? i : i % cols;
+        size_t r = dense ? 0 : fastdiv_div(fc, i), col = dense ? i : i - r * cols;
         dst[r * ld_dst + col] = __float2bfloat16_rn(src[r * ld + col]);
     }
 }
@@ -401,7 +404,8 @@ static void round_strided(cuda_impl *c, const char *region, __nv_bfloat16 *dst, 
 {
     if (rows * cols == 0) return;
     PROF_BEGIN(c, region, 0, 6 * rows * cols);
-    PC_LAUNCH(k_round_bf16, grid_for(rows * cols, 256), 256, 0, c->stream)(dst, ld_dst, src, rows, cols, ld);
+    const fastdiv fc = fastdiv_make(ld == cols && ld_dst == cols ? 1u : (unsigned)cols); /* strided: an int width */
+    PC_LAUNCH(k_round_bf16, grid_for(rows * cols, 256), 256, 0, c->stream)(dst, ld_dst, src, rows, cols, ld, fc);
     launch_check(c, __FILE__, __LINE__);
     PROF_END(c);
 }
@@ -687,17 +691,19 @@ static void cu_rmsnorm_bwd(backend *be, float *dx, float *dw, const float *dout,
 
 /* ------------------------------------------------------------------ rope */
 
-/* One thread per (token, head, pair i); token row b*T+t at stride ld, position t. */
+/* One thread per (token, head, pair i); token row b*T+t at stride ld, position t. The
+ * fastdivs divide by hd / 2, n_heads and T. */
 __global__ void k_rope(float *x, const float *cos_t, const float *sin_t, int T, int n_heads, int hd, int ld,
-                       float sign, size_t total)
+                       float sign, size_t total, fastdiv f_half, fastdiv f_heads, fastdiv f_T)
 {
     const int half = hd / 2;
     for (size_t idx = (size_t)blockIdx.x * blockDim.x + threadIdx.x; idx < total;
          idx += (size_t)gridDim.x * blockDim.x) {
-        const int i = (int)(idx % half);
-        const int h = (int)((idx / half) % n_heads);
-        const size_t row = idx / ((size_t)half * n_heads); /* b*T + t */
-        const int t = (int)(row % T);
+        const size_t pairs = fastdiv_div(f_half, idx); /* (row, head) */
+        const int i = (int)(idx - pairs * half);
+        const size_t row = fastdiv_div(f_heads, pairs); /* b*T + t */
+        const int h = (int)(pairs - row * n_heads);
+        const int t = (int)(row - fastdiv_div(f_T, row) * T);
         float *xh = x + row * ld + (size_t)h * hd;
         const float c = cos_t[(size_t)t * half + i], si = sign * sin_t[(size_t)t * half + i];
         const float x1 = xh[i], x2 = xh[i + half];
@@ -713,7 +719,9 @@ static void rope_launch(backend *be, float *x, const float *cos_t, const float *
     size_t total = (size_t)B * T * n_heads * (hd / 2);
     if (total == 0) return;
     PROF_BEGIN(c, sign > 0 ? "rope_fwd" : "rope_bwd", 0, 16.0 * total); /* a pair read and written */
-    PC_LAUNCH(k_rope, grid_for(total, 256), 256, 0, c->stream)(x, cos_t, sin_t, T, n_heads, hd, ld, sign, total);
+    PC_LAUNCH(k_rope, grid_for(total, 256), 256, 0, c->stream)(x, cos_t, sin_t, T, n_heads, hd, ld, sign, total,
+                                                              fastdiv_make((unsigned)(hd / 2)),
+                                                              fastdiv_make((unsigned)n_heads), fastdiv_make((unsigned)T));
     LAUNCH_CHECK();
     PROF_END(c);
 }
@@ -1051,24 +1059,24 @@ static void cu_attention_bwd(backend *be, float *dq, float *dk, float *dv, const
 
 /* out (N,f) of OutT (float or bf16) = silu(gate) * up; gate, up (N,f) stride ld_in */
 template <typename OutT>
-__global__ void k_swiglu_fwd(OutT *out, const float *gate, const float *up, int f, int ld_in, size_t total)
+__global__ void k_swiglu_fwd(OutT *out, const float *gate, const float *up, int f, int ld_in, size_t total, fastdiv ff)
 {
     for (size_t idx = (size_t)blockIdx.x * blockDim.x + threadIdx.x; idx < total;
          idx += (size_t)gridDim.x * blockDim.x) {
-        const size_t n = idx / f, i = idx % f;
+        const size_t n = fastdiv_div(ff, idx), i = idx - n * f;
         const float gv = gate[n * ld_in + i], uv = up[n * ld_in + i];
         store_out(out + idx, gv / (1.0f + expf(-gv)) * uv);
     }
 }
 
-/* dgate, dup of OutT (float or bf16), row stride ld_in, from dout (N,f) */
+/* dgate, dup of OutT (float or bf16), row stride ld_in, from dout (N,f); ff divides by f */
 template <typename OutT>
 __global__ void k_swiglu_bwd(OutT *dgate, OutT *dup, const float *dout, const float *gate, const float *up, int f,
-                             int ld_in, size_t total)
+                             int ld_in, size_t total, fastdiv ff)
 {
     for (size_t idx = (size_t)blockIdx.x * blockDim.x + threadIdx.x; idx < total;
          idx += (size_t)gridDim.x * blockDim.x) {
-        const size_t n = idx / f, i = idx % f, o = n * ld_in + i;
+        const size_t n = fastdiv_div(ff, idx), i = idx - n * f, o = n * ld_in + i;
         const float gv = gate[o], uv = up[o], d = dout[idx];
         const float sig = 1.0f / (1.0f + expf(-gv));
         store_out(dgate + o, d * uv * sig * (1.0f + gv * (1.0f - sig)));
@@ -1085,7 +1093,8 @@ static void swiglu_rows(backend *be, const char *region, double bytes_per_elem, 
     size_t total = (size_t)N * f;
     if (N <= 0 || f <= 0) return;
     PROF_BEGIN(c, region, 0, bytes_per_elem * total);
-    PC_LAUNCH(k_swiglu_fwd<OutT>, grid_for(total, 256), 256, 0, c->stream)(out, gate, up, f, ld_in, total);
+    PC_LAUNCH(k_swiglu_fwd<OutT>, grid_for(total, 256), 256, 0, c->stream)(out, gate, up, f, ld_in, total,
+                                                                           fastdiv_make((unsigned)f));
     LAUNCH_CHECK();
     PROF_END(c);
 }
@@ -1110,7 +1119,7 @@ static void swiglu_bwd_rows(backend *be, const char *region, double bytes_per_el
     if (N <= 0 || f <= 0) return;
     PROF_BEGIN(c, region, 0, bytes_per_elem * total);
     PC_LAUNCH(k_swiglu_bwd<OutT>, grid_for(total, 256), 256, 0, c->stream)(dgate, dup, dout, gate, up, f, ld_in,
-                                                                           total);
+                                                                           total, fastdiv_make((unsigned)f));
     LAUNCH_CHECK();
     PROF_END(c);
 }
@@ -1357,12 +1366,13 @@ __global__ void k_add(float *y, const float *a, const float *b, size_t n)
         y[i] = a[i] + b[i];
 }
 
-/* dst[r,c] = src[r,c] + beta * dst[r,c] over rows * cols elements */
-__global__ void k_add2d(float *dst, int ld_dst, const float *src, int ld_src, int rows, int cols, float beta)
+/* dst[r,c] = src[r,c] + beta * dst[r,c] over rows * cols elements; fc divides by cols */
+__global__ void k_add2d(float *dst, int ld_dst, const float *src, int ld_src, int rows, int cols, float beta,
+                        fastdiv fc)
 {
     size_t n = (size_t)rows * cols;
     for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
-        size_t r = i / cols, c = i % cols;
+        size_t r = fastdiv_div(fc, i), c = i - r * cols;
         dst[r * ld_dst + c] = src[r * ld_src + c] + beta * dst[r * ld_dst + c];
     }
 }
@@ -1425,7 +1435,8 @@ static void cu_add2d(backend *be, float *dst, int ld_dst, const float *src, int 
                                      sizeof(float) * (size_t)cols, (size_t)rows, cudaMemcpyDeviceToDevice, c->stream));
     } else {
         const unsigned grid = grid_for((size_t)rows * cols, 256);
-        PC_LAUNCH(k_add2d, grid, 256, 0, c->stream)(dst, ld_dst, src, ld_src, rows, cols, beta);
+        PC_LAUNCH(k_add2d, grid, 256, 0, c->stream)(dst, ld_dst, src, ld_src, rows, cols, beta,
+                                                    fastdiv_make((unsigned)cols));
         LAUNCH_CHECK();
     }
     PROF_END(c);
