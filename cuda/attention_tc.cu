@@ -66,10 +66,11 @@ static void atc_to_bf16(cudaStream_t s, bf16 *dst, const float *src, size_t ld, 
 {
     const size_t groups = rows * (size_t)(w / 4);
     const unsigned grid = (unsigned)((groups + 255) / 256 < 4096 ? (groups + 255) / 256 : 4096);
+    const fastdiv fg = fastdiv_make((unsigned)(w / 4));
     if (ld % 4 == 0 && (uintptr_t)src % 16 == 0)
-        PC_LAUNCH(k_atc_to_bf16<true>, grid, 256, 0, s)(dst, src, ld, rows, w);
+        PC_LAUNCH(k_atc_to_bf16<true>, grid, 256, 0, s)(dst, src, ld, rows, w, fg);
     else
-        PC_LAUNCH(k_atc_to_bf16<false>, grid, 256, 0, s)(dst, src, ld, rows, w);
+        PC_LAUNCH(k_atc_to_bf16<false>, grid, 256, 0, s)(dst, src, ld, rows, w, fg);
     CUDA_CHECK(cudaGetLastError());
 }
 

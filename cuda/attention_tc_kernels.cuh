@@ -10,6 +10,8 @@
 #endif
 #include <stdint.h>
 
+#include "fastdiv.h"
+
 #define ATC_WARPS 4
 #define ATC_ROWS (16 * ATC_WARPS) /* rows of a block's own tile, 16 a warp */
 #define ATC_TILE 64               /* rows of the tiles walked over */
@@ -94,13 +96,14 @@ inline void atc_st8(bf16 *p, u32 lo, u32 hi) { emu_st_aligned<uint64_t>(p, (uint
  * rounded to nearest even: the one rounding of q, k, v and dO that the kernels read, done
  * once per call rather than by every block that reads a tile. VEC: src 16-byte aligned
  * and ld a multiple of 4 (16-byte loads); else scalar loads. Grid-stride over 4-value
- * groups. */
-template <bool VEC> __global__ void k_atc_to_bf16(bf16 *dst, const float *src, size_t ld, size_t rows, int w)
+ * groups; fg divides by w / 4, the groups of a row. */
+template <bool VEC>
+__global__ void k_atc_to_bf16(bf16 *dst, const float *src, size_t ld, size_t rows, int w, fastdiv fg)
 {
     const int g = w >> 2; /* 4-value groups per row */
     const size_t n = rows * (size_t)g;
     for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
-        const size_t r = i / (size_t)g;
+        const size_t r = fastdiv_div(fg, i);
         const int c = (int)(i - r * (size_t)g) * 4;
         const float *p = src + r * ld + c;
         const float4 v = VEC ? atc_ld4(p) : make_float4(p[0], p[1], p[2], p[3]);
@@ -290,6 +293,26 @@ __device__ atc_qtile atc_qtile_of(const bf16 *q, const bf16 *k, const bf16 *v, i
     return r;
 }
 
+/* The double-buffered loop over the tiles t = 0, step, 2 step, .. below end: load(t, j)
+ * issues tile t's copies into buffer j (one atc_load group), work(t, j) runs once tile t
+ * in buffer j has landed for every thread, and tile 0 is issued before the loop (by the
+ * caller, into buffer 0). Each tile loads while the previous one is worked on; a barrier
+ * after the work keeps the next load off a buffer still read. */
+template <typename Load, typename Work>
+__device__ __forceinline__ void atc_double_buffer(int end, int step, Load load, Work work)
+{
+    for (int t = 0, cur = 0; t < end; t += step, cur ^= 1) {
+        if (t + step < end)
+            load(t + step, cur ^ 1);
+        else
+            atc_cp_commit(); /* an empty group, so that the wait below is the same */
+        atc_cp_wait<1>();
+        __syncthreads(); /* this tile's copies, every thread's, have landed */
+        work(t, cur);
+        __syncthreads(); /* the tile is consumed before the next load goes there */
+    }
+}
+
 /* A query-tile block's walk over the key tiles (forward, dQ), two K and two V tiles in
  * shared memory (Ks, Vs), the next loading while the warps work on the other. First the
  * block's own rows of q (and of own_b, dO, when not NULL) go into Ks[1] (Vs[1]) beside key
@@ -300,22 +323,18 @@ __device__ __forceinline__ void atc_walk_keys(const atc_qtile &at, const bf16 *o
                                               atc_two<bf16> Vs, int T, int H, int KV, int hd, Frags frags, Tile tile)
 {
     const int ldh = hd + ATC_PAD;
+    auto load = [&](int k0, int j) { /* the key tile from k0 into buffer j */
+        atc_load({Ks[j], at.kh, KV * hd}, {Vs[j], at.vh, KV * hd}, ldh, k0, ATC_TILE, T, hd);
+    };
     atc_load({Ks[1], at.qh, H * hd}, {Vs[1], own_b, H * hd}, ldh, at.q0, ATC_ROWS, T, hd);
-    atc_load({Ks[0], at.kh, KV * hd}, {Vs[0], at.vh, KV * hd}, ldh, 0, ATC_TILE, T, hd); /* key tile 0 */
+    load(0, 0);
     atc_cp_wait<1>();
     __syncthreads(); /* the block's rows have landed */
     frags(Ks[1], Vs[1]);
     __syncthreads(); /* and are read before key tile 1 goes where they were */
-    for (int k0 = 0, cur = 0; k0 <= at.last; k0 += ATC_TILE, cur ^= 1) {
-        if (k0 + ATC_TILE <= at.last) /* the next key tile, while this one is worked on */
-            atc_load({Ks[cur ^ 1], at.kh, KV * hd}, {Vs[cur ^ 1], at.vh, KV * hd}, ldh, k0 + ATC_TILE, ATC_TILE, T, hd);
-        else
-            atc_cp_commit(); /* an empty group, so that the wait below is the same */
-        atc_cp_wait<1>();
-        __syncthreads(); /* this tile's copies, every thread's, have landed */
-        if (k0 <= at.w0 + 15) tile(k0, Ks[cur], Vs[cur]); /* else every key is after the warp's rows */
-        __syncthreads(); /* the tile is consumed before the next load goes there */
-    }
+    atc_double_buffer(at.last + 1, ATC_TILE, load, [&](int k0, int j) {
+        if (k0 <= at.w0 + 15) tile(k0, Ks[j], Vs[j]); /* else every key is after the warp's rows */
+    });
 }
 
 /* Two tiles of (64, hd) bf16 rows from the shared memory at p. */
@@ -328,15 +347,15 @@ __device__ atc_two<bf16> atc_take_tiles(char *&p, int hd)
 /* ---------------------------------------------------------------- forward */
 
 /* One key tile (keys k0.., K and V in the row-major tiles Ks, Vs) of the forward for the
- * warp's 16 query rows from w0: S = Q K^T (into s), the online softmax's running max m
+ * warp's 16 query rows from w0: S = Q K^T, the online softmax's running max m
  * and sum l of the lane's two rows (base 2, scale2 = scale log2 e), O (o) rescaled and
  * O += P V. */
 template <int HD>
-__device__ __forceinline__ void atc_fwd_tile(float o[HD / 8][4], float s[ATC_NT][4], float m[2], float l[2],
-                                             const u32 qa[HD / 16][4], const bf16 *Ks, const bf16 *Vs, int k0, int w0,
-                                             int T, float scale2)
+__device__ __forceinline__ void atc_fwd_tile(float o[HD / 8][4], float m[2], float l[2], const u32 qa[HD / 16][4],
+                                             const bf16 *Ks, const bf16 *Vs, int k0, int w0, int T, float scale2)
 {
     constexpr int KT = HD / 16, DT = HD / 8, ldh = HD + ATC_PAD;
+    float s[ATC_NT][4];
     atc_zero<ATC_NT>(s);
     atc_mma_abt<KT, ATC_NT>(s, qa, Ks, ldh); /* S = Q K^T (16, 64) */
     /* online softmax: the row max over the tile (the lane's 16 columns, then its quad's) */
@@ -390,12 +409,12 @@ __global__ void k_atc_fwd(float *out, float *lse, const bf16 *q, const bf16 *k, 
     const int b = at.b, h = at.h, w0 = at.w0;
 
     u32 qa[KT][4]; /* the warp's 16 query rows, the A operand of S = Q K^T */
-    float o[DT][4], s[ATC_NT][4];
+    float o[DT][4];
     atc_zero<DT>(o);
     float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f}; /* the lane's rows w0 + atc_c_row(0 | 2) */
     atc_walk_keys(
         at, nullptr, Ks, Vs, T, H, KV, HD, [&](const bf16 *Q, const bf16 *) { atc_frags_a<KT>(qa, Q, ldh, at.wr); },
-        [&](int k0, const bf16 *K, const bf16 *V) { atc_fwd_tile<HD>(o, s, m, l, qa, K, V, k0, w0, T, scale2); });
+        [&](int k0, const bf16 *K, const bf16 *V) { atc_fwd_tile<HD>(o, m, l, qa, K, V, k0, w0, T, scale2); });
     float inv[2];
     ATC_UNROLL
     for (int r = 0; r < 2; r++) {
@@ -433,13 +452,14 @@ __global__ void k_atc_dq(float *dq, size_t ld, const bf16 *dout, const float *ls
     }
 
     u32 qa[KT][4], da[KT][4]; /* the warp's rows of Q and dO, A operands of S and dP */
-    float acc[DT][4], s[ATC_NT][4], dp[ATC_NT][4];
+    float acc[DT][4];
     atc_zero<DT>(acc);
     auto frags = [&](const bf16 *Q, const bf16 *dO) {
         atc_frags_a<KT>(qa, Q, ldh, at.wr);
         atc_frags_a<KT>(da, dO, ldh, at.wr);
     };
     auto tile = [&](int k0, const bf16 *K, const bf16 *V) {
+        float s[ATC_NT][4], dp[ATC_NT][4];
         atc_zero<ATC_NT>(s);
         atc_mma_abt<KT, ATC_NT>(s, qa, K, ldh); /* S = Q K^T */
         atc_zero<ATC_NT>(dp);
@@ -502,20 +522,15 @@ __global__ void k_atc_dkv(float *dk, float *dv, size_t ld, const bf16 *dout, con
 
     atc_load({Ks, kh, KV * HD}, {Vs, vh, KV * HD}, ldh, k0, ATC_ROWS, T, HD);
     load_tile(0, 0);
-    float dk_acc[DT][4], dv_acc[DT][4], st[ATC_NT][4], dpt[ATC_NT][4];
+    float dk_acc[DT][4], dv_acc[DT][4];
     atc_zero<DT>(dk_acc);
     atc_zero<DT>(dv_acc);
-    for (int t = 0, cur = 0; t < n_tiles; t++, cur ^= 1) {
-        if (t + 1 < n_tiles) /* the next query tile, while this one is worked on */
-            load_tile(t + 1, cur ^ 1);
-        else
-            atc_cp_commit(); /* an empty group, so that the wait below is the same */
-        atc_cp_wait<1>(); /* K and V (the first group) and this tile */
-        __syncthreads();
+    atc_double_buffer(n_tiles, 1, load_tile, [&](int t, int cur) { /* K and V (the first group) landed too */
         const int i0 = i0_of(t);
         if (i0 + ATC_TILE - 1 >= w0) { /* warp-uniform: else every query is before the warp's keys */
             const bf16 *Q = Qs[cur], *dO = dOs[cur];
             const float *ls = lseD[cur], *Ds = lseD[cur] + ATC_TILE;
+            float st[ATC_NT][4], dpt[ATC_NT][4];
             {
                 u32 ka[KT][4];
                 atc_frags_a<KT>(ka, Ks, ldh, 16 * warp);
@@ -547,8 +562,7 @@ __global__ void k_atc_dkv(float *dk, float *dv, size_t ld, const bf16 *dout, con
             atc_c_to_a<ATC_NT>(fa, dpt);
             atc_mma_ab<ATC_NT / 2, DT>(dk_acc, fa, Q, ldh); /* dK += dS^T Q */
         }
-        __syncthreads(); /* the tile is consumed before the next load goes there */
-    }
+    });
     const float mul_k[2] = {scale, scale}, mul_v[2] = {1.0f, 1.0f};
     atc_store<DT>(dk + tok * ld + (size_t)g * HD, ld, dk_acc, w0, T, mul_k);
     atc_store<DT>(dv + tok * ld + (size_t)g * HD, ld, dv_acc, w0, T, mul_v);
