@@ -286,6 +286,15 @@ inline void emu_aligned(const void *p, size_t n, const char *op)
     std::snprintf(msg, sizeof msg, "%zu-byte %s %p, not %zu-byte aligned", n, op, p, n);
     emu_fail(msg);
 }
+/* Refuses an n-byte access (op as above) at p outside the block's dynamic shared memory. */
+inline void emu_in_smem(const void *p, size_t n, const char *op)
+{
+    const char *c = (const char *)p;
+    if (c >= emu.smem && c + n <= emu.smem + emu.smem_bytes) return;
+    char msg[96];
+    std::snprintf(msg, sizeof msg, "%zu-byte %s %p, outside the block's dynamic shared memory", n, op, p);
+    emu_fail(msg);
+}
 /* A T-sized load at p (emu_ld4: 16 bytes, a float4) and a T-sized store (emu_st_aligned). */
 template <typename T> inline T emu_ld_aligned(const void *p)
 {
@@ -362,11 +371,7 @@ inline void emu_ldmatrix_x4(uint32_t r[4], const void *p, int trans)
 {
     const char *row = (const char *)p;
     emu_aligned(row, 16, "ldmatrix row at");
-    if (row < emu.smem || row + 16 > emu.smem + emu.smem_bytes) {
-        char msg[96];
-        std::snprintf(msg, sizeof msg, "ldmatrix row at %p, not in the block's dynamic shared memory", p);
-        emu_fail(msg);
-    }
+    emu_in_smem(row, 16, "ldmatrix row at");
     const unsigned w = threadIdx.x >> 5, l = threadIdx.x & 31;
     const char **slot = emu.ldsm.data() + 32 * w;
     slot[l] = row;
@@ -389,7 +394,7 @@ inline void emu_cp_async16(void *dst, const void *src)
     char *d = (char *)dst;
     emu_aligned(d, 16, "cp.async to");
     emu_aligned(src, 16, "cp.async from");
-    if (d < emu.smem || d + 16 > emu.smem + emu.smem_bytes) emu_fail("cp.async to outside the block's dynamic shared memory");
+    emu_in_smem(d, 16, "cp.async to");
     std::memset(d, 0xff, 16);
     emu.cp_open[threadIdx.x].emplace_back(d, (const char *)src);
 }

@@ -225,7 +225,7 @@ static void ldmatrix()
     check(aborts_with([&] { PC_LAUNCH(k_ldsm, 1, 32, 16 * 24 * 2, nullptr)(out, 0, 4, g, 0); }, "not 16-byte aligned"),
           "ldmatrix rows 8-byte aligned abort");
     check(aborts_with([&] { PC_LAUNCH(k_ldsm, 1, 32, 16 * 24 * 2, nullptr)(out, 0, 0, g, 1); },
-                      "not in the block's dynamic shared memory"),
+                      "outside the block's dynamic shared memory"),
           "ldmatrix rows in global memory abort");
     cudaFree(out);
     cudaFree(g);
