@@ -664,6 +664,11 @@ int config_d_ff(const pc_config *c, int layer) {
     return c->compress.d_ff[layer];
 }
 
+int config_attention_bf16(const pc_config *c) {
+    const char *a = c->backend.attention;
+    return !strcmp(a, "bf16") || (!strcmp(a, "auto") && !strcmp(c->backend.matmul, "bf16"));
+}
+
 int config_check_model(const pc_config *c, int base_d_model, const int *base_d_ff, int n_layers, pc_err *e) {
     int kd = key_index("compress.d_model"), kf = key_index("compress.d_ff");
     if (c->compress.d_model > base_d_model)

@@ -76,7 +76,7 @@ typedef struct pc_config {
         char comm[8];    /* auto|mpi|nccl */
         int threads;     /* 0: automatic */
         char matmul[8];  /* fp32|tf32|bf16: gemm inputs */
-        char attention[8]; /* fp32|bf16: attention products (cuda) */
+        char attention[8]; /* auto|fp32|bf16: attention products (cuda); config_attention_bf16 */
         int overlap_comm;  /* start each stage's G reduce during the backward */
     } backend;
     struct {
@@ -105,5 +105,8 @@ char *config_resolved_text(const pc_config *c);
 void config_print_doc(FILE *f);
 /* Per-layer d_ff: the uniform value, or the list entry for that layer; 0 when unset. */
 int config_d_ff(const pc_config *c, int layer);
+/* 1 when attention runs on bf16 tensor cores (where the device and head_dim allow):
+   backend.attention bf16, or auto with backend.matmul bf16. */
+int config_attention_bf16(const pc_config *c);
 
 #endif

@@ -65,7 +65,7 @@ int run_backend(run_ctx *r, pc_err *e) {
     }
     const char *mm = r->cfg.backend.matmul;
     r->be->ops->set_matmul(r->be, !strcmp(mm, "bf16") ? MATMUL_BF16 : !strcmp(mm, "tf32") ? MATMUL_TF32 : MATMUL_FP32);
-    if (cuda && !strcmp(r->cfg.backend.attention, "bf16")) backend_cuda_set_attention(r->be, 1);
+    if (cuda && config_attention_bf16(&r->cfg)) backend_cuda_set_attention(r->be, 1);
     if (cuda) {
         char name[128] = "?";
         pc_cuda_device_name(device, name, sizeof name);

@@ -49,7 +49,7 @@ typedef struct plan_opts {
     int weights_bf16;          /* backend.matmul bf16: a bf16 copy of W_C beside it, gathered in bf16 */
     int64_t gemm_bf16_block;   /* bf16 products on cuda: each of the two bf16 operand copies holds at most
                                 * this many elements (BACKEND_CUDA_BF16_BLOCK); 0: none (cpu, fp32, tf32) */
-    int attn_bf16;             /* backend.attention bf16 */
+    int attn_bf16;             /* attention on bf16 tensor cores (config_attention_bf16) */
     int attn_copies;           /* attn_bf16 on cuda: attention's bf16 copies of q, k, v, dO in scratch */
     int shard_grads;           /* compress.shard_grads: two stages' G + the owned blocks' sums, reduced
                                 * after every backward */

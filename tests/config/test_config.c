@@ -246,6 +246,34 @@ static void test_overrides(void **state) {
     assert_int_equal(c->distill.enabled, 0);
 }
 
+/* backend.attention auto follows backend.matmul: bf16 tensor-core attention with bf16
+   products only; an explicit fp32 or bf16 wins over the products' precision. */
+static void test_attention_follows_matmul(void **state) {
+    fixture *f = *state;
+    char path[512];
+    pc_err e = {{0}};
+    static const struct {
+        const char *attention, *matmul;
+        int bf16;
+    } cases[] = {{NULL, NULL, 0},      {NULL, "bf16", 1},     {NULL, "tf32", 0},     {"auto", "fp32", 0},
+                 {"auto", "bf16", 1}, {"fp32", "bf16", 0}, {"bf16", "fp32", 1}, {"bf16", "tf32", 1}};
+    write_yaml(f, "job.yaml", minimal, path, sizeof path);
+    for (size_t i = 0; i < PC_ARRAY_LEN(cases); i++) {
+        char a[64], m[64];
+        const char *sets[2];
+        int n = 0;
+        if (cases[i].attention) snprintf(a, sizeof a, "backend.attention=%s", cases[i].attention), sets[n++] = a;
+        if (cases[i].matmul) snprintf(m, sizeof m, "backend.matmul=%s", cases[i].matmul), sets[n++] = m;
+        assert_int_equal(config_load(&f->a, path, sets, n, &e), 0);
+        if (config_attention_bf16(&f->a) != cases[i].bf16)
+            fail_msg("attention %s, matmul %s: bf16 %d, want %d", f->a.backend.attention, f->a.backend.matmul,
+                     config_attention_bf16(&f->a), cases[i].bf16);
+    }
+    const char *bad[] = {"backend.attention=tf32"};
+    assert_int_not_equal(config_load(&f->a, path, bad, 1, &e), 0);
+    assert_non_null(strstr(e.msg, "backend.attention"));
+}
+
 static void test_override_fixes_file(void **state) {
     fixture *f = *state;
     char path[512], text[1024];
@@ -461,6 +489,7 @@ int main(void) {
         cmocka_unit_test_setup_teardown(test_values_and_lists, setup, teardown),
         cmocka_unit_test_setup_teardown(test_uniform_d_ff, setup, teardown),
         cmocka_unit_test_setup_teardown(test_overrides, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_attention_follows_matmul, setup, teardown),
         cmocka_unit_test_setup_teardown(test_override_fixes_file, setup, teardown),
         cmocka_unit_test_setup_teardown(test_set_errors, setup, teardown),
         cmocka_unit_test_setup_teardown(test_distill_section, setup, teardown),

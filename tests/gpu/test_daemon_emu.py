@@ -105,7 +105,9 @@ def main():
                 "PC_CUDA_PROFILE=1: the same losses and grad norms as unprofiled, bit for bit")
     # backend.matmul bf16: W_C rounded on the device, broadcast in bf16 over the NCCL comm,
     # the products reading the bf16 weight copy; against the CPU backend's bf16 run
-    sets = ["compress.split_mb=0.01", "backend.matmul=bf16"]
+    # (attention pinned to fp32, which backend.attention auto would make bf16 here: these
+    # runs check the products' operands, and the CPU computes attention in fp32)
+    sets = ["compress.split_mb=0.01", "backend.matmul=bf16", "backend.attention=fp32"]
     a = pclib.run_arrays(run("bf16-emu", 2, True, *sets, nccl))
     logged_vs_plan(os.path.join(root, "bf16-emu"), 2)
     b = pclib.run_arrays(run("bf16-cpu", 2, False, *sets))
@@ -127,7 +129,7 @@ def main():
     rel = np.max(np.abs(a[0] - b[0]) / np.abs(b[0]))
     pclib.check(rel < 1e-3 and "distillation from the base (bf16 weights)" in open(os.path.join(d, "logs",
                 "rank-00000.log")).read(), f"bf16 teacher: emulated CUDA vs CPU losses max rel {rel:.2e} < 1e-3")
-    sets += ["backend.matmul=bf16"]
+    sets += ["backend.matmul=bf16", "backend.attention=fp32"]
     a, b = pclib.run_arrays(run("distill-mm16-emu", 1, True, *sets)), pclib.run_arrays(run("distill-mm16-cpu", 1,
                                                                                            False, *sets))
     logged_vs_plan(os.path.join(root, "distill-mm16-emu"), 1)

@@ -932,6 +932,22 @@ static void test_attention_copies(void **state) {
         plan_free(&none);
         plan_free(&some);
     }
+    /* from a job's keys: backend.attention auto counts the copies on cuda with bf16 products */
+    static const struct {
+        const char *device, *matmul, *attention;
+        int copies;
+    } jobs[] = {{"cuda", "bf16", "auto", 1}, {"cuda", "tf32", "auto", 0}, {"cuda", "bf16", "fp32", 0},
+                {"cuda", "fp32", "bf16", 1}, {"cpu", "bf16", "auto", 0},  {"cpu", "fp32", "bf16", 0}};
+    static pc_config c;
+    strcpy(c.run.mode, "compress"), strcpy(c.model.dtype, "bf16"), strcpy(c.compress.importance, "magnitude");
+    for (size_t i = 0; i < PC_ARRAY_LEN(jobs); i++) {
+        strcpy(c.backend.device, jobs[i].device), strcpy(c.backend.matmul, jobs[i].matmul);
+        strcpy(c.backend.attention, jobs[i].attention);
+        plan_opts_from_config(&c, &o);
+        if (o.attn_copies != jobs[i].copies)
+            fail_msg("device %s, matmul %s, attention %s: attn_copies %d", jobs[i].device, jobs[i].matmul,
+                     jobs[i].attention, o.attn_copies);
+    }
 }
 
 static void test_check_fit(void **state) {
