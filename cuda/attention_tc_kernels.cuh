@@ -232,6 +232,10 @@ template <int NT> __device__ __forceinline__ void atc_zero(float c[NT][4])
 /* Element i of C fragment n of the warp's lane: row (0..15) and column (0..8 NT-1). */
 __device__ __forceinline__ int atc_c_row(int i) { return (int)((threadIdx.x & 31) >> 2) + 8 * (i >> 1); }
 __device__ __forceinline__ int atc_c_col(int n, int i) { return 8 * n + 2 * (int)(threadIdx.x & 3) + (i & 1); }
+/* atc_c_col less the lane's part: a constant once the loops over n and i are unrolled, so
+ * that a mask compares it with a bound computed once per row and tile (atc_c_col(n, i) <=
+ * b  <=>  atc_c_off(n, i) <= b - atc_c_col(0, 0)): one comparison and one select an element. */
+__device__ __forceinline__ int atc_c_off(int n, int i) { return 8 * n + (i & 1); }
 
 /* Row-major (rows, hd) fp32 output from C fragments c[n] (16 x hd) of the warp's rows
  * row0.. (times mul[r] for the lane's two rows r = 0, 1), skipping rows at or past T. */
@@ -348,8 +352,8 @@ __device__ atc_two<bf16> atc_take_tiles(char *&p, int hd)
 
 /* One key tile (keys k0.., K and V in the row-major tiles Ks, Vs) of the forward for the
  * warp's 16 query rows from w0: S = Q K^T, the online softmax's running max m
- * and sum l of the lane's two rows (base 2, scale2 = scale log2 e), O (o) rescaled and
- * O += P V. */
+ * and sum l of the lane's two rows (base 2, scale2 = scale log2 e; m of scaled scores),
+ * O (o) rescaled and O += P V. */
 template <int HD>
 __device__ __forceinline__ void atc_fwd_tile(float o[HD / 8][4], float m[2], float l[2], const u32 qa[HD / 16][4],
                                              const bf16 *Ks, const bf16 *Vs, int k0, int w0, int T, float scale2)
@@ -358,14 +362,18 @@ __device__ __forceinline__ void atc_fwd_tile(float o[HD / 8][4], float m[2], flo
     float s[ATC_NT][4];
     atc_zero<ATC_NT>(s);
     atc_mma_abt<KT, ATC_NT>(s, qa, Ks, ldh); /* S = Q K^T (16, 64) */
-    /* online softmax: the row max over the tile (the lane's 16 columns, then its quad's) */
+    /* the causal mask: key j = k0 + atc_c_col(n, i) counts for the lane's row r (query qi)
+     * when j <= qi and j < T, i.e. atc_c_off(n, i) <= last[r] */
+    const int last[2] = {min(w0 + atc_c_row(0), T - 1) - k0 - atc_c_col(0, 0),
+                         min(w0 + atc_c_row(2), T - 1) - k0 - atc_c_col(0, 0)};
+    /* online softmax: the row max over the tile (the lane's 16 columns, then its quad's),
+     * of the raw scores, scaled once per row (scale2 > 0) */
     float mx[2] = {-INFINITY, -INFINITY};
     ATC_UNROLL
     for (int n = 0; n < ATC_NT; n++)
         ATC_UNROLL
         for (int i = 0; i < 4; i++) {
-            const int qi = w0 + atc_c_row(i), j = k0 + atc_c_col(n, i);
-            s[n][i] = j <= qi && j < T ? scale2 * s[n][i] : -INFINITY; /* log2 e scale s */
+            if (atc_c_off(n, i) > last[i >> 1]) s[n][i] = -INFINITY;
             mx[i >> 1] = fmaxf(mx[i >> 1], s[n][i]);
         }
     float alpha[2];
@@ -373,7 +381,7 @@ __device__ __forceinline__ void atc_fwd_tile(float o[HD / 8][4], float m[2], flo
     for (int r = 0; r < 2; r++) {
         mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 1));
         mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 2));
-        const float m_new = fmaxf(m[r], mx[r]); /* finite: key 0 <= every row lies in the first tile */
+        const float m_new = fmaxf(m[r], scale2 * mx[r]); /* finite: key 0 <= every row lies in the first tile */
         alpha[r] = exp2f(m[r] - m_new);
         m[r] = m_new;
         l[r] *= alpha[r]; /* the lane's part of the row sum; the quad's are added at the end */
@@ -382,7 +390,7 @@ __device__ __forceinline__ void atc_fwd_tile(float o[HD / 8][4], float m[2], flo
     for (int n = 0; n < ATC_NT; n++)
         ATC_UNROLL
         for (int i = 0; i < 4; i++) {
-            s[n][i] = exp2f(s[n][i] - m[i >> 1]); /* 0 where masked */
+            s[n][i] = exp2f(fmaf(scale2, s[n][i], -m[i >> 1])); /* 0 where masked */
             l[i >> 1] += s[n][i];
         }
     ATC_UNROLL
@@ -464,12 +472,16 @@ __global__ void k_atc_dq(float *dq, size_t ld, const bf16 *dout, const float *ls
         atc_mma_abt<KT, ATC_NT>(s, qa, K, ldh); /* S = Q K^T */
         atc_zero<ATC_NT>(dp);
         atc_mma_abt<KT, ATC_NT>(dp, da, V, ldh); /* dP = dO V^T */
+        /* key j counts for query qi when j <= qi and j < T (atc_fwd_tile's mask); rows at or
+         * past T are not stored, and their dO rows are zero, so their dS is too */
+        const int last[2] = {min(w0 + atc_c_row(0), T - 1) - k0 - atc_c_col(0, 0),
+                             min(w0 + atc_c_row(2), T - 1) - k0 - atc_c_col(0, 0)};
         ATC_UNROLL
         for (int n = 0; n < ATC_NT; n++)
             ATC_UNROLL
             for (int i = 0; i < 4; i++) {
-                const int r = i >> 1, qi = w0 + atc_c_row(i), j = k0 + atc_c_col(n, i);
-                const float pv = j <= qi && qi < T && j < T ? exp2f(scale2 * s[n][i] - lse_r[r]) : 0.0f;
+                const int r = i >> 1;
+                const float pv = atc_c_off(n, i) <= last[r] ? exp2f(fmaf(scale2, s[n][i], -lse_r[r])) : 0.0f;
                 s[n][i] = pv * (dp[n][i] - D_r[r]); /* dS */
             }
         u32 dsa[ATC_NT / 2][4];
@@ -543,14 +555,19 @@ __global__ void k_atc_dkv(float *dk, float *dv, size_t ld, const bf16 *dout, con
                 atc_zero<ATC_NT>(dpt);
                 atc_mma_abt<KT, ATC_NT>(dpt, va, dO, ldh); /* dP^T = V dO^T */
             }
+            /* query i0 + c counts for the lane's key row r when it is at or after the key:
+             * atc_c_off(n, i) >= first[r]. Queries at or past T have zero Q and dO rows,
+             * lse and D 0: P 1 and dS 0 there, which add nothing to dV nor dK. */
+            const int c0 = i0 + atc_c_col(0, 0);
+            const int first[2] = {w0 + atc_c_row(0) - c0, w0 + atc_c_row(2) - c0};
             ATC_UNROLL
             for (int n = 0; n < ATC_NT; n++)
                 ATC_UNROLL
                 for (int i = 0; i < 4; i++) {
-                    const int key = w0 + atc_c_row(i), c = atc_c_col(n, i), query = i0 + c;
+                    const int c = atc_c_col(n, i), off = atc_c_off(n, i);
                     float pv = 0.0f, dsv = 0.0f;
-                    if (key <= query && query < T && key < T) {
-                        pv = exp2f(scale2 * st[n][i] - ls[c]);
+                    if (off >= first[i >> 1]) {
+                        pv = exp2f(fmaf(scale2, st[n][i], -ls[c]));
                         dsv = pv * (dpt[n][i] - Ds[c]);
                     }
                     st[n][i] = pv;
