@@ -11,6 +11,7 @@
 #include <stdint.h>
 
 #include "fastdiv.h"
+#include "vec.h"
 
 #define ATC_WARPS 4
 #define ATC_ROWS (16 * ATC_WARPS) /* rows of a block's own tile, 16 a warp */
@@ -63,16 +64,6 @@ template <int TRANS> __device__ __forceinline__ void atc_ldsm4(u32 r[4], const b
                      : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
                      : "r"(a));
 }
-/* lo and hi rounded to bf16, lo in the low half */
-__device__ __forceinline__ u32 atc_pack(float lo, float hi)
-{
-    __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
-    return *reinterpret_cast<u32 *>(&v);
-}
-/* Four bf16 (two packed pairs) at p, 8-byte aligned. */
-__device__ __forceinline__ void atc_st8(bf16 *p, u32 lo, u32 hi) { *reinterpret_cast<uint2 *>(p) = make_uint2(lo, hi); }
-/* 16 bytes at p, 16-byte aligned (attn_tc_to_bf16's sources where they allow it). */
-__device__ __forceinline__ float4 atc_ld4(const float *p) { return *(const float4 *)p; }
 #define ATC_UNROLL _Pragma("unroll")
 #else
 inline void atc_zero16(void *p) { emu_st_aligned<uint4>(p, make_uint4(0u, 0u, 0u, 0u)); }
@@ -81,12 +72,6 @@ inline void atc_zero16(void *p) { emu_st_aligned<uint4>(p, make_uint4(0u, 0u, 0u
 template <int N> inline void atc_cp_wait() { emu_cp_wait(N); }
 #define atc_mma emu_mma_16816
 template <int TRANS> inline void atc_ldsm4(u32 r[4], const bf16 *p) { emu_ldmatrix_x4(r, p, TRANS); }
-inline u32 atc_pack(float lo, float hi)
-{
-    return (u32)__float2bfloat16_rn(lo).bits | (u32)__float2bfloat16_rn(hi).bits << 16;
-}
-inline void atc_st8(bf16 *p, u32 lo, u32 hi) { emu_st_aligned<uint64_t>(p, (uint64_t)hi << 32 | lo); }
-#define atc_ld4 emu_ld4
 #define ATC_UNROLL
 #endif
 
@@ -106,8 +91,12 @@ __global__ void k_atc_to_bf16(bf16 *dst, const float *src, size_t ld, size_t row
         const size_t r = fastdiv_div(fg, i);
         const int c = (int)(i - r * (size_t)g) * 4;
         const float *p = src + r * ld + c;
-        const float4 v = VEC ? atc_ld4(p) : make_float4(p[0], p[1], p[2], p[3]);
-        atc_st8(dst + r * (size_t)w + c, atc_pack(v.x, v.y), atc_pack(v.z, v.w));
+        fvec<4> v;
+        if (VEC)
+            v = vec_ld<4>(p);
+        else
+            for (int j = 0; j < 4; j++) v.v[j] = p[j];
+        vec_st<4>(dst + r * (size_t)w + c, v); /* 8 bytes: w a multiple of 4 */
     }
 }
 
@@ -216,10 +205,10 @@ template <int NT> __device__ __forceinline__ void atc_c_to_a(u32 a[NT / 2][4], c
 {
     ATC_UNROLL
     for (int kk = 0; kk < NT / 2; kk++) {
-        a[kk][0] = atc_pack(c[2 * kk][0], c[2 * kk][1]);
-        a[kk][1] = atc_pack(c[2 * kk][2], c[2 * kk][3]);
-        a[kk][2] = atc_pack(c[2 * kk + 1][0], c[2 * kk + 1][1]);
-        a[kk][3] = atc_pack(c[2 * kk + 1][2], c[2 * kk + 1][3]);
+        a[kk][0] = vec_pack_bf16(c[2 * kk][0], c[2 * kk][1]);
+        a[kk][1] = vec_pack_bf16(c[2 * kk][2], c[2 * kk][3]);
+        a[kk][2] = vec_pack_bf16(c[2 * kk + 1][0], c[2 * kk + 1][1]);
+        a[kk][3] = vec_pack_bf16(c[2 * kk + 1][2], c[2 * kk + 1][3]);
     }
 }
 

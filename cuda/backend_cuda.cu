@@ -28,6 +28,7 @@
 #include "fastdiv.h"
 #include "launch.h"
 #include "prof.h"
+#include "vec.h"
 
 #define CUBLAS_CHECK(call)                                                                                     \
     do {                                                                                                       \
@@ -146,8 +147,7 @@ static unsigned grid_for(size_t n, unsigned threads)
 }
 
 /* An op's output element in fp32, or rounded to bf16 (nearest even: round_bf16's rounding). */
-__device__ inline void store_out(float *p, float v) { *p = v; }
-__device__ inline void store_out(__nv_bfloat16 *p, float v) { *p = __float2bfloat16_rn(v); }
+template <typename T> __device__ inline void store_out(T *p, float v) { vec_st<1>(p, fvec<1>{{v}}); }
 
 /* ------------------------------------------------------------------ reductions */
 
@@ -386,16 +386,18 @@ static cublasComputeType_t compute_type(const cuda_impl *c)
     return c->tf32 ? CUBLAS_COMPUTE_32F_FAST_TF32 : CUBLAS_COMPUTE_32F;
 }
 
-/* dst (rows, cols) row stride ld_dst = bf16(src (rows, cols), row stride ld), nearest even;
- * fc divides by cols (any divisor when dense) */
+/* dst (rows, cols) row stride ld_dst = bf16(src (rows, cols), row stride ld), nearest even,
+ * V values at a time (vec.h; V divides cols, ld and ld_dst); fc divides by cols / V (any
+ * divisor when dense) */
+template <int V>
 __global__ void k_round_bf16(__nv_bfloat16 *dst, size_t ld_dst, const float *src, size_t rows, size_t cols, size_t ld,
                              fastdiv fc)
 {
-    size_t n = rows * cols;
-    int dense = ld == cols && ld_dst == cols; /* contiguous: no division */
+    const size_t n = rows * cols / V, cv = cols / V;
+    const int dense = ld == cols && ld_dst == cols; /* contiguous: no division */
     for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
-        size_t r = dense ? 0 : fastdiv_div(fc, i), col = dense ? i : i - r * cols;
-        dst[r * ld_dst + col] = __float2bfloat16_rn(src[r * ld + col]);
+        const size_t r = dense ? 0 : fastdiv_div(fc, i), col = (dense ? i : i - r * cv) * V;
+        vec_st<V>(dst + r * ld_dst + col, vec_ld<V>(src + r * ld + col));
     }
 }
 
@@ -404,8 +406,15 @@ static void round_strided(cuda_impl *c, const char *region, __nv_bfloat16 *dst, 
 {
     if (rows * cols == 0) return;
     PROF_BEGIN(c, region, 0, 6 * rows * cols);
-    const fastdiv fc = fastdiv_make(ld == cols && ld_dst == cols ? 1u : (unsigned)cols); /* strided: an int width */
-    PC_LAUNCH(k_round_bf16, grid_for(rows * cols, 256), 256, 0, c->stream)(dst, ld_dst, src, rows, cols, ld, fc);
+    const int dense = ld == cols && ld_dst == cols;
+    const bool v4 = (dense ? rows * cols : cols | ld | ld_dst) % 4 == 0 /* each a multiple of 4 */ &&
+                    vec_aligned(src, 4) && vec_aligned(dst, 2);
+    const size_t w = dense ? 1 : cols / (v4 ? 4 : 1); /* strided: an int width */
+    const fastdiv fc = fastdiv_make((unsigned)w);
+    if (v4)
+        PC_LAUNCH(k_round_bf16<4>, grid_for(rows * cols / 4, 256), 256, 0, c->stream)(dst, ld_dst, src, rows, cols, ld, fc);
+    else
+        PC_LAUNCH(k_round_bf16<1>, grid_for(rows * cols, 256), 256, 0, c->stream)(dst, ld_dst, src, rows, cols, ld, fc);
     launch_check(c, __FILE__, __LINE__);
     PROF_END(c);
 }
@@ -605,8 +614,9 @@ static void cu_embedding_bwd(backend *be, float *dtable, const float *dout, cons
 
 /* ------------------------------------------------------------------ rmsnorm */
 
-/* (N,d) -> (N,d) of OutT (float or bf16), one block per row */
-template <typename OutT>
+/* (N,d) -> (N,d) of OutT (float or bf16), one block per row, V values a thread at a time
+ * (vec.h; V divides d) */
+template <typename OutT, int V>
 __global__ void k_rmsnorm_fwd(OutT *out, float *rstd, const float *x, const float *w, int d, float eps)
 {
     __shared__ float sh[33];
@@ -614,14 +624,24 @@ __global__ void k_rmsnorm_fwd(OutT *out, float *rstd, const float *x, const floa
     const float *xr = x + n * d;
     OutT *o = out + n * d;
     float ss = 0.0f;
-    for (int i = threadIdx.x; i < d; i += blockDim.x) ss += xr[i] * xr[i];
+    for (int i = threadIdx.x * V; i < d; i += blockDim.x * V) {
+        const fvec<V> xv = vec_ld<V>(xr + i);
+        for (int j = 0; j < V; j++) ss += xv.v[j] * xv.v[j];
+    }
     ss = block_sum(ss, sh);
     const float r = 1.0f / sqrtf(ss / (float)d + eps);
     if (threadIdx.x == 0) rstd[n] = r;
-    for (int i = threadIdx.x; i < d; i += blockDim.x) store_out(o + i, w[i] * (xr[i] * r));
+    for (int i = threadIdx.x * V; i < d; i += blockDim.x * V) {
+        const fvec<V> xv = vec_ld<V>(xr + i), wv = vec_ld<V>(w + i);
+        fvec<V> ov;
+        for (int j = 0; j < V; j++) ov.v[j] = wv.v[j] * (xv.v[j] * r);
+        vec_st<V>(o + i, ov);
+    }
 }
 
-/* dx += r * (g*w - x * r^2 * mean(g*w*x)), one block per row */
+/* dx += r * (g*w - x * r^2 * mean(g*w*x)), one block per row, V values a thread at a time
+ * (V divides d) */
+template <int V>
 __global__ void k_rmsnorm_bwd_dx(float *dx, const float *dout, const float *x, const float *w, const float *rstd,
                                  int d)
 {
@@ -631,11 +651,23 @@ __global__ void k_rmsnorm_bwd_dx(float *dx, const float *dout, const float *x, c
     float *dxr = dx + n * d;
     const float r = rstd[n];
     float dot = 0.0f;
-    for (int i = threadIdx.x; i < d; i += blockDim.x) dot += g[i] * w[i] * xr[i];
+    for (int i = threadIdx.x * V; i < d; i += blockDim.x * V) {
+        const fvec<V> gv = vec_ld<V>(g + i), wv = vec_ld<V>(w + i), xv = vec_ld<V>(xr + i);
+        for (int j = 0; j < V; j++) dot += gv.v[j] * wv.v[j] * xv.v[j];
+    }
     dot = block_sum(dot, sh);
     const float cc = dot * r * r / (float)d;
-    for (int i = threadIdx.x; i < d; i += blockDim.x) dxr[i] += r * (g[i] * w[i] - xr[i] * cc);
+    for (int i = threadIdx.x * V; i < d; i += blockDim.x * V) {
+        const fvec<V> gv = vec_ld<V>(g + i), wv = vec_ld<V>(w + i), xv = vec_ld<V>(xr + i);
+        fvec<V> dv = vec_ld<V>(dxr + i);
+        for (int j = 0; j < V; j++) dv.v[j] += r * (gv.v[j] * wv.v[j] - xv.v[j] * cc);
+        vec_st<V>(dxr + i, dv);
+    }
 }
+
+/* Whether a row kernel over (N, d) rows takes V = 4: d a multiple of 4 and its pointers
+ * aligned for it (aligned). */
+static bool rows_v4(int d, bool aligned) { return d % 4 == 0 && aligned; }
 
 #define RMS_DW_ROWS 64
 /* dw[i] += sum_n dout[n,i] x[n,i] rstd[n]: block (column chunk, row chunk of RMS_DW_ROWS) */
@@ -657,7 +689,10 @@ static void rmsnorm_rows(backend *be, const char *region, double bytes_per_elem,
     cuda_impl *c = impl_of(be);
     if (N <= 0 || d <= 0) return;
     PROF_BEGIN(c, region, 0, bytes_per_elem * N * d);
-    PC_LAUNCH(k_rmsnorm_fwd<OutT>, N, 256, 0, c->stream)(out, rstd, x, w, d, eps);
+    if (rows_v4(d, vec_aligned(out, sizeof *out) && vec_aligned(x, 4) && vec_aligned(w, 4)))
+        PC_LAUNCH((k_rmsnorm_fwd<OutT, 4>), N, 256, 0, c->stream)(out, rstd, x, w, d, eps);
+    else
+        PC_LAUNCH((k_rmsnorm_fwd<OutT, 1>), N, 256, 0, c->stream)(out, rstd, x, w, d, eps);
     LAUNCH_CHECK();
     PROF_END(c);
 }
@@ -681,7 +716,10 @@ static void cu_rmsnorm_bwd(backend *be, float *dx, float *dw, const float *dout,
     cudaStream_t s = c->stream;
     if (N <= 0 || d <= 0) return;
     PROF_BEGIN(c, "rmsnorm_bwd", 0, 16.0 * N * d); /* dout and x in, dx added to */
-    PC_LAUNCH(k_rmsnorm_bwd_dx, N, 256, 0, s)(dx, dout, x, w, rstd, d);
+    if (rows_v4(d, vec_aligned(dx, 4) && vec_aligned(dout, 4) && vec_aligned(x, 4) && vec_aligned(w, 4)))
+        PC_LAUNCH(k_rmsnorm_bwd_dx<4>, N, 256, 0, s)(dx, dout, x, w, rstd, d);
+    else
+        PC_LAUNCH(k_rmsnorm_bwd_dx<1>, N, 256, 0, s)(dx, dout, x, w, rstd, d);
     LAUNCH_CHECK();
     dim3 grid((unsigned)((d + 255) / 256), (unsigned)((N + RMS_DW_ROWS - 1) / RMS_DW_ROWS));
     PC_LAUNCH(k_rmsnorm_bwd_dw, grid, 256, 0, s)(dw, dout, x, rstd, N, d);
@@ -1057,31 +1095,66 @@ static void cu_attention_bwd(backend *be, float *dq, float *dk, float *dv, const
 
 /* ------------------------------------------------------------------ swiglu */
 
-/* out (N,f) of OutT (float or bf16) = silu(gate) * up; gate, up (N,f) stride ld_in */
-template <typename OutT>
-__global__ void k_swiglu_fwd(OutT *out, const float *gate, const float *up, int f, int ld_in, size_t total, fastdiv ff)
+/* The elementwise kernels over (N, f) rows V values at a time (vec.h): a flat index g of
+ * the N f / V groups as the row n and first column i; fv divides by f / V. */
+template <int V> __device__ __forceinline__ void vec_row_col(size_t g, fastdiv fv, int f, size_t *n, size_t *i)
 {
-    for (size_t idx = (size_t)blockIdx.x * blockDim.x + threadIdx.x; idx < total;
-         idx += (size_t)gridDim.x * blockDim.x) {
-        const size_t n = fastdiv_div(ff, idx), i = idx - n * f;
-        const float gv = gate[n * ld_in + i], uv = up[n * ld_in + i];
-        store_out(out + idx, gv / (1.0f + expf(-gv)) * uv);
+    *n = fastdiv_div(fv, g);
+    *i = (g - *n * (size_t)(f / V)) * V;
+}
+
+/* out (N,f) of OutT (float or bf16) = silu(gate) * up; gate, up (N,f) stride ld_in; V
+ * values at a time (V divides f and ld_in) */
+template <typename OutT, int V>
+__global__ void k_swiglu_fwd(OutT *out, const float *gate, const float *up, int f, int ld_in, size_t groups,
+                             fastdiv fv)
+{
+    for (size_t g = (size_t)blockIdx.x * blockDim.x + threadIdx.x; g < groups; g += (size_t)gridDim.x * blockDim.x) {
+        size_t n, i;
+        vec_row_col<V>(g, fv, f, &n, &i);
+        const fvec<V> gv = vec_ld<V>(gate + n * ld_in + i), uv = vec_ld<V>(up + n * ld_in + i);
+        fvec<V> o;
+        for (int j = 0; j < V; j++) o.v[j] = gv.v[j] / (1.0f + expf(-gv.v[j])) * uv.v[j];
+        vec_st<V>(out + g * V, o);
     }
 }
 
-/* dgate, dup of OutT (float or bf16), row stride ld_in, from dout (N,f); ff divides by f */
-template <typename OutT>
+/* dgate, dup of OutT (float or bf16), row stride ld_in, from dout (N,f); V values at a
+ * time (V divides f and ld_in) */
+template <typename OutT, int V>
 __global__ void k_swiglu_bwd(OutT *dgate, OutT *dup, const float *dout, const float *gate, const float *up, int f,
-                             int ld_in, size_t total, fastdiv ff)
+                             int ld_in, size_t groups, fastdiv fv)
 {
-    for (size_t idx = (size_t)blockIdx.x * blockDim.x + threadIdx.x; idx < total;
-         idx += (size_t)gridDim.x * blockDim.x) {
-        const size_t n = fastdiv_div(ff, idx), i = idx - n * f, o = n * ld_in + i;
-        const float gv = gate[o], uv = up[o], d = dout[idx];
-        const float sig = 1.0f / (1.0f + expf(-gv));
-        store_out(dgate + o, d * uv * sig * (1.0f + gv * (1.0f - sig)));
-        store_out(dup + o, d * gv * sig);
+    for (size_t g = (size_t)blockIdx.x * blockDim.x + threadIdx.x; g < groups; g += (size_t)gridDim.x * blockDim.x) {
+        size_t n, i;
+        vec_row_col<V>(g, fv, f, &n, &i);
+        const size_t o = n * ld_in + i;
+        const fvec<V> gv = vec_ld<V>(gate + o), uv = vec_ld<V>(up + o), d = vec_ld<V>(dout + g * V);
+        fvec<V> dg, du;
+        for (int j = 0; j < V; j++) {
+            const float sig = 1.0f / (1.0f + expf(-gv.v[j]));
+            dg.v[j] = d.v[j] * uv.v[j] * sig * (1.0f + gv.v[j] * (1.0f - sig));
+            du.v[j] = d.v[j] * gv.v[j] * sig;
+        }
+        vec_st<V>(dgate + o, dg);
+        vec_st<V>(dup + o, du);
     }
+}
+
+/* The launch of an (N, f) elementwise kernel (row stride ld): V = 4 when f and ld are
+ * multiples of 4 and its pointers are aligned for it (aligned), else 1; groups of V values,
+ * fv dividing by f / V, and the grid (256 threads a block). */
+struct rows_launch {
+    bool v4;
+    size_t groups;
+    fastdiv fv;
+    unsigned grid;
+};
+static rows_launch rows_plan(int N, int f, int ld, bool aligned)
+{
+    const int V = rows_v4(f | ld, aligned) ? 4 : 1; /* f | ld: both multiples of 4 */
+    const size_t groups = (size_t)N * f / V;
+    return {V == 4, groups, fastdiv_make((unsigned)(f / V)), grid_for(groups, 256)};
 }
 
 /* swiglu_fwd's and swiglu_fwd_16's launch: out (N, f) in OutT; bytes_per_elem for the profile */
@@ -1090,11 +1163,14 @@ static void swiglu_rows(backend *be, const char *region, double bytes_per_elem, 
                         const float *up, int N, int f, int ld_in)
 {
     cuda_impl *c = impl_of(be);
-    size_t total = (size_t)N * f;
     if (N <= 0 || f <= 0) return;
-    PROF_BEGIN(c, region, 0, bytes_per_elem * total);
-    PC_LAUNCH(k_swiglu_fwd<OutT>, grid_for(total, 256), 256, 0, c->stream)(out, gate, up, f, ld_in, total,
-                                                                           fastdiv_make((unsigned)f));
+    PROF_BEGIN(c, region, 0, bytes_per_elem * N * f);
+    const rows_launch L =
+        rows_plan(N, f, ld_in, vec_aligned(out, sizeof *out) && vec_aligned(gate, 4) && vec_aligned(up, 4));
+    if (L.v4)
+        PC_LAUNCH((k_swiglu_fwd<OutT, 4>), L.grid, 256, 0, c->stream)(out, gate, up, f, ld_in, L.groups, L.fv);
+    else
+        PC_LAUNCH((k_swiglu_fwd<OutT, 1>), L.grid, 256, 0, c->stream)(out, gate, up, f, ld_in, L.groups, L.fv);
     LAUNCH_CHECK();
     PROF_END(c);
 }
@@ -1115,11 +1191,17 @@ static void swiglu_bwd_rows(backend *be, const char *region, double bytes_per_el
                             const float *dout, const float *gate, const float *up, int N, int f, int ld_in)
 {
     cuda_impl *c = impl_of(be);
-    size_t total = (size_t)N * f;
     if (N <= 0 || f <= 0) return;
-    PROF_BEGIN(c, region, 0, bytes_per_elem * total);
-    PC_LAUNCH(k_swiglu_bwd<OutT>, grid_for(total, 256), 256, 0, c->stream)(dgate, dup, dout, gate, up, f, ld_in,
-                                                                           total, fastdiv_make((unsigned)f));
+    PROF_BEGIN(c, region, 0, bytes_per_elem * N * f);
+    const rows_launch L = rows_plan(N, f, ld_in,
+                                    vec_aligned(dgate, sizeof *dgate) && vec_aligned(dup, sizeof *dup) &&
+                                        vec_aligned(dout, 4) && vec_aligned(gate, 4) && vec_aligned(up, 4));
+    if (L.v4)
+        PC_LAUNCH((k_swiglu_bwd<OutT, 4>), L.grid, 256, 0, c->stream)(dgate, dup, dout, gate, up, f, ld_in, L.groups,
+                                                                          L.fv);
+    else
+        PC_LAUNCH((k_swiglu_bwd<OutT, 1>), L.grid, 256, 0, c->stream)(dgate, dup, dout, gate, up, f, ld_in, L.groups,
+                                                                          L.fv);
     LAUNCH_CHECK();
     PROF_END(c);
 }

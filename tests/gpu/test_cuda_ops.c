@@ -503,29 +503,38 @@ static void test_attention(ctx *x)
 
 /* ---------------------------------------------------------------- swiglu, losses */
 
+/* f 333: one value a thread; 336: four (16-byte loads, cuda/vec.h) */
 static void test_swiglu(ctx *x)
 {
-    const int N = 70, f = 333, ld = 2 * f;
-    pair gu = pair_randn(x, (size_t)N * ld, 2.0f), out = pair_randn(x, (size_t)N * f, 1.0f);
-    x->cpu->ops->swiglu_fwd(x->cpu, out.c, gu.c, gu.c + f, N, f, ld);
-    x->gpu->ops->swiglu_fwd(x->gpu, out.g, gu.g, gu.g + f, N, f, ld);
-    check_pair(x, "swiglu_fwd (gate|up of one buffer)", &out, TOL_F32);
-    uint16_t *o16 = x->gpu->ops->alloc_bf16(x->gpu, (size_t)N * f);
-    x->gpu->ops->swiglu_fwd_16(x->gpu, o16, gu.g, gu.g + f, N, f, ld);
-    check_out16(x, "swiglu_fwd_16", o16, 1, out.n, &out);
-    be_free(x->gpu, o16);
-    pair dout = pair_randn(x, (size_t)N * f, 1.0f), dgu = pair_randn(x, (size_t)N * ld, 1.0f);
-    x->cpu->ops->swiglu_bwd(x->cpu, dgu.c, dgu.c + f, dout.c, gu.c, gu.c + f, N, f, ld);
-    x->gpu->ops->swiglu_bwd(x->gpu, dgu.g, dgu.g + f, dout.g, gu.g, gu.g + f, N, f, ld);
-    check_pair(x, "swiglu_bwd", &dgu, TOL_F32);
-    uint16_t *d16 = x->gpu->ops->alloc_bf16(x->gpu, dgu.n); /* (N, 2f): dgate | dup as in dgu */
-    x->gpu->ops->swiglu_bwd_16(x->gpu, d16, d16 + f, dout.g, gu.g, gu.g + f, N, f, ld);
-    check_out16(x, "swiglu_bwd_16", d16, 1, dgu.n, &dgu);
-    be_free(x->gpu, d16);
-    pair_free(x, &gu);
-    pair_free(x, &out);
-    pair_free(x, &dout);
-    pair_free(x, &dgu);
+    const int fs[] = {333, 336};
+    for (size_t k = 0; k < PC_ARRAY_LEN(fs); k++) {
+        const int N = 70, f = fs[k], ld = 2 * f;
+        char what[96];
+        pair gu = pair_randn(x, (size_t)N * ld, 2.0f), out = pair_randn(x, (size_t)N * f, 1.0f);
+        x->cpu->ops->swiglu_fwd(x->cpu, out.c, gu.c, gu.c + f, N, f, ld);
+        x->gpu->ops->swiglu_fwd(x->gpu, out.g, gu.g, gu.g + f, N, f, ld);
+        snprintf(what, sizeof what, "swiglu_fwd (gate|up of one buffer, f=%d)", f);
+        check_pair(x, what, &out, TOL_F32);
+        uint16_t *o16 = x->gpu->ops->alloc_bf16(x->gpu, (size_t)N * f);
+        x->gpu->ops->swiglu_fwd_16(x->gpu, o16, gu.g, gu.g + f, N, f, ld);
+        snprintf(what, sizeof what, "swiglu_fwd_16 (f=%d)", f);
+        check_out16(x, what, o16, 1, out.n, &out);
+        be_free(x->gpu, o16);
+        pair dout = pair_randn(x, (size_t)N * f, 1.0f), dgu = pair_randn(x, (size_t)N * ld, 1.0f);
+        x->cpu->ops->swiglu_bwd(x->cpu, dgu.c, dgu.c + f, dout.c, gu.c, gu.c + f, N, f, ld);
+        x->gpu->ops->swiglu_bwd(x->gpu, dgu.g, dgu.g + f, dout.g, gu.g, gu.g + f, N, f, ld);
+        snprintf(what, sizeof what, "swiglu_bwd (f=%d)", f);
+        check_pair(x, what, &dgu, TOL_F32);
+        uint16_t *d16 = x->gpu->ops->alloc_bf16(x->gpu, dgu.n); /* (N, 2f): dgate | dup as in dgu */
+        x->gpu->ops->swiglu_bwd_16(x->gpu, d16, d16 + f, dout.g, gu.g, gu.g + f, N, f, ld);
+        snprintf(what, sizeof what, "swiglu_bwd_16 (f=%d)", f);
+        check_out16(x, what, d16, 1, dgu.n, &dgu);
+        be_free(x->gpu, d16);
+        pair_free(x, &gu);
+        pair_free(x, &out);
+        pair_free(x, &dout);
+        pair_free(x, &dgu);
+    }
 }
 
 static void make_targets(ctx *x, int32_t *tg, int N, int V)
@@ -669,19 +678,34 @@ static void test_elementwise(ctx *x)
     x->cpu->ops->widen_bf16(x->cpu, wide.c, bc, nb);
     x->gpu->ops->widen_bf16(x->gpu, wide.g, bg, nb);
     check_pair(x, "widen_bf16 (exact)", &wide, 0.0);
-    /* fp32 rounded to bf16 (nearest even) and widened back: the same bits on both */
+    /* fp32 rounded to bf16 (nearest even) and widened back: the same bits on both; nb
+     * values one at a time, nb - 3 four at a time (cuda/vec.h) */
     pair f = pair_randn(x, nb, 3.0f);
-    x->cpu->ops->round_bf16(x->cpu, bc, f.c, nb);
-    x->gpu->ops->round_bf16(x->gpu, bg, f.g, nb);
-    x->cpu->ops->widen_bf16(x->cpu, wide.c, bc, nb);
-    x->gpu->ops->widen_bf16(x->gpu, wide.g, bg, nb);
-    check_pair(x, "round_bf16 (nearest even)", &wide, 0.0);
-    /* a (37, 29) block between row strides 53 and 41: columns outside it untouched */
-    x->cpu->ops->round_bf16_2d(x->cpu, bc + 3, 41, f.c + 5, 53, 37, 29);
-    x->gpu->ops->round_bf16_2d(x->gpu, bg + 3, 41, f.g + 5, 53, 37, 29);
-    x->cpu->ops->widen_bf16(x->cpu, wide.c, bc, nb);
-    x->gpu->ops->widen_bf16(x->gpu, wide.g, bg, nb);
-    check_pair(x, "round_bf16_2d (strided)", &wide, 0.0);
+    for (size_t n = nb - 3; n <= nb; n += 3) {
+        char what[64];
+        x->cpu->ops->round_bf16(x->cpu, bc, f.c, n);
+        x->gpu->ops->round_bf16(x->gpu, bg, f.g, n);
+        x->cpu->ops->widen_bf16(x->cpu, wide.c, bc, nb);
+        x->gpu->ops->widen_bf16(x->gpu, wide.g, bg, nb);
+        snprintf(what, sizeof what, "round_bf16 (nearest even, n=%zu)", n);
+        check_pair(x, what, &wide, 0.0);
+    }
+    /* (37, w) blocks between row strides: columns outside them untouched. Four at a time
+     * where the widths, the strides and the alignment allow it (the second), else one. */
+    static const struct {
+        int dst_off, ld_dst, src_off, ld, w;
+    } blk[] = {{3, 41, 5, 53, 29}, {4, 40, 8, 52, 28}, {2, 40, 5, 52, 28}};
+    for (size_t k = 0; k < PC_ARRAY_LEN(blk); k++) {
+        char what[96];
+        x->cpu->ops->round_bf16_2d(x->cpu, bc + blk[k].dst_off, blk[k].ld_dst, f.c + blk[k].src_off, blk[k].ld, 37,
+                                   blk[k].w);
+        x->gpu->ops->round_bf16_2d(x->gpu, bg + blk[k].dst_off, blk[k].ld_dst, f.g + blk[k].src_off, blk[k].ld, 37,
+                                   blk[k].w);
+        x->cpu->ops->widen_bf16(x->cpu, wide.c, bc, nb);
+        x->gpu->ops->widen_bf16(x->gpu, wide.g, bg, nb);
+        snprintf(what, sizeof what, "round_bf16_2d (strided %d -> %d, width %d)", blk[k].ld, blk[k].ld_dst, blk[k].w);
+        check_pair(x, what, &wide, 0.0);
+    }
     pair_free(x, &f);
     pair_free(x, &wide);
     /* raw transfers: an odd number of bytes there and back, the next byte untouched */
