@@ -17,6 +17,7 @@
 #define ATC_ROWS (16 * ATC_WARPS) /* rows of a block's own tile, 16 a warp */
 #define ATC_TILE 64               /* rows of the tiles walked over */
 #define ATC_NT (ATC_TILE / 8)     /* 16 x 8 products across a tile's rows */
+#define ATC_DKV_NT 4              /* dK/dV: 16 x 8 products across a pass's 32 queries */
 #define ATC_HD_MAX 128
 #define ATC_LOG2E 1.44269504088896340736f /* exp(x) = exp2(x log2 e): the softmax in base 2, scale folded in */
 #define ATC_LN2 0.69314718055994530942f
@@ -526,31 +527,37 @@ __global__ void k_atc_dkv(float *dk, float *dv, size_t ld, const bf16 *dout, con
     float dk_acc[DT][4], dv_acc[DT][4];
     atc_zero<DT>(dk_acc);
     atc_zero<DT>(dv_acc);
+    /* A query tile in two passes of 32 queries (ATC_DKV_NT column blocks), so that S^T
+     * and dP^T of one pass (16 keys x 32 queries each) are live at a time: registers few
+     * enough for 3 blocks a multiprocessor at head_dim 64 instead of 2. */
+    constexpr int NT = ATC_DKV_NT, QP = 8 * NT; /* queries a pass */
     atc_double_buffer(n_tiles, 1, load_tile, [&](int t, int cur) { /* K and V (the first group) landed too */
         const int i0 = i0_of(t);
-        if (i0 + ATC_TILE - 1 >= w0) { /* warp-uniform: else every query is before the warp's keys */
-            const bf16 *Q = Qs[cur], *dO = dOs[cur];
-            const float *ls = lseD[cur], *Ds = lseD[cur] + ATC_TILE;
-            float st[ATC_NT][4], dpt[ATC_NT][4];
+        ATC_UNROLL
+        for (int q0 = 0; q0 < ATC_TILE; q0 += QP) {
+            if (i0 + q0 + QP - 1 < w0) continue; /* warp-uniform: every query of the pass is before the warp's keys */
+            const bf16 *Q = Qs[cur] + q0 * ldh, *dO = dOs[cur] + q0 * ldh;
+            const float *ls = lseD[cur] + q0, *Ds = lseD[cur] + ATC_TILE + q0;
+            float st[NT][4], dpt[NT][4];
             {
                 u32 ka[KT][4];
                 atc_frags_a<KT>(ka, Ks, ldh, 16 * warp);
-                atc_zero<ATC_NT>(st);
-                atc_mma_abt<KT, ATC_NT>(st, ka, Q, ldh); /* S^T = K Q^T (16 keys, 64 queries) */
+                atc_zero<NT>(st);
+                atc_mma_abt<KT, NT>(st, ka, Q, ldh); /* S^T = K Q^T (16 keys, QP queries) */
             }
             {
                 u32 va[KT][4];
                 atc_frags_a<KT>(va, Vs, ldh, 16 * warp);
-                atc_zero<ATC_NT>(dpt);
-                atc_mma_abt<KT, ATC_NT>(dpt, va, dO, ldh); /* dP^T = V dO^T */
+                atc_zero<NT>(dpt);
+                atc_mma_abt<KT, NT>(dpt, va, dO, ldh); /* dP^T = V dO^T */
             }
-            /* query i0 + c counts for the lane's key row r when it is at or after the key:
-             * atc_c_off(n, i) >= first[r]. Queries at or past T have zero Q and dO rows,
-             * lse and D 0: P 1 and dS 0 there, which add nothing to dV nor dK. */
-            const int c0 = i0 + atc_c_col(0, 0);
+            /* query i0 + q0 + c counts for the lane's key row r when it is at or after the
+             * key: atc_c_off(n, i) >= first[r]. Queries at or past T have zero Q and dO
+             * rows, lse and D 0: P 1 and dS 0 there, which add nothing to dV nor dK. */
+            const int c0 = i0 + q0 + atc_c_col(0, 0);
             const int first[2] = {w0 + atc_c_row(0) - c0, w0 + atc_c_row(2) - c0};
             ATC_UNROLL
-            for (int n = 0; n < ATC_NT; n++)
+            for (int n = 0; n < NT; n++)
                 ATC_UNROLL
                 for (int i = 0; i < 4; i++) {
                     const int c = atc_c_col(n, i), off = atc_c_off(n, i);
@@ -562,11 +569,11 @@ __global__ void k_atc_dkv(float *dk, float *dv, size_t ld, const bf16 *dout, con
                     st[n][i] = pv;
                     dpt[n][i] = dsv;
                 }
-            u32 fa[ATC_NT / 2][4];
-            atc_c_to_a<ATC_NT>(fa, st);
-            atc_mma_ab<ATC_NT / 2, DT>(dv_acc, fa, dO, ldh); /* dV += P^T dO */
-            atc_c_to_a<ATC_NT>(fa, dpt);
-            atc_mma_ab<ATC_NT / 2, DT>(dk_acc, fa, Q, ldh); /* dK += dS^T Q */
+            u32 fa[NT / 2][4];
+            atc_c_to_a<NT>(fa, st);
+            atc_mma_ab<NT / 2, DT>(dv_acc, fa, dO, ldh); /* dV += P^T dO */
+            atc_c_to_a<NT>(fa, dpt);
+            atc_mma_ab<NT / 2, DT>(dk_acc, fa, Q, ldh); /* dK += dS^T Q */
         }
     });
     const float mul_k[2] = {scale, scale}, mul_v[2] = {1.0f, 1.0f};

@@ -1225,6 +1225,7 @@ static void cu_swiglu_bwd_16(backend *be, uint16_t *dgate, uint16_t *dup, const 
  * ignored). The row is read once: each thread keeps the running max m of its elements and
  * the sum of exp(x - m) (rescaled by exp(m_old - m) when the max grows); the block's max
  * then rescales the threads' sums into one. */
+template <int W>
 __global__ void k_xent_fwd(float *lse, double *loss, double *valid, const float *logits, const int32_t *targets, int V)
 {
     __shared__ float shf[33];
@@ -1233,13 +1234,16 @@ __global__ void k_xent_fwd(float *lse, double *loss, double *valid, const float 
     const float *r = logits + n * V;
     float m = -INFINITY;
     double s = 0.0;
-    for (int j = threadIdx.x; j < V; j += blockDim.x) {
-        const float x = r[j];
-        if (x > m) {
-            s = s * exp((double)m - (double)x) + 1.0;
-            m = x;
-        } else if (m > -INFINITY) {
-            s += (double)expf(x - m);
+    for (int j = threadIdx.x * W; j < V; j += blockDim.x * W) { /* W values a load (vec.h; W divides V) */
+        const fvec<W> xv = vec_ld<W>(r + j);
+        for (int k = 0; k < W; k++) {
+            const float x = xv.v[k];
+            if (x > m) {
+                s = s * exp((double)m - (double)x) + 1.0;
+                m = x;
+            } else if (m > -INFINITY) {
+                s += (double)expf(x - m);
+            }
         }
     }
     const float mx = block_max(m, shf);
@@ -1322,7 +1326,10 @@ static double cu_xent_fwd(backend *be, float *lse, const float *logits, const in
     }
     double *part = red_scratch(c, 2 * (size_t)N);
     PROF_BEGIN(c, "xent_fwd", 0, 4.0 * N * V); /* the logits */
-    PC_LAUNCH(k_xent_fwd, N, 256, 0, c->stream)(lse, part, part + N, logits, targets, V);
+    if (rows_v4(V, vec_aligned(logits, 4)))
+        PC_LAUNCH(k_xent_fwd<4>, N, 256, 0, c->stream)(lse, part, part + N, logits, targets, V);
+    else
+        PC_LAUNCH(k_xent_fwd<1>, N, 256, 0, c->stream)(lse, part, part + N, logits, targets, V);
     LAUNCH_CHECK();
     PROF_END(c);
     double res[2];
