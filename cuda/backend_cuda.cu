@@ -1449,10 +1449,17 @@ static double cu_distill_16(backend *be, float *logits, const float *teacher, co
 
 /* ------------------------------------------------------------------ elementwise */
 
-__global__ void k_add(float *y, const float *a, const float *b, size_t n)
+/* The flat kernels below take 4 values a thread at a time where their pointers allow
+ * (vec: vec.h's vec_flat), the last n % 4 (or all) one at a time. */
+__global__ void k_add(float *y, const float *a, const float *b, size_t n, bool vec)
 {
-    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x)
-        y[i] = a[i] + b[i];
+    vec_flat(n, vec, [&](size_t i, auto w) {
+        constexpr int V = decltype(w)::value;
+        const fvec<V> av = vec_ld<V>(a + i), bv = vec_ld<V>(b + i);
+        fvec<V> yv;
+        for (int j = 0; j < V; j++) yv.v[j] = av.v[j] + bv.v[j];
+        vec_st<V>(y + i, yv);
+    });
 }
 
 /* dst[r,c] = src[r,c] + beta * dst[r,c] over rows * cols elements; fc divides by cols */
@@ -1466,49 +1473,72 @@ __global__ void k_add2d(float *dst, int ld_dst, const float *src, int ld_src, in
     }
 }
 
-__global__ void k_scale(float *x, float s, size_t n)
+__global__ void k_scale(float *x, float s, size_t n, bool vec)
 {
-    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x)
-        x[i] *= s;
+    vec_flat(n, vec, [&](size_t i, auto w) {
+        constexpr int V = decltype(w)::value;
+        fvec<V> xv = vec_ld<V>(x + i);
+        for (int j = 0; j < V; j++) xv.v[j] *= s;
+        vec_st<V>(x + i, xv);
+    });
 }
 
-__global__ void k_axpy(float *y, float alpha, const float *x, size_t n)
+__global__ void k_axpy(float *y, float alpha, const float *x, size_t n, bool vec)
 {
-    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x)
-        y[i] += alpha * x[i];
+    vec_flat(n, vec, [&](size_t i, auto w) {
+        constexpr int V = decltype(w)::value;
+        const fvec<V> xv = vec_ld<V>(x + i);
+        fvec<V> yv = vec_ld<V>(y + i);
+        for (int j = 0; j < V; j++) yv.v[j] += alpha * xv.v[j];
+        vec_st<V>(y + i, yv);
+    });
 }
 
 /* part[block] = sum of x^2 over the block's grid-stride share, in double */
-__global__ void k_sumsq(double *part, const float *x, size_t n)
+__global__ void k_sumsq(double *part, const float *x, size_t n, bool vec)
 {
     __shared__ double sh[33];
     double s = 0.0;
-    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x)
-        s += (double)x[i] * (double)x[i];
+    vec_flat(n, vec, [&](size_t i, auto w) {
+        constexpr int V = decltype(w)::value;
+        const fvec<V> xv = vec_ld<V>(x + i);
+        for (int j = 0; j < V; j++) s += (double)xv.v[j] * (double)xv.v[j];
+    });
     s = block_sum(s, sh);
     if (threadIdx.x == 0) part[blockIdx.x] = s;
 }
 
 __global__ void k_adamw(float *p, const float *g, float *m, float *v, size_t n, float beta1, float beta2, float eps,
-                        float grad_scale, float step_size, float inv_sqrt_bc2, float decay)
+                        float grad_scale, float step_size, float inv_sqrt_bc2, float decay, bool vec)
 {
-    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
-        const float gi = g[i] * grad_scale;
-        const float mi = beta1 * m[i] + (1.0f - beta1) * gi;
-        const float vi = beta2 * v[i] + (1.0f - beta2) * gi * gi;
-        m[i] = mi;
-        v[i] = vi;
-        const float denom = sqrtf(vi) * inv_sqrt_bc2 + eps;
-        p[i] = p[i] * decay - step_size * mi / denom;
-    }
+    vec_flat(n, vec, [&](size_t i, auto w) {
+        constexpr int V = decltype(w)::value;
+        const fvec<V> gv = vec_ld<V>(g + i);
+        fvec<V> pv = vec_ld<V>(p + i), mv = vec_ld<V>(m + i), vv = vec_ld<V>(v + i);
+        for (int j = 0; j < V; j++) {
+            const float gi = gv.v[j] * grad_scale;
+            mv.v[j] = beta1 * mv.v[j] + (1.0f - beta1) * gi;
+            vv.v[j] = beta2 * vv.v[j] + (1.0f - beta2) * gi * gi;
+            const float denom = sqrtf(vv.v[j]) * inv_sqrt_bc2 + eps;
+            pv.v[j] = pv.v[j] * decay - step_size * mv.v[j] / denom;
+        }
+        vec_st<V>(m + i, mv);
+        vec_st<V>(v + i, vv);
+        vec_st<V>(p + i, pv);
+    });
 }
+
+/* The grid of a flat kernel over n values (256 threads a block): a thread a group of 4
+ * where vec. */
+static unsigned vec_flat_grid(size_t n, bool vec) { return grid_for(vec ? (n + 3) / 4 : n, 256); }
 
 static void cu_add(backend *be, float *y, const float *a, const float *b, size_t n)
 {
     cuda_impl *c = impl_of(be);
     if (!n) return;
     PROF_BEGIN(c, "add", 0, 12 * n);
-    PC_LAUNCH(k_add, grid_for(n, 256), 256, 0, c->stream)(y, a, b, n);
+    const bool vec = vec_aligned(y, 4) && vec_aligned(a, 4) && vec_aligned(b, 4);
+    PC_LAUNCH(k_add, vec_flat_grid(n, vec), 256, 0, c->stream)(y, a, b, n, vec);
     LAUNCH_CHECK();
     PROF_END(c);
 }
@@ -1536,7 +1566,8 @@ static void cu_scale(backend *be, float *x, float s, size_t n)
     cuda_impl *c = impl_of(be);
     if (!n) return;
     PROF_BEGIN(c, "scale", 0, 8 * n);
-    PC_LAUNCH(k_scale, grid_for(n, 256), 256, 0, c->stream)(x, s, n);
+    const bool vec = vec_aligned(x, 4);
+    PC_LAUNCH(k_scale, vec_flat_grid(n, vec), 256, 0, c->stream)(x, s, n, vec);
     LAUNCH_CHECK();
     PROF_END(c);
 }
@@ -1546,7 +1577,8 @@ static void cu_axpy(backend *be, float *y, float alpha, const float *x, size_t n
     cuda_impl *c = impl_of(be);
     if (!n) return;
     PROF_BEGIN(c, "axpy", 0, 12 * n);
-    PC_LAUNCH(k_axpy, grid_for(n, 256), 256, 0, c->stream)(y, alpha, x, n);
+    const bool vec = vec_aligned(y, 4) && vec_aligned(x, 4);
+    PC_LAUNCH(k_axpy, vec_flat_grid(n, vec), 256, 0, c->stream)(y, alpha, x, n, vec);
     LAUNCH_CHECK();
     PROF_END(c);
 }
@@ -1558,7 +1590,7 @@ static double cu_sumsq(backend *be, const float *x, size_t n)
     if (!n) return 0.0;
     double *part = red_scratch(c, SUMSQ_BLOCKS);
     PROF_BEGIN(c, "sumsq", 0, 4 * n);
-    PC_LAUNCH(k_sumsq, SUMSQ_BLOCKS, 256, 0, c->stream)(part, x, n);
+    PC_LAUNCH(k_sumsq, SUMSQ_BLOCKS, 256, 0, c->stream)(part, x, n, vec_aligned(x, 4));
     LAUNCH_CHECK();
     PROF_END(c);
     double res[2];
@@ -1576,8 +1608,9 @@ static void cu_adamw(backend *be, float *p, const float *g, float *m, float *v, 
     float step_size = (float)(lr / bc1), inv_sqrt_bc2 = (float)(1.0 / sqrt(bc2));
     float decay = 1.0f - lr * weight_decay;
     PROF_BEGIN(c, "adamw", 0, 28 * n); /* p, m, v read and written, g read */
-    PC_LAUNCH(k_adamw, grid_for(n, 256), 256, 0, c->stream)(p, g, m, v, n, beta1, beta2, eps, grad_scale, step_size,
-                                                            inv_sqrt_bc2, decay);
+    const bool vec = vec_aligned(p, 4) && vec_aligned(g, 4) && vec_aligned(m, 4) && vec_aligned(v, 4);
+    PC_LAUNCH(k_adamw, vec_flat_grid(n, vec), 256, 0, c->stream)(p, g, m, v, n, beta1, beta2, eps, grad_scale,
+                                                                 step_size, inv_sqrt_bc2, decay, vec);
     LAUNCH_CHECK();
     PROF_END(c);
 }

@@ -68,6 +68,23 @@ template <int V> __device__ __forceinline__ void vec_st(__nv_bfloat16 *p, const 
         for (int j = 0; j < V; j++) p[j] = __float2bfloat16_rn(x.v[j]);
 }
 
+/* The width of a flat kernel's access, as a type (vec_flat's op tells V by it). */
+template <int V> struct vec_width {
+    static constexpr int value = V;
+};
+
+/* The grid-stride loop of a flat elementwise kernel over [0, n): op(i, vec_width<4>())
+ * for the groups of 4 values from i where vec (every pointer op touches aligned for a
+ * 4-value access), then op(i, vec_width<1>()) for each value left (all of them when not
+ * vec). The grid: vec_flat_grid. */
+template <typename Op> __device__ __forceinline__ void vec_flat(size_t n, bool vec, Op op)
+{
+    const size_t t = (size_t)blockIdx.x * blockDim.x + threadIdx.x, stride = (size_t)gridDim.x * blockDim.x;
+    const size_t n4 = vec ? n / 4 : 0;
+    for (size_t g = t; g < n4; g += stride) op(4 * g, vec_width<4>());
+    for (size_t i = 4 * n4 + t; i < n; i += stride) op(i, vec_width<1>());
+}
+
 /* Whether p is aligned to a V = 4 access of its elements (size bytes each). */
 static inline bool vec_aligned(const void *p, size_t size) { return (uintptr_t)p % (4 * size) == 0; }
 
