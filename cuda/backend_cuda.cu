@@ -1462,14 +1462,19 @@ __global__ void k_add(float *y, const float *a, const float *b, size_t n, bool v
     });
 }
 
-/* dst[r,c] = src[r,c] + beta * dst[r,c] over rows * cols elements; fc divides by cols */
-__global__ void k_add2d(float *dst, int ld_dst, const float *src, int ld_src, int rows, int cols, float beta,
-                        fastdiv fc)
+/* dst[r,c] = src[r,c] + beta * dst[r,c] over rows * cols elements, V at a time (V divides
+ * cols and both strides); fv divides by cols / V */
+template <int V>
+__global__ void k_add2d(float *dst, int ld_dst, const float *src, int ld_src, int cols, float beta, size_t groups,
+                        fastdiv fv)
 {
-    size_t n = (size_t)rows * cols;
-    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
-        size_t r = fastdiv_div(fc, i), c = i - r * cols;
-        dst[r * ld_dst + c] = src[r * ld_src + c] + beta * dst[r * ld_dst + c];
+    for (size_t g = (size_t)blockIdx.x * blockDim.x + threadIdx.x; g < groups; g += (size_t)gridDim.x * blockDim.x) {
+        size_t r, c;
+        vec_row_col<V>(g, fv, cols, &r, &c);
+        const fvec<V> sv = vec_ld<V>(src + r * ld_src + c);
+        fvec<V> dv = vec_ld<V>(dst + r * ld_dst + c);
+        for (int j = 0; j < V; j++) dv.v[j] = sv.v[j] + beta * dv.v[j];
+        vec_st<V>(dst + r * ld_dst + c, dv);
     }
 }
 
@@ -1553,9 +1558,11 @@ static void cu_add2d(backend *be, float *dst, int ld_dst, const float *src, int 
         CUDA_CHECK(cudaMemcpy2DAsync(dst, sizeof(float) * (size_t)ld_dst, src, sizeof(float) * (size_t)ld_src,
                                      sizeof(float) * (size_t)cols, (size_t)rows, cudaMemcpyDeviceToDevice, c->stream));
     } else {
-        const unsigned grid = grid_for((size_t)rows * cols, 256);
-        PC_LAUNCH(k_add2d, grid, 256, 0, c->stream)(dst, ld_dst, src, ld_src, rows, cols, beta,
-                                                    fastdiv_make((unsigned)cols));
+        const rows_launch L = rows_plan(rows, cols, ld_dst | ld_src, vec_aligned(dst, 4) && vec_aligned(src, 4));
+        if (L.v4)
+            PC_LAUNCH(k_add2d<4>, L.grid, 256, 0, c->stream)(dst, ld_dst, src, ld_src, cols, beta, L.groups, L.fv);
+        else
+            PC_LAUNCH(k_add2d<1>, L.grid, 256, 0, c->stream)(dst, ld_dst, src, ld_src, cols, beta, L.groups, L.fv);
         LAUNCH_CHECK();
     }
     PROF_END(c);

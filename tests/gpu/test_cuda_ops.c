@@ -673,6 +673,10 @@ static void test_elementwise(ctx *x)
     x->cpu->ops->add2d(x->cpu, dst.c, 41, src.c, 53, 37, 29, 1.0f);
     x->gpu->ops->add2d(x->gpu, dst.g, 41, src.g, 53, 37, 29, 1.0f);
     check_pair(x, "add2d beta 1 (accumulate)", &dst, TOL_F32);
+    /* a (37, 28) block between strides 40 and 52, 16-byte aligned: 4 values a load */
+    x->cpu->ops->add2d(x->cpu, dst.c + 4, 40, src.c + 8, 52, 37, 28, 0.5f);
+    x->gpu->ops->add2d(x->gpu, dst.g + 4, 40, src.g + 8, 52, 37, 28, 0.5f);
+    check_pair(x, "add2d beta 0.5 (4 values a load)", &dst, TOL_F32);
     pair_free(x, &dst);
     pair_free(x, &src);
 
