@@ -149,6 +149,34 @@ static unsigned grid_for(size_t n, unsigned threads)
 /* An op's output element in fp32, or rounded to bf16 (nearest even: round_bf16's rounding). */
 template <typename T> __device__ inline void store_out(T *p, float v) { vec_st<1>(p, fvec<1>{{v}}); }
 
+/* Whether a row kernel over (N, d) rows takes V = 4: d a multiple of 4 and its pointers
+ * aligned for it (aligned). */
+static bool rows_v4(int d, bool aligned) { return d % 4 == 0 && aligned; }
+
+/* The elementwise kernels over (N, f) rows V values at a time (vec.h): a flat index g of
+ * the N f / V groups as the row n and first column i; fv divides by f / V. */
+template <int V> __device__ __forceinline__ void vec_row_col(size_t g, fastdiv fv, int f, size_t *n, size_t *i)
+{
+    *n = fastdiv_div(fv, g);
+    *i = (g - *n * (size_t)(f / V)) * V;
+}
+
+/* The launch of an (N, f) elementwise kernel (row stride ld): V = 4 when f and ld are
+ * multiples of 4 and its pointers are aligned for it (aligned), else 1; groups of V values,
+ * fv dividing by f / V, and the grid (256 threads a block). */
+struct rows_launch {
+    bool v4;
+    size_t groups;
+    fastdiv fv;
+    unsigned grid;
+};
+static rows_launch rows_plan(int N, int f, int ld, bool aligned)
+{
+    const int V = rows_v4(f | ld, aligned) ? 4 : 1; /* f | ld: both multiples of 4 */
+    const size_t groups = (size_t)N * f / V;
+    return {V == 4, groups, fastdiv_make((unsigned)(f / V)), grid_for(groups, 256)};
+}
+
 /* ------------------------------------------------------------------ reductions */
 
 template <typename T> __device__ T warp_sum(T v)
@@ -665,9 +693,6 @@ __global__ void k_rmsnorm_bwd_dx(float *dx, const float *dout, const float *x, c
     }
 }
 
-/* Whether a row kernel over (N, d) rows takes V = 4: d a multiple of 4 and its pointers
- * aligned for it (aligned). */
-static bool rows_v4(int d, bool aligned) { return d % 4 == 0 && aligned; }
 
 #define RMS_DW_ROWS 64
 /* dw[i] += sum_n dout[n,i] x[n,i] rstd[n]: block (column chunk, row chunk of RMS_DW_ROWS) */
@@ -729,24 +754,30 @@ static void cu_rmsnorm_bwd(backend *be, float *dx, float *dw, const float *dout,
 
 /* ------------------------------------------------------------------ rope */
 
-/* One thread per (token, head, pair i); token row b*T+t at stride ld, position t. The
- * fastdivs divide by hd / 2, n_heads and T. */
+/* One thread per (token, head, V pairs from i); token row b*T+t at stride ld, position
+ * t; V pairs at a time (vec.h; V divides hd / 2, ld and the heads' offsets). The fastdivs
+ * divide by hd / 2V, n_heads and T. */
+template <int V>
 __global__ void k_rope(float *x, const float *cos_t, const float *sin_t, int T, int n_heads, int hd, int ld,
-                       float sign, size_t total, fastdiv f_half, fastdiv f_heads, fastdiv f_T)
+                       float sign, size_t groups, fastdiv f_half, fastdiv f_heads, fastdiv f_T)
 {
     const int half = hd / 2;
-    for (size_t idx = (size_t)blockIdx.x * blockDim.x + threadIdx.x; idx < total;
-         idx += (size_t)gridDim.x * blockDim.x) {
-        const size_t pairs = fastdiv_div(f_half, idx); /* (row, head) */
-        const int i = (int)(idx - pairs * half);
+    for (size_t g = (size_t)blockIdx.x * blockDim.x + threadIdx.x; g < groups; g += (size_t)gridDim.x * blockDim.x) {
+        size_t pairs, i; /* (row, head), first pair */
+        vec_row_col<V>(g, f_half, half, &pairs, &i);
         const size_t row = fastdiv_div(f_heads, pairs); /* b*T + t */
         const int h = (int)(pairs - row * n_heads);
         const int t = (int)(row - fastdiv_div(f_T, row) * T);
         float *xh = x + row * ld + (size_t)h * hd;
-        const float c = cos_t[(size_t)t * half + i], si = sign * sin_t[(size_t)t * half + i];
-        const float x1 = xh[i], x2 = xh[i + half];
-        xh[i] = x1 * c - x2 * si;
-        xh[i + half] = x2 * c + x1 * si;
+        const fvec<V> c = vec_ld<V>(cos_t + (size_t)t * half + i), si = vec_ld<V>(sin_t + (size_t)t * half + i);
+        fvec<V> x1 = vec_ld<V>(xh + i), x2 = vec_ld<V>(xh + i + half);
+        for (int j = 0; j < V; j++) {
+            const float a = x1.v[j], b = x2.v[j], sn = sign * si.v[j];
+            x1.v[j] = a * c.v[j] - b * sn;
+            x2.v[j] = b * c.v[j] + a * sn;
+        }
+        vec_st<V>(xh + i, x1);
+        vec_st<V>(xh + i + half, x2);
     }
 }
 
@@ -757,9 +788,16 @@ static void rope_launch(backend *be, float *x, const float *cos_t, const float *
     size_t total = (size_t)B * T * n_heads * (hd / 2);
     if (total == 0) return;
     PROF_BEGIN(c, sign > 0 ? "rope_fwd" : "rope_bwd", 0, 16.0 * total); /* a pair read and written */
-    PC_LAUNCH(k_rope, grid_for(total, 256), 256, 0, c->stream)(x, cos_t, sin_t, T, n_heads, hd, ld, sign, total,
-                                                              fastdiv_make((unsigned)(hd / 2)),
-                                                              fastdiv_make((unsigned)n_heads), fastdiv_make((unsigned)T));
+    /* rows of n_heads heads: (B T n_heads, hd / 2) pairs at stride hd / 2 (ld, hd: the heads' offsets) */
+    const rows_launch L = rows_plan((int)((size_t)B * T * n_heads), hd / 2, ld | hd,
+                                    vec_aligned(x, 4) && vec_aligned(cos_t, 4) && vec_aligned(sin_t, 4));
+    const fastdiv f_heads = fastdiv_make((unsigned)n_heads), f_T = fastdiv_make((unsigned)T);
+    if (L.v4)
+        PC_LAUNCH(k_rope<4>, L.grid, 256, 0, c->stream)(x, cos_t, sin_t, T, n_heads, hd, ld, sign, L.groups, L.fv,
+                                                         f_heads, f_T);
+    else
+        PC_LAUNCH(k_rope<1>, L.grid, 256, 0, c->stream)(x, cos_t, sin_t, T, n_heads, hd, ld, sign, L.groups, L.fv,
+                                                         f_heads, f_T);
     LAUNCH_CHECK();
     PROF_END(c);
 }
@@ -1095,13 +1133,6 @@ static void cu_attention_bwd(backend *be, float *dq, float *dk, float *dv, const
 
 /* ------------------------------------------------------------------ swiglu */
 
-/* The elementwise kernels over (N, f) rows V values at a time (vec.h): a flat index g of
- * the N f / V groups as the row n and first column i; fv divides by f / V. */
-template <int V> __device__ __forceinline__ void vec_row_col(size_t g, fastdiv fv, int f, size_t *n, size_t *i)
-{
-    *n = fastdiv_div(fv, g);
-    *i = (g - *n * (size_t)(f / V)) * V;
-}
 
 /* out (N,f) of OutT (float or bf16) = silu(gate) * up; gate, up (N,f) stride ld_in; V
  * values at a time (V divides f and ld_in) */
@@ -1141,21 +1172,6 @@ __global__ void k_swiglu_bwd(OutT *dgate, OutT *dup, const float *dout, const fl
     }
 }
 
-/* The launch of an (N, f) elementwise kernel (row stride ld): V = 4 when f and ld are
- * multiples of 4 and its pointers are aligned for it (aligned), else 1; groups of V values,
- * fv dividing by f / V, and the grid (256 threads a block). */
-struct rows_launch {
-    bool v4;
-    size_t groups;
-    fastdiv fv;
-    unsigned grid;
-};
-static rows_launch rows_plan(int N, int f, int ld, bool aligned)
-{
-    const int V = rows_v4(f | ld, aligned) ? 4 : 1; /* f | ld: both multiples of 4 */
-    const size_t groups = (size_t)N * f / V;
-    return {V == 4, groups, fastdiv_make((unsigned)(f / V)), grid_for(groups, 256)};
-}
 
 /* swiglu_fwd's and swiglu_fwd_16's launch: out (N, f) in OutT; bytes_per_elem for the profile */
 template <typename OutT>

@@ -395,9 +395,10 @@ static void test_rmsnorm(ctx *x)
     }
 }
 
-static void test_rope(ctx *x)
+static void test_rope_case(ctx *x, int hd)
 {
-    const int B = 2, T = 19, hd = 64, Hq = 4, Hk = 2, ld = (Hq + 2 * Hk) * hd; /* fused qkv rows */
+    const int B = 2, T = 19, Hq = 4, Hk = 2, ld = (Hq + 2 * Hk) * hd; /* fused qkv rows */
+    char what[80];
     float *hc = pc_alloc_f32((size_t)T * hd / 2), *hs = pc_alloc_f32((size_t)T * hd / 2);
     rope_tables_host(hc, hs, T, hd, 500000.0, "llama3", 32.0, 1.0, 4.0, 8192);
     pair cs = pair_from(x, hc, (size_t)T * hd / 2), sn = pair_from(x, hs, (size_t)T * hd / 2);
@@ -406,15 +407,24 @@ static void test_rope(ctx *x)
     x->gpu->ops->rope_fwd(x->gpu, qkv.g, cs.g, sn.g, B, T, Hq, hd, ld);
     x->cpu->ops->rope_fwd(x->cpu, qkv.c + Hq * hd, cs.c, sn.c, B, T, Hk, hd, ld);
     x->gpu->ops->rope_fwd(x->gpu, qkv.g + Hq * hd, cs.g, sn.g, B, T, Hk, hd, ld);
-    check_pair(x, "rope_fwd (q and k slices of fused qkv; v untouched)", &qkv, TOL_F32);
+    snprintf(what, sizeof what, "rope_fwd (q and k slices of fused qkv; v untouched; hd=%d)", hd);
+    check_pair(x, what, &qkv, TOL_F32);
     x->cpu->ops->rope_bwd(x->cpu, qkv.c, cs.c, sn.c, B, T, Hq, hd, ld);
     x->gpu->ops->rope_bwd(x->gpu, qkv.g, cs.g, sn.g, B, T, Hq, hd, ld);
-    check_pair(x, "rope_bwd", &qkv, TOL_F32);
+    snprintf(what, sizeof what, "rope_bwd (hd=%d)", hd);
+    check_pair(x, what, &qkv, TOL_F32);
     pair_free(x, &cs);
     pair_free(x, &sn);
     pair_free(x, &qkv);
     free(hc);
     free(hs);
+}
+
+/* head_dim 64: 4 pairs a load (cuda/vec.h); 18: one */
+static void test_rope(ctx *x)
+{
+    test_rope_case(x, 64);
+    test_rope_case(x, 18);
 }
 
 /* ---------------------------------------------------------------- attention */
