@@ -17,7 +17,7 @@
 #define ATC_ROWS (16 * ATC_WARPS) /* rows of a block's own tile, 16 a warp */
 #define ATC_TILE 64               /* rows of the tiles walked over */
 #define ATC_NT (ATC_TILE / 8)     /* 16 x 8 products across a tile's rows */
-#define ATC_DKV_NT 4              /* dK/dV: 16 x 8 products across a pass's 32 queries */
+#define ATC_PASS_NT 4             /* dQ, dK/dV: 16 x 8 products across a pass's 32 rows of a tile */
 #define ATC_HD_MAX 128
 #define ATC_LOG2E 1.44269504088896340736f /* exp(x) = exp2(x log2 e): the softmax in base 2, scale folded in */
 #define ATC_LN2 0.69314718055994530942f
@@ -456,27 +456,36 @@ __global__ void k_atc_dq(float *dq, size_t ld, const bf16 *dout, const float *ls
         atc_frags_a<KT>(qa, Q, ldh, at.wr);
         atc_frags_a<KT>(da, dO, ldh, at.wr);
     };
+    /* A key tile in two passes of 32 keys, so that one pass's S and dP are live at a time
+     * (128 registers at head_dim 64: 4 blocks a multiprocessor instead of 3); a pass whose
+     * keys all come after the warp's rows is skipped. */
     auto tile = [&](int k0, const bf16 *K, const bf16 *V) {
-        float s[ATC_NT][4], dp[ATC_NT][4];
-        atc_zero<ATC_NT>(s);
-        atc_mma_abt<KT, ATC_NT>(s, qa, K, ldh); /* S = Q K^T */
-        atc_zero<ATC_NT>(dp);
-        atc_mma_abt<KT, ATC_NT>(dp, da, V, ldh); /* dP = dO V^T */
-        /* key j counts for query qi when j <= qi and j < T (atc_fwd_tile's mask); rows at or
-         * past T are not stored, and their dO rows are zero, so their dS is too */
-        const int last[2] = {min(w0 + atc_c_row(0), T - 1) - k0 - atc_c_col(0, 0),
-                             min(w0 + atc_c_row(2), T - 1) - k0 - atc_c_col(0, 0)};
+        constexpr int NT = ATC_PASS_NT, KP = 8 * NT; /* keys a pass */
         ATC_UNROLL
-        for (int n = 0; n < ATC_NT; n++)
+        for (int j0 = 0; j0 < ATC_TILE; j0 += KP) {
+            if (k0 + j0 > w0 + 15) continue; /* warp-uniform: every key of the pass is after the warp's rows */
+            const bf16 *Kp = K + j0 * ldh, *Vp = V + j0 * ldh;
+            float s[NT][4], dp[NT][4];
+            atc_zero<NT>(s);
+            atc_mma_abt<KT, NT>(s, qa, Kp, ldh); /* S = Q K^T */
+            atc_zero<NT>(dp);
+            atc_mma_abt<KT, NT>(dp, da, Vp, ldh); /* dP = dO V^T */
+            /* key j counts for query qi when j <= qi and j < T (atc_fwd_tile's mask); rows at
+             * or past T are not stored, and their dO rows are zero, so their dS is too */
+            const int last[2] = {min(w0 + atc_c_row(0), T - 1) - k0 - j0 - atc_c_col(0, 0),
+                                 min(w0 + atc_c_row(2), T - 1) - k0 - j0 - atc_c_col(0, 0)};
             ATC_UNROLL
-            for (int i = 0; i < 4; i++) {
-                const int r = i >> 1;
-                const float pv = atc_c_off(n, i) <= last[r] ? exp2f(fmaf(scale2, s[n][i], -lse_r[r])) : 0.0f;
-                s[n][i] = pv * (dp[n][i] - D_r[r]); /* dS */
-            }
-        u32 dsa[ATC_NT / 2][4];
-        atc_c_to_a<ATC_NT>(dsa, s);
-        atc_mma_ab<ATC_NT / 2, DT>(acc, dsa, K, ldh); /* dQ += dS K */
+            for (int n = 0; n < NT; n++)
+                ATC_UNROLL
+                for (int i = 0; i < 4; i++) {
+                    const int r = i >> 1;
+                    const float pv = atc_c_off(n, i) <= last[r] ? exp2f(fmaf(scale2, s[n][i], -lse_r[r])) : 0.0f;
+                    s[n][i] = pv * (dp[n][i] - D_r[r]); /* dS */
+                }
+            u32 dsa[NT / 2][4];
+            atc_c_to_a<NT>(dsa, s);
+            atc_mma_ab<NT / 2, DT>(acc, dsa, Kp, ldh); /* dQ += dS K */
+        }
     };
     atc_walk_keys(at, dout + (size_t)b * T * H * HD + (size_t)h * HD, Ks, Vs, T, H, KV, HD, frags, tile);
     const float mul[2] = {scale, scale};
@@ -527,10 +536,10 @@ __global__ void k_atc_dkv(float *dk, float *dv, size_t ld, const bf16 *dout, con
     float dk_acc[DT][4], dv_acc[DT][4];
     atc_zero<DT>(dk_acc);
     atc_zero<DT>(dv_acc);
-    /* A query tile in two passes of 32 queries (ATC_DKV_NT column blocks), so that S^T
+    /* A query tile in two passes of 32 queries (ATC_PASS_NT column blocks), so that S^T
      * and dP^T of one pass (16 keys x 32 queries each) are live at a time: registers few
      * enough for 3 blocks a multiprocessor at head_dim 64 instead of 2. */
-    constexpr int NT = ATC_DKV_NT, QP = 8 * NT; /* queries a pass */
+    constexpr int NT = ATC_PASS_NT, QP = 8 * NT; /* queries a pass */
     atc_double_buffer(n_tiles, 1, load_tile, [&](int t, int cur) { /* K and V (the first group) landed too */
         const int i0 = i0_of(t);
         ATC_UNROLL
