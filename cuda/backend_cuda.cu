@@ -151,7 +151,7 @@ template <typename T> __device__ inline void store_out(T *p, float v) { vec_st<1
 
 /* Whether a row kernel over (N, d) rows takes V = 4: d a multiple of 4 and its pointers
  * aligned for it (aligned). */
-static bool rows_v4(int d, bool aligned) { return d % 4 == 0 && aligned; }
+static bool rows_v4(size_t d, bool aligned) { return d % 4 == 0 && aligned; }
 
 /* The elementwise kernels over (N, f) rows V values at a time (vec.h): a flat index g of
  * the N f / V groups as the row n and first column i; fv divides by f / V. */
@@ -170,10 +170,10 @@ struct rows_launch {
     fastdiv fv;
     unsigned grid;
 };
-static rows_launch rows_plan(int N, int f, int ld, bool aligned)
+static rows_launch rows_plan(size_t N, size_t f, size_t ld, bool aligned)
 {
     const int V = rows_v4(f | ld, aligned) ? 4 : 1; /* f | ld: both multiples of 4 */
-    const size_t groups = (size_t)N * f / V;
+    const size_t groups = N * f / V;
     return {V == 4, groups, fastdiv_make((unsigned)(f / V)), grid_for(groups, 256)};
 }
 
@@ -415,8 +415,8 @@ static cublasComputeType_t compute_type(const cuda_impl *c)
 }
 
 /* dst (rows, cols) row stride ld_dst = bf16(src (rows, cols), row stride ld), nearest even,
- * V values at a time (vec.h; V divides cols, ld and ld_dst); fc divides by cols / V (any
- * divisor when dense) */
+ * V values at a time (vec.h; V divides cols, ld and ld_dst, or rows cols when dense); fc
+ * divides by cols / V (unused when dense) */
 template <int V>
 __global__ void k_round_bf16(__nv_bfloat16 *dst, size_t ld_dst, const float *src, size_t rows, size_t cols, size_t ld,
                              fastdiv fc)
@@ -434,15 +434,14 @@ static void round_strided(cuda_impl *c, const char *region, __nv_bfloat16 *dst, 
 {
     if (rows * cols == 0) return;
     PROF_BEGIN(c, region, 0, 6 * rows * cols);
-    const int dense = ld == cols && ld_dst == cols;
-    const bool v4 = (dense ? rows * cols : cols | ld | ld_dst) % 4 == 0 /* each a multiple of 4 */ &&
-                    vec_aligned(src, 4) && vec_aligned(dst, 2);
-    const size_t w = dense ? 1 : cols / (v4 ? 4 : 1); /* strided: an int width */
-    const fastdiv fc = fastdiv_make((unsigned)w);
-    if (v4)
-        PC_LAUNCH(k_round_bf16<4>, grid_for(rows * cols / 4, 256), 256, 0, c->stream)(dst, ld_dst, src, rows, cols, ld, fc);
+    const bool aligned = vec_aligned(src, 4) && vec_aligned(dst, 2);
+    const size_t n = rows * cols; /* contiguous: one row of them, no division */
+    const rows_launch L =
+        ld == cols && ld_dst == cols ? rows_plan(1, n, n, aligned) : rows_plan(rows, cols, ld | ld_dst, aligned);
+    if (L.v4)
+        PC_LAUNCH(k_round_bf16<4>, L.grid, 256, 0, c->stream)(dst, ld_dst, src, rows, cols, ld, L.fv);
     else
-        PC_LAUNCH(k_round_bf16<1>, grid_for(rows * cols, 256), 256, 0, c->stream)(dst, ld_dst, src, rows, cols, ld, fc);
+        PC_LAUNCH(k_round_bf16<1>, L.grid, 256, 0, c->stream)(dst, ld_dst, src, rows, cols, ld, L.fv);
     launch_check(c, __FILE__, __LINE__);
     PROF_END(c);
 }
@@ -693,7 +692,6 @@ __global__ void k_rmsnorm_bwd_dx(float *dx, const float *dout, const float *x, c
     }
 }
 
-
 #define RMS_DW_ROWS 64
 /* dw[i] += sum_n dout[n,i] x[n,i] rstd[n]: block (column chunk, row chunk of RMS_DW_ROWS) */
 __global__ void k_rmsnorm_bwd_dw(float *dw, const float *dout, const float *x, const float *rstd, int N, int d)
@@ -789,7 +787,7 @@ static void rope_launch(backend *be, float *x, const float *cos_t, const float *
     if (total == 0) return;
     PROF_BEGIN(c, sign > 0 ? "rope_fwd" : "rope_bwd", 0, 16.0 * total); /* a pair read and written */
     /* rows of n_heads heads: (B T n_heads, hd / 2) pairs at stride hd / 2 (ld, hd: the heads' offsets) */
-    const rows_launch L = rows_plan((int)((size_t)B * T * n_heads), hd / 2, ld | hd,
+    const rows_launch L = rows_plan((size_t)B * T * n_heads, hd / 2, ld | hd,
                                     vec_aligned(x, 4) && vec_aligned(cos_t, 4) && vec_aligned(sin_t, 4));
     const fastdiv f_heads = fastdiv_make((unsigned)n_heads), f_T = fastdiv_make((unsigned)T);
     if (L.v4)
@@ -1133,7 +1131,6 @@ static void cu_attention_bwd(backend *be, float *dq, float *dk, float *dv, const
 
 /* ------------------------------------------------------------------ swiglu */
 
-
 /* out (N,f) of OutT (float or bf16) = silu(gate) * up; gate, up (N,f) stride ld_in; V
  * values at a time (V divides f and ld_in) */
 template <typename OutT, int V>
@@ -1171,7 +1168,6 @@ __global__ void k_swiglu_bwd(OutT *dgate, OutT *dup, const float *dout, const fl
         vec_st<V>(dup + o, du);
     }
 }
-
 
 /* swiglu_fwd's and swiglu_fwd_16's launch: out (N, f) in OutT; bytes_per_elem for the profile */
 template <typename OutT>
