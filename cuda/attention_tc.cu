@@ -8,7 +8,7 @@
  * sum, and D = rowsum(dO o O) are fp32. Layouts are those of backend.h: q, k, v rows of
  * stride ld, token-major (b*T + t); out (B,T,H,hd) with row stride H*hd; lse (B,H,T).
  * Each call first rounds q, k, v (and dO) once into unpadded bf16 copies in the caller's
- * scratch (k_atc_to_bf16), which the kernels' tiles are copied from: half the bytes of
+ * scratch (round_rows_bf16, rows.cuh), which the kernels' tiles are copied from: half the bytes of
  * the fp32 tensors, and no block converts what the others convert too.
  *
  * Blocks of ATC_WARPS warps; each warp owns 16 rows of the block's 64 (query rows in the
@@ -35,6 +35,7 @@
 #include "attention_tc_kernels.cuh"
 #include "cuda_check.h"
 #include "launch.h"
+#include "rows.cuh"
 
 /* ---------------------------------------------------------------- launchers */
 
@@ -64,13 +65,7 @@ static atc_copies atc_copies_in(void *scratch, int B, int T, int H, int KV, int 
 /* dst (rows, w) bf16 from src (rows of stride ld floats), on stream s. */
 static void atc_to_bf16(cudaStream_t s, bf16 *dst, const float *src, size_t ld, size_t rows, int w)
 {
-    const size_t groups = rows * (size_t)(w / 4);
-    const unsigned grid = (unsigned)((groups + 255) / 256 < 4096 ? (groups + 255) / 256 : 4096);
-    const fastdiv fg = fastdiv_make((unsigned)(w / 4));
-    if (ld % 4 == 0 && (uintptr_t)src % 16 == 0)
-        PC_LAUNCH(k_atc_to_bf16<true>, grid, 256, 0, s)(dst, src, ld, rows, w, fg);
-    else
-        PC_LAUNCH(k_atc_to_bf16<false>, grid, 256, 0, s)(dst, src, ld, rows, w, fg);
+    round_rows_bf16(s, dst, (size_t)w, src, rows, (size_t)w, ld);
     CUDA_CHECK(cudaGetLastError());
 }
 

@@ -76,31 +76,6 @@ template <int TRANS> inline void atc_ldsm4(u32 r[4], const bf16 *p) { emu_ldmatr
 #define ATC_UNROLL
 #endif
 
-/* ---------------------------------------------------------------- bf16 operands */
-
-/* dst (rows, w) row-major bf16 from src (rows of stride ld floats), w a multiple of 4,
- * rounded to nearest even: the one rounding of q, k, v and dO that the kernels read, done
- * once per call rather than by every block that reads a tile. VEC: src 16-byte aligned
- * and ld a multiple of 4 (16-byte loads); else scalar loads. Grid-stride over 4-value
- * groups; fg divides by w / 4, the groups of a row. */
-template <bool VEC>
-__global__ void k_atc_to_bf16(bf16 *dst, const float *src, size_t ld, size_t rows, int w, fastdiv fg)
-{
-    const int g = w >> 2; /* 4-value groups per row */
-    const size_t n = rows * (size_t)g;
-    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
-        const size_t r = fastdiv_div(fg, i);
-        const int c = (int)(i - r * (size_t)g) * 4;
-        const float *p = src + r * ld + c;
-        fvec<4> v;
-        if (VEC)
-            v = vec_ld<4>(p);
-        else
-            for (int j = 0; j < 4; j++) v.v[j] = p[j];
-        vec_st<4>(dst + r * (size_t)w + c, v); /* 8 bytes: w a multiple of 4 */
-    }
-}
-
 /* ---------------------------------------------------------------- tiles and fragments */
 
 /* Two buffers of a kind (a tile and the one loading beside it), picked by a runtime index
