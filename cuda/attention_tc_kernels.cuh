@@ -10,7 +10,6 @@
 #endif
 #include <stdint.h>
 
-#include "fastdiv.h"
 #include "vec.h"
 
 #define ATC_WARPS 4
