@@ -16,7 +16,8 @@
 #define ATC_ROWS (16 * ATC_WARPS) /* rows of a block's own tile, 16 a warp */
 #define ATC_TILE 64               /* rows of the tiles walked over */
 #define ATC_NT (ATC_TILE / 8)     /* 16 x 8 products across a tile's rows */
-#define ATC_PASS_NT 4             /* dQ, dK/dV: 16 x 8 products across a pass's 32 rows of a tile */
+#define ATC_DQ_NT 2                /* dQ: 16 x 8 products across a pass's 16 keys of a tile */
+#define ATC_DKV_NT 4               /* dK/dV: 16 x 8 products across a pass's 32 queries of a tile */
 #define ATC_HD_MAX 128
 #define ATC_LOG2E 1.44269504088896340736f /* exp(x) = exp2(x log2 e): the softmax in base 2, scale folded in */
 #define ATC_LN2 0.69314718055994530942f
@@ -64,6 +65,19 @@ template <int TRANS> __device__ __forceinline__ void atc_ldsm4(u32 r[4], const b
                      : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
                      : "r"(a));
 }
+/* 2^x on the multifunction unit alone (ex2.approx.ftz: a result below 2^-126 is 0, as is
+ * 2^-inf). exp2f keeps subnormal results at the cost of a range check and two multiplies
+ * around the same instruction, three more instructions a score than the softmax needs:
+ * a probability below 2^-126 adds nothing beside its row's largest, which is 1. Not
+ * volatile, so the compiler may compute it for masked scores and select. */
+__device__ __forceinline__ float atc_exp2(float x)
+{
+    float y;
+    asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
+    return y;
+}
+/* Two consecutive floats of shared memory (8-byte aligned) in one load. */
+__device__ __forceinline__ float2 atc_ld2(const float *p) { return *(const float2 *)p; }
 #define ATC_UNROLL _Pragma("unroll")
 #else
 inline void atc_zero16(void *p) { emu_st_aligned<uint4>(p, make_uint4(0u, 0u, 0u, 0u)); }
@@ -72,6 +86,12 @@ inline void atc_zero16(void *p) { emu_st_aligned<uint4>(p, make_uint4(0u, 0u, 0u
 template <int N> inline void atc_cp_wait() { emu_cp_wait(N); }
 #define atc_mma emu_mma_16816
 template <int TRANS> inline void atc_ldsm4(u32 r[4], const bf16 *p) { emu_ldmatrix_x4(r, p, TRANS); }
+inline float atc_exp2(float x)
+{
+    const float y = std::exp2(x);
+    return y < 0x1p-126f ? 0.0f : y;
+}
+inline float2 atc_ld2(const float *p) { return emu_ld_aligned<float2>(p); }
 #define ATC_UNROLL
 #endif
 
@@ -346,7 +366,7 @@ __device__ __forceinline__ void atc_fwd_tile(float o[HD / 8][4], float m[2], flo
         mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 1));
         mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 2));
         const float m_new = fmaxf(m[r], scale2 * mx[r]); /* finite: key 0 <= every row lies in the first tile */
-        alpha[r] = exp2f(m[r] - m_new);
+        alpha[r] = atc_exp2(m[r] - m_new);
         m[r] = m_new;
         l[r] *= alpha[r]; /* the lane's part of the row sum; the quad's are added at the end */
     }
@@ -354,7 +374,7 @@ __device__ __forceinline__ void atc_fwd_tile(float o[HD / 8][4], float m[2], flo
     for (int n = 0; n < ATC_NT; n++)
         ATC_UNROLL
         for (int i = 0; i < 4; i++) {
-            s[n][i] = exp2f(fmaf(scale2, s[n][i], -m[i >> 1])); /* 0 where masked */
+            s[n][i] = atc_exp2(fmaf(scale2, s[n][i], -m[i >> 1])); /* 0 where masked */
             l[i >> 1] += s[n][i];
         }
     ATC_UNROLL
@@ -430,11 +450,12 @@ __global__ void k_atc_dq(float *dq, size_t ld, const bf16 *dout, const float *ls
         atc_frags_a<KT>(qa, Q, ldh, at.wr);
         atc_frags_a<KT>(da, dO, ldh, at.wr);
     };
-    /* A key tile in two passes of 32 keys, so that one pass's S and dP are live at a time
-     * (128 registers at head_dim 64: 4 blocks a multiprocessor instead of 3); a pass whose
-     * keys all come after the warp's rows is skipped. */
+    /* A key tile in four passes of 16 keys, so that one pass's S and dP are live at a time
+     * (123 registers at head_dim 64: 4 blocks a multiprocessor; whole tiles take 168, 32-key
+     * passes 133); a pass whose keys all come after the warp's rows is skipped. The same
+     * products and loads as whole tiles, in smaller pieces. */
     auto tile = [&](int k0, const bf16 *K, const bf16 *V) {
-        constexpr int NT = ATC_PASS_NT, KP = 8 * NT; /* keys a pass */
+        constexpr int NT = ATC_DQ_NT, KP = 8 * NT; /* keys a pass */
         ATC_UNROLL
         for (int j0 = 0; j0 < ATC_TILE; j0 += KP) {
             if (k0 + j0 > w0 + 15) continue; /* warp-uniform: every key of the pass is after the warp's rows */
@@ -453,8 +474,10 @@ __global__ void k_atc_dq(float *dq, size_t ld, const bf16 *dout, const float *ls
                 ATC_UNROLL
                 for (int i = 0; i < 4; i++) {
                     const int r = i >> 1;
-                    const float pv = atc_c_off(n, i) <= last[r] ? exp2f(fmaf(scale2, s[n][i], -lse_r[r])) : 0.0f;
-                    s[n][i] = pv * (dp[n][i] - D_r[r]); /* dS */
+                    /* computed for every key and selected, branch-free: a masked one's exp
+                     * (even an inf) is dropped before it multiplies anything */
+                    const float ds = atc_exp2(fmaf(scale2, s[n][i], -lse_r[r])) * (dp[n][i] - D_r[r]);
+                    s[n][i] = atc_c_off(n, i) <= last[r] ? ds : 0.0f; /* dS */
                 }
             u32 dsa[NT / 2][4];
             atc_c_to_a<NT>(dsa, s);
@@ -510,10 +533,10 @@ __global__ void k_atc_dkv(float *dk, float *dv, size_t ld, const bf16 *dout, con
     float dk_acc[DT][4], dv_acc[DT][4];
     atc_zero<DT>(dk_acc);
     atc_zero<DT>(dv_acc);
-    /* A query tile in two passes of 32 queries (ATC_PASS_NT column blocks), so that S^T
-     * and dP^T of one pass (16 keys x 32 queries each) are live at a time: registers few
-     * enough for 3 blocks a multiprocessor at head_dim 64 instead of 2. */
-    constexpr int NT = ATC_PASS_NT, QP = 8 * NT; /* queries a pass */
+    /* A query tile in two passes of 32 queries (ATC_DKV_NT column blocks), so that S^T
+     * and dP^T of one pass (16 keys x 32 queries each) are live at a time: 128 registers
+     * at head_dim 64, 4 blocks a multiprocessor (whole tiles take 175: 2 blocks). */
+    constexpr int NT = ATC_DKV_NT, QP = 8 * NT; /* queries a pass */
     atc_double_buffer(n_tiles, 1, load_tile, [&](int t, int cur) { /* K and V (the first group) landed too */
         const int i0 = i0_of(t);
         ATC_UNROLL
@@ -540,18 +563,17 @@ __global__ void k_atc_dkv(float *dk, float *dv, size_t ld, const bf16 *dout, con
             const int c0 = i0 + q0 + atc_c_col(0, 0);
             const int first[2] = {w0 + atc_c_row(0) - c0, w0 + atc_c_row(2) - c0};
             ATC_UNROLL
-            for (int n = 0; n < NT; n++)
+            for (int n = 0; n < NT; n++) {
+                /* the lse and D of the lane's two columns (atc_c_col(n, 0 | 1), even and odd) */
+                const float2 l2 = atc_ld2(ls + atc_c_col(n, 0)), d2 = atc_ld2(Ds + atc_c_col(n, 0));
                 ATC_UNROLL
                 for (int i = 0; i < 4; i++) {
-                    const int c = atc_c_col(n, i), off = atc_c_off(n, i);
-                    float pv = 0.0f, dsv = 0.0f;
-                    if (off >= first[i >> 1]) {
-                        pv = exp2f(fmaf(scale2, st[n][i], -ls[c]));
-                        dsv = pv * (dpt[n][i] - Ds[c]);
-                    }
-                    st[n][i] = pv;
-                    dpt[n][i] = dsv;
+                    /* computed for every query and selected, branch-free (as in dQ) */
+                    const float e = atc_exp2(fmaf(scale2, st[n][i], -(i & 1 ? l2.y : l2.x)));
+                    st[n][i] = atc_c_off(n, i) >= first[i >> 1] ? e : 0.0f;    /* P^T */
+                    dpt[n][i] = st[n][i] * (dpt[n][i] - (i & 1 ? d2.y : d2.x)); /* dS^T */
                 }
+            }
             u32 fa[NT / 2][4];
             atc_c_to_a<NT>(fa, st);
             atc_mma_ab<NT / 2, DT>(dv_acc, fa, dO, ldh); /* dV += P^T dO */

@@ -267,7 +267,10 @@ inline float __uint_as_float(unsigned u)
 }
 inline char *atc_smem_base() { return emu.smem; }
 
-/* CUDA's 16-byte vectors. */
+/* CUDA's 8- and 16-byte vectors. */
+struct alignas(8) float2 {
+    float x, y;
+};
 struct alignas(16) float4 {
     float x, y, z, w;
 };
