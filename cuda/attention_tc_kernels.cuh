@@ -79,8 +79,16 @@ __device__ __forceinline__ float atc_exp2(float x)
 /* Two consecutive floats of shared memory (8-byte aligned) in one load. */
 __device__ __forceinline__ float2 atc_ld2(const float *p) { return *(const float2 *)p; }
 #define ATC_UNROLL _Pragma("unroll")
+/* Up to head_dim 64 every kernel keeps to 128 registers a thread, so that 4 blocks of 4
+ * warps fit a multiprocessor's 64K (ptxas alone gives dK/dV 160; held to 128 it keeps one
+ * 8-byte value in local memory, read once a tile); beyond, no minimum (0). */
+#define ATC_BOUNDS(HD) __launch_bounds__(ATC_WARPS * 32, (HD) <= 64 ? 4 : 0)
 #else
-inline void atc_zero16(void *p) { emu_st_aligned<uint4>(p, make_uint4(0u, 0u, 0u, 0u)); }
+inline void atc_zero16(void *p)
+{
+    emu_in_smem(p, 16, "store to");
+    emu_st_aligned<uint4>(p, make_uint4(0u, 0u, 0u, 0u));
+}
 #define atc_cp16 emu_cp_async16
 #define atc_cp_commit emu_cp_commit
 template <int N> inline void atc_cp_wait() { emu_cp_wait(N); }
@@ -93,6 +101,7 @@ inline float atc_exp2(float x)
 }
 inline float2 atc_ld2(const float *p) { return emu_ld_aligned<float2>(p); }
 #define ATC_UNROLL
+#define ATC_BOUNDS(HD)
 #endif
 
 /* ---------------------------------------------------------------- tiles and fragments */
@@ -113,25 +122,37 @@ struct atc_src {
     int ld;
 };
 
-/* Issues the copies of rows x hd of one or two head views (a, b) from row r0 into bf16
- * tiles of row stride dst_ld (16-byte cp.async copies, all threads of the block taking
- * part) and commits them as one group of each thread's; rows at or past T are zero
+/* Issues the copies of ROWS x HD of one or two head views (a, b) from row r0 into bf16
+ * tiles of row stride HD + ATC_PAD (16-byte cp.async copies by the block's ATC_WARPS * 32
+ * threads) and commits them as one group of each thread's; rows at or past T are zero
  * (stored at once). The tiles are the block's to read once every thread has waited for
- * the group (atc_cp_wait) and passed a barrier after it. hd is a multiple of 8; the
- * sources, their ld and dst_ld keep 16-byte alignment. */
-__device__ void atc_load(atc_src a, atc_src b, int dst_ld, int r0, int rows, int T, int hd)
+ * the group (atc_cp_wait) and passed a barrier after it. The sources and their ld keep
+ * 16-byte alignment. Each thread copies one column of 8 values, every RSTEP-th row from
+ * its first, so that its addresses are one base and a constant step (with runtime sizes
+ * and a flat index a copy took 24 instructions of index and address arithmetic); where
+ * the 8-value columns do not divide the threads (head_dim 48, 80, 96, 112) the few
+ * threads beyond the last whole set of rows copy nothing. */
+template <int HD, int ROWS> __device__ __forceinline__ void atc_load(atc_src a, atc_src b, int r0, int T)
 {
-    const int vpr = hd >> 3, n = rows * vpr; /* 8-value vectors per row, in a tile */
-    for (int j = 0; j < 2; j++) {
-        const atc_src t = j ? b : a;
-        if (!t.src) continue;
-        for (int idx = (int)threadIdx.x; idx < n; idx += (int)blockDim.x) {
-            const int r = idx / vpr, c = (idx - r * vpr) * 8;
-            bf16 *d = t.dst + r * dst_ld + c;
-            if (r0 + r < T)
-                atc_cp16(d, t.src + (size_t)(r0 + r) * t.ld + c);
-            else
-                atc_zero16(d);
+    constexpr int VPR = HD / 8, LDH = HD + ATC_PAD;         /* 8-value columns a row */
+    constexpr int RSTEP = ATC_WARPS * 32 / VPR;             /* rows the block copies at a time */
+    const int tr = (int)threadIdx.x / VPR, c = (int)threadIdx.x % VPR * 8; /* first row, column */
+    if (tr < RSTEP) {
+        ATC_UNROLL
+        for (int j = 0; j < 2; j++) {
+            const atc_src t = j ? b : a;
+            if (!t.src) continue;
+            const bf16 *src = t.src + (size_t)r0 * t.ld + tr * t.ld + c; /* row r0 + tr */
+            bf16 *dst = t.dst + tr * LDH + c;
+            ATC_UNROLL
+            for (int i = 0; i < (ROWS + RSTEP - 1) / RSTEP; i++) {
+                const int r = tr + i * RSTEP; /* of the tile */
+                if (ROWS % RSTEP != 0 && r >= ROWS) break;
+                if (r0 + r < T)
+                    atc_cp16(dst + i * RSTEP * LDH, src + i * RSTEP * t.ld);
+                else
+                    atc_zero16(dst + i * RSTEP * LDH);
+            }
         }
     }
     atc_cp_commit();
@@ -306,15 +327,14 @@ __device__ __forceinline__ void atc_double_buffer(int end, int step, Load load, 
  * block's own rows of q (and of own_b, dO, when not NULL) go into Ks[1] (Vs[1]) beside key
  * tile 0, and frags(Ks[1], Vs[1]) takes the warp's fragments of them; then tile(k0, K, V)
  * runs for each key tile from k0 by the warps whose rows reach it (warp-uniform). */
-template <typename Frags, typename Tile>
+template <int HD, typename Frags, typename Tile>
 __device__ __forceinline__ void atc_walk_keys(const atc_qtile &at, const bf16 *own_b, atc_two<bf16> Ks,
-                                              atc_two<bf16> Vs, int T, int H, int KV, int hd, Frags frags, Tile tile)
+                                              atc_two<bf16> Vs, int T, int H, int KV, Frags frags, Tile tile)
 {
-    const int ldh = hd + ATC_PAD;
     auto load = [&](int k0, int j) { /* the key tile from k0 into buffer j */
-        atc_load({Ks[j], at.kh, KV * hd}, {Vs[j], at.vh, KV * hd}, ldh, k0, ATC_TILE, T, hd);
+        atc_load<HD, ATC_TILE>({Ks[j], at.kh, KV * HD}, {Vs[j], at.vh, KV * HD}, k0, T);
     };
-    atc_load({Ks[1], at.qh, H * hd}, {Vs[1], own_b, H * hd}, ldh, at.q0, ATC_ROWS, T, hd);
+    atc_load<HD, ATC_ROWS>({Ks[1], at.qh, H * HD}, {Vs[1], own_b, H * HD}, at.q0, T);
     load(0, 0);
     atc_cp_wait<1>();
     __syncthreads(); /* the block's rows have landed */
@@ -390,7 +410,7 @@ __device__ __forceinline__ void atc_fwd_tile(float o[HD / 8][4], float m[2], flo
 /* grid (ceil(T/64), H, B), ATC_WARPS*32 threads, atc_fwd_smem(HD) bytes of shared memory;
  * q, k, v the bf16 copies (atc_src's layout: (B,T,H,HD) and (B,T,KV,HD), rows unpadded). */
 template <int HD>
-__global__ void k_atc_fwd(float *out, float *lse, const bf16 *q, const bf16 *k, const bf16 *v, int T, int H, int KV,
+__global__ void ATC_BOUNDS(HD) k_atc_fwd(float *out, float *lse, const bf16 *q, const bf16 *k, const bf16 *v, int T, int H, int KV,
                           float scale)
 {
     constexpr int KT = HD / 16, DT = HD / 8, ldh = HD + ATC_PAD;
@@ -404,8 +424,8 @@ __global__ void k_atc_fwd(float *out, float *lse, const bf16 *q, const bf16 *k, 
     float o[DT][4];
     atc_zero<DT>(o);
     float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f}; /* the lane's rows w0 + atc_c_row(0 | 2) */
-    atc_walk_keys(
-        at, nullptr, Ks, Vs, T, H, KV, HD, [&](const bf16 *Q, const bf16 *) { atc_frags_a<KT>(qa, Q, ldh, at.wr); },
+    atc_walk_keys<HD>(
+        at, nullptr, Ks, Vs, T, H, KV, [&](const bf16 *Q, const bf16 *) { atc_frags_a<KT>(qa, Q, ldh, at.wr); },
         [&](int k0, const bf16 *K, const bf16 *V) { atc_fwd_tile<HD>(o, m, l, qa, K, V, k0, w0, T, scale2); });
     float inv[2];
     ATC_UNROLL
@@ -426,7 +446,7 @@ static inline size_t atc_fwd_smem(int hd) { return 4 * atc_tile_bytes(hd); }
 /* dQ: grid (ceil(T/64), H, B), ATC_WARPS*32 threads, atc_dq_smem(HD) bytes. dq rows of
  * stride ld (fp32); dout, q, k, v the bf16 copies (dout as q). */
 template <int HD>
-__global__ void k_atc_dq(float *dq, size_t ld, const bf16 *dout, const float *lse, const float *D, const bf16 *q,
+__global__ void ATC_BOUNDS(HD) k_atc_dq(float *dq, size_t ld, const bf16 *dout, const float *lse, const float *D, const bf16 *q,
                          const bf16 *k, const bf16 *v, int T, int H, int KV, float scale)
 {
     constexpr int KT = HD / 16, DT = HD / 8, ldh = HD + ATC_PAD;
@@ -451,9 +471,9 @@ __global__ void k_atc_dq(float *dq, size_t ld, const bf16 *dout, const float *ls
         atc_frags_a<KT>(da, dO, ldh, at.wr);
     };
     /* A key tile in four passes of 16 keys, so that one pass's S and dP are live at a time
-     * (123 registers at head_dim 64: 4 blocks a multiprocessor; whole tiles take 168, 32-key
-     * passes 133); a pass whose keys all come after the warp's rows is skipped. The same
-     * products and loads as whole tiles, in smaller pieces. */
+     * (122 registers at head_dim 64, within the 128 of ATC_BOUNDS, where 32-key passes and
+     * whole tiles spill); a pass whose keys all come after the warp's rows is skipped. The
+     * same products and loads as whole tiles, in smaller pieces. */
     auto tile = [&](int k0, const bf16 *K, const bf16 *V) {
         constexpr int NT = ATC_DQ_NT, KP = 8 * NT; /* keys a pass */
         ATC_UNROLL
@@ -484,7 +504,7 @@ __global__ void k_atc_dq(float *dq, size_t ld, const bf16 *dout, const float *ls
             atc_mma_ab<NT / 2, DT>(acc, dsa, Kp, ldh); /* dQ += dS K */
         }
     };
-    atc_walk_keys(at, dout + (size_t)b * T * H * HD + (size_t)h * HD, Ks, Vs, T, H, KV, HD, frags, tile);
+    atc_walk_keys<HD>(at, dout + (size_t)b * T * H * HD + (size_t)h * HD, Ks, Vs, T, H, KV, frags, tile);
     const float mul[2] = {scale, scale};
     atc_store<DT>(dq + (size_t)b * T * ld + (size_t)h * HD, ld, acc, w0, T, mul);
 }
@@ -495,7 +515,7 @@ static inline size_t atc_dq_smem(int hd) { return 4 * atc_tile_bytes(hd); }
  * warp owns 16 key rows and sums over the group's query heads and the query rows at or
  * after them. dk, dv rows of stride ld (fp32); dout, q, k, v the bf16 copies. */
 template <int HD>
-__global__ void k_atc_dkv(float *dk, float *dv, size_t ld, const bf16 *dout, const float *lse, const float *D,
+__global__ void ATC_BOUNDS(HD) k_atc_dkv(float *dk, float *dv, size_t ld, const bf16 *dout, const float *lse, const float *D,
                           const bf16 *q, const bf16 *k, const bf16 *v, int T, int H, int KV, float scale)
 {
     constexpr int KT = HD / 16, DT = HD / 8, ldh = HD + ATC_PAD;
@@ -519,8 +539,8 @@ __global__ void k_atc_dkv(float *dk, float *dv, size_t ld, const bf16 *dout, con
     /* query tile t into buffer j: Q and dO copied, lse (base 2) and D stored at once */
     auto load_tile = [&](int t, int j) {
         const int h = head(t), i0 = i0_of(t);
-        atc_load({Qs[j], q + tok * H * HD + (size_t)h * HD, H * HD}, {dOs[j], dout + tok * H * HD + (size_t)h * HD, H * HD},
-                 ldh, i0, ATC_TILE, T, HD);
+        atc_load<HD, ATC_TILE>({Qs[j], q + tok * H * HD + (size_t)h * HD, H * HD},
+                               {dOs[j], dout + tok * H * HD + (size_t)h * HD, H * HD}, i0, T);
         for (int r = threadIdx.x; r < ATC_TILE; r += blockDim.x) {
             const int i = i0 + r;
             lseD[j][r] = i < T ? lse[((size_t)b * H + h) * T + i] * ATC_LOG2E : 0.0f;
@@ -528,14 +548,14 @@ __global__ void k_atc_dkv(float *dk, float *dv, size_t ld, const bf16 *dout, con
         }
     };
 
-    atc_load({Ks, kh, KV * HD}, {Vs, vh, KV * HD}, ldh, k0, ATC_ROWS, T, HD);
+    atc_load<HD, ATC_ROWS>({Ks, kh, KV * HD}, {Vs, vh, KV * HD}, k0, T);
     load_tile(0, 0);
     float dk_acc[DT][4], dv_acc[DT][4];
     atc_zero<DT>(dk_acc);
     atc_zero<DT>(dv_acc);
     /* A query tile in two passes of 32 queries (ATC_DKV_NT column blocks), so that S^T
      * and dP^T of one pass (16 keys x 32 queries each) are live at a time: 128 registers
-     * at head_dim 64, 4 blocks a multiprocessor (whole tiles take 175: 2 blocks). */
+     * at head_dim 64 (ATC_BOUNDS), where whole tiles spill 280 bytes. */
     constexpr int NT = ATC_DKV_NT, QP = 8 * NT; /* queries a pass */
     atc_double_buffer(n_tiles, 1, load_tile, [&](int t, int cur) { /* K and V (the first group) landed too */
         const int i0 = i0_of(t);
