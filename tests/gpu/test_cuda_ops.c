@@ -480,6 +480,10 @@ static void test_attention(ctx *x)
             for (size_t j = 0; j < PC_ARRAY_LEN(hds); j++) test_attention_case(x, 2, Ts[i], 4, 2, hds[j], 0, tol);
         test_attention_case(x, 1, 65, 8, 1, 32, 0, tol);  /* multi-query */
         test_attention_case(x, 2, 40, 3, 3, 80, 0, tol);  /* multi-head, head_dim not a multiple of 32 */
+        /* head_dim whose 8-value columns do not divide a block's 128 threads, so that the
+         * tile copies leave some threads idle and end on a partial set of rows */
+        test_attention_case(x, 1, 70, 2, 1, 48, 0, tol);
+        test_attention_case(x, 1, 70, 2, 2, 112, 0, tol);
         test_attention_case(x, 2, 70, 4, 2, 64, 1, tol);  /* rows not 16-byte aligned */
         test_attention_case(x, 1, 33, 6, 2, 2, 0, tol);   /* tiny heads (fp32 in either mode) */
     }
