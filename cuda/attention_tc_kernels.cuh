@@ -410,8 +410,8 @@ __device__ __forceinline__ void atc_fwd_tile(float o[HD / 8][4], float m[2], flo
 /* grid (ceil(T/64), H, B), ATC_WARPS*32 threads, atc_fwd_smem(HD) bytes of shared memory;
  * q, k, v the bf16 copies (atc_src's layout: (B,T,H,HD) and (B,T,KV,HD), rows unpadded). */
 template <int HD>
-__global__ void ATC_BOUNDS(HD) k_atc_fwd(float *out, float *lse, const bf16 *q, const bf16 *k, const bf16 *v, int T, int H, int KV,
-                          float scale)
+__global__ void ATC_BOUNDS(HD) k_atc_fwd(float *out, float *lse, const bf16 *q, const bf16 *k, const bf16 *v, int T,
+                                         int H, int KV, float scale)
 {
     constexpr int KT = HD / 16, DT = HD / 8, ldh = HD + ATC_PAD;
     const float scale2 = scale * ATC_LOG2E; /* scores in base 2: exp(scale s) = exp2(scale2 s) */
@@ -446,8 +446,8 @@ static inline size_t atc_fwd_smem(int hd) { return 4 * atc_tile_bytes(hd); }
 /* dQ: grid (ceil(T/64), H, B), ATC_WARPS*32 threads, atc_dq_smem(HD) bytes. dq rows of
  * stride ld (fp32); dout, q, k, v the bf16 copies (dout as q). */
 template <int HD>
-__global__ void ATC_BOUNDS(HD) k_atc_dq(float *dq, size_t ld, const bf16 *dout, const float *lse, const float *D, const bf16 *q,
-                         const bf16 *k, const bf16 *v, int T, int H, int KV, float scale)
+__global__ void ATC_BOUNDS(HD) k_atc_dq(float *dq, size_t ld, const bf16 *dout, const float *lse, const float *D,
+                                        const bf16 *q, const bf16 *k, const bf16 *v, int T, int H, int KV, float scale)
 {
     constexpr int KT = HD / 16, DT = HD / 8, ldh = HD + ATC_PAD;
     const float scale2 = scale * ATC_LOG2E; /* scores in base 2: exp(scale s) = exp2(scale2 s) */
@@ -515,8 +515,9 @@ static inline size_t atc_dq_smem(int hd) { return 4 * atc_tile_bytes(hd); }
  * warp owns 16 key rows and sums over the group's query heads and the query rows at or
  * after them. dk, dv rows of stride ld (fp32); dout, q, k, v the bf16 copies. */
 template <int HD>
-__global__ void ATC_BOUNDS(HD) k_atc_dkv(float *dk, float *dv, size_t ld, const bf16 *dout, const float *lse, const float *D,
-                          const bf16 *q, const bf16 *k, const bf16 *v, int T, int H, int KV, float scale)
+__global__ void ATC_BOUNDS(HD) k_atc_dkv(float *dk, float *dv, size_t ld, const bf16 *dout, const float *lse,
+                                         const float *D, const bf16 *q, const bf16 *k, const bf16 *v, int T, int H,
+                                         int KV, float scale)
 {
     constexpr int KT = HD / 16, DT = HD / 8, ldh = HD + ATC_PAD;
     const float scale2 = scale * ATC_LOG2E; /* scores in base 2: exp(scale s) = exp2(scale2 s) */
