@@ -125,13 +125,13 @@ struct atc_src {
 /* Issues the copies of ROWS x HD of one or two head views (a, b) from row r0 into bf16
  * tiles of row stride HD + ATC_PAD (16-byte cp.async copies by the block's ATC_WARPS * 32
  * threads) and commits them as one group of each thread's; rows at or past T are zero
- * (stored at once). The tiles are the block's to read once every thread has waited for
- * the group (atc_cp_wait) and passed a barrier after it. The sources and their ld keep
- * 16-byte alignment. Each thread copies one column of 8 values, every RSTEP-th row from
- * its first, so that its addresses are one base and a constant step (with runtime sizes
- * and a flat index a copy took 24 instructions of index and address arithmetic); where
- * the 8-value columns do not divide the threads (head_dim 48, 80, 96, 112) the few
- * threads beyond the last whole set of rows copy nothing. */
+ * (stored at once). The tiles are the block's to read once every thread has waited for the
+ * group (atc_cp_wait) and passed a barrier after it. The sources and their ld keep 16-byte
+ * alignment. Each thread copies one column of 8 values, every RSTEP-th row from its first,
+ * so that its addresses are one base and a constant step (with runtime sizes and a flat
+ * index a copy took 22 to 26 instructions of index and address arithmetic); where the
+ * 8-value columns do not divide the threads (head_dim 48, 80, 96, 112) the few threads
+ * beyond the last whole set of rows copy nothing. */
 template <int HD, int ROWS> __device__ __forceinline__ void atc_load(atc_src a, atc_src b, int r0, int T)
 {
     constexpr int VPR = HD / 8, LDH = HD + ATC_PAD;         /* 8-value columns a row */
