@@ -7,9 +7,11 @@
  * probabilities P and dS) and accumulate in fp32; the softmax, lse, its running max and
  * sum, and D = rowsum(dO o O) are fp32. Layouts are those of backend.h: q, k, v rows of
  * stride ld, token-major (b*T + t); out (B,T,H,hd) with row stride H*hd; lse (B,H,T).
- * Each call first rounds q, k, v (and dO) once into unpadded bf16 copies in the caller's
- * scratch (round_rows_bf16, rows.cuh), which the kernels' tiles are copied from: half the bytes of
- * the fp32 tensors, and no block converts what the others convert too.
+ * attn_tc_copies first rounds q, k, v (and dO) once into unpadded bf16 copies in the
+ * caller's scratch (round_rows_bf16, rows.cuh), which the kernels' tiles are copied from:
+ * half the bytes of the fp32 tensors, and no block converts what the others convert too.
+ * The forward, dQ and dK/dV kernels are separate calls, so that the backend's profiler
+ * times each.
  *
  * Blocks of ATC_WARPS warps; each warp owns 16 rows of the block's 64 (query rows in the
  * forward pass and dQ, key rows in dK/dV). The block loads the shared 64-row tiles it walks
@@ -112,36 +114,53 @@ static void atc_fwd(cudaStream_t s, float *out, float *lse, const atc_copies &c,
 }
 
 template <int HD>
-static void atc_bwd(cudaStream_t s, float *dq, float *dk, float *dv, size_t ld, const float *lse, const float *D,
-                    const atc_copies &c, int B, int T, int H, int KV)
+static void atc_dq(cudaStream_t s, float *dq, size_t ld, const float *lse, const float *D, const atc_copies &c, int B,
+                   int T, int H, int KV)
 {
-    const float scale = 1.0f / sqrtf((float)HD);
-    const size_t b_dq = atc_dq_smem(HD), b_dkv = atc_dkv_smem(HD);
-    atc_smem((const void *)k_atc_dq<HD>, b_dq);
-    atc_smem((const void *)k_atc_dkv<HD>, b_dkv);
-    dim3 gq((unsigned)((T + ATC_ROWS - 1) / ATC_ROWS), (unsigned)H, (unsigned)B);
-    PC_LAUNCH(k_atc_dq<HD>, gq, ATC_WARPS * 32, b_dq, s)(dq, ld, c.dout, lse, D, c.q, c.k, c.v, T, H, KV, scale);
-    CUDA_CHECK(cudaGetLastError());
-    dim3 gkv((unsigned)((T + ATC_ROWS - 1) / ATC_ROWS), (unsigned)KV, (unsigned)B);
-    PC_LAUNCH(k_atc_dkv<HD>, gkv, ATC_WARPS * 32, b_dkv, s)(dk, dv, ld, c.dout, lse, D, c.q, c.k, c.v, T, H, KV,
-                                                            scale);
+    const size_t bytes = atc_dq_smem(HD);
+    atc_smem((const void *)k_atc_dq<HD>, bytes);
+    dim3 grid((unsigned)((T + ATC_ROWS - 1) / ATC_ROWS), (unsigned)H, (unsigned)B);
+    PC_LAUNCH(k_atc_dq<HD>, grid, ATC_WARPS * 32, bytes, s)(dq, ld, c.dout, lse, D, c.q, c.k, c.v, T, H, KV,
+                                                           1.0f / sqrtf((float)HD));
     CUDA_CHECK(cudaGetLastError());
 }
 
-extern "C" void attn_tc_fwd(cudaStream_t s, void *scratch, float *out, float *lse, const float *q, const float *k,
-                            const float *v, int B, int T, int H, int KV, int hd, int ld)
+template <int HD>
+static void atc_dkv(cudaStream_t s, float *dk, float *dv, size_t ld, const float *lse, const float *D,
+                    const atc_copies &c, int B, int T, int H, int KV)
+{
+    const size_t bytes = atc_dkv_smem(HD);
+    atc_smem((const void *)k_atc_dkv<HD>, bytes);
+    dim3 grid((unsigned)((T + ATC_ROWS - 1) / ATC_ROWS), (unsigned)KV, (unsigned)B);
+    PC_LAUNCH(k_atc_dkv<HD>, grid, ATC_WARPS * 32, bytes, s)(dk, dv, ld, c.dout, lse, D, c.q, c.k, c.v, T, H, KV,
+                                                            1.0f / sqrtf((float)HD));
+    CUDA_CHECK(cudaGetLastError());
+}
+
+extern "C" void attn_tc_copies(cudaStream_t s, void *scratch, const float *q, const float *k, const float *v,
+                               const float *dout, int B, int T, int H, int KV, int hd, int ld)
 {
     const atc_copies c = atc_copies_in(scratch, B, T, H, KV, hd);
     atc_qkv_to_bf16(s, c, q, k, v, (size_t)B * T, H, KV, hd, (size_t)ld);
+    if (dout) atc_to_bf16(s, c.dout, dout, (size_t)H * hd, (size_t)B * T, H * hd);
+}
+
+extern "C" void attn_tc_fwd(cudaStream_t s, void *scratch, float *out, float *lse, int B, int T, int H, int KV, int hd)
+{
+    const atc_copies c = atc_copies_in(scratch, B, T, H, KV, hd);
     ATC_DISPATCH(atc_fwd, hd, s, out, lse, c, B, T, H, KV)
 }
 
-extern "C" void attn_tc_bwd(cudaStream_t s, void *scratch, float *dq, float *dk, float *dv, const float *dout,
-                            const float *lse, const float *D, const float *q, const float *k, const float *v, int B,
-                            int T, int H, int KV, int hd, int ld)
+extern "C" void attn_tc_dq(cudaStream_t s, void *scratch, float *dq, const float *lse, const float *D, int B, int T,
+                           int H, int KV, int hd, int ld)
 {
     const atc_copies c = atc_copies_in(scratch, B, T, H, KV, hd);
-    atc_qkv_to_bf16(s, c, q, k, v, (size_t)B * T, H, KV, hd, (size_t)ld);
-    atc_to_bf16(s, c.dout, dout, (size_t)H * hd, (size_t)B * T, H * hd);
-    ATC_DISPATCH(atc_bwd, hd, s, dq, dk, dv, (size_t)ld, lse, D, c, B, T, H, KV)
+    ATC_DISPATCH(atc_dq, hd, s, dq, (size_t)ld, lse, D, c, B, T, H, KV)
+}
+
+extern "C" void attn_tc_dkv(cudaStream_t s, void *scratch, float *dk, float *dv, const float *lse, const float *D,
+                            int B, int T, int H, int KV, int hd, int ld)
+{
+    const atc_copies c = atc_copies_in(scratch, B, T, H, KV, hd);
+    ATC_DISPATCH(atc_dkv, hd, s, dk, dv, (size_t)ld, lse, D, c, B, T, H, KV)
 }

@@ -1021,23 +1021,52 @@ static void *att16_scratch(cuda_impl *c, int B, int T, int H, int KV, int hd)
  * (query, key) pairs of each head: 2 products x 2 FLOPs x hd per pair */
 static double attention_flops(int B, int T, int H, int hd) { return 2.0 * B * H * hd * (double)T * (T + 1); }
 
+/* The tensor-core path's bf16 copies of q, k, v (and dout in the backward, else NULL),
+ * profiled as `region` (each fp32 value read, its bf16 copy written: 6 bytes); returns the
+ * scratch holding them. */
+static void *att16_copies(cuda_impl *c, const char *region, const float *q, const float *k, const float *v,
+                          const float *dout, int B, int T, int H, int KV, int hd, int ld)
+{
+    void *scratch = att16_scratch(c, B, T, H, KV, hd);
+    PROF_BEGIN(c, region, 0, 6.0 * B * T * ((dout ? 2 : 1) * H + 2 * KV) * hd);
+    attn_tc_copies(c->stream, scratch, q, k, v, dout, B, T, H, KV, hd, ld);
+    launch_check(c, __FILE__, __LINE__); /* PC_CUDA_SYNC names this call */
+    PROF_END(c);
+    return scratch;
+}
+
 static void cu_attention_fwd(backend *be, float *out, float *lse, const float *q, const float *k, const float *v,
                              int B, int T, int H, int KV, int hd, int ld)
 {
     if (B <= 0 || T <= 0 || H <= 0) return;
     check_attention_shape(H, KV, hd);
     cuda_impl *c = impl_of(be);
-    const int tc = on_tensor_cores(c, hd);
-    PROF_BEGIN(c, tc ? "attention_fwd bf16" : "attention_fwd fp32", attention_flops(B, T, H, hd), 0);
-    if (tc) {
-        attn_tc_fwd(c->stream, att16_scratch(c, B, T, H, KV, hd), out, lse, q, k, v, B, T, H, KV, hd, ld);
-        launch_check(c, __FILE__, __LINE__); /* PC_CUDA_SYNC names this call */
-    } else {
-        dim3 grid((unsigned)((T + ATT_WARPS - 1) / ATT_WARPS), (unsigned)H, (unsigned)B);
-        PC_LAUNCH(k_attention_fwd, grid, ATT_WARPS * 32, 0, c->stream)(out, lse, q, k, v, T, H, KV, hd, ld,
-                                                                      1.0f / sqrtf((float)hd));
-        LAUNCH_CHECK();
+    if (on_tensor_cores(c, hd)) {
+        void *scratch = att16_copies(c, "attention_fwd bf16 copies", q, k, v, NULL, B, T, H, KV, hd, ld);
+        PROF_BEGIN(c, "attention_fwd bf16", attention_flops(B, T, H, hd), 0);
+        attn_tc_fwd(c->stream, scratch, out, lse, B, T, H, KV, hd);
+        launch_check(c, __FILE__, __LINE__);
+        PROF_END(c);
+        return;
     }
+    PROF_BEGIN(c, "attention_fwd fp32", attention_flops(B, T, H, hd), 0);
+    dim3 grid((unsigned)((T + ATT_WARPS - 1) / ATT_WARPS), (unsigned)H, (unsigned)B);
+    PC_LAUNCH(k_attention_fwd, grid, ATT_WARPS * 32, 0, c->stream)(out, lse, q, k, v, T, H, KV, hd, ld,
+                                                                  1.0f / sqrtf((float)hd));
+    LAUNCH_CHECK();
+    PROF_END(c);
+}
+
+/* The backward's D = rowsum(dO o O) (B,H,T), into c->att_d. */
+static void att_dsum(backend *be, const float *dout, const float *out, int B, int T, int H, int hd)
+{
+    cuda_impl *c = impl_of(be);
+    size_t rows = (size_t)B * T * H;
+    grow_f32(c, &c->att_d, &c->att_d_n, rows);
+    const unsigned grid = (unsigned)((rows * 32 + 255) / 256); /* a warp per (b, t, h) row */
+    PROF_BEGIN(c, "attention_bwd D", 0, 8.0 * rows * hd + 4.0 * rows);
+    PC_LAUNCH(k_attention_dsum, grid, 256, 0, c->stream)(c->att_d, dout, out, B, T, H, hd);
+    LAUNCH_CHECK();
     PROF_END(c);
 }
 
@@ -1048,29 +1077,35 @@ static void cu_attention_bwd(backend *be, float *dq, float *dk, float *dv, const
     cuda_impl *c = impl_of(be);
     if (B <= 0 || T <= 0 || H <= 0) return;
     check_attention_shape(H, KV, hd);
-    const float scale = 1.0f / sqrtf((float)hd);
-    size_t rows = (size_t)B * T * H;
-    grow_f32(c, &c->att_d, &c->att_d_n, rows);
-    const unsigned g_dsum = (unsigned)((rows * 32 + 255) / 256); /* a warp per (b, t, h) row */
-    const int tc = on_tensor_cores(c, hd);
-    /* FLOPs: the 5 products of a flash backward (S recomputed, dV, dP, dQ, dK), 2.5 forwards */
-    PROF_BEGIN(c, tc ? "attention_bwd bf16" : "attention_bwd fp32", 2.5 * attention_flops(B, T, H, hd), 0);
-    PC_LAUNCH(k_attention_dsum, g_dsum, 256, 0, c->stream)(c->att_d, dout, out, B, T, H, hd);
-    LAUNCH_CHECK();
-    if (tc) {
-        attn_tc_bwd(c->stream, att16_scratch(c, B, T, H, KV, hd), dq, dk, dv, dout, lse, c->att_d, q, k, v, B, T, H,
-                    KV, hd, ld);
+    att_dsum(be, dout, out, B, T, H, hd);
+    const double fwd = attention_flops(B, T, H, hd);
+    if (on_tensor_cores(c, hd)) {
+        /* FLOPs as run: dQ recomputes S and dP (3 products, 1.5 forwards), dK/dV recomputes
+         * them too (4 products, 2 forwards); a flash backward's useful work is 2.5 forwards */
+        void *scratch = att16_copies(c, "attention_bwd bf16 copies", q, k, v, dout, B, T, H, KV, hd, ld);
+        {
+            PROF_BEGIN(c, "attention_bwd bf16 dQ", 1.5 * fwd, 0);
+            attn_tc_dq(c->stream, scratch, dq, lse, c->att_d, B, T, H, KV, hd, ld);
+            launch_check(c, __FILE__, __LINE__);
+            PROF_END(c);
+        }
+        PROF_BEGIN(c, "attention_bwd bf16 dK dV", 2.0 * fwd, 0);
+        attn_tc_dkv(c->stream, scratch, dk, dv, lse, c->att_d, B, T, H, KV, hd, ld);
         launch_check(c, __FILE__, __LINE__);
-    } else {
-        dim3 gq((unsigned)((T + ATT_WARPS - 1) / ATT_WARPS), (unsigned)H, (unsigned)B);
-        PC_LAUNCH(k_attention_bwd_dq, gq, ATT_WARPS * 32, 0, c->stream)(dq, dout, lse, c->att_d, q, k, v, T, H, KV, hd,
-                                                                        ld, scale);
-        LAUNCH_CHECK();
-        dim3 gkv((unsigned)((T + ATT_WARPS - 1) / ATT_WARPS), (unsigned)KV, (unsigned)B);
-        PC_LAUNCH(k_attention_bwd_dkv, gkv, ATT_WARPS * 32, 0, c->stream)(dk, dv, dout, lse, c->att_d, q, k, v, T, H,
-                                                                          KV, hd, ld, scale);
-        LAUNCH_CHECK();
+        PROF_END(c);
+        return;
     }
+    const float scale = 1.0f / sqrtf((float)hd);
+    /* FLOPs: the 5 products of a flash backward (S recomputed, dV, dP, dQ, dK), 2.5 forwards */
+    PROF_BEGIN(c, "attention_bwd fp32", 2.5 * fwd, 0);
+    dim3 gq((unsigned)((T + ATT_WARPS - 1) / ATT_WARPS), (unsigned)H, (unsigned)B);
+    PC_LAUNCH(k_attention_bwd_dq, gq, ATT_WARPS * 32, 0, c->stream)(dq, dout, lse, c->att_d, q, k, v, T, H, KV, hd,
+                                                                    ld, scale);
+    LAUNCH_CHECK();
+    dim3 gkv((unsigned)((T + ATT_WARPS - 1) / ATT_WARPS), (unsigned)KV, (unsigned)B);
+    PC_LAUNCH(k_attention_bwd_dkv, gkv, ATT_WARPS * 32, 0, c->stream)(dk, dv, dout, lse, c->att_d, q, k, v, T, H,
+                                                                      KV, hd, ld, scale);
+    LAUNCH_CHECK();
     PROF_END(c);
 }
 
