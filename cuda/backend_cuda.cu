@@ -1083,7 +1083,7 @@ static void cu_attention_bwd(backend *be, float *dq, float *dk, float *dv, const
         /* FLOPs as run: dQ recomputes S and dP (3 products, 1.5 forwards), dK/dV recomputes
          * them too (4 products, 2 forwards); a flash backward's useful work is 2.5 forwards */
         void *scratch = att16_copies(c, "attention_bwd bf16 copies", q, k, v, dout, B, T, H, KV, hd, ld);
-        {
+        { /* a scope of its own: one region per scope */
             PROF_BEGIN(c, "attention_bwd bf16 dQ", 1.5 * fwd, 0);
             attn_tc_dq(c->stream, scratch, dq, lse, c->att_d, B, T, H, KV, hd, ld);
             launch_check(c, __FILE__, __LINE__);

@@ -53,8 +53,8 @@ def main():
     want = {"gemm bf16": 15, "rmsnorm_fwd_16": 3, "rmsnorm_fwd": None, "rmsnorm_bwd": 3, "attention_fwd bf16": 1,
             "attention_fwd bf16 copies": 1, "attention_bwd D": 1, "attention_bwd bf16 copies": 1,
             "attention_bwd bf16 dQ": 1, "attention_bwd bf16 dK dV": 1, "attention_bwd bf16": None, "xent_fwd": 1,
-            "xent_bwd_16": 1, "xent_bwd": None, "gemm operand to bf16": 1, "round_bf16": 4, "swiglu_fwd_16": 1, "swiglu_fwd": None, "swiglu_bwd_16": 1, "swiglu_bwd": None,
-            "rope_fwd": 2, "rope_bwd": 2}
+            "xent_bwd_16": 1, "xent_bwd": None, "gemm operand to bf16": 1, "round_bf16": 4, "swiglu_fwd_16": 1,
+            "swiglu_fwd": None, "swiglu_bwd_16": 1, "swiglu_bwd": None, "rope_fwd": 2, "rope_bwd": 2}
     for name, n in want.items():
         check(calls.get(name) == n, f"profile: {name}: {calls.get(name)} calls (want {n})")
     check(re.search(r"^all regions\s+[0-9.]+\s+\([0-9.]+% of [0-9.]+ ms wall\)", p.stdout, re.M) is not None,
