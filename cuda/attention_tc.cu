@@ -86,6 +86,13 @@ static void atc_smem(const void *kernel, size_t bytes)
     CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)bytes));
 }
 
+/* The kernels' grid: a block of ATC_WARPS warps per ATC_ROWS rows of T, for each of
+ * `heads` heads (query heads, or the key/value heads of dK/dV) of each of B batches. */
+static dim3 atc_grid(int T, int heads, int B)
+{
+    return dim3((unsigned)((T + ATC_ROWS - 1) / ATC_ROWS), (unsigned)heads, (unsigned)B);
+}
+
 /* The kernels are compiled for each head_dim (the fragments live in registers, sized at
  * compile time): F<hd>(args...) for hd = 16, 32, ..., ATC_HD_MAX. */
 #define ATC_DISPATCH(F, hd, ...)                                                                            \
@@ -107,9 +114,8 @@ static void atc_fwd(cudaStream_t s, float *out, float *lse, const atc_copies &c,
 {
     const size_t bytes = atc_fwd_smem(HD);
     atc_smem((const void *)k_atc_fwd<HD>, bytes);
-    dim3 grid((unsigned)((T + ATC_ROWS - 1) / ATC_ROWS), (unsigned)H, (unsigned)B);
-    PC_LAUNCH(k_atc_fwd<HD>, grid, ATC_WARPS * 32, bytes, s)(out, lse, c.q, c.k, c.v, T, H, KV,
-                                                            1.0f / sqrtf((float)HD));
+    PC_LAUNCH(k_atc_fwd<HD>, atc_grid(T, H, B), ATC_WARPS * 32, bytes, s)
+    (out, lse, c.q, c.k, c.v, T, H, KV, 1.0f / sqrtf((float)HD));
     CUDA_CHECK(cudaGetLastError());
 }
 
@@ -119,9 +125,8 @@ static void atc_dq(cudaStream_t s, float *dq, size_t ld, const float *lse, const
 {
     const size_t bytes = atc_dq_smem(HD);
     atc_smem((const void *)k_atc_dq<HD>, bytes);
-    dim3 grid((unsigned)((T + ATC_ROWS - 1) / ATC_ROWS), (unsigned)H, (unsigned)B);
-    PC_LAUNCH(k_atc_dq<HD>, grid, ATC_WARPS * 32, bytes, s)(dq, ld, c.dout, lse, D, c.q, c.k, c.v, T, H, KV,
-                                                           1.0f / sqrtf((float)HD));
+    PC_LAUNCH(k_atc_dq<HD>, atc_grid(T, H, B), ATC_WARPS * 32, bytes, s)
+    (dq, ld, c.dout, lse, D, c.q, c.k, c.v, T, H, KV, 1.0f / sqrtf((float)HD));
     CUDA_CHECK(cudaGetLastError());
 }
 
@@ -131,9 +136,8 @@ static void atc_dkv(cudaStream_t s, float *dk, float *dv, size_t ld, const float
 {
     const size_t bytes = atc_dkv_smem(HD);
     atc_smem((const void *)k_atc_dkv<HD>, bytes);
-    dim3 grid((unsigned)((T + ATC_ROWS - 1) / ATC_ROWS), (unsigned)KV, (unsigned)B);
-    PC_LAUNCH(k_atc_dkv<HD>, grid, ATC_WARPS * 32, bytes, s)(dk, dv, ld, c.dout, lse, D, c.q, c.k, c.v, T, H, KV,
-                                                            1.0f / sqrtf((float)HD));
+    PC_LAUNCH(k_atc_dkv<HD>, atc_grid(T, KV, B), ATC_WARPS * 32, bytes, s)
+    (dk, dv, ld, c.dout, lse, D, c.q, c.k, c.v, T, H, KV, 1.0f / sqrtf((float)HD));
     CUDA_CHECK(cudaGetLastError());
 }
 
