@@ -669,6 +669,11 @@ int config_attention_bf16(const pc_config *c) {
     return !strcmp(a, "bf16") || (!strcmp(a, "auto") && !strcmp(c->backend.matmul, "bf16"));
 }
 
+int config_store_grads(const pc_config *c) {
+    const char *s = c->compress.store_grads;
+    return !strcmp(s, "true") ? PC_GRADS_KEEP : !strcmp(s, "false") ? PC_GRADS_RECOMPUTE : PC_GRADS_AUTO;
+}
+
 int config_check_model(const pc_config *c, int base_d_model, const int *base_d_ff, int n_layers, pc_err *e) {
     int kd = key_index("compress.d_model"), kf = key_index("compress.d_ff");
     if (c->compress.d_model > base_d_model)

@@ -39,7 +39,7 @@ typedef struct pc_config {
         char importance[16];             /* activation|magnitude|random */
         int calibration_sequences;
         double split_mb;                 /* plan: split threshold in MB, 0 = automatic */
-        int store_grads;                 /* keep block gradients between the two passes */
+        char store_grads[8];             /* auto|true|false: keep block gradients between the two passes */
         int shard_grads;                 /* G reduced to its owners after every backward, never held whole */
     } compress;
     struct {
@@ -78,6 +78,7 @@ typedef struct pc_config {
         char matmul[8];  /* fp32|tf32|bf16: gemm inputs */
         char attention[8]; /* auto|fp32|bf16: attention products (cuda); config_attention_bf16 */
         int overlap_comm;  /* start each stage's G reduce during the backward */
+        double memory_gib; /* per rank, 0: the device's size */
     } backend;
     struct {
         char dir[1024]; /* "" means RUN/final */
@@ -108,5 +109,8 @@ int config_d_ff(const pc_config *c, int layer);
 /* 1 when attention runs on bf16 tensor cores (where the device and head_dim allow):
    backend.attention bf16, or auto with backend.matmul bf16. */
 int config_attention_bf16(const pc_config *c);
+/* compress.store_grads: false, true, auto. */
+enum { PC_GRADS_RECOMPUTE = 0, PC_GRADS_KEEP = 1, PC_GRADS_AUTO = 2 };
+int config_store_grads(const pc_config *c);
 
 #endif

@@ -98,9 +98,14 @@ static const pc_config_key pc_config_keys[] = {
     {.path = "compress.calibration_sequences", .type = PC_CT_INT, PC_AT(compress.calibration_sequences),
      .def = "64", .min = 1, .flags = PC_K_MIN,
      .doc = "Training sequences run through the base model to measure activation importance."},
-    {.path = "compress.store_grads", .type = PC_CT_BOOL, PC_AT(compress.store_grads), .def = "false",
-     .doc = "Keep every block's projection gradients between the norm pass and the update (memory: one "
-            "more copy of the trainable state) instead of recomputing them (more projection FLOPs)."},
+    {.path = "compress.store_grads", .type = PC_CT_ENUM, PC_AT(compress.store_grads), .def = "auto",
+     .choices = "auto|true|false",
+     .doc = "Keep block projection gradients between the norm pass and the update (4 bytes per trainable "
+            "parameter kept) instead of recomputing them in the update (2/3 of the projection FLOPs again): "
+            "true keeps every block's, false none, auto as many as fit in the device's memory beyond the "
+            "plan, with a sixteenth of it left free, the blocks with the most FLOPs per byte first (none when "
+            "the size is unknown: a cpu backend without backend.memory_gib). The results are the same "
+            "either way; plan.txt's grads column shows what each rank keeps."},
     {.path = "compress.shard_grads", .type = PC_CT_BOOL, PC_AT(compress.shard_grads), .def = "false",
      .doc = "Shard G, the compressed model's gradient: each backward sends every layer's G to the ranks that "
             "own its blocks as soon as that layer is done, so a rank holds two layers' G and its own blocks' "
@@ -213,6 +218,11 @@ static const pc_config_key pc_config_keys[] = {
             "W_C moves while the previous layer computes) and the G reduce with its last backward pass (each "
             "layer's G is reduced to its owners while the earlier layers are differentiated); false runs both "
             "between the passes. The results are the same either way."},
+    {.path = "backend.memory_gib", .type = PC_CT_DOUBLE, PC_AT(backend.memory_gib), .def = "0", .min = 0,
+     .flags = PC_K_MIN,
+     .doc = "Memory each rank may use, GiB (0: the device's own size; a cpu backend has none). Compress and "
+            "prune check the plan against it before any weight is read, and compress.store_grads auto fills what "
+            "the plan leaves of it."},
     {.path = "backend.threads", .type = PC_CT_INT, PC_AT(backend.threads), .def = "0", .min = 0, .flags = PC_K_MIN,
      .doc = "CPU threads per rank for BLAS and the CPU ops (0 = automatic)."},
     /* output */

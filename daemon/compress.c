@@ -86,32 +86,80 @@ static int select_indices(run_ctx *r, trainer *t, const int *d_ff_c, pc_err *e) 
 
 /* ---- set-up ---- */
 
+/* Bytes this rank may use: backend.memory_gib, else the device's size (0: unknown). */
+static int64_t run_capacity(const run_ctx *r) {
+    double gib = r->cfg.backend.memory_gib;
+    return gib > 0 ? (int64_t)(gib * 1073741824.0) : (int64_t)be_mem_total(r->be);
+}
+
 /* The plan of this job on this run's ranks and backend. */
 static int build_plan(const run_ctx *r, const trainer *t, const llama_config *small, plan *p, pc_err *e) {
     plan_opts o;
     plan_opts_from_config(&r->cfg, &o);
     plan_opts_set_device(&o, !strcmp(r->be->ops->name, "cuda")); /* the backend in use, as `auto` resolved it */
+    o.capacity = run_capacity(r);
     return plan_build(p, &t->base_cfg, small, r->world, &o, e);
 }
 
 /* Before any weight is read: on a device of known size, the plan's total for this rank
  * must fit (else a clear error now instead of running out of memory later). */
 static int check_fit(run_ctx *r, trainer *t, const llama_config *small, pc_err *e) {
-    size_t capacity = be_mem_total(r->be);
+    int64_t capacity = run_capacity(r);
     if (capacity == 0 || !strcmp(r->cfg.run.mode, "importance")) return 0;
     plan p;
     if (build_plan(r, t, small, &p, e) != 0) return -1;
-    char device[160];
-    snprintf(device, sizeof device, "the %s device (%s)", r->be->ops->name, r->be->info);
-    int rc = plan_check_fit(&p, r->rank, (int64_t)capacity, device, e);
+    char device[200];
+    if (r->cfg.backend.memory_gib > 0)
+        snprintf(device, sizeof device, "backend.memory_gib on the %s backend (%s)", r->be->ops->name, r->be->info);
+    else
+        snprintf(device, sizeof device, "the %s device (%s)", r->be->ops->name, r->be->info);
+    int rc = plan_check_fit(&p, r->rank, capacity, device, e);
     t->has_plan = 1;
     t->plan_copies16 = p.gemm_bf16_bytes;
     t->plan_attn16 = p.attn_copies_bytes;
     if (rc == 0)
-        LOGI(&r->log, "the plan needs %.1f of the device's %.1f GiB on this rank",
+        LOGI(&r->log, "the plan needs %.1f of the %.1f GiB this rank may use",
              (double)p.ranks[r->rank].total_bytes / 1073741824.0, (double)capacity / 1073741824.0);
     plan_free(&p);
     return rc;
+}
+
+/* Block i's own gradient sizes in elements: dP_in and dP_out where the block alone holds
+ * them (a shared factor's go to ps->shared_grad), and dA (a norm block: its gain's). */
+static void own_grad_numel(const proj_set *ps, int i, int64_t n[3]) {
+    const proj_block *b = &ps->blocks[i];
+    int in_shared = b->shared >= 0 && b->kind == PROJ_ROWS, out_shared = b->shared >= 0 && b->kind == PROJ_COLS;
+    n[0] = b->p_in >= 0 && !in_shared ? (int64_t)b->d_in * b->d_in_c : 0;
+    n[1] = b->p_out >= 0 && !out_shared ? (int64_t)b->d_out_c * b->d_out : 0;
+    n[2] = b->kind == PROJ_NORM ? b->d_in_c : (int64_t)b->d_out_c * b->d_in_c;
+}
+
+/* compress.store_grads: the blocks of this rank the plan keeps, packed in kept_grads. */
+static int plan_kept_grads(run_ctx *r, trainer *t, const plan *p, pc_err *e) {
+    const proj_set *ps = &t->ps;
+    int64_t total = 0, n[3];
+    int kept = 0, mine = 0;
+    t->kept_off = pc_malloc((size_t)(ps->n_blocks > 0 ? ps->n_blocks : 1) * sizeof *t->kept_off);
+    for (int i = 0; i < ps->n_blocks; i++) {
+        const plan_block *pb = plan_block_at(p, i);
+        t->kept_off[i] = -1;
+        if (ps->blocks[i].owner != r->rank) continue;
+        mine++;
+        if (!pb->kept) continue;
+        own_grad_numel(ps, i, n);
+        if (n[0] + n[1] + n[2] != pb->own_numel)
+            return pc_errorf(e, "plan: block %s keeps %lld gradient elements here, the plan %lld", pb->name,
+                             (long long)(n[0] + n[1] + n[2]), (long long)pb->own_numel);
+        t->kept_off[i] = total;
+        total += pb->own_numel;
+        kept++;
+    }
+    const plan_rank *rk = &p->ranks[r->rank];
+    if (total > 0) t->kept_grads = be_alloc(r->be, (size_t)total);
+    LOGI(&r->log, "compress.store_grads %s: gradients of %d of %d blocks kept here (%.1f MiB, plan %.1f), the "
+         "update recomputes the rest (%.3g FLOPs per step)", r->cfg.compress.store_grads, kept, mine,
+         (double)total * 4 / 1048576.0, (double)rk->grads_bytes / 1048576.0, rk->recompute_flops);
+    return 0;
 }
 
 /* The sharding plan (RUN/plan.txt) and this rank's blocks of it. */
@@ -144,6 +192,7 @@ static int proj_setup(run_ctx *r, trainer *t, pc_err *e) {
         LOGI(&r->log, "projection work buffers: %lld bytes here (plan: %lld)", (long long)proj_scratch_bytes(&t->ps),
              (long long)(p.ranks[r->rank].scratch_bytes - p.gemm_bf16_bytes));
     }
+    if (rc == 0) rc = plan_kept_grads(r, t, &p, e);
     if (rc == 0 && r->cfg.compress.shard_grads) { /* the model holds two stage windows of G (grad_windows) */
         proj_shard_grads(&t->ps);
         t->reduce_per_backward = 1;
@@ -202,7 +251,6 @@ int compress_setup(run_ctx *r, trainer *t, pc_err *e) {
          t->ps.base_bf16 ? "bf16" : "f32");
     t->adam_m = be_alloc(r->be, (size_t)t->ps.n_params);
     t->adam_v = be_alloc(r->be, (size_t)t->ps.n_params);
-    if (c->compress.store_grads) t->stored_grads = be_alloc(r->be, (size_t)t->ps.n_params);
     return 0;
 }
 
@@ -247,17 +295,18 @@ static void project_on_grads(void *ctx, int stage) {
         t->overlap.failed = 1;
 }
 
-/* Copy block i's gradients from ps->grad to where its parameters live in `dst`. */
+/* Copy block i's gradients from ps->grad (at gin, gout, ga; -1: none) to dst, packed in
+ * that order (own_grad_numel). */
 static void keep_grads(const proj_set *ps, int i, int64_t gin, int64_t gout, int64_t ga, float *dst) {
-    const proj_block *b = &ps->blocks[i];
-    int64_t n_a = b->kind == PROJ_NORM ? b->d_in_c : (int64_t)b->d_out_c * b->d_in_c;
-    if (gin >= 0) be_copy(ps->be, dst + b->p_in, ps->grad + gin, (size_t)b->d_in * b->d_in_c);
-    if (gout >= 0) be_copy(ps->be, dst + b->p_out, ps->grad + gout, (size_t)b->d_out_c * b->d_out);
-    be_copy(ps->be, dst + b->a, ps->grad + ga, (size_t)n_a);
+    int64_t n[3];
+    own_grad_numel(ps, i, n);
+    if (gin >= 0) be_copy(ps->be, dst, ps->grad + gin, (size_t)n[0]);
+    if (gout >= 0) be_copy(ps->be, dst + n[0], ps->grad + gout, (size_t)n[1]);
+    be_copy(ps->be, dst + n[0] + n[1], ps->grad + ga, (size_t)n[2]);
 }
 
 /* First pass: every owned block's gradient, shared factors summed over their blocks
- * (kept for the update when compress.store_grads). */
+ * (the blocks compress.store_grads keeps: kept for the update). */
 static int project_sumsq(run_ctx *r, trainer *t, double *sumsq, pc_err *e) {
     proj_set *ps = &t->ps;
     double s = 0;
@@ -266,7 +315,7 @@ static int project_sumsq(run_ctx *r, trainer *t, double *sumsq, pc_err *e) {
     for (int i = 0; i < ps->n_blocks; i++) {
         if (ps->blocks[i].owner != r->rank) continue;
         s += proj_grad_block(ps, i, &t->m, 1, &gin, &gout, &ga);
-        if (t->stored_grads) keep_grads(ps, i, gin, gout, ga, t->stored_grads);
+        if (t->kept_off[i] >= 0) keep_grads(ps, i, gin, gout, ga, t->kept_grads + t->kept_off[i]);
     }
     if (r->world > 1 && ps->shared_grad_n > 0 &&
         comm_all_reduce(r->dcomm, ps->shared_grad, ps->shared_grad, (size_t)ps->shared_grad_n, COMM_F32, COMM_SUM,
@@ -285,8 +334,8 @@ static void adamw(run_ctx *r, trainer *t, int64_t off, const float *g, int64_t n
                       (float)c->train.beta1, (float)c->train.beta2, 1e-8f, wd, clip, step + 1);
 }
 
-/* Second pass: recompute each owned block's gradients (never all at once; or take them
- * from compress.store_grads) and update; then the shared factors this rank holds, from
+/* Second pass: recompute each owned block's gradients (never all at once), or take those
+ * kept (compress.store_grads), and update; then the shared factors this rank holds, from
  * their all-reduced gradients. */
 static void project_update(run_ctx *r, trainer *t, int64_t step, float lr, float clip) {
     float wd = (float)r->cfg.train.weight_decay;
@@ -296,12 +345,13 @@ static void project_update(run_ctx *r, trainer *t, int64_t step, float lr, float
         if (b->owner != r->rank) continue;
         int64_t gin, gout, ga;
         const float *g = ps->grad; /* gradients at gin, gout, ga */
-        if (t->stored_grads) {
-            int in_shared = b->shared >= 0 && b->kind == PROJ_ROWS, out_shared = b->shared >= 0 && b->kind == PROJ_COLS;
-            g = t->stored_grads;
-            gin = b->p_in >= 0 && !in_shared ? b->p_in : -1;
-            gout = b->p_out >= 0 && !out_shared ? b->p_out : -1;
-            ga = b->a;
+        if (t->kept_off[i] >= 0) {
+            int64_t n[3];
+            own_grad_numel(ps, i, n);
+            g = t->kept_grads + t->kept_off[i];
+            gin = n[0] > 0 ? 0 : -1;
+            gout = n[1] > 0 ? n[0] : -1;
+            ga = n[0] + n[1];
         } else {
             proj_grad_block(ps, i, &t->m, 0, &gin, &gout, &ga);
         }

@@ -48,20 +48,21 @@ const char *plan_kind_name(plan_kind k) {
 /* Projection FLOPs of one step for a (d_out, d_in) -> (o, i) matrix: the formula of
  * matrix_flops in worker/project.c (materialise in the cheaper order, the W P_in / P_out W
  * products the gradients need, dP_out, dP_in; 2 FLOPs per multiply-add). Restricted to a
- * row or column slice it sums to the whole matrix's count. */
-static double slice_flops(double dO, double dI, double o, double i, int pin, int pout) {
-    double f = 0;
+ * row or column slice it sums to the whole matrix's count. *grad: the gradients' part
+ * (all but the materialisation), what the update recomputes for a block not kept. */
+static double slice_flops(double dO, double dI, double o, double i, int pin, int pout, double *grad) {
+    double m = 0, g = 0;
     if (pin && pout) {
         double a = dO * dI * i + o * dO * i, b = o * dO * dI + o * dI * i;
-        f += a < b ? a : b;
-        f += dO * dI * i + o * dO * dI;
-        f += o * i * dO + dI * o * i;
+        m = a < b ? a : b;
+        g = dO * dI * i + o * dO * dI + o * i * dO + dI * o * i;
     } else if (pin) {
-        f += dO * dI * i + dO * dI * i; /* W P_in; dP_in = W^T G */
+        m = g = dO * dI * i; /* W P_in; dP_in = W^T G */
     } else if (pout) {
-        f += o * dO * dI + o * dI * dO; /* P_out W; dP_out = G W^T */
+        m = g = o * dO * dI; /* P_out W; dP_out = G W^T */
     }
-    return 2.0 * f;
+    *grad = 2.0 * g;
+    return 2.0 * (m + g);
 }
 
 /* ---- tensor enumeration (HF order of the small model, see worker/llama.h) ---- */
@@ -159,7 +160,7 @@ static void size_block(const tensor_desc *d, plan_block *k, int pieces, const pl
         k->state_bytes = ADAM_F32 * k->own_numel;
         k->work[0] = k->work[1] = k->work[3] = 0;
         k->work[2] = k->own_numel; /* the gain's gradient */
-        k->flops = 0;
+        k->flops = k->grad_flops = 0;
         return;
     }
     int64_t dO = d->d_out, dI = d->d_in, oc = d->d_out_c, ic = d->d_in_c;
@@ -195,7 +196,7 @@ static void size_block(const tensor_desc *d, plan_block *k, int pieces, const pl
     k->work[1] = bf16_base && !(products16 && (d->p_in || d->p_out)) ? dO * dI : 0;
     k->work[2] = k->own_numel;
     k->work[3] = products16 && d->p_in ? (ic * (d->p_out ? dI : PC_MAX(dI, dO)) + 1) / 2 : 0;
-    k->flops = slice_flops((double)dO, (double)dI, (double)oc, (double)ic, d->p_in, d->p_out);
+    k->flops = slice_flops((double)dO, (double)dI, (double)oc, (double)ic, d->p_in, d->p_out, &k->grad_flops);
 }
 
 /* Bytes of a tensor cut into `pieces`: per piece (own part, shared factor). */
@@ -420,6 +421,53 @@ static int64_t teacher_activation_bytes(const llama_config *b, const plan_opts *
     return N * per_tok * 4 + tt;
 }
 
+/* ---- gradients kept between the two passes of the update ---- */
+
+/* The order compress.store_grads auto keeps a rank's blocks in: gradient FLOPs per kept
+ * element, most first (fa / na against fb / nb, cross-multiplied); ties in block order. */
+static int cmp_keep(const void *x, const void *y) {
+    const plan_block *a = *(const plan_block *const *)x, *b = *(const plan_block *const *)y;
+    double fa = a->grad_flops * (double)b->own_numel, fb = b->grad_flops * (double)a->own_numel;
+    return fa > fb ? -1 : fa < fb ? 1 : a < b ? -1 : a > b;
+}
+
+/* Mark plan_block.kept per opts.store_grads (auto: each block, in cmp_keep's order, that
+ * still fits in the capacity less a sixteenth and the rank's total) and add the kept
+ * gradients to each rank's grads_bytes and total; recompute_flops sums what the others
+ * cost again in the update. */
+static void plan_keep_grads(plan *p) {
+    const plan_opts *o = &p->opts;
+    plan_block **mine = pc_calloc((size_t)(p->n_blocks > 0 ? p->n_blocks : 1), sizeof *mine);
+    for (int r = 0; r < p->world; r++) {
+        plan_rank *rk = &p->ranks[r];
+        int n = 0;
+        for (int i = 0; i < p->n_blocks; i++)
+            if (p->blocks[i].owner == r) mine[n++] = &p->blocks[i];
+        if (o->store_grads == PC_GRADS_KEEP) {
+            for (int i = 0; i < n; i++) mine[i]->kept = 1;
+        } else if (o->store_grads == PC_GRADS_AUTO && o->capacity > 0) {
+            int64_t room = o->capacity - o->capacity / 16 - rk->total_bytes;
+            qsort(mine, (size_t)n, sizeof *mine, cmp_keep);
+            for (int i = 0; i < n; i++) {
+                int64_t need = 4 * mine[i]->own_numel;
+                if (mine[i]->grad_flops <= 0 || need > room) continue; /* a norm's gradient is G itself */
+                mine[i]->kept = 1;
+                room -= need;
+            }
+        }
+        for (int i = 0; i < n; i++) {
+            if (mine[i]->kept) {
+                rk->n_kept++;
+                rk->grads_bytes += 4 * mine[i]->own_numel;
+            } else {
+                rk->recompute_flops += mine[i]->grad_flops;
+            }
+        }
+        rk->total_bytes += rk->grads_bytes;
+    }
+    free(mine);
+}
+
 int plan_build(plan *p, const llama_config *base, const llama_config *small, int world, const plan_opts *o,
                pc_err *e) {
     memset(p, 0, sizeof *p);
@@ -623,6 +671,7 @@ int plan_build(plan *p, const llama_config *base, const llama_config *small, int
         }
         i = j;
     }
+    plan_keep_grads(p);
     double mx = 0;
     for (int r = 0; r < world; r++) mx = send[r] > mx ? send[r] : mx;
     p->comm.per_rank_bytes = (int64_t)mx;
@@ -701,6 +750,10 @@ static void write_shape(FILE *f, const char *what, const llama_config *c) {
             c->head_dim, c->vocab_size, c->tie_word_embeddings ? "yes" : "no", (long long)hf_config_n_params(c));
 }
 
+static const char *store_name(const plan_opts *o) {
+    return o->store_grads == PC_GRADS_KEEP ? "true" : o->store_grads == PC_GRADS_AUTO ? "auto" : "false";
+}
+
 int plan_write(const plan *p, FILE *f) {
     const plan_opts *o = &p->opts;
     fprintf(f, "# projcompd sharding plan v1\n");
@@ -720,25 +773,33 @@ int plan_write(const plan *p, FILE *f) {
         fprintf(f, "# G sharded: two stage windows of %.3f GiB in each replica, the owned blocks' sums in each rank's; "
                    "reduced after each of %d backwards per step\n",
                 GIB(p->gwin_bytes), p->backwards);
+    fprintf(f, "# gradients kept between the norm pass and the update: compress.store_grads %s", store_name(o));
+    if (o->store_grads == PC_GRADS_AUTO)
+        fprintf(f, o->capacity > 0 ? " within %.3f GiB less a sixteenth" : " (no memory size known: none)",
+                GIB(o->capacity));
+    double recompute = 0;
+    for (int r = 0; r < p->world; r++) recompute += p->ranks[r].recompute_flops;
+    fprintf(f, "; recomputed %.3f GFLOP/step\n", recompute / 1e9);
     if (p->teacher_bytes > 0)
         fprintf(f, "# distill teacher %.3f GiB per rank (%s base + forward activations; in each rank's total)\n",
                 GIB(p->teacher_bytes), bf16_teacher(o) ? "bf16" : "fp32");
-    fprintf(f, "#\n# %-54s %-5s %-15s %6s %11s %11s\n", "block", "kind", "range", "owner", "MiB", "GFLOP");
+    fprintf(f, "#\n# %-54s %-5s %-15s %6s %11s %11s %5s\n", "block", "kind", "range", "owner", "MiB", "GFLOP", "kept");
     for (int i = 0; i < p->n_blocks; i++) {
         const plan_block *b = &p->blocks[i];
         char range[48];
         snprintf(range, sizeof range, "%lld:%lld", (long long)b->r0, (long long)b->r1);
-        fprintf(f, "  %-54s %-5s %-15s %6d %11.2f %11.3f\n", b->name, plan_kind_name(b->kind), range, b->owner,
-                MIB(block_load(b)), b->flops / 1e9);
+        fprintf(f, "  %-54s %-5s %-15s %6d %11.2f %11.3f %5s\n", b->name, plan_kind_name(b->kind), range, b->owner,
+                MIB(block_load(b)), b->flops / 1e9, b->kept ? "yes" : "no");
     }
-    fprintf(f, "#\n# %-6s %6s %9s %9s %9s %9s %9s %9s %9s %9s %11s\n", "rank", "blocks", "base", "state", "shared",
-            "replica", "xchg", "scratch", "act", "total", "GFLOP");
+    fprintf(f, "#\n# %-6s %6s %9s %9s %9s %9s %9s %9s %9s %9s %9s %11s\n", "rank", "blocks", "base", "state",
+            "shared", "replica", "xchg", "scratch", "act", "grads", "total", "GFLOP");
     int64_t mx = 0, sum = 0;
     for (int r = 0; r < p->world; r++) {
         const plan_rank *rk = &p->ranks[r];
-        fprintf(f, "  %-6d %6d %9.3f %9.3f %9.3f %9.3f %9.3f %9.3f %9.3f %9.3f %11.3f\n", r, rk->n_blocks,
+        fprintf(f, "  %-6d %6d %9.3f %9.3f %9.3f %9.3f %9.3f %9.3f %9.3f %9.3f %9.3f %11.3f\n", r, rk->n_blocks,
                 GIB(rk->base_bytes), GIB(rk->state_bytes), GIB(rk->shared_bytes), GIB(rk->replica_bytes),
-                GIB(rk->xchg_bytes), GIB(rk->scratch_bytes), GIB(rk->act_bytes), GIB(rk->total_bytes), rk->flops / 1e9);
+                GIB(rk->xchg_bytes), GIB(rk->scratch_bytes), GIB(rk->act_bytes), GIB(rk->grads_bytes),
+                GIB(rk->total_bytes), rk->flops / 1e9);
         mx = PC_MAX(mx, rk->total_bytes);
         sum += rk->total_bytes;
     }
@@ -769,15 +830,21 @@ int plan_check_fit(const plan *p, int rank, int64_t capacity, const char *device
         n += (size_t)snprintf(fix + n, sizeof fix - n, "model.dtype: bf16%s, ", o->teacher ? " (the teacher too)" : "");
     if (!o->weights_bf16) n += (size_t)snprintf(fix + n, sizeof fix - n, "backend.matmul: bf16, ");
     if (!o->shard_grads) n += (size_t)snprintf(fix + n, sizeof fix - n, "compress.shard_grads: true, ");
+    if (o->store_grads == PC_GRADS_KEEP && rk->grads_bytes > 0)
+        n += (size_t)snprintf(fix + n, sizeof fix - n, "compress.store_grads: auto, ");
     snprintf(fix + n, sizeof fix - n, "more ranks");
-    char teacher[64] = "";
-    if (p->teacher_bytes > 0) snprintf(teacher, sizeof teacher, ", distillation teacher %.1f", GIB(p->teacher_bytes));
+    char extra[128] = "";
+    size_t m = 0;
+    if (rk->grads_bytes > 0)
+        m += (size_t)snprintf(extra + m, sizeof extra - m, ", kept gradients %.1f", GIB(rk->grads_bytes));
+    if (p->teacher_bytes > 0)
+        snprintf(extra + m, sizeof extra - m, ", distillation teacher %.1f", GIB(p->teacher_bytes));
     return pc_errorf(e,
                      "rank %d: the plan needs %.1f GiB here (activations %.1f, W_C replica + G %.1f, trainable "
                      "state %.1f, base slices %.1f%s) but %s has %.1f GiB; try %s (`projcompd --cfg JOB --dry-run "
                      "-np N` prints the plan)",
                      rank, GIB(rk->total_bytes), GIB(rk->act_bytes), GIB(rk->replica_bytes),
-                     GIB(rk->state_bytes + rk->shared_bytes), GIB(rk->base_bytes), teacher, device, GIB(capacity),
+                     GIB(rk->state_bytes + rk->shared_bytes), GIB(rk->base_bytes), extra, device, GIB(capacity),
                      fix);
 }
 
@@ -819,6 +886,9 @@ void plan_opts_from_config(const pc_config *c, plan_opts *o) {
     o->global_batch = c->train.global_batch;
     plan_opts_set_device(o, !strcmp(c->backend.device, "cuda"));
     if (c->compress.split_mb > 0) o->split_bytes = (int64_t)(c->compress.split_mb * 1e6);
+    o->store_grads = !strcmp(c->run.mode, "compress") ? config_store_grads(c) : PC_GRADS_RECOMPUTE; /* prune's
+                                                                                                   * own AdamW */
+    o->capacity = (int64_t)(c->backend.memory_gib * 1073741824.0);
 }
 
 int plan_dry_run(const pc_config *c, int world, double device_gib, FILE *out, int *fits, pc_err *e) {
@@ -834,6 +904,7 @@ int plan_dry_run(const pc_config *c, int world, double device_gib, FILE *out, in
     if (rc == 0) {
         plan_opts o;
         plan_opts_from_config(c, &o);
+        if (device_gib > 0) o.capacity = (int64_t)(device_gib * 1073741824.0);
         plan *p = pc_malloc(sizeof *p);
         rc = plan_build(p, &cfg[0], &cfg[1], world, &o, e);
         if (rc == 0) {

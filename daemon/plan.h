@@ -54,6 +54,10 @@ typedef struct plan_opts {
     int shard_grads;           /* compress.shard_grads: two stages' G + the owned blocks' sums, reduced
                                 * after every backward */
     int global_batch;          /* train.global_batch: backwards per step (with shard_grads); 0: one */
+    int store_grads;           /* compress.store_grads (PC_GRADS_*): which blocks keep their gradients
+                                * between the norm pass and the update (plan_block.kept) */
+    int64_t capacity;          /* bytes a rank may use (backend.memory_gib or the device's); 0: unknown.
+                                * PC_GRADS_AUTO keeps gradients within capacity - capacity / 16 */
 } plan_opts;
 
 enum { PLAN_WORK_BUFS = 4 };
@@ -79,7 +83,9 @@ typedef struct plan_block {
      * rank allocates the largest of each over its blocks */
     int64_t work[PLAN_WORK_BUFS];
     double flops;                  /* projection FLOPs per step (materialise + gradients) */
+    double grad_flops;             /* the gradients' part of flops: what the update recomputes unless kept */
     int owner;                     /* rank in [0, world) */
+    int kept;                      /* its gradients (own_numel f32) are kept between the two passes */
 } plan_block;
 
 /* A shared factor and the ranks that hold a replica (they all-reduce its gradient). */
@@ -102,9 +108,12 @@ typedef struct plan_rank {
                             * gradient, the bf16 operand copies (gemm_bf16_block) */
     int64_t xchg_bytes;    /* W_C / G exchange buffer: f32 (+ bf16) W_C of every column block (world > 1) */
     int64_t act_bytes;     /* activations of one micro-batch */
+    int64_t grads_bytes;   /* the kept blocks' gradients (f32) */
     int64_t total_bytes;
     int64_t load_bytes;    /* what the assignment balanced: base + state + shared, per block */
     double flops;
+    double recompute_flops; /* gradient FLOPs the update recomputes (blocks not kept) */
+    int n_kept;             /* blocks whose gradients are kept */
 } plan_rank;
 
 typedef struct plan_comm {

@@ -30,9 +30,10 @@ void trainer_free(trainer *t) {
     if (t->loader) data_loader_destroy(t->loader);
     if (t->train) data_close(t->train);
     if (t->valid) data_close(t->valid);
-    float *dev[] = {t->adam_m, t->adam_v, t->stored_grads}; /* buffers of the model's backend */
+    float *dev[] = {t->adam_m, t->adam_v, t->kept_grads}; /* buffers of the model's backend */
     for (size_t i = 0; i < PC_ARRAY_LEN(dev); i++)
         if (dev[i]) be_free(t->m.be, dev[i]);
+    free(t->kept_off);
     free(t->batch);
     free(t->tokens);
     free(t->targets);

@@ -40,7 +40,8 @@ struct trainer {
     data_set *train, *valid;
     data_loader *loader;
     float *adam_m, *adam_v; /* optimizer moments of the trained parameters (buffers of m.be) */
-    float *stored_grads;    /* compress.store_grads: gradients laid out like ps.params, else NULL */
+    float *kept_grads;      /* compress.store_grads: the kept blocks' gradients, packed (NULL: none kept) */
+    int64_t *kept_off;      /* (ps.n_blocks) a kept block's offset in kept_grads, else -1 */
     int32_t *batch;         /* (B, T+1) */
     int32_t *tokens, *targets; /* (B, T) */
     /* compress and prune */

@@ -163,7 +163,7 @@ def hf_val_loss(model_dir, toks, seq, n_win, bf16=False):
             torch.tensor(toks[i * seq + 1:i * seq + seq + 1])).item() for i in range(n_win)]))
 
 
-PLAN_COLUMNS = ["base", "state", "shared", "replica", "xchg", "scratch", "act", "total"]
+PLAN_COLUMNS = ["base", "state", "shared", "replica", "xchg", "scratch", "act", "grads", "total"]
 
 
 def plan_table(run_dir):

@@ -1,10 +1,13 @@
 /* plan-tool: print the sharding plan of compressing a model (config.json only, no
  * weights) to D_MODEL_C / D_FF_C on WORLD ranks.
  *
- * usage: plan-tool CONFIG.json D_MODEL_C D_FF_C WORLD [MICRO_BATCH SEQ_LEN] [--cpu] [--split BYTES] [--time]
+ * usage: plan-tool CONFIG.json D_MODEL_C D_FF_C WORLD [MICRO_BATCH SEQ_LEN] [--cpu] [--split BYTES]
+ *                  [--store-grads false|true|auto] [--capacity BYTES] [--time]
  *   default: bf16 base and compute, fused attention (a GPU run); --cpu: f32 for both and
- *   one (T,T) score matrix at a time; --split overrides the split threshold; --time prints
- *   the build time on stderr. exit: 0 ok, 1 planner error, 2 bad usage. */
+ *   one (T,T) score matrix at a time; --split overrides the split threshold;
+ *   --store-grads (default false) and --capacity (bytes per rank, default unknown) as
+ *   compress.store_grads and backend.memory_gib; --time prints the build time on stderr.
+ *   exit: 0 ok, 1 planner error, 2 bad usage. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -13,7 +16,7 @@
 
 static int usage(void) {
     fprintf(stderr, "usage: plan-tool CONFIG.json D_MODEL_C D_FF_C WORLD [MICRO_BATCH SEQ_LEN] [--cpu] "
-                    "[--split BYTES] [--time]\n");
+                    "[--split BYTES] [--store-grads false|true|auto] [--capacity BYTES] [--time]\n");
     return 2;
 }
 
@@ -27,8 +30,8 @@ static int parse_pos(const char *s, long long *out) {
 
 int main(int argc, char **argv) {
     const char *pos[6];
-    int n_pos = 0, cpu = 0, timing = 0;
-    long long split = 0;
+    int n_pos = 0, cpu = 0, timing = 0, store = PC_GRADS_RECOMPUTE;
+    long long split = 0, capacity = 0;
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--cpu")) {
             cpu = 1;
@@ -36,6 +39,16 @@ int main(int argc, char **argv) {
             timing = 1;
         } else if (!strcmp(argv[i], "--split") && i + 1 < argc) {
             if (parse_pos(argv[++i], &split) != 0) return usage();
+        } else if (!strcmp(argv[i], "--capacity") && i + 1 < argc) {
+            if (parse_pos(argv[++i], &capacity) != 0) return usage();
+        } else if (!strcmp(argv[i], "--store-grads") && i + 1 < argc) {
+            const char *v = argv[++i];
+            if (!strcmp(v, "true"))
+                store = PC_GRADS_KEEP;
+            else if (!strcmp(v, "auto"))
+                store = PC_GRADS_AUTO;
+            else if (strcmp(v, "false"))
+                return usage();
         } else if (n_pos < 6 && argv[i][0] != '-') {
             pos[n_pos++] = argv[i];
         } else {
@@ -68,6 +81,8 @@ int main(int argc, char **argv) {
     o.compute_dtype_bytes = cpu ? 4 : 2;
     o.attn_tt = cpu;
     o.split_bytes = split;
+    o.store_grads = store;
+    o.capacity = capacity;
     plan p;
     if (plan_build(&p, &base, &small, (int)v[2], &o, &e) != 0) {
         fprintf(stderr, "plan-tool: %s\n", e.msg);

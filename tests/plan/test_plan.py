@@ -64,11 +64,12 @@ def tensors(cfg, dc, fc):
     return out, H, KV, hd
 
 
-def block_ref(t, kind, r0, r1, base_b):
-    """bytes, GFLOP and shared-factor numel of one block, from first principles."""
+def block_ref(t, kind, r0, r1, base_b, full=False):
+    """bytes, GFLOP and shared-factor numel of one block, from first principles; with full
+    also its own trainable elements and the gradients' GFLOP (what the update recomputes)."""
     name, tk, dO, dI, oc, ic, axis, _ = t
     if tk == "norm":
-        return 12 * oc, 0.0, 0
+        return (12 * oc, 0.0, 0, oc, 0.0) if full else (12 * oc, 0.0, 0)
     pin, pout = ic < dI, oc < dO
     if kind == "rows":
         dO = oc = r1 - r0
@@ -81,16 +82,19 @@ def block_ref(t, kind, r0, r1, base_b):
         own = oc * ic + (dI * ic if pin else 0) + (oc * dO if pout else 0)
     nbytes = dO * dI * base_b + 12 * own + 12 * shared
     # multiply-adds of the matmuls one step runs on this slice
-    macs = 0
+    macs = grad = 0
     if pin and pout:
         macs += min(dO * dI * ic + oc * dO * ic, oc * dO * dI + oc * dI * ic)  # W_C, cheaper order
-        macs += dO * dI * ic + oc * dO * dI      # W P_in and P_out W for the gradients
-        macs += oc * ic * dO + dI * oc * ic      # dP_out = G (W P_in)^T, dP_in = (P_out W)^T G
+        grad += dO * dI * ic + oc * dO * dI      # W P_in and P_out W for the gradients
+        grad += oc * ic * dO + dI * oc * ic      # dP_out = G (W P_in)^T, dP_in = (P_out W)^T G
     elif pin:
-        macs += 2 * dO * dI * ic                 # W P_in, dP_in = W^T G
+        macs += dO * dI * ic                     # W P_in
+        grad += dO * dI * ic                     # dP_in = W^T G
     elif pout:
-        macs += 2 * oc * dO * dI                 # P_out W, dP_out = G W^T
-    return nbytes, 2.0 * macs / 1e9, shared
+        macs += oc * dO * dI                     # P_out W
+        grad += oc * dO * dI                     # dP_out = G W^T
+    gflop = 2.0 * (macs + grad) / 1e9
+    return (nbytes, gflop, shared, own, 2.0 * grad / 1e9) if full else (nbytes, gflop, shared)
 
 
 def parse(text):
@@ -138,7 +142,7 @@ def run_case(path, dc, fc, world, cpu, extra=()):
         extent = oc if tk == "norm" else (dI if axis == "cols" else dO)
         nxt, n = 0, 0
         while i < len(blocks) and blocks[i][0] == name:
-            _, kind, rng, owner, mib, gf = blocks[i]
+            _, kind, rng, owner, mib, gf, _ = blocks[i]
             r0, r1 = map(int, rng.split(":"))
             owner, mib, gf = int(owner), float(mib), float(gf)
             check(r0 == nxt and r1 > r0, f"{tag}: {name} range {rng} after {nxt}")
@@ -170,7 +174,7 @@ def run_case(path, dc, fc, world, cpu, extra=()):
     V, L = cfg["vocab_size"], cfg["num_hidden_layers"]
     small_params = 2 * V * dc + L * (dc * H * hd * 2 + 2 * dc * KV * hd + 3 * dc * fc + 2 * dc) + dc
     for r, row in enumerate(ranks):
-        rid, nb, base, state, sh, replica, xchg, scratch, act, total, gf = row
+        rid, nb, base, state, sh, replica, xchg, scratch, act, grads, total, gf = row
         check(int(rid) == r and int(nb) == by_owner_n[r], f"{tag}: rank {r} has {nb} blocks, lines say {by_owner_n[r]}")
         check(close(float(base), by_owner_bytes[r] / GIB, 0.0006), f"{tag}: rank {r} base {base} GiB")
         check(close(float(gf), by_owner_gf[r], 0.0006 * (by_owner_n[r] + 1) + 1e-6 * by_owner_gf[r]),
@@ -178,7 +182,7 @@ def run_case(path, dc, fc, world, cpu, extra=()):
         check(close(float(replica), small_params * (comp_b + 4) / GIB, 0.0006), f"{tag}: rank {r} replica {replica}")
         xchg_ref = 4 * strided if world > 1 else 0
         check(close(float(xchg), xchg_ref / GIB, 0.0006), f"{tag}: rank {r} xchg {xchg} GiB, reference {xchg_ref / GIB:.3f}")
-        parts = sum(float(x) for x in (base, state, sh, replica, xchg, scratch, act))
+        parts = sum(float(x) for x in (base, state, sh, replica, xchg, scratch, act, grads))
         check(close(float(total), parts, 0.004), f"{tag}: rank {r} total {total} != parts {parts:.3f}")
     # shared factors: one per split matrix with a projected side, held once per owner rank
     owners = {}
@@ -199,6 +203,89 @@ def run_case(path, dc, fc, world, cpu, extra=()):
     return p.stdout
 
 
+def run_keep(path, dc, fc, world, cpu, split=()):
+    """compress.store_grads: false keeps no block's gradients, true every block's, auto (by
+    an independent replay of its greedy) the ones with the most gradient FLOPs per byte
+    that fit in the capacity less a sixteenth, beside the rest of the plan, which must not
+    change. Every plan also goes through run_case's reference."""
+    cfg = json.load(open(os.path.join(SRC, path)))
+    ts = {t[0]: t for t in tensors(cfg, dc, fc)[0]}
+    base_b = 4 if cpu else 2
+    tag = f"store_grads {os.path.basename(os.path.dirname(path)) or path} w={world}"
+
+    def plan(store, capacity=0):
+        out = run_case(path, dc, fc, world, cpu, list(split) + ["--store-grads", store] +
+                       (["--capacity", str(capacity)] if capacity else []))
+        if out is None:
+            return None
+        _, blocks, ranks, _, _, _ = parse(out)
+        return out, blocks, ranks
+
+    def own_grad(b):  # own trainable elements, gradient GFLOP
+        r0, r1 = map(int, b[2].split(":"))
+        return block_ref(ts[b[0]], b[1], r0, r1, base_b, full=True)[3:]
+
+    none = plan("false")
+    if none is None:
+        return
+    _, blocks, ranks0 = none
+    info = [own_grad(b) for b in blocks]
+    totals = [float(r[10]) * GIB for r in ranks0]
+    check(all(b[6] == "no" for b in blocks) and all(float(r[9]) == 0 for r in ranks0), f"{tag}: false keeps some")
+
+    def same_rest(res, what):
+        _, bl, rk = res
+        check([b[:6] for b in bl] == [b[:6] for b in blocks], f"{what}: blocks differ beyond the kept column")
+        check([r[:9] + r[11:] for r in rk] == [r[:9] + r[11:] for r in ranks0],
+              f"{what}: rank table differs beyond grads and total")
+
+    def check_grads(res, what):  # grads column = the kept blocks' own elements x 4; total = rest + grads
+        _, bl, rk = res
+        for r in range(world):
+            kept = sum(4 * info[i][0] for i, b in enumerate(bl) if int(b[3]) == r and b[6] == "yes")
+            check(close(float(rk[r][9]), kept / GIB, 0.0006), f"{what}: rank {r} grads {rk[r][9]} GiB, kept "
+                  f"blocks hold {kept / GIB:.4f}")
+            check(close(float(rk[r][10]), (totals[r] + kept) / GIB, 0.0011), f"{what}: rank {r} total {rk[r][10]}")
+
+    res = plan("true")
+    if res:
+        same_rest(res, f"{tag} true")
+        check(all(b[6] == "yes" for b in res[1]), f"{tag} true: a block not kept")
+        check_grads(res, f"{tag} true")
+    res = plan("auto")
+    if res:
+        check("no memory size known" in res[0] and all(b[6] == "no" for b in res[1]),
+              f"{tag} auto without a capacity keeps some")
+    res = plan("auto", 1 << 50)
+    if res:
+        same_rest(res, f"{tag} auto, huge")
+        check(all((b[6] == "yes") == (info[i][1] > 0) for i, b in enumerate(res[1])),
+              f"{tag} auto with room for all: kept must be exactly the blocks with gradient FLOPs")
+        check_grads(res, f"{tag} auto, huge")
+    # about half of rank 0's gradients fit
+    g0 = sum(4 * info[i][0] for i, b in enumerate(blocks) if int(b[3]) == 0 and info[i][1] > 0)
+    cap = int((totals[0] + g0 / 2) * 16 / 15) + 1
+    res = plan("auto", cap)
+    if not res:
+        return
+    same_rest(res, f"{tag} auto, half")
+    check_grads(res, f"{tag} auto, half")
+    bl = res[1]
+    tol = 0.0006 * GIB  # the false plan's totals are printed to 1/1000 GiB
+    for r in range(world):
+        mine = sorted((i for i, b in enumerate(bl) if int(b[3]) == r), key=lambda i: (-info[i][1] / info[i][0], i))
+        room = cap - cap // 16 - totals[r]
+        for i in mine:
+            need, kept = 4 * info[i][0], bl[i][6] == "yes"
+            if info[i][1] == 0:
+                check(not kept, f"{tag}: {bl[i][0]} has no gradient FLOPs but is kept")
+            elif need <= room - tol or need > room + tol:
+                check(kept == (need <= room), f"{tag}: rank {r} {bl[i][0]} {bl[i][2]} kept={kept}, need "
+                      f"{need / MIB:.2f} MiB of {room / MIB:.2f}")
+            room -= need if kept else 0
+    k0 = sum(4 * info[i][0] for i, b in enumerate(bl) if int(b[3]) == 0 and b[6] == "yes")
+    check(0 < k0 < g0, f"{tag}: auto at half: rank 0 keeps {k0} of {g0} bytes")
+
 def main():
     if not os.path.exists(TOOL):
         print(f"SKIP: {TOOL} not built")
@@ -212,6 +299,11 @@ def main():
     # forced splits (threshold 64 KiB) go through the same reference
     run_case("configs/demo-model.json", 64, 192, 3, True, ["--split", "65536"])
     run_case("configs/models/smollm-135m/config.json", 384, 1024, 16, False, ["--split", "1000000"])
+    # compress.store_grads
+    run_keep("configs/demo-model.json", 64, 192, 1, True)
+    run_keep("configs/demo-model.json", 64, 192, 3, True, ["--split", "65536"])
+    run_keep("configs/models/llama-3.2-1b/config.json", 1344, 5376, 8, False)
+    run_keep("configs/models/smollm-135m/config.json", 384, 1024, 16, False, ["--split", "1000000"])
     # format stability: the demo plan on 3 ranks with forced splits, byte for byte
     golden = os.path.join(HERE, "golden", "demo-w3-cpu-split.txt")
     args = [TOOL, os.path.join(SRC, "configs/demo-model.json"), "64", "192", "3", "4", "128", "--cpu",
