@@ -904,6 +904,8 @@ int plan_dry_run(const pc_config *c, int world, double device_gib, FILE *out, in
     if (rc == 0) {
         plan_opts o;
         plan_opts_from_config(c, &o);
+        int from_cfg = device_gib <= 0 && c->backend.memory_gib > 0;
+        if (from_cfg) device_gib = c->backend.memory_gib;
         if (device_gib > 0) o.capacity = (int64_t)(device_gib * 1073741824.0);
         plan *p = pc_malloc(sizeof *p);
         rc = plan_build(p, &cfg[0], &cfg[1], world, &o, e);
@@ -914,9 +916,11 @@ int plan_dry_run(const pc_config *c, int world, double device_gib, FILE *out, in
                 for (int r = 1; r < world; r++)
                     if (p->ranks[r].total_bytes > p->ranks[worst].total_bytes) worst = r;
                 char device[64];
-                snprintf(device, sizeof device, "a %g GiB device", device_gib);
-                *fits = plan_check_fit(p, worst, (int64_t)(device_gib * 1073741824.0), device, e) == 0;
-                if (*fits)
+                snprintf(device, sizeof device, from_cfg ? "backend.memory_gib (%g GiB)" : "a %g GiB device",
+                         device_gib);
+                int ok = plan_check_fit(p, worst, (int64_t)(device_gib * 1073741824.0), device, e) == 0;
+                if (fits) *fits = ok;
+                if (ok)
                     fprintf(out, "# fits %s: the largest rank (%d) needs %.1f GiB\n", device, worst,
                             GIB(p->ranks[worst].total_bytes));
             }

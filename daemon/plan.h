@@ -191,9 +191,10 @@ void plan_opts_from_config(const pc_config *c, plan_opts *o);
  * and dO; on the cpu, the (T,T) matrix and no copies. */
 void plan_opts_set_device(plan_opts *o, int cuda);
 /* Read model.base/config.json (or model.config) without touching weights, build the
- * plan for `world` ranks and write it to out. With device_gib > 0 also check the largest
- * rank against a device of that size: *fits = 1 (and a "# fits" line), or 0 with e
- * holding plan_check_fit's message (its remedies). */
+ * plan for `world` ranks and write it to out. With device_gib > 0 (else the job's
+ * backend.memory_gib, when set) plan compress.store_grads auto in that size and check the
+ * largest rank against it: *fits = 1 (and a "# fits" line), or 0 with e holding
+ * plan_check_fit's message (its remedies). */
 int plan_dry_run(const pc_config *c, int world, double device_gib, FILE *out, int *fits, pc_err *e);
 
 #endif

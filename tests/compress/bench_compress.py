@@ -73,7 +73,8 @@ def main():
     a = parse()
     root, job = make_job(a)
     times = {}
-    for mode, extra in [("prune", []), ("compress", []), ("compress-stored", ["compress.store_grads=true"])]:
+    for mode, extra in [("prune", []), ("compress", ["compress.store_grads=false"]),
+                        ("compress-stored", ["compress.store_grads=true"])]:
         d = os.path.join(root, mode)
         pclib.projcompd(1, job, f"run.dir={d}", f"run.mode={mode.split('-')[0]}", *extra)
         st = [m["step_time"] for m in pclib.metrics(d) if "step_time" in m][1:]

@@ -43,7 +43,7 @@ import pclib  # noqa: E402
 from bench_compress import proj_flops  # noqa: E402
 
 RUNS = [("prune", "prune (dense baseline)", []),
-        ("compress", "compress (two-pass)", []),
+        ("compress", "compress (two-pass)", ["compress.store_grads=false"]),
         ("compress-stored", "compress (store_grads)", ["compress.store_grads=true"])]
 
 

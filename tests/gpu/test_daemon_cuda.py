@@ -17,6 +17,9 @@
   daemon's validation loss (2e-5 relative).
 - compress.shard_grads on the GPU (2 backwards per step, G through the stage windows)
   equals the whole-G GPU run: losses within 1e-5, fused weights within 1e-4.
+- compress.store_grads: auto keeps the gradients of every block with projections on the
+  GPU (the log says so), and the update recomputing them (false) gives the same run
+  within 1e-6.
 - with two or more GPUs: the compress job on 2 ranks over NCCL, split blocks, equals the
   1-rank GPU run within 1e-4 and names NCCL in the log, with the whole G and sharded.
 - the demo: configs/demo-compress.yaml on a base of the demo model's shape
@@ -25,6 +28,7 @@
   backend's bf16 emulation within 1e-3, and the loss falls by more than 0.5 (5.72 ->
   3.15 on the CPU backend)."""
 import os
+import re
 import subprocess
 import sys
 
@@ -136,6 +140,14 @@ def main():
     pclib.check(abs(ref - val) / ref < 2e-5, f"transformers loads the GPU output: val {ref:.6f} vs ours {val:.6f}")
     shard = run("compress-cuda-shard", 1, "backend.device=cuda", "backend.matmul=fp32", "compress.shard_grads=true")
     pclib.close_runs(pclib.run_arrays(shard), pclib.run_arrays(gpu), 1e-5, 1e-4, "sharded G vs whole G on the GPU")
+    log = open(os.path.join(gpu, "logs", "rank-00000.log")).read()
+    m = re.search(r"gradients of (\d+) of \d+ blocks kept here .*recomputes the rest \((\S+) FLOPs", log)
+    pclib.check(m is not None and m.group(1) != "0" and float(m.group(2)) == 0,
+                f"store_grads auto keeps the gradients of every block with projections on the GPU "
+                f"({m.group(0) if m else 'not logged'})")
+    rec = run("compress-cuda-recompute", 1, "backend.device=cuda", "backend.matmul=fp32", "compress.store_grads=false")
+    pclib.close_runs(pclib.run_arrays(rec), pclib.run_arrays(gpu), 1e-6, 1e-6,
+                     "the update recomputing the gradients vs keeping them on the GPU")
 
     demo(root)
 

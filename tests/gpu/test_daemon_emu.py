@@ -7,7 +7,9 @@ comm (cuda/comm_nccl.c) on NCCL's API emulated with MPI (nccl_emu.c).
   (backend.matmul fp32): every step's loss within 1e-4 relative, grad norms within 1e-3,
   the fused weights within 1e-4 of their max, the same kept indices;
 - compress on 2 ranks with split blocks (shared factors, the W_C broadcasts and G reduces
-  on device buffers, over NCCL): the same against the CPU backend's 2-rank run;
+  on device buffers, over NCCL): the same against the CPU backend's 2-rank run; both
+  compress runs keep the gradients of every block with projections (compress.store_grads
+  auto on a device of known size), where the CPU runs recompute them;
 - attention on bf16 tensor cores (backend.attention bf16): first loss within 1e-2 of the
   CPU's, last within 2e-2, and not equal to the fp32 run; its bf16 copies of q, k, v and
   dO as large as the plan counts them;
@@ -15,7 +17,8 @@ comm (cuda/comm_nccl.c) on NCCL's API emulated with MPI (nccl_emu.c).
   bf16, the products reading the bf16 weight copy): losses within 1e-3 of the CPU's bf16
   run (rounding flips feed back, tests/compress/test_bf16_weights.py); the same with
   compress.shard_grads (bf16 W_C staged in the owned sums, G through the model's stage
-  windows and per-stage reduces over the NCCL comm) against the CPU's sharded run;
+  windows and per-stage reduces over the NCCL comm; the update recomputing the gradients,
+  store_grads false) against the CPU's sharded run;
 - distillation from a bf16 teacher (model.dtype bf16): losses within 1e-3 of the CPU's,
   with an fp32 student and with bf16 products (the student's dlogits written in bf16 by
   distill_16);
@@ -83,6 +86,11 @@ def main():
         pclib.check("backend cuda on GPU 0 (SIMT emulator)" in log, f"{mode}: ran on the emulated CUDA backend")
         if np_ > 1:
             pclib.check("device collectives over nccl" in log, f"{mode}: device collectives over the NCCL comm")
+        if mode != "prune":  # store_grads auto on a device of known size: nothing recomputed
+            m = re.search(r"gradients of (\d+) of \d+ blocks kept here .*recomputes the rest \((\S+) FLOPs", log)
+            pclib.check(m is not None and m.group(1) != "0" and float(m.group(2)) == 0,
+                        f"{mode}: store_grads auto keeps the gradients of every block with projections on the device "
+                        f"({m.group(0) if m else 'not logged'})")
         pclib.same_importance(emu, cpu, f"{mode} emulated CUDA vs CPU")
         pclib.close_runs(pclib.run_arrays(emu), pclib.run_arrays(cpu), 1e-4, 1e-4,
                          f"{mode} np{np_}: emulated CUDA vs CPU")
@@ -115,7 +123,7 @@ def main():
     rel = np.max(np.abs(a[0] - b[0]) / np.abs(b[0]))
     pclib.check(rel < 1e-3 and not np.array_equal(a[0], f32[0]),
                 f"bf16 weights np2: emulated CUDA vs CPU losses max rel {rel:.2e} < 1e-3 (and not the fp32 run's)")
-    sets.append("compress.shard_grads=true")
+    sets += ["compress.shard_grads=true", "compress.store_grads=false"]  # the update recomputes on the device
     a = pclib.run_arrays(run("shard-bf16-emu", 2, True, *sets, nccl))
     logged_vs_plan(os.path.join(root, "shard-bf16-emu"), 2)
     b = pclib.run_arrays(run("shard-bf16-cpu", 2, False, *sets))

@@ -509,6 +509,28 @@ static void test_dry_run(void **state) {
     assert_non_null(strstr(e.msg, "; try train.activation_checkpointing: true"));
     free(buf);
 
+    /* backend.memory_gib is the size checked without --device-gib, and the one
+     * compress.store_grads auto keeps gradients in: none below the plan, some above */
+    char mem[64];
+    const char *msets[] = {mem};
+    snprintf(mem, sizeof mem, "backend.memory_gib=%.3f", largest - 0.01);
+    assert_int_equal(config_load(&c, yaml, msets, 1, &e), 0);
+    out = open_memstream(&buf, &len);
+    assert_int_equal(plan_dry_run(&c, 16, 0, out, &fits, &e), 0);
+    fclose(out);
+    assert_int_equal(fits, 0);
+    assert_null(strstr(buf, "   yes\n"));
+    free(buf);
+    snprintf(mem, sizeof mem, "backend.memory_gib=%.3f", largest * 2);
+    assert_int_equal(config_load(&c, yaml, msets, 1, &e), 0);
+    out = open_memstream(&buf, &len);
+    assert_int_equal(plan_dry_run(&c, 16, 0, out, &fits, &e), 0);
+    fclose(out);
+    assert_int_equal(fits, 1);
+    assert_non_null(strstr(buf, "compress.store_grads auto within"));
+    assert_non_null(strstr(buf, "   yes\n"));
+    free(buf);
+
     /* per-layer d_ff and the CPU backend (bf16 base slices, f32 compute, one (T,T) score matrix) */
     const char *sets[] = {"backend.device=cpu", "compress.d_ff=[6480,6400,6480,6480,6480,6480,6480,6480,6480,6480,"
                                                 "6480,6480,6480,6480,6480,6480,6480,6480,6480,6480,6480,6480,6480,"
