@@ -295,18 +295,8 @@ static void project_on_grads(void *ctx, int stage) {
         t->overlap.failed = 1;
 }
 
-/* Copy block i's gradients from ps->grad (at gin, gout, ga; -1: none) to dst, packed in
- * that order (own_grad_numel). */
-static void keep_grads(const proj_set *ps, int i, int64_t gin, int64_t gout, int64_t ga, float *dst) {
-    int64_t n[3];
-    own_grad_numel(ps, i, n);
-    if (gin >= 0) be_copy(ps->be, dst, ps->grad + gin, (size_t)n[0]);
-    if (gout >= 0) be_copy(ps->be, dst + n[0], ps->grad + gout, (size_t)n[1]);
-    be_copy(ps->be, dst + n[0] + n[1], ps->grad + ga, (size_t)n[2]);
-}
-
-/* First pass: every owned block's gradient, shared factors summed over their blocks
- * (the blocks compress.store_grads keeps: kept for the update). */
+/* First pass: every owned block's gradient, shared factors summed over their blocks; the
+ * blocks compress.store_grads keeps write theirs straight into kept_grads, for the update. */
 static int project_sumsq(run_ctx *r, trainer *t, double *sumsq, pc_err *e) {
     proj_set *ps = &t->ps;
     double s = 0;
@@ -314,8 +304,8 @@ static int project_sumsq(run_ctx *r, trainer *t, double *sumsq, pc_err *e) {
     if (ps->shared_grad_n > 0) be_zero(r->be, ps->shared_grad, (size_t)ps->shared_grad_n);
     for (int i = 0; i < ps->n_blocks; i++) {
         if (ps->blocks[i].owner != r->rank) continue;
-        s += proj_grad_block(ps, i, &t->m, 1, &gin, &gout, &ga);
-        if (t->kept_off[i] >= 0) keep_grads(ps, i, gin, gout, ga, t->kept_grads + t->kept_off[i]);
+        float *kept = t->kept_off[i] >= 0 ? t->kept_grads + t->kept_off[i] : NULL; /* else the block scratch */
+        s += proj_grad_block(ps, i, &t->m, 1, kept, &gin, &gout, &ga);
     }
     if (r->world > 1 && ps->shared_grad_n > 0 &&
         comm_all_reduce(r->dcomm, ps->shared_grad, ps->shared_grad, (size_t)ps->shared_grad_n, COMM_F32, COMM_SUM,
@@ -353,7 +343,7 @@ static void project_update(run_ctx *r, trainer *t, int64_t step, float lr, float
             gout = n[1] > 0 ? n[0] : -1;
             ga = n[0] + n[1];
         } else {
-            proj_grad_block(ps, i, &t->m, 0, &gin, &gout, &ga);
+            proj_grad_block(ps, i, &t->m, 0, NULL, &gin, &gout, &ga);
         }
         if (b->kind == PROJ_NORM) {
             adamw(r, t, b->a, g + ga, b->d_in_c, lr, 0.0f, clip, step);

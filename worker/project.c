@@ -664,8 +664,8 @@ int proj_reduce_finish(proj_set *ps, llama_model *small, comm *c, pc_err *e) {
     return 0;
 }
 
-double proj_grad_block(proj_set *ps, int idx, const llama_model *small, int with_shared, int64_t *gin, int64_t *gout,
-                       int64_t *ga) {
+double proj_grad_block(proj_set *ps, int idx, const llama_model *small, int with_shared, float *dst, int64_t *gin,
+                       int64_t *gout, int64_t *ga) {
     const proj_block *b = &ps->blocks[idx];
     /* G (d_out', d_in'): packed in gacc (sharded), else in the small model's, row stride ld_c */
     const float *G = ps->shard ? ps->gacc + b->goff : small->grads + b->off_c;
@@ -674,23 +674,24 @@ double proj_grad_block(proj_set *ps, int idx, const llama_model *small, int with
     int dO = b->d_out, dI = b->d_in, o = b->d_out_c, i = b->d_in_c, ld = ps->shard ? b->d_in_c : b->ld_c;
     const proj_shared *sh = b->shared >= 0 ? &ps->shared[b->shared] : NULL;
     int64_t off = 0;
+    float *out = dst ? dst : ps->grad; /* dP_in, dP_out, dA packed */
     *gin = *gout = -1;
     /* (d_out, d_in) fp32; NULL for a norm block, or where the products read the bf16 slice */
     const float *w = b->kind == PROJ_NORM || ps->products16 ? NULL : slice_f32(ps, b);
     if (b->kind == PROJ_NORM) {
         *ga = 0;
-        be_copy(ps->be, ps->grad, G, (size_t)i);
-        return ps->be->ops->sumsq(ps->be, ps->grad, (size_t)i);
+        be_copy(ps->be, out, G, (size_t)i);
+        return ps->be->ops->sumsq(ps->be, out, (size_t)i);
     }
     int in_shared = sh && b->kind == PROJ_ROWS, out_shared = sh && b->kind == PROJ_COLS;
     if (p_in && (with_shared || !in_shared)) { /* dP_in (d_in, d_in') = (P_out W)^T G */
-        float *dst = in_shared ? ps->shared_grad + sh->grad_off : ps->grad + off;
+        float *d = in_shared ? ps->shared_grad + sh->grad_off : out + off;
         float beta = in_shared ? 1.0f : 0.0f; /* a shared factor's partial: summed over its blocks */
         if (p_out) {
             gemm_w(ps, b, w, 0, 0, o, dI, dO, p_out, dO, 0.0f, ps->scratch, dI); /* Y = P_out W (d_out', d_in) */
-            gemm(ps, 1, 0, dI, i, o, ps->scratch, dI, G, ld, beta, dst, i);
+            gemm(ps, 1, 0, dI, i, o, ps->scratch, dI, G, ld, beta, d, i);
         } else {
-            w_gemm(ps, b, w, 1, 0, dI, i, o, G, ld, beta, dst, i); /* W^T G */
+            w_gemm(ps, b, w, 1, 0, dI, i, o, G, ld, beta, d, i); /* W^T G */
         }
         if (!in_shared) {
             *gin = off;
@@ -698,13 +699,13 @@ double proj_grad_block(proj_set *ps, int idx, const llama_model *small, int with
         }
     }
     if (p_out && (with_shared || !out_shared)) { /* dP_out (d_out', d_out) = G (W P_in)^T */
-        float *dst = out_shared ? ps->shared_grad + sh->grad_off : ps->grad + off;
+        float *d = out_shared ? ps->shared_grad + sh->grad_off : out + off;
         float beta = out_shared ? 1.0f : 0.0f;
         if (p_in) {
             w_gemm(ps, b, w, 0, 0, dO, i, dI, p_in, i, 0.0f, ps->scratch, i); /* X = W P_in (d_out, d_in') */
-            gemm(ps, 0, 1, o, dO, i, G, ld, ps->scratch, i, beta, dst, dO);
+            gemm(ps, 0, 1, o, dO, i, G, ld, ps->scratch, i, beta, d, dO);
         } else {
-            gemm_w(ps, b, w, 0, 1, o, dO, i, G, ld, beta, dst, dO); /* G W^T */
+            gemm_w(ps, b, w, 0, 1, o, dO, i, G, ld, beta, d, dO); /* G W^T */
         }
         if (!out_shared) {
             *gout = off;
@@ -712,9 +713,9 @@ double proj_grad_block(proj_set *ps, int idx, const llama_model *small, int with
         }
     }
     *ga = off; /* dA = G */
-    copy_rows(ps->be, ps->grad + off, i, G, ld, o, i);
+    copy_rows(ps->be, out + off, i, G, ld, o, i);
     off += (int64_t)o * i;
-    return ps->be->ops->sumsq(ps->be, ps->grad, (size_t)off);
+    return ps->be->ops->sumsq(ps->be, out, (size_t)off);
 }
 
 int64_t proj_scratch_bytes(const proj_set *ps) {

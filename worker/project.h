@@ -177,13 +177,14 @@ int proj_reduce_finish(proj_set *ps, llama_model *small, comm *c, pc_err *e);
  * gacc for the owned blocks (zeroed by proj_materialize, the start of every step). */
 void proj_shard_grads(proj_set *ps);
 
-/* Gradients of owned block i from its G: writes dP_in, dP_out, dA into ps->grad at
- * *gin, *gout, *ga (-1 when absent). When the block's P_in/P_out is a shared factor
- * its partial gradient is ADDED to ps->shared_grad instead (with_shared) or skipped
- * (*gin / *gout = -1 either way). A norm block's gradient is its G, at *ga. Returns the
- * sum of squares of what it wrote to ps->grad. */
-double proj_grad_block(proj_set *ps, int i, const llama_model *small, int with_shared, int64_t *gin, int64_t *gout,
-                       int64_t *ga);
+/* Gradients of owned block i from its G: writes dP_in, dP_out, dA packed in that order
+ * into dst (a device buffer; NULL: ps->grad, the block scratch) at *gin, *gout, *ga (-1
+ * when absent). When the block's P_in/P_out is a shared factor its partial gradient is
+ * ADDED to ps->shared_grad instead (with_shared) or skipped (*gin / *gout = -1 either
+ * way). A norm block's gradient is its G, at *ga. Returns the sum of squares of what it
+ * wrote to dst. */
+double proj_grad_block(proj_set *ps, int i, const llama_model *small, int with_shared, float *dst, int64_t *gin,
+                       int64_t *gout, int64_t *ga);
 
 /* Total projection FLOPs of one step over all blocks (materialise + gradients, one pass). */
 double proj_flops(const proj_set *ps);

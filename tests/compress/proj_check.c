@@ -89,7 +89,7 @@ int main(int argc, char **argv) {
     for (int i = 0; i < ps.n_blocks; i++) {
         const proj_block *pb = &ps.blocks[i];
         int64_t gin, gout, ga;
-        proj_grad_block(&ps, i, &m, 1, &gin, &gout, &ga);
+        proj_grad_block(&ps, i, &m, 1, NULL, &gin, &gout, &ga);
         if (gin >= 0) memcpy(grads + pb->p_in, ps.grad + gin, sizeof(float) * (size_t)pb->d_in * pb->d_in_c);
         if (gout >= 0) memcpy(grads + pb->p_out, ps.grad + gout, sizeof(float) * (size_t)pb->d_out_c * pb->d_out);
         memcpy(grads + pb->a, ps.grad + ga, sizeof(float) * (size_t)pb->d_out_c * pb->d_in_c);
