@@ -503,6 +503,24 @@ def case_cfg_set_unknown(fx):
                 extra=["--set", "train.stepz=3"])
 
 
+def case_cfg_store_grads_bad(fx):
+    config_case(fx, lambda s: s["compress"].update(store_grads="maybe"),
+                lambda fx: [f"{fx.job}:{fx.line_of('store_grads:')}", "compress.store_grads", "auto"])
+
+
+def case_cfg_memory_gib_negative(fx):
+    config_case(fx, lambda s: s.setdefault("backend", {}).update(memory_gib=-1),
+                lambda fx: [f"{fx.job}:{fx.line_of('memory_gib:')}", "backend.memory_gib"])
+
+
+def case_cfg_memory_gib_too_small(fx):
+    """backend.memory_gib below the plan: stopped before any weight is read, with the remedies."""
+    fx.sections.setdefault("backend", {})["memory_gib"] = 1e-5
+    fx.write_job()
+    rc, out = run_daemon(fx)
+    expect_failure(rc, out, ["the plan needs", "but backend.memory_gib on the cpu backend", "; try "], fx)
+
+
 def case_cfg_cuda_without_gpu(fx):
     """backend.device cuda where no GPU is visible (skipped on a machine with one)."""
     p = subprocess.run([os.path.join(pclib.BUILD, "tests", "e2e", "gpu-smoke")], stdout=subprocess.PIPE)
