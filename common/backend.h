@@ -116,6 +116,21 @@ typedef struct backend_ops {
     void (*attention_bwd)(backend *be, float *dq, float *dk, float *dv, const float *dout, const float *out,
                           const float *lse, const float *q, const float *k, const float *v, int B, int T, int H,
                           int KV, int hd, int ld_qkv);
+    /* Attention whose inputs are kept in bf16 (the CUDA backend's tensor-core attention;
+     * NULL where a backend has none). attention_16: 1 when the three ops below take head_dim
+     * hd now, else the model keeps fp32 q, k, v for the ops above. */
+    int (*attention_16)(backend *be, int hd);
+    /* qkv16 (bf16, N = B T rows each: q (N, H hd), then k (N, KV hd), then v (N, KV hd),
+     * unpadded) from qkv (N rows of stride ld: q | k | v, unrotated): q and k rotated as
+     * rope_fwd, then every value rounded to bf16 (nearest even). */
+    void (*rope_qkv_16)(backend *be, uint16_t *qkv16, const float *qkv, const float *cos_t, const float *sin_t,
+                        int B, int T, int H, int KV, int hd, int ld);
+    /* attention_fwd and attention_bwd with q, k and v from qkv16; dq, dk, dv rows of stride
+     * ld (the gradient of the rotated q and k, as attention_bwd's). */
+    void (*attention_fwd_16)(backend *be, float *out, float *lse, const uint16_t *qkv16, int B, int T, int H, int KV,
+                             int hd);
+    void (*attention_bwd_16)(backend *be, float *dq, float *dk, float *dv, const float *dout, const float *out,
+                             const float *lse, const uint16_t *qkv16, int B, int T, int H, int KV, int hd, int ld);
 
     /* out (N,f) = silu(gate) * up; gate and up (N,f) with row stride ld_in. */
     void (*swiglu_fwd)(backend *be, float *out, const float *gate, const float *up, int N, int f, int ld_in);

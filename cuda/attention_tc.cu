@@ -7,9 +7,10 @@
  * probabilities P and dS) and accumulate in fp32; the softmax, lse, its running max and
  * sum, and D = rowsum(dO o O) are fp32. Layouts are those of backend.h: q, k, v rows of
  * stride ld, token-major (b*T + t); out (B,T,H,hd) with row stride H*hd; lse (B,H,T).
- * attn_tc_copies first rounds q, k, v (and dO) once into unpadded bf16 copies in the
- * caller's scratch (round_rows_bf16, rows.cuh), which the kernels' tiles are copied from:
- * half the bytes of the fp32 tensors, and no block converts what the others convert too.
+ * The kernels read q, k, v and dO rounded once into unpadded bf16 copies (attention_tc.h),
+ * which their tiles are copied from: half the bytes of the fp32 tensors, and no block
+ * converts what the others convert too. attn_tc_copies and attn_tc_dout_copy make them
+ * (round_rows_bf16, rows.cuh); the backend's rope_qkv_16 makes q, k, v directly.
  * The forward, dQ and dK/dV kernels are separate calls, so that the backend's profiler
  * times each.
  *
@@ -47,21 +48,23 @@ extern "C" int attn_tc_supported(int hd, size_t smem_optin)
            atc_dq_smem(hd) <= smem_optin && atc_fwd_smem(hd) <= smem_optin;
 }
 
-extern "C" size_t attn_tc_scratch_bytes(int B, int T, int H, int KV, int hd)
+extern "C" size_t attn_tc_qkv_bytes(int B, int T, int H, int KV, int hd)
 {
-    return (size_t)B * T * (2 * H + 2 * KV) * hd * sizeof(bf16);
+    return (size_t)B * T * (H + 2 * KV) * hd * sizeof(bf16);
 }
 
-/* The bf16 copies in the scratch (unpadded rows, token-major): q and dout (N, H hd), k and
- * v (N, KV hd), N = B T; each a multiple of 16 values, so every copy is 32-byte aligned. */
+extern "C" size_t attn_tc_dout_bytes(int B, int T, int H, int hd) { return (size_t)B * T * H * hd * sizeof(bf16); }
+
+/* The bf16 copies the kernels read (attention_tc.h): q and dout (N, H hd), k and v (N, KV
+ * hd), N = B T; each a multiple of 16 values, so every copy is 32-byte aligned. */
 struct atc_copies {
-    bf16 *q, *k, *v, *dout;
+    const bf16 *q, *k, *v, *dout;
 };
-static atc_copies atc_copies_in(void *scratch, int B, int T, int H, int KV, int hd)
+static atc_copies atc_copies_in(const void *qkv16, const void *dout16, int B, int T, int H, int KV, int hd)
 {
     const size_t nq = (size_t)B * T * H * hd, nkv = (size_t)B * T * KV * hd;
-    bf16 *p = (bf16 *)scratch;
-    return atc_copies{p, p + nq, p + nq + nkv, p + nq + 2 * nkv};
+    const bf16 *p = (const bf16 *)qkv16;
+    return atc_copies{p, p + nq, p + nq + nkv, (const bf16 *)dout16};
 }
 
 /* dst (rows, w) bf16 from src (rows of stride ld floats), on stream s. */
@@ -69,15 +72,6 @@ static void atc_to_bf16(cudaStream_t s, bf16 *dst, const float *src, size_t ld, 
 {
     round_rows_bf16(s, dst, (size_t)w, src, rows, (size_t)w, ld);
     CUDA_CHECK(cudaGetLastError());
-}
-
-/* q, k, v (rows of stride ld) into their copies. */
-static void atc_qkv_to_bf16(cudaStream_t s, const atc_copies &c, const float *q, const float *k, const float *v,
-                            size_t rows, int H, int KV, int hd, size_t ld)
-{
-    atc_to_bf16(s, c.q, q, ld, rows, H * hd);
-    atc_to_bf16(s, c.k, k, ld, rows, KV * hd);
-    atc_to_bf16(s, c.v, v, ld, rows, KV * hd);
 }
 
 /* Opt a kernel into `bytes` of dynamic shared memory (beyond the default 48 KB). */
@@ -141,30 +135,38 @@ static void atc_dkv(cudaStream_t s, float *dk, float *dv, size_t ld, const float
     CUDA_CHECK(cudaGetLastError());
 }
 
-extern "C" void attn_tc_copies(cudaStream_t s, void *scratch, const float *q, const float *k, const float *v,
-                               const float *dout, int B, int T, int H, int KV, int hd, int ld)
+extern "C" void attn_tc_copies(cudaStream_t s, void *qkv16, const float *q, const float *k, const float *v, int B,
+                               int T, int H, int KV, int hd, int ld)
 {
-    const atc_copies c = atc_copies_in(scratch, B, T, H, KV, hd);
-    atc_qkv_to_bf16(s, c, q, k, v, (size_t)B * T, H, KV, hd, (size_t)ld);
-    if (dout) atc_to_bf16(s, c.dout, dout, (size_t)H * hd, (size_t)B * T, H * hd);
+    const size_t rows = (size_t)B * T, nq = rows * H * hd, nkv = rows * KV * hd;
+    bf16 *p = (bf16 *)qkv16;
+    atc_to_bf16(s, p, q, (size_t)ld, rows, H * hd);
+    atc_to_bf16(s, p + nq, k, (size_t)ld, rows, KV * hd);
+    atc_to_bf16(s, p + nq + nkv, v, (size_t)ld, rows, KV * hd);
 }
 
-extern "C" void attn_tc_fwd(cudaStream_t s, void *scratch, float *out, float *lse, int B, int T, int H, int KV, int hd)
+extern "C" void attn_tc_dout_copy(cudaStream_t s, void *dout16, const float *dout, int B, int T, int H, int hd)
 {
-    const atc_copies c = atc_copies_in(scratch, B, T, H, KV, hd);
+    atc_to_bf16(s, (bf16 *)dout16, dout, (size_t)H * hd, (size_t)B * T, H * hd);
+}
+
+extern "C" void attn_tc_fwd(cudaStream_t s, const void *qkv16, float *out, float *lse, int B, int T, int H, int KV,
+                            int hd)
+{
+    const atc_copies c = atc_copies_in(qkv16, NULL, B, T, H, KV, hd);
     ATC_DISPATCH(atc_fwd, hd, s, out, lse, c, B, T, H, KV)
 }
 
-extern "C" void attn_tc_dq(cudaStream_t s, void *scratch, float *dq, const float *lse, const float *D, int B, int T,
-                           int H, int KV, int hd, int ld)
+extern "C" void attn_tc_dq(cudaStream_t s, const void *qkv16, const void *dout16, float *dq, const float *lse,
+                           const float *D, int B, int T, int H, int KV, int hd, int ld)
 {
-    const atc_copies c = atc_copies_in(scratch, B, T, H, KV, hd);
+    const atc_copies c = atc_copies_in(qkv16, dout16, B, T, H, KV, hd);
     ATC_DISPATCH(atc_dq, hd, s, dq, (size_t)ld, lse, D, c, B, T, H, KV)
 }
 
-extern "C" void attn_tc_dkv(cudaStream_t s, void *scratch, float *dk, float *dv, const float *lse, const float *D,
-                            int B, int T, int H, int KV, int hd, int ld)
+extern "C" void attn_tc_dkv(cudaStream_t s, const void *qkv16, const void *dout16, float *dk, float *dv,
+                            const float *lse, const float *D, int B, int T, int H, int KV, int hd, int ld)
 {
-    const atc_copies c = atc_copies_in(scratch, B, T, H, KV, hd);
+    const atc_copies c = atc_copies_in(qkv16, dout16, B, T, H, KV, hd);
     ATC_DISPATCH(atc_dkv, hd, s, dk, dv, (size_t)ld, lse, D, c, B, T, H, KV)
 }

@@ -698,11 +698,13 @@ static void cu_rmsnorm_bwd(backend *be, float *dx, float *dw, const float *dout,
 /* ------------------------------------------------------------------ rope */
 
 /* One thread per (token, head, V pairs from i); token row b*T+t at stride ld, position
- * t; V pairs at a time (vec.h; V divides hd / 2, ld and the heads' offsets). The fastdivs
- * divide by hd / 2V, n_heads and T. */
-template <int V>
-__global__ void k_rope(float *x, const float *cos_t, const float *sin_t, int T, int n_heads, int hd, int ld,
-                       float sign, size_t groups, fastdiv f_half, fastdiv f_heads, fastdiv f_T)
+ * t; V pairs at a time (vec.h; V divides hd / 2, ld, ld_y and the heads' offsets). The
+ * rotated pairs go to y (row stride ld_y): x itself (in place, fp32), or a bf16 copy. The
+ * fastdivs divide by hd / 2V, n_heads and T. */
+template <typename OutT, int V>
+__global__ void k_rope(OutT *y, size_t ld_y, const float *x, const float *cos_t, const float *sin_t, int T,
+                       int n_heads, int hd, int ld, float sign, size_t groups, fastdiv f_half, fastdiv f_heads,
+                       fastdiv f_T)
 {
     const int half = hd / 2;
     for (size_t g = (size_t)blockIdx.x * blockDim.x + threadIdx.x; g < groups; g += (size_t)gridDim.x * blockDim.x) {
@@ -711,7 +713,8 @@ __global__ void k_rope(float *x, const float *cos_t, const float *sin_t, int T, 
         const size_t row = fastdiv_div(f_heads, pairs); /* b*T + t */
         const int h = (int)(pairs - row * n_heads);
         const int t = (int)(row - fastdiv_div(f_T, row) * T);
-        float *xh = x + row * ld + (size_t)h * hd;
+        const float *xh = x + row * ld + (size_t)h * hd;
+        OutT *yh = y + row * ld_y + (size_t)h * hd;
         const fvec<V> c = vec_ld<V>(cos_t + (size_t)t * half + i), si = vec_ld<V>(sin_t + (size_t)t * half + i);
         fvec<V> x1 = vec_ld<V>(xh + i), x2 = vec_ld<V>(xh + i + half);
         for (int j = 0; j < V; j++) {
@@ -719,42 +722,45 @@ __global__ void k_rope(float *x, const float *cos_t, const float *sin_t, int T, 
             x1.v[j] = a * c.v[j] - b * sn;
             x2.v[j] = b * c.v[j] + a * sn;
         }
-        vec_st<V>(xh + i, x1);
-        vec_st<V>(xh + i + half, x2);
+        vec_st<V>(yh + i, x1);
+        vec_st<V>(yh + i + half, x2);
     }
 }
 
-static void rope_launch(backend *be, float *x, const float *cos_t, const float *sin_t, int B, int T, int n_heads,
-                        int hd, int ld, float sign)
+/* The rotation (sign 1) or its inverse (-1) of n_heads heads of x's B T rows (stride ld)
+ * into y (row stride ld_y; y == x: in place), profiled as `region`. */
+template <typename OutT>
+static void rope_launch(cuda_impl *c, const char *region, OutT *y, size_t ld_y, const float *x, const float *cos_t,
+                        const float *sin_t, int B, int T, int n_heads, int hd, int ld, float sign)
 {
-    cuda_impl *c = impl_of(be);
     size_t total = (size_t)B * T * n_heads * (hd / 2);
     if (total == 0) return;
-    PROF_BEGIN(c, sign > 0 ? "rope_fwd" : "rope_bwd", 0, 16.0 * total); /* a pair read and written */
-    /* rows of n_heads heads: (B T n_heads, hd / 2) pairs at stride hd / 2 (ld, hd: the heads' offsets) */
-    const rows_launch L = rows_plan((size_t)B * T * n_heads, hd / 2, ld | hd,
-                                    vec_aligned(x, 4) && vec_aligned(cos_t, 4) && vec_aligned(sin_t, 4));
+    PROF_BEGIN(c, region, 0, (8.0 + 2 * sizeof(OutT)) * total); /* a pair read and written */
+    /* rows of n_heads heads: (B T n_heads, hd / 2) pairs at stride hd / 2 (ld, ld_y, hd: the heads' offsets) */
+    const rows_launch L = rows_plan((size_t)B * T * n_heads, hd / 2, (size_t)ld | ld_y | (size_t)hd,
+                                    vec_aligned(x, 4) && vec_aligned(y, sizeof(OutT)) && vec_aligned(cos_t, 4) &&
+                                        vec_aligned(sin_t, 4));
     const fastdiv f_heads = fastdiv_make((unsigned)n_heads), f_T = fastdiv_make((unsigned)T);
     if (L.v4)
-        PC_LAUNCH(k_rope<4>, L.grid, 256, 0, c->stream)(x, cos_t, sin_t, T, n_heads, hd, ld, sign, L.groups, L.fv,
-                                                         f_heads, f_T);
+        PC_LAUNCH((k_rope<OutT, 4>), L.grid, 256, 0, c->stream)(y, ld_y, x, cos_t, sin_t, T, n_heads, hd, ld, sign,
+                                                               L.groups, L.fv, f_heads, f_T);
     else
-        PC_LAUNCH(k_rope<1>, L.grid, 256, 0, c->stream)(x, cos_t, sin_t, T, n_heads, hd, ld, sign, L.groups, L.fv,
-                                                         f_heads, f_T);
-    LAUNCH_CHECK();
+        PC_LAUNCH((k_rope<OutT, 1>), L.grid, 256, 0, c->stream)(y, ld_y, x, cos_t, sin_t, T, n_heads, hd, ld, sign,
+                                                               L.groups, L.fv, f_heads, f_T);
+    launch_check(c, __FILE__, __LINE__);
     PROF_END(c);
 }
 
 static void cu_rope_fwd(backend *be, float *x, const float *cos_t, const float *sin_t, int B, int T, int n_heads,
                         int hd, int ld)
 {
-    rope_launch(be, x, cos_t, sin_t, B, T, n_heads, hd, ld, 1.0f);
+    rope_launch(impl_of(be), "rope_fwd", x, (size_t)ld, x, cos_t, sin_t, B, T, n_heads, hd, ld, 1.0f);
 }
 
 static void cu_rope_bwd(backend *be, float *dx, const float *cos_t, const float *sin_t, int B, int T, int n_heads,
                         int hd, int ld)
 {
-    rope_launch(be, dx, cos_t, sin_t, B, T, n_heads, hd, ld, -1.0f);
+    rope_launch(impl_of(be), "rope_bwd", dx, (size_t)ld, dx, cos_t, sin_t, B, T, n_heads, hd, ld, -1.0f);
 }
 
 /* ------------------------------------------------------------------ attention */
@@ -1010,29 +1016,24 @@ static void check_attention_shape(int H, int KV, int hd)
  * it takes). */
 static int on_tensor_cores(const cuda_impl *c, int hd) { return c->attn_bf16 && attn_tc_supported(hd, c->smem_optin); }
 
-/* attention_tc's scratch for a call of this shape. */
-static void *att16_scratch(cuda_impl *c, int B, int T, int H, int KV, int hd)
+/* attention_tc's scratch (grown, never shrunk): the bf16 copies of q, k, v (qkv16) and dO
+ * (dout16) that calls with fp32 inputs make, or dout16 alone for calls given qkv16. */
+static char *att16_scratch(cuda_impl *c, size_t bytes)
 {
-    return grow(c, &c->att16, &c->att16_n, attn_tc_scratch_bytes(B, T, H, KV, hd), 1,
-                "the bf16 copies of attention's q, k, v and dO");
+    return (char *)grow(c, &c->att16, &c->att16_n, bytes, 1, "the bf16 copies of attention's q, k, v and dO");
 }
 
 /* FLOPs of causal attention's forward products, S = QK^T and O = PV over the T(T+1)/2
  * (query, key) pairs of each head: 2 products x 2 FLOPs x hd per pair */
 static double attention_flops(int B, int T, int H, int hd) { return 2.0 * B * H * hd * (double)T * (T + 1); }
 
-/* The tensor-core path's bf16 copies of q, k, v (and dout in the backward, else NULL),
- * profiled as `region` (each fp32 value read, its bf16 copy written: 6 bytes); returns the
- * scratch holding them. */
-static void *att16_copies(cuda_impl *c, const char *region, const float *q, const float *k, const float *v,
-                          const float *dout, int B, int T, int H, int KV, int hd, int ld)
+/* The tensor-core forward from qkv16 (attention_tc.h's layout). */
+static void att16_fwd(cuda_impl *c, const void *qkv16, float *out, float *lse, int B, int T, int H, int KV, int hd)
 {
-    void *scratch = att16_scratch(c, B, T, H, KV, hd);
-    PROF_BEGIN(c, region, 0, 6.0 * B * T * ((dout ? 2 : 1) * H + 2 * KV) * hd);
-    attn_tc_copies(c->stream, scratch, q, k, v, dout, B, T, H, KV, hd, ld);
-    launch_check(c, __FILE__, __LINE__); /* PC_CUDA_SYNC names this call */
+    PROF_BEGIN(c, "attention_fwd bf16", attention_flops(B, T, H, hd), 0);
+    attn_tc_fwd(c->stream, qkv16, out, lse, B, T, H, KV, hd);
+    launch_check(c, __FILE__, __LINE__);
     PROF_END(c);
-    return scratch;
 }
 
 static void cu_attention_fwd(backend *be, float *out, float *lse, const float *q, const float *k, const float *v,
@@ -1042,11 +1043,14 @@ static void cu_attention_fwd(backend *be, float *out, float *lse, const float *q
     check_attention_shape(H, KV, hd);
     cuda_impl *c = impl_of(be);
     if (on_tensor_cores(c, hd)) {
-        void *scratch = att16_copies(c, "attention_fwd bf16 copies", q, k, v, NULL, B, T, H, KV, hd, ld);
-        PROF_BEGIN(c, "attention_fwd bf16", attention_flops(B, T, H, hd), 0);
-        attn_tc_fwd(c->stream, scratch, out, lse, B, T, H, KV, hd);
-        launch_check(c, __FILE__, __LINE__);
-        PROF_END(c);
+        char *qkv16 = att16_scratch(c, attn_tc_qkv_bytes(B, T, H, KV, hd));
+        { /* each fp32 value read, its bf16 copy written: 6 bytes */
+            PROF_BEGIN(c, "attention_fwd bf16 copies", 0, 6.0 * B * T * (H + 2 * KV) * hd);
+            attn_tc_copies(c->stream, qkv16, q, k, v, B, T, H, KV, hd, ld);
+            launch_check(c, __FILE__, __LINE__);
+            PROF_END(c);
+        }
+        att16_fwd(c, qkv16, out, lse, B, T, H, KV, hd);
         return;
     }
     PROF_BEGIN(c, "attention_fwd fp32", attention_flops(B, T, H, hd), 0);
@@ -1070,6 +1074,25 @@ static void att_dsum(backend *be, const float *dout, const float *out, int B, in
     PROF_END(c);
 }
 
+/* The tensor-core backward from qkv16 and dout16, after att_dsum. FLOPs as run: dQ
+ * recomputes S and dP (3 products, 1.5 forwards), dK/dV recomputes them too (4 products,
+ * 2 forwards); a flash backward's useful work is 2.5 forwards. */
+static void att16_bwd(cuda_impl *c, const void *qkv16, const void *dout16, float *dq, float *dk, float *dv,
+                      const float *lse, int B, int T, int H, int KV, int hd, int ld)
+{
+    const double fwd = attention_flops(B, T, H, hd);
+    { /* a scope of its own: one region per scope */
+        PROF_BEGIN(c, "attention_bwd bf16 dQ", 1.5 * fwd, 0);
+        attn_tc_dq(c->stream, qkv16, dout16, dq, lse, c->att_d, B, T, H, KV, hd, ld);
+        launch_check(c, __FILE__, __LINE__);
+        PROF_END(c);
+    }
+    PROF_BEGIN(c, "attention_bwd bf16 dK dV", 2.0 * fwd, 0);
+    attn_tc_dkv(c->stream, qkv16, dout16, dk, dv, lse, c->att_d, B, T, H, KV, hd, ld);
+    launch_check(c, __FILE__, __LINE__);
+    PROF_END(c);
+}
+
 static void cu_attention_bwd(backend *be, float *dq, float *dk, float *dv, const float *dout, const float *out,
                              const float *lse, const float *q, const float *k, const float *v, int B, int T, int H,
                              int KV, int hd, int ld)
@@ -1078,23 +1101,20 @@ static void cu_attention_bwd(backend *be, float *dq, float *dk, float *dv, const
     if (B <= 0 || T <= 0 || H <= 0) return;
     check_attention_shape(H, KV, hd);
     att_dsum(be, dout, out, B, T, H, hd);
-    const double fwd = attention_flops(B, T, H, hd);
     if (on_tensor_cores(c, hd)) {
-        /* FLOPs as run: dQ recomputes S and dP (3 products, 1.5 forwards), dK/dV recomputes
-         * them too (4 products, 2 forwards); a flash backward's useful work is 2.5 forwards */
-        void *scratch = att16_copies(c, "attention_bwd bf16 copies", q, k, v, dout, B, T, H, KV, hd, ld);
-        { /* a scope of its own: one region per scope */
-            PROF_BEGIN(c, "attention_bwd bf16 dQ", 1.5 * fwd, 0);
-            attn_tc_dq(c->stream, scratch, dq, lse, c->att_d, B, T, H, KV, hd, ld);
+        const size_t nqkv = attn_tc_qkv_bytes(B, T, H, KV, hd);
+        char *qkv16 = att16_scratch(c, nqkv + attn_tc_dout_bytes(B, T, H, hd));
+        { /* each fp32 value read, its bf16 copy written: 6 bytes */
+            PROF_BEGIN(c, "attention_bwd bf16 copies", 0, 6.0 * B * T * (2 * H + 2 * KV) * hd);
+            attn_tc_copies(c->stream, qkv16, q, k, v, B, T, H, KV, hd, ld);
+            attn_tc_dout_copy(c->stream, qkv16 + nqkv, dout, B, T, H, hd);
             launch_check(c, __FILE__, __LINE__);
             PROF_END(c);
         }
-        PROF_BEGIN(c, "attention_bwd bf16 dK dV", 2.0 * fwd, 0);
-        attn_tc_dkv(c->stream, scratch, dk, dv, lse, c->att_d, B, T, H, KV, hd, ld);
-        launch_check(c, __FILE__, __LINE__);
-        PROF_END(c);
+        att16_bwd(c, qkv16, qkv16 + nqkv, dq, dk, dv, lse, B, T, H, KV, hd, ld);
         return;
     }
+    const double fwd = attention_flops(B, T, H, hd);
     const float scale = 1.0f / sqrtf((float)hd);
     /* FLOPs: the 5 products of a flash backward (S recomputed, dV, dP, dQ, dK), 2.5 forwards */
     PROF_BEGIN(c, "attention_bwd fp32", 2.5 * fwd, 0);
@@ -1107,6 +1127,46 @@ static void cu_attention_bwd(backend *be, float *dq, float *dk, float *dv, const
                                                                       KV, hd, ld, scale);
     LAUNCH_CHECK();
     PROF_END(c);
+}
+
+/* ---- attention on inputs kept in bf16 (the model's qkv16, backend.h) */
+
+static int cu_attention_16(backend *be, int hd) { return on_tensor_cores(impl_of(be), hd); }
+
+static void cu_rope_qkv_16(backend *be, uint16_t *qkv16, const float *qkv, const float *cos_t, const float *sin_t,
+                           int B, int T, int H, int KV, int hd, int ld)
+{
+    cuda_impl *c = impl_of(be);
+    const size_t N = (size_t)B * T, qd = (size_t)H * hd, kvd = (size_t)KV * hd;
+    __nv_bfloat16 *q16 = (__nv_bfloat16 *)qkv16, *k16 = q16 + N * qd, *v16 = k16 + N * kvd;
+    rope_launch(c, "rope_fwd bf16", q16, qd, qkv, cos_t, sin_t, B, T, H, hd, ld, 1.0f);
+    rope_launch(c, "rope_fwd bf16", k16, kvd, qkv + qd, cos_t, sin_t, B, T, KV, hd, ld, 1.0f);
+    round_strided(c, "round_bf16 v", v16, kvd, qkv + qd + kvd, N, kvd, (size_t)ld);
+}
+
+static void cu_attention_fwd_16(backend *be, float *out, float *lse, const uint16_t *qkv16, int B, int T, int H,
+                                int KV, int hd)
+{
+    if (B <= 0 || T <= 0 || H <= 0) return;
+    check_attention_shape(H, KV, hd);
+    att16_fwd(impl_of(be), qkv16, out, lse, B, T, H, KV, hd);
+}
+
+static void cu_attention_bwd_16(backend *be, float *dq, float *dk, float *dv, const float *dout, const float *out,
+                                const float *lse, const uint16_t *qkv16, int B, int T, int H, int KV, int hd, int ld)
+{
+    cuda_impl *c = impl_of(be);
+    if (B <= 0 || T <= 0 || H <= 0) return;
+    check_attention_shape(H, KV, hd);
+    att_dsum(be, dout, out, B, T, H, hd);
+    char *dout16 = att16_scratch(c, attn_tc_dout_bytes(B, T, H, hd));
+    {
+        PROF_BEGIN(c, "attention_bwd bf16 dO copy", 0, 6.0 * B * T * H * hd);
+        attn_tc_dout_copy(c->stream, dout16, dout, B, T, H, hd);
+        launch_check(c, __FILE__, __LINE__);
+        PROF_END(c);
+    }
+    att16_bwd(c, qkv16, dout16, dq, dk, dv, lse, B, T, H, KV, hd, ld);
 }
 
 /* ------------------------------------------------------------------ swiglu */
@@ -1654,6 +1714,10 @@ static const backend_ops cuda_ops = {
     .rope_bwd = cu_rope_bwd,
     .attention_fwd = cu_attention_fwd,
     .attention_bwd = cu_attention_bwd,
+    .attention_16 = cu_attention_16,
+    .rope_qkv_16 = cu_rope_qkv_16,
+    .attention_fwd_16 = cu_attention_fwd_16,
+    .attention_bwd_16 = cu_attention_bwd_16,
     .swiglu_fwd = cu_swiglu_fwd,
     .swiglu_fwd_16 = cu_swiglu_fwd_16,
     .swiglu_bwd = cu_swiglu_bwd,

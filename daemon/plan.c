@@ -317,6 +317,16 @@ static int64_t logits_rows(const plan_opts *o) {
     return o->logits_chunk > 0 ? PC_MIN(N, (int64_t)o->logits_chunk) : N;
 }
 
+/* Bytes of an (n, width) bf16 buffer (n width values in whole floats). */
+#define IN16(n, width) (4 * (((n) * (width) + 1) / 2))
+
+/* Whether the model keeps q, k, v in bf16 only (worker/llama.c, qkv16): attention on
+ * bf16 tensor cores on cuda (attn_copies) with a head_dim they take (attn_tc_supported:
+ * a multiple of 16 up to 128). */
+static int qkv16(const llama_config *s, const plan_opts *o) {
+    return o->attn_copies && s->head_dim % 16 == 0 && s->head_dim <= 128;
+}
+
 /* Activation bytes of one micro-batch on one rank, mirroring what worker/llama.c keeps
  * (N = B*T tokens, all in the compute dtype):
  *   layers:           every layer's input d' and layer_floats (recompute: the inputs and
@@ -332,23 +342,24 @@ static int64_t logits_rows(const plan_opts *o) {
  *                     backward's bf16 operands: a product's output gradient, rounded once
  *                     for its two backward products, max((H+2KV) hd, d', 2 f'max), and
  *                     the one fp32 product input, att, H hd per token, 2 bytes each; no
- *                     fp32 dgu (swiglu_bwd_16 writes it in bf16 among those operands). */
+ *                     fp32 dgu (swiglu_bwd_16 writes it in bf16 among those operands)
+ *   qkv16:            each layer's (or with recompute the one set's) q, k, v in bf16 only,
+ *                     (H+2KV) hd values per token, and one fp32 qkv shared by the layers. */
 static int64_t activation_bytes(const llama_config *s, const plan_opts *o) {
     int64_t N = (int64_t)o->micro_batch * o->seq_len, d = s->d_model, H = s->n_heads, KV = s->n_kv_heads,
-            hd = s->head_dim, V = s->vocab_size, fmax = max_d_ff(s);
-    int in16 = o->weights_bf16;
+            hd = s->head_dim, V = s->vocab_size, fmax = max_d_ff(s), C = (H + 2 * KV) * hd;
+    int in16 = o->weights_bf16, q16 = qkv16(s, o);
     int64_t per_tok = 0, in16_bytes = 0; /* in16: ln1, ln2, h, lnf leave per_tok for in16_bytes */
-#define IN16(width) (4 * ((N * (width) + 1) / 2)) /* bytes of an (N, width) bf16 buffer */
     int n_sets = o->recompute ? 1 : s->n_layers; /* recompute: one set, at the largest d_ff */
     for (int l = 0; l < n_sets; l++) {
         int64_t f = o->recompute ? fmax : s->d_ff_layer[l];
-        per_tok += layer_floats(s, f) - (in16 ? 2 * d + f : 0);
-        if (in16) in16_bytes += 2 * IN16(d) + IN16(f);
+        per_tok += layer_floats(s, f) - (in16 ? 2 * d + f : 0) - (q16 ? C : 0);
+        if (in16) in16_bytes += 2 * IN16(N, d) + IN16(N, f);
+        if (q16) in16_bytes += IN16(N, C);
     }
     per_tok += s->n_layers * d;        /* each layer's input */
-    per_tok += 2 * d + 2 - (in16 ? d : 0); /* final residual, lnf, rstdf, xent lse */
-    if (in16) in16_bytes += IN16(d);
-#undef IN16
+    per_tok += 2 * d + 2 - (in16 ? d : 0) + (q16 ? C : 0); /* final residual, lnf, rstdf, xent lse; fp32 qkv */
+    if (in16) in16_bytes += IN16(N, d);
     per_tok += 2 * d + H * hd + (H + 2 * KV) * hd + (in16 ? 1 : 3) * fmax;
     int64_t tt = o->attn_tt ? 2 * (int64_t)o->seq_len * o->seq_len * 4 : 0;
     int64_t ops16 = in16 ? PC_MAX(PC_MAX((H + 2 * KV) * hd, d), 2 * fmax) + H * hd : 0;
@@ -396,13 +407,12 @@ static int64_t gemm_bf16_bytes(const plan *p, const plan_opts *o) {
     return 2 * 2 * PC_MIN(largest, o->gemm_bf16_block);
 }
 
-/* Attention on bf16 tensor cores (attention_tc.h, attn_tc_scratch_bytes): bf16 copies of
- * one micro-batch's q, k, v and dO, N (2 H + 2 KV) hd values; a teacher and the streamed
- * base share the trained model's heads. */
+/* Attention on bf16 tensor cores (attention_tc.h): the backward's bf16 copy of one
+ * micro-batch's dO, N H hd values (the models keep q, k, v in bf16 themselves: qkv16); a
+ * teacher and the streamed base share the trained model's heads and make none. */
 static int64_t attn_copies_bytes(const plan *p, const plan_opts *o) {
-    if (!o->attn_copies) return 0;
     const llama_config *s = &p->small;
-    return (int64_t)o->micro_batch * o->seq_len * (2 * s->n_heads + 2 * s->n_kv_heads) * s->head_dim * 2;
+    return qkv16(s, o) ? (int64_t)o->micro_batch * o->seq_len * s->n_heads * s->head_dim * 2 : 0;
 }
 
 /* The teacher's weights: fp32, or (bf16_teacher) its matrices in bf16 only and its norm
@@ -418,7 +428,8 @@ static int64_t teacher_activation_bytes(const llama_config *b, const plan_opts *
     int64_t N = (int64_t)o->micro_batch * o->seq_len, d = b->d_model;
     int64_t per_tok = d + layer_floats(b, max_d_ff(b)) + d + 2 + b->vocab_size;
     int64_t tt = o->attn_tt ? (int64_t)o->seq_len * o->seq_len * 4 : 0;
-    return N * per_tok * 4 + tt;
+    int64_t q16 = qkv16(b, o) ? IN16(N, (int64_t)(b->n_heads + 2 * b->n_kv_heads) * b->head_dim) : 0;
+    return N * per_tok * 4 + tt + q16;
 }
 
 /* ---- gradients kept between the two passes of the update ---- */

@@ -58,8 +58,9 @@ typedef enum { RUN_TRAINED = 0, RUN_PROJECTED, RUN_EVALUATED } run_model_use;
  * train.activation_checkpointing and takes the head in train.logits_chunk tokens at a
  * time; every model has the bf16 copy of its weights when backend.matmul is bf16 (only
  * that copy of its matrices, unless its weights are trained); a projected model keeps
- * two stages' gradients only (grad_windows) when compress.shard_grads. */
-int run_llama_init(const run_ctx *r, llama_model *m, const llama_config *lc, int B, run_model_use use, pc_err *e);
+ * two stages' gradients only (grad_windows) when compress.shard_grads. The log says when
+ * the model keeps q, k, v in bf16 only (llama_attention_16). */
+int run_llama_init(run_ctx *r, llama_model *m, const llama_config *lc, int B, run_model_use use, pc_err *e);
 /* llama_opts.weights of a model made for `use` (run_llama_init's): LLAMA_F32 unless
  * backend.matmul is bf16. */
 int run_model_weights(const run_ctx *r, run_model_use use);

@@ -125,6 +125,17 @@ def two_way_job(root, layers, micro_batch=2, seq_len=16):
         eval={"batches": 2, "every_steps": 2}, checkpoint={"every_steps": 0}, backend={"device": "cpu"})
 
 
+def memory_root(root):
+    """root/big, made, for a test's peak-RSS comparison; None (and a line saying so) under a
+    sanitizer (tests/sanitize.sh), whose shadow memory and quarantine are in the RSS."""
+    if os.environ.get("PC_SANITIZER"):
+        print(f"peak RSS not compared under {os.environ['PC_SANITIZER']}")
+        return None
+    big = os.path.join(root, "big")
+    os.makedirs(big)
+    return big
+
+
 def memory_job(root, vocab, hidden, ff, layers, hidden_c, ff_c, seq_len, batch):
     """A one-step compress job on the CPU for measuring peak RSS: a base made by
     transformers' own init (scale 0) of the given shape to (hidden_c, ff_c) by magnitude,

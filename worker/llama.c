@@ -29,7 +29,11 @@ struct llama_acts {
     int in16;
     float **ln1, **ln2;     /* L x (N,d) */
     float **rstd1, **rstd2; /* L x (N) */
-    float **qkv;   /* L x (N,(H+2KV)*hd), q and k after rope */
+    float **qkv;   /* L x (N,(H+2KV)*hd), q and k after rope; with qkv16 one buffer, unrotated */
+    /* attention_16 (backend.h): each layer's q, k (rotated) and v kept in bf16 only, in the
+     * layout of rope_qkv_16 (N (H+2KV) hd values in buffers of half as many floats); the
+     * qkv product's fp32 output then lives in one buffer for all layers. NULL otherwise. */
+    float **qkv16;
     float **att;   /* L x (N,H*hd) attention output before o_proj */
     float **lse;   /* L x (B,H,T) */
     float **gu;    /* L x (N,2*f_l): gate | up */
@@ -295,7 +299,13 @@ static int init(llama_model *m, const llama_config *c, backend *be, int B, int T
     LIST(mid, L, N * d);
     LIST(rstd1, L, N);
     LIST(rstd2, L, N);
-    LIST(qkv, L, N * C);
+    if (be->ops->attention_16 && be->ops->attention_16(be, hd)) { /* the backend's choice, fixed here */
+        LIST(qkv16, L, (N * C + 1) / 2);
+        for (int l = 0; l < L; l++) sz[l] = N * C;
+        a->qkv = alloc_list(be, L, sz, 1);
+    } else {
+        LIST(qkv, L, N * C);
+    }
     LIST(att, L, N * qd);
     LIST(lse, L, (size_t)B * H * T);
     LIST(gu, L, N * 2 * (size_t)c->d_ff_layer[l]);
@@ -331,14 +341,17 @@ static int init(llama_model *m, const llama_config *c, backend *be, int B, int T
     return 0;
 }
 
+int llama_attention_16(const llama_model *m) { return m->act && m->act->qkv16; }
+
 void llama_free(llama_model *m)
 {
     if (!m->tensors) return;
     backend *be = m->be;
     llama_acts *a = m->act;
     int L = m->cfg.n_layers;
-    float **lists[] = {a->mid, a->rstd1, a->rstd2, a->qkv, a->att, a->lse, a->gu};
+    float **lists[] = {a->mid, a->rstd1, a->rstd2, a->qkv16, a->att, a->lse, a->gu};
     free_list(be, a->res, L + 1, m->forward_only);
+    free_list(be, a->qkv, L, m->forward_only || m->recompute || a->qkv16);
     for (size_t i = 0; i < PC_ARRAY_LEN(lists); i++) free_list(be, lists[i], L, m->forward_only || m->recompute);
     free_prod_inputs(m);
     float *singles[] = {a->rstdf, a->xent_lse, a->dres, a->dln, a->datt, a->dqkv, a->dh, a->dgu,
@@ -766,9 +779,15 @@ static void layer_fwd(llama_model *m, int l, int out)
     float *qkv = a->qkv[l];
     norm_in(m, a->ln1[l], a->rstd1[l], a->res[l], layer_tensor(l, T_LN1));
     linear_fwd(m, qkv, prod_in(a, a->ln1[l], 0, d), layer_tensor(l, T_Q), N, d, C, 0.0f); // (N,d) -> (N,C)
-    op->rope_fwd(be, qkv, m->rope_cos, m->rope_sin, B, T, H, hd, C);            // q part
-    op->rope_fwd(be, qkv + qd, m->rope_cos, m->rope_sin, B, T, KV, hd, C);      // k part
-    op->attention_fwd(be, a->att[l], a->lse[l], qkv, qkv + qd, qkv + qd + KV * hd, B, T, H, KV, hd, C);
+    if (a->qkv16) { // q, k rotated and q, k, v rounded into the layer's bf16 copy (N,C), which attention reads
+        uint16_t *qkv16 = (uint16_t *)a->qkv16[l];
+        op->rope_qkv_16(be, qkv16, qkv, m->rope_cos, m->rope_sin, B, T, H, KV, hd, C);
+        op->attention_fwd_16(be, a->att[l], a->lse[l], qkv16, B, T, H, KV, hd);
+    } else {
+        op->rope_fwd(be, qkv, m->rope_cos, m->rope_sin, B, T, H, hd, C);       // q part
+        op->rope_fwd(be, qkv + qd, m->rope_cos, m->rope_sin, B, T, KV, hd, C); // k part
+        op->attention_fwd(be, a->att[l], a->lse[l], qkv, qkv + qd, qkv + qd + KV * hd, B, T, H, KV, hd, C);
+    }
     be_copy(be, a->mid[l], a->res[l], (size_t)N * d);
     linear_fwd(m, a->mid[l], f32_in(a->att[l]), layer_tensor(l, T_O), N, qd, d, 1.0f); // += (N,qd) -> (N,d)
     norm_in(m, a->ln2[l], a->rstd2[l], a->mid[l], layer_tensor(l, T_LN2));
@@ -948,8 +967,12 @@ void llama_backward(llama_model *m)
         // attention: mid = res + att Wo^T
         int to = layer_tensor(l, T_O), tq = layer_tensor(l, T_Q);
         linear_bwd(m, a->datt, G(m, to), a->dres, f32_in(a->att[l]), to, N, qd, d); // (N,d) -> (N,qd)
-        op->attention_bwd(be, dqkv, dqkv + qd, dqkv + qd + KV * hd, a->datt, a->att[l], a->lse[l], qkv, qkv + qd,
-                          qkv + qd + KV * hd, B, T, H, KV, hd, C);
+        if (a->qkv16)
+            op->attention_bwd_16(be, dqkv, dqkv + qd, dqkv + qd + KV * hd, a->datt, a->att[l], a->lse[l],
+                                 (const uint16_t *)a->qkv16[l], B, T, H, KV, hd, C);
+        else
+            op->attention_bwd(be, dqkv, dqkv + qd, dqkv + qd + KV * hd, a->datt, a->att[l], a->lse[l], qkv,
+                              qkv + qd, qkv + qd + KV * hd, B, T, H, KV, hd, C);
         op->rope_bwd(be, dqkv, m->rope_cos, m->rope_sin, B, T, H, hd, C);
         op->rope_bwd(be, dqkv + qd, m->rope_cos, m->rope_sin, B, T, KV, hd, C);
         linear_bwd(m, a->dln, G(m, tq), dqkv, prod_in(a, a->ln1[l], 0, d), tq, N, d, C); // (N,C) -> (N,d)

@@ -120,6 +120,10 @@ typedef struct llama_opts {
 int llama_init_opts(llama_model *m, const llama_config *c, backend *be, int B, int T, const llama_opts *o,
                     pc_err *e);
 void llama_free(llama_model *m);
+/* 1 when the model keeps each layer's q, k, v in bf16 only: the backend's attention_16 took
+ * the head_dim when the model was made (backend.h); the rope then goes into the rounding
+ * (rope_qkv_16) and attention reads the bf16 values (attention_fwd_16, attention_bwd_16). */
+int llama_attention_16(const llama_model *m);
 /* Give the model a bf16 copy of its parameters (w16, zeroed), which every weight product
  * then reads through gemm_w16 (MATMUL_BF16's arithmetic) instead of rounding params on
  * each product; embedding lookups and norm gains keep reading params. Whoever changes

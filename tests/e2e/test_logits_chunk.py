@@ -50,11 +50,9 @@ def main():
     pclib.check("  logits_chunk 5  " in plan, "plan.txt records the chunk (its bytes: plan-unit)")
 
     # memory: a 32768 vocabulary and 4 x 256 tokens per micro-batch, so that logits dominate
-    if os.environ.get("PC_SANITIZER"):  # tests/sanitize.sh: RSS also holds the sanitizer's shadow and quarantine
-        print(f"peak RSS not compared under {os.environ['PC_SANITIZER']}")
+    big = pclib.memory_root(root)
+    if big is None:
         return
-    big = os.path.join(root, "big")
-    os.makedirs(big)
     mjob = pclib.memory_job(big, 32768, 64, 128, 2, 48, 96, 256, 4)
     rss, act = {}, {}
     for chunk in [0, 256]:

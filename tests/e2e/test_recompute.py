@@ -35,11 +35,9 @@ def main():
     pclib.same_outputs(pclib.run_outputs(a), pclib.run_outputs(b), "pretrain np1: recomputing vs keeping")
 
     # memory: 12 layers, 8 x 256 tokens per micro-batch, so that activations dominate
-    if os.environ.get("PC_SANITIZER"):  # tests/sanitize.sh: RSS also holds the sanitizer's shadow and quarantine
-        print(f"peak RSS not compared under {os.environ['PC_SANITIZER']}")
+    big = pclib.memory_root(root)
+    if big is None:
         return
-    big = os.path.join(root, "big")
-    os.makedirs(big)
     mjob = pclib.memory_job(big, V, 128, 256, 12, 96, 192, 256, 8)
     rss, act = {}, {}
     for rc in ["false", "true"]:

@@ -16,9 +16,11 @@ products and tensor-core attention, one timed step and one profiled step.
   operands are rounded once for both its products (round_bf16: the output gradients of
   down, o and qkv, 3, and the attention output: 4), the gate|up gradient written in bf16
   by the SwiGLU backward (swiglu_bwd_16) and the head's dlogits by the loss's backward
-  (xent_bwd_16), neither rounded on its own; the RMSNorms backward, the
-  attention forward and backward on tensor cores, the loss forward; the regions' total
-  and its share of the wall time."""
+  (xent_bwd_16), neither rounded on its own; q and k rotated straight into their bf16
+  copies (rope_fwd bf16: 2, no fp32 rope_fwd) and v rounded beside them (round_bf16 v),
+  which the attention forward and backward on tensor cores read (no copies of q, k, v;
+  the backward rounds dO: attention_bwd bf16 dO copy); the RMSNorms backward, the rope
+  backward, the loss forward; the regions' total and its share of the wall time."""
 import math
 import re
 import subprocess
@@ -51,10 +53,11 @@ def main():
         if r:
             calls[r.group(1).strip()] = int(r.group(2))
     want = {"gemm bf16": 15, "rmsnorm_fwd_16": 3, "rmsnorm_fwd": None, "rmsnorm_bwd": 3, "attention_fwd bf16": 1,
-            "attention_fwd bf16 copies": 1, "attention_bwd D": 1, "attention_bwd bf16 copies": 1,
-            "attention_bwd bf16 dQ": 1, "attention_bwd bf16 dK dV": 1, "attention_bwd bf16": None, "xent_fwd": 1,
-            "xent_bwd_16": 1, "xent_bwd": None, "gemm operand to bf16": 1, "round_bf16": 4, "swiglu_fwd_16": 1,
-            "swiglu_fwd": None, "swiglu_bwd_16": 1, "swiglu_bwd": None, "rope_fwd": 2, "rope_bwd": 2}
+            "attention_fwd bf16 copies": None, "attention_bwd D": 1, "attention_bwd bf16 copies": None,
+            "attention_bwd bf16 dO copy": 1, "attention_bwd bf16 dQ": 1, "attention_bwd bf16 dK dV": 1,
+            "attention_bwd bf16": None, "xent_fwd": 1, "xent_bwd_16": 1, "xent_bwd": None, "gemm operand to bf16": 1,
+            "round_bf16": 4, "swiglu_fwd_16": 1, "swiglu_fwd": None, "swiglu_bwd_16": 1, "swiglu_bwd": None,
+            "rope_fwd": None, "rope_fwd bf16": 2, "round_bf16 v": 1, "rope_bwd": 2}
     for name, n in want.items():
         check(calls.get(name) == n, f"profile: {name}: {calls.get(name)} calls (want {n})")
     check(re.search(r"^all regions\s+[0-9.]+\s+\([0-9.]+% of [0-9.]+ ms wall\)", p.stdout, re.M) is not None,

@@ -8,7 +8,10 @@
  * largest reference value of that tensor, in plain fp32 (TF32 off). The first model
  * runs again with activation checkpointing on the GPU side, and with the head and
  * loss in chunks of 16 tokens there (train.logits_chunk; no whole logits to compare and
- * no distillation then). Exit 77 without a GPU. */
+ * no distillation then). With the GPU's attention on bf16 tensor cores, a model that keeps
+ * q, k, v in bf16 only (llama_attention_16) gives bit for bit the loss, logits and
+ * gradients of one that keeps them in fp32 for the same kernels, also recomputing with
+ * logits in chunks, and forward only. Exit 77 without a GPU. */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -94,6 +97,20 @@ static void check_distill(const char *tag, llama_model *mc, llama_model *mg, con
     free(teach_h);
 }
 
+/* A random batch of N tokens below V and its targets, every `every`-th (from `first`)
+ * ignored (-1); the caller frees both. */
+static void random_batch(int N, int V, uint64_t seed, int every, int first, int32_t **tok, int32_t **tgt)
+{
+    *tok = pc_malloc((size_t)N * sizeof(int32_t));
+    *tgt = pc_malloc((size_t)N * sizeof(int32_t));
+    pc_rng r;
+    pc_rng_seed(&r, seed);
+    for (int n = 0; n < N; n++) {
+        (*tok)[n] = (int32_t)(pc_rng_u64(&r) % (uint64_t)V);
+        (*tgt)[n] = n % every == first ? -1 : (int32_t)(pc_rng_u64(&r) % (uint64_t)V);
+    }
+}
+
 /* go: the CUDA model's options (activation checkpointing, logits in chunks); the CPU
  * model keeps every activation and the whole logits. */
 static int run_case(const char *tag, const llama_config *cfg, int B, int T, backend *cpu, backend *gpu,
@@ -108,13 +125,10 @@ static int run_case(const char *tag, const llama_config *cfg, int B, int T, back
     llama_init_random(&mc, 7, 0.2f);
     llama_init_random(&mg, 7, 0.2f);
     int N = B * T, V = cfg->vocab_size;
-    int32_t *tok = pc_malloc((size_t)N * sizeof(int32_t)), *tgt = pc_malloc((size_t)N * sizeof(int32_t));
-    pc_rng r;
-    pc_rng_seed(&r, 99);
-    for (int n = 0; n < N; n++) {
-        tok[n] = (int32_t)(pc_rng_u64(&r) % (uint64_t)V);
-        tgt[n] = n % 7 == 3 ? -1 : (int32_t)(pc_rng_u64(&r) % (uint64_t)V);
-    }
+    int32_t *tok, *tgt;
+    random_batch(N, V, 99, 7, 3, &tok, &tgt);
+    pc_rng r; /* the teacher's logits (check_distill) */
+    pc_rng_seed(&r, 98);
     char what[160];
 
     /* cross-entropy: forward, backward */
@@ -133,6 +147,57 @@ static int run_case(const char *tag, const llama_config *cfg, int B, int T, back
     free(tgt);
     llama_free(&mc);
     llama_free(&mg);
+    return 0;
+}
+
+/* The GPU's bf16 tensor-core attention two ways: a model made while the backend's attention
+ * was fp32 keeps fp32 q, k, v (rotated in place) and its attention ops round them; one made
+ * with bf16 attention keeps them in bf16 only (llama_attention_16: the rope goes into the
+ * rounding). The same values, rounded the same way, into the same kernels: loss, logits
+ * and every gradient bit for bit. */
+static int run_qkv16_case(const char *tag, const llama_config *cfg, int B, int T, backend *gpu, const llama_opts *go)
+{
+    llama_model ma, mb;
+    pc_err e;
+    backend_cuda_set_attention(gpu, 0);
+    int rc = llama_init_opts(&ma, cfg, gpu, B, T, go, &e);
+    backend_cuda_set_attention(gpu, 1);
+    if (rc || llama_init_opts(&mb, cfg, gpu, B, T, go, &e)) {
+        fprintf(stderr, "%s: llama_init: %s\n", tag, e.msg);
+        return -1;
+    }
+    char what[160];
+    snprintf(what, sizeof what, "%s: kept in bf16 by the second model only", tag);
+    report(what, !llama_attention_16(&ma) && llama_attention_16(&mb) ? 0.0 : 1.0, 0.5);
+    llama_init_random(&ma, 7, 0.2f);
+    llama_init_random(&mb, 7, 0.2f);
+    int N = B * T, V = cfg->vocab_size;
+    int32_t *tok, *tgt;
+    random_batch(N, V, 5, 5, 1, &tok, &tgt);
+    if (go->forward_only) { /* a teacher's model: the loss only */
+        float la = llama_loss(&ma, tok, tgt), lb = llama_loss(&mb, tok, tgt);
+        snprintf(what, sizeof what, "%s loss bitwise (fp32 q, k, v %.6f, bf16 %.6f)", tag, (double)la, (double)lb);
+        report(what, la == lb ? 0.0 : 1.0, 0.5);
+    } else {
+        llama_zero_grad(&ma);
+        llama_zero_grad(&mb);
+        float la = llama_forward(&ma, tok, tgt), lb = llama_forward(&mb, tok, tgt);
+        snprintf(what, sizeof what, "%s loss bitwise (fp32 q, k, v %.6f, bf16 %.6f)", tag, (double)la, (double)lb);
+        report(what, la == lb ? 0.0 : 1.0, 0.5);
+        if (!mb.logits_chunk) {
+            snprintf(what, sizeof what, "%s logits bitwise", tag);
+            compare_buffers(what, gpu, ma.logits, gpu, mb.logits, (size_t)N * V, 0.0);
+        }
+        llama_backward(&ma);
+        llama_backward(&mb);
+        snprintf(what, sizeof what, "%s gradients bitwise", tag);
+        compare_buffers(what, gpu, ma.grads, gpu, mb.grads, (size_t)ma.n_params, 0.0);
+    }
+    backend_cuda_set_attention(gpu, 0);
+    free(tok);
+    free(tgt);
+    llama_free(&ma);
+    llama_free(&mb);
     return 0;
 }
 
@@ -185,6 +250,10 @@ int main(void)
     c.rope_high_freq_factor = 4.0;
     c.rope_original_max_pos = 64;
     if (rc == 0) rc = run_case("tied/mha/llama3-rope", &c, 3, 70, cpu, gpu, &plain);
+    if (rc == 0) rc = run_qkv16_case("bf16 attention", &c, 2, 70, gpu, &plain);
+    if (rc == 0) rc = run_qkv16_case("bf16 attention, recomputing, logits in chunks", &c, 2, 70, gpu, &chunked);
+    llama_opts fwd_only = {.forward_only = 1};
+    if (rc == 0) rc = run_qkv16_case("bf16 attention, forward only", &c, 2, 70, gpu, &fwd_only);
 
     backend_destroy(gpu);
     backend_destroy(cpu);

@@ -395,13 +395,23 @@ static void test_rmsnorm(ctx *x)
     }
 }
 
+/* Llama 3's rope tables (T, hd/2) on both backends. */
+static void rope_pairs(ctx *x, int T, int hd, pair *cs, pair *sn)
+{
+    float *hc = pc_alloc_f32((size_t)T * hd / 2), *hs = pc_alloc_f32((size_t)T * hd / 2);
+    rope_tables_host(hc, hs, T, hd, 500000.0, "llama3", 32.0, 1.0, 4.0, 8192);
+    *cs = pair_from(x, hc, (size_t)T * hd / 2);
+    *sn = pair_from(x, hs, (size_t)T * hd / 2);
+    free(hc);
+    free(hs);
+}
+
 static void test_rope_case(ctx *x, int hd)
 {
     const int B = 2, T = 19, Hq = 4, Hk = 2, ld = (Hq + 2 * Hk) * hd; /* fused qkv rows */
     char what[80];
-    float *hc = pc_alloc_f32((size_t)T * hd / 2), *hs = pc_alloc_f32((size_t)T * hd / 2);
-    rope_tables_host(hc, hs, T, hd, 500000.0, "llama3", 32.0, 1.0, 4.0, 8192);
-    pair cs = pair_from(x, hc, (size_t)T * hd / 2), sn = pair_from(x, hs, (size_t)T * hd / 2);
+    pair cs, sn;
+    rope_pairs(x, T, hd, &cs, &sn);
     pair qkv = pair_randn(x, (size_t)B * T * ld, 1.0f);
     x->cpu->ops->rope_fwd(x->cpu, qkv.c, cs.c, sn.c, B, T, Hq, hd, ld);
     x->gpu->ops->rope_fwd(x->gpu, qkv.g, cs.g, sn.g, B, T, Hq, hd, ld);
@@ -416,8 +426,6 @@ static void test_rope_case(ctx *x, int hd)
     pair_free(x, &cs);
     pair_free(x, &sn);
     pair_free(x, &qkv);
-    free(hc);
-    free(hs);
 }
 
 /* head_dim 64: 4 pairs a load (cuda/vec.h); 18: one */
@@ -513,6 +521,127 @@ static void test_attention(ctx *x)
     be_free(x->gpu, o[1]);
     be_free(x->gpu, lse);
     pair_free(x, &qkv);
+}
+
+/* Two GPU buffers of n floats hold the same bits. */
+static void same_bits(ctx *x, const char *what, const float *a, const float *b, size_t n)
+{
+    float *ha = pc_alloc_f32(n), *hb = pc_alloc_f32(n);
+    be_download(x->gpu, ha, a, n);
+    be_download(x->gpu, hb, b, n);
+    report(x, what, memcmp(ha, hb, n * sizeof(float)) ? 1.0 : 0.0, 0.5);
+    free(ha);
+    free(hb);
+}
+
+/* Attention on inputs kept in bf16 (attention_16, rope_qkv_16, attention_fwd_16/bwd_16),
+ * q, k, v rows of stride (H + 2 KV) hd + pad:
+ *   - rope_qkv_16 against the CPU's rope_fwd then round_bf16_2d into the packed layout:
+ *     at least 99% of the values bit for bit (a different fp32 rounding of a rotation can
+ *     move a value across a bf16 rounding boundary), every one within a bf16 ulp;
+ *   - the GPU's forward and backward from qkv16 bit for bit those of its tensor-core ops
+ *     on fp32 inputs rotated by rope_fwd (the same values rounded the same way);
+ *   - both against the CPU's fp32 attention on the rotated inputs (TOL_ATT_BF16). */
+static void test_attention16_case(ctx *x, int B, int T, int H, int KV, int hd, int pad)
+{
+    const int Cu = (H + 2 * KV) * hd, C = Cu + pad, qd = H * hd, kvd = KV * hd;
+    const size_t N = (size_t)B * T, nq = N * C, no = N * qd, nl = (size_t)B * H * T, n16 = N * Cu;
+    char what[160];
+    pair cs, sn;
+    rope_pairs(x, T, hd, &cs, &sn);
+    pair qkv = pair_randn(x, nq, 1.0f);
+    uint16_t *q16g = (uint16_t *)be_alloc(x->gpu, (n16 + 1) / 2), *q16c = (uint16_t *)be_alloc(x->cpu, (n16 + 1) / 2);
+    x->gpu->ops->rope_qkv_16(x->gpu, q16g, qkv.g, cs.g, sn.g, B, T, H, KV, hd, C);
+    /* the fp32 route on both backends: q and k rotated in place */
+    for (int side = 0; side < 2; side++) {
+        backend *be = side ? x->gpu : x->cpu;
+        float *v = side ? qkv.g : qkv.c;
+        be->ops->rope_fwd(be, v, side ? cs.g : cs.c, side ? sn.g : sn.c, B, T, H, hd, C);
+        be->ops->rope_fwd(be, v + qd, side ? cs.g : cs.c, side ? sn.g : sn.c, B, T, KV, hd, C);
+    }
+    x->cpu->ops->round_bf16_2d(x->cpu, q16c, qd, qkv.c, C, (int)N, qd);
+    x->cpu->ops->round_bf16_2d(x->cpu, q16c + N * qd, kvd, qkv.c + qd, C, (int)N, kvd);
+    x->cpu->ops->round_bf16_2d(x->cpu, q16c + N * (qd + kvd), kvd, qkv.c + qd + kvd, C, (int)N, kvd);
+    uint16_t *hg = pc_malloc((n16 + 1) * sizeof(uint16_t)), *hcpu = pc_malloc((n16 + 1) * sizeof(uint16_t));
+    be_download(x->gpu, (float *)hg, (float *)q16g, (n16 + 1) / 2);
+    be_download(x->cpu, (float *)hcpu, (float *)q16c, (n16 + 1) / 2);
+    size_t same = 0;
+    double worst = 0.0;
+    for (size_t i = 0; i < n16; i++) {
+        same += hg[i] == hcpu[i];
+        uint32_t a = (uint32_t)hg[i] << 16, b = (uint32_t)hcpu[i] << 16;
+        float fa, fb;
+        memcpy(&fa, &a, 4);
+        memcpy(&fb, &b, 4);
+        worst = fmax(worst, fabs((double)fa - fb) / fmax(fabs((double)fb), 1e-30));
+    }
+    snprintf(what, sizeof what, "rope_qkv_16 vs cpu rope + round hd=%d pad=%d: %.4f%% bitwise, worst %.1e", hd, pad,
+             100.0 * same / (double)n16, worst);
+    report(x, what, same >= 0.99 * n16 && worst <= 1.0 / 128 ? 0.0 : 1.0, 0.5);
+    free(hg);
+    free(hcpu);
+
+    /* forward: from qkv16 vs the fp32 tensor-core route (bitwise) vs the CPU */
+    pair out = pair_randn(x, no, 1.0f), lse = pair_randn(x, nl, 1.0f);
+    float *out16 = be_alloc(x->gpu, no), *lse16 = be_alloc(x->gpu, nl);
+    x->cpu->ops->attention_fwd(x->cpu, out.c, lse.c, qkv.c, qkv.c + qd, qkv.c + qd + kvd, B, T, H, KV, hd, C);
+    x->gpu->ops->attention_fwd(x->gpu, out.g, lse.g, qkv.g, qkv.g + qd, qkv.g + qd + kvd, B, T, H, KV, hd, C);
+    x->gpu->ops->attention_fwd_16(x->gpu, out16, lse16, q16g, B, T, H, KV, hd);
+    snprintf(what, sizeof what, "attention_fwd bf16 tc vs cpu B=%d T=%d H=%d KV=%d hd=%d pad=%d", B, T, H, KV, hd, pad);
+    check_pair(x, what, &out, TOL_ATT_BF16);
+    pair o16 = {out.c, out16, no};
+    snprintf(what, sizeof what, "attention_fwd_16 vs cpu hd=%d pad=%d", hd, pad);
+    check_pair(x, what, &o16, TOL_ATT_BF16);
+    snprintf(what, sizeof what, "attention_fwd_16 out bitwise the fp32-input tc route's hd=%d pad=%d", hd, pad);
+    same_bits(x, what, out.g, out16, no);
+    snprintf(what, sizeof what, "attention_fwd_16 lse bitwise the fp32-input tc route's hd=%d pad=%d", hd, pad);
+    same_bits(x, what, lse.g, lse16, nl);
+
+    /* backward: dqkv (stride C) starts random, so every q, k, v gradient must be written */
+    pair dout = pair_randn(x, no, 1.0f), dqkv = pair_randn(x, nq, 1.0f);
+    float *d16 = be_alloc(x->gpu, nq);
+    be_copy(x->gpu, d16, dqkv.g, nq);
+    x->cpu->ops->attention_bwd(x->cpu, dqkv.c, dqkv.c + qd, dqkv.c + qd + kvd, dout.c, out.c, lse.c, qkv.c,
+                               qkv.c + qd, qkv.c + qd + kvd, B, T, H, KV, hd, C);
+    x->gpu->ops->attention_bwd(x->gpu, dqkv.g, dqkv.g + qd, dqkv.g + qd + kvd, dout.g, out.g, lse.g, qkv.g,
+                               qkv.g + qd, qkv.g + qd + kvd, B, T, H, KV, hd, C);
+    x->gpu->ops->attention_bwd_16(x->gpu, d16, d16 + qd, d16 + qd + kvd, dout.g, out16, lse16, q16g, B, T, H, KV, hd,
+                                  C);
+    pair dq16 = {dqkv.c, d16, nq};
+    snprintf(what, sizeof what, "attention_bwd_16 dq|dk|dv vs cpu hd=%d pad=%d", hd, pad);
+    check_pair(x, what, &dq16, TOL_ATT_BF16);
+    snprintf(what, sizeof what, "attention_bwd_16 bitwise the fp32-input tc route's hd=%d pad=%d", hd, pad);
+    same_bits(x, what, dqkv.g, d16, nq);
+    be_free(x->gpu, d16);
+    be_free(x->gpu, out16);
+    be_free(x->gpu, lse16);
+    be_free(x->gpu, q16g);
+    be_free(x->cpu, q16c);
+    pair_free(x, &dout);
+    pair_free(x, &dqkv);
+    pair_free(x, &out);
+    pair_free(x, &lse);
+    pair_free(x, &qkv);
+    pair_free(x, &cs);
+    pair_free(x, &sn);
+}
+
+static void test_attention16(ctx *x)
+{
+    backend_cuda_set_attention(x->gpu, 0);
+    report(x, "attention_16: no with fp32 attention", x->gpu->ops->attention_16(x->gpu, 64) ? 1.0 : 0.0, 0.5);
+    backend_cuda_set_attention(x->gpu, 1);
+    report(x, "attention_16: yes with bf16 attention at head_dim 64, no at 18 or 144",
+           x->gpu->ops->attention_16(x->gpu, 64) && !x->gpu->ops->attention_16(x->gpu, 18) &&
+                   !x->gpu->ops->attention_16(x->gpu, 144)
+               ? 0.0
+               : 1.0,
+           0.5);
+    report(x, "attention_16: the CPU backend has none", x->cpu->ops->attention_16 ? 1.0 : 0.0, 0.5);
+    test_attention16_case(x, 2, 65, 4, 2, 64, 0);
+    test_attention16_case(x, 1, 70, 2, 1, 48, 1); /* fp32 rows not 16-byte aligned: one pair a thread */
+    test_attention16_case(x, 2, 17, 2, 2, 128, 0);
+    backend_cuda_set_attention(x->gpu, 0);
 }
 
 /* ---------------------------------------------------------------- swiglu, losses */
@@ -885,6 +1014,7 @@ int main(void)
     test_rmsnorm(&x);
     test_rope(&x);
     test_attention(&x);
+    test_attention16(&x);
     test_swiglu(&x);
     test_xent(&x);
     test_distill(&x);
