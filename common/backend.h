@@ -125,12 +125,15 @@ typedef struct backend_ops {
      * rope_fwd, then every value rounded to bf16 (nearest even). */
     void (*rope_qkv_16)(backend *be, uint16_t *qkv16, const float *qkv, const float *cos_t, const float *sin_t,
                         int B, int T, int H, int KV, int hd, int ld);
-    /* attention_fwd and attention_bwd with q, k and v from qkv16; dq, dk, dv rows of stride
-     * ld (the gradient of the rotated q and k, as attention_bwd's). */
-    void (*attention_fwd_16)(backend *be, float *out, float *lse, const uint16_t *qkv16, int B, int T, int H, int KV,
-                             int hd);
-    void (*attention_bwd_16)(backend *be, float *dq, float *dk, float *dv, const float *dout, const float *out,
-                             const float *lse, const uint16_t *qkv16, int B, int T, int H, int KV, int hd, int ld);
+    /* attention_fwd and attention_bwd with q, k and v from qkv16; out (B,T,H,hd) in fp32,
+     * or with out16 its values rounded to bf16 (nearest even; a buffer of half as many
+     * floats), which the backward's D = rowsum(dout o out) then reads; dq, dk, dv rows of
+     * stride ld (the gradient of the rotated q and k, as attention_bwd's). */
+    void (*attention_fwd_16)(backend *be, void *out, int out16, float *lse, const uint16_t *qkv16, int B, int T,
+                             int H, int KV, int hd);
+    void (*attention_bwd_16)(backend *be, float *dq, float *dk, float *dv, const float *dout, const void *out,
+                             int out16, const float *lse, const uint16_t *qkv16, int B, int T, int H, int KV, int hd,
+                             int ld);
 
     /* out (N,f) = silu(gate) * up; gate and up (N,f) with row stride ld_in. */
     void (*swiglu_fwd)(backend *be, float *out, const float *gate, const float *up, int N, int f, int ld_in);

@@ -104,12 +104,13 @@ static dim3 atc_grid(int T, int heads, int B)
     }
 
 template <int HD>
-static void atc_fwd(cudaStream_t s, float *out, float *lse, const atc_copies &c, int B, int T, int H, int KV)
+static void atc_fwd(cudaStream_t s, void *out, int out16, float *lse, const atc_copies &c, int B, int T, int H, int KV)
 {
     const size_t bytes = atc_fwd_smem(HD);
     atc_smem((const void *)k_atc_fwd<HD>, bytes);
     PC_LAUNCH(k_atc_fwd<HD>, atc_grid(T, H, B), ATC_WARPS * 32, bytes, s)
-    (out, lse, c.q, c.k, c.v, T, H, KV, 1.0f / sqrtf((float)HD));
+    (out16 ? nullptr : (float *)out, out16 ? (bf16 *)out : nullptr, lse, c.q, c.k, c.v, T, H, KV,
+     1.0f / sqrtf((float)HD));
     CUDA_CHECK(cudaGetLastError());
 }
 
@@ -150,11 +151,11 @@ extern "C" void attn_tc_dout_copy(cudaStream_t s, void *dout16, const float *dou
     atc_to_bf16(s, (bf16 *)dout16, dout, (size_t)H * hd, (size_t)B * T, H * hd);
 }
 
-extern "C" void attn_tc_fwd(cudaStream_t s, const void *qkv16, float *out, float *lse, int B, int T, int H, int KV,
-                            int hd)
+extern "C" void attn_tc_fwd(cudaStream_t s, const void *qkv16, void *out, int out16, float *lse, int B, int T, int H,
+                            int KV, int hd)
 {
     const atc_copies c = atc_copies_in(qkv16, NULL, B, T, H, KV, hd);
-    ATC_DISPATCH(atc_fwd, hd, s, out, lse, c, B, T, H, KV)
+    ATC_DISPATCH(atc_fwd, hd, s, out, out16, lse, c, B, T, H, KV)
 }
 
 extern "C" void attn_tc_dq(cudaStream_t s, const void *qkv16, const void *dout16, float *dq, const float *lse,

@@ -26,8 +26,10 @@ void attn_tc_copies(cudaStream_t s, void *qkv16, const float *q, const float *k,
                     int KV, int hd, int ld);
 /* dout (B,T,H,hd; row stride H hd) rounded into dout16. */
 void attn_tc_dout_copy(cudaStream_t s, void *dout16, const float *dout, int B, int T, int H, int hd);
-/* out (B,T,H,hd) row stride H*hd, lse (B,H,T) from qkv16. */
-void attn_tc_fwd(cudaStream_t s, const void *qkv16, float *out, float *lse, int B, int T, int H, int KV, int hd);
+/* out (B,T,H,hd) row stride H*hd, in fp32, or with out16 rounded to bf16 (nearest even),
+ * and lse (B,H,T) from qkv16. */
+void attn_tc_fwd(cudaStream_t s, const void *qkv16, void *out, int out16, float *lse, int B, int T, int H, int KV,
+                 int hd);
 /* dq (overwritten, rows of stride ld) from qkv16 and dout16, with lse and D. */
 void attn_tc_dq(cudaStream_t s, const void *qkv16, const void *dout16, float *dq, const float *lse, const float *D,
                 int B, int T, int H, int KV, int hd, int ld);

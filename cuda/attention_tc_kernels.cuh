@@ -242,20 +242,27 @@ __device__ __forceinline__ int atc_c_col(int n, int i) { return 8 * n + 2 * (int
  * b  <=>  atc_c_off(n, i) <= b - atc_c_col(0, 0)): one comparison and one select an element. */
 __device__ __forceinline__ int atc_c_off(int n, int i) { return 8 * n + (i & 1); }
 
-/* Row-major (rows, hd) fp32 output from C fragments c[n] (16 x hd) of the warp's rows
- * row0.. (times mul[r] for the lane's two rows r = 0, 1), skipping rows at or past T. */
-template <int DT> __device__ __forceinline__ void atc_store(float *out, size_t ld, const float c[DT][4], int row0,
-                                                            int T, const float mul[2])
+/* Row-major (rows, hd) output from C fragments c[n] (16 x hd) of the warp's rows row0..
+ * (times mul[r] for the lane's two rows r = 0, 1), skipping rows at or past T: fp32, or
+ * bf16 (nearest even; a lane's two adjacent columns in one 4-byte store). */
+template <int DT, typename OutT>
+__device__ __forceinline__ void atc_store(OutT *out, size_t ld, const float c[DT][4], int row0, int T,
+                                          const float mul[2])
 {
     ATC_UNROLL
     for (int r = 0; r < 2; r++) {
         const int i = row0 + atc_c_row(2 * r);
         if (i >= T) continue;
-        float *o = out + (size_t)i * ld;
+        OutT *o = out + (size_t)i * ld;
         ATC_UNROLL
         for (int n = 0; n < DT; n++) {
-            o[atc_c_col(n, 0)] = c[n][2 * r] * mul[r];
-            o[atc_c_col(n, 1)] = c[n][2 * r + 1] * mul[r];
+            const float x0 = c[n][2 * r] * mul[r], x1 = c[n][2 * r + 1] * mul[r];
+            if constexpr (sizeof(OutT) == 2) {
+                *(u32 *)(o + atc_c_col(n, 0)) = vec_pack_bf16(x0, x1); /* even column: 4-byte aligned */
+            } else {
+                o[atc_c_col(n, 0)] = x0;
+                o[atc_c_col(n, 1)] = x1;
+            }
         }
     }
 }
@@ -408,10 +415,11 @@ __device__ __forceinline__ void atc_fwd_tile(float o[HD / 8][4], float m[2], flo
 }
 
 /* grid (ceil(T/64), H, B), ATC_WARPS*32 threads, atc_fwd_smem(HD) bytes of shared memory;
- * q, k, v the bf16 copies (atc_src's layout: (B,T,H,HD) and (B,T,KV,HD), rows unpadded). */
+ * q, k, v the bf16 copies (atc_src's layout: (B,T,H,HD) and (B,T,KV,HD), rows unpadded);
+ * the output to out (fp32), or when out is null to out16 (bf16). */
 template <int HD>
-__global__ void ATC_BOUNDS(HD) k_atc_fwd(float *out, float *lse, const bf16 *q, const bf16 *k, const bf16 *v, int T,
-                                         int H, int KV, float scale)
+__global__ void ATC_BOUNDS(HD) k_atc_fwd(float *out, bf16 *out16, float *lse, const bf16 *q, const bf16 *k,
+                                         const bf16 *v, int T, int H, int KV, float scale)
 {
     constexpr int KT = HD / 16, DT = HD / 8, ldh = HD + ATC_PAD;
     const float scale2 = scale * ATC_LOG2E; /* scores in base 2: exp(scale s) = exp2(scale2 s) */
@@ -436,7 +444,11 @@ __global__ void ATC_BOUNDS(HD) k_atc_fwd(float *out, float *lse, const bf16 *q, 
         const int i = w0 + atc_c_row(2 * r);
         if (i < T && (threadIdx.x & 3) == 0) lse[((size_t)b * H + h) * T + i] = (m[r] + log2f(l[r])) * ATC_LN2;
     }
-    atc_store<DT>(out + (size_t)b * T * H * HD + (size_t)h * HD, (size_t)H * HD, o, w0, T, inv);
+    const size_t at_row = (size_t)b * T * H * HD + (size_t)h * HD;
+    if (out)
+        atc_store<DT>(out + at_row, (size_t)H * HD, o, w0, T, inv);
+    else
+        atc_store<DT>(out16 + at_row, (size_t)H * HD, o, w0, T, inv);
 }
 
 static inline size_t atc_fwd_smem(int hd) { return 4 * atc_tile_bytes(hd); }

@@ -143,6 +143,10 @@ static double *red_scratch(cuda_impl *c, size_t n)
 /* An op's output element in fp32, or rounded to bf16 (nearest even: round_bf16's rounding). */
 template <typename T> __device__ inline void store_out(T *p, float v) { vec_st<1>(p, fvec<1>{{v}}); }
 
+/* An element of an fp32 or bf16 buffer, as fp32. */
+__device__ inline float to_f32(float v) { return v; }
+__device__ inline float to_f32(__nv_bfloat16 v) { return __bfloat162float(v); }
+
 
 /* ------------------------------------------------------------------ reductions */
 
@@ -845,14 +849,16 @@ __global__ void k_attention_fwd(float *out, float *lse, const float *q, const fl
 }
 
 /* D[b,h,t] = sum_c dO[b,t,h,c] O[b,t,h,c]: one warp per (b,t,h) row. */
-__global__ void k_attention_dsum(float *D, const float *dout, const float *out, int B, int T, int H, int hd)
+template <typename OutT>
+__global__ void k_attention_dsum(float *D, const float *dout, const OutT *out, int B, int T, int H, int hd)
 {
     const size_t row = ((size_t)blockIdx.x * blockDim.x + threadIdx.x) >> 5; /* (b*T + t)*H + h */
     const int lane = threadIdx.x & 31;
     if (row >= (size_t)B * T * H) return; /* warp-uniform */
-    const float *o = out + row * hd, *g = dout + row * hd;
+    const OutT *o = out + row * hd;
+    const float *g = dout + row * hd;
     float s = 0.0f;
-    for (int c = lane; c < hd; c += 32) s += o[c] * g[c];
+    for (int c = lane; c < hd; c += 32) s += to_f32(o[c]) * g[c];
     s = warp_sum(s);
     const int h = (int)(row % H);
     const size_t bt = row / H, b = bt / T, t = bt % T;
@@ -1027,11 +1033,12 @@ static char *att16_scratch(cuda_impl *c, size_t bytes)
  * (query, key) pairs of each head: 2 products x 2 FLOPs x hd per pair */
 static double attention_flops(int B, int T, int H, int hd) { return 2.0 * B * H * hd * (double)T * (T + 1); }
 
-/* The tensor-core forward from qkv16 (attention_tc.h's layout). */
-static void att16_fwd(cuda_impl *c, const void *qkv16, float *out, float *lse, int B, int T, int H, int KV, int hd)
+/* The tensor-core forward from qkv16 (attention_tc.h's layout), out in fp32 or (out16) bf16. */
+static void att16_fwd(cuda_impl *c, const void *qkv16, void *out, int out16, float *lse, int B, int T, int H, int KV,
+                      int hd)
 {
     PROF_BEGIN(c, "attention_fwd bf16", attention_flops(B, T, H, hd), 0);
-    attn_tc_fwd(c->stream, qkv16, out, lse, B, T, H, KV, hd);
+    attn_tc_fwd(c->stream, qkv16, out, out16, lse, B, T, H, KV, hd);
     launch_check(c, __FILE__, __LINE__);
     PROF_END(c);
 }
@@ -1050,7 +1057,7 @@ static void cu_attention_fwd(backend *be, float *out, float *lse, const float *q
             launch_check(c, __FILE__, __LINE__);
             PROF_END(c);
         }
-        att16_fwd(c, qkv16, out, lse, B, T, H, KV, hd);
+        att16_fwd(c, qkv16, out, 0, lse, B, T, H, KV, hd);
         return;
     }
     PROF_BEGIN(c, "attention_fwd fp32", attention_flops(B, T, H, hd), 0);
@@ -1061,15 +1068,19 @@ static void cu_attention_fwd(backend *be, float *out, float *lse, const float *q
     PROF_END(c);
 }
 
-/* The backward's D = rowsum(dO o O) (B,H,T), into c->att_d. */
-static void att_dsum(backend *be, const float *dout, const float *out, int B, int T, int H, int hd)
+/* The backward's D = rowsum(dO o O) (B,H,T), into c->att_d; O in fp32, or (out16) bf16. */
+static void att_dsum(backend *be, const float *dout, const void *out, int out16, int B, int T, int H, int hd)
 {
     cuda_impl *c = impl_of(be);
     size_t rows = (size_t)B * T * H;
     grow_f32(c, &c->att_d, &c->att_d_n, rows);
     const unsigned grid = (unsigned)((rows * 32 + 255) / 256); /* a warp per (b, t, h) row */
-    PROF_BEGIN(c, "attention_bwd D", 0, 8.0 * rows * hd + 4.0 * rows);
-    PC_LAUNCH(k_attention_dsum, grid, 256, 0, c->stream)(c->att_d, dout, out, B, T, H, hd);
+    PROF_BEGIN(c, "attention_bwd D", 0, (out16 ? 6.0 : 8.0) * rows * hd + 4.0 * rows);
+    if (out16)
+        PC_LAUNCH(k_attention_dsum<__nv_bfloat16>, grid, 256, 0, c->stream)(c->att_d, dout,
+                                                                            (const __nv_bfloat16 *)out, B, T, H, hd);
+    else
+        PC_LAUNCH(k_attention_dsum<float>, grid, 256, 0, c->stream)(c->att_d, dout, (const float *)out, B, T, H, hd);
     LAUNCH_CHECK();
     PROF_END(c);
 }
@@ -1100,7 +1111,7 @@ static void cu_attention_bwd(backend *be, float *dq, float *dk, float *dv, const
     cuda_impl *c = impl_of(be);
     if (B <= 0 || T <= 0 || H <= 0) return;
     check_attention_shape(H, KV, hd);
-    att_dsum(be, dout, out, B, T, H, hd);
+    att_dsum(be, dout, out, 0, B, T, H, hd);
     if (on_tensor_cores(c, hd)) {
         const size_t nqkv = attn_tc_qkv_bytes(B, T, H, KV, hd);
         char *qkv16 = att16_scratch(c, nqkv + attn_tc_dout_bytes(B, T, H, hd));
@@ -1144,21 +1155,22 @@ static void cu_rope_qkv_16(backend *be, uint16_t *qkv16, const float *qkv, const
     round_strided(c, "round_bf16 v", v16, kvd, qkv + qd + kvd, N, kvd, (size_t)ld);
 }
 
-static void cu_attention_fwd_16(backend *be, float *out, float *lse, const uint16_t *qkv16, int B, int T, int H,
-                                int KV, int hd)
+static void cu_attention_fwd_16(backend *be, void *out, int out16, float *lse, const uint16_t *qkv16, int B, int T,
+                                int H, int KV, int hd)
 {
     if (B <= 0 || T <= 0 || H <= 0) return;
     check_attention_shape(H, KV, hd);
-    att16_fwd(impl_of(be), qkv16, out, lse, B, T, H, KV, hd);
+    att16_fwd(impl_of(be), qkv16, out, out16, lse, B, T, H, KV, hd);
 }
 
-static void cu_attention_bwd_16(backend *be, float *dq, float *dk, float *dv, const float *dout, const float *out,
-                                const float *lse, const uint16_t *qkv16, int B, int T, int H, int KV, int hd, int ld)
+static void cu_attention_bwd_16(backend *be, float *dq, float *dk, float *dv, const float *dout, const void *out,
+                                int out16, const float *lse, const uint16_t *qkv16, int B, int T, int H, int KV,
+                                int hd, int ld)
 {
     cuda_impl *c = impl_of(be);
     if (B <= 0 || T <= 0 || H <= 0) return;
     check_attention_shape(H, KV, hd);
-    att_dsum(be, dout, out, B, T, H, hd);
+    att_dsum(be, dout, out, out16, B, T, H, hd);
     char *dout16 = att16_scratch(c, attn_tc_dout_bytes(B, T, H, hd));
     {
         PROF_BEGIN(c, "attention_bwd bf16 dO copy", 0, 6.0 * B * T * H * hd);

@@ -344,25 +344,28 @@ static int qkv16(const llama_config *s, const plan_opts *o) {
  *                     the one fp32 product input, att, H hd per token, 2 bytes each; no
  *                     fp32 dgu (swiglu_bwd_16 writes it in bf16 among those operands)
  *   qkv16:            each layer's (or with recompute the one set's) q, k, v in bf16 only,
- *                     (H+2KV) hd values per token, and one fp32 qkv shared by the layers. */
+ *                     (H+2KV) hd values per token, and one fp32 qkv shared by the layers;
+ *                     with weights_bf16 also att in bf16 only, H hd values per token, and
+ *                     then no bf16 operand for att (it is one). */
 static int64_t activation_bytes(const llama_config *s, const plan_opts *o) {
     int64_t N = (int64_t)o->micro_batch * o->seq_len, d = s->d_model, H = s->n_heads, KV = s->n_kv_heads,
             hd = s->head_dim, V = s->vocab_size, fmax = max_d_ff(s), C = (H + 2 * KV) * hd;
-    int in16 = o->weights_bf16, q16 = qkv16(s, o);
+    int in16 = o->weights_bf16, q16 = qkv16(s, o), att16 = q16 && in16;
     int64_t per_tok = 0, in16_bytes = 0; /* in16: ln1, ln2, h, lnf leave per_tok for in16_bytes */
     int n_sets = o->recompute ? 1 : s->n_layers; /* recompute: one set, at the largest d_ff */
     for (int l = 0; l < n_sets; l++) {
         int64_t f = o->recompute ? fmax : s->d_ff_layer[l];
-        per_tok += layer_floats(s, f) - (in16 ? 2 * d + f : 0) - (q16 ? C : 0);
+        per_tok += layer_floats(s, f) - (in16 ? 2 * d + f : 0) - (q16 ? C : 0) - (att16 ? H * hd : 0);
         if (in16) in16_bytes += 2 * IN16(N, d) + IN16(N, f);
         if (q16) in16_bytes += IN16(N, C);
+        if (att16) in16_bytes += IN16(N, H * hd);
     }
     per_tok += s->n_layers * d;        /* each layer's input */
     per_tok += 2 * d + 2 - (in16 ? d : 0) + (q16 ? C : 0); /* final residual, lnf, rstdf, xent lse; fp32 qkv */
     if (in16) in16_bytes += IN16(N, d);
     per_tok += 2 * d + H * hd + (H + 2 * KV) * hd + (in16 ? 1 : 3) * fmax;
     int64_t tt = o->attn_tt ? 2 * (int64_t)o->seq_len * o->seq_len * 4 : 0;
-    int64_t ops16 = in16 ? PC_MAX(PC_MAX((H + 2 * KV) * hd, d), 2 * fmax) + H * hd : 0;
+    int64_t ops16 = in16 ? PC_MAX(PC_MAX((H + 2 * KV) * hd, d), 2 * fmax) + (att16 ? 0 : H * hd) : 0;
     return (N * per_tok + logits_rows(o) * V) * o->compute_dtype_bytes + tt + 2 * N * ops16 + in16_bytes;
 }
 

@@ -34,7 +34,11 @@ struct llama_acts {
      * layout of rope_qkv_16 (N (H+2KV) hd values in buffers of half as many floats); the
      * qkv product's fp32 output then lives in one buffer for all layers. NULL otherwise. */
     float **qkv16;
-    float **att;   /* L x (N,H*hd) attention output before o_proj */
+    float **att;   /* L x (N,H*hd) attention output before o_proj; bf16 values with att16 */
+    /* att16: attention writes its output in bf16 (attention_16 with bf16 products, which
+     * are all that read it besides the backward's D), in buffers of half as many floats;
+     * then there is no x16 */
+    int att16;
     float **lse;   /* L x (B,H,T) */
     float **gu;    /* L x (N,2*f_l): gate | up */
     float **h;     /* L x (N,f_l) */
@@ -48,7 +52,7 @@ struct llama_acts {
     /* with a bf16 weight copy (and a backward): a product's output gradient and input, each
      * rounded to bf16 once for both backward products (bf16_scratch); NULL otherwise */
     uint16_t *dy16; /* (N, max(C, d, 2 f_max)): the widest layer product's outputs */
-    uint16_t *x16;  /* (N, H*hd): the one fp32 product input, att (o_proj's) */
+    uint16_t *x16;  /* (N, H*hd): the one fp32 product input, att (o_proj's); NULL with att16 */
 };
 
 /* A weight product's input activation (N, in): fp32 (f32), or bf16 (b16); one is set. */
@@ -58,6 +62,12 @@ typedef struct act_in {
 } act_in;
 
 static act_in f32_in(const float *x) { return (act_in){x, NULL}; }
+
+/* Layer l's attention output as o_proj's input: bf16 with att16, else fp32. */
+static act_in att_in(const llama_acts *a, int l)
+{
+    return a->att16 ? (act_in){NULL, (const uint16_t *)a->att[l]} : f32_in(a->att[l]);
+}
 
 /* ln1, ln2, h or lnf (buf) from row r of width `in` on: bf16 when the model keeps them so */
 static act_in prod_in(const llama_acts *a, const float *buf, size_t r, int in)
@@ -378,7 +388,17 @@ static void bf16_scratch(llama_model *m)
     size_t N = (size_t)m->B * m->T, d = (size_t)c->d_model, qd = (size_t)c->n_heads * c->head_dim;
     size_t C = qd + 2 * (size_t)c->n_kv_heads * c->head_dim, fmax = max_d_ff(c);
     a->dy16 = m->be->ops->alloc_bf16(m->be, N * PC_MAX(PC_MAX(C, d), 2 * fmax));
-    a->x16 = m->be->ops->alloc_bf16(m->be, N * qd);
+    if (a->qkv16) { /* the attention output in bf16 (att16): made in fp32 by llama_init, dead until a forward */
+        int L = c->n_layers, shared = m->recompute;
+        size_t *sz = pc_calloc((size_t)L, sizeof(size_t));
+        for (int l = 0; l < L; l++) sz[l] = (N * qd + 1) / 2;
+        free_list(m->be, a->att, L, shared);
+        a->att = alloc_list(m->be, L, sz, shared);
+        a->att16 = 1;
+        free(sz);
+    } else {
+        a->x16 = m->be->ops->alloc_bf16(m->be, N * qd);
+    }
     be_free(m->be, a->dgu); /* made in fp32: the gate|up gradient goes to dy16 in bf16 (swiglu_bwd_16) */
     a->dgu = NULL;
     if (!a->in16) { /* made in fp32 (llama_init): what they hold is dead until the next forward */
@@ -782,14 +802,14 @@ static void layer_fwd(llama_model *m, int l, int out)
     if (a->qkv16) { // q, k rotated and q, k, v rounded into the layer's bf16 copy (N,C), which attention reads
         uint16_t *qkv16 = (uint16_t *)a->qkv16[l];
         op->rope_qkv_16(be, qkv16, qkv, m->rope_cos, m->rope_sin, B, T, H, KV, hd, C);
-        op->attention_fwd_16(be, a->att[l], a->lse[l], qkv16, B, T, H, KV, hd);
+        op->attention_fwd_16(be, a->att[l], a->att16, a->lse[l], qkv16, B, T, H, KV, hd);
     } else {
         op->rope_fwd(be, qkv, m->rope_cos, m->rope_sin, B, T, H, hd, C);       // q part
         op->rope_fwd(be, qkv + qd, m->rope_cos, m->rope_sin, B, T, KV, hd, C); // k part
         op->attention_fwd(be, a->att[l], a->lse[l], qkv, qkv + qd, qkv + qd + KV * hd, B, T, H, KV, hd, C);
     }
     be_copy(be, a->mid[l], a->res[l], (size_t)N * d);
-    linear_fwd(m, a->mid[l], f32_in(a->att[l]), layer_tensor(l, T_O), N, qd, d, 1.0f); // += (N,qd) -> (N,d)
+    linear_fwd(m, a->mid[l], att_in(a, l), layer_tensor(l, T_O), N, qd, d, 1.0f); // += (N,qd) -> (N,d)
     norm_in(m, a->ln2[l], a->rstd2[l], a->mid[l], layer_tensor(l, T_LN2));
     linear_fwd(m, a->gu[l], prod_in(a, a->ln2[l], 0, d), layer_tensor(l, T_GATE), N, d, 2 * f, 0.0f); // -> (N,2f)
     if (a->in16) // -> (N,f)
@@ -966,9 +986,9 @@ void llama_backward(llama_model *m)
         op->rmsnorm_bwd(be, a->dres, G(m, t2), a->dln, a->mid[l], P(m, t2), a->rstd2[l], N, d);
         // attention: mid = res + att Wo^T
         int to = layer_tensor(l, T_O), tq = layer_tensor(l, T_Q);
-        linear_bwd(m, a->datt, G(m, to), a->dres, f32_in(a->att[l]), to, N, qd, d); // (N,d) -> (N,qd)
+        linear_bwd(m, a->datt, G(m, to), a->dres, att_in(a, l), to, N, qd, d); // (N,d) -> (N,qd)
         if (a->qkv16)
-            op->attention_bwd_16(be, dqkv, dqkv + qd, dqkv + qd + KV * hd, a->datt, a->att[l], a->lse[l],
+            op->attention_bwd_16(be, dqkv, dqkv + qd, dqkv + qd + KV * hd, a->datt, a->att[l], a->att16, a->lse[l],
                                  (const uint16_t *)a->qkv16[l], B, T, H, KV, hd, C);
         else
             op->attention_bwd(be, dqkv, dqkv + qd, dqkv + qd + KV * hd, a->datt, a->att[l], a->lse[l], qkv,

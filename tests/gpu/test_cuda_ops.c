@@ -586,7 +586,7 @@ static void test_attention16_case(ctx *x, int B, int T, int H, int KV, int hd, i
     float *out16 = be_alloc(x->gpu, no), *lse16 = be_alloc(x->gpu, nl);
     x->cpu->ops->attention_fwd(x->cpu, out.c, lse.c, qkv.c, qkv.c + qd, qkv.c + qd + kvd, B, T, H, KV, hd, C);
     x->gpu->ops->attention_fwd(x->gpu, out.g, lse.g, qkv.g, qkv.g + qd, qkv.g + qd + kvd, B, T, H, KV, hd, C);
-    x->gpu->ops->attention_fwd_16(x->gpu, out16, lse16, q16g, B, T, H, KV, hd);
+    x->gpu->ops->attention_fwd_16(x->gpu, out16, 0, lse16, q16g, B, T, H, KV, hd);
     snprintf(what, sizeof what, "attention_fwd bf16 tc vs cpu B=%d T=%d H=%d KV=%d hd=%d pad=%d", B, T, H, KV, hd, pad);
     check_pair(x, what, &out, TOL_ATT_BF16);
     pair o16 = {out.c, out16, no};
@@ -596,6 +596,15 @@ static void test_attention16_case(ctx *x, int B, int T, int H, int KV, int hd, i
     same_bits(x, what, out.g, out16, no);
     snprintf(what, sizeof what, "attention_fwd_16 lse bitwise the fp32-input tc route's hd=%d pad=%d", hd, pad);
     same_bits(x, what, lse.g, lse16, nl);
+    /* the output in bf16: the fp32 output rounded, bit for bit (no is even: hd is) */
+    uint16_t *out_b = (uint16_t *)be_alloc(x->gpu, no / 2), *r16 = (uint16_t *)be_alloc(x->gpu, no / 2);
+    float *lse_b = be_alloc(x->gpu, nl);
+    x->gpu->ops->attention_fwd_16(x->gpu, out_b, 1, lse_b, q16g, B, T, H, KV, hd);
+    x->gpu->ops->round_bf16(x->gpu, r16, out16, no);
+    snprintf(what, sizeof what, "attention_fwd_16 out16 bitwise its fp32 output rounded hd=%d pad=%d", hd, pad);
+    same_bits(x, what, (const float *)r16, (const float *)out_b, no / 2);
+    snprintf(what, sizeof what, "attention_fwd_16 out16: lse bitwise hd=%d pad=%d", hd, pad);
+    same_bits(x, what, lse16, lse_b, nl);
 
     /* backward: dqkv (stride C) starts random, so every q, k, v gradient must be written */
     pair dout = pair_randn(x, no, 1.0f), dqkv = pair_randn(x, nq, 1.0f);
@@ -605,13 +614,21 @@ static void test_attention16_case(ctx *x, int B, int T, int H, int KV, int hd, i
                                qkv.c + qd, qkv.c + qd + kvd, B, T, H, KV, hd, C);
     x->gpu->ops->attention_bwd(x->gpu, dqkv.g, dqkv.g + qd, dqkv.g + qd + kvd, dout.g, out.g, lse.g, qkv.g,
                                qkv.g + qd, qkv.g + qd + kvd, B, T, H, KV, hd, C);
-    x->gpu->ops->attention_bwd_16(x->gpu, d16, d16 + qd, d16 + qd + kvd, dout.g, out16, lse16, q16g, B, T, H, KV, hd,
-                                  C);
+    x->gpu->ops->attention_bwd_16(x->gpu, d16, d16 + qd, d16 + qd + kvd, dout.g, out16, 0, lse16, q16g, B, T, H, KV,
+                                  hd, C);
     pair dq16 = {dqkv.c, d16, nq};
     snprintf(what, sizeof what, "attention_bwd_16 dq|dk|dv vs cpu hd=%d pad=%d", hd, pad);
     check_pair(x, what, &dq16, TOL_ATT_BF16);
     snprintf(what, sizeof what, "attention_bwd_16 bitwise the fp32-input tc route's hd=%d pad=%d", hd, pad);
     same_bits(x, what, dqkv.g, d16, nq);
+    /* D from the bf16 output: the same within bf16 tolerance */
+    x->gpu->ops->attention_bwd_16(x->gpu, d16, d16 + qd, d16 + qd + kvd, dout.g, out_b, 1, lse_b, q16g, B, T, H, KV,
+                                  hd, C);
+    snprintf(what, sizeof what, "attention_bwd_16 from out16 vs cpu hd=%d pad=%d", hd, pad);
+    check_pair(x, what, &dq16, TOL_ATT_BF16);
+    be_free(x->gpu, out_b);
+    be_free(x->gpu, r16);
+    be_free(x->gpu, lse_b);
     be_free(x->gpu, d16);
     be_free(x->gpu, out16);
     be_free(x->gpu, lse16);

@@ -11,14 +11,17 @@ comm (cuda/comm_nccl.c) on NCCL's API emulated with MPI (nccl_emu.c).
   compress runs keep the gradients of every block with projections (compress.store_grads
   auto on a device of known size), where the CPU runs recompute them;
 - attention on bf16 tensor cores (backend.attention bf16): first loss within 1e-2 of the
-  CPU's, last within 2e-2, and not equal to the fp32 run; its bf16 copies of q, k, v and
-  dO as large as the plan counts them;
+  CPU's, last within 2e-2, and not equal to the fp32 run; its bf16 copy of dO as large as
+  the plan counts it (the model keeps q, k, v in bf16 itself);
 - backend.matmul bf16 on 2 ranks with split blocks (W_C rounded on the device and sent in
   bf16, the products reading the bf16 weight copy): losses within 1e-3 of the CPU's bf16
   run (rounding flips feed back, tests/compress/test_bf16_weights.py); the same with
   compress.shard_grads (bf16 W_C staged in the owned sums, G through the model's stage
   windows and per-stage reduces over the NCCL comm; the update recomputing the gradients,
   store_grads false) against the CPU's sharded run;
+- backend.matmul bf16 with bf16 attention (each layer's q, k, v and attention output kept
+  in bf16 only; the log says so): first loss within 1e-2 of the CPU's bf16 products with
+  fp32 attention, last within 2e-2; attention's dO copy as large as the plan counts it;
 - distillation from a bf16 teacher (model.dtype bf16): losses within 1e-3 of the CPU's,
   with an fp32 student and with bf16 products (the student's dlogits written in bf16 by
   distill_16);
@@ -129,6 +132,16 @@ def main():
     b = pclib.run_arrays(run("shard-bf16-cpu", 2, False, *sets))
     rel = np.max(np.abs(a[0] - b[0]) / np.abs(b[0]))
     pclib.check(rel < 1e-3, f"sharded G, bf16 weights np2: emulated CUDA vs CPU losses max rel {rel:.2e} < 1e-3")
+    # bf16 products and attention, as the job files run: each layer's q, k, v and attention
+    # output kept in bf16 only, against the CPU's bf16 products with fp32 attention
+    d = run("bf16-attn-emu", 1, True, "backend.matmul=bf16", "backend.attention=bf16")
+    a, b = pclib.run_arrays(d), pclib.run_arrays(run("bf16-attn-cpu", 1, False, "backend.matmul=bf16"))
+    r0, r1 = abs(a[0][0] - b[0][0]) / b[0][0], abs(a[0][-1] - b[0][-1]) / b[0][-1]
+    pclib.check(r0 < 1e-2 and r1 < 2e-2, f"bf16 products and attention vs CPU bf16 products: first loss rel {r0:.2e}, "
+                f"last {r1:.2e}")
+    pclib.check("q, k, v kept in bf16 only" in open(os.path.join(d, "logs", "rank-00000.log")).read(),
+                "bf16 attention: the log says q, k, v are kept in bf16")
+    logged_vs_plan(d, 1, "attention bf16 copies", exact=True)
     # distillation from a bf16 teacher (model.dtype bf16: matrices loaded rounded into the
     # bf16 copy only, products from bf16 operands) beside an fp32 student
     sets = ["distill.enabled=true", "model.dtype=bf16"]

@@ -951,6 +951,23 @@ static void test_attention_copies(void **state) {
         plan_free(&none);
         plan_free(&some);
     }
+    /* with bf16 products the attention output is kept in bf16 only too, and no bf16
+     * operand copy is made of it: (4 - 2) bytes x N H hd less per layer, 2 x N H hd less */
+    o.weights_bf16 = 1;
+    for (int att = 0; att < 2; att++) {
+        o.attn_bf16 = att;
+        plan_opts_set_device(&o, 1);
+        assert_int_equal(plan_build(att ? &some : &none, &base, &small, 4, &o, NULL), 0);
+    }
+    {
+        const int64_t N = 2 * 4096, C = (32 + 2 * 8) * 128, qd = 32 * 128, L = small.n_layers;
+        int64_t act = L * (2 * N * C - 4 * N * C) + 4 * N * C + L * (2 * N * qd - 4 * N * qd) - 2 * N * qd;
+        assert_int_equal(some.ranks[0].act_bytes - none.ranks[0].act_bytes, act);
+    }
+    plan_free(&none);
+    plan_free(&some);
+    o.weights_bf16 = 0;
+    o.attn_bf16 = 1;
     /* a head_dim the tensor-core kernels do not take (not a multiple of 16): fp32 attention */
     small.head_dim = base.head_dim = 72;
     plan_opts_set_device(&o, 1);
