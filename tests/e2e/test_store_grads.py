@@ -2,7 +2,7 @@
 on 2 (split blocks) gives bitwise the same loss and grad-norm curves, validation losses and
 output whether the update recomputes every block's gradients (false), takes every block's
 kept from the norm pass (true), or some of each (auto within a backend.memory_gib that
-leaves room for about half of them). plan.txt's grads column says what each rank keeps and
+leaves room for about half of them); on 2 ranks with compress.shard_grads too. plan.txt's grads column says what each rank keeps and
 the log agrees; auto without a memory size keeps none. A backend.memory_gib the plan does
 not fit in stops the run before any weight is read, naming the key and the remedies. On a
 shape where the gradients are large, the measured peak RSS grows by what the plan's grads
@@ -74,6 +74,13 @@ def main():
                         f"{tag} rank {r}: auto plans {g_half[r]['total']:.2f} MiB, within 15/16 of "
                         f"{gib * GIB:.2f}")
         print(f"{tag}: kept blocks per rank: true {k_every}, auto at {gib:.4f} GiB {k_half}")
+
+    # with the sharded G (compress.shard_grads: the blocks' G summed on their owners), which
+    # the kept gradients are computed from as well
+    sets = ["compress.split_mb=0.01", "compress.shard_grads=true"]
+    a = pclib.run_job(root, job, "np2-shard-false", 2, *sets, "compress.store_grads=false")
+    b = pclib.run_job(root, job, "np2-shard-true", 2, *sets, "compress.store_grads=true")
+    pclib.same_outputs(pclib.run_outputs(a), pclib.run_outputs(b), "np2, sharded G: store_grads true vs false")
 
     # a memory size the plan does not fit in: refused before any weight is read
     d = os.path.join(root, "too-small")
