@@ -124,20 +124,10 @@ static int check_fit(run_ctx *r, trainer *t, const llama_config *small, pc_err *
     return rc;
 }
 
-/* Block i's own gradient sizes in elements: dP_in and dP_out where the block alone holds
- * them (a shared factor's go to ps->shared_grad), and dA (a norm block: its gain's). */
-static void own_grad_numel(const proj_set *ps, int i, int64_t n[3]) {
-    const proj_block *b = &ps->blocks[i];
-    int in_shared = b->shared >= 0 && b->kind == PROJ_ROWS, out_shared = b->shared >= 0 && b->kind == PROJ_COLS;
-    n[0] = b->p_in >= 0 && !in_shared ? (int64_t)b->d_in * b->d_in_c : 0;
-    n[1] = b->p_out >= 0 && !out_shared ? (int64_t)b->d_out_c * b->d_out : 0;
-    n[2] = b->kind == PROJ_NORM ? b->d_in_c : (int64_t)b->d_out_c * b->d_in_c;
-}
-
 /* compress.store_grads: the blocks of this rank the plan keeps, packed in kept_grads. */
 static int plan_kept_grads(run_ctx *r, trainer *t, const plan *p, pc_err *e) {
     const proj_set *ps = &t->ps;
-    int64_t total = 0, n[3];
+    int64_t total = 0, gin, gout, ga;
     int kept = 0, mine = 0;
     t->kept_off = pc_malloc((size_t)(ps->n_blocks > 0 ? ps->n_blocks : 1) * sizeof *t->kept_off);
     for (int i = 0; i < ps->n_blocks; i++) {
@@ -146,10 +136,10 @@ static int plan_kept_grads(run_ctx *r, trainer *t, const plan *p, pc_err *e) {
         if (ps->blocks[i].owner != r->rank) continue;
         mine++;
         if (!pb->kept) continue;
-        own_grad_numel(ps, i, n);
-        if (n[0] + n[1] + n[2] != pb->own_numel)
+        int64_t n = proj_grad_layout(ps, i, &gin, &gout, &ga);
+        if (n != pb->own_numel)
             return pc_errorf(e, "plan: block %s keeps %lld gradient elements here, the plan %lld", pb->name,
-                             (long long)(n[0] + n[1] + n[2]), (long long)pb->own_numel);
+                             (long long)n, (long long)pb->own_numel);
         t->kept_off[i] = total;
         total += pb->own_numel;
         kept++;
@@ -335,13 +325,9 @@ static void project_update(run_ctx *r, trainer *t, int64_t step, float lr, float
         if (b->owner != r->rank) continue;
         int64_t gin, gout, ga;
         const float *g = ps->grad; /* gradients at gin, gout, ga */
-        if (t->kept_off[i] >= 0) {
-            int64_t n[3];
-            own_grad_numel(ps, i, n);
+        if (t->kept_off[i] >= 0) { /* written by project_sumsq, where proj_grad_layout puts them */
             g = t->kept_grads + t->kept_off[i];
-            gin = n[0] > 0 ? 0 : -1;
-            gout = n[1] > 0 ? n[0] : -1;
-            ga = n[0] + n[1];
+            proj_grad_layout(ps, i, &gin, &gout, &ga);
         } else {
             proj_grad_block(ps, i, &t->m, 0, NULL, &gin, &gout, &ga);
         }

@@ -664,6 +664,18 @@ int proj_reduce_finish(proj_set *ps, llama_model *small, comm *c, pc_err *e) {
     return 0;
 }
 
+int64_t proj_grad_layout(const proj_set *ps, int idx, int64_t *gin, int64_t *gout, int64_t *ga) {
+    const proj_block *b = &ps->blocks[idx];
+    int in_shared = b->shared >= 0 && b->kind == PROJ_ROWS, out_shared = b->shared >= 0 && b->kind == PROJ_COLS;
+    int64_t n_in = b->p_in >= 0 && !in_shared ? (int64_t)b->d_in * b->d_in_c : 0;
+    int64_t n_out = b->p_out >= 0 && !out_shared ? (int64_t)b->d_out_c * b->d_out : 0;
+    int64_t n_a = b->kind == PROJ_NORM ? b->d_in_c : (int64_t)b->d_out_c * b->d_in_c;
+    *gin = n_in ? 0 : -1;
+    *gout = n_out ? n_in : -1;
+    *ga = n_in + n_out;
+    return n_in + n_out + n_a;
+}
+
 double proj_grad_block(proj_set *ps, int idx, const llama_model *small, int with_shared, float *dst, int64_t *gin,
                        int64_t *gout, int64_t *ga) {
     const proj_block *b = &ps->blocks[idx];
@@ -673,19 +685,17 @@ double proj_grad_block(proj_set *ps, int idx, const llama_model *small, int with
     const float *p_out = b->p_out >= 0 ? ps->params + b->p_out : NULL;
     int dO = b->d_out, dI = b->d_in, o = b->d_out_c, i = b->d_in_c, ld = ps->shard ? b->d_in_c : b->ld_c;
     const proj_shared *sh = b->shared >= 0 ? &ps->shared[b->shared] : NULL;
-    int64_t off = 0;
+    const int64_t n = proj_grad_layout(ps, idx, gin, gout, ga);
     float *out = dst ? dst : ps->grad; /* dP_in, dP_out, dA packed */
-    *gin = *gout = -1;
     /* (d_out, d_in) fp32; NULL for a norm block, or where the products read the bf16 slice */
     const float *w = b->kind == PROJ_NORM || ps->products16 ? NULL : slice_f32(ps, b);
     if (b->kind == PROJ_NORM) {
-        *ga = 0;
-        be_copy(ps->be, out, G, (size_t)i);
-        return ps->be->ops->sumsq(ps->be, out, (size_t)i);
+        be_copy(ps->be, out + *ga, G, (size_t)i);
+        return ps->be->ops->sumsq(ps->be, out, (size_t)n);
     }
     int in_shared = sh && b->kind == PROJ_ROWS, out_shared = sh && b->kind == PROJ_COLS;
     if (p_in && (with_shared || !in_shared)) { /* dP_in (d_in, d_in') = (P_out W)^T G */
-        float *d = in_shared ? ps->shared_grad + sh->grad_off : out + off;
+        float *d = in_shared ? ps->shared_grad + sh->grad_off : out + *gin;
         float beta = in_shared ? 1.0f : 0.0f; /* a shared factor's partial: summed over its blocks */
         if (p_out) {
             gemm_w(ps, b, w, 0, 0, o, dI, dO, p_out, dO, 0.0f, ps->scratch, dI); /* Y = P_out W (d_out', d_in) */
@@ -693,13 +703,9 @@ double proj_grad_block(proj_set *ps, int idx, const llama_model *small, int with
         } else {
             w_gemm(ps, b, w, 1, 0, dI, i, o, G, ld, beta, d, i); /* W^T G */
         }
-        if (!in_shared) {
-            *gin = off;
-            off += (int64_t)dI * i;
-        }
     }
     if (p_out && (with_shared || !out_shared)) { /* dP_out (d_out', d_out) = G (W P_in)^T */
-        float *d = out_shared ? ps->shared_grad + sh->grad_off : out + off;
+        float *d = out_shared ? ps->shared_grad + sh->grad_off : out + *gout;
         float beta = out_shared ? 1.0f : 0.0f;
         if (p_in) {
             w_gemm(ps, b, w, 0, 0, dO, i, dI, p_in, i, 0.0f, ps->scratch, i); /* X = W P_in (d_out, d_in') */
@@ -707,15 +713,9 @@ double proj_grad_block(proj_set *ps, int idx, const llama_model *small, int with
         } else {
             gemm_w(ps, b, w, 0, 1, o, dO, i, G, ld, beta, d, dO); /* G W^T */
         }
-        if (!out_shared) {
-            *gout = off;
-            off += (int64_t)o * dO;
-        }
     }
-    *ga = off; /* dA = G */
-    copy_rows(ps->be, out + off, i, G, ld, o, i);
-    off += (int64_t)o * i;
-    return ps->be->ops->sumsq(ps->be, out, (size_t)off);
+    copy_rows(ps->be, out + *ga, i, G, ld, o, i); /* dA = G */
+    return ps->be->ops->sumsq(ps->be, out, (size_t)n);
 }
 
 int64_t proj_scratch_bytes(const proj_set *ps) {

@@ -177,9 +177,13 @@ int proj_reduce_finish(proj_set *ps, llama_model *small, comm *c, pc_err *e);
  * gacc for the owned blocks (zeroed by proj_materialize, the start of every step). */
 void proj_shard_grads(proj_set *ps);
 
+/* Where block i's own gradients go, packed in that order: dP_in, dP_out (where the block
+ * alone holds them, not a shared factor's) and dA (a norm block: its gain's), at offsets
+ * *gin, *gout, *ga (-1 when absent); returns their total element count. */
+int64_t proj_grad_layout(const proj_set *ps, int i, int64_t *gin, int64_t *gout, int64_t *ga);
 /* Gradients of owned block i from its G: writes dP_in, dP_out, dA packed in that order
  * into dst (a device buffer; NULL: ps->grad, the block scratch) at *gin, *gout, *ga (-1
- * when absent). When the block's P_in/P_out is a shared factor its partial gradient is
+ * when absent: proj_grad_layout). When the block's P_in/P_out is a shared factor its partial gradient is
  * ADDED to ps->shared_grad instead (with_shared) or skipped (*gin / *gout = -1 either
  * way). A norm block's gradient is its G, at *ga. Returns the sum of squares of what it
  * wrote to dst. */
