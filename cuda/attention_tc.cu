@@ -9,8 +9,9 @@
  * stride ld, token-major (b*T + t); out (B,T,H,hd) with row stride H*hd; lse (B,H,T).
  * The kernels read q, k, v and dO rounded once into unpadded bf16 copies (attention_tc.h),
  * which their tiles are copied from: half the bytes of the fp32 tensors, and no block
- * converts what the others convert too. attn_tc_copies and attn_tc_dout_copy make them
- * (round_rows_bf16, rows.cuh); the backend's rope_qkv_16 makes q, k, v directly.
+ * converts what the others convert too. attn_tc_copies makes those of q, k, v
+ * (round_rows_bf16, rows.cuh), the backend's rope_qkv_16 makes them directly, and its
+ * D pass writes dO's.
  * The forward, dQ and dK/dV kernels are separate calls, so that the backend's profiler
  * times each.
  *
@@ -81,10 +82,16 @@ static void atc_smem(const void *kernel, size_t bytes)
 }
 
 /* The kernels' grid: a block of ATC_WARPS warps per ATC_ROWS rows of T, for each of
- * `heads` heads (query heads, or the key/value heads of dK/dV) of each of B batches. */
+ * `heads` heads (query heads, or the key/value heads of dK/dV) of each of B batches.
+ * Blocks start roughly in the order of their linear index (x fastest), and under the
+ * causal mask a block's work grows with its tile's distance from the sequence's start
+ * (end, for dK/dV): with the tile slowest the kernels take every head's longest tiles
+ * first, all of them before any shorter one (longest-processing-time order), so the
+ * last wave holds the shortest blocks instead of a mix whose longest leaves the
+ * multiprocessors idle. */
 static dim3 atc_grid(int T, int heads, int B)
 {
-    return dim3((unsigned)((T + ATC_ROWS - 1) / ATC_ROWS), (unsigned)heads, (unsigned)B);
+    return dim3((unsigned)heads, (unsigned)B, (unsigned)((T + ATC_ROWS - 1) / ATC_ROWS));
 }
 
 /* The kernels are compiled for each head_dim (the fragments live in registers, sized at
@@ -144,11 +151,6 @@ extern "C" void attn_tc_copies(cudaStream_t s, void *qkv16, const float *q, cons
     atc_to_bf16(s, p, q, (size_t)ld, rows, H * hd);
     atc_to_bf16(s, p + nq, k, (size_t)ld, rows, KV * hd);
     atc_to_bf16(s, p + nq + nkv, v, (size_t)ld, rows, KV * hd);
-}
-
-extern "C" void attn_tc_dout_copy(cudaStream_t s, void *dout16, const float *dout, int B, int T, int H, int hd)
-{
-    atc_to_bf16(s, (bf16 *)dout16, dout, (size_t)H * hd, (size_t)B * T, H * hd);
 }
 
 extern "C" void attn_tc_fwd(cudaStream_t s, const void *qkv16, void *out, int out16, float *lse, int B, int T, int H,

@@ -1,6 +1,7 @@
 /* attention_tc: causal GQA attention forward and backward on bf16 tensor cores with
  * fp32 accumulation, flash style (attention_tc.cu). Shapes and layouts as the backend's
- * attention ops (common/backend.h); D is (B,H,T) rowsum(dO o O), computed by the caller. */
+ * attention ops (common/backend.h); D is (B,H,T) rowsum(dO o O), computed by the caller,
+ * which writes dout16 in the same pass (backend_cuda.cu, k_attention_dsum). */
 #ifndef PC_ATTENTION_TC_H
 #define PC_ATTENTION_TC_H
 
@@ -16,7 +17,8 @@ extern "C" {
 int attn_tc_supported(int hd, size_t smem_optin);
 /* The kernels read bf16 copies: qkv16, q (B T, H hd) then k and v (B T, KV hd) each, rows
  * unpadded and token-major (b*T + t), B T (H + 2 KV) hd values (attn_tc_qkv_bytes); and
- * for the backward dout16, dout (B T, H hd) likewise. Both 16-byte aligned. */
+ * for the backward dout16, dout (B T, H hd) likewise, rounded to nearest even. Both
+ * 16-byte aligned. */
 size_t attn_tc_qkv_bytes(int B, int T, int H, int KV, int hd);
 /* Bytes of dout16. */
 size_t attn_tc_dout_bytes(int B, int T, int H, int hd);
@@ -24,8 +26,6 @@ size_t attn_tc_dout_bytes(int B, int T, int H, int hd);
  * queued on stream s, like every call below. */
 void attn_tc_copies(cudaStream_t s, void *qkv16, const float *q, const float *k, const float *v, int B, int T, int H,
                     int KV, int hd, int ld);
-/* dout (B,T,H,hd; row stride H hd) rounded into dout16. */
-void attn_tc_dout_copy(cudaStream_t s, void *dout16, const float *dout, int B, int T, int H, int hd);
 /* out (B,T,H,hd) row stride H*hd, in fp32, or with out16 rounded to bf16 (nearest even),
  * and lse (B,H,T) from qkv16. */
 void attn_tc_fwd(cudaStream_t s, const void *qkv16, void *out, int out16, float *lse, int B, int T, int H, int KV,

@@ -288,10 +288,12 @@ static inline size_t atc_bytes(size_t n, size_t size) { return (n * size + 127) 
 /* a row-major (64, hd) bf16 tile */
 static inline size_t atc_tile_bytes(int hd) { return atc_bytes((size_t)ATC_TILE * (hd + ATC_PAD), 2); }
 
-/* Where a query-tile block (grid (ceil(T/64), H, B)) works: batch b, head h, first row
- * q0 (the longest rows, most key tiles, first, so that the short ones fill the last
- * wave), the warp's first row w0 and its 16-row offset in the block, the block's last
- * row, and the head views of the bf16 q (rows of H hd), k and v (rows of KV hd). */
+/* Where a query-tile block (grid atc_grid: (H, B, ceil(T/64))) works: head h, batch b,
+ * first row q0, the warp's first row w0 and its 16-row offset in the block, the block's
+ * last row, and the head views of the bf16 q (rows of H hd), k and v (rows of KV hd). The
+ * tile index is the grid's slowest: blocks start in the order of their index, so every
+ * head's last tiles (most key tiles, the longest blocks) go first and the short ones fill
+ * the last wave. */
 struct atc_qtile {
     int b, h, q0, w0, wr, last;
     const bf16 *qh, *kh, *vh;
@@ -299,8 +301,8 @@ struct atc_qtile {
 __device__ atc_qtile atc_qtile_of(const bf16 *q, const bf16 *k, const bf16 *v, int T, int H, int KV, int hd)
 {
     atc_qtile r;
-    r.b = blockIdx.z, r.h = blockIdx.y;
-    r.q0 = (gridDim.x - 1 - blockIdx.x) * ATC_ROWS, r.wr = 16 * (int)(threadIdx.x >> 5), r.w0 = r.q0 + r.wr;
+    r.h = blockIdx.x, r.b = blockIdx.y;
+    r.q0 = (gridDim.z - 1 - blockIdx.z) * ATC_ROWS, r.wr = 16 * (int)(threadIdx.x >> 5), r.w0 = r.q0 + r.wr;
     r.last = min(T - 1, r.q0 + ATC_ROWS - 1);
     const size_t tok = (size_t)r.b * T; /* the batch's first token */
     const int g = r.h / (H / KV);
@@ -414,7 +416,7 @@ __device__ __forceinline__ void atc_fwd_tile(float o[HD / 8][4], float m[2], flo
     atc_mma_ab<ATC_NT / 2, DT>(o, pa, Vs, ldh); /* O += P V (16, HD) */
 }
 
-/* grid (ceil(T/64), H, B), ATC_WARPS*32 threads, atc_fwd_smem(HD) bytes of shared memory;
+/* grid (H, B, ceil(T/64)), ATC_WARPS*32 threads, atc_fwd_smem(HD) bytes of shared memory;
  * q, k, v the bf16 copies (atc_src's layout: (B,T,H,HD) and (B,T,KV,HD), rows unpadded);
  * the output to out (fp32), or when out is null to out16 (bf16). */
 template <int HD>
@@ -455,7 +457,7 @@ static inline size_t atc_fwd_smem(int hd) { return 4 * atc_tile_bytes(hd); }
 
 /* ---------------------------------------------------------------- backward */
 
-/* dQ: grid (ceil(T/64), H, B), ATC_WARPS*32 threads, atc_dq_smem(HD) bytes. dq rows of
+/* dQ: grid (H, B, ceil(T/64)), ATC_WARPS*32 threads, atc_dq_smem(HD) bytes. dq rows of
  * stride ld (fp32); dout, q, k, v the bf16 copies (dout as q). */
 template <int HD>
 __global__ void ATC_BOUNDS(HD) k_atc_dq(float *dq, size_t ld, const bf16 *dout, const float *lse, const float *D,
@@ -523,7 +525,7 @@ __global__ void ATC_BOUNDS(HD) k_atc_dq(float *dq, size_t ld, const bf16 *dout, 
 
 static inline size_t atc_dq_smem(int hd) { return 4 * atc_tile_bytes(hd); }
 
-/* dK, dV: grid (ceil(T/64), KV, B), ATC_WARPS*32 threads, atc_dkv_smem(HD) bytes; each
+/* dK, dV: grid (KV, B, ceil(T/64)) (the first key tiles, most query tiles, first), ATC_WARPS*32 threads, atc_dkv_smem(HD) bytes; each
  * warp owns 16 key rows and sums over the group's query heads and the query rows at or
  * after them. dk, dv rows of stride ld (fp32); dout, q, k, v the bf16 copies. */
 template <int HD>
@@ -540,8 +542,8 @@ __global__ void ATC_BOUNDS(HD) k_atc_dkv(float *dk, float *dv, size_t ld, const 
     float *ld0 = atc_take<float>(p, 2 * ATC_TILE), *ld1 = atc_take<float>(p, 2 * ATC_TILE);
     const atc_two<float> lseD = {ld0, ld1}; /* (2, 64) each: the query tile's lse (base 2) and D */
 
-    const int b = blockIdx.z, g = blockIdx.y, group = H / KV, warp = threadIdx.x >> 5;
-    const int k0 = blockIdx.x * ATC_ROWS, w0 = k0 + 16 * warp;
+    const int g = blockIdx.x, b = blockIdx.y, group = H / KV, warp = threadIdx.x >> 5;
+    const int k0 = blockIdx.z * ATC_ROWS, w0 = k0 + 16 * warp;
     const size_t tok = (size_t)b * T; /* the batch's first token */
     const bf16 *kh = k + tok * KV * HD + (size_t)g * HD, *vh = v + tok * KV * HD + (size_t)g * HD;
     /* the query tiles at or after the key tile (aligned: 64 = 64), of each head of the

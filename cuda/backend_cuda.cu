@@ -848,9 +848,12 @@ __global__ void k_attention_fwd(float *out, float *lse, const float *q, const fl
     }
 }
 
-/* D[b,h,t] = sum_c dO[b,t,h,c] O[b,t,h,c]: one warp per (b,t,h) row. */
+/* D[b,h,t] = sum_c dO[b,t,h,c] O[b,t,h,c]: one warp per (b,t,h) row; with dout16 the
+ * same pass writes dO's bf16 copy (B,T,H,hd) for the tensor-core kernels, nearest even
+ * (the values round_rows_bf16 would write), reading dO once for both. */
 template <typename OutT>
-__global__ void k_attention_dsum(float *D, const float *dout, const OutT *out, int B, int T, int H, int hd)
+__global__ void k_attention_dsum(float *D, __nv_bfloat16 *dout16, const float *dout, const OutT *out, int B, int T,
+                                 int H, int hd)
 {
     const size_t row = ((size_t)blockIdx.x * blockDim.x + threadIdx.x) >> 5; /* (b*T + t)*H + h */
     const int lane = threadIdx.x & 31;
@@ -858,7 +861,11 @@ __global__ void k_attention_dsum(float *D, const float *dout, const OutT *out, i
     const OutT *o = out + row * hd;
     const float *g = dout + row * hd;
     float s = 0.0f;
-    for (int c = lane; c < hd; c += 32) s += to_f32(o[c]) * g[c];
+    for (int c = lane; c < hd; c += 32) {
+        const float gc = g[c];
+        s += to_f32(o[c]) * gc;
+        if (dout16) dout16[row * hd + c] = __float2bfloat16_rn(gc);
+    }
     s = warp_sum(s);
     const int h = (int)(row % H);
     const size_t bt = row / H, b = bt / T, t = bt % T;
@@ -1068,24 +1075,30 @@ static void cu_attention_fwd(backend *be, float *out, float *lse, const float *q
     PROF_END(c);
 }
 
-/* The backward's D = rowsum(dO o O) (B,H,T), into c->att_d; O in fp32, or (out16) bf16. */
-static void att_dsum(backend *be, const float *dout, const void *out, int out16, int B, int T, int H, int hd)
+/* The backward's D = rowsum(dO o O) (B,H,T), into c->att_d; O in fp32, or (out16) bf16;
+ * with dout16 (attention on tensor cores) dO's bf16 copy in the same pass. */
+static void att_dsum(backend *be, void *dout16, const float *dout, const void *out, int out16, int B, int T, int H,
+                     int hd)
 {
     cuda_impl *c = impl_of(be);
     size_t rows = (size_t)B * T * H;
     grow_f32(c, &c->att_d, &c->att_d_n, rows);
     const unsigned grid = (unsigned)((rows * 32 + 255) / 256); /* a warp per (b, t, h) row */
-    PROF_BEGIN(c, "attention_bwd D", 0, (out16 ? 6.0 : 8.0) * rows * hd + 4.0 * rows);
+    __nv_bfloat16 *d16 = (__nv_bfloat16 *)dout16;
+    /* bytes: dO read, O read, dO's copy written, D written */
+    PROF_BEGIN(c, d16 ? "attention_bwd D, dO copy" : "attention_bwd D", 0,
+               (4.0 + (out16 ? 2.0 : 4.0) + (d16 ? 2.0 : 0.0)) * rows * hd + 4.0 * rows);
     if (out16)
-        PC_LAUNCH(k_attention_dsum<__nv_bfloat16>, grid, 256, 0, c->stream)(c->att_d, dout,
+        PC_LAUNCH(k_attention_dsum<__nv_bfloat16>, grid, 256, 0, c->stream)(c->att_d, d16, dout,
                                                                             (const __nv_bfloat16 *)out, B, T, H, hd);
     else
-        PC_LAUNCH(k_attention_dsum<float>, grid, 256, 0, c->stream)(c->att_d, dout, (const float *)out, B, T, H, hd);
+        PC_LAUNCH(k_attention_dsum<float>, grid, 256, 0, c->stream)(c->att_d, d16, dout, (const float *)out, B, T,
+                                                                    H, hd);
     LAUNCH_CHECK();
     PROF_END(c);
 }
 
-/* The tensor-core backward from qkv16 and dout16, after att_dsum. FLOPs as run: dQ
+/* The tensor-core backward from qkv16 and dout16, after att_dsum (D and dout16). FLOPs as run: dQ
  * recomputes S and dP (3 products, 1.5 forwards), dK/dV recomputes them too (4 products,
  * 2 forwards); a flash backward's useful work is 2.5 forwards. */
 static void att16_bwd(cuda_impl *c, const void *qkv16, const void *dout16, float *dq, float *dk, float *dv,
@@ -1111,20 +1124,20 @@ static void cu_attention_bwd(backend *be, float *dq, float *dk, float *dv, const
     cuda_impl *c = impl_of(be);
     if (B <= 0 || T <= 0 || H <= 0) return;
     check_attention_shape(H, KV, hd);
-    att_dsum(be, dout, out, 0, B, T, H, hd);
     if (on_tensor_cores(c, hd)) {
         const size_t nqkv = attn_tc_qkv_bytes(B, T, H, KV, hd);
         char *qkv16 = att16_scratch(c, nqkv + attn_tc_dout_bytes(B, T, H, hd));
+        att_dsum(be, qkv16 + nqkv, dout, out, 0, B, T, H, hd);
         { /* each fp32 value read, its bf16 copy written: 6 bytes */
-            PROF_BEGIN(c, "attention_bwd bf16 copies", 0, 6.0 * B * T * (2 * H + 2 * KV) * hd);
+            PROF_BEGIN(c, "attention_bwd bf16 copies", 0, 6.0 * B * T * (H + 2 * KV) * hd);
             attn_tc_copies(c->stream, qkv16, q, k, v, B, T, H, KV, hd, ld);
-            attn_tc_dout_copy(c->stream, qkv16 + nqkv, dout, B, T, H, hd);
             launch_check(c, __FILE__, __LINE__);
             PROF_END(c);
         }
         att16_bwd(c, qkv16, qkv16 + nqkv, dq, dk, dv, lse, B, T, H, KV, hd, ld);
         return;
     }
+    att_dsum(be, NULL, dout, out, 0, B, T, H, hd);
     const double fwd = attention_flops(B, T, H, hd);
     const float scale = 1.0f / sqrtf((float)hd);
     /* FLOPs: the 5 products of a flash backward (S recomputed, dV, dP, dQ, dK), 2.5 forwards */
@@ -1170,14 +1183,8 @@ static void cu_attention_bwd_16(backend *be, float *dq, float *dk, float *dv, co
     cuda_impl *c = impl_of(be);
     if (B <= 0 || T <= 0 || H <= 0) return;
     check_attention_shape(H, KV, hd);
-    att_dsum(be, dout, out, out16, B, T, H, hd);
     char *dout16 = att16_scratch(c, attn_tc_dout_bytes(B, T, H, hd));
-    {
-        PROF_BEGIN(c, "attention_bwd bf16 dO copy", 0, 6.0 * B * T * H * hd);
-        attn_tc_dout_copy(c->stream, dout16, dout, B, T, H, hd);
-        launch_check(c, __FILE__, __LINE__);
-        PROF_END(c);
-    }
+    att_dsum(be, dout16, dout, out, out16, B, T, H, hd);
     att16_bwd(c, qkv16, dout16, dq, dk, dv, lse, B, T, H, KV, hd, ld);
 }
 

@@ -19,7 +19,8 @@ products and tensor-core attention, one timed step and one profiled step.
   (xent_bwd_16), neither rounded on its own; q and k rotated straight into their bf16
   copies (rope_fwd bf16: 2, no fp32 rope_fwd) and v rounded beside them (round_bf16 v),
   which the attention forward and backward on tensor cores read (no copies of q, k, v;
-  the backward rounds dO: attention_bwd bf16 dO copy); the RMSNorms backward, the rope
+  the backward rounds dO in its D pass: attention_bwd D, dO copy, and no D or dO copy
+  of their own); the RMSNorms backward, the rope
   backward, the loss forward; the regions' total and its share of the wall time."""
 import math
 import re
@@ -53,8 +54,8 @@ def main():
         if r:
             calls[r.group(1).strip()] = int(r.group(2))
     want = {"gemm bf16": 15, "rmsnorm_fwd_16": 3, "rmsnorm_fwd": None, "rmsnorm_bwd": 3, "attention_fwd bf16": 1,
-            "attention_fwd bf16 copies": None, "attention_bwd D": 1, "attention_bwd bf16 copies": None,
-            "attention_bwd bf16 dO copy": 1, "attention_bwd bf16 dQ": 1, "attention_bwd bf16 dK dV": 1,
+            "attention_fwd bf16 copies": None, "attention_bwd D": None, "attention_bwd D, dO copy": 1,
+            "attention_bwd bf16 copies": None, "attention_bwd bf16 dO copy": None, "attention_bwd bf16 dQ": 1, "attention_bwd bf16 dK dV": 1,
             "attention_bwd bf16": None, "xent_fwd": 1, "xent_bwd_16": 1, "xent_bwd": None, "gemm operand to bf16": None,
             "round_bf16": 3, "swiglu_fwd_16": 1, "swiglu_fwd": None, "swiglu_bwd_16": 1, "swiglu_bwd": None,
             "rope_fwd": None, "rope_fwd bf16": 2, "round_bf16 v": 1, "rope_bwd": 2}
