@@ -118,7 +118,7 @@ static int check_fit(run_ctx *r, trainer *t, const llama_config *small, pc_err *
     t->plan_copies16 = p.gemm_bf16_bytes;
     t->plan_attn16 = p.attn_copies_bytes;
     if (rc == 0)
-        LOGI(&r->log, "the plan needs %.1f of the %.1f GiB this rank may use",
+        LOGI(&r->log, "the plan needs %.3f of the %.3f GiB this rank may use",
              (double)p.ranks[r->rank].total_bytes / 1073741824.0, (double)capacity / 1073741824.0);
     plan_free(&p);
     return rc;
@@ -152,18 +152,36 @@ static int plan_kept_grads(run_ctx *r, trainer *t, const plan *p, pc_err *e) {
     return 0;
 }
 
+/* RUN/plan.txt, from rank 0. */
+static int write_plan(const run_ctx *r, const plan *p, pc_err *e) {
+    if (r->rank != 0) return 0;
+    char path[1100];
+    snprintf(path, sizeof path, "%s/plan.txt", r->run_dir);
+    FILE *f = fopen(path, "w");
+    int rc = f ? plan_write(p, f) : -1;
+    if (f && fclose(f) != 0) rc = -1;
+    return rc == 0 ? 0 : pc_errorf(e, "%s: cannot write the plan", path);
+}
+
+/* prune's plan (the whole small model on every rank) in RUN/plan.txt. */
+static int prune_plan(run_ctx *r, trainer *t, pc_err *e) {
+    plan p;
+    if (build_plan(r, t, &t->m.cfg, &p, e) != 0) return -1;
+    int rc = write_plan(r, &p, e);
+    if (rc == 0)
+        LOGI(&r->log, "prune: the plan holds %.1f MiB on each rank (plan.txt)",
+             (double)p.ranks[r->rank].total_bytes / 1048576.0);
+    plan_free(&p);
+    return rc;
+}
+
 /* The sharding plan (RUN/plan.txt) and this rank's blocks of it. */
 static int proj_setup(run_ctx *r, trainer *t, pc_err *e) {
     plan p;
     if (build_plan(r, t, &t->m.cfg, &p, e) != 0) return -1;
-    if (r->rank == 0) {
-        char path[1100];
-        snprintf(path, sizeof path, "%s/plan.txt", r->run_dir);
-        FILE *f = fopen(path, "w");
-        if (!f || plan_write(&p, f) != 0 || fclose(f) != 0) {
-            plan_free(&p);
-            return pc_errorf(e, "%s: cannot write the plan", path);
-        }
+    if (write_plan(r, &p, e) != 0) {
+        plan_free(&p);
+        return -1;
     }
     proj_spec *specs = pc_calloc((size_t)p.n_blocks, sizeof *specs);
     for (int i = 0; i < p.n_blocks; i++) {
@@ -229,6 +247,7 @@ int compress_setup(run_ctx *r, trainer *t, pc_err *e) {
         if (c->compress.shard_grads)
             LOGW(&r->log, "compress.shard_grads applies to run.mode compress: prune all-reduces whole gradients");
         t->method = &METHOD_DIRECT;
+        if (prune_plan(r, t, e) != 0) return -1;
         return proj_slice_base(t->base, &t->base_cfg, &t->m, &t->idx, e);
     }
     t->method = &METHOD_PROJECT;

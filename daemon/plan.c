@@ -390,7 +390,7 @@ static int64_t widest_layer_matrix(const llama_config *c) {
  *   the trained model (weights_bf16): only the attention output (N, H hd) (the other
  *     product inputs are stored in bf16, the output gradients rounded by the model, the
  *     dlogits written in bf16);
- *   the projections: at most a base slice;
+ *   the projections: at most a base slice (none in prune);
  *   a teacher with bf16 products: its inputs, N rows of at most max(f, H hd, d), and when
  *     it is held in fp32 (an fp32 base) its matrices too, up to the head (V, d);
  *   activation importance with bf16 products: the base layer run in fp32 (stream.h), its
@@ -405,7 +405,7 @@ static int64_t gemm_bf16_bytes(const plan *p, const plan_opts *o) {
         largest = PC_MAX(largest, PC_MAX((int64_t)b->vocab_size * b->d_model, widest_layer_matrix(b)));
     if (o->importance_act && o->weights_bf16)
         largest = PC_MAX(largest, PC_MAX(N * widest_input(b), widest_layer_matrix(b)));
-    for (int i = 0; i < p->n_blocks; i++)
+    for (int i = 0; i < p->n_blocks && !o->prune; i++)
         largest = PC_MAX(largest, p->blocks[i].base_rows * p->blocks[i].base_cols);
     return 2 * 2 * PC_MIN(largest, o->gemm_bf16_block);
 }
@@ -433,6 +433,37 @@ static int64_t teacher_activation_bytes(const llama_config *b, const plan_opts *
     int64_t tt = o->attn_tt ? (int64_t)o->seq_len * o->seq_len * 4 : 0;
     int64_t q16 = qkv16(b, o) ? IN16(N, (int64_t)(b->n_heads + 2 * b->n_kv_heads) * b->head_dim) : 0;
     return N * per_tok * 4 + tt + q16;
+}
+
+/* ---- run.mode prune ---- */
+
+/* Prune trains the small model directly on every rank (METHOD_DIRECT, train.c): its fp32
+ * weights and gradient G, AdamW's m and v, and with bf16 products the weights' bf16 copy
+ * (LLAMA_BF16_WEIGHTS); the base is only read while its slices are copied into the model,
+ * and nothing is projected, exchanged or kept between passes. The ranks' activations,
+ * scratch and teacher are the compress plan's (the same small model); G is all-reduced
+ * whole each step. send[r]: each rank's ring estimate, replaced. */
+static void prune_ranks(plan *p, double *send) {
+    const plan_opts *o = &p->opts;
+    const int64_t n = p->small_numel;
+    double ring = p->world > 1 ? (double)(p->world - 1) / p->world : 0.0;
+    p->total_base_bytes = p->total_state_bytes = p->total_shared_bytes = 0;
+    p->total_flops = 0;
+    p->comm = (plan_comm){.allreduce_bytes = 4 * n};
+    for (int r = 0; r < p->world; r++) {
+        plan_rank *rk = &p->ranks[r];
+        /* the compress plan's work buffers and shared-factor gradients leave the scratch */
+        int64_t scratch = p->gemm_bf16_bytes + p->attn_copies_bytes, act = rk->act_bytes;
+        memset(rk, 0, sizeof *rk);
+        rk->state_bytes = 2 * 4 * n;
+        rk->replica_bytes = (4 + 4 + (o->weights_bf16 ? 2 : 0)) * n;
+        rk->scratch_bytes = scratch;
+        rk->act_bytes = act;
+        rk->total_bytes = rk->state_bytes + rk->replica_bytes + rk->scratch_bytes + rk->act_bytes + p->teacher_bytes;
+        send[r] = 2.0 * ring * (double)p->comm.allreduce_bytes;
+    }
+    for (int i = 0; i < p->n_blocks; i++) p->blocks[i].owner = -1; /* held by no rank */
+    p->n_shared = 0;
 }
 
 /* ---- gradients kept between the two passes of the update ---- */
@@ -685,6 +716,7 @@ int plan_build(plan *p, const llama_config *base, const llama_config *small, int
         }
         i = j;
     }
+    if (o->prune) prune_ranks(p, send);
     plan_keep_grads(p);
     double mx = 0;
     for (int r = 0; r < world; r++) mx = send[r] > mx ? send[r] : mx;
@@ -764,6 +796,43 @@ static void write_shape(FILE *f, const char *what, const llama_config *c) {
             c->head_dim, c->vocab_size, c->tie_word_embeddings ? "yes" : "no", (long long)hf_config_n_params(c));
 }
 
+/* The per-rank memory table (GiB) and its max and mean. */
+static void write_ranks(const plan *p, FILE *f) {
+    fprintf(f, "#\n# %-6s %6s %9s %9s %9s %9s %9s %9s %9s %9s %9s %11s\n", "rank", "blocks", "base", "state",
+            "shared", "replica", "xchg", "scratch", "act", "grads", "total", "GFLOP");
+    int64_t mx = 0, sum = 0;
+    for (int r = 0; r < p->world; r++) {
+        const plan_rank *rk = &p->ranks[r];
+        fprintf(f, "  %-6d %6d %9.3f %9.3f %9.3f %9.3f %9.3f %9.3f %9.3f %9.3f %9.3f %11.3f\n", r, rk->n_blocks,
+                GIB(rk->base_bytes), GIB(rk->state_bytes), GIB(rk->shared_bytes), GIB(rk->replica_bytes),
+                GIB(rk->xchg_bytes), GIB(rk->scratch_bytes), GIB(rk->act_bytes), GIB(rk->grads_bytes),
+                GIB(rk->total_bytes), rk->flops / 1e9);
+        mx = PC_MAX(mx, rk->total_bytes);
+        sum += rk->total_bytes;
+    }
+    fprintf(f, "# memory GiB per rank: max %.3f  mean %.3f\n", GIB(mx), GIB(sum) / p->world);
+}
+
+/* The distillation teacher's line, when there is one. */
+static void write_teacher(const plan *p, FILE *f) {
+    if (p->teacher_bytes > 0)
+        fprintf(f, "# distill teacher %.3f GiB per rank (%s base + forward activations; in each rank's total)\n",
+                GIB(p->teacher_bytes), bf16_teacher(&p->opts) ? "bf16" : "fp32");
+}
+
+/* The rest of a prune plan, after the shapes and options: no blocks, no shared factors
+ * (prune_ranks). */
+static int write_prune(const plan *p, FILE *f) {
+    fprintf(f, "# prune: every rank trains the whole small model, %lld parameters (fp32 weights and G in replica, "
+               "AdamW m and v in state%s); the base is read only to slice it\n",
+            (long long)p->small_numel, p->opts.weights_bf16 ? ", the weights' bf16 copy in replica" : "");
+    write_teacher(p, f);
+    write_ranks(p, f);
+    fprintf(f, "# comm per step: all-reduce G %.3f GiB ; per-rank ring send ~ %.3f GiB\n",
+            GIB(p->comm.allreduce_bytes), GIB(p->comm.per_rank_bytes));
+    return ferror(f) ? -1 : 0;
+}
+
 static const char *store_name(const plan_opts *o) {
     return o->store_grads == PC_GRADS_KEEP ? "true" : o->store_grads == PC_GRADS_AUTO ? "auto" : "false";
 }
@@ -778,6 +847,7 @@ int plan_write(const plan *p, FILE *f) {
             "logits_chunk %d  weights_bf16 %d  split_above %.3f GiB\n",
             p->world, o->micro_batch, o->seq_len, o->base_dtype_bytes, o->compute_dtype_bytes, o->attn_tt,
             o->recompute, o->logits_chunk, o->weights_bf16, GIB(p->split_bytes));
+    if (o->prune) return write_prune(p, f);
     fprintf(f,
             "# blocks %d  split_matrices %d  base %.3f GiB  state %.3f GiB  shared_replicas %.3f GiB  "
             "projection %.3f TFLOP/step  balance %.3f\n",
@@ -794,9 +864,7 @@ int plan_write(const plan *p, FILE *f) {
     double recompute = 0;
     for (int r = 0; r < p->world; r++) recompute += p->ranks[r].recompute_flops;
     fprintf(f, "; recomputed %.3f GFLOP/step\n", recompute / 1e9);
-    if (p->teacher_bytes > 0)
-        fprintf(f, "# distill teacher %.3f GiB per rank (%s base + forward activations; in each rank's total)\n",
-                GIB(p->teacher_bytes), bf16_teacher(o) ? "bf16" : "fp32");
+    write_teacher(p, f);
     fprintf(f, "#\n# %-54s %-5s %-15s %6s %11s %11s %5s\n", "block", "kind", "range", "owner", "MiB", "GFLOP", "kept");
     for (int i = 0; i < p->n_blocks; i++) {
         const plan_block *b = &p->blocks[i];
@@ -805,19 +873,7 @@ int plan_write(const plan *p, FILE *f) {
         fprintf(f, "  %-54s %-5s %-15s %6d %11.2f %11.3f %5s\n", b->name, plan_kind_name(b->kind), range, b->owner,
                 MIB(block_load(b)), b->flops / 1e9, b->kept ? "yes" : "no");
     }
-    fprintf(f, "#\n# %-6s %6s %9s %9s %9s %9s %9s %9s %9s %9s %9s %11s\n", "rank", "blocks", "base", "state",
-            "shared", "replica", "xchg", "scratch", "act", "grads", "total", "GFLOP");
-    int64_t mx = 0, sum = 0;
-    for (int r = 0; r < p->world; r++) {
-        const plan_rank *rk = &p->ranks[r];
-        fprintf(f, "  %-6d %6d %9.3f %9.3f %9.3f %9.3f %9.3f %9.3f %9.3f %9.3f %9.3f %11.3f\n", r, rk->n_blocks,
-                GIB(rk->base_bytes), GIB(rk->state_bytes), GIB(rk->shared_bytes), GIB(rk->replica_bytes),
-                GIB(rk->xchg_bytes), GIB(rk->scratch_bytes), GIB(rk->act_bytes), GIB(rk->grads_bytes),
-                GIB(rk->total_bytes), rk->flops / 1e9);
-        mx = PC_MAX(mx, rk->total_bytes);
-        sum += rk->total_bytes;
-    }
-    fprintf(f, "# memory GiB per rank: max %.3f  mean %.3f\n", GIB(mx), GIB(sum) / p->world);
+    write_ranks(p, f);
     fprintf(f, "#\n# shared factors %d (gradients all-reduced among their holders)\n", p->n_shared);
     for (int s = 0; s < p->n_shared; s++)
         fprintf(f, "  shared %-60s %11.2f MiB  blocks %d  ranks %d\n", p->shared[s].name,
@@ -840,19 +896,28 @@ int plan_check_fit(const plan *p, int rank, int64_t capacity, const char *device
     if (o->micro_batch > 1) n += (size_t)snprintf(fix + n, sizeof fix - n, "a smaller train.micro_batch, ");
     if (!o->teacher && logits_rows(o) > o->seq_len)
         n += (size_t)snprintf(fix + n, sizeof fix - n, "train.logits_chunk: %d, ", o->seq_len);
-    if (o->base_dtype_bytes > 2)
-        n += (size_t)snprintf(fix + n, sizeof fix - n, "model.dtype: bf16%s, ", o->teacher ? " (the teacher too)" : "");
-    if (!o->weights_bf16) n += (size_t)snprintf(fix + n, sizeof fix - n, "backend.matmul: bf16, ");
-    if (!o->shard_grads) n += (size_t)snprintf(fix + n, sizeof fix - n, "compress.shard_grads: true, ");
+    if (o->base_dtype_bytes > 2 && (!o->prune || o->teacher)) /* prune holds no base, only a teacher */
+        n += (size_t)snprintf(fix + n, sizeof fix - n, "model.dtype: bf16%s, ",
+                              o->prune ? " (the teacher)" : o->teacher ? " (the teacher too)" : "");
+    if (!o->weights_bf16 && !o->prune) n += (size_t)snprintf(fix + n, sizeof fix - n, "backend.matmul: bf16, ");
+    if (!o->shard_grads && !o->prune) n += (size_t)snprintf(fix + n, sizeof fix - n, "compress.shard_grads: true, ");
     if (o->store_grads == PC_GRADS_KEEP && rk->grads_bytes > 0)
         n += (size_t)snprintf(fix + n, sizeof fix - n, "compress.store_grads: auto, ");
-    snprintf(fix + n, sizeof fix - n, "more ranks");
+    /* prune holds the whole model on every rank: more ranks do not shrink it */
+    snprintf(fix + n, sizeof fix - n, o->prune ? "a device with more memory" : "more ranks");
     char extra[128] = "";
     size_t m = 0;
     if (rk->grads_bytes > 0)
         m += (size_t)snprintf(extra + m, sizeof extra - m, ", kept gradients %.1f", GIB(rk->grads_bytes));
     if (p->teacher_bytes > 0)
         snprintf(extra + m, sizeof extra - m, ", distillation teacher %.1f", GIB(p->teacher_bytes));
+    if (o->prune)
+        return pc_errorf(e,
+                         "rank %d: prune's plan needs %.1f GiB here (activations %.1f, the model's weights + G %.1f, "
+                         "AdamW state %.1f%s) but %s has %.1f GiB; try %s (`projcompd --cfg JOB --dry-run` prints "
+                         "the plan)",
+                         rank, GIB(rk->total_bytes), GIB(rk->act_bytes), GIB(rk->replica_bytes),
+                         GIB(rk->state_bytes), extra, device, GIB(capacity), fix);
     return pc_errorf(e,
                      "rank %d: the plan needs %.1f GiB here (activations %.1f, W_C replica + G %.1f, trainable "
                      "state %.1f, base slices %.1f%s) but %s has %.1f GiB; try %s (`projcompd --cfg JOB --dry-run "
@@ -902,6 +967,7 @@ void plan_opts_from_config(const pc_config *c, plan_opts *o) {
     if (c->compress.split_mb > 0) o->split_bytes = (int64_t)(c->compress.split_mb * 1e6);
     o->store_grads = !strcmp(c->run.mode, "compress") ? config_store_grads(c) : PC_GRADS_RECOMPUTE; /* prune's
                                                                                                    * own AdamW */
+    o->prune = !strcmp(c->run.mode, "prune");
     o->capacity = (int64_t)(c->backend.memory_gib * 1073741824.0);
 }
 

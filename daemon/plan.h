@@ -59,6 +59,9 @@ typedef struct plan_opts {
                                 * between the norm pass and the update (plan_block.kept) */
     int64_t capacity;          /* bytes a rank may use (backend.memory_gib or the device's); 0: unknown.
                                 * PC_GRADS_AUTO keeps gradients within capacity - capacity / 16 */
+    int prune;                 /* run.mode prune: every rank trains the whole small model directly (its fp32
+                                * weights, G, AdamW m and v, with weights_bf16 their bf16 copy); the blocks
+                                * only say what is sliced: no base, projections or exchange held */
 } plan_opts;
 
 enum { PLAN_WORK_BUFS = 4 };
@@ -98,12 +101,13 @@ typedef struct plan_shared {
 
 /* Per-rank memory (bytes) and work. */
 typedef struct plan_rank {
-    int n_blocks;
+    int n_blocks;          /* (prune: 0) */
     int64_t base_bytes;    /* frozen base slices */
-    int64_t state_bytes;   /* own P/A slices + Adam m, v */
+    int64_t state_bytes;   /* own P/A slices + Adam m, v (prune: the model's Adam m, v) */
     int64_t shared_bytes;  /* shared factors held here (each once) with Adam state */
     int64_t replica_bytes; /* all of W_C (compute dtype) + its gradient G (f32) + its bf16 copy (weights_bf16);
-                            * with shard_grads G is two stage windows + gsum_bytes */
+                            * with shard_grads G is two stage windows + gsum_bytes; prune: the trained
+                            * model's fp32 weights + G + (weights_bf16) their bf16 copy */
     int64_t gsum_bytes;    /* shard_grads: the sums of G of the blocks owned here (f32) */
     int64_t scratch_bytes; /* projection work buffers (the largest block's of each kind), every shared factor's
                             * gradient, the bf16 operand copies (gemm_bf16_block) */
@@ -122,6 +126,7 @@ typedef struct plan_comm {
     int64_t reduce_bytes;     /* reduce of G to the owners, compute dtype (once per backward with shard_grads) */
     int64_t shared_bytes;     /* payload of the shared-factor gradient all-reduces (f32) */
     int n_shared_allreduce;   /* shared factors held by more than one rank */
+    int64_t allreduce_bytes;  /* prune: the all-reduce of the whole gradient (f32; the rest are 0) */
     int64_t per_rank_bytes;   /* ring estimate of bytes one rank sends per step (max over ranks) */
 } plan_comm;
 
@@ -184,7 +189,7 @@ int plan_write(const plan *p, FILE *f);
 int plan_small_config(const pc_config *c, const llama_config *base, llama_config *small, pc_err *e);
 /* Options from a job: train.micro_batch, data.seq_len; base slices in model.dtype (bf16
  * or f32), everything else f32 (what every backend computes in); backend.device as by
- * plan_opts_set_device; train.activation_checkpointing; compress.split_mb. */
+ * plan_opts_set_device; train.activation_checkpointing; compress.split_mb; run.mode prune. */
 void plan_opts_from_config(const pc_config *c, plan_opts *o);
 /* What the device changes (after weights_bf16 and attn_bf16 are set): on cuda (cuda != 0)
  * no (T,T) attention matrix, with bf16 products the two bf16 operand copies of at most

@@ -2,11 +2,12 @@
  * weights) to D_MODEL_C / D_FF_C on WORLD ranks.
  *
  * usage: plan-tool CONFIG.json D_MODEL_C D_FF_C WORLD [MICRO_BATCH SEQ_LEN] [--cpu] [--split BYTES]
- *                  [--store-grads false|true|auto] [--capacity BYTES] [--time]
+ *                  [--store-grads false|true|auto] [--capacity BYTES] [--prune] [--time]
  *   default: bf16 base and compute, fused attention (a GPU run); --cpu: f32 for both and
  *   one (T,T) score matrix at a time; --split overrides the split threshold;
  *   --store-grads (default false) and --capacity (bytes per rank, default unknown) as
- *   compress.store_grads and backend.memory_gib; --time prints the build time on stderr.
+ *   compress.store_grads and backend.memory_gib; --prune plans run.mode prune; --time
+ *   prints the build time on stderr.
  *   exit: 0 ok, 1 planner error, 2 bad usage. */
 #include <stdio.h>
 #include <stdlib.h>
@@ -16,7 +17,7 @@
 
 static int usage(void) {
     fprintf(stderr, "usage: plan-tool CONFIG.json D_MODEL_C D_FF_C WORLD [MICRO_BATCH SEQ_LEN] [--cpu] "
-                    "[--split BYTES] [--store-grads false|true|auto] [--capacity BYTES] [--time]\n");
+                    "[--split BYTES] [--store-grads false|true|auto] [--capacity BYTES] [--prune] [--time]\n");
     return 2;
 }
 
@@ -30,13 +31,15 @@ static int parse_pos(const char *s, long long *out) {
 
 int main(int argc, char **argv) {
     const char *pos[6];
-    int n_pos = 0, cpu = 0, timing = 0, store = PC_GRADS_RECOMPUTE;
+    int n_pos = 0, cpu = 0, timing = 0, prune = 0, store = PC_GRADS_RECOMPUTE;
     long long split = 0, capacity = 0;
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--cpu")) {
             cpu = 1;
         } else if (!strcmp(argv[i], "--time")) {
             timing = 1;
+        } else if (!strcmp(argv[i], "--prune")) {
+            prune = 1;
         } else if (!strcmp(argv[i], "--split") && i + 1 < argc) {
             if (parse_pos(argv[++i], &split) != 0) return usage();
         } else if (!strcmp(argv[i], "--capacity") && i + 1 < argc) {
@@ -83,6 +86,7 @@ int main(int argc, char **argv) {
     o.split_bytes = split;
     o.store_grads = store;
     o.capacity = capacity;
+    o.prune = prune;
     plan p;
     if (plan_build(&p, &base, &small, (int)v[2], &o, &e) != 0) {
         fprintf(stderr, "plan-tool: %s\n", e.msg);

@@ -7,7 +7,10 @@ list, each block's base / compressed slice, its bytes (frozen base + 12 bytes pe
 trainable element + a replicated shared factor) and projection FLOPs (counted from the
 matmuls a slice needs), that the ranges tile each matrix and q/k/v/o ranges are whole
 heads, the rank table (blocks, base bytes, GFLOP, W_C replica, totals), the comm line,
-and the wall time. plan.txt of the demo on 3 ranks with forced splits must equal the stored golden file."""
+and the wall time. A prune plan (--prune) holds the whole small model on every rank and
+nothing of the compress plan's blocks: no block lines, state the AdamW moments (8 bytes
+a parameter), replica the fp32 weights and G (8), the compress plan's activations, and
+the gradient's all-reduce as its comm. plan.txt of the demo on 3 ranks with forced splits must equal the stored golden file."""
 import json
 import os
 import re
@@ -286,6 +289,39 @@ def run_keep(path, dc, fc, world, cpu, split=()):
     k0 = sum(4 * info[i][0] for i, b in enumerate(bl) if int(b[3]) == 0 and b[6] == "yes")
     check(0 < k0 < g0, f"{tag}: auto at half: rank 0 keeps {k0} of {g0} bytes")
 
+def run_prune(path, dc, fc, world, cpu):
+    """--prune against the parameter count of the small model and the compress plan of the
+    same arguments (its activations)."""
+    cfg = json.load(open(os.path.join(SRC, path)))
+    tag = f"prune {os.path.basename(os.path.dirname(path)) or path} w={world} cpu={cpu}"
+    args = [TOOL, os.path.join(SRC, path), str(dc), str(fc), str(world), "2", "1024"] + (["--cpu"] if cpu else [])
+    comp = subprocess.run(args, stdout=subprocess.PIPE, text=True, check=True).stdout
+    p = subprocess.run(args + ["--prune"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    if p.returncode != 0:
+        failures.append(f"{tag}: plan-tool failed: {p.stderr}")
+        return
+    hdr, blocks, ranks, w, comm, shared = parse(p.stdout)
+    _, _, cranks, _, _, _ = parse(comp)
+    ts, H, KV, hd = tensors(cfg, dc, fc)
+    n = sum(t[4] * t[5] for t in ts)  # the small model's parameters, untied
+    check(hdr["small"][-1] == n and f"{n} parameters" in p.stdout, f"{tag}: params {hdr['small'][-1]} vs {n}")
+    check(not blocks and not shared and comm is None, f"{tag}: {len(blocks)} block and {len(shared)} shared lines")
+    check(len(ranks) == world, f"{tag}: {len(ranks)} rank rows")
+    for r, row in enumerate(ranks):
+        _, nb, base, state, sh, replica, xchg, scratch, act, grads, total, gf = row
+        check(int(nb) == 0 and float(base) == 0 and float(sh) == 0 and float(xchg) == 0 and float(grads) == 0
+              and float(gf) == 0, f"{tag}: rank {r} holds compress items: {row}")
+        check(close(float(state), 8 * n / GIB, 0.0006), f"{tag}: rank {r} state {state}, AdamW m, v {8 * n / GIB:.3f}")
+        check(close(float(replica), 8 * n / GIB, 0.0006), f"{tag}: rank {r} replica {replica}, weights + G")
+        check(act == cranks[r][8], f"{tag}: rank {r} act {act}, the compress plan's {cranks[r][8]}")
+        parts = float(state) + float(replica) + float(scratch) + float(act)
+        check(close(float(total), parts, 0.002), f"{tag}: rank {r} total {total} != parts {parts:.3f}")
+    m = re.search(r"# comm per step: all-reduce G ([\d.]+) GiB ; per-rank ring send ~ ([\d.]+) GiB", p.stdout)
+    ring = 2 * (world - 1) / world * 4 * n
+    check(m is not None and close(float(m.group(1)), 4 * n / GIB, 0.0006) and close(float(m.group(2)), ring / GIB,
+          0.0006), f"{tag}: comm line {m.group(0) if m else None}, G {4 * n / GIB:.3f}, ring {ring / GIB:.3f}")
+
+
 def main():
     if not os.path.exists(TOOL):
         print(f"SKIP: {TOOL} not built")
@@ -304,6 +340,11 @@ def main():
     run_keep("configs/demo-model.json", 64, 192, 3, True, ["--split", "65536"])
     run_keep("configs/models/llama-3.2-1b/config.json", 1344, 5376, 8, False)
     run_keep("configs/models/smollm-135m/config.json", 384, 1024, 16, False, ["--split", "1000000"])
+    # run.mode prune
+    for path, dc, fc in CASES:
+        for world in (1, 8):
+            for cpu in (False, True):
+                run_prune(path, dc, fc, world, cpu)
     # format stability: the demo plan on 3 ranks with forced splits, byte for byte
     golden = os.path.join(HERE, "golden", "demo-w3-cpu-split.txt")
     args = [TOOL, os.path.join(SRC, "configs/demo-model.json"), "64", "192", "3", "4", "128", "--cpu",
