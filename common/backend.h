@@ -61,6 +61,10 @@ typedef struct backend_ops {
     /* The device's memory in bytes (CUDA: cudaMemGetInfo's total). NULL on backends whose
      * buffers are host memory. */
     size_t (*mem_total)(backend *be);
+    /* The device's memory not in use now, in bytes (CUDA: cudaMemGetInfo's free: what the
+     * context, the libraries, this process's buffers and every other process on the
+     * device leave). NULL on backends whose buffers are host memory. */
+    size_t (*mem_free)(backend *be);
 
     /* The matmul mode of later gemm calls; returns 0. */
     int (*set_matmul)(backend *be, matmul_mode mode);
@@ -226,6 +230,7 @@ static inline int32_t *be_alloc_i32(backend *be, size_t n) { return be->ops->all
 static inline void be_free(backend *be, void *p) { be->ops->free(be, p); }
 static inline size_t be_mem_peak(backend *be) { return be->ops->mem_peak ? be->ops->mem_peak(be) : 0; }
 static inline size_t be_mem_total(backend *be) { return be->ops->mem_total ? be->ops->mem_total(be) : 0; }
+static inline size_t be_mem_free(backend *be) { return be->ops->mem_free ? be->ops->mem_free(be) : 0; }
 static inline void be_zero(backend *be, float *x, size_t n) { be->ops->zero(be, x, n); }
 static inline void be_copy(backend *be, float *dst, const float *src, size_t n) { be->ops->copy(be, dst, src, n); }
 static inline void be_upload(backend *be, float *dst, const float *src, size_t n) { be->ops->upload(be, dst, src, n); }

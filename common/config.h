@@ -78,7 +78,7 @@ typedef struct pc_config {
         char matmul[8];  /* fp32|tf32|bf16: gemm inputs */
         char attention[8]; /* auto|fp32|bf16: attention products (cuda); config_attention_bf16 */
         int overlap_comm;  /* start each stage's G reduce during the backward */
-        double memory_gib; /* per rank, 0: the device's size */
+        double memory_gib; /* per rank, 0: the device's free memory at start-up */
     } backend;
     struct {
         char dir[1024]; /* "" means RUN/final */

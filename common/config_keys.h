@@ -220,7 +220,8 @@ static const pc_config_key pc_config_keys[] = {
             "between the passes. The results are the same either way."},
     {.path = "backend.memory_gib", .type = PC_CT_DOUBLE, PC_AT(backend.memory_gib), .def = "0", .min = 0,
      .flags = PC_K_MIN,
-     .doc = "Memory each rank may use, GiB (0: the device's own size; a cpu backend has none). Compress and "
+     .doc = "Memory each rank may use, GiB (0: the device's memory free at start-up, what the context and other "
+            "processes on it leave; a cpu backend has none). Compress and "
             "prune check the plan against it before any weight is read, and compress.store_grads auto fills what "
             "the plan leaves of it."},
     {.path = "backend.threads", .type = PC_CT_INT, PC_AT(backend.threads), .def = "0", .min = 0, .flags = PC_K_MIN,

@@ -270,6 +270,14 @@ static size_t cu_mem_total(backend *be)
     return total_b;
 }
 
+static size_t cu_mem_free(backend *be)
+{
+    (void)be;
+    size_t free_b = 0, total_b = 0;
+    CUDA_CHECK(cudaMemGetInfo(&free_b, &total_b));
+    return free_b;
+}
+
 static float *cu_alloc(backend *be, size_t n) { return (float *)dev_alloc_zeroed(be, n * sizeof(float)); }
 
 static int32_t *cu_alloc_i32(backend *be, size_t n) { return (int32_t *)dev_alloc_zeroed(be, n * sizeof(int32_t)); }
@@ -1718,6 +1726,7 @@ static const backend_ops cuda_ops = {
     .sync = cu_sync,
     .mem_peak = cu_mem_peak,
     .mem_total = cu_mem_total,
+    .mem_free = cu_mem_free,
     .set_matmul = cu_set_matmul,
     .gemm = cu_gemm,
     .gemm_w16 = cu_gemm_w16,

@@ -86,25 +86,35 @@ static int select_indices(run_ctx *r, trainer *t, const int *d_ff_c, pc_err *e) 
 
 /* ---- set-up ---- */
 
-/* Bytes this rank may use: backend.memory_gib, else the device's size (0: unknown). */
-static int64_t run_capacity(const run_ctx *r) {
-    double gib = r->cfg.backend.memory_gib;
-    return gib > 0 ? (int64_t)(gib * 1073741824.0) : (int64_t)be_mem_total(r->be);
+/* Bytes this rank may use: backend.memory_gib, else the device's memory free when first
+ * asked (check_fit, before any of the plan's buffers exist: what the context, the
+ * libraries and other processes on the device leave), the same for the run's later plans
+ * (0: unknown, a host-memory backend). */
+static int64_t run_capacity(const run_ctx *r, trainer *t) {
+    if (!t->capacity_known) {
+        double gib = r->cfg.backend.memory_gib;
+        if (gib > 0)
+            t->capacity = (int64_t)(gib * 1073741824.0);
+        else if (r->be->ops->mem_free) /* a full device is known to hold nothing more, not unknown */
+            t->capacity = PC_MAX((int64_t)1, (int64_t)be_mem_free(r->be));
+        t->capacity_known = 1;
+    }
+    return t->capacity;
 }
 
 /* The plan of this job on this run's ranks and backend. */
-static int build_plan(const run_ctx *r, const trainer *t, const llama_config *small, plan *p, pc_err *e) {
+static int build_plan(const run_ctx *r, trainer *t, const llama_config *small, plan *p, pc_err *e) {
     plan_opts o;
     plan_opts_from_config(&r->cfg, &o);
     plan_opts_set_device(&o, !strcmp(r->be->ops->name, "cuda")); /* the backend in use, as `auto` resolved it */
-    o.capacity = run_capacity(r);
+    o.capacity = run_capacity(r, t);
     return plan_build(p, &t->base_cfg, small, r->world, &o, e);
 }
 
 /* Before any weight is read: on a device of known size, the plan's total for this rank
  * must fit (else a clear error now instead of running out of memory later). */
 static int check_fit(run_ctx *r, trainer *t, const llama_config *small, pc_err *e) {
-    int64_t capacity = run_capacity(r);
+    int64_t capacity = run_capacity(r, t);
     if (capacity == 0 || !strcmp(r->cfg.run.mode, "importance")) return 0;
     plan p;
     if (build_plan(r, t, small, &p, e) != 0) return -1;
@@ -112,7 +122,8 @@ static int check_fit(run_ctx *r, trainer *t, const llama_config *small, pc_err *
     if (r->cfg.backend.memory_gib > 0)
         snprintf(device, sizeof device, "backend.memory_gib on the %s backend (%s)", r->be->ops->name, r->be->info);
     else
-        snprintf(device, sizeof device, "the %s device (%s)", r->be->ops->name, r->be->info);
+        snprintf(device, sizeof device, "the free memory of the %s device (%s; %.1f GiB in all)", r->be->ops->name,
+                 r->be->info, (double)be_mem_total(r->be) / 1073741824.0);
     int rc = plan_check_fit(&p, r->rank, capacity, device, e);
     t->has_plan = 1;
     t->plan_copies16 = p.gemm_bf16_bytes;

@@ -52,6 +52,8 @@ struct trainer {
     llama_model teacher;    /* distill: the frozen base, forward only */
     int has_teacher;
     double proj_flops;      /* per step */
+    int capacity_known;     /* capacity was measured (run_capacity, compress.c) */
+    int64_t capacity;       /* bytes this rank may use, the same for every plan of the run; 0: unknown */
     int has_plan;           /* the plan was checked against the device (check_fit): */
     int64_t plan_copies16;  /* its CUDA bf16 operand copies on this rank, bytes */
     int64_t plan_attn16;    /* its CUDA attention's bf16 copies of q, k, v, dO on this rank, bytes */

@@ -28,6 +28,10 @@ comm (cuda/comm_nccl.c) on NCCL's API emulated with MPI (nccl_emu.c).
 - the CUDA backend's bf16 operand copies at the end of each bf16 run, on every rank:
   used (non-zero) and within what the plan counts for them;
 - the log names the emulated device;
+- on a device other processes hold half of (PC_EMU_DEVICE_OTHERS_MIB) the plan is checked
+  against the free half; on one they hold all of, a compress job stops before any weight
+  is read, naming the device's free memory and its size; with backend.memory_gib set it
+  goes by that instead;
 - PC_CUDA_PROFILE=1: the prune run again prints the op profile on stderr at exit (the
   products, the optimizer, the loss), with the unprofiled run's losses and grad norms,
   bit for bit."""
@@ -57,14 +61,17 @@ def main():
         {"steps": 4, "global_batch": 4, "micro_batch": 2, "lr": 3e-3, "warmup_steps": 1},
         eval={"batches": 2}, checkpoint={"every_steps": 0}, backend={"threads": 1})
 
-    def run(name, np_, emu, *sets, out=None):
+    def launch(name, np_, emu, *sets, check=True):
         d = os.path.join(root, name)
         args = ["mpirun", "--oversubscribe", "-np", str(np_), EMU if emu else pclib.PROJCOMPD, "--cfg", job,
                 "--set", f"run.dir={d}"]
         dev = ["backend.device=cuda", "backend.comm=mpi", "backend.matmul=fp32"] if emu else ["backend.device=cpu"]
         for s in dev + list(sets):
             args += ["--set", s]
-        p = pclib.run(args)
+        return d, pclib.run(args, check=check)
+
+    def run(name, np_, emu, *sets, out=None):
+        d, p = launch(name, np_, emu, *sets)
         if out is not None:
             out.append(p.stderr)
         return d
@@ -114,6 +121,22 @@ def main():
                 "PC_CUDA_PROFILE=1: the rank prints its op profile at exit:\n" + err[0][-1500:])
     pclib.check(np.array_equal(prof[0], plain[0]) and np.array_equal(prof[1], plain[1]),
                 "PC_CUDA_PROFILE=1: the same losses and grad norms as unprofiled, bit for bit")
+    # a device that other processes hold half of: the plan is checked against what is free;
+    # all of it: refused before any weight is read, unless backend.memory_gib says otherwise
+    os.environ["PC_EMU_DEVICE_OTHERS_MIB"] = str(40 * 1024)
+    d = run("compress-emu-half-device", 1, True, "compress.importance=magnitude")
+    m = re.search(r"the plan needs [0-9.]+ of the ([0-9.]+) GiB this rank may use",
+                  open(os.path.join(d, "logs", "rank-00000.log")).read())
+    pclib.check(m is not None and 39.9 < float(m.group(1)) <= 40.0,
+                f"80 GiB device, 40 held by others: the plan goes by the free memory ({m.group(0) if m else None})")
+    os.environ["PC_EMU_DEVICE_OTHERS_MIB"] = str(80 * 1024)
+    d, p = launch("compress-emu-full-device", 1, True, "compress.importance=magnitude", check=False)
+    err = p.stdout + p.stderr
+    pclib.check(p.returncode != 0 and "the free memory of the cuda device" in err and "80.0 GiB in all" in err
+                and "try " in err and not os.path.exists(os.path.join(d, "final")),
+                f"a device held by others: exit {p.returncode}, {err[-500:]}")
+    run("compress-emu-full-device-gib", 1, True, "compress.importance=magnitude", "backend.memory_gib=1")
+    del os.environ["PC_EMU_DEVICE_OTHERS_MIB"]
     # backend.matmul bf16: W_C rounded on the device, broadcast in bf16 over the NCCL comm,
     # the products reading the bf16 weight copy; against the CPU backend's bf16 run
     # (attention pinned to fp32, which backend.attention auto would make bf16 here: these

@@ -11,6 +11,7 @@
 #include "simt_emu.h"
 
 #include <cstdio>
+#include <cstdlib>
 
 #include "../emu_c/cuda_runtime_common.h"
 
@@ -48,10 +49,18 @@ inline cudaError_t cudaGetDeviceProperties(cudaDeviceProp *p, int d)
     p->sharedMemPerBlockOptin = EMU_SMEM_OPTIN;
     return cudaSuccess;
 }
+/* Bytes of the emulated device that other processes hold: PC_EMU_DEVICE_OTHERS_MIB in the
+ * environment (0 when unset), so that tests can give a job a device already in use. */
+inline size_t emu_others_bytes()
+{
+    const char *v = std::getenv("PC_EMU_DEVICE_OTHERS_MIB");
+    return v ? (size_t)std::strtoull(v, nullptr, 10) << 20 : 0;
+}
 inline cudaError_t cudaMemGetInfo(size_t *free_b, size_t *total_b)
 {
+    const size_t used = (size_t)emu_allocated + emu_others_bytes();
     *total_b = EMU_DEVICE_BYTES;
-    *free_b = EMU_DEVICE_BYTES - std::min((size_t)emu_allocated, EMU_DEVICE_BYTES);
+    *free_b = EMU_DEVICE_BYTES - std::min(used, EMU_DEVICE_BYTES);
     return cudaSuccess;
 }
 
