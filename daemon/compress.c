@@ -107,6 +107,10 @@ static int build_plan(const run_ctx *r, trainer *t, const llama_config *small, p
     plan_opts o;
     plan_opts_from_config(&r->cfg, &o);
     plan_opts_set_device(&o, !strcmp(r->be->ops->name, "cuda")); /* the backend in use, as `auto` resolved it */
+    /* bf16 attention where this device's kernels take the head_dim (their shared memory
+     * per block against its limit), which the shape rule of a dry run assumes */
+    if (o.attn_copies && !(r->be->ops->attention_16 && r->be->ops->attention_16(r->be, small->head_dim)))
+        o.attn_copies = 0;
     o.capacity = run_capacity(r, t);
     return plan_build(p, &t->base_cfg, small, r->world, &o, e);
 }

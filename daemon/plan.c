@@ -322,7 +322,9 @@ static int64_t logits_rows(const plan_opts *o) {
 
 /* Whether the model keeps q, k, v in bf16 only (worker/llama.c, qkv16): attention on
  * bf16 tensor cores on cuda (attn_copies) with a head_dim they take (attn_tc_supported:
- * a multiple of 16 up to 128). */
+ * a multiple of 16 up to 128, and tiles within the device's shared memory a block, which
+ * the daemon checks on its device and clears attn_copies for; a dry run assumes an
+ * H100's). */
 static int qkv16(const llama_config *s, const plan_opts *o) {
     return o->attn_copies && s->head_dim % 16 == 0 && s->head_dim <= 128;
 }

@@ -51,7 +51,8 @@ typedef struct plan_opts {
                                 * this many elements (BACKEND_CUDA_BF16_BLOCK); 0: none (cpu, fp32, tf32) */
     int attn_bf16;             /* attention on bf16 tensor cores (config_attention_bf16) */
     int attn_copies;           /* attn_bf16 on cuda: attention's bf16 copy of dO in scratch, and of q, k, v
-                                * where the model does not keep them in bf16 (plan.c, qkv16) */
+                                * where the model does not keep them in bf16 (plan.c, qkv16); 0 where the
+                                * device's kernels do not take the head_dim (the daemon asks the backend) */
     int shard_grads;           /* compress.shard_grads: two stages' G + the owned blocks' sums, reduced
                                 * after every backward */
     int global_batch;          /* train.global_batch: backwards per step (with shard_grads); 0: one */

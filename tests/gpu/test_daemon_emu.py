@@ -22,6 +22,9 @@ comm (cuda/comm_nccl.c) on NCCL's API emulated with MPI (nccl_emu.c).
 - backend.matmul bf16 with bf16 attention (each layer's q, k, v and attention output kept
   in bf16 only; the log says so): first loss within 1e-2 of the CPU's bf16 products with
   fp32 attention, last within 2e-2; attention's dO copy as large as the plan counts it;
+- on a device with too little shared memory a block for the tensor-core kernels
+  (PC_EMU_SMEM_OPTIN), bf16 attention falls back to fp32 and the plan counts no bf16
+  copies for it;
 - distillation from a bf16 teacher (model.dtype bf16): losses within 1e-3 of the CPU's,
   with an fp32 student and with bf16 products (the student's dlogits written in bf16 by
   distill_16);
@@ -165,6 +168,15 @@ def main():
     pclib.check("q, k, v kept in bf16 only" in open(os.path.join(d, "logs", "rank-00000.log")).read(),
                 "bf16 attention: the log says q, k, v are kept in bf16")
     logged_vs_plan(d, 1, "attention bf16 copies", exact=True)
+    # a device whose shared memory per block is too small for the tensor-core kernels at
+    # this head_dim (PC_EMU_SMEM_OPTIN): attention falls back to fp32, and the plan counts
+    # what that holds (no bf16 q, k, v, no dO copy), not what the shape rule assumes
+    os.environ["PC_EMU_SMEM_OPTIN"] = "1024"
+    d = run("bf16-attn-small-smem-emu", 1, True, "backend.matmul=bf16", "backend.attention=bf16")
+    del os.environ["PC_EMU_SMEM_OPTIN"]
+    log = open(os.path.join(d, "logs", "rank-00000.log")).read()
+    pclib.check("attention bf16 copies: 0 bytes here (plan: 0)" in log and "q, k, v kept in bf16 only" not in log,
+                "1 KiB of shared memory a block: fp32 attention, and the plan counts no bf16 copies")
     # distillation from a bf16 teacher (model.dtype bf16: matrices loaded rounded into the
     # bf16 copy only, products from bf16 operands) beside an fp32 student
     sets = ["distill.enabled=true", "model.dtype=bf16"]

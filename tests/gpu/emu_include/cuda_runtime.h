@@ -24,7 +24,14 @@ struct cudaDeviceProp {
 };
 
 #define EMU_DEVICE_BYTES ((size_t)80 << 30)
-#define EMU_SMEM_OPTIN ((size_t)232448)
+/* Opt-in shared memory per block: an H100's, or PC_EMU_SMEM_OPTIN bytes from the
+ * environment (a smaller GPU's limit, for the paths that depend on it). */
+#define EMU_SMEM_OPTIN emu_smem_optin_limit()
+inline size_t emu_smem_optin_limit()
+{
+    const char *v = std::getenv("PC_EMU_SMEM_OPTIN");
+    return v ? (size_t)std::strtoull(v, nullptr, 10) : (size_t)232448;
+}
 
 inline std::atomic<size_t> emu_allocated{0};
 
