@@ -129,6 +129,13 @@ typedef struct backend_ops {
      * rope_fwd, then every value rounded to bf16 (nearest even). */
     void (*rope_qkv_16)(backend *be, uint16_t *qkv16, const float *qkv, const float *cos_t, const float *sin_t,
                         int B, int T, int H, int KV, int hd, int ld);
+    /* The qkv product's output gradient in bf16, for a bf16 weight copy's products: dqkv16
+     * (N rows of (H + 2 KV) hd, unpadded) from dqkv (N rows of stride ld: dq | dk | dv, the
+     * gradient of the rotated q and k): dq and dk rotated back as rope_bwd, then every
+     * value rounded to bf16 (nearest even), bit for bit rope_bwd then round_bf16 without
+     * the fp32 pass over dq and dk between. NULL where a backend has none. */
+    void (*rope_bwd_qkv_16)(backend *be, uint16_t *dqkv16, const float *dqkv, const float *cos_t, const float *sin_t,
+                            int B, int T, int H, int KV, int hd, int ld);
     /* attention_fwd and attention_bwd with q, k and v from qkv16; out (B,T,H,hd) in fp32,
      * or with out16 its values rounded to bf16 (nearest even; a buffer of half as many
      * floats), which the backward's D = rowsum(dout o out) then reads; dq, dk, dv rows of

@@ -1165,15 +1165,43 @@ static void cu_attention_bwd(backend *be, float *dq, float *dk, float *dv, const
 
 static int cu_attention_16(backend *be, int hd) { return on_tensor_cores(impl_of(be), hd); }
 
+/* Where the bf16 q, k and v go: their first rows and row strides. */
+struct qkv16_dst {
+    __nv_bfloat16 *q, *k, *v;
+    size_t ldq, ldk, ldv;
+};
+
+/* q and k of qkv (B T rows of stride ld: q | k | v) rotated (sign 1) or back (-1), then
+ * they and v rounded to bf16 into dst; profiled as rope_region (q, k) and v_region. */
+static void rope_round_qkv(cuda_impl *c, const char *rope_region, const char *v_region, const qkv16_dst &dst,
+                           const float *qkv, const float *cos_t, const float *sin_t, int B, int T, int H, int KV,
+                           int hd, int ld, float sign)
+{
+    const size_t qd = (size_t)H * hd, kvd = (size_t)KV * hd;
+    rope_launch(c, rope_region, dst.q, dst.ldq, qkv, cos_t, sin_t, B, T, H, hd, ld, sign);
+    rope_launch(c, rope_region, dst.k, dst.ldk, qkv + qd, cos_t, sin_t, B, T, KV, hd, ld, sign);
+    round_strided(c, v_region, dst.v, dst.ldv, qkv + qd + kvd, (size_t)B * T, kvd, (size_t)ld);
+}
+
+/* into the attention's layout: q (N, H hd), then k and v (N, KV hd) each */
 static void cu_rope_qkv_16(backend *be, uint16_t *qkv16, const float *qkv, const float *cos_t, const float *sin_t,
                            int B, int T, int H, int KV, int hd, int ld)
 {
-    cuda_impl *c = impl_of(be);
     const size_t N = (size_t)B * T, qd = (size_t)H * hd, kvd = (size_t)KV * hd;
-    __nv_bfloat16 *q16 = (__nv_bfloat16 *)qkv16, *k16 = q16 + N * qd, *v16 = k16 + N * kvd;
-    rope_launch(c, "rope_fwd bf16", q16, qd, qkv, cos_t, sin_t, B, T, H, hd, ld, 1.0f);
-    rope_launch(c, "rope_fwd bf16", k16, kvd, qkv + qd, cos_t, sin_t, B, T, KV, hd, ld, 1.0f);
-    round_strided(c, "round_bf16 v", v16, kvd, qkv + qd + kvd, N, kvd, (size_t)ld);
+    __nv_bfloat16 *q16 = (__nv_bfloat16 *)qkv16;
+    const qkv16_dst dst = {q16, q16 + N * qd, q16 + N * (qd + kvd), qd, kvd, kvd};
+    rope_round_qkv(impl_of(be), "rope_fwd bf16", "round_bf16 v", dst, qkv, cos_t, sin_t, B, T, H, KV, hd, ld, 1.0f);
+}
+
+/* into the product's layout: rows of (H + 2 KV) hd, dq | dk | dv */
+static void cu_rope_bwd_qkv_16(backend *be, uint16_t *dqkv16, const float *dqkv, const float *cos_t,
+                               const float *sin_t, int B, int T, int H, int KV, int hd, int ld)
+{
+    const size_t qd = (size_t)H * hd, kvd = (size_t)KV * hd, C = qd + 2 * kvd;
+    __nv_bfloat16 *d16 = (__nv_bfloat16 *)dqkv16;
+    const qkv16_dst dst = {d16, d16 + qd, d16 + qd + kvd, C, C, C};
+    rope_round_qkv(impl_of(be), "rope_bwd bf16", "round_bf16 dv", dst, dqkv, cos_t, sin_t, B, T, H, KV, hd, ld,
+                   -1.0f);
 }
 
 static void cu_attention_fwd_16(backend *be, void *out, int out16, float *lse, const uint16_t *qkv16, int B, int T,
@@ -1744,6 +1772,7 @@ static const backend_ops cuda_ops = {
     .attention_bwd = cu_attention_bwd,
     .attention_16 = cu_attention_16,
     .rope_qkv_16 = cu_rope_qkv_16,
+    .rope_bwd_qkv_16 = cu_rope_bwd_qkv_16,
     .attention_fwd_16 = cu_attention_fwd_16,
     .attention_bwd_16 = cu_attention_bwd_16,
     .swiglu_fwd = cu_swiglu_fwd,

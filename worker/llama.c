@@ -993,9 +993,14 @@ void llama_backward(llama_model *m)
         else
             op->attention_bwd(be, dqkv, dqkv + qd, dqkv + qd + KV * hd, a->datt, a->att[l], a->lse[l], qkv,
                               qkv + qd, qkv + qd + KV * hd, B, T, H, KV, hd, C);
-        op->rope_bwd(be, dqkv, m->rope_cos, m->rope_sin, B, T, H, hd, C);
-        op->rope_bwd(be, dqkv + qd, m->rope_cos, m->rope_sin, B, T, KV, hd, C);
-        linear_bwd(m, a->dln, G(m, tq), dqkv, prod_in(a, a->ln1[l], 0, d), tq, N, d, C); // (N,C) -> (N,d)
+        if (a->dy16 && op->rope_bwd_qkv_16) { // rotated back as it is rounded for the products (N,C)
+            op->rope_bwd_qkv_16(be, a->dy16, dqkv, m->rope_cos, m->rope_sin, B, T, H, KV, hd, C);
+            linear_bwd_16(m, a->dln, G(m, tq), a->dy16, C, prod_in(a, a->ln1[l], 0, d), tq, N, d, C);
+        } else {
+            op->rope_bwd(be, dqkv, m->rope_cos, m->rope_sin, B, T, H, hd, C);
+            op->rope_bwd(be, dqkv + qd, m->rope_cos, m->rope_sin, B, T, KV, hd, C);
+            linear_bwd(m, a->dln, G(m, tq), dqkv, prod_in(a, a->ln1[l], 0, d), tq, N, d, C); // (N,C) -> (N,d)
+        }
         int t1 = layer_tensor(l, T_LN1);
         op->rmsnorm_bwd(be, a->dres, G(m, t1), a->dln, a->res[l], P(m, t1), a->rstd1[l], N, d);
         grads_done(m, 1 + (c->n_layers - 1 - l));

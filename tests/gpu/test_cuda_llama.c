@@ -13,7 +13,10 @@
  * gradients of one that keeps them in fp32 for the same kernels, also recomputing with
  * logits in chunks, and forward only; with bf16 products (the attention output kept in
  * bf16 as well) the same loss and logits, and gradients as close to the CPU's as the
- * fp32 output's (within 25% or 1e-3). Exit 77 without a GPU. */
+ * fp32 output's (within 25% or 1e-3). With bf16 products the qkv product's output
+ * gradient rotated back as it is rounded (rope_bwd_qkv_16) gives bit for bit the loss and
+ * gradients of rotating in place and rounding, with either attention. Exit 77 without a
+ * GPU. */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -229,6 +232,51 @@ static int run_qkv16_case(const char *tag, const llama_config *cfg, int B, int T
     return 0;
 }
 
+/* With bf16 products the qkv product's output gradient is rotated back as it is rounded
+ * (rope_bwd_qkv_16): the loss and every gradient bit for bit those of a backward that
+ * rotates in place and rounds (the same model run with the op taken out of the table),
+ * with attention on bf16 tensor cores (attn16) or in fp32. */
+static int run_rope16_case(const char *tag, const llama_config *cfg, int B, int T, backend *gpu, int attn16,
+                           const llama_opts *go)
+{
+    llama_model ma, mb;
+    pc_err e;
+    backend_cuda_set_attention(gpu, attn16);
+    if (llama_init_opts(&ma, cfg, gpu, B, T, go, &e) || llama_init_opts(&mb, cfg, gpu, B, T, go, &e)) {
+        fprintf(stderr, "%s: llama_init: %s\n", tag, e.msg);
+        return -1;
+    }
+    const backend_ops *ops = gpu->ops;
+    backend_ops without = *ops; /* the fallback: rope_bwd in place, then round_bf16 */
+    without.rope_bwd_qkv_16 = NULL;
+    int N = B * T;
+    int32_t *tok, *tgt;
+    random_batch(N, cfg->vocab_size, 5, 5, 1, &tok, &tgt);
+    float l[2];
+    llama_model *ms[] = {&ma, &mb};
+    for (int i = 0; i < 2; i++) {
+        llama_init_random(ms[i], 7, 0.2f);
+        llama_refresh_w16(ms[i]);
+        llama_zero_grad(ms[i]);
+        gpu->ops = i ? &without : ops;
+        l[i] = llama_forward(ms[i], tok, tgt);
+        llama_backward(ms[i]);
+        gpu->ops = ops;
+    }
+    char what[160];
+    snprintf(what, sizeof what, "%s: rope_bwd_qkv_16 present %d; loss bitwise (%.6f, %.6f)", tag,
+             ops->rope_bwd_qkv_16 != NULL, (double)l[0], (double)l[1]);
+    report(what, ops->rope_bwd_qkv_16 && l[0] == l[1] ? 0.0 : 1.0, 0.5);
+    snprintf(what, sizeof what, "%s: gradients bitwise", tag);
+    compare_grads_tol(what, &ma, &mb, 0.0);
+    backend_cuda_set_attention(gpu, 0);
+    free(tok);
+    free(tgt);
+    llama_free(&ma);
+    llama_free(&mb);
+    return 0;
+}
+
 int main(void)
 {
     if (pc_cuda_device_count() == 0) {
@@ -285,6 +333,10 @@ int main(void)
     if (rc == 0) rc = run_qkv16_case("bf16 attention, forward only", &c, 2, 70, cpu, gpu, &fwd_only);
     if (rc == 0) rc = run_qkv16_case("bf16 attention and products", &c, 2, 70, cpu, gpu, &w16);
     if (rc == 0) rc = run_qkv16_case("bf16 attention and products, recomputing", &c, 2, 70, cpu, gpu, &w16_rc);
+    if (rc == 0) rc = run_rope16_case("bf16 products, bf16 attention, dq|dk|dv rotated as rounded", &c, 2, 70, gpu, 1,
+                                      &w16);
+    if (rc == 0) rc = run_rope16_case("bf16 products, fp32 attention, dq|dk|dv rotated as rounded", &c, 2, 70, gpu, 0,
+                                      &w16);
 
     backend_destroy(gpu);
     backend_destroy(cpu);

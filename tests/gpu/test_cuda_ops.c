@@ -534,6 +534,65 @@ static void same_bits(ctx *x, const char *what, const float *a, const float *b, 
     free(hb);
 }
 
+/* n16 bf16 values rotated and rounded on the GPU (g) against the CPU's rotation then
+ * rounding (c): at least 99% of them bit for bit (a different fp32 rounding of a rotation
+ * can move a value across a bf16 rounding boundary), every one within a bf16 ulp. */
+static void rope16_vs_cpu(ctx *x, const char *what, const uint16_t *g, const uint16_t *c, size_t n16)
+{
+    uint16_t *hg = pc_malloc((n16 + 1) * sizeof(uint16_t)), *hcpu = pc_malloc((n16 + 1) * sizeof(uint16_t));
+    be_download(x->gpu, (float *)hg, (const float *)g, (n16 + 1) / 2);
+    be_download(x->cpu, (float *)hcpu, (const float *)c, (n16 + 1) / 2);
+    size_t same = 0;
+    double worst = 0.0;
+    for (size_t i = 0; i < n16; i++) {
+        same += hg[i] == hcpu[i];
+        uint32_t a = (uint32_t)hg[i] << 16, b = (uint32_t)hcpu[i] << 16;
+        float fa, fb;
+        memcpy(&fa, &a, 4);
+        memcpy(&fb, &b, 4);
+        worst = fmax(worst, fabs((double)fa - fb) / fmax(fabs((double)fb), 1e-30));
+    }
+    char line[240];
+    snprintf(line, sizeof line, "%s: %.4f%% bitwise, worst %.1e", what, 100.0 * same / (double)n16, worst);
+    report(x, line, same >= 0.99 * n16 && worst <= 1.0 / 128 ? 0.0 : 1.0, 0.5);
+    free(hg);
+    free(hcpu);
+}
+
+/* rope_bwd_qkv_16: dqkv (N rows of stride (H + 2 KV) hd + pad) rotated back and rounded
+ * into the product's unpadded rows, against the CPU's rope_bwd then round_bf16_2d (as
+ * rope16_vs_cpu), and bit for bit the GPU's own rope_bwd then round_bf16_2d. */
+static void test_rope_bwd16_case(ctx *x, int B, int T, int H, int KV, int hd, int pad)
+{
+    const int Cu = (H + 2 * KV) * hd, C = Cu + pad, qd = H * hd;
+    const size_t N = (size_t)B * T, n16 = N * Cu;
+    char what[160];
+    pair cs, sn;
+    rope_pairs(x, T, hd, &cs, &sn);
+    pair d = pair_randn(x, N * C, 1.0f);
+    uint16_t *fused = (uint16_t *)be_alloc(x->gpu, (n16 + 1) / 2), *g16 = (uint16_t *)be_alloc(x->gpu, (n16 + 1) / 2),
+             *c16 = (uint16_t *)be_alloc(x->cpu, (n16 + 1) / 2);
+    x->gpu->ops->rope_bwd_qkv_16(x->gpu, fused, d.g, cs.g, sn.g, B, T, H, KV, hd, C);
+    for (int side = 0; side < 2; side++) { /* in place, then rounded into (N, Cu) */
+        backend *be = side ? x->gpu : x->cpu;
+        float *v = side ? d.g : d.c;
+        be->ops->rope_bwd(be, v, side ? cs.g : cs.c, side ? sn.g : sn.c, B, T, H, hd, C);
+        be->ops->rope_bwd(be, v + qd, side ? cs.g : cs.c, side ? sn.g : sn.c, B, T, KV, hd, C);
+        be->ops->round_bf16_2d(be, side ? g16 : c16, Cu, v, C, (int)N, Cu);
+    }
+    snprintf(what, sizeof what, "rope_bwd_qkv_16 vs cpu rope_bwd + round B=%d T=%d H=%d KV=%d hd=%d pad=%d", B, T, H,
+             KV, hd, pad);
+    rope16_vs_cpu(x, what, fused, c16, n16);
+    snprintf(what, sizeof what, "rope_bwd_qkv_16 bitwise the gpu's rope_bwd + round hd=%d pad=%d", hd, pad);
+    same_bits(x, what, (const float *)g16, (const float *)fused, n16 / 2);
+    be_free(x->gpu, fused);
+    be_free(x->gpu, g16);
+    be_free(x->cpu, c16);
+    pair_free(x, &d);
+    pair_free(x, &cs);
+    pair_free(x, &sn);
+}
+
 /* Attention on inputs kept in bf16 (attention_16, rope_qkv_16, attention_fwd_16/bwd_16),
  * q, k, v rows of stride (H + 2 KV) hd + pad:
  *   - rope_qkv_16 against the CPU's rope_fwd then round_bf16_2d into the packed layout:
@@ -562,24 +621,8 @@ static void test_attention16_case(ctx *x, int B, int T, int H, int KV, int hd, i
     x->cpu->ops->round_bf16_2d(x->cpu, q16c, qd, qkv.c, C, (int)N, qd);
     x->cpu->ops->round_bf16_2d(x->cpu, q16c + N * qd, kvd, qkv.c + qd, C, (int)N, kvd);
     x->cpu->ops->round_bf16_2d(x->cpu, q16c + N * (qd + kvd), kvd, qkv.c + qd + kvd, C, (int)N, kvd);
-    uint16_t *hg = pc_malloc((n16 + 1) * sizeof(uint16_t)), *hcpu = pc_malloc((n16 + 1) * sizeof(uint16_t));
-    be_download(x->gpu, (float *)hg, (float *)q16g, (n16 + 1) / 2);
-    be_download(x->cpu, (float *)hcpu, (float *)q16c, (n16 + 1) / 2);
-    size_t same = 0;
-    double worst = 0.0;
-    for (size_t i = 0; i < n16; i++) {
-        same += hg[i] == hcpu[i];
-        uint32_t a = (uint32_t)hg[i] << 16, b = (uint32_t)hcpu[i] << 16;
-        float fa, fb;
-        memcpy(&fa, &a, 4);
-        memcpy(&fb, &b, 4);
-        worst = fmax(worst, fabs((double)fa - fb) / fmax(fabs((double)fb), 1e-30));
-    }
-    snprintf(what, sizeof what, "rope_qkv_16 vs cpu rope + round hd=%d pad=%d: %.4f%% bitwise, worst %.1e", hd, pad,
-             100.0 * same / (double)n16, worst);
-    report(x, what, same >= 0.99 * n16 && worst <= 1.0 / 128 ? 0.0 : 1.0, 0.5);
-    free(hg);
-    free(hcpu);
+    snprintf(what, sizeof what, "rope_qkv_16 vs cpu rope + round hd=%d pad=%d", hd, pad);
+    rope16_vs_cpu(x, what, q16g, q16c, n16);
 
     /* forward: from qkv16 vs the fp32 tensor-core route (bitwise) vs the CPU */
     pair out = pair_randn(x, no, 1.0f), lse = pair_randn(x, nl, 1.0f);
@@ -658,6 +701,10 @@ static void test_attention16(ctx *x)
     test_attention16_case(x, 2, 65, 4, 2, 64, 0);
     test_attention16_case(x, 1, 70, 2, 1, 48, 1); /* fp32 rows not 16-byte aligned: one pair a thread */
     test_attention16_case(x, 2, 17, 2, 2, 128, 0);
+    report(x, "rope_bwd_qkv_16: the CPU backend has none", x->cpu->ops->rope_bwd_qkv_16 ? 1.0 : 0.0, 0.5);
+    test_rope_bwd16_case(x, 2, 65, 4, 2, 64, 0);
+    test_rope_bwd16_case(x, 1, 70, 2, 1, 48, 1); /* fp32 rows not 16-byte aligned: one pair a thread */
+    test_rope_bwd16_case(x, 2, 17, 2, 2, 128, 0);
     backend_cuda_set_attention(x->gpu, 0);
 }
 
