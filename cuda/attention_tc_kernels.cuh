@@ -525,7 +525,8 @@ __global__ void ATC_BOUNDS(HD) k_atc_dq(float *dq, size_t ld, const bf16 *dout, 
 
 static inline size_t atc_dq_smem(int hd) { return 4 * atc_tile_bytes(hd); }
 
-/* dK, dV: grid (KV, B, ceil(T/64)) (the first key tiles, most query tiles, first), ATC_WARPS*32 threads, atc_dkv_smem(HD) bytes; each
+/* dK, dV: grid (KV, B, ceil(T/64)) (the first key tiles, most query tiles, first),
+ * ATC_WARPS*32 threads, atc_dkv_smem(HD) bytes; each
  * warp owns 16 key rows and sums over the group's query heads and the query rows at or
  * after them. dk, dv rows of stride ld (fp32); dout, q, k, v the bf16 copies. */
 template <int HD>

@@ -58,8 +58,9 @@ typedef struct plan_opts {
     int global_batch;          /* train.global_batch: backwards per step (with shard_grads); 0: one */
     int store_grads;           /* compress.store_grads (PC_GRADS_*): which blocks keep their gradients
                                 * between the norm pass and the update (plan_block.kept) */
-    int64_t capacity;          /* bytes a rank may use (backend.memory_gib or the device's); 0: unknown.
-                                * PC_GRADS_AUTO keeps gradients within capacity - capacity / 16 */
+    int64_t capacity;          /* bytes a rank may use (backend.memory_gib, else the device's free memory at
+                                * start-up); 0: unknown. PC_GRADS_AUTO keeps gradients within capacity -
+                                * capacity / 16 */
     int prune;                 /* run.mode prune: every rank trains the whole small model directly (its fp32
                                 * weights, G, AdamW m and v, with weights_bf16 their bf16 copy); the blocks
                                 * only say what is sliced: no base, projections or exchange held */

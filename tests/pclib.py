@@ -147,6 +147,23 @@ def memory_job(root, vocab, hidden, ff, layers, hidden_c, ff_c, seq_len, batch):
                         backend={"device": "cpu"})
 
 
+def rss_vs_plan(root, job, column, runs):
+    """Peak RSS against the plan between two one-rank runs of a job: runs is two (name,
+    --set values) pairs, each run under root; the peak RSS must change from the first to
+    the second by what plan.txt's `column` (MiB) changes by, within 35%. Returns each
+    run's (peak RSS, column) in MiB, for the caller's own checks on the plan."""
+    out = []
+    for name, sets in runs:
+        d = run_job(root, job, name, 1, *sets)
+        out.append((peak_rss(d)[0], plan_table(d)[0][column]))
+        print(f"{name}: plan {column} {out[-1][1]:.1f} MiB, peak RSS {out[-1][0]:.1f} MiB")
+    (ra, pa), (rb, pb) = out
+    planned, measured = pb - pa, rb - ra
+    check(abs(measured - planned) <= 0.35 * abs(planned),
+          f"peak RSS from {runs[0][0]} to {runs[1][0]}: {measured:+.1f} MiB, the plan says {planned:+.1f} MiB")
+    return out
+
+
 def write_yaml(path, sections):
     """Write a two-level dict as a YAML job file."""
     with open(path, "w") as f:

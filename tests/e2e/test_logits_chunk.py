@@ -54,16 +54,9 @@ def main():
     if big is None:
         return
     mjob = pclib.memory_job(big, 32768, 64, 128, 2, 48, 96, 256, 4)
-    rss, act = {}, {}
-    for chunk in [0, 256]:
-        d = pclib.run_job(big, mjob, f"mem-{chunk}", 1, f"train.logits_chunk={chunk}")
-        rss[chunk] = pclib.peak_rss(d)[0]
-        act[chunk] = pclib.plan_table(d)[0]["act"]
-        print(f"logits_chunk {chunk}: plan activations {act[chunk]:.1f} MiB, peak RSS {rss[chunk]:.1f} MiB")
-    planned, measured = act[0] - act[256], rss[0] - rss[256]
-    pclib.check(planned > 0.5 * act[0], f"plan: chunks of 256 keep {act[256]:.1f} of {act[0]:.1f} MiB")
-    pclib.check(abs(measured - planned) <= 0.35 * planned,
-                f"peak RSS falls by {measured:.1f} MiB, the plan says {planned:.1f} MiB")
+    (_, whole), (_, chunked) = pclib.rss_vs_plan(big, mjob, "act", [
+        (f"mem-{chunk}", [f"train.logits_chunk={chunk}"]) for chunk in [0, 256]])
+    pclib.check(whole - chunked > 0.5 * whole, f"plan: chunks of 256 keep {chunked:.1f} of {whole:.1f} MiB")
 
 
 if __name__ == "__main__":

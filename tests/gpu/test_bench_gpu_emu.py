@@ -56,7 +56,8 @@ def main():
             calls[r.group(1).strip()] = int(r.group(2))
     want = {"gemm bf16": 15, "rmsnorm_fwd_16": 3, "rmsnorm_fwd": None, "rmsnorm_bwd": 3, "attention_fwd bf16": 1,
             "attention_fwd bf16 copies": None, "attention_bwd D": None, "attention_bwd D, dO copy": 1,
-            "attention_bwd bf16 copies": None, "attention_bwd bf16 dO copy": None, "attention_bwd bf16 dQ": 1, "attention_bwd bf16 dK dV": 1,
+            "attention_bwd bf16 copies": None, "attention_bwd bf16 dO copy": None, "attention_bwd bf16 dQ": 1,
+            "attention_bwd bf16 dK dV": 1,
             "attention_bwd bf16": None, "xent_fwd": 1, "xent_bwd_16": 1, "xent_bwd": None, "gemm operand to bf16": None,
             "round_bf16": 2, "swiglu_fwd_16": 1, "swiglu_fwd": None, "swiglu_bwd_16": 1, "swiglu_bwd": None,
             "rope_fwd": None, "rope_fwd bf16": 2, "round_bf16 v": 1, "rope_bwd": None, "rope_bwd bf16": 2,

@@ -1,16 +1,15 @@
-"""Sharding plan against an independent reference.
-
-Runs plan-tool on the shape configs under configs/models (Llama-3.1-8B, Llama-3.2-1B,
-SmolLM-135M, a 70B GQA shape) and the demo model, on 1 to 512 ranks, with GPU (bf16)
-and CPU (f32) sizes, parses plan.txt, and re-derives from config.json alone: the tensor
-list, each block's base / compressed slice, its bytes (frozen base + 12 bytes per own
-trainable element + a replicated shared factor) and projection FLOPs (counted from the
-matmuls a slice needs), that the ranges tile each matrix and q/k/v/o ranges are whole
-heads, the rank table (blocks, base bytes, GFLOP, W_C replica, totals), the comm line,
-and the wall time. A prune plan (--prune) holds the whole small model on every rank and
-nothing of the compress plan's blocks: no block lines, state the AdamW moments (8 bytes
-a parameter), replica the fp32 weights and G (8), the compress plan's activations, and
-the gradient's all-reduce as its comm. plan.txt of the demo on 3 ranks with forced splits must equal the stored golden file."""
+"""Sharding plan against an independent reference. Runs plan-tool on the shape configs
+under configs/models (Llama-3.1-8B, Llama-3.2-1B, SmolLM-135M, a 70B GQA shape) and the
+demo model, on 1 to 512 ranks, with GPU (bf16) and CPU (f32) sizes, parses plan.txt, and
+re-derives from config.json alone: the tensor list, each block's base / compressed
+slice, its bytes (frozen base + 12 bytes per own trainable element + a replicated shared
+factor) and projection FLOPs (counted from the matmuls a slice needs), that the ranges
+tile each matrix and q/k/v/o ranges are whole heads, the rank table (blocks, base bytes,
+GFLOP, W_C replica, totals), the comm line, and the wall time. A prune plan (--prune)
+holds the whole small model on every rank and nothing of the compress plan's blocks: no
+block lines, state the AdamW moments (8 bytes a parameter), replica the fp32 weights and
+G (8), the compress plan's activations, and the gradient's all-reduce as its comm.
+plan.txt of the demo on 3 ranks with forced splits must equal the stored golden file."""
 import json
 import os
 import re
