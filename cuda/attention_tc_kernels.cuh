@@ -10,6 +10,7 @@
 #endif
 #include <stdint.h>
 
+#include "launch.h"
 #include "vec.h"
 
 #define ATC_WARPS 4
@@ -78,7 +79,6 @@ __device__ __forceinline__ float atc_exp2(float x)
 }
 /* Two consecutive floats of shared memory (8-byte aligned) in one load. */
 __device__ __forceinline__ float2 atc_ld2(const float *p) { return *(const float2 *)p; }
-#define ATC_UNROLL _Pragma("unroll")
 /* Up to head_dim 64 every kernel keeps to 128 registers a thread, so that 4 blocks of 4
  * warps fit a multiprocessor's 64K (ptxas alone gives dK/dV 160; held to 128 it keeps one
  * 8-byte value in local memory, read once a tile); beyond, no minimum (0). */
@@ -100,7 +100,6 @@ inline float atc_exp2(float x)
     return y < 0x1p-126f ? 0.0f : y;
 }
 inline float2 atc_ld2(const float *p) { return emu_ld_aligned<float2>(p); }
-#define ATC_UNROLL
 #define ATC_BOUNDS(HD)
 #endif
 
@@ -138,13 +137,13 @@ template <int HD, int ROWS> __device__ __forceinline__ void atc_load(atc_src a, 
     constexpr int RSTEP = ATC_WARPS * 32 / VPR;             /* rows the block copies at a time */
     const int tr = (int)threadIdx.x / VPR, c = (int)threadIdx.x % VPR * 8; /* first row, column */
     if (tr < RSTEP) {
-        ATC_UNROLL
+        PC_UNROLL
         for (int j = 0; j < 2; j++) {
             const atc_src t = j ? b : a;
             if (!t.src) continue;
             const bf16 *src = t.src + (size_t)r0 * t.ld + tr * t.ld + c; /* row r0 + tr */
             bf16 *dst = t.dst + tr * LDH + c;
-            ATC_UNROLL
+            PC_UNROLL
             for (int i = 0; i < (ROWS + RSTEP - 1) / RSTEP; i++) {
                 const int r = tr + i * RSTEP; /* of the tile */
                 if (ROWS % RSTEP != 0 && r >= ROWS) break;
@@ -170,7 +169,7 @@ __device__ __forceinline__ void atc_frag_a(u32 a[4], const bf16 *X, int ld, int 
 /* A fragments of 16 rows from r0 and KT x 16 columns of X. */
 template <int KT> __device__ __forceinline__ void atc_frags_a(u32 a[KT][4], const bf16 *X, int ld, int r0)
 {
-    ATC_UNROLL
+    PC_UNROLL
     for (int kk = 0; kk < KT; kk++) atc_frag_a(a[kk], X, ld, r0, 16 * kk);
 }
 
@@ -181,10 +180,10 @@ template <int KT> __device__ __forceinline__ void atc_frags_a(u32 a[KT][4], cons
 template <int KT, int NT> __device__ __forceinline__ void atc_mma_abt(float c[NT][4], const u32 a[KT][4], const bf16 *Y, int ld)
 {
     const int l = threadIdx.x & 31;
-    ATC_UNROLL
+    PC_UNROLL
     for (int n = 0; n < NT; n += 2) {
         const bf16 *p = Y + (8 * n + (l & 7) + 8 * (l >> 4)) * ld + 8 * ((l >> 3) & 1);
-        ATC_UNROLL
+        PC_UNROLL
         for (int kk = 0; kk < KT; kk++) {
             u32 b[4]; /* B fragments of blocks n (b[0..1]) and n + 1 (b[2..3]) */
             atc_ldsm4<0>(b, p + 16 * kk);
@@ -201,10 +200,10 @@ template <int KT, int NT> __device__ __forceinline__ void atc_mma_abt(float c[NT
 template <int KT, int NT> __device__ __forceinline__ void atc_mma_ab(float c[NT][4], const u32 a[KT][4], const bf16 *Y, int ld)
 {
     const int l = threadIdx.x & 31;
-    ATC_UNROLL
+    PC_UNROLL
     for (int n = 0; n < NT; n += 2) {
         const bf16 *p = Y + (l & 15) * ld + 8 * n + 8 * (l >> 4);
-        ATC_UNROLL
+        PC_UNROLL
         for (int kk = 0; kk < KT; kk++) {
             u32 b[4];
             atc_ldsm4<1>(b, p + 16 * kk * ld);
@@ -219,7 +218,7 @@ template <int KT, int NT> __device__ __forceinline__ void atc_mma_ab(float c[NT]
  * product into the next without leaving the registers. */
 template <int NT> __device__ __forceinline__ void atc_c_to_a(u32 a[NT / 2][4], const float c[NT][4])
 {
-    ATC_UNROLL
+    PC_UNROLL
     for (int kk = 0; kk < NT / 2; kk++) {
         a[kk][0] = vec_pack_bf16(c[2 * kk][0], c[2 * kk][1]);
         a[kk][1] = vec_pack_bf16(c[2 * kk][2], c[2 * kk][3]);
@@ -230,7 +229,7 @@ template <int NT> __device__ __forceinline__ void atc_c_to_a(u32 a[NT / 2][4], c
 
 template <int NT> __device__ __forceinline__ void atc_zero(float c[NT][4])
 {
-    ATC_UNROLL
+    PC_UNROLL
     for (int n = 0; n < NT; n++) c[n][0] = c[n][1] = c[n][2] = c[n][3] = 0.0f;
 }
 
@@ -249,12 +248,12 @@ template <int DT, typename OutT>
 __device__ __forceinline__ void atc_store(OutT *out, size_t ld, const float c[DT][4], int row0, int T,
                                           const float mul[2])
 {
-    ATC_UNROLL
+    PC_UNROLL
     for (int r = 0; r < 2; r++) {
         const int i = row0 + atc_c_row(2 * r);
         if (i >= T) continue;
         OutT *o = out + (size_t)i * ld;
-        ATC_UNROLL
+        PC_UNROLL
         for (int n = 0; n < DT; n++) {
             const float x0 = c[n][2 * r] * mul[r], x1 = c[n][2 * r + 1] * mul[r];
             if constexpr (sizeof(OutT) == 2) {
@@ -382,15 +381,15 @@ __device__ __forceinline__ void atc_fwd_tile(float o[HD / 8][4], float m[2], flo
     /* online softmax: the row max over the tile (the lane's 16 columns, then its quad's),
      * of the raw scores, scaled once per row (scale2 > 0) */
     float mx[2] = {-INFINITY, -INFINITY};
-    ATC_UNROLL
+    PC_UNROLL
     for (int n = 0; n < ATC_NT; n++)
-        ATC_UNROLL
+        PC_UNROLL
         for (int i = 0; i < 4; i++) {
             if (atc_c_off(n, i) > last[i >> 1]) s[n][i] = -INFINITY;
             mx[i >> 1] = fmaxf(mx[i >> 1], s[n][i]);
         }
     float alpha[2];
-    ATC_UNROLL
+    PC_UNROLL
     for (int r = 0; r < 2; r++) {
         mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 1));
         mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 2));
@@ -399,14 +398,14 @@ __device__ __forceinline__ void atc_fwd_tile(float o[HD / 8][4], float m[2], flo
         m[r] = m_new;
         l[r] *= alpha[r]; /* the lane's part of the row sum; the quad's are added at the end */
     }
-    ATC_UNROLL
+    PC_UNROLL
     for (int n = 0; n < ATC_NT; n++)
-        ATC_UNROLL
+        PC_UNROLL
         for (int i = 0; i < 4; i++) {
             s[n][i] = atc_exp2(fmaf(scale2, s[n][i], -m[i >> 1])); /* 0 where masked */
             l[i >> 1] += s[n][i];
         }
-    ATC_UNROLL
+    PC_UNROLL
     for (int n = 0; n < DT; n++) {
         o[n][0] *= alpha[0], o[n][1] *= alpha[0];
         o[n][2] *= alpha[1], o[n][3] *= alpha[1];
@@ -438,7 +437,7 @@ __global__ void ATC_BOUNDS(HD) k_atc_fwd(float *out, bf16 *out16, float *lse, co
         at, nullptr, Ks, Vs, T, H, KV, [&](const bf16 *Q, const bf16 *) { atc_frags_a<KT>(qa, Q, ldh, at.wr); },
         [&](int k0, const bf16 *K, const bf16 *V) { atc_fwd_tile<HD>(o, m, l, qa, K, V, k0, w0, T, scale2); });
     float inv[2];
-    ATC_UNROLL
+    PC_UNROLL
     for (int r = 0; r < 2; r++) {
         l[r] += __shfl_xor_sync(0xffffffffu, l[r], 1);
         l[r] += __shfl_xor_sync(0xffffffffu, l[r], 2);
@@ -470,7 +469,7 @@ __global__ void ATC_BOUNDS(HD) k_atc_dq(float *dq, size_t ld, const bf16 *dout, 
     const atc_qtile at = atc_qtile_of(q, k, v, T, H, KV, HD);
     const int b = at.b, h = at.h, w0 = at.w0;
     float lse_r[2], D_r[2]; /* of the lane's two rows */
-    ATC_UNROLL
+    PC_UNROLL
     for (int r = 0; r < 2; r++) {
         const int i = w0 + atc_c_row(2 * r);
         lse_r[r] = i < T ? lse[((size_t)b * H + h) * T + i] * ATC_LOG2E : 0.0f; /* in base 2 */
@@ -490,7 +489,7 @@ __global__ void ATC_BOUNDS(HD) k_atc_dq(float *dq, size_t ld, const bf16 *dout, 
      * same products and loads as whole tiles, in smaller pieces. */
     auto tile = [&](int k0, const bf16 *K, const bf16 *V) {
         constexpr int NT = ATC_DQ_NT, KP = 8 * NT; /* keys a pass */
-        ATC_UNROLL
+        PC_UNROLL
         for (int j0 = 0; j0 < ATC_TILE; j0 += KP) {
             if (k0 + j0 > w0 + 15) continue; /* warp-uniform: every key of the pass is after the warp's rows */
             const bf16 *Kp = K + j0 * ldh, *Vp = V + j0 * ldh;
@@ -503,9 +502,9 @@ __global__ void ATC_BOUNDS(HD) k_atc_dq(float *dq, size_t ld, const bf16 *dout, 
              * or past T are not stored, and their dO rows are zero, so their dS is too */
             const int last[2] = {min(w0 + atc_c_row(0), T - 1) - k0 - j0 - atc_c_col(0, 0),
                                  min(w0 + atc_c_row(2), T - 1) - k0 - j0 - atc_c_col(0, 0)};
-            ATC_UNROLL
+            PC_UNROLL
             for (int n = 0; n < NT; n++)
-                ATC_UNROLL
+                PC_UNROLL
                 for (int i = 0; i < 4; i++) {
                     const int r = i >> 1;
                     /* computed for every key and selected, branch-free: a masked one's exp
@@ -575,7 +574,7 @@ __global__ void ATC_BOUNDS(HD) k_atc_dkv(float *dk, float *dv, size_t ld, const 
     constexpr int NT = ATC_DKV_NT, QP = 8 * NT; /* queries a pass */
     atc_double_buffer(n_tiles, 1, load_tile, [&](int t, int cur) { /* K and V (the first group) landed too */
         const int i0 = i0_of(t);
-        ATC_UNROLL
+        PC_UNROLL
         for (int q0 = 0; q0 < ATC_TILE; q0 += QP) {
             if (i0 + q0 + QP - 1 < w0) continue; /* warp-uniform: every query of the pass is before the warp's keys */
             const bf16 *Q = Qs[cur] + q0 * ldh, *dO = dOs[cur] + q0 * ldh;
@@ -598,11 +597,11 @@ __global__ void ATC_BOUNDS(HD) k_atc_dkv(float *dk, float *dv, size_t ld, const 
              * rows, lse and D 0: P 1 and dS 0 there, which add nothing to dV nor dK. */
             const int c0 = i0 + q0 + atc_c_col(0, 0);
             const int first[2] = {w0 + atc_c_row(0) - c0, w0 + atc_c_row(2) - c0};
-            ATC_UNROLL
+            PC_UNROLL
             for (int n = 0; n < NT; n++) {
                 /* the lse and D of the lane's two columns (atc_c_col(n, 0 | 1), even and odd) */
                 const float2 l2 = atc_ld2(ls + atc_c_col(n, 0)), d2 = atc_ld2(Ds + atc_c_col(n, 0));
-                ATC_UNROLL
+                PC_UNROLL
                 for (int i = 0; i < 4; i++) {
                     /* computed for every query and selected, branch-free (as in dQ) */
                     const float e = atc_exp2(fmaf(scale2, st[n][i], -(i & 1 ? l2.y : l2.x)));

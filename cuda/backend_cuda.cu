@@ -661,6 +661,75 @@ __global__ void k_rmsnorm_bwd_dw(float *dw, const float *dout, const float *x, c
     atomicAdd(dw + i, s);
 }
 
+#define RMS_BWD_ROWS 8   /* rows a block of the one-pass backward walks */
+#define RMS_BWD_GROUPS 8 /* at most, groups of V columns a thread sums dw for: d up to 8 x 256 x V */
+
+/* The backward in one pass over dout and x: dx as k_rmsnorm_bwd_dx and dw[i] += sum_n
+ * dout[n,i] x[n,i] rstd[n], a block per RMS_BWD_ROWS rows, one row at a time, each thread
+ * summing its columns' dw over the block's rows in registers and adding them to dw once
+ * at the end (k_rmsnorm_bwd_dw read dout and x a second time). V values a thread at a time
+ * (V divides d); d <= G * blockDim.x * V (G groups a thread: no more registers than d
+ * needs). */
+template <int V, int G>
+__global__ void k_rmsnorm_bwd(float *dx, float *dw, const float *dout, const float *x, const float *w,
+                              const float *rstd, int N, int d)
+{
+    __shared__ float sh[33];
+    float acc[G][V] = {};
+    const int n1 = min(N, (int)(blockIdx.x + 1) * RMS_BWD_ROWS), step = (int)blockDim.x * V;
+    for (int n = (int)blockIdx.x * RMS_BWD_ROWS; n < n1; n++) {
+        const float *xr = x + (size_t)n * d, *g = dout + (size_t)n * d;
+        float *dxr = dx + (size_t)n * d;
+        const float r = rstd[n];
+        float dot = 0.0f;
+        for (int i = threadIdx.x * V; i < d; i += step) {
+            const fvec<V> gv = vec_ld<V>(g + i), wv = vec_ld<V>(w + i), xv = vec_ld<V>(xr + i);
+            for (int j = 0; j < V; j++) dot += gv.v[j] * wv.v[j] * xv.v[j];
+        }
+        dot = block_sum(dot, sh);
+        const float cc = dot * r * r / (float)d;
+PC_UNROLL
+        for (int k = 0; k < G; k++) { /* unrolled: acc stays in registers */
+            const int i = threadIdx.x * V + k * step;
+            if (i >= d) break;
+            const fvec<V> gv = vec_ld<V>(g + i), wv = vec_ld<V>(w + i), xv = vec_ld<V>(xr + i);
+            fvec<V> dv = vec_ld<V>(dxr + i);
+            for (int j = 0; j < V; j++) {
+                dv.v[j] += r * (gv.v[j] * wv.v[j] - xv.v[j] * cc);
+                acc[k][j] += gv.v[j] * xv.v[j] * r;
+            }
+            vec_st<V>(dxr + i, dv);
+        }
+    }
+PC_UNROLL
+    for (int k = 0; k < G; k++) {
+        const int i = threadIdx.x * V + k * step;
+        if (i >= d) break;
+        for (int j = 0; j < V; j++) atomicAdd(dw + i + j, acc[k][j]);
+    }
+}
+
+/* k_rmsnorm_bwd with the fewest groups a thread (1, 2, 4 or RMS_BWD_GROUPS) that cover d;
+ * 0 when d is too wide for it (nothing launched). */
+template <int V>
+static int rmsnorm_bwd_one_pass(cudaStream_t s, float *dx, float *dw, const float *dout, const float *x,
+                                const float *w, const float *rstd, int N, int d)
+{
+    const int groups = (d + 256 * V - 1) / (256 * V);
+    const unsigned blocks = (unsigned)((N + RMS_BWD_ROWS - 1) / RMS_BWD_ROWS);
+    if (groups <= 1)
+        PC_LAUNCH((k_rmsnorm_bwd<V, 1>), blocks, 256, 0, s)(dx, dw, dout, x, w, rstd, N, d);
+    else if (groups <= 2)
+        PC_LAUNCH((k_rmsnorm_bwd<V, 2>), blocks, 256, 0, s)(dx, dw, dout, x, w, rstd, N, d);
+    else if (groups <= 4)
+        PC_LAUNCH((k_rmsnorm_bwd<V, 4>), blocks, 256, 0, s)(dx, dw, dout, x, w, rstd, N, d);
+    else if (groups <= RMS_BWD_GROUPS)
+        PC_LAUNCH((k_rmsnorm_bwd<V, RMS_BWD_GROUPS>), blocks, 256, 0, s)(dx, dw, dout, x, w, rstd, N, d);
+    else
+        return 0;
+    return 1;
+}
+
 /* rmsnorm_fwd's and rmsnorm_fwd_16's launch: out (N, d) in OutT; bytes_per_elem for the profile */
 template <typename OutT>
 static void rmsnorm_rows(backend *be, const char *region, double bytes_per_elem, OutT *out, float *rstd, const float *x,
@@ -696,14 +765,20 @@ static void cu_rmsnorm_bwd(backend *be, float *dx, float *dw, const float *dout,
     cudaStream_t s = c->stream;
     if (N <= 0 || d <= 0) return;
     PROF_BEGIN(c, "rmsnorm_bwd", 0, 16.0 * N * d); /* dout and x in, dx added to */
-    if (rows_v4(d, vec_aligned(dx, 4) && vec_aligned(dout, 4) && vec_aligned(x, 4) && vec_aligned(w, 4)))
-        PC_LAUNCH(k_rmsnorm_bwd_dx<4>, N, 256, 0, s)(dx, dout, x, w, rstd, d);
-    else
-        PC_LAUNCH(k_rmsnorm_bwd_dx<1>, N, 256, 0, s)(dx, dout, x, w, rstd, d);
-    LAUNCH_CHECK();
-    dim3 grid((unsigned)((d + 255) / 256), (unsigned)((N + RMS_DW_ROWS - 1) / RMS_DW_ROWS));
-    PC_LAUNCH(k_rmsnorm_bwd_dw, grid, 256, 0, s)(dw, dout, x, rstd, N, d);
-    LAUNCH_CHECK();
+    const bool v4 = rows_v4(d, vec_aligned(dx, 4) && vec_aligned(dout, 4) && vec_aligned(x, 4) && vec_aligned(w, 4));
+    if (v4 ? rmsnorm_bwd_one_pass<4>(s, dx, dw, dout, x, w, rstd, N, d)
+           : rmsnorm_bwd_one_pass<1>(s, dx, dw, dout, x, w, rstd, N, d)) {
+        LAUNCH_CHECK();
+    } else { /* wider rows: dx, then dw in a second pass */
+        if (v4)
+            PC_LAUNCH(k_rmsnorm_bwd_dx<4>, N, 256, 0, s)(dx, dout, x, w, rstd, d);
+        else
+            PC_LAUNCH(k_rmsnorm_bwd_dx<1>, N, 256, 0, s)(dx, dout, x, w, rstd, d);
+        LAUNCH_CHECK();
+        dim3 grid((unsigned)((d + 255) / 256), (unsigned)((N + RMS_DW_ROWS - 1) / RMS_DW_ROWS));
+        PC_LAUNCH(k_rmsnorm_bwd_dw, grid, 256, 0, s)(dw, dout, x, rstd, N, d);
+        LAUNCH_CHECK();
+    }
     PROF_END(c);
 }
 

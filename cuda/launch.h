@@ -8,4 +8,12 @@
 #define PC_LAUNCH(kernel, grid, block, shared_bytes, stream) kernel<<<grid, block, shared_bytes, stream>>>
 #endif
 
+/* PC_UNROLL before a loop of a known trip count: nvcc unrolls it (so that arrays indexed
+ * by its counter stay in registers); the host emulator's compiler does as it sees fit. */
+#ifndef PC_SIMT_EMU
+#define PC_UNROLL _Pragma("unroll")
+#else
+#define PC_UNROLL
+#endif
+
 #endif

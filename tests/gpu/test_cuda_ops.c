@@ -356,7 +356,9 @@ static void check_out16(ctx *x, const char *what, const void *o16, size_t rows, 
 
 static void test_rmsnorm(ctx *x)
 {
-    const int dims[] = {7, 64, 1344, 3000};
+    /* the backward in one pass up to 8192 columns 4 at a time (2048 one at a time), each
+     * thread summing dw for 1, 2, 4 or 8 groups of columns, and in two passes above */
+    const int dims[] = {7, 64, 1344, 3000, 2051, 4100, 8200};
     for (size_t k = 0; k < PC_ARRAY_LEN(dims); k++) {
         int d = dims[k], N = 150;
         pair xin = pair_randn(x, (size_t)N * d, 2.0f), w = pair_randn(x, (size_t)d, 1.0f);
