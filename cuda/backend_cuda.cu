@@ -688,7 +688,7 @@ __global__ void k_rmsnorm_bwd(float *dx, float *dw, const float *dout, const flo
         }
         dot = block_sum(dot, sh);
         const float cc = dot * r * r / (float)d;
-PC_UNROLL
+        PC_UNROLL
         for (int k = 0; k < G; k++) { /* unrolled: acc stays in registers */
             const int i = threadIdx.x * V + k * step;
             if (i >= d) break;
@@ -701,7 +701,7 @@ PC_UNROLL
             vec_st<V>(dxr + i, dv);
         }
     }
-PC_UNROLL
+    PC_UNROLL
     for (int k = 0; k < G; k++) {
         const int i = threadIdx.x * V + k * step;
         if (i >= d) break;
