@@ -102,6 +102,11 @@ typedef struct backend_ops {
     /* dx += d(out)/dx^T dout ; dw += sum_n dout*x*rstd */
     void (*rmsnorm_bwd)(backend *be, float *dx, float *dw, const float *dout, const float *x, const float *w,
                         const float *rstd, int N, int d);
+    /* rmsnorm_bwd, and the new dx (after the addition) rounded to bf16 (nearest even) into
+     * dx16 (N,d) in the same pass, for products that read it: bitwise rmsnorm_bwd then
+     * round_bf16. NULL where a backend has none. */
+    void (*rmsnorm_bwd_16)(backend *be, float *dx, uint16_t *dx16, float *dw, const float *dout, const float *x,
+                           const float *w, const float *rstd, int N, int d);
 
     /* In-place rotation of n_heads heads of size hd for each of B*T tokens (row stride ld),
      * token t at position t % T; HF rotate_half pairs (i, i + hd/2); cos/sin are (T, hd/2). */

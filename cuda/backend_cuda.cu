@@ -624,10 +624,10 @@ __global__ void k_rmsnorm_fwd(OutT *out, float *rstd, const float *x, const floa
 }
 
 /* dx += r * (g*w - x * r^2 * mean(g*w*x)), one block per row, V values a thread at a time
- * (V divides d) */
+ * (V divides d); with dx16 the new dx rounded there too (row stride d) */
 template <int V>
-__global__ void k_rmsnorm_bwd_dx(float *dx, const float *dout, const float *x, const float *w, const float *rstd,
-                                 int d)
+__global__ void k_rmsnorm_bwd_dx(float *dx, __nv_bfloat16 *dx16, const float *dout, const float *x, const float *w,
+                                 const float *rstd, int d)
 {
     __shared__ float sh[33];
     const size_t n = blockIdx.x;
@@ -646,6 +646,7 @@ __global__ void k_rmsnorm_bwd_dx(float *dx, const float *dout, const float *x, c
         fvec<V> dv = vec_ld<V>(dxr + i);
         for (int j = 0; j < V; j++) dv.v[j] += r * (gv.v[j] * wv.v[j] - xv.v[j] * cc);
         vec_st<V>(dxr + i, dv);
+        if (dx16) vec_st<V>(dx16 + n * d + i, dv);
     }
 }
 
@@ -669,10 +670,10 @@ __global__ void k_rmsnorm_bwd_dw(float *dw, const float *dout, const float *x, c
  * summing its columns' dw over the block's rows in registers and adding them to dw once
  * at the end (k_rmsnorm_bwd_dw read dout and x a second time). V values a thread at a time
  * (V divides d); d <= G * blockDim.x * V (G groups a thread: no more registers than d
- * needs). */
+ * needs). With dx16 the new dx rounded there too (row stride d). */
 template <int V, int G>
-__global__ void k_rmsnorm_bwd(float *dx, float *dw, const float *dout, const float *x, const float *w,
-                              const float *rstd, int N, int d)
+__global__ void k_rmsnorm_bwd(float *dx, __nv_bfloat16 *dx16, float *dw, const float *dout, const float *x,
+                              const float *w, const float *rstd, int N, int d)
 {
     __shared__ float sh[33];
     float acc[G][V] = {};
@@ -699,6 +700,7 @@ __global__ void k_rmsnorm_bwd(float *dx, float *dw, const float *dout, const flo
                 acc[k][j] += gv.v[j] * xv.v[j] * r;
             }
             vec_st<V>(dxr + i, dv);
+            if (dx16) vec_st<V>(dx16 + (size_t)n * d + i, dv);
         }
     }
     PC_UNROLL
@@ -712,19 +714,19 @@ __global__ void k_rmsnorm_bwd(float *dx, float *dw, const float *dout, const flo
 /* k_rmsnorm_bwd with the fewest groups a thread (1, 2, 4 or RMS_BWD_GROUPS) that cover d;
  * 0 when d is too wide for it (nothing launched). */
 template <int V>
-static int rmsnorm_bwd_one_pass(cudaStream_t s, float *dx, float *dw, const float *dout, const float *x,
-                                const float *w, const float *rstd, int N, int d)
+static int rmsnorm_bwd_one_pass(cudaStream_t s, float *dx, __nv_bfloat16 *dx16, float *dw, const float *dout,
+                                const float *x, const float *w, const float *rstd, int N, int d)
 {
     const int groups = (d + 256 * V - 1) / (256 * V);
     const unsigned blocks = (unsigned)((N + RMS_BWD_ROWS - 1) / RMS_BWD_ROWS);
     if (groups <= 1)
-        PC_LAUNCH((k_rmsnorm_bwd<V, 1>), blocks, 256, 0, s)(dx, dw, dout, x, w, rstd, N, d);
+        PC_LAUNCH((k_rmsnorm_bwd<V, 1>), blocks, 256, 0, s)(dx, dx16, dw, dout, x, w, rstd, N, d);
     else if (groups <= 2)
-        PC_LAUNCH((k_rmsnorm_bwd<V, 2>), blocks, 256, 0, s)(dx, dw, dout, x, w, rstd, N, d);
+        PC_LAUNCH((k_rmsnorm_bwd<V, 2>), blocks, 256, 0, s)(dx, dx16, dw, dout, x, w, rstd, N, d);
     else if (groups <= 4)
-        PC_LAUNCH((k_rmsnorm_bwd<V, 4>), blocks, 256, 0, s)(dx, dw, dout, x, w, rstd, N, d);
+        PC_LAUNCH((k_rmsnorm_bwd<V, 4>), blocks, 256, 0, s)(dx, dx16, dw, dout, x, w, rstd, N, d);
     else if (groups <= RMS_BWD_GROUPS)
-        PC_LAUNCH((k_rmsnorm_bwd<V, RMS_BWD_GROUPS>), blocks, 256, 0, s)(dx, dw, dout, x, w, rstd, N, d);
+        PC_LAUNCH((k_rmsnorm_bwd<V, RMS_BWD_GROUPS>), blocks, 256, 0, s)(dx, dx16, dw, dout, x, w, rstd, N, d);
     else
         return 0;
     return 1;
@@ -758,28 +760,41 @@ static void cu_rmsnorm_fwd_16(backend *be, uint16_t *out, float *rstd, const flo
     rmsnorm_rows<__nv_bfloat16>(be, "rmsnorm_fwd_16", 6.0, (__nv_bfloat16 *)out, rstd, x, w, N, d, eps); /* bf16 out */
 }
 
+/* rmsnorm_bwd (dx16 NULL) and rmsnorm_bwd_16 */
+static void rmsnorm_bwd_launch(cuda_impl *c, const char *region, float *dx, __nv_bfloat16 *dx16, float *dw,
+                               const float *dout, const float *x, const float *w, const float *rstd, int N, int d)
+{
+    cudaStream_t s = c->stream;
+    if (N <= 0 || d <= 0) return;
+    PROF_BEGIN(c, region, 0, (dx16 ? 18.0 : 16.0) * N * d); /* dout and x in, dx added to (and rounded) */
+    const bool v4 = rows_v4(d, vec_aligned(dx, 4) && vec_aligned(dout, 4) && vec_aligned(x, 4) &&
+                                   vec_aligned(w, 4) && vec_aligned(dx16, 2));
+    if (v4 ? rmsnorm_bwd_one_pass<4>(s, dx, dx16, dw, dout, x, w, rstd, N, d)
+           : rmsnorm_bwd_one_pass<1>(s, dx, dx16, dw, dout, x, w, rstd, N, d)) {
+        launch_check(c, __FILE__, __LINE__);
+    } else { /* wider rows: dx, then dw in a second pass */
+        if (v4)
+            PC_LAUNCH(k_rmsnorm_bwd_dx<4>, N, 256, 0, s)(dx, dx16, dout, x, w, rstd, d);
+        else
+            PC_LAUNCH(k_rmsnorm_bwd_dx<1>, N, 256, 0, s)(dx, dx16, dout, x, w, rstd, d);
+        launch_check(c, __FILE__, __LINE__);
+        dim3 grid((unsigned)((d + 255) / 256), (unsigned)((N + RMS_DW_ROWS - 1) / RMS_DW_ROWS));
+        PC_LAUNCH(k_rmsnorm_bwd_dw, grid, 256, 0, s)(dw, dout, x, rstd, N, d);
+        launch_check(c, __FILE__, __LINE__);
+    }
+    PROF_END(c);
+}
+
 static void cu_rmsnorm_bwd(backend *be, float *dx, float *dw, const float *dout, const float *x, const float *w,
                            const float *rstd, int N, int d)
 {
-    cuda_impl *c = impl_of(be);
-    cudaStream_t s = c->stream;
-    if (N <= 0 || d <= 0) return;
-    PROF_BEGIN(c, "rmsnorm_bwd", 0, 16.0 * N * d); /* dout and x in, dx added to */
-    const bool v4 = rows_v4(d, vec_aligned(dx, 4) && vec_aligned(dout, 4) && vec_aligned(x, 4) && vec_aligned(w, 4));
-    if (v4 ? rmsnorm_bwd_one_pass<4>(s, dx, dw, dout, x, w, rstd, N, d)
-           : rmsnorm_bwd_one_pass<1>(s, dx, dw, dout, x, w, rstd, N, d)) {
-        LAUNCH_CHECK();
-    } else { /* wider rows: dx, then dw in a second pass */
-        if (v4)
-            PC_LAUNCH(k_rmsnorm_bwd_dx<4>, N, 256, 0, s)(dx, dout, x, w, rstd, d);
-        else
-            PC_LAUNCH(k_rmsnorm_bwd_dx<1>, N, 256, 0, s)(dx, dout, x, w, rstd, d);
-        LAUNCH_CHECK();
-        dim3 grid((unsigned)((d + 255) / 256), (unsigned)((N + RMS_DW_ROWS - 1) / RMS_DW_ROWS));
-        PC_LAUNCH(k_rmsnorm_bwd_dw, grid, 256, 0, s)(dw, dout, x, rstd, N, d);
-        LAUNCH_CHECK();
-    }
-    PROF_END(c);
+    rmsnorm_bwd_launch(impl_of(be), "rmsnorm_bwd", dx, NULL, dw, dout, x, w, rstd, N, d);
+}
+
+static void cu_rmsnorm_bwd_16(backend *be, float *dx, uint16_t *dx16, float *dw, const float *dout, const float *x,
+                              const float *w, const float *rstd, int N, int d)
+{
+    rmsnorm_bwd_launch(impl_of(be), "rmsnorm_bwd_16", dx, (__nv_bfloat16 *)dx16, dw, dout, x, w, rstd, N, d);
 }
 
 /* ------------------------------------------------------------------ rope */
@@ -1841,6 +1856,7 @@ static const backend_ops cuda_ops = {
     .rmsnorm_fwd = cu_rmsnorm_fwd,
     .rmsnorm_fwd_16 = cu_rmsnorm_fwd_16,
     .rmsnorm_bwd = cu_rmsnorm_bwd,
+    .rmsnorm_bwd_16 = cu_rmsnorm_bwd_16,
     .rope_fwd = cu_rope_fwd,
     .rope_bwd = cu_rope_bwd,
     .attention_fwd = cu_attention_fwd,

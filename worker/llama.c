@@ -766,6 +766,35 @@ static void linear_bwd(const llama_model *m, float *dx, float *dW, const float *
     linear_bwd_16(m, dx, dW, m->act->dy16, out, x, ti, N, in, out);
 }
 
+/* dres += the backward of RMSNorm tensor ti (input x, its rstd) from dln. With a bf16
+ * weight copy and rmsnorm_bwd_16 the new dres is rounded into dy16 in the same pass, as
+ * the output gradient of the next product backward (the layer's o_proj, or the layer
+ * below's down_proj: nothing else writes dy16 between, a recomputed forward included);
+ * returns whether it did (res_linear_bwd's res16). */
+static int norm_bwd(const llama_model *m, int ti, const float *x, const float *rstd)
+{
+    const backend_ops *op = m->be->ops;
+    llama_acts *a = m->act;
+    int N = m->B * m->T, d = m->cfg.d_model;
+    if (a->dy16 && op->rmsnorm_bwd_16) {
+        op->rmsnorm_bwd_16(m->be, a->dres, a->dy16, G(m, ti), a->dln, x, P(m, ti), rstd, N, d);
+        return 1;
+    }
+    op->rmsnorm_bwd(m->be, a->dres, G(m, ti), a->dln, x, P(m, ti), rstd, N, d);
+    return 0;
+}
+
+/* The backward of decoder-layer product ti (N,in) -> (N,d) whose output gradient is dres:
+ * from its bf16 rounding in dy16 when norm_bwd left it there (res16), else from dres. */
+static void res_linear_bwd(const llama_model *m, float *dx, act_in x, int ti, int in, int res16)
+{
+    int N = m->B * m->T, d = m->cfg.d_model;
+    if (res16)
+        linear_bwd_16(m, dx, G(m, ti), m->act->dy16, d, x, ti, N, in, d);
+    else
+        linear_bwd(m, dx, G(m, ti), m->act->dres, x, ti, N, in, d);
+}
+
 /* The head's backward over n rows of logits (n,V) (m->logits) from their inputs x (n,d):
  * dlogits = scale * (softmax - onehot) over the logits (xent_bwd), into the head's
  * gradient and dx (n,d). With a bf16 weight copy the dlogits are written in bf16 over the
@@ -964,8 +993,7 @@ void llama_backward(llama_model *m)
     }
     m->dlogits_ready = m->head_done = 0;
     be_zero(be, a->dres, (size_t)N * d);
-    int fn = final_norm_tensor(m);
-    op->rmsnorm_bwd(be, a->dres, G(m, fn), a->dln, a->res[c->n_layers], P(m, fn), a->rstdf, N, d);
+    int res16 = norm_bwd(m, final_norm_tensor(m), a->res[c->n_layers], a->rstdf);
     grads_done(m, 0);
 
     for (int l = c->n_layers - 1; l >= 0; l--) {
@@ -974,7 +1002,7 @@ void llama_backward(llama_model *m)
         float *qkv = a->qkv[l], *dqkv = a->dqkv;
         // MLP: res[l+1] = mid + h Wdown^T
         int td = layer_tensor(l, T_DOWN), tg = layer_tensor(l, T_GATE);
-        linear_bwd(m, a->dh, G(m, td), a->dres, prod_in(a, a->h[l], 0, f), td, N, f, d); // (N,d) -> (N,f)
+        res_linear_bwd(m, a->dh, prod_in(a, a->h[l], 0, f), td, f, res16); // (N,d) -> (N,f)
         if (a->dy16) { // the gate|up gradient only meets products: written in bf16 at once (N,2f)
             op->swiglu_bwd_16(be, a->dy16, a->dy16 + f, a->dh, a->gu[l], a->gu[l] + f, N, f, 2 * f);
             linear_bwd_16(m, a->dln, G(m, tg), a->dy16, 2 * f, prod_in(a, a->ln2[l], 0, d), tg, N, d, 2 * f);
@@ -982,11 +1010,10 @@ void llama_backward(llama_model *m)
             op->swiglu_bwd(be, a->dgu, a->dgu + f, a->dh, a->gu[l], a->gu[l] + f, N, f, 2 * f); // -> (N,2f)
             linear_bwd(m, a->dln, G(m, tg), a->dgu, prod_in(a, a->ln2[l], 0, d), tg, N, d, 2 * f); // (N,2f) -> (N,d)
         }
-        int t2 = layer_tensor(l, T_LN2);
-        op->rmsnorm_bwd(be, a->dres, G(m, t2), a->dln, a->mid[l], P(m, t2), a->rstd2[l], N, d);
+        res16 = norm_bwd(m, layer_tensor(l, T_LN2), a->mid[l], a->rstd2[l]);
         // attention: mid = res + att Wo^T
         int to = layer_tensor(l, T_O), tq = layer_tensor(l, T_Q);
-        linear_bwd(m, a->datt, G(m, to), a->dres, att_in(a, l), to, N, qd, d); // (N,d) -> (N,qd)
+        res_linear_bwd(m, a->datt, att_in(a, l), to, qd, res16); // (N,d) -> (N,qd)
         if (a->qkv16)
             op->attention_bwd_16(be, dqkv, dqkv + qd, dqkv + qd + KV * hd, a->datt, a->att[l], a->att16, a->lse[l],
                                  (const uint16_t *)a->qkv16[l], B, T, H, KV, hd, C);
@@ -1001,8 +1028,7 @@ void llama_backward(llama_model *m)
             op->rope_bwd(be, dqkv + qd, m->rope_cos, m->rope_sin, B, T, KV, hd, C);
             linear_bwd(m, a->dln, G(m, tq), dqkv, prod_in(a, a->ln1[l], 0, d), tq, N, d, C); // (N,C) -> (N,d)
         }
-        int t1 = layer_tensor(l, T_LN1);
-        op->rmsnorm_bwd(be, a->dres, G(m, t1), a->dln, a->res[l], P(m, t1), a->rstd1[l], N, d);
+        res16 = norm_bwd(m, layer_tensor(l, T_LN1), a->res[l], a->rstd1[l]);
         grads_done(m, 1 + (c->n_layers - 1 - l));
     }
     op->embedding_bwd(be, G(m, 0), a->dres, m->tokens, N, d);

@@ -14,9 +14,10 @@
  * logits in chunks, and forward only; with bf16 products (the attention output kept in
  * bf16 as well) the same loss and logits, and gradients as close to the CPU's as the
  * fp32 output's (within 25% or 1e-3). With bf16 products the qkv product's output
- * gradient rotated back as it is rounded (rope_bwd_qkv_16) gives bit for bit the loss and
- * gradients of rotating in place and rounding, with either attention. Exit 77 without a
- * GPU. */
+ * gradient rotated back as it is rounded (rope_bwd_qkv_16), and the residual gradient
+ * rounded by the RMSNorm backward that writes it (rmsnorm_bwd_16), give bit for bit the
+ * loss and gradients of the fp32 op and a rounding after it, with either attention and
+ * recomputing. Exit 77 without a GPU. */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -232,12 +233,17 @@ static int run_qkv16_case(const char *tag, const llama_config *cfg, int B, int T
     return 0;
 }
 
-/* With bf16 products the qkv product's output gradient is rotated back as it is rounded
- * (rope_bwd_qkv_16): the loss and every gradient bit for bit those of a backward that
- * rotates in place and rounds (the same model run with the op taken out of the table),
- * with attention on bf16 tensor cores (attn16) or in fp32. */
-static int run_rope16_case(const char *tag, const llama_config *cfg, int B, int T, backend *gpu, int attn16,
-                           const llama_opts *go)
+/* The ops that write a bf16 product operand in the pass that makes its fp32 values, with
+ * bf16 products: rope_bwd_qkv_16 (the qkv output gradient rotated back as it is rounded)
+ * and rmsnorm_bwd_16 (the residual gradient rounded as the RMSNorm backward writes it,
+ * for o_proj and down_proj). */
+enum { FUSED_ROPE = 1, FUSED_RMSNORM = 2 };
+
+/* The loss and every gradient bit for bit those of the same model run with the ops of
+ * `fused` taken out of the table (rotating in place, rounding on its own), with attention
+ * on bf16 tensor cores (attn16) or in fp32. */
+static int run_fused16_case(const char *tag, const llama_config *cfg, int B, int T, backend *gpu, int attn16,
+                            int fused, const llama_opts *go)
 {
     llama_model ma, mb;
     pc_err e;
@@ -247,8 +253,11 @@ static int run_rope16_case(const char *tag, const llama_config *cfg, int B, int 
         return -1;
     }
     const backend_ops *ops = gpu->ops;
-    backend_ops without = *ops; /* the fallback: rope_bwd in place, then round_bf16 */
-    without.rope_bwd_qkv_16 = NULL;
+    backend_ops without = *ops; /* the fallbacks: the fp32 op, then round_bf16 */
+    if (fused & FUSED_ROPE) without.rope_bwd_qkv_16 = NULL;
+    if (fused & FUSED_RMSNORM) without.rmsnorm_bwd_16 = NULL;
+    const int present = (!(fused & FUSED_ROPE) || ops->rope_bwd_qkv_16) && (!(fused & FUSED_RMSNORM) ||
+                                                                            ops->rmsnorm_bwd_16);
     int N = B * T;
     int32_t *tok, *tgt;
     random_batch(N, cfg->vocab_size, 5, 5, 1, &tok, &tgt);
@@ -264,9 +273,9 @@ static int run_rope16_case(const char *tag, const llama_config *cfg, int B, int 
         gpu->ops = ops;
     }
     char what[160];
-    snprintf(what, sizeof what, "%s: rope_bwd_qkv_16 present %d; loss bitwise (%.6f, %.6f)", tag,
-             ops->rope_bwd_qkv_16 != NULL, (double)l[0], (double)l[1]);
-    report(what, ops->rope_bwd_qkv_16 && l[0] == l[1] ? 0.0 : 1.0, 0.5);
+    snprintf(what, sizeof what, "%s: the ops present %d; loss bitwise (%.6f, %.6f)", tag, present, (double)l[0],
+             (double)l[1]);
+    report(what, present && l[0] == l[1] ? 0.0 : 1.0, 0.5);
     snprintf(what, sizeof what, "%s: gradients bitwise", tag);
     compare_grads_tol(what, &ma, &mb, 0.0);
     backend_cuda_set_attention(gpu, 0);
@@ -333,10 +342,14 @@ int main(void)
     if (rc == 0) rc = run_qkv16_case("bf16 attention, forward only", &c, 2, 70, cpu, gpu, &fwd_only);
     if (rc == 0) rc = run_qkv16_case("bf16 attention and products", &c, 2, 70, cpu, gpu, &w16);
     if (rc == 0) rc = run_qkv16_case("bf16 attention and products, recomputing", &c, 2, 70, cpu, gpu, &w16_rc);
-    if (rc == 0) rc = run_rope16_case("bf16 products, bf16 attention, dq|dk|dv rotated as rounded", &c, 2, 70, gpu, 1,
-                                      &w16);
-    if (rc == 0) rc = run_rope16_case("bf16 products, fp32 attention, dq|dk|dv rotated as rounded", &c, 2, 70, gpu, 0,
-                                      &w16);
+    if (rc == 0) rc = run_fused16_case("bf16 products and attention, dq|dk|dv rotated as rounded", &c, 2, 70, gpu, 1,
+                                       FUSED_ROPE, &w16);
+    if (rc == 0) rc = run_fused16_case("bf16 products and attention, dres rounded by the norm", &c, 2, 70, gpu, 1,
+                                       FUSED_RMSNORM, &w16);
+    if (rc == 0) rc = run_fused16_case("bf16 products, recomputing, dres rounded by the norm", &c, 2, 70, gpu, 1,
+                                       FUSED_RMSNORM, &w16_rc);
+    if (rc == 0) rc = run_fused16_case("bf16 products, fp32 attention, both", &c, 2, 70, gpu, 0,
+                                       FUSED_ROPE | FUSED_RMSNORM, &w16);
 
     backend_destroy(gpu);
     backend_destroy(cpu);

@@ -354,6 +354,37 @@ static void check_out16(ctx *x, const char *what, const void *o16, size_t rows, 
     free(got), free(want), free(all), free(ref), free(wide);
 }
 
+static void same_bits(ctx *x, const char *what, const float *a, const float *b, size_t n);
+
+/* rmsnorm_bwd_16 beside rmsnorm_bwd on the same inputs, each adding to a copy of dx (the
+ * GPU's, as rmsnorm_bwd left it) and to a zeroed dw: dx bit for bit rmsnorm_bwd's, dx16
+ * bit for bit round_bf16 of that dx, dw within fp32 (atomics add in any order). */
+static void test_rmsnorm_bwd16(ctx *x, const pair *dx, const pair *dout, const pair *xin, const pair *w,
+                               const pair *rstd, int N, int d)
+{
+    const size_t n = (size_t)N * d;
+    float *dx_a = be_alloc(x->gpu, n), *dx_b = be_alloc(x->gpu, n), *dw_a = be_alloc(x->gpu, (size_t)d),
+          *dw_b = be_alloc(x->gpu, (size_t)d);
+    be_copy(x->gpu, dx_a, dx->g, n), be_copy(x->gpu, dx_b, dx->g, n);
+    be_zero(x->gpu, dw_a, (size_t)d), be_zero(x->gpu, dw_b, (size_t)d);
+    uint16_t *d16 = x->gpu->ops->alloc_bf16(x->gpu, n), *r16 = x->gpu->ops->alloc_bf16(x->gpu, n);
+    x->gpu->ops->rmsnorm_bwd(x->gpu, dx_a, dw_a, dout->g, xin->g, w->g, rstd->g, N, d);
+    x->gpu->ops->rmsnorm_bwd_16(x->gpu, dx_b, d16, dw_b, dout->g, xin->g, w->g, rstd->g, N, d);
+    x->gpu->ops->round_bf16(x->gpu, r16, dx_b, n);
+    char what[96];
+    snprintf(what, sizeof what, "rmsnorm_bwd_16 dx bitwise rmsnorm_bwd's (d=%d)", d);
+    same_bits(x, what, dx_a, dx_b, n);
+    snprintf(what, sizeof what, "rmsnorm_bwd_16 dx16 bitwise its dx rounded (d=%d)", d);
+    same_bits(x, what, (const float *)r16, (const float *)d16, (n + 1) / 2);
+    float *ha = pc_alloc_f32((size_t)d), *hb = pc_alloc_f32((size_t)d);
+    be_download(x->gpu, ha, dw_a, (size_t)d), be_download(x->gpu, hb, dw_b, (size_t)d);
+    snprintf(what, sizeof what, "rmsnorm_bwd_16 dw within fp32 of rmsnorm_bwd's (d=%d)", d);
+    report(x, what, test_rel_max_err(ha, hb, (size_t)d), TOL_F32);
+    free(ha), free(hb);
+    be_free(x->gpu, dx_a), be_free(x->gpu, dx_b), be_free(x->gpu, dw_a), be_free(x->gpu, dw_b);
+    be_free(x->gpu, d16), be_free(x->gpu, r16);
+}
+
 static void test_rmsnorm(ctx *x)
 {
     /* the backward in one pass up to 8192 columns 4 at a time (2048 one at a time), each
@@ -387,6 +418,7 @@ static void test_rmsnorm(ctx *x)
         check_pair(x, what, &dx, TOL_F32);
         snprintf(what, sizeof what, "rmsnorm_bwd dw (accumulates, d=%d)", d);
         check_pair(x, what, &dw, TOL_F32);
+        test_rmsnorm_bwd16(x, &dx, &dout, &xin, &w, &rstd, N, d);
         pair_free(x, &xin);
         pair_free(x, &w);
         pair_free(x, &out);
