@@ -262,21 +262,17 @@ static size_t cu_mem_peak(backend *be)
     return c->mem_peak;
 }
 
-static size_t cu_mem_total(backend *be)
+/* The device's memory (cudaMemGetInfo): its total bytes, or with free what is not in use now. */
+static size_t mem_bytes(int free)
 {
-    (void)be;
     size_t free_b = 0, total_b = 0;
     CUDA_CHECK(cudaMemGetInfo(&free_b, &total_b));
-    return total_b;
+    return free ? free_b : total_b;
 }
 
-static size_t cu_mem_free(backend *be)
-{
-    (void)be;
-    size_t free_b = 0, total_b = 0;
-    CUDA_CHECK(cudaMemGetInfo(&free_b, &total_b));
-    return free_b;
-}
+static size_t cu_mem_total(backend *be) { return (void)be, mem_bytes(0); }
+
+static size_t cu_mem_free(backend *be) { return (void)be, mem_bytes(1); }
 
 static float *cu_alloc(backend *be, size_t n) { return (float *)dev_alloc_zeroed(be, n * sizeof(float)); }
 
