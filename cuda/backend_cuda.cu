@@ -11,7 +11,9 @@
  * query row, dK/dV per key row summed over the query heads of its group), so no
  * (T,T) matrix is ever stored and no atomics are needed. Reductions that return a
  * value to the host (xent, distill, sumsq) accumulate in double and are reduced in a
- * fixed order, so their results are deterministic. */
+ * fixed order, and so are the sums many blocks feed (RMSNorm's dw, the embedding's
+ * gradient): no float atomics, so no result depends on the order blocks run in and a
+ * run repeats bit for bit. */
 #include "backend_cuda.h"
 
 #include <cublas_v2.h>
@@ -65,6 +67,8 @@ typedef struct cuda_impl {
     cublasHandle_t blas;
     float *att_d;    /* attention backward: D = rowsum(dO*O), (B,H,T) */
     size_t att_d_n;
+    float *dw_part;  /* RMSNorm backward: the dw partials (at most RMS_DW_PARTS, d) */
+    size_t dw_part_n;
     void *att16;     /* attention on tensor cores: the bf16 copies of q, k, v, dO (attn_tc_scratch_bytes) */
     size_t att16_n;
     double *red;     /* per-row / per-block double partials for host-returned reductions */
@@ -234,6 +238,7 @@ static void cu_destroy(backend *be)
     if (c->prof_at_exit) backend_cuda_profile_report(be, stderr, 0.0);
     prof_destroy(c->prof);
     CUDA_CHECK(cudaFree(c->att_d));
+    CUDA_CHECK(cudaFree(c->dw_part));
     CUDA_CHECK(cudaFree(c->att16));
     CUDA_CHECK(cudaFree(c->red));
     CUDA_CHECK(cudaFree(c->bf_a));
@@ -553,13 +558,75 @@ __global__ void k_embedding_fwd_w16(float *out, const uint16_t *table, const int
     for (int i = threadIdx.x; i < d; i += blockDim.x) dst[i] = widen1(src[i]);
 }
 
-/* dtable[tokens[n],:] += dout[n,:]; repeated tokens meet in atomicAdd */
-__global__ void k_embedding_bwd(float *dtable, const float *dout, const int32_t *tokens, int d)
+#define EMB_BWD_THREADS 256 /* a block of the embedding backward */
+#define EMB_BWD_EACH 4       /* positions a thread compares in a scan (their loads in flight together) */
+#define EMB_BWD_SCAN (EMB_BWD_THREADS * EMB_BWD_EACH) /* positions a scan covers */
+#define EMB_BWD_WARPS (EMB_BWD_THREADS / 32)
+
+/* dtable[tokens[n],:] += dout[n,:] for n in order, as the CPU adds them: the block of
+ * position n returns unless n is its token's first position, and that block adds the
+ * rows of every position of the token, in order, to the token's row, which no other
+ * block writes. So the sums are the CPU's, bit for bit, whatever order blocks run in
+ * (atomics would add repeated tokens' rows in the order the blocks happen to run). The
+ * positions are scanned EMB_BWD_SCAN at a time, thread t comparing m0 + k 256 + t for
+ * k < EMB_BWD_EACH: those of the token in a scan are listed in order (a ballot per warp
+ * and k, and the counts before it), then each thread adds their rows to its V columns of
+ * the token's row. V values a thread (V divides d). */
+template <int V>
+__global__ void k_embedding_bwd(float *dtable, const float *dout, const int32_t *tokens, int N, int d)
 {
-    const size_t n = blockIdx.x;
-    float *dst = dtable + (size_t)tokens[n] * d;
-    const float *src = dout + n * d;
-    for (int i = threadIdx.x; i < d; i += blockDim.x) atomicAdd(dst + i, src[i]);
+    __shared__ int hits[EMB_BWD_SCAN]; /* positions of the token in this scan, in order */
+    __shared__ int warp_hits[EMB_BWD_EACH][EMB_BWD_WARPS];
+    __shared__ int earlier;
+    const int n = (int)blockIdx.x, tok = tokens[n], lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    if (threadIdx.x == 0) earlier = 0;
+    __syncthreads();
+    for (int m0 = 0; m0 < n; m0 += EMB_BWD_SCAN) { /* is there an earlier position of tok? */
+        bool hit = false;
+        for (int k = 0; k < EMB_BWD_EACH; k++) {
+            const int m = m0 + k * EMB_BWD_THREADS + (int)threadIdx.x;
+            hit |= m < n && tokens[m] == tok;
+        }
+        if (hit) earlier = 1;
+        __syncthreads();
+        const int seen = earlier;
+        __syncthreads(); /* every thread has read it before any writes again */
+        if (seen) return;
+    }
+    float *row = dtable + (size_t)tok * d;
+    for (int m0 = n; m0 < N; m0 += EMB_BWD_SCAN) {
+        bool hit[EMB_BWD_EACH];
+        unsigned bits[EMB_BWD_EACH];
+        for (int k = 0; k < EMB_BWD_EACH; k++) {
+            const int m = m0 + k * EMB_BWD_THREADS + (int)threadIdx.x;
+            hit[k] = m < N && tokens[m] == tok;
+        }
+        for (int k = 0; k < EMB_BWD_EACH; k++) {
+            bits[k] = __ballot_sync(0xffffffffu, hit[k]);
+            if (lane == 0) warp_hits[k][warp] = __popc(bits[k]);
+        }
+        __syncthreads();
+        int before = 0; /* hits of this scan before the next of this thread's positions */
+        for (int k = 0; k < EMB_BWD_EACH; k++) {
+            int at = before + __popc(bits[k] & ((1u << lane) - 1u));
+            for (int w = 0; w < EMB_BWD_WARPS; w++) {
+                at += w < warp ? warp_hits[k][w] : 0;
+                before += warp_hits[k][w];
+            }
+            if (hit[k]) hits[at] = m0 + k * EMB_BWD_THREADS + (int)threadIdx.x;
+        }
+        const int count = before;
+        __syncthreads();
+        for (int i = threadIdx.x * V; i < d && count > 0; i += EMB_BWD_THREADS * V) {
+            fvec<V> acc = vec_ld<V>(row + i);
+            for (int h = 0; h < count; h++) {
+                const fvec<V> g = vec_ld<V>(dout + (size_t)hits[h] * d + i);
+                for (int j = 0; j < V; j++) acc.v[j] += g.v[j];
+            }
+            vec_st<V>(row + i, acc);
+        }
+        __syncthreads(); /* hits and warp_hits are rewritten by the next scan */
+    }
 }
 
 static void cu_embedding_fwd(backend *be, float *out, const float *table, const int32_t *tokens, int N, int d)
@@ -587,7 +654,10 @@ static void cu_embedding_bwd(backend *be, float *dtable, const float *dout, cons
     cuda_impl *c = impl_of(be);
     if (N <= 0 || d <= 0) return;
     PROF_BEGIN(c, "embedding_bwd", 0, 12.0 * N * d);
-    PC_LAUNCH(k_embedding_bwd, N, 256, 0, c->stream)(dtable, dout, tokens, d);
+    if (rows_v4(d, vec_aligned(dtable, 4) && vec_aligned(dout, 4)))
+        PC_LAUNCH(k_embedding_bwd<4>, N, EMB_BWD_THREADS, 0, c->stream)(dtable, dout, tokens, N, d);
+    else
+        PC_LAUNCH(k_embedding_bwd<1>, N, EMB_BWD_THREADS, 0, c->stream)(dtable, dout, tokens, N, d);
     LAUNCH_CHECK();
     PROF_END(c);
 }
@@ -646,35 +716,71 @@ __global__ void k_rmsnorm_bwd_dx(float *dx, __nv_bfloat16 *dx16, const float *do
     }
 }
 
-#define RMS_DW_ROWS 64
-/* dw[i] += sum_n dout[n,i] x[n,i] rstd[n]: block (column chunk, row chunk of RMS_DW_ROWS) */
-__global__ void k_rmsnorm_bwd_dw(float *dw, const float *dout, const float *x, const float *rstd, int N, int d)
+/* The backward's dw = sum_n dout[n,i] x[n,i] rstd[n] goes in two steps that fix its
+ * order: each block sums its chunk of rows into its own row of partials, part (P, d), and
+ * k_rmsnorm_dw_sum adds the P partials to dw in a fixed order. So dw has the same bits
+ * whatever order blocks run in (atomics would add the chunks in the order blocks finish).
+ * P is at most RMS_DW_PARTS, by the rows a block takes (rms_dw_rows), so the partials
+ * take at most RMS_DW_PARTS x d x 4 bytes (4 MiB at d 1024) however many rows there are. */
+#define RMS_DW_PARTS 1024
+#define RMS_DW_ROWS 64 /* at least, rows of a block of the two-pass backward's dw */
+
+/* rows a block takes: at least `least`, and enough that at most RMS_DW_PARTS blocks cover N */
+static int rms_dw_rows(int N, int least)
+{
+    const int rows = (N + RMS_DW_PARTS - 1) / RMS_DW_PARTS;
+    return rows > least ? rows : least;
+}
+
+/* part[y, i] = sum over block y's `rows` rows of dout[n,i] x[n,i] rstd[n]: block (column
+ * chunk, row chunk y) */
+__global__ void k_rmsnorm_bwd_dw(float *part, const float *dout, const float *x, const float *rstd, int N, int d,
+                                 int rows)
 {
     const int i = blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= d) return;
-    const int n0 = blockIdx.y * RMS_DW_ROWS, n1 = min(N, n0 + RMS_DW_ROWS);
+    const int n0 = blockIdx.y * rows, n1 = min(N, n0 + rows);
     float s = 0.0f;
     for (int n = n0; n < n1; n++) s += dout[(size_t)n * d + i] * x[(size_t)n * d + i] * rstd[n];
-    atomicAdd(dw + i, s);
+    part[(size_t)blockIdx.y * d + i] = s;
 }
 
-#define RMS_BWD_ROWS 8   /* rows a block of the one-pass backward walks */
+/* dw[i] += sum_p part[p, i] (P, d), p in a fixed order: a block of 8 warps per 32
+ * columns, warp w summing the partials p = w, w + 8, ... of its lane's column, then the
+ * 8 warps' sums in order */
+__global__ void k_rmsnorm_dw_sum(float *dw, const float *part, int P, int d)
+{
+    __shared__ float sh[8][32];
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, i = blockIdx.x * 32 + lane;
+    float sum = 0.0f;
+    if (i < d)
+        for (int p = warp; p < P; p += 8) sum += part[(size_t)p * d + i];
+    sh[warp][lane] = sum;
+    __syncthreads();
+    if (warp > 0 || i >= d) return;
+    float t = sh[0][lane];
+    for (int w = 1; w < 8; w++) t += sh[w][lane];
+    dw[i] += t;
+}
+
+#define RMS_BWD_ROWS 8   /* at least, rows a block of the one-pass backward walks */
 #define RMS_BWD_GROUPS 8 /* at most, groups of V columns a thread sums dw for: d up to 8 x 256 x V */
 
-/* The backward in one pass over dout and x: dx as k_rmsnorm_bwd_dx and dw[i] += sum_n
- * dout[n,i] x[n,i] rstd[n], a block per RMS_BWD_ROWS rows, one row at a time, each thread
- * summing its columns' dw over the block's rows in registers and adding them to dw once
- * at the end (k_rmsnorm_bwd_dw read dout and x a second time). V values a thread at a time
- * (V divides d); d <= G * blockDim.x * V (G groups a thread: no more registers than d
- * needs). With dx16 the new dx rounded there too (row stride d). */
+/* The backward in one pass over dout and x: dx as k_rmsnorm_bwd_dx and the block's row of
+ * dw partials, part[blockIdx.x, i] = sum_n dout[n,i] x[n,i] rstd[n] over its `rows` rows
+ * (rms_dw_rows), one row at a time, each thread summing its columns' dw over the block's
+ * rows in registers and storing them once at the end (k_rmsnorm_bwd_dw read dout and x
+ * a second time). V values a thread at a time (V divides d); d <= G * blockDim.x * V (G
+ * groups a thread: no more registers than d needs). With dx16 the new dx rounded there
+ * too (row stride d). */
 template <int V, int G>
-__global__ void k_rmsnorm_bwd(float *dx, __nv_bfloat16 *dx16, float *dw, const float *dout, const float *x,
-                              const float *w, const float *rstd, int N, int d)
+__global__ void k_rmsnorm_bwd(float *dx, __nv_bfloat16 *dx16, float *part, const float *dout, const float *x,
+                              const float *w, const float *rstd, int N, int d, int rows)
 {
     __shared__ float sh[33];
     float acc[G][V] = {};
-    const int n1 = min(N, (int)(blockIdx.x + 1) * RMS_BWD_ROWS), step = (int)blockDim.x * V;
-    for (int n = (int)blockIdx.x * RMS_BWD_ROWS; n < n1; n++) {
+    const int n1 = min(N, (int)(blockIdx.x + 1) * rows), step = (int)blockDim.x * V;
+    for (int n = (int)blockIdx.x * rows; n < n1; n++) {
         const float *xr = x + (size_t)n * d, *g = dout + (size_t)n * d;
         float *dxr = dx + (size_t)n * d;
         const float r = rstd[n];
@@ -703,29 +809,41 @@ __global__ void k_rmsnorm_bwd(float *dx, __nv_bfloat16 *dx16, float *dw, const f
     for (int k = 0; k < G; k++) {
         const int i = threadIdx.x * V + k * step;
         if (i >= d) break;
-        for (int j = 0; j < V; j++) atomicAdd(dw + i + j, acc[k][j]);
+        fvec<V> pv;
+        for (int j = 0; j < V; j++) pv.v[j] = acc[k][j];
+        vec_st<V>(part + (size_t)blockIdx.x * d + i, pv);
     }
 }
 
-/* k_rmsnorm_bwd with the fewest groups a thread (1, 2, 4 or RMS_BWD_GROUPS) that cover d;
- * 0 when d is too wide for it (nothing launched). */
+/* k_rmsnorm_bwd with the fewest groups a thread (1, 2, 4 or RMS_BWD_GROUPS) that cover d,
+ * `blocks` blocks of `rows` rows; 0 when d is too wide for it (nothing launched). */
 template <int V>
-static int rmsnorm_bwd_one_pass(cudaStream_t s, float *dx, __nv_bfloat16 *dx16, float *dw, const float *dout,
-                                const float *x, const float *w, const float *rstd, int N, int d)
+static int rmsnorm_bwd_one_pass(cudaStream_t s, float *dx, __nv_bfloat16 *dx16, float *part, const float *dout,
+                                const float *x, const float *w, const float *rstd, int N, int d, int rows,
+                                unsigned blocks)
 {
     const int groups = (d + 256 * V - 1) / (256 * V);
-    const unsigned blocks = (unsigned)((N + RMS_BWD_ROWS - 1) / RMS_BWD_ROWS);
     if (groups <= 1)
-        PC_LAUNCH((k_rmsnorm_bwd<V, 1>), blocks, 256, 0, s)(dx, dx16, dw, dout, x, w, rstd, N, d);
+        PC_LAUNCH((k_rmsnorm_bwd<V, 1>), blocks, 256, 0, s)(dx, dx16, part, dout, x, w, rstd, N, d, rows);
     else if (groups <= 2)
-        PC_LAUNCH((k_rmsnorm_bwd<V, 2>), blocks, 256, 0, s)(dx, dx16, dw, dout, x, w, rstd, N, d);
+        PC_LAUNCH((k_rmsnorm_bwd<V, 2>), blocks, 256, 0, s)(dx, dx16, part, dout, x, w, rstd, N, d, rows);
     else if (groups <= 4)
-        PC_LAUNCH((k_rmsnorm_bwd<V, 4>), blocks, 256, 0, s)(dx, dx16, dw, dout, x, w, rstd, N, d);
+        PC_LAUNCH((k_rmsnorm_bwd<V, 4>), blocks, 256, 0, s)(dx, dx16, part, dout, x, w, rstd, N, d, rows);
     else if (groups <= RMS_BWD_GROUPS)
-        PC_LAUNCH((k_rmsnorm_bwd<V, RMS_BWD_GROUPS>), blocks, 256, 0, s)(dx, dx16, dw, dout, x, w, rstd, N, d);
+        PC_LAUNCH((k_rmsnorm_bwd<V, RMS_BWD_GROUPS>), blocks, 256, 0, s)(dx, dx16, part, dout, x, w, rstd, N, d,
+                                                                          rows);
     else
         return 0;
     return 1;
+}
+
+/* the partials' rows: the one-pass backward's blocks where d allows it (RMS_BWD_GROUPS
+ * groups of 256 V columns a thread), else the two-pass dw's row chunks */
+static int rms_dw_parts(int N, int d, bool v4, int *rows)
+{
+    const bool one_pass = d <= RMS_BWD_GROUPS * 256 * (v4 ? 4 : 1);
+    *rows = rms_dw_rows(N, one_pass ? RMS_BWD_ROWS : RMS_DW_ROWS);
+    return (N + *rows - 1) / *rows;
 }
 
 /* rmsnorm_fwd's and rmsnorm_fwd_16's launch: out (N, d) in OutT; bytes_per_elem for the profile */
@@ -765,8 +883,12 @@ static void rmsnorm_bwd_launch(cuda_impl *c, const char *region, float *dx, __nv
     PROF_BEGIN(c, region, 0, (dx16 ? 18.0 : 16.0) * N * d); /* dout and x in, dx added to (and rounded) */
     const bool v4 = rows_v4(d, vec_aligned(dx, 4) && vec_aligned(dout, 4) && vec_aligned(x, 4) &&
                                    vec_aligned(w, 4) && vec_aligned(dx16, 2));
-    if (v4 ? rmsnorm_bwd_one_pass<4>(s, dx, dx16, dw, dout, x, w, rstd, N, d)
-           : rmsnorm_bwd_one_pass<1>(s, dx, dx16, dw, dout, x, w, rstd, N, d)) {
+    int rows;
+    const int parts = rms_dw_parts(N, d, v4, &rows);
+    grow_f32(c, &c->dw_part, &c->dw_part_n, (size_t)parts * d);
+    float *part = c->dw_part; /* (parts, d) */
+    if (v4 ? rmsnorm_bwd_one_pass<4>(s, dx, dx16, part, dout, x, w, rstd, N, d, rows, (unsigned)parts)
+           : rmsnorm_bwd_one_pass<1>(s, dx, dx16, part, dout, x, w, rstd, N, d, rows, (unsigned)parts)) {
         launch_check(c, __FILE__, __LINE__);
     } else { /* wider rows: dx, then dw in a second pass */
         if (v4)
@@ -774,10 +896,12 @@ static void rmsnorm_bwd_launch(cuda_impl *c, const char *region, float *dx, __nv
         else
             PC_LAUNCH(k_rmsnorm_bwd_dx<1>, N, 256, 0, s)(dx, dx16, dout, x, w, rstd, d);
         launch_check(c, __FILE__, __LINE__);
-        dim3 grid((unsigned)((d + 255) / 256), (unsigned)((N + RMS_DW_ROWS - 1) / RMS_DW_ROWS));
-        PC_LAUNCH(k_rmsnorm_bwd_dw, grid, 256, 0, s)(dw, dout, x, rstd, N, d);
+        dim3 grid((unsigned)((d + 255) / 256), (unsigned)parts);
+        PC_LAUNCH(k_rmsnorm_bwd_dw, grid, 256, 0, s)(part, dout, x, rstd, N, d, rows);
         launch_check(c, __FILE__, __LINE__);
     }
+    PC_LAUNCH(k_rmsnorm_dw_sum, (unsigned)((d + 31) / 32), 256, 0, s)(dw, part, parts, d);
+    launch_check(c, __FILE__, __LINE__);
     PROF_END(c);
 }
 

@@ -10,8 +10,9 @@
  * variables are function statics (one block runs at a time) and the dynamic shared
  * memory is one buffer; both keep what the previous block left, and the dynamic buffer
  * starts as NaN bytes, so that a read of a value nobody wrote shows up. Warp shuffles
- * exchange through a per-warp array between two warp barriers; with one host thread,
- * atomicAdd is a plain add.
+ * exchange through a per-warp array between two warp barriers (__ballot_sync too); with
+ * one host thread, atomicAdd is a plain add. Blocks run in index order, or reversed or
+ * shuffled (PC_EMU_BLOCK_ORDER, emu_block_order), to show a result that depends on it.
  *
  * mma.sync (m16n8k16, bf16 in, fp32 accumulation: emu_mma_16816) takes each lane's
  * fragment registers in the layout PTX documents and exchanges them through a per-warp
@@ -251,6 +252,20 @@ template <typename T> inline T __shfl_down_sync(unsigned, T v, unsigned delta)
     const unsigned l = threadIdx.x & 31;
     return emu_shfl(v, l + delta < 32 ? l + delta : l);
 }
+
+/* The lanes whose pred is non-zero, as bits (every lane of the warp takes part). */
+inline unsigned __ballot_sync(unsigned, int pred)
+{
+    const unsigned w = threadIdx.x >> 5, l = threadIdx.x & 31;
+    double *slot = emu.shfl.data() + 32 * w;
+    slot[l] = pred ? 1.0 : 0.0;
+    __syncwarp();
+    unsigned bits = 0;
+    for (unsigned k = 0; k < 32 && 32 * w + k < blockDim.x; k++) bits |= slot[k] != 0.0 ? 1u << k : 0u;
+    __syncwarp();
+    return bits;
+}
+inline int __popc(unsigned x) { return __builtin_popcount(x); }
 
 template <typename T> inline T atomicAdd(T *p, T v) /* one host thread: a plain add is atomic */
 {
@@ -505,6 +520,35 @@ inline int emu_launch_refused(const char *name, const void *func, dim3 grid, uns
     return err;
 }
 
+/* The order a launch runs its n blocks in, by PC_EMU_BLOCK_ORDER (read at every launch):
+ * unset or "index", linear index order, x fastest (an empty list); "reverse"; "shuffle", a
+ * pseudo-random permutation, another one at every launch. A GPU runs blocks in no order it
+ * promises, so a kernel whose result depends on it (atomics summing floats, say) gives
+ * other bits under another order. */
+inline std::vector<size_t> emu_block_order(size_t n)
+{
+    static uint64_t launches = 0;
+    const char *how = std::getenv("PC_EMU_BLOCK_ORDER");
+    std::vector<size_t> idx;
+    if (!how || !*how || !std::strcmp(how, "index")) return idx;
+    idx.resize(n);
+    for (size_t i = 0; i < n; i++) idx[i] = i;
+    if (!std::strcmp(how, "reverse")) {
+        std::reverse(idx.begin(), idx.end());
+    } else if (!std::strcmp(how, "shuffle")) {
+        uint64_t s = 0x9e3779b97f4a7c15ull * ++launches;
+        for (size_t i = n; i > 1; i--) { /* Fisher-Yates on splitmix64 */
+            uint64_t z = (s += 0x9e3779b97f4a7c15ull);
+            z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+            z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+            std::swap(idx[i - 1], idx[(z ^ (z >> 31)) % i]);
+        }
+    } else {
+        emu_fail("PC_EMU_BLOCK_ORDER is not index, reverse or shuffle");
+    }
+    return idx;
+}
+
 /* Run body() as grid x threads CUDA threads with smem_bytes of dynamic shared memory. */
 inline void emu_launch(const char *name, dim3 grid, unsigned threads, size_t smem_bytes,
                        const std::function<void()> &body)
@@ -527,7 +571,9 @@ inline void emu_launch(const char *name, dim3 grid, unsigned threads, size_t sme
     blockDim = emu_dim3(threads, 1, 1);
     gridDim = grid;
     uint64_t order = 1; /* picks each round's thread order */
-    for (size_t i = 0; i < n_blocks; i++) {
+    const std::vector<size_t> blocks = emu_block_order(n_blocks);
+    for (size_t b = 0; b < n_blocks; b++) {
+        const size_t i = blocks.empty() ? b : blocks[b];
         blockIdx = emu_dim3((unsigned)(i % grid.x), (unsigned)(i / grid.x % grid.y),
                             (unsigned)(i / ((size_t)grid.x * grid.y)));
         std::memset(smem, 0xff, smem_bytes); /* NaN in fp32 and bf16 */

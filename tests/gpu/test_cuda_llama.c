@@ -239,11 +239,13 @@ static int run_qkv16_case(const char *tag, const llama_config *cfg, int B, int T
  * for o_proj and down_proj). */
 enum { FUSED_ROPE = 1, FUSED_RMSNORM = 2 };
 
-/* The loss and every gradient bit for bit those of the same model run with the ops of
- * `fused` taken out of the table (rotating in place, rounding on its own), with attention
- * on bf16 tensor cores (attn16) or in fp32. */
-static int run_fused16_case(const char *tag, const llama_config *cfg, int B, int T, backend *gpu, int attn16,
-                            int fused, const llama_opts *go)
+/* The loss and every gradient bit for bit those of the same model run again with the ops
+ * of `fused` taken out of the table (rotating in place, rounding on its own) and, with
+ * `order`, its blocks run in that order (PC_EMU_BLOCK_ORDER on the emulator: reverse,
+ * shuffle; on a GPU the second run is just another run), with attention on bf16 tensor
+ * cores (attn16) or in fp32. */
+static int run_same_bits_case(const char *tag, const llama_config *cfg, int B, int T, backend *gpu, int attn16,
+                              int fused, const char *order, const llama_opts *go)
 {
     llama_model ma, mb;
     pc_err e;
@@ -268,8 +270,11 @@ static int run_fused16_case(const char *tag, const llama_config *cfg, int B, int
         llama_refresh_w16(ms[i]);
         llama_zero_grad(ms[i]);
         gpu->ops = i ? &without : ops;
+        if (i && order) setenv("PC_EMU_BLOCK_ORDER", order, 1);
         l[i] = llama_forward(ms[i], tok, tgt);
         llama_backward(ms[i]);
+        gpu->ops->sync(gpu); /* the emulator runs a stream's kernels when it is synchronised */
+        unsetenv("PC_EMU_BLOCK_ORDER");
         gpu->ops = ops;
     }
     char what[160];
@@ -342,14 +347,19 @@ int main(void)
     if (rc == 0) rc = run_qkv16_case("bf16 attention, forward only", &c, 2, 70, cpu, gpu, &fwd_only);
     if (rc == 0) rc = run_qkv16_case("bf16 attention and products", &c, 2, 70, cpu, gpu, &w16);
     if (rc == 0) rc = run_qkv16_case("bf16 attention and products, recomputing", &c, 2, 70, cpu, gpu, &w16_rc);
-    if (rc == 0) rc = run_fused16_case("bf16 products and attention, dq|dk|dv rotated as rounded", &c, 2, 70, gpu, 1,
-                                       FUSED_ROPE, &w16);
-    if (rc == 0) rc = run_fused16_case("bf16 products and attention, dres rounded by the norm", &c, 2, 70, gpu, 1,
-                                       FUSED_RMSNORM, &w16);
-    if (rc == 0) rc = run_fused16_case("bf16 products, recomputing, dres rounded by the norm", &c, 2, 70, gpu, 1,
-                                       FUSED_RMSNORM, &w16_rc);
-    if (rc == 0) rc = run_fused16_case("bf16 products, fp32 attention, both", &c, 2, 70, gpu, 0,
-                                       FUSED_ROPE | FUSED_RMSNORM, &w16);
+    if (rc == 0) rc = run_same_bits_case("bf16 products and attention, dq|dk|dv rotated as rounded", &c, 2, 70, gpu,
+                                         1, FUSED_ROPE, NULL, &w16);
+    if (rc == 0) rc = run_same_bits_case("bf16 products and attention, dres rounded by the norm", &c, 2, 70, gpu, 1,
+                                         FUSED_RMSNORM, NULL, &w16);
+    if (rc == 0) rc = run_same_bits_case("bf16 products, recomputing, dres rounded by the norm", &c, 2, 70, gpu, 1,
+                                         FUSED_RMSNORM, NULL, &w16_rc);
+    if (rc == 0) rc = run_same_bits_case("bf16 products, fp32 attention, both", &c, 2, 70, gpu, 0,
+                                         FUSED_ROPE | FUSED_RMSNORM, NULL, &w16);
+    /* no result depends on the order blocks run in: tied embedding (repeated tokens over
+     * more than one 256-position scan), norms (dw in partials), attention */
+    if (rc == 0) rc = run_same_bits_case("fp32, blocks shuffled", &c, 4, 70, gpu, 0, 0, "shuffle", &plain);
+    if (rc == 0) rc = run_same_bits_case("bf16 products and attention, blocks reversed", &c, 4, 70, gpu, 1, 0,
+                                         "reverse", &w16);
 
     backend_destroy(gpu);
     backend_destroy(cpu);

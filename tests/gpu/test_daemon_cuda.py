@@ -9,6 +9,8 @@
   bf16 tensor cores (backend.attention) against the CPU's fp32: first loss within 1e-2,
   last within 2e-2 (these runs use magnitude importance, so that both sides keep the same
   indices).
+- the compress job with bf16 products and attention run twice on the GPU: losses, grad
+  norms, validation losses and fused tensors bit for bit the same.
 - store_grads + distillation and activation importance on the GPU: the same kept
   indices (importance.txt) as on the CPU; the same again with activation checkpointing
   on the GPU side. Distillation from a bf16 teacher (model.dtype bf16) against the CPU
@@ -120,6 +122,12 @@ def main():
         r0, r1 = abs(ga[0][0] - cpu_m[0][0]) / cpu_m[0][0], abs(ga[0][-1] - cpu_m[0][-1]) / cpu_m[0][-1]
         pclib.check(r0 < 1e-2 and r1 < 2e-2 and not np.array_equal(ga[0], g32[0]),
                     f"{mode} bf16 tensor-core attention vs CPU fp32: first loss rel {r0:.2e}, last {r1:.2e}")
+
+    # the job files' modes (bf16 products and attention) twice: the same bits, since no
+    # kernel's result depends on the order its blocks run in
+    sets = ["backend.device=cuda", "backend.matmul=bf16", "backend.attention=bf16"]
+    pclib.same_outputs(pclib.run_outputs(run("compress-bf16-again", 1, *sets)),
+                       pclib.run_outputs(run("compress-bf16-first", 1, *sets)), "bf16 GPU compress run twice")
 
     sets = ["compress.store_grads=true", "distill.enabled=true"]
     a = pclib.run_arrays(run("sd-cpu", 1, "backend.device=cpu", *sets))

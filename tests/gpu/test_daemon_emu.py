@@ -22,6 +22,9 @@ comm (cuda/comm_nccl.c) on NCCL's API emulated with MPI (nccl_emu.c).
 - backend.matmul bf16 with bf16 attention (each layer's q, k, v and attention output kept
   in bf16 only; the log says so): first loss within 1e-2 of the CPU's bf16 products with
   fp32 attention, last within 2e-2; attention's dO copy as large as the plan counts it;
+- the bf16 products and attention run again with every kernel's blocks shuffled
+  (PC_EMU_BLOCK_ORDER): losses, grad norms, validation losses and fused tensors bit for
+  bit the same (the embedding and RMSNorm weight gradients are summed in a fixed order);
 - on a device with too little shared memory a block for the tensor-core kernels
   (PC_EMU_SMEM_OPTIN), bf16 attention falls back to fp32 and the plan counts no bf16
   copies for it;
@@ -168,6 +171,13 @@ def main():
     pclib.check("q, k, v kept in bf16 only" in open(os.path.join(d, "logs", "rank-00000.log")).read(),
                 "bf16 attention: the log says q, k, v are kept in bf16")
     logged_vs_plan(d, 1, "attention bf16 copies", exact=True)
+    # the same run with every kernel's blocks in another order: the same bits (no result
+    # depends on the order blocks run in, as on a GPU, which promises none)
+    os.environ["PC_EMU_BLOCK_ORDER"] = "shuffle"
+    shuffled = run("bf16-attn-emu-shuffled", 1, True, "backend.matmul=bf16", "backend.attention=bf16")
+    del os.environ["PC_EMU_BLOCK_ORDER"]
+    pclib.same_outputs(pclib.run_outputs(shuffled), pclib.run_outputs(d), "bf16 products and attention, blocks "
+                       "shuffled vs in order")
     # a device whose shared memory per block is too small for the tensor-core kernels at
     # this head_dim (PC_EMU_SMEM_OPTIN): attention falls back to fp32, and the plan counts
     # what that holds (no bf16 q, k, v, no dO copy), not what the shape rule assumes

@@ -7,7 +7,8 @@
  * message); cp.async's destination is undefined until waited for; a warp that falls
  * behind the others reads what they write past a missing block barrier; a
  * read past a buffer reads a huge negative number, not a plausible value; work put on a
- * stream runs when it is synchronized, not before, and its events complete with it. Also
+ * stream runs when it is synchronized, not before, and its events complete with it;
+ * blocks run in index order, reversed or shuffled (PC_EMU_BLOCK_ORDER). Also
  * that correct uses of the same calls pass, that mma.sync's and ldmatrix's emulations
  * follow the layouts PTX documents, and that the tensor-core attention's fragment
  * products (cuda/attention_tc_kernels.cuh) are A Y^T and A Y. */
@@ -348,6 +349,70 @@ static void warp_drift()
     cudaFree(bad);
 }
 
+/* order[blockIdx] = how many blocks ran before it */
+__global__ void k_order(int *order, int *ran)
+{
+    if (threadIdx.x == 0) order[blockIdx.x + gridDim.x * (blockIdx.y + gridDim.y * blockIdx.z)] = (*ran)++;
+}
+
+/* PC_EMU_BLOCK_ORDER: every block runs once, in index order (x fastest), reversed, or in
+ * another permutation at every launch */
+static void block_orders()
+{
+    const dim3 grid(5, 3, 2);
+    const int n = 30;
+    int *order, *ran;
+    cudaMalloc((void **)&order, 2 * n * sizeof *order);
+    cudaMalloc((void **)&ran, sizeof *ran);
+    auto run = [&](const char *how, int *into) {
+        if (how)
+            setenv("PC_EMU_BLOCK_ORDER", how, 1);
+        else
+            unsetenv("PC_EMU_BLOCK_ORDER");
+        *ran = 0;
+        PC_LAUNCH(k_order, grid, 32, 0, nullptr)(into, ran);
+        cudaDeviceSynchronize();
+        unsetenv("PC_EMU_BLOCK_ORDER");
+        std::vector<int> seen(into, into + n);
+        std::sort(seen.begin(), seen.end());
+        for (int i = 0; i < n; i++)
+            if (seen[i] != i) return false;
+        return true;
+    };
+    bool ok = run(nullptr, order);
+    for (int i = 0; i < n; i++) ok &= order[i] == i;
+    check(ok, "blocks run in index order, x fastest");
+    ok = run("reverse", order);
+    for (int i = 0; i < n; i++) ok &= order[i] == n - 1 - i;
+    check(ok, "PC_EMU_BLOCK_ORDER=reverse: the last block first");
+    ok = run("shuffle", order) && run("shuffle", order + n);
+    int moved = 0, differ = 0;
+    for (int i = 0; i < n; i++) moved += order[i] != i, differ += order[i] != order[n + i];
+    check(ok && moved > n / 2 && differ > n / 2,
+          "PC_EMU_BLOCK_ORDER=shuffle: every block once, in another order at every launch");
+    check(aborts_with([&] { run("sideways", order); }, "PC_EMU_BLOCK_ORDER is not"), "an unknown order aborts");
+    cudaFree(order);
+    cudaFree(ran);
+}
+
+/* out[w] = __ballot_sync of (lane % 3 == 0 or lane == 31) in warp w, and its __popc */
+__global__ void k_ballot(unsigned *out)
+{
+    const unsigned lane = threadIdx.x & 31, bits = __ballot_sync(0xffffffffu, lane % 3 == 0 || lane == 31);
+    if (lane == 0) out[2 * (threadIdx.x >> 5)] = bits, out[2 * (threadIdx.x >> 5) + 1] = (unsigned)__popc(bits);
+}
+
+static void ballot()
+{
+    unsigned *out;
+    cudaMalloc((void **)&out, 4 * sizeof *out);
+    PC_LAUNCH(k_ballot, 1, 64, 0, nullptr)(out);
+    cudaDeviceSynchronize();
+    check(out[0] == 0xc9249249u && out[2] == out[0] && out[1] == 12 && out[3] == 12,
+          "__ballot_sync: the lanes' predicates as bits, __popc their count, in every warp");
+    cudaFree(out);
+}
+
 static void vector_loads()
 {
     float *x, *out;
@@ -482,6 +547,8 @@ int main()
     frag_products();
     cp_async();
     warp_drift();
+    block_orders();
+    ballot();
     cublas();
     streams();
     events();
