@@ -10,7 +10,8 @@
   last within 2e-2 (these runs use magnitude importance, so that both sides keep the same
   indices).
 - the compress job with bf16 products and attention run twice on the GPU: losses, grad
-  norms, validation losses and fused tensors bit for bit the same.
+  norms, validation losses and fused tensors bit for bit the same; stopped after step 3
+  (its checkpoint) and resumed by the same command, bit for bit the uninterrupted run.
 - store_grads + distillation and activation importance on the GPU: the same kept
   indices (importance.txt) as on the CPU; the same again with activation checkpointing
   on the GPU side. Distillation from a bf16 teacher (model.dtype bf16) against the CPU
@@ -74,6 +75,29 @@ def demo(root):
     pclib.check(r < 1e-3, f"demo: first loss on the GPU {first['cuda']:.5f} vs CPU {first['cpu']:.5f} ({r:.1e})")
 
 
+def resume_bitwise(run, sets, what):
+    """The job (6 steps) stopped after step 3 with its checkpoint and run again by the same
+    command with its 6 steps: it resumes after step 3, and its losses, grad norms and fused
+    tensors are bit for bit those of the uninterrupted run. The lr is held after warm-up
+    (train.min_lr_ratio 1), so that the 3-step run's schedule is the 6-step run's."""
+    sets = list(sets) + ["train.min_lr_ratio=1"]
+    whole = run("resume-whole", 1, *sets)
+    run("resume-part", 1, *sets, "train.steps=3", "checkpoint.at_end=true")
+    part = run("resume-part", 1, *sets)
+    log = open(os.path.join(part, "logs", "rank-00000.log")).read()
+    pclib.check("resumed after step 3" in log, f"{what}: the 6-step command resumes after step 3")
+
+    def curve(d):  # step -> (loss, grad norm), the last row of each step
+        return {m["step"]: (m["loss"], m["grad_norm"]) for m in pclib.metrics(d) if "loss" in m}
+    a, b = curve(part), curve(whole)
+    pclib.check(sorted(a) == list(range(1, 7)) and a == b,
+                f"{what}: stopped after step 3 and resumed, the losses and grad norms of steps 1-6 are the "
+                f"uninterrupted run's, bit for bit ({a} vs {b})")
+    wa, wb = pclib.run_outputs(part)[2], pclib.run_outputs(whole)[2]
+    pclib.check(sorted(wa) == sorted(wb) and all(np.array_equal(wa[k], wb[k]) for k in wb),
+                f"{what}: resumed, the fused tensors are the uninterrupted run's, bit for bit ({len(wb)} tensors)")
+
+
 def main():
     n = gpus()
     if n == 0:
@@ -128,6 +152,7 @@ def main():
     sets = ["backend.device=cuda", "backend.matmul=bf16", "backend.attention=bf16"]
     pclib.same_outputs(pclib.run_outputs(run("compress-bf16-again", 1, *sets)),
                        pclib.run_outputs(run("compress-bf16-first", 1, *sets)), "bf16 GPU compress run twice")
+    resume_bitwise(run, sets, "bf16 GPU compress")
 
     sets = ["compress.store_grads=true", "distill.enabled=true"]
     a = pclib.run_arrays(run("sd-cpu", 1, "backend.device=cpu", *sets))
