@@ -355,6 +355,12 @@ __global__ void k_order(int *order, int *ran)
     if (threadIdx.x == 0) order[blockIdx.x + gridDim.x * (blockIdx.y + gridDim.y * blockIdx.z)] = (*ran)++;
 }
 
+/* *sum += x[block], atomically */
+__global__ void k_atomic_sum(float *sum, const float *x)
+{
+    if (threadIdx.x == 0) atomicAdd(sum, x[blockIdx.x]);
+}
+
 /* PC_EMU_BLOCK_ORDER: every block runs once, in index order (x fastest), reversed, or in
  * another permutation at every launch */
 static void block_orders()
@@ -393,6 +399,22 @@ static void block_orders()
     check(aborts_with([&] { run("sideways", order); }, "PC_EMU_BLOCK_ORDER is not"), "an unknown order aborts");
     cudaFree(order);
     cudaFree(ran);
+    /* what the orders are for: a float sum by atomics takes other bits in another order */
+    float *x, *sum;
+    cudaMalloc((void **)&x, n * sizeof *x);
+    cudaMalloc((void **)&sum, 2 * sizeof *sum);
+    for (int i = 0; i < n; i++) x[i] = i == 0 ? 1e8f : 1.0f; /* 1e8 + 1 is 1e8; 29 + 1e8 is not */
+    for (int k = 0; k < 2; k++) {
+        if (k) setenv("PC_EMU_BLOCK_ORDER", "reverse", 1);
+        sum[k] = 0.0f;
+        PC_LAUNCH(k_atomic_sum, n, 32, 0, nullptr)(sum + k, x);
+        cudaDeviceSynchronize();
+        unsetenv("PC_EMU_BLOCK_ORDER");
+    }
+    check(sum[0] == 1e8f && sum[1] == 1e8f + 32.0f,
+          "a float sum by atomicAdd: 1e8 first, then 29 ones, is 1e8; the ones first (blocks reversed), 1e8 + 32");
+    cudaFree(x);
+    cudaFree(sum);
 }
 
 /* out[w] = __ballot_sync of (lane % 3 == 0 or lane == 31) in warp w, and its __popc */
