@@ -815,12 +815,12 @@ __global__ void k_rmsnorm_bwd(float *dx, __nv_bfloat16 *dx16, float *part, const
     }
 }
 
-/* k_rmsnorm_bwd with the fewest groups a thread (1, 2, 4 or RMS_BWD_GROUPS) that cover d,
- * `blocks` blocks of `rows` rows; 0 when d is too wide for it (nothing launched). */
+/* k_rmsnorm_bwd with the fewest groups a thread (1, 2, 4 or RMS_BWD_GROUPS) that cover d
+ * (d <= RMS_BWD_GROUPS * 256 V), `blocks` blocks of `rows` rows. */
 template <int V>
-static int rmsnorm_bwd_one_pass(cudaStream_t s, float *dx, __nv_bfloat16 *dx16, float *part, const float *dout,
-                                const float *x, const float *w, const float *rstd, int N, int d, int rows,
-                                unsigned blocks)
+static void rmsnorm_bwd_one_pass(cudaStream_t s, float *dx, __nv_bfloat16 *dx16, float *part, const float *dout,
+                                 const float *x, const float *w, const float *rstd, int N, int d, int rows,
+                                 unsigned blocks)
 {
     const int groups = (d + 256 * V - 1) / (256 * V);
     if (groups <= 1)
@@ -829,21 +829,9 @@ static int rmsnorm_bwd_one_pass(cudaStream_t s, float *dx, __nv_bfloat16 *dx16, 
         PC_LAUNCH((k_rmsnorm_bwd<V, 2>), blocks, 256, 0, s)(dx, dx16, part, dout, x, w, rstd, N, d, rows);
     else if (groups <= 4)
         PC_LAUNCH((k_rmsnorm_bwd<V, 4>), blocks, 256, 0, s)(dx, dx16, part, dout, x, w, rstd, N, d, rows);
-    else if (groups <= RMS_BWD_GROUPS)
+    else
         PC_LAUNCH((k_rmsnorm_bwd<V, RMS_BWD_GROUPS>), blocks, 256, 0, s)(dx, dx16, part, dout, x, w, rstd, N, d,
                                                                           rows);
-    else
-        return 0;
-    return 1;
-}
-
-/* the partials' rows: the one-pass backward's blocks where d allows it (RMS_BWD_GROUPS
- * groups of 256 V columns a thread), else the two-pass dw's row chunks */
-static int rms_dw_parts(int N, int d, bool v4, int *rows)
-{
-    const bool one_pass = d <= RMS_BWD_GROUPS * 256 * (v4 ? 4 : 1);
-    *rows = rms_dw_rows(N, one_pass ? RMS_BWD_ROWS : RMS_DW_ROWS);
-    return (N + *rows - 1) / *rows;
 }
 
 /* rmsnorm_fwd's and rmsnorm_fwd_16's launch: out (N, d) in OutT; bytes_per_elem for the profile */
@@ -883,12 +871,17 @@ static void rmsnorm_bwd_launch(cuda_impl *c, const char *region, float *dx, __nv
     PROF_BEGIN(c, region, 0, (dx16 ? 18.0 : 16.0) * N * d); /* dout and x in, dx added to (and rounded) */
     const bool v4 = rows_v4(d, vec_aligned(dx, 4) && vec_aligned(dout, 4) && vec_aligned(x, 4) &&
                                    vec_aligned(w, 4) && vec_aligned(dx16, 2));
-    int rows;
-    const int parts = rms_dw_parts(N, d, v4, &rows);
+    /* one pass where each thread's dw sums fit RMS_BWD_GROUPS groups of 256 V columns; the
+     * partials' rows are its blocks, else the two-pass dw's row chunks */
+    const bool one_pass = d <= RMS_BWD_GROUPS * 256 * (v4 ? 4 : 1);
+    const int rows = rms_dw_rows(N, one_pass ? RMS_BWD_ROWS : RMS_DW_ROWS), parts = (N + rows - 1) / rows;
     grow_f32(c, &c->dw_part, &c->dw_part_n, (size_t)parts * d);
     float *part = c->dw_part; /* (parts, d) */
-    if (v4 ? rmsnorm_bwd_one_pass<4>(s, dx, dx16, part, dout, x, w, rstd, N, d, rows, (unsigned)parts)
-           : rmsnorm_bwd_one_pass<1>(s, dx, dx16, part, dout, x, w, rstd, N, d, rows, (unsigned)parts)) {
+    if (one_pass) {
+        if (v4)
+            rmsnorm_bwd_one_pass<4>(s, dx, dx16, part, dout, x, w, rstd, N, d, rows, (unsigned)parts);
+        else
+            rmsnorm_bwd_one_pass<1>(s, dx, dx16, part, dout, x, w, rstd, N, d, rows, (unsigned)parts);
         launch_check(c, __FILE__, __LINE__);
     } else { /* wider rows: dx, then dw in a second pass */
         if (v4)
