@@ -317,15 +317,19 @@ def bf16_products():
     return patched()
 
 
+def same_tensors(a, b):
+    """Two dicts of arrays (a model's tensors by name) hold the same names and values."""
+    import numpy as np
+    return sorted(a) == sorted(b) and all(np.array_equal(a[k], b[k]) for k in a)
+
+
 def same_outputs(a, b, what):
     """Two runs' run_outputs are bitwise equal."""
-    import numpy as np
     ca, ea, wa = a
     cb, eb, wb = b
     check(len(ca) > 0 and ca == cb, f"{what}: loss and grad-norm curves bitwise equal ({len(ca)} steps)")
     check(ea == eb, f"{what}: validation losses bitwise equal ({len(ea)} evals)")
-    check(sorted(wa) == sorted(wb) and all(np.array_equal(wa[k], wb[k]) for k in wa),
-          f"{what}: output tensors bitwise equal ({len(wa)} tensors)")
+    check(same_tensors(wa, wb), f"{what}: output tensors bitwise equal ({len(wa)} tensors)")
 
 
 def same_importance(a, b, what):

@@ -86,16 +86,13 @@ def resume_bitwise(run, sets, what):
     part = run("resume-part", 1, *sets)
     log = open(os.path.join(part, "logs", "rank-00000.log")).read()
     pclib.check("resumed after step 3" in log, f"{what}: the 6-step command resumes after step 3")
-
-    def curve(d):  # step -> (loss, grad norm), the last row of each step
-        return {m["step"]: (m["loss"], m["grad_norm"]) for m in pclib.metrics(d) if "loss" in m}
-    a, b = curve(part), curve(whole)
+    (cr, _, wr), (cu, _, wu) = pclib.run_outputs(part), pclib.run_outputs(whole)
+    a, b = ({s: (loss, gn) for s, loss, gn in c} for c in (cr, cu))  # the last row of each step
     pclib.check(sorted(a) == list(range(1, 7)) and a == b,
                 f"{what}: stopped after step 3 and resumed, the losses and grad norms of steps 1-6 are the "
                 f"uninterrupted run's, bit for bit ({a} vs {b})")
-    wa, wb = pclib.run_outputs(part)[2], pclib.run_outputs(whole)[2]
-    pclib.check(sorted(wa) == sorted(wb) and all(np.array_equal(wa[k], wb[k]) for k in wb),
-                f"{what}: resumed, the fused tensors are the uninterrupted run's, bit for bit ({len(wb)} tensors)")
+    pclib.check(pclib.same_tensors(wr, wu),
+                f"{what}: resumed, the fused tensors are the uninterrupted run's, bit for bit ({len(wu)} tensors)")
 
 
 def main():
