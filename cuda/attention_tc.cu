@@ -43,10 +43,14 @@
 
 /* ---------------------------------------------------------------- launchers */
 
+/* Row groups a warp of the forward and dQ kernels may own at head_dim hd: two up to 64
+ * (beyond, two groups' accumulators and fragments do not fit 255 registers). */
+static int atc_rg_max(int hd) { return hd <= 64 ? 2 : 1; }
+
 extern "C" int attn_tc_supported(int hd, size_t smem_optin)
 {
     return hd > 0 && hd <= ATC_HD_MAX && hd % 16 == 0 && atc_dkv_smem(hd) <= smem_optin &&
-           atc_dq_smem(hd) <= smem_optin && atc_fwd_smem(hd) <= smem_optin;
+           atc_dq_smem(hd, atc_rg_max(hd)) <= smem_optin && atc_fwd_smem(hd, atc_rg_max(hd)) <= smem_optin;
 }
 
 extern "C" size_t attn_tc_qkv_bytes(int B, int T, int H, int KV, int hd)
@@ -81,17 +85,17 @@ static void atc_smem(const void *kernel, size_t bytes)
     CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)bytes));
 }
 
-/* The kernels' grid: a block of ATC_WARPS warps per ATC_ROWS rows of T, for each of
- * `heads` heads (query heads, or the key/value heads of dK/dV) of each of B batches.
- * Blocks start roughly in the order of their linear index (x fastest), and under the
- * causal mask a block's work grows with its tile's distance from the sequence's start
- * (end, for dK/dV): with the tile slowest the kernels take every head's longest tiles
- * first, all of them before any shorter one (longest-processing-time order), so the
- * last wave holds the shortest blocks instead of a mix whose longest leaves the
- * multiprocessors idle. */
-static dim3 atc_grid(int T, int heads, int B)
+/* The kernels' grid: a block of ATC_WARPS warps per `rows` rows of T (ATC_QROWS(rg) for
+ * the query-tile kernels, ATC_ROWS for dK/dV), for each of `heads` heads (query heads, or
+ * the key/value heads of dK/dV) of each of B batches. Blocks start roughly in the order
+ * of their linear index (x fastest), and under the causal mask a block's work grows with
+ * its tile's distance from the sequence's start (end, for dK/dV): with the tile slowest
+ * the kernels take every head's longest tiles first, all of them before any shorter one
+ * (longest-processing-time order), so the last wave holds the shortest blocks instead of
+ * a mix whose longest leaves the multiprocessors idle. */
+static dim3 atc_grid(int T, int heads, int B, int rows)
 {
-    return dim3((unsigned)heads, (unsigned)B, (unsigned)((T + ATC_ROWS - 1) / ATC_ROWS));
+    return dim3((unsigned)heads, (unsigned)B, (unsigned)((T + rows - 1) / rows));
 }
 
 /* The kernels are compiled for each head_dim (the fragments live in registers, sized at
@@ -110,26 +114,52 @@ static dim3 atc_grid(int T, int heads, int B)
              abort();                                                                                      \
     }
 
-template <int HD>
-static void atc_fwd(cudaStream_t s, void *out, int out16, float *lse, const atc_copies &c, int B, int T, int H, int KV)
+/* F<HD, 1> or, with rg 2 where atc_rg_max allows it, F<HD, 2>: only those are compiled. */
+#define ATC_RG(F, HD, rg, ...)                                 \
+    do {                                                       \
+        if constexpr ((HD) <= 64)                              \
+            if ((rg) == 2) {                                   \
+                F<HD, 2>(__VA_ARGS__);                         \
+                break;                                         \
+            }                                                  \
+        F<HD, 1>(__VA_ARGS__);                                 \
+    } while (0)
+
+template <int HD, int RG>
+static void atc_fwd_rg(cudaStream_t s, void *out, int out16, float *lse, const atc_copies &c, int B, int T, int H,
+                       int KV)
 {
-    const size_t bytes = atc_fwd_smem(HD);
-    atc_smem((const void *)k_atc_fwd<HD>, bytes);
-    PC_LAUNCH(k_atc_fwd<HD>, atc_grid(T, H, B), ATC_WARPS * 32, bytes, s)
+    const size_t bytes = atc_fwd_smem(HD, RG);
+    auto &kernel = k_atc_fwd<HD, RG>; /* one macro argument */
+    atc_smem((const void *)kernel, bytes);
+    PC_LAUNCH(kernel, atc_grid(T, H, B, ATC_QROWS(RG)), ATC_WARPS * 32, bytes, s)
     (out16 ? nullptr : (float *)out, out16 ? (bf16 *)out : nullptr, lse, c.q, c.k, c.v, T, H, KV,
      1.0f / sqrtf((float)HD));
     CUDA_CHECK(cudaGetLastError());
 }
-
 template <int HD>
-static void atc_dq(cudaStream_t s, float *dq, size_t ld, const float *lse, const float *D, const atc_copies &c, int B,
-                   int T, int H, int KV)
+static void atc_fwd(int rg, cudaStream_t s, void *out, int out16, float *lse, const atc_copies &c, int B, int T, int H,
+                    int KV)
 {
-    const size_t bytes = atc_dq_smem(HD);
-    atc_smem((const void *)k_atc_dq<HD>, bytes);
-    PC_LAUNCH(k_atc_dq<HD>, atc_grid(T, H, B), ATC_WARPS * 32, bytes, s)
+    ATC_RG(atc_fwd_rg, HD, rg, s, out, out16, lse, c, B, T, H, KV);
+}
+
+template <int HD, int RG>
+static void atc_dq_rg(cudaStream_t s, float *dq, size_t ld, const float *lse, const float *D, const atc_copies &c,
+                      int B, int T, int H, int KV)
+{
+    const size_t bytes = atc_dq_smem(HD, RG);
+    auto &kernel = k_atc_dq<HD, RG>; /* one macro argument */
+    atc_smem((const void *)kernel, bytes);
+    PC_LAUNCH(kernel, atc_grid(T, H, B, ATC_QROWS(RG)), ATC_WARPS * 32, bytes, s)
     (dq, ld, c.dout, lse, D, c.q, c.k, c.v, T, H, KV, 1.0f / sqrtf((float)HD));
     CUDA_CHECK(cudaGetLastError());
+}
+template <int HD>
+static void atc_dq(int rg, cudaStream_t s, float *dq, size_t ld, const float *lse, const float *D, const atc_copies &c,
+                   int B, int T, int H, int KV)
+{
+    ATC_RG(atc_dq_rg, HD, rg, s, dq, ld, lse, D, c, B, T, H, KV);
 }
 
 template <int HD>
@@ -138,9 +168,92 @@ static void atc_dkv(cudaStream_t s, float *dk, float *dv, size_t ld, const float
 {
     const size_t bytes = atc_dkv_smem(HD);
     atc_smem((const void *)k_atc_dkv<HD>, bytes);
-    PC_LAUNCH(k_atc_dkv<HD>, atc_grid(T, KV, B), ATC_WARPS * 32, bytes, s)
+    PC_LAUNCH(k_atc_dkv<HD>, atc_grid(T, KV, B, ATC_ROWS), ATC_WARPS * 32, bytes, s)
     (dk, dv, ld, c.dout, lse, D, c.q, c.k, c.v, T, H, KV, 1.0f / sqrtf((float)HD));
     CUDA_CHECK(cudaGetLastError());
+}
+
+/* ---------------------------------------------------------------- row groups, tuned */
+
+/* The row groups of the forward and dQ kernels (attention_tc.h, attn_tc_set_groups): 0
+ * tunes per shape; the emulator's default is 1, its timings meaning nothing. */
+#ifdef PC_SIMT_EMU
+static int atc_groups = 1;
+#else
+static int atc_groups = 0;
+#endif
+
+/* A shape tuned: which kernel ("forward", "dQ"), the shape, each row-group count's
+ * milliseconds a call (0 where not run) and the pick. At most ATC_TUNED shapes a kernel
+ * are tuned; calls with others run one group (none of this changes a result). */
+#define ATC_TUNED 32
+struct atc_tuned {
+    const char *kernel;
+    int B, T, H, KV, hd, rg;
+    float ms[2];
+};
+static atc_tuned atc_tuned_shapes[2 * ATC_TUNED];
+static int atc_n_tuned;
+
+/* The row groups for kernel `kernel` at this shape: the forced count (atc_groups, bounded
+ * by atc_rg_max), a tuned shape's pick, or the faster of the counts the head_dim allows,
+ * by run(rg) timed on stream s: once to warm up (and set its shared memory), then
+ * ATC_TUNE_RUNS times between two events. Every run writes the same outputs (the counts
+ * give the same bits, tests/gpu), so the last leaves the call's result and the caller
+ * runs nothing more. Returns 0 when tuning ran the call, else the count to run. */
+#define ATC_TUNE_RUNS 3
+template <typename Run>
+static int atc_pick(const char *kernel, cudaStream_t s, int B, int T, int H, int KV, int hd, Run run)
+{
+    const int max = atc_rg_max(hd);
+    if (atc_groups) return atc_groups < max ? atc_groups : max;
+    if (max == 1) return 1;
+    int n_kernel = 0;
+    for (int i = 0; i < atc_n_tuned; i++) {
+        const atc_tuned &t = atc_tuned_shapes[i];
+        if (t.kernel != kernel) continue;
+        n_kernel++;
+        if (t.B == B && t.T == T && t.H == H && t.KV == KV && t.hd == hd) return t.rg;
+    }
+    if (n_kernel >= ATC_TUNED) return 1;
+    atc_tuned t = {kernel, B, T, H, KV, hd, 1, {0.0f, 0.0f}};
+    cudaEvent_t e0, e1;
+    CUDA_CHECK(cudaEventCreate(&e0));
+    CUDA_CHECK(cudaEventCreate(&e1));
+    for (int rg = 1; rg <= max; rg++) {
+        run(rg);
+        CUDA_CHECK(cudaEventRecord(e0, s));
+        for (int i = 0; i < ATC_TUNE_RUNS; i++) run(rg);
+        CUDA_CHECK(cudaEventRecord(e1, s));
+        CUDA_CHECK(cudaEventSynchronize(e1));
+        CUDA_CHECK(cudaEventElapsedTime(&t.ms[rg - 1], e0, e1));
+        t.ms[rg - 1] /= ATC_TUNE_RUNS;
+        if (t.ms[rg - 1] < t.ms[t.rg - 1]) t.rg = rg;
+    }
+    CUDA_CHECK(cudaEventDestroy(e0));
+    CUDA_CHECK(cudaEventDestroy(e1));
+    atc_tuned_shapes[atc_n_tuned++] = t;
+    return 0;
+}
+
+extern "C" int attn_tc_set_groups(int groups)
+{
+    if (groups < 0 || groups > 2) {
+        fprintf(stderr, "attention_tc: row groups a warp must be 0 (tuned), 1 or 2, got %d\n", groups);
+        abort();
+    }
+    const int was = atc_groups;
+    atc_groups = groups;
+    return was;
+}
+
+extern "C" void attn_tc_tuned_report(FILE *f)
+{
+    for (int i = 0; i < atc_n_tuned; i++) {
+        const atc_tuned &t = atc_tuned_shapes[i];
+        fprintf(f, "attention_tc %s B %d T %d H %d KV %d hd %d: 16 rows a warp %.3f ms, 32 rows %.3f ms: %d\n", t.kernel,
+                t.B, t.T, t.H, t.KV, t.hd, (double)t.ms[0], (double)t.ms[1], 16 * t.rg);
+    }
 }
 
 extern "C" void attn_tc_copies(cudaStream_t s, void *qkv16, const float *q, const float *k, const float *v, int B,
@@ -157,14 +270,18 @@ extern "C" void attn_tc_fwd(cudaStream_t s, const void *qkv16, void *out, int ou
                             int KV, int hd)
 {
     const atc_copies c = atc_copies_in(qkv16, NULL, B, T, H, KV, hd);
-    ATC_DISPATCH(atc_fwd, hd, s, out, out16, lse, c, B, T, H, KV)
+    auto run = [&](int rg) { ATC_DISPATCH(atc_fwd, hd, rg, s, out, out16, lse, c, B, T, H, KV) };
+    const int rg = atc_pick("forward", s, B, T, H, KV, hd, run);
+    if (rg) run(rg);
 }
 
 extern "C" void attn_tc_dq(cudaStream_t s, const void *qkv16, const void *dout16, float *dq, const float *lse,
                            const float *D, int B, int T, int H, int KV, int hd, int ld)
 {
     const atc_copies c = atc_copies_in(qkv16, dout16, B, T, H, KV, hd);
-    ATC_DISPATCH(atc_dq, hd, s, dq, (size_t)ld, lse, D, c, B, T, H, KV)
+    auto run = [&](int rg) { ATC_DISPATCH(atc_dq, hd, rg, s, dq, (size_t)ld, lse, D, c, B, T, H, KV) };
+    const int rg = atc_pick("dQ", s, B, T, H, KV, hd, run);
+    if (rg) run(rg);
 }
 
 extern "C" void attn_tc_dkv(cudaStream_t s, const void *qkv16, const void *dout16, float *dk, float *dv,

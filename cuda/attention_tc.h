@@ -7,6 +7,7 @@
 
 #include <cuda_runtime.h>
 #include <stddef.h>
+#include <stdio.h>
 
 #ifdef __cplusplus
 extern "C" {
@@ -36,6 +37,16 @@ void attn_tc_dq(cudaStream_t s, const void *qkv16, const void *dout16, float *dq
 /* dk, dv (overwritten, rows of stride ld) likewise. */
 void attn_tc_dkv(cudaStream_t s, const void *qkv16, const void *dout16, float *dk, float *dv, const float *lse,
                  const float *D, int B, int T, int H, int KV, int hd, int ld);
+
+/* Row groups of 16 query rows each warp of the forward and dQ kernels owns, process-wide:
+ * 1, or 2 (a block of 128 query rows; head_dim up to 64, else 1), which reads each K and V
+ * fragment from shared memory once for both groups at the price of twice the registers.
+ * The counts give the same bits. 0 (the default on a GPU) tunes: the first call of each
+ * shape (B, T, H, KV, head_dim) times both and keeps the faster for that shape. Returns the
+ * setting it replaces. */
+int attn_tc_set_groups(int groups);
+/* One line a tuned shape and kernel: both counts' times a call and the pick. */
+void attn_tc_tuned_report(FILE *f);
 
 #ifdef __cplusplus
 }

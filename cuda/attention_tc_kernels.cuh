@@ -79,10 +79,11 @@ __device__ __forceinline__ float atc_exp2(float x)
 }
 /* Two consecutive floats of shared memory (8-byte aligned) in one load. */
 __device__ __forceinline__ float2 atc_ld2(const float *p) { return *(const float2 *)p; }
-/* Up to head_dim 64 every kernel keeps to 128 registers a thread, so that 4 blocks of 4
- * warps fit a multiprocessor's 64K (ptxas alone gives dK/dV 160; held to 128 it keeps one
- * 8-byte value in local memory, read once a tile); beyond, no minimum (0). */
-#define ATC_BOUNDS(HD) __launch_bounds__(ATC_WARPS * 32, (HD) <= 64 ? 4 : 0)
+/* Up to head_dim 64 every kernel with one row group a warp (RG 1) keeps to 128 registers a
+ * thread, so that 4 blocks of 4 warps fit a multiprocessor's 64K (ptxas alone gives dK/dV
+ * 160; held to 128 it keeps one 8-byte value in local memory, read once a tile); two
+ * groups (RG 2, up to head_dim 64: atc_rg_max) keep to 255, 2 blocks; beyond, no minimum (0). */
+#define ATC_BOUNDS(HD, RG) __launch_bounds__(ATC_WARPS * 32, (HD) <= 64 ? 4 / (RG) : 0)
 #else
 inline void atc_zero16(void *p)
 {
@@ -100,7 +101,7 @@ inline float atc_exp2(float x)
     return y < 0x1p-126f ? 0.0f : y;
 }
 inline float2 atc_ld2(const float *p) { return emu_ld_aligned<float2>(p); }
-#define ATC_BOUNDS(HD)
+#define ATC_BOUNDS(HD, RG)
 #endif
 
 /* ---------------------------------------------------------------- tiles and fragments */
@@ -173,11 +174,15 @@ template <int KT> __device__ __forceinline__ void atc_frags_a(u32 a[KT][4], cons
     for (int kk = 0; kk < KT; kk++) atc_frag_a(a[kk], X, ld, r0, 16 * kk);
 }
 
-/* c (16 x 8 NT, as NT C fragments, NT even) += A Y^T: A (16 x 16 KT) in fragments a[kk],
- * Y a row-major bf16 tile (row stride ld) of at least 8 NT rows and 16 KT columns, so
- * that B(k, n) = Y[n][k]. One ldmatrix takes the B fragments of two column blocks n,
- * n + 1: lane l points at Y's row 8 n + l % 8 + 8 (l / 16), column 16 kk + 8 (l / 8 % 2). */
-template <int KT, int NT> __device__ __forceinline__ void atc_mma_abt(float c[NT][4], const u32 a[KT][4], const bf16 *Y, int ld)
+/* c[g] (16 x 8 NT, as NT C fragments, NT even) += A_g Y^T for G row groups g of the
+ * warp's rows: A_g (16 x 16 KT) in fragments a[g][kk], Y a row-major bf16 tile (row
+ * stride ld) of at least 8 NT rows and 16 KT columns, so that B(k, n) = Y[n][k]. One
+ * ldmatrix takes the B fragments of two column blocks n, n + 1, which every group
+ * multiplies: G groups read Y once. Lane l points at Y's row 8 n + l % 8 + 8 (l / 16),
+ * column 16 kk + 8 (l / 8 % 2). Each c[g][n] sums over kk in the same order whatever G,
+ * so a row's result does not depend on the groups beside it. */
+template <int G, int KT, int NT>
+__device__ __forceinline__ void atc_mma_abt(float (*c)[NT][4], const u32 (*a)[KT][4], const bf16 *Y, int ld)
 {
     const int l = threadIdx.x & 31;
     PC_UNROLL
@@ -187,17 +192,21 @@ template <int KT, int NT> __device__ __forceinline__ void atc_mma_abt(float c[NT
         for (int kk = 0; kk < KT; kk++) {
             u32 b[4]; /* B fragments of blocks n (b[0..1]) and n + 1 (b[2..3]) */
             atc_ldsm4<0>(b, p + 16 * kk);
-            atc_mma(c[n], a[kk], b);
-            atc_mma(c[n + 1], a[kk], b + 2);
+            PC_UNROLL
+            for (int g = 0; g < G; g++) {
+                atc_mma(c[g][n], a[g][kk], b);
+                atc_mma(c[g][n + 1], a[g][kk], b + 2);
+            }
         }
     }
 }
 
-/* c (16 x 8 NT, NT even) += A Y: A (16 x 16 KT) in fragments a[kk], Y a row-major bf16
- * tile (row stride ld) of at least 16 KT rows and 8 NT columns, so that B(k, n) =
- * Y[k][n], taken transposed by ldmatrix.trans: lane l points at Y's row 16 kk + l % 16,
- * column 8 n + 8 (l / 16). */
-template <int KT, int NT> __device__ __forceinline__ void atc_mma_ab(float c[NT][4], const u32 a[KT][4], const bf16 *Y, int ld)
+/* c[g] (16 x 8 NT, NT even) += A_g Y for G row groups: A_g (16 x 16 KT) in fragments
+ * a[g][kk], Y a row-major bf16 tile (row stride ld) of at least 16 KT rows and 8 NT
+ * columns, so that B(k, n) = Y[k][n], taken transposed by ldmatrix.trans (shared by the
+ * groups, as in atc_mma_abt): lane l points at Y's row 16 kk + l % 16, column 8 n + 8 (l / 16). */
+template <int G, int KT, int NT>
+__device__ __forceinline__ void atc_mma_ab(float (*c)[NT][4], const u32 (*a)[KT][4], const bf16 *Y, int ld)
 {
     const int l = threadIdx.x & 31;
     PC_UNROLL
@@ -207,8 +216,11 @@ template <int KT, int NT> __device__ __forceinline__ void atc_mma_ab(float c[NT]
         for (int kk = 0; kk < KT; kk++) {
             u32 b[4];
             atc_ldsm4<1>(b, p + 16 * kk * ld);
-            atc_mma(c[n], a[kk], b);
-            atc_mma(c[n + 1], a[kk], b + 2);
+            PC_UNROLL
+            for (int g = 0; g < G; g++) {
+                atc_mma(c[g][n], a[g][kk], b);
+                atc_mma(c[g][n + 1], a[g][kk], b + 2);
+            }
         }
     }
 }
@@ -287,22 +299,29 @@ static inline size_t atc_bytes(size_t n, size_t size) { return (n * size + 127) 
 /* a row-major (64, hd) bf16 tile */
 static inline size_t atc_tile_bytes(int hd) { return atc_bytes((size_t)ATC_TILE * (hd + ATC_PAD), 2); }
 
-/* Where a query-tile block (grid atc_grid: (H, B, ceil(T/64))) works: head h, batch b,
- * first row q0, the warp's first row w0 and its 16-row offset in the block, the block's
- * last row, and the head views of the bf16 q (rows of H hd), k and v (rows of KV hd). The
- * tile index is the grid's slowest: blocks start in the order of their index, so every
- * head's last tiles (most key tiles, the longest blocks) go first and the short ones fill
- * the last wave. */
+/* Rows of a query-tile block (forward, dQ) whose warps own RG groups of 16 query rows
+ * each: RG 2 shares every fragment of K, V taken from shared memory between two groups,
+ * half the ldmatrix reads a product, at the price of twice the accumulators a thread. */
+#define ATC_QROWS(RG) (ATC_ROWS * (RG))
+
+/* Where a query-tile block (grid atc_grid: (H, B, ceil(T/ATC_QROWS(RG)))) works: head h,
+ * batch b, first row q0, the warp's first row w0 and its offset wr in the block, the
+ * block's last row, and the head views of the bf16 q (rows of H hd), k and v (rows of KV
+ * hd). The tile index is the grid's slowest: blocks start in the order of their index, so
+ * every head's last tiles (most key tiles, the longest blocks) go first and the short ones
+ * fill the last wave. */
 struct atc_qtile {
     int b, h, q0, w0, wr, last;
     const bf16 *qh, *kh, *vh;
 };
+template <int RG>
 __device__ atc_qtile atc_qtile_of(const bf16 *q, const bf16 *k, const bf16 *v, int T, int H, int KV, int hd)
 {
     atc_qtile r;
     r.h = blockIdx.x, r.b = blockIdx.y;
-    r.q0 = (gridDim.z - 1 - blockIdx.z) * ATC_ROWS, r.wr = 16 * (int)(threadIdx.x >> 5), r.w0 = r.q0 + r.wr;
-    r.last = min(T - 1, r.q0 + ATC_ROWS - 1);
+    r.q0 = (gridDim.z - 1 - blockIdx.z) * ATC_QROWS(RG), r.wr = 16 * RG * (int)(threadIdx.x >> 5);
+    r.w0 = r.q0 + r.wr;
+    r.last = min(T - 1, r.q0 + ATC_QROWS(RG) - 1);
     const size_t tok = (size_t)r.b * T; /* the batch's first token */
     const int g = r.h / (H / KV);
     r.qh = q + tok * H * hd + (size_t)r.h * hd;
@@ -330,26 +349,46 @@ __device__ __forceinline__ void atc_double_buffer(int end, int step, Load load, 
     }
 }
 
-/* A query-tile block's walk over the key tiles (forward, dQ), two K and two V tiles in
- * shared memory (Ks, Vs), the next loading while the warps work on the other. First the
- * block's own rows of q (and of own_b, dO, when not NULL) go into Ks[1] (Vs[1]) beside key
- * tile 0, and frags(Ks[1], Vs[1]) takes the warp's fragments of them; then tile(k0, K, V)
- * runs for each key tile from k0 by the warps whose rows reach it (warp-uniform). */
-template <int HD, typename Frags, typename Tile>
-__device__ __forceinline__ void atc_walk_keys(const atc_qtile &at, const bf16 *own_b, atc_two<bf16> Ks,
-                                              atc_two<bf16> Vs, int T, int H, int KV, Frags frags, Tile tile)
+/* Tiles of (64, hd) bf16 rows (row stride hd + ATC_PAD) in a query-tile block's shared
+ * memory: K and V tile 0, then a region of atc_qregion_tiles(rg, own) tiles that holds K
+ * and V tile 1 and, before them, the block's own rows of q (and of dO when own is 2):
+ * ATC_QROWS(rg) rows each, one after the other. */
+__host__ __device__ inline int atc_qregion_tiles(int rg, int own) { return own * rg > 2 ? own * rg : 2; }
+struct atc_qsmem {
+    atc_two<bf16> K, V;
+    bf16 *own; /* the own rows of q, then of dO */
+};
+__device__ atc_qsmem atc_take_qsmem(char *p, int hd, int rg, int own)
 {
+    const size_t tile = (size_t)ATC_TILE * (hd + ATC_PAD);
+    bf16 *k0 = atc_take<bf16>(p, tile), *v0 = atc_take<bf16>(p, tile);
+    bf16 *r = atc_take<bf16>(p, tile * atc_qregion_tiles(rg, own));
+    return {{k0, r}, {v0, r + tile}, r};
+}
+
+/* A query-tile block's walk over the key tiles (forward, dQ), two K and two V tiles in
+ * shared memory (sm), the next loading while the warps work on the other. First the
+ * block's own rows of q (and of own_b, dO, when not NULL) go into sm.own beside key tile
+ * 0, and frags(Q, dO) takes the warp's fragments of them (Q and dO: the block's rows, row
+ * stride HD + ATC_PAD); then tile(k0, K, V) runs for each key tile from k0 by the warps
+ * whose rows reach it (warp-uniform). */
+template <int HD, int RG, typename Frags, typename Tile>
+__device__ __forceinline__ void atc_walk_keys(const atc_qtile &at, const bf16 *own_b, const atc_qsmem &sm, int T,
+                                              int H, int KV, Frags frags, Tile tile)
+{
+    constexpr int ldh = HD + ATC_PAD;
     auto load = [&](int k0, int j) { /* the key tile from k0 into buffer j */
-        atc_load<HD, ATC_TILE>({Ks[j], at.kh, KV * HD}, {Vs[j], at.vh, KV * HD}, k0, T);
+        atc_load<HD, ATC_TILE>({sm.K[j], at.kh, KV * HD}, {sm.V[j], at.vh, KV * HD}, k0, T);
     };
-    atc_load<HD, ATC_ROWS>({Ks[1], at.qh, H * HD}, {Vs[1], own_b, H * HD}, at.q0, T);
+    bf16 *own_dO = sm.own + ATC_QROWS(RG) * ldh;
+    atc_load<HD, ATC_QROWS(RG)>({sm.own, at.qh, H * HD}, {own_dO, own_b, H * HD}, at.q0, T);
     load(0, 0);
     atc_cp_wait<1>();
     __syncthreads(); /* the block's rows have landed */
-    frags(Ks[1], Vs[1]);
+    frags(sm.own, own_dO);
     __syncthreads(); /* and are read before key tile 1 goes where they were */
     atc_double_buffer(at.last + 1, ATC_TILE, load, [&](int k0, int j) {
-        if (k0 <= at.w0 + 15) tile(k0, Ks[j], Vs[j]); /* else every key is after the warp's rows */
+        if (k0 <= at.w0 + 16 * RG - 1) tile(k0, sm.K[j], sm.V[j]); /* else every key is after the warp's rows */
     });
 }
 
@@ -360,24 +399,28 @@ __device__ atc_two<bf16> atc_take_tiles(char *&p, int hd)
     return {t0, atc_take<bf16>(p, (size_t)ATC_TILE * (hd + ATC_PAD))};
 }
 
+/* The causal mask's bound for the lane's rows r = 0, 1 of the 16-row group from row0 in
+ * the keys from k0: key k0 + atc_c_col(n, i) counts for row row0 + atc_c_row(2 r) (query
+ * qi) when it is at most qi and below T, i.e. when atc_c_off(n, i) <= last[r]. */
+__device__ __forceinline__ void atc_mask_bound(int last[2], int row0, int k0, int T)
+{
+    last[0] = min(row0 + atc_c_row(0), T - 1) - k0 - atc_c_col(0, 0);
+    last[1] = min(row0 + atc_c_row(2), T - 1) - k0 - atc_c_col(0, 0);
+}
+
 /* ---------------------------------------------------------------- forward */
 
-/* One key tile (keys k0.., K and V in the row-major tiles Ks, Vs) of the forward for the
- * warp's 16 query rows from w0: S = Q K^T, the online softmax's running max m
- * and sum l of the lane's two rows (base 2, scale2 = scale log2 e; m of scaled scores),
- * O (o) rescaled and O += P V. */
+/* The online softmax of one key tile (keys k0..) for a 16-row group from row0: s the
+ * group's raw scores S = Q K^T, masked and turned into P (base 2, scale2 = scale log2 e;
+ * m of scaled scores); the running max m and sum l of the lane's two rows updated and the
+ * output accumulator o rescaled, ready for O += P V. */
 template <int HD>
-__device__ __forceinline__ void atc_fwd_tile(float o[HD / 8][4], float m[2], float l[2], const u32 qa[HD / 16][4],
-                                             const bf16 *Ks, const bf16 *Vs, int k0, int w0, int T, float scale2)
+__device__ __forceinline__ void atc_fwd_softmax(float s[ATC_NT][4], float o[HD / 8][4], float m[2], float l[2],
+                                                int k0, int row0, int T, float scale2)
 {
-    constexpr int KT = HD / 16, DT = HD / 8, ldh = HD + ATC_PAD;
-    float s[ATC_NT][4];
-    atc_zero<ATC_NT>(s);
-    atc_mma_abt<KT, ATC_NT>(s, qa, Ks, ldh); /* S = Q K^T (16, 64) */
-    /* the causal mask: key j = k0 + atc_c_col(n, i) counts for the lane's row r (query qi)
-     * when j <= qi and j < T, i.e. atc_c_off(n, i) <= last[r] */
-    const int last[2] = {min(w0 + atc_c_row(0), T - 1) - k0 - atc_c_col(0, 0),
-                         min(w0 + atc_c_row(2), T - 1) - k0 - atc_c_col(0, 0)};
+    constexpr int DT = HD / 8;
+    int last[2];
+    atc_mask_bound(last, row0, k0, T);
     /* online softmax: the row max over the tile (the lane's 16 columns, then its quad's),
      * of the raw scores, scaled once per row (scale2 > 0) */
     float mx[2] = {-INFINITY, -INFINITY};
@@ -410,126 +453,187 @@ __device__ __forceinline__ void atc_fwd_tile(float o[HD / 8][4], float m[2], flo
         o[n][0] *= alpha[0], o[n][1] *= alpha[0];
         o[n][2] *= alpha[1], o[n][3] *= alpha[1];
     }
-    u32 pa[ATC_NT / 2][4];
-    atc_c_to_a<ATC_NT>(pa, s);
-    atc_mma_ab<ATC_NT / 2, DT>(o, pa, Vs, ldh); /* O += P V (16, HD) */
 }
 
-/* grid (H, B, ceil(T/64)), ATC_WARPS*32 threads, atc_fwd_smem(HD) bytes of shared memory;
- * q, k, v the bf16 copies (atc_src's layout: (B,T,H,HD) and (B,T,KV,HD), rows unpadded);
- * the output to out (fp32), or when out is null to out16 (bf16). */
-template <int HD>
-__global__ void ATC_BOUNDS(HD) k_atc_fwd(float *out, bf16 *out16, float *lse, const bf16 *q, const bf16 *k,
-                                         const bf16 *v, int T, int H, int KV, float scale)
+/* One key tile (keys k0.., K and V in the row-major tiles Ks, Vs) of the forward for the
+ * warp's RG groups of 16 query rows from w0: S = Q K^T, the online softmax
+ * (atc_fwd_softmax) and O += P V, each group's rows as a warp of one group computes them. */
+template <int HD, int RG>
+__device__ __forceinline__ void atc_fwd_tile(float (*o)[HD / 8][4], float (*m)[2], float (*l)[2],
+                                             const u32 (*qa)[HD / 16][4], const bf16 *Ks, const bf16 *Vs, int k0,
+                                             int w0, int T, float scale2)
+{
+    constexpr int KT = HD / 16, DT = HD / 8, ldh = HD + ATC_PAD;
+    float s[RG][ATC_NT][4];
+    PC_UNROLL
+    for (int g = 0; g < RG; g++) atc_zero<ATC_NT>(s[g]);
+    atc_mma_abt<RG, KT, ATC_NT>(s, qa, Ks, ldh); /* S = Q K^T (16, 64) a group */
+    u32 pa[RG][ATC_NT / 2][4];
+    PC_UNROLL
+    for (int g = 0; g < RG; g++) {
+        atc_fwd_softmax<HD>(s[g], o[g], m[g], l[g], k0, w0 + 16 * g, T, scale2);
+        atc_c_to_a<ATC_NT>(pa[g], s[g]);
+    }
+    atc_mma_ab<RG, ATC_NT / 2, DT>(o, pa, Vs, ldh); /* O += P V (16, HD) a group */
+}
+
+/* grid (H, B, ceil(T/ATC_QROWS(RG))), ATC_WARPS*32 threads, atc_fwd_smem(HD, RG) bytes of
+ * shared memory; q, k, v the bf16 copies (atc_src's layout: (B,T,H,HD) and (B,T,KV,HD),
+ * rows unpadded); the output to out (fp32), or when out is null to out16 (bf16). */
+template <int HD, int RG>
+__global__ void ATC_BOUNDS(HD, RG) k_atc_fwd(float *out, bf16 *out16, float *lse, const bf16 *q, const bf16 *k,
+                                             const bf16 *v, int T, int H, int KV, float scale)
 {
     constexpr int KT = HD / 16, DT = HD / 8, ldh = HD + ATC_PAD;
     const float scale2 = scale * ATC_LOG2E; /* scores in base 2: exp(scale s) = exp2(scale2 s) */
-    char *p = atc_smem_base();
-    const atc_two<bf16> Ks = atc_take_tiles(p, HD), Vs = atc_take_tiles(p, HD); /* (64 keys, HD) each */
-    const atc_qtile at = atc_qtile_of(q, k, v, T, H, KV, HD);
+    const atc_qsmem sm = atc_take_qsmem(atc_smem_base(), HD, RG, 1); /* (64 keys, HD) tiles */
+    const atc_qtile at = atc_qtile_of<RG>(q, k, v, T, H, KV, HD);
     const int b = at.b, h = at.h, w0 = at.w0;
 
-    u32 qa[KT][4]; /* the warp's 16 query rows, the A operand of S = Q K^T */
-    float o[DT][4];
-    atc_zero<DT>(o);
-    float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f}; /* the lane's rows w0 + atc_c_row(0 | 2) */
-    atc_walk_keys<HD>(
-        at, nullptr, Ks, Vs, T, H, KV, [&](const bf16 *Q, const bf16 *) { atc_frags_a<KT>(qa, Q, ldh, at.wr); },
-        [&](int k0, const bf16 *K, const bf16 *V) { atc_fwd_tile<HD>(o, m, l, qa, K, V, k0, w0, T, scale2); });
-    float inv[2];
+    u32 qa[RG][KT][4]; /* the warp's query rows, 16 a group, the A operand of S = Q K^T */
+    float o[RG][DT][4];
+    float m[RG][2], l[RG][2]; /* of the lane's rows w0 + 16 g + atc_c_row(0 | 2) */
     PC_UNROLL
-    for (int r = 0; r < 2; r++) {
-        l[r] += __shfl_xor_sync(0xffffffffu, l[r], 1);
-        l[r] += __shfl_xor_sync(0xffffffffu, l[r], 2);
-        inv[r] = 1.0f / l[r];
-        const int i = w0 + atc_c_row(2 * r);
-        if (i < T && (threadIdx.x & 3) == 0) lse[((size_t)b * H + h) * T + i] = (m[r] + log2f(l[r])) * ATC_LN2;
+    for (int g = 0; g < RG; g++) {
+        atc_zero<DT>(o[g]);
+        m[g][0] = m[g][1] = -INFINITY, l[g][0] = l[g][1] = 0.0f;
     }
+    atc_walk_keys<HD, RG>(
+        at, nullptr, sm, T, H, KV,
+        [&](const bf16 *Q, const bf16 *) {
+            PC_UNROLL
+            for (int g = 0; g < RG; g++) atc_frags_a<KT>(qa[g], Q, ldh, at.wr + 16 * g);
+        },
+        [&](int k0, const bf16 *K, const bf16 *V) { atc_fwd_tile<HD, RG>(o, m, l, qa, K, V, k0, w0, T, scale2); });
     const size_t at_row = (size_t)b * T * H * HD + (size_t)h * HD;
-    if (out)
-        atc_store<DT>(out + at_row, (size_t)H * HD, o, w0, T, inv);
-    else
-        atc_store<DT>(out16 + at_row, (size_t)H * HD, o, w0, T, inv);
+    PC_UNROLL
+    for (int g = 0; g < RG; g++) {
+        float inv[2];
+        PC_UNROLL
+        for (int r = 0; r < 2; r++) {
+            l[g][r] += __shfl_xor_sync(0xffffffffu, l[g][r], 1);
+            l[g][r] += __shfl_xor_sync(0xffffffffu, l[g][r], 2);
+            inv[r] = 1.0f / l[g][r];
+            const int i = w0 + 16 * g + atc_c_row(2 * r);
+            if (i < T && (threadIdx.x & 3) == 0)
+                lse[((size_t)b * H + h) * T + i] = (m[g][r] + log2f(l[g][r])) * ATC_LN2;
+        }
+        if (out)
+            atc_store<DT>(out + at_row, (size_t)H * HD, o[g], w0 + 16 * g, T, inv);
+        else
+            atc_store<DT>(out16 + at_row, (size_t)H * HD, o[g], w0 + 16 * g, T, inv);
+    }
 }
 
-static inline size_t atc_fwd_smem(int hd) { return 4 * atc_tile_bytes(hd); }
+static inline size_t atc_fwd_smem(int hd, int rg) { return (2 + atc_qregion_tiles(rg, 1)) * atc_tile_bytes(hd); }
 
 /* ---------------------------------------------------------------- backward */
 
-/* dQ: grid (H, B, ceil(T/64)), ATC_WARPS*32 threads, atc_dq_smem(HD) bytes. dq rows of
- * stride ld (fp32); dout, q, k, v the bf16 copies (dout as q). */
-template <int HD>
-__global__ void ATC_BOUNDS(HD) k_atc_dq(float *dq, size_t ld, const bf16 *dout, const float *lse, const float *D,
-                                        const bf16 *q, const bf16 *k, const bf16 *v, int T, int H, int KV, float scale)
+/* One pass of dQ (16 keys from k0, K and V rows Kp, Vp) for the warp's row groups G0..RG-1
+ * (those of G0 and after reach the pass's keys): S = Q K^T and dP = dO V^T, dS = P (dP - D)
+ * masked, dQ += dS K, each group as a warp of one group computes it. */
+template <int HD, int RG, int G0>
+__device__ __forceinline__ void atc_dq_pass(float (*acc)[HD / 8][4], const u32 (*qa)[HD / 16][4],
+                                            const u32 (*da)[HD / 16][4], const float (*lse_r)[2],
+                                            const float (*D_r)[2], const bf16 *Kp, const bf16 *Vp, int k0, int w0,
+                                            int T, float scale2)
+{
+    constexpr int KT = HD / 16, DT = HD / 8, ldh = HD + ATC_PAD, NT = ATC_DQ_NT, G = RG - G0;
+    float s[G][NT][4], dp[G][NT][4];
+    PC_UNROLL
+    for (int g = 0; g < G; g++) {
+        atc_zero<NT>(s[g]);
+        atc_zero<NT>(dp[g]);
+    }
+    atc_mma_abt<G, KT, NT>(s, qa + G0, Kp, ldh);  /* S = Q K^T */
+    atc_mma_abt<G, KT, NT>(dp, da + G0, Vp, ldh); /* dP = dO V^T */
+    u32 dsa[G][NT / 2][4];
+    PC_UNROLL
+    for (int g = 0; g < G; g++) {
+        /* key j counts for query qi when j <= qi and j < T (atc_mask_bound); rows at or past
+         * T are not stored, and their dO rows are zero, so their dS is too */
+        int last[2];
+        atc_mask_bound(last, w0 + 16 * (G0 + g), k0, T);
+        PC_UNROLL
+        for (int n = 0; n < NT; n++)
+            PC_UNROLL
+            for (int i = 0; i < 4; i++) {
+                const int r = i >> 1;
+                /* computed for every key and selected, branch-free: a masked one's exp
+                 * (even an inf) is dropped before it multiplies anything */
+                const float ds =
+                    atc_exp2(fmaf(scale2, s[g][n][i], -lse_r[G0 + g][r])) * (dp[g][n][i] - D_r[G0 + g][r]);
+                s[g][n][i] = atc_c_off(n, i) <= last[r] ? ds : 0.0f; /* dS */
+            }
+        atc_c_to_a<NT>(dsa[g], s[g]);
+    }
+    atc_mma_ab<G, NT / 2, DT>(acc + G0, dsa, Kp, ldh); /* dQ += dS K */
+}
+
+/* dQ: grid (H, B, ceil(T/ATC_QROWS(RG))), ATC_WARPS*32 threads, atc_dq_smem(HD, RG)
+ * bytes. dq rows of stride ld (fp32); dout, q, k, v the bf16 copies (dout as q). */
+template <int HD, int RG>
+__global__ void ATC_BOUNDS(HD, RG) k_atc_dq(float *dq, size_t ld, const bf16 *dout, const float *lse,
+                                            const float *D, const bf16 *q, const bf16 *k, const bf16 *v, int T, int H,
+                                            int KV, float scale)
 {
     constexpr int KT = HD / 16, DT = HD / 8, ldh = HD + ATC_PAD;
     const float scale2 = scale * ATC_LOG2E; /* scores in base 2: exp(scale s) = exp2(scale2 s) */
-    char *p = atc_smem_base();
-    const atc_two<bf16> Ks = atc_take_tiles(p, HD), Vs = atc_take_tiles(p, HD); /* (64 keys, HD) each */
-    const atc_qtile at = atc_qtile_of(q, k, v, T, H, KV, HD);
+    const atc_qsmem sm = atc_take_qsmem(atc_smem_base(), HD, RG, 2); /* (64 keys, HD) tiles */
+    const atc_qtile at = atc_qtile_of<RG>(q, k, v, T, H, KV, HD);
     const int b = at.b, h = at.h, w0 = at.w0;
-    float lse_r[2], D_r[2]; /* of the lane's two rows */
+    float lse_r[RG][2], D_r[RG][2]; /* of the lane's two rows of each group */
     PC_UNROLL
-    for (int r = 0; r < 2; r++) {
-        const int i = w0 + atc_c_row(2 * r);
-        lse_r[r] = i < T ? lse[((size_t)b * H + h) * T + i] * ATC_LOG2E : 0.0f; /* in base 2 */
-        D_r[r] = i < T ? D[((size_t)b * H + h) * T + i] : 0.0f;
-    }
-
-    u32 qa[KT][4], da[KT][4]; /* the warp's rows of Q and dO, A operands of S and dP */
-    float acc[DT][4];
-    atc_zero<DT>(acc);
-    auto frags = [&](const bf16 *Q, const bf16 *dO) {
-        atc_frags_a<KT>(qa, Q, ldh, at.wr);
-        atc_frags_a<KT>(da, dO, ldh, at.wr);
-    };
-    /* A key tile in four passes of 16 keys, so that one pass's S and dP are live at a time
-     * (122 registers at head_dim 64, within the 128 of ATC_BOUNDS, where 32-key passes and
-     * whole tiles spill); a pass whose keys all come after the warp's rows is skipped. The
-     * same products and loads as whole tiles, in smaller pieces. */
-    auto tile = [&](int k0, const bf16 *K, const bf16 *V) {
-        constexpr int NT = ATC_DQ_NT, KP = 8 * NT; /* keys a pass */
+    for (int g = 0; g < RG; g++)
         PC_UNROLL
-        for (int j0 = 0; j0 < ATC_TILE; j0 += KP) {
-            if (k0 + j0 > w0 + 15) continue; /* warp-uniform: every key of the pass is after the warp's rows */
-            const bf16 *Kp = K + j0 * ldh, *Vp = V + j0 * ldh;
-            float s[NT][4], dp[NT][4];
-            atc_zero<NT>(s);
-            atc_mma_abt<KT, NT>(s, qa, Kp, ldh); /* S = Q K^T */
-            atc_zero<NT>(dp);
-            atc_mma_abt<KT, NT>(dp, da, Vp, ldh); /* dP = dO V^T */
-            /* key j counts for query qi when j <= qi and j < T (atc_fwd_tile's mask); rows at
-             * or past T are not stored, and their dO rows are zero, so their dS is too */
-            const int last[2] = {min(w0 + atc_c_row(0), T - 1) - k0 - j0 - atc_c_col(0, 0),
-                                 min(w0 + atc_c_row(2), T - 1) - k0 - j0 - atc_c_col(0, 0)};
-            PC_UNROLL
-            for (int n = 0; n < NT; n++)
-                PC_UNROLL
-                for (int i = 0; i < 4; i++) {
-                    const int r = i >> 1;
-                    /* computed for every key and selected, branch-free: a masked one's exp
-                     * (even an inf) is dropped before it multiplies anything */
-                    const float ds = atc_exp2(fmaf(scale2, s[n][i], -lse_r[r])) * (dp[n][i] - D_r[r]);
-                    s[n][i] = atc_c_off(n, i) <= last[r] ? ds : 0.0f; /* dS */
-                }
-            u32 dsa[NT / 2][4];
-            atc_c_to_a<NT>(dsa, s);
-            atc_mma_ab<NT / 2, DT>(acc, dsa, Kp, ldh); /* dQ += dS K */
+        for (int r = 0; r < 2; r++) {
+            const int i = w0 + 16 * g + atc_c_row(2 * r);
+            lse_r[g][r] = i < T ? lse[((size_t)b * H + h) * T + i] * ATC_LOG2E : 0.0f; /* in base 2 */
+            D_r[g][r] = i < T ? D[((size_t)b * H + h) * T + i] : 0.0f;
+        }
+
+    u32 qa[RG][KT][4], da[RG][KT][4]; /* the warp's rows of Q and dO, A operands of S and dP */
+    float acc[RG][DT][4];
+    PC_UNROLL
+    for (int g = 0; g < RG; g++) atc_zero<DT>(acc[g]);
+    auto frags = [&](const bf16 *Q, const bf16 *dO) {
+        PC_UNROLL
+        for (int g = 0; g < RG; g++) {
+            atc_frags_a<KT>(qa[g], Q, ldh, at.wr + 16 * g);
+            atc_frags_a<KT>(da[g], dO, ldh, at.wr + 16 * g);
         }
     };
-    atc_walk_keys<HD>(at, dout + (size_t)b * T * H * HD + (size_t)h * HD, Ks, Vs, T, H, KV, frags, tile);
+    /* A key tile in four passes of 16 keys, so that one pass's S and dP are live at a time
+     * (122 registers at head_dim 64 with one group, within the 128 of ATC_BOUNDS, where
+     * 32-key passes and whole tiles spill); a pass is skipped for the groups whose rows all
+     * come before its keys (warp-uniform). The same products and loads as whole tiles, in
+     * smaller pieces. */
+    auto tile = [&](int k0, const bf16 *K, const bf16 *V) {
+        PC_UNROLL
+        for (int j0 = 0; j0 < ATC_TILE; j0 += 8 * ATC_DQ_NT) {
+            const bf16 *Kp = K + j0 * ldh, *Vp = V + j0 * ldh;
+            if (k0 + j0 <= w0 + 15)
+                atc_dq_pass<HD, RG, 0>(acc, qa, da, lse_r, D_r, Kp, Vp, k0 + j0, w0, T, scale2);
+            else if constexpr (RG == 2) {
+                if (k0 + j0 <= w0 + 31) /* the second group's rows reach the keys, the first's not */
+                    atc_dq_pass<HD, RG, 1>(acc, qa, da, lse_r, D_r, Kp, Vp, k0 + j0, w0, T, scale2);
+            }
+        }
+    };
+    atc_walk_keys<HD, RG>(at, dout + (size_t)b * T * H * HD + (size_t)h * HD, sm, T, H, KV, frags, tile);
     const float mul[2] = {scale, scale};
-    atc_store<DT>(dq + (size_t)b * T * ld + (size_t)h * HD, ld, acc, w0, T, mul);
+    PC_UNROLL
+    for (int g = 0; g < RG; g++) atc_store<DT>(dq + (size_t)b * T * ld + (size_t)h * HD, ld, acc[g], w0 + 16 * g, T, mul);
 }
 
-static inline size_t atc_dq_smem(int hd) { return 4 * atc_tile_bytes(hd); }
+static inline size_t atc_dq_smem(int hd, int rg) { return (2 + atc_qregion_tiles(rg, 2)) * atc_tile_bytes(hd); }
 
 /* dK, dV: grid (KV, B, ceil(T/64)) (the first key tiles, most query tiles, first),
  * ATC_WARPS*32 threads, atc_dkv_smem(HD) bytes; each
  * warp owns 16 key rows and sums over the group's query heads and the query rows at or
  * after them. dk, dv rows of stride ld (fp32); dout, q, k, v the bf16 copies. */
 template <int HD>
-__global__ void ATC_BOUNDS(HD) k_atc_dkv(float *dk, float *dv, size_t ld, const bf16 *dout, const float *lse,
+__global__ void ATC_BOUNDS(HD, 1) k_atc_dkv(float *dk, float *dv, size_t ld, const bf16 *dout, const float *lse,
                                          const float *D, const bf16 *q, const bf16 *k, const bf16 *v, int T, int H,
                                          int KV, float scale)
 {
@@ -584,13 +688,13 @@ __global__ void ATC_BOUNDS(HD) k_atc_dkv(float *dk, float *dv, size_t ld, const 
                 u32 ka[KT][4];
                 atc_frags_a<KT>(ka, Ks, ldh, 16 * warp);
                 atc_zero<NT>(st);
-                atc_mma_abt<KT, NT>(st, ka, Q, ldh); /* S^T = K Q^T (16 keys, QP queries) */
+                atc_mma_abt<1, KT, NT>(&st, &ka, Q, ldh); /* S^T = K Q^T (16 keys, QP queries) */
             }
             {
                 u32 va[KT][4];
                 atc_frags_a<KT>(va, Vs, ldh, 16 * warp);
                 atc_zero<NT>(dpt);
-                atc_mma_abt<KT, NT>(dpt, va, dO, ldh); /* dP^T = V dO^T */
+                atc_mma_abt<1, KT, NT>(&dpt, &va, dO, ldh); /* dP^T = V dO^T */
             }
             /* query i0 + q0 + c counts for the lane's key row r when it is at or after the
              * key: atc_c_off(n, i) >= first[r]. Queries at or past T have zero Q and dO
@@ -611,9 +715,9 @@ __global__ void ATC_BOUNDS(HD) k_atc_dkv(float *dk, float *dv, size_t ld, const 
             }
             u32 fa[NT / 2][4];
             atc_c_to_a<NT>(fa, st);
-            atc_mma_ab<NT / 2, DT>(dv_acc, fa, dO, ldh); /* dV += P^T dO */
+            atc_mma_ab<1, NT / 2, DT>(&dv_acc, &fa, dO, ldh); /* dV += P^T dO */
             atc_c_to_a<NT>(fa, dpt);
-            atc_mma_ab<NT / 2, DT>(dk_acc, fa, Q, ldh); /* dK += dS^T Q */
+            atc_mma_ab<1, NT / 2, DT>(&dk_acc, &fa, Q, ldh); /* dK += dS^T Q */
         }
     });
     const float mul_k[2] = {scale, scale}, mul_v[2] = {1.0f, 1.0f};

@@ -15,16 +15,22 @@
  * where their device time went, op by op, with each op's TFLOP/s or GB/s; the timed steps
  * above are not profiled.
  *
+ * -groups sets the row groups of 16 query rows a warp of the tensor-core attention's
+ * forward and dQ kernels own (attn_tc_set_groups: 1, 2, or 0 to tune per shape, the
+ * default on a GPU); the shapes tuned are listed with both counts' times a call.
+ *
  * -layers, -d, -ff and -vocab change the shape (tests run it tiny).
  *
  *   bench-gpu [-B 4] [-T 2048] [-steps 10] [-warmup 2] [-tf32 1] [-bf16 0] [-w16 1] [-attn 0]
- *             [-peak TFLOPS] [-layers 16] [-device 0] [-prof 0] [-d 1344] [-ff 5376] [-vocab 128256] */
+ *             [-groups 0] [-peak TFLOPS] [-layers 16] [-device 0] [-prof 0] [-d 1344] [-ff 5376]
+ *             [-vocab 128256] */
 #include <cuda_runtime.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "attention_tc.h"
 #include "backend.h"
 #include "backend_cuda.h"
 #include "device.h"
@@ -56,7 +62,7 @@ static int arg_int(int argc, char **argv, int *i, int *out)
 int main(int argc, char **argv)
 {
     int B = 4, T = 2048, steps = 10, warmup = 2, tf32 = 1, bf16 = 0, w16 = 1, attn = 0, layers = 16, device = 0;
-    int prof_steps = 0, d_model = 1344, d_ff = 5376, vocab = 128256;
+    int prof_steps = 0, groups = -1, d_model = 1344, d_ff = 5376, vocab = 128256;
     double peak_tflops = 0.0;
     for (int i = 1; i < argc; i++) {
         int bad = 0;
@@ -68,6 +74,7 @@ int main(int argc, char **argv)
         else if (!strcmp(argv[i], "-bf16")) bad = arg_int(argc, argv, &i, &bf16);
         else if (!strcmp(argv[i], "-w16")) bad = arg_int(argc, argv, &i, &w16);
         else if (!strcmp(argv[i], "-attn")) bad = arg_int(argc, argv, &i, &attn);
+        else if (!strcmp(argv[i], "-groups")) bad = arg_int(argc, argv, &i, &groups) || groups > 2;
         else if (!strcmp(argv[i], "-layers")) bad = arg_int(argc, argv, &i, &layers);
         else if (!strcmp(argv[i], "-device")) bad = arg_int(argc, argv, &i, &device);
         else if (!strcmp(argv[i], "-prof")) bad = arg_int(argc, argv, &i, &prof_steps);
@@ -80,7 +87,7 @@ int main(int argc, char **argv)
             vocab < 2) {
             fprintf(stderr,
                     "usage: bench-gpu [-B 4] [-T 2048] [-steps 10] [-warmup 2] [-tf32 1] [-bf16 0] [-w16 1] [-attn 0] "
-                    "[-peak TFLOPS] [-layers 16] [-device 0] [-prof 0] [-d 1344] [-ff 5376] [-vocab 128256]\n");
+                    "[-groups 0] [-peak TFLOPS] [-layers 16] [-device 0] [-prof 0] [-d 1344] [-ff 5376] [-vocab 128256]\n");
             return 2;
         }
     }
@@ -99,6 +106,7 @@ int main(int argc, char **argv)
     backend_cuda_set_tf32(be, tf32);
     if (bf16) be->ops->set_matmul(be, MATMUL_BF16);
     backend_cuda_set_attention(be, attn);
+    if (groups >= 0) attn_tc_set_groups(groups);
 
     llama_config c;
     hf_config_defaults(&c);
@@ -176,6 +184,7 @@ int main(int argc, char **argv)
            achieved / 1e12, 100.0 * achieved / (peak_tflops * 1e12), peak_tflops);
     printf("peak device memory in use %.2f GiB of %.2f GiB (%.2f GiB before the model)\n",
            (double)mem.used / (1 << 30), (double)mem.total / (1 << 30), (double)used_before / (1 << 30));
+    attn_tc_tuned_report(stdout);
     if (prof_steps > 0) {
         printf("\nop profile of %d more step(s), %.1f ms per step with the profiler's events:\n", prof_steps,
                1e3 * t_prof / prof_steps);

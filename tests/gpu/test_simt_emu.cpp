@@ -246,8 +246,8 @@ __global__ void k_frag_products(float *d1, float *d2, const __nv_bfloat16 *a, co
     float c1[2][4], c2[2][4];
     atc_zero<2>(c1);
     atc_zero<2>(c2);
-    atc_mma_abt<1, 2>(c1, af, Ys, ld);
-    atc_mma_ab<1, 2>(c2, af, Ys, ld);
+    atc_mma_abt<1, 1, 2>(&c1, &af, Ys, ld);
+    atc_mma_ab<1, 1, 2>(&c2, &af, Ys, ld);
     const float one[2] = {1.0f, 1.0f};
     atc_store<2>(d1, 16, c1, 0, 16, one);
     atc_store<2>(d2, 16, c2, 0, 16, one);
