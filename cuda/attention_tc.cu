@@ -130,9 +130,8 @@ static void atc_fwd_rg(cudaStream_t s, void *out, int out16, float *lse, const a
                        int KV)
 {
     const size_t bytes = atc_fwd_smem(HD, RG);
-    auto &kernel = k_atc_fwd<HD, RG>; /* one macro argument */
-    atc_smem((const void *)kernel, bytes);
-    PC_LAUNCH(kernel, atc_grid(T, H, B, ATC_QROWS(RG)), ATC_WARPS * 32, bytes, s)
+    atc_smem((const void *)k_atc_fwd<HD, RG>, bytes);
+    PC_LAUNCH((k_atc_fwd<HD, RG>), atc_grid(T, H, B, ATC_QROWS(RG)), ATC_WARPS * 32, bytes, s)
     (out16 ? nullptr : (float *)out, out16 ? (bf16 *)out : nullptr, lse, c.q, c.k, c.v, T, H, KV,
      1.0f / sqrtf((float)HD));
     CUDA_CHECK(cudaGetLastError());
@@ -149,9 +148,8 @@ static void atc_dq_rg(cudaStream_t s, float *dq, size_t ld, const float *lse, co
                       int B, int T, int H, int KV)
 {
     const size_t bytes = atc_dq_smem(HD, RG);
-    auto &kernel = k_atc_dq<HD, RG>; /* one macro argument */
-    atc_smem((const void *)kernel, bytes);
-    PC_LAUNCH(kernel, atc_grid(T, H, B, ATC_QROWS(RG)), ATC_WARPS * 32, bytes, s)
+    atc_smem((const void *)k_atc_dq<HD, RG>, bytes);
+    PC_LAUNCH((k_atc_dq<HD, RG>), atc_grid(T, H, B, ATC_QROWS(RG)), ATC_WARPS * 32, bytes, s)
     (dq, ld, c.dout, lse, D, c.q, c.k, c.v, T, H, KV, 1.0f / sqrtf((float)HD));
     CUDA_CHECK(cudaGetLastError());
 }
@@ -162,73 +160,98 @@ static void atc_dq(int rg, cudaStream_t s, float *dq, size_t ld, const float *ls
     ATC_RG(atc_dq_rg, HD, rg, s, dq, ld, lse, D, c, B, T, H, KV);
 }
 
-template <int HD>
-static void atc_dkv(cudaStream_t s, float *dk, float *dv, size_t ld, const float *lse, const float *D,
-                    const atc_copies &c, int B, int T, int H, int KV)
+template <int HD, int KEEP>
+static void atc_dkv_keep(cudaStream_t s, float *dk, float *dv, size_t ld, const float *lse, const float *D,
+                         const atc_copies &c, int B, int T, int H, int KV)
 {
     const size_t bytes = atc_dkv_smem(HD);
-    atc_smem((const void *)k_atc_dkv<HD>, bytes);
-    PC_LAUNCH(k_atc_dkv<HD>, atc_grid(T, KV, B, ATC_ROWS), ATC_WARPS * 32, bytes, s)
+    atc_smem((const void *)k_atc_dkv<HD, KEEP>, bytes);
+    PC_LAUNCH((k_atc_dkv<HD, KEEP>), atc_grid(T, KV, B, ATC_ROWS), ATC_WARPS * 32, bytes, s)
     (dk, dv, ld, c.dout, lse, D, c.q, c.k, c.v, T, H, KV, 1.0f / sqrtf((float)HD));
     CUDA_CHECK(cudaGetLastError());
 }
+/* variant 1: K and V fragments taken for each pass; 2 and 3 (head_dim up to 64): kept,
+ * with 3 and 2 blocks a multiprocessor (k_atc_dkv's KEEP 1, 2) */
+template <int HD>
+static void atc_dkv(int variant, cudaStream_t s, float *dk, float *dv, size_t ld, const float *lse, const float *D,
+                    const atc_copies &c, int B, int T, int H, int KV)
+{
+    if constexpr (HD <= 64) {
+        if (variant == 2) return atc_dkv_keep<HD, 1>(s, dk, dv, ld, lse, D, c, B, T, H, KV);
+        if (variant == 3) return atc_dkv_keep<HD, 2>(s, dk, dv, ld, lse, D, c, B, T, H, KV);
+    }
+    atc_dkv_keep<HD, 0>(s, dk, dv, ld, lse, D, c, B, T, H, KV);
+}
 
-/* ---------------------------------------------------------------- row groups, tuned */
+/* ---------------------------------------------------------------- variants, tuned */
 
-/* The row groups of the forward and dQ kernels (attention_tc.h, attn_tc_set_groups): 0
- * tunes per shape; the emulator's default is 1, its timings meaning nothing. */
+/* The kernels with variants (attention_tc.h): each variant's label, and how many the
+ * head_dim allows (the others are not compiled for it). */
+#define ATC_VARIANTS 3
+struct atc_kernel {
+    const char *name, *label[ATC_VARIANTS];
+    int (*n_variants)(int hd);
+};
+static int atc_dkv_variants(int hd) { return hd <= 64 ? 3 : 1; }
+static const atc_kernel atc_fwd_kernel = {"forward", {"16 rows a warp", "32 rows a warp", ""}, atc_rg_max};
+static const atc_kernel atc_dq_kernel = {"dQ", {"16 rows a warp", "32 rows a warp", ""}, atc_rg_max};
+static const atc_kernel atc_dkv_kernel = {
+    "dK dV", {"K, V fragments each pass", "kept, 3 blocks an SM", "kept, 2 blocks an SM"}, atc_dkv_variants};
+
+/* The variants set (attn_tc_set_variants): 0 tunes per shape; the emulator's default is
+ * 1, its timings meaning nothing. */
 #ifdef PC_SIMT_EMU
-static int atc_groups = 1;
+static attn_tc_variants atc_set = {1, 1};
 #else
-static int atc_groups = 0;
+static attn_tc_variants atc_set = {0, 0};
 #endif
 
-/* A shape tuned: which kernel ("forward", "dQ"), the shape, each row-group count's
- * milliseconds a call (0 where not run) and the pick. At most ATC_TUNED shapes a kernel
- * are tuned; calls with others run one group (none of this changes a result). */
+/* A shape tuned: the kernel, the shape, each variant's milliseconds a call (0 where not
+ * run) and the pick. At most ATC_TUNED shapes a kernel are tuned; calls with others run
+ * variant 1 (none of this changes a result). */
 #define ATC_TUNED 32
 struct atc_tuned {
-    const char *kernel;
-    int B, T, H, KV, hd, rg;
-    float ms[2];
+    const atc_kernel *kernel;
+    int B, T, H, KV, hd, pick;
+    float ms[ATC_VARIANTS];
 };
-static atc_tuned atc_tuned_shapes[2 * ATC_TUNED];
+static atc_tuned atc_tuned_shapes[3 * ATC_TUNED];
 static int atc_n_tuned;
 
-/* The row groups for kernel `kernel` at this shape: the forced count (atc_groups, bounded
- * by atc_rg_max), a tuned shape's pick, or the faster of the counts the head_dim allows,
- * by run(rg) timed on stream s: once to warm up (and set its shared memory), then
- * ATC_TUNE_RUNS times between two events. Every run writes the same outputs (the counts
- * give the same bits, tests/gpu), so the last leaves the call's result and the caller
- * runs nothing more. Returns 0 when tuning ran the call, else the count to run. */
+/* The variant of kernel k to run at this shape, given the one set (0: tune): the set one
+ * (at most the head_dim's count), a tuned shape's pick, or the fastest the head_dim
+ * allows, by run(variant) timed on stream s: once to warm up (and set its shared memory),
+ * then ATC_TUNE_RUNS times between two events. Every run writes the same outputs (the
+ * variants give the same bits, tests/gpu), so the last leaves the call's result and the
+ * caller runs nothing more. Returns 0 when tuning ran the call, else the variant to run. */
 #define ATC_TUNE_RUNS 3
 template <typename Run>
-static int atc_pick(const char *kernel, cudaStream_t s, int B, int T, int H, int KV, int hd, Run run)
+static int atc_pick(const atc_kernel &k, int set, cudaStream_t s, int B, int T, int H, int KV, int hd, Run run)
 {
-    const int max = atc_rg_max(hd);
-    if (atc_groups) return atc_groups < max ? atc_groups : max;
+    const int max = k.n_variants(hd);
+    if (set) return set < max ? set : max;
     if (max == 1) return 1;
     int n_kernel = 0;
     for (int i = 0; i < atc_n_tuned; i++) {
         const atc_tuned &t = atc_tuned_shapes[i];
-        if (t.kernel != kernel) continue;
+        if (t.kernel != &k) continue;
         n_kernel++;
-        if (t.B == B && t.T == T && t.H == H && t.KV == KV && t.hd == hd) return t.rg;
+        if (t.B == B && t.T == T && t.H == H && t.KV == KV && t.hd == hd) return t.pick;
     }
     if (n_kernel >= ATC_TUNED) return 1;
-    atc_tuned t = {kernel, B, T, H, KV, hd, 1, {0.0f, 0.0f}};
+    atc_tuned t = {&k, B, T, H, KV, hd, 1, {0.0f, 0.0f, 0.0f}};
     cudaEvent_t e0, e1;
     CUDA_CHECK(cudaEventCreate(&e0));
     CUDA_CHECK(cudaEventCreate(&e1));
-    for (int rg = 1; rg <= max; rg++) {
-        run(rg);
+    for (int v = 1; v <= max; v++) {
+        run(v);
         CUDA_CHECK(cudaEventRecord(e0, s));
-        for (int i = 0; i < ATC_TUNE_RUNS; i++) run(rg);
+        for (int i = 0; i < ATC_TUNE_RUNS; i++) run(v);
         CUDA_CHECK(cudaEventRecord(e1, s));
         CUDA_CHECK(cudaEventSynchronize(e1));
-        CUDA_CHECK(cudaEventElapsedTime(&t.ms[rg - 1], e0, e1));
-        t.ms[rg - 1] /= ATC_TUNE_RUNS;
-        if (t.ms[rg - 1] < t.ms[t.rg - 1]) t.rg = rg;
+        CUDA_CHECK(cudaEventElapsedTime(&t.ms[v - 1], e0, e1));
+        t.ms[v - 1] /= ATC_TUNE_RUNS;
+        if (t.ms[v - 1] < t.ms[t.pick - 1]) t.pick = v;
     }
     CUDA_CHECK(cudaEventDestroy(e0));
     CUDA_CHECK(cudaEventDestroy(e1));
@@ -236,14 +259,15 @@ static int atc_pick(const char *kernel, cudaStream_t s, int B, int T, int H, int
     return 0;
 }
 
-extern "C" int attn_tc_set_groups(int groups)
+extern "C" attn_tc_variants attn_tc_set_variants(attn_tc_variants v)
 {
-    if (groups < 0 || groups > 2) {
-        fprintf(stderr, "attention_tc: row groups a warp must be 0 (tuned), 1 or 2, got %d\n", groups);
+    if (v.groups < 0 || v.groups > 2 || v.dkv < 0 || v.dkv > 3) {
+        fprintf(stderr, "attention_tc: variants are groups 0 (tuned), 1 or 2 and dkv 0 (tuned) to 3, got %d and %d\n",
+                v.groups, v.dkv);
         abort();
     }
-    const int was = atc_groups;
-    atc_groups = groups;
+    const attn_tc_variants was = atc_set;
+    atc_set = v;
     return was;
 }
 
@@ -251,8 +275,10 @@ extern "C" void attn_tc_tuned_report(FILE *f)
 {
     for (int i = 0; i < atc_n_tuned; i++) {
         const atc_tuned &t = atc_tuned_shapes[i];
-        fprintf(f, "attention_tc %s B %d T %d H %d KV %d hd %d: 16 rows a warp %.3f ms, 32 rows %.3f ms: %d\n", t.kernel,
-                t.B, t.T, t.H, t.KV, t.hd, (double)t.ms[0], (double)t.ms[1], 16 * t.rg);
+        fprintf(f, "attention_tc %s B %d T %d H %d KV %d hd %d:", t.kernel->name, t.B, t.T, t.H, t.KV, t.hd);
+        for (int v = 1; v <= t.kernel->n_variants(t.hd); v++)
+            fprintf(f, " %d (%s) %.3f ms,", v, t.kernel->label[v - 1], (double)t.ms[v - 1]);
+        fprintf(f, " picked %d\n", t.pick);
     }
 }
 
@@ -271,7 +297,7 @@ extern "C" void attn_tc_fwd(cudaStream_t s, const void *qkv16, void *out, int ou
 {
     const atc_copies c = atc_copies_in(qkv16, NULL, B, T, H, KV, hd);
     auto run = [&](int rg) { ATC_DISPATCH(atc_fwd, hd, rg, s, out, out16, lse, c, B, T, H, KV) };
-    const int rg = atc_pick("forward", s, B, T, H, KV, hd, run);
+    const int rg = atc_pick(atc_fwd_kernel, atc_set.groups, s, B, T, H, KV, hd, run);
     if (rg) run(rg);
 }
 
@@ -280,7 +306,7 @@ extern "C" void attn_tc_dq(cudaStream_t s, const void *qkv16, const void *dout16
 {
     const atc_copies c = atc_copies_in(qkv16, dout16, B, T, H, KV, hd);
     auto run = [&](int rg) { ATC_DISPATCH(atc_dq, hd, rg, s, dq, (size_t)ld, lse, D, c, B, T, H, KV) };
-    const int rg = atc_pick("dQ", s, B, T, H, KV, hd, run);
+    const int rg = atc_pick(atc_dq_kernel, atc_set.groups, s, B, T, H, KV, hd, run);
     if (rg) run(rg);
 }
 
@@ -288,5 +314,7 @@ extern "C" void attn_tc_dkv(cudaStream_t s, const void *qkv16, const void *dout1
                             const float *lse, const float *D, int B, int T, int H, int KV, int hd, int ld)
 {
     const atc_copies c = atc_copies_in(qkv16, dout16, B, T, H, KV, hd);
-    ATC_DISPATCH(atc_dkv, hd, s, dk, dv, (size_t)ld, lse, D, c, B, T, H, KV)
+    auto run = [&](int variant) { ATC_DISPATCH(atc_dkv, hd, variant, s, dk, dv, (size_t)ld, lse, D, c, B, T, H, KV) };
+    const int variant = atc_pick(atc_dkv_kernel, atc_set.dkv, s, B, T, H, KV, hd, run);
+    if (variant) run(variant);
 }

@@ -38,14 +38,21 @@ void attn_tc_dq(cudaStream_t s, const void *qkv16, const void *dout16, float *dq
 void attn_tc_dkv(cudaStream_t s, const void *qkv16, const void *dout16, float *dk, float *dv, const float *lse,
                  const float *D, int B, int T, int H, int KV, int hd, int ld);
 
-/* Row groups of 16 query rows each warp of the forward and dQ kernels owns, process-wide:
- * 1, or 2 (a block of 128 query rows; head_dim up to 64, else 1), which reads each K and V
+/* The kernels' variants, process-wide; every variant gives the same bits, they differ in
+ * speed. groups: the row groups of 16 query rows each warp of the forward and dQ kernels
+ * owns, 1, or 2 (blocks of 128 query rows, head_dim up to 64), which reads each K and V
  * fragment from shared memory once for both groups at the price of twice the registers.
- * The counts give the same bits. 0 (the default on a GPU) tunes: the first call of each
- * shape (B, T, H, KV, head_dim) times both and keeps the faster for that shape. Returns the
- * setting it replaces. */
-int attn_tc_set_groups(int groups);
-/* One line a tuned shape and kernel: both counts' times a call and the pick. */
+ * dkv: the dK/dV kernel takes its warp's K and V fragments again for each pass (1, the
+ * fewest registers), or keeps them (head_dim up to 64) with 3 (2) or 2 (3) blocks a
+ * multiprocessor. 0 (the default on a GPU) tunes: the first call of each shape (B, T, H,
+ * KV, head_dim) times every variant the head_dim allows and keeps the fastest for that
+ * shape. A count above the head_dim's runs its last. */
+typedef struct attn_tc_variants {
+    int groups, dkv;
+} attn_tc_variants;
+/* Sets v (groups 0..2, dkv 0..3, else abort) and returns the setting it replaces. */
+attn_tc_variants attn_tc_set_variants(attn_tc_variants v);
+/* One line a tuned shape and kernel: each variant's time a call and the pick. */
 void attn_tc_tuned_report(FILE *f);
 
 #ifdef __cplusplus

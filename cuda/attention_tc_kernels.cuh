@@ -84,6 +84,8 @@ __device__ __forceinline__ float2 atc_ld2(const float *p) { return *(const float
  * 160; held to 128 it keeps one 8-byte value in local memory, read once a tile); two
  * groups (RG 2, up to head_dim 64: atc_rg_max) keep to 255, 2 blocks; beyond, no minimum (0). */
 #define ATC_BOUNDS(HD, RG) __launch_bounds__(ATC_WARPS * 32, (HD) <= 64 ? 4 / (RG) : 0)
+/* dK/dV (k_atc_dkv): 4, 3 or 2 blocks up to head_dim 64 as KEEP is 0, 1 or 2 */
+#define ATC_DKV_BOUNDS(HD, KEEP) __launch_bounds__(ATC_WARPS * 32, (HD) <= 64 ? 4 - (KEEP) : 0)
 #else
 inline void atc_zero16(void *p)
 {
@@ -102,6 +104,7 @@ inline float atc_exp2(float x)
 }
 inline float2 atc_ld2(const float *p) { return emu_ld_aligned<float2>(p); }
 #define ATC_BOUNDS(HD, RG)
+#define ATC_DKV_BOUNDS(HD, KEEP)
 #endif
 
 /* ---------------------------------------------------------------- tiles and fragments */
@@ -629,11 +632,13 @@ __global__ void ATC_BOUNDS(HD, RG) k_atc_dq(float *dq, size_t ld, const bf16 *do
 static inline size_t atc_dq_smem(int hd, int rg) { return (2 + atc_qregion_tiles(rg, 2)) * atc_tile_bytes(hd); }
 
 /* dK, dV: grid (KV, B, ceil(T/64)) (the first key tiles, most query tiles, first),
- * ATC_WARPS*32 threads, atc_dkv_smem(HD) bytes; each
+ * ATC_WARPS*32 threads, atc_dkv_smem(HD) bytes; KEEP 1 or 2 keeps the warp's K and V
+ * fragments in registers (below), with 3 or 2 blocks a multiprocessor (at most 168 or 255
+ * registers a thread; 0: 4 blocks, 128) up to head_dim 64; each
  * warp owns 16 key rows and sums over the group's query heads and the query rows at or
  * after them. dk, dv rows of stride ld (fp32); dout, q, k, v the bf16 copies. */
-template <int HD>
-__global__ void ATC_BOUNDS(HD, 1) k_atc_dkv(float *dk, float *dv, size_t ld, const bf16 *dout, const float *lse,
+template <int HD, int KEEP>
+__global__ void ATC_DKV_BOUNDS(HD, KEEP) k_atc_dkv(float *dk, float *dv, size_t ld, const bf16 *dout, const float *lse,
                                          const float *D, const bf16 *q, const bf16 *k, const bf16 *v, int T, int H,
                                          int KV, float scale)
 {
@@ -676,6 +681,17 @@ __global__ void ATC_BOUNDS(HD, 1) k_atc_dkv(float *dk, float *dv, size_t ld, con
      * and dP^T of one pass (16 keys x 32 queries each) are live at a time: 128 registers
      * at head_dim 64 (ATC_BOUNDS), where whole tiles spill 280 bytes. */
     constexpr int NT = ATC_DKV_NT, QP = 8 * NT; /* queries a pass */
+    /* The A operands of S^T and dP^T, the warp's 16 rows of K and V: with KEEP taken once
+     * (kv[0] K, kv[1] V: 32 registers more at head_dim 64), else taken for each pass into
+     * kv[0] (fewer registers, twice the ldmatrix reads of the pass's products). */
+    constexpr int KV_V = KEEP ? 1 : 0; /* where V's fragments go */
+    u32 kv[1 + KV_V][KT][4];
+    if constexpr (KEEP) {
+        atc_cp_wait<1>(); /* the first group, K and V; query tile 0 may be in flight */
+        __syncthreads();
+        atc_frags_a<KT>(kv[0], Ks, ldh, 16 * warp);
+        atc_frags_a<KT>(kv[1], Vs, ldh, 16 * warp);
+    }
     atc_double_buffer(n_tiles, 1, load_tile, [&](int t, int cur) { /* K and V (the first group) landed too */
         const int i0 = i0_of(t);
         PC_UNROLL
@@ -684,18 +700,13 @@ __global__ void ATC_BOUNDS(HD, 1) k_atc_dkv(float *dk, float *dv, size_t ld, con
             const bf16 *Q = Qs[cur] + q0 * ldh, *dO = dOs[cur] + q0 * ldh;
             const float *ls = lseD[cur] + q0, *Ds = lseD[cur] + ATC_TILE + q0;
             float st[NT][4], dpt[NT][4];
-            {
-                u32 ka[KT][4];
-                atc_frags_a<KT>(ka, Ks, ldh, 16 * warp);
-                atc_zero<NT>(st);
-                atc_mma_abt<1, KT, NT>(&st, &ka, Q, ldh); /* S^T = K Q^T (16 keys, QP queries) */
-            }
-            {
-                u32 va[KT][4];
-                atc_frags_a<KT>(va, Vs, ldh, 16 * warp);
-                atc_zero<NT>(dpt);
-                atc_mma_abt<1, KT, NT>(&dpt, &va, dO, ldh); /* dP^T = V dO^T */
-            }
+            if constexpr (!KEEP) /* the warp's K and V fragments, taken again for each pass */
+                atc_frags_a<KT>(kv[0], Ks, ldh, 16 * warp);
+            atc_zero<NT>(st);
+            atc_mma_abt<1, KT, NT>(&st, &kv[0], Q, ldh); /* S^T = K Q^T (16 keys, QP queries) */
+            if constexpr (!KEEP) atc_frags_a<KT>(kv[KV_V], Vs, ldh, 16 * warp);
+            atc_zero<NT>(dpt);
+            atc_mma_abt<1, KT, NT>(&dpt, &kv[KV_V], dO, ldh); /* dP^T = V dO^T */
             /* query i0 + q0 + c counts for the lane's key row r when it is at or after the
              * key: atc_c_off(n, i) >= first[r]. Queries at or past T have zero Q and dO
              * rows, lse and D 0: P 1 and dS 0 there, which add nothing to dV nor dK. */

@@ -15,14 +15,15 @@
  * where their device time went, op by op, with each op's TFLOP/s or GB/s; the timed steps
  * above are not profiled.
  *
- * -groups sets the row groups of 16 query rows a warp of the tensor-core attention's
- * forward and dQ kernels own (attn_tc_set_groups: 1, 2, or 0 to tune per shape, the
- * default on a GPU); the shapes tuned are listed with both counts' times a call.
+ * -groups and -dkv set the tensor-core attention's kernel variants (attn_tc_set_variants:
+ * the row groups a warp of the forward and dQ kernels, 1 or 2, and the dK/dV kernel's
+ * 1 to 3; 0 tunes per shape, the default on a GPU); the shapes tuned are listed with each
+ * variant's time a call.
  *
  * -layers, -d, -ff and -vocab change the shape (tests run it tiny).
  *
  *   bench-gpu [-B 4] [-T 2048] [-steps 10] [-warmup 2] [-tf32 1] [-bf16 0] [-w16 1] [-attn 0]
- *             [-groups 0] [-peak TFLOPS] [-layers 16] [-device 0] [-prof 0] [-d 1344] [-ff 5376]
+ *             [-groups 0] [-dkv 0] [-peak TFLOPS] [-layers 16] [-device 0] [-prof 0] [-d 1344] [-ff 5376]
  *             [-vocab 128256] */
 #include <cuda_runtime.h>
 #include <math.h>
@@ -62,7 +63,7 @@ static int arg_int(int argc, char **argv, int *i, int *out)
 int main(int argc, char **argv)
 {
     int B = 4, T = 2048, steps = 10, warmup = 2, tf32 = 1, bf16 = 0, w16 = 1, attn = 0, layers = 16, device = 0;
-    int prof_steps = 0, groups = -1, d_model = 1344, d_ff = 5376, vocab = 128256;
+    int prof_steps = 0, groups = -1, dkv = -1, d_model = 1344, d_ff = 5376, vocab = 128256;
     double peak_tflops = 0.0;
     for (int i = 1; i < argc; i++) {
         int bad = 0;
@@ -75,6 +76,7 @@ int main(int argc, char **argv)
         else if (!strcmp(argv[i], "-w16")) bad = arg_int(argc, argv, &i, &w16);
         else if (!strcmp(argv[i], "-attn")) bad = arg_int(argc, argv, &i, &attn);
         else if (!strcmp(argv[i], "-groups")) bad = arg_int(argc, argv, &i, &groups) || groups > 2;
+        else if (!strcmp(argv[i], "-dkv")) bad = arg_int(argc, argv, &i, &dkv) || dkv > 3;
         else if (!strcmp(argv[i], "-layers")) bad = arg_int(argc, argv, &i, &layers);
         else if (!strcmp(argv[i], "-device")) bad = arg_int(argc, argv, &i, &device);
         else if (!strcmp(argv[i], "-prof")) bad = arg_int(argc, argv, &i, &prof_steps);
@@ -87,7 +89,7 @@ int main(int argc, char **argv)
             vocab < 2) {
             fprintf(stderr,
                     "usage: bench-gpu [-B 4] [-T 2048] [-steps 10] [-warmup 2] [-tf32 1] [-bf16 0] [-w16 1] [-attn 0] "
-                    "[-groups 0] [-peak TFLOPS] [-layers 16] [-device 0] [-prof 0] [-d 1344] [-ff 5376] [-vocab 128256]\n");
+                    "[-groups 0] [-dkv 0] [-peak TFLOPS] [-layers 16] [-device 0] [-prof 0] [-d 1344] [-ff 5376] [-vocab 128256]\n");
             return 2;
         }
     }
@@ -106,7 +108,12 @@ int main(int argc, char **argv)
     backend_cuda_set_tf32(be, tf32);
     if (bf16) be->ops->set_matmul(be, MATMUL_BF16);
     backend_cuda_set_attention(be, attn);
-    if (groups >= 0) attn_tc_set_groups(groups);
+    { /* the variants not given stay as they are */
+        attn_tc_variants v = attn_tc_set_variants((attn_tc_variants){1, 1});
+        if (groups >= 0) v.groups = groups;
+        if (dkv >= 0) v.dkv = dkv;
+        attn_tc_set_variants(v);
+    }
 
     llama_config c;
     hf_config_defaults(&c);

@@ -202,10 +202,10 @@ part_tests() { # the whole gpu suite, as tests/gpu/meson.build runs it
     part_kernels
     part_daemon
 }
-part_bench() { # run.sh gpu's bench-gpu modes, bf16 first with an op profile of two more steps, then
-    # the attention's forward and dQ kernels held to one and to two row groups a warp (the first tunes)
-    for mode in "-bf16 1 -attn 1 -prof 2" "-bf16 1 -attn 1 -groups 1" "-bf16 1 -attn 1 -groups 2" "-bf16 1" \
-        "-tf32 1" "-bf16 1 -w16 0" "-tf32 0"; do
+part_bench() { # run.sh gpu's bench-gpu modes, bf16 first with an op profile of two more steps and
+    # the attention's kernel variants tuned, then held to their first variants beside it
+    for mode in "-bf16 1 -attn 1 -prof 2" "-bf16 1 -attn 1 -groups 1 -dkv 1" "-bf16 1" "-tf32 1" "-bf16 1 -w16 0" \
+        "-tf32 0"; do
         # shellcheck disable=SC2086
         step "$out/bench-gpu.txt" 300 "$PC_BUILD/tests/gpu/bench-gpu" -B 4 -T 2048 $mode
     done

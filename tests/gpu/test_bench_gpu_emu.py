@@ -24,9 +24,9 @@ products and tensor-core attention, one timed step and one profiled step.
   which the attention forward and backward on tensor cores read (no copies of q, k, v;
   the backward rounds dO in its D pass: attention_bwd D, dO copy, and no D or dO copy
   of their own); the loss forward; the regions' total and its share of the wall time;
-- with -groups 0 the attention's forward and dQ kernels are tuned at the step's shape
-  (the emulator's default is one row group), and the tuned shapes are listed with both
-  row-group counts' times and the pick."""
+- with -groups 0 -dkv 0 the attention's forward, dQ and dK/dV kernels are tuned at the
+  step's shape (the emulator's default is their first variants), and the tuned shapes are
+  listed with each variant's time and the pick."""
 import math
 import re
 import subprocess
@@ -37,7 +37,7 @@ def main():
     exe = sys.argv[1]
     vocab = 512
     args = [exe, "-B", "1", "-T", "16", "-layers", "1", "-d", "128", "-ff", "256", "-vocab", str(vocab), "-steps", "1",
-            "-warmup", "1", "-bf16", "1", "-attn", "1", "-prof", "1", "-groups", "0"]
+            "-warmup", "1", "-bf16", "1", "-attn", "1", "-prof", "1", "-groups", "0", "-dkv", "0"]
     p = subprocess.run(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=500)
     print(p.stdout)
     fails = []
@@ -71,10 +71,10 @@ def main():
         check(calls.get(name) == n, f"profile: {name}: {calls.get(name)} calls (want {n})")
     check(re.search(r"^all regions\s+[0-9.]+\s+\([0-9.]+% of [0-9.]+ ms wall\)", p.stdout, re.M) is not None,
           "profile: the regions' total against the profiled step's wall time")
-    for kernel in ("forward", "dQ"):
-        check(re.search(rf"^attention_tc {kernel} B 1 T 16 H 32 KV 8 hd 64: 16 rows a warp [0-9.]+ ms, "
-                        r"32 rows [0-9.]+ ms: (16|32)$", p.stdout, re.M) is not None,
-              f"the {kernel} kernel tuned at the step's shape, both times and the pick listed")
+    for kernel, n in (("forward", 2), ("dQ", 2), ("dK dV", 3)):
+        variants = r" \d \([^)]+\) [0-9.]+ ms," * n
+        check(re.search(rf"^attention_tc {kernel} B 1 T 16 H 32 KV 8 hd 64:{variants} picked [1-{n}]$", p.stdout,
+                        re.M) is not None, f"the {kernel} kernel tuned at the step's shape, its {n} variants listed")
     sys.exit(1 if fails else 0)
 
 

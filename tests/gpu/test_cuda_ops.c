@@ -787,12 +787,12 @@ static void test_attention16(ctx *x)
     backend_cuda_set_attention(x->gpu, 0);
 }
 
-/* ---------------------------------------------------------------- attention row groups */
+/* ---------------------------------------------------------------- attention variants */
 
-/* Whether attn_tc_tuned_report lists kernel ("forward", "dQ") at this shape. */
+/* Whether attn_tc_tuned_report lists kernel ("forward", "dQ", "dK dV") at this shape. */
 static int tuned_listed(const char *kernel, int B, int T, int H, int KV, int hd)
 {
-    char want[96], line[256];
+    char want[96], line[512];
     snprintf(want, sizeof want, "attention_tc %s B %d T %d H %d KV %d hd %d:", kernel, B, T, H, KV, hd);
     FILE *f = tmpfile();
     if (!f) return 0;
@@ -804,27 +804,30 @@ static int tuned_listed(const char *kernel, int B, int T, int H, int KV, int hd)
     return found;
 }
 
-/* The tensor-core forward and dQ kernels with one row group of 16 query rows a warp, two,
- * and the count tuned per shape (attn_tc_set_groups 1, 2, 0) give the same bits: out (fp32
- * and bf16), lse and dq|dk|dv from the same bf16 q, k, v and dO. Where two groups are not
- * compiled (head_dim above 64) the call runs one; where they are, tuning lists the shape. */
-static void test_attention_groups_case(ctx *x, int B, int T, int H, int KV, int hd)
+/* The tensor-core kernels' variants (attn_tc_set_variants) give the same bits: one row
+ * group a warp and K, V fragments taken each pass (groups 1, dkv 1) against two groups
+ * with the fragments kept at 3 and at 2 blocks a multiprocessor, and against the variants
+ * tuned per shape (0, 0): out (fp32 and bf16), lse and dq|dk|dv from the same bf16 q, k,
+ * v and dO. Above head_dim 64 only the first variants are compiled and every setting runs
+ * them; up to it, tuning lists the shape. */
+static void test_attention_variants_case(ctx *x, int B, int T, int H, int KV, int hd)
 {
     const int C = (H + 2 * KV) * hd, qd = H * hd, kvd = KV * hd;
     const size_t N = (size_t)B * T, no = N * qd, nl = (size_t)B * H * T, nq = N * C;
-    char what[160];
+    char what[192];
     pair cs, sn;
     rope_pairs(x, T, hd, &cs, &sn);
     pair qkv = pair_randn(x, nq, 1.0f), dout = pair_randn(x, no, 1.0f);
     uint16_t *q16 = (uint16_t *)be_alloc(x->gpu, (nq + 1) / 2);
     x->gpu->ops->rope_qkv_16(x->gpu, q16, qkv.g, cs.g, sn.g, B, T, H, KV, hd, C);
-    const int groups[3] = {1, 2, 0};
+    enum { NV = 4 };
+    const attn_tc_variants set[NV] = {{1, 1}, {2, 2}, {2, 3}, {0, 0}};
     const size_t n[4] = {no, no / 2, nl, nq}; /* out, out16 (no even: hd is), lse, dq|dk|dv (stride C) */
     const char *name[4] = {"out", "out16", "lse", "dq|dk|dv"};
-    float *r[3][4];
-    const int was = attn_tc_set_groups(1);
-    for (int v = 0; v < 3; v++) {
-        attn_tc_set_groups(groups[v]);
+    float *r[NV][4];
+    const attn_tc_variants was = attn_tc_set_variants(set[0]);
+    for (int v = 0; v < NV; v++) {
+        attn_tc_set_variants(set[v]);
         for (int i = 0; i < 4; i++) r[v][i] = be_alloc(x->gpu, n[i]);
         be_copy(x->gpu, r[v][3], qkv.g, nq); /* the same start: every value must be written */
         x->gpu->ops->attention_fwd_16(x->gpu, r[v][1], 1, r[v][2], q16, B, T, H, KV, hd);
@@ -832,20 +835,26 @@ static void test_attention_groups_case(ctx *x, int B, int T, int H, int KV, int 
         x->gpu->ops->attention_bwd_16(x->gpu, r[v][3], r[v][3] + qd, r[v][3] + qd + kvd, dout.g, r[v][0], 0, r[v][2],
                                       q16, B, T, H, KV, hd, C);
     }
-    attn_tc_set_groups(was);
-    for (int v = 1; v < 3; v++)
+    attn_tc_set_variants(was);
+    for (int v = 1; v < NV; v++)
         for (int i = 0; i < 4; i++) {
-            snprintf(what, sizeof what, "attention row groups %s: %s bitwise one group's B=%d T=%d H=%d KV=%d hd=%d",
-                     v == 1 ? "2" : "tuned", name[i], B, T, H, KV, hd);
+            snprintf(what, sizeof what,
+                     "attention variants groups %d dkv %d (0: tuned): %s bitwise groups 1 dkv 1's B=%d T=%d H=%d KV=%d "
+                     "hd=%d",
+                     set[v].groups, set[v].dkv, name[i], B, T, H, KV, hd);
             same_bits(x, what, r[0][i], r[v][i], n[i]);
         }
     if (hd <= 64) {
-        snprintf(what, sizeof what, "attention row groups tuned: forward and dQ at B=%d T=%d H=%d KV=%d hd=%d listed",
+        snprintf(what, sizeof what, "attention variants tuned: forward, dQ, dK dV at B=%d T=%d H=%d KV=%d hd=%d listed",
                  B, T, H, KV, hd);
-        report(x, what, tuned_listed("forward", B, T, H, KV, hd) && tuned_listed("dQ", B, T, H, KV, hd) ? 0.0 : 1.0,
+        report(x, what,
+               tuned_listed("forward", B, T, H, KV, hd) && tuned_listed("dQ", B, T, H, KV, hd) &&
+                       tuned_listed("dK dV", B, T, H, KV, hd)
+                   ? 0.0
+                   : 1.0,
                0.5);
     }
-    for (int v = 0; v < 3; v++)
+    for (int v = 0; v < NV; v++)
         for (int i = 0; i < 4; i++) be_free(x->gpu, r[v][i]);
     be_free(x->gpu, q16);
     pair_free(x, &qkv);
@@ -854,18 +863,18 @@ static void test_attention_groups_case(ctx *x, int B, int T, int H, int KV, int 
     pair_free(x, &sn);
 }
 
-/* Ragged last blocks of 128 rows (T 130: two rows; 200), head_dim 16 and 48 (8-value
+/* Ragged last blocks of 128 query rows (T 130: two rows; 200), head_dim 16 and 48 (8-value
  * columns that do not divide a block's threads), a group of 3 query heads a KV head, and
- * head_dim 128 (one group whatever the setting). */
-static void test_attention_groups(ctx *x)
+ * head_dim 128 (the first variants whatever the setting). */
+static void test_attention_variants(ctx *x)
 {
     backend_cuda_set_attention(x->gpu, 1);
-    test_attention_groups_case(x, 2, 130, 4, 2, 64);
-    test_attention_groups_case(x, 1, 200, 3, 1, 16);
-    test_attention_groups_case(x, 1, 65, 2, 2, 48);
-    test_attention_groups_case(x, 1, 40, 2, 1, 128);
+    test_attention_variants_case(x, 2, 130, 4, 2, 64);
+    test_attention_variants_case(x, 1, 200, 3, 1, 16);
+    test_attention_variants_case(x, 1, 65, 2, 2, 48);
+    test_attention_variants_case(x, 1, 40, 2, 1, 128);
 #ifndef PC_TEST_EMU
-    test_attention_groups_case(x, 2, 1000, 8, 2, 64);
+    test_attention_variants_case(x, 2, 1000, 8, 2, 64);
 #endif
     backend_cuda_set_attention(x->gpu, 0);
 }
@@ -1241,7 +1250,7 @@ int main(void)
     test_rope(&x);
     test_attention(&x);
     test_attention16(&x);
-    test_attention_groups(&x);
+    test_attention_variants(&x);
     test_swiglu(&x);
     test_xent(&x);
     test_distill(&x);
