@@ -410,6 +410,11 @@ __device__ __forceinline__ void atc_mask_bound(int last[2], int row0, int k0, in
     last[0] = min(row0 + atc_c_row(0), T - 1) - k0 - atc_c_col(0, 0);
     last[1] = min(row0 + atc_c_row(2), T - 1) - k0 - atc_c_col(0, 0);
 }
+/* Whether the mask drops any of the keys k0..k0+n-1 for the 16 rows from row0: the last key
+ * is after the first row or at or past T. Warp-uniform, so that the tiles below the
+ * diagonal (nearly all of a long sequence's) skip the mask's comparisons and selects by
+ * one branch; what it would select is what they keep, so the bits are the same. */
+__device__ __forceinline__ bool atc_masked(int k0, int n, int row0, int T) { return k0 + n - 1 > min(row0, T - 1); }
 
 /* ---------------------------------------------------------------- forward */
 
@@ -422,18 +427,22 @@ __device__ __forceinline__ void atc_fwd_softmax(float s[ATC_NT][4], float o[HD /
                                                 int k0, int row0, int T, float scale2)
 {
     constexpr int DT = HD / 8;
-    int last[2];
-    atc_mask_bound(last, row0, k0, T);
+    if (atc_masked(k0, ATC_TILE, row0, T)) {
+        int last[2];
+        atc_mask_bound(last, row0, k0, T);
+        PC_UNROLL
+        for (int n = 0; n < ATC_NT; n++)
+            PC_UNROLL
+            for (int i = 0; i < 4; i++)
+                if (atc_c_off(n, i) > last[i >> 1]) s[n][i] = -INFINITY;
+    }
     /* online softmax: the row max over the tile (the lane's 16 columns, then its quad's),
      * of the raw scores, scaled once per row (scale2 > 0) */
     float mx[2] = {-INFINITY, -INFINITY};
     PC_UNROLL
     for (int n = 0; n < ATC_NT; n++)
         PC_UNROLL
-        for (int i = 0; i < 4; i++) {
-            if (atc_c_off(n, i) > last[i >> 1]) s[n][i] = -INFINITY;
-            mx[i >> 1] = fmaxf(mx[i >> 1], s[n][i]);
-        }
+        for (int i = 0; i < 4; i++) mx[i >> 1] = fmaxf(mx[i >> 1], s[n][i]);
     float alpha[2];
     PC_UNROLL
     for (int r = 0; r < 2; r++) {
@@ -553,21 +562,24 @@ __device__ __forceinline__ void atc_dq_pass(float (*acc)[HD / 8][4], const u32 (
     u32 dsa[G][NT / 2][4];
     PC_UNROLL
     for (int g = 0; g < G; g++) {
-        /* key j counts for query qi when j <= qi and j < T (atc_mask_bound); rows at or past
-         * T are not stored, and their dO rows are zero, so their dS is too */
-        int last[2];
-        atc_mask_bound(last, w0 + 16 * (G0 + g), k0, T);
         PC_UNROLL
         for (int n = 0; n < NT; n++)
             PC_UNROLL
-            for (int i = 0; i < 4; i++) {
-                const int r = i >> 1;
-                /* computed for every key and selected, branch-free: a masked one's exp
-                 * (even an inf) is dropped before it multiplies anything */
-                const float ds =
-                    atc_exp2(fmaf(scale2, s[g][n][i], -lse_r[G0 + g][r])) * (dp[g][n][i] - D_r[G0 + g][r]);
-                s[g][n][i] = atc_c_off(n, i) <= last[r] ? ds : 0.0f; /* dS */
-            }
+            for (int i = 0; i < 4; i++) /* dS, computed for every key */
+                s[g][n][i] = atc_exp2(fmaf(scale2, s[g][n][i], -lse_r[G0 + g][i >> 1])) *
+                             (dp[g][n][i] - D_r[G0 + g][i >> 1]);
+        /* key j counts for query qi when j <= qi and j < T (atc_mask_bound): the masked
+         * ones (even an inf) are dropped before they multiply anything. Rows at or past T
+         * are not stored, and their dO rows are zero, so their dS is too. */
+        if (atc_masked(k0, 8 * NT, w0 + 16 * (G0 + g), T)) {
+            int last[2];
+            atc_mask_bound(last, w0 + 16 * (G0 + g), k0, T);
+            PC_UNROLL
+            for (int n = 0; n < NT; n++)
+                PC_UNROLL
+                for (int i = 0; i < 4; i++)
+                    if (atc_c_off(n, i) > last[i >> 1]) s[g][n][i] = 0.0f;
+        }
         atc_c_to_a<NT>(dsa[g], s[g]);
     }
     atc_mma_ab<G, NT / 2, DT>(acc + G0, dsa, Kp, ldh); /* dQ += dS K */
@@ -710,20 +722,29 @@ __global__ void ATC_DKV_BOUNDS(HD, KEEP) k_atc_dkv(float *dk, float *dv, size_t 
             /* query i0 + q0 + c counts for the lane's key row r when it is at or after the
              * key: atc_c_off(n, i) >= first[r]. Queries at or past T have zero Q and dO
              * rows, lse and D 0: P 1 and dS 0 there, which add nothing to dV nor dK. */
-            const int c0 = i0 + q0 + atc_c_col(0, 0);
-            const int first[2] = {w0 + atc_c_row(0) - c0, w0 + atc_c_row(2) - c0};
+            float2 l2[NT], d2[NT]; /* the lse and D of the lane's two columns (atc_c_col(n, 0 | 1)) */
             PC_UNROLL
             for (int n = 0; n < NT; n++) {
-                /* the lse and D of the lane's two columns (atc_c_col(n, 0 | 1), even and odd) */
-                const float2 l2 = atc_ld2(ls + atc_c_col(n, 0)), d2 = atc_ld2(Ds + atc_c_col(n, 0));
+                l2[n] = atc_ld2(ls + atc_c_col(n, 0)), d2[n] = atc_ld2(Ds + atc_c_col(n, 0));
                 PC_UNROLL
-                for (int i = 0; i < 4; i++) {
-                    /* computed for every query and selected, branch-free (as in dQ) */
-                    const float e = atc_exp2(fmaf(scale2, st[n][i], -(i & 1 ? l2.y : l2.x)));
-                    st[n][i] = atc_c_off(n, i) >= first[i >> 1] ? e : 0.0f;    /* P^T */
-                    dpt[n][i] = st[n][i] * (dpt[n][i] - (i & 1 ? d2.y : d2.x)); /* dS^T */
-                }
+                for (int i = 0; i < 4; i++) /* P^T, computed for every query */
+                    st[n][i] = atc_exp2(fmaf(scale2, st[n][i], -(i & 1 ? l2[n].y : l2[n].x)));
             }
+            /* queries before a key are dropped (as in dQ), where the pass has any: one
+             * whose first query comes before the warp's last key (warp-uniform) */
+            if (i0 + q0 < w0 + 15) {
+                const int c0 = i0 + q0 + atc_c_col(0, 0);
+                const int first[2] = {w0 + atc_c_row(0) - c0, w0 + atc_c_row(2) - c0};
+                PC_UNROLL
+                for (int n = 0; n < NT; n++)
+                    PC_UNROLL
+                    for (int i = 0; i < 4; i++)
+                        if (atc_c_off(n, i) < first[i >> 1]) st[n][i] = 0.0f;
+            }
+            PC_UNROLL
+            for (int n = 0; n < NT; n++)
+                PC_UNROLL
+                for (int i = 0; i < 4; i++) dpt[n][i] = st[n][i] * (dpt[n][i] - (i & 1 ? d2[n].y : d2[n].x)); /* dS^T */
             u32 fa[NT / 2][4];
             atc_c_to_a<NT>(fa, st);
             atc_mma_ab<1, NT / 2, DT>(&dv_acc, &fa, dO, ldh); /* dV += P^T dO */
