@@ -28,14 +28,14 @@ typedef __nv_bfloat16 bf16;
 typedef uint32_t u32;
 
 #ifndef PC_SIMT_EMU
-/* 16 bytes of zeros into shared memory at p, 16-byte aligned. */
-__device__ __forceinline__ void atc_zero16(void *p) { *(uint4 *)p = make_uint4(0u, 0u, 0u, 0u); }
 /* cp.async (tests/gpu/simt_emu.h): 16 bytes from global src to shared dst, both 16-byte
- * aligned, in flight until the thread waits for its group (atc_cp_wait). */
-__device__ __forceinline__ void atc_cp16(void *dst, const void *src)
+ * aligned, or with copy false 16 zeros (src-size 0: nothing read; src still a valid
+ * address), in flight until the thread waits for its group (atc_cp_wait). The zeros take
+ * the copy's path, where a store beside it took a branch and the compiler's padding. */
+__device__ __forceinline__ void atc_cp16(void *dst, const void *src, bool copy)
 {
-    const u32 d = (u32)__cvta_generic_to_shared(dst);
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(d), "l"(src));
+    const u32 d = (u32)__cvta_generic_to_shared(dst), n = copy ? 16u : 0u;
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(d), "l"(src), "r"(n));
 }
 /* The thread's copies issued since the last commit become a group. */
 __device__ __forceinline__ void atc_cp_commit() { asm volatile("cp.async.commit_group;\n" ::); }
@@ -87,12 +87,7 @@ __device__ __forceinline__ float2 atc_ld2(const float *p) { return *(const float
 /* dK/dV (k_atc_dkv): 4, 3 or 2 blocks up to head_dim 64 as KEEP is 0, 1 or 2 */
 #define ATC_DKV_BOUNDS(HD, KEEP) __launch_bounds__(ATC_WARPS * 32, (HD) <= 64 ? 4 - (KEEP) : 0)
 #else
-inline void atc_zero16(void *p)
-{
-    emu_in_smem(p, 16, "store to");
-    emu_st_aligned<uint4>(p, make_uint4(0u, 0u, 0u, 0u));
-}
-#define atc_cp16 emu_cp_async16
+inline void atc_cp16(void *dst, const void *src, bool copy) { emu_cp_async16(dst, src, copy ? 16u : 0u); }
 #define atc_cp_commit emu_cp_commit
 template <int N> inline void atc_cp_wait() { emu_cp_wait(N); }
 #define atc_mma emu_mma_16816
@@ -128,7 +123,7 @@ struct atc_src {
 /* Issues the copies of ROWS x HD of one or two head views (a, b) from row r0 into bf16
  * tiles of row stride HD + ATC_PAD (16-byte cp.async copies by the block's ATC_WARPS * 32
  * threads) and commits them as one group of each thread's; rows at or past T are zero
- * (stored at once). The tiles are the block's to read once every thread has waited for the
+ * (filled by the same copies, reading nothing). The tiles are the block's to read once every thread has waited for the
  * group (atc_cp_wait) and passed a barrier after it. The sources and their ld keep 16-byte
  * alignment. Each thread copies one column of 8 values, every RSTEP-th row from its first,
  * so that its addresses are one base and a constant step (with runtime sizes and a flat
@@ -145,16 +140,16 @@ template <int HD, int ROWS> __device__ __forceinline__ void atc_load(atc_src a, 
         for (int j = 0; j < 2; j++) {
             const atc_src t = j ? b : a;
             if (!t.src) continue;
-            const bf16 *src = t.src + (size_t)r0 * t.ld + tr * t.ld + c; /* row r0 + tr */
+            /* row r0 (< T), where a zero fill points (reading nothing); row r0 + r at an int
+             * offset (at most 128 rows of H hd values), selected in 32 bits */
+            const bf16 *src0 = t.src + (size_t)r0 * t.ld + c;
             bf16 *dst = t.dst + tr * LDH + c;
             PC_UNROLL
             for (int i = 0; i < (ROWS + RSTEP - 1) / RSTEP; i++) {
                 const int r = tr + i * RSTEP; /* of the tile */
                 if (ROWS % RSTEP != 0 && r >= ROWS) break;
-                if (r0 + r < T)
-                    atc_cp16(dst + i * RSTEP * LDH, src + i * RSTEP * t.ld);
-                else
-                    atc_zero16(dst + i * RSTEP * LDH);
+                const bool in = r0 + r < T;
+                atc_cp16(dst + i * RSTEP * LDH, src0 + (in ? r * t.ld : 0), in);
             }
         }
     }

@@ -406,15 +406,21 @@ inline void emu_ldmatrix_x4(uint32_t r[4], const void *p, int trans)
 }
 
 /* cp.async.cg.shared.global (16 bytes): dst in the block's dynamic shared memory and src
- * both 16-byte aligned. dst holds NaN bytes until the thread waits for the group. */
-inline void emu_cp_async16(void *dst, const void *src)
+ * both 16-byte aligned; src_bytes (PTX's src-size) 16 copies, 0 reads nothing and fills
+ * dst with zeros (any other size aborts). dst holds NaN bytes until the thread waits for
+ * the group. */
+inline void emu_cp_async16(void *dst, const void *src, unsigned src_bytes = 16)
 {
     char *d = (char *)dst;
     emu_aligned(d, 16, "cp.async to");
     emu_aligned(src, 16, "cp.async from");
     emu_in_smem(d, 16, "cp.async to");
+    if (src_bytes != 0 && src_bytes != 16) {
+        fprintf(stderr, "simt_emu: cp.async src-size %u: only 0 and 16 are emulated\n", src_bytes);
+        abort();
+    }
     std::memset(d, 0xff, 16);
-    emu.cp_open[threadIdx.x].emplace_back(d, (const char *)src);
+    emu.cp_open[threadIdx.x].emplace_back(d, src_bytes ? (const char *)src : nullptr); /* nullptr: zeros */
 }
 /* cp.async.commit_group: the thread's copies issued since its last commit become a group. */
 inline void emu_cp_commit()
@@ -427,7 +433,11 @@ inline void emu_cp_wait(unsigned n)
 {
     auto &g = emu.cp_groups[threadIdx.x];
     while (g.size() > n) {
-        for (auto &c : g.front()) std::memcpy(c.first, c.second, 16);
+        for (auto &c : g.front())
+            if (c.second)
+                std::memcpy(c.first, c.second, 16);
+            else
+                std::memset(c.first, 0, 16);
         g.pop_front();
     }
 }

@@ -283,13 +283,14 @@ static void frag_products()
     cudaFree(d2);
 }
 
-/* cp.async of 16 bytes (4 floats) from x into shared memory: what the thread reads there
- * before waiting for the group (out[0]) and after (out[1]), as sums. Misaligned
- * addresses and destinations outside shared memory abort (offsets in floats). */
-__global__ void k_cp_async(float *out, const float *x, int src_off, int dst_off, int to_global)
+/* cp.async of 16 bytes (4 floats) from x into shared memory, or of zeros with src_bytes
+ * 0: what the thread reads there before waiting for the group (out[0]) and after
+ * (out[1]), as sums. Misaligned addresses, destinations outside shared memory and other
+ * source sizes abort (offsets in floats). */
+__global__ void k_cp_async(float *out, const float *x, int src_off, int dst_off, int to_global, unsigned src_bytes)
 {
     float *sm = (float *)atc_smem_base();
-    emu_cp_async16(to_global ? out + 4 : sm + dst_off, x + src_off);
+    emu_cp_async16(to_global ? out + 4 : sm + dst_off, x + src_off, src_bytes);
     emu_cp_commit();
     out[0] = sm[0] + sm[1] + sm[2] + sm[3];
     emu_cp_wait(0);
@@ -302,14 +303,18 @@ static void cp_async()
     cudaMalloc((void **)&x, 8 * sizeof *x);
     cudaMalloc((void **)&out, 8 * sizeof *out);
     for (int i = 0; i < 8; i++) x[i] = (float)i;
-    PC_LAUNCH(k_cp_async, 1, 1, 64, nullptr)(out, x, 4, 0, 0);
+    PC_LAUNCH(k_cp_async, 1, 1, 64, nullptr)(out, x, 4, 0, 0, 16u);
     check(std::isnan(out[0]) && out[1] == 4.0f + 5.0f + 6.0f + 7.0f,
           "cp.async: the destination is undefined (NaN) until the group is waited for, then the copy");
-    check(aborts_with([&] { PC_LAUNCH(k_cp_async, 1, 1, 64, nullptr)(out, x, 2, 0, 0); }, "not 16-byte aligned"),
+    PC_LAUNCH(k_cp_async, 1, 1, 64, nullptr)(out, x, 4, 0, 0, 0u);
+    check(std::isnan(out[0]) && out[1] == 0.0f, "cp.async with src-size 0: undefined until waited for, then zeros");
+    check(aborts_with([&] { PC_LAUNCH(k_cp_async, 1, 1, 64, nullptr)(out, x, 4, 0, 0, 8u); }, "src-size 8"),
+          "cp.async with another src-size aborts");
+    check(aborts_with([&] { PC_LAUNCH(k_cp_async, 1, 1, 64, nullptr)(out, x, 2, 0, 0, 16u); }, "not 16-byte aligned"),
           "cp.async from an 8-byte aligned address aborts");
-    check(aborts_with([&] { PC_LAUNCH(k_cp_async, 1, 1, 64, nullptr)(out, x, 0, 2, 0); }, "not 16-byte aligned"),
+    check(aborts_with([&] { PC_LAUNCH(k_cp_async, 1, 1, 64, nullptr)(out, x, 0, 2, 0, 16u); }, "not 16-byte aligned"),
           "cp.async to an 8-byte aligned address aborts");
-    check(aborts_with([&] { PC_LAUNCH(k_cp_async, 1, 1, 64, nullptr)(out, x, 0, 0, 1); },
+    check(aborts_with([&] { PC_LAUNCH(k_cp_async, 1, 1, 64, nullptr)(out, x, 0, 0, 1, 16u); },
                       "outside the block's dynamic shared memory"),
           "cp.async to global memory aborts");
     cudaFree(x);
