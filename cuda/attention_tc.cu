@@ -43,9 +43,10 @@
 
 /* ---------------------------------------------------------------- launchers */
 
-/* Row groups a warp of the forward and dQ kernels may own at head_dim hd: two up to 64
- * (beyond, two groups' accumulators and fragments do not fit 255 registers). */
-static int atc_rg_max(int hd) { return hd <= 64 ? 2 : 1; }
+/* Row groups a warp of the forward and dQ kernels may own at head_dim hd: two up to
+ * ATC_VARIANT_HD_MAX (beyond, two groups' accumulators and fragments do not fit 255
+ * registers). */
+static int atc_rg_max(int hd) { return hd <= ATC_VARIANT_HD_MAX ? 2 : 1; }
 
 extern "C" int attn_tc_supported(int hd, size_t smem_optin)
 {
@@ -114,17 +115,6 @@ static dim3 atc_grid(int T, int heads, int B, int rows)
              abort();                                                                                      \
     }
 
-/* F<HD, 1> or, with rg 2 where atc_rg_max allows it, F<HD, 2>: only those are compiled. */
-#define ATC_RG(F, HD, rg, ...)                                 \
-    do {                                                       \
-        if constexpr ((HD) <= 64)                              \
-            if ((rg) == 2) {                                   \
-                F<HD, 2>(__VA_ARGS__);                         \
-                break;                                         \
-            }                                                  \
-        F<HD, 1>(__VA_ARGS__);                                 \
-    } while (0)
-
 template <int HD, int RG>
 static void atc_fwd_rg(cudaStream_t s, void *out, int out16, float *lse, const atc_copies &c, int B, int T, int H,
                        int KV)
@@ -136,11 +126,14 @@ static void atc_fwd_rg(cudaStream_t s, void *out, int out16, float *lse, const a
      1.0f / sqrtf((float)HD));
     CUDA_CHECK(cudaGetLastError());
 }
+/* rg 2 where the head_dim has it (atc_rg_max), else 1 */
 template <int HD>
 static void atc_fwd(int rg, cudaStream_t s, void *out, int out16, float *lse, const atc_copies &c, int B, int T, int H,
                     int KV)
 {
-    ATC_RG(atc_fwd_rg, HD, rg, s, out, out16, lse, c, B, T, H, KV);
+    if constexpr (HD <= ATC_VARIANT_HD_MAX)
+        if (rg == 2) return atc_fwd_rg<HD, 2>(s, out, out16, lse, c, B, T, H, KV);
+    atc_fwd_rg<HD, 1>(s, out, out16, lse, c, B, T, H, KV);
 }
 
 template <int HD, int RG>
@@ -153,11 +146,14 @@ static void atc_dq_rg(cudaStream_t s, float *dq, size_t ld, const float *lse, co
     (dq, ld, c.dout, lse, D, c.q, c.k, c.v, T, H, KV, 1.0f / sqrtf((float)HD));
     CUDA_CHECK(cudaGetLastError());
 }
+/* likewise */
 template <int HD>
 static void atc_dq(int rg, cudaStream_t s, float *dq, size_t ld, const float *lse, const float *D, const atc_copies &c,
                    int B, int T, int H, int KV)
 {
-    ATC_RG(atc_dq_rg, HD, rg, s, dq, ld, lse, D, c, B, T, H, KV);
+    if constexpr (HD <= ATC_VARIANT_HD_MAX)
+        if (rg == 2) return atc_dq_rg<HD, 2>(s, dq, ld, lse, D, c, B, T, H, KV);
+    atc_dq_rg<HD, 1>(s, dq, ld, lse, D, c, B, T, H, KV);
 }
 
 template <int HD, int KEEP>
@@ -170,13 +166,13 @@ static void atc_dkv_keep(cudaStream_t s, float *dk, float *dv, size_t ld, const 
     (dk, dv, ld, c.dout, lse, D, c.q, c.k, c.v, T, H, KV, 1.0f / sqrtf((float)HD));
     CUDA_CHECK(cudaGetLastError());
 }
-/* variant 1: K and V fragments taken for each pass; 2 and 3 (head_dim up to 64): kept,
- * with 3 and 2 blocks a multiprocessor (k_atc_dkv's KEEP 1, 2) */
+/* variant 1: K and V fragments taken for each pass; 2 and 3 (where the head_dim has them,
+ * atc_dkv_variants): kept, with 3 and 2 blocks a multiprocessor (k_atc_dkv's KEEP 1, 2) */
 template <int HD>
 static void atc_dkv(int variant, cudaStream_t s, float *dk, float *dv, size_t ld, const float *lse, const float *D,
                     const atc_copies &c, int B, int T, int H, int KV)
 {
-    if constexpr (HD <= 64) {
+    if constexpr (HD <= ATC_VARIANT_HD_MAX) {
         if (variant == 2) return atc_dkv_keep<HD, 1>(s, dk, dv, ld, lse, D, c, B, T, H, KV);
         if (variant == 3) return atc_dkv_keep<HD, 2>(s, dk, dv, ld, lse, D, c, B, T, H, KV);
     }
@@ -192,7 +188,7 @@ struct atc_kernel {
     const char *name, *label[ATC_VARIANTS];
     int (*n_variants)(int hd);
 };
-static int atc_dkv_variants(int hd) { return hd <= 64 ? 3 : 1; }
+static int atc_dkv_variants(int hd) { return hd <= ATC_VARIANT_HD_MAX ? 3 : 1; }
 static const atc_kernel atc_fwd_kernel = {"forward", {"16 rows a warp", "32 rows a warp", ""}, atc_rg_max};
 static const atc_kernel atc_dq_kernel = {"dQ", {"16 rows a warp", "32 rows a warp", ""}, atc_rg_max};
 static const atc_kernel atc_dkv_kernel = {

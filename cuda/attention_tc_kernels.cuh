@@ -20,6 +20,7 @@
 #define ATC_DQ_NT 2                /* dQ: 16 x 8 products across a pass's 16 keys of a tile */
 #define ATC_DKV_NT 4               /* dK/dV: 16 x 8 products across a pass's 32 queries of a tile */
 #define ATC_HD_MAX 128
+#define ATC_VARIANT_HD_MAX 64 /* head_dims with the kernels' variants beyond the first (attention_tc.h) */
 #define ATC_LOG2E 1.44269504088896340736f /* exp(x) = exp2(x log2 e): the softmax in base 2, scale folded in */
 #define ATC_LN2 0.69314718055994530942f
 #define ATC_PAD 8 /* bf16 row padding: the 8 rows of an ldmatrix matrix (16 bytes each) fall in 32 banks */
