@@ -235,7 +235,10 @@ static void cu_destroy(backend *be)
 {
     cuda_impl *c = impl_of(be);
     CUDA_CHECK(cudaStreamSynchronize(c->stream));
-    if (c->prof_at_exit) backend_cuda_profile_report(be, stderr, 0.0);
+    if (c->prof_at_exit) {
+        backend_cuda_profile_report(be, stderr, 0.0);
+        attn_tc_tuned_report(stderr);
+    }
     prof_destroy(c->prof);
     CUDA_CHECK(cudaFree(c->att_d));
     CUDA_CHECK(cudaFree(c->dw_part));
