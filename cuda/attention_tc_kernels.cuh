@@ -440,15 +440,23 @@ __device__ __forceinline__ void atc_fwd_softmax(float s[ATC_NT][4], float o[HD /
         PC_UNROLL
         for (int i = 0; i < 4; i++) mx[i >> 1] = fmaxf(mx[i >> 1], s[n][i]);
     float alpha[2];
+    bool grew = false;
     PC_UNROLL
     for (int r = 0; r < 2; r++) {
         mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 1));
         mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 2));
         const float m_new = fmaxf(m[r], scale2 * mx[r]); /* finite: key 0 <= every row lies in the first tile */
+        grew |= m_new != m[r];
         alpha[r] = atc_exp2(m[r] - m_new);
         m[r] = m_new;
-        l[r] *= alpha[r]; /* the lane's part of the row sum; the quad's are added at the end */
     }
+    /* The sum and the output are rescaled by alpha = 2^(m_old - m_new) unless no row of
+     * the group has a new max (warp-uniform), where alpha is 2^0 = 1 for every row and
+     * rescaling changes nothing: past the first tiles, the case of most. */
+    const bool rescale = __ballot_sync(0xffffffffu, grew) != 0u;
+    if (rescale)
+        PC_UNROLL
+        for (int r = 0; r < 2; r++) l[r] *= alpha[r]; /* the lane's part of the row sum; the quad's are added at the end */
     PC_UNROLL
     for (int n = 0; n < ATC_NT; n++)
         PC_UNROLL
@@ -456,11 +464,12 @@ __device__ __forceinline__ void atc_fwd_softmax(float s[ATC_NT][4], float o[HD /
             s[n][i] = atc_exp2(fmaf(scale2, s[n][i], -m[i >> 1])); /* 0 where masked */
             l[i >> 1] += s[n][i];
         }
-    PC_UNROLL
-    for (int n = 0; n < DT; n++) {
-        o[n][0] *= alpha[0], o[n][1] *= alpha[0];
-        o[n][2] *= alpha[1], o[n][3] *= alpha[1];
-    }
+    if (rescale)
+        PC_UNROLL
+        for (int n = 0; n < DT; n++) {
+            o[n][0] *= alpha[0], o[n][1] *= alpha[0];
+            o[n][2] *= alpha[1], o[n][3] *= alpha[1];
+        }
 }
 
 /* One key tile (keys k0.., K and V in the row-major tiles Ks, Vs) of the forward for the
