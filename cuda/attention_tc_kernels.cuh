@@ -38,6 +38,12 @@ __device__ __forceinline__ void atc_cp16(void *dst, const void *src, bool copy)
     const u32 d = (u32)__cvta_generic_to_shared(dst), n = copy ? 16u : 0u;
     asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(d), "l"(src), "r"(n));
 }
+/* The same of one float (4 bytes, 4-byte aligned; cp.async.ca, .cg copying 16 only). */
+__device__ __forceinline__ void atc_cp4(float *dst, const float *src, bool copy)
+{
+    const u32 d = (u32)__cvta_generic_to_shared(dst), n = copy ? 4u : 0u;
+    asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(d), "l"(src), "r"(n));
+}
 /* The thread's copies issued since the last commit become a group. */
 __device__ __forceinline__ void atc_cp_commit() { asm volatile("cp.async.commit_group;\n" ::); }
 /* Wait until at most N of the thread's newest groups are in flight. */
@@ -82,13 +88,14 @@ __device__ __forceinline__ float atc_exp2(float x)
 __device__ __forceinline__ float2 atc_ld2(const float *p) { return *(const float2 *)p; }
 /* Up to head_dim 64 every kernel with one row group a warp (RG 1) keeps to 128 registers a
  * thread, so that 4 blocks of 4 warps fit a multiprocessor's 64K (ptxas alone gives dK/dV
- * 160; held to 128 it keeps one 8-byte value in local memory, read once a tile); two
+ * 160; held to 128 it keeps 20 bytes in local memory at head_dim 64, 12 at 48); two
  * groups (RG 2, up to head_dim 64: atc_rg_max) keep to 255, 2 blocks; beyond, no minimum (0). */
 #define ATC_BOUNDS(HD, RG) __launch_bounds__(ATC_WARPS * 32, (HD) <= 64 ? 4 / (RG) : 0)
 /* dK/dV (k_atc_dkv): 4, 3 or 2 blocks up to head_dim 64 as KEEP is 0, 1 or 2 */
 #define ATC_DKV_BOUNDS(HD, KEEP) __launch_bounds__(ATC_WARPS * 32, (HD) <= 64 ? 4 - (KEEP) : 0)
 #else
 inline void atc_cp16(void *dst, const void *src, bool copy) { emu_cp_async16(dst, src, copy ? 16u : 0u); }
+inline void atc_cp4(float *dst, const float *src, bool copy) { emu_cp_async(dst, src, 4u, copy ? 4u : 0u); }
 #define atc_cp_commit emu_cp_commit
 template <int N> inline void atc_cp_wait() { emu_cp_wait(N); }
 #define atc_mma emu_mma_16816
@@ -666,7 +673,7 @@ __global__ void ATC_DKV_BOUNDS(HD, KEEP) k_atc_dkv(float *dk, float *dv, size_t 
     bf16 *Vs = atc_take<bf16>(p, (size_t)ATC_ROWS * ldh); /* (64 keys, HD) */
     const atc_two<bf16> Qs = atc_take_tiles(p, HD), dOs = atc_take_tiles(p, HD); /* (64 queries, HD) each */
     float *ld0 = atc_take<float>(p, 2 * ATC_TILE), *ld1 = atc_take<float>(p, 2 * ATC_TILE);
-    const atc_two<float> lseD = {ld0, ld1}; /* (2, 64) each: the query tile's lse (base 2) and D */
+    const atc_two<float> lseD = {ld0, ld1}; /* (2, 64) each: the query tile's lse and D */
 
     const int g = blockIdx.x, b = blockIdx.y, group = H / KV, warp = threadIdx.x >> 5;
     const int k0 = blockIdx.z * ATC_ROWS, w0 = k0 + 16 * warp;
@@ -677,16 +684,19 @@ __global__ void ATC_DKV_BOUNDS(HD, KEEP) k_atc_dkv(float *dk, float *dv, size_t 
     const int nq = (T - k0 + ATC_TILE - 1) / ATC_TILE, n_tiles = group * nq;
     auto head = [&](int t) { return g * group + t / nq; };
     auto i0_of = [&](int t) { return k0 + (t % nq) * ATC_TILE; };
-    /* query tile t into buffer j: Q and dO copied, lse (base 2) and D stored at once */
+    /* query tile t into buffer j: its lse and D (0 past T) and Q and dO, all copied by
+     * cp.async in one group (atc_load commits it), so that no thread waits for a load of
+     * its own before the tile's work */
     auto load_tile = [&](int t, int j) {
         const int h = head(t), i0 = i0_of(t);
+        const size_t row = ((size_t)b * H + h) * T + i0; /* of lse and D: (B,H,T) */
+        for (int r = threadIdx.x; r < ATC_TILE; r += blockDim.x) {
+            const bool in = i0 + r < T;
+            atc_cp4(lseD[j] + r, lse + row + (in ? r : 0), in);
+            atc_cp4(lseD[j] + ATC_TILE + r, D + row + (in ? r : 0), in);
+        }
         atc_load<HD, ATC_TILE>({Qs[j], q + tok * H * HD + (size_t)h * HD, H * HD},
                                {dOs[j], dout + tok * H * HD + (size_t)h * HD, H * HD}, i0, T);
-        for (int r = threadIdx.x; r < ATC_TILE; r += blockDim.x) {
-            const int i = i0 + r;
-            lseD[j][r] = i < T ? lse[((size_t)b * H + h) * T + i] * ATC_LOG2E : 0.0f;
-            lseD[j][ATC_TILE + r] = i < T ? D[((size_t)b * H + h) * T + i] : 0.0f;
-        }
     };
 
     atc_load<HD, ATC_ROWS>({Ks, kh, KV * HD}, {Vs, vh, KV * HD}, k0, T);
@@ -732,8 +742,8 @@ __global__ void ATC_DKV_BOUNDS(HD, KEEP) k_atc_dkv(float *dk, float *dv, size_t 
             for (int n = 0; n < NT; n++) {
                 l2[n] = atc_ld2(ls + atc_c_col(n, 0)), d2[n] = atc_ld2(Ds + atc_c_col(n, 0));
                 PC_UNROLL
-                for (int i = 0; i < 4; i++) /* P^T, computed for every query */
-                    st[n][i] = atc_exp2(fmaf(scale2, st[n][i], -(i & 1 ? l2[n].y : l2[n].x)));
+                for (int i = 0; i < 4; i++) /* P^T, computed for every query (lse in base 2) */
+                    st[n][i] = atc_exp2(fmaf(scale2, st[n][i], -((i & 1 ? l2[n].y : l2[n].x) * ATC_LOG2E)));
             }
             /* queries before a key are dropped (as in dQ), where the pass has any: one
              * whose first query comes before the warp's last key (warp-uniform) */

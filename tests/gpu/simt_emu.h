@@ -196,6 +196,12 @@ struct emu_fiber {
 };
 
 /* Everything the fibers share. */
+/* One cp.async copy: n bytes from src to dst, or zeros where src is null. */
+struct emu_cp {
+    char *dst;
+    const char *src;
+    unsigned n;
+};
 struct emu_state {
     std::vector<std::unique_ptr<emu_fiber>> fibers; /* grown to the largest block */
     jmp_buf sched;                                  /* the scheduler, while a fiber runs */
@@ -204,10 +210,10 @@ struct emu_state {
     std::vector<double> shfl;                       /* 32 per warp */
     std::vector<uint32_t> mma;                      /* EMU_MMA_WORDS per lane (emu_mma_16816) */
     std::vector<const char *> ldsm;                 /* 32 row addresses per warp (emu_ldmatrix_x4) */
-    /* per thread: its cp.async copies (dst, src) of 16 bytes not yet committed, and its
-     * committed groups, oldest first (emu_cp_async16) */
-    std::vector<std::vector<std::pair<char *, const char *>>> cp_open;
-    std::vector<std::deque<std::vector<std::pair<char *, const char *>>>> cp_groups;
+    /* per thread: its cp.async copies not yet committed, and its committed groups, oldest
+     * first (emu_cp_async) */
+    std::vector<std::vector<emu_cp>> cp_open;
+    std::vector<std::deque<std::vector<emu_cp>>> cp_groups;
     char *smem = nullptr;                           /* dynamic shared memory */
     size_t smem_bytes = 0;
 };
@@ -405,23 +411,29 @@ inline void emu_ldmatrix_x4(uint32_t r[4], const void *p, int trans)
     __syncwarp(); /* every lane has read the slots before any lane's next load writes them */
 }
 
-/* cp.async.cg.shared.global (16 bytes): dst in the block's dynamic shared memory and src
- * both 16-byte aligned; src_bytes (PTX's src-size) 16 copies, 0 reads nothing and fills
- * dst with zeros (any other size aborts). dst holds NaN bytes until the thread waits for
- * the group. */
-inline void emu_cp_async16(void *dst, const void *src, unsigned src_bytes = 16)
+/* cp.async.{ca,cg}.shared.global of `size` bytes (4, 8 or 16; .cg takes 16 only): dst in
+ * the block's dynamic shared memory and src both aligned to size; src_bytes (PTX's
+ * src-size) size copies, 0 reads nothing and fills dst with zeros (any other aborts). dst
+ * holds NaN bytes until the thread waits for the group. */
+inline void emu_cp_async(void *dst, const void *src, unsigned size, unsigned src_bytes)
 {
     char *d = (char *)dst;
-    emu_aligned(d, 16, "cp.async to");
-    emu_aligned(src, 16, "cp.async from");
-    emu_in_smem(d, 16, "cp.async to");
-    if (src_bytes != 0 && src_bytes != 16) {
-        fprintf(stderr, "simt_emu: cp.async src-size %u: only 0 and 16 are emulated\n", src_bytes);
+    if (size != 4 && size != 8 && size != 16) {
+        fprintf(stderr, "simt_emu: cp.async of %u bytes: PTX copies 4, 8 or 16\n", size);
         abort();
     }
-    std::memset(d, 0xff, 16);
-    emu.cp_open[threadIdx.x].emplace_back(d, src_bytes ? (const char *)src : nullptr); /* nullptr: zeros */
+    emu_aligned(d, size, "cp.async to");
+    emu_aligned(src, size, "cp.async from");
+    emu_in_smem(d, size, "cp.async to");
+    if (src_bytes != 0 && src_bytes != size) {
+        fprintf(stderr, "simt_emu: cp.async src-size %u of %u bytes: only 0 and %u are emulated\n", src_bytes, size,
+                size);
+        abort();
+    }
+    std::memset(d, 0xff, size);
+    emu.cp_open[threadIdx.x].push_back({d, src_bytes ? (const char *)src : nullptr, size}); /* nullptr: zeros */
 }
+inline void emu_cp_async16(void *dst, const void *src, unsigned src_bytes = 16) { emu_cp_async(dst, src, 16, src_bytes); }
 /* cp.async.commit_group: the thread's copies issued since its last commit become a group. */
 inline void emu_cp_commit()
 {
@@ -434,10 +446,10 @@ inline void emu_cp_wait(unsigned n)
     auto &g = emu.cp_groups[threadIdx.x];
     while (g.size() > n) {
         for (auto &c : g.front())
-            if (c.second)
-                std::memcpy(c.first, c.second, 16);
+            if (c.src)
+                std::memcpy(c.dst, c.src, c.n);
             else
-                std::memset(c.first, 0, 16);
+                std::memset(c.dst, 0, c.n);
         g.pop_front();
     }
 }

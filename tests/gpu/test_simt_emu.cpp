@@ -283,18 +283,20 @@ static void frag_products()
     cudaFree(d2);
 }
 
-/* cp.async of 16 bytes (4 floats) from x into shared memory, or of zeros with src_bytes
- * 0: what the thread reads there before waiting for the group (out[0]) and after
- * (out[1]), as sums. Misaligned addresses, destinations outside shared memory and other
- * source sizes abort (offsets in floats). */
-__global__ void k_cp_async(float *out, const float *x, int src_off, int dst_off, int to_global, unsigned src_bytes)
+/* cp.async of `size` bytes (16: 4 floats; 4: one) from x into shared memory, or of zeros
+ * with src_bytes 0: what the thread reads there before waiting for the group (out[0]) and
+ * after (out[1]), as sums of the floats copied. Misaligned addresses, destinations outside
+ * shared memory and other sizes abort (offsets in floats). */
+__global__ void k_cp_async(float *out, const float *x, int src_off, int dst_off, int to_global, unsigned src_bytes,
+                           unsigned size)
 {
     float *sm = (float *)atc_smem_base();
-    emu_cp_async16(to_global ? out + 4 : sm + dst_off, x + src_off, src_bytes);
+    emu_cp_async(to_global ? out + 4 : sm + dst_off, x + src_off, size, src_bytes);
     emu_cp_commit();
-    out[0] = sm[0] + sm[1] + sm[2] + sm[3];
+    out[0] = out[1] = 0.0f;
+    for (unsigned i = 0; i < size / 4; i++) out[0] += sm[dst_off + i];
     emu_cp_wait(0);
-    out[1] = sm[0] + sm[1] + sm[2] + sm[3];
+    for (unsigned i = 0; i < size / 4; i++) out[1] += sm[dst_off + i];
 }
 
 static void cp_async()
@@ -303,18 +305,25 @@ static void cp_async()
     cudaMalloc((void **)&x, 8 * sizeof *x);
     cudaMalloc((void **)&out, 8 * sizeof *out);
     for (int i = 0; i < 8; i++) x[i] = (float)i;
-    PC_LAUNCH(k_cp_async, 1, 1, 64, nullptr)(out, x, 4, 0, 0, 16u);
+    PC_LAUNCH(k_cp_async, 1, 1, 64, nullptr)(out, x, 4, 0, 0, 16u, 16u);
     check(std::isnan(out[0]) && out[1] == 4.0f + 5.0f + 6.0f + 7.0f,
           "cp.async: the destination is undefined (NaN) until the group is waited for, then the copy");
-    PC_LAUNCH(k_cp_async, 1, 1, 64, nullptr)(out, x, 4, 0, 0, 0u);
+    PC_LAUNCH(k_cp_async, 1, 1, 64, nullptr)(out, x, 4, 0, 0, 0u, 16u);
     check(std::isnan(out[0]) && out[1] == 0.0f, "cp.async with src-size 0: undefined until waited for, then zeros");
-    check(aborts_with([&] { PC_LAUNCH(k_cp_async, 1, 1, 64, nullptr)(out, x, 4, 0, 0, 8u); }, "src-size 8"),
+    check(aborts_with([&] { PC_LAUNCH(k_cp_async, 1, 1, 64, nullptr)(out, x, 4, 0, 0, 8u, 16u); }, "src-size 8"),
           "cp.async with another src-size aborts");
-    check(aborts_with([&] { PC_LAUNCH(k_cp_async, 1, 1, 64, nullptr)(out, x, 2, 0, 0, 16u); }, "not 16-byte aligned"),
+    PC_LAUNCH(k_cp_async, 1, 1, 64, nullptr)(out, x, 5, 1, 0, 4u, 4u);
+    check(std::isnan(out[0]) && out[1] == 5.0f,
+          "cp.async of 4 bytes (4-byte aligned): undefined until waited for, then the float");
+    PC_LAUNCH(k_cp_async, 1, 1, 64, nullptr)(out, x, 5, 1, 0, 0u, 4u);
+    check(std::isnan(out[0]) && out[1] == 0.0f, "cp.async of 4 bytes with src-size 0: then zero");
+    check(aborts_with([&] { PC_LAUNCH(k_cp_async, 1, 1, 64, nullptr)(out, x, 0, 0, 0, 2u, 2u); }, "4, 8 or 16"),
+          "cp.async of 2 bytes aborts");
+    check(aborts_with([&] { PC_LAUNCH(k_cp_async, 1, 1, 64, nullptr)(out, x, 2, 0, 0, 16u, 16u); }, "not 16-byte aligned"),
           "cp.async from an 8-byte aligned address aborts");
-    check(aborts_with([&] { PC_LAUNCH(k_cp_async, 1, 1, 64, nullptr)(out, x, 0, 2, 0, 16u); }, "not 16-byte aligned"),
+    check(aborts_with([&] { PC_LAUNCH(k_cp_async, 1, 1, 64, nullptr)(out, x, 0, 2, 0, 16u, 16u); }, "not 16-byte aligned"),
           "cp.async to an 8-byte aligned address aborts");
-    check(aborts_with([&] { PC_LAUNCH(k_cp_async, 1, 1, 64, nullptr)(out, x, 0, 0, 1, 16u); },
+    check(aborts_with([&] { PC_LAUNCH(k_cp_async, 1, 1, 64, nullptr)(out, x, 0, 0, 1, 16u, 16u); },
                       "outside the block's dynamic shared memory"),
           "cp.async to global memory aborts");
     cudaFree(x);
