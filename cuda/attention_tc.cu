@@ -181,18 +181,20 @@ static void atc_dkv(int variant, cudaStream_t s, float *dk, float *dv, size_t ld
 
 /* ---------------------------------------------------------------- variants, tuned */
 
-/* The kernels with variants (attention_tc.h): each variant's label, and how many the
- * head_dim allows (the others are not compiled for it). */
+/* The kernels with variants (attention_tc.h): each variant's label, how many the head_dim
+ * allows (the others are not compiled for it), and the kernel's FLOPs in forwards (the
+ * products it runs: S and PV; dQ's S, dP and dS K; dK/dV's S, dP, P^T dO and dS^T Q). */
 #define ATC_VARIANTS 3
 struct atc_kernel {
     const char *name, *label[ATC_VARIANTS];
     int (*n_variants)(int hd);
+    double forwards;
 };
 static int atc_dkv_variants(int hd) { return hd <= ATC_VARIANT_HD_MAX ? 3 : 1; }
-static const atc_kernel atc_fwd_kernel = {"forward", {"16 rows a warp", "32 rows a warp", ""}, atc_rg_max};
-static const atc_kernel atc_dq_kernel = {"dQ", {"16 rows a warp", "32 rows a warp", ""}, atc_rg_max};
+static const atc_kernel atc_fwd_kernel = {"forward", {"16 rows a warp", "32 rows a warp", ""}, atc_rg_max, 1.0};
+static const atc_kernel atc_dq_kernel = {"dQ", {"16 rows a warp", "32 rows a warp", ""}, atc_rg_max, 1.5};
 static const atc_kernel atc_dkv_kernel = {
-    "dK dV", {"K, V fragments each pass", "kept, 3 blocks an SM", "kept, 2 blocks an SM"}, atc_dkv_variants};
+    "dK dV", {"K, V fragments each pass", "kept, 3 blocks an SM", "kept, 2 blocks an SM"}, atc_dkv_variants, 2.0};
 
 /* The variants set (attn_tc_set_variants): 0 tunes per shape; the emulator's default is
  * 1, its timings meaning nothing. */
@@ -271,9 +273,12 @@ extern "C" void attn_tc_tuned_report(FILE *f)
 {
     for (int i = 0; i < atc_n_tuned; i++) {
         const atc_tuned &t = atc_tuned_shapes[i];
+        /* a forward's FLOPs: S = QK^T and O = PV over the T(T+1)/2 causal pairs of each head */
+        const double flops = t.kernel->forwards * 2.0 * t.B * t.H * t.hd * (double)t.T * (t.T + 1);
         fprintf(f, "attention_tc %s B %d T %d H %d KV %d hd %d:", t.kernel->name, t.B, t.T, t.H, t.KV, t.hd);
         for (int v = 1; v <= t.kernel->n_variants(t.hd); v++)
-            fprintf(f, " %d (%s) %.3f ms,", v, t.kernel->label[v - 1], (double)t.ms[v - 1]);
+            fprintf(f, " %d (%s) %.3f ms %.1f TFLOP/s,", v, t.kernel->label[v - 1], (double)t.ms[v - 1],
+                    t.ms[v - 1] > 0.0f ? flops / (t.ms[v - 1] * 1e-3) / 1e12 : 0.0);
         fprintf(f, " picked %d\n", t.pick);
     }
 }

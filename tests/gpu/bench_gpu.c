@@ -20,11 +20,13 @@
  * 1 to 3; 0 tunes per shape, the default on a GPU); the shapes tuned are listed with each
  * variant's time a call.
  *
- * -layers, -d, -ff and -vocab change the shape (tests run it tiny).
+ * -layers, -d, -ff, -vocab, -heads, -kv and -hd change the shape (tests run it tiny; -hd
+ * 128 -heads 16 -kv 4 keeps the products' sizes and gives attention Llama-3.1-8B's
+ * head_dim).
  *
  *   bench-gpu [-B 4] [-T 2048] [-steps 10] [-warmup 2] [-tf32 1] [-bf16 0] [-w16 1] [-attn 0]
  *             [-groups 0] [-dkv 0] [-peak TFLOPS] [-layers 16] [-device 0] [-prof 0] [-d 1344] [-ff 5376]
- *             [-vocab 128256] */
+ *             [-vocab 128256] [-heads 32] [-kv 8] [-hd 64] */
 #include <cuda_runtime.h>
 #include <math.h>
 #include <stdio.h>
@@ -60,10 +62,19 @@ static int arg_int(int argc, char **argv, int *i, int *out)
     return 0;
 }
 
+static int usage(void)
+{
+    fprintf(stderr, "usage: bench-gpu [-B 4] [-T 2048] [-steps 10] [-warmup 2] [-tf32 1] [-bf16 0] [-w16 1] [-attn 0] "
+                    "[-groups 0] [-dkv 0] [-peak TFLOPS] [-layers 16] [-device 0] [-prof 0] [-d 1344] [-ff 5376] "
+                    "[-vocab 128256] [-heads 32] [-kv 8] [-hd 64] (heads a multiple of kv, hd even)\n");
+    return 2;
+}
+
 int main(int argc, char **argv)
 {
     int B = 4, T = 2048, steps = 10, warmup = 2, tf32 = 1, bf16 = 0, w16 = 1, attn = 0, layers = 16, device = 0;
-    int prof_steps = 0, groups = -1, dkv = -1, d_model = 1344, d_ff = 5376, vocab = 128256;
+    int prof_steps = 0, groups = -1, dkv = -1, d_model = 1344, d_ff = 5376, vocab = 128256, heads = 32, kv = 8,
+        hd = 64;
     double peak_tflops = 0.0;
     for (int i = 1; i < argc; i++) {
         int bad = 0;
@@ -83,16 +94,16 @@ int main(int argc, char **argv)
         else if (!strcmp(argv[i], "-d")) bad = arg_int(argc, argv, &i, &d_model);
         else if (!strcmp(argv[i], "-ff")) bad = arg_int(argc, argv, &i, &d_ff);
         else if (!strcmp(argv[i], "-vocab")) bad = arg_int(argc, argv, &i, &vocab);
+        else if (!strcmp(argv[i], "-heads")) bad = arg_int(argc, argv, &i, &heads);
+        else if (!strcmp(argv[i], "-kv")) bad = arg_int(argc, argv, &i, &kv);
+        else if (!strcmp(argv[i], "-hd")) bad = arg_int(argc, argv, &i, &hd);
         else if (!strcmp(argv[i], "-peak") && i + 1 < argc) peak_tflops = atof(argv[++i]);
         else bad = 1;
-        if (bad || B < 1 || T < 1 || steps < 1 || layers < 1 || layers > PC_MAX_LAYERS || d_model < 1 || d_ff < 1 ||
-            vocab < 2) {
-            fprintf(stderr,
-                    "usage: bench-gpu [-B 4] [-T 2048] [-steps 10] [-warmup 2] [-tf32 1] [-bf16 0] [-w16 1] [-attn 0] "
-                    "[-groups 0] [-dkv 0] [-peak TFLOPS] [-layers 16] [-device 0] [-prof 0] [-d 1344] [-ff 5376] [-vocab 128256]\n");
-            return 2;
-        }
+        if (bad) return usage();
     }
+    if (B < 1 || T < 1 || steps < 1 || layers < 1 || layers > PC_MAX_LAYERS || d_model < 1 || d_ff < 1 || vocab < 2 ||
+        heads < 1 || kv < 1 || heads % kv != 0 || hd < 2 || hd % 2 != 0)
+        return usage();
     if (pc_cuda_device_count() == 0) {
         printf("no CUDA device: nothing to measure\n");
         return 77;
@@ -122,9 +133,9 @@ int main(int argc, char **argv)
     c.d_ff = d_ff;
     c.n_layers = layers;
     for (int l = 0; l < layers; l++) c.d_ff_layer[l] = d_ff;
-    c.n_heads = 32;
-    c.n_kv_heads = 8;
-    c.head_dim = 64;
+    c.n_heads = heads;
+    c.n_kv_heads = kv;
+    c.head_dim = hd;
     c.max_position_embeddings = T > 131072 ? T : 131072;
     c.rope_theta = 500000.0;
     snprintf(c.rope_scaling_type, sizeof c.rope_scaling_type, "llama3");

@@ -203,9 +203,11 @@ part_tests() { # the whole gpu suite, as tests/gpu/meson.build runs it
     part_daemon
 }
 part_bench() { # run.sh gpu's bench-gpu modes, bf16 first with an op profile of two more steps and
-    # the attention's kernel variants tuned, then held to their first variants beside it
-    for mode in "-bf16 1 -attn 1 -prof 2" "-bf16 1 -attn 1 -groups 1 -dkv 1" "-bf16 1" "-tf32 1" "-bf16 1 -w16 0" \
-        "-tf32 0"; do
+    # the attention's kernel variants tuned, then held to their first variants beside it, then
+    # attention at head_dim 128 (as Llama-3.1-8B's) and at T 8192, profiled
+    for mode in "-bf16 1 -attn 1 -prof 2" "-bf16 1 -attn 1 -groups 1 -dkv 1" \
+        "-bf16 1 -attn 1 -hd 128 -heads 16 -kv 4 -prof 2" "-bf16 1 -attn 1 -B 1 -T 8192 -prof 2" "-bf16 1" "-tf32 1" \
+        "-bf16 1 -w16 0" "-tf32 0"; do
         # shellcheck disable=SC2086
         step "$out/bench-gpu.txt" 300 "$PC_BUILD/tests/gpu/bench-gpu" -B 4 -T 2048 $mode
     done

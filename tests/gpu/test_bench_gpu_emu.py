@@ -26,7 +26,9 @@ products and tensor-core attention, one timed step and one profiled step.
   of their own); the loss forward; the regions' total and its share of the wall time;
 - with -groups 0 -dkv 0 the attention's forward, dQ and dK/dV kernels are tuned at the
   step's shape (the emulator's default is their first variants), and the tuned shapes are
-  listed with each variant's time and the pick."""
+  listed with each variant's time and the pick;
+- -heads 4 -kv 2 -hd 128 gives the model that attention shape (one variant of each kernel
+  at head_dim 128, none tuned)."""
 import math
 import re
 import subprocess
@@ -72,9 +74,15 @@ def main():
     check(re.search(r"^all regions\s+[0-9.]+\s+\([0-9.]+% of [0-9.]+ ms wall\)", p.stdout, re.M) is not None,
           "profile: the regions' total against the profiled step's wall time")
     for kernel, n in (("forward", 2), ("dQ", 2), ("dK dV", 3)):
-        variants = r" \d \([^)]+\) [0-9.]+ ms," * n
+        variants = r" \d \([^)]+\) [0-9.]+ ms [0-9.]+ TFLOP/s," * n
         check(re.search(rf"^attention_tc {kernel} B 1 T 16 H 32 KV 8 hd 64:{variants} picked [1-{n}]$", p.stdout,
                         re.M) is not None, f"the {kernel} kernel tuned at the step's shape, its {n} variants listed")
+    q = subprocess.run(args[:args.index("-prof")] + ["-heads", "4", "-kv", "2", "-hd", "128", "-groups", "0"],
+                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=500)
+    print(q.stdout)
+    check(q.returncode == 0 and re.search(r"heads 4/2 x 128", q.stdout) is not None,
+          f"-heads 4 -kv 2 -hd 128: exits 0 (got {q.returncode}) with that model")
+    check("attention_tc" not in q.stdout, "at head_dim 128 no kernel has variants to tune")
     sys.exit(1 if fails else 0)
 
 
