@@ -655,6 +655,17 @@ __global__ void ATC_BOUNDS(HD, RG) k_atc_dq(float *dq, size_t ld, const bf16 *do
 
 static inline size_t atc_dq_smem(int hd, int rg) { return (2 + atc_qregion_tiles(rg, 2)) * atc_tile_bytes(hd); }
 
+/* A dK/dV block's place in its walk over query tiles: the head and the tile's first row. */
+struct atc_qcursor {
+    int h, i0;
+};
+/* The next tile: 64 rows on, or the next head's first tile (rows from k0) past T. */
+__device__ __forceinline__ void atc_next_tile(atc_qcursor &c, int k0, int T)
+{
+    c.i0 += ATC_TILE;
+    if (c.i0 >= T) c.i0 = k0, c.h++;
+}
+
 /* dK, dV: grid (KV, B, ceil(T/64)) (the first key tiles, most query tiles, first),
  * ATC_WARPS*32 threads, atc_dkv_smem(HD) bytes; KEEP 1 or 2 keeps the warp's K and V
  * fragments in registers (below), with 3 or 2 blocks a multiprocessor (at most 168 or 255
@@ -680,15 +691,18 @@ __global__ void ATC_DKV_BOUNDS(HD, KEEP) k_atc_dkv(float *dk, float *dv, size_t 
     const size_t tok = (size_t)b * T; /* the batch's first token */
     const bf16 *kh = k + tok * KV * HD + (size_t)g * HD, *vh = v + tok * KV * HD + (size_t)g * HD;
     /* the query tiles at or after the key tile (aligned: 64 = 64), of each head of the
-     * group in turn: tile t is head g group + t / nq, rows i0(t) */
+     * group in turn: tile t is head g group + t / nq, rows from k0 + (t % nq) 64. The loads
+     * and the work each take the tiles in order, t = 0, 1, ... (atc_double_buffer), so each
+     * follows its tile by a cursor moved one tile a call (atc_next_tile) instead of that
+     * division, two a tile: dozens of instructions. */
     const int nq = (T - k0 + ATC_TILE - 1) / ATC_TILE, n_tiles = group * nq;
-    auto head = [&](int t) { return g * group + t / nq; };
-    auto i0_of = [&](int t) { return k0 + (t % nq) * ATC_TILE; };
+    atc_qcursor at_load = {g * group, k0}, at_work = at_load;
     /* query tile t into buffer j: its lse and D (0 past T) and Q and dO, all copied by
      * cp.async in one group (atc_load commits it), so that no thread waits for a load of
      * its own before the tile's work */
-    auto load_tile = [&](int t, int j) {
-        const int h = head(t), i0 = i0_of(t);
+    auto load_tile = [&](int, int j) {
+        const int h = at_load.h, i0 = at_load.i0;
+        atc_next_tile(at_load, k0, T);
         const size_t row = ((size_t)b * H + h) * T + i0; /* of lse and D: (B,H,T) */
         for (int r = threadIdx.x; r < ATC_TILE; r += blockDim.x) {
             const bool in = i0 + r < T;
@@ -719,8 +733,9 @@ __global__ void ATC_DKV_BOUNDS(HD, KEEP) k_atc_dkv(float *dk, float *dv, size_t 
         atc_frags_a<KT>(kv[0], Ks, ldh, 16 * warp);
         atc_frags_a<KT>(kv[1], Vs, ldh, 16 * warp);
     }
-    atc_double_buffer(n_tiles, 1, load_tile, [&](int t, int cur) { /* K and V (the first group) landed too */
-        const int i0 = i0_of(t);
+    atc_double_buffer(n_tiles, 1, load_tile, [&](int, int cur) { /* K and V (the first group) landed too */
+        const int i0 = at_work.i0;
+        atc_next_tile(at_work, k0, T);
         PC_UNROLL
         for (int q0 = 0; q0 < ATC_TILE; q0 += QP) {
             if (i0 + q0 + QP - 1 < w0) continue; /* warp-uniform: every query of the pass is before the warp's keys */
