@@ -88,7 +88,7 @@ __device__ __forceinline__ float atc_exp2(float x)
 __device__ __forceinline__ float2 atc_ld2(const float *p) { return *(const float2 *)p; }
 /* Up to head_dim 64 every kernel with one row group a warp (RG 1) keeps to 128 registers a
  * thread, so that 4 blocks of 4 warps fit a multiprocessor's 64K (ptxas alone gives dK/dV
- * 160; held to 128 it keeps 20 bytes in local memory at head_dim 64, 12 at 48); two
+ * 160; held to 128 it keeps 20 bytes in local memory at head_dim 64); two
  * groups (RG 2, up to head_dim 64: atc_rg_max) keep to 255, 2 blocks; beyond, no minimum (0). */
 #define ATC_BOUNDS(HD, RG) __launch_bounds__(ATC_WARPS * 32, (HD) <= 64 ? 4 / (RG) : 0)
 /* dK/dV (k_atc_dkv): 4, 3 or 2 blocks up to head_dim 64 as KEEP is 0, 1 or 2 */
