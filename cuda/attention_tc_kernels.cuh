@@ -631,7 +631,7 @@ __global__ void ATC_BOUNDS(HD, RG) k_atc_dq(float *dq, size_t ld, const bf16 *do
         }
     };
     /* A key tile in four passes of 16 keys, so that one pass's S and dP are live at a time
-     * (122 registers at head_dim 64 with one group, within the 128 of ATC_BOUNDS, where
+     * (126 registers at head_dim 64 with one group, within the 128 of ATC_BOUNDS, where
      * 32-key passes and whole tiles spill); a pass is skipped for the groups whose rows all
      * come before its keys (warp-uniform). The same products and loads as whole tiles, in
      * smaller pieces. */
@@ -720,7 +720,7 @@ __global__ void ATC_DKV_BOUNDS(HD, KEEP) k_atc_dkv(float *dk, float *dv, size_t 
     atc_zero<DT>(dv_acc);
     /* A query tile in two passes of 32 queries (ATC_DKV_NT column blocks), so that S^T
      * and dP^T of one pass (16 keys x 32 queries each) are live at a time: 128 registers
-     * at head_dim 64 (ATC_BOUNDS), where whole tiles spill 280 bytes. */
+     * at head_dim 64 (ATC_DKV_BOUNDS), where whole tiles spill 280 bytes. */
     constexpr int NT = ATC_DKV_NT, QP = 8 * NT; /* queries a pass */
     /* The A operands of S^T and dP^T, the warp's 16 rows of K and V: with KEEP taken once
      * (kv[0] K, kv[1] V: 32 registers more at head_dim 64), else taken for each pass into
