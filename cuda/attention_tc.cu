@@ -54,6 +54,8 @@ extern "C" int attn_tc_supported(int hd, size_t smem_optin)
            atc_dq_smem(hd, atc_rg_max(hd)) <= smem_optin && atc_fwd_smem(hd, atc_rg_max(hd)) <= smem_optin;
 }
 
+extern "C" double attn_tc_flops(int B, int T, int H, int hd) { return 2.0 * B * H * hd * (double)T * (T + 1); }
+
 extern "C" size_t attn_tc_qkv_bytes(int B, int T, int H, int KV, int hd)
 {
     return (size_t)B * T * (H + 2 * KV) * hd * sizeof(bf16);
@@ -182,8 +184,8 @@ static void atc_dkv(int variant, cudaStream_t s, float *dk, float *dv, size_t ld
 /* ---------------------------------------------------------------- variants, tuned */
 
 /* The kernels with variants (attention_tc.h): each variant's label, how many the head_dim
- * allows (the others are not compiled for it), and the kernel's FLOPs in forwards (the
- * products it runs: S and PV; dQ's S, dP and dS K; dK/dV's S, dP, P^T dO and dS^T Q). */
+ * allows (the others are not compiled for it), and the kernel's FLOPs in forwards
+ * (attn_tc_flops). */
 #define ATC_VARIANTS 3
 struct atc_kernel {
     const char *name, *label[ATC_VARIANTS];
@@ -192,9 +194,11 @@ struct atc_kernel {
 };
 static int atc_dkv_variants(int hd) { return hd <= ATC_VARIANT_HD_MAX ? 3 : 1; }
 static const atc_kernel atc_fwd_kernel = {"forward", {"16 rows a warp", "32 rows a warp", ""}, atc_rg_max, 1.0};
-static const atc_kernel atc_dq_kernel = {"dQ", {"16 rows a warp", "32 rows a warp", ""}, atc_rg_max, 1.5};
+static const atc_kernel atc_dq_kernel = {"dQ", {"16 rows a warp", "32 rows a warp", ""}, atc_rg_max,
+                                         ATTN_TC_DQ_FORWARDS};
 static const atc_kernel atc_dkv_kernel = {
-    "dK dV", {"K, V fragments each pass", "kept, 3 blocks an SM", "kept, 2 blocks an SM"}, atc_dkv_variants, 2.0};
+    "dK dV", {"K, V fragments each pass", "kept, 3 blocks an SM", "kept, 2 blocks an SM"}, atc_dkv_variants,
+    ATTN_TC_DKV_FORWARDS};
 
 /* The variants set (attn_tc_set_variants): 0 tunes per shape; the emulator's default is
  * 1, its timings meaning nothing. */
@@ -216,27 +220,26 @@ struct atc_tuned {
 static atc_tuned atc_tuned_shapes[3 * ATC_TUNED];
 static int atc_n_tuned;
 
-/* The variant of kernel k to run at this shape, given the one set (0: tune): the set one
- * (at most the head_dim's count), a tuned shape's pick, or the fastest the head_dim
- * allows, by run(variant) timed on stream s: once to warm up (and set its shared memory),
- * then ATC_TUNE_RUNS times between two events. Every run writes the same outputs (the
- * variants give the same bits, tests/gpu), so the last leaves the call's result and the
- * caller runs nothing more. Returns 0 when tuning ran the call, else the variant to run. */
+/* Runs kernel k at this shape as run(variant): the variant set (set, at most the head_dim's
+ * count), a tuned shape's pick, or, where set is 0, the fastest the head_dim allows: each
+ * timed on stream s once to warm up (and set its shared memory), then ATC_TUNE_RUNS times
+ * between two events. Every run writes the same outputs (the variants give the same bits,
+ * tests/gpu), so the last run tuning makes leaves the call's result. */
 #define ATC_TUNE_RUNS 3
 template <typename Run>
-static int atc_pick(const atc_kernel &k, int set, cudaStream_t s, int B, int T, int H, int KV, int hd, Run run)
+static void atc_run(const atc_kernel &k, int set, cudaStream_t s, int B, int T, int H, int KV, int hd, Run run)
 {
     const int max = k.n_variants(hd);
-    if (set) return set < max ? set : max;
-    if (max == 1) return 1;
+    if (set) return run(set < max ? set : max);
+    if (max == 1) return run(1);
     int n_kernel = 0;
     for (int i = 0; i < atc_n_tuned; i++) {
         const atc_tuned &t = atc_tuned_shapes[i];
         if (t.kernel != &k) continue;
         n_kernel++;
-        if (t.B == B && t.T == T && t.H == H && t.KV == KV && t.hd == hd) return t.pick;
+        if (t.B == B && t.T == T && t.H == H && t.KV == KV && t.hd == hd) return run(t.pick);
     }
-    if (n_kernel >= ATC_TUNED) return 1;
+    if (n_kernel >= ATC_TUNED) return run(1);
     atc_tuned t = {&k, B, T, H, KV, hd, 1, {0.0f, 0.0f, 0.0f}};
     cudaEvent_t e0, e1;
     CUDA_CHECK(cudaEventCreate(&e0));
@@ -254,7 +257,6 @@ static int atc_pick(const atc_kernel &k, int set, cudaStream_t s, int B, int T, 
     CUDA_CHECK(cudaEventDestroy(e0));
     CUDA_CHECK(cudaEventDestroy(e1));
     atc_tuned_shapes[atc_n_tuned++] = t;
-    return 0;
 }
 
 extern "C" attn_tc_variants attn_tc_set_variants(attn_tc_variants v)
@@ -273,8 +275,7 @@ extern "C" void attn_tc_tuned_report(FILE *f)
 {
     for (int i = 0; i < atc_n_tuned; i++) {
         const atc_tuned &t = atc_tuned_shapes[i];
-        /* a forward's FLOPs: S = QK^T and O = PV over the T(T+1)/2 causal pairs of each head */
-        const double flops = t.kernel->forwards * 2.0 * t.B * t.H * t.hd * (double)t.T * (t.T + 1);
+        const double flops = t.kernel->forwards * attn_tc_flops(t.B, t.T, t.H, t.hd);
         fprintf(f, "attention_tc %s B %d T %d H %d KV %d hd %d:", t.kernel->name, t.B, t.T, t.H, t.KV, t.hd);
         for (int v = 1; v <= t.kernel->n_variants(t.hd); v++)
             fprintf(f, " %d (%s) %.3f ms %.1f TFLOP/s,", v, t.kernel->label[v - 1], (double)t.ms[v - 1],
@@ -298,8 +299,7 @@ extern "C" void attn_tc_fwd(cudaStream_t s, const void *qkv16, void *out, int ou
 {
     const atc_copies c = atc_copies_in(qkv16, NULL, B, T, H, KV, hd);
     auto run = [&](int rg) { ATC_DISPATCH(atc_fwd, hd, rg, s, out, out16, lse, c, B, T, H, KV) };
-    const int rg = atc_pick(atc_fwd_kernel, atc_set.groups, s, B, T, H, KV, hd, run);
-    if (rg) run(rg);
+    atc_run(atc_fwd_kernel, atc_set.groups, s, B, T, H, KV, hd, run);
 }
 
 extern "C" void attn_tc_dq(cudaStream_t s, const void *qkv16, const void *dout16, float *dq, const float *lse,
@@ -307,8 +307,7 @@ extern "C" void attn_tc_dq(cudaStream_t s, const void *qkv16, const void *dout16
 {
     const atc_copies c = atc_copies_in(qkv16, dout16, B, T, H, KV, hd);
     auto run = [&](int rg) { ATC_DISPATCH(atc_dq, hd, rg, s, dq, (size_t)ld, lse, D, c, B, T, H, KV) };
-    const int rg = atc_pick(atc_dq_kernel, atc_set.groups, s, B, T, H, KV, hd, run);
-    if (rg) run(rg);
+    atc_run(atc_dq_kernel, atc_set.groups, s, B, T, H, KV, hd, run);
 }
 
 extern "C" void attn_tc_dkv(cudaStream_t s, const void *qkv16, const void *dout16, float *dk, float *dv,
@@ -316,6 +315,5 @@ extern "C" void attn_tc_dkv(cudaStream_t s, const void *qkv16, const void *dout1
 {
     const atc_copies c = atc_copies_in(qkv16, dout16, B, T, H, KV, hd);
     auto run = [&](int variant) { ATC_DISPATCH(atc_dkv, hd, variant, s, dk, dv, (size_t)ld, lse, D, c, B, T, H, KV) };
-    const int variant = atc_pick(atc_dkv_kernel, atc_set.dkv, s, B, T, H, KV, hd, run);
-    if (variant) run(variant);
+    atc_run(atc_dkv_kernel, atc_set.dkv, s, B, T, H, KV, hd, run);
 }

@@ -23,6 +23,14 @@ int attn_tc_supported(int hd, size_t smem_optin);
 size_t attn_tc_qkv_bytes(int B, int T, int H, int KV, int hd);
 /* Bytes of dout16. */
 size_t attn_tc_dout_bytes(int B, int T, int H, int hd);
+/* FLOPs of causal attention's forward products, S = QK^T and O = PV over the T(T+1)/2
+ * (query, key) pairs of each head: 2 products x 2 FLOPs x hd a pair. The backward kernels
+ * run ATTN_TC_DQ_FORWARDS (dQ recomputes S and dP: 3 products) and ATTN_TC_DKV_FORWARDS
+ * (dK/dV recomputes them too: 4 products) times that; a flash backward's useful work is
+ * 2.5 forwards. */
+double attn_tc_flops(int B, int T, int H, int hd);
+#define ATTN_TC_DQ_FORWARDS 1.5
+#define ATTN_TC_DKV_FORWARDS 2.0
 /* q (B,T,H,hd), k, v (B,T,KV,hd), rows of stride ld (any alignment), rounded into qkv16;
  * queued on stream s, like every call below. */
 void attn_tc_copies(cudaStream_t s, void *qkv16, const float *q, const float *k, const float *v, int B, int T, int H,

@@ -1250,15 +1250,11 @@ static char *att16_scratch(cuda_impl *c, size_t bytes)
     return (char *)grow(c, &c->att16, &c->att16_n, bytes, 1, "the bf16 copies of attention's q, k, v and dO");
 }
 
-/* FLOPs of causal attention's forward products, S = QK^T and O = PV over the T(T+1)/2
- * (query, key) pairs of each head: 2 products x 2 FLOPs x hd per pair */
-static double attention_flops(int B, int T, int H, int hd) { return 2.0 * B * H * hd * (double)T * (T + 1); }
-
 /* The tensor-core forward from qkv16 (attention_tc.h's layout), out in fp32 or (out16) bf16. */
 static void att16_fwd(cuda_impl *c, const void *qkv16, void *out, int out16, float *lse, int B, int T, int H, int KV,
                       int hd)
 {
-    PROF_BEGIN(c, "attention_fwd bf16", attention_flops(B, T, H, hd), 0);
+    PROF_BEGIN(c, "attention_fwd bf16", attn_tc_flops(B, T, H, hd), 0);
     attn_tc_fwd(c->stream, qkv16, out, out16, lse, B, T, H, KV, hd);
     launch_check(c, __FILE__, __LINE__);
     PROF_END(c);
@@ -1281,7 +1277,7 @@ static void cu_attention_fwd(backend *be, float *out, float *lse, const float *q
         att16_fwd(c, qkv16, out, 0, lse, B, T, H, KV, hd);
         return;
     }
-    PROF_BEGIN(c, "attention_fwd fp32", attention_flops(B, T, H, hd), 0);
+    PROF_BEGIN(c, "attention_fwd fp32", attn_tc_flops(B, T, H, hd), 0);
     dim3 grid((unsigned)((T + ATT_WARPS - 1) / ATT_WARPS), (unsigned)H, (unsigned)B);
     PC_LAUNCH(k_attention_fwd, grid, ATT_WARPS * 32, 0, c->stream)(out, lse, q, k, v, T, H, KV, hd, ld,
                                                                   1.0f / sqrtf((float)hd));
@@ -1312,20 +1308,19 @@ static void att_dsum(backend *be, void *dout16, const float *dout, const void *o
     PROF_END(c);
 }
 
-/* The tensor-core backward from qkv16 and dout16, after att_dsum (D and dout16). FLOPs as run: dQ
- * recomputes S and dP (3 products, 1.5 forwards), dK/dV recomputes them too (4 products,
- * 2 forwards); a flash backward's useful work is 2.5 forwards. */
+/* The tensor-core backward from qkv16 and dout16, after att_dsum (D and dout16); FLOPs as
+ * its kernels run them (attention_tc.h). */
 static void att16_bwd(cuda_impl *c, const void *qkv16, const void *dout16, float *dq, float *dk, float *dv,
                       const float *lse, int B, int T, int H, int KV, int hd, int ld)
 {
-    const double fwd = attention_flops(B, T, H, hd);
+    const double fwd = attn_tc_flops(B, T, H, hd);
     { /* a scope of its own: one region per scope */
-        PROF_BEGIN(c, "attention_bwd bf16 dQ", 1.5 * fwd, 0);
+        PROF_BEGIN(c, "attention_bwd bf16 dQ", ATTN_TC_DQ_FORWARDS * fwd, 0);
         attn_tc_dq(c->stream, qkv16, dout16, dq, lse, c->att_d, B, T, H, KV, hd, ld);
         launch_check(c, __FILE__, __LINE__);
         PROF_END(c);
     }
-    PROF_BEGIN(c, "attention_bwd bf16 dK dV", 2.0 * fwd, 0);
+    PROF_BEGIN(c, "attention_bwd bf16 dK dV", ATTN_TC_DKV_FORWARDS * fwd, 0);
     attn_tc_dkv(c->stream, qkv16, dout16, dk, dv, lse, c->att_d, B, T, H, KV, hd, ld);
     launch_check(c, __FILE__, __LINE__);
     PROF_END(c);
@@ -1352,7 +1347,7 @@ static void cu_attention_bwd(backend *be, float *dq, float *dk, float *dv, const
         return;
     }
     att_dsum(be, NULL, dout, out, 0, B, T, H, hd);
-    const double fwd = attention_flops(B, T, H, hd);
+    const double fwd = attn_tc_flops(B, T, H, hd);
     const float scale = 1.0f / sqrtf((float)hd);
     /* FLOPs: the 5 products of a flash backward (S recomputed, dV, dP, dQ, dK), 2.5 forwards */
     PROF_BEGIN(c, "attention_bwd fp32", 2.5 * fwd, 0);
