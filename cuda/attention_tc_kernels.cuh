@@ -94,7 +94,7 @@ __device__ __forceinline__ float2 atc_ld2(const float *p) { return *(const float
 /* dK/dV (k_atc_dkv): 4, 3 or 2 blocks up to head_dim 64 as KEEP is 0, 1 or 2 */
 #define ATC_DKV_BOUNDS(HD, KEEP) __launch_bounds__(ATC_WARPS * 32, (HD) <= 64 ? 4 - (KEEP) : 0)
 #else
-inline void atc_cp16(void *dst, const void *src, bool copy) { emu_cp_async16(dst, src, copy ? 16u : 0u); }
+inline void atc_cp16(void *dst, const void *src, bool copy) { emu_cp_async(dst, src, 16u, copy ? 16u : 0u); }
 inline void atc_cp4(float *dst, const float *src, bool copy) { emu_cp_async(dst, src, 4u, copy ? 4u : 0u); }
 #define atc_cp_commit emu_cp_commit
 template <int N> inline void atc_cp_wait() { emu_cp_wait(N); }
@@ -413,11 +413,24 @@ __device__ __forceinline__ void atc_mask_bound(int last[2], int row0, int k0, in
     last[0] = min(row0 + atc_c_row(0), T - 1) - k0 - atc_c_col(0, 0);
     last[1] = min(row0 + atc_c_row(2), T - 1) - k0 - atc_c_col(0, 0);
 }
-/* Whether the mask drops any of the keys k0..k0+n-1 for the 16 rows from row0: the last key
- * is after the first row or at or past T. Warp-uniform, so that the tiles below the
- * diagonal (nearly all of a long sequence's) skip the mask's comparisons and selects by
- * one branch; what it would select is what they keep, so the bits are the same. */
-__device__ __forceinline__ bool atc_masked(int k0, int n, int row0, int T) { return k0 + n - 1 > min(row0, T - 1); }
+/* The causal mask on a 16-row group's values c (16 x 8 NT C fragments: rows from row0,
+ * keys from k0): a key after its row, or at or past T, gets `dropped`. Where no key of
+ * the 8 NT is dropped for any of the rows (the last key at most the first row and below
+ * T: nearly all of a long sequence's tiles, those below the diagonal) one warp-uniform
+ * branch skips the comparisons and selects; what they would select there is what they
+ * keep, so the bits are the same. */
+template <int NT>
+__device__ __forceinline__ void atc_mask(float c[NT][4], int row0, int k0, int T, float dropped)
+{
+    if (k0 + 8 * NT - 1 <= min(row0, T - 1)) return;
+    int last[2];
+    atc_mask_bound(last, row0, k0, T);
+    PC_UNROLL
+    for (int n = 0; n < NT; n++)
+        PC_UNROLL
+        for (int i = 0; i < 4; i++)
+            if (atc_c_off(n, i) > last[i >> 1]) c[n][i] = dropped;
+}
 
 /* ---------------------------------------------------------------- forward */
 
@@ -430,15 +443,7 @@ __device__ __forceinline__ void atc_fwd_softmax(float s[ATC_NT][4], float o[HD /
                                                 int k0, int row0, int T, float scale2)
 {
     constexpr int DT = HD / 8;
-    if (atc_masked(k0, ATC_TILE, row0, T)) {
-        int last[2];
-        atc_mask_bound(last, row0, k0, T);
-        PC_UNROLL
-        for (int n = 0; n < ATC_NT; n++)
-            PC_UNROLL
-            for (int i = 0; i < 4; i++)
-                if (atc_c_off(n, i) > last[i >> 1]) s[n][i] = -INFINITY;
-    }
+    atc_mask<ATC_NT>(s, row0, k0, T, -INFINITY);
     /* online softmax: the row max over the tile (the lane's 16 columns, then its quad's),
      * of the raw scores, scaled once per row (scale2 > 0) */
     float mx[2] = {-INFINITY, -INFINITY};
@@ -580,18 +585,10 @@ __device__ __forceinline__ void atc_dq_pass(float (*acc)[HD / 8][4], const u32 (
             for (int i = 0; i < 4; i++) /* dS, computed for every key */
                 s[g][n][i] = atc_exp2(fmaf(scale2, s[g][n][i], -lse_r[G0 + g][i >> 1])) *
                              (dp[g][n][i] - D_r[G0 + g][i >> 1]);
-        /* key j counts for query qi when j <= qi and j < T (atc_mask_bound): the masked
-         * ones (even an inf) are dropped before they multiply anything. Rows at or past T
-         * are not stored, and their dO rows are zero, so their dS is too. */
-        if (atc_masked(k0, 8 * NT, w0 + 16 * (G0 + g), T)) {
-            int last[2];
-            atc_mask_bound(last, w0 + 16 * (G0 + g), k0, T);
-            PC_UNROLL
-            for (int n = 0; n < NT; n++)
-                PC_UNROLL
-                for (int i = 0; i < 4; i++)
-                    if (atc_c_off(n, i) > last[i >> 1]) s[g][n][i] = 0.0f;
-        }
+        /* key j counts for query qi when j <= qi and j < T (atc_mask): the masked ones
+         * (even an inf) are dropped before they multiply anything. Rows at or past T are
+         * not stored, and their dO rows are zero, so their dS is too. */
+        atc_mask<NT>(s[g], w0 + 16 * (G0 + g), k0, T, 0.0f);
         atc_c_to_a<NT>(dsa[g], s[g]);
     }
     atc_mma_ab<G, NT / 2, DT>(acc + G0, dsa, Kp, ldh); /* dQ += dS K */

@@ -18,8 +18,8 @@
  * fragment registers in the layout PTX documents and exchanges them through a per-warp
  * array between two warp barriers, as the tensor core gathers them from the lanes;
  * ldmatrix (m8n8.x4, plain and .trans: emu_ldmatrix_x4) gathers the rows whose
- * addresses the lanes give the same way. cp.async (16 bytes, global to shared:
- * emu_cp_async16, emu_cp_commit, emu_cp_wait) fills its destination with NaN bytes when
+ * addresses the lanes give the same way. cp.async (4, 8 or 16 bytes, global to shared:
+ * emu_cp_async, emu_cp_commit, emu_cp_wait) fills its destination with NaN bytes when
  * issued and copies only when the thread waits for its group, so that a tile read before
  * its copies are waited for and made visible by a barrier, or written while others still
  * read it, shows up as NaN.
@@ -433,7 +433,6 @@ inline void emu_cp_async(void *dst, const void *src, unsigned size, unsigned src
     std::memset(d, 0xff, size);
     emu.cp_open[threadIdx.x].push_back({d, src_bytes ? (const char *)src : nullptr, size}); /* nullptr: zeros */
 }
-inline void emu_cp_async16(void *dst, const void *src, unsigned src_bytes = 16) { emu_cp_async(dst, src, 16, src_bytes); }
 /* cp.async.commit_group: the thread's copies issued since its last commit become a group. */
 inline void emu_cp_commit()
 {
