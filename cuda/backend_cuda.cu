@@ -25,6 +25,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "attention_cudnn.h"
 #include "attention_tc.h"
 #include "cuda_check.h"
 #include "fastdiv.h"
@@ -78,6 +79,7 @@ typedef struct cuda_impl {
     size_t mem_peak;     /* most device bytes in use seen after an allocation */
     int sync_launches;   /* PC_CUDA_SYNC=1: synchronise after every kernel (debugging) */
     int attn_bf16;       /* backend_cuda_set_attention: tensor-core attention where it applies */
+    attn_cudnn *cudnn;   /* backend_cuda_use_cudnn: that attention by cuDNN's fused kernels instead */
     size_t smem_optin;   /* shared memory a block may opt into */
     cu_prof *prof;       /* backend_cuda_profile; NULL: not profiling */
     int prof_at_exit;    /* PC_CUDA_PROFILE=1: report on stderr at destroy */
@@ -240,6 +242,7 @@ static void cu_destroy(backend *be)
         attn_tc_tuned_report(stderr);
     }
     prof_destroy(c->prof);
+    attn_cudnn_free(c->cudnn);
     CUDA_CHECK(cudaFree(c->att_d));
     CUDA_CHECK(cudaFree(c->dw_part));
     CUDA_CHECK(cudaFree(c->att16));
@@ -1260,6 +1263,98 @@ static void att16_fwd(cuda_impl *c, const void *qkv16, void *out, int out16, flo
     PROF_END(c);
 }
 
+/* ---- attention by cuDNN (backend_cuda_use_cudnn): the same bf16 inputs as the
+ * tensor-core kernels, with its bf16 outputs widened where the caller wants fp32 */
+
+/* dst (rows, w) fp32 with row stride ld_dst from src (rows, w) bf16 with row stride ld_src */
+__global__ void k_widen_rows(float *dst, size_t ld_dst, const uint16_t *src, size_t ld_src, size_t rows, int w)
+{
+    for (size_t r = blockIdx.y; r < rows; r += gridDim.y)
+        for (int j = blockIdx.x * blockDim.x + threadIdx.x; j < w; j += gridDim.x * blockDim.x)
+            dst[r * ld_dst + j] = widen1(src[r * ld_src + j]);
+}
+
+static void widen_rows(cuda_impl *c, const char *region, float *dst, size_t ld_dst, const uint16_t *src,
+                       size_t ld_src, size_t rows, int w)
+{
+    if (rows == 0 || w <= 0) return;
+    PROF_BEGIN(c, region, 0, 6.0 * rows * w);
+    dim3 grid((unsigned)((w + 255) / 256), (unsigned)(rows < 65535 ? rows : 65535));
+    PC_LAUNCH(k_widen_rows, grid, 256, 0, c->stream)(dst, ld_dst, src, ld_src, rows, w);
+    launch_check(c, __FILE__, __LINE__);
+    PROF_END(c);
+}
+
+/* A cuDNN call that failed: the op table has no error channel, so the process exits with
+ * cuDNN's reason, as a CUDA failure does. */
+static void cudnn_check(cuda_impl *c, int rc, const char *err)
+{
+    if (rc == 0) {
+        note_usage(c); /* its scratch may have grown */
+        return;
+    }
+    fprintf(stderr, "backend_cuda on device %d: %s\n", c->device, err);
+    exit(EXIT_FAILURE);
+}
+
+/* The att16 scratch the cuDNN calls below take past `skip` bytes (a caller whose qkv16 is
+ * the scratch's first bytes sizes the scratch for both before making it: a grown
+ * scratch keeps nothing): the forward's bf16 out where the caller wants fp32; the
+ * backward's dO copy, out's (out16 0) and its bf16 dq | dk | dv. */
+static size_t cudnn_fwd_bytes(int B, int T, int H, int hd, int out16)
+{
+    return out16 ? 0 : attn_tc_dout_bytes(B, T, H, hd);
+}
+static size_t cudnn_bwd_bytes(int B, int T, int H, int KV, int hd, int out16)
+{
+    const size_t nd = attn_tc_dout_bytes(B, T, H, hd);
+    return nd + (out16 ? 0 : nd) + attn_tc_qkv_bytes(B, T, H, KV, hd);
+}
+
+/* out (B T, H hd) in bf16 (out16) or fp32, and lse, by cuDNN from qkv16 */
+static void cudnn_fwd(cuda_impl *c, size_t skip, const void *qkv16, void *out, int out16, float *lse, int B, int T,
+                      int H, int KV, int hd)
+{
+    void *o16 = out16 ? out : att16_scratch(c, skip + cudnn_fwd_bytes(B, T, H, hd, out16)) + skip;
+    char err[768];
+    int rc;
+    {
+        PROF_BEGIN(c, "attention_fwd cudnn", attn_tc_flops(B, T, H, hd), 0);
+        rc = attn_cudnn_fwd(c->cudnn, qkv16, o16, lse, B, T, H, KV, hd, err, sizeof err);
+        PROF_END(c);
+    }
+    cudnn_check(c, rc, err);
+    if (!out16)
+        widen_rows(c, "attention_fwd cudnn, out to fp32", (float *)out, (size_t)H * hd, (const uint16_t *)o16,
+                   (size_t)H * hd, (size_t)B * T, H * hd);
+}
+
+/* dq, dk, dv (rows of stride ld, fp32) by cuDNN from qkv16 and the fp32 dout and out (or
+ * out16: out in bf16) */
+static void cudnn_bwd(cuda_impl *c, size_t skip, const void *qkv16, float *dq, float *dk, float *dv,
+                      const float *dout, const void *out, int out16, const float *lse, int B, int T, int H, int KV,
+                      int hd, int ld)
+{
+    const size_t N = (size_t)B * T, qd = (size_t)H * hd, kvd = (size_t)KV * hd, C = qd + 2 * kvd;
+    const size_t nd = attn_tc_dout_bytes(B, T, H, hd), no = out16 ? 0 : nd;
+    char *base = att16_scratch(c, skip + cudnn_bwd_bytes(B, T, H, KV, hd, out16));
+    __nv_bfloat16 *d16 = (__nv_bfloat16 *)(base + skip), *o16 = (__nv_bfloat16 *)(base + skip + nd);
+    uint16_t *g16 = (uint16_t *)(base + skip + nd + no);
+    round_into(c, "attention_bwd dO copy", d16, dout, N, qd, qd);
+    if (!out16) round_into(c, "attention_bwd out copy", o16, (const float *)out, N, qd, qd);
+    char err[768];
+    int rc;
+    { /* FLOPs: a flash backward's 5 products (S recomputed, dV, dP, dQ, dK), 2.5 forwards */
+        PROF_BEGIN(c, "attention_bwd cudnn", 2.5 * attn_tc_flops(B, T, H, hd), 0);
+        rc = attn_cudnn_bwd(c->cudnn, qkv16, out16 ? out : o16, d16, lse, g16, B, T, H, KV, hd, err, sizeof err);
+        PROF_END(c);
+    }
+    cudnn_check(c, rc, err);
+    widen_rows(c, "attention_bwd cudnn, dq dk dv to fp32", dq, (size_t)ld, g16, C, N, (int)qd);
+    widen_rows(c, "attention_bwd cudnn, dq dk dv to fp32", dk, (size_t)ld, g16 + qd, C, N, (int)kvd);
+    widen_rows(c, "attention_bwd cudnn, dq dk dv to fp32", dv, (size_t)ld, g16 + qd + kvd, C, N, (int)kvd);
+}
+
 static void cu_attention_fwd(backend *be, float *out, float *lse, const float *q, const float *k, const float *v,
                              int B, int T, int H, int KV, int hd, int ld)
 {
@@ -1267,14 +1362,18 @@ static void cu_attention_fwd(backend *be, float *out, float *lse, const float *q
     check_attention_shape(H, KV, hd);
     cuda_impl *c = impl_of(be);
     if (on_tensor_cores(c, hd)) {
-        char *qkv16 = att16_scratch(c, attn_tc_qkv_bytes(B, T, H, KV, hd));
+        const size_t nqkv = attn_tc_qkv_bytes(B, T, H, KV, hd);
+        char *qkv16 = att16_scratch(c, nqkv + (c->cudnn ? cudnn_fwd_bytes(B, T, H, hd, 0) : 0));
         { /* each fp32 value read, its bf16 copy written: 6 bytes */
             PROF_BEGIN(c, "attention_fwd bf16 copies", 0, 6.0 * B * T * (H + 2 * KV) * hd);
             attn_tc_copies(c->stream, qkv16, q, k, v, B, T, H, KV, hd, ld);
             launch_check(c, __FILE__, __LINE__);
             PROF_END(c);
         }
-        att16_fwd(c, qkv16, out, 0, lse, B, T, H, KV, hd);
+        if (c->cudnn)
+            cudnn_fwd(c, nqkv, qkv16, out, 0, lse, B, T, H, KV, hd);
+        else
+            att16_fwd(c, qkv16, out, 0, lse, B, T, H, KV, hd);
         return;
     }
     PROF_BEGIN(c, "attention_fwd fp32", attn_tc_flops(B, T, H, hd), 0);
@@ -1333,6 +1432,16 @@ static void cu_attention_bwd(backend *be, float *dq, float *dk, float *dv, const
     cuda_impl *c = impl_of(be);
     if (B <= 0 || T <= 0 || H <= 0) return;
     check_attention_shape(H, KV, hd);
+    if (on_tensor_cores(c, hd) && c->cudnn) {
+        const size_t nqkv = attn_tc_qkv_bytes(B, T, H, KV, hd);
+        char *qkv16 = att16_scratch(c, nqkv + cudnn_bwd_bytes(B, T, H, KV, hd, 0));
+        PROF_BEGIN(c, "attention_bwd bf16 copies", 0, 6.0 * B * T * (H + 2 * KV) * hd);
+        attn_tc_copies(c->stream, qkv16, q, k, v, B, T, H, KV, hd, ld);
+        launch_check(c, __FILE__, __LINE__);
+        PROF_END(c);
+        cudnn_bwd(c, nqkv, qkv16, dq, dk, dv, dout, out, 0, lse, B, T, H, KV, hd, ld);
+        return;
+    }
     if (on_tensor_cores(c, hd)) {
         const size_t nqkv = attn_tc_qkv_bytes(B, T, H, KV, hd);
         char *qkv16 = att16_scratch(c, nqkv + attn_tc_dout_bytes(B, T, H, hd));
@@ -1410,7 +1519,11 @@ static void cu_attention_fwd_16(backend *be, void *out, int out16, float *lse, c
 {
     if (B <= 0 || T <= 0 || H <= 0) return;
     check_attention_shape(H, KV, hd);
-    att16_fwd(impl_of(be), qkv16, out, out16, lse, B, T, H, KV, hd);
+    cuda_impl *c = impl_of(be);
+    if (c->cudnn)
+        cudnn_fwd(c, 0, qkv16, out, out16, lse, B, T, H, KV, hd);
+    else
+        att16_fwd(c, qkv16, out, out16, lse, B, T, H, KV, hd);
 }
 
 static void cu_attention_bwd_16(backend *be, float *dq, float *dk, float *dv, const float *dout, const void *out,
@@ -1420,6 +1533,10 @@ static void cu_attention_bwd_16(backend *be, float *dq, float *dk, float *dv, co
     cuda_impl *c = impl_of(be);
     if (B <= 0 || T <= 0 || H <= 0) return;
     check_attention_shape(H, KV, hd);
+    if (c->cudnn) {
+        cudnn_bwd(c, 0, qkv16, dq, dk, dv, dout, out, out16, lse, B, T, H, KV, hd, ld);
+        return;
+    }
     char *dout16 = att16_scratch(c, attn_tc_dout_bytes(B, T, H, hd));
     att_dsum(be, dout16, dout, out, out16, B, T, H, hd);
     att16_bwd(c, qkv16, dout16, dq, dk, dv, lse, B, T, H, KV, hd, ld);
@@ -2002,7 +2119,7 @@ static void set_info(backend *be)
              c->matmul == MATMUL_BF16 ? "bf16"
              : c->tf32                ? "TF32"
                                       : "fp32",
-             c->attn_bf16 ? "bf16" : "fp32");
+             c->cudnn ? "bf16 by cuDNN" : c->attn_bf16 ? "bf16" : "fp32");
 }
 
 static int cu_set_matmul(backend *be, matmul_mode mode)
@@ -2017,7 +2134,27 @@ static int cu_set_matmul(backend *be, matmul_mode mode)
 extern "C" int backend_cuda_set_attention(backend *be, int bf16)
 {
     if (!be || be->ops != &cuda_ops) return -1;
-    impl_of(be)->attn_bf16 = bf16 != 0;
+    cuda_impl *c = impl_of(be);
+    c->attn_bf16 = bf16 != 0;
+    attn_cudnn_free(c->cudnn);
+    c->cudnn = NULL;
+    set_info(be);
+    return 0;
+}
+
+extern "C" int backend_cuda_use_cudnn(backend *be, char *err, int errlen)
+{
+    if (!be || be->ops != &cuda_ops) {
+        snprintf(err, (size_t)errlen, "not a CUDA backend");
+        return -1;
+    }
+    cuda_impl *c = impl_of(be);
+    if (!c->cudnn) {
+        CUDA_CHECK(cudaSetDevice(c->device));
+        c->cudnn = attn_cudnn_create((void *)c->stream, err, errlen);
+        if (!c->cudnn) return -1;
+    }
+    c->attn_bf16 = 1;
     set_info(be);
     return 0;
 }
@@ -2038,7 +2175,8 @@ extern "C" size_t backend_cuda_bf16_copies_bytes(backend *be)
 extern "C" size_t backend_cuda_attention_copies_bytes(backend *be)
 {
     if (!be || be->ops != &cuda_ops) return 0;
-    return impl_of(be)->att16_n;
+    const cuda_impl *c = impl_of(be);
+    return c->att16_n + (c->cudnn ? attn_cudnn_scratch_bytes(c->cudnn) : 0);
 }
 
 extern "C" int backend_cuda_profile(backend *be, int on)

@@ -28,6 +28,11 @@ int backend_cuda_set_tf32(backend *be, int on);
  * other shapes stay fp32) or in fp32 (0, the default); updates be->info. Returns -1 when
  * be is not a CUDA backend. */
 int backend_cuda_set_attention(backend *be, int bf16);
+/* Attention on bf16 inputs as above, by cuDNN's fused flash attention (attention_cudnn.h:
+ * loaded at run time; its backward sums dQ atomically, so runs differ in the last bits);
+ * backend_cuda_set_attention turns it off. 0, or -1 with the reason in err (no cuDNN 9,
+ * or none usable on this device); updates be->info. */
+int backend_cuda_use_cudnn(backend *be, char *err, int errlen);
 /* With bf16 matrix products (set_matmul MATMUL_BF16) the fp32 operands of a product are
  * rounded into two scratch buffers of at most this many bf16 elements each (128 MiB): a
  * larger operand is rounded and multiplied in blocks of rows of the product (A) or of

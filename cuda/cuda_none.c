@@ -24,6 +24,12 @@ int backend_cuda_set_attention(backend *be, int bf16) {
     return -1;
 }
 
+int backend_cuda_use_cudnn(backend *be, char *err, int errlen) {
+    (void)be;
+    snprintf(err, (size_t)errlen, "this build has no CUDA");
+    return -1;
+}
+
 size_t backend_cuda_bf16_copies_bytes(backend *be) {
     (void)be;
     return 0;
