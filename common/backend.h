@@ -210,7 +210,7 @@ struct backend {
     void *impl; /* backend-private state */
     int threads;
     int host_memory; /* buffers are host memory that host code may also read and write (CPU backend) */
-    char info[128]; /* for logs, e.g. "OpenBLAS core Haswell, 2 thread(s)" */
+    char info[160]; /* for logs, e.g. "OpenBLAS core Haswell, 2 thread(s)" */
 };
 
 /* CPU backend: fp32, OpenBLAS with `threads` threads (<= 0: leave OpenBLAS's default). */

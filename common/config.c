@@ -666,8 +666,10 @@ int config_d_ff(const pc_config *c, int layer) {
 
 int config_attention_bf16(const pc_config *c) {
     const char *a = c->backend.attention;
-    return !strcmp(a, "bf16") || (!strcmp(a, "auto") && !strcmp(c->backend.matmul, "bf16"));
+    return !strcmp(a, "bf16") || config_attention_cudnn(c) || (!strcmp(a, "auto") && !strcmp(c->backend.matmul, "bf16"));
 }
+
+int config_attention_cudnn(const pc_config *c) { return !strcmp(c->backend.attention, "cudnn"); }
 
 int config_store_grads(const pc_config *c) {
     const char *s = c->compress.store_grads;

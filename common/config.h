@@ -76,7 +76,7 @@ typedef struct pc_config {
         char comm[8];    /* auto|mpi|nccl */
         int threads;     /* 0: automatic */
         char matmul[8];  /* fp32|tf32|bf16: gemm inputs */
-        char attention[8]; /* auto|fp32|bf16: attention products (cuda); config_attention_bf16 */
+        char attention[8]; /* auto|fp32|bf16|cudnn: attention products (cuda); config_attention_bf16, _cudnn */
         int overlap_comm;  /* start each stage's G reduce during the backward */
         double memory_gib; /* per rank, 0: the device's free memory at start-up */
     } backend;
@@ -107,8 +107,10 @@ void config_print_doc(FILE *f);
 /* Per-layer d_ff: the uniform value, or the list entry for that layer; 0 when unset. */
 int config_d_ff(const pc_config *c, int layer);
 /* 1 when attention runs on bf16 tensor cores (where the device and head_dim allow):
-   backend.attention bf16, or auto with backend.matmul bf16. */
+   backend.attention bf16 or cudnn, or auto with backend.matmul bf16. */
 int config_attention_bf16(const pc_config *c);
+/* 1 when that attention is cuDNN's (backend.attention cudnn). */
+int config_attention_cudnn(const pc_config *c);
 /* compress.store_grads: false, true, auto. */
 enum { PC_GRADS_RECOMPUTE = 0, PC_GRADS_KEEP = 1, PC_GRADS_AUTO = 2 };
 int config_store_grads(const pc_config *c);

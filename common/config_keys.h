@@ -209,10 +209,13 @@ static const pc_config_key pc_config_keys[] = {
             "values. run.mode eval holds the model's matrices in bf16 only as well (embedding rows included, "
             "rounded to nearest even when the checkpoint is not bf16). Attention: backend.attention."},
     {.path = "backend.attention", .type = PC_CT_ENUM, PC_AT(backend.attention), .def = "auto",
-     .choices = "auto|fp32|bf16",
+     .choices = "auto|fp32|bf16|cudnn",
      .doc = "Attention products: fp32, or bf16 inputs (q, k, v, dO and the probabilities) on tensor cores with fp32 "
             "accumulation and softmax (cuda, head_dim a multiple of 16 up to 128; other shapes and the cpu stay "
-            "fp32); auto follows backend.matmul: bf16 with bf16 products, else fp32."},
+            "fp32); auto follows backend.matmul: bf16 with bf16 products, else fp32. cudnn: bf16 as well, by "
+            "cuDNN's fused flash attention (cuDNN 9 loaded at run time; a rank without it stops with the reason) "
+            "instead of projcompd's kernels; its backward adds dQ atomically, so two runs differ in the last bits "
+            "where bf16 repeats bit for bit."},
     {.path = "backend.overlap_comm", .type = PC_CT_BOOL, PC_AT(backend.overlap_comm), .def = "true",
      .doc = "Compress on several ranks: overlap the W_C gather with the step's first forward pass (each layer's "
             "W_C moves while the previous layer computes) and the G reduce with its last backward pass (each "

@@ -737,7 +737,7 @@ int attn_cudnn_bwd(attn_cudnn *a, const void *qkv16, const void *out16, const vo
 
 #else /* built without cuDNN's headers */
 
-static const char ac_none[] = "this build has no cuDNN (its headers were not found when it was built)";
+static const char ac_none[] = "this build has no cuDNN (attention_cudnn.c was built without its headers)";
 
 attn_cudnn *attn_cudnn_create(void *stream, char *err, int errlen)
 {

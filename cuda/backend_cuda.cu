@@ -80,6 +80,7 @@ typedef struct cuda_impl {
     int sync_launches;   /* PC_CUDA_SYNC=1: synchronise after every kernel (debugging) */
     int attn_bf16;       /* backend_cuda_set_attention: tensor-core attention where it applies */
     attn_cudnn *cudnn;   /* backend_cuda_use_cudnn: that attention by cuDNN's fused kernels instead */
+    char cudnn_desc[48]; /* " by cuDNN 9.19.0" */
     size_t smem_optin;   /* shared memory a block may opt into */
     cu_prof *prof;       /* backend_cuda_profile; NULL: not profiling */
     int prof_at_exit;    /* PC_CUDA_PROFILE=1: report on stderr at destroy */
@@ -2114,12 +2115,12 @@ static const backend_ops cuda_ops = {
 static void set_info(backend *be)
 {
     cuda_impl *c = impl_of(be);
-    snprintf(be->info, sizeof(be->info), "CUDA device %d (%.40s), matmul %s, attention %s (fp32 accumulation)",
+    snprintf(be->info, sizeof(be->info), "CUDA device %d (%.40s), matmul %s, attention %s%s (fp32 accumulation)",
              c->device, c->device_name,
              c->matmul == MATMUL_BF16 ? "bf16"
              : c->tf32                ? "TF32"
                                       : "fp32",
-             c->cudnn ? "bf16 by cuDNN" : c->attn_bf16 ? "bf16" : "fp32");
+             c->attn_bf16 ? "bf16" : "fp32", c->cudnn ? (c->cudnn_desc) : "");
 }
 
 static int cu_set_matmul(backend *be, matmul_mode mode)
@@ -2153,6 +2154,7 @@ extern "C" int backend_cuda_use_cudnn(backend *be, char *err, int errlen)
         CUDA_CHECK(cudaSetDevice(c->device));
         c->cudnn = attn_cudnn_create((void *)c->stream, err, errlen);
         if (!c->cudnn) return -1;
+        snprintf(c->cudnn_desc, sizeof c->cudnn_desc, " by %s", attn_cudnn_describe(c->cudnn));
     }
     c->attn_bf16 = 1;
     set_info(be);

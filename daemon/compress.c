@@ -122,7 +122,7 @@ static int check_fit(run_ctx *r, trainer *t, const llama_config *small, pc_err *
     if (capacity == 0 || !strcmp(r->cfg.run.mode, "importance")) return 0;
     plan p;
     if (build_plan(r, t, small, &p, e) != 0) return -1;
-    char device[200];
+    char device[256];
     if (r->cfg.backend.memory_gib > 0)
         snprintf(device, sizeof device, "backend.memory_gib on the %s backend (%s)", r->be->ops->name, r->be->info);
     else

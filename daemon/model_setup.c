@@ -66,6 +66,12 @@ int run_backend(run_ctx *r, pc_err *e) {
     const char *mm = r->cfg.backend.matmul;
     r->be->ops->set_matmul(r->be, !strcmp(mm, "bf16") ? MATMUL_BF16 : !strcmp(mm, "tf32") ? MATMUL_TF32 : MATMUL_FP32);
     if (cuda && config_attention_bf16(&r->cfg)) backend_cuda_set_attention(r->be, 1);
+    if (cuda && config_attention_cudnn(&r->cfg)) {
+        char why[512];
+        if (backend_cuda_use_cudnn(r->be, why, sizeof why) != 0)
+            return pc_errorf(e, "%s: backend.attention is 'cudnn' but rank %d cannot run cuDNN's attention: %s",
+                             r->cfg.source, r->rank, why);
+    }
     if (cuda) {
         char name[128] = "?";
         pc_cuda_device_name(device, name, sizeof name);

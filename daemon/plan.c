@@ -417,7 +417,14 @@ static int64_t gemm_bf16_bytes(const plan *p, const plan_opts *o) {
  * teacher and the streamed base share the trained model's heads and make none. */
 static int64_t attn_copies_bytes(const plan *p, const plan_opts *o) {
     const llama_config *s = &p->small;
-    return qkv16(s, o) ? (int64_t)o->micro_batch * o->seq_len * s->n_heads * s->head_dim * 2 : 0;
+    if (!qkv16(s, o)) return 0;
+    int64_t N = (int64_t)o->micro_batch * o->seq_len, q = N * s->n_heads * s->head_dim;
+    if (!o->attn_cudnn) return q * 2;
+    /* cuDNN (backend_cuda.cu, attention_cudnn.c): dO's copy, the output's where it is fp32
+     * (the products not bf16), the bf16 dq | dk | dv, the fp32 dQ accumulator and row
+     * sums; its engines' own workspace is not counted (a few MB) */
+    int64_t qkv = N * (s->n_heads + 2 * s->n_kv_heads) * s->head_dim;
+    return q * 2 + (o->weights_bf16 ? 0 : q * 2) + qkv * 2 + q * 4 + N * s->n_heads * 4;
 }
 
 /* The teacher's weights: fp32, or (bf16_teacher) its matrices in bf16 only and its norm
@@ -963,6 +970,7 @@ void plan_opts_from_config(const pc_config *c, plan_opts *o) {
     o->logits_chunk = c->train.logits_chunk;
     o->weights_bf16 = !strcmp(c->backend.matmul, "bf16");
     o->attn_bf16 = config_attention_bf16(c);
+    o->attn_cudnn = config_attention_cudnn(c);
     o->shard_grads = c->compress.shard_grads && !strcmp(c->run.mode, "compress"); /* prune ignores it */
     o->global_batch = c->train.global_batch;
     plan_opts_set_device(o, !strcmp(c->backend.device, "cuda"));

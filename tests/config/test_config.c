@@ -254,9 +254,11 @@ static void test_attention_follows_matmul(void **state) {
     pc_err e = {{0}};
     static const struct {
         const char *attention, *matmul;
-        int bf16;
-    } cases[] = {{NULL, NULL, 0},      {NULL, "bf16", 1},     {NULL, "tf32", 0},     {"auto", "fp32", 0},
-                 {"auto", "bf16", 1}, {"fp32", "bf16", 0}, {"bf16", "fp32", 1}, {"bf16", "tf32", 1}};
+        int bf16, cudnn;
+    } cases[] = {{NULL, NULL, 0, 0},      {NULL, "bf16", 1, 0},     {NULL, "tf32", 0, 0},
+                 {"auto", "fp32", 0, 0},  {"auto", "bf16", 1, 0},   {"fp32", "bf16", 0, 0},
+                 {"bf16", "fp32", 1, 0},  {"bf16", "tf32", 1, 0},   {"cudnn", "fp32", 1, 1},
+                 {"cudnn", "bf16", 1, 1}};
     write_yaml(f, "job.yaml", minimal, path, sizeof path);
     for (size_t i = 0; i < PC_ARRAY_LEN(cases); i++) {
         char a[64], m[64];
@@ -265,9 +267,10 @@ static void test_attention_follows_matmul(void **state) {
         if (cases[i].attention) snprintf(a, sizeof a, "backend.attention=%s", cases[i].attention), sets[n++] = a;
         if (cases[i].matmul) snprintf(m, sizeof m, "backend.matmul=%s", cases[i].matmul), sets[n++] = m;
         assert_int_equal(config_load(&f->a, path, sets, n, &e), 0);
-        if (config_attention_bf16(&f->a) != cases[i].bf16)
-            fail_msg("attention %s, matmul %s: bf16 %d, want %d", f->a.backend.attention, f->a.backend.matmul,
-                     config_attention_bf16(&f->a), cases[i].bf16);
+        if (config_attention_bf16(&f->a) != cases[i].bf16 || config_attention_cudnn(&f->a) != cases[i].cudnn)
+            fail_msg("attention %s, matmul %s: bf16 %d cudnn %d, want %d %d", f->a.backend.attention,
+                     f->a.backend.matmul, config_attention_bf16(&f->a), config_attention_cudnn(&f->a),
+                     cases[i].bf16, cases[i].cudnn);
     }
     const char *bad[] = {"backend.attention=tf32"};
     assert_int_not_equal(config_load(&f->a, path, bad, 1, &e), 0);

@@ -9,7 +9,8 @@
  * 66.9 plain fp32). With -bf16 1 the products read the model's bf16 weight copy, as the
  * daemon's do (llama_use_bf16_weights); -w16 0 rounds the weights on every product
  * instead, for comparison. -attn 1 runs attention on bf16 tensor cores
- * (backend_cuda_set_attention). Peak device memory is sampled with cudaMemGetInfo after
+ * (backend_cuda_set_attention), -attn 2 the same by cuDNN's fused flash attention
+ * (backend_cuda_use_cudnn). Peak device memory is sampled with cudaMemGetInfo after
  * every forward and backward. -prof N runs N more steps after the timed ones with the
  * backend's op profiler on (backend_cuda_profile: CUDA events around each op) and prints
  * where their device time went, op by op, with each op's TFLOP/s or GB/s; the timed steps
@@ -102,7 +103,7 @@ int main(int argc, char **argv)
         if (bad) return usage();
     }
     if (B < 1 || T < 1 || steps < 1 || layers < 1 || layers > PC_MAX_LAYERS || d_model < 1 || d_ff < 1 || vocab < 2 ||
-        heads < 1 || kv < 1 || heads % kv != 0 || hd < 2 || hd % 2 != 0)
+        heads < 1 || kv < 1 || heads % kv != 0 || hd < 2 || hd % 2 != 0 || attn < 0 || attn > 2)
         return usage();
     if (pc_cuda_device_count() == 0) {
         printf("no CUDA device: nothing to measure\n");
@@ -118,7 +119,11 @@ int main(int argc, char **argv)
     }
     backend_cuda_set_tf32(be, tf32);
     if (bf16) be->ops->set_matmul(be, MATMUL_BF16);
-    backend_cuda_set_attention(be, attn);
+    backend_cuda_set_attention(be, attn != 0);
+    if (attn == 2 && backend_cuda_use_cudnn(be, err, (int)sizeof err) != 0) {
+        fprintf(stderr, "-attn 2: %s\n", err);
+        return 1;
+    }
     { /* the variants not given stay as they are */
         attn_tc_variants v = attn_tc_set_variants((attn_tc_variants){1, 1});
         if (groups >= 0) v.groups = groups;

@@ -112,10 +112,12 @@ pack() {
     say "$KIT_TAR: ${#objs[@]} programs, $n libraries, $(du -h "$KIT_TAR" | cut -f1)"
 }
 
-# The directories holding CUDA's libraries on this machine (toolkit, or Python wheels).
+# The directories holding CUDA's libraries on this machine (toolkit, or Python wheels):
+# those the programs link, and cuDNN and NVRTC, which backend.attention cudnn loads at
+# run time (cuDNN's engines compile with NVRTC).
 cuda_dirs() {
     local d dirs=()
-    for lib in libcudart.so.13 libcublas.so.13 libcublasLt.so.13 libnccl.so.2; do
+    for lib in libcudart.so.13 libcublas.so.13 libcublasLt.so.13 libnccl.so.2 libcudnn.so.9 libnvrtc.so.13; do
         d=$(ldconfig -p 2>/dev/null | awk -v l="$lib" '$1 == l {print $NF; exit}')
         [ -n "$d" ] || d=$(find /usr/local /opt /usr/lib -name "$lib" 2>/dev/null | head -n 1)
         [ -n "$d" ] && dirs+=("$(dirname "$d")")
@@ -203,10 +205,12 @@ part_tests() { # the whole gpu suite, as tests/gpu/meson.build runs it
     part_daemon
 }
 part_bench() { # run.sh gpu's bench-gpu modes, bf16 first with an op profile of two more steps and
-    # the attention's kernel variants tuned, then held to their first variants beside it, then
-    # attention at head_dim 128 (as Llama-3.1-8B's) and at T 8192, profiled
-    for mode in "-bf16 1 -attn 1 -prof 2" "-bf16 1 -attn 1 -groups 1 -dkv 1" \
-        "-bf16 1 -attn 1 -hd 128 -heads 16 -kv 4 -prof 2" "-bf16 1 -attn 1 -B 1 -T 8192 -prof 2" "-bf16 1" "-tf32 1" \
+    # the attention's kernel variants tuned, then attention by cuDNN, then the kernels held to
+    # their first variants, then attention at head_dim 128 (as Llama-3.1-8B's) and at T 8192,
+    # profiled, by the kernels and by cuDNN
+    for mode in "-bf16 1 -attn 1 -prof 2" "-bf16 1 -attn 2 -prof 2" "-bf16 1 -attn 1 -groups 1 -dkv 1" \
+        "-bf16 1 -attn 1 -hd 128 -heads 16 -kv 4 -prof 2" "-bf16 1 -attn 2 -hd 128 -heads 16 -kv 4 -prof 2" \
+        "-bf16 1 -attn 1 -B 1 -T 8192 -prof 2" "-bf16 1 -attn 2 -B 1 -T 8192 -prof 2" "-bf16 1" "-tf32 1" \
         "-bf16 1 -w16 0" "-tf32 0"; do
         # shellcheck disable=SC2086
         step "$out/bench-gpu.txt" 300 "$PC_BUILD/tests/gpu/bench-gpu" -B 4 -T 2048 $mode

@@ -291,6 +291,61 @@ static int run_same_bits_case(const char *tag, const llama_config *cfg, int B, i
     return 0;
 }
 
+/* The model with attention by cuDNN (backend_cuda_use_cudnn) beside the same model on
+ * the tensor-core kernels, both against the CPU's (fp32 attention, products as go says):
+ * the loss within 1e-3 relative of the kernels', and the worst gradient tensor vs the
+ * CPU within twice the kernels' or 2e-3 (cuDNN writes dq, dk and dv in bf16: one
+ * rounding more). Where cuDNN is not usable it says why and checks nothing. */
+static int run_cudnn_case(const char *tag, const llama_config *cfg, int B, int T, backend *cpu, backend *gpu,
+                          const llama_opts *go)
+{
+    char err[512];
+    backend_cuda_set_attention(gpu, 1);
+    if (backend_cuda_use_cudnn(gpu, err, (int)sizeof err) != 0) {
+        printf("%s: not tested: %s\n", tag, err);
+        backend_cuda_set_attention(gpu, 0);
+        return 0;
+    }
+    llama_model mk, md, mc;
+    pc_err e;
+    int rc = llama_init_opts(&md, cfg, gpu, B, T, go, &e);
+    backend_cuda_set_attention(gpu, 1); /* the kernels for the second */
+    if (rc || llama_init_opts(&mk, cfg, gpu, B, T, go, &e) || llama_init_opts(&mc, cfg, cpu, B, T, go, &e)) {
+        fprintf(stderr, "%s: llama_init: %s\n", tag, e.msg);
+        return -1;
+    }
+    llama_model *ms[] = {&md, &mk, &mc};
+    int N = B * T;
+    int32_t *tok, *tgt;
+    random_batch(N, cfg->vocab_size, 5, 5, 1, &tok, &tgt);
+    float l[3];
+    for (int i = 0; i < 3; i++) {
+        if (i == 0) backend_cuda_use_cudnn(gpu, err, (int)sizeof err);
+        if (i == 1) backend_cuda_set_attention(gpu, 1);
+        llama_init_random(ms[i], 7, 0.2f);
+        llama_refresh_w16(ms[i]);
+        llama_zero_grad(ms[i]);
+        l[i] = llama_forward(ms[i], tok, tgt);
+        llama_backward(ms[i]);
+        gpu->ops->sync(gpu);
+    }
+    char what[200];
+    snprintf(what, sizeof what, "%s: loss %.6f, kernels' %.6f, cpu %.6f", tag, (double)l[0], (double)l[1],
+             (double)l[2]);
+    report(what, fabs((double)l[0] - l[1]) / fabs((double)l[1]), 1e-3);
+    snprintf(what, sizeof what, "%s: cuDNN vs cpu", tag);
+    double ed = compare_grads_tol(what, &mc, &md, INFINITY);
+    snprintf(what, sizeof what, "%s: kernels vs cpu", tag);
+    double ek = compare_grads_tol(what, &mc, &mk, INFINITY);
+    snprintf(what, sizeof what, "%s: worst gradient vs cpu %.3e by cuDNN, %.3e by the kernels", tag, ed, ek);
+    report(what, ed <= fmax(2.0 * ek, 2e-3) ? 0.0 : 1.0, 0.5);
+    backend_cuda_set_attention(gpu, 0);
+    free(tok);
+    free(tgt);
+    for (int i = 0; i < 3; i++) llama_free(ms[i]);
+    return 0;
+}
+
 int main(void)
 {
     if (pc_cuda_device_count() == 0) {
@@ -357,6 +412,9 @@ int main(void)
                                          FUSED_ROPE | FUSED_RMSNORM, NULL, &w16);
     /* no result depends on the order blocks run in: tied embedding (repeated tokens over
      * more than one 256-position scan), norms (dw in partials), attention */
+    if (rc == 0) rc = run_cudnn_case("cuDNN attention, bf16 products", &c, 2, 70, cpu, gpu, &w16);
+    if (rc == 0) rc = run_cudnn_case("cuDNN attention, bf16 products, recomputing", &c, 2, 70, cpu, gpu, &w16_rc);
+    if (rc == 0) rc = run_cudnn_case("cuDNN attention, fp32 products", &c, 2, 70, cpu, gpu, &plain);
     if (rc == 0) rc = run_same_bits_case("fp32, blocks shuffled", &c, 4, 70, gpu, 0, 0, "shuffle", &plain);
     if (rc == 0) rc = run_same_bits_case("bf16 products and attention, blocks reversed", &c, 4, 70, gpu, 1, 0,
                                          "reverse", &w16);

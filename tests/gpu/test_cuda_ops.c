@@ -787,6 +787,127 @@ static void test_attention16(ctx *x)
     backend_cuda_set_attention(x->gpu, 0);
 }
 
+/* ---------------------------------------------------------------- attention by cuDNN */
+
+/* attention_fwd_16 (out in fp32 and in bf16) and attention_bwd_16 (from either output)
+ * by cuDNN against the CPU's fp32 attention on the same rotated, rounded inputs. */
+static void test_attention_cudnn16_case(ctx *x, int B, int T, int H, int KV, int hd)
+{
+    const int C = (H + 2 * KV) * hd, qd = H * hd, kvd = KV * hd;
+    const size_t N = (size_t)B * T, nq = N * C, no = N * qd, nl = (size_t)B * H * T;
+    char what[160];
+    pair cs, sn;
+    rope_pairs(x, T, hd, &cs, &sn);
+    pair qkv = pair_randn(x, nq, 1.0f);
+    uint16_t *q16 = (uint16_t *)be_alloc(x->gpu, (nq + 1) / 2);
+    x->gpu->ops->rope_qkv_16(x->gpu, q16, qkv.g, cs.g, sn.g, B, T, H, KV, hd, C);
+    x->cpu->ops->rope_fwd(x->cpu, qkv.c, cs.c, sn.c, B, T, H, hd, C);
+    x->cpu->ops->rope_fwd(x->cpu, qkv.c + qd, cs.c, sn.c, B, T, KV, hd, C);
+    pair out = pair_randn(x, no, 1.0f), lse = pair_randn(x, nl, 1.0f);
+    x->cpu->ops->attention_fwd(x->cpu, out.c, lse.c, qkv.c, qkv.c + qd, qkv.c + qd + kvd, B, T, H, KV, hd, C);
+    x->gpu->ops->attention_fwd_16(x->gpu, out.g, 0, lse.g, q16, B, T, H, KV, hd);
+    snprintf(what, sizeof what, "cuDNN attention_fwd_16 vs cpu B=%d T=%d H=%d KV=%d hd=%d", B, T, H, KV, hd);
+    check_pair(x, what, &out, TOL_ATT_BF16);
+    snprintf(what, sizeof what, "cuDNN attention_fwd_16 lse vs cpu B=%d T=%d H=%d KV=%d hd=%d", B, T, H, KV, hd);
+    check_pair(x, what, &lse, TOL_ATT_BF16);
+    /* the bf16 output: the fp32 one within a bf16 rounding */
+    uint16_t *o16 = (uint16_t *)be_alloc(x->gpu, no / 2);
+    float *lse_b = be_alloc(x->gpu, nl), *wide = be_alloc(x->gpu, no);
+    x->gpu->ops->attention_fwd_16(x->gpu, o16, 1, lse_b, q16, B, T, H, KV, hd);
+    x->gpu->ops->widen_bf16(x->gpu, wide, o16, no);
+    pair ow = {out.c, wide, no};
+    snprintf(what, sizeof what, "cuDNN attention_fwd_16 out16 vs cpu B=%d T=%d hd=%d", B, T, hd);
+    check_pair(x, what, &ow, TOL_ATT_BF16);
+
+    pair dout = pair_randn(x, no, 1.0f), dqkv = pair_randn(x, nq, 1.0f); /* random: all must be written */
+    x->cpu->ops->attention_bwd(x->cpu, dqkv.c, dqkv.c + qd, dqkv.c + qd + kvd, dout.c, out.c, lse.c, qkv.c,
+                               qkv.c + qd, qkv.c + qd + kvd, B, T, H, KV, hd, C);
+    for (int from16 = 0; from16 < 2; from16++) {
+        x->gpu->ops->attention_bwd_16(x->gpu, dqkv.g, dqkv.g + qd, dqkv.g + qd + kvd, dout.g,
+                                      from16 ? (const void *)o16 : (const void *)out.g, from16, from16 ? lse_b : lse.g,
+                                      q16, B, T, H, KV, hd, C);
+        snprintf(what, sizeof what, "cuDNN attention_bwd_16 dq|dk|dv vs cpu B=%d T=%d H=%d KV=%d hd=%d out%s", B, T,
+                 H, KV, hd, from16 ? "16" : " fp32");
+        check_pair(x, what, &dqkv, TOL_ATT_BF16);
+    }
+    be_free(x->gpu, o16);
+    be_free(x->gpu, lse_b);
+    be_free(x->gpu, wide);
+    be_free(x->gpu, q16);
+    pair_free(x, &dout);
+    pair_free(x, &dqkv);
+    pair_free(x, &out);
+    pair_free(x, &lse);
+    pair_free(x, &qkv);
+    pair_free(x, &cs);
+    pair_free(x, &sn);
+}
+
+/* backend_cuda_use_cudnn: attention by cuDNN's fused flash attention against the CPU's
+ * fp32 (TOL_ATT_BF16, as the tensor-core kernels), on the fp32-input routes (their
+ * rounded copies) and the bf16 ones, at ragged T, GQA, MQA and head_dim 48 to 128. A
+ * build or machine without cuDNN refuses it with the reason and keeps the kernels (the
+ * emulator's build has none). */
+static void test_attention_cudnn(ctx *x)
+{
+    char err[512] = "";
+    backend_cuda_set_attention(x->gpu, 1);
+    char before[sizeof x->gpu->info];
+    snprintf(before, sizeof before, "%s", x->gpu->info);
+    if (backend_cuda_use_cudnn(x->gpu, err, (int)sizeof err) != 0) {
+        char what[700];
+#ifdef PC_TEST_EMU
+        snprintf(what, sizeof what, "cuDNN refused in a build without it, with the reason (%s)", err);
+        report(x, what, strstr(err, "no cuDNN") ? 0.0 : 1.0, 0.5);
+#else
+        printf("cuDNN attention not tested: %s\n", err);
+#endif
+        snprintf(what, sizeof what, "a refused cuDNN leaves the backend as it was (%s)", x->gpu->info);
+        report(x, what, strcmp(before, x->gpu->info) ? 1.0 : 0.0, 0.5);
+        backend_cuda_set_attention(x->gpu, 0);
+        return;
+    }
+    char what[300];
+    snprintf(what, sizeof what, "backend info names cuDNN (%s)", x->gpu->info);
+    report(x, what, strstr(x->gpu->info, "by cuDNN") ? 0.0 : 1.0, 0.5);
+    const int Ts[] = {1, 17, 64, 65, 130, 300}, hds[] = {64, 128};
+    for (size_t i = 0; i < PC_ARRAY_LEN(Ts); i++)
+        for (size_t j = 0; j < PC_ARRAY_LEN(hds); j++)
+            test_attention_case(x, 2, Ts[i], 4, 2, hds[j], 0, TOL_ATT_BF16);
+    test_attention_case(x, 1, 65, 8, 1, 32, 0, TOL_ATT_BF16); /* multi-query */
+    test_attention_case(x, 2, 40, 3, 3, 80, 0, TOL_ATT_BF16); /* multi-head */
+    test_attention_case(x, 1, 70, 2, 1, 48, 0, TOL_ATT_BF16);
+    test_attention_case(x, 2, 70, 4, 2, 64, 1, TOL_ATT_BF16); /* fp32 rows not 16-byte aligned */
+    test_attention_cudnn16_case(x, 2, 65, 4, 2, 64);
+    test_attention_cudnn16_case(x, 1, 300, 8, 2, 128);
+    test_attention_cudnn16_case(x, 2, 1000, 8, 2, 64);
+    /* cuDNN's, not the kernels': the same inputs give other bits */
+    const int B = 1, T = 100, H = 2, KV = 1, hd = 64, C = (H + 2 * KV) * hd;
+    const size_t n = (size_t)B * T * H * hd;
+    pair qkv = pair_randn(x, (size_t)B * T * C, 1.0f);
+    float *o[2], *lse = be_alloc(x->gpu, (size_t)B * H * T);
+    for (int k = 0; k < 2; k++) {
+        if (k) backend_cuda_use_cudnn(x->gpu, err, (int)sizeof err);
+        else backend_cuda_set_attention(x->gpu, 1);
+        o[k] = be_alloc(x->gpu, n);
+        x->gpu->ops->attention_fwd(x->gpu, o[k], lse, qkv.g, qkv.g + H * hd, qkv.g + (H + KV) * hd, B, T, H, KV, hd,
+                                   C);
+    }
+    float *h0 = pc_alloc_f32(n), *h1 = pc_alloc_f32(n);
+    be_download(x->gpu, h0, o[0], n);
+    be_download(x->gpu, h1, o[1], n);
+    report(x, "cuDNN's forward is not the tensor-core kernels' (other bits)", memcmp(h0, h1, n * 4) ? 0.0 : 1.0,
+           0.5);
+    free(h0);
+    free(h1);
+    be_free(x->gpu, o[0]);
+    be_free(x->gpu, o[1]);
+    be_free(x->gpu, lse);
+    pair_free(x, &qkv);
+    backend_cuda_set_attention(x->gpu, 0);
+    report(x, "backend_cuda_set_attention turns cuDNN off", strstr(x->gpu->info, "cuDNN") ? 1.0 : 0.0, 0.5);
+}
+
 /* ---------------------------------------------------------------- attention variants */
 
 /* Whether attn_tc_tuned_report lists kernel ("forward", "dQ", "dK dV") at this shape. */
@@ -1251,6 +1372,7 @@ int main(void)
     test_attention(&x);
     test_attention16(&x);
     test_attention_variants(&x);
+    test_attention_cudnn(&x);
     test_swiglu(&x);
     test_xent(&x);
     test_distill(&x);
