@@ -285,8 +285,8 @@ typedef struct ac_dims {
     int64_t B, T, H, KV, hd;
 } ac_dims;
 
-/* rows of `width` values, token-major, `heads` heads of hd from column `col0`'s head
- * (col0 only moves the pointer): (B, heads, T, hd) */
+/* rows of `width` values, token-major, `heads` heads of hd from the pointer's column
+ * on: (B, heads, T, hd) */
 static ac_shape ac_bshd(ac_dims d, int64_t heads, int64_t width)
 {
     return (ac_shape){{d.B, heads, d.T, d.hd}, {d.T * width, d.hd, width, 1}};
@@ -498,13 +498,13 @@ static int ac_plan(ac_graph *g, int bwd, ac_dims d, cudnnHandle_t handle, cudnnB
             ac_fail(g, "execution plan", st);
             return -1;
         }
-        int64_t one = 0;
+        int64_t count = 0;
         st = L.SetAttr(plan, CUDNN_ATTR_EXECUTION_PLAN_ENGINE_CONFIG, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &cfg[i]);
         if (st == CUDNN_STATUS_SUCCESS)
             st = L.SetAttr(plan, CUDNN_ATTR_EXECUTION_PLAN_HANDLE, CUDNN_TYPE_HANDLE, 1, &handle);
         if (st == CUDNN_STATUS_SUCCESS) st = L.Finalize(plan);
         if (st == CUDNN_STATUS_SUCCESS)
-            st = L.GetAttr(plan, CUDNN_ATTR_EXECUTION_PLAN_WORKSPACE_SIZE, CUDNN_TYPE_INT64, 1, &one, workspace);
+            st = L.GetAttr(plan, CUDNN_ATTR_EXECUTION_PLAN_WORKSPACE_SIZE, CUDNN_TYPE_INT64, 1, &count, workspace);
         if (st == CUDNN_STATUS_SUCCESS) {
             *plan_out = plan;
             return 0;

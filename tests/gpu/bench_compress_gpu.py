@@ -62,7 +62,7 @@ def parse():
                     help="backend.matmul of the daemon (and the PyTorch equivalent)")
     ap.add_argument("--dtype", default="bf16", choices=["f32", "bf16"],
                     help="model.dtype of the daemon: the frozen base held in bf16 (the PyTorch side likewise) or f32")
-    ap.add_argument("--attention", default="bf16", choices=["fp32", "bf16"],
+    ap.add_argument("--attention", default="bf16", choices=["fp32", "bf16", "cudnn"],
                     help="backend.attention of the daemon (PyTorch's attention runs under the same autocast)")
     ap.add_argument("--peak", type=float, default=989.4, help="device's dense bf16 TFLOP/s (989.4: H100 SXM)")
     ap.add_argument("--keep", default=None, help="directory for the base, shard and runs, reused between runs")

@@ -47,9 +47,11 @@ int main(void)
         const char *name, *json;
     } devs[] = {{"H100", h100}, {"H200", h200}};
     /* B, T, H, KV, hd: GQA, the 1B benchmark's and an 8B layer's attention, T not a
-     * multiple of any tile, head_dim 48 and 128, one KV head */
+     * multiple of any tile and T 1, head_dim 32 to 128, one KV head, the shapes
+     * gpu-backend-ops runs cuDNN at */
     const int shapes[][5] = {{2, 256, 4, 2, 64}, {4, 2048, 32, 8, 64}, {1, 4096, 32, 8, 128},
-                             {1, 1000, 8, 8, 128}, {2, 130, 6, 2, 48}, {1, 97, 4, 1, 64}};
+                             {1, 1000, 8, 8, 128}, {2, 130, 6, 2, 48}, {1, 97, 4, 1, 64},
+                             {2, 1, 4, 2, 64},     {1, 65, 8, 1, 32},   {2, 40, 3, 3, 80}};
     char err[1024], what[1400];
     for (size_t di = 0; di < sizeof devs / sizeof devs[0]; di++)
         for (size_t si = 0; si < sizeof shapes / sizeof shapes[0]; si++)

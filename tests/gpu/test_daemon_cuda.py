@@ -8,7 +8,8 @@
   last within 1e-2, and the GPU's bf16 run differs from its fp32 run; with attention on
   bf16 tensor cores (backend.attention) against the CPU's fp32: first loss within 1e-2,
   last within 2e-2 (these runs use magnitude importance, so that both sides keep the same
-  indices).
+  indices); the same with attention by cuDNN (backend.attention cudnn; where cuDNN cannot
+  run, the rank's reason is printed and nothing checked).
 - the compress job with bf16 products and attention run twice on the GPU: losses, grad
   norms, validation losses and fused tensors bit for bit the same; stopped after step 3
   (its checkpoint) and resumed by the same command, bit for bit the uninterrupted run.
@@ -143,6 +144,19 @@ def main():
         r0, r1 = abs(ga[0][0] - cpu_m[0][0]) / cpu_m[0][0], abs(ga[0][-1] - cpu_m[0][-1]) / cpu_m[0][-1]
         pclib.check(r0 < 1e-2 and r1 < 2e-2 and not np.array_equal(ga[0], g32[0]),
                     f"{mode} bf16 tensor-core attention vs CPU fp32: first loss rel {r0:.2e}, last {r1:.2e}")
+        # the same by cuDNN's attention, where cuDNN can run (else the rank says why)
+        d = os.path.join(root, f"{mode}-attn-cudnn")
+        p = pclib.projcompd(1, job, f"run.dir={d}", f"run.mode={mode}", "backend.device=cuda",
+                            "backend.matmul=fp32", "backend.attention=cudnn", mag, check=False)
+        if p.returncode != 0 and "cannot run cuDNN's attention" in p.stderr + p.stdout:
+            print(f"{mode}: cuDNN attention not tested: {(p.stderr + p.stdout).strip().splitlines()[-1]}")
+        else:
+            pclib.check(p.returncode == 0, f"{mode} cuDNN attention run exits 0 ({p.returncode})")
+            gd = pclib.run_arrays(d)
+            r0, r1 = abs(gd[0][0] - cpu_m[0][0]) / cpu_m[0][0], abs(gd[0][-1] - cpu_m[0][-1]) / cpu_m[0][-1]
+            pclib.check(r0 < 1e-2 and r1 < 2e-2 and "attention bf16 by cuDNN" in
+                        open(os.path.join(d, "logs", "rank-00000.log")).read(),
+                        f"{mode} cuDNN attention vs CPU fp32: first loss rel {r0:.2e}, last {r1:.2e}")
 
     # the job files' modes (bf16 products and attention) twice: the same bits, since no
     # kernel's result depends on the order its blocks run in

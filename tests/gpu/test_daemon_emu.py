@@ -28,6 +28,8 @@ comm (cuda/comm_nccl.c) on NCCL's API emulated with MPI (nccl_emu.c).
 - on a device with too little shared memory a block for the tensor-core kernels
   (PC_EMU_SMEM_OPTIN), bf16 attention falls back to fp32 and the plan counts no bf16
   copies for it;
+- backend.attention cudnn in a build without cuDNN: the rank stops before training with
+  the key and the reason, and no model is written;
 - distillation from a bf16 teacher (model.dtype bf16): losses within 1e-3 of the CPU's,
   with an fp32 student and with bf16 products (the student's dlogits written in bf16 by
   distill_16);
@@ -187,6 +189,12 @@ def main():
     log = open(os.path.join(d, "logs", "rank-00000.log")).read()
     pclib.check("attention bf16 copies: 0 bytes here (plan: 0)" in log and "q, k, v kept in bf16 only" not in log,
                 "1 KiB of shared memory a block: fp32 attention, and the plan counts no bf16 copies")
+    # backend.attention cudnn where cuDNN cannot run (the emulator's build has none): the
+    # rank stops before training, naming the key and the reason, and writes no model
+    d, p = launch("cudnn-emu", 1, True, "backend.matmul=bf16", "backend.attention=cudnn", check=False)
+    pclib.check(p.returncode != 0 and "backend.attention is 'cudnn' but rank 0 cannot run cuDNN's attention: this "
+                "build has no cuDNN" in p.stderr + p.stdout and not os.path.exists(os.path.join(d, "final")),
+                f"backend.attention cudnn without cuDNN: exit {p.returncode}, the key and the reason named, no model")
     # distillation from a bf16 teacher (model.dtype bf16: matrices loaded rounded into the
     # bf16 copy only, products from bf16 operands) beside an fp32 student
     sets = ["distill.enabled=true", "model.dtype=bf16"]
