@@ -369,20 +369,14 @@ static void cu_upload_bf16(backend *be, uint16_t *dst, const uint16_t *host_src,
 }
 
 /* bf16 bits are the high half of the fp32 with the same value */
-__device__ float widen1(uint16_t b) { return __uint_as_float((unsigned)b << 16); }
-
-__global__ void k_widen_bf16(float *dst, const uint16_t *src, size_t n)
-{
-    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x)
-        dst[i] = widen1(src[i]);
-}
+__device__ float widen1(uint16_t b) { return vec_widen_bf16(b); }
 
 static void cu_widen_bf16(backend *be, float *dst, const uint16_t *src, size_t n)
 {
     cuda_impl *c = impl_of(be);
     if (!n) return;
     PROF_BEGIN(c, "widen_bf16", 0, 6 * n);
-    PC_LAUNCH(k_widen_bf16, grid_for(n, 256), 256, 0, c->stream)(dst, src, n);
+    widen_rows_bf16(c->stream, dst, n, src, 1, n, n); /* one dense row: 4 values a thread where aligned */
     LAUNCH_CHECK();
     PROF_END(c);
 }
@@ -1268,20 +1262,12 @@ static void att16_fwd(cuda_impl *c, const void *qkv16, void *out, int out16, flo
  * tensor-core kernels, with its bf16 outputs widened where the caller wants fp32 */
 
 /* dst (rows, w) fp32 with row stride ld_dst from src (rows, w) bf16 with row stride ld_src */
-__global__ void k_widen_rows(float *dst, size_t ld_dst, const uint16_t *src, size_t ld_src, size_t rows, int w)
-{
-    for (size_t r = blockIdx.y; r < rows; r += gridDim.y)
-        for (int j = blockIdx.x * blockDim.x + threadIdx.x; j < w; j += gridDim.x * blockDim.x)
-            dst[r * ld_dst + j] = widen1(src[r * ld_src + j]);
-}
-
 static void widen_rows(cuda_impl *c, const char *region, float *dst, size_t ld_dst, const uint16_t *src,
                        size_t ld_src, size_t rows, int w)
 {
     if (rows == 0 || w <= 0) return;
     PROF_BEGIN(c, region, 0, 6.0 * rows * w);
-    dim3 grid((unsigned)((w + 255) / 256), (unsigned)(rows < 65535 ? rows : 65535));
-    PC_LAUNCH(k_widen_rows, grid, 256, 0, c->stream)(dst, ld_dst, src, ld_src, rows, w);
+    widen_rows_bf16(c->stream, dst, ld_dst, src, rows, (size_t)w, ld_src);
     launch_check(c, __FILE__, __LINE__);
     PROF_END(c);
 }

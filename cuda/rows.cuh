@@ -45,12 +45,13 @@ static inline rows_launch rows_plan(size_t N, size_t f, size_t ld, bool aligned)
     return {V == 4, groups, fastdiv_make((unsigned)(f / V)), grid_for(groups, 256)};
 }
 
-/* dst (rows, cols) row stride ld_dst = bf16(src (rows, cols), row stride ld), nearest even,
- * V values at a time (V divides cols, ld and ld_dst, or rows cols when dense); fc divides
- * by cols / V (unused when dense) */
-template <int V>
-__global__ void k_round_bf16(__nv_bfloat16 *dst, size_t ld_dst, const float *src, size_t rows, size_t cols, size_t ld,
-                             fastdiv fc)
+/* dst (rows, cols) row stride ld_dst = src (rows, cols), row stride ld, converted: fp32 to
+ * bf16 (nearest even) or bf16 (its bits, uint16_t) to fp32, V values at a time (V divides
+ * cols, ld and ld_dst, or rows cols when dense); fc divides by cols / V (unused when
+ * dense) */
+template <int V, typename DstT, typename SrcT>
+__global__ void k_convert_rows(DstT *dst, size_t ld_dst, const SrcT *src, size_t rows, size_t cols, size_t ld,
+                               fastdiv fc)
 {
     const size_t n = rows * cols / V, cv = cols / V;
     const int dense = ld == cols && ld_dst == cols; /* contiguous: no division */
@@ -60,18 +61,31 @@ __global__ void k_round_bf16(__nv_bfloat16 *dst, size_t ld_dst, const float *src
     }
 }
 
-/* Queues k_round_bf16 over (rows, cols) on stream s (the caller checks the launch). */
-static inline void round_rows_bf16(cudaStream_t s, __nv_bfloat16 *dst, size_t ld_dst, const float *src, size_t rows,
-                                   size_t cols, size_t ld)
+/* Queues k_convert_rows over (rows, cols) on stream s (the caller checks the launch). */
+template <typename DstT, typename SrcT>
+static inline void convert_rows(cudaStream_t s, DstT *dst, size_t ld_dst, const SrcT *src, size_t rows, size_t cols,
+                                size_t ld)
 {
-    const bool aligned = vec_aligned(src, 4) && vec_aligned(dst, 2);
+    const bool aligned = vec_aligned(src, sizeof(SrcT)) && vec_aligned(dst, sizeof(DstT));
     const size_t n = rows * cols; /* contiguous: one row of them, no division */
     const rows_launch L =
         ld == cols && ld_dst == cols ? rows_plan(1, n, n, aligned) : rows_plan(rows, cols, ld | ld_dst, aligned);
     if (L.v4)
-        PC_LAUNCH(k_round_bf16<4>, L.grid, 256, 0, s)(dst, ld_dst, src, rows, cols, ld, L.fv);
+        PC_LAUNCH((k_convert_rows<4, DstT, SrcT>), L.grid, 256, 0, s)(dst, ld_dst, src, rows, cols, ld, L.fv);
     else
-        PC_LAUNCH(k_round_bf16<1>, L.grid, 256, 0, s)(dst, ld_dst, src, rows, cols, ld, L.fv);
+        PC_LAUNCH((k_convert_rows<1, DstT, SrcT>), L.grid, 256, 0, s)(dst, ld_dst, src, rows, cols, ld, L.fv);
+}
+
+/* dst = src rounded to bf16 (nearest even), and back: src's bf16 bits widened (exact) */
+static inline void round_rows_bf16(cudaStream_t s, __nv_bfloat16 *dst, size_t ld_dst, const float *src, size_t rows,
+                                   size_t cols, size_t ld)
+{
+    convert_rows(s, dst, ld_dst, src, rows, cols, ld);
+}
+static inline void widen_rows_bf16(cudaStream_t s, float *dst, size_t ld_dst, const uint16_t *src, size_t rows,
+                                   size_t cols, size_t ld)
+{
+    convert_rows(s, dst, ld_dst, src, rows, cols, ld);
 }
 
 #endif

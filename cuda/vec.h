@@ -14,6 +14,7 @@
 #endif
 #include <stddef.h>
 #include <stdint.h>
+#include <string.h>
 
 template <int V> struct fvec {
     float v[V];
@@ -23,6 +24,9 @@ template <int V> struct fvec {
 __device__ __forceinline__ float4 vec_ld16(const float *p) { return *(const float4 *)p; }
 __device__ __forceinline__ void vec_st16(float *p, float4 v) { *(float4 *)p = v; }
 __device__ __forceinline__ void vec_st8(void *p, uint64_t v) { *(uint64_t *)p = v; }
+__device__ __forceinline__ uint64_t vec_ld8(const void *p) { return *(const uint64_t *)p; }
+/* a bf16's bits (the high half of an fp32) widened, exactly */
+__device__ __forceinline__ float vec_widen_bf16(uint16_t b) { return __uint_as_float((unsigned)b << 16); }
 /* lo and hi rounded to bf16 (nearest even), lo in the low half */
 __device__ __forceinline__ uint32_t vec_pack_bf16(float lo, float hi)
 {
@@ -33,6 +37,14 @@ __device__ __forceinline__ uint32_t vec_pack_bf16(float lo, float hi)
 inline float4 vec_ld16(const float *p) { return emu_ld4(p); }
 inline void vec_st16(float *p, float4 v) { emu_st_aligned<float4>(p, v); }
 inline void vec_st8(void *p, uint64_t v) { emu_st_aligned<uint64_t>(p, v); }
+inline uint64_t vec_ld8(const void *p) { return emu_ld_aligned<uint64_t>(p); }
+inline float vec_widen_bf16(uint16_t b)
+{
+    const uint32_t u = (uint32_t)b << 16;
+    float f;
+    memcpy(&f, &u, sizeof f);
+    return f;
+}
 inline uint32_t vec_pack_bf16(float lo, float hi)
 {
     return (uint32_t)__float2bfloat16_rn(lo).bits | (uint32_t)__float2bfloat16_rn(hi).bits << 16;
@@ -48,6 +60,19 @@ template <int V> __device__ __forceinline__ fvec<V> vec_ld(const float *p)
         r.v[0] = a.x, r.v[1] = a.y, r.v[2] = a.z, r.v[3] = a.w;
     } else {
         for (int j = 0; j < V; j++) r.v[j] = p[j];
+    }
+    return r;
+}
+
+/* V bf16 values from p, widened (V = 4: p 8-byte aligned) */
+template <int V> __device__ __forceinline__ fvec<V> vec_ld(const uint16_t *p)
+{
+    fvec<V> r;
+    if constexpr (V == 4) {
+        const uint64_t a = vec_ld8(p);
+        for (int j = 0; j < 4; j++) r.v[j] = vec_widen_bf16((uint16_t)(a >> (16 * j)));
+    } else {
+        for (int j = 0; j < V; j++) r.v[j] = vec_widen_bf16(p[j]);
     }
     return r;
 }
