@@ -602,6 +602,7 @@ attn_cudnn *attn_cudnn_create(void *stream, char *err, int errlen)
 void attn_cudnn_free(attn_cudnn *a)
 {
     if (!a) return;
+    cudaStreamSynchronize(a->stream); /* nothing queued may still use the plans or scratch */
     for (int i = 0; i < a->nplans; i++) {
         L.DestroyDesc(a->plans[i].plan);
         ac_graph_free(a->plans[i].g);
