@@ -96,6 +96,17 @@ static cudnnBackendDescriptor_t ac_causal(cg_graph *g, ac_dims d, cudnnBackendDe
     return out;
 }
 
+/* Q K^T * scale (B,H,T,T) fp32 */
+static cudnnBackendDescriptor_t ac_scaled_scores(cg_graph *g, ac_dims d, cudnnBackendDescriptor_t q,
+                                                 cudnnBackendDescriptor_t kt, cudnnBackendDescriptor_t scale)
+{
+    cudnnBackendDescriptor_t s = cg_tensor(g, CG_VIRTUAL, 0, F32, ac_scores(d), "S");
+    cg_matmul(g, q, kt, s, "S = Q K^T");
+    cudnnBackendDescriptor_t ss = cg_tensor(g, CG_VIRTUAL, 0, F32, ac_scores(d), "S scaled");
+    cg_pointwise(g, CUDNN_POINTWISE_MUL, F32, -1, s, scale, NULL, ss, "S * scale");
+    return ss;
+}
+
 static void ac_build_fwd(cg_graph *g, ac_dims d)
 {
     const int64_t wq = d.H * d.hd, wkv = d.KV * d.hd;
@@ -107,11 +118,7 @@ static void ac_build_fwd(cg_graph *g, ac_dims d)
     cudnnBackendDescriptor_t scale = cg_tensor(g, CG_BY_VALUE, UID_SCALE, F32, ac_scalar, "scale");
     cudnnBackendDescriptor_t neg_inf = cg_tensor(g, CG_BY_VALUE, UID_NEG_INF, F32, ac_scalar, "-inf");
 
-    cudnnBackendDescriptor_t s = cg_tensor(g, CG_VIRTUAL, 0, F32, ac_scores(d), "S");
-    cg_matmul(g, q, kt, s, "S = Q K^T");
-    cudnnBackendDescriptor_t ss = cg_tensor(g, CG_VIRTUAL, 0, F32, ac_scores(d), "S scaled");
-    cg_pointwise(g, CUDNN_POINTWISE_MUL, F32, -1, s, scale, NULL, ss, "S * scale");
-    cudnnBackendDescriptor_t sm = ac_causal(g, d, ss, neg_inf);
+    cudnnBackendDescriptor_t sm = ac_causal(g, d, ac_scaled_scores(g, d, q, kt, scale), neg_inf);
     cudnnBackendDescriptor_t m = cg_tensor(g, CG_VIRTUAL, 0, F32, ac_rows(d), "row max");
     cg_reduce(g, CUDNN_REDUCE_TENSOR_MAX, sm, m, "row max");
     cudnnBackendDescriptor_t sub = cg_tensor(g, CG_VIRTUAL, 0, F32, ac_scores(d), "S - max");
@@ -169,10 +176,7 @@ static void ac_build_bwd(cg_graph *g, ac_dims d)
     cg_pointwise(g, CUDNN_POINTWISE_MUL, F32, -1, dsum0, one, NULL, dsum, "rowsum * 1");
 
     /* E = exp(masked(Q K^T scale - stats)) */
-    cudnnBackendDescriptor_t s = cg_tensor(g, CG_VIRTUAL, 0, F32, ac_scores(d), "S");
-    cg_matmul(g, q, kt, s, "S = Q K^T");
-    cudnnBackendDescriptor_t ss = cg_tensor(g, CG_VIRTUAL, 0, F32, ac_scores(d), "S scaled");
-    cg_pointwise(g, CUDNN_POINTWISE_MUL, F32, -1, s, scale, NULL, ss, "S * scale");
+    cudnnBackendDescriptor_t ss = ac_scaled_scores(g, d, q, kt, scale);
     cudnnBackendDescriptor_t sl = cg_tensor(g, CG_VIRTUAL, 0, F32, ac_scores(d), "S - lse");
     cg_pointwise(g, CUDNN_POINTWISE_SUB, F32, -1, ss, stats, NULL, sl, "S - lse");
     cudnnBackendDescriptor_t sm = ac_causal(g, d, sl, neg_inf);
