@@ -295,13 +295,18 @@ static int run_same_bits_case(const char *tag, const llama_config *cfg, int B, i
  * the tensor-core kernels, both against the CPU's (fp32 attention, products as go says):
  * the loss within 1e-3 relative of the kernels', and the worst gradient tensor vs the
  * CPU within twice the kernels' or 2e-3 (cuDNN writes dq, dk and dv in bf16: one
- * rounding more). Where cuDNN is not usable it says why and checks nothing. */
+ * rounding more). Where cuDNN is not usable it says why and checks nothing. On the
+ * emulator (PC_EMU_CUDNN=1) the backend's cuDNN route runs around the kernels as a
+ * stand-in for cuDNN (tests/gpu/cudnn_emu.cpp); a GPU's cuDNN ignores the variable. */
 static int run_cudnn_case(const char *tag, const llama_config *cfg, int B, int T, backend *cpu, backend *gpu,
                           const llama_opts *go)
 {
     char err[512];
+    setenv("PC_EMU_CUDNN", "1", 1);
     backend_cuda_set_attention(gpu, 1);
-    if (backend_cuda_use_cudnn(gpu, err, (int)sizeof err) != 0) {
+    int ok = backend_cuda_use_cudnn(gpu, err, (int)sizeof err) == 0;
+    unsetenv("PC_EMU_CUDNN");
+    if (!ok) {
         printf("%s: not tested: %s\n", tag, err);
         backend_cuda_set_attention(gpu, 0);
         return 0;
@@ -319,6 +324,7 @@ static int run_cudnn_case(const char *tag, const llama_config *cfg, int B, int T
     int32_t *tok, *tgt;
     random_batch(N, cfg->vocab_size, 5, 5, 1, &tok, &tgt);
     float l[3];
+    setenv("PC_EMU_CUDNN", "1", 1);
     for (int i = 0; i < 3; i++) {
         if (i == 0) backend_cuda_use_cudnn(gpu, err, (int)sizeof err);
         if (i == 1) backend_cuda_set_attention(gpu, 1);
@@ -330,6 +336,7 @@ static int run_cudnn_case(const char *tag, const llama_config *cfg, int B, int T
         gpu->ops->sync(gpu);
     }
     char what[200];
+    unsetenv("PC_EMU_CUDNN");
     snprintf(what, sizeof what, "%s: loss %.6f, kernels' %.6f, cpu %.6f", tag, (double)l[0], (double)l[1],
              (double)l[2]);
     report(what, fabs((double)l[0] - l[1]) / fabs((double)l[1]), 1e-3);

@@ -29,7 +29,9 @@ comm (cuda/comm_nccl.c) on NCCL's API emulated with MPI (nccl_emu.c).
   (PC_EMU_SMEM_OPTIN), bf16 attention falls back to fp32 and the plan counts no bf16
   copies for it;
 - backend.attention cudnn in a build without cuDNN: the rank stops before training with
-  the key and the reason, and no model is written;
+  the key and the reason, and no model is written; with the emulator's stand-in for
+  cuDNN (PC_EMU_CUDNN=1, tests/gpu/cudnn_emu.cpp) the job runs the backend's cuDNN route,
+  its losses as the bf16 attention run's are against the CPU;
 - distillation from a bf16 teacher (model.dtype bf16): losses within 1e-3 of the CPU's,
   with an fp32 student and with bf16 products (the student's dlogits written in bf16 by
   distill_16);
@@ -173,6 +175,18 @@ def main():
     pclib.check("q, k, v kept in bf16 only" in open(os.path.join(d, "logs", "rank-00000.log")).read(),
                 "bf16 attention: the log says q, k, v are kept in bf16")
     logged_vs_plan(d, 1, "attention bf16 copies", exact=True)
+    # the same with backend.attention cudnn, the backend's cuDNN route around the
+    # emulator's stand-in for cuDNN (tests/gpu/cudnn_emu.cpp: the kernels behind cuDNN's
+    # contract of bf16 results)
+    os.environ["PC_EMU_CUDNN"] = "1"
+    d = run("cudnn-standin-emu", 1, True, "backend.matmul=bf16", "backend.attention=cudnn")
+    del os.environ["PC_EMU_CUDNN"]
+    a = pclib.run_arrays(d)
+    r0, r1 = abs(a[0][0] - b[0][0]) / b[0][0], abs(a[0][-1] - b[0][-1]) / b[0][-1]
+    pclib.check(r0 < 1e-2 and r1 < 2e-2 and "attention bf16 by cuDNN stand-in" in
+                open(os.path.join(d, "logs", "rank-00000.log")).read(),
+                f"backend.attention cudnn (the emulator's stand-in) vs CPU bf16 products: first loss rel {r0:.2e}, "
+                f"last {r1:.2e}")
     # the same run with every kernel's blocks in another order: the same bits (no result
     # depends on the order blocks run in, as on a GPU, which promises none)
     os.environ["PC_EMU_BLOCK_ORDER"] = "shuffle"
