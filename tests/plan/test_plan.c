@@ -966,6 +966,24 @@ static void test_attention_copies(void **state) {
     }
     plan_free(&none);
     plan_free(&some);
+    /* by cuDNN (attn_cudnn): besides dO's copy, the bf16 dq | dk | dv, the fp32 dQ
+     * accumulator and row sums, and (products not bf16) the output's bf16 copy */
+    o.attn_bf16 = 1;
+    for (int w16 = 0; w16 < 2; w16++) {
+        o.weights_bf16 = w16;
+        for (int cudnn = 0; cudnn < 2; cudnn++) {
+            o.attn_cudnn = cudnn;
+            plan_opts_set_device(&o, 1);
+            assert_int_equal(plan_build(cudnn ? &some : &none, &base, &small, 4, &o, NULL), 0);
+        }
+        const int64_t N = 2 * 4096, C = (32 + 2 * 8) * 128, qd = 32 * 128;
+        const int64_t more = (w16 ? 0 : 2 * N * qd) + 2 * N * C + 4 * N * qd + 4 * N * 32;
+        assert_int_equal(some.attn_copies_bytes - none.attn_copies_bytes, more);
+        assert_int_equal(some.ranks[0].scratch_bytes - none.ranks[0].scratch_bytes, more);
+        plan_free(&none);
+        plan_free(&some);
+    }
+    o.attn_cudnn = 0;
     o.weights_bf16 = 0;
     o.attn_bf16 = 1;
     /* a head_dim the tensor-core kernels do not take (not a multiple of 16): fp32 attention */
@@ -984,7 +1002,8 @@ static void test_attention_copies(void **state) {
         const char *device, *matmul, *attention;
         int copies;
     } jobs[] = {{"cuda", "bf16", "auto", 1}, {"cuda", "tf32", "auto", 0}, {"cuda", "bf16", "fp32", 0},
-                {"cuda", "fp32", "bf16", 1}, {"cpu", "bf16", "auto", 0},  {"cpu", "fp32", "bf16", 0}};
+                {"cuda", "fp32", "bf16", 1}, {"cpu", "bf16", "auto", 0},  {"cpu", "fp32", "bf16", 0},
+                {"cuda", "bf16", "cudnn", 1}, {"cpu", "bf16", "cudnn", 0}};
     static pc_config c;
     strcpy(c.run.mode, "compress"), strcpy(c.model.dtype, "bf16"), strcpy(c.compress.importance, "magnitude");
     for (size_t i = 0; i < PC_ARRAY_LEN(jobs); i++) {
