@@ -40,7 +40,7 @@ int attn_cudnn_bwd(attn_cudnn *a, const void *qkv16, const void *out16, const vo
 /* For the tests, with no GPU: builds the forward (bwd 0) or backward (1) graph of a shape
  * and asks cuDNN's heuristics for engine configs on the device that devprop_json
  * describes (cuDNN's device-properties JSON, 9.8 and later); cuDNN keeps those that pass
- * its support checks, which need a CUDA driver to load (tests/gpu/cuda_stub.c stands in
+ * its support checks, which need a CUDA driver to load (tests/gpu/cuda_stub/ stands in
  * for one). 0 with their count in *viable, -1 with the reason (none, or cuDNN's message
  * for a graph it refuses), 77 where cuDNN cannot be loaded or is before 9.8. */
 int attn_cudnn_check_offline(const char *devprop_json, int bwd, int B, int T, int H, int KV, int hd, int *viable,
