@@ -112,6 +112,15 @@ pack() {
     say "$KIT_TAR: ${#objs[@]} programs, $n libraries, $(du -h "$KIT_TAR" | cut -f1)"
 }
 
+# $1 in a Python wheel of NVIDIA's (site-packages/nvidia/*/lib) of the machine's python3,
+# wherever that lives; nothing where none has it.
+wheel_lib() {
+    "${PYTHON:-python3}" -c 'import glob, os, site, sys
+dirs = site.getsitepackages() + [site.getusersitepackages()]
+hits = [f for d in dirs for f in glob.glob(os.path.join(d, "nvidia", "*", "lib", sys.argv[1]))]
+print(hits[0] if hits else "")' "$1" 2>/dev/null
+}
+
 # The directories holding CUDA's libraries on this machine (toolkit, or Python wheels):
 # those the programs link, and cuDNN and NVRTC, which backend.attention cudnn loads at
 # run time (cuDNN's engines compile with NVRTC).
@@ -120,6 +129,7 @@ cuda_dirs() {
     for lib in libcudart.so.13 libcublas.so.13 libcublasLt.so.13 libnccl.so.2 libcudnn.so.9 libnvrtc.so.13; do
         d=$(ldconfig -p 2>/dev/null | awk -v l="$lib" '$1 == l {print $NF; exit}')
         [ -n "$d" ] || d=$(find /usr/local /opt /usr/lib -name "$lib" 2>/dev/null | head -n 1)
+        [ -n "$d" ] || d=$(wheel_lib "$lib")
         [ -n "$d" ] && dirs+=("$(dirname "$d")")
     done
     printf '%s\n' "${dirs[@]}" | awk '!seen[$0]++' | paste -sd: -
