@@ -80,7 +80,6 @@ typedef struct cuda_impl {
     int sync_launches;   /* PC_CUDA_SYNC=1: synchronise after every kernel (debugging) */
     int attn_bf16;       /* backend_cuda_set_attention: tensor-core attention where it applies */
     attn_cudnn *cudnn;   /* backend_cuda_use_cudnn: that attention by cuDNN's fused kernels instead */
-    char cudnn_desc[48]; /* " by cuDNN 9.19.0" */
     size_t smem_optin;   /* shared memory a block may opt into */
     cu_prof *prof;       /* backend_cuda_profile; NULL: not profiling */
     int prof_at_exit;    /* PC_CUDA_PROFILE=1: report on stderr at destroy */
@@ -1248,6 +1247,21 @@ static char *att16_scratch(cuda_impl *c, size_t bytes)
     return (char *)grow(c, &c->att16, &c->att16_n, bytes, 1, "the bf16 copies of attention's q, k, v and dO");
 }
 
+/* q, k, v (rows of stride ld) rounded into the first bytes of the att16 scratch, which is
+ * sized first for `extra` bytes more (what the call puts after them: a grown scratch
+ * keeps nothing); profiled as region (each fp32 value read, its bf16 copy written: 6
+ * bytes). The copies, qkv16 as attention_tc.h lays it out. */
+static char *att16_copies(cuda_impl *c, const char *region, size_t extra, const float *q, const float *k,
+                          const float *v, int B, int T, int H, int KV, int hd, int ld)
+{
+    char *qkv16 = att16_scratch(c, attn_tc_qkv_bytes(B, T, H, KV, hd) + extra);
+    PROF_BEGIN(c, region, 0, 6.0 * B * T * (H + 2 * KV) * hd);
+    attn_tc_copies(c->stream, qkv16, q, k, v, B, T, H, KV, hd, ld);
+    launch_check(c, __FILE__, __LINE__);
+    PROF_END(c);
+    return qkv16;
+}
+
 /* The tensor-core forward from qkv16 (attention_tc.h's layout), out in fp32 or (out16) bf16. */
 static void att16_fwd(cuda_impl *c, const void *qkv16, void *out, int out16, float *lse, int B, int T, int H, int KV,
                       int hd)
@@ -1350,13 +1364,8 @@ static void cu_attention_fwd(backend *be, float *out, float *lse, const float *q
     cuda_impl *c = impl_of(be);
     if (on_tensor_cores(c, hd)) {
         const size_t nqkv = attn_tc_qkv_bytes(B, T, H, KV, hd);
-        char *qkv16 = att16_scratch(c, nqkv + (c->cudnn ? cudnn_fwd_bytes(B, T, H, hd, 0) : 0));
-        { /* each fp32 value read, its bf16 copy written: 6 bytes */
-            PROF_BEGIN(c, "attention_fwd bf16 copies", 0, 6.0 * B * T * (H + 2 * KV) * hd);
-            attn_tc_copies(c->stream, qkv16, q, k, v, B, T, H, KV, hd, ld);
-            launch_check(c, __FILE__, __LINE__);
-            PROF_END(c);
-        }
+        char *qkv16 = att16_copies(c, "attention_fwd bf16 copies", c->cudnn ? cudnn_fwd_bytes(B, T, H, hd, 0) : 0, q,
+                                   k, v, B, T, H, KV, hd, ld);
         if (c->cudnn)
             cudnn_fwd(c, nqkv, qkv16, out, 0, lse, B, T, H, KV, hd);
         else
@@ -1419,27 +1428,16 @@ static void cu_attention_bwd(backend *be, float *dq, float *dk, float *dv, const
     cuda_impl *c = impl_of(be);
     if (B <= 0 || T <= 0 || H <= 0) return;
     check_attention_shape(H, KV, hd);
-    if (on_tensor_cores(c, hd) && c->cudnn) {
-        const size_t nqkv = attn_tc_qkv_bytes(B, T, H, KV, hd);
-        char *qkv16 = att16_scratch(c, nqkv + cudnn_bwd_bytes(B, T, H, KV, hd, 0));
-        PROF_BEGIN(c, "attention_bwd bf16 copies", 0, 6.0 * B * T * (H + 2 * KV) * hd);
-        attn_tc_copies(c->stream, qkv16, q, k, v, B, T, H, KV, hd, ld);
-        launch_check(c, __FILE__, __LINE__);
-        PROF_END(c);
-        cudnn_bwd(c, nqkv, qkv16, dq, dk, dv, dout, out, 0, lse, B, T, H, KV, hd, ld);
-        return;
-    }
     if (on_tensor_cores(c, hd)) {
         const size_t nqkv = attn_tc_qkv_bytes(B, T, H, KV, hd);
-        char *qkv16 = att16_scratch(c, nqkv + attn_tc_dout_bytes(B, T, H, hd));
-        att_dsum(be, qkv16 + nqkv, dout, out, 0, B, T, H, hd);
-        { /* each fp32 value read, its bf16 copy written: 6 bytes */
-            PROF_BEGIN(c, "attention_bwd bf16 copies", 0, 6.0 * B * T * (H + 2 * KV) * hd);
-            attn_tc_copies(c->stream, qkv16, q, k, v, B, T, H, KV, hd, ld);
-            launch_check(c, __FILE__, __LINE__);
-            PROF_END(c);
+        const size_t extra = c->cudnn ? cudnn_bwd_bytes(B, T, H, KV, hd, 0) : attn_tc_dout_bytes(B, T, H, hd);
+        char *qkv16 = att16_copies(c, "attention_bwd bf16 copies", extra, q, k, v, B, T, H, KV, hd, ld);
+        if (c->cudnn) {
+            cudnn_bwd(c, nqkv, qkv16, dq, dk, dv, dout, out, 0, lse, B, T, H, KV, hd, ld);
+        } else {
+            att_dsum(be, qkv16 + nqkv, dout, out, 0, B, T, H, hd);
+            att16_bwd(c, qkv16, qkv16 + nqkv, dq, dk, dv, lse, B, T, H, KV, hd, ld);
         }
-        att16_bwd(c, qkv16, qkv16 + nqkv, dq, dk, dv, lse, B, T, H, KV, hd, ld);
         return;
     }
     att_dsum(be, NULL, dout, out, 0, B, T, H, hd);
@@ -2101,12 +2099,12 @@ static const backend_ops cuda_ops = {
 static void set_info(backend *be)
 {
     cuda_impl *c = impl_of(be);
-    snprintf(be->info, sizeof(be->info), "CUDA device %d (%.40s), matmul %s, attention %s%s (fp32 accumulation)",
+    snprintf(be->info, sizeof(be->info), "CUDA device %d (%.40s), matmul %s, attention %s%s%s (fp32 accumulation)",
              c->device, c->device_name,
              c->matmul == MATMUL_BF16 ? "bf16"
              : c->tf32                ? "TF32"
                                       : "fp32",
-             c->attn_bf16 ? "bf16" : "fp32", c->cudnn ? (c->cudnn_desc) : "");
+             c->attn_bf16 ? "bf16" : "fp32", c->cudnn ? " by " : "", c->cudnn ? attn_cudnn_describe(c->cudnn) : "");
 }
 
 static int cu_set_matmul(backend *be, matmul_mode mode)
@@ -2140,7 +2138,6 @@ extern "C" int backend_cuda_use_cudnn(backend *be, char *err, int errlen)
         CUDA_CHECK(cudaSetDevice(c->device));
         c->cudnn = attn_cudnn_create((void *)c->stream, err, errlen);
         if (!c->cudnn) return -1;
-        snprintf(c->cudnn_desc, sizeof c->cudnn_desc, " by %s", attn_cudnn_describe(c->cudnn));
     }
     c->attn_bf16 = 1;
     set_info(be);

@@ -58,14 +58,6 @@ extern "C" int attn_cudnn_fwd(attn_cudnn *a, const void *qkv16, void *out16, flo
     return 0;
 }
 
-static float emu_widen(uint16_t b)
-{
-    const uint32_t u = (uint32_t)b << 16;
-    float f;
-    memcpy(&f, &u, sizeof f);
-    return f;
-}
-
 extern "C" int attn_cudnn_bwd(attn_cudnn *a, const void *qkv16, const void *out16, const void *dout16,
                               const float *lse, void *dqkv16, int B, int T, int H, int KV, int hd, char *err,
                               int errlen)
@@ -83,7 +75,7 @@ extern "C" int attn_cudnn_bwd(attn_cudnn *a, const void *qkv16, const void *out1
             for (int t = 0; t < T; t++) {
                 const size_t r = ((size_t)b * T + t) * H * hd + (size_t)h * hd;
                 float s = 0.0f;
-                for (int j = 0; j < hd; j++) s += emu_widen(d[r + j]) * emu_widen(o[r + j]);
+                for (int j = 0; j < hd; j++) s += vec_widen_bf16(d[r + j]) * vec_widen_bf16(o[r + j]);
                 D[((size_t)b * H + h) * T + t] = s;
             }
     attn_tc_dq(a->stream, qkv16, dout16, g, lse, D, B, T, H, KV, hd, (int)C);
