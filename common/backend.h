@@ -66,7 +66,7 @@ typedef struct backend_ops {
      * device leave). NULL on backends whose buffers are host memory. */
     size_t (*mem_free)(backend *be);
 
-    /* The matmul mode of later gemm calls; returns 0. */
+    /* The matmul mode of later gemm calls, also kept in be->matmul; returns 0. */
     int (*set_matmul)(backend *be, matmul_mode mode);
     /* C[M,N] = alpha * op(A) * op(B) + beta * C; op(A) is [M,K], op(B) is [K,N];
      * inputs as the matmul mode says. */
@@ -80,6 +80,11 @@ typedef struct backend_ops {
      * products): MATMUL_BF16's arithmetic, whatever the matmul mode. */
     void (*gemm_16)(backend *be, int trans_a, int trans_b, int M, int N, int K, float alpha, const uint16_t *A,
                     int lda, const uint16_t *B, int ldb, float beta, float *C, int ldc);
+    /* gemm_16 with beta 0 and C (row stride ldc) in bf16: each fp32 sum rounded once to
+     * bf16 (nearest even), bitwise bf16(gemm_16's C). For a product whose output only
+     * elementwise ops read (the gate|up product, read by SwiGLU alone). */
+    void (*gemm_16_to16)(backend *be, int trans_a, int trans_b, int M, int N, int K, float alpha, const uint16_t *A,
+                         int lda, const uint16_t *B, int ldb, uint16_t *C, int ldc);
     /* The same for batch matrices at A + i*stride_a, B + i*stride_b, C + i*stride_c. */
     void (*gemm_batched)(backend *be, int trans_a, int trans_b, int M, int N, int K, float alpha, const float *A,
                          int lda, int64_t stride_a, const float *B, int ldb, int64_t stride_b, float beta, float *C,
@@ -151,16 +156,23 @@ typedef struct backend_ops {
                              int out16, const float *lse, const uint16_t *qkv16, int B, int T, int H, int KV, int hd,
                              int ld);
 
-    /* out (N,f) = silu(gate) * up; gate and up (N,f) with row stride ld_in. */
-    void (*swiglu_fwd)(backend *be, float *out, const float *gate, const float *up, int N, int f, int ld_in);
-    /* The same with out rounded to bf16 (nearest even): bitwise bf16(swiglu_fwd's out). */
-    void (*swiglu_fwd_16)(backend *be, uint16_t *out, const float *gate, const float *up, int N, int f, int ld_in);
-    /* dgate, dup (row stride ld_in) overwritten from dout (N,f). */
+    /* out (N,f) = silu(gate) * up; gate and up (N,f) with row stride ld_in, with round_in
+     * each rounded to bf16 (nearest even) as it is read (bf16 products: the gate|up
+     * product's output as bf16 mixed precision keeps it), not where it is stored. */
+    void (*swiglu_fwd)(backend *be, float *out, const float *gate, const float *up, int N, int f, int ld_in,
+                       int round_in);
+    /* The same from gate and up in bf16 (gemm_16_to16's output) with out rounded to bf16
+     * (nearest even): bitwise bf16(swiglu_fwd's out) on gate and up widened (or on the
+     * fp32 values, round_in). */
+    void (*swiglu_fwd_16)(backend *be, uint16_t *out, const uint16_t *gate, const uint16_t *up, int N, int f,
+                          int ld_in);
+    /* dgate, dup (row stride ld_in) overwritten from dout (N,f); round_in as swiglu_fwd's. */
     void (*swiglu_bwd)(backend *be, float *dgate, float *dup, const float *dout, const float *gate,
-                       const float *up, int N, int f, int ld_in);
-    /* The same with dgate, dup rounded to bf16 (nearest even): bitwise bf16(swiglu_bwd's). */
-    void (*swiglu_bwd_16)(backend *be, uint16_t *dgate, uint16_t *dup, const float *dout, const float *gate,
-                          const float *up, int N, int f, int ld_in);
+                       const float *up, int N, int f, int ld_in, int round_in);
+    /* The same from gate and up in bf16 with dgate, dup rounded to bf16 (nearest even):
+     * bitwise bf16(swiglu_bwd's) on gate and up widened. */
+    void (*swiglu_bwd_16)(backend *be, uint16_t *dgate, uint16_t *dup, const float *dout, const uint16_t *gate,
+                          const uint16_t *up, int N, int f, int ld_in);
 
     /* Softmax cross-entropy of logits (N,V) against targets (N), targets < 0 ignored.
      * Saves lse (N); returns the SUM of losses over valid rows and their count in *n_valid. */
@@ -210,6 +222,7 @@ struct backend {
     void *impl; /* backend-private state */
     int threads;
     int host_memory; /* buffers are host memory that host code may also read and write (CPU backend) */
+    matmul_mode matmul; /* the last set_matmul's mode (MATMUL_FP32 until one) */
     char info[160]; /* for logs, e.g. "OpenBLAS core Haswell, 2 thread(s)" */
 };
 

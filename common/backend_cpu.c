@@ -149,6 +149,7 @@ static void cpu_set_info(backend *be)
 static int cpu_set_matmul(backend *be, matmul_mode mode)
 {
     ((cpu_impl *)be->impl)->matmul = mode;
+    be->matmul = mode;
     cpu_set_info(be);
     return 0;
 }
@@ -228,6 +229,16 @@ static void cpu_gemm_16(backend *be, int ta, int tb, int M, int N, int K, float 
                         const uint16_t *B, int ldb, float beta, float *C, int ldc)
 {
     gemm_widened(be, ta, tb, M, N, K, alpha, NULL, A, lda, B, ldb, beta, C, ldc);
+}
+
+static void cpu_gemm_16_to16(backend *be, int ta, int tb, int M, int N, int K, float alpha, const uint16_t *A,
+                             int lda, const uint16_t *B, int ldb, uint16_t *C, int ldc)
+{
+    if (M <= 0 || N <= 0) return;
+    float *c = pc_alloc_f32((size_t)M * N); /* (M,N) the fp32 sums, then rounded */
+    gemm_widened(be, ta, tb, M, N, K, alpha, NULL, A, lda, B, ldb, 0.0f, c, N);
+    cpu_round_bf16_2d(be, C, ldc, c, N, M, N);
+    free(c);
 }
 
 static void cpu_gemm_batched(backend *be, int ta, int tb, int M, int N, int K, float alpha, const float *A, int lda,
@@ -457,21 +468,48 @@ static void swiglu_row(float *o, const float *g, const float *u, int f)
     for (int i = 0; i < f; i++) o[i] *= g[i] * u[i];
 }
 
-static void cpu_swiglu_fwd(backend *be, float *out, const float *gate, const float *up, int N, int f, int ld_in)
+/* Row n's gate and up (row stride ld_in) as swiglu reads them: in place, or with round_in
+ * rounded to bf16 values into gu (2, f) */
+static void read_gate_up(const float **g, const float **u, float *gu, const float *gate, const float *up, size_t n,
+                         int f, int ld_in, int round_in)
 {
-    (void)be;
-    for (int n = 0; n < N; n++) // (N,f),(N,f) -> (N,f)
-        swiglu_row(out + (size_t)n * f, gate + (size_t)n * ld_in, up + (size_t)n * ld_in, f);
+    *g = gate + n * ld_in, *u = up + n * ld_in;
+    if (!round_in) return;
+    round_bf16(gu, *g, 1, f, f); /* (1, f) rows */
+    round_bf16(gu + f, *u, 1, f, f);
+    *g = gu, *u = gu + f;
 }
 
-static void cpu_swiglu_fwd_16(backend *be, uint16_t *out, const float *gate, const float *up, int N, int f, int ld_in)
+static void cpu_swiglu_fwd(backend *be, float *out, const float *gate, const float *up, int N, int f, int ld_in,
+                           int round_in)
 {
-    float *row = pc_alloc_f32((size_t)f); /* (f) one row in fp32, then rounded */
-    for (int n = 0; n < N; n++) { // (N,f),(N,f) -> (N,f) bf16
-        swiglu_row(row, gate + (size_t)n * ld_in, up + (size_t)n * ld_in, f);
-        cpu_round_bf16(be, out + (size_t)n * f, row, (size_t)f);
+    (void)be;
+    float *gu = round_in ? pc_alloc_f32(2 * (size_t)f) : NULL; /* (2, f) one row's gate, up rounded */
+    for (int n = 0; n < N; n++) { // (N,f),(N,f) -> (N,f)
+        const float *g, *u;
+        read_gate_up(&g, &u, gu, gate, up, (size_t)n, f, ld_in, round_in);
+        swiglu_row(out + (size_t)n * f, g, u, f);
     }
-    free(row);
+    free(gu);
+}
+
+/* Row n's gate and up (f each, row stride ld_in in bf16) widened into gu (2, f). */
+static void widen_gate_up(backend *be, float *gu, const uint16_t *gate, const uint16_t *up, size_t n, int f, int ld_in)
+{
+    cpu_widen_bf16(be, gu, gate + n * ld_in, (size_t)f);
+    cpu_widen_bf16(be, gu + f, up + n * ld_in, (size_t)f);
+}
+
+static void cpu_swiglu_fwd_16(backend *be, uint16_t *out, const uint16_t *gate, const uint16_t *up, int N, int f,
+                              int ld_in)
+{
+    float *rows = pc_alloc_f32(3 * (size_t)f); /* (3, f): one row's gate, up widened, then its output in fp32 */
+    for (int n = 0; n < N; n++) { // (N,f),(N,f) bf16 -> (N,f) bf16
+        widen_gate_up(be, rows, gate, up, (size_t)n, f, ld_in);
+        swiglu_row(rows + 2 * f, rows, rows + f, f);
+        cpu_round_bf16(be, out + (size_t)n * f, rows + 2 * f, (size_t)f);
+    }
+    free(rows);
 }
 
 /* One row's gradients dg, du (f) from d (f) and the row's g, u; sigs (f) scratch. */
@@ -488,26 +526,29 @@ static void swiglu_bwd_row(float *dg, float *du, const float *d, const float *g,
 }
 
 static void cpu_swiglu_bwd(backend *be, float *dgate, float *dup, const float *dout, const float *gate,
-                           const float *up, int N, int f, int ld_in)
+                           const float *up, int N, int f, int ld_in, int round_in)
 {
     (void)be;
-    float *sigs = pc_alloc_f32((size_t)f); /* (f) sigmoid of one row's gate */
+    float *rows = pc_alloc_f32(3 * (size_t)f); /* (3, f): the sigmoid of one row's gate, its gate, up rounded */
     for (int n = 0; n < N; n++) {
         const size_t o = (size_t)n * ld_in;
-        swiglu_bwd_row(dgate + o, dup + o, dout + (size_t)n * f, gate + o, up + o, sigs, f);
+        const float *g, *u;
+        read_gate_up(&g, &u, rows + f, gate, up, (size_t)n, f, ld_in, round_in);
+        swiglu_bwd_row(dgate + o, dup + o, dout + (size_t)n * f, g, u, rows, f);
     }
-    free(sigs);
+    free(rows);
 }
 
-static void cpu_swiglu_bwd_16(backend *be, uint16_t *dgate, uint16_t *dup, const float *dout, const float *gate,
-                              const float *up, int N, int f, int ld_in)
+static void cpu_swiglu_bwd_16(backend *be, uint16_t *dgate, uint16_t *dup, const float *dout, const uint16_t *gate,
+                              const uint16_t *up, int N, int f, int ld_in)
 {
-    float *rows = pc_alloc_f32(3 * (size_t)f); /* (3, f): one row's dgate, dup in fp32, then the sigmoids */
+    float *rows = pc_alloc_f32(5 * (size_t)f); /* (5, f): one row's gate, up widened, dgate, dup, the sigmoids */
     for (int n = 0; n < N; n++) {
         const size_t o = (size_t)n * ld_in;
-        swiglu_bwd_row(rows, rows + f, dout + (size_t)n * f, gate + o, up + o, rows + 2 * f, f);
-        cpu_round_bf16(be, dgate + o, rows, (size_t)f);
-        cpu_round_bf16(be, dup + o, rows + f, (size_t)f);
+        widen_gate_up(be, rows, gate, up, (size_t)n, f, ld_in);
+        swiglu_bwd_row(rows + 2 * f, rows + 3 * f, dout + (size_t)n * f, rows, rows + f, rows + 4 * f, f);
+        cpu_round_bf16(be, dgate + o, rows + 2 * f, (size_t)f);
+        cpu_round_bf16(be, dup + o, rows + 3 * f, (size_t)f);
     }
     free(rows);
 }
@@ -692,6 +733,7 @@ static const backend_ops cpu_ops = {
     .gemm = cpu_gemm,
     .gemm_w16 = cpu_gemm_w16,
     .gemm_16 = cpu_gemm_16,
+    .gemm_16_to16 = cpu_gemm_16_to16,
     .gemm_batched = cpu_gemm_batched,
     .embedding_fwd = cpu_embedding_fwd,
     .embedding_fwd_w16 = cpu_embedding_fwd_w16,

@@ -285,7 +285,11 @@ static void guard_round_bf16_2d(backend *be, uint16_t *dst, int ld_dst, const fl
 
 static void guard_sync(backend *be) { inner(be)->ops->sync(inner(be)); }
 
-static int guard_set_matmul(backend *be, matmul_mode mode) { return inner(be)->ops->set_matmul(inner(be), mode); }
+static int guard_set_matmul(backend *be, matmul_mode mode)
+{
+    be->matmul = mode;
+    return inner(be)->ops->set_matmul(inner(be), mode);
+}
 
 /* ---- matrix products ---- */
 
@@ -322,6 +326,18 @@ static void guard_gemm_16(backend *be, int ta, int tb, int M, int N, int K, floa
     call_arg(&k, B, "B");
     call_arg(&k, C, "C");
     inner(be)->ops->gemm_16(inner(be), ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+    call_end(&k);
+}
+
+static void guard_gemm_16_to16(backend *be, int ta, int tb, int M, int N, int K, float alpha, const uint16_t *A,
+                               int lda, const uint16_t *B, int ldb, uint16_t *C, int ldc)
+{
+    guard_call k;
+    call_begin(&k, be, "gemm_16_to16");
+    call_arg(&k, A, "A");
+    call_arg(&k, B, "B");
+    call_arg(&k, C, "C");
+    inner(be)->ops->gemm_16_to16(inner(be), ta, tb, M, N, K, alpha, A, lda, B, ldb, C, ldc);
     call_end(&k);
 }
 
@@ -480,18 +496,20 @@ static void guard_attention_bwd(backend *be, float *dq, float *dk, float *dv, co
 
 /* ---- swiglu ---- */
 
-static void guard_swiglu_fwd(backend *be, float *out, const float *gate, const float *up, int N, int f, int ld_in)
+static void guard_swiglu_fwd(backend *be, float *out, const float *gate, const float *up, int N, int f, int ld_in,
+                             int round_in)
 {
     guard_call k;
     call_begin(&k, be, "swiglu_fwd");
     call_arg(&k, out, "out");
     call_arg(&k, gate, "gate");
     call_arg(&k, up, "up");
-    inner(be)->ops->swiglu_fwd(inner(be), out, gate, up, N, f, ld_in);
+    inner(be)->ops->swiglu_fwd(inner(be), out, gate, up, N, f, ld_in, round_in);
     call_end(&k);
 }
 
-static void guard_swiglu_fwd_16(backend *be, uint16_t *out, const float *gate, const float *up, int N, int f, int ld_in)
+static void guard_swiglu_fwd_16(backend *be, uint16_t *out, const uint16_t *gate, const uint16_t *up, int N, int f,
+                                int ld_in)
 {
     guard_call k;
     call_begin(&k, be, "swiglu_fwd_16");
@@ -503,7 +521,7 @@ static void guard_swiglu_fwd_16(backend *be, uint16_t *out, const float *gate, c
 }
 
 static void guard_swiglu_bwd(backend *be, float *dgate, float *dup, const float *dout, const float *gate,
-                             const float *up, int N, int f, int ld_in)
+                             const float *up, int N, int f, int ld_in, int round_in)
 {
     guard_call k;
     call_begin(&k, be, "swiglu_bwd");
@@ -512,12 +530,12 @@ static void guard_swiglu_bwd(backend *be, float *dgate, float *dup, const float 
     call_arg(&k, dout, "dout");
     call_arg(&k, gate, "gate");
     call_arg(&k, up, "up");
-    inner(be)->ops->swiglu_bwd(inner(be), dgate, dup, dout, gate, up, N, f, ld_in);
+    inner(be)->ops->swiglu_bwd(inner(be), dgate, dup, dout, gate, up, N, f, ld_in, round_in);
     call_end(&k);
 }
 
-static void guard_swiglu_bwd_16(backend *be, uint16_t *dgate, uint16_t *dup, const float *dout, const float *gate,
-                                const float *up, int N, int f, int ld_in)
+static void guard_swiglu_bwd_16(backend *be, uint16_t *dgate, uint16_t *dup, const float *dout,
+                                const uint16_t *gate, const uint16_t *up, int N, int f, int ld_in)
 {
     guard_call k;
     call_begin(&k, be, "swiglu_bwd_16");
@@ -697,6 +715,7 @@ static const backend_ops guard_ops = {
     .gemm = guard_gemm,
     .gemm_w16 = guard_gemm_w16,
     .gemm_16 = guard_gemm_16,
+    .gemm_16_to16 = guard_gemm_16_to16,
     .gemm_batched = guard_gemm_batched,
     .embedding_fwd = guard_embedding_fwd,
     .embedding_fwd_w16 = guard_embedding_fwd_w16,

@@ -441,15 +441,23 @@ static void cu_round_bf16_2d(backend *be, uint16_t *dst, int ld_dst, const float
                   (size_t)ld_src);
 }
 
-/* cu_gemm's product on bf16 operands (leading dimensions of their stored layouts), fp32 accumulation */
+/* cu_gemm's product on bf16 operands (leading dimensions of their stored layouts), fp32
+ * accumulation, into C of type ct (fp32, or bf16: each sum rounded once) */
+static void gemm_bf16_into(cuda_impl *c, const char *region, int ta, int tb, int M, int N, int K, float alpha,
+                           const __nv_bfloat16 *a, int lda, const __nv_bfloat16 *b, int ldb, float beta, void *C,
+                           cudaDataType ct, int ldc)
+{
+    PROF_BEGIN(c, region, 2.0 * M * N * K, 0);
+    CUBLAS_CHECK(cublasGemmEx(c->blas, tb ? CUBLAS_OP_T : CUBLAS_OP_N, ta ? CUBLAS_OP_T : CUBLAS_OP_N, N, M, K, &alpha,
+                              b, CUDA_R_16BF, ldb, a, CUDA_R_16BF, lda, &beta, C, ct, ldc, CUBLAS_COMPUTE_32F,
+                              CUBLAS_GEMM_DEFAULT));
+    PROF_END(c);
+}
+
 static void gemm_bf16(cuda_impl *c, int ta, int tb, int M, int N, int K, float alpha, const __nv_bfloat16 *a, int lda,
                       const __nv_bfloat16 *b, int ldb, float beta, float *C, int ldc)
 {
-    PROF_BEGIN(c, "gemm bf16", 2.0 * M * N * K, 0);
-    CUBLAS_CHECK(cublasGemmEx(c->blas, tb ? CUBLAS_OP_T : CUBLAS_OP_N, ta ? CUBLAS_OP_T : CUBLAS_OP_N, N, M, K, &alpha,
-                              b, CUDA_R_16BF, ldb, a, CUDA_R_16BF, lda, &beta, C, CUDA_R_32F, ldc, CUBLAS_COMPUTE_32F,
-                              CUBLAS_GEMM_DEFAULT));
-    PROF_END(c);
+    gemm_bf16_into(c, "gemm bf16", ta, tb, M, N, K, alpha, a, lda, b, ldb, beta, C, CUDA_R_32F, ldc);
 }
 
 /* op(B)'s columns n0 .. n0+n (fp32, stored (K, N) or, tb, (N, K)) rounded into bf_b;
@@ -522,6 +530,15 @@ static void cu_gemm_16(backend *be, int ta, int tb, int M, int N, int K, float a
     if (M <= 0 || N <= 0) return;
     gemm_bf16(impl_of(be), ta, tb, M, N, K, alpha, (const __nv_bfloat16 *)A, lda, (const __nv_bfloat16 *)B, ldb, beta,
               C, ldc);
+}
+
+/* The same with C in bf16 (beta 0): cuBLAS rounds each fp32 sum as it stores it. */
+static void cu_gemm_16_to16(backend *be, int ta, int tb, int M, int N, int K, float alpha, const uint16_t *A, int lda,
+                            const uint16_t *B, int ldb, uint16_t *C, int ldc)
+{
+    if (M <= 0 || N <= 0) return;
+    gemm_bf16_into(impl_of(be), "gemm bf16 to bf16", ta, tb, M, N, K, alpha, (const __nv_bfloat16 *)A, lda,
+                   (const __nv_bfloat16 *)B, ldb, 0.0f, C, CUDA_R_16BF, ldc);
 }
 
 static void cu_gemm_batched(backend *be, int ta, int tb, int M, int N, int K, float alpha, const float *A, int lda,
@@ -1529,33 +1546,48 @@ static void cu_attention_bwd_16(backend *be, float *dq, float *dk, float *dv, co
 
 /* ------------------------------------------------------------------ swiglu */
 
-/* out (N,f) of OutT (float or bf16) = silu(gate) * up; gate, up (N,f) stride ld_in; V
- * values at a time (V divides f and ld_in) */
-template <typename OutT, int V>
-__global__ void k_swiglu_fwd(OutT *out, const float *gate, const float *up, int f, int ld_in, size_t groups,
-                             fastdiv fv)
+/* V values of gate and up from offset o as swiglu reads them: widened (bf16 bits), as
+ * they are (fp32), or with round_in rounded to bf16 values (fp32) */
+template <int V, typename InT>
+__device__ __forceinline__ void swiglu_in(fvec<V> *gv, fvec<V> *uv, const InT *gate, const InT *up, size_t o,
+                                          bool round_in)
+{
+    *gv = vec_ld<V>(gate + o), *uv = vec_ld<V>(up + o);
+    if (round_in)
+        for (int j = 0; j < V; j++) gv->v[j] = vec_bf16_value(gv->v[j]), uv->v[j] = vec_bf16_value(uv->v[j]);
+}
+
+/* out (N,f) of OutT (float or bf16) = silu(gate) * up; gate, up (N,f) of InT (float, or
+ * uint16_t: bf16 bits, widened) stride ld_in, read as swiglu_in says; V values at a time
+ * (V divides f and ld_in) */
+template <typename OutT, typename InT, int V>
+__global__ void k_swiglu_fwd(OutT *out, const InT *gate, const InT *up, int f, int ld_in, bool round_in,
+                             size_t groups, fastdiv fv)
 {
     for (size_t g = (size_t)blockIdx.x * blockDim.x + threadIdx.x; g < groups; g += (size_t)gridDim.x * blockDim.x) {
         size_t n, i;
         vec_row_col<V>(g, fv, f, &n, &i);
-        const fvec<V> gv = vec_ld<V>(gate + n * ld_in + i), uv = vec_ld<V>(up + n * ld_in + i);
+        fvec<V> gv, uv;
+        swiglu_in<V>(&gv, &uv, gate, up, n * ld_in + i, round_in);
         fvec<V> o;
         for (int j = 0; j < V; j++) o.v[j] = gv.v[j] / (1.0f + expf(-gv.v[j])) * uv.v[j];
         vec_st<V>(out + g * V, o);
     }
 }
 
-/* dgate, dup of OutT (float or bf16), row stride ld_in, from dout (N,f); V values at a
- * time (V divides f and ld_in) */
-template <typename OutT, int V>
-__global__ void k_swiglu_bwd(OutT *dgate, OutT *dup, const float *dout, const float *gate, const float *up, int f,
-                             int ld_in, size_t groups, fastdiv fv)
+/* dgate, dup of OutT (float or bf16), row stride ld_in, from dout (N,f) and gate, up of InT
+ * (read as k_swiglu_fwd reads them); V values at a time (V divides f and ld_in) */
+template <typename OutT, typename InT, int V>
+__global__ void k_swiglu_bwd(OutT *dgate, OutT *dup, const float *dout, const InT *gate, const InT *up, int f,
+                             int ld_in, bool round_in, size_t groups, fastdiv fv)
 {
     for (size_t g = (size_t)blockIdx.x * blockDim.x + threadIdx.x; g < groups; g += (size_t)gridDim.x * blockDim.x) {
         size_t n, i;
         vec_row_col<V>(g, fv, f, &n, &i);
         const size_t o = n * ld_in + i;
-        const fvec<V> gv = vec_ld<V>(gate + o), uv = vec_ld<V>(up + o), d = vec_ld<V>(dout + g * V);
+        fvec<V> gv, uv;
+        swiglu_in<V>(&gv, &uv, gate, up, o, round_in);
+        const fvec<V> d = vec_ld<V>(dout + g * V);
         fvec<V> dg, du;
         for (int j = 0; j < V; j++) {
             const float sig = 1.0f / (1.0f + expf(-gv.v[j]));
@@ -1567,66 +1599,76 @@ __global__ void k_swiglu_bwd(OutT *dgate, OutT *dup, const float *dout, const fl
     }
 }
 
-/* swiglu_fwd's and swiglu_fwd_16's launch: out (N, f) in OutT; bytes_per_elem for the profile */
-template <typename OutT>
-static void swiglu_rows(backend *be, const char *region, double bytes_per_elem, OutT *out, const float *gate,
-                        const float *up, int N, int f, int ld_in)
+/* swiglu_fwd's and swiglu_fwd_16's launch: out (N, f) in OutT from gate, up in InT;
+ * bytes_per_elem for the profile */
+template <typename OutT, typename InT>
+static void swiglu_rows(backend *be, const char *region, double bytes_per_elem, OutT *out, const InT *gate,
+                        const InT *up, int N, int f, int ld_in, bool round_in)
 {
     cuda_impl *c = impl_of(be);
     if (N <= 0 || f <= 0) return;
     PROF_BEGIN(c, region, 0, bytes_per_elem * N * f);
-    const rows_launch L =
-        rows_plan(N, f, ld_in, vec_aligned(out, sizeof *out) && vec_aligned(gate, 4) && vec_aligned(up, 4));
+    const rows_launch L = rows_plan(N, f, ld_in,
+                                    vec_aligned(out, sizeof *out) && vec_aligned(gate, sizeof *gate) &&
+                                        vec_aligned(up, sizeof *up));
     if (L.v4)
-        PC_LAUNCH((k_swiglu_fwd<OutT, 4>), L.grid, 256, 0, c->stream)(out, gate, up, f, ld_in, L.groups, L.fv);
+        PC_LAUNCH((k_swiglu_fwd<OutT, InT, 4>), L.grid, 256, 0, c->stream)(out, gate, up, f, ld_in, round_in,
+                                                                           L.groups, L.fv);
     else
-        PC_LAUNCH((k_swiglu_fwd<OutT, 1>), L.grid, 256, 0, c->stream)(out, gate, up, f, ld_in, L.groups, L.fv);
+        PC_LAUNCH((k_swiglu_fwd<OutT, InT, 1>), L.grid, 256, 0, c->stream)(out, gate, up, f, ld_in, round_in,
+                                                                           L.groups, L.fv);
     LAUNCH_CHECK();
     PROF_END(c);
 }
 
-static void cu_swiglu_fwd(backend *be, float *out, const float *gate, const float *up, int N, int f, int ld_in)
+static void cu_swiglu_fwd(backend *be, float *out, const float *gate, const float *up, int N, int f, int ld_in,
+                          int round_in)
 {
-    swiglu_rows<float>(be, "swiglu_fwd", 12.0, out, gate, up, N, f, ld_in); /* gate, up in; out */
+    swiglu_rows<float, float>(be, "swiglu_fwd", 12.0, out, gate, up, N, f, ld_in, round_in); /* gate, up in; out */
 }
 
-static void cu_swiglu_fwd_16(backend *be, uint16_t *out, const float *gate, const float *up, int N, int f, int ld_in)
+static void cu_swiglu_fwd_16(backend *be, uint16_t *out, const uint16_t *gate, const uint16_t *up, int N, int f,
+                             int ld_in)
 {
-    swiglu_rows<__nv_bfloat16>(be, "swiglu_fwd_16", 10.0, (__nv_bfloat16 *)out, gate, up, N, f, ld_in); /* bf16 out */
+    swiglu_rows<__nv_bfloat16, uint16_t>(be, "swiglu_fwd_16", 6.0, (__nv_bfloat16 *)out, gate, up, N, f, ld_in,
+                                         false); /* all bf16 */
 }
 
-/* swiglu_bwd's and swiglu_bwd_16's launch: dgate, dup in OutT; bytes_per_elem for the profile */
-template <typename OutT>
+/* swiglu_bwd's and swiglu_bwd_16's launch: dgate, dup in OutT from gate, up in InT;
+ * bytes_per_elem for the profile */
+template <typename OutT, typename InT>
 static void swiglu_bwd_rows(backend *be, const char *region, double bytes_per_elem, OutT *dgate, OutT *dup,
-                            const float *dout, const float *gate, const float *up, int N, int f, int ld_in)
+                            const float *dout, const InT *gate, const InT *up, int N, int f, int ld_in, bool round_in)
 {
     cuda_impl *c = impl_of(be);
     if (N <= 0 || f <= 0) return;
     PROF_BEGIN(c, region, 0, bytes_per_elem * N * f);
     const rows_launch L = rows_plan(N, f, ld_in,
                                     vec_aligned(dgate, sizeof *dgate) && vec_aligned(dup, sizeof *dup) &&
-                                        vec_aligned(dout, 4) && vec_aligned(gate, 4) && vec_aligned(up, 4));
+                                        vec_aligned(dout, 4) && vec_aligned(gate, sizeof *gate) &&
+                                        vec_aligned(up, sizeof *up));
     if (L.v4)
-        PC_LAUNCH((k_swiglu_bwd<OutT, 4>), L.grid, 256, 0, c->stream)(dgate, dup, dout, gate, up, f, ld_in, L.groups,
-                                                                          L.fv);
+        PC_LAUNCH((k_swiglu_bwd<OutT, InT, 4>), L.grid, 256, 0, c->stream)(dgate, dup, dout, gate, up, f, ld_in,
+                                                                           round_in, L.groups, L.fv);
     else
-        PC_LAUNCH((k_swiglu_bwd<OutT, 1>), L.grid, 256, 0, c->stream)(dgate, dup, dout, gate, up, f, ld_in, L.groups,
-                                                                          L.fv);
+        PC_LAUNCH((k_swiglu_bwd<OutT, InT, 1>), L.grid, 256, 0, c->stream)(dgate, dup, dout, gate, up, f, ld_in,
+                                                                           round_in, L.groups, L.fv);
     LAUNCH_CHECK();
     PROF_END(c);
 }
 
 static void cu_swiglu_bwd(backend *be, float *dgate, float *dup, const float *dout, const float *gate,
-                          const float *up, int N, int f, int ld_in)
+                          const float *up, int N, int f, int ld_in, int round_in)
 {
-    swiglu_bwd_rows<float>(be, "swiglu_bwd", 20.0, dgate, dup, dout, gate, up, N, f, ld_in); /* dout, gate, up in */
+    swiglu_bwd_rows<float, float>(be, "swiglu_bwd", 20.0, dgate, dup, dout, gate, up, N, f, ld_in,
+                                  round_in); /* dout, gate, up in */
 }
 
-static void cu_swiglu_bwd_16(backend *be, uint16_t *dgate, uint16_t *dup, const float *dout, const float *gate,
-                             const float *up, int N, int f, int ld_in)
+static void cu_swiglu_bwd_16(backend *be, uint16_t *dgate, uint16_t *dup, const float *dout, const uint16_t *gate,
+                             const uint16_t *up, int N, int f, int ld_in)
 {
-    swiglu_bwd_rows<__nv_bfloat16>(be, "swiglu_bwd_16", 16.0, (__nv_bfloat16 *)dgate, (__nv_bfloat16 *)dup, dout,
-                                   gate, up, N, f, ld_in); /* bf16 out */
+    swiglu_bwd_rows<__nv_bfloat16, uint16_t>(be, "swiglu_bwd_16", 12.0, (__nv_bfloat16 *)dgate, (__nv_bfloat16 *)dup,
+                                             dout, gate, up, N, f, ld_in, false); /* dout in fp32, the rest bf16 */
 }
 
 /* ------------------------------------------------------------------ cross-entropy */
@@ -2062,6 +2104,7 @@ static const backend_ops cuda_ops = {
     .gemm = cu_gemm,
     .gemm_w16 = cu_gemm_w16,
     .gemm_16 = cu_gemm_16,
+    .gemm_16_to16 = cu_gemm_16_to16,
     .gemm_batched = cu_gemm_batched,
     .embedding_fwd = cu_embedding_fwd,
     .embedding_fwd_w16 = cu_embedding_fwd_w16,
@@ -2111,6 +2154,7 @@ static int cu_set_matmul(backend *be, matmul_mode mode)
 {
     cuda_impl *c = impl_of(be);
     c->matmul = mode;
+    be->matmul = mode;
     c->tf32 = mode == MATMUL_TF32; /* cu_gemm's compute type; the handle stays in default math */
     set_info(be);
     return 0;

@@ -77,6 +77,9 @@ template <int V> __device__ __forceinline__ fvec<V> vec_ld(const uint16_t *p)
     return r;
 }
 
+/* x rounded to a bf16 value (nearest even), kept in fp32 */
+__device__ __forceinline__ float vec_bf16_value(float x) { return vec_widen_bf16((uint16_t)vec_pack_bf16(x, 0.0f)); }
+
 /* V values to p, in fp32 (V = 4: p 16-byte aligned) or rounded to bf16 (8-byte aligned) */
 template <int V> __device__ __forceinline__ void vec_st(float *p, const fvec<V> &x)
 {

@@ -339,8 +339,9 @@ static int qkv16(const llama_config *s, const plan_opts *o) {
  *                     + dqkv (H+2KV) hd + dh f'max + dgu 2 f'max
  *   attention scores: attn_tt ? the CPU backward's two (T,T) f32 matrices (P and dP, one head at a
  *   time; the forward needs one) : 0
- *   weights_bf16:     the product inputs ln1, ln2 (d' each), h (f) and lnf (d') in bf16
- *                     only (a buffer of n values holds ceil(n/2) floats), and the
+ *   weights_bf16:     the product inputs ln1, ln2 (d' each), h (f) and lnf (d'), and
+ *                     the gate|up product's output (2f), in bf16 only (a buffer of n
+ *                     values holds ceil(n/2) floats), and the
  *                     backward's bf16 operands: a product's output gradient, rounded once
  *                     for its two backward products, max((H+2KV) hd, d', 2 f'max), and
  *                     the one fp32 product input, att, H hd per token, 2 bytes each; no
@@ -353,12 +354,12 @@ static int64_t activation_bytes(const llama_config *s, const plan_opts *o) {
     int64_t N = (int64_t)o->micro_batch * o->seq_len, d = s->d_model, H = s->n_heads, KV = s->n_kv_heads,
             hd = s->head_dim, V = s->vocab_size, fmax = max_d_ff(s), C = (H + 2 * KV) * hd;
     int in16 = o->weights_bf16, q16 = qkv16(s, o), att16 = q16 && in16;
-    int64_t per_tok = 0, in16_bytes = 0; /* in16: ln1, ln2, h, lnf leave per_tok for in16_bytes */
+    int64_t per_tok = 0, in16_bytes = 0; /* in16: ln1, ln2, h, gu, lnf leave per_tok for in16_bytes */
     int n_sets = o->recompute ? 1 : s->n_layers; /* recompute: one set, at the largest d_ff */
     for (int l = 0; l < n_sets; l++) {
         int64_t f = o->recompute ? fmax : s->d_ff_layer[l];
-        per_tok += layer_floats(s, f) - (in16 ? 2 * d + f : 0) - (q16 ? C : 0) - (att16 ? H * hd : 0);
-        if (in16) in16_bytes += 2 * IN16(N, d) + IN16(N, f);
+        per_tok += layer_floats(s, f) - (in16 ? 2 * d + 3 * f : 0) - (q16 ? C : 0) - (att16 ? H * hd : 0);
+        if (in16) in16_bytes += 2 * IN16(N, d) + IN16(N, f) + IN16(N, 2 * f);
         if (q16) in16_bytes += IN16(N, C);
         if (att16) in16_bytes += IN16(N, H * hd);
     }

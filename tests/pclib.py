@@ -285,14 +285,29 @@ def close_runs(a, b, tol_loss, tol_w, what):
 def bf16_products():
     """A context in which every torch.nn.functional.linear (so every nn.Linear) takes its
     operands rounded to bf16 with fp32 accumulation, forward and backward (the backward's
-    products from rounded operands too): what backend.matmul bf16 computes. Attention
-    products stay fp32, as in projcompd."""
+    products from rounded operands too), and a Llama MLP's gate and up outputs are rounded
+    to bf16 (their gradients passed through as they are): what backend.matmul bf16
+    computes. Attention products stay fp32, as in projcompd."""
     import contextlib
     import torch
     import torch.nn.functional as F
+    from transformers.models.llama import modeling_llama
 
     def r(t):
         return t.bfloat16().float()
+
+    class Bf16Values(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x):
+            return r(x)
+
+        @staticmethod
+        def backward(ctx, g):
+            return g
+
+    def mlp_forward(self, x):
+        gate, up = Bf16Values.apply(self.gate_proj(x)), Bf16Values.apply(self.up_proj(x))
+        return self.down_proj(self.act_fn(gate) * up)
 
     class Bf16Linear(torch.autograd.Function):
         @staticmethod
@@ -308,12 +323,14 @@ def bf16_products():
 
     @contextlib.contextmanager
     def patched():
-        plain = F.linear
+        plain, plain_mlp = F.linear, modeling_llama.LlamaMLP.forward
         F.linear = lambda x, w, b=None: Bf16Linear.apply(x, w) if b is None else Bf16Linear.apply(x, w) + b
+        modeling_llama.LlamaMLP.forward = mlp_forward
         try:
             yield
         finally:
             F.linear = plain
+            modeling_llama.LlamaMLP.forward = plain_mlp
     return patched()
 
 

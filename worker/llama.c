@@ -24,8 +24,8 @@ struct llama_acts {
     /* per layer l (N = B*T) */
     float **res;   /* L+1 x (N,d): input of layer l; res[L] is the final residual */
     float **mid;   /* L x (N,d): residual after attention */
-    /* in16: ln1, ln2, h and lnf hold bf16 values (N rows of the same widths) in buffers of
-     * half the size, read through act_in; else fp32 */
+    /* in16: ln1, ln2, h and lnf (and gu) hold bf16 values (N rows of the same widths) in
+     * buffers of half the size, read through act_in; else fp32 */
     int in16;
     float **ln1, **ln2;     /* L x (N,d) */
     float **rstd1, **rstd2; /* L x (N) */
@@ -40,7 +40,10 @@ struct llama_acts {
      * then there is no x16 */
     int att16;
     float **lse;   /* L x (B,H,T) */
-    float **gu;    /* L x (N,2*f_l): gate | up */
+    /* L x (N,2*f_l): gate | up. With bf16 products (bf16_products) SwiGLU takes them
+     * rounded to bf16 (mlp_in): with in16 held in bf16 (buffers of half as many floats),
+     * else in fp32 as the product wrote them */
+    float **gu;
     float **h;     /* L x (N,f_l) */
     float *lnf, *rstdf; /* (N,d), (N) */
     float *xent_lse;    /* (N) */
@@ -208,6 +211,8 @@ static void prod_inputs(llama_model *m, int in16)
     a->ln2 = alloc_list(m->be, L, sz, shared);
     for (int l = 0; l < L; l++) sz[l] = (N * (size_t)c->d_ff_layer[l] + per - 1) / per;
     a->h = alloc_list(m->be, L, sz, shared);
+    for (int l = 0; l < L; l++) sz[l] = (N * 2 * (size_t)c->d_ff_layer[l] + per - 1) / per;
+    a->gu = alloc_list(m->be, L, sz, shared);
     a->lnf = be_alloc(m->be, (N * d + per - 1) / per);
     a->in16 = in16;
     free(sz);
@@ -220,8 +225,9 @@ static void free_prod_inputs(llama_model *m)
     free_list(m->be, a->ln1, L, shared);
     free_list(m->be, a->ln2, L, shared);
     free_list(m->be, a->h, L, shared);
+    free_list(m->be, a->gu, L, shared);
     be_free(m->be, a->lnf);
-    a->ln1 = a->ln2 = a->h = NULL;
+    a->ln1 = a->ln2 = a->h = a->gu = NULL;
     a->lnf = NULL;
 }
 
@@ -318,7 +324,6 @@ static int init(llama_model *m, const llama_config *c, backend *be, int B, int T
     }
     LIST(att, L, N * qd);
     LIST(lse, L, (size_t)B * H * T);
-    LIST(gu, L, N * 2 * (size_t)c->d_ff_layer[l]);
 #undef LIST
     free(sz);
     prod_inputs(m, !forward_only && o->weights != LLAMA_F32);
@@ -359,7 +364,7 @@ void llama_free(llama_model *m)
     backend *be = m->be;
     llama_acts *a = m->act;
     int L = m->cfg.n_layers;
-    float **lists[] = {a->mid, a->rstd1, a->rstd2, a->qkv16, a->att, a->lse, a->gu};
+    float **lists[] = {a->mid, a->rstd1, a->rstd2, a->qkv16, a->att, a->lse};
     free_list(be, a->res, L + 1, m->forward_only);
     free_list(be, a->qkv, L, m->forward_only || m->recompute || a->qkv16);
     for (size_t i = 0; i < PC_ARRAY_LEN(lists); i++) free_list(be, lists[i], L, m->forward_only || m->recompute);
@@ -813,6 +818,31 @@ static void head_bwd(llama_model *m, float *dx, act_in x, const float *lse, cons
     }
 }
 
+/* Whether the model's products are bf16's (MATMUL_BF16's arithmetic): through its bf16
+ * weight copy, or in the backend's matmul mode. */
+static int bf16_products(const llama_model *m) { return m->w16 || m->be->matmul == MATMUL_BF16; }
+
+/* Layer l's gate|up product ln2 (N,d) -> gu (N,2f) and h (N,f) = swiglu(gate, up). With
+ * bf16 products only SwiGLU reads gu, in both passes, and reads it rounded to bf16, as
+ * bf16 mixed precision keeps a product's output: written in bf16 by the product with
+ * in16 (half the bytes written and read twice), else kept in fp32 as the product wrote
+ * it and rounded as SwiGLU reads it (round_in); the same values either way. */
+static void mlp_in(llama_model *m, int l)
+{
+    const backend_ops *op = m->be->ops;
+    llama_acts *a = m->act;
+    int N = m->B * m->T, d = m->cfg.d_model, f = m->cfg.d_ff_layer[l], tg = layer_tensor(l, T_GATE);
+    if (a->in16) {
+        const uint16_t *w = m->w16 + m->tensors[tg].offset; // gate (f,d) then up (f,d): (2f,d)
+        uint16_t *gu16 = (uint16_t *)a->gu[l];
+        op->gemm_16_to16(m->be, 0, 1, N, 2 * f, d, 1.0f, (const uint16_t *)a->ln2[l], d, w, d, gu16, 2 * f);
+        op->swiglu_fwd_16(m->be, (uint16_t *)a->h[l], gu16, gu16 + f, N, f, 2 * f); // -> (N,f) bf16
+        return;
+    }
+    linear_fwd(m, a->gu[l], prod_in(a, a->ln2[l], 0, d), tg, N, d, 2 * f, 0.0f); // -> (N,2f)
+    op->swiglu_fwd(m->be, a->h[l], a->gu[l], a->gu[l] + f, N, f, 2 * f, bf16_products(m)); // -> (N,f)
+}
+
 /* Decoder layer l: res[l] (N,d) -> its activations and, with out, res[l+1] (N,d); a
  * recomputation (out = 0) skips the down projection, whose output the backward never
  * reads. */
@@ -840,11 +870,7 @@ static void layer_fwd(llama_model *m, int l, int out)
     be_copy(be, a->mid[l], a->res[l], (size_t)N * d);
     linear_fwd(m, a->mid[l], att_in(a, l), layer_tensor(l, T_O), N, qd, d, 1.0f); // += (N,qd) -> (N,d)
     norm_in(m, a->ln2[l], a->rstd2[l], a->mid[l], layer_tensor(l, T_LN2));
-    linear_fwd(m, a->gu[l], prod_in(a, a->ln2[l], 0, d), layer_tensor(l, T_GATE), N, d, 2 * f, 0.0f); // -> (N,2f)
-    if (a->in16) // -> (N,f)
-        op->swiglu_fwd_16(be, (uint16_t *)a->h[l], a->gu[l], a->gu[l] + f, N, f, 2 * f);
-    else
-        op->swiglu_fwd(be, a->h[l], a->gu[l], a->gu[l] + f, N, f, 2 * f);
+    mlp_in(m, l);
     m->acts_layer = l;
     if (!out) return;
     be_copy(be, a->res[l + 1], a->mid[l], (size_t)N * d);
@@ -1004,10 +1030,12 @@ void llama_backward(llama_model *m)
         int td = layer_tensor(l, T_DOWN), tg = layer_tensor(l, T_GATE);
         res_linear_bwd(m, a->dh, prod_in(a, a->h[l], 0, f), td, f, res16); // (N,d) -> (N,f)
         if (a->dy16) { // the gate|up gradient only meets products: written in bf16 at once (N,2f)
-            op->swiglu_bwd_16(be, a->dy16, a->dy16 + f, a->dh, a->gu[l], a->gu[l] + f, N, f, 2 * f);
+            const uint16_t *gu16 = (const uint16_t *)a->gu[l]; // (N,2f) bf16 (in16)
+            op->swiglu_bwd_16(be, a->dy16, a->dy16 + f, a->dh, gu16, gu16 + f, N, f, 2 * f);
             linear_bwd_16(m, a->dln, G(m, tg), a->dy16, 2 * f, prod_in(a, a->ln2[l], 0, d), tg, N, d, 2 * f);
         } else {
-            op->swiglu_bwd(be, a->dgu, a->dgu + f, a->dh, a->gu[l], a->gu[l] + f, N, f, 2 * f); // -> (N,2f)
+            op->swiglu_bwd(be, a->dgu, a->dgu + f, a->dh, a->gu[l], a->gu[l] + f, N, f, 2 * f,
+                           bf16_products(m)); // -> (N,2f)
             linear_bwd(m, a->dln, G(m, tg), a->dgu, prod_in(a, a->ln2[l], 0, d), tg, N, d, 2 * f); // (N,2f) -> (N,d)
         }
         res16 = norm_bwd(m, layer_tensor(l, T_LN2), a->mid[l], a->rstd2[l]);

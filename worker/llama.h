@@ -129,13 +129,16 @@ int llama_attention_16(const llama_model *m);
  * each product; embedding lookups and norm gains keep reading params. Whoever changes
  * params calls llama_refresh_w16 before the next forward. A trainable model also keeps
  * the activations read only by products (ln1, ln2, h, lnf) in bf16 only, written rounded
- * by rmsnorm_fwd_16 and swiglu_fwd_16 at half the memory (their fp32 buffers, if
+ * by rmsnorm_fwd_16 and swiglu_fwd_16 at half the memory, and the gate|up product's
+ * output, which only SwiGLU reads, written in bf16 by gemm_16_to16 (their fp32 buffers, if
  * llama_init made them, are replaced), and gets two bf16 buffers for its backward,
  * (N, widest layer output) and (N, H*hd): each product's output gradient, and the
  * attention output, are rounded once for its two backward products (gemm_16), and the
  * head's dlogits are written in bf16 over the logits (xent_bwd_16, distill_16); every product of the
  * model then has MATMUL_BF16's arithmetic whatever the backend's matmul mode, with the
- * same results as rounding each product's inputs. */
+ * same results as rounding each product's inputs (with bf16 products either way SwiGLU
+ * reads the gate|up output rounded to bf16, as bf16 mixed precision keeps a product's
+ * output: rounded as it is read where the model holds it in fp32). */
 void llama_use_bf16_weights(llama_model *m);
 /* w16 = bf16(params), nearest even, for every tensor held in fp32; nothing without a copy. */
 void llama_refresh_w16(llama_model *m);
@@ -210,8 +213,9 @@ void llama_set_loss_scale(llama_model *m, float s);
 double llama_flops_per_token(const llama_config *c, int T);
 
 /* Activations of layer l from the last forward (device pointers, N = B*T rows): the two
- * pre-norm outputs ln1, ln2 (N,d) and the gate|up pre-activations gu (N, 2*f_l). Aborts
- * on a trainable model with a bf16 weight copy, which keeps ln1 and ln2 in bf16 only. */
+ * pre-norm outputs ln1, ln2 (N,d) and the gate|up pre-activations gu (N, 2*f_l), as the
+ * product wrote them (with bf16 products SwiGLU reads them rounded to bf16). Aborts on a
+ * trainable model with a bf16 weight copy, which keeps ln1, ln2 and gu in bf16 only. */
 void llama_layer_acts(const llama_model *m, int l, const float **ln1, const float **ln2, const float **gu);
 
 #endif

@@ -68,11 +68,13 @@ static void test_gemm(void **state)
     backend_destroy(be);
 }
 
-/* round_bf16: nearest even at the ties, exact on bf16 values; gemm_w16 gives, bit for bit,
- * gemm's MATMUL_BF16 products on the widened bf16 B, and gemm_16 those on the widened A
- * and B, for every transpose combination with padded leading dimensions (and K = 0:
+/* round_bf16: nearest even at the ties, exact on bf16 values; gemm_w16 gives, bit for
+ * bit, gemm's MATMUL_BF16 products on the widened bf16 B, gemm_16 those on the widened A
+ * and B, and gemm_16_to16 gemm_16's (beta 0) rounded, leaving the padding between C's
+ * rows alone, for every transpose combination with padded leading dimensions (and K = 0:
  * C = beta C); rmsnorm_fwd_16, swiglu_fwd_16, swiglu_bwd_16 and distill_16 write the
- * rounded outputs of the fp32 ops. */
+ * rounded outputs of the fp32 ops (the swiglu ops on gate and up in bf16, the fp32 ops
+ * on those widened, and the same fp32 ops with round_in on the unrounded gate and up). */
 static void test_bf16_weights_ops(void **state)
 {
     (void)state;
@@ -103,6 +105,15 @@ static void test_bf16_weights_ops(void **state)
                 be->ops->gemm_16(be, ta, tb, M, N, k, 0.5f, A16, lda, B16, ldb, 2.0f, C3, ldc);
                 assert_memory_equal(C1, C2, sizeof C1);
                 assert_memory_equal(C1, C3, sizeof C1);
+                uint16_t C16[5 * 9], want16c[9];
+                for (size_t i = 0; i < PC_ARRAY_LEN(C16); i++) C16[i] = 0xABCD;
+                be->ops->gemm_16(be, ta, tb, M, N, k, 0.5f, A16, lda, B16, ldb, 0.0f, C3, ldc);
+                be->ops->gemm_16_to16(be, ta, tb, M, N, k, 0.5f, A16, lda, B16, ldb, C16, ldc);
+                for (int i = 0; i < M; i++) {
+                    be->ops->round_bf16(be, want16c, C3 + i * ldc, (size_t)N);
+                    assert_memory_equal(C16 + i * ldc, want16c, sizeof(uint16_t) * N);
+                    for (int j = N; j < ldc && i < M - 1; j++) assert_int_equal(C16[i * ldc + j], 0xABCD);
+                }
                 /* which is the fp32 product of the widened values */
                 fill(C2, PC_ARRAY_LEN(C2), 3, 1);
                 be_gemm(be, ta, tb, M, N, k, 0.5f, Aw, lda, B, ldb, 2.0f, C2, ldc);
@@ -120,17 +131,28 @@ static void test_bf16_weights_ops(void **state)
     assert_memory_equal(r1, r2, sizeof r1);
     be->ops->widen_bf16(be, wide, o16, PC_ARRAY_LEN(wide));
     for (size_t i = 0; i < PC_ARRAY_LEN(out); i++) assert_true(fabsf(wide[i] - out[i]) <= fabsf(out[i]) * 0x1p-8f);
-    be->ops->swiglu_fwd(be, out, xs, xs + RD, RN, RD, RLD); /* gate | up in rows of RLD */
-    be->ops->swiglu_fwd_16(be, o16, xs, xs + RD, RN, RD, RLD);
+    uint16_t xs16[RN * RLD]; /* gate | up in bf16, and xw their values */
+    float xw[RN * RLD], outr[RN * RD];
+    be->ops->round_bf16(be, xs16, xs, PC_ARRAY_LEN(xs));
+    be->ops->widen_bf16(be, xw, xs16, PC_ARRAY_LEN(xs));
+    be->ops->swiglu_fwd(be, out, xw, xw + RD, RN, RD, RLD, 0); /* gate | up in rows of RLD */
+    be->ops->swiglu_fwd(be, outr, xs, xs + RD, RN, RD, RLD, 1); /* rounded as read: the same */
+    assert_memory_equal(out, outr, sizeof out);
+    be->ops->swiglu_fwd(be, outr, xs, xs + RD, RN, RD, RLD, 0); /* and not without round_in */
+    assert_memory_not_equal(out, outr, sizeof out);
+    be->ops->swiglu_fwd_16(be, o16, xs16, xs16 + RD, RN, RD, RLD);
     be->ops->round_bf16(be, want16, out, PC_ARRAY_LEN(out));
     assert_memory_equal(o16, want16, sizeof o16);
     /* swiglu_bwd_16: bitwise bf16 of swiglu_bwd's dgate | dup, in rows of RLD like gate | up */
-    float dgu[RN * RLD];
+    float dgu[RN * RLD], dgur[RN * RLD];
     uint16_t d16[RN * RLD], dwant16[RN * RLD];
     fill(dgu, PC_ARRAY_LEN(dgu), 8, 1);
+    memcpy(dgur, dgu, sizeof dgu);
     be->ops->round_bf16(be, d16, dgu, PC_ARRAY_LEN(dgu)); /* the column between the rows' halves: untouched */
-    be->ops->swiglu_bwd(be, dgu, dgu + RD, out, xs, xs + RD, RN, RD, RLD);
-    be->ops->swiglu_bwd_16(be, d16, d16 + RD, out, xs, xs + RD, RN, RD, RLD);
+    be->ops->swiglu_bwd(be, dgu, dgu + RD, out, xw, xw + RD, RN, RD, RLD, 0);
+    be->ops->swiglu_bwd(be, dgur, dgur + RD, out, xs, xs + RD, RN, RD, RLD, 1);
+    assert_memory_equal(dgu, dgur, sizeof dgu);
+    be->ops->swiglu_bwd_16(be, d16, d16 + RD, out, xs16, xs16 + RD, RN, RD, RLD);
     be->ops->round_bf16(be, dwant16, dgu, PC_ARRAY_LEN(dgu));
     assert_memory_equal(d16, dwant16, sizeof d16);
     /* distill_16: distill's gradient rounded, row n at bf16 offset 2 n V, the same loss */
@@ -228,7 +250,7 @@ enum { SN = 3, SF = 5 };
 static void swi_fwd(backend *be, float *x, float *out, void *ctx)
 {
     (void)ctx;
-    be->ops->swiglu_fwd(be, out, x, x + SF, SN, SF, 2 * SF);
+    be->ops->swiglu_fwd(be, out, x, x + SF, SN, SF, 2 * SF, 0);
 }
 
 static void test_swiglu_grad(void **state)
@@ -238,7 +260,7 @@ static void test_swiglu_grad(void **state)
     float x[SN * 2 * SF], out[SN * SF], R[SN * SF], dx[SN * 2 * SF];
     double g[SN * 2 * SF];
     fill(x, PC_ARRAY_LEN(x), 31, 2.0f), fill(R, PC_ARRAY_LEN(R), 32, 1.0f);
-    be->ops->swiglu_bwd(be, dx, dx + SF, R, x, x + SF, SN, SF, 2 * SF);
+    be->ops->swiglu_bwd(be, dx, dx + SF, R, x, x + SF, SN, SF, 2 * SF, 0);
     numgrad(be, swi_fwd, NULL, x, PC_ARRAY_LEN(x), out, R, PC_ARRAY_LEN(R), g);
     assert_close(dx, g, PC_ARRAY_LEN(x), 2e-3, "swiglu");
     backend_destroy(be);

@@ -246,19 +246,24 @@ static void op_swiglu(backend *be, outv *o)
     int N = 4, f = 9, ld = 2 * f;
     // gate | up (N, 2f): column slices of one buffer
     float *gu = dev_rand(be, (size_t)(N * ld), 100, 2), *out = be_alloc(be, (size_t)(N * f));
-    be->ops->swiglu_fwd(be, out, gu, gu + f, N, f, ld);
+    be->ops->swiglu_fwd(be, out, gu, gu + f, N, f, ld, 0);
+    out_fetch(be, o, out, (size_t)(N * f));
+    be->ops->swiglu_fwd(be, out, gu, gu + f, N, f, ld, 1); // gate, up rounded as read
     out_fetch(be, o, out, (size_t)(N * f));
     float *dout = dev_rand(be, (size_t)(N * f), 101, 1), *dgu = dev_rand(be, (size_t)(N * ld), 102, 1);
-    be->ops->swiglu_bwd(be, dgu, dgu + f, dout, gu, gu + f, N, f, ld);
+    be->ops->swiglu_bwd(be, dgu, dgu + f, dout, gu, gu + f, N, f, ld, 0);
     out_fetch(be, o, dgu, (size_t)(N * ld));
-    uint16_t *o16 = be->ops->alloc_bf16(be, (size_t)(N * f));
-    be->ops->swiglu_fwd_16(be, o16, gu, gu + f, N, f, ld); // -> (N,f) bf16
+    be->ops->swiglu_bwd(be, dgu, dgu + f, dout, gu, gu + f, N, f, ld, 1);
+    out_fetch(be, o, dgu, (size_t)(N * ld));
+    uint16_t *o16 = be->ops->alloc_bf16(be, (size_t)(N * f)), *gu16 = be->ops->alloc_bf16(be, (size_t)(N * ld));
+    be->ops->round_bf16(be, gu16, gu, (size_t)(N * ld)); // gate | up in bf16
+    be->ops->swiglu_fwd_16(be, o16, gu16, gu16 + f, N, f, ld); // -> (N,f) bf16
     out_fetch16(be, o, o16, (size_t)(N * f));
     be_free(be, o16);
     uint16_t *d16 = be->ops->alloc_bf16(be, (size_t)(N * ld));
-    be->ops->swiglu_bwd_16(be, d16, d16 + f, dout, gu, gu + f, N, f, ld); // -> (N,2f) bf16
+    be->ops->swiglu_bwd_16(be, d16, d16 + f, dout, gu16, gu16 + f, N, f, ld); // -> (N,2f) bf16
     out_fetch16(be, o, d16, (size_t)(N * ld));
-    be_free(be, d16);
+    be_free(be, d16), be_free(be, gu16);
     be_free(be, gu), be_free(be, out), be_free(be, dout), be_free(be, dgu);
 }
 
@@ -329,8 +334,8 @@ static void op_bf16(backend *be, outv *o)
     be_free(be, w), be_free(be, y);
 }
 
-/* round_bf16 into a bf16 buffer at an offset, gemm_w16 and gemm_16 reading it, and raw
- * transfers of an odd number of bytes */
+/* round_bf16 into a bf16 buffer at an offset, gemm_w16, gemm_16 and gemm_16_to16 reading
+ * it, and raw transfers of an odd number of bytes */
 static void op_bf16_weights(backend *be, outv *o)
 {
     int M = 5, N = 7, K = 3, ld = N + 2;
@@ -346,7 +351,10 @@ static void op_bf16_weights(backend *be, outv *o)
     be->ops->round_bf16(be, a16, A, (size_t)(M * K));
     be->ops->gemm_16(be, 0, 0, M, N, K, 0.5f, a16, K, w + 1, ld, 2.0f, C, N); /* (M,K) x (K,N) */
     out_fetch(be, o, C, (size_t)(M * N));
-    be_free(be, a16);
+    uint16_t *c16 = be->ops->alloc_bf16(be, (size_t)(M * ld));
+    be->ops->gemm_16_to16(be, 0, 0, M, N, K, 0.5f, a16, K, w + 1, ld, c16, ld); /* (M,K) x (K,N) -> bf16 */
+    out_fetch16(be, o, c16, (size_t)(M * ld));
+    be_free(be, a16), be_free(be, c16);
     unsigned char bytes[7] = {1, 2, 3, 4, 5, 6, 7}, back[7] = {0};
     be->ops->upload_raw(be, (char *)y + 1, bytes, sizeof bytes);
     be->ops->download_raw(be, back, (char *)y + 1, sizeof back);
@@ -405,7 +413,7 @@ static const op_case op_cases[] = {
     {"distill/distill_16", op_distill},
     {"add2d", op_add2d},
     {"alloc_bf16/upload_bf16/widen_bf16", op_bf16},
-    {"round_bf16/gemm_w16/gemm_16/upload_raw/download_raw", op_bf16_weights},
+    {"round_bf16/gemm_w16/gemm_16/gemm_16_to16/upload_raw/download_raw", op_bf16_weights},
     {"add/scale/axpy/sumsq", op_elementwise},
     {"adamw", op_adamw},
 };

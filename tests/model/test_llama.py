@@ -117,10 +117,26 @@ def rel(a, b):
     return float(np.max(np.abs(a - b)) / max(np.max(np.abs(b)), 1e-30))
 
 
+def check_flipped_logits(tag, got, want):
+    """bf16 logits against a bf16 reference: a value that fp32 summation-order differences
+    put on the other side of a bf16 boundary moves by 2^-8 (3.9e-3) and moves the logits
+    of its token (and, through attention, of later ones) by up to about 1e-2 of the
+    largest; every other token's logits agree within 1e-5, and at most one token in 8 is
+    moved."""
+    per_tok = np.abs(got - want).reshape(-1, got.shape[-1]).max(-1) / max(np.max(np.abs(want)), 1e-30)
+    moved = int(np.sum(per_tok > 1e-5))
+    check(per_tok.max() <= 1e-2 and moved <= max(1, per_tok.size // 8),
+          "%s logits rel err %.2e <= 1e-2; %d of %d tokens beyond 1e-5 (bf16 boundary flips, at most %d)"
+          % (tag, per_tok.max(), moved, per_tok.size, max(1, per_tok.size // 8)))
+
+
 def compare(tag, out, logits, loss, grads, model, logit_tol=None, loss_tol=None, grad_tol=None):
+    """logit_tol "flips": check_flipped_logits"""
     logit_tol, loss_tol = logit_tol or LOGIT_TOL, loss_tol or LOSS_TOL
     grad_tol = grad_tol or GRAD_TOL
-    if logits is not None:  # None: a chunked head, which never holds the logits whole
+    if logits is not None and logit_tol == "flips":
+        check_flipped_logits(tag, out["logits"], logits)
+    elif logits is not None:  # None: a chunked head, which never holds the logits whole
         r = rel(out["logits"], logits)
         check(r <= logit_tol, "%s logits rel err %.2e <= %.0e" % (tag, r, logit_tol))
     r = abs(float(out["loss"][0]) - loss) / abs(loss)
@@ -181,14 +197,15 @@ def main():
                 l2 = again(torch.from_numpy(tokens.astype(np.int64))).logits.numpy()
             check(np.array_equal(l2, logits) and again.config.tie_word_embeddings == case["tied"],
                   "%s saved model reloads in transformers with identical logits" % case["name"])
-            # backend.matmul bf16: every gemm input rounded to bf16, against Bf16Linear. Where
-            # fp32 summation-order differences make a value round to the other side of a
-            # bf16 boundary it moves by 2^-8 (3.9e-3), and such flips spread through the
-            # backward pass: logits within 1e-3, gradients within 1e-2, and every
-            # gradient closer to the bf16 reference than to the fp32 one.
+            # backend.matmul bf16: every gemm input, and the gate and up outputs, rounded to
+            # bf16, against Bf16Linear. Where fp32 summation-order differences make a value
+            # round to the other side of a bf16 boundary it moves by 2^-8 (3.9e-3), and such
+            # flips spread through the backward pass: logits as check_flipped_logits,
+            # gradients within 1e-2, and every gradient closer to the bf16 reference than
+            # to the fp32 one.
             out16 = run_tool(path, tokens, targets, tmp, matmul="bf16")
             l16, loss16, g16 = reference_bf16(model, tokens, targets)
-            w16 = compare(case["name"] + " bf16", out16, l16, loss16, g16, model, 1e-3, 1e-4, 1e-2)
+            w16 = compare(case["name"] + " bf16", out16, l16, loss16, g16, model, "flips", 1e-4, 1e-2)
             r = rel(out16["logits"], logits)
             check(r > 5e-3, "%s bf16 logits differ from fp32 by %.2e (inputs rounded)" % (case["name"], r))
             w32 = max(rel(out16["grad." + n], grads[n]) for n in grads)
@@ -197,7 +214,7 @@ def main():
             # the same products from the model's bf16 weight copy (llama_use_bf16_weights):
             # the same reference, and on the CPU the very same numbers
             out16w = run_tool(path, tokens, targets, tmp, matmul="bf16w")
-            compare(case["name"] + " bf16 weight copy", out16w, l16, loss16, g16, model, 1e-3, 1e-4, 1e-2)
+            compare(case["name"] + " bf16 weight copy", out16w, l16, loss16, g16, model, "flips", 1e-4, 1e-2)
             check(all(np.array_equal(out16w[k], out16[k]) for k in out16),
                   "%s bf16 weight copy: logits, loss and gradients bitwise those of rounding per product"
                   % case["name"])

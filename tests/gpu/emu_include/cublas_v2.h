@@ -1,5 +1,6 @@
 /* cublas_v2.h for the host emulator: the cuBLAS calls cuda/ makes, computed on the host
- * with cuBLAS's column-major conventions. Inputs are fp32 or bf16 (CUDA_R_16BF);
+ * with cuBLAS's column-major conventions. Inputs and C are fp32 or bf16 (CUDA_R_16BF: a
+ * bf16 C gets each fp32 result rounded, nearest even);
  * CUBLAS_COMPUTE_32F_FAST_TF32 rounds fp32 inputs to TF32 (10-bit mantissa, nearest
  * even) as the tensor cores may; sums are fp32 in k order; beta == 0 never reads C. */
 #ifndef PC_EMU_CUBLAS_V2_H
@@ -74,26 +75,30 @@ inline cublasStatus_t cublasGemmStridedBatchedEx(cublasHandle_t h, cublasOperati
     /* stored (column-major) shapes: A is ra x ca, B rb x cb, C m x n */
     const int ra = ta == CUBLAS_OP_N ? m : k, ca = ta == CUBLAS_OP_N ? k : m;
     const int rb = tb == CUBLAS_OP_N ? k : n, cb = tb == CUBLAS_OP_N ? n : k;
-    if (ct != CUDA_R_32F || m < 0 || n < 0 || k < 0 || batch < 0 || lda < std::max(1, ra) || ldb < std::max(1, rb) ||
+    if ((ct != CUDA_R_32F && ct != CUDA_R_16BF) || m < 0 || n < 0 || k < 0 || batch < 0 || lda < std::max(1, ra) || ldb < std::max(1, rb) ||
         ldc < std::max(1, m))
         return CUBLAS_STATUS_INVALID_VALUE;
     const float al = *(const float *)alpha, be = *(const float *)beta;
     const int tf32 = compute == CUBLAS_COMPUTE_32F_FAST_TF32;
-    const size_t ea = at == CUDA_R_16BF ? 2 : 4, eb = bt == CUDA_R_16BF ? 2 : 4;
+    const size_t ea = at == CUDA_R_16BF ? 2 : 4, eb = bt == CUDA_R_16BF ? 2 : 4, ec = ct == CUDA_R_16BF ? 2 : 4;
     emu_gemm_operand(A, ra, ca, lda, sa, batch, ea, "cuBLAS GEMM operand A");
     emu_gemm_operand(B, rb, cb, ldb, sb, batch, eb, "cuBLAS GEMM operand B");
-    emu_gemm_operand(C, m, n, ldc, sc, batch, 4, "cuBLAS GEMM operand C");
+    emu_gemm_operand(C, m, n, ldc, sc, batch, ec, "cuBLAS GEMM operand C");
     emu_put(h->stream, [=] { /* alpha and beta were read at the call (host pointer mode) */
         for (int q = 0; q < batch; q++) {
             const char *a = (const char *)A + (size_t)(q * sa) * ea, *b = (const char *)B + (size_t)(q * sb) * eb;
-            float *c = (float *)C + q * sc;
+            char *c = (char *)C + (size_t)(q * sc) * ec;
             for (int j = 0; j < n; j++)
                 for (int i = 0; i < m; i++) {
                     float s = 0.0f;
                     for (int l = 0; l < k; l++)
                         s += emu_blas_at(a, at, ta, i, l, lda, tf32) * emu_blas_at(b, bt, tb, l, j, ldb, tf32);
-                    float *out = c + i + (size_t)j * ldc;
-                    *out = be == 0.0f ? al * s : al * s + be * *out;
+                    const size_t at_ij = i + (size_t)j * ldc;
+                    const float r = be == 0.0f ? al * s : al * s + be * emu_blas_at(c, ct, CUBLAS_OP_N, i, j, ldc, 0);
+                    if (ct == CUDA_R_16BF)
+                        ((__nv_bfloat16 *)c)[at_ij] = __float2bfloat16_rn(r);
+                    else
+                        ((float *)c)[at_ij] = r;
                 }
         }
         emu_check_red("a cuBLAS GEMM");
