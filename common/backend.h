@@ -101,9 +101,11 @@ typedef struct backend_ops {
     void (*rmsnorm_fwd)(backend *be, float *out, float *rstd, const float *x, const float *w, int N, int d,
                         float eps);
     /* The same with out rounded to bf16 (nearest even): the bf16 input of the products
-     * that read it, stored without an fp32 copy; bitwise bf16(rmsnorm_fwd's out). */
+     * that read it, stored without an fp32 copy; bitwise bf16(rmsnorm_fwd's out). With
+     * x_copy (else NULL) x is also copied there (N,d) as it is read: the residual stream's
+     * copy that a product then adds to, without a pass of its own. */
     void (*rmsnorm_fwd_16)(backend *be, uint16_t *out, float *rstd, const float *x, const float *w, int N, int d,
-                           float eps);
+                           float eps, float *x_copy);
     /* dx += d(out)/dx^T dout ; dw += sum_n dout*x*rstd */
     void (*rmsnorm_bwd)(backend *be, float *dx, float *dw, const float *dout, const float *x, const float *w,
                         const float *rstd, int N, int d);
@@ -155,6 +157,15 @@ typedef struct backend_ops {
     void (*attention_bwd_16)(backend *be, float *dq, float *dk, float *dv, const float *dout, const void *out,
                              int out16, const float *lse, const uint16_t *qkv16, int B, int T, int H, int KV, int hd,
                              int ld);
+    /* attention_bwd_16 and then rope_bwd_qkv_16 in one: the qkv product's output gradient
+     * dqkv16 (as rope_bwd_qkv_16's) from attention's; dqkv (N rows of stride ld, fp32) is
+     * scratch. An attention that makes bf16 gradients (cuDNN's) writes them into dqkv16
+     * and dq, dk are rotated back there, in place (the values the two ops give: widening
+     * is exact); otherwise it is those two ops through dqkv, bit for bit. NULL where a
+     * backend has none. */
+    void (*attention_bwd_rope_16)(backend *be, uint16_t *dqkv16, float *dqkv, const float *dout, const void *out,
+                                  int out16, const float *lse, const uint16_t *qkv16, const float *cos_t,
+                                  const float *sin_t, int B, int T, int H, int KV, int hd, int ld);
 
     /* out (N,f) = silu(gate) * up; gate and up (N,f) with row stride ld_in, with round_in
      * each rounded to bf16 (nearest even) as it is read (bf16 products: the gate|up

@@ -297,12 +297,13 @@ static void cpu_rmsnorm_fwd(backend *be, float *out, float *rstd, const float *x
 }
 
 static void cpu_rmsnorm_fwd_16(backend *be, uint16_t *out, float *rstd, const float *x, const float *w, int N, int d,
-                               float eps)
+                               float eps, float *x_copy)
 {
     float *row = pc_alloc_f32((size_t)d); /* (d) one row in fp32, then rounded */
     for (int n = 0; n < N; n++) { // (N,d) -> (N,d) bf16
         rstd[n] = rmsnorm_row(row, x + (size_t)n * d, w, d, eps);
         cpu_round_bf16(be, out + (size_t)n * d, row, (size_t)d);
+        if (x_copy) memcpy(x_copy + (size_t)n * d, x + (size_t)n * d, sizeof(float) * (size_t)d);
     }
     free(row);
 }

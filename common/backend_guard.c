@@ -406,7 +406,7 @@ static void guard_rmsnorm_fwd(backend *be, float *out, float *rstd, const float 
 }
 
 static void guard_rmsnorm_fwd_16(backend *be, uint16_t *out, float *rstd, const float *x, const float *w, int N, int d,
-                                 float eps)
+                                 float eps, float *x_copy)
 {
     guard_call k;
     call_begin(&k, be, "rmsnorm_fwd_16");
@@ -414,7 +414,8 @@ static void guard_rmsnorm_fwd_16(backend *be, uint16_t *out, float *rstd, const 
     call_arg(&k, rstd, "rstd");
     call_arg(&k, x, "x");
     call_arg(&k, w, "w");
-    inner(be)->ops->rmsnorm_fwd_16(inner(be), out, rstd, x, w, N, d, eps);
+    call_arg(&k, x_copy, "x_copy");
+    inner(be)->ops->rmsnorm_fwd_16(inner(be), out, rstd, x, w, N, d, eps, x_copy);
     call_end(&k);
 }
 

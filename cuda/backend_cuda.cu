@@ -682,9 +682,9 @@ static void cu_embedding_bwd(backend *be, float *dtable, const float *dout, cons
 /* ------------------------------------------------------------------ rmsnorm */
 
 /* (N,d) -> (N,d) of OutT (float or bf16), one block per row, V values a thread at a time
- * (vec.h; V divides d) */
+ * (vec.h; V divides d); with x_copy x is copied there too */
 template <typename OutT, int V>
-__global__ void k_rmsnorm_fwd(OutT *out, float *rstd, const float *x, const float *w, int d, float eps)
+__global__ void k_rmsnorm_fwd(OutT *out, float *rstd, const float *x, const float *w, int d, float eps, float *x_copy)
 {
     __shared__ float sh[33];
     const size_t n = blockIdx.x;
@@ -703,6 +703,7 @@ __global__ void k_rmsnorm_fwd(OutT *out, float *rstd, const float *x, const floa
         fvec<V> ov;
         for (int j = 0; j < V; j++) ov.v[j] = wv.v[j] * (xv.v[j] * r);
         vec_st<V>(o + i, ov);
+        if (x_copy) vec_st<V>(x_copy + n * d + i, xv);
     }
 }
 
@@ -851,18 +852,20 @@ static void rmsnorm_bwd_one_pass(cudaStream_t s, float *dx, __nv_bfloat16 *dx16,
                                                                           rows);
 }
 
-/* rmsnorm_fwd's and rmsnorm_fwd_16's launch: out (N, d) in OutT; bytes_per_elem for the profile */
+/* rmsnorm_fwd's and rmsnorm_fwd_16's launch: out (N, d) in OutT, x copied to x_copy (or
+ * NULL); bytes_per_elem for the profile (a copy adds 4) */
 template <typename OutT>
 static void rmsnorm_rows(backend *be, const char *region, double bytes_per_elem, OutT *out, float *rstd, const float *x,
-                         const float *w, int N, int d, float eps)
+                         const float *w, int N, int d, float eps, float *x_copy)
 {
     cuda_impl *c = impl_of(be);
     if (N <= 0 || d <= 0) return;
-    PROF_BEGIN(c, region, 0, bytes_per_elem * N * d);
-    if (rows_v4(d, vec_aligned(out, sizeof *out) && vec_aligned(x, 4) && vec_aligned(w, 4)))
-        PC_LAUNCH((k_rmsnorm_fwd<OutT, 4>), N, 256, 0, c->stream)(out, rstd, x, w, d, eps);
+    PROF_BEGIN(c, region, 0, (bytes_per_elem + (x_copy ? 4.0 : 0.0)) * N * d);
+    if (rows_v4(d, vec_aligned(out, sizeof *out) && vec_aligned(x, 4) && vec_aligned(w, 4) &&
+                       (!x_copy || vec_aligned(x_copy, 4))))
+        PC_LAUNCH((k_rmsnorm_fwd<OutT, 4>), N, 256, 0, c->stream)(out, rstd, x, w, d, eps, x_copy);
     else
-        PC_LAUNCH((k_rmsnorm_fwd<OutT, 1>), N, 256, 0, c->stream)(out, rstd, x, w, d, eps);
+        PC_LAUNCH((k_rmsnorm_fwd<OutT, 1>), N, 256, 0, c->stream)(out, rstd, x, w, d, eps, x_copy);
     LAUNCH_CHECK();
     PROF_END(c);
 }
@@ -870,13 +873,14 @@ static void rmsnorm_rows(backend *be, const char *region, double bytes_per_elem,
 static void cu_rmsnorm_fwd(backend *be, float *out, float *rstd, const float *x, const float *w, int N, int d,
                            float eps)
 {
-    rmsnorm_rows<float>(be, "rmsnorm_fwd", 8.0, out, rstd, x, w, N, d, eps); /* x in, out */
+    rmsnorm_rows<float>(be, "rmsnorm_fwd", 8.0, out, rstd, x, w, N, d, eps, NULL); /* x in, out */
 }
 
 static void cu_rmsnorm_fwd_16(backend *be, uint16_t *out, float *rstd, const float *x, const float *w, int N, int d,
-                              float eps)
+                              float eps, float *x_copy)
 {
-    rmsnorm_rows<__nv_bfloat16>(be, "rmsnorm_fwd_16", 6.0, (__nv_bfloat16 *)out, rstd, x, w, N, d, eps); /* bf16 out */
+    rmsnorm_rows<__nv_bfloat16>(be, x_copy ? "rmsnorm_fwd_16, x copy" : "rmsnorm_fwd_16", 6.0, (__nv_bfloat16 *)out,
+                                rstd, x, w, N, d, eps, x_copy); /* bf16 out */
 }
 
 /* rmsnorm_bwd (dx16 NULL) and rmsnorm_bwd_16 */
@@ -930,11 +934,12 @@ static void cu_rmsnorm_bwd_16(backend *be, float *dx, uint16_t *dx16, float *dw,
 /* ------------------------------------------------------------------ rope */
 
 /* One thread per (token, head, V pairs from i); token row b*T+t at stride ld, position
- * t; V pairs at a time (vec.h; V divides hd / 2, ld, ld_y and the heads' offsets). The
- * rotated pairs go to y (row stride ld_y): x itself (in place, fp32), or a bf16 copy. The
- * fastdivs divide by hd / 2V, n_heads and T. */
-template <typename OutT, int V>
-__global__ void k_rope(OutT *y, size_t ld_y, const float *x, const float *cos_t, const float *sin_t, int T,
+ * t; V pairs at a time (vec.h; V divides hd / 2, ld, ld_y and the heads' offsets). x in
+ * InT (fp32, or bf16 bits, widened); the rotated pairs go to y (row stride ld_y): x
+ * itself (in place, fp32 or bf16), or a bf16 copy. The fastdivs divide by hd / 2V,
+ * n_heads and T. */
+template <typename OutT, typename InT, int V>
+__global__ void k_rope(OutT *y, size_t ld_y, const InT *x, const float *cos_t, const float *sin_t, int T,
                        int n_heads, int hd, int ld, float sign, size_t groups, fastdiv f_half, fastdiv f_heads,
                        fastdiv f_T)
 {
@@ -945,7 +950,7 @@ __global__ void k_rope(OutT *y, size_t ld_y, const float *x, const float *cos_t,
         const size_t row = fastdiv_div(f_heads, pairs); /* b*T + t */
         const int h = (int)(pairs - row * n_heads);
         const int t = (int)(row - fastdiv_div(f_T, row) * T);
-        const float *xh = x + row * ld + (size_t)h * hd;
+        const InT *xh = x + row * ld + (size_t)h * hd;
         OutT *yh = y + row * ld_y + (size_t)h * hd;
         const fvec<V> c = vec_ld<V>(cos_t + (size_t)t * half + i), si = vec_ld<V>(sin_t + (size_t)t * half + i);
         fvec<V> x1 = vec_ld<V>(xh + i), x2 = vec_ld<V>(xh + i + half);
@@ -961,24 +966,24 @@ __global__ void k_rope(OutT *y, size_t ld_y, const float *x, const float *cos_t,
 
 /* The rotation (sign 1) or its inverse (-1) of n_heads heads of x's B T rows (stride ld)
  * into y (row stride ld_y; y == x: in place), profiled as `region`. */
-template <typename OutT>
-static void rope_launch(cuda_impl *c, const char *region, OutT *y, size_t ld_y, const float *x, const float *cos_t,
+template <typename OutT, typename InT>
+static void rope_launch(cuda_impl *c, const char *region, OutT *y, size_t ld_y, const InT *x, const float *cos_t,
                         const float *sin_t, int B, int T, int n_heads, int hd, int ld, float sign)
 {
     size_t total = (size_t)B * T * n_heads * (hd / 2);
     if (total == 0) return;
-    PROF_BEGIN(c, region, 0, (8.0 + 2 * sizeof(OutT)) * total); /* a pair read and written */
+    PROF_BEGIN(c, region, 0, 2.0 * (sizeof(InT) + sizeof(OutT)) * total); /* a pair read and written */
     /* rows of n_heads heads: (B T n_heads, hd / 2) pairs at stride hd / 2 (ld, ld_y, hd: the heads' offsets) */
     const rows_launch L = rows_plan((size_t)B * T * n_heads, hd / 2, (size_t)ld | ld_y | (size_t)hd,
-                                    vec_aligned(x, 4) && vec_aligned(y, sizeof(OutT)) && vec_aligned(cos_t, 4) &&
+                                    vec_aligned(x, sizeof(InT)) && vec_aligned(y, sizeof(OutT)) && vec_aligned(cos_t, 4) &&
                                         vec_aligned(sin_t, 4));
     const fastdiv f_heads = fastdiv_make((unsigned)n_heads), f_T = fastdiv_make((unsigned)T);
     if (L.v4)
-        PC_LAUNCH((k_rope<OutT, 4>), L.grid, 256, 0, c->stream)(y, ld_y, x, cos_t, sin_t, T, n_heads, hd, ld, sign,
-                                                               L.groups, L.fv, f_heads, f_T);
+        PC_LAUNCH((k_rope<OutT, InT, 4>), L.grid, 256, 0, c->stream)(y, ld_y, x, cos_t, sin_t, T, n_heads, hd, ld,
+                                                                    sign, L.groups, L.fv, f_heads, f_T);
     else
-        PC_LAUNCH((k_rope<OutT, 1>), L.grid, 256, 0, c->stream)(y, ld_y, x, cos_t, sin_t, T, n_heads, hd, ld, sign,
-                                                               L.groups, L.fv, f_heads, f_T);
+        PC_LAUNCH((k_rope<OutT, InT, 1>), L.grid, 256, 0, c->stream)(y, ld_y, x, cos_t, sin_t, T, n_heads, hd, ld,
+                                                                    sign, L.groups, L.fv, f_heads, f_T);
     launch_check(c, __FILE__, __LINE__);
     PROF_END(c);
 }
@@ -1347,17 +1352,15 @@ static void cudnn_fwd(cuda_impl *c, size_t skip, const void *qkv16, void *out, i
                    (size_t)H * hd, (size_t)B * T, H * hd);
 }
 
-/* dq, dk, dv (rows of stride ld, fp32) by cuDNN from qkv16 and the fp32 dout and out (or
- * out16: out in bf16) */
-static void cudnn_bwd(cuda_impl *c, size_t skip, const void *qkv16, float *dq, float *dk, float *dv,
-                      const float *dout, const void *out, int out16, const float *lse, int B, int T, int H, int KV,
-                      int hd, int ld)
+/* cuDNN's gradients from qkv16 and the fp32 dout and out (or out16: out in bf16), in bf16
+ * into g16 (B T rows of (H + 2 KV) hd: dq | dk | dv, the qkv product's layout); dO's (and,
+ * without out16, O's) bf16 copies in the attention scratch from skip */
+static void cudnn_bwd_into(cuda_impl *c, size_t skip, const void *qkv16, uint16_t *g16, const float *dout,
+                           const void *out, int out16, const float *lse, int B, int T, int H, int KV, int hd)
 {
-    const size_t N = (size_t)B * T, qd = (size_t)H * hd, kvd = (size_t)KV * hd, C = qd + 2 * kvd;
-    const size_t nd = attn_tc_dout_bytes(B, T, H, hd), no = out16 ? 0 : nd;
-    char *base = att16_scratch(c, skip + cudnn_bwd_bytes(B, T, H, KV, hd, out16));
+    const size_t N = (size_t)B * T, qd = (size_t)H * hd, nd = attn_tc_dout_bytes(B, T, H, hd);
+    char *base = att16_scratch(c, skip + nd + (out16 ? 0 : nd));
     __nv_bfloat16 *d16 = (__nv_bfloat16 *)(base + skip), *o16 = (__nv_bfloat16 *)(base + skip + nd);
-    uint16_t *g16 = (uint16_t *)(base + skip + nd + no);
     round_into(c, "attention_bwd dO copy", d16, dout, N, qd, qd);
     if (!out16) round_into(c, "attention_bwd out copy", o16, (const float *)out, N, qd, qd);
     char err[768];
@@ -1368,6 +1371,19 @@ static void cudnn_bwd(cuda_impl *c, size_t skip, const void *qkv16, float *dq, f
         PROF_END(c);
     }
     cudnn_check(c, rc, err);
+}
+
+/* dq, dk, dv (rows of stride ld, fp32) by cuDNN (cudnn_bwd_into), widened from its bf16
+ * gradients in the scratch after dO's and O's copies */
+static void cudnn_bwd(cuda_impl *c, size_t skip, const void *qkv16, float *dq, float *dk, float *dv,
+                      const float *dout, const void *out, int out16, const float *lse, int B, int T, int H, int KV,
+                      int hd, int ld)
+{
+    const size_t N = (size_t)B * T, qd = (size_t)H * hd, kvd = (size_t)KV * hd, C = qd + 2 * kvd;
+    const size_t nd = attn_tc_dout_bytes(B, T, H, hd), no = out16 ? 0 : nd;
+    char *base = att16_scratch(c, skip + cudnn_bwd_bytes(B, T, H, KV, hd, out16));
+    uint16_t *g16 = (uint16_t *)(base + skip + nd + no);
+    cudnn_bwd_into(c, skip, qkv16, g16, dout, out, out16, lse, B, T, H, KV, hd); /* within the scratch just sized */
     widen_rows(c, "attention_bwd cudnn, dq dk dv to fp32", dq, (size_t)ld, g16, C, N, (int)qd);
     widen_rows(c, "attention_bwd cudnn, dq dk dv to fp32", dk, (size_t)ld, g16 + qd, C, N, (int)kvd);
     widen_rows(c, "attention_bwd cudnn, dq dk dv to fp32", dv, (size_t)ld, g16 + qd + kvd, C, N, (int)kvd);
@@ -1542,6 +1558,29 @@ static void cu_attention_bwd_16(backend *be, float *dq, float *dk, float *dv, co
     char *dout16 = att16_scratch(c, attn_tc_dout_bytes(B, T, H, hd));
     att_dsum(be, dout16, dout, out, out16, B, T, H, hd);
     att16_bwd(c, qkv16, dout16, dq, dk, dv, lse, B, T, H, KV, hd, ld);
+}
+
+/* The kernels' fp32 gradients go through dqkv and rope_bwd_qkv_16; cuDNN's bf16 ones into
+ * dqkv16, where dq and dk are rotated back in place (rope_bwd bf16; dv is already there):
+ * no fp32 copy of them is written nor read, and no rounding of dv. */
+static void cu_attention_bwd_rope_16(backend *be, uint16_t *dqkv16, float *dqkv, const float *dout, const void *out,
+                                     int out16, const float *lse, const uint16_t *qkv16, const float *cos_t,
+                                     const float *sin_t, int B, int T, int H, int KV, int hd, int ld)
+{
+    cuda_impl *c = impl_of(be);
+    const size_t qd = (size_t)H * hd, kvd = (size_t)KV * hd, C = qd + 2 * kvd;
+    if (!c->cudnn) {
+        cu_attention_bwd_16(be, dqkv, dqkv + qd, dqkv + qd + kvd, dout, out, out16, lse, qkv16, B, T, H, KV, hd, ld);
+        cu_rope_bwd_qkv_16(be, dqkv16, dqkv, cos_t, sin_t, B, T, H, KV, hd, ld);
+        return;
+    }
+    if (B <= 0 || T <= 0 || H <= 0) return;
+    check_attention_shape(H, KV, hd);
+    cudnn_bwd_into(c, 0, qkv16, dqkv16, dout, out, out16, lse, B, T, H, KV, hd);
+    __nv_bfloat16 *d16 = (__nv_bfloat16 *)dqkv16;
+    rope_launch(c, "rope_bwd bf16", d16, C, (const uint16_t *)dqkv16, cos_t, sin_t, B, T, H, hd, (int)C, -1.0f);
+    rope_launch(c, "rope_bwd bf16", d16 + qd, C, (const uint16_t *)dqkv16 + qd, cos_t, sin_t, B, T, KV, hd, (int)C,
+                -1.0f);
 }
 
 /* ------------------------------------------------------------------ swiglu */
@@ -2122,6 +2161,7 @@ static const backend_ops cuda_ops = {
     .rope_bwd_qkv_16 = cu_rope_bwd_qkv_16,
     .attention_fwd_16 = cu_attention_fwd_16,
     .attention_bwd_16 = cu_attention_bwd_16,
+    .attention_bwd_rope_16 = cu_attention_bwd_rope_16,
     .swiglu_fwd = cu_swiglu_fwd,
     .swiglu_fwd_16 = cu_swiglu_fwd_16,
     .swiglu_bwd = cu_swiglu_bwd,

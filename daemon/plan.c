@@ -421,11 +421,13 @@ static int64_t attn_copies_bytes(const plan *p, const plan_opts *o) {
     if (!qkv16(s, o)) return 0;
     int64_t N = (int64_t)o->micro_batch * o->seq_len, q = N * s->n_heads * s->head_dim;
     if (!o->attn_cudnn) return q * 2;
-    /* cuDNN (backend_cuda.cu, attention_cudnn.c): dO's copy, the output's where it is fp32
-     * (the products not bf16), the bf16 dq | dk | dv, the fp32 dQ accumulator and row
-     * sums; its engines' own workspace is not counted (a few MB) */
+    /* cuDNN (backend_cuda.cu, attention_cudnn.c): dO's copy, the fp32 dQ accumulator and
+     * row sums, and where the products are not bf16 the output's copy and the bf16 dq | dk
+     * | dv before they are widened (with bf16 products they go straight into the qkv
+     * product's bf16 output gradient: attention_bwd_rope_16); its engines' own workspace
+     * is not counted (a few MB) */
     int64_t qkv = N * (s->n_heads + 2 * s->n_kv_heads) * s->head_dim;
-    return q * 2 + (o->weights_bf16 ? 0 : q * 2) + qkv * 2 + q * 4 + N * s->n_heads * 4;
+    return q * 2 + (o->weights_bf16 ? 0 : q * 2 + qkv * 2) + q * 4 + N * s->n_heads * 4;
 }
 
 /* The teacher's weights: fp32, or (bf16_teacher) its matrices in bf16 only and its norm

@@ -719,16 +719,19 @@ static void linear_fwd(const llama_model *m, float *y, act_in x, int ti, int N, 
         weight_gemm(m, ti, 1, N, out, in, x.f32, beta, y);
 }
 
-/* A product input (ln1, ln2, lnf) (N,d) = rmsnorm(x (N,d)) with gain tensor ti; rstd (N) */
-static void norm_in(llama_model *m, float *out, float *rstd, const float *x, int ti)
+/* A product input (ln1, ln2, lnf) (N,d) = rmsnorm(x (N,d)) with gain tensor ti; rstd (N);
+ * with x_copy (else NULL) x copied there too (N,d): with in16 as the norm reads it */
+static void norm_in(llama_model *m, float *out, float *rstd, const float *x, int ti, float *x_copy)
 {
     const backend_ops *op = m->be->ops;
     int N = m->B * m->T, d = m->cfg.d_model;
     float eps = (float)m->cfg.rms_norm_eps;
-    if (m->act->in16)
-        op->rmsnorm_fwd_16(m->be, (uint16_t *)out, rstd, x, P(m, ti), N, d, eps);
-    else
-        op->rmsnorm_fwd(m->be, out, rstd, x, P(m, ti), N, d, eps);
+    if (m->act->in16) {
+        op->rmsnorm_fwd_16(m->be, (uint16_t *)out, rstd, x, P(m, ti), N, d, eps, x_copy);
+        return;
+    }
+    op->rmsnorm_fwd(m->be, out, rstd, x, P(m, ti), N, d, eps);
+    if (x_copy) be_copy(m->be, x_copy, x, (size_t)N * d);
 }
 
 /* dW [out,in] += dy^T x ; dx (N,in) = dy W (beta 0), W = tensor ti; each product takes
@@ -856,7 +859,7 @@ static void layer_fwd(llama_model *m, int l, int out)
     int H = c->n_heads, KV = c->n_kv_heads, hd = c->head_dim, qd = H * hd, C = qd + 2 * KV * hd;
     int f = c->d_ff_layer[l];
     float *qkv = a->qkv[l];
-    norm_in(m, a->ln1[l], a->rstd1[l], a->res[l], layer_tensor(l, T_LN1));
+    norm_in(m, a->ln1[l], a->rstd1[l], a->res[l], layer_tensor(l, T_LN1), a->mid[l]); // mid = res, o_proj adds
     linear_fwd(m, qkv, prod_in(a, a->ln1[l], 0, d), layer_tensor(l, T_Q), N, d, C, 0.0f); // (N,d) -> (N,C)
     if (a->qkv16) { // q, k rotated and q, k, v rounded into the layer's bf16 copy (N,C), which attention reads
         uint16_t *qkv16 = (uint16_t *)a->qkv16[l];
@@ -867,13 +870,11 @@ static void layer_fwd(llama_model *m, int l, int out)
         op->rope_fwd(be, qkv + qd, m->rope_cos, m->rope_sin, B, T, KV, hd, C); // k part
         op->attention_fwd(be, a->att[l], a->lse[l], qkv, qkv + qd, qkv + qd + KV * hd, B, T, H, KV, hd, C);
     }
-    be_copy(be, a->mid[l], a->res[l], (size_t)N * d);
     linear_fwd(m, a->mid[l], att_in(a, l), layer_tensor(l, T_O), N, qd, d, 1.0f); // += (N,qd) -> (N,d)
-    norm_in(m, a->ln2[l], a->rstd2[l], a->mid[l], layer_tensor(l, T_LN2));
+    norm_in(m, a->ln2[l], a->rstd2[l], a->mid[l], layer_tensor(l, T_LN2), out ? a->res[l + 1] : NULL); // down adds
     mlp_in(m, l);
     m->acts_layer = l;
     if (!out) return;
-    be_copy(be, a->res[l + 1], a->mid[l], (size_t)N * d);
     linear_fwd(m, a->res[l + 1], prod_in(a, a->h[l], 0, f), layer_tensor(l, T_DOWN), N, f, d, 1.0f); // += -> (N,d)
 }
 
@@ -954,7 +955,7 @@ static float forward_tail(llama_model *m, const int32_t *targets, int grad)
     llama_acts *a = m->act;
     int N = m->B * m->T, d = c->d_model, V = c->vocab_size;
     weights_needed(m, c->n_layers + 1);
-    norm_in(m, a->lnf, a->rstdf, a->res[c->n_layers], final_norm_tensor(m));
+    norm_in(m, a->lnf, a->rstdf, a->res[c->n_layers], final_norm_tensor(m), NULL);
     m->head_done = 0;
     if (!m->logits_chunk) linear_fwd(m, m->logits, prod_in(a, a->lnf, 0, d), head_tensor(m), N, d, V, 0.0f); // -> (N,V)
     if (!targets) {
@@ -1042,14 +1043,21 @@ void llama_backward(llama_model *m)
         // attention: mid = res + att Wo^T
         int to = layer_tensor(l, T_O), tq = layer_tensor(l, T_Q);
         res_linear_bwd(m, a->datt, att_in(a, l), to, qd, res16); // (N,d) -> (N,qd)
-        if (a->qkv16)
+        const uint16_t *qkv16 = a->qkv16 ? (const uint16_t *)a->qkv16[l] : NULL;
+        /* with bf16 products the qkv product's output gradient is bf16, dq and dk rotated
+         * back: attention writes it there at once where the backend can (N,C) */
+        const int to16 = qkv16 && a->dy16 && op->attention_bwd_rope_16;
+        if (to16)
+            op->attention_bwd_rope_16(be, a->dy16, dqkv, a->datt, a->att[l], a->att16, a->lse[l], qkv16, m->rope_cos,
+                                      m->rope_sin, B, T, H, KV, hd, C);
+        else if (qkv16)
             op->attention_bwd_16(be, dqkv, dqkv + qd, dqkv + qd + KV * hd, a->datt, a->att[l], a->att16, a->lse[l],
-                                 (const uint16_t *)a->qkv16[l], B, T, H, KV, hd, C);
+                                 qkv16, B, T, H, KV, hd, C);
         else
             op->attention_bwd(be, dqkv, dqkv + qd, dqkv + qd + KV * hd, a->datt, a->att[l], a->lse[l], qkv,
                               qkv + qd, qkv + qd + KV * hd, B, T, H, KV, hd, C);
-        if (a->dy16 && op->rope_bwd_qkv_16) { // rotated back as it is rounded for the products (N,C)
-            op->rope_bwd_qkv_16(be, a->dy16, dqkv, m->rope_cos, m->rope_sin, B, T, H, KV, hd, C);
+        if (to16 || (a->dy16 && op->rope_bwd_qkv_16)) { // rotated back as it is rounded for the products (N,C)
+            if (!to16) op->rope_bwd_qkv_16(be, a->dy16, dqkv, m->rope_cos, m->rope_sin, B, T, H, KV, hd, C);
             linear_bwd_16(m, a->dln, G(m, tq), a->dy16, C, prod_in(a, a->ln1[l], 0, d), tq, N, d, C);
         } else {
             op->rope_bwd(be, dqkv, m->rope_cos, m->rope_sin, B, T, H, hd, C);

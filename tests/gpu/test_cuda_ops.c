@@ -476,12 +476,20 @@ static void test_rmsnorm(ctx *x)
         check_pair(x, what, &rstd, TOL_F32);
         uint16_t *o16 = x->gpu->ops->alloc_bf16(x->gpu, (size_t)N * d);
         float *rstd16 = be_alloc(x->gpu, (size_t)N);
-        x->gpu->ops->rmsnorm_fwd_16(x->gpu, o16, rstd16, xin.g, w.g, N, d, 1e-5f);
-        snprintf(what, sizeof what, "rmsnorm_fwd_16 (d=%d)", d);
-        check_out16(x, what, o16, 1, out.n, &out);
-        pair r16 = {rstd.c, rstd16, (size_t)N};
-        snprintf(what, sizeof what, "rmsnorm_fwd_16 rstd (d=%d)", d);
-        check_pair(x, what, &r16, TOL_F32);
+        for (int cp = 0; cp < 2; cp++) { /* and with x copied as it is read (x_copy) */
+            float *copy = cp ? be_alloc(x->gpu, (size_t)N * d) : NULL;
+            x->gpu->ops->rmsnorm_fwd_16(x->gpu, o16, rstd16, xin.g, w.g, N, d, 1e-5f, copy);
+            snprintf(what, sizeof what, "rmsnorm_fwd_16 (d=%d%s)", d, cp ? ", x copied" : "");
+            check_out16(x, what, o16, 1, out.n, &out);
+            pair r16 = {rstd.c, rstd16, (size_t)N};
+            snprintf(what, sizeof what, "rmsnorm_fwd_16 rstd (d=%d%s)", d, cp ? ", x copied" : "");
+            check_pair(x, what, &r16, TOL_F32);
+            if (cp) {
+                snprintf(what, sizeof what, "rmsnorm_fwd_16 x_copy bitwise x (d=%d)", d);
+                same_bits(x, what, xin.g, copy, xin.n);
+                be_free(x->gpu, copy);
+            }
+        }
         be_free(x->gpu, o16), be_free(x->gpu, rstd16);
         pair dout = pair_randn(x, (size_t)N * d, 1.0f), dx = pair_randn(x, (size_t)N * d, 1.0f),
              dw = pair_randn(x, (size_t)d, 1.0f);
@@ -726,6 +734,48 @@ static void test_rope_bwd16_case(ctx *x, int B, int T, int H, int KV, int hd, in
  *   - both against the CPU's fp32 attention on the rotated inputs (TOL_ATT_BF16).
  * With cudnn (backend_cuda_use_cudnn on) the same by cuDNN, but for the backward's bits:
  * cuDNN adds dQ atomically, so its two routes meet only within the CPU's tolerance. */
+/* attention_bwd_rope_16 (from out16 in bf16, out_b) against attention_bwd_16 into fp32
+ * rows of stride C then rope_bwd_qkv_16: bit for bit the kernels' two ops (and cuDNN's
+ * stand-in's on the emulator, which is deterministic), within TOL_ATT_BF16 of cuDNN's
+ * (its dQ sums vary from call to call) */
+static void check_bwd_rope16(ctx *x, const char *eng, const pair *dout, const void *out_b, const float *lse_b,
+                             const uint16_t *q16, const pair *cs, const pair *sn, int B, int T, int H, int KV, int hd,
+                             int pad, int cudnn)
+{
+    const int Cu = (H + 2 * KV) * hd, C = Cu + pad, qd = H * hd, kvd = KV * hd;
+    const size_t N = (size_t)B * T, n16 = N * Cu;
+    char what[160];
+    float *dqkv = be_alloc(x->gpu, N * C), *wide = be_alloc(x->gpu, 2 * n16);
+    uint16_t *one = x->gpu->ops->alloc_bf16(x->gpu, n16), *two = x->gpu->ops->alloc_bf16(x->gpu, n16);
+    x->gpu->ops->attention_bwd_16(x->gpu, dqkv, dqkv + qd, dqkv + qd + kvd, dout->g, out_b, 1, lse_b, q16, B, T, H, KV,
+                                  hd, C);
+    x->gpu->ops->rope_bwd_qkv_16(x->gpu, two, dqkv, cs->g, sn->g, B, T, H, KV, hd, C);
+    x->gpu->ops->attention_bwd_rope_16(x->gpu, one, dqkv, dout->g, out_b, 1, lse_b, q16, cs->g, sn->g, B, T, H, KV, hd,
+                                       C);
+    int bitwise = !cudnn;
+#ifdef PC_TEST_EMU
+    bitwise = 1;
+#endif
+    if (bitwise) {
+        snprintf(what, sizeof what, "attention_bwd_rope_16 %s bitwise attention_bwd_16 + rope_bwd_qkv_16 hd=%d pad=%d",
+                 eng, hd, pad);
+        same_bits(x, what, (const float *)one, (const float *)two, n16 / 2);
+    } else {
+        x->gpu->ops->widen_bf16(x->gpu, wide, one, n16);
+        x->gpu->ops->widen_bf16(x->gpu, wide + n16, two, n16);
+        float *h = pc_alloc_f32(2 * n16);
+        be_download(x->gpu, h, wide, 2 * n16);
+        snprintf(what, sizeof what, "attention_bwd_rope_16 %s vs attention_bwd_16 + rope_bwd_qkv_16 hd=%d pad=%d", eng,
+                 hd, pad);
+        report(x, what, test_rel_max_err(h + n16, h, n16), TOL_ATT_BF16);
+        free(h);
+    }
+    be_free(x->gpu, dqkv);
+    be_free(x->gpu, wide);
+    be_free(x->gpu, one);
+    be_free(x->gpu, two);
+}
+
 static void test_attention16_case(ctx *x, int B, int T, int H, int KV, int hd, int pad, int cudnn)
 {
     const char *eng = cudnn ? "cuDNN" : "tc";
@@ -800,6 +850,7 @@ static void test_attention16_case(ctx *x, int B, int T, int H, int KV, int hd, i
                                   hd, C);
     snprintf(what, sizeof what, "attention_bwd_16 %s from out16 vs cpu hd=%d pad=%d", eng, hd, pad);
     check_pair(x, what, &dq16, TOL_ATT_BF16);
+    check_bwd_rope16(x, eng, &dout, out_b, lse_b, q16g, &cs, &sn, B, T, H, KV, hd, pad, cudnn);
     be_free(x->gpu, out_b);
     be_free(x->gpu, r16);
     be_free(x->gpu, lse_b);
@@ -833,6 +884,7 @@ static void test_attention16(ctx *x)
     test_attention16_case(x, 1, 70, 2, 1, 48, 1, 0); /* fp32 rows not 16-byte aligned: one pair a thread */
     test_attention16_case(x, 2, 17, 2, 2, 128, 0, 0);
     report(x, "rope_bwd_qkv_16: the CPU backend has none", x->cpu->ops->rope_bwd_qkv_16 ? 1.0 : 0.0, 0.5);
+    report(x, "attention_bwd_rope_16: the CPU backend has none", x->cpu->ops->attention_bwd_rope_16 ? 1.0 : 0.0, 0.5);
     test_rope_bwd16_case(x, 2, 65, 4, 2, 64, 0);
     test_rope_bwd16_case(x, 1, 70, 2, 1, 48, 1); /* fp32 rows not 16-byte aligned: one pair a thread */
     test_rope_bwd16_case(x, 2, 17, 2, 2, 128, 0);

@@ -68,7 +68,8 @@ static void test_gemm(void **state)
     backend_destroy(be);
 }
 
-/* round_bf16: nearest even at the ties, exact on bf16 values; gemm_w16 gives, bit for
+/* round_bf16: nearest even at the ties, exact on bf16 values; rmsnorm_fwd_16 copies x
+ * when asked; gemm_w16 gives, bit for
  * bit, gemm's MATMUL_BF16 products on the widened bf16 B, gemm_16 those on the widened A
  * and B, and gemm_16_to16 gemm_16's (beta 0) rounded, leaving the padding between C's
  * rows alone, for every transpose combination with padded leading dimensions (and K = 0:
@@ -125,10 +126,15 @@ static void test_bf16_weights_ops(void **state)
     uint16_t o16[RN * RD], want16[RN * RD];
     fill(xs, PC_ARRAY_LEN(xs), 4, 3), fill(w, RD, 5, 1);
     be->ops->rmsnorm_fwd(be, out, r1, xs, w, RN, RD, 1e-5f);
-    be->ops->rmsnorm_fwd_16(be, o16, r2, xs, w, RN, RD, 1e-5f);
+    float xcopy[RN * RD];
+    be->ops->rmsnorm_fwd_16(be, o16, r2, xs, w, RN, RD, 1e-5f, NULL);
     be->ops->round_bf16(be, want16, out, PC_ARRAY_LEN(out));
     assert_memory_equal(o16, want16, sizeof o16);
     assert_memory_equal(r1, r2, sizeof r1);
+    memset(o16, 0, sizeof o16);
+    be->ops->rmsnorm_fwd_16(be, o16, r2, xs, w, RN, RD, 1e-5f, xcopy); /* x copied too: the same, and the copy */
+    assert_memory_equal(o16, want16, sizeof o16);
+    assert_memory_equal(xcopy, xs, sizeof xcopy);
     be->ops->widen_bf16(be, wide, o16, PC_ARRAY_LEN(wide));
     for (size_t i = 0; i < PC_ARRAY_LEN(out); i++) assert_true(fabsf(wide[i] - out[i]) <= fabsf(out[i]) * 0x1p-8f);
     uint16_t xs16[RN * RLD]; /* gate | up in bf16, and xw their values */

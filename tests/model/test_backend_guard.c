@@ -200,9 +200,12 @@ static void op_rmsnorm(backend *be, outv *o)
     out_fetch(be, o, dx, (size_t)(N * d));
     out_fetch(be, o, dw, (size_t)d);
     uint16_t *o16 = be->ops->alloc_bf16(be, (size_t)(N * d) + 1);
-    be->ops->rmsnorm_fwd_16(be, o16 + 1, rstd, dout, w, N, d, 1e-5f); // (N,d) -> (N,d) bf16 at an offset
+    be->ops->rmsnorm_fwd_16(be, o16 + 1, rstd, dout, w, N, d, 1e-5f, NULL); // (N,d) -> (N,d) bf16 at an offset
     out_fetch16(be, o, o16, (size_t)(N * d) + 1);
     out_fetch(be, o, rstd, (size_t)N);
+    be->ops->rmsnorm_fwd_16(be, o16 + 1, rstd, x, w, N, d, 1e-5f, dx); // and x copied into dx
+    out_fetch16(be, o, o16, (size_t)(N * d) + 1);
+    out_fetch(be, o, dx, (size_t)(N * d));
     be_free(be, o16);
     be_free(be, x), be_free(be, w), be_free(be, out), be_free(be, rstd);
     be_free(be, dx), be_free(be, dw), be_free(be, dout);
