@@ -177,12 +177,13 @@ typedef struct backend_ops {
      * fp32 values, round_in). */
     void (*swiglu_fwd_16)(backend *be, uint16_t *out, const uint16_t *gate, const uint16_t *up, int N, int f,
                           int ld_in);
-    /* dgate, dup (row stride ld_in) overwritten from dout (N,f); round_in as swiglu_fwd's. */
+    /* dgate, dup (row stride ld_in) overwritten from dout (N,f); round_in as swiglu_fwd's,
+     * dout rounded too (bf16 products: the down product's input gradient, in bf16). */
     void (*swiglu_bwd)(backend *be, float *dgate, float *dup, const float *dout, const float *gate,
                        const float *up, int N, int f, int ld_in, int round_in);
-    /* The same from gate and up in bf16 with dgate, dup rounded to bf16 (nearest even):
-     * bitwise bf16(swiglu_bwd's) on gate and up widened. */
-    void (*swiglu_bwd_16)(backend *be, uint16_t *dgate, uint16_t *dup, const float *dout, const uint16_t *gate,
+    /* The same from dout, gate and up in bf16 with dgate, dup rounded to bf16 (nearest
+     * even): bitwise bf16(swiglu_bwd's) on them widened (or on the fp32 values, round_in). */
+    void (*swiglu_bwd_16)(backend *be, uint16_t *dgate, uint16_t *dup, const uint16_t *dout, const uint16_t *gate,
                           const uint16_t *up, int N, int f, int ld_in);
 
     /* Softmax cross-entropy of logits (N,V) against targets (N), targets < 0 ignored.

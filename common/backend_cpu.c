@@ -530,24 +530,29 @@ static void cpu_swiglu_bwd(backend *be, float *dgate, float *dup, const float *d
                            const float *up, int N, int f, int ld_in, int round_in)
 {
     (void)be;
-    float *rows = pc_alloc_f32(3 * (size_t)f); /* (3, f): the sigmoid of one row's gate, its gate, up rounded */
+    float *rows = pc_alloc_f32(4 * (size_t)f); /* (4, f): one row's sigmoids, gate, up and dout rounded */
     for (int n = 0; n < N; n++) {
         const size_t o = (size_t)n * ld_in;
-        const float *g, *u;
+        const float *g, *u, *d = dout + (size_t)n * f;
         read_gate_up(&g, &u, rows + f, gate, up, (size_t)n, f, ld_in, round_in);
-        swiglu_bwd_row(dgate + o, dup + o, dout + (size_t)n * f, g, u, rows, f);
+        if (round_in) {
+            round_bf16(rows + 3 * f, d, 1, f, f); /* (1, f) */
+            d = rows + 3 * f;
+        }
+        swiglu_bwd_row(dgate + o, dup + o, d, g, u, rows, f);
     }
     free(rows);
 }
 
-static void cpu_swiglu_bwd_16(backend *be, uint16_t *dgate, uint16_t *dup, const float *dout, const uint16_t *gate,
+static void cpu_swiglu_bwd_16(backend *be, uint16_t *dgate, uint16_t *dup, const uint16_t *dout, const uint16_t *gate,
                               const uint16_t *up, int N, int f, int ld_in)
 {
-    float *rows = pc_alloc_f32(5 * (size_t)f); /* (5, f): one row's gate, up widened, dgate, dup, the sigmoids */
+    float *rows = pc_alloc_f32(6 * (size_t)f); /* (6, f): one row's gate, up widened, dgate, dup, the sigmoids, dout */
     for (int n = 0; n < N; n++) {
         const size_t o = (size_t)n * ld_in;
         widen_gate_up(be, rows, gate, up, (size_t)n, f, ld_in);
-        swiglu_bwd_row(rows + 2 * f, rows + 3 * f, dout + (size_t)n * f, rows, rows + f, rows + 4 * f, f);
+        cpu_widen_bf16(be, rows + 5 * f, dout + (size_t)n * f, (size_t)f);
+        swiglu_bwd_row(rows + 2 * f, rows + 3 * f, rows + 5 * f, rows, rows + f, rows + 4 * f, f);
         cpu_round_bf16(be, dgate + o, rows + 2 * f, (size_t)f);
         cpu_round_bf16(be, dup + o, rows + 3 * f, (size_t)f);
     }

@@ -535,7 +535,7 @@ static void guard_swiglu_bwd(backend *be, float *dgate, float *dup, const float 
     call_end(&k);
 }
 
-static void guard_swiglu_bwd_16(backend *be, uint16_t *dgate, uint16_t *dup, const float *dout,
+static void guard_swiglu_bwd_16(backend *be, uint16_t *dgate, uint16_t *dup, const uint16_t *dout,
                                 const uint16_t *gate, const uint16_t *up, int N, int f, int ld_in)
 {
     guard_call k;

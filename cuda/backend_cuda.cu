@@ -975,8 +975,8 @@ static void rope_launch(cuda_impl *c, const char *region, OutT *y, size_t ld_y, 
     PROF_BEGIN(c, region, 0, 2.0 * (sizeof(InT) + sizeof(OutT)) * total); /* a pair read and written */
     /* rows of n_heads heads: (B T n_heads, hd / 2) pairs at stride hd / 2 (ld, ld_y, hd: the heads' offsets) */
     const rows_launch L = rows_plan((size_t)B * T * n_heads, hd / 2, (size_t)ld | ld_y | (size_t)hd,
-                                    vec_aligned(x, sizeof(InT)) && vec_aligned(y, sizeof(OutT)) && vec_aligned(cos_t, 4) &&
-                                        vec_aligned(sin_t, 4));
+                                    vec_aligned(x, sizeof(InT)) && vec_aligned(y, sizeof(OutT)) &&
+                                        vec_aligned(cos_t, 4) && vec_aligned(sin_t, 4));
     const fastdiv f_heads = fastdiv_make((unsigned)n_heads), f_T = fastdiv_make((unsigned)T);
     if (L.v4)
         PC_LAUNCH((k_rope<OutT, InT, 4>), L.grid, 256, 0, c->stream)(y, ld_y, x, cos_t, sin_t, T, n_heads, hd, ld,
@@ -1585,19 +1585,18 @@ static void cu_attention_bwd_rope_16(backend *be, uint16_t *dqkv16, float *dqkv,
 
 /* ------------------------------------------------------------------ swiglu */
 
-/* V values of gate and up from offset o as swiglu reads them: widened (bf16 bits), as
- * they are (fp32), or with round_in rounded to bf16 values (fp32) */
-template <int V, typename InT>
-__device__ __forceinline__ void swiglu_in(fvec<V> *gv, fvec<V> *uv, const InT *gate, const InT *up, size_t o,
-                                          bool round_in)
+/* V values from p as swiglu reads its inputs: widened (bf16 bits), as they are (fp32), or
+ * with round_in rounded to bf16 values (fp32) */
+template <int V, typename InT> __device__ __forceinline__ fvec<V> swiglu_in(const InT *p, bool round_in)
 {
-    *gv = vec_ld<V>(gate + o), *uv = vec_ld<V>(up + o);
+    fvec<V> x = vec_ld<V>(p);
     if (round_in)
-        for (int j = 0; j < V; j++) gv->v[j] = vec_bf16_value(gv->v[j]), uv->v[j] = vec_bf16_value(uv->v[j]);
+        for (int j = 0; j < V; j++) x.v[j] = vec_bf16_value(x.v[j]);
+    return x;
 }
 
 /* out (N,f) of OutT (float or bf16) = silu(gate) * up; gate, up (N,f) of InT (float, or
- * uint16_t: bf16 bits, widened) stride ld_in, read as swiglu_in says; V values at a time
+ * uint16_t: bf16 bits, widened) stride ld_in, read by swiglu_in; V values at a time
  * (V divides f and ld_in) */
 template <typename OutT, typename InT, int V>
 __global__ void k_swiglu_fwd(OutT *out, const InT *gate, const InT *up, int f, int ld_in, bool round_in,
@@ -1606,27 +1605,26 @@ __global__ void k_swiglu_fwd(OutT *out, const InT *gate, const InT *up, int f, i
     for (size_t g = (size_t)blockIdx.x * blockDim.x + threadIdx.x; g < groups; g += (size_t)gridDim.x * blockDim.x) {
         size_t n, i;
         vec_row_col<V>(g, fv, f, &n, &i);
-        fvec<V> gv, uv;
-        swiglu_in<V>(&gv, &uv, gate, up, n * ld_in + i, round_in);
+        const size_t at = n * ld_in + i;
+        const fvec<V> gv = swiglu_in<V>(gate + at, round_in), uv = swiglu_in<V>(up + at, round_in);
         fvec<V> o;
         for (int j = 0; j < V; j++) o.v[j] = gv.v[j] / (1.0f + expf(-gv.v[j])) * uv.v[j];
         vec_st<V>(out + g * V, o);
     }
 }
 
-/* dgate, dup of OutT (float or bf16), row stride ld_in, from dout (N,f) and gate, up of InT
- * (read as k_swiglu_fwd reads them); V values at a time (V divides f and ld_in) */
+/* dgate, dup of OutT (float or bf16), row stride ld_in, from dout (N,f), gate and up of
+ * InT (read as k_swiglu_fwd reads gate and up); V values at a time (V divides f and ld_in) */
 template <typename OutT, typename InT, int V>
-__global__ void k_swiglu_bwd(OutT *dgate, OutT *dup, const float *dout, const InT *gate, const InT *up, int f,
+__global__ void k_swiglu_bwd(OutT *dgate, OutT *dup, const InT *dout, const InT *gate, const InT *up, int f,
                              int ld_in, bool round_in, size_t groups, fastdiv fv)
 {
     for (size_t g = (size_t)blockIdx.x * blockDim.x + threadIdx.x; g < groups; g += (size_t)gridDim.x * blockDim.x) {
         size_t n, i;
         vec_row_col<V>(g, fv, f, &n, &i);
         const size_t o = n * ld_in + i;
-        fvec<V> gv, uv;
-        swiglu_in<V>(&gv, &uv, gate, up, o, round_in);
-        const fvec<V> d = vec_ld<V>(dout + g * V);
+        const fvec<V> gv = swiglu_in<V>(gate + o, round_in), uv = swiglu_in<V>(up + o, round_in),
+                      d = swiglu_in<V>(dout + g * V, round_in);
         fvec<V> dg, du;
         for (int j = 0; j < V; j++) {
             const float sig = 1.0f / (1.0f + expf(-gv.v[j]));
@@ -1677,14 +1675,14 @@ static void cu_swiglu_fwd_16(backend *be, uint16_t *out, const uint16_t *gate, c
  * bytes_per_elem for the profile */
 template <typename OutT, typename InT>
 static void swiglu_bwd_rows(backend *be, const char *region, double bytes_per_elem, OutT *dgate, OutT *dup,
-                            const float *dout, const InT *gate, const InT *up, int N, int f, int ld_in, bool round_in)
+                            const InT *dout, const InT *gate, const InT *up, int N, int f, int ld_in, bool round_in)
 {
     cuda_impl *c = impl_of(be);
     if (N <= 0 || f <= 0) return;
     PROF_BEGIN(c, region, 0, bytes_per_elem * N * f);
     const rows_launch L = rows_plan(N, f, ld_in,
                                     vec_aligned(dgate, sizeof *dgate) && vec_aligned(dup, sizeof *dup) &&
-                                        vec_aligned(dout, 4) && vec_aligned(gate, sizeof *gate) &&
+                                        vec_aligned(dout, sizeof *dout) && vec_aligned(gate, sizeof *gate) &&
                                         vec_aligned(up, sizeof *up));
     if (L.v4)
         PC_LAUNCH((k_swiglu_bwd<OutT, InT, 4>), L.grid, 256, 0, c->stream)(dgate, dup, dout, gate, up, f, ld_in,
@@ -1703,11 +1701,11 @@ static void cu_swiglu_bwd(backend *be, float *dgate, float *dup, const float *do
                                   round_in); /* dout, gate, up in */
 }
 
-static void cu_swiglu_bwd_16(backend *be, uint16_t *dgate, uint16_t *dup, const float *dout, const uint16_t *gate,
-                             const uint16_t *up, int N, int f, int ld_in)
+static void cu_swiglu_bwd_16(backend *be, uint16_t *dgate, uint16_t *dup, const uint16_t *dout,
+                             const uint16_t *gate, const uint16_t *up, int N, int f, int ld_in)
 {
-    swiglu_bwd_rows<__nv_bfloat16, uint16_t>(be, "swiglu_bwd_16", 12.0, (__nv_bfloat16 *)dgate, (__nv_bfloat16 *)dup,
-                                             dout, gate, up, N, f, ld_in, false); /* dout in fp32, the rest bf16 */
+    swiglu_bwd_rows<__nv_bfloat16, uint16_t>(be, "swiglu_bwd_16", 10.0, (__nv_bfloat16 *)dgate, (__nv_bfloat16 *)dup,
+                                             dout, gate, up, N, f, ld_in, false); /* all bf16 */
 }
 
 /* ------------------------------------------------------------------ cross-entropy */

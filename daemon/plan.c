@@ -345,7 +345,8 @@ static int qkv16(const llama_config *s, const plan_opts *o) {
  *                     backward's bf16 operands: a product's output gradient, rounded once
  *                     for its two backward products, max((H+2KV) hd, d', 2 f'max), and
  *                     the one fp32 product input, att, H hd per token, 2 bytes each; no
- *                     fp32 dgu (swiglu_bwd_16 writes it in bf16 among those operands)
+ *                     fp32 dgu (swiglu_bwd_16 writes it in bf16 among those operands),
+ *                     and dh (f'max) in bf16
  *   qkv16:            each layer's (or with recompute the one set's) q, k, v in bf16 only,
  *                     (H+2KV) hd values per token, and one fp32 qkv shared by the layers;
  *                     with weights_bf16 also att in bf16 only, H hd values per token, and
@@ -366,7 +367,8 @@ static int64_t activation_bytes(const llama_config *s, const plan_opts *o) {
     per_tok += s->n_layers * d;        /* each layer's input */
     per_tok += 2 * d + 2 - (in16 ? d : 0) + (q16 ? C : 0); /* final residual, lnf, rstdf, xent lse; fp32 qkv */
     if (in16) in16_bytes += IN16(N, d);
-    per_tok += 2 * d + H * hd + (H + 2 * KV) * hd + (in16 ? 1 : 3) * fmax;
+    per_tok += 2 * d + H * hd + (H + 2 * KV) * hd + (in16 ? 0 : 3) * fmax;
+    if (in16) in16_bytes += IN16(N, fmax); /* dh in bf16 */
     int64_t tt = o->attn_tt ? 2 * (int64_t)o->seq_len * o->seq_len * 4 : 0;
     int64_t ops16 = in16 ? PC_MAX(PC_MAX((H + 2 * KV) * hd, d), 2 * fmax) + (att16 ? 0 : H * hd) : 0;
     return (N * per_tok + logits_rows(o) * V) * o->compute_dtype_bytes + tt + 2 * N * ops16 + in16_bytes;

@@ -286,8 +286,9 @@ def bf16_products():
     """A context in which every torch.nn.functional.linear (so every nn.Linear) takes its
     operands rounded to bf16 with fp32 accumulation, forward and backward (the backward's
     products from rounded operands too), and a Llama MLP's gate and up outputs are rounded
-    to bf16 (their gradients passed through as they are): what backend.matmul bf16
-    computes. Attention products stay fp32, as in projcompd."""
+    to bf16 (their gradients passed through as they are), as is the gradient of its
+    down_proj's input: what backend.matmul bf16 computes. Attention products stay fp32, as
+    in projcompd."""
     import contextlib
     import torch
     import torch.nn.functional as F
@@ -305,9 +306,18 @@ def bf16_products():
         def backward(ctx, g):
             return g
 
+    class Bf16Grad(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x):
+            return x
+
+        @staticmethod
+        def backward(ctx, g):
+            return r(g)
+
     def mlp_forward(self, x):
         gate, up = Bf16Values.apply(self.gate_proj(x)), Bf16Values.apply(self.up_proj(x))
-        return self.down_proj(self.act_fn(gate) * up)
+        return self.down_proj(Bf16Grad.apply(self.act_fn(gate) * up))
 
     class Bf16Linear(torch.autograd.Function):
         @staticmethod

@@ -51,7 +51,9 @@ struct llama_acts {
     float *dres, *dln;  /* (N,d) */
     float *datt;        /* (N,H*hd) */
     float *dqkv;        /* (N,(H+2KV)*hd) */
-    float *dh, *dgu;    /* (N,f_max), (N,2*f_max); dgu NULL with dy16 (the gradient goes there in bf16) */
+    /* (N,f_max), (N,2*f_max); with dy16 dh holds bf16 values (a buffer of half as many
+     * floats) and dgu is NULL (the gradient goes there in bf16) */
+    float *dh, *dgu;
     /* with a bf16 weight copy (and a backward): a product's output gradient and input, each
      * rounded to bf16 once for both backward products (bf16_scratch); NULL otherwise */
     uint16_t *dy16; /* (N, max(C, d, 2 f_max)): the widest layer product's outputs */
@@ -334,7 +336,7 @@ static int init(llama_model *m, const llama_config *c, backend *be, int B, int T
         a->dln = be_alloc(be, N * d);
         a->datt = be_alloc(be, N * qd);
         a->dqkv = be_alloc(be, N * C);
-        a->dh = be_alloc(be, N * fmax);
+        a->dh = be_alloc(be, o->weights == LLAMA_F32 ? N * fmax : (N * fmax + 1) / 2); /* else bf16 values */
         if (o->weights == LLAMA_F32) a->dgu = be_alloc(be, N * 2 * fmax); /* else in bf16, in dy16 */
     }
     m->logits = be_alloc(be, (m->logits_chunk ? (size_t)m->logits_chunk : N) * (size_t)c->vocab_size);
@@ -404,8 +406,13 @@ static void bf16_scratch(llama_model *m)
     } else {
         a->x16 = m->be->ops->alloc_bf16(m->be, N * qd);
     }
-    be_free(m->be, a->dgu); /* made in fp32: the gate|up gradient goes to dy16 in bf16 (swiglu_bwd_16) */
-    a->dgu = NULL;
+    if (a->dgu) { /* made in fp32 (llama_init): the gate|up gradient goes to dy16 in bf16 (swiglu_bwd_16), and
+                   * down_proj's input gradient into dh in bf16 (res_linear_bwd) */
+        be_free(m->be, a->dgu);
+        a->dgu = NULL;
+        be_free(m->be, a->dh);
+        a->dh = be_alloc(m->be, (N * fmax + 1) / 2);
+    }
     if (!a->in16) { /* made in fp32 (llama_init): what they hold is dead until the next forward */
         free_prod_inputs(m);
         prod_inputs(m, 1);
@@ -746,9 +753,10 @@ static void linear_bwd_each(const llama_model *m, float *dx, float *dW, const fl
 /* The same with the bf16 weight copy from dy already in bf16 (N,out) with row stride ld_dy:
  * x (N,in) taken as stored in bf16, or rounded once into x16, both products on bf16
  * operands (MATMUL_BF16's arithmetic, what linear_bwd_each computes with a bf16 weight
- * copy, bit for bit). */
-static void linear_bwd_16(const llama_model *m, float *dx, float *dW, const uint16_t *dy, int ld_dy, act_in x, int ti,
-                          int N, int in, int out)
+ * copy, bit for bit); with dx16 dx is written in bf16 (a buffer of half as many floats:
+ * the sums linear_bwd_each computes, rounded). */
+static void linear_bwd_16(const llama_model *m, float *dx, int dx16, float *dW, const uint16_t *dy, int ld_dy, act_in x,
+                          int ti, int N, int in, int out)
 {
     const backend_ops *op = m->be->ops;
     const llama_tensor *t = &m->tensors[ti];
@@ -758,20 +766,24 @@ static void linear_bwd_16(const llama_model *m, float *dx, float *dW, const uint
         x16 = m->act->x16;
     }
     op->gemm_16(m->be, 1, 0, out, in, N, 1.0f, dy, ld_dy, x16, in, 1.0f, dW, in); // (out,N)(N,in)
-    if (dx) op->gemm_16(m->be, 0, 0, N, in, out, 1.0f, dy, ld_dy, m->w16 + t->offset, (int)t->shape[1], 0.0f, dx, in);
+    const uint16_t *w = m->w16 + t->offset; // (out,in)
+    if (dx && dx16) /* (N,in) in bf16 */
+        op->gemm_16_to16(m->be, 0, 0, N, in, out, 1.0f, dy, ld_dy, w, (int)t->shape[1], (uint16_t *)dx, in);
+    else if (dx)
+        op->gemm_16(m->be, 0, 0, N, in, out, 1.0f, dy, ld_dy, w, (int)t->shape[1], 0.0f, dx, in);
 }
 
 /* dW [out,in] += dy^T x ; dx (N,in) = dy W (beta 0), W = tensor ti of a decoder layer; with
  * a bf16 weight copy dy is rounded once (into dy16) for both products */
-static void linear_bwd(const llama_model *m, float *dx, float *dW, const float *dy, act_in x, int ti, int N, int in,
-                       int out)
+static void linear_bwd(const llama_model *m, float *dx, int dx16, float *dW, const float *dy, act_in x, int ti, int N,
+                       int in, int out)
 {
-    if (!m->act->dy16) { /* and so x in fp32 */
+    if (!m->act->dy16) { /* and so x in fp32 (and dx) */
         linear_bwd_each(m, dx, dW, dy, x.f32, ti, N, in, out);
         return;
     }
     m->be->ops->round_bf16(m->be, m->act->dy16, dy, (size_t)N * out); // (N,out)
-    linear_bwd_16(m, dx, dW, m->act->dy16, out, x, ti, N, in, out);
+    linear_bwd_16(m, dx, dx16, dW, m->act->dy16, out, x, ti, N, in, out);
 }
 
 /* dres += the backward of RMSNorm tensor ti (input x, its rstd) from dln. With a bf16
@@ -793,14 +805,15 @@ static int norm_bwd(const llama_model *m, int ti, const float *x, const float *r
 }
 
 /* The backward of decoder-layer product ti (N,in) -> (N,d) whose output gradient is dres:
- * from its bf16 rounding in dy16 when norm_bwd left it there (res16), else from dres. */
-static void res_linear_bwd(const llama_model *m, float *dx, act_in x, int ti, int in, int res16)
+ * from its bf16 rounding in dy16 when norm_bwd left it there (res16), else from dres;
+ * with dx16 (a model with dy16) dx in bf16. */
+static void res_linear_bwd(const llama_model *m, float *dx, int dx16, act_in x, int ti, int in, int res16)
 {
     int N = m->B * m->T, d = m->cfg.d_model;
     if (res16)
-        linear_bwd_16(m, dx, G(m, ti), m->act->dy16, d, x, ti, N, in, d);
+        linear_bwd_16(m, dx, dx16, G(m, ti), m->act->dy16, d, x, ti, N, in, d);
     else
-        linear_bwd(m, dx, G(m, ti), m->act->dres, x, ti, N, in, d);
+        linear_bwd(m, dx, dx16, G(m, ti), m->act->dres, x, ti, N, in, d);
 }
 
 /* The head's backward over n rows of logits (n,V) (m->logits) from their inputs x (n,d):
@@ -814,7 +827,7 @@ static void head_bwd(llama_model *m, float *dx, act_in x, const float *lse, cons
     int d = m->cfg.d_model, V = m->cfg.vocab_size, hi = head_tensor(m);
     if (m->act->dy16) {
         op->xent_bwd_16(m->be, m->logits, lse, targets, n, V, scale);
-        linear_bwd_16(m, dx, G(m, hi), (const uint16_t *)m->logits, 2 * V, x, hi, n, d, V); // (n,V) -> (n,d)
+        linear_bwd_16(m, dx, 0, G(m, hi), (const uint16_t *)m->logits, 2 * V, x, hi, n, d, V); // (n,V) -> (n,d)
     } else {
         op->xent_bwd(m->be, m->logits, m->logits, lse, targets, n, V, scale);
         linear_bwd_each(m, dx, G(m, hi), m->logits, x.f32, hi, n, d, V); // (n,V) -> (n,d)
@@ -1012,7 +1025,7 @@ void llama_backward(llama_model *m)
         int hi = head_tensor(m);
         act_in lnf = prod_in(a, a->lnf, 0, d); // (N,d)
         if (m->dlogits_ready && a->dy16) /* llama_distill left bf16 dlogits (N,V), row stride 2V */
-            linear_bwd_16(m, a->dln, G(m, hi), (const uint16_t *)m->logits, 2 * V, lnf, hi, N, d, V); // -> (N,d)
+            linear_bwd_16(m, a->dln, 0, G(m, hi), (const uint16_t *)m->logits, 2 * V, lnf, hi, N, d, V); // -> (N,d)
         else if (m->dlogits_ready) /* fp32 dlogits (N,V) */
             linear_bwd_each(m, a->dln, G(m, hi), m->logits, lnf.f32, hi, N, d, V); // (N,V) -> (N,d)
         else
@@ -1029,20 +1042,21 @@ void llama_backward(llama_model *m)
         float *qkv = a->qkv[l], *dqkv = a->dqkv;
         // MLP: res[l+1] = mid + h Wdown^T
         int td = layer_tensor(l, T_DOWN), tg = layer_tensor(l, T_GATE);
-        res_linear_bwd(m, a->dh, prod_in(a, a->h[l], 0, f), td, f, res16); // (N,d) -> (N,f)
+        /* with bf16 products dh, which only the SwiGLU backward reads, in bf16 (N,f) */
+        res_linear_bwd(m, a->dh, a->dy16 != NULL, prod_in(a, a->h[l], 0, f), td, f, res16); // (N,d) -> (N,f)
         if (a->dy16) { // the gate|up gradient only meets products: written in bf16 at once (N,2f)
             const uint16_t *gu16 = (const uint16_t *)a->gu[l]; // (N,2f) bf16 (in16)
-            op->swiglu_bwd_16(be, a->dy16, a->dy16 + f, a->dh, gu16, gu16 + f, N, f, 2 * f);
-            linear_bwd_16(m, a->dln, G(m, tg), a->dy16, 2 * f, prod_in(a, a->ln2[l], 0, d), tg, N, d, 2 * f);
+            op->swiglu_bwd_16(be, a->dy16, a->dy16 + f, (const uint16_t *)a->dh, gu16, gu16 + f, N, f, 2 * f);
+            linear_bwd_16(m, a->dln, 0, G(m, tg), a->dy16, 2 * f, prod_in(a, a->ln2[l], 0, d), tg, N, d, 2 * f);
         } else {
             op->swiglu_bwd(be, a->dgu, a->dgu + f, a->dh, a->gu[l], a->gu[l] + f, N, f, 2 * f,
                            bf16_products(m)); // -> (N,2f)
-            linear_bwd(m, a->dln, G(m, tg), a->dgu, prod_in(a, a->ln2[l], 0, d), tg, N, d, 2 * f); // (N,2f) -> (N,d)
+            linear_bwd(m, a->dln, 0, G(m, tg), a->dgu, prod_in(a, a->ln2[l], 0, d), tg, N, d, 2 * f); // -> (N,d)
         }
         res16 = norm_bwd(m, layer_tensor(l, T_LN2), a->mid[l], a->rstd2[l]);
         // attention: mid = res + att Wo^T
         int to = layer_tensor(l, T_O), tq = layer_tensor(l, T_Q);
-        res_linear_bwd(m, a->datt, att_in(a, l), to, qd, res16); // (N,d) -> (N,qd)
+        res_linear_bwd(m, a->datt, 0, att_in(a, l), to, qd, res16); // (N,d) -> (N,qd)
         const uint16_t *qkv16 = a->qkv16 ? (const uint16_t *)a->qkv16[l] : NULL;
         /* with bf16 products the qkv product's output gradient is bf16, dq and dk rotated
          * back: attention writes it there at once where the backend can (N,C) */
@@ -1058,11 +1072,11 @@ void llama_backward(llama_model *m)
                               qkv + qd, qkv + qd + KV * hd, B, T, H, KV, hd, C);
         if (to16 || (a->dy16 && op->rope_bwd_qkv_16)) { // rotated back as it is rounded for the products (N,C)
             if (!to16) op->rope_bwd_qkv_16(be, a->dy16, dqkv, m->rope_cos, m->rope_sin, B, T, H, KV, hd, C);
-            linear_bwd_16(m, a->dln, G(m, tq), a->dy16, C, prod_in(a, a->ln1[l], 0, d), tq, N, d, C);
+            linear_bwd_16(m, a->dln, 0, G(m, tq), a->dy16, C, prod_in(a, a->ln1[l], 0, d), tq, N, d, C);
         } else {
             op->rope_bwd(be, dqkv, m->rope_cos, m->rope_sin, B, T, H, hd, C);
             op->rope_bwd(be, dqkv + qd, m->rope_cos, m->rope_sin, B, T, KV, hd, C);
-            linear_bwd(m, a->dln, G(m, tq), dqkv, prod_in(a, a->ln1[l], 0, d), tq, N, d, C); // (N,C) -> (N,d)
+            linear_bwd(m, a->dln, 0, G(m, tq), dqkv, prod_in(a, a->ln1[l], 0, d), tq, N, d, C); // (N,C) -> (N,d)
         }
         res16 = norm_bwd(m, layer_tensor(l, T_LN1), a->res[l], a->rstd1[l]);
         grads_done(m, 1 + (c->n_layers - 1 - l));

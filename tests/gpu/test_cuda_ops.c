@@ -1059,8 +1059,9 @@ static void test_attention_variants(ctx *x)
 /* ---------------------------------------------------------------- swiglu, losses */
 
 /* f 333: one value a thread; 336: four (16-byte loads, cuda/vec.h). The fp32 ops as
- * they are and with round_in (gate, up rounded to bf16 as read, as the model's bf16
- * products want them), and the *_16 ops on gate | up in bf16, against the rounded case. */
+ * they are and with round_in (gate, up and the backward's dout rounded to bf16 as read,
+ * as the model's bf16 products want them), and the *_16 ops on them in bf16, against the
+ * rounded case. */
 static void test_swiglu(ctx *x)
 {
     const int fs[] = {333, 336};
@@ -1085,11 +1086,14 @@ static void test_swiglu(ctx *x)
         snprintf(what, sizeof what, "swiglu_fwd_16 (f=%d)", f);
         check_out16(x, what, o16, 1, out.n, &out);
         uint16_t *d16 = x->gpu->ops->alloc_bf16(x->gpu, dgu.n); /* (N, 2f): dgate | dup as in dgu */
-        x->gpu->ops->swiglu_bwd_16(x->gpu, d16, d16 + f, dout.g, gu16, gu16 + f, N, f, ld);
+        uint16_t *dout16 = x->gpu->ops->alloc_bf16(x->gpu, dout.n);
+        x->gpu->ops->round_bf16(x->gpu, dout16, dout.g, dout.n);
+        x->gpu->ops->swiglu_bwd_16(x->gpu, d16, d16 + f, dout16, gu16, gu16 + f, N, f, ld);
         snprintf(what, sizeof what, "swiglu_bwd_16 (f=%d)", f);
         check_out16(x, what, d16, 1, dgu.n, &dgu);
         be_free(x->gpu, o16);
         be_free(x->gpu, d16);
+        be_free(x->gpu, dout16);
         be_free(x->gpu, gu16);
         pair_free(x, &gu);
         pair_free(x, &out);

@@ -149,16 +149,22 @@ static void test_bf16_weights_ops(void **state)
     be->ops->swiglu_fwd_16(be, o16, xs16, xs16 + RD, RN, RD, RLD);
     be->ops->round_bf16(be, want16, out, PC_ARRAY_LEN(out));
     assert_memory_equal(o16, want16, sizeof o16);
-    /* swiglu_bwd_16: bitwise bf16 of swiglu_bwd's dgate | dup, in rows of RLD like gate | up */
-    float dgu[RN * RLD], dgur[RN * RLD];
-    uint16_t d16[RN * RLD], dwant16[RN * RLD];
+    /* swiglu_bwd_16: bitwise bf16 of swiglu_bwd's dgate | dup, in rows of RLD like gate |
+     * up, on dout (out here) and gate | up in bf16; swiglu_bwd with round_in: the same on
+     * their fp32 values */
+    float dgu[RN * RLD], dgur[RN * RLD], outw[RN * RD];
+    uint16_t d16[RN * RLD], dwant16[RN * RLD], out16[RN * RD];
+    be->ops->round_bf16(be, out16, out, PC_ARRAY_LEN(out));
+    be->ops->widen_bf16(be, outw, out16, PC_ARRAY_LEN(out));
     fill(dgu, PC_ARRAY_LEN(dgu), 8, 1);
     memcpy(dgur, dgu, sizeof dgu);
     be->ops->round_bf16(be, d16, dgu, PC_ARRAY_LEN(dgu)); /* the column between the rows' halves: untouched */
-    be->ops->swiglu_bwd(be, dgu, dgu + RD, out, xw, xw + RD, RN, RD, RLD, 0);
+    be->ops->swiglu_bwd(be, dgu, dgu + RD, outw, xw, xw + RD, RN, RD, RLD, 0);
     be->ops->swiglu_bwd(be, dgur, dgur + RD, out, xs, xs + RD, RN, RD, RLD, 1);
     assert_memory_equal(dgu, dgur, sizeof dgu);
-    be->ops->swiglu_bwd_16(be, d16, d16 + RD, out, xs16, xs16 + RD, RN, RD, RLD);
+    be->ops->swiglu_bwd(be, dgur, dgur + RD, out, xw, xw + RD, RN, RD, RLD, 0); /* dout's rounding matters */
+    assert_memory_not_equal(dgu, dgur, sizeof dgu);
+    be->ops->swiglu_bwd_16(be, d16, d16 + RD, out16, xs16, xs16 + RD, RN, RD, RLD);
     be->ops->round_bf16(be, dwant16, dgu, PC_ARRAY_LEN(dgu));
     assert_memory_equal(d16, dwant16, sizeof d16);
     /* distill_16: distill's gradient rounded, row n at bf16 offset 2 n V, the same loss */

@@ -263,10 +263,11 @@ static void op_swiglu(backend *be, outv *o)
     be->ops->swiglu_fwd_16(be, o16, gu16, gu16 + f, N, f, ld); // -> (N,f) bf16
     out_fetch16(be, o, o16, (size_t)(N * f));
     be_free(be, o16);
-    uint16_t *d16 = be->ops->alloc_bf16(be, (size_t)(N * ld));
-    be->ops->swiglu_bwd_16(be, d16, d16 + f, dout, gu16, gu16 + f, N, f, ld); // -> (N,2f) bf16
+    uint16_t *d16 = be->ops->alloc_bf16(be, (size_t)(N * ld)), *dout16 = be->ops->alloc_bf16(be, (size_t)(N * f));
+    be->ops->round_bf16(be, dout16, dout, (size_t)(N * f));
+    be->ops->swiglu_bwd_16(be, d16, d16 + f, dout16, gu16, gu16 + f, N, f, ld); // -> (N,2f) bf16
     out_fetch16(be, o, d16, (size_t)(N * ld));
-    be_free(be, d16), be_free(be, gu16);
+    be_free(be, d16), be_free(be, gu16), be_free(be, dout16);
     be_free(be, gu), be_free(be, out), be_free(be, dout), be_free(be, dgu);
 }
 

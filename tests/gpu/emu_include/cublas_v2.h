@@ -75,8 +75,8 @@ inline cublasStatus_t cublasGemmStridedBatchedEx(cublasHandle_t h, cublasOperati
     /* stored (column-major) shapes: A is ra x ca, B rb x cb, C m x n */
     const int ra = ta == CUBLAS_OP_N ? m : k, ca = ta == CUBLAS_OP_N ? k : m;
     const int rb = tb == CUBLAS_OP_N ? k : n, cb = tb == CUBLAS_OP_N ? n : k;
-    if ((ct != CUDA_R_32F && ct != CUDA_R_16BF) || m < 0 || n < 0 || k < 0 || batch < 0 || lda < std::max(1, ra) || ldb < std::max(1, rb) ||
-        ldc < std::max(1, m))
+    if ((ct != CUDA_R_32F && ct != CUDA_R_16BF) || m < 0 || n < 0 || k < 0 || batch < 0 || lda < std::max(1, ra) ||
+        ldb < std::max(1, rb) || ldc < std::max(1, m))
         return CUBLAS_STATUS_INVALID_VALUE;
     const float al = *(const float *)alpha, be = *(const float *)beta;
     const int tf32 = compute == CUBLAS_COMPUTE_32F_FAST_TF32;
