@@ -199,8 +199,9 @@ static void free_list(backend *be, float **v, int count, int shared)
 
 enum { KEEP_ALL = 0, RECOMPUTE, FORWARD_ONLY };
 
-/* Each layer's ln1, ln2 (N,d), h (N,f_l) (one set shared by the layers without KEEP_ALL)
- * and lnf (N,d): fp32, or (in16) bf16 values in buffers of half as many floats. */
+/* Each layer's ln1, ln2 (N,d), h (N,f_l) and gu (N,2f_l) (one set shared by the layers
+ * without KEEP_ALL) and lnf (N,d): fp32, or (in16) bf16 values in buffers of half as many
+ * floats: the products' inputs, and the one product output only an elementwise op reads. */
 static void prod_inputs(llama_model *m, int in16)
 {
     const llama_config *c = &m->cfg;
