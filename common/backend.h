@@ -157,15 +157,17 @@ typedef struct backend_ops {
     void (*attention_bwd_16)(backend *be, float *dq, float *dk, float *dv, const float *dout, const void *out,
                              int out16, const float *lse, const uint16_t *qkv16, int B, int T, int H, int KV, int hd,
                              int ld);
-    /* attention_bwd_16 and then rope_bwd_qkv_16 in one: the qkv product's output gradient
-     * dqkv16 (as rope_bwd_qkv_16's) from attention's; dqkv (N rows of stride ld, fp32) is
-     * scratch. An attention that makes bf16 gradients (cuDNN's) writes them into dqkv16
-     * and dq, dk are rotated back there, in place (the values the two ops give: widening
-     * is exact); otherwise it is those two ops through dqkv, bit for bit. NULL where a
-     * backend has none. */
-    void (*attention_bwd_rope_16)(backend *be, uint16_t *dqkv16, float *dqkv, const float *dout, const void *out,
-                                  int out16, const float *lse, const uint16_t *qkv16, const float *cos_t,
-                                  const float *sin_t, int B, int T, int H, int KV, int hd, int ld);
+    /* attention_bwd_16 and then rope_bwd_qkv_16 in one, from dout16, dout in bf16 (N, H hd:
+     * the o_proj product's input gradient as gemm_16_to16 writes it): the qkv product's
+     * output gradient dqkv16 (as rope_bwd_qkv_16's) from attention's; dqkv (N rows of
+     * stride ld, fp32) is scratch. The values of those two ops given dout16 widened: D and
+     * the products read dO's bf16 values, and no copy of it is made. An attention that
+     * makes bf16 gradients (cuDNN's) writes them into dqkv16 and dq, dk are rotated back
+     * there, in place (widening is exact); otherwise they go through dqkv, bit for bit.
+     * NULL where a backend has none. */
+    void (*attention_bwd_rope_16)(backend *be, uint16_t *dqkv16, float *dqkv, const uint16_t *dout16,
+                                  const void *out, int out16, const float *lse, const uint16_t *qkv16,
+                                  const float *cos_t, const float *sin_t, int B, int T, int H, int KV, int hd, int ld);
 
     /* out (N,f) = silu(gate) * up; gate and up (N,f) with row stride ld_in, with round_in
      * each rounded to bf16 (nearest even) as it is read (bf16 products: the gate|up

@@ -1081,21 +1081,22 @@ __global__ void k_attention_fwd(float *out, float *lse, const float *q, const fl
     }
 }
 
-/* D[b,h,t] = sum_c dO[b,t,h,c] O[b,t,h,c]: one warp per (b,t,h) row; with dout16 the
- * same pass writes dO's bf16 copy (B,T,H,hd) for the tensor-core kernels, nearest even
- * (the values round_rows_bf16 would write), reading dO once for both. */
-template <typename OutT>
-__global__ void k_attention_dsum(float *D, __nv_bfloat16 *dout16, const float *dout, const OutT *out, int B, int T,
+/* D[b,h,t] = sum_c dO[b,t,h,c] O[b,t,h,c]: one warp per (b,t,h) row; dO in GradT (fp32,
+ * or bf16 already); with dout16 the same pass writes dO's bf16 copy (B,T,H,hd) for the
+ * tensor-core kernels, nearest even (the values round_rows_bf16 would write), reading dO
+ * once for both. */
+template <typename OutT, typename GradT>
+__global__ void k_attention_dsum(float *D, __nv_bfloat16 *dout16, const GradT *dout, const OutT *out, int B, int T,
                                  int H, int hd)
 {
     const size_t row = ((size_t)blockIdx.x * blockDim.x + threadIdx.x) >> 5; /* (b*T + t)*H + h */
     const int lane = threadIdx.x & 31;
     if (row >= (size_t)B * T * H) return; /* warp-uniform */
     const OutT *o = out + row * hd;
-    const float *g = dout + row * hd;
+    const GradT *g = dout + row * hd;
     float s = 0.0f;
     for (int c = lane; c < hd; c += 32) {
-        const float gc = g[c];
+        const float gc = to_f32(g[c]);
         s += to_f32(o[c]) * gc;
         if (dout16) dout16[row * hd + c] = __float2bfloat16_rn(gc);
     }
@@ -1352,16 +1353,18 @@ static void cudnn_fwd(cuda_impl *c, size_t skip, const void *qkv16, void *out, i
                    (size_t)H * hd, (size_t)B * T, H * hd);
 }
 
-/* cuDNN's gradients from qkv16 and the fp32 dout and out (or out16: out in bf16), in bf16
- * into g16 (B T rows of (H + 2 KV) hd: dq | dk | dv, the qkv product's layout); dO's (and,
- * without out16, O's) bf16 copies in the attention scratch from skip */
-static void cudnn_bwd_into(cuda_impl *c, size_t skip, const void *qkv16, uint16_t *g16, const float *dout,
+/* cuDNN's gradients from qkv16, dout (fp32, or with dout16 bf16) and out (or out16: out in
+ * bf16), in bf16 into g16 (B T rows of (H + 2 KV) hd: dq | dk | dv, the qkv product's
+ * layout); dO's (from fp32) and O's (without out16) bf16 copies in the attention scratch
+ * from skip */
+static void cudnn_bwd_into(cuda_impl *c, size_t skip, const void *qkv16, uint16_t *g16, const void *dout, int dout16,
                            const void *out, int out16, const float *lse, int B, int T, int H, int KV, int hd)
 {
-    const size_t N = (size_t)B * T, qd = (size_t)H * hd, nd = attn_tc_dout_bytes(B, T, H, hd);
-    char *base = att16_scratch(c, skip + nd + (out16 ? 0 : nd));
-    __nv_bfloat16 *d16 = (__nv_bfloat16 *)(base + skip), *o16 = (__nv_bfloat16 *)(base + skip + nd);
-    round_into(c, "attention_bwd dO copy", d16, dout, N, qd, qd);
+    const size_t N = (size_t)B * T, qd = (size_t)H * hd, nd = attn_tc_dout_bytes(B, T, H, hd), n16 = dout16 ? 0 : nd;
+    char *base = att16_scratch(c, skip + n16 + (out16 ? 0 : nd));
+    __nv_bfloat16 *d16 = dout16 ? (__nv_bfloat16 *)dout : (__nv_bfloat16 *)(base + skip);
+    __nv_bfloat16 *o16 = (__nv_bfloat16 *)(base + skip + n16);
+    if (!dout16) round_into(c, "attention_bwd dO copy", d16, (const float *)dout, N, qd, qd);
     if (!out16) round_into(c, "attention_bwd out copy", o16, (const float *)out, N, qd, qd);
     char err[768];
     int rc;
@@ -1383,7 +1386,7 @@ static void cudnn_bwd(cuda_impl *c, size_t skip, const void *qkv16, float *dq, f
     const size_t nd = attn_tc_dout_bytes(B, T, H, hd), no = out16 ? 0 : nd;
     char *base = att16_scratch(c, skip + cudnn_bwd_bytes(B, T, H, KV, hd, out16));
     uint16_t *g16 = (uint16_t *)(base + skip + nd + no);
-    cudnn_bwd_into(c, skip, qkv16, g16, dout, out, out16, lse, B, T, H, KV, hd); /* within the scratch just sized */
+    cudnn_bwd_into(c, skip, qkv16, g16, dout, 0, out, out16, lse, B, T, H, KV, hd); /* within the scratch just sized */
     widen_rows(c, "attention_bwd cudnn, dq dk dv to fp32", dq, (size_t)ld, g16, C, N, (int)qd);
     widen_rows(c, "attention_bwd cudnn, dq dk dv to fp32", dk, (size_t)ld, g16 + qd, C, N, (int)kvd);
     widen_rows(c, "attention_bwd cudnn, dq dk dv to fp32", dv, (size_t)ld, g16 + qd + kvd, C, N, (int)kvd);
@@ -1415,25 +1418,37 @@ static void cu_attention_fwd(backend *be, float *out, float *lse, const float *q
 
 /* The backward's D = rowsum(dO o O) (B,H,T), into c->att_d; O in fp32, or (out16) bf16;
  * with dout16 (attention on tensor cores) dO's bf16 copy in the same pass. */
-static void att_dsum(backend *be, void *dout16, const float *dout, const void *out, int out16, int B, int T, int H,
-                     int hd)
+template <typename GradT>
+static void att_dsum_launch(cuda_impl *c, const char *region, __nv_bfloat16 *d16, const GradT *dout, const void *out,
+                            int out16, int B, int T, int H, int hd)
 {
-    cuda_impl *c = impl_of(be);
     size_t rows = (size_t)B * T * H;
     grow_f32(c, &c->att_d, &c->att_d_n, rows);
     const unsigned grid = (unsigned)((rows * 32 + 255) / 256); /* a warp per (b, t, h) row */
-    __nv_bfloat16 *d16 = (__nv_bfloat16 *)dout16;
     /* bytes: dO read, O read, dO's copy written, D written */
-    PROF_BEGIN(c, d16 ? "attention_bwd D, dO copy" : "attention_bwd D", 0,
-               (4.0 + (out16 ? 2.0 : 4.0) + (d16 ? 2.0 : 0.0)) * rows * hd + 4.0 * rows);
+    PROF_BEGIN(c, region, 0, (sizeof(GradT) + (out16 ? 2.0 : 4.0) + (d16 ? 2.0 : 0.0)) * rows * hd + 4.0 * rows);
     if (out16)
-        PC_LAUNCH(k_attention_dsum<__nv_bfloat16>, grid, 256, 0, c->stream)(c->att_d, d16, dout,
-                                                                            (const __nv_bfloat16 *)out, B, T, H, hd);
+        PC_LAUNCH((k_attention_dsum<__nv_bfloat16, GradT>), grid, 256, 0, c->stream)(
+            c->att_d, d16, dout, (const __nv_bfloat16 *)out, B, T, H, hd);
     else
-        PC_LAUNCH(k_attention_dsum<float>, grid, 256, 0, c->stream)(c->att_d, d16, dout, (const float *)out, B, T,
-                                                                    H, hd);
-    LAUNCH_CHECK();
+        PC_LAUNCH((k_attention_dsum<float, GradT>), grid, 256, 0, c->stream)(c->att_d, d16, dout, (const float *)out,
+                                                                             B, T, H, hd);
+    launch_check(c, __FILE__, __LINE__);
     PROF_END(c);
+}
+
+/* The backward's D from dO in fp32, with its bf16 copy into dout16 (or none), or
+ * (att_dsum_16) from dO in bf16 already */
+static void att_dsum(backend *be, void *dout16, const float *dout, const void *out, int out16, int B, int T, int H,
+                     int hd)
+{
+    att_dsum_launch(impl_of(be), dout16 ? "attention_bwd D, dO copy" : "attention_bwd D", (__nv_bfloat16 *)dout16,
+                    dout, out, out16, B, T, H, hd);
+}
+static void att_dsum_16(cuda_impl *c, const uint16_t *dout16, const void *out, int out16, int B, int T, int H, int hd)
+{
+    att_dsum_launch(c, "attention_bwd D from bf16 dO", (__nv_bfloat16 *)NULL, (const __nv_bfloat16 *)dout16, out,
+                    out16, B, T, H, hd);
 }
 
 /* The tensor-core backward from qkv16 and dout16, after att_dsum (D and dout16); FLOPs as
@@ -1560,23 +1575,26 @@ static void cu_attention_bwd_16(backend *be, float *dq, float *dk, float *dv, co
     att16_bwd(c, qkv16, dout16, dq, dk, dv, lse, B, T, H, KV, hd, ld);
 }
 
-/* The kernels' fp32 gradients go through dqkv and rope_bwd_qkv_16; cuDNN's bf16 ones into
- * dqkv16, where dq and dk are rotated back in place (rope_bwd bf16; dv is already there):
- * no fp32 copy of them is written nor read, and no rounding of dv. */
-static void cu_attention_bwd_rope_16(backend *be, uint16_t *dqkv16, float *dqkv, const float *dout, const void *out,
-                                     int out16, const float *lse, const uint16_t *qkv16, const float *cos_t,
-                                     const float *sin_t, int B, int T, int H, int KV, int hd, int ld)
+/* dO is read in bf16 as the caller wrote it: no copy of it is made. The kernels' fp32
+ * gradients go through dqkv and rope_bwd_qkv_16; cuDNN's bf16 ones into dqkv16, where dq
+ * and dk are rotated back in place (rope_bwd bf16; dv is already there): no fp32 copy of
+ * them is written nor read, and no rounding of dv. */
+static void cu_attention_bwd_rope_16(backend *be, uint16_t *dqkv16, float *dqkv, const uint16_t *dout16,
+                                     const void *out, int out16, const float *lse, const uint16_t *qkv16,
+                                     const float *cos_t, const float *sin_t, int B, int T, int H, int KV, int hd,
+                                     int ld)
 {
     cuda_impl *c = impl_of(be);
     const size_t qd = (size_t)H * hd, kvd = (size_t)KV * hd, C = qd + 2 * kvd;
+    if (B <= 0 || T <= 0 || H <= 0) return;
+    check_attention_shape(H, KV, hd);
     if (!c->cudnn) {
-        cu_attention_bwd_16(be, dqkv, dqkv + qd, dqkv + qd + kvd, dout, out, out16, lse, qkv16, B, T, H, KV, hd, ld);
+        att_dsum_16(c, dout16, out, out16, B, T, H, hd);
+        att16_bwd(c, qkv16, dout16, dqkv, dqkv + qd, dqkv + qd + kvd, lse, B, T, H, KV, hd, ld);
         cu_rope_bwd_qkv_16(be, dqkv16, dqkv, cos_t, sin_t, B, T, H, KV, hd, ld);
         return;
     }
-    if (B <= 0 || T <= 0 || H <= 0) return;
-    check_attention_shape(H, KV, hd);
-    cudnn_bwd_into(c, 0, qkv16, dqkv16, dout, out, out16, lse, B, T, H, KV, hd);
+    cudnn_bwd_into(c, 0, qkv16, dqkv16, dout16, 1, out, out16, lse, B, T, H, KV, hd);
     __nv_bfloat16 *d16 = (__nv_bfloat16 *)dqkv16;
     rope_launch(c, "rope_bwd bf16", d16, C, (const uint16_t *)dqkv16, cos_t, sin_t, B, T, H, hd, (int)C, -1.0f);
     rope_launch(c, "rope_bwd bf16", d16 + qd, C, (const uint16_t *)dqkv16 + qd, cos_t, sin_t, B, T, KV, hd, (int)C,

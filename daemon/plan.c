@@ -416,20 +416,21 @@ static int64_t gemm_bf16_bytes(const plan *p, const plan_opts *o) {
 }
 
 /* Attention on bf16 tensor cores (attention_tc.h): the backward's bf16 copy of one
- * micro-batch's dO, N H hd values (the models keep q, k, v in bf16 themselves: qkv16); a
- * teacher and the streamed base share the trained model's heads and make none. */
+ * micro-batch's dO, N H hd values, where the products are not bf16 (with bf16 products
+ * dO arrives in bf16: attention_bwd_rope_16); the models keep q, k, v in bf16 themselves
+ * (qkv16); a teacher and the streamed base share the trained model's heads and make none. */
 static int64_t attn_copies_bytes(const plan *p, const plan_opts *o) {
     const llama_config *s = &p->small;
     if (!qkv16(s, o)) return 0;
     int64_t N = (int64_t)o->micro_batch * o->seq_len, q = N * s->n_heads * s->head_dim;
-    if (!o->attn_cudnn) return q * 2;
-    /* cuDNN (backend_cuda.cu, attention_cudnn.c): dO's copy, the fp32 dQ accumulator and
-     * row sums, and where the products are not bf16 the output's copy and the bf16 dq | dk
-     * | dv before they are widened (with bf16 products they go straight into the qkv
-     * product's bf16 output gradient: attention_bwd_rope_16); its engines' own workspace
-     * is not counted (a few MB) */
+    if (!o->attn_cudnn) return o->weights_bf16 ? 0 : q * 2;
+    /* cuDNN (backend_cuda.cu, attention_cudnn.c): the fp32 dQ accumulator and row sums, and
+     * where the products are not bf16 dO's and the output's copies and the bf16 dq | dk |
+     * dv before they are widened (with bf16 products dO arrives in bf16 and they go
+     * straight into the qkv product's bf16 output gradient: attention_bwd_rope_16); its
+     * engines' own workspace is not counted (a few MB) */
     int64_t qkv = N * (s->n_heads + 2 * s->n_kv_heads) * s->head_dim;
-    return q * 2 + (o->weights_bf16 ? 0 : q * 2 + qkv * 2) + q * 4 + N * s->n_heads * 4;
+    return (o->weights_bf16 ? 0 : q * 2 + q * 2 + qkv * 2) + q * 4 + N * s->n_heads * 4;
 }
 
 /* The teacher's weights: fp32, or (bf16_teacher) its matrices in bf16 only and its norm

@@ -49,7 +49,7 @@ struct llama_acts {
     float *xent_lse;    /* (N) */
     /* backward scratch */
     float *dres, *dln;  /* (N,d) */
-    float *datt;        /* (N,H*hd) */
+    float *datt;        /* (N,H*hd): bf16 values where attention takes them so (llama_backward) */
     float *dqkv;        /* (N,(H+2KV)*hd) */
     /* (N,f_max), (N,2*f_max); with dy16 dh holds bf16 values (a buffer of half as many
      * floats) and dgu is NULL (the gradient goes there in bf16) */
@@ -1057,14 +1057,15 @@ void llama_backward(llama_model *m)
         res16 = norm_bwd(m, layer_tensor(l, T_LN2), a->mid[l], a->rstd2[l]);
         // attention: mid = res + att Wo^T
         int to = layer_tensor(l, T_O), tq = layer_tensor(l, T_Q);
-        res_linear_bwd(m, a->datt, 0, att_in(a, l), to, qd, res16); // (N,d) -> (N,qd)
         const uint16_t *qkv16 = a->qkv16 ? (const uint16_t *)a->qkv16[l] : NULL;
-        /* with bf16 products the qkv product's output gradient is bf16, dq and dk rotated
-         * back: attention writes it there at once where the backend can (N,C) */
+        /* with bf16 products and attention the o_proj product's input gradient, which only
+         * attention reads, is bf16 (in datt), and so is the qkv product's output gradient,
+         * dq and dk rotated back: attention writes it there at once where the backend can */
         const int to16 = qkv16 && a->dy16 && op->attention_bwd_rope_16;
-        if (to16)
-            op->attention_bwd_rope_16(be, a->dy16, dqkv, a->datt, a->att[l], a->att16, a->lse[l], qkv16, m->rope_cos,
-                                      m->rope_sin, B, T, H, KV, hd, C);
+        res_linear_bwd(m, a->datt, to16, att_in(a, l), to, qd, res16); // (N,d) -> (N,qd)
+        if (to16) // -> (N,C) bf16
+            op->attention_bwd_rope_16(be, a->dy16, dqkv, (const uint16_t *)a->datt, a->att[l], a->att16, a->lse[l],
+                                      qkv16, m->rope_cos, m->rope_sin, B, T, H, KV, hd, C);
         else if (qkv16)
             op->attention_bwd_16(be, dqkv, dqkv + qd, dqkv + qd + KV * hd, a->datt, a->att[l], a->att16, a->lse[l],
                                  qkv16, B, T, H, KV, hd, C);

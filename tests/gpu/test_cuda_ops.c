@@ -734,10 +734,11 @@ static void test_rope_bwd16_case(ctx *x, int B, int T, int H, int KV, int hd, in
  *   - both against the CPU's fp32 attention on the rotated inputs (TOL_ATT_BF16).
  * With cudnn (backend_cuda_use_cudnn on) the same by cuDNN, but for the backward's bits:
  * cuDNN adds dQ atomically, so its two routes meet only within the CPU's tolerance. */
-/* attention_bwd_rope_16 (from out16 in bf16, out_b) against attention_bwd_16 into fp32
- * rows of stride C then rope_bwd_qkv_16: bit for bit the kernels' two ops (and cuDNN's
- * stand-in's on the emulator, which is deterministic), within TOL_ATT_BF16 of cuDNN's
- * (its dQ sums vary from call to call) */
+/* attention_bwd_rope_16 (from out16 in bf16, out_b, and dout rounded to bf16) against
+ * attention_bwd_16 on dout's bf16 values widened, into fp32 rows of stride C, then
+ * rope_bwd_qkv_16: bit for bit the kernels' two ops (and cuDNN's stand-in's on the
+ * emulator, which is deterministic), within TOL_ATT_BF16 of cuDNN's (its dQ sums vary
+ * from call to call) */
 static void check_bwd_rope16(ctx *x, const char *eng, const pair *dout, const void *out_b, const float *lse_b,
                              const uint16_t *q16, const pair *cs, const pair *sn, int B, int T, int H, int KV, int hd,
                              int pad, int cudnn)
@@ -745,12 +746,15 @@ static void check_bwd_rope16(ctx *x, const char *eng, const pair *dout, const vo
     const int Cu = (H + 2 * KV) * hd, C = Cu + pad, qd = H * hd, kvd = KV * hd;
     const size_t N = (size_t)B * T, n16 = N * Cu;
     char what[160];
-    float *dqkv = be_alloc(x->gpu, N * C), *wide = be_alloc(x->gpu, 2 * n16);
+    float *dqkv = be_alloc(x->gpu, N * C), *wide = be_alloc(x->gpu, 2 * n16), *dout_w = be_alloc(x->gpu, dout->n);
     uint16_t *one = x->gpu->ops->alloc_bf16(x->gpu, n16), *two = x->gpu->ops->alloc_bf16(x->gpu, n16);
-    x->gpu->ops->attention_bwd_16(x->gpu, dqkv, dqkv + qd, dqkv + qd + kvd, dout->g, out_b, 1, lse_b, q16, B, T, H, KV,
+    uint16_t *dout16 = x->gpu->ops->alloc_bf16(x->gpu, dout->n);
+    x->gpu->ops->round_bf16(x->gpu, dout16, dout->g, dout->n);
+    x->gpu->ops->widen_bf16(x->gpu, dout_w, dout16, dout->n);
+    x->gpu->ops->attention_bwd_16(x->gpu, dqkv, dqkv + qd, dqkv + qd + kvd, dout_w, out_b, 1, lse_b, q16, B, T, H, KV,
                                   hd, C);
     x->gpu->ops->rope_bwd_qkv_16(x->gpu, two, dqkv, cs->g, sn->g, B, T, H, KV, hd, C);
-    x->gpu->ops->attention_bwd_rope_16(x->gpu, one, dqkv, dout->g, out_b, 1, lse_b, q16, cs->g, sn->g, B, T, H, KV, hd,
+    x->gpu->ops->attention_bwd_rope_16(x->gpu, one, dqkv, dout16, out_b, 1, lse_b, q16, cs->g, sn->g, B, T, H, KV, hd,
                                        C);
     int bitwise = !cudnn;
 #ifdef PC_TEST_EMU
@@ -772,8 +776,10 @@ static void check_bwd_rope16(ctx *x, const char *eng, const pair *dout, const vo
     }
     be_free(x->gpu, dqkv);
     be_free(x->gpu, wide);
+    be_free(x->gpu, dout_w);
     be_free(x->gpu, one);
     be_free(x->gpu, two);
+    be_free(x->gpu, dout16);
 }
 
 static void test_attention16_case(ctx *x, int B, int T, int H, int KV, int hd, int pad, int cudnn)

@@ -174,7 +174,9 @@ def main():
                 f"last {r1:.2e}")
     pclib.check("q, k, v kept in bf16 only" in open(os.path.join(d, "logs", "rank-00000.log")).read(),
                 "bf16 attention: the log says q, k, v are kept in bf16")
-    logged_vs_plan(d, 1, "attention bf16 copies", exact=True)
+    log = open(os.path.join(d, "logs", "rank-00000.log")).read()
+    pclib.check("attention bf16 copies: 0 bytes here (plan: 0)" in log,
+                "bf16 products and attention: dO arrives in bf16, so attention makes no copies, as planned")
     # the same run with every kernel's blocks in another order: the same bits (no result
     # depends on the order blocks run in, as on a GPU, which promises none)
     os.environ["PC_EMU_BLOCK_ORDER"] = "shuffle"
