@@ -774,12 +774,8 @@ static void check_bwd_rope16(ctx *x, const char *eng, const pair *dout, const vo
         report(x, what, test_rel_max_err(h + n16, h, n16), TOL_ATT_BF16);
         free(h);
     }
-    be_free(x->gpu, dqkv);
-    be_free(x->gpu, wide);
-    be_free(x->gpu, dout_w);
-    be_free(x->gpu, one);
-    be_free(x->gpu, two);
-    be_free(x->gpu, dout16);
+    be_free(x->gpu, dqkv), be_free(x->gpu, wide), be_free(x->gpu, dout_w);
+    be_free(x->gpu, one), be_free(x->gpu, two), be_free(x->gpu, dout16);
 }
 
 static void test_attention16_case(ctx *x, int B, int T, int H, int KV, int hd, int pad, int cudnn)
