@@ -200,9 +200,12 @@ static const pc_config_key pc_config_keys[] = {
      .doc = "Collectives on device buffers: nccl with the cuda device (auto), else mpi (staged through host memory "
             "when the device is not the CPU). Small host values always go over MPI."},
     {.path = "backend.matmul", .type = PC_CT_ENUM, PC_AT(backend.matmul), .def = "tf32", .choices = "fp32|tf32|bf16",
-     .doc = "Inputs of the matrix products (accumulation and results are fp32 in every mode): fp32 as they are; "
+     .doc = "Inputs of the matrix products (accumulation is fp32 in every mode): fp32 as they are; "
             "tf32 on TF32 tensor cores (cuda; plain fp32 on cpu); bf16 rounded to bf16 (cuda: bf16 tensor cores, "
-            "twice TF32's rate; cpu: rounded copies, for checking the numerics). With bf16 the trained model keeps a "
+            "twice TF32's rate; cpu: rounded copies, for checking the numerics). Results are fp32, but with bf16 "
+            "those that only one elementwise op reads are rounded to bf16, as bf16 mixed precision keeps them: the "
+            "MLP's gate and up outputs, down_proj's input gradient and (with bf16 attention) o_proj's. With bf16 "
+            "the trained model keeps a "
             "bf16 copy of its weights (2 bytes per parameter) that the products read; compress gathers W_C in bf16 "
             "(half the bytes) and keeps the compressed matrices in bf16 only (fp32 just for the norm gains: 4 bytes "
             "per parameter less per rank), and the model evaluated and saved holds those bf16 "
