@@ -197,8 +197,9 @@ def main():
                 l2 = again(torch.from_numpy(tokens.astype(np.int64))).logits.numpy()
             check(np.array_equal(l2, logits) and again.config.tie_word_embeddings == case["tied"],
                   "%s saved model reloads in transformers with identical logits" % case["name"])
-            # backend.matmul bf16: every gemm input, and the gate and up outputs, rounded to
-            # bf16, against Bf16Linear. Where fp32 summation-order differences make a value
+            # backend.matmul bf16: every gemm input, the gate and up outputs and down_proj's
+            # input gradient rounded to bf16, against Bf16Linear and pclib's MLP (the
+            # reference rounds the same values). Where fp32 summation-order differences make a value
             # round to the other side of a bf16 boundary it moves by 2^-8 (3.9e-3), and such
             # flips spread through the backward pass: logits as check_flipped_logits,
             # gradients within 1e-2, and every gradient closer to the bf16 reference than
