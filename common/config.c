@@ -671,6 +671,10 @@ int config_attention_bf16(const pc_config *c) {
 
 int config_attention_cudnn(const pc_config *c) { return !strcmp(c->backend.attention, "cudnn"); }
 
+int config_attention_may_cudnn(const pc_config *c) {
+    return config_attention_cudnn(c) || (!strcmp(c->backend.attention, "auto") && !strcmp(c->backend.matmul, "bf16"));
+}
+
 int config_store_grads(const pc_config *c) {
     const char *s = c->compress.store_grads;
     return !strcmp(s, "true") ? PC_GRADS_KEEP : !strcmp(s, "false") ? PC_GRADS_RECOMPUTE : PC_GRADS_AUTO;

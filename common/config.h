@@ -111,6 +111,9 @@ int config_d_ff(const pc_config *c, int layer);
 int config_attention_bf16(const pc_config *c);
 /* 1 when that attention is cuDNN's (backend.attention cudnn). */
 int config_attention_cudnn(const pc_config *c);
+/* 1 when it may be cuDNN's: backend.attention cudnn, or auto with backend.matmul bf16,
+   where a run on CUDA takes cuDNN's if it agrees and is faster (daemon/attn_auto.h). */
+int config_attention_may_cudnn(const pc_config *c);
 /* compress.store_grads: false, true, auto. */
 enum { PC_GRADS_RECOMPUTE = 0, PC_GRADS_KEEP = 1, PC_GRADS_AUTO = 2 };
 int config_store_grads(const pc_config *c);

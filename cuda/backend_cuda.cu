@@ -80,6 +80,8 @@ typedef struct cuda_impl {
     int sync_launches;   /* PC_CUDA_SYNC=1: synchronise after every kernel (debugging) */
     int attn_bf16;       /* backend_cuda_set_attention: tensor-core attention where it applies */
     attn_cudnn *cudnn;   /* backend_cuda_use_cudnn: that attention by cuDNN's fused kernels instead */
+    int cudnn_trial;     /* backend_cuda_cudnn_trial: a failed cuDNN call is kept, not fatal */
+    char cudnn_failed[768]; /* ... the first one's reason ("" none) */
     size_t smem_optin;   /* shared memory a block may opt into */
     cu_prof *prof;       /* backend_cuda_profile; NULL: not profiling */
     int prof_at_exit;    /* PC_CUDA_PROFILE=1: report on stderr at destroy */
@@ -1310,11 +1312,15 @@ static void widen_rows(cuda_impl *c, const char *region, float *dst, size_t ld_d
 }
 
 /* A cuDNN call that failed: the op table has no error channel, so the process exits with
- * cuDNN's reason, as a CUDA failure does. */
+ * cuDNN's reason, as a CUDA failure does (during a trial the reason is kept instead). */
 static void cudnn_check(cuda_impl *c, int rc, const char *err)
 {
     if (rc == 0) {
         note_usage(c); /* its scratch may have grown */
+        return;
+    }
+    if (c->cudnn_trial) { /* kept for backend_cuda_cudnn_trial; the call's outputs are left as they were */
+        if (!c->cudnn_failed[0]) snprintf(c->cudnn_failed, sizeof c->cudnn_failed, "%s", err);
         return;
     }
     fprintf(stderr, "backend_cuda on device %d: %s\n", c->device, err);
@@ -2242,6 +2248,25 @@ extern "C" int backend_cuda_use_cudnn(backend *be, char *err, int errlen)
     c->attn_bf16 = 1;
     set_info(be);
     return 0;
+}
+
+extern "C" int backend_cuda_cudnn_trial(backend *be, int on, char *err, int errlen)
+{
+    if (!be || be->ops != &cuda_ops) {
+        snprintf(err, (size_t)errlen, "not a CUDA backend");
+        return -1;
+    }
+    cuda_impl *c = impl_of(be);
+    if (on) {
+        c->cudnn_trial = 1;
+        c->cudnn_failed[0] = '\0';
+        return 0;
+    }
+    CUDA_CHECK(cudaStreamSynchronize(c->stream)); /* the trial's work done */
+    c->cudnn_trial = 0;
+    if (!c->cudnn_failed[0]) return 0;
+    snprintf(err, (size_t)errlen, "%s", c->cudnn_failed);
+    return -1;
 }
 
 extern "C" int backend_cuda_set_bf16_block(backend *be, size_t elems)

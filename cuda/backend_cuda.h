@@ -33,6 +33,12 @@ int backend_cuda_set_attention(backend *be, int bf16);
  * backend_cuda_set_attention turns it off. 0, or -1 with the reason in err (no cuDNN 9,
  * or none usable on this device); updates be->info. */
 int backend_cuda_use_cudnn(backend *be, char *err, int errlen);
+/* A trial of cuDNN's attention (on != 0 starts it): until it ends (on == 0) a cuDNN call
+ * that fails (a shape its engines do not take) leaves its outputs as they were instead of
+ * ending the process, and the end returns -1 with the first failure's reason in err (0
+ * when none failed), after the stream's work is done. -1 too when be is not a CUDA
+ * backend. */
+int backend_cuda_cudnn_trial(backend *be, int on, char *err, int errlen);
 /* With bf16 matrix products (set_matmul MATMUL_BF16) the fp32 operands of a product are
  * rounded into two scratch buffers of at most this many bf16 elements each (128 MiB): a
  * larger operand is rounded and multiplied in blocks of rows of the product (A) or of

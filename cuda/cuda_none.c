@@ -30,6 +30,13 @@ int backend_cuda_use_cudnn(backend *be, char *err, int errlen) {
     return -1;
 }
 
+int backend_cuda_cudnn_trial(backend *be, int on, char *err, int errlen) {
+    (void)be;
+    (void)on;
+    snprintf(err, (size_t)errlen, "this build has no CUDA");
+    return -1;
+}
+
 size_t backend_cuda_bf16_copies_bytes(backend *be) {
     (void)be;
     return 0;

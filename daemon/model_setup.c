@@ -5,6 +5,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "attn_auto.h"
 #include "backend_cuda.h"
 #include "comm_nccl.h"
 #include "comm_staged.h"
@@ -71,6 +72,11 @@ int run_backend(run_ctx *r, pc_err *e) {
         if (backend_cuda_use_cudnn(r->be, why, sizeof why) != 0)
             return pc_errorf(e, "%s: backend.attention is 'cudnn' but rank %d cannot run cuDNN's attention: %s",
                              r->cfg.source, r->rank, why);
+    }
+    if (cuda && config_attention_may_cudnn(&r->cfg) && !config_attention_cudnn(&r->cfg)) { /* auto */
+        llama_config lc;
+        if (run_model_config(r, &lc, e) != 0) return -1;
+        if (r->be->ops->attention_16(r->be, lc.head_dim) && attn_auto_choose(r, &lc, e) != 0) return -1;
     }
     if (cuda) {
         char name[128] = "?";

@@ -976,7 +976,7 @@ void plan_opts_from_config(const pc_config *c, plan_opts *o) {
     o->logits_chunk = c->train.logits_chunk;
     o->weights_bf16 = !strcmp(c->backend.matmul, "bf16");
     o->attn_bf16 = config_attention_bf16(c);
-    o->attn_cudnn = config_attention_cudnn(c);
+    o->attn_cudnn = config_attention_may_cudnn(c); /* auto's scratch counted as if it took cuDNN */
     o->shard_grads = c->compress.shard_grads && !strcmp(c->run.mode, "compress"); /* prune ignores it */
     o->global_batch = c->train.global_batch;
     plan_opts_set_device(o, !strcmp(c->backend.device, "cuda"));

@@ -50,7 +50,7 @@ typedef struct plan_opts {
     int64_t gemm_bf16_block;   /* bf16 products on cuda: each of the two bf16 operand copies holds at most
                                 * this many elements (BACKEND_CUDA_BF16_BLOCK); 0: none (cpu, fp32, tf32) */
     int attn_bf16;             /* attention on bf16 tensor cores (config_attention_bf16) */
-    int attn_cudnn;            /* ... by cuDNN (config_attention_cudnn): more scratch */
+    int attn_cudnn;            /* ... maybe by cuDNN (config_attention_may_cudnn): more scratch */
     int attn_copies;           /* attn_bf16 on cuda: attention's bf16 copy of dO in scratch, and of q, k, v
                                 * where the model does not keep them in bf16 (plan.c, qkv16); 0 where the
                                 * device's kernels do not take the head_dim (the daemon asks the backend) */

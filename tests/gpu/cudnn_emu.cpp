@@ -7,7 +7,11 @@
  *   cuDNN route (backend_cuda.cu: its scratch, dO's and the output's copies, the widening
  *   of cuDNN's bf16 results into the caller's rows) runs under the emu tests, against the
  *   CPU backend, as it will on a GPU around cuDNN itself. Nothing of cuDNN is checked
- *   here: cudnn-graphs-offline checks its graphs, the gpu suite its results. */
+ *   here: cudnn-graphs-offline checks its graphs, the gpu suite its results;
+ * - with PC_EMU_CUDNN=wrong the same, but the forward's lse comes out 1 too large (and
+ *   so the backward's gradients wrong with it): a cuDNN whose results are off;
+ * - with PC_EMU_CUDNN=refuse it loads, but every call fails with a reason, as a shape
+ *   cuDNN's engines do not take does. */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -21,6 +25,7 @@ static const char emu_none[] = "this build has no cuDNN (attention_cudnn.c was b
 
 struct attn_cudnn {
     cudaStream_t stream;
+    int wrong, refuse; /* PC_EMU_CUDNN=wrong, refuse */
     size_t scratch_n; /* what a call held, as attn_cudnn_scratch_bytes reports */
 };
 
@@ -30,15 +35,24 @@ static int emu_refuse(char *err, int errlen)
     return -1;
 }
 
+static int emu_refuse_shape(char *err, int errlen, int B, int T, int H, int KV, int hd)
+{
+    snprintf(err, (size_t)errlen, "cuDNN stand-in (PC_EMU_CUDNN=refuse): no engine for B %d T %d H %d KV %d hd %d", B,
+             T, H, KV, hd);
+    return -1;
+}
+
 extern "C" attn_cudnn *attn_cudnn_create(void *stream, char *err, int errlen)
 {
     const char *on = getenv("PC_EMU_CUDNN");
-    if (!on || strcmp(on, "1")) {
+    if (!on || (strcmp(on, "1") && strcmp(on, "wrong") && strcmp(on, "refuse"))) {
         emu_refuse(err, errlen);
         return NULL;
     }
     attn_cudnn *a = (attn_cudnn *)calloc(1, sizeof *a);
     a->stream = (cudaStream_t)stream;
+    a->wrong = !strcmp(on, "wrong");
+    a->refuse = !strcmp(on, "refuse");
     return a;
 }
 
@@ -53,8 +67,12 @@ extern "C" size_t attn_cudnn_scratch_bytes(const attn_cudnn *a) { return a->scra
 extern "C" int attn_cudnn_fwd(attn_cudnn *a, const void *qkv16, void *out16, float *lse, int B, int T, int H, int KV,
                               int hd, char *err, int errlen)
 {
-    (void)err, (void)errlen;
+    if (a->refuse) return emu_refuse_shape(err, errlen, B, T, H, KV, hd);
     attn_tc_fwd(a->stream, qkv16, out16, 1, lse, B, T, H, KV, hd);
+    if (a->wrong) {
+        cudaStreamSynchronize(a->stream); /* lse written (device memory is the host's here) */
+        for (size_t i = 0; i < (size_t)B * H * T; i++) lse[i] += 1.0f;
+    }
     return 0;
 }
 
@@ -62,7 +80,7 @@ extern "C" int attn_cudnn_bwd(attn_cudnn *a, const void *qkv16, const void *out1
                               const float *lse, void *dqkv16, int B, int T, int H, int KV, int hd, char *err,
                               int errlen)
 {
-    (void)err, (void)errlen;
+    if (a->refuse) return emu_refuse_shape(err, errlen, B, T, H, KV, hd);
     const size_t N = (size_t)B * T, C = (size_t)(H + 2 * KV) * hd, rows = (size_t)B * H * T;
     float *D = NULL, *g = NULL;
     cudaMalloc((void **)&D, rows * sizeof(float));

@@ -9,7 +9,9 @@
   bf16 tensor cores (backend.attention) against the CPU's fp32: first loss within 1e-2,
   last within 2e-2 (these runs use magnitude importance, so that both sides keep the same
   indices); the same with attention by cuDNN (backend.attention cudnn; where cuDNN cannot
-  run, the rank's reason is printed and nothing checked).
+  run, the rank's reason is printed and nothing checked); backend.attention auto with
+  bf16 products logs its probe's choice, and runs bit for bit the bf16 attention run on
+  the kernels, within 1e-2 / 2e-2 of it on cuDNN.
 - the compress job with bf16 products and attention run twice on the GPU: losses, grad
   norms, validation losses and fused tensors bit for bit the same; stopped after step 3
   (its checkpoint) and resumed by the same command, bit for bit the uninterrupted run.
@@ -164,6 +166,22 @@ def main():
     pclib.same_outputs(pclib.run_outputs(run("compress-bf16-again", 1, *sets)),
                        pclib.run_outputs(run("compress-bf16-first", 1, *sets)), "bf16 GPU compress run twice")
     resume_bitwise(run, sets, "bf16 GPU compress")
+    # backend.attention auto (daemon/attn_auto.c): the rank logs its probe's outcome; on
+    # projcompd's kernels the run is the bf16 attention run bit for bit, on cuDNN's within
+    # bf16 attention's tolerance of it
+    d = run("compress-bf16-auto", 1, "backend.device=cuda", "backend.matmul=bf16")
+    log = open(os.path.join(d, "logs", "rank-00000.log")).read()
+    m = re.search(r"attention auto: .*", log)
+    pclib.check(m is not None, f"backend.attention auto: the choice logged ({m.group(0) if m else 'nothing'})")
+    print(m.group(0))
+    first = pclib.run_outputs(os.path.join(root, "compress-bf16-first"))
+    if "using cuDNN's attention" in log:
+        a, b = pclib.run_arrays(d), pclib.run_arrays(os.path.join(root, "compress-bf16-first"))
+        r0, r1 = abs(a[0][0] - b[0][0]) / b[0][0], abs(a[0][-1] - b[0][-1]) / b[0][-1]
+        pclib.check(r0 < 1e-2 and r1 < 2e-2 and "attention bf16 by cuDNN" in log,
+                    f"auto took cuDNN: vs the kernels' run first loss rel {r0:.2e}, last {r1:.2e}")
+    else:
+        pclib.same_outputs(pclib.run_outputs(d), first, "auto took the kernels: the bf16 attention run")
 
     sets = ["compress.store_grads=true", "distill.enabled=true"]
     a = pclib.run_arrays(run("sd-cpu", 1, "backend.device=cpu", *sets))

@@ -32,6 +32,12 @@ comm (cuda/comm_nccl.c) on NCCL's API emulated with MPI (nccl_emu.c).
   the key and the reason, and no model is written; with the emulator's stand-in for
   cuDNN (PC_EMU_CUDNN=1, tests/gpu/cudnn_emu.cpp) the job runs the backend's cuDNN route,
   its losses as the bf16 attention run's are against the CPU;
+- backend.attention auto with bf16 products (daemon/attn_auto.c): without cuDNN, with a
+  stand-in whose calls all fail (PC_EMU_CUDNN=refuse) and with one whose results are off
+  (PC_EMU_CUDNN=wrong), the log says why and the job runs the kernels, bit for bit the
+  bf16 attention run; with the stand-in on 2 ranks both log the same times and choice,
+  the choice follows the rule (cuDNN under 0.95 of the kernels' mean time) and the
+  backend runs it, the losses within 1e-2 / 2e-2 of the 1-rank bf16 attention run;
 - distillation from a bf16 teacher (model.dtype bf16): losses within 1e-3 of the CPU's,
   with an fp32 student and with bf16 products (the student's dlogits written in bf16 by
   distill_16);
@@ -196,6 +202,46 @@ def main():
                 open(os.path.join(dc, "logs", "rank-00000.log")).read(),
                 f"backend.attention cudnn (the emulator's stand-in) vs CPU bf16 products: first loss rel {r0:.2e}, "
                 f"last {r1:.2e}")
+    # backend.attention auto (the default) with bf16 products: each rank times projcompd's
+    # kernels and cuDNN's attention and compares their results (daemon/attn_auto.c). Where
+    # cuDNN cannot load (this build), fails its calls (a shape it takes no engine for) or
+    # disagrees, the job runs the kernels: bit for bit the bf16 attention run
+    for name, standin, why in [
+            ("auto-emu", None, "cuDNN's attention cannot run here: this build has no cuDNN"),
+            ("auto-refuse-emu", "refuse", "cuDNN's attention cannot run here: cuDNN stand-in (PC_EMU_CUDNN=refuse): "
+             "no engine for B 2 T 16 H 4 KV 2 hd 16"),
+            ("auto-wrong-emu", "wrong", "cuDNN's results differ from projcompd's kernels' by")]:
+        if standin:
+            os.environ["PC_EMU_CUDNN"] = standin
+        da = run(name, 1, True, "backend.matmul=bf16")
+        os.environ.pop("PC_EMU_CUDNN", None)
+        log = open(os.path.join(da, "logs", "rank-00000.log")).read()
+        pclib.check(why in log and "attention auto: projcompd's kernels (cuDNN cannot run or disagrees on 1 of 1 "
+                    "ranks)" in log and "by cuDNN" not in log, f"{name}: the kernels, and the log says why")
+        pclib.same_outputs(pclib.run_outputs(da), pclib.run_outputs(d), f"{name} vs backend.attention bf16")
+    # with the stand-in (the kernels behind cuDNN's contract, so the two agree) on 2 ranks:
+    # both ranks log the same times and take the same route, cuDNN's where its mean time is
+    # under 0.95 of the kernels' (the emulator's times mean nothing, so either may win here)
+    os.environ["PC_EMU_CUDNN"] = "1"
+    da = run("auto-standin-emu", 2, True, "backend.matmul=bf16", nccl)
+    del os.environ["PC_EMU_CUDNN"]
+    picks = []
+    for rank in range(2):
+        log = open(os.path.join(da, "logs", f"rank-{rank:05d}.log")).read()
+        m = re.search(r"attention auto: a forward and backward at B 2 T 16 heads 4/2 of 16 take (\S+) ms by cuDNN, "
+                      r"(\S+) ms by projcompd's kernels \(mean of 2 ranks; results within (\S+) here\): using "
+                      r"(cuDNN's attention|projcompd's kernels)", log)
+        pclib.check(m is not None, f"auto-standin-emu rank {rank}: the probe's times and choice logged")
+        by_cudnn = m.group(4) == "cuDNN's attention"
+        pclib.check(float(m.group(3)) <= 2e-2 and by_cudnn == (float(m.group(1)) < 0.95 * float(m.group(2))) and
+                    by_cudnn == ("attention bf16 by cuDNN stand-in" in log),
+                    f"auto-standin-emu rank {rank}: {m.group(0)}; the backend runs what was chosen")
+        picks.append(m.group(1, 2, 4))
+    c = pclib.run_arrays(da)
+    r0, r1 = abs(c[0][0] - a[0][0]) / a[0][0], abs(c[0][-1] - a[0][-1]) / a[0][-1]
+    pclib.check(picks[0] == picks[1] and r0 < 1e-2 and r1 < 2e-2,
+                f"auto-standin-emu: both ranks chose {picks[0][2]}; losses vs the 1-rank bf16 attention run: first "
+                f"rel {r0:.2e}, last {r1:.2e}")
     # a device whose shared memory per block is too small for the tensor-core kernels at
     # this head_dim (PC_EMU_SMEM_OPTIN): attention falls back to fp32, and the plan counts
     # what that holds (no bf16 q, k, v, no dO copy), not what the shape rule assumes
