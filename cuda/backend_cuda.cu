@@ -1319,7 +1319,7 @@ static void cudnn_check(cuda_impl *c, int rc, const char *err)
         note_usage(c); /* its scratch may have grown */
         return;
     }
-    if (c->cudnn_trial) { /* kept for backend_cuda_cudnn_trial; the call's outputs are left as they were */
+    if (c->cudnn_trial) { /* kept for backend_cuda_cudnn_trial; the call's outputs mean nothing */
         if (!c->cudnn_failed[0]) snprintf(c->cudnn_failed, sizeof c->cudnn_failed, "%s", err);
         return;
     }

@@ -34,8 +34,8 @@ int backend_cuda_set_attention(backend *be, int bf16);
  * or none usable on this device); updates be->info. */
 int backend_cuda_use_cudnn(backend *be, char *err, int errlen);
 /* A trial of cuDNN's attention (on != 0 starts it): until it ends (on == 0) a cuDNN call
- * that fails (a shape its engines do not take) leaves its outputs as they were instead of
- * ending the process, and the end returns -1 with the first failure's reason in err (0
+ * that fails (a shape its engines do not take) returns, its outputs meaningless, instead
+ * of ending the process, and the end returns -1 with the first failure's reason in err (0
  * when none failed), after the stream's work is done. -1 too when be is not a CUDA
  * backend. */
 int backend_cuda_cudnn_trial(backend *be, int on, char *err, int errlen);
