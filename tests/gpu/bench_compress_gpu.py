@@ -15,7 +15,8 @@
    base in --dtype, fp32 trainable tensors; --matmul tf32: TF32 matmuls, bf16: autocast to
    bf16, the projections' products included, as the daemon's follow backend.matmul), its
    tokens/s and peak memory, and projcompd/PyTorch. --attention (default bf16) sets the
-   daemon's backend.attention; --dtype (default bf16, exact: the base is saved in bf16)
+   daemon's backend.attention (auto: each run chooses the kernels or cuDNN as it starts,
+   and its backend line below the table gives the times and the choice); --dtype (default bf16, exact: the base is saved in bf16)
    its model.dtype.
 5. Prints the commands it ran; exits 1 if any run failed.
 
@@ -62,7 +63,7 @@ def parse():
                     help="backend.matmul of the daemon (and the PyTorch equivalent)")
     ap.add_argument("--dtype", default="bf16", choices=["f32", "bf16"],
                     help="model.dtype of the daemon: the frozen base held in bf16 (the PyTorch side likewise) or f32")
-    ap.add_argument("--attention", default="bf16", choices=["fp32", "bf16", "cudnn"],
+    ap.add_argument("--attention", default="bf16", choices=["fp32", "bf16", "cudnn", "auto"],
                     help="backend.attention of the daemon (PyTorch's attention runs under the same autocast)")
     ap.add_argument("--peak", type=float, default=989.4, help="device's dense bf16 TFLOP/s (989.4: H100 SXM)")
     ap.add_argument("--keep", default=None, help="directory for the base, shard and runs, reused between runs")
@@ -175,6 +176,9 @@ def run_daemon(a, job, root, mode, extra, commands):
     log = open(os.path.join(d, "logs", "rank-00000.log")).read()
     m = re.search(r"\] (backend [^\n]*)", log) or re.search(r"(backend [^\n]*)", log)
     res["backend"] = m.group(1).strip() if m else "?"
+    m = re.search(r"(attention auto: [^\n]*)", log)  # auto's choice, with bf16 products (daemon/attn_auto.c)
+    if m:
+        res["backend"] += "; " + m.group(1)
     m = re.search(r"([0-9.e+]+) projection FLOPs per step", log)
     res["daemon_proj_flops"] = float(m.group(1)) if m else None
     return res
