@@ -966,6 +966,41 @@ static void test_attention_cudnn(ctx *x)
 #endif
 }
 
+#ifdef PC_TEST_EMU
+/* backend_cuda_cudnn_trial around the stand-in whose every call fails
+ * (PC_EMU_CUDNN=refuse, as a shape cuDNN has no engine for): inside a trial the failed
+ * call returns and the trial's end gives its reason; a trial without a failure ends with
+ * 0; a backend that is not CUDA's is refused. (Outside a trial the call ends the process,
+ * as before.) */
+static void test_cudnn_trial(ctx *x)
+{
+    backend *g = x->gpu;
+    char err[768] = "", what[900];
+    setenv("PC_EMU_CUDNN", "refuse", 1);
+    backend_cuda_set_attention(g, 1);
+    report(x, "the refusing stand-in loads", backend_cuda_use_cudnn(g, err, (int)sizeof err) == 0 ? 0.0 : 1.0, 0.5);
+    const int B = 1, T = 17, H = 2, KV = 1, hd = 64;
+    uint16_t *qkv16 = g->ops->alloc_bf16(g, (size_t)B * T * (H + 2 * KV) * hd); /* (B T, (H + 2 KV) hd) */
+    uint16_t *out16 = g->ops->alloc_bf16(g, (size_t)B * T * H * hd);            /* (B T, H hd) */
+    float *lse = g->ops->alloc(g, (size_t)B * H * T);                           /* (B, H, T) */
+    backend_cuda_cudnn_trial(g, 1, err, (int)sizeof err);
+    g->ops->attention_fwd_16(g, out16, 1, lse, qkv16, B, T, H, KV, hd);
+    int rc = backend_cuda_cudnn_trial(g, 0, err, (int)sizeof err);
+    snprintf(what, sizeof what, "a failed cuDNN call in a trial returns; the trial's end gives its reason (%s)", err);
+    report(x, what, rc == -1 && strstr(err, "no engine for B 1 T 17 H 2 KV 1 hd 64") ? 0.0 : 1.0, 0.5);
+    backend_cuda_cudnn_trial(g, 1, err, (int)sizeof err);
+    report(x, "a trial without a failure ends with 0", backend_cuda_cudnn_trial(g, 0, err, (int)sizeof err) == 0 ? 0.0 : 1.0,
+           0.5);
+    report(x, "a trial on the CPU backend is refused",
+           backend_cuda_cudnn_trial(x->cpu, 1, err, (int)sizeof err) == -1 ? 0.0 : 1.0, 0.5);
+    g->ops->free(g, qkv16);
+    g->ops->free(g, out16);
+    g->ops->free(g, lse);
+    backend_cuda_set_attention(g, 0);
+    unsetenv("PC_EMU_CUDNN");
+}
+#endif
+
 /* ---------------------------------------------------------------- attention variants */
 
 /* Whether attn_tc_tuned_report lists kernel ("forward", "dQ", "dK dV") at this shape. */
@@ -1450,6 +1485,9 @@ int main(void)
     test_attention16(&x);
     test_attention_variants(&x);
     test_attention_cudnn(&x);
+#ifdef PC_TEST_EMU
+    test_cudnn_trial(&x);
+#endif
     test_swiglu(&x);
     test_xent(&x);
     test_distill(&x);
