@@ -16,8 +16,8 @@
    bf16, the projections' products included, as the daemon's follow backend.matmul), its
    tokens/s and peak memory, and projcompd/PyTorch. --attention (default bf16) sets the
    daemon's backend.attention (auto: each run chooses the kernels or cuDNN as it starts,
-   and its backend line below the table gives the times and the choice); --dtype (default bf16, exact: the base is saved in bf16)
-   its model.dtype.
+   and its backend line below the table gives the times and the choice); --dtype
+   (default bf16, exact: the base is saved in bf16) its model.dtype.
 5. Prints the commands it ran; exits 1 if any run failed.
 
 On an H100 (989.4 = dense bf16 TFLOP/s of the SXM part):
