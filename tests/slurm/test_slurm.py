@@ -196,15 +196,22 @@ def main():
         # the uninterrupted reference runs meanwhile (oversubscribed: two cores)
         pclib.projcompd(1, job, f"run.dir={root}/ref-long", f"train.steps={long_steps}")
         deadline = time.time() + 420
-        state = {}
+        state, held_since = {}, None
         while time.time() < deadline:
             state = job_state(cl, job_id)
             if state.get("JobState") in ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY"):
                 break
             if state.get("JobState") == "PENDING" and state.get("Reason") == "BeginTime":
-                # Slurm holds a requeued job for two minutes; release it now
-                cl.run(["scontrol", "update", f"JobId={job_id}", "StartTime=now"], check=False)
-            time.sleep(2)
+                # Slurm holds a requeued job for two minutes; release it, but not within
+                # the second its last run ended: slurmd revokes that run's credential then
+                # (1 s resolution) and kills a relaunch in the same second ("Job credential
+                # revoked"), which fails the job
+                held_since = held_since or time.time()
+                if time.time() - held_since >= 3:
+                    cl.run(["scontrol", "update", f"JobId={job_id}", "StartTime=now"], check=False)
+            else:
+                held_since = None
+            time.sleep(1)
         slog = open(os.path.join(run2, "logs", f"slurm-{job_id}.log")).read()
         print(slog)
         pclib.check(state.get("JobState") == "COMPLETED",
