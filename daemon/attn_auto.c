@@ -13,6 +13,23 @@
 
 #define ATTN_PROBE_REPS 5
 
+/* One rank's probe: forward + backward of one micro-batch's attention, best of reps. */
+typedef struct attn_probe {
+    int cudnn;           /* cuDNN loaded and ran (else why says why not) */
+    double kernels_ms;   /* projcompd's kernels */
+    double cudnn_ms;     /* cuDNN's */
+    double diff;         /* max over out, lse, dq|dk|dv of max|cuDNN - kernels| / max|kernels| */
+    char why[512];
+} attn_probe;
+
+/* Largest diff at which cuDNN's attention counts as agreeing with the kernels' (both
+ * bf16 inputs and probabilities with fp32 sums: a few bf16 ulps apart; a wrong layout or
+ * mask is off by the values' own size). */
+#define ATTN_AUTO_MAX_DIFF 2e-2
+/* cuDNN is taken when its time is below this fraction of the kernels': where the two are
+ * about as fast, the kernels' bit-for-bit repeatable runs win. */
+#define ATTN_AUTO_MARGIN 0.95
+
 /* The probe's device buffers, N = B T tokens, C = (H + 2 KV) hd. */
 typedef struct probe_bufs {
     uint16_t *qkv16;  /* (N, C) bf16: q | k | v, the attention's inputs */
@@ -123,7 +140,11 @@ static double outputs_diff(const probe_bufs *b, const probe_out *x, const probe_
     return worst;
 }
 
-void attn_probe_run(backend *be, int B, int T, int H, int KV, int hd, uint64_t seed, attn_probe *p) {
+/* The probe on be (a CUDA backend with bf16 attention for head_dim hd) at (B, T, H, KV,
+ * hd), random inputs from seed; a cuDNN call that fails (a shape its engines do not
+ * take) is a reason in p->why, not the end of the process. It leaves cuDNN's attention on
+ * where it ran (its plans built), else the kernels'. */
+static void attn_probe_run(backend *be, int B, int T, int H, int KV, int hd, uint64_t seed, attn_probe *p) {
     memset(p, 0, sizeof *p);
     if (backend_cuda_use_cudnn(be, p->why, sizeof p->why) != 0) return; /* the backend is left as it was */
     backend_cuda_set_attention(be, 1); /* the kernels first, so that cuDNN's route, last, keeps its plans */
@@ -143,7 +164,9 @@ void attn_probe_run(backend *be, int B, int T, int H, int KV, int hd, uint64_t s
     probe_free(be, &b);
 }
 
-int attn_auto_pick(int ranks_ok, int world, double kernels_ms, double cudnn_ms) {
+/* The choice from the ranks' probes summed: ranks_ok the number whose cuDNN loaded and
+ * agreed, of world; times summed over the ranks. 1: cuDNN. */
+static int attn_auto_pick(int ranks_ok, int world, double kernels_ms, double cudnn_ms) {
     return ranks_ok == world && cudnn_ms < ATTN_AUTO_MARGIN * kernels_ms;
 }
 
@@ -158,11 +181,10 @@ int attn_auto_choose(run_ctx *r, const llama_config *lc, pc_err *e) {
              p.diff, ATTN_AUTO_MAX_DIFF, B, T, lc->n_heads, lc->n_kv_heads, lc->head_dim);
     else if (!p.cudnn)
         LOGI(&r->log, "attention auto: cuDNN's attention cannot run here: %s", p.why);
-    int32_t ok = agrees;
-    double ms[2] = {p.kernels_ms, p.cudnn_ms};
-    if (r->comm->ops->all_reduce(r->comm, &ok, &ok, 1, COMM_I32, COMM_SUM, e) != 0 ||
-        r->comm->ops->all_reduce(r->comm, ms, ms, 2, COMM_F64, COMM_SUM, e) != 0)
-        return -1;
+    double sum[3] = {agrees, p.kernels_ms, p.cudnn_ms}; /* over the ranks: how many agree, the times */
+    if (r->comm->ops->all_reduce(r->comm, sum, sum, 3, COMM_F64, COMM_SUM, e) != 0) return -1;
+    const int ok = (int)sum[0];
+    const double *ms = sum + 1;
     const int cudnn = attn_auto_pick(ok, r->world, ms[0], ms[1]);
     if (!cudnn) backend_cuda_set_attention(r->be, 1); /* the probe left cuDNN's on where it ran */
     char margin[64];
