@@ -79,6 +79,7 @@ typedef struct pc_config {
         char attention[8]; /* auto|fp32|bf16|cudnn: attention products (cuda); config_attention_bf16, _cudnn */
         int overlap_comm;  /* start each stage's G reduce during the backward */
         double memory_gib; /* per rank, 0: the device's free memory at start-up */
+        double peak_tflops; /* per rank, for the mfu metric; 0: by the GPU's name (daemon/mfu.c) */
     } backend;
     struct {
         char dir[1024]; /* "" means RUN/final */

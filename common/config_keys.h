@@ -234,6 +234,13 @@ static const pc_config_key pc_config_keys[] = {
             "processes on it leave; a cpu backend has none). Compress and "
             "prune check the plan against it before any weight is read, and compress.store_grads auto fills what "
             "the plan leaves of it."},
+    {.path = "backend.peak_tflops", .type = PC_CT_DOUBLE, PC_AT(backend.peak_tflops), .def = "0", .min = 0,
+     .flags = PC_K_MIN,
+     .doc = "Each rank's device peak, TFLOP/s, that the mfu metric divides by (0: the dense bf16 tensor-core peak "
+            "of a known NVIDIA GPU, by its name: H100, H200, H800, GH200, A100, A800, L40S, L40, L4, B200, GB200; "
+            "none on a cpu backend or another GPU, and then no mfu). mfu is the model's own FLOPs a second (6 per "
+            "parameter and token plus attention, the tflops metric without compress's projection work) over the "
+            "ranks' summed peaks."},
     {.path = "backend.threads", .type = PC_CT_INT, PC_AT(backend.threads), .def = "0", .min = 0, .flags = PC_K_MIN,
      .doc = "CPU threads per rank for BLAS and the CPU ops (0 = automatic)."},
     /* output */

@@ -10,6 +10,7 @@
 #include "comm_nccl.h"
 #include "comm_staged.h"
 #include "device.h"
+#include "mfu.h"
 #include "run.h"
 
 static int threads_per_rank(const run_ctx *r) {
@@ -85,6 +86,7 @@ int run_backend(run_ctx *r, pc_err *e) {
     } else {
         LOGI(&r->log, "backend %s, %s", r->be->ops->name, r->be->info);
     }
+    if (mfu_setup(r, cuda, device, e) != 0) return -1;
     return device_comm(r, cuda, device, e);
 }
 

@@ -25,6 +25,7 @@ typedef struct run_ctx {
     FILE *metrics;                    /* rank 0 only: RUN/metrics.jsonl */
     volatile sig_atomic_t *stop_flag; /* set by SIGTERM/SIGUSR1 */
     double t_start;
+    double peak_tflops; /* the ranks' summed device peak for the mfu metric, 0: unknown (mfu.h) */
 } run_ctx;
 
 /* Create RUN/ and RUN/logs (rank 0 creates, all wait), open this rank's log, write

@@ -8,6 +8,7 @@ PC_KEEP_TMP=1)."""
 import atexit
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -208,6 +209,44 @@ def plan_table(run_dir):
 def metrics(run_dir):
     with open(os.path.join(run_dir, "metrics.jsonl")) as f:
         return [json.loads(l) for l in f if l.strip()]
+
+
+def check_flops_metrics(run_dir, world, seq_len, global_batch, peak=None):
+    """Each step's tflops and (with peak, each rank's backend.peak_tflops) mfu metric
+    against FLOPs counted here: the final model's nn.Linear weights as transformers builds
+    them, 6 FLOPs each a token, plus attention's 12 L H hd T, at the step's tokens_per_s;
+    tflops adds the projection FLOPs a step of the log (compress), mfu does not. Without
+    peak no step has an mfu."""
+    import torch
+    import transformers
+    model = transformers.AutoModelForCausalLM.from_pretrained(os.path.join(run_dir, "final"),
+                                                              torch_dtype=torch.float32)
+    cfg = model.config
+    linear = sum(m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Linear))
+    hd = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+    per_token = 6.0 * linear + 12.0 * cfg.num_hidden_layers * cfg.num_attention_heads * hd * seq_len
+    log = open(os.path.join(run_dir, "logs", "rank-00000.log")).read()
+    m = re.search(r"([\d.e+]+) projection FLOPs per step", log)
+    proj = float(m.group(1)) if m else 0.0  # printed to 3 digits
+    steps = [s for s in metrics(run_dir) if "tflops" in s]
+    check(len(steps) > 0, f"{run_dir}: steps with a tflops metric")
+    for s in steps:
+        tol = 1e-4 + 0.05 / s["tokens_per_s"]  # tokens_per_s is printed to 0.1
+        model_tf = per_token * s["tokens_per_s"] / 1e12
+        proj_tf = proj * s["tokens_per_s"] / (global_batch * seq_len) / 1e12
+        err = abs(s["tflops"] - model_tf - proj_tf) / s["tflops"]
+        check(err < (5e-3 if proj else tol),
+              f"{run_dir} step {s['step']}: tflops {s['tflops']:.6g} = model {model_tf:.6g} + projections "
+              f"{proj_tf:.3g} (rel err {err:.1e})")
+        if peak is None:
+            check("mfu" not in s, f"{run_dir} step {s['step']}: no mfu without backend.peak_tflops")
+            continue
+        want = model_tf / (world * peak)
+        check(abs(s["mfu"] - want) <= tol * want,
+              f"{run_dir} step {s['step']}: mfu {s['mfu']:.6g} = {model_tf:.6g} / ({world} x {peak}) = {want:.6g}")
+    if peak is not None:
+        check(f"mfu against {world * peak:.1f} TFLOP/s: {world} rank(s), this one {peak:.1f} (backend.peak_tflops)"
+              in log, f"{run_dir}: the log names the peak")
 
 
 # Runs argv[2:] and writes its peak RSS (KiB) to argv[1]. A fresh small process forks the

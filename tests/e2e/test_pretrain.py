@@ -2,7 +2,9 @@
 mpirun -np 1, 2 and 4 with the same global batch. The loss curves must agree within
 fp32 reduction tolerance (1e-4 relative), the same command twice must be bitwise
 identical, the loss must fall, and the saved model must load in stock transformers and
-give the validation loss projcompd reported (2e-5 relative)."""
+give the validation loss projcompd reported (2e-5 relative). Each step's tflops metric
+is the FLOPs counted from the output model's shape at its tokens/s, and with
+backend.peak_tflops (4 ranks) its mfu that over the ranks' peaks; without it no mfu."""
 import json
 import os
 import random
@@ -50,7 +52,7 @@ def main():
     curves = {}
     for np_, tag in [(1, "np1"), (2, "np2"), (2, "np2b"), (4, "np4")]:
         d = os.path.join(root, tag)
-        pclib.projcompd(np_, job, f"run.dir={d}")
+        pclib.projcompd(np_, job, f"run.dir={d}", *(["backend.peak_tflops=0.5"] if np_ == 4 else []))
         curves[tag] = [m["loss"] for m in pclib.metrics(d) if "loss" in m]
     base = np.array(curves["np1"])
     pclib.check(len(base) == 12, f"12 steps logged ({len(base)})")
@@ -58,6 +60,9 @@ def main():
     for tag in ["np2", "np4"]:
         rel = np.max(np.abs(np.array(curves[tag]) - base) / np.abs(base))
         pclib.check(rel < 1e-4, f"{tag} loss curve equals np1 within 1e-4 (max rel {rel:.2e})")
+    # the tflops and mfu metrics against FLOPs counted from the output model
+    pclib.check_flops_metrics(os.path.join(root, "np1"), 1, SEQ, 8)
+    pclib.check_flops_metrics(os.path.join(root, "np4"), 4, SEQ, 8, peak=0.5)
     same = curves["np2"] == curves["np2b"]
     pclib.check(same, "same command twice: identical loss curve")
     a = open(os.path.join(root, "np2", "final", "model.safetensors"), "rb").read()

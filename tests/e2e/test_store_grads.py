@@ -6,7 +6,8 @@ leaves room for about half of them); on 2 ranks with compress.shard_grads too. p
 the log agrees; auto without a memory size keeps none. A backend.memory_gib the plan does
 not fit in stops the run before any weight is read, naming the key and the remedies. On a
 shape where the gradients are large, the measured peak RSS grows by what the plan's grads
-column says (within 35%; not under a sanitizer)."""
+column says (within 35%; not under a sanitizer). The tflops metric adds the projections'
+FLOPs to the compressed model's, which alone make the mfu metric."""
 import os
 import re
 import sys
@@ -52,7 +53,9 @@ def main():
     for np_, sets in [(1, []), (2, ["compress.split_mb=0.01"])]:
         tag = f"np{np_}"
         ref = pclib.run_job(root, job, f"{tag}-false", np_, *sets, "compress.store_grads=false")
-        every = pclib.run_job(root, job, f"{tag}-true", np_, *sets, "compress.store_grads=true")
+        every = pclib.run_job(root, job, f"{tag}-true", np_, *sets, "compress.store_grads=true",
+                              "backend.peak_tflops=0.5")
+        pclib.check_flops_metrics(every, np_, 16, 4, peak=0.5)  # mfu counts the model, not the projections
         none = pclib.run_job(root, job, f"{tag}-auto-unknown", np_, *sets)  # the default: auto
         gib = capacity_for_half(every)
         half = pclib.run_job(root, job, f"{tag}-auto-half", np_, *sets, f"backend.memory_gib={gib:.6f}")

@@ -152,7 +152,7 @@ def run_daemon(a, job, root, mode, extra, commands):
     d = os.path.join(root, "runs", mode)
     shutil.rmtree(d, ignore_errors=True)
     args = ["mpirun", "--oversubscribe", "-np", "1", os.path.join(a.build, "daemon", "projcompd"), "--cfg", job]
-    for s in [f"run.dir={d}", f"run.mode={mode.split('-')[0]}"] + extra:
+    for s in [f"run.dir={d}", f"run.mode={mode.split('-')[0]}", f"backend.peak_tflops={a.peak}"] + extra:
         args += ["--set", s]
     commands.append(shlex.join(args))
     t0 = time.time()
@@ -171,6 +171,7 @@ def run_daemon(a, job, root, mode, extra, commands):
     res.update(step=statistics.median(m["step_time"] for m in steps),
                losses=[m["loss"] for m in ms if "step_time" in m],
                tflops=statistics.median(m["tflops"] for m in steps),
+               mfu=statistics.median(m["mfu"] for m in steps) if steps and "mfu" in steps[0] else None,
                rss=mem[-1]["peak_rss_mib"][0] if mem else None,
                dev=(mem[-1].get("peak_device_mib") or [0])[0] if mem else None)
     log = open(os.path.join(d, "logs", "rank-00000.log")).read()
@@ -373,6 +374,8 @@ def main():
         print(f"  trainable parameters (PyTorch side): {res['torch']['n_train'] / 1e6:.1f}M")
     print(f"dense FLOPs per step {dense:.4g}; projection FLOPs per step {proj:.4g} (analytic), "
           f"{fmt(res['compress'].get('daemon_proj_flops'), '.4g')} (projcompd's count); MFU peak {a.peak} TFLOP/s")
+    print("projcompd's own mfu metric (median; the table's MFU counts the same FLOPs here): " +
+          ", ".join(f"{mode} {fmt(res[mode].get('mfu'), '.2%')}" for mode, _, _ in RUNS))
     print()
     hdr = (f"{'run':<26} {'step s':>9} {'tokens/s':>10} {'TFLOP/s':>8} {'MFU':>7} {'peak dev MiB':>13} "
            f"{'peak RSS MiB':>13} {'loss first/last':>16}")
