@@ -67,14 +67,16 @@ void run_metrics(run_ctx *r, const char *json_line) {
     fflush(r->metrics);
 }
 
-void run_progress(run_ctx *r, long step, long total, double loss, double tok_per_s, double step_s) {
+void run_progress(run_ctx *r, long step, long total, double loss, double tok_per_s, double mfu, double step_s) {
     if (r->rank != 0) return;
     int tty = isatty(STDERR_FILENO);
     long every = total >= 50 ? total / 25 : 1; /* a log file gets about 25 lines */
     if (!tty && step != 1 && step != total && step % every != 0) return;
     double eta = (double)(total - step) * step_s;
-    fprintf(stderr, "%sstep %ld/%ld  loss %.4f  %.0f tok/s  %.2f s/step  ETA %02d:%02d:%02d%s", tty ? "\r" : "",
-            step, total, loss, tok_per_s, step_s, (int)(eta / 3600), (int)(eta / 60) % 60, (int)eta % 60,
+    char m[32] = "";
+    if (mfu >= 0) snprintf(m, sizeof m, "  mfu %.1f%%", 100.0 * mfu);
+    fprintf(stderr, "%sstep %ld/%ld  loss %.4f  %.0f tok/s%s  %.2f s/step  ETA %02d:%02d:%02d%s", tty ? "\r" : "",
+            step, total, loss, tok_per_s, m, step_s, (int)(eta / 3600), (int)(eta / 60) % 60, (int)eta % 60,
             tty && step < total ? "" : "\n");
     fflush(stderr);
 }

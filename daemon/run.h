@@ -38,8 +38,8 @@ void run_metrics(run_ctx *r, const char *json_line);
 /* Log this rank's peak RSS and peak device memory (0 on the CPU backend); rank 0 records
  * every rank's in metrics.jsonl as {"peak_rss_mib": [...], "peak_device_mib": [...]} (collective). */
 int run_report_memory(run_ctx *r, pc_err *e);
-/* Rank 0 progress line on stderr: step/total, loss, tokens/s, ETA. */
-void run_progress(run_ctx *r, long step, long total, double loss, double tok_per_s, double step_s);
+/* Rank 0 progress line on stderr: step/total, loss, tokens/s, mfu (a fraction; < 0: none), ETA. */
+void run_progress(run_ctx *r, long step, long total, double loss, double tok_per_s, double mfu, double step_s);
 
 /* Backend from backend.device (auto picks CUDA when a GPU and the CUDA build exist)
  * and r->dcomm from backend.comm. Collective. */

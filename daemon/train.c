@@ -248,21 +248,22 @@ int mode_train(run_ctx *r, pc_err *e) {
         double comm_mb = (double)(run_comm_bytes(r) - comm0) / 1e6;
         double tok_s = (double)c->train.global_batch * T / dt;
         double model_tflops = flops_per_token * tok_s * 1e-12; /* the model's own FLOPs a second, all ranks */
-        char line[512], mfu[48] = "", mfu_log[32] = "";
-        if (r->peak_tflops > 0) {
-            snprintf(mfu, sizeof mfu, ", \"mfu\": %.6g", model_tflops / r->peak_tflops);
-            snprintf(mfu_log, sizeof mfu_log, ", mfu %.1f%%", 100.0 * model_tflops / r->peak_tflops);
+        double mfu = r->peak_tflops > 0 ? model_tflops / r->peak_tflops : -1.0; /* < 0: no known peak */
+        char line[512], mfu_json[48] = "", mfu_log[32] = "";
+        if (mfu >= 0) {
+            snprintf(mfu_json, sizeof mfu_json, ", \"mfu\": %.6g", mfu);
+            snprintf(mfu_log, sizeof mfu_log, ", mfu %.1f%%", 100.0 * mfu);
         }
         snprintf(line, sizeof line,
                  "{\"step\": %lld, \"loss\": %.8f, \"lr\": %.6e, \"grad_norm\": %.6f, \"tokens_per_s\": %.1f, "
                  "\"step_time\": %.4f, \"tokens\": %lld, \"tflops\": %.6g%s, \"comm_mb\": %.3f}",
                  (long long)step + 1, loss, lr, gnorm, tok_s, dt,
-                 (long long)(step + 1) * c->train.global_batch * T, model_tflops + t.proj_flops / dt * 1e-12, mfu,
-                 comm_mb);
+                 (long long)(step + 1) * c->train.global_batch * T, model_tflops + t.proj_flops / dt * 1e-12,
+                 mfu_json, comm_mb);
         run_metrics(r, line);
         log_file(&r->log, LOG_INFO, "loss %.4f lr %.3e grad_norm %.3f %.0f tok/s %.3f s%s, comm %.2f MB", loss, lr,
                  gnorm, tok_s, dt, mfu_log, comm_mb);
-        run_progress(r, (long)step + 1, (long)c->train.steps, loss, tok_s, dt);
+        run_progress(r, (long)step + 1, (long)c->train.steps, loss, tok_s, mfu, dt);
         int last = step + 1 == c->train.steps;
         if (last || (c->eval.every_steps > 0 && (step + 1) % c->eval.every_steps == 0)) {
             if (t.method->finish(r, &t, e) != 0) goto out; /* evaluate the weights after this update */

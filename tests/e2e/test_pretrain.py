@@ -8,6 +8,7 @@ backend.peak_tflops (4 ranks) its mfu that over the ranks' peaks; without it no 
 import json
 import os
 import random
+import re
 import sys
 
 import numpy as np
@@ -49,10 +50,11 @@ def main():
         "backend": {"device": "cpu"},
     })
 
-    curves = {}
+    curves, progress = {}, {}
     for np_, tag in [(1, "np1"), (2, "np2"), (2, "np2b"), (4, "np4")]:
         d = os.path.join(root, tag)
-        pclib.projcompd(np_, job, f"run.dir={d}", *(["backend.peak_tflops=0.5"] if np_ == 4 else []))
+        out = pclib.projcompd(np_, job, f"run.dir={d}", *(["backend.peak_tflops=0.5"] if np_ == 4 else []))
+        progress[tag] = out.stdout + out.stderr
         curves[tag] = [m["loss"] for m in pclib.metrics(d) if "loss" in m]
     base = np.array(curves["np1"])
     pclib.check(len(base) == 12, f"12 steps logged ({len(base)})")
@@ -63,6 +65,14 @@ def main():
     # the tflops and mfu metrics against FLOPs counted from the output model
     pclib.check_flops_metrics(os.path.join(root, "np1"), 1, SEQ, 8)
     pclib.check_flops_metrics(os.path.join(root, "np4"), 4, SEQ, 8, peak=0.5)
+    last = [m for m in pclib.metrics(os.path.join(root, "np4")) if "mfu" in m][-1]
+    shown = f"{100 * last['mfu']:.1f}%"
+    pclib.check(re.search(r"step 12/12  loss [\d.]+  \d+ tok/s  mfu " + re.escape(shown), progress["np4"]),
+                f"np4: the progress line shows the last step's mfu ({shown})")
+    pclib.check(re.search(r"step 12 INFO loss .* s, mfu " + re.escape(shown) + ", comm",
+                          open(os.path.join(root, "np4", "logs", "rank-00000.log")).read()),
+                f"np4: the step's log line shows its mfu ({shown})")
+    pclib.check(" mfu " not in progress["np1"], "np1: no mfu on the progress line without a peak")
     same = curves["np2"] == curves["np2b"]
     pclib.check(same, "same command twice: identical loss curve")
     a = open(os.path.join(root, "np2", "final", "model.safetensors"), "rb").read()
