@@ -122,6 +122,14 @@ def main():
         gpu = run(f"{mode}-cuda", 1, f"run.mode={mode}", "backend.device=cuda", "backend.matmul=fp32")
         pclib.check("backend cuda on GPU 0" in open(os.path.join(gpu, "logs", "rank-00000.log")).read(),
                     f"{mode}: ran on the CUDA backend")
+        # the mfu metric's peak: by the GPU's name where it is known (daemon/mfu.c), and said so
+        log = open(os.path.join(gpu, "logs", "rank-00000.log")).read()
+        m = re.search(r"(mfu against .*|no mfu metric: GPU 0 .*)", log)
+        pclib.check(m is not None, f"{mode}: the log says the mfu metric's peak or why there is none")
+        print(m.group(1))
+        with_mfu = [s for s in pclib.metrics(gpu) if "mfu" in s]
+        pclib.check(len(with_mfu) == (6 if m.group(1).startswith("mfu against") else 0),
+                    f"{mode}: an mfu metric on every step exactly when the peak is known ({len(with_mfu)} of 6)")
         pclib.same_importance(gpu, cpu, f"{mode}: activation importance on GPU and CPU")
         pclib.close_runs(pclib.run_arrays(gpu), pclib.run_arrays(cpu), 1e-4, 1e-4, f"{mode} fp32 GPU vs CPU")
         peak = [m["peak_device_mib"] for m in pclib.metrics(gpu) if "peak_device_mib" in m]
