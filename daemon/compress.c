@@ -5,6 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "backend_cuda.h"
 #include "checkpoint.h"
 #include "plan.h"
 #include "stream.h"
@@ -88,15 +89,17 @@ static int select_indices(run_ctx *r, trainer *t, const int *d_ff_c, pc_err *e) 
 
 /* Bytes this rank may use: backend.memory_gib, else the device's memory free when first
  * asked (check_fit, before any of the plan's buffers exist: what the context, the
- * libraries and other processes on the device leave), the same for the run's later plans
- * (0: unknown, a host-memory backend). */
+ * libraries and other processes on the device leave) and the attention scratch that
+ * backend.attention auto's probe left (the plan counts it), the same for the run's later
+ * plans (0: unknown, a host-memory backend). */
 static int64_t run_capacity(const run_ctx *r, trainer *t) {
     if (!t->capacity_known) {
         double gib = r->cfg.backend.memory_gib;
         if (gib > 0)
             t->capacity = (int64_t)(gib * 1073741824.0);
         else if (r->be->ops->mem_free) /* a full device is known to hold nothing more, not unknown */
-            t->capacity = PC_MAX((int64_t)1, (int64_t)be_mem_free(r->be));
+            t->capacity = PC_MAX((int64_t)1,
+                                 (int64_t)(be_mem_free(r->be) + backend_cuda_attention_copies_bytes(r->be)));
         t->capacity_known = 1;
     }
     return t->capacity;
