@@ -618,6 +618,9 @@ static int validate(const pc_config *c, pc_err *e) {
         return pc_errorf(e, "%s: missing required key '%s'%s (needed by run.mode %s)", where_of(c, -1), k->path, alt,
                          c->run.mode);
     }
+    if (!c->run.dir[0]) /* "%s/logs" would be /logs */
+        return pc_errorf(e, "%s: key 'run.dir' must not be empty (the run's files would go to the filesystem's root)",
+                         where_of(c, key_index("run.dir")));
     int gb = key_index("train.global_batch"), mb = key_index("train.micro_batch");
     if (c->train.micro_batch > c->train.global_batch)
         return pc_errorf(e, "%s: key 'train.micro_batch' (%d) must not exceed train.global_batch (%d)",

@@ -62,7 +62,8 @@ typedef struct pc_config_key {
 static const pc_config_key pc_config_keys[] = {
     /* run */
     {.path = "run.dir", .type = PC_CT_STRING, PC_AT(run.dir), .def = "run",
-     .doc = "Run directory: resolved config, logs, metrics, checkpoints and the final model live under it."},
+     .doc = "Run directory: resolved config, logs, metrics, checkpoints and the final model live under it "
+            "(not empty)."},
     {.path = "run.mode", .type = PC_CT_ENUM, PC_AT(run.mode), .def = "compress", .choices = PC_CONFIG_MODES,
      .doc = "What to do: compress (Projected Compression), prune (hard pruning then training), "
             "pretrain (from scratch), eval (held-out loss), importance (score channels only)."},
@@ -111,8 +112,8 @@ static const pc_config_key pc_config_keys[] = {
             "own its blocks as soon as that layer is done, so a rank holds two layers' G and its own blocks' "
             "sums instead of all of G (memory: 4 bytes per compressed parameter less; comm: G is reduced "
             "once per micro-batch instead of once per step). Compress mode only."},
-    {.path = "compress.split_mb", .type = PC_CT_DOUBLE, PC_AT(compress.split_mb), .def = "0", .min = 0,
-     .flags = PC_K_MIN,
+    {.path = "compress.split_mb", .type = PC_CT_DOUBLE, PC_AT(compress.split_mb), .def = "0", .min = 0, .max = 1e9,
+     .flags = PC_K_MIN | PC_K_MAX,
      .doc = "Sharding: cut a matrix into row/column blocks above this size in MB (0 = automatic: "
             "total base size / ranks / 2)."},
     /* distill */
@@ -229,7 +230,7 @@ static const pc_config_key pc_config_keys[] = {
             "layer's G is reduced to its owners while the earlier layers are differentiated); false runs both "
             "between the passes. The results are the same either way."},
     {.path = "backend.memory_gib", .type = PC_CT_DOUBLE, PC_AT(backend.memory_gib), .def = "0", .min = 0,
-     .flags = PC_K_MIN,
+     .max = 1e9, .flags = PC_K_MIN | PC_K_MAX,
      .doc = "Memory each rank may use, GiB (0: the device's memory free at start-up, what the context and other "
             "processes on it leave; a cpu backend has none). Compress and "
             "prune check the plan against it before any weight is read, and compress.store_grads auto fills what "
