@@ -43,10 +43,12 @@ static int side_width(const llama_config *c, side_kind k, int layer, int kept) {
     return k == SIDE_D ? c->d_model : k == SIDE_FF ? c->d_ff_layer[layer] : kept;
 }
 
-/* The base tensor holding the weight of small tensor `name` (lm_head of a tied base is
- * the embedding). */
-static const char *base_name(const st_model *base, const char *name) {
-    if (!strcmp(name, "lm_head.weight") && !st_find(base, name)) return "model.embed_tokens.weight";
+/* The base tensor holding the weight of small tensor `name`: lm_head of a tied base
+ * (config.json's tie_word_embeddings) is the embedding where the file has no head of its
+ * own; an untied base must have one. */
+static const char *base_name(const st_model *base, const llama_config *base_cfg, const char *name) {
+    if (!strcmp(name, "lm_head.weight") && base_cfg->tie_word_embeddings && !st_find(base, name))
+        return "model.embed_tokens.weight";
     return name;
 }
 
@@ -301,7 +303,7 @@ int proj_init(proj_set *ps, backend *be, const st_model *base, const llama_confi
             ps->grad_n = PC_MAX(ps->grad_n, (int64_t)b->d_in_c); /* its gradient is G, copied */
             continue;
         }
-        if (load_slice(ps, base, b, base_name(base, b->name), e) != 0) return -1;
+        if (load_slice(ps, base, b, base_name(base, base_cfg, b->name), e) != 0) return -1;
         int has_in = b->d_in_c < b->d_in, has_out = b->d_out_c < b->d_out;
         proj_shared *sh = b->shared >= 0 ? &ps->shared[b->shared] : NULL;
         int in_shared = sh && has_in && b->kind == PROJ_ROWS, out_shared = sh && has_out && b->kind == PROJ_COLS;
@@ -743,7 +745,7 @@ static int slice_tensor(const st_model *base, const llama_config *base_cfg, cons
     const tensor_role *role = role_of(st->name);
     if (!role) return pc_errorf(e, "prune: no rule for tensor '%s'", st->name);
     int layer = layer_of(st->name);
-    const char *bname = base_name(base, st->name);
+    const char *bname = base_name(base, base_cfg, st->name);
     const st_tensor *bt = st_find(base, bname);
     if (!bt || bt->ndim != 2) return pc_errorf(e, "%s: tensor '%s' is missing or not 2-D", st_source(base), bname);
     int64_t R = bt->shape[0], C = bt->shape[1];

@@ -248,6 +248,18 @@ def case_st_missing_tensor(fx):
     expect_failure(rc, out, [name, fx.base], fx)
 
 
+def case_st_untied_no_head(fx):
+    """config.json says tie_word_embeddings: false but the file has no lm_head.weight: the
+    head is missing (not the embedding taken in its place), for compress and prune."""
+    t = base_tensors()
+    del t["lm_head.weight"]
+    write_base(fx.base, tensors=t)
+    for mode in ["compress", "prune"]:
+        fx.sections["run"]["mode"] = mode
+        rc, out = run_daemon(fx, job=False, extra=["--cfg", fx.write_job()])
+        expect_failure(rc, out, ["lm_head.weight", fx.base], fx)
+
+
 def case_st_nan_weight(fx):
     t = base_tensors()
     name = "model.layers.0.mlp.gate_proj.weight"
