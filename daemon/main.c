@@ -15,6 +15,7 @@
 #include "trainer.h"
 
 #define MAX_SETS 256
+#define PC_MAX_DRY_RANKS 1048576 /* -np of a dry run: ranks the plan lays out (each gets a row) */
 
 static volatile sig_atomic_t g_stop_signal; /* the one thing a signal handler may touch */
 
@@ -82,11 +83,16 @@ static int parse_cli(int argc, char **argv, cli *c, int rank) {
         } else if (!strcmp(a, "--dry-run")) {
             c->dry_run = 1;
         } else if (!strcmp(a, "-np") || !strcmp(a, "--np")) {
-            if (i + 1 >= argc || atoi(argv[i + 1]) <= 0) {
-                if (rank == 0) fprintf(stderr, "projcompd: %s needs a positive rank count\n", a);
+            char *end = NULL;
+            long n = i + 1 < argc ? strtol(argv[i + 1], &end, 10) : 0;
+            if (i + 1 >= argc || end == argv[i + 1] || *end || n <= 0 || n > PC_MAX_DRY_RANKS) {
+                if (rank == 0)
+                    fprintf(stderr, "projcompd: %s needs a rank count, a whole number from 1 to %d\n", a,
+                            PC_MAX_DRY_RANKS);
                 return 2;
             }
-            c->dry_np = atoi(argv[++i]);
+            c->dry_np = (int)n;
+            i++;
         } else if (!strcmp(a, "--device-gib")) {
             char *end = NULL;
             c->device_gib = i + 1 < argc ? strtod(argv[i + 1], &end) : 0;
@@ -109,6 +115,12 @@ static int parse_cli(int argc, char **argv, cli *c, int rank) {
     }
     if (c->device_gib > 0 && !c->dry_run) {
         if (rank == 0) fprintf(stderr, "projcompd: --device-gib goes with --dry-run\n");
+        return 2;
+    }
+    if (c->dry_np > 0 && !c->dry_run) { /* a run has the launcher's ranks */
+        if (rank == 0)
+            fprintf(stderr, "projcompd: -np goes with --dry-run (a run's rank count is the launcher's: "
+                            "mpirun -np N projcompd ...)\n");
         return 2;
     }
     if (!c->cfg) {

@@ -595,6 +595,18 @@ def case_cli_device_gib_bad(fx):
     expect_failure(rc, out, ["--device-gib goes with --dry-run"], fx, before_work=True)
 
 
+def case_cli_np_bad(fx):
+    """-np: a whole rank count (not a prefix of one, nor one that wraps an int), and only
+    with --dry-run, where a run would otherwise ignore it."""
+    for bad in ["0", "2abc", "2.9", "4294967298", "-3", ""]:
+        rc, out = run_daemon(fx, extra=["--dry-run", "-np", bad])
+        expect_failure(rc, out, ["-np needs a rank count, a whole number from 1 to"], fx, before_work=True)
+        if rc != 2:
+            raise SystemExit(f"FAIL: -np '{bad}': exit {rc}, expected 2 (a command-line error)")
+    rc, out = run_daemon(fx, extra=["-np", "4"])
+    expect_failure(rc, out, ["-np goes with --dry-run"], fx, before_work=True)
+
+
 def case_cli_dry_run_does_not_fit(fx):
     """--dry-run --device-gib: exit 1 and the plan's remedies when the largest rank does not fit."""
     rc, out = run_daemon(fx, extra=["--dry-run", "-np", "2", "--device-gib", "1e-5"])  # 10 KiB
