@@ -135,8 +135,8 @@ int ckpt_save(run_ctx *r, trainer *t, int64_t step, pc_err *e) {
 }
 
 /* Where the A tensor of a split matrix lies in the whole A: rows [lo, hi) of a
- * (rows, other) matrix (input-only projected, split by rows) or columns [lo, hi) of an
- * (other, cols) one (output-only, split by columns). */
+ * (rows, other) matrix (input-projected, split by rows) or columns [lo, hi) of an
+ * (other, cols) one (output-projected, split by columns). */
 typedef struct a_slice {
     char base[CKPT_NAME_MAX]; /* "<hf name>.a" */
     int by_cols;
@@ -144,22 +144,23 @@ typedef struct a_slice {
 } a_slice;
 
 /* The slice geometry of the compress state tensor at `offset` when it is the A of a
- * projected-on-one-side matrix (only those are split); 0 otherwise. */
+ * matrix a plan may cut (proj_split_axis: by its role, so also where the projected side
+ * keeps its width, e.g. the embedding when compress.d_model is the base's); 0 otherwise. */
 static int a_slice_of(const trainer *t, int64_t offset, a_slice *sl) {
     if (t->method != &METHOD_PROJECT) return 0;
     for (int i = 0; i < t->ps.n_blocks; i++) {
         const proj_block *b = &t->ps.blocks[i];
         if (b->owner != t->ps.rank || b->kind == PROJ_NORM || b->a != offset) continue;
-        int in_only = b->d_in_c < b->d_in && b->d_out_c == b->d_out;
-        int out_only = b->d_out_c < b->d_out && b->d_in_c == b->d_in;
-        if (!in_only && !out_only) return 0;
+        proj_kind axis = proj_split_axis(b->name);
+        if (axis == PROJ_WHOLE) return 0;
+        int by_cols = axis == PROJ_COLS;
         memset(sl, 0, sizeof *sl);
         snprintf(sl->base, sizeof sl->base, "%s.a", b->name);
-        sl->by_cols = out_only;
-        sl->other = out_only ? b->d_out_c : b->d_in_c;
-        int split = b->kind == (out_only ? PROJ_COLS : PROJ_ROWS);
+        sl->by_cols = by_cols;
+        sl->other = by_cols ? b->d_out_c : b->d_in_c;
+        int split = b->kind == axis;
         sl->lo = split ? b->r0 : 0;
-        sl->hi = split ? b->r1 : (out_only ? b->d_in_c : b->d_out_c);
+        sl->hi = split ? b->r1 : (by_cols ? b->d_in_c : b->d_out_c);
         return 1;
     }
     return 0;

@@ -29,6 +29,13 @@ static const tensor_role *role_of(const char *name) {
     return NULL;
 }
 
+proj_kind proj_split_axis(const char *name) {
+    const tensor_role *role = role_of(name);
+    if (role && role->out == SIDE_KEEP && role->in != SIDE_KEEP) return PROJ_ROWS; /* input-projected: rows */
+    if (role && role->in == SIDE_KEEP && role->out != SIDE_KEEP) return PROJ_COLS; /* output-projected: columns */
+    return PROJ_WHOLE;
+}
+
 /* Layer number of "model.layers.<i>...." or -1. */
 static int layer_of(const char *name) {
     const char *p = strstr(name, "layers.");

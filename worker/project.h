@@ -29,6 +29,12 @@
 
 typedef enum { PROJ_WHOLE = 0, PROJ_ROWS, PROJ_COLS, PROJ_NORM } proj_kind;
 
+/* The axis along which a plan may cut small-model matrix `name` into blocks: its kept side,
+ * the rows of an input-projected matrix (embedding, q, k, v, lm_head) or the columns of an
+ * output-projected one (o_proj), whether or not the other side's width is compressed;
+ * PROJ_WHOLE for the matrices projected on both sides (never cut) and anything else. */
+proj_kind proj_split_axis(const char *name);
+
 /* One block of the sharding plan. */
 typedef struct proj_spec {
     const char *name; /* small-model tensor */

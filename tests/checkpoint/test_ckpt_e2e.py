@@ -5,7 +5,9 @@ GQA base made by transformers) and a tiny prune job.
   the same command again finishes with final weights bitwise identical to an
   uninterrupted run on the same rank count (compress, and prune: both methods).
 - stop (SIGUSR1 through mpirun) a run started on 4 ranks, resume it on 2, and the
-  reverse: final weights equal the uninterrupted run's within 1e-5 relative.
+  reverse: final weights equal the uninterrupted run's within 1e-5 relative; the same
+  with matrices cut into pieces, and between 2 ranks and 1 where compress.d_model keeps the
+  base's width (pieces of A with no projection on their cut side).
 - kill -9 trials (checkpoint every step): one rank or every rank killed at a random
   moment, or just after a checkpoint's temporary directory appears (inside a write);
   after every kill `latest` names a checkpoint that verifies, and the same command
@@ -271,6 +273,20 @@ def main():
         pclib.check(".a[" in names, f"split {a}->{b}: the checkpoint holds row/column pieces of A")
         rel = max_rel(got, ref_split)
         pclib.check(rel < 1e-5, f"split plan: started on {a} ranks, resumed on {b}: within 1e-5 ({rel:.2e})")
+
+    # where d_model keeps the base's width the plan still cuts the embedding, q, k, v and
+    # lm_head by rows and o_proj by columns (their kept sides), with no projection on the
+    # other: those pieces of A are reassembled too (2 ranks -> 1), and cut from a whole A
+    # (1 -> 2)
+    keep_d = f"compress.d_model={D}"
+    d = os.path.join(root, "ref-keepd-np2")
+    run_ok(2, job, d, split, keep_d)
+    names = "".join(open(os.path.join(d, "checkpoints", n, "MANIFEST")).read() for n in checkpoints(d))
+    pclib.check("model.embed_tokens.weight.a[" in names, "d_model kept, 2 ranks: the embedding's A in row pieces")
+    for a, b in [(2, 1), (1, 2)]:
+        rel = max_rel(stop_and_resume(job, root, f"keepd-np{a}to{b}", a, b, signal.SIGUSR1, False, split, keep_d),
+                      final(d))
+        pclib.check(rel < 1e-5, f"d_model kept: started on {a} rank(s), resumed on {b}: within 1e-5 ({rel:.2e})")
 
     # kill -9 trials
     rng = random.Random(int(os.environ.get("PC_CKPT_SEED", "1234")))
