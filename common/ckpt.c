@@ -268,6 +268,8 @@ static int fail(ckpt_writer *w, pc_err *e) {
     return -1;
 }
 
+int ckpt_write_fail(ckpt_writer *w, pc_err *e) { return fail(w, e); }
+
 static int write_block(ckpt_writer *w, const ckpt_block *b, pc_err *e);
 static int write_raw(ckpt_writer *w, const char *name, const void *buf, size_t len, pc_err *e);
 

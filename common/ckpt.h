@@ -98,6 +98,10 @@ int ckpt_write_begin(ckpt_writer **w, const char *ckpt_dir, int64_t step, comm *
 int ckpt_write_block(ckpt_writer *w, const ckpt_block *b, pc_err *e);
 /* Local: write a raw file (bytes) this rank owns. */
 int ckpt_write_raw(ckpt_writer *w, const char *name, const void *buf, size_t len, pc_err *e);
+/* Local: a failure outside the writer (e.g. reading what a raw file would hold), e's
+ * message, remembered for the commit like a failed write, so that the checkpoint is not
+ * published without it. Returns -1. */
+int ckpt_write_fail(ckpt_writer *w, pc_err *e);
 /* Collective: agree on success, write the manifest (rank 0) with `meta`, publish the
  * checkpoint and prune to `keep` complete checkpoints; on failure anywhere, remove the
  * temporary directory. Frees w. Every rank returns the same status. */

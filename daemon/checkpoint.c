@@ -108,13 +108,13 @@ int ckpt_save(run_ctx *r, trainer *t, int64_t step, pc_err *e) {
         char path[1200], *text;
         size_t len;
         snprintf(path, sizeof path, "%s/importance.txt", r->run_dir);
-        ok = pc_read_file(path, &text, &len, e) == 0;
-        if (ok) {
-            ok = ckpt_write_raw(w, "importance.txt", text, len, e) == 0;
+        if (pc_read_file(path, &text, &len, e) != 0) { /* a checkpoint without them cannot be resumed */
+            ckpt_write_fail(w, e);
+        } else {
+            ckpt_write_raw(w, "importance.txt", text, len, e);
             free(text);
         }
-    }
-    (void)ok; /* a failure is remembered by the writer; the commit below is collective */
+    } /* a failure is remembered by the writer; the commit below is collective */
     ckpt_kv meta[5];
     memset(meta, 0, sizeof meta);
     snprintf(meta[0].key, sizeof meta[0].key, "mode");

@@ -381,6 +381,34 @@ static void test_disk_full(void **state) {
     assert_int_equal(found_step(dir), 2);
 }
 
+/* A failure outside the writer (ckpt_write_fail: what a raw file holds could not be read)
+ * fails the commit like a failed write: nothing published, the temporaries removed, the
+ * previous checkpoint still the latest, and the message the caller's. */
+static void test_outside_failure(void **state) {
+    (void)state;
+    char dir[600];
+    subdir(dir, sizeof dir, "outside");
+    pc_err e = {{0}};
+    assert_int_equal(write_ckpt(dir, 1, 2, &e), 0);
+    ckpt_writer *w;
+    assert_int_equal(ckpt_write_begin(&w, dir, 2, NULL, NULL, &e), 0);
+    float buf[3 * 37];
+    ckpt_block b;
+    make_block(&b, block_names[1], buf, 37, 2.0f);
+    assert_int_equal(ckpt_write_block(w, &b, &e), 0);
+    pc_errorf(&e, "RUN/importance.txt: cannot open: No such file or directory");
+    assert_int_equal(ckpt_write_fail(w, &e), -1);
+    assert_int_equal(ckpt_write_raw(w, "other.txt", "x", 1, &e), -1); /* the writer stays failed */
+    ckpt_kv meta[1] = {{"mode", "compress"}};
+    pc_err c = {{0}};
+    assert_int_equal(ckpt_write_commit(w, meta, 1, 2, &c), -1);
+    if (!strstr(c.msg, "importance.txt")) fprintf(stderr, "message: %s\n", c.msg);
+    assert_non_null(strstr(c.msg, "importance.txt"));
+    assert_int_equal(count_entries(dir, ".tmp"), 0);
+    assert_int_equal(count_entries(dir, "step-0000002"), 0);
+    assert_int_equal(found_step(dir), 1);
+}
+
 int main(void) {
     const char *base = getenv("PC_TMP") ? getenv("PC_TMP") : "/tmp";
     snprintf(g_root, sizeof g_root, "%s/pc-ckpt-unit-XXXXXX", base);
@@ -395,6 +423,7 @@ int main(void) {
         cmocka_unit_test(test_truncated_manifest), cmocka_unit_test(test_edited_manifest),
         cmocka_unit_test(test_missing_block),   cmocka_unit_test(test_keep_and_stale),
         cmocka_unit_test(test_unusable_dir),    cmocka_unit_test(test_disk_full),
+        cmocka_unit_test(test_outside_failure),
     };
     int rc = cmocka_run_group_tests(tests, NULL, NULL);
     char cmd[700];
