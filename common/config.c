@@ -497,8 +497,13 @@ static int apply_set(pc_config *c, const char *set, pc_err *e) {
     cval v;
     int raw = k->type == PC_CT_STRING || k->type == PC_CT_ENUM;
     if (loaded) {
-        node_value(&doc, yaml_document_get_root_node(&doc), &v);
-        if (raw && v.kind != CV_SCALAR) { /* a path like "a: b" is still a path */
+        yaml_node_t *root = yaml_document_get_root_node(&doc);
+        node_value(&doc, root, &v);
+        /* a path like "a: b" is still a path, and one YAML reads as nothing ("#out": a
+         * comment; "!out": a tag on an empty scalar) is the text given, not "" */
+        int nothing = !root || (root->type == YAML_SCALAR_NODE && root->data.scalar.length == 0);
+        int quoted_empty = !strcmp(val, "\"\"") || !strcmp(val, "''");
+        if (raw && (v.kind != CV_SCALAR || (nothing && val[0] && !quoted_empty))) {
             free(v.items);
             v = (cval){.kind = CV_SCALAR, .text = val, .quoted = 1};
         }

@@ -225,6 +225,9 @@ static void test_overrides(void **state) {
         "output.dir=",
         "run.seed=-0",
         "backend.device=cpu",
+        "run.dir=#runs/a", /* YAML reads nothing (a comment, an empty tagged scalar): the text given */
+        "model.config=!cfg.json",
+        "output.dir=''", /* a quoted empty string is empty */
     };
     assert_int_equal(config_load(c, write_yaml(f, "job.yaml", minimal, path, sizeof path), sets,
                                  (int)PC_ARRAY_LEN(sets), &e),
@@ -241,6 +244,8 @@ static void test_overrides(void **state) {
     assert_int_equal(c->train.steps, 0);
     assert_string_equal(c->model.base, "/m/a: b");
     assert_string_equal(c->output.dir, "");
+    assert_string_equal(c->run.dir, "#runs/a");
+    assert_string_equal(c->model.config, "!cfg.json");
     assert_int_equal(c->run.seed, 0);
     assert_string_equal(c->backend.device, "cpu");
     assert_int_equal(c->distill.enabled, 0);
@@ -432,8 +437,8 @@ static void test_round_trip(void **state) {
         "eval: {every_steps: 3, batches: 1}\n"
         "backend: {device: cuda, comm: nccl, threads: 16}\n"
         "output: {dir: '', dtype: bf16}\n";
-    const char *sets[] = {"train.lr=3e-4", "output.dir=final dir"};
-    assert_int_equal(config_load(&f->a, write_yaml(f, "job.yaml", text, path, sizeof path), sets, 2, &e), 0);
+    const char *sets[] = {"train.lr=3e-4", "output.dir=final dir", "run.dir=#r", "model.config=!c.json"};
+    assert_int_equal(config_load(&f->a, write_yaml(f, "job.yaml", text, path, sizeof path), sets, 4, &e), 0);
     snprintf(out, sizeof out, "%s/config.resolved.yaml", f->dir);
     assert_int_equal(config_write_resolved(&f->a, out, &e), 0);
     assert_int_equal(config_load(&f->b, out, NULL, 0, &e), 0);
