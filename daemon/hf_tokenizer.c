@@ -52,7 +52,7 @@ int hf_tokenizer_open(hf_tokenizer *t, const char *python, const char *path, con
     signal(SIGPIPE, SIG_IGN); /* a dead child shows up as a write error, not a signal */
     char line[512];
     if (!t->from || !t->to || !fgets(line, sizeof line, t->from) ||
-        sscanf(line, "%d %d %255s", &t->vocab_size, &t->eos_id, t->name) != 3 || t->vocab_size <= 0) {
+        sscanf(line, "%d %d %255[^\n]", &t->vocab_size, &t->eos_id, t->name) != 3 || t->vocab_size <= 0) {
         hf_tokenizer_close(t);
         return pc_errorf(e, "%s: the tokenizer helper (%s) failed; see its message above", path, python);
     }

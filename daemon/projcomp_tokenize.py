@@ -9,8 +9,9 @@ document splitting, the validation split and the HDF5 shard writing:
   each document a 4-byte little-endian length and that many bytes of UTF-8 text,
   invalid bytes replaced), it encodes them together (in parallel, the library's
   encode_batch) and replies, for each document in order, with a 4-byte little-endian
-  count and as many little-endian uint32 token ids (special tokens are not added); end
-  of input ends it.
+  count and as many little-endian uint32 token ids (special tokens are not added, and
+  their text in a document is encoded as text); end of input ends it. vocab_size is the
+  largest id + 1 (ids may have gaps).
 The eos token is EOS_TOKEN, else the first of <|endoftext|>, </s>, <|end_of_text|>,
 <eos> that the vocabulary holds."""
 import array
@@ -37,7 +38,12 @@ def main():
     eos = next((tok.token_to_id(n) for n in names if tok.token_to_id(n) is not None), None)
     if eos is None:
         sys.exit(f"projcomp_tokenize: {path}: no eos token among {names}; name one with --eos-token")
-    vocab = tok.get_vocab_size(with_added_tokens=True)
+    # ids may have gaps: the shards' vocab_size must exceed every one, not count them
+    vocab = max(tok.get_vocab_size(with_added_tokens=True),
+                1 + max(tok.get_vocab(with_added_tokens=True).values(), default=-1))
+    # a special token's text inside a document ("</s>" in a web page) is text, encoded as
+    # such: only projcomp-data's own eos ends a document
+    tok.encode_special_tokens = True
     out, inp = sys.stdout.buffer, sys.stdin.buffer
     out.write(f"{vocab} {eos} {os.path.basename(os.path.dirname(os.path.abspath(path))) or path}\n".encode())
     out.flush()

@@ -3,7 +3,9 @@
 A small BPE tokenizer is trained and saved by the `tokenizers` library; projcomp-data
 converts a text file with it; every document in the shards must equal the library's own
 encoding of that paragraph followed by eos, with vocab_size and eos_id recorded. A
-tokenizer without a known eos token is refused unless --eos-token names one."""
+tokenizer without a known eos token is refused unless --eos-token names one. A vocabulary
+with gaps records its largest id + 1, and a document's text that spells the eos token
+stays text."""
 import os
 import subprocess
 import sys
@@ -76,6 +78,32 @@ def main():
                         blank], env=env, capture_output=True, text=True, timeout=120)
     pclib.check(p.returncode == 0 and os.listdir(out) == ["train-00000.h5"],
                 f"one token in all, no validation split: converted ({p.stderr.strip()})")
+
+    # ids with gaps (the largest, 7, is past the count, 4) and a document that spells the
+    # eos token: vocab_size is the largest id + 1, the spelled "</s>" is text (three unknown
+    # pieces here), so only the two documents' own eos tokens end documents; the directory
+    # name, with a space, is recorded whole
+    tok = Tokenizer(models.WordLevel({"<unk>": 0, "a": 1, "b": 7, "</s>": 5}, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.add_special_tokens(["</s>"])
+    tj = os.path.join(root, "tok gap", "tokenizer.json")
+    os.makedirs(os.path.dirname(tj))
+    tok.save(tj)
+    spelled = os.path.join(root, "spelled.txt")
+    with open(spelled, "w") as f:
+        f.write("a b\n\nb a </s> a\n")
+    out = os.path.join(root, "out-gap")
+    p = subprocess.run([pclib.PROJCOMP_DATA, "--out", out, "--valid-fraction", "0", "--tokenizer", tj, spelled],
+                       env=dict(pclib.env(), PROJCOMP_PYTHON=sys.executable), capture_output=True, text=True,
+                       timeout=120)
+    pclib.check(p.returncode == 0, f"ids with gaps: converted ({p.stderr.strip()})")
+    with h5py.File(os.path.join(out, "train-00000.h5")) as f:
+        d = f["tokens"]
+        got, vocab, name = d[:].tolist(), int(d.attrs["vocab_size"]), d.attrs["tokenizer"]
+    name = name.decode() if isinstance(name, bytes) else str(name)
+    pclib.check(vocab == 8 and got == [1, 7, 5, 7, 1, 0, 0, 0, 1, 5] and name == "tok gap",
+                f"ids with gaps: vocab_size {vocab} (want 8), tokens {got} (the spelled </s> as text: "
+                f"[1, 7, 5, 7, 1, 0, 0, 0, 1, 5]), tokenizer '{name}'")
 
     # no known eos token and none named: a clear error, nothing written
     tok = Tokenizer(models.WordLevel({"a": 0, "[UNK]": 1}, unk_token="[UNK]"))
