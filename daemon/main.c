@@ -134,10 +134,15 @@ static int parse_cli(int argc, char **argv, cli *c, int rank) {
 }
 
 /* What needs the base model's config.json (its widths, the per-layer d_ff list) is
- * checked before any work too, so these mistakes also exit with status 2. */
+ * checked before any work too, so these mistakes also exit with status 2; so is a
+ * pretrain job's model.config. */
 static int check_against_base(const pc_config *c, pc_err *e) {
-    if (!c->model.base[0]) return 0;
     llama_config lc;
+    if (!c->model.base[0])
+        return !c->model.config[0] || (hf_config_load_file(c->model.config, &lc, e) == 0 &&
+                                       hf_config_validate(&lc, c->model.config, e) == 0)
+                   ? 0
+                   : -1;
     if (hf_config_load(c->model.base, &lc, e) != 0 || hf_config_validate(&lc, c->model.base, e) != 0) return -1;
     const char *m = c->run.mode;
     if (strcmp(m, "compress") && strcmp(m, "prune") && strcmp(m, "importance")) return 0;

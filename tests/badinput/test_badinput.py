@@ -316,6 +316,26 @@ def case_config_json_missing_key(fx):
     expect_failure(rc, out, [os.path.join(fx.base, "config.json"), "num_attention_heads"], fx)
 
 
+def case_pretrain_config_bad(fx):
+    """pretrain's model.config (a config.json) missing, then lacking a key: refused before
+    any work (exit 2, no run directory), naming the file (and the key)."""
+    cfg_path = os.path.join(fx.root, "model.json")
+
+    def pretrain(s):
+        s["run"]["mode"] = "pretrain"
+        s["model"] = {"config": cfg_path}
+        s.pop("compress", None)
+    config_case(fx, pretrain, lambda fx: [cfg_path])
+    cfg = base_config()
+    del cfg["num_attention_heads"]
+    with open(cfg_path, "w") as f:
+        json.dump(cfg, f)
+    rc, out = run_daemon(fx)
+    expect_failure(rc, out, [cfg_path, "num_attention_heads"], fx, before_work=True)
+    if rc != 2:
+        raise SystemExit(f"FAIL: exit {rc}, expected 2 (a config error before any work)")
+
+
 def case_base_missing(fx):
     missing = os.path.join(fx.root, "no-such-model")
     fx.sections["model"]["base"] = missing
