@@ -231,12 +231,15 @@ static int parse_config(const char *file, const json_val *root, llama_config *c,
     const json_val *act = json_get(root, "hidden_act");
     if (act && !json_is_null(act) && (!json_str(act) || strcmp(json_str(act), "silu") != 0))
         return pc_errorf(e, "%s: key 'hidden_act' must be \"silu\"", file);
-    const json_val *ab = json_get(root, "attention_bias");
-    const json_val *mb = json_get(root, "mlp_bias");
-    int flag = 0;
-    if ((ab && json_bool(ab, &flag) == 0 && flag) || (mb && json_bool(mb, &flag) == 0 && flag))
-        return pc_errorf(e, "%s: key '%s' is true; biases are not supported", file,
-                         (ab && json_bool(ab, &flag) == 0 && flag) ? "attention_bias" : "mlp_bias");
+    static const char *bias_keys[2] = {"attention_bias", "mlp_bias"};
+    for (int k = 0; k < 2; k++) {
+        const json_val *b = json_get(root, bias_keys[k]);
+        int flag = 0;
+        if (!b || json_is_null(b)) continue;
+        if (json_bool(b, &flag) != 0) /* "true" or 1 would be truthy to transformers */
+            return pc_errorf(e, "%s: key '%s' must be true or false", file, bias_keys[k]);
+        if (flag) return pc_errorf(e, "%s: key '%s' is true; biases are not supported", file, bias_keys[k]);
+    }
     return hf_config_validate(c, file, e);
 }
 

@@ -206,6 +206,9 @@ static void test_errors(void **state) {
     load_fail("{" BASE ",\"torch_dtype\":\"int8\"}", "'torch_dtype'", NULL);
     load_fail("{" BASE ",\"rms_norm_eps\":-1}", "'rms_norm_eps'", NULL);
     load_fail("{" BASE ",\"attention_bias\":true}", "'attention_bias'", NULL);
+    load_fail("{" BASE ",\"mlp_bias\":true}", "'mlp_bias'", "not supported");
+    load_fail("{" BASE ",\"attention_bias\":\"true\"}", "'attention_bias'", "true or false");
+    load_fail("{" BASE ",\"mlp_bias\":1}", "'mlp_bias'", "true or false");
     load_fail("{" BASE ",}", "JSON", NULL);
     load_fail("{\"hidden_size\":66,\"intermediate_size\":176,\"num_hidden_layers\":3,\"num_attention_heads\":4,"
               "\"vocab_size\":300}",
