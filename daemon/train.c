@@ -179,6 +179,32 @@ static int save_final(run_ctx *r, trainer *t, pc_err *e) {
     return 0;
 }
 
+static int cmp_double(const void *a, const void *b) {
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+/* The end of training's summary of the n steps this process ran, the last ending at
+ * step `last`, times dt (s): the median step time and what it makes of the step's
+ * tokens and FLOPs (model_flops, the model's own; proj_flops, compress's projections),
+ * the process's first step (allocations, tuning, the first plans) left out when there
+ * are others. */
+static void log_summary(run_ctx *r, const double *dt, int64_t n, int64_t last, double tokens, double model_flops,
+                        double proj_flops) {
+    int64_t skip = n > 1, m = n - skip;
+    if (m <= 0) return;
+    double *sorted = pc_malloc(sizeof(double) * (size_t)m);
+    memcpy(sorted, dt + skip, sizeof(double) * (size_t)m);
+    qsort(sorted, (size_t)m, sizeof(double), cmp_double);
+    double med = m % 2 ? sorted[m / 2] : 0.5 * (sorted[m / 2 - 1] + sorted[m / 2]);
+    free(sorted);
+    char mfu[32] = "";
+    if (r->peak_tflops > 0) snprintf(mfu, sizeof mfu, ", mfu %.1f%%", 100.0 * model_flops / med * 1e-12 / r->peak_tflops);
+    LOGI(&r->log, "steps %lld-%lld: median %.4g s a step%s, %.0f tok/s, %.4g TFLOP/s%s", (long long)(last - m + 1),
+         (long long)last, med, skip ? " (this process's first step left out)" : "", tokens / med,
+         (model_flops + proj_flops) / med * 1e-12, mfu);
+}
+
 int mode_train(run_ctx *r, pc_err *e) {
     const pc_config *c = &r->cfg;
     int B = c->train.micro_batch, T = c->data.seq_len;
@@ -186,6 +212,7 @@ int mode_train(run_ctx *r, pc_err *e) {
     static trainer t;
     memset(&t, 0, sizeof t);
     int rc = -1;
+    double *step_s = NULL; /* this process's step times (log_summary) */
     if (!strcmp(c->run.mode, "pretrain")) { /* no distill: the config refuses it (no teacher) */
         if (run_model(r, &t.m, B, RUN_TRAINED, e) != 0 || trainer_open_data(r, &t, t.m.cfg.vocab_size, e) != 0) goto out;
         t.method = &METHOD_DIRECT;
@@ -203,7 +230,7 @@ int mode_train(run_ctx *r, pc_err *e) {
     LOGI(&r->log, "%s: %lld steps, global batch %d = %d rank(s) x %d micro-batch(es) x %d, seq_len %d", c->run.mode,
          (long long)c->train.steps, c->train.global_batch, r->world, n_micro, B, T);
 
-    int64_t start = 0;
+    int64_t start = 0, n_timed = 0;
     int skipped_in_row = 0;
     int current = 0; /* the model's weights are those of the latest update (finish ran) */
     if (ckpt_resume(r, &t, &start, e) != 0) goto out;
@@ -245,6 +272,8 @@ int mode_train(run_ctx *r, pc_err *e) {
             t.method->update(r, &t, step, lr, clip);
         }
         double dt = pc_now() - t0;
+        if (!step_s) step_s = pc_malloc(sizeof(double) * (size_t)(c->train.steps - start));
+        step_s[n_timed++] = dt;
         double comm_mb = (double)(run_comm_bytes(r) - comm0) / 1e6;
         double tok_s = (double)c->train.global_batch * T / dt;
         double model_tflops = flops_per_token * tok_s * 1e-12; /* the model's own FLOPs a second, all ranks */
@@ -282,6 +311,8 @@ int mode_train(run_ctx *r, pc_err *e) {
             goto out;
         }
     }
+    log_summary(r, step_s, n_timed, c->train.steps, (double)c->train.global_batch * T,
+                flops_per_token * c->train.global_batch * T, t.proj_flops);
     if (!current && t.method->finish(r, &t, e) != 0) goto out;
     if (t.has_plan && !strcmp(r->be->ops->name, "cuda")) {
         LOGI(&r->log, "bf16 operand copies: %zu bytes here (plan: %lld)", backend_cuda_bf16_copies_bytes(r->be),
@@ -292,6 +323,7 @@ int mode_train(run_ctx *r, pc_err *e) {
     if (save_final(r, &t, e) != 0 || run_report_memory(r, e) != 0) goto out;
     rc = 0;
 out:
+    free(step_s);
     trainer_free(&t);
     return rc;
 }

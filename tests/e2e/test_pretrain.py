@@ -4,7 +4,9 @@ fp32 reduction tolerance (1e-4 relative), the same command twice must be bitwise
 identical, the loss must fall, and the saved model must load in stock transformers and
 give the validation loss projcompd reported (2e-5 relative). Each step's tflops metric
 is the FLOPs counted from the output model's shape at its tokens/s, and with
-backend.peak_tflops (4 ranks) its mfu that over the ranks' peaks; without it no mfu."""
+backend.peak_tflops (4 ranks) its mfu that over the ranks' peaks; without it no mfu. The
+progress line and the step's log line show the mfu, and the end of training's summary
+gives the median step time of steps 2-12 and its tokens/s and mfu."""
 import json
 import os
 import random
@@ -73,6 +75,16 @@ def main():
                           open(os.path.join(root, "np4", "logs", "rank-00000.log")).read()),
                 f"np4: the step's log line shows its mfu ({shown})")
     pclib.check(" mfu " not in progress["np1"], "np1: no mfu on the progress line without a peak")
+    # the end of training's summary: the median step time of steps 2-12 (the first left out)
+    steps = [m for m in pclib.metrics(os.path.join(root, "np4")) if "step_time" in m]
+    med = float(np.median([m["step_time"] for m in steps[1:]]))
+    m = re.search(r"steps 2-12: median ([\d.]+) s a step \(this process's first step left out\), (\d+) tok/s, "
+                  r"([\d.e+-]+) TFLOP/s, mfu ([\d.]+)%", open(os.path.join(root, "np4", "logs", "rank-00000.log")).read())
+    pclib.check(m is not None and abs(float(m.group(1)) - med) <= 5e-5 + 1e-3 * med and
+                abs(int(m.group(2)) - 8 * SEQ / float(m.group(1))) <= 1e-3 * int(m.group(2)) + 1 and
+                abs(float(m.group(4)) - 100 * float(m.group(3)) / (4 * 0.5)) <= 0.06,
+                f"np4: the summary's median step {m.group(1) if m else None} s is the metrics' {med:.4f} s, and its "
+                f"tok/s and mfu follow ({m.group(0) if m else 'no summary line'})")
     same = curves["np2"] == curves["np2b"]
     pclib.check(same, "same command twice: identical loss curve")
     a = open(os.path.join(root, "np2", "final", "model.safetensors"), "rb").read()
