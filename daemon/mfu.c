@@ -42,7 +42,7 @@ static int has_word(const char *name, const char *word) {
 }
 
 double mfu_peak_tflops(const char *gpu_name) {
-    for (size_t i = 0; i < sizeof PEAKS / sizeof PEAKS[0]; i++)
+    for (size_t i = 0; i < PC_ARRAY_LEN(PEAKS); i++)
         if (has_word(gpu_name, PEAKS[i].model) &&
             (!PEAKS[i].qualifier || find_nocase(gpu_name, PEAKS[i].qualifier)))
             return PEAKS[i].tflops;
