@@ -199,7 +199,8 @@ static void log_summary(run_ctx *r, const double *dt, int64_t n, int64_t last, d
     double med = m % 2 ? sorted[m / 2] : 0.5 * (sorted[m / 2 - 1] + sorted[m / 2]);
     free(sorted);
     char mfu[32] = "";
-    if (r->peak_tflops > 0) snprintf(mfu, sizeof mfu, ", mfu %.1f%%", 100.0 * model_flops / med * 1e-12 / r->peak_tflops);
+    if (r->peak_tflops > 0)
+        snprintf(mfu, sizeof mfu, ", mfu %.1f%%", 100.0 * model_flops / med * 1e-12 / r->peak_tflops);
     LOGI(&r->log, "steps %lld-%lld: median %.4g s a step%s, %.0f tok/s, %.4g TFLOP/s%s", (long long)(last - m + 1),
          (long long)last, med, skip ? " (this process's first step left out)" : "", tokens / med,
          (model_flops + proj_flops) / med * 1e-12, mfu);
