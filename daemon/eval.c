@@ -154,9 +154,10 @@ int open_valid(run_ctx *r, int vocab_size, data_set **out, pc_err *e) {
 
 void log_eval(run_ctx *r, long step, double val_loss, int64_t n_params) {
     LOGI(&r->log, "eval step %ld: val_loss %.4f ppl %.3f", step, val_loss, exp(val_loss));
-    char line[256];
-    snprintf(line, sizeof line, "{\"step\": %ld, \"val_loss\": %.8f, \"val_ppl\": %.6f, \"params\": %lld}", step,
-             val_loss, exp(val_loss), (long long)n_params);
+    char line[256], loss_s[48], ppl_s[48]; /* null where not finite (a diverged model; exp overflows) */
+    snprintf(line, sizeof line, "{\"step\": %ld, \"val_loss\": %s, \"val_ppl\": %s, \"params\": %lld}", step,
+             run_json_number(loss_s, sizeof loss_s, "%.8f", val_loss),
+             run_json_number(ppl_s, sizeof ppl_s, "%.6f", exp(val_loss)), (long long)n_params);
     run_metrics(r, line);
 }
 

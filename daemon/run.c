@@ -2,6 +2,7 @@
 #include "run.h"
 
 #include <errno.h>
+#include <math.h>
 #include <stdlib.h>
 #include <sys/resource.h>
 #include <string.h>
@@ -65,6 +66,14 @@ void run_metrics(run_ctx *r, const char *json_line) {
     if (!r->metrics) return;
     fprintf(r->metrics, "%s\n", json_line);
     fflush(r->metrics);
+}
+
+const char *run_json_number(char *out, size_t n, const char *fmt, double x) {
+    if (isfinite(x))
+        snprintf(out, n, fmt, x);
+    else
+        snprintf(out, n, "null");
+    return out;
 }
 
 void run_progress(run_ctx *r, long step, long total, double loss, double tok_per_s, double mfu, double step_s) {

@@ -35,6 +35,9 @@ void run_close(run_ctx *r);
 
 /* Append one JSON object line (already formatted, without newline) to metrics.jsonl. */
 void run_metrics(run_ctx *r, const char *json_line);
+/* x printed with fmt into out as a JSON number, or null when it is not finite (NaN and
+ * infinities are not JSON). Returns out. */
+const char *run_json_number(char *out, size_t n, const char *fmt, double x);
 /* Log this rank's peak RSS and peak device memory (0 on the CPU backend); rank 0 records
  * every rank's in metrics.jsonl as {"peak_rss_mib": [...], "peak_device_mib": [...]} (collective). */
 int run_report_memory(run_ctx *r, pc_err *e);

@@ -284,10 +284,12 @@ int mode_train(run_ctx *r, pc_err *e) {
             snprintf(mfu_json, sizeof mfu_json, ", \"mfu\": %.6g", mfu);
             snprintf(mfu_log, sizeof mfu_log, ", mfu %.1f%%", 100.0 * mfu);
         }
+        char loss_s[48], gnorm_s[48]; /* null where the step diverged (train.on_nonfinite) */
         snprintf(line, sizeof line,
-                 "{\"step\": %lld, \"loss\": %.8f, \"lr\": %.6e, \"grad_norm\": %.6f, \"tokens_per_s\": %.1f, "
+                 "{\"step\": %lld, \"loss\": %s, \"lr\": %.6e, \"grad_norm\": %s, \"tokens_per_s\": %.1f, "
                  "\"step_time\": %.4f, \"tokens\": %lld, \"tflops\": %.6g%s, \"comm_mb\": %.3f}",
-                 (long long)step + 1, loss, lr, gnorm, tok_s, dt,
+                 (long long)step + 1, run_json_number(loss_s, sizeof loss_s, "%.8f", loss), lr,
+                 run_json_number(gnorm_s, sizeof gnorm_s, "%.6f", gnorm), tok_s, dt,
                  (long long)(step + 1) * c->train.global_batch * T, model_tflops + t.proj_flops / dt * 1e-12,
                  mfu_json, comm_mb);
         run_metrics(r, line);

@@ -1,12 +1,19 @@
 """A NaN/Inf loss or gradient never passes silently. A pretrain job whose lr (1e30) blows
 the weights up must stop with a clear error (exit 1) naming the step, leaving the last
 checkpoint intact and no final model; with train.on_nonfinite: skip it logs each skipped
-update and still stops after 10 in a row."""
+update and still stops after 10 in a row, and metrics.jsonl stays JSON (those steps' loss
+or grad_norm null)."""
+import json
+import math
 import os
 import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 import pclib  # noqa: E402
+
+
+def not_json(name):
+    raise ValueError(f"{name} is not JSON")
 
 
 def main():
@@ -33,6 +40,13 @@ def main():
         pclib.check(os.path.isdir(os.path.join(d, "checkpoints", latest)), f"{how}: latest checkpoint {latest} intact")
         if how == "skip":
             pclib.check(out.count("update skipped") == 10, f"skip: 10 skipped updates logged ({out.count('update skipped')})")
+        # metrics.jsonl stays JSON (no NaN or Infinity, which JSON has not): a diverged
+        # step's loss or grad_norm is null
+        rows = [json.loads(line, parse_constant=not_json) for line in open(os.path.join(d, "metrics.jsonl"))]
+        bad = [r for r in rows if "loss" in r and (r["loss"] is None or r["grad_norm"] is None)]
+        pclib.check(len(bad) == (10 if how == "skip" else 0) and
+                    all(r["loss"] is None or math.isfinite(r["loss"]) for r in rows if "loss" in r),
+                    f"{how}: metrics.jsonl is JSON, {len(bad)} step(s) with a null loss or grad_norm")
 
 
 if __name__ == "__main__":
