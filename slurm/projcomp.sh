@@ -10,8 +10,9 @@
 #   PROJCOMPD    the projcompd binary (default: projcompd next to this script's
 #                checkout in build/daemon/, else on PATH)
 #   RUN_DIR      the run directory (default: runs/<job name>-<job id>, kept the same
-#                across requeues of one job since the job id does not change);
-#                the job YAML's run.dir is overridden with it
+#                across requeues of one job since the job id does not change; a new
+#                submission resumes a run only with RUN_DIR set to it, which the stop
+#                message names); the job YAML's run.dir is overridden with it
 #   LAUNCHER     srun | mpirun (default: srun when available, else mpirun)
 #   LAUNCH_ARGS  extra arguments for the launcher
 #
@@ -19,7 +20,9 @@
 # (--signal=B:USR1@120) and TERM on preemption/scancel. The shell forwards USR1 to the
 # ranks; projcompd agrees on it at the next step boundary, writes a checkpoint and exits
 # with status 3. When that happens because of a signal, the job requeues itself
-# (scontrol requeue) and the same command resumes from RUN_DIR/checkpoints/latest.
+# (scontrol requeue) and the same command resumes from RUN_DIR/checkpoints/latest. Where
+# TERM reaches mpirun too, it kills the ranks and exits 1: a checkpoint published since
+# the start still counts as the stop (status 3).
 # Exit status: projcompd's (0 done; 3 stopped and requeued; other: failure).
 #SBATCH --job-name=projcomp
 #SBATCH --nodes=1
@@ -59,6 +62,7 @@ if [ -z "$PROJCOMPD" ] || [ ! -x "$PROJCOMPD" ]; then
 fi
 
 JOB_ID=${SLURM_JOB_ID:-local$$}
+PINNED=${RUN_DIR:+1} # a RUN_DIR given: the same command finds it again (the default has the job id)
 RUN_DIR=${RUN_DIR:-${SLURM_SUBMIT_DIR:-$PWD}/runs/${SLURM_JOB_NAME:-projcomp}-$JOB_ID}
 mkdir -p "$RUN_DIR/logs" || { echo "projcomp.sh: cannot create $RUN_DIR" >&2; exit 1; }
 LOG="$RUN_DIR/logs/slurm-$JOB_ID.log"
@@ -109,6 +113,8 @@ forward() { # $1: the signal this shell received
 trap 'forward USR1' USR1
 trap 'forward TERM' TERM
 
+latest_now() { cat "$RUN_DIR/checkpoints/latest" 2> /dev/null; }
+LATEST_AT_START=$(latest_now)
 log "starting $NTASKS rank(s) with $LAUNCHER: ${CMD[*]}"
 "${LAUNCH[@]}" "${CMD[@]}" >> "$RUN_DIR/logs/projcompd-$JOB_ID.out" 2>&1 &
 CHILD=$!
@@ -127,13 +133,21 @@ if [ "$STATUS" -gt 128 ]; then # interrupted just as it exited: collect its own 
 fi
 
 log "projcompd exited with status $STATUS"
+# a TERM that reached mpirun too (preemption, scancel: Slurm signals every process of the
+# job) makes it kill the ranks and exit 1 even where they wrote their stop checkpoint
+# first: a checkpoint published since the start is a stop to resume from all the same
+if [ -n "$SIGNALLED" ] && [ "$STATUS" != 0 ] && [ "$STATUS" != 3 ] && [ "$(latest_now)" != "$LATEST_AT_START" ]; then
+    log "the launcher ended with status $STATUS after SIG$SIGNALLED, but checkpoint $(latest_now) was written: stopped"
+    STATUS=3
+fi
+if [ "$PINNED" ]; then AGAIN="the same command"; else AGAIN="the same command with RUN_DIR=$RUN_DIR"; fi
 if [ "$STATUS" = 3 ]; then
     if [ -n "$SIGNALLED" ] && [ -n "${SLURM_JOB_ID:-}" ]; then
         log "stopped after a checkpoint on SIG$SIGNALLED: requeueing job $SLURM_JOB_ID to resume"
         if scontrol requeue "$SLURM_JOB_ID"; then exit 3; fi
-        log "scontrol requeue failed: resubmit the same command to resume from $RUN_DIR"
+        log "scontrol requeue failed: resubmit $AGAIN (sbatch --export=ALL,RUN_DIR=...) to resume from $RUN_DIR"
     else
-        log "stopped after a checkpoint: rerun the same command to resume from $RUN_DIR"
+        log "stopped after a checkpoint: rerun $AGAIN to resume from $RUN_DIR"
     fi
 fi
 exit "$STATUS"
