@@ -1,0 +1,66 @@
+"""projcomp-plot draws the curves of runs whose metrics.jsonl the daemon writes in every
+shape a run leaves: a resumed run (the steps after its checkpoint logged twice: the last
+row of a step counts, in step order), a diverged run with train.on_nonfinite: skip (null
+losses and gradient norms: gaps), a one-step run, and an eval run (no training rows: its
+panels stay empty). Each plot exits 0 with a PNG; so does one of all four together."""
+import importlib.machinery
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+import pclib  # noqa: E402
+
+PLOT = os.path.join(pclib.BUILD, "daemon", "projcomp-plot")
+
+
+def step(n, loss, gnorm=1.5, lr=1e-3):
+    return {"step": n, "loss": loss, "lr": lr, "grad_norm": gnorm, "tokens_per_s": 1000.0 + n,
+            "step_time": 0.25, "tokens": 256 * n, "tflops": 0.01, "comm_mb": 0.0}
+
+
+def val(n, loss):
+    return {"step": n, "val_loss": loss, "val_ppl": 2.0, "params": 1000}
+
+
+def write_run(root, name, rows):
+    d = os.path.join(root, name)
+    os.makedirs(d)
+    with open(os.path.join(d, "metrics.jsonl"), "w") as f:
+        for r in rows:
+            f.write(json.dumps(r) + "\n")
+    return d
+
+
+def main():
+    root = pclib.tmpdir("pc-plot-")
+    runs = {
+        # steps 1-3, stopped after the checkpoint of step 2 during step 3, resumed: 3-5 again
+        "resumed": [val(0, 5.0), step(1, 4.0), step(2, 3.5), val(2, 3.6), step(3, 9.9, lr=9e-3), step(3, 3.2),
+                    step(4, 3.0), val(4, 3.1), step(5, 2.9), {"peak_rss_mib": [100.0], "peak_device_mib": [0.0]}],
+        "diverged": [step(1, 4.0), step(2, None, None), step(3, None, 2.0), step(4, 3.8, None)],
+        "one": [val(0, 5.0), step(1, 4.0), val(1, 3.9)],
+        "eval": [val(0, 3.3), {"peak_rss_mib": [90.0], "peak_device_mib": [0.0]}],
+    }
+    dirs = {name: write_run(root, name, rows) for name, rows in runs.items()}
+
+    spec = importlib.util.spec_from_loader("projcomp_plot", importlib.machinery.SourceFileLoader("projcomp_plot", PLOT))
+    plot = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(plot)
+    train, valid = plot.load(dirs["resumed"])
+    pclib.check([r["step"] for r in train] == [1, 2, 3, 4, 5] and train[2]["loss"] == 3.2 and
+                [r["step"] for r in valid] == [0, 2, 4],
+                f"resumed: one row a step in step order, the last of step 3 ({[(r['step'], r['loss']) for r in train]})")
+
+    for name, d in list(dirs.items()) + [("all", None)]:
+        out = os.path.join(root, f"{name}.png")
+        args = [PLOT, "-o", out, "--title", f'"{name}"'] + ([d] if d else [f"{v}={k}" for k, v in dirs.items()])
+        p = subprocess.run(args, capture_output=True, text=True, timeout=120)
+        ok = p.returncode == 0 and os.path.exists(out) and open(out, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
+        pclib.check(ok, f"{name}: plotted to a PNG (exit {p.returncode}) {p.stderr.strip()[-500:]}")
+
+
+if __name__ == "__main__":
+    main()
