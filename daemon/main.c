@@ -138,12 +138,10 @@ static int parse_cli(int argc, char **argv, cli *c, int rank) {
  * pretrain job's model.config. */
 static int check_against_base(const pc_config *c, pc_err *e) {
     llama_config lc;
-    if (!c->model.base[0]) { /* pretrain: the shape from model.config, when set */
-        if (!c->model.config[0]) return 0;
-        if (hf_config_load_file(c->model.config, &lc, e) != 0) return -1;
-        return hf_config_validate(&lc, c->model.config, e);
-    }
-    if (hf_config_load(c->model.base, &lc, e) != 0 || hf_config_validate(&lc, c->model.base, e) != 0) return -1;
+    /* (loading validates the config) */
+    if (!c->model.base[0]) /* pretrain: the shape from model.config, when set */
+        return c->model.config[0] ? hf_config_load_file(c->model.config, &lc, e) : 0;
+    if (hf_config_load(c->model.base, &lc, e) != 0) return -1;
     const char *m = c->run.mode;
     if (strcmp(m, "compress") && strcmp(m, "prune") && strcmp(m, "importance")) return 0;
     return config_check_model(c, lc.d_model, lc.d_ff_layer, lc.n_layers, e);

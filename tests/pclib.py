@@ -13,6 +13,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 
 BUILD = os.environ.get("PC_BUILD", os.path.join(os.path.dirname(__file__), "..", "build"))
 SRC = os.environ.get("PC_SRC", os.path.join(os.path.dirname(__file__), ".."))
@@ -538,3 +539,33 @@ def tiny_pretrain_job(root, seq_len, steps, backend):
         "backend": backend,
     })
     return job
+
+
+def tiny_stop_job(root):
+    """A tiny one-rank CPU compress job (root/job.yaml: a tied GQA base, a Markov shard, no
+    periodic checkpoint) for stopping and resuming the job scripts; with steps_lasting,
+    as long as a test needs."""
+    V, D, F, L, SEQ = 96, 32, 64, 2, 16
+    bdir, _ = tiny_base(root, 7, V, D, F, L, head_dim=8, tied=True, scale=0)
+    write_shard(os.path.join(root, "train.h5"), markov_tokens(5000, V, seed=3), V)
+    job = os.path.join(root, "job.yaml")
+    write_yaml(job, {
+        "run": {"dir": os.path.join(root, "unset"), "mode": "compress", "seed": 4},
+        "model": {"base": bdir},
+        "compress": {"d_model": 24, "d_ff": 40, "importance": "magnitude"},
+        "data": {"train": [os.path.join(root, "train.h5")], "seq_len": SEQ},
+        "train": {"steps": 20, "global_batch": 4, "micro_batch": 1, "lr": 1e-3, "warmup_steps": 2},
+        "checkpoint": {"every_steps": 0, "keep": 2},
+        "backend": {"device": "cpu"},
+    })
+    return job
+
+
+def steps_lasting(job, root, seconds, probe_steps, lo, hi):
+    """(ms per step, train.steps in [lo, hi]) for the job to run about `seconds` on one
+    rank, timed by a probe run of probe_steps (run.dir root/probe)."""
+    t0 = time.time()
+    projcompd(1, job, f"run.dir={root}/probe", f"train.steps={probe_steps}")
+    per_step = (time.time() - t0) / probe_steps
+    return per_step * 1e3, int(min(hi, max(lo, seconds / max(per_step, 1e-6))))
+

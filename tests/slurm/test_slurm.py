@@ -146,28 +146,12 @@ def main():
     signal.signal(signal.SIGTERM, lambda *a: sys.exit(143))  # a meson timeout still stops the daemons
     need("slurmctld", "slurmd", "sbatch", "munged", "scontrol", "sinfo")
     root = pclib.tmpdir("pc-slurm-")
-    V, D, F, L, SEQ = 96, 32, 64, 2, 16
-    bdir, _ = pclib.tiny_base(root, 7, V, D, F, L, head_dim=8, tied=True, scale=0)
-    toks = pclib.markov_tokens(5000, V, seed=3)
-    pclib.write_shard(os.path.join(root, "train.h5"), toks, V)
-    job = os.path.join(root, "job.yaml")
-    pclib.write_yaml(job, {
-        "run": {"dir": os.path.join(root, "unset"), "mode": "compress", "seed": 4},
-        "model": {"base": bdir},
-        "compress": {"d_model": 24, "d_ff": 40, "importance": "magnitude"},
-        "data": {"train": [os.path.join(root, "train.h5")], "seq_len": SEQ},
-        "train": {"steps": 20, "global_batch": 4, "micro_batch": 1, "lr": 1e-3, "warmup_steps": 2},
-        "checkpoint": {"every_steps": 0, "keep": 2},
-        "backend": {"device": "cpu"},
-    })
+    job = pclib.tiny_stop_job(root)
     # the long job: about 50 s of steps on one rank; the warning comes 10-40 s into each
     # run (--time=1, USR1 50 s before the end, 30 s granularity), so it is stopped at
     # least once and every run makes progress
-    t0 = time.time()
-    pclib.projcompd(1, job, f"run.dir={root}/probe", "train.steps=2000")
-    per_step = (time.time() - t0) / 2000
-    long_steps = int(min(400000, max(2000, 50 / max(per_step, 1e-6))))
-    print(f"{per_step * 1e3:.2f} ms per step: the long job runs {long_steps} steps")
+    ms, long_steps = pclib.steps_lasting(job, root, 50, 2000, 2000, 400000)
+    print(f"{ms:.2f} ms per step: the long job runs {long_steps} steps")
     pclib.projcompd(1, job, f"run.dir={root}/ref-short")
     ref_short = open(os.path.join(root, "ref-short", "final", "model.safetensors"), "rb").read()
 

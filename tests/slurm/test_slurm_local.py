@@ -32,25 +32,10 @@ def children(pid):
 
 def main():
     root = pclib.tmpdir("pc-slurm-local-")
-    V, D, F, L, SEQ = 96, 32, 64, 2, 16
-    bdir, _ = pclib.tiny_base(root, 7, V, D, F, L, head_dim=8, tied=True, scale=0)
-    pclib.write_shard(os.path.join(root, "train.h5"), pclib.markov_tokens(5000, V, seed=3), V)
-    job = os.path.join(root, "job.yaml")
-    pclib.write_yaml(job, {
-        "run": {"dir": os.path.join(root, "unset"), "mode": "compress", "seed": 4},
-        "model": {"base": bdir},
-        "compress": {"d_model": 24, "d_ff": 40, "importance": "magnitude"},
-        "data": {"train": [os.path.join(root, "train.h5")], "seq_len": SEQ},
-        "train": {"steps": 20, "global_batch": 4, "micro_batch": 1, "lr": 1e-3, "warmup_steps": 2},
-        "checkpoint": {"every_steps": 0, "keep": 2},
-        "backend": {"device": "cpu"},
-    })
+    job = pclib.tiny_stop_job(root)
     # a job of about 10 s on one rank, stopped about a second in
-    t0 = time.time()
-    pclib.projcompd(1, job, f"run.dir={root}/probe", "train.steps=500")
-    per_step = (time.time() - t0) / 500
-    steps = int(min(200000, max(1000, 10 / max(per_step, 1e-6))))
-    print(f"{per_step * 1e3:.2f} ms per step: the job runs {steps} steps")
+    ms, steps = pclib.steps_lasting(job, root, 10, 500, 1000, 200000)
+    print(f"{ms:.2f} ms per step: the job runs {steps} steps")
     pclib.projcompd(1, job, f"run.dir={root}/ref", f"train.steps={steps}")
 
     env = dict(pclib.env(), LAUNCHER="mpirun", PROJCOMPD=pclib.PROJCOMPD)
