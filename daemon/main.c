@@ -4,7 +4,9 @@
  *
  * Exit status: 0 success, 1 runtime failure, 2 bad command line or config, 3 stopped by
  * SIGTERM/SIGUSR1 after writing a checkpoint (rerun the same command to resume). A
- * second SIGTERM ends the process at once (status 143). */
+ * second SIGTERM ends the process at once (status 143). The eval and importance modes
+ * have nothing to checkpoint: SIGTERM ends them at once (143) and SIGUSR1, Slurm's
+ * warning before the time limit, is ignored. */
 #include <mpi.h>
 #include <signal.h>
 #include <unistd.h>
@@ -22,6 +24,23 @@ static volatile sig_atomic_t g_stop_signal; /* the one thing a signal handler ma
 static void on_signal(int sig) {
     if (sig == SIGTERM && g_stop_signal == SIGTERM) _exit(128 + SIGTERM);
     g_stop_signal = sig;
+}
+
+/* The modes that train checkpoint on SIGTERM/SIGUSR1 (at the next step boundary); the
+ * others keep SIGTERM's default action and let the warning pass. */
+static int mode_trains(const char *mode) {
+    return !strcmp(mode, "pretrain") || !strcmp(mode, "prune") || !strcmp(mode, "compress");
+}
+
+static void install_signals(const char *mode) {
+    int trains = mode_trains(mode);
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sigemptyset(&sa.sa_mask);
+    sa.sa_handler = trains ? on_signal : SIG_DFL;
+    sigaction(SIGTERM, &sa, NULL);
+    sa.sa_handler = trains ? on_signal : SIG_IGN;
+    sigaction(SIGUSR1, &sa, NULL);
 }
 
 static void usage(FILE *f) {
@@ -149,7 +168,7 @@ static int check_against_base(const pc_config *c, pc_err *e) {
 
 static int dispatch(run_ctx *r, pc_err *e) {
     const char *mode = r->cfg.run.mode;
-    if (!strcmp(mode, "pretrain") || !strcmp(mode, "prune") || !strcmp(mode, "compress")) return mode_train(r, e);
+    if (mode_trains(mode)) return mode_train(r, e);
     if (!strcmp(mode, "importance")) return mode_importance(r, e);
     if (!strcmp(mode, "eval")) return mode_eval(r, e);
     return pc_errorf(e, "%s: run.mode '%s' is not available in this build", r->cfg.source, mode);
@@ -196,12 +215,7 @@ int main(int argc, char **argv) {
         return 2;
     }
 
-    struct sigaction sa;
-    memset(&sa, 0, sizeof sa);
-    sa.sa_handler = on_signal;
-    sigemptyset(&sa.sa_mask);
-    sigaction(SIGTERM, &sa, NULL);
-    sigaction(SIGUSR1, &sa, NULL);
+    install_signals(r.cfg.run.mode);
 
     if (run_open(&r, &e) != 0) {
         fprintf(stderr, "projcompd: rank %d: error: %s\n", rank, e.msg);

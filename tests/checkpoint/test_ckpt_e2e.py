@@ -14,6 +14,9 @@ GQA base made by transformers) and a tiny prune job.
   resumes to final weights bitwise identical to the uninterrupted run.
 - checkpoint.at_end false: the periodic checkpoints only, none after the last step, and
   the same final weights.
+- an eval run (nothing to checkpoint) signalled while it evaluates: SIGUSR1 through
+  mpirun is ignored (the run finishes with the uninterrupted run's loss); SIGTERM to
+  every rank ends it at once, with no result and no checkpoint.
 Every subprocess has a hard timeout; processes left by a failed trial are killed by pid."""
 import os
 import random
@@ -47,6 +50,15 @@ def children(pid):
             except (OSError, IndexError, ValueError):
                 pass
     return out
+
+
+def running(pid):
+    """Whether pid is a live process (not gone, not a zombie)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
 
 
 LIVE = []  # launched mpiruns (own sessions), killed by process group when the test exits
@@ -162,6 +174,59 @@ def stop_and_resume(job, root, tag, np_first, np_second, sig, to_ranks, *sets):
     return final(d)
 
 
+def eval_signals(root):
+    """An eval long enough (a few seconds on 2 ranks) to be signalled while it runs."""
+    bdir, _ = pclib.tiny_base(root, 3, 4096, 256, 688, 4, heads=4, kv=2, head_dim=64, scale=0, name="eval-base")
+    shard = os.path.join(root, "eval-valid.h5")
+    pclib.write_shard(shard, pclib.markov_tokens(60000, 4096, seed=3), 4096)
+    job = os.path.join(root, "eval.yaml")
+    pclib.write_yaml(job, {
+        "run": {"dir": os.path.join(root, "unset"), "mode": "eval", "seed": 4},
+        "model": {"base": bdir},
+        "data": {"train": [shard], "valid": [shard], "seq_len": 128},
+        "train": {"steps": 1, "global_batch": 16, "micro_batch": 8},
+        "eval": {"batches": 12},
+        "backend": {"device": "cpu"},
+    })
+
+    def val_loss(d):
+        if not os.path.exists(os.path.join(d, "metrics.jsonl")):
+            return []
+        return [r["val_loss"] for r in pclib.metrics(d) if "val_loss" in r]
+
+    d = os.path.join(root, "eval-ref")
+    t0 = time.time()
+    run_ok(2, job, d)
+    full_s = time.time() - t0
+    ref = val_loss(d)
+    pclib.check(len(ref) == 1, f"eval: one validation loss ({ref})")
+
+    def signalled(tag, sig, to_ranks):
+        d = os.path.join(root, tag)
+        p = start(2, job, d)
+        kids = ranks_of(p, 2)
+        logs = [os.path.join(d, "logs", f"rank-{i:05d}.log") for i in range(2)]
+        # a rank log exists once its rank has opened the run (signals are set up by then)
+        pclib.check(wait_for(lambda: all(map(os.path.exists, logs)), 60, p), f"{tag}: both ranks start")
+        pclib.check(p.poll() is None, f"{tag}: the eval is still running when signalled")
+        t0 = time.time()
+        for k in (kids if to_ranks else [p.pid]):
+            os.kill(k, sig)
+        wait_for(lambda: not any(map(running, kids)), 60)
+        ranks_s = time.time() - t0  # until the ranks have ended (mpirun cleans up after)
+        rc, out = finish(p)
+        return d, rc, out, ranks_s
+
+    d, rc, out, _ = signalled("eval-usr1", signal.SIGUSR1, False)
+    pclib.check(rc == 0, f"eval: SIGUSR1 is ignored, the run finishes (exit {rc}):\n{out[-2000:]}")
+    pclib.check(val_loss(d) == ref, f"eval: after SIGUSR1 the uninterrupted loss ({val_loss(d)} vs {ref})")
+    d, rc, out, stop_s = signalled("eval-term", signal.SIGTERM, True)
+    pclib.check(rc not in (0, 3), f"eval: SIGTERM ends the run as a failure, not a stop to resume (exit {rc})")
+    pclib.check(stop_s < full_s / 2, f"eval: SIGTERM ends it at once ({stop_s:.2f} s; the whole eval {full_s:.2f} s)")
+    pclib.check(val_loss(d) == [] and not os.path.exists(os.path.join(d, "checkpoints", "latest")),
+                "eval: no result and no checkpoint after SIGTERM")
+
+
 def kill_trial(job, root, ref, i, rng, run_s):
     d = os.path.join(root, f"kill-{i}")
     how = ["all", "one", "all-in-write", "one-in-write"][i % 4]
@@ -253,6 +318,8 @@ def main():
     for mode in ["compress", "prune"]:
         got = stop_and_resume(job, root, f"term-{mode}", 2, 2, signal.SIGTERM, True, f"run.mode={mode}")
         pclib.check(bitwise(got, refs[(mode, 2)]), f"{mode}: SIGTERM + resume gives bitwise the uninterrupted weights")
+
+    eval_signals(root)
 
     # other rank counts: 4 -> 2 and 2 -> 4 (SIGUSR1 through mpirun, as Slurm's warning)
     for a, b in [(4, 2), (2, 4)]:
