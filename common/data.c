@@ -264,6 +264,26 @@ void data_shard_get_info(const data_set *d, int i, data_shard_info *out) {
     out->tokenizer = s->tokenizer;
 }
 
+int data_tokenizers_differ(const data_set *const *sets, int n, char *msg, size_t cap) {
+    const data_shard *first = NULL;
+    for (int k = 0; k < n; k++) {
+        for (int i = 0; sets[k] && i < sets[k]->n_shards; i++) {
+            const data_shard *s = &sets[k]->shards[i];
+            if (!first) first = s;
+            if (s->vocab_size == first->vocab_size && s->eos_id == first->eos_id &&
+                !strcmp(s->tokenizer, first->tokenizer))
+                continue;
+            snprintf(msg, cap,
+                     "shards made by different tokenizers: %s (tokenizer \"%s\", vocab_size %d, eos_id %d) and %s "
+                     "(tokenizer \"%s\", vocab_size %d, eos_id %d)",
+                     first->path, first->tokenizer, first->vocab_size, first->eos_id, s->path, s->tokenizer,
+                     s->vocab_size, s->eos_id);
+            return 1;
+        }
+    }
+    return 0;
+}
+
 /* ---------------------------------------------------------------- reading */
 
 /* Read n tokens of shard s from local index `at` into dst; HDF5 lock held. */

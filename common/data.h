@@ -39,6 +39,13 @@ int64_t data_n_tokens(const data_set *d);
 int data_n_shards(const data_set *d);
 void data_shard_get_info(const data_set *d, int i, data_shard_info *out);
 
+/* Whether the shards of these n sets were made by different tokenizers: a `tokenizer`,
+ * `vocab_size` or `eos_id` attribute unlike the first shard's. If so, msg (cap bytes)
+ * names the first shard and the first unlike it, with their attributes, and 1 is
+ * returned; 0 otherwise (NULL sets are skipped). The attributes are free text and a
+ * writer's choice, so callers warn rather than refuse. */
+int data_tokenizers_differ(const data_set *const *sets, int n, char *msg, size_t cap);
+
 /* Read n tokens starting at global offset into dst (n elements). Fails naming the file and
  * index of any token >= the shard's vocab_size. */
 int data_read(data_set *d, int64_t offset, int64_t n, int32_t *dst, pc_err *e);

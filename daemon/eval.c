@@ -152,6 +152,13 @@ int open_valid(run_ctx *r, int vocab_size, data_set **out, pc_err *e) {
     return 0;
 }
 
+void warn_mixed_tokenizers(run_ctx *r, const data_set *train, const data_set *valid) {
+    const data_set *sets[] = {train, valid};
+    char msg[1024];
+    if (r->rank == 0 && data_tokenizers_differ(sets, 2, msg, sizeof msg))
+        LOGW(&r->log, "%s: their token ids likely mean different things", msg);
+}
+
 void log_eval(run_ctx *r, long step, double val_loss, int64_t n_params) {
     LOGI(&r->log, "eval step %ld: val_loss %.4f ppl %.3f", step, val_loss, exp(val_loss));
     char line[256], loss_s[48], ppl_s[48]; /* null where not finite (a diverged model; exp overflows) */
@@ -172,6 +179,7 @@ static int mode_eval_streamed(run_ctx *r, double *loss, int64_t *n_params, pc_er
     if (st_open(c->model.base, &base, e) != 0) return -1;
     int rc = open_valid(r, lc.vocab_size, &valid, e);
     if (rc == 0) {
+        warn_mixed_tokenizers(r, NULL, valid);
         LOGI(&r->log, "evaluating %s one decoder layer at a time (eval.stream_layers)", c->model.base);
         rc = eval_streamed(r, base, &lc, valid, loss, e);
     }
@@ -192,6 +200,7 @@ int mode_eval(run_ctx *r, pc_err *e) {
         data_set *valid = NULL;
         if (run_model(r, &m, r->cfg.train.micro_batch, RUN_EVALUATED, e) != 0) return -1;
         if (open_valid(r, m.cfg.vocab_size, &valid, e) != 0) return -1;
+        warn_mixed_tokenizers(r, NULL, valid);
         rc = eval_valid(r, &m, valid, &loss, e);
         n_params = hf_config_n_params(&m.cfg);
         data_close(valid);

@@ -74,6 +74,9 @@ int run_model(run_ctx *r, llama_model *m, int B, run_model_use use, pc_err *e);
 
 /* Open data.valid for the model's vocabulary. */
 int open_valid(run_ctx *r, int vocab_size, data_set **out, pc_err *e);
+/* Rank 0 warns when the shards of train and valid (either may be NULL) were made by
+ * different tokenizers (data_tokenizers_differ). */
+void warn_mixed_tokenizers(run_ctx *r, const data_set *train, const data_set *valid);
 /* Mean validation loss over eval.batches micro-batches of windows, reduced over ranks. */
 int eval_valid(run_ctx *r, llama_model *m, data_set *valid, double *loss_out, pc_err *e);
 /* Log and record {"step", "val_loss", "val_ppl", "params"} in metrics.jsonl. */

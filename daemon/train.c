@@ -23,6 +23,7 @@ int trainer_open_data(run_ctx *r, trainer *t, int vocab_size, pc_err *e) {
     if (data_open(globs, c->data.n_train, vocab_size, c->data.seq_len + 1, &t->train, e) != 0)
         return pc_error_wrap(e, "data.train");
     if (c->data.n_valid > 0 && open_valid(r, vocab_size, &t->valid, e) != 0) return -1;
+    warn_mixed_tokenizers(r, t->train, t->valid);
     return data_loader_create(t->train, (uint64_t)c->run.seed, c->data.seq_len, c->train.micro_batch, &t->loader, e);
 }
 

@@ -4,6 +4,8 @@
  *   data_probe write PATH VOCAB EOS TOKENIZER N   token i = (i * 7919 + 13) % VOCAB
  *   data_probe batch VOCAB SEED STEP FIRST SEQ_LEN MICRO_BATCH GLOB...
  *                                                 the window starts, then the batch rows
+ *   data_probe tokenizers VOCAB GLOB...           each glob a data set: "same", or the
+ *                                                 message of data_tokenizers_differ
  * Errors go to stderr with exit status 1. */
 #include <stdio.h>
 #include <stdlib.h>
@@ -62,7 +64,17 @@ int main(int argc, char **argv) {
         data_close(d);
         return rc ? fail(&e) : 0;
     }
+    if (argc >= 4 && argc <= 11 && strcmp(argv[1], "tokenizers") == 0) {
+        data_set *sets[8] = {0};
+        int n = argc - 3, rc = 0;
+        char msg[1024];
+        for (int i = 0; i < n && rc == 0; i++)
+            rc = data_open((const char *const *)argv + 3 + i, 1, atoi(argv[2]), 0, &sets[i], &e);
+        if (rc == 0) printf("%s\n", data_tokenizers_differ((const data_set *const *)sets, n, msg, sizeof msg) ? msg : "same");
+        for (int i = 0; i < n; i++) data_close(sets[i]);
+        return rc ? fail(&e) : 0;
+    }
     fprintf(stderr, "usage: data_probe dump VOCAB GLOB... | write PATH VOCAB EOS TOKENIZER N | "
-                    "batch VOCAB SEED STEP FIRST SEQ_LEN MICRO_BATCH GLOB...\n");
+                    "batch VOCAB SEED STEP FIRST SEQ_LEN MICRO_BATCH GLOB... | tokenizers VOCAB GLOB...\n");
     return 2;
 }

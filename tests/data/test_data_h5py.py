@@ -96,6 +96,43 @@ class Interop(TmpDirCase):
             write_h5py(self.p(f"s-{i:05d}.h5"), part, np.uint16 if i != 1 else np.uint32, vocab=1000)
         np.testing.assert_array_equal(dump(1000, self.p("s-*.h5")), np.concatenate(parts))
 
+    def test_mixed_tokenizers(self):
+        """Shards (of one set or of several) unlike the first in tokenizer, vocab_size or
+        eos_id are named with both sets of attributes; the daemon warns about them."""
+        write_h5py(self.p("a.h5"), [1, 2, 0], "uint16", vocab=64, eos=0, tokenizer="tok A")
+        write_h5py(self.p("b.h5"), [3, 4, 0], "uint16", vocab=64, eos=0, tokenizer="tok A", on_root=True)
+        self.assertEqual(run(PROBE, "tokenizers", 0, self.p("*.h5")).stdout, "same\n")
+        self.assertEqual(run(PROBE, "tokenizers", 0, self.p("a.h5"), self.p("b.h5")).stdout, "same\n")
+        for name, kw in [("c.h5", dict(vocab=64, eos=0, tokenizer="tok B")),
+                         ("d.h5", dict(vocab=100, eos=0, tokenizer="tok A")),
+                         ("e.h5", dict(vocab=64, eos=5, tokenizer="tok A"))]:
+            write_h5py(self.p(name), [1, 0], "uint16", **kw)
+            want = (f"shards made by different tokenizers: {self.p('a.h5')} (tokenizer \"tok A\", vocab_size 64, "
+                    f"eos_id 0) and {self.p(name)} (tokenizer \"{kw['tokenizer']}\", vocab_size {kw['vocab']}, "
+                    f"eos_id {kw['eos']})\n")
+            self.assertEqual(run(PROBE, "tokenizers", 0, self.p("[ab].h5"), self.p(name)).stdout, want)  # two sets
+            self.assertEqual(run(PROBE, "tokenizers", 0, self.p("[ab]*.h5"), self.p(name)).stdout, want)
+            os.remove(self.p(name))
+        # the daemon: train shards of one tokenizer, a valid shard of another
+        mcfg, shard = pclib.tiny_pretrain_inputs(self.dir)
+        toks = pclib.markov_tokens(2000, 64, seed=2)
+        pclib.write_shard(self.p("valid.h5"), toks, 64, tokenizer="other")
+        job = self.p("job.yaml")
+        pclib.write_yaml(job, {"run": {"dir": self.p("run"), "mode": "pretrain"}, "model": {"config": mcfg},
+                               "data": {"train": [shard], "valid": [self.p("valid.h5")], "seq_len": 8},
+                               "train": {"steps": 1, "global_batch": 2, "micro_batch": 2},
+                               "eval": {"batches": 1}, "backend": {"device": "cpu"}})
+        want = (f"shards made by different tokenizers: {shard} (tokenizer \"test\", vocab_size 64, eos_id 0) and "
+                f"{self.p('valid.h5')} (tokenizer \"other\", vocab_size 64, eos_id 0)")
+        for mode, sets in [("pretrain", []),  # eval reads data.valid only: both shards there
+                           ("eval", [f"model.base={self.p('run-pretrain/final')}", "model.config=",
+                                     f"data.valid=[{shard}, {self.p('valid.h5')}]"])]:
+            d = self.p(f"run-{mode}")
+            r = pclib.projcompd(1, job, f"run.dir={d}", f"run.mode={mode}", *sets, check=False)
+            self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+            with open(os.path.join(d, "logs", "rank-00000.log")) as f:
+                self.assertIn(want, f.read())
+
     def test_writer_read_by_h5py(self):
         for vocab, dtype in ((1000, np.uint16), (65536, np.uint16), (70000, np.uint32)):
             path = self.p(f"w{vocab}.h5")
