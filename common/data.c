@@ -529,18 +529,41 @@ static int write_str_attr(hid_t obj, const char *name, const char *v) {
     return rc;
 }
 
+enum { RESERVE_META = 1 << 16 }; /* bytes reserved for a shard's header, chunk index and attributes */
+
+/* Allocate the first `bytes` of the file at path (a shard's chunks and metadata), so that a full disk, a quota or a file size
+ * limit fails here, with its reason, rather than in a write HDF5 makes while closing
+ * (HDF5 sets the file's size to its own end when it closes it). A file system that
+ * cannot preallocate is left to those writes. */
+static int reserve(const char *path, int64_t bytes, pc_err *e) {
+    if (bytes <= 0) return 0;
+    int fd = open(path, O_WRONLY);
+    if (fd < 0) return pc_errorf(e, "cannot open %s: %s", path, strerror(errno));
+    int err = fallocate(fd, 0, 0, (off_t)bytes) == 0 ? 0 : errno;
+    close(fd);
+    if (err == 0 || err == EOPNOTSUPP || err == ENOSYS || err == EINVAL) return 0;
+    return pc_errorf(e, "cannot allocate %lld bytes for %s: %s", (long long)bytes, path, strerror(err));
+}
+
 enum { WRITE_PIECE = 1 << 20 }; /* tokens per H5Dwrite: a multiple of the chunk size */
 
 /* Build the HDF5 file at tmp from fill's pieces, checking every token; HDF5 lock held. */
 static int write_h5(const char *tmp, const char *path, int64_t n, data_fill_fn fill, void *ctx, int vocab_size,
                     int eos_id, const char *tokenizer, pc_err *e) {
     hid_t f = H5Fcreate(tmp, H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT);
-    if (f < 0) return pc_errorf(e, "%s: cannot create %s", path, tmp);
+    if (f < 0) return pc_errorf(e, "%s: cannot create %s: %s", path, tmp, strerror(errno));
+    int elt = vocab_size <= 65536 ? 2 : 4;                     /* bytes a token in the file */
     hsize_t dims = (hsize_t)n, chunk = (hsize_t)PC_MIN(n, (int64_t)1 << 16);
+    int64_t chunks = n > 0 ? (n - 1) / (int64_t)chunk + 1 : 0; /* each written whole */
+    if (reserve(tmp, chunks * (int64_t)chunk * elt + RESERVE_META, e) != 0) {
+        pc_error_wrap(e, path);
+        H5Fclose(f);
+        return -1;
+    }
     hid_t sp = H5Screate_simple(1, &dims, NULL);
     hid_t dcpl = H5Pcreate(H5P_DATASET_CREATE);
     if (n > 0) H5Pset_chunk(dcpl, 1, &chunk);
-    hid_t ftype = vocab_size <= 65536 ? H5T_STD_U16LE : H5T_STD_U32LE;
+    hid_t ftype = elt == 2 ? H5T_STD_U16LE : H5T_STD_U32LE;
     hid_t ds = H5Dcreate2(f, "tokens", ftype, sp, H5P_DEFAULT, dcpl, H5P_DEFAULT);
     int rc = 0;
     if (ds < 0) rc = pc_errorf(e, "%s: cannot create dataset /tokens", path);
@@ -567,11 +590,17 @@ static int write_h5(const char *tmp, const char *path, int64_t n, data_fill_fn f
     if (rc == 0 && (write_int_attr(ds, "vocab_size", vocab_size) || write_int_attr(ds, "eos_id", eos_id) ||
                     write_str_attr(ds, "tokenizer", tokenizer)))
         rc = pc_errorf(e, "%s: cannot write the attributes of /tokens", path);
-    if (ds >= 0) H5Dclose(ds);
+    /* the chunks still cached are written here: a failure is a failed write */
+    if (ds >= 0 && H5Dclose(ds) < 0 && rc == 0)
+        rc = pc_errorf(e, "%s: cannot write /tokens to %s (disk full?)", path, tmp);
     H5Pclose(dcpl);
     H5Sclose(sp);
-    if (rc == 0 && H5Fflush(f, H5F_SCOPE_GLOBAL) < 0) rc = pc_errorf(e, "%s: cannot flush", path);
-    if (H5Fclose(f) < 0 && rc == 0) rc = pc_errorf(e, "%s: cannot close", path);
+    if (rc == 0 && H5Fflush(f, H5F_SCOPE_GLOBAL) < 0) rc = pc_errorf(e, "%s: cannot flush %s (disk full?)", path, tmp);
+    hsize_t size = 0; /* HDF5's end of the file, short of the reservation's */
+    if (rc == 0 && H5Fget_filesize(f, &size) < 0) rc = pc_errorf(e, "%s: cannot get the size of %s", path, tmp);
+    if (H5Fclose(f) < 0 && rc == 0) rc = pc_errorf(e, "%s: cannot close %s (disk full?)", path, tmp);
+    if (rc == 0 && truncate(tmp, (off_t)size) != 0)
+        rc = pc_errorf(e, "%s: cannot truncate %s: %s", path, tmp, strerror(errno));
     return rc;
 }
 

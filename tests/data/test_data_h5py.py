@@ -384,6 +384,31 @@ class Tool(TmpDirCase):
                 want += list(d.encode()) + [256]
         self.assertEqual(got, want)
 
+    def test_write_past_file_size_limit(self):
+        """A shard that cannot be written whole (here a file size limit; a full disk or a
+        quota the same) fails naming the shard and the reason, and nothing is published;
+        HDF5 writes its last chunks only when the dataset is closed, so this checks that
+        failure too (the limit sits between the tokens' bytes and their whole chunks)."""
+        import resource
+        import signal
+
+        def limit():
+            signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG instead
+            resource.setrlimit(resource.RLIMIT_FSIZE, (300_000, 300_000))
+
+        path = self.p("s.h5")
+        for n in (140_000, 200_000):  # 280 kB of tokens in 3 whole chunks of 131 kB; 400 kB
+            r = subprocess.run([PROBE, "write", path, "1000", "0", "t", str(n)], capture_output=True, text=True,
+                               timeout=60, preexec_fn=limit)
+            self.assertEqual(r.returncode, 1, r.stderr)
+            self.assertIn(path, r.stderr)
+            self.assertIn("File too large", r.stderr)
+            self.assertEqual(os.listdir(self.dir), [], "nothing is left behind")
+        r = run(PROBE, "write", path, "1000", "0", "t", "140000")  # without the limit: whole and exact
+        self.assertEqual(r.returncode, 0, r.stderr)
+        np.testing.assert_array_equal(dump(1000, path), (np.arange(140_000) * 7919 + 13) % 1000)
+        self.assertEqual(os.listdir(self.dir), ["s.h5"])
+
     def test_input_errors_write_nothing(self):
         with open(self.p("ok.txt"), "w") as f:
             f.write("fine text\n")
