@@ -246,7 +246,7 @@ static const pc_config_key pc_config_keys[] = {
      .doc = "CPU threads per rank for BLAS and the CPU ops (0 = automatic)."},
     /* output */
     {.path = "output.dir", .type = PC_CT_STRING, PC_AT(output.dir), .def = "",
-     .doc = "Where the final HF model is written (\"\" = RUN/final)."},
+     .doc = "Where the final HF model is written (\"\" = RUN/final); not model.base's own directory."},
     {.path = "output.dtype", .type = PC_CT_ENUM, PC_AT(output.dtype), .def = "f32", .choices = "bf16|f32",
      .doc = "dtype of the tensors in the final model.safetensors."},
 };

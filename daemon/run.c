@@ -8,13 +8,20 @@
 #include <string.h>
 #include <unistd.h>
 
+int run_final_dir(const pc_config *c, char *out, size_t n, pc_err *e) {
+    if (c->output.dir[0]) {
+        if ((size_t)snprintf(out, n, "%s", c->output.dir) >= n)
+            return pc_errorf(e, "output.dir '%s': path too long", c->output.dir);
+    } else if (pc_path_join(out, n, c->run.dir, "final") != 0) {
+        return pc_errorf(e, "run.dir '%s': path too long", c->run.dir);
+    }
+    return 0;
+}
+
 int run_open(run_ctx *r, pc_err *e) {
     const pc_config *c = &r->cfg;
     snprintf(r->run_dir, sizeof r->run_dir, "%s", c->run.dir);
-    if (c->output.dir[0])
-        snprintf(r->final_dir, sizeof r->final_dir, "%s", c->output.dir);
-    else if (pc_path_join(r->final_dir, sizeof r->final_dir, r->run_dir, "final") != 0)
-        return pc_errorf(e, "run.dir '%s': path too long", r->run_dir);
+    if (run_final_dir(c, r->final_dir, sizeof r->final_dir, e) != 0) return -1;
 
     r->comm = comm_mpi_create(e);
     if (!r->comm) return -1;

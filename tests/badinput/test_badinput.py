@@ -336,6 +336,28 @@ def case_pretrain_config_bad(fx):
         raise SystemExit(f"FAIL: exit {rc}, expected 2 (a config error before any work)")
 
 
+def case_output_is_base(fx):
+    """The final model would go into model.base itself (output.dir naming it through a
+    symlink, or run.dir whose final/ it is): refused before any work, the base intact."""
+    def snapshot(d):
+        return {n: open(os.path.join(d, n), "rb").read() for n in sorted(os.listdir(d))}
+    link = os.path.join(fx.root, "base-link")
+    os.symlink(fx.base, link)
+    before = snapshot(fx.base)
+    rc, out = run_daemon(fx, extra=["--set", f"output.dir={link}"])
+    expect_failure(rc, out, [link, "model.base", "output.dir"], fx, before_work=True)
+    nested = os.path.join(fx.root, "old-run", "final")
+    os.makedirs(os.path.dirname(nested))
+    os.rename(fx.base, nested)
+    rc2, out2 = run_daemon(fx, extra=["--set", f"model.base={nested}", "--set", f"run.dir={os.path.dirname(nested)}",
+                                      "--set", "run.mode=prune"])
+    os.rename(nested, fx.base)
+    expect_failure(rc2, out2, [nested, "model.base"], fx)
+    if (rc, rc2) != (2, 2) or snapshot(fx.base) != before:
+        raise SystemExit(f"FAIL: exits {rc}, {rc2} (expected 2: a config error), base unchanged: "
+                         f"{snapshot(fx.base) == before}")
+
+
 def case_base_missing(fx):
     missing = os.path.join(fx.root, "no-such-model")
     fx.sections["model"]["base"] = missing
