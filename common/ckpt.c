@@ -735,6 +735,7 @@ int ckpt_find(const char *ckpt_dir, pc_log *log, int64_t *step, char *path_out, 
     closedir(d);
     if (ns > 0) qsort(steps, (size_t)ns, sizeof(int64_t), cmp_desc);
     int found = 0;
+    pc_err first = {{0}}; /* why the newest was skipped */
     for (int i = 0; i < ns && !found; i++) {
         char dn[32], path[2600];
         ckpt_dir_name(steps[i], dn, sizeof dn);
@@ -743,10 +744,12 @@ int ckpt_find(const char *ckpt_dir, pc_log *log, int64_t *step, char *path_out, 
         pc_err ve = {{0}};
         if (ckpt_verify(path, &m, &ve) != 0) {
             warn(log, "checkpoint %s skipped: %s", path, ve.msg);
+            if (!first.msg[0]) snprintf(first.msg, sizeof first.msg, "%s", ve.msg);
             continue;
         }
         if (m.step != steps[i]) {
             warn(log, "checkpoint %s skipped: its MANIFEST is of another step", path, "");
+            if (!first.msg[0]) snprintf(first.msg, sizeof first.msg, "%.900s: its MANIFEST is of another step", path);
         } else {
             *step = steps[i];
             snprintf(path_out, n, "%s", path);
@@ -755,6 +758,11 @@ int ckpt_find(const char *ckpt_dir, pc_log *log, int64_t *step, char *path_out, 
         ckpt_manifest_free(&m);
     }
     free(steps);
+    /* checkpoints were written but none is usable: starting over would discard them */
+    if (ns > 0 && !found)
+        return pc_errorf(e, "%s: none of the %d checkpoint(s) verifies (the newest: %.700s): restore one, or move "
+                            "the directory away to start over",
+                         ckpt_dir, ns, first.msg);
     return found;
 }
 

@@ -119,8 +119,9 @@ const ckpt_entry *ckpt_entry_find(const ckpt_manifest *m, const char *name);
 /* Read the manifest and check every file's size and checksum. */
 int ckpt_verify(const char *ckpt_path, ckpt_manifest *m, pc_err *e);
 /* Newest checkpoint under ckpt_dir that verifies: returns 1 with *step set (path of
- * ckpt_dir/step-NNNNNNN in path_out), 0 when none, -1 when ckpt_dir cannot be read.
- * Bad or incomplete checkpoints are logged (LOGW naming the file) and skipped. */
+ * ckpt_dir/step-NNNNNNN in path_out), 0 when there is none, -1 when ckpt_dir cannot be
+ * read or none of the checkpoints there verifies (e names the newest's fault). Bad or
+ * incomplete checkpoints are logged (LOGW naming the file) and skipped. */
 int ckpt_find(const char *ckpt_dir, pc_log *log, int64_t *step, char *path_out, size_t n, pc_err *e);
 /* Read block b->name into b's arrays: the array names and element counts must match the
  * file; the content's checksum must match the manifest. */

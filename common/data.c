@@ -15,6 +15,7 @@
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 /* The one piece of process-wide state: serialises HDF5 library calls. */
@@ -29,7 +30,8 @@ static void hdf5_unlock(void) { pthread_mutex_unlock(&data_hdf5_mutex); }
 
 typedef struct data_shard {
     char *path;
-    hid_t file, dset;
+    hid_t file, dset; /* -1 while closed (at most DATA_MAX_OPEN shards of a set are open) */
+    uint64_t used;    /* when its handles were last used (the set's clock) */
     int64_t n_tokens;
     int64_t start; /* global offset of this shard's first token */
     int token_bits;
@@ -42,7 +44,15 @@ struct data_set {
     int n_shards;
     int64_t n_tokens;
     int vocab_size; /* the model's; <= 0 when not checked */
+    int n_open;     /* shards with open handles */
+    uint64_t clock; /* counts handle uses, for the least recently used */
 };
+
+/* Shards of a set kept open at once, the least recently used closed first: a corpus of
+ * thousands of shards would otherwise hold a descriptor and HDF5's caches for each. A
+ * dataset's chunk cache holds 2 of the chunks projcomp-data writes (64 Ki tokens), as
+ * many as a window spans. */
+enum { DATA_MAX_OPEN = 64, DATA_CHUNK_CACHE = 1 << 18 };
 
 /* ---------------------------------------------------------------- opening */
 
@@ -128,38 +138,78 @@ static const char *describe_type(hid_t t, char *buf, size_t n) {
     return buf;
 }
 
-/* Open and check one shard; called with the HDF5 lock held. */
-static int shard_open(data_shard *s, const char *path, int model_vocab, pc_err *e) {
-    memset(s, 0, sizeof *s);
-    s->file = s->dset = -1;
-    s->path = pc_strdup(path);
-    if (access(path, R_OK) != 0) return pc_errorf(e, "%s: cannot read: %s", path, strerror(errno));
-    htri_t is_h5 = H5Fis_hdf5(path);
-    if (is_h5 <= 0) return pc_errorf(e, "%s: not an HDF5 file", path);
-    s->file = H5Fopen(path, H5F_ACC_RDONLY, H5P_DEFAULT);
-    if (s->file < 0) return pc_errorf(e, "%s: cannot open as HDF5", path);
-    if (H5Lexists(s->file, "tokens", H5P_DEFAULT) <= 0)
-        return pc_errorf(e, "%s: no dataset /tokens", path);
-    s->dset = H5Dopen2(s->file, "tokens", H5P_DEFAULT);
-    if (s->dset < 0) return pc_errorf(e, "%s: /tokens is not a dataset", path);
+/* Open s's file and /tokens (HDF5 lock held); on failure the error names the file. */
+static int shard_handles_open(data_shard *s, pc_err *e) {
+    errno = 0;
+    htri_t is_h5 = H5Fis_hdf5(s->path);
+    if (is_h5 < 0) return pc_errorf(e, "%s: cannot open: %s", s->path, errno ? strerror(errno) : "HDF5 error");
+    if (is_h5 == 0) return pc_errorf(e, "%s: not an HDF5 file", s->path);
+    s->file = H5Fopen(s->path, H5F_ACC_RDONLY, H5P_DEFAULT);
+    if (s->file < 0) return pc_errorf(e, "%s: cannot open as HDF5", s->path);
+    if (H5Lexists(s->file, "tokens", H5P_DEFAULT) <= 0) return pc_errorf(e, "%s: no dataset /tokens", s->path);
+    hid_t dapl = H5Pcreate(H5P_DATASET_ACCESS);
+    H5Pset_chunk_cache(dapl, H5D_CHUNK_CACHE_NSLOTS_DEFAULT, DATA_CHUNK_CACHE, H5D_CHUNK_CACHE_W0_DEFAULT);
+    s->dset = H5Dopen2(s->file, "tokens", dapl);
+    H5Pclose(dapl);
+    if (s->dset < 0) return pc_errorf(e, "%s: /tokens is not a dataset", s->path);
+    return 0;
+}
 
+static void shard_handles_close(data_shard *s) {
+    if (s->dset >= 0) H5Dclose(s->dset);
+    if (s->file >= 0) H5Fclose(s->file);
+    s->file = s->dset = -1;
+}
+
+/* /tokens' length and bytes a token (0: not uint16 or uint32; tbuf describes the type). */
+static int tokens_shape(const data_shard *s, int64_t *n, int *tsize, char *tbuf, size_t tn, pc_err *e) {
     hid_t sp = H5Dget_space(s->dset);
     int ndims = sp >= 0 ? H5Sget_simple_extent_ndims(sp) : -1;
     hsize_t dims[H5S_MAX_RANK] = {0};
     if (ndims == 1) H5Sget_simple_extent_dims(sp, dims, NULL);
     if (sp >= 0) H5Sclose(sp);
-    if (ndims != 1) return pc_errorf(e, "%s: /tokens must be 1-D, has %d dimensions", path, ndims);
-    s->n_tokens = (int64_t)dims[0];
-
+    if (ndims != 1) return pc_errorf(e, "%s: /tokens must be 1-D, has %d dimensions", s->path, ndims);
+    *n = (int64_t)dims[0];
     hid_t t = H5Dget_type(s->dset);
-    if (t < 0) return pc_errorf(e, "%s: cannot read the type of /tokens", path);
-    char tbuf[64];
-    describe_type(t, tbuf, sizeof tbuf);
-    size_t tsize = H5Tget_size(t);
-    int ok = H5Tget_class(t) == H5T_INTEGER && H5Tget_sign(t) == H5T_SGN_NONE && (tsize == 2 || tsize == 4);
+    if (t < 0) return pc_errorf(e, "%s: cannot read the type of /tokens", s->path);
+    describe_type(t, tbuf, tn);
+    size_t sz = H5Tget_size(t);
+    int ok = H5Tget_class(t) == H5T_INTEGER && H5Tget_sign(t) == H5T_SGN_NONE && (sz == 2 || sz == 4);
     H5Tclose(t);
-    if (!ok) return pc_errorf(e, "%s: /tokens has type %s; expected uint16 or uint32", path, tbuf);
-    s->token_bits = (int)tsize * 8;
+    *tsize = ok ? (int)sz : 0;
+    return 0;
+}
+
+/* Every filter /tokens is stored with must be one this HDF5 library can decode (a
+ * shard compressed with a plugin filter would otherwise fail at its first read, deep in
+ * a run, without saying why). */
+static int check_filters(const data_shard *s, pc_err *e) {
+    hid_t pl = H5Dget_create_plist(s->dset);
+    if (pl < 0) return pc_errorf(e, "%s: cannot read the storage properties of /tokens", s->path);
+    int nf = H5Pget_nfilters(pl), rc = 0;
+    for (int i = 0; i < nf && rc == 0; i++) {
+        unsigned flags = 0, conf = 0;
+        size_t nelem = 0;
+        char name[64] = "";
+        H5Z_filter_t id = H5Pget_filter2(pl, (unsigned)i, &flags, &nelem, NULL, sizeof name, name, &conf);
+        if (id < 0 || H5Zfilter_avail(id) <= 0)
+            rc = pc_errorf(e, "%s: /tokens is stored with HDF5 filter %d ('%s'), which this HDF5 library cannot decode: "
+                              "install its plugin (HDF5_PLUGIN_PATH) or rewrite the shard without it",
+                           s->path, (int)id, name);
+    }
+    H5Pclose(pl);
+    return rc;
+}
+
+/* Check one shard and read its attributes (HDF5 lock held, its handles open). */
+static int shard_check(data_shard *s, int model_vocab, pc_err *e) {
+    const char *path = s->path;
+    char tbuf[64];
+    int tsize;
+    if (tokens_shape(s, &s->n_tokens, &tsize, tbuf, sizeof tbuf, e)) return -1;
+    if (!tsize) return pc_errorf(e, "%s: /tokens has type %s; expected uint16 or uint32", path, tbuf);
+    s->token_bits = tsize * 8;
+    if (check_filters(s, e)) return -1;
 
     int64_t v;
     if (read_int_attr(path, s->file, s->dset, "vocab_size", &v, e)) return -1;
@@ -172,13 +222,52 @@ static int shard_open(data_shard *s, const char *path, int model_vocab, pc_err *
     if (v < 0 || v >= s->vocab_size)
         return pc_errorf(e, "%s: attribute eos_id = %lld is not below vocab_size %d", path, (long long)v, s->vocab_size);
     s->eos_id = (int)v;
-    if (read_str_attr(path, s->file, s->dset, "tokenizer", &s->tokenizer, e)) return -1;
+    return read_str_attr(path, s->file, s->dset, "tokenizer", &s->tokenizer, e);
+}
+
+/* Open and check one shard, then close its handles (reads reopen them); HDF5 lock held. */
+static int shard_open(data_shard *s, const char *path, int model_vocab, pc_err *e) {
+    memset(s, 0, sizeof *s);
+    s->file = s->dset = -1;
+    s->path = pc_strdup(path);
+    if (access(path, R_OK) != 0) return pc_errorf(e, "%s: cannot read: %s", path, strerror(errno));
+    int rc = shard_handles_open(s, e);
+    if (rc == 0) rc = shard_check(s, model_vocab, e);
+    shard_handles_close(s);
+    return rc;
+}
+
+/* s's handles open for a read: reopened (closing the set's least recently used shard
+ * when DATA_MAX_OPEN are open) and checked to hold what it held when the set was
+ * opened. HDF5 lock held. */
+static int shard_ready(data_set *d, data_shard *s, pc_err *e) {
+    s->used = ++d->clock;
+    if (s->dset >= 0) return 0;
+    if (d->n_open >= DATA_MAX_OPEN) {
+        data_shard *lru = NULL;
+        for (int i = 0; i < d->n_shards; i++)
+            if (d->shards[i].dset >= 0 && (!lru || d->shards[i].used < lru->used)) lru = &d->shards[i];
+        shard_handles_close(lru);
+        d->n_open--;
+    }
+    int64_t n;
+    int tsize;
+    char tbuf[64];
+    if (shard_handles_open(s, e) || tokens_shape(s, &n, &tsize, tbuf, sizeof tbuf, e)) {
+        shard_handles_close(s);
+        return -1;
+    }
+    if (n != s->n_tokens || tsize * 8 != s->token_bits) {
+        shard_handles_close(s);
+        return pc_errorf(e, "%s: changed since the run opened it (/tokens is now %lld x %s, was %lld x uint%d)",
+                         s->path, (long long)n, tbuf, (long long)s->n_tokens, s->token_bits);
+    }
+    d->n_open++;
     return 0;
 }
 
 static void shard_close(data_shard *s) {
-    if (s->dset >= 0) H5Dclose(s->dset);
-    if (s->file >= 0) H5Fclose(s->file);
+    shard_handles_close(s);
     free(s->path);
     free(s->tokenizer);
 }
@@ -284,10 +373,23 @@ int data_tokenizers_differ(const data_set *const *sets, int n, char *msg, size_t
     return 0;
 }
 
+const char *data_shared_shard(const data_set *a, const data_set *b) {
+    if (!a || !b) return NULL;
+    struct stat sa, sb;
+    for (int j = 0; j < b->n_shards; j++) {
+        if (stat(b->shards[j].path, &sb) != 0) continue;
+        for (int i = 0; i < a->n_shards; i++)
+            if (stat(a->shards[i].path, &sa) == 0 && sa.st_dev == sb.st_dev && sa.st_ino == sb.st_ino)
+                return b->shards[j].path;
+    }
+    return NULL;
+}
+
 /* ---------------------------------------------------------------- reading */
 
-/* Read n tokens of shard s from local index `at` into dst; HDF5 lock held. */
-static int shard_read(data_shard *s, int64_t at, int64_t n, int32_t *dst, pc_err *e) {
+/* Read n tokens of shard s of d from local index `at` into dst; HDF5 lock held. */
+static int shard_read(data_set *d, data_shard *s, int64_t at, int64_t n, int32_t *dst, pc_err *e) {
+    if (shard_ready(d, s, e)) return -1;
     hsize_t start = (hsize_t)at, count = (hsize_t)n;
     hid_t fsp = H5Dget_space(s->dset);
     hid_t msp = H5Screate_simple(1, &count, NULL);
@@ -325,7 +427,7 @@ int data_read(data_set *d, int64_t offset, int64_t n, int32_t *dst, pc_err *e) {
         int64_t at = offset - s->start;
         if (at >= s->n_tokens) continue; /* empty shards */
         int64_t take = PC_MIN(n, s->n_tokens - at);
-        if ((rc = shard_read(s, at, take, dst, e))) break;
+        if ((rc = shard_read(d, s, at, take, dst, e))) break;
         dst += take;
         offset += take;
         n -= take;

@@ -46,6 +46,9 @@ void data_shard_get_info(const data_set *d, int i, data_shard_info *out);
  * writer's choice, so callers warn rather than refuse. */
 int data_tokenizers_differ(const data_set *const *sets, int n, char *msg, size_t cap);
 
+/* A shard of b that is also one of a's (the same file, by any path), or NULL. */
+const char *data_shared_shard(const data_set *a, const data_set *b);
+
 /* Read n tokens starting at global offset into dst (n elements). Fails naming the file and
  * index of any token >= the shard's vocab_size. */
 int data_read(data_set *d, int64_t offset, int64_t n, int32_t *dst, pc_err *e);

@@ -25,7 +25,7 @@ void hf_config_defaults(llama_config *c) {
     c->n_kv_heads = 4;
     c->head_dim = 16;
     c->max_position_embeddings = 2048;
-    c->rms_norm_eps = 1e-5;
+    c->rms_norm_eps = 1e-6; /* transformers' LlamaConfig defaults, for keys a config.json leaves out */
     c->rope_theta = 10000.0;
     c->rope_scaling_type[0] = '\0';
     c->tie_word_embeddings = 0;
@@ -63,10 +63,12 @@ static int get_pos_num(const char *file, const json_val *root, const char *key, 
 }
 
 /* Token id: absent/null -> -1; an int; or a list (first element). */
+/* A token id: absent -> *out untouched (the default), null or [] -> -1 (none). */
 static int get_token_id(const char *file, const json_val *root, const char *key, int *out, pc_err *e) {
     const json_val *v = json_get(root, key);
+    if (!v) return 0;
     *out = -1;
-    if (!v || json_is_null(v)) return 0;
+    if (json_is_null(v)) return 0;
     if (v->type == JSON_ARRAY) {
         if (v->n == 0) return 0;
         v = json_at(v, 0);

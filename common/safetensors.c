@@ -44,8 +44,9 @@ struct st_model {
     char *source; /* the path given to st_open */
 };
 
-static const char *dtype_names[ST_DTYPE_COUNT] = {"F32", "F16", "BF16", "I32", "I64", "U8"};
-static const size_t dtype_sizes[ST_DTYPE_COUNT] = {4, 2, 2, 4, 8, 1};
+static const char *dtype_names[ST_DTYPE_COUNT] = {"F32", "F16", "BF16", "I32", "I64",  "U8",      "F64",    "I8",
+                                                  "I16", "U16", "U32",  "U64", "BOOL", "F8_E4M3", "F8_E5M2"};
+static const size_t dtype_sizes[ST_DTYPE_COUNT] = {4, 2, 2, 4, 8, 1, 8, 1, 2, 2, 4, 8, 1, 1, 1};
 
 size_t st_dtype_size(st_dtype t) { return (unsigned)t < ST_DTYPE_COUNT ? dtype_sizes[t] : 0; }
 const char *st_dtype_name(st_dtype t) { return (unsigned)t < ST_DTYPE_COUNT ? dtype_names[t] : "?"; }
@@ -154,8 +155,8 @@ static int parse_entry(const char *path, const char *name, const json_val *v, ui
         }
     }
     if (!found)
-        return pc_errorf(e, "%s: tensor '%s': unsupported dtype '%s' (supported: F32, F16, BF16, I32, I64, U8)",
-                         path, name, dt);
+        return pc_errorf(e, "%s: tensor '%s': unknown dtype '%s' (not one of the safetensors format's)", path, name,
+                         dt);
     const json_val *shape = json_get(v, "shape");
     if (!shape || shape->type != JSON_ARRAY)
         return pc_errorf(e, "%s: tensor '%s': missing or non-array 'shape'", path, name);
@@ -512,8 +513,8 @@ static int find_float(const st_model *m, const char *name, const st_tensor **out
         return pc_errorf(e, "%s: tensor '%s' not found", where, name);
     }
     if (t->dtype != ST_F32 && t->dtype != ST_F16 && t->dtype != ST_BF16)
-        return pc_errorf(e, "%s: tensor '%s' has integer dtype %s and cannot be read as f32", st_file_path(m, t),
-                         name, dtype_names[t->dtype]);
+        return pc_errorf(e, "%s: tensor '%s' has dtype %s, which is not read as f32 (F32, F16 or BF16 are)",
+                         st_file_path(m, t), name, dtype_names[t->dtype]);
     *out = t;
     return 0;
 }

@@ -10,7 +10,26 @@
 
 #include "util.h"
 
-typedef enum { ST_F32 = 0, ST_F16, ST_BF16, ST_I32, ST_I64, ST_U8, ST_DTYPE_COUNT } st_dtype;
+/* Every dtype of the safetensors format opens (a file may hold tensors nothing reads);
+ * only F32, F16 and BF16 are read as values. */
+typedef enum {
+    ST_F32 = 0,
+    ST_F16,
+    ST_BF16,
+    ST_I32,
+    ST_I64,
+    ST_U8,
+    ST_F64,
+    ST_I8,
+    ST_I16,
+    ST_U16,
+    ST_U32,
+    ST_U64,
+    ST_BOOL,
+    ST_F8_E4M3,
+    ST_F8_E5M2,
+    ST_DTYPE_COUNT
+} st_dtype;
 
 #define ST_MAX_DIMS 8
 

@@ -41,7 +41,7 @@ static int score_activation(run_ctx *r, trainer *t, importance_scores *s, pc_err
         rc = data_read(t->train, off, T + 1, win, e);
         memcpy(tokens + j * T, win, sizeof(int32_t) * (size_t)T);
     }
-    if (rc == 0) rc = stream_embed(t->base, tokens, n_tok, d, 0, h, e);
+    if (rc == 0) rc = stream_embed(t->base, bc, tokens, n_tok, 0, h, e);
     if (rc == 0) rc = stream_layers(r, t->base, bc, LLAMA_F32, h, mine, B, T, score_layer, s, e);
     free(win);
     free(tokens);
@@ -68,7 +68,7 @@ static int select_indices(run_ctx *r, trainer *t, const int *d_ff_c, pc_err *e) 
     if (!strcmp(how, "activation"))
         rc = score_activation(r, t, &s, e);
     else if (!strcmp(how, "magnitude"))
-        rc = importance_magnitude(&s, t->base, e);
+        rc = importance_magnitude(&s, &t->base_cfg, t->base, e);
     else
         importance_random(&s, (uint64_t)c->run.seed);
     if (rc == 0) {
@@ -243,7 +243,7 @@ int compress_setup(run_ctx *r, trainer *t, pc_err *e) {
     if (hf_config_validate(&t->base_cfg, c->model.base, e) != 0) return -1;
     llama_config sc; /* the small model: same heads, narrower widths, untied */
     if (plan_small_config(c, &t->base_cfg, &sc, e) != 0) return -1;
-    if (st_open(c->model.base, &t->base, e) != 0) return -1;
+    if (st_open(c->model.base, &t->base, e) != 0 || llama_check_tied_head(t->base, &t->base_cfg, e) != 0) return -1;
     if (!r->be && run_backend(r, e) != 0) return -1;
     if (check_fit(r, t, &sc, e) != 0) return -1;
     if (trainer_open_data(r, t, t->base_cfg.vocab_size, e) != 0) return -1;

@@ -121,7 +121,7 @@ static int eval_streamed(run_ctx *r, const st_model *base, const llama_config *l
     for (int64_t bi = 0; bi < n_batches && rc == 0; bi++)
         rc = read_batch(r, valid, bi, mine, buf, tokens + bi * bt, targets + bi * bt, &real[bi], e);
     int run = rc == 0 && n_batches > 0; /* a rank without windows reads nothing */
-    if (run) rc = stream_embed(base, tokens, (int64_t)n_tok, d, weights == LLAMA_BF16_ONLY, h, e);
+    if (run) rc = stream_embed(base, lc, tokens, (int64_t)n_tok, weights == LLAMA_BF16_ONLY, h, e);
     if (run && rc == 0) rc = stream_layers(r, base, lc, weights, h, n_batches * B, B, T, NULL, NULL, e);
     llama_model tm;
     memset(&tm, 0, sizeof tm);
@@ -152,11 +152,15 @@ int open_valid(run_ctx *r, int vocab_size, data_set **out, pc_err *e) {
     return 0;
 }
 
-void warn_mixed_tokenizers(run_ctx *r, const data_set *train, const data_set *valid) {
+void warn_data_sets(run_ctx *r, const data_set *train, const data_set *valid) {
     const data_set *sets[] = {train, valid};
     char msg[1024];
-    if (r->rank == 0 && data_tokenizers_differ(sets, 2, msg, sizeof msg))
+    if (r->rank != 0) return;
+    if (data_tokenizers_differ(sets, 2, msg, sizeof msg))
         LOGW(&r->log, "%s: their token ids likely mean different things", msg);
+    const char *both = data_shared_shard(train, valid);
+    if (both)
+        LOGW(&r->log, "data.valid: %s is also in data.train: the validation loss is measured on trained data", both);
 }
 
 void log_eval(run_ctx *r, long step, double val_loss, int64_t n_params) {
@@ -177,9 +181,13 @@ static int mode_eval_streamed(run_ctx *r, double *loss, int64_t *n_params, pc_er
     st_model *base = NULL;
     data_set *valid = NULL;
     if (st_open(c->model.base, &base, e) != 0) return -1;
+    if (llama_check_tied_head(base, &lc, e) != 0) {
+        st_close(base);
+        return -1;
+    }
     int rc = open_valid(r, lc.vocab_size, &valid, e);
     if (rc == 0) {
-        warn_mixed_tokenizers(r, NULL, valid);
+        warn_data_sets(r, NULL, valid);
         LOGI(&r->log, "evaluating %s one decoder layer at a time (eval.stream_layers)", c->model.base);
         rc = eval_streamed(r, base, &lc, valid, loss, e);
     }
@@ -200,7 +208,7 @@ int mode_eval(run_ctx *r, pc_err *e) {
         data_set *valid = NULL;
         if (run_model(r, &m, r->cfg.train.micro_batch, RUN_EVALUATED, e) != 0) return -1;
         if (open_valid(r, m.cfg.vocab_size, &valid, e) != 0) return -1;
-        warn_mixed_tokenizers(r, NULL, valid);
+        warn_data_sets(r, NULL, valid);
         rc = eval_valid(r, &m, valid, &loss, e);
         n_params = hf_config_n_params(&m.cfg);
         data_close(valid);

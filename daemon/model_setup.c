@@ -113,6 +113,13 @@ int run_llama_init(run_ctx *r, llama_model *m, const llama_config *lc, int B, ru
                     .grad_windows = use == RUN_PROJECTED && r->cfg.compress.shard_grads,
                     .weights = run_model_weights(r, use)};
     if (llama_init_opts(m, lc, r->be, B, r->cfg.data.seq_len, &o, e) != 0) return -1;
+    static int warned; /* once a process: the teacher and the trained model share the config */
+    if (r->rank == 0 && !warned && r->cfg.data.seq_len > lc->max_position_embeddings) {
+        LOGW(&r->log, "data.seq_len %d is longer than the model's max_position_embeddings %d: it runs (RoPE has no "
+                      "table to outgrow), but positions past %d are ones the model was not trained or meant for",
+             r->cfg.data.seq_len, lc->max_position_embeddings, lc->max_position_embeddings);
+        warned = 1;
+    }
     if (llama_attention_16(m))
         LOGI(&r->log, "attention on bf16 tensor cores: each layer's q, k, v kept in bf16 only (rotated as rounded)");
     return 0;

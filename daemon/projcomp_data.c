@@ -283,7 +283,9 @@ static int shard_path(char *out, size_t n, const char *dir, const char *prefix, 
     return pc_path_join(out, n, dir, name);
 }
 
-static int n_shards_for(int64_t n, int64_t per_shard) { return n == 0 ? 0 : (int)((n + per_shard - 1) / per_shard); }
+enum { MAX_SHARDS = 99999 }; /* of a split: names end in 5 digits */
+
+static int n_shards_for(int64_t n, int64_t per_shard) { return n == 0 ? 0 : (int)(1 + (n - 1) / per_shard); }
 
 /* Refuse to mix with shards of an earlier run: the glob train-*.h5 would pick them up. */
 static int check_free(const char *dir, const char *prefix, const char *split, pc_err *e) {
@@ -445,6 +447,10 @@ static int convert(const char *dir, const char *prefix, double valid_fraction, i
     }
     int64_t cut = 0, valid_docs = 0;
     if (rc == 0) rc = split_point(&s, valid_fraction, &cut, &valid_docs, e);
+    /* shard names have 5 digits: more shards would not sort (nor be cleaned up) in order */
+    if (rc == 0 && ((cut - 1) / per_shard >= MAX_SHARDS || (s.n - cut - 1) / per_shard >= MAX_SHARDS))
+        rc = pc_errorf(e, "--shard-tokens %lld: %lld tokens would make more than %lld shards: raise it",
+                       (long long)per_shard, (long long)PC_MAX(cut, s.n - cut), (long long)MAX_SHARDS);
     written w = {0};
     if (rc == 0) {
         remove_stale_partials(dir, prefix, "train");

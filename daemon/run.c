@@ -2,6 +2,7 @@
 #include "run.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <math.h>
 #include <stdlib.h>
 #include <sys/resource.h>
@@ -18,7 +19,43 @@ int run_final_dir(const pc_config *c, char *out, size_t n, pc_err *e) {
     return 0;
 }
 
+/* Open metrics.jsonl for appending; a last line without its newline (a write cut short
+ * by a crash or a full disk in an earlier run) is cut off, so every line stays JSON. */
+static int metrics_open(run_ctx *r, const char *path, pc_err *e) {
+    int fd = open(path, O_RDWR | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
+    if (fd < 0) return pc_errorf(e, "%s: cannot open: %s", path, strerror(errno));
+    off_t end = lseek(fd, 0, SEEK_END), keep = end;
+    char buf[4096];
+    while (keep > 0) { /* back to just after the last newline */
+        off_t at = keep > (off_t)sizeof buf ? keep - (off_t)sizeof buf : 0;
+        ssize_t got = pread(fd, buf, (size_t)(keep - at), at);
+        if (got != keep - at) {
+            close(fd);
+            return pc_errorf(e, "%s: cannot read: %s", path, got < 0 ? strerror(errno) : "short read");
+        }
+        ssize_t i = got;
+        while (i > 0 && buf[i - 1] != '\n') i--;
+        if (i > 0 || at == 0) {
+            keep = at + i;
+            break;
+        }
+        keep = at;
+    }
+    if (end < 0 || (keep < end && ftruncate(fd, keep) != 0)) {
+        pc_errorf(e, "%s: cannot cut its partial last line: %s", path, strerror(errno));
+        close(fd);
+        return -1;
+    }
+    if (keep < end)
+        LOGW(&r->log, "%s: cut off a partial last line (%lld bytes) left by an interrupted write", path,
+             (long long)(end - keep));
+    r->metrics_fd = fd;
+    r->metrics_size = (int64_t)keep;
+    return 0;
+}
+
 int run_open(run_ctx *r, pc_err *e) {
+    r->metrics_fd = -1;
     const pc_config *c = &r->cfg;
     snprintf(r->run_dir, sizeof r->run_dir, "%s", c->run.dir);
     if (run_final_dir(c, r->final_dir, sizeof r->final_dir, e) != 0) return -1;
@@ -51,15 +88,14 @@ int run_open(run_ctx *r, pc_err *e) {
         snprintf(path, sizeof path, "%s/config.resolved.yaml", r->run_dir);
         if (config_write_resolved(c, path, e) != 0) return -1;
         snprintf(path, sizeof path, "%s/metrics.jsonl", r->run_dir);
-        r->metrics = fopen(path, "a");
-        if (!r->metrics) return pc_errorf(e, "%s: cannot open: %s", path, strerror(errno));
+        if (metrics_open(r, path, e) != 0) return -1;
     }
     return 0;
 }
 
 void run_close(run_ctx *r) {
-    if (r->metrics) fclose(r->metrics);
-    r->metrics = NULL;
+    if (r->metrics_fd >= 0) close(r->metrics_fd);
+    r->metrics_fd = -1;
     if (r->dcomm && r->dcomm != r->comm) comm_destroy(r->dcomm); /* before its backend (NCCL) */
     r->dcomm = NULL;
     if (r->be) backend_destroy(r->be);
@@ -70,9 +106,23 @@ void run_close(run_ctx *r) {
 }
 
 void run_metrics(run_ctx *r, const char *json_line) {
-    if (!r->metrics) return;
-    fprintf(r->metrics, "%s\n", json_line);
-    fflush(r->metrics);
+    if (r->metrics_fd < 0) return;
+    size_t n = strlen(json_line);
+    char *line = pc_malloc(n + 1);
+    memcpy(line, json_line, n);
+    line[n] = '\n';
+    ssize_t w = write(r->metrics_fd, line, n + 1);
+    int err = w < 0 ? errno : ENOSPC;
+    free(line);
+    if (w == (ssize_t)(n + 1)) {
+        r->metrics_size += (int64_t)w;
+        return;
+    }
+    if (w > 0 && ftruncate(r->metrics_fd, (off_t)r->metrics_size) != 0) err = errno;
+    if (!r->metrics_failed)
+        LOGW(&r->log, "%s/metrics.jsonl: cannot write a row (%s): rows are lost until it can", r->run_dir,
+             strerror(err));
+    r->metrics_failed = 1;
 }
 
 const char *run_json_number(char *out, size_t n, const char *fmt, double x) {

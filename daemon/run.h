@@ -22,7 +22,9 @@ typedef struct run_ctx {
     int local_rank, local_size; /* this rank's index among the ranks of its node, and their count */
     char run_dir[1024];
     char final_dir[1024];
-    FILE *metrics;                    /* rank 0 only: RUN/metrics.jsonl */
+    int metrics_fd;                   /* rank 0 only: RUN/metrics.jsonl (O_APPEND), else -1 */
+    int64_t metrics_size;             /* its length after the last whole line */
+    int metrics_failed;               /* a row could not be written (warned once) */
     volatile sig_atomic_t *stop_flag; /* set by SIGTERM/SIGUSR1 */
     double t_start;
     double peak_tflops; /* the ranks' summed device peak for the mfu metric, 0: unknown (mfu.h) */
@@ -36,7 +38,9 @@ int run_final_dir(const pc_config *c, char *out, size_t n, pc_err *e);
 int run_open(run_ctx *r, pc_err *e);
 void run_close(run_ctx *r);
 
-/* Append one JSON object line (already formatted, without newline) to metrics.jsonl. */
+/* Append one JSON object line (already formatted, without newline) to metrics.jsonl, in
+ * one write: a row that cannot be written whole (disk full) is cut back off, and the
+ * loss of rows is warned about once. */
 void run_metrics(run_ctx *r, const char *json_line);
 /* x printed with fmt into out as a JSON number, or null when it is not finite (NaN and
  * infinities are not JSON). Returns out. */
@@ -78,8 +82,8 @@ int run_model(run_ctx *r, llama_model *m, int B, run_model_use use, pc_err *e);
 /* Open data.valid for the model's vocabulary. */
 int open_valid(run_ctx *r, int vocab_size, data_set **out, pc_err *e);
 /* Rank 0 warns when the shards of train and valid (either may be NULL) were made by
- * different tokenizers (data_tokenizers_differ). */
-void warn_mixed_tokenizers(run_ctx *r, const data_set *train, const data_set *valid);
+ * different tokenizers (data_tokenizers_differ), or valid holds a shard train trains on. */
+void warn_data_sets(run_ctx *r, const data_set *train, const data_set *valid);
 /* Mean validation loss over eval.batches micro-batches of windows, reduced over ranks. */
 int eval_valid(run_ctx *r, llama_model *m, data_set *valid, double *loss_out, pc_err *e);
 /* Log and record {"step", "val_loss", "val_ppl", "params"} in metrics.jsonl. */

@@ -4,8 +4,12 @@
 #include <stdlib.h>
 #include <string.h>
 
-int stream_embed(const st_model *base, const int32_t *tokens, int64_t n, int d, int bf16, float *h, pc_err *e) {
+int stream_embed(const st_model *base, const llama_config *bc, const int32_t *tokens, int64_t n, int bf16, float *h,
+                 pc_err *e) {
     const char *name = "model.embed_tokens.weight";
+    int64_t d = bc->d_model, shape[2] = {bc->vocab_size, d};
+    int padded;
+    if (!llama_stored_tensor(base, name, 2, shape, bc->d_ff, &padded, e)) return -1;
     for (int64_t i = 0; i < n; i++)
         if (st_read_rows_f32(base, name, tokens[i], 1, h + i * d, e) != 0) return -1;
     if (st_check_finite(base, name, h, (size_t)(n * d), e) != 0) return -1;

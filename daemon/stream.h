@@ -7,10 +7,12 @@
 
 #include "run.h"
 
-/* The embedding rows of tokens (n,) -> h (n, d), read row by row from the base; with
+/* The embedding rows of tokens (n,) -> h (n, d), read row by row from the base (its
+ * shape checked against bc: (vocab_size, d_model)); with
  * bf16, rounded to bf16 (nearest even) and widened: what a LLAMA_BF16_ONLY model's
  * lookups give. */
-int stream_embed(const st_model *base, const int32_t *tokens, int64_t n, int d, int bf16, float *h, pc_err *e);
+int stream_embed(const st_model *base, const llama_config *bc, const int32_t *tokens, int64_t n, int bf16, float *h,
+                 pc_err *e);
 
 /* After layer l ran on `rows` sequences of a micro-batch: the one-layer model m holds
  * their activations (llama_layer_acts, layer 0). Returns 0, or -1 with e set. */

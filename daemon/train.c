@@ -23,7 +23,7 @@ int trainer_open_data(run_ctx *r, trainer *t, int vocab_size, pc_err *e) {
     if (data_open(globs, c->data.n_train, vocab_size, c->data.seq_len + 1, &t->train, e) != 0)
         return pc_error_wrap(e, "data.train");
     if (c->data.n_valid > 0 && open_valid(r, vocab_size, &t->valid, e) != 0) return -1;
-    warn_mixed_tokenizers(r, t->train, t->valid);
+    warn_data_sets(r, t->train, t->valid);
     return data_loader_create(t->train, (uint64_t)c->run.seed, c->data.seq_len, c->train.micro_batch, &t->loader, e);
 }
 
@@ -153,7 +153,7 @@ static int agree_stop(run_ctx *r, int *stop, pc_err *e) {
 static int copy_tokenizer(const char *from, const char *to, pc_err *e) {
     static const char *files[] = {"tokenizer.json",  "tokenizer_config.json", "special_tokens_map.json",
                                   "tokenizer.model", "vocab.json",            "merges.txt",
-                                  "generation_config.json"};
+                                  "added_tokens.json", "chat_template.jinja", "generation_config.json"};
     for (size_t i = 0; i < PC_ARRAY_LEN(files); i++) {
         char src[2048], dst[2048], *buf;
         size_t len;
@@ -236,6 +236,12 @@ int mode_train(run_ctx *r, pc_err *e) {
     int skipped_in_row = 0;
     int current = 0; /* the model's weights are those of the latest update (finish ran) */
     if (ckpt_resume(r, &t, &start, e) != 0) goto out;
+    if (start > c->train.steps) { /* the model is past the end asked for: nothing would make it so */
+        pc_errorf(e, "%s/checkpoints: the newest checkpoint is of step %lld, past train.steps %lld: raise "
+                     "train.steps, or use another run.dir for a shorter run",
+                  r->run_dir, (long long)start, (long long)c->train.steps);
+        goto out;
+    }
     if (start > 0) LOGI(&r->log, "resumed after step %lld", (long long)start);
     if (t.method->begin_step(r, &t, e) != 0) goto out;
     if (start == 0 && maybe_eval(r, &t, 0, 1, e) != 0) goto out; /* the starting point: step 0 */

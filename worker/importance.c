@@ -79,42 +79,43 @@ static void add_row_norms(double *score, const float *w, int64_t R, int64_t C) {
     }
 }
 
-/* Read one base tensor (R, C) as f32; the caller frees it. */
-static float *read_weight(const st_model *base, const char *name, int64_t *R, int64_t *C, pc_err *e) {
-    const st_tensor *t = st_find(base, name);
-    if (!t || t->ndim != 2) return pc_errorf(e, "%s: tensor '%s' is missing or not 2-D", st_source(base), name), NULL;
-    *R = t->shape[0];
-    *C = t->shape[1];
-    float *w = pc_alloc_f32((size_t)(*R * *C));
-    if (st_read_f32(base, name, w, (size_t)(*R * *C), e) != 0 ||
-        st_check_finite(base, name, w, (size_t)(*R * *C), e) != 0) {
+/* Base tensor `name` as f32 at the config's shape (R, C) (the real part of a narrower
+ * layer's padded MLP matrix); the caller frees it. */
+static float *read_weight(const st_model *base, const llama_config *c, const char *name, int64_t R, int64_t C,
+                          pc_err *e) {
+    int64_t shape[2] = {R, C};
+    float *w = pc_alloc_f32((size_t)(R * C));
+    if (llama_read_stored(base, name, 2, shape, c->d_ff, w, e) != 0) {
         free(w);
         return NULL;
     }
     return w;
 }
 
-int importance_magnitude(importance_scores *s, const st_model *base, pc_err *e) {
+int importance_magnitude(importance_scores *s, const llama_config *c, const st_model *base, pc_err *e) {
     static const char *d_cols[] = {"self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "mlp.gate_proj",
                                    "mlp.up_proj"};
     static const char *d_rows[] = {"self_attn.o_proj", "mlp.down_proj"};
     char name[LLAMA_NAME_MAX];
-    int64_t R, C;
+    int64_t d = c->d_model, q = (int64_t)c->n_heads * c->head_dim, kv = (int64_t)c->n_kv_heads * c->head_dim;
     for (int l = 0; l < s->n_layers; l++) {
+        int64_t f = c->d_ff_layer[l];
+        int64_t rows[] = {q, kv, kv, f, f}; /* of d_cols' matrices, whose columns are d */
+        int64_t cols[] = {q, f};            /* of d_rows' matrices, whose rows are d */
         for (size_t k = 0; k < PC_ARRAY_LEN(d_cols); k++) {
             snprintf(name, sizeof name, "model.layers.%d.%s.weight", l, d_cols[k]);
-            float *w = read_weight(base, name, &R, &C, e);
+            float *w = read_weight(base, c, name, rows[k], d, e);
             if (!w) return -1;
-            add_col_norms(s->d, w, R, C);
-            if (k >= 3) add_row_norms(s->ff[l], w, R, C); /* gate, up: (f, d) rows are d_ff */
+            add_col_norms(s->d, w, rows[k], d);
+            if (k >= 3) add_row_norms(s->ff[l], w, f, d); /* gate, up: (f, d) rows are d_ff */
             free(w);
         }
         for (size_t k = 0; k < PC_ARRAY_LEN(d_rows); k++) {
             snprintf(name, sizeof name, "model.layers.%d.%s.weight", l, d_rows[k]);
-            float *w = read_weight(base, name, &R, &C, e);
+            float *w = read_weight(base, c, name, d, cols[k], e);
             if (!w) return -1;
-            add_row_norms(s->d, w, R, C);
-            if (k == 1) add_col_norms(s->ff[l], w, R, C); /* down: (d, f) columns are d_ff */
+            add_row_norms(s->d, w, d, cols[k]);
+            if (k == 1) add_col_norms(s->ff[l], w, d, f); /* down: (d, f) columns are d_ff */
             free(w);
         }
     }

@@ -25,7 +25,7 @@ void importance_free(importance_scores *s);
  * sequences) to the scores of base layer sl (the d_model scores are shared). */
 void importance_accumulate_layer(importance_scores *s, const llama_model *m, int ml, int sl, int64_t rows);
 /* Weight-magnitude scores, reading the base tensors one at a time. */
-int importance_magnitude(importance_scores *s, const st_model *base, pc_err *e);
+int importance_magnitude(importance_scores *s, const llama_config *c, const st_model *base, pc_err *e);
 /* Random scores (ablation). */
 void importance_random(importance_scores *s, uint64_t seed);
 

@@ -535,28 +535,56 @@ static void shape_str(char *out, size_t n, int ndim, const int64_t *shape)
 }
 
 /* A layer narrower than intermediate_size is stored zero-padded (gate/up rows, down
- * columns) so that stock transformers loads it; read the real part into dst and check
- * that the padding is zero (else the stored model is not this one). */
-static int read_padded(const st_model *st, const st_tensor *s, const llama_tensor *t, int pad_rows, float *dst,
-                       pc_err *e)
+ * columns) so that stock transformers loads it; read the real part (R, C) into dst and
+ * check that the padding is zero (else the stored model is not this one). */
+static int read_padded(const st_model *st, const st_tensor *s, int64_t R, int64_t C, float *dst, pc_err *e)
 {
-    int64_t R = s->shape[0], C = s->shape[1];
-    float *full = pc_alloc_f32((size_t)(R * C));
-    int rc = st_read_f32(st, s->name, full, (size_t)(R * C), e);
-    for (int64_t r = 0; rc == 0 && r < R; r++)
-        for (int64_t c = 0; c < C; c++) {
-            int real = r < t->shape[0] && c < t->shape[1];
-            float v = full[r * C + c];
-            if (real) {
-                dst[r * t->shape[1] + c] = v;
+    int64_t SR = s->shape[0], SC = s->shape[1];
+    float *full = pc_alloc_f32((size_t)(SR * SC)); /* (SR, SC) as stored */
+    int rc = st_read_f32(st, s->name, full, (size_t)(SR * SC), e);
+    for (int64_t r = 0; rc == 0 && r < SR; r++)
+        for (int64_t c = 0; c < SC; c++) {
+            float v = full[r * SC + c];
+            if (r < R && c < C) {
+                dst[r * C + c] = v;
             } else if (v != 0.0f) {
                 rc = pc_errorf(e, "%s: tensor %s: padding beyond the layer's width %lld must be zero",
-                               st_file_path(st, s), s->name, (long long)(pad_rows ? t->shape[0] : t->shape[1]));
+                               st_file_path(st, s), s->name, (long long)(SR > R ? R : C));
                 break;
             }
         }
     free(full);
     return rc;
+}
+
+const st_tensor *llama_stored_tensor(const st_model *st, const char *name, int ndim, const int64_t *shape,
+                                     int64_t d_ff, int *padded, pc_err *e)
+{
+    const st_tensor *s = st_find(st, name);
+    char want[64], got[64];
+    shape_str(want, sizeof(want), ndim, shape);
+    *padded = 0;
+    if (!s) return pc_errorf(e, "%s: tensor %s %s is missing", st_source(st), name, want), NULL;
+    int same = s->ndim == ndim;
+    for (int k = 0; same && k < ndim; k++) same = s->shape[k] == shape[k];
+    if (!same && s->ndim == 2 && ndim == 2 && strstr(name, ".mlp.")) /* narrower layer padded to d_ff */
+        *padded = (s->shape[0] == d_ff && s->shape[1] == shape[1] && shape[0] < d_ff) ||
+                  (s->shape[1] == d_ff && s->shape[0] == shape[0] && shape[1] < d_ff);
+    if (same || *padded) return s;
+    shape_str(got, sizeof(got), s->ndim, s->shape);
+    return pc_errorf(e, "%s: tensor %s has shape %s, expected %s", st_file_path(st, s), name, got, want), NULL;
+}
+
+int llama_read_stored(const st_model *st, const char *name, int ndim, const int64_t *shape, int64_t d_ff, float *dst,
+                      pc_err *e)
+{
+    int padded;
+    const st_tensor *s = llama_stored_tensor(st, name, ndim, shape, d_ff, &padded, e);
+    if (!s) return -1;
+    int64_t n = 1;
+    for (int k = 0; k < ndim; k++) n *= shape[k];
+    if (padded ? read_padded(st, s, shape[0], shape[1], dst, e) : st_read_f32(st, name, dst, (size_t)n, e)) return -1;
+    return st_check_finite(st, name, dst, (size_t)n, e);
 }
 
 /* Tensor i's values from host fp32: into params, or (held in bf16 only) rounded to
@@ -577,36 +605,31 @@ static void upload_values(llama_model *m, int i, const float *host)
 int llama_load_tensor(llama_model *m, int i, const st_model *st, const char *name, float *buf, pc_err *e)
 {
     const llama_tensor *t = &m->tensors[i];
-    const st_tensor *s = st_find(st, name);
-    char want[64], got[64];
-    shape_str(want, sizeof(want), t->ndim, t->shape);
-    if (!s) return pc_errorf(e, "%s: tensor %s %s is missing", st_source(st), name, want);
-    shape_str(got, sizeof(got), s->ndim, s->shape);
-    int same = s->ndim == t->ndim;
-    for (int k = 0; same && k < t->ndim; k++) same = s->shape[k] == t->shape[k];
-    int64_t pad_rows = 0, pad_cols = 0; /* narrower MLP layer stored zero-padded to d_ff */
-    if (!same && s->ndim == 2 && t->ndim == 2 && strstr(t->name, ".mlp.")) {
-        if (s->shape[0] == m->cfg.d_ff && s->shape[1] == t->shape[1] && t->shape[0] < s->shape[0])
-            pad_rows = s->shape[0];
-        else if (s->shape[1] == m->cfg.d_ff && s->shape[0] == t->shape[0] && t->shape[1] < s->shape[1])
-            pad_cols = s->shape[1];
-    }
-    if (!same && !pad_rows && !pad_cols)
-        return pc_errorf(e, "%s: tensor %s has shape %s, expected %s", st_file_path(st, s), name, got, want);
-    if (pad_rows || pad_cols) {
-        if (read_padded(st, s, t, pad_rows > 0, buf, e)) return -1;
-    } else if (st_read_f32(st, name, buf, (size_t)t->numel, e)) {
-        return -1;
-    }
-    if (st_check_finite(st, name, buf, (size_t)t->numel, e)) return -1;
+    if (llama_read_stored(st, name, t->ndim, t->shape, m->cfg.d_ff, buf, e)) return -1;
     upload_values(m, i, buf);
     return 0;
+}
+
+int llama_check_tied_head(const st_model *st, const llama_config *c, pc_err *e)
+{
+    const st_tensor *emb = st_find(st, "model.embed_tokens.weight"), *head = st_find(st, "lm_head.weight");
+    if (!c->tie_word_embeddings || !emb || !head) return 0;
+    if (emb->dtype == head->dtype && emb->nbytes == head->nbytes && !memcmp(emb->data, head->data, emb->nbytes))
+        return 0;
+    return pc_errorf(e, "%s: config.json ties the head to the embedding (tie_word_embeddings: true), but %s holds "
+                        "an lm_head.weight unlike model.embed_tokens.weight: set tie_word_embeddings to false to use "
+                        "it, or remove it",
+                     st_source(st), st_file_path(st, head));
 }
 
 int llama_load_safetensors(llama_model *m, const char *dir_or_file, pc_err *e)
 {
     st_model *st = NULL;
     if (st_open(dir_or_file, &st, e)) return -1;
+    if (llama_check_tied_head(st, &m->cfg, e)) {
+        st_close(st);
+        return -1;
+    }
     int64_t maxn = 0;
     for (int i = 0; i < m->n_tensors; i++) maxn = PC_MAX(maxn, m->tensors[i].numel);
     float *buf = pc_alloc_f32((size_t)maxn);

@@ -160,6 +160,20 @@ int64_t llama_tensor_dim(const llama_model *m, int i, int axis);
  * tensor's numel at least), checked finite, and uploaded (rounded into the bf16 copy
  * where the model holds no fp32 values). Errors name the file and the tensor. */
 int llama_load_tensor(llama_model *m, int i, const st_model *st, const char *name, float *buf, pc_err *e);
+/* Base tensor `name` of st, checked against the shape (ndim, shape) the config gives it:
+ * the same, or, for an MLP matrix of a layer narrower than the config's d_ff, zero-padded
+ * to d_ff rows (gate, up) or columns (down), as uneven widths are stored. Returns it
+ * (*padded: 1 where padded), or NULL with an error naming the file, tensor and shapes. */
+const st_tensor *llama_stored_tensor(const st_model *st, const char *name, int ndim, const int64_t *shape,
+                                     int64_t d_ff, int *padded, pc_err *e);
+/* Its values at that shape (the real part of a padded one, whose padding must be zero)
+ * into dst, as fp32, checked finite. */
+int llama_read_stored(const st_model *st, const char *name, int ndim, const int64_t *shape, int64_t d_ff, float *dst,
+                      pc_err *e);
+/* A tied config (tie_word_embeddings) whose file also holds an lm_head.weight: an error
+ * unless it is the embedding, bytes for bytes (which of the two a tied model reads would
+ * otherwise decide its outputs). */
+int llama_check_tied_head(const st_model *st, const llama_config *c, pc_err *e);
 /* Load every parameter from a safetensors file or HF model directory (any stored dtype).
  * Each tensor must exist with the exact shape and hold only finite values; errors name
  * the tensor, the expected and found shapes, and the file. */

@@ -91,6 +91,7 @@ static int shape_block(proj_block *b, const llama_config *bc, const llama_model 
     int layer = layer_of(st->name), O = (int)st->shape[0], I = (int)st->shape[1];
     int D_out = side_width(bc, role->out, layer, O), D_in = side_width(bc, role->in, layer, I);
     b->ld_c = I;
+    b->full_out = D_out, b->full_in = D_in;
     if (b->kind == PROJ_WHOLE || b->kind == PROJ_NORM) {
         b->kind = PROJ_WHOLE;
         b->d_out = D_out, b->d_in = D_in, b->d_out_c = O, b->d_in_c = I;
@@ -153,21 +154,28 @@ static int lowest_holder(const proj_set *ps, int i) {
     return lo;
 }
 
-/* Block b's base slice into device memory (b->w, or b->w16 in bf16 storage). */
-static int load_slice(proj_set *ps, const st_model *base, proj_block *b, const char *bname, pc_err *e) {
-    const st_tensor *t = st_find(base, bname);
+/* Block b's base slice into device memory (b->w, or b->w16 in bf16 storage): rows or
+ * columns [r0, r1) of the whole matrix, which is checked against the config's shape
+ * (d_ff: the base's intermediate_size, to which narrower layers are padded). */
+static int load_slice(proj_set *ps, const st_model *base, proj_block *b, const char *bname, int64_t d_ff, pc_err *e) {
     int64_t R = b->kind == PROJ_ROWS ? b->r1 - b->r0 : b->d_out, C = b->kind == PROJ_COLS ? b->r1 - b->r0 : b->d_in;
-    int64_t fullR = b->kind == PROJ_ROWS ? -1 : b->d_out, fullC = b->kind == PROJ_COLS ? -1 : b->d_in;
-    if (!t) return pc_errorf(e, "%s: tensor '%s' is missing", st_source(base), bname);
-    if (t->ndim != 2 || (fullR >= 0 && t->shape[0] != fullR) || (fullC >= 0 && t->shape[1] != fullC))
-        return pc_errorf(e, "%s: tensor '%s' has shape [%lld, %lld], config.json implies [%lld, %lld]",
-                         st_file_path(base, t), bname, (long long)(t->ndim > 0 ? t->shape[0] : 0),
-                         (long long)(t->ndim > 1 ? t->shape[1] : 0), (long long)b->d_out, (long long)b->d_in);
+    int64_t full[2] = {b->full_out, b->full_in};
+    int padded;
+    if (!llama_stored_tensor(base, bname, 2, full, d_ff, &padded, e)) return -1;
     float *w = pc_alloc_f32((size_t)(R * C)); /* (R, C) host copy */
-    int rc = b->kind == PROJ_ROWS   ? st_read_rows_f32(base, bname, b->r0, R, w, e)
+    int rc;
+    if (padded) { /* the real part, whole (full_out, full_in), then the block's rows or columns of it */
+        float *all = pc_alloc_f32((size_t)(full[0] * full[1]));
+        rc = llama_read_stored(base, bname, 2, full, d_ff, all, e);
+        int64_t r0 = b->kind == PROJ_ROWS ? b->r0 : 0, c0 = b->kind == PROJ_COLS ? b->r0 : 0;
+        for (int64_t r = 0; rc == 0 && r < R; r++) memcpy(w + r * C, all + (r0 + r) * full[1] + c0, sizeof(float) * (size_t)C);
+        free(all);
+    } else {
+        rc = b->kind == PROJ_ROWS   ? st_read_rows_f32(base, bname, b->r0, R, w, e)
              : b->kind == PROJ_COLS ? st_read_cols_f32(base, bname, b->r0, C, w, e)
                                     : st_read_f32(base, bname, w, (size_t)(R * C), e);
-    if (rc == 0) rc = st_check_finite(base, bname, w, (size_t)(R * C), e);
+        if (rc == 0) rc = st_check_finite(base, bname, w, (size_t)(R * C), e);
+    }
     size_t n = (size_t)(R * C);
     if (rc == 0 && ps->base_bf16) {
         uint16_t *h = pc_malloc(n * sizeof(uint16_t)); /* (R, C) bf16, round to nearest even */
@@ -310,7 +318,7 @@ int proj_init(proj_set *ps, backend *be, const st_model *base, const llama_confi
             ps->grad_n = PC_MAX(ps->grad_n, (int64_t)b->d_in_c); /* its gradient is G, copied */
             continue;
         }
-        if (load_slice(ps, base, b, base_name(base, base_cfg, b->name), e) != 0) return -1;
+        if (load_slice(ps, base, b, base_name(base, base_cfg, b->name), base_cfg->d_ff, e) != 0) return -1;
         int has_in = b->d_in_c < b->d_in, has_out = b->d_out_c < b->d_out;
         proj_shared *sh = b->shared >= 0 ? &ps->shared[b->shared] : NULL;
         int in_shared = sh && has_in && b->kind == PROJ_ROWS, out_shared = sh && has_out && b->kind == PROJ_COLS;
@@ -753,12 +761,11 @@ static int slice_tensor(const st_model *base, const llama_config *base_cfg, cons
     if (!role) return pc_errorf(e, "prune: no rule for tensor '%s'", st->name);
     int layer = layer_of(st->name);
     const char *bname = base_name(base, base_cfg, st->name);
-    const st_tensor *bt = st_find(base, bname);
-    if (!bt || bt->ndim != 2) return pc_errorf(e, "%s: tensor '%s' is missing or not 2-D", st_source(base), bname);
-    int64_t R = bt->shape[0], C = bt->shape[1];
-    float *w = pc_alloc_f32((size_t)(R * C)); /* (R, C) */
-    if (st_read_f32(base, bname, w, (size_t)(R * C), e) != 0 ||
-        st_check_finite(base, bname, w, (size_t)(R * C), e) != 0) {
+    int64_t full[2] = {side_width(base_cfg, role->out, layer, (int)st->shape[0]),
+                       side_width(base_cfg, role->in, layer, (int)st->shape[1])};
+    int64_t C = full[1];
+    float *w = pc_alloc_f32((size_t)(full[0] * C)); /* (full[0], C): the config's shape */
+    if (llama_read_stored(base, bname, 2, full, base_cfg->d_ff, w, e) != 0) {
         free(w);
         return -1;
     }

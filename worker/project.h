@@ -58,6 +58,7 @@ typedef struct proj_block {
     int small_index;         /* tensor index in the small model */
     int stage;               /* when the backward finishes its G (llama_grad_stage) */
     int d_out, d_in;         /* shape of the base slice W */
+    int full_out, full_in;   /* shape of the whole base matrix it is cut from (the config's) */
     int d_out_c, d_in_c;     /* shape of the compressed slice W_C */
     int ld_c;                /* row stride of W_C / G inside the small tensor */
     int64_t off_c;           /* offset of the slice's first element in small params / grads */

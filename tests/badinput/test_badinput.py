@@ -260,6 +260,26 @@ def case_st_untied_no_head(fx):
         expect_failure(rc, out, ["lm_head.weight", fx.base], fx)
 
 
+def case_st_tied_extra_head(fx):
+    """config.json ties the head to the embedding, but the file also holds an lm_head.weight
+    of other values (which one a tied model reads would decide its outputs): every mode
+    refuses it naming the file. A copy of the embedding is accepted."""
+    cfg = base_config()
+    cfg["tie_word_embeddings"] = True
+    write_base(fx.base, cfg=cfg)  # base_tensors() holds an lm_head.weight unlike the embedding
+    for sets in (["run.mode=compress"], ["run.mode=prune"], ["run.mode=eval"],
+                 ["run.mode=eval", "eval.stream_layers=true"]):
+        rc, out = run_daemon(fx, extra=[a for x in sets for a in ("--set", x)])
+        expect_failure(rc, out, ["lm_head.weight", "tie_word_embeddings", os.path.join(fx.base, "model.safetensors")],
+                       fx)
+    t = base_tensors()
+    t["lm_head.weight"] = t["model.embed_tokens.weight"].copy()
+    write_base(fx.base, cfg=cfg, tensors=t)
+    rc, out = run_daemon(fx, extra=["--set", "run.mode=eval"])
+    if rc != 0:
+        raise SystemExit(f"FAIL: a tied base whose lm_head.weight is the embedding: exit {rc}\n{out[-1500:]}")
+
+
 def case_st_nan_weight(fx):
     t = base_tensors()
     name = "model.layers.0.mlp.gate_proj.weight"
@@ -300,6 +320,34 @@ def case_config_json_mismatch(fx):
     write_base(fx.base, cfg=cfg)
     rc, out = run_daemon(fx)
     expect_failure(rc, out, ["model.layers.0.mlp.gate_proj.weight", "shape"], fx)
+
+
+def case_config_json_narrower(fx):
+    """config.json says a narrower model than the weights (hidden_size, intermediate_size
+    or vocab_size): every path that reads the base refuses it naming the tensor and both
+    shapes, where the importance scores, prune's slices, the streamed embedding and
+    blocks cut from a matrix had trusted the file's shape."""
+    runs = [("hidden_size", D - 8, "model.embed_tokens.weight", [64, D], ["run.mode=compress",
+                                                                          "compress.importance=activation"]),
+            ("hidden_size", D - 8, "model.layers.0.self_attn.q_proj.weight", [H * HD, D],
+             ["run.mode=prune", "compress.importance=magnitude"]),
+            ("intermediate_size", F - 16, "model.layers.0.mlp.gate_proj.weight", [F, D],
+             ["run.mode=compress", "compress.importance=magnitude", "compress.d_ff=16"]),
+            ("hidden_size", D - 8, "model.embed_tokens.weight", [V, D],
+             ["run.mode=eval", "eval.stream_layers=true"]),
+            ("vocab_size", V - 4, "model.embed_tokens.weight", [V, D],
+             ["compress.split_mb=0.001", "compress.d_model=24"])]
+    for key, value, tensor, shape, sets in runs:
+        cfg = base_config()
+        cfg[key] = value
+        write_base(fx.base, cfg=cfg)
+        if key == "vocab_size":  # shards the smaller vocabulary passes (the tensors are at fault)
+            toks = pclib.markov_tokens(3000, value, seed=1)
+            pclib.write_shard(fx.train, toks[:2500], value)
+            pclib.write_shard(fx.valid, toks[2500:], value)
+        extra = [a for x in sets for a in ("--set", x)]
+        rc, out = run_daemon(fx, np_=2 if "compress.split_mb=0.001" in sets else 1, extra=extra)
+        expect_failure(rc, out, [tensor, f"has shape [{shape[0]}, {shape[1]}]", "expected"], fx)
 
 
 def case_config_json_invalid(fx):

@@ -2,7 +2,8 @@
  *
  * XXH64 against published vectors and its streaming form; round trip of blocks, raw
  * files and metadata; a corrupted checksum, a truncated block, a missing or truncated
- * manifest each make ckpt_find fall back to the previous complete checkpoint; `keep`
+ * manifest each make ckpt_find fall back to the previous complete checkpoint, and
+ * with every checkpoint damaged it fails naming them rather than finding none; `keep`
  * pruning; stale temporaries removed; an unusable directory (its parent is a regular
  * file) and a full disk (RLIMIT_FSIZE makes writes fail with EFBIG) give an error
  * naming the path, remove the temporary directory and leave the previous checkpoint
@@ -224,6 +225,28 @@ static void fallback_case(void (*damage)(const char *dir)) {
     assert_int_equal(found_step(dir), 2);
 }
 
+/* Every checkpoint damaged: an error naming the directory and the newest's fault, not
+ * "no checkpoint" (which would start the run over and then prune them). */
+static void test_all_damaged(void **state) {
+    (void)state;
+    char dir[600], p[1400];
+    subdir(dir, sizeof dir, "alldmg");
+    pc_err e = {{0}};
+    assert_int_equal(write_ckpt(dir, 1, 3, &e), 0);
+    assert_int_equal(write_ckpt(dir, 2, 3, &e), 0);
+    for (int64_t s = 1; s <= 2; s++) {
+        block_path(p, sizeof p, dir, s, block_names[0]);
+        assert_int_equal(truncate(p, 10), 0);
+    }
+    int64_t step = -1;
+    char path[1024];
+    assert_int_equal(ckpt_find(dir, NULL, &step, path, sizeof path, &e), -1);
+    assert_non_null(strstr(e.msg, dir));
+    assert_non_null(strstr(e.msg, "none of the 2 checkpoint(s) verifies"));
+    assert_non_null(strstr(e.msg, "step-0000002"));
+    assert_int_equal(count_entries(dir, "step-"), 2); /* nothing removed */
+}
+
 static void flip_byte(const char *dir) {
     char p[1400];
     block_path(p, sizeof p, dir, 2, block_names[0]);
@@ -423,7 +446,7 @@ int main(void) {
         cmocka_unit_test(test_truncated_manifest), cmocka_unit_test(test_edited_manifest),
         cmocka_unit_test(test_missing_block),   cmocka_unit_test(test_keep_and_stale),
         cmocka_unit_test(test_unusable_dir),    cmocka_unit_test(test_disk_full),
-        cmocka_unit_test(test_outside_failure),
+        cmocka_unit_test(test_outside_failure), cmocka_unit_test(test_all_damaged),
     };
     int rc = cmocka_run_group_tests(tests, NULL, NULL);
     char cmd[700];

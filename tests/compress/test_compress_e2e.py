@@ -10,7 +10,9 @@
 - compress.store_grads (one gradient pass, more memory) gives bitwise the same result.
 - per-layer d_ff ([56, 72]): the output stores the narrower layer zero-padded to
   intermediate_size 72 (exact: zero neurons contribute nothing), stock transformers loads
-  it and gives projcompd's validation loss, and projcompd's eval mode reads it back."""
+  it and gives projcompd's validation loss, and projcompd's eval mode reads it back, as
+  do compress and prune (magnitude and activation scoring, matrices cut into blocks):
+  kept whole, their step-0 loss is its loss."""
 import json
 import os
 import sys
@@ -85,6 +87,14 @@ def main():
     d = os.path.join(root, "s0-tok")
     pclib.projcompd(1, job, f"run.dir={d}")
     pclib.check(open(os.path.join(d, "final", "tokenizer.json")).read() == tok, "tokenizer.json copied to the output")
+    for name, text in [("chat_template.jinja", "{{ messages }}"), ("added_tokens.json", '{"<x>": 120}')]:
+        with open(os.path.join(bdir, name), "w") as f:
+            f.write(text)
+    d = os.path.join(root, "s0-tok2")
+    pclib.projcompd(1, job, f"run.dir={d}")
+    pclib.check(all(open(os.path.join(d, "final", n)).read() == open(os.path.join(bdir, n)).read()
+                    for n in ["chat_template.jinja", "added_tokens.json", "tokenizer.json"]),
+                "chat_template.jinja and added_tokens.json copied too")
 
     # short runs: output loads in transformers and gives projcompd's validation loss
     first = {}
@@ -124,6 +134,17 @@ def main():
     pclib.projcompd(1, job, f"run.dir={ev}", "run.mode=eval", f"model.base={os.path.join(d, 'final')}")
     back = pclib.last_val_loss(ev)
     pclib.check(abs(back - val) / val < 2e-5, f"per-layer: projcompd eval reads it back ({back:.6f})")
+    # ... and compress and prune take it as their base (its padded MLP matrices read at the
+    # layers' widths, whole or cut into row and column blocks): kept whole, step 0 is it
+    for mode in ["compress", "prune"]:
+        for how in ["magnitude", "activation"]:
+            again = os.path.join(root, f"perlayer-{mode}-{how}")
+            pclib.projcompd(2, job, f"run.dir={again}", f"run.mode={mode}", f"model.base={os.path.join(d, 'final')}",
+                            f"compress.importance={how}", f"compress.d_model={DC}", "compress.d_ff=[56, 72]",
+                            "compress.split_mb=0.001")
+            v0 = [m["val_loss"] for m in pclib.metrics(again) if "val_loss" in m][0]
+            pclib.check(abs(v0 - back) / back < 1e-5,
+                        f"per-layer as a base ({mode}, {how}): kept whole, step 0 gives its loss ({v0:.6f})")
 
 
 if __name__ == "__main__":

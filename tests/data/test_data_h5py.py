@@ -98,7 +98,8 @@ class Interop(TmpDirCase):
 
     def test_mixed_tokenizers(self):
         """Shards (of one set or of several) unlike the first in tokenizer, vocab_size or
-        eos_id are named with both sets of attributes; the daemon warns about them."""
+        eos_id are named with both sets of attributes; the daemon warns about them, and
+        about a validation shard it trains on and windows past the model's positions."""
         write_h5py(self.p("a.h5"), [1, 2, 0], "uint16", vocab=64, eos=0, tokenizer="tok A")
         write_h5py(self.p("b.h5"), [3, 4, 0], "uint16", vocab=64, eos=0, tokenizer="tok A", on_root=True)
         self.assertEqual(run(PROBE, "tokenizers", 0, self.p("*.h5")).stdout, "same\n")
@@ -131,7 +132,61 @@ class Interop(TmpDirCase):
             r = pclib.projcompd(1, job, f"run.dir={d}", f"run.mode={mode}", *sets, check=False)
             self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
             with open(os.path.join(d, "logs", "rank-00000.log")) as f:
-                self.assertIn(want, f.read())
+                log = f.read()
+            self.assertIn(want, log)
+            self.assertNotIn("is also in data.train", log)
+            self.assertNotIn("max_position_embeddings", log)
+        # a valid shard that train trains on (by another path), and windows longer than the
+        # model's positions (max_position_embeddings 64): warned, not refused
+        os.symlink(shard, self.p("same.h5"))
+        d = self.p("run-overlap")
+        r = pclib.projcompd(1, job, f"run.dir={d}", f"data.valid=[{self.p('same.h5')}]", "data.seq_len=80",
+                            check=False)
+        self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+        with open(os.path.join(d, "logs", "rank-00000.log")) as f:
+            log = f.read()
+        self.assertIn(f"data.valid: {self.p('same.h5')} is also in data.train", log)
+        self.assertIn("data.seq_len 80 is longer than the model's max_position_embeddings 64", log)
+        self.assertNotIn("different tokenizers", log)
+
+    def test_many_shards(self):
+        """More shards than a set keeps open (64) and than the descriptors the process may
+        open: each read reopens what it needs, and the stream is whole and in order."""
+        import resource
+        parts = [np.arange(i * 7, i * 7 + 30) % 1000 for i in range(150)]
+        for i, part in enumerate(parts):
+            write_h5py(self.p(f"s-{i:05d}.h5"), part, np.uint16, vocab=1000)
+
+        def few_fds():
+            resource.setrlimit(resource.RLIMIT_NOFILE, (100, 100))
+        r = subprocess.run([PROBE, "dump", "1000", self.p("s-*.h5")], capture_output=True, text=True, timeout=60,
+                           preexec_fn=few_fds)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        lines = r.stdout.split("\n")
+        np.testing.assert_array_equal(np.array(lines[1].split(), dtype=np.int64), np.concatenate(parts))
+        # windows in the sampler's order (shards out of order, evicted and reopened)
+        for step in (0, 5):
+            r = subprocess.run([PROBE, "batch", "1000", "7", str(step), "0", "40", "16", self.p("s-*.h5")],
+                               capture_output=True, text=True, timeout=60, preexec_fn=few_fds)
+            self.assertEqual(r.returncode, 0, r.stderr)
+            rows = r.stdout.strip().split("\n")
+            flat = np.concatenate(parts)
+            for m, start in enumerate(int(x) for x in rows[0].split()):
+                np.testing.assert_array_equal(np.array(rows[1 + m].split(), dtype=np.int64), flat[start:start + 41])
+
+    def test_filter_not_available(self):
+        """A shard compressed with a filter this HDF5 lacks (h5py's own LZF) is refused when
+        the set is opened, naming the file and the filter, not at its first read."""
+        toks = np.arange(5000) % 300
+        with h5py.File(self.p("lzf.h5"), "w") as f:
+            ds = f.create_dataset("tokens", data=toks.astype(np.uint16), chunks=(1000,), compression="lzf")
+            ds.attrs.update({"vocab_size": 300, "eos_id": 0, "tokenizer": "t"})
+        with h5py.File(self.p("gzip.h5"), "w") as f:  # a filter HDF5 has: read as any other
+            ds = f.create_dataset("tokens", data=toks.astype(np.uint16), chunks=(1000,), compression="gzip")
+            ds.attrs.update({"vocab_size": 300, "eos_id": 0, "tokenizer": "t"})
+        np.testing.assert_array_equal(dump(300, self.p("gzip.h5")), toks)
+        self.expect_error([PROBE, "dump", 300, self.p("gzip.h5"), self.p("lzf.h5")], self.p("lzf.h5"),
+                          "filter 32000 ('lzf')", "cannot decode")
 
     def test_writer_read_by_h5py(self):
         for vocab, dtype in ((1000, np.uint16), (65536, np.uint16), (70000, np.uint32)):

@@ -5,7 +5,9 @@ windows (fp32 math on both sides; bf16 weights are upcast exactly). Tolerance: 2
 relative. The bf16 models again with backend.matmul bf16 (the matrices held in bf16 only,
 products from bf16 operands), against transformers with bf16 products: 1e-4 (an operand
 that rounds to the other side of a bf16 boundary in one of the two moves a logit by up
-to 2^-8 relative, and later positions attend to it), and not the fp32 loss."""
+to 2^-8 relative, and later positions attend to it), and not the fp32 loss. A config.json without rms_norm_eps, rope_theta and the
+token ids reads with transformers' defaults, as transformers reads it."""
+import json
 import os
 import sys
 import zlib
@@ -19,7 +21,7 @@ import pclib  # noqa: E402
 SEQ, WINDOWS, VOCAB = 24, 8, 301
 
 
-def case(root, name, tied, dtype, shard):
+def case(root, name, tied, dtype, shard, drop=()):
     torch.manual_seed(zlib.crc32(name.encode()) % 1000)  # the same models every run (hash() is salted)
     cfg = LlamaConfig(vocab_size=VOCAB, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
                       num_attention_heads=4, num_key_value_heads=2, head_dim=24, rope_theta=5000.0,
@@ -36,6 +38,11 @@ def case(root, name, tied, dtype, shard):
     model.save_pretrained(mdir, safe_serialization=True, max_shard_size="40KB" if shard else "1GB")
     if shard:
         pclib.check(os.path.exists(os.path.join(mdir, "model.safetensors.index.json")), f"{name}: sharded save")
+    if drop:  # keys a config.json may leave out: both sides then take transformers' defaults
+        path = os.path.join(mdir, "config.json")
+        c = json.load(open(path))
+        pclib.check(all(k in c for k in drop), f"{name}: the saved config has {drop}")
+        json.dump({k: v for k, v in c.items() if k not in drop}, open(path, "w"))
 
     tokens = pclib.markov_tokens(SEQ * WINDOWS + 1 + 50, VOCAB, seed=3)
     data = os.path.join(root, name + ".h5")
@@ -72,6 +79,8 @@ def main():
     case(root, "tied-f32-sharded", True, torch.float32, True)
     case(root, "untied-bf16-sharded", False, torch.bfloat16, True)
     case(root, "tied-bf16", True, torch.bfloat16, False)
+    case(root, "untied-f32-sparse-config", False, torch.float32, False,
+         drop=("rms_norm_eps", "rope_theta", "bos_token_id", "eos_token_id"))
 
 
 if __name__ == "__main__":

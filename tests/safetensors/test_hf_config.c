@@ -59,9 +59,18 @@ static void test_minimal_and_defaults(void **state) {
     for (int i = 0; i < 3; i++) assert_int_equal(c.d_ff_layer[i], 176);
     assert_int_equal(c.tie_word_embeddings, 0);
     assert_int_equal(c.rope_scaling_type[0], '\0');
+    /* keys left out: transformers' LlamaConfig defaults, as it loads the same file */
+    assert_true(c.rms_norm_eps == 1e-6);
+    assert_true(c.rope_theta == 10000.0);
+    assert_int_equal(c.max_position_embeddings, 2048);
+    assert_int_equal(c.bos_token_id, 1);
+    assert_int_equal(c.eos_token_id, 2);
+    assert_string_equal(c.torch_dtype, "float32");
+    /* null (or an empty list): no such token */
+    put_config("{" BASE ",\"bos_token_id\":null,\"eos_token_id\":[]}");
+    assert_int_equal(hf_config_load(g_dir, &c, &e), 0);
     assert_int_equal(c.bos_token_id, -1);
     assert_int_equal(c.eos_token_id, -1);
-    assert_string_equal(c.torch_dtype, "float32");
 }
 
 static void test_full(void **state) {

@@ -384,9 +384,15 @@ def case_malformed(tmp):
     add("dup-key", lambda p: raw_file(p, json.dumps(header).encode()[:-1] + b', "alpha": ' +
                                      json.dumps(a).encode() + b"}", data), ["duplicate key 'alpha'"],
         python_rejects=False)
+    # any dtype of the format opens (a file may hold tensors nothing reads); only F32, F16
+    # and BF16 are read as values
     f64 = os.path.join(tmp, "f64.safetensors")
-    save_file({"gamma": torch.ones(3, dtype=torch.float64)}, f64)
-    cases["f64"] = (f64, ["f64.safetensors", "'gamma'", "unsupported dtype 'F64'"], False)
+    save_file({"gamma": torch.ones(3, 2, dtype=torch.float64), "w": torch.ones(2)}, f64)
+    r = tool("dump", f64, ok=False)
+    check(r.returncode == 0 and "gamma F64 3,2 " in r.stdout, "an F64 tensor opens: %s" % (r.stdout + r.stderr))
+    r = tool("slice", f64, "gamma", "rows", "0", "1", ok=False)
+    check(r.returncode != 0 and all(s in r.stderr for s in ["f64.safetensors", "'gamma'", "has dtype F64"]),
+          "an F64 tensor is not read as f32: %s" % r.stderr.strip())
 
     for name, (p, subs, python_rejects) in cases.items():
         r = tool("dump", p, ok=False)
