@@ -14,12 +14,18 @@ GQA base made by transformers) and a tiny prune job.
   resumes to final weights bitwise identical to the uninterrupted run.
 - checkpoint.at_end false: the periodic checkpoints only, none after the last step, and
   the same final weights.
+- guards on resuming a copy of a finished run: a partial last line of metrics.jsonl (a
+  write cut short) is cut off and every line stays JSON; a train.steps below the newest
+  checkpoint's step is refused; with every checkpoint damaged the run stops naming them
+  and deletes none (rather than start over and prune them).
 - an eval run (nothing to checkpoint) signalled while it evaluates: SIGUSR1 through
   mpirun is ignored (the run finishes with the uninterrupted run's loss); SIGTERM to
   every rank ends it at once, with no result and no checkpoint.
 Every subprocess has a hard timeout; processes left by a failed trial are killed by pid."""
 import os
+import json
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -174,6 +180,32 @@ def stop_and_resume(job, root, tag, np_first, np_second, sig, to_ranks, *sets):
     return final(d)
 
 
+def resume_guards(job, root, ref_dir):
+    d = os.path.join(root, "guards")
+    shutil.copytree(ref_dir, d, ignore=shutil.ignore_patterns("final"))
+    with open(os.path.join(d, "metrics.jsonl"), "a") as f:
+        f.write('{"step": 11, "loss": 4.1')  # a row cut short
+    out = run_ok(2, job, d, f"train.steps={STEPS + 2}")
+    pclib.check("cut off a partial last line" in out, "a partial last line of metrics.jsonl is cut off (warned)")
+    rows = [json.loads(line) for line in open(os.path.join(d, "metrics.jsonl"))]  # every line is JSON
+    pclib.check([r["step"] for r in rows if "loss" in r][-2:] == [STEPS + 1, STEPS + 2],
+                f"then the resumed steps' rows follow ({len(rows)} rows)")
+    rc, out = finish(start(2, job, d, "train.steps=6"))
+    pclib.check(rc != 0 and f"step {STEPS + 2}, past train.steps 6" in out,
+                f"train.steps below the newest checkpoint's step is refused (exit {rc})")
+    names = checkpoints(d)
+    for n in names:  # damage every checkpoint: one byte of a block file each
+        blk = sorted(f for f in os.listdir(os.path.join(d, "checkpoints", n)) if f.endswith(".blk"))[0]
+        with open(os.path.join(d, "checkpoints", n, blk), "r+b") as f:
+            f.seek(40)
+            b = f.read(1)
+            f.seek(40)
+            f.write(bytes([b[0] ^ 0xFF]))
+    rc, out = finish(start(2, job, d, f"train.steps={STEPS + 4}"))
+    pclib.check(rc != 0 and f"none of the {len(names)} checkpoint(s) verifies" in out and checkpoints(d) == names,
+                f"every checkpoint damaged: the run stops naming them and keeps them (exit {rc}, {checkpoints(d)})")
+
+
 def eval_signals(root):
     """An eval long enough (a few seconds on 2 ranks) to be signalled while it runs."""
     bdir, _ = pclib.tiny_base(root, 3, 4096, 256, 688, 4, heads=4, kv=2, head_dim=64, scale=0, name="eval-base")
@@ -320,6 +352,7 @@ def main():
         pclib.check(bitwise(got, refs[(mode, 2)]), f"{mode}: SIGTERM + resume gives bitwise the uninterrupted weights")
 
     eval_signals(root)
+    resume_guards(job, root, os.path.join(root, "ref-compress-np2"))
 
     # other rank counts: 4 -> 2 and 2 -> 4 (SIGUSR1 through mpirun, as Slurm's warning)
     for a, b in [(4, 2), (2, 4)]:

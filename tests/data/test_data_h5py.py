@@ -464,6 +464,16 @@ class Tool(TmpDirCase):
         np.testing.assert_array_equal(dump(1000, path), (np.arange(140_000) * 7919 + 13) % 1000)
         self.assertEqual(os.listdir(self.dir), ["s.h5"])
 
+    def test_too_many_shards(self):
+        """Shard names have 5 digits: a --shard-tokens that would make more shards per split
+        is refused before anything is written."""
+        with open(self.p("t.txt"), "w") as f:
+            f.write("ab" * 60000 + "\n")
+        r = run(TOOL, "--out", self.p("o"), "--shard-tokens", "1", "--valid-fraction", "0", self.p("t.txt"))
+        self.assertNotEqual(r.returncode, 0)
+        self.assertIn("--shard-tokens 1: 120001 tokens would make more than 99999 shards", r.stderr)
+        self.assertFalse(os.path.exists(self.p("o")))
+
     def test_input_errors_write_nothing(self):
         with open(self.p("ok.txt"), "w") as f:
             f.write("fine text\n")
