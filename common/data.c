@@ -193,8 +193,9 @@ static int check_filters(const data_shard *s, pc_err *e) {
         char name[64] = "";
         H5Z_filter_t id = H5Pget_filter2(pl, (unsigned)i, &flags, &nelem, NULL, sizeof name, name, &conf);
         if (id < 0 || H5Zfilter_avail(id) <= 0)
-            rc = pc_errorf(e, "%s: /tokens is stored with HDF5 filter %d ('%s'), which this HDF5 library cannot decode: "
-                              "install its plugin (HDF5_PLUGIN_PATH) or rewrite the shard without it",
+            rc = pc_errorf(e,
+                           "%s: /tokens is stored with HDF5 filter %d ('%s'), which this HDF5 library cannot "
+                           "decode: install its plugin (HDF5_PLUGIN_PATH) or rewrite the shard without it",
                            s->path, (int)id, name);
     }
     H5Pclose(pl);
@@ -633,10 +634,10 @@ static int write_str_attr(hid_t obj, const char *name, const char *v) {
 
 enum { RESERVE_META = 1 << 16 }; /* bytes reserved for a shard's header, chunk index and attributes */
 
-/* Allocate the first `bytes` of the file at path (a shard's chunks and metadata), so that a full disk, a quota or a file size
- * limit fails here, with its reason, rather than in a write HDF5 makes while closing
- * (HDF5 sets the file's size to its own end when it closes it). A file system that
- * cannot preallocate is left to those writes. */
+/* Allocate the first `bytes` of the file at path (a shard's chunks and metadata), so
+ * that a full disk, a quota or a file size limit fails here, with its reason, rather
+ * than in a write HDF5 makes while closing (write_h5 cuts the file back to HDF5's end
+ * after). A file system that cannot preallocate is left to those writes. */
 static int reserve(const char *path, int64_t bytes, pc_err *e) {
     if (bytes <= 0) return 0;
     int fd = open(path, O_WRONLY);
