@@ -12,6 +12,7 @@ typedef struct parser {
     const char *s;
     size_t len, pos;
     int depth;
+    int lenient; /* json_parse_lenient: what Python's json module also reads */
     pc_err *e;
 } parser;
 
@@ -148,26 +149,31 @@ static int parse_string(parser *p, char **out, size_t *out_len) {
                     json_buf_free(&b);
                     return -1;
                 }
-                if (cp >= 0xDC00 && cp <= 0xDFFF) {
-                    json_buf_free(&b);
-                    return perr(p, "unpaired low surrogate in \\u escape");
-                }
-                if (cp >= 0xD800 && cp <= 0xDBFF) {
-                    unsigned lo;
-                    if (p->len - p->pos < 2 || p->s[p->pos] != '\\' || p->s[p->pos + 1] != 'u') {
-                        json_buf_free(&b);
-                        return perr(p, "unpaired high surrogate in \\u escape");
-                    }
+                int paired = cp >= 0xD800 && cp <= 0xDBFF && p->len - p->pos >= 6 && p->s[p->pos] == '\\' &&
+                             p->s[p->pos + 1] == 'u';
+                unsigned lo = 0;
+                if (paired) { /* a high surrogate and, it must be, its low one */
                     p->pos += 2;
                     if (hex4(p, &lo) != 0) {
                         json_buf_free(&b);
                         return -1;
                     }
-                    if (lo < 0xDC00 || lo > 0xDFFF) {
+                    paired = lo >= 0xDC00 && lo <= 0xDFFF;
+                    if (!paired && !p->lenient) {
                         json_buf_free(&b);
                         return perr(p, "invalid low surrogate in \\u escape");
                     }
+                    if (!paired) p->pos -= 6; /* lenient: the next escape is read on its own */
+                }
+                if (paired) {
                     cp = 0x10000 + ((cp - 0xD800) << 10) + (lo - 0xDC00);
+                } else if (cp >= 0xD800 && cp <= 0xDFFF) { /* a lone surrogate has no UTF-8 form */
+                    if (!p->lenient) {
+                        json_buf_free(&b);
+                        return perr(p, cp >= 0xDC00 ? "unpaired low surrogate in \\u escape"
+                                                    : "unpaired high surrogate in \\u escape");
+                    }
+                    cp = 0xFFFD; /* the replacement character */
                 }
                 put_utf8(&b, cp);
                 continue;
@@ -246,9 +252,9 @@ static int cmp_key_idx(const void *a, const void *b, void *keys) {
     return r != 0 ? r : (*(const int *)a - *(const int *)b);
 }
 
-/* Rejects duplicate member names (O(n log n)). */
+/* Rejects duplicate member names (O(n log n)); a lenient parse keeps them. */
 static int check_dup_keys(parser *p, json_val *v) {
-    if (v->n < 2) return 0;
+    if (v->n < 2 || p->lenient) return 0;
     int *idx = pc_malloc(sizeof(int) * (size_t)v->n);
     for (int i = 0; i < v->n; i++) idx[i] = i;
     qsort_r(idx, (size_t)v->n, sizeof(int), cmp_key_idx, v->keys);
@@ -315,6 +321,22 @@ static int parse_container(parser *p, json_val *v, int is_obj) {
     return is_obj ? check_dup_keys(p, v) : 0;
 }
 
+/* Lenient: NaN, Infinity or -Infinity (Python's json.dumps writes them) as a number. */
+static int nonfinite(parser *p, json_val *v) {
+    static const char *words[3] = {"NaN", "Infinity", "-Infinity"};
+    static const double values[3] = {NAN, INFINITY, -INFINITY};
+    for (int i = 0; i < 3; i++) {
+        size_t n = strlen(words[i]);
+        if (p->len - p->pos >= n && !memcmp(p->s + p->pos, words[i], n)) {
+            p->pos += n;
+            v->type = JSON_NUMBER;
+            v->num = values[i];
+            return 1;
+        }
+    }
+    return 0;
+}
+
 static int parse_value(parser *p, json_val *v) {
     skip_ws(p);
     v->offset = p->pos;
@@ -338,6 +360,7 @@ static int parse_value(parser *p, json_val *v) {
         v->type = JSON_NULL;
         return lit(p, "null");
     default:
+        if (p->lenient && nonfinite(p, v)) return 0;
         if (c == '-' || is_digit(c)) return parse_number(p, v);
         return perr(p, "value expected");
     }
@@ -355,8 +378,8 @@ static void free_children(json_val *v) {
     }
 }
 
-int json_parse(const char *text, size_t len, json_val **root, pc_err *e) {
-    parser p = {.s = text, .len = len, .pos = 0, .depth = 0, .e = e};
+static int parse(const char *text, size_t len, int lenient, json_val **root, pc_err *e) {
+    parser p = {.s = text, .len = len, .pos = 0, .depth = 0, .lenient = lenient, .e = e};
     json_val *v = pc_calloc(1, sizeof(json_val));
     *root = NULL;
     if (parse_value(&p, v) != 0) {
@@ -374,6 +397,12 @@ int json_parse(const char *text, size_t len, json_val **root, pc_err *e) {
     return 0;
 }
 
+int json_parse(const char *text, size_t len, json_val **root, pc_err *e) { return parse(text, len, 0, root, e); }
+
+int json_parse_lenient(const char *text, size_t len, json_val **root, pc_err *e) {
+    return parse(text, len, 1, root, e);
+}
+
 void json_free(json_val *v) {
     if (!v) return;
     free_children(v);
@@ -382,7 +411,7 @@ void json_free(json_val *v) {
 
 const json_val *json_get(const json_val *obj, const char *key) {
     if (!obj || obj->type != JSON_OBJECT) return NULL;
-    for (int i = 0; i < obj->n; i++)
+    for (int i = obj->n - 1; i >= 0; i--) /* the last of duplicates (only a lenient parse keeps them) */
         if (strcmp(obj->keys[i], key) == 0) return &obj->items[i];
     return NULL;
 }

@@ -34,6 +34,10 @@ struct json_val {
 /* Parse text[0, len) into a new tree (*root, free with json_free). On error the
  * message gives the byte offset and what was expected. */
 int json_parse(const char *text, size_t len, json_val **root, pc_err *e);
+/* The same, reading also what Python's json module reads and writes by default: NaN,
+ * Infinity and -Infinity as numbers, duplicate keys (json_get finds the last), and an
+ * unpaired surrogate escape, which has no UTF-8 form, as U+FFFD. */
+int json_parse_lenient(const char *text, size_t len, json_val **root, pc_err *e);
 void json_free(json_val *v);
 
 /* Member of an object; NULL when v is not an object or has no such key. */

@@ -185,7 +185,7 @@ static int is_blank(const char *line, size_t len) {
  * (skipped when empty). */
 static int add_record(stream *s, const char *path, int64_t lineno, const char *line, size_t len, pc_err *e) {
     json_val *root;
-    if (json_parse(line, len, &root, e) != 0) return pc_error_wrap(e, "%s:%lld: not a JSON line", path, (long long)lineno);
+    if (json_parse_lenient(line, len, &root, e) != 0) return pc_error_wrap(e, "%s:%lld: not a JSON line", path, (long long)lineno);
     const json_val *v = json_get(root, s->field);
     int rc = 0;
     if (root->type != JSON_OBJECT) rc = pc_errorf(e, "%s:%lld: not a JSON object", path, (long long)lineno);

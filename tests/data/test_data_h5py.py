@@ -363,6 +363,17 @@ class Tool(TmpDirCase):
         self.assertEqual(r.returncode, 0, r.stderr)
         with h5py.File(self.p("o2/train-00000.h5")) as f:
             self.assertEqual(f["tokens"][:].tolist(), list(b"other field") + [256])
+        # what Python's json.dumps writes by default: NaN and infinities in other members, a
+        # repeated key (the last wins, as json.loads reads it), a lone surrogate (U+FFFD)
+        with open(self.p("py.jsonl"), "w") as f:
+            f.write(json.dumps({"score": float("nan"), "text": "a", "w": [float("inf"), -float("inf")]}) + "\n")
+            f.write('{"text": "old", "text": "new"}\n')
+            f.write(json.dumps({"text": "x\ud83dy"}) + "\n")
+        r = run(TOOL, "--out", self.p("o3"), "--jsonl", "--valid-fraction", "0", self.p("py.jsonl"))
+        self.assertEqual(r.returncode, 0, r.stderr)
+        with h5py.File(self.p("o3/train-00000.h5")) as f:
+            self.assertEqual(f["tokens"][:].tolist(), list(b"a") + [256] + list(b"new") + [256] +
+                             list("x\ufffdy".encode()) + [256])
         # bad records name the file and line, and leave nothing behind
         with open(self.p("bad.jsonl"), "w") as f:
             f.write('{"text": "fine"}\n{"text": "cut\n')

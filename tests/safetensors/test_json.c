@@ -1,10 +1,12 @@
 /* Unit tests of the strict JSON parser and the json_buf builder: accepted documents,
- * rejected ones with byte offsets, escapes, depth limit, duplicate keys, round trips. */
+ * rejected ones with byte offsets, escapes, depth limit, duplicate keys, round trips;
+ * the lenient parse (what Python's json module reads). */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <cmocka.h>
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -133,6 +135,36 @@ static void test_rejects(void **state) {
     parse_bad("[1, x]", 6, "at byte 4");
 }
 
+/* What Python's json module also reads: NaN and infinities, duplicate keys (the last
+ * wins), lone surrogate escapes (U+FFFD); what it rejects is still rejected. */
+static void test_lenient(void **state) {
+    (void)state;
+    const char *s = "{\"a\": NaN, \"b\": [Infinity, -Infinity], \"k\": 1, \"k\": 2, "
+                    "\"t\": \"x\\ud83d\\u0041\\ude00\\ud83d\\ude00\\ud83d\"}";
+    json_val *v = NULL;
+    pc_err e = {{0}};
+    assert_int_equal(json_parse(s, strlen(s), &v, &e), -1); /* strict */
+    assert_int_equal(json_parse_lenient(s, strlen(s), &v, &e), 0);
+    double x;
+    assert_int_equal(json_num(json_get(v, "a"), &x), 0);
+    assert_true(isnan(x));
+    assert_int_equal(json_num(json_at(json_get(v, "b"), 0), &x), 0);
+    assert_true(isinf(x) && x > 0);
+    assert_int_equal(json_num(json_at(json_get(v, "b"), 1), &x), 0);
+    assert_true(isinf(x) && x < 0);
+    int64_t k;
+    assert_int_equal(json_int(json_get(v, "k"), &k), 0);
+    assert_int_equal(k, 2);
+    /* x, U+FFFD, A, U+FFFD, U+1F600 (a pair), U+FFFD */
+    assert_string_equal(json_str(json_get(v, "t")), "x\xef\xbf\xbd" "A\xef\xbf\xbd\xf0\x9f\x98\x80\xef\xbf\xbd");
+    json_free(v);
+    const char *bad[] = {"nan", "Infinit", "[1,]", "\"\\x\"", "\"\xff\"", "+Infinity"};
+    for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
+        v = (json_val *)0x1;
+        if (json_parse_lenient(bad[i], strlen(bad[i]), &v, &e) != -1) fail_msg("lenient parse accepted %s", bad[i]);
+    }
+}
+
 static void test_depth(void **state) {
     (void)state;
     char buf[300];
@@ -240,7 +272,7 @@ int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_scalars),    cmocka_unit_test(test_strings), cmocka_unit_test(test_containers),
         cmocka_unit_test(test_rejects),    cmocka_unit_test(test_depth),   cmocka_unit_test(test_many_keys),
-        cmocka_unit_test(test_builder),    cmocka_unit_test(test_mutations),
+        cmocka_unit_test(test_builder),    cmocka_unit_test(test_mutations), cmocka_unit_test(test_lenient),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
