@@ -827,6 +827,43 @@ char *config_resolved_text(const pc_config *c) {
     return b.p;
 }
 
+/* The value of "section.key" in a resolved text, or NULL; *n its length. */
+static const char *resolved_value(const char *text, const char *path, size_t *n) {
+    size_t sl = section_len(path);
+    const char *key = path + sl + 1;
+    int in_section = 0;
+    for (const char *l = text; *l; l = strchr(l, '\n') ? strchr(l, '\n') + 1 : l + strlen(l)) {
+        size_t len = strcspn(l, "\n");
+        if (l[0] != ' ' && l[0] != '#') { /* "section:" */
+            in_section = len == sl + 1 && !strncmp(l, path, sl) && l[sl] == ':';
+        } else if (in_section && !strncmp(l, "  ", 2) && !strncmp(l + 2, key, strlen(key)) &&
+                   !strncmp(l + 2 + strlen(key), ": ", 2)) {
+            const char *v = l + 4 + strlen(key);
+            *n = len - (size_t)(v - l);
+            return v;
+        }
+    }
+    return NULL;
+}
+
+int config_resolved_diff(const char *old_text, const char *new_text, char *out, size_t cap) {
+    int n = 0;
+    size_t at = 0;
+    if (cap) out[0] = '\0';
+    for (int i = 0; i < PC_CONFIG_N_KEYS; i++) {
+        const char *path = pc_config_keys[i].path;
+        size_t na = 0, nb = 0;
+        const char *a = resolved_value(old_text, path, &na), *b = resolved_value(new_text, path, &nb);
+        if ((!a && !b) || (a && b && na == nb && !memcmp(a, b, na))) continue;
+        n++;
+        if (at < cap)
+            at += (size_t)snprintf(out + at, cap - at, "%s%s: %.*s -> %.*s", n > 1 ? "; " : "", path,
+                                   a ? (int)na : 6, a ? a : "(none)", b ? (int)nb : 6, b ? b : "(none)");
+    }
+    if (at >= cap && cap > 4) memcpy(out + cap - 4, "...", 4);
+    return n;
+}
+
 int config_write_resolved(const pc_config *c, const char *path, pc_err *e) {
     char *text = config_resolved_text(c);
     int rc = pc_write_file_atomic(path, text, strlen(text), e);

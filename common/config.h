@@ -103,6 +103,10 @@ int config_check_ranks(const pc_config *c, int world_size, pc_err *e);
 int config_write_resolved(const pc_config *c, const char *path, pc_err *e);
 /* Same text into a malloc'd NUL-terminated buffer (caller frees). */
 char *config_resolved_text(const pc_config *c);
+/* The keys whose values differ between two resolved texts (config_resolved_text), as
+ * "section.key: old -> new" separated by "; " into out (cap bytes, cut with "..." where
+ * longer); a key on one side only shows "(none)" on the other. Returns how many differ. */
+int config_resolved_diff(const char *old_text, const char *new_text, char *out, size_t cap);
 /* Markdown reference of every key (section, key, type, default, doc). */
 void config_print_doc(FILE *f);
 /* Per-layer d_ff: the uniform value, or the list entry for that layer; 0 when unset. */

@@ -81,6 +81,29 @@ static void config_hash(const run_ctx *r, char *out, size_t n) {
     free(text);
 }
 
+/* The keys changed since the checkpoint at path was written, named (from its copy of
+ * the resolved config; a checkpoint without one compares the hashes). */
+static void warn_config_changes(run_ctx *r, const ckpt_manifest *m, const char *path) {
+    char *was = NULL, diff[1536];
+    size_t len = 0;
+    pc_err ignored = {{0}};
+    if (ckpt_entry_find(m, "config.resolved.yaml") &&
+        ckpt_read_raw(path, m, "config.resolved.yaml", &was, &len, &ignored) == 0) {
+        char *now = config_resolved_text(&r->cfg);
+        int n = config_resolved_diff(was, now, diff, sizeof diff);
+        if (n > 0) LOGW(&r->log, "%s: resuming with %d key(s) changed since it was written: %s", path, n, diff);
+        free(now);
+        free(was);
+        return;
+    }
+    char hash[32];
+    config_hash(r, hash, sizeof hash);
+    const char *ch = ckpt_meta_get(m, "config_hash");
+    if (!ch || strcmp(ch, hash))
+        LOGW(&r->log, "%s: the resolved config differs from the one that wrote this checkpoint; resuming anyway",
+             path);
+}
+
 int ckpt_save(run_ctx *r, trainer *t, int64_t step, pc_err *e) {
     const pc_config *c = &r->cfg;
     double t0 = pc_now();
@@ -114,6 +137,11 @@ int ckpt_save(run_ctx *r, trainer *t, int64_t step, pc_err *e) {
             ckpt_write_raw(w, "importance.txt", text, len, e);
             free(text);
         }
+    }
+    if (ok && r->rank == 0) { /* what the state was trained with, for the resume to name what changed */
+        char *text = config_resolved_text(c);
+        ckpt_write_raw(w, "config.resolved.yaml", text, strlen(text), e);
+        free(text);
     } /* a failure is remembered by the writer; the commit below is collective */
     ckpt_kv meta[5];
     memset(meta, 0, sizeof meta);
@@ -275,16 +303,12 @@ int ckpt_resume(run_ctx *r, trainer *t, int64_t *start_step, pc_err *e) {
     if (step < 0) return 0;
     ckpt_manifest m;
     if (ckpt_manifest_read(path, &m, e) != 0) return -1;
-    char seed[32], hash[32];
+    char seed[32];
     snprintf(seed, sizeof seed, "%lld", (long long)c->run.seed);
     int rc = check_meta(r, &m, path, "mode", c->run.mode, e);
     if (rc == 0) rc = check_meta(r, &m, path, "seed", seed, e);
     if (rc == 0) rc = check_meta(r, &m, path, "method", t->method->name, e);
-    config_hash(r, hash, sizeof hash);
-    const char *ch = ckpt_meta_get(&m, "config_hash");
-    if (rc == 0 && r->rank == 0 && (!ch || strcmp(ch, hash)))
-        LOGW(&r->log, "%s: the resolved config differs from the one that wrote this checkpoint; resuming anyway",
-             path);
+    if (rc == 0 && r->rank == 0) warn_config_changes(r, &m, path);
     int n_blocks = 0;
     for (int i = 0; i < m.n_entries; i++) n_blocks += m.entries[i].kind == CKPT_BLOCK;
     if (rc == 0 && t->method == &METHOD_DIRECT && n_blocks != n_state_tensors(t))

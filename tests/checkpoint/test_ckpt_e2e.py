@@ -14,8 +14,9 @@ GQA base made by transformers) and a tiny prune job.
   resumes to final weights bitwise identical to the uninterrupted run.
 - checkpoint.at_end false: the periodic checkpoints only, none after the last step, and
   the same final weights.
-- guards on resuming a copy of a finished run: a partial last line of metrics.jsonl (a
-  write cut short) is cut off and every line stays JSON; a train.steps below the newest
+- guards on resuming a copy of a finished run: the keys changed since the checkpoint
+  are named; a partial last line of metrics.jsonl (a write cut short) is cut off and
+  every line stays JSON; a train.steps below the newest
   checkpoint's step is refused; with every checkpoint damaged the run stops naming them
   and deletes none (rather than start over and prune them).
 - an eval run (nothing to checkpoint) signalled while it evaluates: SIGUSR1 through
@@ -187,6 +188,8 @@ def resume_guards(job, root, ref_dir):
         f.write('{"step": 11, "loss": 4.1')  # a row cut short
     out = run_ok(2, job, d, f"train.steps={STEPS + 2}")
     pclib.check("cut off a partial last line" in out, "a partial last line of metrics.jsonl is cut off (warned)")
+    pclib.check(f"resuming with 2 key(s) changed since it was written: run.dir: \"{ref_dir}\" -> \"{d}\"; "
+                f"train.steps: {STEPS} -> {STEPS + 2}" in out, "the resume names the keys changed, old -> new")
     rows = [json.loads(line) for line in open(os.path.join(d, "metrics.jsonl"))]  # every line is JSON
     pclib.check([r["step"] for r in rows if "loss" in r][-2:] == [STEPS + 1, STEPS + 2],
                 f"then the resumed steps' rows follow ({len(rows)} rows)")

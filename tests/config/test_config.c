@@ -471,6 +471,38 @@ static void test_round_trip(void **state) {
     assert_int_equal(f->b.compress.n_d_ff, 0);
 }
 
+/* The keys that changed between two resolved configs, by name, old -> new; the source
+ * line (another job file path) is not a change. */
+static void test_resolved_diff(void **state) {
+    fixture *f = *state;
+    char path[512], diff[512];
+    pc_err e = {{0}};
+    const char *sets_b[] = {"train.steps=12", "run.dir=/moved", "data.valid=[v.h5, w.h5]"};
+    assert_int_equal(config_load(&f->a, write_yaml(f, "a.yaml", minimal, path, sizeof path), NULL, 0, &e), 0);
+    assert_int_equal(config_load(&f->b, write_yaml(f, "b.yaml", minimal, path, sizeof path), sets_b, 3, &e), 0);
+    char *ta = config_resolved_text(&f->a), *tb = config_resolved_text(&f->b);
+    assert_int_equal(config_resolved_diff(ta, ta, diff, sizeof diff), 0);
+    assert_string_equal(diff, "");
+    assert_int_equal(config_load(&f->b, write_yaml(f, "c.yaml", minimal, path, sizeof path), NULL, 0, &e), 0);
+    char *tc = config_resolved_text(&f->b); /* the same job from another file */
+    assert_int_equal(config_resolved_diff(ta, tc, diff, sizeof diff), 0);
+    assert_int_equal(config_resolved_diff(ta, tb, diff, sizeof diff), 3);
+    char want[1200]; /* strings as the resolved text writes them: quoted */
+    snprintf(want, sizeof want,
+             "run.dir: \"%s\" -> \"/moved\"; data.valid: [] -> [\"v.h5\", \"w.h5\"]; train.steps: %lld -> 12",
+             f->a.run.dir, (long long)f->a.train.steps);
+    assert_string_equal(diff, want);
+    /* a key one side lacks (an older version's text), and a cut message */
+    assert_int_equal(config_resolved_diff("train:\n  steps: 5\n", "train:\n  lr: 0.1\n", diff, sizeof diff), 2);
+    assert_string_equal(diff, "train.steps: 5 -> (none); train.lr: (none) -> 0.1");
+    assert_int_equal(config_resolved_diff(ta, tb, diff, 20), 3);
+    assert_int_equal(strlen(diff), 19);
+    assert_string_equal(diff + 16, "...");
+    free(ta);
+    free(tb);
+    free(tc);
+}
+
 static void test_doc(void **state) {
     (void)state;
     char *buf = NULL;
@@ -504,6 +536,7 @@ int main(void) {
         cmocka_unit_test_setup_teardown(test_required_by_mode, setup, teardown),
         cmocka_unit_test_setup_teardown(test_check_model_and_ranks, setup, teardown),
         cmocka_unit_test_setup_teardown(test_round_trip, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_resolved_diff, setup, teardown),
         cmocka_unit_test(test_doc),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
