@@ -15,14 +15,21 @@
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <unistd.h>
 
 /* The one piece of process-wide state: serialises HDF5 library calls. */
 static pthread_mutex_t data_hdf5_mutex = PTHREAD_MUTEX_INITIALIZER;
 
 static void hdf5_lock(void) {
+    static int first = 1;
     pthread_mutex_lock(&data_hdf5_mutex);
+    if (first) { /* files are closed here, never by HDF5's exit handler, which would crash on one */
+        H5dont_atexit(); /* whose close failed (a full disk) */
+        first = 0;
+    }
     H5Eset_auto2(H5E_DEFAULT, NULL, NULL);
 }
 
@@ -30,7 +37,7 @@ static void hdf5_unlock(void) { pthread_mutex_unlock(&data_hdf5_mutex); }
 
 typedef struct data_shard {
     char *path;
-    hid_t file, dset; /* -1 while closed (at most DATA_MAX_OPEN shards of a set are open) */
+    hid_t file, dset; /* -1 while closed (at most max_open shards of a set are open) */
     uint64_t used;    /* when its handles were last used (the set's clock) */
     int64_t n_tokens;
     int64_t start; /* global offset of this shard's first token */
@@ -45,14 +52,25 @@ struct data_set {
     int64_t n_tokens;
     int vocab_size; /* the model's; <= 0 when not checked */
     int n_open;     /* shards with open handles */
+    int max_open;   /* at most so many (data_max_open) */
     uint64_t clock; /* counts handle uses, for the least recently used */
 };
 
 /* Shards of a set kept open at once, the least recently used closed first: a corpus of
- * thousands of shards would otherwise hold a descriptor and HDF5's caches for each. A
- * dataset's chunk cache holds 2 of the chunks projcomp-data writes (64 Ki tokens), as
- * many as a window spans. */
-enum { DATA_MAX_OPEN = 64, DATA_CHUNK_CACHE = 1 << 18 };
+ * thousands of shards would otherwise hold a descriptor and HDF5's caches for each.
+ * A quarter of the descriptors the process may open, from 16 to 1024 (256 under the
+ * usual limit of 1024). Reopening costs about 0.1 ms on a local disk; the loader's
+ * thread reads ahead of the step, so little of it is waited for. */
+static int data_max_open(void) {
+    struct rlimit nofile;
+    if (getrlimit(RLIMIT_NOFILE, &nofile) != 0 || nofile.rlim_cur == RLIM_INFINITY) return 1024;
+    return (int)PC_MAX((rlim_t)16, PC_MIN((rlim_t)1024, nofile.rlim_cur / 4));
+}
+
+/* A window is read once, from random places: an open dataset caches none of its chunks
+ * (HDF5 then reads just the window's bytes of an uncompressed chunk), so an open shard
+ * costs a descriptor and HDF5's metadata, not a chunk cache (1 MiB by default). */
+enum { DATA_CHUNK_CACHE = 0 };
 
 /* ---------------------------------------------------------------- opening */
 
@@ -138,15 +156,20 @@ static const char *describe_type(hid_t t, char *buf, size_t n) {
     return buf;
 }
 
-/* Open s's file and /tokens (HDF5 lock held); on failure the error names the file. */
-static int shard_handles_open(data_shard *s, pc_err *e) {
+/* Open s's file and /tokens (HDF5 lock held); on failure the error names the file.
+ * first: the file has not been checked yet (a reopen skips what would only say why a
+ * file that was a shard is not one). */
+static int shard_handles_open(data_shard *s, int first, pc_err *e) {
     errno = 0;
-    htri_t is_h5 = H5Fis_hdf5(s->path);
+    htri_t is_h5 = first ? H5Fis_hdf5(s->path) : 1;
     if (is_h5 < 0) return pc_errorf(e, "%s: cannot open: %s", s->path, errno ? strerror(errno) : "HDF5 error");
     if (is_h5 == 0) return pc_errorf(e, "%s: not an HDF5 file", s->path);
+    errno = 0;
     s->file = H5Fopen(s->path, H5F_ACC_RDONLY, H5P_DEFAULT);
-    if (s->file < 0) return pc_errorf(e, "%s: cannot open as HDF5", s->path);
-    if (H5Lexists(s->file, "tokens", H5P_DEFAULT) <= 0) return pc_errorf(e, "%s: no dataset /tokens", s->path);
+    if (s->file < 0)
+        return errno && !first ? pc_errorf(e, "%s: cannot open: %s", s->path, strerror(errno))
+                               : pc_errorf(e, "%s: cannot open as HDF5", s->path);
+    if (first && H5Lexists(s->file, "tokens", H5P_DEFAULT) <= 0) return pc_errorf(e, "%s: no dataset /tokens", s->path);
     hid_t dapl = H5Pcreate(H5P_DATASET_ACCESS);
     H5Pset_chunk_cache(dapl, H5D_CHUNK_CACHE_NSLOTS_DEFAULT, DATA_CHUNK_CACHE, H5D_CHUNK_CACHE_W0_DEFAULT);
     s->dset = H5Dopen2(s->file, "tokens", dapl);
@@ -232,19 +255,19 @@ static int shard_open(data_shard *s, const char *path, int model_vocab, pc_err *
     s->file = s->dset = -1;
     s->path = pc_strdup(path);
     if (access(path, R_OK) != 0) return pc_errorf(e, "%s: cannot read: %s", path, strerror(errno));
-    int rc = shard_handles_open(s, e);
+    int rc = shard_handles_open(s, 1, e);
     if (rc == 0) rc = shard_check(s, model_vocab, e);
     shard_handles_close(s);
     return rc;
 }
 
 /* s's handles open for a read: reopened (closing the set's least recently used shard
- * when DATA_MAX_OPEN are open) and checked to hold what it held when the set was
+ * when max_open are open) and checked to hold what it held when the set was
  * opened. HDF5 lock held. */
 static int shard_ready(data_set *d, data_shard *s, pc_err *e) {
     s->used = ++d->clock;
     if (s->dset >= 0) return 0;
-    if (d->n_open >= DATA_MAX_OPEN) {
+    if (d->n_open >= d->max_open) {
         data_shard *lru = NULL;
         for (int i = 0; i < d->n_shards; i++)
             if (d->shards[i].dset >= 0 && (!lru || d->shards[i].used < lru->used)) lru = &d->shards[i];
@@ -254,7 +277,7 @@ static int shard_ready(data_set *d, data_shard *s, pc_err *e) {
     int64_t n;
     int tsize;
     char tbuf[64];
-    if (shard_handles_open(s, e) || tokens_shape(s, &n, &tsize, tbuf, sizeof tbuf, e)) {
+    if (shard_handles_open(s, 0, e) || tokens_shape(s, &n, &tsize, tbuf, sizeof tbuf, e)) {
         shard_handles_close(s);
         return -1;
     }
@@ -303,6 +326,7 @@ int data_open(const char *const *globs, int n_globs, int vocab_size, int64_t min
     }
     data_set *d = pc_calloc(1, sizeof *d);
     d->vocab_size = vocab_size;
+    d->max_open = data_max_open();
     if (rc == 0) {
         d->shards = pc_calloc(n_paths, sizeof *d->shards);
         hdf5_lock();
@@ -374,16 +398,34 @@ int data_tokenizers_differ(const data_set *const *sets, int n, char *msg, size_t
     return 0;
 }
 
+typedef struct file_id {
+    dev_t dev;
+    ino_t ino;
+} file_id;
+
+static int cmp_file_id(const void *x, const void *y) {
+    const file_id *a = x, *b = y;
+    if (a->dev != b->dev) return a->dev < b->dev ? -1 : 1;
+    return a->ino < b->ino ? -1 : a->ino > b->ino;
+}
+
 const char *data_shared_shard(const data_set *a, const data_set *b) {
-    if (!a || !b) return NULL;
-    struct stat sa, sb;
-    for (int j = 0; j < b->n_shards; j++) {
-        if (stat(b->shards[j].path, &sb) != 0) continue;
-        for (int i = 0; i < a->n_shards; i++)
-            if (stat(a->shards[i].path, &sa) == 0 && sa.st_dev == sb.st_dev && sa.st_ino == sb.st_ino)
-                return b->shards[j].path;
+    if (!a || !b || a->n_shards == 0) return NULL;
+    file_id *ids = pc_malloc(sizeof *ids * (size_t)a->n_shards); /* a's files, sorted: one stat each */
+    int n = 0;
+    struct stat st;
+    for (int i = 0; i < a->n_shards; i++)
+        if (stat(a->shards[i].path, &st) == 0) ids[n++] = (file_id){st.st_dev, st.st_ino};
+    qsort(ids, (size_t)n, sizeof *ids, cmp_file_id);
+    const char *both = NULL;
+    for (int j = 0; j < b->n_shards && !both; j++) {
+        file_id key;
+        if (stat(b->shards[j].path, &st) != 0) continue;
+        key = (file_id){st.st_dev, st.st_ino};
+        if (bsearch(&key, ids, (size_t)n, sizeof *ids, cmp_file_id)) both = b->shards[j].path;
     }
-    return NULL;
+    free(ids);
+    return both;
 }
 
 /* ---------------------------------------------------------------- reading */
@@ -637,14 +679,24 @@ enum { RESERVE_META = 1 << 16 }; /* bytes reserved for a shard's header, chunk i
 /* Allocate the first `bytes` of the file at path (a shard's chunks and metadata), so
  * that a full disk, a quota or a file size limit fails here, with its reason, rather
  * than in a write HDF5 makes while closing (write_h5 cuts the file back to HDF5's end
- * after). A file system that cannot preallocate is left to those writes. */
+ * after). Where the file system cannot preallocate, its free space and the file size
+ * limit are checked instead. */
 static int reserve(const char *path, int64_t bytes, pc_err *e) {
     if (bytes <= 0) return 0;
     int fd = open(path, O_WRONLY);
     if (fd < 0) return pc_errorf(e, "cannot open %s: %s", path, strerror(errno));
     int err = fallocate(fd, 0, 0, (off_t)bytes) == 0 ? 0 : errno;
+    if (err == EOPNOTSUPP || err == ENOSYS || err == EINVAL) { /* no preallocation here: what can be checked */
+        struct statvfs fs;
+        struct rlimit fsize;
+        err = 0;
+        if (fstatvfs(fd, &fs) == 0 && (uint64_t)fs.f_bavail * fs.f_frsize < (uint64_t)bytes) err = ENOSPC;
+        if (getrlimit(RLIMIT_FSIZE, &fsize) == 0 && fsize.rlim_cur != RLIM_INFINITY &&
+            fsize.rlim_cur < (rlim_t)bytes)
+            err = EFBIG;
+    }
     close(fd);
-    if (err == 0 || err == EOPNOTSUPP || err == ENOSYS || err == EINVAL) return 0;
+    if (err == 0) return 0;
     return pc_errorf(e, "cannot allocate %lld bytes for %s: %s", (long long)bytes, path, strerror(err));
 }
 
@@ -659,7 +711,7 @@ static int write_h5(const char *tmp, const char *path, int64_t n, data_fill_fn f
     hsize_t dims = (hsize_t)n, chunk = (hsize_t)PC_MIN(n, (int64_t)1 << 16);
     int64_t chunks = n > 0 ? (n - 1) / (int64_t)chunk + 1 : 0; /* each written whole */
     if (reserve(tmp, chunks * (int64_t)chunk * elt + RESERVE_META, e) != 0) {
-        pc_error_wrap(e, path);
+        pc_error_wrap(e, "%s", path);
         H5Fclose(f);
         return -1;
     }

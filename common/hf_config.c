@@ -62,8 +62,8 @@ static int get_pos_num(const char *file, const json_val *root, const char *key, 
     return 0;
 }
 
-/* Token id: absent/null -> -1; an int; or a list (first element). */
-/* A token id: absent -> *out untouched (the default), null or [] -> -1 (none). */
+/* A token id: an int, or a list (its first element); absent -> *out untouched (the
+ * default), null or [] -> -1 (none). */
 static int get_token_id(const char *file, const json_val *root, const char *key, int *out, pc_err *e) {
     const json_val *v = json_get(root, key);
     if (!v) return 0;

@@ -44,11 +44,14 @@ struct st_model {
     char *source; /* the path given to st_open */
 };
 
-static const char *dtype_names[ST_DTYPE_COUNT] = {"F32", "F16", "BF16", "I32", "I64",  "U8",      "F64",    "I8",
-                                                  "I16", "U16", "U32",  "U64", "BOOL", "F8_E4M3", "F8_E5M2"};
-static const size_t dtype_sizes[ST_DTYPE_COUNT] = {4, 2, 2, 4, 8, 1, 8, 1, 2, 2, 4, 8, 1, 1, 1};
+static const char *dtype_names[ST_DTYPE_COUNT] = {
+    "F32",  "F16",     "BF16",    "I32",     "I64", "U8", "F64",     "I8",      "I16", "U16",
+    "U32",  "U64",     "BOOL",    "F8_E4M3", "F8_E5M2", "F8_E8M0", "C64", "F4", "F6_E2M3", "F6_E3M2"};
+static const int dtype_bits[ST_DTYPE_COUNT] = {32, 16, 16, 32, 64, 8, 64, 8, 16, 16, 32, 64, 8, 8, 8, 8, 64, 4, 6, 6};
+static const size_t dtype_sizes[ST_DTYPE_COUNT] = {4, 2, 2, 4, 8, 1, 8, 1, 2, 2, 4, 8, 1, 1, 1, 1, 8, 0, 0, 0};
 
 size_t st_dtype_size(st_dtype t) { return (unsigned)t < ST_DTYPE_COUNT ? dtype_sizes[t] : 0; }
+int st_dtype_bits(st_dtype t) { return (unsigned)t < ST_DTYPE_COUNT ? dtype_bits[t] : 0; }
 const char *st_dtype_name(st_dtype t) { return (unsigned)t < ST_DTYPE_COUNT ? dtype_names[t] : "?"; }
 
 int st_dtype_parse(const char *s, st_dtype *out) {
@@ -155,8 +158,8 @@ static int parse_entry(const char *path, const char *name, const json_val *v, ui
         }
     }
     if (!found)
-        return pc_errorf(e, "%s: tensor '%s': unknown dtype '%s' (not one of the safetensors format's)", path, name,
-                         dt);
+        return pc_errorf(e, "%s: tensor '%s': unknown dtype '%s' (not a safetensors dtype this build knows)", path,
+                         name, dt);
     const json_val *shape = json_get(v, "shape");
     if (!shape || shape->type != JSON_ARRAY)
         return pc_errorf(e, "%s: tensor '%s': missing or non-array 'shape'", path, name);
@@ -186,8 +189,8 @@ static int parse_entry(const char *path, const char *name, const json_val *v, ui
         return pc_errorf(e, "%s: tensor '%s': data_offsets [%llu, %llu] outside the data section of %llu bytes",
                          path, name, (unsigned long long)t->begin, (unsigned long long)t->end,
                          (unsigned long long)data_size);
-    size_t dsz = dtype_sizes[t->dtype];
-    if (overflow || numel > UINT64_MAX / dsz || numel * dsz != t->end - t->begin)
+    uint64_t bits = (uint64_t)dtype_bits[t->dtype]; /* the format's rule: a whole number of bytes */
+    if (overflow || numel > UINT64_MAX / bits || numel * bits % 8 != 0 || numel * bits / 8 != t->end - t->begin)
         return pc_errorf(e, "%s: tensor '%s': byte length %llu does not match shape x dtype size (%s)", path, name,
                          (unsigned long long)(t->end - t->begin), dt);
     return 0;

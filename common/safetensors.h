@@ -11,7 +11,7 @@
 #include "util.h"
 
 /* Every dtype of the safetensors format opens (a file may hold tensors nothing reads);
- * only F32, F16 and BF16 are read as values. */
+ * only F32, F16 and BF16 are read as values. F4 and F6 are packed below a byte. */
 typedef enum {
     ST_F32 = 0,
     ST_F16,
@@ -28,6 +28,11 @@ typedef enum {
     ST_BOOL,
     ST_F8_E4M3,
     ST_F8_E5M2,
+    ST_F8_E8M0,
+    ST_C64,
+    ST_F4,
+    ST_F6_E2M3,
+    ST_F6_E3M2,
     ST_DTYPE_COUNT
 } st_dtype;
 
@@ -54,7 +59,8 @@ const st_tensor *st_get(const st_model *m, int i);
 /* NULL when absent. */
 const st_tensor *st_find(const st_model *m, const char *name);
 int64_t st_numel(const st_tensor *t);
-size_t st_dtype_size(st_dtype t);
+size_t st_dtype_size(st_dtype t); /* bytes an element; 0 for the packed F4 and F6 */
+int st_dtype_bits(st_dtype t);     /* bits an element */
 const char *st_dtype_name(st_dtype t);
 /* Path of the file holding tensor t (for error messages). */
 const char *st_file_path(const st_model *m, const st_tensor *t);

@@ -261,7 +261,7 @@ static int pick(run_ctx *r, int64_t *step, char *path, size_t n, pc_err *e) {
     }
     if (comm_broadcast(r->comm, got, 2, COMM_I64, 0, e) != 0) return -1;
     if (got[0] != 0) {
-        if (r->rank != 0) pc_errorf(e, "rank 0 could not read %s", root);
+        if (r->rank != 0) pc_errorf(e, "rank 0 found no usable checkpoint in %s (see its log)", root);
         return -1;
     }
     *step = got[1];

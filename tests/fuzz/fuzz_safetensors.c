@@ -15,8 +15,9 @@ static void read_tensor(const st_model *m, const st_tensor *t) {
     pc_err e = {{0}};
     int64_t numel = st_numel(t);
     FUZZ_CHECK(numel >= 0, "tensor '%s': negative element count %lld", t->name, (long long)numel);
-    FUZZ_CHECK((uint64_t)numel * st_dtype_size(t->dtype) == t->nbytes, "tensor '%s': %lld elements x %zu != %zu bytes",
-               t->name, (long long)numel, st_dtype_size(t->dtype), t->nbytes);
+    FUZZ_CHECK((uint64_t)numel * (uint64_t)st_dtype_bits(t->dtype) == 8 * (uint64_t)t->nbytes,
+               "tensor '%s': %lld elements x %d bits != %zu bytes", t->name, (long long)numel,
+               st_dtype_bits(t->dtype), t->nbytes);
     int is_float = t->dtype == ST_F32 || t->dtype == ST_F16 || t->dtype == ST_BF16;
     float *buf = pc_malloc(sizeof(float) * (size_t)(numel + 1));
     int rc = st_read_f32(m, t->name, buf, (size_t)numel, &e);

@@ -38,7 +38,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         FUZZ_CHECK(fp && strncmp(fp, dir, strlen(dir)) == 0 && strstr(fp, ".safetensors"),
                    "tensor '%s' lies in '%s'", t->name, fp ? fp : "(null)");
         int64_t numel = st_numel(t);
-        FUZZ_CHECK(numel >= 0 && (uint64_t)numel * st_dtype_size(t->dtype) == t->nbytes, "tensor '%s' size", t->name);
+        FUZZ_CHECK(numel >= 0 && (uint64_t)numel * (uint64_t)st_dtype_bits(t->dtype) == 8 * (uint64_t)t->nbytes,
+                   "tensor '%s' size", t->name);
         if (t->dtype == ST_F32 || t->dtype == ST_F16 || t->dtype == ST_BF16) {
             float *buf = pc_malloc(sizeof(float) * (size_t)(numel + 1));
             FUZZ_CHECK(st_read_f32(m, t->name, buf, (size_t)numel, &e) == 0, "read '%s': %s", t->name, e.msg);

@@ -221,6 +221,21 @@ static void test_header_errors(void **state) {
     expect_open_fail(p, "overlap", "'b'");
     write_hdr(p, "{\"a\":{\"dtype\":\"F128\",\"shape\":[1],\"data_offsets\":[0,16]}}", 16);
     expect_open_fail(p, "'a'", "unknown dtype 'F128'");
+    /* every dtype of the format opens, packed ones by bits (a whole number of bytes) */
+    write_hdr(p, "{\"a\":{\"dtype\":\"C64\",\"shape\":[2],\"data_offsets\":[0,16]},"
+                 "\"b\":{\"dtype\":\"F8_E8M0\",\"shape\":[3],\"data_offsets\":[16,19]},"
+                 "\"c\":{\"dtype\":\"F4\",\"shape\":[2,3],\"data_offsets\":[19,22]},"
+                 "\"d\":{\"dtype\":\"F6_E3M2\",\"shape\":[4],\"data_offsets\":[22,25]}}",
+              25);
+    st_model *m = open_ok(p);
+    assert_int_equal(st_find(m, "c")->dtype, ST_F4);
+    float vals[6];
+    pc_err e = {{0}};
+    assert_int_equal(st_read_f32(m, "c", vals, 6, &e), -1); /* opened, not read as values */
+    assert_non_null(strstr(e.msg, "has dtype F4"));
+    st_close(m);
+    write_hdr(p, "{\"a\":{\"dtype\":\"F4\",\"shape\":[3],\"data_offsets\":[0,2]}}", 2);
+    expect_open_fail(p, "'a'", "byte length 2"); /* 12 bits: not whole bytes */
     write_hdr(p, "{\"a\":{\"shape\":[2],\"data_offsets\":[0,8]}}", 8);
     expect_open_fail(p, "'a'", "dtype");
     write_hdr(p, "{\"a\":{\"dtype\":\"F32\",\"data_offsets\":[0,8]}}", 8);
