@@ -710,6 +710,8 @@ int config_check_model(const pc_config *c, int base_d_model, const int *base_d_f
 int config_check_ranks(const pc_config *c, int world_size, pc_err *e) {
     int gb = key_index("train.global_batch");
     if (world_size < 1) return pc_errorf(e, "config_check_ranks: world size %d < 1", world_size);
+    const char *m = c->run.mode; /* eval and importance read no training batches */
+    if (strcmp(m, "compress") && strcmp(m, "prune") && strcmp(m, "pretrain")) return 0;
     long long per = (long long)world_size * c->train.micro_batch;
     if (per <= 0 || c->train.global_batch % per)
         return pc_errorf(e,
@@ -906,9 +908,9 @@ void config_print_doc(FILE *f) {
     fprintf(f, "Unknown sections or keys, duplicated keys, values of the wrong type and values out of range\n"
                "are rejected before any work, naming the file and line (or the `--set` option). Checks that\n"
                "need the base model (`compress.d_model` <= hidden_size, one `compress.d_ff` entry per layer)\n"
-               "or the rank count (`train.global_batch` divisible by ranks x `train.micro_batch`) run once\n"
-               "those are known. The full configuration after defaults and overrides is written to\n"
-               "`RUN/config.resolved.yaml`, which loads back to the same values.\n\n");
+               "or the rank count (`train.global_batch` divisible by ranks x `train.micro_batch` in the modes\n"
+               "that train) run once those are known. The full configuration after defaults and overrides is\n"
+               "written to `RUN/config.resolved.yaml`, which loads back to the same values.\n\n");
     fprintf(f, "## Required keys by run.mode\n\n");
     for (size_t m = 0; m < PC_ARRAY_LEN(mode_names); m++) {
         fprintf(f, "- `%s`:", mode_names[m]);

@@ -419,6 +419,13 @@ static void test_check_model_and_ranks(void **state) {
              "%s:8: key 'train.global_batch' (12) must be divisible by ranks x train.micro_batch (4 x 2 = 8)", path);
     assert_non_null(strstr(e.msg, want));
     assert_int_equal(config_check_ranks(c, 0, &e), -1);
+    /* eval and importance read no training batches: any rank count */
+    snprintf(c->run.mode, sizeof c->run.mode, "eval");
+    assert_int_equal(config_check_ranks(c, 4, &e), 0);
+    snprintf(c->run.mode, sizeof c->run.mode, "importance");
+    assert_int_equal(config_check_ranks(c, 4, &e), 0);
+    snprintf(c->run.mode, sizeof c->run.mode, "pretrain");
+    assert_int_equal(config_check_ranks(c, 4, &e), -1);
 }
 
 static void test_round_trip(void **state) {
