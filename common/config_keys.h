@@ -243,7 +243,7 @@ static const pc_config_key pc_config_keys[] = {
             "parameter and token plus attention, the tflops metric without compress's projection work) over the "
             "ranks' summed peaks."},
     {.path = "backend.threads", .type = PC_CT_INT, PC_AT(backend.threads), .def = "0", .min = 0, .flags = PC_K_MIN,
-     .doc = "CPU threads per rank for BLAS and the CPU ops (0 = automatic)."},
+     .doc = "CPU threads per rank for BLAS and the CPU ops (0 = the node's cores divided by its ranks, at most the CPUs the rank is bound to)."},
     /* output */
     {.path = "output.dir", .type = PC_CT_STRING, PC_AT(output.dir), .def = "",
      .doc = "Where the final HF model is written (\"\" = RUN/final); not model.base's own directory."},

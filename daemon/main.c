@@ -211,7 +211,7 @@ int main(int argc, char **argv) {
         int n = c.dry_np > 0 ? c.dry_np : world, fits = 1;
         rc = 0;
         if (rank == 0 && (config_load(&r.cfg, c.cfg, c.sets, c.n_sets, &e) != 0 ||
-                          config_check_ranks(&r.cfg, n, &e) != 0 ||
+                          config_check_ranks(&r.cfg, n, &e) != 0 || check_against_base(&r.cfg, &e) != 0 ||
                           plan_dry_run(&r.cfg, n, c.device_gib, stdout, &fits, &e) != 0)) {
             fprintf(stderr, "projcompd: error: %s\n", e.msg);
             rc = 2;

@@ -1,6 +1,7 @@
 /* model_setup: pick the backend and build the Llama model a mode trains or evaluates:
  * the shape from model.config (pretrain) or model.base's config.json, weights from
  * model.base's safetensors or a deterministic random init. */
+#include <sched.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -13,11 +14,16 @@
 #include "mfu.h"
 #include "run.h"
 
+/* backend.threads, else the node's cores shared by its ranks, and no more than the CPUs
+ * this rank may run on (a launcher that binds ranks, Slurm's --cpus-per-task, taskset):
+ * threads beyond those would only take turns. */
 static int threads_per_rank(const run_ctx *r) {
     if (r->cfg.backend.threads > 0) return r->cfg.backend.threads;
     long cores = sysconf(_SC_NPROCESSORS_ONLN);
-    int t = (int)(cores / (r->local_size > 0 ? r->local_size : 1)); /* the node's cores shared by its ranks */
-    return t > 0 ? t : 1;
+    long t = cores / (r->local_size > 0 ? r->local_size : 1);
+    cpu_set_t mask;
+    if (sched_getaffinity(0, sizeof mask, &mask) == 0 && CPU_COUNT(&mask) < t) t = CPU_COUNT(&mask);
+    return t > 0 ? (int)t : 1;
 }
 
 /* backend.device: cuda on GPU (local rank mod GPUs). */

@@ -988,6 +988,10 @@ void plan_opts_from_config(const pc_config *c, plan_opts *o) {
 }
 
 int plan_dry_run(const pc_config *c, int world, double device_gib, FILE *out, int *fits, pc_err *e) {
+    if (strcmp(c->run.mode, "compress") && strcmp(c->run.mode, "prune"))
+        return pc_errorf(e, "%s: --dry-run lays out compress and prune jobs; run.mode %s has no plan (every rank holds "
+                            "the whole model)",
+                         c->source, c->run.mode);
     llama_config *cfg = pc_malloc(2 * sizeof *cfg); /* base, small (large per-layer tables) */
     int rc = -1;
     if (c->model.base[0])

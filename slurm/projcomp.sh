@@ -87,7 +87,6 @@ fi
 
 export OMPI_MCA_rmaps_base_oversubscribe=${OMPI_MCA_rmaps_base_oversubscribe:-1}
 if [ "$(id -u)" = 0 ]; then export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1; fi
-export OPENBLAS_NUM_THREADS=${OPENBLAS_NUM_THREADS:-${SLURM_CPUS_PER_TASK:-1}}
 
 CMD=("$PROJCOMPD" --cfg "$JOB_YAML" "$@" --set "run.dir=$RUN_DIR")
 case "$LAUNCHER" in

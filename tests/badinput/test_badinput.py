@@ -394,6 +394,8 @@ def case_output_is_base(fx):
     before = snapshot(fx.base)
     rc, out = run_daemon(fx, extra=["--set", f"output.dir={link}"])
     expect_failure(rc, out, [link, "model.base", "output.dir"], fx, before_work=True)
+    rc_dry, out = run_daemon(fx, extra=["--set", f"output.dir={link}", "--dry-run", "-np", "2"])  # the dry run too
+    expect_failure(rc_dry, out, [link, "model.base", "output.dir"], fx, before_work=True)
     nested = os.path.join(fx.root, "old-run", "final")
     os.makedirs(os.path.dirname(nested))
     os.rename(fx.base, nested)
@@ -401,8 +403,8 @@ def case_output_is_base(fx):
                                       "--set", "run.mode=prune"])
     os.rename(nested, fx.base)
     expect_failure(rc2, out2, [nested, "model.base"], fx)
-    if (rc, rc2) != (2, 2) or snapshot(fx.base) != before:
-        raise SystemExit(f"FAIL: exits {rc}, {rc2} (expected 2: a config error), base unchanged: "
+    if (rc, rc_dry, rc2) != (2, 2, 2) or snapshot(fx.base) != before:
+        raise SystemExit(f"FAIL: exits {rc}, {rc_dry}, {rc2} (expected 2: a config error), base unchanged: "
                          f"{snapshot(fx.base) == before}")
 
 
@@ -706,6 +708,17 @@ def case_cli_dry_run_does_not_fit(fx):
     rc, out = run_daemon(fx, extra=["--dry-run", "-np", "2", "--device-gib", "100"])
     if rc != 0 or "# fits a 100 GiB device: the largest rank" not in out:
         raise SystemExit(f"FAIL: a 100 GiB device: exit {rc}\n{out[-800:]}")
+
+
+def case_cli_dry_run_no_plan(fx):
+    """--dry-run of a mode that has no plan (the whole model on every rank): exit 2 saying
+    so, not a compress plan of the job."""
+    for mode in ["pretrain", "eval", "importance"]:
+        rc, out = run_daemon(fx, extra=["--dry-run", "-np", "2", "--set", f"run.mode={mode}"])
+        expect_failure(rc, out, ["--dry-run lays out compress and prune jobs", f"run.mode {mode} has no plan"], fx,
+                       before_work=True)
+        if rc != 2 or "# rank" in out:
+            raise SystemExit(f"FAIL: {mode}: exit {rc} (expected 2), or a plan printed\n{out[-800:]}")
 
 
 def case_cli_cfg_missing_file(fx):
