@@ -46,6 +46,14 @@ void trainer_free(trainer *t) {
     memset(t, 0, sizeof *t);
 }
 
+/* x with %g, a NaN as "nan" whatever its sign bit (printf writes "-nan" for some). */
+static void fmt_value(char *out, size_t n, double x) {
+    if (isnan(x))
+        snprintf(out, n, "nan");
+    else
+        snprintf(out, n, "%g", x);
+}
+
 /* ---- direct training of the model's weights (pretrain, prune) ---- */
 
 /* The weights the products read: the bf16 copy of the fp32 weights, after an update or a
@@ -243,6 +251,7 @@ int mode_train(run_ctx *r, pc_err *e) {
         goto out;
     }
     if (start > 0) LOGI(&r->log, "resumed after step %lld", (long long)start);
+    int64_t last_ckpt = start; /* the newest checkpoint there is (0: none) */
     if (t.method->begin_step(r, &t, e) != 0) goto out;
     if (start == 0 && maybe_eval(r, &t, 0, 1, e) != 0) goto out; /* the starting point: step 0 */
     for (int64_t step = start; step < c->train.steps; step++) {
@@ -267,14 +276,22 @@ int mode_train(run_ctx *r, pc_err *e) {
         float clip = optim_clip_scale(gnorm, c->train.grad_clip);
         float lr = (float)optim_lr(step, c->train.steps, c->train.warmup_steps, c->train.lr, c->train.min_lr_ratio);
         if (!isfinite(loss) || !isfinite(gnorm)) {
+            char ls[32], gs[32];
+            fmt_value(ls, sizeof ls, loss);
+            fmt_value(gs, sizeof gs, gnorm);
             if (strcmp(c->train.on_nonfinite, "skip") != 0 || ++skipped_in_row > 10) {
-                pc_errorf(e, "step %lld: loss %g, grad norm %g: training diverged (lower train.lr?); the last "
-                             "checkpoint in %s/checkpoints is intact",
-                          (long long)step + 1, loss, gnorm, r->run_dir);
+                if (last_ckpt > 0)
+                    pc_errorf(e, "step %lld: loss %s, grad norm %s: training diverged (lower train.lr?); the "
+                                 "checkpoint of step %lld in %s/checkpoints is intact",
+                              (long long)step + 1, ls, gs, (long long)last_ckpt, r->run_dir);
+                else
+                    pc_errorf(e, "step %lld: loss %s, grad norm %s: training diverged (lower train.lr?); no "
+                                 "checkpoint was written",
+                              (long long)step + 1, ls, gs);
                 goto out;
             }
-            LOGW(&r->log, "step %lld: loss %g, grad norm %g: update skipped (train.on_nonfinite: skip)",
-                 (long long)step + 1, loss, gnorm);
+            LOGW(&r->log, "step %lld: loss %s, grad norm %s: update skipped (train.on_nonfinite: skip)",
+                 (long long)step + 1, ls, gs);
         } else {
             skipped_in_row = 0;
             t.method->update(r, &t, step, lr, clip);
@@ -314,6 +331,7 @@ int mode_train(run_ctx *r, pc_err *e) {
         int every = c->checkpoint.every_steps;
         int save = last ? c->checkpoint.at_end : stop || (every > 0 && (step + 1) % every == 0);
         if (save && ckpt_save(r, &t, step + 1, e) != 0) goto out;
+        if (save) last_ckpt = step + 1;
         if (stop && !last) {
             LOGW(&r->log, "stop signal: checkpoint of step %lld written; rerun the same command to resume",
                  (long long)step + 1);

@@ -38,6 +38,8 @@ def main():
         pclib.check(not os.path.exists(os.path.join(d, "final")), f"{how}: no final model written")
         latest = open(os.path.join(d, "checkpoints", "latest")).read().strip()
         pclib.check(os.path.isdir(os.path.join(d, "checkpoints", latest)), f"{how}: latest checkpoint {latest} intact")
+        named = f"the checkpoint of step {int(latest[5:])} in {d}/checkpoints is intact"
+        pclib.check(named in out and "norm -nan" not in out, f"{how}: the error names that checkpoint, a NaN is nan")
         if how == "skip":
             pclib.check(out.count("update skipped") == 10, f"skip: 10 skipped updates logged ({out.count('update skipped')})")
         # metrics.jsonl stays JSON (no NaN or Infinity, which JSON has not): a diverged
@@ -47,6 +49,14 @@ def main():
         pclib.check(len(bad) == (10 if how == "skip" else 0) and
                     all(r["loss"] is None or math.isfinite(r["loss"]) for r in rows if "loss" in r),
                     f"{how}: metrics.jsonl is JSON, {len(bad)} step(s) with a null loss or grad_norm")
+
+
+    # diverged before any checkpoint: the error says there is none (not that one is intact)
+    d = os.path.join(root, "no-ckpt")
+    p = pclib.projcompd(1, job, f"run.dir={d}", "checkpoint.every_steps=0", check=False)
+    out = p.stdout + p.stderr
+    pclib.check(p.returncode == 1 and "training diverged (lower train.lr?); no checkpoint was written" in out,
+                f"no checkpoint yet: the error says so (exit {p.returncode})")
 
 
 if __name__ == "__main__":
