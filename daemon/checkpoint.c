@@ -81,6 +81,54 @@ static void config_hash(const run_ctx *r, char *out, size_t n) {
     free(text);
 }
 
+static int cmp_tensor_name(const void *a, const void *b) {
+    return strcmp((*(const st_tensor *const *)a)->name, (*(const st_tensor *const *)b)->name);
+}
+
+/* A fingerprint of the model at dir (16 hex digits): every tensor's name, dtype and
+ * shape, and 4 KiB of its bytes at its start, middle and end, in name order (so a copy
+ * sharded otherwise has the same). Other weights of the same shapes give another one
+ * almost surely; it reads about 12 KiB a tensor, not the model. */
+static int base_fingerprint(const char *dir, char *out, size_t n, pc_err *e) {
+    st_model *st;
+    if (st_open(dir, &st, e) != 0) return -1;
+    int nt = st_count(st);
+    const st_tensor **ts = pc_malloc(sizeof *ts * (size_t)(nt ? nt : 1));
+    for (int i = 0; i < nt; i++) ts[i] = st_get(st, i);
+    qsort(ts, (size_t)nt, sizeof *ts, cmp_tensor_name);
+    ckpt_hash h;
+    ckpt_hash_init(&h, 0);
+    for (int i = 0; i < nt; i++) {
+        const st_tensor *t = ts[i];
+        const char *dt = st_dtype_name(t->dtype);
+        ckpt_hash_update(&h, t->name, strlen(t->name) + 1);
+        ckpt_hash_update(&h, dt, strlen(dt) + 1);
+        ckpt_hash_update(&h, t->shape, sizeof(int64_t) * (size_t)t->ndim);
+        size_t piece = t->nbytes < 4096 ? t->nbytes : 4096;
+        size_t at[3] = {0, (t->nbytes - piece) / 2, t->nbytes - piece};
+        for (int k = 0; k < 3 && piece > 0; k++) ckpt_hash_update(&h, t->data + at[k], piece);
+    }
+    snprintf(out, n, "%016llx", (unsigned long long)ckpt_hash_final(&h));
+    free(ts);
+    st_close(st);
+    return 0;
+}
+
+/* A resumed run that reads its base while it trains (compress's frozen slices, a
+ * distillation teacher) must read the one its checkpoint was trained from. */
+static int check_base(run_ctx *r, const ckpt_manifest *m, const char *path, pc_err *e) {
+    const pc_config *c = &r->cfg;
+    const char *had = ckpt_meta_get(m, "base");
+    if (!had || !c->model.base[0] || (strcmp(c->run.mode, "compress") && !c->distill.enabled)) return 0;
+    char now[24];
+    if (base_fingerprint(c->model.base, now, sizeof now, e) != 0) return -1;
+    if (strcmp(now, had))
+        return pc_errorf(e, "%s: model.base '%s' is not the model this checkpoint was trained from (fingerprint %s, "
+                            "the checkpoint's %s): resume with that base, or use another run.dir",
+                         path, c->model.base, now, had);
+    return 0;
+}
+
 /* The keys changed since the checkpoint at path was written, named (from its copy of
  * the resolved config; a checkpoint without one compares the hashes). */
 static void warn_config_changes(run_ctx *r, const ckpt_manifest *m, const char *path) {
@@ -143,8 +191,17 @@ int ckpt_save(run_ctx *r, trainer *t, int64_t step, pc_err *e) {
         ckpt_write_raw(w, "config.resolved.yaml", text, strlen(text), e);
         free(text);
     } /* a failure is remembered by the writer; the commit below is collective */
-    ckpt_kv meta[5];
+    ckpt_kv meta[6];
     memset(meta, 0, sizeof meta);
+    int n_meta = 5;
+    if (r->rank == 0 && c->model.base[0] && !t->base_print[0] &&
+        base_fingerprint(c->model.base, t->base_print, sizeof t->base_print, e) != 0)
+        ckpt_write_fail(w, e); /* the commit below is collective */
+    if (r->rank == 0 && t->base_print[0]) {
+        snprintf(meta[5].key, sizeof meta[5].key, "base");
+        snprintf(meta[5].value, sizeof meta[5].value, "%s", t->base_print);
+        n_meta = 6;
+    }
     snprintf(meta[0].key, sizeof meta[0].key, "mode");
     snprintf(meta[0].value, sizeof meta[0].value, "%s", c->run.mode);
     snprintf(meta[1].key, sizeof meta[1].key, "seed");
@@ -155,7 +212,7 @@ int ckpt_save(run_ctx *r, trainer *t, int64_t step, pc_err *e) {
     config_hash(r, meta[3].value, sizeof meta[3].value);
     snprintf(meta[4].key, sizeof meta[4].key, "blocks");
     snprintf(meta[4].value, sizeof meta[4].value, "%d", n_state_tensors(t));
-    if (ckpt_write_commit(w, meta, 5, c->checkpoint.keep, e) != 0)
+    if (ckpt_write_commit(w, meta, n_meta, c->checkpoint.keep, e) != 0)
         return pc_error_wrap(e, "rank %d: checkpoint of step %lld", r->rank, (long long)step);
     LOGI(&r->log, "checkpoint of step %lld written to %s in %.2f s (%.1f MB from this rank)", (long long)step, root,
          pc_now() - t0, (double)bytes / 1e6);
@@ -308,6 +365,7 @@ int ckpt_resume(run_ctx *r, trainer *t, int64_t *start_step, pc_err *e) {
     int rc = check_meta(r, &m, path, "mode", c->run.mode, e);
     if (rc == 0) rc = check_meta(r, &m, path, "seed", seed, e);
     if (rc == 0) rc = check_meta(r, &m, path, "method", t->method->name, e);
+    if (rc == 0) rc = check_base(r, &m, path, e);
     if (rc == 0 && r->rank == 0) warn_config_changes(r, &m, path);
     int n_blocks = 0;
     for (int i = 0; i < m.n_entries; i++) n_blocks += m.entries[i].kind == CKPT_BLOCK;

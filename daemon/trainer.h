@@ -58,6 +58,7 @@ struct trainer {
     int64_t plan_copies16;  /* its CUDA bf16 operand copies on this rank, bytes */
     int64_t plan_attn16;    /* its CUDA attention's bf16 copies of q, k, v, dO on this rank, bytes */
     int reduce_per_backward; /* compress.shard_grads: reduce_grads after every backward, on_grads on each */
+    char base_print[24];    /* rank 0: model.base's fingerprint for the checkpoints' meta ("" not yet) */
     struct {                /* backend.overlap_comm: the model's hooks, called from inside its passes */
         int gather;         /* begin_step only begins the W_C gather: the first forward completes it */
         run_ctx *r;         /* set with the method that has hooks */

@@ -16,9 +16,10 @@ GQA base made by transformers) and a tiny prune job.
   the same final weights.
 - guards on resuming a copy of a finished run: the keys changed since the checkpoint
   are named; a partial last line of metrics.jsonl (a write cut short) is cut off and
-  every line stays JSON; a train.steps below the newest
-  checkpoint's step is refused; with every checkpoint damaged the run stops naming them
-  and deletes none (rather than start over and prune them).
+  every line stays JSON; a train.steps below the newest checkpoint's step is refused;
+  resuming a compress run on another base of the same shapes is refused (a copy of the
+  base resumes); with every checkpoint damaged the run stops naming them and deletes
+  none (rather than start over and prune them).
 - an eval run (nothing to checkpoint) signalled while it evaluates: SIGUSR1 through
   mpirun is ignored (the run finishes with the uninterrupted run's loss); SIGTERM to
   every rank ends it at once, with no result and no checkpoint.
@@ -33,7 +34,7 @@ import sys
 import time
 
 import numpy as np
-from safetensors.numpy import load_file
+from safetensors.numpy import load_file, save_file
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 import pclib  # noqa: E402
@@ -196,6 +197,21 @@ def resume_guards(job, root, ref_dir):
     rc, out = finish(start(2, job, d, "train.steps=6"))
     pclib.check(rc != 0 and f"step {STEPS + 2}, past train.steps 6" in out,
                 f"train.steps below the newest checkpoint's step is refused (exit {rc})")
+    # another base of the same shapes (one weight changed): compress reads its frozen
+    # slices while it trains, so resuming on it is refused; a copy of the base is fine
+    other, same = os.path.join(root, "base-other"), os.path.join(root, "base-copy")
+    shutil.copytree(os.path.join(root, "base"), other)
+    shutil.copytree(os.path.join(root, "base"), same)
+    w = load_file(os.path.join(other, "model.safetensors"))
+    w["model.layers.1.mlp.up_proj.weight"][3, 5] += 1.0
+    save_file(w, os.path.join(other, "model.safetensors"), metadata={"format": "pt"})
+    pclib.check("meta base " in open(os.path.join(d, "checkpoints", checkpoints(d)[-1], "MANIFEST")).read(),
+                "the checkpoint records its base's fingerprint")
+    rc, out = finish(start(2, job, d, f"train.steps={STEPS + 4}", f"model.base={other}"))
+    pclib.check(rc != 0 and f"model.base '{other}' is not the model this checkpoint was trained from" in out,
+                f"resuming on another base of the same shapes is refused (exit {rc})")
+    rc, out = finish(start(2, job, d, f"train.steps={STEPS + 3}", f"model.base={same}"))
+    pclib.check(rc == 0 and "model.base: " in out, f"a copy of the base resumes, the path change warned (exit {rc})")
     names = checkpoints(d)
     for n in names:  # damage every checkpoint: one byte of a block file each
         blk = sorted(f for f in os.listdir(os.path.join(d, "checkpoints", n)) if f.endswith(".blk"))[0]
