@@ -14,6 +14,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "ckpt.h"
 #include "plan.h"
 #include "trainer.h"
 
@@ -180,6 +181,38 @@ static int check_against_base(const pc_config *c, pc_err *e) {
     return config_check_model(c, lc.d_model, lc.d_ff_layer, lc.n_layers, e);
 }
 
+/* Every rank's verdict on the job (bad: its config or base check failed, e set), and that
+ * the ranks were given the same job: before any collective of the run, so that one
+ * rank's error ends every rank (it would otherwise wait for it in the first collective)
+ * and ranks given different configs (an MPMD launch, a --set per rank) do not train
+ * together. Prints the error once (rank 0's, else each failing rank's); -1: exit 2. */
+static int ranks_agree(run_ctx *r, int bad, pc_err *e) {
+    int flags[2] = {bad, r->rank == 0 && bad}, any[2];
+    MPI_Allreduce(flags, any, 2, MPI_INT, MPI_MAX, MPI_COMM_WORLD);
+    if (any[0]) {
+        if (bad && r->rank == 0) fprintf(stderr, "projcompd: error: %s\n", e->msg);
+        if (bad && r->rank != 0 && !any[1]) fprintf(stderr, "projcompd: rank %d: error: %s\n", r->rank, e->msg);
+        return -1;
+    }
+    char *text = config_resolved_text(&r->cfg);
+    const char *job = strstr(text, "\nrun:"); /* the keys, not the comment naming the job file */
+    unsigned long long mine = ckpt_xxh64(job ? job : text, strlen(job ? job : text), 0);
+    free(text);
+    unsigned long long *all = pc_malloc(sizeof *all * (size_t)r->world);
+    MPI_Allgather(&mine, 1, MPI_UNSIGNED_LONG_LONG, all, 1, MPI_UNSIGNED_LONG_LONG, MPI_COMM_WORLD);
+    int other = -1;
+    for (int i = 1; i < r->world && other < 0; i++)
+        if (all[i] != all[0]) other = i;
+    free(all);
+    if (other < 0) return 0;
+    if (r->rank == 0)
+        fprintf(stderr,
+                "projcompd: error: rank %d was given another job than rank 0 (their resolved configs differ): launch "
+                "every rank with the same --cfg and --set options\n",
+                other);
+    return -1;
+}
+
 static int dispatch(run_ctx *r, pc_err *e) {
     const char *mode = r->cfg.run.mode;
     if (mode_trains(mode)) return mode_train(r, e);
@@ -222,9 +255,9 @@ int main(int argc, char **argv) {
         MPI_Finalize();
         return rc;
     }
-    if (config_load(&r.cfg, c.cfg, c.sets, c.n_sets, &e) != 0 || config_check_ranks(&r.cfg, world, &e) != 0 ||
-        check_against_base(&r.cfg, &e) != 0) {
-        if (rank == 0) fprintf(stderr, "projcompd: error: %s\n", e.msg);
+    int bad = config_load(&r.cfg, c.cfg, c.sets, c.n_sets, &e) != 0 || config_check_ranks(&r.cfg, world, &e) != 0 ||
+              check_against_base(&r.cfg, &e) != 0;
+    if (ranks_agree(&r, bad, &e) != 0) {
         MPI_Finalize();
         return 2;
     }

@@ -721,6 +721,24 @@ def case_cli_dry_run_no_plan(fx):
             raise SystemExit(f"FAIL: {mode}: exit {rc} (expected 2), or a plan printed\n{out[-800:]}")
 
 
+def case_cli_ranks_disagree(fx):
+    """An MPMD launch whose ranks get different --set options: an error on rank 1 alone
+    ends every rank at once (rank 0 waited in its first collective for ever), and ranks
+    given different valid jobs are refused before any work (they trained together, or
+    crashed, depending on the key)."""
+    job = fx.write_job()
+    for extra, needles in [(["--set", "train.lr=abc"], ["rank 1: error:", "train.lr"]),
+                           (["--set", "run.seed=7"], ["rank 1 was given another job than rank 0"])]:
+        args = ["mpirun", "--oversubscribe", "-np", "1", pclib.PROJCOMPD, "--cfg", job, ":",
+                "-np", "1", pclib.PROJCOMPD, "--cfg", job, *extra]
+        try:
+            p = subprocess.run(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=pclib.env(),
+                               timeout=60)
+        except subprocess.TimeoutExpired:
+            raise SystemExit(f"FAIL: {extra}: the job hangs")
+        expect_failure(p.returncode, p.stdout + p.stderr, needles, fx, before_work=True)
+
+
 def case_cli_cfg_missing_file(fx):
     p = os.path.join(fx.root, "nope.yaml")
     rc, out = run_daemon(fx, job=False, extra=["--cfg", p])
