@@ -6,7 +6,6 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
-#include <ftw.h>
 #include <inttypes.h>
 #include <stdarg.h>
 #include <stdlib.h>
@@ -146,16 +145,6 @@ static int check_name(const char *what, const char *name, pc_err *e) {
 
 /* ---- small file helpers ---- */
 
-static int rm_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw) {
-    (void)st;
-    (void)flag;
-    (void)ftw;
-    remove(path);
-    return 0;
-}
-
-/* rm -rf path (best effort). */
-static void rm_rf(const char *path) { nftw(path, rm_entry, 16, FTW_DEPTH | FTW_PHYS); }
 
 static int write_all(int fd, const void *buf, size_t len, ckpt_hash *h, const char *path, pc_err *e) {
     if (h) ckpt_hash_update(h, buf, len);
@@ -217,7 +206,7 @@ int ckpt_write_begin(ckpt_writer **out, const char *ckpt_dir, int64_t step, comm
         if (pc_mkdirs(ckpt_dir, e) != 0) {
             hdr[0] = -1;
         } else {
-            rm_rf(w->tmp); /* left by an earlier process with the same pid */
+            pc_rm_rf(w->tmp); /* left by an earlier process with the same pid */
             if (mkdir(w->tmp, 0755) != 0) {
                 pc_errorf(e, "%s: cannot create checkpoint directory: %s", w->tmp, strerror(errno));
                 hdr[0] = -1;
@@ -393,15 +382,15 @@ static void prune(const char *dir, int64_t now, int keep, pc_log *log) {
             snprintf(man, sizeof man, "%s/MANIFEST", path);
             if (s > now) {
                 warn(log, "removing %s%s: newer than the checkpoint just written (it was skipped at resume)", path, "");
-                rm_rf(path);
+                pc_rm_rf(path);
             } else if (stat(man, &st) != 0) {
-                rm_rf(path);
+                pc_rm_rf(path);
             } else {
                 if (n_older == cap) older = pc_realloc(older, sizeof(int64_t) * (size_t)(cap = cap * 2 + 8));
                 older[n_older++] = s;
             }
         } else if (!strncmp(nm, "step-", 5) && (strstr(nm, ".tmp-") || strstr(nm, ".old-"))) {
-            rm_rf(path);
+            pc_rm_rf(path);
         } else if (!strncmp(nm, "latest.tmp.", 11)) {
             unlink(path);
         }
@@ -413,7 +402,7 @@ static void prune(const char *dir, int64_t now, int keep, pc_log *log) {
         char dn[32];
         ckpt_dir_name(older[i], dn, sizeof dn);
         snprintf(path, sizeof path, "%s/%s", dir, dn);
-        rm_rf(path);
+        pc_rm_rf(path);
     }
     free(older);
 }
@@ -456,10 +445,10 @@ static int publish(ckpt_writer *w, const ckpt_entry *all, int n_all, const ckpt_
     if (stat(w->final, &st) == 0) { /* a checkpoint of this step from an abandoned attempt */
         char old[2400];
         snprintf(old, sizeof old, "%s.old-%d", w->final, (int)getpid());
-        rm_rf(old);
+        pc_rm_rf(old);
         if (rename(w->final, old) != 0)
             return pc_errorf(e, "%s: cannot move the existing checkpoint aside: %s", w->final, strerror(errno));
-        rm_rf(old);
+        pc_rm_rf(old);
     }
     if (rename(w->tmp, w->final) != 0)
         return pc_errorf(e, "%s: cannot rename to %s: %s", w->tmp, w->final, strerror(errno));
@@ -528,7 +517,7 @@ int ckpt_write_commit(ckpt_writer *w, const ckpt_kv *meta, int n_meta, int keep,
     rc = 0;
     goto done;
 fail:
-    if (w->rank == 0) rm_rf(w->tmp);
+    if (w->rank == 0) pc_rm_rf(w->tmp);
 done:
     free(all);
     free(counts);

@@ -3,6 +3,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <ftw.h>
 #include <libgen.h>
 #include <math.h>
 #include <stdarg.h>
@@ -185,6 +186,16 @@ int pc_write_file_atomic(const char *path, const void *buf, size_t len, pc_err *
     snprintf(dir, sizeof dir, "%s", path);
     return pc_fsync_dir(dirname(dir), e);
 }
+
+static int rm_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw) {
+    (void)st;
+    (void)flag;
+    (void)ftw;
+    remove(path);
+    return 0;
+}
+
+void pc_rm_rf(const char *path) { nftw(path, rm_entry, 16, FTW_DEPTH | FTW_PHYS); }
 
 int pc_mkdirs(const char *path, pc_err *e) {
     char buf[4096];

@@ -44,6 +44,8 @@ int pc_write_file_atomic(const char *path, const void *buf, size_t len, pc_err *
 int pc_fsync_dir(const char *dir, pc_err *e);
 /* mkdir -p. */
 int pc_mkdirs(const char *path, pc_err *e);
+/* rm -rf path (best effort; symbolic links are removed, not followed). */
+void pc_rm_rf(const char *path);
 /* Join dir and name into out (size n). Returns -1 if truncated. */
 int pc_path_join(char *out, size_t n, const char *dir, const char *name);
 

@@ -7,6 +7,8 @@
  *   is the gradient of the global-batch mean loss; then the method computes the global
  *   gradient norm, and every rank applies the same clipped AdamW update. */
 #include <math.h>
+#include <errno.h>
+#include <glob.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -176,14 +178,48 @@ static int copy_tokenizer(const char *from, const char *to, pc_err *e) {
     return 0;
 }
 
+/* The final model: written whole into a sibling FINAL.tmp-PID, then renamed into place
+ * (an earlier FINAL, from a rerun of a finished job, moved aside first and removed
+ * after), so that FINAL is never a half-written model. */
 static int save_final(run_ctx *r, trainer *t, pc_err *e) {
     const pc_config *c = &r->cfg;
     if (r->rank != 0) return 0;
     st_dtype dt;
     if (st_dtype_parse(c->output.dtype, &dt) != 0)
         return pc_errorf(e, "%s: output.dtype '%s' unknown", c->source, c->output.dtype);
-    if (llama_save_safetensors(&t->m, r->final_dir, dt, e) != 0) return -1;
-    if (c->model.base[0] && copy_tokenizer(c->model.base, r->final_dir, e) != 0) return -1;
+    char tmp[1100], old[1100], parent[1100];
+    snprintf(tmp, sizeof tmp, "%s.tmp-%ld", r->final_dir, (long)getpid());
+    snprintf(old, sizeof old, "%s.old-%ld", r->final_dir, (long)getpid());
+    for (int k = 0; k < 2; k++) { /* what a killed earlier save left: a partial model, or a */
+        char pattern[1200];      /* whole one moved aside (back in place if nothing replaced it) */
+        glob_t g;
+        snprintf(pattern, sizeof pattern, "%s%s", r->final_dir, k ? ".old-*" : ".tmp-*");
+        if (glob(pattern, 0, NULL, &g) == 0)
+            for (size_t i = 0; i < g.gl_pathc; i++)
+                if (!k || access(r->final_dir, F_OK) == 0 || rename(g.gl_pathv[i], r->final_dir) != 0)
+                    pc_rm_rf(g.gl_pathv[i]);
+        globfree(&g);
+    }
+    int rc = llama_save_safetensors(&t->m, tmp, dt, e);
+    if (rc == 0 && c->model.base[0]) rc = copy_tokenizer(c->model.base, tmp, e);
+    if (rc == 0 && pc_fsync_dir(tmp, e) != 0) rc = -1;
+    int had = rc == 0 && access(r->final_dir, F_OK) == 0;
+    if (had && rename(r->final_dir, old) != 0)
+        rc = pc_errorf(e, "%s: cannot move the earlier final model aside: %s", r->final_dir, strerror(errno));
+    if (rc == 0 && rename(tmp, r->final_dir) != 0) {
+        rc = pc_errorf(e, "%s: cannot rename %s into place: %s", r->final_dir, tmp, strerror(errno));
+        if (had) rename(old, r->final_dir); /* the earlier one back */
+    }
+    if (rc != 0) {
+        pc_rm_rf(tmp);
+        return -1;
+    }
+    if (had) pc_rm_rf(old);
+    snprintf(parent, sizeof parent, "%s", r->final_dir);
+    char *slash = strrchr(parent, '/');
+    if (slash && slash != parent) *slash = '\0';
+    else snprintf(parent, sizeof parent, "%s", slash ? "/" : ".");
+    if (pc_fsync_dir(parent, e) != 0) return -1;
     LOGI(&r->log, "wrote %s", r->final_dir);
     return 0;
 }

@@ -210,8 +210,13 @@ def resume_guards(job, root, ref_dir):
     rc, out = finish(start(2, job, d, f"train.steps={STEPS + 4}", f"model.base={other}"))
     pclib.check(rc != 0 and f"model.base '{other}' is not the model this checkpoint was trained from" in out,
                 f"resuming on another base of the same shapes is refused (exit {rc})")
+    os.makedirs(os.path.join(d, "final.tmp-999"))  # what a save killed half-way leaves
+    open(os.path.join(d, "final.tmp-999", "config.json"), "w").write("{")
     rc, out = finish(start(2, job, d, f"train.steps={STEPS + 3}", f"model.base={same}"))
     pclib.check(rc == 0 and "model.base: " in out, f"a copy of the base resumes, the path change warned (exit {rc})")
+    pclib.check(sorted(n for n in os.listdir(d) if n.startswith("final")) == ["final"] and
+                os.path.exists(os.path.join(d, "final", "model.safetensors")),
+                "the final model is written whole into place, a killed save's leftovers removed")
     names = checkpoints(d)
     for n in names:  # damage every checkpoint: one byte of a block file each
         blk = sorted(f for f in os.listdir(os.path.join(d, "checkpoints", n)) if f.endswith(".blk"))[0]
