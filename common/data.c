@@ -39,6 +39,7 @@ typedef struct data_shard {
     char *path;
     hid_t file, dset; /* -1 while closed (at most max_open shards of a set are open) */
     uint64_t used;    /* when its handles were last used (the set's clock) */
+    int64_t bytes;    /* the file's size when the set was opened */
     int64_t n_tokens;
     int64_t start; /* global offset of this shard's first token */
     int token_bits;
@@ -255,6 +256,8 @@ static int shard_open(data_shard *s, const char *path, int model_vocab, pc_err *
     s->file = s->dset = -1;
     s->path = pc_strdup(path);
     if (access(path, R_OK) != 0) return pc_errorf(e, "%s: cannot read: %s", path, strerror(errno));
+    struct stat st;
+    if (stat(path, &st) == 0) s->bytes = (int64_t)st.st_size;
     int rc = shard_handles_open(s, 1, e);
     if (rc == 0) rc = shard_check(s, model_vocab, e);
     shard_handles_close(s);
@@ -430,9 +433,22 @@ const char *data_shared_shard(const data_set *a, const data_set *b) {
 
 /* ---------------------------------------------------------------- reading */
 
+/* The shard's file still has the size it had when the set was opened: HDF5 reads what a
+ * file cut short no longer holds as zeros, valid tokens a run would train on. */
+static int check_size(const data_shard *s, pc_err *e) {
+    void *handle = NULL;
+    struct stat st;
+    if (H5Fget_vfd_handle(s->file, H5P_DEFAULT, &handle) < 0 || !handle || fstat(*(int *)handle, &st) != 0)
+        return 0; /* a driver without a descriptor: nothing to compare */
+    if ((int64_t)st.st_size != s->bytes)
+        return pc_errorf(e, "%s: changed since the run opened it (%lld bytes, was %lld)", s->path,
+                         (long long)st.st_size, (long long)s->bytes);
+    return 0;
+}
+
 /* Read n tokens of shard s of d from local index `at` into dst; HDF5 lock held. */
 static int shard_read(data_set *d, data_shard *s, int64_t at, int64_t n, int32_t *dst, pc_err *e) {
-    if (shard_ready(d, s, e)) return -1;
+    if (shard_ready(d, s, e) || check_size(s, e)) return -1;
     hsize_t start = (hsize_t)at, count = (hsize_t)n;
     hid_t fsp = H5Dget_space(s->dset);
     hid_t msp = H5Screate_simple(1, &count, NULL);
@@ -506,7 +522,8 @@ int data_read_batch(data_set *d, uint64_t seed, int64_t step, int64_t first_samp
                              seq_len);
         // (micro_batch, seq_len+1): row m
         if (data_read(d, off, (int64_t)seq_len + 1, tokens + (size_t)m * ((size_t)seq_len + 1), e))
-            return pc_error_wrap(e, "step %lld sample %lld", (long long)step, (long long)(first_sample + m));
+            return pc_error_wrap(e, "step %lld sample %lld", (long long)step + 1, /* 1-based, as logs count */
+                                 (long long)(first_sample + m));
     }
     return 0;
 }

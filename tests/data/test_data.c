@@ -329,6 +329,22 @@ static void test_error_token_out_of_range(void **state) {
     assert_int_not_equal(access(fpath(f, "w.h5"), F_OK), 0);
 }
 
+/* A shard cut short while the set is open (HDF5 would read what is gone as zeros, valid
+ * tokens): the next read fails naming the file, whether its handles stayed open or not. */
+static void test_error_shard_cut_short(void **state) {
+    fixture *f = *state;
+    const char *p = fpath(f, "cut.h5");
+    write_stream(p, 0, 300000, 1000);
+    data_set *d = open1(p, 1000, 0);
+    int32_t buf[64];
+    pc_err e = {{0}};
+    assert_int_equal(data_read(d, 250000, 64, buf, &e), 0); /* handles open */
+    assert_int_equal(truncate(p, 100000), 0);
+    assert_int_equal(data_read(d, 250000, 64, buf, &e), -1);
+    assert_non_null(strstr(e.msg, "cut.h5: changed since the run opened it (100000 bytes, was "));
+    data_close(d);
+}
+
 /* data_fill_fn: token i is i % 251, except at *(int64_t *)ctx, where the fill fails
  * (bad < 0) or writes 300 (an out-of-range token, bad = ~index). */
 static int fill_pattern(void *ctx, int64_t at, int64_t len, uint32_t *dst, pc_err *e) {
@@ -460,6 +476,7 @@ int main(void) {
         cmocka_unit_test_setup_teardown(test_rank_count_independence, setup, teardown),
         cmocka_unit_test_setup_teardown(test_prefetch_equals_sync, setup, teardown),
         cmocka_unit_test_setup_teardown(test_error_token_out_of_range, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_error_shard_cut_short, setup, teardown),
         cmocka_unit_test_setup_teardown(test_error_missing_tokens, setup, teardown),
         cmocka_unit_test_setup_teardown(test_error_missing_attribute, setup, teardown),
         cmocka_unit_test_setup_teardown(test_error_vocab_too_large, setup, teardown),
