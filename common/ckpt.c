@@ -222,7 +222,7 @@ int ckpt_write_begin(ckpt_writer **out, const char *ckpt_dir, int64_t step, comm
     }
     if (hdr[0] != 0) {
         if (w->rank != 0 && !e->msg[0])
-            pc_errorf(e, "checkpoint of step %lld: rank 0 could not create its directory under %s", (long long)step,
+            pc_errorf(e, "rank 0 could not create the checkpoint of step %lld under %s", (long long)step,
                       ckpt_dir);
         free(w);
         *out = NULL;
@@ -467,15 +467,14 @@ int ckpt_write_commit(ckpt_writer *w, const ckpt_kv *meta, int n_meta, int keep,
     pc_err ce = {{0}};
     ckpt_entry *all = NULL;
     size_t *counts = NULL, *displs = NULL;
+    int lost = 0; /* the agreement itself failed (a rank died or hangs: the watchdog's message says) */
     if (w->comm && comm_all_reduce(w->comm, &fail, &any, 1, COMM_I32, COMM_MAX, &ce) != 0) {
         if (!fail) *e = ce;
-        any = 1;
+        any = lost = 1;
     }
     if (fail) *e = w->first;
     if (any) {
-        if (!fail)
-            pc_errorf(e, "checkpoint of step %lld: another rank failed to write its blocks (see its log)",
-                      (long long)w->step);
+        if (!fail && !lost) pc_errorf(e, "another rank failed to write its blocks (see its log)");
         goto fail;
     }
     int n_all = w->n;
@@ -511,7 +510,7 @@ int ckpt_write_commit(ckpt_writer *w, const ckpt_kv *meta, int n_meta, int keep,
     }
     if (st != 0) {
         if (w->rank != 0 && !e->msg[0])
-            pc_errorf(e, "checkpoint of step %lld: rank 0 failed to publish it (see its log)", (long long)w->step);
+            pc_errorf(e, "rank 0 failed to publish it (see its log)");
         goto fail;
     }
     rc = 0;
