@@ -584,6 +584,10 @@ comm *comm_mpi_create(pc_err *e) {
         return NULL;
     }
     MPI_Comm_set_errhandler(dup, MPI_ERRORS_RETURN);
+    /* Open MPI raises a request's errors in MPI_Testall (the watchdog's wait) on
+     * MPI_COMM_WORLD: returned there too, they become this layer's error naming the
+     * operation, not MPI's abort */
+    MPI_Comm_set_errhandler(MPI_COMM_WORLD, MPI_ERRORS_RETURN);
     comm *c = pc_calloc(1, sizeof *c);
     mpi_impl *m = pc_calloc(1, sizeof *m);
     m->comm = dup;

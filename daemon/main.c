@@ -263,9 +263,13 @@ int main(int argc, char **argv) {
     }
 
     install_signals(r.cfg.run.mode);
+    signal(SIGXFSZ, SIG_IGN); /* a write past the file size limit fails (EFBIG) and is reported, naming the file */
 
     if (run_open(&r, &e) != 0) {
-        fprintf(stderr, "projcompd: rank %d: error: %s\n", rank, e.msg);
+        if (r.log.file) /* its log (and stderr), once it is open */
+            LOGE(&r.log, "%s", e.msg);
+        else
+            fprintf(stderr, "projcompd: rank %d: error: %s\n", rank, e.msg);
         MPI_Abort(MPI_COMM_WORLD, 1);
         return 1;
     }
