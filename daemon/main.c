@@ -154,9 +154,6 @@ static int parse_cli(int argc, char **argv, cli *c, int rank) {
     return 0;
 }
 
-/* What needs the base model's config.json (its widths, the per-layer d_ff list) is
- * checked before any work too, so these mistakes also exit with status 2; so is a
- * pretrain job's model.config. */
 /* Whether paths a and b name the same existing directory (the same device and inode). */
 static int same_dir(const char *a, const char *b) {
     struct stat sa, sb;
@@ -164,6 +161,9 @@ static int same_dir(const char *a, const char *b) {
            sa.st_ino == sb.st_ino;
 }
 
+/* What needs the base model's config.json (its widths, the per-layer d_ff list) is
+ * checked before any work too, so these mistakes also exit with status 2; so is a
+ * pretrain job's model.config, and a final model directory that is the base's own. */
 static int check_against_base(const pc_config *c, pc_err *e) {
     llama_config lc;
     /* (loading validates the config) */

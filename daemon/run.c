@@ -16,6 +16,7 @@ int run_final_dir(const pc_config *c, char *out, size_t n, pc_err *e) {
     } else if (pc_path_join(out, n, c->run.dir, "final") != 0) {
         return pc_errorf(e, "run.dir '%s': path too long", c->run.dir);
     }
+    for (size_t k = strlen(out); k > 1 && out[k - 1] == '/'; k--) out[k - 1] = '\0'; /* "out/": its siblings */
     return 0;
 }
 

@@ -30,7 +30,8 @@ typedef struct run_ctx {
     double peak_tflops; /* the ranks' summed device peak for the mfu metric, 0: unknown (mfu.h) */
 } run_ctx;
 
-/* Where the final model goes: output.dir, else RUN/final (n bytes at out). */
+/* Where the final model goes: output.dir (without trailing slashes), else RUN/final (n
+ * bytes at out). */
 int run_final_dir(const pc_config *c, char *out, size_t n, pc_err *e);
 
 /* Create RUN/ and RUN/logs (rank 0 creates, all wait), open this rank's log, write

@@ -90,11 +90,14 @@ def main():
     for name, text in [("chat_template.jinja", "{{ messages }}"), ("added_tokens.json", '{"<x>": 120}')]:
         with open(os.path.join(bdir, name), "w") as f:
             f.write(text)
-    d = os.path.join(root, "s0-tok2")
-    pclib.projcompd(1, job, f"run.dir={d}")
-    pclib.check(all(open(os.path.join(d, "final", n)).read() == open(os.path.join(bdir, n)).read()
+    d, out = os.path.join(root, "s0-tok2"), os.path.join(root, "out-dir")
+    pclib.projcompd(1, job, f"run.dir={d}", f"output.dir={out}/")  # output.dir, given with a trailing slash
+    pclib.check(all(open(os.path.join(out, n)).read() == open(os.path.join(bdir, n)).read()
                     for n in ["chat_template.jinja", "added_tokens.json", "tokenizer.json"]),
-                "chat_template.jinja and added_tokens.json copied too")
+                "chat_template.jinja and added_tokens.json copied too (into output.dir)")
+    pclib.check(not os.path.exists(os.path.join(d, "final")) and
+                sorted(n for n in os.listdir(root) if n.startswith("out-dir")) == ["out-dir"],
+                "output.dir holds the final model, nothing is left beside it")
 
     # short runs: output loads in transformers and gives projcompd's validation loss
     first = {}
