@@ -6,7 +6,8 @@ give the validation loss projcompd reported (2e-5 relative). Each step's tflops 
 is the FLOPs counted from the output model's shape at its tokens/s, and with
 backend.peak_tflops (4 ranks) its mfu that over the ranks' peaks; without it no mfu. The
 progress line and the step's log line show the mfu, and the end of training's summary
-gives the median step time of steps 2-12 and its tokens/s and mfu."""
+gives the median step time of steps 2-12 and its tokens/s and mfu. A rank runs no more
+BLAS threads than the CPUs it may run on."""
 import json
 import os
 import random
@@ -101,6 +102,22 @@ def main():
     ref = pclib.hf_val_loss(final, toks, SEQ, n_win)
     rel = abs(ref - val) / ref
     pclib.check(rel < 2e-5, f"transformers loads the output: val loss {ref:.6f} vs projcompd {val:.6f} (rel {rel:.1e})")
+    threads(job, root)
+
+
+def threads(job, root):
+    """backend.threads 0: the node's cores shared by its ranks, no more than the CPUs the
+    rank may run on (one CPU here, by taskset; all the process may use, unbound)."""
+    mine = len(os.sched_getaffinity(0))
+    for cpus, want in [([0], 1), (None, min(os.sysconf("SC_NPROCESSORS_ONLN"), mine))]:
+        d = os.path.join(root, f"threads-{want}")
+        args = ["mpirun", "--bind-to", "none", "-np", "1", pclib.PROJCOMPD, "--cfg", job, "--set", f"run.dir={d}",
+                "--set", "train.steps=1"]
+        if cpus:
+            args = ["taskset", "-c", ",".join(map(str, sorted(os.sched_getaffinity(0))[:1]))] + args
+        pclib.run(args)
+        log = open(os.path.join(d, "logs", "rank-00000.log")).read()
+        pclib.check(f", {want} thread(s)" in log, f"{'one CPU' if cpus else 'unbound'}: {want} thread(s) a rank")
 
 
 if __name__ == "__main__":
