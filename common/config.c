@@ -707,11 +707,14 @@ int config_check_model(const pc_config *c, int base_d_model, const int *base_d_f
     return 0;
 }
 
+int config_mode_trains(const char *mode) {
+    return !strcmp(mode, "pretrain") || !strcmp(mode, "prune") || !strcmp(mode, "compress");
+}
+
 int config_check_ranks(const pc_config *c, int world_size, pc_err *e) {
     int gb = key_index("train.global_batch");
     if (world_size < 1) return pc_errorf(e, "config_check_ranks: world size %d < 1", world_size);
-    const char *m = c->run.mode; /* eval and importance read no training batches */
-    if (strcmp(m, "compress") && strcmp(m, "prune") && strcmp(m, "pretrain")) return 0;
+    if (!config_mode_trains(c->run.mode)) return 0; /* eval and importance read no training batches */
     long long per = (long long)world_size * c->train.micro_batch;
     if (per <= 0 || c->train.global_batch % per)
         return pc_errorf(e,

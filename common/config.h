@@ -96,6 +96,8 @@ int config_load(pc_config *c, const char *path, const char *const *sets, int n_s
 /* Checks that need the base model: compress.d_model <= base_d_model, the d_ff list
  * length equals n_layers, each d_ff <= base_d_ff[layer] (base_d_ff: (n_layers,)). */
 int config_check_model(const pc_config *c, int base_d_model, const int *base_d_ff, int n_layers, pc_err *e);
+/* Whether run.mode trains a model (pretrain, prune, compress; not eval, importance). */
+int config_mode_trains(const char *mode);
 /* train.global_batch must be divisible by world_size * train.micro_batch (the modes that
  * train; eval and importance take any rank count). */
 int config_check_ranks(const pc_config *c, int world_size, pc_err *e);

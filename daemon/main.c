@@ -30,12 +30,8 @@ static void on_signal(int sig) {
 
 /* The modes that train checkpoint on SIGTERM/SIGUSR1 (at the next step boundary); the
  * others keep SIGTERM's default action and let the warning pass. */
-static int mode_trains(const char *mode) {
-    return !strcmp(mode, "pretrain") || !strcmp(mode, "prune") || !strcmp(mode, "compress");
-}
-
 static void install_signals(const char *mode) {
-    int trains = mode_trains(mode);
+    int trains = config_mode_trains(mode);
     struct sigaction sa;
     memset(&sa, 0, sizeof sa);
     sigemptyset(&sa.sa_mask);
@@ -172,8 +168,8 @@ static int check_against_base(const pc_config *c, pc_err *e) {
     if (hf_config_load(c->model.base, &lc, e) != 0) return -1;
     const char *m = c->run.mode;
     char final_dir[1024];
-    if (mode_trains(m) && run_final_dir(c, final_dir, sizeof final_dir, e) != 0) return -1;
-    if (mode_trains(m) && same_dir(final_dir, c->model.base))
+    if (config_mode_trains(m) && run_final_dir(c, final_dir, sizeof final_dir, e) != 0) return -1;
+    if (config_mode_trains(m) && same_dir(final_dir, c->model.base))
         return pc_errorf(e, "%s: the final model would be written into model.base '%s' and replace it: set "
                             "output.dir (or run.dir) to another directory",
                          final_dir, c->model.base);
@@ -215,7 +211,7 @@ static int ranks_agree(run_ctx *r, int bad, pc_err *e) {
 
 static int dispatch(run_ctx *r, pc_err *e) {
     const char *mode = r->cfg.run.mode;
-    if (mode_trains(mode)) return mode_train(r, e);
+    if (config_mode_trains(mode)) return mode_train(r, e);
     if (!strcmp(mode, "importance")) return mode_importance(r, e);
     if (!strcmp(mode, "eval")) return mode_eval(r, e);
     return pc_errorf(e, "%s: run.mode '%s' is not available in this build", r->cfg.source, mode);
