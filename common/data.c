@@ -806,15 +806,7 @@ int data_write_shard_fill(const char *path, int64_t n, data_fill_fn fill, void *
         if (fd >= 0) close(fd);
     }
     if (rc == 0 && rename(tmp, path) != 0) rc = pc_errorf(e, "%s: cannot rename %s: %s", path, tmp, strerror(errno));
-    if (rc == 0) {
-        char *dir = pc_strdup(path);
-        char *slash = strrchr(dir, '/');
-        if (slash == dir) slash[1] = '\0';
-        else if (slash) *slash = '\0';
-        else strcpy(dir, ".");
-        rc = pc_fsync_dir(dir, e);
-        free(dir);
-    }
+    if (rc == 0) rc = pc_fsync_parent(path, e);
     if (rc) unlink(tmp);
     free(tmp);
     return rc;

@@ -182,9 +182,14 @@ int pc_write_file_atomic(const char *path, const void *buf, size_t len, pc_err *
         unlink(tmp);
         return pc_errorf(e, "%s: rename failed: %s", path, strerror(err));
     }
-    char dir[4096];
-    snprintf(dir, sizeof dir, "%s", path);
-    return pc_fsync_dir(dirname(dir), e);
+    return pc_fsync_parent(path, e);
+}
+
+int pc_fsync_parent(const char *path, pc_err *e) {
+    char *dir = pc_strdup(path);
+    int rc = pc_fsync_dir(dirname(dir), e);
+    free(dir);
+    return rc;
 }
 
 static int rm_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw) {

@@ -42,6 +42,8 @@ int pc_pread_all(int fd, void *buf, size_t len, int64_t off, const char *path, p
 int pc_write_file_atomic(const char *path, const void *buf, size_t len, pc_err *e);
 /* fsync a directory so a rename inside it is durable. */
 int pc_fsync_dir(const char *dir, pc_err *e);
+/* The same for the directory holding path (".", "/" as dirname(3) says). */
+int pc_fsync_parent(const char *path, pc_err *e);
 /* mkdir -p. */
 int pc_mkdirs(const char *path, pc_err *e);
 /* rm -rf path (best effort; symbolic links are removed, not followed). */

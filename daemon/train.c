@@ -187,7 +187,7 @@ static int save_final(run_ctx *r, trainer *t, pc_err *e) {
     st_dtype dt;
     if (st_dtype_parse(c->output.dtype, &dt) != 0)
         return pc_errorf(e, "%s: output.dtype '%s' unknown", c->source, c->output.dtype);
-    char tmp[1100], old[1100], parent[1100];
+    char tmp[1100], old[1100];
     snprintf(tmp, sizeof tmp, "%s.tmp-%ld", r->final_dir, (long)getpid());
     snprintf(old, sizeof old, "%s.old-%ld", r->final_dir, (long)getpid());
     for (int k = 0; k < 2; k++) { /* what a killed earlier save left: a partial model, or a */
@@ -215,11 +215,7 @@ static int save_final(run_ctx *r, trainer *t, pc_err *e) {
         return -1;
     }
     if (had) pc_rm_rf(old);
-    snprintf(parent, sizeof parent, "%s", r->final_dir);
-    char *slash = strrchr(parent, '/');
-    if (slash && slash != parent) *slash = '\0';
-    else snprintf(parent, sizeof parent, "%s", slash ? "/" : ".");
-    if (pc_fsync_dir(parent, e) != 0) return -1;
+    if (pc_fsync_parent(r->final_dir, e) != 0) return -1;
     LOGI(&r->log, "wrote %s", r->final_dir);
     return 0;
 }
