@@ -4,8 +4,9 @@
  * MPI failure comes back as a message "rank R: OP(dtype, N elems) failed: <MPI error>"
  * instead of killing the job. Counts above the backend's chunk limit (INT_MAX elements,
  * MPI's int counts) are sent in pieces. With a watchdog (timeout_s > 0) every collective
- * is started non-blocking and polled; past the timeout it fails naming the operation,
- * and the communicator refuses further work because its peers are out of step. */
+ * is started non-blocking and polled; past the timeout it fails naming the operation and
+ * the ranks that had not reached it (a roll call, rollcall.h), and the communicator
+ * refuses further work because its peers are out of step. */
 #include "comm.h"
 
 #include <limits.h>
@@ -15,6 +16,8 @@
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
+
+#include "rollcall.h"
 
 /* ---------------------------------------------------------------- wrappers */
 
@@ -159,6 +162,8 @@ typedef struct mpi_impl {
     size_t started_count;   /* their elements, for messages */
     const char *started_op; /* the last one's op and dtype, for messages */
     comm_dtype started_t;
+    rollcall *roll;         /* who had not reached a collective that timed out */
+    long long seq;          /* collectives begun, numbered alike on every rank */
 } mpi_impl;
 
 static mpi_impl *impl_of(comm *c) { return c->impl; }
@@ -191,6 +196,7 @@ typedef struct call {
     comm_dtype t;
     size_t count;
     double t0;
+    long long seq; /* its number */
 } call;
 
 static int call_fail(const call *k, int mpi_rc, pc_err *e) {
@@ -207,6 +213,7 @@ static int call_begin(call *k, comm *c, const char *op, comm_dtype t, size_t cou
     k->count = count;
     k->t0 = pc_now();
     mpi_impl *m = impl_of(c);
+    k->seq = ++m->seq;
     if (m->broken_op)
         return pc_errorf(e, "rank %d: %s(%s, %zu elems) refused: an earlier %s timed out, the ranks are out of step",
                          c->rank, op, comm_dtype_name(t), count, m->broken_op);
@@ -246,8 +253,10 @@ static int call_wait(const call *k, MPI_Request *req, int n, pc_err *e) {
         if (done) return 0;
         if (pc_now() - k->t0 > k->c->timeout_s) {
             give_up(k, req, n);
-            return pc_errorf(e, "rank %d: %s timed out after %g s (a peer rank may have died or hung)", k->c->rank,
-                             k->op, k->c->timeout_s);
+            pc_errorf(e, "rank %d: %s timed out after %g s (a peer rank may have died or hung)", k->c->rank, k->op,
+                      k->c->timeout_s);
+            rollcall_run(impl_of(k->c)->roll, k->seq, k->op, rollcall_grace(k->c->timeout_s), e);
+            return -1;
         }
         if (polls < 64) continue; /* most collectives finish within a few polls */
         struct timespec ts = {0, sleep_ns};
@@ -525,7 +534,7 @@ static int mpi_barrier(comm *c, pc_err *e) {
 static void mpi_destroy(comm *c) {
     mpi_impl *m = impl_of(c);
     if (m->n_started > 0) { /* started and never waited for (a failed step): treated as timed out */
-        call k = {c, m->started_op, m->started_t, m->started_count, pc_now()};
+        call k = {c, m->started_op, m->started_t, m->started_count, pc_now(), m->seq};
         give_up(&k, m->started, m->n_started);
         m->n_started = 0;
     }
@@ -545,6 +554,7 @@ static void mpi_destroy(comm *c) {
         }
     }
     MPI_Comm_free(&m->comm);
+    rollcall_destroy(m->roll);
     free(m->stale);
     free(m->started);
     free(m);
@@ -588,9 +598,15 @@ comm *comm_mpi_create(pc_err *e) {
      * MPI_COMM_WORLD: returned there too, they become this layer's error naming the
      * operation, not MPI's abort */
     MPI_Comm_set_errhandler(MPI_COMM_WORLD, MPI_ERRORS_RETURN);
+    rollcall *roll = rollcall_create(e);
+    if (!roll) {
+        MPI_Comm_free(&dup);
+        return NULL;
+    }
     comm *c = pc_calloc(1, sizeof *c);
     mpi_impl *m = pc_calloc(1, sizeof *m);
     m->comm = dup;
+    m->roll = roll;
     m->max_chunk = INT_MAX;
     MPI_Comm_rank(dup, &c->rank);
     MPI_Comm_size(dup, &c->size);

@@ -18,7 +18,8 @@
  * when a collective has not finished after timeout_s seconds (a rank died or hangs), or
  * NCCL reports any error, the communicator is aborted (ncclCommAbort) so that no kernel
  * keeps spinning or writes buffers later, and the call fails naming the rank and
- * operation; later calls fail at once. Initialisation is bounded by the MPI comm's
+ * operation (and, after a timeout, the ranks that had not reached it: rollcall.h); later
+ * calls fail at once. Initialisation is bounded by the MPI comm's
  * timeout_s, finalisation at exit by timeout_s (60 s when unset). */
 #include "comm_nccl.h"
 
@@ -28,6 +29,8 @@
 #include <string.h>
 #include <time.h>
 
+#include "rollcall.h"
+
 /* Context of one collective, for messages. */
 typedef struct ncall {
     comm *c;
@@ -35,7 +38,8 @@ typedef struct ncall {
     comm_dtype t;
     size_t count;
     ncclDataType_t type;
-    double t0; /* when the call began: the watchdog's start */
+    double t0;     /* when the call began: the watchdog's start */
+    long long seq; /* its number, alike on every rank (for the roll call) */
 } ncall;
 
 typedef struct nccl_impl {
@@ -46,6 +50,8 @@ typedef struct nccl_impl {
     int aborted;      /* the watchdog aborted the communicator */
     int started;      /* groups started (nc_group_start) and not waited for */
     ncall started_k;  /* what they were, for messages */
+    rollcall *roll;   /* who had not reached a collective that timed out */
+    long long seq;    /* collectives begun */
 } nccl_impl;
 
 static nccl_impl *nimpl(comm *c) { return c->impl; }
@@ -85,6 +91,7 @@ static int ncall_begin(ncall *k, comm *c, const char *op, comm_dtype t, size_t c
     k->t = t;
     k->count = count;
     k->t0 = now_s();
+    k->seq = ++nimpl(c)->seq;
     if (nccl_type(t, &k->type))
         return pc_errorf(e, "rank %d: nccl %s: unknown dtype %d", c->rank, op, (int)t);
     if (nimpl(c)->aborted)
@@ -118,18 +125,22 @@ static int failed(nccl_impl *n, const char *what, ncclResult_t r, pc_err *e) {
     return -1;
 }
 
-static int timed_out(nccl_impl *n, const char *what, double timeout, pc_err *e) {
+/* The watchdog's end: the communicator aborted, e naming `what` and, for a collective k
+ * (NULL: set-up or finalisation), the ranks that had not reached it (rollcall.h). */
+static int timed_out(nccl_impl *n, const ncall *k, const char *what, double timeout, pc_err *e) {
     abort_comm(n);
-    return pc_errorf(e, "%s did not finish in %.0f s (run.collective_timeout): a rank died or hangs; the "
-                        "communicator was aborted",
-                     what, timeout);
+    pc_errorf(e, "%s did not finish in %.0f s (run.collective_timeout): a rank died or hangs; the communicator was "
+                 "aborted",
+              what, timeout);
+    if (k) rollcall_run(n->roll, k->seq, k->op, rollcall_grace(timeout), e);
+    return -1;
 }
 
 /* The communicator is non-blocking: an NCCL call may return ncclInProgress while its
  * host-side work (connection set-up, enqueueing) goes on. Poll its state until that ends,
  * under the watchdog (timeout from t0; 0: none): 0 when ready; else -1, the communicator
- * aborted and e naming `what` and why. */
-static int wait_ready(nccl_impl *n, double timeout, double t0, const char *what, pc_err *e) {
+ * aborted and e naming `what` and why. k: the collective waited for, or NULL. */
+static int wait_ready(nccl_impl *n, const ncall *k, double timeout, double t0, const char *what, pc_err *e) {
     struct timespec nap = {0, 20000}; /* 20 us between polls */
     for (;;) {
         ncclResult_t st = ncclInProgress;
@@ -137,7 +148,7 @@ static int wait_ready(nccl_impl *n, double timeout, double t0, const char *what,
         if (q != ncclSuccess) st = q;
         if (st == ncclSuccess) return 0;
         if (st != ncclInProgress) return failed(n, what, st, e);
-        if (timeout > 0 && now_s() - t0 > timeout) return timed_out(n, what, timeout, e);
+        if (timeout > 0 && now_s() - t0 > timeout) return timed_out(n, k, what, timeout, e);
         nanosleep(&nap, NULL);
     }
 }
@@ -155,7 +166,7 @@ static int ncall_enqueued(const ncall *k, ncclResult_t r, pc_err *e) {
     char what[160];
     ncall_what(k, what, sizeof what);
     if (r != ncclSuccess && r != ncclInProgress) return failed(n, what, r, e);
-    return wait_ready(n, k->c->timeout_s, k->t0, what, e);
+    return wait_ready(n, k, k->c->timeout_s, k->t0, what, e);
 }
 
 /* Wait for the comm's stream, polling it and NCCL's asynchronous error under the
@@ -177,7 +188,7 @@ static int stream_done(const ncall *k, double t0, pc_err *e) {
         ncclResult_t async = ncclSuccess;
         if (ncclCommGetAsyncError(n->nc, &async) == ncclSuccess && async != ncclSuccess && async != ncclInProgress)
             return failed(n, what, async, e);
-        if (timeout > 0 && now_s() - t0 > timeout) return timed_out(n, what, timeout, e);
+        if (timeout > 0 && now_s() - t0 > timeout) return timed_out(n, k, what, timeout, e);
         nanosleep(&nap, NULL);
     }
 }
@@ -274,7 +285,7 @@ static int nc_group_enqueue(ncall *k, comm *c, const char *op, const comm_piece 
         if (r == ncclInProgress) { /* the previous group is still being enqueued */
             char what[160];
             ncall_what(k, what, sizeof what);
-            if (wait_ready(nc, c->timeout_s, k->t0, what, e)) return -1;
+            if (wait_ready(nc, k, c->timeout_s, k->t0, what, e)) return -1;
         }
         r = ncclGroupStart();
         for (int i = i0; i < n && i < i0 + NCCL_GROUP_PIECES && r == ncclSuccess; i++) {
@@ -332,12 +343,13 @@ static void nc_destroy(comm *c) {
         pc_err e = {{0}};
         ncclResult_t r = ncclCommFinalize(n->nc); /* non-blocking: flushes this rank's part */
         if ((r != ncclSuccess && r != ncclInProgress) ||
-            wait_ready(n, c->timeout_s > 0 ? c->timeout_s : 60, now_s(), "nccl finalize", &e))
+            wait_ready(n, NULL, c->timeout_s > 0 ? c->timeout_s : 60, now_s(), "nccl finalize", &e))
             abort_comm(n); /* a peer that is gone cannot finalize with us */
         if (!n->aborted) ncclCommDestroy(n->nc);
     }
     cudaStreamDestroy(n->stream);
     cudaFree(n->barrier_buf);
+    rollcall_destroy(n->roll);
     free(n);
     free(c);
 }
@@ -393,6 +405,8 @@ comm *comm_nccl_create(comm *mpi, int device, pc_err *e) {
             pc_errorf(e, "rank %d: nccl create on device %d: another rank failed to set up", rank, device);
         goto fail_quiet;
     }
+    n->roll = rollcall_create(e); /* collective, like the id's broadcast */
+    if (!n->roll) goto fail_quiet;
     /* non-blocking: initialisation (and later enqueueing) returns at once and is polled
      * under the watchdog, so that a dead peer cannot hang this rank inside NCCL */
     ncclConfig_t config = NCCL_CONFIG_INITIALIZER;
@@ -405,7 +419,7 @@ comm *comm_nccl_create(comm *mpi, int device, pc_err *e) {
     }
     char what[96];
     snprintf(what, sizeof what, "rank %d: nccl create on device %d (%d ranks)", rank, device, size);
-    if (wait_ready(n, mpi->timeout_s, now_s(), what, e)) goto fail_quiet;
+    if (wait_ready(n, NULL, mpi->timeout_s, now_s(), what, e)) goto fail_quiet;
     comm *c = pc_calloc(1, sizeof *c);
     c->ops = &nccl_ops;
     c->rank = rank;
@@ -417,6 +431,7 @@ comm *comm_nccl_create(comm *mpi, int device, pc_err *e) {
 fail_quiet:
     if (n->stream) cudaStreamDestroy(n->stream);
     cudaFree(n->barrier_buf);
+    rollcall_destroy(n->roll);
     free(n);
     return NULL;
 }

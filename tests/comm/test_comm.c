@@ -279,38 +279,54 @@ static void check_bf16_refused(ctx *t, comm *c) {
           (unsigned long long)(c->bytes - bytes));
 }
 
-/* The last rank skips an all_reduce; the others must time out, naming it. The last rank
- * then joins late (after rank 0 tells it, over MPI_COMM_WORLD), so that the stale
- * collective completes and every rank can finalize. */
-static void check_timeout(ctx *t) {
+/* Rank `skip` skips an all_reduce; the others must time out, naming it, and its roll call
+ * (rollcall.h) must name the rank that had not reached it: rank 0's verdict, in every
+ * message, or, when rank 0 is the one that skipped, that rank 0 sent none. The skipping
+ * rank then joins late (told over MPI_COMM_WORLD), so that the stale collective completes
+ * and every rank can finalize. */
+static void check_timeout(ctx *t, int skip) {
     pc_err e = {{0}};
     comm *c = comm_mpi_create(&e);
     CHECK(c != NULL, "comm_mpi_create: %s", e.msg);
     if (!c) return;
-    c->timeout_s = 1;
-    int last = t->size - 1;
+    c->timeout_s = 1; /* the roll call's grace: 1 s */
+    int teller = skip == 0 ? 1 : 0;
     int32_t v = t->rank + 1, sum = 0;
-    if (t->rank != last) {
+    if (t->rank != skip) {
         double t0 = pc_now();
         int rc = comm_all_reduce(c, &v, &sum, 1, COMM_I32, COMM_SUM, &e);
         double dt = pc_now() - t0;
         CHECK(rc == -1, "all_reduce with a missing rank returned %d", rc);
-        char want[128];
-        snprintf(want, sizeof want, "rank %d: all_reduce timed out after 1 s (a peer rank may have died or hung)",
-                 t->rank);
+        char host[64] = "";
+        gethostname(host, sizeof host - 1);
+        char want[512];
+        int n = snprintf(want, sizeof want, "rank %d: all_reduce timed out after 1 s (a peer rank may have died or hung)",
+                         t->rank);
+        if (skip == 0)
+            snprintf(want + n, sizeof want - (size_t)n,
+                     "; rank 0 (host %s) sent no roll call of collective 1 within 3 s (it may be the rank that hung: "
+                     "see its log)",
+                     host);
+        else
+            snprintf(want + n, sizeof want - (size_t)n,
+                     "; roll call of collective 1%s: rank %d (host %s) had not reached it 1 s later (hung, stopped or "
+                     "dead)",
+                     t->rank == 0 ? "" : " by rank 0", skip, host);
         CHECK(strcmp(e.msg, want) == 0, "message: '%s', expected '%s'", e.msg, want);
-        CHECK(dt >= 1.0 && dt < 3.0, "timed out after %.2f s", dt);
+        /* the timeout, then rank 0's grace (1 s) for the verdict, or 3 s waiting for it */
+        double lo = skip == 0 ? 4.0 : t->rank == 0 ? 2.0 : 1.0, hi = lo + 2.0;
+        CHECK(dt >= lo && dt < hi, "timed out after %.2f s (expected %.0f to %.0f)", dt, lo, hi);
         rc = comm_barrier(c, &e);
         CHECK(rc == -1 && strstr(e.msg, "earlier all_reduce timed out") != NULL, "after a timeout: rc %d '%s'", rc,
               e.msg);
-        if (t->rank == 0) {
+        if (t->rank == teller) {
             int go = 1;
-            MPI_Send(&go, 1, MPI_INT, last, 77, MPI_COMM_WORLD);
+            MPI_Send(&go, 1, MPI_INT, skip, 77, MPI_COMM_WORLD);
         }
         comm_destroy(c); /* lets the late collective finish */
     } else {
         int go = 0;
-        MPI_Recv(&go, 1, MPI_INT, 0, 77, MPI_COMM_WORLD, MPI_STATUS_IGNORE);
+        MPI_Recv(&go, 1, MPI_INT, teller, 77, MPI_COMM_WORLD, MPI_STATUS_IGNORE);
         c->timeout_s = 10;
         int rc = comm_all_reduce(c, &v, &sum, 1, COMM_I32, COMM_SUM, &e);
         CHECK(rc == 0, "late all_reduce: %s", e.msg);
@@ -373,7 +389,10 @@ int main(int argc, char **argv) {
     check_bf16_refused(t, c);
     comm_destroy(c);
     t->mode = "timeout";
-    check_timeout(t);
+    check_timeout(t, t->size - 1);
+    MPI_Barrier(MPI_COMM_WORLD);
+    t->mode = "timeout of rank 0";
+    check_timeout(t, 0);
 
     int failed = 0, checks = 0;
     MPI_Allreduce(&t->n_failed, &failed, 1, MPI_INT, MPI_SUM, MPI_COMM_WORLD);

@@ -1,6 +1,7 @@
-"""A hung rank does not hang the job: with run.collective_timeout 3, a pretrain job on 2
-ranks whose rank 1 is stopped (SIGSTOP) mid-run ends within seconds, non-zero, with
-rank 0 reporting the collective that timed out."""
+"""A hung rank does not hang the job: with run.collective_timeout 3, a pretrain job on 3
+ranks whose rank 2 is stopped (SIGSTOP) mid-run ends within seconds, non-zero, with
+rank 0 reporting the collective that timed out and its roll call naming rank 2, the
+rank that had not reached it (and not rank 1, which had)."""
 import os
 import signal
 import subprocess
@@ -36,11 +37,11 @@ def main():
         "run": {"dir": run_dir, "mode": "pretrain", "collective_timeout": 3},
         "model": {"config": mcfg},
         "data": {"train": [os.path.join(root, "train.h5")], "seq_len": 16},
-        "train": {"steps": 1000000, "global_batch": 2, "micro_batch": 1},
+        "train": {"steps": 1000000, "global_batch": 3, "micro_batch": 1},
         "checkpoint": {"every_steps": 0},
         "backend": {"device": "cpu"},
     })
-    p = subprocess.Popen(["mpirun", "--oversubscribe", "-np", "2", pclib.PROJCOMPD, "--cfg", job],
+    p = subprocess.Popen(["mpirun", "--oversubscribe", "-np", "3", pclib.PROJCOMPD, "--cfg", job],
                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=pclib.env())
     try:
         t0 = time.time()
@@ -48,23 +49,26 @@ def main():
             if time.time() - t0 > 60 or p.poll() is not None:
                 raise SystemExit("FAIL: the job did not start training")
             time.sleep(0.2)
-        pid = rank_pid(1, job)
-        pclib.check(pid is not None, "found rank 1")
+        pid = rank_pid(2, job)
+        pclib.check(pid is not None, "found rank 2")
         os.kill(pid, signal.SIGSTOP)
         t_stop = time.time()
         try:
             out, _ = p.communicate(timeout=60)
         except subprocess.TimeoutExpired:
-            raise SystemExit("FAIL: the job still hangs 60 s after rank 1 stopped")
+            raise SystemExit("FAIL: the job still hangs 60 s after rank 2 stopped")
         took = time.time() - t_stop
         pclib.check(p.returncode != 0, f"the job ended with status {p.returncode} after {took:.1f} s")
         pclib.check("timed out after 3 s" in out and "rank 0" in out,
                     "rank 0 names the collective that timed out: " +
                     next((l for l in out.splitlines() if "timed out" in l), "?"))
+        roll = [l for l in out.splitlines() if "roll call of collective" in l]
+        pclib.check(roll and all("rank 2 (host " in l and "had not reached it" in l and "rank 1 (host" not in l for l in roll),
+                    "the roll call names rank 2 alone: " + (roll[0] if roll else "no roll call in the output"))
     finally:
         if p.poll() is None:
             p.kill()
-        pid = rank_pid(1, job)
+        pid = rank_pid(2, job)
         if pid:
             os.kill(pid, signal.SIGKILL)
 
