@@ -171,6 +171,12 @@ static int parse_config(const char *file, const json_val *root, llama_config *c,
         }
         if (!ok) return pc_errorf(e, "%s: key 'architectures' does not contain LlamaForCausalLM", file);
     }
+    /* transformers picks the model's class by model_type (a qwen2 or mistral config has
+     * biases or a sliding window that a Llama does not compute) */
+    const json_val *mt = json_get(root, "model_type");
+    if (mt && !json_is_null(mt) && (!json_str(mt) || strcmp(json_str(mt), "llama") != 0))
+        return pc_errorf(e, "%s: key 'model_type' is %s%s%s: only Llama models (model_type 'llama') are supported", file,
+                         json_str(mt) ? "'" : "", json_str(mt) ? json_str(mt) : "not a string", json_str(mt) ? "'" : "");
     if (get_pos_int(file, root, "hidden_size", 0, &c->d_model, e) != 0 ||
         get_pos_int(file, root, "num_hidden_layers", 0, &c->n_layers, e) != 0 ||
         get_pos_int(file, root, "num_attention_heads", 0, &c->n_heads, e) != 0 ||

@@ -317,6 +317,9 @@ def case_config(tmp):
     # rejected configs name the file and the key
     bad = {
         "arch": ({"architectures": ["GPT2LMHeadModel"]}, "'architectures'"),
+        # transformers builds the class model_type names (Qwen2's biases, Mistral's window)
+        "qwen2": ({"model_type": "qwen2"}, "'model_type' is 'qwen2'"),
+        "mistral-no-arch": ({"model_type": "mistral", "architectures": None}, "'model_type' is 'mistral'"),
         "hidden": ({"hidden_size": -3}, "'hidden_size'"),
         "rope": ({"rope_scaling": {"rope_type": "dynamic", "factor": 2.0}}, "'dynamic'"),
         "kv": ({"num_key_value_heads": 5}, "'num_key_value_heads'"),
