@@ -9,7 +9,6 @@
  * warning before the time limit, is ignored. */
 #include <mpi.h>
 #include <signal.h>
-#include <sys/stat.h>
 #include <unistd.h>
 #include <stdlib.h>
 #include <string.h>
@@ -150,29 +149,25 @@ static int parse_cli(int argc, char **argv, cli *c, int rank) {
     return 0;
 }
 
-/* Whether paths a and b name the same existing directory (the same device and inode). */
-static int same_dir(const char *a, const char *b) {
-    struct stat sa, sb;
-    return stat(a, &sa) == 0 && stat(b, &sb) == 0 && S_ISDIR(sa.st_mode) && sa.st_dev == sb.st_dev &&
-           sa.st_ino == sb.st_ino;
-}
-
 /* What needs the base model's config.json (its widths, the per-layer d_ff list) is
  * checked before any work too, so these mistakes also exit with status 2; so is a
  * pretrain job's model.config, and a final model directory that is the base's own. */
 static int check_against_base(const pc_config *c, pc_err *e) {
     llama_config lc;
+    const char *m = c->run.mode;
+    char final_dir[1024];
+    if (c->model.config[0] && c->model.base[0]) /* one would be ignored */
+        return pc_errorf(e, "%s: model.config '%s' and model.base '%s' are both set: the model's shape and weights "
+                            "come from model.base (pretrain continues from its weights); model.config is for a "
+                            "pretrain from random init. Set one of them",
+                         c->source, c->model.config, c->model.base);
+    if (config_mode_trains(m) &&
+        (run_final_dir(c, final_dir, sizeof final_dir, e) != 0 || run_final_check(c, final_dir, e) != 0))
+        return -1;
     /* (loading validates the config) */
     if (!c->model.base[0]) /* pretrain: the shape from model.config, when set */
         return c->model.config[0] ? hf_config_load_file(c->model.config, &lc, e) : 0;
     if (hf_config_load(c->model.base, &lc, e) != 0) return -1;
-    const char *m = c->run.mode;
-    char final_dir[1024];
-    if (config_mode_trains(m) && run_final_dir(c, final_dir, sizeof final_dir, e) != 0) return -1;
-    if (config_mode_trains(m) && same_dir(final_dir, c->model.base))
-        return pc_errorf(e, "%s: the final model would be written into model.base '%s' and replace it: set "
-                            "output.dir (or run.dir) to another directory",
-                         final_dir, c->model.base);
     if (strcmp(m, "compress") && strcmp(m, "prune") && strcmp(m, "importance")) return 0;
     return config_check_model(c, lc.d_model, lc.d_ff_layer, lc.n_layers, e);
 }

@@ -1,11 +1,14 @@
 /* run: run-directory setup, metrics.jsonl and the rank-0 progress line. */
 #include "run.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <math.h>
 #include <stdlib.h>
 #include <sys/resource.h>
+#include <sys/stat.h>
 #include <string.h>
 #include <unistd.h>
 
@@ -18,6 +21,132 @@ int run_final_dir(const pc_config *c, char *out, size_t n, pc_err *e) {
     }
     for (size_t k = strlen(out); k > 1 && out[k - 1] == '/'; k--) out[k - 1] = '\0'; /* "out/": its siblings */
     return 0;
+}
+
+const char *const run_tokenizer_files[] = {"tokenizer.json",      "tokenizer_config.json", "special_tokens_map.json",
+                                           "tokenizer.model",     "vocab.json",            "merges.txt",
+                                           "added_tokens.json",   "chat_template.jinja",   "generation_config.json",
+                                           NULL};
+
+/* A file projcompd writes into a model directory (llama_save_safetensors, the tokenizer's). */
+static int final_file(const char *name) {
+    static const char *const model_files[] = {"config.json", "model.safetensors", "model.safetensors.index.json", NULL};
+    for (const char *const *f = model_files; *f; f++)
+        if (!strcmp(name, *f)) return 1;
+    for (const char *const *f = run_tokenizer_files; *f; f++)
+        if (!strcmp(name, *f)) return 1;
+    /* model-00001-of-00003.safetensors */
+    static const char shard[] = "model-#####-of-#####.safetensors";
+    if (strlen(name) != sizeof shard - 1) return 0;
+    for (size_t i = 0; shard[i]; i++)
+        if (shard[i] == '#' ? name[i] < '0' || name[i] > '9' : name[i] != shard[i]) return 0;
+    return 1;
+}
+
+int run_final_replaceable(const char *dir, pc_err *e) {
+    struct stat st;
+    if (lstat(dir, &st) != 0)
+        return errno == ENOENT ? 0 : pc_errorf(e, "%s: cannot stat the final model's directory: %s", dir, strerror(errno));
+    if (!S_ISDIR(st.st_mode))
+        return pc_errorf(e, "%s: the final model's directory exists and is %s: set output.dir to a new or empty "
+                            "directory",
+                         dir, S_ISLNK(st.st_mode) ? "a symbolic link (give the directory's own path)" : "not a directory");
+    DIR *d = opendir(dir);
+    if (!d) return pc_errorf(e, "%s: cannot list the final model's directory: %s", dir, strerror(errno));
+    int n = 0, has_config = 0;
+    char odd[256] = "";
+    for (struct dirent *de; (de = readdir(d)) != NULL;) {
+        if (!strcmp(de->d_name, ".") || !strcmp(de->d_name, "..")) continue;
+        n++;
+        has_config |= !strcmp(de->d_name, "config.json");
+        if (!odd[0] && !final_file(de->d_name)) snprintf(odd, sizeof odd, "%s", de->d_name);
+    }
+    closedir(d);
+    if (n == 0) return 0;
+    if (odd[0] || !has_config)
+        return pc_errorf(e, "%s: the final model's directory exists and %s%s%s, so it is not a model projcompd wrote: "
+                            "the final model replaces its directory whole; set output.dir to a new or empty directory, "
+                            "or move this one away",
+                         dir, odd[0] ? "holds '" : "has no config.json", odd, odd[0] ? "'" : "");
+    return 0;
+}
+
+/* p made absolute (against the working directory), with repeated slashes, "." and ".."
+ * taken out lexically. */
+static int abs_norm(const char *p, char *out, size_t n) {
+    char buf[2 * PATH_MAX], cwd[PATH_MAX];
+    if (p[0] != '/' && !getcwd(cwd, sizeof cwd)) return -1;
+    if ((size_t)snprintf(buf, sizeof buf, "%s/%s", p[0] == '/' ? "" : cwd, p) >= sizeof buf) return -1;
+    size_t o = 0;
+    for (char *save = NULL, *c = strtok_r(buf, "/", &save); c; c = strtok_r(NULL, "/", &save)) {
+        if (!strcmp(c, ".")) continue;
+        if (!strcmp(c, "..")) {
+            while (o > 0 && out[o - 1] != '/') o--;
+            if (o > 0) o--;
+            continue;
+        }
+        size_t len = strlen(c);
+        if (o + 1 + len + 1 > n) return -1;
+        out[o++] = '/';
+        memcpy(out + o, c, len);
+        o += len;
+    }
+    if (o == 0) out[o++] = '/';
+    out[o] = '\0';
+    return 0;
+}
+
+/* p's canonical path: its longest existing prefix resolved (symbolic links followed),
+ * the rest as written. */
+static int canon(const char *p, char *out, size_t n) {
+    char a[PATH_MAX];
+    if (abs_norm(p, a, sizeof a) != 0) return -1;
+    for (size_t cut = strlen(a);;) {
+        char head[PATH_MAX], r[PATH_MAX];
+        memcpy(head, a, cut);
+        head[cut] = '\0';
+        if (realpath(cut ? head : "/", r)) {
+            if ((size_t)snprintf(out, n, "%s%s", strcmp(r, "/") ? r : "", a + cut) >= n) return -1;
+            if (!out[0]) snprintf(out, n, "/");
+            return 0;
+        }
+        if (cut == 0) return -1;
+        while (cut > 0 && a[cut - 1] != '/') cut--;
+        cut--; /* "/x/y" and the rest "/z" */
+    }
+}
+
+/* 1 when canonical path outer is inner or a directory above it. */
+static int holds(const char *outer, const char *inner) {
+    size_t n = strlen(outer);
+    if (!strcmp(outer, "/")) return 1;
+    return strncmp(inner, outer, n) == 0 && (inner[n] == '\0' || inner[n] == '/');
+}
+
+int run_final_check(const pc_config *c, const char *final_dir, pc_err *e) {
+    char f[PATH_MAX], run[PATH_MAX], base[PATH_MAX];
+    if (canon(final_dir, f, sizeof f) != 0 || canon(c->run.dir, run, sizeof run) != 0)
+        return pc_errorf(e, "%s: cannot resolve the final model's path against run.dir '%s'", final_dir, c->run.dir);
+    if (c->model.base[0] && canon(c->model.base, base, sizeof base) == 0 && holds(f, base))
+        return pc_errorf(e, "%s: the final model would replace model.base '%s' (its directory is the base's or "
+                            "holds it): set output.dir (or run.dir) to another directory",
+                         final_dir, c->model.base);
+    if (holds(f, run))
+        return pc_errorf(e, "%s: output.dir is run.dir '%s' or a directory holding it: the final model replaces its "
+                            "directory whole; set output.dir to a directory of its own",
+                         final_dir, c->run.dir);
+    if (holds(run, f)) { /* inside the run directory: not one of its own parts */
+        static const char *const parts[] = {"config.resolved.yaml", "logs",     "metrics.jsonl",
+                                            "importance.txt",       "plan.txt", "checkpoints"};
+        const char *sub = f + strlen(run) + (strcmp(run, "/") != 0);
+        size_t len = strcspn(sub, "/");
+        for (size_t i = 0; i < PC_ARRAY_LEN(parts); i++)
+            if (strlen(parts[i]) == len && !strncmp(sub, parts[i], len))
+                return pc_errorf(e, "%s: output.dir is the run directory's %s: set output.dir to a directory of its "
+                                    "own (the default is RUN/final)",
+                                 final_dir, parts[i]);
+    }
+    return run_final_replaceable(final_dir, e);
 }
 
 /* Open metrics.jsonl for appending; a last line without its newline (a write cut short

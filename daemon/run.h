@@ -34,6 +34,17 @@ typedef struct run_ctx {
  * bytes at out). */
 int run_final_dir(const pc_config *c, char *out, size_t n, pc_err *e);
 
+/* The base's tokenizer files that travel with the final model (NULL-terminated). */
+extern const char *const run_tokenizer_files[];
+/* 0 when the final model may go to final_dir: neither run.dir, nor a directory holding
+ * it or model.base, nor a part of the run directory (RUN/logs, RUN/checkpoints, ...), and
+ * absent, empty, or a model projcompd wrote there before (run_final_replaceable); else -1,
+ * e saying what is in the way. Checked before any work and again before the save. */
+int run_final_check(const pc_config *c, const char *final_dir, pc_err *e);
+/* 0 when an existing dir may be replaced by the final model: it is empty or holds
+ * config.json and only files projcompd writes into a model directory. */
+int run_final_replaceable(const char *dir, pc_err *e);
+
 /* Create RUN/ and RUN/logs (rank 0 creates, all wait), open this rank's log, write
  * config.resolved.yaml and open metrics.jsonl on rank 0. */
 int run_open(run_ctx *r, pc_err *e);

@@ -161,13 +161,10 @@ static int agree_stop(run_ctx *r, int *stop, pc_err *e) {
 
 /* The base model's tokenizer files travel with the output (the vocabulary is unchanged). */
 static int copy_tokenizer(const char *from, const char *to, pc_err *e) {
-    static const char *files[] = {"tokenizer.json",  "tokenizer_config.json", "special_tokens_map.json",
-                                  "tokenizer.model", "vocab.json",            "merges.txt",
-                                  "added_tokens.json", "chat_template.jinja", "generation_config.json"};
-    for (size_t i = 0; i < PC_ARRAY_LEN(files); i++) {
+    for (const char *const *f = run_tokenizer_files; *f; f++) {
         char src[2048], dst[2048], *buf;
         size_t len;
-        if (pc_path_join(src, sizeof src, from, files[i]) != 0 || pc_path_join(dst, sizeof dst, to, files[i]) != 0)
+        if (pc_path_join(src, sizeof src, from, *f) != 0 || pc_path_join(dst, sizeof dst, to, *f) != 0)
             return pc_errorf(e, "%s: path too long", from);
         if (access(src, F_OK) != 0) continue;
         if (pc_read_file(src, &buf, &len, e) != 0) return -1;
@@ -180,7 +177,9 @@ static int copy_tokenizer(const char *from, const char *to, pc_err *e) {
 
 /* The final model: written whole into a sibling FINAL.tmp-PID, then renamed into place
  * (an earlier FINAL, from a rerun of a finished job, moved aside first and removed
- * after), so that FINAL is never a half-written model. */
+ * after), so that FINAL is never a half-written model. What FINAL holds is checked
+ * again first (run_final_check ran before the training): anything but a model
+ * projcompd wrote stays, and the new model is left in FINAL.tmp-PID. */
 static int save_final(run_ctx *r, trainer *t, pc_err *e) {
     const pc_config *c = &r->cfg;
     if (r->rank != 0) return 0;
@@ -193,16 +192,24 @@ static int save_final(run_ctx *r, trainer *t, pc_err *e) {
     for (int k = 0; k < 2; k++) { /* what a killed earlier save left: a partial model, or a */
         char pattern[1200];      /* whole one moved aside (back in place if nothing replaced it) */
         glob_t g;
-        snprintf(pattern, sizeof pattern, "%s%s", r->final_dir, k ? ".old-*" : ".tmp-*");
+        snprintf(pattern, sizeof pattern, "%s%s", r->final_dir, k ? ".old-[0-9]*" : ".tmp-[0-9]*");
         if (glob(pattern, 0, NULL, &g) == 0)
-            for (size_t i = 0; i < g.gl_pathc; i++)
+            for (size_t i = 0; i < g.gl_pathc; i++) {
+                const char *pid = g.gl_pathv[i] + strlen(r->final_dir) + 5; /* after ".tmp-" / ".old-" */
+                if (pid[strspn(pid, "0123456789")] != '\0') continue;  /* not a name save_final gives */
                 if (!k || access(r->final_dir, F_OK) == 0 || rename(g.gl_pathv[i], r->final_dir) != 0)
                     pc_rm_rf(g.gl_pathv[i]);
+            }
         globfree(&g);
     }
     int rc = llama_save_safetensors(&t->m, tmp, dt, e);
     if (rc == 0 && c->model.base[0]) rc = copy_tokenizer(c->model.base, tmp, e);
     if (rc == 0 && pc_fsync_dir(tmp, e) != 0) rc = -1;
+    if (rc == 0 && run_final_replaceable(r->final_dir, e) != 0) { /* it changed during the run */
+        size_t at = strlen(e->msg);
+        snprintf(e->msg + at, sizeof e->msg - at, "; the trained model is in %s (move it away: a rerun removes it)", tmp);
+        return -1;
+    }
     int had = rc == 0 && access(r->final_dir, F_OK) == 0;
     if (had && rename(r->final_dir, old) != 0)
         rc = pc_errorf(e, "%s: cannot move the earlier final model aside: %s", r->final_dir, strerror(errno));

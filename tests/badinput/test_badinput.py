@@ -403,9 +403,64 @@ def case_output_is_base(fx):
                                       "--set", "run.mode=prune"])
     os.rename(nested, fx.base)
     expect_failure(rc2, out2, [nested, "model.base"], fx)
-    if (rc, rc_dry, rc2) != (2, 2, 2) or snapshot(fx.base) != before:
-        raise SystemExit(f"FAIL: exits {rc}, {rc_dry}, {rc2} (expected 2: a config error), base unchanged: "
+    # output.dir a directory holding the base (its parent, given with "..")
+    above = os.path.join(fx.base, "..")
+    rc3, out3 = run_daemon(fx, extra=["--set", f"output.dir={above}"])
+    expect_failure(rc3, out3, [above, "model.base", "output.dir"], fx, before_work=True)
+    if (rc, rc_dry, rc2, rc3) != (2, 2, 2, 2) or snapshot(fx.base) != before:
+        raise SystemExit(f"FAIL: exits {rc}, {rc_dry}, {rc2}, {rc3} (expected 2: a config error), base unchanged: "
                          f"{snapshot(fx.base) == before}")
+
+
+def case_output_not_a_model(fx):
+    """output.dir names something that exists and is not a model projcompd wrote (a
+    directory of other files, one without config.json, a file, a symbolic link): the
+    final model would replace it whole, so the job is refused before any work (the dry
+    run too) and it is left as it was."""
+    def tree(p):
+        if os.path.islink(p) or os.path.isfile(p):
+            return (os.readlink(p),) if os.path.islink(p) else open(p, "rb").read()
+        return {n: tree(os.path.join(p, n)) for n in sorted(os.listdir(p))}
+    models = os.path.join(fx.root, "models")
+    os.makedirs(os.path.join(models, "other-model"))
+    open(os.path.join(models, "other-model", "weights.bin"), "wb").write(b"precious")
+    open(os.path.join(models, "README"), "w").write("notes\n")
+    no_config = os.path.join(fx.root, "half")
+    os.makedirs(no_config)
+    open(os.path.join(no_config, "model.safetensors"), "wb").write(b"x")
+    notes = os.path.join(fx.root, "notes.txt")
+    open(notes, "w").write("my notes\n")
+    link = os.path.join(fx.root, "out-link")
+    os.symlink(models, link)
+    cases = [(models, "holds 'other-model'"), (no_config, "has no config.json"), (notes, "not a directory"),
+             (link, "symbolic link")]
+    before = {p: tree(p) for p, _ in cases}
+    for path, why in cases:
+        for dry in ([], ["--dry-run", "-np", "2"]):
+            rc, out = run_daemon(fx, extra=["--set", f"output.dir={path}"] + dry)
+            expect_failure(rc, out, [path, why, "output.dir"], fx, before_work=True)
+            if rc != 2:
+                raise SystemExit(f"FAIL: output.dir {path}{' (dry run)' if dry else ''}: exit {rc}, expected 2")
+    after = {p: tree(p) for p, _ in cases}
+    if after != before:
+        raise SystemExit(f"FAIL: output.dir's contents changed: {before} -> {after}")
+
+
+def case_output_in_run_dir(fx):
+    """output.dir is run.dir itself, a directory above it, or one of the run directory's
+    own parts (checkpoints/, logs/): the final model's save would delete them. Refused
+    before any work; RUN/final-2 (a directory of its own inside the run) is fine."""
+    for path, needle in [(fx.run_dir, "run.dir"), (fx.root, "run.dir"),
+                         (os.path.join(fx.run_dir, "checkpoints"), "checkpoints"),
+                         (os.path.join(fx.run_dir, "logs", "x"), "logs")]:
+        rc, out = run_daemon(fx, extra=["--set", f"output.dir={path}"])
+        expect_failure(rc, out, [path, needle, "output.dir"], fx, before_work=True)
+        if rc != 2:
+            raise SystemExit(f"FAIL: output.dir {path}: exit {rc}, expected 2")
+    rc, out = run_daemon(fx, extra=["--set", f"output.dir={os.path.join(fx.run_dir, 'final-2')}", "--dry-run"])
+    if rc != 0:
+        raise SystemExit(f"FAIL: output.dir RUN/final-2 refused (exit {rc}):\n{out[-2000:]}")
+    print("ok: RUN/final-2 is accepted")
 
 
 def case_base_missing(fx):
@@ -651,6 +706,15 @@ def case_cfg_distill_in_pretrain(fx):
     rc, out = run_daemon(fx, extra=["--set", "run.mode=pretrain", "--set", "distill.alpha=0.5"])
     expect_failure(rc, out, ["--set distill.alpha=0.5", "distill needs a teacher", "pretrain has none"], fx,
                    before_work=True)
+
+
+def case_cfg_config_and_base(fx):
+    """model.config beside model.base would be ignored (the shape and weights come from the
+    base): refused in pretrain, which takes either, and in the modes that read a base."""
+    cfg = os.path.join(fx.base, "config.json")
+    for mode in ("pretrain", "compress"):
+        rc, out = run_daemon(fx, extra=["--set", f"run.mode={mode}", "--set", f"model.config={cfg}"])
+        expect_failure(rc, out, ["model.config", "model.base", "both set", cfg], fx, before_work=True)
 
 
 def case_cfg_stream_layers_in_compress(fx):

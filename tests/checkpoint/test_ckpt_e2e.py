@@ -212,11 +212,13 @@ def resume_guards(job, root, ref_dir):
                 f"resuming on another base of the same shapes is refused (exit {rc})")
     os.makedirs(os.path.join(d, "final.tmp-999"))  # what a save killed half-way leaves
     open(os.path.join(d, "final.tmp-999", "config.json"), "w").write("{")
+    os.makedirs(os.path.join(d, "final.tmp-mine"))  # not a name the save gives: the user's own
+    open(os.path.join(d, "final.tmp-mine", "notes"), "w").write("mine")
     rc, out = finish(start(2, job, d, f"train.steps={STEPS + 3}", f"model.base={same}"))
     pclib.check(rc == 0 and "model.base: " in out, f"a copy of the base resumes, the path change warned (exit {rc})")
-    pclib.check(sorted(n for n in os.listdir(d) if n.startswith("final")) == ["final"] and
+    pclib.check(sorted(n for n in os.listdir(d) if n.startswith("final")) == ["final", "final.tmp-mine"] and
                 os.path.exists(os.path.join(d, "final", "model.safetensors")),
-                "the final model is written whole into place, a killed save's leftovers removed")
+                "the final model is written whole into place, a killed save's leftovers removed (final.tmp-mine kept)")
     names = checkpoints(d)
     for n in names:  # damage every checkpoint: one byte of a block file each
         blk = sorted(f for f in os.listdir(os.path.join(d, "checkpoints", n)) if f.endswith(".blk"))[0]
