@@ -232,14 +232,17 @@ static int cmp_double(const void *a, const void *b) {
     return (x > y) - (x < y);
 }
 
+/* Step times kept for the summary: the last this many (a ring). */
+#define STEP_TIMES_KEPT 65536
+
 /* The end of training's summary of the n steps this process ran, the last ending at
- * step `last`, times dt (s): the median step time and what it makes of the step's
- * tokens and FLOPs (model_flops, the model's own; proj_flops, compress's projections),
- * the process's first step (allocations, tuning, the first plans) left out when there
- * are others. */
+ * step `last`, times dt (s, the ring of the last STEP_TIMES_KEPT): the median step time
+ * and what it makes of the step's tokens and FLOPs (model_flops, the model's own;
+ * proj_flops, compress's projections), the process's first step (allocations, tuning,
+ * the first plans) left out when there are others. */
 static void log_summary(run_ctx *r, const double *dt, int64_t n, int64_t last, double tokens, double model_flops,
                         double proj_flops) {
-    int64_t skip = n > 1, m = n - skip;
+    int64_t kept = PC_MIN(n, STEP_TIMES_KEPT), skip = n > 1 && n == kept, m = kept - skip;
     if (m <= 0) return;
     double *sorted = pc_malloc(sizeof(double) * (size_t)m);
     memcpy(sorted, dt + skip, sizeof(double) * (size_t)m);
@@ -261,7 +264,7 @@ int mode_train(run_ctx *r, pc_err *e) {
     static trainer t;
     memset(&t, 0, sizeof t);
     int rc = -1;
-    double *step_s = NULL; /* this process's step times (log_summary) */
+    double *step_s = NULL; /* this process's step times (log_summary's ring) */
     if (!strcmp(c->run.mode, "pretrain")) { /* no distill: the config refuses it (no teacher) */
         if (run_model(r, &t.m, B, RUN_TRAINED, e) != 0 || trainer_open_data(r, &t, t.m.cfg.vocab_size, e) != 0) goto out;
         t.method = &METHOD_DIRECT;
@@ -278,6 +281,12 @@ int mode_train(run_ctx *r, pc_err *e) {
     double flops_per_token = llama_flops_per_token(&t.m.cfg, T);
     LOGI(&r->log, "%s: %lld steps, global batch %d = %d rank(s) x %d micro-batch(es) x %d, seq_len %d", c->run.mode,
          (long long)c->train.steps, c->train.global_batch, r->world, n_micro, B, T);
+    if (r->rank == 0 && c->train.warmup_steps >= c->train.steps) /* accepted keys that would do nothing */
+        LOGW(&r->log, "train.warmup_steps %d is not below train.steps %lld: the lr rises the whole run and never "
+                      "reaches train.lr %g, nor decays",
+             c->train.warmup_steps, (long long)c->train.steps, c->train.lr);
+    if (r->rank == 0 && c->eval.every_steps > 0 && !t.valid)
+        LOGW(&r->log, "eval.every_steps %d: no data.valid is set, so nothing is evaluated", c->eval.every_steps);
 
     int64_t start = 0, n_timed = 0;
     int skipped_in_row = 0;
@@ -336,8 +345,8 @@ int mode_train(run_ctx *r, pc_err *e) {
             t.method->update(r, &t, step, lr, clip);
         }
         double dt = pc_now() - t0;
-        if (!step_s) step_s = pc_malloc(sizeof(double) * (size_t)(c->train.steps - start));
-        step_s[n_timed++] = dt;
+        if (!step_s) step_s = pc_malloc(sizeof(double) * (size_t)PC_MIN(c->train.steps - start, STEP_TIMES_KEPT));
+        step_s[n_timed++ % STEP_TIMES_KEPT] = dt;
         double comm_mb = (double)(run_comm_bytes(r) - comm0) / 1e6;
         double tok_s = (double)c->train.global_batch * T / dt;
         double model_tflops = flops_per_token * tok_s * 1e-12; /* the model's own FLOPs a second, all ranks */

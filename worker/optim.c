@@ -56,8 +56,8 @@ void optim_step(optim_adamw *o, float *params, const float *grads, float lr, flo
 double optim_lr(int64_t step, int64_t total_steps, int64_t warmup_steps, double lr, double min_lr_ratio)
 {
     if (step < warmup_steps) return lr * (0.1 + 0.9 * (double)step / (double)warmup_steps);
-    int64_t span = total_steps - 1 - warmup_steps;
-    double p = span > 0 ? (double)(step - warmup_steps) / (double)span : 1.0;
+    int64_t span = total_steps - 1 - warmup_steps; /* 0: the one step after warmup is the peak's */
+    double p = span > 0 ? (double)(step - warmup_steps) / (double)span : 0.0;
     if (p > 1.0) p = 1.0;
     double min_lr = min_lr_ratio * lr;
     return min_lr + (lr - min_lr) * 0.5 * (1.0 + cos(M_PI * p));

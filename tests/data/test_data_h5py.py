@@ -136,18 +136,28 @@ class Interop(TmpDirCase):
             self.assertIn(want, log)
             self.assertNotIn("is also in data.train", log)
             self.assertNotIn("max_position_embeddings", log)
+            if mode == "pretrain":  # 1 step, the default 10 of warmup
+                self.assertIn("train.warmup_steps 10 is not below train.steps 1: the lr rises the whole run", log)
         # a valid shard that train trains on (by another path), and windows longer than the
         # model's positions (max_position_embeddings 64): warned, not refused
         os.symlink(shard, self.p("same.h5"))
         d = self.p("run-overlap")
         r = pclib.projcompd(1, job, f"run.dir={d}", f"data.valid=[{self.p('same.h5')}]", "data.seq_len=80",
-                            check=False)
+                            "train.warmup_steps=0", "eval.every_steps=1", check=False)
         self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
         with open(os.path.join(d, "logs", "rank-00000.log")) as f:
             log = f.read()
         self.assertIn(f"data.valid: {self.p('same.h5')} is also in data.train", log)
         self.assertIn("data.seq_len 80 is longer than the model's max_position_embeddings 64", log)
         self.assertNotIn("different tokenizers", log)
+        self.assertNotIn("train.warmup_steps", log)
+        self.assertNotIn("nothing is evaluated", log)
+        # evaluations asked for without a validation set: warned
+        d = self.p("run-novalid")
+        r = pclib.projcompd(1, job, f"run.dir={d}", "data.valid=[]", "eval.every_steps=1", check=False)
+        self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+        with open(os.path.join(d, "logs", "rank-00000.log")) as f:
+            self.assertIn("eval.every_steps 1: no data.valid is set, so nothing is evaluated", f.read())
 
     def test_many_shards(self):
         """More shards than a set keeps open (64) and than the descriptors the process may

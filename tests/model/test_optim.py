@@ -36,11 +36,12 @@ def check(ok, msg):
 
 
 def lr_ref(step, total, warmup, lr, ratio):
-    """Linear warmup 0.1*lr -> lr over warmup steps, cosine to ratio*lr at step total-1."""
+    """Linear warmup 0.1*lr -> lr over warmup steps, cosine to ratio*lr at step total-1;
+    the step after warmup is at lr (the peak, reached after warmup), also when it is the last."""
     if step < warmup:
         return lr * (0.1 + 0.9 * step / warmup)
     span = total - 1 - warmup
-    p = min(1.0, (step - warmup) / span) if span > 0 else 1.0
+    p = min(1.0, (step - warmup) / span) if span > 0 else 0.0
     return ratio * lr + (lr - ratio * lr) * 0.5 * (1 + math.cos(math.pi * p))
 
 
@@ -110,6 +111,13 @@ def main():
           and abs(lr[-1] - hp["ratio"] * hp["lr"]) <= 1e-7,
           "schedule endpoints: %.4g (0.1 lr), %.4g (lr at warmup), %.4g (min at last step)" % (lr[0], lr[3], lr[-1]))
     check(bool(np.all(np.diff(lr[:4]) > 0) and np.all(np.diff(lr[3:]) < 0)), "warmup rises, cosine falls")
+    # one step after warmup (steps = warmup + 1, and a one-step run): that step is at the peak
+    for warm, total in ((3, 4), (0, 1)):
+        with tempfile.TemporaryDirectory() as tmp:
+            lr2 = run(tmp, p1, p2, grads, sched=total, **dict(hp, warmup=warm))["lr"]
+        ref2 = [lr_ref(s, total, warm, hp["lr"], hp["ratio"]) for s in range(total)]
+        check(abs(lr2[-1] - hp["lr"]) <= 1e-7 and rel(lr2, np.array(ref2, np.float32)) <= SCHED_TOL,
+              "warmup %d of %d steps: lr %s, the last at the peak %.4g" % (warm, total, list(lr2), hp["lr"]))
     print("%d failure(s)" % len(failures))
     return 1 if failures else 0
 
