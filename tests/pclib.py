@@ -185,8 +185,8 @@ def hf_val_loss(model_dir, toks, seq, n_win, bf16=False):
     import contextlib
     import numpy as np
     import torch
-    from transformers import LlamaForCausalLM
-    m = LlamaForCausalLM.from_pretrained(model_dir, torch_dtype=torch.float32, attn_implementation="eager").eval()
+    from transformers import AutoModelForCausalLM  # the class config.json names, as users load it
+    m = AutoModelForCausalLM.from_pretrained(model_dir, torch_dtype=torch.float32, attn_implementation="eager").eval()
     with torch.no_grad(), bf16_products() if bf16 else contextlib.nullcontext():
         return float(np.mean([torch.nn.functional.cross_entropy(
             m(torch.tensor(toks[i * seq:i * seq + seq])[None]).logits[0].double(),
