@@ -2,7 +2,12 @@
 shape a run leaves: a resumed run (the steps after its checkpoint logged twice: the last
 row of a step counts, in step order), a diverged run with train.on_nonfinite: skip (null
 losses and gradient norms: gaps), a one-step run, and an eval run (no training rows: its
-panels stay empty). Each plot exits 0 with a PNG; so does one of all four together."""
+panels stay empty). Each plot exits 0 with a PNG; so does one of all four together.
+
+Then what it must refuse, with exit 1, a message naming the problem, no Python
+traceback, no PNG and no temporary directory left behind: -o into a directory that does
+not exist, and -o that gnuplot cannot open (a directory: gnuplot then writes the PNG to
+its stdout, which is not text)."""
 import importlib.machinery
 import importlib.util
 import json
@@ -60,6 +65,30 @@ def main():
         p = subprocess.run(args, capture_output=True, text=True, timeout=120)
         ok = p.returncode == 0 and os.path.exists(out) and open(out, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
         pclib.check(ok, f"{name}: plotted to a PNG (exit {p.returncode}) {p.stderr.strip()[-500:]}")
+    refused(root)
+
+
+def run_plot(args):
+    """projcomp-plot with its own TMPDIR (returned, to look for what it left there)."""
+    tmp = pclib.tmpdir("pc-plot-tmp-")
+    p = subprocess.run([PLOT] + args, capture_output=True, text=True, timeout=120, env=dict(os.environ, TMPDIR=tmp))
+    return p, tmp
+
+
+def refused(root):
+    """Each exits 1 naming the problem, with no traceback, no PNG and no temporary directory."""
+    one, nodir, out = os.path.join(root, "one"), os.path.join(root, "nodir"), os.path.join(root, "x.png")
+    cases = [
+        ("-o in a missing directory", ["-o", os.path.join(nodir, "x.png"), one],
+         f"-o {nodir}/x.png: directory {nodir} does not exist"),
+        ("-o a directory", ["-o", root, one], "gnuplot failed"),
+    ]
+    for what, args, msg in cases:
+        p, tmp = run_plot(args)
+        pclib.check(p.returncode == 1 and msg in p.stderr and "Traceback" not in p.stderr,
+                    f"{what}: refused naming it (exit {p.returncode}) {p.stderr.strip()[-500:]}")
+        pclib.check(not os.path.exists(out) and not os.path.exists(nodir) and not os.listdir(tmp),
+                    f"{what}: no PNG, no temporary directory left ({os.listdir(tmp)})")
 
 
 if __name__ == "__main__":
