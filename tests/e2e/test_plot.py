@@ -4,10 +4,11 @@ row of a step counts, in step order), a diverged run with train.on_nonfinite: sk
 losses and gradient norms: gaps), a one-step run, and an eval run (no training rows: its
 panels stay empty). Each plot exits 0 with a PNG; so does one of all four together.
 
-Then what it must refuse, with exit 1, a message naming the problem, no Python
-traceback, no PNG and no temporary directory left behind: -o into a directory that does
-not exist, and -o that gnuplot cannot open (a directory: gnuplot then writes the PNG to
-its stdout, which is not text)."""
+A run directory whose name holds '=' (lr=1e-3, as sweeps name them) is a run as a whole,
+and RUN=LABEL splits at the last '='. Then what it must refuse, with exit 1, a message
+naming the problem, no Python traceback, no PNG and no temporary directory left behind:
+-o into a directory that does not exist, and -o that gnuplot cannot open (a directory:
+gnuplot then writes the PNG to its stdout, which is not text)."""
 import importlib.machinery
 import importlib.util
 import json
@@ -65,7 +66,12 @@ def main():
         p = subprocess.run(args, capture_output=True, text=True, timeout=120)
         ok = p.returncode == 0 and os.path.exists(out) and open(out, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
         pclib.check(ok, f"{name}: plotted to a PNG (exit {p.returncode}) {p.stderr.strip()[-500:]}")
+    equals_in_names(root, plot)
     refused(root)
+
+
+def is_png(path):
+    return os.path.exists(path) and open(path, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
 
 
 def run_plot(args):
@@ -73,6 +79,19 @@ def run_plot(args):
     tmp = pclib.tmpdir("pc-plot-tmp-")
     p = subprocess.run([PLOT] + args, capture_output=True, text=True, timeout=120, env=dict(os.environ, TMPDIR=tmp))
     return p, tmp
+
+
+def equals_in_names(root, plot):
+    """A sweep's run directory lr=1e-3 is a run, not RUN=LABEL; a label splits at the last '='."""
+    sweep = write_run(root, "lr=1e-3", [step(1, 4.0), step(2, 3.5)])
+    pclib.check(plot.run_and_label(sweep) == (sweep, "lr=1e-3") and
+                plot.run_and_label(sweep + "=fast") == (sweep, "fast") and
+                plot.run_and_label(os.path.join(root, "one=a=b")) == (os.path.join(root, "one=a"), "b"),
+                "an existing directory is a run as a whole; RUN=LABEL splits at the last '='")
+    for name, arg in (("sweep", sweep), ("sweep-label", sweep + "=fast")):
+        out = os.path.join(root, f"{name}.png")
+        p, _ = run_plot(["-o", out, arg])
+        pclib.check(p.returncode == 0 and is_png(out), f"{arg}: plotted (exit {p.returncode}) {p.stderr.strip()}")
 
 
 def refused(root):
