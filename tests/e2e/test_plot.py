@@ -5,10 +5,13 @@ losses and gradient norms: gaps), a one-step run, and an eval run (no training r
 panels stay empty). Each plot exits 0 with a PNG; so does one of all four together.
 
 A run directory whose name holds '=' (lr=1e-3, as sweeps name them) is a run as a whole,
-and RUN=LABEL splits at the last '='. Then what it must refuse, with exit 1, a message
-naming the problem, no Python traceback, no PNG and no temporary directory left behind:
--o into a directory that does not exist, and -o that gnuplot cannot open (a directory:
-gnuplot then writes the PNG to its stdout, which is not text)."""
+and RUN=LABEL splits at the last '='; a row lacking a key is skipped with a warning
+naming its line. Then what it must refuse, with exit 1, a message naming the problem
+(the file, and the line where one is to blame), no Python traceback, no PNG and no
+temporary directory left behind: -o into a directory that does not exist, -o that
+gnuplot cannot open (a directory: gnuplot then writes the PNG to its stdout, which is
+not text), an empty metrics.jsonl, one whose rows all lack keys, a line that is not a
+JSON object and one that is not JSON."""
 import importlib.machinery
 import importlib.util
 import json
@@ -67,6 +70,7 @@ def main():
         ok = p.returncode == 0 and os.path.exists(out) and open(out, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
         pclib.check(ok, f"{name}: plotted to a PNG (exit {p.returncode}) {p.stderr.strip()[-500:]}")
     equals_in_names(root, plot)
+    rows_lacking_keys(root)
     refused(root)
 
 
@@ -94,13 +98,33 @@ def equals_in_names(root, plot):
         pclib.check(p.returncode == 0 and is_png(out), f"{arg}: plotted (exit {p.returncode}) {p.stderr.strip()}")
 
 
+def rows_lacking_keys(root):
+    """Rows without a key their panel needs are skipped, and the first named by its line."""
+    partly = write_run(root, "partly", [step(1, 4.0), {"step": 2, "loss": 3.5}, step(3, 3.0), {"val_loss": 3.1}])
+    out = os.path.join(root, "partly.png")
+    p, _ = run_plot(["-o", out, partly])
+    pclib.check(p.returncode == 0 and is_png(out) and
+                f"{partly}/metrics.jsonl:2: a row without tokens, lr, grad_norm, tokens_per_s: skipped (and 1 more)"
+                in p.stderr, f"rows lacking keys: skipped with a warning naming the first's line ({p.stderr.strip()})")
+
+
 def refused(root):
     """Each exits 1 naming the problem, with no traceback, no PNG and no temporary directory."""
     one, nodir, out = os.path.join(root, "one"), os.path.join(root, "nodir"), os.path.join(root, "x.png")
+    empty = write_run(root, "empty", [])
+    nokeys = write_run(root, "nokeys", [{"step": 1, "loss": 2.0}])
+    notobj = write_run(root, "notobj", [step(1, 4.0), [1, 2]])
+    notjson = write_run(root, "notjson", [step(1, 4.0)])
+    with open(os.path.join(notjson, "metrics.jsonl"), "a") as f:
+        f.write('{"step": 2, "loss"\n')
     cases = [
         ("-o in a missing directory", ["-o", os.path.join(nodir, "x.png"), one],
          f"-o {nodir}/x.png: directory {nodir} does not exist"),
         ("-o a directory", ["-o", root, one], "gnuplot failed"),
+        ("an empty metrics.jsonl", ["-o", out, empty], f"{empty}/metrics.jsonl: nothing to plot"),
+        ("rows all lacking keys", ["-o", out, nokeys], f"{nokeys}/metrics.jsonl: nothing to plot"),
+        ("a row that is not an object", ["-o", out, notobj], f"{notobj}/metrics.jsonl:2: not a JSON object"),
+        ("a line that is not JSON", ["-o", out, notjson], f"{notjson}/metrics.jsonl:2: not a JSON line"),
     ]
     for what, args, msg in cases:
         p, tmp = run_plot(args)
