@@ -18,6 +18,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "data.h"
@@ -57,7 +58,8 @@ static void usage(FILE *f) {
             "  --python PY           Python with the 'tokenizers' package (default:\n"
             "                        $PROJCOMP_PYTHON, else python3)\n"
             "  --inspect FILE.h5...  print dtype, token count, attributes, documents (eos\n"
-            "                        count) and the first 64 tokens of each shard\n"
+            "                        count) and the first 64 tokens of each shard; an argument\n"
+            "                        that is not a file is a glob ('data/*.h5'), as in data.train\n"
             "  --help                this text\n",
             BYTES_VOCAB, BYTES_EOS, BYTES_BOS);
 }
@@ -497,39 +499,55 @@ static void print_decoded(const int32_t *t, int64_t n, int eos_id) {
     puts("\"");
 }
 
-static int inspect(const char *path, pc_err *e) {
-    char *g = glob_escape(path);
+/* Shard `info` of d, whose tokens start at `start` in d's stream: its attributes, eos count
+ * and first tokens. */
+static int inspect_shard(data_set *d, int64_t start, const data_shard_info *info, pc_err *e) {
+    int64_t n = info->n_tokens, n_eos = 0;
+    enum { BLOCK = 1 << 20 };
+    int32_t *buf = pc_malloc(BLOCK * sizeof *buf);
+    int32_t head[64];
+    int64_t n_head = PC_MIN(n, 64);
+    int rc = 0;
+    for (int64_t at = 0; at < n && rc == 0; at += BLOCK) {
+        int64_t len = PC_MIN((int64_t)BLOCK, n - at);
+        rc = data_read(d, start + at, len, buf, e);
+        for (int64_t i = 0; rc == 0 && i < len; i++) n_eos += buf[i] == info->eos_id;
+        if (at == 0 && rc == 0) memcpy(head, buf, (size_t)n_head * sizeof *head);
+    }
+    free(buf);
+    if (rc) return -1;
+    printf("%s\n", info->path);
+    printf("  dataset: /tokens uint%d, %lld tokens\n", info->token_bits, (long long)n);
+    printf("  vocab_size: %d\n  eos_id: %d\n  tokenizer: %s\n", info->vocab_size, info->eos_id, info->tokenizer);
+    printf("  documents: %lld (eos count)\n", (long long)n_eos);
+    printf("  first %lld tokens:", (long long)n_head);
+    for (int64_t i = 0; i < n_head; i++) printf(" %d", head[i]);
+    putchar('\n');
+    if (strcmp(info->tokenizer, "bytes") == 0) {
+        printf("  decoded: ");
+        print_decoded(head, n_head, info->eos_id);
+    }
+    return 0;
+}
+
+/* Every shard an --inspect argument names: an existing path is that file (even with * or [
+ * in its name); else the argument is a glob, expanded as data.train's are (sorted). */
+static int inspect(const char *arg, pc_err *e) {
+    struct stat st;
+    int exists = stat(arg, &st) == 0;
+    if (!exists && !strpbrk(arg, "*?[")) return pc_errorf(e, "%s: cannot open: %s", arg, strerror(errno));
+    char *g = exists ? glob_escape(arg) : pc_strdup(arg);
     const char *globs[1] = {g};
     data_set *d = NULL;
     int rc = data_open(globs, 1, 0, 0, &d, e);
     free(g);
     if (rc) return -1;
-    data_shard_info info;
-    data_shard_get_info(d, 0, &info);
-    int64_t n = data_n_tokens(d), n_eos = 0;
-    enum { BLOCK = 1 << 20 };
-    int32_t *buf = pc_malloc(BLOCK * sizeof *buf);
-    int32_t head[64];
-    int64_t n_head = PC_MIN(n, 64);
-    for (int64_t at = 0; at < n && rc == 0; at += BLOCK) {
-        int64_t len = PC_MIN((int64_t)BLOCK, n - at);
-        rc = data_read(d, at, len, buf, e);
-        for (int64_t i = 0; rc == 0 && i < len; i++) n_eos += buf[i] == info.eos_id;
-        if (at == 0 && rc == 0) memcpy(head, buf, (size_t)n_head * sizeof *head);
-    }
-    free(buf);
-    if (rc == 0) {
-        printf("%s\n", path);
-        printf("  dataset: /tokens uint%d, %lld tokens\n", info.token_bits, (long long)n);
-        printf("  vocab_size: %d\n  eos_id: %d\n  tokenizer: %s\n", info.vocab_size, info.eos_id, info.tokenizer);
-        printf("  documents: %lld (eos count)\n", (long long)n_eos);
-        printf("  first %lld tokens:", (long long)n_head);
-        for (int64_t i = 0; i < n_head; i++) printf(" %d", head[i]);
-        putchar('\n');
-        if (strcmp(info.tokenizer, "bytes") == 0) {
-            printf("  decoded: ");
-            print_decoded(head, n_head, info.eos_id);
-        }
+    int64_t start = 0;
+    for (int i = 0; rc == 0 && i < data_n_shards(d); i++) {
+        data_shard_info info;
+        data_shard_get_info(d, i, &info);
+        rc = inspect_shard(d, start, &info, e);
+        start += info.n_tokens;
     }
     data_close(d);
     return rc;

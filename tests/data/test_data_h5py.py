@@ -8,6 +8,7 @@ sample order must match an independent NumPy-free reimplementation; projcomp-dat
 turn text into byte-level shards that h5py reads back as the expected documents.
 """
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -320,6 +321,35 @@ class Tool(TmpDirCase):
         r = run(TOOL, "--out", out, "--name", "demo", self.p("a.txt"))
         self.assertNotEqual(r.returncode, 0)
         self.assertIn("already exists", r.stderr)
+
+    def test_inspect_arguments(self):
+        """An --inspect argument that is a file is that file, even with [ in its name; one that
+        is not is a glob, each match inspected in sorted order; a missing path or a glob
+        matching nothing is named."""
+        with open(self.p("t.txt"), "w") as f:
+            f.write("first doc\n\nother doc\n\nthird doc\n")
+        out = self.p("o")
+        r = run(TOOL, "--out", out, "--shard-tokens", "10", "--valid-fraction", "0", self.p("t.txt"))
+        self.assertEqual(r.returncode, 0, r.stderr)
+        shards = sorted(os.path.join(out, n) for n in os.listdir(out))
+        self.assertEqual(len(shards), 3)
+        r = run(TOOL, "--inspect", os.path.join(out, "train-*.h5"))
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertEqual([l for l in r.stdout.splitlines() if not l.startswith(" ")], shards)
+        self.assertIn('decoded: "third doc<eos>"', r.stdout)
+        literal = self.p("a[1].h5")
+        shutil.copy(shards[2], literal)
+        shutil.copy(shards[0], self.p("a1.h5"))
+        r = run(TOOL, "--inspect", literal)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertEqual(r.stdout.splitlines()[0], literal)
+        self.assertIn('decoded: "third doc<eos>"', r.stdout)
+        r = run(TOOL, "--inspect", self.p("missing.h5"))
+        self.assertEqual(r.returncode, 1)
+        self.assertEqual(r.stderr, f"projcomp-data: {self.p('missing.h5')}: cannot open: No such file or directory\n")
+        r = run(TOOL, "--inspect", self.p("*.nope"))
+        self.assertEqual(r.returncode, 1)
+        self.assertEqual(r.stderr, f"projcomp-data: {self.p('*.nope')}: no file matches\n")
 
     def test_single_document_is_split_inside(self):
         with open(self.p("one.txt"), "w") as f:
