@@ -55,8 +55,8 @@ static void usage(FILE *f) {
             "                        (runs projcomp_tokenize.py, installed beside this program)\n"
             "  --eos-token T         the eos token of that tokenizer (default: <|endoftext|>,\n"
             "                        </s>, <|end_of_text|> or <eos>, whichever it has)\n"
-            "  --python PY           Python with the 'tokenizers' package (default:\n"
-            "                        $PROJCOMP_PYTHON, else python3)\n"
+            "  --python PY           with --tokenizer, a Python with the 'tokenizers' package\n"
+            "                        (default: $PROJCOMP_PYTHON, else python3)\n"
             "  --inspect FILE.h5...  print dtype, token count, attributes, documents (eos\n"
             "                        count) and the first 64 tokens of each shard; an argument\n"
             "                        that is not a file is a glob ('data/*.h5'), as in data.train\n"
@@ -632,6 +632,11 @@ int main(int argc, char **argv) {
     }
     if (field && !jsonl) {
         fprintf(stderr, "projcomp-data: --field %s: only with --jsonl\n", field);
+        return 2;
+    }
+    if ((eos_token || python) && !tokenizer) {
+        fprintf(stderr, "projcomp-data: %s %s: only with --tokenizer\n", eos_token ? "--eos-token" : "--python",
+                eos_token ? eos_token : python);
         return 2;
     }
     if (!out_dir) {

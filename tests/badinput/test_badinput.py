@@ -858,6 +858,23 @@ def case_data_bad_shard_tokens(fx):
     data_case(fx, ["--out", o, "--shard-tokens", "-4", p], ["--shard-tokens -4"], out_dir=o)
 
 
+def case_data_eos_token_without_tokenizer(fx):
+    """--eos-token names a token of --tokenizer's vocabulary: alone it is refused, not ignored."""
+    o = os.path.join(fx.root, "out")
+    p = os.path.join(fx.root, "t.txt")
+    open(p, "w").write("hello\n\nworld\n")
+    data_case(fx, ["--out", o, "--eos-token", "</s>", p], ["--eos-token </s>: only with --tokenizer"], out_dir=o)
+
+
+def case_data_python_without_tokenizer(fx):
+    """--python runs --tokenizer's helper: alone it is refused, not ignored."""
+    o = os.path.join(fx.root, "out")
+    p = os.path.join(fx.root, "t.txt")
+    open(p, "w").write("hello\n\nworld\n")
+    data_case(fx, ["--out", o, "--python", "/nonexistent/python", p],
+              ["--python /nonexistent/python: only with --tokenizer"], out_dir=o)
+
+
 def case_data_no_out(fx):
     p = os.path.join(fx.root, "t.txt")
     open(p, "w").write("hello\n")
