@@ -564,8 +564,16 @@ static int parse_i64(const char *s, int64_t *out) {
     return 0;
 }
 
+/* The long name of the option whose letter is c, or NULL (an unknown option). */
+static const char *option_name(const struct option *opts, int c) {
+    for (; opts->name; opts++)
+        if (opts->val == c) return opts->name;
+    return NULL;
+}
+
 int main(int argc, char **argv) {
     const char *out_dir = NULL, *prefix = "", *tokenizer = NULL, *eos_token = NULL, *python = NULL, *field = NULL;
+    const char *convert_opt = NULL; /* the first option given that only converting takes */
     double valid_fraction = 0.05;
     int64_t shard_tokens = (int64_t)1 << 26;
     int do_inspect = 0, jsonl = 0;
@@ -581,6 +589,7 @@ int main(int argc, char **argv) {
     int c;
     while ((c = getopt_long(argc, argv, "o:v:s:n:iht:E:P:jf:", opts, NULL)) != -1) {
         char *end = NULL;
+        if (!convert_opt && c != 'i' && c != 'h') convert_opt = option_name(opts, c);
         switch (c) {
         case 'o': out_dir = optarg; break;
         case 'v':
@@ -612,6 +621,10 @@ int main(int argc, char **argv) {
         case 'h': usage(stdout); return 0;
         default: usage(stderr); return 2;
         }
+    }
+    if (do_inspect && convert_opt) {
+        fprintf(stderr, "projcomp-data: --%s: not with --inspect (it reads shards and writes nothing)\n", convert_opt);
+        return 2;
     }
     int n_files = argc - optind;
     if (n_files == 0) {

@@ -911,6 +911,23 @@ def case_data_inspect_bad(fx):
     data_case(fx, ["--inspect", p], [p, "not an HDF5 file"])
 
 
+
+def case_data_inspect_with_out(fx):
+    """--inspect only reads: --out (and --valid-fraction) with it are refused, not ignored."""
+    o = os.path.join(fx.root, "out")
+    data_case(fx, ["--inspect", "--out", o, "--valid-fraction", "0.5", fx.train], ["--out: not with --inspect"])
+    if os.path.exists(o):
+        raise SystemExit(f"FAIL: {o} created")
+
+
+def case_data_inspect_with_valid_fraction(fx):
+    data_case(fx, ["--valid-fraction", "0.5", "--inspect", fx.train], ["--valid-fraction: not with --inspect"])
+
+
+def case_data_inspect_with_tokenizer(fx):
+    data_case(fx, ["--inspect", "--tokenizer", "tok.json", fx.train], ["--tokenizer: not with --inspect"])
+
+
 CASES = {k[5:]: v for k, v in sorted(globals().items()) if k.startswith("case_")}
 
 
