@@ -64,19 +64,25 @@ static int get_pos_num(const char *file, const json_val *root, const char *key, 
 
 /* A token id: an int, or a list (its first element); absent -> *out untouched (the
  * default), null or [] -> -1 (none). */
-static int get_token_id(const char *file, const json_val *root, const char *key, int *out, pc_err *e) {
+/* A token id key: an int, null (-1) or a list, whose first entry is *out and whose
+ * entries go to list[0..*n) when list is given (at most cap; *n = 0 for an int). */
+static int get_token_id(const char *file, const json_val *root, const char *key, int *out, int *list, int cap,
+                        int *n, pc_err *e) {
     const json_val *v = json_get(root, key);
     if (!v) return 0;
     *out = -1;
+    if (n) *n = 0;
     if (json_is_null(v)) return 0;
-    if (v->type == JSON_ARRAY) {
-        if (v->n == 0) return 0;
-        v = json_at(v, 0);
+    int is_list = v->type == JSON_ARRAY, count = is_list ? v->n : 1;
+    if (is_list && list && count > cap)
+        return pc_errorf(e, "%s: key '%s' lists %d ids, more than the %d supported", file, key, count, cap);
+    for (int i = 0; i < count; i++) {
+        int64_t x;
+        if (json_int(is_list ? json_at(v, i) : v, &x) != 0 || x < 0 || x > INT32_MAX)
+            return pc_errorf(e, "%s: key '%s' must be a non-negative integer or a list of them", file, key);
+        if (i == 0) *out = (int)x;
+        if (is_list && list) list[(*n)++] = (int)x;
     }
-    int64_t x;
-    if (json_int(v, &x) != 0 || x < 0 || x > INT32_MAX)
-        return pc_errorf(e, "%s: key '%s' must be a non-negative integer or a list of them", file, key);
-    *out = (int)x;
     return 0;
 }
 
@@ -220,8 +226,9 @@ static int parse_config(const char *file, const json_val *root, llama_config *c,
     c->tie_word_embeddings = 0;
     if (tie && !json_is_null(tie) && json_bool(tie, &c->tie_word_embeddings) != 0)
         return pc_errorf(e, "%s: key 'tie_word_embeddings' must be true or false", file);
-    if (get_token_id(file, root, "bos_token_id", &c->bos_token_id, e) != 0 ||
-        get_token_id(file, root, "eos_token_id", &c->eos_token_id, e) != 0)
+    if (get_token_id(file, root, "bos_token_id", &c->bos_token_id, NULL, 0, NULL, e) != 0 ||
+        get_token_id(file, root, "eos_token_id", &c->eos_token_id, c->eos_token_ids,
+                     (int)PC_ARRAY_LEN(c->eos_token_ids), &c->n_eos_token_ids, e) != 0)
         return -1;
     /* the stored dtype: torch_dtype, or dtype (transformers 5); both must agree */
     const char *dkeys[2] = {"torch_dtype", "dtype"};
@@ -306,10 +313,18 @@ int hf_config_validate(const llama_config *c, const char *what, pc_err *e) {
     return 0;
 }
 
-static void put_token(json_buf *b, const char *key, int id) {
+/* "key": id (null when < 0), or the n ids of list as a list when n > 0. */
+static void put_token(json_buf *b, const char *key, int id, const int *list, int n) {
     json_buf_printf(b, "  \"%s\": ", key);
-    if (id < 0) json_buf_puts(b, "null");
-    else json_buf_printf(b, "%d", id);
+    if (n > 0) {
+        json_buf_puts(b, "[");
+        for (int i = 0; i < n; i++) json_buf_printf(b, "%s%d", i ? ", " : "", list[i]);
+        json_buf_puts(b, "]");
+    } else if (id < 0) {
+        json_buf_puts(b, "null");
+    } else {
+        json_buf_printf(b, "%d", id);
+    }
     json_buf_puts(b, ",\n");
 }
 
@@ -326,8 +341,8 @@ int hf_config_save(const char *dir, const llama_config *c, pc_err *e) {
     json_buf_puts(&b, "  \"attention_bias\": false,\n  \"attention_dropout\": 0.0,\n  \"mlp_bias\": false,\n");
     json_buf_puts(&b, "  \"hidden_act\": \"silu\",\n  \"initializer_range\": 0.02,\n  \"pretraining_tp\": 1,\n");
     json_buf_puts(&b, "  \"use_cache\": true,\n");
-    put_token(&b, "bos_token_id", c->bos_token_id);
-    put_token(&b, "eos_token_id", c->eos_token_id);
+    put_token(&b, "bos_token_id", c->bos_token_id, NULL, 0);
+    put_token(&b, "eos_token_id", c->eos_token_id, c->eos_token_ids, c->n_eos_token_ids);
     json_buf_printf(&b, "  \"vocab_size\": %d,\n  \"hidden_size\": %d,\n  \"intermediate_size\": %d,\n",
                     c->vocab_size, c->d_model, c->d_ff);
     if (uneven) {

@@ -26,7 +26,8 @@ typedef struct llama_config {
     double rope_factor, rope_low_freq_factor, rope_high_freq_factor;
     int rope_original_max_pos;
     int tie_word_embeddings;
-    int bos_token_id, eos_token_id;
+    int bos_token_id, eos_token_id; /* -1: null (eos: a list's first entry) */
+    int eos_token_ids[8], n_eos_token_ids; /* a list eos_token_id (Llama 3's, up to 8), kept for the output */
     char torch_dtype[16];  /* "float32", "bfloat16", "float16" */
 } llama_config;
 

@@ -289,13 +289,12 @@ def case_config(tmp):
               "config %s: written config is %s" % (name, type(back).__name__))
         for k in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
                   "num_key_value_heads", "head_dim", "rms_norm_eps", "rope_theta", "rope_scaling",
-                  "tie_word_embeddings", "max_position_embeddings", "bos_token_id",
+                  "tie_word_embeddings", "max_position_embeddings", "bos_token_id", "eos_token_id",
                   "attention_bias", "mlp_bias", "hidden_act"):
             check(getattr(back, k) == getattr(cfg, k), "config %s: %s written as %r, was %r" %
                   (name, k, getattr(back, k), getattr(cfg, k)))
         check(back.torch_dtype == (cfg.torch_dtype or torch.float32),
               "config %s: torch_dtype written as %r, was %r" % (name, back.torch_dtype, cfg.torch_dtype))
-        check(back.eos_token_id == eos, "config %s: eos %r" % (name, back.eos_token_id))
         check(json.load(open(os.path.join(dst, "config.json")))["head_dim"] == cfg.head_dim,
               "config %s: head_dim not explicit" % name)
         check(dump_config(dst) == d, "config %s: C round trip changed fields" % name)
