@@ -184,8 +184,47 @@ static int metrics_open(run_ctx *r, const char *path, pc_err *e) {
     return 0;
 }
 
+/* One job a run directory: rank 0 holds a write lock (fcntl) on RUN/.lock for the run's
+ * life, released by the kernel however the process ends, so no lock outlives its job.
+ * The file names its holder for the message another job gets. 0: locked, or the file
+ * system has no locks (*unlocked set, for a warning); -1: e says who holds it. */
+static int run_lock(run_ctx *r, int *unlocked, pc_err *e) {
+    char path[1100];
+    snprintf(path, sizeof path, "%s/.lock", r->run_dir);
+    int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+    if (fd < 0) return pc_errorf(e, "%s: cannot open: %s", path, strerror(errno));
+    struct flock fl = {.l_type = F_WRLCK, .l_whence = SEEK_SET, .l_start = 0, .l_len = 0};
+    if (fcntl(fd, F_SETLK, &fl) != 0) {
+        int err = errno;
+        if (err != EACCES && err != EAGAIN) { /* ENOLCK and kin: a file system without locks */
+            close(fd);
+            *unlocked = 1;
+            return 0;
+        }
+        char who[256] = "";
+        ssize_t got = pread(fd, who, sizeof who - 1, 0);
+        close(fd);
+        who[got > 0 ? got : 0] = '\0';
+        who[strcspn(who, "\n")] = '\0';
+        return pc_errorf(e, "%s is in use by another projcompd job (%s): a run directory takes one job at a time; "
+                            "wait for that one or stop it, or give this job another run.dir",
+                         r->run_dir, who[0] ? who : "its holder unknown");
+    }
+    char host[256] = "?", who[512];
+    gethostname(host, sizeof host - 1);
+    const char *job = getenv("SLURM_JOB_ID");
+    int n = snprintf(who, sizeof who, "pid %ld on host %s%s%s, config %s\n", (long)getpid(), host,
+                     job ? ", Slurm job " : "", job ? job : "", r->cfg.source);
+    if (ftruncate(fd, 0) != 0 || pwrite(fd, who, (size_t)PC_MIN(n, (int)sizeof who - 1), 0) < 0) {
+        /* the lock holds all the same; only the next job's message would lack the holder */
+    }
+    r->lock_fd = fd;
+    return 0;
+}
+
 int run_open(run_ctx *r, pc_err *e) {
     r->metrics_fd = -1;
+    r->lock_fd = -1;
     const pc_config *c = &r->cfg;
     snprintf(r->run_dir, sizeof r->run_dir, "%s", c->run.dir);
     if (run_final_dir(c, r->final_dir, sizeof r->final_dir, e) != 0) return -1;
@@ -195,15 +234,15 @@ int run_open(run_ctx *r, pc_err *e) {
     r->comm->timeout_s = c->run.collective_timeout;
 
     /* rank 0 creates the directories; the others wait so their log files can open */
-    int ok = 1;
+    int ok = 1, unlocked = 0;
     pc_err mk = {{0}};
     if (r->rank == 0) {
         char logs[1100];
         snprintf(logs, sizeof logs, "%s/logs", r->run_dir);
-        ok = pc_mkdirs(logs, &mk) == 0;
+        ok = pc_mkdirs(logs, &mk) == 0 && run_lock(r, &unlocked, &mk) == 0;
     }
     if (comm_broadcast(r->comm, &ok, 1, COMM_I32, 0, e) != 0) return -1;
-    if (!ok) return pc_errorf(e, "run.dir: %s", r->rank == 0 ? mk.msg : "rank 0 could not create the run directory");
+    if (!ok) return pc_errorf(e, "run.dir: %s", r->rank == 0 ? mk.msg : "rank 0 could not open the run directory");
 
     log_init(&r->log, r->rank);
     if (log_open(&r->log, r->run_dir, e) != 0) return -1;
@@ -212,6 +251,10 @@ int run_open(run_ctx *r, pc_err *e) {
     char node[COMM_NODE_NAME_MAX];
     if (comm_node_ranks(r->comm, &r->local_rank, &r->local_size, node, e) != 0) return -1;
     LOGI(&r->log, "node %s: local rank %d of %d", node, r->local_rank, r->local_size);
+    if (unlocked)
+        LOGW(&r->log, "%s/.lock: the file system takes no locks, so nothing stops another job from using this run "
+                      "directory at the same time",
+             r->run_dir);
 
     if (r->rank == 0) {
         char path[1100];
@@ -226,6 +269,8 @@ int run_open(run_ctx *r, pc_err *e) {
 void run_close(run_ctx *r) {
     if (r->metrics_fd >= 0) close(r->metrics_fd);
     r->metrics_fd = -1;
+    if (r->lock_fd >= 0) close(r->lock_fd); /* the lock goes with it */
+    r->lock_fd = -1;
     if (r->dcomm && r->dcomm != r->comm) comm_destroy(r->dcomm); /* before its backend (NCCL) */
     r->dcomm = NULL;
     if (r->be) backend_destroy(r->be);

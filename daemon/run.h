@@ -23,6 +23,7 @@ typedef struct run_ctx {
     char run_dir[1024];
     char final_dir[1024];
     int metrics_fd;                   /* rank 0 only: RUN/metrics.jsonl (O_APPEND), else -1 */
+    int lock_fd;                      /* rank 0 only: RUN/.lock, write-locked while the run lives, else -1 */
     int64_t metrics_size;             /* its length after the last whole line */
     int metrics_failed;               /* a row could not be written (warned once) */
     volatile sig_atomic_t *stop_flag; /* set by SIGTERM/SIGUSR1 */
