@@ -104,24 +104,32 @@ void comm_destroy(comm *c) {
     if (c) c->ops->destroy(c);
 }
 
+int comm_key_ranks(comm *c, const char *key, int *index, int *count, pc_err *e) {
+    char mine[COMM_NODE_NAME_MAX] = {0};
+    snprintf(mine, sizeof mine, "%s", key);
+    char *all = pc_malloc((size_t)c->size * sizeof mine); /* (size, COMM_NODE_NAME_MAX) */
+    if (comm_all_gather(c, mine, all, sizeof mine, COMM_U8, e) != 0) {
+        free(all);
+        return -1;
+    }
+    *index = *count = 0;
+    for (int q = 0; q < c->size; q++)
+        if (memcmp(all + (size_t)q * sizeof mine, mine, sizeof mine) == 0) {
+            *index += q < c->rank;
+            (*count)++;
+        }
+    free(all);
+    return 0;
+}
+
 int comm_node_ranks(comm *c, int *local, int *local_size, char *name, pc_err *e) {
     char mine[COMM_NODE_NAME_MAX] = {0};
     const char *env = getenv("PROJCOMP_NODE");
     if (env && *env) snprintf(mine, sizeof mine, "%s", env);
     else if (gethostname(mine, sizeof mine - 1) != 0) snprintf(mine, sizeof mine, "?");
-    char *all = pc_malloc((size_t)c->size * sizeof mine); /* (size, COMM_NODE_NAME_MAX) */
-    if (comm_all_gather(c, mine, all, sizeof mine, COMM_U8, e) != 0) {
-        free(all);
+    if (comm_key_ranks(c, mine, local, local_size, e) != 0)
         return pc_error_wrap(e, "rank %d: finding the ranks of this node", c->rank);
-    }
-    *local = *local_size = 0;
-    for (int q = 0; q < c->size; q++)
-        if (memcmp(all + (size_t)q * sizeof mine, mine, sizeof mine) == 0) {
-            *local += q < c->rank;
-            (*local_size)++;
-        }
     if (name) memcpy(name, mine, sizeof mine);
-    free(all);
     return 0;
 }
 

@@ -96,6 +96,9 @@ void comm_destroy(comm *c);
  * name), else the host name. Launchers need not say anything. */
 #define COMM_NODE_NAME_MAX 256
 int comm_node_ranks(comm *c, int *local, int *local_size, char *name, pc_err *e);
+/* The ranks that give the same key (its first COMM_NODE_NAME_MAX - 1 bytes; collective):
+ * *index is this rank's place among them, in rank order, *count their number. */
+int comm_key_ranks(comm *c, const char *key, int *index, int *count, pc_err *e);
 size_t comm_dtype_size(comm_dtype t);
 /* "f32", "f64", "i32", "i64", "u8", "bf16". */
 const char *comm_dtype_name(comm_dtype t);

@@ -14,6 +14,14 @@ extern "C" int pc_cuda_device_count(void) {
     return n;
 }
 
+extern "C" int pc_cuda_device_pci(int i, char *buf, int n) {
+    if (i < 0 || i >= pc_cuda_device_count() || cudaDeviceGetPCIBusId(buf, n, i) != cudaSuccess) {
+        cudaGetLastError();
+        return -1;
+    }
+    return 0;
+}
+
 extern "C" int pc_cuda_device_name(int i, char *buf, int n) {
     cudaDeviceProp prop;
     if (i < 0 || i >= pc_cuda_device_count() || cudaGetDeviceProperties(&prop, i) != cudaSuccess) return -1;

@@ -10,6 +10,9 @@ extern "C" {
 int pc_cuda_device_count(void);
 /* Name of device i into buf; returns 0 on success, -1 when absent. */
 int pc_cuda_device_name(int i, char *buf, int n);
+/* PCI bus id of device i ("0000:18:00.0"), the same whichever devices a process sees;
+ * returns 0 on success, -1 when absent. */
+int pc_cuda_device_pci(int i, char *buf, int n);
 
 #ifdef __cplusplus
 }

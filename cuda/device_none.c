@@ -9,3 +9,5 @@ int pc_cuda_device_name(int i, char *buf, int n) {
     (void)n;
     return -1;
 }
+
+int pc_cuda_device_pci(int i, char *buf, int n) { return pc_cuda_device_name(i, buf, n); }

@@ -26,16 +26,39 @@ static int threads_per_rank(const run_ctx *r) {
     return t > 0 ? (int)t : 1;
 }
 
-/* backend.device: cuda on GPU (local rank mod GPUs). */
+/* GPU i's identity for comparing across processes: its PCI bus id, else its index. */
+static void gpu_id(int i, char *buf, int n) {
+    if (pc_cuda_device_pci(i, buf, n) != 0) snprintf(buf, (size_t)n, "device %d", i);
+}
+
+/* backend.device: cuda. The rank's GPU is its place among the ranks of its node that see
+ * the same GPUs (by PCI bus id), modulo their number: all the node's GPUs each, or the
+ * few a launcher binds to each task (Slurm's --gpu-bind, --gpus-per-task), where the
+ * node-wide local rank would put two ranks on one GPU. Ranks sharing a GPU are warned
+ * about (NCCL takes one rank per GPU). Collective. */
 static int cuda_backend(run_ctx *r, int gpus, int *device, pc_err *e) {
     if (gpus == 0)
         return pc_errorf(e, "%s: backend.device is 'cuda' but rank %d sees no GPU (a build without CUDA, no driver, "
                             "or CUDA_VISIBLE_DEVICES hides them)",
                          r->cfg.source, r->rank);
-    int local = r->local_rank;
-    *device = local % gpus;
-    if (local >= gpus)
-        LOGW(&r->log, "local rank %d shares GPU %d: start one rank per GPU (%d here)", local, *device, gpus);
+    uint64_t set = 1469598103934665603ull; /* FNV-1a of the visible GPUs' ids, in order */
+    char id[64], key[COMM_NODE_NAME_MAX + 80];
+    for (int i = 0; i < gpus; i++) {
+        gpu_id(i, id, sizeof id);
+        for (const char *p = id; *p; p++) set = (set ^ (unsigned char)*p) * 1099511628211ull;
+        set = (set ^ ',') * 1099511628211ull;
+    }
+    int place, peers, at, sharing;
+    snprintf(key, sizeof key, "%016llx|%s", (unsigned long long)set, r->node);
+    if (comm_key_ranks(r->comm, key, &place, &peers, e) != 0) return -1;
+    *device = place % gpus;
+    gpu_id(*device, id, sizeof id);
+    snprintf(key, sizeof key, "%s|%s", id, r->node);
+    if (comm_key_ranks(r->comm, key, &at, &sharing, e) != 0) return -1;
+    if (sharing > 1)
+        LOGW(&r->log, "GPU %d (%s) of node %s is shared by %d ranks: start one rank per GPU (%d ranks here see these "
+                      "%d GPU(s))",
+             *device, id, r->node, sharing, peers, gpus);
     char err[256];
     r->be = backend_cuda_create(*device, err, sizeof err);
     if (!r->be) return pc_errorf(e, "rank %d: %s", r->rank, err);
@@ -64,6 +87,20 @@ int run_backend(run_ctx *r, pc_err *e) {
     const char *dev = r->cfg.backend.device;
     int gpus = pc_cuda_device_count(), device = -1;
     int cuda = !strcmp(dev, "cuda") || (!strcmp(dev, "auto") && gpus > 0);
+    int32_t mine = cuda, lo = 0, hi = 0; /* auto: a rank that sees no GPU would train on its CPU, out of step */
+    if (comm_all_reduce(r->comm, &mine, &lo, 1, COMM_I32, COMM_MIN, e) != 0 ||
+        comm_all_reduce(r->comm, &mine, &hi, 1, COMM_I32, COMM_MAX, e) != 0)
+        return -1;
+    if (lo != hi) {
+        const char *vis = getenv("CUDA_VISIBLE_DEVICES");
+        if (cuda)
+            return pc_errorf(e, "rank %d: backend.device auto: another rank sees no GPU and would train on its CPU "
+                                "(see its message)",
+                             r->rank);
+        return pc_errorf(e, "rank %d: backend.device auto: this rank sees no GPU (CUDA_VISIBLE_DEVICES %s%s%s) while "
+                            "other ranks train on theirs: give every rank a GPU, or set backend.device: cpu",
+                         r->rank, vis ? "'" : "unset", vis ? vis : "", vis ? "'" : "");
+    }
     if (cuda) {
         if (cuda_backend(r, gpus, &device, e) != 0) return -1;
     } else if (!strcmp(dev, "cpu-guarded")) {

@@ -248,9 +248,8 @@ int run_open(run_ctx *r, pc_err *e) {
     if (log_open(&r->log, r->run_dir, e) != 0) return -1;
     LOGI(&r->log, "projcompd %s: mode %s, %d rank(s), config %s, run dir %s", PC_VERSION, c->run.mode, r->world,
          c->source, r->run_dir);
-    char node[COMM_NODE_NAME_MAX];
-    if (comm_node_ranks(r->comm, &r->local_rank, &r->local_size, node, e) != 0) return -1;
-    LOGI(&r->log, "node %s: local rank %d of %d", node, r->local_rank, r->local_size);
+    if (comm_node_ranks(r->comm, &r->local_rank, &r->local_size, r->node, e) != 0) return -1;
+    LOGI(&r->log, "node %s: local rank %d of %d", r->node, r->local_rank, r->local_size);
     if (unlocked)
         LOGW(&r->log, "%s/.lock: the file system takes no locks, so nothing stops another job from using this run "
                       "directory at the same time",

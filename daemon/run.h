@@ -20,6 +20,7 @@ typedef struct run_ctx {
     backend *be;
     int rank, world;
     int local_rank, local_size; /* this rank's index among the ranks of its node, and their count */
+    char node[COMM_NODE_NAME_MAX]; /* its node's name (comm_node_ranks) */
     char run_dir[1024];
     char final_dir[1024];
     int metrics_fd;                   /* rank 0 only: RUN/metrics.jsonl (O_APPEND), else -1 */

@@ -41,9 +41,18 @@ inline cudaError_t cudaGetLastError()
     emu_launch_error = 0;
     return (cudaError_t)e;
 }
+/* The one device, hidden as CUDA hides devices when CUDA_VISIBLE_DEVICES is empty or
+ * names none (-1), so that tests can give a rank no GPU. */
 inline cudaError_t cudaGetDeviceCount(int *n)
 {
-    *n = 1;
+    const char *v = std::getenv("CUDA_VISIBLE_DEVICES");
+    *n = v && (!*v || *v == '-') ? 0 : 1;
+    return *n ? cudaSuccess : cudaErrorNoDevice;
+}
+inline cudaError_t cudaDeviceGetPCIBusId(char *buf, int len, int d)
+{
+    if (d != 0) return cudaErrorInvalidDevice;
+    std::snprintf(buf, (size_t)len, "0000:00:00.0");
     return cudaSuccess;
 }
 inline cudaError_t cudaGetDeviceProperties(cudaDeviceProp *p, int d)
