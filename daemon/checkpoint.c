@@ -422,6 +422,13 @@ int ckpt_resume_indices(run_ctx *r, trainer *t, const int *d_ff_c, int *loaded, 
         char file[1500];
         snprintf(file, sizeof file, "%s/%s", path, en->file);
         rc = importance_load_indices(file, &t->base_cfg, r->cfg.compress.d_model, d_ff_c, &t->idx, e);
+        if (rc != 0) { /* other widths than it was trained at: say which keys changed */
+            warn_config_changes(r, &m, path);
+            size_t at = strlen(e->msg);
+            snprintf(e->msg + at, sizeof e->msg - at,
+                     " (a checkpoint resumes at the widths it was trained at: set compress.d_model and "
+                     "compress.d_ff back, or use another run.dir)");
+        }
     }
     if (rc == 0 && r->rank == 0) { /* the run directory's copy describes the state being trained */
         char dst[1200];

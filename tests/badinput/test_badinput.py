@@ -350,6 +350,20 @@ def case_config_json_narrower(fx):
         expect_failure(rc, out, [tensor, f"has shape [{shape[0]}, {shape[1]}]", "expected"], fx)
 
 
+def case_resume_other_widths(fx):
+    """A finished run resumed at other widths (compress.d_model changed): refused naming
+    the key that changed and the way out, its checkpoints kept."""
+    rc, out = run_daemon(fx)
+    if rc != 0:
+        raise SystemExit(f"FAIL: the first run failed (exit {rc}):\n{out[-2000:]}")
+    ckpts = sorted(os.listdir(os.path.join(fx.run_dir, "checkpoints")))
+    rc, out = run_daemon(fx, extra=["--set", "train.steps=4", "--set", "compress.d_model=24"])
+    expect_failure(rc, out, ["compress.d_model: 16 -> 24", "resumes at the widths it was trained at",
+                             "use another run.dir"])
+    if sorted(os.listdir(os.path.join(fx.run_dir, "checkpoints"))) != ckpts:
+        raise SystemExit("FAIL: the checkpoints changed")
+
+
 def case_config_json_invalid(fx):
     open(os.path.join(fx.base, "config.json"), "w").write('{"hidden_size": 32,,}')
     rc, out = run_daemon(fx)
