@@ -196,8 +196,8 @@ void rollcall_run(rollcall *r, long long seq, const char *op, double grace, pc_e
             snprintf(tail, sizeof tail, "; roll call of collective %lld by rank 0: %s", seq, r->verdict);
         else
             snprintf(tail, sizeof tail,
-                     "; rank 0 (host %s) sent no roll call of collective %lld within %.0f s (it may be the rank "
-                     "that hung: see its log)",
+                     "; rank 0 (host %s) sent no roll call of collective %lld within %.0f s (it may be hung "
+                     "itself, or still waiting in an earlier collective: see its log)",
                      r->hosts, seq, wait);
     }
     size_t at = strlen(e->msg), room = sizeof e->msg - 1 - at, n = strlen(tail); /* cut to fit */

@@ -304,8 +304,8 @@ static void check_timeout(ctx *t, int skip) {
                          t->rank);
         if (skip == 0)
             snprintf(want + n, sizeof want - (size_t)n,
-                     "; rank 0 (host %s) sent no roll call of collective 1 within 3 s (it may be the rank that hung: "
-                     "see its log)",
+                     "; rank 0 (host %s) sent no roll call of collective 1 within 3 s (it may be hung itself, or "
+                     "still waiting in an earlier collective: see its log)",
                      host);
         else
             snprintf(want + n, sizeof want - (size_t)n,
