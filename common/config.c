@@ -473,6 +473,15 @@ static int load_file(pc_config *c, const char *path, pc_err *e) {
     return rc;
 }
 
+/* Whether YAML read val into root but left some of its text out of the value: a
+ * comment ("sweep #1" reads as "sweep"), a "---" before it. */
+static int text_dropped(const char *val, const yaml_node_t *root) {
+    size_t a = root->start_mark.index, b = root->end_mark.index;
+    for (size_t i = 0; val[i]; i++)
+        if ((i < a || i >= b) && !isspace((unsigned char)val[i])) return 1;
+    return 0;
+}
+
 /* One "--set key=value": value is a YAML scalar or flow list. */
 static int apply_set(pc_config *c, const char *set, pc_err *e) {
     char where[PC_CONFIG_WHERE_LEN], key[256], hint[160];
@@ -495,15 +504,18 @@ static int apply_set(pc_config *c, const char *set, pc_err *e) {
     yaml_parser_set_input_string(&p, (const unsigned char *)val, strlen(val));
     int loaded = yaml_parser_load(&p, &doc);
     cval v;
-    int raw = k->type == PC_CT_STRING || k->type == PC_CT_ENUM;
+    int raw = k->type == PC_CT_STRING || k->type == PC_CT_ENUM, text = raw || k->type == PC_CT_STRING_LIST;
     if (loaded) {
         yaml_node_t *root = yaml_document_get_root_node(&doc);
         node_value(&doc, root, &v);
         /* a path like "a: b" is still a path, and one YAML reads as nothing ("#out": a
-         * comment; "!out": a tag on an empty scalar) is the text given, not "" */
+         * comment; "!out": a tag on an empty scalar) or cuts ("sweep #1": a comment) is
+         * the text given; quoted strings and flow lists are YAML's reading */
         int nothing = !root || (root->type == YAML_SCALAR_NODE && root->data.scalar.length == 0);
         int quoted_empty = !strcmp(val, "\"\"") || !strcmp(val, "''");
-        if (raw && (v.kind != CV_SCALAR || (nothing && val[0] && !quoted_empty))) {
+        int cut = root && root->type == YAML_SCALAR_NODE && root->data.scalar.style == YAML_PLAIN_SCALAR_STYLE &&
+                  text_dropped(val, root);
+        if ((raw && v.kind != CV_SCALAR) || (text && ((nothing && val[0] && !quoted_empty) || cut))) {
             free(v.items);
             v = (cval){.kind = CV_SCALAR, .text = val, .quoted = 1};
         }
@@ -907,7 +919,9 @@ void config_print_doc(FILE *f) {
                "keys. Values are written YAML-style: integers, numbers such as `3e-4`, strings, `true`/`false`,\n"
                "and lists in flow (`[a, b]`) or block (`- a`) form. Any key can be overridden from the command\n"
                "line with `--set section.key=value` (the value is read as a YAML scalar or flow list, e.g.\n"
-               "`--set compress.d_ff=[1024,1536]`); overrides apply in order after the file.\n\n");
+               "`--set compress.d_ff=[1024,1536]`); overrides apply in order after the file. A string, path or\n"
+               "glob that YAML would cut short or read as nothing (`--set \"run.dir=runs/sweep #1\"`, where ` #`\n"
+               "starts a YAML comment) is taken as written; a value in YAML quotes is read as YAML reads it.\n\n");
     fprintf(f, "Unknown sections or keys, duplicated keys, values of the wrong type and values out of range\n"
                "are rejected before any work, naming the file and line (or the `--set` option). Checks that\n"
                "need the base model (`compress.d_model` <= hidden_size, one `compress.d_ff` entry per layer)\n"

@@ -249,6 +249,32 @@ static void test_overrides(void **state) {
     assert_int_equal(c->run.seed, 0);
     assert_string_equal(c->backend.device, "cpu");
     assert_int_equal(c->distill.enabled, 0);
+
+    /* a " #" comment YAML would cut off a plain value: a path keeps it; quoted strings,
+     * flow lists and numbers are read as YAML reads them */
+    const char *hash[] = {
+        "run.dir=runs/sweep #1",
+        "output.dir=--- out",
+        "data.train=a #1.h5",
+        "data.valid=[v.h5, w.h5] # two",
+        "model.config=\"c.json\" # quoted",
+        "model.base= /m/spaced ",
+        "train.steps=7 # seven",
+    };
+    assert_int_equal(config_load(c, path, hash, (int)PC_ARRAY_LEN(hash), &e), 0);
+    assert_string_equal(c->run.dir, "runs/sweep #1");
+    assert_string_equal(c->output.dir, "--- out");
+    assert_int_equal(c->data.n_train, 1);
+    assert_string_equal(c->data.train[0], "a #1.h5");
+    assert_int_equal(c->data.n_valid, 2);
+    assert_string_equal(c->data.valid[1], "w.h5");
+    assert_string_equal(c->model.config, "c.json");
+    assert_string_equal(c->model.base, "/m/spaced");
+    assert_int_equal(c->train.steps, 7);
+    const char *enum_hash[] = {"backend.device=cpu #gpu"};
+    assert_int_equal(config_load(c, path, enum_hash, 1, &e), -1);
+    assert_string_equal(e.msg, "--set backend.device=cpu #gpu: key 'backend.device' must be one of auto, cpu, cuda, "
+                               "cpu-guarded, got 'cpu #gpu'");
 }
 
 /* backend.attention auto follows backend.matmul: bf16 tensor-core attention with bf16
