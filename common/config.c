@@ -218,6 +218,16 @@ static int store_string(char *dst, size_t cap, const char *s, const pc_config_ke
     return 0;
 }
 
+/* A path is used as given: the shell's "~" would become a directory named "~" under the
+ * working directory. entry < 0: the key's one value. */
+static int check_path(const pc_config_key *k, const char *s, int entry, const char *where, pc_err *e) {
+    if (!(k->flags & PC_K_PATH) || s[0] != '~') return 0;
+    char which[32] = "";
+    if (entry >= 0) snprintf(which, sizeof which, " entry %d", entry);
+    return pc_errorf(e, "%s: key '%s'%s is '%s': ~ is not expanded in job files: give the full path", where, k->path,
+                     which, s);
+}
+
 static int type_error(const pc_config_key *k, const cval *v, const char *what, const char *where, pc_err *e) {
     if (v->kind == CV_SCALAR) return pc_errorf(e, "%s: key '%s' must be %s, got '%s'", where, k->path, what, v->text);
     return pc_errorf(e, "%s: key '%s' must be %s, got %s", where, k->path, what, kind_name(v));
@@ -254,6 +264,7 @@ static int apply_value(pc_config *c, int ki, const cval *v, const char *where, p
     }
     case PC_CT_STRING:
         if (v->kind != CV_SCALAR) return type_error(k, v, "a string", where, e);
+        if (!is_null(v) && check_path(k, v->text, -1, where, e)) return -1;
         if (store_string(f, k->size, is_null(v) ? "" : v->text, k, where, e)) return -1;
         break;
     case PC_CT_ENUM: {
@@ -296,7 +307,8 @@ static int apply_value(pc_config *c, int ki, const cval *v, const char *where, p
                                          i, items[i]);
                     return type_error(k, v, what, where, e);
                 }
-            } else if (store_string((char *)f + (size_t)i * k->elem_size, k->elem_size, items[i], k, where, e)) {
+            } else if (check_path(k, items[i], v->kind == CV_SEQ ? i : -1, where, e) ||
+                       store_string((char *)f + (size_t)i * k->elem_size, k->elem_size, items[i], k, where, e)) {
                 memset(f, 0, k->size);
                 return -1;
             }
@@ -955,6 +967,10 @@ void config_print_doc(FILE *f) {
         if (buf[0])
             j += (size_t)snprintf(extra + j, sizeof extra - j, " %s be %s.",
                                   k->type == PC_CT_INT_LIST ? "Each entry must" : "Must", buf);
+        if (k->flags & PC_K_PATH)
+            j += (size_t)snprintf(extra + j, sizeof extra - j,
+                                  " A relative path is relative to the working directory projcompd starts in; "
+                                  "`~` is not expanded.");
         if (k->required) {
             modes_of(k->required, buf, sizeof buf);
             snprintf(extra + j, sizeof extra - j, " Required for: %s%s%s%s.", buf, k->alt ? " (or `" : "",

@@ -21,12 +21,13 @@ typedef enum {
     PC_CT_INT_LIST,    /* int or per-layer list: int[cap] + int count (1 = uniform) */
 } pc_config_type;
 
-/* Range flags. */
+/* Range flags, and what a string names. */
 enum {
     PC_K_MIN = 1 << 0,      /* value >= min (> min with PC_K_MIN_EXCL) */
     PC_K_MAX = 1 << 1,      /* value <= max (< max with PC_K_MAX_EXCL) */
     PC_K_MIN_EXCL = 1 << 2,
     PC_K_MAX_EXCL = 1 << 3,
+    PC_K_PATH = 1 << 4,     /* a path or glob (string, string list): used as given, so no leading '~' */
 };
 
 /* Mode bits for .required. */
@@ -61,7 +62,7 @@ typedef struct pc_config_key {
 
 static const pc_config_key pc_config_keys[] = {
     /* run */
-    {.path = "run.dir", .type = PC_CT_STRING, PC_AT(run.dir), .def = "run",
+    {.path = "run.dir", .type = PC_CT_STRING, PC_AT(run.dir), .def = "run", .flags = PC_K_PATH,
      .doc = "Run directory: resolved config, logs, metrics, checkpoints and the final model live under it "
             "(not empty)."},
     {.path = "run.mode", .type = PC_CT_ENUM, PC_AT(run.mode), .def = "compress", .choices = PC_CONFIG_MODES,
@@ -75,10 +76,11 @@ static const pc_config_key pc_config_keys[] = {
             "the job with an error naming the operation and the ranks that had not reached it (0 = wait "
             "forever)."},
     /* model */
-    {.path = "model.base", .type = PC_CT_STRING, PC_AT(model.base), .def = "",
+    {.path = "model.base", .type = PC_CT_STRING, PC_AT(model.base), .def = "", .flags = PC_K_PATH,
      .required = PC_M_COMPRESS | PC_M_PRUNE | PC_M_EVAL | PC_M_IMPORTANCE,
      .doc = "Hugging Face model directory (`config.json` and `*.safetensors`) to compress, prune or evaluate."},
-    {.path = "model.config", .type = PC_CT_STRING, PC_AT(model.config), .def = "", .required = PC_M_PRETRAIN,
+    {.path = "model.config", .type = PC_CT_STRING, PC_AT(model.config), .def = "", .flags = PC_K_PATH,
+     .required = PC_M_PRETRAIN,
      .alt = "model.base", .doc = "`config.json` describing the model to pretrain from scratch (pretrain mode)."},
     {.path = "model.dtype", .type = PC_CT_ENUM, PC_AT(model.dtype), .def = "f32", .choices = "bf16|f32",
      .doc = "Storage of the frozen base slices during compress: bf16 halves their memory and is exact for a "
@@ -127,9 +129,11 @@ static const pc_config_key pc_config_keys[] = {
      .flags = PC_K_MIN | PC_K_MIN_EXCL, .doc = "Softmax temperature of teacher and student logits."},
     /* data */
     {.path = "data.train", .type = PC_CT_STRING_LIST, PC_LIST_AT(data.train, data.n_train), .def = "[]",
+     .flags = PC_K_PATH,
      .required = PC_M_COMPRESS | PC_M_PRUNE | PC_M_PRETRAIN | PC_M_IMPORTANCE,
      .doc = "Globs of HDF5 token shards for training (a string or a list)."},
     {.path = "data.valid", .type = PC_CT_STRING_LIST, PC_LIST_AT(data.valid, data.n_valid), .def = "[]",
+     .flags = PC_K_PATH,
      .required = PC_M_EVAL, .doc = "Globs of held-out HDF5 token shards for evaluation."},
     {.path = "data.seq_len", .type = PC_CT_INT, PC_AT(data.seq_len), .def = "256", .min = 1, .flags = PC_K_MIN,
      .doc = "Tokens per training sequence."},
@@ -246,7 +250,7 @@ static const pc_config_key pc_config_keys[] = {
     {.path = "backend.threads", .type = PC_CT_INT, PC_AT(backend.threads), .def = "0", .min = 0, .flags = PC_K_MIN,
      .doc = "CPU threads per rank for BLAS and the CPU ops (0 = the node's cores divided by its ranks, at most the CPUs the rank is bound to)."},
     /* output */
-    {.path = "output.dir", .type = PC_CT_STRING, PC_AT(output.dir), .def = "",
+    {.path = "output.dir", .type = PC_CT_STRING, PC_AT(output.dir), .def = "", .flags = PC_K_PATH,
      .doc = "Where the final HF model is written (\"\" = RUN/final); not model.base's own directory."},
     {.path = "output.dtype", .type = PC_CT_ENUM, PC_AT(output.dtype), .def = "f32", .choices = "bf16|f32",
      .doc = "dtype of the tensors in the final model.safetensors."},
