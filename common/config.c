@@ -2,9 +2,10 @@
  *
  * Order: table defaults, then the file (libyaml document API, so every key keeps its
  * line), then each --set override, then validation of single keys (ranges, required
- * keys per run.mode) and of pairs (micro_batch vs global_batch). Every value records
- * where it came from in c->where[] so later checks (model shape, rank count) can point
- * at the line that set it. Also writes the resolved config and the docs table. */
+ * keys per run.mode) and of pairs (micro_batch vs global_batch in the modes that
+ * train). Every value records where it came from in c->where[] so later checks (model
+ * shape, rank count) can point at the line that set it. Also writes the resolved config
+ * and the docs table. */
 #include "config.h"
 #include "json.h"
 
@@ -651,10 +652,11 @@ static int validate(const pc_config *c, pc_err *e) {
         return pc_errorf(e, "%s: key 'run.dir' must not be empty (the run's files would go to the filesystem's root)",
                          where_of(c, key_index("run.dir")));
     int gb = key_index("train.global_batch"), mb = key_index("train.micro_batch");
-    if (c->train.micro_batch > c->train.global_batch)
+    int trains = config_mode_trains(c->run.mode); /* eval and importance take no optimizer steps */
+    if (trains && c->train.micro_batch > c->train.global_batch)
         return pc_errorf(e, "%s: key 'train.micro_batch' (%d) must not exceed train.global_batch (%d)",
                          where_of(c, mb), c->train.micro_batch, c->train.global_batch);
-    if (c->train.global_batch % c->train.micro_batch)
+    if (trains && c->train.global_batch % c->train.micro_batch)
         return pc_errorf(e, "%s: key 'train.global_batch' (%d) must be divisible by train.micro_batch (%d)",
                          where_of(c, gb), c->train.global_batch, c->train.micro_batch);
     if (c->train.logits_chunk > 0 && c->distill.enabled)

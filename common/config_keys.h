@@ -141,7 +141,9 @@ static const pc_config_key pc_config_keys[] = {
     {.path = "train.steps", .type = PC_CT_INT64, PC_AT(train.steps), .def = "100", .min = 0, .flags = PC_K_MIN,
      .doc = "Optimizer steps (0 fuses the step-0 model, which equals hard pruning)."},
     {.path = "train.global_batch", .type = PC_CT_INT, PC_AT(train.global_batch), .def = "8", .min = 1,
-     .flags = PC_K_MIN, .doc = "Sequences per optimizer step over all ranks."},
+     .flags = PC_K_MIN,
+     .doc = "Sequences per optimizer step over all ranks: a multiple of train.micro_batch (and of ranks x "
+            "micro_batch) in the modes that train; eval and importance do not read it."},
     {.path = "train.micro_batch", .type = PC_CT_INT, PC_AT(train.micro_batch), .def = "1", .min = 1,
      .flags = PC_K_MIN, .doc = "Sequences per forward/backward on one rank (gradient accumulation fills the rest)."},
     {.path = "train.lr", .type = PC_CT_DOUBLE, PC_AT(train.lr), .def = "3e-4", .min = 0,

@@ -345,6 +345,15 @@ static void test_set_errors(void **state) {
     assert_int_equal(config_load(c, path, s3, 2, &e), -1);
     assert_string_equal(e.msg, "--set train.global_batch=6: key 'train.global_batch' (6) must be divisible by "
                                "train.micro_batch (4)");
+    /* eval and importance take no optimizer steps: train.global_batch does not bound micro_batch */
+    const char *s3e[] = {"run.mode=eval", "data.valid=v.h5", "train.global_batch=4", "train.micro_batch=16"};
+    assert_int_equal(config_load(c, path, s3e, 4, &e), 0);
+    const char *s3i[] = {"run.mode=importance", "train.global_batch=4", "train.micro_batch=3"};
+    assert_int_equal(config_load(c, path, s3i, 3, &e), 0);
+    const char *s3p[] = {"run.mode=pretrain", "model.config=c.json", "train.global_batch=4", "train.micro_batch=16"};
+    assert_int_equal(config_load(c, path, s3p, 4, &e), -1);
+    assert_string_equal(e.msg, "--set train.micro_batch=16: key 'train.micro_batch' (16) must not exceed "
+                               "train.global_batch (4)");
     const char *s4[] = {"=3"};
     assert_int_equal(config_load(c, path, s4, 1, &e), -1);
     assert_non_null(strstr(e.msg, "--set =3: expected KEY=VALUE"));
