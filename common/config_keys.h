@@ -92,7 +92,8 @@ static const pc_config_key pc_config_keys[] = {
     /* compress */
     {.path = "compress.d_model", .type = PC_CT_INT, PC_AT(compress.d_model), .def = "0", .min = 0,
      .flags = PC_K_MIN, .required = PC_M_COMPRESS | PC_M_PRUNE,
-     .doc = "Compressed hidden size d_model' (<= the base hidden_size; 0 = unset)."},
+     .doc = "Compressed hidden size d_model' (<= the base hidden_size; 0 = unset: run.mode importance then keeps "
+            "every dimension, as compress.d_ff [] keeps the base widths)."},
     {.path = "compress.d_ff", .type = PC_CT_INT_LIST, PC_LIST_AT(compress.d_ff, compress.n_d_ff), .def = "[]",
      .min = 1, .flags = PC_K_MIN,
      .doc = "Compressed MLP width: one int for every layer, or a list with one entry per layer "

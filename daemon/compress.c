@@ -53,10 +53,12 @@ static int score_activation(run_ctx *r, trainer *t, importance_scores *s, pc_err
     return 0;
 }
 
-/* Kept indices for compressed MLP widths d_ff_c (one per layer): from a checkpoint being
- * resumed, else scored (RUN/importance.txt). */
-static int select_indices(run_ctx *r, trainer *t, const int *d_ff_c, pc_err *e) {
+/* Kept indices for the small model's widths (sc: the base's where compress.d_model or
+ * d_ff is unset, as importance mode allows): from a checkpoint being resumed, else
+ * scored (RUN/importance.txt). */
+static int select_indices(run_ctx *r, trainer *t, const llama_config *sc, pc_err *e) {
     const pc_config *c = &r->cfg;
+    const int *d_ff_c = sc->d_ff_layer;
     int resumed = 0; /* a checkpoint holds the indices its state was trained with */
     if (strcmp(c->run.mode, "importance") && ckpt_resume_indices(r, t, d_ff_c, &resumed, e) != 0) return -1;
     if (resumed) return 0;
@@ -72,9 +74,9 @@ static int select_indices(run_ctx *r, trainer *t, const int *d_ff_c, pc_err *e) 
     else
         importance_random(&s, (uint64_t)c->run.seed);
     if (rc == 0) {
-        importance_select(&s, c->compress.d_model, d_ff_c, &t->idx);
-        LOGI(&r->log, "importance (%s) in %.1f s: keeping %d of %d d_model dims", how, pc_now() - t0,
-             c->compress.d_model, t->base_cfg.d_model);
+        importance_select(&s, sc->d_model, d_ff_c, &t->idx);
+        LOGI(&r->log, "importance (%s) in %.1f s: keeping %d of %d d_model dims", how, pc_now() - t0, sc->d_model,
+             t->base_cfg.d_model);
         if (r->rank == 0) {
             char path[1100];
             snprintf(path, sizeof path, "%s/importance.txt", r->run_dir);
@@ -247,7 +249,7 @@ int compress_setup(run_ctx *r, trainer *t, pc_err *e) {
     if (!r->be && run_backend(r, e) != 0) return -1;
     if (check_fit(r, t, &sc, e) != 0) return -1;
     if (trainer_open_data(r, t, t->base_cfg.vocab_size, e) != 0) return -1;
-    if (select_indices(r, t, sc.d_ff_layer, e) != 0) return -1;
+    if (select_indices(r, t, &sc, e) != 0) return -1;
     if (!strcmp(c->run.mode, "importance")) return 0;
 
     run_model_use use = strcmp(c->run.mode, "prune") ? RUN_PROJECTED : RUN_TRAINED; /* prune trains the weights */

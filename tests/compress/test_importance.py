@@ -6,7 +6,8 @@ equal sums of |input_layernorm| + |post_attention_layernorm| outputs (d_model) a
 |gate_proj| + |up_proj| outputs (d_ff, per layer) that forward hooks on stock
 transformers collect over the same windows (the sampler re-implemented in pclib,
 pseudo-step -1): max |diff| <= 1e-4 x max |ref|. magnitude: the L2-norm sums
-(docs/guide.md, Concepts) computed with NumPy, same tolerance. The kept indices are the top-k."""
+(docs/guide.md, Concepts) computed with NumPy, same tolerance. The kept indices are the top-k,
+and every dimension where the job sets no widths."""
 import os
 import sys
 
@@ -92,6 +93,16 @@ def main():
                  + np.linalg.norm(sd[p + "mlp.down_proj.weight"], axis=0))
         close(got[f"d_ff.{li}.scores"], ref_f, f"magnitude d_ff scores of layer {li}")
     close(got["d_model.scores"], ref_d, "magnitude d_model scores")
+
+    # importance mode without widths: the same scores, every dimension kept (compress.d_model
+    # unset keeps the base's hidden_size as compress.d_ff [] keeps its widths)
+    d = os.path.join(root, "all")
+    pclib.projcompd(1, job, f"run.dir={d}", "compress.importance=magnitude", "compress.d_model=0", "compress.d_ff=[]")
+    got_all = read_scores(os.path.join(d, "importance.txt"))
+    close(got_all["d_model.scores"], ref_d, "unset widths: magnitude d_model scores")
+    pclib.check(list(got_all["d_model.kept"].astype(int)) == list(range(D)), "unset compress.d_model: all kept")
+    pclib.check(all(list(got_all[f"d_ff.{li}.kept"].astype(int)) == list(range(F)) for li in range(L)),
+                "unset compress.d_ff: every layer's dimensions kept")
 
 
 if __name__ == "__main__":
