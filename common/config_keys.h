@@ -101,8 +101,9 @@ static const pc_config_key pc_config_keys[] = {
     {.path = "compress.importance", .type = PC_CT_ENUM, PC_AT(compress.importance), .def = "activation",
      .choices = "activation|magnitude|random", .doc = "How channels are ranked to initialise the projections."},
     {.path = "compress.calibration_sequences", .type = PC_CT_INT, PC_AT(compress.calibration_sequences),
-     .def = "64", .min = 1, .flags = PC_K_MIN,
-     .doc = "Training sequences run through the base model to measure activation importance."},
+     .def = "64", .min = 1, .max = 65536, .flags = PC_K_MIN | PC_K_MAX,
+     .doc = "Training sequences run through the base model to measure activation importance (a rank holds "
+            "the hidden states of its share: sequences / ranks x seq_len x hidden_size floats)."},
     {.path = "compress.store_grads", .type = PC_CT_ENUM, PC_AT(compress.store_grads), .def = "auto",
      .choices = "auto|true|false",
      .doc = "Keep block projection gradients between the norm pass and the update (4 bytes per trainable "
@@ -136,8 +137,8 @@ static const pc_config_key pc_config_keys[] = {
     {.path = "data.valid", .type = PC_CT_STRING_LIST, PC_LIST_AT(data.valid, data.n_valid), .def = "[]",
      .flags = PC_K_PATH,
      .required = PC_M_EVAL, .doc = "Globs of held-out HDF5 token shards for evaluation."},
-    {.path = "data.seq_len", .type = PC_CT_INT, PC_AT(data.seq_len), .def = "256", .min = 1, .flags = PC_K_MIN,
-     .doc = "Tokens per training sequence."},
+    {.path = "data.seq_len", .type = PC_CT_INT, PC_AT(data.seq_len), .def = "256", .min = 1, .max = 1048576,
+     .flags = PC_K_MIN | PC_K_MAX, .doc = "Tokens per training sequence."},
     /* train */
     {.path = "train.steps", .type = PC_CT_INT64, PC_AT(train.steps), .def = "100", .min = 0, .flags = PC_K_MIN,
      .doc = "Optimizer steps (0 fuses the step-0 model, which equals hard pruning)."},

@@ -583,8 +583,8 @@ int data_loader_create(data_set *d, uint64_t seed, int seq_len, int micro_batch,
     if (seq_len <= 0 || micro_batch <= 0)
         return pc_errorf(e, "data loader: seq_len %d and micro_batch %d must be positive", seq_len, micro_batch);
     if (d->n_tokens <= seq_len)
-        return pc_errorf(e, "data loader: shards hold %lld tokens, seq_len %d needs at least %d",
-                         (long long)d->n_tokens, seq_len, seq_len + 1);
+        return pc_errorf(e, "data loader: shards hold %lld tokens, seq_len %d needs at least %lld",
+                         (long long)d->n_tokens, seq_len, (long long)seq_len + 1);
     data_loader *dl = pc_calloc(1, sizeof *dl);
     dl->d = d;
     dl->seed = seed;

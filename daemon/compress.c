@@ -31,14 +31,14 @@ static int score_activation(run_ctx *r, trainer *t, importance_scores *s, pc_err
     int64_t n_seq = c->compress.calibration_sequences;
     int64_t mine = n_seq > r->rank ? (n_seq - r->rank + r->world - 1) / r->world : 0;
     int64_t n_tok = mine * T;
-    int32_t *win = pc_malloc(sizeof(int32_t) * (size_t)(T + 1));
+    int32_t *win = pc_malloc(sizeof(int32_t) * ((size_t)T + 1));
     int32_t *tokens = pc_malloc(sizeof(int32_t) * (size_t)(n_tok ? n_tok : 1)); /* (mine, T) */
     float *h = pc_alloc_f32((size_t)(n_tok * d));                              /* (mine, T, d) */
     int rc = 0;
     for (int64_t j = 0; j < mine && rc == 0; j++) {
         int64_t w = r->rank + j * r->world;
         int64_t off = data_sample_offset((uint64_t)c->run.seed, -1, w, data_n_tokens(t->train), T);
-        rc = data_read(t->train, off, T + 1, win, e);
+        rc = data_read(t->train, off, (int64_t)T + 1, win, e);
         memcpy(tokens + j * T, win, sizeof(int32_t) * (size_t)T);
     }
     if (rc == 0) rc = stream_embed(t->base, bc, tokens, n_tok, 0, h, e);

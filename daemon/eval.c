@@ -37,7 +37,7 @@ static int read_batch(const run_ctx *r, data_set *valid, int64_t bi, int64_t min
             continue;
         }
         int64_t w = r->rank + j * r->world;
-        if (data_read(valid, data_eval_offset(w, T), T + 1, buf, e) != 0) return -1;
+        if (data_read(valid, data_eval_offset(w, T), (int64_t)T + 1, buf, e) != 0) return -1;
         memcpy(tokens + (size_t)b * T, buf, sizeof(int32_t) * (size_t)T);
         memcpy(targets + (size_t)b * T, buf + 1, sizeof(int32_t) * (size_t)T);
         (*rows)++;
@@ -64,7 +64,7 @@ int eval_valid(run_ctx *r, llama_model *m, data_set *valid, double *loss_out, pc
     const pc_config *c = &r->cfg;
     int B = c->train.micro_batch, T = c->data.seq_len;
     int64_t mine, n_batches = my_windows(r, valid, &mine), rows;
-    int32_t *buf = pc_malloc(sizeof(int32_t) * (size_t)(T + 1));
+    int32_t *buf = pc_malloc(sizeof(int32_t) * ((size_t)T + 1));
     int32_t *tokens = pc_malloc(sizeof(int32_t) * (size_t)B * T);  /* (B,T) */
     int32_t *targets = pc_malloc(sizeof(int32_t) * (size_t)B * T); /* (B,T) */
     double sums[2] = {0.0, 0.0};                                    /* loss sum, token count */
@@ -111,7 +111,7 @@ static int eval_streamed(run_ctx *r, const st_model *base, const llama_config *l
     int weights = run_model_weights(r, RUN_EVALUATED);
     int64_t mine, n_batches = my_windows(r, valid, &mine);
     size_t bt = (size_t)B * T, n_tok = (size_t)n_batches * bt;
-    int32_t *buf = pc_malloc(sizeof(int32_t) * (size_t)(T + 1));
+    int32_t *buf = pc_malloc(sizeof(int32_t) * ((size_t)T + 1));
     int32_t *tokens = pc_malloc(sizeof(int32_t) * (n_tok ? n_tok : 1));  /* (n_batches * B, T) */
     int32_t *targets = pc_malloc(sizeof(int32_t) * (n_tok ? n_tok : 1)); /* (n_batches * B, T) */
     int64_t *real = pc_calloc((size_t)(n_batches ? n_batches : 1), sizeof *real);
@@ -147,7 +147,7 @@ int open_valid(run_ctx *r, int vocab_size, data_set **out, pc_err *e) {
     const pc_config *c = &r->cfg;
     const char *globs[PC_CONFIG_MAX_GLOBS];
     for (int i = 0; i < c->data.n_valid; i++) globs[i] = c->data.valid[i];
-    if (data_open(globs, c->data.n_valid, vocab_size, c->data.seq_len + 1, out, e) != 0)
+    if (data_open(globs, c->data.n_valid, vocab_size, (int64_t)c->data.seq_len + 1, out, e) != 0)
         return pc_error_wrap(e, "data.valid");
     return 0;
 }

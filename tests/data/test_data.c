@@ -3,6 +3,7 @@
  * Shards are made in a fresh temporary directory, either with data_write_shard or, for
  * malformed ones, directly with the HDF5 C API. Every error case asserts a substring of
  * the message, which must name the file. */
+#include <limits.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -442,6 +443,8 @@ static void test_error_too_short(void **state) {
     pc_err e = {{0}};
     assert_int_equal(data_loader_create(d, 1, 100, 1, &dl, &e), -1);
     assert_non_null(strstr(e.msg, "needs at least 101"));
+    assert_int_equal(data_loader_create(d, 1, INT_MAX, 1, &dl, &e), -1); /* seq_len + 1 past an int */
+    assert_non_null(strstr(e.msg, "seq_len 2147483647 needs at least 2147483648"));
     data_close(d);
 }
 
