@@ -91,17 +91,18 @@ int pc_read_file(const char *path, char **out, size_t *len, pc_err *e) {
     if (!f) return pc_errorf(e, "%s: cannot open: %s", path, strerror(errno));
     size_t cap = 4096, n = 0;
     char *buf = pc_malloc(cap);
+    errno = 0;
     for (;;) {
         if (n + 1 >= cap) buf = pc_realloc(buf, cap *= 2);
         size_t got = fread(buf + n, 1, cap - n - 1, f);
         n += got;
         if (got == 0) break;
     }
-    int bad = ferror(f);
+    int bad = ferror(f), err = errno; /* e.g. EISDIR: fopen opens a directory, reading it fails */
     fclose(f);
     if (bad) {
         free(buf);
-        return pc_errorf(e, "%s: read error", path);
+        return pc_errorf(e, "%s: read error: %s", path, err ? strerror(err) : "unknown error");
     }
     buf[n] = '\0';
     *out = buf;

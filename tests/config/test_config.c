@@ -411,6 +411,10 @@ static void test_required_by_mode(void **state) {
     /* missing file */
     assert_int_equal(config_load(c, "/nonexistent/job.yaml", NULL, 0, &e), -1);
     assert_non_null(strstr(e.msg, "/nonexistent/job.yaml"));
+    /* a directory: the reason, not just "read error" */
+    assert_int_equal(config_load(c, f->dir, NULL, 0, &e), -1);
+    snprintf(want, sizeof want, "%s: read error: Is a directory", f->dir);
+    assert_string_equal(e.msg, want);
 }
 
 static void test_check_model_and_ranks(void **state) {
