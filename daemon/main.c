@@ -7,6 +7,7 @@
  * second SIGTERM ends the process at once (status 143). The eval and importance modes
  * have nothing to checkpoint: SIGTERM ends them at once (143) and SIGUSR1, Slurm's
  * warning before the time limit, is ignored. */
+#include <ctype.h>
 #include <mpi.h>
 #include <signal.h>
 #include <unistd.h>
@@ -50,8 +51,8 @@ static void usage(FILE *f) {
             "or train the baselines (prune, pretrain) and evaluate (eval). Launch one process\n"
             "per GPU (or per CPU rank) with mpirun or srun.\n"
             "\n"
-            "  --cfg FILE        job config (YAML); see docs/config.md for every key\n"
-            "  --set KEY=VALUE   override one key, e.g. --set train.steps=10 (repeatable)\n"
+            "  --cfg FILE        job config (YAML), given once; see docs/config.md for every key\n"
+            "  --set KEY=VALUE   override one key, e.g. --set train.steps=10 (repeatable, up to 256)\n"
             "  --dry-run         print the sharding plan and per-rank memory for N ranks (default:\n"
             "                    the ranks of this launch) without reading weights, and exit\n"
             "  --device-gib G    with --dry-run: check the largest rank against a device of G GiB\n"
@@ -71,6 +72,32 @@ typedef struct cli {
     int n_sets;
 } cli;
 
+/* --cfg FILE: one, and not empty (an unset $JOB would otherwise run on the defaults). */
+static int set_cfg(cli *c, const char *path, int rank) {
+    if (c->cfg) {
+        if (rank == 0)
+            fprintf(stderr, "projcompd: --cfg given twice ('%s', then '%s'): give one job file; override its keys "
+                            "with --set\n", c->cfg, path);
+        return 2;
+    }
+    if (!path[0]) {
+        if (rank == 0) fprintf(stderr, "projcompd: --cfg names no file (an empty string): give the job file's path\n");
+        return 2;
+    }
+    c->cfg = path;
+    return 0;
+}
+
+/* --set KEY=VALUE, up to MAX_SETS. */
+static int add_set(cli *c, const char *set, int rank) {
+    if (c->n_sets == MAX_SETS) {
+        if (rank == 0) fprintf(stderr, "projcompd: more than %d --set options\n", MAX_SETS);
+        return 2;
+    }
+    c->sets[c->n_sets++] = set;
+    return 0;
+}
+
 /* Returns 0 ok, 1 exit-success (help/version), 2 usage error. */
 static int parse_cli(int argc, char **argv, cli *c, int rank) {
     memset(c, 0, sizeof *c);
@@ -87,15 +114,8 @@ static int parse_cli(int argc, char **argv, cli *c, int rank) {
                 if (rank == 0) fprintf(stderr, "projcompd: %s needs a value\n", a);
                 return 2;
             }
-            if (!strcmp(a, "--cfg")) {
-                c->cfg = argv[++i];
-            } else {
-                if (c->n_sets == MAX_SETS) {
-                    if (rank == 0) fprintf(stderr, "projcompd: more than %d --set options\n", MAX_SETS);
-                    return 2;
-                }
-                c->sets[c->n_sets++] = argv[++i];
-            }
+            i++;
+            if (!strcmp(a, "--cfg") ? set_cfg(c, argv[i], rank) : add_set(c, argv[i], rank)) return 2;
         } else if (!strcmp(a, "--dry-run")) {
             c->dry_run = 1;
         } else if (!strcmp(a, "-np") || !strcmp(a, "--np")) {
@@ -111,16 +131,19 @@ static int parse_cli(int argc, char **argv, cli *c, int rank) {
             i++;
         } else if (!strcmp(a, "--device-gib")) {
             char *end = NULL;
-            c->device_gib = i + 1 < argc ? strtod(argv[i + 1], &end) : 0;
-            if (i + 1 >= argc || end == argv[i + 1] || *end || !(c->device_gib > 0 && c->device_gib < 1e9)) {
+            const char *g = i + 1 < argc ? argv[i + 1] : "";
+            /* decimal, as numbers in the job file: strtod alone takes hex ("0x10") and leading spaces */
+            int decimal = g[0] && (isdigit((unsigned char)g[0]) || strchr("+-.", g[0])) && !strpbrk(g, "xX");
+            c->device_gib = decimal ? strtod(g, &end) : 0;
+            if (!decimal || *end || !(c->device_gib > 0 && c->device_gib < 1e9)) {
                 if (rank == 0) fprintf(stderr, "projcompd: --device-gib needs a positive number of GiB (below 1e9)\n");
                 return 2;
             }
             i++;
-        } else if (!strncmp(a, "--set=", 6) && c->n_sets < MAX_SETS) {
-            c->sets[c->n_sets++] = a + 6;
+        } else if (!strncmp(a, "--set=", 6)) {
+            if (add_set(c, a + 6, rank)) return 2;
         } else if (!strncmp(a, "--cfg=", 6)) {
-            c->cfg = a + 6;
+            if (set_cfg(c, a + 6, rank)) return 2;
         } else {
             if (rank == 0) {
                 fprintf(stderr, "projcompd: unknown argument '%s'\n", a);

@@ -758,7 +758,7 @@ def case_cli_device_gib_bad(fx):
     expect_failure(rc, out, ["--device-gib needs a positive number of GiB"], fx, before_work=True)
     if rc != 2:
         raise SystemExit(f"FAIL: exit {rc}, expected 2 (a command-line error)")
-    for bad in ["inf", "nan", "1e300"]:
+    for bad in ["inf", "nan", "1e300", "0x10", " 16"]:  # decimal, as numbers in the job file
         rc, out = run_daemon(fx, extra=["--dry-run", "--device-gib", bad])
         expect_failure(rc, out, ["--device-gib needs a positive number of GiB"], fx, before_work=True)
     rc, out = run_daemon(fx, extra=["--device-gib", "80"])  # not a dry run: nothing would use it
@@ -821,6 +821,34 @@ def case_cli_cfg_missing_file(fx):
     p = os.path.join(fx.root, "nope.yaml")
     rc, out = run_daemon(fx, job=False, extra=["--cfg", p])
     expect_failure(rc, out, [p, "No such file"], fx, before_work=True)
+
+
+def case_cli_cfg_is_dir(fx):
+    rc, out = run_daemon(fx, job=False, extra=["--cfg", fx.root])
+    expect_failure(rc, out, [f"{fx.root}: read error: Is a directory"], fx, before_work=True)
+
+
+def case_cli_cfg_empty(fx):
+    """--cfg '' (an unset $JOB) is refused, not a run on the defaults and the --set values."""
+    for args in (["--cfg", ""], ["--cfg="]):
+        rc, out = run_daemon(fx, job=False, extra=args + ["--set", f"model.base={fx.base}"])
+        expect_failure(rc, out, ["--cfg names no file (an empty string)"], fx, before_work=True)
+        if rc != 2:
+            raise SystemExit(f"FAIL: {args}: exit {rc}, expected 2 (a command-line error)")
+
+
+def case_cli_cfg_twice(fx):
+    """A second --cfg is refused, not silently the one used."""
+    other = os.path.join(fx.root, "other.yaml")
+    rc, out = run_daemon(fx, extra=["--cfg=" + other])
+    expect_failure(rc, out, ["--cfg given twice", other, "override its keys with --set"], fx, before_work=True)
+
+
+def case_cli_too_many_sets(fx):
+    """Past 256 --set options (either spelling) the limit is named, not 'unknown argument'."""
+    for spelling in (["--set", "train.steps=1"], ["--set=train.steps=1"]):
+        rc, out = run_daemon(fx, extra=spelling * 257)
+        expect_failure(rc, out, ["more than 256 --set options"], fx, before_work=True)
 
 
 def case_cli_exit_status(fx):
