@@ -387,6 +387,17 @@ static int yaml_error(const yaml_parser_t *p, const char *where, pc_err *e) {
     return pc_errorf(e, "%s:%zu: YAML syntax error: %s", where, p->problem_mark.line + 1, problem);
 }
 
+/* "<<: *defaults": YAML 1.1's merge key, which libyaml leaves as a plain key "<<". */
+static int is_merge_key(const yaml_node_t *k) {
+    return k->data.scalar.style == YAML_PLAIN_SCALAR_STYLE && !strcmp((const char *)k->data.scalar.value, "<<");
+}
+
+static int merge_key_error(const char *path, size_t line, pc_err *e) {
+    return pc_errorf(e, "%s:%zu: YAML merge keys ('<<') are not supported: write the keys out (anchors and aliases "
+                        "are supported)",
+                     path, line);
+}
+
 static int load_sections(pc_config *c, yaml_document_t *doc, const char *path, pc_err *e) {
     yaml_node_t *root = yaml_document_get_root_node(doc);
     if (!root) return 0; /* empty file: every key at its default */
@@ -405,6 +416,11 @@ static int load_sections(pc_config *c, yaml_document_t *doc, const char *path, p
         if (sk->type != YAML_SCALAR_NODE)
             return pc_errorf(e, "%s:%zu: section names must be plain words", path, line);
         const char *sec = (const char *)sk->data.scalar.value;
+        if (is_merge_key(sk)) return merge_key_error(path, line, e);
+        if (key_index(sec) >= 0) /* "train.lr: 0.1" at the top level */
+            return pc_errorf(e, "%s:%zu: unknown section '%s': a key goes under its section ('%.*s:' with '%s:' "
+                                "indented below it), or give it as --set %s=VALUE",
+                             path, line, sec, (int)section_len(sec), sec, sec + section_len(sec) + 1, sec);
         if (!section_known(sec)) {
             suggest(sec, 1, hint, sizeof hint);
             if (strchr(sec, '.')) suggest(sec, 0, hint, sizeof hint);
@@ -429,6 +445,7 @@ static int load_sections(pc_config *c, yaml_document_t *doc, const char *path, p
             size_t kline = kk->start_mark.line + 1;
             if (kk->type != YAML_SCALAR_NODE)
                 return pc_errorf(e, "%s:%zu: keys in section '%s' must be plain words", path, kline, sec);
+            if (is_merge_key(kk)) return merge_key_error(path, kline, e);
             char full[256];
             snprintf(full, sizeof full, "%s.%s", sec, (const char *)kk->data.scalar.value);
             int ki = key_index(full);
