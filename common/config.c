@@ -229,6 +229,15 @@ static int check_path(const pc_config_key *k, const char *s, int entry, const ch
                      which, s);
 }
 
+/* A list of paths: an empty entry would only fail once the run has started ("no file
+ * matches"), then a path check. entry < 0: the list's one value given as a scalar. */
+static int check_path_entry(const pc_config_key *k, const char *s, int entry, const char *where, pc_err *e) {
+    if (!(k->flags & PC_K_PATH) || s[0]) return check_path(k, s, entry, where, e);
+    if (entry >= 0)
+        return pc_errorf(e, "%s: key '%s' entry %d is empty: give a glob, or [] for none", where, k->path, entry);
+    return pc_errorf(e, "%s: key '%s' is an empty string: give a glob, or [] for none", where, k->path);
+}
+
 static int type_error(const pc_config_key *k, const cval *v, const char *what, const char *where, pc_err *e) {
     if (v->kind == CV_SCALAR) return pc_errorf(e, "%s: key '%s' must be %s, got '%s'", where, k->path, what, v->text);
     return pc_errorf(e, "%s: key '%s' must be %s, got %s", where, k->path, what, kind_name(v));
@@ -286,7 +295,9 @@ static int apply_value(pc_config *c, int ki, const cval *v, const char *where, p
         const char *one[1];
         const char **items = one;
         int n = 0;
-        if (v->kind == CV_MAP || (v->kind == CV_SEQ && v->bad_item)) return type_error(k, v, what, where, e);
+        /* no value is not a width list: [] keeps the base widths, as compress.d_model 0 is unset */
+        if (v->kind == CV_MAP || (v->kind == CV_SEQ && v->bad_item) || (is_int && is_null(v)))
+            return type_error(k, v, what, where, e);
         if (v->kind == CV_SEQ) {
             items = v->items;
             n = v->n;
@@ -308,7 +319,7 @@ static int apply_value(pc_config *c, int ki, const cval *v, const char *where, p
                                          i, items[i]);
                     return type_error(k, v, what, where, e);
                 }
-            } else if (check_path(k, items[i], v->kind == CV_SEQ ? i : -1, where, e) ||
+            } else if (check_path_entry(k, items[i], v->kind == CV_SEQ ? i : -1, where, e) ||
                        store_string((char *)f + (size_t)i * k->elem_size, k->elem_size, items[i], k, where, e)) {
                 memset(f, 0, k->size);
                 return -1;

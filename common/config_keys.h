@@ -80,8 +80,7 @@ static const pc_config_key pc_config_keys[] = {
      .required = PC_M_COMPRESS | PC_M_PRUNE | PC_M_EVAL | PC_M_IMPORTANCE,
      .doc = "Hugging Face model directory (`config.json` and `*.safetensors`) to compress, prune or evaluate."},
     {.path = "model.config", .type = PC_CT_STRING, PC_AT(model.config), .def = "", .flags = PC_K_PATH,
-     .required = PC_M_PRETRAIN,
-     .alt = "model.base", .doc = "`config.json` describing the model to pretrain from scratch (pretrain mode)."},
+     .required = PC_M_PRETRAIN, .alt = "model.base", .doc = "`config.json` describing the model to pretrain from scratch (pretrain mode)."},
     {.path = "model.dtype", .type = PC_CT_ENUM, PC_AT(model.dtype), .def = "f32", .choices = "bf16|f32",
      .doc = "Storage of the frozen base slices during compress: bf16 halves their memory and is exact for a "
             "bf16 checkpoint (rounded to nearest even otherwise); fp32 and tf32 products use the widened "
@@ -97,7 +96,7 @@ static const pc_config_key pc_config_keys[] = {
     {.path = "compress.d_ff", .type = PC_CT_INT_LIST, PC_LIST_AT(compress.d_ff, compress.n_d_ff), .def = "[]",
      .min = 1, .flags = PC_K_MIN,
      .doc = "Compressed MLP width: one int for every layer, or a list with one entry per layer "
-            "([] = keep the base widths)."},
+            "([] = keep the base widths; no value is refused, as for compress.d_model)."},
     {.path = "compress.importance", .type = PC_CT_ENUM, PC_AT(compress.importance), .def = "activation",
      .choices = "activation|magnitude|random", .doc = "How channels are ranked to initialise the projections."},
     {.path = "compress.calibration_sequences", .type = PC_CT_INT, PC_AT(compress.calibration_sequences),
@@ -131,12 +130,11 @@ static const pc_config_key pc_config_keys[] = {
      .flags = PC_K_MIN | PC_K_MIN_EXCL, .doc = "Softmax temperature of teacher and student logits."},
     /* data */
     {.path = "data.train", .type = PC_CT_STRING_LIST, PC_LIST_AT(data.train, data.n_train), .def = "[]",
-     .flags = PC_K_PATH,
-     .required = PC_M_COMPRESS | PC_M_PRUNE | PC_M_PRETRAIN | PC_M_IMPORTANCE,
+     .flags = PC_K_PATH, .required = PC_M_COMPRESS | PC_M_PRUNE | PC_M_PRETRAIN | PC_M_IMPORTANCE,
      .doc = "Globs of HDF5 token shards for training (a string or a list)."},
     {.path = "data.valid", .type = PC_CT_STRING_LIST, PC_LIST_AT(data.valid, data.n_valid), .def = "[]",
-     .flags = PC_K_PATH,
-     .required = PC_M_EVAL, .doc = "Globs of held-out HDF5 token shards for evaluation."},
+     .flags = PC_K_PATH, .required = PC_M_EVAL,
+     .doc = "Globs of held-out HDF5 token shards for evaluation ([] = none; an empty glob is refused)."},
     {.path = "data.seq_len", .type = PC_CT_INT, PC_AT(data.seq_len), .def = "256", .min = 1, .max = 1048576,
      .flags = PC_K_MIN | PC_K_MAX, .doc = "Tokens per training sequence."},
     /* train */
