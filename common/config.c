@@ -390,8 +390,25 @@ static void node_value(yaml_document_t *doc, yaml_node_t *node, cval *v) {
     }
 }
 
-static int yaml_error(const yaml_parser_t *p, const char *where, pc_err *e) {
+/* text (len bytes) is what the parser read: a reader error (a byte that is not UTF-8, a
+ * control character) gives a byte offset into it, not a line. */
+static int yaml_error(const yaml_parser_t *p, const char *where, const char *text, size_t len, pc_err *e) {
     const char *problem = p->problem ? p->problem : "syntax error";
+    if (p->error == YAML_READER_ERROR) {
+        size_t line = 1, col = 1, end = PC_MIN(p->problem_offset, len);
+        /* libyaml points at the octet that breaks a sequence: point at the sequence's first byte */
+        while (p->problem && !strcmp(p->problem, "invalid trailing UTF-8 octet") && end > 0)
+            if (((unsigned char)text[--end] & 0xc0) != 0x80) break;
+        for (size_t i = 0; i < end; i++) {
+            if (text[i] == '\n') {
+                line++;
+                col = 1;
+            } else if (((unsigned char)text[i] & 0xc0) != 0x80) { /* characters, not UTF-8 continuation bytes */
+                col++;
+            }
+        }
+        return pc_errorf(e, "%s:%zu: YAML syntax error: %s (column %zu)", where, line, problem, col);
+    }
     if (p->context)
         return pc_errorf(e, "%s:%zu: YAML syntax error: %s %s", where, p->problem_mark.line + 1, problem,
                          p->context);
@@ -492,14 +509,14 @@ static int load_file(pc_config *c, const char *path, pc_err *e) {
     yaml_parser_set_input_string(&p, (const unsigned char *)text, len);
     int rc = -1;
     if (!yaml_parser_load(&p, &doc)) {
-        yaml_error(&p, path, e);
+        yaml_error(&p, path, text, len, e);
     } else {
         rc = load_sections(c, &doc, path, e);
         yaml_document_delete(&doc);
         if (rc == 0) {
             /* a second document would be silently ignored otherwise */
             if (!yaml_parser_load(&p, &doc)) {
-                rc = yaml_error(&p, path, e);
+                rc = yaml_error(&p, path, text, len, e);
             } else {
                 yaml_node_t *r2 = yaml_document_get_root_node(&doc);
                 if (r2)

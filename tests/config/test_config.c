@@ -1,6 +1,7 @@
 /* test_config: units for the job-config loader: defaults, value forms (flow and block
- * lists, per-layer d_ff), --set overrides and their errors, the distill section rule,
- * model and rank checks, the resolved-config round trip, and the generated docs. */
+ * lists, per-layer d_ff), --set overrides and their errors, the line of an encoding
+ * error, the distill section rule, model and rank checks, the resolved-config round
+ * trip, and the generated docs. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -417,6 +418,30 @@ static void test_required_by_mode(void **state) {
     assert_string_equal(e.msg, want);
 }
 
+/* Encoding errors (libyaml's reader: a byte offset, no line) name the line and column
+ * they are on, not line 1. */
+static void test_reader_error_line(void **state) {
+    fixture *f = *state;
+    char path[512], text[1024], want[700];
+    pc_err e = {{0}};
+    pc_config *c = &f->a;
+    static const struct {
+        const char *line9, *problem;
+        int column;
+    } cases[] = {
+        {"  seq_len: 8  # caf\xe9 (latin-1)\n", "invalid trailing UTF-8 octet", 20},
+        {"  seq_len: 8  # \xc3\xa9t\xc3\xa9 \x07\n", "control characters are not allowed", 21},
+        {"  seq_len: 8  # \xff\n", "invalid leading UTF-8 octet", 17},
+    };
+    for (size_t i = 0; i < PC_ARRAY_LEN(cases); i++) {
+        snprintf(text, sizeof text, "%s%s", minimal, cases[i].line9);
+        assert_int_equal(config_load(c, write_yaml(f, "enc.yaml", text, path, sizeof path), NULL, 0, &e), -1);
+        snprintf(want, sizeof want, "%s:9: YAML syntax error: %s (column %d)", path, cases[i].problem,
+                 cases[i].column);
+        assert_string_equal(e.msg, want);
+    }
+}
+
 static void test_check_model_and_ranks(void **state) {
     fixture *f = *state;
     char path[512], text[1024], want[700];
@@ -580,6 +605,7 @@ int main(void) {
         cmocka_unit_test_setup_teardown(test_set_errors, setup, teardown),
         cmocka_unit_test_setup_teardown(test_distill_section, setup, teardown),
         cmocka_unit_test_setup_teardown(test_required_by_mode, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_reader_error_line, setup, teardown),
         cmocka_unit_test_setup_teardown(test_check_model_and_ranks, setup, teardown),
         cmocka_unit_test_setup_teardown(test_round_trip, setup, teardown),
         cmocka_unit_test_setup_teardown(test_resolved_diff, setup, teardown),
