@@ -823,7 +823,9 @@ static void sb_printf(sbuf *b, const char *fmt, ...) {
     sb_put(b, tmp, n < (int)sizeof tmp ? (size_t)n : sizeof tmp - 1);
 }
 
-/* YAML double-quoted string. */
+/* YAML double-quoted string that reads back as s: escaped are the characters libyaml
+ * refuses raw (C0 and C1 controls, DEL, U+FFFE, U+FFFF) or reads as a line break
+ * (U+0085, a C1 control). s is UTF-8 (the loader checks). */
 static void sb_quoted(sbuf *b, const char *s) {
     sb_put(b, "\"", 1);
     for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
@@ -832,6 +834,12 @@ static void sb_quoted(sbuf *b, const char *s) {
             sb_put(b, esc, 2);
         } else if (*p < 0x20 || *p == 0x7f) {
             sb_printf(b, "\\x%02x", *p);
+        } else if (*p == 0xc2 && p[1] >= 0x80 && p[1] <= 0x9f) { /* U+0080..U+009F */
+            sb_printf(b, "\\x%02x", p[1]);
+            p++;
+        } else if (*p == 0xef && p[1] == 0xbf && (p[2] == 0xbe || p[2] == 0xbf)) { /* U+FFFE, U+FFFF */
+            sb_printf(b, "\\u%s", p[2] == 0xbe ? "fffe" : "ffff");
+            p += 2;
         } else {
             sb_put(b, (const char *)p, 1);
         }

@@ -540,6 +540,20 @@ static void test_round_trip(void **state) {
     assert_memory_equal((char *)&f->a + lo, (char *)&f->b + lo, hi - lo);
     assert_int_equal(f->b.distill.enabled, 0);
     assert_int_equal(f->b.compress.n_d_ff, 0);
+
+    /* characters YAML refuses raw or reads as a line break: C1 controls (NEL among them),
+     * U+FFFE/FFFF, given raw (--set) or as escapes (a list entry); U+2028, U+FEFF and
+     * U+00A0 go out as they are */
+    const char *odd = "o\xc2\x80\xc2\x85\xc2\x9f\xe2\x80\xa8\xe2\x80\xa9\xef\xbb\xbf\xef\xbf\xbe\xef\xbf\xbf\xc2\xa0\xc3\xa9x";
+    char set_odd[128];
+    snprintf(set_odd, sizeof set_odd, "output.dir=%s", odd);
+    const char *sets_odd[] = {set_odd, "data.valid=[\"v\\x85\\u2028\\x80.h5\", plain.h5]"};
+    assert_int_equal(config_load(&f->a, write_yaml(f, "odd.yaml", minimal, path, sizeof path), sets_odd, 2, &e), 0);
+    assert_string_equal(f->a.output.dir, odd);
+    assert_string_equal(f->a.data.valid[0], "v\xc2\x85\xe2\x80\xa8\xc2\x80.h5");
+    assert_int_equal(config_write_resolved(&f->a, out, &e), 0);
+    assert_int_equal(config_load(&f->b, out, NULL, 0, &e), 0);
+    assert_memory_equal((char *)&f->a + lo, (char *)&f->b + lo, hi - lo);
 }
 
 /* The keys that changed between two resolved configs, by name, old -> new; the source
