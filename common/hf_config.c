@@ -65,7 +65,8 @@ static int get_pos_num(const char *file, const json_val *root, const char *key, 
 /* A token id: an int, or a list (its first element); absent -> *out untouched (the
  * default), null or [] -> -1 (none). */
 /* A token id key: an int, null (-1) or a list, whose first entry is *out and whose
- * entries go to list[0..*n) when list is given (at most cap; *n = 0 for an int). */
+ * entries go to list[0..*n) when list is given (*n = 0 for an int, and for a list of
+ * more than cap, whose first entry alone is then kept). */
 static int get_token_id(const char *file, const json_val *root, const char *key, int *out, int *list, int cap,
                         int *n, pc_err *e) {
     const json_val *v = json_get(root, key);
@@ -74,8 +75,7 @@ static int get_token_id(const char *file, const json_val *root, const char *key,
     if (n) *n = 0;
     if (json_is_null(v)) return 0;
     int is_list = v->type == JSON_ARRAY, count = is_list ? v->n : 1;
-    if (is_list && list && count > cap)
-        return pc_errorf(e, "%s: key '%s' lists %d ids, more than the %d supported", file, key, count, cap);
+    if (is_list && count > cap) list = NULL;
     for (int i = 0; i < count; i++) {
         int64_t x;
         if (json_int(is_list ? json_at(v, i) : v, &x) != 0 || x < 0 || x > INT32_MAX)

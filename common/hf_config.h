@@ -27,7 +27,7 @@ typedef struct llama_config {
     int rope_original_max_pos;
     int tie_word_embeddings;
     int bos_token_id, eos_token_id; /* -1: null (eos: a list's first entry) */
-    int eos_token_ids[8], n_eos_token_ids; /* a list eos_token_id (Llama 3's, up to 8), kept for the output */
+    int eos_token_ids[16], n_eos_token_ids; /* a list eos_token_id (Llama 3's, up to 16), kept for the output */
     char torch_dtype[16];  /* "float32", "bfloat16", "float16" */
 } llama_config;
 

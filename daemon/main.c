@@ -182,7 +182,8 @@ static int check_against_base(const pc_config *c, pc_err *e) {
     if (c->model.config[0] && c->model.base[0]) /* one would be ignored */
         return pc_errorf(e, "%s: model.config '%s' and model.base '%s' are both set: the model's shape and weights "
                             "come from model.base (pretrain continues from its weights); model.config is for a "
-                            "pretrain from random init. Set one of them",
+                            "pretrain from random init. Set one of them (to evaluate or compress a pretrained model "
+                            "from its pretrain job file: --set model.config=)",
                          c->source, c->model.config, c->model.base);
     if (config_mode_trains(m) &&
         (run_final_dir(c, final_dir, sizeof final_dir, e) != 0 || run_final_check(c, final_dir, e) != 0))

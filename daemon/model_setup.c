@@ -42,18 +42,20 @@ static int cuda_backend(run_ctx *r, int gpus, int *device, pc_err *e) {
                             "or CUDA_VISIBLE_DEVICES hides them)",
                          r->cfg.source, r->rank);
     uint64_t set = 1469598103934665603ull; /* FNV-1a of the visible GPUs' ids, in order */
-    char id[64], key[COMM_NODE_NAME_MAX + 80];
+    char id[64], key[COMM_NODE_NAME_MAX + 120];
     for (int i = 0; i < gpus; i++) {
         gpu_id(i, id, sizeof id);
         for (const char *p = id; *p; p++) set = (set ^ (unsigned char)*p) * 1099511628211ull;
         set = (set ^ ',') * 1099511628211ull;
     }
+    uint64_t node = 1469598103934665603ull; /* and of the node's name: keys of a fixed width */
+    for (const char *p = r->node; *p; p++) node = (node ^ (unsigned char)*p) * 1099511628211ull;
     int place, peers, at, sharing;
-    snprintf(key, sizeof key, "%016llx|%s", (unsigned long long)set, r->node);
+    snprintf(key, sizeof key, "%016llx|%016llx|%s", (unsigned long long)set, (unsigned long long)node, r->node);
     if (comm_key_ranks(r->comm, key, &place, &peers, e) != 0) return -1;
     *device = place % gpus;
     gpu_id(*device, id, sizeof id);
-    snprintf(key, sizeof key, "%s|%s", id, r->node);
+    snprintf(key, sizeof key, "%016llx|%s|%s", (unsigned long long)node, id, r->node);
     if (comm_key_ranks(r->comm, key, &at, &sharing, e) != 0) return -1;
     if (sharing > 1)
         LOGW(&r->log, "GPU %d (%s) of node %s is shared by %d ranks: start one rank per GPU (%d ranks here see these "

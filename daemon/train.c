@@ -189,14 +189,22 @@ static int save_final(run_ctx *r, trainer *t, pc_err *e) {
     char tmp[1100], old[1100];
     snprintf(tmp, sizeof tmp, "%s.tmp-%ld", r->final_dir, (long)getpid());
     snprintf(old, sizeof old, "%s.old-%ld", r->final_dir, (long)getpid());
+    char quoted[2200]; /* final_dir with glob's special characters escaped */
+    size_t q = 0, len = strlen(r->final_dir);
+    for (const char *s = r->final_dir; *s && q + 2 < sizeof quoted; s++) {
+        if (strchr("*?[]\\", *s)) quoted[q++] = '\\';
+        quoted[q++] = *s;
+    }
+    quoted[q] = '\0';
     for (int k = 0; k < 2; k++) { /* what a killed earlier save left: a partial model, or a */
-        char pattern[1200];      /* whole one moved aside (back in place if nothing replaced it) */
+        char pattern[2300];      /* whole one moved aside (back in place if nothing replaced it) */
         glob_t g;
-        snprintf(pattern, sizeof pattern, "%s%s", r->final_dir, k ? ".old-[0-9]*" : ".tmp-[0-9]*");
+        snprintf(pattern, sizeof pattern, "%s%s", quoted, k ? ".old-[0-9]*" : ".tmp-[0-9]*");
         if (glob(pattern, 0, NULL, &g) == 0)
             for (size_t i = 0; i < g.gl_pathc; i++) {
-                const char *pid = g.gl_pathv[i] + strlen(r->final_dir) + 5; /* after ".tmp-" / ".old-" */
-                if (pid[strspn(pid, "0123456789")] != '\0') continue;  /* not a name save_final gives */
+                if (strncmp(g.gl_pathv[i], r->final_dir, len) != 0 || strlen(g.gl_pathv[i]) < len + 5) continue;
+                const char *pid = g.gl_pathv[i] + len + 5; /* after ".tmp-" / ".old-" */
+                if (pid[strspn(pid, "0123456789")] != '\0') continue; /* not a name save_final gives */
                 if (!k || access(r->final_dir, F_OK) == 0 || rename(g.gl_pathv[i], r->final_dir) != 0)
                     pc_rm_rf(g.gl_pathv[i]);
             }

@@ -417,13 +417,20 @@ def case_output_is_base(fx):
                                       "--set", "run.mode=prune"])
     os.rename(nested, fx.base)
     expect_failure(rc2, out2, [nested, "model.base"], fx)
-    # output.dir a directory holding the base (its parent, given with "..")
-    above = os.path.join(fx.base, "..")
-    rc3, out3 = run_daemon(fx, extra=["--set", f"output.dir={above}"])
-    expect_failure(rc3, out3, [above, "model.base", "output.dir"], fx, before_work=True)
-    if (rc, rc_dry, rc2, rc3) != (2, 2, 2, 2) or snapshot(fx.base) != before:
-        raise SystemExit(f"FAIL: exits {rc}, {rc_dry}, {rc2}, {rc3} (expected 2: a config error), base unchanged: "
-                         f"{snapshot(fx.base) == before}")
+    # output.dir a directory holding the base (its parent, given through a symbolic link
+    # and "..": L/../../../NAME is above the root lexically, but L -> x/y, so the kernel's
+    # is the root itself, which holds the base); and the base itself that way
+    os.makedirs(os.path.join(fx.root, "x", "y"))
+    os.symlink(os.path.join(fx.root, "x", "y"), os.path.join(fx.root, "L"))
+    outs = [os.path.join(fx.root, "L", "..", "..", "..", os.path.basename(fx.root)),
+            os.path.join(fx.root, "L", "..", "..", "base")]
+    rcs = []
+    for above in outs:
+        rcs.append(run_daemon(fx, extra=["--set", f"output.dir={above}"]))
+        expect_failure(rcs[-1][0], rcs[-1][1], [above, "model.base", "output.dir"], fx, before_work=True)
+    if (rc, rc_dry, rc2) != (2, 2, 2) or any(r != 2 for r, _ in rcs) or snapshot(fx.base) != before:
+        raise SystemExit(f"FAIL: exits {rc}, {rc_dry}, {rc2}, {[r for r, _ in rcs]} (expected 2: a config error), "
+                         f"base unchanged: {snapshot(fx.base) == before}")
 
 
 def case_output_not_a_model(fx):
@@ -466,7 +473,8 @@ def case_output_in_run_dir(fx):
     before any work; RUN/final-2 (a directory of its own inside the run) is fine."""
     for path, needle in [(fx.run_dir, "run.dir"), (fx.root, "run.dir"),
                          (os.path.join(fx.run_dir, "checkpoints"), "checkpoints"),
-                         (os.path.join(fx.run_dir, "logs", "x"), "logs")]:
+                         (os.path.join(fx.run_dir, "logs", "x"), "logs"), (os.path.join(fx.run_dir, ".lock"), ".lock"),
+                         (os.path.join(fx.root, "new", "."), "ends in '.'")]:
         rc, out = run_daemon(fx, extra=["--set", f"output.dir={path}"])
         expect_failure(rc, out, [path, needle, "output.dir"], fx, before_work=True)
         if rc != 2:

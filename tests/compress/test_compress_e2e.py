@@ -90,14 +90,19 @@ def main():
     for name, text in [("chat_template.jinja", "{{ messages }}"), ("added_tokens.json", '{"<x>": 120}')]:
         with open(os.path.join(bdir, name), "w") as f:
             f.write(text)
-    d, out = os.path.join(root, "s0-tok2"), os.path.join(root, "out-dir")
-    pclib.projcompd(1, job, f"run.dir={d}", f"output.dir={out}/")  # output.dir, given with a trailing slash
+    # output.dir given with a trailing slash, under a name with glob characters ("[ab]"),
+    # beside a directory those characters would match as a pattern ("a"), which holds a
+    # name like a killed save's leftover: not the save's to remove
+    d, out = os.path.join(root, "s0-tok2"), os.path.join(root, "[ab]", "out-dir")
+    os.makedirs(os.path.join(root, "a", "out-dir.tmp-1"))
+    pclib.projcompd(1, job, f"run.dir={d}", f"output.dir={out}/")
     pclib.check(all(open(os.path.join(out, n)).read() == open(os.path.join(bdir, n)).read()
                     for n in ["chat_template.jinja", "added_tokens.json", "tokenizer.json"]),
                 "chat_template.jinja and added_tokens.json copied too (into output.dir)")
     pclib.check(not os.path.exists(os.path.join(d, "final")) and
-                sorted(n for n in os.listdir(root) if n.startswith("out-dir")) == ["out-dir"],
-                "output.dir holds the final model, nothing is left beside it")
+                sorted(n for n in os.listdir(os.path.dirname(out)) if n.startswith("out-dir")) == ["out-dir"] and
+                os.path.isdir(os.path.join(root, "a", "out-dir.tmp-1")),
+                "output.dir holds the final model, nothing is left beside it, and [ab]'s match a/ is untouched")
 
     # short runs: output loads in transformers and gives projcompd's validation loss
     first = {}
