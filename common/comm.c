@@ -5,7 +5,7 @@
  * instead of killing the job. Counts above the backend's chunk limit (INT_MAX elements,
  * MPI's int counts) are sent in pieces. With a watchdog (timeout_s > 0) every collective
  * is started non-blocking and polled; past the timeout it fails naming the operation and
- * the ranks that had not reached it (a roll call, rollcall.h), and the communicator
+ * the ranks that did not answer a roll call (rollcall.h), and the communicator
  * refuses further work because its peers are out of step. */
 #include "comm.h"
 
@@ -170,7 +170,7 @@ typedef struct mpi_impl {
     size_t started_count;   /* their elements, for messages */
     const char *started_op; /* the last one's op and dtype, for messages */
     comm_dtype started_t;
-    rollcall *roll;         /* who had not reached a collective that timed out */
+    rollcall *roll;         /* who did not answer, after a collective timed out */
     long long seq;          /* collectives begun, numbered alike on every rank */
 } mpi_impl;
 

@@ -73,8 +73,8 @@ static const pc_config_key pc_config_keys[] = {
     {.path = "run.collective_timeout", .type = PC_CT_DOUBLE, PC_AT(run.collective_timeout), .def = "600", .min = 0,
      .flags = PC_K_MIN,
      .doc = "Watchdog: a collective waiting longer than this many seconds (a peer rank died or hung) ends "
-            "the job with an error naming the operation and the ranks that had not reached it (0 = wait "
-            "forever)."},
+            "the job with an error naming the operation and the ranks that did not answer a roll call (0 = "
+            "wait forever)."},
     /* model */
     {.path = "model.base", .type = PC_CT_STRING, PC_AT(model.base), .def = "", .flags = PC_K_PATH,
      .required = PC_M_COMPRESS | PC_M_PRUNE | PC_M_EVAL | PC_M_IMPORTANCE,

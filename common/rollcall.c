@@ -142,22 +142,22 @@ static void collect(rollcall *r, long long seq, double grace) {
             name_rank(r, i, "", missing, sizeof missing, &n_missing);
         } else if (got[i].seq != seq) {
             got[i].op[sizeof got[i].op - 1] = '\0';
-            snprintf(extra, sizeof extra, ") at collective %lld (%s", got[i].seq, got[i].op);
+            snprintf(extra, sizeof extra, ", at collective %lld: %s", got[i].seq, got[i].op);
             name_rank(r, i, extra, elsewhere, sizeof elsewhere, &n_elsewhere);
         }
     }
     char a[640] = "", b[640] = "";
     if (n_missing) {
         finish_list(a, sizeof a, missing, n_missing);
-        snprintf(a + strlen(a), sizeof a - strlen(a), " had not reached it %.0f s later (hung, stopped or dead)",
-                 grace);
+        snprintf(a + strlen(a), sizeof a - strlen(a), " did not answer within %.0f s (hung, stopped or dead)", grace);
     }
     if (n_elsewhere) {
         finish_list(b, sizeof b, elsewhere, n_elsewhere);
-        snprintf(b + strlen(b), sizeof b - strlen(b), " timed out in another collective");
+        snprintf(b + strlen(b), sizeof b - strlen(b), " timed out elsewhere");
     }
     if (!n_missing && !n_elsewhere)
-        snprintf(r->verdict, sizeof r->verdict, "every rank reached it (the stall is in MPI or the network)");
+        snprintf(r->verdict, sizeof r->verdict, "every rank answered from this collective (the stall is in MPI or the "
+                                                "network)");
     else
         snprintf(r->verdict, sizeof r->verdict, "%s%s%s", a, a[0] && b[0] ? "; " : "", b);
 

@@ -1,4 +1,5 @@
-/* rollcall: after a collective timed out, which ranks had not reached it.
+/* rollcall: after a collective timed out, which ranks did not answer (hung, stopped or
+ * dead) or were at another one.
  *
  * A comm numbers its collectives (every rank calls them in the same order). When one
  * times out on a rank, that rank reports its number and operation to rank 0 over a

@@ -18,7 +18,7 @@
  * when a collective has not finished after timeout_s seconds (a rank died or hangs), or
  * NCCL reports any error, the communicator is aborted (ncclCommAbort) so that no kernel
  * keeps spinning or writes buffers later, and the call fails naming the rank and
- * operation (and, after a timeout, the ranks that had not reached it: rollcall.h); later
+ * operation (and, after a timeout, the ranks that did not answer a roll call: rollcall.h); later
  * calls fail at once. Initialisation is bounded by the MPI comm's
  * timeout_s, finalisation at exit by timeout_s (60 s when unset). */
 #include "comm_nccl.h"
@@ -50,7 +50,7 @@ typedef struct nccl_impl {
     int aborted;      /* the watchdog aborted the communicator */
     int started;      /* groups started (nc_group_start) and not waited for */
     ncall started_k;  /* what they were, for messages */
-    rollcall *roll;   /* who had not reached a collective that timed out */
+    rollcall *roll;   /* who did not answer, after a collective timed out */
     long long seq;    /* collectives begun */
 } nccl_impl;
 
@@ -126,7 +126,7 @@ static int failed(nccl_impl *n, const char *what, ncclResult_t r, pc_err *e) {
 }
 
 /* The watchdog's end: the communicator aborted, e naming `what` and, for a collective k
- * (NULL: set-up or finalisation), the ranks that had not reached it (rollcall.h). */
+ * (NULL: set-up or finalisation), the ranks that did not answer a roll call (rollcall.h). */
 static int timed_out(nccl_impl *n, const ncall *k, const char *what, double timeout, pc_err *e) {
     abort_comm(n);
     pc_errorf(e, "%s did not finish in %.0f s (run.collective_timeout): a rank died or hangs; the communicator was "

@@ -280,7 +280,7 @@ static void check_bf16_refused(ctx *t, comm *c) {
 }
 
 /* Rank `skip` skips an all_reduce; the others must time out, naming it, and its roll call
- * (rollcall.h) must name the rank that had not reached it: rank 0's verdict, in every
+ * (rollcall.h) must name the rank that did not answer: rank 0's verdict, in every
  * message, or, when rank 0 is the one that skipped, that rank 0 sent none. The skipping
  * rank then joins late (told over MPI_COMM_WORLD), so that the stale collective completes
  * and every rank can finalize. */
@@ -309,7 +309,7 @@ static void check_timeout(ctx *t, int skip) {
                      host);
         else
             snprintf(want + n, sizeof want - (size_t)n,
-                     "; roll call of collective 1%s: rank %d (host %s) had not reached it 1 s later (hung, stopped or "
+                     "; roll call of collective 1%s: rank %d (host %s) did not answer within 1 s (hung, stopped or "
                      "dead)",
                      t->rank == 0 ? "" : " by rank 0", skip, host);
         CHECK(strcmp(e.msg, want) == 0, "message: '%s', expected '%s'", e.msg, want);

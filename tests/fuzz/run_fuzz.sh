@@ -27,7 +27,7 @@ sources_of() {
         hf_config) echo json.c hf_config.c ;;
         config) echo json.c config.c ;;
         data_raw | data_gen) echo data.c ;;
-        ckpt) echo log.c comm.c ckpt.c ;;
+        ckpt) echo log.c comm.c rollcall.c ckpt.c ;;
     esac
 }
 max_len_of() {
@@ -67,7 +67,7 @@ build() {
             exit 77
         fi
         local s
-        for s in util.c json.c safetensors.c hf_config.c config.c data.c $( [ -f "$src/common/ckpt.c" ] && echo log.c comm.c ckpt.c); do
+        for s in util.c json.c safetensors.c hf_config.c config.c data.c $( [ -f "$src/common/ckpt.c" ] && echo log.c comm.c rollcall.c ckpt.c); do
             # shellcheck disable=SC2046
             "$CC" $CFLAGS $(pkg-config --cflags yaml-0.1 hdf5-serial ompi-c) -c "$src/common/$s" -o "$cache/obj/${s%.c}.o" &
         done
