@@ -14,7 +14,9 @@
 #                submission resumes a run only with RUN_DIR set to it, which the stop
 #                message names); the job YAML's run.dir is overridden with it
 #   LAUNCHER     srun | mpirun (default: srun when available, else mpirun)
-#   LAUNCH_ARGS  extra arguments for the launcher
+#   LAUNCH_ARGS  extra arguments for the launcher. srun gets --mpi=pmix where Slurm's
+#                MpiDefault is none (Open MPI cannot start under it), srun offers pmix
+#                and neither LAUNCH_ARGS nor SLURM_MPI_TYPE names a plugin
 #
 # Signals: Slurm sends USR1 to this batch shell 120 s before the time limit
 # (--signal=B:USR1@120) and TERM on preemption/scancel. The shell forwards USR1 to the
@@ -88,10 +90,22 @@ fi
 export OMPI_MCA_rmaps_base_oversubscribe=${OMPI_MCA_rmaps_base_oversubscribe:-1}
 if [ "$(id -u)" = 0 ]; then export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1; fi
 
+# srun's MPI plugin: Slurm's default MpiDefault=none gives Open MPI no way to wire up its
+# ranks (they die in MPI_Init), so where neither LAUNCH_ARGS nor SLURM_MPI_TYPE chooses
+# one, take pmix when this Slurm has it ("pmix" on a line of its own in srun --mpi=list)
+MPI_ARG=""
+if [ "$LAUNCHER" = srun ] && ! [[ " ${LAUNCH_ARGS:-} " =~ [[:space:]]--mpi[=[:space:]] ]] && [ -z "${SLURM_MPI_TYPE:-}" ]; then
+    MPI_DEFAULT=$(scontrol show config 2> /dev/null | sed -n 's/^MpiDefault *= *//p')
+    if [ "$MPI_DEFAULT" = none ] && srun --mpi=list 2>&1 | grep -Eq '(^|[[:space:]/])pmix[[:space:]]*$'; then
+        MPI_ARG=--mpi=pmix
+        log "Slurm's MpiDefault is none, under which Open MPI cannot start: launching with srun --mpi=pmix (LAUNCH_ARGS=--mpi=<plugin> chooses another)"
+    fi
+fi
+
 CMD=("$PROJCOMPD" --cfg "$JOB_YAML" "$@" --set "run.dir=$RUN_DIR")
 case "$LAUNCHER" in
     srun) LAUNCH=(srun --ntasks="$NTASKS" ${PER_NODE:+--ntasks-per-node="$PER_NODE"} --kill-on-bad-exit=1
-                  ${LAUNCH_ARGS:-}) ;;
+                  $MPI_ARG ${LAUNCH_ARGS:-}) ;;
     mpirun) LAUNCH=(mpirun -np "$NTASKS" ${LAUNCH_ARGS:-}) ;;
     *) echo "projcomp.sh: LAUNCHER must be srun or mpirun, not '$LAUNCHER'" >&2; exit 2 ;;
 esac
