@@ -3,7 +3,13 @@
 # CPU-only cluster with backend.device: cpu), resuming and requeueing across time limits.
 #
 #   sbatch slurm/projcomp.sh job.yaml [--set key.sub=value]...
-#   sbatch --nodes=4 --gpus-per-node=8 --time=24:00:00 slurm/projcomp.sh job.yaml
+#   sbatch --nodes=4 --ntasks-per-node=8 --gpus-per-node=8 --time=24:00:00 slurm/projcomp.sh job.yaml
+#   sbatch --gpus-per-node=0 --ntasks-per-node=4 slurm/projcomp.sh job.yaml --set backend.device=cpu
+#
+# With GPUs the script starts one rank per GPU, so --ntasks-per-node must be at least the
+# GPUs per node (it exits 2 saying so otherwise). CPU-only clusters need --gpus-per-node=0
+# (the default below asks for a GPU, which a cluster without GPUs rejects) and run one
+# rank per task.
 #
 # Knobs: the #SBATCH lines below (override any of them on the sbatch command line) and
 # these environment variables (pass with sbatch --export=ALL,NAME=value):
@@ -63,15 +69,6 @@ if [ -z "$PROJCOMPD" ] || [ ! -x "$PROJCOMPD" ]; then
     exit 2
 fi
 
-JOB_ID=${SLURM_JOB_ID:-local$$}
-PINNED=${RUN_DIR:+1} # a RUN_DIR given: the same command finds it again (the default has the job id)
-RUN_DIR=${RUN_DIR:-${SLURM_SUBMIT_DIR:-$PWD}/runs/${SLURM_JOB_NAME:-projcomp}-$JOB_ID}
-mkdir -p "$RUN_DIR/logs" || { echo "projcomp.sh: cannot create $RUN_DIR" >&2; exit 1; }
-LOG="$RUN_DIR/logs/slurm-$JOB_ID.log"
-RESTARTS=${SLURM_RESTART_COUNT:-0}
-
-log() { echo "$(date -u +%Y-%m-%dT%H:%M:%SZ) projcomp.sh job $JOB_ID (restart $RESTARTS): $*" | tee -a "$LOG" >&2; }
-
 # ranks: one per GPU of the allocation (nodes x GPUs per node) when it has GPUs, else
 # the allocation's tasks (CPU-only clusters)
 NTASKS=${SLURM_NTASKS:-${SLURM_NPROCS:-1}}
@@ -82,10 +79,39 @@ if [[ "$GPN" =~ ^[0-9]+$ ]] && [ "$GPN" -gt 0 ]; then
     PER_NODE=$GPN
     NTASKS=$((${SLURM_JOB_NUM_NODES:-1} * GPN))
 fi
+# one rank per GPU needs a task slot per GPU on every node (srun refuses more tasks than
+# the allocation has: "More processors requested than permitted"); SLURM_TASKS_PER_NODE
+# reads e.g. "8(x3),4"
+if [ -n "$PER_NODE" ] && [ -n "${SLURM_TASKS_PER_NODE:-}" ]; then
+    MIN_TPN=""
+    IFS=, read -r -a TPN_LIST <<< "$SLURM_TASKS_PER_NODE"
+    for TPN in "${TPN_LIST[@]}"; do
+        TPN=${TPN%%(*}
+        [[ "$TPN" =~ ^[0-9]+$ ]] || continue
+        if [ -z "$MIN_TPN" ] || [ "$TPN" -lt "$MIN_TPN" ]; then MIN_TPN=$TPN; fi
+    done
+    if [ -n "$MIN_TPN" ] && [ "$MIN_TPN" -lt "$PER_NODE" ]; then
+        echo "projcomp.sh: the allocation has $MIN_TPN task(s) on a node with $PER_NODE GPU(s), and the script starts one rank per GPU: submit with --ntasks-per-node=$PER_NODE --gpus-per-node=$PER_NODE (nothing was started)" >&2
+        exit 2
+    fi
+fi
 LAUNCHER=${LAUNCHER:-}
 if [ -z "$LAUNCHER" ]; then
     if command -v srun > /dev/null 2>&1 && [ -n "${SLURM_JOB_ID:-}" ]; then LAUNCHER=srun; else LAUNCHER=mpirun; fi
 fi
+if [ "$LAUNCHER" != srun ] && [ "$LAUNCHER" != mpirun ]; then
+    echo "projcomp.sh: LAUNCHER must be srun or mpirun, not '$LAUNCHER'" >&2
+    exit 2
+fi
+
+JOB_ID=${SLURM_JOB_ID:-local$$}
+PINNED=${RUN_DIR:+1} # a RUN_DIR given: the same command finds it again (the default has the job id)
+RUN_DIR=${RUN_DIR:-${SLURM_SUBMIT_DIR:-$PWD}/runs/${SLURM_JOB_NAME:-projcomp}-$JOB_ID}
+mkdir -p "$RUN_DIR/logs" || { echo "projcomp.sh: cannot create $RUN_DIR" >&2; exit 1; }
+LOG="$RUN_DIR/logs/slurm-$JOB_ID.log"
+RESTARTS=${SLURM_RESTART_COUNT:-0}
+
+log() { echo "$(date -u +%Y-%m-%dT%H:%M:%SZ) projcomp.sh job $JOB_ID (restart $RESTARTS): $*" | tee -a "$LOG" >&2; }
 
 export OMPI_MCA_rmaps_base_oversubscribe=${OMPI_MCA_rmaps_base_oversubscribe:-1}
 if [ "$(id -u)" = 0 ]; then export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1; fi
@@ -107,7 +133,6 @@ case "$LAUNCHER" in
     srun) LAUNCH=(srun --ntasks="$NTASKS" ${PER_NODE:+--ntasks-per-node="$PER_NODE"} --kill-on-bad-exit=1
                   $MPI_ARG ${LAUNCH_ARGS:-}) ;;
     mpirun) LAUNCH=(mpirun -np "$NTASKS" ${LAUNCH_ARGS:-}) ;;
-    *) echo "projcomp.sh: LAUNCHER must be srun or mpirun, not '$LAUNCHER'" >&2; exit 2 ;;
 esac
 
 SIGNALLED=""
