@@ -1,6 +1,7 @@
 #!/bin/bash
 # projcomp.sh: run projcompd on a Slurm allocation, one rank per GPU (or per task on a
-# CPU-only cluster with backend.device: cpu), resuming and requeueing across time limits.
+# CPU-only cluster with backend.device: cpu), resuming and requeueing across time limits
+# and preemption.
 #
 #   sbatch slurm/projcomp.sh job.yaml [--set key.sub=value]...
 #   sbatch --nodes=4 --ntasks-per-node=8 --gpus-per-node=8 --time=24:00:00 slurm/projcomp.sh job.yaml
@@ -24,14 +25,21 @@
 #                MpiDefault is none (Open MPI cannot start under it), srun offers pmix
 #                and neither LAUNCH_ARGS nor SLURM_MPI_TYPE names a plugin
 #
-# Signals: Slurm sends USR1 to this batch shell 120 s before the time limit
-# (--signal=B:USR1@120) and TERM on preemption/scancel. The shell forwards USR1 to the
-# ranks; projcompd agrees on it at the next step boundary, writes a checkpoint and exits
-# with status 3. When that happens because of a signal, the job requeues itself
-# (scontrol requeue) and the same command resumes from RUN_DIR/checkpoints/latest. Where
-# TERM reaches mpirun too, it kills the ranks and exits 1: a checkpoint published since
-# the start still counts as the stop (status 3).
-# Exit status: projcompd's (0 done; 3 stopped and requeued; other: failure).
+# Signals: projcompd stops at the next step boundary after SIGUSR1 or SIGTERM, writes a
+# checkpoint and exits 3. Slurm sends USR1 to this batch shell 120 s before the time
+# limit (--signal=B:USR1@120), which forwards it to the ranks; preemption (in its grace
+# time) and `scancel --signal` reach the ranks directly; a plain scancel or
+# `scontrol requeue` sends TERM to the ranks and this shell. After a stop the script asks
+# Slurm (scontrol show job) what is happening to the job: still RUNNING (time-limit
+# warning, preemption) -> it requeues the job (scontrol requeue) and the requeued job
+# resumes from RUN_DIR/checkpoints/latest; already requeued by Slurm (scontrol requeue,
+# preemption past its grace time) -> nothing to do; ending (scancel, the time limit
+# itself) -> not requeued, the log names the command that continues the run. Where TERM
+# reaches mpirun too, it kills the ranks and exits 1: a checkpoint published since the
+# start still counts as the stop (status 3).
+# Exit status: 0 finished (RUN_DIR/final written); 2 bad usage, allocation or config,
+# nothing started; 3 stopped after writing a checkpoint, which resumes the run (the last
+# log line says whether the job was requeued or how to continue it); other: failure.
 #SBATCH --job-name=projcomp
 #SBATCH --nodes=1
 #SBATCH --ntasks-per-node=1
@@ -142,7 +150,9 @@ forward() { # $1: the signal this shell received
     log "received SIG$1: asking the ranks to checkpoint and stop"
     if [ -n "$CHILD" ]; then
         if [ "$LAUNCHER" = srun ] && [ -n "${SLURM_JOB_ID:-}" ]; then
-            scancel --signal=USR1 "$SLURM_JOB_ID" 2> /dev/null || kill -USR1 "$CHILD" 2> /dev/null
+            # in the background, bounded: on a job being requeued scancel retries for
+            # minutes ("Job can not be altered now"), which would hold this shell
+            { timeout 10 scancel --signal=USR1 "$SLURM_JOB_ID" 2> /dev/null || kill -USR1 "$CHILD" 2> /dev/null; } &
         else
             kill -USR1 "$CHILD" 2> /dev/null # mpirun forwards USR1 to its ranks
         fi
@@ -178,14 +188,64 @@ if [ -n "$SIGNALLED" ] && [ "$STATUS" != 0 ] && [ "$STATUS" != 3 ] && [ "$(lates
     log "the launcher ended with status $STATUS after SIG$SIGNALLED, but checkpoint $(latest_now) was written: stopped"
     STATUS=3
 fi
-if [ "$PINNED" ]; then AGAIN="the same command"; else AGAIN="the same command with RUN_DIR=$RUN_DIR"; fi
-if [ "$STATUS" = 3 ]; then
-    if [ -n "$SIGNALLED" ] && [ -n "${SLURM_JOB_ID:-}" ]; then
-        log "stopped after a checkpoint on SIG$SIGNALLED: requeueing job $SLURM_JOB_ID to resume"
-        if scontrol requeue "$SLURM_JOB_ID"; then exit 3; fi
-        log "scontrol requeue failed: resubmit $AGAIN (sbatch --export=ALL,RUN_DIR=...) to resume from $RUN_DIR"
-    else
-        log "stopped after a checkpoint: rerun $AGAIN to resume from $RUN_DIR"
-    fi
+case "$STATUS" in
+    0) log "finished (status 0): the final weights are in $RUN_DIR/final"; exit 0 ;;
+    2) log "projcompd refused the command line or the job file (status 2): see $RUN_DIR/logs/projcompd-$JOB_ID.out"; exit 2 ;;
+esac
+
+# Stopped after a checkpoint (3) or failed. What comes next depends on Slurm's view of
+# the job, not on the signal this shell saw: preemption's grace-time TERM reaches the srun
+# ranks but not this shell, scancel's and scontrol requeue's TERM reach both. Still
+# RUNNING (the time-limit warning, preemption in its grace time, a signal sent to the
+# steps): a stop is requeued here. Its restart count past this run's (scontrol requeue,
+# preemption past its grace time): Slurm has requeued it. Anything else (COMPLETING:
+# scancel, the time limit itself): the job is ending and stays ended.
+if [ -n "${SLURM_JOB_ID:-}" ]; then
+    CONTINUE="submit it again with RUN_DIR=$RUN_DIR (sbatch --export=ALL,RUN_DIR=$RUN_DIR ... slurm/projcomp.sh ...)"
+    job_field() { scontrol show job "$SLURM_JOB_ID" 2> /dev/null | tr ' ' '\n' | sed -n "s/^$1=//p" | head -n 1; }
+    JOB_STATE=$(job_field JobState)
+    JOB_RESTARTS=$(job_field Restarts)
+    JOB_REASON=$(job_field Reason)
+    PREEMPTED_AT=$(job_field PreemptTime)
+else
+    if [ "$PINNED" ]; then CONTINUE="rerun the same command"; else CONTINUE="rerun the same command with RUN_DIR=$RUN_DIR"; fi
+    JOB_STATE="" JOB_RESTARTS="" JOB_REASON="" PREEMPTED_AT=""
 fi
-exit "$STATUS"
+REQUEUED_BY_SLURM=""
+if [[ "$JOB_RESTARTS" =~ ^[0-9]+$ ]] && [ "$JOB_RESTARTS" -gt "$RESTARTS" ]; then REQUEUED_BY_SLURM=1; fi
+
+if [ "$STATUS" != 3 ]; then
+    if [ -n "$SIGNALLED" ]; then
+        WHAT="stopped by SIG$SIGNALLED before a checkpoint was written (status $STATUS)"
+    else
+        WHAT="failed (status $STATUS): see $RUN_DIR/logs/projcompd-$JOB_ID.out and the rank logs beside it"
+    fi
+    if [ "$REQUEUED_BY_SLURM" ]; then
+        log "$WHAT; Slurm has requeued job $SLURM_JOB_ID already: it starts again from the last checkpoint, if any"
+    else
+        log "$WHAT; not requeued: to continue from the last checkpoint, if any, $CONTINUE"
+    fi
+    exit "$STATUS"
+fi
+
+if [ "$SIGNALLED" = USR1 ]; then
+    WHY="SIGUSR1, the time-limit warning"
+elif [ "$PREEMPTED_AT" != "" ] && [ "$PREEMPTED_AT" != None ]; then
+    WHY="preemption"
+elif [ -n "$SIGNALLED" ]; then
+    WHY="SIG$SIGNALLED"
+else
+    WHY="a signal to the ranks"
+fi
+STOPPED="stopped after checkpoint $(latest_now) on $WHY (status 3)"
+if [ -z "${SLURM_JOB_ID:-}" ]; then
+    log "$STOPPED: $CONTINUE to resume from $RUN_DIR"
+elif [ "$REQUEUED_BY_SLURM" ]; then
+    log "$STOPPED; Slurm has requeued job $SLURM_JOB_ID already: it resumes from $RUN_DIR when it runs again"
+elif [ "$JOB_STATE" = RUNNING ]; then
+    log "$STOPPED: requeueing job $SLURM_JOB_ID, which resumes from $RUN_DIR when it runs again"
+    scontrol requeue "$SLURM_JOB_ID" || log "scontrol requeue failed, so the job ends: to continue, $CONTINUE"
+else
+    log "$STOPPED while Slurm ends the job (JobState=${JOB_STATE:-unknown} Reason=${JOB_REASON:-unknown}: scancel, the time limit): not requeued; to continue, $CONTINUE"
+fi
+exit 3
