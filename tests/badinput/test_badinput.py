@@ -894,33 +894,32 @@ def case_data_empty_input(fx):
     data_case(fx, ["--out", o, p], [p, "empty input"], out_dir=o)
 
 
-def case_data_bad_fraction(fx):
-    o = os.path.join(fx.root, "out")
+def out_and_text(fx):
+    """An output directory to be (ROOT/out) and a small text file for projcomp-data."""
     p = os.path.join(fx.root, "t.txt")
     open(p, "w").write("hello\n\nworld\n")
+    return os.path.join(fx.root, "out"), p
+
+
+def case_data_bad_fraction(fx):
+    o, p = out_and_text(fx)
     data_case(fx, ["--out", o, "--valid-fraction", "1.5", p], ["--valid-fraction 1.5"], out_dir=o)
 
 
 def case_data_bad_shard_tokens(fx):
-    o = os.path.join(fx.root, "out")
-    p = os.path.join(fx.root, "t.txt")
-    open(p, "w").write("hello\n\nworld\n")
+    o, p = out_and_text(fx)
     data_case(fx, ["--out", o, "--shard-tokens", "-4", p], ["--shard-tokens -4"], out_dir=o)
 
 
 def case_data_eos_token_without_tokenizer(fx):
     """--eos-token names a token of --tokenizer's vocabulary: alone it is refused, not ignored."""
-    o = os.path.join(fx.root, "out")
-    p = os.path.join(fx.root, "t.txt")
-    open(p, "w").write("hello\n\nworld\n")
+    o, p = out_and_text(fx)
     data_case(fx, ["--out", o, "--eos-token", "</s>", p], ["--eos-token </s>: only with --tokenizer"], out_dir=o)
 
 
 def case_data_python_without_tokenizer(fx):
     """--python runs --tokenizer's helper: alone it is refused, not ignored."""
-    o = os.path.join(fx.root, "out")
-    p = os.path.join(fx.root, "t.txt")
-    open(p, "w").write("hello\n\nworld\n")
+    o, p = out_and_text(fx)
     data_case(fx, ["--out", o, "--python", "/nonexistent/python", p],
               ["--python /nonexistent/python: only with --tokenizer"], out_dir=o)
 
@@ -948,10 +947,9 @@ def case_data_out_exists(fx):
 
 
 def case_data_out_is_file(fx):
+    _, p = out_and_text(fx)
     o = os.path.join(fx.root, "out-file")
     open(o, "w").write("x")
-    p = os.path.join(fx.root, "t.txt")
-    open(p, "w").write("hello\n\nworld\n")
     data_case(fx, ["--out", o, p], [o])
 
 
