@@ -5,6 +5,7 @@
 #include <fcntl.h>
 #include <ftw.h>
 #include <libgen.h>
+#include <limits.h>
 #include <math.h>
 #include <stdarg.h>
 #include <stdlib.h>
@@ -309,4 +310,80 @@ uint16_t pc_f32_to_f16(float f) {
     }
     uint32_t r = a + 0xfffu + ((a >> 13) & 1u) - ((127u - 15u) << 23);
     return sign | (uint16_t)(r >> 13);
+}
+
+/* p made absolute (against the working directory), with repeated slashes, "." and ".."
+ * taken out lexically. */
+static int abs_norm(const char *p, char *out, size_t n) {
+    char buf[2 * PATH_MAX], cwd[PATH_MAX];
+    if (p[0] != '/' && !getcwd(cwd, sizeof cwd)) return -1;
+    if ((size_t)snprintf(buf, sizeof buf, "%s/%s", p[0] == '/' ? "" : cwd, p) >= sizeof buf) return -1;
+    size_t o = 0;
+    for (char *save = NULL, *c = strtok_r(buf, "/", &save); c; c = strtok_r(NULL, "/", &save)) {
+        if (!strcmp(c, ".")) continue;
+        if (!strcmp(c, "..")) {
+            while (o > 0 && out[o - 1] != '/') o--;
+            if (o > 0) o--;
+            continue;
+        }
+        size_t len = strlen(c);
+        if (o + 1 + len + 1 > n) return -1;
+        out[o++] = '/';
+        memcpy(out + o, c, len);
+        o += len;
+    }
+    if (o == 0) out[o++] = '/';
+    out[o] = '\0';
+    return 0;
+}
+
+/* p's canonical path: its longest prefix that exists resolved by realpath (symbolic
+ * links and "..", as the kernel follows them), the rest, which does not exist yet,
+ * normalised lexically. */
+int pc_path_canon(const char *p, char *out, size_t n) {
+    char a[PATH_MAX], cwd[PATH_MAX];
+    if (p[0] != '/' && !getcwd(cwd, sizeof cwd)) return -1;
+    if ((size_t)snprintf(a, sizeof a, "%s/%s", p[0] == '/' ? "" : cwd, p) >= sizeof a) return -1;
+    for (size_t cut = strlen(a);;) {
+        char head[PATH_MAX], r[PATH_MAX], joined[2 * PATH_MAX + 2];
+        memcpy(head, a, cut);
+        head[cut] = '\0';
+        if (realpath(cut ? head : "/", r)) {
+            snprintf(joined, sizeof joined, "%s/%s", r, a + cut);
+            return abs_norm(joined, out, n);
+        }
+        if (cut == 0) return -1;
+        while (cut > 0 && a[cut - 1] != '/') cut--; /* "/x/y" and the rest "/z" */
+        while (cut > 0 && a[cut - 1] == '/') cut--;
+    }
+}
+
+/* 1 when the existing directory outer is canonical path inner or one above it, by
+ * device and inode: another name of it (a bind mount) that no path comparison sees. */
+int pc_path_holds_inode(const char *outer, const char *inner) {
+    struct stat so, s, up;
+    char p[PATH_MAX];
+    if (stat(outer, &so) != 0 || !S_ISDIR(so.st_mode) || (size_t)snprintf(p, sizeof p, "%s", inner) >= sizeof p)
+        return 0;
+    while (stat(p, &s) != 0) { /* up to the part of inner that exists */
+        char *slash = strrchr(p, '/');
+        if (!slash || slash == p) return 0;
+        *slash = '\0';
+    }
+    for (int depth = 0; depth < 256; depth++) {
+        if (s.st_dev == so.st_dev && s.st_ino == so.st_ino) return 1;
+        size_t len = strlen(p);
+        if (len + 4 > sizeof p) return 0;
+        memcpy(p + len, "/..", 4);
+        if (stat(p, &up) != 0 || (up.st_dev == s.st_dev && up.st_ino == s.st_ino)) return 0; /* the root */
+        s = up;
+    }
+    return 0;
+}
+
+/* 1 when canonical path outer is inner or a directory above it. */
+int pc_path_holds(const char *outer, const char *inner) {
+    size_t n = strlen(outer);
+    if (!strcmp(outer, "/")) return 1;
+    return strncmp(inner, outer, n) == 0 && (inner[n] == '\0' || inner[n] == '/');
 }

@@ -50,6 +50,15 @@ int pc_mkdirs(const char *path, pc_err *e);
 void pc_rm_rf(const char *path);
 /* Join dir and name into out (size n). Returns -1 if truncated. */
 int pc_path_join(char *out, size_t n, const char *dir, const char *name);
+/* p's canonical absolute path into out (size n): its longest existing prefix resolved as
+ * the kernel resolves it (symbolic links, ".."), the rest normalised lexically. -1 when
+ * it does not fit or the working directory is unknown. */
+int pc_path_canon(const char *p, char *out, size_t n);
+/* 1 when canonical path outer is inner or a directory above it. */
+int pc_path_holds(const char *outer, const char *inner);
+/* 1 when the existing directory outer is canonical path inner, or a directory above it,
+ * by device and inode (another name of it, such as a bind mount). */
+int pc_path_holds_inode(const char *outer, const char *inner);
 
 /* splitmix64 / xoshiro-style deterministic RNG (pure function of its state). */
 typedef struct pc_rng {

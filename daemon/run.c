@@ -1,4 +1,5 @@
-/* run: run-directory setup, metrics.jsonl and the rank-0 progress line. */
+/* run: run-directory setup (with its lock, RUN/.lock), the checks of where the final model
+ * goes, metrics.jsonl and the rank-0 progress line. */
 #include "run.h"
 
 #include <dirent.h>
@@ -74,82 +75,6 @@ int run_final_replaceable(const char *dir, pc_err *e) {
     return 0;
 }
 
-/* p made absolute (against the working directory), with repeated slashes, "." and ".."
- * taken out lexically. */
-static int abs_norm(const char *p, char *out, size_t n) {
-    char buf[2 * PATH_MAX], cwd[PATH_MAX];
-    if (p[0] != '/' && !getcwd(cwd, sizeof cwd)) return -1;
-    if ((size_t)snprintf(buf, sizeof buf, "%s/%s", p[0] == '/' ? "" : cwd, p) >= sizeof buf) return -1;
-    size_t o = 0;
-    for (char *save = NULL, *c = strtok_r(buf, "/", &save); c; c = strtok_r(NULL, "/", &save)) {
-        if (!strcmp(c, ".")) continue;
-        if (!strcmp(c, "..")) {
-            while (o > 0 && out[o - 1] != '/') o--;
-            if (o > 0) o--;
-            continue;
-        }
-        size_t len = strlen(c);
-        if (o + 1 + len + 1 > n) return -1;
-        out[o++] = '/';
-        memcpy(out + o, c, len);
-        o += len;
-    }
-    if (o == 0) out[o++] = '/';
-    out[o] = '\0';
-    return 0;
-}
-
-/* p's canonical path: its longest prefix that exists resolved by realpath (symbolic
- * links and "..", as the kernel follows them), the rest, which does not exist yet,
- * normalised lexically. */
-static int canon(const char *p, char *out, size_t n) {
-    char a[PATH_MAX], cwd[PATH_MAX];
-    if (p[0] != '/' && !getcwd(cwd, sizeof cwd)) return -1;
-    if ((size_t)snprintf(a, sizeof a, "%s/%s", p[0] == '/' ? "" : cwd, p) >= sizeof a) return -1;
-    for (size_t cut = strlen(a);;) {
-        char head[PATH_MAX], r[PATH_MAX], joined[2 * PATH_MAX + 2];
-        memcpy(head, a, cut);
-        head[cut] = '\0';
-        if (realpath(cut ? head : "/", r)) {
-            snprintf(joined, sizeof joined, "%s/%s", r, a + cut);
-            return abs_norm(joined, out, n);
-        }
-        if (cut == 0) return -1;
-        while (cut > 0 && a[cut - 1] != '/') cut--; /* "/x/y" and the rest "/z" */
-        while (cut > 0 && a[cut - 1] == '/') cut--;
-    }
-}
-
-/* 1 when the existing directory outer is canonical path inner or one above it, by
- * device and inode: another name of it (a bind mount) that no path comparison sees. */
-static int holds_inode(const char *outer, const char *inner) {
-    struct stat so, s, up;
-    char p[PATH_MAX];
-    if (stat(outer, &so) != 0 || !S_ISDIR(so.st_mode) || (size_t)snprintf(p, sizeof p, "%s", inner) >= sizeof p)
-        return 0;
-    while (stat(p, &s) != 0) { /* up to the part of inner that exists */
-        char *slash = strrchr(p, '/');
-        if (!slash || slash == p) return 0;
-        *slash = '\0';
-    }
-    for (int depth = 0; depth < 256; depth++) {
-        if (s.st_dev == so.st_dev && s.st_ino == so.st_ino) return 1;
-        size_t len = strlen(p);
-        if (len + 4 > sizeof p) return 0;
-        memcpy(p + len, "/..", 4);
-        if (stat(p, &up) != 0 || (up.st_dev == s.st_dev && up.st_ino == s.st_ino)) return 0; /* the root */
-        s = up;
-    }
-    return 0;
-}
-
-/* 1 when canonical path outer is inner or a directory above it. */
-static int holds(const char *outer, const char *inner) {
-    size_t n = strlen(outer);
-    if (!strcmp(outer, "/")) return 1;
-    return strncmp(inner, outer, n) == 0 && (inner[n] == '\0' || inner[n] == '/');
-}
-
 int run_final_check(const pc_config *c, const char *final_dir, pc_err *e) {
     char f[PATH_MAX], run[PATH_MAX], base[PATH_MAX];
     const char *last = strrchr(final_dir, '/');
@@ -158,18 +83,18 @@ int run_final_check(const pc_config *c, const char *final_dir, pc_err *e) {
         return pc_errorf(e, "%s: output.dir ends in '%s': name the directory itself (the final model is written "
                             "beside it first, then renamed into place)",
                          final_dir, last);
-    if (canon(final_dir, f, sizeof f) != 0 || canon(c->run.dir, run, sizeof run) != 0)
+    if (pc_path_canon(final_dir, f, sizeof f) != 0 || pc_path_canon(c->run.dir, run, sizeof run) != 0)
         return pc_errorf(e, "%s: cannot resolve the final model's path against run.dir '%s'", final_dir, c->run.dir);
-    if (c->model.base[0] && canon(c->model.base, base, sizeof base) == 0 &&
-        (holds(f, base) || holds_inode(final_dir, base)))
+    if (c->model.base[0] && pc_path_canon(c->model.base, base, sizeof base) == 0 &&
+        (pc_path_holds(f, base) || pc_path_holds_inode(final_dir, base)))
         return pc_errorf(e, "%s: the final model would replace model.base '%s' (its directory is the base's or "
                             "holds it): set output.dir (or run.dir) to another directory",
                          final_dir, c->model.base);
-    if (holds(f, run) || holds_inode(final_dir, run))
+    if (pc_path_holds(f, run) || pc_path_holds_inode(final_dir, run))
         return pc_errorf(e, "%s: output.dir is run.dir '%s' or a directory holding it: the final model replaces its "
                             "directory whole; set output.dir to a directory of its own",
                          final_dir, c->run.dir);
-    if (holds(run, f)) { /* inside the run directory: not one of its own parts */
+    if (pc_path_holds(run, f)) { /* inside the run directory: not one of its own parts */
         static const char *const parts[] = {"config.resolved.yaml", "logs",     "metrics.jsonl", "importance.txt",
                                             "plan.txt",             "checkpoints", ".lock"};
         const char *sub = f + strlen(run) + (strcmp(run, "/") != 0);
