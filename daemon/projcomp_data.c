@@ -220,7 +220,10 @@ static int64_t add_file(stream *s, const char *path, pc_err *e) {
         if (len > 0 && line[len - 1] == '\n') len--;
         if (len > 0 && line[len - 1] == '\r') len--; /* CRLF */
         if (s->field) {
-            if (!is_blank(line, len)) rc = add_record(s, path, lineno, line, len, e);
+            const char *rec = line;
+            if (lineno == 1 && len >= 3 && !memcmp(rec, "\xEF\xBB\xBF", 3)) /* a UTF-8 BOM, as Python's utf-8-sig */
+                rec += 3, len -= 3;
+            if (!is_blank(rec, len)) rc = add_record(s, path, lineno, rec, len, e);
         } else if (is_blank(line, len)) {
             if (in_doc) rc = end_doc(s, e);
             in_doc = 0;
@@ -470,6 +473,13 @@ static int convert(const char *dir, const char *prefix, double valid_fraction, i
         print_split("valid", dir, prefix, s.n - cut, per_shard);
         printf("  valid holds %lld document%s%s\n", (long long)valid_docs, valid_docs == 1 ? "" : "s",
                s.n_docs < 2 && cut < s.n ? " (split inside the only document)" : "");
+        double got = (double)(s.n - cut) / (double)s.n;
+        if (valid_fraction > 0 && (got < 0.5 * valid_fraction || got > 2 * valid_fraction))
+            fprintf(stderr,
+                    "projcomp-data: warning: valid holds %.3g%% of the tokens, not the %.3g%% asked: the split falls "
+                    "on the document boundary nearest it, and a long document lies there (split the corpus into "
+                    "more documents, or give the validation text as its own input)\n",
+                    100 * got, 100 * valid_fraction);
     }
     for (int i = 0; i < w.n; i++) free(w.paths[i]);
     free(w.paths);

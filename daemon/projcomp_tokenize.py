@@ -33,11 +33,25 @@ def main():
         tok = Tokenizer.from_file(path)
     except Exception as e:  # the library raises its own exception types
         sys.exit(f"projcomp_tokenize: {path}: not a tokenizer.json the tokenizers library reads: {e}")
+    # a tokenizer.json saved after a padded or truncated call keeps those settings, which
+    # would pad a batch's documents to its longest or cut them: each is encoded whole
+    tok.no_padding()
+    tok.no_truncation()
     names = [sys.argv[2]] if len(sys.argv) == 3 and sys.argv[2] else \
         ["<|endoftext|>", "</s>", "<|end_of_text|>", "<eos>"]
     eos = next((tok.token_to_id(n) for n in names if tok.token_to_id(n) is not None), None)
     if eos is None:
         sys.exit(f"projcomp_tokenize: {path}: no eos token among {names}; name one with --eos-token")
+    added = tok.get_added_tokens_decoder() if hasattr(tok, "get_added_tokens_decoder") else {}
+    t = added.get(eos)
+    if t is not None and not t.special:  # flagged special, its text in a document is encoded as text below
+        from tokenizers import AddedToken
+        tok.add_special_tokens([AddedToken(t.content, single_word=t.single_word, lstrip=t.lstrip, rstrip=t.rstrip,
+                                           normalized=t.normalized, special=True)])
+    elif t is None and added:
+        print(f"projcomp_tokenize: warning: {path}: the eos token (id {eos}) is an ordinary token of the "
+              f"vocabulary, not one of its added tokens: text may produce id {eos} inside a document",
+              file=sys.stderr)
     # ids may have gaps: the shards' vocab_size must exceed every one, not count them
     vocab = max(tok.get_vocab_size(with_added_tokens=True),
                 1 + max(tok.get_vocab(with_added_tokens=True).values(), default=-1))
@@ -45,7 +59,9 @@ def main():
     # such: only projcomp-data's own eos ends a document
     tok.encode_special_tokens = True
     out, inp = sys.stdout.buffer, sys.stdin.buffer
-    out.write(f"{vocab} {eos} {os.path.basename(os.path.dirname(os.path.abspath(path))) or path}\n".encode())
+    name = os.path.basename(os.path.dirname(os.path.abspath(path))) or path
+    name = name.replace("\n", " ").replace("\r", " ")  # the header is one line
+    out.write(f"{vocab} {eos} {name}\n".encode())
     out.flush()
     u32 = next(c for c in "IL" if array.array(c).itemsize == 4)  # uint32 on every platform
     while True:

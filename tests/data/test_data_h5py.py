@@ -369,6 +369,27 @@ class Tool(TmpDirCase):
         self.assertEqual(r.returncode, 0, r.stderr)
         self.assertEqual(sorted(os.listdir(self.p("o"))), ["train-00000.h5"])
 
+    def test_skewed_split_warns(self):
+        """One long document at the cut: the split falls far from --valid-fraction, and says so."""
+        with open(self.p("t.txt"), "w") as f:
+            f.write("\n\n".join("x" * n for n in (100, 100000, 10)) + "\n")
+        r = run(TOOL, "--out", self.p("o"), "--valid-fraction", "0.3", self.p("t.txt"))
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertIn("warning: valid holds 0.011% of the tokens, not the 30% asked", r.stderr)
+        r = run(TOOL, "--out", self.p("o2"), "--valid-fraction", "0.3", self.p("t.txt"), self.p("t.txt"),
+                self.p("t.txt"))  # within a factor of 2: no warning
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertNotIn("warning", r.stderr)
+
+    def test_jsonl_bom(self):
+        """A JSON Lines file that starts with a UTF-8 BOM, as Python's utf-8-sig reads it."""
+        with open(self.p("b.jsonl"), "wb") as f:
+            f.write(b'\xef\xbb\xbf{"text": "bom"}\n{"text": "two"}\n')
+        r = run(TOOL, "--out", self.p("o"), "--jsonl", "--valid-fraction", "0", self.p("b.jsonl"))
+        self.assertEqual(r.returncode, 0, r.stderr)
+        with h5py.File(self.p("o/train-00000.h5")) as f:
+            self.assertEqual(f["tokens"][:].tolist(), list(b"bom") + [256] + list(b"two") + [256])
+
     def test_jsonl(self):
         import json
         recs = [{"text": "one line", "id": 1}, {"id": 2, "text": "two\nlines\n\nand a blank one"},

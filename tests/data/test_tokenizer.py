@@ -5,14 +5,15 @@ converts a text file with it; every document in the shards must equal the librar
 encoding of that paragraph followed by eos, with vocab_size and eos_id recorded. A
 tokenizer without a known eos token is refused unless --eos-token names one. A vocabulary
 with gaps records its largest id + 1, and a document's text that spells the eos token
-stays text."""
+stays text, also where the eos is not flagged special; padding and truncation saved in a
+tokenizer.json do not reach the shards."""
 import os
 import subprocess
 import sys
 
 import h5py
 import numpy as np
-from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+from tokenizers import AddedToken, Tokenizer, models, pre_tokenizers, trainers
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 import pclib  # noqa: E402
@@ -104,6 +105,34 @@ def main():
     pclib.check(vocab == 8 and got == [1, 7, 5, 7, 1, 0, 0, 0, 1, 5] and name == "tok gap",
                 f"ids with gaps: vocab_size {vocab} (want 8), tokens {got} (the spelled </s> as text: "
                 f"[1, 7, 5, 7, 1, 0, 0, 0, 1, 5]), tokenizer '{name}'")
+
+    # a tokenizer.json saved with padding and truncation on (each document is encoded
+    # whole all the same: transformers turns them off too), whose eos is an added token not
+    # flagged special (its spelling in a document stays text), in a directory whose name
+    # holds a newline (the helper's one-line header stays one line)
+    tok = Tokenizer(models.WordLevel({"<unk>": 0, "a": 1, "b": 2}, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.add_tokens([AddedToken("</s>", special=False)])
+    tok.enable_padding(pad_id=0, pad_token="<unk>")
+    tok.enable_truncation(max_length=2)
+    tj = os.path.join(root, "tok\nnl", "tokenizer.json")
+    os.makedirs(os.path.dirname(tj))
+    tok.save(tj)
+    docs = os.path.join(root, "docs.txt")
+    with open(docs, "w") as f:
+        f.write("a b a b\n\nb </s> a\n")
+    out = os.path.join(root, "out-pad")
+    p = subprocess.run([pclib.PROJCOMP_DATA, "--out", out, "--valid-fraction", "0", "--tokenizer", tj, docs],
+                       env=dict(pclib.env(), PROJCOMP_PYTHON=sys.executable), capture_output=True, text=True,
+                       timeout=60)
+    pclib.check(p.returncode == 0, f"padding, truncation, a plain eos: converted ({p.stderr.strip()})")
+    with h5py.File(os.path.join(out, "train-00000.h5")) as f:
+        d = f["tokens"]
+        got, eos_id, name = d[:].tolist(), int(d.attrs["eos_id"]), d.attrs["tokenizer"]
+    name = name.decode() if isinstance(name, bytes) else str(name)
+    pclib.check(got == [1, 2, 1, 2, 3, 2, 0, 0, 0, 1, 3] and eos_id == 3 and name == "tok nl",
+                f"documents whole, unpadded, the spelled </s> as text: {got} (want [1, 2, 1, 2, 3, 2, 0, 0, 0, 1, "
+                f"3]), eos_id {eos_id}, tokenizer '{name}'")
 
     # no known eos token and none named: a clear error, nothing written
     tok = Tokenizer(models.WordLevel({"a": 0, "[UNK]": 1}, unk_token="[UNK]"))
