@@ -173,8 +173,10 @@ static int parse_cli(int argc, char **argv, cli *c, int rank) {
 }
 
 /* What needs the base model's config.json (its widths, the per-layer d_ff list) is
- * checked before any work too, so these mistakes also exit with status 2; so is a
- * pretrain job's model.config, and a final model directory that is the base's own. */
+ * checked before any work too, so these mistakes also exit with status 2; so are a
+ * pretrain job's model.config, model.config beside model.base, and where the final model
+ * would go (run_final_check: not the base, the run directory, nor anything but an
+ * earlier output model). */
 static int check_against_base(const pc_config *c, pc_err *e) {
     llama_config lc;
     const char *m = c->run.mode;
