@@ -312,6 +312,16 @@ uint16_t pc_f32_to_f16(float f) {
     return sign | (uint16_t)(r >> 13);
 }
 
+char *pc_glob_escape(const char *path) {
+    char *g = pc_malloc(2 * strlen(path) + 1), *o = g;
+    for (const char *p = path; *p; p++) {
+        if (strchr("*?[]\\", *p)) *o++ = '\\';
+        *o++ = *p;
+    }
+    *o = '\0';
+    return g;
+}
+
 /* p made absolute (against the working directory), with repeated slashes, "." and ".."
  * taken out lexically. */
 static int abs_norm(const char *p, char *out, size_t n) {

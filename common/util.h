@@ -50,6 +50,8 @@ int pc_mkdirs(const char *path, pc_err *e);
 void pc_rm_rf(const char *path);
 /* Join dir and name into out (size n). Returns -1 if truncated. */
 int pc_path_join(char *out, size_t n, const char *dir, const char *name);
+/* path as a glob(3) pattern matching exactly itself (malloc'd). */
+char *pc_glob_escape(const char *path);
 /* p's canonical absolute path into out (size n): its longest existing prefix resolved as
  * the kernel resolves it (symbolic links, ".."), the rest normalised lexically. -1 when
  * it does not fit or the working directory is unknown. */

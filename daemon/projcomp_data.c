@@ -312,17 +312,6 @@ static int fill_from_spool(void *ctx, int64_t at, int64_t len, uint32_t *dst, pc
     return spool_read(src->s->tok, src->s->dir, src->first + at, len, sizeof *dst, dst, e);
 }
 
-/* The path as a glob matching exactly itself. */
-static char *glob_escape(const char *path) {
-    char *g = pc_malloc(2 * strlen(path) + 1), *o = g;
-    for (const char *p = path; *p; p++) {
-        if (strchr("*?[]\\", *p)) *o++ = '\\';
-        *o++ = *p;
-    }
-    *o = '\0';
-    return g;
-}
-
 /* A shard is written as <its name>.partial and renamed to its name once every shard of
  * the run is written (publish): a run that is killed leaves only .partial files, which the
  * job globs (*.h5) do not match and a rerun replaces. */
@@ -379,7 +368,7 @@ static void remove_stale_partials(const char *dir, const char *prefix, const cha
     char path[4096], pattern[4300];
     if (shard_path(path, sizeof path, dir, prefix, split, 0)) return;
     path[strlen(path) - strlen("00000.h5")] = '\0'; /* the name up to the shard number */
-    char *g = glob_escape(path);
+    char *g = pc_glob_escape(path);
     snprintf(pattern, sizeof pattern, "%s[0-9][0-9][0-9][0-9][0-9].h5" PARTIAL, g);
     free(g);
     for (int tmp = 0; tmp < 2; tmp++) { /* NAME.h5.partial, and a killed write's NAME.h5.partial.tmp */
@@ -546,7 +535,7 @@ static int inspect(const char *arg, pc_err *e) {
     struct stat st;
     int exists = stat(arg, &st) == 0;
     if (!exists && !strpbrk(arg, "*?[")) return pc_errorf(e, "%s: cannot open: %s", arg, strerror(errno));
-    char *g = exists ? glob_escape(arg) : pc_strdup(arg);
+    char *g = exists ? pc_glob_escape(arg) : pc_strdup(arg);
     const char *globs[1] = {g};
     data_set *d = NULL;
     int rc = data_open(globs, 1, 0, 0, &d, e);

@@ -189,13 +189,8 @@ static int save_final(run_ctx *r, trainer *t, pc_err *e) {
     char tmp[1100], old[1100];
     snprintf(tmp, sizeof tmp, "%s.tmp-%ld", r->final_dir, (long)getpid());
     snprintf(old, sizeof old, "%s.old-%ld", r->final_dir, (long)getpid());
-    char quoted[2200]; /* final_dir with glob's special characters escaped */
-    size_t q = 0, len = strlen(r->final_dir);
-    for (const char *s = r->final_dir; *s && q + 2 < sizeof quoted; s++) {
-        if (strchr("*?[]\\", *s)) quoted[q++] = '\\';
-        quoted[q++] = *s;
-    }
-    quoted[q] = '\0';
+    char *quoted = pc_glob_escape(r->final_dir);
+    size_t len = strlen(r->final_dir);
     for (int k = 0; k < 2; k++) { /* what a killed earlier save left: a partial model, or a */
         char pattern[2300];      /* whole one moved aside (back in place if nothing replaced it) */
         glob_t g;
@@ -210,6 +205,7 @@ static int save_final(run_ctx *r, trainer *t, pc_err *e) {
             }
         globfree(&g);
     }
+    free(quoted);
     int rc = llama_save_safetensors(&t->m, tmp, dt, e);
     if (rc == 0 && c->model.base[0]) rc = copy_tokenizer(c->model.base, tmp, e);
     if (rc == 0 && pc_fsync_dir(tmp, e) != 0) rc = -1;
