@@ -8,6 +8,7 @@
 
 #include "attn_auto.h"
 #include "backend_cuda.h"
+#include "ckpt.h"
 #include "comm_nccl.h"
 #include "comm_staged.h"
 #include "device.h"
@@ -41,15 +42,14 @@ static int cuda_backend(run_ctx *r, int gpus, int *device, pc_err *e) {
         return pc_errorf(e, "%s: backend.device is 'cuda' but rank %d sees no GPU (a build without CUDA, no driver, "
                             "or CUDA_VISIBLE_DEVICES hides them)",
                          r->cfg.source, r->rank);
-    uint64_t set = 1469598103934665603ull; /* FNV-1a of the visible GPUs' ids, in order */
+    ckpt_hash h; /* of the visible GPUs' ids, in order, and of the node's name: keys of a fixed width */
     char id[64], key[COMM_NODE_NAME_MAX + 120];
+    ckpt_hash_init(&h, 0);
     for (int i = 0; i < gpus; i++) {
         gpu_id(i, id, sizeof id);
-        for (const char *p = id; *p; p++) set = (set ^ (unsigned char)*p) * 1099511628211ull;
-        set = (set ^ ',') * 1099511628211ull;
+        ckpt_hash_update(&h, id, strlen(id) + 1);
     }
-    uint64_t node = 1469598103934665603ull; /* and of the node's name: keys of a fixed width */
-    for (const char *p = r->node; *p; p++) node = (node ^ (unsigned char)*p) * 1099511628211ull;
+    uint64_t set = ckpt_hash_final(&h), node = ckpt_xxh64(r->node, strlen(r->node), 0);
     int place, peers, at, sharing;
     snprintf(key, sizeof key, "%016llx|%016llx|%s", (unsigned long long)set, (unsigned long long)node, r->node);
     if (comm_key_ranks(r->comm, key, &place, &peers, e) != 0) return -1;
@@ -89,11 +89,9 @@ int run_backend(run_ctx *r, pc_err *e) {
     const char *dev = r->cfg.backend.device;
     int gpus = pc_cuda_device_count(), device = -1;
     int cuda = !strcmp(dev, "cuda") || (!strcmp(dev, "auto") && gpus > 0);
-    int32_t mine = cuda, lo = 0, hi = 0; /* auto: a rank that sees no GPU would train on its CPU, out of step */
-    if (comm_all_reduce(r->comm, &mine, &lo, 1, COMM_I32, COMM_MIN, e) != 0 ||
-        comm_all_reduce(r->comm, &mine, &hi, 1, COMM_I32, COMM_MAX, e) != 0)
-        return -1;
-    if (lo != hi) {
+    int32_t mine[2] = {cuda, !cuda}, any[2]; /* auto: a rank that sees no GPU would train on its CPU, out of step */
+    if (comm_all_reduce(r->comm, mine, any, 2, COMM_I32, COMM_MAX, e) != 0) return -1;
+    if (any[0] && any[1]) { /* some ranks on the GPU, some not */
         const char *vis = getenv("CUDA_VISIBLE_DEVICES");
         if (cuda)
             return pc_errorf(e, "rank %d: backend.device auto: another rank sees no GPU and would train on its CPU "
