@@ -19,6 +19,26 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 import pclib  # noqa: E402
 
 
+def convert_one(root, tok, dirname, text, what):
+    """Save tok as ROOT/DIRNAME/tokenizer.json, convert text with it (no validation split)
+    and return the shard's ids, vocab_size, eos_id and tokenizer name."""
+    tj = os.path.join(root, dirname, "tokenizer.json")
+    os.makedirs(os.path.dirname(tj))
+    tok.save(tj)
+    src, out = os.path.join(root, what.replace(" ", "-") + ".txt"), os.path.join(root, "out-" + what.replace(" ", "-"))
+    with open(src, "w") as f:
+        f.write(text)
+    p = subprocess.run([pclib.PROJCOMP_DATA, "--out", out, "--valid-fraction", "0", "--tokenizer", tj, src],
+                       env=dict(pclib.env(), PROJCOMP_PYTHON=sys.executable), capture_output=True, text=True,
+                       timeout=120)
+    pclib.check(p.returncode == 0, f"{what}: converted ({p.stderr.strip()})")
+    with h5py.File(os.path.join(out, "train-00000.h5")) as f:
+        d = f["tokens"]
+        name = d.attrs["tokenizer"]
+        return (d[:].tolist(), int(d.attrs["vocab_size"]), int(d.attrs["eos_id"]),
+                name.decode() if isinstance(name, bytes) else str(name))
+
+
 def main():
     root = pclib.tmpdir("pc-tok-")
     paras = [f"Paragraph {i}: the model, the rank and the shard ({i * 7}).\nA second line {i}." for i in range(9000)]
@@ -87,21 +107,7 @@ def main():
     tok = Tokenizer(models.WordLevel({"<unk>": 0, "a": 1, "b": 7, "</s>": 5}, unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
     tok.add_special_tokens(["</s>"])
-    tj = os.path.join(root, "tok gap", "tokenizer.json")
-    os.makedirs(os.path.dirname(tj))
-    tok.save(tj)
-    spelled = os.path.join(root, "spelled.txt")
-    with open(spelled, "w") as f:
-        f.write("a b\n\nb a </s> a\n")
-    out = os.path.join(root, "out-gap")
-    p = subprocess.run([pclib.PROJCOMP_DATA, "--out", out, "--valid-fraction", "0", "--tokenizer", tj, spelled],
-                       env=dict(pclib.env(), PROJCOMP_PYTHON=sys.executable), capture_output=True, text=True,
-                       timeout=120)
-    pclib.check(p.returncode == 0, f"ids with gaps: converted ({p.stderr.strip()})")
-    with h5py.File(os.path.join(out, "train-00000.h5")) as f:
-        d = f["tokens"]
-        got, vocab, name = d[:].tolist(), int(d.attrs["vocab_size"]), d.attrs["tokenizer"]
-    name = name.decode() if isinstance(name, bytes) else str(name)
+    got, vocab, _, name = convert_one(root, tok, "tok gap", "a b\n\nb a </s> a\n", "ids with gaps")
     pclib.check(vocab == 8 and got == [1, 7, 5, 7, 1, 0, 0, 0, 1, 5] and name == "tok gap",
                 f"ids with gaps: vocab_size {vocab} (want 8), tokens {got} (the spelled </s> as text: "
                 f"[1, 7, 5, 7, 1, 0, 0, 0, 1, 5]), tokenizer '{name}'")
@@ -115,21 +121,8 @@ def main():
     tok.add_tokens([AddedToken("</s>", special=False)])
     tok.enable_padding(pad_id=0, pad_token="<unk>")
     tok.enable_truncation(max_length=2)
-    tj = os.path.join(root, "tok\nnl", "tokenizer.json")
-    os.makedirs(os.path.dirname(tj))
-    tok.save(tj)
-    docs = os.path.join(root, "docs.txt")
-    with open(docs, "w") as f:
-        f.write("a b a b\n\nb </s> a\n")
-    out = os.path.join(root, "out-pad")
-    p = subprocess.run([pclib.PROJCOMP_DATA, "--out", out, "--valid-fraction", "0", "--tokenizer", tj, docs],
-                       env=dict(pclib.env(), PROJCOMP_PYTHON=sys.executable), capture_output=True, text=True,
-                       timeout=60)
-    pclib.check(p.returncode == 0, f"padding, truncation, a plain eos: converted ({p.stderr.strip()})")
-    with h5py.File(os.path.join(out, "train-00000.h5")) as f:
-        d = f["tokens"]
-        got, eos_id, name = d[:].tolist(), int(d.attrs["eos_id"]), d.attrs["tokenizer"]
-    name = name.decode() if isinstance(name, bytes) else str(name)
+    got, _, eos_id, name = convert_one(root, tok, "tok\nnl", "a b a b\n\nb </s> a\n",
+                                       "padding, truncation, a plain eos")
     pclib.check(got == [1, 2, 1, 2, 3, 2, 0, 0, 0, 1, 3] and eos_id == 3 and name == "tok nl",
                 f"documents whole, unpadded, the spelled </s> as text: {got} (want [1, 2, 1, 2, 3, 2, 0, 0, 0, 1, "
                 f"3]), eos_id {eos_id}, tokenizer '{name}'")
