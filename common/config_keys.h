@@ -253,7 +253,8 @@ static const pc_config_key pc_config_keys[] = {
      .doc = "CPU threads per rank for BLAS and the CPU ops (0 = the node's cores divided by its ranks, at most the CPUs the rank is bound to)."},
     /* output */
     {.path = "output.dir", .type = PC_CT_STRING, PC_AT(output.dir), .def = "", .flags = PC_K_PATH,
-     .doc = "Where the final HF model is written (\"\" = RUN/final); not model.base's own directory."},
+     .doc = "Where the final HF model is written (\"\" = RUN/final); not model.base's own directory, "
+            "nor one holding another run's model (its projcompd.json names the run.dir that wrote it)."},
     {.path = "output.dtype", .type = PC_CT_ENUM, PC_AT(output.dtype), .def = "f32", .choices = "bf16|f32",
      .doc = "dtype of the tensors in the final model.safetensors."},
 };

@@ -13,6 +13,8 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "json.h"
+
 int run_final_dir(const pc_config *c, char *out, size_t n, pc_err *e) {
     if (c->output.dir[0]) {
         if ((size_t)snprintf(out, n, "%s", c->output.dir) >= n)
@@ -29,12 +31,15 @@ const char *const run_tokenizer_files[] = {"tokenizer.json",      "tokenizer_con
                                            "added_tokens.json",   "chat_template.jinja",   "generation_config.json",
                                            NULL};
 
-/* A file projcompd writes into a model directory (llama_save_safetensors, the tokenizer's),
- * or one the Hugging Face tools add to a model directory (a model card, the upload cache). */
+const char run_provenance_file[] = "projcompd.json";
+
+/* A file projcompd writes into a model directory (llama_save_safetensors, the tokenizer's,
+ * its provenance), or one the Hugging Face tools add to a model directory (a model card,
+ * the upload cache). */
 static int final_file(const char *name) {
-    static const char *const model_files[] = {"config.json", "model.safetensors", "model.safetensors.index.json",
-                                              "README.md",   ".gitattributes",    ".cache",
-                                              NULL};
+    static const char *const model_files[] = {"config.json",    "model.safetensors", "model.safetensors.index.json",
+                                              "README.md",      ".gitattributes",    ".cache",
+                                              run_provenance_file, NULL};
     for (const char *const *f = model_files; *f; f++)
         if (!strcmp(name, *f)) return 1;
     for (const char *const *f = run_tokenizer_files; *f; f++)
@@ -47,7 +52,55 @@ static int final_file(const char *name) {
     return 1;
 }
 
-int run_final_replaceable(const char *dir, pc_err *e) {
+int run_provenance_write(const pc_config *c, const char *dir, pc_err *e) {
+    char run[PATH_MAX], base[PATH_MAX], path[PATH_MAX + 32];
+    if (pc_path_canon(c->run.dir, run, sizeof run) != 0)
+        return pc_errorf(e, "run.dir '%s': cannot resolve its path", c->run.dir);
+    if (pc_path_join(path, sizeof path, dir, run_provenance_file) != 0)
+        return pc_errorf(e, "%s: path too long", dir);
+    json_buf b;
+    json_buf_init(&b);
+    json_buf_puts(&b, "{\"run_dir\": ");
+    json_buf_str(&b, run);
+    json_buf_puts(&b, ", \"mode\": ");
+    json_buf_str(&b, c->run.mode);
+    json_buf_puts(&b, ", \"steps\": ");
+    json_buf_int(&b, c->train.steps);
+    json_buf_puts(&b, ", \"base\": ");
+    if (c->model.base[0] && pc_path_canon(c->model.base, base, sizeof base) == 0)
+        json_buf_str(&b, base);
+    else
+        json_buf_puts(&b, "null");
+    json_buf_puts(&b, ", \"projcompd\": \"" PC_VERSION "\"}\n");
+    int rc = pc_write_file_atomic(path, b.data, b.len, e);
+    json_buf_free(&b);
+    return rc;
+}
+
+int run_final_other_run(const pc_config *c, const char *dir, char *owner, size_t n) {
+    char run[PATH_MAX], d[PATH_MAX], path[PATH_MAX + 32];
+    if (pc_path_canon(c->run.dir, run, sizeof run) != 0 || pc_path_canon(dir, d, sizeof d) != 0) return 0;
+    if (pc_path_holds(run, d)) return 0; /* RUN/final: this run's by its place (a run directory moved keeps it) */
+    if (pc_path_join(path, sizeof path, dir, run_provenance_file) != 0) return 0;
+    char *text;
+    size_t len;
+    pc_err ignored;
+    json_val *root = NULL;
+    if (pc_read_file(path, &text, &len, &ignored) != 0) return 0; /* none: written before provenance was kept */
+    int other = 0;
+    if (json_parse(text, len, &root, &ignored) == 0) {
+        const char *w = json_str(json_get(root, "run_dir"));
+        if (w && strcmp(w, run) != 0) {
+            other = 1;
+            snprintf(owner, n, "%s", w);
+        }
+    }
+    json_free(root);
+    free(text);
+    return other;
+}
+
+int run_final_replaceable(const pc_config *c, const char *dir, pc_err *e) {
     struct stat st;
     if (lstat(dir, &st) != 0)
         return errno == ENOENT ? 0 : pc_errorf(e, "%s: cannot stat the final model's directory: %s", dir, strerror(errno));
@@ -72,6 +125,12 @@ int run_final_replaceable(const char *dir, pc_err *e) {
                             "the final model replaces its directory whole; set output.dir to a new or empty directory, "
                             "or move this one away",
                          dir, odd[0] ? "holds '" : "has no config.json", odd, odd[0] ? "'" : "");
+    char owner[PATH_MAX];
+    if (run_final_other_run(c, dir, owner, sizeof owner))
+        return pc_errorf(e, "%s: holds the final model of another run (run.dir '%s', by its %s), not of run.dir "
+                            "'%s': two runs would replace each other's model; set output.dir to a directory of its "
+                            "own, or remove this one to replace it",
+                         dir, owner, run_provenance_file, c->run.dir);
     return 0;
 }
 
@@ -105,7 +164,7 @@ int run_final_check(const pc_config *c, const char *final_dir, pc_err *e) {
                                     "own (the default is RUN/final)",
                                  final_dir, parts[i]);
     }
-    return run_final_replaceable(final_dir, e);
+    return run_final_replaceable(c, final_dir, e);
 }
 
 /* Open metrics.jsonl for appending; a last line without its newline (a write cut short

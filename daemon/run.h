@@ -43,9 +43,19 @@ extern const char *const run_tokenizer_files[];
  * absent, empty, or a model projcompd wrote there before (run_final_replaceable); else -1,
  * e saying what is in the way. Checked before any work and again before the save. */
 int run_final_check(const pc_config *c, const char *final_dir, pc_err *e);
-/* 0 when an existing dir may be replaced by the final model: it is empty or holds
- * config.json and only files projcompd writes into a model directory. */
-int run_final_replaceable(const char *dir, pc_err *e);
+/* 0 when an existing dir may be replaced by the final model: it is empty, or holds
+ * config.json and only files projcompd writes into a model directory, and is not the
+ * model of another run (run_final_other_run). */
+int run_final_replaceable(const pc_config *c, const char *dir, pc_err *e);
+
+/* The final model's provenance, dir/projcompd.json: {"run_dir": run.dir's canonical path,
+ * "mode", "steps", "base": model.base's canonical path or null, "projcompd": version}. */
+extern const char run_provenance_file[];
+int run_provenance_write(const pc_config *c, const char *dir, pc_err *e);
+/* 1 when dir (outside run.dir) holds the provenance of a model another run wrote (another
+ * run.dir), its run.dir then in owner (n bytes); 0 when it is this run's, has none (a
+ * model written before provenance was kept) or is inside this run's directory. */
+int run_final_other_run(const pc_config *c, const char *dir, char *owner, size_t n);
 
 /* Create RUN/ and RUN/logs (rank 0 creates, all wait), open this rank's log, write
  * config.resolved.yaml and open metrics.jsonl on rank 0. */

@@ -200,16 +200,25 @@ static int save_final(run_ctx *r, trainer *t, pc_err *e) {
                 if (strncmp(g.gl_pathv[i], r->final_dir, len) != 0 || strlen(g.gl_pathv[i]) < len + 5) continue;
                 const char *pid = g.gl_pathv[i] + len + 5; /* after ".tmp-" / ".old-" */
                 if (pid[strspn(pid, "0123456789")] != '\0') continue; /* not a name save_final gives */
+                char owner[1024];
+                if (!k && run_final_other_run(c, g.gl_pathv[i], owner, sizeof owner)) {
+                    LOGW(&r->log, "%s: left alone: another run (run.dir '%s') writes its final model there; it "
+                                  "shares output.dir with this one",
+                         g.gl_pathv[i], owner);
+                    continue;
+                }
                 if (!k || access(r->final_dir, F_OK) == 0 || rename(g.gl_pathv[i], r->final_dir) != 0)
                     pc_rm_rf(g.gl_pathv[i]);
             }
         globfree(&g);
     }
     free(quoted);
-    int rc = llama_save_safetensors(&t->m, tmp, dt, e);
+    /* the provenance first: another run's cleanup (one sharing output.dir) knows it */
+    int rc = pc_mkdirs(tmp, e) == 0 && run_provenance_write(c, tmp, e) == 0 ? 0 : -1;
+    if (rc == 0) rc = llama_save_safetensors(&t->m, tmp, dt, e);
     if (rc == 0 && c->model.base[0]) rc = copy_tokenizer(c->model.base, tmp, e);
     if (rc == 0 && pc_fsync_dir(tmp, e) != 0) rc = -1;
-    if (rc == 0 && run_final_replaceable(r->final_dir, e) != 0) { /* it changed during the run */
+    if (rc == 0 && run_final_replaceable(c, r->final_dir, e) != 0) { /* it changed during the run */
         size_t at = strlen(e->msg);
         snprintf(e->msg + at, sizeof e->msg - at, "; the trained model is in %s (move it away: a rerun removes it)", tmp);
         return -1;

@@ -467,6 +467,44 @@ def case_output_not_a_model(fx):
         raise SystemExit(f"FAIL: output.dir's contents changed: {before} -> {after}")
 
 
+def case_output_of_another_run(fx):
+    """Two runs (two run.dirs) given one output.dir: the second is refused before any work,
+    naming the first run, and the first run's model is left as it was (the final model
+    records its run in projcompd.json); a rerun of the first job replaces it. A save of
+    another run under way beside it (OUT.tmp-PID holding that run's projcompd.json) is
+    left alone by this run's cleanup, where a killed save of its own is removed."""
+    def tree(p):
+        return {n: open(os.path.join(p, n), "rb").read() for n in sorted(os.listdir(p))}
+    out_dir = os.path.join(fx.root, "models", "small")
+    rc, out = run_daemon(fx, extra=["--set", f"output.dir={out_dir}"])
+    prov = json.load(open(os.path.join(out_dir, "projcompd.json"))) if rc == 0 else {}
+    if rc != 0 or prov.get("run_dir") != os.path.realpath(fx.run_dir) or prov.get("mode") != "compress" or \
+            prov.get("steps") != 2 or prov.get("base") != os.path.realpath(fx.base):
+        raise SystemExit(f"FAIL: the first run (exit {rc}) wrote no projcompd.json naming its run: {prov}\n"
+                         f"{out[-1500:]}")
+    before = tree(out_dir)
+    other = fx.run_dir + "-2"
+    for dry in ([], ["--dry-run", "-np", "2"]):
+        rc, out = run_daemon(fx, extra=["--set", f"output.dir={out_dir}", "--set", f"run.dir={other}"] + dry)
+        expect_failure(rc, out, [out_dir, "another run", os.path.realpath(fx.run_dir), other])
+        if rc != 2 or os.path.exists(other) or tree(out_dir) != before:
+            raise SystemExit(f"FAIL: the second run{' (dry run)' if dry else ''}: exit {rc} (expected 2), its run "
+                             f"directory made: {os.path.exists(other)}, the first run's model changed: "
+                             f"{tree(out_dir) != before}")
+    theirs, mine = out_dir + ".tmp-999998", out_dir + ".tmp-999999"
+    for d, run in ((theirs, "/elsewhere/run-x"), (mine, os.path.realpath(fx.run_dir))):
+        os.makedirs(d)
+        json.dump({"run_dir": run}, open(os.path.join(d, "projcompd.json"), "w"))
+    rc, out = run_daemon(fx, extra=["--set", f"output.dir={out_dir}", "--set", "train.steps=3"])
+    left = sorted(n for n in os.listdir(os.path.dirname(out_dir)))
+    shutil.rmtree(theirs, ignore_errors=True)
+    if rc != 0 or json.load(open(os.path.join(out_dir, "projcompd.json"))).get("steps") != 3 or \
+            left != ["small", "small.tmp-999998"] or "/elsewhere/run-x" not in out:
+        raise SystemExit(f"FAIL: the first job's rerun: exit {rc}, left {left} (expected its model replaced, "
+                         f"another run's save under way kept and named, its own killed save removed)\n{out[-1500:]}")
+    print("ok: a rerun of the first job replaces its model; another run's save under way is left alone")
+
+
 def case_output_in_run_dir(fx):
     """output.dir is run.dir itself, a directory above it, or one of the run directory's
     own parts (checkpoints/, logs/): the final model's save would delete them. Refused
