@@ -63,6 +63,7 @@ typedef struct cuda_impl {
     uint16_t *bf_a, *bf_b; /* MATMUL_BF16: bf16 copies of (blocks of) the gemm inputs */
     size_t bf_a_n, bf_b_n;
     size_t bf_cap;         /* elements a block may hold (BACKEND_CUDA_BF16_BLOCK) */
+    int64_t gemm_span;     /* a cuBLAS operand spans fewer elements than this (BACKEND_CUDA_GEMM_SPAN) */
     char device_name[64];
     cudaStream_t stream;
     cublasHandle_t blas;
@@ -443,6 +444,55 @@ static void cu_round_bf16_2d(backend *be, uint16_t *dst, int ld_dst, const float
                   (size_t)ld_src);
 }
 
+static size_t dtype_bytes(cudaDataType t) { return t == CUDA_R_16BF ? 2 : 4; }
+
+/* Row-major C[M,N] = alpha op(A) op(B) + beta C by cublasGemmEx (column-major C^T[N,M] =
+ * op(B)^T op(A)^T), A and B of type abt, C of type ct, in pieces such that no operand
+ * spans c->gemm_span elements or more, counted as its leading dimension times its stored
+ * rows (cuBLASLt has failed at exactly 2^31: the logits (B*T, V) of 16,744 tokens at V
+ * 128256). Rows of C (and of op(A)) first, then its columns (a B stored (N, K)), then K
+ * (an A stored (K, M), a B stored (K, N): the dW of the head reads dlogits (N, V)), each
+ * K piece after the first added with beta 1. K is split only for an fp32 C: a bf16 one
+ * would round each partial sum; its products (the layers' own, K the model width) stay
+ * far below the bound. */
+static void blas_gemm(cuda_impl *c, int ta, int tb, int M, int N, int K, float alpha, const void *A, int lda,
+                      const void *B, int ldb, cudaDataType abt, float beta, void *C, cudaDataType ct, int ldc,
+                      cublasComputeType_t compute)
+{
+    const int64_t cap = c->gemm_span - 1; /* the most elements a piece may span */
+    const size_t es = dtype_bytes(abt), cs = dtype_bytes(ct);
+    const int64_t row_c = ldc, row_a = ta ? 1 : lda;            /* one row of C, of op(A) stored (M, K) */
+    const int64_t row_m = row_c > row_a ? row_c : row_a;
+    if ((int64_t)M * row_m > cap && M > 1) {
+        const int mb = (int)(cap / row_m > 1 ? cap / row_m : 1);
+        for (int m0 = 0; m0 < M; m0 += mb) /* op(A)'s rows: stored rows (ta 0) or columns (ta 1) */
+            blas_gemm(c, ta, tb, mb < M - m0 ? mb : M - m0, N, K, alpha,
+                      (const char *)A + (ta ? (size_t)m0 : (size_t)m0 * lda) * es, lda, B, ldb, abt, beta,
+                      (char *)C + (size_t)m0 * ldc * cs, ct, ldc, compute);
+        return;
+    }
+    if (tb && (int64_t)N * ldb > cap && N > 1) { /* B stored (N, K): its rows are C's columns */
+        const int nb = (int)(cap / ldb > 1 ? cap / ldb : 1);
+        for (int n0 = 0; n0 < N; n0 += nb)
+            blas_gemm(c, ta, tb, M, nb < N - n0 ? nb : N - n0, K, alpha, A, lda, (const char *)B + (size_t)n0 * ldb * es,
+                      ldb, abt, beta, (char *)C + (size_t)n0 * cs, ct, ldc, compute);
+        return;
+    }
+    const int64_t k_a = ta ? lda : 1, k_b = tb ? 1 : ldb; /* one k of A stored (K, M), of B stored (K, N) */
+    const int64_t row_k = k_a > k_b ? k_a : k_b;
+    if ((int64_t)K * row_k > cap && K > 1 && ct == CUDA_R_32F) {
+        const int kb = (int)(cap / row_k > 1 ? cap / row_k : 1);
+        for (int k0 = 0; k0 < K; k0 += kb)
+            blas_gemm(c, ta, tb, M, N, kb < K - k0 ? kb : K - k0, alpha,
+                      (const char *)A + (ta ? (size_t)k0 * lda : (size_t)k0) * es, lda,
+                      (const char *)B + (tb ? (size_t)k0 : (size_t)k0 * ldb) * es, ldb, abt, k0 ? 1.0f : beta, C, ct,
+                      ldc, compute);
+        return;
+    }
+    CUBLAS_CHECK(cublasGemmEx(c->blas, tb ? CUBLAS_OP_T : CUBLAS_OP_N, ta ? CUBLAS_OP_T : CUBLAS_OP_N, N, M, K, &alpha,
+                              B, abt, ldb, A, abt, lda, &beta, C, ct, ldc, compute, CUBLAS_GEMM_DEFAULT));
+}
+
 /* cu_gemm's product on bf16 operands (leading dimensions of their stored layouts), fp32
  * accumulation, into C of type ct (fp32, or bf16: each sum rounded once) */
 static void gemm_bf16_into(cuda_impl *c, const char *region, int ta, int tb, int M, int N, int K, float alpha,
@@ -450,9 +500,7 @@ static void gemm_bf16_into(cuda_impl *c, const char *region, int ta, int tb, int
                            cudaDataType ct, int ldc)
 {
     PROF_BEGIN(c, region, 2.0 * M * N * K, 0);
-    CUBLAS_CHECK(cublasGemmEx(c->blas, tb ? CUBLAS_OP_T : CUBLAS_OP_N, ta ? CUBLAS_OP_T : CUBLAS_OP_N, N, M, K, &alpha,
-                              b, CUDA_R_16BF, ldb, a, CUDA_R_16BF, lda, &beta, C, ct, ldc, CUBLAS_COMPUTE_32F,
-                              CUBLAS_GEMM_DEFAULT));
+    blas_gemm(c, ta, tb, M, N, K, alpha, a, lda, b, ldb, CUDA_R_16BF, beta, C, ct, ldc, CUBLAS_COMPUTE_32F);
     PROF_END(c);
 }
 
@@ -507,9 +555,7 @@ static void cu_gemm(backend *be, int ta, int tb, int M, int N, int K, float alph
         return;
     }
     PROF_BEGIN(c, c->tf32 ? "gemm tf32" : "gemm fp32", 2.0 * M * N * K, 0);
-    CUBLAS_CHECK(cublasGemmEx(c->blas, tb ? CUBLAS_OP_T : CUBLAS_OP_N, ta ? CUBLAS_OP_T : CUBLAS_OP_N, N, M, K, &alpha,
-                              B, CUDA_R_32F, ldb, A, CUDA_R_32F, lda, &beta, C, CUDA_R_32F, ldc, compute_type(c),
-                              CUBLAS_GEMM_DEFAULT));
+    blas_gemm(c, ta, tb, M, N, K, alpha, A, lda, B, ldb, CUDA_R_32F, beta, C, CUDA_R_32F, ldc, compute_type(c));
     PROF_END(c);
 }
 
@@ -2276,6 +2322,13 @@ extern "C" int backend_cuda_set_bf16_block(backend *be, size_t elems)
     return 0;
 }
 
+extern "C" int backend_cuda_set_gemm_span(backend *be, int64_t elems)
+{
+    if (!be || be->ops != &cuda_ops) return -1;
+    impl_of(be)->gemm_span = elems > 1 ? elems : 2;
+    return 0;
+}
+
 extern "C" size_t backend_cuda_bf16_copies_bytes(backend *be)
 {
     if (!be || be->ops != &cuda_ops) return 0;
@@ -2360,6 +2413,7 @@ extern "C" backend *backend_cuda_create(int device, char *err, int errlen)
     c->device = device;
     c->smem_optin = prop.sharedMemPerBlockOptin;
     c->bf_cap = BACKEND_CUDA_BF16_BLOCK;
+    c->gemm_span = BACKEND_CUDA_GEMM_SPAN;
     const char *sync = getenv("PC_CUDA_SYNC"), *prof = getenv("PC_CUDA_PROFILE");
     c->sync_launches = sync && !strcmp(sync, "1");
     c->prof_at_exit = prof && !strcmp(prof, "1");

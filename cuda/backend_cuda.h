@@ -47,6 +47,12 @@ int backend_cuda_cudnn_trial(backend *be, int on, char *err, int errlen);
 /* Set that bound (elements; tests make it small to exercise the blocks). Returns -1 when
  * be is not a CUDA backend. */
 int backend_cuda_set_bf16_block(backend *be, size_t elems);
+/* Every cuBLAS product runs in pieces such that no operand spans this many elements or
+ * more (its leading dimension times its stored rows): cuBLASLt has failed at exactly 2^31. */
+#define BACKEND_CUDA_GEMM_SPAN ((int64_t)1 << 31)
+/* Set that bound (elements, at least 2; tests make it small to exercise the pieces).
+ * Returns -1 when be is not a CUDA backend. */
+int backend_cuda_set_gemm_span(backend *be, int64_t elems);
 /* Bytes the two bf16 operand copies hold now: each grows to the largest operand rounded
  * into it so far, up to the bound above. 0 when be is not a CUDA backend. */
 size_t backend_cuda_bf16_copies_bytes(backend *be);

@@ -266,6 +266,81 @@ static void test_gemm(ctx *x, matmul_mode mode)
     x->cpu->ops->set_matmul(x->cpu, MATMUL_FP32);
 }
 
+/* Products whose operands would span the cuBLAS bound (backend_cuda_set_gemm_span) run in
+ * pieces of rows of C, columns of C and of K: the same result as the whole product, in
+ * fp32, bf16 and bf16-operand modes (an fp32 C to TOL_F32: K pieces sum in another
+ * order; a bf16 C, split by rows and columns only, to one bf16 unit). Bounds of a few rows
+ * a piece, and of one row, column or k a piece. */
+static void test_gemm_span(ctx *x)
+{
+    const int M = 37, N = 53, K = 129, pad = 3;
+    const int64_t spans[] = {300, 2};
+    for (int mode = 0; mode < 3; mode++) /* gemm fp32, gemm bf16 (fp32 operands), gemm_16 / gemm_16_to16 */
+        for (int ta = 0; ta < 2; ta++)
+            for (int tb = 0; tb < 2; tb++)
+                for (size_t s = 0; s < PC_ARRAY_LEN(spans); s++) {
+                    const int lda = (ta ? M : K) + pad, ldb = (tb ? K : N) + pad, ldc = N + pad;
+                    const size_t na = (size_t)(ta ? K : M) * lda, nb = (size_t)(tb ? N : K) * ldb,
+                                 nc = (size_t)M * ldc;
+                    pair A = pair_randn(x, na, 1.0f), B = pair_randn(x, nb, 1.0f), C = pair_randn(x, nc, 1.0f);
+                    x->gpu->ops->set_matmul(x->gpu, mode == 0 ? MATMUL_FP32 : MATMUL_BF16);
+                    uint16_t *a16 = x->gpu->ops->alloc_bf16(x->gpu, na), *b16 = x->gpu->ops->alloc_bf16(x->gpu, nb);
+                    x->gpu->ops->round_bf16(x->gpu, a16, A.g, na);
+                    x->gpu->ops->round_bf16(x->gpu, b16, B.g, nb);
+                    float *out[2], *h[2];
+                    uint16_t *o16[2], *h16[2];
+                    for (int split = 0; split < 2; split++) {
+                        backend_cuda_set_gemm_span(x->gpu, split ? spans[s] : BACKEND_CUDA_GEMM_SPAN);
+                        out[split] = be_alloc(x->gpu, nc);
+                        be_copy(x->gpu, out[split], C.g, nc);
+                        o16[split] = x->gpu->ops->alloc_bf16(x->gpu, nc);
+                        if (mode < 2)
+                            x->gpu->ops->gemm(x->gpu, ta, tb, M, N, K, 0.7f, A.g, lda, B.g, ldb, 0.3f, out[split],
+                                              ldc);
+                        else {
+                            x->gpu->ops->gemm_16(x->gpu, ta, tb, M, N, K, 0.7f, a16, lda, b16, ldb, 0.3f,
+                                                 out[split], ldc);
+                            x->gpu->ops->gemm_16_to16(x->gpu, ta, tb, M, N, K, 0.7f, a16, lda, b16, ldb, o16[split],
+                                                      ldc);
+                        }
+                        h[split] = pc_alloc_f32(nc);
+                        be_download(x->gpu, h[split], out[split], nc);
+                        h16[split] = pc_malloc(2 * nc);
+                        if (mode == 2) x->gpu->ops->download_raw(x->gpu, h16[split], o16[split], 2 * nc);
+                    }
+                    static const char *const name[] = {"gemm fp32", "gemm bf16", "gemm_16"};
+                    char what[128];
+                    snprintf(what, sizeof what, "%s in pieces spanning < %lld elements ta=%d tb=%d (%dx%dx%d)",
+                             name[mode], (long long)spans[s], ta, tb, M, N, K);
+                    report(x, what, test_rel_max_err(h[0], h[1], nc), TOL_F32);
+                    if (mode == 2) { /* the bf16 C: rows of M, N columns of it compared (not the padding) */
+                        float *f[2] = {pc_alloc_f32(nc), pc_alloc_f32(nc)};
+                        for (int k = 0; k < 2; k++)
+                            for (size_t i = 0; i < nc; i++) {
+                                uint32_t u = (uint32_t)h16[k][i] << 16;
+                                memcpy(&f[k][i], &u, 4);
+                                if ((int)(i % (size_t)ldc) >= N) f[k][i] = 0.0f;
+                            }
+                        snprintf(what, sizeof what, "gemm_16_to16 in pieces spanning < %lld elements ta=%d tb=%d",
+                                 (long long)spans[s], ta, tb);
+                        report(x, what, test_rel_max_err(f[0], f[1], nc), 8e-3);
+                        free(f[0]), free(f[1]);
+                    }
+                    for (int k = 0; k < 2; k++) {
+                        free(h[k]), free(h16[k]);
+                        be_free(x->gpu, out[k]);
+                        be_free(x->gpu, o16[k]);
+                    }
+                    be_free(x->gpu, a16);
+                    be_free(x->gpu, b16);
+                    pair_free(x, &A);
+                    pair_free(x, &B);
+                    pair_free(x, &C);
+                }
+    backend_cuda_set_gemm_span(x->gpu, BACKEND_CUDA_GEMM_SPAN);
+    x->gpu->ops->set_matmul(x->gpu, MATMUL_FP32);
+}
+
 /* bf16 products whose operands exceed the scratch bound (backend_cuda_set_bf16_block) run
  * in blocks of rows of A and columns of B: the same result as the whole product (each dot
  * product is whole; on a GPU cuBLAS may pick another kernel per block shape: TOL_F32).
@@ -1478,6 +1553,7 @@ int main(void)
     test_gemm(&x, MATMUL_TF32);
     test_gemm(&x, MATMUL_BF16);
     test_gemm_bf16_blocks(&x);
+    test_gemm_span(&x);
     test_embedding(&x);
     test_rmsnorm(&x);
     test_rope(&x);
