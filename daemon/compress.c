@@ -243,6 +243,7 @@ int compress_setup(run_ctx *r, trainer *t, pc_err *e) {
     const pc_config *c = &r->cfg;
     if (hf_config_load(c->model.base, &t->base_cfg, e) != 0) return -1;
     if (hf_config_validate(&t->base_cfg, c->model.base, e) != 0) return -1;
+    run_warn_seq_len(r, &t->base_cfg);
     llama_config sc; /* the small model: same heads, narrower widths, untied */
     if (plan_small_config(c, &t->base_cfg, &sc, e) != 0) return -1;
     if (st_open(c->model.base, &t->base, e) != 0 || llama_check_tied_head(t->base, &t->base_cfg, e) != 0) return -1;

@@ -177,6 +177,7 @@ static int mode_eval_streamed(run_ctx *r, double *loss, int64_t *n_params, pc_er
     const pc_config *c = &r->cfg;
     llama_config lc;
     if (run_model_config(r, &lc, e) != 0 || hf_config_validate(&lc, c->model.base, e) != 0) return -1;
+    run_warn_seq_len(r, &lc);
     if (!r->be && run_backend(r, e) != 0) return -1;
     st_model *base = NULL;
     data_set *valid = NULL;

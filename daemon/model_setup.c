@@ -149,13 +149,7 @@ int run_model_weights(const run_ctx *r, run_model_use use) {
     return use == RUN_TRAINED ? LLAMA_BF16_WEIGHTS : LLAMA_BF16_ONLY; /* trained weights keep fp32 values */
 }
 
-int run_llama_init(run_ctx *r, llama_model *m, const llama_config *lc, int B, run_model_use use, pc_err *e) {
-    llama_opts o = {.forward_only = use == RUN_EVALUATED,
-                    .recompute = r->cfg.train.activation_checkpointing,
-                    .logits_chunk = r->cfg.train.logits_chunk,
-                    .grad_windows = use == RUN_PROJECTED && r->cfg.compress.shard_grads,
-                    .weights = run_model_weights(r, use)};
-    if (llama_init_opts(m, lc, r->be, B, r->cfg.data.seq_len, &o, e) != 0) return -1;
+void run_warn_seq_len(run_ctx *r, const llama_config *lc) {
     static int warned; /* once a process: the teacher and the trained model share the config */
     if (r->rank == 0 && !warned && r->cfg.data.seq_len > lc->max_position_embeddings) {
         LOGW(&r->log, "data.seq_len %d is longer than the model's max_position_embeddings %d: it runs (RoPE has no "
@@ -163,6 +157,16 @@ int run_llama_init(run_ctx *r, llama_model *m, const llama_config *lc, int B, ru
              r->cfg.data.seq_len, lc->max_position_embeddings, lc->max_position_embeddings);
         warned = 1;
     }
+}
+
+int run_llama_init(run_ctx *r, llama_model *m, const llama_config *lc, int B, run_model_use use, pc_err *e) {
+    llama_opts o = {.forward_only = use == RUN_EVALUATED,
+                    .recompute = r->cfg.train.activation_checkpointing,
+                    .logits_chunk = r->cfg.train.logits_chunk,
+                    .grad_windows = use == RUN_PROJECTED && r->cfg.compress.shard_grads,
+                    .weights = run_model_weights(r, use)};
+    if (llama_init_opts(m, lc, r->be, B, r->cfg.data.seq_len, &o, e) != 0) return -1;
+    run_warn_seq_len(r, lc);
     if (llama_attention_16(m))
         LOGI(&r->log, "attention on bf16 tensor cores: each layer's q, k, v kept in bf16 only (rotated as rounded)");
     return 0;

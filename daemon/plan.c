@@ -989,9 +989,13 @@ void plan_opts_from_config(const pc_config *c, plan_opts *o) {
 
 int plan_dry_run(const pc_config *c, int world, double device_gib, FILE *out, int *fits, pc_err *e) {
     if (strcmp(c->run.mode, "compress") && strcmp(c->run.mode, "prune"))
-        return pc_errorf(e, "%s: --dry-run lays out compress and prune jobs; run.mode %s has no plan (every rank holds "
-                            "the whole model)",
-                         c->source, c->run.mode);
+        return pc_errorf(e, "%s: --dry-run lays out compress and prune jobs; run.mode %s has no plan (%s)", c->source,
+                         c->run.mode,
+                         !strcmp(c->run.mode, "pretrain") ? "every rank holds the whole model"
+                         : !strcmp(c->run.mode, "importance")
+                             ? "it reads the base a layer (activation) or a tensor (magnitude) at a time"
+                         : c->eval.stream_layers ? "eval.stream_layers reads the base a layer at a time"
+                                                 : "every rank holds the whole model; eval.stream_layers holds a layer");
     llama_config *cfg = pc_malloc(2 * sizeof *cfg); /* base, small (large per-layer tables) */
     int rc = -1;
     if (c->model.base[0])

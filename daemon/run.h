@@ -96,6 +96,9 @@ typedef enum { RUN_TRAINED = 0, RUN_PROJECTED, RUN_EVALUATED } run_model_use;
  * two stages' gradients only (grad_windows) when compress.shard_grads. The log says when
  * the model keeps q, k, v in bf16 only (llama_attention_16). */
 int run_llama_init(run_ctx *r, llama_model *m, const llama_config *lc, int B, run_model_use use, pc_err *e);
+/* Rank 0 warns, once a process, when data.seq_len exceeds lc's max_position_embeddings
+ * (every mode: run_llama_init, the streamed eval, compress, prune and importance's base). */
+void run_warn_seq_len(run_ctx *r, const llama_config *lc);
 /* llama_opts.weights of a model made for `use` (run_llama_init's): LLAMA_F32 unless
  * backend.matmul is bf16. */
 int run_model_weights(const run_ctx *r, run_model_use use);

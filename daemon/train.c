@@ -294,7 +294,7 @@ int mode_train(run_ctx *r, pc_err *e) {
     double flops_per_token = llama_flops_per_token(&t.m.cfg, T);
     LOGI(&r->log, "%s: %lld steps, global batch %d = %d rank(s) x %d micro-batch(es) x %d, seq_len %d", c->run.mode,
          (long long)c->train.steps, c->train.global_batch, r->world, n_micro, B, T);
-    if (r->rank == 0 && c->train.warmup_steps >= c->train.steps) /* accepted keys that would do nothing */
+    if (r->rank == 0 && c->train.steps > 0 && c->train.warmup_steps >= c->train.steps) /* keys doing nothing */
         LOGW(&r->log, "train.warmup_steps %d is not below train.steps %lld: the lr rises the whole run and never "
                       "reaches train.lr %g, nor decays",
              c->train.warmup_steps, (long long)c->train.steps, c->train.lr);

@@ -835,12 +835,16 @@ def case_cli_dry_run_does_not_fit(fx):
 
 
 def case_cli_dry_run_no_plan(fx):
-    """--dry-run of a mode that has no plan (the whole model on every rank): exit 2 saying
-    so, not a compress plan of the job."""
-    for mode in ["pretrain", "eval", "importance"]:
-        rc, out = run_daemon(fx, extra=["--dry-run", "-np", "2", "--set", f"run.mode={mode}"])
-        expect_failure(rc, out, ["--dry-run lays out compress and prune jobs", f"run.mode {mode} has no plan"], fx,
-                       before_work=True)
+    """--dry-run of a mode that has no plan: exit 2 saying so and how that mode holds the
+    model (the whole model on every rank; the base a layer or a tensor at a time), not a
+    compress plan of the job."""
+    for mode, why in [("pretrain", "every rank holds the whole model"), ("eval", "every rank holds the whole model"),
+                      ("importance", "it reads the base a layer (activation) or a tensor (magnitude) at a time"),
+                      ("eval --set eval.stream_layers=true", "eval.stream_layers reads the base a layer at a time")]:
+        rc, out = run_daemon(fx, extra=["--dry-run", "-np", "2", "--set", f"run.mode={mode.split()[0]}"] +
+                             mode.split()[1:])
+        expect_failure(rc, out, ["--dry-run lays out compress and prune jobs",
+                                 f"run.mode {mode.split()[0]} has no plan ({why}"], fx, before_work=True)
         if rc != 2 or "# rank" in out:
             raise SystemExit(f"FAIL: {mode}: exit {rc} (expected 2), or a plan printed\n{out[-800:]}")
 
