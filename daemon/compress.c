@@ -265,8 +265,6 @@ int compress_setup(run_ctx *r, trainer *t, pc_err *e) {
              to.weights == LLAMA_BF16_ONLY ? "bf16" : "fp32", c->distill.alpha, c->distill.temperature);
     }
     if (!strcmp(c->run.mode, "prune")) {
-        if (c->compress.shard_grads)
-            LOGW(&r->log, "compress.shard_grads applies to run.mode compress: prune all-reduces whole gradients");
         t->method = &METHOD_DIRECT;
         if (prune_plan(r, t, e) != 0) return -1;
         return proj_slice_base(t->base, &t->base_cfg, &t->m, &t->idx, e);

@@ -230,8 +230,22 @@ static int ranks_agree(run_ctx *r, int bad, pc_err *e) {
     return -1;
 }
 
+/* Rank 0 warns of keys the mode takes and does nothing with (kept accepted, so that one
+ * job file serves its eval and importance runs through --set run.mode=...). */
+static void warn_unused_keys(run_ctx *r) {
+    const pc_config *c = &r->cfg;
+    if (r->rank != 0) return;
+    if (c->distill.enabled && !config_mode_trains(c->run.mode))
+        LOGW(&r->log, "distill.enabled: run.mode %s takes no training step, so distillation does nothing here",
+             c->run.mode);
+    if (c->compress.shard_grads && (!strcmp(c->run.mode, "prune") || !strcmp(c->run.mode, "pretrain")))
+        LOGW(&r->log, "compress.shard_grads applies to run.mode compress: %s all-reduces whole gradients",
+             c->run.mode);
+}
+
 static int dispatch(run_ctx *r, pc_err *e) {
     const char *mode = r->cfg.run.mode;
+    warn_unused_keys(r);
     if (config_mode_trains(mode)) return mode_train(r, e);
     if (!strcmp(mode, "importance")) return mode_importance(r, e);
     if (!strcmp(mode, "eval")) return mode_eval(r, e);

@@ -153,19 +153,27 @@ class Interop(TmpDirCase):
         self.assertNotIn("different tokenizers", log)
         self.assertNotIn("train.warmup_steps", log)
         self.assertNotIn("nothing is evaluated", log)
-        # the same windows in an eval streaming the base a layer at a time: warned too
+        # the same windows in an eval streaming the base a layer at a time: warned too, as
+        # is a distillation key the eval takes and does nothing with
         d = self.p("run-stream")
         r = pclib.projcompd(1, job, f"run.dir={d}", "run.mode=eval", f"model.base={self.p('run-pretrain/final')}",
-                            "model.config=", "data.seq_len=80", "eval.stream_layers=true", check=False)
+                            "model.config=", "data.seq_len=80", "eval.stream_layers=true", "distill.alpha=0.3",
+                            check=False)
         self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
         with open(os.path.join(d, "logs", "rank-00000.log")) as f:
-            self.assertIn("data.seq_len 80 is longer than the model's max_position_embeddings 64", f.read())
-        # a run of 0 steps (it only writes the model) says nothing of its warmup
+            log = f.read()
+        self.assertIn("data.seq_len 80 is longer than the model's max_position_embeddings 64", log)
+        self.assertIn("distill.enabled: run.mode eval takes no training step, so distillation does nothing", log)
+        # a run of 0 steps (it only writes the model) says nothing of its warmup; a pretrain
+        # says compress.shard_grads does nothing there
         d = self.p("run-zero")
-        r = pclib.projcompd(1, job, f"run.dir={d}", "train.steps=0", "train.warmup_steps=0", check=False)
+        r = pclib.projcompd(1, job, f"run.dir={d}", "train.steps=0", "train.warmup_steps=0",
+                            "compress.shard_grads=true", check=False)
         self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
         with open(os.path.join(d, "logs", "rank-00000.log")) as f:
-            self.assertNotIn("train.warmup_steps", f.read())
+            log = f.read()
+        self.assertNotIn("train.warmup_steps", log)
+        self.assertIn("compress.shard_grads applies to run.mode compress: pretrain all-reduces whole gradients", log)
         # evaluations asked for without a validation set: warned
         d = self.p("run-novalid")
         r = pclib.projcompd(1, job, f"run.dir={d}", "data.valid=[]", "eval.every_steps=1", check=False)
