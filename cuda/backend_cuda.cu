@@ -321,10 +321,11 @@ static void cu_copy(backend *be, float *dst, const float *src, size_t n)
         return;
     }
     /* overlapping ranges (memmove semantics): through a temporary */
-    float *tmp = NULL;
-    CUDA_CHECK(cudaMalloc((void **)&tmp, bytes));
+    PROF_BEGIN(c, "copy", 0, 4 * bytes);
+    float *tmp = (float *)dev_malloc(c, bytes, "an overlapping copy's temporary");
     CUDA_CHECK(cudaMemcpyAsync(tmp, src, bytes, cudaMemcpyDeviceToDevice, c->stream));
     CUDA_CHECK(cudaMemcpyAsync(dst, tmp, bytes, cudaMemcpyDeviceToDevice, c->stream));
+    PROF_END(c);
     CUDA_CHECK(cudaStreamSynchronize(c->stream));
     CUDA_CHECK(cudaFree(tmp));
 }

@@ -338,9 +338,13 @@ static int nc_barrier(comm *c, pc_err *e) {
 static void nc_destroy(comm *c) {
     nccl_impl *n = nimpl(c);
     cudaSetDevice(n->device);
+    pc_err e = {{0}};
+    if (!n->aborted && n->started) { /* a started group, never waited for: under the watchdog (a peer may be gone) */
+        n->started = 0;
+        stream_done(&n->started_k, now_s(), &e); /* a failure or timeout aborts the communicator */
+    }
     if (!n->aborted) { /* an aborted communicator is already gone, and its stream may never finish */
-        cudaStreamSynchronize(n->stream);
-        pc_err e = {{0}};
+        cudaStreamSynchronize(n->stream); /* every other call was waited for before it returned */
         ncclResult_t r = ncclCommFinalize(n->nc); /* non-blocking: flushes this rank's part */
         if ((r != ncclSuccess && r != ncclInProgress) ||
             wait_ready(n, NULL, c->timeout_s > 0 ? c->timeout_s : 60, now_s(), "nccl finalize", &e))
@@ -415,6 +419,7 @@ comm *comm_nccl_create(comm *mpi, int device, pc_err *e) {
     if (r != ncclSuccess && r != ncclInProgress) {
         pc_errorf(e, "rank %d: nccl create on device %d: ncclCommInitRankConfig(%d ranks) failed: %s", rank, device,
                   size, ncclGetErrorString(r));
+        if (n->nc) ncclCommAbort(n->nc); /* what NCCL made of it before failing */
         goto fail_quiet;
     }
     char what[96];
