@@ -44,12 +44,42 @@ static state_tensor state_tensor_at(const trainer *t, int i) {
 }
 
 /* Rank that writes state tensor i. pretrain/prune: every rank holds the same replicated
- * state, so rank 0 writes all of it. compress: each rank holds its own blocks' tensors
- * and writes them; a shared factor replicated on several ranks is written by its lowest
- * holder. */
+ * state, so the tensors are dealt out (deal_writers) and the ranks write in parallel.
+ * compress: each rank holds its own blocks' tensors and writes them; a shared factor
+ * replicated on several ranks is written by its lowest holder. */
 static int block_owner(const run_ctx *r, const trainer *t, int i) {
     if (t->method == &METHOD_PROJECT) return t->ps.tensors[i].write ? r->rank : -1;
-    return 0;
+    return t->ckpt_rank_of[i];
+}
+
+static const trainer *deal_by; /* qsort's context: the tensors being dealt */
+static int larger_first(const void *a, const void *b) {
+    int64_t x = state_tensor_at(deal_by, *(const int *)a).numel, y = state_tensor_at(deal_by, *(const int *)b).numel;
+    return x != y ? (x < y) - (x > y) : *(const int *)a - *(const int *)b;
+}
+
+/* pretrain, prune: the replicated state's tensors dealt out to the ranks, the largest
+ * first, each to the rank with the fewest elements so far (the lowest on a tie), so that
+ * no rank writes much more than its share (rank 0 wrote all of it, 12 bytes a parameter,
+ * while the others waited at the commit under the collective watchdog). The same on
+ * every rank. */
+static void deal_writers(const run_ctx *r, trainer *t) {
+    int n = n_state_tensors(t);
+    int *order = pc_malloc(sizeof(int) * (size_t)n);
+    int64_t *load = pc_calloc((size_t)r->world, sizeof *load);
+    t->ckpt_rank_of = pc_malloc(sizeof(int) * (size_t)n);
+    for (int i = 0; i < n; i++) order[i] = i;
+    deal_by = t;
+    qsort(order, (size_t)n, sizeof *order, larger_first);
+    for (int k = 0; k < n; k++) {
+        int least = 0;
+        for (int q = 1; q < r->world; q++)
+            if (load[q] < load[least]) least = q;
+        t->ckpt_rank_of[order[k]] = least;
+        load[least] += state_tensor_at(t, order[k]).numel;
+    }
+    free(order);
+    free(load);
 }
 
 static void ckpt_root(const run_ctx *r, char *out, size_t n) { snprintf(out, n, "%s/checkpoints", r->run_dir); }
@@ -158,6 +188,7 @@ int ckpt_save(run_ctx *r, trainer *t, int64_t step, pc_err *e) {
     char root[1100];
     ckpt_root(r, root, sizeof root);
     ckpt_writer *w;
+    if (t->method != &METHOD_PROJECT && !t->ckpt_rank_of) deal_writers(r, t);
     if (ckpt_write_begin(&w, root, step, r->comm, &r->log, e) != 0) return -1;
     float *stage = pc_alloc_f32((size_t)max_numel(r, t, r->rank) * 3); /* (3, numel) host copy of one block */
     float *params = state_params(t);
@@ -214,7 +245,7 @@ int ckpt_save(run_ctx *r, trainer *t, int64_t step, pc_err *e) {
     snprintf(meta[4].value, sizeof meta[4].value, "%d", n_state_tensors(t));
     if (ckpt_write_commit(w, meta, n_meta, c->checkpoint.keep, e) != 0)
         return pc_error_wrap(e, "rank %d: checkpoint of step %lld", r->rank, (long long)step);
-    LOGI(&r->log, "checkpoint of step %lld written to %s in %.2f s (%.1f MB from this rank)", (long long)step, root,
+    LOGI(&r->log, "checkpoint of step %lld written to %s in %.2f s (%.3g MB from this rank)", (long long)step, root,
          pc_now() - t0, (double)bytes / 1e6);
     return 0;
 }

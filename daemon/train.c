@@ -37,6 +37,7 @@ void trainer_free(trainer *t) {
     for (size_t i = 0; i < PC_ARRAY_LEN(dev); i++)
         if (dev[i]) be_free(t->m.be, dev[i]);
     free(t->kept_off);
+    free(t->ckpt_rank_of);
     free(t->batch);
     free(t->tokens);
     free(t->targets);
@@ -409,7 +410,9 @@ int mode_train(run_ctx *r, pc_err *e) {
         LOGI(&r->log, "attention bf16 copies: %zu bytes here (plan: %lld)",
              backend_cuda_attention_copies_bytes(r->be), (long long)t.plan_attn16);
     }
-    if (save_final(r, &t, e) != 0 || run_report_memory(r, e) != 0) goto out;
+    /* the last collective before the save: rank 0 writes the model alone, and a peer waiting
+     * for it in a collective would be ended by the watchdog (run.collective_timeout) */
+    if (run_report_memory(r, e) != 0 || save_final(r, &t, e) != 0) goto out;
     rc = 0;
 out:
     free(step_s);

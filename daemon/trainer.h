@@ -69,6 +69,7 @@ struct trainer {
     int ckpt_picked;
     int64_t ckpt_step;      /* -1: none */
     char ckpt_path[1200];
+    int *ckpt_rank_of;      /* pretrain, prune: the rank that writes each state tensor (NULL: not dealt yet) */
 };
 
 /* Direct training of the model's own weights (pretrain, prune). */

@@ -27,6 +27,7 @@ Every subprocess has a hard timeout; processes left by a failed trial are killed
 import os
 import json
 import random
+import re
 import shutil
 import signal
 import subprocess
@@ -356,6 +357,12 @@ def main():
             run_s = time.time() - t0
         refs[(mode, np_)] = final(d)
     pclib.check(max_rel(refs[("compress", 4)], refs[("compress", 2)]) < 1e-5, "references on 2 and 4 ranks agree")
+    # prune's state, the same on every rank, is written by both ranks in parallel (dealt out
+    # the largest tensor first), not by rank 0 alone while the other waits
+    mb = [float(re.findall(r"\(([0-9.e+-]+) MB from this rank\)",
+                           open(os.path.join(root, "ref-prune-np2", "logs", f"rank-{k:05d}.log")).read())[-1])
+          for k in range(2)]
+    pclib.check(min(mb) > 0 and max(mb) < 2 * min(mb), f"prune: both ranks write the checkpoint ({mb} MB)")
     last = f"step-{STEPS:07d}"
     pclib.check(latest(os.path.join(root, "ref-compress-np2")) == last, f"a checkpoint after the last step ({last})")
 
