@@ -314,12 +314,21 @@ int mode_train(run_ctx *r, pc_err *e) {
     }
     if (start > 0) LOGI(&r->log, "resumed after step %lld", (long long)start);
     int64_t last_ckpt = start; /* the newest checkpoint there is (0: none) */
+    /* The weights of the next step made outside it (begin_step before the loop, finish
+     * before an eval): their time and bytes are that step's, as begin_step's are in the
+     * steps it runs in, so every row counts the same work */
+    double carry_s = pc_now();
+    uint64_t carry_bytes = run_comm_bytes(r);
     if (t.method->begin_step(r, &t, e) != 0) goto out;
+    carry_s = pc_now() - carry_s;
+    carry_bytes = run_comm_bytes(r) - carry_bytes;
     if (start == 0 && maybe_eval(r, &t, 0, 1, e) != 0) goto out; /* the starting point: step 0 */
     for (int64_t step = start; step < c->train.steps; step++) {
         r->log.step = (long)step + 1;
-        double t0 = pc_now(), local_loss;
-        uint64_t comm0 = run_comm_bytes(r);
+        double t0 = pc_now() - carry_s, local_loss;
+        uint64_t comm0 = run_comm_bytes(r) - carry_bytes;
+        carry_s = 0;
+        carry_bytes = 0;
         if (step > start && !current) { /* the gather may go on during the first forward */
             t.overlap.gather = r->world > 1 && c->backend.overlap_comm;
             int brc = t.method->begin_step(r, &t, e);
@@ -384,7 +393,11 @@ int mode_train(run_ctx *r, pc_err *e) {
         run_progress(r, (long)step + 1, (long)c->train.steps, loss, tok_s, mfu, dt);
         int last = step + 1 == c->train.steps;
         if (last || (c->eval.every_steps > 0 && (step + 1) % c->eval.every_steps == 0)) {
+            double f0 = pc_now();
+            uint64_t fb = run_comm_bytes(r);
             if (t.method->finish(r, &t, e) != 0) goto out; /* evaluate the weights after this update */
+            carry_s = pc_now() - f0; /* the next step's weights: its begin_step is skipped */
+            carry_bytes = run_comm_bytes(r) - fb;
             current = 1;
             if (maybe_eval(r, &t, step + 1, 1, e) != 0) goto out;
         }

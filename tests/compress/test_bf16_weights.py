@@ -74,7 +74,10 @@ def main():
         pclib.check(not bad, f"compress np1: every fused tensor holds bf16 values only ({len(w)} tensors; {bad[:2]})")
         n_small = sum(t.size for t in w.values())
         for np_ in ranks:
-            saved = pclib.comm_mb(runs[np_, "f32"])[1:] - pclib.comm_mb(runs[np_])[1:]
+            saved = pclib.comm_mb(runs[np_, "f32"]) - pclib.comm_mb(runs[np_])  # every step, the first too
+            moved = pclib.comm_mb(runs[np_])
+            pclib.check(np.all(moved == moved[0]), f"compress np{np_}: every step's row counts the same bytes, the "
+                        f"first's W_C gather (made before the loop) too: {moved}")
             want = 2 * n_small / 1e6 if np_ > 1 else 0.0
             pclib.check(np.all(np.abs(saved - want) < 2e-3),
                         f"compress np{np_}: bf16 W_C moves {want:.3f} MB less per step (measured {saved})")
