@@ -353,17 +353,17 @@ int run_report_memory(run_ctx *r, pc_err *e) {
         free(all);
         return -1;
     }
-    if (r->rank == 0) {
+    if (r->rank == 0) { /* every rank's, however many (a fixed line dropped ranks past about 900) */
         static const char *keys[2] = {"peak_rss_mib", "peak_device_mib"};
-        char line[16384];
-        int n = 0;
+        json_buf b;
+        json_buf_init(&b);
         for (int k = 0; k < 2; k++) {
-            n += snprintf(line + n, sizeof line - (size_t)n, "%s\"%s\": [", k ? "], " : "{", keys[k]);
-            for (int i = 0; i < r->world && n < (int)sizeof line - 64; i++)
-                n += snprintf(line + n, sizeof line - (size_t)n, "%s%.1f", i ? ", " : "", all[2 * i + k]);
+            json_buf_printf(&b, "%s\"%s\": [", k ? "], " : "{", keys[k]);
+            for (int i = 0; i < r->world; i++) json_buf_printf(&b, "%s%.1f", i ? ", " : "", all[2 * i + k]);
         }
-        snprintf(line + n, sizeof line - (size_t)n, "]}");
-        run_metrics(r, line);
+        json_buf_puts(&b, "]}");
+        run_metrics(r, b.data);
+        json_buf_free(&b);
     }
     free(all);
     return 0;

@@ -66,8 +66,13 @@ def main():
     job = eval_job(root, "one-window", untied, valid)
     sets = ["train.global_batch=2", "train.micro_batch=1", "eval.batches=1"]
     a = pclib.last_val_loss(pclib.run_job(root, job, "one-window-whole", 2, *sets))
-    b = pclib.last_val_loss(pclib.run_job(root, job, "one-window-streamed", 2, *sets, "eval.stream_layers=true"))
+    d = pclib.run_job(root, job, "one-window-streamed", 2, *sets, "eval.stream_layers=true")
+    b = pclib.last_val_loss(d)
     pclib.check(a == b, f"one window on 2 ranks: streamed val_loss {b:.8f} equals the whole model's {a:.8f}")
+    log = open(os.path.join(d, "logs", "rank-00000.log")).read()
+    pclib.check("1 validation window(s) for 2 ranks: the 1 rank(s) without one wait in one collective" in log and
+                "run.collective_timeout (600 s)" in log,
+                "one window on 2 ranks: the rank without one waits on the whole pass, and the log says so")
 
     # memory: one layer at a time
     big, _ = pclib.tiny_base(root, 6, 96, 256, 1024, 8, heads=4, kv=2, head_dim=64, name="big")
