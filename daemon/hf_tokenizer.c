@@ -19,7 +19,8 @@ static int script_path(char *out, size_t n) {
     return snprintf(out, n, "%s/projcomp_tokenize.py", dirname(exe)) >= (int)n ? -1 : 0;
 }
 
-int hf_tokenizer_open(hf_tokenizer *t, const char *python, const char *path, const char *eos_token, pc_err *e) {
+int hf_tokenizer_open(hf_tokenizer *t, const char *python, const char *path, const char *eos_token, int prefix,
+                      pc_err *e) {
     memset(t, 0, sizeof *t);
     t->path = path;
     if (!python) python = getenv("PROJCOMP_PYTHON");
@@ -40,7 +41,7 @@ int hf_tokenizer_open(hf_tokenizer *t, const char *python, const char *path, con
         dup2(in[0], STDIN_FILENO);
         dup2(out[1], STDOUT_FILENO);
         close(in[0]), close(in[1]), close(out[0]), close(out[1]);
-        execlp(python, python, script, path, eos_token ? eos_token : "", (char *)NULL);
+        execlp(python, python, script, path, eos_token ? eos_token : "", prefix ? "auto" : "none", (char *)NULL);
         fprintf(stderr, "projcomp-data: cannot run %s: %s\n", python, strerror(errno));
         _exit(127);
     }
@@ -52,7 +53,8 @@ int hf_tokenizer_open(hf_tokenizer *t, const char *python, const char *path, con
     signal(SIGPIPE, SIG_IGN); /* a dead child shows up as a write error, not a signal */
     char line[512];
     if (!t->from || !t->to || !fgets(line, sizeof line, t->from) ||
-        sscanf(line, "%d %d %255[^\n]", &t->vocab_size, &t->eos_id, t->name) != 3 || t->vocab_size <= 0) {
+        sscanf(line, "%d %d %d %255[^\n]", &t->vocab_size, &t->eos_id, &t->bos_id, t->name) != 4 ||
+        t->vocab_size <= 0) {
         hf_tokenizer_close(t);
         return pc_errorf(e, "%s: the tokenizer helper (%s) failed; see its message above", path, python);
     }

@@ -32,7 +32,7 @@ static void usage(FILE *f) {
     fprintf(f,
             "usage: projcomp-data --out DIR [--valid-fraction F] [--shard-tokens N] [--name PREFIX]\n"
             "                     [--jsonl [--field NAME]] [--tokenizer tokenizer.json [--eos-token T]\n"
-            "                     [--python PY]] FILE...\n"
+            "                     [--no-bos] [--python PY]] FILE...\n"
             "       projcomp-data --inspect FILE.h5...\n"
             "\n"
             "Converts text files to byte-level HDF5 token shards (vocab_size %d: bytes 0..255,\n"
@@ -55,6 +55,9 @@ static void usage(FILE *f) {
             "                        (runs projcomp_tokenize.py, installed beside this program)\n"
             "  --eos-token T         the eos token of that tokenizer (default: <|endoftext|>,\n"
             "                        </s>, <|end_of_text|> or <eos>, whichever it has)\n"
+            "                        Each document starts as the tokenizer starts a text\n"
+            "                        (transformers' tokenizer(text): Llama's bos) and ends with eos\n"
+            "  --no-bos              with --tokenizer, documents without that start (text, eos)\n"
             "  --python PY           with --tokenizer, a Python with the 'tokenizers' package\n"
             "                        (default: $PROJCOMP_PYTHON, else python3)\n"
             "  --inspect FILE.h5...  print dtype, token count, attributes, documents (eos\n"
@@ -455,8 +458,10 @@ static int convert(const char *dir, const char *prefix, double valid_fraction, i
         if (rc) unwrite(&w);
     }
     if (rc == 0) {
-        printf("projcomp-data: %d file%s, %lld documents, %lld tokens (vocab_size %d, eos_id %d, tokenizer %s)\n",
-               n_files, n_files == 1 ? "" : "s", (long long)s.n_docs, (long long)s.n, s.vocab_size, s.eos_id,
+        char bos[48] = ""; /* what each document starts with */
+        if (hf) snprintf(bos, sizeof bos, hf->bos_id >= 0 ? ", documents start with %d" : ", no bos", hf->bos_id);
+        printf("projcomp-data: %d file%s, %lld documents, %lld tokens (vocab_size %d, eos_id %d%s, tokenizer %s)\n",
+               n_files, n_files == 1 ? "" : "s", (long long)s.n_docs, (long long)s.n, s.vocab_size, s.eos_id, bos,
                s.tokenizer);
         print_split("train", dir, prefix, cut, per_shard);
         print_split("valid", dir, prefix, s.n - cut, per_shard);
@@ -575,18 +580,18 @@ int main(int argc, char **argv) {
     const char *convert_opt = NULL; /* the first option given that only converting takes */
     double valid_fraction = 0.05;
     int64_t shard_tokens = (int64_t)1 << 26;
-    int do_inspect = 0, jsonl = 0;
+    int do_inspect = 0, jsonl = 0, no_bos = 0;
     static const struct option opts[] = {
         {"out", required_argument, NULL, 'o'},          {"valid-fraction", required_argument, NULL, 'v'},
         {"shard-tokens", required_argument, NULL, 's'}, {"name", required_argument, NULL, 'n'},
         {"inspect", no_argument, NULL, 'i'},            {"help", no_argument, NULL, 'h'},
         {"tokenizer", required_argument, NULL, 't'},    {"eos-token", required_argument, NULL, 'E'},
         {"python", required_argument, NULL, 'P'},     {"jsonl", no_argument, NULL, 'j'},
-        {"field", required_argument, NULL, 'f'},
+        {"field", required_argument, NULL, 'f'},        {"no-bos", no_argument, NULL, 'B'},
         {NULL, 0, NULL, 0},
     };
     int c;
-    while ((c = getopt_long(argc, argv, "o:v:s:n:iht:E:P:jf:", opts, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, "o:v:s:n:iht:E:P:jf:B", opts, NULL)) != -1) {
         char *end = NULL;
         if (!convert_opt && c != 'i' && c != 'h') convert_opt = option_name(opts, c);
         switch (c) {
@@ -617,6 +622,7 @@ int main(int argc, char **argv) {
         case 'P': python = optarg; break;
         case 'j': jsonl = 1; break;
         case 'f': field = optarg; break;
+        case 'B': no_bos = 1; break;
         case 'h': usage(stdout); return 0;
         default: usage(stderr); return 2;
         }
@@ -646,9 +652,9 @@ int main(int argc, char **argv) {
         fprintf(stderr, "projcomp-data: --field %s: only with --jsonl\n", field);
         return 2;
     }
-    if ((eos_token || python) && !tokenizer) {
-        fprintf(stderr, "projcomp-data: %s %s: only with --tokenizer\n", eos_token ? "--eos-token" : "--python",
-                eos_token ? eos_token : python);
+    if ((eos_token || python || no_bos) && !tokenizer) {
+        fprintf(stderr, "projcomp-data: %s%s: only with --tokenizer\n",
+                eos_token ? "--eos-token " : python ? "--python " : "--no-bos", eos_token ? eos_token : python ? python : "");
         return 2;
     }
     if (!out_dir) {
@@ -657,7 +663,7 @@ int main(int argc, char **argv) {
         return 2;
     }
     hf_tokenizer hf;
-    if (tokenizer && hf_tokenizer_open(&hf, python, tokenizer, eos_token, &e) != 0) {
+    if (tokenizer && hf_tokenizer_open(&hf, python, tokenizer, eos_token, !no_bos, &e) != 0) {
         fprintf(stderr, "projcomp-data: %s\n", e.msg);
         return 1;
     }

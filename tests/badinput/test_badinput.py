@@ -966,6 +966,12 @@ def case_data_python_without_tokenizer(fx):
               ["--python /nonexistent/python: only with --tokenizer"], out_dir=o)
 
 
+def case_data_no_bos_without_tokenizer(fx):
+    """--no-bos changes how --tokenizer starts a document: alone it is refused, not ignored."""
+    o, p = out_and_text(fx)
+    data_case(fx, ["--out", o, "--no-bos", p], ["--no-bos: only with --tokenizer"], out_dir=o)
+
+
 def case_data_no_out(fx):
     p = os.path.join(fx.root, "t.txt")
     open(p, "w").write("hello\n")

@@ -6,7 +6,8 @@ encoding of that paragraph followed by eos, with vocab_size and eos_id recorded.
 tokenizer without a known eos token is refused unless --eos-token names one. A vocabulary
 with gaps records its largest id + 1, and a document's text that spells the eos token
 stays text, also where the eos is not flagged special; padding and truncation saved in a
-tokenizer.json do not reach the shards."""
+tokenizer.json do not reach the shards. A tokenizer that puts <s> before a text (Llama's)
+starts each document with it, as transformers' tokenizer(text) does, unless --no-bos."""
 import os
 import subprocess
 import sys
@@ -19,16 +20,16 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 import pclib  # noqa: E402
 
 
-def convert_one(root, tok, dirname, text, what):
-    """Save tok as ROOT/DIRNAME/tokenizer.json, convert text with it (no validation split)
-    and return the shard's ids, vocab_size, eos_id and tokenizer name."""
+def convert_one(root, tok, dirname, text, what, extra=()):
+    """Save tok as ROOT/DIRNAME/tokenizer.json, convert text with it (no validation split;
+    extra options) and return the shard's ids, vocab_size, eos_id and tokenizer name."""
     tj = os.path.join(root, dirname, "tokenizer.json")
     os.makedirs(os.path.dirname(tj))
     tok.save(tj)
     src, out = os.path.join(root, what.replace(" ", "-") + ".txt"), os.path.join(root, "out-" + what.replace(" ", "-"))
     with open(src, "w") as f:
         f.write(text)
-    p = subprocess.run([pclib.PROJCOMP_DATA, "--out", out, "--valid-fraction", "0", "--tokenizer", tj, src],
+    p = subprocess.run([pclib.PROJCOMP_DATA, "--out", out, "--valid-fraction", "0", "--tokenizer", tj, *extra, src],
                        env=dict(pclib.env(), PROJCOMP_PYTHON=sys.executable), capture_output=True, text=True,
                        timeout=120)
     pclib.check(p.returncode == 0, f"{what}: converted ({p.stderr.strip()})")
@@ -126,6 +127,28 @@ def main():
     pclib.check(got == [1, 2, 1, 2, 3, 2, 0, 0, 0, 1, 3] and eos_id == 3 and name == "tok nl",
                 f"documents whole, unpadded, the spelled </s> as text: {got} (want [1, 2, 1, 2, 3, 2, 0, 0, 0, 1, "
                 f"3]), eos_id {eos_id}, tokenizer '{name}'")
+
+    # a Llama-like tokenizer, whose post-processor puts <s> before a text (and, the second,
+    # </s> after it): each document is what transformers' tokenizer(text) gives, <s> first,
+    # then eos once; --no-bos leaves the <s> out
+    from tokenizers import processors
+    from transformers import PreTrainedTokenizerFast
+    paras_l = ["a b a", "b a", "a"]
+    for template, tag in [("<s> $A", "bos"), ("<s> $A </s>", "bos-eos")]:
+        tok = Tokenizer(models.WordLevel({"<unk>": 0, "<s>": 1, "</s>": 2, "a": 3, "b": 4}, unk_token="<unk>"))
+        tok.pre_tokenizer = pre_tokenizers.Whitespace()
+        tok.add_special_tokens(["<s>", "</s>"])
+        tok.post_processor = processors.TemplateProcessing(single=template, special_tokens=[("<s>", 1), ("</s>", 2)])
+        got, _, eos_id, _ = convert_one(root, tok, f"tok-{tag}", "\n\n".join(paras_l) + "\n", f"llama-like {tag}")
+        hf = PreTrainedTokenizerFast(tokenizer_file=os.path.join(root, f"tok-{tag}", "tokenizer.json"))
+        want = sum((hf(t)["input_ids"] + ([] if tag == "bos-eos" else [eos_id]) for t in paras_l), [])
+        pclib.check(got == want and got[0] == 1, f"{tag}: documents as transformers' tokenizer(text) gives them, <s> "
+                    f"first and eos once: {got} (want {want})")
+        if tag == "bos":
+            got, *_ = convert_one(root, tok, "tok-no-bos", "\n\n".join(paras_l) + "\n", "llama-like --no-bos",
+                                  ["--no-bos"])
+            want = sum((tok.encode(t, add_special_tokens=False).ids + [eos_id] for t in paras_l), [])
+            pclib.check(got == want, f"--no-bos: text and eos only: {got} (want {want})")
 
     # no known eos token and none named: a clear error, nothing written
     tok = Tokenizer(models.WordLevel({"a": 0, "[UNK]": 1}, unk_token="[UNK]"))
