@@ -705,52 +705,114 @@ int ckpt_verify(const char *ckpt_path, ckpt_manifest *m, pc_err *e) {
     return 0;
 }
 
-int ckpt_find(const char *ckpt_dir, pc_log *log, int64_t *step, char *path_out, size_t n, pc_err *e) {
+/* The step-NNNNNNN names under ckpt_dir, newest first (*steps malloc'd): how many, 0
+ * when the directory does not exist, -1 (e set) when it cannot be read. */
+static int list_steps(const char *ckpt_dir, int64_t **steps, pc_err *e) {
+    *steps = NULL;
     DIR *d = opendir(ckpt_dir);
     if (!d) {
         if (errno == ENOENT) return 0;
         return pc_errorf(e, "%s: cannot read the checkpoint directory: %s", ckpt_dir, strerror(errno));
     }
-    int64_t *steps = NULL;
     int ns = 0, cap = 0;
     struct dirent *de;
     while ((de = readdir(d))) {
         int64_t s;
         if (!step_of(de->d_name, &s)) continue;
-        if (ns == cap) steps = pc_realloc(steps, sizeof(int64_t) * (size_t)(cap = cap * 2 + 8));
-        steps[ns++] = s;
+        if (ns == cap) *steps = pc_realloc(*steps, sizeof(int64_t) * (size_t)(cap = cap * 2 + 8));
+        (*steps)[ns++] = s;
     }
     closedir(d);
-    if (ns > 0) qsort(steps, (size_t)ns, sizeof(int64_t), cmp_desc);
+    if (ns > 0) qsort(*steps, (size_t)ns, sizeof(int64_t), cmp_desc);
+    return ns;
+}
+
+/* This rank's share of checkpoint `path` verified: its manifest (every rank reads it) and
+ * the entries dealt to this rank by size (pc_deal), so that the ranks read the checkpoint
+ * once between them, in parallel, each a share. */
+static int verify_share(const char *path, int rank, int ranks, ckpt_manifest *m, pc_err *e) {
+    if (ckpt_manifest_read(path, m, e) != 0) return -1;
+    int n = m->n_entries;
+    int64_t *sizes = pc_malloc(sizeof(int64_t) * (size_t)(n > 0 ? n : 1));
+    int *owner = pc_malloc(sizeof(int) * (size_t)(n > 0 ? n : 1));
+    for (int i = 0; i < n; i++) sizes[i] = m->entries[i].size;
+    pc_deal(sizes, n, ranks, owner);
+    int rc = 0;
+    for (int i = 0; i < n && rc == 0; i++)
+        if (owner[i] == rank) rc = verify_entry(path, &m->entries[i], e);
+    free(sizes);
+    free(owner);
+    return rc;
+}
+
+/* Whether every rank's share verified: the lowest rank with a fault puts its reason in
+ * why (every rank's copy) and the answer is that rank, else c's size (all good). */
+static int agree_fault(comm *c, int rank, int ranks, int bad, pc_err *why, pc_err *e) {
+    if (!c) return bad ? 0 : 1;
+    int mine = bad ? rank : ranks, first = ranks;
+    if (comm_all_reduce(c, &mine, &first, 1, COMM_I32, COMM_MIN, e) != 0) return -1;
+    if (first < ranks && comm_broadcast(c, why->msg, sizeof why->msg, COMM_U8, first, e) != 0) return -1;
+    return first;
+}
+
+int ckpt_find(const char *ckpt_dir, comm *c, pc_log *log, int64_t *step, char *path_out, size_t n, pc_err *e) {
+    const int rank = c ? c->rank : 0, ranks = c ? c->size : 1;
+    int64_t *steps = NULL;
+    int64_t ns = 0; /* rank 0 lists the directory; every rank takes its list */
+    pc_err le = {{0}};
+    if (rank == 0) ns = list_steps(ckpt_dir, &steps, &le);
+    if (c && (comm_broadcast(c, &ns, 1, COMM_I64, 0, e) != 0 ||
+              comm_broadcast(c, le.msg, sizeof le.msg, COMM_U8, 0, e) != 0)) {
+        free(steps);
+        return -1;
+    }
+    if (ns < 0) {
+        snprintf(e->msg, sizeof e->msg, "%s", le.msg);
+        return -1;
+    }
+    if (rank != 0) steps = pc_malloc(sizeof(int64_t) * (size_t)(ns > 0 ? ns : 1));
+    if (c && ns > 0 && comm_broadcast(c, steps, (size_t)ns, COMM_I64, 0, e) != 0) {
+        free(steps);
+        return -1;
+    }
     int found = 0;
     pc_err first = {{0}}; /* why the newest was skipped */
-    for (int i = 0; i < ns && !found; i++) {
+    for (int64_t i = 0; i < ns && !found; i++) {
         char dn[32], path[2600];
         ckpt_dir_name(steps[i], dn, sizeof dn);
         snprintf(path, sizeof path, "%s/%s", ckpt_dir, dn);
-        ckpt_manifest m;
+        ckpt_manifest m = {0};
         pc_err ve = {{0}};
-        if (ckpt_verify(path, &m, &ve) != 0) {
-            warn(log, "checkpoint %s skipped: %s", path, ve.msg);
+        int bad = verify_share(path, rank, ranks, &m, &ve) != 0;
+        if (!bad && m.step != steps[i]) {
+            bad = 1;
+            snprintf(ve.msg, sizeof ve.msg, "%.900s: its MANIFEST is of another step", path);
+        }
+        int who = agree_fault(c, rank, ranks, bad, &ve, e);
+        ckpt_manifest_free(&m);
+        if (who < 0) {
+            free(steps);
+            return -1;
+        }
+        if (who < ranks) { /* skipped on every rank, for the reason the lowest faulty rank found */
+            if (rank == 0) {
+                char why[sizeof ve.msg + 48];
+                snprintf(why, sizeof why, c ? "%s (found by rank %d)" : "%s", ve.msg, who);
+                warn(log, "checkpoint %s skipped: %s", path, why);
+            }
             if (!first.msg[0]) snprintf(first.msg, sizeof first.msg, "%s", ve.msg);
             continue;
         }
-        if (m.step != steps[i]) {
-            warn(log, "checkpoint %s skipped: its MANIFEST is of another step", path, "");
-            if (!first.msg[0]) snprintf(first.msg, sizeof first.msg, "%.900s: its MANIFEST is of another step", path);
-        } else {
-            *step = steps[i];
-            snprintf(path_out, n, "%s", path);
-            found = 1;
-        }
-        ckpt_manifest_free(&m);
+        *step = steps[i];
+        snprintf(path_out, n, "%s", path);
+        found = 1;
     }
     free(steps);
     /* checkpoints were written but none is usable: starting over would discard them */
     if (ns > 0 && !found)
-        return pc_errorf(e, "%s: none of the %d checkpoint(s) verifies (the newest: %.700s): restore one, or move "
+        return pc_errorf(e, "%s: none of the %lld checkpoint(s) verifies (the newest: %.700s): restore one, or move "
                             "the directory away to start over",
-                         ckpt_dir, ns, first.msg);
+                         ckpt_dir, (long long)ns, first.msg);
     return found;
 }
 

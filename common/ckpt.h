@@ -22,7 +22,8 @@
  * previous checkpoints as they were.
  *
  * Reading: ckpt_find picks the newest checkpoint whose manifest and every checksum
- * verify; a bad or incomplete one is reported (naming the file) and skipped. Entries are
+ * verify (the ranks of a comm checking a share each); a bad or incomplete one is
+ * reported (naming the file) and skipped. Entries are
  * keyed by name, so blocks written by any number of ranks can be read by any other. */
 #ifndef PC_CKPT_H
 #define PC_CKPT_H
@@ -121,8 +122,13 @@ int ckpt_verify(const char *ckpt_path, ckpt_manifest *m, pc_err *e);
 /* Newest checkpoint under ckpt_dir that verifies: returns 1 with *step set (path of
  * ckpt_dir/step-NNNNNNN in path_out), 0 when there is none, -1 when ckpt_dir cannot be
  * read or none of the checkpoints there verifies (e names the newest's fault). Bad or
- * incomplete checkpoints are logged (LOGW naming the file) and skipped. */
-int ckpt_find(const char *ckpt_dir, pc_log *log, int64_t *step, char *path_out, size_t n, pc_err *e);
+ * incomplete checkpoints are logged (LOGW naming the file, on rank 0) and skipped.
+ * Collective over comm (NULL: this process alone): rank 0 lists ckpt_dir, and each rank
+ * checks the manifest and a share of the files, dealt by size, so that the ranks read a
+ * checkpoint once between them, in parallel (rank 0 alone read a 1.5 TB checkpoint of a
+ * 70B compression, while the others waited under the collective watchdog); every rank
+ * gets the same answer. */
+int ckpt_find(const char *ckpt_dir, comm *c, pc_log *log, int64_t *step, char *path_out, size_t n, pc_err *e);
 /* Read block b->name into b's arrays: the array names and element counts must match the
  * file; the content's checksum must match the manifest. */
 int ckpt_read_block(const char *ckpt_path, const ckpt_manifest *m, ckpt_block *b, pc_err *e);

@@ -397,3 +397,29 @@ int pc_path_holds(const char *outer, const char *inner) {
     if (!strcmp(outer, "/")) return 1;
     return strncmp(inner, outer, n) == 0 && (inner[n] == '\0' || inner[n] == '/');
 }
+
+typedef struct deal_item {
+    int64_t size;
+    int index;
+} deal_item;
+
+static int deal_larger_first(const void *a, const void *b) {
+    const deal_item *x = a, *y = b;
+    return x->size != y->size ? (x->size < y->size) - (x->size > y->size) : x->index - y->index;
+}
+
+void pc_deal(const int64_t *sizes, int n, int bins, int *owner) {
+    deal_item *it = pc_malloc(sizeof *it * (size_t)(n > 0 ? n : 1));
+    int64_t *load = pc_calloc((size_t)bins, sizeof *load);
+    for (int i = 0; i < n; i++) it[i] = (deal_item){sizes[i], i};
+    qsort(it, (size_t)n, sizeof *it, deal_larger_first);
+    for (int k = 0; k < n; k++) {
+        int least = 0;
+        for (int q = 1; q < bins; q++)
+            if (load[q] < load[least]) least = q;
+        owner[it[k].index] = least;
+        load[least] += it[k].size;
+    }
+    free(it);
+    free(load);
+}

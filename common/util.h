@@ -52,6 +52,11 @@ void pc_rm_rf(const char *path);
 int pc_path_join(char *out, size_t n, const char *dir, const char *name);
 /* path as a glob(3) pattern matching exactly itself (malloc'd). */
 char *pc_glob_escape(const char *path);
+
+/* n items of the given sizes dealt out to `bins` (ranks): the largest first (the lower
+ * index on a tie), each to the bin holding the least so far (the lowest on a tie), into
+ * owner[i]. The same everywhere it is called with the same sizes. */
+void pc_deal(const int64_t *sizes, int n, int bins, int *owner);
 /* p's canonical absolute path into out (size n): its longest existing prefix resolved as
  * the kernel resolves it (symbolic links, ".."), the rest normalised lexically. -1 when
  * it does not fit or the working directory is unknown. */

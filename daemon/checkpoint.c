@@ -52,34 +52,17 @@ static int block_owner(const run_ctx *r, const trainer *t, int i) {
     return t->ckpt_rank_of[i];
 }
 
-static const trainer *deal_by; /* qsort's context: the tensors being dealt */
-static int larger_first(const void *a, const void *b) {
-    int64_t x = state_tensor_at(deal_by, *(const int *)a).numel, y = state_tensor_at(deal_by, *(const int *)b).numel;
-    return x != y ? (x < y) - (x > y) : *(const int *)a - *(const int *)b;
-}
-
-/* pretrain, prune: the replicated state's tensors dealt out to the ranks, the largest
- * first, each to the rank with the fewest elements so far (the lowest on a tie), so that
- * no rank writes much more than its share (rank 0 wrote all of it, 12 bytes a parameter,
- * while the others waited at the commit under the collective watchdog). The same on
- * every rank. */
+/* pretrain, prune: the replicated state's tensors dealt out to the ranks by size
+ * (pc_deal), so that no rank writes much more than its share (rank 0 wrote all of it,
+ * 12 bytes a parameter, while the others waited at the commit under the collective
+ * watchdog), nor reads more on a resume. The same on every rank. */
 static void deal_writers(const run_ctx *r, trainer *t) {
     int n = n_state_tensors(t);
-    int *order = pc_malloc(sizeof(int) * (size_t)n);
-    int64_t *load = pc_calloc((size_t)r->world, sizeof *load);
-    t->ckpt_rank_of = pc_malloc(sizeof(int) * (size_t)n);
-    for (int i = 0; i < n; i++) order[i] = i;
-    deal_by = t;
-    qsort(order, (size_t)n, sizeof *order, larger_first);
-    for (int k = 0; k < n; k++) {
-        int least = 0;
-        for (int q = 1; q < r->world; q++)
-            if (load[q] < load[least]) least = q;
-        t->ckpt_rank_of[order[k]] = least;
-        load[least] += state_tensor_at(t, order[k]).numel;
-    }
-    free(order);
-    free(load);
+    int64_t *sizes = pc_malloc(sizeof(int64_t) * (size_t)(n > 0 ? n : 1));
+    for (int i = 0; i < n; i++) sizes[i] = state_tensor_at(t, i).numel;
+    t->ckpt_rank_of = pc_malloc(sizeof(int) * (size_t)(n > 0 ? n : 1));
+    pc_deal(sizes, n, r->world, t->ckpt_rank_of);
+    free(sizes);
 }
 
 static void ckpt_root(const run_ctx *r, char *out, size_t n) { snprintf(out, n, "%s/checkpoints", r->run_dir); }
@@ -341,23 +324,9 @@ static int assemble(const char *path, const ckpt_manifest *m, const a_slice *sl,
 static int pick(run_ctx *r, int64_t *step, char *path, size_t n, pc_err *e) {
     char root[1100];
     ckpt_root(r, root, sizeof root);
-    int64_t got[2] = {0, -1}; /* status, step */
-    if (r->rank == 0) {
-        int f = ckpt_find(root, &r->log, &got[1], path, n, e);
-        if (f < 0) got[0] = -1;
-        if (f == 0) got[1] = -1;
-    }
-    if (comm_broadcast(r->comm, got, 2, COMM_I64, 0, e) != 0) return -1;
-    if (got[0] != 0) {
-        if (r->rank != 0) pc_errorf(e, "rank 0 found no usable checkpoint in %s (see its log)", root);
-        return -1;
-    }
-    *step = got[1];
-    if (got[1] >= 0) {
-        char dn[32];
-        ckpt_dir_name(got[1], dn, sizeof dn);
-        snprintf(path, n, "%s/%s", root, dn);
-    }
+    int f = ckpt_find(root, r->comm, &r->log, step, path, n, e); /* collective: each rank checks a share */
+    if (f < 0) return -1;
+    if (f == 0) *step = -1;
     return 0;
 }
 

@@ -12,6 +12,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "ckpt.h"
 
@@ -100,7 +101,7 @@ static int mpi_check(const char *dir) {
     comm_barrier(c, &e);
     int64_t step = -1;
     char path[1024];
-    CHECK(ckpt_find(dir, NULL, &step, path, sizeof path, &e) == 1 && step == 1, "find step 1 (got %lld)",
+    CHECK(ckpt_find(dir, NULL, NULL, &step, path, sizeof path, &e) == 1 && step == 1, "find step 1 (got %lld)",
           (long long)step);
     ckpt_manifest m;
     CHECK(ckpt_manifest_read(path, &m, &e) == 0, "manifest: %s", e.msg);
@@ -131,7 +132,7 @@ static int mpi_check(const char *dir) {
     if (rank == c->size - 1) CHECK(strstr(e.msg, "no spaces allowed") != NULL, "the failing rank names it: %s", e.msg);
     comm_barrier(c, &e);
     CHECK(count_tmp(dir) == 0, "no temporary directory left");
-    CHECK(ckpt_find(dir, NULL, &step, path, sizeof path, &e) == 1 && step == 1, "step 1 still the newest");
+    CHECK(ckpt_find(dir, NULL, NULL, &step, path, sizeof path, &e) == 1 && step == 1, "step 1 still the newest");
     comm_barrier(c, &e); /* everyone looked before the next checkpoint starts */
 
     if (c->size > 1) { /* the same block from two ranks */
@@ -147,13 +148,47 @@ static int mpi_check(const char *dir) {
     rc = write_step(dir, 4, c, -1, 0, 1, &e);
     CHECK(rc == 0, "step 4 written: %s", e.msg);
     comm_barrier(c, &e);
-    CHECK(ckpt_find(dir, NULL, &step, path, sizeof path, &e) == 1 && step == 4, "find step 4");
+    CHECK(ckpt_find(dir, NULL, NULL, &step, path, sizeof path, &e) == 1 && step == 4, "find step 4");
     DIR *d = opendir(dir);
     int n_ckpt = 0;
     struct dirent *de;
     while (d && (de = readdir(d))) n_ckpt += !strncmp(de->d_name, "step-", 5);
     if (d) closedir(d);
     CHECK(n_ckpt == 1, "keep 1 leaves one checkpoint (%d)", n_ckpt);
+
+    /* found together (each rank checks a share): the same answer everywhere; a file of the
+     * newest corrupted (whichever rank checks it): every rank falls back to step 4 */
+    CHECK(ckpt_find(dir, c, NULL, &step, path, sizeof path, &e) == 1 && step == 4, "found together: step 4 (%s)",
+          e.msg);
+    rc = write_step(dir, 5, c, -1, 0, 2, &e);
+    CHECK(rc == 0, "step 5 written: %s", e.msg);
+    comm_barrier(c, &e);
+    CHECK(ckpt_find(dir, c, NULL, &step, path, sizeof path, &e) == 1 && step == 5, "found together: step 5");
+    if (rank == 0) { /* one byte of the second largest block flipped: rank 1 checks it, where there is one */
+        char f[1200];
+        snprintf(f, sizeof f, "%s/layer.%d.weight.blk", path, NBLK - 2);
+        FILE *fp = fopen(f, "r+b");
+        CHECK(fp && fseek(fp, -3, SEEK_END) == 0, "open %s", f);
+        if (fp) {
+            int ch = fgetc(fp);
+            fseek(fp, -3, SEEK_END);
+            fputc(ch ^ 0x40, fp);
+            fclose(fp);
+        }
+    }
+    comm_barrier(c, &e);
+    CHECK(ckpt_find(dir, c, NULL, &step, path, sizeof path, &e) == 1 && step == 4,
+          "step 5 corrupted: every rank falls back to step 4 (got %lld)", (long long)step);
+    if (rank == 0) { /* the manifest of step 4 gone too: none verifies, every rank says why */
+        char m4[1200];
+        snprintf(m4, sizeof m4, "%s/step-0000004/MANIFEST", dir);
+        CHECK(unlink(m4) == 0, "remove %s", m4);
+    }
+    comm_barrier(c, &e);
+    e.msg[0] = '\0';
+    CHECK(ckpt_find(dir, c, NULL, &step, path, sizeof path, &e) == -1 && strstr(e.msg, "none of the 2 checkpoint(s)") &&
+              strstr(e.msg, "layer.") && strstr(e.msg, "checksum mismatch"),
+          "none verifies: an error on every rank naming the newest's bad file: %s", e.msg);
     int fails = g_fail, total = 0;
     MPI_Allreduce(&fails, &total, 1, MPI_INT, MPI_SUM, MPI_COMM_WORLD);
     if (rank == 0) printf("mpi-check on %d ranks: %s\n", c->size, total ? "FAILED" : "ok");
@@ -177,7 +212,7 @@ int main(int argc, char **argv) {
         pc_err e = {{0}};
         int64_t step;
         char path[2048];
-        int f = ckpt_find(argv[2], NULL, &step, path, sizeof path, &e);
+        int f = ckpt_find(argv[2], NULL, NULL, &step, path, sizeof path, &e);
         if (f < 0) {
             printf("error: %s\n", e.msg);
             return 1;

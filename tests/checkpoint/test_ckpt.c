@@ -89,7 +89,7 @@ static int64_t found_step(const char *dir) {
     int64_t step = -1;
     char path[1024];
     pc_err e = {{0}};
-    int f = ckpt_find(dir, NULL, &step, path, sizeof path, &e);
+    int f = ckpt_find(dir, NULL, NULL, &step, path, sizeof path, &e);
     return f == 1 ? step : -f - 10; /* 0 found -> -10, error -> -9 */
 }
 
@@ -240,7 +240,7 @@ static void test_all_damaged(void **state) {
     }
     int64_t step = -1;
     char path[1024];
-    assert_int_equal(ckpt_find(dir, NULL, &step, path, sizeof path, &e), -1);
+    assert_int_equal(ckpt_find(dir, NULL, NULL, &step, path, sizeof path, &e), -1);
     assert_non_null(strstr(e.msg, dir));
     assert_non_null(strstr(e.msg, "none of the 2 checkpoint(s) verifies"));
     assert_non_null(strstr(e.msg, "step-0000002"));

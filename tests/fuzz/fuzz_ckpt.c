@@ -184,7 +184,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     }
     int64_t step = -1;
     char found[1200];
-    int rc = ckpt_find(ckdir, NULL, &step, found, sizeof found, &e);
+    int rc = ckpt_find(ckdir, NULL, NULL, &step, found, sizeof found, &e);
     /* on a readable directory it fails only when the checkpoint there is unusable */
     FUZZ_CHECK(rc >= 0 || strstr(e.msg, "none of the 1 checkpoint(s) verifies"),
                "ckpt_find failed on a readable directory: %s", e.msg);
