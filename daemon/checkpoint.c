@@ -371,9 +371,14 @@ int ckpt_resume(run_ctx *r, trainer *t, int64_t *start_step, pc_err *e) {
     for (int i = 0; i < m.n_entries; i++) n_blocks += m.entries[i].kind == CKPT_BLOCK;
     if (rc == 0 && t->method == &METHOD_DIRECT && n_blocks != n_state_tensors(t))
         rc = pc_errorf(e, "%s: %d blocks, this model trains %d tensors", path, n_blocks, n_state_tensors(t));
+    /* pretrain, prune: each rank reads the tensors dealt to it and sends them to the others
+     * (every rank read all of the state, world times its size from the file system) */
+    int direct = t->method == &METHOD_DIRECT;
+    if (direct && !t->ckpt_rank_of) deal_writers(r, t);
     float *stage = rc == 0 ? pc_alloc_f32((size_t)max_numel(r, t, -1) * 3) : NULL;
     float *params = state_params(t);
     for (int i = 0; rc == 0 && i < n_state_tensors(t); i++) {
+        if (direct && t->ckpt_rank_of[i] != r->rank) continue;
         state_tensor s = state_tensor_at(t, i);
         ckpt_block b;
         block_of(t, i, stage, &b);
@@ -399,6 +404,13 @@ int ckpt_resume(run_ctx *r, trainer *t, int64_t *start_step, pc_err *e) {
     if (any) {
         if (!bad) pc_errorf(e, "%s: another rank failed to restore this checkpoint (see its log)", path);
         return -1;
+    }
+    for (int i = 0; direct && r->world > 1 && i < n_state_tensors(t); i++) { /* each tensor from its reader */
+        state_tensor s = state_tensor_at(t, i);
+        float *arrays[3] = {params + s.offset, t->adam_m + s.offset, t->adam_v + s.offset};
+        for (int k = 0; k < 3; k++)
+            if (comm_broadcast(r->dcomm, arrays[k], (size_t)s.numel, COMM_F32, t->ckpt_rank_of[i], e) != 0)
+                return pc_error_wrap(e, "%s: sending %s to the other ranks", path, s.name);
     }
     *start_step = step;
     LOGI(&r->log, "restored %s (step %lld)", path, (long long)step);

@@ -387,11 +387,13 @@ def main():
     eval_signals(root)
     resume_guards(job, root, os.path.join(root, "ref-compress-np2"))
 
-    # other rank counts: 4 -> 2 and 2 -> 4 (SIGUSR1 through mpirun, as Slurm's warning)
-    for a, b in [(4, 2), (2, 4)]:
-        got = stop_and_resume(job, root, f"np{a}to{b}", a, b, signal.SIGUSR1, False)
-        rel = max_rel(got, refs[("compress", b)])
-        pclib.check(rel < 1e-5, f"started on {a} ranks, resumed on {b}: final within 1e-5 relative ({rel:.2e})")
+    # other rank counts: 4 -> 2 and 2 -> 4 (SIGUSR1 through mpirun, as Slurm's warning);
+    # prune 4 -> 2: its state written by 4 ranks is read by 2, each its share, and sent
+    for mode, a, b in [("compress", 4, 2), ("compress", 2, 4), ("prune", 4, 2)]:
+        got = stop_and_resume(job, root, f"{mode}-np{a}to{b}", a, b, signal.SIGUSR1, False, f"run.mode={mode}")
+        rel = max_rel(got, refs[(mode, b)])
+        pclib.check(rel < 1e-5, f"{mode}: started on {a} ranks, resumed on {b}: final within 1e-5 relative "
+                                f"({rel:.2e})")
 
     # a plan that splits matrices (row and column ranges of A, shared factors): the
     # pieces written by 4 ranks are reassembled for 2 and the reverse
