@@ -42,7 +42,9 @@ static int score_activation(run_ctx *r, trainer *t, importance_scores *s, pc_err
         memcpy(tokens + j * T, win, sizeof(int32_t) * (size_t)T);
     }
     if (rc == 0) rc = stream_embed(t->base, bc, tokens, n_tok, 0, h, e);
-    if (rc == 0) rc = stream_layers(r, t->base, bc, LLAMA_F32, h, mine, B, T, score_layer, s, e);
+    /* every rank, one without windows too (it reads no layer: 960 of 1024 ranks at the
+     * default 64 sequences), so that none waits a whole pass over the base at once */
+    rc = stream_layers(r, t->base, bc, LLAMA_F32, h, mine, B, T, score_layer, s, rc != 0, e);
     free(win);
     free(tokens);
     free(h);

@@ -12,15 +12,13 @@
 #include "run.h"
 #include "stream.h"
 
-/* This rank's evaluation windows: how many (*mine, of *all on every rank) and in how
- * many micro-batches of B. */
-static int64_t my_windows(const run_ctx *r, data_set *valid, int64_t *mine, int64_t *all) {
+/* This rank's evaluation windows: how many (*mine) and in how many micro-batches of B. */
+static int64_t my_windows(const run_ctx *r, data_set *valid, int64_t *mine) {
     const pc_config *c = &r->cfg;
     int B = c->train.micro_batch;
     int64_t n_win = (int64_t)c->eval.batches * B;
     int64_t avail = data_eval_n_windows(data_n_tokens(valid), c->data.seq_len);
     if (n_win > avail) n_win = avail;
-    *all = n_win;
     *mine = n_win > r->rank ? (n_win - r->rank + r->world - 1) / r->world : 0;
     return (*mine + B - 1) / B;
 }
@@ -65,7 +63,7 @@ static int reduce_sums(run_ctx *r, int rc, const double sums[2], double *loss_ou
 int eval_valid(run_ctx *r, llama_model *m, data_set *valid, double *loss_out, pc_err *e) {
     const pc_config *c = &r->cfg;
     int B = c->train.micro_batch, T = c->data.seq_len;
-    int64_t mine, all, n_batches = my_windows(r, valid, &mine, &all), rows;
+    int64_t mine, n_batches = my_windows(r, valid, &mine), rows;
     int32_t *buf = pc_malloc(sizeof(int32_t) * ((size_t)T + 1));
     int32_t *tokens = pc_malloc(sizeof(int32_t) * (size_t)B * T);  /* (B,T) */
     int32_t *targets = pc_malloc(sizeof(int32_t) * (size_t)B * T); /* (B,T) */
@@ -111,12 +109,7 @@ static int eval_streamed(run_ctx *r, const st_model *base, const llama_config *l
     const pc_config *c = &r->cfg;
     int B = c->train.micro_batch, T = c->data.seq_len, d = lc->d_model;
     int weights = run_model_weights(r, RUN_EVALUATED);
-    int64_t mine, all, n_batches = my_windows(r, valid, &mine, &all);
-    if (r->rank == 0 && all < r->world && r->cfg.run.collective_timeout > 0)
-        LOGW(&r->log, "eval: %lld validation window(s) for %d ranks: the %lld rank(s) without one wait in one "
-                      "collective for the others' whole pass over the base, so that pass must take less than "
-                      "run.collective_timeout (%g s); raise it, or eval.batches, if reading the base takes longer",
-             (long long)all, r->world, (long long)(r->world - all), r->cfg.run.collective_timeout);
+    int64_t mine, n_batches = my_windows(r, valid, &mine);
     size_t bt = (size_t)B * T, n_tok = (size_t)n_batches * bt;
     int32_t *buf = pc_malloc(sizeof(int32_t) * ((size_t)T + 1));
     int32_t *tokens = pc_malloc(sizeof(int32_t) * (n_tok ? n_tok : 1));  /* (n_batches * B, T) */
@@ -127,9 +120,9 @@ static int eval_streamed(run_ctx *r, const st_model *base, const llama_config *l
     int rc = 0;
     for (int64_t bi = 0; bi < n_batches && rc == 0; bi++)
         rc = read_batch(r, valid, bi, mine, buf, tokens + bi * bt, targets + bi * bt, &real[bi], e);
-    int run = rc == 0 && n_batches > 0; /* a rank without windows reads nothing */
+    int run = rc == 0 && n_batches > 0; /* a rank without windows reads nothing, but joins each layer */
     if (run) rc = stream_embed(base, lc, tokens, (int64_t)n_tok, weights == LLAMA_BF16_ONLY, h, e);
-    if (run && rc == 0) rc = stream_layers(r, base, lc, weights, h, n_batches * B, B, T, NULL, NULL, e);
+    rc = stream_layers(r, base, lc, weights, h, run ? n_batches * B : 0, B, T, NULL, NULL, rc != 0, e);
     llama_model tm;
     memset(&tm, 0, sizeof tm);
     if (run && rc == 0) rc = tail_model(r, base, lc, weights, &tm, e);

@@ -21,8 +21,11 @@ typedef int (*stream_layer_fn)(void *ctx, const llama_model *m, int l, int64_t r
 /* h (n_seq, T, d) (host) through every decoder layer of the base (shape bc) in place,
  * one layer at a time on r's backend, in micro-batches of B sequences (a short last one
  * padded; fn sees only its real rows; NULL: no callback). weights: llama_opts.weights of
- * the one-layer model. */
+ * the one-layer model. Collective: every rank calls it, and the ranks agree after each
+ * layer that none failed, so that a rank with no sequences (it reads no layer) or one
+ * that failed before (failed != 0, e set) waits a layer's reading at a time under the
+ * collective watchdog, never the whole base's; a failure anywhere stops every rank. */
 int stream_layers(run_ctx *r, const st_model *base, const llama_config *bc, int weights, float *h, int64_t n_seq,
-                  int B, int T, stream_layer_fn fn, void *ctx, pc_err *e);
+                  int B, int T, stream_layer_fn fn, void *ctx, int failed, pc_err *e);
 
 #endif

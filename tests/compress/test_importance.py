@@ -7,7 +7,8 @@ equal sums of |input_layernorm| + |post_attention_layernorm| outputs (d_model) a
 transformers collect over the same windows (the sampler re-implemented in pclib,
 pseudo-step -1): max |diff| <= 1e-4 x max |ref|. magnitude: the L2-norm sums
 (docs/guide.md, Concepts) computed with NumPy, same tolerance. The kept indices are the top-k,
-and every dimension where the job sets no widths."""
+and every dimension where the job sets no widths. The same scores on 7 ranks, two of
+them without a window."""
 import os
 import sys
 
@@ -77,6 +78,12 @@ def main():
         close(got[f"d_ff.{li}.scores"], ref_ff[li], f"activation d_ff scores of layer {li}")
     kept = sorted(np.argsort(-ref_d, kind="stable")[:32])
     pclib.check(list(got["d_model.kept"].astype(int)) == list(kept), "activation: kept = top-32 of the reference")
+    # on more ranks than windows (7 for 5: ranks 5 and 6 read no layer, joining each
+    # layer's agreement): the same scores
+    d7 = os.path.join(root, "act-np7")
+    pclib.projcompd(7, job, f"run.dir={d7}", "train.global_batch=14")
+    got7 = read_scores(os.path.join(d7, "importance.txt"))
+    close(got7["d_model.scores"], ref_d, "activation on 7 ranks for 5 windows: d_model scores")
 
     d = os.path.join(root, "mag")
     pclib.projcompd(1, job, f"run.dir={d}", "compress.importance=magnitude")

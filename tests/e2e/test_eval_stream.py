@@ -69,10 +69,26 @@ def main():
     d = pclib.run_job(root, job, "one-window-streamed", 2, *sets, "eval.stream_layers=true")
     b = pclib.last_val_loss(d)
     pclib.check(a == b, f"one window on 2 ranks: streamed val_loss {b:.8f} equals the whole model's {a:.8f}")
-    log = open(os.path.join(d, "logs", "rank-00000.log")).read()
-    pclib.check("1 validation window(s) for 2 ranks: the 1 rank(s) without one wait in one collective" in log and
-                "run.collective_timeout (600 s)" in log,
-                "one window on 2 ranks: the rank without one waits on the whole pass, and the log says so")
+    # the ranks agree after each layer: a layer that rank 0 cannot read (a NaN in it) stops
+    # rank 1 too, which has no window and reads none, at that layer, not in a wait for the
+    # whole pass
+    import numpy as np
+    from safetensors.numpy import load_file, save_file
+    bad = os.path.join(root, "bad-layer")
+    os.makedirs(bad)
+    for f in os.listdir(untied):
+        if f != "model.safetensors":
+            os.symlink(os.path.join(untied, f), os.path.join(bad, f))
+    w = load_file(os.path.join(untied, "model.safetensors"))
+    w["model.layers.1.mlp.up_proj.weight"][3, 5] = np.nan
+    save_file(w, os.path.join(bad, "model.safetensors"), metadata={"format": "pt"})
+    job = eval_job(root, "bad-layer", bad, valid)
+    r = pclib.projcompd(2, job, f"run.dir={os.path.join(root, 'bad-layer-run')}", *sets, "eval.stream_layers=true",
+                        check=False)
+    logs = [open(os.path.join(root, "bad-layer-run", "logs", f"rank-{k:05d}.log")).read() for k in range(2)]
+    pclib.check(r.returncode != 0 and "model.layers.1.mlp.up_proj.weight" in logs[0] and
+                "layer 1 of the base: another rank failed" in logs[1],
+                f"a bad layer on rank 0 stops rank 1 (no window) at that layer (exit {r.returncode})")
 
     # memory: one layer at a time
     big, _ = pclib.tiny_base(root, 6, 96, 256, 1024, 8, heads=4, kv=2, head_dim=64, name="big")
