@@ -55,6 +55,30 @@ static int score_activation(run_ctx *r, trainer *t, importance_scores *s, pc_err
     return 0;
 }
 
+/* Magnitude scores: each rank reads a share of the layers (every rank read the whole
+ * base), the ranks agree that none failed, and the sums give each the whole scores. */
+static int score_magnitude(run_ctx *r, trainer *t, importance_scores *s, pc_err *e) {
+    const llama_config *bc = &t->base_cfg;
+    size_t n = (size_t)s->n_layers * (size_t)s->d_model;
+    double *d_layer = pc_calloc(n, sizeof *d_layer); /* (n_layers, d_model) */
+    int rc = importance_magnitude(s, bc, t->base, r->rank, r->world, d_layer, e);
+    int bad = rc != 0, any = bad;
+    pc_err ce = {{0}};
+    if (r->world > 1 && comm_all_reduce(r->comm, &bad, &any, 1, COMM_I32, COMM_MAX, &ce) != 0) {
+        if (!bad) *e = ce;
+        any = 1;
+    } else if (any && !bad) {
+        pc_errorf(e, "magnitude importance: another rank failed reading its layers of %s (see its log)",
+                  r->cfg.model.base);
+    }
+    if (!any && r->world > 1 && comm_all_reduce(r->comm, d_layer, d_layer, n, COMM_F64, COMM_SUM, e) != 0) any = 1;
+    for (int l = 0; !any && r->world > 1 && l < s->n_layers; l++)
+        if (comm_all_reduce(r->comm, s->ff[l], s->ff[l], (size_t)s->d_ff[l], COMM_F64, COMM_SUM, e) != 0) any = 1;
+    if (!any) importance_sum_layers(s, d_layer);
+    free(d_layer);
+    return any ? -1 : 0;
+}
+
 /* Kept indices for the small model's widths (sc: the base's where compress.d_model or
  * d_ff is unset, as importance mode allows): from a checkpoint being resumed, else
  * scored (RUN/importance.txt). */
@@ -72,7 +96,7 @@ static int select_indices(run_ctx *r, trainer *t, const llama_config *sc, pc_err
     if (!strcmp(how, "activation"))
         rc = score_activation(r, t, &s, e);
     else if (!strcmp(how, "magnitude"))
-        rc = importance_magnitude(&s, &t->base_cfg, t->base, e);
+        rc = score_magnitude(r, t, &s, e);
     else
         importance_random(&s, (uint64_t)c->run.seed);
     if (rc == 0) {

@@ -92,21 +92,23 @@ static float *read_weight(const st_model *base, const llama_config *c, const cha
     return w;
 }
 
-int importance_magnitude(importance_scores *s, const llama_config *c, const st_model *base, pc_err *e) {
+int importance_magnitude(importance_scores *s, const llama_config *c, const st_model *base, int rank, int ranks,
+                         double *d_layer, pc_err *e) {
     static const char *d_cols[] = {"self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "mlp.gate_proj",
                                    "mlp.up_proj"};
     static const char *d_rows[] = {"self_attn.o_proj", "mlp.down_proj"};
     char name[LLAMA_NAME_MAX];
     int64_t d = c->d_model, q = (int64_t)c->n_heads * c->head_dim, kv = (int64_t)c->n_kv_heads * c->head_dim;
-    for (int l = 0; l < s->n_layers; l++) {
+    for (int l = rank; l < s->n_layers; l += ranks) {
         int64_t f = c->d_ff_layer[l];
+        double *sd = d_layer + (size_t)l * (size_t)d; /* this layer's share of the d_model scores */
         int64_t rows[] = {q, kv, kv, f, f}; /* of d_cols' matrices, whose columns are d */
         int64_t cols[] = {q, f};            /* of d_rows' matrices, whose rows are d */
         for (size_t k = 0; k < PC_ARRAY_LEN(d_cols); k++) {
             snprintf(name, sizeof name, "model.layers.%d.%s.weight", l, d_cols[k]);
             float *w = read_weight(base, c, name, rows[k], d, e);
             if (!w) return -1;
-            add_col_norms(s->d, w, rows[k], d);
+            add_col_norms(sd, w, rows[k], d);
             if (k >= 3) add_row_norms(s->ff[l], w, f, d); /* gate, up: (f, d) rows are d_ff */
             free(w);
         }
@@ -114,12 +116,17 @@ int importance_magnitude(importance_scores *s, const llama_config *c, const st_m
             snprintf(name, sizeof name, "model.layers.%d.%s.weight", l, d_rows[k]);
             float *w = read_weight(base, c, name, d, cols[k], e);
             if (!w) return -1;
-            add_row_norms(s->d, w, d, cols[k]);
+            add_row_norms(sd, w, d, cols[k]);
             if (k == 1) add_col_norms(s->ff[l], w, d, f); /* down: (d, f) columns are d_ff */
             free(w);
         }
     }
     return 0;
+}
+
+void importance_sum_layers(importance_scores *s, const double *d_layer) {
+    for (int l = 0; l < s->n_layers; l++)
+        for (int j = 0; j < s->d_model; j++) s->d[j] += d_layer[(size_t)l * (size_t)s->d_model + (size_t)j];
 }
 
 void importance_random(importance_scores *s, uint64_t seed) {

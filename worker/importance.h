@@ -24,8 +24,15 @@ void importance_free(importance_scores *s);
 /* Add the activation scores of layer ml of model m's last forward (its first `rows`
  * sequences) to the scores of base layer sl (the d_model scores are shared). */
 void importance_accumulate_layer(importance_scores *s, const llama_model *m, int ml, int sl, int64_t rows);
-/* Weight-magnitude scores, reading the base tensors one at a time. */
-int importance_magnitude(importance_scores *s, const llama_config *c, const st_model *base, pc_err *e);
+/* Weight-magnitude scores of layers rank, rank + ranks, ... (every layer: 0, 1), reading
+ * the base tensors one at a time: each layer's d_ff scores into s, its share of the
+ * d_model scores into d_layer (n_layers, d_model), zeroed by the caller; the ranks' sums
+ * of both (each entry from one rank, so exact), then importance_sum_layers, give every
+ * rank the same scores whatever their number. */
+int importance_magnitude(importance_scores *s, const llama_config *c, const st_model *base, int rank, int ranks,
+                         double *d_layer, pc_err *e);
+/* s's d_model scores += the layers' shares, layer by layer in order. */
+void importance_sum_layers(importance_scores *s, const double *d_layer);
 /* Random scores (ablation). */
 void importance_random(importance_scores *s, uint64_t seed);
 

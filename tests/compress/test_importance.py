@@ -100,6 +100,12 @@ def main():
                  + np.linalg.norm(sd[p + "mlp.down_proj.weight"], axis=0))
         close(got[f"d_ff.{li}.scores"], ref_f, f"magnitude d_ff scores of layer {li}")
     close(got["d_model.scores"], ref_d, "magnitude d_model scores")
+    # on 3 ranks (each reads one of the 3 layers):
+    # the same scores, bit for bit, and the same file
+    d3 = os.path.join(root, "mag-np3")
+    pclib.projcompd(3, job, f"run.dir={d3}", "compress.importance=magnitude", "train.global_batch=6")
+    pclib.check(open(os.path.join(d3, "importance.txt")).read() == open(os.path.join(d, "importance.txt")).read(),
+                "magnitude on 3 ranks, each reading a share of the layers: importance.txt as on 1 rank")
 
     # importance mode without widths: the same scores, every dimension kept (compress.d_model
     # unset keeps the base's hidden_size as compress.d_ff [] keeps its widths)
