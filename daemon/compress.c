@@ -240,6 +240,12 @@ static int proj_setup(run_ctx *r, trainer *t, pc_err *e) {
                        !strcmp(r->cfg.model.dtype, "bf16"), e);
     LOGI(&r->log, "plan: %d blocks (%d matrices split), balance %.2f; this rank owns %lld trainable parameters",
          p.n_blocks, p.n_split, plan_balance(&p), (long long)t->ps.n_params);
+    double busiest;
+    int idle = plan_idle_ranks(&p, &busiest);
+    if (r->rank == 0 && idle > 0)
+        LOGW(&r->log, "%d of %d ranks own no block of the plan's %d: the projection work (%.3f TFLOP/step on the "
+                      "busiest rank) no longer shrinks with more ranks; the model's forward and backward still do",
+             idle, r->world, p.n_blocks, busiest / 1e12);
     if (rc == 0) {
         LOGI(&r->log, "W_C/G exchange buffer: %lld bytes here (plan: %lld)", (long long)t->ps.xchg_bytes,
              (long long)p.ranks[r->rank].xchg_bytes);

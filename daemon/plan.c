@@ -852,6 +852,17 @@ static const char *store_name(const plan_opts *o) {
     return o->store_grads == PC_GRADS_KEEP ? "true" : o->store_grads == PC_GRADS_AUTO ? "auto" : "false";
 }
 
+int plan_idle_ranks(const plan *p, double *busiest_flops) {
+    int idle = 0;
+    double mx = 0;
+    for (int r = 0; r < p->world; r++) {
+        idle += p->ranks[r].load_bytes == 0;
+        mx = PC_MAX(mx, p->ranks[r].flops);
+    }
+    if (busiest_flops) *busiest_flops = mx;
+    return idle;
+}
+
 int plan_write(const plan *p, FILE *f) {
     const plan_opts *o = &p->opts;
     fprintf(f, "# projcompd sharding plan v1\n");
@@ -868,6 +879,13 @@ int plan_write(const plan *p, FILE *f) {
             "projection %.3f TFLOP/step  balance %.3f\n",
             p->n_blocks, p->n_split, GIB(p->total_base_bytes), GIB(p->total_state_bytes), GIB(p->total_shared_bytes),
             p->total_flops / 1e12, plan_balance(p));
+    double busiest;
+    int idle = plan_idle_ranks(p, &busiest);
+    if (idle > 0)
+        fprintf(f, "# %d of %d ranks own no block (there are %d): the projection work, %.3f TFLOP/step on the "
+                   "busiest rank, no longer shrinks with more ranks (a matrix projected on both sides is never cut); "
+                   "the model's forward and backward still do\n",
+                idle, p->world, p->n_blocks, busiest / 1e12);
     if (o->shard_grads)
         fprintf(f, "# G sharded: two stage windows of %.3f GiB in each replica, the owned blocks' sums in each rank's; "
                    "reduced after each of %d backwards per step\n",

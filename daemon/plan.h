@@ -176,6 +176,9 @@ int plan_block_of(const plan *p, const char *tensor, int64_t row_or_col);
 const char *plan_kind_name(plan_kind k);
 /* Largest rank load divided by the mean (bytes the assignment balanced). */
 double plan_balance(const plan *p);
+/* Ranks that own no block (more ranks than the plan has blocks to give), and the busiest
+ * rank's projection FLOPs per step in *busiest_flops (may be NULL). */
+int plan_idle_ranks(const plan *p, double *busiest_flops);
 
 /* 0 when rank's planned total fits `capacity` bytes of `device` memory; else -1 with a
  * message naming the rank, the device, both sizes, the largest items and the remedies

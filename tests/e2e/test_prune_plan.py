@@ -41,7 +41,14 @@ def main():
                 "plan.txt of a prune run is prune's plan, with no compress blocks")
     dry, out = dry_run_max(job, "run.mode=prune")
     pclib.check(abs(dry - prune) < 0.01, f"the dry run's prune plan {dry:.1f} MiB is the run's {prune:.1f}")
-    compress, _ = dry_run_max(job)
+    compress, out = dry_run_max(job)
+    pclib.check("own no block" not in out, "compress on 1 rank: the rank owns blocks")
+    # more ranks than the plan has blocks: the dry run says the projection stops shrinking
+    many = pclib.run([pclib.PROJCOMPD, "--cfg", job, "--dry-run", "-np", "512", "--set", "train.micro_batch=1",
+                      "--set", "train.global_batch=512"]).stdout
+    m = re.search(r"^# blocks (\d+) .*\n# (\d+) of 512 ranks own no block \(there are (\d+)\)", many, re.M)
+    pclib.check(m is not None and int(m.group(2)) == 512 - int(m.group(1)) and m.group(1) == m.group(3),
+                f"512 ranks for {m.group(1) if m else '?'} blocks: the dry run names the ranks that own none")
     print(f"plans on one rank: prune {prune:.1f} MiB, compress {compress:.1f} MiB")
     pclib.check(compress - prune > 20, f"prune plans {prune:.1f} MiB, below compress's {compress:.1f}")
 
