@@ -3,8 +3,8 @@
  * dispatches to the configured mode.
  *
  * Exit status: 0 success, 1 runtime failure, 2 bad command line or config, 3 stopped by
- * SIGTERM/SIGUSR1 after writing a checkpoint (rerun the same command to resume). A
- * second SIGTERM ends the process at once (status 143). The eval and importance modes
+ * SIGTERM/SIGINT/SIGUSR1 after writing a checkpoint (rerun the same command to resume). A
+ * second SIGTERM or SIGINT ends the process at once (status 143 or 130). The eval and importance modes
  * have nothing to checkpoint: SIGTERM ends them at once (143) and SIGUSR1, Slurm's
  * warning before the time limit, is ignored. */
 #include <ctype.h>
@@ -24,12 +24,13 @@
 static volatile sig_atomic_t g_stop_signal; /* the one thing a signal handler may touch */
 
 static void on_signal(int sig) {
-    if (sig == SIGTERM && g_stop_signal == SIGTERM) _exit(128 + SIGTERM);
+    int asked = g_stop_signal == SIGTERM || g_stop_signal == SIGINT; /* a stop already asked for, not a warning */
+    if (sig != SIGUSR1 && asked) _exit(128 + sig);
     g_stop_signal = sig;
 }
 
-/* The modes that train checkpoint on SIGTERM/SIGUSR1 (at the next step boundary); the
- * others keep SIGTERM's default action and let the warning pass. */
+/* The modes that train checkpoint on SIGTERM/SIGINT (Ctrl-C)/SIGUSR1 (at the next step
+ * boundary); the others keep the default actions and let the warning pass. */
 static void install_signals(const char *mode) {
     int trains = config_mode_trains(mode);
     struct sigaction sa;
@@ -37,6 +38,7 @@ static void install_signals(const char *mode) {
     sigemptyset(&sa.sa_mask);
     sa.sa_handler = trains ? on_signal : SIG_DFL;
     sigaction(SIGTERM, &sa, NULL);
+    sigaction(SIGINT, &sa, NULL);
     sa.sa_handler = trains ? on_signal : SIG_IGN;
     sigaction(SIGUSR1, &sa, NULL);
 }
@@ -61,7 +63,7 @@ static void usage(FILE *f) {
             "  --help            this text\n"
             "\n"
             "exit status: 0 done, 1 runtime failure, 2 bad command line or config,\n"
-            "             3 stopped by SIGTERM/SIGUSR1 after a checkpoint (rerun to resume)\n");
+            "             3 stopped by SIGTERM/SIGINT/SIGUSR1 after a checkpoint (rerun to resume)\n");
 }
 
 typedef struct cli {

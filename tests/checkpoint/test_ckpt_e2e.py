@@ -379,10 +379,11 @@ def main():
     names = checkpoints(d)
     pclib.check(names == ["step-0000005"], f"at_end false, every 5 of {STEPS} steps: checkpoints {names}")
 
-    # SIGTERM to every rank, resume with the same command: bitwise
-    for mode in ["compress", "prune"]:
-        got = stop_and_resume(job, root, f"term-{mode}", 2, 2, signal.SIGTERM, True, f"run.mode={mode}")
-        pclib.check(bitwise(got, refs[(mode, 2)]), f"{mode}: SIGTERM + resume gives bitwise the uninterrupted weights")
+    # SIGTERM (and SIGINT, Ctrl-C's) to every rank, resume with the same command: bitwise
+    for mode, sig in [("compress", signal.SIGTERM), ("prune", signal.SIGTERM), ("compress", signal.SIGINT)]:
+        got = stop_and_resume(job, root, f"{sig.name.lower()}-{mode}", 2, 2, sig, True, f"run.mode={mode}")
+        pclib.check(bitwise(got, refs[(mode, 2)]),
+                    f"{mode}: {sig.name} + resume gives bitwise the uninterrupted weights")
 
     eval_signals(root)
     resume_guards(job, root, os.path.join(root, "ref-compress-np2"))
