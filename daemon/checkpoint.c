@@ -344,10 +344,10 @@ static int picked(run_ctx *r, trainer *t, int64_t *step, const char **path, pc_e
 static int check_meta(run_ctx *r, const ckpt_manifest *m, const char *path, const char *key, const char *want,
                       pc_err *e) {
     const char *have = ckpt_meta_get(m, key);
-    if (!have || strcmp(have, want))
-        return pc_errorf(e, "%s: checkpoint has %s '%s', this run has '%s' (use another run.dir or remove %s)", path,
-                         key, have ? have : "(none)", want, path);
-    (void)r;
+    if (!have || strcmp(have, want)) /* every checkpoint there is that run's: the directory goes, not this one */
+        return pc_errorf(e, "%s: checkpoint has %s '%s', this run has '%s' (use another run.dir, or remove %s/"
+                            "checkpoints to start this run over)",
+                         path, key, have ? have : "(none)", want, r->run_dir);
     return 0;
 }
 
@@ -427,8 +427,11 @@ int ckpt_resume_indices(run_ctx *r, trainer *t, const int *d_ff_c, int *loaded, 
     if (ckpt_manifest_read(path, &m, e) != 0) return -1;
     char *text = NULL;
     size_t len = 0;
-    int rc = check_meta(r, &m, path, "mode", r->cfg.run.mode, e);
-    if (rc == 0) rc = ckpt_read_raw(path, &m, "importance.txt", &text, &len, e);
+    if (check_meta(r, &m, path, "mode", r->cfg.run.mode, e) != 0) { /* another run's: says so itself */
+        ckpt_manifest_free(&m);
+        return -1;
+    }
+    int rc = ckpt_read_raw(path, &m, "importance.txt", &text, &len, e);
     const ckpt_entry *en = ckpt_entry_find(&m, "importance.txt");
     if (rc == 0) {
         char file[1500];

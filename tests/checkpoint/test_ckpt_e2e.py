@@ -211,6 +211,10 @@ def resume_guards(job, root, ref_dir):
     rc, out = finish(start(2, job, d, f"train.steps={STEPS + 4}", f"model.base={other}"))
     pclib.check(rc != 0 and f"model.base '{other}' is not the model this checkpoint was trained from" in out,
                 f"resuming on another base of the same shapes is refused (exit {rc})")
+    rc, out = finish(start(2, job, d, f"train.steps={STEPS + 4}", "run.mode=prune"))
+    pclib.check(rc != 0 and "checkpoint has mode 'compress', this run has 'prune' (use another run.dir, or remove "
+                f"{d}/checkpoints to start this run over)" in out and "resuming the kept indices" not in out,
+                f"a prune on a compress run's directory is refused, naming what to remove (exit {rc})")
     os.makedirs(os.path.join(d, "final.tmp-999"))  # what a save killed half-way leaves
     open(os.path.join(d, "final.tmp-999", "config.json"), "w").write("{")
     os.makedirs(os.path.join(d, "final.tmp-mine"))  # not a name the save gives: the user's own
