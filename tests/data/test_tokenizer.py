@@ -160,6 +160,17 @@ def main():
                        timeout=120)
     pclib.check(p.returncode != 0 and "no eos token" in p.stderr and not os.path.exists(out),
                 f"no eos token: refused ({p.stderr.strip().splitlines()[0] if p.stderr else ''})")
+    # one named that the tokenizer lacks: said so, with the special tokens it has
+    tok = Tokenizer(models.WordLevel({"a": 0, "[UNK]": 1, "<|end|>": 2}, unk_token="[UNK]"))
+    tok.add_special_tokens(["<|end|>"])
+    tj = os.path.join(root, "named.json")
+    tok.save(tj)
+    p = subprocess.run([pclib.PROJCOMP_DATA, "--out", out, "--tokenizer", tj, "--eos-token", "</s>", text],
+                       env=dict(pclib.env(), PROJCOMP_PYTHON=sys.executable), capture_output=True, text=True,
+                       timeout=120)
+    pclib.check(p.returncode != 0 and "--eos-token '</s>' is not a token of this tokenizer; its special tokens: "
+                "['<|end|>']" in p.stderr and not os.path.exists(out),
+                f"--eos-token the tokenizer lacks: refused, naming its special tokens ({p.stderr.strip()[:200]})")
 
 
 if __name__ == "__main__":
