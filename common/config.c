@@ -594,8 +594,13 @@ static int apply_set(pc_config *c, const char *set, pc_err *e) {
 
 /* ---------- validation ---------- */
 
-/* Shortest "%.*g" that reads back to the same double. */
+/* Shortest "%.*g" that reads back to the same double; a whole number below a million
+ * as such ("600", where the shortest is "6e+02"). */
 static void fmt_double(char *out, size_t n, double x) {
+    if (x == (double)(long long)x && x > -1e6 && x < 1e6) {
+        snprintf(out, n, "%lld", (long long)x);
+        return;
+    }
     for (int prec = 1; prec <= 17; prec++) {
         snprintf(out, n, "%.*g", prec, x);
         if (strtod(out, NULL) == x) return;

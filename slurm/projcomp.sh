@@ -20,19 +20,20 @@
 #                across requeues of one job since the job id does not change; a new
 #                submission resumes a run only with RUN_DIR set to it, which the stop
 #                message names); the job YAML's run.dir is overridden with it
-#   LAUNCHER     srun | mpirun (default: srun when available, else mpirun)
+#   LAUNCHER     srun | mpirun (default: srun inside a Slurm job, else mpirun; outside
+#                Slurm the script starts SLURM_NTASKS ranks, 1 when it is unset)
 #   LAUNCH_ARGS  extra arguments for the launcher. srun gets --mpi=pmix where Slurm's
 #                MpiDefault is none (Open MPI cannot start under it), srun offers pmix
 #                and neither LAUNCH_ARGS nor SLURM_MPI_TYPE names a plugin
 #
-# Signals: projcompd stops at the next step boundary after SIGUSR1 or SIGTERM, writes a
+# Signals: projcompd stops at the next step boundary after SIGUSR1, SIGTERM or SIGINT, writes a
 # checkpoint and exits 3. Slurm sends USR1 to this batch shell 120 s before the time
 # limit (--signal=B:USR1@120), which forwards it to the ranks; preemption (in its grace
 # time) and `scancel --signal` reach the ranks directly; a plain scancel or
 # `scontrol requeue` sends TERM to the ranks and this shell. After a stop the script asks
 # Slurm (scontrol show job) what is happening to the job: still RUNNING (time-limit
 # warning, preemption) -> it requeues the job (scontrol requeue) and the requeued job
-# resumes from RUN_DIR/checkpoints/latest; already requeued by Slurm (scontrol requeue,
+# resumes from the newest checkpoint in RUN_DIR/checkpoints that verifies; already requeued by Slurm (scontrol requeue,
 # preemption past its grace time) -> nothing to do; ending (scancel, the time limit
 # itself) -> not requeued, the log names the command that continues the run. Where TERM
 # reaches mpirun too, it kills the ranks and exits 1: a checkpoint published since the

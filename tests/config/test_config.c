@@ -566,6 +566,7 @@ static void test_resolved_diff(void **state) {
     assert_int_equal(config_load(&f->a, write_yaml(f, "a.yaml", minimal, path, sizeof path), NULL, 0, &e), 0);
     assert_int_equal(config_load(&f->b, write_yaml(f, "b.yaml", minimal, path, sizeof path), sets_b, 3, &e), 0);
     char *ta = config_resolved_text(&f->a), *tb = config_resolved_text(&f->b);
+    assert_non_null(strstr(ta, "  collective_timeout: 600\n")); /* a whole number as such, not 6e+02 */
     assert_int_equal(config_resolved_diff(ta, ta, diff, sizeof diff), 0);
     assert_string_equal(diff, "");
     assert_int_equal(config_load(&f->b, write_yaml(f, "c.yaml", minimal, path, sizeof path), NULL, 0, &e), 0);
