@@ -436,7 +436,7 @@ int ckpt_resume_indices(run_ctx *r, trainer *t, const int *d_ff_c, int *loaded, 
     if (rc == 0) {
         char file[1500];
         snprintf(file, sizeof file, "%s/%s", path, en->file);
-        rc = importance_load_indices(file, &t->base_cfg, r->cfg.compress.d_model, d_ff_c, &t->idx, e);
+        rc = importance_parse_indices(text, file, &t->base_cfg, r->cfg.compress.d_model, d_ff_c, &t->idx, e);
         if (rc != 0) { /* other widths than it was trained at: say which keys changed */
             warn_config_changes(r, &m, path);
             size_t at = strlen(e->msg);

@@ -198,10 +198,15 @@ int importance_save(const importance_scores *s, const proj_indices *idx, const c
 }
 
 /* Parse "<name>.kept i0 i1 ..." into a fresh array of exactly k ascending indices < n. */
-static int parse_kept(const char *text, const char *path, const char *name, int n, int k, int **out, pc_err *e) {
+/* The line '<name>.kept' of text: looked for from *from on (the sets come in order, so a
+ * whole file is scanned once, not once a layer), else from the start; *from then points
+ * past it. */
+static int parse_kept(const char *text, const char **from, const char *path, const char *name, int n, int k,
+                      int **out, pc_err *e) {
     char key[48];
     snprintf(key, sizeof key, "\n%s.kept", name);
-    const char *p = strstr(text, key);
+    const char *p = strstr(*from, key);
+    if (!p) p = strstr(text, key);
     if (!p) return pc_errorf(e, "%s: no line '%s.kept'", path, name);
     p += strlen(key);
     int *idx = pc_malloc(sizeof(int) * (size_t)(k > 0 ? k : 1));
@@ -223,23 +228,23 @@ static int parse_kept(const char *text, const char *path, const char *name, int 
         return pc_errorf(e, "%s: line '%s.kept' holds %d indices, the config asks for %d", path, name, count, k);
     }
     *out = idx;
+    *from = p;
     return 0;
 }
 
-int importance_load_indices(const char *path, const llama_config *base_cfg, int d_model_c, const int *d_ff_c,
-                            proj_indices *idx, pc_err *e) {
-    char *text;
-    if (pc_read_file(path, &text, NULL, e) != 0) return -1;
+int importance_parse_indices(const char *text, const char *path, const llama_config *base_cfg, int d_model_c,
+                             const int *d_ff_c, proj_indices *idx, pc_err *e) {
     memset(idx, 0, sizeof *idx);
     idx->d_model_c = d_model_c;
-    int rc = parse_kept(text, path, "d_model", base_cfg->d_model, d_model_c, &idx->idx_d, e);
+    const char *from = text;
+    int rc = parse_kept(text, &from, path, "d_model", base_cfg->d_model, d_model_c, &idx->idx_d, e);
     for (int l = 0; rc == 0 && l < base_cfg->n_layers; l++) {
         char name[32];
         snprintf(name, sizeof name, "d_ff.%d", l);
         idx->d_ff_c[l] = d_ff_c[l];
-        rc = parse_kept(text, path, name, base_cfg->d_ff_layer[l], d_ff_c[l], &idx->idx_ff[l], e);
+        rc = parse_kept(text, &from, path, name, base_cfg->d_ff_layer[l], d_ff_c[l], &idx->idx_ff[l], e);
     }
-    free(text);
     if (rc != 0) proj_indices_free(idx, base_cfg->n_layers);
     return rc;
 }
+

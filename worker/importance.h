@@ -41,9 +41,9 @@ void importance_select(const importance_scores *s, int d_model_c, const int *d_f
 
 /* RUN/importance.txt: the scores and chosen indices, one line per set. */
 int importance_save(const importance_scores *s, const proj_indices *idx, const char *path, pc_err *e);
-/* Read the indices back from importance.txt (for resume and for `compress` after
- * `importance`). */
-int importance_load_indices(const char *path, const llama_config *base_cfg, int d_model_c, const int *d_ff_c,
-                            proj_indices *idx, pc_err *e);
+/* The kept indices from importance.txt's text (a checkpoint's copy, already read and
+ * verified, on a resume; path: what messages name). */
+int importance_parse_indices(const char *text, const char *path, const llama_config *base_cfg, int d_model_c,
+                             const int *d_ff_c, proj_indices *idx, pc_err *e);
 
 #endif
