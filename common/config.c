@@ -597,7 +597,7 @@ static int apply_set(pc_config *c, const char *set, pc_err *e) {
 /* Shortest "%.*g" that reads back to the same double; a whole number below a million
  * as such ("600", where the shortest is "6e+02"). */
 static void fmt_double(char *out, size_t n, double x) {
-    if (x == (double)(long long)x && x > -1e6 && x < 1e6) {
+    if (x > -1e6 && x < 1e6 && x == (double)(long long)x) { /* the range first: the cast of 1e300 is undefined */
         snprintf(out, n, "%lld", (long long)x);
         return;
     }
@@ -935,6 +935,17 @@ static const char *resolved_value(const char *text, const char *path, size_t *n)
     return NULL;
 }
 
+/* Two resolved values that are one number spelled two ways ("6e+02", as an earlier
+ * version wrote 600, and "600"). */
+static int same_number(const char *a, size_t na, const char *b, size_t nb) {
+    char x[64], y[64], *ex, *ey;
+    if (na >= sizeof x || nb >= sizeof y) return 0;
+    memcpy(x, a, na), x[na] = '\0';
+    memcpy(y, b, nb), y[nb] = '\0';
+    double u = strtod(x, &ex), v = strtod(y, &ey);
+    return ex != x && !*ex && ey != y && !*ey && u == v;
+}
+
 int config_resolved_diff(const char *old_text, const char *new_text, char *out, size_t cap) {
     int n = 0;
     size_t at = 0;
@@ -943,7 +954,7 @@ int config_resolved_diff(const char *old_text, const char *new_text, char *out, 
         const char *path = pc_config_keys[i].path;
         size_t na = 0, nb = 0;
         const char *a = resolved_value(old_text, path, &na), *b = resolved_value(new_text, path, &nb);
-        if ((!a && !b) || (a && b && na == nb && !memcmp(a, b, na))) continue;
+        if ((!a && !b) || (a && b && ((na == nb && !memcmp(a, b, na)) || same_number(a, na, b, nb)))) continue;
         n++;
         if (at < cap)
             at += (size_t)snprintf(out + at, cap - at, "%s%s: %.*s -> %.*s", n > 1 ? "; " : "", path,

@@ -64,6 +64,7 @@ typedef struct cuda_impl {
     size_t bf_a_n, bf_b_n;
     size_t bf_cap;         /* elements a block may hold (BACKEND_CUDA_BF16_BLOCK) */
     int64_t gemm_span;     /* a cuBLAS operand spans fewer elements than this (BACKEND_CUDA_GEMM_SPAN) */
+    uint64_t gemm_calls;   /* cublasGemmEx calls so far (backend_cuda_gemm_calls) */
     char device_name[64];
     cudaStream_t stream;
     cublasHandle_t blas;
@@ -490,6 +491,7 @@ static void blas_gemm(cuda_impl *c, int ta, int tb, int M, int N, int K, float a
                       ldc, compute);
         return;
     }
+    c->gemm_calls++;
     CUBLAS_CHECK(cublasGemmEx(c->blas, tb ? CUBLAS_OP_T : CUBLAS_OP_N, ta ? CUBLAS_OP_T : CUBLAS_OP_N, N, M, K, &alpha,
                               B, abt, ldb, A, abt, lda, &beta, C, ct, ldc, compute, CUBLAS_GEMM_DEFAULT));
 }
@@ -2328,6 +2330,11 @@ extern "C" int backend_cuda_set_gemm_span(backend *be, int64_t elems)
     if (!be || be->ops != &cuda_ops) return -1;
     impl_of(be)->gemm_span = elems > 1 ? elems : 2;
     return 0;
+}
+
+extern "C" uint64_t backend_cuda_gemm_calls(backend *be)
+{
+    return be && be->ops == &cuda_ops ? impl_of(be)->gemm_calls : 0;
 }
 
 extern "C" size_t backend_cuda_bf16_copies_bytes(backend *be)

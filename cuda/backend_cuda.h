@@ -53,6 +53,9 @@ int backend_cuda_set_bf16_block(backend *be, size_t elems);
 /* Set that bound (elements, at least 2; tests make it small to exercise the pieces).
  * Returns -1 when be is not a CUDA backend. */
 int backend_cuda_set_gemm_span(backend *be, int64_t elems);
+/* cublasGemmEx calls so far, the pieces of a split product each (tests); 0 when be is
+ * not a CUDA backend. */
+uint64_t backend_cuda_gemm_calls(backend *be);
 /* Bytes the two bf16 operand copies hold now: each grows to the largest operand rounded
  * into it so far, up to the bound above. 0 when be is not a CUDA backend. */
 size_t backend_cuda_bf16_copies_bytes(backend *be);

@@ -320,7 +320,8 @@ static int assemble(const char *path, const ckpt_manifest *m, const a_slice *sl,
     return 0;
 }
 
-/* Rank 0 picks the newest valid checkpoint and every rank learns its step (-1: none). */
+/* The newest valid checkpoint, found by the ranks together (ckpt_find: each checks a
+ * share of its files); every rank gets its step (-1: none) and path. */
 static int pick(run_ctx *r, int64_t *step, char *path, size_t n, pc_err *e) {
     char root[1100];
     ckpt_root(r, root, sizeof root);
@@ -395,16 +396,8 @@ int ckpt_resume(run_ctx *r, trainer *t, int64_t *start_step, pc_err *e) {
     free(stage);
     ckpt_manifest_free(&m);
     /* every rank must have restored the same state before training on */
-    int bad = rc != 0, any = 0;
-    pc_err ce = {{0}};
-    if (comm_all_reduce(r->comm, &bad, &any, 1, COMM_I32, COMM_MAX, &ce) != 0) {
-        if (!bad) *e = ce;
+    if (run_agree(r, rc, e, "%s: another rank failed to restore this checkpoint (see its log)", path) != 0)
         return -1;
-    }
-    if (any) {
-        if (!bad) pc_errorf(e, "%s: another rank failed to restore this checkpoint (see its log)", path);
-        return -1;
-    }
     for (int i = 0; direct && r->world > 1 && i < n_state_tensors(t); i++) { /* each tensor from its reader */
         state_tensor s = state_tensor_at(t, i);
         float *arrays[3] = {params + s.offset, t->adam_m + s.offset, t->adam_v + s.offset};

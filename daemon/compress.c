@@ -62,15 +62,8 @@ static int score_magnitude(run_ctx *r, trainer *t, importance_scores *s, pc_err 
     size_t n = (size_t)s->n_layers * (size_t)s->d_model;
     double *d_layer = pc_calloc(n, sizeof *d_layer); /* (n_layers, d_model) */
     int rc = importance_magnitude(s, bc, t->base, r->rank, r->world, d_layer, e);
-    int bad = rc != 0, any = bad;
-    pc_err ce = {{0}};
-    if (r->world > 1 && comm_all_reduce(r->comm, &bad, &any, 1, COMM_I32, COMM_MAX, &ce) != 0) {
-        if (!bad) *e = ce;
-        any = 1;
-    } else if (any && !bad) {
-        pc_errorf(e, "magnitude importance: another rank failed reading its layers of %s (see its log)",
-                  r->cfg.model.base);
-    }
+    int any = run_agree(r, rc, e, "magnitude importance: another rank failed reading its layers of %s (see its log)",
+                        r->cfg.model.base) != 0;
     if (!any && r->world > 1 && comm_all_reduce(r->comm, d_layer, d_layer, n, COMM_F64, COMM_SUM, e) != 0) any = 1;
     for (int l = 0; !any && r->world > 1 && l < s->n_layers; l++)
         if (comm_all_reduce(r->comm, s->ff[l], s->ff[l], (size_t)s->d_ff[l], COMM_F64, COMM_SUM, e) != 0) any = 1;

@@ -49,10 +49,7 @@ static int read_batch(const run_ctx *r, data_set *valid, int64_t bi, int64_t min
  * its status rc: every rank joins the reductions even after a local failure, so nobody
  * hangs. */
 static int reduce_sums(run_ctx *r, int rc, const double sums[2], double *loss_out, pc_err *e) {
-    double fail = rc != 0, any_fail = 0;
-    if (comm_all_reduce(r->comm, &fail, &any_fail, 1, COMM_F64, COMM_MAX, e) != 0) return -1;
-    if (rc != 0) return -1;
-    if (any_fail) return pc_errorf(e, "eval: another rank failed");
+    if (run_agree(r, rc, e, "eval: another rank failed (see its log)") != 0) return -1;
     double tot[2];
     if (comm_all_reduce(r->comm, sums, tot, 2, COMM_F64, COMM_SUM, e) != 0) return -1;
     if (tot[1] <= 0) return pc_errorf(e, "data.valid: no validation windows of seq_len %d", r->cfg.data.seq_len);

@@ -26,6 +26,7 @@ static volatile sig_atomic_t g_stop_signal; /* the one thing a signal handler ma
 static void on_signal(int sig) {
     int asked = g_stop_signal == SIGTERM || g_stop_signal == SIGINT; /* a stop already asked for, not a warning */
     if (sig != SIGUSR1 && asked) _exit(128 + sig);
+    if (sig == SIGUSR1 && g_stop_signal) return; /* a warning after a stop: the stop stands */
     g_stop_signal = sig;
 }
 

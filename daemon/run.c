@@ -8,6 +8,8 @@
 #include <limits.h>
 #include <math.h>
 #include <stdlib.h>
+#include <stdarg.h>
+#include <stdio.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
 #include <string.h>
@@ -337,6 +339,23 @@ void run_progress(run_ctx *r, long step, long total, double loss, double tok_per
             step, total, loss, tok_per_s, m, step_s, (int)(eta / 3600), (int)(eta / 60) % 60, (int)eta % 60,
             tty && step < total ? "" : "\n");
     fflush(stderr);
+}
+
+int run_agree(run_ctx *r, int rc, pc_err *e, const char *fmt, ...) {
+    int bad = rc != 0, any = bad;
+    pc_err ce = {{0}};
+    if (r->world > 1 && comm_all_reduce(r->comm, &bad, &any, 1, COMM_I32, COMM_MAX, &ce) != 0) {
+        if (!bad) *e = ce;
+        return -1;
+    }
+    if (!any) return 0;
+    if (!bad) {
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(e->msg, sizeof e->msg, fmt, ap);
+        va_end(ap);
+    }
+    return -1;
 }
 
 int run_report_memory(run_ctx *r, pc_err *e) {

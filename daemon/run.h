@@ -78,6 +78,11 @@ void run_progress(run_ctx *r, long step, long total, double loss, double tok_per
 /* Backend from backend.device (auto picks CUDA when a GPU and the CUDA build exist)
  * and r->dcomm from backend.comm. Collective. */
 int run_backend(run_ctx *r, pc_err *e);
+/* Every rank's verdict on a step that may fail on some (collective over r->comm; nothing
+ * to agree on one rank): 0 when rc is 0 on every rank, else -1 with e holding this
+ * rank's own error, or, on a rank that did not fail, fmt's message ("... another rank
+ * failed (see its log)"), so that every rank stops together. */
+int run_agree(run_ctx *r, int rc, pc_err *e, const char *fmt, ...) __attribute__((format(printf, 4, 5)));
 /* Payload bytes of every collective so far, host and device comms together. */
 uint64_t run_comm_bytes(const run_ctx *r);
 /* The model's shape: model.base's config.json, else model.config. */

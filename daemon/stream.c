@@ -65,15 +65,8 @@ int stream_layers(run_ctx *r, const st_model *base, const llama_config *bc, int 
     int rc = failed ? -1 : 0;
     for (int l = 0; l < bc->n_layers; l++) {
         if (rc == 0 && n_seq > 0) rc = run_layer(r, base, bc, l, weights, h, n_seq, B, T, x, y, fn, ctx, e);
-        int bad = rc != 0, any = bad; /* every rank at every layer: a wait is a layer's reading at most */
-        pc_err ce = {{0}};
-        if (r->world > 1 && comm_all_reduce(r->comm, &bad, &any, 1, COMM_I32, COMM_MAX, &ce) != 0) {
-            if (!bad) *e = ce;
-            rc = -1;
-            break;
-        }
-        if (any) {
-            if (!bad) pc_errorf(e, "layer %d of the base: another rank failed (see its log)", l);
+        /* every rank at every layer: a wait is a layer's reading at most */
+        if (run_agree(r, rc, e, "layer %d of the base: another rank failed (see its log)", l) != 0) {
             rc = -1;
             break;
         }

@@ -84,6 +84,8 @@ def main():
     pclib.projcompd(7, job, f"run.dir={d7}", "train.global_batch=14")
     got7 = read_scores(os.path.join(d7, "importance.txt"))
     close(got7["d_model.scores"], ref_d, "activation on 7 ranks for 5 windows: d_model scores")
+    for li in range(L):
+        close(got7[f"d_ff.{li}.scores"], ref_ff[li], f"activation on 7 ranks for 5 windows: d_ff scores of layer {li}")
 
     d = os.path.join(root, "mag")
     pclib.projcompd(1, job, f"run.dir={d}", "compress.importance=magnitude")

@@ -581,6 +581,9 @@ static void test_resolved_diff(void **state) {
     /* a key one side lacks (an older version's text), and a cut message */
     assert_int_equal(config_resolved_diff("train:\n  steps: 5\n", "train:\n  lr: 0.1\n", diff, sizeof diff), 2);
     assert_string_equal(diff, "train.steps: 5 -> (none); train.lr: (none) -> 0.1");
+    /* one number spelled two ways (an earlier version wrote 600 as 6e+02) is no change */
+    assert_int_equal(config_resolved_diff("run:\n  collective_timeout: 6e+02\n",
+                                          "run:\n  collective_timeout: 600\n", diff, sizeof diff), 0);
     assert_int_equal(config_resolved_diff(ta, tb, diff, 20), 3);
     assert_int_equal(strlen(diff), 19);
     assert_string_equal(diff + 16, "...");

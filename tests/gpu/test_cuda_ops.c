@@ -289,8 +289,10 @@ static void test_gemm_span(ctx *x)
                     x->gpu->ops->round_bf16(x->gpu, b16, B.g, nb);
                     float *out[2], *h[2];
                     uint16_t *o16[2], *h16[2];
+                    uint64_t calls[2];
                     for (int split = 0; split < 2; split++) {
                         backend_cuda_set_gemm_span(x->gpu, split ? spans[s] : BACKEND_CUDA_GEMM_SPAN);
+                        calls[split] = backend_cuda_gemm_calls(x->gpu);
                         out[split] = be_alloc(x->gpu, nc);
                         be_copy(x->gpu, out[split], C.g, nc);
                         o16[split] = x->gpu->ops->alloc_bf16(x->gpu, nc);
@@ -303,6 +305,7 @@ static void test_gemm_span(ctx *x)
                             x->gpu->ops->gemm_16_to16(x->gpu, ta, tb, M, N, K, 0.7f, a16, lda, b16, ldb, o16[split],
                                                       ldc);
                         }
+                        calls[split] = backend_cuda_gemm_calls(x->gpu) - calls[split];
                         h[split] = pc_alloc_f32(nc);
                         be_download(x->gpu, h[split], out[split], nc);
                         h16[split] = pc_malloc(2 * nc);
@@ -313,6 +316,12 @@ static void test_gemm_span(ctx *x)
                     snprintf(what, sizeof what, "%s in pieces spanning < %lld elements ta=%d tb=%d (%dx%dx%d)",
                              name[mode], (long long)spans[s], ta, tb, M, N, K);
                     report(x, what, test_rel_max_err(h[0], h[1], nc), TOL_F32);
+                    x->checks++; /* it was split: more cuBLAS calls than the whole product's */
+                    if (!(calls[1] > calls[0])) {
+                        x->failures++;
+                        printf("FAIL %s: %llu cuBLAS calls, the whole product %llu\n", what,
+                               (unsigned long long)calls[1], (unsigned long long)calls[0]);
+                    }
                     if (mode == 2) { /* the bf16 C: rows of M, N columns of it compared (not the padding) */
                         float *f[2] = {pc_alloc_f32(nc), pc_alloc_f32(nc)};
                         for (int k = 0; k < 2; k++)
