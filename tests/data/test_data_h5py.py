@@ -69,6 +69,15 @@ class TmpDirCase(unittest.TestCase):
     def p(self, name):
         return os.path.join(self.dir, name)
 
+    def rank0_log(self, job, name, *sets):
+        """Run job on one rank with run.dir DIR/name and the --set values; it must succeed;
+        rank 0's log."""
+        d = self.p(name)
+        r = pclib.projcompd(1, job, f"run.dir={d}", *sets, check=False)
+        self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+        with open(os.path.join(d, "logs", "rank-00000.log")) as f:
+            return f.read()
+
 
 class Interop(TmpDirCase):
     def expect_error(self, args, *substrings):
@@ -129,11 +138,7 @@ class Interop(TmpDirCase):
         for mode, sets in [("pretrain", []),  # eval reads data.valid only: both shards there
                            ("eval", [f"model.base={self.p('run-pretrain/final')}", "model.config=",
                                      f"data.valid=[{shard}, {self.p('valid.h5')}]"])]:
-            d = self.p(f"run-{mode}")
-            r = pclib.projcompd(1, job, f"run.dir={d}", f"run.mode={mode}", *sets, check=False)
-            self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
-            with open(os.path.join(d, "logs", "rank-00000.log")) as f:
-                log = f.read()
+            log = self.rank0_log(job, f"run-{mode}", f"run.mode={mode}", *sets)
             self.assertIn(want, log)
             self.assertNotIn("is also in data.train", log)
             self.assertNotIn("max_position_embeddings", log)
@@ -142,12 +147,8 @@ class Interop(TmpDirCase):
         # a valid shard that train trains on (by another path), and windows longer than the
         # model's positions (max_position_embeddings 64): warned, not refused
         os.symlink(shard, self.p("same.h5"))
-        d = self.p("run-overlap")
-        r = pclib.projcompd(1, job, f"run.dir={d}", f"data.valid=[{self.p('same.h5')}]", "data.seq_len=80",
-                            "train.warmup_steps=0", "eval.every_steps=1", check=False)
-        self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
-        with open(os.path.join(d, "logs", "rank-00000.log")) as f:
-            log = f.read()
+        log = self.rank0_log(job, "run-overlap", f"data.valid=[{self.p('same.h5')}]", "data.seq_len=80",
+                             "train.warmup_steps=0", "eval.every_steps=1")
         self.assertIn(f"data.valid: {self.p('same.h5')} is also in data.train", log)
         self.assertIn("data.seq_len 80 is longer than the model's max_position_embeddings 64", log)
         self.assertNotIn("different tokenizers", log)
@@ -155,31 +156,18 @@ class Interop(TmpDirCase):
         self.assertNotIn("nothing is evaluated", log)
         # the same windows in an eval streaming the base a layer at a time: warned too, as
         # is a distillation key the eval takes and does nothing with
-        d = self.p("run-stream")
-        r = pclib.projcompd(1, job, f"run.dir={d}", "run.mode=eval", f"model.base={self.p('run-pretrain/final')}",
-                            "model.config=", "data.seq_len=80", "eval.stream_layers=true", "distill.alpha=0.3",
-                            check=False)
-        self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
-        with open(os.path.join(d, "logs", "rank-00000.log")) as f:
-            log = f.read()
+        log = self.rank0_log(job, "run-stream", "run.mode=eval", f"model.base={self.p('run-pretrain/final')}",
+                             "model.config=", "data.seq_len=80", "eval.stream_layers=true", "distill.alpha=0.3")
         self.assertIn("data.seq_len 80 is longer than the model's max_position_embeddings 64", log)
         self.assertIn("distill.enabled: run.mode eval takes no training step, so distillation does nothing", log)
         # a run of 0 steps (it only writes the model) says nothing of its warmup; a pretrain
         # says compress.shard_grads does nothing there
-        d = self.p("run-zero")
-        r = pclib.projcompd(1, job, f"run.dir={d}", "train.steps=0", "train.warmup_steps=0",
-                            "compress.shard_grads=true", check=False)
-        self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
-        with open(os.path.join(d, "logs", "rank-00000.log")) as f:
-            log = f.read()
+        log = self.rank0_log(job, "run-zero", "train.steps=0", "train.warmup_steps=0", "compress.shard_grads=true")
         self.assertNotIn("train.warmup_steps", log)
         self.assertIn("compress.shard_grads applies to run.mode compress: pretrain all-reduces whole gradients", log)
         # evaluations asked for without a validation set: warned
-        d = self.p("run-novalid")
-        r = pclib.projcompd(1, job, f"run.dir={d}", "data.valid=[]", "eval.every_steps=1", check=False)
-        self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
-        with open(os.path.join(d, "logs", "rank-00000.log")) as f:
-            self.assertIn("eval.every_steps 1: no data.valid is set, so nothing is evaluated", f.read())
+        log = self.rank0_log(job, "run-novalid", "data.valid=[]", "eval.every_steps=1")
+        self.assertIn("eval.every_steps 1: no data.valid is set, so nothing is evaluated", log)
 
     def test_many_shards(self):
         """More shards than a set keeps open (64) and than the descriptors the process may
