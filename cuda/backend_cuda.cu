@@ -476,8 +476,9 @@ static void blas_gemm(cuda_impl *c, int ta, int tb, int M, int N, int K, float a
     if (tb && (int64_t)N * ldb > cap && N > 1) { /* B stored (N, K): its rows are C's columns */
         const int nb = (int)(cap / ldb > 1 ? cap / ldb : 1);
         for (int n0 = 0; n0 < N; n0 += nb)
-            blas_gemm(c, ta, tb, M, nb < N - n0 ? nb : N - n0, K, alpha, A, lda, (const char *)B + (size_t)n0 * ldb * es,
-                      ldb, abt, beta, (char *)C + (size_t)n0 * cs, ct, ldc, compute);
+            blas_gemm(c, ta, tb, M, nb < N - n0 ? nb : N - n0, K, alpha, A, lda,
+                      (const char *)B + (size_t)n0 * ldb * es, ldb, abt, beta, (char *)C + (size_t)n0 * cs, ct, ldc,
+                      compute);
         return;
     }
     const int64_t k_a = ta ? lda : 1, k_b = tb ? 1 : ldb; /* one k of A stored (K, M), of B stored (K, N) */

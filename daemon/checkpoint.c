@@ -376,7 +376,8 @@ int ckpt_resume(run_ctx *r, trainer *t, int64_t *start_step, pc_err *e) {
      * (every rank read all of the state, world times its size from the file system) */
     int direct = t->method == &METHOD_DIRECT;
     if (direct && !t->ckpt_rank_of) deal_writers(r, t);
-    float *stage = rc == 0 ? pc_alloc_f32((size_t)max_numel(r, t, -1) * 3) : NULL;
+    int64_t most = max_numel(r, t, direct ? r->rank : -1); /* of the tensors this rank reads */
+    float *stage = rc == 0 ? pc_alloc_f32((size_t)most * 3) : NULL;
     float *params = state_params(t);
     for (int i = 0; rc == 0 && i < n_state_tensors(t); i++) {
         if (direct && t->ckpt_rank_of[i] != r->rank) continue;

@@ -1012,8 +1012,9 @@ int plan_dry_run(const pc_config *c, int world, double device_gib, FILE *out, in
                          !strcmp(c->run.mode, "pretrain") ? "every rank holds the whole model"
                          : !strcmp(c->run.mode, "importance")
                              ? "it reads the base a layer (activation) or a tensor (magnitude) at a time"
-                         : c->eval.stream_layers ? "eval.stream_layers reads the base a layer at a time"
-                                                 : "every rank holds the whole model; eval.stream_layers holds a layer");
+                         : c->eval.stream_layers
+                             ? "eval.stream_layers reads the base a layer at a time"
+                             : "every rank holds the whole model; eval.stream_layers holds a layer");
     llama_config *cfg = pc_malloc(2 * sizeof *cfg); /* base, small (large per-layer tables) */
     int rc = -1;
     if (c->model.base[0])

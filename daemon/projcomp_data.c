@@ -653,8 +653,8 @@ int main(int argc, char **argv) {
         return 2;
     }
     if ((eos_token || python || no_bos) && !tokenizer) {
-        fprintf(stderr, "projcomp-data: %s%s: only with --tokenizer\n",
-                eos_token ? "--eos-token " : python ? "--python " : "--no-bos", eos_token ? eos_token : python ? python : "");
+        const char *opt = eos_token ? "--eos-token " : python ? "--python " : "--no-bos";
+        fprintf(stderr, "projcomp-data: %s%s: only with --tokenizer\n", opt, eos_token ? eos_token : python ? python : "");
         return 2;
     }
     if (!out_dir) {
