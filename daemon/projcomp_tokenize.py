@@ -42,14 +42,13 @@ def main():
     names = [sys.argv[2]] if len(sys.argv) >= 3 and sys.argv[2] else \
         ["<|endoftext|>", "</s>", "<|end_of_text|>", "<eos>"]
     eos = next((tok.token_to_id(n) for n in names if tok.token_to_id(n) is not None), None)
+    added = tok.get_added_tokens_decoder() if hasattr(tok, "get_added_tokens_decoder") else {}
     if eos is None:
-        added = tok.get_added_tokens_decoder() if hasattr(tok, "get_added_tokens_decoder") else {}
         special = [t.content for _, t in sorted(added.items()) if t.special][:20]
         has = f"; its special tokens: {special}" if special else "; it has no special tokens"
         if len(names) == 1:  # named with --eos-token
             sys.exit(f"projcomp_tokenize: {path}: --eos-token {names[0]!r} is not a token of this tokenizer{has}")
         sys.exit(f"projcomp_tokenize: {path}: no eos token among {names}; name one with --eos-token{has}")
-    added = tok.get_added_tokens_decoder() if hasattr(tok, "get_added_tokens_decoder") else {}
     t = added.get(eos)
     if t is not None and not t.special:  # flagged special, its text in a document is encoded as text below
         from tokenizers import AddedToken
