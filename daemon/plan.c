@@ -1005,16 +1005,18 @@ void plan_opts_from_config(const pc_config *c, plan_opts *o) {
     o->capacity = (int64_t)(c->backend.memory_gib * 1073741824.0);
 }
 
+/* How a mode without a plan (pretrain, importance, eval) holds the model. */
+static const char *no_plan_why(const pc_config *c) {
+    if (!strcmp(c->run.mode, "pretrain")) return "every rank holds the whole model";
+    if (!strcmp(c->run.mode, "importance")) return "it reads the base a layer (activation) or a tensor (magnitude) at a time";
+    if (c->eval.stream_layers) return "eval.stream_layers reads the base a layer at a time";
+    return "every rank holds the whole model; eval.stream_layers holds a layer";
+}
+
 int plan_dry_run(const pc_config *c, int world, double device_gib, FILE *out, int *fits, pc_err *e) {
     if (strcmp(c->run.mode, "compress") && strcmp(c->run.mode, "prune"))
         return pc_errorf(e, "%s: --dry-run lays out compress and prune jobs; run.mode %s has no plan (%s)", c->source,
-                         c->run.mode,
-                         !strcmp(c->run.mode, "pretrain") ? "every rank holds the whole model"
-                         : !strcmp(c->run.mode, "importance")
-                             ? "it reads the base a layer (activation) or a tensor (magnitude) at a time"
-                         : c->eval.stream_layers
-                             ? "eval.stream_layers reads the base a layer at a time"
-                             : "every rank holds the whole model; eval.stream_layers holds a layer");
+                         c->run.mode, no_plan_why(c));
     llama_config *cfg = pc_malloc(2 * sizeof *cfg); /* base, small (large per-layer tables) */
     int rc = -1;
     if (c->model.base[0])
